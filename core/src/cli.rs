@@ -1,0 +1,173 @@
+//! The command line both binaries share, and what it leads to.
+//!
+//! [`main`] parses the arguments, loads and validates the configuration and
+//! answers `--check` and `hash-password`; the I/O it needs (reading a file or
+//! standard input, random bytes, printing, running the proxy) is done through
+//! the [`Host`] a runtime passes in, so the decisions stay here.
+
+use std::ffi::OsString;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config};
+use crate::event::Level;
+
+/// Exit code: clean exit.
+pub const EXIT_OK: i32 = 0;
+/// Exit code: runtime failure.
+pub const EXIT_RUNTIME: i32 = 1;
+/// Exit code: configuration error.
+pub const EXIT_CONFIG: i32 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    about = "Portico: a LAN gateway proxy (HTTP, SOCKS, mail and news gateways, mapped ports)",
+    version
+)]
+pub struct Args {
+    /// Configuration file (TOML). Without it, the embedded default is used.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Parse and validate the configuration, print what would listen, and exit.
+    #[arg(long)]
+    pub check: bool,
+    /// Diagnostics at this level and above go to stderr.
+    #[arg(long, value_name = "LEVEL", default_value = "info",
+          value_parser = ["error", "warn", "info", "debug"])]
+    pub log_level: String,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Read a password on standard input and print its argon2id PHC string
+    /// for a [[user]] entry.
+    HashPassword,
+}
+
+/// What a runtime needs to start serving.
+#[derive(Debug)]
+pub struct Plan {
+    pub config: Config,
+    pub log_level: Level,
+    /// Where the configuration came from (a path, or the embedded default).
+    pub source: String,
+}
+
+/// The I/O [`main`] needs, provided by a runtime.
+pub trait Host {
+    fn read_file(&mut self, path: &Path) -> io::Result<String>;
+    fn read_stdin(&mut self) -> io::Result<String>;
+    fn random(&mut self, buf: &mut [u8]) -> io::Result<()>;
+    fn stdout(&mut self, text: &str);
+    fn stderr(&mut self, text: &str);
+    /// Serves `plan` until shutdown; returns the exit code.
+    fn run(&mut self, plan: Plan) -> i32;
+}
+
+/// The name the embedded default configuration goes by in messages.
+pub const EMBEDDED: &str = "(embedded default)";
+
+/// Loads and validates the configuration named by `path` (or the embedded
+/// default). `Err` holds the message for stderr.
+pub fn load(path: Option<&Path>, host: &mut impl Host) -> Result<(Config, String), String> {
+    let (text, name) = match path {
+        Some(p) => {
+            let name = p.display().to_string();
+            match host.read_file(p) {
+                Ok(t) => (t, name),
+                Err(e) => return Err(format!("{name}: cannot read the configuration file: {e}")),
+            }
+        }
+        None => (config::DEFAULT_TOML.to_string(), EMBEDDED.to_string()),
+    };
+    match config::parse(&text, &name) {
+        Ok(c) => Ok((c, name)),
+        Err(e) if path.is_none() => Err(format!(
+            "{e}\n(the embedded default needs service kinds this version lacks; \
+             run with --config examples/portico.toml)"
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The whole command line: returns the process exit code.
+pub fn main<I, T>(args: I, host: &mut impl Host) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args = match Args::try_parse_from(args) {
+        Ok(a) => a,
+        Err(e) => {
+            let text = e.render().to_string();
+            if e.use_stderr() {
+                host.stderr(&text);
+                return EXIT_CONFIG;
+            }
+            host.stdout(&text);
+            return EXIT_OK;
+        }
+    };
+    if let Some(Command::HashPassword) = args.command {
+        return hash_password(host);
+    }
+    let (config, source) = match load(args.config.as_deref(), host) {
+        Ok(c) => c,
+        Err(msg) => {
+            host.stderr(&format!("{msg}\n"));
+            return EXIT_CONFIG;
+        }
+    };
+    for w in config::warnings(&config) {
+        host.stderr(&format!("warning: {w}\n"));
+    }
+    if args.check {
+        let mut out = String::new();
+        for line in crate::proxy::listening_lines(&config) {
+            out.push_str(&line);
+            out.push('\n');
+        }
+        out.push_str("configuration ok\n");
+        host.stdout(&out);
+        return EXIT_OK;
+    }
+    let log_level = Level::parse(&args.log_level).unwrap_or(Level::Info);
+    host.run(Plan {
+        config,
+        log_level,
+        source,
+    })
+}
+
+fn hash_password(host: &mut impl Host) -> i32 {
+    let input = match host.read_stdin() {
+        Ok(s) => s,
+        Err(e) => {
+            host.stderr(&format!(
+                "cannot read the password from standard input: {e}\n"
+            ));
+            return EXIT_RUNTIME;
+        }
+    };
+    // One line: the password is what precedes the first line break.
+    let password = input.split(['\r', '\n']).next().unwrap_or("");
+    let mut salt = [0u8; 16];
+    if let Err(e) = host.random(&mut salt) {
+        host.stderr(&format!("cannot get random bytes for the salt: {e}\n"));
+        return EXIT_RUNTIME;
+    }
+    match crate::auth::hash_password(password, &salt) {
+        Ok(h) => {
+            host.stdout(&format!("{h}\n"));
+            EXIT_OK
+        }
+        Err(e) => {
+            host.stderr(&format!("{e}\n"));
+            EXIT_RUNTIME
+        }
+    }
+}

@@ -1,0 +1,582 @@
+//! The configuration: the TOML file of SPEC.md ("Configuration (TOML)"),
+//! parsed and validated into a [`Config`].
+//!
+//! This module owns the configuration's types, its text format, the embedded
+//! default ([`DEFAULT_TOML`]) and every rule about what a valid configuration
+//! is. It does no I/O: [`parse`] takes the text and a file name (used only in
+//! messages), and returns a `Config` or the first [`ConfigError`], which
+//! carries the 1-based line and column of the offending key or value.
+//!
+//! Invariants of a `Config` that [`parse`] returned (code using it may rely
+//! on them and need not re-check):
+//!
+//! - every value is in range: ports 1–65535, durations > 0 (except
+//!   `shutdown_grace`, which may be 0) and at most 365 days, `buffer` between
+//!   1 KiB and 64 MiB, counts ≥ 1;
+//! - `network.internal` is non-empty, has no duplicates and shares no address
+//!   with `network.external`;
+//! - there is at least one service; service names are unique; every service
+//!   has at least one listen address, each one of the addresses of its side,
+//!   and no two services (of the same protocol) share or overlap a listen
+//!   address;
+//! - `destination` is present exactly where the kind needs one
+//!   (`mapped`, `smtp`, `nntp`), may be present for `pop3`, `telnet` and
+//!   `ftp`, and is absent for `http`, `socks` and `status`;
+//! - a service on the external side is `mapped`, or is an explicit
+//!   `open_proxy` (never `status`);
+//! - options only appear on the kinds they apply to (`protocol = "udp"` and
+//!   `send_proxy_protocol` on mapped, `connect_ports` on http, `separator` on
+//!   pop3, `auth` on http, socks and telnet), and `auth = true` implies at
+//!   least one user;
+//! - user names are unique, non-empty, without ':' or control characters;
+//!   passwords are `Plain` (non-empty) or an argon2 PHC string;
+//! - every rule names only existing services and users; only allow rules
+//!   carry a `rate`; a rule's lists, when present, are non-empty;
+//! - every service's kind and protocol is implemented ([`implemented_kind`]),
+//!   unless the config came from [`parse_unchecked_kinds`].
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+mod raw;
+mod validate;
+pub mod values;
+
+#[cfg(test)]
+mod tests;
+
+/// The configuration used when no `--config` is given: it serves right away
+/// and listens on 127.0.0.1 only.
+pub const DEFAULT_TOML: &str = r#"# Portico's embedded default configuration, used when no --config is given.
+#
+# It serves right away and is safe: every service listens on 127.0.0.1 only,
+# so only programs on this machine can use it. To serve a LAN, copy this file,
+# add the machine's LAN address to `internal`, and run
+# `portico --config FILE`.
+
+[network]
+internal = ["127.0.0.1"]   # LAN-facing addresses; `port = N` opens on each
+
+[[service]]
+name = "web"
+kind = "http"              # HTTP/1.1 forward proxy; CONNECT to port 443 only
+port = 8080
+
+[[service]]
+name = "socks"
+kind = "socks"             # SOCKS 4, 4a and 5 on one port
+port = 1080
+
+[[service]]
+name = "status"
+kind = "status"            # status page: /, /metrics, /connections, /healthz
+port = 8081
+
+# No [[rule]]: everything is allowed, which is safe here because nothing
+# outside this machine can reach these ports.
+"#;
+
+/// A configuration error: where (1-based line and column, counted in
+/// characters) and what, with what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}:{column}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl ConfigError {
+    /// An error at byte offset `offset` of `text`.
+    pub fn at(text: &str, file: &str, offset: usize, message: impl Into<String>) -> Self {
+        let (line, column) = line_column(text, offset);
+        ConfigError {
+            file: file.to_string(),
+            line,
+            column,
+            message: message.into(),
+        }
+    }
+}
+
+/// The 1-based line and column (in characters) of byte offset `offset`.
+/// An offset past the end, or inside a character, is moved back to the
+/// nearest character start.
+pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+/// Parses and validates a configuration. `file` names it in errors.
+pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+    validate::parse(text, file, true)
+}
+
+/// Like [`parse`] but without the final check that every service's kind is
+/// implemented in this version ([`implemented_kind`]). Everything else is
+/// validated. For tests and tools that look at a configuration without
+/// running it.
+pub fn parse_unchecked_kinds(text: &str, file: &str) -> Result<Config, ConfigError> {
+    validate::parse(text, file, false)
+}
+
+/// Whether this version of portico can run a service of `kind` over
+/// `protocol`. Flip an arm to `true` when a kind lands.
+pub fn implemented_kind(kind: ServiceKind, protocol: Protocol) -> bool {
+    use Protocol::{Tcp, Udp};
+    use ServiceKind::*;
+    #[allow(clippy::match_like_matches_macro)]
+    match (kind, protocol) {
+        (Mapped, Tcp) => true,
+        (Mapped, Udp) => false,
+        (Http, _) => false,
+        (Socks, _) => false,
+        (Telnet, _) => false,
+        (Smtp, _) => false,
+        (Pop3, _) => false,
+        (Nntp, _) => false,
+        (Ftp, _) => false,
+        (Status, _) => false,
+    }
+}
+
+/// What the runtime should log as a warning at every start (and reload) of
+/// `config`, one message each, without a "warning:" prefix.
+pub fn warnings(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for ip in &config.network.internal {
+        if ip.is_unspecified() {
+            out.push(format!(
+                "network.internal contains {ip}, so internal services listen on every address \
+                 of this machine; list the LAN addresses instead to keep them off other networks"
+            ));
+        }
+    }
+    for s in &config.services {
+        if s.side == ListenSide::External && s.kind != ServiceKind::Mapped {
+            out.push(format!(
+                "service '{}' is an open proxy on the external side (open_proxy = true)",
+                s.name
+            ));
+        }
+    }
+    out
+}
+
+/// A validated configuration. See the module docs for its invariants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub network: Network,
+    pub limits: Limits,
+    pub log: LogConfig,
+    pub runtime: RuntimeConfig,
+    pub users: Vec<User>,
+    pub services: Vec<Service>,
+    pub rules: Vec<Rule>,
+}
+
+impl Config {
+    /// The service called `name`.
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// The user called `name`.
+    pub fn user(&self, name: &str) -> Option<&User> {
+        self.users.iter().find(|u| u.name == name)
+    }
+}
+
+/// `[network]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Network {
+    /// LAN-facing addresses; never empty.
+    pub internal: Vec<IpAddr>,
+    /// Internet-facing addresses.
+    pub external: Vec<IpAddr>,
+    /// Source address for outgoing connections.
+    pub outgoing: Option<IpAddr>,
+}
+
+impl Default for Network {
+    /// `internal = ["127.0.0.1"]`, nothing else.
+    fn default() -> Self {
+        Network {
+            internal: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            external: Vec::new(),
+            outgoing: None,
+        }
+    }
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: u32,
+    pub max_per_client: u32,
+    pub connect_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub udp_idle_timeout: Duration,
+    /// Bytes per direction per connection.
+    pub buffer: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            max_per_client: 256,
+            connect_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(5 * 60),
+            shutdown_grace: Duration::from_secs(10),
+            udp_idle_timeout: Duration::from_secs(60),
+            buffer: 64 * 1024,
+        }
+    }
+}
+
+/// The smallest `limits.buffer` accepted.
+pub const MIN_BUFFER: usize = 1024;
+/// The largest `limits.buffer` accepted.
+pub const MAX_BUFFER: usize = 64 * 1024 * 1024;
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogConfig {
+    pub access: AccessTarget,
+    pub format: LogFormat,
+}
+
+/// Where access-log lines go.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AccessTarget {
+    #[default]
+    Stderr,
+    Off,
+    /// Appended to this file (the path as written, relative paths unresolved).
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `[runtime]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RuntimeConfig {
+    /// Event loops; `None` = one per core. At least 1 when set.
+    pub workers: Option<usize>,
+}
+
+/// The largest `runtime.workers` accepted.
+pub const MAX_WORKERS: usize = 1024;
+
+/// `[[user]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub password: Password,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub enum Password {
+    /// An argon2 PHC string (`$argon2id$v=19$m=…,t=…,p=…$salt$hash`).
+    Phc(String),
+    /// A clear-text password (`"plain:SECRET"` in the file; this holds SECRET).
+    Plain(String),
+}
+
+impl fmt::Debug for Password {
+    /// Never shows a clear-text password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Password::Phc(s) => f.debug_tuple("Phc").field(s).finish(),
+            Password::Plain(_) => f.write_str("Plain(\"***\")"),
+        }
+    }
+}
+
+/// `[[service]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub kind: ServiceKind,
+    pub side: ListenSide,
+    /// Resolved listen addresses; never empty.
+    pub listen: Vec<SocketAddr>,
+    pub auth: bool,
+    /// http CONNECT: allowed destination ports (default `[443]`).
+    pub connect_ports: Vec<u16>,
+    pub destination: Option<Destination>,
+    pub protocol: Protocol,
+    pub open_proxy: bool,
+    /// pop3: the `USER name#host` separator (default `#`).
+    pub separator: String,
+    /// Accept a PROXY v1/v2 header from `proxy_protocol_from`.
+    pub proxy_protocol: bool,
+    pub proxy_protocol_from: Vec<IpNet>,
+    /// mapped: send a PROXY header of this version to the destination.
+    pub send_proxy_protocol: Option<ProxyVersion>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ServiceKind {
+    Http,
+    Socks,
+    Mapped,
+    Telnet,
+    Smtp,
+    Pop3,
+    Nntp,
+    Ftp,
+    Status,
+}
+
+impl ServiceKind {
+    /// Every kind, in the order of SPEC.md.
+    pub const ALL: [ServiceKind; 9] = [
+        ServiceKind::Http,
+        ServiceKind::Socks,
+        ServiceKind::Mapped,
+        ServiceKind::Telnet,
+        ServiceKind::Smtp,
+        ServiceKind::Pop3,
+        ServiceKind::Nntp,
+        ServiceKind::Ftp,
+        ServiceKind::Status,
+    ];
+
+    /// The spelling in the configuration (`kind = "…"`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            ServiceKind::Http => "http",
+            ServiceKind::Socks => "socks",
+            ServiceKind::Mapped => "mapped",
+            ServiceKind::Telnet => "telnet",
+            ServiceKind::Smtp => "smtp",
+            ServiceKind::Pop3 => "pop3",
+            ServiceKind::Nntp => "nntp",
+            ServiceKind::Ftp => "ftp",
+            ServiceKind::Status => "status",
+        }
+    }
+
+    /// The kind spelled `name` in the configuration.
+    pub fn from_name(name: &str) -> Option<ServiceKind> {
+        ServiceKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The destination port used when `destination` gives none: the
+    /// protocol's well-known port. `None` (port required) for mapped, and
+    /// for the kinds that take no destination.
+    pub fn default_destination_port(&self) -> Option<u16> {
+        match self {
+            ServiceKind::Telnet => Some(23),
+            ServiceKind::Smtp => Some(25),
+            ServiceKind::Pop3 => Some(110),
+            ServiceKind::Nntp => Some(119),
+            ServiceKind::Ftp => Some(21),
+            ServiceKind::Http | ServiceKind::Socks | ServiceKind::Mapped | ServiceKind::Status => {
+                None
+            }
+        }
+    }
+}
+
+impl fmt::Display for ServiceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ListenSide {
+    #[default]
+    Internal,
+    External,
+}
+
+impl ListenSide {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ListenSide::Internal => "internal",
+            ListenSide::External => "external",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProxyVersion {
+    V1,
+    V2,
+}
+
+/// Where a service connects: `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Destination {
+    pub host: Host,
+    pub port: u16,
+}
+
+impl fmt::Display for Destination {
+    /// `host:port`, `[v6]:port`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.host {
+            Host::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}", self.port),
+            h => write!(f, "{h}:{}", self.port),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Host {
+    Ip(IpAddr),
+    /// A valid DNS name, lower-cased, without a trailing dot.
+    Name(String),
+}
+
+impl fmt::Display for Host {
+    /// The address or name, IPv6 without brackets.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Ip(ip) => write!(f, "{ip}"),
+            Host::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+/// `[[rule]]`. Matching is the caller's job; a list left empty here means
+/// "any".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub action: RuleAction,
+    /// Service names; empty = every service.
+    pub services: Vec<String>,
+    /// Client networks; empty = any client.
+    pub clients: Vec<IpNet>,
+    /// User names; empty = anyone.
+    pub users: Vec<String>,
+    /// Empty = anywhere.
+    pub destinations: Vec<DestPattern>,
+    /// Destination ports; empty = any.
+    pub ports: Vec<RangeInclusive<u16>>,
+    /// Bitmask, bit 0 = Monday … bit 6 = Sunday; `None` = every day.
+    pub days: Option<u8>,
+    /// Minutes since midnight, start included, end excluded (end may be
+    /// 1440); crosses midnight when start > end. `None` = all day.
+    pub hours: Option<(u16, u16)>,
+    /// Bytes per second each way (allow rules only).
+    pub rate: Option<u64>,
+}
+
+impl Rule {
+    /// Whether `port` is one of the rule's ports (any port when none given).
+    pub fn port_matches(&self, port: u16) -> bool {
+        self.ports.is_empty() || self.ports.iter().any(|r| r.contains(&port))
+    }
+
+    /// Whether the rule applies on `weekday` (0 = Monday … 6 = Sunday).
+    pub fn day_matches(&self, weekday: u8) -> bool {
+        match self.days {
+            None => true,
+            Some(mask) => weekday < 7 && mask & (1 << weekday) != 0,
+        }
+    }
+
+    /// Whether the rule applies at `minute` minutes after midnight (0–1439).
+    pub fn minute_matches(&self, minute: u16) -> bool {
+        match self.hours {
+            None => true,
+            Some((start, end)) if start < end => (start..end).contains(&minute),
+            Some((start, end)) => minute >= start || minute < end,
+        }
+    }
+
+    /// Whether `service` is one of the rule's services (any when none given).
+    pub fn service_matches(&self, service: &str) -> bool {
+        self.services.is_empty() || self.services.iter().any(|s| s == service)
+    }
+
+    /// Whether `client` is in one of the rule's client networks (any when
+    /// none given).
+    pub fn client_matches(&self, client: IpAddr) -> bool {
+        self.clients.is_empty() || self.clients.iter().any(|n| n.contains(&client))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RuleAction {
+    Allow,
+    Deny,
+}
+
+/// One entry of a rule's `destinations`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DestPattern {
+    /// This host name exactly (lower-cased).
+    Exact(String),
+    /// Every name under this domain, not the domain itself:
+    /// `"*.example.com"` is stored as `"example.com"`.
+    Suffix(String),
+    /// An IP network; a bare IP is a /32 or /128.
+    Net(IpNet),
+}
+
+impl DestPattern {
+    /// Whether the (lower-case, no trailing dot) host name `name` matches
+    /// this pattern before any lookup. `Net` patterns match no name.
+    pub fn matches_name(&self, name: &str) -> bool {
+        match self {
+            DestPattern::Exact(n) => n == name,
+            DestPattern::Suffix(d) => {
+                name.len() > d.len() + 1
+                    && name.ends_with(d.as_str())
+                    && name.as_bytes()[name.len() - d.len() - 1] == b'.'
+            }
+            DestPattern::Net(_) => false,
+        }
+    }
+
+    /// Whether the address `ip` matches this pattern (only `Net` ones do).
+    pub fn matches_ip(&self, ip: IpAddr) -> bool {
+        match self {
+            DestPattern::Net(n) => n.contains(&ip),
+            DestPattern::Exact(_) | DestPattern::Suffix(_) => false,
+        }
+    }
+}

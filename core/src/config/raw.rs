@@ -1,0 +1,100 @@
+//! The configuration file exactly as written: serde structs that keep the
+//! byte span of every value, so that validation can point at it. Unknown keys
+//! are refused here (`deny_unknown_fields`); values that have several
+//! spellings (durations, sizes, rule ports) stay [`toml::Value`]s and are
+//! parsed in `validate`.
+
+use serde::Deserialize;
+use toml::{Spanned, Value};
+
+pub type S<T> = Spanned<T>;
+pub type List<T> = Spanned<Vec<Spanned<T>>>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub network: Option<RawNetwork>,
+    pub limits: Option<RawLimits>,
+    pub log: Option<RawLog>,
+    pub runtime: Option<RawRuntime>,
+    #[serde(default)]
+    pub user: Vec<S<RawUser>>,
+    #[serde(default)]
+    pub service: Vec<S<RawService>>,
+    #[serde(default)]
+    pub rule: Vec<S<RawRule>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNetwork {
+    pub internal: Option<List<String>>,
+    pub external: Option<List<String>>,
+    pub outgoing: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_connections: Option<S<i64>>,
+    pub max_per_client: Option<S<i64>>,
+    pub connect_timeout: Option<S<Value>>,
+    pub handshake_timeout: Option<S<Value>>,
+    pub idle_timeout: Option<S<Value>>,
+    pub shutdown_grace: Option<S<Value>>,
+    pub udp_idle_timeout: Option<S<Value>>,
+    pub buffer: Option<S<Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub access: Option<S<String>>,
+    pub format: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuntime {
+    pub workers: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUser {
+    pub name: S<String>,
+    pub password: S<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub name: S<String>,
+    pub kind: S<String>,
+    pub side: Option<S<String>>,
+    pub port: Option<S<i64>>,
+    pub listen: Option<List<String>>,
+    pub auth: Option<S<bool>>,
+    pub connect_ports: Option<List<i64>>,
+    pub destination: Option<S<String>>,
+    pub protocol: Option<S<String>>,
+    pub open_proxy: Option<S<bool>>,
+    pub separator: Option<S<String>>,
+    pub proxy_protocol: Option<S<bool>>,
+    pub proxy_protocol_from: Option<List<String>>,
+    pub send_proxy_protocol: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub action: S<String>,
+    pub services: Option<List<String>>,
+    pub clients: Option<List<String>>,
+    pub users: Option<List<String>>,
+    pub destinations: Option<List<String>>,
+    pub ports: Option<List<Value>>,
+    pub days: Option<List<String>>,
+    pub hours: Option<S<String>>,
+    pub rate: Option<S<Value>>,
+}

@@ -1,0 +1,1037 @@
+//! From [`RawConfig`] to a validated [`Config`]: every check of SPEC.md's
+//! configuration section, each error pointing at the key or value at fault.
+//!
+//! Order: network, limits, log, runtime, users, services (each in file
+//! order), rules, then "at least one service", and last of all whether each
+//! service's kind is implemented, so that a file is fully checked before it
+//! is refused only for needing a kind this version lacks.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use toml::Value;
+
+use super::raw::{List, RawConfig, RawLimits, RawNetwork, RawRule, RawService, RawUser, S};
+use super::values;
+use super::{
+    implemented_kind, AccessTarget, Config, ConfigError, Limits, ListenSide, LogConfig, LogFormat,
+    Network, Password, Protocol, ProxyVersion, Rule, RuleAction, RuntimeConfig, Service,
+    ServiceKind, User, MAX_BUFFER, MAX_WORKERS, MIN_BUFFER,
+};
+
+type Result<T> = std::result::Result<T, ConfigError>;
+
+struct Ctx<'a> {
+    text: &'a str,
+    file: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        ConfigError::at(self.text, self.file, span.start, message)
+    }
+
+    fn line_of(&self, span: &Range<usize>) -> usize {
+        super::line_column(self.text, span.start).0
+    }
+
+    /// Applies a value parser, turning its message into an error at `v`.
+    fn value<T, U>(
+        &self,
+        v: &S<T>,
+        f: impl FnOnce(&T) -> std::result::Result<U, String>,
+    ) -> Result<U> {
+        f(v.get_ref()).map_err(|m| self.err(v.span(), m))
+    }
+
+    /// Like [`Ctx::value`], with `what` (e.g. `limits.buffer`) before the message.
+    fn named<T, U>(
+        &self,
+        what: &str,
+        v: &S<T>,
+        f: impl FnOnce(&T) -> std::result::Result<U, String>,
+    ) -> Result<U> {
+        f(v.get_ref()).map_err(|m| self.err(v.span(), format!("{what}: {m}")))
+    }
+}
+
+pub(super) fn parse(text: &str, file: &str, check_kinds: bool) -> Result<Config> {
+    let cx = Ctx { text, file };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let offset = e.span().map_or(0, |s| s.start);
+        let message = e.message().trim().replace('\n', "; ");
+        ConfigError::at(text, file, offset, message)
+    })?;
+
+    let network = network(&cx, raw.network.as_ref())?;
+    let limits = limits(&cx, raw.limits.as_ref())?;
+    let log = match &raw.log {
+        None => LogConfig::default(),
+        Some(l) => LogConfig {
+            access: match &l.access {
+                None => AccessTarget::default(),
+                Some(a) => cx.named("log.access", a, |s| access_target(s))?,
+            },
+            format: match &l.format {
+                None => LogFormat::default(),
+                Some(f) => cx.named("log.format", f, |s| match s.as_str() {
+                    "text" => Ok(LogFormat::Text),
+                    "json" => Ok(LogFormat::Json),
+                    _ => Err(format!(
+                        "\"{s}\" is not a log format; use \"text\" or \"json\""
+                    )),
+                })?,
+            },
+        },
+    };
+    let runtime = match raw.runtime.as_ref().and_then(|r| r.workers.as_ref()) {
+        None => RuntimeConfig::default(),
+        Some(w) => RuntimeConfig {
+            workers: Some(cx.named("runtime.workers", w, |&n| {
+                usize::try_from(n)
+                    .ok()
+                    .filter(|n| (1..=MAX_WORKERS).contains(n))
+                    .ok_or_else(|| {
+                        format!(
+                            "{n} is out of range; use 1 to {MAX_WORKERS}, or leave it out for \
+                             one event loop per core"
+                        )
+                    })
+            })?),
+        },
+    };
+
+    let mut users: Vec<User> = Vec::new();
+    let mut user_lines: HashMap<String, usize> = HashMap::new();
+    for u in &raw.user {
+        let user = user(&cx, u.get_ref())?;
+        let name = u.get_ref().name.clone();
+        if let Some(first) = user_lines.get(&user.name) {
+            return Err(cx.err(
+                name.span(),
+                format!(
+                    "user '{}' is defined twice (first on line {first}); user names must be unique",
+                    user.name
+                ),
+            ));
+        }
+        user_lines.insert(user.name.clone(), cx.line_of(&name.span()));
+        users.push(user);
+    }
+
+    let mut services: Vec<Service> = Vec::new();
+    let mut service_lines: HashMap<String, usize> = HashMap::new();
+    // Every listen address so far: (address, protocol, service name).
+    let mut taken: Vec<(SocketAddr, Protocol, String)> = Vec::new();
+    for s in &raw.service {
+        let name_span = s.get_ref().name.span();
+        let svc = service(&cx, s, &network, !users.is_empty())?;
+        if let Some(first) = service_lines.get(&svc.name) {
+            return Err(cx.err(
+                name_span,
+                format!(
+                    "service '{}' is defined twice (first on line {first}); service names must \
+                     be unique",
+                    svc.name
+                ),
+            ));
+        }
+        service_lines.insert(svc.name.clone(), cx.line_of(&name_span));
+        let listen_span = listen_span(s.get_ref());
+        for (i, addr) in svc.listen.iter().enumerate() {
+            let span = listen_span(i);
+            if let Some((other, _, owner)) = taken
+                .iter()
+                .find(|(o, p, _)| *p == svc.protocol && overlaps(*o, *addr))
+            {
+                let how = if other == addr {
+                    format!("is already used by service '{owner}'")
+                } else {
+                    format!("overlaps {other} of service '{owner}'")
+                };
+                let fix = if owner == &svc.name {
+                    "list each address once"
+                } else {
+                    "give each service its own port"
+                };
+                return Err(cx.err(
+                    span,
+                    format!(
+                        "service '{}': listen address {addr} ({}) {how}; {fix}",
+                        svc.name,
+                        svc.protocol.name()
+                    ),
+                ));
+            }
+            taken.push((*addr, svc.protocol, svc.name.clone()));
+        }
+        services.push(svc);
+    }
+
+    let mut rules = Vec::new();
+    for r in &raw.rule {
+        rules.push(rule(&cx, r.get_ref(), &services, &users)?);
+    }
+
+    if services.is_empty() {
+        return Err(cx.err(
+            0..0,
+            "no [[service]] is configured; add at least one, e.g. [[service]] name = \"web\" \
+             kind = \"http\" port = 8080",
+        ));
+    }
+
+    if check_kinds {
+        for (raw, svc) in raw.service.iter().zip(&services) {
+            if !implemented_kind(svc.kind, svc.protocol) {
+                let r = raw.get_ref();
+                return Err(match (svc.protocol, &r.protocol) {
+                    (Protocol::Udp, Some(p)) if svc.kind == ServiceKind::Mapped => cx.err(
+                        p.span(),
+                        "mapped ports with protocol = \"udp\" are not available in this \
+                         version of portico yet",
+                    ),
+                    _ => cx.err(
+                        r.kind.span(),
+                        format!(
+                            "service kind '{}' is not available in this version of portico yet",
+                            svc.kind.name()
+                        ),
+                    ),
+                });
+            }
+        }
+    }
+
+    Ok(Config {
+        network,
+        limits,
+        log,
+        runtime,
+        users,
+        services,
+        rules,
+    })
+}
+
+/// Whether binding `a` and `b` would collide: same port, and the same
+/// address or a wildcard covering the other.
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && ips_overlap(a.ip(), b.ip())
+}
+
+/// Same address, or one is a wildcard that covers the other (`0.0.0.0`
+/// covers IPv4; `::` covers everything, as with Linux's default
+/// `bindv6only = 0`).
+fn ips_overlap(a: IpAddr, b: IpAddr) -> bool {
+    let covers =
+        |w: IpAddr, x: IpAddr| w.is_unspecified() && (w.is_ipv6() || w.is_ipv4() == x.is_ipv4());
+    a == b || covers(a, b) || covers(b, a)
+}
+
+/// The span to blame for the `i`-th resolved listen address of `s`.
+fn listen_span(s: &RawService) -> impl Fn(usize) -> Range<usize> + '_ {
+    move |i| match (&s.listen, &s.port) {
+        (Some(l), _) => l.get_ref().get(i).map_or(l.span(), |x| x.span()),
+        (None, Some(p)) => p.span(),
+        (None, None) => s.name.span(),
+    }
+}
+
+fn network(cx: &Ctx, raw: Option<&RawNetwork>) -> Result<Network> {
+    let Some(raw) = raw else {
+        return Ok(Network::default());
+    };
+    let list = |l: &List<String>, what: &str| -> Result<Vec<IpAddr>> {
+        let mut out: Vec<IpAddr> = Vec::new();
+        for a in l.get_ref() {
+            let ip = cx.named(what, a, |s| values::parse_ip(s))?;
+            if out.contains(&ip) {
+                return Err(cx.err(
+                    a.span(),
+                    format!("{what}: {ip} is listed twice; list each address once"),
+                ));
+            }
+            out.push(ip);
+        }
+        Ok(out)
+    };
+    let internal = match &raw.internal {
+        None => Network::default().internal,
+        Some(l) => {
+            let v = list(l, "network.internal")?;
+            if v.is_empty() {
+                return Err(cx.err(
+                    l.span(),
+                    "network.internal is empty; list the LAN-facing addresses of this machine \
+                     (e.g. [\"192.168.1.1\"]), or leave it out for [\"127.0.0.1\"]",
+                ));
+            }
+            v
+        }
+    };
+    let external = match &raw.external {
+        None => Vec::new(),
+        Some(l) => list(l, "network.external")?,
+    };
+    if let Some(l) = &raw.external {
+        for (a, ip) in l.get_ref().iter().zip(&external) {
+            if let Some(other) = internal.iter().find(|i| ips_overlap(**i, *ip)) {
+                let what = if other == ip {
+                    format!("{ip} is in both network.internal and network.external")
+                } else {
+                    format!(
+                        "network.external address {ip} overlaps network.internal address \
+                         {other} (a wildcard covers every address)"
+                    )
+                };
+                return Err(cx.err(
+                    a.span(),
+                    format!(
+                        "{what}; an address is either LAN-facing (internal) or Internet-facing \
+                         (external), never both"
+                    ),
+                ));
+            }
+        }
+    }
+    let outgoing = match &raw.outgoing {
+        None => None,
+        Some(o) => Some(cx.value(o, |s| {
+            values::parse_ip(s).map_err(|_| {
+                format!(
+                    "network.outgoing must be a plain IP address such as \"203.0.113.5\" (no \
+                     port, no /prefix, no brackets, no host name); found \"{s}\""
+                )
+            })
+        })?),
+    };
+    Ok(Network {
+        internal,
+        external,
+        outgoing,
+    })
+}
+
+fn limits(cx: &Ctx, raw: Option<&RawLimits>) -> Result<Limits> {
+    let mut l = Limits::default();
+    let Some(raw) = raw else {
+        return Ok(l);
+    };
+    let count = |v: &Option<S<i64>>, what: &str, into: &mut u32| -> Result<()> {
+        if let Some(v) = v {
+            *into = cx.named(what, v, |&n| {
+                u32::try_from(n)
+                    .ok()
+                    .filter(|&n| n >= 1)
+                    .ok_or_else(|| format!("{n} is out of range; use 1 to {}", u32::MAX))
+            })?;
+        }
+        Ok(())
+    };
+    count(
+        &raw.max_connections,
+        "limits.max_connections",
+        &mut l.max_connections,
+    )?;
+    count(
+        &raw.max_per_client,
+        "limits.max_per_client",
+        &mut l.max_per_client,
+    )?;
+    let duration =
+        |v: &Option<S<Value>>, what: &str, zero_ok: bool, into: &mut Duration| -> Result<()> {
+            if let Some(v) = v {
+                let d = cx.named(what, v, values::duration_value)?;
+                if d.is_zero() && !zero_ok {
+                    return Err(cx.err(
+                        v.span(),
+                        format!("{what} must be more than zero, e.g. \"10s\""),
+                    ));
+                }
+                *into = d;
+            }
+            Ok(())
+        };
+    duration(
+        &raw.connect_timeout,
+        "limits.connect_timeout",
+        false,
+        &mut l.connect_timeout,
+    )?;
+    duration(
+        &raw.handshake_timeout,
+        "limits.handshake_timeout",
+        false,
+        &mut l.handshake_timeout,
+    )?;
+    duration(
+        &raw.idle_timeout,
+        "limits.idle_timeout",
+        false,
+        &mut l.idle_timeout,
+    )?;
+    duration(
+        &raw.shutdown_grace,
+        "limits.shutdown_grace",
+        true,
+        &mut l.shutdown_grace,
+    )?;
+    duration(
+        &raw.udp_idle_timeout,
+        "limits.udp_idle_timeout",
+        false,
+        &mut l.udp_idle_timeout,
+    )?;
+    if let Some(b) = &raw.buffer {
+        let n = cx.named("limits.buffer", b, values::size_value)?;
+        l.buffer = usize::try_from(n)
+            .ok()
+            .filter(|n| (MIN_BUFFER..=MAX_BUFFER).contains(n))
+            .ok_or_else(|| {
+                cx.err(
+                    b.span(),
+                    format!(
+                        "limits.buffer is {n} bytes; it must be between 1KiB and 64MiB \
+                         (e.g. \"64KiB\")"
+                    ),
+                )
+            })?;
+    }
+    Ok(l)
+}
+
+fn access_target(s: &str) -> std::result::Result<AccessTarget, String> {
+    match s {
+        "stderr" => Ok(AccessTarget::Stderr),
+        "off" => Ok(AccessTarget::Off),
+        "" => Err("empty; use \"stderr\", \"off\" or a file path".to_string()),
+        "stdout" | "-" => Err(format!(
+            "\"{s}\" is not supported; use \"stderr\", \"off\" or a file path (write \"./{s}\" \
+             for a file of that name)"
+        )),
+        _ if s.contains('\0') => Err("the file path contains a NUL character".to_string()),
+        _ => Ok(AccessTarget::File(PathBuf::from(s))),
+    }
+}
+
+/// A name with no control characters; `what` says whose, for messages.
+fn check_no_control(name: &str, what: &str) -> std::result::Result<(), String> {
+    match name.chars().find(|c| c.is_control()) {
+        Some(c) => Err(format!(
+            "{what} name \"{}\" contains the control character {}; use printable characters",
+            name.escape_default(),
+            c.escape_unicode()
+        )),
+        None => Ok(()),
+    }
+}
+
+fn user(cx: &Ctx, raw: &RawUser) -> Result<User> {
+    let name = cx.value(&raw.name, |n| {
+        if n.is_empty() {
+            return Err("a user name must not be empty".to_string());
+        }
+        check_no_control(n, "user")?;
+        if n.contains(':') {
+            return Err(format!(
+                "user name \"{n}\" contains ':'; HTTP Basic credentials split at the first \
+                 colon, so user names cannot contain one"
+            ));
+        }
+        Ok(n.clone())
+    })?;
+    let password = cx.value(&raw.password, |p| password(p)).map_err(|mut e| {
+        e.message = format!("user '{name}': {}", e.message);
+        e
+    })?;
+    Ok(User { name, password })
+}
+
+const PASSWORD_HINT: &str = "run `portico hash-password` and paste the \"$argon2id$...\" string \
+     it prints, or write \"plain:SECRET\" for a clear-text password";
+
+fn password(p: &str) -> std::result::Result<Password, String> {
+    if let Some(secret) = p.strip_prefix("plain:") {
+        if secret.is_empty() {
+            return Err("the plain password is empty; write \"plain:SECRET\"".to_string());
+        }
+        return Ok(Password::Plain(secret.to_string()));
+    }
+    if !p.starts_with('$') {
+        return Err(format!(
+            "the password is neither a PHC hash nor \"plain:...\"; {PASSWORD_HINT}"
+        ));
+    }
+    check_phc(p)
+        .map_err(|why| format!("the password is not a valid PHC hash ({why}); {PASSWORD_HINT}"))?;
+    Ok(Password::Phc(p.to_string()))
+}
+
+/// `$argon2id$v=19$m=19456,t=2,p=1$SALT$HASH` (the version is optional; the
+/// salt and hash are unpadded base64).
+fn check_phc(p: &str) -> std::result::Result<(), &'static str> {
+    let mut parts = p.split('$');
+    let _ = parts.next(); // the empty text before the first '$'
+    let id = parts.next().unwrap_or("");
+    if !matches!(id, "argon2id" | "argon2i" | "argon2d") {
+        return Err("the algorithm must be argon2id, argon2i or argon2d");
+    }
+    let mut rest: Vec<&str> = parts.collect();
+    if rest.first().is_some_and(|v| v.starts_with("v=")) {
+        let v = rest.remove(0);
+        if v.len() < 3 || !v[2..].bytes().all(|b| b.is_ascii_digit()) {
+            return Err("the version field must be v=NUMBER");
+        }
+    }
+    let [params, salt, hash] = rest[..] else {
+        return Err("expected parameters, salt and hash after the algorithm");
+    };
+    let b64 = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+    };
+    let param_ok = |kv: &str| match kv.split_once('=') {
+        Some((k, v)) => {
+            !k.is_empty()
+                && k.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !v.is_empty()
+                && v.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'.' || b == b'-'
+                })
+        }
+        None => false,
+    };
+    if params.is_empty() || !params.split(',').all(param_ok) {
+        return Err("the parameters must look like m=19456,t=2,p=1");
+    }
+    if !b64(salt) {
+        return Err("the salt must be base64");
+    }
+    if !b64(hash) {
+        return Err("the hash must be base64");
+    }
+    Ok(())
+}
+
+fn service(cx: &Ctx, s: &S<RawService>, network: &Network, have_users: bool) -> Result<Service> {
+    let r = s.get_ref();
+    let name = cx.value(&r.name, |n| {
+        if n.is_empty() {
+            return Err("a service name must not be empty".to_string());
+        }
+        check_no_control(n, "service")?;
+        if n.chars().any(char::is_whitespace) {
+            return Err(format!(
+                "service name \"{n}\" contains whitespace; names appear in log lines and \
+                 metrics, use e.g. \"{}\"",
+                n.split_whitespace().collect::<Vec<_>>().join("-")
+            ));
+        }
+        Ok(n.clone())
+    })?;
+    let e = |span: Range<usize>, msg: String| cx.err(span, format!("service '{name}': {msg}"));
+
+    let kind = ServiceKind::from_name(r.kind.get_ref()).ok_or_else(|| {
+        let list: Vec<&str> = ServiceKind::ALL.iter().map(|k| k.name()).collect();
+        e(
+            r.kind.span(),
+            format!(
+                "unknown kind \"{}\"; use one of {}",
+                r.kind.get_ref(),
+                list.join(", ")
+            ),
+        )
+    })?;
+    let is_mapped = kind == ServiceKind::Mapped;
+
+    let side = match &r.side {
+        None => ListenSide::Internal,
+        Some(v) => match v.get_ref().as_str() {
+            "internal" => ListenSide::Internal,
+            "external" => ListenSide::External,
+            other => {
+                return Err(e(
+                    v.span(),
+                    format!("side \"{other}\" is not \"internal\" or \"external\""),
+                ))
+            }
+        },
+    };
+    let open_proxy = r.open_proxy.as_ref().is_some_and(|v| *v.get_ref());
+    if side == ListenSide::External && !is_mapped {
+        let span = r.side.as_ref().map_or(r.kind.span(), |v| v.span());
+        if kind == ServiceKind::Status {
+            return Err(e(
+                span,
+                "the status page is internal only, even with open_proxy = true; use side = \
+                 \"internal\""
+                    .to_string(),
+            ));
+        }
+        if !open_proxy {
+            return Err(e(
+                span,
+                format!(
+                    "a {kind} service with side = \"external\" would be an open proxy on the \
+                     Internet side; use side = \"internal\" (only mapped ports may listen on the \
+                     external side), or add open_proxy = true if that is really what you want"
+                ),
+            ));
+        }
+    }
+
+    let protocol = match &r.protocol {
+        None => Protocol::Tcp,
+        Some(v) => match v.get_ref().as_str() {
+            "tcp" => Protocol::Tcp,
+            "udp" if is_mapped => Protocol::Udp,
+            "udp" => {
+                return Err(e(
+                    v.span(),
+                    format!(
+                        "protocol = \"udp\" is only for mapped services; a {kind} service is tcp"
+                    ),
+                ))
+            }
+            other => {
+                return Err(e(
+                    v.span(),
+                    format!("protocol \"{other}\" is not \"tcp\" or \"udp\""),
+                ))
+            }
+        },
+    };
+
+    let listen = listen(cx, r, side, network).map_err(|mut err| {
+        err.message = format!("service '{name}': {}", err.message);
+        err
+    })?;
+
+    let destination = match (&r.destination, kind) {
+        (Some(d), ServiceKind::Http | ServiceKind::Socks | ServiceKind::Status) => {
+            let why = match kind {
+                ServiceKind::Status => "the status page serves itself",
+                _ => "its clients name the destination of each request",
+            };
+            return Err(e(
+                d.span(),
+                format!("a {kind} service takes no destination ({why}); remove it"),
+            ));
+        }
+        (Some(d), _) => Some(
+            cx.value(d, |t| {
+                values::parse_destination(t, kind.default_destination_port())
+            })
+            .map_err(|mut err| {
+                err.message = format!("service '{name}': destination {}", err.message);
+                err
+            })?,
+        ),
+        (None, ServiceKind::Mapped | ServiceKind::Smtp | ServiceKind::Nntp) => {
+            let example = match kind {
+                ServiceKind::Mapped => "destination = \"192.168.1.20:22\"",
+                ServiceKind::Smtp => "destination = \"smtp.example.net:25\"",
+                _ => "destination = \"news.example.net:119\"",
+            };
+            return Err(e(
+                s.span(),
+                format!("a {kind} service needs a destination to connect to; add e.g. {example}"),
+            ));
+        }
+        (None, _) => None,
+    };
+
+    let auth = match &r.auth {
+        None => false,
+        Some(v) => {
+            let on = *v.get_ref();
+            if on
+                && !matches!(
+                    kind,
+                    ServiceKind::Http | ServiceKind::Socks | ServiceKind::Telnet
+                )
+            {
+                return Err(e(
+                    v.span(),
+                    format!(
+                        "auth = true is not possible on a {kind} service (only http, socks and \
+                         telnet ask clients for a user name and password); remove it and limit \
+                         access with [[rule]] clients instead"
+                    ),
+                ));
+            }
+            if on && !have_users {
+                return Err(e(
+                    v.span(),
+                    "auth = true but no [[user]] is defined, so nobody could log in; add a \
+                     [[user]] with a name and a password"
+                        .to_string(),
+                ));
+            }
+            on
+        }
+    };
+
+    let connect_ports = match &r.connect_ports {
+        None => vec![443],
+        Some(l) if kind != ServiceKind::Http => {
+            return Err(e(
+                l.span(),
+                format!("connect_ports only applies to http services, not {kind}; remove it"),
+            ))
+        }
+        Some(l) => {
+            let mut out = Vec::new();
+            for p in l.get_ref() {
+                let port = cx
+                    .value(p, |&i| values::port_from_int(i))
+                    .map_err(|mut err| {
+                        err.message = format!("service '{name}': connect_ports: {}", err.message);
+                        err
+                    })?;
+                if !out.contains(&port) {
+                    out.push(port);
+                }
+            }
+            out
+        }
+    };
+
+    let separator = match &r.separator {
+        None => "#".to_string(),
+        Some(v) if kind != ServiceKind::Pop3 => {
+            return Err(e(
+                v.span(),
+                format!("separator only applies to pop3 services, not {kind}; remove it"),
+            ))
+        }
+        Some(v) => {
+            let sep = v.get_ref();
+            if sep.is_empty() {
+                return Err(e(
+                    v.span(),
+                    "separator is empty; use one or more characters, e.g. \"#\"".to_string(),
+                ));
+            }
+            if sep
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == ':')
+            {
+                return Err(e(
+                    v.span(),
+                    format!(
+                        "separator \"{}\" contains whitespace, a control character or ':'; \
+                         use e.g. \"#\" or \"%\"",
+                        sep.escape_default()
+                    ),
+                ));
+            }
+            sep.clone()
+        }
+    };
+
+    let proxy_protocol = r.proxy_protocol.as_ref().is_some_and(|v| *v.get_ref());
+    if let (true, Protocol::Udp, Some(v)) = (proxy_protocol, protocol, &r.proxy_protocol) {
+        return Err(e(
+            v.span(),
+            "proxy_protocol = true needs a TCP service; a PROXY header cannot arrive on a udp \
+             mapped port"
+                .to_string(),
+        ));
+    }
+    let proxy_protocol_from = match &r.proxy_protocol_from {
+        None => Vec::new(),
+        Some(l) if !proxy_protocol => {
+            return Err(e(
+                l.span(),
+                "proxy_protocol_from has no effect without proxy_protocol = true; add that or \
+                 remove proxy_protocol_from"
+                    .to_string(),
+            ))
+        }
+        Some(l) => {
+            let mut out = Vec::new();
+            for n in l.get_ref() {
+                out.push(cx.value(n, |t| values::parse_net(t)).map_err(|mut err| {
+                    err.message = format!("service '{name}': proxy_protocol_from: {}", err.message);
+                    err
+                })?);
+            }
+            out
+        }
+    };
+    if proxy_protocol && proxy_protocol_from.is_empty() {
+        let span = r
+            .proxy_protocol_from
+            .as_ref()
+            .map(|l| l.span())
+            .or(r.proxy_protocol.as_ref().map(|v| v.span()))
+            .unwrap_or(s.span());
+        return Err(e(
+            span,
+            "proxy_protocol = true needs proxy_protocol_from = [...] listing the load balancers \
+             allowed to send a PROXY header (e.g. [\"10.0.0.5/32\"]); a header from anyone else \
+             would let them forge client addresses"
+                .to_string(),
+        ));
+    }
+
+    let send_proxy_protocol = match &r.send_proxy_protocol {
+        None => None,
+        Some(v) if !is_mapped => {
+            return Err(e(
+                v.span(),
+                format!("send_proxy_protocol only applies to mapped services, not {kind}"),
+            ))
+        }
+        Some(v) if protocol == Protocol::Udp => {
+            return Err(e(
+                v.span(),
+                "send_proxy_protocol needs a TCP mapped port, not protocol = \"udp\"".to_string(),
+            ))
+        }
+        Some(v) => Some(match v.get_ref().as_str() {
+            "v1" => ProxyVersion::V1,
+            "v2" => ProxyVersion::V2,
+            other => {
+                return Err(e(
+                    v.span(),
+                    format!("send_proxy_protocol \"{other}\" is not \"v1\" or \"v2\""),
+                ))
+            }
+        }),
+    };
+
+    Ok(Service {
+        name,
+        kind,
+        side,
+        listen,
+        auth,
+        connect_ports,
+        destination,
+        protocol,
+        open_proxy,
+        separator,
+        proxy_protocol,
+        proxy_protocol_from,
+        send_proxy_protocol,
+    })
+}
+
+/// Resolves `port` / `listen` into addresses (errors without the service
+/// prefix, which the caller adds).
+fn listen(
+    cx: &Ctx,
+    r: &RawService,
+    side: ListenSide,
+    network: &Network,
+) -> Result<Vec<SocketAddr>> {
+    let (mine, list_name, other, other_name) = match side {
+        ListenSide::Internal => (
+            &network.internal,
+            "network.internal",
+            &network.external,
+            "network.external",
+        ),
+        ListenSide::External => (
+            &network.external,
+            "network.external",
+            &network.internal,
+            "network.internal",
+        ),
+    };
+    match (&r.port, &r.listen) {
+        (Some(_), Some(l)) => Err(cx.err(
+            l.span(),
+            "give either port (every address of the side) or listen (exact addresses), not both",
+        )),
+        (None, None) => Err(cx.err(
+            r.name.span(),
+            "needs a port to listen on (port = 8080 opens it on every address of its side) or \
+             exact addresses (listen = [\"127.0.0.1:8080\"])",
+        )),
+        (Some(p), None) => {
+            let port = cx.value(p, |&i| values::port_from_int(i))?;
+            if mine.is_empty() {
+                let span = r.side.as_ref().map_or(p.span(), |v| v.span());
+                return Err(cx.err(
+                    span,
+                    format!(
+                        "side = \"{}\" but {list_name} is empty, so port = {port} would open \
+                         nowhere; add the addresses to {list_name}",
+                        side.name()
+                    ),
+                ));
+            }
+            Ok(mine.iter().map(|ip| SocketAddr::new(*ip, port)).collect())
+        }
+        (None, Some(l)) => {
+            if l.get_ref().is_empty() {
+                return Err(cx.err(
+                    l.span(),
+                    "listen is empty; give at least one address, e.g. [\"127.0.0.1:8080\"], or \
+                     use port = N",
+                ));
+            }
+            let mut out = Vec::new();
+            for a in l.get_ref() {
+                let addr = cx.value(a, |t| values::parse_listen(t))?;
+                if !mine.contains(&addr.ip()) {
+                    let fix = match (side, other.contains(&addr.ip())) {
+                        (ListenSide::Internal, true) => format!(
+                            "it is one of {other_name}, where only an incoming mapped port \
+                             (side = \"external\") may listen"
+                        ),
+                        (ListenSide::Internal, false) => format!("add it to {list_name}"),
+                        (ListenSide::External, true) => {
+                            format!("it is one of {other_name}; use side = \"internal\"")
+                        }
+                        (ListenSide::External, false) => {
+                            "add it there or use side = \"internal\"".to_string()
+                        }
+                    };
+                    return Err(cx.err(
+                        a.span(),
+                        format!("listen address {addr} is not one of {list_name}; {fix}"),
+                    ));
+                }
+                out.push(addr);
+            }
+            Ok(out)
+        }
+    }
+}
+
+fn rule(cx: &Ctx, r: &RawRule, services: &[Service], users: &[User]) -> Result<Rule> {
+    let action = match r.action.get_ref().as_str() {
+        "allow" => RuleAction::Allow,
+        "deny" => RuleAction::Deny,
+        other => {
+            return Err(cx.err(
+                r.action.span(),
+                format!("rule action \"{other}\" is not \"allow\" or \"deny\""),
+            ))
+        }
+    };
+    let non_empty = |len: usize, span: Range<usize>, key: &str, what: &str| -> Result<()> {
+        if len == 0 {
+            Err(cx.err(
+                span,
+                format!("rule {key} = [] would match nothing; leave the key out to match {what}"),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+
+    let mut out_services = Vec::new();
+    if let Some(l) = &r.services {
+        non_empty(l.get_ref().len(), l.span(), "services", "every service")?;
+        for s in l.get_ref() {
+            let n = s.get_ref();
+            if !services.iter().any(|x| &x.name == n) {
+                let known: Vec<&str> = services.iter().map(|x| x.name.as_str()).collect();
+                return Err(cx.err(
+                    s.span(),
+                    format!(
+                        "rule names unknown service '{n}'; the services are: {}",
+                        known.join(", ")
+                    ),
+                ));
+            }
+            out_services.push(n.clone());
+        }
+    }
+
+    let mut clients = Vec::new();
+    if let Some(l) = &r.clients {
+        non_empty(l.get_ref().len(), l.span(), "clients", "any client")?;
+        for c in l.get_ref() {
+            clients.push(cx.named("rule clients", c, |t| values::parse_net(t))?);
+        }
+    }
+
+    let mut out_users = Vec::new();
+    if let Some(l) = &r.users {
+        non_empty(l.get_ref().len(), l.span(), "users", "anyone")?;
+        for u in l.get_ref() {
+            let n = u.get_ref();
+            if !users.iter().any(|x| &x.name == n) {
+                let hint = if users.is_empty() {
+                    "no [[user]] is defined".to_string()
+                } else {
+                    let known: Vec<&str> = users.iter().map(|x| x.name.as_str()).collect();
+                    format!("the users are: {}", known.join(", "))
+                };
+                return Err(cx.err(u.span(), format!("rule names unknown user '{n}'; {hint}")));
+            }
+            out_users.push(n.clone());
+        }
+    }
+
+    let mut destinations = Vec::new();
+    if let Some(l) = &r.destinations {
+        non_empty(l.get_ref().len(), l.span(), "destinations", "anywhere")?;
+        for d in l.get_ref() {
+            destinations.push(cx.named("rule destinations", d, |t| values::parse_dest_pattern(t))?);
+        }
+    }
+
+    let mut ports = Vec::new();
+    if let Some(l) = &r.ports {
+        non_empty(l.get_ref().len(), l.span(), "ports", "any port")?;
+        for p in l.get_ref() {
+            ports.push(cx.named("rule ports", p, values::port_range_value)?);
+        }
+    }
+
+    let days = match &r.days {
+        None => None,
+        Some(l) => {
+            non_empty(l.get_ref().len(), l.span(), "days", "every day")?;
+            let mut mask = 0u8;
+            for d in l.get_ref() {
+                mask |= cx.named("rule days", d, |t| values::parse_days(t))?;
+            }
+            Some(mask)
+        }
+    };
+
+    let hours = match &r.hours {
+        None => None,
+        Some(h) => Some(cx.named("rule hours", h, |t| values::parse_hours(t))?),
+    };
+
+    let rate = match &r.rate {
+        None => None,
+        Some(v) => {
+            if action == RuleAction::Deny {
+                return Err(cx.err(
+                    v.span(),
+                    "rate only applies to allow rules (a deny rule lets nothing through to \
+                     cap); remove it or use action = \"allow\"",
+                ));
+            }
+            Some(cx.named("rule rate", v, values::rate_value)?)
+        }
+    };
+
+    Ok(Rule {
+        action,
+        services: out_services,
+        clients,
+        users: out_users,
+        destinations,
+        ports,
+        days,
+        hours,
+        rate,
+    })
+}

@@ -1,0 +1,200 @@
+//! What a runtime tells the core ([`Event`]) and what the core asks of a
+//! runtime ([`Action`]). Payload bytes never travel inside either: they sit in
+//! the core's buffers, which the runtime reads into and writes out of.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+
+use crate::id::{ConnId, ListenerId, Side};
+use crate::log::AccessRecord;
+
+/// Something that happened on a socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A listener asked for with [`Action::Listen`] is open.
+    Listening {
+        listener: ListenerId,
+        local: SocketAddr,
+    },
+    /// A listener could not be opened.
+    ListenFailed { listener: ListenerId, error: IoKind },
+    /// `accept` on a listener failed (the listener itself stays open).
+    AcceptFailed { listener: ListenerId, error: IoKind },
+    /// The connection asked for with [`Action::Connect`] is established;
+    /// `local` is its local address.
+    Connected { conn: ConnId, local: SocketAddr },
+    /// The connection asked for with [`Action::Connect`] failed.
+    ConnectFailed { conn: ConnId, error: IoKind },
+    /// `n` bytes were read into [`crate::Proxy::recv_buf`] of `side`.
+    Read { conn: ConnId, side: Side, n: usize },
+    /// A read on `side` found nothing to read (would block). Lets the core
+    /// give an empty buffer back to the pool.
+    ReadBlocked { conn: ConnId, side: Side },
+    /// `side` reached end of stream (the peer shut its write side).
+    Eof { conn: ConnId, side: Side },
+    /// `n` bytes of [`crate::Proxy::send_buf`] of `side` were written.
+    Written { conn: ConnId, side: Side, n: usize },
+    /// A read, write or shutdown on `side` failed.
+    IoError {
+        conn: ConnId,
+        side: Side,
+        error: IoKind,
+    },
+}
+
+/// Something the core asks the runtime to do. Drain them with
+/// [`crate::Proxy::poll_action`] after every call into the core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Open a listening TCP socket on `addr`, then report
+    /// [`Event::Listening`] or [`Event::ListenFailed`].
+    Listen {
+        listener: ListenerId,
+        addr: SocketAddr,
+    },
+    /// Stop accepting on a listener for now (it stays open).
+    PauseAccept { listener: ListenerId },
+    /// Accept on a paused listener again.
+    ResumeAccept { listener: ListenerId },
+    /// Close a listener for good.
+    Unlisten { listener: ListenerId },
+    /// Open the upstream socket of `conn` to `addr`, from `bind` when given,
+    /// non-blocking; report [`Event::Connected`] or [`Event::ConnectFailed`].
+    Connect {
+        conn: ConnId,
+        addr: SocketAddr,
+        bind: Option<IpAddr>,
+    },
+    /// Which operations the core wants on one socket from now on. Emitted
+    /// only when it changes. A runtime attempts a wanted operation whenever
+    /// the socket is ready for it.
+    Interest {
+        conn: ConnId,
+        side: Side,
+        read: bool,
+        write: bool,
+    },
+    /// Shut the write half of `side` (half-close carried across).
+    ShutdownWrite { conn: ConnId, side: Side },
+    /// Close both sockets of `conn`; the id is dead from now on.
+    Close { conn: ConnId },
+    /// A diagnostic line for stderr, already filtered by the log level.
+    Log { level: Level, message: String },
+    /// A finished connection (or request) for the access log.
+    Access(Box<AccessRecord>),
+    /// A line for standard output (the `listening:` lines at start).
+    Say(String),
+    /// Startup cannot go on: print `message` to stderr and exit 1.
+    Fatal { message: String },
+}
+
+/// Diagnostic log levels, most severe first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Level {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+impl Level {
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Error => "error",
+            Level::Warn => "warn",
+            Level::Info => "info",
+            Level::Debug => "debug",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Level> {
+        match s {
+            "error" => Some(Level::Error),
+            "warn" => Some(Level::Warn),
+            "info" => Some(Level::Info),
+            "debug" => Some(Level::Debug),
+            _ => None,
+        }
+    }
+}
+
+/// The kinds of socket error the core tells apart. A runtime maps an
+/// `io::Error` with [`IoKind::from_io`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IoKind {
+    Refused,
+    Reset,
+    TimedOut,
+    HostUnreachable,
+    NetUnreachable,
+    PermissionDenied,
+    AddrInUse,
+    AddrNotAvailable,
+    /// The process or system is out of file descriptors.
+    TooManyFiles,
+    Other,
+}
+
+// errno values of the Linux/BSD families; only used to classify.
+const EMFILE: i32 = 24;
+const ENFILE: i32 = 23;
+#[cfg(target_os = "linux")]
+const ENETUNREACH: i32 = 101;
+#[cfg(target_os = "linux")]
+const EHOSTUNREACH: i32 = 113;
+#[cfg(not(target_os = "linux"))]
+const ENETUNREACH: i32 = 51;
+#[cfg(not(target_os = "linux"))]
+const EHOSTUNREACH: i32 = 65;
+
+impl IoKind {
+    pub fn from_io(e: &io::Error) -> IoKind {
+        match e.raw_os_error() {
+            Some(EMFILE) | Some(ENFILE) => return IoKind::TooManyFiles,
+            Some(ENETUNREACH) => return IoKind::NetUnreachable,
+            Some(EHOSTUNREACH) => return IoKind::HostUnreachable,
+            _ => {}
+        }
+        match e.kind() {
+            io::ErrorKind::ConnectionRefused => IoKind::Refused,
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe => IoKind::Reset,
+            io::ErrorKind::TimedOut => IoKind::TimedOut,
+            io::ErrorKind::PermissionDenied => IoKind::PermissionDenied,
+            io::ErrorKind::AddrInUse => IoKind::AddrInUse,
+            io::ErrorKind::AddrNotAvailable => IoKind::AddrNotAvailable,
+            _ => IoKind::Other,
+        }
+    }
+
+    /// How a person would say it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            IoKind::Refused => "connection refused",
+            IoKind::Reset => "connection reset",
+            IoKind::TimedOut => "timed out",
+            IoKind::HostUnreachable => "host unreachable",
+            IoKind::NetUnreachable => "network unreachable",
+            IoKind::PermissionDenied => "permission denied",
+            IoKind::AddrInUse => "address already in use",
+            IoKind::AddrNotAvailable => "address not available on this machine",
+            IoKind::TooManyFiles => "too many open files",
+            IoKind::Other => "i/o error",
+        }
+    }
+}
+
+/// Why [`crate::Proxy::accept`] turned a connection away. The runtime closes
+/// the socket; the core has already logged it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("connection limit reached (limits.max_connections)")]
+    TooMany,
+    #[error("too many connections from this client (limits.max_per_client)")]
+    PerClient,
+    #[error("shutting down")]
+    ShuttingDown,
+    #[error("no such listener")]
+    UnknownListener,
+}

@@ -1,0 +1,28 @@
+//! Portico's core: everything Portico decides, and nothing it does.
+//!
+//! This crate owns the connection table ([`Proxy`]), the protocol state
+//! machines, the configuration ([`config`]), the access log format ([`log`])
+//! and the command line ([`cli`]). It has no sockets, no threads, no clock and
+//! no randomness beyond a seed it is given: a runtime turns socket readiness
+//! into [`Event`]s, hands them in with the current time, and carries out the
+//! [`Action`]s that come back. Payload bytes stay in the core's buffers; the
+//! runtime reads into [`Proxy::recv_buf`] and writes from [`Proxy::send_buf`].
+//!
+//! See [`proxy`] for the loop every runtime writes.
+
+pub mod auth;
+pub mod buffer;
+pub mod cli;
+pub mod config;
+pub mod event;
+pub mod id;
+pub mod log;
+pub mod proxy;
+mod session;
+mod timer;
+
+pub use config::Config;
+pub use event::{Action, Event, IoKind, Level, Refused};
+pub use id::{ConnId, ListenerId, Side};
+pub use log::AccessRecord;
+pub use proxy::{Proxy, Stats};

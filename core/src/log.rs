@@ -1,0 +1,216 @@
+//! The access log: one record per finished connection (per request for
+//! http), formatted as the text line of SPEC.md or as one JSON object.
+//!
+//! The core has no clock, so a record carries no wall time; the runtime passes
+//! the wall-clock time when it writes the line.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::config::LogFormat;
+
+/// A finished connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessRecord {
+    pub service: Arc<str>,
+    pub client: SocketAddr,
+    pub user: Option<String>,
+    /// `CONNECT`, `GET`, … for http; `TCP` for a mapped port.
+    pub method: &'static str,
+    /// What the client asked for (for a mapped port, its destination).
+    pub target: String,
+    /// The address actually connected to, if any.
+    pub destination: Option<SocketAddr>,
+    /// The HTTP status for http; an outcome word for the others
+    /// (`ok`, `refused`, `timeout`, `unreachable`, `error`, `idle`, `limit`,
+    /// `shutdown`).
+    pub status: String,
+    pub up: u64,
+    pub down: u64,
+    pub duration: Duration,
+}
+
+impl AccessRecord {
+    /// The line to write, without a trailing newline.
+    pub fn format(&self, wall: SystemTime, format: LogFormat) -> String {
+        let ts = rfc3339_millis(wall);
+        let user = self.user.as_deref();
+        let dest = self.destination.map(|d| d.to_string());
+        let secs = self.duration.as_secs_f64();
+        match format {
+            LogFormat::Text => format!(
+                "{ts} {} {} {} {} {} {} {} up={} down={} {secs:.3}s",
+                self.service,
+                self.client,
+                user.map(text_field).unwrap_or_else(|| "-".into()),
+                self.method,
+                text_field(&self.target),
+                dest.as_deref().unwrap_or("-"),
+                self.status,
+                self.up,
+                self.down,
+            ),
+            LogFormat::Json => {
+                let mut s = String::with_capacity(192);
+                s.push_str("{\"time\":");
+                json_str(&mut s, &ts);
+                s.push_str(",\"service\":");
+                json_str(&mut s, &self.service);
+                s.push_str(",\"client\":");
+                json_str(&mut s, &self.client.to_string());
+                s.push_str(",\"user\":");
+                match user {
+                    Some(u) => json_str(&mut s, u),
+                    None => s.push_str("null"),
+                }
+                s.push_str(",\"method\":");
+                json_str(&mut s, self.method);
+                s.push_str(",\"target\":");
+                json_str(&mut s, &self.target);
+                s.push_str(",\"destination\":");
+                match &dest {
+                    Some(d) => json_str(&mut s, d),
+                    None => s.push_str("null"),
+                }
+                s.push_str(",\"status\":");
+                json_str(&mut s, &self.status);
+                let _ = write!(
+                    s,
+                    ",\"up\":{},\"down\":{},\"duration_ms\":{}}}",
+                    self.up,
+                    self.down,
+                    self.duration.as_millis()
+                );
+                s
+            }
+        }
+    }
+}
+
+/// A field of the text format: no spaces or control bytes (a peer's bytes
+/// must never forge a second field or line).
+fn text_field(s: &str) -> String {
+    if s.is_empty() {
+        return "-".into();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_whitespace() || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// `2026-11-23T19:30:00.123Z`.
+pub fn rfc3339_millis(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (y, m, day) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
+/// (Howard Hinnant's algorithm).
+pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec() -> AccessRecord {
+        AccessRecord {
+            service: "web".into(),
+            client: "192.168.1.5:53211".parse().unwrap(),
+            user: Some("alice".into()),
+            method: "CONNECT",
+            target: "example.com:443".into(),
+            destination: Some("93.184.216.34:443".parse().unwrap()),
+            status: "200".into(),
+            up: 1234,
+            down: 56789,
+            duration: Duration::from_millis(1234),
+        }
+    }
+
+    #[test]
+    fn text_line_matches_spec() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_462_200_123);
+        assert_eq!(
+            rec().format(t, LogFormat::Text),
+            "2026-11-23T19:30:00.123Z web 192.168.1.5:53211 alice CONNECT example.com:443 \
+             93.184.216.34:443 200 up=1234 down=56789 1.234s"
+        );
+    }
+
+    #[test]
+    fn json_line_escapes() {
+        let mut r = rec();
+        r.target = "a\"b\nc".into();
+        r.user = None;
+        let line = r.format(UNIX_EPOCH, LogFormat::Json);
+        assert!(
+            line.starts_with("{\"time\":\"1970-01-01T00:00:00.000Z\""),
+            "{line}"
+        );
+        assert!(line.contains("\"target\":\"a\\\"b\\nc\""), "{line}");
+        assert!(line.contains("\"user\":null"), "{line}");
+        assert!(line.ends_with("\"duration_ms\":1234}"), "{line}");
+    }
+
+    #[test]
+    fn text_fields_cannot_forge_fields() {
+        let mut r = rec();
+        r.target = "x y\nz".into();
+        let line = r.format(UNIX_EPOCH, LogFormat::Text);
+        assert!(line.contains(" x_y_z "), "{line}");
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    }
+}

@@ -1,0 +1,154 @@
+//! One client connection and what the core does for it.
+//!
+//! # States and exits
+//!
+//! ```text
+//!  accept ──► Connecting ──Connected──► Relay ──both directions shut──► (closed, "ok")
+//!                │                        │
+//!                ├─ConnectFailed─► (closed, "refused" | "unreachable" | "error")
+//!                └─connect_timeout─► (closed, "timeout")
+//!                                         ├─idle_timeout─► (closed, "idle")
+//!                                         └─IoError─► (closed, "error")
+//!  any state ──shutdown_grace passed──► (closed, "shutdown")
+//! ```
+//!
+//! A mapped port starts in `Connecting` (it knows where to go at accept);
+//! protocol services will start in a handshake state of their own and enter
+//! `Connecting` once the request names a destination.
+//!
+//! # The two directions
+//!
+//! `up` carries client → upstream, `down` upstream → client. A direction
+//! holds a buffer only while bytes are in it. When its source reaches EOF and
+//! its buffer is empty, the write half of its sink is shut (half-close carried
+//! across); the session is finished when both directions are shut.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use crate::buffer::{Buffer, Pool};
+use crate::id::{ListenerId, Side};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum State {
+    /// Waiting for the upstream connection.
+    Connecting,
+    /// Bytes flow both ways.
+    Relay,
+}
+
+/// One direction of a session.
+#[derive(Debug, Default)]
+pub(crate) struct Dir {
+    pub buf: Option<Buffer>,
+    /// The source side reached end of stream.
+    pub eof: bool,
+    /// The sink's write half has been shut.
+    pub shut: bool,
+    /// Bytes written to the sink.
+    pub bytes: u64,
+}
+
+impl Dir {
+    pub fn has_data(&self) -> bool {
+        self.buf.as_ref().is_some_and(|b| !b.is_empty())
+    }
+
+    pub fn has_space(&self) -> bool {
+        self.buf.as_ref().is_none_or(|b| !b.is_full())
+    }
+
+    /// Gives an empty buffer back to the pool.
+    pub fn release_if_empty(&mut self, pool: &mut Pool) {
+        if self.buf.as_ref().is_some_and(|b| b.is_empty()) {
+            if let Some(b) = self.buf.take() {
+                pool.give(b);
+            }
+        }
+    }
+
+    pub fn release(&mut self, pool: &mut Pool) {
+        if let Some(b) = self.buf.take() {
+            pool.give(b);
+        }
+    }
+
+    /// Space to read into, taking a buffer from the pool if there is none.
+    pub fn space<'a>(&'a mut self, pool: &mut Pool) -> &'a mut [u8] {
+        self.buf.get_or_insert_with(|| pool.take()).space()
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub gen: u32,
+    pub service: usize,
+    #[allow(dead_code)] // kept for the status page and reload
+    pub listener: ListenerId,
+    pub client: SocketAddr,
+    pub state: State,
+    pub accepted: Instant,
+    /// When the current state was entered (connect and handshake deadlines).
+    pub state_since: Instant,
+    /// The last byte either way (the idle deadline).
+    pub last_active: Instant,
+    /// The deadline this session has in the timer heap, if any.
+    pub timer_at: Option<Instant>,
+    pub up: Dir,
+    pub down: Dir,
+    /// The interest last told to the runtime, per side: (read, write).
+    pub told: [(bool, bool); 2],
+    pub target: String,
+    pub upstream: Option<SocketAddr>,
+    pub upstream_local: Option<SocketAddr>,
+    /// Outcome word for the access log once the session ends.
+    pub status: &'static str,
+}
+
+impl Session {
+    /// The direction that `side`'s reads fill.
+    pub fn source_dir(&mut self, side: Side) -> &mut Dir {
+        match side {
+            Side::Client => &mut self.up,
+            Side::Upstream => &mut self.down,
+        }
+    }
+
+    /// The direction that `side`'s writes drain.
+    pub fn sink_dir(&self, side: Side) -> &Dir {
+        match side {
+            Side::Client => &self.down,
+            Side::Upstream => &self.up,
+        }
+    }
+
+    pub fn sink_dir_mut(&mut self, side: Side) -> &mut Dir {
+        match side {
+            Side::Client => &mut self.down,
+            Side::Upstream => &mut self.up,
+        }
+    }
+
+    /// What the core wants from `side` now: (read, write).
+    pub fn wanted(&self, side: Side) -> (bool, bool) {
+        let upstream_open = self.state == State::Relay;
+        match side {
+            Side::Client => (!self.up.eof && self.up.has_space(), self.down.has_data()),
+            Side::Upstream if upstream_open => {
+                (!self.down.eof && self.down.has_space(), self.up.has_data())
+            }
+            Side::Upstream => (false, false),
+        }
+    }
+
+    pub fn finished(&self) -> bool {
+        self.up.shut && self.down.shut
+    }
+}
+
+pub(crate) fn side_index(side: Side) -> usize {
+    match side {
+        Side::Client => 0,
+        Side::Upstream => 1,
+    }
+}

@@ -1,0 +1,677 @@
+//! One mio event loop over every socket.
+//!
+//! Sockets are registered once, edge-triggered, for both directions; the loop
+//! caches readiness per socket and attempts an operation when the socket is
+//! ready *and* the core wants it (its last `Interest`). Reads and writes go
+//! straight into and out of the core's buffers. Each wake-up does a bounded
+//! amount of work per connection: a connection with more to do is queued
+//! again behind the others, so none starves the rest.
+//!
+//! Tokens: `2 * index` is a connection's client socket, `2 * index + 1` its
+//! upstream socket; listeners and the signal pipe live at the top of the
+//! token space.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::IntoRawFd;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream, UnixStream};
+use mio::{Events, Interest, Poll, Token};
+use portico_core::cli::{Plan, EXIT_OK, EXIT_RUNTIME};
+use portico_core::{Action, ConnId, Event, IoKind, ListenerId, Proxy, Side};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use crate::output::Output;
+
+const SIGNAL: Token = Token(usize::MAX);
+const LISTENER_BASE: usize = usize::MAX / 2;
+/// Reads or writes one connection may do before the others get a turn.
+const OPS_PER_TURN: usize = 16;
+/// Accepts one listener may do before the others get a turn.
+const ACCEPTS_PER_TURN: usize = 64;
+
+#[derive(Default, Clone, Copy)]
+struct Sock {
+    readable: bool,
+    writable: bool,
+    want_read: bool,
+    want_write: bool,
+}
+
+struct Conn {
+    id: ConnId,
+    client: TcpStream,
+    upstream: Option<TcpStream>,
+    /// The upstream connect is still in progress.
+    connecting: bool,
+    sock: [Sock; 2],
+    queued: bool,
+}
+
+struct Lst {
+    sock: TcpListener,
+    ready: bool,
+    paused: bool,
+    queued: bool,
+}
+
+struct Loop {
+    poll: Poll,
+    proxy: Proxy,
+    conns: Vec<Option<Conn>>,
+    listeners: Vec<Option<Lst>>,
+    /// Connections with work to do this turn.
+    work: Vec<usize>,
+    /// Listeners with connections to accept.
+    accept_work: Vec<usize>,
+    out: Output,
+    fatal: Option<String>,
+}
+
+fn si(side: Side) -> usize {
+    match side {
+        Side::Client => 0,
+        Side::Upstream => 1,
+    }
+}
+
+pub fn run(plan: Plan) -> i32 {
+    match run_inner(plan) {
+        Ok(code) => code,
+        Err(e) => {
+            Output::log(portico_core::Level::Error, &e);
+            EXIT_RUNTIME
+        }
+    }
+}
+
+fn run_inner(plan: Plan) -> Result<i32, String> {
+    let out = Output::open(&plan.config).map_err(|e| {
+        format!(
+            "cannot open the access log: {e}; check [log] access in {}",
+            plan.source
+        )
+    })?;
+    let poll = Poll::new().map_err(|e| format!("cannot create the event loop: {e}"))?;
+    let (sig_rx, sig_tx) = std::os::unix::net::UnixStream::pair()
+        .map_err(|e| format!("cannot create the signal pipe: {e}"))?;
+    sig_rx
+        .set_nonblocking(true)
+        .map_err(|e| format!("cannot create the signal pipe: {e}"))?;
+    let mut sig_rx = UnixStream::from_std(sig_rx);
+    for sig in [
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ] {
+        let tx = sig_tx
+            .try_clone()
+            .map_err(|e| format!("cannot set up signals: {e}"))?;
+        // The pipe carries the signal number, so one byte tells which.
+        signal_hook::low_level::pipe::register_raw(sig, tx.into_raw_fd())
+            .map_err(|e| format!("cannot set up signals: {e}"))?;
+    }
+    poll.registry()
+        .register(&mut sig_rx, SIGNAL, Interest::READABLE)
+        .map_err(|e| format!("cannot set up signals: {e}"))?;
+    let mut proxy = Proxy::new(plan.config, seed(), Instant::now());
+    proxy.set_log_level(plan.log_level);
+    let mut lp = Loop {
+        poll,
+        proxy,
+        conns: Vec::new(),
+        listeners: Vec::new(),
+        work: Vec::new(),
+        accept_work: Vec::new(),
+        out,
+        fatal: None,
+    };
+    Ok(lp.run(&mut sig_rx))
+}
+
+fn seed() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+    u64::from_le_bytes(b)
+}
+
+impl Loop {
+    fn run(&mut self, sig_rx: &mut UnixStream) -> i32 {
+        let mut events = Events::with_capacity(1024);
+        let mut starting = true;
+        loop {
+            self.drain();
+            if let Some(msg) = self.fatal.take() {
+                Output::log(portico_core::Level::Error, &msg);
+                return EXIT_RUNTIME;
+            }
+            if starting && self.proxy.starting() == 0 {
+                starting = false;
+            }
+            if self.proxy.is_finished() {
+                return EXIT_OK;
+            }
+            let now = Instant::now();
+            let timeout = if !self.work.is_empty() || !self.accept_work.is_empty() {
+                Some(Duration::ZERO)
+            } else {
+                self.proxy
+                    .poll_timeout()
+                    .map(|t| t.saturating_duration_since(now) + Duration::from_millis(1))
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    Output::log(
+                        portico_core::Level::Error,
+                        &format!("event loop failed: {e}"),
+                    );
+                    return EXIT_RUNTIME;
+                }
+            }
+            for ev in events.iter() {
+                let t = ev.token();
+                if t == SIGNAL {
+                    self.signals(sig_rx);
+                } else if t.0 >= LISTENER_BASE {
+                    let i = t.0 - LISTENER_BASE;
+                    if let Some(Some(l)) = self.listeners.get_mut(i) {
+                        l.ready = true;
+                        if !l.queued {
+                            l.queued = true;
+                            self.accept_work.push(i);
+                        }
+                    }
+                } else {
+                    let idx = t.0 / 2;
+                    let side = t.0 % 2;
+                    if let Some(Some(c)) = self.conns.get_mut(idx) {
+                        let s = &mut c.sock[side];
+                        // Errors and hang-ups surface on the next read/write.
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            s.readable = true;
+                        }
+                        if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
+                            s.writable = true;
+                        }
+                        if !c.queued {
+                            c.queued = true;
+                            self.work.push(idx);
+                        }
+                    }
+                }
+            }
+            self.accept_turn();
+            self.work_turn();
+            self.proxy.handle_timeout(Instant::now());
+        }
+    }
+
+    fn signals(&mut self, sig_rx: &mut UnixStream) {
+        let mut buf = [0u8; 32];
+        loop {
+            match sig_rx.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    for &b in &buf[..n] {
+                        let sig = b as i32;
+                        if sig == signal_hook::consts::SIGHUP {
+                            Output::log(
+                                portico_core::Level::Warn,
+                                "SIGHUP: configuration reload is not available in this version; \
+                                 restart portico to apply changes",
+                            );
+                        } else {
+                            self.proxy.shutdown(Instant::now());
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Carries out every action the core has queued.
+    fn drain(&mut self) {
+        while let Some(action) = self.proxy.poll_action() {
+            match action {
+                Action::Listen { listener, addr } => self.listen(listener, addr),
+                Action::PauseAccept { listener } => {
+                    if let Some(Some(l)) = self.listeners.get_mut(listener.index()) {
+                        l.paused = true;
+                    }
+                }
+                Action::ResumeAccept { listener } => {
+                    let i = listener.index();
+                    if let Some(Some(l)) = self.listeners.get_mut(i) {
+                        l.paused = false;
+                        // The edge may have come and gone while paused.
+                        l.ready = true;
+                        if !l.queued {
+                            l.queued = true;
+                            self.accept_work.push(i);
+                        }
+                    }
+                }
+                Action::Unlisten { listener } => {
+                    if let Some(slot) = self.listeners.get_mut(listener.index()) {
+                        *slot = None;
+                    }
+                }
+                Action::Connect { conn, addr, bind } => self.connect(conn, addr, bind),
+                Action::Interest {
+                    conn,
+                    side,
+                    read,
+                    write,
+                } => {
+                    if let Some(c) = self.conn_mut(conn) {
+                        let s = &mut c.sock[si(side)];
+                        s.want_read = read;
+                        s.want_write = write;
+                        if ((read && s.readable) || (write && s.writable)) && !c.queued {
+                            c.queued = true;
+                            self.work.push(conn.index());
+                        }
+                    }
+                }
+                Action::ShutdownWrite { conn, side } => {
+                    if let Some(c) = self.conn_mut(conn) {
+                        let r = match side {
+                            Side::Client => c.client.shutdown(Shutdown::Write),
+                            Side::Upstream => match &c.upstream {
+                                Some(u) => u.shutdown(Shutdown::Write),
+                                None => Ok(()),
+                            },
+                        };
+                        if let Err(e) = r {
+                            if e.kind() != io::ErrorKind::NotConnected {
+                                let error = IoKind::from_io(&e);
+                                self.proxy
+                                    .handle(Event::IoError { conn, side, error }, Instant::now());
+                            }
+                        }
+                    }
+                }
+                Action::Close { conn } => {
+                    if self.conn_mut(conn).is_some() {
+                        // Dropping the sockets closes them and takes them out
+                        // of the poll set.
+                        self.conns[conn.index()] = None;
+                    }
+                }
+                Action::Log { level, message } => Output::log(level, &message),
+                Action::Access(rec) => self.out.access(&rec),
+                Action::Say(line) => Output::say(&line),
+                Action::Fatal { message } => {
+                    if self.fatal.is_none() {
+                        self.fatal = Some(message);
+                    }
+                }
+            }
+        }
+    }
+
+    fn conn_mut(&mut self, conn: ConnId) -> Option<&mut Conn> {
+        match self.conns.get_mut(conn.index()) {
+            Some(Some(c)) if c.id == conn => Some(c),
+            _ => None,
+        }
+    }
+
+    fn listen(&mut self, listener: ListenerId, addr: SocketAddr) {
+        let r = (|| -> io::Result<TcpListener> {
+            let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+            s.set_reuse_address(true)?;
+            if addr.is_ipv6() {
+                s.set_only_v6(true)?;
+            }
+            s.set_nonblocking(true)?;
+            s.bind(&SockAddr::from(addr))?;
+            s.listen(1024)?;
+            Ok(TcpListener::from_std(s.into()))
+        })();
+        let now = Instant::now();
+        match r {
+            Ok(mut l) => {
+                let i = listener.index();
+                let token = Token(LISTENER_BASE + i);
+                if let Err(e) = self
+                    .poll
+                    .registry()
+                    .register(&mut l, token, Interest::READABLE)
+                {
+                    let error = IoKind::from_io(&e);
+                    self.proxy
+                        .handle(Event::ListenFailed { listener, error }, now);
+                    return;
+                }
+                let local = l.local_addr().unwrap_or(addr);
+                if self.listeners.len() <= i {
+                    self.listeners.resize_with(i + 1, || None);
+                }
+                self.listeners[i] = Some(Lst {
+                    sock: l,
+                    ready: false,
+                    paused: false,
+                    queued: false,
+                });
+                self.proxy.handle(Event::Listening { listener, local }, now);
+            }
+            Err(e) => {
+                let error = IoKind::from_io(&e);
+                self.proxy
+                    .handle(Event::ListenFailed { listener, error }, now);
+            }
+        }
+    }
+
+    fn connect(&mut self, conn: ConnId, addr: SocketAddr, bind: Option<std::net::IpAddr>) {
+        let r = (|| -> io::Result<TcpStream> {
+            let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+            s.set_nonblocking(true)?;
+            s.set_nodelay(true)?;
+            if let Some(ip) = bind {
+                s.bind(&SockAddr::from(SocketAddr::new(ip, 0)))?;
+            }
+            match s.connect(&SockAddr::from(addr)) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+                Err(e) => return Err(e),
+            }
+            Ok(TcpStream::from_std(s.into()))
+        })();
+        let idx = conn.index();
+        let registry = self.poll.registry();
+        let Some(Some(c)) = self.conns.get_mut(idx) else {
+            return;
+        };
+        if c.id != conn {
+            return;
+        }
+        let r = r.and_then(|mut u| {
+            registry.register(
+                &mut u,
+                Token(idx * 2 + 1),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            Ok(u)
+        });
+        match r {
+            Ok(u) => {
+                c.upstream = Some(u);
+                c.connecting = true;
+            }
+            Err(e) => {
+                let error = IoKind::from_io(&e);
+                self.proxy
+                    .handle(Event::ConnectFailed { conn, error }, Instant::now());
+            }
+        }
+    }
+
+    fn accept_turn(&mut self) {
+        let list = std::mem::take(&mut self.accept_work);
+        for i in list {
+            let mut again = false;
+            for _ in 0..ACCEPTS_PER_TURN {
+                let Some(Some(l)) = self.listeners.get_mut(i) else {
+                    break;
+                };
+                if l.paused || !l.ready {
+                    break;
+                }
+                match l.sock.accept() {
+                    Ok((stream, peer)) => self.accepted(ListenerId(i as u32), stream, peer),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        l.ready = false;
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let error = IoKind::from_io(&e);
+                        let listener = ListenerId(i as u32);
+                        self.proxy
+                            .handle(Event::AcceptFailed { listener, error }, Instant::now());
+                        self.drain();
+                    }
+                }
+                again = true;
+            }
+            if let Some(Some(l)) = self.listeners.get_mut(i) {
+                l.queued = false;
+                if again && l.ready && !l.paused {
+                    l.queued = true;
+                    self.accept_work.push(i);
+                }
+            }
+        }
+        self.drain();
+    }
+
+    fn accepted(&mut self, listener: ListenerId, mut stream: TcpStream, peer: SocketAddr) {
+        let Ok(conn) = self.proxy.accept(listener, peer, Instant::now()) else {
+            // Refused and logged by the core: dropping closes it.
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        let idx = conn.index();
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            Token(idx * 2),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            let error = IoKind::from_io(&e);
+            let side = Side::Client;
+            self.proxy
+                .handle(Event::IoError { conn, side, error }, Instant::now());
+            return;
+        }
+        if self.conns.len() <= idx {
+            self.conns.resize_with(idx + 1, || None);
+        }
+        self.conns[idx] = Some(Conn {
+            id: conn,
+            client: stream,
+            upstream: None,
+            connecting: false,
+            sock: [Sock::default(); 2],
+            queued: false,
+        });
+        // Actions for this connection (Connect, Interest) need its slot.
+        self.drain();
+    }
+
+    fn work_turn(&mut self) {
+        let list = std::mem::take(&mut self.work);
+        for idx in list {
+            let more = self.pump(idx);
+            if let Some(Some(c)) = self.conns.get_mut(idx) {
+                c.queued = more;
+                if more {
+                    self.work.push(idx);
+                }
+            }
+        }
+    }
+
+    /// Does up to [`OPS_PER_TURN`] operations on connection `idx`; true if it
+    /// still has work that is ready.
+    fn pump(&mut self, idx: usize) -> bool {
+        let conn = match self.conns.get(idx) {
+            Some(Some(c)) => c.id,
+            _ => return false,
+        };
+        let mut ops = 0;
+        while ops < OPS_PER_TURN {
+            let Some(c) = self.conn_mut(conn) else {
+                return false;
+            };
+            if c.connecting && c.sock[1].writable {
+                c.sock[1].writable = false;
+                ops += 1;
+                self.finish_connect(idx);
+                self.drain();
+                continue;
+            }
+            let mut did = false;
+            for side in [Side::Client, Side::Upstream] {
+                let Some(c) = self.conn_mut(conn) else {
+                    return false;
+                };
+                if side == Side::Upstream && (c.upstream.is_none() || c.connecting) {
+                    continue;
+                }
+                let s = c.sock[si(side)];
+                if s.want_read && s.readable {
+                    ops += 1;
+                    did = true;
+                    self.read(conn, side);
+                    self.drain();
+                }
+                let Some(c) = self.conn_mut(conn) else {
+                    return false;
+                };
+                let s = c.sock[si(side)];
+                if s.want_write && s.writable {
+                    ops += 1;
+                    did = true;
+                    self.write(conn, side);
+                    self.drain();
+                }
+            }
+            if !did {
+                return false;
+            }
+        }
+        // The turn is spent: is anything still both wanted and ready?
+        self.conn_mut(conn).is_some_and(|c| {
+            (c.connecting && c.sock[1].writable)
+                || c.sock
+                    .iter()
+                    .any(|s| (s.want_read && s.readable) || (s.want_write && s.writable))
+        })
+    }
+
+    fn finish_connect(&mut self, idx: usize) {
+        let Some(Some(c)) = self.conns.get_mut(idx) else {
+            return;
+        };
+        let conn = c.id;
+        let Some(u) = c.upstream.as_ref() else {
+            return;
+        };
+        let now = Instant::now();
+        match u.take_error() {
+            Ok(Some(e)) | Err(e) => {
+                c.connecting = false;
+                let error = IoKind::from_io(&e);
+                self.proxy.handle(Event::ConnectFailed { conn, error }, now);
+                return;
+            }
+            Ok(None) => {}
+        }
+        match u.peer_addr() {
+            Ok(_) => {
+                c.connecting = false;
+                // The socket is writable now and may already be readable.
+                c.sock[1].writable = true;
+                c.sock[1].readable = true;
+                let local = u
+                    .local_addr()
+                    .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+                self.proxy.handle(Event::Connected { conn, local }, now);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                // A spurious wake-up: still connecting.
+            }
+            Err(e) => {
+                c.connecting = false;
+                let error = IoKind::from_io(&e);
+                self.proxy.handle(Event::ConnectFailed { conn, error }, now);
+            }
+        }
+    }
+
+    fn read(&mut self, conn: ConnId, side: Side) {
+        let idx = conn.index();
+        let Some(Some(c)) = self.conns.get_mut(idx) else {
+            return;
+        };
+        let stream = match side {
+            Side::Client => &mut c.client,
+            Side::Upstream => match c.upstream.as_mut() {
+                Some(u) => u,
+                None => return,
+            },
+        };
+        let now = Instant::now();
+        let Some(buf) = self.proxy.recv_buf(conn, side) else {
+            // Not wanted after all: wait for the next Interest.
+            c.sock[si(side)].want_read = false;
+            return;
+        };
+        let r = loop {
+            match stream.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => break r,
+            }
+        };
+        let ev = match r {
+            Ok(0) => {
+                c.sock[si(side)].readable = false;
+                Event::Eof { conn, side }
+            }
+            Ok(n) => Event::Read { conn, side, n },
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                c.sock[si(side)].readable = false;
+                Event::ReadBlocked { conn, side }
+            }
+            Err(e) => Event::IoError {
+                conn,
+                side,
+                error: IoKind::from_io(&e),
+            },
+        };
+        self.proxy.handle(ev, now);
+    }
+
+    fn write(&mut self, conn: ConnId, side: Side) {
+        let idx = conn.index();
+        let Some(Some(c)) = self.conns.get_mut(idx) else {
+            return;
+        };
+        let stream = match side {
+            Side::Client => &mut c.client,
+            Side::Upstream => match c.upstream.as_mut() {
+                Some(u) => u,
+                None => return,
+            },
+        };
+        let Some(data) = self.proxy.send_buf(conn, side) else {
+            c.sock[si(side)].want_write = false;
+            return;
+        };
+        let r = loop {
+            match stream.write(data) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => break r,
+            }
+        };
+        let now = Instant::now();
+        let ev = match r {
+            Ok(n) => Event::Written { conn, side, n },
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                c.sock[si(side)].writable = false;
+                return;
+            }
+            Err(e) => Event::IoError {
+                conn,
+                side,
+                error: IoKind::from_io(&e),
+            },
+        };
+        self.proxy.handle(ev, now);
+    }
+}

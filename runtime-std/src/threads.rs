@@ -1,0 +1,760 @@
+//! Threads: one acceptor waiting on every listener with `polling`, one thread
+//! per connection waiting on that connection's two sockets, one timer thread
+//! and one signal thread, all driving a single core behind a mutex.
+//!
+//! Whoever holds the lock drains the core's actions and routes each to the
+//! thread that owns the sockets it names (a channel plus a wake-up of that
+//! thread's poller); log lines are written by whoever drains them. Sockets
+//! are non-blocking: a connection's thread holds the lock only for one read
+//! or write that cannot block, so a stalled peer stalls nobody else.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use polling::{Event as PEvent, Events, Poller};
+use portico_core::cli::{Plan, EXIT_OK, EXIT_RUNTIME};
+use portico_core::{Action, ConnId, Event, IoKind, Level, ListenerId, Proxy, Side};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use crate::output::Output;
+
+/// Accepts one listener may do before the others get a turn.
+const ACCEPTS_PER_TURN: usize = 64;
+/// Reads or writes in a row on one socket before the lock is let go.
+const OPS_PER_TURN: usize = 16;
+
+/// What a connection's thread is told to do.
+enum Cmd {
+    Connect {
+        addr: SocketAddr,
+        bind: Option<IpAddr>,
+    },
+    Interest {
+        side: Side,
+        read: bool,
+        write: bool,
+    },
+    ShutdownWrite(Side),
+    Close,
+}
+
+/// What the acceptor is told to do.
+enum ListenCmd {
+    Pause(ListenerId),
+    Resume(ListenerId),
+    Close(ListenerId),
+}
+
+struct Route {
+    id: ConnId,
+    tx: Sender<Cmd>,
+    poller: Arc<Poller>,
+}
+
+struct Core {
+    proxy: Proxy,
+    routes: HashMap<usize, Route>,
+    acceptor_tx: Option<(Sender<ListenCmd>, Arc<Poller>)>,
+    out: Output,
+    /// When the timer thread plans to wake next.
+    timer_wake: Option<Instant>,
+    fatal: Option<String>,
+}
+
+struct Shared {
+    core: Mutex<Core>,
+    /// Wakes the timer thread when a deadline moved earlier.
+    timer: Condvar,
+    /// Wakes the main thread when the core is finished.
+    done: Condvar,
+}
+
+fn lock(shared: &Shared) -> MutexGuard<'_, Core> {
+    // A thread that panicked while holding the lock leaves the core as it
+    // was; carrying on beats taking every other connection down.
+    shared.core.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Core {
+    /// Drains the core's actions. Those for `me` are returned for the caller
+    /// to carry out; the rest go to their owners.
+    fn drain(&mut self, shared: &Shared, me: Option<ConnId>, mine: &mut Vec<Cmd>) {
+        while let Some(action) = self.proxy.poll_action() {
+            let (conn, cmd) = match action {
+                Action::Connect { conn, addr, bind } => (conn, Cmd::Connect { addr, bind }),
+                Action::Interest {
+                    conn,
+                    side,
+                    read,
+                    write,
+                } => (conn, Cmd::Interest { side, read, write }),
+                Action::ShutdownWrite { conn, side } => (conn, Cmd::ShutdownWrite(side)),
+                Action::Close { conn } => (conn, Cmd::Close),
+                Action::PauseAccept { listener } => {
+                    self.to_acceptor(ListenCmd::Pause(listener));
+                    continue;
+                }
+                Action::ResumeAccept { listener } => {
+                    self.to_acceptor(ListenCmd::Resume(listener));
+                    continue;
+                }
+                Action::Unlisten { listener } => {
+                    self.to_acceptor(ListenCmd::Close(listener));
+                    continue;
+                }
+                Action::Listen { .. } => {
+                    // Listeners open at start only (see `run`).
+                    continue;
+                }
+                Action::Log { level, message } => {
+                    Output::log(level, &message);
+                    continue;
+                }
+                Action::Access(rec) => {
+                    self.out.access(&rec);
+                    continue;
+                }
+                Action::Say(line) => {
+                    Output::say(&line);
+                    continue;
+                }
+                Action::Fatal { message } => {
+                    self.fatal.get_or_insert(message);
+                    continue;
+                }
+            };
+            let closing = matches!(cmd, Cmd::Close);
+            if Some(conn) == me {
+                if closing {
+                    self.routes.remove(&conn.index());
+                }
+                mine.push(cmd);
+                continue;
+            }
+            let Some(route) = self.routes.get(&conn.index()) else {
+                continue;
+            };
+            if route.id != conn {
+                continue;
+            }
+            // A thread that has gone away has nothing left to be told.
+            let _ = route.tx.send(cmd);
+            let _ = route.poller.notify();
+            if closing {
+                self.routes.remove(&conn.index());
+            }
+        }
+        if self.proxy.is_finished() {
+            shared.done.notify_all();
+        }
+        let next = self.proxy.poll_timeout();
+        if next.is_some() && (self.timer_wake.is_none() || next < self.timer_wake) {
+            shared.timer.notify_one();
+        }
+    }
+
+    fn to_acceptor(&self, cmd: ListenCmd) {
+        if let Some((tx, poller)) = &self.acceptor_tx {
+            let _ = tx.send(cmd);
+            let _ = poller.notify();
+        }
+    }
+}
+
+pub fn run(plan: Plan) -> i32 {
+    match run_inner(plan) {
+        Ok(code) => code,
+        Err(e) => {
+            Output::log(Level::Error, &e);
+            EXIT_RUNTIME
+        }
+    }
+}
+
+fn run_inner(plan: Plan) -> Result<i32, String> {
+    let out = Output::open(&plan.config).map_err(|e| {
+        format!(
+            "cannot open the access log: {e}; check [log] access in {}",
+            plan.source
+        )
+    })?;
+    let mut proxy = Proxy::new(plan.config, seed(), Instant::now());
+    proxy.set_log_level(plan.log_level);
+
+    // Open the listeners before any thread runs: a failure here is fatal.
+    let mut listeners: Vec<Option<TcpListener>> = Vec::new();
+    let mut pending = Vec::new();
+    while let Some(a) = proxy.poll_action() {
+        pending.push(a);
+    }
+    let mut early = Vec::new();
+    for a in pending {
+        match a {
+            Action::Listen { listener, addr } => {
+                let now = Instant::now();
+                match listen(addr) {
+                    Ok(l) => {
+                        let local = l.local_addr().unwrap_or(addr);
+                        let i = listener.index();
+                        if listeners.len() <= i {
+                            listeners.resize_with(i + 1, || None);
+                        }
+                        listeners[i] = Some(l);
+                        proxy.handle(Event::Listening { listener, local }, now);
+                    }
+                    Err(e) => {
+                        let error = IoKind::from_io(&e);
+                        proxy.handle(Event::ListenFailed { listener, error }, now);
+                    }
+                }
+            }
+            other => early.push(other),
+        }
+        // Say/Fatal/Log produced by the listener events.
+        while let Some(b) = proxy.poll_action() {
+            early.push(b);
+        }
+    }
+    let mut out = out;
+    for a in early {
+        match a {
+            Action::Say(line) => Output::say(&line),
+            Action::Log { level, message } => Output::log(level, &message),
+            Action::Access(rec) => out.access(&rec),
+            Action::Fatal { message } => return Err(message),
+            _ => {}
+        }
+    }
+
+    let acceptor_poller =
+        Arc::new(Poller::new().map_err(|e| format!("cannot create a poller: {e}"))?);
+    let (acc_tx, acc_rx) = channel();
+    let shared = Arc::new(Shared {
+        core: Mutex::new(Core {
+            proxy,
+            routes: HashMap::new(),
+            acceptor_tx: Some((acc_tx, acceptor_poller.clone())),
+            out,
+            timer_wake: None,
+            fatal: None,
+        }),
+        timer: Condvar::new(),
+        done: Condvar::new(),
+    });
+
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ])
+    .map_err(|e| format!("cannot set up signals: {e}"))?;
+    {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                for sig in signals.forever() {
+                    if sig == signal_hook::consts::SIGHUP {
+                        Output::log(
+                            Level::Warn,
+                            "SIGHUP: configuration reload is not available in this version; \
+                             restart portico to apply changes",
+                        );
+                        continue;
+                    }
+                    let mut core = lock(&shared);
+                    core.proxy.shutdown(Instant::now());
+                    core.drain(&shared, None, &mut Vec::new());
+                }
+            })
+            .map_err(|e| format!("cannot start a thread: {e}"))?;
+    }
+    {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("timers".into())
+            .spawn(move || timer_thread(&shared))
+            .map_err(|e| format!("cannot start a thread: {e}"))?;
+    }
+    {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("acceptor".into())
+            .spawn(move || acceptor(&shared, listeners, acceptor_poller, acc_rx))
+            .map_err(|e| format!("cannot start a thread: {e}"))?;
+    }
+
+    let mut core = lock(&shared);
+    loop {
+        if let Some(msg) = core.fatal.take() {
+            return Err(msg);
+        }
+        if core.proxy.is_finished() {
+            return Ok(EXIT_OK);
+        }
+        core = shared
+            .done
+            .wait_timeout(core, Duration::from_millis(500))
+            .map(|(g, _)| g)
+            .unwrap_or_else(|p| p.into_inner().0);
+    }
+}
+
+fn seed() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+    u64::from_le_bytes(b)
+}
+
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.bind(&SockAddr::from(addr))?;
+    s.listen(1024)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+fn timer_thread(shared: &Shared) {
+    let mut core = lock(shared);
+    loop {
+        let now = Instant::now();
+        core.proxy.handle_timeout(now);
+        core.drain(shared, None, &mut Vec::new());
+        let next = core.proxy.poll_timeout();
+        core.timer_wake = next;
+        let wait = match next {
+            Some(t) => t.saturating_duration_since(now) + Duration::from_millis(1),
+            None => Duration::from_secs(3600),
+        };
+        core = shared
+            .timer
+            .wait_timeout(core, wait)
+            .map(|(g, _)| g)
+            .unwrap_or_else(|p| p.into_inner().0);
+    }
+}
+
+fn acceptor(
+    shared: &Arc<Shared>,
+    mut listeners: Vec<Option<TcpListener>>,
+    poller: Arc<Poller>,
+    rx: Receiver<ListenCmd>,
+) {
+    for (i, l) in listeners.iter().enumerate() {
+        if let Some(l) = l {
+            // SAFETY: every listener is deleted from the poller before it is
+            // dropped (see ListenCmd::Close below).
+            let _ = unsafe { poller.add(l, PEvent::readable(i)) };
+        }
+    }
+    let mut paused = vec![false; listeners.len()];
+    let mut events = Events::new();
+    loop {
+        events.clear();
+        if poller.wait(&mut events, None).is_err() {
+            continue;
+        }
+        while let Ok(cmd) = rx.try_recv() {
+            match cmd {
+                ListenCmd::Pause(id) => {
+                    if let Some(p) = paused.get_mut(id.index()) {
+                        *p = true;
+                    }
+                }
+                ListenCmd::Resume(id) => {
+                    if let (Some(p), Some(Some(l))) =
+                        (paused.get_mut(id.index()), listeners.get(id.index()))
+                    {
+                        *p = false;
+                        let _ = poller.modify(l, PEvent::readable(id.index()));
+                    }
+                }
+                ListenCmd::Close(id) => {
+                    if let Some(slot) = listeners.get_mut(id.index()) {
+                        if let Some(l) = slot.take() {
+                            let _ = poller.delete(&l);
+                        }
+                    }
+                }
+            }
+        }
+        for ev in events.iter() {
+            let i = ev.key;
+            for _ in 0..ACCEPTS_PER_TURN {
+                if paused.get(i).copied().unwrap_or(true) {
+                    break;
+                }
+                let Some(Some(l)) = listeners.get(i) else {
+                    break;
+                };
+                match l.accept() {
+                    Ok((stream, peer)) => accepted(shared, ListenerId(i as u32), stream, peer),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let error = IoKind::from_io(&e);
+                        let mut core = lock(shared);
+                        let listener = ListenerId(i as u32);
+                        core.proxy
+                            .handle(Event::AcceptFailed { listener, error }, Instant::now());
+                        core.drain(shared, None, &mut Vec::new());
+                        break;
+                    }
+                }
+            }
+            // The poller is oneshot: arm the listener again unless paused.
+            if let (Some(false), Some(Some(l))) = (paused.get(i), listeners.get(i)) {
+                let _ = poller.modify(l, PEvent::readable(i));
+            }
+        }
+    }
+}
+
+fn accepted(shared: &Arc<Shared>, listener: ListenerId, stream: TcpStream, peer: SocketAddr) {
+    let poller = match Poller::new() {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            Output::log(Level::Error, &format!("cannot create a poller: {e}"));
+            return;
+        }
+    };
+    let mut core = lock(shared);
+    let Ok(conn) = core.proxy.accept(listener, peer, Instant::now()) else {
+        core.drain(shared, None, &mut Vec::new());
+        return;
+    };
+    let _ = stream.set_nonblocking(true);
+    let _ = stream.set_nodelay(true);
+    let (tx, rx) = channel();
+    core.routes.insert(
+        conn.index(),
+        Route {
+            id: conn,
+            tx,
+            poller: poller.clone(),
+        },
+    );
+    core.drain(shared, None, &mut Vec::new());
+    drop(core);
+    let shared2 = shared.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("conn-{conn}"))
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            let mut c = ConnThread {
+                shared: shared2,
+                id: conn,
+                poller,
+                rx,
+                client: stream,
+                upstream: None,
+                connecting: false,
+                want: [(false, false); 2],
+                closed: false,
+            };
+            c.run();
+        });
+    if let Err(e) = spawned {
+        let mut core = lock(shared);
+        let side = Side::Client;
+        let error = IoKind::from_io(&e);
+        core.proxy
+            .handle(Event::IoError { conn, side, error }, Instant::now());
+        core.drain(shared, None, &mut Vec::new());
+    }
+}
+
+struct ConnThread {
+    shared: Arc<Shared>,
+    id: ConnId,
+    poller: Arc<Poller>,
+    rx: Receiver<Cmd>,
+    client: TcpStream,
+    upstream: Option<TcpStream>,
+    connecting: bool,
+    /// The core's last interest per side: (read, write).
+    want: [(bool, bool); 2],
+    closed: bool,
+}
+
+const CLIENT: usize = 0;
+const UPSTREAM: usize = 1;
+
+fn si(side: Side) -> usize {
+    match side {
+        Side::Client => CLIENT,
+        Side::Upstream => UPSTREAM,
+    }
+}
+
+impl ConnThread {
+    fn run(&mut self) {
+        // SAFETY: the client socket is deleted from the poller before this
+        // thread returns and drops it.
+        if unsafe { self.poller.add(&self.client, PEvent::none(CLIENT)) }.is_err() {
+            self.fail(Side::Client, IoKind::Other);
+        }
+        let mut events = Events::new();
+        let mut mine = Vec::new();
+        loop {
+            while let Ok(cmd) = self.rx.try_recv() {
+                self.apply(cmd, &mut mine);
+            }
+            while !mine.is_empty() {
+                for cmd in std::mem::take(&mut mine) {
+                    self.apply(cmd, &mut mine);
+                }
+            }
+            if self.closed {
+                break;
+            }
+            self.arm();
+            events.clear();
+            if self.poller.wait(&mut events, None).is_err() {
+                continue;
+            }
+            for ev in events.iter() {
+                let side = if ev.key == CLIENT {
+                    Side::Client
+                } else {
+                    Side::Upstream
+                };
+                if side == Side::Upstream && self.connecting {
+                    self.finish_connect(&mut mine);
+                    continue;
+                }
+                if ev.readable || ev.writable {
+                    self.pump(side, &mut mine);
+                }
+            }
+        }
+        let _ = self.poller.delete(&self.client);
+        if let Some(u) = &self.upstream {
+            let _ = self.poller.delete(u);
+        }
+    }
+
+    /// Tells the poller what to wait for (it is oneshot: re-armed each turn).
+    fn arm(&self) {
+        let (r, w) = self.want[CLIENT];
+        let _ = self.poller.modify(&self.client, interest(CLIENT, r, w));
+        if let Some(u) = &self.upstream {
+            let ev = if self.connecting {
+                PEvent::writable(UPSTREAM)
+            } else {
+                let (r, w) = self.want[UPSTREAM];
+                interest(UPSTREAM, r, w)
+            };
+            let _ = self.poller.modify(u, ev);
+        }
+    }
+
+    fn apply(&mut self, cmd: Cmd, mine: &mut Vec<Cmd>) {
+        match cmd {
+            Cmd::Connect { addr, bind } => match connect(addr, bind) {
+                Ok(u) => {
+                    // SAFETY: deleted from the poller before the thread ends.
+                    if unsafe { self.poller.add(&u, PEvent::writable(UPSTREAM)) }.is_err() {
+                        self.connect_failed(IoKind::Other, mine);
+                        return;
+                    }
+                    self.upstream = Some(u);
+                    self.connecting = true;
+                }
+                Err(e) => self.connect_failed(IoKind::from_io(&e), mine),
+            },
+            Cmd::Interest { side, read, write } => self.want[si(side)] = (read, write),
+            Cmd::ShutdownWrite(side) => {
+                let r = match side {
+                    Side::Client => self.client.shutdown(Shutdown::Write),
+                    Side::Upstream => match &self.upstream {
+                        Some(u) => u.shutdown(Shutdown::Write),
+                        None => Ok(()),
+                    },
+                };
+                if let Err(e) = r {
+                    if e.kind() != io::ErrorKind::NotConnected {
+                        self.event(
+                            Event::IoError {
+                                conn: self.id,
+                                side,
+                                error: IoKind::from_io(&e),
+                            },
+                            mine,
+                        );
+                    }
+                }
+            }
+            Cmd::Close => self.closed = true,
+        }
+    }
+
+    fn event(&self, ev: Event, mine: &mut Vec<Cmd>) {
+        let mut core = lock(&self.shared);
+        core.proxy.handle(ev, Instant::now());
+        core.drain(&self.shared, Some(self.id), mine);
+    }
+
+    fn fail(&mut self, side: Side, error: IoKind) {
+        let mut mine = Vec::new();
+        self.event(
+            Event::IoError {
+                conn: self.id,
+                side,
+                error,
+            },
+            &mut mine,
+        );
+        for cmd in mine {
+            if let Cmd::Close = cmd {
+                self.closed = true;
+            }
+        }
+    }
+
+    fn connect_failed(&mut self, error: IoKind, mine: &mut Vec<Cmd>) {
+        self.connecting = false;
+        self.event(
+            Event::ConnectFailed {
+                conn: self.id,
+                error,
+            },
+            mine,
+        );
+    }
+
+    fn finish_connect(&mut self, mine: &mut Vec<Cmd>) {
+        let Some(u) = &self.upstream else {
+            return;
+        };
+        match u.take_error() {
+            Ok(Some(e)) | Err(e) => return self.connect_failed(IoKind::from_io(&e), mine),
+            Ok(None) => {}
+        }
+        match u.peer_addr() {
+            Ok(_) => {
+                self.connecting = false;
+                let local = u
+                    .local_addr()
+                    .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+                let conn = self.id;
+                self.event(Event::Connected { conn, local }, mine);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
+            Err(e) => self.connect_failed(IoKind::from_io(&e), mine),
+        }
+    }
+
+    /// Reads and writes on `side` while the core wants them and the socket
+    /// can take them, a bounded number in a row.
+    fn pump(&mut self, side: Side, mine: &mut Vec<Cmd>) {
+        let conn = self.id;
+        for _ in 0..OPS_PER_TURN {
+            let mut did = false;
+            // Commands from this thread's own drains apply at once (interest
+            // changes decide whether the next operation is wanted).
+            for cmd in std::mem::take(mine) {
+                self.apply(cmd, mine);
+            }
+            if self.closed {
+                return;
+            }
+            let stream = match side {
+                Side::Client => &self.client,
+                Side::Upstream => match &self.upstream {
+                    Some(u) => u,
+                    None => return,
+                },
+            };
+            let (want_read, want_write) = self.want[si(side)];
+            if want_write {
+                let mut core = lock(&self.shared);
+                if let Some(data) = core.proxy.send_buf(conn, side) {
+                    let r = retry(|| (&*stream).write(data));
+                    let ev = match r {
+                        Ok(n) => Some(Event::Written { conn, side, n }),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+                        Err(e) => Some(Event::IoError {
+                            conn,
+                            side,
+                            error: IoKind::from_io(&e),
+                        }),
+                    };
+                    if let Some(ev) = ev {
+                        did = true;
+                        core.proxy.handle(ev, Instant::now());
+                        core.drain(&self.shared, Some(conn), mine);
+                    }
+                }
+            }
+            if want_read && !self.closed {
+                let mut core = lock(&self.shared);
+                if let Some(buf) = core.proxy.recv_buf(conn, side) {
+                    let r = retry(|| (&*stream).read(buf));
+                    let ev = match r {
+                        Ok(0) => Event::Eof { conn, side },
+                        Ok(n) => Event::Read { conn, side, n },
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            Event::ReadBlocked { conn, side }
+                        }
+                        Err(e) => Event::IoError {
+                            conn,
+                            side,
+                            error: IoKind::from_io(&e),
+                        },
+                    };
+                    did |= !matches!(ev, Event::ReadBlocked { .. });
+                    core.proxy.handle(ev, Instant::now());
+                    core.drain(&self.shared, Some(conn), mine);
+                }
+            }
+            if !did {
+                break;
+            }
+        }
+        for cmd in std::mem::take(mine) {
+            self.apply(cmd, mine);
+        }
+    }
+}
+
+fn interest(key: usize, read: bool, write: bool) -> PEvent {
+    match (read, write) {
+        (true, true) => PEvent::all(key),
+        (true, false) => PEvent::readable(key),
+        (false, true) => PEvent::writable(key),
+        (false, false) => PEvent::none(key),
+    }
+}
+
+fn retry<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match f() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}
+
+fn connect(addr: SocketAddr, bind: Option<IpAddr>) -> io::Result<TcpStream> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_nonblocking(true)?;
+    s.set_nodelay(true)?;
+    if let Some(ip) = bind {
+        s.bind(&SockAddr::from(SocketAddr::new(ip, 0)))?;
+    }
+    match s.connect(&SockAddr::from(addr)) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(s.into())
+}
