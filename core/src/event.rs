@@ -20,6 +20,14 @@ pub enum Event {
     ListenFailed { listener: ListenerId, error: IoKind },
     /// `accept` on a listener failed (the listener itself stays open).
     AcceptFailed { listener: ListenerId, error: IoKind },
+    /// The name asked for with [`Action::Resolve`] resolved (in the
+    /// resolver's order; an empty list means no address).
+    Resolved {
+        conn: ConnId,
+        addrs: Vec<SocketAddr>,
+    },
+    /// The name asked for with [`Action::Resolve`] did not resolve.
+    ResolveFailed { conn: ConnId },
     /// The connection asked for with [`Action::Connect`] is established;
     /// `local` is its local address.
     Connected { conn: ConnId, local: SocketAddr },
@@ -58,7 +66,16 @@ pub enum Action {
     ResumeAccept { listener: ListenerId },
     /// Close a listener for good.
     Unlisten { listener: ListenerId },
-    /// Open the upstream socket of `conn` to `addr`, from `bind` when given,
+    /// Resolve `host` (off the event loop), then report [`Event::Resolved`]
+    /// or [`Event::ResolveFailed`]. `port` goes into the addresses.
+    Resolve {
+        conn: ConnId,
+        host: String,
+        port: u16,
+    },
+    /// Open the upstream socket of `conn` to `addr`, from `bind` when given.
+    /// A connection that already has an upstream socket (the previous
+    /// address failed) replaces it; the new one is
     /// non-blocking; report [`Event::Connected`] or [`Event::ConnectFailed`].
     Connect {
         conn: ConnId,
@@ -195,6 +212,8 @@ pub enum Refused {
     PerClient,
     #[error("shutting down")]
     ShuttingDown,
+    #[error("denied by a rule")]
+    Denied,
     #[error("no such listener")]
     UnknownListener,
 }

@@ -15,9 +15,13 @@ pub mod buffer;
 pub mod cli;
 pub mod config;
 pub mod event;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod id;
 pub mod log;
+pub mod proto;
 pub mod proxy;
+pub mod rules;
 mod session;
 mod timer;
 

@@ -19,7 +19,7 @@
 //! ```
 //!
 //! Invariants: the table never holds more than `limits.max_connections`
-//! sessions, nor more than `limits.max_per_client` from one address; every
+//! sessions that are served (plus at most [`REFUSING_MAX`] that only refuse), nor more than `limits.max_per_client` from one address; every
 //! live session has exactly one current entry in the timer heap; a session
 //! holds a buffer only while bytes are in it; an event naming a dead or
 //! reused id changes nothing.
@@ -31,11 +31,14 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
+use crate::auth::Users;
 use crate::buffer::Pool;
 use crate::config::{Config, Host, ServiceKind};
 use crate::event::{Action, Event, IoKind, Level, Refused};
 use crate::id::{ConnId, ListenerId, Side};
 use crate::log::AccessRecord;
+use crate::proto::{Ctx, Failure, Handshake, Step, Target};
+use crate::rules::{self, Query, Verdict, Wall};
 use crate::session::{side_index, Dir, Session, State};
 use crate::timer::Timers;
 
@@ -43,6 +46,9 @@ use crate::timer::Timers;
 const ACCEPT_PAUSE: Duration = Duration::from_millis(250);
 /// Free buffers kept warm in the pool, at most.
 const POOL_KEEP: usize = 1024;
+/// Connections over a limit (or denied) that may exist at once only to be
+/// told so in their protocol's words; past this they are just closed.
+pub const REFUSING_MAX: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ListenerState {
@@ -63,7 +69,7 @@ struct ServiceInfo {
     name: Arc<str>,
     kind: ServiceKind,
     /// For a mapped port: where every connection goes.
-    destination: Option<SocketAddr>,
+    destination: Option<Target>,
     target: String,
 }
 
@@ -98,6 +104,10 @@ pub struct Proxy {
     stats: Stats,
     #[allow(dead_code)] // seeds the randomness later protocols need
     seed: u64,
+    users: Users,
+    /// Sessions that exist only to refuse in their protocol's words.
+    refusing: usize,
+    wall: Wall,
 }
 
 /// The `listening:` line for one listener (printed at start and by `--check`).
@@ -134,9 +144,9 @@ impl Proxy {
             .services
             .iter()
             .map(|s| {
-                let destination = s.destination.as_ref().and_then(|d| match d.host {
-                    Host::Ip(ip) => Some(SocketAddr::new(ip, d.port)),
-                    Host::Name(_) => None,
+                let destination = s.destination.as_ref().map(|d| match &d.host {
+                    Host::Ip(ip) => Target::Addr(SocketAddr::new(*ip, d.port)),
+                    Host::Name(n) => Target::Name(n.clone(), d.port),
                 });
                 ServiceInfo {
                     name: Arc::from(s.name.as_str()),
@@ -192,6 +202,9 @@ impl Proxy {
             grace_until: None,
             stats: Stats::default(),
             seed,
+            users: Users::new(&config.users),
+            refusing: 0,
+            wall: Wall::default(),
             config,
         }
     }
@@ -259,6 +272,11 @@ impl Proxy {
 
     /// A client connected to `listener` from `peer`. On `Err` the runtime
     /// closes the socket (the refusal is already logged).
+    ///
+    /// A connection over a limit, or denied by the rules on its address, is
+    /// still admitted when its protocol has words for the refusal (SOCKS,
+    /// HTTP, the gateways): it then lives only to say so, and at most
+    /// [`REFUSING_MAX`] such connections exist at once.
     pub fn accept(
         &mut self,
         listener: ListenerId,
@@ -271,18 +289,41 @@ impl Proxy {
         };
         // An accept succeeded: the descriptor shortage, if any, is over.
         self.fd_warned = false;
-        let refusal = if self.grace_until.is_some() {
-            Some((Refused::ShuttingDown, "shutdown"))
-        } else if self.sessions.len() >= self.config.limits.max_connections as usize {
-            Some((Refused::TooMany, "limit"))
-        } else if self.per_client.get(&peer.ip()).copied().unwrap_or(0)
-            >= self.config.limits.max_per_client
-        {
-            Some((Refused::PerClient, "limit"))
+        let kind = self.services[service].kind;
+        let limits = &self.config.limits;
+        let over = if self.grace_until.is_some() {
+            Some(Refused::ShuttingDown)
+        } else if self.sessions.len() - self.refusing >= limits.max_connections as usize {
+            Some(Refused::TooMany)
+        } else if self.per_client.get(&peer.ip()).copied().unwrap_or(0) >= limits.max_per_client {
+            Some(Refused::PerClient)
         } else {
             None
         };
-        if let Some((why, status)) = refusal {
+        let denied = over.is_none()
+            && matches!(
+                rules::check_early(
+                    &self.config.rules,
+                    &self.services[service].name,
+                    peer.ip(),
+                    self.wall
+                ),
+                Verdict::Deny { .. }
+            );
+        let refusing = match over {
+            Some(Refused::TooMany | Refused::PerClient) => Some(Failure::Limit),
+            _ if denied => Some(Failure::Denied),
+            _ => None,
+        };
+        let hs = Handshake::for_kind(kind);
+        let say_it = hs.is_some() && self.refusing < REFUSING_MAX && refusing.is_some();
+        if (over.is_some() || denied) && !say_it {
+            let why = over.unwrap_or(Refused::Denied);
+            let status = match why {
+                Refused::ShuttingDown => "shutdown",
+                Refused::Denied => "denied",
+                _ => "limit",
+            };
             self.stats.refused += 1;
             let svc = &self.services[service];
             let rec = AccessRecord {
@@ -301,8 +342,13 @@ impl Proxy {
             self.log(Level::Debug, || format!("refused {peer}: {why}"));
             return Err(why);
         }
-        self.stats.accepted += 1;
-        *self.per_client.entry(peer.ip()).or_insert(0) += 1;
+        if refusing.is_some() {
+            self.stats.refused += 1;
+            self.refusing += 1;
+        } else {
+            self.stats.accepted += 1;
+            *self.per_client.entry(peer.ip()).or_insert(0) += 1;
+        }
         let idx = self.sessions.vacant_key();
         if self.gens.len() <= idx {
             self.gens.resize(idx + 1, 0);
@@ -310,12 +356,17 @@ impl Proxy {
         self.gens[idx] = self.gens[idx].wrapping_add(1);
         let gen = self.gens[idx];
         let svc = &self.services[service];
+        let method = hs.as_ref().map_or(method_of(kind), |h| h.method());
         let session = Session {
             gen,
             service,
             listener,
             client: peer,
-            state: State::Connecting,
+            state: if hs.is_some() {
+                State::Handshake
+            } else {
+                State::Connecting
+            },
             accepted: now,
             state_since: now,
             last_active: now,
@@ -324,35 +375,177 @@ impl Proxy {
             down: Dir::default(),
             told: [(false, false); 2],
             target: svc.target.clone(),
+            user: None,
+            method,
+            hs,
+            addrs: Vec::new(),
+            refusing,
             upstream: None,
             upstream_local: None,
             status: "ok",
         };
-        let kind = svc.kind;
-        let destination = svc.destination;
+        let target = svc.destination.clone();
         self.sessions.insert(session);
         let conn = ConnId {
             idx: idx as u32,
             gen,
         };
-        match (kind, destination) {
-            (ServiceKind::Mapped, Some(addr)) => {
-                self.sessions[idx].upstream = Some(addr);
-                self.actions.push_back(Action::Connect {
-                    conn,
-                    addr,
-                    bind: self.config.network.outgoing,
-                });
+        if self.sessions[idx].hs.is_none() {
+            match target {
+                Some(t) => self.request(idx, t, None, now),
+                None => {
+                    // Validation lets through only kinds this table serves.
+                    self.sessions[idx].status = "error";
+                    self.finish(idx, now);
+                }
             }
-            _ => {
-                // Validation lets through only kinds this table serves.
-                self.sessions[idx].status = "error";
-                self.finish(idx, now);
-                return Ok(conn);
-            }
+            return Ok(conn);
         }
         self.sync(idx, now);
         Ok(conn)
+    }
+
+    /// Local wall-clock time, for rules with `days` and `hours`. A runtime
+    /// sets it before handing in events (the core has no clock).
+    pub fn set_wall(&mut self, wall: Wall) {
+        self.wall = wall;
+    }
+
+    fn query<'a>(
+        &'a self,
+        s: &'a Session,
+        host: Option<&'a str>,
+        addr: Option<IpAddr>,
+        port: u16,
+    ) -> Query<'a> {
+        Query {
+            service: &self.services[s.service].name,
+            client: s.client.ip(),
+            user: s.user.as_deref(),
+            host,
+            addr,
+            port: Some(port),
+        }
+    }
+
+    fn allowed(&self, q: &Query) -> bool {
+        matches!(
+            rules::check(&self.config.rules, q, self.wall),
+            Verdict::Allow { .. }
+        )
+    }
+
+    /// The client (or a mapped port's configuration) named a destination.
+    fn request(&mut self, idx: usize, target: Target, user: Option<String>, now: Instant) {
+        let s = &mut self.sessions[idx];
+        s.user = user;
+        s.target = target.to_string();
+        if let Some(f) = s.refusing {
+            return self.fail(idx, f, now);
+        }
+        let s = &self.sessions[idx];
+        match target {
+            Target::Addr(addr) => {
+                if !self.allowed(&self.query(s, None, Some(addr.ip()), addr.port())) {
+                    return self.fail(idx, Failure::Denied, now);
+                }
+                self.connect(idx, addr, now);
+            }
+            Target::Name(host, port) => {
+                // With address rules, only the resolved address can decide.
+                if !rules::needs_address(&self.config.rules)
+                    && !self.allowed(&self.query(s, Some(&host), None, port))
+                {
+                    return self.fail(idx, Failure::Denied, now);
+                }
+                let conn = self.id_of(idx);
+                let s = &mut self.sessions[idx];
+                s.state = State::Resolving;
+                s.state_since = now;
+                self.actions.push_back(Action::Resolve { conn, host, port });
+                self.sync(idx, now);
+            }
+        }
+    }
+
+    fn connect(&mut self, idx: usize, addr: SocketAddr, now: Instant) {
+        let conn = self.id_of(idx);
+        let s = &mut self.sessions[idx];
+        s.upstream = Some(addr);
+        if s.state != State::Connecting {
+            s.state = State::Connecting;
+            s.state_since = now;
+        }
+        self.actions.push_back(Action::Connect {
+            conn,
+            addr,
+            bind: self.config.network.outgoing,
+        });
+        self.sync(idx, now);
+    }
+
+    /// The request cannot be served: the protocol says why, or (a mapped
+    /// port) the connection just closes.
+    fn fail(&mut self, idx: usize, why: Failure, now: Instant) {
+        let s = &mut self.sessions[idx];
+        s.status = why.status();
+        let Some(hs) = s.hs.as_mut() else {
+            return self.finish(idx, now);
+        };
+        let mut reply = Vec::new();
+        hs.failed(why, &mut reply);
+        s.down
+            .buf
+            .get_or_insert_with(|| self.pool.take())
+            .push(&reply);
+        s.state = State::Closing;
+        s.state_since = now;
+        self.sync(idx, now);
+    }
+
+    /// Runs the handshake over what the client has sent.
+    fn advance(&mut self, idx: usize, now: Instant) {
+        let s = &mut self.sessions[idx];
+        if s.state != State::Handshake {
+            return;
+        }
+        let Some(hs) = s.hs.as_mut() else {
+            return;
+        };
+        let data = s.up.buf.as_ref().map_or(&[][..], |b| b.data());
+        let mut reply = Vec::new();
+        let mut ctx = Ctx {
+            service: &self.config.services[s.service],
+            users: &mut self.users,
+            client: s.client,
+        };
+        let (n, step) = hs.input(data, &mut reply, &mut ctx);
+        s.method = hs.method();
+        if let Some(b) = s.up.buf.as_mut() {
+            b.consume(n);
+        }
+        s.up.release_if_empty(&mut self.pool);
+        if !reply.is_empty() {
+            s.down
+                .buf
+                .get_or_insert_with(|| self.pool.take())
+                .push(&reply);
+        }
+        match step {
+            Step::More => {
+                if s.up.eof {
+                    // The client gave up before finishing.
+                    s.status = "aborted";
+                    self.finish(idx, now);
+                }
+            }
+            Step::Connect { target, user } => self.request(idx, target, user, now),
+            Step::Close { status } => {
+                s.status = status;
+                s.state = State::Closing;
+                s.state_since = now;
+            }
+        }
     }
 
     /// Where the runtime reads `side`'s next bytes to: free space in the
@@ -407,6 +600,14 @@ impl Proxy {
                 s.state_since = now;
                 s.last_active = now;
                 s.upstream_local = Some(local);
+                if let Some(hs) = s.hs.as_mut() {
+                    let mut reply = Vec::new();
+                    hs.connected(local, &mut reply);
+                    s.down
+                        .buf
+                        .get_or_insert_with(|| self.pool.take())
+                        .push(&reply);
+                }
                 self.sync(idx, now);
             }
             Event::ConnectFailed { conn, error } => {
@@ -418,12 +619,6 @@ impl Proxy {
                 if s.state != State::Connecting {
                     return;
                 }
-                s.status = match error {
-                    IoKind::Refused => "refused",
-                    IoKind::TimedOut => "timeout",
-                    IoKind::HostUnreachable | IoKind::NetUnreachable => "unreachable",
-                    _ => "error",
-                };
                 let (svc, client, up) = (s.service, s.client, s.upstream);
                 let name = self.services[svc].name.clone();
                 self.log(Level::Debug, || {
@@ -433,7 +628,53 @@ impl Proxy {
                         error.describe()
                     )
                 });
-                self.finish(idx, now);
+                let s = &mut self.sessions[idx];
+                if !s.addrs.is_empty() {
+                    let next = s.addrs.remove(0);
+                    return self.connect(idx, next, now);
+                }
+                let why = match error {
+                    IoKind::Refused => Failure::Refused,
+                    IoKind::TimedOut => Failure::TimedOut,
+                    IoKind::HostUnreachable => Failure::HostUnreachable,
+                    IoKind::NetUnreachable => Failure::NetUnreachable,
+                    _ => Failure::Other,
+                };
+                self.fail(idx, why, now);
+            }
+            Event::Resolved { conn, addrs } => {
+                if !self.live(conn) {
+                    return;
+                }
+                let idx = conn.idx as usize;
+                if self.sessions[idx].state != State::Resolving {
+                    return;
+                }
+                if addrs.is_empty() {
+                    return self.fail(idx, Failure::NotResolved, now);
+                }
+                let s = &self.sessions[idx];
+                let host = s.target.rsplit_once(':').map_or("", |(h, _)| h);
+                let mut ok: Vec<SocketAddr> = addrs
+                    .iter()
+                    .copied()
+                    .filter(|a| self.allowed(&self.query(s, Some(host), Some(a.ip()), a.port())))
+                    .collect();
+                if ok.is_empty() {
+                    return self.fail(idx, Failure::Denied, now);
+                }
+                let first = ok.remove(0);
+                self.sessions[idx].addrs = ok;
+                self.connect(idx, first, now);
+            }
+            Event::ResolveFailed { conn } => {
+                if !self.live(conn) {
+                    return;
+                }
+                let idx = conn.idx as usize;
+                if self.sessions[idx].state == State::Resolving {
+                    self.fail(idx, Failure::NotResolved, now);
+                }
             }
             Event::Read { conn, side, n } => {
                 if !self.live(conn) {
@@ -442,10 +683,23 @@ impl Proxy {
                 let idx = conn.idx as usize;
                 let s = &mut self.sessions[idx];
                 if n > 0 {
-                    if let Some(b) = s.source_dir(side).buf.as_mut() {
+                    let closing = s.state == State::Closing && side == Side::Client;
+                    let d = s.source_dir(side);
+                    if let Some(b) = d.buf.as_mut() {
                         b.fill(n);
+                        if closing {
+                            // Nothing the client says matters any more.
+                            b.consume(n);
+                        }
                     }
+                    d.release_if_empty(&mut self.pool);
                     s.last_active = now;
+                }
+                if side == Side::Client {
+                    self.advance(idx, now);
+                    if !self.live(conn) {
+                        return;
+                    }
                 }
                 self.sync(idx, now);
             }
@@ -467,6 +721,12 @@ impl Proxy {
                 let d = s.source_dir(side);
                 d.eof = true;
                 d.release_if_empty(&mut self.pool);
+                if side == Side::Client {
+                    self.advance(idx, now);
+                    if !self.live(conn) {
+                        return;
+                    }
+                }
                 self.sync(idx, now);
             }
             Event::Written { conn, side, n } => {
@@ -592,6 +852,12 @@ impl Proxy {
     fn sync(&mut self, idx: usize, now: Instant) {
         let conn = self.id_of(idx);
         let s = &mut self.sessions[idx];
+        if s.state == State::Closing && !s.down.has_data() {
+            return self.finish(idx, now);
+        }
+        if s.state == State::Handshake && s.up.eof {
+            return self.finish(idx, now);
+        }
         if s.state == State::Relay {
             // Half-close carried across once a direction is drained.
             if s.up.eof && !s.up.shut && !s.up.has_data() {
@@ -632,7 +898,8 @@ impl Proxy {
     fn deadline(&self, s: &Session) -> Instant {
         let l = &self.config.limits;
         match s.state {
-            State::Connecting => s.state_since + l.connect_timeout,
+            State::Handshake | State::Closing => s.state_since + l.handshake_timeout,
+            State::Resolving | State::Connecting => s.state_since + l.connect_timeout,
             State::Relay => s.last_active + l.idle_timeout,
         }
     }
@@ -665,7 +932,9 @@ impl Proxy {
         let mut s = self.sessions.remove(idx);
         s.up.release(&mut self.pool);
         s.down.release(&mut self.pool);
-        if let Some(n) = self.per_client.get_mut(&s.client.ip()) {
+        if s.refusing.is_some() {
+            self.refusing -= 1;
+        } else if let Some(n) = self.per_client.get_mut(&s.client.ip()) {
             *n -= 1;
             if *n == 0 {
                 self.per_client.remove(&s.client.ip());
@@ -677,8 +946,8 @@ impl Proxy {
         let rec = AccessRecord {
             service: svc.name.clone(),
             client: s.client,
-            user: None,
-            method: method_of(svc.kind),
+            user: s.user.take(),
+            method: s.method,
             target: std::mem::take(&mut s.target),
             destination: s.upstream,
             status: s.status.into(),
@@ -727,11 +996,18 @@ impl Proxy {
                 continue;
             }
             let s = &mut self.sessions[idx];
-            s.status = match s.state {
-                State::Connecting => "timeout",
-                State::Relay => "idle",
-            };
-            self.finish(idx, now);
+            match s.state {
+                State::Resolving | State::Connecting => self.fail(idx, Failure::TimedOut, now),
+                State::Handshake => {
+                    s.status = "timeout";
+                    self.finish(idx, now);
+                }
+                State::Closing => self.finish(idx, now),
+                State::Relay => {
+                    s.status = "idle";
+                    self.finish(idx, now);
+                }
+            }
         }
     }
 

@@ -3,18 +3,24 @@
 //! # States and exits
 //!
 //! ```text
-//!  accept ──► Connecting ──Connected──► Relay ──both directions shut──► (closed, "ok")
-//!                │                        │
-//!                ├─ConnectFailed─► (closed, "refused" | "unreachable" | "error")
-//!                └─connect_timeout─► (closed, "timeout")
-//!                                         ├─idle_timeout─► (closed, "idle")
-//!                                         └─IoError─► (closed, "error")
-//!  any state ──shutdown_grace passed──► (closed, "shutdown")
+//!  accept ─(mapped)──────────────────────────────┐
+//!  accept ─(protocol)─► Handshake ─Step::Connect─┼─(name)─► Resolving ─Resolved─┐
+//!                         │                      └─(address)────────────────────┴─► Connecting
+//!                         ├─Step::Close──────────────────────────► Closing
+//!                         └─handshake_timeout / client EOF─► (closed)
+//!  Resolving ─ResolveFailed─► Closing (protocol reply) | (closed, mapped)
+//!  Connecting ─Connected─► Relay ─both directions shut─► (closed, "ok")
+//!      ├─ConnectFailed, another address left─► Connecting (next address)
+//!      ├─ConnectFailed─► Closing (protocol reply) | (closed, "refused" | "unreachable" | "error")
+//!      └─connect_timeout─► Closing | (closed, "timeout")
+//!  Relay ─idle_timeout─► (closed, "idle");  ─IoError─► (closed, "error")
+//!  Closing ─reply written─► (closed);  ─handshake_timeout─► (closed)
+//!  any state ─shutdown_grace passed─► (closed, "shutdown")
 //! ```
 //!
-//! A mapped port starts in `Connecting` (it knows where to go at accept);
-//! protocol services will start in a handshake state of their own and enter
-//! `Connecting` once the request names a destination.
+//! A mapped port goes straight to `Connecting` (it knows where to go at
+//! accept); a protocol service talks in `Handshake` until its request names
+//! a destination, and the rules are checked again then.
 //!
 //! # The two directions
 //!
@@ -31,10 +37,17 @@ use crate::id::{ListenerId, Side};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum State {
+    /// The protocol talks with the client until it names a destination.
+    Handshake,
+    /// Waiting for the runtime to resolve the destination's name.
+    Resolving,
     /// Waiting for the upstream connection.
     Connecting,
     /// Bytes flow both ways.
     Relay,
+    /// The last reply drains to the client; what the client sends is
+    /// discarded; then the connection closes.
+    Closing,
 }
 
 /// One direction of a session.
@@ -99,6 +112,16 @@ pub(crate) struct Session {
     /// The interest last told to the runtime, per side: (read, write).
     pub told: [(bool, bool); 2],
     pub target: String,
+    pub user: Option<String>,
+    /// The access log's method column.
+    pub method: &'static str,
+    /// The protocol's handshake, for services that have one.
+    pub hs: Option<crate::proto::Handshake>,
+    /// Resolved addresses not tried yet (tried in order on failure).
+    pub addrs: Vec<SocketAddr>,
+    /// This connection is over a limit or denied at accept: its protocol
+    /// runs only to say so in its own words.
+    pub refusing: Option<crate::proto::Failure>,
     pub upstream: Option<SocketAddr>,
     pub upstream_local: Option<SocketAddr>,
     /// Outcome word for the access log once the session ends.

@@ -12,19 +12,23 @@
 //! token space.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
 use std::os::fd::IntoRawFd;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream, UnixStream};
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 use portico_core::cli::{Plan, EXIT_OK, EXIT_RUNTIME};
 use portico_core::{Action, ConnId, Event, IoKind, ListenerId, Proxy, Side};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use crate::output::Output;
+use crate::output::{Output, WallClock};
 
 const SIGNAL: Token = Token(usize::MAX);
+const RESOLVED: Token = Token(usize::MAX - 1);
+/// Threads that resolve names, so the loop never waits on DNS.
+const RESOLVERS: usize = 4;
 const LISTENER_BASE: usize = usize::MAX / 2;
 /// Reads or writes one connection may do before the others get a turn.
 const OPS_PER_TURN: usize = 16;
@@ -67,6 +71,45 @@ struct Loop {
     accept_work: Vec<usize>,
     out: Output,
     fatal: Option<String>,
+    resolver: Resolver,
+    wall: WallClock,
+}
+
+type Answer = (ConnId, io::Result<Vec<SocketAddr>>);
+
+/// A small pool of threads running getaddrinfo; answers come back through a
+/// queue and a waker.
+struct Resolver {
+    jobs: std::sync::mpsc::Sender<(ConnId, String, u16)>,
+    answers: Arc<Mutex<Vec<Answer>>>,
+}
+
+impl Resolver {
+    fn start(waker: Arc<Waker>) -> io::Result<Resolver> {
+        let (tx, rx) = std::sync::mpsc::channel::<(ConnId, String, u16)>();
+        let rx = Arc::new(Mutex::new(rx));
+        let answers: Arc<Mutex<Vec<Answer>>> = Arc::default();
+        for i in 0..RESOLVERS {
+            let rx = rx.clone();
+            let answers = answers.clone();
+            let waker = waker.clone();
+            std::thread::Builder::new()
+                .name(format!("resolver-{i}"))
+                .spawn(move || loop {
+                    let job = match rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok((conn, host, port)) = job else { return };
+                    let r = (host.as_str(), port).to_socket_addrs().map(|a| a.collect());
+                    if let Ok(mut q) = answers.lock() {
+                        q.push((conn, r));
+                    }
+                    let _ = waker.wake();
+                })?;
+        }
+        Ok(Resolver { jobs: tx, answers })
+    }
 }
 
 fn si(side: Side) -> usize {
@@ -115,9 +158,19 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
     poll.registry()
         .register(&mut sig_rx, SIGNAL, Interest::READABLE)
         .map_err(|e| format!("cannot set up signals: {e}"))?;
+    let waker = Arc::new(
+        Waker::new(poll.registry(), RESOLVED)
+            .map_err(|e| format!("cannot create the event loop: {e}"))?,
+    );
+    let resolver =
+        Resolver::start(waker).map_err(|e| format!("cannot start the resolver threads: {e}"))?;
     let mut proxy = Proxy::new(plan.config, seed(), Instant::now());
     proxy.set_log_level(plan.log_level);
+    let mut wall = WallClock::new();
+    proxy.set_wall(wall.now());
     let mut lp = Loop {
+        resolver,
+        wall,
         poll,
         proxy,
         conns: Vec::new(),
@@ -169,10 +222,14 @@ impl Loop {
                     return EXIT_RUNTIME;
                 }
             }
+            let w = self.wall.now();
+            self.proxy.set_wall(w);
             for ev in events.iter() {
                 let t = ev.token();
                 if t == SIGNAL {
                     self.signals(sig_rx);
+                } else if t == RESOLVED {
+                    self.answers();
                 } else if t.0 >= LISTENER_BASE {
                     let i = t.0 - LISTENER_BASE;
                     if let Some(Some(l)) = self.listeners.get_mut(i) {
@@ -232,6 +289,21 @@ impl Loop {
         }
     }
 
+    fn answers(&mut self) {
+        let answers = match self.resolver.answers.lock() {
+            Ok(mut q) => std::mem::take(&mut *q),
+            Err(_) => return,
+        };
+        let now = Instant::now();
+        for (conn, r) in answers {
+            let ev = match r {
+                Ok(addrs) => Event::Resolved { conn, addrs },
+                Err(_) => Event::ResolveFailed { conn },
+            };
+            self.proxy.handle(ev, now);
+        }
+    }
+
     /// Carries out every action the core has queued.
     fn drain(&mut self) {
         while let Some(action) = self.proxy.poll_action() {
@@ -260,6 +332,12 @@ impl Loop {
                     }
                 }
                 Action::Connect { conn, addr, bind } => self.connect(conn, addr, bind),
+                Action::Resolve { conn, host, port } => {
+                    if self.resolver.jobs.send((conn, host, port)).is_err() {
+                        self.proxy
+                            .handle(Event::ResolveFailed { conn }, Instant::now());
+                    }
+                }
                 Action::Interest {
                     conn,
                     side,
@@ -400,8 +478,10 @@ impl Loop {
         });
         match r {
             Ok(u) => {
+                // A previous attempt's socket (if any) closes here.
                 c.upstream = Some(u);
                 c.connecting = true;
+                c.sock[1] = Sock::default();
             }
             Err(e) => {
                 let error = IoKind::from_io(&e);

@@ -47,3 +47,38 @@ impl Output {
         let _ = out.flush();
     }
 }
+
+/// Local wall-clock time for the core's rules. The UTC offset is looked up
+/// once a minute (localtime_r may read the zone file).
+pub struct WallClock {
+    minute: i64,
+    offset: i32,
+}
+
+impl WallClock {
+    pub fn new() -> Self {
+        WallClock {
+            minute: i64::MIN,
+            offset: 0,
+        }
+    }
+
+    pub fn now(&mut self) -> portico_core::rules::Wall {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if secs / 60 != self.minute {
+            self.minute = secs / 60;
+            let t = secs as libc::time_t;
+            // SAFETY: localtime_r writes only into the tm we pass.
+            let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+            if !unsafe { libc::localtime_r(&t, &mut tm) }.is_null() {
+                self.offset = tm.tm_gmtoff as i32;
+            }
+        }
+        portico_core::rules::Wall {
+            unix_secs: secs,
+            utc_offset_secs: self.offset,
+        }
+    }
+}

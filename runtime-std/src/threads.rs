@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -20,7 +20,7 @@ use portico_core::cli::{Plan, EXIT_OK, EXIT_RUNTIME};
 use portico_core::{Action, ConnId, Event, IoKind, Level, ListenerId, Proxy, Side};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use crate::output::Output;
+use crate::output::{Output, WallClock};
 
 /// Accepts one listener may do before the others get a turn.
 const ACCEPTS_PER_TURN: usize = 64;
@@ -29,6 +29,10 @@ const OPS_PER_TURN: usize = 16;
 
 /// What a connection's thread is told to do.
 enum Cmd {
+    Resolve {
+        host: String,
+        port: u16,
+    },
     Connect {
         addr: SocketAddr,
         bind: Option<IpAddr>,
@@ -57,6 +61,7 @@ struct Route {
 
 struct Core {
     proxy: Proxy,
+    wall: WallClock,
     routes: HashMap<usize, Route>,
     acceptor_tx: Option<(Sender<ListenCmd>, Arc<Poller>)>,
     out: Output,
@@ -76,7 +81,10 @@ struct Shared {
 fn lock(shared: &Shared) -> MutexGuard<'_, Core> {
     // A thread that panicked while holding the lock leaves the core as it
     // was; carrying on beats taking every other connection down.
-    shared.core.lock().unwrap_or_else(|p| p.into_inner())
+    let mut core = shared.core.lock().unwrap_or_else(|p| p.into_inner());
+    let w = core.wall.now();
+    core.proxy.set_wall(w);
+    core
 }
 
 impl Core {
@@ -86,6 +94,7 @@ impl Core {
         while let Some(action) = self.proxy.poll_action() {
             let (conn, cmd) = match action {
                 Action::Connect { conn, addr, bind } => (conn, Cmd::Connect { addr, bind }),
+                Action::Resolve { conn, host, port } => (conn, Cmd::Resolve { host, port }),
                 Action::Interest {
                     conn,
                     side,
@@ -236,6 +245,7 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
     let shared = Arc::new(Shared {
         core: Mutex::new(Core {
             proxy,
+            wall: WallClock::new(),
             routes: HashMap::new(),
             acceptor_tx: Some((acc_tx, acceptor_poller.clone())),
             out,
@@ -559,8 +569,23 @@ impl ConnThread {
 
     fn apply(&mut self, cmd: Cmd, mine: &mut Vec<Cmd>) {
         match cmd {
+            Cmd::Resolve { host, port } => {
+                // This thread serves only this connection: it may wait here.
+                let conn = self.id;
+                let ev = match (host.as_str(), port).to_socket_addrs() {
+                    Ok(a) => Event::Resolved {
+                        conn,
+                        addrs: a.collect(),
+                    },
+                    Err(_) => Event::ResolveFailed { conn },
+                };
+                self.event(ev, mine);
+            }
             Cmd::Connect { addr, bind } => match connect(addr, bind) {
                 Ok(u) => {
+                    if let Some(old) = self.upstream.take() {
+                        let _ = self.poller.delete(&old);
+                    }
                     // SAFETY: deleted from the poller before the thread ends.
                     if unsafe { self.poller.add(&u, PEvent::writable(UPSTREAM)) }.is_err() {
                         self.connect_failed(IoKind::Other, mine);

@@ -138,12 +138,12 @@ pub fn parse_unchecked_kinds(text: &str, file: &str) -> Result<Config, ConfigErr
 pub fn implemented_kind(kind: ServiceKind, protocol: Protocol) -> bool {
     use Protocol::{Tcp, Udp};
     use ServiceKind::*;
-    #[allow(clippy::match_like_matches_macro)]
     match (kind, protocol) {
         (Mapped, Tcp) => true,
         (Mapped, Udp) => false,
         (Http, _) => false,
-        (Socks, _) => false,
+        (Socks, Tcp) => true,
+        (Socks, Udp) => false,
         (Telnet, _) => false,
         (Smtp, _) => false,
         (Pop3, _) => false,

@@ -218,17 +218,20 @@ pub(super) fn parse(text: &str, file: &str, check_kinds: bool) -> Result<Config>
 }
 
 /// Whether binding `a` and `b` would collide: same port, and the same
-/// address or a wildcard covering the other.
+/// address or a wildcard of the same family. (`[::]` is taken not to cover
+/// IPv4, so `0.0.0.0:N` and `[::]:N` can both be listed: a runtime sets
+/// `IPV6_V6ONLY` on its IPv6 listeners.)
 fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
-    a.port() == b.port() && ips_overlap(a.ip(), b.ip())
+    a.port() == b.port() && ips_overlap(a.ip(), b.ip(), false)
 }
 
-/// Same address, or one is a wildcard that covers the other (`0.0.0.0`
-/// covers IPv4; `::` covers everything, as with Linux's default
-/// `bindv6only = 0`).
-fn ips_overlap(a: IpAddr, b: IpAddr) -> bool {
-    let covers =
-        |w: IpAddr, x: IpAddr| w.is_unspecified() && (w.is_ipv6() || w.is_ipv4() == x.is_ipv4());
+/// Same address, or one is a wildcard that covers the other: `0.0.0.0`
+/// covers IPv4, `::` covers IPv6 and, when `v6_covers_v4`, IPv4 too (as
+/// it does on Linux without `IPV6_V6ONLY`).
+fn ips_overlap(a: IpAddr, b: IpAddr, v6_covers_v4: bool) -> bool {
+    let covers = |w: IpAddr, x: IpAddr| {
+        w.is_unspecified() && (w.is_ipv4() == x.is_ipv4() || (w.is_ipv6() && v6_covers_v4))
+    };
     a == b || covers(a, b) || covers(b, a)
 }
 
@@ -279,7 +282,7 @@ fn network(cx: &Ctx, raw: Option<&RawNetwork>) -> Result<Network> {
     };
     if let Some(l) = &raw.external {
         for (a, ip) in l.get_ref().iter().zip(&external) {
-            if let Some(other) = internal.iter().find(|i| ips_overlap(**i, *ip)) {
+            if let Some(other) = internal.iter().find(|i| ips_overlap(**i, *ip, true)) {
                 let what = if other == ip {
                     format!("{ip} is in both network.internal and network.external")
                 } else {
@@ -608,7 +611,7 @@ fn service(cx: &Ctx, s: &S<RawService>, network: &Network, have_users: bool) -> 
         },
     };
 
-    let listen = listen(cx, r, side, network).map_err(|mut err| {
+    let listen = listen(cx, s, side, network).map_err(|mut err| {
         err.message = format!("service '{name}': {}", err.message);
         err
     })?;
@@ -829,10 +832,11 @@ fn service(cx: &Ctx, s: &S<RawService>, network: &Network, have_users: bool) -> 
 /// prefix, which the caller adds).
 fn listen(
     cx: &Ctx,
-    r: &RawService,
+    s: &S<RawService>,
     side: ListenSide,
     network: &Network,
 ) -> Result<Vec<SocketAddr>> {
+    let r = s.get_ref();
     let (mine, list_name, other, other_name) = match side {
         ListenSide::Internal => (
             &network.internal,
@@ -853,7 +857,7 @@ fn listen(
             "give either port (every address of the side) or listen (exact addresses), not both",
         )),
         (None, None) => Err(cx.err(
-            r.name.span(),
+            s.span(),
             "needs a port to listen on (port = 8080 opens it on every address of its side) or \
              exact addresses (listen = [\"127.0.0.1:8080\"])",
         )),

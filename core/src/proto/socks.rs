@@ -1,0 +1,370 @@
+//! SOCKS 4, 4a and 5 (RFC 1928, RFC 1929) on one port.
+//!
+//! # States and exits
+//!
+//! ```text
+//! Start ──first byte 5──► Methods ──[5, n, methods]──► Auth (method 2) ──[1, ulen, u, plen, p]──► Request
+//!   │                        │                           │                 (bad → [1,1], close)
+//!   │                        ├─no acceptable → [5, FF], close
+//!   │                        └─method 0 ─────────────────────────────────────────────────────► Request
+//!   ├─first byte 4──► V4 ──[4, cmd, port, ip, userid\0 (host\0)]──► Connect (cmd 1) | [0,5B] close
+//!   └─other──► close
+//! Request ──[5, cmd, 0, atyp, addr, port]──► Connect (cmd 1)
+//!                                          ├─cmd 2, 3 → reply 07, close
+//!                                          └─atyp other → reply 08, close
+//! Connect ──connected──► success reply with the bound address, relay
+//!         └─failed──► reply 01..06 (5) or 5B (4), close
+//! ```
+//!
+//! Every length field is bounded by the protocol (one byte) or here
+//! ([`MAX_V4_FIELD`]); a malformed handshake closes the connection without a
+//! reply. With `auth` on, SOCKS5 offers only username/password; SOCKS4 has no
+//! password field, so its USERID must be `name:password`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+
+use super::{Ctx, Failure, Step, Target};
+
+/// Longest SOCKS4 USERID or 4a host name accepted.
+pub const MAX_V4_FIELD: usize = 512;
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum State {
+    #[default]
+    Start,
+    Methods,
+    Auth,
+    Request,
+    /// Waiting for the connect; the version decides the reply format.
+    Connecting,
+    Done,
+}
+
+#[derive(Debug, Default)]
+pub struct Socks {
+    state: State,
+    v4: bool,
+    user: Option<String>,
+}
+
+const NEED: (usize, Step) = (0, Step::More);
+
+fn close(status: &'static str) -> Step {
+    Step::Close { status }
+}
+
+impl Socks {
+    pub fn method(&self) -> &'static str {
+        if self.v4 {
+            "SOCKS4"
+        } else {
+            "SOCKS5"
+        }
+    }
+
+    pub fn input(&mut self, input: &[u8], reply: &mut Vec<u8>, ctx: &mut Ctx) -> (usize, Step) {
+        let mut used = 0;
+        loop {
+            let rest = &input[used..];
+            let (n, step) = match self.state {
+                State::Start => match rest.first() {
+                    None => return (used, Step::More),
+                    Some(5) => {
+                        self.state = State::Methods;
+                        continue;
+                    }
+                    Some(4) => {
+                        self.v4 = true;
+                        self.v4_request(rest, reply, ctx)
+                    }
+                    Some(_) => (0, close("bad-request")),
+                },
+                State::Methods => self.methods(rest, reply, ctx),
+                State::Auth => self.auth(rest, reply, ctx),
+                State::Request => self.request(rest, reply),
+                State::Connecting | State::Done => return (used, Step::More),
+            };
+            used += n;
+            match step {
+                Step::More if n > 0 => continue,
+                step => return (used, step),
+            }
+        }
+    }
+
+    fn methods(&mut self, b: &[u8], reply: &mut Vec<u8>, ctx: &mut Ctx) -> (usize, Step) {
+        let Some(&n) = b.get(1) else { return NEED };
+        let len = 2 + n as usize;
+        let Some(methods) = b.get(2..len) else {
+            return NEED;
+        };
+        let auth_on = ctx.service.auth;
+        let choice = if !auth_on && methods.contains(&0) {
+            Some(0)
+        } else if methods.contains(&2) && !ctx.users.is_empty() {
+            Some(2)
+        } else {
+            None
+        };
+        match choice {
+            Some(m) => {
+                reply.extend_from_slice(&[5, m]);
+                self.state = if m == 2 { State::Auth } else { State::Request };
+                (len, Step::More)
+            }
+            None => {
+                reply.extend_from_slice(&[5, 0xFF]);
+                self.state = State::Done;
+                (len, close("auth-required"))
+            }
+        }
+    }
+
+    fn auth(&mut self, b: &[u8], reply: &mut Vec<u8>, ctx: &mut Ctx) -> (usize, Step) {
+        if b.is_empty() {
+            return NEED;
+        }
+        if b[0] != 1 {
+            self.state = State::Done;
+            return (0, close("bad-request"));
+        }
+        let Some(&ulen) = b.get(1) else { return NEED };
+        let u_end = 2 + ulen as usize;
+        let Some(&plen) = b.get(u_end) else {
+            return NEED;
+        };
+        let p_end = u_end + 1 + plen as usize;
+        if b.len() < p_end {
+            return NEED;
+        }
+        let name = &b[2..u_end];
+        let password = &b[u_end + 1..p_end];
+        if ctx.users.check(name, password) {
+            self.user = std::str::from_utf8(name).ok().map(str::to_string);
+            reply.extend_from_slice(&[1, 0]);
+            self.state = State::Request;
+            (p_end, Step::More)
+        } else {
+            reply.extend_from_slice(&[1, 1]);
+            self.state = State::Done;
+            (p_end, close("auth-failed"))
+        }
+    }
+
+    fn request(&mut self, b: &[u8], reply: &mut Vec<u8>) -> (usize, Step) {
+        if b.len() < 4 {
+            return NEED;
+        }
+        if b[0] != 5 || b[2] != 0 {
+            self.state = State::Done;
+            return (0, close("bad-request"));
+        }
+        let (cmd, atyp) = (b[1], b[3]);
+        let (target, len) = match atyp {
+            1 => {
+                let Some(a) = b.get(4..10) else { return NEED };
+                let ip = Ipv4Addr::new(a[0], a[1], a[2], a[3]);
+                let port = u16::from_be_bytes([a[4], a[5]]);
+                (Target::Addr(SocketAddr::new(ip.into(), port)), 10)
+            }
+            4 => {
+                let Some(a) = b.get(4..22) else { return NEED };
+                let mut o = [0u8; 16];
+                o.copy_from_slice(&a[..16]);
+                let port = u16::from_be_bytes([a[16], a[17]]);
+                (
+                    Target::Addr(SocketAddr::new(Ipv6Addr::from(o).into(), port)),
+                    22,
+                )
+            }
+            3 => {
+                let Some(&n) = b.get(4) else { return NEED };
+                let end = 5 + n as usize;
+                let Some(a) = b.get(5..end + 2) else {
+                    return NEED;
+                };
+                let name = &a[..n as usize];
+                let port = u16::from_be_bytes([a[n as usize], a[n as usize + 1]]);
+                match host_name(name) {
+                    Some(h) => (name_target(h, port), end + 2),
+                    None => {
+                        self.state = State::Done;
+                        reply.extend_from_slice(&v5_reply(0x04, None));
+                        return (end + 2, close("bad-request"));
+                    }
+                }
+            }
+            _ => {
+                self.state = State::Done;
+                reply.extend_from_slice(&v5_reply(0x08, None));
+                return (b.len(), close("unsupported"));
+            }
+        };
+        if cmd != 1 {
+            // BIND and UDP ASSOCIATE are not offered.
+            self.state = State::Done;
+            reply.extend_from_slice(&v5_reply(0x07, None));
+            return (len, close("unsupported"));
+        }
+        self.state = State::Connecting;
+        (
+            len,
+            Step::Connect {
+                target,
+                user: self.user.clone(),
+            },
+        )
+    }
+
+    fn v4_request(&mut self, b: &[u8], reply: &mut Vec<u8>, ctx: &mut Ctx) -> (usize, Step) {
+        if b.len() < 8 {
+            return NEED;
+        }
+        let cmd = b[1];
+        let port = u16::from_be_bytes([b[2], b[3]]);
+        let ip = Ipv4Addr::new(b[4], b[5], b[6], b[7]);
+        let Some((userid, after)) = nul_field(&b[8..]) else {
+            return if b.len() - 8 > MAX_V4_FIELD {
+                self.state = State::Done;
+                (0, close("bad-request"))
+            } else {
+                NEED
+            };
+        };
+        let mut len = 8 + after;
+        // SOCKS4a: 0.0.0.x with x != 0 means "a host name follows".
+        let o = ip.octets();
+        let target = if o[..3] == [0, 0, 0] && o[3] != 0 {
+            let Some((host, after)) = nul_field(&b[len..]) else {
+                return if b.len() - len > MAX_V4_FIELD {
+                    self.state = State::Done;
+                    (0, close("bad-request"))
+                } else {
+                    NEED
+                };
+            };
+            len += after;
+            match host_name(host) {
+                Some(h) => name_target(h, port),
+                None => {
+                    self.state = State::Done;
+                    reply.extend_from_slice(&v4_reply(false, None));
+                    return (len, close("bad-request"));
+                }
+            }
+        } else {
+            Target::Addr(SocketAddr::V4(SocketAddrV4::new(ip, port)))
+        };
+        if cmd != 1 {
+            self.state = State::Done;
+            reply.extend_from_slice(&v4_reply(false, None));
+            return (len, close("unsupported"));
+        }
+        if ctx.service.auth {
+            // USERID is `name:password` (SOCKS4 has no password field).
+            let (name, password) = match userid.iter().position(|&c| c == b':') {
+                Some(i) => (&userid[..i], &userid[i + 1..]),
+                None => (userid, &b""[..]),
+            };
+            if !ctx.users.check(name, password) {
+                self.state = State::Done;
+                reply.extend_from_slice(&v4_reply(false, None));
+                return (len, close("auth-failed"));
+            }
+            self.user = std::str::from_utf8(name).ok().map(str::to_string);
+        }
+        self.state = State::Connecting;
+        (
+            len,
+            Step::Connect {
+                target,
+                user: self.user.clone(),
+            },
+        )
+    }
+
+    pub fn connected(&mut self, local: SocketAddr, reply: &mut Vec<u8>) {
+        if self.state != State::Connecting {
+            return;
+        }
+        self.state = State::Done;
+        if self.v4 {
+            reply.extend_from_slice(&v4_reply(true, Some(local)));
+        } else {
+            reply.extend_from_slice(&v5_reply(0x00, Some(local)));
+        }
+    }
+
+    pub fn failed(&mut self, why: Failure, reply: &mut Vec<u8>) {
+        if self.state != State::Connecting {
+            return;
+        }
+        self.state = State::Done;
+        if self.v4 {
+            reply.extend_from_slice(&v4_reply(false, None));
+            return;
+        }
+        let code = match why {
+            Failure::Denied => 0x02,
+            Failure::NetUnreachable => 0x03,
+            Failure::HostUnreachable | Failure::NotResolved => 0x04,
+            Failure::Refused => 0x05,
+            Failure::TimedOut => 0x06,
+            Failure::Limit | Failure::Other => 0x01,
+        };
+        reply.extend_from_slice(&v5_reply(code, None));
+    }
+}
+
+/// A NUL-terminated field: (bytes before the NUL, bytes used incl. the NUL).
+fn nul_field(b: &[u8]) -> Option<(&[u8], usize)> {
+    let end = b.iter().take(MAX_V4_FIELD + 1).position(|&c| c == 0)?;
+    Some((&b[..end], end + 1))
+}
+
+/// A destination host as sent by the client: an IP literal or a DNS name.
+fn host_name(b: &[u8]) -> Option<&str> {
+    let s = std::str::from_utf8(b).ok()?;
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b':'));
+    ok.then_some(s)
+}
+
+fn name_target(host: &str, port: u16) -> Target {
+    match host.parse::<IpAddr>() {
+        Ok(ip) => Target::Addr(SocketAddr::new(ip, port)),
+        Err(_) => Target::Name(host.to_ascii_lowercase(), port),
+    }
+}
+
+fn v5_reply(code: u8, bound: Option<SocketAddr>) -> Vec<u8> {
+    let mut r = vec![5, code, 0];
+    match bound {
+        Some(SocketAddr::V6(a)) => {
+            r.push(4);
+            r.extend_from_slice(&a.ip().octets());
+            r.extend_from_slice(&a.port().to_be_bytes());
+        }
+        Some(SocketAddr::V4(a)) => {
+            r.push(1);
+            r.extend_from_slice(&a.ip().octets());
+            r.extend_from_slice(&a.port().to_be_bytes());
+        }
+        None => r.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0]),
+    }
+    r
+}
+
+fn v4_reply(granted: bool, bound: Option<SocketAddr>) -> Vec<u8> {
+    let mut r = vec![0, if granted { 0x5A } else { 0x5B }];
+    match bound {
+        Some(SocketAddr::V4(a)) => {
+            r.extend_from_slice(&a.port().to_be_bytes());
+            r.extend_from_slice(&a.ip().octets());
+        }
+        _ => r.extend_from_slice(&[0; 6]),
+    }
+    r
+}

@@ -1,0 +1,436 @@
+//! Running a binary under test: a long-lived proxy ([`Portico`]) or a
+//! one-shot command ([`run_cli`]).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::bin::Bin;
+
+/// How long a proxy may take to print its `listening:` lines.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A directory under the system's temp dir, removed on drop.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path = std::env::temp_dir().join(format!(
+            "portico-tests-{}-{}-{nanos}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes `name` in the directory and returns its path.
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let p = self.path.join(name);
+        std::fs::write(&p, contents)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", p.display()));
+        p
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        TempDir::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Lines of one output stream of a child, collected by a thread.
+#[derive(Default)]
+struct Lines {
+    state: Mutex<(Vec<String>, bool)>,
+    cv: Condvar,
+}
+
+impl Lines {
+    fn collect(self: &Arc<Self>, pipe: impl Read + Send + 'static) -> thread::JoinHandle<()> {
+        let me = self.clone();
+        thread::spawn(move || {
+            let mut r = BufReader::new(pipe);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match r.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        while buf.last().is_some_and(|&b| b == b'\n' || b == b'\r') {
+                            buf.pop();
+                        }
+                        let line = String::from_utf8_lossy(&buf).into_owned();
+                        let mut st = me.state.lock().unwrap_or_else(|e| e.into_inner());
+                        st.0.push(line);
+                        me.cv.notify_all();
+                    }
+                }
+            }
+            let mut st = me.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.1 = true;
+            me.cv.notify_all();
+        })
+    }
+
+    fn snapshot(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
+    }
+
+    /// Waits until the lines seen so far satisfy `done`, the stream ends, or
+    /// the time is up; returns whether `done` held.
+    fn wait(&self, limit: Duration, mut done: impl FnMut(&[String]) -> bool) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if done(&st.0) {
+                return true;
+            }
+            let now = Instant::now();
+            if st.1 || now >= deadline {
+                return false;
+            }
+            st = self
+                .cv
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// How many `listening:` lines a configuration should produce: each quoted
+/// entry of a `listen = [...]`, and for `port = N` one per internal address.
+pub fn expected_listeners(config: &str) -> usize {
+    let mut internal = 1;
+    let mut n = 0;
+    let mut section = String::new();
+    for raw in config.lines() {
+        let line = raw.trim();
+        if line.starts_with('[') {
+            section = line
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_string();
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let key = key.trim();
+        let quoted = value.matches('"').count() / 2;
+        match (section.as_str(), key) {
+            ("network", "internal") => internal = quoted.max(1),
+            ("service", "listen") => n += quoted,
+            ("service", "port") => n += internal,
+            _ => {}
+        }
+    }
+    n
+}
+
+/// A running proxy. Dropping it kills the process.
+pub struct Portico {
+    bin: Bin,
+    child: Child,
+    status: Option<ExitStatus>,
+    stdout: Arc<Lines>,
+    stderr: Arc<Lines>,
+    _dir: TempDir,
+    config_path: PathBuf,
+}
+
+impl Portico {
+    /// Starts `bin --config FILE` and waits until it has printed one
+    /// `listening:` line per listener of the configuration.
+    pub fn start(bin: Bin, config_toml: &str) -> Portico {
+        Portico::start_expecting(bin, config_toml, expected_listeners(config_toml), &[])
+    }
+
+    /// Like [`Portico::start`] with extra arguments and an explicit count of
+    /// `listening:` lines to wait for.
+    pub fn start_expecting(
+        bin: Bin,
+        config_toml: &str,
+        listeners: usize,
+        args: &[&str],
+    ) -> Portico {
+        let dir = TempDir::new();
+        let config_path = dir.write("portico.toml", config_toml);
+        let mut child = Command::new(bin.path())
+            .arg("--config")
+            .arg(&config_path)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{bin}: cannot start {}: {e}", bin.path().display()));
+        let stdout = Arc::new(Lines::default());
+        let stderr = Arc::new(Lines::default());
+        if let Some(p) = child.stdout.take() {
+            stdout.collect(p);
+        }
+        if let Some(p) = child.stderr.take() {
+            stderr.collect(p);
+        }
+        let mut me = Portico {
+            bin,
+            child,
+            status: None,
+            stdout,
+            stderr,
+            _dir: dir,
+            config_path,
+        };
+        let ready = me.stdout.wait(START_TIMEOUT, |lines| {
+            lines
+                .iter()
+                .filter(|l| l.starts_with("listening: "))
+                .count()
+                >= listeners
+        });
+        if !ready {
+            let exited = me.try_wait_exit(Duration::from_secs(2));
+            let _ = me.stderr.wait(Duration::from_secs(2), |_| false);
+            panic!(
+                "{bin}: did not print {listeners} `listening:` line(s) within {START_TIMEOUT:?} \
+                 ({})\nconfig:\n{config_toml}\nstdout:\n{}\nstderr:\n{}",
+                match exited {
+                    Some(st) => format!("it exited: {st}"),
+                    None => "it is still running".to_string(),
+                },
+                me.stdout.snapshot().join("\n"),
+                me.stderr.snapshot().join("\n"),
+            );
+        }
+        me
+    }
+
+    pub fn bin(&self) -> Bin {
+        self.bin
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// The `listening:` lines and anything else printed on stdout so far.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.snapshot()
+    }
+
+    /// Every stderr line so far (diagnostics and, with
+    /// `[log] access = "stderr"`, access log lines).
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.snapshot()
+    }
+
+    /// The first stderr line satisfying `pred`, waiting up to `limit`.
+    pub fn wait_for_stderr(
+        &self,
+        mut pred: impl FnMut(&str) -> bool,
+        limit: Duration,
+    ) -> Option<String> {
+        let mut found = None;
+        self.stderr.wait(limit, |lines| {
+            found = lines.iter().find(|l| pred(l)).cloned();
+            found.is_some()
+        });
+        found
+    }
+
+    /// Sends a signal (e.g. `libc::SIGTERM`).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) with the pid of our own child.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        assert_eq!(
+            rc,
+            0,
+            "{}: kill({sig}): {}",
+            self.bin,
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.try_wait_exit(Duration::ZERO).is_none()
+    }
+
+    /// The exit status, waiting at most `limit`; `None` if still running.
+    pub fn try_wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        if let Some(st) = self.status {
+            return Some(st);
+        }
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(st)) => {
+                    self.status = Some(st);
+                    return Some(st);
+                }
+                Ok(None) => {}
+                Err(e) => panic!("{}: waiting for the process: {e}", self.bin),
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The exit status; panics (with stderr) if it does not exit within `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        match self.try_wait_exit(limit) {
+            Some(st) => {
+                // Let the reader threads see the end of the pipes.
+                let _ = self.stderr.wait(Duration::from_secs(2), |_| false);
+                st
+            }
+            None => panic!(
+                "{}: still running {limit:?} later\nstderr:\n{}",
+                self.bin,
+                self.stderr_lines().join("\n")
+            ),
+        }
+    }
+
+    /// Resident memory in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        crate::net::rss_kib(self.pid())
+            .unwrap_or_else(|| panic!("{}: cannot read VmRSS of pid {}", self.bin, self.pid()))
+    }
+
+    /// stderr so far, for assertion messages.
+    pub fn stderr_text(&self) -> String {
+        self.stderr_lines().join("\n")
+    }
+}
+
+impl Drop for Portico {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if thread::panicking() {
+            eprintln!(
+                "---- {} stdout ----\n{}\n---- {} stderr ----\n{}",
+                self.bin,
+                self.stdout_lines().join("\n"),
+                self.bin,
+                self.stderr_lines().join("\n")
+            );
+        }
+    }
+}
+
+/// What a one-shot run printed and how it ended.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOutput {
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+}
+
+/// Runs `bin ARGS…` with `stdin`, waiting at most `limit` (then it is
+/// killed and the test fails).
+pub fn run_cli(bin: Bin, args: &[&str], stdin: Option<&[u8]>, limit: Duration) -> CliOutput {
+    let mut child = Command::new(bin.path())
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{bin}: cannot start {}: {e}", bin.path().display()));
+    if let (Some(mut pipe), Some(data)) = (child.stdin.take(), stdin) {
+        let data = data.to_vec();
+        thread::spawn(move || {
+            let _ = pipe.write_all(&data);
+        });
+    }
+    let read = |p: Option<Box<dyn Read + Send>>| {
+        thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut p) = p {
+                let _ = p.read_to_end(&mut v);
+            }
+            String::from_utf8_lossy(&v).into_owned()
+        })
+    };
+    let out_t = read(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err_t = read(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let stdout = out_t.join().unwrap_or_default();
+                let stderr = err_t.join().unwrap_or_default();
+                panic!(
+                    "{bin} {args:?}: still running after {limit:?}; killed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+                );
+            }
+            Err(e) => panic!("{bin}: waiting for the process: {e}"),
+        }
+    };
+    CliOutput {
+        status,
+        stdout: out_t.join().unwrap_or_default(),
+        stderr: err_t.join().unwrap_or_default(),
+    }
+}
