@@ -122,10 +122,11 @@ where
             return EXIT_CONFIG;
         }
     };
-    for w in config::warnings(&config) {
-        host.stderr(&format!("warning: {w}\n"));
-    }
     if args.check {
+        // A real start logs these through the core instead.
+        for w in config::warnings(&config) {
+            host.stderr(&format!("warning: {w}\n"));
+        }
         let mut out = String::new();
         for line in crate::proxy::listening_lines(&config) {
             out.push_str(&line);
