@@ -452,9 +452,11 @@ impl Proxy {
                 self.connect(idx, addr, now);
             }
             Target::Name(host, port) => {
-                // With address rules, only the resolved address can decide.
-                if !rules::needs_address(&self.config.rules)
-                    && !self.allowed(&self.query(s, Some(&host), None, port))
+                // Refuse by name before resolving only when the address
+                // could not change the verdict.
+                let q = self.query(s, Some(&host), None, port);
+                if let Some(Verdict::Deny { .. }) =
+                    rules::check_by_name(&self.config.rules, &q, self.wall)
                 {
                     return self.fail(idx, Failure::Denied, now);
                 }

@@ -23,8 +23,8 @@ pub mod servers;
 pub use bin::{binaries, Bin};
 pub use data::{digest, pattern, recv_all, send_stream, Digest};
 pub use net::{
-    connect, connect_from, echo_check, free_port, local, poll_until, read_outcome, rss_kib,
-    ReadOutcome, Rendezvous, CONNECT_TIMEOUT, IO_TIMEOUT,
+    connect, connect_from, echo_check, free_port, listen_overflows, local, poll_until,
+    read_outcome, rss_kib, ReadOutcome, Rendezvous, CONNECT_TIMEOUT, IO_TIMEOUT,
 };
 pub use process::{expected_listeners, run_cli, CliOutput, Portico, TempDir, START_TIMEOUT};
 pub use servers::{Behaviour, Report, TestServer, SERVER_SEED};

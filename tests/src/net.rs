@@ -223,3 +223,16 @@ impl Rendezvous {
         true
     }
 }
+
+/// The kernel's count of connection attempts dropped because a listener's
+/// accept queue was full (`TcpExt: ListenOverflows` in /proc/net/netstat).
+pub fn listen_overflows() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let names = lines.next()?;
+    let values = lines.next()?;
+    let at = names
+        .split_whitespace()
+        .position(|n| n == "ListenOverflows")?;
+    values.split_whitespace().nth(at)?.parse().ok()
+}

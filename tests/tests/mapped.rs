@@ -6,9 +6,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use portico_tests::{
-    both, connect, connect_from, digest, echo_check, pattern, poll_until, read_outcome, recv_all,
-    send_stream, spawn_bounded, start_mapped, Behaviour, Bin, Portico, ReadOutcome, Rendezvous,
-    TestServer, CLIENT_SEED, IO_TIMEOUT,
+    both, connect, connect_from, digest, echo_check, listen_overflows, pattern, poll_until,
+    read_outcome, recv_all, send_stream, spawn_bounded, start_mapped, Behaviour, Bin, Portico,
+    ReadOutcome, Rendezvous, TestServer, CLIENT_SEED, IO_TIMEOUT,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -389,11 +389,21 @@ fn data_before_upstream_connects(bin: Bin) {
         .unwrap_or_else(|e| panic!("{bin}: filling the backend's accept queue: {e}"));
     let (_p, addr) = start_mapped(bin, server.addr(), "", "");
     let early = pattern(CLIENT_SEED, 20_000);
+    let overflows = listen_overflows();
+    let started = Instant::now();
     let mut c = client(bin, addr);
     c.write_all(&early)
         .unwrap_or_else(|e| panic!("{bin}: writing at once: {e}"));
     c.shutdown(Shutdown::Write)
         .unwrap_or_else(|e| panic!("{bin}: shutdown(Write): {e}"));
+    // Wait (bounded) until the kernel dropped the proxy's SYN, so that the
+    // bytes above really were sent before the upstream connected; if the
+    // counter is not available, the case still checks delivery.
+    let dropped = overflows.and_then(|before| {
+        poll_until(Duration::from_secs(5), Duration::from_millis(5), || {
+            listen_overflows().filter(|&n| n > before)
+        })
+    });
     server.release();
     server.close_fillers();
     let mut reply = Vec::new();
@@ -410,7 +420,11 @@ fn data_before_upstream_connects(bin: Bin) {
         digest(&early),
         "{bin}: bytes sent before the upstream connected differ at the server"
     );
-    let _ = filler;
+    eprintln!(
+        "{bin}: reply {:?} after connecting; SYN dropped: {}; filler {filler}",
+        started.elapsed(),
+        dropped.is_some()
+    );
 }
 
 fn request(bin: Bin, c: &mut TcpStream, len: u64) {
