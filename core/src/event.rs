@@ -91,6 +91,9 @@ pub enum Action {
         read: bool,
         write: bool,
     },
+    /// Close the upstream socket of `conn` only; the client stays (an HTTP
+    /// client's next request may go elsewhere).
+    CloseUpstream { conn: ConnId },
     /// Shut the write half of `side` (half-close carried across).
     ShutdownWrite { conn: ConnId, side: Side },
     /// Close both sockets of `conn`; the id is dead from now on.

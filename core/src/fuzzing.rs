@@ -112,6 +112,15 @@ struct Setup {
     idle_ms: u64,
     grace_ms: u64,
     services: usize,
+    /// A SOCKS service after the mapped ones.
+    socks: bool,
+    /// Rules: deny client 10.0.0.4, deny destination 127.0.0.66 and the
+    /// name `denied.example`, allow the rest.
+    rules: bool,
+    /// The first mapped service names its destination (`dest.example`),
+    /// so every connection resolves first.
+    named: bool,
+    handshake_ms: u64,
     seed: u64,
     debug_log: bool,
     /// Per listener: report `ListenFailed` instead of `Listening`.
@@ -125,6 +134,7 @@ impl Setup {
         let c = input.byte();
         let d = input.byte();
         let e = input.byte();
+        let f = input.byte();
         Setup {
             max_connections: 1 + (a % 8) as u32,
             max_per_client: 1 + ((a >> 3) % 4) as u32,
@@ -133,6 +143,10 @@ impl Setup {
             idle_ms: 100 * (1 + c as u64),
             grace_ms: 500 * (d % 5) as u64,
             services: 1 + (d >> 3) as usize % 2,
+            socks: f & 1 != 0,
+            rules: f & 2 != 0,
+            named: f & 4 != 0,
+            handshake_ms: 100 * (1 + (f >> 3) as u64),
             debug_log: d & 0x80 != 0,
             // Rarely: one listener fails to open (a Fatal a runtime would
             // exit on; the table must still behave).
@@ -144,43 +158,150 @@ impl Setup {
     fn toml(&self) -> String {
         let mut t = format!(
             "[limits]\nmax_connections = {}\nmax_per_client = {}\nbuffer = {}\n\
-             connect_timeout = \"{}ms\"\nidle_timeout = \"{}ms\"\nshutdown_grace = \"{}ms\"\n",
+             connect_timeout = \"{}ms\"\nidle_timeout = \"{}ms\"\nshutdown_grace = \"{}ms\"\n\
+             handshake_timeout = \"{}ms\"\n",
             self.max_connections,
             self.max_per_client,
             self.buffer,
             self.connect_ms,
             self.idle_ms,
-            self.grace_ms
+            self.grace_ms,
+            self.handshake_ms,
         );
         for i in 0..self.services {
+            let host = if i == 0 && self.named {
+                "dest.example"
+            } else {
+                "127.0.0.1"
+            };
             t.push_str(&format!(
                 "\n[[service]]\nname = \"map{i}\"\nkind = \"mapped\"\n\
-                 listen = [\"127.0.0.1:{}\"]\ndestination = \"127.0.0.1:{}\"\n",
+                 listen = [\"127.0.0.1:{}\"]\ndestination = \"{host}:{}\"\n",
                 8000 + i,
                 9000 + i
             ));
         }
+        if self.socks {
+            t.push_str(
+                "\n[[service]]\nname = \"socks\"\nkind = \"socks\"\nlisten = [\"127.0.0.1:1080\"]\n",
+            );
+        }
+        if self.rules {
+            t.push_str(
+                "\n[[rule]]\naction = \"deny\"\nclients = [\"10.0.0.4\"]\n\
+                 \n[[rule]]\naction = \"deny\"\ndestinations = [\"127.0.0.66\", \"denied.example\"]\n\
+                 \n[[rule]]\naction = \"allow\"\n",
+            );
+        }
         t
     }
+
+    fn listeners(&self) -> usize {
+        self.services + self.socks as usize
+    }
+
+    /// Where every connection of listener `i` goes, when the configuration
+    /// says so with an address; `None` for SOCKS and named destinations.
+    fn destination(&self, i: usize) -> Option<SocketAddr> {
+        (i < self.services && !(i == 0 && self.named))
+            .then(|| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9000 + i as u16))
+    }
+
+    fn is_socks(&self, i: usize) -> bool {
+        i == self.services && self.socks
+    }
+}
+/// The address rules deny as a destination (when `rules` is on).
+const DENIED_ADDR: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 66);
+/// The client address rules deny (when `rules` is on).
+const DENIED_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 4);
+
+/// What a SOCKS client of the fuzzer says first (then payload follows).
+fn socks_script(pick: u8) -> Vec<u8> {
+    let greet: &[u8] = &[5, 1, 0];
+    let port = [0x23, 0x28]; // 9000
+    let mut v = Vec::new();
+    match pick % 10 {
+        0 => {
+            v.extend_from_slice(greet);
+            v.extend_from_slice(&[5, 1, 0, 1, 127, 0, 0, 1]);
+            v.extend_from_slice(&port);
+        }
+        1 => {
+            v.extend_from_slice(greet);
+            v.extend_from_slice(&[5, 1, 0, 3, 9]);
+            v.extend_from_slice(b"a.example");
+            v.extend_from_slice(&port);
+        }
+        2 => {
+            v.extend_from_slice(greet);
+            v.extend_from_slice(&[5, 1, 0, 1, 127, 0, 0, 66]);
+            v.extend_from_slice(&port);
+        }
+        3 => {
+            v.extend_from_slice(&[4, 1]);
+            v.extend_from_slice(&port);
+            v.extend_from_slice(&[127, 0, 0, 1, 0]);
+        }
+        4 => {
+            v.extend_from_slice(&[4, 1]);
+            v.extend_from_slice(&port);
+            v.extend_from_slice(&[0, 0, 0, 1, b'u', 0]);
+            v.extend_from_slice(b"a.example\0");
+        }
+        5 => {
+            v.extend_from_slice(greet);
+            v.extend_from_slice(&[5, 1, 0, 3, 14]);
+            v.extend_from_slice(b"denied.example");
+            v.extend_from_slice(&port);
+        }
+        6 => {
+            v.extend_from_slice(greet);
+            v.extend_from_slice(&[5, 2, 0, 1, 127, 0, 0, 1, 0, 80]);
+        }
+        7 => {
+            v.extend_from_slice(greet);
+            v.extend_from_slice(&[5, 1, 0, 4]);
+            v.extend_from_slice(&[0; 15]);
+            v.push(1);
+            v.extend_from_slice(&port);
+        }
+        8 => {
+            v.extend_from_slice(&[5, 2, 0, 2]);
+            v.extend_from_slice(&[5, 1, 0, 1, 127, 0, 0, 1]);
+            v.extend_from_slice(&port);
+        }
+        _ => v.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n"),
+    }
+    v
 }
 
 /// What the fuzzer knows about one connection it was given.
 #[derive(Debug)]
 struct Model {
     peer: IpAddr,
-    service_dest: SocketAddr,
+    socks: bool,
+    /// Admitted only to be refused in its protocol's words.
+    refusing: bool,
+    /// Where a `Connect` must go, when the configuration says so.
+    dest: Option<SocketAddr>,
     connected: bool,
-    connect_seen: bool,
     /// The interest last told per side, (read, write).
     interest: [(bool, bool); 2],
     shut: [bool; 2],
     /// Bytes read and not yet written, per direction (`up` = client →
     /// upstream); `None` once the fuzzer lied to the core about that
     /// direction (a read it did not make, a write of bytes it was not
-    /// shown), after which the content is no longer predictable.
+    /// shown), or for a protocol that speaks itself, after which the
+    /// content is no longer predictable.
     up: Option<VecDeque<u8>>,
     down: Option<VecDeque<u8>>,
-    pattern: u8,
+    /// What the client says first (a SOCKS request), and how much of it
+    /// was read.
+    script: Vec<u8>,
+    script_pos: usize,
+    /// Bytes made up so far (seeds the filler pattern).
+    produced: usize,
 }
 
 impl Model {
@@ -213,8 +334,9 @@ struct Harness {
     accesses: u64,
     closes: u64,
     refusals: u64,
-    /// A `Connect` action must name the connection just accepted.
-    expect_connect: Option<ConnId>,
+    /// `PORTICO_FUZZ_TRACE=1`: print every operation and action (to replay
+    /// a crash by hand).
+    trace: bool,
 }
 
 impl Harness {
@@ -237,12 +359,12 @@ impl Harness {
             accesses: 0,
             closes: 0,
             refusals: 0,
-            expect_connect: None,
+            trace: std::env::var_os("PORTICO_FUZZ_TRACE").is_some(),
         };
         h.drain();
         assert_eq!(
             h.listeners.len(),
-            h.setup.services,
+            h.setup.listeners(),
             "one Listen action per listen address"
         );
         for i in 0..h.listeners.len() {
@@ -289,6 +411,17 @@ impl Harness {
         }
     }
 
+    fn addr(&self, input: &mut Input<'_>) -> SocketAddr {
+        let b = input.byte();
+        let last = match b % 4 {
+            0 | 1 => 1,
+            2 => 66,
+            _ => 2,
+        };
+        let port = if b & 0x80 == 0 { 9000 } else { input.u16() };
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)), port)
+    }
+
     /// Forgets what a direction holds (the fuzzer lied about it).
     fn taint(&mut self, conn: ConnId, source: Side) {
         if let Some(m) = self.conns.get_mut(&conn) {
@@ -298,15 +431,30 @@ impl Harness {
 
     fn op(&mut self, input: &mut Input<'_>) {
         let code = input.byte();
-        match code % 16 {
+        if self.trace {
+            eprintln!(
+                "[{:?}] op {} (at byte {}): len {} timers {} next {:?}",
+                self.now,
+                code % 18,
+                input.pos,
+                self.proxy.len(),
+                self.proxy.timer_entries(),
+                self.proxy
+                    .poll_timeout()
+                    .map(|t| t.saturating_duration_since(self.base))
+            );
+        }
+        match code % 18 {
             0 | 1 => self.accept(input),
             2 => {
                 let conn = self.pick_conn(input);
-                let local = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 40000 + input.u16() % 1000);
+                let local =
+                    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 40000 + input.u16() % 1000);
                 if let Some(m) = self.conns.get_mut(&conn) {
                     m.connected = true;
                 }
-                self.proxy.handle(Event::Connected { conn, local }, self.at());
+                self.proxy
+                    .handle(Event::Connected { conn, local }, self.at());
             }
             3 => {
                 let conn = self.pick_conn(input);
@@ -396,122 +544,179 @@ impl Harness {
                     let _ = self.proxy.stats();
                 }
             },
-            _ => {
-                // An event for an id that was never handed out, or is dead.
-                let conn = ConnId::from_parts(input.byte() as u32, input.u32());
-                let side = input.side();
-                let n = input.count();
-                let event = match input.byte() % 6 {
-                    0 => Event::Read { conn, side, n },
-                    1 => Event::Written { conn, side, n },
-                    2 => Event::Eof { conn, side },
-                    3 => Event::Connected {
-                        conn,
-                        local: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1),
-                    },
-                    4 => Event::ConnectFailed {
-                        conn,
-                        error: input.kind(),
-                    },
-                    _ => Event::IoError {
-                        conn,
-                        side,
-                        error: input.kind(),
-                    },
-                };
-                if self.conns.contains_key(&conn) {
-                    // It happens to name a live connection: the model must
-                    // follow what the event does to it.
-                    match &event {
-                        Event::Read { n, .. } if *n > 0 => self.taint(conn, side),
-                        Event::Written { n, .. } if *n > 0 => self.taint(conn, side.other()),
-                        Event::Connected { .. } => {
-                            if let Some(m) = self.conns.get_mut(&conn) {
-                                m.connected = true;
-                            }
-                        }
-                        _ => {}
-                    }
+            15 | 16 => {
+                let conn = self.pick_conn(input);
+                let n = input.byte() % 4;
+                if n == 3 && input.byte() & 1 == 0 {
+                    self.proxy.handle(Event::ResolveFailed { conn }, self.at());
                 } else {
-                    assert!(
-                        self.proxy.recv_buf(conn, side).is_none(),
-                        "recv_buf lends a buffer for dead id {conn}"
-                    );
-                    assert!(
-                        self.proxy.send_buf(conn, side).is_none(),
-                        "send_buf shows bytes for dead id {conn}"
-                    );
-                }
-                let before = (self.proxy.len(), self.proxy.buffers_in_use());
-                self.proxy.handle(event.clone(), self.at());
-                if !self.conns.contains_key(&conn) {
-                    assert_eq!(
-                        before,
-                        (self.proxy.len(), self.proxy.buffers_in_use()),
-                        "an event for dead id {conn} changed the table: {event:?}"
-                    );
-                    assert!(
-                        self.proxy.poll_action().is_none(),
-                        "an event for dead id {conn} produced an action: {event:?}"
-                    );
+                    let addrs = (0..n).map(|_| self.addr(input)).collect();
+                    self.proxy
+                        .handle(Event::Resolved { conn, addrs }, self.at());
                 }
             }
+            _ => self.stale(input),
         }
         self.drain();
         self.check();
+    }
+
+    /// An event for an id that was never handed out, or is long dead.
+    fn stale(&mut self, input: &mut Input<'_>) {
+        let conn = ConnId::from_parts(input.byte() as u32, input.u32());
+        let side = input.side();
+        let n = input.count();
+        let event = match input.byte() % 8 {
+            0 => Event::Read { conn, side, n },
+            1 => Event::Written { conn, side, n },
+            2 => Event::Eof { conn, side },
+            3 => Event::Connected {
+                conn,
+                local: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1),
+            },
+            4 => Event::ConnectFailed {
+                conn,
+                error: input.kind(),
+            },
+            5 => Event::ReadBlocked { conn, side },
+            6 => Event::Resolved {
+                conn,
+                addrs: vec![self.addr(input)],
+            },
+            _ => Event::IoError {
+                conn,
+                side,
+                error: input.kind(),
+            },
+        };
+        if self.conns.contains_key(&conn) {
+            // It happens to name a live connection: the model must follow
+            // what the event does to it.
+            match &event {
+                Event::Read { n, .. } if *n > 0 => self.taint(conn, side),
+                Event::Written { n, .. } if *n > 0 => self.taint(conn, side.other()),
+                Event::Connected { .. } => {
+                    if let Some(m) = self.conns.get_mut(&conn) {
+                        m.connected = true;
+                    }
+                }
+                _ => {}
+            }
+            self.proxy.handle(event, self.at());
+            return;
+        }
+        assert!(
+            self.proxy.recv_buf(conn, side).is_none(),
+            "recv_buf lends a buffer for dead id {conn}"
+        );
+        assert!(
+            self.proxy.send_buf(conn, side).is_none(),
+            "send_buf shows bytes for dead id {conn}"
+        );
+        let before = (
+            self.proxy.len(),
+            self.proxy.buffers_in_use(),
+            self.proxy.timer_entries(),
+            self.proxy.poll_timeout(),
+        );
+        self.proxy.handle(event.clone(), self.at());
+        let after = (
+            self.proxy.len(),
+            self.proxy.buffers_in_use(),
+            self.proxy.timer_entries(),
+            self.proxy.poll_timeout(),
+        );
+        assert_eq!(
+            before, after,
+            "an event for dead id {conn} changed the table: {event:?}"
+        );
+        assert!(
+            self.proxy.poll_action().is_none(),
+            "an event for dead id {conn} produced an action: {event:?}"
+        );
     }
 
     fn accept(&mut self, input: &mut Input<'_>) {
         let listener = self.pick_listener(input);
         let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1 + input.byte() % 4));
         let peer = SocketAddr::new(ip, input.u16());
-        let same_ip = self.conns.values().filter(|m| m.peer == ip).count();
-        let full = self.conns.len() >= self.setup.max_connections as usize;
+        let script = input.byte();
+        let served = self.conns.values().filter(|m| !m.refusing);
+        let same_ip = served.clone().filter(|m| m.peer == ip).count();
+        let full = served.count() >= self.setup.max_connections as usize;
         let per_client_full = same_ip >= self.setup.max_per_client as usize;
-        let service_dest = self
-            .listeners
-            .iter()
-            .position(|(l, _)| *l == listener)
-            .map(|i| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9000 + i as u16));
+        let denied = self.setup.rules && ip == IpAddr::V4(DENIED_CLIENT);
+        let refusing_now = self.conns.values().filter(|m| m.refusing).count();
+        let index = self.listeners.iter().position(|(l, _)| *l == listener);
         match self.proxy.accept(listener, peer, self.at()) {
             Ok(conn) => {
-                assert!(!full, "accept over max_connections");
-                assert!(!per_client_full, "accept over max_per_client for {ip}");
+                let Some(i) = index else {
+                    panic!("accept succeeded on unknown listener {listener:?}");
+                };
+                let socks = self.setup.is_socks(i);
                 assert!(!self.shut_down, "accept after shutdown");
+                let refusing = full || per_client_full || denied;
+                assert!(
+                    !refusing || socks,
+                    "a mapped port admitted a connection over a limit or denied \
+                     (full {full}, per client {per_client_full}, denied {denied})"
+                );
+                if refusing {
+                    assert!(
+                        refusing_now < crate::proxy::REFUSING_MAX,
+                        "more than REFUSING_MAX connections admitted only to be refused"
+                    );
+                }
                 assert!(
                     !self.conns.contains_key(&conn),
                     "accept returned live id {conn} again"
                 );
-                let service_dest = match service_dest {
-                    Some(d) => d,
-                    None => panic!("accept succeeded on unknown listener {listener:?}"),
-                };
                 self.conns.insert(
                     conn,
                     Model {
                         peer: ip,
-                        service_dest,
+                        socks,
+                        refusing,
+                        dest: self.setup.destination(i),
                         connected: false,
-                        connect_seen: false,
                         interest: [(false, false); 2],
                         shut: [false; 2],
-                        up: Some(VecDeque::new()),
-                        down: Some(VecDeque::new()),
-                        pattern: conn.index() as u8,
+                        // A protocol's own replies are not modelled.
+                        up: (!socks).then(VecDeque::new),
+                        down: (!socks).then(VecDeque::new),
+                        script: if socks {
+                            socks_script(script)
+                        } else {
+                            Vec::new()
+                        },
+                        script_pos: 0,
+                        produced: 0,
                     },
                 );
                 self.order.push(conn);
-                self.expect_connect = Some(conn);
             }
             Err(Refused::UnknownListener) => {}
             Err(why) => {
+                if let Some(i) = index {
+                    if self.setup.is_socks(i) && !self.shut_down {
+                        assert!(
+                            refusing_now >= crate::proxy::REFUSING_MAX,
+                            "SOCKS refused with {why} instead of saying so (room to refuse)"
+                        );
+                    }
+                }
                 match why {
                     Refused::TooMany => assert!(full, "TooMany with room in the table"),
                     Refused::PerClient => {
-                        assert!(per_client_full, "PerClient with room for {ip}")
+                        assert!(!full && per_client_full, "PerClient with room for {ip}")
                     }
-                    Refused::ShuttingDown => assert!(self.shut_down, "ShuttingDown before shutdown"),
-                    Refused::UnknownListener => {}
+                    Refused::Denied => {
+                        assert!(!full && !per_client_full && denied, "Denied {ip}")
+                    }
+                    Refused::ShuttingDown => {
+                        assert!(self.shut_down, "ShuttingDown before shutdown")
+                    }
+                    _ => {}
                 }
                 self.refusals += 1;
             }
@@ -522,39 +727,45 @@ impl Harness {
         let conn = self.pick_conn(input);
         let side = input.side();
         let n = input.count();
-        let pattern = self.conns.get(&conn).map_or(0, |m| m.pattern);
-        let lent = match self.proxy.recv_buf(conn, side) {
-            Some(buf) => {
-                assert!(!buf.is_empty(), "recv_buf lent an empty slice");
-                let mut p = pattern;
-                for b in buf.iter_mut() {
-                    *b = p;
-                    p = p.wrapping_mul(31).wrapping_add(7);
+        let mode = input.byte();
+        let Some(len) = self.proxy.recv_buf(conn, side).map(|b| b.len()) else {
+            if let Some(m) = self.conns.get_mut(&conn) {
+                if n > 0 {
+                    *m.dir(side) = None;
                 }
-                Some(buf.len())
             }
-            None => None,
+            self.proxy.handle(Event::Read { conn, side, n }, self.at());
+            return;
         };
-        if let Some(m) = self.conns.get_mut(&conn) {
-            match lent {
-                Some(len) => {
-                    let take = n.min(len);
-                    let mut p = m.pattern;
-                    let mut bytes = Vec::with_capacity(take);
-                    for _ in 0..take {
-                        bytes.push(p);
-                        p = p.wrapping_mul(31).wrapping_add(7);
-                    }
-                    m.pattern = p;
-                    if let Some(q) = m.dir(side) {
-                        q.extend(bytes);
-                    }
-                }
-                None if n > 0 => *m.dir(side) = None,
-                None => {}
+        assert!(len > 0, "recv_buf lent an empty slice");
+        let Some(m) = self.conns.get_mut(&conn) else {
+            panic!("recv_buf lent a buffer for dead id {conn}");
+        };
+        // What the peer sent: the client's script first, or bytes straight
+        // from the input, then a filler pattern.
+        let mut content = Vec::with_capacity(len);
+        if mode & 1 == 0 && side == Side::Client {
+            let rest = &m.script[m.script_pos..];
+            let k = rest.len().min(len).min(n);
+            content.extend_from_slice(&rest[..k]);
+            m.script_pos += k;
+        } else if mode & 1 == 1 {
+            let k = (mode as usize >> 1).min(len);
+            for _ in 0..k {
+                content.push(input.byte());
             }
-        } else {
-            assert!(lent.is_none(), "recv_buf lent a buffer for dead id {conn}");
+        }
+        while content.len() < len {
+            content.push((m.produced + content.len()) as u8 ^ 0x5a);
+        }
+        let take = n.min(len);
+        m.produced += take;
+        if let Some(q) = m.dir(side) {
+            q.extend(&content[..take]);
+        }
+        if let Some(buf) = self.proxy.recv_buf(conn, side) {
+            assert_eq!(buf.len(), len, "recv_buf changed between two calls");
+            buf.copy_from_slice(&content);
         }
         self.proxy.handle(Event::Read { conn, side, n }, self.at());
     }
@@ -571,8 +782,7 @@ impl Harness {
                     !m.shut[idx(side)],
                     "send_buf shows bytes for {conn} {side:?} after ShutdownWrite"
                 );
-                let dir = m.dir(side.other());
-                if let Some(q) = dir {
+                if let Some(q) = m.dir(side.other()) {
                     assert!(
                         q.iter().eq(data.iter()),
                         "bytes for {conn} {side:?} differ from what was read: \
@@ -580,8 +790,7 @@ impl Harness {
                         q.len(),
                         data.len()
                     );
-                    let k = n.min(data.len());
-                    q.drain(..k);
+                    q.drain(..n.min(data.len()));
                 }
             }
             (None, Some(m)) => {
@@ -595,7 +804,8 @@ impl Harness {
             (Some(_), None) => panic!("send_buf shows bytes for dead id {conn}"),
             (None, None) => {}
         }
-        self.proxy.handle(Event::Written { conn, side, n }, self.at());
+        self.proxy
+            .handle(Event::Written { conn, side, n }, self.at());
     }
 
     fn timeout(&mut self) {
@@ -625,6 +835,10 @@ impl Harness {
     }
 
     fn apply(&mut self, action: Action) {
+        let rules = self.setup.rules;
+        if self.trace {
+            eprintln!("    -> {action:?}");
+        }
         match action {
             Action::Listen { listener, addr } => {
                 assert!(
@@ -641,17 +855,41 @@ impl Harness {
                     "an action names unknown listener {listener:?}"
                 );
             }
-            Action::Connect { conn, addr, bind } => {
-                assert_eq!(
-                    self.expect_connect.take(),
-                    Some(conn),
-                    "Connect for {conn}, which was not just accepted"
+            Action::Resolve { conn, host, port } => {
+                let m = self.live(conn, "Resolve");
+                assert!(
+                    !m.refusing,
+                    "Resolve for a connection admitted only to refuse"
                 );
+                assert!(
+                    !(rules && host == "denied.example"),
+                    "Resolve of a name the rules deny outright"
+                );
+                if !m.socks {
+                    assert_eq!((host.as_str(), port), ("dest.example", 9000), "Resolve");
+                }
+            }
+            Action::Connect { conn, addr, bind } => {
                 let m = self.live(conn, "Connect");
-                assert!(!m.connect_seen, "Connect twice for {conn}");
-                m.connect_seen = true;
-                assert_eq!(addr, m.service_dest, "Connect to the wrong destination");
-                assert_eq!(bind, None, "Connect binds though no outgoing address is set");
+                assert!(
+                    !m.refusing,
+                    "Connect for a connection admitted only to refuse"
+                );
+                assert!(
+                    !m.connected || m.socks || m.dest.is_none(),
+                    "Connect after Connected"
+                );
+                if let Some(d) = m.dest {
+                    assert_eq!(addr, d, "Connect to the wrong destination");
+                }
+                assert!(
+                    !(rules && addr.ip() == IpAddr::V4(DENIED_ADDR)),
+                    "Connect to {addr}, which the rules deny"
+                );
+                assert_eq!(
+                    bind, None,
+                    "Connect binds though no outgoing address is set"
+                );
             }
             Action::Interest {
                 conn,
@@ -695,9 +933,6 @@ impl Harness {
                     self.dead.remove(0);
                 }
                 self.closes += 1;
-                if self.expect_connect == Some(conn) {
-                    self.expect_connect = None;
-                }
             }
             Action::Access(rec) => {
                 self.accesses += 1;
@@ -707,6 +942,8 @@ impl Harness {
             Action::Log { message, .. } => assert!(!message.is_empty(), "empty log line"),
             Action::Say(line) => assert!(!line.is_empty(), "empty Say line"),
             Action::Fatal { message } => assert!(!message.is_empty(), "empty Fatal message"),
+            #[allow(unreachable_patterns)]
+            _ => {}
         }
     }
 
@@ -719,13 +956,19 @@ impl Harness {
             "the table holds {len} connections, but {} were accepted and not closed",
             self.conns.len()
         );
+        let served = self.conns.values().filter(|m| !m.refusing).count();
         assert!(
-            len <= self.setup.max_connections as usize,
-            "{len} connections over max_connections {}",
+            served <= self.setup.max_connections as usize,
+            "{served} connections served, over max_connections {}",
             self.setup.max_connections
         );
+        assert!(
+            len - served <= crate::proxy::REFUSING_MAX,
+            "{} connections only refusing",
+            len - served
+        );
         let mut per_ip: HashMap<IpAddr, usize> = HashMap::new();
-        for m in self.conns.values() {
+        for m in self.conns.values().filter(|m| !m.refusing) {
             *per_ip.entry(m.peer).or_default() += 1;
         }
         assert!(
@@ -802,14 +1045,29 @@ impl Harness {
                 self.drain();
                 self.check();
             }
-            assert_eq!(self.proxy.len(), 0, "connections left after every peer reset");
+            assert_eq!(
+                self.proxy.len(),
+                0,
+                "connections left after every peer reset"
+            );
         }
+        // A deadline can lead to a state with a deadline of its own (a
+        // failed connect to a protocol's reply, which drains or times out
+        // in turn): pass every deadline, a few rounds deep.
         let s = &self.setup;
-        self.now += Duration::from_millis(s.connect_ms + s.idle_ms + s.grace_ms + 1000);
-        self.timeout();
+        let all =
+            Duration::from_millis(s.connect_ms + s.idle_ms + s.grace_ms + s.handshake_ms + 1000);
+        for _ in 0..4 {
+            self.now += all;
+            self.timeout();
+        }
         self.check();
         let p = &self.proxy;
-        assert_eq!(p.len(), 0, "connections left after every deadline passed");
+        assert_eq!(
+            p.len(),
+            0,
+            "connections left after every deadline passed: {p:#?}"
+        );
         assert_eq!(p.timer_entries(), 0, "timer entries left in an empty table");
         assert_eq!(p.buffers_in_use(), 0, "buffers lent by an empty table");
         if self.shut_down {
@@ -858,7 +1116,11 @@ pub fn config(data: &[u8]) {
             Ok(c) => check_config(&c, checked),
             Err(e) => {
                 let lines = text.matches('\n').count() + 1;
-                assert!(e.line >= 1 && e.line <= lines, "error line {} of {lines}", e.line);
+                assert!(
+                    e.line >= 1 && e.line <= lines,
+                    "error line {} of {lines}",
+                    e.line
+                );
                 assert!(e.column >= 1, "error column {}", e.column);
                 assert!(!e.message.is_empty(), "empty error message");
                 assert_eq!(e.file, "fuzz.toml");
@@ -886,9 +1148,15 @@ fn check_config(c: &Config, checked: bool) {
         "limits.buffer = {}",
         l.buffer
     );
-    assert!(l.max_connections >= 1 && l.max_per_client >= 1, "limits counts");
+    assert!(
+        l.max_connections >= 1 && l.max_per_client >= 1,
+        "limits counts"
+    );
     if let Some(w) = c.runtime.workers {
-        assert!((1..=config::MAX_WORKERS).contains(&w), "runtime.workers = {w}");
+        assert!(
+            (1..=config::MAX_WORKERS).contains(&w),
+            "runtime.workers = {w}"
+        );
     }
 
     let n = &c.network;
@@ -906,7 +1174,11 @@ fn check_config(c: &Config, checked: bool) {
             "service name {:?} twice",
             s.name
         );
-        assert!(!s.listen.is_empty(), "service {:?} has no listen address", s.name);
+        assert!(
+            !s.listen.is_empty(),
+            "service {:?} has no listen address",
+            s.name
+        );
         let side_addrs = match s.side {
             ListenSide::Internal => &n.internal,
             ListenSide::External => &n.external,
@@ -990,7 +1262,11 @@ fn check_config(c: &Config, checked: bool) {
     }
 
     let lines = listening_lines(c);
-    assert_eq!(lines.len(), listens.len(), "one listening line per listen address");
+    assert_eq!(
+        lines.len(),
+        listens.len(),
+        "one listening line per listen address"
+    );
     assert!(lines.iter().all(|l| l.starts_with("listening: ")));
     let _ = config::warnings(c);
 
@@ -1003,5 +1279,9 @@ fn check_config(c: &Config, checked: bool) {
             listen_actions += 1;
         }
     }
-    assert_eq!(listen_actions, listens.len(), "one Listen per listen address");
+    assert_eq!(
+        listen_actions,
+        listens.len(),
+        "one Listen per listen address"
+    );
 }

@@ -17,6 +17,7 @@ pub mod config;
 pub mod event;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod http;
 pub mod id;
 pub mod log;
 pub mod proto;

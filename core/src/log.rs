@@ -4,6 +4,7 @@
 //! The core has no clock, so a record carries no wall time; the runtime passes
 //! the wall-clock time when it writes the line.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ pub struct AccessRecord {
     pub client: SocketAddr,
     pub user: Option<String>,
     /// `CONNECT`, `GET`, … for http; `TCP` for a mapped port.
-    pub method: &'static str,
+    pub method: Cow<'static, str>,
     /// What the client asked for (for a mapped port, its destination).
     pub target: String,
     /// The address actually connected to, if any.
@@ -66,7 +67,7 @@ impl AccessRecord {
                     None => s.push_str("null"),
                 }
                 s.push_str(",\"method\":");
-                json_str(&mut s, self.method);
+                json_str(&mut s, &self.method);
                 s.push_str(",\"target\":");
                 json_str(&mut s, &self.target);
                 s.push_str(",\"destination\":");
@@ -163,7 +164,7 @@ mod tests {
             service: "web".into(),
             client: "192.168.1.5:53211".parse().unwrap(),
             user: Some("alice".into()),
-            method: "CONNECT",
+            method: "CONNECT".into(),
             target: "example.com:443".into(),
             destination: Some("93.184.216.34:443".parse().unwrap()),
             status: "200".into(),

@@ -37,6 +37,7 @@ use crate::config::{Config, Host, ServiceKind};
 use crate::event::{Action, Event, IoKind, Level, Refused};
 use crate::id::{ConnId, ListenerId, Side};
 use crate::log::AccessRecord;
+use crate::proto::http::Todo as HttpTodo;
 use crate::proto::{Ctx, Failure, Handshake, Step, Target};
 use crate::rules::{self, Query, Verdict, Wall};
 use crate::session::{side_index, Dir, Session, State};
@@ -316,7 +317,9 @@ impl Proxy {
             _ => None,
         };
         let hs = Handshake::for_kind(kind);
-        let say_it = hs.is_some() && self.refusing < REFUSING_MAX && refusing.is_some();
+        let is_http = kind == ServiceKind::Http;
+        let say_it =
+            (hs.is_some() || is_http) && self.refusing < REFUSING_MAX && refusing.is_some();
         if (over.is_some() || denied) && !say_it {
             let why = over.unwrap_or(Refused::Denied);
             let status = match why {
@@ -330,7 +333,7 @@ impl Proxy {
                 service: svc.name.clone(),
                 client: peer,
                 user: None,
-                method: method_of(svc.kind),
+                method: method_of(svc.kind).into(),
                 target: svc.target.clone(),
                 destination: None,
                 status: status.into(),
@@ -362,7 +365,7 @@ impl Proxy {
             service,
             listener,
             client: peer,
-            state: if hs.is_some() {
+            state: if hs.is_some() || is_http {
                 State::Handshake
             } else {
                 State::Connecting
@@ -380,17 +383,27 @@ impl Proxy {
             hs,
             addrs: Vec::new(),
             refusing,
+            http: None,
+            upstream_open: false,
             upstream: None,
             upstream_local: None,
             status: "ok",
         };
         let target = svc.destination.clone();
+        let mut session = session;
+        if is_http {
+            session.http = Some(Box::default());
+            session.method = "HTTP";
+            // Only bytes the HTTP machine clears are forwarded.
+            session.up.fwd = Some(0);
+            session.down.fwd = Some(0);
+        }
         self.sessions.insert(session);
         let conn = ConnId {
             idx: idx as u32,
             gen,
         };
-        if self.sessions[idx].hs.is_none() {
+        if self.sessions[idx].hs.is_none() && !is_http {
             match target {
                 Some(t) => self.request(idx, t, None, now),
                 None => {
@@ -474,6 +487,8 @@ impl Proxy {
         let conn = self.id_of(idx);
         let s = &mut self.sessions[idx];
         s.upstream = Some(addr);
+        // A new upstream socket: the runtime knows no interest for it yet.
+        s.told[1] = (false, false);
         if s.state != State::Connecting {
             s.state = State::Connecting;
             s.state_since = now;
@@ -491,23 +506,138 @@ impl Proxy {
     fn fail(&mut self, idx: usize, why: Failure, now: Instant) {
         let s = &mut self.sessions[idx];
         s.status = why.status();
+        if let Some(h) = s.http.as_mut() {
+            let mut todo = Vec::new();
+            h.failed(why, &mut s.down, &mut todo);
+            return self.todo(idx, todo, now);
+        }
         let Some(hs) = s.hs.as_mut() else {
             return self.finish(idx, now);
         };
         let mut reply = Vec::new();
         hs.failed(why, &mut reply);
-        s.down
-            .buf
-            .get_or_insert_with(|| self.pool.take())
-            .push(&reply);
+        s.down.say(&reply);
         s.state = State::Closing;
         s.state_since = now;
         self.sync(idx, now);
     }
 
+    /// Runs the HTTP machine over what the upstream has sent.
+    fn upstream_input(&mut self, idx: usize, eof: bool, now: Instant) {
+        let s = &mut self.sessions[idx];
+        if s.state != State::Http {
+            return;
+        }
+        let Some(h) = s.http.as_mut() else {
+            return;
+        };
+        let mut todo = Vec::new();
+        h.upstream(&mut s.up, &mut s.down, eof, now, &mut todo);
+        if eof {
+            s.upstream_open = false;
+        }
+        self.todo(idx, todo, now);
+    }
+
+    /// Carries out what the HTTP machine asked for.
+    fn todo(&mut self, idx: usize, todo: Vec<HttpTodo>, now: Instant) {
+        let conn = self.id_of(idx);
+        for t in todo {
+            if !self.live(conn) {
+                return;
+            }
+            match t {
+                HttpTodo::Connect { target } => {
+                    let s = &mut self.sessions[idx];
+                    if s.upstream_open {
+                        s.upstream_open = false;
+                        s.told[1] = (false, false);
+                        self.actions.push_back(Action::CloseUpstream { conn });
+                    }
+                    // A new upstream: its end of stream is yet to come.
+                    s.down.eof = false;
+                    s.down.shut = false;
+                    s.up.shut = false;
+                    let user = s.http.as_ref().and_then(|h| h.user.clone());
+                    self.request(idx, target, user, now);
+                }
+                HttpTodo::DropUpstream => {
+                    let s = &mut self.sessions[idx];
+                    if s.upstream_open {
+                        s.upstream_open = false;
+                        s.told[1] = (false, false);
+                        self.actions.push_back(Action::CloseUpstream { conn });
+                    }
+                }
+                HttpTodo::Tunnel => {
+                    let s = &mut self.sessions[idx];
+                    s.up.fwd = None;
+                    s.down.fwd = None;
+                    s.state = State::Relay;
+                }
+                HttpTodo::Close { status } => {
+                    let s = &mut self.sessions[idx];
+                    s.status = status;
+                    s.state = State::Closing;
+                    s.state_since = now;
+                    if s.upstream_open {
+                        s.upstream_open = false;
+                        s.told[1] = (false, false);
+                        self.actions.push_back(Action::CloseUpstream { conn });
+                    }
+                }
+                HttpTodo::Log(x) => {
+                    let s = &self.sessions[idx];
+                    let user = s.http.as_ref().and_then(|h| h.user.clone());
+                    let rec = self.exchange_record(s, user, x);
+                    self.actions.push_back(Action::Access(Box::new(rec)));
+                }
+            }
+        }
+        if self.live(conn) {
+            self.sync(idx, now);
+        }
+    }
+
+    fn exchange_record(
+        &self,
+        s: &Session,
+        user: Option<String>,
+        x: crate::proto::http::Exchange,
+    ) -> AccessRecord {
+        AccessRecord {
+            service: self.services[s.service].name.clone(),
+            client: s.client,
+            user,
+            method: x.method.into(),
+            target: x.target,
+            destination: s.upstream,
+            status: x.status.to_string(),
+            up: x.up,
+            down: x.down,
+            duration: x.duration,
+        }
+    }
+
     /// Runs the handshake over what the client has sent.
     fn advance(&mut self, idx: usize, now: Instant) {
         let s = &mut self.sessions[idx];
+        if let Some(h) = s.http.as_mut() {
+            if !matches!(
+                s.state,
+                State::Handshake | State::Http | State::Resolving | State::Connecting
+            ) {
+                return;
+            }
+            let mut todo = Vec::new();
+            let mut ctx = Ctx {
+                service: &self.config.services[s.service],
+                users: &mut self.users,
+                client: s.client,
+            };
+            h.client(&mut s.up, &mut s.down, &mut ctx, now, &mut todo);
+            return self.todo(idx, todo, now);
+        }
         if s.state != State::Handshake {
             return;
         }
@@ -528,10 +658,7 @@ impl Proxy {
         }
         s.up.release_if_empty(&mut self.pool);
         if !reply.is_empty() {
-            s.down
-                .buf
-                .get_or_insert_with(|| self.pool.take())
-                .push(&reply);
+            s.down.say(&reply);
         }
         match step {
             Step::More => {
@@ -572,10 +699,10 @@ impl Proxy {
         if s.gen != conn.gen {
             return None;
         }
-        if side == Side::Upstream && s.state != State::Relay {
+        if !s.wanted(side).1 {
             return None;
         }
-        let data = s.sink_dir(side).buf.as_ref()?.data();
+        let data = s.sink_dir(side).out();
         if data.is_empty() {
             None
         } else {
@@ -602,13 +729,22 @@ impl Proxy {
                 s.state_since = now;
                 s.last_active = now;
                 s.upstream_local = Some(local);
+                s.upstream_open = true;
+                if let Some(h) = s.http.as_mut() {
+                    s.state = State::Http;
+                    let mut todo = Vec::new();
+                    h.connected(local, &mut s.down, &mut todo);
+                    self.todo(idx, todo, now);
+                    if self.live(conn) {
+                        // A request may already wait in the prefix.
+                        self.sync(idx, now);
+                    }
+                    return;
+                }
                 if let Some(hs) = s.hs.as_mut() {
                     let mut reply = Vec::new();
                     hs.connected(local, &mut reply);
-                    s.down
-                        .buf
-                        .get_or_insert_with(|| self.pool.take())
-                        .push(&reply);
+                    s.down.say(&reply);
                 }
                 self.sync(idx, now);
             }
@@ -631,6 +767,7 @@ impl Proxy {
                     )
                 });
                 let s = &mut self.sessions[idx];
+                s.upstream_open = false;
                 if !s.addrs.is_empty() {
                     let next = s.addrs.remove(0);
                     return self.connect(idx, next, now);
@@ -699,9 +836,11 @@ impl Proxy {
                 }
                 if side == Side::Client {
                     self.advance(idx, now);
-                    if !self.live(conn) {
-                        return;
-                    }
+                } else {
+                    self.upstream_input(idx, false, now);
+                }
+                if !self.live(conn) {
+                    return;
                 }
                 self.sync(idx, now);
             }
@@ -725,9 +864,11 @@ impl Proxy {
                 d.release_if_empty(&mut self.pool);
                 if side == Side::Client {
                     self.advance(idx, now);
-                    if !self.live(conn) {
-                        return;
-                    }
+                } else {
+                    self.upstream_input(idx, true, now);
+                }
+                if !self.live(conn) {
+                    return;
                 }
                 self.sync(idx, now);
             }
@@ -738,12 +879,8 @@ impl Proxy {
                 let idx = conn.idx as usize;
                 let s = &mut self.sessions[idx];
                 let d = s.sink_dir_mut(side);
-                if let Some(b) = d.buf.as_mut() {
-                    let n = b.consume(n);
-                    d.bytes += n as u64;
-                    if n > 0 {
-                        s.last_active = now;
-                    }
+                if d.written(n) > 0 {
+                    s.last_active = now;
                 }
                 s.sink_dir_mut(side).release_if_empty(&mut self.pool);
                 self.sync(idx, now);
@@ -860,16 +997,24 @@ impl Proxy {
         if s.state == State::Handshake && s.up.eof {
             return self.finish(idx, now);
         }
+        if s.state == State::Http
+            && s.up.eof
+            && s.down.drained()
+            && !s.http.as_ref().is_some_and(|h| h.busy())
+        {
+            // The client is done and owed nothing.
+            return self.finish(idx, now);
+        }
         if s.state == State::Relay {
             // Half-close carried across once a direction is drained.
-            if s.up.eof && !s.up.shut && !s.up.has_data() {
+            if s.up.eof && !s.up.shut && s.up.drained() {
                 s.up.shut = true;
                 self.actions.push_back(Action::ShutdownWrite {
                     conn,
                     side: Side::Upstream,
                 });
             }
-            if s.down.eof && !s.down.shut && !s.down.has_data() {
+            if s.down.eof && !s.down.shut && s.down.drained() {
                 s.down.shut = true;
                 self.actions.push_back(Action::ShutdownWrite {
                     conn,
@@ -902,7 +1047,7 @@ impl Proxy {
         match s.state {
             State::Handshake | State::Closing => s.state_since + l.handshake_timeout,
             State::Resolving | State::Connecting => s.state_since + l.connect_timeout,
-            State::Relay => s.last_active + l.idle_timeout,
+            State::Relay | State::Http => s.last_active + l.idle_timeout,
         }
     }
 
@@ -944,12 +1089,23 @@ impl Proxy {
         }
         self.stats.closed += 1;
         self.actions.push_back(Action::Close { conn });
+        if let Some(mut h) = s.http.take() {
+            // http logs one line per request, the last one now.
+            if let Some(x) = h.abandon(&s.up, &s.down, now) {
+                let rec = self.exchange_record(&s, h.user.clone(), x);
+                self.actions.push_back(Action::Access(Box::new(rec)));
+            }
+            if self.sessions.is_empty() {
+                self.timers.clear();
+            }
+            return;
+        }
         let svc = &self.services[s.service];
         let rec = AccessRecord {
             service: svc.name.clone(),
             client: s.client,
             user: s.user.take(),
-            method: s.method,
+            method: s.method.into(),
             target: std::mem::take(&mut s.target),
             destination: s.upstream,
             status: s.status.into(),
@@ -1002,10 +1158,16 @@ impl Proxy {
                 State::Resolving | State::Connecting => self.fail(idx, Failure::TimedOut, now),
                 State::Handshake => {
                     s.status = "timeout";
-                    self.finish(idx, now);
+                    if let Some(h) = s.http.as_mut() {
+                        let mut todo = Vec::new();
+                        h.timed_out(&s.up, &mut s.down, now, &mut todo);
+                        self.todo(idx, todo, now);
+                    } else {
+                        self.finish(idx, now);
+                    }
                 }
                 State::Closing => self.finish(idx, now),
-                State::Relay => {
+                State::Relay | State::Http => {
                     s.status = "idle";
                     self.finish(idx, now);
                 }

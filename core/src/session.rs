@@ -45,15 +45,26 @@ pub(crate) enum State {
     Connecting,
     /// Bytes flow both ways.
     Relay,
+    /// HTTP exchanges: both directions go through the HTTP machine.
+    Http,
     /// The last reply drains to the client; what the client sends is
     /// discarded; then the connection closes.
     Closing,
 }
 
 /// One direction of a session.
+///
+/// What the sink is sent: first `prefix` (bytes the core made: a protocol's
+/// replies, a rewritten head), then the first `fwd` bytes of `buf` (all of
+/// them when `fwd` is `None`: a plain relay).
 #[derive(Debug, Default)]
 pub(crate) struct Dir {
     pub buf: Option<Buffer>,
+    pub prefix: Vec<u8>,
+    /// How much of `prefix` is already written.
+    pub prefix_pos: usize,
+    /// How many bytes at the front of `buf` may be written; `None`: all.
+    pub fwd: Option<usize>,
     /// The source side reached end of stream.
     pub eof: bool,
     /// The sink's write half has been shut.
@@ -63,12 +74,65 @@ pub(crate) struct Dir {
 }
 
 impl Dir {
+    /// The bytes to write to the sink next.
+    pub fn out(&self) -> &[u8] {
+        if self.prefix_pos < self.prefix.len() {
+            return &self.prefix[self.prefix_pos..];
+        }
+        match &self.buf {
+            Some(b) => {
+                let d = b.data();
+                &d[..self.fwd.map_or(d.len(), |f| f.min(d.len()))]
+            }
+            None => &[],
+        }
+    }
+
+    /// There is something to write to the sink.
     pub fn has_data(&self) -> bool {
-        self.buf.as_ref().is_some_and(|b| !b.is_empty())
+        !self.out().is_empty()
+    }
+
+    /// Nothing at all is held, written or not.
+    pub fn drained(&self) -> bool {
+        self.prefix_pos >= self.prefix.len() && self.buf.as_ref().is_none_or(|b| b.is_empty())
     }
 
     pub fn has_space(&self) -> bool {
         self.buf.as_ref().is_none_or(|b| !b.is_full())
+    }
+
+    /// Queues bytes the core made, ahead of the buffer's.
+    pub fn say(&mut self, bytes: &[u8]) {
+        if self.prefix_pos >= self.prefix.len() {
+            self.prefix.clear();
+            self.prefix_pos = 0;
+        }
+        self.prefix.extend_from_slice(bytes);
+    }
+
+    /// `n` bytes of [`Dir::out`] were written; returns how many counted.
+    pub fn written(&mut self, n: usize) -> usize {
+        if self.prefix_pos < self.prefix.len() {
+            let n = n.min(self.prefix.len() - self.prefix_pos);
+            self.prefix_pos += n;
+            if self.prefix_pos == self.prefix.len() {
+                // Keep no capacity: an idle connection holds nothing.
+                self.prefix = Vec::new();
+                self.prefix_pos = 0;
+            }
+            self.bytes += n as u64;
+            return n;
+        }
+        let n = n.min(self.out().len());
+        if let Some(b) = self.buf.as_mut() {
+            b.consume(n);
+        }
+        if let Some(f) = self.fwd.as_mut() {
+            *f -= n;
+        }
+        self.bytes += n as u64;
+        n
     }
 
     /// Gives an empty buffer back to the pool.
@@ -122,6 +186,11 @@ pub(crate) struct Session {
     /// This connection is over a limit or denied at accept: its protocol
     /// runs only to say so in its own words.
     pub refusing: Option<crate::proto::Failure>,
+    /// The HTTP proxy's machine, for http services.
+    pub http: Option<Box<crate::proto::http::Http>>,
+    /// An upstream socket exists and is connected (http keeps the client
+    /// while upstream connections come and go).
+    pub upstream_open: bool,
     pub upstream: Option<SocketAddr>,
     pub upstream_local: Option<SocketAddr>,
     /// Outcome word for the access log once the session ends.
@@ -154,8 +223,12 @@ impl Session {
 
     /// What the core wants from `side` now: (read, write).
     pub fn wanted(&self, side: Side) -> (bool, bool) {
-        let upstream_open = self.state == State::Relay;
+        let upstream_open =
+            self.state == State::Relay || (self.state == State::Http && self.upstream_open);
         match side {
+            // Closing: what the client sends is read and dropped, so that
+            // closing with unread bytes does not reset the reply away.
+            Side::Client if self.state == State::Closing => (!self.up.eof, self.down.has_data()),
             Side::Client => (!self.up.eof && self.up.has_space(), self.down.has_data()),
             Side::Upstream if upstream_open => {
                 (!self.down.eof && self.down.has_space(), self.up.has_data())

@@ -354,6 +354,13 @@ impl Loop {
                         }
                     }
                 }
+                Action::CloseUpstream { conn } => {
+                    if let Some(c) = self.conn_mut(conn) {
+                        c.upstream = None;
+                        c.connecting = false;
+                        c.sock[1] = Sock::default();
+                    }
+                }
                 Action::ShutdownWrite { conn, side } => {
                     if let Some(c) = self.conn_mut(conn) {
                         let r = match side {

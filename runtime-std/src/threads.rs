@@ -43,6 +43,7 @@ enum Cmd {
         write: bool,
     },
     ShutdownWrite(Side),
+    CloseUpstream,
     Close,
 }
 
@@ -102,6 +103,7 @@ impl Core {
                     write,
                 } => (conn, Cmd::Interest { side, read, write }),
                 Action::ShutdownWrite { conn, side } => (conn, Cmd::ShutdownWrite(side)),
+                Action::CloseUpstream { conn } => (conn, Cmd::CloseUpstream),
                 Action::Close { conn } => (conn, Cmd::Close),
                 Action::PauseAccept { listener } => {
                     self.to_acceptor(ListenCmd::Pause(listener));
@@ -617,6 +619,13 @@ impl ConnThread {
                         );
                     }
                 }
+            }
+            Cmd::CloseUpstream => {
+                if let Some(old) = self.upstream.take() {
+                    let _ = self.poller.delete(&old);
+                }
+                self.connecting = false;
+                self.want[UPSTREAM] = (false, false);
             }
             Cmd::Close => self.closed = true,
         }

@@ -143,8 +143,13 @@ fn locate_and_build() -> Result<PathBuf, String> {
     let stdout = out_t.join().unwrap_or_default();
     let stderr = err_t.join().unwrap_or_default();
     if !status.success() {
+        // The end of cargo's output holds the errors; keep the message short,
+        // since every test of the process repeats it.
+        let tail: Vec<&str> = stderr.lines().rev().take(60).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
         return Err(format!(
-            "{described} failed ({status}):\n{stdout}\n{stderr}"
+            "{described} failed ({status}):\n{stdout}\n{}",
+            tail.join("\n")
         ));
     }
     check_present(profile_dir.to_path_buf())

@@ -23,26 +23,32 @@ pub mod servers;
 pub use bin::{binaries, Bin};
 pub use data::{digest, pattern, recv_all, send_stream, Digest};
 pub use net::{
-    connect, connect_from, echo_check, free_port, listen_overflows, local, poll_until,
+    connect, connect_from, cpu_time, echo_check, free_port, listen_overflows, local, poll_until,
     read_outcome, rss_kib, ReadOutcome, Rendezvous, CONNECT_TIMEOUT, IO_TIMEOUT,
 };
-pub use process::{expected_listeners, run_cli, CliOutput, Portico, TempDir, START_TIMEOUT};
-pub use servers::{Behaviour, Report, TestServer, SERVER_SEED};
+pub use process::{
+    expected_listeners, run_cli, CliOutput, Portico, StartOptions, TempDir, START_TIMEOUT,
+};
+pub use servers::{Behaviour, Report, TestServer, UdpEcho, SERVER_SEED};
 
 use std::net::SocketAddr;
 
 /// Runs each named `fn(Bin)` against both binaries: `both!(a, b)` defines
 /// the tests `a::mio`, `a::threaded`, `b::mio` and `b::threaded`.
+/// Attributes before a name apply to both of its tests, e.g.
+/// `both!(#[ignore = "not implemented yet"] c)`.
 #[macro_export]
 macro_rules! both {
-    ($($name:ident),+ $(,)?) => {
+    ($($(#[$attr:meta])* $name:ident),+ $(,)?) => {
         $(
             mod $name {
                 #[test]
+                $(#[$attr])*
                 fn mio() {
                     super::$name($crate::Bin::Mio)
                 }
                 #[test]
+                $(#[$attr])*
                 fn threaded() {
                     super::$name($crate::Bin::Threaded)
                 }

@@ -155,6 +155,17 @@ pub fn expected_listeners(config: &str) -> usize {
     n
 }
 
+/// How to start a [`Portico`] beyond its configuration.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StartOptions<'a> {
+    /// Extra command-line arguments after `--config FILE`.
+    pub args: &'a [&'a str],
+    /// `listening:` lines to wait for (default: [`expected_listeners`]).
+    pub listeners: Option<usize>,
+    /// RLIMIT_NOFILE for the process (soft and hard).
+    pub nofile: Option<u64>,
+}
+
 /// A running proxy. Dropping it kills the process.
 pub struct Portico {
     bin: Bin,
@@ -170,7 +181,7 @@ impl Portico {
     /// Starts `bin --config FILE` and waits until it has printed one
     /// `listening:` line per listener of the configuration.
     pub fn start(bin: Bin, config_toml: &str) -> Portico {
-        Portico::start_expecting(bin, config_toml, expected_listeners(config_toml), &[])
+        Portico::start_with(bin, config_toml, StartOptions::default())
     }
 
     /// Like [`Portico::start`] with extra arguments and an explicit count of
@@ -181,15 +192,49 @@ impl Portico {
         listeners: usize,
         args: &[&str],
     ) -> Portico {
+        Portico::start_with(
+            bin,
+            config_toml,
+            StartOptions {
+                listeners: Some(listeners),
+                args,
+                ..StartOptions::default()
+            },
+        )
+    }
+
+    /// Like [`Portico::start`], with [`StartOptions`].
+    pub fn start_with(bin: Bin, config_toml: &str, opts: StartOptions<'_>) -> Portico {
+        let listeners = opts
+            .listeners
+            .unwrap_or_else(|| expected_listeners(config_toml));
         let dir = TempDir::new();
         let config_path = dir.write("portico.toml", config_toml);
-        let mut child = Command::new(bin.path())
-            .arg("--config")
+        let mut cmd = Command::new(bin.path());
+        cmd.arg("--config")
             .arg(&config_path)
-            .args(args)
+            .args(opts.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(n) = opts.nofile {
+            use std::os::unix::process::CommandExt;
+            let lim = libc::rlimit {
+                rlim_cur: n as libc::rlim_t,
+                rlim_max: n as libc::rlim_t,
+            };
+            // SAFETY: setrlimit is async-signal-safe; the closure allocates
+            // nothing and touches only its copied argument.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("{bin}: cannot start {}: {e}", bin.path().display()));
         let stdout = Arc::new(Lines::default());
@@ -220,11 +265,13 @@ impl Portico {
             let exited = me.try_wait_exit(Duration::from_secs(2));
             let _ = me.stderr.wait(Duration::from_secs(2), |_| false);
             panic!(
-                "{bin}: did not print {listeners} `listening:` line(s) within {START_TIMEOUT:?} \
-                 ({})\nconfig:\n{config_toml}\nstdout:\n{}\nstderr:\n{}",
+                "{bin}: {}\nconfig:\n{config_toml}\nstdout:\n{}\nstderr:\n{}",
                 match exited {
-                    Some(st) => format!("it exited: {st}"),
-                    None => "it is still running".to_string(),
+                    Some(st) =>
+                        format!("exited ({st}) before printing {listeners} `listening:` line(s)"),
+                    None => format!(
+                        "did not print {listeners} `listening:` line(s) within {START_TIMEOUT:?}"
+                    ),
                 },
                 me.stdout.snapshot().join("\n"),
                 me.stderr.snapshot().join("\n"),
@@ -324,6 +371,12 @@ impl Portico {
                 self.stderr_lines().join("\n")
             ),
         }
+    }
+
+    /// CPU time used so far (user + system), from /proc/PID/stat.
+    pub fn cpu_time(&self) -> Duration {
+        crate::net::cpu_time(self.pid())
+            .unwrap_or_else(|| panic!("{}: cannot read /proc/{}/stat", self.bin, self.pid()))
     }
 
     /// Resident memory in KiB.

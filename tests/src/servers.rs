@@ -325,3 +325,57 @@ fn source(s: &mut TcpStream, len: u64, progress: &AtomicU64, rep: &mut Report) -
     rep.received_digest = d;
     Ok(())
 }
+
+/// A UDP echo server: sends every datagram back to its sender and records
+/// the senders' addresses.
+pub struct UdpEcho {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    peers: Arc<Mutex<Vec<SocketAddr>>>,
+}
+
+impl UdpEcho {
+    pub fn start() -> UdpEcho {
+        let sock = std::net::UdpSocket::bind((LOCALHOST, 0)).expect("udp echo: bind 127.0.0.1:0");
+        let addr = sock.local_addr().expect("udp echo: local_addr");
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("udp echo: set_read_timeout");
+        let stop = Arc::new(AtomicBool::new(false));
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let (st, pe) = (stop.clone(), peers.clone());
+        thread::Builder::new()
+            .name(format!("udp-echo-{}", addr.port()))
+            .spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                // Bounded lifetime: ends when dropped, or after 5 idle minutes.
+                let mut idle = 0u32;
+                while !st.load(Ordering::SeqCst) && idle < 1500 {
+                    match sock.recv_from(&mut buf) {
+                        Ok((n, from)) => {
+                            idle = 0;
+                            pe.lock().unwrap_or_else(|e| e.into_inner()).push(from);
+                            let _ = sock.send_to(&buf[..n], from);
+                        }
+                        Err(_) => idle += 1,
+                    }
+                }
+            })
+            .expect("udp echo: spawn");
+        UdpEcho { addr, stop, peers }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The source address of every datagram received so far.
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}

@@ -141,7 +141,8 @@ pub fn implemented_kind(kind: ServiceKind, protocol: Protocol) -> bool {
     match (kind, protocol) {
         (Mapped, Tcp) => true,
         (Mapped, Udp) => false,
-        (Http, _) => false,
+        (Http, Tcp) => true,
+        (Http, Udp) => false,
         (Socks, Tcp) => true,
         (Socks, Udp) => false,
         (Telnet, _) => false,

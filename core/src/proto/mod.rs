@@ -8,6 +8,7 @@
 //! once connected. The table (`proxy.rs`) carries out the steps: rule checks,
 //! name resolution, the connect, the limits.
 
+pub(crate) mod http;
 pub mod socks;
 
 use std::net::SocketAddr;

@@ -368,3 +368,218 @@ fn v4_reply(granted: bool, bound: Option<SocketAddr>) -> Vec<u8> {
     }
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Users;
+    use crate::config;
+
+    fn service(auth: bool) -> (config::Config, Users) {
+        let text = format!(
+            "[[user]]\nname = \"alice\"\npassword = \"plain:secret\"\n\
+             [[service]]\nname = \"s\"\nkind = \"socks\"\nport = 1080\nauth = {auth}\n"
+        );
+        let c = config::parse(&text, "t").expect("config");
+        let users = Users::new(&c.users);
+        (c, users)
+    }
+
+    /// Feeds `input` in pieces of `chop` bytes (as a client might send it)
+    /// and returns (bytes consumed, the step, the reply).
+    fn run(auth: bool, input: &[u8], chop: usize) -> (usize, Step, Vec<u8>) {
+        let (c, mut users) = service(auth);
+        let mut ctx = Ctx {
+            service: &c.services[0],
+            users: &mut users,
+            client: "127.0.0.1:5000".parse().unwrap(),
+        };
+        let mut s = Socks::default();
+        let mut reply = Vec::new();
+        let mut used = 0;
+        let mut have = 0;
+        loop {
+            have = (have + chop).min(input.len());
+            let (n, step) = s.input(&input[used..have], &mut reply, &mut ctx);
+            used += n;
+            if step != Step::More || have == input.len() {
+                return (used, step, reply);
+            }
+        }
+    }
+
+    fn connect(t: Target, user: Option<&str>) -> Step {
+        Step::Connect {
+            target: t,
+            user: user.map(str::to_string),
+        }
+    }
+
+    fn addr(s: &str) -> Target {
+        Target::Addr(s.parse().unwrap())
+    }
+
+    #[test]
+    fn handshakes() {
+        let name = |h: &str, p| Target::Name(h.into(), p);
+        #[rustfmt::skip]
+        let cases: Vec<(&str, bool, Vec<u8>, Step, Vec<u8>)> = vec![
+            ("v5 no-auth ipv4", false,
+             vec![5, 1, 0, 5, 1, 0, 1, 10, 0, 0, 1, 0, 80],
+             connect(addr("10.0.0.1:80"), None), vec![5, 0]),
+            ("v5 domain", false,
+             [&[5u8, 1, 0, 5, 1, 0, 3, 11][..], b"example.COM", &[1, 187]].concat(),
+             connect(name("example.com", 443), None), vec![5, 0]),
+            ("v5 ipv6", false,
+             [&[5u8, 1, 0, 5, 1, 0, 4][..], &[0; 15], &[1, 0, 22]].concat(),
+             connect(addr("[::1]:22"), None), vec![5, 0]),
+            ("v5 domain that is an address", false,
+             [&[5u8, 1, 0, 5, 1, 0, 3, 9][..], b"127.0.0.1", &[0, 80]].concat(),
+             connect(addr("127.0.0.1:80"), None), vec![5, 0]),
+            ("v5 user/pass", true,
+             [&[5u8, 2, 0, 2, 1, 5][..], b"alice", &[6], b"secret", &[5, 1, 0, 1, 1, 2, 3, 4, 0, 80]].concat(),
+             connect(addr("1.2.3.4:80"), Some("alice")), vec![5, 2, 1, 0]),
+            ("v5 wrong password", true,
+             [&[5u8, 1, 2, 1, 5][..], b"alice", &[6], b"secreT"].concat(),
+             Step::Close { status: "auth-failed" }, vec![5, 2, 1, 1]),
+            ("v5 name with NUL never matches", true,
+             [&[5u8, 1, 2, 1, 6][..], b"alice\0", &[6], b"secret"].concat(),
+             Step::Close { status: "auth-failed" }, vec![5, 2, 1, 1]),
+            ("v5 auth on, only no-auth offered", true,
+             vec![5, 1, 0],
+             Step::Close { status: "auth-required" }, vec![5, 0xFF]),
+            ("v5 no methods", false,
+             vec![5, 0],
+             Step::Close { status: "auth-required" }, vec![5, 0xFF]),
+            ("v5 bind", false,
+             vec![5, 1, 0, 5, 2, 0, 1, 1, 2, 3, 4, 0, 80],
+             Step::Close { status: "unsupported" }, [&[5u8, 0][..], &[5, 7, 0, 1, 0, 0, 0, 0, 0, 0]].concat()),
+            ("v5 udp associate", false,
+             vec![5, 1, 0, 5, 3, 0, 1, 1, 2, 3, 4, 0, 80],
+             Step::Close { status: "unsupported" }, [&[5u8, 0][..], &[5, 7, 0, 1, 0, 0, 0, 0, 0, 0]].concat()),
+            ("v5 bad address type", false,
+             vec![5, 1, 0, 5, 1, 0, 9, 1, 2, 3, 4, 0, 80],
+             Step::Close { status: "unsupported" }, [&[5u8, 0][..], &[5, 8, 0, 1, 0, 0, 0, 0, 0, 0]].concat()),
+            ("v5 bad request version", false,
+             vec![5, 1, 0, 4, 1, 0, 1, 1, 2, 3, 4, 0, 80],
+             Step::Close { status: "bad-request" }, vec![5, 0]),
+            ("v5 bad reserved byte", false,
+             vec![5, 1, 0, 5, 1, 1, 1, 1, 2, 3, 4, 0, 80],
+             Step::Close { status: "bad-request" }, vec![5, 0]),
+            ("v5 bad auth version", true,
+             vec![5, 1, 2, 2, 1, b'a', 1, b'b'],
+             Step::Close { status: "bad-request" }, vec![5, 2]),
+            ("v5 empty domain", false,
+             vec![5, 1, 0, 5, 1, 0, 3, 0, 0, 80],
+             Step::Close { status: "bad-request" }, [&[5u8, 0][..], &[5, 4, 0, 1, 0, 0, 0, 0, 0, 0]].concat()),
+            ("v4", false,
+             [&[4u8, 1, 0, 80, 10, 0, 0, 1][..], b"bob\0"].concat(),
+             connect(addr("10.0.0.1:80"), None), vec![]),
+            ("v4a", false,
+             [&[4u8, 1, 1, 187, 0, 0, 0, 1][..], b"\0example.com\0"].concat(),
+             connect(name("example.com", 443), None), vec![]),
+            ("v4 auth name:password", true,
+             [&[4u8, 1, 0, 80, 10, 0, 0, 1][..], b"alice:secret\0"].concat(),
+             connect(addr("10.0.0.1:80"), Some("alice")), vec![]),
+            ("v4 auth name only", true,
+             [&[4u8, 1, 0, 80, 10, 0, 0, 1][..], b"alice\0"].concat(),
+             Step::Close { status: "auth-failed" }, vec![0, 0x5B, 0, 0, 0, 0, 0, 0]),
+            ("v4 bind", false,
+             [&[4u8, 2, 0, 80, 10, 0, 0, 1][..], b"\0"].concat(),
+             Step::Close { status: "unsupported" }, vec![0, 0x5B, 0, 0, 0, 0, 0, 0]),
+            ("v4 userid too long", false,
+             [&[4u8, 1, 0, 80, 10, 0, 0, 1][..], &[b'a'; MAX_V4_FIELD + 1]].concat(),
+             Step::Close { status: "bad-request" }, vec![]),
+            ("unknown version", false, vec![6, 1, 0], Step::Close { status: "bad-request" }, vec![]),
+        ];
+        for (what, auth, input, step, reply) in cases {
+            for chop in [1, 2, 3, 7, input.len().max(1)] {
+                let (_, got, got_reply) = run(auth, &input, chop);
+                assert_eq!(got, step, "{what} (chop {chop})");
+                assert_eq!(got_reply, reply, "{what} (chop {chop})");
+            }
+        }
+    }
+
+    #[test]
+    fn payload_behind_the_request_is_not_consumed() {
+        let input = [
+            &[5u8, 1, 0, 5, 1, 0, 1, 10, 0, 0, 1, 0, 80][..],
+            b"GET / HTTP/1.1\r\n",
+        ]
+        .concat();
+        let (used, step, _) = run(false, &input, input.len());
+        assert_eq!(used, 13);
+        assert_eq!(step, connect(addr("10.0.0.1:80"), None));
+        let input = [&[4u8, 1, 0, 80, 10, 0, 0, 1, 0][..], b"payload"].concat();
+        let (used, _, _) = run(false, &input, input.len());
+        assert_eq!(used, 9);
+    }
+
+    #[test]
+    fn partial_input_waits() {
+        for input in [
+            &[5u8][..],
+            &[5, 2, 0],
+            &[5, 1, 0, 5, 1, 0, 3, 5, b'a'],
+            &[4, 1, 0, 80, 1, 2, 3, 4, b'x'],
+        ] {
+            let (_, step, _) = run(false, input, input.len());
+            assert_eq!(step, Step::More, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn replies() {
+        let mut s = Socks {
+            state: State::Connecting,
+            ..Default::default()
+        };
+        let mut r = Vec::new();
+        s.connected("192.168.1.1:4242".parse().unwrap(), &mut r);
+        assert_eq!(r, vec![5, 0, 0, 1, 192, 168, 1, 1, 0x10, 0x92]);
+        let codes = [
+            (Failure::Denied, 2),
+            (Failure::NetUnreachable, 3),
+            (Failure::HostUnreachable, 4),
+            (Failure::NotResolved, 4),
+            (Failure::Refused, 5),
+            (Failure::TimedOut, 6),
+            (Failure::Limit, 1),
+            (Failure::Other, 1),
+        ];
+        for (f, code) in codes {
+            let mut s = Socks {
+                state: State::Connecting,
+                ..Default::default()
+            };
+            let mut r = Vec::new();
+            s.failed(f, &mut r);
+            assert_eq!(r, vec![5, code, 0, 1, 0, 0, 0, 0, 0, 0], "{f:?}");
+            let mut s4 = Socks {
+                state: State::Connecting,
+                v4: true,
+                ..Default::default()
+            };
+            let mut r = Vec::new();
+            s4.failed(f, &mut r);
+            assert_eq!(r, vec![0, 0x5B, 0, 0, 0, 0, 0, 0], "{f:?}");
+        }
+        let mut s4 = Socks {
+            state: State::Connecting,
+            v4: true,
+            ..Default::default()
+        };
+        let mut r = Vec::new();
+        s4.connected("10.1.2.3:80".parse().unwrap(), &mut r);
+        assert_eq!(r, vec![0, 0x5A, 0, 80, 10, 1, 2, 3]);
+        let mut s = Socks {
+            state: State::Connecting,
+            ..Default::default()
+        };
+        let mut r = Vec::new();
+        s.connected("[::1]:1".parse().unwrap(), &mut r);
+        assert_eq!(r.len(), 4 + 16 + 2);
+        assert_eq!(r[3], 4);
+    }
+}

@@ -1,0 +1,278 @@
+//! Heads written for forwarding, and the proxy's own replies.
+
+use super::error::HttpError;
+use super::fields::{ConnectionOptions, Headers};
+use super::request::{Request, Target};
+use super::response::Response;
+use super::{Framing, Method};
+
+/// The reply to a CONNECT that succeeded: no Content-Length, no
+/// Transfer-Encoding; the tunnel starts after it.
+pub const CONNECT_ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
+
+/// Fields removed from every forwarded message (RFC 9110 §7.6.1 and SPEC.md),
+/// besides those the Connection header names.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// What [`encode_request_head`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forward {
+    /// The head to send upstream was appended to `out`.
+    Upstream,
+    /// Nothing was written: the proxy answers this request itself. That is a
+    /// CONNECT (tunnel), `OPTIONS *`, or a TRACE / OPTIONS whose Max-Forwards
+    /// is 0 (RFC 9110 §7.6.2).
+    AnswerLocally,
+}
+
+/// How the proxy means to treat the client connection after a response; it
+/// decides the Connection header [`encode_response_head`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persist {
+    /// Keep it open with HTTP/1.1 defaults: no Connection header.
+    Default,
+    /// Keep it open for an HTTP/1.0 client that asked: `Connection: keep-alive`.
+    KeepAlive,
+    /// Close it after this response: `Connection: close`.
+    Close,
+}
+
+/// Appends to `out` the head to send upstream for `req`, or writes nothing
+/// and says the proxy must answer (see [`Forward`]).
+///
+/// The request line is in origin-form with HTTP/1.1 (the proxy's own
+/// version); `Host` is regenerated from the target and written first;
+/// hop-by-hop fields and the fields Connection names are dropped, except that
+/// an upgrade request keeps its Upgrade fields and gets `Connection: upgrade`;
+/// a Content-Length is written once, as the single value it was checked to
+/// hold; TRACE / OPTIONS get Max-Forwards decremented; `<version> portico` is
+/// appended to the last Via, or added as a new Via field at the end. All other
+/// fields are copied byte for byte, in order.
+pub fn encode_request_head(req: &Request, out: &mut Vec<u8>) -> Forward {
+    let (authority, path) = match &req.target {
+        Target::Absolute { authority, path } => (authority, path),
+        Target::Authority(_) | Target::Asterisk => return Forward::AnswerLocally,
+    };
+    if req.method == Method::Connect || req.max_forwards_exhausted() {
+        return Forward::AnswerLocally;
+    }
+    out.extend_from_slice(req.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+    out.extend_from_slice(authority.host_header(80).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let upgrading = req.upgrade.is_some();
+    let max_forwards = req.max_forwards.map(|n| n.saturating_sub(1));
+    write_fields(
+        &req.headers,
+        &req.connection,
+        upgrading,
+        req.framing,
+        req.version.via(),
+        |name, _value, out| {
+            if name.eq_ignore_ascii_case("host") {
+                return true;
+            }
+            if let (Some(n), true) = (max_forwards, name.eq_ignore_ascii_case("max-forwards")) {
+                write_field(out, name, n.to_string().as_bytes(), None);
+                return true;
+            }
+            false
+        },
+        out,
+    );
+    if upgrading {
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Forward::Upstream
+}
+
+/// Appends to `out` the head to send the client for `resp`.
+///
+/// The status line carries HTTP/1.1, the status and the reason as received;
+/// hop-by-hop fields and those Connection names are dropped (a 101 keeps its
+/// Upgrade fields and gets `Connection: upgrade`, whatever `persist` says);
+/// Content-Length and Via as for [`encode_request_head`]; then the Connection
+/// header `persist` asks for.
+pub fn encode_response_head(resp: &Response, persist: Persist, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(resp.status.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(resp.reason());
+    out.extend_from_slice(b"\r\n");
+    let upgrading = resp.status == 101;
+    write_fields(
+        &resp.headers,
+        &resp.connection,
+        upgrading,
+        resp.framing,
+        resp.version.via(),
+        |_, _, _| false,
+        out,
+    );
+    if upgrading {
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+    } else {
+        match persist {
+            Persist::Default => {}
+            Persist::KeepAlive => out.extend_from_slice(b"Connection: keep-alive\r\n"),
+            Persist::Close => out.extend_from_slice(b"Connection: close\r\n"),
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn write_field(out: &mut Vec<u8>, name: &str, value: &[u8], suffix: Option<&str>) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    if let Some(s) = suffix {
+        if !value.is_empty() {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(s.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The field loop shared by both encoders. `special` may write a field
+/// itself and return true to skip the default copy.
+fn write_fields(
+    headers: &Headers,
+    connection: &ConnectionOptions,
+    upgrading: bool,
+    framing: Framing,
+    via_version: &str,
+    mut special: impl FnMut(&str, &[u8], &mut Vec<u8>) -> bool,
+    out: &mut Vec<u8>,
+) {
+    let via = format!("{via_version} portico");
+    let last_via = headers
+        .iter()
+        .enumerate()
+        .filter(|(_, (n, _))| n.eq_ignore_ascii_case("via"))
+        .map(|(i, _)| i)
+        .last();
+    let mut length_written = false;
+    for (i, (name, value)) in headers.iter().enumerate() {
+        let keep_upgrade = upgrading && name.eq_ignore_ascii_case("upgrade");
+        if !keep_upgrade
+            && (HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) || connection.names(name))
+        {
+            continue;
+        }
+        if special(name, value, out) {
+            continue;
+        }
+        if let (Framing::Length(n), true) = (framing, name.eq_ignore_ascii_case("content-length")) {
+            if !length_written {
+                write_field(out, name, n.to_string().as_bytes(), None);
+                length_written = true;
+            }
+            continue;
+        }
+        let suffix = (Some(i) == last_via).then_some(via.as_str());
+        write_field(out, name, value, suffix);
+    }
+    if last_via.is_none() {
+        write_field(out, "Via", via.as_bytes(), None);
+    }
+}
+
+/// The reason phrase the proxy uses for `status`.
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        417 => "Expectation Failed",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "Error",
+    }
+}
+
+fn explanation(status: u16) -> &'static str {
+    match status {
+        400 => "the proxy could not accept this request",
+        403 => "denied by the proxy's rules",
+        407 => "the proxy needs a valid user name and password",
+        408 => "the request did not arrive in time",
+        414 => "the request line is longer than 8 KiB",
+        431 => "the request head is larger than 64 KiB",
+        501 => "only http:// URLs and CONNECT are proxied",
+        502 => "the upstream could not be reached or sent an invalid response",
+        503 => "the proxy's connection limit is reached",
+        504 => "the upstream did not answer in time",
+        505 => "only HTTP/1.0 and HTTP/1.1 are spoken",
+        _ => "",
+    }
+}
+
+/// A reply the proxy makes itself: status line, `Content-Type: text/plain;
+/// charset=utf-8`, `Content-Length`, the `extra_headers` (any whose name is
+/// not a token or whose value holds CR, LF or NUL is skipped), for 407
+/// `Proxy-Authenticate: Basic realm="portico"`, `Connection: close` when
+/// `close`, and a one-line body such as `403 Forbidden: denied by the proxy's
+/// rules`. For a HEAD request, send only the head (up to the blank line).
+pub fn proxy_reply(status: u16, extra_headers: &[(&str, &str)], close: bool) -> Vec<u8> {
+    reply(status, explanation(status), extra_headers, close)
+}
+
+/// The reply to a refused request (the error's status, a body naming what
+/// was wrong, `Connection: close`): e.g. `400 Bad Request: Content-Length and
+/// Transfer-Encoding together`. For a refused response, a 502 naming it.
+pub fn error_reply(err: &HttpError) -> Vec<u8> {
+    reply(err.status(), &err.to_string(), &[], true)
+}
+
+fn reply(status: u16, detail: &str, extra_headers: &[(&str, &str)], close: bool) -> Vec<u8> {
+    let reason = reason_phrase(status);
+    let body = if detail.is_empty() {
+        format!("{status} {reason}\n")
+    } else {
+        format!("{status} {reason}: {detail}\n")
+    };
+    let mut out = Vec::with_capacity(160 + body.len());
+    out.extend_from_slice(format!("HTTP/1.1 {status} {reason}\r\n").as_bytes());
+    out.extend_from_slice(b"Content-Type: text/plain; charset=utf-8\r\n");
+    out.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+    if status == 407 {
+        out.extend_from_slice(b"Proxy-Authenticate: Basic realm=\"portico\"\r\n");
+    }
+    for (name, value) in extra_headers {
+        let bad_value = value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0);
+        if super::fields::is_token(name.as_bytes()) && !bad_value {
+            write_field(&mut out, name, value.as_bytes(), None);
+        }
+    }
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body.as_bytes());
+    out
+}

@@ -1,0 +1,295 @@
+//! Header fields: their storage, and the parsing of the fields that decide
+//! framing and connection handling (Content-Length, Transfer-Encoding,
+//! Connection).
+
+use std::fmt;
+use std::ops::Range;
+
+use super::error::ErrorKind;
+
+/// The header fields of one head, in the order received.
+///
+/// Holds one copy of the head's bytes and, per field, where its name and value
+/// lie in it; so its size is bounded by the head limit. Values are trimmed of
+/// surrounding whitespace; names keep the case they were sent with.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Headers {
+    raw: Box<[u8]>,
+    fields: Vec<Span>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Span {
+    name: Range<usize>,
+    value: Range<usize>,
+}
+
+/// `s` as `&str` when it is ASCII (names are validated tokens, so always).
+pub(crate) fn ascii_str(s: &[u8]) -> &str {
+    std::str::from_utf8(s).unwrap_or("")
+}
+
+/// Whether `b` is a `tchar` (RFC 9110 §5.6.2).
+pub(crate) fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Whether `s` is a non-empty token.
+pub(crate) fn is_token(s: &[u8]) -> bool {
+    !s.is_empty() && s.iter().all(|&b| is_tchar(b))
+}
+
+/// `s` without leading and trailing SP / HT.
+pub(crate) fn trim_ows(s: &[u8]) -> &[u8] {
+    let start = s.iter().position(|&b| b != b' ' && b != b'\t');
+    let end = s.iter().rposition(|&b| b != b' ' && b != b'\t');
+    // An all-whitespace value becomes an empty slice at its own start, so it
+    // still points into the head it came from.
+    let (a, z) = match (start, end) {
+        (Some(a), Some(z)) => (a, z + 1),
+        _ => (0, 0),
+    };
+    s.get(a..z).unwrap_or_default()
+}
+
+/// The elements of a comma-separated list value, trimmed, empty ones kept.
+pub(crate) fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(trim_ows)
+}
+
+fn offset_in(outer: &[u8], inner: &[u8]) -> Option<Range<usize>> {
+    let start = (inner.as_ptr() as usize).checked_sub(outer.as_ptr() as usize)?;
+    let end = start.checked_add(inner.len())?;
+    (end <= outer.len()).then_some(start..end)
+}
+
+impl Headers {
+    /// Builds the table from httparse's fields, which borrow from `head`.
+    pub(crate) fn from_httparse(
+        head: &[u8],
+        parsed: &[httparse::Header<'_>],
+    ) -> Result<Headers, ErrorKind> {
+        let mut fields = Vec::with_capacity(parsed.len());
+        for h in parsed {
+            let name = offset_in(head, h.name.as_bytes()).ok_or(ErrorKind::MalformedHeader)?;
+            let value = offset_in(head, trim_ows(h.value)).ok_or(ErrorKind::MalformedHeader)?;
+            fields.push(Span { name, value });
+        }
+        Ok(Headers {
+            raw: head.into(),
+            fields,
+        })
+    }
+
+    /// The bytes of the head these fields came from (start line included).
+    pub(crate) fn raw(&self) -> &[u8] {
+        &self.raw
+    }
+
+    /// Number of fields.
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    /// Whether there are no fields.
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    /// The fields as `(name, value)`, in the order received.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        self.fields.iter().map(move |s| {
+            (
+                ascii_str(self.raw.get(s.name.clone()).unwrap_or(&[])),
+                self.raw.get(s.value.clone()).unwrap_or(&[]),
+            )
+        })
+    }
+
+    /// The values of every field called `name` (case-insensitive), in order.
+    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// The value of the first field called `name` (case-insensitive).
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// How many fields are called `name` (case-insensitive).
+    pub fn count(&self, name: &str) -> usize {
+        self.iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .count()
+    }
+
+    /// Whether any field is called `name` (case-insensitive).
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// The values of every `name` field joined with ", " (None if absent).
+    pub(crate) fn joined(&self, name: &str) -> Option<String> {
+        let mut out: Option<String> = None;
+        for v in self.get_all(name) {
+            let s = out.get_or_insert_with(String::new);
+            if !s.is_empty() {
+                s.push_str(", ");
+            }
+            s.push_str(&String::from_utf8_lossy(v));
+        }
+        out
+    }
+}
+
+const SECRET_FIELDS: [&str; 3] = ["proxy-authorization", "authorization", "cookie"];
+
+impl fmt::Debug for Headers {
+    /// Values of credential-bearing fields are redacted.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut list = f.debug_list();
+        for (n, v) in self.iter() {
+            if SECRET_FIELDS.iter().any(|s| n.eq_ignore_ascii_case(s)) {
+                list.entry(&(n, "<redacted>"));
+            } else {
+                list.entry(&(n, String::from_utf8_lossy(v)));
+            }
+        }
+        list.finish()
+    }
+}
+
+/// The Content-Length of a message: `Ok(None)` if there is none.
+///
+/// Every field and every list element must be 1 to 19 ASCII digits (no sign,
+/// no empty element, no whitespace inside); all must have the same numeric
+/// value, which is the length (`5, 5` and `05` are both 5).
+pub(crate) fn content_length(headers: &Headers) -> Result<Option<u64>, ErrorKind> {
+    let mut length = None;
+    for value in headers.get_all("content-length") {
+        for element in list_elements(value) {
+            if element.is_empty()
+                || element.len() > 19
+                || !element.iter().all(|b| b.is_ascii_digit())
+            {
+                return Err(ErrorKind::BadContentLength);
+            }
+            let n = element
+                .iter()
+                .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+            match length {
+                Some(m) if m != n => return Err(ErrorKind::DifferingContentLength),
+                _ => length = Some(n),
+            }
+        }
+    }
+    Ok(length)
+}
+
+/// What a Transfer-Encoding says, once it is known to end in `chunked`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Codings {
+    /// Some coding other than `chunked` is applied before it (`gzip, chunked`).
+    pub others: bool,
+}
+
+/// Checks every Transfer-Encoding field: `Ok(None)` if there is none.
+///
+/// The codings of all fields, in order, must be tokens (parameters allowed on
+/// codings other than `chunked`), `chunked` must appear exactly once, and last.
+/// Coding names are case-insensitive. Empty list elements are skipped
+/// (RFC 9110 §5.6.1) but a field with no coding at all is refused.
+pub(crate) fn transfer_codings(headers: &Headers) -> Result<Option<Codings>, ErrorKind> {
+    if !headers.contains("transfer-encoding") {
+        return Ok(None);
+    }
+    let mut chunked = 0usize;
+    let mut last_chunked = false;
+    let mut others = false;
+    for value in headers.get_all("transfer-encoding") {
+        for element in list_elements(value).filter(|e| !e.is_empty()) {
+            let mut parts = element.splitn(2, |&b| b == b';');
+            let name = trim_ows(parts.next().unwrap_or(&[]));
+            let params = parts.next();
+            if !is_token(name) {
+                return Err(ErrorKind::BadTransferEncoding);
+            }
+            if name.eq_ignore_ascii_case(b"chunked") {
+                if params.is_some() {
+                    return Err(ErrorKind::BadTransferEncoding);
+                }
+                chunked += 1;
+                last_chunked = true;
+            } else {
+                others = true;
+                last_chunked = false;
+            }
+        }
+    }
+    if chunked > 1 {
+        return Err(ErrorKind::ChunkedTwice);
+    }
+    if !last_chunked {
+        return Err(ErrorKind::TransferEncodingNotChunked);
+    }
+    Ok(Some(Codings { others }))
+}
+
+/// The options of the Connection header fields (RFC 9110 §7.6.1).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectionOptions {
+    /// `close` was named.
+    pub close: bool,
+    /// `keep-alive` was named.
+    pub keep_alive: bool,
+    /// `upgrade` was named.
+    pub upgrade: bool,
+    /// Every option named, lowercased, sorted and deduplicated: each also
+    /// names a hop-by-hop field to remove when forwarding.
+    pub tokens: Vec<String>,
+}
+
+impl ConnectionOptions {
+    /// Collects the options of every Connection field. Elements that are not
+    /// tokens name no field and are ignored. Naming Content-Length,
+    /// Transfer-Encoding or Host (which would make a hop-by-hop-stripping
+    /// recipient change the framing or the routing) is refused.
+    pub(crate) fn parse(headers: &Headers) -> Result<ConnectionOptions, ErrorKind> {
+        let mut opts = ConnectionOptions::default();
+        for value in headers.get_all("connection") {
+            for element in list_elements(value).filter(|e| is_token(e)) {
+                let token = ascii_str(element).to_ascii_lowercase();
+                match token.as_str() {
+                    "close" => opts.close = true,
+                    "keep-alive" => opts.keep_alive = true,
+                    "upgrade" => opts.upgrade = true,
+                    "content-length" | "transfer-encoding" | "host" => {
+                        return Err(ErrorKind::ConnectionNamesFramingHeader)
+                    }
+                    _ => {}
+                }
+                opts.tokens.push(token);
+            }
+        }
+        opts.tokens.sort_unstable();
+        opts.tokens.dedup();
+        Ok(opts)
+    }
+
+    /// Whether the field `name` is named by a Connection option.
+    pub fn names(&self, name: &str) -> bool {
+        self.tokens
+            .binary_search_by(|t| cmp_ignore_case(t, name))
+            .is_ok()
+    }
+}
+
+fn cmp_ignore_case(lower: &str, name: &str) -> std::cmp::Ordering {
+    lower
+        .bytes()
+        .cmp(name.bytes().map(|b| b.to_ascii_lowercase()))
+}

@@ -1,0 +1,467 @@
+//! Request heads: parsing, validation and what follows from them.
+
+use std::fmt;
+
+use super::error::{Direction, ErrorKind, HttpError};
+use super::fields::{self, ascii_str, ConnectionOptions, Headers};
+use super::scan::Scanner;
+use super::{base64, Framing, Limits, Method, Parsed, Version};
+
+/// Where a request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Absolute-form `http://host[:port]/path?query`.
+    Absolute {
+        /// Host and port (80 if not given).
+        authority: Authority,
+        /// Path and query to send upstream in origin-form: starts with `/`,
+        /// or is `*` for an OPTIONS whose URL had an empty path and no query
+        /// (RFC 9112 §3.2.4).
+        path: String,
+    },
+    /// Authority-form `host:port` of a CONNECT.
+    Authority(Authority),
+    /// Asterisk-form `*` of `OPTIONS * HTTP/1.1`: a question about the proxy
+    /// itself, answered locally.
+    Asterisk,
+}
+
+/// A host and port from a request target.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Authority {
+    /// A DNS name (lowercased) or an IP address; an IPv6 address without
+    /// its brackets.
+    pub host: String,
+    /// 1..=65535.
+    pub port: u16,
+}
+
+impl Authority {
+    /// The value for a Host header: the port is left out when it is `default`.
+    pub fn host_header(&self, default: u16) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == default {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+impl fmt::Display for Authority {
+    /// `host:port`, with brackets around an IPv6 address.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The Proxy-Authorization of a request.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub enum ProxyAuth {
+    /// No Proxy-Authorization field.
+    #[default]
+    None,
+    /// `Basic` credentials, decoded and split at the first colon.
+    Basic {
+        /// The user-id (before the first colon).
+        user: String,
+        /// The password (everything after the first colon; may hold colons).
+        password: String,
+    },
+    /// Present but unusable: another scheme, bad base64, no colon, not UTF-8,
+    /// control characters, or the field repeated. Answer 407 as for wrong
+    /// credentials.
+    Invalid,
+}
+
+impl fmt::Debug for ProxyAuth {
+    /// The password is never printed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProxyAuth::None => f.write_str("None"),
+            ProxyAuth::Basic { user, .. } => f
+                .debug_struct("Basic")
+                .field("user", user)
+                .field("password", &"<redacted>")
+                .finish(),
+            ProxyAuth::Invalid => f.write_str("Invalid"),
+        }
+    }
+}
+
+impl ProxyAuth {
+    /// Parses one Proxy-Authorization value: `Basic <token68>`, the scheme
+    /// case-insensitive, one or more spaces between, the token strict
+    /// padded base64 of `user:password` in UTF-8 with no control characters.
+    pub fn parse_basic(value: &[u8]) -> ProxyAuth {
+        let value = fields::trim_ows(value);
+        let Some(sp) = value.iter().position(|&b| b == b' ') else {
+            return ProxyAuth::Invalid;
+        };
+        let (scheme, rest) = value.split_at(sp);
+        if !scheme.eq_ignore_ascii_case(b"basic") {
+            return ProxyAuth::Invalid;
+        }
+        let token = fields::trim_ows(rest);
+        let Some(decoded) = base64::decode(token) else {
+            return ProxyAuth::Invalid;
+        };
+        let Ok(text) = String::from_utf8(decoded) else {
+            return ProxyAuth::Invalid;
+        };
+        if text.chars().any(char::is_control) {
+            return ProxyAuth::Invalid;
+        }
+        match text.split_once(':') {
+            Some((user, password)) => ProxyAuth::Basic {
+                user: user.to_owned(),
+                password: password.to_owned(),
+            },
+            None => ProxyAuth::Invalid,
+        }
+    }
+}
+
+/// A parsed and validated request head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// The method (case-sensitive).
+    pub method: Method,
+    /// The target.
+    pub target: Target,
+    /// HTTP/1.0 or HTTP/1.1.
+    pub version: Version,
+    /// All header fields as received, in order.
+    pub headers: Headers,
+    /// How the body is delimited: `NoBody`, `Length` or `Chunked`.
+    pub framing: Framing,
+    /// The Connection options.
+    pub connection: ConnectionOptions,
+    /// `Expect: 100-continue` on an HTTP/1.1 request (RFC 9110 §10.1.1: 1.0
+    /// requests' Expect is ignored). Other expectations are forwarded as is.
+    pub expect_continue: bool,
+    /// The Upgrade value (all fields joined) when this is an upgrade request:
+    /// HTTP/1.1, Connection names `upgrade`, and an Upgrade field is present.
+    pub upgrade: Option<String>,
+    /// Proxy-Authorization.
+    pub proxy_auth: ProxyAuth,
+    /// Max-Forwards, for TRACE and OPTIONS only (RFC 9110 §7.6.2); digits
+    /// beyond u64 saturate. `None` for other methods, whose Max-Forwards is
+    /// forwarded untouched.
+    pub max_forwards: Option<u64>,
+}
+
+impl Request {
+    /// Whether the client connection may stay open after this exchange, as
+    /// far as the request says: HTTP/1.1 unless `close`; HTTP/1.0 only with
+    /// `keep-alive`.
+    pub fn keep_alive(&self) -> bool {
+        !self.connection.close && (self.version == Version::Http11 || self.connection.keep_alive)
+    }
+
+    /// TRACE or OPTIONS with `Max-Forwards: 0`: the proxy must answer itself.
+    pub fn max_forwards_exhausted(&self) -> bool {
+        self.max_forwards == Some(0)
+    }
+}
+
+/// Parses the request head at the start of `buf`.
+///
+/// `Partial` until the head's CRLFCRLF is in `buf`, except that a start line
+/// or head over the limits is refused as soon as it is seen. On `Complete`,
+/// `len` bytes of `buf` are the head (leading empty lines included); the body,
+/// if any, starts at `buf[len..]`. Stateless: it rescans from the start, so
+/// call it when new bytes have come, or use [`super::HeadParser`].
+pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parsed<Request>, HttpError> {
+    super::HeadParser::new().parse_request(buf, limits)
+}
+
+pub(crate) fn parse_with(
+    scanner: &mut Scanner,
+    buf: &[u8],
+    limits: &Limits,
+) -> Result<Parsed<Request>, HttpError> {
+    let err = |kind| HttpError::new(kind, Direction::Request);
+    let Some(scanned) = scanner.scan(buf, limits, false).map_err(err)? else {
+        return Ok(Parsed::Partial);
+    };
+    let head = buf
+        .get(scanned.start..scanned.len)
+        .ok_or(err(ErrorKind::MalformedStartLine))?;
+    let line = buf
+        .get(scanned.start..scanned.start_line_end)
+        .ok_or(err(ErrorKind::MalformedStartLine))?;
+    check_version_token(line.rsplit(|&b| b == b' ').next().unwrap_or(&[])).map_err(err)?;
+
+    let mut slots = vec![httparse::EMPTY_HEADER; scanned.fields];
+    let mut parsed = httparse::Request::new(&mut slots);
+    let status = httparse::ParserConfig::default()
+        .parse_request(&mut parsed, head)
+        .map_err(|e| err(map_httparse(e)))?;
+    if !matches!(status, httparse::Status::Complete(n) if n == head.len()) {
+        return Err(err(ErrorKind::MalformedStartLine));
+    }
+    let version = match parsed.version {
+        Some(0) => Version::Http10,
+        Some(1) => Version::Http11,
+        _ => return Err(err(ErrorKind::UnsupportedVersion)),
+    };
+    let method = Method::from_token(parsed.method.ok_or(err(ErrorKind::MalformedStartLine))?);
+    let raw_target = parsed.path.ok_or(err(ErrorKind::MalformedStartLine))?;
+    let headers = Headers::from_httparse(head, parsed.headers).map_err(err)?;
+
+    let request = build(method, raw_target.as_bytes(), version, headers).map_err(err)?;
+    Ok(Parsed::Complete {
+        head: request,
+        len: scanned.len,
+    })
+}
+
+/// A well-formed `HTTP/d.d` other than 1.0 / 1.1 is 505; anything else is
+/// left for httparse to refuse as malformed.
+pub(crate) fn check_version_token(token: &[u8]) -> Result<(), ErrorKind> {
+    if let [b'H', b'T', b'T', b'P', b'/', major, b'.', minor] = token {
+        if major.is_ascii_digit() && minor.is_ascii_digit() && !(*major == b'1' && *minor <= b'1') {
+            return Err(ErrorKind::UnsupportedVersion);
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn map_httparse(e: httparse::Error) -> ErrorKind {
+    match e {
+        httparse::Error::HeaderName | httparse::Error::HeaderValue => ErrorKind::MalformedHeader,
+        httparse::Error::TooManyHeaders => ErrorKind::TooManyHeaders,
+        httparse::Error::Status => ErrorKind::BadStatus,
+        _ => ErrorKind::MalformedStartLine,
+    }
+}
+
+fn build(
+    method: Method,
+    raw_target: &[u8],
+    version: Version,
+    headers: Headers,
+) -> Result<Request, ErrorKind> {
+    let target = parse_target(&method, raw_target)?;
+
+    // Host: exactly one on 1.1, at most one on 1.0. Its value is otherwise
+    // ignored: the target's authority wins (RFC 9112 §3.2.2).
+    match headers.count("host") {
+        0 if version == Version::Http11 => return Err(ErrorKind::MissingHost),
+        0 | 1 => {}
+        _ => return Err(ErrorKind::DuplicateHost),
+    }
+    if let Some(host) = headers.get("host") {
+        if host.contains(&b',') {
+            return Err(ErrorKind::DuplicateHost);
+        }
+        if host.iter().any(|&b| b == b' ' || b == b'\t') {
+            return Err(ErrorKind::BadHost);
+        }
+    }
+
+    let connection = ConnectionOptions::parse(&headers)?;
+    let framing = request_framing(&method, version, &headers)?;
+
+    let expect_continue = version == Version::Http11
+        && headers
+            .get_all("expect")
+            .any(|v| v.eq_ignore_ascii_case(b"100-continue"));
+    let upgrade = if version == Version::Http11 && connection.upgrade {
+        headers.joined("upgrade")
+    } else {
+        None
+    };
+    let proxy_auth = match headers.count("proxy-authorization") {
+        0 => ProxyAuth::None,
+        1 => ProxyAuth::parse_basic(headers.get("proxy-authorization").unwrap_or(&[])),
+        _ => ProxyAuth::Invalid,
+    };
+    let max_forwards = if matches!(method, Method::Trace | Method::Options) {
+        max_forwards(&headers)?
+    } else {
+        None
+    };
+    Ok(Request {
+        method,
+        target,
+        version,
+        headers,
+        framing,
+        connection,
+        expect_continue,
+        upgrade,
+        proxy_auth,
+        max_forwards,
+    })
+}
+
+fn max_forwards(headers: &Headers) -> Result<Option<u64>, ErrorKind> {
+    match headers.count("max-forwards") {
+        0 => Ok(None),
+        1 => {
+            let v = headers.get("max-forwards").unwrap_or(&[]);
+            if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+                return Err(ErrorKind::BadMaxForwards);
+            }
+            Ok(Some(v.iter().fold(0u64, |n, &d| {
+                n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+            })))
+        }
+        _ => Err(ErrorKind::BadMaxForwards),
+    }
+}
+
+/// RFC 9112 §6.3 for requests: Transfer-Encoding (ending in chunked) wins
+/// only if there is no Content-Length, which wins otherwise; else no body.
+fn request_framing(
+    method: &Method,
+    version: Version,
+    headers: &Headers,
+) -> Result<Framing, ErrorKind> {
+    let has_te = headers.contains("transfer-encoding");
+    let has_cl = headers.contains("content-length");
+    if has_te && has_cl {
+        return Err(ErrorKind::ContentLengthAndTransferEncoding);
+    }
+    let framing = if has_te {
+        if version == Version::Http10 {
+            return Err(ErrorKind::TransferEncodingInHttp10);
+        }
+        if fields::transfer_codings(headers)?.is_some_and(|c| c.others) {
+            return Err(ErrorKind::UnsupportedTransferCoding);
+        }
+        Framing::Chunked
+    } else {
+        match fields::content_length(headers)? {
+            None => Framing::NoBody,
+            Some(n) => Framing::Length(n),
+        }
+    };
+    if *method == Method::Connect && !matches!(framing, Framing::NoBody | Framing::Length(0)) {
+        return Err(ErrorKind::ConnectWithBody);
+    }
+    Ok(framing)
+}
+
+fn parse_target(method: &Method, raw: &[u8]) -> Result<Target, ErrorKind> {
+    // Visible ASCII only, and no fragment (RFC 9112 §3.2).
+    if raw.is_empty()
+        || raw
+            .iter()
+            .any(|&b| !(0x21..=0x7e).contains(&b) || b == b'#')
+    {
+        return Err(ErrorKind::BadTarget);
+    }
+    if *method == Method::Connect {
+        if raw.windows(3).any(|w| w == b"://") || raw.contains(&b'/') {
+            return Err(ErrorKind::BadConnectTarget);
+        }
+        return parse_authority(raw, None)
+            .map(Target::Authority)
+            .map_err(|_| ErrorKind::BadConnectTarget);
+    }
+    if raw == b"*" {
+        return if *method == Method::Options {
+            Ok(Target::Asterisk)
+        } else {
+            Err(ErrorKind::BadTarget)
+        };
+    }
+    if raw.first() == Some(&b'/') {
+        return Err(ErrorKind::OriginForm);
+    }
+    let Some(colon) = raw.iter().position(|&b| b == b':') else {
+        return Err(ErrorKind::BadTarget);
+    };
+    let (scheme, rest) = raw.split_at(colon);
+    let valid_scheme = scheme.first().is_some_and(u8::is_ascii_alphabetic)
+        && scheme
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.');
+    let Some(rest) = rest.strip_prefix(b"://") else {
+        return Err(ErrorKind::BadTarget);
+    };
+    if !valid_scheme {
+        return Err(ErrorKind::BadTarget);
+    }
+    if !scheme.eq_ignore_ascii_case(b"http") {
+        return Err(ErrorKind::UnsupportedScheme);
+    }
+    let end = rest
+        .iter()
+        .position(|&b| b == b'/' || b == b'?')
+        .unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    let authority = parse_authority(authority, Some(80))?;
+    let path = match path.first() {
+        None if *method == Method::Options => "*".to_owned(),
+        None => "/".to_owned(),
+        Some(b'?') => format!("/{}", ascii_str(path)),
+        Some(_) => ascii_str(path).to_owned(),
+    };
+    Ok(Target::Absolute { authority, path })
+}
+
+/// `host[:port]`. With `default`, the port may be left out or empty; without,
+/// it is required. Userinfo, an empty host, percent-encoding, port 0 and
+/// ports over 65535 are refused.
+fn parse_authority(raw: &[u8], default: Option<u16>) -> Result<Authority, ErrorKind> {
+    let (host, port) = if let Some(rest) = raw.strip_prefix(b"[") {
+        let close = rest
+            .iter()
+            .position(|&b| b == b']')
+            .ok_or(ErrorKind::BadTarget)?;
+        let (v6, after) = rest.split_at(close);
+        let v6: std::net::Ipv6Addr = ascii_str(v6).parse().map_err(|_| ErrorKind::BadTarget)?;
+        let after = after.get(1..).unwrap_or(&[]);
+        let port = match after {
+            [] => None,
+            [b':', port @ ..] => Some(port),
+            _ => return Err(ErrorKind::BadTarget),
+        };
+        (v6.to_string(), port)
+    } else {
+        let (host, port) = match raw.iter().rposition(|&b| b == b':') {
+            Some(i) => (raw.get(..i).unwrap_or(&[]), raw.get(i + 1..)),
+            None => (raw, None),
+        };
+        let valid = !host.is_empty()
+            && host.len() <= 255
+            && host
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+        if !valid {
+            return Err(ErrorKind::BadTarget);
+        }
+        (ascii_str(host).to_ascii_lowercase(), port)
+    };
+    let port = match (port, default) {
+        (None, Some(d)) | (Some([]), Some(d)) => d,
+        (None, None) | (Some([]), None) => return Err(ErrorKind::BadTarget),
+        (Some(digits), _) => parse_port(digits)?,
+    };
+    Ok(Authority { host, port })
+}
+
+fn parse_port(digits: &[u8]) -> Result<u16, ErrorKind> {
+    if digits.is_empty() || digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(ErrorKind::BadTarget);
+    }
+    let n = digits
+        .iter()
+        .fold(0u32, |n, &d| n * 10 + u32::from(d - b'0'));
+    match u16::try_from(n) {
+        Ok(0) | Err(_) => Err(ErrorKind::BadTarget),
+        Ok(p) => Ok(p),
+    }
+}

@@ -1,0 +1,709 @@
+//! The HTTP/1.1 forward proxy's exchanges: one client connection, a
+//! sequence of requests, each forwarded over an upstream connection that is
+//! kept while the next request goes to the same host and port.
+//!
+//! The message layer (`crate::http`) parses and encodes heads and tracks body
+//! framing; this module decides what happens to each exchange. It works on
+//! the session's two directions: a parsed head is taken out of the buffer and
+//! its rewritten form queued as the direction's prefix; body bytes are then
+//! cleared for forwarding in place (`Dir::fwd`), so bodies are streamed with
+//! no copy beyond the relay's own, and bytes past the end of a message never
+//! leave before their own head is parsed.
+//!
+//! # States and exits
+//!
+//! ```text
+//! request side:   Head ──head parsed──► Body ──body done──► Sent ──response done──► Head
+//!                   │                    (no body: straight to Sent)
+//!                   ├─CONNECT allowed──► Tunnel (plain relay once connected)
+//!                   └─refused (400, 403, 407, 414, 431, 501)──► close after the reply
+//! response side:  Idle ──request sent──► Head ──1xx──► Head
+//!                                          ├─101 to an upgrade──► Tunnel
+//!                                          ├─final head──► Body ──done──► Idle
+//!                                          └─bad framing / EOF──► 502, close
+//! ```
+//!
+//! One request is in flight at a time: a pipelined request waits in the
+//! buffer until the response before it is complete, so responses go back in
+//! order without a queue.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::{Ctx, Failure, Target};
+use crate::http as request;
+use crate::http::{
+    encode_request_head, encode_response_head, error_reply, proxy_reply, BodyDecoder, Direction,
+    Forward, Framing, HeadParser, Limits, Method, Parsed, Persist, Version,
+};
+use crate::session::Dir;
+
+#[derive(Debug)]
+enum Req {
+    Head,
+    Body(BodyDecoder),
+    Sent,
+    /// CONNECT or upgrade: waiting to become a byte tunnel.
+    Tunnel,
+}
+
+#[derive(Debug)]
+enum Resp {
+    Idle,
+    Head,
+    Body(BodyDecoder),
+}
+
+/// One finished request, for the access log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    pub method: String,
+    pub target: String,
+    pub status: u16,
+    pub up: u64,
+    pub down: u64,
+    pub duration: Duration,
+}
+
+/// What the table must do after a call into [`Http`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Todo {
+    /// Connect to `target` for the request just parsed, replacing the
+    /// upstream connection there is (its host and port differ, or it is not
+    /// reusable).
+    Connect { target: Target },
+    /// Drop the upstream connection (not reusable); the client stays.
+    DropUpstream,
+    /// The tunnel is established: relay bytes untouched from now on.
+    Tunnel,
+    /// Close once what was said to the client is written.
+    Close { status: &'static str },
+    /// An exchange ended.
+    Log(Exchange),
+}
+
+#[derive(Debug)]
+struct Current {
+    method: Method,
+    target: String,
+    started: Instant,
+    /// The client may keep its connection after this exchange.
+    keep_alive: bool,
+    version: Version,
+    status: u16,
+    /// [`queued`] of each direction when the exchange started.
+    up0: u64,
+    down0: u64,
+    upgrade: bool,
+}
+
+#[derive(Debug)]
+pub struct Http {
+    req: Req,
+    resp: Resp,
+    parser: HeadParser,
+    limits: Limits,
+    cur: Option<Current>,
+    /// Where the upstream connection goes, while it is usable.
+    upstream: Option<(String, u16)>,
+    pub user: Option<String>,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            req: Req::Head,
+            resp: Resp::Idle,
+            parser: HeadParser::new(),
+            limits: Limits::default(),
+            cur: None,
+            upstream: None,
+            user: None,
+        }
+    }
+}
+
+/// Bytes a direction has written or has queued to write.
+fn queued(d: &Dir) -> u64 {
+    d.bytes + (d.prefix.len() - d.prefix_pos.min(d.prefix.len())) as u64 + fwd(d) as u64
+}
+
+fn data(d: &Dir) -> &[u8] {
+    d.buf.as_ref().map_or(&[][..], |b| b.data())
+}
+
+fn fwd(d: &Dir) -> usize {
+    d.fwd.unwrap_or(0)
+}
+
+/// Takes `n` bytes (a parsed head) off the front of the buffer.
+fn take(d: &mut Dir, n: usize) {
+    if let Some(b) = d.buf.as_mut() {
+        b.consume(n);
+    }
+}
+
+impl Http {
+    /// Whether a request is outstanding (the client connection must not be
+    /// closed just because the client finished sending).
+    pub fn busy(&self) -> bool {
+        self.cur.is_some()
+    }
+
+    /// New client bytes (or a response just finished): parse and forward as
+    /// far as possible. `up` is client→upstream, `down` upstream→client.
+    pub fn client(
+        &mut self,
+        up: &mut Dir,
+        down: &mut Dir,
+        ctx: &mut Ctx,
+        now: Instant,
+        todo: &mut Vec<Todo>,
+    ) {
+        loop {
+            match &mut self.req {
+                Req::Head => {
+                    if self.cur.is_some() {
+                        // The previous response is not done: responses go
+                        // back in order.
+                        return;
+                    }
+                    if !self.parse_request(up, down, ctx, now, todo) {
+                        return;
+                    }
+                }
+                Req::Body(dec) => {
+                    let input = &data(up)[fwd(up)..];
+                    if input.is_empty() {
+                        return;
+                    }
+                    match dec.advance(input) {
+                        Ok(p) => {
+                            up.fwd = Some(fwd(up) + p.consumed);
+                            if p.done {
+                                self.req = Req::Sent;
+                            }
+                            if p.consumed == 0 {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            // The request body is broken: nothing sane can
+                            // follow on either connection.
+                            self.refuse(down, error_reply(&e), e.status(), todo);
+                            return;
+                        }
+                    }
+                }
+                Req::Sent | Req::Tunnel => return,
+            }
+        }
+    }
+
+    /// Says `reply` to the client and closes; the exchange (if any) ends
+    /// with `status`.
+    fn refuse(&mut self, down: &mut Dir, reply: Vec<u8>, status: u16, todo: &mut Vec<Todo>) {
+        down.say(&reply);
+        if let Some(c) = self.cur.as_mut() {
+            c.status = status;
+        }
+        todo.push(Todo::Close {
+            status: status_word(status),
+        });
+    }
+
+    /// Returns true if a request was taken and the loop may go on.
+    fn parse_request(
+        &mut self,
+        up: &mut Dir,
+        down: &mut Dir,
+        ctx: &mut Ctx,
+        now: Instant,
+        todo: &mut Vec<Todo>,
+    ) -> bool {
+        let input = data(up);
+        if input.is_empty() {
+            return false;
+        }
+        let parsed = self.parser.parse_request(input, &self.limits);
+        let (req, len) = match parsed {
+            Ok(Parsed::Partial) => {
+                if !up.has_space() {
+                    // The head does not fit in the buffer.
+                    self.start(
+                        up,
+                        down,
+                        Method::Other("-".into()),
+                        "-".into(),
+                        now,
+                        true,
+                        Version::Http11,
+                    );
+                    self.refuse(down, proxy_reply(431, &[], true), 431, todo);
+                }
+                return false;
+            }
+            Ok(Parsed::Complete { head, len }) => (head, len),
+            Err(e) => {
+                self.start(
+                    up,
+                    down,
+                    Method::Other("-".into()),
+                    "-".into(),
+                    now,
+                    false,
+                    Version::Http11,
+                );
+                self.refuse(down, error_reply(&e), e.status(), todo);
+                return false;
+            }
+        };
+        take(up, len);
+        let target_text = match &req.target {
+            request::Target::Absolute { authority, path } => format!("http://{authority}{path}"),
+            request::Target::Authority(a) => a.to_string(),
+            request::Target::Asterisk => "*".into(),
+        };
+        self.start(
+            up,
+            down,
+            req.method.clone(),
+            target_text,
+            now,
+            req.keep_alive(),
+            req.version,
+        );
+        if let Some(c) = self.cur.as_mut() {
+            c.upgrade = req.connection.upgrade && req.upgrade.is_some();
+        }
+        let head_only = req.method == Method::Head;
+        // Credentials first: a client that is not allowed learns nothing else.
+        if ctx.service.auth {
+            let ok = match &req.proxy_auth {
+                request::ProxyAuth::Basic { user, password } => {
+                    ctx.users.check(user.as_bytes(), password.as_bytes()) && {
+                        self.user = Some(user.clone());
+                        true
+                    }
+                }
+                _ => false,
+            };
+            if !ok {
+                self.refuse(down, reply_for(407, head_only), 407, todo);
+                return false;
+            }
+        }
+        // A request that names Portico in Via has come round in a loop.
+        let looped = req
+            .headers
+            .get_all("via")
+            .any(|v| contains_token(v, b"portico"));
+        if looped {
+            self.refuse(down, reply_for(508, head_only), 508, todo);
+            return false;
+        }
+        let mut head = Vec::with_capacity(len + 64);
+        match (&req.target, encode_request_head(&req, &mut head)) {
+            (request::Target::Authority(a), _) if req.method == Method::Connect => {
+                if !ctx.service.connect_ports.contains(&a.port) {
+                    self.refuse(down, proxy_reply(403, &[], true), 403, todo);
+                    return false;
+                }
+                self.req = Req::Tunnel;
+                self.upstream = None;
+                todo.push(Todo::Connect {
+                    target: target_of(&a.host, a.port),
+                });
+                false
+            }
+            (_, Forward::AnswerLocally) => {
+                // OPTIONS * and TRACE/OPTIONS with Max-Forwards: 0.
+                let keep = req.keep_alive();
+                let reply = if req.method == Method::Trace {
+                    trace_reply(&data_before(&req, len), keep)
+                } else {
+                    local_options(keep)
+                };
+                down.say(&reply);
+                if let Some(c) = self.cur.as_mut() {
+                    c.status = 200;
+                }
+                self.finish_exchange(up, down, now, todo, !keep);
+                true
+            }
+            (request::Target::Absolute { authority, .. }, Forward::Upstream) => {
+                up.say(&head);
+                self.req = match req.framing {
+                    Framing::NoBody | Framing::Length(0) => Req::Sent,
+                    f => Req::Body(BodyDecoder::new(f, Direction::Request, &self.limits)),
+                };
+                self.resp = Resp::Head;
+                let key = (authority.host.clone(), authority.port);
+                if self.upstream.as_ref() != Some(&key) {
+                    self.upstream = Some(key);
+                    todo.push(Todo::Connect {
+                        target: target_of(&authority.host, authority.port),
+                    });
+                }
+                true
+            }
+            _ => {
+                // The parser only lets absolute-form through besides the
+                // forms handled above.
+                self.refuse(down, proxy_reply(400, &[], true), 400, todo);
+                false
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        &mut self,
+        up: &Dir,
+        down: &Dir,
+        method: Method,
+        target: String,
+        now: Instant,
+        keep: bool,
+        v: Version,
+    ) {
+        self.cur = Some(Current {
+            method,
+            target,
+            started: now,
+            keep_alive: keep,
+            version: v,
+            status: 0,
+            up0: queued(up),
+            down0: queued(down),
+            upgrade: false,
+        });
+    }
+
+    /// Upstream bytes arrived (or the upstream reached EOF, `eof`).
+    pub fn upstream(
+        &mut self,
+        up: &mut Dir,
+        down: &mut Dir,
+        eof: bool,
+        now: Instant,
+        todo: &mut Vec<Todo>,
+    ) {
+        loop {
+            match &mut self.resp {
+                Resp::Idle => {
+                    // Nothing was asked: bytes here are not a response.
+                    let extra = data(down).len() - fwd(down);
+                    if extra > 0 || eof {
+                        take(down, extra);
+                        self.upstream = None;
+                        todo.push(Todo::DropUpstream);
+                    }
+                    return;
+                }
+                Resp::Head => {
+                    let Some(cur) = self.cur.as_ref() else {
+                        return;
+                    };
+                    let input = &data(down)[fwd(down)..];
+                    let parsed = if input.is_empty() {
+                        Ok(Parsed::Partial)
+                    } else {
+                        crate::http::parse_response(input, &cur.method, &self.limits)
+                    };
+                    match parsed {
+                        Ok(Parsed::Partial) => {
+                            if eof || !down.has_space() {
+                                self.bad_gateway(down, todo);
+                            }
+                            return;
+                        }
+                        Err(_) => {
+                            self.bad_gateway(down, todo);
+                            return;
+                        }
+                        Ok(Parsed::Complete { head, len }) => {
+                            take(down, len);
+                            let upgrade = cur.upgrade;
+                            if head.status == 101 && !upgrade {
+                                self.bad_gateway(down, todo);
+                                return;
+                            }
+                            let keep =
+                                cur.keep_alive && !matches!(head.framing, Framing::UntilClose);
+                            let persist = if head.is_interim() || head.status == 101 {
+                                Persist::Default
+                            } else if !keep {
+                                Persist::Close
+                            } else if cur.version == Version::Http10 {
+                                Persist::KeepAlive
+                            } else {
+                                Persist::Default
+                            };
+                            let mut out = Vec::with_capacity(len + 32);
+                            encode_response_head(&head, persist, &mut out);
+                            down.say(&out);
+                            if head.is_interim() {
+                                continue;
+                            }
+                            let reusable = head.keep_alive();
+                            if let Some(c) = self.cur.as_mut() {
+                                c.status = head.status;
+                                c.keep_alive = keep;
+                            }
+                            if head.status == 101 {
+                                self.req = Req::Tunnel;
+                                todo.push(Todo::Tunnel);
+                                return;
+                            }
+                            if !reusable {
+                                // Remembered so the next request reconnects.
+                                self.upstream = None;
+                            }
+                            match head.framing {
+                                Framing::NoBody | Framing::Length(0) => {
+                                    self.response_done(up, down, now, todo);
+                                }
+                                f => {
+                                    self.resp = Resp::Body(BodyDecoder::new(
+                                        f,
+                                        Direction::Response,
+                                        &self.limits,
+                                    ))
+                                }
+                            }
+                        }
+                    }
+                }
+                Resp::Body(dec) => {
+                    let input = &data(down)[fwd(down)..];
+                    if input.is_empty() {
+                        if eof {
+                            match dec.finish() {
+                                // A close-delimited body ends here.
+                                Ok(()) => self.response_done(up, down, now, todo),
+                                // Truncated: the client cannot be told.
+                                Err(_) => todo.push(Todo::Close { status: "502" }),
+                            }
+                        }
+                        return;
+                    }
+                    match dec.advance(input) {
+                        Ok(p) => {
+                            down.fwd = Some(fwd(down) + p.consumed);
+                            if p.done {
+                                self.response_done(up, down, now, todo);
+                            } else if p.consumed == 0 {
+                                return;
+                            }
+                        }
+                        Err(_) => {
+                            // Part of the response may be out already: all
+                            // that is left is to cut both connections.
+                            todo.push(Todo::Close { status: "502" });
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn bad_gateway(&mut self, down: &mut Dir, todo: &mut Vec<Todo>) {
+        self.upstream = None;
+        todo.push(Todo::DropUpstream);
+        let head_only = self.cur.as_ref().is_some_and(|c| c.method == Method::Head);
+        self.refuse(down, reply_for(502, head_only), 502, todo);
+    }
+
+    fn response_done(&mut self, up: &mut Dir, down: &mut Dir, now: Instant, todo: &mut Vec<Todo>) {
+        self.resp = Resp::Idle;
+        // Bytes an origin sends after a complete response (after a body-less
+        // one, say) are not the client's: drop them, and the connection.
+        let extra = data(down).len() - fwd(down);
+        if extra > 0 {
+            let f = fwd(down);
+            if let Some(b) = down.buf.as_mut() {
+                // Keep the forwardable part, drop the rest.
+                let keep = b.data()[..f].to_vec();
+                b.consume(b.len());
+                b.push(&keep);
+            }
+            self.upstream = None;
+            todo.push(Todo::DropUpstream);
+        }
+        let close = !self.cur.as_ref().is_some_and(|c| c.keep_alive);
+        self.finish_exchange(up, down, now, todo, close);
+    }
+
+    fn finish_exchange(
+        &mut self,
+        up: &mut Dir,
+        down: &mut Dir,
+        now: Instant,
+        todo: &mut Vec<Todo>,
+        close: bool,
+    ) {
+        if let Some(x) = self.abandon(up, down, now) {
+            todo.push(Todo::Log(x));
+        }
+        self.req = Req::Head;
+        if close {
+            todo.push(Todo::Close { status: "ok" });
+        }
+    }
+
+    /// The CONNECT tunnel (or the upstream for a request) is connected.
+    pub fn connected(&mut self, _local: SocketAddr, down: &mut Dir, todo: &mut Vec<Todo>) {
+        if let Req::Tunnel = self.req {
+            if self.resp_is_idle() {
+                down.say(b"HTTP/1.1 200 Connection established\r\n\r\n");
+                if let Some(c) = self.cur.as_mut() {
+                    c.status = 200;
+                }
+                todo.push(Todo::Tunnel);
+            }
+        }
+    }
+
+    fn resp_is_idle(&self) -> bool {
+        matches!(self.resp, Resp::Idle)
+    }
+
+    /// The upstream for the request in flight could not be had.
+    pub fn failed(&mut self, why: Failure, down: &mut Dir, todo: &mut Vec<Todo>) {
+        self.upstream = None;
+        let status = match why {
+            Failure::Denied => 403,
+            Failure::Limit => 503,
+            Failure::TimedOut => 504,
+            Failure::Refused
+            | Failure::NetUnreachable
+            | Failure::HostUnreachable
+            | Failure::NotResolved
+            | Failure::Other => 502,
+        };
+        let head_only = self.cur.as_ref().is_some_and(|c| c.method == Method::Head);
+        self.refuse(down, reply_for(status, head_only), status, todo);
+    }
+
+    /// The head of a request did not arrive within handshake_timeout.
+    pub fn timed_out(&mut self, up: &Dir, down: &mut Dir, now: Instant, todo: &mut Vec<Todo>) {
+        if self.cur.is_none() {
+            self.start(
+                up,
+                down,
+                Method::Other("-".into()),
+                "-".into(),
+                now,
+                false,
+                Version::Http11,
+            );
+        }
+        self.refuse(down, proxy_reply(408, &[], true), 408, todo);
+    }
+
+    /// Ends the exchange in flight, if any, and returns its record (also
+    /// when the connection ends early, or a tunnel closes).
+    pub fn abandon(&mut self, up: &Dir, down: &Dir, now: Instant) -> Option<Exchange> {
+        self.cur.take().map(|c| Exchange {
+            method: c.method.as_str().to_string(),
+            target: c.target,
+            status: c.status,
+            up: queued(up).saturating_sub(c.up0),
+            down: queued(down).saturating_sub(c.down0),
+            duration: now.saturating_duration_since(c.started),
+        })
+    }
+}
+
+fn target_of(host: &str, port: u16) -> Target {
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => Target::Addr(SocketAddr::new(ip, port)),
+        Err(_) => Target::Name(host.to_string(), port),
+    }
+}
+
+fn contains_token(v: &[u8], token: &[u8]) -> bool {
+    v.windows(token.len())
+        .any(|w| w.eq_ignore_ascii_case(token))
+}
+
+fn reply_for(status: u16, head_only: bool) -> Vec<u8> {
+    let r = proxy_reply(status, &[], true);
+    if head_only {
+        // A reply to HEAD has no body.
+        if let Some(i) = r.windows(4).position(|w| w == b"\r\n\r\n") {
+            return r[..i + 4].to_vec();
+        }
+    }
+    r
+}
+
+fn local_options(keep: bool) -> Vec<u8> {
+    let mut r = b"HTTP/1.1 200 OK\r\nAllow: GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, CONNECT, PATCH\r\nContent-Length: 0\r\n".to_vec();
+    if !keep {
+        r.extend_from_slice(b"Connection: close\r\n");
+    }
+    r.extend_from_slice(b"\r\n");
+    r
+}
+
+fn trace_reply(echo: &[u8], keep: bool) -> Vec<u8> {
+    let mut r = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: message/http\r\nContent-Length: {}\r\n",
+        echo.len()
+    )
+    .into_bytes();
+    if !keep {
+        r.extend_from_slice(b"Connection: close\r\n");
+    }
+    r.extend_from_slice(b"\r\n");
+    r.extend_from_slice(echo);
+    r
+}
+
+/// The request head as the proxy would have forwarded it (what TRACE echoes).
+fn data_before(req: &request::Request, _len: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(req.method.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    match &req.target {
+        request::Target::Absolute { authority, path } => {
+            out.extend_from_slice(format!("http://{authority}{path}").as_bytes())
+        }
+        request::Target::Authority(a) => out.extend_from_slice(a.to_string().as_bytes()),
+        request::Target::Asterisk => out.push(b'*'),
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers.iter() {
+        if name.eq_ignore_ascii_case("proxy-authorization") {
+            continue;
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// The access log's outcome for a status: the status itself.
+fn status_word(status: u16) -> &'static str {
+    match status {
+        400 => "400",
+        403 => "403",
+        407 => "407",
+        408 => "408",
+        414 => "414",
+        431 => "431",
+        501 => "501",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        505 => "505",
+        508 => "508",
+        _ => "error",
+    }
+}

@@ -1,0 +1,82 @@
+//! Mapped UDP ports (`protocol = "udp"`).
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use portico_tests::{both, free_port, local, Bin, Portico, UdpEcho};
+
+both!(
+    #[ignore = "UDP mapping is not implemented yet; run with --ignored"]
+    udp_datagrams_round_trip,
+    #[ignore = "UDP mapping is not implemented yet; run with --ignored"]
+    udp_each_client_has_its_own_mapping,
+);
+
+fn udp_config(port: u16, destination: SocketAddr) -> String {
+    format!(
+        r#"[network]
+internal = ["127.0.0.1"]
+
+[log]
+access = "stderr"
+
+[[service]]
+name = "dns"
+kind = "mapped"
+protocol = "udp"
+listen = ["127.0.0.1:{port}"]
+destination = "{destination}"
+"#
+    )
+}
+
+fn udp_client(bin: Bin) -> UdpSocket {
+    let s =
+        UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{bin}: bind a UDP client: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap_or_else(|e| panic!("{bin}: set_read_timeout: {e}"));
+    s
+}
+
+/// Sends `msg` to the proxy and expects it back from the proxy's address.
+fn round_trip(bin: Bin, s: &UdpSocket, proxy: SocketAddr, msg: &[u8]) {
+    s.send_to(msg, proxy)
+        .unwrap_or_else(|e| panic!("{bin}: send_to {proxy}: {e}"));
+    let mut buf = [0u8; 2048];
+    let (n, from) = s
+        .recv_from(&mut buf)
+        .unwrap_or_else(|e| panic!("{bin}: no reply through the UDP mapping within 5 s: {e}"));
+    assert_eq!(&buf[..n], msg, "{bin}: the echoed datagram differs");
+    assert_eq!(
+        from, proxy,
+        "{bin}: the reply must come from the mapped port"
+    );
+}
+
+fn udp_datagrams_round_trip(bin: Bin) {
+    let echo = UdpEcho::start();
+    let port = free_port();
+    let _p = Portico::start(bin, &udp_config(port, echo.addr()));
+    let s = udp_client(bin);
+    for i in 0..20u32 {
+        let msg = format!("datagram {i} {}", "x".repeat(i as usize * 50));
+        round_trip(bin, &s, local(port), msg.as_bytes());
+    }
+}
+
+fn udp_each_client_has_its_own_mapping(bin: Bin) {
+    let echo = UdpEcho::start();
+    let port = free_port();
+    let _p = Portico::start(bin, &udp_config(port, echo.addr()));
+    let (a, b) = (udp_client(bin), udp_client(bin));
+    round_trip(bin, &a, local(port), b"from a");
+    round_trip(bin, &b, local(port), b"from b");
+    round_trip(bin, &a, local(port), b"from a again");
+    let peers: HashSet<SocketAddr> = echo.peers().into_iter().collect();
+    assert_eq!(
+        peers.len(),
+        2,
+        "{bin}: two clients must reach the destination from two sockets, saw {peers:?}"
+    );
+}
