@@ -693,6 +693,24 @@ impl Sim {
         self.alarms.retain(|a| *a != until);
     }
 
+    /// Runs, without letting time jump, until no operation is ready (every
+    /// socket has done what it can for now).
+    pub fn settle(&mut self) {
+        loop {
+            for c in &mut self.conns {
+                c.client.advance(self.now);
+                c.server.advance(self.now);
+            }
+            let jitter = std::mem::replace(&mut self.jitter, false);
+            let ready = self.ready();
+            self.jitter = jitter;
+            if ready.is_empty() {
+                return;
+            }
+            self.step();
+        }
+    }
+
     /// One operation, or one jump in time. False when nothing is left.
     pub fn step(&mut self) -> bool {
         self.steps += 1;
