@@ -424,6 +424,17 @@ impl Proxy {
         self.wall = wall;
     }
 
+    /// Rules see the address a connection would really reach: the
+    /// unspecified address (0.0.0.0, ::) reaches this very host, so it is
+    /// checked as loopback.
+    fn rule_ip(ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(v) if v.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            IpAddr::V6(v) if v.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            other => other,
+        }
+    }
+
     fn query<'a>(
         &'a self,
         s: &'a Session,
@@ -436,7 +447,7 @@ impl Proxy {
             client: s.client.ip(),
             user: s.user.as_deref(),
             host,
-            addr,
+            addr: addr.map(Self::rule_ip),
             port: Some(port),
         }
     }

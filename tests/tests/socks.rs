@@ -388,7 +388,7 @@ fn dribble(bin: Bin, s: &mut TcpStream, msg: &[u8], what: &str) {
 }
 
 /// Reads to EOF what a `DigestReply { reply_len }` server sends; checks
-/// that it saw exactly `sent` and returns the reply body.
+/// that it saw exactly `sent`, once.
 fn check_digest_reply(bin: Bin, s: &mut TcpStream, reply_len: u64, sent: &[u8], what: &str) {
     let mut reply = Vec::new();
     s.read_to_end(&mut reply).unwrap_or_else(|e| {
@@ -671,6 +671,7 @@ both!(
     nul_in_username_never_authenticates,
     rules_deny,
     rules_on_user,
+    rules_deny_loopback_via_unspecified_address,
     max_connections_limit,
     max_per_client_limit,
     bound_address_with_outgoing,
@@ -1574,6 +1575,87 @@ action = "allow"
     assert_eq!(r.code, 0, "{bin}: alice is allowed: {r:?}");
     echo_check(&mut c, b"alice").unwrap_or_else(|e| panic!("{bin}: tunnel: {e}"));
     assert_eq!(server.accepted(), 1, "{bin}: only alice reaches the server");
+}
+
+/// A listener nobody accepts on: a connection that reached it waits in its
+/// accept queue, so [`Unaccepted::reached`] tells for sure whether one
+/// arrived.
+struct Unaccepted(TcpListener);
+
+impl Unaccepted {
+    fn bind(ip: IpAddr) -> Unaccepted {
+        let l = TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("bind {ip}:0: {e}"));
+        l.set_nonblocking(true).expect("set_nonblocking");
+        Unaccepted(l)
+    }
+
+    fn port(&self) -> u16 {
+        self.0.local_addr().expect("local_addr").port()
+    }
+
+    fn reached(&self) -> Option<SocketAddr> {
+        self.0.accept().ok().map(|(_, peer)| peer)
+    }
+}
+
+/// Connecting to the unspecified address (0.0.0.0, ::) reaches the proxy's
+/// own host on Linux, so a rule denying the loopback networks must not be
+/// bypassed by naming 0.0.0.0 or :: instead (Squid counts 0.0.0.0/32 as
+/// localhost for the same reason). Any failure reply is accepted; what
+/// matters is that no connection reaches the loopback listener.
+fn rules_deny_loopback_via_unspecified_address(bin: Bin) {
+    let v4 = Unaccepted::bind(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let v6 = Unaccepted::bind(IpAddr::V6(Ipv6Addr::LOCALHOST));
+    let rules = r#"[[rule]]
+action = "deny"
+destinations = ["127.0.0.0/8", "::1/128"]
+
+[[rule]]
+action = "allow"
+"#;
+    let (p, addr) = start_socks(bin, false, "", rules);
+    let l = v5_expect_code(bin, &p, addr, &Dest::Ip(local(v4.port())), 0x02);
+    assert_status(bin, &l, "denied", "127.0.0.1 with 127.0.0.0/8 denied");
+    let unspecified4 = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), v4.port());
+    let unspecified6 = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), v6.port());
+    let mut leaks = Vec::new();
+    for (dest, what) in [
+        (Dest::Ip(unspecified4), "SOCKS5 CONNECT 0.0.0.0"),
+        (
+            Dest::Name("0.0.0.0", v4.port()),
+            "SOCKS5 CONNECT to the name 0.0.0.0",
+        ),
+        (Dest::Ip(unspecified6), "SOCKS5 CONNECT [::]"),
+    ] {
+        let mut c = dial(bin, addr);
+        let r = v5_connect(bin, &mut c, &dest, what);
+        let reached = v4.reached().or_else(|| v6.reached());
+        if r.code == 0 || reached.is_some() {
+            leaks.push(format!(
+                "{what}: reply {:02x}, loopback listener reached from {reached:?}",
+                r.code
+            ));
+        }
+    }
+    let mut c = dial(bin, addr);
+    send(
+        bin,
+        &mut c,
+        &v4_request(1, v4_addr(unspecified4), b"", None),
+        "SOCKS4 CONNECT 0.0.0.0",
+    );
+    let (code, _) = read_v4_reply(bin, &mut c, "SOCKS4 CONNECT 0.0.0.0");
+    if code == 0x5A || v4.reached().is_some() {
+        leaks.push(format!(
+            "SOCKS4 CONNECT 0.0.0.0: reply {code:02x}, loopback listener reached"
+        ));
+    }
+    assert!(
+        leaks.is_empty(),
+        "{bin}: with 127.0.0.0/8 and ::1/128 denied, the unspecified address must not lead \
+         to the loopback listener:\n{}",
+        leaks.join("\n")
+    );
 }
 
 fn max_connections_limit(bin: Bin) {

@@ -422,8 +422,9 @@ mod tests {
     #[test]
     fn handshakes() {
         let name = |h: &str, p| Target::Name(h.into(), p);
+        type Case = (&'static str, bool, Vec<u8>, Step, Vec<u8>);
         #[rustfmt::skip]
-        let cases: Vec<(&str, bool, Vec<u8>, Step, Vec<u8>)> = vec![
+        let cases: Vec<Case> = vec![
             ("v5 no-auth ipv4", false,
              vec![5, 1, 0, 5, 1, 0, 1, 10, 0, 0, 1, 0, 80],
              connect(addr("10.0.0.1:80"), None), vec![5, 0]),
