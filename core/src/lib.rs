@@ -24,6 +24,7 @@ pub mod proto;
 pub mod proxy;
 pub mod rules;
 mod session;
+pub mod status;
 mod timer;
 
 pub use config::Config;

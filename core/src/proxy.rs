@@ -41,6 +41,7 @@ use crate::proto::http::Todo as HttpTodo;
 use crate::proto::{Ctx, Failure, Handshake, Step, Target};
 use crate::rules::{self, Query, Verdict, Wall};
 use crate::session::{side_index, Dir, Session, State};
+use crate::status::{self, ConnRow, ServiceCounters, ServiceRow, Snapshot};
 use crate::timer::Timers;
 
 /// How long accepting pauses when the process is out of file descriptors.
@@ -72,6 +73,10 @@ struct ServiceInfo {
     /// For a mapped port: where every connection goes.
     destination: Option<Target>,
     target: String,
+    listen: Vec<String>,
+    counters: ServiceCounters,
+    /// Served connections open now.
+    active: u64,
 }
 
 /// Counters over the life of the table (for tests and the status page).
@@ -108,6 +113,8 @@ pub struct Proxy {
     users: Users,
     /// Sessions that exist only to refuse in their protocol's words.
     refusing: usize,
+    /// Bytes of finished connections per authenticated user: up, down.
+    user_bytes: std::collections::BTreeMap<String, (u64, u64)>,
     wall: Wall,
 }
 
@@ -153,6 +160,9 @@ impl Proxy {
                     name: Arc::from(s.name.as_str()),
                     kind: s.kind,
                     destination,
+                    listen: s.listen.iter().map(|a| a.to_string()).collect(),
+                    counters: ServiceCounters::default(),
+                    active: 0,
                     target: s
                         .destination
                         .as_ref()
@@ -205,6 +215,7 @@ impl Proxy {
             seed,
             users: Users::new(&config.users),
             refusing: 0,
+            user_bytes: Default::default(),
             wall: Wall::default(),
             config,
         }
@@ -318,6 +329,7 @@ impl Proxy {
         };
         let hs = Handshake::for_kind(kind);
         let is_http = kind == ServiceKind::Http;
+        let is_status = kind == ServiceKind::Status;
         let say_it =
             (hs.is_some() || is_http) && self.refusing < REFUSING_MAX && refusing.is_some();
         if (over.is_some() || denied) && !say_it {
@@ -328,6 +340,11 @@ impl Proxy {
                 _ => "limit",
             };
             self.stats.refused += 1;
+            *self.services[service]
+                .counters
+                .refused
+                .entry(status)
+                .or_insert(0) += 1;
             let svc = &self.services[service];
             let rec = AccessRecord {
                 service: svc.name.clone(),
@@ -345,12 +362,20 @@ impl Proxy {
             self.log(Level::Debug, || format!("refused {peer}: {why}"));
             return Err(why);
         }
-        if refusing.is_some() {
+        if let Some(f) = refusing {
             self.stats.refused += 1;
             self.refusing += 1;
+            *self.services[service]
+                .counters
+                .refused
+                .entry(f.status())
+                .or_insert(0) += 1;
         } else {
             self.stats.accepted += 1;
             *self.per_client.entry(peer.ip()).or_insert(0) += 1;
+            let svc = &mut self.services[service];
+            svc.counters.connections += 1;
+            svc.active += 1;
         }
         let idx = self.sessions.vacant_key();
         if self.gens.len() <= idx {
@@ -365,7 +390,7 @@ impl Proxy {
             service,
             listener,
             client: peer,
-            state: if hs.is_some() || is_http {
+            state: if hs.is_some() || is_http || is_status {
                 State::Handshake
             } else {
                 State::Connecting
@@ -403,7 +428,7 @@ impl Proxy {
             idx: idx as u32,
             gen,
         };
-        if self.sessions[idx].hs.is_none() && !is_http {
+        if self.sessions[idx].hs.is_none() && !is_http && !is_status {
             match target {
                 Some(t) => self.request(idx, t, None, now),
                 None => {
@@ -517,6 +542,13 @@ impl Proxy {
     fn fail(&mut self, idx: usize, why: Failure, now: Instant) {
         let s = &mut self.sessions[idx];
         s.status = why.status();
+        if why == Failure::Denied && s.refusing.is_none() {
+            *self.services[s.service]
+                .counters
+                .refused
+                .entry("denied")
+                .or_insert(0) += 1;
+        }
         if let Some(h) = s.http.as_mut() {
             let mut todo = Vec::new();
             h.failed(why, &mut s.down, &mut todo);
@@ -531,6 +563,98 @@ impl Proxy {
         s.state = State::Closing;
         s.state_since = now;
         self.sync(idx, now);
+    }
+
+    /// Answers a status page request from the table itself.
+    fn status_request(&mut self, idx: usize, now: Instant) {
+        let s = &self.sessions[idx];
+        if s.state != State::Handshake {
+            return;
+        }
+        let input = s.up.buf.as_ref().map_or(&[][..], |b| b.data());
+        let reply = match status::parse(input) {
+            status::Parse::More => {
+                if !s.up.has_space() {
+                    status::error(431)
+                } else {
+                    return;
+                }
+            }
+            status::Parse::Bad(code) => status::error(code),
+            status::Parse::Get { page, head_only } => {
+                status::respond(page, head_only, &self.snapshot(now))
+            }
+        };
+        let s = &mut self.sessions[idx];
+        s.method = "GET";
+        s.down.say(&reply);
+        s.state = State::Closing;
+        s.state_since = now;
+    }
+
+    /// What the status page shows, as of `now`.
+    pub fn snapshot(&self, now: Instant) -> Snapshot {
+        let mut services: Vec<ServiceRow> = self
+            .services
+            .iter()
+            .map(|s| ServiceRow {
+                name: s.name.to_string(),
+                kind: s.kind.name(),
+                listen: s.listen.clone(),
+                active: s.active,
+                counters: s.counters.clone(),
+                live_up: 0,
+                live_down: 0,
+            })
+            .collect();
+        let mut users = self.user_bytes.clone();
+        let mut connections = Vec::with_capacity(self.sessions.len());
+        for (idx, s) in self.sessions.iter() {
+            let row = &mut services[s.service];
+            row.live_up += s.up.bytes;
+            row.live_down += s.down.bytes;
+            let user = s
+                .user
+                .clone()
+                .or_else(|| s.http.as_ref().and_then(|h| h.user.clone()));
+            if let Some(u) = &user {
+                let e = users.entry(u.clone()).or_insert((0, 0));
+                e.0 += s.up.bytes;
+                e.1 += s.down.bytes;
+            }
+            let destination = match (s.upstream, s.target.is_empty()) {
+                (Some(a), _) => Some(a.to_string()),
+                (None, false) => Some(s.target.clone()),
+                (None, true) => None,
+            };
+            connections.push(ConnRow {
+                id: ConnId {
+                    idx: idx as u32,
+                    gen: s.gen,
+                }
+                .to_string(),
+                service: self.services[s.service].name.to_string(),
+                client: s.client.to_string(),
+                user,
+                destination,
+                state: match s.state {
+                    State::Handshake => "handshake",
+                    State::Resolving => "resolving",
+                    State::Connecting => "connecting",
+                    State::Relay => "relay",
+                    State::Http => "http",
+                    State::Closing => "closing",
+                },
+                age_ms: now.saturating_duration_since(s.accepted).as_millis(),
+                bytes_up: s.up.bytes,
+                bytes_down: s.down.bytes,
+            });
+        }
+        Snapshot {
+            services,
+            connections,
+            users,
+        }
     }
 
     /// Runs the HTTP machine over what the upstream has sent.
@@ -633,6 +757,9 @@ impl Proxy {
     /// Runs the handshake over what the client has sent.
     fn advance(&mut self, idx: usize, now: Instant) {
         let s = &mut self.sessions[idx];
+        if self.services[s.service].kind == ServiceKind::Status {
+            return self.status_request(idx, now);
+        }
         if let Some(h) = s.http.as_mut() {
             if !matches!(
                 s.state,
@@ -1092,11 +1219,27 @@ impl Proxy {
         s.down.release(&mut self.pool);
         if s.refusing.is_some() {
             self.refusing -= 1;
-        } else if let Some(n) = self.per_client.get_mut(&s.client.ip()) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_client.remove(&s.client.ip());
+        } else {
+            if let Some(n) = self.per_client.get_mut(&s.client.ip()) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_client.remove(&s.client.ip());
+                }
             }
+            let svc = &mut self.services[s.service];
+            svc.active -= 1;
+        }
+        let svc = &mut self.services[s.service];
+        svc.counters.up += s.up.bytes;
+        svc.counters.down += s.down.bytes;
+        let user = s
+            .user
+            .clone()
+            .or_else(|| s.http.as_ref().and_then(|h| h.user.clone()));
+        if let Some(u) = user {
+            let e = self.user_bytes.entry(u).or_insert((0, 0));
+            e.0 += s.up.bytes;
+            e.1 += s.down.bytes;
         }
         self.stats.closed += 1;
         self.actions.push_back(Action::Close { conn });

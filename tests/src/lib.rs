@@ -27,7 +27,8 @@ pub use net::{
     read_outcome, rss_kib, ReadOutcome, Rendezvous, CONNECT_TIMEOUT, IO_TIMEOUT,
 };
 pub use process::{
-    expected_listeners, run_cli, CliOutput, Portico, StartOptions, TempDir, START_TIMEOUT,
+    expected_listeners, run_cli, CliOutput, Portico, StartError, StartOptions, TempDir,
+    START_TIMEOUT,
 };
 pub use servers::{Behaviour, Report, TestServer, UdpEcho, SERVER_SEED};
 
@@ -96,9 +97,28 @@ pub fn start_mapped(
     limits: &str,
     log: &str,
 ) -> (Portico, SocketAddr) {
-    let port = free_port();
-    let p = Portico::start(bin, &mapped_config(port, destination, limits, log));
-    (p, local(port))
+    start_on_free_port(bin, StartOptions::default(), |port| {
+        mapped_config(port, destination, limits, log)
+    })
+}
+
+/// Starts `bin` on the configuration `config(port)` for a fresh port,
+/// trying another port if that one was taken meanwhile (by another test
+/// process on the machine); returns the proxy and 127.0.0.1:port.
+pub fn start_on_free_port(
+    bin: Bin,
+    opts: StartOptions<'_>,
+    config: impl Fn(u16) -> String,
+) -> (Portico, SocketAddr) {
+    let mut tries = 0;
+    loop {
+        let port = free_port();
+        match Portico::try_start_with(bin, &config(port), opts) {
+            Ok(p) => return (p, local(port)),
+            Err(e) if e.is_listen_failure() && tries < 3 => tries += 1,
+            Err(e) => panic!("{}", e.message),
+        }
+    }
 }
 
 /// Seed of the byte streams clients send.

@@ -166,6 +166,23 @@ pub struct StartOptions<'a> {
     pub nofile: Option<u64>,
 }
 
+/// Why a proxy did not come up.
+#[derive(Debug)]
+pub struct StartError {
+    /// A description with the configuration, stdout and stderr.
+    pub message: String,
+    /// Its stderr lines.
+    pub stderr: Vec<String>,
+}
+
+impl StartError {
+    /// The proxy could not bind a listen address (e.g. a port another
+    /// process took since it was found free).
+    pub fn is_listen_failure(&self) -> bool {
+        self.stderr.iter().any(|l| l.contains("cannot listen on"))
+    }
+}
+
 /// A running proxy. Dropping it kills the process.
 pub struct Portico {
     bin: Bin,
@@ -205,6 +222,16 @@ impl Portico {
 
     /// Like [`Portico::start`], with [`StartOptions`].
     pub fn start_with(bin: Bin, config_toml: &str, opts: StartOptions<'_>) -> Portico {
+        Portico::try_start_with(bin, config_toml, opts).unwrap_or_else(|e| panic!("{}", e.message))
+    }
+
+    /// Like [`Portico::start_with`], returning the failure instead of
+    /// panicking (e.g. to retry on another port).
+    pub fn try_start_with(
+        bin: Bin,
+        config_toml: &str,
+        opts: StartOptions<'_>,
+    ) -> Result<Portico, StartError> {
         let listeners = opts
             .listeners
             .unwrap_or_else(|| expected_listeners(config_toml));
@@ -264,20 +291,24 @@ impl Portico {
         if !ready {
             let exited = me.try_wait_exit(Duration::from_secs(2));
             let _ = me.stderr.wait(Duration::from_secs(2), |_| false);
-            panic!(
-                "{bin}: {}\nconfig:\n{config_toml}\nstdout:\n{}\nstderr:\n{}",
-                match exited {
-                    Some(st) =>
-                        format!("exited ({st}) before printing {listeners} `listening:` line(s)"),
-                    None => format!(
-                        "did not print {listeners} `listening:` line(s) within {START_TIMEOUT:?}"
-                    ),
-                },
-                me.stdout.snapshot().join("\n"),
-                me.stderr.snapshot().join("\n"),
-            );
+            return Err(StartError {
+                message: format!(
+                    "{bin}: {}\nconfig:\n{config_toml}\nstdout:\n{}\nstderr:\n{}",
+                    match exited {
+                        Some(st) => format!(
+                            "exited ({st}) before printing {listeners} `listening:` line(s)"
+                        ),
+                        None => format!(
+                            "did not print {listeners} `listening:` line(s) within {START_TIMEOUT:?}"
+                        ),
+                    },
+                    me.stdout.snapshot().join("\n"),
+                    me.stderr.snapshot().join("\n"),
+                ),
+                stderr: me.stderr.snapshot(),
+            });
         }
-        me
+        Ok(me)
     }
 
     pub fn bin(&self) -> Bin {

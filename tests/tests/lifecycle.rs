@@ -100,8 +100,9 @@ fn sigterm_stops_accepting_keeps_connections(bin: Bin) {
 }
 
 fn listen_address_in_use(bin: Bin) {
-    let port = free_port();
-    let _taken = TcpListener::bind(local(port)).expect("bind the port first");
+    // Port 0: the kernel picks a port nobody else can take meanwhile.
+    let taken = TcpListener::bind(local(0)).expect("bind a port first");
+    let port = taken.local_addr().expect("local_addr").port();
     let dir = TempDir::new();
     let path = dir.write("portico.toml", &mapped_config(port, local(9), "", ""));
     let path_s = path.to_str().expect("utf-8 temp path");

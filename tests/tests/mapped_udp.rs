@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use portico_tests::{both, free_port, local, Bin, Portico, UdpEcho};
+use portico_tests::{both, start_on_free_port, Bin, StartOptions, UdpEcho};
 
 both!(
     #[ignore = "UDP mapping is not implemented yet; run with --ignored"]
@@ -56,23 +56,25 @@ fn round_trip(bin: Bin, s: &UdpSocket, proxy: SocketAddr, msg: &[u8]) {
 
 fn udp_datagrams_round_trip(bin: Bin) {
     let echo = UdpEcho::start();
-    let port = free_port();
-    let _p = Portico::start(bin, &udp_config(port, echo.addr()));
+    let (_p, proxy) = start_on_free_port(bin, StartOptions::default(), |port| {
+        udp_config(port, echo.addr())
+    });
     let s = udp_client(bin);
     for i in 0..20u32 {
         let msg = format!("datagram {i} {}", "x".repeat(i as usize * 50));
-        round_trip(bin, &s, local(port), msg.as_bytes());
+        round_trip(bin, &s, proxy, msg.as_bytes());
     }
 }
 
 fn udp_each_client_has_its_own_mapping(bin: Bin) {
     let echo = UdpEcho::start();
-    let port = free_port();
-    let _p = Portico::start(bin, &udp_config(port, echo.addr()));
+    let (_p, proxy) = start_on_free_port(bin, StartOptions::default(), |port| {
+        udp_config(port, echo.addr())
+    });
     let (a, b) = (udp_client(bin), udp_client(bin));
-    round_trip(bin, &a, local(port), b"from a");
-    round_trip(bin, &b, local(port), b"from b");
-    round_trip(bin, &a, local(port), b"from a again");
+    round_trip(bin, &a, proxy, b"from a");
+    round_trip(bin, &b, proxy, b"from b");
+    round_trip(bin, &a, proxy, b"from a again");
     let peers: HashSet<SocketAddr> = echo.peers().into_iter().collect();
     assert_eq!(
         peers.len(),

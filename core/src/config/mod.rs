@@ -150,7 +150,8 @@ pub fn implemented_kind(kind: ServiceKind, protocol: Protocol) -> bool {
         (Pop3, _) => false,
         (Nntp, _) => false,
         (Ftp, _) => false,
-        (Status, _) => false,
+        (Status, Tcp) => true,
+        (Status, Udp) => false,
     }
 }
 

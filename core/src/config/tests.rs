@@ -756,7 +756,7 @@ fn implemented_kinds() {
             implemented_kind(k, Protocol::Tcp),
             matches!(
                 k,
-                ServiceKind::Mapped | ServiceKind::Socks | ServiceKind::Http
+                ServiceKind::Mapped | ServiceKind::Socks | ServiceKind::Http | ServiceKind::Status
             ),
             "{k}"
         );

@@ -1,0 +1,531 @@
+//! The status service: what the table knows, as an HTML page, Prometheus
+//! metrics and JSON.
+//!
+//! The table (`proxy.rs`) takes a snapshot of its counters and connections
+//! and this module renders it; a status connection reads one request head
+//! (origin-form, `GET` or `HEAD`), is answered from the snapshot, and closes.
+//!
+//! # States and exits
+//!
+//! ```text
+//! Handshake ──head complete──► answer, Closing ──written──► (closed)
+//!     ├─head over 8 KiB, or not a GET/HEAD──► 400/405, Closing
+//!     └─handshake_timeout──► (closed)
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// Longest request head the status service reads.
+pub const MAX_HEAD: usize = 8 * 1024;
+
+/// Counters of one service over the life of the process.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ServiceCounters {
+    pub connections: u64,
+    /// Bytes of finished connections, client→upstream and back.
+    pub up: u64,
+    pub down: u64,
+    /// Refusals by reason (`limit`, `denied`, `shutdown`, …).
+    pub refused: BTreeMap<&'static str, u64>,
+}
+
+/// One service as the status page shows it.
+#[derive(Debug, Clone)]
+pub struct ServiceRow {
+    pub name: String,
+    pub kind: &'static str,
+    pub listen: Vec<String>,
+    pub active: u64,
+    pub counters: ServiceCounters,
+    /// Bytes of the connections still open, added to the finished ones.
+    pub live_up: u64,
+    pub live_down: u64,
+}
+
+/// One connection in flight.
+#[derive(Debug, Clone)]
+pub struct ConnRow {
+    pub id: String,
+    pub service: String,
+    pub client: String,
+    pub user: Option<String>,
+    pub destination: Option<String>,
+    pub state: &'static str,
+    pub age_ms: u128,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+/// Everything a status answer is made from.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub services: Vec<ServiceRow>,
+    pub connections: Vec<ConnRow>,
+    /// Per user: bytes up, bytes down (finished and in flight).
+    pub users: BTreeMap<String, (u64, u64)>,
+}
+
+/// What the client asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Page {
+    Html,
+    Metrics,
+    Connections,
+    Services,
+    Health,
+    NotFound,
+}
+
+/// The outcome of reading a status request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parse {
+    /// The head is not complete yet.
+    More,
+    /// A request for `page`; `head_only` for HEAD.
+    Get { page: Page, head_only: bool },
+    /// Not a request this service answers: the status to reply.
+    Bad(u16),
+}
+
+/// Reads a status request head from the client's bytes.
+pub fn parse(input: &[u8]) -> Parse {
+    let Some(end) = input.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return if input.len() > MAX_HEAD {
+            Parse::Bad(431)
+        } else {
+            Parse::More
+        };
+    };
+    if end > MAX_HEAD {
+        return Parse::Bad(431);
+    }
+    let line_end = input.iter().position(|&b| b == b'\r').unwrap_or(end);
+    let Ok(line) = std::str::from_utf8(&input[..line_end]) else {
+        return Parse::Bad(400);
+    };
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Parse::Bad(400);
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Parse::Bad(400);
+    }
+    let head_only = match method {
+        "GET" => false,
+        "HEAD" => true,
+        _ => return Parse::Bad(405),
+    };
+    let path = target.split('?').next().unwrap_or("");
+    let page = match path {
+        "/" | "/index.html" => Page::Html,
+        "/metrics" => Page::Metrics,
+        "/connections" => Page::Connections,
+        "/services" => Page::Services,
+        "/healthz" => Page::Health,
+        _ => Page::NotFound,
+    };
+    Parse::Get { page, head_only }
+}
+
+/// The whole HTTP response for `page` (the connection closes after it).
+pub fn respond(page: Page, head_only: bool, snap: &Snapshot) -> Vec<u8> {
+    let (status, ctype, body) = match page {
+        Page::Html => (200, "text/html; charset=utf-8", html(snap)),
+        Page::Metrics => (
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics(snap),
+        ),
+        Page::Connections => (200, "application/json", connections_json(snap)),
+        Page::Services => (200, "application/json", services_json(snap)),
+        Page::Health => (200, "text/plain; charset=utf-8", "ok\n".to_string()),
+        Page::NotFound => (
+            404,
+            "text/plain; charset=utf-8",
+            "404 Not Found\n".to_string(),
+        ),
+    };
+    reply(status, ctype, &body, head_only)
+}
+
+/// A plain-text error reply.
+pub fn error(status: u16) -> Vec<u8> {
+    let reason = crate::http::reason_phrase(status);
+    reply(
+        status,
+        "text/plain; charset=utf-8",
+        &format!("{status} {reason}\n"),
+        false,
+    )
+}
+
+fn reply(status: u16, ctype: &str, body: &str, head_only: bool) -> Vec<u8> {
+    let reason = crate::http::reason_phrase(status);
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if !head_only {
+        out.extend_from_slice(body.as_bytes());
+    }
+    out
+}
+
+fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            // Keeps the JSON safe to inline in a page.
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+fn json_opt(out: &mut String, s: Option<&str>) {
+    match s {
+        Some(s) => json_str(out, s),
+        None => out.push_str("null"),
+    }
+}
+
+/// `GET /connections`: one object per connection in flight.
+pub fn connections_json(snap: &Snapshot) -> String {
+    let mut o = String::from("[");
+    for (i, c) in snap.connections.iter().enumerate() {
+        if i > 0 {
+            o.push(',');
+        }
+        o.push_str("{\"id\":");
+        json_str(&mut o, &c.id);
+        o.push_str(",\"service\":");
+        json_str(&mut o, &c.service);
+        o.push_str(",\"client\":");
+        json_str(&mut o, &c.client);
+        o.push_str(",\"user\":");
+        json_opt(&mut o, c.user.as_deref());
+        o.push_str(",\"destination\":");
+        json_opt(&mut o, c.destination.as_deref());
+        o.push_str(",\"state\":");
+        json_str(&mut o, c.state);
+        let _ = write!(
+            o,
+            ",\"age_ms\":{},\"bytes_up\":{},\"bytes_down\":{}}}",
+            c.age_ms, c.bytes_up, c.bytes_down
+        );
+    }
+    o.push_str("]\n");
+    o
+}
+
+/// `GET /services`: the services with their counters.
+pub fn services_json(snap: &Snapshot) -> String {
+    let mut o = String::from("[");
+    for (i, s) in snap.services.iter().enumerate() {
+        if i > 0 {
+            o.push(',');
+        }
+        o.push_str("{\"name\":");
+        json_str(&mut o, &s.name);
+        o.push_str(",\"kind\":");
+        json_str(&mut o, s.kind);
+        o.push_str(",\"listen\":[");
+        for (j, l) in s.listen.iter().enumerate() {
+            if j > 0 {
+                o.push(',');
+            }
+            json_str(&mut o, l);
+        }
+        let _ = write!(
+            o,
+            "],\"active\":{},\"total\":{},\"bytes_up\":{},\"bytes_down\":{}}}",
+            s.active,
+            s.counters.connections,
+            s.counters.up + s.live_up,
+            s.counters.down + s.live_down
+        );
+    }
+    o.push_str("]\n");
+    o
+}
+
+/// A Prometheus label value.
+fn label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// `GET /metrics`, in the Prometheus text format.
+pub fn metrics(snap: &Snapshot) -> String {
+    let mut o = String::new();
+    o.push_str("# HELP portico_connections_total Client connections accepted.\n");
+    o.push_str("# TYPE portico_connections_total counter\n");
+    for s in &snap.services {
+        let _ = writeln!(
+            o,
+            "portico_connections_total{{service=\"{}\"}} {}",
+            label(&s.name),
+            s.counters.connections
+        );
+    }
+    o.push_str("# HELP portico_connections_active Client connections open now.\n");
+    o.push_str("# TYPE portico_connections_active gauge\n");
+    for s in &snap.services {
+        let _ = writeln!(
+            o,
+            "portico_connections_active{{service=\"{}\"}} {}",
+            label(&s.name),
+            s.active
+        );
+    }
+    o.push_str("# HELP portico_bytes_total Bytes relayed, up (from clients) and down (to them).\n");
+    o.push_str("# TYPE portico_bytes_total counter\n");
+    for s in &snap.services {
+        let n = label(&s.name);
+        let _ = writeln!(
+            o,
+            "portico_bytes_total{{service=\"{n}\",direction=\"up\"}} {}",
+            s.counters.up + s.live_up
+        );
+        let _ = writeln!(
+            o,
+            "portico_bytes_total{{service=\"{n}\",direction=\"down\"}} {}",
+            s.counters.down + s.live_down
+        );
+    }
+    o.push_str("# HELP portico_refused_total Connections refused, by reason.\n");
+    o.push_str("# TYPE portico_refused_total counter\n");
+    for s in &snap.services {
+        for (reason, n) in &s.counters.refused {
+            let _ = writeln!(
+                o,
+                "portico_refused_total{{service=\"{}\",reason=\"{reason}\"}} {n}",
+                label(&s.name)
+            );
+        }
+    }
+    o.push_str("# HELP portico_user_bytes_total Bytes relayed per authenticated user.\n");
+    o.push_str("# TYPE portico_user_bytes_total counter\n");
+    for (user, (up, down)) in &snap.users {
+        let u = label(user);
+        let _ = writeln!(
+            o,
+            "portico_user_bytes_total{{user=\"{u}\",direction=\"up\"}} {up}"
+        );
+        let _ = writeln!(
+            o,
+            "portico_user_bytes_total{{user=\"{u}\",direction=\"down\"}} {down}"
+        );
+    }
+    o
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// `GET /`: the page. The tables are filled from the same JSON the page
+/// then fetches every second, so the page is live without reloading.
+pub fn html(snap: &Snapshot) -> String {
+    let mut rows = String::new();
+    for s in &snap.services {
+        let _ = write!(
+            rows,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&s.name),
+            s.kind,
+            esc(&s.listen.join(" ")),
+            s.active,
+            s.counters.connections,
+            s.counters.up + s.live_up,
+            s.counters.down + s.live_down
+        );
+    }
+    let conns = connections_json(snap);
+    format!(
+        r##"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Portico status</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 1.5em; }}
+table {{ border-collapse: collapse; margin-bottom: 1.5em; }}
+th, td {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }}
+th {{ background: #eee; }}
+td.n {{ text-align: right; }}
+</style></head>
+<body>
+<h1>Portico</h1>
+<h2>Services</h2>
+<table id="services"><thead><tr><th>service</th><th>kind</th><th>listening on</th><th>now</th><th>total</th><th>bytes up</th><th>bytes down</th></tr></thead>
+<tbody>{rows}</tbody></table>
+<h2>Connections in flight (<span id="count">0</span>)</h2>
+<table id="connections"><thead><tr><th>id</th><th>service</th><th>client</th><th>user</th><th>destination</th><th>state</th><th>age</th><th>bytes up</th><th>bytes down</th></tr></thead>
+<tbody></tbody></table>
+<script>
+function cell(tr, text, num) {{
+  const td = document.createElement("td");
+  td.textContent = text;
+  if (num) td.className = "n";
+  tr.appendChild(td);
+}}
+function showConnections(list) {{
+  const body = document.querySelector("#connections tbody");
+  body.replaceChildren();
+  for (const c of list) {{
+    const tr = document.createElement("tr");
+    tr.dataset.id = c.id;
+    cell(tr, c.id); cell(tr, c.service); cell(tr, c.client); cell(tr, c.user ?? "-");
+    cell(tr, c.destination ?? "-"); cell(tr, c.state); cell(tr, (c.age_ms / 1000).toFixed(1) + "s", true);
+    cell(tr, c.bytes_up, true); cell(tr, c.bytes_down, true);
+    body.appendChild(tr);
+  }}
+  document.getElementById("count").textContent = list.length;
+}}
+function showServices(list) {{
+  const body = document.querySelector("#services tbody");
+  body.replaceChildren();
+  for (const s of list) {{
+    const tr = document.createElement("tr");
+    cell(tr, s.name); cell(tr, s.kind); cell(tr, s.listen.join(" "));
+    cell(tr, s.active, true); cell(tr, s.total, true); cell(tr, s.bytes_up, true); cell(tr, s.bytes_down, true);
+    body.appendChild(tr);
+  }}
+}}
+showConnections({conns});
+async function refresh() {{
+  try {{
+    const [c, s] = await Promise.all([fetch("/connections"), fetch("/services")]);
+    showConnections(await c.json());
+    showServices(await s.json());
+  }} catch (e) {{ /* the gateway restarted or is gone: try again */ }}
+}}
+setInterval(refresh, 1000);
+</script>
+</body></html>
+"##
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap() -> Snapshot {
+        let mut counters = ServiceCounters {
+            connections: 5,
+            up: 100,
+            down: 200,
+            ..Default::default()
+        };
+        counters.refused.insert("limit", 2);
+        Snapshot {
+            services: vec![ServiceRow {
+                name: "web".into(),
+                kind: "http",
+                listen: vec!["127.0.0.1:8080".into()],
+                active: 1,
+                counters,
+                live_up: 1,
+                live_down: 2,
+            }],
+            connections: vec![ConnRow {
+                id: "0.1".into(),
+                service: "web".into(),
+                client: "127.0.0.1:5000".into(),
+                user: None,
+                destination: Some("10.0.0.1:80".into()),
+                state: "relay",
+                age_ms: 1500,
+                bytes_up: 1,
+                bytes_down: 2,
+            }],
+            users: [("alice".to_string(), (7, 8))].into_iter().collect(),
+        }
+    }
+
+    #[test]
+    fn parses_requests() {
+        assert_eq!(parse(b"GET / HTTP/1.1\r\nHost: x"), Parse::More);
+        assert_eq!(
+            parse(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Parse::Get {
+                page: Page::Metrics,
+                head_only: false
+            }
+        );
+        assert_eq!(
+            parse(b"HEAD /healthz?x=1 HTTP/1.0\r\n\r\n"),
+            Parse::Get {
+                page: Page::Health,
+                head_only: true
+            }
+        );
+        assert_eq!(
+            parse(b"GET /nope HTTP/1.1\r\n\r\n"),
+            Parse::Get {
+                page: Page::NotFound,
+                head_only: false
+            }
+        );
+        assert_eq!(parse(b"POST / HTTP/1.1\r\n\r\n"), Parse::Bad(405));
+        assert_eq!(parse(b"GET /\r\n\r\n"), Parse::Bad(400));
+        assert_eq!(parse(&[b'a'; MAX_HEAD + 1]), Parse::Bad(431));
+    }
+
+    #[test]
+    fn metrics_text() {
+        let m = metrics(&snap());
+        for line in [
+            "portico_connections_total{service=\"web\"} 5",
+            "portico_connections_active{service=\"web\"} 1",
+            "portico_bytes_total{service=\"web\",direction=\"up\"} 101",
+            "portico_bytes_total{service=\"web\",direction=\"down\"} 202",
+            "portico_refused_total{service=\"web\",reason=\"limit\"} 2",
+            "portico_user_bytes_total{user=\"alice\",direction=\"up\"} 7",
+        ] {
+            assert!(m.lines().any(|l| l == line), "{line} missing in\n{m}");
+        }
+    }
+
+    #[test]
+    fn connections_are_json() {
+        let j = connections_json(&snap());
+        assert_eq!(
+            j,
+            "[{\"id\":\"0.1\",\"service\":\"web\",\"client\":\"127.0.0.1:5000\",\"user\":null,\
+             \"destination\":\"10.0.0.1:80\",\"state\":\"relay\",\"age_ms\":1500,\"bytes_up\":1,\
+             \"bytes_down\":2}]\n"
+        );
+        let mut s = snap();
+        s.connections[0].user = Some("</script>".into());
+        assert!(!connections_json(&s).contains("</script>"));
+    }
+
+    #[test]
+    fn responses() {
+        let r = respond(Page::Health, false, &snap());
+        assert!(r.starts_with(b"HTTP/1.1 200 OK\r\n"));
+        assert!(r.ends_with(b"\r\n\r\nok\n"));
+        let r = respond(Page::Health, true, &snap());
+        assert!(r.ends_with(b"\r\n\r\n"));
+        let page = String::from_utf8(respond(Page::Html, false, &snap())).unwrap();
+        assert!(page.contains("<td>web</td>"));
+        assert!(page.contains("\"10.0.0.1:80\""));
+    }
+}
