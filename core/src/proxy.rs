@@ -46,6 +46,8 @@ use crate::timer::Timers;
 
 /// How long accepting pauses when the process is out of file descriptors.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(250);
+/// How often a lasting shortage of file descriptors is logged again.
+const FD_WARN_EVERY: Duration = Duration::from_secs(60);
 /// Free buffers kept warm in the pool, at most.
 const POOL_KEEP: usize = 1024;
 /// Connections over a limit (or denied) that may exist at once only to be
@@ -104,7 +106,10 @@ pub struct Proxy {
     starting: usize,
     /// Accepting is paused (out of file descriptors) until then.
     accept_paused_until: Option<Instant>,
-    fd_warned: bool,
+    /// When the shortage of descriptors was last logged, and how many
+    /// pauses there have been since.
+    fd_warned: Option<Instant>,
+    fd_pauses: u64,
     /// Shutting down: connections still open then are closed.
     grace_until: Option<Instant>,
     stats: Stats,
@@ -209,7 +214,8 @@ impl Proxy {
             pool,
             log_level: Level::Info,
             accept_paused_until: None,
-            fd_warned: false,
+            fd_warned: None,
+            fd_pauses: 0,
             grace_until: None,
             stats: Stats::default(),
             seed,
@@ -299,8 +305,6 @@ impl Proxy {
             Some(l) if l.state == ListenerState::Open => l.service,
             _ => return Err(Refused::UnknownListener),
         };
-        // An accept succeeded: the descriptor shortage, if any, is over.
-        self.fd_warned = false;
         let kind = self.services[service].kind;
         let limits = &self.config.limits;
         let over = if self.grace_until.is_some() {
@@ -1103,13 +1107,17 @@ impl Proxy {
         if self.accept_paused_until.is_some() {
             return;
         }
-        if !self.fd_warned {
-            self.fd_warned = true;
+        // Logged once, then at most once a minute while it lasts.
+        self.fd_pauses += 1;
+        if self.fd_warned.is_none_or(|t| now >= t + FD_WARN_EVERY) {
+            self.fd_warned = Some(now);
             let open = self.sessions.len();
+            let pauses = std::mem::take(&mut self.fd_pauses);
             self.log(Level::Warn, || {
                 format!(
-                    "out of file descriptors with {open} connections open: not accepting for {}ms; \
-                     raise the limit (ulimit -n) or lower limits.max_connections",
+                    "out of file descriptors with {open} connections open: accepting paused \
+                     {}ms at a time ({pauses} pauses since the last report); raise the limit \
+                     (ulimit -n) or lower limits.max_connections",
                     ACCEPT_PAUSE.as_millis()
                 )
             });

@@ -14,6 +14,7 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
 use std::os::fd::IntoRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -73,6 +74,14 @@ struct Loop {
     fatal: Option<String>,
     resolver: Resolver,
     wall: WallClock,
+    flags: Signals,
+}
+
+/// Which signals have come since the loop last looked.
+#[derive(Default)]
+struct Signals {
+    stop: Arc<AtomicBool>,
+    reload: Arc<AtomicBool>,
 }
 
 type Answer = (ConnId, io::Result<Vec<SocketAddr>>);
@@ -143,15 +152,19 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
         .set_nonblocking(true)
         .map_err(|e| format!("cannot create the signal pipe: {e}"))?;
     let mut sig_rx = UnixStream::from_std(sig_rx);
-    for sig in [
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGHUP,
+    // One flag per signal says which came; the pipe only wakes the loop
+    // (its byte says nothing about which signal it was).
+    let flags = Signals::default();
+    for (sig, flag) in [
+        (signal_hook::consts::SIGTERM, &flags.stop),
+        (signal_hook::consts::SIGINT, &flags.stop),
+        (signal_hook::consts::SIGHUP, &flags.reload),
     ] {
+        signal_hook::flag::register(sig, flag.clone())
+            .map_err(|e| format!("cannot set up signals: {e}"))?;
         let tx = sig_tx
             .try_clone()
             .map_err(|e| format!("cannot set up signals: {e}"))?;
-        // The pipe carries the signal number, so one byte tells which.
         signal_hook::low_level::pipe::register_raw(sig, tx.into_raw_fd())
             .map_err(|e| format!("cannot set up signals: {e}"))?;
     }
@@ -169,6 +182,7 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
     let mut wall = WallClock::new();
     proxy.set_wall(wall.now());
     let mut lp = Loop {
+        flags,
         resolver,
         wall,
         poll,
@@ -265,27 +279,24 @@ impl Loop {
     }
 
     fn signals(&mut self, sig_rx: &mut UnixStream) {
-        let mut buf = [0u8; 32];
+        let mut buf = [0u8; 64];
+        // Drain the wake-up bytes; the flags say what happened.
         loop {
             match sig_rx.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => {
-                    for &b in &buf[..n] {
-                        let sig = b as i32;
-                        if sig == signal_hook::consts::SIGHUP {
-                            Output::log(
-                                portico_core::Level::Warn,
-                                "SIGHUP: configuration reload is not available in this version; \
-                                 restart portico to apply changes",
-                            );
-                        } else {
-                            self.proxy.shutdown(Instant::now());
-                        }
-                    }
-                }
+                Ok(n) if n > 0 => continue,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return,
+                _ => break,
             }
+        }
+        if self.flags.reload.swap(false, Ordering::SeqCst) {
+            Output::log(
+                portico_core::Level::Warn,
+                "SIGHUP: configuration reload is not available in this version; \
+                 restart portico to apply changes",
+            );
+        }
+        if self.flags.stop.swap(false, Ordering::SeqCst) {
+            self.proxy.shutdown(Instant::now());
         }
     }
 

@@ -187,6 +187,13 @@ pub fn run(plan: Plan) -> i32 {
 }
 
 fn run_inner(plan: Plan) -> Result<i32, String> {
+    // Before anything listens: a signal that comes early is queued, not fatal.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ])
+    .map_err(|e| format!("cannot set up signals: {e}"))?;
     let out = Output::open(&plan.config).map_err(|e| {
         format!(
             "cannot open the access log: {e}; check [log] access in {}",
@@ -258,12 +265,6 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
         done: Condvar::new(),
     });
 
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGHUP,
-    ])
-    .map_err(|e| format!("cannot set up signals: {e}"))?;
     {
         let shared = shared.clone();
         std::thread::Builder::new()
@@ -434,7 +435,14 @@ fn accepted(shared: &Arc<Shared>, listener: ListenerId, stream: TcpStream, peer:
     let poller = match Poller::new() {
         Ok(p) => Arc::new(p),
         Err(e) => {
-            Output::log(Level::Error, &format!("cannot create a poller: {e}"));
+            // Out of descriptors, most likely: the core pauses accepting
+            // and says so once.
+            drop(stream);
+            let mut core = lock(shared);
+            let error = IoKind::from_io(&e);
+            core.proxy
+                .handle(Event::AcceptFailed { listener, error }, Instant::now());
+            core.drain(shared, None, &mut Vec::new());
             return;
         }
     };
