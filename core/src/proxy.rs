@@ -38,7 +38,7 @@ use crate::event::{Action, Event, IoKind, Level, Refused};
 use crate::id::{ConnId, ListenerId, Side};
 use crate::log::AccessRecord;
 use crate::proto::http::Todo as HttpTodo;
-use crate::proto::{Ctx, Failure, Handshake, Step, Target};
+use crate::proto::{After, Ctx, Failure, Step, Target, UpStep};
 use crate::rules::{self, Query, Verdict, Wall};
 use crate::session::{side_index, Dir, Session, State};
 use crate::status::{self, ConnRow, ServiceCounters, ServiceRow, Snapshot};
@@ -331,7 +331,7 @@ impl Proxy {
             _ if denied => Some(Failure::Denied),
             _ => None,
         };
-        let hs = Handshake::for_kind(kind);
+        let hs = crate::proto::for_service(&self.config.services[service]);
         let is_http = kind == ServiceKind::Http;
         let is_status = kind == ServiceKind::Status;
         let say_it =
@@ -432,7 +432,11 @@ impl Proxy {
             idx: idx as u32,
             gen,
         };
-        if self.sessions[idx].hs.is_none() && !is_http && !is_status {
+        if self.sessions[idx].hs.is_some() {
+            self.start_handshake(idx, now);
+            return Ok(conn);
+        }
+        if !is_http && !is_status {
             match target {
                 Some(t) => self.request(idx, t, None, now),
                 None => {
@@ -647,6 +651,7 @@ impl Proxy {
                     State::Connecting => "connecting",
                     State::Relay => "relay",
                     State::Http => "http",
+                    State::ServerHandshake => "server-handshake",
                     State::Closing => "closing",
                 },
                 age_ms: now.saturating_duration_since(s.accepted).as_millis(),
@@ -802,16 +807,84 @@ impl Proxy {
         if !reply.is_empty() {
             s.down.say(&reply);
         }
+        self.step(idx, step, now);
+    }
+
+    /// Greets the client, or connects at once, as the protocol says.
+    fn start_handshake(&mut self, idx: usize, now: Instant) {
+        let s = &mut self.sessions[idx];
+        let Some(hs) = s.hs.as_mut() else {
+            return;
+        };
+        if let (Some(why), true) = (s.refusing, hs.refuses_at_accept()) {
+            return self.fail(idx, why, now);
+        }
+        let mut reply = Vec::new();
+        let mut ctx = Ctx {
+            service: &self.config.services[s.service],
+            users: &mut self.users,
+            client: s.client,
+        };
+        let step = hs.start(&mut reply, &mut ctx);
+        s.method = hs.method();
+        s.down.say(&reply);
+        self.step(idx, step, now);
+    }
+
+    /// Carries out a handshake's step.
+    fn step(&mut self, idx: usize, step: Step, now: Instant) {
+        let s = &mut self.sessions[idx];
         match step {
             Step::More => {
                 if s.up.eof {
                     // The client gave up before finishing.
                     s.status = "aborted";
-                    self.finish(idx, now);
+                    return self.finish(idx, now);
                 }
+                self.sync(idx, now);
             }
             Step::Connect { target, user } => self.request(idx, target, user, now),
             Step::Close { status } => {
+                s.status = status;
+                s.state = State::Closing;
+                s.state_since = now;
+                self.sync(idx, now);
+            }
+        }
+    }
+
+    /// Runs the protocol's talk with the server over what it has sent.
+    fn server_handshake(&mut self, idx: usize, eof: bool, now: Instant) {
+        let s = &mut self.sessions[idx];
+        if s.state != State::ServerHandshake {
+            return;
+        }
+        let Some(hs) = s.hs.as_mut() else {
+            return;
+        };
+        let data = s.down.buf.as_ref().map_or(&[][..], |b| b.data());
+        let mut reply = Vec::new();
+        let mut to_server = Vec::new();
+        let (n, step) = hs.upstream(data, &mut reply, &mut to_server);
+        if let Some(b) = s.down.buf.as_mut() {
+            b.consume(n);
+        }
+        s.down.release_if_empty(&mut self.pool);
+        s.down.say(&reply);
+        s.up.say(&to_server);
+        match step {
+            UpStep::More if eof => {
+                // The server hung up mid-handshake.
+                self.fail(idx, Failure::Other, now)
+            }
+            UpStep::More => {}
+            UpStep::Relay => {
+                s.up.fwd = None;
+                s.down.fwd = None;
+                s.state = State::Relay;
+                s.last_active = now;
+            }
+            UpStep::Close { status } => {
                 s.status = status;
                 s.state = State::Closing;
                 s.state_since = now;
@@ -885,8 +958,17 @@ impl Proxy {
                 }
                 if let Some(hs) = s.hs.as_mut() {
                     let mut reply = Vec::new();
-                    hs.connected(local, &mut reply);
+                    let mut to_server = Vec::new();
+                    let after = hs.connected(local, &mut reply, &mut to_server);
                     s.down.say(&reply);
+                    s.up.say(&to_server);
+                    if after == After::Upstream {
+                        // Nothing is relayed until the protocol says so.
+                        s.state = State::ServerHandshake;
+                        s.state_since = now;
+                        s.up.fwd = Some(0);
+                        s.down.fwd = Some(0);
+                    }
                 }
                 self.sync(idx, now);
             }
@@ -980,6 +1062,9 @@ impl Proxy {
                     self.advance(idx, now);
                 } else {
                     self.upstream_input(idx, false, now);
+                    if self.live(conn) {
+                        self.server_handshake(idx, false, now);
+                    }
                 }
                 if !self.live(conn) {
                     return;
@@ -1008,6 +1093,9 @@ impl Proxy {
                     self.advance(idx, now);
                 } else {
                     self.upstream_input(idx, true, now);
+                    if self.live(conn) {
+                        self.server_handshake(idx, true, now);
+                    }
                 }
                 if !self.live(conn) {
                     return;
@@ -1191,7 +1279,9 @@ impl Proxy {
     fn deadline(&self, s: &Session) -> Instant {
         let l = &self.config.limits;
         match s.state {
-            State::Handshake | State::Closing => s.state_since + l.handshake_timeout,
+            State::Handshake | State::ServerHandshake | State::Closing => {
+                s.state_since + l.handshake_timeout
+            }
             State::Resolving | State::Connecting => s.state_since + l.connect_timeout,
             State::Relay | State::Http => s.last_active + l.idle_timeout,
         }
@@ -1329,6 +1419,7 @@ impl Proxy {
                     }
                 }
                 State::Closing => self.finish(idx, now),
+                State::ServerHandshake => self.fail(idx, Failure::TimedOut, now),
                 State::Relay | State::Http => {
                     s.status = "idle";
                     self.finish(idx, now);

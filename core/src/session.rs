@@ -43,6 +43,8 @@ pub(crate) enum State {
     Resolving,
     /// Waiting for the upstream connection.
     Connecting,
+    /// The protocol talks with the server before relaying (POP3's login).
+    ServerHandshake,
     /// Bytes flow both ways.
     Relay,
     /// HTTP exchanges: both directions go through the HTTP machine.
@@ -223,8 +225,8 @@ impl Session {
 
     /// What the core wants from `side` now: (read, write).
     pub fn wanted(&self, side: Side) -> (bool, bool) {
-        let upstream_open =
-            self.state == State::Relay || (self.state == State::Http && self.upstream_open);
+        let upstream_open = matches!(self.state, State::Relay | State::ServerHandshake)
+            || (self.state == State::Http && self.upstream_open);
         match side {
             // Closing: what the client sends is read and dropped, so that
             // closing with unread bytes does not reset the reply away.

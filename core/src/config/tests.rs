@@ -756,7 +756,12 @@ fn implemented_kinds() {
             implemented_kind(k, Protocol::Tcp),
             matches!(
                 k,
-                ServiceKind::Mapped | ServiceKind::Socks | ServiceKind::Http | ServiceKind::Status
+                ServiceKind::Mapped
+                    | ServiceKind::Socks
+                    | ServiceKind::Http
+                    | ServiceKind::Status
+                    | ServiceKind::Smtp
+                    | ServiceKind::Nntp
             ),
             "{k}"
         );

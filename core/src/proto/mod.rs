@@ -9,6 +9,7 @@
 //! name resolution, the connect, the limits.
 
 pub(crate) mod http;
+pub mod simple;
 pub mod socks;
 
 use std::net::SocketAddr;
@@ -84,46 +85,94 @@ pub struct Ctx<'a> {
     pub client: SocketAddr,
 }
 
-/// A handshake in progress.
-#[derive(Debug)]
-pub enum Handshake {
-    Socks(socks::Socks),
+/// What a protocol does once the upstream connection is up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    /// Relay bytes untouched from now on.
+    Relay,
+    /// Talk with the server first ([`Protocol::upstream`]).
+    Upstream,
 }
 
-impl Handshake {
-    /// The handshake for a service kind, if it has one.
-    pub fn for_kind(kind: crate::config::ServiceKind) -> Option<Handshake> {
-        match kind {
-            crate::config::ServiceKind::Socks => Some(Handshake::Socks(socks::Socks::default())),
-            _ => None,
-        }
+/// What a protocol wants after the server's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpStep {
+    /// More bytes from the server are needed.
+    More,
+    /// The handshake with the server is done: relay untouched.
+    Relay,
+    /// Write what was said to the client, then close.
+    Close { status: &'static str },
+}
+
+/// A protocol's handshake: the part of a service that talks before (and
+/// right after) the upstream connection, as a pure machine over bytes.
+///
+/// Call order: [`start`](Protocol::start) once at accept; then
+/// [`input`](Protocol::input) whenever client bytes arrive, until it returns
+/// `Step::Connect` (or `Close`); then exactly one of
+/// [`connected`](Protocol::connected) or [`failed`](Protocol::failed); if
+/// `connected` said `After::Upstream`, [`upstream`](Protocol::upstream)
+/// whenever server bytes arrive, until it returns `Relay` or `Close`.
+pub trait Protocol: std::fmt::Debug + Send {
+    /// At accept: may greet the client, or name the destination at once.
+    fn start(&mut self, _reply: &mut Vec<u8>, _ctx: &mut Ctx) -> Step {
+        Step::More
     }
 
-    /// Feeds the client's bytes so far; returns (bytes consumed, step).
-    pub fn input(&mut self, input: &[u8], reply: &mut Vec<u8>, ctx: &mut Ctx) -> (usize, Step) {
-        match self {
-            Handshake::Socks(s) => s.input(input, reply, ctx),
-        }
+    /// A refusal at accept (limit, rule on the client's address) is said at
+    /// once, before the client speaks (true), or only in answer to its
+    /// request (false: SOCKS, HTTP).
+    fn refuses_at_accept(&self) -> bool {
+        true
     }
 
-    /// The upstream connection is up; `local` is its local address.
-    pub fn connected(&mut self, local: SocketAddr, reply: &mut Vec<u8>) {
-        match self {
-            Handshake::Socks(s) => s.connected(local, reply),
-        }
+    /// The client's bytes so far (those not consumed before); returns
+    /// (bytes consumed, step). Bytes left unconsumed when it returns
+    /// `Connect` are relayed to the server.
+    fn input(&mut self, input: &[u8], reply: &mut Vec<u8>, ctx: &mut Ctx) -> (usize, Step);
+
+    /// The upstream connection is up; `local` is its local address. Bytes
+    /// for the client go to `reply`, bytes for the server to `to_server`.
+    fn connected(
+        &mut self,
+        local: SocketAddr,
+        reply: &mut Vec<u8>,
+        to_server: &mut Vec<u8>,
+    ) -> After;
+
+    /// The server's bytes so far (those not consumed before), while
+    /// `connected` asked to talk with it; returns (bytes consumed, step).
+    /// Bytes left unconsumed when it returns `Relay` are relayed to the
+    /// client.
+    fn upstream(
+        &mut self,
+        _input: &[u8],
+        _reply: &mut Vec<u8>,
+        _to_server: &mut Vec<u8>,
+    ) -> (usize, UpStep) {
+        (0, UpStep::Relay)
     }
 
-    /// The request cannot be served; the connection closes after the reply.
-    pub fn failed(&mut self, why: Failure, reply: &mut Vec<u8>) {
-        match self {
-            Handshake::Socks(s) => s.failed(why, reply),
-        }
-    }
+    /// The request cannot be served (or is refused at accept); the
+    /// connection closes after the reply.
+    fn failed(&mut self, why: Failure, reply: &mut Vec<u8>);
 
     /// The method column of the access log.
-    pub fn method(&self) -> &'static str {
-        match self {
-            Handshake::Socks(s) => s.method(),
-        }
+    fn method(&self) -> &'static str;
+}
+
+/// A handshake in progress.
+pub type Handshake = Box<dyn Protocol>;
+
+/// The handshake for a service kind, if it has one (http and status have
+/// machines of their own; a mapped port has none).
+pub fn for_service(service: &Service) -> Option<Handshake> {
+    use crate::config::ServiceKind;
+    match service.kind {
+        ServiceKind::Socks => Some(Box::new(socks::Socks::default())),
+        ServiceKind::Smtp => Some(Box::new(simple::Simple::smtp())),
+        ServiceKind::Nntp => Some(Box::new(simple::Simple::nntp())),
+        _ => None,
     }
 }

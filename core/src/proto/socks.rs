@@ -23,7 +23,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 
-use super::{Ctx, Failure, Step, Target};
+use super::{After, Ctx, Failure, Protocol, Step, Target};
 
 /// Longest SOCKS4 USERID or 4a host name accepted.
 pub const MAX_V4_FIELD: usize = 512;
@@ -53,8 +53,12 @@ fn close(status: &'static str) -> Step {
     Step::Close { status }
 }
 
-impl Socks {
-    pub fn method(&self) -> &'static str {
+impl Protocol for Socks {
+    fn refuses_at_accept(&self) -> bool {
+        false
+    }
+
+    fn method(&self) -> &'static str {
         if self.v4 {
             "SOCKS4"
         } else {
@@ -62,7 +66,7 @@ impl Socks {
         }
     }
 
-    pub fn input(&mut self, input: &[u8], reply: &mut Vec<u8>, ctx: &mut Ctx) -> (usize, Step) {
+    fn input(&mut self, input: &[u8], reply: &mut Vec<u8>, ctx: &mut Ctx) -> (usize, Step) {
         let mut used = 0;
         loop {
             let rest = &input[used..];
@@ -92,6 +96,41 @@ impl Socks {
         }
     }
 
+    fn connected(&mut self, local: SocketAddr, reply: &mut Vec<u8>, _: &mut Vec<u8>) -> After {
+        if self.state != State::Connecting {
+            return After::Relay;
+        }
+        self.state = State::Done;
+        if self.v4 {
+            reply.extend_from_slice(&v4_reply(true, Some(local)));
+        } else {
+            reply.extend_from_slice(&v5_reply(0x00, Some(local)));
+        }
+        After::Relay
+    }
+
+    fn failed(&mut self, why: Failure, reply: &mut Vec<u8>) {
+        if self.state != State::Connecting {
+            return;
+        }
+        self.state = State::Done;
+        if self.v4 {
+            reply.extend_from_slice(&v4_reply(false, None));
+            return;
+        }
+        let code = match why {
+            Failure::Denied => 0x02,
+            Failure::NetUnreachable => 0x03,
+            Failure::HostUnreachable | Failure::NotResolved => 0x04,
+            Failure::Refused => 0x05,
+            Failure::TimedOut => 0x06,
+            Failure::Limit | Failure::Other => 0x01,
+        };
+        reply.extend_from_slice(&v5_reply(code, None));
+    }
+}
+
+impl Socks {
     fn methods(&mut self, b: &[u8], reply: &mut Vec<u8>, ctx: &mut Ctx) -> (usize, Step) {
         let Some(&n) = b.get(1) else { return NEED };
         let len = 2 + n as usize;
@@ -281,38 +320,6 @@ impl Socks {
                 user: self.user.clone(),
             },
         )
-    }
-
-    pub fn connected(&mut self, local: SocketAddr, reply: &mut Vec<u8>) {
-        if self.state != State::Connecting {
-            return;
-        }
-        self.state = State::Done;
-        if self.v4 {
-            reply.extend_from_slice(&v4_reply(true, Some(local)));
-        } else {
-            reply.extend_from_slice(&v5_reply(0x00, Some(local)));
-        }
-    }
-
-    pub fn failed(&mut self, why: Failure, reply: &mut Vec<u8>) {
-        if self.state != State::Connecting {
-            return;
-        }
-        self.state = State::Done;
-        if self.v4 {
-            reply.extend_from_slice(&v4_reply(false, None));
-            return;
-        }
-        let code = match why {
-            Failure::Denied => 0x02,
-            Failure::NetUnreachable => 0x03,
-            Failure::HostUnreachable | Failure::NotResolved => 0x04,
-            Failure::Refused => 0x05,
-            Failure::TimedOut => 0x06,
-            Failure::Limit | Failure::Other => 0x01,
-        };
-        reply.extend_from_slice(&v5_reply(code, None));
     }
 }
 
@@ -537,7 +544,7 @@ mod tests {
             ..Default::default()
         };
         let mut r = Vec::new();
-        s.connected("192.168.1.1:4242".parse().unwrap(), &mut r);
+        s.connected("192.168.1.1:4242".parse().unwrap(), &mut r, &mut Vec::new());
         assert_eq!(r, vec![5, 0, 0, 1, 192, 168, 1, 1, 0x10, 0x92]);
         let codes = [
             (Failure::Denied, 2),
@@ -572,14 +579,14 @@ mod tests {
             ..Default::default()
         };
         let mut r = Vec::new();
-        s4.connected("10.1.2.3:80".parse().unwrap(), &mut r);
+        s4.connected("10.1.2.3:80".parse().unwrap(), &mut r, &mut Vec::new());
         assert_eq!(r, vec![0, 0x5A, 0, 80, 10, 1, 2, 3]);
         let mut s = Socks {
             state: State::Connecting,
             ..Default::default()
         };
         let mut r = Vec::new();
-        s.connected("[::1]:1".parse().unwrap(), &mut r);
+        s.connected("[::1]:1".parse().unwrap(), &mut r, &mut Vec::new());
         assert_eq!(r.len(), 4 + 16 + 2);
         assert_eq!(r[3], 4);
     }
