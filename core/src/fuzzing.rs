@@ -114,6 +114,10 @@ struct Setup {
     services: usize,
     /// A SOCKS service after the mapped ones.
     socks: bool,
+    /// An HTTP proxy after those.
+    http: bool,
+    /// A status page after those.
+    status: bool,
     /// Rules: deny client 10.0.0.4, deny destination 127.0.0.66 and the
     /// name `denied.example`, allow the rest.
     rules: bool,
@@ -135,6 +139,7 @@ impl Setup {
         let d = input.byte();
         let e = input.byte();
         let f = input.byte();
+        let g = input.byte();
         Setup {
             max_connections: 1 + (a % 8) as u32,
             max_per_client: 1 + ((a >> 3) % 4) as u32,
@@ -144,6 +149,8 @@ impl Setup {
             grace_ms: 500 * (d % 5) as u64,
             services: 1 + (d >> 3) as usize % 2,
             socks: f & 1 != 0,
+            http: g & 1 != 0,
+            status: g & 2 != 0,
             rules: f & 2 != 0,
             named: f & 4 != 0,
             handshake_ms: 100 * (1 + (f >> 3) as u64),
@@ -181,10 +188,17 @@ impl Setup {
                 9000 + i
             ));
         }
-        if self.socks {
-            t.push_str(
-                "\n[[service]]\nname = \"socks\"\nkind = \"socks\"\nlisten = [\"127.0.0.1:1080\"]\n",
-            );
+        for (name, port, on) in [
+            ("socks", 1080, self.socks),
+            ("http", 3128, self.http),
+            ("status", 8081, self.status),
+        ] {
+            if on {
+                t.push_str(&format!(
+                    "\n[[service]]\nname = \"{name}\"\nkind = \"{name}\"\n\
+                     listen = [\"127.0.0.1:{port}\"]\n"
+                ));
+            }
         }
         if self.rules {
             t.push_str(
@@ -196,8 +210,23 @@ impl Setup {
         t
     }
 
+    /// The kind of each listener, in order.
+    fn kinds(&self) -> Vec<Kind> {
+        let mut k = vec![Kind::Mapped; self.services];
+        for (kind, on) in [
+            (Kind::Socks, self.socks),
+            (Kind::Http, self.http),
+            (Kind::Status, self.status),
+        ] {
+            if on {
+                k.push(kind);
+            }
+        }
+        k
+    }
+
     fn listeners(&self) -> usize {
-        self.services + self.socks as usize
+        self.kinds().len()
     }
 
     /// Where every connection of listener `i` goes, when the configuration
@@ -207,8 +236,38 @@ impl Setup {
             .then(|| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9000 + i as u16))
     }
 
-    fn is_socks(&self, i: usize) -> bool {
-        i == self.services && self.socks
+    fn kind(&self, i: usize) -> Kind {
+        self.kinds().get(i).copied().unwrap_or(Kind::Mapped)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Mapped,
+    Socks,
+    Http,
+    Status,
+}
+
+impl Kind {
+    /// Kinds that answer a refusal in their own words (the connection is
+    /// admitted to hear it).
+    fn says_refusal(self) -> bool {
+        matches!(self, Kind::Socks | Kind::Http)
+    }
+
+    /// What a client of this kind says first.
+    fn script(self, pick: u8) -> Vec<u8> {
+        match self {
+            Kind::Mapped => Vec::new(),
+            Kind::Socks => socks_script(pick),
+            Kind::Http => http_script(pick),
+            Kind::Status => {
+                let path =
+                    ["/", "/metrics", "/connections", "/healthz", "/nope"][pick as usize % 5];
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes()
+            }
+        }
     }
 }
 /// The address rules deny as a destination (when `rules` is on).
@@ -276,15 +335,60 @@ fn socks_script(pick: u8) -> Vec<u8> {
     v
 }
 
+/// What an HTTP proxy client of the fuzzer sends first.
+fn http_script(pick: u8) -> Vec<u8> {
+    let host = "Host: 127.0.0.1:9000\r\n";
+    let get = "GET http://127.0.0.1:9000/ HTTP/1.1\r\n";
+    let t = match pick % 10 {
+        0 => format!("{get}{host}\r\n"),
+        1 => "CONNECT 127.0.0.1:443 HTTP/1.1\r\nHost: 127.0.0.1:443\r\n\r\n".to_string(),
+        2 => format!("GET http://a.example/x HTTP/1.1\r\nHost: a.example\r\n\r\n{get}{host}\r\n"),
+        3 => {
+            format!("POST http://127.0.0.1:9000/ HTTP/1.1\r\n{host}Content-Length: 5\r\n\r\nhello")
+        }
+        4 => format!(
+            "POST http://127.0.0.1:9000/ HTTP/1.1\r\n{host}Transfer-Encoding: chunked\r\n\r\n\
+             5\r\nhello\r\n0\r\n\r\n"
+        ),
+        5 => "GET http://denied.example/ HTTP/1.1\r\nHost: denied.example\r\n\r\n".to_string(),
+        6 => "GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_string(),
+        7 => format!("{get}{host}Connection: upgrade\r\nUpgrade: websocket\r\n\r\n"),
+        8 => format!("HEAD http://127.0.0.1:9000/ HTTP/1.1\r\n{host}\r\n{get}{host}\r\n"),
+        _ => "CONNECT 127.0.0.66:443 HTTP/1.1\r\nHost: 127.0.0.66:443\r\n\r\n".to_string(),
+    };
+    t.into_bytes()
+}
+
+/// What an upstream server of the fuzzer answers first (an HTTP response;
+/// SOCKS and mapped peers take it as payload).
+fn response_script(pick: u8) -> Vec<u8> {
+    let t = match pick % 8 {
+        0 => "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+        1 => "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        2 => "HTTP/1.1 204 No Content\r\n\r\nstray",
+        3 => {
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"
+        }
+        4 => "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        5 => "HTTP/1.0 200 OK\r\n\r\nclose-delimited",
+        6 => "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx",
+        _ => "",
+    };
+    t.as_bytes().to_vec()
+}
+
 /// What the fuzzer knows about one connection it was given.
 #[derive(Debug)]
 struct Model {
     peer: IpAddr,
-    socks: bool,
+    kind: Kind,
     /// Admitted only to be refused in its protocol's words.
     refusing: bool,
     /// Where a `Connect` must go, when the configuration says so.
     dest: Option<SocketAddr>,
+    /// A `Connect` is outstanding (not yet answered).
+    connecting: bool,
+    /// The upstream socket is connected (as far as the core was told).
     connected: bool,
     /// The interest last told per side, (read, write).
     interest: [(bool, bool); 2],
@@ -296,10 +400,12 @@ struct Model {
     /// content is no longer predictable.
     up: Option<VecDeque<u8>>,
     down: Option<VecDeque<u8>>,
-    /// What the client says first (a SOCKS request), and how much of it
-    /// was read.
+    /// What the client says first (a protocol's request), and how much of
+    /// it was read; the same for the upstream (a response).
     script: Vec<u8>,
     script_pos: usize,
+    reply: Vec<u8>,
+    reply_pos: usize,
     /// Bytes made up so far (seeds the filler pattern).
     produced: usize,
 }
@@ -451,7 +557,7 @@ impl Harness {
                 let local =
                     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 40000 + input.u16() % 1000);
                 if let Some(m) = self.conns.get_mut(&conn) {
-                    m.connected = true;
+                    m.connected |= std::mem::take(&mut m.connecting);
                 }
                 self.proxy
                     .handle(Event::Connected { conn, local }, self.at());
@@ -459,6 +565,9 @@ impl Harness {
             3 => {
                 let conn = self.pick_conn(input);
                 let error = input.kind();
+                if let Some(m) = self.conns.get_mut(&conn) {
+                    m.connecting = false;
+                }
                 self.proxy
                     .handle(Event::ConnectFailed { conn, error }, self.at());
             }
@@ -597,7 +706,12 @@ impl Harness {
                 Event::Written { n, .. } if *n > 0 => self.taint(conn, side.other()),
                 Event::Connected { .. } => {
                     if let Some(m) = self.conns.get_mut(&conn) {
-                        m.connected = true;
+                        m.connected |= std::mem::take(&mut m.connecting);
+                    }
+                }
+                Event::ConnectFailed { .. } => {
+                    if let Some(m) = self.conns.get_mut(&conn) {
+                        m.connecting = false;
                     }
                 }
                 _ => {}
@@ -641,6 +755,7 @@ impl Harness {
         let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1 + input.byte() % 4));
         let peer = SocketAddr::new(ip, input.u16());
         let script = input.byte();
+        let reply = input.byte();
         let served = self.conns.values().filter(|m| !m.refusing);
         let same_ip = served.clone().filter(|m| m.peer == ip).count();
         let full = served.count() >= self.setup.max_connections as usize;
@@ -653,12 +768,12 @@ impl Harness {
                 let Some(i) = index else {
                     panic!("accept succeeded on unknown listener {listener:?}");
                 };
-                let socks = self.setup.is_socks(i);
+                let kind = self.setup.kind(i);
                 assert!(!self.shut_down, "accept after shutdown");
                 let refusing = full || per_client_full || denied;
                 assert!(
-                    !refusing || socks,
-                    "a mapped port admitted a connection over a limit or denied \
+                    !refusing || kind.says_refusal(),
+                    "a {kind:?} service admitted a connection over a limit or denied \
                      (full {full}, per client {per_client_full}, denied {denied})"
                 );
                 if refusing {
@@ -675,21 +790,20 @@ impl Harness {
                     conn,
                     Model {
                         peer: ip,
-                        socks,
+                        kind,
                         refusing,
                         dest: self.setup.destination(i),
+                        connecting: false,
                         connected: false,
                         interest: [(false, false); 2],
                         shut: [false; 2],
-                        // A protocol's own replies are not modelled.
-                        up: (!socks).then(VecDeque::new),
-                        down: (!socks).then(VecDeque::new),
-                        script: if socks {
-                            socks_script(script)
-                        } else {
-                            Vec::new()
-                        },
+                        // A protocol's own words are not modelled.
+                        up: (kind == Kind::Mapped).then(VecDeque::new),
+                        down: (kind == Kind::Mapped).then(VecDeque::new),
+                        script: kind.script(script),
                         script_pos: 0,
+                        reply: response_script(reply),
+                        reply_pos: 0,
                         produced: 0,
                     },
                 );
@@ -698,10 +812,11 @@ impl Harness {
             Err(Refused::UnknownListener) => {}
             Err(why) => {
                 if let Some(i) = index {
-                    if self.setup.is_socks(i) && !self.shut_down {
+                    let kind = self.setup.kind(i);
+                    if kind.says_refusal() && !self.shut_down {
                         assert!(
                             refusing_now >= crate::proxy::REFUSING_MAX,
-                            "SOCKS refused with {why} instead of saying so (room to refuse)"
+                            "{kind:?} refused with {why} instead of saying so (room to refuse)"
                         );
                     }
                 }
@@ -718,7 +833,11 @@ impl Harness {
                     }
                     _ => {}
                 }
-                self.refusals += 1;
+                // An HTTP proxy logs per request: its records are not
+                // counted per connection.
+                if index.is_none_or(|i| self.setup.kind(i) != Kind::Http) {
+                    self.refusals += 1;
+                }
             }
         }
     }
@@ -744,12 +863,16 @@ impl Harness {
         // What the peer sent: the client's script first, or bytes straight
         // from the input, then a filler pattern.
         let mut content = Vec::with_capacity(len);
-        if mode & 1 == 0 && side == Side::Client {
-            let rest = &m.script[m.script_pos..];
+        if mode & 1 == 0 {
+            let (script, pos) = match side {
+                Side::Client => (&m.script, &mut m.script_pos),
+                Side::Upstream => (&m.reply, &mut m.reply_pos),
+            };
+            let rest = &script[*pos..];
             let k = rest.len().min(len).min(n);
             content.extend_from_slice(&rest[..k]);
-            m.script_pos += k;
-        } else if mode & 1 == 1 {
+            *pos += k;
+        } else {
             let k = (mode as usize >> 1).min(len);
             for _ in 0..k {
                 content.push(input.byte());
@@ -865,7 +988,7 @@ impl Harness {
                     !(rules && host == "denied.example"),
                     "Resolve of a name the rules deny outright"
                 );
-                if !m.socks {
+                if m.kind == Kind::Mapped {
                     assert_eq!((host.as_str(), port), ("dest.example", 9000), "Resolve");
                 }
             }
@@ -876,9 +999,10 @@ impl Harness {
                     "Connect for a connection admitted only to refuse"
                 );
                 assert!(
-                    !m.connected || m.socks || m.dest.is_none(),
-                    "Connect after Connected"
+                    !m.connected,
+                    "Connect for {conn}, whose upstream is connected"
                 );
+                m.connecting = true;
                 if let Some(d) = m.dest {
                     assert_eq!(addr, d, "Connect to the wrong destination");
                 }
@@ -922,20 +1046,35 @@ impl Harness {
                     );
                 }
             }
+            Action::CloseUpstream { conn } => {
+                let m = self.live(conn, "CloseUpstream");
+                assert!(m.kind != Kind::Mapped, "CloseUpstream on a mapped port");
+                // A new upstream may follow: its socket starts afresh.
+                m.connected = false;
+                m.connecting = false;
+                m.interest[1] = (false, false);
+                m.shut[1] = false;
+                m.reply_pos = 0;
+                m.down = None;
+                m.up = None;
+            }
             Action::Close { conn } => {
-                assert!(
-                    self.conns.remove(&conn).is_some(),
-                    "Close for {conn}, which is not live"
-                );
+                let Some(m) = self.conns.remove(&conn) else {
+                    panic!("Close for {conn}, which is not live");
+                };
+                if m.kind != Kind::Http {
+                    self.closes += 1;
+                }
                 self.order.retain(|c| *c != conn);
                 self.dead.push(conn);
                 if self.dead.len() > 64 {
                     self.dead.remove(0);
                 }
-                self.closes += 1;
             }
             Action::Access(rec) => {
-                self.accesses += 1;
+                if rec.service.as_ref() != "http" {
+                    self.accesses += 1;
+                }
                 let _ = rec.format(std::time::UNIX_EPOCH, config::LogFormat::Text);
                 let _ = rec.format(std::time::UNIX_EPOCH, config::LogFormat::Json);
             }
@@ -990,7 +1129,7 @@ impl Harness {
         assert_eq!(
             self.accesses,
             self.closes + self.refusals,
-            "one access record per closed or refused connection"
+            "one access record per closed or refused connection (HTTP aside)"
         );
         if len == 0 {
             assert_eq!(p.timer_entries(), 0, "timer entries left in an empty table");

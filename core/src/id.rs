@@ -42,14 +42,24 @@ impl fmt::Display for ConnId {
     }
 }
 
-/// One listening socket, numbered in the order of the configuration's
-/// services and their addresses. Stable for the life of the listener.
+/// One listening socket: a slot index in the low [`ListenerId::INDEX_BITS`]
+/// bits and a generation above them, so that a slot reused for a new
+/// listener (FTP data ports come and go) is not mistaken for the old one.
+/// A runtime indexes its own table with [`ListenerId::index`] and keeps the
+/// whole id beside the socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ListenerId(pub u32);
 
 impl ListenerId {
+    pub const INDEX_BITS: u32 = 20;
+
+    pub fn new(index: usize, generation: u32) -> Self {
+        let mask = (1u32 << Self::INDEX_BITS) - 1;
+        ListenerId((index as u32 & mask) | (generation << Self::INDEX_BITS))
+    }
+
     pub fn index(self) -> usize {
-        self.0 as usize
+        (self.0 & ((1u32 << Self::INDEX_BITS) - 1)) as usize
     }
 }
 

@@ -22,6 +22,7 @@ pub mod id;
 pub mod log;
 pub mod proto;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod rules;
 mod session;
 pub mod status;

@@ -38,7 +38,7 @@ use crate::event::{Action, Event, IoKind, Level, Refused};
 use crate::id::{ConnId, ListenerId, Side};
 use crate::log::AccessRecord;
 use crate::proto::http::Todo as HttpTodo;
-use crate::proto::{After, Ctx, Failure, Step, Target, UpStep};
+use crate::proto::{After, ControlCtx, ControlTodo, Ctx, Failure, Step, Target, UpStep};
 use crate::rules::{self, Query, Verdict, Wall};
 use crate::session::{side_index, Dir, Session, State};
 use crate::status::{self, ConnRow, ServiceCounters, ServiceRow, Snapshot};
@@ -63,9 +63,23 @@ enum ListenerState {
 
 #[derive(Debug)]
 struct Listener {
+    id: ListenerId,
     service: usize,
     addr: SocketAddr,
     state: ListenerState,
+    /// An FTP data port: open for one connection of one session.
+    data: Option<DataPort>,
+}
+
+/// A data port an FTP control connection opened.
+#[derive(Debug, Clone)]
+struct DataPort {
+    owner: ConnId,
+    token: u32,
+    /// Only this peer may connect (the session's client or server).
+    accept_from: IpAddr,
+    /// Where the data connection goes.
+    connect_to: SocketAddr,
 }
 
 #[derive(Debug)]
@@ -94,7 +108,9 @@ pub struct Stats {
 pub struct Proxy {
     config: Config,
     services: Vec<ServiceInfo>,
-    listeners: Vec<Listener>,
+    listeners: Slab<Listener>,
+    /// Generation per listener slot.
+    lgens: Vec<u32>,
     sessions: Slab<Session>,
     gens: Vec<u32>,
     per_client: HashMap<IpAddr, u32>,
@@ -176,15 +192,17 @@ impl Proxy {
                 }
             })
             .collect();
-        let mut listeners = Vec::new();
+        let mut listeners = Slab::new();
         let mut actions = VecDeque::new();
         for (i, s) in config.services.iter().enumerate() {
             for addr in &s.listen {
-                let id = ListenerId(listeners.len() as u32);
-                listeners.push(Listener {
+                let id = ListenerId::new(listeners.vacant_key(), 0);
+                listeners.insert(Listener {
+                    id,
                     service: i,
                     addr: *addr,
                     state: ListenerState::Opening,
+                    data: None,
                 });
                 actions.push_back(Action::Listen {
                     listener: id,
@@ -204,6 +222,7 @@ impl Proxy {
         );
         Proxy {
             starting: listeners.len(),
+            lgens: vec![0; listeners.len()],
             services,
             listeners,
             sessions: Slab::new(),
@@ -261,9 +280,17 @@ impl Proxy {
 
     /// The service a listener belongs to: its name and kind.
     pub fn listener_service(&self, listener: ListenerId) -> Option<(&str, ServiceKind)> {
-        let l = self.listeners.get(listener.index())?;
+        let l = self.listener(listener)?;
         let s = &self.services[l.service];
         Some((&s.name, s.kind))
+    }
+
+    fn listener(&self, id: ListenerId) -> Option<&Listener> {
+        self.listeners.get(id.index()).filter(|l| l.id == id)
+    }
+
+    fn listener_mut(&mut self, id: ListenerId) -> Option<&mut Listener> {
+        self.listeners.get_mut(id.index()).filter(|l| l.id == id)
     }
 
     fn log(&mut self, level: Level, message: impl FnOnce() -> String) {
@@ -301,10 +328,30 @@ impl Proxy {
         peer: SocketAddr,
         now: Instant,
     ) -> Result<ConnId, Refused> {
-        let service = match self.listeners.get(listener.index()) {
-            Some(l) if l.state == ListenerState::Open => l.service,
+        let local = match self.listener(listener) {
+            Some(l) => l.addr,
+            None => return Err(Refused::UnknownListener),
+        };
+        self.accept_on(listener, peer, local, now)
+    }
+
+    /// [`Proxy::accept`], with the local address the client connected to
+    /// (which FTP's passive mode announces; it differs from the listen
+    /// address when that is a wildcard).
+    pub fn accept_on(
+        &mut self,
+        listener: ListenerId,
+        peer: SocketAddr,
+        local: SocketAddr,
+        now: Instant,
+    ) -> Result<ConnId, Refused> {
+        let (service, data) = match self.listener(listener) {
+            Some(l) if l.state == ListenerState::Open => (l.service, l.data.clone()),
             _ => return Err(Refused::UnknownListener),
         };
+        if let Some(port) = data {
+            return self.accept_data(listener, port, service, peer, now);
+        }
         let kind = self.services[service].kind;
         let limits = &self.config.limits;
         let over = if self.grace_until.is_some() {
@@ -394,6 +441,7 @@ impl Proxy {
             service,
             listener,
             client: peer,
+            local,
             state: if hs.is_some() || is_http || is_status {
                 State::Handshake
             } else {
@@ -449,6 +497,152 @@ impl Proxy {
         }
         self.sync(idx, now);
         Ok(conn)
+    }
+
+    /// Opens a data port for session `owner` on `bind` (the system picks the
+    /// port), for one connection from `accept_from`, which is then carried
+    /// to `connect_to`. The owner hears back through its control machine.
+    fn open_data_port(
+        &mut self,
+        owner: usize,
+        token: u32,
+        bind: IpAddr,
+        accept_from: IpAddr,
+        connect_to: SocketAddr,
+    ) {
+        let owner_id = self.id_of(owner);
+        // One pending port per token: a second PASV replaces the first.
+        self.close_data_ports(owner_id, Some(token));
+        let idx = self.listeners.vacant_key();
+        if self.lgens.len() <= idx {
+            self.lgens.resize(idx + 1, 0);
+        }
+        self.lgens[idx] = self.lgens[idx].wrapping_add(1);
+        let id = ListenerId::new(idx, self.lgens[idx]);
+        let addr = SocketAddr::new(bind, 0);
+        self.listeners.insert(Listener {
+            id,
+            service: self.sessions[owner].service,
+            addr,
+            state: ListenerState::Opening,
+            data: Some(DataPort {
+                owner: owner_id,
+                token,
+                accept_from,
+                connect_to,
+            }),
+        });
+        self.actions
+            .push_back(Action::Listen { listener: id, addr });
+    }
+
+    /// Closes the data ports of `owner` (those with `token`, or all).
+    fn close_data_ports(&mut self, owner: ConnId, token: Option<u32>) {
+        let ids: Vec<ListenerId> = self
+            .listeners
+            .iter()
+            .filter(|(_, l)| {
+                l.data
+                    .as_ref()
+                    .is_some_and(|d| d.owner == owner && token.is_none_or(|t| d.token == t))
+            })
+            .map(|(_, l)| l.id)
+            .collect();
+        for id in ids {
+            self.listeners.remove(id.index());
+            self.actions.push_back(Action::Unlisten { listener: id });
+        }
+    }
+
+    fn data_port_open(&mut self, port: DataPort, local: SocketAddr, now: Instant) {
+        if !self.live(port.owner) {
+            return;
+        }
+        let idx = port.owner.idx as usize;
+        let s = &mut self.sessions[idx];
+        if let Some(c) = s.hs.as_mut().and_then(|h| h.control()) {
+            c.data_listening(port.token, local, &mut s.up, &mut s.down);
+        }
+        self.sync(idx, now);
+    }
+
+    fn data_port_failed(&mut self, port: DataPort, now: Instant) {
+        if !self.live(port.owner) {
+            return;
+        }
+        let idx = port.owner.idx as usize;
+        let s = &mut self.sessions[idx];
+        if let Some(c) = s.hs.as_mut().and_then(|h| h.control()) {
+            c.data_failed(port.token, &mut s.up, &mut s.down);
+        }
+        self.sync(idx, now);
+    }
+
+    /// A connection to an FTP data port: only its own session's peer, once.
+    fn accept_data(
+        &mut self,
+        listener: ListenerId,
+        port: DataPort,
+        service: usize,
+        peer: SocketAddr,
+        now: Instant,
+    ) -> Result<ConnId, Refused> {
+        if peer.ip() != port.accept_from || !self.live(port.owner) {
+            self.log(Level::Debug, || {
+                format!("data port {listener:?}: connection from {peer} refused")
+            });
+            return Err(Refused::Denied);
+        }
+        // One transfer per port.
+        self.listeners.remove(listener.index());
+        self.actions.push_back(Action::Unlisten { listener });
+        if self.sessions.len() - self.refusing >= self.config.limits.max_connections as usize {
+            return Err(Refused::TooMany);
+        }
+        let owner = &self.sessions[port.owner.idx as usize];
+        let user = owner.user.clone();
+        self.stats.accepted += 1;
+        *self.per_client.entry(peer.ip()).or_insert(0) += 1;
+        let svc = &mut self.services[service];
+        svc.counters.connections += 1;
+        svc.active += 1;
+        let idx = self.sessions.vacant_key();
+        if self.gens.len() <= idx {
+            self.gens.resize(idx + 1, 0);
+        }
+        self.gens[idx] = self.gens[idx].wrapping_add(1);
+        let gen = self.gens[idx];
+        self.sessions.insert(Session {
+            gen,
+            service,
+            listener,
+            client: peer,
+            local: peer,
+            state: State::Connecting,
+            accepted: now,
+            state_since: now,
+            last_active: now,
+            timer_at: None,
+            up: Dir::default(),
+            down: Dir::default(),
+            told: [(false, false); 2],
+            target: port.connect_to.to_string(),
+            user,
+            method: "FTP-DATA",
+            hs: None,
+            addrs: Vec::new(),
+            refusing: None,
+            http: None,
+            upstream_open: false,
+            upstream: None,
+            upstream_local: None,
+            status: "ok",
+        });
+        self.connect(idx, port.connect_to, now);
+        Ok(ConnId {
+            idx: idx as u32,
+            gen,
+        })
     }
 
     /// Local wall-clock time, for rules with `days` and `hours`. A runtime
@@ -651,6 +845,7 @@ impl Proxy {
                     State::Connecting => "connecting",
                     State::Relay => "relay",
                     State::Http => "http",
+                    State::Control => "control",
                     State::ServerHandshake => "server-handshake",
                     State::Closing => "closing",
                 },
@@ -663,6 +858,44 @@ impl Proxy {
             services,
             connections,
             users,
+        }
+    }
+
+    /// Passes new bytes of `side` through a control machine (FTP).
+    fn control_input(&mut self, idx: usize, side: Side, now: Instant) {
+        let s = &mut self.sessions[idx];
+        if s.state != State::Control {
+            return;
+        }
+        let ctx = ControlCtx {
+            client: s.client,
+            client_local: s.local,
+            server: s.upstream.unwrap_or(s.client),
+            server_local: s.upstream_local.unwrap_or(s.local),
+        };
+        let Some(c) = s.hs.as_mut().and_then(|h| h.control()) else {
+            return;
+        };
+        let mut todo = Vec::new();
+        match side {
+            Side::Client => c.from_client(&mut s.up, &mut s.down, &ctx, &mut todo),
+            Side::Upstream => c.from_server(&mut s.up, &mut s.down, &ctx, &mut todo),
+        }
+        for t in todo {
+            match t {
+                ControlTodo::OpenData {
+                    token,
+                    bind,
+                    accept_from,
+                    connect_to,
+                } => self.open_data_port(idx, token, bind, accept_from, connect_to),
+                ControlTodo::Close { status } => {
+                    let s = &mut self.sessions[idx];
+                    s.status = status;
+                    s.state = State::Closing;
+                    s.state_since = now;
+                }
+            }
         }
     }
 
@@ -878,6 +1111,16 @@ impl Proxy {
                 self.fail(idx, Failure::Other, now)
             }
             UpStep::More => {}
+            UpStep::Relay if hs.control().is_some() => {
+                // The protocol stays in the path: bytes left over from the
+                // handshake go through it too.
+                s.state = State::Control;
+                s.last_active = now;
+                self.control_input(idx, Side::Upstream, now);
+                if self.live(self.id_of(idx)) {
+                    self.control_input(idx, Side::Client, now);
+                }
+            }
             UpStep::Relay => {
                 s.up.fwd = None;
                 s.down.fwd = None;
@@ -928,8 +1171,8 @@ impl Proxy {
     /// Feeds one socket event to the table.
     pub fn handle(&mut self, event: Event, now: Instant) {
         match event {
-            Event::Listening { listener, local } => self.on_listening(listener, local),
-            Event::ListenFailed { listener, error } => self.on_listen_failed(listener, error),
+            Event::Listening { listener, local } => self.on_listening(listener, local, now),
+            Event::ListenFailed { listener, error } => self.on_listen_failed(listener, error, now),
             Event::AcceptFailed { listener, error } => self.on_accept_failed(listener, error, now),
             Event::Connected { conn, local } => {
                 if !self.live(conn) {
@@ -1066,6 +1309,9 @@ impl Proxy {
                         self.server_handshake(idx, false, now);
                     }
                 }
+                if self.live(conn) {
+                    self.control_input(idx, side, now);
+                }
                 if !self.live(conn) {
                     return;
                 }
@@ -1142,31 +1388,40 @@ impl Proxy {
         }
     }
 
-    fn on_listening(&mut self, listener: ListenerId, local: SocketAddr) {
-        let Some(l) = self.listeners.get_mut(listener.index()) else {
+    fn on_listening(&mut self, listener: ListenerId, local: SocketAddr, now: Instant) {
+        let Some(l) = self.listener_mut(listener) else {
             return;
         };
         if l.state != ListenerState::Opening {
             return;
         }
         l.state = ListenerState::Open;
+        if let Some(port) = l.data.clone() {
+            return self.data_port_open(port, local, now);
+        }
+        let service = l.service;
         self.starting = self.starting.saturating_sub(1);
-        let s = &self.services[l.service];
+        let s = &self.services[service];
         let line = listening_line(&s.name, s.kind, local);
         self.actions.push_back(Action::Say(line));
     }
 
-    fn on_listen_failed(&mut self, listener: ListenerId, error: IoKind) {
-        let Some(l) = self.listeners.get_mut(listener.index()) else {
+    fn on_listen_failed(&mut self, listener: ListenerId, error: IoKind, now: Instant) {
+        let Some(l) = self.listener_mut(listener) else {
             return;
         };
         if l.state != ListenerState::Opening {
             return;
         }
         l.state = ListenerState::Closed;
-        let s = &self.services[l.service];
+        if let Some(port) = l.data.clone() {
+            self.listeners.remove(listener.index());
+            return self.data_port_failed(port, now);
+        }
+        let (service, addr) = (l.service, l.addr);
+        let s = &self.services[service];
         let hint = match error {
-            IoKind::PermissionDenied if l.addr.port() < 1024 => {
+            IoKind::PermissionDenied if addr.port() < 1024 => {
                 " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
             }
             IoKind::AddrInUse => " (another program is listening there; stop it or choose another port)",
@@ -1177,7 +1432,7 @@ impl Proxy {
         };
         let message = format!(
             "cannot listen on {} for service '{}': {}{hint}",
-            l.addr,
+            addr,
             s.name,
             error.describe()
         );
@@ -1211,11 +1466,10 @@ impl Proxy {
             });
         }
         self.accept_paused_until = Some(now + ACCEPT_PAUSE);
-        for (i, l) in self.listeners.iter().enumerate() {
+        for (_, l) in self.listeners.iter() {
             if l.state == ListenerState::Open {
-                self.actions.push_back(Action::PauseAccept {
-                    listener: ListenerId(i as u32),
-                });
+                self.actions
+                    .push_back(Action::PauseAccept { listener: l.id });
             }
         }
     }
@@ -1229,6 +1483,13 @@ impl Proxy {
             return self.finish(idx, now);
         }
         if s.state == State::Handshake && s.up.eof {
+            return self.finish(idx, now);
+        }
+        if s.state == State::Control
+            && ((s.up.eof && s.up.drained()) || (s.down.eof && s.down.drained()))
+        {
+            // Either end of a control connection leaving ends the session
+            // once what it said has been passed on.
             return self.finish(idx, now);
         }
         if s.state == State::Http
@@ -1283,7 +1544,7 @@ impl Proxy {
                 s.state_since + l.handshake_timeout
             }
             State::Resolving | State::Connecting => s.state_since + l.connect_timeout,
-            State::Relay | State::Http => s.last_active + l.idle_timeout,
+            State::Relay | State::Http | State::Control => s.last_active + l.idle_timeout,
         }
     }
 
@@ -1341,6 +1602,9 @@ impl Proxy {
         }
         self.stats.closed += 1;
         self.actions.push_back(Action::Close { conn });
+        if s.hs.as_mut().is_some_and(|h| h.control().is_some()) {
+            self.close_data_ports(conn, None);
+        }
         if let Some(mut h) = s.http.take() {
             // http logs one line per request, the last one now.
             if let Some(x) = h.abandon(&s.up, &s.down, now) {
@@ -1376,11 +1640,10 @@ impl Proxy {
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.accept_paused_until.is_some_and(|t| t <= now) {
             self.accept_paused_until = None;
-            for (i, l) in self.listeners.iter().enumerate() {
+            for (_, l) in self.listeners.iter() {
                 if l.state == ListenerState::Open {
-                    self.actions.push_back(Action::ResumeAccept {
-                        listener: ListenerId(i as u32),
-                    });
+                    self.actions
+                        .push_back(Action::ResumeAccept { listener: l.id });
                 }
             }
         }
@@ -1420,7 +1683,7 @@ impl Proxy {
                 }
                 State::Closing => self.finish(idx, now),
                 State::ServerHandshake => self.fail(idx, Failure::TimedOut, now),
-                State::Relay | State::Http => {
+                State::Relay | State::Http | State::Control => {
                     s.status = "idle";
                     self.finish(idx, now);
                 }
@@ -1452,12 +1715,10 @@ impl Proxy {
         }
         let grace = self.config.limits.shutdown_grace;
         self.grace_until = Some(now + grace);
-        for (i, l) in self.listeners.iter_mut().enumerate() {
+        for (_, l) in self.listeners.iter_mut() {
             if l.state != ListenerState::Closed {
                 l.state = ListenerState::Closed;
-                self.actions.push_back(Action::Unlisten {
-                    listener: ListenerId(i as u32),
-                });
+                self.actions.push_back(Action::Unlisten { listener: l.id });
             }
         }
         let open = self.sessions.len();

@@ -47,6 +47,9 @@ pub(crate) enum State {
     ServerHandshake,
     /// Bytes flow both ways.
     Relay,
+    /// A control connection (FTP): both directions go through the
+    /// protocol's [`crate::proto::Control`].
+    Control,
     /// HTTP exchanges: both directions go through the HTTP machine.
     Http,
     /// The last reply drains to the client; what the client sends is
@@ -60,7 +63,7 @@ pub(crate) enum State {
 /// replies, a rewritten head), then the first `fwd` bytes of `buf` (all of
 /// them when `fwd` is `None`: a plain relay).
 #[derive(Debug, Default)]
-pub(crate) struct Dir {
+pub struct Dir {
     pub buf: Option<Buffer>,
     pub prefix: Vec<u8>,
     /// How much of `prefix` is already written.
@@ -165,6 +168,8 @@ pub(crate) struct Session {
     #[allow(dead_code)] // kept for the status page and reload
     pub listener: ListenerId,
     pub client: SocketAddr,
+    /// The address the client connected to.
+    pub local: SocketAddr,
     pub state: State,
     pub accepted: Instant,
     /// When the current state was entered (connect and handshake deadlines).
@@ -225,8 +230,10 @@ impl Session {
 
     /// What the core wants from `side` now: (read, write).
     pub fn wanted(&self, side: Side) -> (bool, bool) {
-        let upstream_open = matches!(self.state, State::Relay | State::ServerHandshake)
-            || (self.state == State::Http && self.upstream_open);
+        let upstream_open = matches!(
+            self.state,
+            State::Relay | State::ServerHandshake | State::Control
+        ) || (self.state == State::Http && self.upstream_open);
         match side {
             // Closing: what the client sends is read and dropped, so that
             // closing with unread bytes does not reset the reply away.

@@ -55,6 +55,7 @@ struct Conn {
 }
 
 struct Lst {
+    id: ListenerId,
     sock: TcpListener,
     ready: bool,
     paused: bool,
@@ -322,12 +323,18 @@ impl Loop {
                 Action::Listen { listener, addr } => self.listen(listener, addr),
                 Action::PauseAccept { listener } => {
                     if let Some(Some(l)) = self.listeners.get_mut(listener.index()) {
-                        l.paused = true;
+                        if l.id == listener {
+                            l.paused = true;
+                        }
                     }
                 }
                 Action::ResumeAccept { listener } => {
                     let i = listener.index();
-                    if let Some(Some(l)) = self.listeners.get_mut(i) {
+                    if let Some(Some(l)) = self
+                        .listeners
+                        .get_mut(i)
+                        .filter(|l| l.as_ref().is_some_and(|l| l.id == listener))
+                    {
                         l.paused = false;
                         // The edge may have come and gone while paused.
                         l.ready = true;
@@ -339,7 +346,9 @@ impl Loop {
                 }
                 Action::Unlisten { listener } => {
                     if let Some(slot) = self.listeners.get_mut(listener.index()) {
-                        *slot = None;
+                        if slot.as_ref().is_some_and(|l| l.id == listener) {
+                            *slot = None;
+                        }
                     }
                 }
                 Action::Connect { conn, addr, bind } => self.connect(conn, addr, bind),
@@ -448,6 +457,7 @@ impl Loop {
                     self.listeners.resize_with(i + 1, || None);
                 }
                 self.listeners[i] = Some(Lst {
+                    id: listener,
                     sock: l,
                     ready: false,
                     paused: false,
@@ -520,8 +530,9 @@ impl Loop {
                 if l.paused || !l.ready {
                     break;
                 }
+                let id = l.id;
                 match l.sock.accept() {
-                    Ok((stream, peer)) => self.accepted(ListenerId(i as u32), stream, peer),
+                    Ok((stream, peer)) => self.accepted(id, stream, peer),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         l.ready = false;
                         break;
@@ -529,7 +540,7 @@ impl Loop {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         let error = IoKind::from_io(&e);
-                        let listener = ListenerId(i as u32);
+                        let listener = id;
                         self.proxy
                             .handle(Event::AcceptFailed { listener, error }, Instant::now());
                         self.drain();
@@ -549,7 +560,8 @@ impl Loop {
     }
 
     fn accepted(&mut self, listener: ListenerId, mut stream: TcpStream, peer: SocketAddr) {
-        let Ok(conn) = self.proxy.accept(listener, peer, Instant::now()) else {
+        let local = stream.local_addr().unwrap_or(peer);
+        let Ok(conn) = self.proxy.accept_on(listener, peer, local, Instant::now()) else {
             // Refused and logged by the core: dropping closes it.
             return;
         };

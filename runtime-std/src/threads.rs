@@ -49,6 +49,7 @@ enum Cmd {
 
 /// What the acceptor is told to do.
 enum ListenCmd {
+    Open(ListenerId, SocketAddr),
     Pause(ListenerId),
     Resume(ListenerId),
     Close(ListenerId),
@@ -117,8 +118,10 @@ impl Core {
                     self.to_acceptor(ListenCmd::Close(listener));
                     continue;
                 }
-                Action::Listen { .. } => {
-                    // Listeners open at start only (see `run`).
+                Action::Listen { listener, addr } => {
+                    // Those of the configuration opened at start (see `run`);
+                    // these come later (FTP data ports).
+                    self.to_acceptor(ListenCmd::Open(listener, addr));
                     continue;
                 }
                 Action::Log { level, message } => {
@@ -355,20 +358,33 @@ fn timer_thread(shared: &Shared) {
     }
 }
 
+struct Lst {
+    id: ListenerId,
+    sock: TcpListener,
+    paused: bool,
+}
+
 fn acceptor(
     shared: &Arc<Shared>,
-    mut listeners: Vec<Option<TcpListener>>,
+    opened: Vec<Option<TcpListener>>,
     poller: Arc<Poller>,
     rx: Receiver<ListenCmd>,
 ) {
+    let mut listeners: Vec<Option<Lst>> = Vec::new();
+    for (i, l) in opened.into_iter().enumerate() {
+        listeners.push(l.map(|sock| Lst {
+            id: ListenerId::new(i, 0),
+            sock,
+            paused: false,
+        }));
+    }
     for (i, l) in listeners.iter().enumerate() {
         if let Some(l) = l {
             // SAFETY: every listener is deleted from the poller before it is
             // dropped (see ListenCmd::Close below).
-            let _ = unsafe { poller.add(l, PEvent::readable(i)) };
+            let _ = unsafe { poller.add(&l.sock, PEvent::readable(i)) };
         }
     }
-    let mut paused = vec![false; listeners.len()];
     let mut events = Events::new();
     loop {
         events.clear();
@@ -376,46 +392,78 @@ fn acceptor(
             continue;
         }
         while let Ok(cmd) = rx.try_recv() {
-            match cmd {
-                ListenCmd::Pause(id) => {
-                    if let Some(p) = paused.get_mut(id.index()) {
-                        *p = true;
-                    }
-                }
-                ListenCmd::Resume(id) => {
-                    if let (Some(p), Some(Some(l))) =
-                        (paused.get_mut(id.index()), listeners.get(id.index()))
-                    {
-                        *p = false;
-                        let _ = poller.modify(l, PEvent::readable(id.index()));
-                    }
-                }
-                ListenCmd::Close(id) => {
-                    if let Some(slot) = listeners.get_mut(id.index()) {
-                        if let Some(l) = slot.take() {
-                            let _ = poller.delete(&l);
+            let (ListenCmd::Open(id, _)
+            | ListenCmd::Pause(id)
+            | ListenCmd::Resume(id)
+            | ListenCmd::Close(id)) = &cmd;
+            let i = id.index();
+            let slot = listeners
+                .get_mut(i)
+                .filter(|l| l.as_ref().is_some_and(|l| l.id == *id));
+            match (cmd, slot) {
+                (ListenCmd::Open(id, addr), _) => {
+                    let now = Instant::now();
+                    let ev = match listen(addr) {
+                        Ok(sock) => {
+                            let local = sock.local_addr().unwrap_or(addr);
+                            if listeners.len() <= i {
+                                listeners.resize_with(i + 1, || None);
+                            }
+                            if let Some(old) = listeners[i].take() {
+                                let _ = poller.delete(&old.sock);
+                            }
+                            // SAFETY: deleted from the poller before it is dropped.
+                            let _ = unsafe { poller.add(&sock, PEvent::readable(i)) };
+                            listeners[i] = Some(Lst {
+                                id,
+                                sock,
+                                paused: false,
+                            });
+                            Event::Listening {
+                                listener: id,
+                                local,
+                            }
                         }
+                        Err(e) => Event::ListenFailed {
+                            listener: id,
+                            error: IoKind::from_io(&e),
+                        },
+                    };
+                    let mut core = lock(shared);
+                    core.proxy.handle(ev, now);
+                    core.drain(shared, None, &mut Vec::new());
+                }
+                (ListenCmd::Pause(_), Some(Some(l))) => l.paused = true,
+                (ListenCmd::Resume(_), Some(Some(l))) => {
+                    l.paused = false;
+                    let _ = poller.modify(&l.sock, PEvent::readable(i));
+                }
+                (ListenCmd::Close(_), Some(slot)) => {
+                    if let Some(l) = slot.take() {
+                        let _ = poller.delete(&l.sock);
                     }
                 }
+                _ => {}
             }
         }
         for ev in events.iter() {
             let i = ev.key;
             for _ in 0..ACCEPTS_PER_TURN {
-                if paused.get(i).copied().unwrap_or(true) {
-                    break;
-                }
                 let Some(Some(l)) = listeners.get(i) else {
                     break;
                 };
-                match l.accept() {
-                    Ok((stream, peer)) => accepted(shared, ListenerId(i as u32), stream, peer),
+                if l.paused {
+                    break;
+                }
+                let id = l.id;
+                match l.sock.accept() {
+                    Ok((stream, peer)) => accepted(shared, id, stream, peer),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         let error = IoKind::from_io(&e);
                         let mut core = lock(shared);
-                        let listener = ListenerId(i as u32);
+                        let listener = id;
                         core.proxy
                             .handle(Event::AcceptFailed { listener, error }, Instant::now());
                         core.drain(shared, None, &mut Vec::new());
@@ -424,8 +472,10 @@ fn acceptor(
                 }
             }
             // The poller is oneshot: arm the listener again unless paused.
-            if let (Some(false), Some(Some(l))) = (paused.get(i), listeners.get(i)) {
-                let _ = poller.modify(l, PEvent::readable(i));
+            if let Some(Some(l)) = listeners.get(i) {
+                if !l.paused {
+                    let _ = poller.modify(&l.sock, PEvent::readable(i));
+                }
             }
         }
     }
@@ -447,7 +497,8 @@ fn accepted(shared: &Arc<Shared>, listener: ListenerId, stream: TcpStream, peer:
         }
     };
     let mut core = lock(shared);
-    let Ok(conn) = core.proxy.accept(listener, peer, Instant::now()) else {
+    let local = stream.local_addr().unwrap_or(peer);
+    let Ok(conn) = core.proxy.accept_on(listener, peer, local, Instant::now()) else {
         core.drain(shared, None, &mut Vec::new());
         return;
     };

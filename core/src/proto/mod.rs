@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 
 use crate::auth::Users;
 use crate::config::Service;
+pub use crate::session::Dir;
 
 /// Where a client asked to go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,6 +161,72 @@ pub trait Protocol: std::fmt::Debug + Send {
 
     /// The method column of the access log.
     fn method(&self) -> &'static str;
+
+    /// A protocol that stays in the path after its handshake (FTP's control
+    /// connection) returns its [`Control`]; the table then passes every
+    /// byte through it instead of relaying untouched.
+    fn control(&mut self) -> Option<&mut dyn Control> {
+        None
+    }
+}
+
+/// What the table tells a control machine, and what the machine asks of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlCtx {
+    /// The control connection's client and the address it connected to.
+    pub client: SocketAddr,
+    pub client_local: SocketAddr,
+    /// The server, and the local address of the connection to it.
+    pub server: SocketAddr,
+    pub server_local: SocketAddr,
+}
+
+/// What a control machine asks the table to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlTodo {
+    /// Open a data port on `bind` (the system picks the port) for one
+    /// connection from `accept_from`, carried to `connect_to`; the machine
+    /// hears back through [`Control::data_listening`] or
+    /// [`Control::data_failed`] with `token`.
+    OpenData {
+        token: u32,
+        bind: std::net::IpAddr,
+        accept_from: std::net::IpAddr,
+        connect_to: SocketAddr,
+    },
+    /// Close once what was said is written.
+    Close { status: &'static str },
+}
+
+/// A protocol that filters its control connection after the handshake.
+///
+/// The directions are the session's: `up` client→server, `down`
+/// server→client. In each, `buf` holds the bytes read and not yet written;
+/// only its first `fwd` bytes are written, after the direction's prefix
+/// (bytes queued with `say`). A machine clears bytes for writing by raising
+/// `fwd`, or takes a line off the front (only when `fwd` is 0, so order is
+/// kept) and queues its rewritten form with `say`.
+pub trait Control {
+    /// Client bytes arrived in `up`.
+    fn from_client(
+        &mut self,
+        up: &mut Dir,
+        down: &mut Dir,
+        ctx: &ControlCtx,
+        todo: &mut Vec<ControlTodo>,
+    );
+    /// Server bytes arrived in `down`.
+    fn from_server(
+        &mut self,
+        up: &mut Dir,
+        down: &mut Dir,
+        ctx: &ControlCtx,
+        todo: &mut Vec<ControlTodo>,
+    );
+    /// The data port `token` is open at `local`.
+    fn data_listening(&mut self, token: u32, local: SocketAddr, up: &mut Dir, down: &mut Dir);
+    /// The data port `token` could not be opened.
+    fn data_failed(&mut self, token: u32, up: &mut Dir, down: &mut Dir);
 }
 
 /// A handshake in progress.
