@@ -37,6 +37,10 @@ pub struct Args {
     #[arg(long, value_name = "LEVEL", default_value = "info",
           value_parser = ["error", "warn", "info", "debug"])]
     pub log_level: String,
+    /// On SIGHUP, also check connections in flight against the new rules
+    /// and close those they deny.
+    #[arg(long)]
+    pub reload_recheck: bool,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -55,6 +59,26 @@ pub struct Plan {
     pub log_level: Level,
     /// Where the configuration came from (a path, or the embedded default).
     pub source: String,
+    /// The file to read again on SIGHUP (none: the embedded default).
+    pub path: Option<PathBuf>,
+    pub reload_recheck: bool,
+}
+
+/// The configuration to switch to on SIGHUP, from the file's new text (as
+/// the runtime read it). `Err` is the message to log; the old
+/// configuration then stays in force.
+pub fn reload(path: Option<&Path>, text: io::Result<String>) -> Result<Config, String> {
+    let (text, name) = match path {
+        Some(p) => match text {
+            Ok(t) => (t, p.display().to_string()),
+            Err(e) => return Err(format!(
+                "{}: cannot read the configuration file: {e}; the old configuration stays in force",
+                p.display()
+            )),
+        },
+        None => (config::DEFAULT_TOML.to_string(), EMBEDDED.to_string()),
+    };
+    config::parse(&text, &name).map_err(|e| format!("{e}; the old configuration stays in force"))
 }
 
 /// The I/O [`main`] needs, provided by a runtime.
@@ -86,10 +110,6 @@ pub fn load(path: Option<&Path>, host: &mut impl Host) -> Result<(Config, String
     };
     match config::parse(&text, &name) {
         Ok(c) => Ok((c, name)),
-        Err(e) if path.is_none() => Err(format!(
-            "{e}\n(the embedded default needs service kinds this version lacks; \
-             run with --config examples/portico.toml)"
-        )),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -141,6 +161,8 @@ where
         config,
         log_level,
         source,
+        path: args.config.clone(),
+        reload_recheck: args.reload_recheck,
     })
 }
 

@@ -93,6 +93,9 @@ struct ServiceInfo {
     counters: ServiceCounters,
     /// Served connections open now.
     active: u64,
+    conf: Arc<crate::config::Service>,
+    /// Gone from the configuration; kept while connections still use it.
+    retired: bool,
 }
 
 /// Counters over the life of the table (for tests and the status page).
@@ -157,6 +160,28 @@ pub fn listening_lines(config: &Config) -> Vec<String> {
         .collect()
 }
 
+fn service_info(s: &crate::config::Service) -> ServiceInfo {
+    let destination = s.destination.as_ref().map(|d| match &d.host {
+        Host::Ip(ip) => Target::Addr(SocketAddr::new(*ip, d.port)),
+        Host::Name(n) => Target::Name(n.clone(), d.port),
+    });
+    ServiceInfo {
+        name: Arc::from(s.name.as_str()),
+        kind: s.kind,
+        destination,
+        listen: s.listen.iter().map(|a| a.to_string()).collect(),
+        counters: ServiceCounters::default(),
+        active: 0,
+        target: s
+            .destination
+            .as_ref()
+            .map(|d| d.to_string())
+            .unwrap_or_default(),
+        conf: Arc::new(s.clone()),
+        retired: false,
+    }
+}
+
 fn method_of(kind: ServiceKind) -> &'static str {
     match kind {
         ServiceKind::Mapped => "TCP",
@@ -169,29 +194,7 @@ impl Proxy {
     /// address. `seed` seeds any randomness; `now` is the current time.
     pub fn new(config: Config, seed: u64, now: Instant) -> Self {
         let _ = now;
-        let services = config
-            .services
-            .iter()
-            .map(|s| {
-                let destination = s.destination.as_ref().map(|d| match &d.host {
-                    Host::Ip(ip) => Target::Addr(SocketAddr::new(*ip, d.port)),
-                    Host::Name(n) => Target::Name(n.clone(), d.port),
-                });
-                ServiceInfo {
-                    name: Arc::from(s.name.as_str()),
-                    kind: s.kind,
-                    destination,
-                    listen: s.listen.iter().map(|a| a.to_string()).collect(),
-                    counters: ServiceCounters::default(),
-                    active: 0,
-                    target: s
-                        .destination
-                        .as_ref()
-                        .map(|d| d.to_string())
-                        .unwrap_or_default(),
-                }
-            })
-            .collect();
+        let services: Vec<ServiceInfo> = config.services.iter().map(service_info).collect();
         let mut listeners = Slab::new();
         let mut actions = VecDeque::new();
         for (i, s) in config.services.iter().enumerate() {
@@ -378,7 +381,7 @@ impl Proxy {
             _ if denied => Some(Failure::Denied),
             _ => None,
         };
-        let hs = crate::proto::for_service(&self.config.services[service]);
+        let hs = crate::proto::for_service(&self.services[service].conf);
         let is_http = kind == ServiceKind::Http;
         let is_status = kind == ServiceKind::Status;
         let say_it =
@@ -1011,7 +1014,7 @@ impl Proxy {
             }
             let mut todo = Vec::new();
             let mut ctx = Ctx {
-                service: &self.config.services[s.service],
+                service: &self.services[s.service].conf,
                 users: &mut self.users,
                 client: s.client,
             };
@@ -1027,7 +1030,7 @@ impl Proxy {
         let data = s.up.buf.as_ref().map_or(&[][..], |b| b.data());
         let mut reply = Vec::new();
         let mut ctx = Ctx {
-            service: &self.config.services[s.service],
+            service: &self.services[s.service].conf,
             users: &mut self.users,
             client: s.client,
         };
@@ -1054,7 +1057,7 @@ impl Proxy {
         }
         let mut reply = Vec::new();
         let mut ctx = Ctx {
-            service: &self.config.services[s.service],
+            service: &self.services[s.service].conf,
             users: &mut self.users,
             client: s.client,
         };
@@ -1436,7 +1439,13 @@ impl Proxy {
             s.name,
             error.describe()
         );
-        self.actions.push_back(Action::Fatal { message });
+        if self.starting > 0 {
+            self.actions.push_back(Action::Fatal { message });
+        } else {
+            // After a reload: the rest serves on.
+            self.listeners.remove(listener.index());
+            self.log(Level::Error, || message);
+        }
     }
 
     fn on_accept_failed(&mut self, _listener: ListenerId, error: IoKind, now: Instant) {
@@ -1731,6 +1740,147 @@ impl Proxy {
         if grace.is_zero() {
             self.handle_timeout(now);
         }
+    }
+
+    /// Takes a new configuration (SIGHUP): listeners that are new open,
+    /// those gone close, those that stay keep their sockets; the new rules,
+    /// limits and users apply to new connections, and connections in flight
+    /// keep going — unless `recheck`, which closes those the new rules deny.
+    pub fn reconfigure(&mut self, config: Config, recheck: bool, now: Instant) {
+        // Services: same name and kind → the same entry (its counters go
+        // on); others are added; those gone are retired.
+        let mut index = Vec::with_capacity(config.services.len());
+        for svc in &config.services {
+            let found = self
+                .services
+                .iter()
+                .position(|s| !s.retired && *s.name == *svc.name && s.kind == svc.kind);
+            let fresh = service_info(svc);
+            match found {
+                Some(i) => {
+                    let s = &mut self.services[i];
+                    s.destination = fresh.destination;
+                    s.target = fresh.target;
+                    s.listen = fresh.listen;
+                    s.conf = fresh.conf;
+                    index.push(i);
+                }
+                None => {
+                    self.services.push(fresh);
+                    index.push(self.services.len() - 1);
+                }
+            }
+        }
+        for (i, s) in self.services.iter_mut().enumerate() {
+            if !index.contains(&i) {
+                s.retired = true;
+            }
+        }
+        // Listeners: keep an open one whose address and service stay.
+        let mut wanted: Vec<(usize, SocketAddr)> = Vec::new();
+        for (n, svc) in config.services.iter().enumerate() {
+            for a in &svc.listen {
+                wanted.push((index[n], *a));
+            }
+        }
+        let mut keep = Vec::new();
+        let mut close = Vec::new();
+        for (_, l) in self.listeners.iter() {
+            if l.data.is_some() {
+                continue;
+            }
+            let stays = l.state != ListenerState::Closed
+                && wanted
+                    .iter()
+                    .any(|(svc, a)| *svc == l.service && *a == l.addr);
+            if stays {
+                keep.push((l.service, l.addr));
+            } else {
+                close.push(l.id);
+            }
+        }
+        for id in close {
+            self.listeners.remove(id.index());
+            self.actions.push_back(Action::Unlisten { listener: id });
+        }
+        for (svc, addr) in wanted {
+            if keep.contains(&(svc, addr)) {
+                continue;
+            }
+            let idx = self.listeners.vacant_key();
+            if self.lgens.len() <= idx {
+                self.lgens.resize(idx + 1, 0);
+            }
+            self.lgens[idx] = self.lgens[idx].wrapping_add(1);
+            let id = ListenerId::new(idx, self.lgens[idx]);
+            self.listeners.insert(Listener {
+                id,
+                service: svc,
+                addr,
+                state: ListenerState::Opening,
+                data: None,
+            });
+            self.actions
+                .push_back(Action::Listen { listener: id, addr });
+        }
+        for w in crate::config::warnings(&config) {
+            self.log(Level::Warn, || w);
+        }
+        if config.limits.buffer != self.pool.buffer_size() {
+            // Buffers of the old size drain back and are freed.
+            self.pool = Pool::new(
+                config.limits.buffer,
+                POOL_KEEP.min(config.limits.max_connections as usize * 2),
+            );
+        }
+        self.users = Users::new(&config.users);
+        self.config = config;
+        let mut closed = 0;
+        if recheck {
+            let ids: Vec<usize> = self.sessions.iter().map(|(i, _)| i).collect();
+            for idx in ids {
+                let s = &self.sessions[idx];
+                if s.refusing.is_some() {
+                    continue;
+                }
+                let svc = &self.services[s.service];
+                let host = match &s.target {
+                    t if t.parse::<SocketAddr>().is_ok() => None,
+                    t => t
+                        .rsplit_once(':')
+                        .map(|(h, _)| h.trim_start_matches("http://")),
+                };
+                let q = Query {
+                    service: &svc.name,
+                    client: s.client.ip(),
+                    user: s.user.as_deref(),
+                    host,
+                    addr: s.upstream.map(|a| Self::rule_ip(a.ip())),
+                    port: s.upstream.map(|a| a.port()),
+                };
+                let denied = svc.retired
+                    || matches!(
+                        rules::check(&self.config.rules, &q, self.wall),
+                        Verdict::Deny { .. }
+                    );
+                if denied {
+                    self.sessions[idx].status = "denied";
+                    closed += 1;
+                    self.finish(idx, now);
+                }
+            }
+        }
+        let open = self.sessions.len();
+        self.log(Level::Info, || {
+            if recheck {
+                format!(
+                    "configuration reloaded; {closed} connections the new rules deny were \
+                     closed, {open} go on"
+                )
+            } else {
+                format!("configuration reloaded; {open} connections go on under the old rules")
+            }
+        });
     }
 
     /// Shutting down and nothing left in flight: the runtime may exit.

@@ -373,19 +373,22 @@ fn slow_reader_is_bounded_and_does_not_slow_others() {
         let mut sim = Sim::new(seed, limits);
         // A: a client that asks, then stops reading; its server sends a lot.
         let req = rng.bytes_in(1, 64);
-        // More than the sockets (at most 16 KiB each way) and the core's
-        // buffer can hold.
+        // More than the sockets (small ones here) and the core's buffer can
+        // hold.
+        let (cap_in, cap_out) = (rng.range(1, 2048), rng.range(1, 2048));
         let extra = rng.below(buffer);
-        let big = rng.bytes(2 * 16384 + buffer * 8 + extra);
+        let big = rng.bytes(cap_in + cap_out + buffer * 3 + extra);
         let mut a_server = vec![Op::WaitRecv(req.len())];
         a_server.extend(sends(&mut rng, &big, true));
         let a = sim.client(ClientSpec::new(
             vec![Op::Stall(true), Op::Send(req), Op::WaitEof, Op::Shut],
             Server::Accept(a_server),
         ));
+        sim.conns[a].server.inbound.cap = cap_in;
+        sim.conns[a].client.outbound.cap = cap_out;
         // B: an ordinary exchange at the same time.
-        let up = rng.bytes_in(buffer, 4 * buffer);
-        let down = rng.bytes_in(buffer, 4 * buffer);
+        let up = rng.bytes_in(buffer, 3 * buffer);
+        let down = rng.bytes_in(buffer, 3 * buffer);
         let (c, s) = exchange(&mut rng, &up, &down);
         let b = sim.client(ClientSpec::new(c, Server::Accept(s)).at(ms(1)));
 

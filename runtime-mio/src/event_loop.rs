@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream, UnixStream};
 use mio::{Events, Interest, Poll, Token, Waker};
-use portico_core::cli::{Plan, EXIT_OK, EXIT_RUNTIME};
+use portico_core::cli::{self, Plan, EXIT_OK, EXIT_RUNTIME};
 use portico_core::{Action, ConnId, Event, IoKind, ListenerId, Proxy, Side};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
@@ -76,6 +76,8 @@ struct Loop {
     resolver: Resolver,
     wall: WallClock,
     flags: Signals,
+    plan_path: Option<std::path::PathBuf>,
+    reload_recheck: bool,
 }
 
 /// Which signals have come since the loop last looked.
@@ -182,7 +184,11 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
     proxy.set_log_level(plan.log_level);
     let mut wall = WallClock::new();
     proxy.set_wall(wall.now());
+    let plan_path = plan.path.clone();
+    let reload_recheck = plan.reload_recheck;
     let mut lp = Loop {
+        plan_path,
+        reload_recheck,
         flags,
         resolver,
         wall,
@@ -290,14 +296,33 @@ impl Loop {
             }
         }
         if self.flags.reload.swap(false, Ordering::SeqCst) {
-            Output::log(
-                portico_core::Level::Warn,
-                "SIGHUP: configuration reload is not available in this version; \
-                 restart portico to apply changes",
-            );
+            self.reload();
         }
         if self.flags.stop.swap(false, Ordering::SeqCst) {
             self.proxy.shutdown(Instant::now());
+        }
+    }
+
+    /// SIGHUP: read the file again; a bad one leaves everything as it is.
+    fn reload(&mut self) {
+        let path = self.plan_path.clone();
+        let text = match &path {
+            Some(p) => std::fs::read_to_string(p),
+            None => Ok(String::new()),
+        };
+        match cli::reload(path.as_deref(), text) {
+            Ok(config) => {
+                match Output::open(&config) {
+                    Ok(out) => self.out = out,
+                    Err(e) => Output::log(
+                        portico_core::Level::Error,
+                        &format!("cannot open the new access log: {e}; keeping the old one"),
+                    ),
+                }
+                self.proxy
+                    .reconfigure(config, self.reload_recheck, Instant::now());
+            }
+            Err(msg) => Output::log(portico_core::Level::Error, &msg),
         }
     }
 

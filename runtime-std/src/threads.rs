@@ -16,7 +16,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use polling::{Event as PEvent, Events, Poller};
-use portico_core::cli::{Plan, EXIT_OK, EXIT_RUNTIME};
+use portico_core::cli::{self, Plan, EXIT_OK, EXIT_RUNTIME};
 use portico_core::{Action, ConnId, Event, IoKind, Level, ListenerId, Proxy, Side};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
@@ -203,6 +203,8 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
             plan.source
         )
     })?;
+    let plan_path = plan.path.clone();
+    let plan_recheck = plan.reload_recheck;
     let mut proxy = Proxy::new(plan.config, seed(), Instant::now());
     proxy.set_log_level(plan.log_level);
 
@@ -270,16 +272,33 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
 
     {
         let shared = shared.clone();
+        let path = plan_path.clone();
+        let recheck = plan_recheck;
         std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
                 for sig in signals.forever() {
                     if sig == signal_hook::consts::SIGHUP {
-                        Output::log(
-                            Level::Warn,
-                            "SIGHUP: configuration reload is not available in this version; \
-                             restart portico to apply changes",
-                        );
+                        let text = match &path {
+                            Some(p) => std::fs::read_to_string(p),
+                            None => Ok(String::new()),
+                        };
+                        match cli::reload(path.as_deref(), text) {
+                            Ok(config) => {
+                                let out = Output::open(&config);
+                                let mut core = lock(&shared);
+                                match out {
+                                    Ok(out) => core.out = out,
+                                    Err(e) => Output::log(
+                                        Level::Error,
+                                        &format!("cannot open the new access log: {e}; keeping the old one"),
+                                    ),
+                                }
+                                core.proxy.reconfigure(config, recheck, Instant::now());
+                                core.drain(&shared, None, &mut Vec::new());
+                            }
+                            Err(msg) => Output::log(Level::Error, &msg),
+                        }
                         continue;
                     }
                     let mut core = lock(&shared);

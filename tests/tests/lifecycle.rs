@@ -14,7 +14,6 @@ both!(
     sigterm_stops_accepting_keeps_connections,
     listen_address_in_use,
     sighup_does_not_stop_the_proxy,
-    #[ignore = "SIGHUP reload is not implemented yet; run with --ignored"]
     sighup_reloads_configuration,
 );
 
