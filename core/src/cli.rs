@@ -71,10 +71,12 @@ pub fn reload(path: Option<&Path>, text: io::Result<String>) -> Result<Config, S
     let (text, name) = match path {
         Some(p) => match text {
             Ok(t) => (t, p.display().to_string()),
-            Err(e) => return Err(format!(
+            Err(e) => {
+                return Err(format!(
                 "{}: cannot read the configuration file: {e}; the old configuration stays in force",
                 p.display()
-            )),
+            ))
+            }
         },
         None => (config::DEFAULT_TOML.to_string(), EMBEDDED.to_string()),
     };

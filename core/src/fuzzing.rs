@@ -157,7 +157,7 @@ impl Setup {
             debug_log: d & 0x80 != 0,
             // Rarely: one listener fails to open (a Fatal a runtime would
             // exit on; the table must still behave).
-            listen_fails: if e % 16 == 0 { 1 + (e >> 4) % 3 } else { 0 },
+            listen_fails: if e & 15 == 0 { 1 + (e >> 4) % 3 } else { 0 },
             seed: input.u32() as u64,
         }
     }

@@ -27,6 +27,7 @@ pub mod rules;
 mod session;
 pub mod status;
 mod timer;
+pub mod trace;
 
 pub use config::Config;
 pub use event::{Action, Event, IoKind, Level, Refused};

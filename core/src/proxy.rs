@@ -356,81 +356,31 @@ impl Proxy {
             return self.accept_data(listener, port, service, peer, now);
         }
         let kind = self.services[service].kind;
-        let limits = &self.config.limits;
-        let over = if self.grace_until.is_some() {
-            Some(Refused::ShuttingDown)
-        } else if self.sessions.len() - self.refusing >= limits.max_connections as usize {
-            Some(Refused::TooMany)
-        } else if self.per_client.get(&peer.ip()).copied().unwrap_or(0) >= limits.max_per_client {
-            Some(Refused::PerClient)
-        } else {
-            None
-        };
-        let denied = over.is_none()
-            && matches!(
-                rules::check_early(
-                    &self.config.rules,
-                    &self.services[service].name,
-                    peer.ip(),
-                    self.wall
-                ),
-                Verdict::Deny { .. }
-            );
-        let refusing = match over {
-            Some(Refused::TooMany | Refused::PerClient) => Some(Failure::Limit),
-            _ if denied => Some(Failure::Denied),
-            _ => None,
-        };
+        let conf = &self.services[service].conf;
+        let trusted = conf.proxy_protocol
+            && conf
+                .proxy_protocol_from
+                .iter()
+                .any(|n| n.contains(&peer.ip()));
         let hs = crate::proto::for_service(&self.services[service].conf);
         let is_http = kind == ServiceKind::Http;
         let is_status = kind == ServiceKind::Status;
-        let say_it =
-            (hs.is_some() || is_http) && self.refusing < REFUSING_MAX && refusing.is_some();
-        if (over.is_some() || denied) && !say_it {
-            let why = over.unwrap_or(Refused::Denied);
-            let status = match why {
-                Refused::ShuttingDown => "shutdown",
-                Refused::Denied => "denied",
-                _ => "limit",
-            };
-            self.stats.refused += 1;
-            *self.services[service]
-                .counters
-                .refused
-                .entry(status)
-                .or_insert(0) += 1;
-            let svc = &self.services[service];
-            let rec = AccessRecord {
-                service: svc.name.clone(),
-                client: peer,
-                user: None,
-                method: method_of(svc.kind).into(),
-                target: svc.target.clone(),
-                destination: None,
-                status: status.into(),
-                up: 0,
-                down: 0,
-                duration: Duration::ZERO,
-            };
-            self.actions.push_back(Action::Access(Box::new(rec)));
-            self.log(Level::Debug, || format!("refused {peer}: {why}"));
-            return Err(why);
-        }
-        if let Some(f) = refusing {
-            self.stats.refused += 1;
-            self.refusing += 1;
-            *self.services[service]
-                .counters
-                .refused
-                .entry(f.status())
-                .or_insert(0) += 1;
+        let refusing = if trusted {
+            // A balancer in front: limits and rules wait for the real client
+            // its PROXY header names. Only the table's own bound applies now.
+            if self.grace_until.is_some() {
+                return Err(self.refuse_plain(service, peer, Refused::ShuttingDown));
+            }
+            if self.sessions.len() - self.refusing >= self.config.limits.max_connections as usize {
+                return Err(self.refuse_plain(service, peer, Refused::TooMany));
+            }
+            None
         } else {
-            self.stats.accepted += 1;
-            *self.per_client.entry(peer.ip()).or_insert(0) += 1;
-            let svc = &mut self.services[service];
-            svc.counters.connections += 1;
-            svc.active += 1;
-        }
+            match self.admit(service, peer.ip(), hs.is_some() || is_http) {
+                Ok(r) => r,
+                Err(why) => return Err(self.refuse_plain(service, peer, why)),
+            }
+        };
         let idx = self.sessions.vacant_key();
         if self.gens.len() <= idx {
             self.gens.resize(idx + 1, 0);
@@ -445,7 +395,9 @@ impl Proxy {
             listener,
             client: peer,
             local,
-            state: if hs.is_some() || is_http || is_status {
+            state: if trusted {
+                State::ProxyHeader
+            } else if hs.is_some() || is_http || is_status {
                 State::Handshake
             } else {
                 State::Connecting
@@ -469,7 +421,6 @@ impl Proxy {
             upstream_local: None,
             status: "ok",
         };
-        let target = svc.destination.clone();
         let mut session = session;
         if is_http {
             session.http = Some(Box::default());
@@ -483,9 +434,183 @@ impl Proxy {
             idx: idx as u32,
             gen,
         };
-        if self.sessions[idx].hs.is_some() {
-            self.start_handshake(idx, now);
+        if trusted {
+            self.sync(idx, now);
             return Ok(conn);
+        }
+        self.begin(idx, now);
+        Ok(conn)
+    }
+
+    /// Checks a new client against the limits and the rules on its
+    /// address, and counts it. `Ok(Some(why))`: admitted only to be told
+    /// `why` in its protocol's words (`words`: the protocol has them).
+    fn admit(
+        &mut self,
+        service: usize,
+        client: IpAddr,
+        words: bool,
+    ) -> Result<Option<Failure>, Refused> {
+        let limits = &self.config.limits;
+        let over = if self.grace_until.is_some() {
+            Some(Refused::ShuttingDown)
+        } else if self.sessions.len() - self.refusing >= limits.max_connections as usize {
+            Some(Refused::TooMany)
+        } else if self.per_client.get(&client).copied().unwrap_or(0) >= limits.max_per_client {
+            Some(Refused::PerClient)
+        } else {
+            None
+        };
+        let denied = over.is_none()
+            && matches!(
+                rules::check_early(
+                    &self.config.rules,
+                    &self.services[service].name,
+                    client,
+                    self.wall
+                ),
+                Verdict::Deny { .. }
+            );
+        let refusing = match over {
+            Some(Refused::TooMany | Refused::PerClient) => Some(Failure::Limit),
+            _ if denied => Some(Failure::Denied),
+            _ => None,
+        };
+        let say_it = words && self.refusing < REFUSING_MAX && refusing.is_some();
+        if (over.is_some() || denied) && !say_it {
+            return Err(over.unwrap_or(Refused::Denied));
+        }
+        if let Some(f) = refusing {
+            self.stats.refused += 1;
+            self.refusing += 1;
+            *self.services[service]
+                .counters
+                .refused
+                .entry(f.status())
+                .or_insert(0) += 1;
+        } else {
+            self.stats.accepted += 1;
+            *self.per_client.entry(client).or_insert(0) += 1;
+            let svc = &mut self.services[service];
+            svc.counters.connections += 1;
+            svc.active += 1;
+        }
+        Ok(refusing)
+    }
+
+    /// Logs and counts a connection turned away at accept.
+    fn refuse_plain(&mut self, service: usize, peer: SocketAddr, why: Refused) -> Refused {
+        let status = match why {
+            Refused::ShuttingDown => "shutdown",
+            Refused::Denied => "denied",
+            _ => "limit",
+        };
+        self.stats.refused += 1;
+        *self.services[service]
+            .counters
+            .refused
+            .entry(status)
+            .or_insert(0) += 1;
+        let svc = &self.services[service];
+        let rec = AccessRecord {
+            service: svc.name.clone(),
+            client: peer,
+            user: None,
+            method: method_of(svc.kind).into(),
+            target: svc.target.clone(),
+            destination: None,
+            status: status.into(),
+            up: 0,
+            down: 0,
+            duration: Duration::ZERO,
+        };
+        self.actions.push_back(Action::Access(Box::new(rec)));
+        self.log(Level::Debug, || format!("refused {peer}: {why}"));
+        why
+    }
+
+    /// Reads the PROXY header a trusted balancer sends first; the client
+    /// it names is then admitted as if it had connected itself.
+    fn proxy_header(&mut self, idx: usize, now: Instant) {
+        let s = &mut self.sessions[idx];
+        if s.state != State::ProxyHeader {
+            return;
+        }
+        let data = s.up.buf.as_ref().map_or(&[][..], |b| b.data());
+        match crate::proxy_protocol::parse(data) {
+            crate::proxy_protocol::Parse::More => {
+                if s.up.eof {
+                    s.status = "aborted";
+                    self.finish_unadmitted(idx, now);
+                }
+            }
+            crate::proxy_protocol::Parse::Invalid(why) => {
+                let client = s.client;
+                self.log(Level::Debug, || {
+                    format!("{client}: bad PROXY header: {why}")
+                });
+                self.sessions[idx].status = "bad-proxy-header";
+                self.finish_unadmitted(idx, now);
+            }
+            crate::proxy_protocol::Parse::Done { header, len } => {
+                if let Some(b) = s.up.buf.as_mut() {
+                    b.consume(len);
+                }
+                s.up.release_if_empty(&mut self.pool);
+                if let crate::proxy_protocol::Header::Proxied { source, .. } = header {
+                    s.client = source;
+                }
+                let (service, client) = (s.service, s.client);
+                let words = s.hs.is_some() || s.http.is_some();
+                // This session is in the table already: not counted twice.
+                self.refusing += 1;
+                let admitted = self.admit(service, client.ip(), words);
+                self.refusing -= 1;
+                match admitted {
+                    Ok(refusing) => {
+                        let s = &mut self.sessions[idx];
+                        s.refusing = refusing;
+                        s.state = if s.hs.is_some()
+                            || s.http.is_some()
+                            || self.services[service].kind == ServiceKind::Status
+                        {
+                            State::Handshake
+                        } else {
+                            State::Connecting
+                        };
+                        s.state_since = now;
+                        self.begin(idx, now);
+                        // Bytes behind the header may already be a request.
+                        if self.live(self.id_of(idx)) {
+                            self.advance(idx, now);
+                        }
+                    }
+                    Err(why) => {
+                        self.refuse_plain(service, client, why);
+                        self.finish_unadmitted(idx, now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends a session that was never admitted (its PROXY header was bad or
+    /// its client is over a limit): it was counted in no limit.
+    fn finish_unadmitted(&mut self, idx: usize, now: Instant) {
+        // finish() undoes an admission; make it undo nothing.
+        self.refusing += 1;
+        self.sessions[idx].refusing = Some(Failure::Other);
+        self.finish(idx, now);
+    }
+
+    /// Starts what the service does with a newly admitted connection.
+    fn begin(&mut self, idx: usize, now: Instant) {
+        let s = &self.sessions[idx];
+        let kind = self.services[s.service].kind;
+        let (is_http, is_status) = (kind == ServiceKind::Http, kind == ServiceKind::Status);
+        let target = self.services[s.service].destination.clone();
+        if s.hs.is_some() {
+            return self.start_handshake(idx, now);
         }
         if !is_http && !is_status {
             match target {
@@ -496,10 +621,9 @@ impl Proxy {
                     self.finish(idx, now);
                 }
             }
-            return Ok(conn);
+            return;
         }
         self.sync(idx, now);
-        Ok(conn)
     }
 
     /// Opens a data port for session `owner` on `bind` (the system picks the
@@ -727,6 +851,19 @@ impl Proxy {
     fn connect(&mut self, idx: usize, addr: SocketAddr, now: Instant) {
         let conn = self.id_of(idx);
         let s = &mut self.sessions[idx];
+        if let Some(v) = self.services[s.service].conf.send_proxy_protocol {
+            // The destination learns the real client before any byte of it
+            // (a retry to another address says it again, on its own socket).
+            let version = match v {
+                crate::config::ProxyVersion::V1 => crate::proxy_protocol::Version::V1,
+                crate::config::ProxyVersion::V2 => crate::proxy_protocol::Version::V2,
+            };
+            let mut header = Vec::new();
+            crate::proxy_protocol::encode(version, s.client, s.local, &mut header);
+            s.up.prefix.clear();
+            s.up.prefix_pos = 0;
+            s.up.say(&header);
+        }
         s.upstream = Some(addr);
         // A new upstream socket: the runtime knows no interest for it yet.
         s.told[1] = (false, false);
@@ -843,6 +980,7 @@ impl Proxy {
                 user,
                 destination,
                 state: match s.state {
+                    State::ProxyHeader => "proxy-header",
                     State::Handshake => "handshake",
                     State::Resolving => "resolving",
                     State::Connecting => "connecting",
@@ -1001,6 +1139,9 @@ impl Proxy {
 
     /// Runs the handshake over what the client has sent.
     fn advance(&mut self, idx: usize, now: Instant) {
+        if self.sessions[idx].state == State::ProxyHeader {
+            return self.proxy_header(idx, now);
+        }
         let s = &mut self.sessions[idx];
         if self.services[s.service].kind == ServiceKind::Status {
             return self.status_request(idx, now);
@@ -1549,7 +1690,7 @@ impl Proxy {
     fn deadline(&self, s: &Session) -> Instant {
         let l = &self.config.limits;
         match s.state {
-            State::Handshake | State::ServerHandshake | State::Closing => {
+            State::ProxyHeader | State::Handshake | State::ServerHandshake | State::Closing => {
                 s.state_since + l.handshake_timeout
             }
             State::Resolving | State::Connecting => s.state_since + l.connect_timeout,
@@ -1689,6 +1830,10 @@ impl Proxy {
                     } else {
                         self.finish(idx, now);
                     }
+                }
+                State::ProxyHeader => {
+                    s.status = "timeout";
+                    self.finish_unadmitted(idx, now);
                 }
                 State::Closing => self.finish(idx, now),
                 State::ServerHandshake => self.fail(idx, Failure::TimedOut, now),

@@ -37,6 +37,8 @@ use crate::id::{ListenerId, Side};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum State {
+    /// A trusted balancer's PROXY header is awaited; nothing is admitted yet.
+    ProxyHeader,
     /// The protocol talks with the client until it names a destination.
     Handshake,
     /// Waiting for the runtime to resolve the destination's name.

@@ -22,7 +22,7 @@ fn seed() -> u64 {
     std::env::var("PORTICO_QC_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed_0f_9057)
+        .unwrap_or(0x5eed_f00d)
 }
 
 fn tests(default: u64) -> u64 {
