@@ -60,6 +60,24 @@ pub enum Action {
         listener: ListenerId,
         addr: SocketAddr,
     },
+    /// Open a UDP socket bound to `addr` for a UDP mapped port, then report
+    /// [`Event::Listening`] or [`Event::ListenFailed`]; datagrams on it go
+    /// to [`crate::Proxy::handle_datagram`].
+    ListenUdp {
+        listener: ListenerId,
+        addr: SocketAddr,
+    },
+    /// Open UDP mapping `id`'s own socket (from `bind`, if given) connected
+    /// to `destination`; datagrams on it go to
+    /// [`crate::Proxy::handle_reply`]. On failure call
+    /// [`crate::Proxy::handle_udp_failed`].
+    UdpOpen {
+        id: crate::udp::UdpId,
+        bind: Option<IpAddr>,
+        destination: SocketAddr,
+    },
+    /// Close UDP mapping `id`'s socket.
+    UdpClose { id: crate::udp::UdpId },
     /// Stop accepting on a listener for now (it stays open).
     PauseAccept { listener: ListenerId },
     /// Accept on a paused listener again.

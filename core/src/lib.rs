@@ -28,6 +28,7 @@ mod session;
 pub mod status;
 mod timer;
 pub mod trace;
+pub mod udp;
 
 pub use config::Config;
 pub use event::{Action, Event, IoKind, Level, Refused};

@@ -33,7 +33,7 @@ use slab::Slab;
 
 use crate::auth::Users;
 use crate::buffer::Pool;
-use crate::config::{Config, Host, ServiceKind};
+use crate::config::{Config, Host, Protocol, ServiceKind};
 use crate::event::{Action, Event, IoKind, Level, Refused};
 use crate::id::{ConnId, ListenerId, Side};
 use crate::log::AccessRecord;
@@ -43,6 +43,7 @@ use crate::rules::{self, Query, Verdict, Wall};
 use crate::session::{side_index, Dir, Session, State};
 use crate::status::{self, ConnRow, ServiceCounters, ServiceRow, Snapshot};
 use crate::timer::Timers;
+use crate::udp::{UdpId, UdpTable, UdpTodo, Via};
 
 /// How long accepting pauses when the process is out of file descriptors.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(250);
@@ -69,6 +70,8 @@ struct Listener {
     state: ListenerState,
     /// An FTP data port: open for one connection of one session.
     data: Option<DataPort>,
+    /// A UDP mapped port's socket.
+    udp: bool,
 }
 
 /// A data port an FTP control connection opened.
@@ -137,6 +140,9 @@ pub struct Proxy {
     users: Users,
     /// Sessions that exist only to refuse in their protocol's words.
     refusing: usize,
+    udp: UdpTable,
+    /// Where the runtime puts a datagram it received.
+    datagram: Vec<u8>,
     /// Bytes of finished connections per authenticated user: up, down.
     user_bytes: std::collections::BTreeMap<String, (u64, u64)>,
     wall: Wall,
@@ -206,10 +212,18 @@ impl Proxy {
                     addr: *addr,
                     state: ListenerState::Opening,
                     data: None,
+                    udp: s.protocol == Protocol::Udp,
                 });
-                actions.push_back(Action::Listen {
-                    listener: id,
-                    addr: *addr,
+                actions.push_back(if s.protocol == Protocol::Udp {
+                    Action::ListenUdp {
+                        listener: id,
+                        addr: *addr,
+                    }
+                } else {
+                    Action::Listen {
+                        listener: id,
+                        addr: *addr,
+                    }
                 });
             }
         }
@@ -244,6 +258,8 @@ impl Proxy {
             users: Users::new(&config.users),
             refusing: 0,
             user_bytes: Default::default(),
+            udp: UdpTable::default(),
+            datagram: Vec::new(),
             wall: Wall::default(),
             config,
         }
@@ -658,6 +674,7 @@ impl Proxy {
                 accept_from,
                 connect_to,
             }),
+            udp: false,
         });
         self.actions
             .push_back(Action::Listen { listener: id, addr });
@@ -1788,6 +1805,10 @@ impl Proxy {
 
     /// Runs every deadline due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let mut todo = Vec::new();
+        self.udp
+            .handle_timeout(self.config.limits.udp_idle_timeout, now, &mut todo);
+        self.udp_todo(todo);
         if self.accept_paused_until.is_some_and(|t| t <= now) {
             self.accept_paused_until = None;
             for (_, l) in self.listeners.iter() {
@@ -1849,6 +1870,7 @@ impl Proxy {
     pub fn poll_timeout(&self) -> Option<Instant> {
         [
             self.timers.next(),
+            self.udp.next_deadline(),
             self.accept_paused_until,
             self.grace_until,
         ]
@@ -1875,6 +1897,9 @@ impl Proxy {
                 self.actions.push_back(Action::Unlisten { listener: l.id });
             }
         }
+        let mut todo = Vec::new();
+        self.udp.close_all(now, &mut todo);
+        self.udp_todo(todo);
         let open = self.sessions.len();
         self.log(Level::Info, || {
             format!(
@@ -1922,10 +1947,10 @@ impl Proxy {
             }
         }
         // Listeners: keep an open one whose address and service stay.
-        let mut wanted: Vec<(usize, SocketAddr)> = Vec::new();
+        let mut wanted: Vec<(usize, SocketAddr, bool)> = Vec::new();
         for (n, svc) in config.services.iter().enumerate() {
             for a in &svc.listen {
-                wanted.push((index[n], *a));
+                wanted.push((index[n], *a, svc.protocol == Protocol::Udp));
             }
         }
         let mut keep = Vec::new();
@@ -1937,7 +1962,7 @@ impl Proxy {
             let stays = l.state != ListenerState::Closed
                 && wanted
                     .iter()
-                    .any(|(svc, a)| *svc == l.service && *a == l.addr);
+                    .any(|(svc, a, udp)| *svc == l.service && *a == l.addr && *udp == l.udp);
             if stays {
                 keep.push((l.service, l.addr));
             } else {
@@ -1948,7 +1973,7 @@ impl Proxy {
             self.listeners.remove(id.index());
             self.actions.push_back(Action::Unlisten { listener: id });
         }
-        for (svc, addr) in wanted {
+        for (svc, addr, udp) in wanted {
             if keep.contains(&(svc, addr)) {
                 continue;
             }
@@ -1964,9 +1989,13 @@ impl Proxy {
                 addr,
                 state: ListenerState::Opening,
                 data: None,
+                udp,
             });
-            self.actions
-                .push_back(Action::Listen { listener: id, addr });
+            self.actions.push_back(if udp {
+                Action::ListenUdp { listener: id, addr }
+            } else {
+                Action::Listen { listener: id, addr }
+            });
         }
         for w in crate::config::warnings(&config) {
             self.log(Level::Warn, || w);
@@ -2030,7 +2059,99 @@ impl Proxy {
 
     /// Shutting down and nothing left in flight: the runtime may exit.
     pub fn is_finished(&self) -> bool {
-        self.grace_until.is_some() && self.sessions.is_empty()
+        self.grace_until.is_some() && self.sessions.is_empty() && self.udp.len() == 0
+    }
+
+    /// Where the runtime receives a datagram, then reports it with
+    /// [`Proxy::handle_datagram`] or [`Proxy::handle_reply`].
+    pub fn datagram_buf(&mut self) -> &mut [u8] {
+        if self.datagram.len() < crate::udp::MAX_DATAGRAM {
+            self.datagram.resize(crate::udp::MAX_DATAGRAM, 0);
+        }
+        &mut self.datagram
+    }
+
+    /// `n` bytes of [`Proxy::datagram_buf`] came from `from` on a UDP
+    /// listener.
+    pub fn handle_datagram(
+        &mut self,
+        listener: ListenerId,
+        from: SocketAddr,
+        n: usize,
+        now: Instant,
+    ) {
+        let Some(l) = self
+            .listener(listener)
+            .filter(|l| l.udp && l.state == ListenerState::Open)
+        else {
+            return;
+        };
+        if self.grace_until.is_some() {
+            return;
+        }
+        let svc = &self.services[l.service];
+        let Some(Target::Addr(dest)) = svc.destination.clone() else {
+            // Validation keeps UDP destinations to addresses.
+            return;
+        };
+        let n = n.min(self.datagram.len());
+        let name = svc.name.clone();
+        let mut todo = Vec::new();
+        let max = self.config.limits.max_connections as usize;
+        let idle = self.config.limits.udp_idle_timeout;
+        let bind = self.config.network.outgoing;
+        self.udp.from_client(
+            listener,
+            &name,
+            from,
+            dest,
+            bind,
+            &self.datagram[..n],
+            max,
+            idle,
+            now,
+            &mut todo,
+        );
+        self.udp_todo(todo);
+    }
+
+    /// `n` bytes of [`Proxy::datagram_buf`] came back on mapping `id`.
+    pub fn handle_reply(&mut self, id: UdpId, n: usize, now: Instant) {
+        let n = n.min(self.datagram.len());
+        let idle = self.config.limits.udp_idle_timeout;
+        self.udp
+            .from_destination(id, &self.datagram[..n], idle, now);
+    }
+
+    /// Mapping `id`'s socket could not be made, or failed.
+    pub fn handle_udp_failed(&mut self, id: UdpId, now: Instant) {
+        let mut todo = Vec::new();
+        self.udp.failed(id, now, &mut todo);
+        self.udp_todo(todo);
+    }
+
+    /// The next datagram to send, and by which socket (a runtime sends
+    /// them all after each UDP event; one that cannot be sent is dropped).
+    pub fn poll_datagram(&mut self) -> Option<(Via, Vec<u8>)> {
+        self.udp.pop()
+    }
+
+    fn udp_todo(&mut self, todo: Vec<UdpTodo>) {
+        for t in todo {
+            self.actions.push_back(match t {
+                UdpTodo::Open {
+                    id,
+                    bind,
+                    destination,
+                } => Action::UdpOpen {
+                    id,
+                    bind,
+                    destination,
+                },
+                UdpTodo::Close { id } => Action::UdpClose { id },
+                UdpTodo::Access(r) => Action::Access(r),
+            });
+        }
     }
 
     /// Startup listeners not yet reported open.

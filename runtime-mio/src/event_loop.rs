@@ -18,9 +18,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mio::net::{TcpListener, TcpStream, UnixStream};
+use mio::net::{TcpListener, TcpStream, UdpSocket, UnixStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use portico_core::cli::{self, Plan, EXIT_OK, EXIT_RUNTIME};
+use portico_core::udp::{UdpId, Via};
 use portico_core::{Action, ConnId, Event, IoKind, ListenerId, Proxy, Side};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
@@ -31,6 +32,11 @@ const RESOLVED: Token = Token(usize::MAX - 1);
 /// Threads that resolve names, so the loop never waits on DNS.
 const RESOLVERS: usize = 4;
 const LISTENER_BASE: usize = usize::MAX / 2;
+/// UDP listeners and UDP mappings sit above the TCP listeners.
+const UDP_LISTENER_BASE: usize = LISTENER_BASE + (1 << 21);
+const UDP_MAP_BASE: usize = LISTENER_BASE + (1 << 22);
+/// Datagrams one UDP socket may take before the others get a turn.
+const DATAGRAMS_PER_TURN: usize = 64;
 /// Reads or writes one connection may do before the others get a turn.
 const OPS_PER_TURN: usize = 16;
 /// Accepts one listener may do before the others get a turn.
@@ -78,6 +84,10 @@ struct Loop {
     flags: Signals,
     plan_path: Option<std::path::PathBuf>,
     reload_recheck: bool,
+    udp_listeners: Vec<Option<(ListenerId, UdpSocket)>>,
+    udp_maps: Vec<Option<(UdpId, UdpSocket)>>,
+    /// UDP sockets (tokens) with datagrams left to read.
+    udp_work: Vec<Token>,
 }
 
 /// Which signals have come since the loop last looked.
@@ -187,6 +197,9 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
     let plan_path = plan.path.clone();
     let reload_recheck = plan.reload_recheck;
     let mut lp = Loop {
+        udp_listeners: Vec::new(),
+        udp_maps: Vec::new(),
+        udp_work: Vec::new(),
         plan_path,
         reload_recheck,
         flags,
@@ -227,7 +240,10 @@ impl Loop {
                 return EXIT_OK;
             }
             let now = Instant::now();
-            let timeout = if !self.work.is_empty() || !self.accept_work.is_empty() {
+            let timeout = if !self.work.is_empty()
+                || !self.accept_work.is_empty()
+                || !self.udp_work.is_empty()
+            {
                 Some(Duration::ZERO)
             } else {
                 self.proxy
@@ -251,6 +267,8 @@ impl Loop {
                     self.signals(sig_rx);
                 } else if t == RESOLVED {
                     self.answers();
+                } else if t.0 >= UDP_LISTENER_BASE {
+                    self.udp_work.push(t);
                 } else if t.0 >= LISTENER_BASE {
                     let i = t.0 - LISTENER_BASE;
                     if let Some(Some(l)) = self.listeners.get_mut(i) {
@@ -280,6 +298,7 @@ impl Loop {
                 }
             }
             self.accept_turn();
+            self.udp_turn();
             self.work_turn();
             self.proxy.handle_timeout(Instant::now());
         }
@@ -375,8 +394,26 @@ impl Loop {
                             *slot = None;
                         }
                     }
+                    if let Some(slot) = self.udp_listeners.get_mut(listener.index()) {
+                        if slot.as_ref().is_some_and(|(i, _)| *i == listener) {
+                            *slot = None;
+                        }
+                    }
                 }
                 Action::Connect { conn, addr, bind } => self.connect(conn, addr, bind),
+                Action::ListenUdp { listener, addr } => self.listen_udp(listener, addr),
+                Action::UdpOpen {
+                    id,
+                    bind,
+                    destination,
+                } => self.udp_open(id, bind, destination),
+                Action::UdpClose { id } => {
+                    if let Some(slot) = self.udp_maps.get_mut(id.index()) {
+                        if slot.as_ref().is_some_and(|(i, _)| *i == id) {
+                            *slot = None;
+                        }
+                    }
+                }
                 Action::Resolve { conn, host, port } => {
                     if self.resolver.jobs.send((conn, host, port)).is_err() {
                         self.proxy
@@ -540,6 +577,138 @@ impl Loop {
                 let error = IoKind::from_io(&e);
                 self.proxy
                     .handle(Event::ConnectFailed { conn, error }, Instant::now());
+            }
+        }
+    }
+
+    fn listen_udp(&mut self, listener: ListenerId, addr: SocketAddr) {
+        let r = (|| -> io::Result<UdpSocket> {
+            let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+            s.set_reuse_address(true)?;
+            if addr.is_ipv6() {
+                s.set_only_v6(true)?;
+            }
+            s.set_nonblocking(true)?;
+            s.bind(&SockAddr::from(addr))?;
+            let mut u = UdpSocket::from_std(s.into());
+            let token = Token(UDP_LISTENER_BASE + listener.index());
+            self.poll
+                .registry()
+                .register(&mut u, token, Interest::READABLE)?;
+            Ok(u)
+        })();
+        let now = Instant::now();
+        match r {
+            Ok(u) => {
+                let local = u.local_addr().unwrap_or(addr);
+                let i = listener.index();
+                if self.udp_listeners.len() <= i {
+                    self.udp_listeners.resize_with(i + 1, || None);
+                }
+                self.udp_listeners[i] = Some((listener, u));
+                self.proxy.handle(Event::Listening { listener, local }, now);
+            }
+            Err(e) => {
+                let error = IoKind::from_io(&e);
+                self.proxy
+                    .handle(Event::ListenFailed { listener, error }, now);
+            }
+        }
+    }
+
+    fn udp_open(&mut self, id: UdpId, bind: Option<std::net::IpAddr>, dest: SocketAddr) {
+        let r = (|| -> io::Result<UdpSocket> {
+            let s = Socket::new(Domain::for_address(dest), Type::DGRAM, Some(Protocol::UDP))?;
+            s.set_nonblocking(true)?;
+            let from = match (bind, dest) {
+                (Some(ip), _) => SocketAddr::new(ip, 0),
+                (None, SocketAddr::V4(_)) => SocketAddr::from(([0, 0, 0, 0], 0)),
+                (None, SocketAddr::V6(_)) => SocketAddr::from(([0u16; 8], 0)),
+            };
+            s.bind(&SockAddr::from(from))?;
+            s.connect(&SockAddr::from(dest))?;
+            let mut u = UdpSocket::from_std(s.into());
+            let token = Token(UDP_MAP_BASE + id.index());
+            self.poll
+                .registry()
+                .register(&mut u, token, Interest::READABLE)?;
+            Ok(u)
+        })();
+        match r {
+            Ok(u) => {
+                let i = id.index();
+                if self.udp_maps.len() <= i {
+                    self.udp_maps.resize_with(i + 1, || None);
+                }
+                self.udp_maps[i] = Some((id, u));
+            }
+            Err(_) => self.proxy.handle_udp_failed(id, Instant::now()),
+        }
+    }
+
+    /// Reads datagrams from the UDP sockets that are ready, a bounded number
+    /// each, then sends what the core has queued.
+    fn udp_turn(&mut self) {
+        let list = std::mem::take(&mut self.udp_work);
+        for t in list {
+            let mut more = false;
+            for _ in 0..DATAGRAMS_PER_TURN {
+                let now = Instant::now();
+                if t.0 >= UDP_MAP_BASE {
+                    let i = t.0 - UDP_MAP_BASE;
+                    let Some(Some((id, u))) = self.udp_maps.get(i) else {
+                        break;
+                    };
+                    let id = *id;
+                    match u.recv(self.proxy.datagram_buf()) {
+                        Ok(n) => self.proxy.handle_reply(id, n, now),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        // ICMP errors (port unreachable) surface here: the
+                        // mapping lives on until it idles out.
+                        Err(_) => break,
+                    }
+                } else {
+                    let i = t.0 - UDP_LISTENER_BASE;
+                    let Some(Some((id, u))) = self.udp_listeners.get(i) else {
+                        break;
+                    };
+                    let id = *id;
+                    match u.recv_from(self.proxy.datagram_buf()) {
+                        Ok((n, from)) => self.proxy.handle_datagram(id, from, n, now),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(_) => break,
+                    }
+                }
+                self.drain();
+                self.send_datagrams();
+                more = true;
+            }
+            if more {
+                self.udp_work.push(t);
+            }
+        }
+        self.drain();
+        self.send_datagrams();
+    }
+
+    fn send_datagrams(&mut self) {
+        while let Some((via, data)) = self.proxy.poll_datagram() {
+            // A datagram that cannot go now is dropped, as a network would.
+            match via {
+                Via::Listener(id, to) => {
+                    if let Some(Some((i, u))) = self.udp_listeners.get(id.index()) {
+                        if *i == id {
+                            let _ = u.send_to(&data, to);
+                        }
+                    }
+                }
+                Via::Mapping(id) => {
+                    if let Some(Some((i, u))) = self.udp_maps.get(id.index()) {
+                        if *i == id {
+                            let _ = u.send(&data);
+                        }
+                    }
+                }
             }
         }
     }

@@ -10,13 +10,14 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use polling::{Event as PEvent, Events, Poller};
 use portico_core::cli::{self, Plan, EXIT_OK, EXIT_RUNTIME};
+use portico_core::udp::{UdpId, Via};
 use portico_core::{Action, ConnId, Event, IoKind, Level, ListenerId, Proxy, Side};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
@@ -55,6 +56,14 @@ enum ListenCmd {
     Close(ListenerId),
 }
 
+/// What the UDP thread is told to do.
+enum UdpCmd {
+    Listen(ListenerId, SocketAddr),
+    Unlisten(ListenerId),
+    Open(UdpId, Option<IpAddr>, SocketAddr),
+    Close(UdpId),
+}
+
 struct Route {
     id: ConnId,
     tx: Sender<Cmd>,
@@ -66,6 +75,7 @@ struct Core {
     wall: WallClock,
     routes: HashMap<usize, Route>,
     acceptor_tx: Option<(Sender<ListenCmd>, Arc<Poller>)>,
+    udp_tx: Option<(Sender<UdpCmd>, Arc<Poller>)>,
     out: Output,
     /// When the timer thread plans to wake next.
     timer_wake: Option<Instant>,
@@ -116,6 +126,23 @@ impl Core {
                 }
                 Action::Unlisten { listener } => {
                     self.to_acceptor(ListenCmd::Close(listener));
+                    self.to_udp(UdpCmd::Unlisten(listener));
+                    continue;
+                }
+                Action::ListenUdp { listener, addr } => {
+                    self.to_udp(UdpCmd::Listen(listener, addr));
+                    continue;
+                }
+                Action::UdpOpen {
+                    id,
+                    bind,
+                    destination,
+                } => {
+                    self.to_udp(UdpCmd::Open(id, bind, destination));
+                    continue;
+                }
+                Action::UdpClose { id } => {
+                    self.to_udp(UdpCmd::Close(id));
                     continue;
                 }
                 Action::Listen { listener, addr } => {
@@ -171,6 +198,13 @@ impl Core {
         }
     }
 
+    fn to_udp(&self, cmd: UdpCmd) {
+        if let Some((tx, poller)) = &self.udp_tx {
+            let _ = tx.send(cmd);
+            let _ = poller.notify();
+        }
+    }
+
     fn to_acceptor(&self, cmd: ListenCmd) {
         if let Some((tx, poller)) = &self.acceptor_tx {
             let _ = tx.send(cmd);
@@ -215,6 +249,7 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
         pending.push(a);
     }
     let mut early = Vec::new();
+    let mut udp_early = Vec::new();
     for a in pending {
         match a {
             Action::Listen { listener, addr } => {
@@ -235,6 +270,7 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
                     }
                 }
             }
+            Action::ListenUdp { listener, addr } => udp_early.push((listener, addr)),
             other => early.push(other),
         }
         // Say/Fatal/Log produced by the listener events.
@@ -256,12 +292,18 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
     let acceptor_poller =
         Arc::new(Poller::new().map_err(|e| format!("cannot create a poller: {e}"))?);
     let (acc_tx, acc_rx) = channel();
+    let udp_poller = Arc::new(Poller::new().map_err(|e| format!("cannot create a poller: {e}"))?);
+    let (udp_tx, udp_rx) = channel();
+    for (listener, addr) in udp_early {
+        let _ = udp_tx.send(UdpCmd::Listen(listener, addr));
+    }
     let shared = Arc::new(Shared {
         core: Mutex::new(Core {
             proxy,
             wall: WallClock::new(),
             routes: HashMap::new(),
             acceptor_tx: Some((acc_tx, acceptor_poller.clone())),
+            udp_tx: Some((udp_tx.clone(), udp_poller.clone())),
             out,
             timer_wake: None,
             fatal: None,
@@ -313,6 +355,13 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
         std::thread::Builder::new()
             .name("timers".into())
             .spawn(move || timer_thread(&shared))
+            .map_err(|e| format!("cannot start a thread: {e}"))?;
+    }
+    {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("udp".into())
+            .spawn(move || udp_thread(&shared, udp_poller, udp_rx))
             .map_err(|e| format!("cannot start a thread: {e}"))?;
     }
     {
@@ -375,6 +424,170 @@ fn timer_thread(shared: &Shared) {
             .map(|(g, _)| g)
             .unwrap_or_else(|p| p.into_inner().0);
     }
+}
+
+/// Poller keys of UDP mappings sit above those of UDP listeners.
+const UDP_MAP_KEY: usize = 1 << 40;
+
+/// One thread for every UDP socket: datagrams are small and independent, so
+/// a thread per mapping would buy nothing.
+fn udp_thread(shared: &Arc<Shared>, poller: Arc<Poller>, rx: Receiver<UdpCmd>) {
+    let mut listeners: HashMap<usize, (ListenerId, UdpSocket)> = HashMap::new();
+    let mut maps: HashMap<usize, (UdpId, UdpSocket)> = HashMap::new();
+    let mut events = Events::new();
+    loop {
+        while let Ok(cmd) = rx.try_recv() {
+            match cmd {
+                UdpCmd::Listen(id, addr) => {
+                    let now = Instant::now();
+                    let ev = match bind_udp(addr) {
+                        Ok(u) => {
+                            let local = u.local_addr().unwrap_or(addr);
+                            // SAFETY: deleted from the poller before it is dropped.
+                            let _ = unsafe { poller.add(&u, PEvent::readable(id.index())) };
+                            if let Some((_, old)) = listeners.insert(id.index(), (id, u)) {
+                                let _ = poller.delete(&old);
+                            }
+                            Event::Listening {
+                                listener: id,
+                                local,
+                            }
+                        }
+                        Err(e) => Event::ListenFailed {
+                            listener: id,
+                            error: IoKind::from_io(&e),
+                        },
+                    };
+                    let mut core = lock(shared);
+                    core.proxy.handle(ev, now);
+                    core.drain(shared, None, &mut Vec::new());
+                }
+                UdpCmd::Unlisten(id) => {
+                    if listeners.get(&id.index()).is_some_and(|(i, _)| *i == id) {
+                        if let Some((_, u)) = listeners.remove(&id.index()) {
+                            let _ = poller.delete(&u);
+                        }
+                    }
+                }
+                UdpCmd::Open(id, bind, dest) => match open_udp(bind, dest) {
+                    Ok(u) => {
+                        let key = UDP_MAP_KEY + id.index();
+                        // SAFETY: deleted from the poller before it is dropped.
+                        let _ = unsafe { poller.add(&u, PEvent::readable(key)) };
+                        if let Some((_, old)) = maps.insert(id.index(), (id, u)) {
+                            let _ = poller.delete(&old);
+                        }
+                    }
+                    Err(_) => {
+                        let mut core = lock(shared);
+                        core.proxy.handle_udp_failed(id, Instant::now());
+                        core.drain(shared, None, &mut Vec::new());
+                    }
+                },
+                UdpCmd::Close(id) => {
+                    if maps.get(&id.index()).is_some_and(|(i, _)| *i == id) {
+                        if let Some((_, u)) = maps.remove(&id.index()) {
+                            let _ = poller.delete(&u);
+                        }
+                    }
+                }
+            }
+        }
+        // Datagrams the core queued (the first one of a new mapping waits
+        // for its socket, opened just above).
+        {
+            let mut core = lock(shared);
+            while let Some((via, data)) = core.proxy.poll_datagram() {
+                // One that cannot go now is dropped, as a network would.
+                match via {
+                    Via::Listener(id, to) => {
+                        if let Some((i, u)) = listeners.get(&id.index()) {
+                            if *i == id {
+                                let _ = u.send_to(&data, to);
+                            }
+                        }
+                    }
+                    Via::Mapping(id) => {
+                        if let Some((i, u)) = maps.get(&id.index()) {
+                            if *i == id {
+                                let _ = u.send(&data);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        events.clear();
+        if poller.wait(&mut events, None).is_err() {
+            continue;
+        }
+        for ev in events.iter() {
+            for _ in 0..ACCEPTS_PER_TURN {
+                let now = Instant::now();
+                let mut core = lock(shared);
+                let r = if ev.key >= UDP_MAP_KEY {
+                    let Some((id, u)) = maps.get(&(ev.key - UDP_MAP_KEY)) else {
+                        break;
+                    };
+                    match u.recv(core.proxy.datagram_buf()) {
+                        Ok(n) => {
+                            core.proxy.handle_reply(*id, n, now);
+                            true
+                        }
+                        Err(_) => false,
+                    }
+                } else {
+                    let Some((id, u)) = listeners.get(&ev.key) else {
+                        break;
+                    };
+                    match u.recv_from(core.proxy.datagram_buf()) {
+                        Ok((n, from)) => {
+                            core.proxy.handle_datagram(*id, from, n, now);
+                            true
+                        }
+                        Err(_) => false,
+                    }
+                };
+                core.drain(shared, None, &mut Vec::new());
+                if !r {
+                    break;
+                }
+            }
+            // Oneshot: arm the socket again.
+            if ev.key >= UDP_MAP_KEY {
+                if let Some((_, u)) = maps.get(&(ev.key - UDP_MAP_KEY)) {
+                    let _ = poller.modify(u, PEvent::readable(ev.key));
+                }
+            } else if let Some((_, u)) = listeners.get(&ev.key) {
+                let _ = poller.modify(u, PEvent::readable(ev.key));
+            }
+        }
+        // Back to the top: opens the datagrams asked for, then sends them.
+    }
+}
+
+fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.bind(&SockAddr::from(addr))?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+fn open_udp(bind: Option<IpAddr>, dest: SocketAddr) -> io::Result<UdpSocket> {
+    let s = Socket::new(Domain::for_address(dest), Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_nonblocking(true)?;
+    let from = match (bind, dest) {
+        (Some(ip), _) => SocketAddr::new(ip, 0),
+        (None, SocketAddr::V4(_)) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        (None, SocketAddr::V6(_)) => SocketAddr::from(([0u16; 8], 0)),
+    };
+    s.bind(&SockAddr::from(from))?;
+    s.connect(&SockAddr::from(dest))?;
+    Ok(s.into())
 }
 
 struct Lst {

@@ -7,16 +7,22 @@ use std::time::Duration;
 use portico_tests::{both, start_on_free_port, Bin, StartOptions, UdpEcho};
 
 both!(
-    #[ignore = "UDP mapping is not implemented yet; run with --ignored"]
     udp_datagrams_round_trip,
-    #[ignore = "UDP mapping is not implemented yet; run with --ignored"]
     udp_each_client_has_its_own_mapping,
+    udp_mapping_ends_after_idle_timeout,
 );
 
 fn udp_config(port: u16, destination: SocketAddr) -> String {
+    udp_config_with(port, destination, "")
+}
+
+fn udp_config_with(port: u16, destination: SocketAddr, limits: &str) -> String {
     format!(
         r#"[network]
 internal = ["127.0.0.1"]
+
+[limits]
+{limits}
 
 [log]
 access = "stderr"
@@ -80,5 +86,33 @@ fn udp_each_client_has_its_own_mapping(bin: Bin) {
         peers.len(),
         2,
         "{bin}: two clients must reach the destination from two sockets, saw {peers:?}"
+    );
+}
+
+/// A mapping that carries nothing for `udp_idle_timeout` ends (and is
+/// logged with its byte counts); the next datagram makes a new one.
+fn udp_mapping_ends_after_idle_timeout(bin: Bin) {
+    let echo = UdpEcho::start();
+    let (p, proxy) = start_on_free_port(bin, StartOptions::default(), |port| {
+        udp_config_with(port, echo.addr(), "udp_idle_timeout = \"1s\"")
+    });
+    let s = udp_client(bin);
+    round_trip(bin, &s, proxy, b"12345");
+    let client = s.local_addr().expect("local address");
+    let line = p.wait_for_stderr(
+        |l| l.contains(&format!(" dns {client} - UDP ")) && l.contains(" idle up=5 down=5 "),
+        Duration::from_secs(15),
+    );
+    assert!(
+        line.is_some(),
+        "{bin}: an idle UDP mapping must end and be logged as idle with its bytes\nstderr:\n{}",
+        p.stderr_text()
+    );
+    round_trip(bin, &s, proxy, b"again");
+    let peers: HashSet<SocketAddr> = echo.peers().into_iter().collect();
+    assert_eq!(
+        peers.len(),
+        2,
+        "{bin}: after the idle timeout a new mapping (a new socket) must carry the datagram, saw {peers:?}"
     );
 }

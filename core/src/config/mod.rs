@@ -140,7 +140,7 @@ pub fn implemented_kind(kind: ServiceKind, protocol: Protocol) -> bool {
     use ServiceKind::*;
     match (kind, protocol) {
         (Mapped, Tcp) => true,
-        (Mapped, Udp) => false,
+        (Mapped, Udp) => true,
         (Http, Tcp) => true,
         (Http, Udp) => false,
         (Socks, Tcp) => true,

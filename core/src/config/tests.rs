@@ -635,7 +635,7 @@ const CASES: &[Case] = &[
 
     // kinds not implemented: the last check of all
     ("telnet not implemented", &[MINIMAL, "[[service]]", "name = \"t\"", "kind = \"telnet\"", "port = 23"], 8, 8, "service kind 'telnet' is not available"),
-    ("udp not implemented", &["[[service]]", "name = \"dns\"", M, "port = 53", D, "protocol = \"udp\""], 6, 12, "mapped ports with protocol = \"udp\" are not available in this version of portico yet"),
+    ("udp destination name", &["[[service]]", "name = \"dns\"", M, "port = 53", "destination = \"dns.example.net:53\"", "protocol = \"udp\""], 5, 15, "a udp mapped port needs an IP address as its destination"),
     ("kind check comes after rules", &["[[service]]", "name = \"web\"", "kind = \"http\"", "port = 8080", "[[rule]]", "action = \"deny\"", "services = [\"nope\"]"], 7, 13, "unknown service 'nope'"),
     ("kind check comes after later services", &["[[service]]", "name = \"web\"", "kind = \"http\"", "port = 8080", "[[service]]", "name = \"m\"", M, "port = 1"], 5, 1, "needs a destination"),
 ];
@@ -765,7 +765,11 @@ fn implemented_kinds() {
             ),
             "{k}"
         );
-        assert!(!implemented_kind(k, Protocol::Udp), "{k}");
+        assert_eq!(
+            implemented_kind(k, Protocol::Udp),
+            k == ServiceKind::Mapped,
+            "{k} over udp"
+        );
     }
 }
 

@@ -649,6 +649,19 @@ fn service(cx: &Ctx, s: &S<RawService>, network: &Network, have_users: bool) -> 
         }
         (None, _) => None,
     };
+    if protocol == Protocol::Udp {
+        if let (Some(d), Some(raw)) = (&destination, &r.destination) {
+            if let super::Host::Name(n) = &d.host {
+                return Err(e(
+                    raw.span(),
+                    format!(
+                        "service '{name}': a udp mapped port needs an IP address as its \
+                         destination, not the name '{n}' (datagrams are not worth a lookup each)"
+                    ),
+                ));
+            }
+        }
+    }
 
     let auth = match &r.auth {
         None => false,

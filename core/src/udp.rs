@@ -1,0 +1,284 @@
+//! UDP mapped ports: datagrams from each client address and port go out
+//! from a socket of their own to the service's destination, and replies
+//! come back to that client.
+//!
+//! A *mapping* is one client (address and port) on one listener. It is made
+//! by the first datagram, lives while datagrams flow either way, and ends
+//! `udp_idle_timeout` after the last one (or when the runtime reports its
+//! socket failed). At most `max_connections` mappings exist at once; a
+//! datagram that would need one more is dropped. Datagrams wait in a
+//! bounded queue until the runtime sends them; past the bound they are
+//! dropped, as a network would.
+//!
+//! # States and exits
+//!
+//! ```text
+//! first datagram ──► Opening (UdpOpen) ──► Open ──idle timeout──► (closed, "idle")
+//!                                         └─UdpFailed──► (closed, "error")
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+
+use crate::id::ListenerId;
+use crate::log::AccessRecord;
+use crate::timer::Timers;
+
+/// Largest datagram carried (the largest UDP payload over IPv4).
+pub const MAX_DATAGRAM: usize = 65_507;
+/// Datagrams waiting to be sent, at most.
+pub const QUEUE_MAX: usize = 1024;
+
+/// One UDP mapping; a slab index and a generation, like [`crate::ConnId`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UdpId {
+    pub(crate) idx: u32,
+    pub(crate) gen: u32,
+}
+
+impl UdpId {
+    pub fn index(self) -> usize {
+        self.idx as usize
+    }
+
+    pub fn from_parts(index: u32, generation: u32) -> Self {
+        UdpId {
+            idx: index,
+            gen: generation,
+        }
+    }
+}
+
+/// Which socket a datagram leaves by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// The service's listening socket, to the client `to`.
+    Listener(ListenerId, SocketAddr),
+    /// The mapping's own socket, connected to the destination.
+    Mapping(UdpId),
+}
+
+#[derive(Debug)]
+struct Mapping {
+    gen: u32,
+    listener: ListenerId,
+    service: Arc<str>,
+    client: SocketAddr,
+    destination: SocketAddr,
+    opened: Instant,
+    last: Instant,
+    timer_at: Option<Instant>,
+    up: u64,
+    down: u64,
+}
+
+/// What the UDP table asks of the runtime (the table turns these into
+/// [`crate::Action`]s).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum UdpTodo {
+    Open {
+        id: UdpId,
+        bind: Option<std::net::IpAddr>,
+        destination: SocketAddr,
+    },
+    Close {
+        id: UdpId,
+    },
+    Access(Box<AccessRecord>),
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct UdpTable {
+    maps: Slab<Mapping>,
+    gens: Vec<u32>,
+    by_client: HashMap<(ListenerId, SocketAddr), UdpId>,
+    out: VecDeque<(Via, Vec<u8>)>,
+    timers: Timers,
+    /// Datagrams dropped (queue full or no room for a mapping).
+    pub dropped: u64,
+}
+
+impl UdpTable {
+    pub fn len(&self) -> usize {
+        self.maps.len()
+    }
+
+    fn live(&self, id: UdpId) -> bool {
+        self.maps.get(id.index()).is_some_and(|m| m.gen == id.gen)
+    }
+
+    fn queue(&mut self, via: Via, data: &[u8]) {
+        if self.out.len() >= QUEUE_MAX {
+            self.dropped += 1;
+            return;
+        }
+        self.out.push_back((via, data.to_vec()));
+    }
+
+    /// A datagram from `client` on a listener of `service`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_client(
+        &mut self,
+        listener: ListenerId,
+        service: &Arc<str>,
+        client: SocketAddr,
+        destination: SocketAddr,
+        bind: Option<std::net::IpAddr>,
+        data: &[u8],
+        max: usize,
+        idle: Duration,
+        now: Instant,
+        todo: &mut Vec<UdpTodo>,
+    ) {
+        let id = match self.by_client.get(&(listener, client)) {
+            Some(id) => *id,
+            None => {
+                if self.maps.len() >= max {
+                    self.dropped += 1;
+                    return;
+                }
+                let idx = self.maps.vacant_key();
+                if self.gens.len() <= idx {
+                    self.gens.resize(idx + 1, 0);
+                }
+                self.gens[idx] = self.gens[idx].wrapping_add(1);
+                let id = UdpId {
+                    idx: idx as u32,
+                    gen: self.gens[idx],
+                };
+                self.maps.insert(Mapping {
+                    gen: id.gen,
+                    listener,
+                    service: service.clone(),
+                    client,
+                    destination,
+                    opened: now,
+                    last: now,
+                    timer_at: None,
+                    up: 0,
+                    down: 0,
+                });
+                self.by_client.insert((listener, client), id);
+                todo.push(UdpTodo::Open {
+                    id,
+                    bind,
+                    destination,
+                });
+                id
+            }
+        };
+        if let Some(m) = self.maps.get_mut(id.index()) {
+            m.last = now;
+            m.up += data.len() as u64;
+        }
+        self.arm(id, idle);
+        self.queue(Via::Mapping(id), data);
+    }
+
+    /// A datagram from the destination on mapping `id`.
+    pub fn from_destination(&mut self, id: UdpId, data: &[u8], idle: Duration, now: Instant) {
+        let Some(m) = self.maps.get_mut(id.index()).filter(|m| m.gen == id.gen) else {
+            return;
+        };
+        m.last = now;
+        m.down += data.len() as u64;
+        let via = Via::Listener(m.listener, m.client);
+        self.arm(id, idle);
+        self.queue(via, data);
+    }
+
+    fn arm(&mut self, id: UdpId, idle: Duration) {
+        let Some(m) = self.maps.get_mut(id.index()) else {
+            return;
+        };
+        let at = m.last + idle;
+        if m.timer_at.is_some_and(|t| t <= at) {
+            return;
+        }
+        m.timer_at = Some(at);
+        self.timers.push(at, id.idx, id.gen);
+        if self.timers.len() > 2 * self.maps.len() + 64 {
+            let maps = &self.maps;
+            self.timers.retain(|t, i, g| {
+                maps.get(i as usize)
+                    .is_some_and(|m| m.gen == g && m.timer_at == Some(t))
+            });
+        }
+    }
+
+    /// The mapping's socket could not be made or failed.
+    pub fn failed(&mut self, id: UdpId, now: Instant, todo: &mut Vec<UdpTodo>) {
+        if self.live(id) {
+            self.end(id, "error", now, todo);
+        }
+    }
+
+    fn end(&mut self, id: UdpId, status: &str, now: Instant, todo: &mut Vec<UdpTodo>) {
+        let m = self.maps.remove(id.index());
+        self.by_client.remove(&(m.listener, m.client));
+        // Datagrams still queued for a closed mapping's socket go nowhere.
+        self.out.retain(|(via, _)| *via != Via::Mapping(id));
+        todo.push(UdpTodo::Close { id });
+        todo.push(UdpTodo::Access(Box::new(AccessRecord {
+            service: m.service,
+            client: m.client,
+            user: None,
+            method: "UDP".into(),
+            target: m.destination.to_string(),
+            destination: Some(m.destination),
+            status: status.into(),
+            up: m.up,
+            down: m.down,
+            duration: now.saturating_duration_since(m.opened),
+        })));
+        if self.maps.is_empty() {
+            self.timers.clear();
+        }
+    }
+
+    pub fn handle_timeout(&mut self, idle: Duration, now: Instant, todo: &mut Vec<UdpTodo>) {
+        while let Some((at, idx, gen)) = self.timers.pop_due(now) {
+            let Some(m) = self.maps.get_mut(idx as usize) else {
+                continue;
+            };
+            if m.gen != gen || m.timer_at != Some(at) {
+                continue;
+            }
+            m.timer_at = None;
+            let id = UdpId { idx, gen };
+            if m.last + idle > now {
+                self.arm(id, idle);
+                continue;
+            }
+            self.end(id, "idle", now, todo);
+        }
+    }
+
+    /// Closes every mapping (shutdown).
+    pub fn close_all(&mut self, now: Instant, todo: &mut Vec<UdpTodo>) {
+        let ids: Vec<UdpId> = self
+            .maps
+            .iter()
+            .map(|(i, m)| UdpId {
+                idx: i as u32,
+                gen: m.gen,
+            })
+            .collect();
+        for id in ids {
+            self.end(id, "shutdown", now, todo);
+        }
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.timers.next()
+    }
+
+    /// The next datagram to send, and the socket it leaves by.
+    pub fn pop(&mut self) -> Option<(Via, Vec<u8>)> {
+        self.out.pop_front()
+    }
+}
