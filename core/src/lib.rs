@@ -23,6 +23,7 @@ pub mod log;
 pub mod proto;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod rate;
 pub mod rules;
 mod session;
 pub mod status;

@@ -39,6 +39,7 @@ use crate::id::{ConnId, ListenerId, Side};
 use crate::log::AccessRecord;
 use crate::proto::http::Todo as HttpTodo;
 use crate::proto::{After, ControlCtx, ControlTodo, Ctx, Failure, Step, Target, UpStep};
+use crate::rate::{Bucket, Key as RateKey};
 use crate::rules::{self, Query, Verdict, Wall};
 use crate::session::{side_index, Dir, Session, State};
 use crate::status::{self, ConnRow, ServiceCounters, ServiceRow, Snapshot};
@@ -141,6 +142,9 @@ pub struct Proxy {
     /// Sessions that exist only to refuse in their protocol's words.
     refusing: usize,
     udp: UdpTable,
+    buckets: HashMap<RateKey, Bucket>,
+    /// The time of the call being handled (recv_buf has no `now`).
+    now: Instant,
     /// Where the runtime puts a datagram it received.
     datagram: Vec<u8>,
     /// Bytes of finished connections per authenticated user: up, down.
@@ -199,7 +203,6 @@ impl Proxy {
     /// A table for `config`; queues a [`Action::Listen`] for every listen
     /// address. `seed` seeds any randomness; `now` is the current time.
     pub fn new(config: Config, seed: u64, now: Instant) -> Self {
-        let _ = now;
         let services: Vec<ServiceInfo> = config.services.iter().map(service_info).collect();
         let mut listeners = Slab::new();
         let mut actions = VecDeque::new();
@@ -259,6 +262,8 @@ impl Proxy {
             refusing: 0,
             user_bytes: Default::default(),
             udp: UdpTable::default(),
+            buckets: HashMap::new(),
+            now,
             datagram: Vec::new(),
             wall: Wall::default(),
             config,
@@ -364,6 +369,7 @@ impl Proxy {
         local: SocketAddr,
         now: Instant,
     ) -> Result<ConnId, Refused> {
+        self.now = now;
         let (service, data) = match self.listener(listener) {
             Some(l) if l.state == ListenerState::Open => (l.service, l.data.clone()),
             _ => return Err(Refused::UnknownListener),
@@ -433,6 +439,8 @@ impl Proxy {
             refusing,
             http: None,
             upstream_open: false,
+            bucket: None,
+            throttle: [None, None],
             upstream: None,
             upstream_local: None,
             status: "ok",
@@ -778,6 +786,8 @@ impl Proxy {
             refusing: None,
             http: None,
             upstream_open: false,
+            bucket: None,
+            throttle: [None, None],
             upstream: None,
             upstream_local: None,
             status: "ok",
@@ -824,10 +834,38 @@ impl Proxy {
     }
 
     fn allowed(&self, q: &Query) -> bool {
-        matches!(
-            rules::check(&self.config.rules, q, self.wall),
-            Verdict::Allow { .. }
-        )
+        self.verdict(q).is_some()
+    }
+
+    /// `None`: denied; `Some(rate)`: allowed, capped at `rate` if any.
+    fn verdict(&self, q: &Query) -> Option<Option<u64>> {
+        match rules::check(&self.config.rules, q, self.wall) {
+            Verdict::Allow { rate, .. } => Some(rate),
+            Verdict::Deny { .. } => None,
+        }
+    }
+
+    /// Puts session `idx` under a bandwidth cap shared with the other
+    /// connections of its user (or client address).
+    fn set_rate(&mut self, idx: usize, rate: Option<u64>, now: Instant) {
+        let s = &mut self.sessions[idx];
+        let Some(rate) = rate else {
+            return;
+        };
+        if s.bucket.is_some() {
+            return;
+        }
+        let key = match &s.user {
+            Some(u) => RateKey::User(u.clone()),
+            None => RateKey::Client(s.client.ip()),
+        };
+        let b = self
+            .buckets
+            .entry(key.clone())
+            .or_insert_with(|| Bucket::new(rate, now));
+        b.rate = rate;
+        b.users += 1;
+        s.bucket = Some(key);
     }
 
     /// The client (or a mapped port's configuration) named a destination.
@@ -841,9 +879,11 @@ impl Proxy {
         let s = &self.sessions[idx];
         match target {
             Target::Addr(addr) => {
-                if !self.allowed(&self.query(s, None, Some(addr.ip()), addr.port())) {
+                let Some(rate) = self.verdict(&self.query(s, None, Some(addr.ip()), addr.port()))
+                else {
                     return self.fail(idx, Failure::Denied, now);
-                }
+                };
+                self.set_rate(idx, rate, now);
                 self.connect(idx, addr, now);
             }
             Target::Name(host, port) => {
@@ -1304,11 +1344,19 @@ impl Proxy {
         if s.gen != conn.gen || !s.wanted(side).0 {
             return None;
         }
+        let cap = match &s.bucket {
+            Some(k) => self
+                .buckets
+                .get_mut(k)
+                .map_or(usize::MAX, |b| b.available(side_index(side), self.now)),
+            None => usize::MAX,
+        };
         let space = s.source_dir(side).space(&mut self.pool);
-        if space.is_empty() {
+        let n = space.len().min(cap);
+        if n == 0 {
             None
         } else {
-            Some(space)
+            Some(&mut space[..n])
         }
     }
 
@@ -1331,6 +1379,7 @@ impl Proxy {
 
     /// Feeds one socket event to the table.
     pub fn handle(&mut self, event: Event, now: Instant) {
+        self.now = now;
         match event {
             Event::Listening { listener, local } => self.on_listening(listener, local, now),
             Event::ListenFailed { listener, error } => self.on_listen_failed(listener, error, now),
@@ -1431,6 +1480,11 @@ impl Proxy {
                     return self.fail(idx, Failure::Denied, now);
                 }
                 let first = ok.remove(0);
+                let s = &self.sessions[idx];
+                let rate = self
+                    .verdict(&self.query(s, Some(host), Some(first.ip()), first.port()))
+                    .flatten();
+                self.set_rate(idx, rate, now);
                 self.sessions[idx].addrs = ok;
                 self.connect(idx, first, now);
             }
@@ -1450,6 +1504,11 @@ impl Proxy {
                 let idx = conn.idx as usize;
                 let s = &mut self.sessions[idx];
                 if n > 0 {
+                    if let Some(b) = s.bucket.as_ref().and_then(|k| self.buckets.get_mut(k)) {
+                        let d = side_index(side);
+                        b.take(d, n);
+                        s.throttle[d] = b.resume_at(d, now);
+                    }
                     let closing = s.state == State::Closing && side == Side::Client;
                     let d = s.source_dir(side);
                     if let Some(b) = d.buf.as_mut() {
@@ -1705,6 +1764,11 @@ impl Proxy {
     }
 
     fn deadline(&self, s: &Session) -> Instant {
+        let t = self.state_deadline(s);
+        s.throttle.iter().flatten().fold(t, |a, b| a.min(*b))
+    }
+
+    fn state_deadline(&self, s: &Session) -> Instant {
         let l = &self.config.limits;
         match s.state {
             State::ProxyHeader | State::Handshake | State::ServerHandshake | State::Closing => {
@@ -1769,6 +1833,14 @@ impl Proxy {
         }
         self.stats.closed += 1;
         self.actions.push_back(Action::Close { conn });
+        if let Some(k) = s.bucket.take() {
+            if let Some(b) = self.buckets.get_mut(&k) {
+                b.users -= 1;
+                if b.users == 0 {
+                    self.buckets.remove(&k);
+                }
+            }
+        }
         if s.hs.as_mut().is_some_and(|h| h.control().is_some()) {
             self.close_data_ports(conn, None);
         }
@@ -1805,6 +1877,7 @@ impl Proxy {
 
     /// Runs every deadline due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
         let mut todo = Vec::new();
         self.udp
             .handle_timeout(self.config.limits.udp_idle_timeout, now, &mut todo);
@@ -1834,7 +1907,16 @@ impl Proxy {
                 continue;
             }
             s.timer_at = None;
-            let due = self.deadline(&self.sessions[idx]);
+            // A capped direction whose bucket has refilled reads again.
+            if s.throttle.iter().flatten().any(|t| *t <= now) {
+                for t in &mut s.throttle {
+                    if t.is_some_and(|t| t <= now) {
+                        *t = None;
+                    }
+                }
+                self.sync(idx, now);
+            }
+            let due = self.state_deadline(&self.sessions[idx]);
             if due > now {
                 self.arm(idx);
                 continue;

@@ -197,6 +197,11 @@ pub(crate) struct Session {
     pub refusing: Option<crate::proto::Failure>,
     /// The HTTP proxy's machine, for http services.
     pub http: Option<Box<crate::proto::http::Http>>,
+    /// The bandwidth cap this connection shares, if a rule set one.
+    pub bucket: Option<crate::rate::Key>,
+    /// Per direction (up, down): reading waits for the cap's bucket until
+    /// then.
+    pub throttle: [Option<Instant>; 2],
     /// An upstream socket exists and is connected (http keeps the client
     /// while upstream connections come and go).
     pub upstream_open: bool,
@@ -240,10 +245,14 @@ impl Session {
             // Closing: what the client sends is read and dropped, so that
             // closing with unread bytes does not reset the reply away.
             Side::Client if self.state == State::Closing => (!self.up.eof, self.down.has_data()),
-            Side::Client => (!self.up.eof && self.up.has_space(), self.down.has_data()),
-            Side::Upstream if upstream_open => {
-                (!self.down.eof && self.down.has_space(), self.up.has_data())
-            }
+            Side::Client => (
+                !self.up.eof && self.up.has_space() && self.throttle[0].is_none(),
+                self.down.has_data(),
+            ),
+            Side::Upstream if upstream_open => (
+                !self.down.eof && self.down.has_space() && self.throttle[1].is_none(),
+                self.up.has_data(),
+            ),
             Side::Upstream => (false, false),
         }
     }
