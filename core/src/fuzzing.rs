@@ -118,6 +118,9 @@ struct Setup {
     http: bool,
     /// A status page after those.
     status: bool,
+    /// SMTP and NNTP gateways after those.
+    smtp: bool,
+    nntp: bool,
     /// Rules: deny client 10.0.0.4, deny destination 127.0.0.66 and the
     /// name `denied.example`, allow the rest.
     rules: bool,
@@ -151,6 +154,8 @@ impl Setup {
             socks: f & 1 != 0,
             http: g & 1 != 0,
             status: g & 2 != 0,
+            smtp: g & 4 != 0,
+            nntp: g & 8 != 0,
             rules: f & 2 != 0,
             named: f & 4 != 0,
             handshake_ms: 100 * (1 + (f >> 3) as u64),
@@ -192,11 +197,17 @@ impl Setup {
             ("socks", 1080, self.socks),
             ("http", 3128, self.http),
             ("status", 8081, self.status),
+            ("smtp", 2525, self.smtp),
+            ("nntp", 1119, self.nntp),
         ] {
             if on {
+                let dest = match name {
+                    "smtp" | "nntp" => format!("destination = \"127.0.0.1:{}\"\n", 7000 + port),
+                    _ => String::new(),
+                };
                 t.push_str(&format!(
                     "\n[[service]]\nname = \"{name}\"\nkind = \"{name}\"\n\
-                     listen = [\"127.0.0.1:{port}\"]\n"
+                     listen = [\"127.0.0.1:{port}\"]\n{dest}"
                 ));
             }
         }
@@ -217,6 +228,8 @@ impl Setup {
             (Kind::Socks, self.socks),
             (Kind::Http, self.http),
             (Kind::Status, self.status),
+            (Kind::Smtp, self.smtp),
+            (Kind::Nntp, self.nntp),
         ] {
             if on {
                 k.push(kind);
@@ -247,13 +260,15 @@ enum Kind {
     Socks,
     Http,
     Status,
+    Smtp,
+    Nntp,
 }
 
 impl Kind {
     /// Kinds that answer a refusal in their own words (the connection is
     /// admitted to hear it).
     fn says_refusal(self) -> bool {
-        matches!(self, Kind::Socks | Kind::Http)
+        matches!(self, Kind::Socks | Kind::Http | Kind::Smtp | Kind::Nntp)
     }
 
     /// What a client of this kind says first.
@@ -267,6 +282,19 @@ impl Kind {
                     ["/", "/metrics", "/connections", "/healthz", "/nope"][pick as usize % 5];
                 format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes()
             }
+            Kind::Smtp => b"EHLO client\r\nMAIL FROM:<a@example.com>\r\nQUIT\r\n".to_vec(),
+            Kind::Nntp => b"GROUP comp.lang.rust\r\nQUIT\r\n".to_vec(),
+        }
+    }
+
+    /// What the upstream server of this kind says first.
+    fn reply(self, pick: u8) -> Vec<u8> {
+        match (self, pick % 4) {
+            (Kind::Smtp, 0 | 1) => b"220 mail.example ESMTP\r\n250 ok\r\n".to_vec(),
+            (Kind::Smtp, 2) => b"554 go away\r\n".to_vec(),
+            (Kind::Nntp, 0 | 1) => b"200 news.example ready\r\n".to_vec(),
+            (Kind::Nntp, 2) => b"502 no\r\n".to_vec(),
+            _ => response_script(pick),
         }
     }
 }
@@ -802,7 +830,7 @@ impl Harness {
                         down: (kind == Kind::Mapped).then(VecDeque::new),
                         script: kind.script(script),
                         script_pos: 0,
-                        reply: response_script(reply),
+                        reply: kind.reply(reply),
                         reply_pos: 0,
                         produced: 0,
                     },

@@ -333,6 +333,13 @@ impl Proxy {
         }
     }
 
+    fn id_of_checked(&self, idx: usize) -> Option<ConnId> {
+        self.sessions.get(idx).map(|s| ConnId {
+            idx: idx as u32,
+            gen: s.gen,
+        })
+    }
+
     fn live(&self, conn: ConnId) -> bool {
         self.sessions
             .get(conn.idx as usize)
@@ -1112,6 +1119,11 @@ impl Proxy {
             s.upstream_open = false;
         }
         self.todo(idx, todo, now);
+        // A response that finished lets a pipelined request behind it go.
+        let conn = self.id_of_checked(idx);
+        if conn.is_some_and(|c| self.live(c)) && self.sessions[idx].state == State::Http {
+            self.advance(idx, now);
+        }
     }
 
     /// Carries out what the HTTP machine asked for.
@@ -1575,10 +1587,22 @@ impl Proxy {
                 let idx = conn.idx as usize;
                 let s = &mut self.sessions[idx];
                 let d = s.sink_dir_mut(side);
-                if d.written(n) > 0 {
+                let moved = d.written(n) > 0;
+                let cleared = d.fwd == Some(0);
+                if moved {
                     s.last_active = now;
                 }
                 s.sink_dir_mut(side).release_if_empty(&mut self.pool);
+                if cleared && s.state == State::Http {
+                    // A head waiting behind the bytes just written may go.
+                    match side {
+                        Side::Client => self.upstream_input(idx, false, now),
+                        Side::Upstream => self.advance(idx, now),
+                    }
+                    if !self.live(conn) {
+                        return;
+                    }
+                }
                 self.sync(idx, now);
             }
             Event::IoError { conn, side, error } => {
@@ -1775,7 +1799,14 @@ impl Proxy {
                 s.state_since + l.handshake_timeout
             }
             State::Resolving | State::Connecting => s.state_since + l.connect_timeout,
-            State::Relay | State::Http | State::Control => s.last_active + l.idle_timeout,
+            State::Http => {
+                let idle = s.last_active + l.idle_timeout;
+                match s.http.as_ref().and_then(|h| h.head_since) {
+                    Some(t) => idle.min(t + l.handshake_timeout),
+                    None => idle,
+                }
+            }
+            State::Relay | State::Control => s.last_active + l.idle_timeout,
         }
     }
 
@@ -1940,6 +1971,19 @@ impl Proxy {
                 }
                 State::Closing => self.finish(idx, now),
                 State::ServerHandshake => self.fail(idx, Failure::TimedOut, now),
+                State::Http
+                    if s.http.as_ref().is_some_and(|h| {
+                        h.head_since
+                            .is_some_and(|t| t + self.config.limits.handshake_timeout <= now)
+                    }) =>
+                {
+                    // A request head that does not finish in time: 408.
+                    if let Some(h) = s.http.as_mut() {
+                        let mut todo = Vec::new();
+                        h.timed_out(&s.up, &mut s.down, now, &mut todo);
+                        self.todo(idx, todo, now);
+                    }
+                }
                 State::Relay | State::Http | State::Control => {
                     s.status = "idle";
                     self.finish(idx, now);

@@ -27,6 +27,8 @@
 //! proxy.set_log_level(level);            rec.log_level(level);
 //! proxy.set_wall(w);                     rec.wall(w);
 //! let r = proxy.accept(l, peer, now);    rec.accept(now, l, peer, r);
+//! let r = proxy.accept_on(l, peer, local, now);
+//!                                        rec.accept_on(now, l, peer, local, r);
 //! rec.event(now, &ev, None);             proxy.handle(ev, now);
 //! // a read: ask before borrowing the buffer, record before handing it in
 //! let keep = proxy.keeps_payload(conn, side);
@@ -35,14 +37,20 @@
 //! proxy.handle(Event::Read { conn, side, n }, now);
 //! rec.timeout(now);                      proxy.handle_timeout(now);
 //! rec.shutdown(now);                     proxy.shutdown(now);
+//! rec.reload(now, &text, recheck);       proxy.reconfigure(config, recheck, now);
+//! // UDP: datagram_buf is filled the same way; only lengths are recorded
+//! rec.datagram(now, l, from, n);         proxy.handle_datagram(l, from, n, now);
+//! rec.reply(now, id, n);                 proxy.handle_reply(id, n, now);
+//! rec.udp_failed(now, id);               proxy.handle_udp_failed(id, now);
 //! while let Some(a) = proxy.poll_action() { rec.polled(&a); carry it out }
+//! while let Some((via, d)) = proxy.poll_datagram() { rec.sent(&via, d.len()); send it }
 //! // now and then, and before exiting:
 //! trace_file.write_all(&rec.take())?;
 //! actions_file.write_all(rec.take_actions().as_bytes())?;
 //! ```
 //!
-//! [`Recorder::polled`] matters: the replay polls exactly as many actions at
-//! each point as the live run did, so every action line carries the same
+//! [`Recorder::polled`] and [`Recorder::sent`] matter: the replay polls
+//! exactly as many actions (and datagrams) at each point as the live run did, so every action line carries the same
 //! record number in both (see [`render_action`]), and a replay that comes up
 //! short is reported as a divergence at that record.
 //!
@@ -75,20 +83,37 @@
 //!
 //! Timed records begin with the time since the recorder started (the
 //! `now` given to `Proxy::new`) as `seconds.nanoseconds`, nine digits
-//! exactly. The kinds: `accept L<listener> <peer> <conn>|refused:<why>`,
-//! `listening L<n> <addr>`, `listen-failed L<n> <io>`, `accept-failed L<n>
-//! <io>`, `resolved <conn> <addr>…` (zero or more), `resolve-failed <conn>`,
-//! `connected <conn> <local>`, `connect-failed <conn> <io>`, `read <conn>
-//! <side> <n> ["bytes"]`, `read-blocked <conn> <side>`, `eof <conn> <side>`,
-//! `written <conn> <side> <n>`, `io-error <conn> <side> <io>`, `timeout`,
-//! `shutdown`, `reload <lines>` (followed by that many `|` lines of the new
-//! configuration). Untimed: `wall`, `log-level`, `polled`. A conn is
-//! `index.generation`; a side `client` or `upstream`; `<io>` and `<why>` are
-//! the kebab-case names of [`IoKind`] and [`Refused`] variants. Kept bytes
-//! are one double-quoted string: printable ASCII as is, `\\ \" \n \r \t`,
-//! every other byte `\xHH`. Lines starting with `#` are comments (for
-//! annotating committed traces); records are numbered from 1, comments
-//! aside. Tokens are separated by exactly one space.
+//! exactly. The kinds:
+//!
+//! ```text
+//! accept L<listener> <peer> <conn>|refused:<why>
+//! accept-on L<listener> <peer> <local> <conn>|refused:<why>
+//! listening L<listener> <addr>        listen-failed L<listener> <io>
+//! accept-failed L<listener> <io>
+//! resolved <conn> <addr>…             (zero or more addresses)
+//! resolve-failed <conn>
+//! connected <conn> <local>            connect-failed <conn> <io>
+//! read <conn> <side> <n> ["bytes"]    read-blocked <conn> <side>
+//! eof <conn> <side>                   written <conn> <side> <n>
+//! io-error <conn> <side> <io>
+//! timeout                             shutdown
+//! reload <lines>                      reload-recheck <lines>
+//!                                     (then that many `|` lines of the new configuration)
+//! datagram L<listener> <from> <n>     reply <udp> <n>
+//! udp-failed <udp>
+//! ```
+//!
+//! and untimed: `wall <secs> <offset>`, `log-level <level>`, `polled <n>`
+//! (actions taken), `sent <n>` (datagrams taken). Datagrams are relayed,
+//! never parsed: only their lengths are recorded, and the replay receives
+//! zeros.
+//! A listener is its raw [`ListenerId`] number (as its `Debug` shows it); a
+//! conn and a UDP mapping (`<udp>`) are `index.generation`; a side `client` or `upstream`; `<io>` and
+//! `<why>` are the kebab-case names of the [`IoKind`] and [`Refused`]
+//! variants. Kept bytes are one double-quoted string: printable ASCII as is,
+//! `\\ \" \n \r \t`, every other byte `\xHH`. Lines starting with `#` are
+//! comments (for annotating committed traces); records are numbered from 1,
+//! comments aside. Words are separated by exactly one space.
 //!
 //! Decoding never panics: a trace that ends inside a line or a configuration
 //! block is [`TraceError::Truncated`], anything else malformed is
@@ -105,6 +130,7 @@ use crate::event::{Action, Event, IoKind, Level, Refused};
 use crate::id::{ConnId, ListenerId, Side};
 use crate::proxy::Proxy;
 use crate::rules::Wall;
+use crate::udp::{UdpId, Via};
 
 /// The first word of every trace.
 pub const MAGIC: &str = "portico-trace";
@@ -148,12 +174,6 @@ pub enum TraceError {
         offset: usize,
         message: String,
     },
-    #[error("record {record} (line {line}): {what} cannot be replayed by this build")]
-    Unsupported {
-        record: u64,
-        line: usize,
-        what: &'static str,
-    },
 }
 
 /// What a trace begins with: enough to build the same [`Proxy`].
@@ -171,11 +191,13 @@ pub enum Record {
     LogLevel(Level),
     /// [`Proxy::set_wall`].
     Wall(Wall),
-    /// [`Proxy::accept`] and what it returned.
+    /// [`Proxy::accept`] (`local: None`) or [`Proxy::accept_on`], and
+    /// what it returned.
     Accept {
         t: u64,
         listener: ListenerId,
         peer: SocketAddr,
+        local: Option<SocketAddr>,
         result: Result<ConnId, Refused>,
     },
     /// [`Proxy::handle`]. `bytes` is only for [`Event::Read`]: the bytes
@@ -189,10 +211,28 @@ pub enum Record {
     Timeout { t: u64 },
     /// [`Proxy::shutdown`].
     Shutdown { t: u64 },
-    /// A configuration reload with this text.
-    Reload { t: u64, config: String },
+    /// [`Proxy::reconfigure`] with the configuration parsed from this text.
+    Reload {
+        t: u64,
+        config: String,
+        recheck: bool,
+    },
+    /// [`Proxy::handle_datagram`]: `n` bytes from `from` on a UDP
+    /// listener. Datagrams are only relayed, so only their length is kept.
+    Datagram {
+        t: u64,
+        listener: ListenerId,
+        from: SocketAddr,
+        n: usize,
+    },
+    /// [`Proxy::handle_reply`]: `n` bytes back on mapping `id` (length only).
+    Reply { t: u64, id: UdpId, n: usize },
+    /// [`Proxy::handle_udp_failed`].
+    UdpFailed { t: u64, id: UdpId },
     /// The runtime took `n` actions from [`Proxy::poll_action`] here.
     Polled { n: u64 },
+    /// The runtime took `n` datagrams from [`Proxy::poll_datagram`] here.
+    Sent { n: u64 },
 }
 
 /// A decoded record and where it stands in the trace.
@@ -218,10 +258,12 @@ pub struct Recorder {
     actions: Option<String>,
     /// Records written so far (the number of the last one).
     records: u64,
-    /// The number of the last record that is not a `polled` marker.
+    /// The number of the last record that is not a `polled` or `sent`
+    /// marker.
     last_input: u64,
-    /// Actions polled since the last record written.
-    polled: u64,
+    /// Actions (`false`) or datagrams (`true`) taken since the last record
+    /// written, and how many.
+    taken: (bool, u64),
     /// The last wall time written (set_wall is called far more often than
     /// the second changes).
     wall: Option<Wall>,
@@ -246,7 +288,7 @@ impl Recorder {
             actions: None,
             records: 0,
             last_input: 0,
-            polled: 0,
+            taken: (false, 0),
             wall: None,
         }
     }
@@ -262,17 +304,33 @@ impl Recorder {
         u64::try_from(now.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    fn flush_polled(&mut self) {
-        if self.polled > 0 {
+    /// Writes the pending `polled` or `sent` marker.
+    fn flush_taken(&mut self) {
+        let (datagrams, n) = self.taken;
+        if n > 0 {
             self.records += 1;
-            let _ = writeln!(self.out, "polled {}", self.polled);
-            self.polled = 0;
+            put_record(
+                &mut self.out,
+                &if datagrams {
+                    Record::Sent { n }
+                } else {
+                    Record::Polled { n }
+                },
+            );
+            self.taken = (false, 0);
         }
+    }
+
+    fn took(&mut self, datagram: bool) {
+        if self.taken.1 > 0 && self.taken.0 != datagram {
+            self.flush_taken();
+        }
+        self.taken = (datagram, self.taken.1 + 1);
     }
 
     /// Starts an input record.
     fn begin(&mut self) {
-        self.flush_polled();
+        self.flush_taken();
         self.records += 1;
         self.last_input = self.records;
     }
@@ -306,12 +364,31 @@ impl Recorder {
             t,
             listener,
             peer,
+            local: None,
+            result,
+        });
+    }
+
+    pub fn accept_on(
+        &mut self,
+        now: Instant,
+        listener: ListenerId,
+        peer: SocketAddr,
+        local: SocketAddr,
+        result: Result<ConnId, Refused>,
+    ) {
+        let t = self.at(now);
+        self.put(&Record::Accept {
+            t,
+            listener,
+            peer,
+            local: Some(local),
             result,
         });
     }
 
     /// Records `event`. For [`Event::Read`], `recv_bytes` are the bytes read
-    /// when [`Proxy::keeps_payload`] said to keep them, `None` to record the
+    /// when `Proxy::keeps_payload` said to keep them, `None` to record the
     /// length only; it is ignored for other events.
     pub fn event(&mut self, now: Instant, event: &Event, recv_bytes: Option<&[u8]>) {
         let t = self.at(now);
@@ -329,22 +406,53 @@ impl Recorder {
         self.put(&Record::Shutdown { t });
     }
 
-    /// A reload handed the core the configuration `config_text` (record
-    /// only reloads the core saw; a file that failed to parse changed
-    /// nothing).
-    pub fn reload(&mut self, now: Instant, config_text: &str) {
+    /// `Proxy::reconfigure(config, recheck, now)` with `config` parsed
+    /// from `config_text`. Only reloads that reach the core are recorded:
+    /// a file that does not parse changes nothing.
+    pub fn reload(&mut self, now: Instant, config_text: &str, recheck: bool) {
         let t = self.at(now);
         self.begin();
-        put_time(&mut self.out, t);
-        self.out.push_str("reload ");
-        put_block(&mut self.out, config_text);
+        put_reload(&mut self.out, t, config_text, recheck);
     }
 
     /// The runtime took `action` from [`Proxy::poll_action`].
     pub fn polled(&mut self, action: &Action) {
-        self.polled += 1;
+        self.took(false);
         if let Some(lines) = self.actions.as_mut() {
             lines.push_str(&render_action(self.last_input, action));
+            lines.push('\n');
+        }
+    }
+
+    /// `Proxy::handle_datagram(listener, from, n, now)`.
+    pub fn datagram(&mut self, now: Instant, listener: ListenerId, from: SocketAddr, n: usize) {
+        let t = self.at(now);
+        self.put(&Record::Datagram {
+            t,
+            listener,
+            from,
+            n,
+        });
+    }
+
+    /// `Proxy::handle_reply(id, n, now)`.
+    pub fn reply(&mut self, now: Instant, id: UdpId, n: usize) {
+        let t = self.at(now);
+        self.put(&Record::Reply { t, id, n });
+    }
+
+    /// `Proxy::handle_udp_failed(id, now)`.
+    pub fn udp_failed(&mut self, now: Instant, id: UdpId) {
+        let t = self.at(now);
+        self.put(&Record::UdpFailed { t, id });
+    }
+
+    /// The runtime took a datagram of `len` bytes for `via` from
+    /// [`Proxy::poll_datagram`].
+    pub fn sent(&mut self, via: &Via, len: usize) {
+        self.took(true);
+        if let Some(lines) = self.actions.as_mut() {
+            lines.push_str(&render_datagram(self.last_input, via, len));
             lines.push('\n');
         }
     }
@@ -352,7 +460,7 @@ impl Recorder {
     /// The trace text recorded since the last call, for the runtime to
     /// append to the trace file.
     pub fn take(&mut self) -> Vec<u8> {
-        self.flush_polled();
+        self.flush_taken();
         std::mem::take(&mut self.out).into_bytes()
     }
 
@@ -383,6 +491,12 @@ impl Recorder {
 /// recorded times, which the replay reproduces to the nanosecond.
 pub fn render_action(record: u64, action: &Action) -> String {
     format!("{record} {action:?}")
+}
+
+/// The line for a datagram taken from [`Proxy::poll_datagram`]: where it
+/// goes and its length (its bytes are not in the trace).
+pub fn render_datagram(record: u64, via: &Via, len: usize) -> String {
+    format!("{record} Datagram {{ via: {via:?}, len: {len} }}")
 }
 
 // ---- Encoding --------------------------------------------------------------
@@ -430,10 +544,14 @@ fn put_record(out: &mut String, r: &Record) {
             t,
             listener,
             peer,
+            local,
             result,
         } => {
             put_time(out, *t);
-            let _ = write!(out, "accept L{} {peer} ", listener.0);
+            let _ = match local {
+                None => write!(out, "accept L{} {peer} ", listener.0),
+                Some(local) => write!(out, "accept-on L{} {peer} {local} ", listener.0),
+            };
             match result {
                 Ok(c) => {
                     let _ = writeln!(out, "{c}");
@@ -452,15 +570,41 @@ fn put_record(out: &mut String, r: &Record) {
             put_time(out, *t);
             out.push_str("shutdown\n");
         }
-        Record::Reload { t, config } => {
+        Record::Reload { t, config, recheck } => put_reload(out, *t, config, *recheck),
+        Record::Datagram {
+            t,
+            listener,
+            from,
+            n,
+        } => {
             put_time(out, *t);
-            out.push_str("reload ");
-            put_block(out, config);
+            let _ = writeln!(out, "datagram L{} {from} {n}", listener.0);
+        }
+        Record::Reply { t, id, n } => {
+            put_time(out, *t);
+            let _ = writeln!(out, "reply {}.{} {n}", id.idx, id.gen);
+        }
+        Record::UdpFailed { t, id } => {
+            put_time(out, *t);
+            let _ = writeln!(out, "udp-failed {}.{}", id.idx, id.gen);
         }
         Record::Polled { n } => {
             let _ = writeln!(out, "polled {n}");
         }
+        Record::Sent { n } => {
+            let _ = writeln!(out, "sent {n}");
+        }
     }
+}
+
+fn put_reload(out: &mut String, t: u64, config: &str, recheck: bool) {
+    put_time(out, t);
+    out.push_str(if recheck {
+        "reload-recheck "
+    } else {
+        "reload "
+    });
+    put_block(out, config);
 }
 
 struct SideName(Side);
@@ -772,6 +916,9 @@ impl<'a> Reader<'a> {
             "polled" => Record::Polled {
                 n: w.parse("a number of actions", parse_u64)?,
             },
+            "sent" => Record::Sent {
+                n: w.parse("a number of datagrams", parse_u64)?,
+            },
             _ => {
                 let t = parse_time(first).ok_or_else(|| {
                     w.err(
@@ -784,9 +931,14 @@ impl<'a> Reader<'a> {
                 })?;
                 let (at, kind) = w.word("a record kind")?;
                 match kind {
-                    "accept" => {
+                    "accept" | "accept-on" => {
                         let listener = w.parse("a listener (L<n>)", parse_listener)?;
                         let peer = w.parse("the peer address", parse_addr)?;
+                        let local = if kind == "accept-on" {
+                            Some(w.parse("the local address", parse_addr)?)
+                        } else {
+                            None
+                        };
                         let result = w.parse("a connection id or refused:<why>", |s| {
                             match s.strip_prefix("refused:") {
                                 Some(why) => REFUSALS
@@ -800,16 +952,36 @@ impl<'a> Reader<'a> {
                             t,
                             listener,
                             peer,
+                            local,
                             result,
                         }
                     }
                     "timeout" => Record::Timeout { t },
+                    "datagram" => Record::Datagram {
+                        t,
+                        listener: w.parse("a listener (L<n>)", parse_listener)?,
+                        from: w.parse("the sender's address", parse_addr)?,
+                        n: w.parse("a byte count", parse_usize)?,
+                    },
+                    "reply" => Record::Reply {
+                        t,
+                        id: w.parse(UDP, parse_udp)?,
+                        n: w.parse("a byte count", parse_usize)?,
+                    },
+                    "udp-failed" => Record::UdpFailed {
+                        t,
+                        id: w.parse(UDP, parse_udp)?,
+                    },
                     "shutdown" => Record::Shutdown { t },
-                    "reload" => {
+                    "reload" | "reload-recheck" => {
                         let lines = w.parse("the number of configuration lines", parse_u64)?;
                         w.end()?;
                         let config = self.block(lines, "the reloaded configuration")?;
-                        return Ok(Record::Reload { t, config });
+                        return Ok(Record::Reload {
+                            t,
+                            config,
+                            recheck: kind == "reload-recheck",
+                        });
                     }
                     _ => {
                         let (event, bytes) = parse_event(at, kind, &mut w)?;
@@ -888,9 +1060,7 @@ fn parse_event(
         "read" => {
             let conn = w.parse(CONN, parse_conn)?;
             let side = w.parse(SIDE, parse_side)?;
-            let n = w.parse("a byte count", |s| {
-                parse_u64(s).and_then(|v| usize::try_from(v).ok())
-            })?;
+            let n = w.parse("a byte count", parse_usize)?;
             let bytes = match w.rest() {
                 None => None,
                 Some((at, s)) => {
@@ -916,9 +1086,7 @@ fn parse_event(
         "written" => Event::Written {
             conn: w.parse(CONN, parse_conn)?,
             side: w.parse(SIDE, parse_side)?,
-            n: w.parse("a byte count", |s| {
-                parse_u64(s).and_then(|v| usize::try_from(v).ok())
-            })?,
+            n: w.parse("a byte count", parse_usize)?,
         },
         "io-error" => Event::IoError {
             conn: w.parse(CONN, parse_conn)?,
@@ -1063,6 +1231,17 @@ fn parse_time(s: &str) -> Option<u64> {
         .checked_add(parse_u64(frac)?)
 }
 
+fn parse_usize(s: &str) -> Option<usize> {
+    parse_u64(s).and_then(|v| usize::try_from(v).ok())
+}
+
+const UDP: &str = "a UDP mapping id (index.generation)";
+
+fn parse_udp(s: &str) -> Option<UdpId> {
+    let (idx, gen) = s.split_once('.')?;
+    Some(UdpId::from_parts(parse_u32(idx)?, parse_u32(gen)?))
+}
+
 fn parse_conn(s: &str) -> Option<ConnId> {
     let (idx, gen) = s.split_once('.')?;
     Some(ConnId::from_parts(parse_u32(idx)?, parse_u32(gen)?))
@@ -1191,16 +1370,30 @@ pub fn replay(trace: &[u8], out: &mut impl FnMut(String)) -> Result<(), TraceErr
                     message: "the time is too far in the future for this system's clock".into(),
                 })
         };
-        if let Record::Polled { n } = record {
-            for i in 0..n {
-                let Some(a) = proxy.poll_action() else {
-                    return Err(diverged(format!(
-                        "the live run took {n} actions here; the replay has only {i}"
-                    )));
-                };
-                out(render_action(last_input, &a));
+        match record {
+            Record::Polled { n } => {
+                for i in 0..n {
+                    let Some(a) = proxy.poll_action() else {
+                        return Err(diverged(format!(
+                            "the live run took {n} actions here; the replay has only {i}"
+                        )));
+                    };
+                    out(render_action(last_input, &a));
+                }
+                continue;
             }
-            continue;
+            Record::Sent { n } => {
+                for i in 0..n {
+                    let Some((via, data)) = proxy.poll_datagram() else {
+                        return Err(diverged(format!(
+                            "the live run took {n} datagrams here; the replay has only {i}"
+                        )));
+                    };
+                    out(render_datagram(last_input, &via, data.len()));
+                }
+                continue;
+            }
+            _ => {}
         }
         last_input = number;
         match record {
@@ -1210,9 +1403,14 @@ pub fn replay(trace: &[u8], out: &mut impl FnMut(String)) -> Result<(), TraceErr
                 t,
                 listener,
                 peer,
+                local,
                 result,
             } => {
-                let got = proxy.accept(listener, peer, at(t)?);
+                let now = at(t)?;
+                let got = match local {
+                    None => proxy.accept(listener, peer, now),
+                    Some(local) => proxy.accept_on(listener, peer, local, now),
+                };
                 if got != result {
                     return Err(diverged(format!(
                         "accept returned {got:?}; the live run got {result:?}"
@@ -1253,20 +1451,54 @@ pub fn replay(trace: &[u8], out: &mut impl FnMut(String)) -> Result<(), TraceErr
             }
             Record::Timeout { t } => proxy.handle_timeout(at(t)?),
             Record::Shutdown { t } => proxy.shutdown(at(t)?),
-            Record::Reload { .. } => {
-                // Becomes `proxy.reconfigure(config::parse(..)?, at(t)?)`
-                // once the core can reload.
-                return Err(TraceError::Unsupported {
-                    record: number,
-                    line,
-                    what: "a configuration reload",
-                });
+            Record::Reload { t, config, recheck } => {
+                let now = at(t)?;
+                let config =
+                    config::parse(&config, CONFIG_NAME).map_err(|e| TraceError::Config {
+                        message: format!("the reload of record {number} (line {line}): {e}"),
+                    })?;
+                proxy.reconfigure(config, recheck, now);
             }
-            Record::Polled { .. } => {}
+            Record::Datagram {
+                t,
+                listener,
+                from,
+                n,
+            } => {
+                let now = at(t)?;
+                let buf = proxy.datagram_buf();
+                let room = buf.len();
+                let Some(dst) = buf.get_mut(..n) else {
+                    return Err(diverged(format!(
+                        "the live run received a datagram of {n} bytes; the replayed core \
+                         offers room for {room}"
+                    )));
+                };
+                dst.fill(0);
+                proxy.handle_datagram(listener, from, n, now);
+            }
+            Record::Reply { t, id, n } => {
+                let now = at(t)?;
+                let buf = proxy.datagram_buf();
+                let room = buf.len();
+                let Some(dst) = buf.get_mut(..n) else {
+                    return Err(diverged(format!(
+                        "the live run received a reply of {n} bytes; the replayed core \
+                         offers room for {room}"
+                    )));
+                };
+                dst.fill(0);
+                proxy.handle_reply(id, n, now);
+            }
+            Record::UdpFailed { t, id } => proxy.handle_udp_failed(id, at(t)?),
+            Record::Polled { .. } | Record::Sent { .. } => {}
         }
     }
     while let Some(a) = proxy.poll_action() {
         out(render_action(last_input, &a));
+    }
+    while let Some((via, data)) = proxy.poll_datagram() {
+        out(render_datagram(last_input, &via, data.len()));
     }
     Ok(())
 }
@@ -1297,6 +1529,13 @@ destination = "192.0.2.1:80"
 name = "sox"
 kind = "socks"
 listen = ["127.0.0.1:1080"]
+
+[[service]]
+name = "dns"
+kind = "mapped"
+protocol = "udp"
+listen = ["127.0.0.1:5353"]
+destination = "192.0.2.53:53"
 "#;
 
     fn sa(s: &str) -> SocketAddr {
@@ -1324,12 +1563,14 @@ listen = ["127.0.0.1:1080"]
                 t: 0,
                 listener: ListenerId(0),
                 peer: sa("10.0.0.2:40000"),
+                local: None,
                 result: Ok(c(0, 1)),
             },
             Record::Accept {
                 t: u64::MAX,
                 listener: ListenerId(u32::MAX),
                 peer: sa("[2001:db8::1]:1"),
+                local: Some(sa("[2001:db8::2]:21")),
                 result: Ok(c(u32::MAX, u32::MAX)),
             },
             Record::Timeout { t: 1 },
@@ -1337,19 +1578,45 @@ listen = ["127.0.0.1:1080"]
             Record::Reload {
                 t: 12_345_678_901,
                 config: "a = 1\r\n\n|b\n".into(),
+                recheck: false,
             },
             Record::Reload {
                 t: 5,
                 config: String::new(),
+                recheck: true,
             },
             Record::Polled { n: 0 },
             Record::Polled { n: 42 },
+            Record::Sent { n: 3 },
+            Record::Datagram {
+                t: 8,
+                listener: ListenerId::new(2, 1),
+                from: sa("[fe80::1]:53"),
+                n: 65_507,
+            },
+            Record::Reply {
+                t: 9,
+                id: UdpId::from_parts(0, 1),
+                n: 0,
+            },
+            Record::UdpFailed {
+                t: 10,
+                id: UdpId::from_parts(u32::MAX, 7),
+            },
         ];
         for r in REFUSALS {
             v.push(Record::Accept {
                 t: 7,
                 listener: ListenerId(3),
                 peer: sa("[::ffff:1.2.3.4]:65535"),
+                local: None,
+                result: Err(r),
+            });
+            v.push(Record::Accept {
+                t: 7,
+                listener: ListenerId::new(5, 9),
+                peer: sa("1.2.3.4:5"),
+                local: Some(sa("0.0.0.0:0")),
                 result: Err(r),
             });
         }
@@ -1485,6 +1752,7 @@ listen = ["127.0.0.1:1080"]
                 Record::Reload {
                     t,
                     config: header.config.clone(),
+                    recheck: seed & 1 == 0,
                 },
             ];
             decode(&encode(&header, &records)) == Ok((header, records))
@@ -1562,6 +1830,36 @@ listen = ["127.0.0.1:1080"]
             self.poll(usize::MAX)
         }
 
+        /// Takes every datagram waiting to be sent.
+        fn send(&mut self) -> Vec<(Via, Vec<u8>)> {
+            let mut got = Vec::new();
+            while let Some((via, d)) = self.proxy.poll_datagram() {
+                self.rec.sent(&via, d.len());
+                got.push((via, d));
+            }
+            got
+        }
+
+        fn datagram(&mut self, ms: u64, l: ListenerId, from: &str, bytes: &[u8]) {
+            let now = self.at(ms);
+            self.proxy.datagram_buf()[..bytes.len()].copy_from_slice(bytes);
+            self.rec.datagram(now, l, sa(from), bytes.len());
+            self.proxy.handle_datagram(l, sa(from), bytes.len(), now);
+        }
+
+        fn reply(&mut self, ms: u64, id: UdpId, bytes: &[u8]) {
+            let now = self.at(ms);
+            self.proxy.datagram_buf()[..bytes.len()].copy_from_slice(bytes);
+            self.rec.reply(now, id, bytes.len());
+            self.proxy.handle_reply(id, bytes.len(), now);
+        }
+
+        fn udp_failed(&mut self, ms: u64, id: UdpId) {
+            let now = self.at(ms);
+            self.rec.udp_failed(now, id);
+            self.proxy.handle_udp_failed(id, now);
+        }
+
         fn wall(&mut self, w: Wall) {
             self.proxy.set_wall(w);
             self.rec.wall(w);
@@ -1578,6 +1876,26 @@ listen = ["127.0.0.1:1080"]
             let r = self.proxy.accept(ListenerId(l), sa(peer), now);
             self.rec.accept(now, ListenerId(l), sa(peer), r);
             r
+        }
+
+        fn accept_on(
+            &mut self,
+            ms: u64,
+            l: ListenerId,
+            peer: &str,
+            local: &str,
+        ) -> Result<ConnId, Refused> {
+            let now = self.at(ms);
+            let r = self.proxy.accept_on(l, sa(peer), sa(local), now);
+            self.rec.accept_on(now, l, sa(peer), sa(local), r);
+            r
+        }
+
+        fn reload(&mut self, ms: u64, text: &str, recheck: bool) {
+            let now = self.at(ms);
+            let config = config::parse(text, "live.toml").unwrap_or_else(|e| panic!("{e}"));
+            self.rec.reload(now, text, recheck);
+            self.proxy.reconfigure(config, recheck, now);
         }
 
         /// A read of `bytes`; `keep` stands for `Proxy::keeps_payload`.
@@ -1659,6 +1977,37 @@ listen = ["127.0.0.1:1080"]
         );
         l.wall(Wall::utc(1_700_000_000));
         l.wall(Wall::utc(1_700_000_000)); // unchanged: not recorded again
+        l.handle(
+            0,
+            Event::Listening {
+                listener: ListenerId(2),
+                local: sa("127.0.0.1:5353"),
+            },
+        );
+        l.drain();
+
+        // The UDP port: a mapping opens, a query goes out, an answer comes
+        // back; a second client's mapping fails.
+        let udp = ListenerId(2);
+        l.datagram(0, udp, "10.0.0.8:5000", b"private query");
+        let opened = |acts: Vec<Action>| {
+            acts.into_iter()
+                .find_map(|a| match a {
+                    Action::UdpOpen { id, .. } => Some(id),
+                    _ => None,
+                })
+                .expect("a mapping opens")
+        };
+        let id = opened(l.drain());
+        let out = l.send();
+        assert_eq!(out, vec![(Via::Mapping(id), b"private query".to_vec())]);
+        l.reply(1, id, b"private answer");
+        l.datagram(1, udp, "10.0.0.8:5000", b"again");
+        assert_eq!(l.send().len(), 2);
+        l.datagram(2, udp, "10.0.0.9:1", b"x");
+        let id2 = opened(l.drain());
+        l.udp_failed(2, id2);
+        l.send();
         l.drain();
 
         // The mapped port: connect, relay both ways, half-closes.
@@ -1753,8 +2102,32 @@ listen = ["127.0.0.1:1080"]
         // The SOCKS tunnel idles out 10 s after its last byte.
         l.timeout(5_000);
         l.timeout(10_100);
-        // One more connection, cut by the shutdown's grace.
-        let m2 = l.accept(10_200, 0, "10.0.0.5:2").expect("accepted");
+        // A reload opens another port; a connection to it and one more to
+        // the first are cut by the shutdown's grace.
+        let more = format!(
+            "{CONFIG}\n[[service]]\nname = \"fwd2\"\nkind = \"mapped\"\n\
+             listen = [\"127.0.0.1:7001\"]\ndestination = \"192.0.2.2:80\"\n"
+        );
+        l.reload(10_150, &more, false);
+        let new = l
+            .drain()
+            .into_iter()
+            .find_map(|a| match a {
+                Action::Listen { listener, addr } if addr == sa("127.0.0.1:7001") => Some(listener),
+                _ => None,
+            })
+            .expect("the new port opens");
+        l.handle(
+            10_151,
+            Event::Listening {
+                listener: new,
+                local: sa("127.0.0.1:7001"),
+            },
+        );
+        l.accept_on(10_152, new, "10.0.0.7:4", "127.0.0.1:7001")
+            .expect("accepted");
+        l.accept_on(10_200, ListenerId(0), "10.0.0.5:2", "127.0.0.1:7000")
+            .expect("accepted");
         l.handle(
             10_201,
             Event::IoError {
@@ -1770,7 +2143,6 @@ listen = ["127.0.0.1:1080"]
             Err(Refused::UnknownListener)
         );
         l.timeout(15_300);
-        let _ = m2;
         l.finish()
     }
 
@@ -1779,14 +2151,16 @@ listen = ["127.0.0.1:1080"]
         let (trace, live, actions) = session();
         let replayed = replay_lines(&trace).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(replayed, live);
-        // The live lines are the live actions, rendered.
-        assert_eq!(live.len(), actions.len());
+        // The live lines are the live actions (and datagrams), rendered.
+        let datagrams = live.iter().filter(|l| l.contains(" Datagram {")).count();
+        assert_eq!(datagrams, 3);
+        assert_eq!(live.len(), actions.len() + datagrams);
         // The session did what it claims.
         let closes = actions
             .iter()
             .filter(|a| matches!(a, Action::Close { .. }))
             .count();
-        assert_eq!(closes, 3);
+        assert_eq!(closes, 4);
         let access: Vec<_> = actions
             .iter()
             .filter_map(|a| match a {
@@ -1797,12 +2171,23 @@ listen = ["127.0.0.1:1080"]
         assert!(access.iter().any(|r| r.status == "idle"
             && r.destination == Some(sa("[2001:db8::9]:443"))
             && r.duration == Duration::from_millis(10_100 - 10)));
-        assert!(access.iter().any(|r| r.status == "shutdown"));
+        // Two TCP connections and the UDP mapping end with the shutdown.
+        assert_eq!(access.iter().filter(|r| r.status == "shutdown").count(), 3);
+        assert!(live.iter().any(|l| l.contains("Unlisten")));
         assert!(live.iter().any(|l| l.contains("PauseAccept")));
         assert!(live.iter().any(|l| l.contains("ResumeAccept")));
         // Relayed bytes stay out of the trace; the handshake is in it.
         let text = String::from_utf8(trace).expect("utf-8");
         assert!(!text.contains("secret") && !text.contains("private") && !text.contains("tls"));
+        assert!(text.contains(" datagram L2 10.0.0.8:5000 13\n"), "{text}");
+        assert!(text.contains(" reply 0.1 14\n"), "{text}");
+        assert!(text.contains("\nsent 2\n"), "{text}");
+        assert!(live.iter().any(
+            |l| l.contains("Datagram { via: Listener(ListenerId(2), 10.0.0.8:5000), len: 14 }")
+        ));
+        assert!(access
+            .iter()
+            .any(|r| r.method == "UDP" && r.status == "error"));
         assert!(text.contains(" read 0.1 client 16\n"));
         assert!(text.contains("\"\\x05\\x01\\x00\\x03\\x0bexample.com\\x01\\xbb\""));
         assert!(text.contains("\npolled 1\n"), "a partial drain is recorded");
@@ -1851,14 +2236,16 @@ listen = ["127.0.0.1:1080"]
     }
 
     #[test]
-    fn reload_is_reported_unsupported() {
+    fn a_reload_that_does_not_load_is_a_config_error() {
         let (trace, _, _) = session();
         let mut t = trace;
-        t.extend_from_slice(b"20.000000000 reload 1\n|\n");
-        assert!(matches!(
-            replay_lines(&t),
-            Err(TraceError::Unsupported { .. })
-        ));
+        t.extend_from_slice(b"20.000000000 reload-recheck 1\n|nonsense\n");
+        match replay_lines(&t) {
+            Err(TraceError::Config { message }) => {
+                assert!(message.contains("the reload of record"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     // ---- Corrupt and truncated traces -----------------------------------
@@ -1990,10 +2377,29 @@ listen = ["127.0.0.1:1080"]
             let (h, _) = decode(&trace).expect("decodes");
             encode(&h, &[]).len()
         };
+        // Where the reload's configuration block lies.
+        let text = std::str::from_utf8(&trace).expect("utf-8");
+        let reload = text.find(" reload ").expect("a reload") + 1;
+        let reload_end = {
+            let (_, after) = text[reload..].split_once('\n').expect("a line");
+            let lines: usize = text[reload..]["reload ".len()..]
+                .split('\n')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .expect("a count");
+            text.len()
+                - after
+                    .split_inclusive('\n')
+                    .skip(lines)
+                    .map(str::len)
+                    .sum::<usize>()
+        };
+        let mut shorter = 0;
         for cut in 0..trace.len() {
             let t = &trace[..cut];
             let r = replay_lines(t);
-            if cut < header_end || t.last() != Some(&b'\n') {
+            let inside_reload = cut > reload && cut < reload_end;
+            if cut < header_end || t.last() != Some(&b'\n') || inside_reload {
                 assert!(
                     matches!(r, Err(TraceError::Truncated { .. })),
                     "cut at {cut}: {r:?}"
@@ -2001,8 +2407,10 @@ listen = ["127.0.0.1:1080"]
             } else {
                 // A prefix of the inputs replays as the start of the run.
                 assert!(r.is_ok(), "cut at {cut}: {r:?}");
+                shorter += 1;
             }
         }
+        assert!(shorter > 40, "{shorter}");
     }
 
     #[test]
@@ -2047,7 +2455,7 @@ listen = ["127.0.0.1:1080"]
             let i = head + line % (lines.len() - head);
             let l = &mut lines[i];
             let c = col % (l.len() + 1);
-            if b % 2 == 0 && c < l.len() {
+            if b & 1 == 0 && c < l.len() {
                 l[c] = b;
             } else {
                 l.insert(c, b);

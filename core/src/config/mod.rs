@@ -151,7 +151,8 @@ pub fn implemented_kind(kind: ServiceKind, protocol: Protocol) -> bool {
         (Pop3, _) => false,
         (Nntp, Tcp) => true,
         (Nntp, Udp) => false,
-        (Ftp, _) => false,
+        (Ftp, Tcp) => true,
+        (Ftp, Udp) => false,
         (Status, Tcp) => true,
         (Status, Udp) => false,
     }

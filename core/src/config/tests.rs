@@ -762,6 +762,7 @@ fn implemented_kinds() {
                     | ServiceKind::Status
                     | ServiceKind::Smtp
                     | ServiceKind::Nntp
+                    | ServiceKind::Ftp
             ),
             "{k}"
         );

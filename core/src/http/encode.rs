@@ -210,6 +210,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
+        508 => "Loop Detected",
         505 => "HTTP Version Not Supported",
         _ => "Error",
     }
@@ -227,6 +228,7 @@ fn explanation(status: u16) -> &'static str {
         502 => "the upstream could not be reached or sent an invalid response",
         503 => "the proxy's connection limit is reached",
         504 => "the upstream did not answer in time",
+        508 => "the request came back to this proxy in a loop",
         505 => "only HTTP/1.0 and HTTP/1.1 are spoken",
         _ => "",
     }

@@ -107,6 +107,9 @@ pub struct Http {
     /// Where the upstream connection goes, while it is usable.
     upstream: Option<(String, u16)>,
     pub user: Option<String>,
+    /// When the first byte of a request head still incomplete arrived (the
+    /// head must be complete within handshake_timeout).
+    pub head_since: Option<Instant>,
 }
 
 impl Default for Http {
@@ -119,6 +122,7 @@ impl Default for Http {
             cur: None,
             upstream: None,
             user: None,
+            head_since: None,
         }
     }
 }
@@ -221,13 +225,22 @@ impl Http {
         now: Instant,
         todo: &mut Vec<Todo>,
     ) -> bool {
+        // The previous request's body must be out first: the next head is
+        // queued ahead of the buffer, and must not overtake it.
+        if fwd(up) > 0 {
+            return false;
+        }
         let input = data(up);
         if input.is_empty() {
             return false;
         }
         let parsed = self.parser.parse_request(input, &self.limits);
+        if !matches!(parsed, Ok(Parsed::Partial)) {
+            self.head_since = None;
+        }
         let (req, len) = match parsed {
             Ok(Parsed::Partial) => {
+                self.head_since.get_or_insert(now);
                 if !up.has_space() {
                     // The head does not fit in the buffer.
                     self.start(
@@ -294,10 +307,7 @@ impl Http {
             }
         }
         // A request that names Portico in Via has come round in a loop.
-        let looped = req
-            .headers
-            .get_all("via")
-            .any(|v| contains_token(v, b"portico"));
+        let looped = req.headers.get_all("via").any(names_portico);
         if looped {
             self.refuse(down, reply_for(508, head_only), 508, todo);
             return false;
@@ -405,6 +415,11 @@ impl Http {
                     let Some(cur) = self.cur.as_ref() else {
                         return;
                     };
+                    if fwd(down) > 0 {
+                        // The previous response's body goes out first (see
+                        // parse_request); the table calls again once it has.
+                        return;
+                    }
                     let input = &data(down)[fwd(down)..];
                     let parsed = if input.is_empty() {
                         Ok(Parsed::Partial)
@@ -624,9 +639,18 @@ fn target_of(host: &str, port: u16) -> Target {
     }
 }
 
-fn contains_token(v: &[u8], token: &[u8]) -> bool {
-    v.windows(token.len())
-        .any(|w| w.eq_ignore_ascii_case(token))
+/// Whether a Via value has an element received by `portico` (RFC 9110
+/// §7.6.3: `[protocol-name "/"] protocol-version received-by [comment]`).
+fn names_portico(v: &[u8]) -> bool {
+    v.split(|&b| b == b',').any(|element| {
+        let mut words = element
+            .split(|&b| b == b' ' || b == b'\t')
+            .filter(|w| !w.is_empty());
+        let _version = words.next();
+        words
+            .next()
+            .is_some_and(|by| by.eq_ignore_ascii_case(b"portico"))
+    })
 }
 
 fn reply_for(status: u16, head_only: bool) -> Vec<u8> {

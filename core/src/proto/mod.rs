@@ -8,6 +8,7 @@
 //! once connected. The table (`proxy.rs`) carries out the steps: rule checks,
 //! name resolution, the connect, the limits.
 
+pub mod ftp;
 pub(crate) mod http;
 pub mod simple;
 pub mod socks;
@@ -240,6 +241,7 @@ pub fn for_service(service: &Service) -> Option<Handshake> {
         ServiceKind::Socks => Some(Box::new(socks::Socks::default())),
         ServiceKind::Smtp => Some(Box::new(simple::Simple::smtp())),
         ServiceKind::Nntp => Some(Box::new(simple::Simple::nntp())),
+        ServiceKind::Ftp => Some(Box::new(ftp::Ftp::default())),
         _ => None,
     }
 }
