@@ -379,6 +379,11 @@ impl Proxy {
         self.now = now;
         let (service, data) = match self.listener(listener) {
             Some(l) if l.state == ListenerState::Open => (l.service, l.data.clone()),
+            // Accepted by the runtime before it closed the listener.
+            Some(l) if self.grace_until.is_some() => {
+                let service = l.service;
+                return Err(self.refuse_plain(service, peer, Refused::ShuttingDown));
+            }
             _ => return Err(Refused::UnknownListener),
         };
         if let Some(port) = data {
@@ -1823,13 +1828,18 @@ impl Proxy {
         // Stale entries (sessions gone, deadlines moved) outnumber live ones:
         // rebuild so the heap stays proportional to the table.
         if self.timers.len() > 2 * self.sessions.len() + 64 {
-            let sessions = &self.sessions;
-            self.timers.retain(|t, i, g| {
-                sessions
-                    .get(i as usize)
-                    .is_some_and(|s| s.gen == g && s.timer_at == Some(t))
-            });
+            self.prune_timers();
         }
+    }
+
+    /// Drops the heap entries no session owns any more.
+    fn prune_timers(&mut self) {
+        let sessions = &self.sessions;
+        self.timers.retain(|t, i, g| {
+            sessions
+                .get(i as usize)
+                .is_some_and(|s| s.gen == g && s.timer_at == Some(t))
+        });
     }
 
     /// Ends session `idx`: Close, access record, counters, buffers back.
@@ -1903,6 +1913,8 @@ impl Proxy {
         if self.sessions.is_empty() {
             // Nothing can be current any more.
             self.timers.clear();
+        } else if self.timers.len() > 2 * self.sessions.len() + 64 {
+            self.prune_timers();
         }
     }
 

@@ -62,7 +62,13 @@ pub(super) fn parse(text: &str, file: &str, check_kinds: bool) -> Result<Config>
     let cx = Ctx { text, file };
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
         let offset = e.span().map_or(0, |s| s.start);
-        let message = e.message().trim().replace('\n', "; ");
+        let mut message = e.message().trim().replace('\n', "; ");
+        if message.is_empty() {
+            // The toml crate leaves some syntax errors without words.
+            message = "this is not valid TOML here (a control character, or a carriage \
+                       return without a line feed?)"
+                .to_string();
+        }
         ConfigError::at(text, file, offset, message)
     })?;
 
