@@ -41,6 +41,10 @@ pub struct Args {
     /// and close those they deny.
     #[arg(long)]
     pub reload_recheck: bool,
+    /// Write every event handed to the core, with its time, to FILE (and the
+    /// actions it took to FILE.actions); `portico replay FILE` replays it.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -50,6 +54,12 @@ pub enum Command {
     /// Read a password on standard input and print its argon2id PHC string
     /// for a [[user]] entry.
     HashPassword,
+    /// Run the core over a trace written with --record and print the
+    /// actions it takes (the same as the recorded FILE.actions).
+    Replay {
+        /// The trace file.
+        trace: PathBuf,
+    },
 }
 
 /// What a runtime needs to start serving.
@@ -62,12 +72,16 @@ pub struct Plan {
     /// The file to read again on SIGHUP (none: the embedded default).
     pub path: Option<PathBuf>,
     pub reload_recheck: bool,
+    /// The configuration's text (the flight recorder keeps it).
+    pub config_text: String,
+    /// `--record FILE`.
+    pub record: Option<PathBuf>,
 }
 
 /// The configuration to switch to on SIGHUP, from the file's new text (as
 /// the runtime read it). `Err` is the message to log; the old
 /// configuration then stays in force.
-pub fn reload(path: Option<&Path>, text: io::Result<String>) -> Result<Config, String> {
+pub fn reload(path: Option<&Path>, text: io::Result<String>) -> Result<(Config, String), String> {
     let (text, name) = match path {
         Some(p) => match text {
             Ok(t) => (t, p.display().to_string()),
@@ -80,12 +94,18 @@ pub fn reload(path: Option<&Path>, text: io::Result<String>) -> Result<Config, S
         },
         None => (config::DEFAULT_TOML.to_string(), EMBEDDED.to_string()),
     };
-    config::parse(&text, &name).map_err(|e| format!("{e}; the old configuration stays in force"))
+    config::parse(&text, &name)
+        .map(|c| (c, text.clone()))
+        .map_err(|e| format!("{e}; the old configuration stays in force"))
 }
 
 /// The I/O [`main`] needs, provided by a runtime.
 pub trait Host {
     fn read_file(&mut self, path: &Path) -> io::Result<String>;
+    /// The whole file as bytes (a trace).
+    fn read_bytes(&mut self, path: &Path) -> io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
     fn read_stdin(&mut self) -> io::Result<String>;
     fn random(&mut self, buf: &mut [u8]) -> io::Result<()>;
     fn stdout(&mut self, text: &str);
@@ -99,7 +119,7 @@ pub const EMBEDDED: &str = "(embedded default)";
 
 /// Loads and validates the configuration named by `path` (or the embedded
 /// default). `Err` holds the message for stderr.
-pub fn load(path: Option<&Path>, host: &mut impl Host) -> Result<(Config, String), String> {
+pub fn load(path: Option<&Path>, host: &mut impl Host) -> Result<(Config, String, String), String> {
     let (text, name) = match path {
         Some(p) => {
             let name = p.display().to_string();
@@ -111,7 +131,7 @@ pub fn load(path: Option<&Path>, host: &mut impl Host) -> Result<(Config, String
         None => (config::DEFAULT_TOML.to_string(), EMBEDDED.to_string()),
     };
     match config::parse(&text, &name) {
-        Ok(c) => Ok((c, name)),
+        Ok(c) => Ok((c, name, text)),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -134,10 +154,12 @@ where
             return EXIT_OK;
         }
     };
-    if let Some(Command::HashPassword) = args.command {
-        return hash_password(host);
+    match &args.command {
+        Some(Command::HashPassword) => return hash_password(host),
+        Some(Command::Replay { trace }) => return replay(trace, host),
+        None => {}
     }
-    let (config, source) = match load(args.config.as_deref(), host) {
+    let (config, source, config_text) = match load(args.config.as_deref(), host) {
         Ok(c) => c,
         Err(msg) => {
             host.stderr(&format!("{msg}\n"));
@@ -165,7 +187,35 @@ where
         source,
         path: args.config.clone(),
         reload_recheck: args.reload_recheck,
+        config_text,
+        record: args.record.clone(),
     })
+}
+
+fn replay(trace: &Path, host: &mut impl Host) -> i32 {
+    let bytes = match host.read_bytes(trace) {
+        Ok(b) => b,
+        Err(e) => {
+            host.stderr(&format!(
+                "{}: cannot read the trace: {e}\n",
+                trace.display()
+            ));
+            return EXIT_RUNTIME;
+        }
+    };
+    let mut out = String::new();
+    let r = crate::trace::replay(&bytes, &mut |line| {
+        out.push_str(&line);
+        out.push('\n');
+    });
+    host.stdout(&out);
+    match r {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            host.stderr(&format!("{}: {e}\n", trace.display()));
+            EXIT_RUNTIME
+        }
+    }
 }
 
 fn hash_password(host: &mut impl Host) -> i32 {

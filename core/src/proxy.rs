@@ -1353,6 +1353,25 @@ impl Proxy {
         }
     }
 
+    /// Whether bytes read on `side` now may be parsed by the core (the
+    /// flight recorder keeps those; relayed bytes it keeps as lengths).
+    pub fn keeps_payload(&self, conn: ConnId, side: Side) -> bool {
+        let _ = side;
+        let Some(s) = self
+            .sessions
+            .get(conn.idx as usize)
+            .filter(|s| s.gen == conn.gen)
+        else {
+            return false;
+        };
+        match s.state {
+            State::Relay => false,
+            // Nothing parses what a mapped port reads before it relays.
+            State::Connecting | State::Resolving => s.hs.is_some() || s.http.is_some(),
+            _ => true,
+        }
+    }
+
     /// Where the runtime reads `side`'s next bytes to: free space in the
     /// buffer of the direction `side` feeds. `None` when the core does not
     /// want a read on `side` now (or the id is stale).

@@ -22,10 +22,10 @@ use mio::net::{TcpListener, TcpStream, UdpSocket, UnixStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use portico_core::cli::{self, Plan, EXIT_OK, EXIT_RUNTIME};
 use portico_core::udp::{UdpId, Via};
-use portico_core::{Action, ConnId, Event, IoKind, ListenerId, Proxy, Side};
+use portico_core::{Action, ConnId, Event, IoKind, ListenerId, Recorded, Side};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use crate::output::{Output, WallClock};
+use crate::output::{Output, TraceFiles, WallClock};
 
 const SIGNAL: Token = Token(usize::MAX);
 const RESOLVED: Token = Token(usize::MAX - 1);
@@ -70,7 +70,8 @@ struct Lst {
 
 struct Loop {
     poll: Poll,
-    proxy: Proxy,
+    proxy: Recorded,
+    trace: Option<TraceFiles>,
     conns: Vec<Option<Conn>>,
     listeners: Vec<Option<Lst>>,
     /// Connections with work to do this turn.
@@ -190,13 +191,27 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
     );
     let resolver =
         Resolver::start(waker).map_err(|e| format!("cannot start the resolver threads: {e}"))?;
-    let mut proxy = Proxy::new(plan.config, seed(), Instant::now());
+    let trace = match &plan.record {
+        Some(p) => Some(
+            TraceFiles::create(p)
+                .map_err(|e| format!("cannot create the trace {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    let mut proxy = Recorded::new(
+        plan.config,
+        &plan.config_text,
+        seed(),
+        Instant::now(),
+        trace.is_some(),
+    );
     proxy.set_log_level(plan.log_level);
     let mut wall = WallClock::new();
     proxy.set_wall(wall.now());
     let plan_path = plan.path.clone();
     let reload_recheck = plan.reload_recheck;
     let mut lp = Loop {
+        trace,
         udp_listeners: Vec::new(),
         udp_maps: Vec::new(),
         udp_work: Vec::new(),
@@ -229,6 +244,9 @@ impl Loop {
         let mut starting = true;
         loop {
             self.drain();
+            if let (Some(t), Some(rec)) = (self.trace.as_mut(), self.proxy.take_trace()) {
+                t.write(rec);
+            }
             if let Some(msg) = self.fatal.take() {
                 Output::log(portico_core::Level::Error, &msg);
                 return EXIT_RUNTIME;
@@ -330,7 +348,7 @@ impl Loop {
             None => Ok(String::new()),
         };
         match cli::reload(path.as_deref(), text) {
-            Ok(config) => {
+            Ok((config, text)) => {
                 match Output::open(&config) {
                     Ok(out) => self.out = out,
                     Err(e) => Output::log(
@@ -339,7 +357,7 @@ impl Loop {
                     ),
                 }
                 self.proxy
-                    .reconfigure(config, self.reload_recheck, Instant::now());
+                    .reconfigure(config, &text, self.reload_recheck, Instant::now());
             }
             Err(msg) => Output::log(portico_core::Level::Error, &msg),
         }

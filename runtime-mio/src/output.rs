@@ -82,3 +82,26 @@ impl WallClock {
         }
     }
 }
+
+/// `--record FILE`: the trace goes to FILE, the actions the core took to
+/// FILE.actions (what `portico replay FILE` must print again).
+pub struct TraceFiles {
+    trace: File,
+    actions: File,
+}
+
+impl TraceFiles {
+    pub fn create(path: &std::path::Path) -> io::Result<TraceFiles> {
+        let mut actions = path.as_os_str().to_owned();
+        actions.push(".actions");
+        Ok(TraceFiles {
+            trace: File::create(path)?,
+            actions: File::create(actions)?,
+        })
+    }
+
+    pub fn write(&mut self, (trace, actions): (Vec<u8>, String)) {
+        let _ = self.trace.write_all(&trace);
+        let _ = self.actions.write_all(actions.as_bytes());
+    }
+}

@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 use polling::{Event as PEvent, Events, Poller};
 use portico_core::cli::{self, Plan, EXIT_OK, EXIT_RUNTIME};
 use portico_core::udp::{UdpId, Via};
-use portico_core::{Action, ConnId, Event, IoKind, Level, ListenerId, Proxy, Side};
+use portico_core::{Action, ConnId, Event, IoKind, Level, ListenerId, Recorded, Side};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use crate::output::{Output, WallClock};
+use crate::output::{Output, TraceFiles, WallClock};
 
 /// Accepts one listener may do before the others get a turn.
 const ACCEPTS_PER_TURN: usize = 64;
@@ -71,7 +71,8 @@ struct Route {
 }
 
 struct Core {
-    proxy: Proxy,
+    proxy: Recorded,
+    trace: Option<TraceFiles>,
     wall: WallClock,
     routes: HashMap<usize, Route>,
     acceptor_tx: Option<(Sender<ListenCmd>, Arc<Poller>)>,
@@ -189,6 +190,9 @@ impl Core {
                 self.routes.remove(&conn.index());
             }
         }
+        if let (Some(t), Some(rec)) = (self.trace.as_mut(), self.proxy.take_trace()) {
+            t.write(rec);
+        }
         if self.proxy.is_finished() {
             shared.done.notify_all();
         }
@@ -239,7 +243,20 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
     })?;
     let plan_path = plan.path.clone();
     let plan_recheck = plan.reload_recheck;
-    let mut proxy = Proxy::new(plan.config, seed(), Instant::now());
+    let trace = match &plan.record {
+        Some(p) => Some(
+            TraceFiles::create(p)
+                .map_err(|e| format!("cannot create the trace {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    let mut proxy = Recorded::new(
+        plan.config,
+        &plan.config_text,
+        seed(),
+        Instant::now(),
+        trace.is_some(),
+    );
     proxy.set_log_level(plan.log_level);
 
     // Open the listeners before any thread runs: a failure here is fatal.
@@ -300,6 +317,7 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
     let shared = Arc::new(Shared {
         core: Mutex::new(Core {
             proxy,
+            trace,
             wall: WallClock::new(),
             routes: HashMap::new(),
             acceptor_tx: Some((acc_tx, acceptor_poller.clone())),
@@ -326,7 +344,7 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
                             None => Ok(String::new()),
                         };
                         match cli::reload(path.as_deref(), text) {
-                            Ok(config) => {
+                            Ok((config, text)) => {
                                 let out = Output::open(&config);
                                 let mut core = lock(&shared);
                                 match out {
@@ -336,7 +354,8 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
                                         &format!("cannot open the new access log: {e}; keeping the old one"),
                                     ),
                                 }
-                                core.proxy.reconfigure(config, recheck, Instant::now());
+                                core.proxy
+                                    .reconfigure(config, &text, recheck, Instant::now());
                                 core.drain(&shared, None, &mut Vec::new());
                             }
                             Err(msg) => Output::log(Level::Error, &msg),

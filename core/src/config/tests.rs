@@ -634,7 +634,6 @@ const CASES: &[Case] = &[
     ("rule hours past 24", &[MINIMAL, "[[rule]]", "action = \"deny\"", "hours = \"08:00-24:01\""], 8, 9, "is not an hour range"),
 
     // kinds not implemented: the last check of all
-    ("telnet not implemented", &[MINIMAL, "[[service]]", "name = \"t\"", "kind = \"telnet\"", "port = 23"], 8, 8, "service kind 'telnet' is not available"),
     ("udp destination name", &["[[service]]", "name = \"dns\"", M, "port = 53", "destination = \"dns.example.net:53\"", "protocol = \"udp\""], 5, 15, "a udp mapped port needs an IP address as its destination"),
     ("kind check comes after rules", &["[[service]]", "name = \"web\"", "kind = \"http\"", "port = 8080", "[[rule]]", "action = \"deny\"", "services = [\"nope\"]"], 7, 13, "unknown service 'nope'"),
     ("kind check comes after later services", &["[[service]]", "name = \"web\"", "kind = \"http\"", "port = 8080", "[[service]]", "name = \"m\"", M, "port = 1"], 5, 1, "needs a destination"),
@@ -762,6 +761,8 @@ fn implemented_kinds() {
                     | ServiceKind::Status
                     | ServiceKind::Smtp
                     | ServiceKind::Nntp
+                    | ServiceKind::Telnet
+                    | ServiceKind::Pop3
                     | ServiceKind::Ftp
             ),
             "{k}"

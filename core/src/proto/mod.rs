@@ -10,8 +10,10 @@
 
 pub mod ftp;
 pub(crate) mod http;
+pub mod pop3;
 pub mod simple;
 pub mod socks;
+pub mod telnet;
 
 use std::net::SocketAddr;
 
@@ -241,6 +243,8 @@ pub fn for_service(service: &Service) -> Option<Handshake> {
         ServiceKind::Socks => Some(Box::new(socks::Socks::default())),
         ServiceKind::Smtp => Some(Box::new(simple::Simple::smtp())),
         ServiceKind::Nntp => Some(Box::new(simple::Simple::nntp())),
+        ServiceKind::Telnet => Some(Box::new(telnet::Telnet::default())),
+        ServiceKind::Pop3 => Some(Box::new(pop3::Pop3::default())),
         ServiceKind::Ftp => Some(Box::new(ftp::Ftp::default())),
         _ => None,
     }
