@@ -1617,6 +1617,18 @@ impl Proxy {
                     s.last_active = now;
                 }
                 s.sink_dir_mut(side).release_if_empty(&mut self.pool);
+                if side == Side::Client
+                    && s.state == State::Handshake
+                    && s.up.buf.as_ref().is_some_and(|b| !b.is_empty())
+                {
+                    // Replies drained: commands the client pipelined behind
+                    // them may run now.
+                    self.advance(idx, now);
+                    if !self.live(conn) {
+                        return;
+                    }
+                }
+                let s = &mut self.sessions[idx];
                 if cleared && s.state == State::Http {
                     // A head waiting behind the bytes just written may go.
                     match side {
@@ -2257,7 +2269,7 @@ impl Proxy {
         let max = self.config.limits.max_connections as usize;
         let idle = self.config.limits.udp_idle_timeout;
         let bind = self.config.network.outgoing;
-        self.udp.from_client(
+        self.udp.client_datagram(
             listener,
             &name,
             from,
@@ -2276,8 +2288,7 @@ impl Proxy {
     pub fn handle_reply(&mut self, id: UdpId, n: usize, now: Instant) {
         let n = n.min(self.datagram.len());
         let idle = self.config.limits.udp_idle_timeout;
-        self.udp
-            .from_destination(id, &self.datagram[..n], idle, now);
+        self.udp.reply(id, &self.datagram[..n], idle, now);
     }
 
     /// Mapping `id`'s socket could not be made, or failed.

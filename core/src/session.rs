@@ -59,6 +59,10 @@ pub(crate) enum State {
     Closing,
 }
 
+/// Bytes the core may have queued for a peer (replies, rewritten heads)
+/// before it stops reading what makes it say more.
+pub const SAID_MAX: usize = 64 * 1024;
+
 /// One direction of a session.
 ///
 /// What the sink is sent: first `prefix` (bytes the core made: a protocol's
@@ -107,6 +111,11 @@ impl Dir {
 
     pub fn has_space(&self) -> bool {
         self.buf.as_ref().is_none_or(|b| !b.is_full())
+    }
+
+    /// Bytes the core made that are not written yet.
+    pub fn said(&self) -> usize {
+        self.prefix.len().saturating_sub(self.prefix_pos)
     }
 
     /// Queues bytes the core made, ahead of the buffer's.
@@ -246,7 +255,12 @@ impl Session {
             // closing with unread bytes does not reset the reply away.
             Side::Client if self.state == State::Closing => (!self.up.eof, self.down.has_data()),
             Side::Client => (
-                !self.up.eof && self.up.has_space() && self.throttle[0].is_none(),
+                !self.up.eof
+                    && self.up.has_space()
+                    && self.throttle[0].is_none()
+                    // A client that does not read its replies is not read
+                    // either: what the core says to it stays bounded.
+                    && self.down.said() < SAID_MAX,
                 self.down.has_data(),
             ),
             Side::Upstream if upstream_open => (

@@ -121,7 +121,7 @@ impl UdpTable {
 
     /// A datagram from `client` on a listener of `service`.
     #[allow(clippy::too_many_arguments)]
-    pub fn from_client(
+    pub fn client_datagram(
         &mut self,
         listener: ListenerId,
         service: &Arc<str>,
@@ -180,7 +180,7 @@ impl UdpTable {
     }
 
     /// A datagram from the destination on mapping `id`.
-    pub fn from_destination(&mut self, id: UdpId, data: &[u8], idle: Duration, now: Instant) {
+    pub fn reply(&mut self, id: UdpId, data: &[u8], idle: Duration, now: Instant) {
         let Some(m) = self.maps.get_mut(id.index()).filter(|m| m.gen == id.gen) else {
             return;
         };

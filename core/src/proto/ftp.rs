@@ -452,6 +452,12 @@ fn flush(d: &mut Dir) -> bool {
     true
 }
 
+/// A partial line fills the whole buffer (a `buffer` smaller than
+/// [`MAX_LINE`]): it can never be completed, so it counts as too long.
+fn stuck(d: &Dir, cleared: usize) -> bool {
+    cleared == 0 && !d.has_space()
+}
+
 /// Drops `n` bytes off the front of `d` (whose cleared part is empty).
 fn drop_front(d: &mut Dir, n: usize) {
     if let Some(b) = d.buf.as_mut() {
@@ -578,7 +584,7 @@ impl Ftp {
                 continue;
             }
             let Some(i) = line_end(rest) else {
-                if rest.len() < MAX_LINE {
+                if rest.len() < MAX_LINE && !stuck(down, f) {
                     return moved;
                 }
                 // Too long to be a reply that matters: it streams through.
@@ -650,7 +656,7 @@ impl Ftp {
                 return moved;
             }
             let Some(i) = line_end(rest) else {
-                if rest.len() < MAX_LINE {
+                if rest.len() < MAX_LINE && !stuck(up, f) {
                     return moved;
                 }
                 let Some(todo) = todo.as_deref_mut() else {
@@ -1230,6 +1236,10 @@ mod tests {
 
     impl Table {
         fn new() -> Table {
+            Table::with_buffer(64 * 1024)
+        }
+
+        fn with_buffer(size: usize) -> Table {
             Table {
                 ftp: Ftp {
                     phase: Phase::Control,
@@ -1243,7 +1253,7 @@ mod tests {
                     fwd: Some(0),
                     ..Dir::default()
                 },
-                pool: Pool::new(64 * 1024, 4),
+                pool: Pool::new(size, 4),
                 ctx: ctx(),
                 to_server: Vec::new(),
                 to_client: Vec::new(),
@@ -1718,6 +1728,23 @@ mod tests {
         assert_eq!(t.closed, Some("line-too-long"));
         assert_eq!(t.server_text(), "NOOP\r\n");
         assert_eq!(t.client_text(), TOO_LONG);
+    }
+
+    #[test]
+    fn a_line_that_fills_a_small_buffer_is_too_long() {
+        let mut t = Table::with_buffer(1024);
+        t.server(&[b'x'; 1024]);
+        assert_eq!(t.to_client.len(), 1024, "the server's line streams through");
+        t.server(b"yy\r\n");
+        assert_eq!(t.to_client.len(), 1028);
+        t.client(&[b'a'; 1024]);
+        assert_eq!(t.closed, Some("line-too-long"));
+        assert!(t.client_text().ends_with(TOO_LONG));
+        // Under the bound a partial line waits.
+        let mut t = Table::with_buffer(1024);
+        t.client(&[b'a'; 1023]);
+        assert_eq!(t.closed, None);
+        assert_eq!(t.server_text(), "");
     }
 
     #[test]

@@ -202,6 +202,7 @@ pub enum ControlTodo {
 }
 
 /// A protocol that filters its control connection after the handshake.
+// `from_client` reads as "bytes from the client", not a constructor.
 ///
 /// The directions are the session's: `up` client→server, `down`
 /// server→client. In each, `buf` holds the bytes read and not yet written;
@@ -209,6 +210,7 @@ pub enum ControlTodo {
 /// (bytes queued with `say`). A machine clears bytes for writing by raising
 /// `fwd`, or takes a line off the front (only when `fwd` is 0, so order is
 /// kept) and queues its rewritten form with `say`.
+#[allow(clippy::wrong_self_convention)]
 pub trait Control {
     /// Client bytes arrived in `up`.
     fn from_client(
