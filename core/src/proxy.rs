@@ -333,6 +333,16 @@ impl Proxy {
         }
     }
 
+    /// Counts as activity on `conn` (an FTP control connection whose data
+    /// connection is busy).
+    fn touch(&mut self, conn: ConnId, now: Instant) {
+        if let Some(s) = self.sessions.get_mut(conn.idx as usize) {
+            if s.gen == conn.gen {
+                s.last_active = now;
+            }
+        }
+    }
+
     fn id_of_checked(&self, idx: usize) -> Option<ConnId> {
         self.sessions.get(idx).map(|s| ConnId {
             idx: idx as u32,
@@ -452,6 +462,8 @@ impl Proxy {
             http: None,
             upstream_open: false,
             bucket: None,
+            owner: None,
+            bind_out: true,
             throttle: [None, None],
             upstream: None,
             upstream_local: None,
@@ -764,7 +776,11 @@ impl Proxy {
             return Err(Refused::TooMany);
         }
         let owner = &self.sessions[port.owner.idx as usize];
-        let user = owner.user.clone();
+        let user = owner
+            .user
+            .clone()
+            .or_else(|| owner.hs.as_ref().and_then(|h| h.log_user()));
+        let owner_client = owner.client.ip();
         self.stats.accepted += 1;
         *self.per_client.entry(peer.ip()).or_insert(0) += 1;
         let svc = &mut self.services[service];
@@ -793,6 +809,8 @@ impl Proxy {
             target: port.connect_to.to_string(),
             user,
             method: "FTP-DATA",
+            owner: Some(port.owner),
+            bind_out: port.connect_to.ip() != owner_client,
             hs: None,
             addrs: Vec::new(),
             refusing: None,
@@ -940,11 +958,13 @@ impl Proxy {
             s.state = State::Connecting;
             s.state_since = now;
         }
-        self.actions.push_back(Action::Connect {
-            conn,
-            addr,
-            bind: self.config.network.outgoing,
-        });
+        let bind = if self.sessions[idx].bind_out {
+            self.config.network.outgoing
+        } else {
+            // Active FTP data toward the LAN client: not from the outside.
+            None
+        };
+        self.actions.push_back(Action::Connect { conn, addr, bind });
         self.sync(idx, now);
     }
 
@@ -1556,6 +1576,10 @@ impl Proxy {
                     }
                     d.release_if_empty(&mut self.pool);
                     s.last_active = now;
+                    if let Some(owner) = s.owner {
+                        // A transfer keeps its control connection alive.
+                        self.touch(owner, now);
+                    }
                 }
                 if side == Side::Client {
                     self.advance(idx, now);
@@ -1616,7 +1640,13 @@ impl Proxy {
                 if moved {
                     s.last_active = now;
                 }
+                let owner = s.owner.filter(|_| moved);
                 s.sink_dir_mut(side).release_if_empty(&mut self.pool);
+                if let Some(owner) = owner {
+                    // A transfer keeps its control connection alive.
+                    self.touch(owner, now);
+                }
+                let s = &mut self.sessions[idx];
                 if side == Side::Client
                     && s.state == State::Handshake
                     && s.up.buf.as_ref().is_some_and(|b| !b.is_empty())
@@ -1624,6 +1654,14 @@ impl Proxy {
                     // Replies drained: commands the client pipelined behind
                     // them may run now.
                     self.advance(idx, now);
+                    if !self.live(conn) {
+                        return;
+                    }
+                }
+                let s = &mut self.sessions[idx];
+                if s.state == State::Control {
+                    // A line held behind the bytes just written may go now.
+                    self.control_input(idx, side.other(), now);
                     if !self.live(conn) {
                         return;
                     }
@@ -1931,7 +1969,10 @@ impl Proxy {
         let rec = AccessRecord {
             service: svc.name.clone(),
             client: s.client,
-            user: s.user.take(),
+            user: s
+                .user
+                .take()
+                .or_else(|| s.hs.as_ref().and_then(|h| h.log_user())),
             method: s.method.into(),
             target: std::mem::take(&mut s.target),
             destination: s.upstream,

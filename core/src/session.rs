@@ -206,6 +206,10 @@ pub(crate) struct Session {
     pub refusing: Option<crate::proto::Failure>,
     /// The HTTP proxy's machine, for http services.
     pub http: Option<Box<crate::proto::http::Http>>,
+    /// The control connection this one carries data for (FTP).
+    pub owner: Option<crate::id::ConnId>,
+    /// Connect from `network.outgoing` (false: toward a LAN client).
+    pub bind_out: bool,
     /// The bandwidth cap this connection shares, if a rule set one.
     pub bucket: Option<crate::rate::Key>,
     /// Per direction (up, down): reading waits for the cap's bucket until

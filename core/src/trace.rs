@@ -2140,7 +2140,7 @@ destination = "192.0.2.53:53"
         l.drain();
         assert_eq!(
             l.accept(10_301, 0, "10.0.0.6:3"),
-            Err(Refused::UnknownListener)
+            Err(Refused::ShuttingDown)
         );
         l.timeout(15_300);
         l.finish()
@@ -2171,8 +2171,9 @@ destination = "192.0.2.53:53"
         assert!(access.iter().any(|r| r.status == "idle"
             && r.destination == Some(sa("[2001:db8::9]:443"))
             && r.duration == Duration::from_millis(10_100 - 10)));
-        // Two TCP connections and the UDP mapping end with the shutdown.
-        assert_eq!(access.iter().filter(|r| r.status == "shutdown").count(), 3);
+        // Two TCP connections and the UDP mapping end with the shutdown, and
+        // the client accepted during it is refused as "shutdown".
+        assert_eq!(access.iter().filter(|r| r.status == "shutdown").count(), 4);
         assert!(live.iter().any(|l| l.contains("Unlisten")));
         assert!(live.iter().any(|l| l.contains("PauseAccept")));
         assert!(live.iter().any(|l| l.contains("ResumeAccept")));

@@ -516,10 +516,9 @@ impl Ftp {
         self.user = name.to_string();
         self.target = Some(target.clone());
         self.phase = Phase::Connecting;
-        Ok(Step::Connect {
-            target,
-            user: Some(name.to_string()),
-        })
+        // The name is the FTP server's to check, not Portico's: it is
+        // logged (log_user) but no rule sees it as an authenticated user.
+        Ok(Step::Connect { target, user: None })
     }
 
     fn unreachable(&self) -> String {
@@ -835,6 +834,10 @@ impl Protocol for Ftp {
         "FTP"
     }
 
+    fn log_user(&self) -> Option<String> {
+        (!self.user.is_empty()).then(|| self.user.clone())
+    }
+
     fn control(&mut self) -> Option<&mut dyn Control> {
         Some(self)
     }
@@ -974,10 +977,8 @@ mod tests {
                 Target::Name(h.to_string(), p.parse().unwrap())
             }
         };
-        Step::Connect {
-            target,
-            user: Some(user.to_string()),
-        }
+        let _ = user;
+        Step::Connect { target, user: None }
     }
 
     #[test]

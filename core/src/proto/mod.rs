@@ -165,6 +165,13 @@ pub trait Protocol: std::fmt::Debug + Send {
     /// The method column of the access log.
     fn method(&self) -> &'static str;
 
+    /// A user name the protocol learnt but did not authenticate (FTP's and
+    /// POP3's, for their servers to check): the access log shows it, rules
+    /// never see it.
+    fn log_user(&self) -> Option<String> {
+        None
+    }
+
     /// A protocol that stays in the path after its handshake (FTP's control
     /// connection) returns its [`Control`]; the table then passes every
     /// byte through it instead of relaying untouched.
