@@ -61,6 +61,7 @@ both!(
     early_data_arrives,
     data_before_upstream_connects,
     slow_reader_does_not_stall_others,
+    sides_listen_where_they_belong,
 );
 
 fn upload_50mb(bin: Bin) {
@@ -507,5 +508,72 @@ fn slow_reader_does_not_stall_others(bin: Bin) {
     assert!(
         matches!(outcome, ReadOutcome::Data(_)),
         "{bin}: the stalled client should still be able to read its flood; got {outcome:?}"
+    );
+}
+
+/// `port = N` opens an internal service on every internal address and an
+/// incoming mapped port (`side = "external"`) on the external ones only;
+/// connections out leave from `network.outgoing`.
+fn sides_listen_where_they_belong(bin: Bin) {
+    let server = TestServer::start(Behaviour::Echo);
+    let (inner, outer) = (portico_tests::free_port(), portico_tests::free_port());
+    let config = format!(
+        r#"[network]
+internal = ["127.0.0.1", "127.0.0.3"]
+external = ["127.0.0.2"]
+outgoing = "127.0.0.4"
+[log]
+access = "stderr"
+[[service]]
+name = "out"
+kind = "mapped"
+port = {inner}
+destination = "{dest}"
+[[service]]
+name = "in"
+kind = "mapped"
+side = "external"
+port = {outer}
+destination = "{dest}"
+"#,
+        dest = server.addr()
+    );
+    let p = Portico::start_with(
+        bin,
+        &config,
+        portico_tests::StartOptions {
+            listeners: Some(3),
+            ..Default::default()
+        },
+    );
+    let at = |ip: [u8; 4], port: u16| std::net::SocketAddr::from((ip, port));
+    let mut peers = Vec::new();
+    for addr in [
+        at([127, 0, 0, 1], inner),
+        at([127, 0, 0, 3], inner),
+        at([127, 0, 0, 2], outer),
+    ] {
+        let mut c = client(bin, addr);
+        echo_check(&mut c, b"side").unwrap_or_else(|e| panic!("{bin}: echo through {addr}: {e}"));
+        drop(c);
+        peers.push(report(bin, &server).peer);
+    }
+    for addr in [
+        at([127, 0, 0, 2], inner),
+        at([127, 0, 0, 1], outer),
+        at([127, 0, 0, 3], outer),
+    ] {
+        assert!(
+            connect(addr).is_err(),
+            "{bin}: nothing may listen on {addr}\nstderr:\n{}",
+            p.stderr_text()
+        );
+    }
+    assert!(
+        !peers.is_empty()
+            && peers
+                .iter()
+                .all(|a| a.ip() == IpAddr::V4(Ipv4Addr::new(127, 0, 0, 4))),
+        "{bin}: connections out must leave from network.outgoing (127.0.0.4), saw {peers:?}"
     );
 }
