@@ -201,7 +201,7 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
     let mut proxy = Recorded::new(
         plan.config,
         &plan.config_text,
-        seed(),
+        crate::output::seed(),
         Instant::now(),
         trace.is_some(),
     );
@@ -230,12 +230,6 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
         fatal: None,
     };
     Ok(lp.run(&mut sig_rx))
-}
-
-fn seed() -> u64 {
-    let mut b = [0u8; 8];
-    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
-    u64::from_le_bytes(b)
 }
 
 impl Loop {

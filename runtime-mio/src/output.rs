@@ -1,4 +1,7 @@
-//! Where the core's log, access and `Say` lines go.
+//! The process plumbing both runtimes share (this file is compiled into
+//! `portico-threaded` too): where the core's log, access and `Say` lines go,
+//! the command line's I/O ([`Process`]), the wall clock the rules need, and
+//! the flight recorder's files. Nothing here decides anything.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, LineWriter, Write};
@@ -104,4 +107,42 @@ impl TraceFiles {
         let _ = self.trace.write_all(&trace);
         let _ = self.actions.write_all(actions.as_bytes());
     }
+}
+
+/// The I/O `portico_core::cli::main` needs, for a real process; `run`
+/// serves a plan (the runtime's event loop or threads).
+pub struct Process {
+    pub run: fn(portico_core::cli::Plan) -> i32,
+}
+
+impl portico_core::cli::Host for Process {
+    fn read_file(&mut self, path: &std::path::Path) -> io::Result<String> {
+        std::fs::read_to_string(path)
+    }
+    fn read_stdin(&mut self) -> io::Result<String> {
+        let mut s = String::new();
+        io::Read::read_to_string(&mut io::stdin(), &mut s)?;
+        Ok(s)
+    }
+    fn random(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        io::Read::read_exact(&mut File::open("/dev/urandom")?, buf)
+    }
+    fn stdout(&mut self, text: &str) {
+        let mut out = io::stdout().lock();
+        let _ = out.write_all(text.as_bytes());
+        let _ = out.flush();
+    }
+    fn stderr(&mut self, text: &str) {
+        let _ = io::stderr().write_all(text.as_bytes());
+    }
+    fn run(&mut self, plan: portico_core::cli::Plan) -> i32 {
+        (self.run)(plan)
+    }
+}
+
+/// A seed for the core's randomness.
+pub fn seed() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = File::open("/dev/urandom").and_then(|mut f| io::Read::read_exact(&mut f, &mut b));
+    u64::from_le_bytes(b)
 }

@@ -4,42 +4,12 @@
 //! every protocol decision live in `portico-core`. Here are only the sockets
 //! and the threads.
 
+// The process plumbing is the same file as `portico`'s: one copy to read.
+#[path = "../../runtime-mio/src/output.rs"]
 mod output;
 mod threads;
 
-use std::io::{self, Read, Write};
-use std::path::Path;
-
-use portico_core::cli::{self, Host, Plan};
-
-struct StdHost;
-
-impl Host for StdHost {
-    fn read_file(&mut self, path: &Path) -> io::Result<String> {
-        std::fs::read_to_string(path)
-    }
-    fn read_stdin(&mut self) -> io::Result<String> {
-        let mut s = String::new();
-        io::stdin().read_to_string(&mut s)?;
-        Ok(s)
-    }
-    fn random(&mut self, buf: &mut [u8]) -> io::Result<()> {
-        std::fs::File::open("/dev/urandom")?.read_exact(buf)
-    }
-    fn stdout(&mut self, text: &str) {
-        let mut out = io::stdout().lock();
-        let _ = out.write_all(text.as_bytes());
-        let _ = out.flush();
-    }
-    fn stderr(&mut self, text: &str) {
-        let _ = io::stderr().write_all(text.as_bytes());
-    }
-    fn run(&mut self, plan: Plan) -> i32 {
-        threads::run(plan)
-    }
-}
-
 fn main() {
-    let code = cli::main(std::env::args_os(), &mut StdHost);
-    std::process::exit(code);
+    let mut process = output::Process { run: threads::run };
+    std::process::exit(portico_core::cli::main(std::env::args_os(), &mut process));
 }
