@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Portico side by side with the programs its users would otherwise pick, on
+# this machine, in one run: installs the peers (Debian packages), builds
+# Portico in release mode, runs ../shared/bench's harness interleaved
+# (A B C …, A B C …) and prints a table of medians and ratios.
+#
+# Usage (from the project root):  tests/bench/run.sh [-r REPS] [-s SCENARIOS] [FORWARDER…]
+# Default: 3 repetitions of every scenario for direct, HAProxy (splice and
+# two threads), Squid, tinyproxy, microsocks, Dante, portico and
+# portico-threaded (about 15–40 minutes on two cores).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+harness=${BENCH_HARNESS:-../shared/bench}
+[ -x "$harness/run_all.sh" ] || { echo "no benchmark harness at $harness" >&2; exit 1; }
+
+need=()
+for p in haproxy socat rinetd redir nginx iperf3 wrk tinyproxy squid microsocks curl; do
+    command -v "$p" >/dev/null 2>&1 || [ -x "/usr/sbin/$p" ] || [ -x "/usr/bin/$p" ] || need+=("$p")
+done
+[ -x /usr/sbin/danted ] || need+=(dante-server)
+[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
+if [ ${#need[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need[@]}"
+fi
+
+reps=3 scen=""
+while getopts "r:s:" o; do
+    case $o in
+        r) reps=$OPTARG ;;
+        s) scen=$OPTARG ;;
+        *) sed -n '2,11p' "$0"; exit 2 ;;
+    esac
+done
+shift $((OPTIND - 1))
+fws=${*:-direct haproxy-nt1-splice haproxy-nt2 squid tinyproxy microsocks dante portico portico-threaded}
+
+cargo build --release --bins
+# A shared machine: wait only briefly for quiet before each measurement.
+export QUIET_WAIT_S=${QUIET_WAIT_S:-5}
+args=(-r "$reps")
+[ -n "$scen" ] && args+=(-s "$scen")
+# shellcheck disable=SC2086  # the forwarders are words
+"$harness/run_all.sh" "${args[@]}" $fws
+summary=$(ls -t "${BENCH_RESULTS:-/tmp/portico-bench/results}"/raw-*.md 2>/dev/null | head -1)
+[ -n "$summary" ] && cat "$summary"
