@@ -1818,6 +1818,7 @@ impl Proxy {
         }
         if s.state == State::Http
             && s.up.eof
+            && s.up.drained()
             && s.down.drained()
             && !s.http.as_ref().is_some_and(|h| h.busy())
         {

@@ -227,7 +227,9 @@ impl Http {
     ) -> bool {
         // The previous request's body must be out first: the next head is
         // queued ahead of the buffer, and must not overtake it.
-        if fwd(up) > 0 {
+        if fwd(up) > 0 || fwd(down) > 0 {
+            // Nor may its answer (a refusal said at once) overtake the
+            // previous response's body.
             return false;
         }
         let input = data(up);

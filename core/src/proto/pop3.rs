@@ -290,6 +290,10 @@ impl Protocol for Pop3 {
     fn method(&self) -> &'static str {
         "POP3"
     }
+
+    fn log_user(&self) -> Option<String> {
+        (!self.name.is_empty()).then(|| self.name.clone())
+    }
 }
 
 #[cfg(test)]
