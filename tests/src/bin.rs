@@ -1,12 +1,12 @@
 //! The two binaries under test, built once per test process.
 
 use std::fmt;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::tools::{run_bounded, RunFailure};
 
 /// How long the nested `cargo build` may take.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(20 * 60);
@@ -105,43 +105,21 @@ fn locate_and_build() -> Result<PathBuf, String> {
             cmd.args(["--profile", other]);
         }
     }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
     let described = format!("{cmd:?}");
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot run {described}: {e}"))?;
-    let mut out = child.stdout.take().ok_or("no stdout pipe")?;
-    let mut err = child.stderr.take().ok_or("no stderr pipe")?;
-    let out_t = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_t = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + BUILD_TIMEOUT;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break st,
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(50)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "{described} did not finish within {BUILD_TIMEOUT:?} \
-                     (waiting for a cargo lock? set PORTICO_BIN_DIR to skip the build)"
-                ));
-            }
-            Err(e) => return Err(format!("waiting for {described}: {e}")),
+    let built = match run_bounded(&mut cmd, None, BUILD_TIMEOUT) {
+        Ok(f) => f,
+        Err(RunFailure::Spawn(e)) => return Err(format!("cannot run {described}: {e}")),
+        Err(RunFailure::Wait(e)) => return Err(format!("waiting for {described}: {e}")),
+        Err(RunFailure::TimedOut { .. }) => {
+            return Err(format!(
+                "{described} did not finish within {BUILD_TIMEOUT:?} \
+                 (waiting for a cargo lock? set PORTICO_BIN_DIR to skip the build)"
+            ))
         }
     };
-    let stdout = out_t.join().unwrap_or_default();
-    let stderr = err_t.join().unwrap_or_default();
+    let status = built.status;
+    let stdout = String::from_utf8_lossy(&built.stdout);
+    let stderr = String::from_utf8_lossy(&built.stderr);
     if !status.success() {
         // The end of cargo's output holds the errors; keep the message short,
         // since every test of the process repeats it.

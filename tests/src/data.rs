@@ -98,6 +98,14 @@ pub fn digest(data: &[u8]) -> u64 {
     d.finish()
 }
 
+/// The length and checksum of the file at `path`; fails the test (the
+/// message starting with `who`) if it cannot be read.
+pub fn file_digest(who: impl std::fmt::Display, path: &std::path::Path) -> (usize, u64) {
+    let data =
+        std::fs::read(path).unwrap_or_else(|e| panic!("{who}: reading {}: {e}", path.display()));
+    (data.len(), digest(&data))
+}
+
 /// A deterministic pseudo-random byte stream (splitmix64).
 #[derive(Clone, Debug)]
 pub struct PatternStream {
@@ -176,17 +184,44 @@ pub fn send_stream(
 /// Reads `r` to EOF; returns the byte count and checksum. A read timeout is
 /// an error (`WouldBlock`/`TimedOut`), never a hang.
 pub fn recv_all(r: &mut impl Read) -> io::Result<(u64, u64)> {
+    let d = recv_digest(r, None)?;
+    Ok((d.len(), d.finish()))
+}
+
+/// Reads exactly `len` bytes of `r` (never more); returns their checksum.
+/// An early EOF or a read timeout is an error.
+pub fn recv_exact(r: &mut impl Read, len: u64) -> io::Result<u64> {
+    Ok(recv_digest(r, Some(len))?.finish())
+}
+
+/// Reads `r` to EOF, or exactly `want` bytes, into a checksum.
+fn recv_digest(r: &mut impl Read, want: Option<u64>) -> io::Result<Digest> {
     let mut digest = Digest::new();
     let mut buf = vec![0u8; CHUNK];
+    let so_far = |d: &Digest| match want {
+        Some(len) => format!("{} of {len} bytes", d.len()),
+        None => format!("{} bytes", d.len()),
+    };
     loop {
-        match r.read(&mut buf) {
-            Ok(0) => return Ok((digest.len(), digest.finish())),
+        let room = match want {
+            Some(len) if digest.len() >= len => return Ok(digest),
+            Some(len) => ((len - digest.len()) as usize).min(CHUNK),
+            None => CHUNK,
+        };
+        match r.read(&mut buf[..room]) {
+            Ok(0) if want.is_none() => return Ok(digest),
+            Ok(0) => {
+                return Err(io::Error::new(
+                    ErrorKind::UnexpectedEof,
+                    format!("EOF after {}", so_far(&digest)),
+                ))
+            }
             Ok(n) => digest.update(&buf[..n]),
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => {
                 return Err(io::Error::new(
                     e.kind(),
-                    format!("after {} bytes: {e}", digest.len()),
+                    format!("after {}: {e}", so_far(&digest)),
                 ))
             }
         }

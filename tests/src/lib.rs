@@ -6,7 +6,12 @@
 //!   from `PORTICO_BIN_DIR`).
 //! - [`Portico`]: a running proxy started on a configuration; its stdout and
 //!   stderr are collected line by line.
-//! - [`TestServer`]: backends (echo, sink, source, exchange, digest-reply).
+//! - [`TestServer`]: backends (echo, sink, source, exchange, digest-reply);
+//!   [`Acceptor`]: a listener handing each connection to a handler, for
+//!   the scripted servers of the test files.
+//! - [`tools`]: external programs ([`require`] names the Debian package),
+//!   run with a bounded wait ([`run_tool`]).
+//! - Configurations: [`config_head`], [`service`], [`mapped_config`].
 //! - [`both!`]: turns `fn case(bin: Bin)` into the tests `case::mio` and
 //!   `case::threaded`.
 //!
@@ -15,22 +20,31 @@
 
 mod bin;
 pub mod data;
+pub mod json;
 pub mod logline;
 pub mod net;
 mod process;
 pub mod servers;
+pub mod tools;
 
 pub use bin::{binaries, Bin};
-pub use data::{digest, pattern, recv_all, send_stream, Digest};
+pub use data::{digest, file_digest, pattern, recv_all, recv_exact, send_stream, Digest};
 pub use net::{
-    connect, connect_from, cpu_time, echo_check, free_port, listen_overflows, local, poll_until,
-    read_outcome, rss_kib, ReadOutcome, Rendezvous, CONNECT_TIMEOUT, IO_TIMEOUT,
+    connect, connect_from, cpu_time, echo_check, expect_closed, free_port, listen_overflows, local,
+    poll_until, read_outcome, rss_kib, send_all, ReadOutcome, Rendezvous, CONNECT_TIMEOUT,
+    IO_TIMEOUT, PROMPTLY,
 };
 pub use process::{
-    expected_listeners, run_cli, CliOutput, Portico, StartError, StartOptions, TempDir,
-    START_TIMEOUT,
+    expected_listeners, run_cli, run_on_config, CliOutput, LineLog, Portico, StartError,
+    StartOptions, TempDir, START_TIMEOUT,
 };
-pub use servers::{Behaviour, Report, TestServer, UdpEcho, SERVER_SEED};
+pub use servers::{
+    check_digest_reply, read_digest_reply, Acceptor, Behaviour, Report, TestServer, UdpEcho,
+    SERVER_SEED,
+};
+pub use tools::{
+    curl_command, require, require_python_module, run_tool, without_proxy_env, ToolOutput,
+};
 
 use std::net::SocketAddr;
 
@@ -58,10 +72,57 @@ macro_rules! both {
     };
 }
 
+/// The start of a configuration: `[network]` with 127.0.0.1 as the one
+/// internal address, `[limits]` with the lines `limits`, and `[log]` with
+/// the access log on stderr and the lines `log`.
+pub fn config_head(limits: &str, log: &str) -> String {
+    format!(
+        r#"[network]
+internal = ["127.0.0.1"]
+
+[limits]
+{limits}
+
+[log]
+access = "stderr"
+{log}
+"#
+    )
+}
+
+/// The user alice, with the password `secret`.
+pub const ALICE: &str = "[[user]]\nname = \"alice\"\npassword = \"plain:secret\"\n";
+
+/// A `[[service]]` `name` of `kind` on 127.0.0.1:`port`, with the lines
+/// `extra` after its `listen`.
+pub fn service(name: &str, kind: &str, port: u16, extra: &str) -> String {
+    format!(
+        r#"
+[[service]]
+name = "{name}"
+kind = "{kind}"
+listen = ["127.0.0.1:{port}"]
+{extra}
+"#
+    )
+}
+
+/// A mapped `[[service]]` `name` on 127.0.0.1:`port` forwarding to
+/// `destination`, with the lines `extra`.
+pub fn mapped_service(name: &str, port: u16, destination: SocketAddr, extra: &str) -> String {
+    service(
+        name,
+        "mapped",
+        port,
+        &format!("destination = \"{destination}\"\n{extra}"),
+    )
+}
+
 /// A configuration with one mapped TCP service `map` on 127.0.0.1:`port`
 /// forwarding to `destination`; `limits` and `log` are extra lines for
 /// those sections (e.g. `idle_timeout = "1s"`; without one, the idle
-/// timeout is 5 minutes).
+/// timeout is 5 minutes). The service comes last, so that lines appended
+/// belong to it.
 pub fn mapped_config(port: u16, destination: SocketAddr, limits: &str, log: &str) -> String {
     let idle = if limits.contains("idle_timeout") {
         ""
@@ -69,23 +130,9 @@ pub fn mapped_config(port: u16, destination: SocketAddr, limits: &str, log: &str
         "idle_timeout = \"5m\""
     };
     format!(
-        r#"[network]
-internal = ["127.0.0.1"]
-
-[limits]
-{idle}
-{limits}
-
-[log]
-access = "stderr"
-{log}
-
-[[service]]
-name = "map"
-kind = "mapped"
-listen = ["127.0.0.1:{port}"]
-destination = "{destination}"
-"#
+        "{}{}",
+        config_head(&format!("{idle}\n{limits}"), log),
+        mapped_service("map", port, destination, "")
     )
 }
 
@@ -110,11 +157,24 @@ pub fn start_on_free_port(
     opts: StartOptions<'_>,
     config: impl Fn(u16) -> String,
 ) -> (Portico, SocketAddr) {
+    let (p, ports) = start_on_free_ports(bin, 1, opts, |ports| config(ports[0]));
+    (p, local(ports[0]))
+}
+
+/// Starts `bin` on the configuration `config(ports)` for `n` fresh ports,
+/// trying other ports if one was taken meanwhile; returns the proxy and
+/// the ports.
+pub fn start_on_free_ports(
+    bin: Bin,
+    n: usize,
+    opts: StartOptions<'_>,
+    config: impl Fn(&[u16]) -> String,
+) -> (Portico, Vec<u16>) {
     let mut tries = 0;
     loop {
-        let port = free_port();
-        match Portico::try_start_with(bin, &config(port), opts) {
-            Ok(p) => return (p, local(port)),
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        match Portico::try_start_with(bin, &config(&ports), opts) {
+            Ok(p) => return (p, ports),
             Err(e) if e.is_listen_failure() && tries < 3 => tries += 1,
             Err(e) => panic!("{}", e.message),
         }

@@ -1,5 +1,5 @@
 //! Strict readers for the access log: the text line of SPEC.md and the
-//! one-object-per-line JSON form.
+//! one-object-per-line JSON form (parsed by [`crate::json`]).
 
 use std::net::SocketAddr;
 
@@ -93,171 +93,23 @@ pub fn parse_text_line(line: &str) -> Result<AccessLine, String> {
     })
 }
 
-/// A JSON scalar (the access log has no nested values).
-#[derive(Clone, Debug, PartialEq)]
-pub enum Json {
-    Str(String),
-    /// The number as written.
-    Num(String),
-    Bool(bool),
-    Null,
-}
-
-impl Json {
-    pub fn as_str(&self) -> Option<&str> {
-        match self {
-            Json::Str(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    pub fn as_u64(&self) -> Option<u64> {
-        match self {
-            Json::Num(n) => n.parse().ok(),
-            _ => None,
-        }
-    }
-}
+pub use crate::json::Json;
 
 /// Parses one flat JSON object (string, number, boolean and null values)
 /// filling the whole line; keys in order of appearance.
 pub fn parse_json_object(line: &str) -> Result<Vec<(String, Json)>, String> {
-    let mut p = JsonParser {
-        s: line.as_bytes(),
-        i: 0,
-    };
-    let obj = p
-        .object()
-        .map_err(|e| format!("{e} at byte {} of {line:?}", p.i))?;
-    p.ws();
-    if p.i != p.s.len() {
-        return Err(format!("trailing bytes at {} in {line:?}", p.i));
-    }
-    Ok(obj)
-}
-
-struct JsonParser<'a> {
-    s: &'a [u8],
-    i: usize,
-}
-
-impl JsonParser<'_> {
-    fn ws(&mut self) {
-        while self.i < self.s.len() && matches!(self.s[self.i], b' ' | b'\t' | b'\n' | b'\r') {
-            self.i += 1;
-        }
-    }
-
-    fn peek(&self) -> Option<u8> {
-        self.s.get(self.i).copied()
-    }
-
-    fn expect(&mut self, c: u8) -> Result<(), String> {
-        self.ws();
-        if self.peek() == Some(c) {
-            self.i += 1;
-            Ok(())
-        } else {
-            Err(format!("expected {:?}", c as char))
-        }
-    }
-
-    fn object(&mut self) -> Result<Vec<(String, Json)>, String> {
-        self.expect(b'{')?;
-        let mut out = Vec::new();
-        self.ws();
-        if self.peek() == Some(b'}') {
-            self.i += 1;
-            return Ok(out);
-        }
-        loop {
-            self.ws();
-            let k = self.string()?;
-            self.expect(b':')?;
-            self.ws();
-            let v = self.value()?;
-            out.push((k, v));
-            self.ws();
-            match self.peek() {
-                Some(b',') => self.i += 1,
-                Some(b'}') => {
-                    self.i += 1;
-                    return Ok(out);
-                }
-                _ => return Err("expected ',' or '}'".into()),
+    match crate::json::parse_json(line) {
+        Ok(Json::Obj(kv)) => {
+            if let Some((k, _)) = kv
+                .iter()
+                .find(|(_, v)| matches!(v, Json::Arr(_) | Json::Obj(_)))
+            {
+                return Err(format!("the value of {k:?} is not a scalar in {line:?}"));
             }
+            Ok(kv)
         }
-    }
-
-    fn value(&mut self) -> Result<Json, String> {
-        match self.peek() {
-            Some(b'"') => Ok(Json::Str(self.string()?)),
-            Some(b'n') => self.word("null", Json::Null),
-            Some(b't') => self.word("true", Json::Bool(true)),
-            Some(b'f') => self.word("false", Json::Bool(false)),
-            Some(c) if c == b'-' || c.is_ascii_digit() => {
-                let start = self.i;
-                self.i += 1;
-                while self.peek().is_some_and(|c| {
-                    c.is_ascii_digit() || matches!(c, b'.' | b'e' | b'E' | b'+' | b'-')
-                }) {
-                    self.i += 1;
-                }
-                let n = std::str::from_utf8(&self.s[start..self.i]).map_err(|e| e.to_string())?;
-                Ok(Json::Num(n.to_string()))
-            }
-            _ => Err("expected a scalar value".into()),
-        }
-    }
-
-    fn word(&mut self, w: &str, v: Json) -> Result<Json, String> {
-        if self.s[self.i..].starts_with(w.as_bytes()) {
-            self.i += w.len();
-            Ok(v)
-        } else {
-            Err(format!("expected {w}"))
-        }
-    }
-
-    fn string(&mut self) -> Result<String, String> {
-        if self.peek() != Some(b'"') {
-            return Err("expected a string".into());
-        }
-        self.i += 1;
-        let mut out: Vec<u8> = Vec::new();
-        loop {
-            let c = self.peek().ok_or("unterminated string")?;
-            self.i += 1;
-            match c {
-                b'"' => return String::from_utf8(out).map_err(|e| e.to_string()),
-                b'\\' => {
-                    let e = self.peek().ok_or("unterminated escape")?;
-                    self.i += 1;
-                    match e {
-                        b'"' => out.push(b'"'),
-                        b'\\' => out.push(b'\\'),
-                        b'/' => out.push(b'/'),
-                        b'b' => out.push(8),
-                        b'f' => out.push(12),
-                        b'n' => out.push(b'\n'),
-                        b'r' => out.push(b'\r'),
-                        b't' => out.push(b'\t'),
-                        b'u' => {
-                            let hex = self.s.get(self.i..self.i + 4).ok_or("short \\u escape")?;
-                            let hex = std::str::from_utf8(hex).map_err(|e| e.to_string())?;
-                            let cp = u32::from_str_radix(hex, 16).map_err(|e| e.to_string())?;
-                            self.i += 4;
-                            let ch = char::from_u32(cp).unwrap_or('\u{fffd}');
-                            let mut b = [0u8; 4];
-                            out.extend_from_slice(ch.encode_utf8(&mut b).as_bytes());
-                        }
-                        _ => return Err("bad escape".into()),
-                    }
-                }
-                c if c < 0x20 => return Err("control byte in a string".into()),
-                c => out.push(c),
-            }
-        }
+        Ok(_) => Err(format!("not a JSON object: {line:?}")),
+        Err(e) => Err(format!("{e} in {line:?}")),
     }
 }
 

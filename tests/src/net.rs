@@ -6,12 +6,17 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::bin::Bin;
+
 /// Read and write timeout put on every test socket: a stall fails the test
 /// instead of hanging it.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a connect may take on loopback before the test gives up.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long to wait for something that should happen "at once".
+pub const PROMPTLY: Duration = Duration::from_secs(10);
 
 pub const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -124,6 +129,22 @@ pub fn read_outcome(s: &mut TcpStream, wait: Duration) -> ReadOutcome {
             _ => ReadOutcome::Error(e),
         },
     }
+}
+
+/// Writes all of `bytes` on `s`; fails the test, saying `what`, if it cannot.
+pub fn send_all(bin: Bin, s: &mut TcpStream, bytes: &[u8], what: &str) {
+    s.write_all(bytes)
+        .unwrap_or_else(|e| panic!("{bin}: {what}: writing {} bytes: {e}", bytes.len()));
+}
+
+/// The proxy must close the connection within [`PROMPTLY`], sending
+/// nothing more.
+pub fn expect_closed(bin: Bin, s: &mut TcpStream, what: &str) {
+    let outcome = read_outcome(s, PROMPTLY);
+    assert!(
+        outcome.is_closed(),
+        "{bin}: {what}: the proxy must close the connection (sending nothing more); got {outcome:?}"
+    );
 }
 
 /// Sends `data` and reads the same number of bytes back, checking they are

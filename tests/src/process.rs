@@ -1,7 +1,8 @@
 //! Running a binary under test: a long-lived proxy ([`Portico`]) or a
 //! one-shot command ([`run_cli`]).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,6 +11,8 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::bin::Bin;
+use crate::logline::{parse_text_line, AccessLine};
+use crate::tools::{run_bounded, RunFailure};
 
 /// How long a proxy may take to print its `listening:` lines.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -61,14 +64,28 @@ impl Drop for TempDir {
     }
 }
 
-/// Lines of one output stream of a child, collected by a thread.
+/// The lines of one output stream of a child process, collected by a
+/// thread as they come, for waiting on with a deadline (the proxy's
+/// stdout and stderr, a test server's log).
 #[derive(Default)]
-struct Lines {
+pub struct LineLog {
     state: Mutex<(Vec<String>, bool)>,
     cv: Condvar,
 }
 
-impl Lines {
+impl LineLog {
+    /// Starts collecting the lines of `pipe` (none: an empty log, ended).
+    pub fn start(pipe: Option<impl Read + Send + 'static>) -> Arc<LineLog> {
+        let log = Arc::new(LineLog::default());
+        match pipe {
+            Some(p) => {
+                log.collect(p);
+            }
+            None => log.state.lock().unwrap_or_else(|e| e.into_inner()).1 = true,
+        }
+        log
+    }
+
     fn collect(self: &Arc<Self>, pipe: impl Read + Send + 'static) -> thread::JoinHandle<()> {
         let me = self.clone();
         thread::spawn(move || {
@@ -95,7 +112,8 @@ impl Lines {
         })
     }
 
-    fn snapshot(&self) -> Vec<String> {
+    /// The lines so far.
+    pub fn snapshot(&self) -> Vec<String> {
         self.state
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -103,9 +121,14 @@ impl Lines {
             .clone()
     }
 
+    /// The lines so far, joined, for assertion messages.
+    pub fn text(&self) -> String {
+        self.snapshot().join("\n")
+    }
+
     /// Waits until the lines seen so far satisfy `done`, the stream ends, or
     /// the time is up; returns whether `done` held.
-    fn wait(&self, limit: Duration, mut done: impl FnMut(&[String]) -> bool) -> bool {
+    pub fn wait(&self, limit: Duration, mut done: impl FnMut(&[String]) -> bool) -> bool {
         let deadline = Instant::now() + limit;
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
@@ -122,6 +145,17 @@ impl Lines {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+
+    /// The first line satisfying `pred`, waiting at most `limit` (and no
+    /// longer than the stream lasts).
+    pub fn wait_for(&self, mut pred: impl FnMut(&str) -> bool, limit: Duration) -> Option<String> {
+        let mut found = None;
+        self.wait(limit, |lines| {
+            found = lines.iter().find(|l| pred(l)).cloned();
+            found.is_some()
+        });
+        found
     }
 }
 
@@ -188,8 +222,8 @@ pub struct Portico {
     bin: Bin,
     child: Child,
     status: Option<ExitStatus>,
-    stdout: Arc<Lines>,
-    stderr: Arc<Lines>,
+    stdout: Arc<LineLog>,
+    stderr: Arc<LineLog>,
     _dir: TempDir,
     config_path: PathBuf,
 }
@@ -264,14 +298,8 @@ impl Portico {
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("{bin}: cannot start {}: {e}", bin.path().display()));
-        let stdout = Arc::new(Lines::default());
-        let stderr = Arc::new(Lines::default());
-        if let Some(p) = child.stdout.take() {
-            stdout.collect(p);
-        }
-        if let Some(p) = child.stderr.take() {
-            stderr.collect(p);
-        }
+        let stdout = LineLog::start(child.stdout.take());
+        let stderr = LineLog::start(child.stderr.take());
         let mut me = Portico {
             bin,
             child,
@@ -337,14 +365,92 @@ impl Portico {
     /// The first stderr line satisfying `pred`, waiting up to `limit`.
     pub fn wait_for_stderr(
         &self,
-        mut pred: impl FnMut(&str) -> bool,
+        pred: impl FnMut(&str) -> bool,
         limit: Duration,
     ) -> Option<String> {
+        self.stderr.wait_for(pred, limit)
+    }
+
+    /// The first stderr line containing `needle` (a piece of an access-log
+    /// line), waiting up to `limit`; fails the test, with stderr, if none.
+    pub fn expect_log_line(&self, needle: &str, limit: Duration) -> String {
+        self.wait_for_stderr(|l| l.contains(needle), limit)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}: no access-log line containing {needle:?} within {limit:?}; stderr:\n{}",
+                    self.bin,
+                    self.stderr_text()
+                )
+            })
+    }
+
+    /// The first text access-log line of `service` that `pred` accepts,
+    /// waiting up to `limit`; fails the test (saying `what` was looked for,
+    /// with stderr) if none.
+    pub fn expect_access(
+        &self,
+        service: &str,
+        what: &str,
+        limit: Duration,
+        mut pred: impl FnMut(&AccessLine) -> bool,
+    ) -> AccessLine {
         let mut found = None;
         self.stderr.wait(limit, |lines| {
-            found = lines.iter().find(|l| pred(l)).cloned();
+            found = lines
+                .iter()
+                .filter_map(|l| parse_text_line(l).ok())
+                .find(|a| a.service == service && pred(a));
             found.is_some()
         });
+        found.unwrap_or_else(|| {
+            panic!(
+                "{}: {what}: no matching access-log line of service {service} within {limit:?}; \
+                 stderr:\n{}",
+                self.bin,
+                self.stderr_text()
+            )
+        })
+    }
+
+    /// The access-log line of `service` for the connection from `client`,
+    /// waiting up to `limit`. A line that names them but does not parse
+    /// fails the test with the reason.
+    pub fn access_of(&self, service: &str, client: SocketAddr, limit: Duration) -> AccessLine {
+        let needle = format!(" {service} {client} ");
+        let line = self.expect_log_line(&needle, limit);
+        parse_text_line(&line).unwrap_or_else(|e| panic!("{}: {e}", self.bin))
+    }
+
+    /// The text access-log lines of `service` that `pred` accepts, once
+    /// there are `n` of them, waiting up to `limit`; fails the test if there
+    /// are fewer.
+    pub fn expect_access_lines(
+        &self,
+        service: &str,
+        n: usize,
+        limit: Duration,
+        pred: impl Fn(&AccessLine) -> bool,
+    ) -> Vec<AccessLine> {
+        let matching = |lines: &[String]| -> Vec<AccessLine> {
+            lines
+                .iter()
+                .filter_map(|l| parse_text_line(l).ok())
+                .filter(|a| a.service == service && pred(a))
+                .collect()
+        };
+        let mut found = Vec::new();
+        self.stderr.wait(limit, |lines| {
+            found = matching(lines);
+            found.len() >= n
+        });
+        assert!(
+            found.len() >= n,
+            "{}: want {n} matching access-log lines of service {service}, found {}: \
+             {found:?}\nstderr:\n{}",
+            self.bin,
+            found.len(),
+            self.stderr_text()
+        );
         found
     }
 
@@ -454,67 +560,39 @@ impl CliOutput {
     }
 }
 
+/// Runs `bin --config FILE ARGS…` with `toml` in a temporary FILE, waiting
+/// at most `limit` (then it is killed and the test fails); returns FILE's
+/// path (for the `FILE:LINE:COLUMN` of error messages) and the output.
+pub fn run_on_config(bin: Bin, toml: &str, args: &[&str], limit: Duration) -> (String, CliOutput) {
+    let dir = TempDir::new();
+    let path = dir.write("portico.toml", toml);
+    let path = path.to_str().expect("utf-8 temp path").to_string();
+    let mut all = vec!["--config", &path];
+    all.extend_from_slice(args);
+    let out = run_cli(bin, &all, None, limit);
+    (path, out)
+}
+
 /// Runs `bin ARGS…` with `stdin`, waiting at most `limit` (then it is
 /// killed and the test fails).
 pub fn run_cli(bin: Bin, args: &[&str], stdin: Option<&[u8]>, limit: Duration) -> CliOutput {
-    let mut child = Command::new(bin.path())
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{bin}: cannot start {}: {e}", bin.path().display()));
-    if let (Some(mut pipe), Some(data)) = (child.stdin.take(), stdin) {
-        let data = data.to_vec();
-        thread::spawn(move || {
-            let _ = pipe.write_all(&data);
-        });
-    }
-    let read = |p: Option<Box<dyn Read + Send>>| {
-        thread::spawn(move || {
-            let mut v = Vec::new();
-            if let Some(mut p) = p {
-                let _ = p.read_to_end(&mut v);
-            }
-            String::from_utf8_lossy(&v).into_owned()
-        })
-    };
-    let out_t = read(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let err_t = read(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break st,
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                let stdout = out_t.join().unwrap_or_default();
-                let stderr = err_t.join().unwrap_or_default();
-                panic!(
-                    "{bin} {args:?}: still running after {limit:?}; killed\nstdout:\n{stdout}\nstderr:\n{stderr}"
-                );
-            }
-            Err(e) => panic!("{bin}: waiting for the process: {e}"),
+    let mut cmd = Command::new(bin.path());
+    cmd.args(args);
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    match run_bounded(&mut cmd, stdin, limit) {
+        Ok(f) => CliOutput {
+            status: f.status,
+            stdout: text(&f.stdout),
+            stderr: text(&f.stderr),
+        },
+        Err(RunFailure::Spawn(e)) => {
+            panic!("{bin}: cannot start {}: {e}", bin.path().display())
         }
-    };
-    CliOutput {
-        status,
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
+        Err(RunFailure::Wait(e)) => panic!("{bin}: waiting for the process: {e}"),
+        Err(RunFailure::TimedOut { stdout, stderr }) => panic!(
+            "{bin} {args:?}: still running after {limit:?}; killed\nstdout:\n{}\nstderr:\n{}",
+            text(&stdout),
+            text(&stderr)
+        ),
     }
 }

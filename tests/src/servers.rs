@@ -5,7 +5,7 @@
 //! accept loop ends when the [`TestServer`] is dropped.
 
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -13,8 +13,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use crate::bin::Bin;
 use crate::data::{recv_all, send_stream, Digest};
-use crate::net::{connect, LOCALHOST};
+use crate::net::{connect, IO_TIMEOUT, LOCALHOST};
 
 /// Socket timeouts on the server side: the longest a server thread lives on
 /// a stalled connection.
@@ -158,6 +159,22 @@ impl TestServer {
             .unwrap_or_else(|e| e.into_inner())
             .recv_timeout(wait)
             .ok()
+    }
+
+    /// The next finished connection's report, which must come within
+    /// [`IO_TIMEOUT`] and say the connection went without error.
+    pub fn report_ok(&self, bin: Bin) -> Report {
+        let r = self.next_report(IO_TIMEOUT).unwrap_or_else(|| {
+            panic!(
+                "{bin}: the test server (the proxy's destination) saw no connection finish \
+                 within {IO_TIMEOUT:?}"
+            )
+        });
+        assert_eq!(
+            r.error, None,
+            "{bin}: the test server's (the proxy's destination's) connection failed: {r:?}"
+        );
+        r
     }
 
     /// Total bytes all connections have written so far.
@@ -326,6 +343,52 @@ fn source(s: &mut TcpStream, len: u64, progress: &AtomicU64, rep: &mut Report) -
     Ok(())
 }
 
+/// Reads to EOF what a [`Behaviour::DigestReply`] server with `reply_len`
+/// sends through the proxy, and checks it with [`check_digest_reply`];
+/// returns the reply body.
+pub fn read_digest_reply(
+    bin: Bin,
+    s: &mut TcpStream,
+    reply_len: u64,
+    sent: &[u8],
+    what: &str,
+) -> Vec<u8> {
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).unwrap_or_else(|e| {
+        panic!(
+            "{bin}: {what}: reading the reply to EOF ({} bytes so far): {e}",
+            reply.len()
+        )
+    });
+    check_digest_reply(bin, &reply, reply_len, sent, what);
+    reply.truncate(reply_len as usize);
+    reply
+}
+
+/// Checks what a [`Behaviour::DigestReply`] server with `reply_len` sent:
+/// the whole reply, then the trailer saying it received exactly `sent`.
+pub fn check_digest_reply(bin: Bin, reply: &[u8], reply_len: u64, sent: &[u8], what: &str) {
+    assert_eq!(
+        reply.len() as u64,
+        reply_len + 16,
+        "{bin}: {what}: the server's reply ({reply_len} bytes) and its 16-byte trailer must \
+         arrive whole"
+    );
+    let trailer = &reply[reply_len as usize..];
+    let count = u64::from_be_bytes(trailer[..8].try_into().expect("8 bytes"));
+    let sum = u64::from_be_bytes(trailer[8..].try_into().expect("8 bytes"));
+    assert_eq!(
+        count,
+        sent.len() as u64,
+        "{bin}: {what}: bytes the server received (must be exactly those sent, once)"
+    );
+    assert_eq!(
+        sum,
+        crate::data::digest(sent),
+        "{bin}: {what}: the bytes the server received differ from those sent"
+    );
+}
+
 /// A UDP echo server: sends every datagram back to its sender and records
 /// the senders' addresses.
 pub struct UdpEcho {
@@ -377,5 +440,78 @@ impl UdpEcho {
 impl Drop for UdpEcho {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A listener on a port of its own whose every connection is handed to a
+/// handler on a thread of its own; the accept loop ends when the
+/// `Acceptor` is dropped. The handler sets its socket's timeouts.
+pub struct Acceptor {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    accepted: Arc<AtomicU64>,
+}
+
+impl Acceptor {
+    /// Listens on `ip`:0; `handle(stream, n)` gets the `n`th accepted
+    /// connection (from 1). `what` names the server in failure messages.
+    pub fn start(
+        ip: IpAddr,
+        what: &str,
+        handle: impl Fn(TcpStream, u64) + Send + Sync + 'static,
+    ) -> Acceptor {
+        let listener = TcpListener::bind((ip, 0))
+            .unwrap_or_else(|e| panic!("{what}: bind {ip}:0: {e} (is loopback {ip} up?)"));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("{what}: local_addr: {e}"));
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let handle = Arc::new(handle);
+        let (st, acc) = (stop.clone(), accepted.clone());
+        thread::Builder::new()
+            .name(format!("acceptor-{}", addr.port()))
+            .spawn(move || loop {
+                let got = listener.accept();
+                if st.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok((stream, _)) = got else {
+                    // EMFILE and the like: back off a little, bounded by
+                    // the acceptor's lifetime.
+                    thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let n = acc.fetch_add(1, Ordering::SeqCst) + 1;
+                let handle = handle.clone();
+                thread::spawn(move || handle(stream, n));
+            })
+            .unwrap_or_else(|e| panic!("{what}: spawn the accept thread: {e}"));
+        Acceptor {
+            addr,
+            stop,
+            accepted,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Acceptor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake a blocking accept().
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
     }
 }

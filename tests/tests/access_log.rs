@@ -33,14 +33,7 @@ fn one_transfer(bin: Bin, addr: std::net::SocketAddr) -> std::net::SocketAddr {
 }
 
 fn wait_line(p: &Portico, needle: &str) -> String {
-    p.wait_for_stderr(|l| l.contains(needle), Duration::from_secs(10))
-        .unwrap_or_else(|| {
-            panic!(
-                "{}: no access-log line containing {needle:?} within 10 s; stderr:\n{}",
-                p.bin(),
-                p.stderr_text()
-            )
-        })
+    p.expect_log_line(needle, Duration::from_secs(10))
 }
 
 fn text_line_format(bin: Bin) {

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use portico_tests::{both, connect, free_port, local, run_cli, Bin, CliOutput, TempDir};
+use portico_tests::{
+    both, connect, free_port, local, run_cli, run_on_config, Bin, CliOutput, TempDir,
+};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -19,18 +21,15 @@ both!(
     hash_password_prints_phc,
 );
 
-fn check(bin: Bin, toml: &str) -> (TempDir, String, CliOutput) {
-    let dir = TempDir::new();
-    let path = dir.write("portico.toml", toml);
-    let path = path.to_str().expect("utf-8 temp path").to_string();
-    let out = run_cli(bin, &["--config", &path, "--check"], None, LIMIT);
-    (dir, path, out)
+/// `--check` on `toml`: the file's path and the output.
+fn check(bin: Bin, toml: &str) -> (String, CliOutput) {
+    run_on_config(bin, toml, &["--check"], LIMIT)
 }
 
 /// Runs `--check` on a bad file: exit 2 and a `FILE:LINE:COLUMN: message`
 /// line on stderr; returns (line, column, message).
 fn check_bad(bin: Bin, what: &str, toml: &str) -> (usize, usize, String) {
-    let (_dir, path, out) = check(bin, toml);
+    let (path, out) = check(bin, toml);
     assert_eq!(
         out.code(),
         Some(2),
@@ -66,46 +65,67 @@ fn check_bad(bin: Bin, what: &str, toml: &str) -> (usize, usize, String) {
     (l, c, msg.trim().to_string())
 }
 
+/// `[network]` with 127.0.0.1 internal, and a blank line: lines 1 to 3.
+const NETWORK: &str = "[network]\ninternal = [\"127.0.0.1\"]\n\n";
+
+/// A mapped `[[service]]` of five lines (`[[service]]`, `name`, `kind`,
+/// `listen_line`, then `destination` if any).
+fn mapped(name: &str, listen_line: &str, destination: Option<&str>) -> String {
+    let dest = destination.map_or(String::new(), |d| format!("destination = \"{d}\"\n"));
+    format!("[[service]]\nname = \"{name}\"\nkind = \"mapped\"\n{listen_line}\n{dest}")
+}
+
+/// `listen = ["127.0.0.1:PORT"]`.
+fn listen(port: u16) -> String {
+    format!("listen = [\"127.0.0.1:{port}\"]")
+}
+
+/// [`NETWORK`] and the service `map` on `port` forwarding to port 9 (its
+/// `listen` on line 7), then `extra` from line 9.
 fn service(port: u16, extra: &str) -> String {
     format!(
-        r#"[network]
-internal = ["127.0.0.1"]
-
-[[service]]
-name = "map"
-kind = "mapped"
-listen = ["127.0.0.1:{port}"]
-destination = "127.0.0.1:9"
-{extra}"#
+        "{NETWORK}{}{extra}",
+        mapped("map", &listen(port), Some("127.0.0.1:9"))
     )
+}
+
+/// Runs `--check` on the bad file `toml` ([`check_bad`]); the error must
+/// point at a line of `lines` (`place` says what is there) and, with
+/// `mentions`, the message name it. Returns (line, column, message).
+fn check_bad_at(
+    bin: Bin,
+    what: &str,
+    toml: &str,
+    lines: std::ops::RangeInclusive<usize>,
+    place: &str,
+    mentions: Option<&str>,
+) -> (usize, usize, String) {
+    let (l, c, msg) = check_bad(bin, what, toml);
+    if let Some(word) = mentions {
+        assert!(
+            msg.contains(word),
+            "{bin}: {what}: the message should name {word:?}: {msg}"
+        );
+    }
+    assert!(
+        lines.contains(&l),
+        "{bin}: {what}: the error must point at {place} (line {lines:?}), not line {l}: {msg}"
+    );
+    (l, c, msg)
 }
 
 fn check_good_config(bin: Bin) {
     let (p1, p2, p3) = (free_port(), free_port(), free_port());
     let toml = format!(
-        r#"[network]
-internal = ["127.0.0.1"]
-
-[limits]
-idle_timeout = "5m"
-
-[log]
-access = "stderr"
-
-[[service]]
-name = "map"
-kind = "mapped"
-listen = ["127.0.0.1:{p1}", "127.0.0.1:{p2}"]
-destination = "127.0.0.1:9"
-
-[[service]]
-name = "other"
-kind = "mapped"
-listen = ["127.0.0.1:{p3}"]
-destination = "127.0.0.1:9"
-"#
+        "{NETWORK}[limits]\nidle_timeout = \"5m\"\n\n[log]\naccess = \"stderr\"\n\n{}\n{}",
+        mapped(
+            "map",
+            &format!("listen = [\"127.0.0.1:{p1}\", \"127.0.0.1:{p2}\"]"),
+            Some("127.0.0.1:9")
+        ),
+        mapped("other", &listen(p3), Some("127.0.0.1:9"))
     );
-    let (_dir, _path, out) = check(bin, &toml);
+    let (_path, out) = check(bin, &toml);
     assert_eq!(
         out.code(),
         Some(0),
@@ -130,36 +150,31 @@ fn check_unknown_key(bin: Bin) {
     let port = free_port();
     // Line 9, column 3, inside a service.
     let toml = service(port, "  colour = \"red\"\n");
-    let (l, c, msg) = check_bad(bin, "unknown key in a service", &toml);
-    assert_eq!(
-        (l, c),
-        (9, 3),
-        "{bin}: the error must point at `colour`: {msg}"
+    let (_, c, msg) = check_bad_at(
+        bin,
+        "unknown key in a service",
+        &toml,
+        9..=9,
+        "`colour`",
+        Some("colour"),
     );
-    assert!(
-        msg.contains("colour"),
-        "{bin}: the message should name the key: {msg}"
-    );
+    assert_eq!(c, 3, "{bin}: the error must point at `colour`: {msg}");
 
     // Line 5, column 1, in [limits].
     let toml = format!(
-        r#"[network]
-internal = ["127.0.0.1"]
-
-[limits]
-max_conections = 5
-
-[[service]]
-name = "map"
-kind = "mapped"
-listen = ["127.0.0.1:{port}"]
-destination = "127.0.0.1:9"
-"#
+        "{NETWORK}[limits]\nmax_conections = 5\n\n{}",
+        mapped("map", &listen(port), Some("127.0.0.1:9"))
     );
-    let (l, c, msg) = check_bad(bin, "unknown key in [limits]", &toml);
+    let (_, c, msg) = check_bad_at(
+        bin,
+        "unknown key in [limits]",
+        &toml,
+        5..=5,
+        "`max_conections`",
+        None,
+    );
     assert_eq!(
-        (l, c),
-        (5, 1),
+        c, 1,
         "{bin}: the error must point at `max_conections`: {msg}"
     );
 }
@@ -167,83 +182,40 @@ destination = "127.0.0.1:9"
 fn check_duplicate_service_name(bin: Bin) {
     let (a, b) = (free_port(), free_port());
     let toml = format!(
-        r#"[network]
-internal = ["127.0.0.1"]
-
-[[service]]
-name = "map"
-kind = "mapped"
-listen = ["127.0.0.1:{a}"]
-destination = "127.0.0.1:9"
-
-[[service]]
-name = "map"
-kind = "mapped"
-listen = ["127.0.0.1:{b}"]
-destination = "127.0.0.1:9"
-"#
+        "{NETWORK}{}\n{}",
+        mapped("map", &listen(a), Some("127.0.0.1:9")),
+        mapped("map", &listen(b), Some("127.0.0.1:9"))
     );
-    let (l, _, msg) = check_bad(bin, "duplicate service name", &toml);
-    assert!(
-        msg.contains("map"),
-        "{bin}: the message should name the service: {msg}"
-    );
-    assert!(
-        (10..=14).contains(&l),
-        "{bin}: the error should point into the second service (lines 10-14), not line {l}: {msg}"
+    check_bad_at(
+        bin,
+        "duplicate service name",
+        &toml,
+        10..=14,
+        "the second service",
+        Some("map"),
     );
 }
 
 fn check_mapped_without_destination(bin: Bin) {
-    let port = free_port();
-    let toml = format!(
-        r#"[network]
-internal = ["127.0.0.1"]
-
-[[service]]
-name = "map"
-kind = "mapped"
-listen = ["127.0.0.1:{port}"]
-"#
-    );
-    let (l, _, msg) = check_bad(bin, "mapped without destination", &toml);
-    assert!(
-        msg.contains("destination"),
-        "{bin}: the message should say destination: {msg}"
-    );
-    assert!(
-        (4..=7).contains(&l),
-        "{bin}: the error should point into the service (lines 4-7), not line {l}"
+    let toml = format!("{NETWORK}{}", mapped("map", &listen(free_port()), None));
+    check_bad_at(
+        bin,
+        "mapped without destination",
+        &toml,
+        4..=7,
+        "the service",
+        Some("destination"),
     );
 }
 
 fn check_port_out_of_range(bin: Bin) {
-    let toml = r#"[network]
-internal = ["127.0.0.1"]
-
-[[service]]
-name = "map"
-kind = "mapped"
-port = 70000
-destination = "127.0.0.1:9"
-"#;
-    let (l, _, msg) = check_bad(bin, "port = 70000", toml);
-    assert_eq!(l, 7, "{bin}: the error must point at `port = 70000`: {msg}");
-
-    let toml = r#"[network]
-internal = ["127.0.0.1"]
-
-[[service]]
-name = "map"
-kind = "mapped"
-listen = ["127.0.0.1:70000"]
-destination = "127.0.0.1:9"
-"#;
-    let (l, _, msg) = check_bad(bin, "listen on port 70000", toml);
-    assert_eq!(
-        l, 7,
-        "{bin}: the error must point at the listen line: {msg}"
-    );
+    for (what, line) in [
+        ("port = 70000", "port = 70000"),
+        ("listen on port 70000", "listen = [\"127.0.0.1:70000\"]"),
+    ] {
+        let toml = format!("{NETWORK}{}", mapped("map", line, Some("127.0.0.1:9")));
+        check_bad_at(bin, what, &toml, 7..=7, &format!("`{line}`"), None);
+    }
 }
 
 fn check_open_proxy_refused(bin: Bin) {
@@ -260,8 +232,7 @@ side = "external"
 listen = ["127.0.0.2:{port}"]
 "#
     );
-    let (dir, _path, out) = check(bin, &toml);
-    drop(dir);
+    let (_path, out) = check(bin, &toml);
     assert_eq!(
         out.code(),
         Some(2),
@@ -275,22 +246,15 @@ listen = ["127.0.0.2:{port}"]
 }
 
 fn check_listen_not_internal(bin: Bin) {
-    let port = free_port();
-    let toml = format!(
-        r#"[network]
-internal = ["127.0.0.1"]
-
-[[service]]
-name = "map"
-kind = "mapped"
-listen = ["127.0.0.2:{port}"]
-destination = "127.0.0.1:9"
-"#
-    );
-    let (l, _, msg) = check_bad(bin, "listen address not in network.internal", &toml);
-    assert_eq!(
-        l, 7,
-        "{bin}: the error must point at the listen line: {msg}"
+    let listen = format!("listen = [\"127.0.0.2:{}\"]", free_port());
+    let toml = format!("{NETWORK}{}", mapped("map", &listen, Some("127.0.0.1:9")));
+    check_bad_at(
+        bin,
+        "listen address not in network.internal",
+        &toml,
+        7..=7,
+        "the listen line",
+        None,
     );
 }
 
@@ -302,8 +266,7 @@ internal = ["127.0.0.1"]
 name = "map
 kind = "mapped"
 "#;
-    let (l, _, msg) = check_bad(bin, "unterminated string", toml);
-    assert_eq!(l, 5, "{bin}: the error must point at line 5: {msg}");
+    check_bad_at(bin, "unterminated string", toml, 5..=5, "line 5", None);
 }
 
 fn check_missing_file(bin: Bin) {

@@ -8,25 +8,24 @@
 //! python3) with the PyPI package `pyftpdlib`, and `curl` (package curl). A
 //! case whose tool is missing fails and names the package.
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::sync::OnceLock;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use portico_tests::logline::{parse_text_line, AccessLine};
+use portico_tests::logline::AccessLine;
 use portico_tests::{
-    both, connect, connect_from, digest, free_port, local, pattern, poll_until, read_outcome,
-    recv_all, Bin, Portico, TempDir, CLIENT_SEED, SERVER_SEED,
+    both, config_head, connect, connect_from, curl_command, digest, file_digest, free_port, local,
+    pattern, read_outcome, recv_all, require_python_module, run_tool, service, start_on_free_port,
+    without_proxy_env, Bin, LineLog, Portico, StartOptions, TempDir, ToolOutput, CLIENT_SEED,
+    PROMPTLY, SERVER_SEED,
 };
 
 /// The size of the transfers.
 const SIZE: usize = 5 * 1024 * 1024;
-/// How long to wait for something that should happen "at once".
-const PROMPTLY: Duration = Duration::from_secs(10);
 /// How long one client run (a 5 MiB transfer in a debug build) may take.
 const TOOL_LIMIT: Duration = Duration::from_secs(120);
 /// How long the FTP server may take to start.
@@ -39,181 +38,31 @@ const BANNER: &str = "pyftpdlib test server for the portico gateway, with a bann
 // ---------------------------------------------------------------------------
 // The proxy under test.
 
-fn ftp_config(port: u16, limits: &str, extra: &str) -> String {
-    format!(
-        r#"[network]
-internal = ["127.0.0.1"]
-
-[limits]
-{limits}
-
-[log]
-access = "stderr"
-
-[[service]]
-name = "ftp"
-kind = "ftp"
-listen = ["127.0.0.1:{port}"]
-
-{extra}
-"#
-    )
-}
-
 fn start_gateway(bin: Bin, limits: &str, extra: &str) -> (Portico, SocketAddr) {
-    let port = free_port();
-    let p = Portico::start(bin, &ftp_config(port, limits, extra));
-    (p, local(port))
+    start_on_free_port(bin, StartOptions::default(), |port| {
+        format!(
+            "{}{}{extra}\n",
+            config_head(limits, ""),
+            service("ftp", "ftp", port, "")
+        )
+    })
 }
 
 /// Access-log lines of the ftp service that satisfy `pred`, waiting until
 /// there are `n` of them (at most [`PROMPTLY`]).
 fn access_lines(p: &Portico, n: usize, pred: impl Fn(&AccessLine) -> bool) -> Vec<AccessLine> {
-    let matching = |lines: &[String]| -> Vec<AccessLine> {
-        lines
-            .iter()
-            .filter_map(|l| parse_text_line(l).ok())
-            .filter(|a| a.service == "ftp" && pred(a))
-            .collect()
-    };
-    // The log lines come when connections end: poll the collected stderr.
-    let found = poll_until(PROMPTLY, Duration::from_millis(20), || {
-        let found = matching(&p.stderr_lines());
-        (found.len() >= n).then_some(found)
-    })
-    .unwrap_or_else(|| matching(&p.stderr_lines()));
-    assert!(
-        found.len() >= n,
-        "{}: want {n} matching access-log lines, found {}: {found:?}\nstderr:\n{}",
-        p.bin(),
-        found.len(),
-        p.stderr_text()
-    );
-    found
+    p.expect_access_lines("ftp", n, PROMPTLY, pred)
 }
 
 // ---------------------------------------------------------------------------
 // External tools.
 
-/// The path of `tool`; fails the test, naming the package, if it is not
-/// installed.
-fn require(tool: &str, package: &str) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    for d in ["/usr/local/bin", "/usr/bin"] {
-        dirs.push(PathBuf::from(d));
-    }
-    for d in dirs {
-        let p = d.join(tool);
-        if let Ok(m) = std::fs::metadata(&p) {
-            use std::os::unix::fs::PermissionsExt;
-            if m.is_file() && m.permissions().mode() & 0o111 != 0 {
-                return p;
-            }
-        }
-    }
-    panic!(
-        "`{tool}` is not installed: this test needs the Debian package `{package}` \
-         (apt-get install -y {package}; .ci/run must install it)"
-    );
-}
-
 /// python3 with pyftpdlib importable; fails the test naming what is missing.
 fn python() -> PathBuf {
-    static CHECKED: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let r = CHECKED.get_or_init(|| {
-        let py = require("python3", "python3");
-        let out = Command::new(&py)
-            .args(["-c", "import pyftpdlib"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", py.display()))?;
-        if !out.status.success() {
-            return Err(format!(
-                "the Python package `pyftpdlib` is not installed: this test needs the PyPI \
-                 package `pyftpdlib` (pip install pyftpdlib; .ci/run must install it): {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(py)
-    });
-    match r {
-        Ok(p) => p.clone(),
-        Err(e) => panic!("{e}"),
-    }
-}
-
-struct ToolOutput {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl ToolOutput {
-    fn text(&self) -> String {
-        format!(
-            "{}\nstdout:\n{}\nstderr:\n{}",
-            self.status, self.stdout, self.stderr
-        )
-    }
-}
-
-/// Runs `cmd` with no stdin, waiting at most `limit` (then it is killed and
-/// the test fails). Proxy variables of the environment are removed.
-fn run_tool(bin: Bin, mut cmd: Command, limit: Duration) -> ToolOutput {
-    for v in [
-        "ftp_proxy",
-        "FTP_PROXY",
-        "all_proxy",
-        "ALL_PROXY",
-        "no_proxy",
-        "NO_PROXY",
-    ] {
-        cmd.env_remove(v);
-    }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let described = format!("{cmd:?}");
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("{bin}: cannot run {described}: {e}"));
-    let out_t = reader(child.stdout.take());
-    let err_t = reader(child.stderr.take());
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break st,
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                let stderr = err_t.join().unwrap_or_default();
-                panic!(
-                    "{bin}: {described} still running after {limit:?}; killed\nstderr:\n{stderr}"
-                );
-            }
-            Err(e) => panic!("{bin}: waiting for {described}: {e}"),
-        }
-    };
-    ToolOutput {
-        status,
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
-    }
-}
-
-fn reader(pipe: Option<impl Read + Send + 'static>) -> thread::JoinHandle<String> {
-    thread::spawn(move || {
-        let mut v = Vec::new();
-        if let Some(mut p) = pipe {
-            let _ = p.read_to_end(&mut v);
-        }
-        String::from_utf8_lossy(&v).into_owned()
-    })
+    require_python_module(
+        "pyftpdlib",
+        "the PyPI package `pyftpdlib` (pip install pyftpdlib)",
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -244,7 +93,8 @@ struct FtpServer {
     child: Child,
     addr: SocketAddr,
     home: TempDir,
-    stderr: Option<thread::JoinHandle<String>>,
+    stderr: Arc<LineLog>,
+    _stdout: Arc<LineLog>,
 }
 
 impl FtpServer {
@@ -265,33 +115,26 @@ impl FtpServer {
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot start pyftpdlib: {e}"));
-            let stdout = child.stdout.take().expect("stdout pipe");
-            let (tx, rx) = mpsc::channel();
-            thread::spawn(move || {
-                let mut r = BufReader::new(stdout);
-                let mut line = String::new();
-                let _ = r.read_line(&mut line);
-                let _ = tx.send(line);
-                // Keep reading so that the server never blocks on a full pipe.
-                let mut rest = Vec::new();
-                let _ = r.read_to_end(&mut rest);
-            });
-            let stderr = reader(child.stderr.take());
-            match rx.recv_timeout(SERVER_START) {
-                Ok(l) if l.trim() == "ready" => {
-                    return FtpServer {
-                        child,
-                        addr: local(port),
-                        home,
-                        stderr: Some(stderr),
-                    }
-                }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    last = stderr.join().unwrap_or_default();
-                }
+            // Both pipes are read to their end, so that the server never
+            // blocks on a full one.
+            let stdout = LineLog::start(child.stdout.take());
+            let stderr = LineLog::start(child.stderr.take());
+            if stdout
+                .wait_for(|l| l.trim() == "ready", SERVER_START)
+                .is_some()
+            {
+                return FtpServer {
+                    child,
+                    addr: local(port),
+                    home,
+                    stderr,
+                    _stdout: stdout,
+                };
             }
+            let _ = child.kill();
+            let _ = child.wait();
+            stderr.wait(Duration::from_secs(2), |_| false);
+            last = stderr.text();
         }
         panic!("pyftpdlib did not start within {SERVER_START:?} (three tries):\n{last}");
     }
@@ -314,19 +157,10 @@ impl Drop for FtpServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if thread::panicking() {
-            if let Some(t) = self.stderr.take() {
-                eprintln!(
-                    "---- pyftpdlib stderr ----\n{}",
-                    t.join().unwrap_or_default()
-                );
-            }
+            self.stderr.wait(Duration::from_secs(2), |_| false);
+            eprintln!("---- pyftpdlib stderr ----\n{}", self.stderr.text());
         }
     }
-}
-
-fn file_digest(path: &Path) -> (usize, u64) {
-    let data = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    (data.len(), digest(&data))
 }
 
 /// A local file of `SIZE` client pattern bytes; returns its checksum.
@@ -368,6 +202,18 @@ for action in sys.argv[6:]:
 print(f.quit())
 "#;
 
+/// Runs a client through the gateway, which must succeed.
+fn run_ok(bin: Bin, mut cmd: Command, what: &str) -> ToolOutput {
+    without_proxy_env(&mut cmd);
+    let out = run_tool(bin, cmd, None, TOOL_LIMIT);
+    assert!(
+        out.status.success(),
+        "{bin}: {what} through the gateway failed: {}",
+        out.text()
+    );
+    out
+}
+
 /// Runs ftplib through the gateway in `mode` ("passive" or "active") with
 /// `actions` (`retr|remote|local`, `stor|local|remote`, `list`).
 fn ftplib(
@@ -386,13 +232,7 @@ fn ftplib(
         .arg("secret")
         .arg(mode)
         .args(actions);
-    let out = run_tool(bin, cmd, TOOL_LIMIT);
-    assert!(
-        out.status.success(),
-        "{bin}: ftplib ({mode}) through the gateway failed: {}",
-        out.text()
-    );
-    out
+    run_ok(bin, cmd, &format!("ftplib ({mode})"))
 }
 
 /// `curl -q -sS --max-time 90 ARGS… ftp://alice%40127.0.0.1%3APORT:secret@GATEWAY/PATH`
@@ -405,18 +245,10 @@ fn curl(
     path: &str,
 ) -> ToolOutput {
     let user = gateway_user(server).replace('@', "%40").replace(':', "%3A");
-    let url = format!("ftp://{user}:secret@{gateway}/{path}");
-    let mut cmd = Command::new(require("curl", "curl"));
-    cmd.args(["-q", "-sS", "--max-time", "90"])
-        .args(args)
-        .arg(url);
-    let out = run_tool(bin, cmd, TOOL_LIMIT);
-    assert!(
-        out.status.success(),
-        "{bin}: curl {args:?} through the gateway failed: {}",
-        out.text()
-    );
-    out
+    let mut cmd = curl_command(90);
+    cmd.args(args)
+        .arg(format!("ftp://{user}:secret@{gateway}/{path}"));
+    run_ok(bin, cmd, &format!("curl {args:?}"))
 }
 
 /// A hand-driven control connection.
@@ -488,6 +320,18 @@ impl Ctl {
         self.reply()
     }
 
+    /// Sends `line`; the reply must be `want`.
+    fn expect(&mut self, line: &str, want: &str, what: &str) {
+        assert_eq!(self.cmd(line), want, "{}: {what}", self.bin);
+    }
+
+    /// Sends `line`; the reply must start with `code`; returns it.
+    fn expect_code(&mut self, line: &str, code: &str, what: &str) -> String {
+        let r = self.cmd(line);
+        assert!(r.starts_with(code), "{}: {what}: {r:?}", self.bin);
+        r
+    }
+
     /// The connection is closed (EOF or reset) within [`PROMPTLY`].
     fn assert_closed(&mut self) {
         assert!(
@@ -553,35 +397,77 @@ both!(
     over_the_limit,
 );
 
+/// A 5 MiB RETR and STOR: the server with `down.bin`, the client's
+/// `up.bin`, where the client puts what it gets, and the gateway.
+struct Transfer {
+    server: FtpServer,
+    want_down: u64,
+    _dir: TempDir,
+    up_path: PathBuf,
+    want_up: u64,
+    got_path: PathBuf,
+    p: Portico,
+    gateway: SocketAddr,
+}
+
+impl Transfer {
+    fn new(bin: Bin) -> Transfer {
+        let server = FtpServer::start();
+        let want_down = server.put("down.bin");
+        let dir = TempDir::new();
+        let (up_path, want_up) = client_file(&dir, "up.bin");
+        let got_path = dir.path().join("got.bin");
+        let (p, gateway) = start_gateway(bin, "", "");
+        Transfer {
+            server,
+            want_down,
+            _dir: dir,
+            up_path,
+            want_up,
+            got_path,
+            p,
+            gateway,
+        }
+    }
+
+    /// The file the client received is the server's `down.bin`.
+    fn check_retr(&self, bin: Bin, what: &str) {
+        assert_eq!(
+            file_digest(bin, &self.got_path),
+            (SIZE, self.want_down),
+            "{bin}: {what} RETR: the file received"
+        );
+    }
+
+    /// The server stored the client's file as `up.bin`.
+    fn check_stor(&self, bin: Bin, what: &str) {
+        assert_eq!(
+            file_digest(bin, &self.server.path("up.bin")),
+            (SIZE, self.want_up),
+            "{bin}: {what} STOR: the file stored"
+        );
+    }
+}
+
 /// ftplib in `mode`: RETR and STOR of 5 MiB, checksums, and the access log.
 fn ftplib_retr_and_stor(bin: Bin, mode: &str) {
-    let server = FtpServer::start();
-    let want_down = server.put("down.bin");
-    let dir = TempDir::new();
-    let (up_path, want_up) = client_file(&dir, "up.bin");
-    let got_path = dir.path().join("got.bin");
-    let (p, gateway) = start_gateway(bin, "", "");
+    let t = Transfer::new(bin);
+    let (server, gateway) = (&t.server, t.gateway);
+    let (up_path, got_path) = (&t.up_path, &t.got_path);
     ftplib(
         bin,
         gateway,
-        &server,
+        server,
         mode,
         &[
             format!("retr|down.bin|{}", got_path.display()),
             format!("stor|{}|up.bin", up_path.display()),
         ],
     );
-    assert_eq!(
-        file_digest(&got_path),
-        (SIZE, want_down),
-        "{bin}: RETR ({mode}): the file received"
-    );
-    assert_eq!(
-        file_digest(&server.path("up.bin")),
-        (SIZE, want_up),
-        "{bin}: STOR ({mode}): the file stored"
-    );
-    check_log(&p, &server, mode == "passive");
+    let what = format!("ftplib ({mode})");
+    t.check_retr(bin, &what);
+    t.check_stor(bin, &what);
+    check_log(&t.p, server, mode == "passive");
 }
 
 /// The control line (FTP to the server) and the two data lines (FTP-DATA,
@@ -628,37 +514,26 @@ fn ftplib_active_retr_and_stor(bin: Bin) {
 
 /// curl with `args` selecting the mode: RETR and STOR of 5 MiB.
 fn curl_retr_and_stor(bin: Bin, args: &[&str], passive: bool) {
-    let server = FtpServer::start();
-    let want_down = server.put("down.bin");
-    let dir = TempDir::new();
-    let (up_path, want_up) = client_file(&dir, "up.bin");
-    let got_path = dir.path().join("got.bin");
-    let (p, gateway) = start_gateway(bin, "", "");
-    let got = got_path.to_string_lossy().into_owned();
+    let t = Transfer::new(bin);
+    let (server, gateway, p) = (&t.server, t.gateway, &t.p);
+    let what = format!("curl {args:?}");
+    let got = t.got_path.to_string_lossy().into_owned();
     let mut a = args.to_vec();
     a.extend(["-o", &got]);
-    curl(bin, gateway, &server, &a, "down.bin");
-    assert_eq!(
-        file_digest(&got_path),
-        (SIZE, want_down),
-        "{bin}: curl {args:?} RETR: the file received"
-    );
-    let up = up_path.to_string_lossy().into_owned();
+    curl(bin, gateway, server, &a, "down.bin");
+    t.check_retr(bin, &what);
+    let up = t.up_path.to_string_lossy().into_owned();
     let mut a = args.to_vec();
     a.extend(["-T", &up]);
-    curl(bin, gateway, &server, &a, "up.bin");
-    assert_eq!(
-        file_digest(&server.path("up.bin")),
-        (SIZE, want_up),
-        "{bin}: curl {args:?} STOR: the file stored"
-    );
+    curl(bin, gateway, server, &a, "up.bin");
+    t.check_stor(bin, &what);
     // Two control connections, one per run.
-    let control = access_lines(&p, 2, |a| a.method == "FTP");
+    let control = access_lines(p, 2, |a| a.method == "FTP");
     for c in &control {
         assert_eq!(c.destination, server.addr.to_string(), "{bin}: {c:?}");
         assert_eq!(c.status, "ok", "{bin}: {c:?}");
     }
-    let data = access_lines(&p, 2, |a| a.method == "FTP-DATA");
+    let data = access_lines(p, 2, |a| a.method == "FTP-DATA");
     let size = SIZE as u64;
     let carried = |d: &AccessLine| {
         if passive {
@@ -694,7 +569,7 @@ fn list_directory(bin: Bin) {
     let out = ftplib(bin, gateway, &server, "passive", &["list".to_string()]);
     for name in ["alpha.txt", "beta.txt"] {
         assert!(
-            out.stdout
+            out.stdout_text()
                 .lines()
                 .any(|l| l.starts_with("LIST:") && l.ends_with(name)),
             "{bin}: ftplib LIST does not name {name}: {}",
@@ -704,7 +579,7 @@ fn list_directory(bin: Bin) {
     let out = curl(bin, gateway, &server, &["-P", "-"], "");
     for name in ["alpha.txt", "beta.txt"] {
         assert!(
-            out.stdout.lines().any(|l| l.ends_with(name)),
+            out.stdout_text().lines().any(|l| l.ends_with(name)),
             "{bin}: curl LIST does not name {name}: {}",
             out.text()
         );
@@ -718,7 +593,7 @@ fn data_port_refuses_another_address(bin: Bin) {
     let want = server.put("down.bin");
     let (p, gateway) = start_gateway(bin, "", "");
     let mut c = Ctl::login(bin, gateway, &server);
-    assert!(c.cmd("TYPE I").starts_with("200"), "{bin}: TYPE I");
+    c.expect_code("TYPE I", "200", "TYPE I");
     let r = c.cmd("PASV");
     assert!(r.starts_with("227 "), "{bin}: PASV: {r:?}");
     let data_addr = pasv_addr(&r);
@@ -749,7 +624,7 @@ fn data_port_refuses_another_address(bin: Bin) {
     drop(data);
     let r = c.reply();
     assert!(r.starts_with("226"), "{bin}: end of the transfer: {r:?}");
-    assert!(c.cmd("QUIT").starts_with("221"), "{bin}: QUIT");
+    c.expect_code("QUIT", "221", "QUIT");
     // The transfer went through the gateway's data port, and only the
     // client's connection was carried.
     let data = access_lines(&p, 1, |a| a.method == "FTP-DATA");
@@ -764,15 +639,15 @@ fn port_naming_another_address(bin: Bin) {
     let server = FtpServer::start();
     let (_p, gateway) = start_gateway(bin, "", "");
     let mut c = Ctl::login(bin, gateway, &server);
-    assert_eq!(
-        c.cmd("PORT 127,0,0,2,4,1"),
+    c.expect(
+        "PORT 127,0,0,2,4,1",
         "500 illegal PORT command\r\n",
-        "{bin}: PORT to 127.0.0.2"
+        "PORT to 127.0.0.2",
     );
-    assert_eq!(
-        c.cmd("EPRT |1|127.0.0.2|1025|"),
+    c.expect(
+        "EPRT |1|127.0.0.2|1025|",
         "500 illegal EPRT command\r\n",
-        "{bin}: EPRT to 127.0.0.2"
+        "EPRT to 127.0.0.2",
     );
     let r = c.cmd("NOOP");
     assert!(r.starts_with("200"), "{bin}: the session goes on: {r:?}");
@@ -783,7 +658,7 @@ fn port_naming_another_address(bin: Bin) {
         r.starts_with("200"),
         "{bin}: PORT to the client itself: {r:?}"
     );
-    assert!(c.cmd("QUIT").starts_with("221"), "{bin}: QUIT");
+    c.expect_code("QUIT", "221", "QUIT");
 }
 
 fn auth_tls_is_refused(bin: Bin) {
@@ -791,42 +666,33 @@ fn auth_tls_is_refused(bin: Bin) {
     let (_p, gateway) = start_gateway(bin, "", "");
     let mut c = Ctl::open(bin, gateway);
     c.reply();
-    assert_eq!(
-        c.cmd("AUTH TLS"),
+    c.expect(
+        "AUTH TLS",
         "534 TLS is not supported through this gateway\r\n",
-        "{bin}: AUTH before login"
+        "AUTH before login",
     );
     let mut c = Ctl::login(bin, gateway, &server);
-    assert_eq!(
-        c.cmd("AUTH TLS"),
+    c.expect(
+        "AUTH TLS",
         "534 TLS is not supported through this gateway\r\n",
-        "{bin}: AUTH after login"
+        "AUTH after login",
     );
-    assert!(
-        c.cmd("PWD").starts_with("257"),
-        "{bin}: the session goes on"
-    );
-    assert!(c.cmd("QUIT").starts_with("221"), "{bin}: QUIT");
+    c.expect_code("PWD", "257", "the session goes on");
+    c.expect_code("QUIT", "221", "QUIT");
 }
 
 fn user_without_host(bin: Bin) {
     let (_p, gateway) = start_gateway(bin, "", "");
     let mut c = Ctl::open(bin, gateway);
     c.reply();
-    assert_eq!(
-        c.cmd("USER alice"),
+    c.expect(
+        "USER alice",
         "530 please log in with USER name@host\r\n",
-        "{bin}: USER without @host"
+        "USER without @host",
     );
-    assert!(
-        c.cmd("USER alice@").starts_with("501 "),
-        "{bin}: empty host"
-    );
-    assert!(
-        c.cmd("USER alice@127.0.0.1:99999").starts_with("501 "),
-        "{bin}: bad port"
-    );
-    assert_eq!(c.cmd("QUIT"), "221 bye\r\n", "{bin}: QUIT");
+    c.expect_code("USER alice@", "501 ", "empty host");
+    c.expect_code("USER alice@127.0.0.1:99999", "501 ", "bad port");
+    c.expect("QUIT", "221 bye\r\n", "QUIT");
     c.assert_closed();
 }
 
@@ -839,12 +705,12 @@ fn greeting_and_quit_before_login(bin: Bin) {
         "220 portico FTP gateway ready\r\n",
         "{bin}: greeting"
     );
-    assert!(c.cmd("NOOP").starts_with("200 "), "{bin}: NOOP");
+    c.expect_code("NOOP", "200 ", "NOOP");
     for cmd in ["FEAT", "SYST", "PASS secret", "LIST"] {
-        assert_eq!(
-            c.cmd(cmd),
+        c.expect(
+            cmd,
             "530 please log in with USER name@host\r\n",
-            "{bin}: {cmd} before login"
+            &format!("{cmd} before login"),
         );
     }
     // Pipelined and split commands are all answered, in order.
@@ -884,10 +750,10 @@ fn unreachable_server(bin: Bin) {
     let mut c = Ctl::open(bin, gateway);
     let me = c.local();
     c.reply();
-    assert_eq!(
-        c.cmd(&format!("USER alice@{dead}")),
-        format!("421 cannot reach ftp server {dead}\r\n"),
-        "{bin}: nothing listens at {dead}"
+    c.expect(
+        &format!("USER alice@{dead}"),
+        &format!("421 cannot reach ftp server {dead}\r\n"),
+        &format!("nothing listens at {dead}"),
     );
     c.assert_closed();
     let l = access_lines(&p, 1, |a| a.client == me);
@@ -911,5 +777,5 @@ fn over_the_limit(bin: Bin) {
         "{bin}: second connection over max_connections = 1"
     );
     second.assert_closed();
-    assert_eq!(first.cmd("QUIT"), "221 bye\r\n", "{bin}: the first goes on");
+    first.expect("QUIT", "221 bye\r\n", "the first goes on");
 }

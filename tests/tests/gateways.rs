@@ -10,22 +10,19 @@
 //! tool is missing fails and names the package.
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use portico_tests::logline::{parse_text_line, AccessLine};
+use portico_tests::logline::AccessLine;
 use portico_tests::{
-    both, connect, echo_check, free_port, local, poll_until, read_outcome, start_on_free_port,
-    Behaviour, Bin, Portico, StartOptions, TempDir, TestServer,
+    both, config_head, connect, echo_check, free_port, local, poll_until, require,
+    require_python_module, run_tool, send_all, start_on_free_port, Acceptor, Behaviour, Bin,
+    LineLog, Portico, StartOptions, TempDir, TestServer, ALICE, PROMPTLY,
 };
-
-/// How long to wait for something that should happen "at once".
-const PROMPTLY: Duration = Duration::from_secs(10);
 /// How long one run of a client tool may take.
 const TOOL_LIMIT: Duration = Duration::from_secs(60);
 /// How long a server (aiosmtpd, dovecot) may take to come up.
@@ -42,25 +39,8 @@ const POP3_GREETING: &[u8] = b"+OK portico POP3 gateway ready\r\n";
 /// follows (rules). The user alice has the password `secret`.
 fn gw_config(port: u16, service: &str, limits: &str, extra: &str) -> String {
     format!(
-        r#"[network]
-internal = ["127.0.0.1"]
-
-[limits]
-{limits}
-
-[log]
-access = "stderr"
-
-[[user]]
-name = "alice"
-password = "plain:secret"
-
-[[service]]
-listen = ["127.0.0.1:{port}"]
-{service}
-
-{extra}
-"#
+        "{}\n{ALICE}\n[[service]]\nlisten = [\"127.0.0.1:{port}\"]\n{service}\n\n{extra}\n",
+        config_head(limits, "")
     )
 }
 
@@ -68,6 +48,11 @@ fn start_gw(bin: Bin, service: &str, limits: &str, extra: &str) -> (Portico, Soc
     start_on_free_port(bin, StartOptions::default(), |port| {
         gw_config(port, service, limits, extra)
     })
+}
+
+/// The lines of a service `name` of `kind` relaying to `destination`.
+fn relay_service(name: &str, kind: &str, destination: SocketAddr) -> String {
+    format!("name = \"{name}\"\nkind = \"{kind}\"\ndestination = \"{destination}\"")
 }
 
 /// A rule that denies every client on 127.0.0.1 at accept.
@@ -81,27 +66,12 @@ fn access_line(
     what: &str,
     pred: impl Fn(&AccessLine) -> bool,
 ) -> AccessLine {
-    let line = p
-        .wait_for_stderr(
-            |l| parse_text_line(l).is_ok_and(|a| a.service == service && pred(&a)),
-            PROMPTLY,
-        )
-        .unwrap_or_else(|| {
-            panic!(
-                "{}: {what}: no matching access-log line of service {service} within \
-                 {PROMPTLY:?}; stderr:\n{}",
-                p.bin(),
-                p.stderr_text()
-            )
-        });
-    parse_text_line(&line).unwrap_or_else(|e| panic!("{}: {e}", p.bin()))
+    p.expect_access(service, what, PROMPTLY, pred)
 }
 
 /// The access-log line of the connection from `client`.
 fn access_of(p: &Portico, service: &str, client: SocketAddr) -> AccessLine {
-    access_line(p, service, &format!("client {client}"), |a| {
-        a.client == client
-    })
+    p.access_of(service, client, PROMPTLY)
 }
 
 fn check_line(bin: Bin, l: &AccessLine, method: &str, target: &str, dest: &str, status: &str) {
@@ -121,125 +91,24 @@ fn check_line(bin: Bin, l: &AccessLine, method: &str, target: &str, dest: &str, 
 // ---------------------------------------------------------------------------
 // Tools.
 
-/// The path of `tool`; fails the test, naming the package, if it is not
-/// installed.
-fn require(tool: &str, package: &str) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    for d in ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin"] {
-        dirs.push(PathBuf::from(d));
-    }
-    for d in dirs {
-        let p = d.join(tool);
-        if let Ok(m) = std::fs::metadata(&p) {
-            use std::os::unix::fs::PermissionsExt;
-            if m.is_file() && m.permissions().mode() & 0o111 != 0 {
-                return p;
-            }
-        }
-    }
-    panic!(
-        "`{tool}` is not installed: this test needs the Debian package `{package}` \
-         (apt-get install -y {package}; .ci/run must install it)"
-    );
-}
-
-/// python3, with `module` importable; fails naming how to get it.
-fn python_with(module: &str, install: &str) -> PathBuf {
-    let py = require("python3", "python3");
-    let mut cmd = Command::new(&py);
-    cmd.args(["-W", "ignore", "-c", &format!("import {module}")]);
-    let out = run_tool(cmd, b"", TOOL_LIMIT);
-    assert!(
-        out.status.success(),
-        "python3 cannot import {module}: this test needs {install} (.ci/run must install it)\n{}",
-        out.stderr
-    );
-    py
-}
-
-struct ToolOutput {
-    status: ExitStatus,
-    stdout: Vec<u8>,
-    stderr: String,
-}
-
-impl ToolOutput {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.stdout).into_owned()
-    }
-}
-
-/// Runs `cmd` with `stdin`, killing it (and failing) after `limit`.
-fn run_tool(mut cmd: Command, stdin: &[u8], limit: Duration) -> ToolOutput {
-    let described = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {described}: {e}"));
-    let mut pipe = child.stdin.take().expect("stdin pipe");
-    let data = stdin.to_vec();
-    thread::spawn(move || {
-        let _ = pipe.write_all(&data);
-    });
-    let mut out = child.stdout.take().expect("stdout pipe");
-    let mut err = child.stderr.take().expect("stderr pipe");
-    let out_t = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let err_t = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        String::from_utf8_lossy(&v).into_owned()
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break st,
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "{described}: still running after {limit:?}; killed\nstdout:\n{}\nstderr:\n{}",
-                    String::from_utf8_lossy(&out_t.join().unwrap_or_default()),
-                    err_t.join().unwrap_or_default()
-                );
-            }
-            Err(e) => panic!("{described}: waiting: {e}"),
-        }
-    };
-    ToolOutput {
-        status,
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
-    }
-}
-
-/// Runs a Python client `code` with `args`, which must succeed; returns
-/// its standard output.
-fn python_client(py: &Path, code: &str, args: &[String], stdin: &[u8], what: &str) -> Vec<u8> {
+/// Runs a Python client `code` with `args` (under python3, which `py` is),
+/// which must succeed; returns the `key value` lines it printed.
+fn python_client(
+    py: &Path,
+    code: &str,
+    args: &[String],
+    stdin: &[u8],
+    what: &str,
+) -> Vec<(String, String)> {
     let mut cmd = Command::new(py);
     cmd.args(["-W", "ignore", "-c", code]).args(args);
-    let out = run_tool(cmd, stdin, TOOL_LIMIT);
+    let out = run_tool(what, cmd, Some(stdin), TOOL_LIMIT);
     assert!(
         out.status.success(),
-        "{what}: the Python client failed ({})\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        out.text(),
-        out.stderr
+        "{what}: the Python client failed: {}",
+        out.text()
     );
-    out.stdout
-}
-
-/// `key value` lines, as the Python clients print them.
-fn fields(out: &[u8]) -> Vec<(String, String)> {
-    String::from_utf8_lossy(out)
+    out.stdout_text()
         .lines()
         .map(|l| {
             let (k, v) = l.split_once(' ').unwrap_or((l, ""));
@@ -253,6 +122,17 @@ fn field<'a>(f: &'a [(String, String)], key: &str) -> &'a str {
         .find(|(k, _)| k == key)
         .map(|(_, v)| v.as_str())
         .unwrap_or_else(|| panic!("the client printed no {key:?}: {f:?}"))
+}
+
+/// Checks the fields a Python client printed: `(key, value, what)`.
+fn expect_fields(bin: Bin, f: &[(String, String)], want: &[(&str, &str, &str)]) {
+    for (key, value, what) in want {
+        assert_eq!(
+            field(f, key),
+            *value,
+            "{bin}: {what} (the client's {key:?})"
+        );
+    }
 }
 
 fn unhex(s: &str) -> Vec<u8> {
@@ -304,9 +184,17 @@ fn me(s: &TcpStream) -> SocketAddr {
     s.local_addr().expect("local_addr of a connected socket")
 }
 
-fn send(bin: Bin, s: &mut TcpStream, bytes: &[u8], what: &str) {
-    s.write_all(bytes)
-        .unwrap_or_else(|e| panic!("{bin}: {what}: writing: {e}"));
+/// Connects and reads the gateway's `greeting`.
+fn greeted(bin: Bin, addr: SocketAddr, greeting: &[u8], what: &str) -> TcpStream {
+    let mut s = dial(bin, addr);
+    expect(bin, &mut s, greeting, what);
+    s
+}
+
+/// Sends `line` and expects `want` in answer.
+fn exchange(bin: Bin, s: &mut TcpStream, line: &[u8], want: &[u8], what: &str) {
+    send_all(bin, s, line, what);
+    expect(bin, s, want, what);
 }
 
 /// Reads exactly `want.len()` bytes and checks they are `want`.
@@ -367,12 +255,30 @@ fn read_until(bin: Bin, s: &mut TcpStream, end: &[u8], what: &str) -> Vec<u8> {
 /// client then closes its side too (a relayed session ends, and is logged,
 /// when both directions have).
 fn expect_closed(bin: Bin, s: &mut TcpStream, what: &str) {
-    let outcome = read_outcome(s, PROMPTLY);
-    assert!(
-        outcome.is_closed(),
-        "{bin}: {what}: the proxy must close the connection (sending nothing more); got {outcome:?}"
-    );
+    portico_tests::expect_closed(bin, s, what);
     let _ = s.shutdown(Shutdown::Write);
+}
+
+/// The proxy closes `s` (see [`expect_closed`]); returns the connection's
+/// access-log line of `service`.
+fn closed_line(bin: Bin, p: &Portico, service: &str, s: &mut TcpStream, what: &str) -> AccessLine {
+    expect_closed(bin, s, what);
+    access_of(p, service, me(s))
+}
+
+/// Sends `line`, expects `want` in answer, then the close; returns the
+/// connection's access-log line of `service`.
+fn answered_then_closed(
+    bin: Bin,
+    p: &Portico,
+    service: &str,
+    s: &mut TcpStream,
+    line: &[u8],
+    want: &[u8],
+    what: &str,
+) -> AccessLine {
+    exchange(bin, s, line, want, what);
+    closed_line(bin, p, service, s, &format!("after {what}"))
 }
 
 /// Connects and reads everything until the proxy closes.
@@ -391,66 +297,66 @@ fn refused_with(bin: Bin, addr: SocketAddr, want: &[u8], what: &str) -> SocketAd
 /// close after it.
 type Script = fn(&[u8]) -> (Vec<u8>, bool);
 
-/// A line-by-line server: greets, answers each line by its [`Script`], and
-/// reports every connection's lines (with their line ends) when it ends.
-struct Scripted {
+/// A server on its own port that serves every connection with a function,
+/// on a thread of its own, and reports what the function returned when the
+/// connection ends.
+struct Reporting<T> {
     addr: SocketAddr,
-    accepted: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    reports: Mutex<mpsc::Receiver<Vec<Vec<u8>>>>,
+    acceptor: Acceptor,
+    reports: Mutex<mpsc::Receiver<T>>,
+    /// What the server is, for failure messages.
+    name: &'static str,
 }
 
-impl Scripted {
-    fn start(greeting: &'static [u8], script: Script) -> Scripted {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("scripted server: bind");
-        let addr = listener.local_addr().expect("scripted server: local_addr");
-        let accepted = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
+impl<T: Send + 'static> Reporting<T> {
+    fn start(
+        ip: IpAddr,
+        name: &'static str,
+        serve: impl Fn(TcpStream) -> T + Send + Sync + 'static,
+    ) -> Reporting<T> {
         let (tx, rx) = mpsc::channel();
-        let (acc, st) = (accepted.clone(), stop.clone());
-        thread::spawn(move || loop {
-            let Ok((stream, _)) = listener.accept() else {
-                continue;
-            };
-            if st.load(Ordering::SeqCst) {
-                return;
-            }
-            acc.fetch_add(1, Ordering::SeqCst);
-            let tx = tx.clone();
-            thread::spawn(move || {
-                let lines = serve_script(stream, greeting, script);
-                let _ = tx.send(lines);
-            });
+        let acceptor = Acceptor::start(ip, name, move |stream, _| {
+            let _ = tx.send(serve(stream));
         });
-        Scripted {
-            addr,
-            accepted,
-            stop,
+        Reporting {
+            addr: acceptor.addr(),
+            acceptor,
             reports: Mutex::new(rx),
+            name,
         }
     }
 
     fn accepted(&self) -> u64 {
-        self.accepted.load(Ordering::SeqCst)
+        self.acceptor.accepted()
     }
 
-    /// The lines of the next connection to end.
-    fn next_lines(&self, what: &str) -> Vec<String> {
+    /// What the next connection to end reported.
+    fn next_report(&self, what: &str) -> T {
         self.reports
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .recv_timeout(PROMPTLY)
-            .unwrap_or_else(|_| panic!("{what}: no connection to the server ended in time"))
-            .iter()
-            .map(|l| String::from_utf8_lossy(l).into_owned())
-            .collect()
+            .unwrap_or_else(|_| panic!("{what}: no connection to the {} ended in time", self.name))
     }
 }
 
-impl Drop for Scripted {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+/// A line-by-line server: greets, answers each line by its [`Script`], and
+/// reports every connection's lines (with their line ends) when it ends.
+type Scripted = Reporting<Vec<Vec<u8>>>;
+
+impl Scripted {
+    fn scripted(greeting: &'static [u8], script: Script) -> Scripted {
+        Reporting::start(IpAddr::V4(Ipv4Addr::LOCALHOST), "server", move |stream| {
+            serve_script(stream, greeting, script)
+        })
+    }
+
+    /// The lines of the next connection to end.
+    fn next_lines(&self, what: &str) -> Vec<String> {
+        self.next_report(what)
+            .iter()
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .collect()
     }
 }
 
@@ -546,72 +452,32 @@ fn nntp_script(line: &[u8]) -> (Vec<u8>, bool) {
 }
 
 /// An echo server that reports every connection's bytes when it ends.
-struct Recorder {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    reports: Mutex<mpsc::Receiver<Vec<u8>>>,
-}
+type Recorder = Reporting<Vec<u8>>;
 
 impl Recorder {
-    fn start() -> Recorder {
-        Recorder::start_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    fn recorder() -> Recorder {
+        Recorder::recorder_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
     }
 
-    fn start_on(ip: IpAddr) -> Recorder {
-        let listener = TcpListener::bind((ip, 0))
-            .unwrap_or_else(|e| panic!("recorder: bind {ip}: {e} (is loopback {ip} up?)"));
-        let addr = listener.local_addr().expect("recorder: local_addr");
-        let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = mpsc::channel();
-        let st = stop.clone();
-        thread::spawn(move || loop {
-            let Ok((mut s, _)) = listener.accept() else {
-                continue;
-            };
-            if st.load(Ordering::SeqCst) {
-                return;
-            }
-            let tx = tx.clone();
-            thread::spawn(move || {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
-                let mut all = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            all.extend_from_slice(&buf[..n]);
-                            if s.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
+    fn recorder_on(ip: IpAddr) -> Recorder {
+        Reporting::start(ip, "echo server", |mut s| {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+            let mut all = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        all.extend_from_slice(&buf[..n]);
+                        if s.write_all(&buf[..n]).is_err() {
+                            break;
                         }
                     }
                 }
-                let _ = s.shutdown(Shutdown::Write);
-                let _ = tx.send(all);
-            });
-        });
-        Recorder {
-            addr,
-            stop,
-            reports: Mutex::new(rx),
-        }
-    }
-
-    /// The bytes of the next connection to end.
-    fn next(&self, what: &str) -> Vec<u8> {
-        self.reports
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .recv_timeout(PROMPTLY)
-            .unwrap_or_else(|_| panic!("{what}: no connection to the echo server ended in time"))
-    }
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+            }
+            let _ = s.shutdown(Shutdown::Write);
+            all
+        })
     }
 }
 
@@ -670,7 +536,7 @@ struct Aiosmtpd {
 }
 
 fn start_aiosmtpd() -> Aiosmtpd {
-    let py = python_with(
+    let py = require_python_module(
         "aiosmtpd",
         "the pip package aiosmtpd (pip install aiosmtpd)",
     );
@@ -686,17 +552,11 @@ fn start_aiosmtpd() -> Aiosmtpd {
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start aiosmtpd: {e}"));
     let stdin = child.stdin.take().expect("stdin pipe");
-    let stdout = child.stdout.take().expect("stdout pipe");
+    let stdout = LineLog::start(child.stdout.take());
     let daemon = Daemon { child };
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx
-        .recv_timeout(SERVER_START)
-        .unwrap_or_else(|_| panic!("aiosmtpd did not print its port within {SERVER_START:?}"));
+    let line = stdout
+        .wait_for(|_| true, SERVER_START)
+        .unwrap_or_else(|| panic!("aiosmtpd did not print its port within {SERVER_START:?}"));
     let port: u16 = line
         .trim()
         .parse()
@@ -712,26 +572,27 @@ fn start_aiosmtpd() -> Aiosmtpd {
 
 fn smtp_sends_a_message(bin: Bin) {
     let server = start_aiosmtpd();
-    let service = format!(
-        "name = \"mail\"\nkind = \"smtp\"\ndestination = \"{}\"",
-        server.addr
-    );
-    let (p, addr) = start_gw(bin, &service, "", "");
+    let (p, addr) = start_gw(bin, &relay_service("mail", "smtp", server.addr), "", "");
     let message = b"From: sender@example.com\r\nTo: rcpt@example.net\r\nSubject: gateway test\r\n\
 \r\nHello through Portico.\r\n.A line that starts with a dot.\r\n..and two dots.\r\n\
 \tindented line   with trailing spaces   \r\nlast line\r\n";
     let py = require("python3", "python3");
-    let out = python_client(
+    let f = python_client(
         &py,
         SMTPLIB_CLIENT,
         &[addr.port().to_string()],
         message,
         &format!("{bin}: smtplib through the gateway"),
     );
-    let f = fields(&out);
-    assert_eq!(field(&f, "ehlo"), "250", "{bin}: EHLO through the gateway");
-    assert_eq!(field(&f, "refused"), "0", "{bin}: recipients refused");
-    assert_eq!(field(&f, "quit"), "221", "{bin}: QUIT");
+    expect_fields(
+        bin,
+        &f,
+        &[
+            ("ehlo", "250", "EHLO through the gateway"),
+            ("refused", "0", "recipients refused"),
+            ("quit", "221", "QUIT"),
+        ],
+    );
     let stored = std::fs::read(&server.store)
         .unwrap_or_else(|e| panic!("{bin}: the server stored no message: {e}"));
     let want = [&b"sender@example.com\nrcpt@example.net\n"[..], &message[..]].concat();
@@ -745,40 +606,45 @@ fn smtp_sends_a_message(bin: Bin) {
     check_line(bin, &l, "SMTP", &dest, &dest, "ok");
 }
 
-fn smtp_refusals(bin: Bin) {
+/// A relaying gateway refuses in its protocol's words: a client denied at
+/// accept gets `denied` (the server never hears of it); with nothing
+/// listening at the destination, `unreachable` and a `refused` line.
+fn relay_refusals(
+    bin: Bin,
+    (name, kind, method): (&str, &str, &str),
+    server: SocketAddr,
+    server_accepted: impl Fn() -> u64,
+    denied: &[u8],
+    unreachable: &[u8],
+) {
     // Denied at accept: said before any connect.
-    let server = TestServer::start(Behaviour::Echo);
-    let service = format!(
-        "name = \"mail\"\nkind = \"smtp\"\ndestination = \"{}\"",
-        server.addr()
-    );
-    let (p, addr) = start_gw(bin, &service, "", DENY_LOCAL);
-    let c = refused_with(bin, addr, b"554 5.7.1 access denied\r\n", "denied client");
-    assert_eq!(access_of(&p, "mail", c).status, "denied");
+    let (p, addr) = start_gw(bin, &relay_service(name, kind, server), "", DENY_LOCAL);
+    let c = refused_with(bin, addr, denied, "denied client");
+    assert_eq!(access_of(&p, name, c).status, "denied", "{bin}: {name}");
     assert_eq!(
-        server.accepted(),
+        server_accepted(),
         0,
         "{bin}: a denied client reached the server"
     );
     drop(p);
     // The server is down.
     let dead = local(dead_port());
-    let service = format!("name = \"mail\"\nkind = \"smtp\"\ndestination = \"{dead}\"");
-    let (p, addr) = start_gw(bin, &service, "", "");
-    let c = refused_with(
+    let (p, addr) = start_gw(bin, &relay_service(name, kind, dead), "", "");
+    let c = refused_with(bin, addr, unreachable, "unreachable server");
+    let l = access_of(&p, name, c);
+    let d = dead.to_string();
+    check_line(bin, &l, method, &d, &d, "refused");
+}
+
+fn smtp_refusals(bin: Bin) {
+    let server = TestServer::start(Behaviour::Echo);
+    relay_refusals(
         bin,
-        addr,
+        ("mail", "smtp", "SMTP"),
+        server.addr(),
+        || server.accepted(),
+        b"554 5.7.1 access denied\r\n",
         b"421 4.3.0 mail server unavailable, try again later\r\n",
-        "unreachable server",
-    );
-    let l = access_of(&p, "mail", c);
-    check_line(
-        bin,
-        &l,
-        "SMTP",
-        &dead.to_string(),
-        &dead.to_string(),
-        "refused",
     );
 }
 
@@ -789,27 +655,43 @@ fn pop3_service(name: &str, extra: &str) -> String {
     format!("name = \"{name}\"\nkind = \"pop3\"\n{extra}")
 }
 
+/// Sends the POP3 `command`; the answer must be one `-ERR` line, which is
+/// returned.
+fn pop3_error(bin: Bin, s: &mut TcpStream, command: &str, what: &str) -> String {
+    send_all(bin, s, format!("{command}\r\n").as_bytes(), what);
+    let line = String::from_utf8_lossy(&read_until(bin, s, b"\r\n", what)).into_owned();
+    assert!(
+        line.starts_with("-ERR "),
+        "{bin}: {what}: want -ERR, got {line:?}"
+    );
+    line
+}
+
 /// USER, PASS, STAT, RETR and QUIT through the gateway, each answer byte
 /// for byte; the server sees `USER alice`, then the client's lines.
 fn pop3_session(bin: Bin) {
-    let server = Scripted::start(b"+OK scripted POP3 ready <1.2@pop.test>\r\n", pop3_script);
+    let server = Scripted::scripted(b"+OK scripted POP3 ready <1.2@pop.test>\r\n", pop3_script);
     let (p, addr) = start_gw(bin, &pop3_service("pop", ""), "", "");
-    let mut s = dial(bin, addr);
-    expect(bin, &mut s, POP3_GREETING, "greeting");
+    let mut s = greeted(bin, addr, POP3_GREETING, "greeting");
     let user = format!("USER alice#{}\r\n", server.addr);
-    send(bin, &mut s, user.as_bytes(), "USER");
-    expect(
+    exchange(
         bin,
         &mut s,
+        user.as_bytes(),
         b"+OK hello alice\r\n",
         "the server's answer to USER",
     );
-    send(bin, &mut s, b"PASS secret\r\n", "PASS");
-    expect(bin, &mut s, b"+OK logged in\r\n", "PASS relayed");
-    send(bin, &mut s, b"STAT\r\n", "STAT");
+    exchange(
+        bin,
+        &mut s,
+        b"PASS secret\r\n",
+        b"+OK logged in\r\n",
+        "PASS relayed",
+    );
+    send_all(bin, &mut s, b"STAT\r\n", "STAT");
     let stat = format!("+OK 1 {}\r\n", POP3_WIRE_MESSAGE.len());
     expect(bin, &mut s, stat.as_bytes(), "STAT");
-    send(bin, &mut s, b"RETR 1\r\n", "RETR");
+    send_all(bin, &mut s, b"RETR 1\r\n", "RETR");
     let retr = [
         format!("+OK {} octets\r\n", POP3_WIRE_MESSAGE.len()).as_bytes(),
         POP3_WIRE_MESSAGE,
@@ -817,8 +699,7 @@ fn pop3_session(bin: Bin) {
     ]
     .concat();
     expect(bin, &mut s, &retr, "RETR 1, byte for byte");
-    send(bin, &mut s, b"QUIT\r\n", "QUIT");
-    expect(bin, &mut s, b"+OK bye\r\n", "QUIT");
+    exchange(bin, &mut s, b"QUIT\r\n", b"+OK bye\r\n", "QUIT");
     expect_closed(bin, &mut s, "after QUIT");
     let lines = server.next_lines(&format!("{bin}: the POP3 session"));
     assert_eq!(
@@ -839,10 +720,10 @@ fn pop3_session(bin: Bin) {
     // All at once: USER and what follows it, pipelined.
     let mut s = dial(bin, addr);
     let all = format!("USER bob#{}\r\nPASS secret\r\nQUIT\r\n", server.addr);
-    send(bin, &mut s, all.as_bytes(), "pipelined commands");
-    expect(
+    exchange(
         bin,
         &mut s,
+        all.as_bytes(),
         b"+OK portico POP3 gateway ready\r\n+OK hello bob\r\n+OK logged in\r\n+OK bye\r\n",
         "answers to pipelined commands",
     );
@@ -858,10 +739,14 @@ fn pop3_session(bin: Bin) {
 /// CAPA, QUIT and anything else before USER are the gateway's own.
 fn pop3_before_user(bin: Bin) {
     let (p, addr) = start_gw(bin, &pop3_service("pop", ""), "", "");
-    let mut s = dial(bin, addr);
-    expect(bin, &mut s, POP3_GREETING, "greeting");
-    send(bin, &mut s, b"CAPA\r\n", "CAPA");
-    expect(bin, &mut s, b"+OK\r\nUSER\r\n.\r\n", "CAPA before USER");
+    let mut s = greeted(bin, addr, POP3_GREETING, "greeting");
+    exchange(
+        bin,
+        &mut s,
+        b"CAPA\r\n",
+        b"+OK\r\nUSER\r\n.\r\n",
+        "CAPA before USER",
+    );
     for cmd in [
         "STAT",
         "PASS secret",
@@ -870,44 +755,39 @@ fn pop3_before_user(bin: Bin) {
         "RETR 1",
         "uidl",
     ] {
-        send(bin, &mut s, format!("{cmd}\r\n").as_bytes(), cmd);
-        let line = read_until(bin, &mut s, b"\r\n", cmd);
-        assert!(
-            line.starts_with(b"-ERR "),
-            "{bin}: {cmd} before USER: want -ERR, got {:?}",
-            String::from_utf8_lossy(&line)
-        );
+        pop3_error(bin, &mut s, cmd, &format!("{cmd} before USER"));
     }
-    send(bin, &mut s, b"capa\r\nquit\r\n", "capa, quit (lower case)");
-    expect(
+    let l = answered_then_closed(
         bin,
+        &p,
+        "pop",
         &mut s,
+        b"capa\r\nquit\r\n",
         b"+OK\r\nUSER\r\n.\r\n+OK bye\r\n",
         "capa then quit",
     );
-    expect_closed(bin, &mut s, "after QUIT");
-    let l = access_of(&p, "pop", me(&s));
     check_line(bin, &l, "POP3", "-", "-", "quit");
     // poplib sees the capability list.
     let py = require("python3", "python3");
     let code = "import poplib, sys\np = poplib.POP3('127.0.0.1', int(sys.argv[1]), timeout=30)\n\
                 print('welcome', p.getwelcome().decode())\nprint('capa', sorted(p.capa()))\n\
                 print('quit', p.quit().decode())\n";
-    let out = python_client(&py, code, &[addr.port().to_string()], b"", "poplib CAPA");
-    let f = fields(&out);
-    assert_eq!(
-        field(&f, "welcome"),
-        "+OK portico POP3 gateway ready",
-        "{bin}: poplib"
+    let f = python_client(&py, code, &[addr.port().to_string()], b"", "poplib CAPA");
+    expect_fields(
+        bin,
+        &f,
+        &[
+            ("welcome", "+OK portico POP3 gateway ready", "poplib"),
+            ("capa", "['USER']", "poplib capa()"),
+            ("quit", "+OK bye", "poplib quit()"),
+        ],
     );
-    assert_eq!(field(&f, "capa"), "['USER']", "{bin}: poplib capa()");
-    assert_eq!(field(&f, "quit"), "+OK bye", "{bin}: poplib quit()");
 }
 
 /// The last separator counts; `separator` sets another; the name the
 /// server sees is what is before it.
 fn pop3_separators(bin: Bin) {
-    let server = Scripted::start(b"+OK ready\r\n", pop3_script);
+    let server = Scripted::scripted(b"+OK ready\r\n", pop3_script);
     let a = server.addr;
     let (p, addr) = start_gw(bin, &pop3_service("pop", ""), "", "");
     for (user, name) in [
@@ -915,17 +795,11 @@ fn pop3_separators(bin: Bin) {
         (format!("a#b#{a}"), "a#b"),
         (format!("x%y#{a}"), "x%y"),
     ] {
-        let mut s = dial(bin, addr);
-        expect(bin, &mut s, POP3_GREETING, "greeting");
-        send(
+        let mut s = greeted(bin, addr, POP3_GREETING, "greeting");
+        exchange(
             bin,
             &mut s,
             format!("USER {user}\r\nQUIT\r\n").as_bytes(),
-            &user,
-        );
-        expect(
-            bin,
-            &mut s,
             format!("+OK hello {name}\r\n+OK bye\r\n").as_bytes(),
             &user,
         );
@@ -942,17 +816,11 @@ fn pop3_separators(bin: Bin) {
     drop(p);
     // separator = "%": `#` is then part of the name.
     let (p, addr) = start_gw(bin, &pop3_service("pop", "separator = \"%\""), "", "");
-    let mut s = dial(bin, addr);
-    expect(bin, &mut s, POP3_GREETING, "greeting");
-    send(
+    let mut s = greeted(bin, addr, POP3_GREETING, "greeting");
+    exchange(
         bin,
         &mut s,
         format!("USER me#home%{a}\r\nQUIT\r\n").as_bytes(),
-        "% separator",
-    );
-    expect(
-        bin,
-        &mut s,
         b"+OK hello me#home\r\n+OK bye\r\n",
         "% separator",
     );
@@ -965,19 +833,16 @@ fn pop3_separators(bin: Bin) {
     );
     // No `%` and no destination: an error, no connection.
     let before = server.accepted();
-    let mut s = dial(bin, addr);
-    expect(bin, &mut s, POP3_GREETING, "greeting");
-    send(
+    let mut s = greeted(bin, addr, POP3_GREETING, "greeting");
+    let line = pop3_error(
         bin,
         &mut s,
-        format!("USER alice#{a}\r\n").as_bytes(),
-        "no separator",
+        &format!("USER alice#{a}"),
+        "USER without the separator and no destination",
     );
-    let line = read_until(bin, &mut s, b"\r\n", "USER without the separator");
     assert!(
-        line.starts_with(b"-ERR ") && String::from_utf8_lossy(&line).contains('%'),
-        "{bin}: USER without the separator and no destination: {:?}",
-        String::from_utf8_lossy(&line)
+        line.contains('%'),
+        "{bin}: USER without the separator and no destination: {line:?}"
     );
     assert_eq!(server.accepted(), before, "{bin}: a connection was made");
     drop(p);
@@ -986,11 +851,10 @@ fn pop3_separators(bin: Bin) {
 /// An empty host or a bad port is an error, with no connection attempt;
 /// without a separator the service's destination is used.
 fn pop3_bad_targets(bin: Bin) {
-    let server = Scripted::start(b"+OK ready\r\n", pop3_script);
+    let server = Scripted::scripted(b"+OK ready\r\n", pop3_script);
     let service = pop3_service("pop", &format!("destination = \"{}\"", server.addr));
     let (p, addr) = start_gw(bin, &service, "", "");
-    let mut s = dial(bin, addr);
-    expect(bin, &mut s, POP3_GREETING, "greeting");
+    let mut s = greeted(bin, addr, POP3_GREETING, "greeting");
     for user in [
         "alice#",
         "alice#:110",
@@ -1001,25 +865,23 @@ fn pop3_bad_targets(bin: Bin) {
         "alice#bad/host",
         "#127.0.0.1",
     ] {
-        send(bin, &mut s, format!("USER {user}\r\n").as_bytes(), user);
-        let line = read_until(bin, &mut s, b"\r\n", user);
-        assert!(
-            line.starts_with(b"-ERR "),
-            "{bin}: USER {user}: want -ERR, got {:?}",
-            String::from_utf8_lossy(&line)
+        pop3_error(
+            bin,
+            &mut s,
+            &format!("USER {user}"),
+            &format!("USER {user}"),
         );
     }
     assert_eq!(server.accepted(), 0, "{bin}: a bad USER made a connection");
     // The destination, when the name has no separator.
-    send(bin, &mut s, b"USER alice\r\n", "USER without a separator");
-    expect(
+    exchange(
         bin,
         &mut s,
+        b"USER alice\r\n",
         b"+OK hello alice\r\n",
         "USER to the destination",
     );
-    send(bin, &mut s, b"QUIT\r\n", "QUIT");
-    expect(bin, &mut s, b"+OK bye\r\n", "QUIT");
+    exchange(bin, &mut s, b"QUIT\r\n", b"+OK bye\r\n", "QUIT");
     expect_closed(bin, &mut s, "after QUIT");
     assert_eq!(server.accepted(), 1);
     let lines = server.next_lines(&format!("{bin}: USER to the destination"));
@@ -1031,36 +893,34 @@ fn pop3_bad_targets(bin: Bin) {
 
 fn pop3_refusals(bin: Bin) {
     // The server greets -ERR.
-    let server = Scripted::start(b"-ERR not now\r\n", pop3_script);
+    let server = Scripted::scripted(b"-ERR not now\r\n", pop3_script);
     let (p, addr) = start_gw(bin, &pop3_service("pop", ""), "", "");
-    let mut s = dial(bin, addr);
-    expect(bin, &mut s, POP3_GREETING, "greeting");
-    send(
+    let mut s = greeted(bin, addr, POP3_GREETING, "greeting");
+    let want = format!("-ERR cannot reach mail server {}\r\n", server.addr);
+    let l = answered_then_closed(
         bin,
+        &p,
+        "pop",
         &mut s,
         format!("USER alice#{}\r\n", server.addr).as_bytes(),
-        "USER",
+        want.as_bytes(),
+        "USER: a server greeting -ERR",
     );
-    let want = format!("-ERR cannot reach mail server {}\r\n", server.addr);
-    expect(bin, &mut s, want.as_bytes(), "a server greeting -ERR");
-    expect_closed(bin, &mut s, "after a server greeting -ERR");
-    let l = access_of(&p, "pop", me(&s));
     assert_eq!(l.destination, server.addr.to_string(), "{bin}: {l:?}");
     assert_ne!(l.status, "ok", "{bin}: {l:?}");
     // Nothing listens.
     let dead = local(dead_port());
-    let mut s = dial(bin, addr);
-    expect(bin, &mut s, POP3_GREETING, "greeting");
-    send(
+    let mut s = greeted(bin, addr, POP3_GREETING, "greeting");
+    let want = format!("-ERR cannot reach mail server {dead}\r\n");
+    let l = answered_then_closed(
         bin,
+        &p,
+        "pop",
         &mut s,
         format!("USER alice#{dead}\r\n").as_bytes(),
-        "USER",
+        want.as_bytes(),
+        "USER: an unreachable server",
     );
-    let want = format!("-ERR cannot reach mail server {dead}\r\n");
-    expect(bin, &mut s, want.as_bytes(), "an unreachable server");
-    expect_closed(bin, &mut s, "after an unreachable server");
-    let l = access_of(&p, "pop", me(&s));
     check_line(
         bin,
         &l,
@@ -1136,8 +996,12 @@ fn start_dovecot(message: &[u8]) -> Dovecot {
         chown
             .args(["-R", "nobody:nogroup"])
             .arg(dir.path().join("home"));
-        let out = run_tool(chown, b"", TOOL_LIMIT);
-        assert!(out.status.success(), "chown the maildir: {}", out.stderr);
+        let out = run_tool("dovecot", chown, None, TOOL_LIMIT);
+        assert!(
+            out.status.success(),
+            "dovecot: chown the maildir: {}",
+            out.text()
+        );
         let child = Command::new(&dovecot)
             .arg("-F")
             .arg("-c")
@@ -1195,33 +1059,34 @@ Hello through the gateway.\n.a line that starts with a dot\n\nlast line\n";
     let (p, addr) = start_gw(bin, &pop3_service("pop", ""), "", "");
     let py = require("python3", "python3");
     let user = format!("alice#{}", dovecot.addr);
-    let out = python_client(
+    let f = python_client(
         &py,
         POPLIB_CLIENT,
         &[addr.port().to_string(), user],
         b"",
         &format!("{bin}: poplib through the gateway to dovecot"),
     );
-    let f = fields(&out);
-    assert_eq!(
-        field(&f, "welcome"),
-        "+OK portico POP3 gateway ready",
-        "{bin}"
-    );
-    assert_eq!(field(&f, "capa"), "['USER']", "{bin}");
-    assert_eq!(field(&f, "user"), "+OK", "{bin}: dovecot's answer to USER");
-    assert_eq!(
-        field(&f, "pass"),
-        "+OK Logged in.",
-        "{bin}: dovecot's answer to PASS"
-    );
-    assert_eq!(
-        field(&f, "stat"),
-        format!(
-            "1 {}",
-            message.len() + message.iter().filter(|&&c| c == b'\n').count()
-        ),
-        "{bin}: STAT (dovecot counts CR LF line ends)"
+    expect_fields(
+        bin,
+        &f,
+        &[
+            (
+                "welcome",
+                "+OK portico POP3 gateway ready",
+                "poplib through the gateway to dovecot",
+            ),
+            ("capa", "['USER']", "poplib through the gateway to dovecot"),
+            ("user", "+OK", "dovecot's answer to USER"),
+            ("pass", "+OK Logged in.", "dovecot's answer to PASS"),
+            (
+                "stat",
+                &format!(
+                    "1 {}",
+                    message.len() + message.iter().filter(|&&c| c == b'\n').count()
+                ),
+                "STAT (dovecot counts CR LF line ends)",
+            ),
+        ],
     );
     assert!(field(&f, "retr").starts_with("+OK"), "{bin}: {f:?}");
     assert_eq!(
@@ -1252,31 +1117,40 @@ print("quit", s.quit())
 "#;
 
 fn nntp_relays(bin: Bin) {
-    let server = Scripted::start(NNTP_GREETING, nntp_script);
-    let service = format!(
-        "name = \"news\"\nkind = \"nntp\"\ndestination = \"{}\"",
-        server.addr
-    );
-    let (p, addr) = start_gw(bin, &service, "", "");
-    let py = python_with(
+    let server = Scripted::scripted(NNTP_GREETING, nntp_script);
+    let (p, addr) = start_gw(bin, &relay_service("news", "nntp", server.addr), "", "");
+    let py = require_python_module(
         "nntplib",
         "Python's nntplib (standard up to 3.12; pip install standard-nntplib after)",
     );
-    let out = python_client(
+    let f = python_client(
         &py,
         NNTPLIB_CLIENT,
         &[addr.port().to_string()],
         b"",
         &format!("{bin}: nntplib through the gateway"),
     );
-    let f = fields(&out);
-    assert_eq!(
-        field(&f, "welcome"),
-        "200 news.test ready, posting allowed",
-        "{bin}: the server's greeting, relayed"
+    expect_fields(
+        bin,
+        &f,
+        &[
+            (
+                "welcome",
+                "200 news.test ready, posting allowed",
+                "the server's greeting, relayed",
+            ),
+            (
+                "group",
+                "211 1 1 1 local.test",
+                "nntplib through the gateway",
+            ),
+            (
+                "article",
+                "220 1 <1@news.test> article",
+                "nntplib through the gateway",
+            ),
+        ],
     );
-    assert_eq!(field(&f, "group"), "211 1 1 1 local.test", "{bin}");
-    assert_eq!(field(&f, "article"), "220 1 <1@news.test> article", "{bin}");
     let unstuffed: Vec<u8> = String::from_utf8_lossy(NNTP_WIRE_ARTICLE)
         .replace("\r\n..", "\r\n.")
         .into_bytes();
@@ -1299,37 +1173,14 @@ fn nntp_relays(bin: Bin) {
 }
 
 fn nntp_refusals(bin: Bin) {
-    let server = Scripted::start(NNTP_GREETING, nntp_script);
-    let service = format!(
-        "name = \"news\"\nkind = \"nntp\"\ndestination = \"{}\"",
-        server.addr
-    );
-    let (p, addr) = start_gw(bin, &service, "", DENY_LOCAL);
-    let c = refused_with(bin, addr, b"502 access denied\r\n", "denied client");
-    assert_eq!(access_of(&p, "news", c).status, "denied");
-    assert_eq!(
-        server.accepted(),
-        0,
-        "{bin}: a denied client reached the server"
-    );
-    drop(p);
-    let dead = local(dead_port());
-    let service = format!("name = \"news\"\nkind = \"nntp\"\ndestination = \"{dead}\"");
-    let (p, addr) = start_gw(bin, &service, "", "");
-    let c = refused_with(
+    let server = Scripted::scripted(NNTP_GREETING, nntp_script);
+    relay_refusals(
         bin,
-        addr,
+        ("news", "nntp", "NNTP"),
+        server.addr,
+        || server.accepted(),
+        b"502 access denied\r\n",
         b"400 news server unavailable\r\n",
-        "unreachable server",
-    );
-    let l = access_of(&p, "news", c);
-    check_line(
-        bin,
-        &l,
-        "NNTP",
-        &dead.to_string(),
-        &dead.to_string(),
-        "refused",
     );
 }
 
@@ -1349,10 +1200,10 @@ fn through(
     command: &str,
     target: &str,
 ) {
-    send(bin, s, format!("{command}\r\n").as_bytes(), command);
-    expect(
+    exchange(
         bin,
         s,
+        format!("{command}\r\n").as_bytes(),
         format!("connected to {target}\r\n").as_bytes(),
         &format!("{command}: connected"),
     );
@@ -1360,7 +1211,7 @@ fn through(
     echo_check(s, &payload).unwrap_or_else(|e| panic!("{bin}: {command}: echo: {e}"));
     s.shutdown(Shutdown::Write).expect("shutdown");
     expect_closed(bin, s, &format!("{command}: after the end"));
-    let got = server.next(&format!("{bin}: {command}"));
+    let got = server.next_report(&format!("{bin}: {command}"));
     assert_eq!(
         String::from_utf8_lossy(&got),
         String::from_utf8_lossy(&payload),
@@ -1371,8 +1222,8 @@ fn through(
 }
 
 fn telnet_command_forms(bin: Bin) {
-    let server = Recorder::start();
-    let v6 = Recorder::start_on(IpAddr::V6(Ipv6Addr::LOCALHOST));
+    let server = Recorder::recorder();
+    let v6 = Recorder::recorder_on(IpAddr::V6(Ipv6Addr::LOCALHOST));
     let (p, addr) = start_gw(bin, TELNET, "", "");
     let port = server.addr.port();
     let t = server.addr.to_string();
@@ -1385,22 +1236,19 @@ fn telnet_command_forms(bin: Bin) {
         format!("127.0.0.1:{port}"),
         format!("  connect\t127.0.0.1   {port}  "),
     ] {
-        let mut s = dial(bin, addr);
-        expect(bin, &mut s, TELNET_GREETING, "greeting and prompt");
+        let mut s = greeted(bin, addr, TELNET_GREETING, "greeting and prompt");
         through(bin, &p, &mut s, &server, &command, &t);
     }
     for command in [
         format!("[::1]:{}", v6.addr.port()),
         format!("open ::1 {}", v6.addr.port()),
     ] {
-        let mut s = dial(bin, addr);
-        expect(bin, &mut s, TELNET_GREETING, "greeting and prompt");
+        let mut s = greeted(bin, addr, TELNET_GREETING, "greeting and prompt");
         through(bin, &p, &mut s, &v6, &command, &v6.addr.to_string());
     }
     // A name, resolved by the proxy.
-    let mut s = dial(bin, addr);
-    expect(bin, &mut s, TELNET_GREETING, "greeting and prompt");
-    send(
+    let mut s = greeted(bin, addr, TELNET_GREETING, "greeting and prompt");
+    send_all(
         bin,
         &mut s,
         format!("connect localhost {port}\r\n").as_bytes(),
@@ -1417,11 +1265,10 @@ fn telnet_command_forms(bin: Bin) {
 /// What the client sends before the command line is refused (WONT/DONT)
 /// and never part of the line, nor sent to the server.
 fn telnet_negotiation(bin: Bin) {
-    let server = Recorder::start();
+    let server = Recorder::recorder();
     let (p, addr) = start_gw(bin, TELNET, "", "");
     let port = server.addr.port();
-    let mut s = dial(bin, addr);
-    expect(bin, &mut s, TELNET_GREETING, "greeting and prompt");
+    let mut s = greeted(bin, addr, TELNET_GREETING, "greeting and prompt");
     // DO SGA, WILL TTYPE, a subnegotiation, DONT ECHO, WONT LINEMODE,
     // NOP, and WILL NAWS in the middle of the command.
     let mut input =
@@ -1429,18 +1276,17 @@ fn telnet_negotiation(bin: Bin) {
             .to_vec();
     input.extend_from_slice(b"\xff\xfb\x1f");
     input.extend_from_slice(format!("nect 127.0.0.1 {port}").as_bytes());
-    send(bin, &mut s, &input, "negotiation and a command");
-    expect(
+    exchange(
         bin,
         &mut s,
+        &input,
         b"\xff\xfc\x03\xff\xfe\x18\xff\xfe\x1f",
-        "WONT SGA, DONT TTYPE, DONT NAWS",
+        "negotiation and a command: WONT SGA, DONT TTYPE, DONT NAWS back",
     );
     through(bin, &p, &mut s, &server, "", &server.addr.to_string());
     // IAC IAC is a 0xFF in the line, which no host name has.
-    let mut s = dial(bin, addr);
-    expect(bin, &mut s, TELNET_GREETING, "greeting and prompt");
-    send(
+    let mut s = greeted(bin, addr, TELNET_GREETING, "greeting and prompt");
+    send_all(
         bin,
         &mut s,
         &[&b"127.0.0.1\xff\xff "[..], format!("{port}\r\n").as_bytes()].concat(),
@@ -1455,19 +1301,18 @@ fn telnet_negotiation(bin: Bin) {
 }
 
 fn telnet_editing(bin: Bin) {
-    let server = Recorder::start();
+    let server = Recorder::recorder();
     let (p, addr) = start_gw(bin, TELNET, "", "");
     let port = server.addr.port();
-    let mut s = dial(bin, addr);
-    expect(bin, &mut s, TELNET_GREETING, "greeting and prompt");
+    let mut s = greeted(bin, addr, TELNET_GREETING, "greeting and prompt");
     // help lists the commands and prompts again.
-    send(bin, &mut s, b"help\r\n", "help");
+    send_all(bin, &mut s, b"help\r\n", "help");
     let help = String::from_utf8_lossy(&read_until(bin, &mut s, b"portico> ", "help")).into_owned();
     for word in ["connect HOST [PORT]", "help", "quit"] {
         assert!(help.contains(word), "{bin}: help lacks {word:?}: {help:?}");
     }
     // Invalid: one line, and the prompt again.
-    send(bin, &mut s, b"connect 127.0.0.1 99999\r\n", "bad port");
+    send_all(bin, &mut s, b"connect 127.0.0.1 99999\r\n", "bad port");
     let err = read_until(bin, &mut s, b"portico> ", "bad port");
     assert_eq!(
         err.iter().filter(|&&c| c == b'\n').count(),
@@ -1476,40 +1321,41 @@ fn telnet_editing(bin: Bin) {
         String::from_utf8_lossy(&err)
     );
     // Backspace and DEL erase; CR NUL and bare LF end lines too.
-    send(bin, &mut s, b"x\x08\r\0", "an erased line");
-    expect(bin, &mut s, b"portico> ", "an erased line is empty");
-    send(bin, &mut s, b"\n", "a bare LF");
-    expect(bin, &mut s, b"portico> ", "a bare LF ends a line");
+    exchange(
+        bin,
+        &mut s,
+        b"x\x08\r\0",
+        b"portico> ",
+        "an erased line is empty",
+    );
+    exchange(bin, &mut s, b"\n", b"portico> ", "a bare LF ends a line");
     let cmd = format!("conZ\x08nect 127.0.0.9\x7f1 {port}");
     through(bin, &p, &mut s, &server, &cmd, &server.addr.to_string());
     // quit.
-    let mut s = dial(bin, addr);
-    expect(bin, &mut s, TELNET_GREETING, "greeting and prompt");
-    send(bin, &mut s, b"quit\r\n", "quit");
-    expect(bin, &mut s, b"goodbye\r\n", "quit");
-    expect_closed(bin, &mut s, "after quit");
-    let l = access_of(&p, "tel", me(&s));
+    let mut s = greeted(bin, addr, TELNET_GREETING, "greeting and prompt");
+    let l = answered_then_closed(bin, &p, "tel", &mut s, b"quit\r\n", b"goodbye\r\n", "quit");
     check_line(bin, &l, "TELNET", "-", "-", "quit");
 }
 
 /// A command line of 1 KiB is a command; one byte more closes.
 fn telnet_long_line(bin: Bin) {
     let (p, addr) = start_gw(bin, TELNET, "", "");
-    let mut s = dial(bin, addr);
-    expect(bin, &mut s, TELNET_GREETING, "greeting and prompt");
+    let mut s = greeted(bin, addr, TELNET_GREETING, "greeting and prompt");
     let mut line = vec![b'a'; 1024];
     line.extend_from_slice(b"\r\n");
-    send(bin, &mut s, &line, "a 1 KiB line");
+    send_all(bin, &mut s, &line, "a 1 KiB line");
     read_until(bin, &mut s, b"portico> ", "a 1 KiB line is answered");
-    send(bin, &mut s, &[b'b'; 1025], "a line of 1 KiB + 1");
+    send_all(bin, &mut s, &[b'b'; 1025], "a line of 1 KiB + 1");
     let rest = read_until(bin, &mut s, b"\r\n", "a line over 1 KiB");
     assert!(!rest.is_empty());
-    expect_closed(bin, &mut s, "a line over 1 KiB");
-    assert_eq!(access_of(&p, "tel", me(&s)).destination, "-");
+    assert_eq!(
+        closed_line(bin, &p, "tel", &mut s, "a line over 1 KiB").destination,
+        "-"
+    );
 }
 
 fn telnet_auth(bin: Bin) {
-    let server = Recorder::start();
+    let server = Recorder::recorder();
     let port = server.addr.port();
     let service = format!("{TELNET}\nauth = true");
     let (p, addr) = start_gw(bin, &service, "", "");
@@ -1520,24 +1366,19 @@ fn telnet_auth(bin: Bin) {
         b"portico telnet gateway\r\nlogin: ",
         "login prompt",
     );
-    send(bin, &mut s, b"alice\r\n", "name");
-    expect(
+    exchange(
         bin,
         &mut s,
+        b"alice\r\n",
         b"\xff\xfb\x01password: ",
-        "WILL ECHO and the password prompt",
+        "the name: WILL ECHO and the password prompt back",
     );
-    send(
+    exchange(
         bin,
         &mut s,
         b"\xff\xfd\x01secret\r\n",
-        "DO ECHO and the password",
-    );
-    expect(
-        bin,
-        &mut s,
         b"\xff\xfc\x01\r\nportico> ",
-        "WONT ECHO and the prompt",
+        "DO ECHO and the password: WONT ECHO and the prompt back",
     );
     let t = server.addr.to_string();
     through(
@@ -1561,21 +1402,21 @@ fn telnet_auth(bin: Bin) {
         b"portico telnet gateway\r\nlogin: ",
         "login prompt",
     );
-    send(bin, &mut s, b"alice\r\nsecreT\r\n", "a wrong password");
-    expect(
+    let l = answered_then_closed(
         bin,
+        &p,
+        "tel",
         &mut s,
+        b"alice\r\nsecreT\r\n",
         b"\xff\xfb\x01password: \xff\xfc\x01\r\nlogin incorrect\r\n",
         "a wrong password",
     );
-    expect_closed(bin, &mut s, "after a wrong password");
-    let l = access_of(&p, "tel", me(&s));
     check_line(bin, &l, "TELNET", "-", "-", "auth-failed");
 }
 
 /// With `destination`: no greeting, straight through, bytes untouched.
 fn telnet_destination(bin: Bin) {
-    let server = Recorder::start();
+    let server = Recorder::recorder();
     let service = format!("{TELNET}\ndestination = \"{}\"", server.addr);
     let (p, addr) = start_gw(bin, &service, "", "");
     let mut s = dial(bin, addr);
@@ -1584,7 +1425,7 @@ fn telnet_destination(bin: Bin) {
     s.shutdown(Shutdown::Write).expect("shutdown");
     expect_closed(bin, &mut s, "after the end");
     assert_eq!(
-        server.next(&format!("{bin}: destination")),
+        server.next_report(&format!("{bin}: destination")),
         payload,
         "{bin}"
     );
@@ -1595,32 +1436,39 @@ fn telnet_destination(bin: Bin) {
 
 fn telnet_refusals(bin: Bin) {
     let dead = dead_port();
-    let allowed = Recorder::start();
+    let allowed = Recorder::recorder();
     // Denied by destination, allowed otherwise.
     let rules = "[[rule]]\naction = \"deny\"\ndestinations = [\"127.0.0.2\"]\n\
                  [[rule]]\naction = \"allow\"\n";
     let (p, addr) = start_gw(bin, TELNET, "", rules);
-    let mut s = dial(bin, addr);
-    expect(bin, &mut s, TELNET_GREETING, "greeting and prompt");
-    send(
+    let mut s = greeted(bin, addr, TELNET_GREETING, "greeting and prompt");
+    let want = format!("cannot connect to 127.0.0.1:{dead}: connection refused\r\n");
+    let l = answered_then_closed(
         bin,
+        &p,
+        "tel",
         &mut s,
         format!("connect 127.0.0.1 {dead}\r\n").as_bytes(),
-        "dead port",
+        want.as_bytes(),
+        "connect to a dead port: an unreachable server",
     );
-    let want = format!("cannot connect to 127.0.0.1:{dead}: connection refused\r\n");
-    expect(bin, &mut s, want.as_bytes(), "an unreachable server");
-    expect_closed(bin, &mut s, "after an unreachable server");
-    let l = access_of(&p, "tel", me(&s));
     let t = format!("127.0.0.1:{dead}");
     check_line(bin, &l, "TELNET", &t, &t, "refused");
-    let mut s = dial(bin, addr);
-    expect(bin, &mut s, TELNET_GREETING, "greeting and prompt");
+    let mut s = greeted(bin, addr, TELNET_GREETING, "greeting and prompt");
     let cmd = format!("127.0.0.2 {}\r\n", allowed.addr.port());
-    send(bin, &mut s, cmd.as_bytes(), "a denied destination");
-    expect(bin, &mut s, b"access denied\r\n", "a denied destination");
-    expect_closed(bin, &mut s, "after a denied destination");
-    assert_eq!(access_of(&p, "tel", me(&s)).status, "denied");
+    assert_eq!(
+        answered_then_closed(
+            bin,
+            &p,
+            "tel",
+            &mut s,
+            cmd.as_bytes(),
+            b"access denied\r\n",
+            "a denied destination"
+        )
+        .status,
+        "denied"
+    );
     drop(p);
     // Denied at accept.
     let (p, addr) = start_gw(bin, TELNET, "", DENY_LOCAL);
@@ -1766,7 +1614,7 @@ impl Drop for TelnetClient {
 /// option negotiation, which the gateway refuses; then help, an edited
 /// command, the connect, and a line echoed by the server.
 fn telnet_real_client(bin: Bin) {
-    let server = Recorder::start();
+    let server = Recorder::recorder();
     let (p, addr) = start_gw(bin, TELNET, "", "");
     let what = format!("{bin}: telnet client");
     let mut t = TelnetClient::start(
@@ -1787,7 +1635,7 @@ fn telnet_real_client(bin: Bin) {
     t.send("hello through telnet\n");
     t.expect("hello through telnet", 1);
     let out = t.finish();
-    let got = server.next(&what);
+    let got = server.next_report(&what);
     assert_eq!(
         String::from_utf8_lossy(&got),
         "hello through telnet\r\n",
@@ -1801,7 +1649,7 @@ fn telnet_real_client(bin: Bin) {
 
 /// The telnet client logs in (it answers the gateway's WILL ECHO).
 fn telnet_real_client_login(bin: Bin) {
-    let server = Recorder::start();
+    let server = Recorder::recorder();
     let service = format!("{TELNET}\nauth = true");
     let (p, addr) = start_gw(bin, &service, "", "");
     let what = format!("{bin}: telnet client login");
@@ -1820,7 +1668,7 @@ fn telnet_real_client_login(bin: Bin) {
         !out.contains("secret"),
         "{what}: the password was shown:\n{out}"
     );
-    let got = server.next(&what);
+    let got = server.next_report(&what);
     assert_eq!(
         String::from_utf8_lossy(&got),
         "after login\r\n",
@@ -1841,7 +1689,7 @@ fn limits_in_protocol_words(bin: Bin) {
     let cases: [(&str, String, &[u8], &[u8]); 4] = [
         (
             "mail",
-            format!("name = \"mail\"\nkind = \"smtp\"\ndestination = \"{e}\""),
+            relay_service("mail", "smtp", e),
             b"",
             b"421 4.7.0 too many connections, try again later\r\n",
         ),
@@ -1853,7 +1701,7 @@ fn limits_in_protocol_words(bin: Bin) {
         ),
         (
             "news",
-            format!("name = \"news\"\nkind = \"nntp\"\ndestination = \"{e}\""),
+            relay_service("news", "nntp", e),
             b"",
             b"400 too many connections, try again later\r\n",
         ),

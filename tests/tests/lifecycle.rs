@@ -4,8 +4,9 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use portico_tests::{
-    both, connect, echo_check, free_port, local, mapped_config, poll_until, read_outcome, run_cli,
-    start_mapped, Behaviour, Bin, Portico, ReadOutcome, TempDir, TestServer,
+    both, config_head, connect, echo_check, free_port, local, mapped_config, mapped_service,
+    poll_until, read_outcome, run_on_config, start_mapped, Behaviour, Bin, Portico, ReadOutcome,
+    TestServer,
 };
 
 both!(
@@ -102,10 +103,12 @@ fn listen_address_in_use(bin: Bin) {
     // Port 0: the kernel picks a port nobody else can take meanwhile.
     let taken = TcpListener::bind(local(0)).expect("bind a port first");
     let port = taken.local_addr().expect("local_addr").port();
-    let dir = TempDir::new();
-    let path = dir.write("portico.toml", &mapped_config(port, local(9), "", ""));
-    let path_s = path.to_str().expect("utf-8 temp path");
-    let out = run_cli(bin, &["--config", path_s], None, Duration::from_secs(20));
+    let (_path, out) = run_on_config(
+        bin,
+        &mapped_config(port, local(9), "", ""),
+        &[],
+        Duration::from_secs(20),
+    );
     assert_eq!(
         out.code(),
         Some(1),
@@ -121,18 +124,9 @@ fn listen_address_in_use(bin: Bin) {
 
 fn named_service(name: &str, port: u16, destination: std::net::SocketAddr) -> String {
     format!(
-        r#"[network]
-internal = ["127.0.0.1"]
-
-[log]
-access = "stderr"
-
-[[service]]
-name = "{name}"
-kind = "mapped"
-listen = ["127.0.0.1:{port}"]
-destination = "{destination}"
-"#
+        "{}{}",
+        config_head("", ""),
+        mapped_service(name, port, destination, "")
     )
 }
 

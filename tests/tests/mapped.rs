@@ -1,14 +1,14 @@
 //! Mapped TCP ports (`kind = "mapped"`): the relay itself, for both binaries.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Shutdown, TcpStream};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use portico_tests::{
     both, connect, connect_from, digest, echo_check, listen_overflows, pattern, poll_until,
-    read_outcome, recv_all, send_stream, spawn_bounded, start_mapped, Behaviour, Bin, Portico,
-    ReadOutcome, Rendezvous, TestServer, CLIENT_SEED, IO_TIMEOUT,
+    read_digest_reply, read_outcome, recv_all, send_all, send_stream, spawn_bounded, start_mapped,
+    Behaviour, Bin, Portico, ReadOutcome, Rendezvous, TestServer, CLIENT_SEED,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -24,28 +24,29 @@ fn client(bin: Bin, addr: std::net::SocketAddr) -> TcpStream {
 }
 
 fn report(bin: Bin, server: &TestServer) -> portico_tests::Report {
-    let r = server.next_report(IO_TIMEOUT).unwrap_or_else(|| {
-        panic!("{bin}: the backend saw no connection finish within {IO_TIMEOUT:?}")
-    });
-    assert_eq!(
-        r.error, None,
-        "{bin}: the backend's connection failed: {r:?}"
-    );
-    r
+    server.report_ok(bin)
 }
 
 /// Waits for the access-log line of the client connection from local port
 /// `client_port` on service `map`.
 fn access_line(p: &Portico, client_port: u16, limit: Duration) -> String {
-    let needle = format!(" map 127.0.0.1:{client_port} ");
-    p.wait_for_stderr(|l| l.contains(&needle), limit)
-        .unwrap_or_else(|| {
-            panic!(
-                "{}: no access-log line containing {needle:?} within {limit:?}; stderr:\n{}",
-                p.bin(),
-                p.stderr_text()
-            )
-        })
+    p.expect_log_line(&format!(" map 127.0.0.1:{client_port} "), limit)
+}
+
+/// Sends `data` and EOF; returns the reply of the [`Behaviour::DigestReply`]
+/// server with `reply_len` behind the proxy, checked to say it received
+/// `data` exactly.
+fn send_for_digest_reply(
+    bin: Bin,
+    c: &mut TcpStream,
+    data: &[u8],
+    reply_len: u64,
+    what: &str,
+) -> Vec<u8> {
+    send_all(bin, c, data, what);
+    c.shutdown(Shutdown::Write)
+        .unwrap_or_else(|e| panic!("{bin}: {what}: shutdown(Write): {e}"));
+    read_digest_reply(bin, c, reply_len, data, what)
 }
 
 both!(
@@ -138,37 +139,19 @@ fn half_close_reply_after_client_eof(bin: Bin) {
     let (_p, addr) = start_mapped(bin, server.addr(), "", "");
     let mut c = client(bin, addr);
     let request = pattern(CLIENT_SEED, 100_000);
-    c.write_all(&request)
-        .unwrap_or_else(|e| panic!("{bin}: writing the request: {e}"));
-    c.shutdown(Shutdown::Write)
-        .unwrap_or_else(|e| panic!("{bin}: shutdown(Write): {e}"));
-    let mut reply = Vec::new();
-    c.read_to_end(&mut reply).unwrap_or_else(|e| {
-        panic!(
-            "{bin}: reading the reply after our write shutdown ({} bytes so far): {e}",
-            reply.len()
-        )
-    });
+    let body = send_for_digest_reply(
+        bin,
+        &mut c,
+        &request,
+        MIB,
+        "the whole reply (1 MiB) after the client's EOF (the request)",
+    );
     let r = report(bin, &server);
     assert_eq!(
-        reply.len() as u64,
-        MIB + 16,
-        "{bin}: the whole reply (1 MiB + 16-byte trailer) must arrive after the client's EOF"
+        digest(&body),
+        r.sent_digest,
+        "{bin}: the reply body differs"
     );
-    let (body, trailer) = reply.split_at(MIB as usize);
-    let count = u64::from_be_bytes(trailer[..8].try_into().expect("8 bytes"));
-    let sum = u64::from_be_bytes(trailer[8..].try_into().expect("8 bytes"));
-    assert_eq!(
-        count,
-        request.len() as u64,
-        "{bin}: request bytes the server read"
-    );
-    assert_eq!(
-        sum,
-        digest(&request),
-        "{bin}: the request the server read differs"
-    );
-    assert_eq!(digest(body), r.sent_digest, "{bin}: the reply body differs");
 }
 
 fn concurrent_200_connections(bin: Bin) {
@@ -360,24 +343,7 @@ fn early_data_arrives(bin: Bin) {
     let (_p, addr) = start_mapped(bin, server.addr(), "", "");
     let early = pattern(CLIENT_SEED, 20_000);
     let mut c = client(bin, addr);
-    c.write_all(&early)
-        .unwrap_or_else(|e| panic!("{bin}: writing at once: {e}"));
-    c.shutdown(Shutdown::Write)
-        .unwrap_or_else(|e| panic!("{bin}: shutdown(Write): {e}"));
-    let mut reply = Vec::new();
-    c.read_to_end(&mut reply)
-        .unwrap_or_else(|e| panic!("{bin}: reading the reply: {e}"));
-    assert_eq!(reply.len(), 16, "{bin}: the reply is the 16-byte trailer");
-    assert_eq!(
-        u64::from_be_bytes(reply[..8].try_into().expect("8 bytes")),
-        early.len() as u64,
-        "{bin}: bytes sent on connect that reached the server"
-    );
-    assert_eq!(
-        u64::from_be_bytes(reply[8..].try_into().expect("8 bytes")),
-        digest(&early),
-        "{bin}: bytes sent on connect differ at the server"
-    );
+    send_for_digest_reply(bin, &mut c, &early, 0, "bytes sent at once on connect");
 }
 
 /// The destination's accept queue is full, so the proxy's connect hangs
@@ -393,8 +359,7 @@ fn data_before_upstream_connects(bin: Bin) {
     let overflows = listen_overflows();
     let started = Instant::now();
     let mut c = client(bin, addr);
-    c.write_all(&early)
-        .unwrap_or_else(|e| panic!("{bin}: writing at once: {e}"));
+    send_all(bin, &mut c, &early, "bytes sent at once on connect");
     c.shutdown(Shutdown::Write)
         .unwrap_or_else(|e| panic!("{bin}: shutdown(Write): {e}"));
     // Wait (bounded) until the kernel dropped the proxy's SYN, so that the
@@ -407,19 +372,12 @@ fn data_before_upstream_connects(bin: Bin) {
     });
     server.release();
     server.close_fillers();
-    let mut reply = Vec::new();
-    c.read_to_end(&mut reply)
-        .unwrap_or_else(|e| panic!("{bin}: reading the reply: {e}"));
-    assert_eq!(reply.len(), 16, "{bin}: the reply is the 16-byte trailer");
-    assert_eq!(
-        u64::from_be_bytes(reply[..8].try_into().expect("8 bytes")),
-        early.len() as u64,
-        "{bin}: bytes sent before the upstream connected that reached the server"
-    );
-    assert_eq!(
-        u64::from_be_bytes(reply[8..].try_into().expect("8 bytes")),
-        digest(&early),
-        "{bin}: bytes sent before the upstream connected differ at the server"
+    read_digest_reply(
+        bin,
+        &mut c,
+        0,
+        &early,
+        "bytes sent before the upstream connected",
     );
     eprintln!(
         "{bin}: reply {:?} after connecting; SYN dropped: {}; filler {filler}",

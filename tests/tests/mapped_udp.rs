@@ -4,7 +4,9 @@ use std::collections::HashSet;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use portico_tests::{both, start_on_free_port, Bin, StartOptions, UdpEcho};
+use portico_tests::{
+    both, config_head, mapped_service, start_on_free_port, Bin, StartOptions, UdpEcho,
+};
 
 both!(
     udp_datagrams_round_trip,
@@ -18,22 +20,9 @@ fn udp_config(port: u16, destination: SocketAddr) -> String {
 
 fn udp_config_with(port: u16, destination: SocketAddr, limits: &str) -> String {
     format!(
-        r#"[network]
-internal = ["127.0.0.1"]
-
-[limits]
-{limits}
-
-[log]
-access = "stderr"
-
-[[service]]
-name = "dns"
-kind = "mapped"
-protocol = "udp"
-listen = ["127.0.0.1:{port}"]
-destination = "{destination}"
-"#
+        "{}{}",
+        config_head(limits, ""),
+        mapped_service("dns", port, destination, "protocol = \"udp\"")
     )
 }
 

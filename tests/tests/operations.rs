@@ -12,15 +12,17 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use portico_tests::json::{parse_json, parse_json_prefix, Json};
 use portico_tests::logline::{parse_text_line, AccessLine};
 use portico_tests::{
-    both, connect, connect_from, echo_check, free_port, local, mapped_config, pattern, poll_until,
-    read_outcome, run_cli, send_stream, spawn_bounded, start_on_free_port, Behaviour, Bin, Digest,
-    Portico, StartOptions, TempDir, TestServer, CLIENT_SEED, IO_TIMEOUT,
+    both, config_head, connect, connect_from, echo_check, free_port, local, mapped_config,
+    mapped_service, pattern, poll_until, read_outcome, recv_exact, require, run_on_config,
+    send_stream, service, spawn_bounded, start_on_free_port, start_on_free_ports, Behaviour, Bin,
+    Portico, StartOptions, TempDir, TestServer, ALICE, CLIENT_SEED, IO_TIMEOUT, PROMPTLY,
 };
 
 both!(
@@ -40,15 +42,15 @@ both!(
     send_proxy_protocol_v2,
 );
 
-/// How long to wait for something that should happen "at once".
-const PROMPTLY: Duration = Duration::from_secs(10);
 /// The longest one Chromium run may take before it is killed.
 const CHROMIUM_LIMIT: Duration = Duration::from_secs(30);
 /// How often a bounded poll looks again.
 const EVERY: Duration = Duration::from_millis(20);
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-const HAPROXY: &str = "/usr/sbin/haproxy";
+/// Headless Chromium (Debian package chromium, /usr/bin/chromium).
+fn chromium() -> PathBuf {
+    require("chromium", "chromium")
+}
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("a literal IP address")
@@ -64,42 +66,11 @@ fn me(s: &TcpStream) -> SocketAddr {
 /// `[network]`, `[limits]` and `[log]` for 127.0.0.1 with the access log on
 /// stderr and a 5-minute idle timeout.
 fn head(limits: &str) -> String {
-    format!(
-        r#"[network]
-internal = ["127.0.0.1"]
-
-[limits]
-idle_timeout = "5m"
-{limits}
-
-[log]
-access = "stderr"
-"#
-    )
+    config_head(&format!("idle_timeout = \"5m\"\n{limits}"), "")
 }
 
 fn status_service(port: u16) -> String {
-    format!(
-        r#"
-[[service]]
-name = "st"
-kind = "status"
-listen = ["127.0.0.1:{port}"]
-"#
-    )
-}
-
-fn mapped_service(name: &str, port: u16, destination: SocketAddr, extra: &str) -> String {
-    format!(
-        r#"
-[[service]]
-name = "{name}"
-kind = "mapped"
-listen = ["127.0.0.1:{port}"]
-destination = "{destination}"
-{extra}
-"#
-    )
+    service("st", "status", port, "")
 }
 
 /// Starts `bin` on `config(ports)` for `n` fresh ports, trying other ports
@@ -110,19 +81,11 @@ fn start_ports(
     args: &[&str],
     config: impl Fn(&[u16]) -> String,
 ) -> (Portico, Vec<u16>) {
-    let mut tries = 0;
-    loop {
-        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let opts = StartOptions {
-            args,
-            ..StartOptions::default()
-        };
-        match Portico::try_start_with(bin, &config(&ports), opts) {
-            Ok(p) => return (p, ports),
-            Err(e) if e.is_listen_failure() && tries < 3 => tries += 1,
-            Err(e) => panic!("{}", e.message),
-        }
-    }
+    let opts = StartOptions {
+        args,
+        ..StartOptions::default()
+    };
+    start_on_free_ports(bin, n, opts, config)
 }
 
 /// A status service on `ports[0]` and a mapped service `map` on `ports[1]`
@@ -142,17 +105,7 @@ fn start_status_and_map(bin: Bin, destination: SocketAddr, limits: &str) -> (Por
 /// The access-log line of `service` for the connection from `client`,
 /// waiting at most [`PROMPTLY`].
 fn access_of(p: &Portico, service: &str, client: SocketAddr) -> AccessLine {
-    let needle = format!(" {service} {client} ");
-    let line = p
-        .wait_for_stderr(|l| l.contains(&needle), PROMPTLY)
-        .unwrap_or_else(|| {
-            panic!(
-                "{}: no access-log line containing {needle:?} within {PROMPTLY:?}; stderr:\n{}",
-                p.bin(),
-                p.stderr_text()
-            )
-        });
-    parse_text_line(&line).unwrap_or_else(|e| panic!("{}: {e}", p.bin()))
+    p.access_of(service, client, PROMPTLY)
 }
 
 /// Closes our side of an echo tunnel and reads what is left to EOF.
@@ -176,45 +129,50 @@ fn reloads_seen(p: &Portico) -> usize {
         .count()
 }
 
+/// Polls `done` every [`EVERY`] for at most [`PROMPTLY`]; if it never
+/// holds, fails the test with `failure` (then stderr).
+fn eventually(p: &Portico, mut done: impl FnMut() -> bool, failure: impl FnOnce() -> String) {
+    if poll_until(PROMPTLY, EVERY, || done().then_some(())).is_none() {
+        panic!("{}: {}\nstderr:\n{}", p.bin(), failure(), p.stderr_text());
+    }
+}
+
 /// Writes `config` over the proxy's file, sends SIGHUP and waits until it
 /// logs `configuration reloaded`.
 fn reload(p: &Portico, config: &str) {
     let before = reloads_seen(p);
     std::fs::write(p.config_path(), config).expect("rewrite the configuration");
     p.signal(libc::SIGHUP);
-    let done = poll_until(PROMPTLY, EVERY, || (reloads_seen(p) > before).then_some(()));
-    assert!(
-        done.is_some(),
-        "{}: no `configuration reloaded` line within {PROMPTLY:?} of SIGHUP\nconfig:\n{config}\nstderr:\n{}",
-        p.bin(),
-        p.stderr_text()
+    eventually(
+        p,
+        || reloads_seen(p) > before,
+        || {
+            format!(
+                "no `configuration reloaded` line within {PROMPTLY:?} of SIGHUP\nconfig:\n{config}"
+            )
+        },
     );
 }
 
 /// Waits until a fresh connection to `port` echoes.
 fn wait_serving(p: &Portico, port: u16, what: &str) {
-    let served = poll_until(PROMPTLY, EVERY, || {
-        let mut n = connect(local(port)).ok()?;
-        echo_check(&mut n, b"serving?").ok()
-    });
-    assert!(
-        served.is_some(),
-        "{}: {what}: port {port} does not serve within {PROMPTLY:?}\nstderr:\n{}",
-        p.bin(),
-        p.stderr_text()
+    eventually(
+        p,
+        || {
+            connect(local(port))
+                .ok()
+                .is_some_and(|mut n| echo_check(&mut n, b"serving?").is_ok())
+        },
+        || format!("{what}: port {port} does not serve within {PROMPTLY:?}"),
     );
 }
 
 /// Waits until nothing listens on `port` any more.
 fn wait_closed(p: &Portico, port: u16, what: &str) {
-    let closed = poll_until(PROMPTLY, EVERY, || {
-        connect(local(port)).is_err().then_some(())
-    });
-    assert!(
-        closed.is_some(),
-        "{}: {what}: port {port} still accepts {PROMPTLY:?} after the reload\nstderr:\n{}",
-        p.bin(),
-        p.stderr_text()
+    eventually(
+        p,
+        || connect(local(port)).is_err(),
+        || format!("{what}: port {port} still accepts {PROMPTLY:?} after the reload"),
     );
 }
 
@@ -302,249 +260,6 @@ fn get_ok(bin: Bin, addr: SocketAddr, path: &str) -> Reply {
     let r = get(addr, path).unwrap_or_else(|e| panic!("{bin}: GET {path}: {e}"));
     assert_eq!(r.status, 200, "{bin}: GET {path}: {r:?}");
     r
-}
-
-// ---------------------------------------------------------------------------
-// JSON, strictly (RFC 8259), for /connections and the page's inline data.
-
-#[derive(Clone, Debug, PartialEq)]
-enum Json {
-    Null,
-    Bool(bool),
-    /// The number as written.
-    Num(String),
-    Str(String),
-    Arr(Vec<Json>),
-    Obj(Vec<(String, Json)>),
-}
-
-impl Json {
-    fn get(&self, key: &str) -> Option<&Json> {
-        match self {
-            Json::Obj(kv) => kv.iter().find(|(k, _)| k == key).map(|(_, v)| v),
-            _ => None,
-        }
-    }
-
-    fn str_of(&self, key: &str) -> Option<&str> {
-        match self.get(key)? {
-            Json::Str(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    fn u64_of(&self, key: &str) -> Option<u64> {
-        match self.get(key)? {
-            Json::Num(n) => n.parse().ok(),
-            _ => None,
-        }
-    }
-}
-
-struct JsonParser<'a> {
-    s: &'a [u8],
-    i: usize,
-}
-
-/// Parses a whole JSON text (whitespace around it allowed).
-fn parse_json(text: &str) -> Result<Json, String> {
-    let (v, end) = parse_json_prefix(text)?;
-    if text[end..].trim().is_empty() {
-        Ok(v)
-    } else {
-        Err(format!("trailing bytes at {end} in {text:?}"))
-    }
-}
-
-/// Parses one JSON value at the start of `text`; returns it and where it
-/// ends.
-fn parse_json_prefix(text: &str) -> Result<(Json, usize), String> {
-    let mut p = JsonParser {
-        s: text.as_bytes(),
-        i: 0,
-    };
-    p.ws();
-    let v = p.value(0).map_err(|e| format!("{e} at byte {}", p.i))?;
-    Ok((v, p.i))
-}
-
-impl JsonParser<'_> {
-    fn ws(&mut self) {
-        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-            self.i += 1;
-        }
-    }
-
-    fn peek(&self) -> Option<u8> {
-        self.s.get(self.i).copied()
-    }
-
-    fn eat(&mut self, c: u8) -> bool {
-        if self.peek() == Some(c) {
-            self.i += 1;
-            true
-        } else {
-            false
-        }
-    }
-
-    fn value(&mut self, depth: usize) -> Result<Json, String> {
-        if depth > 64 {
-            return Err("nested too deep".into());
-        }
-        match self.peek() {
-            Some(b'{') => {
-                self.i += 1;
-                let mut kv = Vec::new();
-                self.ws();
-                if self.eat(b'}') {
-                    return Ok(Json::Obj(kv));
-                }
-                loop {
-                    self.ws();
-                    let k = self.string()?;
-                    self.ws();
-                    if !self.eat(b':') {
-                        return Err("expected ':'".into());
-                    }
-                    self.ws();
-                    let v = self.value(depth + 1)?;
-                    kv.push((k, v));
-                    self.ws();
-                    if self.eat(b'}') {
-                        return Ok(Json::Obj(kv));
-                    }
-                    if !self.eat(b',') {
-                        return Err("expected ',' or '}'".into());
-                    }
-                }
-            }
-            Some(b'[') => {
-                self.i += 1;
-                let mut items = Vec::new();
-                self.ws();
-                if self.eat(b']') {
-                    return Ok(Json::Arr(items));
-                }
-                loop {
-                    self.ws();
-                    items.push(self.value(depth + 1)?);
-                    self.ws();
-                    if self.eat(b']') {
-                        return Ok(Json::Arr(items));
-                    }
-                    if !self.eat(b',') {
-                        return Err("expected ',' or ']'".into());
-                    }
-                }
-            }
-            Some(b'"') => Ok(Json::Str(self.string()?)),
-            Some(b'n') => self.word("null", Json::Null),
-            Some(b't') => self.word("true", Json::Bool(true)),
-            Some(b'f') => self.word("false", Json::Bool(false)),
-            Some(b'-' | b'0'..=b'9') => self.number(),
-            _ => Err("expected a JSON value".into()),
-        }
-    }
-
-    fn word(&mut self, w: &str, v: Json) -> Result<Json, String> {
-        if self.s[self.i..].starts_with(w.as_bytes()) {
-            self.i += w.len();
-            Ok(v)
-        } else {
-            Err(format!("expected {w}"))
-        }
-    }
-
-    fn digits(&mut self) -> usize {
-        let start = self.i;
-        while self.peek().is_some_and(|c| c.is_ascii_digit()) {
-            self.i += 1;
-        }
-        self.i - start
-    }
-
-    fn number(&mut self) -> Result<Json, String> {
-        let start = self.i;
-        self.eat(b'-');
-        if self.eat(b'0') {
-            if self.peek().is_some_and(|c| c.is_ascii_digit()) {
-                return Err("leading zero in a number".into());
-            }
-        } else if self.digits() == 0 {
-            return Err("a number needs digits".into());
-        }
-        if self.eat(b'.') && self.digits() == 0 {
-            return Err("a fraction needs digits".into());
-        }
-        if self.eat(b'e') || self.eat(b'E') {
-            if !self.eat(b'+') {
-                self.eat(b'-');
-            }
-            if self.digits() == 0 {
-                return Err("an exponent needs digits".into());
-            }
-        }
-        let n = std::str::from_utf8(&self.s[start..self.i]).map_err(|e| e.to_string())?;
-        Ok(Json::Num(n.to_string()))
-    }
-
-    fn hex4(&mut self) -> Result<u32, String> {
-        let h = self.s.get(self.i..self.i + 4).ok_or("short \\u escape")?;
-        let h = std::str::from_utf8(h).map_err(|e| e.to_string())?;
-        let v = u32::from_str_radix(h, 16).map_err(|_| format!("bad \\u escape {h:?}"))?;
-        self.i += 4;
-        Ok(v)
-    }
-
-    fn string(&mut self) -> Result<String, String> {
-        if !self.eat(b'"') {
-            return Err("expected a string".into());
-        }
-        let mut out: Vec<u8> = Vec::new();
-        loop {
-            let c = self.peek().ok_or("unterminated string")?;
-            self.i += 1;
-            match c {
-                b'"' => return String::from_utf8(out).map_err(|e| e.to_string()),
-                b'\\' => {
-                    let e = self.peek().ok_or("unterminated escape")?;
-                    self.i += 1;
-                    let ch = match e {
-                        b'"' => '"',
-                        b'\\' => '\\',
-                        b'/' => '/',
-                        b'b' => '\u{8}',
-                        b'f' => '\u{c}',
-                        b'n' => '\n',
-                        b'r' => '\r',
-                        b't' => '\t',
-                        b'u' => {
-                            let hi = self.hex4()?;
-                            let cp = if (0xd800..0xdc00).contains(&hi) {
-                                if !(self.eat(b'\\') && self.eat(b'u')) {
-                                    return Err("lone high surrogate".into());
-                                }
-                                let lo = self.hex4()?;
-                                if !(0xdc00..0xe000).contains(&lo) {
-                                    return Err("bad low surrogate".into());
-                                }
-                                0x10000 + ((hi - 0xd800) << 10) + (lo - 0xdc00)
-                            } else {
-                                hi
-                            };
-                            char::from_u32(cp).ok_or("lone low surrogate")?
-                        }
-                        _ => return Err("bad escape".into()),
-                    };
-                    let mut b = [0u8; 4];
-                    out.extend_from_slice(ch.encode_utf8(&mut b).as_bytes());
-                }
-                c if c < 0x20 => return Err("control byte in a string".into()),
-                c => out.push(c),
-            }
-        }
-    }
 }
 
 /// `GET /connections`: a JSON array of objects, each with the fields of
@@ -736,6 +451,22 @@ fn metric(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<u64
         .and_then(|s| s.value.parse().ok())
 }
 
+/// A sample expected in /metrics: its name, its labels and its value.
+type Expected<'a> = (&'a str, &'a [(&'a str, &'a str)], u64);
+
+/// Checks samples: each `(name, labels, value)` must be there with that
+/// value; `when` says at what point.
+fn expect_metrics(bin: Bin, samples: &[Sample], when: &str, want: &[Expected]) {
+    for (name, labels, value) in want {
+        assert_eq!(
+            metric(samples, name, labels),
+            Some(*value),
+            "{bin}: {when}: {name} {labels:?}:\n{}",
+            metrics_text(samples)
+        );
+    }
+}
+
 fn metrics_text(samples: &[Sample]) -> String {
     samples
         .iter()
@@ -750,11 +481,7 @@ fn metrics_text(samples: &[Sample]) -> String {
 /// Loads `url` in headless Chromium, lets the page's scripts run for three
 /// seconds of virtual time, and returns the DOM it ended with.
 fn dump_dom(url: &str) -> String {
-    assert!(
-        Path::new(CHROMIUM).is_file(),
-        "{CHROMIUM} is missing: the status-page case needs headless Chromium, \
-         Debian's package `chromium` (apt-get install -y chromium)"
-    );
+    let chromium = chromium();
     use std::os::unix::process::CommandExt;
     let dir = TempDir::new();
     let out_path = dir.path().join("dom.html");
@@ -762,7 +489,7 @@ fn dump_dom(url: &str) -> String {
     let profile = dir.path().join("profile");
     let out = File::create(&out_path).expect("create the DOM file");
     let err = File::create(&err_path).expect("create the chromium stderr file");
-    let mut child = Command::new(CHROMIUM)
+    let mut child = Command::new(&chromium)
         .args([
             "--headless",
             "--no-sandbox",
@@ -780,7 +507,7 @@ fn dump_dom(url: &str) -> String {
         .stderr(err)
         .process_group(0)
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {CHROMIUM}: {e}"));
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", chromium.display()));
     let pgid = child.id() as libc::pid_t;
     let kill_group = || {
         // SAFETY: kill(2) on the process group of the child we started.
@@ -879,11 +606,7 @@ fn inline_connections(dom: &str) -> Vec<Json> {
 /// loaded after the tunnel closed no longer does.
 fn status_page_in_chromium(bin: Bin) {
     // Fail first, and clearly, where the browser is missing.
-    assert!(
-        Path::new(CHROMIUM).is_file(),
-        "{CHROMIUM} is missing: this case needs Debian's package `chromium` \
-         (apt-get install -y chromium)"
-    );
+    chromium();
     let server = TestServer::start(Behaviour::Echo);
     let (p, sport, mport) = start_status_and_map(bin, server.addr(), "");
     let status = local(sport);
@@ -1004,16 +727,17 @@ fn status_metrics_and_connections(bin: Bin) {
             r.body
         );
     }
-    let m = metrics(bin, status);
-    assert_eq!(
-        metric(&m, "portico_connections_total", &svc),
-        Some(0),
-        "{bin}: before any traffic:\n{}",
-        metrics_text(&m)
+    expect_metrics(
+        bin,
+        &metrics(bin, status),
+        "before any traffic",
+        &[
+            ("portico_connections_total", &svc, 0),
+            ("portico_connections_active", &svc, 0),
+            ("portico_bytes_total", &up, 0),
+            ("portico_bytes_total", &down, 0),
+        ],
     );
-    assert_eq!(metric(&m, "portico_connections_active", &svc), Some(0));
-    assert_eq!(metric(&m, "portico_bytes_total", &up), Some(0));
-    assert_eq!(metric(&m, "portico_bytes_total", &down), Some(0));
 
     // One tunnel, open.
     let n1 = 100_000u64;
@@ -1042,21 +766,17 @@ fn status_metrics_and_connections(bin: Bin) {
         "{bin}: destination of {seen:?}"
     );
     assert_eq!(seen.get("user"), Some(&Json::Null), "{bin}: {seen:?}");
-    let m = metrics(bin, status);
-    assert_eq!(
-        metric(&m, "portico_connections_active", &svc),
-        Some(1),
-        "{bin}: with one tunnel open:\n{}",
-        metrics_text(&m)
+    expect_metrics(
+        bin,
+        &metrics(bin, status),
+        "with one tunnel open",
+        &[
+            ("portico_connections_active", &svc, 1),
+            ("portico_connections_total", &svc, 1),
+            ("portico_bytes_total", &up, n1),
+            ("portico_bytes_total", &down, n1),
+        ],
     );
-    assert_eq!(metric(&m, "portico_connections_total", &svc), Some(1));
-    assert_eq!(
-        metric(&m, "portico_bytes_total", &up),
-        Some(n1),
-        "{bin}: bytes up of the open tunnel:\n{}",
-        metrics_text(&m)
-    );
-    assert_eq!(metric(&m, "portico_bytes_total", &down), Some(n1));
     finish_echo(bin, &mut a);
     drop(a);
     let l = access_of(&p, "map", client);
@@ -1081,20 +801,15 @@ fn status_metrics_and_connections(bin: Bin) {
         panic!("{bin}: connections_active of map is not back to 0 after both closed:\n{last}")
     });
     let text = metrics_text(&settled);
-    assert_eq!(
-        metric(&settled, "portico_connections_total", &svc),
-        Some(2),
-        "{bin}: two connections:\n{text}"
-    );
-    assert_eq!(
-        metric(&settled, "portico_bytes_total", &up),
-        Some(n1 + n2),
-        "{bin}: bytes up after both tunnels:\n{text}"
-    );
-    assert_eq!(
-        metric(&settled, "portico_bytes_total", &down),
-        Some(n1 + n2),
-        "{bin}: bytes down after both tunnels:\n{text}"
+    expect_metrics(
+        bin,
+        &settled,
+        "after both tunnels (two connections)",
+        &[
+            ("portico_connections_total", &svc, 2),
+            ("portico_bytes_total", &up, n1 + n2),
+            ("portico_bytes_total", &down, n1 + n2),
+        ],
     );
     assert_eq!(
         metric(
@@ -1165,17 +880,24 @@ fn status_metrics_count_limit_refusals(bin: Bin) {
     );
 }
 
+/// Reads the two bytes of a SOCKS5 reply, which must be `want` (`what`
+/// names the reply).
+fn read_pair(s: &mut TcpStream, want: [u8; 2], what: &str) -> io::Result<()> {
+    let mut m = [0u8; 2];
+    s.read_exact(&mut m)?;
+    if m != want {
+        return Err(io::Error::new(
+            ErrorKind::InvalidData,
+            format!("{what} {m:02x?}, want {:02x} {:02x}", want[0], want[1]),
+        ));
+    }
+    Ok(())
+}
+
 /// SOCKS5 CONNECT to `dest` without authentication; returns the reply code.
 fn socks5_connect(s: &mut TcpStream, dest: SocketAddr) -> io::Result<u8> {
     s.write_all(&[5, 1, 0])?;
-    let mut m = [0u8; 2];
-    s.read_exact(&mut m)?;
-    if m != [5, 0] {
-        return Err(io::Error::new(
-            ErrorKind::InvalidData,
-            format!("method reply {m:02x?}, want 05 00"),
-        ));
-    }
+    read_pair(s, [5, 0], "method reply")?;
     socks5_request(s, dest)
 }
 
@@ -1187,26 +909,13 @@ fn socks5_connect_user(
     pass: &str,
 ) -> io::Result<u8> {
     s.write_all(&[5, 1, 2])?;
-    let mut m = [0u8; 2];
-    s.read_exact(&mut m)?;
-    if m != [5, 2] {
-        return Err(io::Error::new(
-            ErrorKind::InvalidData,
-            format!("method reply {m:02x?}, want 05 02"),
-        ));
-    }
+    read_pair(s, [5, 2], "method reply")?;
     let mut auth = vec![1, user.len() as u8];
     auth.extend_from_slice(user.as_bytes());
     auth.push(pass.len() as u8);
     auth.extend_from_slice(pass.as_bytes());
     s.write_all(&auth)?;
-    s.read_exact(&mut m)?;
-    if m != [1, 0] {
-        return Err(io::Error::new(
-            ErrorKind::InvalidData,
-            format!("auth reply {m:02x?}, want 01 00"),
-        ));
-    }
+    read_pair(s, [1, 0], "auth reply")?;
     socks5_request(s, dest)
 }
 
@@ -1251,20 +960,10 @@ fn status_metrics_count_user_bytes(bin: Bin) {
     let server = TestServer::start(Behaviour::Echo);
     let (p, ports) = start_ports(bin, 2, &[], |ports| {
         format!(
-            r#"{}
-[[user]]
-name = "alice"
-password = "plain:secret"
-{}
-[[service]]
-name = "socks"
-kind = "socks"
-listen = ["127.0.0.1:{}"]
-auth = true
-"#,
+            "{}{ALICE}{}{}",
             head(""),
             status_service(ports[0]),
-            ports[1]
+            service("socks", "socks", ports[1], "auth = true")
         )
     });
     let status = local(ports[0]);
@@ -1386,10 +1085,7 @@ side = "external"
 {open}listen = ["127.0.0.2:{port}"]
 "#
         );
-        let dir = TempDir::new();
-        let path = dir.write("portico.toml", &toml);
-        let path = path.to_str().expect("utf-8 temp path");
-        let out = run_cli(bin, &["--config", path, "--check"], None, PROMPTLY * 2);
+        let (path, out) = run_on_config(bin, &toml, &["--check"], PROMPTLY * 2);
         assert_eq!(
             out.code(),
             Some(2),
@@ -1420,10 +1116,7 @@ side = "external"
         "[network]\ninternal = [\"127.0.0.1\"]\n{}",
         status_service(port)
     );
-    let dir = TempDir::new();
-    let path = dir.write("portico.toml", &toml);
-    let path = path.to_str().expect("utf-8 temp path");
-    let out = run_cli(bin, &["--config", path, "--check"], None, PROMPTLY * 2);
+    let (_, out) = run_on_config(bin, &toml, &["--check"], PROMPTLY * 2);
     assert_eq!(
         out.code(),
         Some(0),
@@ -1438,32 +1131,6 @@ side = "external"
 
 // ---------------------------------------------------------------------------
 // 3 and 4. SIGHUP.
-
-/// Reads exactly `len` bytes; returns their checksum.
-fn recv_exact_digest(r: &mut TcpStream, len: u64) -> io::Result<u64> {
-    let mut d = Digest::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    while d.len() < len {
-        let want = ((len - d.len()) as usize).min(buf.len());
-        match r.read(&mut buf[..want]) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    ErrorKind::UnexpectedEof,
-                    format!("EOF after {} of {len} bytes", d.len()),
-                ))
-            }
-            Ok(n) => d.update(&buf[..n]),
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => {
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("after {} of {len} bytes: {e}", d.len()),
-                ))
-            }
-        }
-    }
-    Ok(d.finish())
-}
 
 /// The configuration of the reload case: `map` on `map_port` and the
 /// services in `others`, plus `extra` (limits, rules).
@@ -1529,7 +1196,7 @@ fn tunnel_survives_three_reloads(bin: Bin) {
         let mut r = t.try_clone().expect("clone the tunnel socket");
         let seed = CLIENT_SEED + n as u64;
         let writer = spawn_bounded(move || send_stream(&mut w, IN_FLIGHT, seed, None));
-        let reader = spawn_bounded(move || recv_exact_digest(&mut r, IN_FLIGHT));
+        let reader = spawn_bounded(move || recv_exact(&mut r, IN_FLIGHT));
 
         reload(&p, config);
         if let Some(port) = opened {
@@ -1685,11 +1352,7 @@ struct HaProxy {
 
 impl HaProxy {
     fn start(backend: SocketAddr, send: &str) -> HaProxy {
-        assert!(
-            Path::new(HAPROXY).is_file(),
-            "{HAPROXY} is missing: this case needs Debian's package `haproxy` \
-             (apt-get install -y haproxy)"
-        );
+        let haproxy = require("haproxy", "haproxy");
         let mut tries = 0;
         loop {
             let port = free_port();
@@ -1706,7 +1369,7 @@ impl HaProxy {
             );
             let log = File::create(dir.path().join("haproxy.log")).expect("create haproxy.log");
             let log2 = log.try_clone().expect("clone the log file");
-            let child = Command::new(HAPROXY)
+            let child = Command::new(&haproxy)
                 .arg("-f")
                 .arg(&cfg)
                 .arg("-db")
@@ -1714,7 +1377,7 @@ impl HaProxy {
                 .stdout(log)
                 .stderr(log2)
                 .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {HAPROXY}: {e}"));
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", haproxy.display()));
             let mut h = HaProxy { child, port, dir };
             let mut exited = None;
             let up = poll_until(PROMPTLY, EVERY, || {
@@ -1772,17 +1435,11 @@ fn listening_on(port: u16) -> bool {
 /// A socks service that takes PROXY headers from 127.0.0.1, with `rules`.
 fn start_socks_behind_balancer(bin: Bin, rules: &str) -> (Portico, SocketAddr) {
     start_on_free_port(bin, StartOptions::default(), |port| {
+        let balanced = "proxy_protocol = true\nproxy_protocol_from = [\"127.0.0.1/32\"]";
         format!(
-            r#"{}
-[[service]]
-name = "socks"
-kind = "socks"
-listen = ["127.0.0.1:{port}"]
-proxy_protocol = true
-proxy_protocol_from = ["127.0.0.1/32"]
-{rules}
-"#,
-            head("")
+            "{}{}{rules}\n",
+            head(""),
+            service("socks", "socks", port, balanced)
         )
     })
 }

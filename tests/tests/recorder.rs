@@ -6,8 +6,8 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use portico_tests::{
-    both, connect, echo_check, free_port, local, run_cli, Behaviour, Bin, Portico, StartOptions,
-    TempDir, TestServer,
+    both, config_head, connect, echo_check, free_port, local, mapped_service, run_cli, service,
+    Behaviour, Bin, Portico, StartOptions, TempDir, TestServer,
 };
 
 both!(recorded_run_replays_to_the_same_actions);
@@ -19,21 +19,10 @@ fn recorded_run_replays_to_the_same_actions(bin: Bin) {
     let trace_arg = trace.to_str().expect("utf-8 temp path").to_string();
     let (map_port, socks_port) = (free_port(), free_port());
     let config = format!(
-        r#"[network]
-internal = ["127.0.0.1"]
-[log]
-access = "stderr"
-[[service]]
-name = "map"
-kind = "mapped"
-listen = ["127.0.0.1:{map_port}"]
-destination = "{}"
-[[service]]
-name = "socks"
-kind = "socks"
-listen = ["127.0.0.1:{socks_port}"]
-"#,
-        server.addr()
+        "{}{}{}",
+        config_head("", ""),
+        mapped_service("map", map_port, server.addr(), ""),
+        service("socks", "socks", socks_port, "")
     );
     let mut p = Portico::start_with(
         bin,

@@ -13,22 +13,22 @@ use std::net::{
     IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream,
 };
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use portico_tests::logline::{parse_text_line, AccessLine};
+use portico_tests::logline::AccessLine;
 use portico_tests::{
-    both, connect, connect_from, digest, echo_check, free_port, listen_overflows, local, pattern,
-    poll_until, read_outcome, recv_all, send_stream, spawn_bounded, Behaviour, Bin, Portico,
-    ReadOutcome, TempDir, TestServer, CLIENT_SEED, IO_TIMEOUT, SERVER_SEED,
+    both, config_head, connect, connect_from, curl_command, digest, echo_check, expect_closed,
+    free_port, listen_overflows, local, pattern, poll_until, read_digest_reply, read_outcome,
+    recv_all, require, run_tool, send_all, send_stream, service, spawn_bounded, start_on_free_port,
+    Acceptor, Behaviour, Bin, LineLog, Portico, ReadOutcome, StartOptions, TempDir, TestServer,
+    ToolOutput, ALICE, CLIENT_SEED, IO_TIMEOUT, PROMPTLY, SERVER_SEED,
 };
 
 const MIB: u64 = 1024 * 1024;
-/// How long to wait for something that should happen "at once".
-const PROMPTLY: Duration = Duration::from_secs(10);
 /// How long one run of curl, ssh or ssh-keygen may take.
 const TOOL_LIMIT: Duration = Duration::from_secs(90);
 /// How long a 20 MB transfer may take (a debug build on a busy machine).
@@ -45,71 +45,32 @@ const STALL_BOUND: Duration = Duration::from_secs(20);
 /// (users, rules) at the end.
 fn socks_config(port: u16, auth: bool, limits: &str, extra: &str) -> String {
     format!(
-        r#"[network]
-internal = ["127.0.0.1"]
-
-[limits]
-{limits}
-
-[log]
-access = "stderr"
-
-[[user]]
-name = "alice"
-password = "plain:secret"
-
-[[service]]
-name = "socks"
-kind = "socks"
-listen = ["127.0.0.1:{port}"]
-auth = {auth}
-
-{extra}
-"#
+        "{}\n{ALICE}{}{extra}\n",
+        config_head(limits, ""),
+        service("socks", "socks", port, &format!("auth = {auth}"))
     )
 }
 
 /// Starts `bin` with [`socks_config`] on a fresh port; returns the proxy and
 /// its address.
 fn start_socks(bin: Bin, auth: bool, limits: &str, extra: &str) -> (Portico, SocketAddr) {
-    let port = free_port();
-    let p = Portico::start(bin, &socks_config(port, auth, limits, extra));
-    (p, local(port))
+    start_on_free_port(bin, StartOptions::default(), |port| {
+        socks_config(port, auth, limits, extra)
+    })
 }
 
 /// The access-log line of the client connection from `client`, waiting at
 /// most [`PROMPTLY`].
 fn access_of(p: &Portico, client: SocketAddr) -> AccessLine {
-    let needle = format!(" socks {client} ");
-    let line = p
-        .wait_for_stderr(|l| l.contains(&needle), PROMPTLY)
-        .unwrap_or_else(|| {
-            panic!(
-                "{}: no access-log line containing {needle:?} within {PROMPTLY:?}; stderr:\n{}",
-                p.bin(),
-                p.stderr_text()
-            )
-        });
-    parse_text_line(&line).unwrap_or_else(|e| panic!("{}: {e}", p.bin()))
+    p.access_of("socks", client, PROMPTLY)
 }
 
 /// The first access-log line of the socks service whose target is `target`
 /// (for clients whose local port we do not know, such as curl).
 fn access_for_target(p: &Portico, target: &str) -> AccessLine {
-    let line = p
-        .wait_for_stderr(
-            |l| parse_text_line(l).is_ok_and(|a| a.service == "socks" && a.target == target),
-            PROMPTLY,
-        )
-        .unwrap_or_else(|| {
-            panic!(
-                "{}: no socks access-log line with target {target:?} within {PROMPTLY:?}; \
-                 stderr:\n{}",
-                p.bin(),
-                p.stderr_text()
-            )
-        });
-    parse_text_line(&line).unwrap_or_else(|e| panic!("{}: {e}", p.bin()))
+    p.expect_access("socks", &format!("target {target:?}"), PROMPTLY, |a| {
+        a.target == target
+    })
 }
 
 fn assert_status(bin: Bin, line: &AccessLine, status: &str, what: &str) {
@@ -148,11 +109,6 @@ fn me(s: &TcpStream) -> SocketAddr {
     s.local_addr().expect("local_addr of a connected socket")
 }
 
-fn send(bin: Bin, s: &mut TcpStream, bytes: &[u8], what: &str) {
-    s.write_all(bytes)
-        .unwrap_or_else(|e| panic!("{bin}: writing {what}: {e}"));
-}
-
 /// Reads exactly `n` bytes (bounded by the socket's read timeout).
 fn read_n(bin: Bin, s: &mut TcpStream, n: usize, what: &str) -> Vec<u8> {
     let mut buf = vec![0u8; n];
@@ -174,13 +130,13 @@ fn read_n(bin: Bin, s: &mut TcpStream, n: usize, what: &str) -> Vec<u8> {
     buf
 }
 
-/// The proxy must close the connection now, sending nothing more.
-fn expect_closed(bin: Bin, s: &mut TcpStream, what: &str) {
-    let outcome = read_outcome(s, PROMPTLY);
-    assert!(
-        outcome.is_closed(),
-        "{bin}: {what}: the proxy must close the connection (sending nothing more); got {outcome:?}"
-    );
+/// The proxy closes `c` now, sending nothing more, and logs it with
+/// `status`; returns the access-log line.
+fn closed_as(bin: Bin, p: &Portico, c: &mut TcpStream, status: &str, what: &str) -> AccessLine {
+    expect_closed(bin, c, what);
+    let l = access_of(p, me(c));
+    assert_status(bin, &l, status, what);
+    l
 }
 
 /// Nothing may come back for a little while (the handshake is incomplete).
@@ -284,7 +240,7 @@ fn read_v5_reply(bin: Bin, s: &mut TcpStream, what: &str) -> V5Reply {
 fn v5_greet(bin: Bin, s: &mut TcpStream, methods: &[u8], what: &str) -> u8 {
     let mut g = vec![5, methods.len() as u8];
     g.extend_from_slice(methods);
-    send(bin, s, &g, what);
+    send_all(bin, s, &g, what);
     let r = read_n(bin, s, 2, what);
     assert_eq!(
         r[0], 5,
@@ -297,7 +253,7 @@ fn v5_greet(bin: Bin, s: &mut TcpStream, methods: &[u8], what: &str) -> u8 {
 fn v5_connect(bin: Bin, s: &mut TcpStream, dest: &Dest, what: &str) -> V5Reply {
     let m = v5_greet(bin, s, &[0], what);
     assert_eq!(m, 0, "{bin}: {what}: auth off must choose no-auth (00)");
-    send(bin, s, &v5_request(1, dest), what);
+    send_all(bin, s, &v5_request(1, dest), what);
     read_v5_reply(bin, s, what)
 }
 
@@ -315,7 +271,7 @@ fn v5_connect_as(
         m, 2,
         "{bin}: {what}: auth on must choose username/password (02)"
     );
-    send(
+    send_all(
         bin,
         s,
         &v5_userpass(user.as_bytes(), password.as_bytes()),
@@ -327,7 +283,7 @@ fn v5_connect_as(
         [1, 0],
         "{bin}: {what}: {user}/{password} must authenticate"
     );
-    send(bin, s, &v5_request(1, dest), what);
+    send_all(bin, s, &v5_request(1, dest), what);
     read_v5_reply(bin, s, what)
 }
 
@@ -346,6 +302,13 @@ fn v4_request(cmd: u8, dest: SocketAddrV4, userid: &[u8], host: Option<&str>) ->
         r.push(0);
     }
     r
+}
+
+/// Sends the SOCKS4 `request` on `s`; returns the reply: (CD,
+/// DSTPORT/DSTIP).
+fn v4_exchange(bin: Bin, s: &mut TcpStream, request: &[u8], what: &str) -> (u8, SocketAddrV4) {
+    send_all(bin, s, request, what);
+    read_v4_reply(bin, s, what)
 }
 
 /// A SOCKS4 reply: (CD, DSTPORT/DSTIP).
@@ -387,47 +350,6 @@ fn dribble(bin: Bin, s: &mut TcpStream, msg: &[u8], what: &str) {
     }
 }
 
-/// Reads to EOF what a `DigestReply { reply_len }` server sends; checks
-/// that it saw exactly `sent`, once.
-fn check_digest_reply(bin: Bin, s: &mut TcpStream, reply_len: u64, sent: &[u8], what: &str) {
-    let mut reply = Vec::new();
-    s.read_to_end(&mut reply).unwrap_or_else(|e| {
-        panic!(
-            "{bin}: {what}: reading the reply to EOF ({} bytes so far): {e}",
-            reply.len()
-        )
-    });
-    assert_eq!(
-        reply.len() as u64,
-        reply_len + 16,
-        "{bin}: {what}: the server's reply and trailer must arrive whole"
-    );
-    let trailer = &reply[reply_len as usize..];
-    let count = u64::from_be_bytes(trailer[..8].try_into().expect("8 bytes"));
-    let sum = u64::from_be_bytes(trailer[8..].try_into().expect("8 bytes"));
-    assert_eq!(
-        count,
-        sent.len() as u64,
-        "{bin}: {what}: payload bytes the destination received (must be exactly once)"
-    );
-    assert_eq!(
-        sum,
-        digest(sent),
-        "{bin}: {what}: the payload the destination received differs from what was sent"
-    );
-}
-
-fn server_report(bin: Bin, server: &TestServer) -> portico_tests::Report {
-    let r = server.next_report(IO_TIMEOUT).unwrap_or_else(|| {
-        panic!("{bin}: the destination saw no connection finish within {IO_TIMEOUT:?}")
-    });
-    assert_eq!(
-        r.error, None,
-        "{bin}: the destination's connection failed: {r:?}"
-    );
-    r
-}
-
 // ---------------------------------------------------------------------------
 // A tiny HTTP/1.1 origin for curl.
 
@@ -438,44 +360,26 @@ const BIG: u64 = 20 * MIB;
 /// of [`SERVER_SEED`]), one request per connection, then closes.
 struct HttpOrigin {
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
     requests: Arc<AtomicU64>,
+    _acceptor: Acceptor,
 }
 
 impl HttpOrigin {
     fn start() -> HttpOrigin {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("origin: bind");
-        let addr = listener.local_addr().expect("origin: local_addr");
-        let stop = Arc::new(AtomicBool::new(false));
         let requests = Arc::new(AtomicU64::new(0));
-        let (st, rq) = (stop.clone(), requests.clone());
-        thread::spawn(move || loop {
-            let accepted = listener.accept();
-            if st.load(Ordering::SeqCst) {
-                return;
-            }
-            let Ok((s, _)) = accepted else { continue };
-            let rq = rq.clone();
-            thread::spawn(move || {
-                let _ = serve_http(s, &rq);
-            });
+        let rq = requests.clone();
+        let acceptor = Acceptor::start(IpAddr::V4(Ipv4Addr::LOCALHOST), "origin", move |s, _| {
+            let _ = serve_http(s, &rq);
         });
         HttpOrigin {
-            addr,
-            stop,
+            addr: acceptor.addr(),
             requests,
+            _acceptor: acceptor,
         }
     }
 
     fn requests(&self) -> u64 {
         self.requests.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for HttpOrigin {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
     }
 }
 
@@ -525,113 +429,11 @@ fn serve_http(mut s: TcpStream, requests: &AtomicU64) -> io::Result<()> {
 // ---------------------------------------------------------------------------
 // External tools, run with a bounded wait.
 
-/// The path of `tool`; fails the test, naming the package, if it is not
-/// installed.
-fn require(tool: &str, package: &str) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    for d in ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin"] {
-        dirs.push(PathBuf::from(d));
-    }
-    for d in dirs {
-        let p = d.join(tool);
-        if let Ok(m) = std::fs::metadata(&p) {
-            use std::os::unix::fs::PermissionsExt;
-            if m.is_file() && m.permissions().mode() & 0o111 != 0 {
-                return p;
-            }
-        }
-    }
-    panic!(
-        "`{tool}` is not installed: this test needs the Debian package `{package}` \
-         (apt-get install -y {package}; .ci/run must install it)"
-    );
-}
-
-struct ToolOutput {
-    status: ExitStatus,
-    stdout: Vec<u8>,
-    stderr: String,
-}
-
-impl ToolOutput {
-    fn text(&self) -> String {
-        format!(
-            "{}\nstdout:\n{}\nstderr:\n{}",
-            self.status,
-            String::from_utf8_lossy(&self.stdout),
-            self.stderr
-        )
-    }
-}
-
-/// Runs `cmd` with no stdin, waiting at most `limit` (then it is killed and
-/// the test fails). Proxy variables of the environment are removed, so that
-/// only the command line decides where curl goes.
-fn run_tool(bin: Bin, mut cmd: Command, limit: Duration) -> ToolOutput {
-    for v in [
-        "http_proxy",
-        "HTTP_PROXY",
-        "https_proxy",
-        "HTTPS_PROXY",
-        "all_proxy",
-        "ALL_PROXY",
-        "no_proxy",
-        "NO_PROXY",
-    ] {
-        cmd.env_remove(v);
-    }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let described = format!("{cmd:?}");
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("{bin}: cannot run {described}: {e}"));
-    let mut out = child.stdout.take().expect("stdout pipe");
-    let mut err = child.stderr.take().expect("stderr pipe");
-    let out_t = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let err_t = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        String::from_utf8_lossy(&v).into_owned()
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break st,
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                let stderr = err_t.join().unwrap_or_default();
-                panic!(
-                    "{bin}: {described} still running after {limit:?}; killed\nstderr:\n{stderr}"
-                );
-            }
-            Err(e) => panic!("{bin}: waiting for {described}: {e}"),
-        }
-    };
-    ToolOutput {
-        status,
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
-    }
-}
-
-/// `curl -q -sS --max-time 60 MODE PROXY [ARGS…] URL`.
+/// `curl -q -sS --max-time 60 MODE PROXY [ARGS…] URL`, with a bounded wait.
 fn curl(bin: Bin, mode: &str, proxy: SocketAddr, args: &[&str], url: &str) -> ToolOutput {
-    let mut cmd = Command::new(require("curl", "curl"));
-    cmd.args(["-q", "-sS", "--max-time", "60", mode])
-        .arg(proxy.to_string())
-        .args(args)
-        .arg(url);
-    run_tool(bin, cmd, TOOL_LIMIT)
+    let mut cmd = curl_command(60);
+    cmd.arg(mode).arg(proxy.to_string()).args(args).arg(url);
+    run_tool(bin, cmd, None, TOOL_LIMIT)
 }
 
 // ---------------------------------------------------------------------------
@@ -780,18 +582,7 @@ fn curl_auth_refused(bin: Bin, args: &[&str], status: &str) {
         "{bin}: no body may arrive; {}",
         out.text()
     );
-    let line = p
-        .wait_for_stderr(
-            |l| parse_text_line(l).is_ok_and(|a| a.service == "socks"),
-            PROMPTLY,
-        )
-        .unwrap_or_else(|| {
-            panic!(
-                "{bin}: no socks access-log line within {PROMPTLY:?}; stderr:\n{}",
-                p.stderr_text()
-            )
-        });
-    let l = parse_text_line(&line).expect("parsed above");
+    let l = p.expect_access("socks", "the refused curl", PROMPTLY, |_| true);
     assert_status(bin, &l, status, &format!("curl --socks5 {args:?}"));
     assert_eq!(l.method, "SOCKS5", "{bin}: method in {l:?}");
     assert_eq!(
@@ -817,13 +608,12 @@ fn socks4_userid_auth(bin: Bin) {
     let (p, addr) = start_socks(bin, true, "", "");
 
     let mut c = dial(bin, addr);
-    send(
+    let (code, _) = v4_exchange(
         bin,
         &mut c,
         &v4_request(1, dest, b"alice:secret", None),
         "SOCKS4 as alice:secret",
     );
-    let (code, _) = read_v4_reply(bin, &mut c, "SOCKS4 as alice:secret");
     assert_eq!(
         code, 0x5A,
         "{bin}: SOCKS4 USERID alice:secret must be granted"
@@ -838,13 +628,12 @@ fn socks4_userid_auth(bin: Bin) {
     assert_eq!(l.method, "SOCKS4", "{bin}: method in {l:?}");
 
     let mut c = dial(bin, addr);
-    send(
+    let (code, _) = v4_exchange(
         bin,
         &mut c,
         &v4_request(1, dest, b"alice:secret", Some("localhost")),
         "SOCKS4a as alice:secret",
     );
-    let (code, _) = read_v4_reply(bin, &mut c, "SOCKS4a as alice:secret");
     assert_eq!(
         code, 0x5A,
         "{bin}: SOCKS4a USERID alice:secret must be granted"
@@ -864,12 +653,9 @@ fn socks4_userid_auth(bin: Bin) {
     ] {
         let what = format!("SOCKS4 USERID {:?}", String::from_utf8_lossy(userid));
         let mut c = dial(bin, addr);
-        send(bin, &mut c, &v4_request(1, dest, userid, None), &what);
-        let (code, _) = read_v4_reply(bin, &mut c, &what);
+        let (code, _) = v4_exchange(bin, &mut c, &v4_request(1, dest, userid, None), &what);
         assert_eq!(code, 0x5B, "{bin}: {what} must be refused (5B)");
-        expect_closed(bin, &mut c, &what);
-        let l = access_of(&p, me(&c));
-        assert_status(bin, &l, "auth-failed", &what);
+        closed_as(bin, &p, &mut c, "auth-failed", &what);
     }
     assert_eq!(
         server.accepted(),
@@ -895,7 +681,7 @@ fn download_20mb_socks5(bin: Bin) {
         .join(TRANSFER_LIMIT)
         .unwrap_or_else(|e| panic!("{bin}: receiving 20 MB: {e}"))
         .unwrap_or_else(|e| panic!("{bin}: receiving 20 MB through SOCKS5: {e}"));
-    let rep = server_report(bin, &server);
+    let rep = server.report_ok(bin);
     assert_eq!(got.0, BIG, "{bin}: bytes that reached the client");
     assert_eq!(
         got.1, rep.sent_digest,
@@ -973,7 +759,7 @@ fn unsupported_command(bin: Bin, cmd: u8, name: &str) {
     let (p, addr) = start_socks(bin, false, "", "");
     let mut c = dial(bin, addr);
     assert_eq!(v5_greet(bin, &mut c, &[0], name), 0);
-    send(
+    send_all(
         bin,
         &mut c,
         &v5_request(cmd, &Dest::Ip(server.addr())),
@@ -981,8 +767,7 @@ fn unsupported_command(bin: Bin, cmd: u8, name: &str) {
     );
     let r = read_v5_reply(bin, &mut c, name);
     assert_eq!(r.code, 0x07, "{bin}: {name} must be answered 07: {r:?}");
-    expect_closed(bin, &mut c, name);
-    assert_status(bin, &access_of(&p, me(&c)), "unsupported", name);
+    closed_as(bin, &p, &mut c, "unsupported", name);
     assert_eq!(
         server.accepted(),
         0,
@@ -1024,8 +809,13 @@ fn reply_connect_timeout(bin: Bin) {
         r.code, 0x06,
         "{bin}: a connect over connect_timeout must be answered 06: {r:?}"
     );
-    expect_closed(bin, &mut c, "after reply 06");
-    assert_status(bin, &access_of(&p, me(&c)), "timeout", "connect timeout");
+    closed_as(
+        bin,
+        &p,
+        &mut c,
+        "timeout",
+        "connect timeout (after reply 06)",
+    );
     server.release();
 }
 
@@ -1037,8 +827,7 @@ fn auth_on_only_noauth_offered(bin: Bin) {
         m, 0xFF,
         "{bin}: with auth on and only no-auth offered the method must be FF"
     );
-    expect_closed(bin, &mut c, "after 05 FF");
-    assert_status(bin, &access_of(&p, me(&c)), "auth-required", "05 FF");
+    closed_as(bin, &p, &mut c, "auth-required", "after 05 FF");
 
     // Offering methods the proxy does not know (GSSAPI 01, private 80) gets
     // FF as well.
@@ -1057,17 +846,14 @@ fn socks4_refused(bin: Bin) {
             if host.is_some() { "a" } else { "" }
         );
         let mut c = dial(bin, addr);
-        send(
+        let (code, _) = v4_exchange(
             bin,
             &mut c,
             &v4_request(1, v4_addr(closed), b"", host),
             &what,
         );
-        let (code, _) = read_v4_reply(bin, &mut c, &what);
         assert_eq!(code, 0x5B, "{bin}: {what} must be answered 5B");
-        expect_closed(bin, &mut c, &what);
-        let l = access_of(&p, me(&c));
-        assert_status(bin, &l, "refused", &what);
+        let l = closed_as(bin, &p, &mut c, "refused", &what);
         assert_eq!(l.method, "SOCKS4", "{bin}: method in {l:?}");
     }
 }
@@ -1087,7 +873,7 @@ fn bound_address_socks5(bin: Bin) {
         echo_check(&mut c, b"where am I").unwrap_or_else(|e| panic!("{bin}: tunnel: {e}"));
         let who = me(&c);
         drop(c);
-        let rep = server_report(bin, &server);
+        let rep = server.report_ok(bin);
         assert_eq!(
             r.bound,
             Some(rep.peer),
@@ -1106,18 +892,17 @@ fn bound_address_socks4(bin: Bin) {
     let server = TestServer::start(Behaviour::Echo);
     let (p, addr) = start_socks(bin, false, "", "");
     let mut c = dial(bin, addr);
-    send(
+    let (code, bound) = v4_exchange(
         bin,
         &mut c,
         &v4_request(1, v4_addr(server.addr()), b"someone", None),
         "SOCKS4",
     );
-    let (code, bound) = read_v4_reply(bin, &mut c, "SOCKS4");
     assert_eq!(code, 0x5A, "{bin}: SOCKS4 CONNECT must be granted");
     echo_check(&mut c, b"socks4").unwrap_or_else(|e| panic!("{bin}: tunnel: {e}"));
     let who = me(&c);
     drop(c);
-    let rep = server_report(bin, &server);
+    let rep = server.report_ok(bin);
     assert_eq!(
         SocketAddr::V4(bound),
         rep.peer,
@@ -1256,13 +1041,13 @@ fn coalesced(
         .unwrap_or_else(|e| panic!("{bin}: one write of the handshake and payload: {e}"));
     if written < all.len() {
         // The kernel took less in one go: send the rest (still one burst).
-        send(bin, &mut c, &all[written..], "the rest");
+        send_all(bin, &mut c, &all[written..], "the rest");
     }
     c.shutdown(Shutdown::Write)
         .unwrap_or_else(|e| panic!("{bin}: shutdown(Write): {e}"));
     check_replies(&mut c);
-    check_digest_reply(bin, &mut c, REPLY_LEN, &payload, "coalesced handshake");
-    let rep = server_report(bin, &server);
+    read_digest_reply(bin, &mut c, REPLY_LEN, &payload, "coalesced handshake");
+    let rep = server.report_ok(bin);
     assert_eq!(
         rep.received,
         payload.len() as u64,
@@ -1330,17 +1115,17 @@ fn stalled_handshake_closes(bin: Bin) {
     let (p, addr) = start_socks(bin, false, "handshake_timeout = \"1s\"", "");
     let mut silent = dial(bin, addr);
     let mut first_byte = dial(bin, addr);
-    send(bin, &mut first_byte, &[5], "a first byte");
+    send_all(bin, &mut first_byte, &[5], "a first byte");
     let mut after_methods = dial(bin, addr);
     assert_eq!(v5_greet(bin, &mut after_methods, &[0], "methods"), 0);
-    send(
+    send_all(
         bin,
         &mut after_methods,
         &[5, 1, 0, 3, 9, b'l'],
         "half a request",
     );
     let mut v4 = dial(bin, addr);
-    send(
+    send_all(
         bin,
         &mut v4,
         &[4, 1, 0, 80, 127, 0, 0, 1, b'u'],
@@ -1408,12 +1193,11 @@ fn bad_first_byte_closes(bin: Bin) {
         let mut c = dial(bin, addr);
         let mut msg = vec![first, 1, 0];
         msg.extend_from_slice(&req);
-        send(bin, &mut c, &msg, &what);
-        expect_closed(bin, &mut c, &what);
-        assert_status(bin, &access_of(&p, me(&c)), "bad-request", &what);
+        send_all(bin, &mut c, &msg, &what);
+        closed_as(bin, &p, &mut c, "bad-request", &what);
     }
     let mut c = dial(bin, addr);
-    send(
+    send_all(
         bin,
         &mut c,
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -1440,19 +1224,18 @@ fn nul_in_username_never_authenticates(bin: Bin) {
         let what = format!("user name {user:?}");
         let mut c = dial(bin, addr);
         assert_eq!(v5_greet(bin, &mut c, &[2], &what), 2);
-        send(bin, &mut c, &v5_userpass(user, b"secret"), &what);
+        send_all(bin, &mut c, &v5_userpass(user, b"secret"), &what);
         let a = read_n(bin, &mut c, 2, &what);
         assert_eq!(a[0], 1, "{bin}: {what}: auth reply version: {a:02x?}");
         assert_ne!(a[1], 0, "{bin}: {what} must not authenticate");
-        expect_closed(bin, &mut c, &what);
-        assert_status(bin, &access_of(&p, me(&c)), "auth-failed", &what);
+        closed_as(bin, &p, &mut c, "auth-failed", &what);
     }
     // SOCKS4 with auth on: `alice\0` ends the USERID, the rest is not a
     // password.
     let mut c = dial(bin, addr);
     let mut req = v4_request(1, v4_addr(server.addr()), b"alice", None);
     req.extend_from_slice(b":secret\0");
-    send(bin, &mut c, &req, "SOCKS4 USERID alice NUL :secret");
+    send_all(bin, &mut c, &req, "SOCKS4 USERID alice NUL :secret");
     let (code, _) = read_v4_reply(bin, &mut c, "SOCKS4 USERID alice NUL :secret");
     assert_eq!(code, 0x5B, "{bin}: SOCKS4 USERID `alice` must be refused");
     // The right credentials still work on the same proxy.
@@ -1503,16 +1286,14 @@ action = "allow"
     let l = v5_expect_code(bin, &p, addr, &Dest::Ip(denied_dest.addr()), 0x02);
     assert_status(bin, &l, "denied", "127.0.0.1 on a denied port");
     let mut c = dial(bin, addr);
-    send(
+    let (code, _) = v4_exchange(
         bin,
         &mut c,
         &v4_request(1, v4_addr(denied_dest.addr()), b"", None),
         "SOCKS4 to a denied port",
     );
-    let (code, _) = read_v4_reply(bin, &mut c, "SOCKS4 to a denied port");
     assert_eq!(code, 0x5B, "{bin}: SOCKS4 denied by a rule");
-    expect_closed(bin, &mut c, "SOCKS4 denied by a rule");
-    assert_status(bin, &access_of(&p, me(&c)), "denied", "SOCKS4 denied");
+    closed_as(bin, &p, &mut c, "denied", "SOCKS4 denied by a rule");
     // A denied client address is answered when it makes its request.
     let mut c = connect_from(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), addr)
         .unwrap_or_else(|e| panic!("{bin}: connect from 127.0.0.2: {e}"));
@@ -1521,8 +1302,7 @@ action = "allow"
         r.code, 0x02,
         "{bin}: a client denied by address gets 02: {r:?}"
     );
-    expect_closed(bin, &mut c, "denied client");
-    assert_status(bin, &access_of(&p, me(&c)), "denied", "denied client");
+    closed_as(bin, &p, &mut c, "denied", "denied client");
     assert_eq!(
         denied_dest.accepted(),
         0,
@@ -1558,18 +1338,19 @@ action = "allow"
     let mut c = dial(bin, addr);
     let r = v5_connect_as(bin, &mut c, "bob", "hunter2", &dest, "bob");
     assert_eq!(r.code, 0x02, "{bin}: bob is denied by a rule: {r:?}");
-    expect_closed(bin, &mut c, "bob denied");
-    let l = access_of(&p, me(&c));
-    assert_status(bin, &l, "denied", "bob");
+    let l = closed_as(bin, &p, &mut c, "denied", "bob denied");
     assert_eq!(l.user, "bob", "{bin}: {l:?}");
     let mut c = dial(bin, addr);
-    send(
-        bin,
-        &mut c,
-        &v4_request(1, v4_addr(server.addr()), b"bob:hunter2", None),
-        "SOCKS4 as bob",
+    assert_eq!(
+        v4_exchange(
+            bin,
+            &mut c,
+            &v4_request(1, v4_addr(server.addr()), b"bob:hunter2", None),
+            "SOCKS4 as bob"
+        )
+        .0,
+        0x5B
     );
-    assert_eq!(read_v4_reply(bin, &mut c, "SOCKS4 as bob").0, 0x5B);
     let mut c = dial(bin, addr);
     let r = v5_connect_as(bin, &mut c, "alice", "secret", &dest, "alice");
     assert_eq!(r.code, 0, "{bin}: alice is allowed: {r:?}");
@@ -1638,13 +1419,12 @@ action = "allow"
         }
     }
     let mut c = dial(bin, addr);
-    send(
+    let (code, _) = v4_exchange(
         bin,
         &mut c,
         &v4_request(1, v4_addr(unspecified4), b"", None),
         "SOCKS4 CONNECT 0.0.0.0",
     );
-    let (code, _) = read_v4_reply(bin, &mut c, "SOCKS4 CONNECT 0.0.0.0");
     if code == 0x5A || v4.reached().is_some() {
         leaks.push(format!(
             "SOCKS4 CONNECT 0.0.0.0: reply {code:02x}, loopback listener reached"
@@ -1673,20 +1453,17 @@ fn max_connections_limit(bin: Bin) {
         r.code, 0x01,
         "{bin}: over max_connections SOCKS5 gets 01 after method negotiation: {r:?}"
     );
-    expect_closed(bin, &mut c, "second SOCKS5 client");
-    assert_status(bin, &access_of(&p, me(&c)), "limit", "second SOCKS5 client");
+    closed_as(bin, &p, &mut c, "limit", "second SOCKS5 client");
 
     let mut c = dial(bin, addr);
-    send(
+    let (code, _) = v4_exchange(
         bin,
         &mut c,
         &v4_request(1, v4_addr(server.addr()), b"", None),
         "a second SOCKS4 client",
     );
-    let (code, _) = read_v4_reply(bin, &mut c, "a second SOCKS4 client");
     assert_eq!(code, 0x5B, "{bin}: over max_connections SOCKS4 gets 5B");
-    expect_closed(bin, &mut c, "second SOCKS4 client");
-    assert_status(bin, &access_of(&p, me(&c)), "limit", "second SOCKS4 client");
+    closed_as(bin, &p, &mut c, "limit", "second SOCKS4 client");
 
     echo_check(&mut first, b"still")
         .unwrap_or_else(|e| panic!("{bin}: the first tunnel after the refusals: {e}"));
@@ -1740,29 +1517,28 @@ fn max_per_client_limit(bin: Bin) {
         r.code, 0x01,
         "{bin}: over max_per_client SOCKS5 gets 01: {r:?}"
     );
-    expect_closed(bin, &mut c, "second SOCKS5 client from 127.0.0.1");
-    assert_status(
+    closed_as(
         bin,
-        &access_of(&p, me(&c)),
+        &p,
+        &mut c,
         "limit",
-        "max_per_client SOCKS5",
+        "max_per_client SOCKS5 (second SOCKS5 client from 127.0.0.1)",
     );
 
     let mut c = connect_from(one, addr).unwrap_or_else(|e| panic!("{bin}: connect: {e}"));
-    send(
+    let (code, _) = v4_exchange(
         bin,
         &mut c,
         &v4_request(1, v4_addr(server.addr()), b"", None),
         "a second SOCKS4 client from 127.0.0.1",
     );
-    let (code, _) = read_v4_reply(bin, &mut c, "a second SOCKS4 client from 127.0.0.1");
     assert_eq!(code, 0x5B, "{bin}: over max_per_client SOCKS4 gets 5B");
-    expect_closed(bin, &mut c, "second SOCKS4 client from 127.0.0.1");
-    assert_status(
+    closed_as(
         bin,
-        &access_of(&p, me(&c)),
+        &p,
+        &mut c,
         "limit",
-        "max_per_client SOCKS4",
+        "max_per_client SOCKS4 (second SOCKS4 client from 127.0.0.1)",
     );
 
     let mut other =
@@ -1798,21 +1574,17 @@ fn bound_address_with_outgoing(bin: Bin) {
     assert_eq!(r.code, 0, "{bin}: CONNECT with outgoing = 127.0.0.2: {r:?}");
     echo_check(&mut c, b"from .2").unwrap_or_else(|e| panic!("{bin}: tunnel: {e}"));
     let mut v4 = dial(bin, addr);
-    send(
+    let (code, bound4) = v4_exchange(
         bin,
         &mut v4,
         &v4_request(1, v4_addr(server.addr()), b"", None),
         "SOCKS4 via 127.0.0.2",
     );
-    let (code, bound4) = read_v4_reply(bin, &mut v4, "SOCKS4 via 127.0.0.2");
     assert_eq!(code, 0x5A, "{bin}: SOCKS4 with outgoing = 127.0.0.2");
     echo_check(&mut v4, b"4 from .2").unwrap_or_else(|e| panic!("{bin}: tunnel: {e}"));
     drop(c);
     drop(v4);
-    let mut peers = vec![
-        server_report(bin, &server).peer,
-        server_report(bin, &server).peer,
-    ];
+    let mut peers = vec![server.report_ok(bin).peer, server.report_ok(bin).peer];
     peers.sort();
     let bound = r.bound.expect("an IPv4 bound address");
     let mut replied = vec![bound, SocketAddr::V4(bound4)];
@@ -1837,16 +1609,14 @@ fn socks4_bind_unsupported(bin: Bin) {
     let server = TestServer::start(Behaviour::Echo);
     let (p, addr) = start_socks(bin, false, "", "");
     let mut c = dial(bin, addr);
-    send(
+    let (code, _) = v4_exchange(
         bin,
         &mut c,
         &v4_request(2, v4_addr(server.addr()), b"", None),
         "SOCKS4 BIND",
     );
-    let (code, _) = read_v4_reply(bin, &mut c, "SOCKS4 BIND");
     assert_eq!(code, 0x5B, "{bin}: SOCKS4 BIND must be refused (5B)");
-    expect_closed(bin, &mut c, "SOCKS4 BIND");
-    assert_status(bin, &access_of(&p, me(&c)), "unsupported", "SOCKS4 BIND");
+    closed_as(bin, &p, &mut c, "unsupported", "SOCKS4 BIND");
     assert_eq!(server.accepted(), 0, "{bin}: BIND must connect nowhere");
 }
 
@@ -1900,7 +1670,7 @@ fn oversized_fields_close(bin: Bin) {
     let (pa, aaddr) = start_socks(bin, true, "", "");
     let mut c = dial(bin, aaddr);
     assert_eq!(v5_greet(bin, &mut c, &[2], "255-byte credentials"), 2);
-    send(
+    send_all(
         bin,
         &mut c,
         &v5_userpass(&[b'a'; 255], &[b'b'; 255]),
@@ -1911,13 +1681,7 @@ fn oversized_fields_close(bin: Bin) {
         1,
         "{bin}: 255-byte credentials of no user must fail"
     );
-    expect_closed(bin, &mut c, "255-byte credentials");
-    assert_status(
-        bin,
-        &access_of(&pa, me(&c)),
-        "auth-failed",
-        "255-byte credentials",
-    );
+    closed_as(bin, &pa, &mut c, "auth-failed", "255-byte credentials");
     still_serving(bin, addr, server.addr(), "after oversized fields");
 }
 
@@ -1959,7 +1723,7 @@ fn coalesced_large_payload_while_connecting(bin: Bin) {
     assert_eq!(read_n(bin, &mut c, 2, "method reply"), [5, 0]);
     let r = read_v5_reply(bin, &mut c, "CONNECT while the destination is slow");
     assert_eq!(r.code, 0, "{bin}: CONNECT: {r:?}");
-    check_digest_reply(bin, &mut c, REPLY_LEN, &payload, "1 MiB coalesced payload");
+    read_digest_reply(bin, &mut c, REPLY_LEN, &payload, "1 MiB coalesced payload");
     writer
         .join(TRANSFER_LIMIT)
         .unwrap_or_else(|e| panic!("{bin}: writer: {e}"))
@@ -1977,7 +1741,7 @@ struct Sshd {
     port: u16,
     dir: TempDir,
     user: String,
-    log: Arc<Mutex<Vec<String>>>,
+    log: Arc<LineLog>,
 }
 
 impl Sshd {
@@ -1989,7 +1753,7 @@ impl Sshd {
             let mut cmd = Command::new(&keygen);
             cmd.args(["-q", "-t", "ed25519", "-N", "", "-f"])
                 .arg(dir.path().join(key));
-            let out = run_tool(bin, cmd, TOOL_LIMIT);
+            let out = run_tool(bin, cmd, None, TOOL_LIMIT);
             assert!(out.status.success(), "{bin}: ssh-keygen: {}", out.text());
         }
         let pubkey = std::fs::read_to_string(dir.path().join("client.pub"))
@@ -2026,21 +1790,7 @@ impl Sshd {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("{bin}: cannot start {}: {e}", sshd.display()));
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        if let Some(err) = child.stderr.take() {
-            let log = log.clone();
-            thread::spawn(move || {
-                use std::io::BufRead;
-                for line in io::BufReader::new(err).lines() {
-                    let Ok(line) = line else { break };
-                    log.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(line.clone());
-                    let _ = tx.send(line);
-                }
-            });
-        }
+        let log = LineLog::start(child.stderr.take());
         let mut me = Sshd {
             child,
             port,
@@ -2049,30 +1799,23 @@ impl Sshd {
             log,
         };
         let ready = format!("Server listening on 127.0.0.1 port {port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if line.contains(&ready) => break,
-                Ok(_) => {}
-                Err(_) => {
-                    let st = me.child.try_wait().ok().flatten();
-                    panic!(
-                        "{bin}: sshd did not report {ready:?} within 20 s (exited: {st:?}); \
-                         its log:\n{}",
-                        me.log_text()
-                    );
-                }
-            }
+        if me
+            .log
+            .wait_for(|l| l.contains(&ready), Duration::from_secs(20))
+            .is_none()
+        {
+            let st = me.child.try_wait().ok().flatten();
+            panic!(
+                "{bin}: sshd did not report {ready:?} within 20 s (exited: {st:?}); \
+                 its log:\n{}",
+                me.log_text()
+            );
         }
         me
     }
 
     fn log_text(&self) -> String {
-        self.log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .join("\n")
+        self.log.text()
     }
 
     fn key(&self) -> PathBuf {
@@ -2112,7 +1855,7 @@ fn ssh_via(bin: Bin, sshd: &Sshd, nc: &Path, proxy: SocketAddr, host: &str) -> T
         .arg(sshd.port.to_string())
         .arg(format!("{}@{host}", sshd.user))
         .args(["echo", "through-portico"]);
-    run_tool(bin, cmd, TOOL_LIMIT)
+    run_tool(bin, cmd, None, TOOL_LIMIT)
 }
 
 fn ssh_through_nc(bin: Bin) {
