@@ -326,7 +326,7 @@ fn idle_connection_times_out_and_holds_no_buffer() {
 
 #[test]
 fn trickle_keeps_a_connection_alive() {
-    seeds("trickle_keeps_alive", SEEDS, |seed| {
+    seeds("trickle_keeps_a_connection_alive", SEEDS, |seed| {
         let mut rng = Rng::new(seed);
         let mut limits = random_limits(&mut rng);
         limits.idle_timeout = rng.duration(ms(50), Duration::from_secs(300));
@@ -366,7 +366,7 @@ fn trickle_keeps_a_connection_alive() {
 
 #[test]
 fn slow_reader_is_bounded_and_does_not_slow_others() {
-    seeds("slow_reader_is_bounded", SEEDS / 2, |seed| {
+    seeds("slow_reader_is_bounded", SEEDS, |seed| {
         let mut rng = Rng::new(seed);
         let limits = random_limits(&mut rng);
         let buffer = limits.buffer;
@@ -435,7 +435,7 @@ fn slow_reader_is_bounded_and_does_not_slow_others() {
 
 #[test]
 fn max_connections_is_enforced_and_slots_free() {
-    seeds("max_connections", SEEDS / 2, |seed| {
+    seeds("max_connections", SEEDS, |seed| {
         let mut rng = Rng::new(seed);
         let mut limits = random_limits(&mut rng);
         let max = rng.range(1, 4);
@@ -485,7 +485,7 @@ fn max_connections_is_enforced_and_slots_free() {
 
 #[test]
 fn max_per_client_is_enforced_and_slots_free() {
-    seeds("max_per_client", SEEDS / 2, |seed| {
+    seeds("max_per_client", SEEDS, |seed| {
         let mut rng = Rng::new(seed);
         let mut limits = random_limits(&mut rng);
         let max = rng.range(1, 3);
@@ -537,7 +537,7 @@ fn max_per_client_is_enforced_and_slots_free() {
 
 #[test]
 fn shutdown_lets_connections_finish_then_closes_the_rest() {
-    seeds("shutdown_grace", SEEDS / 2, |seed| {
+    seeds("shutdown_lets_connections_finish", SEEDS, |seed| {
         let mut rng = Rng::new(seed);
         let mut limits = random_limits(&mut rng);
         limits.shutdown_grace = if rng.chance(1, 4) {

@@ -1227,7 +1227,7 @@ impl Sim {
             p.buffers_in_use()
         );
         assert!(
-            p.timer_entries() <= 2 * (len + 64),
+            p.timer_entries() <= portico_core::fuzzing::timer_bound(len),
             "seed {seed}: {} timer entries for {len} connections",
             p.timer_entries()
         );
