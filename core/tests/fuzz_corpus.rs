@@ -59,3 +59,23 @@ fn event_sequence_corpus() {
 fn config_corpus() {
     replay("config", portico_core::fuzzing::config);
 }
+
+#[test]
+fn protocol_corpus() {
+    replay("protocol", portico_core::fuzzing::protocol);
+}
+
+#[test]
+fn http_request_corpus() {
+    replay("http_request", portico_core::http::fuzz_request);
+}
+
+#[test]
+fn http_response_corpus() {
+    replay("http_response", portico_core::http::fuzz_response);
+}
+
+#[test]
+fn proxy_protocol_corpus() {
+    replay("proxy_protocol", portico_core::proxy_protocol::fuzz);
+}
