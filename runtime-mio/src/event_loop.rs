@@ -20,12 +20,12 @@ use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream, UdpSocket, UnixStream};
 use mio::{Events, Interest, Poll, Token, Waker};
-use portico_core::cli::{self, Plan, EXIT_OK, EXIT_RUNTIME};
+use portico_core::cli::{Plan, EXIT_OK, EXIT_RUNTIME};
 use portico_core::udp::{UdpId, Via};
 use portico_core::{Action, ConnId, Event, IoKind, ListenerId, Recorded, Side};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use crate::output::{Output, TraceFiles, WallClock};
+use crate::output::{Output, Start, TraceFiles, WallClock};
 
 const SIGNAL: Token = Token(usize::MAX);
 const RESOLVED: Token = Token(usize::MAX - 1);
@@ -153,12 +153,6 @@ pub fn run(plan: Plan) -> i32 {
 }
 
 fn run_inner(plan: Plan) -> Result<i32, String> {
-    let out = Output::open(&plan.config).map_err(|e| {
-        format!(
-            "cannot open the access log: {e}; check [log] access in {}",
-            plan.source
-        )
-    })?;
     let poll = Poll::new().map_err(|e| format!("cannot create the event loop: {e}"))?;
     let (sig_rx, sig_tx) = std::os::unix::net::UnixStream::pair()
         .map_err(|e| format!("cannot create the signal pipe: {e}"))?;
@@ -191,25 +185,15 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
     );
     let resolver =
         Resolver::start(waker).map_err(|e| format!("cannot start the resolver threads: {e}"))?;
-    let trace = match &plan.record {
-        Some(p) => Some(
-            TraceFiles::create(p)
-                .map_err(|e| format!("cannot create the trace {}: {e}", p.display()))?,
-        ),
-        None => None,
-    };
-    let mut proxy = Recorded::new(
-        plan.config,
-        &plan.config_text,
-        crate::output::seed(),
-        Instant::now(),
-        trace.is_some(),
-    );
-    proxy.set_log_level(plan.log_level);
+    let Start {
+        mut proxy,
+        out,
+        trace,
+        path: plan_path,
+        recheck: reload_recheck,
+    } = Start::new(plan)?;
     let mut wall = WallClock::new();
     proxy.set_wall(wall.now());
-    let plan_path = plan.path.clone();
-    let reload_recheck = plan.reload_recheck;
     let mut lp = Loop {
         trace,
         udp_listeners: Vec::new(),
@@ -337,24 +321,12 @@ impl Loop {
     /// SIGHUP: read the file again; a bad one leaves everything as it is.
     fn reload(&mut self) {
         let path = self.plan_path.clone();
-        let text = match &path {
-            Some(p) => std::fs::read_to_string(p),
-            None => Ok(String::new()),
-        };
-        match cli::reload(path.as_deref(), text) {
-            Ok((config, text)) => {
-                match Output::open(&config) {
-                    Ok(out) => self.out = out,
-                    Err(e) => Output::log(
-                        portico_core::Level::Error,
-                        &format!("cannot open the new access log: {e}; keeping the old one"),
-                    ),
-                }
-                self.proxy
-                    .reconfigure(config, &text, self.reload_recheck, Instant::now());
-            }
-            Err(msg) => Output::log(portico_core::Level::Error, &msg),
-        }
+        crate::output::reload(
+            path.as_deref(),
+            self.reload_recheck,
+            &mut self.proxy,
+            &mut self.out,
+        );
     }
 
     fn answers(&mut self) {

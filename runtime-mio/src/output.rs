@@ -146,3 +146,75 @@ pub fn seed() -> u64 {
     let _ = File::open("/dev/urandom").and_then(|mut f| io::Read::read_exact(&mut f, &mut b));
     u64::from_le_bytes(b)
 }
+
+/// What both runtimes start from: the table (recording when `--record`),
+/// the access log, and the trace files.
+pub struct Start {
+    pub proxy: portico_core::Recorded,
+    pub out: Output,
+    pub trace: Option<TraceFiles>,
+    /// The file SIGHUP reads again, and `--reload-recheck`.
+    pub path: Option<std::path::PathBuf>,
+    pub recheck: bool,
+}
+
+impl Start {
+    pub fn new(plan: portico_core::cli::Plan) -> Result<Start, String> {
+        let out = Output::open(&plan.config).map_err(|e| {
+            format!(
+                "cannot open the access log: {e}; check [log] access in {}",
+                plan.source
+            )
+        })?;
+        let trace = match &plan.record {
+            Some(p) => Some(
+                TraceFiles::create(p)
+                    .map_err(|e| format!("cannot create the trace {}: {e}", p.display()))?,
+            ),
+            None => None,
+        };
+        let mut proxy = portico_core::Recorded::new(
+            plan.config,
+            &plan.config_text,
+            seed(),
+            std::time::Instant::now(),
+            trace.is_some(),
+        );
+        proxy.set_log_level(plan.log_level);
+        Ok(Start {
+            proxy,
+            out,
+            trace,
+            path: plan.path,
+            recheck: plan.reload_recheck,
+        })
+    }
+}
+
+/// SIGHUP: reads the configuration again and applies it to `proxy`,
+/// switching `out` to the new access log. A file that does not load is
+/// logged and changes nothing.
+pub fn reload(
+    path: Option<&std::path::Path>,
+    recheck: bool,
+    proxy: &mut portico_core::Recorded,
+    out: &mut Output,
+) {
+    let text = match path {
+        Some(p) => std::fs::read_to_string(p),
+        None => Ok(String::new()),
+    };
+    match portico_core::cli::reload(path, text) {
+        Ok((config, text)) => {
+            match Output::open(&config) {
+                Ok(o) => *out = o,
+                Err(e) => Output::log(
+                    Level::Error,
+                    &format!("cannot open the new access log: {e}; keeping the old one"),
+                ),
+            }
+            proxy.reconfigure(config, &text, recheck, std::time::Instant::now());
+        }
+        Err(msg) => Output::log(Level::Error, &msg),
+    }
+}

@@ -16,12 +16,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use polling::{Event as PEvent, Events, Poller};
-use portico_core::cli::{self, Plan, EXIT_OK, EXIT_RUNTIME};
+use portico_core::cli::{Plan, EXIT_OK, EXIT_RUNTIME};
 use portico_core::udp::{UdpId, Via};
 use portico_core::{Action, ConnId, Event, IoKind, Level, ListenerId, Recorded, Side};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use crate::output::{Output, TraceFiles, WallClock};
+use crate::output::{Output, Start, TraceFiles, WallClock};
 
 /// Accepts one listener may do before the others get a turn.
 const ACCEPTS_PER_TURN: usize = 64;
@@ -235,29 +235,13 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
         signal_hook::consts::SIGHUP,
     ])
     .map_err(|e| format!("cannot set up signals: {e}"))?;
-    let out = Output::open(&plan.config).map_err(|e| {
-        format!(
-            "cannot open the access log: {e}; check [log] access in {}",
-            plan.source
-        )
-    })?;
-    let plan_path = plan.path.clone();
-    let plan_recheck = plan.reload_recheck;
-    let trace = match &plan.record {
-        Some(p) => Some(
-            TraceFiles::create(p)
-                .map_err(|e| format!("cannot create the trace {}: {e}", p.display()))?,
-        ),
-        None => None,
-    };
-    let mut proxy = Recorded::new(
-        plan.config,
-        &plan.config_text,
-        crate::output::seed(),
-        Instant::now(),
-        trace.is_some(),
-    );
-    proxy.set_log_level(plan.log_level);
+    let Start {
+        mut proxy,
+        out,
+        trace,
+        path: plan_path,
+        recheck: plan_recheck,
+    } = Start::new(plan)?;
 
     // Open the listeners before any thread runs: a failure here is fatal.
     let mut listeners: Vec<Option<TcpListener>> = Vec::new();
@@ -339,27 +323,15 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
             .spawn(move || {
                 for sig in signals.forever() {
                     if sig == signal_hook::consts::SIGHUP {
-                        let text = match &path {
-                            Some(p) => std::fs::read_to_string(p),
-                            None => Ok(String::new()),
-                        };
-                        match cli::reload(path.as_deref(), text) {
-                            Ok((config, text)) => {
-                                let out = Output::open(&config);
-                                let mut core = lock(&shared);
-                                match out {
-                                    Ok(out) => core.out = out,
-                                    Err(e) => Output::log(
-                                        Level::Error,
-                                        &format!("cannot open the new access log: {e}; keeping the old one"),
-                                    ),
-                                }
-                                core.proxy
-                                    .reconfigure(config, &text, recheck, Instant::now());
-                                core.drain(&shared, None, &mut Vec::new());
-                            }
-                            Err(msg) => Output::log(Level::Error, &msg),
-                        }
+                        let mut guard = lock(&shared);
+                        let core = &mut *guard;
+                        crate::output::reload(
+                            path.as_deref(),
+                            recheck,
+                            &mut core.proxy,
+                            &mut core.out,
+                        );
+                        core.drain(&shared, None, &mut Vec::new());
                         continue;
                     }
                     let mut core = lock(&shared);
