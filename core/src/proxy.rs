@@ -41,7 +41,7 @@ use crate::proto::http::Todo as HttpTodo;
 use crate::proto::{After, ControlCtx, ControlTodo, Ctx, Failure, Step, Target, UpStep};
 use crate::rate::{Bucket, Key as RateKey};
 use crate::rules::{self, Query, Verdict, Wall};
-use crate::session::{side_index, Dir, Session, State};
+use crate::session::{side_index, Session, State};
 use crate::status::{self, ConnRow, ServiceCounters, ServiceRow, Snapshot};
 use crate::timer::Timers;
 use crate::udp::{UdpId, UdpTable, UdpTodo, Via};
@@ -425,51 +425,20 @@ impl Proxy {
                 Err(why) => return Err(self.refuse_plain(service, peer, why)),
             }
         };
-        let idx = self.sessions.vacant_key();
-        if self.gens.len() <= idx {
-            self.gens.resize(idx + 1, 0);
-        }
-        self.gens[idx] = self.gens[idx].wrapping_add(1);
-        let gen = self.gens[idx];
         let svc = &self.services[service];
         let method = hs.as_ref().map_or(method_of(kind), |h| h.method());
-        let session = Session {
-            gen,
-            service,
-            listener,
-            client: peer,
-            local,
-            state: if trusted {
-                State::ProxyHeader
-            } else if hs.is_some() || is_http || is_status {
-                State::Handshake
-            } else {
-                State::Connecting
-            },
-            accepted: now,
-            state_since: now,
-            last_active: now,
-            timer_at: None,
-            up: Dir::default(),
-            down: Dir::default(),
-            told: [(false, false); 2],
-            target: svc.target.clone(),
-            user: None,
-            method,
-            hs,
-            addrs: Vec::new(),
-            refusing,
-            http: None,
-            upstream_open: false,
-            bucket: None,
-            owner: None,
-            bind_out: true,
-            throttle: [None, None],
-            upstream: None,
-            upstream_local: None,
-            status: "ok",
+        let state = if trusted {
+            State::ProxyHeader
+        } else if hs.is_some() || is_http || is_status {
+            State::Handshake
+        } else {
+            State::Connecting
         };
-        let mut session = session;
+        let mut session = Session::new(service, listener, peer, local, state, now);
+        session.target = svc.target.clone();
+        session.method = method;
+        session.hs = hs;
+        session.refusing = refusing;
         if is_http {
             session.http = Some(Box::default());
             session.method = "HTTP";
@@ -477,11 +446,8 @@ impl Proxy {
             session.up.fwd = Some(0);
             session.down.fwd = Some(0);
         }
-        self.sessions.insert(session);
-        let conn = ConnId {
-            idx: idx as u32,
-            gen,
-        };
+        let conn = self.insert(session);
+        let idx = conn.index();
         if trusted {
             self.sync(idx, now);
             return Ok(conn);
@@ -786,47 +752,31 @@ impl Proxy {
         let svc = &mut self.services[service];
         svc.counters.connections += 1;
         svc.active += 1;
+        let mut session = Session::new(service, listener, peer, peer, State::Connecting, now);
+        session.target = port.connect_to.to_string();
+        session.user = user;
+        session.method = "FTP-DATA";
+        session.owner = Some(port.owner);
+        session.bind_out = port.connect_to.ip() != owner_client;
+        let conn = self.insert(session);
+        self.connect(conn.index(), port.connect_to, now);
+        Ok(conn)
+    }
+
+    /// Puts a new session in the table under a fresh generation.
+    fn insert(&mut self, mut session: Session) -> ConnId {
         let idx = self.sessions.vacant_key();
         if self.gens.len() <= idx {
             self.gens.resize(idx + 1, 0);
         }
         self.gens[idx] = self.gens[idx].wrapping_add(1);
-        let gen = self.gens[idx];
-        self.sessions.insert(Session {
-            gen,
-            service,
-            listener,
-            client: peer,
-            local: peer,
-            state: State::Connecting,
-            accepted: now,
-            state_since: now,
-            last_active: now,
-            timer_at: None,
-            up: Dir::default(),
-            down: Dir::default(),
-            told: [(false, false); 2],
-            target: port.connect_to.to_string(),
-            user,
-            method: "FTP-DATA",
-            owner: Some(port.owner),
-            bind_out: port.connect_to.ip() != owner_client,
-            hs: None,
-            addrs: Vec::new(),
-            refusing: None,
-            http: None,
-            upstream_open: false,
-            bucket: None,
-            throttle: [None, None],
-            upstream: None,
-            upstream_local: None,
-            status: "ok",
-        });
-        self.connect(idx, port.connect_to, now);
-        Ok(ConnId {
+        session.gen = self.gens[idx];
+        let gen = session.gen;
+        self.sessions.insert(session);
+        ConnId {
             idx: idx as u32,
             gen,
-        })
+        }
     }
 
     /// Local wall-clock time, for rules with `days` and `hours`. A runtime

@@ -225,6 +225,47 @@ pub(crate) struct Session {
 }
 
 impl Session {
+    /// A session as accepted: nothing read, no upstream, outcome "ok".
+    pub fn new(
+        service: usize,
+        listener: ListenerId,
+        client: SocketAddr,
+        local: SocketAddr,
+        state: State,
+        now: Instant,
+    ) -> Session {
+        Session {
+            gen: 0,
+            service,
+            listener,
+            client,
+            local,
+            state,
+            accepted: now,
+            state_since: now,
+            last_active: now,
+            timer_at: None,
+            up: Dir::default(),
+            down: Dir::default(),
+            told: [(false, false); 2],
+            target: String::new(),
+            user: None,
+            method: "-",
+            hs: None,
+            addrs: Vec::new(),
+            refusing: None,
+            http: None,
+            upstream_open: false,
+            bucket: None,
+            owner: None,
+            bind_out: true,
+            throttle: [None, None],
+            upstream: None,
+            upstream_local: None,
+            status: "ok",
+        }
+    }
+
     /// The direction that `side`'s reads fill.
     pub fn source_dir(&mut self, side: Side) -> &mut Dir {
         match side {
