@@ -48,6 +48,9 @@ struct Sock {
     writable: bool,
     want_read: bool,
     want_write: bool,
+    /// The peer has closed (or the socket failed): readable until a read
+    /// says so, whatever a short read suggests.
+    hup: bool,
 }
 
 struct Conn {
@@ -63,6 +66,9 @@ struct Conn {
 struct Lst {
     id: ListenerId,
     sock: TcpListener,
+    /// The address every accepted socket has locally, unless the listener
+    /// is on a wildcard address (then each socket is asked).
+    local: Option<SocketAddr>,
     ready: bool,
     paused: bool,
     queued: bool,
@@ -282,6 +288,9 @@ impl Loop {
                         // Errors and hang-ups surface on the next read/write.
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                             s.readable = true;
+                        }
+                        if ev.is_read_closed() || ev.is_error() {
+                            s.hup = true;
                         }
                         if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
                             s.writable = true;
@@ -504,6 +513,7 @@ impl Loop {
                 }
                 self.listeners[i] = Some(Lst {
                     id: listener,
+                    local: (!local.ip().is_unspecified()).then_some(local),
                     sock: l,
                     ready: false,
                     paused: false,
@@ -521,8 +531,12 @@ impl Loop {
 
     fn connect(&mut self, conn: ConnId, addr: SocketAddr, bind: Option<std::net::IpAddr>) {
         let r = (|| -> io::Result<TcpStream> {
-            let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-            s.set_nonblocking(true)?;
+            // Non-blocking from the start: one syscall, not three.
+            let s = Socket::new(
+                Domain::for_address(addr),
+                Type::STREAM.nonblocking(),
+                Some(Protocol::TCP),
+            )?;
             s.set_nodelay(true)?;
             if let Some(ip) = bind {
                 s.bind(&SockAddr::from(SocketAddr::new(ip, 0)))?;
@@ -708,9 +722,9 @@ impl Loop {
                 if l.paused || !l.ready {
                     break;
                 }
-                let id = l.id;
+                let (id, local) = (l.id, l.local);
                 match l.sock.accept() {
-                    Ok((stream, peer)) => self.accepted(id, stream, peer),
+                    Ok((stream, peer)) => self.accepted(id, stream, peer, local),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         l.ready = false;
                         break;
@@ -737,8 +751,14 @@ impl Loop {
         self.drain();
     }
 
-    fn accepted(&mut self, listener: ListenerId, mut stream: TcpStream, peer: SocketAddr) {
-        let local = stream.local_addr().unwrap_or(peer);
+    fn accepted(
+        &mut self,
+        listener: ListenerId,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+    ) {
+        let local = local.unwrap_or_else(|| stream.local_addr().unwrap_or(peer));
         let Ok(conn) = self.proxy.accept_on(listener, peer, local, Instant::now()) else {
             // Refused and logged by the core: dropping closes it.
             return;
@@ -900,6 +920,7 @@ impl Loop {
             c.sock[si(side)].want_read = false;
             return;
         };
+        let want = buf.len();
         let r = loop {
             match stream.read(buf) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -911,7 +932,16 @@ impl Loop {
                 c.sock[si(side)].readable = false;
                 Event::Eof { conn, side }
             }
-            Ok(n) => Event::Read { conn, side, n },
+            Ok(n) => {
+                // A short read emptied the socket: anything arriving later
+                // raises a new edge, so the read that would only say
+                // WouldBlock is saved (unless a hang-up is pending).
+                let s = &mut c.sock[si(side)];
+                if n < want && !s.hup {
+                    s.readable = false;
+                }
+                Event::Read { conn, side, n }
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 c.sock[si(side)].readable = false;
                 Event::ReadBlocked { conn, side }
@@ -948,8 +978,15 @@ impl Loop {
             }
         };
         let now = Instant::now();
+        let want = data.len();
         let ev = match r {
-            Ok(n) => Event::Written { conn, side, n },
+            Ok(n) => {
+                // A short write filled the socket's buffer: wait for the edge.
+                if n < want {
+                    c.sock[si(side)].writable = false;
+                }
+                Event::Written { conn, side, n }
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 c.sock[si(side)].writable = false;
                 return;
