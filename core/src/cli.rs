@@ -78,6 +78,18 @@ pub struct Plan {
     pub record: Option<PathBuf>,
 }
 
+impl Plan {
+    /// How many event loops to run on a machine with `cores` cores:
+    /// `[runtime] workers`, else one per core; one when recording (a trace
+    /// is one table's inputs in order).
+    pub fn workers(&self, cores: usize) -> usize {
+        if self.record.is_some() {
+            return 1;
+        }
+        self.config.runtime.workers.unwrap_or(cores).max(1)
+    }
+}
+
 /// The configuration to switch to on SIGHUP, from the file's new text (as
 /// the runtime read it). `Err` is the message to log; the old
 /// configuration then stays in force.

@@ -124,6 +124,11 @@ pub enum Action {
     Say(String),
     /// Startup cannot go on: print `message` to stderr and exit 1.
     Fatal { message: String },
+    /// A status page request on `conn` needs what the other workers'
+    /// tables hold: collect [`crate::Proxy::snapshot`] from each of them
+    /// and hand the parts to [`crate::Proxy::handle_gathered`]. Only ever
+    /// asked when several workers share a [`crate::ledger::Ledger`].
+    Gather { conn: ConnId },
 }
 
 /// Diagnostic log levels, most severe first.

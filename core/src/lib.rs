@@ -19,6 +19,7 @@ pub mod event;
 pub mod fuzzing;
 pub mod http;
 pub mod id;
+pub mod ledger;
 pub mod log;
 pub mod proto;
 pub mod proxy;

@@ -24,7 +24,7 @@
 //! holds a buffer only while bytes are in it; an event naming a dead or
 //! reused id changes nothing.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,6 +36,7 @@ use crate::buffer::Pool;
 use crate::config::{Config, Host, Protocol, ServiceKind};
 use crate::event::{Action, Event, IoKind, Level, Refused};
 use crate::id::{ConnId, ListenerId, Side};
+use crate::ledger::Ledger;
 use crate::log::AccessRecord;
 use crate::proto::http::Todo as HttpTodo;
 use crate::proto::{After, ControlCtx, ControlTodo, Ctx, Failure, Step, Target, UpStep};
@@ -120,7 +121,12 @@ pub struct Proxy {
     lgens: Vec<u32>,
     sessions: Slab<Session>,
     gens: Vec<u32>,
-    per_client: HashMap<IpAddr, u32>,
+    /// The counts the process-wide limits are checked against, shared
+    /// with the other workers' tables.
+    ledger: Ledger,
+    /// This table's worker: the first (0) alone opens UDP ports and says
+    /// what is listening.
+    worker: usize,
     timers: Timers,
     actions: VecDeque<Action>,
     pool: Pool,
@@ -139,10 +145,7 @@ pub struct Proxy {
     #[allow(dead_code)] // seeds the randomness later protocols need
     seed: u64,
     users: Users,
-    /// Sessions that exist only to refuse in their protocol's words.
-    refusing: usize,
     udp: UdpTable,
-    buckets: HashMap<RateKey, Bucket>,
     /// The time of the call being handled (recv_buf has no `now`).
     now: Instant,
     /// Where the runtime puts a datagram it received.
@@ -150,6 +153,8 @@ pub struct Proxy {
     /// Bytes of finished connections per authenticated user: up, down.
     user_bytes: std::collections::BTreeMap<String, (u64, u64)>,
     wall: Wall,
+    /// Status requests waiting for the other workers' snapshots.
+    gathering: Vec<(ConnId, status::Page, bool)>,
 }
 
 /// The `listening:` line for one listener (printed at start and by `--check`).
@@ -203,10 +208,22 @@ impl Proxy {
     /// A table for `config`; queues a [`Action::Listen`] for every listen
     /// address. `seed` seeds any randomness; `now` is the current time.
     pub fn new(config: Config, seed: u64, now: Instant) -> Self {
+        Proxy::worker(config, seed, now, Ledger::default(), 0)
+    }
+
+    /// The table of worker `worker` among those sharing `ledger` (see
+    /// [`crate::ledger`]). Every worker listens on the same TCP addresses;
+    /// only worker 0 opens UDP ports, warns about the configuration and
+    /// prints the `listening:` lines.
+    pub fn worker(config: Config, seed: u64, now: Instant, ledger: Ledger, worker: usize) -> Self {
         let services: Vec<ServiceInfo> = config.services.iter().map(service_info).collect();
         let mut listeners = Slab::new();
         let mut actions = VecDeque::new();
         for (i, s) in config.services.iter().enumerate() {
+            if s.protocol == Protocol::Udp && worker > 0 {
+                // A UDP port's mappings are one table's: the first worker's.
+                continue;
+            }
             for addr in &s.listen {
                 let id = ListenerId::new(listeners.vacant_key(), 0);
                 listeners.insert(Listener {
@@ -230,7 +247,10 @@ impl Proxy {
                 });
             }
         }
-        for w in crate::config::warnings(&config) {
+        for w in crate::config::warnings(&config)
+            .into_iter()
+            .filter(|_| worker == 0)
+        {
             actions.push_back(Action::Log {
                 level: Level::Warn,
                 message: w,
@@ -247,7 +267,8 @@ impl Proxy {
             listeners,
             sessions: Slab::new(),
             gens: Vec::new(),
-            per_client: HashMap::new(),
+            ledger,
+            worker,
             timers: Timers::default(),
             actions,
             pool,
@@ -259,13 +280,12 @@ impl Proxy {
             stats: Stats::default(),
             seed,
             users: Users::new(&config.users),
-            refusing: 0,
             user_bytes: Default::default(),
             udp: UdpTable::default(),
-            buckets: HashMap::new(),
             now,
             datagram: Vec::new(),
             wall: Wall::default(),
+            gathering: Vec::new(),
             config,
         }
     }
@@ -415,7 +435,7 @@ impl Proxy {
             if self.grace_until.is_some() {
                 return Err(self.refuse_plain(service, peer, Refused::ShuttingDown));
             }
-            if self.sessions.len() - self.refusing >= self.config.limits.max_connections as usize {
+            if self.ledger.lock().served() >= self.config.limits.max_connections as usize {
                 return Err(self.refuse_plain(service, peer, Refused::TooMany));
             }
             None
@@ -466,11 +486,12 @@ impl Proxy {
         words: bool,
     ) -> Result<Option<Failure>, Refused> {
         let limits = &self.config.limits;
+        let mut counts = self.ledger.lock();
         let over = if self.grace_until.is_some() {
             Some(Refused::ShuttingDown)
-        } else if self.sessions.len() - self.refusing >= limits.max_connections as usize {
+        } else if counts.served() >= limits.max_connections as usize {
             Some(Refused::TooMany)
-        } else if self.per_client.get(&client).copied().unwrap_or(0) >= limits.max_per_client {
+        } else if counts.client(client) >= limits.max_per_client {
             Some(Refused::PerClient)
         } else {
             None
@@ -490,13 +511,19 @@ impl Proxy {
             _ if denied => Some(Failure::Denied),
             _ => None,
         };
-        let say_it = words && self.refusing < REFUSING_MAX && refusing.is_some();
+        let say_it = words && counts.refusing < REFUSING_MAX && refusing.is_some();
         if (over.is_some() || denied) && !say_it {
             return Err(over.unwrap_or(Refused::Denied));
         }
+        // Counted before the lock is let go, so two workers cannot both
+        // take the last place.
+        match refusing {
+            Some(_) => counts.refusing += 1,
+            None => counts.add_client(client),
+        }
+        drop(counts);
         if let Some(f) = refusing {
             self.stats.refused += 1;
-            self.refusing += 1;
             *self.services[service]
                 .counters
                 .refused
@@ -504,7 +531,6 @@ impl Proxy {
                 .or_insert(0) += 1;
         } else {
             self.stats.accepted += 1;
-            *self.per_client.entry(client).or_insert(0) += 1;
             let svc = &mut self.services[service];
             svc.counters.connections += 1;
             svc.active += 1;
@@ -577,9 +603,9 @@ impl Proxy {
                 let (service, client) = (s.service, s.client);
                 let words = s.hs.is_some() || s.http.is_some();
                 // This session is in the table already: not counted twice.
-                self.refusing += 1;
+                self.ledger.lock().refusing += 1;
                 let admitted = self.admit(service, client.ip(), words);
-                self.refusing -= 1;
+                self.ledger.lock().refusing -= 1;
                 match admitted {
                     Ok(refusing) => {
                         let s = &mut self.sessions[idx];
@@ -612,7 +638,7 @@ impl Proxy {
     /// its client is over a limit): it was counted in no limit.
     fn finish_unadmitted(&mut self, idx: usize, now: Instant) {
         // finish() undoes an admission; make it undo nothing.
-        self.refusing += 1;
+        self.ledger.lock().refusing += 1;
         self.sessions[idx].refusing = Some(Failure::Other);
         self.finish(idx, now);
     }
@@ -738,9 +764,12 @@ impl Proxy {
         // One transfer per port.
         self.listeners.remove(listener.index());
         self.actions.push_back(Action::Unlisten { listener });
-        if self.sessions.len() - self.refusing >= self.config.limits.max_connections as usize {
+        let mut counts = self.ledger.lock();
+        if counts.served() >= self.config.limits.max_connections as usize {
             return Err(Refused::TooMany);
         }
+        counts.add_client(peer.ip());
+        drop(counts);
         let owner = &self.sessions[port.owner.idx as usize];
         let user = owner
             .user
@@ -748,7 +777,6 @@ impl Proxy {
             .or_else(|| owner.hs.as_ref().and_then(|h| h.log_user()));
         let owner_client = owner.client.ip();
         self.stats.accepted += 1;
-        *self.per_client.entry(peer.ip()).or_insert(0) += 1;
         let svc = &mut self.services[service];
         svc.counters.connections += 1;
         svc.active += 1;
@@ -773,6 +801,7 @@ impl Proxy {
         session.gen = self.gens[idx];
         let gen = session.gen;
         self.sessions.insert(session);
+        self.ledger.lock().sessions += 1;
         ConnId {
             idx: idx as u32,
             gen,
@@ -839,12 +868,14 @@ impl Proxy {
             Some(u) => RateKey::User(u.clone()),
             None => RateKey::Client(s.client.ip()),
         };
-        let b = self
+        let mut counts = self.ledger.lock();
+        let b = counts
             .buckets
             .entry(key.clone())
             .or_insert_with(|| Bucket::new(rate, now));
         b.rate = rate;
         b.users += 1;
+        drop(counts);
         s.bucket = Some(key);
     }
 
@@ -962,6 +993,15 @@ impl Proxy {
                 }
             }
             status::Parse::Bad(code) => status::error(code),
+            status::Parse::Get { page, head_only } if self.ledger.workers() > 1 => {
+                // The other workers' connections are part of the answer.
+                let conn = self.id_of(idx);
+                if !self.gathering.iter().any(|(c, _, _)| *c == conn) {
+                    self.gathering.push((conn, page, head_only));
+                    self.actions.push_back(Action::Gather { conn });
+                }
+                return;
+            }
             status::Parse::Get { page, head_only } => {
                 status::respond(page, head_only, &self.snapshot(now))
             }
@@ -973,7 +1013,36 @@ impl Proxy {
         s.state_since = now;
     }
 
-    /// What the status page shows, as of `now`.
+    /// The other workers' snapshots for the status request on `conn`
+    /// ([`Action::Gather`]): answers it with them and this table's own.
+    pub fn handle_gathered(&mut self, conn: ConnId, parts: Vec<Snapshot>, now: Instant) {
+        self.now = now;
+        let Some(i) = self.gathering.iter().position(|(c, _, _)| *c == conn) else {
+            return;
+        };
+        let (_, page, head_only) = self.gathering.swap_remove(i);
+        if !self.live(conn) {
+            return;
+        }
+        let idx = conn.idx as usize;
+        if self.sessions[idx].state != State::Handshake {
+            return;
+        }
+        let mut snap = self.snapshot(now);
+        for part in parts {
+            snap.merge(part);
+        }
+        let reply = status::respond(page, head_only, &snap);
+        let s = &mut self.sessions[idx];
+        s.method = "GET";
+        s.down.say(&reply);
+        s.state = State::Closing;
+        s.state_since = now;
+        self.sync(idx, now);
+    }
+
+    /// What the status page shows, as of `now`: this table's part (the
+    /// whole of it with one worker).
     pub fn snapshot(&self, now: Instant) -> Snapshot {
         let mut services: Vec<ServiceRow> = self
             .services
@@ -1008,12 +1077,17 @@ impl Proxy {
                 (None, false) => Some(s.target.clone()),
                 (None, true) => None,
             };
+            let id = ConnId {
+                idx: idx as u32,
+                gen: s.gen,
+            };
             connections.push(ConnRow {
-                id: ConnId {
-                    idx: idx as u32,
-                    gen: s.gen,
-                }
-                .to_string(),
+                // Ids are a table's own: with several, the worker tells them apart.
+                id: if self.ledger.workers() > 1 {
+                    format!("{}:{id}", self.worker)
+                } else {
+                    id.to_string()
+                },
                 service: self.services[s.service].name.to_string(),
                 client: s.client.to_string(),
                 user,
@@ -1352,6 +1426,8 @@ impl Proxy {
         }
         let cap = match &s.bucket {
             Some(k) => self
+                .ledger
+                .lock()
                 .buckets
                 .get_mut(k)
                 .map_or(usize::MAX, |b| b.available(side_index(side), self.now)),
@@ -1510,10 +1586,12 @@ impl Proxy {
                 let idx = conn.idx as usize;
                 let s = &mut self.sessions[idx];
                 if n > 0 {
-                    if let Some(b) = s.bucket.as_ref().and_then(|k| self.buckets.get_mut(k)) {
-                        let d = side_index(side);
-                        b.take(d, n);
-                        s.throttle[d] = b.resume_at(d, now);
+                    if let Some(k) = s.bucket.as_ref() {
+                        if let Some(b) = self.ledger.lock().buckets.get_mut(k) {
+                            let d = side_index(side);
+                            b.take(d, n);
+                            s.throttle[d] = b.resume_at(d, now);
+                        }
                     }
                     let closing = s.state == State::Closing && side == Side::Client;
                     let d = s.source_dir(side);
@@ -1670,8 +1748,10 @@ impl Proxy {
         let service = l.service;
         self.starting = self.starting.saturating_sub(1);
         let s = &self.services[service];
-        let line = listening_line(&s.name, s.kind, local);
-        self.actions.push_back(Action::Say(line));
+        if self.worker == 0 {
+            let line = listening_line(&s.name, s.kind, local);
+            self.actions.push_back(Action::Say(line));
+        }
     }
 
     fn on_listen_failed(&mut self, listener: ListenerId, error: IoKind, now: Instant) {
@@ -1868,15 +1948,23 @@ impl Proxy {
         let mut s = self.sessions.remove(idx);
         s.up.release(&mut self.pool);
         s.down.release(&mut self.pool);
+        let mut counts = self.ledger.lock();
+        counts.sessions -= 1;
         if s.refusing.is_some() {
-            self.refusing -= 1;
+            counts.refusing -= 1;
         } else {
-            if let Some(n) = self.per_client.get_mut(&s.client.ip()) {
-                *n -= 1;
-                if *n == 0 {
-                    self.per_client.remove(&s.client.ip());
+            counts.remove_client(s.client.ip());
+        }
+        if let Some(k) = s.bucket.take() {
+            if let Some(b) = counts.buckets.get_mut(&k) {
+                b.users -= 1;
+                if b.users == 0 {
+                    counts.buckets.remove(&k);
                 }
             }
+        }
+        drop(counts);
+        if s.refusing.is_none() {
             let svc = &mut self.services[s.service];
             svc.active -= 1;
         }
@@ -1894,16 +1982,11 @@ impl Proxy {
         }
         self.stats.closed += 1;
         self.actions.push_back(Action::Close { conn });
-        if let Some(k) = s.bucket.take() {
-            if let Some(b) = self.buckets.get_mut(&k) {
-                b.users -= 1;
-                if b.users == 0 {
-                    self.buckets.remove(&k);
-                }
-            }
-        }
         if s.hs.as_mut().is_some_and(|h| h.control().is_some()) {
             self.close_data_ports(conn, None);
+        }
+        if !self.gathering.is_empty() {
+            self.gathering.retain(|(c, _, _)| *c != conn);
         }
         if let Some(mut h) = s.http.take() {
             // http logs one line per request, the last one now.
@@ -2061,13 +2144,16 @@ impl Proxy {
         let mut todo = Vec::new();
         self.udp.close_all(now, &mut todo);
         self.udp_todo(todo);
-        let open = self.sessions.len();
-        self.log(Level::Info, || {
-            format!(
-                "shutting down: {open} connections open, waiting up to {}s",
-                grace.as_secs_f64()
-            )
-        });
+        // Worker 0 says it for all (the others are told right after).
+        let open = self.ledger.lock().sessions;
+        if self.worker == 0 {
+            self.log(Level::Info, || {
+                format!(
+                    "shutting down: {open} connections open, waiting up to {}s",
+                    grace.as_secs_f64()
+                )
+            });
+        }
         if grace.is_zero() {
             self.handle_timeout(now);
         }
@@ -2078,6 +2164,20 @@ impl Proxy {
     /// limits and users apply to new connections, and connections in flight
     /// keep going — unless `recheck`, which closes those the new rules deny.
     pub fn reconfigure(&mut self, config: Config, recheck: bool, now: Instant) {
+        self.reconfigure_worker(config, recheck, 0, now);
+    }
+
+    /// [`Proxy::reconfigure`] for one of several workers. The others reload
+    /// first; worker 0 last, with `closed_elsewhere` (what theirs closed),
+    /// and only it logs the reload. Returns how many connections this
+    /// table closed.
+    pub fn reconfigure_worker(
+        &mut self,
+        config: Config,
+        recheck: bool,
+        closed_elsewhere: usize,
+        now: Instant,
+    ) -> usize {
         // Services: same name and kind → the same entry (its counters go
         // on); others are added; those gone are retired.
         let mut index = Vec::with_capacity(config.services.len());
@@ -2110,8 +2210,12 @@ impl Proxy {
         // Listeners: keep an open one whose address and service stay.
         let mut wanted: Vec<(usize, SocketAddr, bool)> = Vec::new();
         for (n, svc) in config.services.iter().enumerate() {
+            let udp = svc.protocol == Protocol::Udp;
+            if udp && self.worker > 0 {
+                continue;
+            }
             for a in &svc.listen {
-                wanted.push((index[n], *a, svc.protocol == Protocol::Udp));
+                wanted.push((index[n], *a, udp));
             }
         }
         let mut keep = Vec::new();
@@ -2158,7 +2262,11 @@ impl Proxy {
                 Action::Listen { listener: id, addr }
             });
         }
-        for w in crate::config::warnings(&config) {
+        let first = self.worker == 0;
+        for w in crate::config::warnings(&config)
+            .into_iter()
+            .filter(|_| first)
+        {
             self.log(Level::Warn, || w);
         }
         if config.limits.buffer != self.pool.buffer_size() {
@@ -2205,7 +2313,12 @@ impl Proxy {
                 }
             }
         }
-        let open = self.sessions.len();
+        if !first {
+            // Worker 0 reloads last and says it for all.
+            return closed;
+        }
+        closed += closed_elsewhere;
+        let open = self.ledger.lock().sessions;
         self.log(Level::Info, || {
             if recheck {
                 format!(
@@ -2216,6 +2329,7 @@ impl Proxy {
                 format!("configuration reloaded; {open} connections go on under the old rules")
             }
         });
+        closed
     }
 
     /// Shutting down and nothing left in flight: the runtime may exit.

@@ -33,6 +33,47 @@ impl Recorded {
         }
     }
 
+    /// The table of worker `worker` of several sharing `ledger`, not
+    /// recording (a trace is one table's: `--record` runs one worker).
+    pub fn worker(
+        config: Config,
+        seed: u64,
+        now: Instant,
+        ledger: crate::ledger::Ledger,
+        worker: usize,
+    ) -> Self {
+        Recorded {
+            proxy: Proxy::worker(config, seed, now, ledger, worker),
+            rec: None,
+        }
+    }
+
+    /// See [`Proxy::reconfigure_worker`]; one worker alone records.
+    pub fn reconfigure_worker(
+        &mut self,
+        config: Config,
+        config_text: &str,
+        recheck: bool,
+        closed_elsewhere: usize,
+        now: Instant,
+    ) -> usize {
+        if let Some(rec) = self.rec.as_mut() {
+            rec.reload(now, config_text, recheck);
+        }
+        self.proxy
+            .reconfigure_worker(config, recheck, closed_elsewhere, now)
+    }
+
+    /// See [`Proxy::handle_gathered`] (never while recording: one worker).
+    pub fn handle_gathered(
+        &mut self,
+        conn: ConnId,
+        parts: Vec<crate::status::Snapshot>,
+        now: Instant,
+    ) {
+        self.proxy.handle_gathered(conn, parts, now);
+    }
+
     /// The table itself, for what only reads it.
     pub fn proxy(&self) -> &Proxy {
         &self.proxy

@@ -31,7 +31,7 @@ pub struct ServiceCounters {
 }
 
 /// One service as the status page shows it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceRow {
     pub name: String,
     pub kind: &'static str,
@@ -44,7 +44,7 @@ pub struct ServiceRow {
 }
 
 /// One connection in flight.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnRow {
     pub id: String,
     pub service: String,
@@ -58,12 +58,43 @@ pub struct ConnRow {
 }
 
 /// Everything a status answer is made from.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
     pub services: Vec<ServiceRow>,
     pub connections: Vec<ConnRow>,
     /// Per user: bytes up, bytes down (finished and in flight).
     pub users: BTreeMap<String, (u64, u64)>,
+}
+
+impl Snapshot {
+    /// Adds another worker's table to this one: services by name (a
+    /// service only the other knows, in the middle of a reload, is
+    /// appended), connections side by side, users summed.
+    pub fn merge(&mut self, other: Snapshot) {
+        for row in other.services {
+            match self.services.iter_mut().find(|s| s.name == row.name) {
+                Some(s) => {
+                    s.active += row.active;
+                    s.live_up += row.live_up;
+                    s.live_down += row.live_down;
+                    let (c, o) = (&mut s.counters, &row.counters);
+                    c.connections += o.connections;
+                    c.up += o.up;
+                    c.down += o.down;
+                    for (why, n) in &o.refused {
+                        *c.refused.entry(why).or_insert(0) += n;
+                    }
+                }
+                None => self.services.push(row),
+            }
+        }
+        self.connections.extend(other.connections);
+        for (user, (up, down)) in other.users {
+            let e = self.users.entry(user).or_insert((0, 0));
+            e.0 += up;
+            e.1 += down;
+        }
+    }
 }
 
 /// What the client asked for.

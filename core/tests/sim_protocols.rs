@@ -931,6 +931,7 @@ impl Sim {
             Action::Access(rec) => self.access.push(*rec),
             Action::Say(line) => self.logs.push(line),
             Action::Fatal { message } => self.fail(format!("Fatal: {message}")),
+            Action::Gather { conn } => self.fail(format!("Gather for {conn} with one table")),
             Action::ListenUdp { .. } | Action::UdpOpen { .. } | Action::UdpClose { .. } => {
                 self.fail(format!("unexpected UDP action {a:?}"))
             }

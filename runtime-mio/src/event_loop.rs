@@ -1,4 +1,15 @@
-//! One mio event loop over every socket.
+//! The mio event loops: one per worker thread (`[runtime] workers`), each
+//! over its own sockets and its own connection table; the tables share
+//! only the ledger of process-wide limits (see `portico_core::ledger`).
+//!
+//! Every worker listens on every TCP address: with more than one, each has
+//! its own socket in a SO_REUSEPORT group and the kernel spreads new
+//! connections over them. Before the first socket of a group binds, a
+//! plain bind of the address is tried, so a port another program (or
+//! another Portico) holds is still refused as in use rather than silently
+//! shared. Worker 0 alone handles signals and UDP; it tells the others to
+//! stop and to reload, and a status request on any worker asks the others
+//! for their tables through their mailboxes.
 //!
 //! Sockets are registered once, edge-triggered, for both directions; the loop
 //! caches readiness per socket and attempts an operation when the socket is
@@ -11,16 +22,19 @@
 //! upstream socket; listeners and the signal pipe live at the top of the
 //! token space.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
 use std::os::fd::IntoRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream, UdpSocket, UnixStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use portico_core::cli::{Plan, EXIT_OK, EXIT_RUNTIME};
+use portico_core::status::Snapshot;
 use portico_core::udp::{UdpId, Via};
 use portico_core::{Action, ConnId, Event, IoKind, ListenerId, Recorded, Side};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -28,6 +42,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use crate::output::{Output, Start, TraceFiles, WallClock};
 
 const SIGNAL: Token = Token(usize::MAX);
+/// The loop's one waker: resolver answers or mail from another worker.
 const RESOLVED: Token = Token(usize::MAX - 1);
 /// Threads that resolve names, so the loop never waits on DNS.
 const RESOLVERS: usize = 4;
@@ -66,6 +81,8 @@ struct Conn {
 struct Lst {
     id: ListenerId,
     sock: TcpListener,
+    /// The address of the SO_REUSEPORT group this socket is in.
+    group: Option<SocketAddr>,
     /// The address every accepted socket has locally, unless the listener
     /// is on a wildcard address (then each socket is asked).
     local: Option<SocketAddr>,
@@ -91,10 +108,62 @@ struct Loop {
     flags: Signals,
     plan_path: Option<std::path::PathBuf>,
     reload_recheck: bool,
+    /// Worker 0's signal pipe.
+    sig_rx: Option<UnixStream>,
     udp_listeners: Vec<Option<(ListenerId, UdpSocket)>>,
     udp_maps: Vec<Option<(UdpId, UdpSocket)>>,
     /// UDP sockets (tokens) with datagrams left to read.
     udp_work: Vec<Token>,
+    /// This loop among the others.
+    crew: Crew,
+    /// Status requests waiting for the other workers' tables: the parts
+    /// so far and how many are still to come.
+    gathers: HashMap<ConnId, (Vec<Snapshot>, usize)>,
+}
+
+/// What one worker knows of the others.
+struct Crew {
+    index: usize,
+    mail: Receiver<Mail>,
+    /// Every worker's mailbox, this one's included.
+    boxes: Arc<Vec<Mailbox>>,
+    /// Sockets open per SO_REUSEPORT group (none with one worker).
+    groups: Option<Arc<Mutex<HashMap<SocketAddr, usize>>>>,
+}
+
+#[derive(Clone)]
+struct Mailbox {
+    tx: Sender<Mail>,
+    waker: Arc<Waker>,
+}
+
+impl Mailbox {
+    /// False when that worker is gone.
+    fn send(&self, mail: Mail) -> bool {
+        self.tx.send(mail).is_ok() && self.waker.wake().is_ok()
+    }
+}
+
+/// What workers tell each other.
+enum Mail {
+    Stop,
+    /// Apply this configuration, then say how many connections it closed.
+    Reload {
+        config: Box<portico_core::Config>,
+        text: Arc<str>,
+        recheck: bool,
+        done: Sender<usize>,
+    },
+    /// Worker `from` wants this table for its status request on `conn`.
+    Snapshot {
+        from: usize,
+        conn: ConnId,
+    },
+    /// The table asked for.
+    Part {
+        conn: ConnId,
+        part: Box<Snapshot>,
+    },
 }
 
 /// Which signals have come since the loop last looked.
@@ -159,7 +228,139 @@ pub fn run(plan: Plan) -> i32 {
 }
 
 fn run_inner(plan: Plan) -> Result<i32, String> {
-    let poll = Poll::new().map_err(|e| format!("cannot create the event loop: {e}"))?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let n = plan.workers(cores);
+    let (start, others) = Start::workers(plan, n)?;
+    // Every loop's poll and waker first: each mailbox names them.
+    let mut polls = Vec::with_capacity(n);
+    let mut boxes = Vec::with_capacity(n);
+    let mut inboxes = Vec::with_capacity(n);
+    for _ in 0..n {
+        let poll = Poll::new().map_err(|e| format!("cannot create the event loop: {e}"))?;
+        let waker = Arc::new(
+            Waker::new(poll.registry(), RESOLVED)
+                .map_err(|e| format!("cannot create the event loop: {e}"))?,
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        boxes.push(Mailbox {
+            tx,
+            waker: waker.clone(),
+        });
+        polls.push((poll, waker));
+        inboxes.push(rx);
+    }
+    let boxes = Arc::new(boxes);
+    let groups = (n > 1).then(|| Arc::new(Mutex::new(HashMap::new())));
+    let sig_rx = signals(&polls[0].0)?;
+    let flags = sig_rx.1;
+    let mut sig_rx = Some(sig_rx.0);
+    let Start {
+        proxy,
+        out,
+        trace,
+        path: plan_path,
+        recheck: reload_recheck,
+    } = start;
+    let mut first = Some((proxy, out, trace));
+    let mut others = others.into_iter();
+    let mut loops = Vec::with_capacity(n);
+    for (index, ((poll, waker), mail)) in polls.into_iter().zip(inboxes).enumerate() {
+        let resolver = Resolver::start(waker)
+            .map_err(|e| format!("cannot start the resolver threads: {e}"))?;
+        let (mut proxy, out, trace) = match first.take() {
+            Some(f) => f,
+            None => match others.next() {
+                Some(w) => (w.proxy, w.out, None),
+                None => break,
+            },
+        };
+        let mut wall = WallClock::new();
+        proxy.set_wall(wall.now());
+        loops.push(Loop {
+            trace,
+            udp_listeners: Vec::new(),
+            udp_maps: Vec::new(),
+            udp_work: Vec::new(),
+            plan_path: plan_path.clone(),
+            reload_recheck,
+            flags: if index == 0 {
+                Signals {
+                    stop: flags.stop.clone(),
+                    reload: flags.reload.clone(),
+                }
+            } else {
+                Signals::default()
+            },
+            sig_rx: if index == 0 { sig_rx.take() } else { None },
+            resolver,
+            wall,
+            poll,
+            proxy,
+            conns: Vec::new(),
+            listeners: Vec::new(),
+            work: Vec::new(),
+            accept_work: Vec::new(),
+            out,
+            fatal: None,
+            crew: Crew {
+                index,
+                mail,
+                boxes: boxes.clone(),
+                groups: groups.clone(),
+            },
+            gathers: HashMap::new(),
+        });
+    }
+    let mut loops = loops.into_iter();
+    let Some(mut lead) = loops.next() else {
+        return Err("no event loop to run".into());
+    };
+    // Worker 0 opens the listeners before any other worker runs: a port
+    // that cannot be had is reported once, and fatal at once.
+    lead.drain();
+    if let Some(msg) = lead.fatal.take() {
+        Output::log(portico_core::Level::Error, &msg);
+        return Ok(EXIT_RUNTIME);
+    }
+    let mut crew = Vec::new();
+    for (k, mut lp) in loops.enumerate() {
+        let h = std::thread::Builder::new()
+            .name(format!("worker-{}", k + 1))
+            .spawn(move || {
+                let code = lp.run();
+                if code != EXIT_OK {
+                    // Its reason is logged; the process cannot serve on
+                    // with a worker missing.
+                    std::process::exit(code);
+                }
+            })
+            .map_err(|e| format!("cannot start worker {}: {e}", k + 1))?;
+        crew.push(h);
+    }
+    let code = lead.run();
+    if code == EXIT_OK {
+        for h in crew {
+            let _ = h.join();
+        }
+    }
+    Ok(code)
+}
+
+/// A plain bind of `addr` (no SO_REUSEPORT): fails as "in use" when any
+/// socket of any program listens there, which joining a SO_REUSEPORT group
+/// would not tell.
+fn probe(addr: SocketAddr) -> io::Result<()> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.bind(&SockAddr::from(addr))
+}
+
+/// Signal handling for worker 0's loop: flags say which signal came, a
+/// pipe registered in `poll` wakes the loop.
+fn signals(poll: &Poll) -> Result<(UnixStream, Signals), String> {
     let (sig_rx, sig_tx) = std::os::unix::net::UnixStream::pair()
         .map_err(|e| format!("cannot create the signal pipe: {e}"))?;
     sig_rx
@@ -185,45 +386,11 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
     poll.registry()
         .register(&mut sig_rx, SIGNAL, Interest::READABLE)
         .map_err(|e| format!("cannot set up signals: {e}"))?;
-    let waker = Arc::new(
-        Waker::new(poll.registry(), RESOLVED)
-            .map_err(|e| format!("cannot create the event loop: {e}"))?,
-    );
-    let resolver =
-        Resolver::start(waker).map_err(|e| format!("cannot start the resolver threads: {e}"))?;
-    let Start {
-        mut proxy,
-        out,
-        trace,
-        path: plan_path,
-        recheck: reload_recheck,
-    } = Start::new(plan)?;
-    let mut wall = WallClock::new();
-    proxy.set_wall(wall.now());
-    let mut lp = Loop {
-        trace,
-        udp_listeners: Vec::new(),
-        udp_maps: Vec::new(),
-        udp_work: Vec::new(),
-        plan_path,
-        reload_recheck,
-        flags,
-        resolver,
-        wall,
-        poll,
-        proxy,
-        conns: Vec::new(),
-        listeners: Vec::new(),
-        work: Vec::new(),
-        accept_work: Vec::new(),
-        out,
-        fatal: None,
-    };
-    Ok(lp.run(&mut sig_rx))
+    Ok((sig_rx, flags))
 }
 
 impl Loop {
-    fn run(&mut self, sig_rx: &mut UnixStream) -> i32 {
+    fn run(&mut self) -> i32 {
         let mut events = Events::with_capacity(1024);
         let mut starting = true;
         loop {
@@ -266,9 +433,10 @@ impl Loop {
             for ev in events.iter() {
                 let t = ev.token();
                 if t == SIGNAL {
-                    self.signals(sig_rx);
+                    self.signals();
                 } else if t == RESOLVED {
                     self.answers();
+                    self.mail();
                 } else if t.0 >= UDP_LISTENER_BASE {
                     self.udp_work.push(t);
                 } else if t.0 >= LISTENER_BASE {
@@ -309,14 +477,16 @@ impl Loop {
         }
     }
 
-    fn signals(&mut self, sig_rx: &mut UnixStream) {
+    fn signals(&mut self) {
         let mut buf = [0u8; 64];
         // Drain the wake-up bytes; the flags say what happened.
-        loop {
-            match sig_rx.read(&mut buf) {
-                Ok(n) if n > 0 => continue,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                _ => break,
+        if let Some(sig_rx) = self.sig_rx.as_mut() {
+            loop {
+                match sig_rx.read(&mut buf) {
+                    Ok(n) if n > 0 => continue,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    _ => break,
+                }
             }
         }
         if self.flags.reload.swap(false, Ordering::SeqCst) {
@@ -324,18 +494,110 @@ impl Loop {
         }
         if self.flags.stop.swap(false, Ordering::SeqCst) {
             self.proxy.shutdown(Instant::now());
+            self.tell_others(|| Mail::Stop);
         }
     }
 
+    /// Sends `mail` to every other worker; how many took it.
+    fn tell_others(&self, mut mail: impl FnMut() -> Mail) -> usize {
+        let me = self.crew.index;
+        let boxes = self.crew.boxes.iter().enumerate();
+        boxes.filter(|(k, b)| *k != me && b.send(mail())).count()
+    }
+
     /// SIGHUP: read the file again; a bad one leaves everything as it is.
+    /// The other workers apply it first, then this one, which logs it for
+    /// all (with what theirs closed).
     fn reload(&mut self) {
-        let path = self.plan_path.clone();
-        crate::output::reload(
-            path.as_deref(),
-            self.reload_recheck,
+        let Some((config, text)) = crate::output::load(self.plan_path.as_deref()) else {
+            return;
+        };
+        let recheck = self.reload_recheck;
+        let shared: Arc<str> = Arc::from(text.as_str());
+        let (done, replies) = std::sync::mpsc::channel();
+        let asked = self.tell_others(|| Mail::Reload {
+            config: Box::new(config.clone()),
+            text: shared.clone(),
+            recheck,
+            done: done.clone(),
+        });
+        drop(done);
+        let mut closed = 0;
+        for _ in 0..asked {
+            // A worker answers within its turn; one that does not is
+            // stuck or gone, and is not waited for.
+            match replies.recv_timeout(Duration::from_secs(5)) {
+                Ok(n) => closed += n,
+                Err(_) => break,
+            }
+        }
+        crate::output::apply(
+            config,
+            &text,
+            recheck,
+            closed,
             &mut self.proxy,
             &mut self.out,
         );
+    }
+
+    /// What the other workers sent.
+    fn mail(&mut self) {
+        while let Ok(mail) = self.crew.mail.try_recv() {
+            match mail {
+                Mail::Stop => self.proxy.shutdown(Instant::now()),
+                Mail::Reload {
+                    config,
+                    text,
+                    recheck,
+                    done,
+                } => {
+                    let closed = crate::output::apply(
+                        *config,
+                        &text,
+                        recheck,
+                        0,
+                        &mut self.proxy,
+                        &mut self.out,
+                    );
+                    let _ = done.send(closed);
+                }
+                Mail::Snapshot { from, conn } => {
+                    let part = Box::new(self.proxy.proxy().snapshot(Instant::now()));
+                    if let Some(b) = self.crew.boxes.get(from) {
+                        b.send(Mail::Part { conn, part });
+                    }
+                }
+                Mail::Part { conn, part } => self.part(conn, Some(*part)),
+            }
+            self.drain();
+        }
+    }
+
+    /// One more answer (`None`: a worker that cannot answer) to the status
+    /// request on `conn`; the last one lets the core reply.
+    fn part(&mut self, conn: ConnId, part: Option<Snapshot>) {
+        let Some((parts, left)) = self.gathers.get_mut(&conn) else {
+            return;
+        };
+        parts.extend(part);
+        *left = left.saturating_sub(1);
+        if *left == 0 {
+            let parts = self.gathers.remove(&conn).map(|g| g.0).unwrap_or_default();
+            self.proxy.handle_gathered(conn, parts, Instant::now());
+        }
+    }
+
+    fn gather(&mut self, conn: ConnId) {
+        let others = self.crew.boxes.len() - 1;
+        self.gathers.insert(conn, (Vec::new(), others + 1));
+        let from = self.crew.index;
+        let asked = self.tell_others(|| Mail::Snapshot { from, conn });
+        // Those that could not be asked will not answer; the extra count
+        // taken above goes now, so a lone worker answers at once.
+        for _ in asked..others + 1 {
+            self.part(conn, None);
+        }
     }
 
     fn answers(&mut self) {
@@ -384,7 +646,9 @@ impl Loop {
                 Action::Unlisten { listener } => {
                     if let Some(slot) = self.listeners.get_mut(listener.index()) {
                         if slot.as_ref().is_some_and(|l| l.id == listener) {
-                            *slot = None;
+                            if let Some(addr) = slot.take().and_then(|l| l.group) {
+                                self.leave_group(addr);
+                            }
                         }
                     }
                     if let Some(slot) = self.udp_listeners.get_mut(listener.index()) {
@@ -469,6 +733,21 @@ impl Loop {
                         self.fatal = Some(message);
                     }
                 }
+                Action::Gather { conn } => self.gather(conn),
+            }
+        }
+    }
+
+    /// One socket fewer in `addr`'s SO_REUSEPORT group (its last one
+    /// gone, the next to listen there checks the port is free again).
+    fn leave_group(&mut self, addr: SocketAddr) {
+        if let Some(g) = self.crew.groups.as_ref() {
+            let mut g = g.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = g.get_mut(&addr) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    g.remove(&addr);
+                }
             }
         }
     }
@@ -481,15 +760,33 @@ impl Loop {
     }
 
     fn listen(&mut self, listener: ListenerId, addr: SocketAddr) {
+        // A port of the configuration is every worker's; a data port
+        // (port 0) is its own session's worker's.
+        let groups = self.crew.groups.clone().filter(|_| addr.port() != 0);
+        let group = groups.as_ref().map(|_| addr);
         let r = (|| -> io::Result<TcpListener> {
+            let mut held = groups
+                .as_ref()
+                .map(|g| g.lock().unwrap_or_else(|e| e.into_inner()));
+            if let Some(h) = held.as_ref() {
+                if h.get(&addr).copied().unwrap_or(0) == 0 {
+                    probe(addr)?;
+                }
+            }
             let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
             s.set_reuse_address(true)?;
+            if held.is_some() {
+                s.set_reuse_port(true)?;
+            }
             if addr.is_ipv6() {
                 s.set_only_v6(true)?;
             }
             s.set_nonblocking(true)?;
             s.bind(&SockAddr::from(addr))?;
             s.listen(1024)?;
+            if let Some(h) = held.as_mut() {
+                *h.entry(addr).or_insert(0) += 1;
+            }
             Ok(TcpListener::from_std(s.into()))
         })();
         let now = Instant::now();
@@ -513,6 +810,7 @@ impl Loop {
                 }
                 self.listeners[i] = Some(Lst {
                     id: listener,
+                    group,
                     local: (!local.ip().is_unspecified()).then_some(local),
                     sock: l,
                     ready: false,

@@ -158,8 +158,50 @@ pub struct Start {
     pub recheck: bool,
 }
 
+/// Another worker's table and access log (`portico` with several
+/// workers; worker 0 is the [`Start`]).
+#[allow(dead_code)] // portico-threaded runs one table
+pub struct Worker {
+    pub proxy: portico_core::Recorded,
+    pub out: Output,
+}
+
 impl Start {
+    #[allow(dead_code)] // portico-threaded's; portico starts with `workers`
     pub fn new(plan: portico_core::cli::Plan) -> Result<Start, String> {
+        Ok(Start::workers(plan, 1)?.0)
+    }
+
+    /// The start of `workers` event loops sharing one ledger: worker 0's
+    /// table (recording when asked, which needs `workers` to be 1) and the
+    /// others'.
+    pub fn workers(
+        plan: portico_core::cli::Plan,
+        workers: usize,
+    ) -> Result<(Start, Vec<Worker>), String> {
+        let mut others = Vec::new();
+        let ledger = portico_core::ledger::Ledger::new(workers);
+        let now = std::time::Instant::now();
+        for k in 1..workers {
+            let mut proxy =
+                portico_core::Recorded::worker(plan.config.clone(), seed(), now, ledger.clone(), k);
+            proxy.set_log_level(plan.log_level);
+            let out = Output::open(&plan.config).map_err(|e| {
+                format!(
+                    "cannot open the access log: {e}; check [log] access in {}",
+                    plan.source
+                )
+            })?;
+            others.push(Worker { proxy, out });
+        }
+        let start = Start::first(plan, ledger)?;
+        Ok((start, others))
+    }
+
+    fn first(
+        plan: portico_core::cli::Plan,
+        ledger: portico_core::ledger::Ledger,
+    ) -> Result<Start, String> {
         let out = Output::open(&plan.config).map_err(|e| {
             format!(
                 "cannot open the access log: {e}; check [log] access in {}",
@@ -173,13 +215,18 @@ impl Start {
             ),
             None => None,
         };
-        let mut proxy = portico_core::Recorded::new(
-            plan.config,
-            &plan.config_text,
-            seed(),
-            std::time::Instant::now(),
-            trace.is_some(),
-        );
+        let now = std::time::Instant::now();
+        let mut proxy = if ledger.workers() > 1 {
+            portico_core::Recorded::worker(plan.config, seed(), now, ledger, 0)
+        } else {
+            portico_core::Recorded::new(
+                plan.config,
+                &plan.config_text,
+                seed(),
+                now,
+                trace.is_some(),
+            )
+        };
         proxy.set_log_level(plan.log_level);
         Ok(Start {
             proxy,
@@ -194,27 +241,57 @@ impl Start {
 /// SIGHUP: reads the configuration again and applies it to `proxy`,
 /// switching `out` to the new access log. A file that does not load is
 /// logged and changes nothing.
+#[allow(dead_code)] // portico-threaded's; portico's workers load, then apply
 pub fn reload(
     path: Option<&std::path::Path>,
     recheck: bool,
     proxy: &mut portico_core::Recorded,
     out: &mut Output,
 ) {
+    if let Some((config, text)) = load(path) {
+        apply(config, &text, recheck, 0, proxy, out);
+    }
+}
+
+/// Reads and checks the configuration SIGHUP switches to; `None` (logged)
+/// when it does not load.
+pub fn load(path: Option<&std::path::Path>) -> Option<(Config, String)> {
     let text = match path {
         Some(p) => std::fs::read_to_string(p),
         None => Ok(String::new()),
     };
     match portico_core::cli::reload(path, text) {
-        Ok((config, text)) => {
-            match Output::open(&config) {
-                Ok(o) => *out = o,
-                Err(e) => Output::log(
-                    Level::Error,
-                    &format!("cannot open the new access log: {e}; keeping the old one"),
-                ),
-            }
-            proxy.reconfigure(config, &text, recheck, std::time::Instant::now());
+        Ok(loaded) => Some(loaded),
+        Err(msg) => {
+            Output::log(Level::Error, &msg);
+            None
         }
-        Err(msg) => Output::log(Level::Error, &msg),
     }
+}
+
+/// Applies a loaded configuration to one worker's table and access log;
+/// returns how many connections the table closed (see
+/// `Proxy::reconfigure_worker` for `closed_elsewhere`).
+pub fn apply(
+    config: Config,
+    text: &str,
+    recheck: bool,
+    closed_elsewhere: usize,
+    proxy: &mut portico_core::Recorded,
+    out: &mut Output,
+) -> usize {
+    match Output::open(&config) {
+        Ok(o) => *out = o,
+        Err(e) => Output::log(
+            Level::Error,
+            &format!("cannot open the new access log: {e}; keeping the old one"),
+        ),
+    }
+    proxy.reconfigure_worker(
+        config,
+        text,
+        recheck,
+        closed_elsewhere,
+        std::time::Instant::now(),
+    )
 }

@@ -40,6 +40,8 @@ both!(
     proxy_header_garbage_and_untrusted,
     send_proxy_protocol_v1,
     send_proxy_protocol_v2,
+    workers_are_one_proxy,
+    second_instance_cannot_share_the_port,
 );
 
 /// The longest one Chromium run may take before it is killed.
@@ -1765,4 +1767,121 @@ fn send_proxy_protocol_v1(bin: Bin) {
 
 fn send_proxy_protocol_v2(bin: Bin) {
     send_proxy_case(bin, "v2");
+}
+
+// ---------------------------------------------------------------------------
+// Several workers.
+
+/// Four event loops for `portico`; `portico-threaded` accepts and ignores it.
+const WORKERS: &str = "\n[runtime]\nworkers = 4\n";
+
+/// Several workers are one proxy from outside: the status page lists every
+/// connection whichever worker holds it, `max_connections` counts them
+/// all, and a reload with `--reload-recheck` closes the denied ones on
+/// every worker and counts them in one line.
+fn workers_are_one_proxy(bin: Bin) {
+    const N: usize = 24;
+    let server = TestServer::start(Behaviour::Echo);
+    let dest = server.addr();
+    let config = |ports: &[u16], rules: &str| {
+        format!(
+            "{}{}{}{rules}{WORKERS}",
+            head(&format!("max_connections = {}", N + 1)),
+            status_service(ports[0]),
+            mapped_service("map", ports[1], dest, ""),
+        )
+    };
+    let (p, ports) = start_ports(bin, 2, &["--reload-recheck"], |ports| config(ports, ""));
+    let (status, map) = (local(ports[0]), local(ports[1]));
+    let mut held = Vec::new();
+    for i in 0..N {
+        let mut t = connect(map).unwrap_or_else(|e| panic!("{bin}: connect {i}: {e}"));
+        echo_check(&mut t, format!("tunnel {i}").as_bytes())
+            .unwrap_or_else(|e| panic!("{bin}: echo through tunnel {i}: {e}"));
+        held.push(t);
+    }
+    let list = connections(bin, status);
+    let mapped = list
+        .iter()
+        .filter(|c| c.str_of("service") == Some("map"))
+        .count();
+    assert_eq!(
+        mapped, N,
+        "{bin}: /connections lists every tunnel: {list:?}"
+    );
+    if bin == Bin::Mio {
+        let workers: std::collections::BTreeSet<&str> = list
+            .iter()
+            .filter_map(|c| c.str_of("id")?.split_once(':').map(|(w, _)| w))
+            .collect();
+        assert!(
+            workers.len() >= 2,
+            "{bin}: {N} connections over 4 workers land on more than one: {list:?}"
+        );
+    }
+    // N tunnels and one more make max_connections; the next is refused.
+    let mut last = connect(map).unwrap_or_else(|e| panic!("{bin}: connect: {e}"));
+    echo_check(&mut last, b"the last place")
+        .unwrap_or_else(|e| panic!("{bin}: the {}th connection is within the limit: {e}", N + 1));
+    held.push(last);
+    let mut over = connect(map).unwrap_or_else(|e| panic!("{bin}: connect: {e}"));
+    let _ = over.write_all(b"x");
+    let outcome = read_outcome(&mut over, PROMPTLY);
+    assert!(
+        outcome.is_closed(),
+        "{bin}: a connection over max_connections = {} (counted over all workers) is closed; \
+         got {outcome:?}",
+        N + 1
+    );
+    reload(&p, &config(&ports, DENY_LOCALHOST));
+    for (i, t) in held.iter_mut().enumerate() {
+        let outcome = read_outcome(t, PROMPTLY);
+        assert!(
+            outcome.is_closed(),
+            "{bin}: tunnel {i}, denied by the new rules, is closed by the reload; got {outcome:?}"
+        );
+    }
+    let want = format!("{} connections the new rules deny were closed", N + 1);
+    let lines: Vec<String> = p
+        .stderr_lines()
+        .into_iter()
+        .filter(|l| l.contains("configuration reloaded"))
+        .collect();
+    assert!(
+        lines.len() == 1 && lines[0].contains(&want),
+        "{bin}: one reload line saying {want:?}; got {lines:?}"
+    );
+}
+
+/// With several workers each listens through its own socket (SO_REUSEPORT
+/// for `portico`), yet a second instance on the same port still fails as
+/// "in use" instead of quietly sharing it; the first goes on serving.
+fn second_instance_cannot_share_the_port(bin: Bin) {
+    let server = TestServer::start(Behaviour::Echo);
+    let dest = server.addr();
+    let config = |port: u16| {
+        format!(
+            "{}{}{WORKERS}",
+            head(""),
+            mapped_service("map", port, dest, "")
+        )
+    };
+    let (_p, ports) = start_ports(bin, 1, &[], |ports| config(ports[0]));
+    for other in [Bin::Mio, Bin::Threaded] {
+        let (_path, out) = run_on_config(other, &config(ports[0]), &[], Duration::from_secs(20));
+        assert_eq!(
+            out.code(),
+            Some(1),
+            "{bin} holds port {}: a second {other} must fail to listen (exit 1): {out:?}",
+            ports[0]
+        );
+        let want = format!("cannot listen on 127.0.0.1:{} for service 'map'", ports[0]);
+        assert!(
+            out.stderr.contains(&want),
+            "{other}: stderr lacks {want:?}: {out:?}"
+        );
+    }
+    let mut t = connect(local(ports[0])).unwrap_or_else(|e| panic!("{bin}: connect: {e}"));
+    echo_check(&mut t, b"still the first")
+        .unwrap_or_else(|e| panic!("{bin}: the first instance still serves: {e}"));
 }

@@ -1,0 +1,206 @@
+//! Several tables sharing one ledger (one per `portico` worker): the limits
+//! hold across them, only the first opens UDP ports and prints what is
+//! listening, and a status request on one answers with all of them.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use portico_core::ledger::Ledger;
+use portico_core::{Action, ConnId, Event, ListenerId, Proxy, Refused, Side};
+
+const CONFIG: &str = r#"
+[network]
+internal = ["127.0.0.1"]
+[limits]
+max_connections = 3
+max_per_client = 2
+[log]
+access = "off"
+[[service]]
+name = "map"
+kind = "mapped"
+listen = ["127.0.0.1:8000"]
+destination = "127.0.0.1:9000"
+[[service]]
+name = "dns"
+kind = "mapped"
+protocol = "udp"
+listen = ["127.0.0.1:5353"]
+destination = "127.0.0.1:53"
+[[service]]
+name = "status"
+kind = "status"
+listen = ["127.0.0.1:8080"]
+"#;
+
+/// Opens every listener `proxy` asks for; returns its actions by kind.
+fn start(proxy: &mut Proxy, now: Instant) -> (Vec<(ListenerId, SocketAddr)>, usize, Vec<String>) {
+    let (mut tcp, mut udp, mut said) = (Vec::new(), 0, Vec::new());
+    let mut opened = Vec::new();
+    while let Some(a) = proxy.poll_action() {
+        match a {
+            Action::Listen { listener, addr } => {
+                tcp.push((listener, addr));
+                opened.push((listener, addr));
+            }
+            Action::ListenUdp { listener, addr } => {
+                udp += 1;
+                opened.push((listener, addr));
+            }
+            Action::Say(line) => said.push(line),
+            _ => {}
+        }
+    }
+    for (listener, local) in opened {
+        proxy.handle(Event::Listening { listener, local }, now);
+    }
+    while let Some(a) = proxy.poll_action() {
+        if let Action::Say(line) = a {
+            said.push(line);
+        }
+    }
+    (tcp, udp, said)
+}
+
+type Ports = Vec<(ListenerId, SocketAddr)>;
+
+fn on(ports: &Ports, port: u16) -> ListenerId {
+    ports
+        .iter()
+        .find(|(_, a)| a.port() == port)
+        .map(|(l, _)| *l)
+        .expect("a listener on that port")
+}
+
+fn workers(now: Instant) -> (Proxy, Proxy, Ports, Ports) {
+    let config = portico_core::config::parse(CONFIG, "workers.toml").expect("config");
+    let ledger = Ledger::new(2);
+    let mut a = Proxy::worker(config.clone(), 1, now, ledger.clone(), 0);
+    let mut b = Proxy::worker(config, 2, now, ledger, 1);
+    let (tcp_a, udp_a, said_a) = start(&mut a, now);
+    let (tcp_b, udp_b, said_b) = start(&mut b, now);
+    assert_eq!((tcp_a.len(), udp_a), (2, 1), "worker 0 opens every port");
+    assert_eq!(
+        (tcp_b.len(), udp_b),
+        (2, 0),
+        "worker 1 opens the TCP ports only"
+    );
+    assert_eq!(said_a.len(), 3, "worker 0 says what listens: {said_a:?}");
+    assert!(said_b.is_empty(), "worker 1 says nothing: {said_b:?}");
+    (a, b, tcp_a, tcp_b)
+}
+
+fn peer(ip: &str, port: u16) -> SocketAddr {
+    format!("{ip}:{port}").parse().expect("address")
+}
+
+fn local() -> SocketAddr {
+    peer("127.0.0.1", 8000)
+}
+
+#[test]
+fn limits_hold_across_workers() {
+    let now = Instant::now();
+    let (mut a, mut b, pa, pb) = workers(now);
+    let (la, lb) = (on(&pa, 8000), on(&pb, 8000));
+    let c1 = a
+        .accept_on(la, peer("10.0.0.1", 1), local(), now)
+        .expect("1st");
+    b.accept_on(lb, peer("10.0.0.1", 2), local(), now)
+        .expect("2nd");
+    // Two from 10.0.0.1 across both tables: a third is over max_per_client.
+    assert_eq!(
+        b.accept_on(lb, peer("10.0.0.1", 3), local(), now),
+        Err(Refused::PerClient)
+    );
+    b.accept_on(lb, peer("10.0.0.2", 1), local(), now)
+        .expect("3rd");
+    // Three in all: over max_connections on either table.
+    assert_eq!(
+        a.accept_on(la, peer("10.0.0.3", 1), local(), now),
+        Err(Refused::TooMany)
+    );
+    assert_eq!(
+        b.accept_on(lb, peer("10.0.0.3", 1), local(), now),
+        Err(Refused::TooMany)
+    );
+    // One closes on worker 0: worker 1 may take one more.
+    let error = portico_core::IoKind::Reset;
+    a.handle(
+        Event::IoError {
+            conn: c1,
+            side: Side::Client,
+            error,
+        },
+        now,
+    );
+    while a.poll_action().is_some() {}
+    assert!(a.is_empty(), "worker 0's connection is gone");
+    b.accept_on(lb, peer("10.0.0.3", 1), local(), now)
+        .expect("room again");
+}
+
+/// Feeds `request` to a new status connection on `proxy`.
+fn status_request(proxy: &mut Proxy, listener: ListenerId, request: &[u8], now: Instant) -> ConnId {
+    let conn = proxy
+        .accept_on(
+            listener,
+            peer("127.0.0.1", 40000),
+            peer("127.0.0.1", 8080),
+            now,
+        )
+        .expect("status connection");
+    let buf = proxy.recv_buf(conn, Side::Client).expect("a buffer");
+    buf[..request.len()].copy_from_slice(request);
+    proxy.handle(
+        Event::Read {
+            conn,
+            side: Side::Client,
+            n: request.len(),
+        },
+        now,
+    );
+    conn
+}
+
+#[test]
+fn status_answers_for_every_worker() {
+    let now = Instant::now();
+    let (mut a, mut b, pa, pb) = workers(now);
+    while b.poll_action().is_some() {}
+    a.accept_on(on(&pa, 8000), peer("10.0.0.7", 1), local(), now)
+        .expect("on worker 0");
+    let conn = status_request(
+        &mut b,
+        on(&pb, 8080),
+        b"GET /connections HTTP/1.0\r\n\r\n",
+        now,
+    );
+    let mut asked = false;
+    while let Some(act) = b.poll_action() {
+        asked |= act == Action::Gather { conn };
+    }
+    assert!(asked, "worker 1 asks for the others' tables");
+    assert!(
+        b.send_buf(conn, Side::Client).is_none(),
+        "no answer before the other tables are in"
+    );
+    let part = a.snapshot(now);
+    b.handle_gathered(conn, vec![part], now);
+    let answer =
+        String::from_utf8_lossy(b.send_buf(conn, Side::Client).expect("answer")).to_string();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("10.0.0.7:1"),
+        "worker 0's connection is listed: {answer}"
+    );
+    assert!(answer.contains("\"0:"), "ids name their worker: {answer}");
+    assert!(
+        answer.contains("\"1:"),
+        "the status connection itself, on worker 1: {answer}"
+    );
+    // A second answer for the same request changes nothing.
+    let before = b.send_buf(conn, Side::Client).map(|d| d.len());
+    b.handle_gathered(conn, vec![a.snapshot(now)], now);
+    assert_eq!(b.send_buf(conn, Side::Client).map(|d| d.len()), before);
+}
