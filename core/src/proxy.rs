@@ -18,8 +18,13 @@
 //! }
 //! ```
 //!
-//! Invariants: the table never holds more than `limits.max_connections`
-//! sessions that are served (plus at most [`REFUSING_MAX`] that only refuse), nor more than `limits.max_per_client` from one address; every
+//! Several tables (one per worker) may share one [`Ledger`]: the limits
+//! count the sessions of all of them.
+//!
+//! Invariants: the tables sharing a ledger never hold more than
+//! `limits.max_connections` sessions that are served (plus at most
+//! [`REFUSING_MAX`] that only refuse), nor more than
+//! `limits.max_per_client` from one address; every
 //! live session has exactly one current entry in the timer heap; a session
 //! holds a buffer only while bytes are in it; an event naming a dead or
 //! reused id changes nothing.
@@ -435,12 +440,15 @@ impl Proxy {
             if self.grace_until.is_some() {
                 return Err(self.refuse_plain(service, peer, Refused::ShuttingDown));
             }
-            if self.ledger.lock().served() >= self.config.limits.max_connections as usize {
+            let mut counts = self.ledger.lock();
+            if counts.served() >= self.config.limits.max_connections as usize {
+                drop(counts);
                 return Err(self.refuse_plain(service, peer, Refused::TooMany));
             }
+            counts.sessions += 1;
             None
         } else {
-            match self.admit(service, peer.ip(), hs.is_some() || is_http) {
+            match self.admit(service, peer.ip(), hs.is_some() || is_http, false) {
                 Ok(r) => r,
                 Err(why) => return Err(self.refuse_plain(service, peer, why)),
             }
@@ -479,17 +487,24 @@ impl Proxy {
     /// Checks a new client against the limits and the rules on its
     /// address, and counts it. `Ok(Some(why))`: admitted only to be told
     /// `why` in its protocol's words (`words`: the protocol has them).
+    ///
+    /// `in_table`: the session is in the table (and counted) already, as
+    /// one behind a PROXY header is; otherwise it is counted here, under
+    /// the same lock as the check, so two workers cannot both take the
+    /// last place.
     fn admit(
         &mut self,
         service: usize,
         client: IpAddr,
         words: bool,
+        in_table: bool,
     ) -> Result<Option<Failure>, Refused> {
         let limits = &self.config.limits;
         let mut counts = self.ledger.lock();
+        let others = counts.served().saturating_sub(usize::from(in_table));
         let over = if self.grace_until.is_some() {
             Some(Refused::ShuttingDown)
-        } else if counts.served() >= limits.max_connections as usize {
+        } else if others >= limits.max_connections as usize {
             Some(Refused::TooMany)
         } else if counts.client(client) >= limits.max_per_client {
             Some(Refused::PerClient)
@@ -515,11 +530,12 @@ impl Proxy {
         if (over.is_some() || denied) && !say_it {
             return Err(over.unwrap_or(Refused::Denied));
         }
-        // Counted before the lock is let go, so two workers cannot both
-        // take the last place.
         match refusing {
             Some(_) => counts.refusing += 1,
             None => counts.add_client(client),
+        }
+        if !in_table {
+            counts.sessions += 1;
         }
         drop(counts);
         if let Some(f) = refusing {
@@ -602,10 +618,7 @@ impl Proxy {
                 }
                 let (service, client) = (s.service, s.client);
                 let words = s.hs.is_some() || s.http.is_some();
-                // This session is in the table already: not counted twice.
-                self.ledger.lock().refusing += 1;
-                let admitted = self.admit(service, client.ip(), words);
-                self.ledger.lock().refusing -= 1;
+                let admitted = self.admit(service, client.ip(), words, true);
                 match admitted {
                     Ok(refusing) => {
                         let s = &mut self.sessions[idx];
@@ -769,6 +782,7 @@ impl Proxy {
             return Err(Refused::TooMany);
         }
         counts.add_client(peer.ip());
+        counts.sessions += 1;
         drop(counts);
         let owner = &self.sessions[port.owner.idx as usize];
         let user = owner
@@ -800,8 +814,8 @@ impl Proxy {
         self.gens[idx] = self.gens[idx].wrapping_add(1);
         session.gen = self.gens[idx];
         let gen = session.gen;
+        // Counted in the ledger already, when it was admitted.
         self.sessions.insert(session);
-        self.ledger.lock().sessions += 1;
         ConnId {
             idx: idx as u32,
             gen,

@@ -204,3 +204,98 @@ fn status_answers_for_every_worker() {
     b.handle_gathered(conn, vec![a.snapshot(now)], now);
     assert_eq!(b.send_buf(conn, Side::Client).map(|d| d.len()), before);
 }
+
+/// Seeded random accepts and closes spread over three tables: the limits
+/// hold at every step, and once every connection is gone the ledger counts
+/// nothing.
+#[test]
+fn random_accepts_and_closes_keep_the_ledger_exact() {
+    let seed: u64 = std::env::var("PORTICO_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_0f_1ed6e5);
+    let mut rng = seed;
+    // splitmix64
+    let mut next = move |n: u64| {
+        rng = rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) % n
+    };
+    let now = Instant::now();
+    let config = portico_core::config::parse(CONFIG, "workers.toml").expect("config");
+    let ledger = Ledger::new(3);
+    let mut tables: Vec<(Proxy, ListenerId)> = (0..3)
+        .map(|k| {
+            let mut p = Proxy::worker(config.clone(), k as u64, now, ledger.clone(), k);
+            let (tcp, _, _) = start(&mut p, now);
+            let l = on(&tcp, 8000);
+            (p, l)
+        })
+        .collect();
+    let mut open: Vec<(usize, ConnId, &str)> = Vec::new();
+    let clients = ["10.0.0.1", "10.0.0.2", "10.0.0.3"];
+    let mut refused = [0u32; 2];
+    for step in 0..2000 {
+        let k = next(3) as usize;
+        if next(3) < 2 || open.is_empty() {
+            let ip = clients[next(3) as usize];
+            let (p, l) = &mut tables[k];
+            let r = p.accept_on(*l, peer(ip, 1000 + step as u16), local(), now);
+            let same = open.iter().filter(|(_, _, c)| *c == ip).count();
+            match r {
+                Ok(c) => open.push((k, c, ip)),
+                Err(Refused::TooMany) => {
+                    refused[0] += 1;
+                    assert!(open.len() >= 3, "seed {seed}: TooMany with {}", open.len())
+                }
+                Err(Refused::PerClient) => {
+                    refused[1] += 1;
+                    assert!(same >= 2, "seed {seed}: PerClient with {same}")
+                }
+                Err(e) => panic!("seed {seed}: step {step}: {e:?}"),
+            }
+        } else {
+            let (k, conn, _) = open.swap_remove(next(open.len() as u64) as usize);
+            let p = &mut tables[k].0;
+            let error = portico_core::IoKind::Reset;
+            p.handle(
+                Event::IoError {
+                    conn,
+                    side: Side::Client,
+                    error,
+                },
+                now,
+            );
+            while p.poll_action().is_some() {}
+        }
+        assert!(open.len() <= 3, "seed {seed}: over max_connections");
+        for ip in clients {
+            let n = open.iter().filter(|(_, _, c)| *c == ip).count();
+            assert!(n <= 2, "seed {seed}: {ip} over max_per_client");
+        }
+    }
+    assert!(
+        refused.iter().all(|n| *n > 0),
+        "seed {seed}: both limits were reached at some step: {refused:?}"
+    );
+    for (k, conn, _) in open.drain(..) {
+        let p = &mut tables[k].0;
+        let error = portico_core::IoKind::Reset;
+        p.handle(
+            Event::IoError {
+                conn,
+                side: Side::Client,
+                error,
+            },
+            now,
+        );
+    }
+    let counts = ledger.lock();
+    assert_eq!(
+        (counts.sessions, counts.refusing, counts.per_client.len()),
+        (0, 0, 0),
+        "seed {seed}: the ledger counts nothing once all are gone"
+    );
+}
