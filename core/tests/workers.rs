@@ -213,7 +213,7 @@ fn random_accepts_and_closes_keep_the_ledger_exact() {
     let seed: u64 = std::env::var("PORTICO_SIM_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed_0f_1ed6e5);
+        .unwrap_or(0x5eed_0f1e_d6e5);
     let mut rng = seed;
     // splitmix64
     let mut next = move |n: u64| {
