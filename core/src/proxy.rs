@@ -55,6 +55,10 @@ const POOL_KEEP: usize = 1024;
 /// Connections over a limit (or denied) that may exist at once only to be
 /// told so in their protocol's words; past this they are just closed.
 pub const REFUSING_MAX: usize = 64;
+/// The most bytes one [`Event::Spliced`] counts (a runtime reports each
+/// splice(2) on its own, far less than this; the bound keeps the counters
+/// of a confused runtime from overflowing).
+pub const SPLICED_MAX: usize = 1 << 30;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ListenerState {
@@ -1342,6 +1346,39 @@ impl Proxy {
         }
     }
 
+    /// Whether the runtime may move bytes from `from` to the other side
+    /// itself (splice(2)), reporting them with [`Event::Spliced`], instead
+    /// of reading into [`Proxy::recv_buf`]. True only while the direction
+    /// is a pure relay the core has nothing to do with: the session relays
+    /// (a mapped port, SOCKS after its reply, an HTTP CONNECT tunnel after
+    /// its 200, an FTP data connection), no bandwidth cap counts its bytes,
+    /// nothing of it waits in the core (what the core holds goes out first,
+    /// so the order is kept; a reply or PROXY header it made, too), its
+    /// source has not reached EOF, the core wants a read there, and the
+    /// core would not keep the payload (see [`Proxy::keeps_payload`]).
+    ///
+    /// Asked before each splice from `from`'s socket; bytes already in the
+    /// runtime's pipe may still be written out after it turns false.
+    pub fn splice_ok(&self, conn: ConnId, from: Side) -> bool {
+        let Some(s) = self
+            .sessions
+            .get(conn.idx as usize)
+            .filter(|s| s.gen == conn.gen)
+        else {
+            return false;
+        };
+        let d = s.source(from);
+        s.state == State::Relay
+            && s.bucket.is_none()
+            && s.upstream_open
+            && d.fwd.is_none()
+            && d.drained()
+            && !d.eof
+            && !d.shut
+            && s.wanted(from).0
+            && !self.keeps_payload(conn, from)
+    }
+
     /// Where the runtime reads `side`'s next bytes to: free space in the
     /// buffer of the direction `side` feeds. `None` when the core does not
     /// want a read on `side` now (or the id is stale).
@@ -1546,6 +1583,22 @@ impl Proxy {
                     return;
                 }
                 self.sync(idx, now);
+            }
+            Event::Spliced { conn, from, n } => {
+                if !self.live(conn) || n == 0 {
+                    return;
+                }
+                let idx = conn.idx as usize;
+                let s = &mut self.sessions[idx];
+                // As a Read of n then a Written of n: the direction's count
+                // and the idle clock; the bytes never were in the core.
+                let d = s.source_dir(from);
+                d.bytes = d.bytes.saturating_add(n.min(SPLICED_MAX) as u64);
+                s.last_active = now;
+                if let Some(owner) = s.owner {
+                    // A transfer keeps its control connection alive.
+                    self.touch(owner, now);
+                }
             }
             Event::ReadBlocked { conn, side } => {
                 if !self.live(conn) {
