@@ -55,6 +55,10 @@ const POOL_KEEP: usize = 1024;
 /// Connections over a limit (or denied) that may exist at once only to be
 /// told so in their protocol's words; past this they are just closed.
 pub const REFUSING_MAX: usize = 64;
+/// The smallest pipe a runtime splices a direction through: with 256 KiB
+/// a splice(2) moves four times what the kernel's default 64 KiB pipe lets
+/// it, and a single stream gains about a fifth.
+pub const SPLICE_PIPE_MIN: usize = 256 * 1024;
 /// The most bytes one [`Event::Spliced`] counts (a runtime reports each
 /// splice(2) on its own, far less than this; the bound keeps the counters
 /// of a confused runtime from overflowing).
@@ -1377,6 +1381,14 @@ impl Proxy {
             && !d.shut
             && s.wanted(from).0
             && !self.keeps_payload(conn, from)
+    }
+
+    /// How big a pipe a runtime splices a direction through: `limits.buffer`,
+    /// at least [`SPLICE_PIPE_MIN`]. It bounds what a spliced direction
+    /// holds (in the kernel) as `limits.buffer` bounds what the core's
+    /// buffer holds; a full pipe stops reading from its source.
+    pub fn splice_pipe_size(&self) -> usize {
+        self.config.limits.buffer.max(SPLICE_PIPE_MIN)
     }
 
     /// Where the runtime reads `side`'s next bytes to: free space in the

@@ -457,3 +457,16 @@ fn recording_never_splices() {
         );
     }
 }
+
+#[test]
+fn pipes_are_at_least_256_kib_or_the_buffer() {
+    let now = Instant::now();
+    let (p, _) = open(MAPPED, now);
+    assert_eq!(
+        p.splice_pipe_size(),
+        256 * 1024,
+        "the default 64 KiB buffer"
+    );
+    let (p, _) = open(&format!("[limits]\nbuffer = 1048576\n{MAPPED}"), now);
+    assert_eq!(p.splice_pipe_size(), 1024 * 1024);
+}

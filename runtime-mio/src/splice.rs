@@ -7,10 +7,12 @@
 //!
 //! A direction holds a pipe only while bytes are in it, as it holds a
 //! buffer of the core's: pipes come from a pool ([`Pipes`]) and go back
-//! when empty. A pipe is made `limits.buffer` bytes big (F_SETPIPE_SZ
-//! rounds up to a power of two pages; the system's `fs.pipe-max-size` caps
-//! it), so a direction still holds at most about that much, in the kernel
-//! now: a full pipe is what stops reading from its source.
+//! when empty. A pipe is made as big as the core says
+//! (`Proxy::splice_pipe_size`: `limits.buffer`, at least 256 KiB;
+//! F_SETPIPE_SZ rounds up to a power of two pages, and the system's
+//! `fs.pipe-max-size` and `fs.pipe-user-pages-soft` may hold it to less).
+//! That is the bound on what a spliced direction holds, in the kernel: a
+//! full pipe is what stops reading from its source.
 //!
 //! Linux only; elsewhere [`Pipes::take`] says "not supported" and the
 //! runtimes read and write as before.
@@ -148,8 +150,8 @@ impl Pipes {
         }
     }
 
-    /// An empty pipe of `size` bytes (the core's buffer size; a reload may
-    /// change it, and the spares of the old size are closed).
+    /// An empty pipe of `size` bytes (a reload may change the size the
+    /// core asks for; the spares of the old size are closed then).
     pub fn take(&mut self, size: usize) -> io::Result<Pipe> {
         if size != self.size {
             self.spare.clear();

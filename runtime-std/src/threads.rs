@@ -803,7 +803,7 @@ struct ConnThread {
     eof_piped: [bool; 2],
     /// splice(2) is not supported here: read and write only.
     no_splice: bool,
-    /// The size new pipes are made (the core's buffer size).
+    /// The size new pipes are made (as the core says).
     pipe_size: usize,
 }
 
@@ -1234,7 +1234,7 @@ impl ConnThread {
 }
 
 /// Whether each direction of `conn` may splice now (the caller holds the
-/// lock), and the size its pipes are made.
+/// lock), and the size the core wants its pipes.
 fn splice_answer(core: &Core, conn: ConnId) -> ([bool; 2], usize) {
     let p = &core.proxy;
     (
@@ -1242,7 +1242,7 @@ fn splice_answer(core: &Core, conn: ConnId) -> ([bool; 2], usize) {
             p.splice_ok(conn, Side::Client),
             p.splice_ok(conn, Side::Upstream),
         ],
-        p.proxy().config().limits.buffer,
+        p.proxy().splice_pipe_size(),
     )
 }
 
