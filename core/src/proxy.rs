@@ -14,6 +14,9 @@
 //!                                  proxy.handle(Event::Read { .. } | Eof | ReadBlocked, now)
 //!     for each writable socket:    write from proxy.send_buf(conn, side), then
 //!                                  proxy.handle(Event::Written { .. }, now)
+//!     (or, where proxy.splice_ok(conn, side): splice side → pipe → other side
+//!      without the core's buffers, then proxy.handle(Event::Spliced { .. }, now),
+//!      and Eof only once the pipe is empty)
 //!     proxy.handle_timeout(now);
 //! }
 //! ```
