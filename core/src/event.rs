@@ -42,6 +42,12 @@ pub enum Event {
     Eof { conn: ConnId, side: Side },
     /// `n` bytes of [`crate::Proxy::send_buf`] of `side` were written.
     Written { conn: ConnId, side: Side, n: usize },
+    /// `n` bytes read from `from` were written to the other side by the
+    /// runtime itself (splice(2) through a pipe), never entering the core's
+    /// buffers. Only while [`crate::Proxy::splice_ok`] says so; the core
+    /// counts them as a `Read` and a `Written` of `n` would, and changes
+    /// nothing else. At most [`crate::proxy::SPLICED_MAX`] count per event.
+    Spliced { conn: ConnId, from: Side, n: usize },
     /// A read, write or shutdown on `side` failed.
     IoError {
         conn: ConnId,

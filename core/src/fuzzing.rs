@@ -4,8 +4,9 @@
 //! - [`event_sequence`] decodes raw bytes into a configuration and a
 //!   sequence of calls a runtime could make (accepts, every [`Event`], time
 //!   advancing, reads into [`Proxy::recv_buf`] and writes from
-//!   [`Proxy::send_buf`] with counts that may exceed what was lent, stale
-//!   ids, shutdown) and checks the table's invariants after every call.
+//!   [`Proxy::send_buf`] with counts that may exceed what was lent, bytes
+//!   spliced past the core while [`Proxy::splice_ok`] allows it (and now
+//!   and then when it does not), stale ids, shutdown) and checks the table's invariants after every call.
 //! - [`config`] feeds the bytes, when they are UTF-8, to
 //!   [`crate::config::parse`] and checks the documented invariants of every
 //!   configuration it accepts.
@@ -670,11 +671,13 @@ impl Harness {
                     self.proxy
                         .handle(Event::ListenFailed { listener, error }, self.at());
                 }
+                7 => self.splice(input),
                 _ => {
                     // Read-only calls must be harmless.
                     let conn = self.pick_conn(input);
                     let side = input.side();
                     let _ = self.proxy.send_buf(conn, side);
+                    let _ = self.proxy.splice_ok(conn, side);
                     let _ = self.proxy.listener_service(ListenerId(input.byte() as u32));
                     let _ = self.proxy.stats();
                 }
@@ -703,7 +706,12 @@ impl Harness {
         let n = input.count();
         let event = match input.byte() % 8 {
             0 => Event::Read { conn, side, n },
-            1 => Event::Written { conn, side, n },
+            1 if n & 1 == 0 => Event::Written { conn, side, n },
+            1 => Event::Spliced {
+                conn,
+                from: side,
+                n,
+            },
             2 => Event::Eof { conn, side },
             3 => Event::Connected {
                 conn,
@@ -955,6 +963,50 @@ impl Harness {
         }
         self.proxy
             .handle(Event::Written { conn, side, n }, self.at());
+    }
+
+    /// Bytes moved from `from` to the other side by the runtime itself
+    /// (splice(2)): usually when the core allows it, sometimes when it does
+    /// not (a confused runtime). They never pass the core's buffers, so the
+    /// model of what waits in them stays as it is; an allowed splice finds
+    /// nothing waiting.
+    fn splice(&mut self, input: &mut Input<'_>) {
+        let conn = self.pick_conn(input);
+        let from = input.side();
+        let n = input.count();
+        let ok = self.proxy.splice_ok(conn, from);
+        if ok {
+            let Some(m) = self.conns.get(&conn) else {
+                panic!("splice_ok for dead id {conn}");
+            };
+            assert!(
+                m.interest[idx(from)].0,
+                "splice_ok on {conn} {from:?}, where the core wants no read"
+            );
+            assert!(
+                !m.shut[idx(from.other())],
+                "splice_ok on {conn} {from:?} after ShutdownWrite of the other side"
+            );
+            if let Some(q) = match from {
+                Side::Client => &m.up,
+                Side::Upstream => &m.down,
+            } {
+                assert!(
+                    q.is_empty(),
+                    "splice_ok on {conn} {from:?} with {} bytes waiting in the core",
+                    q.len()
+                );
+            }
+            assert!(
+                self.proxy.send_buf(conn, from.other()).is_none(),
+                "splice_ok on {conn} {from:?} while send_buf shows bytes"
+            );
+        }
+        if !ok && input.byte() & 3 != 0 {
+            return;
+        }
+        self.proxy
+            .handle(Event::Spliced { conn, from, n }, self.at());
     }
 
     fn timeout(&mut self) {

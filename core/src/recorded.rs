@@ -176,6 +176,13 @@ impl Recorded {
         self.proxy.send_buf(conn, side)
     }
 
+    /// [`Proxy::splice_ok`], and never while recording: a recorded run
+    /// moves every byte through the core's buffers, so its trace holds each
+    /// read and write, and the replay steps through the same buffer states.
+    pub fn splice_ok(&self, conn: ConnId, from: Side) -> bool {
+        self.rec.is_none() && self.proxy.splice_ok(conn, from)
+    }
+
     pub fn is_finished(&self) -> bool {
         self.proxy.is_finished()
     }

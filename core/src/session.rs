@@ -274,6 +274,14 @@ impl Session {
         }
     }
 
+    /// [`Session::source_dir`], to look at.
+    pub fn source(&self, side: Side) -> &Dir {
+        match side {
+            Side::Client => &self.up,
+            Side::Upstream => &self.down,
+        }
+    }
+
     /// The direction that `side`'s writes drain.
     pub fn sink_dir(&self, side: Side) -> &Dir {
         match side {

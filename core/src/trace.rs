@@ -95,7 +95,7 @@
 //! connected <conn> <local>            connect-failed <conn> <io>
 //! read <conn> <side> <n> ["bytes"]    read-blocked <conn> <side>
 //! eof <conn> <side>                   written <conn> <side> <n>
-//! io-error <conn> <side> <io>
+//! spliced <conn> <from-side> <n>      io-error <conn> <side> <io>
 //! timeout                             shutdown
 //! reload <lines>                      reload-recheck <lines>
 //!                                     (then that many `|` lines of the new configuration)
@@ -659,6 +659,9 @@ fn put_event(out: &mut String, t: u64, event: &Event, bytes: Option<&[u8]>) {
         Event::Written { conn, side, n } => {
             write!(out, "written {conn} {} {n}", SideName(*side))
         }
+        Event::Spliced { conn, from, n } => {
+            write!(out, "spliced {conn} {} {n}", SideName(*from))
+        }
         Event::IoError { conn, side, error } => {
             write!(
                 out,
@@ -1086,6 +1089,11 @@ fn parse_event(
         "written" => Event::Written {
             conn: w.parse(CONN, parse_conn)?,
             side: w.parse(SIDE, parse_side)?,
+            n: w.parse("a byte count", parse_usize)?,
+        },
+        "spliced" => Event::Spliced {
+            conn: w.parse(CONN, parse_conn)?,
+            from: w.parse(SIDE, parse_side)?,
             n: w.parse("a byte count", parse_usize)?,
         },
         "io-error" => Event::IoError {
@@ -1706,6 +1714,16 @@ destination = "192.0.2.53:53"
                 conn: c(0, 1),
                 side: Side::Client,
                 n: 65536,
+            }),
+            ev(Event::Spliced {
+                conn: c(0, 1),
+                from: Side::Upstream,
+                n: 262144,
+            }),
+            ev(Event::Spliced {
+                conn: c(7, 3),
+                from: Side::Client,
+                n: 0,
             }),
         ]);
         v
@@ -2332,6 +2350,13 @@ destination = "192.0.2.53:53"
                 "i/o error kind",
             ),
             ("1.000000000 written 0.1 client -1\n", 31, "a byte count"),
+            ("1.000000000 spliced 0.1 client\n", 30, "a byte count"),
+            ("1.000000000 spliced 0.1 sideways 5\n", 24, "side"),
+            (
+                "1.000000000 spliced 0.1 upstream 5 6\n",
+                35,
+                "unexpected text",
+            ),
             ("wall 1 99999999999\n", 7, "UTC offset"),
             ("log-level loud\n", 10, "a log level"),
             ("polled +1\n", 7, "a number of actions"),

@@ -18,6 +18,15 @@
 //! amount of work per connection: a connection with more to do is queued
 //! again behind the others, so none starves the rest.
 //!
+//! A direction the core calls a pure relay (`splice_ok`) moves through a
+//! pipe with splice(2) instead (see `splice.rs`): socket → pipe while the
+//! pipe has room, pipe → socket while the other socket is writable (the
+//! core asks for no write there: its buffer is empty), each count told as
+//! `Spliced`. Order is kept both ways: nothing is read into the core while
+//! the pipe holds bytes, and the core allows no splice while its buffer
+//! does; a source's EOF is told only once its pipe is empty, so the
+//! half-close it leads to comes after the last byte.
+//!
 //! Tokens: `2 * index` is a connection's client socket, `2 * index + 1` its
 //! upstream socket; listeners and the signal pipe live at the top of the
 //! token space.
@@ -25,7 +34,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
-use std::os::fd::IntoRawFd;
+use std::os::fd::{AsFd, IntoRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -40,6 +49,7 @@ use portico_core::{Action, ConnId, Event, IoKind, ListenerId, Recorded, Side};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::output::{Output, Start, TraceFiles, WallClock};
+use crate::splice::{Fill, Pipe, Pipes};
 
 const SIGNAL: Token = Token(usize::MAX);
 /// The loop's one waker: resolver answers or mail from another worker.
@@ -76,6 +86,86 @@ struct Conn {
     connecting: bool,
     sock: [Sock; 2],
     queued: bool,
+    /// Per direction, by source side: the pipe its spliced bytes wait in
+    /// on their way to the other socket (only while it holds some).
+    pipe: [Option<Pipe>; 2],
+    /// The source reached EOF with bytes still in its pipe: the core hears
+    /// of it once they are out.
+    eof_piped: [bool; 2],
+    /// splice(2) is not supported here: read and write only.
+    no_splice: bool,
+}
+
+impl Conn {
+    fn new(id: ConnId, client: TcpStream) -> Conn {
+        Conn {
+            id,
+            client,
+            upstream: None,
+            connecting: false,
+            sock: [Sock::default(); 2],
+            queued: false,
+            pipe: [None, None],
+            eof_piped: [false; 2],
+            no_splice: false,
+        }
+    }
+
+    fn stream(&self, side: Side) -> Option<&TcpStream> {
+        match side {
+            Side::Client => Some(&self.client),
+            Side::Upstream => self.upstream.as_ref(),
+        }
+    }
+
+    /// Bytes wait in the pipe of the direction `from` feeds.
+    fn piped(&self, from: Side) -> bool {
+        self.pipe[si(from)].as_ref().is_some_and(|p| !p.is_empty())
+    }
+
+    /// What reading `side` would do now.
+    fn read_op(&self, proxy: &Recorded, side: Side) -> ReadOp {
+        let s = self.sock[si(side)];
+        if !(s.want_read && s.readable) || self.eof_piped[si(side)] {
+            return ReadOp::None;
+        }
+        let room = self.pipe[si(side)].as_ref().is_none_or(|p| p.has_room());
+        if !self.no_splice && room && proxy.splice_ok(self.id, side) {
+            ReadOp::Splice
+        } else if self.piped(side) {
+            // Bytes read earlier are still on their way: they go first.
+            ReadOp::None
+        } else {
+            ReadOp::Read
+        }
+    }
+
+    /// The pipe toward `side` holds bytes `side` can take now.
+    fn pipe_out_ready(&self, side: Side) -> bool {
+        self.piped(side.other()) && self.sock[si(side)].writable
+    }
+
+    /// Gives the pipes that are empty back to the pool (all of them when
+    /// the connection ends; those that hold bytes are closed then).
+    fn release_pipes(&mut self, pipes: &mut Pipes, all: bool) {
+        for i in 0..2 {
+            let empty = self.pipe[i].as_ref().is_some_and(|p| p.is_empty());
+            if all || (empty && !self.eof_piped[i]) {
+                if let Some(p) = self.pipe[i].take() {
+                    pipes.give(p);
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReadOp {
+    None,
+    /// Into the core's buffer.
+    Read,
+    /// Into the direction's pipe.
+    Splice,
 }
 
 struct Lst {
@@ -119,6 +209,8 @@ struct Loop {
     /// Status requests waiting for the other workers' tables: the parts
     /// so far and how many are still to come.
     gathers: HashMap<ConnId, (Vec<Snapshot>, usize)>,
+    /// Empty pipes for directions that start splicing.
+    pipes: Pipes,
 }
 
 /// What one worker knows of the others.
@@ -309,6 +401,7 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
                 groups: groups.clone(),
             },
             gathers: HashMap::new(),
+            pipes: Pipes::new(),
         });
     }
     let mut loops = loops.into_iter();
@@ -694,10 +787,15 @@ impl Loop {
                     }
                 }
                 Action::CloseUpstream { conn } => {
-                    if let Some(c) = self.conn_mut(conn) {
-                        c.upstream = None;
-                        c.connecting = false;
-                        c.sock[1] = Sock::default();
+                    if let Some(c) = self.conns.get_mut(conn.index()) {
+                        if let Some(c) = c.as_mut().filter(|c| c.id == conn) {
+                            c.upstream = None;
+                            c.connecting = false;
+                            c.sock[1] = Sock::default();
+                            // What was on its way to or from it goes too.
+                            c.release_pipes(&mut self.pipes, true);
+                            c.eof_piped = [false; 2];
+                        }
                     }
                 }
                 Action::ShutdownWrite { conn, side } => {
@@ -719,10 +817,14 @@ impl Loop {
                     }
                 }
                 Action::Close { conn } => {
-                    if self.conn_mut(conn).is_some() {
-                        // Dropping the sockets closes them and takes them out
-                        // of the poll set.
-                        self.conns[conn.index()] = None;
+                    if let Some(c) = self.conns.get_mut(conn.index()) {
+                        if c.as_ref().is_some_and(|c| c.id == conn) {
+                            // Dropping the sockets closes them and takes them
+                            // out of the poll set.
+                            if let Some(mut c) = c.take() {
+                                c.release_pipes(&mut self.pipes, true);
+                            }
+                        }
                     }
                 }
                 Action::Log { level, message } => Output::log(level, &message),
@@ -868,6 +970,8 @@ impl Loop {
                 c.upstream = Some(u);
                 c.connecting = true;
                 c.sock[1] = Sock::default();
+                c.release_pipes(&mut self.pipes, true);
+                c.eof_piped = [false; 2];
             }
             Err(e) => {
                 let error = IoKind::from_io(&e);
@@ -1077,14 +1181,7 @@ impl Loop {
         if self.conns.len() <= idx {
             self.conns.resize_with(idx + 1, || None);
         }
-        self.conns[idx] = Some(Conn {
-            id: conn,
-            client: stream,
-            upstream: None,
-            connecting: false,
-            sock: [Sock::default(); 2],
-            queued: false,
-        });
+        self.conns[idx] = Some(Conn::new(conn, stream));
         // Actions for this connection (Connect, Interest) need its slot.
         self.drain();
     }
@@ -1123,17 +1220,32 @@ impl Loop {
             }
             let mut did = false;
             for side in [Side::Client, Side::Upstream] {
+                let Some(c) = self.conns.get(idx).and_then(Option::as_ref) else {
+                    return false;
+                };
+                if c.id != conn
+                    || (side == Side::Upstream && (c.upstream.is_none() || c.connecting))
+                {
+                    continue;
+                }
+                let op = c.read_op(&self.proxy, side);
+                if op != ReadOp::None {
+                    ops += 1;
+                    did = true;
+                    if op == ReadOp::Splice {
+                        self.splice_in(conn, side);
+                    } else {
+                        self.read(conn, side);
+                    }
+                    self.drain();
+                }
                 let Some(c) = self.conn_mut(conn) else {
                     return false;
                 };
-                if side == Side::Upstream && (c.upstream.is_none() || c.connecting) {
-                    continue;
-                }
-                let s = c.sock[si(side)];
-                if s.want_read && s.readable {
+                if c.pipe_out_ready(side) {
                     ops += 1;
                     did = true;
-                    self.read(conn, side);
+                    self.splice_out(conn, side.other());
                     self.drain();
                 }
                 let Some(c) = self.conn_mut(conn) else {
@@ -1148,16 +1260,26 @@ impl Loop {
                 }
             }
             if !did {
-                return false;
+                break;
             }
         }
+        let proxy = &self.proxy;
+        let Some(c) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
+            return false;
+        };
+        if c.id != conn {
+            return false;
+        }
+        c.release_pipes(&mut self.pipes, false);
         // The turn is spent: is anything still both wanted and ready?
-        self.conn_mut(conn).is_some_and(|c| {
-            (c.connecting && c.sock[1].writable)
-                || c.sock
-                    .iter()
-                    .any(|s| (s.want_read && s.readable) || (s.want_write && s.writable))
-        })
+        (c.connecting && c.sock[1].writable)
+            || [Side::Client, Side::Upstream].into_iter().any(|side| {
+                let s = c.sock[si(side)];
+                let open = side == Side::Client || (c.upstream.is_some() && !c.connecting);
+                open && (c.read_op(proxy, side) != ReadOp::None
+                    || c.pipe_out_ready(side)
+                    || (s.want_write && s.writable))
+            })
     }
 
     fn finish_connect(&mut self, idx: usize) {
@@ -1251,6 +1373,110 @@ impl Loop {
             },
         };
         self.proxy.handle(ev, now);
+    }
+
+    /// Splices what `side` has into its direction's pipe (the core said the
+    /// direction is a pure relay).
+    fn splice_in(&mut self, conn: ConnId, side: Side) {
+        let size = self.proxy.proxy().splice_pipe_size();
+        let Some(Some(c)) = self.conns.get_mut(conn.index()) else {
+            return;
+        };
+        let mut pipe = match c.pipe[si(side)].take() {
+            Some(p) => p,
+            None => match self.pipes.take(size) {
+                Ok(p) => p,
+                Err(_) => {
+                    // No pipe (unsupported, or out of descriptors): this
+                    // connection reads and writes.
+                    c.no_splice = true;
+                    return;
+                }
+            },
+        };
+        let Some(stream) = c.stream(side) else {
+            self.pipes.give(pipe);
+            return;
+        };
+        let r = pipe.fill(stream.as_fd());
+        let now = Instant::now();
+        let empty = pipe.is_empty();
+        c.pipe[si(side)] = Some(pipe);
+        let s = &mut c.sock[si(side)];
+        let ev = match r {
+            // Nothing told yet: the core hears of bytes once they are out.
+            // A short splice says nothing about the socket (the pipe may
+            // have run out of page slots), so `readable` stays.
+            Ok(Fill::Moved) | Ok(Fill::PipeFull) => return,
+            Ok(Fill::Empty) => {
+                s.readable = false;
+                return;
+            }
+            Ok(Fill::Unsupported) => {
+                c.no_splice = true;
+                return;
+            }
+            Ok(Fill::Eof) => {
+                s.readable = false;
+                if !empty {
+                    c.eof_piped[si(side)] = true;
+                    return;
+                }
+                Event::Eof { conn, side }
+            }
+            Err(e) => Event::IoError {
+                conn,
+                side,
+                error: IoKind::from_io(&e),
+            },
+        };
+        self.proxy.handle(ev, now);
+    }
+
+    /// Splices what the pipe of the direction `from` feeds out to the other
+    /// socket, and tells the core how much went (and the source's EOF, once
+    /// the pipe is empty).
+    fn splice_out(&mut self, conn: ConnId, from: Side) {
+        let to = from.other();
+        let Some(Some(c)) = self.conns.get_mut(conn.index()) else {
+            return;
+        };
+        let stream = match to {
+            Side::Client => Some(&c.client),
+            Side::Upstream => c.upstream.as_ref(),
+        };
+        let (Some(pipe), Some(stream)) = (c.pipe[si(from)].as_mut(), stream) else {
+            return;
+        };
+        let held = pipe.len();
+        let r = pipe.drain(stream.as_fd());
+        let drained = pipe.is_empty();
+        let now = Instant::now();
+        match r {
+            Ok(Some(n)) => {
+                // Short: the socket's buffer is full; wait for the edge.
+                if n < held {
+                    c.sock[si(to)].writable = false;
+                }
+                let eof = drained && std::mem::take(&mut c.eof_piped[si(from)]);
+                self.proxy.handle(Event::Spliced { conn, from, n }, now);
+                if eof {
+                    self.proxy.handle(Event::Eof { conn, side: from }, now);
+                }
+            }
+            Ok(None) => c.sock[si(to)].writable = false,
+            Err(e) => {
+                let error = IoKind::from_io(&e);
+                self.proxy.handle(
+                    Event::IoError {
+                        conn,
+                        side: to,
+                        error,
+                    },
+                    now,
+                );
+            }
+        }
     }
 
     fn write(&mut self, conn: ConnId, side: Side) {

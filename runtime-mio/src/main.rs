@@ -5,6 +5,7 @@
 
 mod event_loop;
 mod output;
+mod splice;
 
 fn main() {
     let mut process = output::Process {

@@ -7,6 +7,9 @@
 // The process plumbing is the same file as `portico`'s: one copy to read.
 #[path = "../../runtime-mio/src/output.rs"]
 mod output;
+// splice(2) for pure relays: the same file as `portico`'s too.
+#[path = "../../runtime-mio/src/splice.rs"]
+mod splice;
 mod threads;
 
 fn main() {

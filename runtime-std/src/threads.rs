@@ -7,10 +7,21 @@
 //! thread's poller); log lines are written by whoever drains them. Sockets
 //! are non-blocking: a connection's thread holds the lock only for one read
 //! or write that cannot block, so a stalled peer stalls nobody else.
+//!
+//! A direction the core calls a pure relay (`splice_ok`) moves through a
+//! pipe with splice(2) instead (see `splice.rs`), without the lock: the
+//! thread takes it only to tell the core what went (`Spliced`, or an EOF or
+//! error), and asks `splice_ok` again while it holds it. Only this thread's
+//! own events move its session between relaying and not (anything else
+//! closes it), so that answer holds until the next one. Order is kept as in
+//! `portico`: nothing is read into the core while the pipe holds bytes, no
+//! splice while the core's buffer does, and a source's EOF is told once
+//! its pipe is empty.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
+use std::os::fd::AsFd;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -22,6 +33,7 @@ use portico_core::{Action, ConnId, Event, IoKind, Level, ListenerId, Recorded, S
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::output::{Output, Start, TraceFiles, WallClock};
+use crate::splice::{Fill, Pipe, Pipes};
 
 /// Accepts one listener may do before the others get a turn.
 const ACCEPTS_PER_TURN: usize = 64;
@@ -89,6 +101,9 @@ struct Shared {
     timer: Condvar,
     /// Wakes the main thread when the core is finished.
     done: Condvar,
+    /// Empty pipes for directions that start splicing (a lock of its own:
+    /// taken when a direction starts, and when its thread goes to wait).
+    pipes: Mutex<Pipes>,
 }
 
 fn lock(shared: &Shared) -> MutexGuard<'_, Core> {
@@ -318,6 +333,7 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
         }),
         timer: Condvar::new(),
         done: Condvar::new(),
+        pipes: Mutex::new(Pipes::new()),
     });
 
     {
@@ -753,6 +769,11 @@ fn accepted(shared: &Arc<Shared>, listener: ListenerId, stream: TcpStream, peer:
                 connecting: false,
                 want: [(false, false); 2],
                 closed: false,
+                splice_ok: [false; 2],
+                pipe: [None, None],
+                eof_piped: [false; 2],
+                no_splice: false,
+                pipe_size: 0,
             };
             c.run();
         });
@@ -777,6 +798,19 @@ struct ConnThread {
     /// The core's last interest per side: (read, write).
     want: [(bool, bool); 2],
     closed: bool,
+    /// What `splice_ok` said per source side when this thread last held
+    /// the lock.
+    splice_ok: [bool; 2],
+    /// Per direction, by source side: the pipe its spliced bytes wait in
+    /// on their way to the other socket.
+    pipe: [Option<Pipe>; 2],
+    /// The source reached EOF with bytes still in its pipe: the core hears
+    /// of it once they are out.
+    eof_piped: [bool; 2],
+    /// splice(2) is not supported here: read and write only.
+    no_splice: bool,
+    /// The size new pipes are made (as the core says).
+    pipe_size: usize,
 }
 
 const CLIENT: usize = 0;
@@ -810,6 +844,7 @@ impl ConnThread {
             if self.closed {
                 break;
             }
+            self.release_pipes(false);
             self.arm();
             events.clear();
             if self.poller.wait(&mut events, None).is_err() {
@@ -834,17 +869,59 @@ impl ConnThread {
         if let Some(u) = &self.upstream {
             let _ = self.poller.delete(u);
         }
+        self.release_pipes(true);
+    }
+
+    /// Gives the pipes that are empty back to the pool (all of them when
+    /// the connection ends; those that hold bytes are closed then).
+    fn release_pipes(&mut self, all: bool) {
+        for i in 0..2 {
+            let empty = self.pipe[i].as_ref().is_some_and(|p| p.is_empty());
+            if all || (empty && !self.eof_piped[i]) {
+                if let Some(p) = self.pipe[i].take() {
+                    let mut pool = self.shared.pipes.lock().unwrap_or_else(|p| p.into_inner());
+                    pool.give(p);
+                }
+            }
+        }
+        if all {
+            self.eof_piped = [false; 2];
+        }
+    }
+
+    /// Bytes wait in the pipe of the direction `from` feeds.
+    fn piped(&self, from: Side) -> bool {
+        self.pipe[si(from)].as_ref().is_some_and(|p| !p.is_empty())
+    }
+
+    /// Reading `side` would splice now.
+    fn can_splice(&self, side: Side) -> bool {
+        !self.no_splice
+            && self.splice_ok[si(side)]
+            && !self.eof_piped[si(side)]
+            && self.pipe[si(side)].as_ref().is_none_or(|p| p.has_room())
+    }
+
+    /// Reading `side` would do something now (a read, or a splice).
+    fn can_read(&self, side: Side) -> bool {
+        self.want[si(side)].0
+            && !self.eof_piped[si(side)]
+            && (self.can_splice(side) || !self.piped(side))
     }
 
     /// Tells the poller what to wait for (it is oneshot: re-armed each turn).
     fn arm(&self) {
-        let (r, w) = self.want[CLIENT];
+        // A pipe toward a socket is written whatever the core wants there
+        // (its own buffer is empty while the pipe holds bytes).
+        let r = self.can_read(Side::Client);
+        let w = self.want[CLIENT].1 || self.piped(Side::Upstream);
         let _ = self.poller.modify(&self.client, interest(CLIENT, r, w));
         if let Some(u) = &self.upstream {
             let ev = if self.connecting {
                 PEvent::writable(UPSTREAM)
             } else {
-                let (r, w) = self.want[UPSTREAM];
+                let r = self.can_read(Side::Upstream);
+                let w = self.want[UPSTREAM].1 || self.piped(Side::Client);
                 interest(UPSTREAM, r, w)
             };
             let _ = self.poller.modify(u, ev);
@@ -870,6 +947,8 @@ impl ConnThread {
                     if let Some(old) = self.upstream.take() {
                         let _ = self.poller.delete(&old);
                     }
+                    self.release_pipes(true);
+                    self.splice_ok = [false; 2];
                     // SAFETY: deleted from the poller before the thread ends.
                     if unsafe { self.poller.add(&u, PEvent::writable(UPSTREAM)) }.is_err() {
                         self.connect_failed(IoKind::Other, mine);
@@ -906,6 +985,9 @@ impl ConnThread {
                 if let Some(old) = self.upstream.take() {
                     let _ = self.poller.delete(&old);
                 }
+                // What was on its way to or from it goes too.
+                self.release_pipes(true);
+                self.splice_ok = [false; 2];
                 self.connecting = false;
                 self.want[UPSTREAM] = (false, false);
             }
@@ -913,10 +995,100 @@ impl ConnThread {
         }
     }
 
-    fn event(&self, ev: Event, mine: &mut Vec<Cmd>) {
+    fn event(&mut self, ev: Event, mine: &mut Vec<Cmd>) {
         let mut core = lock(&self.shared);
         core.proxy.handle(ev, Instant::now());
         core.drain(&self.shared, Some(self.id), mine);
+        (self.splice_ok, self.pipe_size) = splice_answer(&core, self.id);
+    }
+
+    /// Splices what `side` has into its direction's pipe; true if anything
+    /// happened (bytes moved, or the core was told something).
+    fn splice_in(&mut self, side: Side, mine: &mut Vec<Cmd>) -> bool {
+        let pipe = match self.pipe[si(side)].take() {
+            Some(p) => Ok(p),
+            None => {
+                let mut pool = self.shared.pipes.lock().unwrap_or_else(|p| p.into_inner());
+                pool.take(self.pipe_size)
+            }
+        };
+        let Ok(mut pipe) = pipe else {
+            // No pipe (unsupported, or out of descriptors): this connection
+            // reads and writes.
+            self.no_splice = true;
+            return false;
+        };
+        let stream = match side {
+            Side::Client => &self.client,
+            Side::Upstream => match &self.upstream {
+                Some(u) => u,
+                None => return false,
+            },
+        };
+        let r = pipe.fill(stream.as_fd());
+        let empty = pipe.is_empty();
+        self.pipe[si(side)] = Some(pipe);
+        let conn = self.id;
+        let ev = match r {
+            Ok(Fill::Moved) => return true,
+            Ok(Fill::PipeFull) | Ok(Fill::Empty) => return false,
+            Ok(Fill::Unsupported) => {
+                self.no_splice = true;
+                return false;
+            }
+            Ok(Fill::Eof) if !empty => {
+                self.eof_piped[si(side)] = true;
+                return true;
+            }
+            Ok(Fill::Eof) => Event::Eof { conn, side },
+            Err(e) => Event::IoError {
+                conn,
+                side,
+                error: IoKind::from_io(&e),
+            },
+        };
+        self.event(ev, mine);
+        true
+    }
+
+    /// Splices what the pipe of the direction `from` feeds out to the other
+    /// socket and tells the core how much went (and the source's EOF, once
+    /// the pipe is empty); true if anything went.
+    fn splice_out(&mut self, from: Side, mine: &mut Vec<Cmd>) -> bool {
+        let to = match from.other() {
+            Side::Client => &self.client,
+            Side::Upstream => match &self.upstream {
+                Some(u) => u,
+                None => return false,
+            },
+        };
+        let Some(pipe) = self.pipe[si(from)].as_mut() else {
+            return false;
+        };
+        let r = pipe.drain(to.as_fd());
+        let drained = pipe.is_empty();
+        let conn = self.id;
+        match r {
+            Ok(Some(n)) if n > 0 => {
+                let eof = drained && std::mem::take(&mut self.eof_piped[si(from)]);
+                let mut core = lock(&self.shared);
+                let now = Instant::now();
+                core.proxy.handle(Event::Spliced { conn, from, n }, now);
+                if eof {
+                    core.proxy.handle(Event::Eof { conn, side: from }, now);
+                }
+                core.drain(&self.shared, Some(conn), mine);
+                (self.splice_ok, self.pipe_size) = splice_answer(&core, conn);
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                let error = IoKind::from_io(&e);
+                let side = from.other();
+                self.event(Event::IoError { conn, side, error }, mine);
+                true
+            }
+        }
     }
 
     fn fail(&mut self, side: Side, error: IoKind) {
@@ -970,7 +1142,9 @@ impl ConnThread {
     }
 
     /// Reads and writes on `side` while the core wants them and the socket
-    /// can take them, a bounded number in a row.
+    /// can take them, a bounded number in a row; splices from `side` and
+    /// on to the other socket at once, and what waits in a pipe toward
+    /// `side`.
     fn pump(&mut self, side: Side, mine: &mut Vec<Cmd>) {
         let conn = self.id;
         for _ in 0..OPS_PER_TURN {
@@ -983,6 +1157,22 @@ impl ConnThread {
             if self.closed {
                 return;
             }
+            if self.upstream.is_none() && side == Side::Upstream {
+                return;
+            }
+            if self.piped(side.other()) {
+                // Toward `side`: the pipe first (the core's buffer of that
+                // direction is empty while the pipe holds bytes).
+                did |= self.splice_out(side.other(), mine);
+            }
+            let splicing = self.want[si(side)].0 && self.can_splice(side);
+            if splicing {
+                // From `side`, straight on to the other socket.
+                did |= self.splice_in(side, mine);
+                if self.piped(side) {
+                    did |= self.splice_out(side, mine);
+                }
+            }
             let stream = match side {
                 Side::Client => &self.client,
                 Side::Upstream => match &self.upstream {
@@ -991,6 +1181,9 @@ impl ConnThread {
                 },
             };
             let (want_read, want_write) = self.want[si(side)];
+            // Bytes read earlier still wait in the pipe: they go first.
+            let want_read =
+                want_read && !splicing && !self.piped(side) && !self.eof_piped[si(side)];
             if want_write {
                 let mut core = lock(&self.shared);
                 if let Some(data) = core.proxy.send_buf(conn, side) {
@@ -1008,6 +1201,9 @@ impl ConnThread {
                         did = true;
                         core.proxy.handle(ev, Instant::now());
                         core.drain(&self.shared, Some(conn), mine);
+                        // The core's buffer may have drained: a splice may
+                        // follow.
+                        (self.splice_ok, self.pipe_size) = splice_answer(&core, conn);
                     }
                 }
             }
@@ -1030,6 +1226,7 @@ impl ConnThread {
                     did |= !matches!(ev, Event::ReadBlocked { .. });
                     core.proxy.handle(ev, Instant::now());
                     core.drain(&self.shared, Some(conn), mine);
+                    (self.splice_ok, self.pipe_size) = splice_answer(&core, conn);
                 }
             }
             if !did {
@@ -1040,6 +1237,19 @@ impl ConnThread {
             self.apply(cmd, mine);
         }
     }
+}
+
+/// Whether each direction of `conn` may splice now (the caller holds the
+/// lock), and the size the core wants its pipes.
+fn splice_answer(core: &Core, conn: ConnId) -> ([bool; 2], usize) {
+    let p = &core.proxy;
+    (
+        [
+            p.splice_ok(conn, Side::Client),
+            p.splice_ok(conn, Side::Upstream),
+        ],
+        p.proxy().splice_pipe_size(),
+    )
 }
 
 fn interest(key: usize, read: bool, write: bool) -> PEvent {

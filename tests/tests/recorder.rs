@@ -67,6 +67,12 @@ fn recorded_run_replays_to_the_same_actions(bin: Bin) {
         text.contains("read "),
         "{bin}: the trace has no reads:\n{text}"
     );
+    // Recording turns splice(2) off: every relayed byte is a read and a
+    // write the replay steps through.
+    assert!(
+        !text.contains(" spliced "),
+        "{bin}: a recorded run spliced:\n{text}"
+    );
     let actions_path = format!("{trace_arg}.actions");
     let live = std::fs::read_to_string(&actions_path)
         .unwrap_or_else(|e| panic!("{bin}: read {actions_path}: {e}"));

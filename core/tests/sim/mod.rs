@@ -19,6 +19,12 @@
 //! a shutdown, no deadline is left due (a spinning runtime). A failing run
 //! prints its seed and the last steps it took; [`seeds`] replays one seed
 //! given in `PORTICO_SIM_SEED`.
+//!
+//! Odd seeds play a runtime that splices: while [`Proxy::splice_ok`] allows
+//! it, bytes may go from a socket into a bounded pipe of the runtime's own
+//! and from there to the other socket, past the core's buffers (reported
+//! as [`Event::Spliced`]), interleaved at random with ordinary reads; a
+//! direction's EOF is reported only once its pipe is empty.
 
 #![allow(dead_code)] // each test file uses its own part of the harness
 
@@ -481,6 +487,10 @@ pub struct Conn {
     pub client: End,
     pub server: End,
     pub access: Option<AccessRecord>,
+    /// The splicing runtime's pipe per direction, by source side (client
+    /// → upstream first): bytes taken from one socket, not yet written to
+    /// the other.
+    pub pipe: [VecDeque<u8>; 2],
 }
 
 impl Conn {
@@ -498,6 +508,11 @@ impl Conn {
         }
     }
 
+    /// The pipe of the direction `from` feeds.
+    pub fn pipe(&self, from: Side) -> &VecDeque<u8> {
+        &self.pipe[six(from)]
+    }
+
     /// The connection ended (refused at accept, or closed by the core).
     pub fn done(&self) -> bool {
         self.refused.is_some() || self.os_refused || self.closed_at.is_some()
@@ -505,6 +520,13 @@ impl Conn {
 
     pub fn status(&self) -> Option<&str> {
         self.access.as_ref().map(|a| a.status.as_str())
+    }
+}
+
+fn six(side: Side) -> usize {
+    match side {
+        Side::Client => 0,
+        Side::Upstream => 1,
     }
 }
 
@@ -517,6 +539,10 @@ enum Ready {
     ProxyRead(usize, Side),
     ProxyBlocked(usize, Side),
     ProxyWrite(usize, Side),
+    /// Splice from this side's socket into its direction's pipe.
+    SpliceIn(usize, Side),
+    /// Splice from this side's direction's pipe to the other socket.
+    SpliceOut(usize, Side),
     Tick,
 }
 
@@ -564,6 +590,12 @@ pub struct Sim {
     pub read_blocked: bool,
     /// The most buffers the core had lent at once.
     pub max_buffers: usize,
+    /// Splice while the core allows it (odd seeds), through pipes of this
+    /// many bytes.
+    pub splice: bool,
+    pub pipe_cap: usize,
+    /// Bytes that went through the pipes.
+    pub spliced: u64,
     /// Extra wake-up times (see [`Sim::run_for`]).
     alarms: Vec<Duration>,
     /// Scratch space for the ready operations of one step.
@@ -583,7 +615,16 @@ impl Sim {
         limits.idle_timeout = l.idle_timeout;
         limits.shutdown_grace = l.shutdown_grace;
         let jitter = rng.chance(1, 2);
+        let splice = seed % 2 == 1;
+        let pipe_cap = if splice {
+            [1, 16, 4096, 65536][rng.below(4)]
+        } else {
+            0
+        };
         let mut sim = Sim {
+            splice,
+            pipe_cap,
+            spliced: 0,
             seed,
             rng,
             proxy,
@@ -665,6 +706,7 @@ impl Sim {
             client,
             server,
             access: None,
+            pipe: Default::default(),
         });
         i
     }
@@ -786,10 +828,35 @@ impl Sim {
                     ready.push(Ready::ProxyRead(i, side));
                     continue;
                 }
-                if read && (!e.inbound.buf.is_empty() || (e.inbound.eof && !e.eof_reported)) {
+                let piped = !c.pipe(side).is_empty();
+                if piped {
+                    let to = c.end(side.other());
+                    if to.open && to.outbound.room() > 0 {
+                        ready.push(Ready::SpliceOut(i, side));
+                    }
+                }
+                let splice_ok =
+                    self.splice && c.id.is_some_and(|id| self.proxy.splice_ok(id, side));
+                if splice_ok {
+                    assert!(
+                        read,
+                        "seed {}: splice_ok on {i} {side:?} without read interest",
+                        self.seed
+                    );
+                    if c.pipe(side).len() < self.pipe_cap && !e.inbound.buf.is_empty() {
+                        ready.push(Ready::SpliceIn(i, side));
+                    }
+                }
+                // Nothing is read into the core (nor EOF told) while bytes
+                // read before wait in the pipe: the order is kept.
+                if read
+                    && !piped
+                    && (!e.inbound.buf.is_empty() || (e.inbound.eof && !e.eof_reported))
+                {
                     ready.push(Ready::ProxyRead(i, side));
                 }
                 if read
+                    && !piped
                     && self.read_blocked
                     && e.inbound.buf.is_empty()
                     && !e.inbound.eof
@@ -985,6 +1052,43 @@ impl Sim {
                 self.proxy
                     .handle(Event::ReadBlocked { conn: id, side }, self.at());
             }
+            Ready::SpliceIn(i, from) => {
+                let id = self.id(i);
+                assert!(
+                    self.proxy.splice_ok(id, from),
+                    "seed {seed}: splice_ok turned false between two calls"
+                );
+                let room = self.pipe_cap - self.conns[i].pipe(from).len();
+                let c = &mut self.conns[i];
+                let e = c.end_mut(from);
+                let k = self.rng.chop(e.inbound.buf.len().min(room));
+                let bytes: Vec<u8> = e.inbound.buf.drain(..k).collect();
+                c.pipe[six(from)].extend(bytes);
+            }
+            Ready::SpliceOut(i, from) => {
+                let id = self.id(i);
+                let c = &mut self.conns[i];
+                let room = c.end(from.other()).outbound.room();
+                let k = self.rng.chop(c.pipe(from).len().min(room));
+                let to = c.end(from.other());
+                assert!(
+                    !to.outbound.eof,
+                    "seed {seed}: spliced to {id} {:?} after its ShutdownWrite",
+                    from.other()
+                );
+                let bytes: Vec<u8> = c.pipe[six(from)].drain(..k).collect();
+                c.end_mut(from.other()).outbound.buf.extend(bytes);
+                c.last_io = Some(self.now);
+                self.spliced += k as u64;
+                self.proxy.handle(
+                    Event::Spliced {
+                        conn: id,
+                        from,
+                        n: k,
+                    },
+                    self.at(),
+                );
+            }
             Ready::ProxyWrite(i, side) => {
                 let id = self.id(i);
                 let room = self.conns[i].end(side).outbound.room();
@@ -1143,6 +1247,10 @@ impl Sim {
                     self.proxy.send_buf(conn, side).is_none(),
                     "seed {seed}: ShutdownWrite on {conn} {side:?} with bytes still to write"
                 );
+                assert!(
+                    self.conns[i].pipe(side.other()).is_empty(),
+                    "seed {seed}: ShutdownWrite on {conn} {side:?} with bytes still in the pipe"
+                );
                 let e = self.conns[i].end_mut(side);
                 assert!(e.open, "seed {seed}: ShutdownWrite on a socket not open");
                 assert!(
@@ -1157,6 +1265,8 @@ impl Sim {
                 self.live.remove(&conn);
                 let c = &mut self.conns[i];
                 c.closed_at = Some(self.now);
+                // What the runtime's pipes held is lost with the sockets.
+                c.pipe = Default::default();
                 for e in [&mut c.client, &mut c.server] {
                     if e.open || e.started {
                         // The peer reads what was sent, then EOF.
