@@ -68,6 +68,11 @@ pub const REFUSING_MAX: usize = 64;
 /// a splice(2) moves four times what the kernel's default 64 KiB pipe lets
 /// it, and a single stream gains about a fifth.
 pub const SPLICE_PIPE_MIN: usize = 256 * 1024;
+/// A read this big (or half the buffer, if that is less) says a direction
+/// carries a bulk transfer, which splicing speeds up; small messages (a
+/// request, a short reply) cost a syscall or two more through a pipe than
+/// through the buffer, so they are not spliced.
+pub const SPLICE_BULK: usize = 16 * 1024;
 /// The most bytes one [`Event::Spliced`] counts (a runtime reports each
 /// splice(2) on its own, far less than this; the bound keeps the counters
 /// of a confused runtime from overflowing).
@@ -1463,7 +1468,8 @@ impl Proxy {
             return false;
         };
         let d = s.source(from);
-        s.state == State::Relay
+        d.bulk
+            && s.state == State::Relay
             && s.bucket.is_none()
             && s.upstream_open
             && d.fwd.is_none()
@@ -1480,6 +1486,11 @@ impl Proxy {
     /// buffer holds; a full pipe stops reading from its source.
     pub fn splice_pipe_size(&self) -> usize {
         self.config.limits.buffer.max(SPLICE_PIPE_MIN)
+    }
+
+    /// `n` bytes at once are a bulk transfer (see [`SPLICE_BULK`]).
+    fn bulk(&self, n: usize) -> bool {
+        n >= SPLICE_BULK.min(self.config.limits.buffer / 2)
     }
 
     /// Where the runtime reads `side`'s next bytes to: free space in the
@@ -1650,6 +1661,7 @@ impl Proxy {
                     return;
                 }
                 let idx = conn.idx as usize;
+                let bulk = self.bulk(n);
                 let s = &mut self.sessions[idx];
                 if n > 0 {
                     if let Some(k) = s.bucket.as_ref() {
@@ -1661,6 +1673,7 @@ impl Proxy {
                     }
                     let closing = s.state == State::Closing && side == Side::Client;
                     let d = s.source_dir(side);
+                    d.bulk = bulk;
                     if let Some(b) = d.buf.as_mut() {
                         b.fill(n);
                         if closing {
@@ -1699,6 +1712,8 @@ impl Proxy {
                 let s = &mut self.sessions[idx];
                 // As a Read of n then a Written of n: the direction's count
                 // and the idle clock; the bytes never were in the core.
+                // (What goes out at once says more of the sink than of the
+                // source: a spliced direction stays spliced.)
                 let d = s.source_dir(from);
                 d.bytes = d.bytes.saturating_add(n.min(SPLICED_MAX) as u64);
                 s.last_active = now;

@@ -80,6 +80,8 @@ pub struct Dir {
     pub eof: bool,
     /// The sink's write half has been shut.
     pub shut: bool,
+    /// The last read moved a bulk amount: worth splicing.
+    pub bulk: bool,
     /// Bytes written to the sink.
     pub bytes: u64,
 }

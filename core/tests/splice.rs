@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use portico_core::proxy::SPLICE_BULK;
 use portico_core::{AccessRecord, Action, ConnId, Event, ListenerId, Proxy, Recorded, Side};
 
 const MAPPED: &str = "[[service]]\nname = \"map\"\nkind = \"mapped\"\n\
@@ -95,6 +96,14 @@ fn write(p: &mut Proxy, conn: ConnId, side: Side, now: Instant) -> Vec<u8> {
     data
 }
 
+/// `side` sends a bulk amount (what says a transfer is worth splicing),
+/// which goes out to the other side.
+fn warm(p: &mut Proxy, conn: ConnId, side: Side, now: Instant) {
+    read(p, conn, side, &[7; SPLICE_BULK], now);
+    let out = write(p, conn, side.other(), now);
+    assert_eq!(out.len(), SPLICE_BULK, "the bulk went through");
+}
+
 fn both(p: &Proxy, conn: ConnId) -> (bool, bool) {
     (
         p.splice_ok(conn, Side::Client),
@@ -121,7 +130,23 @@ fn a_mapped_relay_with_empty_buffers_may_splice() {
         now,
     );
     drain(&mut p);
+    assert_eq!(
+        both(&p, conn),
+        (false, false),
+        "no bulk seen yet either way"
+    );
+    warm(&mut p, conn, Side::Upstream, now);
+    assert_eq!(
+        both(&p, conn),
+        (false, true),
+        "the upstream sent a bulk amount"
+    );
+    warm(&mut p, conn, Side::Client, now);
     assert_eq!(both(&p, conn), (true, true), "a relay with nothing held");
+    // A small read says the transfer is not (or no longer) bulk.
+    read(&mut p, conn, Side::Client, b"small", now);
+    write(&mut p, conn, Side::Upstream, now);
+    assert_eq!(both(&p, conn), (false, true), "small messages are read");
 }
 
 #[test]
@@ -129,15 +154,16 @@ fn bytes_held_in_the_core_go_out_before_any_splice() {
     let now = Instant::now();
     let (mut p, l) = open(MAPPED, now);
     let conn = connected(&mut p, l, now);
-    read(&mut p, conn, Side::Client, b"hello", now);
+    warm(&mut p, conn, Side::Upstream, now);
+    read(&mut p, conn, Side::Client, &[1; SPLICE_BULK], now);
     assert_eq!(
         both(&p, conn),
         (false, true),
         "client bytes held: only the other direction may splice"
     );
-    assert_eq!(write(&mut p, conn, Side::Upstream, now), b"hello");
+    assert_eq!(write(&mut p, conn, Side::Upstream, now), [1; SPLICE_BULK]);
     assert_eq!(both(&p, conn), (true, true), "held bytes written");
-    read(&mut p, conn, Side::Upstream, b"world", now);
+    read(&mut p, conn, Side::Upstream, &[2; SPLICE_BULK], now);
     assert_eq!(both(&p, conn), (true, false));
 }
 
@@ -147,7 +173,7 @@ fn bytes_read_before_the_upstream_connects_hold_the_splice() {
     let (mut p, l) = open(MAPPED, now);
     let conn = p.accept(l, addr("127.0.0.1:40000"), now).expect("accepted");
     drain(&mut p);
-    read(&mut p, conn, Side::Client, b"early", now);
+    read(&mut p, conn, Side::Client, &[3; SPLICE_BULK], now);
     p.handle(
         Event::Connected {
             conn,
@@ -156,6 +182,7 @@ fn bytes_read_before_the_upstream_connects_hold_the_splice() {
         now,
     );
     drain(&mut p);
+    warm(&mut p, conn, Side::Upstream, now);
     assert_eq!(both(&p, conn), (false, true));
     write(&mut p, conn, Side::Upstream, now);
     assert_eq!(both(&p, conn), (true, true));
@@ -166,6 +193,8 @@ fn no_splice_after_eof() {
     let now = Instant::now();
     let (mut p, l) = open(MAPPED, now);
     let conn = connected(&mut p, l, now);
+    warm(&mut p, conn, Side::Client, now);
+    warm(&mut p, conn, Side::Upstream, now);
     p.handle(
         Event::Eof {
             conn,
@@ -196,6 +225,8 @@ fn no_splice_under_a_bandwidth_cap() {
     );
     let (mut p, l) = open(&text, now);
     let conn = connected(&mut p, l, now);
+    warm(&mut p, conn, Side::Client, now);
+    warm(&mut p, conn, Side::Upstream, now);
     assert_eq!(both(&p, conn), (false, false), "the cap counts every byte");
     // Another client, not capped, may.
     let other = p.accept(l, addr("127.0.0.2:40000"), now).expect("accepted");
@@ -207,6 +238,8 @@ fn no_splice_under_a_bandwidth_cap() {
         now,
     );
     drain(&mut p);
+    warm(&mut p, other, Side::Client, now);
+    warm(&mut p, other, Side::Upstream, now);
     assert_eq!(both(&p, other), (true, true));
 }
 
@@ -274,6 +307,8 @@ fn a_connect_tunnel_splices_after_its_200() {
         now,
     );
     drain(&mut p);
+    warm(&mut p, conn, Side::Client, now);
+    read(&mut p, conn, Side::Upstream, &[4; SPLICE_BULK], now);
     assert_eq!(
         both(&p, conn),
         (true, false),
@@ -281,6 +316,12 @@ fn a_connect_tunnel_splices_after_its_200() {
     );
     let reply = write(&mut p, conn, Side::Client, now);
     assert!(reply.starts_with(b"HTTP/1.1 200"), "{reply:?}");
+    assert_eq!(
+        both(&p, conn),
+        (true, false),
+        "the upstream's bytes are still held"
+    );
+    assert_eq!(write(&mut p, conn, Side::Client, now), [4; SPLICE_BULK]);
     assert_eq!(both(&p, conn), (true, true));
 }
 
@@ -309,9 +350,12 @@ fn socks_splices_after_its_reply() {
         now,
     );
     drain(&mut p);
+    warm(&mut p, conn, Side::Client, now);
+    read(&mut p, conn, Side::Upstream, &[6; SPLICE_BULK], now);
     assert_eq!(both(&p, conn), (true, false), "the reply goes first");
     let reply = write(&mut p, conn, Side::Client, now);
     assert_eq!(&reply[..2], [5, 0]);
+    assert_eq!(write(&mut p, conn, Side::Client, now), [6; SPLICE_BULK]);
     assert_eq!(both(&p, conn), (true, true));
 }
 
@@ -445,6 +489,25 @@ fn recording_never_splices() {
             Event::Connected {
                 conn,
                 local: addr("127.0.0.1:50000"),
+            },
+            now,
+        );
+        while r.poll_action().is_some() {}
+        let buf = r.recv_buf(conn, Side::Client).expect("a read is wanted");
+        buf[..SPLICE_BULK].fill(9);
+        r.handle(
+            Event::Read {
+                conn,
+                side: Side::Client,
+                n: SPLICE_BULK,
+            },
+            now,
+        );
+        r.handle(
+            Event::Written {
+                conn,
+                side: Side::Upstream,
+                n: SPLICE_BULK,
             },
             now,
         );

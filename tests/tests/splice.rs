@@ -194,13 +194,17 @@ fn access_log_counts_spliced_bytes(bin: Bin) {
 }
 
 /// SPEC: bytes that pass by splice count as activity: a relay that
-/// trickles stays open past `idle_timeout`, and once quiet is closed by it,
-/// its bytes counted.
+/// trickles (after a bulk amount has made it a spliced one) stays open
+/// past `idle_timeout`, and once quiet is closed by it, its bytes counted.
 fn spliced_trickle_keeps_a_relay_open_until_idle(bin: Bin) {
     let server = TestServer::start(Behaviour::Echo);
     let (p, addr) = start_mapped(bin, server.addr(), "idle_timeout = \"1s\"", "");
     let mut c = client(bin, addr);
     let port = c.local_addr().expect("local_addr").port();
+    // A bulk amount first, both ways: from then on the relay is spliced.
+    const BULK: u64 = 64 * 1024;
+    echo_check(&mut c, &pattern(CLIENT_SEED, BULK as usize))
+        .unwrap_or_else(|e| panic!("{bin}: echo of {BULK} bytes: {e}"));
     let start = Instant::now();
     let mut beats = 0u64;
     while start.elapsed() < Duration::from_millis(2500) {
@@ -227,7 +231,7 @@ fn spliced_trickle_keeps_a_relay_open_until_idle(bin: Bin) {
     let l = access_line(&p, port);
     assert_eq!(
         (l.status.as_str(), l.up, l.down),
-        ("idle", 4 * beats, 4 * beats),
+        ("idle", BULK + 4 * beats, BULK + 4 * beats),
         "{bin}"
     );
 }
