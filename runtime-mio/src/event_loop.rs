@@ -1300,12 +1300,20 @@ impl Loop {
             }
             Ok(None) => {}
         }
-        match u.peer_addr() {
-            Ok(_) => {
+        // Writable with no error pending is connected (on Linux a
+        // connecting socket turns writable only then); only a hang-up
+        // without an error needs asking.
+        let peer = if c.sock[1].hup {
+            u.peer_addr().map(|_| ())
+        } else {
+            Ok(())
+        };
+        match peer {
+            Ok(()) => {
                 c.connecting = false;
-                // The socket is writable now and may already be readable.
+                // Writable now; readable when an event says so (a reply
+                // already there came with this event or brings its own).
                 c.sock[1].writable = true;
-                c.sock[1].readable = true;
                 let local = u
                     .local_addr()
                     .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
