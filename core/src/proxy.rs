@@ -68,6 +68,18 @@ pub const REFUSING_MAX: usize = 64;
 /// a splice(2) moves four times what the kernel's default 64 KiB pipe lets
 /// it, and a single stream gains about a fifth.
 pub const SPLICE_PIPE_MIN: usize = 256 * 1024;
+/// The pipe a spliced direction goes through: `size` bytes of pipe (at
+/// least [`SPLICE_PIPE_MIN`], so that it has page slots enough to fill by
+/// bytes, not by slots: a socket's data is spliced a page slot per
+/// fragment), holding at most `limit` bytes at once — `limits.buffer`, the
+/// bound on what any direction holds, as for the core's own buffer. A full
+/// pipe stops reading from its source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PipeSize {
+    pub size: usize,
+    pub limit: usize,
+}
+
 /// A read this big (or half the buffer, if that is less) says a direction
 /// carries a bulk transfer, which splicing speeds up; small messages (a
 /// request, a short reply) cost a syscall or two more through a pipe than
@@ -1480,12 +1492,13 @@ impl Proxy {
             && !self.keeps_payload(conn, from)
     }
 
-    /// How big a pipe a runtime splices a direction through: `limits.buffer`,
-    /// at least [`SPLICE_PIPE_MIN`]. It bounds what a spliced direction
-    /// holds (in the kernel) as `limits.buffer` bounds what the core's
-    /// buffer holds; a full pipe stops reading from its source.
-    pub fn splice_pipe_size(&self) -> usize {
-        self.config.limits.buffer.max(SPLICE_PIPE_MIN)
+    /// How a runtime makes the pipe it splices a direction through.
+    pub fn splice_pipe(&self) -> PipeSize {
+        let limit = self.config.limits.buffer;
+        PipeSize {
+            size: limit.max(SPLICE_PIPE_MIN),
+            limit,
+        }
     }
 
     /// `n` bytes at once are a bulk transfer (see [`SPLICE_BULK`]).

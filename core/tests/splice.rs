@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use portico_core::proxy::SPLICE_BULK;
+use portico_core::proxy::{PipeSize, SPLICE_BULK};
 use portico_core::{AccessRecord, Action, ConnId, Event, ListenerId, Proxy, Recorded, Side};
 
 const MAPPED: &str = "[[service]]\nname = \"map\"\nkind = \"mapped\"\n\
@@ -522,14 +522,18 @@ fn recording_never_splices() {
 }
 
 #[test]
-fn pipes_are_at_least_256_kib_or_the_buffer() {
+fn pipes_are_at_least_256_kib_and_hold_at_most_the_buffer() {
     let now = Instant::now();
     let (p, _) = open(MAPPED, now);
-    assert_eq!(
-        p.splice_pipe_size(),
-        256 * 1024,
-        "the default 64 KiB buffer"
-    );
+    let want = PipeSize {
+        size: 256 * 1024,
+        limit: 64 * 1024,
+    };
+    assert_eq!(p.splice_pipe(), want, "the default 64 KiB buffer");
     let (p, _) = open(&format!("[limits]\nbuffer = 1048576\n{MAPPED}"), now);
-    assert_eq!(p.splice_pipe_size(), 1024 * 1024);
+    let want = PipeSize {
+        size: 1024 * 1024,
+        limit: 1024 * 1024,
+    };
+    assert_eq!(p.splice_pipe(), want);
 }

@@ -1386,7 +1386,7 @@ impl Loop {
     /// Splices what `side` has into its direction's pipe (the core said the
     /// direction is a pure relay).
     fn splice_in(&mut self, conn: ConnId, side: Side) {
-        let size = self.proxy.proxy().splice_pipe_size();
+        let size = self.proxy.proxy().splice_pipe();
         let Some(Some(c)) = self.conns.get_mut(conn.index()) else {
             return;
         };

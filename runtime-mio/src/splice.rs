@@ -7,18 +7,21 @@
 //!
 //! A direction holds a pipe only while bytes are in it, as it holds a
 //! buffer of the core's: pipes come from a pool ([`Pipes`]) and go back
-//! when empty. A pipe is made as big as the core says
-//! (`Proxy::splice_pipe_size`: `limits.buffer`, at least 256 KiB;
-//! F_SETPIPE_SZ rounds up to a power of two pages, and the system's
-//! `fs.pipe-max-size` and `fs.pipe-user-pages-soft` may hold it to less).
-//! That is the bound on what a spliced direction holds, in the kernel: a
-//! full pipe is what stops reading from its source.
+//! when empty. A pipe is made as the core says (`Proxy::splice_pipe`: at
+//! least 256 KiB of pipe, for page slots; F_SETPIPE_SZ rounds up to a
+//! power of two pages, and the system's `fs.pipe-max-size` and
+//! `fs.pipe-user-pages-soft` may hold it to less) and holds at most
+//! `limits.buffer` bytes at once: the bound on what a spliced direction
+//! holds, in the kernel, as for the core's buffer. A pipe that holds that
+//! much is full, and a full pipe is what stops reading from its source.
 //!
 //! Linux only; elsewhere [`Pipes::take`] says "not supported" and the
 //! runtimes read and write as before.
 
 use std::io;
 use std::os::fd::BorrowedFd;
+
+use portico_core::proxy::PipeSize;
 #[cfg(target_os = "linux")]
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -34,9 +37,10 @@ pub struct Pipe {
     write: OwnedFd,
     /// Bytes spliced in and not yet out.
     len: usize,
-    /// Its capacity in bytes, and the size it was asked for.
+    /// What it may hold: the pipe's capacity, at most the core's limit.
     cap: usize,
-    size: usize,
+    /// What the core asked for.
+    size: PipeSize,
     /// A splice in would have blocked while the pipe held bytes: its page
     /// slots may be used up before its bytes are (a socket's data is
     /// spliced by reference, a page slot per fragment). Wait for room.
@@ -139,20 +143,20 @@ impl Pipe {
 /// Empty pipes of the current size, for directions that start splicing.
 pub struct Pipes {
     spare: Vec<Pipe>,
-    size: usize,
+    size: PipeSize,
 }
 
 impl Pipes {
     pub fn new() -> Pipes {
         Pipes {
             spare: Vec::new(),
-            size: 0,
+            size: PipeSize::default(),
         }
     }
 
-    /// An empty pipe of `size` bytes (a reload may change the size the
-    /// core asks for; the spares of the old size are closed then).
-    pub fn take(&mut self, size: usize) -> io::Result<Pipe> {
+    /// An empty pipe as the core asks (a reload may change that; the
+    /// spares of the old size are closed then).
+    pub fn take(&mut self, size: PipeSize) -> io::Result<Pipe> {
         if size != self.size {
             self.spare.clear();
             self.size = size;
@@ -173,7 +177,7 @@ impl Pipes {
 }
 
 #[cfg(target_os = "linux")]
-fn new_pipe(size: usize) -> io::Result<Pipe> {
+fn new_pipe(size: PipeSize) -> io::Result<Pipe> {
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: pipe2 writes two descriptors into the array it is given.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } < 0 {
@@ -181,7 +185,7 @@ fn new_pipe(size: usize) -> io::Result<Pipe> {
     }
     // SAFETY: both descriptors are fresh and owned by nobody else.
     let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    let size_arg = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+    let size_arg = libc::c_int::try_from(size.size).unwrap_or(libc::c_int::MAX);
     // SAFETY: fcntl on a descriptor this function owns.
     let mut cap = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, size_arg) };
     if cap < 0 {
@@ -197,14 +201,14 @@ fn new_pipe(size: usize) -> io::Result<Pipe> {
         read,
         write,
         len: 0,
-        cap: cap as usize,
+        cap: (cap as usize).min(size.limit.max(1)),
         size,
         full: false,
     })
 }
 
 #[cfg(not(target_os = "linux"))]
-fn new_pipe(_size: usize) -> io::Result<Pipe> {
+fn new_pipe(_size: PipeSize) -> io::Result<Pipe> {
     Err(io::Error::new(
         io::ErrorKind::Unsupported,
         "splice(2) is not supported on this system",
@@ -277,12 +281,16 @@ mod tests {
         Fill::Empty
     }
 
+    fn ps(size: usize) -> PipeSize {
+        PipeSize { size, limit: size }
+    }
+
     #[test]
     fn bytes_go_through_a_pipe_and_end_of_stream_shows() {
         let mut pipes = Pipes::new();
         let (mut a, b) = pair();
         let (c, mut d) = pair();
-        let mut p = pipes.take(64 * 1024).expect("a pipe");
+        let mut p = pipes.take(ps(64 * 1024)).expect("a pipe");
         assert!(p.is_empty() && p.has_room());
         assert!(matches!(p.fill(b.as_fd()).expect("fill"), Fill::Empty));
         a.write_all(b"hello").expect("write");
@@ -298,7 +306,7 @@ mod tests {
         assert!(matches!(wait_fill(&mut p, &b), Fill::Eof));
         pipes.give(p);
         assert_eq!(pipes.spare.len(), 1, "an empty pipe is kept");
-        let p = pipes.take(128 * 1024).expect("a pipe");
+        let p = pipes.take(ps(128 * 1024)).expect("a pipe");
         assert!(pipes.spare.is_empty(), "a new size drops the spares");
         assert!(p.cap >= 128 * 1024 || p.cap >= 4096, "capacity {}", p.cap);
     }
@@ -307,7 +315,7 @@ mod tests {
     fn a_full_pipe_stops_filling() {
         let mut pipes = Pipes::new();
         let (mut a, b) = pair();
-        let mut p = pipes.take(4096).expect("a pipe");
+        let mut p = pipes.take(ps(4096)).expect("a pipe");
         let data = vec![7u8; 64 * 1024];
         let _ = a.write(&data);
         loop {

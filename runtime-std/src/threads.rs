@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use polling::{Event as PEvent, Events, Poller};
 use portico_core::cli::{Plan, EXIT_OK, EXIT_RUNTIME};
+use portico_core::proxy::PipeSize;
 use portico_core::udp::{UdpId, Via};
 use portico_core::{Action, ConnId, Event, IoKind, Level, ListenerId, Recorded, Side};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -773,7 +774,7 @@ fn accepted(shared: &Arc<Shared>, listener: ListenerId, stream: TcpStream, peer:
                 pipe: [None, None],
                 eof_piped: [false; 2],
                 no_splice: false,
-                pipe_size: 0,
+                pipe_size: PipeSize::default(),
             };
             c.run();
         });
@@ -810,7 +811,7 @@ struct ConnThread {
     /// splice(2) is not supported here: read and write only.
     no_splice: bool,
     /// The size new pipes are made (as the core says).
-    pipe_size: usize,
+    pipe_size: PipeSize,
 }
 
 const CLIENT: usize = 0;
@@ -1241,14 +1242,14 @@ impl ConnThread {
 
 /// Whether each direction of `conn` may splice now (the caller holds the
 /// lock), and the size the core wants its pipes.
-fn splice_answer(core: &Core, conn: ConnId) -> ([bool; 2], usize) {
+fn splice_answer(core: &Core, conn: ConnId) -> ([bool; 2], PipeSize) {
     let p = &core.proxy;
     (
         [
             p.splice_ok(conn, Side::Client),
             p.splice_ok(conn, Side::Upstream),
         ],
-        p.proxy().splice_pipe_size(),
+        p.proxy().splice_pipe(),
     )
 }
 
