@@ -1439,15 +1439,18 @@ impl Proxy {
         }
     }
 
+    /// The live session `conn` names, if any.
+    fn session(&self, conn: ConnId) -> Option<&Session> {
+        self.sessions
+            .get(conn.idx as usize)
+            .filter(|s| s.gen == conn.gen)
+    }
+
     /// Whether bytes read on `side` now may be parsed by the core (the
     /// flight recorder keeps those; relayed bytes it keeps as lengths).
     pub fn keeps_payload(&self, conn: ConnId, side: Side) -> bool {
         let _ = side;
-        let Some(s) = self
-            .sessions
-            .get(conn.idx as usize)
-            .filter(|s| s.gen == conn.gen)
-        else {
+        let Some(s) = self.session(conn) else {
             return false;
         };
         match s.state {
@@ -1472,11 +1475,7 @@ impl Proxy {
     /// Asked before each splice from `from`'s socket; bytes already in the
     /// runtime's pipe may still be written out after it turns false.
     pub fn splice_ok(&self, conn: ConnId, from: Side) -> bool {
-        let Some(s) = self
-            .sessions
-            .get(conn.idx as usize)
-            .filter(|s| s.gen == conn.gen)
-        else {
+        let Some(s) = self.session(conn) else {
             return false;
         };
         let d = s.source(from);

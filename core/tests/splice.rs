@@ -50,15 +50,23 @@ fn drain(p: &mut Proxy) -> Vec<AccessRecord> {
 fn connected(p: &mut Proxy, l: ListenerId, now: Instant) -> ConnId {
     let conn = p.accept(l, addr("127.0.0.1:40000"), now).expect("accepted");
     drain(p);
-    p.handle(
-        Event::Connected {
-            conn,
-            local: addr("127.0.0.1:50000"),
-        },
-        now,
-    );
-    drain(p);
+    up(p, conn, "127.0.0.1:50000", now);
     conn
+}
+
+/// A table over `text` and a client accepted on its first listener.
+fn accepted(text: &str, now: Instant) -> (Proxy, ConnId) {
+    let (mut p, l) = open(text, now);
+    let conn = p.accept(l, addr("127.0.0.1:40000"), now).expect("accepted");
+    drain(&mut p);
+    (p, conn)
+}
+
+/// `conn`'s upstream connected, from `local`.
+fn up(p: &mut Proxy, conn: ConnId, local: &str, now: Instant) {
+    let local = addr(local);
+    p.handle(Event::Connected { conn, local }, now);
+    drain(p);
 }
 
 /// The client (or server) sent `bytes`, read into the core's buffer.
@@ -114,22 +122,13 @@ fn both(p: &Proxy, conn: ConnId) -> (bool, bool) {
 #[test]
 fn a_mapped_relay_with_empty_buffers_may_splice() {
     let now = Instant::now();
-    let (mut p, l) = open(MAPPED, now);
-    let conn = p.accept(l, addr("127.0.0.1:40000"), now).expect("accepted");
-    drain(&mut p);
+    let (mut p, conn) = accepted(MAPPED, now);
     assert_eq!(
         both(&p, conn),
         (false, false),
         "before the upstream connects"
     );
-    p.handle(
-        Event::Connected {
-            conn,
-            local: addr("127.0.0.1:50000"),
-        },
-        now,
-    );
-    drain(&mut p);
+    up(&mut p, conn, "127.0.0.1:50000", now);
     assert_eq!(
         both(&p, conn),
         (false, false),
@@ -170,18 +169,9 @@ fn bytes_held_in_the_core_go_out_before_any_splice() {
 #[test]
 fn bytes_read_before_the_upstream_connects_hold_the_splice() {
     let now = Instant::now();
-    let (mut p, l) = open(MAPPED, now);
-    let conn = p.accept(l, addr("127.0.0.1:40000"), now).expect("accepted");
-    drain(&mut p);
+    let (mut p, conn) = accepted(MAPPED, now);
     read(&mut p, conn, Side::Client, &[3; SPLICE_BULK], now);
-    p.handle(
-        Event::Connected {
-            conn,
-            local: addr("127.0.0.1:50000"),
-        },
-        now,
-    );
-    drain(&mut p);
+    up(&mut p, conn, "127.0.0.1:50000", now);
     warm(&mut p, conn, Side::Upstream, now);
     assert_eq!(both(&p, conn), (false, true));
     write(&mut p, conn, Side::Upstream, now);
@@ -230,14 +220,7 @@ fn no_splice_under_a_bandwidth_cap() {
     assert_eq!(both(&p, conn), (false, false), "the cap counts every byte");
     // Another client, not capped, may.
     let other = p.accept(l, addr("127.0.0.2:40000"), now).expect("accepted");
-    p.handle(
-        Event::Connected {
-            conn: other,
-            local: addr("127.0.0.1:50001"),
-        },
-        now,
-    );
-    drain(&mut p);
+    up(&mut p, other, "127.0.0.1:50001", now);
     warm(&mut p, other, Side::Client, now);
     warm(&mut p, other, Side::Upstream, now);
     assert_eq!(both(&p, other), (true, true));
@@ -247,9 +230,7 @@ fn no_splice_under_a_bandwidth_cap() {
 fn no_splice_while_proxying_http_exchanges() {
     let now = Instant::now();
     let text = "[[service]]\nname = \"web\"\nkind = \"http\"\nlisten = [\"127.0.0.1:3128\"]\n";
-    let (mut p, l) = open(text, now);
-    let conn = p.accept(l, addr("127.0.0.1:40000"), now).expect("accepted");
-    drain(&mut p);
+    let (mut p, conn) = accepted(text, now);
     read(
         &mut p,
         conn,
@@ -257,14 +238,7 @@ fn no_splice_while_proxying_http_exchanges() {
         b"GET http://127.0.0.1:9000/ HTTP/1.1\r\nHost: 127.0.0.1:9000\r\n\r\n",
         now,
     );
-    p.handle(
-        Event::Connected {
-            conn,
-            local: addr("127.0.0.1:50000"),
-        },
-        now,
-    );
-    drain(&mut p);
+    up(&mut p, conn, "127.0.0.1:50000", now);
     let head = write(&mut p, conn, Side::Upstream, now);
     assert!(head.starts_with(b"GET / HTTP/1.1\r\n"), "{head:?}");
     assert_eq!(
@@ -288,9 +262,7 @@ fn a_connect_tunnel_splices_after_its_200() {
     let now = Instant::now();
     let text = "[[service]]\nname = \"web\"\nkind = \"http\"\nlisten = [\"127.0.0.1:3128\"]\n\
                 connect_ports = [9000]\n";
-    let (mut p, l) = open(text, now);
-    let conn = p.accept(l, addr("127.0.0.1:40000"), now).expect("accepted");
-    drain(&mut p);
+    let (mut p, conn) = accepted(text, now);
     read(
         &mut p,
         conn,
@@ -299,14 +271,7 @@ fn a_connect_tunnel_splices_after_its_200() {
         now,
     );
     assert_eq!(both(&p, conn), (false, false), "before the tunnel is up");
-    p.handle(
-        Event::Connected {
-            conn,
-            local: addr("127.0.0.1:50000"),
-        },
-        now,
-    );
-    drain(&mut p);
+    up(&mut p, conn, "127.0.0.1:50000", now);
     warm(&mut p, conn, Side::Client, now);
     read(&mut p, conn, Side::Upstream, &[4; SPLICE_BULK], now);
     assert_eq!(
@@ -329,9 +294,7 @@ fn a_connect_tunnel_splices_after_its_200() {
 fn socks_splices_after_its_reply() {
     let now = Instant::now();
     let text = "[[service]]\nname = \"socks\"\nkind = \"socks\"\nlisten = [\"127.0.0.1:1080\"]\n";
-    let (mut p, l) = open(text, now);
-    let conn = p.accept(l, addr("127.0.0.1:40000"), now).expect("accepted");
-    drain(&mut p);
+    let (mut p, conn) = accepted(text, now);
     read(&mut p, conn, Side::Client, &[5, 1, 0], now);
     assert_eq!(write(&mut p, conn, Side::Client, now), [5, 0]);
     read(
@@ -342,14 +305,7 @@ fn socks_splices_after_its_reply() {
         now,
     );
     assert_eq!(both(&p, conn), (false, false), "still in the handshake");
-    p.handle(
-        Event::Connected {
-            conn,
-            local: addr("127.0.0.1:50000"),
-        },
-        now,
-    );
-    drain(&mut p);
+    up(&mut p, conn, "127.0.0.1:50000", now);
     warm(&mut p, conn, Side::Client, now);
     read(&mut p, conn, Side::Upstream, &[6; SPLICE_BULK], now);
     assert_eq!(both(&p, conn), (true, false), "the reply goes first");

@@ -90,6 +90,14 @@ fn workers(now: Instant) -> (Proxy, Proxy, Ports, Ports) {
     (a, b, tcp_a, tcp_b)
 }
 
+/// The client of `conn` reset the connection.
+fn reset(p: &mut Proxy, conn: ConnId, now: Instant) {
+    let error = portico_core::IoKind::Reset;
+    let side = Side::Client;
+    p.handle(Event::IoError { conn, side, error }, now);
+    while p.poll_action().is_some() {}
+}
+
 fn peer(ip: &str, port: u16) -> SocketAddr {
     format!("{ip}:{port}").parse().expect("address")
 }
@@ -125,16 +133,7 @@ fn limits_hold_across_workers() {
         Err(Refused::TooMany)
     );
     // One closes on worker 0: worker 1 may take one more.
-    let error = portico_core::IoKind::Reset;
-    a.handle(
-        Event::IoError {
-            conn: c1,
-            side: Side::Client,
-            error,
-        },
-        now,
-    );
-    while a.poll_action().is_some() {}
+    reset(&mut a, c1, now);
     assert!(a.is_empty(), "worker 0's connection is gone");
     b.accept_on(lb, peer("10.0.0.3", 1), local(), now)
         .expect("room again");
@@ -258,17 +257,7 @@ fn random_accepts_and_closes_keep_the_ledger_exact() {
             }
         } else {
             let (k, conn, _) = open.swap_remove(next(open.len() as u64) as usize);
-            let p = &mut tables[k].0;
-            let error = portico_core::IoKind::Reset;
-            p.handle(
-                Event::IoError {
-                    conn,
-                    side: Side::Client,
-                    error,
-                },
-                now,
-            );
-            while p.poll_action().is_some() {}
+            reset(&mut tables[k].0, conn, now);
         }
         assert!(open.len() <= 3, "seed {seed}: over max_connections");
         for ip in clients {
@@ -281,16 +270,7 @@ fn random_accepts_and_closes_keep_the_ledger_exact() {
         "seed {seed}: both limits were reached at some step: {refused:?}"
     );
     for (k, conn, _) in open.drain(..) {
-        let p = &mut tables[k].0;
-        let error = portico_core::IoKind::Reset;
-        p.handle(
-            Event::IoError {
-                conn,
-                side: Side::Client,
-                error,
-            },
-            now,
-        );
+        reset(&mut tables[k].0, conn, now);
     }
     let counts = ledger.lock();
     assert_eq!(
