@@ -54,7 +54,7 @@ use crate::splice::{Fill, Pipe, Pipes};
 const SIGNAL: Token = Token(usize::MAX);
 /// The loop's one waker: resolver answers or mail from another worker.
 const RESOLVED: Token = Token(usize::MAX - 1);
-/// Threads that resolve names, so the loop never waits on DNS.
+/// Threads that resolve names (for all workers), so no loop waits on DNS.
 const RESOLVERS: usize = 4;
 const LISTENER_BASE: usize = usize::MAX / 2;
 /// UDP listeners and UDP mappings sit above the TCP listeners.
@@ -267,22 +267,32 @@ struct Signals {
 
 type Answer = (ConnId, io::Result<Vec<SocketAddr>>);
 
-/// A small pool of threads running getaddrinfo; answers come back through a
-/// queue and a waker.
-struct Resolver {
-    jobs: std::sync::mpsc::Sender<(ConnId, String, u16)>,
+/// A name to resolve for one worker: where its answer goes, and the waker
+/// of that worker's loop.
+struct Job {
+    conn: ConnId,
+    host: String,
+    port: u16,
     answers: Arc<Mutex<Vec<Answer>>>,
+    waker: Arc<Waker>,
+}
+
+/// One worker's end of the resolver pool (threads running getaddrinfo,
+/// shared by all workers, so their number does not grow with the
+/// workers'); answers come back through the worker's queue and waker.
+struct Resolver {
+    jobs: std::sync::mpsc::Sender<Job>,
+    answers: Arc<Mutex<Vec<Answer>>>,
+    waker: Arc<Waker>,
 }
 
 impl Resolver {
-    fn start(waker: Arc<Waker>) -> io::Result<Resolver> {
-        let (tx, rx) = std::sync::mpsc::channel::<(ConnId, String, u16)>();
+    /// Starts the pool; returns where jobs go.
+    fn pool() -> io::Result<std::sync::mpsc::Sender<Job>> {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
-        let answers: Arc<Mutex<Vec<Answer>>> = Arc::default();
         for i in 0..RESOLVERS {
             let rx = rx.clone();
-            let answers = answers.clone();
-            let waker = waker.clone();
             std::thread::Builder::new()
                 .name(format!("resolver-{i}"))
                 .spawn(move || loop {
@@ -290,15 +300,29 @@ impl Resolver {
                         Ok(rx) => rx.recv(),
                         Err(_) => return,
                     };
-                    let Ok((conn, host, port)) = job else { return };
-                    let r = (host.as_str(), port).to_socket_addrs().map(|a| a.collect());
-                    if let Ok(mut q) = answers.lock() {
-                        q.push((conn, r));
+                    let Ok(job) = job else { return };
+                    let r = (job.host.as_str(), job.port)
+                        .to_socket_addrs()
+                        .map(|a| a.collect());
+                    if let Ok(mut q) = job.answers.lock() {
+                        q.push((job.conn, r));
                     }
-                    let _ = waker.wake();
+                    let _ = job.waker.wake();
                 })?;
         }
-        Ok(Resolver { jobs: tx, answers })
+        Ok(tx)
+    }
+
+    /// False when the pool is gone.
+    fn ask(&self, conn: ConnId, host: String, port: u16) -> bool {
+        let job = Job {
+            conn,
+            host,
+            port,
+            answers: self.answers.clone(),
+            waker: self.waker.clone(),
+        };
+        self.jobs.send(job).is_ok()
     }
 }
 
@@ -342,6 +366,7 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
         inboxes.push(rx);
     }
     let boxes = Arc::new(boxes);
+    let jobs = Resolver::pool().map_err(|e| format!("cannot start the resolver threads: {e}"))?;
     let groups = (n > 1).then(|| Arc::new(Mutex::new(HashMap::new())));
     let sig_rx = signals(&polls[0].0)?;
     let flags = sig_rx.1;
@@ -357,8 +382,11 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
     let mut others = others.into_iter();
     let mut loops = Vec::with_capacity(n);
     for (index, ((poll, waker), mail)) in polls.into_iter().zip(inboxes).enumerate() {
-        let resolver = Resolver::start(waker)
-            .map_err(|e| format!("cannot start the resolver threads: {e}"))?;
+        let resolver = Resolver {
+            jobs: jobs.clone(),
+            answers: Arc::default(),
+            waker,
+        };
         let (mut proxy, out, trace) = match first.take() {
             Some(f) => f,
             None => match others.next() {
@@ -765,7 +793,7 @@ impl Loop {
                     }
                 }
                 Action::Resolve { conn, host, port } => {
-                    if self.resolver.jobs.send((conn, host, port)).is_err() {
+                    if !self.resolver.ask(conn, host, port) {
                         self.proxy
                             .handle(Event::ResolveFailed { conn }, Instant::now());
                     }
