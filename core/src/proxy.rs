@@ -1439,6 +1439,16 @@ impl Proxy {
         }
     }
 
+    /// Whether [`Event::Connected`] for `conn` needs the upstream socket's
+    /// real local address: a protocol tells it (SOCKS's bound address, an
+    /// HTTP Via, FTP's data ports); a plain relay (a mapped port, an FTP
+    /// data connection) does not, and a runtime may spare the syscall and
+    /// give the unspecified address.
+    pub fn wants_local(&self, conn: ConnId) -> bool {
+        self.session(conn)
+            .is_some_and(|s| s.hs.is_some() || s.http.is_some())
+    }
+
     /// The live session `conn` names, if any.
     fn session(&self, conn: ConnId) -> Option<&Session> {
         self.sessions

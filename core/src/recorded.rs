@@ -74,6 +74,11 @@ impl Recorded {
         self.proxy.handle_gathered(conn, parts, now);
     }
 
+    /// See [`Proxy::wants_local`].
+    pub fn wants_local(&self, conn: ConnId) -> bool {
+        self.proxy.wants_local(conn)
+    }
+
     /// The table itself, for what only reads it.
     pub fn proxy(&self) -> &Proxy {
         &self.proxy

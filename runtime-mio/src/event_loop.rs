@@ -1342,9 +1342,12 @@ impl Loop {
                 // Writable now; readable when an event says so (a reply
                 // already there came with this event or brings its own).
                 c.sock[1].writable = true;
-                let local = u
-                    .local_addr()
-                    .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+                let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+                let local = if self.proxy.wants_local(conn) {
+                    u.local_addr().unwrap_or(unspecified)
+                } else {
+                    unspecified
+                };
                 self.proxy.handle(Event::Connected { conn, local }, now);
             }
             Err(e) if e.kind() == io::ErrorKind::NotConnected => {
