@@ -208,6 +208,10 @@ fn relay(
                 }
                 Action::Close { conn: c } => {
                     assert_eq!(c, conn);
+                    // Closing sends the FIN of a side not shut yet.
+                    for s in socks.iter_mut() {
+                        s.shut = true;
+                    }
                     closed = true;
                 }
                 Action::Access(rec) => record = Some(rec),
