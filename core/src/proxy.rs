@@ -64,9 +64,9 @@ const POOL_KEEP: usize = 1024;
 /// Connections over a limit (or denied) that may exist at once only to be
 /// told so in their protocol's words; past this they are just closed.
 pub const REFUSING_MAX: usize = 64;
-/// The smallest pipe a runtime splices a direction through: with 256 KiB
-/// a splice(2) moves four times what the kernel's default 64 KiB pipe lets
-/// it, and a single stream gains about a fifth.
+/// The smallest pipe a runtime splices a direction through (see
+/// [`PipeSize`]: its size gives page slots; what it holds is bounded by
+/// `limits.buffer`).
 pub const SPLICE_PIPE_MIN: usize = 256 * 1024;
 /// The pipe a spliced direction goes through: `size` bytes of pipe (at
 /// least [`SPLICE_PIPE_MIN`], so that it has page slots enough to fill by
@@ -230,6 +230,21 @@ fn service_info(s: &crate::config::Service) -> ServiceInfo {
     }
 }
 
+/// Whether worker `worker` listens for service `s`: every worker on a TCP
+/// port; a UDP port's mappings are one table's, the first worker's.
+fn listens(worker: usize, s: &crate::config::Service) -> bool {
+    worker == 0 || s.protocol != Protocol::Udp
+}
+
+/// The configuration's warnings, said once: by worker 0.
+fn warnings(worker: usize, config: &Config) -> Vec<String> {
+    if worker == 0 {
+        crate::config::warnings(config)
+    } else {
+        Vec::new()
+    }
+}
+
 fn method_of(kind: ServiceKind) -> &'static str {
     match kind {
         ServiceKind::Mapped => "TCP",
@@ -253,8 +268,7 @@ impl Proxy {
         let mut listeners = Slab::new();
         let mut actions = VecDeque::new();
         for (i, s) in config.services.iter().enumerate() {
-            if s.protocol == Protocol::Udp && worker > 0 {
-                // A UDP port's mappings are one table's: the first worker's.
+            if !listens(worker, s) {
                 continue;
             }
             for addr in &s.listen {
@@ -280,10 +294,7 @@ impl Proxy {
                 });
             }
         }
-        for w in crate::config::warnings(&config)
-            .into_iter()
-            .filter(|_| worker == 0)
-        {
+        for w in warnings(worker, &config) {
             actions.push_back(Action::Log {
                 level: Level::Warn,
                 message: w,
@@ -574,12 +585,17 @@ impl Proxy {
                 .entry(f.status())
                 .or_insert(0) += 1;
         } else {
-            self.stats.accepted += 1;
-            let svc = &mut self.services[service];
-            svc.counters.connections += 1;
-            svc.active += 1;
+            self.count_served(service);
         }
         Ok(refusing)
+    }
+
+    /// Counts a connection of `service` that is served (not only refused).
+    fn count_served(&mut self, service: usize) {
+        self.stats.accepted += 1;
+        let svc = &mut self.services[service];
+        svc.counters.connections += 1;
+        svc.active += 1;
     }
 
     /// Logs and counts a connection turned away at accept.
@@ -818,10 +834,7 @@ impl Proxy {
             .clone()
             .or_else(|| owner.hs.as_ref().and_then(|h| h.log_user()));
         let owner_client = owner.client.ip();
-        self.stats.accepted += 1;
-        let svc = &mut self.services[service];
-        svc.counters.connections += 1;
-        svc.active += 1;
+        self.count_served(service);
         let mut session = Session::new(service, listener, peer, peer, State::Connecting, now);
         session.target = port.connect_to.to_string();
         session.user = user;
@@ -1048,9 +1061,14 @@ impl Proxy {
                 status::respond(page, head_only, &self.snapshot(now))
             }
         };
+        self.status_reply(idx, &reply, now);
+    }
+
+    /// Says a status answer and closes once it is written.
+    fn status_reply(&mut self, idx: usize, reply: &[u8], now: Instant) {
         let s = &mut self.sessions[idx];
         s.method = "GET";
-        s.down.say(&reply);
+        s.down.say(reply);
         s.state = State::Closing;
         s.state_since = now;
     }
@@ -1075,11 +1093,7 @@ impl Proxy {
             snap.merge(part);
         }
         let reply = status::respond(page, head_only, &snap);
-        let s = &mut self.sessions[idx];
-        s.method = "GET";
-        s.down.say(&reply);
-        s.state = State::Closing;
-        s.state_since = now;
+        self.status_reply(idx, &reply, now);
         self.sync(idx, now);
     }
 
@@ -1479,8 +1493,8 @@ impl Proxy {
     /// its 200, an FTP data connection), no bandwidth cap counts its bytes,
     /// nothing of it waits in the core (what the core holds goes out first,
     /// so the order is kept; a reply or PROXY header it made, too), its
-    /// source has not reached EOF, the core wants a read there, and the
-    /// core would not keep the payload (see [`Proxy::keeps_payload`]).
+    /// source has not reached EOF, and the core wants a read there (a relay
+    /// is never parsed, so [`Proxy::keeps_payload`] is false for it).
     ///
     /// Asked before each splice from `from`'s socket; bytes already in the
     /// runtime's pipe may still be written out after it turns false.
@@ -1498,7 +1512,7 @@ impl Proxy {
             && !d.eof
             && !d.shut
             && s.wanted(from).0
-            && !self.keeps_payload(conn, from)
+        // (In Relay the core parses nothing: `keeps_payload` is false.)
     }
 
     /// How a runtime makes the pipe it splices a direction through.
@@ -2330,10 +2344,10 @@ impl Proxy {
         // Listeners: keep an open one whose address and service stay.
         let mut wanted: Vec<(usize, SocketAddr, bool)> = Vec::new();
         for (n, svc) in config.services.iter().enumerate() {
-            let udp = svc.protocol == Protocol::Udp;
-            if udp && self.worker > 0 {
+            if !listens(self.worker, svc) {
                 continue;
             }
+            let udp = svc.protocol == Protocol::Udp;
             for a in &svc.listen {
                 wanted.push((index[n], *a, udp));
             }
@@ -2383,10 +2397,7 @@ impl Proxy {
             });
         }
         let first = self.worker == 0;
-        for w in crate::config::warnings(&config)
-            .into_iter()
-            .filter(|_| first)
-        {
+        for w in warnings(self.worker, &config) {
             self.log(Level::Warn, || w);
         }
         if config.limits.buffer != self.pool.buffer_size() {

@@ -145,17 +145,9 @@ impl Conn {
         self.piped(side.other()) && self.sock[si(side)].writable
     }
 
-    /// Gives the pipes that are empty back to the pool (all of them when
-    /// the connection ends; those that hold bytes are closed then).
+    /// See [`crate::splice::release`].
     fn release_pipes(&mut self, pipes: &mut Pipes, all: bool) {
-        for i in 0..2 {
-            let empty = self.pipe[i].as_ref().is_some_and(|p| p.is_empty());
-            if all || (empty && !self.eof_piped[i]) {
-                if let Some(p) = self.pipe[i].take() {
-                    pipes.give(p);
-                }
-            }
-        }
+        crate::splice::release(&mut self.pipe, &mut self.eof_piped, all, |p| pipes.give(p));
     }
 }
 
@@ -368,9 +360,8 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
     let boxes = Arc::new(boxes);
     let jobs = Resolver::pool().map_err(|e| format!("cannot start the resolver threads: {e}"))?;
     let groups = (n > 1).then(|| Arc::new(Mutex::new(HashMap::new())));
-    let sig_rx = signals(&polls[0].0)?;
-    let flags = sig_rx.1;
-    let mut sig_rx = Some(sig_rx.0);
+    // Worker 0's alone: the signals, and the trace (one worker records).
+    let mut signal = Some(signals(&polls[0].0)?);
     let Start {
         proxy,
         out,
@@ -378,21 +369,20 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
         path: plan_path,
         recheck: reload_recheck,
     } = start;
-    let mut first = Some((proxy, out, trace));
-    let mut others = others.into_iter();
+    let tables = std::iter::once((proxy, out, trace))
+        .chain(others.into_iter().map(|w| (w.proxy, w.out, None)));
     let mut loops = Vec::with_capacity(n);
-    for (index, ((poll, waker), mail)) in polls.into_iter().zip(inboxes).enumerate() {
+    for (index, (((poll, waker), mail), (mut proxy, out, trace))) in
+        polls.into_iter().zip(inboxes).zip(tables).enumerate()
+    {
         let resolver = Resolver {
             jobs: jobs.clone(),
             answers: Arc::default(),
             waker,
         };
-        let (mut proxy, out, trace) = match first.take() {
-            Some(f) => f,
-            None => match others.next() {
-                Some(w) => (w.proxy, w.out, None),
-                None => break,
-            },
+        let (sig_rx, flags) = match signal.take() {
+            Some((rx, flags)) => (Some(rx), flags),
+            None => (None, Signals::default()),
         };
         let mut wall = WallClock::new();
         proxy.set_wall(wall.now());
@@ -403,15 +393,8 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
             udp_work: Vec::new(),
             plan_path: plan_path.clone(),
             reload_recheck,
-            flags: if index == 0 {
-                Signals {
-                    stop: flags.stop.clone(),
-                    reload: flags.reload.clone(),
-                }
-            } else {
-                Signals::default()
-            },
-            sig_rx: if index == 0 { sig_rx.take() } else { None },
+            flags,
+            sig_rx,
             resolver,
             wall,
             poll,
@@ -689,19 +672,19 @@ impl Loop {
                         b.send(Mail::Part { conn, part });
                     }
                 }
-                Mail::Part { conn, part } => self.part(conn, Some(*part)),
+                Mail::Part { conn, part } => self.part(conn, *part),
             }
             self.drain();
         }
     }
 
-    /// One more answer (`None`: a worker that cannot answer) to the status
-    /// request on `conn`; the last one lets the core reply.
-    fn part(&mut self, conn: ConnId, part: Option<Snapshot>) {
+    /// One more answer to the status request on `conn`; the last one lets
+    /// the core reply.
+    fn part(&mut self, conn: ConnId, part: Snapshot) {
         let Some((parts, left)) = self.gathers.get_mut(&conn) else {
             return;
         };
-        parts.extend(part);
+        parts.push(part);
         *left = left.saturating_sub(1);
         if *left == 0 {
             let parts = self.gathers.remove(&conn).map(|g| g.0).unwrap_or_default();
@@ -709,15 +692,16 @@ impl Loop {
         }
     }
 
+    /// Asks every other worker for its table. Their answers come through
+    /// this loop's own mailbox, read only after this returns; a worker
+    /// that is gone cannot be asked and is not waited for.
     fn gather(&mut self, conn: ConnId) {
-        let others = self.crew.boxes.len() - 1;
-        self.gathers.insert(conn, (Vec::new(), others + 1));
         let from = self.crew.index;
-        let asked = self.tell_others(|| Mail::Snapshot { from, conn });
-        // Those that could not be asked will not answer; the extra count
-        // taken above goes now, so a lone worker answers at once.
-        for _ in asked..others + 1 {
-            self.part(conn, None);
+        match self.tell_others(|| Mail::Snapshot { from, conn }) {
+            0 => self.proxy.handle_gathered(conn, Vec::new(), Instant::now()),
+            asked => {
+                self.gathers.insert(conn, (Vec::new(), asked));
+            }
         }
     }
 
@@ -822,7 +806,6 @@ impl Loop {
                             c.sock[1] = Sock::default();
                             // What was on its way to or from it goes too.
                             c.release_pipes(&mut self.pipes, true);
-                            c.eof_piped = [false; 2];
                         }
                     }
                 }
@@ -999,7 +982,6 @@ impl Loop {
                 c.connecting = true;
                 c.sock[1] = Sock::default();
                 c.release_pipes(&mut self.pipes, true);
-                c.eof_piped = [false; 2];
             }
             Err(e) => {
                 let error = IoKind::from_io(&e);

@@ -140,6 +140,29 @@ impl Pipe {
     }
 }
 
+/// Gives back, through `give`, the pipes of a connection's two directions
+/// (indexed by source side) that are empty and owe no EOF; with `all` (the
+/// connection or its upstream is gone) every one, and what they hold goes
+/// with them.
+pub fn release(
+    pipe: &mut [Option<Pipe>; 2],
+    eof_piped: &mut [bool; 2],
+    all: bool,
+    mut give: impl FnMut(Pipe),
+) {
+    for i in 0..2 {
+        let empty = pipe[i].as_ref().is_some_and(|p| p.is_empty());
+        if all || (empty && !eof_piped[i]) {
+            if let Some(p) = pipe[i].take() {
+                give(p);
+            }
+        }
+    }
+    if all {
+        *eof_piped = [false; 2];
+    }
+}
+
 /// Empty pipes of the current size, for directions that start splicing.
 pub struct Pipes {
     spare: Vec<Pipe>,

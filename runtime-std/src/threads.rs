@@ -876,18 +876,11 @@ impl ConnThread {
     /// Gives the pipes that are empty back to the pool (all of them when
     /// the connection ends; those that hold bytes are closed then).
     fn release_pipes(&mut self, all: bool) {
-        for i in 0..2 {
-            let empty = self.pipe[i].as_ref().is_some_and(|p| p.is_empty());
-            if all || (empty && !self.eof_piped[i]) {
-                if let Some(p) = self.pipe[i].take() {
-                    let mut pool = self.shared.pipes.lock().unwrap_or_else(|p| p.into_inner());
-                    pool.give(p);
-                }
-            }
-        }
-        if all {
-            self.eof_piped = [false; 2];
-        }
+        let shared = &self.shared;
+        crate::splice::release(&mut self.pipe, &mut self.eof_piped, all, |p| {
+            let mut pool = shared.pipes.lock().unwrap_or_else(|p| p.into_inner());
+            pool.give(p);
+        });
     }
 
     /// Bytes wait in the pipe of the direction `from` feeds.
