@@ -4,7 +4,7 @@
 //! - [`event_sequence`] decodes raw bytes into a configuration and a
 //!   sequence of calls a runtime could make (accepts, every [`Event`], time
 //!   advancing, reads into [`Proxy::recv_buf`] and writes from
-//!   [`Proxy::send_buf`] with counts that may exceed what was lent, bytes
+//!   [`Proxy::send_bufs`] (both parts) with counts that may exceed what was lent, bytes
 //!   spliced past the core while [`Proxy::splice_ok`] allows it (and now
 //!   and then when it does not), stale ids, shutdown) and checks the table's invariants after every call.
 //! - [`config`] feeds the bytes, when they are UTF-8, to
@@ -931,10 +931,17 @@ impl Harness {
         let conn = self.pick_conn(input);
         let side = input.side();
         let n = input.count();
-        let shown = self.proxy.send_buf(conn, side).map(|d| d.to_vec());
+        let shown = self.proxy.send_bufs(conn, side).map(|parts| {
+            assert_eq!(
+                self.proxy.send_buf(conn, side),
+                parts.into_iter().find(|p| !p.is_empty()),
+                "send_buf is not the first part of send_bufs"
+            );
+            parts.concat()
+        });
         match (&shown, self.conns.get_mut(&conn)) {
             (Some(data), Some(m)) => {
-                assert!(!data.is_empty(), "send_buf showed an empty slice");
+                assert!(!data.is_empty(), "send_bufs showed nothing");
                 assert!(
                     !m.shut[idx(side)],
                     "send_buf shows bytes for {conn} {side:?} after ShutdownWrite"
@@ -1219,8 +1226,8 @@ impl Harness {
                     Side::Client => &m.down,
                     Side::Upstream => &m.up,
                 };
-                let shown = p.send_buf(*conn, side);
-                if let (Some(q), Some(data)) = (q, shown) {
+                let shown = p.send_bufs(*conn, side).map(|parts| parts.concat());
+                if let (Some(q), Some(data)) = (q, &shown) {
                     assert!(
                         q.iter().eq(data.iter()),
                         "bytes waiting for {conn} {side:?} are not the bytes read"

@@ -6,7 +6,7 @@
 //! no randomness beyond a seed it is given: a runtime turns socket readiness
 //! into [`Event`]s, hands them in with the current time, and carries out the
 //! [`Action`]s that come back. Payload bytes stay in the core's buffers; the
-//! runtime reads into [`Proxy::recv_buf`] and writes from [`Proxy::send_buf`]
+//! runtime reads into [`Proxy::recv_buf`] and writes from [`Proxy::send_bufs`]
 //! — except where [`Proxy::splice_ok`] lets it move a pure relay's bytes
 //! itself (splice(2)) and report their count.
 //!

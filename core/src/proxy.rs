@@ -12,7 +12,7 @@
 //!     for each new client socket:  proxy.accept(listener, peer, now)
 //!     for each readable socket:    read into proxy.recv_buf(conn, side), then
 //!                                  proxy.handle(Event::Read { .. } | Eof | ReadBlocked, now)
-//!     for each writable socket:    write from proxy.send_buf(conn, side), then
+//!     for each writable socket:    write from proxy.send_bufs(conn, side), then
 //!                                  proxy.handle(Event::Written { .. }, now)
 //!     (or, where proxy.splice_ok(conn, side): splice side → pipe → other side
 //!      without the core's buffers, then proxy.handle(Event::Spliced { .. }, now),
@@ -1454,13 +1454,19 @@ impl Proxy {
     }
 
     /// Whether [`Event::Connected`] for `conn` needs the upstream socket's
-    /// real local address: a protocol tells it (SOCKS's bound address, an
-    /// HTTP Via, FTP's data ports); a plain relay (a mapped port, an FTP
-    /// data connection) does not, and a runtime may spare the syscall and
-    /// give the unspecified address.
+    /// real local address: SOCKS tells it (the bound address of its reply)
+    /// and FTP's control connection uses it (where data ports open); every
+    /// other session (HTTP, the line gateways, a mapped port, an FTP data
+    /// connection) does not, and a runtime may spare the syscall and give
+    /// the unspecified address.
     pub fn wants_local(&self, conn: ConnId) -> bool {
-        self.session(conn)
-            .is_some_and(|s| s.hs.is_some() || s.http.is_some())
+        self.session(conn).is_some_and(|s| {
+            s.hs.is_some()
+                && matches!(
+                    self.services[s.service].kind,
+                    ServiceKind::Socks | ServiceKind::Ftp
+                )
+        })
     }
 
     /// The live session `conn` names, if any.
@@ -1555,20 +1561,28 @@ impl Proxy {
         }
     }
 
-    /// The bytes waiting to be written to `side`, if any.
+    /// The bytes waiting to be written to `side`, if any: the first part
+    /// of [`Proxy::send_bufs`].
     pub fn send_buf(&self, conn: ConnId, side: Side) -> Option<&[u8]> {
+        self.send_bufs(conn, side)
+            .map(|[a, b]| if a.is_empty() { b } else { a })
+    }
+
+    /// All the bytes waiting to be written to `side`, if any, in two parts
+    /// to be written in order, best with one vectored write: bytes the core
+    /// made (a reply, a rewritten head), then bytes it forwards. Either
+    /// part may be empty, not both. An [`Event::Written`] of `n` counts
+    /// across them, the first part's bytes first.
+    pub fn send_bufs(&self, conn: ConnId, side: Side) -> Option<[&[u8]; 2]> {
         let s = self.sessions.get(conn.idx as usize)?;
-        if s.gen != conn.gen {
+        if s.gen != conn.gen || !s.wanted(side).1 {
             return None;
         }
-        if !s.wanted(side).1 {
-            return None;
-        }
-        let data = s.sink_dir(side).out();
-        if data.is_empty() {
+        let parts = s.sink_dir(side).out_parts();
+        if parts[0].is_empty() && parts[1].is_empty() {
             None
         } else {
-            Some(data)
+            Some(parts)
         }
     }
 

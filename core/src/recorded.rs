@@ -181,6 +181,10 @@ impl Recorded {
         self.proxy.send_buf(conn, side)
     }
 
+    pub fn send_bufs(&self, conn: ConnId, side: Side) -> Option<[&[u8]; 2]> {
+        self.proxy.send_bufs(conn, side)
+    }
+
     /// [`Proxy::splice_ok`], and never while recording: a recorded run
     /// moves every byte through the core's buffers, so its trace holds each
     /// read and write, and the replay steps through the same buffer states.

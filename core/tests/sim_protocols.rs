@@ -1176,10 +1176,13 @@ impl Sim {
 
     fn write(&mut self, id: ConnId, side: Side) {
         let p = self.socket(&self.conns[&id], side).unwrap();
-        let Some(data) = self.proxy.send_buf(id, side) else {
+        let Some(parts) = self.proxy.send_bufs(id, side) else {
             self.conns.get_mut(&id).unwrap().interest[si(side)].1 = false;
             return;
         };
+        // As a vectored write: across both parts, a rewritten head and the
+        // body bytes behind it.
+        let data = parts.concat();
         let n = self.rng.range(1, data.len().min(self.chop_write));
         self.peers[p].received.extend_from_slice(&data[..n]);
         self.handle(Event::Written { conn: id, side, n });

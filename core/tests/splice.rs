@@ -495,18 +495,21 @@ fn pipes_are_at_least_256_kib_and_hold_at_most_the_buffer() {
 }
 
 /// A plain relay has no use for its upstream's local address (the runtime
-/// may spare the getsockname); SOCKS (its bound address) and HTTP do.
+/// may spare the getsockname), nor has HTTP or a line gateway; SOCKS (its
+/// bound address) and FTP's control connection (its data ports) do.
 #[test]
 fn only_protocols_want_the_upstream_local_address() {
     let now = Instant::now();
     let (p, conn) = accepted(MAPPED, now);
     assert!(!p.wants_local(conn), "a mapped port");
-    for text in [
-        "[[service]]\nname = \"socks\"\nkind = \"socks\"\nlisten = [\"127.0.0.1:1080\"]\n",
-        "[[service]]\nname = \"web\"\nkind = \"http\"\nlisten = [\"127.0.0.1:3128\"]\n",
+    for (text, wants) in [
+        ("[[service]]\nname = \"socks\"\nkind = \"socks\"\nlisten = [\"127.0.0.1:1080\"]\n", true),
+        ("[[service]]\nname = \"ftp\"\nkind = \"ftp\"\nlisten = [\"127.0.0.1:2121\"]\n", true),
+        ("[[service]]\nname = \"web\"\nkind = \"http\"\nlisten = [\"127.0.0.1:3128\"]\n", false),
+        ("[[service]]\nname = \"news\"\nkind = \"nntp\"\nlisten = [\"127.0.0.1:1119\"]\ndestination = \"127.0.0.1:119\"\n", false),
     ] {
         let (p, conn) = accepted(text, now);
-        assert!(p.wants_local(conn), "{text}");
+        assert_eq!(p.wants_local(conn), wants, "{text}");
     }
     let stale = ConnId::from_parts(conn.index() as u32, 99);
     assert!(!p.wants_local(stale));

@@ -32,7 +32,7 @@
 //! token space.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsFd, IntoRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,6 +50,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::output::{Output, Start, TraceFiles, WallClock};
 use crate::splice::{Fill, Pipe, Pipes};
+use crate::vectored::write_parts;
 
 const SIGNAL: Token = Token(usize::MAX);
 /// The loop's one waker: resolver answers or mail from another worker.
@@ -1301,18 +1302,20 @@ impl Loop {
             return;
         };
         let now = Instant::now();
-        match u.take_error() {
-            Ok(Some(e)) | Err(e) => {
-                c.connecting = false;
-                let error = IoKind::from_io(&e);
-                self.proxy.handle(Event::ConnectFailed { conn, error }, now);
-                return;
+        // Writable with neither error nor hang-up is connected (a failed
+        // connect always brings EPOLLERR); only then are the pending error
+        // and the peer worth asking for.
+        if c.sock[1].hup {
+            match u.take_error() {
+                Ok(Some(e)) | Err(e) => {
+                    c.connecting = false;
+                    let error = IoKind::from_io(&e);
+                    self.proxy.handle(Event::ConnectFailed { conn, error }, now);
+                    return;
+                }
+                Ok(None) => {}
             }
-            Ok(None) => {}
         }
-        // Writable with no error pending is connected (on Linux a
-        // connecting socket turns writable only then); only a hang-up
-        // without an error needs asking.
         let peer = if c.sock[1].hup {
             u.peer_addr().map(|_| ())
         } else {
@@ -1512,18 +1515,13 @@ impl Loop {
                 None => return,
             },
         };
-        let Some(data) = self.proxy.send_buf(conn, side) else {
+        let Some(parts) = self.proxy.send_bufs(conn, side) else {
             c.sock[si(side)].want_write = false;
             return;
         };
-        let r = loop {
-            match stream.write(data) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                r => break r,
-            }
-        };
+        let r = write_parts(&*stream, parts);
         let now = Instant::now();
-        let want = data.len();
+        let want = parts[0].len() + parts[1].len();
         let ev = match r {
             Ok(n) => {
                 // A short write filled the socket's buffer: wait for the edge.

@@ -6,6 +6,7 @@
 mod event_loop;
 mod output;
 mod splice;
+mod vectored;
 
 fn main() {
     let mut process = output::Process {

@@ -11,6 +11,8 @@ mod output;
 #[path = "../../runtime-mio/src/splice.rs"]
 mod splice;
 mod threads;
+#[path = "../../runtime-mio/src/vectored.rs"]
+mod vectored;
 
 fn main() {
     let mut process = output::Process { run: threads::run };

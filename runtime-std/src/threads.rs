@@ -19,7 +19,7 @@
 //! its pipe is empty.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
 use std::os::fd::AsFd;
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -35,6 +35,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::output::{Output, Start, TraceFiles, WallClock};
 use crate::splice::{Fill, Pipe, Pipes};
+use crate::vectored::write_parts;
 
 /// Accepts one listener may do before the others get a turn.
 const ACCEPTS_PER_TURN: usize = 64;
@@ -1180,8 +1181,8 @@ impl ConnThread {
                 want_read && !splicing && !self.piped(side) && !self.eof_piped[si(side)];
             if want_write {
                 let mut core = lock(&self.shared);
-                if let Some(data) = core.proxy.send_buf(conn, side) {
-                    let r = retry(|| (&*stream).write(data));
+                if let Some(parts) = core.proxy.send_bufs(conn, side) {
+                    let r = write_parts(stream, parts);
                     let ev = match r {
                         Ok(n) => Some(Event::Written { conn, side, n }),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,

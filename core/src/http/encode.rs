@@ -79,10 +79,10 @@ pub fn encode_request_head(req: &Request, out: &mut Vec<u8>) -> Forward {
         req.framing,
         req.version.via(),
         |name, _value, out| {
-            if name.eq_ignore_ascii_case("host") {
+            if name.eq_ignore_ascii_case(b"host") {
                 return true;
             }
-            if let (Some(n), true) = (max_forwards, name.eq_ignore_ascii_case("max-forwards")) {
+            if let (Some(n), true) = (max_forwards, name.eq_ignore_ascii_case(b"max-forwards")) {
                 write_field(out, name, n.to_string().as_bytes(), None);
                 return true;
             }
@@ -132,15 +132,19 @@ pub fn encode_response_head(resp: &Response, persist: Persist, out: &mut Vec<u8>
     out.extend_from_slice(b"\r\n");
 }
 
-fn write_field(out: &mut Vec<u8>, name: &str, value: &[u8], suffix: Option<&str>) {
-    out.extend_from_slice(name.as_bytes());
+/// Writes `name: value`, with `suffix`'s pieces appended as one more list
+/// element (a Via entry).
+fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8], suffix: Option<[&str; 2]>) {
+    out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
-    if let Some(s) = suffix {
+    if let Some(parts) = suffix {
         if !value.is_empty() {
             out.extend_from_slice(b", ");
         }
-        out.extend_from_slice(s.as_bytes());
+        for p in parts {
+            out.extend_from_slice(p.as_bytes());
+        }
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -153,39 +157,43 @@ fn write_fields(
     upgrading: bool,
     framing: Framing,
     via_version: &str,
-    mut special: impl FnMut(&str, &[u8], &mut Vec<u8>) -> bool,
+    mut special: impl FnMut(&[u8], &[u8], &mut Vec<u8>) -> bool,
     out: &mut Vec<u8>,
 ) {
-    let via = format!("{via_version} portico");
+    let via = [via_version, " portico"];
     let last_via = headers
-        .iter()
+        .iter_raw()
         .enumerate()
-        .filter(|(_, (n, _))| n.eq_ignore_ascii_case("via"))
+        .filter(|(_, (n, _))| n.eq_ignore_ascii_case(b"via"))
         .map(|(i, _)| i)
         .last();
     let mut length_written = false;
-    for (i, (name, value)) in headers.iter().enumerate() {
-        let keep_upgrade = upgrading && name.eq_ignore_ascii_case("upgrade");
+    for (i, (name, value)) in headers.iter_raw().enumerate() {
+        let keep_upgrade = upgrading && name.eq_ignore_ascii_case(b"upgrade");
         if !keep_upgrade
-            && (HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) || connection.names(name))
+            && (HOP_BY_HOP
+                .iter()
+                .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+                || connection.names_raw(name))
         {
             continue;
         }
         if special(name, value, out) {
             continue;
         }
-        if let (Framing::Length(n), true) = (framing, name.eq_ignore_ascii_case("content-length")) {
+        if let (Framing::Length(n), true) = (framing, name.eq_ignore_ascii_case(b"content-length"))
+        {
             if !length_written {
                 write_field(out, name, n.to_string().as_bytes(), None);
                 length_written = true;
             }
             continue;
         }
-        let suffix = (Some(i) == last_via).then_some(via.as_str());
+        let suffix = (Some(i) == last_via).then_some(via);
         write_field(out, name, value, suffix);
     }
     if last_via.is_none() {
-        write_field(out, "Via", via.as_bytes(), None);
+        write_field(out, b"Via", b"", Some(via));
     }
 }
 
@@ -268,7 +276,7 @@ fn reply(status: u16, detail: &str, extra_headers: &[(&str, &str)], close: bool)
     for (name, value) in extra_headers {
         let bad_value = value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0);
         if super::fields::is_token(name.as_bytes()) && !bad_value {
-            write_field(&mut out, name, value.as_bytes(), None);
+            write_field(&mut out, name.as_bytes(), value.as_bytes(), None);
         }
     }
     if close {

@@ -106,25 +106,34 @@ impl Headers {
         })
     }
 
+    /// The fields as raw `(name, value)` bytes: for lookups by name, which
+    /// run several times per head and need no UTF-8 check.
+    pub(crate) fn iter_raw(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.fields.iter().map(move |s| {
+            (
+                self.raw.get(s.name.clone()).unwrap_or(&[]),
+                self.raw.get(s.value.clone()).unwrap_or(&[]),
+            )
+        })
+    }
+
     /// The values of every field called `name` (case-insensitive), in order.
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+        self.iter_raw()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
             .map(|(_, v)| v)
     }
 
     /// The value of the first field called `name` (case-insensitive).
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        self.iter_raw()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
             .map(|(_, v)| v)
     }
 
     /// How many fields are called `name` (case-insensitive).
     pub fn count(&self, name: &str) -> usize {
-        self.iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .count()
+        self.get_all(name).count()
     }
 
     /// Whether any field is called `name` (case-insensitive).
@@ -282,14 +291,20 @@ impl ConnectionOptions {
 
     /// Whether the field `name` is named by a Connection option.
     pub fn names(&self, name: &str) -> bool {
-        self.tokens
-            .binary_search_by(|t| cmp_ignore_case(t, name))
-            .is_ok()
+        self.names_raw(name.as_bytes())
+    }
+
+    pub(crate) fn names_raw(&self, name: &[u8]) -> bool {
+        !self.tokens.is_empty()
+            && self
+                .tokens
+                .binary_search_by(|t| cmp_ignore_case(t, name))
+                .is_ok()
     }
 }
 
-fn cmp_ignore_case(lower: &str, name: &str) -> std::cmp::Ordering {
+fn cmp_ignore_case(lower: &str, name: &[u8]) -> std::cmp::Ordering {
     lower
         .bytes()
-        .cmp(name.bytes().map(|b| b.to_ascii_lowercase()))
+        .cmp(name.iter().map(|b| b.to_ascii_lowercase()))
 }

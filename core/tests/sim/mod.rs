@@ -1092,11 +1092,18 @@ impl Sim {
             Ready::ProxyWrite(i, side) => {
                 let id = self.id(i);
                 let room = self.conns[i].end(side).outbound.room();
-                let Some(data) = self.proxy.send_buf(id, side) else {
+                let Some([said, forwarded]) = self.proxy.send_bufs(id, side) else {
                     panic!(
-                        "seed {seed}: the core wants a write on {id} {side:?} but send_buf \
+                        "seed {seed}: the core wants a write on {id} {side:?} but send_bufs \
                          shows nothing"
                     );
+                };
+                // A vectored write moves both parts at once; a plain one
+                // only the first.
+                let data = if said.is_empty() || self.rng.chance(1, 2) {
+                    [said, forwarded].concat()
+                } else {
+                    said.to_vec()
                 };
                 let k = self.rng.chop(data.len().min(room));
                 let bytes = data[..k].to_vec();
