@@ -125,7 +125,8 @@ pub enum Action {
     Close { conn: ConnId },
     /// A diagnostic line for stderr, already filtered by the log level.
     Log { level: Level, message: String },
-    /// A finished connection (or request) for the access log.
+    /// A finished connection (or request) for the access log; none comes
+    /// when `[log] access = "off"`.
     Access(Box<AccessRecord>),
     /// A line for standard output (the `listening:` lines at start).
     Say(String),

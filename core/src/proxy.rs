@@ -41,7 +41,7 @@ use slab::Slab;
 
 use crate::auth::Users;
 use crate::buffer::Pool;
-use crate::config::{Config, Host, Protocol, ServiceKind};
+use crate::config::{AccessTarget, Config, Host, Protocol, ServiceKind};
 use crate::event::{Action, Event, IoKind, Level, Refused};
 use crate::id::{ConnId, ListenerId, Side};
 use crate::ledger::Ledger;
@@ -611,20 +611,22 @@ impl Proxy {
             .refused
             .entry(status)
             .or_insert(0) += 1;
-        let svc = &self.services[service];
-        let rec = AccessRecord {
-            service: svc.name.clone(),
-            client: peer,
-            user: None,
-            method: method_of(svc.kind).into(),
-            target: svc.target.clone(),
-            destination: None,
-            status: status.into(),
-            up: 0,
-            down: 0,
-            duration: Duration::ZERO,
-        };
-        self.actions.push_back(Action::Access(Box::new(rec)));
+        if self.access_logged() {
+            let svc = &self.services[service];
+            let rec = AccessRecord {
+                service: svc.name.clone(),
+                client: peer,
+                user: None,
+                method: method_of(svc.kind).into(),
+                target: svc.target.clone(),
+                destination: None,
+                status: status.into(),
+                up: 0,
+                down: 0,
+                duration: Duration::ZERO,
+            };
+            self.actions.push_back(Action::Access(Box::new(rec)));
+        }
         self.log(Level::Debug, || format!("refused {peer}: {why}"));
         why
     }
@@ -1278,17 +1280,25 @@ impl Proxy {
                         self.actions.push_back(Action::CloseUpstream { conn });
                     }
                 }
-                HttpTodo::Log(x) => {
+                HttpTodo::Log(x) if self.access_logged() => {
                     let s = &self.sessions[idx];
                     let user = s.http.as_ref().and_then(|h| h.user.clone());
                     let rec = self.exchange_record(s, user, x);
                     self.actions.push_back(Action::Access(Box::new(rec)));
                 }
+                HttpTodo::Log(_) => {}
             }
         }
         if self.live(conn) {
             self.sync(idx, now);
         }
+    }
+
+    /// Whether access records are wanted: with `[log] access = "off"` none
+    /// is made, so no [`Action::Access`] comes out (an HTTP connection
+    /// would make one per request).
+    fn access_logged(&self) -> bool {
+        self.config.log.access != AccessTarget::Off
     }
 
     fn exchange_record(
@@ -2139,31 +2149,35 @@ impl Proxy {
         if let Some(mut h) = s.http.take() {
             // http logs one line per request, the last one now.
             if let Some(x) = h.abandon(&s.up, &s.down, now) {
-                let rec = self.exchange_record(&s, h.user.clone(), x);
-                self.actions.push_back(Action::Access(Box::new(rec)));
+                if self.access_logged() {
+                    let rec = self.exchange_record(&s, h.user.clone(), x);
+                    self.actions.push_back(Action::Access(Box::new(rec)));
+                }
             }
             if self.sessions.is_empty() {
                 self.timers.clear();
             }
             return;
         }
-        let svc = &self.services[s.service];
-        let rec = AccessRecord {
-            service: svc.name.clone(),
-            client: s.client,
-            user: s
-                .user
-                .take()
-                .or_else(|| s.hs.as_ref().and_then(|h| h.log_user())),
-            method: s.method.into(),
-            target: std::mem::take(&mut s.target),
-            destination: s.upstream,
-            status: s.status.into(),
-            up: s.up.bytes,
-            down: s.down.bytes,
-            duration: now.saturating_duration_since(s.accepted),
-        };
-        self.actions.push_back(Action::Access(Box::new(rec)));
+        if self.access_logged() {
+            let svc = &self.services[s.service];
+            let rec = AccessRecord {
+                service: svc.name.clone(),
+                client: s.client,
+                user: s
+                    .user
+                    .take()
+                    .or_else(|| s.hs.as_ref().and_then(|h| h.log_user())),
+                method: s.method.into(),
+                target: std::mem::take(&mut s.target),
+                destination: s.upstream,
+                status: s.status.into(),
+                up: s.up.bytes,
+                down: s.down.bytes,
+                duration: now.saturating_duration_since(s.accepted),
+            };
+            self.actions.push_back(Action::Access(Box::new(rec)));
+        }
         if self.sessions.is_empty() {
             // Nothing can be current any more.
             self.timers.clear();
@@ -2557,6 +2571,9 @@ impl Proxy {
 
     fn udp_todo(&mut self, todo: Vec<UdpTodo>) {
         for t in todo {
+            if matches!(t, UdpTodo::Access(_)) && !self.access_logged() {
+                continue;
+            }
             self.actions.push_back(match t {
                 UdpTodo::Open {
                     id,

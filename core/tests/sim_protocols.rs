@@ -1381,7 +1381,7 @@ fn config(rng: &mut Rng, services: &str) -> String {
     format!(
         "[network]\ninternal = [\"127.0.0.1\"]\n\
          [limits]\nbuffer = {buffer}\n\
-         [log]\naccess = \"off\"\n\
+         [log]\naccess = \"stderr\"\n\
          [[user]]\nname = \"alice\"\npassword = \"plain:secret\"\n\
          {services}"
     )
@@ -2141,6 +2141,39 @@ fn http_keepalive_case(seed: u64) {
 #[test]
 fn http_keepalive() {
     seeds("http_keepalive", http_keepalive_case);
+}
+
+/// With the access log off the same exchanges go through, and no record is
+/// made for them (none per request, none at the close).
+fn http_access_off_case(seed: u64) {
+    let mut rng = Rng::scenario(seed);
+    let text =
+        config(&mut rng, &http_services()).replace("access = \"stderr\"", "access = \"off\"");
+    assert!(text.contains("access = \"off\""));
+    let mut sim = Sim::new("http_access_off", seed, &text);
+    let (_requests, responses) = origins(&mut sim);
+    let xs: Vec<Exchange> = (0..2).map(|i| exchange(&mut rng, i, false)).collect();
+    for x in &xs {
+        responses
+            .borrow_mut()
+            .push_back((x.response.clone(), x.origin_closes));
+    }
+    let all: Vec<u8> = xs.iter().flat_map(|x| x.request.clone()).collect();
+    let want: Vec<u8> = xs.iter().flat_map(|x| x.rewritten.clone()).collect();
+    let mut ops = sends(&mut rng, &all);
+    ops.push(Op::AwaitLen(want.len()));
+    ops.push(Op::Shut);
+    ops.push(Op::AwaitEof);
+    let client = sim.client(local(HTTP), ms(1), script(ops));
+    sim.run();
+    let tag = sim.tag.clone();
+    sim.check_client(client, &want);
+    assert!(sim.access.is_empty(), "{tag}: records {:?}", sim.access);
+}
+
+#[test]
+fn http_access_off() {
+    seeds("http_access_off", http_access_off_case);
 }
 
 /// A WebSocket origin: answers the upgrade request with 101 and a
