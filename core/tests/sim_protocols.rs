@@ -2058,11 +2058,18 @@ fn exchange(rng: &mut Rng, seq: usize, last: bool) -> Exchange {
     }
 }
 
-fn http_keepalive_case(seed: u64) {
-    let mut rng = Rng::scenario(seed);
-    let mut sim = Sim::new("http_keepalive", seed, &config(&mut rng, &http_services()));
-    let (requests, responses) = origins(&mut sim);
-    let xs: Vec<Exchange> = (0..3).map(|i| exchange(&mut rng, i, i == 2)).collect();
+/// `n` exchanges (the last may end the connection when `last_ends`), their
+/// responses queued at the origins; with what the client should get back
+/// and the client's sends of all the requests.
+fn exchanges(
+    rng: &mut Rng,
+    responses: &Responses,
+    n: usize,
+    last_ends: bool,
+) -> (Vec<Exchange>, Vec<u8>, Vec<Op>) {
+    let xs: Vec<Exchange> = (0..n)
+        .map(|i| exchange(rng, i, last_ends && i + 1 == n))
+        .collect();
     for x in &xs {
         responses
             .borrow_mut()
@@ -2070,7 +2077,15 @@ fn http_keepalive_case(seed: u64) {
     }
     let all: Vec<u8> = xs.iter().flat_map(|x| x.request.clone()).collect();
     let want: Vec<u8> = xs.iter().flat_map(|x| x.rewritten.clone()).collect();
-    let mut ops = sends(&mut rng, &all);
+    let ops = sends(rng, &all);
+    (xs, want, ops)
+}
+
+fn http_keepalive_case(seed: u64) {
+    let mut rng = Rng::scenario(seed);
+    let mut sim = Sim::new("http_keepalive", seed, &config(&mut rng, &http_services()));
+    let (requests, responses) = origins(&mut sim);
+    let (xs, want, mut ops) = exchanges(&mut rng, &responses, 3, true);
     if xs[2].ends {
         ops.push(Op::AwaitEof);
         ops.push(Op::Shut);
@@ -2152,15 +2167,7 @@ fn http_access_off_case(seed: u64) {
     assert!(text.contains("access = \"off\""));
     let mut sim = Sim::new("http_access_off", seed, &text);
     let (_requests, responses) = origins(&mut sim);
-    let xs: Vec<Exchange> = (0..2).map(|i| exchange(&mut rng, i, false)).collect();
-    for x in &xs {
-        responses
-            .borrow_mut()
-            .push_back((x.response.clone(), x.origin_closes));
-    }
-    let all: Vec<u8> = xs.iter().flat_map(|x| x.request.clone()).collect();
-    let want: Vec<u8> = xs.iter().flat_map(|x| x.rewritten.clone()).collect();
-    let mut ops = sends(&mut rng, &all);
+    let (_, want, mut ops) = exchanges(&mut rng, &responses, 2, false);
     ops.push(Op::AwaitLen(want.len()));
     ops.push(Op::Shut);
     ops.push(Op::AwaitEof);
