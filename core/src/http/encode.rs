@@ -68,7 +68,7 @@ pub fn encode_request_head(req: &Request, out: &mut Vec<u8>) -> Forward {
     out.push(b' ');
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
-    out.extend_from_slice(authority.host_header(80).as_bytes());
+    authority.write_host_header(80, out);
     out.extend_from_slice(b"\r\n");
     let upgrading = req.upgrade.is_some();
     let max_forwards = req.max_forwards.map(|n| n.saturating_sub(1));
@@ -83,7 +83,7 @@ pub fn encode_request_head(req: &Request, out: &mut Vec<u8>) -> Forward {
                 return true;
             }
             if let (Some(n), true) = (max_forwards, name.eq_ignore_ascii_case(b"max-forwards")) {
-                write_field(out, name, n.to_string().as_bytes(), None);
+                write_field(out, name, decimal(n, &mut [0; 20]), None);
                 return true;
             }
             false
@@ -106,7 +106,7 @@ pub fn encode_request_head(req: &Request, out: &mut Vec<u8>) -> Forward {
 /// header `persist` asks for.
 pub fn encode_response_head(resp: &Response, persist: Persist, out: &mut Vec<u8>) {
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(resp.status.to_string().as_bytes());
+    out.extend_from_slice(decimal(u64::from(resp.status), &mut [0; 20]));
     out.push(b' ');
     out.extend_from_slice(resp.reason());
     out.extend_from_slice(b"\r\n");
@@ -130,6 +130,21 @@ pub fn encode_response_head(resp: &Response, persist: Persist, out: &mut Vec<u8>
         }
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// `n` in decimal, written into the end of `digits` (the formatting
+/// machinery costs more than the head around it).
+pub(crate) fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &digits[i..]
 }
 
 /// Writes `name: value`, with `suffix`'s pieces appended as one more list
@@ -184,7 +199,7 @@ fn write_fields(
         if let (Framing::Length(n), true) = (framing, name.eq_ignore_ascii_case(b"content-length"))
         {
             if !length_written {
-                write_field(out, name, n.to_string().as_bytes(), None);
+                write_field(out, name, decimal(n, &mut [0; 20]), None);
                 length_written = true;
             }
             continue;

@@ -50,6 +50,22 @@ impl Authority {
             format!("{host}:{}", self.port)
         }
     }
+
+    /// [`Authority::host_header`], appended to `out`.
+    pub(crate) fn write_host_header(&self, default: u16, out: &mut Vec<u8>) {
+        let v6 = self.host.contains(':');
+        if v6 {
+            out.push(b'[');
+        }
+        out.extend_from_slice(self.host.as_bytes());
+        if v6 {
+            out.push(b']');
+        }
+        if self.port != default {
+            out.push(b':');
+            out.extend_from_slice(super::encode::decimal(u64::from(self.port), &mut [0; 20]));
+        }
+    }
 }
 
 impl fmt::Display for Authority {

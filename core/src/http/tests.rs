@@ -1316,3 +1316,10 @@ fn quickcheck_fuzz_entry_points() {
         .tests(2000)
         .quickcheck(mutated as fn(Vec<(u16, u8)>) -> bool);
 }
+
+#[test]
+fn decimal_digits_match_to_string() {
+    for n in [0, 7, 10, 99, 100, 65535, 1 << 40, u64::MAX - 1, u64::MAX] {
+        assert_eq!(encode::decimal(n, &mut [0; 20]), n.to_string().as_bytes());
+    }
+}
