@@ -52,6 +52,27 @@ impl Authority {
         }
     }
 
+    /// `http://host:port` and `path` (as `format!("http://{self}{path}")`,
+    /// without the formatting machinery): the target an access log names.
+    pub(crate) fn url(&self, path: &str) -> String {
+        let mut url = String::with_capacity(16 + self.host.len() + path.len());
+        url.push_str("http://");
+        let v6 = self.host.contains(':');
+        if v6 {
+            url.push('[');
+        }
+        url.push_str(&self.host);
+        if v6 {
+            url.push(']');
+        }
+        url.push(':');
+        for &d in super::encode::decimal(u64::from(self.port), &mut [0; 20]) {
+            url.push(char::from(d));
+        }
+        url.push_str(path);
+        url
+    }
+
     /// [`Authority::host_header`], appended to `out`.
     pub(crate) fn write_host_header(&self, default: u16, out: &mut Vec<u8>) {
         let v6 = self.host.contains(':');

@@ -1323,3 +1323,24 @@ fn decimal_digits_match_to_string() {
         assert_eq!(encode::decimal(n, &mut [0; 20]), n.to_string().as_bytes());
     }
 }
+
+#[test]
+fn url_and_host_header_match_their_formatted_forms() {
+    for (host, port) in [
+        ("a.example", 80),
+        ("10.0.0.1", 8080),
+        ("::1", 1),
+        ("fe80::2", 65535),
+    ] {
+        let a = Authority {
+            host: host.to_owned(),
+            port,
+        };
+        for path in ["/", "/x?y=1", "*"] {
+            assert_eq!(a.url(path), format!("http://{a}{path}"));
+        }
+        let mut out = Vec::new();
+        a.write_host_header(80, &mut out);
+        assert_eq!(out, a.host_header(80).as_bytes());
+    }
+}
