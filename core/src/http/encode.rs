@@ -1,7 +1,9 @@
 //! Heads written for forwarding, and the proxy's own replies.
 
+use std::ops::Range;
+
 use super::error::HttpError;
-use super::fields::{ConnectionOptions, Headers};
+use super::fields::{ConnectionOptions, Headers, Name};
 use super::request::{Request, Target};
 use super::response::Response;
 use super::{Framing, Method};
@@ -12,14 +14,14 @@ pub const CONNECT_ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection established\r\n
 
 /// Fields removed from every forwarded message (RFC 9110 §7.6.1 and SPEC.md),
 /// besides those the Connection header names.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
+const HOP_BY_HOP: [Name; 7] = [
+    Name::Connection,
+    Name::KeepAlive,
+    Name::ProxyConnection,
+    Name::ProxyAuthorization,
+    Name::Te,
+    Name::Trailer,
+    Name::Upgrade,
 ];
 
 /// What [`encode_request_head`] did.
@@ -78,15 +80,10 @@ pub fn encode_request_head(req: &Request, out: &mut Vec<u8>) -> Forward {
         upgrading,
         req.framing,
         req.version.via(),
-        |name, _value, out| {
-            if name.eq_ignore_ascii_case(b"host") {
-                return true;
-            }
-            if let (Some(n), true) = (max_forwards, name.eq_ignore_ascii_case(b"max-forwards")) {
-                write_field(out, name, decimal(n, &mut [0; 20]), None);
-                return true;
-            }
-            false
+        |kind| match (kind, max_forwards) {
+            (Name::Host, _) => Special::Skip,
+            (Name::MaxForwards, Some(n)) => Special::Number(n),
+            _ => Special::Copy,
         },
         out,
     );
@@ -117,7 +114,7 @@ pub fn encode_response_head(resp: &Response, persist: Persist, out: &mut Vec<u8>
         upgrading,
         resp.framing,
         resp.version.via(),
-        |_, _, _| false,
+        |_| Special::Copy,
         out,
     );
     if upgrading {
@@ -164,49 +161,89 @@ fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8], suffix: Option<[&st
     out.extend_from_slice(b"\r\n");
 }
 
-/// The field loop shared by both encoders. `special` may write a field
-/// itself and return true to skip the default copy.
+/// What [`write_fields`] does with a field, as one encoder asks.
+enum Special {
+    /// Copy it (unless it is hop-by-hop or a Content-Length to rewrite).
+    Copy,
+    /// Leave it out.
+    Skip,
+    /// Write it with this number as its value.
+    Number(u64),
+}
+
+/// The field loop shared by both encoders; `special` picks a field's fate
+/// before the default rules. Fields copied as they are go out as runs of
+/// the head's own lines, one copy per run.
 fn write_fields(
     headers: &Headers,
     connection: &ConnectionOptions,
     upgrading: bool,
     framing: Framing,
     via_version: &str,
-    mut special: impl FnMut(&[u8], &[u8], &mut Vec<u8>) -> bool,
+    special: impl Fn(Name) -> Special,
     out: &mut Vec<u8>,
 ) {
     let via = [via_version, " portico"];
     let last_via = headers
-        .iter_raw()
+        .spans()
         .enumerate()
-        .filter(|(_, (n, _))| n.eq_ignore_ascii_case(b"via"))
+        .filter(|(_, (kind, _, _))| *kind == Name::Via)
         .map(|(i, _)| i)
         .last();
+    let raw = headers.raw();
+    // Lines of `raw` still to copy as they are.
+    let mut run = 0..0;
+    let flush = |run: &mut Range<usize>, out: &mut Vec<u8>| {
+        out.extend_from_slice(raw.get(run.clone()).unwrap_or_default());
+        *run = 0..0;
+    };
     let mut length_written = false;
-    for (i, (name, value)) in headers.iter_raw().enumerate() {
-        let keep_upgrade = upgrading && name.eq_ignore_ascii_case(b"upgrade");
-        if !keep_upgrade
-            && (HOP_BY_HOP
-                .iter()
-                .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
-                || connection.names_raw(name))
-        {
+    for (i, (kind, name_at, value_at)) in headers.spans().enumerate() {
+        let name = raw.get(name_at.clone()).unwrap_or_default();
+        let value = raw.get(value_at.clone()).unwrap_or_default();
+        let keep_upgrade = upgrading && kind == Name::Upgrade;
+        if !keep_upgrade && (HOP_BY_HOP.contains(&kind) || connection.names_raw(name)) {
             continue;
         }
-        if special(name, value, out) {
+        let number = match special(kind) {
+            Special::Skip => continue,
+            Special::Number(n) => Some(n),
+            Special::Copy => match framing {
+                Framing::Length(n) if kind == Name::ContentLength => {
+                    if length_written {
+                        continue;
+                    }
+                    length_written = true;
+                    Some(n)
+                }
+                _ => None,
+            },
+        };
+        if let Some(n) = number {
+            flush(&mut run, out);
+            write_field(out, name, decimal(n, &mut [0; 20]), None);
             continue;
         }
-        if let (Framing::Length(n), true) = (framing, name.eq_ignore_ascii_case(b"content-length"))
-        {
-            if !length_written {
-                write_field(out, name, decimal(n, &mut [0; 20]), None);
-                length_written = true;
-            }
+        if Some(i) == last_via {
+            flush(&mut run, out);
+            write_field(out, name, value, Some(via));
             continue;
         }
-        let suffix = (Some(i) == last_via).then_some(via);
-        write_field(out, name, value, suffix);
+        // The line as received is `name: value` CRLF exactly: copy it whole.
+        let line = name_at.start..value_at.end + 2;
+        let verbatim = matches!(raw.get(name_at.end..value_at.start), Some([b':', b' ']))
+            && matches!(raw.get(value_at.end..line.end), Some([b'\r', b'\n']));
+        if !verbatim {
+            flush(&mut run, out);
+            write_field(out, name, value, None);
+        } else if run.is_empty() || run.end != line.start {
+            flush(&mut run, out);
+            run = line;
+        } else {
+            run.end = line.end;
+        }
     }
+    flush(&mut run, out);
     if last_via.is_none() {
         write_field(out, b"Via", b"", Some(via));
     }

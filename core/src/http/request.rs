@@ -4,7 +4,7 @@ use std::fmt;
 use std::mem::MaybeUninit;
 
 use super::error::{Direction, ErrorKind, HttpError};
-use super::fields::{self, ConnectionOptions, Headers};
+use super::fields::{self, ConnectionOptions, Headers, Name};
 use super::scan::Scanner;
 use super::{base64, Framing, Limits, Method, Parsed, Version};
 
@@ -313,12 +313,12 @@ fn build(
 
     // Host: exactly one on 1.1, at most one on 1.0. Its value is otherwise
     // ignored: the target's authority wins (RFC 9112 §3.2.2).
-    match headers.count("host") {
+    match headers.values(Name::Host).count() {
         0 if version == Version::Http11 => return Err(ErrorKind::MissingHost),
         0 | 1 => {}
         _ => return Err(ErrorKind::DuplicateHost),
     }
-    if let Some(host) = headers.get("host") {
+    if let Some(host) = headers.values(Name::Host).next() {
         if host.contains(&b',') {
             return Err(ErrorKind::DuplicateHost);
         }
@@ -332,16 +332,21 @@ fn build(
 
     let expect_continue = version == Version::Http11
         && headers
-            .get_all("expect")
+            .values(Name::Expect)
             .any(|v| v.eq_ignore_ascii_case(b"100-continue"));
     let upgrade = if version == Version::Http11 && connection.upgrade {
-        headers.joined("upgrade")
+        headers.joined(Name::Upgrade)
     } else {
         None
     };
-    let proxy_auth = match headers.count("proxy-authorization") {
+    let proxy_auth = match headers.values(Name::ProxyAuthorization).count() {
         0 => ProxyAuth::None,
-        1 => ProxyAuth::parse_basic(headers.get("proxy-authorization").unwrap_or(&[])),
+        1 => ProxyAuth::parse_basic(
+            headers
+                .values(Name::ProxyAuthorization)
+                .next()
+                .unwrap_or(&[]),
+        ),
         _ => ProxyAuth::Invalid,
     };
     let max_forwards = if matches!(method, Method::Trace | Method::Options) {
@@ -364,10 +369,10 @@ fn build(
 }
 
 fn max_forwards(headers: &Headers) -> Result<Option<u64>, ErrorKind> {
-    match headers.count("max-forwards") {
+    match headers.values(Name::MaxForwards).count() {
         0 => Ok(None),
         1 => {
-            let v = headers.get("max-forwards").unwrap_or(&[]);
+            let v = headers.values(Name::MaxForwards).next().unwrap_or(&[]);
             if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
                 return Err(ErrorKind::BadMaxForwards);
             }
@@ -386,8 +391,8 @@ fn request_framing(
     version: Version,
     headers: &Headers,
 ) -> Result<Framing, ErrorKind> {
-    let has_te = headers.contains("transfer-encoding");
-    let has_cl = headers.contains("content-length");
+    let has_te = headers.has(Name::TransferEncoding);
+    let has_cl = headers.has(Name::ContentLength);
     if has_te && has_cl {
         return Err(ErrorKind::ContentLengthAndTransferEncoding);
     }

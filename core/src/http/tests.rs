@@ -1344,3 +1344,48 @@ fn url_and_host_header_match_their_formatted_forms() {
         assert_eq!(out, a.host_header(80).as_bytes());
     }
 }
+
+#[test]
+fn known_names_are_told_apart_case_insensitively() {
+    use fields::Name;
+    let all = [
+        Name::Host,
+        Name::ContentLength,
+        Name::TransferEncoding,
+        Name::Connection,
+        Name::KeepAlive,
+        Name::ProxyConnection,
+        Name::ProxyAuthorization,
+        Name::Te,
+        Name::Trailer,
+        Name::Upgrade,
+        Name::Via,
+        Name::Expect,
+        Name::MaxForwards,
+    ];
+    for kind in all {
+        let lower = kind.lowercase();
+        assert_eq!(Name::of(lower), kind);
+        assert_eq!(Name::of(&lower.to_ascii_uppercase()), kind);
+        let mut other = lower.to_vec();
+        other[lower.len() - 1] ^= 0x01;
+        assert_eq!(Name::of(&other), Name::Other, "{other:?}");
+    }
+    for other in [
+        &b""[..],
+        b"t",
+        b"hosts",
+        b"Hist",
+        b"Content-Type",
+        b"X-Via",
+        b"Date",
+    ] {
+        assert_eq!(Name::of(other), Name::Other);
+    }
+    // Lookups by name find known and other fields alike, in order.
+    let (req, _) = request(&with_fields("X-A: 1\r\nVia: a\r\nx-a: 2\r\nVIA: b\r\n"));
+    assert_eq!(req.headers.get_all("x-A").collect::<Vec<_>>(), [b"1", b"2"]);
+    assert_eq!(req.headers.get_all("via").collect::<Vec<_>>(), [b"a", b"b"]);
+    assert_eq!(req.headers.count("Host"), 1);
+    assert!(!req.headers.contains("upgrade") && !req.headers.contains("x-b"));
+}
