@@ -10,7 +10,7 @@ use super::error::ErrorKind;
 /// The header fields of one head, in the order received.
 ///
 /// Holds one copy of the head's bytes and, per field, where its name and value
-/// lie in it and which [`Name`] it has; so its size is bounded by the head
+/// lie in it and which `Name` it has; so its size is bounded by the head
 /// limit. Values are trimmed of
 /// surrounding whitespace; names keep the case they were sent with.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -109,7 +109,8 @@ pub(crate) fn ascii_str(s: &[u8]) -> &str {
 
 /// Whether `b` is a `tchar` (RFC 9110 §5.6.2).
 pub(crate) fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    matches!(b, b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z' | b'!' | b'#' | b'$' | b'%' | b'&' | b'\''
+        | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~')
 }
 
 /// Whether `s` is a non-empty token.

@@ -57,7 +57,7 @@ impl Authority {
     pub(crate) fn url(&self, path: &str) -> String {
         let mut url = String::with_capacity(16 + self.host.len() + path.len());
         url.push_str("http://");
-        let v6 = self.host.contains(':');
+        let v6 = self.host.as_bytes().contains(&b':');
         if v6 {
             url.push('[');
         }
@@ -75,7 +75,7 @@ impl Authority {
 
     /// [`Authority::host_header`], appended to `out`.
     pub(crate) fn write_host_header(&self, default: u16, out: &mut Vec<u8>) {
-        let v6 = self.host.contains(':');
+        let v6 = self.host.as_bytes().contains(&b':');
         if v6 {
             out.push(b'[');
         }

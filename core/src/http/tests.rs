@@ -1389,3 +1389,11 @@ fn known_names_are_told_apart_case_insensitively() {
     assert_eq!(req.headers.count("Host"), 1);
     assert!(!req.headers.contains("upgrade") && !req.headers.contains("x-b"));
 }
+
+#[test]
+fn tchar_is_rfc9110s() {
+    for b in 0..=255u8 {
+        let want = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        assert_eq!(fields::is_tchar(b), want, "{b:#x}");
+    }
+}
