@@ -350,9 +350,12 @@ impl Http {
                     f => Req::Body(BodyDecoder::new(f, Direction::Request, &self.limits)),
                 };
                 self.resp = Resp::Head;
-                let key = (authority.host.clone(), authority.port);
-                if self.upstream.as_ref() != Some(&key) {
-                    self.upstream = Some(key);
+                let same = self
+                    .upstream
+                    .as_ref()
+                    .is_some_and(|(h, p)| *h == authority.host && *p == authority.port);
+                if !same {
+                    self.upstream = Some((authority.host.clone(), authority.port));
                     todo.push(Todo::Connect {
                         target: target_of(&authority.host, authority.port),
                     });
