@@ -394,15 +394,26 @@ impl ConnectionOptions {
         let mut opts = ConnectionOptions::default();
         for value in headers.values(Name::Connection) {
             for element in list_elements(value).filter(|e| is_token(e)) {
-                let token = ascii_str(element).to_ascii_lowercase();
-                match token.as_str() {
-                    "close" => opts.close = true,
-                    "keep-alive" => opts.keep_alive = true,
-                    "upgrade" => opts.upgrade = true,
-                    "content-length" | "transfer-encoding" | "host" => {
-                        return Err(ErrorKind::ConnectionNamesFramingHeader)
+                // The usual options are told without lowercasing a copy.
+                let known = [
+                    ("close", &mut opts.close),
+                    ("keep-alive", &mut opts.keep_alive),
+                    ("upgrade", &mut opts.upgrade),
+                ]
+                .into_iter()
+                .find(|(t, _)| element.eq_ignore_ascii_case(t.as_bytes()));
+                let token = match known {
+                    Some((t, flag)) => {
+                        *flag = true;
+                        t.to_owned()
                     }
-                    _ => {}
+                    None => ascii_str(element).to_ascii_lowercase(),
+                };
+                if matches!(
+                    token.as_str(),
+                    "content-length" | "transfer-encoding" | "host"
+                ) {
+                    return Err(ErrorKind::ConnectionNamesFramingHeader);
                 }
                 opts.tokens.push(token);
             }
