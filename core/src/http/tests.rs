@@ -1397,3 +1397,22 @@ fn tchar_is_rfc9110s() {
         assert_eq!(fields::is_tchar(b), want, "{b:#x}");
     }
 }
+
+#[test]
+fn fields_named_by_connection_are_dropped_whatever_their_length() {
+    let long = "X-".to_owned() + &"l".repeat(70);
+    let longer = long.clone() + "l";
+    let (req, _) = request(&with_fields(&format!(
+        "Connection: x-drop, {long}, close\r\nX-Drop: 1\r\nX-Dropped: 2\r\nx-DROP: 3\r\n\
+         {long}: 4\r\n{longer}: 5\r\nClose: 6\r\nX-Keep:7\r\nX-Also:  8 \r\n"
+    )));
+    let mut out = Vec::new();
+    assert_eq!(encode_request_head(&req, &mut out), Forward::Upstream);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        format!(
+            "GET / HTTP/1.1\r\nHost: a.example\r\nX-Dropped: 2\r\n{longer}: 5\r\n\
+             X-Keep: 7\r\nX-Also: 8\r\nVia: 1.1 portico\r\n\r\n"
+        )
+    );
+}
