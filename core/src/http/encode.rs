@@ -6,7 +6,7 @@ use super::error::HttpError;
 use super::fields::{ConnectionOptions, Headers, Name};
 use super::request::{Request, Target};
 use super::response::Response;
-use super::{Framing, Method};
+use super::{Framing, Method, Version};
 
 /// The reply to a CONNECT that succeeded: no Content-Length, no
 /// Transfer-Encoding; the tunnel starts after it.
@@ -79,7 +79,7 @@ pub fn encode_request_head(req: &Request, out: &mut Vec<u8>) -> Forward {
         &req.connection,
         upgrading,
         req.framing,
-        req.version.via(),
+        req.version,
         |kind| match (kind, max_forwards) {
             (Name::Host, _) => Special::Skip,
             (Name::MaxForwards, Some(n)) => Special::Number(n),
@@ -113,7 +113,7 @@ pub fn encode_response_head(resp: &Response, persist: Persist, out: &mut Vec<u8>
         &resp.connection,
         upgrading,
         resp.framing,
-        resp.version.via(),
+        resp.version,
         |_| Special::Copy,
         out,
     );
@@ -179,11 +179,11 @@ fn write_fields(
     connection: &ConnectionOptions,
     upgrading: bool,
     framing: Framing,
-    via_version: &str,
+    version: Version,
     special: impl Fn(Name) -> Special,
     out: &mut Vec<u8>,
 ) {
-    let via = [via_version, " portico"];
+    let via = [version.via(), " portico"];
     let last_via = headers
         .spans()
         .enumerate()
@@ -252,7 +252,10 @@ fn write_fields(
     }
     flush(&mut run, out);
     if last_via.is_none() {
-        write_field(out, b"Via", b"", Some(via));
+        out.extend_from_slice(match version {
+            Version::Http10 => b"Via: 1.0 portico\r\n",
+            Version::Http11 => b"Via: 1.1 portico\r\n",
+        });
     }
 }
 
