@@ -70,7 +70,14 @@ impl Name {
             (19, b'p') => Name::ProxyAuthorization,
             _ => return Name::Other,
         };
-        if name.eq_ignore_ascii_case(kind.lowercase()) {
+        let lower = kind.lowercase();
+        // Only `name` needs lowercasing: the other side already is.
+        if name.len() == lower.len()
+            && name
+                .iter()
+                .zip(lower)
+                .all(|(&a, &b)| a.to_ascii_lowercase() == b)
+        {
             kind
         } else {
             Name::Other

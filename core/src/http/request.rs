@@ -5,7 +5,7 @@ use std::mem::MaybeUninit;
 
 use super::error::{Direction, ErrorKind, HttpError};
 use super::fields::{self, ConnectionOptions, Headers, Name};
-use super::scan::Scanner;
+use super::scan::{self, Scanner};
 use super::{base64, Framing, Limits, Method, Parsed, Version};
 
 /// Where a request goes.
@@ -427,11 +427,7 @@ fn suffix<'a>(s: &'a str, tail: &[u8]) -> &'a str {
 fn parse_target(method: &Method, target: &str) -> Result<Target, ErrorKind> {
     let raw = target.as_bytes();
     // Visible ASCII only, and no fragment (RFC 9112 §3.2).
-    if raw.is_empty()
-        || raw
-            .iter()
-            .any(|&b| !(0x21..=0x7e).contains(&b) || b == b'#')
-    {
+    if raw.is_empty() || scan::run(raw, scan::non_target_mask) != raw.len() {
         return Err(ErrorKind::BadTarget);
     }
     if *method == Method::Connect {

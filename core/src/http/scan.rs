@@ -74,9 +74,15 @@ fn name_mask(x: u64) -> u64 {
     below(x, 0x21) | equal(x, 0x7f) | equal(x, b':')
 }
 
+/// What may not be in a request target: anything but visible ASCII, and
+/// `#` (a fragment).
+pub(crate) fn non_target_mask(x: u64) -> u64 {
+    below(x, 0x21) | (x & MSB) | equal(x, 0x7f) | equal(x, b'#')
+}
+
 /// Length of the run at the start of `bytes` with no byte `mask` marks,
 /// eight bytes at a time. A zero byte must be marked: it pads the tail.
-fn run(bytes: &[u8], mask: fn(u64) -> u64) -> usize {
+pub(crate) fn run(bytes: &[u8], mask: fn(u64) -> u64) -> usize {
     let mut chunks = bytes.chunks_exact(8);
     let mut n = 0;
     for chunk in &mut chunks {
@@ -436,6 +442,40 @@ mod tests {
         QuickCheck::new()
             .tests(20_000)
             .quickcheck(agree as fn(Vec<u8>, Vec<u8>, u8, bool) -> TestResult);
+    }
+
+    #[test]
+    fn runs_stop_at_the_first_marked_byte() {
+        type Mask = fn(u64) -> u64;
+        type Stops = fn(u8) -> bool;
+        let masks: [(Mask, Stops); 3] = [
+            (ctl_mask, is_ctl),
+            (name_mask, |b| b <= b' ' || b == b':' || b == 0x7f),
+            (non_target_mask, |b| {
+                !(0x21..=0x7e).contains(&b) || b == b'#'
+            }),
+        ];
+        for (mask, stops) in masks {
+            for len in 0..20 {
+                for at in 0..len {
+                    for b in 0..=255u8 {
+                        for after in [b'a', 0x00, b'\r', 0xff] {
+                            let mut bytes = vec![b'a'; len];
+                            bytes[at] = b;
+                            bytes[at + 1..].fill(after);
+                            let want = if stops(b) {
+                                at
+                            } else if stops(after) && at + 1 < len {
+                                at + 1
+                            } else {
+                                len
+                            };
+                            assert_eq!(run(&bytes, mask), want, "{bytes:?}");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
