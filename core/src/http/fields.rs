@@ -76,7 +76,8 @@ impl Name {
             && name
                 .iter()
                 .zip(lower)
-                .all(|(&a, &b)| a.to_ascii_lowercase() == b)
+                .fold(0, |d, (&a, &b)| d | (a.to_ascii_lowercase() ^ b))
+                == 0
         {
             kind
         } else {
