@@ -1,10 +1,12 @@
 //! Heads written for forwarding, and the proxy's own replies.
 
+use std::ops::Range;
+
 use super::error::HttpError;
-use super::fields::{ConnectionOptions, Headers};
+use super::fields::{ConnectionOptions, Headers, Name};
 use super::request::{Request, Target};
 use super::response::Response;
-use super::{Framing, Method};
+use super::{Framing, Method, Version};
 
 /// The reply to a CONNECT that succeeded: no Content-Length, no
 /// Transfer-Encoding; the tunnel starts after it.
@@ -12,14 +14,14 @@ pub const CONNECT_ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection established\r\n
 
 /// Fields removed from every forwarded message (RFC 9110 §7.6.1 and SPEC.md),
 /// besides those the Connection header names.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
+const HOP_BY_HOP: [Name; 7] = [
+    Name::Connection,
+    Name::KeepAlive,
+    Name::ProxyConnection,
+    Name::ProxyAuthorization,
+    Name::Te,
+    Name::Trailer,
+    Name::Upgrade,
 ];
 
 /// What [`encode_request_head`] did.
@@ -68,7 +70,7 @@ pub fn encode_request_head(req: &Request, out: &mut Vec<u8>) -> Forward {
     out.push(b' ');
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
-    out.extend_from_slice(authority.host_header(80).as_bytes());
+    authority.write_host_header(80, out);
     out.extend_from_slice(b"\r\n");
     let upgrading = req.upgrade.is_some();
     let max_forwards = req.max_forwards.map(|n| n.saturating_sub(1));
@@ -77,16 +79,11 @@ pub fn encode_request_head(req: &Request, out: &mut Vec<u8>) -> Forward {
         &req.connection,
         upgrading,
         req.framing,
-        req.version.via(),
-        |name, _value, out| {
-            if name.eq_ignore_ascii_case(b"host") {
-                return true;
-            }
-            if let (Some(n), true) = (max_forwards, name.eq_ignore_ascii_case(b"max-forwards")) {
-                write_field(out, name, n.to_string().as_bytes(), None);
-                return true;
-            }
-            false
+        req.version,
+        |kind| match (kind, max_forwards) {
+            (Name::Host, _) => Special::Skip,
+            (Name::MaxForwards, Some(n)) => Special::Number(n),
+            _ => Special::Copy,
         },
         out,
     );
@@ -106,7 +103,7 @@ pub fn encode_request_head(req: &Request, out: &mut Vec<u8>) -> Forward {
 /// header `persist` asks for.
 pub fn encode_response_head(resp: &Response, persist: Persist, out: &mut Vec<u8>) {
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(resp.status.to_string().as_bytes());
+    out.extend_from_slice(decimal(u64::from(resp.status), &mut [0; 20]));
     out.push(b' ');
     out.extend_from_slice(resp.reason());
     out.extend_from_slice(b"\r\n");
@@ -116,8 +113,8 @@ pub fn encode_response_head(resp: &Response, persist: Persist, out: &mut Vec<u8>
         &resp.connection,
         upgrading,
         resp.framing,
-        resp.version.via(),
-        |_, _, _| false,
+        resp.version,
+        |_| Special::Copy,
         out,
     );
     if upgrading {
@@ -130,6 +127,21 @@ pub fn encode_response_head(resp: &Response, persist: Persist, out: &mut Vec<u8>
         }
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// `n` in decimal, written into the end of `digits` (the formatting
+/// machinery costs more than the head around it).
+pub(crate) fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &digits[i..]
 }
 
 /// Writes `name: value`, with `suffix`'s pieces appended as one more list
@@ -149,51 +161,101 @@ fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8], suffix: Option<[&st
     out.extend_from_slice(b"\r\n");
 }
 
-/// The field loop shared by both encoders. `special` may write a field
-/// itself and return true to skip the default copy.
+/// What [`write_fields`] does with a field, as one encoder asks.
+enum Special {
+    /// Copy it (unless it is hop-by-hop or a Content-Length to rewrite).
+    Copy,
+    /// Leave it out.
+    Skip,
+    /// Write it with this number as its value.
+    Number(u64),
+}
+
+/// The field loop shared by both encoders; `special` picks a field's fate
+/// before the default rules. Fields copied as they are go out as runs of
+/// the head's own lines, one copy per run.
 fn write_fields(
     headers: &Headers,
     connection: &ConnectionOptions,
     upgrading: bool,
     framing: Framing,
-    via_version: &str,
-    mut special: impl FnMut(&[u8], &[u8], &mut Vec<u8>) -> bool,
+    version: Version,
+    special: impl Fn(Name) -> Special,
     out: &mut Vec<u8>,
 ) {
-    let via = [via_version, " portico"];
+    let via = [version.via(), " portico"];
     let last_via = headers
-        .iter_raw()
+        .spans()
         .enumerate()
-        .filter(|(_, (n, _))| n.eq_ignore_ascii_case(b"via"))
+        .filter(|(_, (kind, _, _))| *kind == Name::Via)
         .map(|(i, _)| i)
         .last();
+    // The lengths of the Connection options (63 for any longer): a field of
+    // another length is named by none, and most fields are.
+    let option_lengths = connection
+        .tokens
+        .iter()
+        .fold(0u64, |m, t| m | 1 << t.len().min(63));
+    let raw = headers.raw();
+    // Lines of `raw` still to copy as they are.
+    let mut run = 0..0;
+    let flush = |run: &mut Range<usize>, out: &mut Vec<u8>| {
+        out.extend_from_slice(raw.get(run.clone()).unwrap_or_default());
+        *run = 0..0;
+    };
     let mut length_written = false;
-    for (i, (name, value)) in headers.iter_raw().enumerate() {
-        let keep_upgrade = upgrading && name.eq_ignore_ascii_case(b"upgrade");
-        if !keep_upgrade
-            && (HOP_BY_HOP
-                .iter()
-                .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
-                || connection.names_raw(name))
-        {
+    for (i, (kind, name_at, value_at)) in headers.spans().enumerate() {
+        let name = raw.get(name_at.clone()).unwrap_or_default();
+        let value = raw.get(value_at.clone()).unwrap_or_default();
+        let keep_upgrade = upgrading && kind == Name::Upgrade;
+        let named = || option_lengths & 1 << name.len().min(63) != 0 && connection.names_raw(name);
+        if !keep_upgrade && (HOP_BY_HOP.contains(&kind) || named()) {
             continue;
         }
-        if special(name, value, out) {
+        let number = match special(kind) {
+            Special::Skip => continue,
+            Special::Number(n) => Some(n),
+            Special::Copy => match framing {
+                Framing::Length(n) if kind == Name::ContentLength => {
+                    if length_written {
+                        continue;
+                    }
+                    length_written = true;
+                    Some(n)
+                }
+                _ => None,
+            },
+        };
+        if let Some(n) = number {
+            flush(&mut run, out);
+            write_field(out, name, decimal(n, &mut [0; 20]), None);
             continue;
         }
-        if let (Framing::Length(n), true) = (framing, name.eq_ignore_ascii_case(b"content-length"))
-        {
-            if !length_written {
-                write_field(out, name, n.to_string().as_bytes(), None);
-                length_written = true;
-            }
+        if Some(i) == last_via {
+            flush(&mut run, out);
+            write_field(out, name, value, Some(via));
             continue;
         }
-        let suffix = (Some(i) == last_via).then_some(via);
-        write_field(out, name, value, suffix);
+        // The line as received is `name: value` CRLF exactly: copy it whole.
+        let line = name_at.start..value_at.end + 2;
+        let verbatim = matches!(raw.get(name_at.end..value_at.start), Some([b':', b' ']))
+            && matches!(raw.get(value_at.end..line.end), Some([b'\r', b'\n']));
+        if !verbatim {
+            flush(&mut run, out);
+            write_field(out, name, value, None);
+        } else if run.is_empty() || run.end != line.start {
+            flush(&mut run, out);
+            run = line;
+        } else {
+            run.end = line.end;
+        }
     }
+    flush(&mut run, out);
     if last_via.is_none() {
-        write_field(out, b"Via", b"", Some(via));
+        out.extend_from_slice(match version {
+            Version::Http10 => b"Via: 1.0 portico\r\n",
+            Version::Http11 => b"Via: 1.1 portico\r\n",
+        });
     }
 }
 

@@ -10,18 +10,104 @@ use super::error::ErrorKind;
 /// The header fields of one head, in the order received.
 ///
 /// Holds one copy of the head's bytes and, per field, where its name and value
-/// lie in it; so its size is bounded by the head limit. Values are trimmed of
+/// lie in it and which `Name` it has; so its size is bounded by the head
+/// limit. Values are trimmed of
 /// surrounding whitespace; names keep the case they were sent with.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Headers {
     raw: Box<[u8]>,
     fields: Vec<Span>,
+    /// A bit per [`Name`] some field has: a lookup of one that is absent
+    /// (most lookups) looks at no field.
+    present: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Span {
     name: Range<usize>,
     value: Range<usize>,
+    kind: Name,
+}
+
+/// The field names the proxy itself looks up, told apart once per head so
+/// that lookups and the forwarding loop compare a byte, not a name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Name {
+    Other,
+    Host,
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    KeepAlive,
+    ProxyConnection,
+    ProxyAuthorization,
+    Te,
+    Trailer,
+    Upgrade,
+    Via,
+    Expect,
+    MaxForwards,
+}
+
+impl Name {
+    /// The name `name` is (case-insensitive): its length and first letter
+    /// leave at most one to compare.
+    pub(crate) fn of(name: &[u8]) -> Name {
+        let first = name.first().map_or(0, u8::to_ascii_lowercase);
+        let kind = match (name.len(), first) {
+            (2, b't') => Name::Te,
+            (3, b'v') => Name::Via,
+            (4, b'h') => Name::Host,
+            (6, b'e') => Name::Expect,
+            (7, b't') => Name::Trailer,
+            (7, b'u') => Name::Upgrade,
+            (10, b'c') => Name::Connection,
+            (10, b'k') => Name::KeepAlive,
+            (12, b'm') => Name::MaxForwards,
+            (14, b'c') => Name::ContentLength,
+            (16, b'p') => Name::ProxyConnection,
+            (17, b't') => Name::TransferEncoding,
+            (19, b'p') => Name::ProxyAuthorization,
+            _ => return Name::Other,
+        };
+        let lower = kind.lowercase();
+        // Only `name` needs lowercasing: the other side already is.
+        if name.len() == lower.len()
+            && name
+                .iter()
+                .zip(lower)
+                .fold(0, |d, (&a, &b)| d | (a.to_ascii_lowercase() ^ b))
+                == 0
+        {
+            kind
+        } else {
+            Name::Other
+        }
+    }
+
+    /// The name in lowercase (empty for `Other`).
+    pub(crate) fn lowercase(self) -> &'static [u8] {
+        match self {
+            Name::Other => b"",
+            Name::Host => b"host",
+            Name::ContentLength => b"content-length",
+            Name::TransferEncoding => b"transfer-encoding",
+            Name::Connection => b"connection",
+            Name::KeepAlive => b"keep-alive",
+            Name::ProxyConnection => b"proxy-connection",
+            Name::ProxyAuthorization => b"proxy-authorization",
+            Name::Te => b"te",
+            Name::Trailer => b"trailer",
+            Name::Upgrade => b"upgrade",
+            Name::Via => b"via",
+            Name::Expect => b"expect",
+            Name::MaxForwards => b"max-forwards",
+        }
+    }
+
+    fn bit(self) -> u32 {
+        1 << self as u32
+    }
 }
 
 /// `s` as `&str` when it is ASCII (names are validated tokens, so always).
@@ -31,7 +117,8 @@ pub(crate) fn ascii_str(s: &[u8]) -> &str {
 
 /// Whether `b` is a `tchar` (RFC 9110 §5.6.2).
 pub(crate) fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    matches!(b, b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z' | b'!' | b'#' | b'$' | b'%' | b'&' | b'\''
+        | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~')
 }
 
 /// Whether `s` is a non-empty token.
@@ -70,14 +157,18 @@ impl Headers {
         parsed: &[httparse::Header<'_>],
     ) -> Result<Headers, ErrorKind> {
         let mut fields = Vec::with_capacity(parsed.len());
+        let mut present = 0;
         for h in parsed {
             let name = offset_in(head, h.name.as_bytes()).ok_or(ErrorKind::MalformedHeader)?;
             let value = offset_in(head, trim_ows(h.value)).ok_or(ErrorKind::MalformedHeader)?;
-            fields.push(Span { name, value });
+            let kind = Name::of(h.name.as_bytes());
+            present |= kind.bit();
+            fields.push(Span { name, value, kind });
         }
         Ok(Headers {
             raw: head.into(),
             fields,
+            present,
         })
     }
 
@@ -106,29 +197,69 @@ impl Headers {
         })
     }
 
-    /// The fields as raw `(name, value)` bytes: for lookups by name, which
-    /// run several times per head and need no UTF-8 check.
-    pub(crate) fn iter_raw(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
-        self.fields.iter().map(move |s| {
-            (
-                self.raw.get(s.name.clone()).unwrap_or(&[]),
-                self.raw.get(s.value.clone()).unwrap_or(&[]),
-            )
-        })
+    /// Each field's [`Name`], and where its name and value lie in
+    /// [`Headers::raw`].
+    pub(crate) fn spans(&self) -> impl Iterator<Item = (Name, Range<usize>, Range<usize>)> + '_ {
+        self.fields
+            .iter()
+            .map(|s| (s.kind, s.name.clone(), s.value.clone()))
     }
 
     /// The values of every field called `name` (case-insensitive), in order.
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.iter_raw()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-            .map(|(_, v)| v)
+        let (kind, fields) = self.candidates(name.as_bytes());
+        fields
+            .iter()
+            .filter(move |s| self.is(s, kind, name.as_bytes()))
+            .map(|s| self.raw.get(s.value.clone()).unwrap_or(&[]))
     }
 
     /// The value of the first field called `name` (case-insensitive).
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.iter_raw()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-            .map(|(_, v)| v)
+        let (kind, fields) = self.candidates(name.as_bytes());
+        fields
+            .iter()
+            .find(|s| self.is(s, kind, name.as_bytes()))
+            .map(|s| self.raw.get(s.value.clone()).unwrap_or(&[]))
+    }
+
+    /// The values of every field of a known kind, in order.
+    pub(crate) fn values(&self, kind: Name) -> impl Iterator<Item = &[u8]> + '_ {
+        let fields = if self.has(kind) {
+            &self.fields[..]
+        } else {
+            &[]
+        };
+        fields
+            .iter()
+            .filter(move |s| s.kind == kind)
+            .map(|s| self.raw.get(s.value.clone()).unwrap_or(&[]))
+    }
+
+    /// Whether some field is of a known kind.
+    pub(crate) fn has(&self, kind: Name) -> bool {
+        self.present & kind.bit() != 0
+    }
+
+    /// `name`'s kind, and the fields that may have it: none when it is a
+    /// known name that no field has.
+    fn candidates(&self, name: &[u8]) -> (Name, &[Span]) {
+        let kind = Name::of(name);
+        if kind != Name::Other && !self.has(kind) {
+            (kind, &[])
+        } else {
+            (kind, &self.fields)
+        }
+    }
+
+    /// Whether field `s` is called `name`, whose kind is `kind`.
+    fn is(&self, s: &Span, kind: Name, name: &[u8]) -> bool {
+        s.kind == kind
+            && (kind != Name::Other
+                || self
+                    .raw
+                    .get(s.name.clone())
+                    .is_some_and(|n| n.eq_ignore_ascii_case(name)))
     }
 
     /// How many fields are called `name` (case-insensitive).
@@ -141,10 +272,10 @@ impl Headers {
         self.get(name).is_some()
     }
 
-    /// The values of every `name` field joined with ", " (None if absent).
-    pub(crate) fn joined(&self, name: &str) -> Option<String> {
+    /// The values of every `kind` field joined with ", " (None if absent).
+    pub(crate) fn joined(&self, kind: Name) -> Option<String> {
         let mut out: Option<String> = None;
-        for v in self.get_all(name) {
+        for v in self.values(kind) {
             let s = out.get_or_insert_with(String::new);
             if !s.is_empty() {
                 s.push_str(", ");
@@ -179,7 +310,7 @@ impl fmt::Debug for Headers {
 /// value, which is the length (`5, 5` and `05` are both 5).
 pub(crate) fn content_length(headers: &Headers) -> Result<Option<u64>, ErrorKind> {
     let mut length = None;
-    for value in headers.get_all("content-length") {
+    for value in headers.values(Name::ContentLength) {
         for element in list_elements(value) {
             if element.is_empty()
                 || element.len() > 19
@@ -213,13 +344,13 @@ pub(crate) struct Codings {
 /// Coding names are case-insensitive. Empty list elements are skipped
 /// (RFC 9110 §5.6.1) but a field with no coding at all is refused.
 pub(crate) fn transfer_codings(headers: &Headers) -> Result<Option<Codings>, ErrorKind> {
-    if !headers.contains("transfer-encoding") {
+    if !headers.has(Name::TransferEncoding) {
         return Ok(None);
     }
     let mut chunked = 0usize;
     let mut last_chunked = false;
     let mut others = false;
-    for value in headers.get_all("transfer-encoding") {
+    for value in headers.values(Name::TransferEncoding) {
         for element in list_elements(value).filter(|e| !e.is_empty()) {
             let mut parts = element.splitn(2, |&b| b == b';');
             let name = trim_ows(parts.next().unwrap_or(&[]));
@@ -269,17 +400,28 @@ impl ConnectionOptions {
     /// recipient change the framing or the routing) is refused.
     pub(crate) fn parse(headers: &Headers) -> Result<ConnectionOptions, ErrorKind> {
         let mut opts = ConnectionOptions::default();
-        for value in headers.get_all("connection") {
+        for value in headers.values(Name::Connection) {
             for element in list_elements(value).filter(|e| is_token(e)) {
-                let token = ascii_str(element).to_ascii_lowercase();
-                match token.as_str() {
-                    "close" => opts.close = true,
-                    "keep-alive" => opts.keep_alive = true,
-                    "upgrade" => opts.upgrade = true,
-                    "content-length" | "transfer-encoding" | "host" => {
-                        return Err(ErrorKind::ConnectionNamesFramingHeader)
+                // The usual options are told without lowercasing a copy.
+                let known = [
+                    ("close", &mut opts.close),
+                    ("keep-alive", &mut opts.keep_alive),
+                    ("upgrade", &mut opts.upgrade),
+                ]
+                .into_iter()
+                .find(|(t, _)| element.eq_ignore_ascii_case(t.as_bytes()));
+                let token = match known {
+                    Some((t, flag)) => {
+                        *flag = true;
+                        t.to_owned()
                     }
-                    _ => {}
+                    None => ascii_str(element).to_ascii_lowercase(),
+                };
+                if matches!(
+                    token.as_str(),
+                    "content-length" | "transfer-encoding" | "host"
+                ) {
+                    return Err(ErrorKind::ConnectionNamesFramingHeader);
                 }
                 opts.tokens.push(token);
             }

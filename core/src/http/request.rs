@@ -1,10 +1,11 @@
 //! Request heads: parsing, validation and what follows from them.
 
 use std::fmt;
+use std::mem::MaybeUninit;
 
 use super::error::{Direction, ErrorKind, HttpError};
-use super::fields::{self, ascii_str, ConnectionOptions, Headers};
-use super::scan::Scanner;
+use super::fields::{self, ConnectionOptions, Headers, Name};
+use super::scan::{self, Scanner};
 use super::{base64, Framing, Limits, Method, Parsed, Version};
 
 /// Where a request goes.
@@ -48,6 +49,43 @@ impl Authority {
             host
         } else {
             format!("{host}:{}", self.port)
+        }
+    }
+
+    /// `http://host:port` and `path` (as `format!("http://{self}{path}")`,
+    /// without the formatting machinery): the target an access log names.
+    pub(crate) fn url(&self, path: &str) -> String {
+        let mut url = String::with_capacity(16 + self.host.len() + path.len());
+        url.push_str("http://");
+        let v6 = self.host.as_bytes().contains(&b':');
+        if v6 {
+            url.push('[');
+        }
+        url.push_str(&self.host);
+        if v6 {
+            url.push(']');
+        }
+        url.push(':');
+        for &d in super::encode::decimal(u64::from(self.port), &mut [0; 20]) {
+            url.push(char::from(d));
+        }
+        url.push_str(path);
+        url
+    }
+
+    /// [`Authority::host_header`], appended to `out`.
+    pub(crate) fn write_host_header(&self, default: u16, out: &mut Vec<u8>) {
+        let v6 = self.host.as_bytes().contains(&b':');
+        if v6 {
+            out.push(b'[');
+        }
+        out.extend_from_slice(self.host.as_bytes());
+        if v6 {
+            out.push(b']');
+        }
+        if self.port != default {
+            out.push(b':');
+            out.extend_from_slice(super::encode::decimal(u64::from(self.port), &mut [0; 20]));
         }
     }
 }
@@ -201,10 +239,11 @@ pub(crate) fn parse_with(
         .ok_or(err(ErrorKind::MalformedStartLine))?;
     check_version_token(line.rsplit(|&b| b == b' ').next().unwrap_or(&[])).map_err(err)?;
 
-    let mut slots = vec![httparse::EMPTY_HEADER; scanned.fields];
-    let mut parsed = httparse::Request::new(&mut slots);
+    let (mut stack, mut heap) = ([MaybeUninit::uninit(); STACK_SLOTS], Vec::new());
+    let slots = header_slots(&mut stack, &mut heap, scanned.fields);
+    let mut parsed = httparse::Request::new(&mut []);
     let status = httparse::ParserConfig::default()
-        .parse_request(&mut parsed, head)
+        .parse_request_with_uninit_headers(&mut parsed, head, slots)
         .map_err(|e| err(map_httparse(e)))?;
     if !matches!(status, httparse::Status::Complete(n) if n == head.len()) {
         return Err(err(ErrorKind::MalformedStartLine));
@@ -218,11 +257,30 @@ pub(crate) fn parse_with(
     let raw_target = parsed.path.ok_or(err(ErrorKind::MalformedStartLine))?;
     let headers = Headers::from_httparse(head, parsed.headers).map_err(err)?;
 
-    let request = build(method, raw_target.as_bytes(), version, headers).map_err(err)?;
+    let request = build(method, raw_target, version, headers).map_err(err)?;
     Ok(Parsed::Complete {
         head: request,
         len: scanned.len,
     })
+}
+
+/// Heads with up to this many fields give httparse slots on the stack.
+pub(crate) const STACK_SLOTS: usize = 64;
+
+/// `n` uninitialised slots for httparse's fields: on the stack for the usual
+/// few, else in `heap`.
+pub(crate) fn header_slots<'s, 'b>(
+    stack: &'s mut [MaybeUninit<httparse::Header<'b>>; STACK_SLOTS],
+    heap: &'s mut Vec<MaybeUninit<httparse::Header<'b>>>,
+    n: usize,
+) -> &'s mut [MaybeUninit<httparse::Header<'b>>] {
+    match stack.get_mut(..n) {
+        Some(slots) => slots,
+        None => {
+            heap.resize(n, MaybeUninit::uninit());
+            heap
+        }
+    }
 }
 
 /// A well-formed `HTTP/d.d` other than 1.0 / 1.1 is 505; anything else is
@@ -247,7 +305,7 @@ pub(crate) fn map_httparse(e: httparse::Error) -> ErrorKind {
 
 fn build(
     method: Method,
-    raw_target: &[u8],
+    raw_target: &str,
     version: Version,
     headers: Headers,
 ) -> Result<Request, ErrorKind> {
@@ -255,12 +313,12 @@ fn build(
 
     // Host: exactly one on 1.1, at most one on 1.0. Its value is otherwise
     // ignored: the target's authority wins (RFC 9112 §3.2.2).
-    match headers.count("host") {
+    match headers.values(Name::Host).count() {
         0 if version == Version::Http11 => return Err(ErrorKind::MissingHost),
         0 | 1 => {}
         _ => return Err(ErrorKind::DuplicateHost),
     }
-    if let Some(host) = headers.get("host") {
+    if let Some(host) = headers.values(Name::Host).next() {
         if host.contains(&b',') {
             return Err(ErrorKind::DuplicateHost);
         }
@@ -274,16 +332,21 @@ fn build(
 
     let expect_continue = version == Version::Http11
         && headers
-            .get_all("expect")
+            .values(Name::Expect)
             .any(|v| v.eq_ignore_ascii_case(b"100-continue"));
     let upgrade = if version == Version::Http11 && connection.upgrade {
-        headers.joined("upgrade")
+        headers.joined(Name::Upgrade)
     } else {
         None
     };
-    let proxy_auth = match headers.count("proxy-authorization") {
+    let proxy_auth = match headers.values(Name::ProxyAuthorization).count() {
         0 => ProxyAuth::None,
-        1 => ProxyAuth::parse_basic(headers.get("proxy-authorization").unwrap_or(&[])),
+        1 => ProxyAuth::parse_basic(
+            headers
+                .values(Name::ProxyAuthorization)
+                .next()
+                .unwrap_or(&[]),
+        ),
         _ => ProxyAuth::Invalid,
     };
     let max_forwards = if matches!(method, Method::Trace | Method::Options) {
@@ -306,10 +369,10 @@ fn build(
 }
 
 fn max_forwards(headers: &Headers) -> Result<Option<u64>, ErrorKind> {
-    match headers.count("max-forwards") {
+    match headers.values(Name::MaxForwards).count() {
         0 => Ok(None),
         1 => {
-            let v = headers.get("max-forwards").unwrap_or(&[]);
+            let v = headers.values(Name::MaxForwards).next().unwrap_or(&[]);
             if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
                 return Err(ErrorKind::BadMaxForwards);
             }
@@ -328,8 +391,8 @@ fn request_framing(
     version: Version,
     headers: &Headers,
 ) -> Result<Framing, ErrorKind> {
-    let has_te = headers.contains("transfer-encoding");
-    let has_cl = headers.contains("content-length");
+    let has_te = headers.has(Name::TransferEncoding);
+    let has_cl = headers.has(Name::ContentLength);
     if has_te && has_cl {
         return Err(ErrorKind::ContentLengthAndTransferEncoding);
     }
@@ -353,20 +416,25 @@ fn request_framing(
     Ok(framing)
 }
 
-fn parse_target(method: &Method, raw: &[u8]) -> Result<Target, ErrorKind> {
+/// The end of `s` whose bytes are `tail` (a suffix of `s`'s bytes).
+fn suffix<'a>(s: &'a str, tail: &[u8]) -> &'a str {
+    s.get(s.len().saturating_sub(tail.len())..)
+        .unwrap_or_default()
+}
+
+// Targets come as httparse's `&str`; once checked to be visible ASCII, any
+// slice of it is one too, so the strings kept need no UTF-8 check.
+fn parse_target(method: &Method, target: &str) -> Result<Target, ErrorKind> {
+    let raw = target.as_bytes();
     // Visible ASCII only, and no fragment (RFC 9112 §3.2).
-    if raw.is_empty()
-        || raw
-            .iter()
-            .any(|&b| !(0x21..=0x7e).contains(&b) || b == b'#')
-    {
+    if raw.is_empty() || scan::run(raw, scan::non_target_mask) != raw.len() {
         return Err(ErrorKind::BadTarget);
     }
     if *method == Method::Connect {
         if raw.windows(3).any(|w| w == b"://") || raw.contains(&b'/') {
             return Err(ErrorKind::BadConnectTarget);
         }
-        return parse_authority(raw, None)
+        return parse_authority(target, None)
             .map(Target::Authority)
             .map_err(|_| ErrorKind::BadConnectTarget);
     }
@@ -397,17 +465,23 @@ fn parse_target(method: &Method, raw: &[u8]) -> Result<Target, ErrorKind> {
     if !scheme.eq_ignore_ascii_case(b"http") {
         return Err(ErrorKind::UnsupportedScheme);
     }
+    let rest = suffix(target, rest);
     let end = rest
-        .iter()
-        .position(|&b| b == b'/' || b == b'?')
+        .bytes()
+        .position(|b| b == b'/' || b == b'?')
         .unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(end);
+    let (authority, path) = rest.split_at_checked(end).unwrap_or((rest, ""));
     let authority = parse_authority(authority, Some(80))?;
-    let path = match path.first() {
+    let path = match path.as_bytes().first() {
         None if *method == Method::Options => "*".to_owned(),
         None => "/".to_owned(),
-        Some(b'?') => format!("/{}", ascii_str(path)),
-        Some(_) => ascii_str(path).to_owned(),
+        Some(b'?') => {
+            let mut p = String::with_capacity(1 + path.len());
+            p.push('/');
+            p.push_str(path);
+            p
+        }
+        Some(_) => path.to_owned(),
     };
     Ok(Target::Absolute { authority, path })
 }
@@ -415,14 +489,16 @@ fn parse_target(method: &Method, raw: &[u8]) -> Result<Target, ErrorKind> {
 /// `host[:port]`. With `default`, the port may be left out or empty; without,
 /// it is required. Userinfo, an empty host, percent-encoding, port 0 and
 /// ports over 65535 are refused.
-fn parse_authority(raw: &[u8], default: Option<u16>) -> Result<Authority, ErrorKind> {
+fn parse_authority(text: &str, default: Option<u16>) -> Result<Authority, ErrorKind> {
+    let raw = text.as_bytes();
     let (host, port) = if let Some(rest) = raw.strip_prefix(b"[") {
         let close = rest
             .iter()
             .position(|&b| b == b']')
             .ok_or(ErrorKind::BadTarget)?;
         let (v6, after) = rest.split_at(close);
-        let v6: std::net::Ipv6Addr = ascii_str(v6).parse().map_err(|_| ErrorKind::BadTarget)?;
+        let v6 = text.get(1..1 + v6.len()).unwrap_or_default();
+        let v6: std::net::Ipv6Addr = v6.parse().map_err(|_| ErrorKind::BadTarget)?;
         let after = after.get(1..).unwrap_or(&[]);
         let port = match after {
             [] => None,
@@ -443,7 +519,8 @@ fn parse_authority(raw: &[u8], default: Option<u16>) -> Result<Authority, ErrorK
         if !valid {
             return Err(ErrorKind::BadTarget);
         }
-        (ascii_str(host).to_ascii_lowercase(), port)
+        let host = text.get(..host.len()).unwrap_or_default();
+        (host.to_ascii_lowercase(), port)
     };
     let port = match (port, default) {
         (None, Some(d)) | (Some([]), Some(d)) => d,

@@ -1,10 +1,11 @@
 //! Response heads: parsing, validation and framing (RFC 9112 §6.3).
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use super::error::{Direction, ErrorKind, HttpError};
-use super::fields::{self, ConnectionOptions, Headers};
-use super::request::{check_version_token, map_httparse};
+use super::fields::{self, ConnectionOptions, Headers, Name};
+use super::request::{check_version_token, header_slots, map_httparse, STACK_SLOTS};
 use super::scan::Scanner;
 use super::{Framing, Limits, Method, Parsed, Version};
 
@@ -77,10 +78,11 @@ pub(crate) fn parse_with(
         .ok_or(err(ErrorKind::MalformedStartLine))?;
     check_version_token(line.split(|&b| b == b' ').next().unwrap_or(&[])).map_err(err)?;
 
-    let mut slots = vec![httparse::EMPTY_HEADER; scanned.fields];
-    let mut parsed = httparse::Response::new(&mut slots);
+    let (mut stack, mut heap) = ([MaybeUninit::uninit(); STACK_SLOTS], Vec::new());
+    let slots = header_slots(&mut stack, &mut heap, scanned.fields);
+    let mut parsed = httparse::Response::new(&mut []);
     let status = httparse::ParserConfig::default()
-        .parse_response(&mut parsed, head)
+        .parse_response_with_uninit_headers(&mut parsed, head, slots)
         .map_err(|e| err(map_httparse(e)))?;
     if !matches!(status, httparse::Status::Complete(n) if n == head.len()) {
         return Err(err(ErrorKind::MalformedStartLine));
@@ -100,10 +102,10 @@ pub(crate) fn parse_with(
     let headers = Headers::from_httparse(head, parsed.headers).map_err(err)?;
     let connection = ConnectionOptions::parse(&headers).map_err(err)?;
     let framing = response_framing(method, version, status, &headers).map_err(err)?;
-    if status == 101 && !headers.contains("upgrade") {
+    if status == 101 && !headers.has(Name::Upgrade) {
         return Err(err(ErrorKind::BadUpgrade));
     }
-    let upgrade = headers.joined("upgrade");
+    let upgrade = headers.joined(Name::Upgrade);
     Ok(Parsed::Complete {
         head: Response {
             version,
@@ -144,9 +146,9 @@ pub(crate) fn response_framing(
     if *method == Method::Connect && (200..300).contains(&status) {
         return Ok(Framing::Tunnel);
     }
-    let has_te = headers.contains("transfer-encoding");
+    let has_te = headers.has(Name::TransferEncoding);
     if has_te {
-        if headers.contains("content-length") {
+        if headers.has(Name::ContentLength) {
             return Err(ErrorKind::ContentLengthAndTransferEncoding);
         }
         if version == Version::Http10 {

@@ -1316,3 +1316,103 @@ fn quickcheck_fuzz_entry_points() {
         .tests(2000)
         .quickcheck(mutated as fn(Vec<(u16, u8)>) -> bool);
 }
+
+#[test]
+fn decimal_digits_match_to_string() {
+    for n in [0, 7, 10, 99, 100, 65535, 1 << 40, u64::MAX - 1, u64::MAX] {
+        assert_eq!(encode::decimal(n, &mut [0; 20]), n.to_string().as_bytes());
+    }
+}
+
+#[test]
+fn url_and_host_header_match_their_formatted_forms() {
+    for (host, port) in [
+        ("a.example", 80),
+        ("10.0.0.1", 8080),
+        ("::1", 1),
+        ("fe80::2", 65535),
+    ] {
+        let a = Authority {
+            host: host.to_owned(),
+            port,
+        };
+        for path in ["/", "/x?y=1", "*"] {
+            assert_eq!(a.url(path), format!("http://{a}{path}"));
+        }
+        let mut out = Vec::new();
+        a.write_host_header(80, &mut out);
+        assert_eq!(out, a.host_header(80).as_bytes());
+    }
+}
+
+#[test]
+fn known_names_are_told_apart_case_insensitively() {
+    use fields::Name;
+    let all = [
+        Name::Host,
+        Name::ContentLength,
+        Name::TransferEncoding,
+        Name::Connection,
+        Name::KeepAlive,
+        Name::ProxyConnection,
+        Name::ProxyAuthorization,
+        Name::Te,
+        Name::Trailer,
+        Name::Upgrade,
+        Name::Via,
+        Name::Expect,
+        Name::MaxForwards,
+    ];
+    for kind in all {
+        let lower = kind.lowercase();
+        assert_eq!(Name::of(lower), kind);
+        assert_eq!(Name::of(&lower.to_ascii_uppercase()), kind);
+        let mut other = lower.to_vec();
+        other[lower.len() - 1] ^= 0x01;
+        assert_eq!(Name::of(&other), Name::Other, "{other:?}");
+    }
+    for other in [
+        &b""[..],
+        b"t",
+        b"hosts",
+        b"Hist",
+        b"Content-Type",
+        b"X-Via",
+        b"Date",
+    ] {
+        assert_eq!(Name::of(other), Name::Other);
+    }
+    // Lookups by name find known and other fields alike, in order.
+    let (req, _) = request(&with_fields("X-A: 1\r\nVia: a\r\nx-a: 2\r\nVIA: b\r\n"));
+    assert_eq!(req.headers.get_all("x-A").collect::<Vec<_>>(), [b"1", b"2"]);
+    assert_eq!(req.headers.get_all("via").collect::<Vec<_>>(), [b"a", b"b"]);
+    assert_eq!(req.headers.count("Host"), 1);
+    assert!(!req.headers.contains("upgrade") && !req.headers.contains("x-b"));
+}
+
+#[test]
+fn tchar_is_rfc9110s() {
+    for b in 0..=255u8 {
+        let want = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        assert_eq!(fields::is_tchar(b), want, "{b:#x}");
+    }
+}
+
+#[test]
+fn fields_named_by_connection_are_dropped_whatever_their_length() {
+    let long = "X-".to_owned() + &"l".repeat(70);
+    let longer = long.clone() + "l";
+    let (req, _) = request(&with_fields(&format!(
+        "Connection: x-drop, {long}, close\r\nX-Drop: 1\r\nX-Dropped: 2\r\nx-DROP: 3\r\n\
+         {long}: 4\r\n{longer}: 5\r\nClose: 6\r\nX-Keep:7\r\nX-Also:  8 \r\n"
+    )));
+    let mut out = Vec::new();
+    assert_eq!(encode_request_head(&req, &mut out), Forward::Upstream);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        format!(
+            "GET / HTTP/1.1\r\nHost: a.example\r\nX-Dropped: 2\r\n{longer}: 5\r\n\
+             X-Keep: 7\r\nX-Also: 8\r\nVia: 1.1 portico\r\n\r\n"
+        )
+    );
+}

@@ -275,7 +275,7 @@ impl Http {
         };
         take(up, len);
         let target_text = match &req.target {
-            request::Target::Absolute { authority, path } => format!("http://{authority}{path}"),
+            request::Target::Absolute { authority, path } => authority.url(path),
             request::Target::Authority(a) => a.to_string(),
             request::Target::Asterisk => "*".into(),
         };
@@ -344,15 +344,18 @@ impl Http {
                 true
             }
             (request::Target::Absolute { authority, .. }, Forward::Upstream) => {
-                up.say(&head);
+                say_owned(up, head);
                 self.req = match req.framing {
                     Framing::NoBody | Framing::Length(0) => Req::Sent,
                     f => Req::Body(BodyDecoder::new(f, Direction::Request, &self.limits)),
                 };
                 self.resp = Resp::Head;
-                let key = (authority.host.clone(), authority.port);
-                if self.upstream.as_ref() != Some(&key) {
-                    self.upstream = Some(key);
+                let same = self
+                    .upstream
+                    .as_ref()
+                    .is_some_and(|(h, p)| *h == authority.host && *p == authority.port);
+                if !same {
+                    self.upstream = Some((authority.host.clone(), authority.port));
                     todo.push(Todo::Connect {
                         target: target_of(&authority.host, authority.port),
                     });
@@ -459,7 +462,7 @@ impl Http {
                             };
                             let mut out = Vec::with_capacity(len + 32);
                             encode_response_head(&head, persist, &mut out);
-                            down.say(&out);
+                            say_owned(down, out);
                             if head.is_interim() {
                                 continue;
                             }
@@ -634,6 +637,17 @@ impl Http {
     }
 }
 
+/// As `d.say(&bytes)`, without a copy when nothing else waits to be said.
+fn say_owned(d: &mut Dir, bytes: Vec<u8>) {
+    // Drops a prefix that is all written, as say does.
+    d.say(&[]);
+    if d.prefix.is_empty() {
+        d.prefix = bytes;
+    } else {
+        d.prefix.extend_from_slice(&bytes);
+    }
+}
+
 fn target_of(host: &str, port: u16) -> Target {
     match host.parse::<std::net::IpAddr>() {
         Ok(ip) => Target::Addr(SocketAddr::new(ip, port)),
@@ -696,7 +710,7 @@ fn data_before(req: &request::Request, _len: usize) -> Vec<u8> {
     out.extend_from_slice(b" ");
     match &req.target {
         request::Target::Absolute { authority, path } => {
-            out.extend_from_slice(format!("http://{authority}{path}").as_bytes())
+            out.extend_from_slice(authority.url(path).as_bytes())
         }
         request::Target::Authority(a) => out.extend_from_slice(a.to_string().as_bytes()),
         request::Target::Asterisk => out.push(b'*'),
