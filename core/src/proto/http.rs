@@ -102,6 +102,9 @@ pub struct Http {
     req: Req,
     resp: Resp,
     parser: HeadParser,
+    /// The response head's scan so far: a head arriving in many small
+    /// reads is scanned once in all, not again from its start each time.
+    resp_parser: HeadParser,
     limits: Limits,
     cur: Option<Current>,
     /// Where the upstream connection goes, while it is usable.
@@ -118,6 +121,7 @@ impl Default for Http {
             req: Req::Head,
             resp: Resp::Idle,
             parser: HeadParser::new(),
+            resp_parser: HeadParser::new(),
             limits: Limits::default(),
             cur: None,
             upstream: None,
@@ -350,6 +354,7 @@ impl Http {
                     f => Req::Body(BodyDecoder::new(f, Direction::Request, &self.limits)),
                 };
                 self.resp = Resp::Head;
+                self.resp_parser.reset();
                 let same = self
                     .upstream
                     .as_ref()
@@ -429,7 +434,8 @@ impl Http {
                     let parsed = if input.is_empty() {
                         Ok(Parsed::Partial)
                     } else {
-                        crate::http::parse_response(input, &cur.method, &self.limits)
+                        self.resp_parser
+                            .parse_response(input, &cur.method, &self.limits)
                     };
                     match parsed {
                         Ok(Parsed::Partial) => {
