@@ -1125,9 +1125,15 @@ impl ConnThread {
         match u.peer_addr() {
             Ok(_) => {
                 self.connecting = false;
-                let local = u
-                    .local_addr()
-                    .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+                // As in `portico`: the local address only where the core
+                // uses it (SOCKS, FTP), sparing a getsockname elsewhere.
+                let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+                let wants = lock(&self.shared).proxy.wants_local(self.id);
+                let local = if wants {
+                    u.local_addr().unwrap_or(unspecified)
+                } else {
+                    unspecified
+                };
                 let conn = self.id;
                 self.event(Event::Connected { conn, local }, mine);
             }
