@@ -162,96 +162,111 @@ impl Scanner {
             if self.started {
                 self.pos += self.plain_run(buf, limits);
             }
-            let Some(&b) = buf.get(self.pos) else {
-                return Ok(None);
-            };
-            if self.pos >= limits.max_head {
-                return Err(ErrorKind::HeadTooLarge);
+            if let Some(done) = self.byte(buf, limits, tab_in_start_line) {
+                return done;
             }
-            if !self.started {
-                match b {
-                    b'\r' => match buf.get(self.pos + 1) {
-                        None => return Ok(None),
-                        Some(b'\n') => {
-                            self.pos += 2;
-                            continue;
-                        }
-                        Some(_) => return Err(ErrorKind::BareCr),
-                    },
-                    b'\n' => return Err(ErrorKind::BareLf),
-                    _ => {
-                        self.started = true;
-                        self.start = self.pos;
-                        self.line_start = self.pos;
-                    }
-                }
-            }
-            match b {
-                b'\r' => {
-                    match buf.get(self.pos + 1) {
-                        None => return Ok(None),
-                        Some(b'\n') => {}
-                        Some(_) => return Err(ErrorKind::BareCr),
-                    }
-                    let line_len = self.pos - self.line_start;
-                    if !self.in_fields {
-                        // The start line is never empty: leading CRLFs were
-                        // skipped above.
-                        self.start_line_end = self.pos;
-                        self.in_fields = true;
-                    } else if line_len == 0 {
-                        let len = self.pos + 2;
-                        if len > limits.max_head {
-                            return Err(ErrorKind::HeadTooLarge);
-                        }
-                        return Ok(Some(Scanned {
-                            start: self.start,
-                            start_line_end: self.start_line_end,
-                            len,
-                            fields: self.fields,
-                        }));
-                    } else {
-                        if !self.colon {
-                            return Err(ErrorKind::MalformedHeader);
-                        }
-                        self.fields += 1;
-                        if self.fields > limits.max_headers {
-                            return Err(ErrorKind::TooManyHeaders);
-                        }
-                    }
-                    self.pos += 2;
-                    self.line_start = self.pos;
-                    self.colon = false;
-                    continue;
-                }
-                b'\n' => return Err(ErrorKind::BareLf),
-                _ if !self.in_fields => {
-                    if is_ctl(b) && !(b == b'\t' && tab_in_start_line) {
-                        return Err(ErrorKind::ControlByte);
-                    }
-                    if self.pos + 1 - self.line_start > limits.max_start_line {
-                        return Err(ErrorKind::StartLineTooLong);
-                    }
-                }
-                b' ' | b'\t' => {
-                    if self.pos == self.line_start {
-                        return Err(ErrorKind::ObsFold);
-                    }
-                    if !self.colon {
-                        return Err(ErrorKind::SpaceBeforeColon);
-                    }
-                }
-                b':' if !self.colon => {
-                    if self.pos == self.line_start {
-                        return Err(ErrorKind::EmptyHeaderName);
-                    }
-                    self.colon = true;
-                }
-                _ if is_ctl(b) => return Err(ErrorKind::ControlByte),
-                _ => {}
-            }
-            self.pos += 1;
         }
+    }
+
+    /// One byte's decision (two for a CRLF) at `pos`, and the step past it;
+    /// `None`: go on scanning. The fast paths above only ever skip what
+    /// this would have passed over.
+    fn byte(
+        &mut self,
+        buf: &[u8],
+        limits: &Limits,
+        tab_in_start_line: bool,
+    ) -> Option<Result<Option<Scanned>, ErrorKind>> {
+        let Some(&b) = buf.get(self.pos) else {
+            return Some(Ok(None));
+        };
+        if self.pos >= limits.max_head {
+            return Some(Err(ErrorKind::HeadTooLarge));
+        }
+        if !self.started {
+            match b {
+                b'\r' => match buf.get(self.pos + 1) {
+                    None => return Some(Ok(None)),
+                    Some(b'\n') => {
+                        self.pos += 2;
+                        return None;
+                    }
+                    Some(_) => return Some(Err(ErrorKind::BareCr)),
+                },
+                b'\n' => return Some(Err(ErrorKind::BareLf)),
+                _ => {
+                    self.started = true;
+                    self.start = self.pos;
+                    self.line_start = self.pos;
+                }
+            }
+        }
+        match b {
+            b'\r' => {
+                match buf.get(self.pos + 1) {
+                    None => return Some(Ok(None)),
+                    Some(b'\n') => {}
+                    Some(_) => return Some(Err(ErrorKind::BareCr)),
+                }
+                let line_len = self.pos - self.line_start;
+                if !self.in_fields {
+                    // The start line is never empty: leading CRLFs were
+                    // skipped above.
+                    self.start_line_end = self.pos;
+                    self.in_fields = true;
+                } else if line_len == 0 {
+                    let len = self.pos + 2;
+                    if len > limits.max_head {
+                        return Some(Err(ErrorKind::HeadTooLarge));
+                    }
+                    return Some(Ok(Some(Scanned {
+                        start: self.start,
+                        start_line_end: self.start_line_end,
+                        len,
+                        fields: self.fields,
+                    })));
+                } else {
+                    if !self.colon {
+                        return Some(Err(ErrorKind::MalformedHeader));
+                    }
+                    self.fields += 1;
+                    if self.fields > limits.max_headers {
+                        return Some(Err(ErrorKind::TooManyHeaders));
+                    }
+                }
+                self.pos += 2;
+                self.line_start = self.pos;
+                self.colon = false;
+                return None;
+            }
+            b'\n' => return Some(Err(ErrorKind::BareLf)),
+            _ if !self.in_fields => {
+                if is_ctl(b) && !(b == b'\t' && tab_in_start_line) {
+                    return Some(Err(ErrorKind::ControlByte));
+                }
+                if self.pos + 1 - self.line_start > limits.max_start_line {
+                    return Some(Err(ErrorKind::StartLineTooLong));
+                }
+            }
+            b' ' | b'\t' => {
+                if self.pos == self.line_start {
+                    return Some(Err(ErrorKind::ObsFold));
+                }
+                if !self.colon {
+                    return Some(Err(ErrorKind::SpaceBeforeColon));
+                }
+            }
+            b':' if !self.colon => {
+                if self.pos == self.line_start {
+                    return Some(Err(ErrorKind::EmptyHeaderName));
+                }
+                self.colon = true;
+            }
+            _ if is_ctl(b) => return Some(Err(ErrorKind::ControlByte)),
+            _ => {}
+        }
+        self.pos += 1;
+        None
     }
 }
 
@@ -260,8 +275,9 @@ mod tests {
     use super::*;
     use quickcheck::{QuickCheck, TestResult};
 
-    /// The scan one byte at a time, as it was before the fast path: the
-    /// reference the fast one must agree with, call by call.
+    /// The scan one byte at a time (the byte steps alone, as the scan was
+    /// before its fast paths): the reference the fast one must agree with,
+    /// call by call.
     #[derive(Default)]
     struct Bytewise(Scanner);
 
@@ -277,6 +293,7 @@ mod tests {
     }
 
     impl Scanner {
+        /// Only the byte steps, none of the fast paths.
         fn scan_bytewise(
             &mut self,
             buf: &[u8],
@@ -284,95 +301,9 @@ mod tests {
             tab_in_start_line: bool,
         ) -> Result<Option<Scanned>, ErrorKind> {
             loop {
-                let Some(&b) = buf.get(self.pos) else {
-                    return Ok(None);
-                };
-                if self.pos >= limits.max_head {
-                    return Err(ErrorKind::HeadTooLarge);
+                if let Some(done) = self.byte(buf, limits, tab_in_start_line) {
+                    return done;
                 }
-                if !self.started {
-                    match b {
-                        b'\r' => match buf.get(self.pos + 1) {
-                            None => return Ok(None),
-                            Some(b'\n') => {
-                                self.pos += 2;
-                                continue;
-                            }
-                            Some(_) => return Err(ErrorKind::BareCr),
-                        },
-                        b'\n' => return Err(ErrorKind::BareLf),
-                        _ => {
-                            self.started = true;
-                            self.start = self.pos;
-                            self.line_start = self.pos;
-                        }
-                    }
-                }
-                match b {
-                    b'\r' => {
-                        match buf.get(self.pos + 1) {
-                            None => return Ok(None),
-                            Some(b'\n') => {}
-                            Some(_) => return Err(ErrorKind::BareCr),
-                        }
-                        let line_len = self.pos - self.line_start;
-                        if !self.in_fields {
-                            // The start line is never empty: leading CRLFs were
-                            // skipped above.
-                            self.start_line_end = self.pos;
-                            self.in_fields = true;
-                        } else if line_len == 0 {
-                            let len = self.pos + 2;
-                            if len > limits.max_head {
-                                return Err(ErrorKind::HeadTooLarge);
-                            }
-                            return Ok(Some(Scanned {
-                                start: self.start,
-                                start_line_end: self.start_line_end,
-                                len,
-                                fields: self.fields,
-                            }));
-                        } else {
-                            if !self.colon {
-                                return Err(ErrorKind::MalformedHeader);
-                            }
-                            self.fields += 1;
-                            if self.fields > limits.max_headers {
-                                return Err(ErrorKind::TooManyHeaders);
-                            }
-                        }
-                        self.pos += 2;
-                        self.line_start = self.pos;
-                        self.colon = false;
-                        continue;
-                    }
-                    b'\n' => return Err(ErrorKind::BareLf),
-                    _ if !self.in_fields => {
-                        if is_ctl(b) && !(b == b'\t' && tab_in_start_line) {
-                            return Err(ErrorKind::ControlByte);
-                        }
-                        if self.pos + 1 - self.line_start > limits.max_start_line {
-                            return Err(ErrorKind::StartLineTooLong);
-                        }
-                    }
-                    b' ' | b'\t' => {
-                        if self.pos == self.line_start {
-                            return Err(ErrorKind::ObsFold);
-                        }
-                        if !self.colon {
-                            return Err(ErrorKind::SpaceBeforeColon);
-                        }
-                    }
-                    b':' if !self.colon => {
-                        if self.pos == self.line_start {
-                            return Err(ErrorKind::EmptyHeaderName);
-                        }
-                        self.colon = true;
-                    }
-                    _ if is_ctl(b) => return Err(ErrorKind::ControlByte),
-                    _ => {}
-                }
-                self.pos += 1;
             }
         }
     }
