@@ -1464,19 +1464,15 @@ impl Proxy {
     }
 
     /// Whether [`Event::Connected`] for `conn` needs the upstream socket's
-    /// real local address: SOCKS tells it (the bound address of its reply)
-    /// and FTP's control connection uses it (where data ports open); every
-    /// other session (HTTP, the line gateways, a mapped port, an FTP data
+    /// real local address: only where its protocol uses it (SOCKS, FTP's
+    /// control connection; see `Protocol::uses_local`). Every other
+    /// session (HTTP, the line gateways, a mapped port, an FTP data
     /// connection) does not, and a runtime may spare the syscall and give
     /// the unspecified address.
     pub fn wants_local(&self, conn: ConnId) -> bool {
-        self.session(conn).is_some_and(|s| {
-            s.hs.is_some()
-                && matches!(
-                    self.services[s.service].kind,
-                    ServiceKind::Socks | ServiceKind::Ftp
-                )
-        })
+        self.session(conn)
+            .and_then(|s| s.hs.as_ref())
+            .is_some_and(|h| h.uses_local())
     }
 
     /// The live session `conn` names, if any.

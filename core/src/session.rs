@@ -140,6 +140,17 @@ impl Dir {
         self.prefix.extend_from_slice(bytes);
     }
 
+    /// As [`Dir::say`], taking the bytes: no copy when nothing else waits
+    /// to be said (a rewritten head, made in a buffer of its own).
+    pub fn say_owned(&mut self, bytes: Vec<u8>) {
+        if self.prefix_pos >= self.prefix.len() {
+            self.prefix = bytes;
+            self.prefix_pos = 0;
+        } else {
+            self.prefix.extend_from_slice(&bytes);
+        }
+    }
+
     /// `n` bytes of [`Dir::out_parts`] were written, the prefix's first;
     /// returns how many counted (never more than were shown).
     pub fn written(&mut self, n: usize) -> usize {

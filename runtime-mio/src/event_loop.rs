@@ -1303,20 +1303,15 @@ impl Loop {
         };
         let now = Instant::now();
         // Writable with neither error nor hang-up is connected (a failed
-        // connect always brings EPOLLERR); only then are the pending error
-        // and the peer worth asking for.
-        if c.sock[1].hup {
-            match u.take_error() {
-                Ok(Some(e)) | Err(e) => {
-                    c.connecting = false;
-                    let error = IoKind::from_io(&e);
-                    self.proxy.handle(Event::ConnectFailed { conn, error }, now);
-                    return;
-                }
-                Ok(None) => {}
-            }
-        }
+        // connect always brings EPOLLERR); only otherwise are the pending
+        // error and the peer worth asking for.
         let peer = if c.sock[1].hup {
+            if let Ok(Some(e)) | Err(e) = u.take_error() {
+                c.connecting = false;
+                let error = IoKind::from_io(&e);
+                self.proxy.handle(Event::ConnectFailed { conn, error }, now);
+                return;
+            }
             u.peer_addr().map(|_| ())
         } else {
             Ok(())

@@ -190,12 +190,6 @@ fn write_fields(
         .filter(|(_, (kind, _, _))| *kind == Name::Via)
         .map(|(i, _)| i)
         .last();
-    // The lengths of the Connection options (63 for any longer): a field of
-    // another length is named by none, and most fields are.
-    let option_lengths = connection
-        .tokens
-        .iter()
-        .fold(0u64, |m, t| m | 1 << t.len().min(63));
     let raw = headers.raw();
     // Lines of `raw` still to copy as they are.
     let mut run = 0..0;
@@ -208,8 +202,7 @@ fn write_fields(
         let name = raw.get(name_at.clone()).unwrap_or_default();
         let value = raw.get(value_at.clone()).unwrap_or_default();
         let keep_upgrade = upgrading && kind == Name::Upgrade;
-        let named = || option_lengths & 1 << name.len().min(63) != 0 && connection.names_raw(name);
-        if !keep_upgrade && (HOP_BY_HOP.contains(&kind) || named()) {
+        if !keep_upgrade && (HOP_BY_HOP.contains(&kind) || connection.names_raw(name)) {
             continue;
         }
         let number = match special(kind) {

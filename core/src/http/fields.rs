@@ -437,11 +437,9 @@ impl ConnectionOptions {
     }
 
     pub(crate) fn names_raw(&self, name: &[u8]) -> bool {
-        !self.tokens.is_empty()
-            && self
-                .tokens
-                .binary_search_by(|t| cmp_ignore_case(t, name))
-                .is_ok()
+        self.tokens
+            .binary_search_by(|t| cmp_ignore_case(t, name))
+            .is_ok()
     }
 }
 

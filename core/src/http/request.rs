@@ -40,52 +40,42 @@ pub struct Authority {
 impl Authority {
     /// The value for a Host header: the port is left out when it is `default`.
     pub fn host_header(&self, default: u16) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        if self.port == default {
-            host
-        } else {
-            format!("{host}:{}", self.port)
-        }
+        let mut out = String::new();
+        self.render(Some(default), |s| out.push_str(s));
+        out
     }
 
-    /// `http://host:port` and `path` (as `format!("http://{self}{path}")`,
-    /// without the formatting machinery): the target an access log names.
+    /// `http://host:port` and `path`: the target an access log names.
     pub(crate) fn url(&self, path: &str) -> String {
         let mut url = String::with_capacity(16 + self.host.len() + path.len());
         url.push_str("http://");
-        let v6 = self.host.as_bytes().contains(&b':');
-        if v6 {
-            url.push('[');
-        }
-        url.push_str(&self.host);
-        if v6 {
-            url.push(']');
-        }
-        url.push(':');
-        for &d in super::encode::decimal(u64::from(self.port), &mut [0; 20]) {
-            url.push(char::from(d));
-        }
+        self.render(None, |s| url.push_str(s));
         url.push_str(path);
         url
     }
 
     /// [`Authority::host_header`], appended to `out`.
     pub(crate) fn write_host_header(&self, default: u16, out: &mut Vec<u8>) {
-        let v6 = self.host.as_bytes().contains(&b':');
+        self.render(Some(default), |s| out.extend_from_slice(s.as_bytes()));
+    }
+
+    /// `host:port` in pieces, with brackets around an IPv6 address and no
+    /// port when it is `default` (written straight into a head: the
+    /// formatting machinery costs more than the head around it).
+    fn render(&self, default: Option<u16>, mut push: impl FnMut(&str)) {
+        let v6 = self.host.contains(':');
         if v6 {
-            out.push(b'[');
+            push("[");
         }
-        out.extend_from_slice(self.host.as_bytes());
+        push(&self.host);
         if v6 {
-            out.push(b']');
+            push("]");
         }
-        if self.port != default {
-            out.push(b':');
-            out.extend_from_slice(super::encode::decimal(u64::from(self.port), &mut [0; 20]));
+        if default != Some(self.port) {
+            push(":");
+            let mut digits = [0; 20];
+            let digits = super::encode::decimal(u64::from(self.port), &mut digits);
+            push(std::str::from_utf8(digits).unwrap_or_default());
         }
     }
 }
@@ -93,11 +83,9 @@ impl Authority {
 impl fmt::Display for Authority {
     /// `host:port`, with brackets around an IPv6 address.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
+        let mut r = Ok(());
+        self.render(None, |s| r = r.and_then(|()| f.write_str(s)));
+        r
     }
 }
 

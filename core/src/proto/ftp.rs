@@ -730,6 +730,12 @@ impl Ftp {
 }
 
 impl Protocol for Ftp {
+    /// Data ports toward the server open on the control connection's
+    /// local address.
+    fn uses_local(&self) -> bool {
+        true
+    }
+
     fn start(&mut self, reply: &mut Vec<u8>, _ctx: &mut Ctx) -> Step {
         reply.extend_from_slice(GREETING.as_bytes());
         Step::More

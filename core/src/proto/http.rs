@@ -348,7 +348,7 @@ impl Http {
                 true
             }
             (request::Target::Absolute { authority, .. }, Forward::Upstream) => {
-                say_owned(up, head);
+                up.say_owned(head);
                 self.req = match req.framing {
                     Framing::NoBody | Framing::Length(0) => Req::Sent,
                     f => Req::Body(BodyDecoder::new(f, Direction::Request, &self.limits)),
@@ -468,7 +468,7 @@ impl Http {
                             };
                             let mut out = Vec::with_capacity(len + 32);
                             encode_response_head(&head, persist, &mut out);
-                            say_owned(down, out);
+                            down.say_owned(out);
                             if head.is_interim() {
                                 continue;
                             }
@@ -640,17 +640,6 @@ impl Http {
             down: queued(down).saturating_sub(c.down0),
             duration: now.saturating_duration_since(c.started),
         })
-    }
-}
-
-/// As `d.say(&bytes)`, without a copy when nothing else waits to be said.
-fn say_owned(d: &mut Dir, bytes: Vec<u8>) {
-    // Drops a prefix that is all written, as say does.
-    d.say(&[]);
-    if d.prefix.is_empty() {
-        d.prefix = bytes;
-    } else {
-        d.prefix.extend_from_slice(&bytes);
     }
 }
 

@@ -131,6 +131,13 @@ pub trait Protocol: std::fmt::Debug + Send {
         true
     }
 
+    /// Whether [`Protocol::connected`] uses the upstream's real local
+    /// address (SOCKS says it, FTP opens data ports by it); when not, a
+    /// runtime may spare the syscall that finds it.
+    fn uses_local(&self) -> bool {
+        false
+    }
+
     /// The client's bytes so far (those not consumed before); returns
     /// (bytes consumed, step). Bytes left unconsumed when it returns
     /// `Connect` are relayed to the server.

@@ -54,6 +54,11 @@ fn close(status: &'static str) -> Step {
 }
 
 impl Protocol for Socks {
+    /// The bound address of the success reply.
+    fn uses_local(&self) -> bool {
+        true
+    }
+
     fn refuses_at_accept(&self) -> bool {
         false
     }
