@@ -1548,15 +1548,31 @@ pub fn protocol(data: &[u8]) {
     };
     let input = &data[2..];
     let step = (chop as usize % 7) + 1;
+    // The high bit: connects fail, and a machine that asks again (Telnet)
+    // reads on from where it stopped.
+    let connects_fail = chop & 0x80 != 0;
     let mut reply = Vec::new();
     let mut step_now = hs.start(&mut reply, &mut ctx);
     let (mut have, mut used) = (0, 0);
-    while step_now == Step::More && have < input.len() {
-        have = (have + step).min(input.len());
-        let (n, s) = hs.input(&input[used..have], &mut reply, &mut ctx);
-        assert!(n <= have - used, "{kind}: consumed more than it was given");
-        used += n;
-        step_now = s;
+    // Bounded whatever a machine does: each try consumes a line at least.
+    for _ in 0..256 {
+        while step_now == Step::More && have < input.len() {
+            have = (have + step).min(input.len());
+            let (n, s) = hs.input(&input[used..have], &mut reply, &mut ctx);
+            assert!(n <= have - used, "{kind}: consumed more than it was given");
+            used += n;
+            step_now = s;
+        }
+        if !(connects_fail && matches!(step_now, Step::Connect { .. })) {
+            break;
+        }
+        hs.failed(crate::proto::Failure::Refused, &mut reply);
+        if !hs.asks_again() {
+            return;
+        }
+        // What the client sent behind the failed request is read next.
+        step_now = Step::More;
+        have = used;
     }
     if let Step::Connect { .. } = step_now {
         let mut to_server = Vec::new();

@@ -1028,9 +1028,28 @@ impl Proxy {
         };
         let mut reply = Vec::new();
         hs.failed(why, &mut reply);
+        let again = s.refusing.is_none() && hs.asks_again();
         s.down.say(&reply);
-        s.state = State::Closing;
         s.state_since = now;
+        let buffered = s.up.buf.as_ref().is_some_and(|b| !b.data().is_empty());
+        if again && (buffered || !s.up.eof) {
+            // Back to the handshake: the client names another destination.
+            // The failed socket goes now rather than when the next one
+            // replaces it; what the client typed meanwhile is its next
+            // request.
+            // The try was answered; the log line says how the session
+            // ends.
+            s.status = "ok";
+            s.state = State::Handshake;
+            s.upstream = None;
+            s.addrs.clear();
+            s.upstream_open = false;
+            s.told[1] = (false, false);
+            let conn = self.id_of(idx);
+            self.actions.push_back(Action::CloseUpstream { conn });
+            return self.advance(idx, now);
+        }
+        s.state = State::Closing;
         self.sync(idx, now);
     }
 
@@ -2150,12 +2169,7 @@ impl Proxy {
                     self.actions.push_back(Action::Access(Box::new(rec)));
                 }
             }
-            if self.sessions.is_empty() {
-                self.timers.clear();
-            }
-            return;
-        }
-        if self.access_logged() {
+        } else if self.access_logged() {
             let svc = &self.services[s.service];
             let rec = AccessRecord {
                 service: svc.name.clone(),

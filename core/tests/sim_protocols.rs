@@ -36,7 +36,8 @@
 //! - `http_malformed`: CL+TE requests (400), a CONNECT port not allowed
 //!   (403), dead (502) and hanging (504) origins, after a good request.
 //! - `pop3`, `smtp_nntp`, `telnet` (IAC negotiation woven into the command
-//!   line, with and without a login), `ftp` (login, passive and active
+//!   line, with and without a login, refused and unresolvable tries
+//!   before the one that connects), `ftp` (login, passive and active
 //!   transfers through one-shot data ports, strangers refused).
 //! - `http_refusal_waits_for_the_previous_body`: the bug `http_malformed`
 //!   finds, reduced to one hand-driven exchange.
@@ -1447,7 +1448,8 @@ const BLACKHOLE: u16 = 7777;
 struct SocksClient {
     client: PeerId,
     version: Socks,
-    auth: bool,
+    /// It logged in as alice (a stalled client may stop before that).
+    logged_in: bool,
     outcome: Outcome,
     target: String,
     named: Option<&'static str>,
@@ -1556,6 +1558,7 @@ fn socks_client(sim: &mut Sim, rng: &mut Rng, auth_on: bool, greeting: &[u8]) ->
         rng.bytes(n)
     };
     let mut ops = Vec::new();
+    let mut logged_in = auth;
     if outcome == Outcome::Stalled {
         // A prefix of the handshake, then nothing: only the replies to
         // the steps it completes come back.
@@ -1570,6 +1573,7 @@ fn socks_client(sim: &mut Sim, rng: &mut Rng, auth_on: bool, greeting: &[u8]) ->
                 answers.push(i);
             }
         }
+        logged_in = version == Socks::V5Auth && answers.contains(&1);
         for i in answers {
             replies.extend(match (version, i) {
                 (Socks::V5, 0) => vec![5, 0],
@@ -1614,7 +1618,7 @@ fn socks_client(sim: &mut Sim, rng: &mut Rng, auth_on: bool, greeting: &[u8]) ->
     SocksClient {
         client,
         version,
-        auth,
+        logged_in,
         outcome,
         target,
         named,
@@ -1628,9 +1632,8 @@ fn check_socks_client(sim: &Sim, c: &SocksClient) {
     let tag = format!("{} client {}", sim.tag, sim.peer(c.client).addr);
     let v4 = matches!(c.version, Socks::V4 | Socks::V4a);
     let method = if v4 { "SOCKS4" } else { "SOCKS5" };
-    // A handshake that stops after the password is logged without the
-    // user: the session learns it only with the request.
-    let user = (c.auth && c.outcome != Outcome::Stalled).then_some("alice");
+    // A handshake that stops after the password is logged with the user.
+    let user = c.logged_in.then_some("alice");
     let rec = sim.record(sim.peer(c.client).addr);
     let servers = sim.servers_of(c.client);
     let (status, destination, code) = match c.outcome {
@@ -2998,6 +3001,23 @@ fn telnet_case(seed: u64) {
         if line == b"help" {
             want.extend_from_slice(TELNET_HELP);
         }
+        want.extend_from_slice(b"portico> ");
+    }
+    // Tries that fail: said, then the prompt again.
+    for _ in 0..rng.range(0, 2) {
+        let (line, answer): (&[u8], &[u8]) = rng.pick(&[
+            (
+                &b"connect 127.0.0.1 7999"[..],
+                &b"cannot connect to 127.0.0.1:7999: connection refused\r\n"[..],
+            ),
+            (
+                b"nowhere.test 23",
+                b"cannot connect to nowhere.test:23: host name not found\r\n",
+            ),
+        ]);
+        bytes.extend(neg.weave(&mut rng, line, &mut want));
+        bytes.extend_from_slice(b"\r\n");
+        want.extend_from_slice(answer);
         want.extend_from_slice(b"portico> ");
     }
     let (command, target) = rng.pick(&[

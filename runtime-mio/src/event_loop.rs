@@ -7,7 +7,8 @@
 //! connections over them. Before the first socket of a group binds, a
 //! plain bind of the address is tried, so a port another program (or
 //! another Portico) holds is still refused as in use rather than silently
-//! shared. Worker 0 alone handles signals and UDP; it tells the others to
+//! shared. Every worker's listeners are open before any worker accepts.
+//! Worker 0 alone handles signals and UDP; it tells the others to
 //! stop and to reload, and a status request on any worker asks the others
 //! for their tables through their mailboxes.
 //!
@@ -16,7 +17,10 @@
 //! ready *and* the core wants it (its last `Interest`). Reads and writes go
 //! straight into and out of the core's buffers. Each wake-up does a bounded
 //! amount of work per connection: a connection with more to do is queued
-//! again behind the others, so none starves the rest.
+//! again behind the others, so none starves the rest. A short read means
+//! the socket is empty: the read that would only say WouldBlock is not
+//! made (new bytes raise a new edge), and after the peer's FIN neither is
+//! the one that would only say end of stream.
 //!
 //! A direction the core calls a pure relay (`splice_ok`) moves through a
 //! pipe with splice(2) instead (see `splice.rs`): socket → pipe while the
@@ -77,6 +81,11 @@ struct Sock {
     /// The peer has closed (or the socket failed): readable until a read
     /// says so, whatever a short read suggests.
     hup: bool,
+    /// The socket failed (EPOLLERR): its next read says how.
+    err: bool,
+    /// A short read after the peer's FIN emptied the socket: the next read
+    /// can only say end of stream, so it is told without the syscall.
+    drained: bool,
 }
 
 struct Conn {
@@ -420,15 +429,26 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
     let Some(mut lead) = loops.next() else {
         return Err("no event loop to run".into());
     };
-    // Worker 0 opens the listeners before any other worker runs: a port
-    // that cannot be had is reported once, and fatal at once.
+    // Worker 0 opens the listeners before any other worker: a port that
+    // cannot be had is reported once, and fatal at once. The others open
+    // theirs before any worker accepts, so that connections taken early
+    // cannot use up the descriptors a worker's listener needs.
     lead.drain();
     if let Some(msg) = lead.fatal.take() {
         Output::log(portico_core::Level::Error, &msg);
         return Ok(EXIT_RUNTIME);
     }
+    let mut rest = Vec::with_capacity(n - 1);
+    for mut lp in loops {
+        lp.drain();
+        if let Some(msg) = lp.fatal.take() {
+            Output::log(portico_core::Level::Error, &msg);
+            return Ok(EXIT_RUNTIME);
+        }
+        rest.push(lp);
+    }
     let mut crew = Vec::new();
-    for (k, mut lp) in loops.enumerate() {
+    for (k, mut lp) in rest.into_iter().enumerate() {
         let h = std::thread::Builder::new()
             .name(format!("worker-{}", k + 1))
             .spawn(move || {
@@ -564,6 +584,9 @@ impl Loop {
                         }
                         if ev.is_read_closed() || ev.is_error() {
                             s.hup = true;
+                        }
+                        if ev.is_error() {
+                            s.err = true;
                         }
                         if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
                             s.writable = true;
@@ -1354,6 +1377,11 @@ impl Loop {
             },
         };
         let now = Instant::now();
+        if c.sock[si(side)].drained {
+            c.sock[si(side)].readable = false;
+            self.proxy.handle(Event::Eof { conn, side }, now);
+            return;
+        }
         let Some(buf) = self.proxy.recv_buf(conn, side) else {
             // Not wanted after all: wait for the next Interest.
             c.sock[si(side)].want_read = false;
@@ -1374,10 +1402,16 @@ impl Loop {
             Ok(n) => {
                 // A short read emptied the socket: anything arriving later
                 // raises a new edge, so the read that would only say
-                // WouldBlock is saved (unless a hang-up is pending).
+                // WouldBlock is saved. After the peer's FIN nothing can
+                // arrive, so the read that would only say end of stream is
+                // saved too (not after an error, whose read tells which).
                 let s = &mut c.sock[si(side)];
-                if n < want && !s.hup {
-                    s.readable = false;
+                if n < want {
+                    if !s.hup {
+                        s.readable = false;
+                    } else if !s.err {
+                        s.drained = true;
+                    }
                 }
                 Event::Read { conn, side, n }
             }

@@ -859,7 +859,11 @@ impl ConnThread {
                     Side::Upstream
                 };
                 if side == Side::Upstream && self.connecting {
-                    self.finish_connect(&mut mine);
+                    // Writable with neither error nor hang-up is connected
+                    // (a failed connect always brings EPOLLERR); only
+                    // otherwise are the pending error and the peer asked.
+                    let clean = ev.writable && ev.is_err() == Some(false) && !ev.is_interrupt();
+                    self.finish_connect(clean, &mut mine);
                     continue;
                 }
                 if ev.readable || ev.writable {
@@ -1114,15 +1118,20 @@ impl ConnThread {
         );
     }
 
-    fn finish_connect(&mut self, mine: &mut Vec<Cmd>) {
+    fn finish_connect(&mut self, clean: bool, mine: &mut Vec<Cmd>) {
         let Some(u) = &self.upstream else {
             return;
         };
-        match u.take_error() {
-            Ok(Some(e)) | Err(e) => return self.connect_failed(IoKind::from_io(&e), mine),
-            Ok(None) => {}
-        }
-        match u.peer_addr() {
+        let peer = if clean {
+            Ok(())
+        } else {
+            match u.take_error() {
+                Ok(Some(e)) | Err(e) => return self.connect_failed(IoKind::from_io(&e), mine),
+                Ok(None) => {}
+            }
+            u.peer_addr().map(|_| ())
+        };
+        match peer {
             Ok(_) => {
                 self.connecting = false;
                 // As in `portico`: the local address only where the core

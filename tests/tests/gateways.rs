@@ -1441,34 +1441,59 @@ fn telnet_refusals(bin: Bin) {
     let rules = "[[rule]]\naction = \"deny\"\ndestinations = [\"127.0.0.2\"]\n\
                  [[rule]]\naction = \"allow\"\n";
     let (p, addr) = start_gw(bin, TELNET, "", rules);
+    // An unreachable server and a denied destination are said, and the
+    // gateway prompts again; quitting then logs the last try.
     let mut s = greeted(bin, addr, TELNET_GREETING, "greeting and prompt");
-    let want = format!("cannot connect to 127.0.0.1:{dead}: connection refused\r\n");
+    let dead_t = format!("127.0.0.1:{dead}");
+    let want = format!("cannot connect to {dead_t}: connection refused\r\nportico> ");
+    exchange(
+        bin,
+        &mut s,
+        format!("connect 127.0.0.1 {dead}\r\n").as_bytes(),
+        want.as_bytes(),
+        "connect to a dead port: said, then the prompt",
+    );
+    let denied_t = format!("127.0.0.2:{}", allowed.addr.port());
+    exchange(
+        bin,
+        &mut s,
+        format!("127.0.0.2 {}\r\n", allowed.addr.port()).as_bytes(),
+        b"access denied\r\nportico> ",
+        "a denied destination: said, then the prompt",
+    );
     let l = answered_then_closed(
         bin,
         &p,
         "tel",
         &mut s,
-        format!("connect 127.0.0.1 {dead}\r\n").as_bytes(),
-        want.as_bytes(),
-        "connect to a dead port: an unreachable server",
+        b"quit\r\n",
+        b"goodbye\r\n",
+        "quit after two failed tries",
     );
-    let t = format!("127.0.0.1:{dead}");
-    check_line(bin, &l, "TELNET", &t, &t, "refused");
+    check_line(bin, &l, "TELNET", &denied_t, "-", "quit");
+    // A failed try, then one that works, typed ahead of the answer: the
+    // second line waits in the buffer and is read as the next command.
     let mut s = greeted(bin, addr, TELNET_GREETING, "greeting and prompt");
-    let cmd = format!("127.0.0.2 {}\r\n", allowed.addr.port());
-    assert_eq!(
-        answered_then_closed(
-            bin,
-            &p,
-            "tel",
-            &mut s,
-            cmd.as_bytes(),
-            b"access denied\r\n",
-            "a denied destination"
-        )
-        .status,
-        "denied"
+    let good = allowed.addr.to_string();
+    let lines = format!("connect 127.0.0.1 {dead}\r\nconnect {good}\r\n");
+    let want = format!(
+        "cannot connect to {dead_t}: connection refused\r\nportico> connected to {good}\r\n"
     );
+    exchange(
+        bin,
+        &mut s,
+        lines.as_bytes(),
+        want.as_bytes(),
+        "a dead port, then a live one typed ahead",
+    );
+    let payload = b"after a failed try\r\n".to_vec();
+    echo_check(&mut s, &payload).unwrap_or_else(|e| panic!("{bin}: retry: echo: {e}"));
+    s.shutdown(Shutdown::Write).expect("shutdown");
+    expect_closed(bin, &mut s, "retry: after the end");
+    let got = allowed.next_report(&format!("{bin}: retry"));
+    assert_eq!(got, payload, "{bin}: retry: what the server received");
+    let l = access_of(&p, "tel", me(&s));
+    check_line(bin, &l, "TELNET", &good, &good, "ok");
     drop(p);
     // Denied at accept.
     let (p, addr) = start_gw(bin, TELNET, "", DENY_LOCAL);

@@ -468,6 +468,7 @@ both!(
     coalesced_socks5_auth_name,
     coalesced_socks4a,
     stalled_handshake_closes,
+    stalled_after_login_is_logged_with_the_user,
     trickled_handshake_closes,
     bad_first_byte_closes,
     nul_in_username_never_authenticates,
@@ -1145,6 +1146,26 @@ fn stalled_handshake_closes(bin: Bin) {
         );
         assert_status(bin, &access_of(&p, me(c)), "timeout", what);
     }
+}
+
+/// A client that logs in and then names no destination is closed by the
+/// handshake timeout, and its access line names the user it logged in as.
+fn stalled_after_login_is_logged_with_the_user(bin: Bin) {
+    let (p, addr) = start_socks(bin, true, "handshake_timeout = \"1s\"", "");
+    let mut c = dial(bin, addr);
+    let what = "a client stalled after its login";
+    assert_eq!(v5_greet(bin, &mut c, &[2], what), 2);
+    send_all(bin, &mut c, &v5_userpass(b"alice", b"secret"), what);
+    assert_eq!(read_n(bin, &mut c, 2, what), [1, 0], "{bin}: {what}: login");
+    let outcome = read_outcome(&mut c, STALL_BOUND);
+    assert!(
+        outcome.is_closed(),
+        "{bin}: {what} must be closed after handshake_timeout (1s); \
+         within {STALL_BOUND:?} got {outcome:?}"
+    );
+    let l = access_of(&p, me(&c));
+    assert_status(bin, &l, "timeout", what);
+    assert_eq!(l.user, "alice", "{bin}: {what}: user of {l:?}");
 }
 
 /// The handshake timeout counts from the start of the handshake: a byte

@@ -166,15 +166,23 @@ pub trait Protocol: std::fmt::Debug + Send {
     }
 
     /// The request cannot be served (or is refused at accept); the
-    /// connection closes after the reply.
+    /// connection closes after the reply, unless [`Protocol::asks_again`].
     fn failed(&mut self, why: Failure, reply: &mut Vec<u8>);
+
+    /// After [`Protocol::failed`] for a request the client made: whether
+    /// the client may name another destination on the same connection (the
+    /// interactive Telnet gateway prompts again) instead of the close.
+    fn asks_again(&self) -> bool {
+        false
+    }
 
     /// The method column of the access log.
     fn method(&self) -> &'static str;
 
-    /// A user name the protocol learnt but did not authenticate (FTP's and
-    /// POP3's, for their servers to check): the access log shows it, rules
-    /// never see it.
+    /// The user name the protocol learnt before it named a destination:
+    /// authenticated (SOCKS, Telnet) or only passed on for the server to
+    /// check (FTP, POP3). The access log shows it when no connect carried a
+    /// user; rules never see it from here.
     fn log_user(&self) -> Option<String> {
         None
     }

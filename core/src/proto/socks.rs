@@ -63,6 +63,12 @@ impl Protocol for Socks {
         false
     }
 
+    /// The authenticated user, for the access log of a client that goes no
+    /// further than the login.
+    fn log_user(&self) -> Option<String> {
+        self.user.clone()
+    }
+
     fn method(&self) -> &'static str {
         if self.v4 {
             "SOCKS4"

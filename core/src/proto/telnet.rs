@@ -24,7 +24,8 @@
 //! any line state ─line over 1 KiB──────────► "line too long", close
 //!                ─more than MAX_LINES lines─► "too many commands", close
 //! Connect ─connected─► ("connected to HOST:PORT" when interactive) relay untouched
-//!         └─failed──► "access denied" | "cannot connect to HOST:PORT: REASON", close
+//!         └─failed──► "access denied" | "cannot connect to HOST:PORT: REASON",
+//!                     then prompt again ─► Command (interactive) | close (destination)
 //! refused at accept ─► "access denied" | "too many connections, try again later", close
 //! ```
 //!
@@ -59,9 +60,13 @@
 //!   connect, with no greeting or prompt of the gateway's own.
 //! - `connected to HOST:PORT` is said only in interactive mode; with a
 //!   `destination` the client sees the server's bytes alone.
-//! - An unreachable server is said (`cannot connect to HOST:PORT: REASON`)
-//!   and the connection closes; prompting again would need the table to
-//!   return a session from `Connecting` to `Handshake`.
+//! - A destination that is denied or cannot be reached is said
+//!   (`access denied`, `cannot connect to HOST:PORT: REASON`) and, in
+//!   interactive mode, the gateway prompts again, as a user at a terminal
+//!   expects ([`Protocol::asks_again`]; the table returns the session to
+//!   its handshake). Lines typed meanwhile are read as the next commands,
+//!   and [`MAX_LINES`] still bounds the tries. With a `destination` the
+//!   connection closes: there is nothing else to try.
 //! - The lines a client may send before connecting are bounded
 //!   ([`MAX_LINES`]), so that a client that never reads cannot make the
 //!   gateway queue replies without end.
@@ -421,14 +426,30 @@ impl Protocol for Telnet {
     }
 
     fn failed(&mut self, why: Failure, reply: &mut Vec<u8>) {
-        self.phase = Phase::Done;
-        let line = match (why, &self.target) {
+        // Only a destination the user typed is worth another try; a
+        // refusal at accept or a fixed destination that fails closes.
+        let again = self.interactive && self.phase == Phase::Connecting;
+        self.phase = if again { Phase::Command } else { Phase::Done };
+        let line = match (why, self.target.take()) {
             (Failure::Denied, _) => "access denied\r\n".to_string(),
             (Failure::Limit, _) => "too many connections, try again later\r\n".to_string(),
             (why, Some(t)) => format!("cannot connect to {t}: {}\r\n", reason(why)),
             (why, None) => format!("cannot connect: {}\r\n", reason(why)),
         };
         reply.extend_from_slice(line.as_bytes());
+        if again {
+            reply.extend_from_slice(PROMPT.as_bytes());
+        }
+    }
+
+    fn asks_again(&self) -> bool {
+        self.phase == Phase::Command
+    }
+
+    /// The authenticated user, for the access log of a session that never
+    /// connects.
+    fn log_user(&self) -> Option<String> {
+        self.user.clone()
     }
 
     fn method(&self) -> &'static str {
@@ -957,9 +978,22 @@ mod tests {
             ),
         ];
         for (why, line) in cases {
+            // Interactive: the line, then the prompt for another try.
             let mut r = Vec::new();
-            connecting(true, "[::1]:2323").failed(why, &mut r);
+            let mut t = connecting(true, "[::1]:2323");
+            t.failed(why, &mut r);
+            assert_eq!(
+                String::from_utf8_lossy(&r),
+                format!("{line}{PROMPT}"),
+                "{why:?}"
+            );
+            assert!(t.asks_again(), "{why:?}");
+            // With a destination: the line, and the close.
+            let mut r = Vec::new();
+            let mut t = connecting(false, "[::1]:2323");
+            t.failed(why, &mut r);
             assert_eq!(String::from_utf8_lossy(&r), line, "{why:?}");
+            assert!(!t.asks_again(), "{why:?}");
         }
         // Refused at accept: nothing was started.
         for (why, line) in [
@@ -967,8 +1001,10 @@ mod tests {
             (Failure::Limit, "too many connections, try again later\r\n"),
         ] {
             let mut r = Vec::new();
-            Telnet::default().failed(why, &mut r);
+            let mut t = Telnet::default();
+            t.failed(why, &mut r);
             assert_eq!(String::from_utf8_lossy(&r), line);
+            assert!(!t.asks_again());
         }
         assert_eq!(Telnet::default().method(), "TELNET");
     }
