@@ -43,6 +43,26 @@ fn peer(i: u32) -> SocketAddr {
     SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 40000))
 }
 
+/// Accepts 300 connections, ends all but the first with the event `end`
+/// makes for it, and checks the timer heap is back within its bound.
+fn heap_after_300_end(mut p: Proxy, end: impl Fn(portico_core::ConnId) -> Event, now: Instant) {
+    let conns: Vec<_> = (0..300)
+        .map(|i| p.accept(ListenerId(0), peer(i), now).expect("accepted"))
+        .collect();
+    while p.poll_action().is_some() {}
+    for &conn in &conns[1..] {
+        p.handle(end(conn), now);
+    }
+    while p.poll_action().is_some() {}
+    assert_eq!(p.len(), 1);
+    assert!(
+        p.timer_entries() <= 2 * p.len() + 64,
+        "{} timer entries for {} connection(s)",
+        p.timer_entries(),
+        p.len()
+    );
+}
+
 /// Found by the `config` fuzz target within seconds (hundreds of crashing
 /// inputs, all this one bug; fixed in ce23b80): some TOML syntax errors
 /// reached the user as `FILE:LINE:COLUMN: ` with nothing after it. The toml
@@ -75,28 +95,12 @@ fn bug_config_syntax_error_with_an_empty_message() {
 #[test]
 fn bug_timer_heap_keeps_entries_of_finished_sessions() {
     let now = Instant::now();
-    let mut p = open("max_connections = 1000\nmax_per_client = 1000", now);
-    let conns: Vec<_> = (0..300)
-        .map(|i| p.accept(ListenerId(0), peer(i), now).expect("accepted"))
-        .collect();
-    while p.poll_action().is_some() {}
-    for &conn in &conns[1..] {
-        p.handle(
-            Event::ConnectFailed {
-                conn,
-                error: IoKind::Refused,
-            },
-            now,
-        );
-    }
-    while p.poll_action().is_some() {}
-    assert_eq!(p.len(), 1);
-    assert!(
-        p.timer_entries() <= 2 * p.len() + 64,
-        "{} timer entries for {} connection(s)",
-        p.timer_entries(),
-        p.len()
-    );
+    let p = open("max_connections = 1000\nmax_per_client = 1000", now);
+    let refused = |conn| Event::ConnectFailed {
+        conn,
+        error: IoKind::Refused,
+    };
+    heap_after_300_end(p, refused, now);
 }
 
 /// Found by the `event_sequence` fuzz target ("67 timer entries for 1
@@ -111,28 +115,12 @@ fn bug_timer_heap_keeps_entries_of_finished_http_sessions() {
                 [limits]\nmax_connections = 1000\nmax_per_client = 1000\n\
                 [[service]]\nname = \"web\"\nkind = \"http\"\nlisten = [\"127.0.0.1:3128\"]\n";
     let config = portico_core::config::parse(text, "bug.toml").expect("valid configuration");
-    let mut p = open_with(config, now);
-    let conns: Vec<_> = (0..300)
-        .map(|i| p.accept(ListenerId(0), peer(i), now).expect("accepted"))
-        .collect();
-    while p.poll_action().is_some() {}
-    for &conn in &conns[1..] {
-        p.handle(
-            Event::Eof {
-                conn,
-                side: portico_core::Side::Client,
-            },
-            now,
-        );
-    }
-    while p.poll_action().is_some() {}
-    assert_eq!(p.len(), 1);
-    assert!(
-        p.timer_entries() <= 2 * p.len() + 64,
-        "{} timer entries for {} connection(s)",
-        p.timer_entries(),
-        p.len()
-    );
+    let p = open_with(config, now);
+    let eof = |conn| Event::Eof {
+        conn,
+        side: portico_core::Side::Client,
+    };
+    heap_after_300_end(p, eof, now);
 }
 
 /// Fixed in ce23b80. `Refused::ShuttingDown` was never returned:
