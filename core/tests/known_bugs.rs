@@ -107,7 +107,8 @@ fn bug_timer_heap_keeps_entries_of_finished_sessions() {
 /// connections"): the fix above covered every session but HTTP's, whose
 /// end returned early, before the heap's rebuild check. 300 HTTP
 /// connections that close before their request left 300 entries behind
-/// one survivor.
+/// one survivor. The fuzzer's two inputs are in the committed corpus
+/// (`fuzz/corpus/event_sequence/timer-heap-http-end-*`).
 #[test]
 fn bug_timer_heap_keeps_entries_of_finished_http_sessions() {
     let now = Instant::now();
