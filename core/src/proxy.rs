@@ -1033,12 +1033,10 @@ impl Proxy {
         s.state_since = now;
         let buffered = s.up.buf.as_ref().is_some_and(|b| !b.data().is_empty());
         if again && (buffered || !s.up.eof) {
-            // Back to the handshake: the client names another destination.
-            // The failed socket goes now rather than when the next one
-            // replaces it; what the client typed meanwhile is its next
-            // request.
-            // The try was answered; the log line says how the session
-            // ends.
+            // Back to the handshake: the client names another destination
+            // (what it typed meanwhile is its next request). The try was
+            // answered, so the log line says how the session ends; the
+            // failed socket goes now rather than when the next replaces it.
             s.status = "ok";
             s.state = State::Handshake;
             s.upstream = None;

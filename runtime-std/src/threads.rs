@@ -776,6 +776,7 @@ fn accepted(shared: &Arc<Shared>, listener: ListenerId, stream: TcpStream, peer:
                 eof_piped: [false; 2],
                 no_splice: false,
                 pipe_size: PipeSize::default(),
+                armed: [None; 2],
             };
             c.run();
         });
@@ -813,6 +814,10 @@ struct ConnThread {
     no_splice: bool,
     /// The size new pipes are made (as the core says).
     pipe_size: PipeSize,
+    /// What each socket is armed for in the (oneshot) poller: `None` once
+    /// an event for it fired, which disarms it. `arm` asks the poller only
+    /// where this differs from what is wanted.
+    armed: [Option<(bool, bool)>; 2],
 }
 
 const CLIENT: usize = 0;
@@ -832,6 +837,7 @@ impl ConnThread {
         if unsafe { self.poller.add(&self.client, PEvent::none(CLIENT)) }.is_err() {
             self.fail(Side::Client, IoKind::Other);
         }
+        self.armed[CLIENT] = Some((false, false));
         let mut events = Events::new();
         let mut mine = Vec::new();
         loop {
@@ -853,6 +859,9 @@ impl ConnThread {
                 continue;
             }
             for ev in events.iter() {
+                if let Some(a) = self.armed.get_mut(ev.key) {
+                    *a = None;
+                }
                 let side = if ev.key == CLIENT {
                     Side::Client
                 } else {
@@ -908,22 +917,30 @@ impl ConnThread {
             && (self.can_splice(side) || !self.piped(side))
     }
 
-    /// Tells the poller what to wait for (it is oneshot: re-armed each turn).
-    fn arm(&self) {
+    /// Tells the poller what to wait for: it is oneshot, so a socket whose
+    /// event fired is armed again, and one still armed only if what is
+    /// wanted changed.
+    fn arm(&mut self) {
         // A pipe toward a socket is written whatever the core wants there
         // (its own buffer is empty while the pipe holds bytes).
         let r = self.can_read(Side::Client);
         let w = self.want[CLIENT].1 || self.piped(Side::Upstream);
-        let _ = self.poller.modify(&self.client, interest(CLIENT, r, w));
+        if self.armed[CLIENT] != Some((r, w)) {
+            let _ = self.poller.modify(&self.client, interest(CLIENT, r, w));
+            self.armed[CLIENT] = Some((r, w));
+        }
         if let Some(u) = &self.upstream {
-            let ev = if self.connecting {
-                PEvent::writable(UPSTREAM)
+            let (r, w) = if self.connecting {
+                (false, true)
             } else {
                 let r = self.can_read(Side::Upstream);
                 let w = self.want[UPSTREAM].1 || self.piped(Side::Client);
-                interest(UPSTREAM, r, w)
+                (r, w)
             };
-            let _ = self.poller.modify(u, ev);
+            if self.armed[UPSTREAM] != Some((r, w)) {
+                let _ = self.poller.modify(u, interest(UPSTREAM, r, w));
+                self.armed[UPSTREAM] = Some((r, w));
+            }
         }
     }
 
@@ -953,6 +970,7 @@ impl ConnThread {
                         self.connect_failed(IoKind::Other, mine);
                         return;
                     }
+                    self.armed[UPSTREAM] = Some((false, true));
                     self.upstream = Some(u);
                     self.connecting = true;
                 }
@@ -984,6 +1002,7 @@ impl ConnThread {
                 if let Some(old) = self.upstream.take() {
                     let _ = self.poller.delete(&old);
                 }
+                self.armed[UPSTREAM] = None;
                 // What was on its way to or from it goes too.
                 self.release_pipes(true);
                 self.splice_ok = [false; 2];
