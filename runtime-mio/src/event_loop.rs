@@ -20,7 +20,11 @@
 //! again behind the others, so none starves the rest. A short read means
 //! the socket is empty: the read that would only say WouldBlock is not
 //! made (new bytes raise a new edge), and after the peer's FIN neither is
-//! the one that would only say end of stream.
+//! the one that would only say end of stream. A socket known readable that
+//! nothing can read for now (the core's buffer or the pipe is full) is
+//! registered for writing only once more bytes are announced, so that each
+//! further segment does not wake the loop; it is registered for both again
+//! just before its next read.
 //!
 //! A direction the core calls a pure relay (`splice_ok`) moves through a
 //! pipe with splice(2) instead (see `splice.rs`): socket → pipe while the
@@ -45,7 +49,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream, UdpSocket, UnixStream};
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use portico_core::cli::{Plan, EXIT_OK, EXIT_RUNTIME};
 use portico_core::status::Snapshot;
 use portico_core::udp::{UdpId, Via};
@@ -86,6 +90,11 @@ struct Sock {
     /// A short read after the peer's FIN emptied the socket: the next read
     /// can only say end of stream, so it is told without the syscall.
     drained: bool,
+    /// Registered for writing only: readiness to read came again while
+    /// unread (the core or the pipe had no room), and each new segment
+    /// would wake the loop for nothing. Registered for both again before
+    /// the next read.
+    muted: bool,
 }
 
 struct Conn {
@@ -131,6 +140,30 @@ impl Conn {
     /// Bytes wait in the pipe of the direction `from` feeds.
     fn piped(&self, from: Side) -> bool {
         self.pipe[si(from)].as_ref().is_some_and(|p| !p.is_empty())
+    }
+
+    /// `side` is known readable and not muted, but nothing would read it
+    /// now (see [`Sock::muted`]).
+    fn stalled(&self, proxy: &Recorded, side: Side) -> bool {
+        let s = self.sock[si(side)];
+        s.readable && !s.muted && self.read_op(proxy, side) == ReadOp::None
+    }
+
+    /// Changes what `side`'s socket is registered for.
+    fn reregister(
+        &mut self,
+        registry: &Registry,
+        side: Side,
+        interest: Interest,
+    ) -> io::Result<()> {
+        let token = Token(self.id.index() * 2 + si(side));
+        match side {
+            Side::Client => registry.reregister(&mut self.client, token, interest),
+            Side::Upstream => match self.upstream.as_mut() {
+                Some(u) => registry.reregister(u, token, interest),
+                None => Ok(()),
+            },
+        }
     }
 
     /// What reading `side` would do now.
@@ -577,6 +610,18 @@ impl Loop {
                     let idx = t.0 / 2;
                     let side = t.0 % 2;
                     if let Some(Some(c)) = self.conns.get_mut(idx) {
+                        let sd = if side == 0 {
+                            Side::Client
+                        } else {
+                            Side::Upstream
+                        };
+                        if ev.is_readable() && c.stalled(&self.proxy, sd) {
+                            // Known readable, and unread because the core or
+                            // the pipe has no room: news of more bytes would
+                            // only wake the loop until it reads again.
+                            let r = c.reregister(self.poll.registry(), sd, Interest::WRITABLE);
+                            c.sock[side].muted = r.is_ok();
+                        }
                         let s = &mut c.sock[side];
                         // Errors and hang-ups surface on the next read/write.
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
@@ -1266,6 +1311,7 @@ impl Loop {
                 if op != ReadOp::None {
                     ops += 1;
                     did = true;
+                    self.unmute(idx, side);
                     if op == ReadOp::Splice {
                         self.splice_in(conn, side);
                     } else {
@@ -1426,6 +1472,19 @@ impl Loop {
             },
         };
         self.proxy.handle(ev, now);
+    }
+
+    /// Registers `side` for reading again before it is read, so that the
+    /// read that empties it is followed by an edge when more comes.
+    fn unmute(&mut self, idx: usize, side: Side) {
+        let Some(Some(c)) = self.conns.get_mut(idx) else {
+            return;
+        };
+        if c.sock[si(side)].muted {
+            c.sock[si(side)].muted = false;
+            let both = Interest::READABLE | Interest::WRITABLE;
+            let _ = c.reregister(self.poll.registry(), side, both);
+        }
     }
 
     /// Splices what `side` has into its direction's pipe (the core said the

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use portico_tests::{
     both, connect, connect_from, digest, echo_check, listen_overflows, pattern, poll_until,
     read_digest_reply, read_outcome, recv_all, send_all, send_stream, spawn_bounded, start_mapped,
-    Behaviour, Bin, Portico, ReadOutcome, Rendezvous, TestServer, CLIENT_SEED,
+    Behaviour, Bin, Digest, Portico, ReadOutcome, Rendezvous, TestServer, CLIENT_SEED,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -62,6 +62,7 @@ both!(
     early_data_arrives,
     data_before_upstream_connects,
     slow_reader_does_not_stall_others,
+    reader_that_pauses_gets_every_byte,
     sides_listen_where_they_belong,
 );
 
@@ -466,6 +467,43 @@ fn slow_reader_does_not_stall_others(bin: Bin) {
     assert!(
         matches!(outcome, ReadOutcome::Data(_)),
         "{bin}: the stalled client should still be able to read its flood; got {outcome:?}"
+    );
+}
+
+/// A client that stops reading several times while the destination keeps
+/// sending: each pause fills the proxy's buffer and leaves the destination's
+/// socket unread (where `portico` stops listening for its bytes), each
+/// resumption drains it; every byte and the end of stream arrive.
+fn reader_that_pauses_gets_every_byte(bin: Bin) {
+    const LEN: u64 = 24 * MIB;
+    const PAUSES: u64 = 4;
+    let server = TestServer::start(Behaviour::RequestedSource);
+    let (_p, addr) = start_mapped(bin, server.addr(), "buffer = \"64KiB\"", "");
+    let mut c = client(bin, addr);
+    request(bin, &mut c, LEN);
+    let mut d = Digest::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut next_pause = 0;
+    loop {
+        if d.len() >= next_pause && next_pause < LEN {
+            // Long enough for every buffer on the way to fill.
+            std::thread::sleep(Duration::from_millis(200));
+            next_pause += LEN / PAUSES;
+        }
+        match std::io::Read::read(&mut c, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => d.update(&buf[..n]),
+            Err(e) => panic!("{bin}: after {} of {LEN} bytes: {e}", d.len()),
+        }
+    }
+    // The server reads to EOF before it reports.
+    drop(c);
+    let r = report(bin, &server);
+    assert_eq!(d.len(), LEN, "{bin}: bytes that reached the pausing client");
+    assert_eq!(
+        d.finish(),
+        r.sent_digest,
+        "{bin}: the bytes that reached the pausing client differ from those sent"
     );
 }
 
