@@ -507,7 +507,9 @@ impl Proxy {
         session.hs = hs;
         session.refusing = refusing;
         if is_http {
-            session.http = Some(Box::default());
+            let mut http = Box::<crate::proto::http::Http>::default();
+            http.logged = self.access_logged();
+            session.http = Some(http);
             session.method = "HTTP";
             // Only bytes the HTTP machine clears are forwarded.
             session.up.fwd = Some(0);
@@ -1041,10 +1043,7 @@ impl Proxy {
             s.state = State::Handshake;
             s.upstream = None;
             s.addrs.clear();
-            s.upstream_open = false;
-            s.told[1] = (false, false);
-            let conn = self.id_of(idx);
-            self.actions.push_back(Action::CloseUpstream { conn });
+            self.close_upstream(idx);
             return self.advance(idx, now);
         }
         s.state = State::Closing;
@@ -1250,6 +1249,16 @@ impl Proxy {
         }
     }
 
+    /// Has the runtime close `idx`'s upstream socket (the client stays);
+    /// a new one starts with no interest told.
+    fn close_upstream(&mut self, idx: usize) {
+        let conn = self.id_of(idx);
+        let s = &mut self.sessions[idx];
+        s.upstream_open = false;
+        s.told[1] = (false, false);
+        self.actions.push_back(Action::CloseUpstream { conn });
+    }
+
     /// Carries out what the HTTP machine asked for.
     fn todo(&mut self, idx: usize, todo: Vec<HttpTodo>, now: Instant) {
         let conn = self.id_of(idx);
@@ -1259,12 +1268,10 @@ impl Proxy {
             }
             match t {
                 HttpTodo::Connect { target } => {
-                    let s = &mut self.sessions[idx];
-                    if s.upstream_open {
-                        s.upstream_open = false;
-                        s.told[1] = (false, false);
-                        self.actions.push_back(Action::CloseUpstream { conn });
+                    if self.sessions[idx].upstream_open {
+                        self.close_upstream(idx);
                     }
+                    let s = &mut self.sessions[idx];
                     // A new upstream: its end of stream is yet to come.
                     s.down.eof = false;
                     s.down.shut = false;
@@ -1273,11 +1280,8 @@ impl Proxy {
                     self.request(idx, target, user, now);
                 }
                 HttpTodo::DropUpstream => {
-                    let s = &mut self.sessions[idx];
-                    if s.upstream_open {
-                        s.upstream_open = false;
-                        s.told[1] = (false, false);
-                        self.actions.push_back(Action::CloseUpstream { conn });
+                    if self.sessions[idx].upstream_open {
+                        self.close_upstream(idx);
                     }
                 }
                 HttpTodo::Tunnel => {
@@ -1292,9 +1296,7 @@ impl Proxy {
                     s.state = State::Closing;
                     s.state_since = now;
                     if s.upstream_open {
-                        s.upstream_open = false;
-                        s.told[1] = (false, false);
-                        self.actions.push_back(Action::CloseUpstream { conn });
+                        self.close_upstream(idx);
                     }
                 }
                 HttpTodo::Log(x) if self.access_logged() => {
@@ -2445,6 +2447,14 @@ impl Proxy {
         }
         self.users = Users::new(&config.users);
         self.config = config;
+        // The access log may have been turned on or off: requests from now
+        // on are recorded, or not, on connections already open too.
+        let logged = self.access_logged();
+        for (_, s) in self.sessions.iter_mut() {
+            if let Some(h) = s.http.as_mut() {
+                h.logged = logged;
+            }
+        }
         let mut closed = 0;
         if recheck {
             let ids: Vec<usize> = self.sessions.iter().map(|(i, _)| i).collect();

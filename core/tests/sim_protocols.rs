@@ -3515,3 +3515,79 @@ fn last_passive_port(received: &[u8]) -> u16 {
 fn ftp() {
     seeds("ftp", ftp_case);
 }
+
+/// The access log turned on by a reload records the next request on an
+/// HTTP connection that was open, and off, before it.
+#[test]
+fn http_access_turned_on_by_a_reload() {
+    let text = |access: &str| {
+        let t = format!(
+            "[network]\ninternal = [\"127.0.0.1\"]\n[log]\naccess = \"{access}\"\n{}",
+            http_services()
+        );
+        portico_core::config::parse(&t, "sim.toml").expect("config")
+    };
+    let now = Instant::now();
+    let mut proxy = Proxy::new(text("off"), 1, now);
+    // Plays the runtime: listeners listen, connects succeed; returns the
+    // access records that came out.
+    let drain = |proxy: &mut Proxy| {
+        let mut records = Vec::new();
+        while let Some(a) = proxy.poll_action() {
+            match a {
+                Action::Listen { listener, addr } => {
+                    let local = addr;
+                    proxy.handle(Event::Listening { listener, local }, now)
+                }
+                Action::Connect { conn, .. } => {
+                    let local = local(30000);
+                    proxy.handle(Event::Connected { conn, local }, now)
+                }
+                Action::Access(r) => records.push(r.target.clone()),
+                _ => {}
+            }
+        }
+        records
+    };
+    let feed = |proxy: &mut Proxy, conn, side, bytes: &[u8]| {
+        let buf = proxy.recv_buf(conn, side).expect("a read is wanted");
+        buf[..bytes.len()].copy_from_slice(bytes);
+        let n = bytes.len();
+        proxy.handle(Event::Read { conn, side, n }, now);
+    };
+    let flush = |proxy: &mut Proxy, conn, side| {
+        while let Some(d) = proxy.send_buf(conn, side) {
+            let n = d.len();
+            proxy.handle(Event::Written { conn, side, n }, now);
+        }
+    };
+    // One exchange; returns the records made meanwhile.
+    let exchange = |proxy: &mut Proxy, conn, path: &str| {
+        let request = format!("GET http://127.0.0.1:{ORIGIN_A}{path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        feed(proxy, conn, Side::Client, request.as_bytes());
+        let mut records = drain(proxy);
+        flush(proxy, conn, Side::Upstream);
+        feed(
+            proxy,
+            conn,
+            Side::Upstream,
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+        );
+        records.extend(drain(proxy));
+        flush(proxy, conn, Side::Client);
+        records.extend(drain(proxy));
+        records
+    };
+    drain(&mut proxy);
+    let conn = proxy
+        .accept_on(ListenerId::new(0, 0), local(40000), local(HTTP), now)
+        .expect("accepted");
+    drain(&mut proxy);
+    assert_eq!(exchange(&mut proxy, conn, "/a"), Vec::<String>::new());
+    proxy.reconfigure(text("stderr"), false, now);
+    drain(&mut proxy);
+    assert_eq!(
+        exchange(&mut proxy, conn, "/b"),
+        vec![format!("http://127.0.0.1:{ORIGIN_A}/b")]
+    );
+}

@@ -50,6 +50,24 @@ pub(crate) enum Name {
 }
 
 impl Name {
+    /// Every name but `Other`.
+    #[cfg(test)]
+    pub(crate) const KNOWN: [Name; 13] = [
+        Name::Host,
+        Name::ContentLength,
+        Name::TransferEncoding,
+        Name::Connection,
+        Name::KeepAlive,
+        Name::ProxyConnection,
+        Name::ProxyAuthorization,
+        Name::Te,
+        Name::Trailer,
+        Name::Upgrade,
+        Name::Via,
+        Name::Expect,
+        Name::MaxForwards,
+    ];
+
     /// The name `name` is (case-insensitive): its length and first letter
     /// leave at most one to compare.
     pub(crate) fn of(name: &[u8]) -> Name {

@@ -113,6 +113,9 @@ pub struct Http {
     /// When the first byte of a request head still incomplete arrived (the
     /// head must be complete within handshake_timeout).
     pub head_since: Option<Instant>,
+    /// Exchanges are recorded for the access log (`[log] access` is not
+    /// "off"); without it no request makes a target text or a record.
+    pub logged: bool,
 }
 
 impl Default for Http {
@@ -127,6 +130,7 @@ impl Default for Http {
             upstream: None,
             user: None,
             head_since: None,
+            logged: true,
         }
     }
 }
@@ -279,6 +283,7 @@ impl Http {
         };
         take(up, len);
         let target_text = match &req.target {
+            _ if !self.logged => String::new(),
             request::Target::Absolute { authority, path } => authority.url(path),
             request::Target::Authority(a) => a.to_string(),
             request::Target::Asterisk => "*".into(),
@@ -630,16 +635,20 @@ impl Http {
     }
 
     /// Ends the exchange in flight, if any, and returns its record (also
-    /// when the connection ends early, or a tunnel closes).
+    /// when the connection ends early, or a tunnel closes); none for an
+    /// exchange begun while not [`Http::logged`], which has no target text.
     pub fn abandon(&mut self, up: &Dir, down: &Dir, now: Instant) -> Option<Exchange> {
-        self.cur.take().map(|c| Exchange {
-            method: c.method.as_str().to_string(),
-            target: c.target,
-            status: c.status,
-            up: queued(up).saturating_sub(c.up0),
-            down: queued(down).saturating_sub(c.down0),
-            duration: now.saturating_duration_since(c.started),
-        })
+        self.cur
+            .take()
+            .filter(|c| !c.target.is_empty())
+            .map(|c| Exchange {
+                method: c.method.as_str().to_string(),
+                target: c.target,
+                status: c.status,
+                up: queued(up).saturating_sub(c.up0),
+                down: queued(down).saturating_sub(c.down0),
+                duration: now.saturating_duration_since(c.started),
+            })
     }
 }
 
