@@ -1391,7 +1391,7 @@ fn check_config(c: &Config, checked: bool) {
     }
 
     assert!(!c.services.is_empty(), "no service");
-    let mut listens: Vec<(SocketAddr, config::Protocol)> = Vec::new();
+    let mut listens: Vec<(SocketAddr, config::Transport)> = Vec::new();
     for (i, s) in c.services.iter().enumerate() {
         assert!(
             c.services[..i].iter().all(|o| o.name != s.name),
@@ -1516,7 +1516,7 @@ fn check_config(c: &Config, checked: bool) {
 /// (if the machine asked to connect) `connected`, and the same bytes as
 /// the server's to `upstream`. Consumed counts never exceed what was given.
 pub fn protocol(data: &[u8]) {
-    use crate::proto::{for_service, Ctx, Step, UpStep};
+    use crate::proto::{for_service, Next, Scope};
     let (Some(&pick), Some(&chop)) = (data.first(), data.get(1)) else {
         return;
     };
@@ -1541,7 +1541,7 @@ pub fn protocol(data: &[u8]) {
     };
     let mut users = crate::auth::Users::new(&config.users);
     let client: std::net::SocketAddr = ([127, 0, 0, 1], 40000).into();
-    let mut ctx = Ctx {
+    let mut ctx = Scope {
         service,
         users: &mut users,
         client,
@@ -1556,14 +1556,14 @@ pub fn protocol(data: &[u8]) {
     let (mut have, mut used) = (0, 0);
     // Bounded whatever a machine does: each try consumes a line at least.
     for _ in 0..256 {
-        while step_now == Step::More && have < input.len() {
+        while step_now == Next::Wait && have < input.len() {
             have = (have + step).min(input.len());
             let (n, s) = hs.input(&input[used..have], &mut reply, &mut ctx);
             assert!(n <= have - used, "{kind}: consumed more than it was given");
             used += n;
             step_now = s;
         }
-        if !(connects_fail && matches!(step_now, Step::Connect { .. })) {
+        if !(connects_fail && matches!(step_now, Next::Connect { .. })) {
             break;
         }
         hs.failed(crate::proto::Failure::Refused, &mut reply);
@@ -1571,10 +1571,10 @@ pub fn protocol(data: &[u8]) {
             return;
         }
         // What the client sent behind the failed request is read next.
-        step_now = Step::More;
+        step_now = Next::Wait;
         have = used;
     }
-    if let Step::Connect { .. } = step_now {
+    if let Next::Connect { .. } = step_now {
         let mut to_server = Vec::new();
         hs.connected(client, &mut reply, &mut to_server);
         let (mut have, mut used) = (0, 0);
@@ -1586,7 +1586,7 @@ pub fn protocol(data: &[u8]) {
                 "{kind}: consumed more of the server's bytes than given"
             );
             used += n;
-            if s != UpStep::More {
+            if s != Next::Wait {
                 break;
             }
         }

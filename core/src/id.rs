@@ -73,6 +73,18 @@ pub enum Side {
 }
 
 impl Side {
+    /// Both sides, client first (the order of [`Side::index`]).
+    pub const BOTH: [Side; 2] = [Side::Client, Side::Upstream];
+
+    /// 0 for the client, 1 for the upstream: where a side's entry sits in
+    /// a pair of per-side values.
+    pub fn index(self) -> usize {
+        match self {
+            Side::Client => 0,
+            Side::Upstream => 1,
+        }
+    }
+
     pub fn other(self) -> Side {
         match self {
             Side::Client => Side::Upstream,

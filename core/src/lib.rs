@@ -23,21 +23,29 @@ pub mod http;
 pub mod id;
 pub mod ledger;
 pub mod log;
+pub mod outcome;
 pub mod proto;
-pub mod proxy;
 pub mod proxy_protocol;
 pub mod rate;
 pub mod recorded;
 pub mod rules;
 mod session;
 pub mod status;
-mod timer;
+mod table;
 pub mod trace;
 pub mod udp;
+
+/// The connection table's module path of old.
+pub mod proxy {
+    pub use crate::table::{
+        listening_line, listening_lines, PipeSize, Proxy, Stats, REFUSING_MAX, SPLICED_MAX,
+        SPLICE_BULK, SPLICE_PIPE_MIN,
+    };
+}
 
 pub use config::Config;
 pub use event::{Action, Event, IoKind, Level, Refused};
 pub use id::{ConnId, ListenerId, Side};
 pub use log::AccessRecord;
-pub use proxy::{Proxy, Stats};
 pub use recorded::Recorded;
+pub use table::{Proxy, Stats};

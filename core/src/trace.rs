@@ -14,39 +14,25 @@
 //! among them — and the configuration text with its `[[user]]` passwords:
 //! treat one as you would the configuration file.
 //!
-//! # Recording (in a runtime)
+//! # Recording
 //!
-//! The [`Recorder`] is pure: it appends to a buffer the runtime writes out
-//! with [`Recorder::take`]. Every call into the core that changes it is
-//! mirrored, in the same order, from the same thread (under the same lock):
+//! A [`Proxy`] records itself once told to ([`Proxy::record`], right after
+//! it is made): each of its entry points writes its input to a pure
+//! [`Recorder`] inside the table before it acts on it, so no input can be
+//! missed and the order is the calls' own. The runtime only writes out
+//! what [`Proxy::take_trace`] gives (the trace, and the action lines the
+//! replay must print again). What each entry point records:
 //!
 //! ```text
-//! let now = Instant::now();
-//! let mut proxy = Proxy::new(config, seed, now);
-//! let mut rec = Recorder::start(now, &config_text, seed).with_actions();
-//! proxy.set_log_level(level);            rec.log_level(level);
-//! proxy.set_wall(w);                     rec.wall(w);
-//! let r = proxy.accept(l, peer, now);    rec.accept(now, l, peer, r);
-//! let r = proxy.accept_on(l, peer, local, now);
-//!                                        rec.accept_on(now, l, peer, local, r);
-//! rec.event(now, &ev, None);             proxy.handle(ev, now);
-//! // a read: ask before borrowing the buffer, record before handing it in
-//! let keep = proxy.keeps_payload(conn, side);
-//! let buf = proxy.recv_buf(conn, side)?;  let n = sock.read(buf)?;
-//! rec.event(now, &Event::Read { conn, side, n }, keep.then(|| &buf[..n]));
-//! proxy.handle(Event::Read { conn, side, n }, now);
-//! rec.timeout(now);                      proxy.handle_timeout(now);
-//! rec.shutdown(now);                     proxy.shutdown(now);
-//! rec.reload(now, &text, recheck);       proxy.reconfigure(config, recheck, now);
-//! // UDP: datagram_buf is filled the same way; only lengths are recorded
-//! rec.datagram(now, l, from, n);         proxy.handle_datagram(l, from, n, now);
-//! rec.reply(now, id, n);                 proxy.handle_reply(id, n, now);
-//! rec.udp_failed(now, id);               proxy.handle_udp_failed(id, now);
-//! while let Some(a) = proxy.poll_action() { rec.polled(&a); carry it out }
-//! while let Some((via, d)) = proxy.poll_datagram() { rec.sent(&via, d.len()); send it }
-//! // now and then, and before exiting:
-//! trace_file.write_all(&rec.take())?;
-//! actions_file.write_all(rec.take_actions().as_bytes())?;
+//! Proxy::set_log_level / set_wall        rec.log_level(level) / rec.wall(w)
+//! Proxy::accept / accept_on              rec.accept(now, l, peer, r) / rec.accept_on(now, l, peer, local, r)
+//! Proxy::handle(ev)                      rec.event(now, &ev, bytes) — a Read's bytes while the core
+//!                                        may parse them (they sit at the start of the space it lent)
+//! Proxy::handle_timeout / shutdown       rec.timeout(now) / rec.shutdown(now)
+//! Proxy::reconfigure (with its text)     rec.reload(now, &text, recheck)
+//! Proxy::handle_datagram / handle_reply  rec.datagram(now, l, from, n) / rec.reply(now, id, n)
+//! Proxy::handle_udp_failed               rec.udp_failed(now, id)
+//! Proxy::poll_action / poll_datagram     rec.polled(&a) / rec.sent(&via, d.len())
 //! ```
 //!
 //! [`Recorder::polled`] and [`Recorder::sent`] matter: the replay polls

@@ -24,9 +24,11 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
+use crate::event::Action;
 use crate::id::ListenerId;
 use crate::log::AccessRecord;
-use crate::timer::Timers;
+use crate::outcome::Outcome;
+use crate::table::timers::Timers;
 
 /// Largest datagram carried (the largest UDP payload over IPv4).
 pub const MAX_DATAGRAM: usize = 65_507;
@@ -76,21 +78,6 @@ struct Mapping {
     down: u64,
 }
 
-/// What the UDP table asks of the runtime (the table turns these into
-/// [`crate::Action`]s).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum UdpTodo {
-    Open {
-        id: UdpId,
-        bind: Option<std::net::IpAddr>,
-        destination: SocketAddr,
-    },
-    Close {
-        id: UdpId,
-    },
-    Access(Box<AccessRecord>),
-}
-
 #[derive(Debug, Default)]
 pub(crate) struct UdpTable {
     maps: Slab<Mapping>,
@@ -132,7 +119,7 @@ impl UdpTable {
         max: usize,
         idle: Duration,
         now: Instant,
-        todo: &mut Vec<UdpTodo>,
+        actions: &mut VecDeque<Action>,
     ) {
         let id = match self.by_client.get(&(listener, client)) {
             Some(id) => *id,
@@ -163,7 +150,7 @@ impl UdpTable {
                     down: 0,
                 });
                 self.by_client.insert((listener, client), id);
-                todo.push(UdpTodo::Open {
+                actions.push_back(Action::UdpOpen {
                     id,
                     bind,
                     destination,
@@ -211,36 +198,59 @@ impl UdpTable {
     }
 
     /// The mapping's socket could not be made or failed.
-    pub fn failed(&mut self, id: UdpId, now: Instant, todo: &mut Vec<UdpTodo>) {
+    pub fn failed(
+        &mut self,
+        id: UdpId,
+        now: Instant,
+        logged: bool,
+        actions: &mut VecDeque<Action>,
+    ) {
         if self.live(id) {
-            self.end(id, "error", now, todo);
+            self.end(id, Outcome::Error, now, logged, actions);
         }
     }
 
-    fn end(&mut self, id: UdpId, status: &str, now: Instant, todo: &mut Vec<UdpTodo>) {
+    /// Ends mapping `id`: its socket closes, and (`logged`) its access
+    /// record goes out.
+    fn end(
+        &mut self,
+        id: UdpId,
+        outcome: Outcome,
+        now: Instant,
+        logged: bool,
+        actions: &mut VecDeque<Action>,
+    ) {
         let m = self.maps.remove(id.index());
         self.by_client.remove(&(m.listener, m.client));
         // Datagrams still queued for a closed mapping's socket go nowhere.
         self.out.retain(|(via, _)| *via != Via::Mapping(id));
-        todo.push(UdpTodo::Close { id });
-        todo.push(UdpTodo::Access(Box::new(AccessRecord {
-            service: m.service,
-            client: m.client,
-            user: None,
-            method: "UDP".into(),
-            target: m.destination.to_string(),
-            destination: Some(m.destination),
-            status: status.into(),
-            up: m.up,
-            down: m.down,
-            duration: now.saturating_duration_since(m.opened),
-        })));
+        actions.push_back(Action::UdpClose { id });
+        if logged {
+            actions.push_back(Action::Access(Box::new(AccessRecord {
+                service: m.service,
+                client: m.client,
+                user: None,
+                method: "UDP".into(),
+                target: m.destination.to_string(),
+                destination: Some(m.destination),
+                status: outcome.word().into(),
+                up: m.up,
+                down: m.down,
+                duration: now.saturating_duration_since(m.opened),
+            })));
+        }
         if self.maps.is_empty() {
             self.timers.clear();
         }
     }
 
-    pub fn handle_timeout(&mut self, idle: Duration, now: Instant, todo: &mut Vec<UdpTodo>) {
+    pub fn handle_timeout(
+        &mut self,
+        idle: Duration,
+        now: Instant,
+        logged: bool,
+        actions: &mut VecDeque<Action>,
+    ) {
         while let Some((at, idx, gen)) = self.timers.pop_due(now) {
             let Some(m) = self.maps.get_mut(idx as usize) else {
                 continue;
@@ -254,12 +264,12 @@ impl UdpTable {
                 self.arm(id, idle);
                 continue;
             }
-            self.end(id, "idle", now, todo);
+            self.end(id, Outcome::Idle, now, logged, actions);
         }
     }
 
     /// Closes every mapping (shutdown).
-    pub fn close_all(&mut self, now: Instant, todo: &mut Vec<UdpTodo>) {
+    pub fn close_all(&mut self, now: Instant, logged: bool, actions: &mut VecDeque<Action>) {
         let ids: Vec<UdpId> = self
             .maps
             .iter()
@@ -269,7 +279,7 @@ impl UdpTable {
             })
             .collect();
         for id in ids {
-            self.end(id, "shutdown", now, todo);
+            self.end(id, Outcome::Shutdown, now, logged, actions);
         }
     }
 

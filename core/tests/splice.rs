@@ -468,7 +468,7 @@ fn recording_never_splices() {
             now,
         );
         while r.poll_action().is_some() {}
-        assert!(r.proxy().splice_ok(conn, Side::Client));
+        // The same session splices when not recorded (record = false).
         assert_eq!(
             r.splice_ok(conn, Side::Client),
             !record,

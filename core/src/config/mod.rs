@@ -135,9 +135,9 @@ pub fn parse_unchecked_kinds(text: &str, file: &str) -> Result<Config, ConfigErr
 
 /// Whether this version of portico can run a service of `kind` over
 /// `protocol`. Flip an arm to `true` when a kind lands.
-pub fn implemented_kind(kind: ServiceKind, protocol: Protocol) -> bool {
-    use Protocol::{Tcp, Udp};
+pub fn implemented_kind(kind: ServiceKind, protocol: Transport) -> bool {
     use ServiceKind::*;
+    use Transport::{Tcp, Udp};
     match (kind, protocol) {
         (Mapped, Tcp) => true,
         (Mapped, Udp) => true,
@@ -334,7 +334,7 @@ pub struct Service {
     /// http CONNECT: allowed destination ports (default `[443]`).
     pub connect_ports: Vec<u16>,
     pub destination: Option<Destination>,
-    pub protocol: Protocol,
+    pub protocol: Transport,
     pub open_proxy: bool,
     /// pop3: the `USER name#host` separator (default `#`).
     pub separator: String,
@@ -432,17 +432,18 @@ impl ListenSide {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Protocol {
+/// The transport a service carries (`protocol = "tcp" | "udp"`).
+pub enum Transport {
     #[default]
     Tcp,
     Udp,
 }
 
-impl Protocol {
+impl Transport {
     pub fn name(&self) -> &'static str {
         match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
         }
     }
 }

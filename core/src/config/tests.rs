@@ -137,7 +137,7 @@ fn spec_example_parses() {
                 auth: false,
                 connect_ports: vec![443],
                 destination: None,
-                protocol: Protocol::Tcp,
+                protocol: Transport::Tcp,
                 open_proxy: false,
                 separator: "#".into(),
                 proxy_protocol: false,
@@ -155,7 +155,7 @@ fn spec_example_parses() {
                     host: Host::Ip(v4(192, 168, 1, 20)),
                     port: 22
                 }),
-                protocol: Protocol::Tcp,
+                protocol: Transport::Tcp,
                 open_proxy: false,
                 separator: "#".into(),
                 proxy_protocol: false,
@@ -243,7 +243,7 @@ fn defaults_of_a_minimal_config() {
     assert_eq!(c.runtime.workers, None);
     let s = &c.services[0];
     assert_eq!(s.side, ListenSide::Internal);
-    assert_eq!(s.protocol, Protocol::Tcp);
+    assert_eq!(s.protocol, Transport::Tcp);
     assert!(!s.auth && !s.open_proxy && !s.proxy_protocol);
     assert_eq!(s.connect_ports, vec![443]);
     assert_eq!(s.separator, "#");
@@ -425,14 +425,14 @@ clients = ["192.168.1.77/24"]
     );
 
     let dns = c.service("dns").unwrap();
-    assert_eq!(dns.protocol, Protocol::Udp);
+    assert_eq!(dns.protocol, Transport::Udp);
     assert_eq!(
         dns.destination.as_ref().unwrap().to_string(),
         "[2001:db8::53]:53"
     );
     // The same address and port over tcp is no conflict.
     let dns_tcp = c.service("dns-tcp").unwrap();
-    assert_eq!(dns_tcp.protocol, Protocol::Tcp);
+    assert_eq!(dns_tcp.protocol, Transport::Tcp);
     assert_eq!(dns_tcp.send_proxy_protocol, Some(ProxyVersion::V2));
 
     assert_eq!(
@@ -752,7 +752,7 @@ fn no_panic_on_mangled_input() {
 fn implemented_kinds() {
     for k in ServiceKind::ALL {
         assert_eq!(
-            implemented_kind(k, Protocol::Tcp),
+            implemented_kind(k, Transport::Tcp),
             matches!(
                 k,
                 ServiceKind::Mapped
@@ -768,7 +768,7 @@ fn implemented_kinds() {
             "{k}"
         );
         assert_eq!(
-            implemented_kind(k, Protocol::Udp),
+            implemented_kind(k, Transport::Udp),
             k == ServiceKind::Mapped,
             "{k} over udp"
         );

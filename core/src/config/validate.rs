@@ -18,8 +18,8 @@ use super::raw::{List, RawConfig, RawLimits, RawNetwork, RawRule, RawService, Ra
 use super::values;
 use super::{
     implemented_kind, AccessTarget, Config, ConfigError, Limits, ListenSide, LogConfig, LogFormat,
-    Network, Password, Protocol, ProxyVersion, Rule, RuleAction, RuntimeConfig, Service,
-    ServiceKind, User, MAX_BUFFER, MAX_WORKERS, MIN_BUFFER,
+    Network, Password, ProxyVersion, Rule, RuleAction, RuntimeConfig, Service, ServiceKind,
+    Transport, User, MAX_BUFFER, MAX_WORKERS, MIN_BUFFER,
 };
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -131,7 +131,7 @@ pub(super) fn parse(text: &str, file: &str, check_kinds: bool) -> Result<Config>
     let mut services: Vec<Service> = Vec::new();
     let mut service_lines: HashMap<String, usize> = HashMap::new();
     // Every listen address so far: (address, protocol, service name).
-    let mut taken: Vec<(SocketAddr, Protocol, String)> = Vec::new();
+    let mut taken: Vec<(SocketAddr, Transport, String)> = Vec::new();
     for s in &raw.service {
         let name_span = s.get_ref().name.span();
         let svc = service(&cx, s, &network, !users.is_empty())?;
@@ -195,7 +195,7 @@ pub(super) fn parse(text: &str, file: &str, check_kinds: bool) -> Result<Config>
             if !implemented_kind(svc.kind, svc.protocol) {
                 let r = raw.get_ref();
                 return Err(match (svc.protocol, &r.protocol) {
-                    (Protocol::Udp, Some(p)) if svc.kind == ServiceKind::Mapped => cx.err(
+                    (Transport::Udp, Some(p)) if svc.kind == ServiceKind::Mapped => cx.err(
                         p.span(),
                         "mapped ports with protocol = \"udp\" are not available in this \
                          version of portico yet",
@@ -596,10 +596,10 @@ fn service(cx: &Ctx, s: &S<RawService>, network: &Network, have_users: bool) -> 
     }
 
     let protocol = match &r.protocol {
-        None => Protocol::Tcp,
+        None => Transport::Tcp,
         Some(v) => match v.get_ref().as_str() {
-            "tcp" => Protocol::Tcp,
-            "udp" if is_mapped => Protocol::Udp,
+            "tcp" => Transport::Tcp,
+            "udp" if is_mapped => Transport::Udp,
             "udp" => {
                 return Err(e(
                     v.span(),
@@ -655,7 +655,7 @@ fn service(cx: &Ctx, s: &S<RawService>, network: &Network, have_users: bool) -> 
         }
         (None, _) => None,
     };
-    if protocol == Protocol::Udp {
+    if protocol == Transport::Udp {
         if let (Some(d), Some(raw)) = (&destination, &r.destination) {
             if let super::Host::Name(n) = &d.host {
                 return Err(e(
@@ -759,7 +759,7 @@ fn service(cx: &Ctx, s: &S<RawService>, network: &Network, have_users: bool) -> 
     };
 
     let proxy_protocol = r.proxy_protocol.as_ref().is_some_and(|v| *v.get_ref());
-    if let (true, Protocol::Udp, Some(v)) = (proxy_protocol, protocol, &r.proxy_protocol) {
+    if let (true, Transport::Udp, Some(v)) = (proxy_protocol, protocol, &r.proxy_protocol) {
         return Err(e(
             v.span(),
             "proxy_protocol = true needs a TCP service; a PROXY header cannot arrive on a udp \
@@ -812,7 +812,7 @@ fn service(cx: &Ctx, s: &S<RawService>, network: &Network, have_users: bool) -> 
                 format!("send_proxy_protocol only applies to mapped services, not {kind}"),
             ))
         }
-        Some(v) if protocol == Protocol::Udp => {
+        Some(v) if protocol == Transport::Udp => {
             return Err(e(
                 v.span(),
                 "send_proxy_protocol needs a TCP mapped port, not protocol = \"udp\"".to_string(),

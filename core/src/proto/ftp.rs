@@ -59,7 +59,7 @@
 //!   USER name@host` (clients ask again after login); `NOOP` gets `200`.
 //! - **USER without @host** uses the service's `destination` when one is
 //!   configured; otherwise it is answered 530.
-//! - **After login** `USER` and `REIN` pass through to the same server; the
+//! - **Next login** `USER` and `REIN` pass through to the same server; the
 //!   server cannot be changed within a session.
 //! - **IPv6.** A 227 reply can only carry an IPv4 address: a client that
 //!   reached the gateway over IPv6 gets 425 for it (IPv6 clients use EPSV).
@@ -72,8 +72,8 @@
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use super::{simple::destination_target, UpStep};
-use super::{After, Control, ControlCtx, ControlTodo, Ctx, Dir, Failure, Protocol, Step, Target};
+use super::simple::destination_target;
+use super::{Addresses, Control, DataPort, Dir, Failure, Next, Outcome, Protocol, Scope, Target};
 
 /// The longest command or reply line, CRLF included.
 pub const MAX_LINE: usize = 4096;
@@ -184,7 +184,7 @@ pub struct Ftp {
     target: Option<Target>,
     replies: Replies,
     /// The addresses of the control connection, as of the last call.
-    ctx: Option<ControlCtx>,
+    ends: Option<Addresses>,
     /// A server reply (227/229) waits for the client's data port.
     down_hold: Option<Passive>,
     /// A client command (PORT/EPRT) waits for the server's data port.
@@ -198,8 +198,8 @@ pub struct Ftp {
     answered: u64,
 }
 
-fn close(status: &'static str) -> Step {
-    Step::Close { status }
+fn close(outcome: Outcome) -> Next {
+    Next::Close(outcome)
 }
 
 /// The position of the first `\n` within the first [`MAX_LINE`] bytes.
@@ -468,41 +468,41 @@ fn drop_front(d: &mut Dir, n: usize) {
 
 impl Ftp {
     /// One command before login; returns the step it leads to.
-    fn login_line(&mut self, line: &[u8], reply: &mut Vec<u8>, ctx: &Ctx) -> Step {
+    fn login_line(&mut self, line: &[u8], reply: &mut Vec<u8>, scope: &Scope) -> Next {
         let (verb, arg) = command(line);
         match verb.as_slice() {
-            b"USER" => match self.user_line(arg, ctx) {
+            b"USER" => match self.user_line(arg, scope) {
                 Ok(step) => step,
                 Err(msg) => {
                     reply.extend_from_slice(msg.as_bytes());
-                    Step::More
+                    Next::Wait
                 }
             },
             b"QUIT" => {
                 reply.extend_from_slice(BYE.as_bytes());
                 self.phase = Phase::Done;
-                close("quit")
+                close(Outcome::Quit)
             }
             b"NOOP" => {
                 reply.extend_from_slice(NOOP_OK.as_bytes());
-                Step::More
+                Next::Wait
             }
             b"AUTH" => {
                 reply.extend_from_slice(NO_TLS.as_bytes());
-                Step::More
+                Next::Wait
             }
             _ => {
                 reply.extend_from_slice(LOGIN_FIRST.as_bytes());
-                Step::More
+                Next::Wait
             }
         }
     }
 
-    fn user_line(&mut self, arg: &[u8], ctx: &Ctx) -> Result<Step, &'static str> {
+    fn user_line(&mut self, arg: &[u8], scope: &Scope) -> Result<Next, &'static str> {
         let arg = std::str::from_utf8(arg).map_err(|_| "501 bad user name\r\n")?;
         let (name, target) = match arg.rsplit_once('@') {
             Some((name, host)) => (name, host_port(host)?),
-            None => match &ctx.service.destination {
+            None => match &scope.service.destination {
                 Some(d) => (arg, destination_target(d)),
                 None => return Err(LOGIN_FIRST),
             },
@@ -518,7 +518,7 @@ impl Ftp {
         self.phase = Phase::Connecting;
         // The name is the FTP server's to check, not Portico's: it is
         // logged (log_user) but no rule sees it as an authenticated user.
-        Ok(Step::Connect { target, user: None })
+        Ok(Next::Connect { target, user: None })
     }
 
     fn unreachable(&self) -> String {
@@ -529,7 +529,7 @@ impl Ftp {
     }
 
     /// Runs both directions until neither moves.
-    fn pump(&mut self, up: &mut Dir, down: &mut Dir, mut todo: Option<&mut Vec<ControlTodo>>) {
+    fn pump(&mut self, up: &mut Dir, down: &mut Dir, mut todo: Option<&mut Vec<Next>>) {
         while self.phase == Phase::Control {
             let a = self.pump_down(down, todo.as_deref_mut());
             if self.phase != Phase::Control {
@@ -550,7 +550,7 @@ impl Ftp {
     }
 
     /// The server's lines; returns whether anything moved.
-    fn pump_down(&mut self, down: &mut Dir, mut todo: Option<&mut Vec<ControlTodo>>) -> bool {
+    fn pump_down(&mut self, down: &mut Dir, mut todo: Option<&mut Vec<Next>>) -> bool {
         let mut moved = false;
         loop {
             if self.down_hold.is_some() {
@@ -611,7 +611,7 @@ impl Ftp {
                 moved = true;
                 continue;
             };
-            let (Some(todo), Some(ctx)) = (todo.as_deref_mut(), self.ctx) else {
+            let (Some(todo), Some(ends)) = (todo.as_deref_mut(), self.ends) else {
                 return moved;
             };
             let len = line.len();
@@ -622,27 +622,22 @@ impl Ftp {
             self.replies.open = None;
             self.answer_seen(227);
             moved = true;
-            if form == Passive::Pasv && ipv4_of(ctx.client_local.ip()).is_none() {
+            if form == Passive::Pasv && ipv4_of(ends.client_local.ip()).is_none() {
                 down.say(NO_DATA.as_bytes());
                 continue;
             }
-            todo.push(ControlTodo::OpenData {
+            todo.push(Next::OpenData(DataPort {
                 token: PASSIVE,
-                bind: ctx.client_local.ip(),
-                accept_from: ctx.client.ip(),
-                connect_to: SocketAddr::new(ctx.server.ip(), port),
-            });
+                bind: ends.client_local.ip(),
+                accept_from: ends.client.ip(),
+                connect_to: SocketAddr::new(ends.server.ip(), port),
+            }));
             self.down_hold = Some(form);
         }
     }
 
     /// The client's lines; returns whether anything moved.
-    fn pump_up(
-        &mut self,
-        up: &mut Dir,
-        down: &mut Dir,
-        todo: Option<&mut Vec<ControlTodo>>,
-    ) -> bool {
+    fn pump_up(&mut self, up: &mut Dir, down: &mut Dir, todo: Option<&mut Vec<Next>>) -> bool {
         let mut moved = false;
         let mut todo = todo;
         loop {
@@ -663,9 +658,7 @@ impl Ftp {
                 };
                 flush(down);
                 down.say(TOO_LONG.as_bytes());
-                todo.push(ControlTodo::Close {
-                    status: "line-too-long",
-                });
+                todo.push(Next::Close(Outcome::LineTooLong));
                 self.phase = Phase::Done;
                 return true;
             };
@@ -683,11 +676,11 @@ impl Ftp {
                     } else {
                         parse_port(arg)
                     };
-                    let Some(ctx) = self.ctx else {
+                    let Some(ends) = self.ends else {
                         return moved;
                     };
                     match asked {
-                        Some(a) if same_ip(a.ip(), ctx.client.ip()) => {
+                        Some(a) if same_ip(a.ip(), ends.client.ip()) => {
                             let Some(todo) = todo.as_deref_mut() else {
                                 return moved;
                             };
@@ -695,12 +688,12 @@ impl Ftp {
                                 return moved;
                             }
                             drop_front(up, len);
-                            todo.push(ControlTodo::OpenData {
+                            todo.push(Next::OpenData(DataPort {
                                 token: ACTIVE,
-                                bind: ctx.server_local.ip(),
-                                accept_from: ctx.server.ip(),
-                                connect_to: SocketAddr::new(ctx.client.ip(), a.port()),
-                            });
+                                bind: ends.server_local.ip(),
+                                accept_from: ends.server.ip(),
+                                connect_to: SocketAddr::new(ends.client.ip(), a.port()),
+                            }));
                             self.up_hold = true;
                             moved = true;
                             continue;
@@ -736,12 +729,12 @@ impl Protocol for Ftp {
         true
     }
 
-    fn start(&mut self, reply: &mut Vec<u8>, _ctx: &mut Ctx) -> Step {
+    fn start(&mut self, reply: &mut Vec<u8>, _scope: &mut Scope) -> Next {
         reply.extend_from_slice(GREETING.as_bytes());
-        Step::More
+        Next::Wait
     }
 
-    fn input(&mut self, input: &[u8], reply: &mut Vec<u8>, ctx: &mut Ctx) -> (usize, Step) {
+    fn input(&mut self, input: &[u8], reply: &mut Vec<u8>, scope: &mut Scope) -> (usize, Next) {
         let mut used = 0;
         while self.phase == Phase::Login {
             let rest = &input[used..];
@@ -749,23 +742,23 @@ impl Protocol for Ftp {
                 if rest.len() >= MAX_LINE {
                     reply.extend_from_slice(TOO_LONG.as_bytes());
                     self.phase = Phase::Done;
-                    return (input.len(), close("line-too-long"));
+                    return (input.len(), close(Outcome::LineTooLong));
                 }
-                return (used, Step::More);
+                return (used, Next::Wait);
             };
             used += i + 1;
-            match self.login_line(&rest[..=i], reply, ctx) {
-                Step::More => {}
+            match self.login_line(&rest[..=i], reply, scope) {
+                Next::Wait => {}
                 step => return (used, step),
             }
         }
-        (used, Step::More)
+        (used, Next::Wait)
     }
 
-    fn connected(&mut self, _: SocketAddr, _: &mut Vec<u8>, _: &mut Vec<u8>) -> After {
+    fn connected(&mut self, _: SocketAddr, _: &mut Vec<u8>, _: &mut Vec<u8>) -> Next {
         self.phase = Phase::Greeting;
         self.replies = Replies::default();
-        After::Upstream
+        Next::Converse
     }
 
     fn upstream(
@@ -773,22 +766,17 @@ impl Protocol for Ftp {
         input: &[u8],
         reply: &mut Vec<u8>,
         to_server: &mut Vec<u8>,
-    ) -> (usize, UpStep) {
+    ) -> (usize, Next) {
         let mut used = 0;
         loop {
             let rest = &input[used..];
             let Some(i) = line_end(rest) else {
                 if rest.len() < MAX_LINE {
-                    return (used, UpStep::More);
+                    return (used, Next::Wait);
                 }
                 reply.extend_from_slice(self.unreachable().as_bytes());
                 self.phase = Phase::Done;
-                return (
-                    input.len(),
-                    UpStep::Close {
-                        status: "unavailable",
-                    },
-                );
+                return (input.len(), Next::Close(Outcome::Unavailable));
             };
             let line = &rest[..=i];
             used += line.len();
@@ -805,12 +793,7 @@ impl Protocol for Ftp {
                     Line::End(_) | Line::Bad => {
                         reply.extend_from_slice(self.unreachable().as_bytes());
                         self.phase = Phase::Done;
-                        return (
-                            input.len(),
-                            UpStep::Close {
-                                status: "unavailable",
-                            },
-                        );
+                        return (input.len(), Next::Close(Outcome::Unavailable));
                     }
                 },
                 Phase::UserReply => {
@@ -818,10 +801,10 @@ impl Protocol for Ftp {
                     if kind != Line::Inside {
                         self.phase = Phase::Control;
                         self.replies = Replies::default();
-                        return (used, UpStep::Relay);
+                        return (used, Next::Relay);
                     }
                 }
-                _ => return (used - line.len(), UpStep::Relay),
+                _ => return (used - line.len(), Next::Relay),
             }
         }
     }
@@ -854,10 +837,10 @@ impl Control for Ftp {
         &mut self,
         up: &mut Dir,
         down: &mut Dir,
-        ctx: &ControlCtx,
-        todo: &mut Vec<ControlTodo>,
+        ends: &Addresses,
+        todo: &mut Vec<Next>,
     ) {
-        self.ctx = Some(*ctx);
+        self.ends = Some(*ends);
         self.pump(up, down, Some(todo));
     }
 
@@ -865,10 +848,10 @@ impl Control for Ftp {
         &mut self,
         up: &mut Dir,
         down: &mut Dir,
-        ctx: &ControlCtx,
-        todo: &mut Vec<ControlTodo>,
+        ends: &Addresses,
+        todo: &mut Vec<Next>,
     ) {
-        self.ctx = Some(*ctx);
+        self.ends = Some(*ends);
         self.pump(up, down, Some(todo));
     }
 
@@ -878,7 +861,7 @@ impl Control for Ftp {
                 let Some(form) = self.down_hold.take() else {
                     return;
                 };
-                let ip = announced(local, self.ctx.map(|c| c.client_local.ip()));
+                let ip = announced(local, self.ends.map(|c| c.client_local.ip()));
                 let line = match (form, ipv4_of(ip)) {
                     (Passive::Pasv, Some(v4)) => pasv_reply(v4, local.port()),
                     (Passive::Pasv, None) => NO_DATA.to_string(),
@@ -890,7 +873,7 @@ impl Control for Ftp {
                 if !std::mem::take(&mut self.up_hold) {
                     return;
                 }
-                let ip = announced(local, self.ctx.map(|c| c.server_local.ip()));
+                let ip = announced(local, self.ends.map(|c| c.server_local.ip()));
                 up.say(port_command(ip, local.port()).as_bytes());
                 self.sent += 1;
             }
@@ -939,17 +922,17 @@ mod tests {
 
     /// Feeds `input` as the table would, the bytes arriving in pieces that
     /// end at `cuts`; returns (step, reply, bytes consumed).
-    fn login(input: &[u8], cuts: &[usize], destination: Option<&str>) -> (Step, String, usize) {
+    fn login(input: &[u8], cuts: &[usize], destination: Option<&str>) -> (Next, String, usize) {
         let c = config(destination);
         let mut users = Users::new(&c.users);
-        let mut ctx = Ctx {
+        let mut scope = Scope {
             service: &c.services[0],
             users: &mut users,
             client: "192.168.1.5:40000".parse().unwrap(),
         };
         let mut f = Ftp::default();
         let mut reply = Vec::new();
-        assert_eq!(f.start(&mut reply, &mut ctx), Step::More);
+        assert_eq!(f.start(&mut reply, &mut scope), Next::Wait);
         assert_eq!(reply, GREETING.as_bytes());
         reply.clear();
         let mut used = 0;
@@ -959,13 +942,13 @@ mod tests {
             if have < used {
                 continue;
             }
-            let (n, step) = f.input(&input[used..have], &mut reply, &mut ctx);
+            let (n, step) = f.input(&input[used..have], &mut reply, &mut scope);
             used += n;
-            if step != Step::More {
+            if step != Next::Wait {
                 return (step, String::from_utf8(reply).unwrap(), used);
             }
         }
-        (Step::More, String::from_utf8(reply).unwrap(), used)
+        (Next::Wait, String::from_utf8(reply).unwrap(), used)
     }
 
     /// Every way of cutting `input` in two, and byte by byte.
@@ -975,7 +958,7 @@ mod tests {
         all
     }
 
-    fn connect(target: &str, user: &str) -> Step {
+    fn connect(target: &str, user: &str) -> Next {
         let target = match target.parse::<SocketAddr>() {
             Ok(a) => Target::Addr(a),
             Err(_) => {
@@ -984,12 +967,12 @@ mod tests {
             }
         };
         let _ = user;
-        Step::Connect { target, user: None }
+        Next::Connect { target, user: None }
     }
 
     #[test]
     fn login_phase() {
-        type Case = (&'static str, &'static [u8], Step, &'static str);
+        type Case = (&'static str, &'static [u8], Next, &'static str);
         #[rustfmt::skip]
         let cases: Vec<Case> = vec![
             ("user at host", b"USER alice@ftp.example.com\r\n",
@@ -1004,29 +987,29 @@ mod tests {
             ("IPv6 in brackets", b"USER bob@[2001:db8::1]:2121\r\n",
              connect("[2001:db8::1]:2121", "bob"), ""),
             ("bare IPv6", b"USER bob@2001:db8::1\r\n", connect("[2001:db8::1]:21", "bob"), ""),
-            ("empty host", b"USER bob@\r\n", Step::More,
+            ("empty host", b"USER bob@\r\n", Next::Wait,
              "501 no ftp server named after @ in USER name@host\r\n"),
-            ("empty host with port", b"USER bob@:21\r\n", Step::More,
+            ("empty host with port", b"USER bob@:21\r\n", Next::Wait,
              "501 no ftp server named after @ in USER name@host\r\n"),
-            ("port 0", b"USER bob@h:0\r\n", Step::More, "501 bad port in USER name@host:port\r\n"),
-            ("port too big", b"USER bob@h:65536\r\n", Step::More,
+            ("port 0", b"USER bob@h:0\r\n", Next::Wait, "501 bad port in USER name@host:port\r\n"),
+            ("port too big", b"USER bob@h:65536\r\n", Next::Wait,
              "501 bad port in USER name@host:port\r\n"),
-            ("port not a number", b"USER bob@h:ftp\r\n", Step::More,
+            ("port not a number", b"USER bob@h:ftp\r\n", Next::Wait,
              "501 bad port in USER name@host:port\r\n"),
-            ("bad host", b"USER bob@a/b\r\n", Step::More, "501 bad host name in USER name@host\r\n"),
-            ("empty name", b"USER @h\r\n", Step::More, "501 empty user name\r\n"),
-            ("no @host", b"USER bob\r\n", Step::More, LOGIN_FIRST),
-            ("PASS first", b"PASS x\r\n", Step::More, LOGIN_FIRST),
-            ("FEAT", b"FEAT\r\n", Step::More, LOGIN_FIRST),
-            ("SYST", b"SYST\r\n", Step::More, LOGIN_FIRST),
-            ("NOOP", b"NOOP\r\n", Step::More, NOOP_OK),
-            ("AUTH TLS", b"AUTH TLS\r\n", Step::More, NO_TLS),
-            ("QUIT", b"QUIT\r\n", close("quit"), BYE),
-            ("quit in lower case", b"quit\r\n", close("quit"), BYE),
+            ("bad host", b"USER bob@a/b\r\n", Next::Wait, "501 bad host name in USER name@host\r\n"),
+            ("empty name", b"USER @h\r\n", Next::Wait, "501 empty user name\r\n"),
+            ("no @host", b"USER bob\r\n", Next::Wait, LOGIN_FIRST),
+            ("PASS first", b"PASS x\r\n", Next::Wait, LOGIN_FIRST),
+            ("FEAT", b"FEAT\r\n", Next::Wait, LOGIN_FIRST),
+            ("SYST", b"SYST\r\n", Next::Wait, LOGIN_FIRST),
+            ("NOOP", b"NOOP\r\n", Next::Wait, NOOP_OK),
+            ("AUTH TLS", b"AUTH TLS\r\n", Next::Wait, NO_TLS),
+            ("QUIT", b"QUIT\r\n", close(Outcome::Quit), BYE),
+            ("quit in lower case", b"quit\r\n", close(Outcome::Quit), BYE),
             ("pipelined", b"NOOP\r\nFEAT\r\nUSER a@b\r\n", connect("b:21", "a"),
              "200 NOOP ok\r\n530 please log in with USER name@host\r\n"),
-            ("QUIT ends before USER", b"QUIT\r\nUSER a@b\r\n", close("quit"), BYE),
-            ("a partial line waits", b"USER a@b", Step::More, ""),
+            ("QUIT ends before USER", b"QUIT\r\nUSER a@b\r\n", close(Outcome::Quit), BYE),
+            ("a partial line waits", b"USER a@b", Next::Wait, ""),
         ];
         for (what, input, step, reply) in cases {
             for cuts in cuttings(input) {
@@ -1057,7 +1040,7 @@ mod tests {
         let mut input = b"USER ".to_vec();
         input.extend(std::iter::repeat_n(b'a', MAX_LINE));
         let (step, reply, _) = login(&input, &[], None);
-        assert_eq!(step, close("line-too-long"));
+        assert_eq!(step, close(Outcome::LineTooLong));
         assert_eq!(reply, TOO_LONG);
         // Just under the bound, a complete line is still a command.
         let mut input = b"USER ".to_vec();
@@ -1065,7 +1048,7 @@ mod tests {
         input.extend_from_slice(b"@h\r\n");
         assert_eq!(input.len(), MAX_LINE);
         let (step, _, _) = login(&input, &[], None);
-        assert!(matches!(step, Step::Connect { .. }), "{step:?}");
+        assert!(matches!(step, Next::Connect { .. }), "{step:?}");
     }
 
     #[test]
@@ -1103,7 +1086,7 @@ mod tests {
 
     /// Runs the server handshake over `server` cut at `cuts`; returns
     /// (step, to the client, to the server, bytes left unconsumed).
-    fn handshake(server: &[u8], cuts: &[usize]) -> (UpStep, Vec<u8>, Vec<u8>, Vec<u8>) {
+    fn handshake(server: &[u8], cuts: &[usize]) -> (Next, Vec<u8>, Vec<u8>, Vec<u8>) {
         let mut f = Ftp {
             phase: Phase::Connecting,
             user: "alice".into(),
@@ -1116,12 +1099,12 @@ mod tests {
             &mut reply,
             &mut to_server,
         );
-        assert_eq!(after, After::Upstream);
+        assert_eq!(after, Next::Converse);
         assert!(reply.is_empty() && to_server.is_empty());
         let mut ends: Vec<usize> = cuts.iter().copied().filter(|&c| c < server.len()).collect();
         ends.push(server.len());
         let mut used = 0;
-        let mut step = UpStep::More;
+        let mut step = Next::Wait;
         for have in ends {
             if have < used {
                 continue;
@@ -1129,7 +1112,7 @@ mod tests {
             let (n, s) = f.upstream(&server[used..have], &mut reply, &mut to_server);
             used += n;
             step = s;
-            if step != UpStep::More {
+            if step != Next::Wait {
                 break;
             }
         }
@@ -1139,32 +1122,30 @@ mod tests {
     #[test]
     fn server_handshake() {
         let unreachable = "421 cannot reach ftp server 10.0.0.9:21\r\n";
-        let unavailable = UpStep::Close {
-            status: "unavailable",
-        };
+        let unavailable = Next::Close(Outcome::Unavailable);
         type Case = (
             &'static str,
             &'static [u8],
-            UpStep,
+            Next,
             &'static str,
             &'static str,
         );
         #[rustfmt::skip]
         let cases: Vec<Case> = vec![
             ("plain", b"220 hello\r\n331 Password required\r\n",
-             UpStep::Relay, "331 Password required\r\n", "USER alice\r\n"),
+             Next::Relay, "331 Password required\r\n", "USER alice\r\n"),
             ("multi-line greeting", b"220-Welcome\r\n220-to the server\r\n220 ready\r\n331 Password required for alice\r\n",
-             UpStep::Relay, "331 Password required for alice\r\n", "USER alice\r\n"),
+             Next::Relay, "331 Password required for alice\r\n", "USER alice\r\n"),
             ("a continuation line that looks like a reply", b"220-Welcome\r\n530 not the end\r\n220 ready\r\n331 pw\r\n",
-             UpStep::Relay, "331 pw\r\n", "USER alice\r\n"),
+             Next::Relay, "331 pw\r\n", "USER alice\r\n"),
             ("120 then 220", b"120 wait a minute\r\n220 ready\r\n230 logged in\r\n",
-             UpStep::Relay, "230 logged in\r\n", "USER alice\r\n"),
+             Next::Relay, "230 logged in\r\n", "USER alice\r\n"),
             ("multi-line USER reply relayed byte for byte", b"220 hi\r\n331-Password\r\n331 required\n",
-             UpStep::Relay, "331-Password\r\n331 required\n", "USER alice\r\n"),
+             Next::Relay, "331-Password\r\n331 required\n", "USER alice\r\n"),
             ("server refuses", b"421 too busy\r\n", unavailable.clone(), unreachable, ""),
             ("server speaks nonsense", b"hello\r\n", unavailable.clone(), unreachable, ""),
-            ("greeting incomplete", b"220-Welcome\r\n220 rea", UpStep::More, "", ""),
-            ("USER reply incomplete", b"220 hi\r\n331 Pass", UpStep::More, "", "USER alice\r\n"),
+            ("greeting incomplete", b"220-Welcome\r\n220 rea", Next::Wait, "", ""),
+            ("USER reply incomplete", b"220 hi\r\n331 Pass", Next::Wait, "", "USER alice\r\n"),
         ];
         for (what, server, step, reply, to_server) in cases {
             for cuts in cuttings(server) {
@@ -1187,7 +1168,7 @@ mod tests {
     #[test]
     fn bytes_behind_the_user_reply_are_left_for_control() {
         let (step, _, _, left) = handshake(b"220 hi\r\n331 pw\r\n200 extra\r\n", &[]);
-        assert_eq!(step, UpStep::Relay);
+        assert_eq!(step, Next::Relay);
         assert_eq!(left, b"200 extra\r\n");
     }
 
@@ -1196,12 +1177,7 @@ mod tests {
         let mut server = b"220 ".to_vec();
         server.extend(std::iter::repeat_n(b'x', MAX_LINE));
         let (step, reply, _, _) = handshake(&server, &[]);
-        assert_eq!(
-            step,
-            UpStep::Close {
-                status: "unavailable"
-            }
-        );
+        assert_eq!(step, Next::Close(Outcome::Unavailable));
         assert_eq!(reply, b"421 cannot reach ftp server 10.0.0.9:21\r\n");
     }
 
@@ -1213,8 +1189,8 @@ mod tests {
     const SERVER: &str = "203.0.113.7:21";
     const SERVER_LOCAL: &str = "203.0.113.5:50000";
 
-    fn ctx() -> ControlCtx {
-        ControlCtx {
+    fn ctx() -> Addresses {
+        Addresses {
             client: CLIENT.parse().unwrap(),
             client_local: CLIENT_LOCAL.parse().unwrap(),
             server: SERVER.parse().unwrap(),
@@ -1231,11 +1207,11 @@ mod tests {
         up: Dir,
         down: Dir,
         pool: Pool,
-        ctx: ControlCtx,
+        ctx: Addresses,
         to_server: Vec<u8>,
         to_client: Vec<u8>,
-        opened: Vec<ControlTodo>,
-        closed: Option<&'static str>,
+        opened: Vec<Next>,
+        closed: Option<Outcome>,
         lazy: bool,
         manual: bool,
         fail: bool,
@@ -1302,16 +1278,17 @@ mod tests {
             self.todo(todo);
         }
 
-        fn todo(&mut self, todo: Vec<ControlTodo>) {
+        fn todo(&mut self, todo: Vec<Next>) {
             for t in todo {
                 match t {
-                    ControlTodo::Close { status } => self.closed = Some(status),
-                    open @ ControlTodo::OpenData { .. } => {
+                    Next::Close(outcome) => self.closed = Some(outcome),
+                    open @ Next::OpenData(_) => {
                         self.opened.push(open.clone());
                         if !self.manual {
                             self.answer_last();
                         }
                     }
+                    other => panic!("a control machine asked for {other:?}"),
                 }
             }
             if !self.lazy {
@@ -1321,7 +1298,7 @@ mod tests {
 
         /// The table reports on the last data port asked for.
         fn answer_last(&mut self) {
-            let Some(ControlTodo::OpenData { token, bind, .. }) = self.opened.last().cloned()
+            let Some(Next::OpenData(DataPort { token, bind, .. })) = self.opened.last().cloned()
             else {
                 panic!("no data port was asked for");
             };
@@ -1365,13 +1342,13 @@ mod tests {
         }
     }
 
-    fn open(token: u32, bind: &str, from: &str, to: &str) -> ControlTodo {
-        ControlTodo::OpenData {
+    fn open(token: u32, bind: &str, from: &str, to: &str) -> Next {
+        Next::OpenData(DataPort {
             token,
             bind: bind.parse().unwrap(),
             accept_from: from.parse().unwrap(),
             connect_to: to.parse().unwrap(),
-        }
+        })
     }
 
     /// One control exchange: what each side sends, in order, and what the
@@ -1381,7 +1358,7 @@ mod tests {
         steps: Vec<(bool, &'static [u8])>,
         to_server: &'static str,
         to_client: &'static str,
-        opened: Vec<ControlTodo>,
+        opened: Vec<Next>,
     }
 
     fn c(b: &'static [u8]) -> (bool, &'static [u8]) {
@@ -1688,7 +1665,7 @@ mod tests {
     #[test]
     fn ipv6_client_and_server() {
         let mut t = Table::new();
-        t.ctx = ControlCtx {
+        t.ctx = Addresses {
             client: "[2001:db8::5]:40000".parse().unwrap(),
             client_local: "[2001:db8::1]:2121".parse().unwrap(),
             server: "[2001:db8:1::7]:21".parse().unwrap(),
@@ -1732,7 +1709,7 @@ mod tests {
         t.client(b"NOOP\r\n");
         let long = vec![b'a'; MAX_LINE];
         t.client(&long);
-        assert_eq!(t.closed, Some("line-too-long"));
+        assert_eq!(t.closed, Some(Outcome::LineTooLong));
         assert_eq!(t.server_text(), "NOOP\r\n");
         assert_eq!(t.client_text(), TOO_LONG);
     }
@@ -1745,7 +1722,7 @@ mod tests {
         t.server(b"yy\r\n");
         assert_eq!(t.to_client.len(), 1028);
         t.client(&[b'a'; 1024]);
-        assert_eq!(t.closed, Some("line-too-long"));
+        assert_eq!(t.closed, Some(Outcome::LineTooLong));
         assert!(t.client_text().ends_with(TOO_LONG));
         // Under the bound a partial line waits.
         let mut t = Table::with_buffer(1024);

@@ -1,15 +1,18 @@
-//! Protocol handshakes: what a service says to its client before it knows
-//! where to connect, and what it says once it knows how that went.
+//! The protocol machines: what a service says to its client before it
+//! knows where to connect, what it says once it knows how that went, and
+//! (FTP) what it rewrites while the connection lasts.
 //!
-//! A handshake is a pure machine over the client's bytes: [`Handshake::input`]
-//! sees everything the client has sent so far, says how much of it was the
-//! handshake, may append reply bytes, and returns a [`Step`]. Bytes behind the
-//! handshake (pipelined payload) stay in the buffer and are relayed upstream
-//! once connected. The table (`proxy.rs`) carries out the steps: rule checks,
-//! name resolution, the connect, the limits.
+//! A machine is pure: it sees bytes, says how much of them it took, may
+//! append reply bytes, and says what it wants [`Next`]. Bytes behind a
+//! handshake (pipelined payload) stay in the buffer and are relayed once
+//! connected. The session (`crate::session`) carries out what the machines
+//! ask: rule checks, name resolution, the connect, the limits.
+//!
+//! Adding a gateway protocol is one module here implementing [`Protocol`]
+//! and one line in [`for_service`]; the session drives it like the others.
 
 pub mod ftp;
-pub(crate) mod http;
+pub(crate) mod http_proxy;
 pub mod pop3;
 pub mod simple;
 pub mod socks;
@@ -19,6 +22,7 @@ use std::net::SocketAddr;
 
 use crate::auth::Users;
 use crate::config::Service;
+pub use crate::outcome::Outcome;
 pub use crate::session::Dir;
 
 /// Where a client asked to go.
@@ -37,18 +41,46 @@ impl std::fmt::Display for Target {
     }
 }
 
-/// What a handshake wants next.
+/// What a protocol machine asks of its session next: the one vocabulary
+/// every machine (a gateway's handshake, FTP's control filter, the HTTP
+/// proxy's exchanges) speaks. The session carries each out in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step {
-    /// More bytes from the client are needed.
-    More,
-    /// Connect to `target` on behalf of `user`.
+pub enum Next {
+    /// Nothing until more bytes come.
+    Wait,
+    /// Connect to `target` on behalf of `user` (a new upstream connection
+    /// replaces the one there is).
     Connect {
         target: Target,
         user: Option<String>,
     },
-    /// Write what was replied, then close; `status` goes to the access log.
-    Close { status: &'static str },
+    /// The upstream connection is up; the machine talks with the server
+    /// before anything is relayed ([`Protocol::upstream`]).
+    Converse,
+    /// Relay bytes untouched from now on (or, for a protocol that stays in
+    /// the path, pass them through its [`Control`]).
+    Relay,
+    /// Drop the upstream connection; the client stays (an HTTP client's next
+    /// request may go elsewhere).
+    DropUpstream,
+    /// Open a data port (FTP).
+    OpenData(DataPort),
+    /// An HTTP exchange ended: its access-log line.
+    Log(http_proxy::Exchange),
+    /// Write what was said, then close; the access log says `outcome`.
+    Close(Outcome),
+}
+
+/// A data port a control machine asks for: on `bind` (the system picks the
+/// port), for one connection from `accept_from`, carried to `connect_to`.
+/// The machine hears back through [`Control::data_listening`] or
+/// [`Control::data_failed`] with `token`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataPort {
+    pub token: u32,
+    pub bind: std::net::IpAddr,
+    pub accept_from: std::net::IpAddr,
+    pub connect_to: SocketAddr,
 }
 
 /// Why a connection attempt did not succeed, in the terms a protocol answers.
@@ -68,45 +100,25 @@ pub enum Failure {
 }
 
 impl Failure {
-    /// The access log's outcome word.
-    pub fn status(self) -> &'static str {
+    /// How a connection that failed this way ends in the access log.
+    pub fn outcome(self) -> Outcome {
         match self {
-            Failure::Denied => "denied",
-            Failure::Limit => "limit",
-            Failure::Refused => "refused",
-            Failure::NetUnreachable | Failure::HostUnreachable => "unreachable",
-            Failure::NotResolved => "unresolved",
-            Failure::TimedOut => "timeout",
-            Failure::Other => "error",
+            Failure::Denied => Outcome::Denied,
+            Failure::Limit => Outcome::Limit,
+            Failure::Refused => Outcome::Refused,
+            Failure::NetUnreachable | Failure::HostUnreachable => Outcome::Unreachable,
+            Failure::NotResolved => Outcome::Unresolved,
+            Failure::TimedOut => Outcome::Timeout,
+            Failure::Other => Outcome::Error,
         }
     }
 }
 
-/// What a handshake may consult.
-pub struct Ctx<'a> {
+/// What a protocol may consult: its service, the users, the client.
+pub struct Scope<'a> {
     pub service: &'a Service,
     pub users: &'a mut Users,
     pub client: SocketAddr,
-}
-
-/// What a protocol does once the upstream connection is up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum After {
-    /// Relay bytes untouched from now on.
-    Relay,
-    /// Talk with the server first ([`Protocol::upstream`]).
-    Upstream,
-}
-
-/// What a protocol wants after the server's bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UpStep {
-    /// More bytes from the server are needed.
-    More,
-    /// The handshake with the server is done: relay untouched.
-    Relay,
-    /// Write what was said to the client, then close.
-    Close { status: &'static str },
 }
 
 /// A protocol's handshake: the part of a service that talks before (and
@@ -114,14 +126,18 @@ pub enum UpStep {
 ///
 /// Call order: [`start`](Protocol::start) once at accept; then
 /// [`input`](Protocol::input) whenever client bytes arrive, until it returns
-/// `Step::Connect` (or `Close`); then exactly one of
+/// [`Next::Connect`] (or `Close`); then exactly one of
 /// [`connected`](Protocol::connected) or [`failed`](Protocol::failed); if
-/// `connected` said `After::Upstream`, [`upstream`](Protocol::upstream)
+/// `connected` said [`Next::Converse`], [`upstream`](Protocol::upstream)
 /// whenever server bytes arrive, until it returns `Relay` or `Close`.
+///
+/// Each returns [`Next::Wait`], `Connect`, `Close` (`start`, `input`),
+/// `Relay` or `Converse` (`connected`), `Wait`, `Relay` or `Close`
+/// (`upstream`).
 pub trait Protocol: std::fmt::Debug + Send {
     /// At accept: may greet the client, or name the destination at once.
-    fn start(&mut self, _reply: &mut Vec<u8>, _ctx: &mut Ctx) -> Step {
-        Step::More
+    fn start(&mut self, _reply: &mut Vec<u8>, _scope: &mut Scope) -> Next {
+        Next::Wait
     }
 
     /// A refusal at accept (limit, rule on the client's address) is said at
@@ -139,9 +155,9 @@ pub trait Protocol: std::fmt::Debug + Send {
     }
 
     /// The client's bytes so far (those not consumed before); returns
-    /// (bytes consumed, step). Bytes left unconsumed when it returns
+    /// (bytes consumed, what next). Bytes left unconsumed when it returns
     /// `Connect` are relayed to the server.
-    fn input(&mut self, input: &[u8], reply: &mut Vec<u8>, ctx: &mut Ctx) -> (usize, Step);
+    fn input(&mut self, input: &[u8], reply: &mut Vec<u8>, scope: &mut Scope) -> (usize, Next);
 
     /// The upstream connection is up; `local` is its local address. Bytes
     /// for the client go to `reply`, bytes for the server to `to_server`.
@@ -150,10 +166,11 @@ pub trait Protocol: std::fmt::Debug + Send {
         local: SocketAddr,
         reply: &mut Vec<u8>,
         to_server: &mut Vec<u8>,
-    ) -> After;
+    ) -> Next;
 
     /// The server's bytes so far (those not consumed before), while
-    /// `connected` asked to talk with it; returns (bytes consumed, step).
+    /// `connected` asked to talk with it; returns (bytes consumed, what
+    /// next).
     /// Bytes left unconsumed when it returns `Relay` are relayed to the
     /// client.
     fn upstream(
@@ -161,8 +178,8 @@ pub trait Protocol: std::fmt::Debug + Send {
         _input: &[u8],
         _reply: &mut Vec<u8>,
         _to_server: &mut Vec<u8>,
-    ) -> (usize, UpStep) {
-        (0, UpStep::Relay)
+    ) -> (usize, Next) {
+        (0, Next::Relay)
     }
 
     /// The request cannot be served (or is refused at accept); the
@@ -195,9 +212,10 @@ pub trait Protocol: std::fmt::Debug + Send {
     }
 }
 
-/// What the table tells a control machine, and what the machine asks of it.
+/// The addresses of a control connection's two ends, for a control
+/// machine to announce data ports by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ControlCtx {
+pub struct Addresses {
     /// The control connection's client and the address it connected to.
     pub client: SocketAddr,
     pub client_local: SocketAddr,
@@ -206,24 +224,8 @@ pub struct ControlCtx {
     pub server_local: SocketAddr,
 }
 
-/// What a control machine asks the table to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ControlTodo {
-    /// Open a data port on `bind` (the system picks the port) for one
-    /// connection from `accept_from`, carried to `connect_to`; the machine
-    /// hears back through [`Control::data_listening`] or
-    /// [`Control::data_failed`] with `token`.
-    OpenData {
-        token: u32,
-        bind: std::net::IpAddr,
-        accept_from: std::net::IpAddr,
-        connect_to: SocketAddr,
-    },
-    /// Close once what was said is written.
-    Close { status: &'static str },
-}
-
 /// A protocol that filters its control connection after the handshake.
+/// It asks for [`Next::OpenData`] and [`Next::Close`] only.
 // `from_client` reads as "bytes from the client", not a constructor.
 ///
 /// The directions are the session's: `up` client→server, `down`
@@ -235,21 +237,9 @@ pub enum ControlTodo {
 #[allow(clippy::wrong_self_convention)]
 pub trait Control {
     /// Client bytes arrived in `up`.
-    fn from_client(
-        &mut self,
-        up: &mut Dir,
-        down: &mut Dir,
-        ctx: &ControlCtx,
-        todo: &mut Vec<ControlTodo>,
-    );
+    fn from_client(&mut self, up: &mut Dir, down: &mut Dir, ends: &Addresses, todo: &mut Vec<Next>);
     /// Server bytes arrived in `down`.
-    fn from_server(
-        &mut self,
-        up: &mut Dir,
-        down: &mut Dir,
-        ctx: &ControlCtx,
-        todo: &mut Vec<ControlTodo>,
-    );
+    fn from_server(&mut self, up: &mut Dir, down: &mut Dir, ends: &Addresses, todo: &mut Vec<Next>);
     /// The data port `token` is open at `local`.
     fn data_listening(&mut self, token: u32, local: SocketAddr, up: &mut Dir, down: &mut Dir);
     /// The data port `token` could not be opened.

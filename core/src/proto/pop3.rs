@@ -47,7 +47,7 @@ use std::net::SocketAddr;
 
 use super::simple::destination_target;
 use super::telnet::{parse_target, BadTarget};
-use super::{After, Ctx, Failure, Protocol, Step, Target, UpStep};
+use super::{Failure, Next, Outcome, Protocol, Scope, Target};
 
 /// The longest line, its CR LF included, from the client or the server.
 pub const MAX_LINE: usize = 1024;
@@ -90,7 +90,7 @@ fn line_len(b: &[u8]) -> Result<Option<usize>, ()> {
 
 impl Pop3 {
     /// One command line (without its line end); `None` to go on reading.
-    fn command(&mut self, line: &[u8], reply: &mut Vec<u8>, ctx: &mut Ctx) -> Option<Step> {
+    fn command(&mut self, line: &[u8], reply: &mut Vec<u8>, scope: &mut Scope) -> Option<Next> {
         let (verb, arg) = match line.iter().position(|&c| c == b' ') {
             Some(i) => (&line[..i], &line[i + 1..]),
             None => (line, &b""[..]),
@@ -100,20 +100,20 @@ impl Pop3 {
         } else if verb.eq_ignore_ascii_case(b"QUIT") {
             self.state = State::Done;
             reply.extend_from_slice(b"+OK bye\r\n");
-            return Some(Step::Close { status: "quit" });
+            return Some(Next::Close(Outcome::Quit));
         } else if verb.eq_ignore_ascii_case(b"USER") {
-            match self.user(arg, ctx) {
+            match self.user(arg, scope) {
                 Ok(target) => {
                     self.state = State::Connecting;
                     self.target = Some(target.clone());
-                    return Some(Step::Connect { target, user: None });
+                    return Some(Next::Connect { target, user: None });
                 }
                 Err(why) => {
                     reply.extend_from_slice(format!("-ERR {why}\r\n").as_bytes());
                 }
             }
         } else {
-            let sep = &ctx.service.separator;
+            let sep = &scope.service.separator;
             reply.extend_from_slice(
                 format!("-ERR log in first: USER name{sep}host[:port]\r\n").as_bytes(),
             );
@@ -122,8 +122,8 @@ impl Pop3 {
     }
 
     /// `USER`'s argument: the server to connect to (and the name, kept).
-    fn user(&mut self, arg: &[u8], ctx: &mut Ctx) -> Result<Target, String> {
-        let sep = ctx.service.separator.as_str();
+    fn user(&mut self, arg: &[u8], scope: &mut Scope) -> Result<Target, String> {
+        let sep = scope.service.separator.as_str();
         let usage = || format!("usage: USER name{sep}host[:port]");
         let Ok(arg) = std::str::from_utf8(arg) else {
             return Err("the name is not UTF-8".into());
@@ -150,7 +150,7 @@ impl Pop3 {
                 };
                 (&arg[..i], target)
             }
-            None => match &ctx.service.destination {
+            None => match &scope.service.destination {
                 Some(d) => (arg, destination_target(d)),
                 None => return Err(format!("no mail server given: {}", usage())),
             },
@@ -174,12 +174,12 @@ impl Pop3 {
 }
 
 impl Protocol for Pop3 {
-    fn start(&mut self, reply: &mut Vec<u8>, _ctx: &mut Ctx) -> Step {
+    fn start(&mut self, reply: &mut Vec<u8>, _scope: &mut Scope) -> Next {
         reply.extend_from_slice(GREETING.as_bytes());
-        Step::More
+        Next::Wait
     }
 
-    fn input(&mut self, input: &[u8], reply: &mut Vec<u8>, ctx: &mut Ctx) -> (usize, Step) {
+    fn input(&mut self, input: &[u8], reply: &mut Vec<u8>, scope: &mut Scope) -> (usize, Next) {
         let mut used = 0;
         while self.state == State::Command {
             let rest = &input[used..];
@@ -189,12 +189,7 @@ impl Protocol for Pop3 {
                 Err(()) => {
                     self.state = State::Done;
                     reply.extend_from_slice(b"-ERR line too long\r\n");
-                    return (
-                        used,
-                        Step::Close {
-                            status: "bad-request",
-                        },
-                    );
+                    return (used, Next::Close(Outcome::BadRequest));
                 }
             };
             let mut line = &rest[..n - 1];
@@ -206,26 +201,21 @@ impl Protocol for Pop3 {
             if self.commands > MAX_COMMANDS {
                 self.state = State::Done;
                 reply.extend_from_slice(b"-ERR too many commands\r\n");
-                return (
-                    used,
-                    Step::Close {
-                        status: "bad-request",
-                    },
-                );
+                return (used, Next::Close(Outcome::BadRequest));
             }
-            if let Some(step) = self.command(line, reply, ctx) {
+            if let Some(step) = self.command(line, reply, scope) {
                 return (used, step);
             }
         }
-        (used, Step::More)
+        (used, Next::Wait)
     }
 
-    fn connected(&mut self, _: SocketAddr, _: &mut Vec<u8>, _: &mut Vec<u8>) -> After {
+    fn connected(&mut self, _: SocketAddr, _: &mut Vec<u8>, _: &mut Vec<u8>) -> Next {
         if self.state != State::Connecting {
-            return After::Relay;
+            return Next::Relay;
         }
         self.state = State::Greeting;
-        After::Upstream
+        Next::Converse
     }
 
     fn upstream(
@@ -233,7 +223,7 @@ impl Protocol for Pop3 {
         input: &[u8],
         reply: &mut Vec<u8>,
         to_server: &mut Vec<u8>,
-    ) -> (usize, UpStep) {
+    ) -> (usize, Next) {
         let mut used = 0;
         loop {
             let rest = &input[used..];
@@ -244,31 +234,26 @@ impl Protocol for Pop3 {
                         to_server.extend_from_slice(format!("USER {}\r\n", self.name).as_bytes());
                         self.state = State::UserReply;
                     }
-                    Ok(None) => return (used, UpStep::More),
+                    Ok(None) => return (used, Next::Wait),
                     Ok(Some(_)) | Err(()) => {
                         // Nothing of the server's reaches the client.
                         used = input.len();
                         self.unreachable(reply);
-                        return (
-                            used,
-                            UpStep::Close {
-                                status: "bad-greeting",
-                            },
-                        );
+                        return (used, Next::Close(Outcome::BadGreeting));
                     }
                 },
                 State::UserReply => {
                     // A whole reply (or more than a line's worth): relayed
                     // from its first byte.
                     return match line_len(rest) {
-                        Ok(None) => (used, UpStep::More),
+                        Ok(None) => (used, Next::Wait),
                         Ok(Some(_)) | Err(()) => {
                             self.state = State::Done;
-                            (used, UpStep::Relay)
+                            (used, Next::Relay)
                         }
                     };
                 }
-                State::Command | State::Connecting | State::Done => return (used, UpStep::Relay),
+                State::Command | State::Connecting | State::Done => return (used, Next::Relay),
             }
         }
     }
@@ -353,20 +338,20 @@ mod tests {
 
     /// Runs `input` through a fresh gateway's `input`, whole, split at
     /// every offset and byte by byte; all must agree.
-    fn client(extra: &str, input: &[u8]) -> (Run<Step>, Pop3) {
+    fn client(extra: &str, input: &[u8]) -> (Run<Next>, Pop3) {
         let c = service(extra);
         let once = |cuts: &[usize]| {
             let mut users = Users::default();
-            let mut ctx = Ctx {
+            let mut scope = Scope {
                 service: &c.services[0],
                 users: &mut users,
                 client: "127.0.0.1:5000".parse().unwrap(),
             };
             let mut p = Pop3::default();
             let mut greeting = Vec::new();
-            assert_eq!(p.start(&mut greeting, &mut ctx), Step::More);
+            assert_eq!(p.start(&mut greeting, &mut scope), Next::Wait);
             assert_eq!(greeting, GREETING.as_bytes());
-            let run = cut(input, cuts, Step::More, |b, r| p.input(b, r, &mut ctx));
+            let run = cut(input, cuts, Next::Wait, |b, r| p.input(b, r, &mut scope));
             (run, p)
         };
         let (whole, p) = once(&[]);
@@ -378,7 +363,7 @@ mod tests {
         (whole, p)
     }
 
-    fn connect(t: &str) -> Step {
+    fn connect(t: &str) -> Next {
         let target = match t.parse::<SocketAddr>() {
             Ok(a) => Target::Addr(a),
             Err(_) => {
@@ -386,10 +371,10 @@ mod tests {
                 Target::Name(h.into(), p.parse().unwrap())
             }
         };
-        Step::Connect { target, user: None }
+        Next::Connect { target, user: None }
     }
 
-    const MORE: Step = Step::More;
+    const MORE: Next = Next::Wait;
 
     #[test]
     fn before_user() {
@@ -399,7 +384,7 @@ mod tests {
             &'static str,
             &'static str,
             &'static [u8],
-            Step,
+            Next,
             String,
             &'static [u8],
             &'static str,
@@ -420,7 +405,7 @@ mod tests {
             ("pipelined PASS stays", "", b"USER a#h\r\nPASS x\r\nSTAT\r\n", connect("h:110"), String::new(), b"PASS x\r\nSTAT\r\n", "a"),
             ("CAPA", "", b"CAPA\r\n", MORE, CAPA.into(), b"", ""),
             ("capa lower case, then USER", "", b"capa\r\nUSER a#h\r\n", connect("h:110"), CAPA.into(), b"", "a"),
-            ("QUIT", "", b"QUIT\r\nUSER a#h\r\n", Step::Close { status: "quit" }, "+OK bye\r\n".into(), b"USER a#h\r\n", ""),
+            ("QUIT", "", b"QUIT\r\nUSER a#h\r\n", Next::Close(Outcome::Quit), "+OK bye\r\n".into(), b"USER a#h\r\n", ""),
             ("other commands", "", b"STAT\r\nPASS x\r\nSTLS\r\nAPOP a b\r\n\r\n", MORE, first.repeat(5), b"", ""),
             ("other, custom separator", "separator = \"%\"", b"AUTH\r\n", MORE, "-ERR log in first: USER name%host[:port]\r\n".into(), b"", ""),
             ("USER alone", "", b"USER\r\n", MORE, format!("-ERR {usage}\r\n"), b"", ""),
@@ -457,28 +442,13 @@ mod tests {
         assert_eq!(got.step, connect("10.0.0.5:110"));
         let longer = [&b"USER "[..], &[b'a'; MAX_LINE - 6], b"\r\n"].concat();
         let (got, _) = client("destination = \"10.0.0.5\"", &longer);
-        assert_eq!(
-            got.step,
-            Step::Close {
-                status: "bad-request"
-            }
-        );
+        assert_eq!(got.step, Next::Close(Outcome::BadRequest));
         assert_eq!(got.reply, b"-ERR line too long\r\n");
         let (got, _) = client("", &[b'x'; MAX_LINE]);
-        assert_eq!(
-            got.step,
-            Step::Close {
-                status: "bad-request"
-            }
-        );
+        assert_eq!(got.step, Next::Close(Outcome::BadRequest));
         let many = b"NOOP\r\n".repeat(MAX_COMMANDS + 1);
         let (got, _) = client("", &many);
-        assert_eq!(
-            got.step,
-            Step::Close {
-                status: "bad-request"
-            }
-        );
+        assert_eq!(got.step, Next::Close(Outcome::BadRequest));
         let want = [
             "-ERR log in first: USER name#host[:port]\r\n".repeat(MAX_COMMANDS),
             "-ERR too many commands\r\n".into(),
@@ -499,17 +469,17 @@ mod tests {
 
     /// Runs the server's `input` through a connected gateway, whole, split
     /// at every offset and byte by byte; all must agree.
-    fn server(input: &[u8]) -> (Run<UpStep>, Vec<u8>) {
+    fn server(input: &[u8]) -> (Run<Next>, Vec<u8>) {
         let once = |cuts: &[usize]| {
             let mut p = connecting();
             let mut r = Vec::new();
             let mut up = Vec::new();
             assert_eq!(
                 p.connected("127.0.0.1:4000".parse().unwrap(), &mut r, &mut up),
-                After::Upstream
+                Next::Converse
             );
             assert!(r.is_empty() && up.is_empty());
-            let run = cut(input, cuts, UpStep::More, |b, r| p.upstream(b, r, &mut up));
+            let run = cut(input, cuts, Next::Wait, |b, r| p.upstream(b, r, &mut up));
             (run, up)
         };
         let whole = once(&[]);
@@ -524,25 +494,23 @@ mod tests {
     #[test]
     fn with_the_server() {
         let unreachable = "-ERR cannot reach mail server 127.0.0.1:1110\r\n";
-        let bad = UpStep::Close {
-            status: "bad-greeting",
-        };
+        let bad = Next::Close(Outcome::BadGreeting);
         type Case = (
             &'static str,
             &'static [u8],
-            UpStep,
+            Next,
             &'static str,
             &'static [u8],
             &'static str,
         );
         #[rustfmt::skip]
         let cases: Vec<Case> = vec![
-            ("greeting and reply", b"+OK ready <1.2@h>\r\n+OK send PASS\r\n", UpStep::Relay, "", b"+OK send PASS\r\n", "USER alice\r\n"),
-            ("-ERR reply relayed too", b"+OK\r\n-ERR no such user\r\n", UpStep::Relay, "", b"-ERR no such user\r\n", "USER alice\r\n"),
-            ("bare LF", b"+OK hi\n+OK\n", UpStep::Relay, "", b"+OK\n", "USER alice\r\n"),
-            ("more behind the reply", b"+OK\r\n+OK\r\nextra", UpStep::Relay, "", b"+OK\r\nextra", "USER alice\r\n"),
-            ("waits for the reply", b"+OK hi\r\n+OK par", UpStep::More, "", b"+OK par", "USER alice\r\n"),
-            ("waits for the greeting", b"+OK hi", UpStep::More, "", b"+OK hi", ""),
+            ("greeting and reply", b"+OK ready <1.2@h>\r\n+OK send PASS\r\n", Next::Relay, "", b"+OK send PASS\r\n", "USER alice\r\n"),
+            ("-ERR reply relayed too", b"+OK\r\n-ERR no such user\r\n", Next::Relay, "", b"-ERR no such user\r\n", "USER alice\r\n"),
+            ("bare LF", b"+OK hi\n+OK\n", Next::Relay, "", b"+OK\n", "USER alice\r\n"),
+            ("more behind the reply", b"+OK\r\n+OK\r\nextra", Next::Relay, "", b"+OK\r\nextra", "USER alice\r\n"),
+            ("waits for the reply", b"+OK hi\r\n+OK par", Next::Wait, "", b"+OK par", "USER alice\r\n"),
+            ("waits for the greeting", b"+OK hi", Next::Wait, "", b"+OK hi", ""),
             ("greeting -ERR", b"-ERR go away\r\n", bad.clone(), unreachable, b"", ""),
             ("greeting junk", b"220 smtp here\r\n", bad.clone(), unreachable, b"", ""),
             ("greeting lower case", b"+ok\r\n", bad.clone(), unreachable, b"", ""),
@@ -561,7 +529,7 @@ mod tests {
         // A long reply to USER is relayed without waiting for its end.
         let long_reply = [&b"+OK\r\n"[..], &[b'x'; MAX_LINE]].concat();
         let (got, _) = server(&long_reply);
-        assert_eq!(got.step, UpStep::Relay);
+        assert_eq!(got.step, Next::Relay);
         assert_eq!(got.left, &long_reply[5..]);
     }
 

@@ -12,7 +12,7 @@
 
 use std::net::SocketAddr;
 
-use super::{After, Ctx, Failure, Protocol, Step, Target};
+use super::{Failure, Next, Outcome, Protocol, Scope, Target};
 use crate::config::{Destination, Host};
 
 #[derive(Debug)]
@@ -52,25 +52,25 @@ pub fn destination_target(d: &Destination) -> Target {
 }
 
 impl Protocol for Simple {
-    fn start(&mut self, _reply: &mut Vec<u8>, ctx: &mut Ctx) -> Step {
-        match &ctx.service.destination {
-            Some(d) => Step::Connect {
+    fn start(&mut self, _reply: &mut Vec<u8>, scope: &mut Scope) -> Next {
+        match &scope.service.destination {
+            Some(d) => Next::Connect {
                 target: destination_target(d),
                 user: None,
             },
             // Validation requires a destination for these kinds.
-            None => Step::Close { status: "error" },
+            None => Next::Close(Outcome::Error),
         }
     }
 
-    fn input(&mut self, _input: &[u8], _reply: &mut Vec<u8>, _ctx: &mut Ctx) -> (usize, Step) {
+    fn input(&mut self, _input: &[u8], _reply: &mut Vec<u8>, _scope: &mut Scope) -> (usize, Next) {
         // The client speaks only after the server's greeting; whatever it
         // sends early waits in the buffer and is relayed.
-        (0, Step::More)
+        (0, Next::Wait)
     }
 
-    fn connected(&mut self, _: SocketAddr, _: &mut Vec<u8>, _: &mut Vec<u8>) -> After {
-        After::Relay
+    fn connected(&mut self, _: SocketAddr, _: &mut Vec<u8>, _: &mut Vec<u8>) -> Next {
+        Next::Relay
     }
 
     fn failed(&mut self, why: Failure, reply: &mut Vec<u8>) {

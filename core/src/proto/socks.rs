@@ -23,7 +23,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 
-use super::{After, Ctx, Failure, Protocol, Step, Target};
+use super::{Failure, Next, Outcome, Protocol, Scope, Target};
 
 /// Longest SOCKS4 USERID or 4a host name accepted.
 pub const MAX_V4_FIELD: usize = 512;
@@ -47,10 +47,10 @@ pub struct Socks {
     user: Option<String>,
 }
 
-const NEED: (usize, Step) = (0, Step::More);
+const NEED: (usize, Next) = (0, Next::Wait);
 
-fn close(status: &'static str) -> Step {
-    Step::Close { status }
+fn close(outcome: Outcome) -> Next {
+    Next::Close(outcome)
 }
 
 impl Protocol for Socks {
@@ -77,39 +77,39 @@ impl Protocol for Socks {
         }
     }
 
-    fn input(&mut self, input: &[u8], reply: &mut Vec<u8>, ctx: &mut Ctx) -> (usize, Step) {
+    fn input(&mut self, input: &[u8], reply: &mut Vec<u8>, scope: &mut Scope) -> (usize, Next) {
         let mut used = 0;
         loop {
             let rest = &input[used..];
             let (n, step) = match self.state {
                 State::Start => match rest.first() {
-                    None => return (used, Step::More),
+                    None => return (used, Next::Wait),
                     Some(5) => {
                         self.state = State::Methods;
                         continue;
                     }
                     Some(4) => {
                         self.v4 = true;
-                        self.v4_request(rest, reply, ctx)
+                        self.v4_request(rest, reply, scope)
                     }
-                    Some(_) => (0, close("bad-request")),
+                    Some(_) => (0, close(Outcome::BadRequest)),
                 },
-                State::Methods => self.methods(rest, reply, ctx),
-                State::Auth => self.auth(rest, reply, ctx),
+                State::Methods => self.methods(rest, reply, scope),
+                State::Auth => self.auth(rest, reply, scope),
                 State::Request => self.request(rest, reply),
-                State::Connecting | State::Done => return (used, Step::More),
+                State::Connecting | State::Done => return (used, Next::Wait),
             };
             used += n;
             match step {
-                Step::More if n > 0 => continue,
+                Next::Wait if n > 0 => continue,
                 step => return (used, step),
             }
         }
     }
 
-    fn connected(&mut self, local: SocketAddr, reply: &mut Vec<u8>, _: &mut Vec<u8>) -> After {
+    fn connected(&mut self, local: SocketAddr, reply: &mut Vec<u8>, _: &mut Vec<u8>) -> Next {
         if self.state != State::Connecting {
-            return After::Relay;
+            return Next::Relay;
         }
         self.state = State::Done;
         if self.v4 {
@@ -117,7 +117,7 @@ impl Protocol for Socks {
         } else {
             reply.extend_from_slice(&v5_reply(0x00, Some(local)));
         }
-        After::Relay
+        Next::Relay
     }
 
     fn failed(&mut self, why: Failure, reply: &mut Vec<u8>) {
@@ -142,16 +142,16 @@ impl Protocol for Socks {
 }
 
 impl Socks {
-    fn methods(&mut self, b: &[u8], reply: &mut Vec<u8>, ctx: &mut Ctx) -> (usize, Step) {
+    fn methods(&mut self, b: &[u8], reply: &mut Vec<u8>, scope: &mut Scope) -> (usize, Next) {
         let Some(&n) = b.get(1) else { return NEED };
         let len = 2 + n as usize;
         let Some(methods) = b.get(2..len) else {
             return NEED;
         };
-        let auth_on = ctx.service.auth;
+        let auth_on = scope.service.auth;
         let choice = if !auth_on && methods.contains(&0) {
             Some(0)
-        } else if methods.contains(&2) && !ctx.users.is_empty() {
+        } else if methods.contains(&2) && !scope.users.is_empty() {
             Some(2)
         } else {
             None
@@ -160,23 +160,23 @@ impl Socks {
             Some(m) => {
                 reply.extend_from_slice(&[5, m]);
                 self.state = if m == 2 { State::Auth } else { State::Request };
-                (len, Step::More)
+                (len, Next::Wait)
             }
             None => {
                 reply.extend_from_slice(&[5, 0xFF]);
                 self.state = State::Done;
-                (len, close("auth-required"))
+                (len, close(Outcome::AuthRequired))
             }
         }
     }
 
-    fn auth(&mut self, b: &[u8], reply: &mut Vec<u8>, ctx: &mut Ctx) -> (usize, Step) {
+    fn auth(&mut self, b: &[u8], reply: &mut Vec<u8>, scope: &mut Scope) -> (usize, Next) {
         if b.is_empty() {
             return NEED;
         }
         if b[0] != 1 {
             self.state = State::Done;
-            return (0, close("bad-request"));
+            return (0, close(Outcome::BadRequest));
         }
         let Some(&ulen) = b.get(1) else { return NEED };
         let u_end = 2 + ulen as usize;
@@ -189,25 +189,25 @@ impl Socks {
         }
         let name = &b[2..u_end];
         let password = &b[u_end + 1..p_end];
-        if ctx.users.check(name, password) {
+        if scope.users.check(name, password) {
             self.user = std::str::from_utf8(name).ok().map(str::to_string);
             reply.extend_from_slice(&[1, 0]);
             self.state = State::Request;
-            (p_end, Step::More)
+            (p_end, Next::Wait)
         } else {
             reply.extend_from_slice(&[1, 1]);
             self.state = State::Done;
-            (p_end, close("auth-failed"))
+            (p_end, close(Outcome::AuthFailed))
         }
     }
 
-    fn request(&mut self, b: &[u8], reply: &mut Vec<u8>) -> (usize, Step) {
+    fn request(&mut self, b: &[u8], reply: &mut Vec<u8>) -> (usize, Next) {
         if b.len() < 4 {
             return NEED;
         }
         if b[0] != 5 || b[2] != 0 {
             self.state = State::Done;
-            return (0, close("bad-request"));
+            return (0, close(Outcome::BadRequest));
         }
         let (cmd, atyp) = (b[1], b[3]);
         let (target, len) = match atyp {
@@ -240,33 +240,33 @@ impl Socks {
                     None => {
                         self.state = State::Done;
                         reply.extend_from_slice(&v5_reply(0x04, None));
-                        return (end + 2, close("bad-request"));
+                        return (end + 2, close(Outcome::BadRequest));
                     }
                 }
             }
             _ => {
                 self.state = State::Done;
                 reply.extend_from_slice(&v5_reply(0x08, None));
-                return (b.len(), close("unsupported"));
+                return (b.len(), close(Outcome::Unsupported));
             }
         };
         if cmd != 1 {
             // BIND and UDP ASSOCIATE are not offered.
             self.state = State::Done;
             reply.extend_from_slice(&v5_reply(0x07, None));
-            return (len, close("unsupported"));
+            return (len, close(Outcome::Unsupported));
         }
         self.state = State::Connecting;
         (
             len,
-            Step::Connect {
+            Next::Connect {
                 target,
                 user: self.user.clone(),
             },
         )
     }
 
-    fn v4_request(&mut self, b: &[u8], reply: &mut Vec<u8>, ctx: &mut Ctx) -> (usize, Step) {
+    fn v4_request(&mut self, b: &[u8], reply: &mut Vec<u8>, scope: &mut Scope) -> (usize, Next) {
         if b.len() < 8 {
             return NEED;
         }
@@ -276,7 +276,7 @@ impl Socks {
         let Some((userid, after)) = nul_field(&b[8..]) else {
             return if b.len() - 8 > MAX_V4_FIELD {
                 self.state = State::Done;
-                (0, close("bad-request"))
+                (0, close(Outcome::BadRequest))
             } else {
                 NEED
             };
@@ -288,7 +288,7 @@ impl Socks {
             let Some((host, after)) = nul_field(&b[len..]) else {
                 return if b.len() - len > MAX_V4_FIELD {
                     self.state = State::Done;
-                    (0, close("bad-request"))
+                    (0, close(Outcome::BadRequest))
                 } else {
                     NEED
                 };
@@ -299,7 +299,7 @@ impl Socks {
                 None => {
                     self.state = State::Done;
                     reply.extend_from_slice(&v4_reply(false, None));
-                    return (len, close("bad-request"));
+                    return (len, close(Outcome::BadRequest));
                 }
             }
         } else {
@@ -308,25 +308,25 @@ impl Socks {
         if cmd != 1 {
             self.state = State::Done;
             reply.extend_from_slice(&v4_reply(false, None));
-            return (len, close("unsupported"));
+            return (len, close(Outcome::Unsupported));
         }
-        if ctx.service.auth {
+        if scope.service.auth {
             // USERID is `name:password` (SOCKS4 has no password field).
             let (name, password) = match userid.iter().position(|&c| c == b':') {
                 Some(i) => (&userid[..i], &userid[i + 1..]),
                 None => (userid, &b""[..]),
             };
-            if !ctx.users.check(name, password) {
+            if !scope.users.check(name, password) {
                 self.state = State::Done;
                 reply.extend_from_slice(&v4_reply(false, None));
-                return (len, close("auth-failed"));
+                return (len, close(Outcome::AuthFailed));
             }
             self.user = std::str::from_utf8(name).ok().map(str::to_string);
         }
         self.state = State::Connecting;
         (
             len,
-            Step::Connect {
+            Next::Connect {
                 target,
                 user: self.user.clone(),
             },
@@ -405,9 +405,9 @@ mod tests {
 
     /// Feeds `input` in pieces of `chop` bytes (as a client might send it)
     /// and returns (bytes consumed, the step, the reply).
-    fn run(auth: bool, input: &[u8], chop: usize) -> (usize, Step, Vec<u8>) {
+    fn run(auth: bool, input: &[u8], chop: usize) -> (usize, Next, Vec<u8>) {
         let (c, mut users) = service(auth);
-        let mut ctx = Ctx {
+        let mut scope = Scope {
             service: &c.services[0],
             users: &mut users,
             client: "127.0.0.1:5000".parse().unwrap(),
@@ -418,16 +418,16 @@ mod tests {
         let mut have = 0;
         loop {
             have = (have + chop).min(input.len());
-            let (n, step) = s.input(&input[used..have], &mut reply, &mut ctx);
+            let (n, step) = s.input(&input[used..have], &mut reply, &mut scope);
             used += n;
-            if step != Step::More || have == input.len() {
+            if step != Next::Wait || have == input.len() {
                 return (used, step, reply);
             }
         }
     }
 
-    fn connect(t: Target, user: Option<&str>) -> Step {
-        Step::Connect {
+    fn connect(t: Target, user: Option<&str>) -> Next {
+        Next::Connect {
             target: t,
             user: user.map(str::to_string),
         }
@@ -440,7 +440,7 @@ mod tests {
     #[test]
     fn handshakes() {
         let name = |h: &str, p| Target::Name(h.into(), p);
-        type Case = (&'static str, bool, Vec<u8>, Step, Vec<u8>);
+        type Case = (&'static str, bool, Vec<u8>, Next, Vec<u8>);
         #[rustfmt::skip]
         let cases: Vec<Case> = vec![
             ("v5 no-auth ipv4", false,
@@ -460,37 +460,37 @@ mod tests {
              connect(addr("1.2.3.4:80"), Some("alice")), vec![5, 2, 1, 0]),
             ("v5 wrong password", true,
              [&[5u8, 1, 2, 1, 5][..], b"alice", &[6], b"secreT"].concat(),
-             Step::Close { status: "auth-failed" }, vec![5, 2, 1, 1]),
+             Next::Close(Outcome::AuthFailed), vec![5, 2, 1, 1]),
             ("v5 name with NUL never matches", true,
              [&[5u8, 1, 2, 1, 6][..], b"alice\0", &[6], b"secret"].concat(),
-             Step::Close { status: "auth-failed" }, vec![5, 2, 1, 1]),
+             Next::Close(Outcome::AuthFailed), vec![5, 2, 1, 1]),
             ("v5 auth on, only no-auth offered", true,
              vec![5, 1, 0],
-             Step::Close { status: "auth-required" }, vec![5, 0xFF]),
+             Next::Close(Outcome::AuthRequired), vec![5, 0xFF]),
             ("v5 no methods", false,
              vec![5, 0],
-             Step::Close { status: "auth-required" }, vec![5, 0xFF]),
+             Next::Close(Outcome::AuthRequired), vec![5, 0xFF]),
             ("v5 bind", false,
              vec![5, 1, 0, 5, 2, 0, 1, 1, 2, 3, 4, 0, 80],
-             Step::Close { status: "unsupported" }, [&[5u8, 0][..], &[5, 7, 0, 1, 0, 0, 0, 0, 0, 0]].concat()),
+             Next::Close(Outcome::Unsupported), [&[5u8, 0][..], &[5, 7, 0, 1, 0, 0, 0, 0, 0, 0]].concat()),
             ("v5 udp associate", false,
              vec![5, 1, 0, 5, 3, 0, 1, 1, 2, 3, 4, 0, 80],
-             Step::Close { status: "unsupported" }, [&[5u8, 0][..], &[5, 7, 0, 1, 0, 0, 0, 0, 0, 0]].concat()),
+             Next::Close(Outcome::Unsupported), [&[5u8, 0][..], &[5, 7, 0, 1, 0, 0, 0, 0, 0, 0]].concat()),
             ("v5 bad address type", false,
              vec![5, 1, 0, 5, 1, 0, 9, 1, 2, 3, 4, 0, 80],
-             Step::Close { status: "unsupported" }, [&[5u8, 0][..], &[5, 8, 0, 1, 0, 0, 0, 0, 0, 0]].concat()),
+             Next::Close(Outcome::Unsupported), [&[5u8, 0][..], &[5, 8, 0, 1, 0, 0, 0, 0, 0, 0]].concat()),
             ("v5 bad request version", false,
              vec![5, 1, 0, 4, 1, 0, 1, 1, 2, 3, 4, 0, 80],
-             Step::Close { status: "bad-request" }, vec![5, 0]),
+             Next::Close(Outcome::BadRequest), vec![5, 0]),
             ("v5 bad reserved byte", false,
              vec![5, 1, 0, 5, 1, 1, 1, 1, 2, 3, 4, 0, 80],
-             Step::Close { status: "bad-request" }, vec![5, 0]),
+             Next::Close(Outcome::BadRequest), vec![5, 0]),
             ("v5 bad auth version", true,
              vec![5, 1, 2, 2, 1, b'a', 1, b'b'],
-             Step::Close { status: "bad-request" }, vec![5, 2]),
+             Next::Close(Outcome::BadRequest), vec![5, 2]),
             ("v5 empty domain", false,
              vec![5, 1, 0, 5, 1, 0, 3, 0, 0, 80],
-             Step::Close { status: "bad-request" }, [&[5u8, 0][..], &[5, 4, 0, 1, 0, 0, 0, 0, 0, 0]].concat()),
+             Next::Close(Outcome::BadRequest), [&[5u8, 0][..], &[5, 4, 0, 1, 0, 0, 0, 0, 0, 0]].concat()),
             ("v4", false,
              [&[4u8, 1, 0, 80, 10, 0, 0, 1][..], b"bob\0"].concat(),
              connect(addr("10.0.0.1:80"), None), vec![]),
@@ -502,14 +502,14 @@ mod tests {
              connect(addr("10.0.0.1:80"), Some("alice")), vec![]),
             ("v4 auth name only", true,
              [&[4u8, 1, 0, 80, 10, 0, 0, 1][..], b"alice\0"].concat(),
-             Step::Close { status: "auth-failed" }, vec![0, 0x5B, 0, 0, 0, 0, 0, 0]),
+             Next::Close(Outcome::AuthFailed), vec![0, 0x5B, 0, 0, 0, 0, 0, 0]),
             ("v4 bind", false,
              [&[4u8, 2, 0, 80, 10, 0, 0, 1][..], b"\0"].concat(),
-             Step::Close { status: "unsupported" }, vec![0, 0x5B, 0, 0, 0, 0, 0, 0]),
+             Next::Close(Outcome::Unsupported), vec![0, 0x5B, 0, 0, 0, 0, 0, 0]),
             ("v4 userid too long", false,
              [&[4u8, 1, 0, 80, 10, 0, 0, 1][..], &[b'a'; MAX_V4_FIELD + 1]].concat(),
-             Step::Close { status: "bad-request" }, vec![]),
-            ("unknown version", false, vec![6, 1, 0], Step::Close { status: "bad-request" }, vec![]),
+             Next::Close(Outcome::BadRequest), vec![]),
+            ("unknown version", false, vec![6, 1, 0], Next::Close(Outcome::BadRequest), vec![]),
         ];
         for (what, auth, input, step, reply) in cases {
             for chop in [1, 2, 3, 7, input.len().max(1)] {
@@ -544,7 +544,7 @@ mod tests {
             &[4, 1, 0, 80, 1, 2, 3, 4, b'x'],
         ] {
             let (_, step, _) = run(false, input, input.len());
-            assert_eq!(step, Step::More, "{input:?}");
+            assert_eq!(step, Next::Wait, "{input:?}");
         }
     }
 

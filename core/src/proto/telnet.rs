@@ -74,7 +74,7 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use super::simple::destination_target;
-use super::{After, Ctx, Failure, Protocol, Step, Target};
+use super::{Failure, Next, Outcome, Protocol, Scope, Target};
 
 /// The longest command line (after editing), in bytes; one byte more
 /// closes the connection.
@@ -182,22 +182,20 @@ enum Command {
 
 impl Telnet {
     /// The step for a finished line.
-    fn line_done(&mut self, reply: &mut Vec<u8>, ctx: &mut Ctx) -> Step {
+    fn line_done(&mut self, reply: &mut Vec<u8>, scope: &mut Scope) -> Next {
         let line = std::mem::take(&mut self.line);
         self.lines += 1;
         if self.lines > MAX_LINES {
             self.phase = Phase::Done;
             reply.extend_from_slice(b"too many commands\r\n");
-            return Step::Close {
-                status: "bad-request",
-            };
+            return Next::Close(Outcome::BadRequest);
         }
         match self.phase {
             Phase::Login => {
                 let name = trim(&line);
                 if name.is_empty() {
                     reply.extend_from_slice(b"login: ");
-                    return Step::More;
+                    return Next::Wait;
                 }
                 self.login = name.to_vec();
                 self.phase = Phase::Password;
@@ -206,7 +204,7 @@ impl Telnet {
                     self.echo = Echo::Offered;
                 }
                 reply.extend_from_slice(b"password: ");
-                Step::More
+                Next::Wait
             }
             Phase::Password => {
                 if self.echo != Echo::Off {
@@ -216,54 +214,52 @@ impl Telnet {
                 // The client echoed nothing, not even the end of the line.
                 reply.extend_from_slice(b"\r\n");
                 let name = std::mem::take(&mut self.login);
-                if !ctx.users.check(&name, &line) {
+                if !scope.users.check(&name, &line) {
                     self.phase = Phase::Done;
                     reply.extend_from_slice(b"login incorrect\r\n");
-                    return Step::Close {
-                        status: "auth-failed",
-                    };
+                    return Next::Close(Outcome::AuthFailed);
                 }
                 self.user = String::from_utf8(name).ok();
-                match &ctx.service.destination {
+                match &scope.service.destination {
                     Some(d) => self.connect(destination_target(d)),
                     None => {
                         self.phase = Phase::Command;
                         reply.extend_from_slice(PROMPT.as_bytes());
-                        Step::More
+                        Next::Wait
                     }
                 }
             }
             Phase::Command => match parse_command(&line) {
                 Command::Empty => {
                     reply.extend_from_slice(PROMPT.as_bytes());
-                    Step::More
+                    Next::Wait
                 }
                 Command::Help => {
                     reply.extend_from_slice(HELP.as_bytes());
                     reply.extend_from_slice(PROMPT.as_bytes());
-                    Step::More
+                    Next::Wait
                 }
                 Command::Quit => {
                     self.phase = Phase::Done;
                     reply.extend_from_slice(b"goodbye\r\n");
-                    Step::Close { status: "quit" }
+                    Next::Close(Outcome::Quit)
                 }
                 Command::Error(why) => {
                     reply.extend_from_slice(why.as_bytes());
                     reply.extend_from_slice(b"\r\n");
                     reply.extend_from_slice(PROMPT.as_bytes());
-                    Step::More
+                    Next::Wait
                 }
                 Command::Connect(t) => self.connect(t),
             },
-            Phase::Start | Phase::Connecting | Phase::Done => Step::More,
+            Phase::Start | Phase::Connecting | Phase::Done => Next::Wait,
         }
     }
 
-    fn connect(&mut self, target: Target) -> Step {
+    fn connect(&mut self, target: Target) -> Next {
         self.phase = Phase::Connecting;
         self.target = Some(target.clone());
-        Step::Connect {
+        Next::Connect {
             target,
             user: self.user.clone(),
         }
@@ -356,8 +352,8 @@ impl Telnet {
 }
 
 impl Protocol for Telnet {
-    fn start(&mut self, reply: &mut Vec<u8>, ctx: &mut Ctx) -> Step {
-        let service = ctx.service;
+    fn start(&mut self, reply: &mut Vec<u8>, scope: &mut Scope) -> Next {
+        let service = scope.service;
         self.interactive = service.destination.is_none();
         if service.auth {
             if self.interactive {
@@ -365,7 +361,7 @@ impl Protocol for Telnet {
             }
             reply.extend_from_slice(b"login: ");
             self.phase = Phase::Login;
-            return Step::More;
+            return Next::Wait;
         }
         match &service.destination {
             Some(d) => self.connect(destination_target(d)),
@@ -373,14 +369,14 @@ impl Protocol for Telnet {
                 reply.extend_from_slice(GREETING.as_bytes());
                 reply.extend_from_slice(PROMPT.as_bytes());
                 self.phase = Phase::Command;
-                Step::More
+                Next::Wait
             }
         }
     }
 
-    fn input(&mut self, input: &[u8], reply: &mut Vec<u8>, ctx: &mut Ctx) -> (usize, Step) {
+    fn input(&mut self, input: &[u8], reply: &mut Vec<u8>, scope: &mut Scope) -> (usize, Next) {
         if !matches!(self.phase, Phase::Login | Phase::Password | Phase::Command) {
-            return (0, Step::More);
+            return (0, Next::Wait);
         }
         let mut used = 0;
         while used < input.len() {
@@ -398,22 +394,17 @@ impl Protocol for Telnet {
             if !ended {
                 self.phase = Phase::Done;
                 reply.extend_from_slice(b"line too long\r\n");
-                return (
-                    used,
-                    Step::Close {
-                        status: "bad-request",
-                    },
-                );
+                return (used, Next::Close(Outcome::BadRequest));
             }
-            match self.line_done(reply, ctx) {
-                Step::More => {}
+            match self.line_done(reply, scope) {
+                Next::Wait => {}
                 step => return (used, step),
             }
         }
-        (used, Step::More)
+        (used, Next::Wait)
     }
 
-    fn connected(&mut self, _: SocketAddr, reply: &mut Vec<u8>, _: &mut Vec<u8>) -> After {
+    fn connected(&mut self, _: SocketAddr, reply: &mut Vec<u8>, _: &mut Vec<u8>) -> Next {
         if self.phase == Phase::Connecting {
             self.phase = Phase::Done;
             if self.interactive {
@@ -422,7 +413,7 @@ impl Protocol for Telnet {
                 }
             }
         }
-        After::Relay
+        Next::Relay
     }
 
     fn failed(&mut self, why: Failure, reply: &mut Vec<u8>) {
@@ -615,7 +606,7 @@ mod tests {
     /// What a run of the machine gave, as the table would see it.
     #[derive(Debug, Clone, PartialEq, Eq)]
     struct Run {
-        step: Step,
+        step: Next,
         reply: Vec<u8>,
         /// Bytes not consumed (relayed to the server after a Connect).
         left: Vec<u8>,
@@ -626,15 +617,15 @@ mod tests {
     /// a step other than More.
     fn run_cut(mode: &str, input: &[u8], cuts: &[usize]) -> Run {
         let (c, mut users) = service(mode);
-        let mut ctx = Ctx {
+        let mut scope = Scope {
             service: &c.services[0],
             users: &mut users,
             client: "127.0.0.1:5000".parse().unwrap(),
         };
         let mut t = Telnet::default();
         let mut reply = Vec::new();
-        let step = t.start(&mut reply, &mut ctx);
-        if step != Step::More {
+        let step = t.start(&mut reply, &mut scope);
+        if step != Next::Wait {
             return Run {
                 step,
                 reply,
@@ -647,10 +638,10 @@ mod tests {
             let cut = cut.clamp(fed, input.len());
             pending.extend_from_slice(&input[fed..cut]);
             fed = cut;
-            let (n, step) = t.input(&pending, &mut reply, &mut ctx);
+            let (n, step) = t.input(&pending, &mut reply, &mut scope);
             assert!(n <= pending.len());
             pending.drain(..n);
-            if step != Step::More {
+            if step != Next::Wait {
                 pending.extend_from_slice(&input[fed..]);
                 return Run {
                     step,
@@ -660,7 +651,7 @@ mod tests {
             }
         }
         Run {
-            step: Step::More,
+            step: Next::Wait,
             reply,
             left: pending,
         }
@@ -678,7 +669,7 @@ mod tests {
         whole
     }
 
-    fn connect(t: &str, user: Option<&str>) -> Step {
+    fn connect(t: &str, user: Option<&str>) -> Next {
         let target = match t.parse::<SocketAddr>() {
             Ok(a) => Target::Addr(a),
             Err(_) => {
@@ -686,7 +677,7 @@ mod tests {
                 Target::Name(h.into(), p.parse().unwrap())
             }
         };
-        Step::Connect {
+        Next::Connect {
             target,
             user: user.map(str::to_string),
         }
@@ -696,14 +687,14 @@ mod tests {
         [GREETING, PROMPT, rest].concat().into_bytes()
     }
 
-    const MORE: Step = Step::More;
+    const MORE: Next = Next::Wait;
 
     #[test]
     fn commands() {
         let bad_port = "invalid port: use a number from 1 to 65535\r\n";
         let bad_host = "invalid host name\r\n";
         let usage = "usage: connect HOST [PORT]; type help for the commands\r\n";
-        type Case = (&'static str, &'static [u8], Step, String, &'static [u8]);
+        type Case = (&'static str, &'static [u8], Next, String, &'static [u8]);
         #[rustfmt::skip]
         let cases: Vec<Case> = vec![
             ("connect host port", b"connect example.com 8023\r\n", connect("example.com:8023", None), String::new(), b""),
@@ -730,8 +721,8 @@ mod tests {
             ("empty line", b"\r\n", MORE, PROMPT.into(), b""),
             ("help", b"help\r\n", MORE, format!("{HELP}{PROMPT}"), b""),
             ("?", b"?\r\n", MORE, format!("{HELP}{PROMPT}"), b""),
-            ("quit", b"quit\r\nmore", Step::Close { status: "quit" }, "goodbye\r\n".into(), b"more"),
-            ("exit", b"EXIT\n", Step::Close { status: "quit" }, "goodbye\r\n".into(), b""),
+            ("quit", b"quit\r\nmore", Next::Close(Outcome::Quit), "goodbye\r\n".into(), b"more"),
+            ("exit", b"EXIT\n", Next::Close(Outcome::Quit), "goodbye\r\n".into(), b""),
             ("connect alone", b"connect\r\n", MORE, format!("{usage}{PROMPT}"), b""),
             ("three words", b"a b c\r\n", MORE, format!("{usage}{PROMPT}"), b""),
             ("port 0", b"h 0\r\n", MORE, format!("{bad_port}{PROMPT}"), b""),
@@ -768,7 +759,7 @@ mod tests {
         type Case = (
             &'static str,
             &'static [u8],
-            Step,
+            Next,
             &'static [u8],
             &'static [u8],
         );
@@ -804,7 +795,7 @@ mod tests {
         let mut ok = vec![b'a'; MAX_LINE];
         ok.extend_from_slice(b"\r\n");
         let got = run_cut("", &ok, &[]);
-        assert_eq!(got.step, Step::More);
+        assert_eq!(got.step, Next::Wait);
         assert_eq!(
             got.reply,
             greeted(&format!("invalid host name\r\n{PROMPT}"))
@@ -812,12 +803,7 @@ mod tests {
         let long = vec![b'a'; MAX_LINE + 1];
         for input in [long.clone(), [&long[..], b"\r\n"].concat()] {
             let got = run("", &input);
-            assert_eq!(
-                got.step,
-                Step::Close {
-                    status: "bad-request"
-                }
-            );
+            assert_eq!(got.step, Next::Close(Outcome::BadRequest));
             assert_eq!(got.reply, greeted("line too long\r\n"));
         }
         // Editing keeps a line short; 0xFF counts as a byte of it.
@@ -830,9 +816,7 @@ mod tests {
         let iacs = vec![IAC; 2 * (MAX_LINE + 1)];
         assert_eq!(
             run_cut("", &iacs, &[]).step,
-            Step::Close {
-                status: "bad-request"
-            }
+            Next::Close(Outcome::BadRequest)
         );
     }
 
@@ -840,12 +824,7 @@ mod tests {
     fn lines_are_bounded() {
         let input: Vec<u8> = b"\r\n".repeat(MAX_LINES + 1);
         let got = run_cut("", &input, &[]);
-        assert_eq!(
-            got.step,
-            Step::Close {
-                status: "bad-request"
-            }
-        );
+        assert_eq!(got.step, Next::Close(Outcome::BadRequest));
         let want = [
             GREETING,
             &PROMPT.repeat(MAX_LINES + 1),
@@ -872,7 +851,7 @@ mod tests {
             &'static str,
             &'static str,
             &'static [u8],
-            Step,
+            Next,
             Vec<u8>,
             &'static [u8],
         );
@@ -894,19 +873,19 @@ mod tests {
              MORE,
              [GREETING.as_bytes(), b"login: login: login: ", pw_prompt, after_pw, PROMPT.as_bytes()].concat(), b""),
             ("wrong password", "auth", b"alice\r\nsecreT\r\nh 7\r\n",
-             Step::Close { status: "auth-failed" },
+             Next::Close(Outcome::AuthFailed),
              [GREETING.as_bytes(), b"login: ", pw_prompt, after_pw, b"login incorrect\r\n"].concat(), b"h 7\r\n"),
             ("unknown user", "auth", b"bob\r\nsecret\r\n",
-             Step::Close { status: "auth-failed" },
+             Next::Close(Outcome::AuthFailed),
              [GREETING.as_bytes(), b"login: ", pw_prompt, after_pw, b"login incorrect\r\n"].concat(), b""),
             ("commands are not logins", "auth", b"h 7\r\nsecret\r\n",
-             Step::Close { status: "auth-failed" },
+             Next::Close(Outcome::AuthFailed),
              [GREETING.as_bytes(), b"login: ", pw_prompt, after_pw, b"login incorrect\r\n"].concat(), b""),
             ("destination after login", "auth+dest", b"alice\r\nsecret\r\nfor the server\r\n",
              connect("10.0.0.9:2323", Some("alice")),
              [&b"login: "[..], pw_prompt, after_pw].concat(), b"for the server\r\n"),
             ("destination, wrong login", "auth+dest", b"alice\r\nx\r\n",
-             Step::Close { status: "auth-failed" },
+             Next::Close(Outcome::AuthFailed),
              [&b"login: "[..], pw_prompt, after_pw, b"login incorrect\r\n"].concat(), b""),
         ];
         for (what, mode, input, step, reply, left) in cases {
@@ -926,7 +905,7 @@ mod tests {
     }
 
     fn connecting(interactive: bool, target: &str) -> Telnet {
-        let Step::Connect { target, .. } = connect(target, None) else {
+        let Next::Connect { target, .. } = connect(target, None) else {
             unreachable!()
         };
         Telnet {
@@ -943,7 +922,7 @@ mod tests {
         let mut r = Vec::new();
         let mut up = Vec::new();
         let after = connecting(true, "example.com:23").connected(local, &mut r, &mut up);
-        assert_eq!(after, After::Relay);
+        assert_eq!(after, Next::Relay);
         assert_eq!(r, b"connected to example.com:23\r\n");
         assert!(up.is_empty());
         r.clear();

@@ -30,7 +30,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::{Ctx, Failure, Target};
+use super::{Failure, Next, Outcome, Scope, Target};
 use crate::http as request;
 use crate::http::{
     encode_request_head, encode_response_head, error_reply, proxy_reply, BodyDecoder, Direction,
@@ -65,23 +65,6 @@ pub struct Exchange {
     pub duration: Duration,
 }
 
-/// What the table must do after a call into [`Http`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Todo {
-    /// Connect to `target` for the request just parsed, replacing the
-    /// upstream connection there is (its host and port differ, or it is not
-    /// reusable).
-    Connect { target: Target },
-    /// Drop the upstream connection (not reusable); the client stays.
-    DropUpstream,
-    /// The tunnel is established: relay bytes untouched from now on.
-    Tunnel,
-    /// Close once what was said to the client is written.
-    Close { status: &'static str },
-    /// An exchange ended.
-    Log(Exchange),
-}
-
 #[derive(Debug)]
 struct Current {
     method: Method,
@@ -98,7 +81,7 @@ struct Current {
 }
 
 #[derive(Debug)]
-pub struct Http {
+pub struct HttpProxy {
     req: Req,
     resp: Resp,
     parser: HeadParser,
@@ -118,9 +101,9 @@ pub struct Http {
     pub logged: bool,
 }
 
-impl Default for Http {
+impl Default for HttpProxy {
     fn default() -> Self {
-        Http {
+        HttpProxy {
             req: Req::Head,
             resp: Resp::Idle,
             parser: HeadParser::new(),
@@ -155,7 +138,7 @@ fn take(d: &mut Dir, n: usize) {
     }
 }
 
-impl Http {
+impl HttpProxy {
     /// Whether a request is outstanding (the client connection must not be
     /// closed just because the client finished sending).
     pub fn busy(&self) -> bool {
@@ -168,9 +151,9 @@ impl Http {
         &mut self,
         up: &mut Dir,
         down: &mut Dir,
-        ctx: &mut Ctx,
+        scope: &mut Scope,
         now: Instant,
-        todo: &mut Vec<Todo>,
+        todo: &mut Vec<Next>,
     ) {
         loop {
             match &mut self.req {
@@ -180,7 +163,7 @@ impl Http {
                         // back in order.
                         return;
                     }
-                    if !self.parse_request(up, down, ctx, now, todo) {
+                    if !self.parse_request(up, down, scope, now, todo) {
                         return;
                     }
                 }
@@ -214,14 +197,12 @@ impl Http {
 
     /// Says `reply` to the client and closes; the exchange (if any) ends
     /// with `status`.
-    fn refuse(&mut self, down: &mut Dir, reply: Vec<u8>, status: u16, todo: &mut Vec<Todo>) {
+    fn refuse(&mut self, down: &mut Dir, reply: Vec<u8>, status: u16, todo: &mut Vec<Next>) {
         down.say(&reply);
         if let Some(c) = self.cur.as_mut() {
             c.status = status;
         }
-        todo.push(Todo::Close {
-            status: status_word(status),
-        });
+        todo.push(Next::Close(Outcome::Http(status)));
     }
 
     /// Returns true if a request was taken and the loop may go on.
@@ -229,9 +210,9 @@ impl Http {
         &mut self,
         up: &mut Dir,
         down: &mut Dir,
-        ctx: &mut Ctx,
+        scope: &mut Scope,
         now: Instant,
-        todo: &mut Vec<Todo>,
+        todo: &mut Vec<Next>,
     ) -> bool {
         // The previous request's body must be out first: the next head is
         // queued ahead of the buffer, and must not overtake it.
@@ -302,10 +283,10 @@ impl Http {
         }
         let head_only = req.method == Method::Head;
         // Credentials first: a client that is not allowed learns nothing else.
-        if ctx.service.auth {
+        if scope.service.auth {
             let ok = match &req.proxy_auth {
                 request::ProxyAuth::Basic { user, password } => {
-                    ctx.users.check(user.as_bytes(), password.as_bytes()) && {
+                    scope.users.check(user.as_bytes(), password.as_bytes()) && {
                         self.user = Some(user.clone());
                         true
                     }
@@ -326,14 +307,15 @@ impl Http {
         let mut head = Vec::with_capacity(len + 64);
         match (&req.target, encode_request_head(&req, &mut head)) {
             (request::Target::Authority(a), _) if req.method == Method::Connect => {
-                if !ctx.service.connect_ports.contains(&a.port) {
+                if !scope.service.connect_ports.contains(&a.port) {
                     self.refuse(down, proxy_reply(403, &[], true), 403, todo);
                     return false;
                 }
                 self.req = Req::Tunnel;
                 self.upstream = None;
-                todo.push(Todo::Connect {
+                todo.push(Next::Connect {
                     target: target_of(&a.host, a.port),
+                    user: self.user.clone(),
                 });
                 false
             }
@@ -366,8 +348,9 @@ impl Http {
                     .is_some_and(|(h, p)| *h == authority.host && *p == authority.port);
                 if !same {
                     self.upstream = Some((authority.host.clone(), authority.port));
-                    todo.push(Todo::Connect {
+                    todo.push(Next::Connect {
                         target: target_of(&authority.host, authority.port),
+                        user: self.user.clone(),
                     });
                 }
                 true
@@ -412,7 +395,7 @@ impl Http {
         down: &mut Dir,
         eof: bool,
         now: Instant,
-        todo: &mut Vec<Todo>,
+        todo: &mut Vec<Next>,
     ) {
         loop {
             match &mut self.resp {
@@ -422,7 +405,7 @@ impl Http {
                     if extra > 0 || eof {
                         take(down, extra);
                         self.upstream = None;
-                        todo.push(Todo::DropUpstream);
+                        todo.push(Next::DropUpstream);
                     }
                     return;
                 }
@@ -484,7 +467,7 @@ impl Http {
                             }
                             if head.status == 101 {
                                 self.req = Req::Tunnel;
-                                todo.push(Todo::Tunnel);
+                                todo.push(Next::Relay);
                                 return;
                             }
                             if !reusable {
@@ -514,7 +497,7 @@ impl Http {
                                 // A close-delimited body ends here.
                                 Ok(()) => self.response_done(up, down, now, todo),
                                 // Truncated: the client cannot be told.
-                                Err(_) => todo.push(Todo::Close { status: "502" }),
+                                Err(_) => todo.push(Next::Close(Outcome::Http(502))),
                             }
                         }
                         return;
@@ -531,7 +514,7 @@ impl Http {
                         Err(_) => {
                             // Part of the response may be out already: all
                             // that is left is to cut both connections.
-                            todo.push(Todo::Close { status: "502" });
+                            todo.push(Next::Close(Outcome::Http(502)));
                             return;
                         }
                     }
@@ -540,14 +523,14 @@ impl Http {
         }
     }
 
-    fn bad_gateway(&mut self, down: &mut Dir, todo: &mut Vec<Todo>) {
+    fn bad_gateway(&mut self, down: &mut Dir, todo: &mut Vec<Next>) {
         self.upstream = None;
-        todo.push(Todo::DropUpstream);
+        todo.push(Next::DropUpstream);
         let head_only = self.cur.as_ref().is_some_and(|c| c.method == Method::Head);
         self.refuse(down, reply_for(502, head_only), 502, todo);
     }
 
-    fn response_done(&mut self, up: &mut Dir, down: &mut Dir, now: Instant, todo: &mut Vec<Todo>) {
+    fn response_done(&mut self, up: &mut Dir, down: &mut Dir, now: Instant, todo: &mut Vec<Next>) {
         self.resp = Resp::Idle;
         // Bytes an origin sends after a complete response (after a body-less
         // one, say) are not the client's: drop them, and the connection.
@@ -561,7 +544,7 @@ impl Http {
                 b.push(&keep);
             }
             self.upstream = None;
-            todo.push(Todo::DropUpstream);
+            todo.push(Next::DropUpstream);
         }
         let close = !self.cur.as_ref().is_some_and(|c| c.keep_alive);
         self.finish_exchange(up, down, now, todo, close);
@@ -572,27 +555,27 @@ impl Http {
         up: &mut Dir,
         down: &mut Dir,
         now: Instant,
-        todo: &mut Vec<Todo>,
+        todo: &mut Vec<Next>,
         close: bool,
     ) {
         if let Some(x) = self.abandon(up, down, now) {
-            todo.push(Todo::Log(x));
+            todo.push(Next::Log(x));
         }
         self.req = Req::Head;
         if close {
-            todo.push(Todo::Close { status: "ok" });
+            todo.push(Next::Close(Outcome::Ok));
         }
     }
 
     /// The CONNECT tunnel (or the upstream for a request) is connected.
-    pub fn connected(&mut self, _local: SocketAddr, down: &mut Dir, todo: &mut Vec<Todo>) {
+    pub fn connected(&mut self, _local: SocketAddr, down: &mut Dir, todo: &mut Vec<Next>) {
         if let Req::Tunnel = self.req {
             if self.resp_is_idle() {
                 down.say(b"HTTP/1.1 200 Connection established\r\n\r\n");
                 if let Some(c) = self.cur.as_mut() {
                     c.status = 200;
                 }
-                todo.push(Todo::Tunnel);
+                todo.push(Next::Relay);
             }
         }
     }
@@ -602,7 +585,7 @@ impl Http {
     }
 
     /// The upstream for the request in flight could not be had.
-    pub fn failed(&mut self, why: Failure, down: &mut Dir, todo: &mut Vec<Todo>) {
+    pub fn failed(&mut self, why: Failure, down: &mut Dir, todo: &mut Vec<Next>) {
         self.upstream = None;
         let status = match why {
             Failure::Denied => 403,
@@ -619,7 +602,7 @@ impl Http {
     }
 
     /// The head of a request did not arrive within handshake_timeout.
-    pub fn timed_out(&mut self, up: &Dir, down: &mut Dir, now: Instant, todo: &mut Vec<Todo>) {
+    pub fn timed_out(&mut self, up: &Dir, down: &mut Dir, now: Instant, todo: &mut Vec<Next>) {
         if self.cur.is_none() {
             self.start(
                 up,
@@ -636,7 +619,7 @@ impl Http {
 
     /// Ends the exchange in flight, if any, and returns its record (also
     /// when the connection ends early, or a tunnel closes); none for an
-    /// exchange begun while not [`Http::logged`], which has no target text.
+    /// exchange begun while not [`HttpProxy::logged`], which has no target text.
     pub fn abandon(&mut self, up: &Dir, down: &Dir, now: Instant) -> Option<Exchange> {
         self.cur
             .take()
@@ -731,23 +714,4 @@ fn data_before(req: &request::Request, _len: usize) -> Vec<u8> {
     }
     out.extend_from_slice(b"\r\n");
     out
-}
-
-/// The access log's outcome for a status: the status itself.
-fn status_word(status: u16) -> &'static str {
-    match status {
-        400 => "400",
-        403 => "403",
-        407 => "407",
-        408 => "408",
-        414 => "414",
-        431 => "431",
-        501 => "501",
-        502 => "502",
-        503 => "503",
-        504 => "504",
-        505 => "505",
-        508 => "508",
-        _ => "error",
-    }
 }

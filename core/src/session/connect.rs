@@ -1,0 +1,220 @@
+//! The way out: a destination named by the client (or a service's
+//! configuration) is checked against the rules, resolved when it is a name,
+//! and connected to, address after address; a failure is said in the
+//! machine's own words.
+//!
+//! # States and exits
+//!
+//! ```text
+//! request ─denied─► fail(Denied)
+//!         ─address─► Connecting ─Connected─► (the machine's next phase)
+//!         ─name────► Resolving ─Resolved─► Connecting (first allowed address)
+//!                       ├─no address, or none allowed─► fail(NotResolved | Denied)
+//!                       └─ResolveFailed─► fail(NotResolved)
+//! Connecting ─ConnectFailed─► Connecting (next address) | fail(why)
+//! ```
+
+use std::net::{IpAddr, SocketAddr};
+
+use super::{Machine, Phase, Session};
+use crate::event::{Action, IoKind, Level};
+use crate::outcome::Outcome;
+use crate::proto::{Failure, Target};
+use crate::rate::{Bucket, Key as RateKey};
+use crate::rules::{self, Query, Verdict};
+use crate::table::context::Context;
+
+impl Session {
+    /// The rules' question about this session going to `host`/`addr`.
+    fn query<'a>(
+        &'a self,
+        cx: &'a Context,
+        host: Option<&'a str>,
+        addr: Option<IpAddr>,
+        port: u16,
+    ) -> Query<'a> {
+        Query {
+            service: &cx.services[self.service].name,
+            client: self.client.ip(),
+            user: self.user.as_deref(),
+            host,
+            addr: addr.map(Context::rule_ip),
+            port: Some(port),
+        }
+    }
+
+    /// `None`: denied; `Some(rate)`: allowed, capped at `rate` if any.
+    fn verdict(&self, cx: &Context, host: Option<&str>, addr: SocketAddr) -> Option<Option<u64>> {
+        let q = self.query(cx, host, Some(addr.ip()), addr.port());
+        match rules::check(&cx.config.rules, &q, cx.wall) {
+            Verdict::Allow { rate, .. } => Some(rate),
+            Verdict::Deny { .. } => None,
+        }
+    }
+
+    /// Puts the session under a bandwidth cap shared with the other
+    /// connections of its user (or client address).
+    fn set_rate(&mut self, rate: Option<u64>, cx: &mut Context) {
+        let Some(rate) = rate else {
+            return;
+        };
+        if self.bucket.is_some() {
+            return;
+        }
+        let key = match &self.user {
+            Some(u) => RateKey::User(u.clone()),
+            None => RateKey::Client(self.client.ip()),
+        };
+        let mut counts = cx.ledger.lock();
+        let b = counts
+            .buckets
+            .entry(key.clone())
+            .or_insert_with(|| Bucket::new(rate, cx.now));
+        b.rate = rate;
+        b.users += 1;
+        drop(counts);
+        self.bucket = Some(key);
+    }
+
+    /// The client (or a mapped port's configuration) named a destination.
+    pub(super) fn request(&mut self, target: Target, user: Option<String>, cx: &mut Context) {
+        self.user = user;
+        self.target = target.to_string();
+        if let Some(f) = self.refusal {
+            return self.fail(f, cx);
+        }
+        match target {
+            Target::Addr(addr) => {
+                let Some(rate) = self.verdict(cx, None, addr) else {
+                    return self.fail(Failure::Denied, cx);
+                };
+                self.set_rate(rate, cx);
+                self.connect(addr, cx);
+            }
+            Target::Name(host, port) => {
+                // Refuse by name before resolving only when the address
+                // could not change the verdict.
+                let q = self.query(cx, Some(&host), None, port);
+                if let Some(Verdict::Deny { .. }) =
+                    rules::check_by_name(&cx.config.rules, &q, cx.wall)
+                {
+                    return self.fail(Failure::Denied, cx);
+                }
+                let conn = self.id;
+                self.enter(Phase::Resolving, cx.now);
+                cx.actions.push_back(Action::Resolve { conn, host, port });
+                self.sync(cx);
+            }
+        }
+    }
+
+    /// The destination's name resolved to `addrs` (in the resolver's order).
+    pub fn on_resolved(&mut self, addrs: Vec<SocketAddr>, cx: &mut Context) {
+        if self.phase != Phase::Resolving {
+            return;
+        }
+        if addrs.is_empty() {
+            return self.fail(Failure::NotResolved, cx);
+        }
+        let host = self.target.rsplit_once(':').map_or("", |(h, _)| h);
+        let mut allowed: Vec<SocketAddr> = addrs
+            .iter()
+            .copied()
+            .filter(|a| self.verdict(cx, Some(host), *a).is_some())
+            .collect();
+        if allowed.is_empty() {
+            return self.fail(Failure::Denied, cx);
+        }
+        let first = allowed.remove(0);
+        let rate = self.verdict(cx, Some(host), first).flatten();
+        self.set_rate(rate, cx);
+        self.upstream.untried = allowed;
+        self.connect(first, cx);
+    }
+
+    /// The destination's name did not resolve.
+    pub fn on_resolve_failed(&mut self, cx: &mut Context) {
+        if self.phase == Phase::Resolving {
+            self.fail(Failure::NotResolved, cx);
+        }
+    }
+
+    /// Has the runtime connect to `addr` (replacing any earlier socket).
+    pub(crate) fn connect(&mut self, addr: SocketAddr, cx: &mut Context) {
+        let conn = self.id;
+        if let Some(v) = cx.services[self.service].conf.send_proxy_protocol {
+            // The destination learns the real client before any byte of it
+            // (a retry to another address says it again, on its own socket).
+            let version = match v {
+                crate::config::ProxyVersion::V1 => crate::proxy_protocol::Version::V1,
+                crate::config::ProxyVersion::V2 => crate::proxy_protocol::Version::V2,
+            };
+            let mut header = Vec::new();
+            crate::proxy_protocol::encode(version, self.client, self.local, &mut header);
+            self.up.prefix.clear();
+            self.up.prefix_pos = 0;
+            self.up.say(&header);
+        }
+        self.upstream.addr = Some(addr);
+        // A new upstream socket: the runtime knows no interest for it yet.
+        self.interest[1] = (false, false);
+        if self.phase != Phase::Connecting {
+            self.enter(Phase::Connecting, cx.now);
+        }
+        let bind = cx.bind(self.upstream.outward);
+        cx.actions.push_back(Action::Connect { conn, addr, bind });
+        self.sync(cx);
+    }
+
+    /// The connect failed: the next address, or the failure said.
+    pub fn on_connect_failed(&mut self, error: IoKind, cx: &mut Context) {
+        if self.phase != Phase::Connecting {
+            return;
+        }
+        let name = cx.services[self.service].name.clone();
+        let (client, up) = (self.client, self.upstream.addr);
+        cx.log(Level::Debug, || {
+            format!(
+                "{name}: {client}: connect to {} failed: {}",
+                up.map(|a| a.to_string()).unwrap_or_default(),
+                error.describe()
+            )
+        });
+        self.upstream.open = false;
+        if !self.upstream.untried.is_empty() {
+            let next = self.upstream.untried.remove(0);
+            return self.connect(next, cx);
+        }
+        let why = match error {
+            IoKind::Refused => Failure::Refused,
+            IoKind::TimedOut => Failure::TimedOut,
+            IoKind::HostUnreachable => Failure::HostUnreachable,
+            IoKind::NetUnreachable => Failure::NetUnreachable,
+            _ => Failure::Other,
+        };
+        self.fail(why, cx);
+    }
+
+    /// Has the runtime close the upstream socket only (the client stays);
+    /// a new one starts with no interest told.
+    pub(super) fn close_upstream(&mut self, cx: &mut Context) {
+        self.upstream.open = false;
+        self.interest[1] = (false, false);
+        cx.actions
+            .push_back(Action::CloseUpstream { conn: self.id });
+    }
+
+    /// The request cannot be served: the machine says why in its own
+    /// words, or (a mapped port) the connection just closes.
+    pub(super) fn fail(&mut self, why: Failure, cx: &mut Context) {
+        self.outcome = why.outcome();
+        if why == Failure::Denied && self.refusal.is_none() {
+            cx.services[self.service].count_refused(Outcome::Denied.word());
+        }
+        match &self.machine {
+            Machine::Http(_) => self.http_failed(why, cx),
+            Machine::Gateway(_) => self.gateway_failed(why, cx),
+            _ => self.end(),
+        }
+    }
+}

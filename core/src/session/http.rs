@@ -1,0 +1,147 @@
+//! Driving the HTTP forward proxy's machine
+//! ([`crate::proto::http_proxy::HttpProxy`]): it parses and rewrites the
+//! exchanges in the session's two directions and asks, in the one
+//! vocabulary ([`Next`]), for upstream connections, their drop, a tunnel,
+//! the close and access-log lines; this module carries those out.
+//!
+//! # States and exits (of the session; the exchanges' own are in the
+//! machine's module)
+//!
+//! ```text
+//! Talking ─a request: Next::Connect─► Resolving | Connecting ─Connected─► Filtering
+//! Filtering ─a request elsewhere: Next::Connect─► Resolving | Connecting ─► Filtering
+//!           ─Next::Relay (CONNECT's 200, a 101)─► Relay
+//!           ─Next::Close─► Closing;  ─client done and owed nothing─► (ended)
+//! ```
+
+use std::net::SocketAddr;
+
+use super::{Machine, Phase, Session};
+use crate::event::Action;
+use crate::proto::{Failure, Next, Scope};
+use crate::table::context::Context;
+
+impl Session {
+    /// Runs the HTTP machine over what the client has sent.
+    pub(super) fn http_client(&mut self, cx: &mut Context) {
+        if !matches!(
+            self.phase,
+            Phase::Talking | Phase::Filtering | Phase::Resolving | Phase::Connecting
+        ) {
+            return;
+        }
+        let Machine::Http(h) = &mut self.machine else {
+            return;
+        };
+        let mut todo = Vec::new();
+        let mut scope = Scope {
+            service: &cx.services[self.service].conf,
+            users: &mut cx.users,
+            client: self.client,
+        };
+        h.client(&mut self.up, &mut self.down, &mut scope, cx.now, &mut todo);
+        self.http_todo(todo, cx);
+    }
+
+    /// Runs the HTTP machine over what the upstream has sent (`eof`: and
+    /// no more will come), while filtering.
+    pub(super) fn http_server(&mut self, eof: bool, cx: &mut Context) {
+        if self.phase != Phase::Filtering {
+            return;
+        }
+        let Machine::Http(h) = &mut self.machine else {
+            return;
+        };
+        let mut todo = Vec::new();
+        h.upstream(&mut self.up, &mut self.down, eof, cx.now, &mut todo);
+        if eof {
+            self.upstream.open = false;
+        }
+        self.http_todo(todo, cx);
+        // A response that finished lets a pipelined request behind it go.
+        if !self.ended && self.phase == Phase::Filtering {
+            self.http_client(cx);
+        }
+    }
+
+    /// The upstream for the request (or the CONNECT tunnel) is up.
+    pub(super) fn http_connected(&mut self, local: SocketAddr, cx: &mut Context) {
+        let Machine::Http(h) = &mut self.machine else {
+            return;
+        };
+        self.phase = Phase::Filtering;
+        let mut todo = Vec::new();
+        h.connected(local, &mut self.down, &mut todo);
+        self.http_todo(todo, cx);
+        if !self.ended {
+            // A request may already wait in the prefix.
+            self.sync(cx);
+        }
+    }
+
+    /// The upstream for the request in flight could not be had.
+    pub(super) fn http_failed(&mut self, why: Failure, cx: &mut Context) {
+        let Machine::Http(h) = &mut self.machine else {
+            return;
+        };
+        let mut todo = Vec::new();
+        h.failed(why, &mut self.down, &mut todo);
+        self.http_todo(todo, cx);
+    }
+
+    /// A request head did not arrive within `handshake_timeout`: 408.
+    pub(super) fn http_timed_out(&mut self, cx: &mut Context) {
+        let Machine::Http(h) = &mut self.machine else {
+            return;
+        };
+        let mut todo = Vec::new();
+        h.timed_out(&self.up, &mut self.down, cx.now, &mut todo);
+        self.http_todo(todo, cx);
+    }
+
+    /// Carries out what the HTTP machine asked for.
+    fn http_todo(&mut self, todo: Vec<Next>, cx: &mut Context) {
+        for next in todo {
+            if self.ended {
+                return;
+            }
+            match next {
+                Next::Connect { target, user } => {
+                    if self.upstream.open {
+                        self.close_upstream(cx);
+                    }
+                    // A new upstream: its end of stream is yet to come.
+                    self.down.eof = false;
+                    self.down.shut = false;
+                    self.up.shut = false;
+                    self.request(target, user, cx);
+                }
+                Next::DropUpstream if self.upstream.open => self.close_upstream(cx),
+                Next::Relay => {
+                    self.up.fwd = None;
+                    self.down.fwd = None;
+                    self.phase = Phase::Relay;
+                }
+                Next::Close(outcome) => {
+                    self.close_after_reply(outcome, cx.now);
+                    if self.upstream.open {
+                        self.close_upstream(cx);
+                    }
+                }
+                Next::Log(x) if cx.access_logged() => {
+                    let user = match &self.machine {
+                        Machine::Http(h) => h.user.clone(),
+                        _ => None,
+                    };
+                    let rec = self.exchange_record(user, x, cx);
+                    cx.actions.push_back(Action::Access(Box::new(rec)));
+                }
+                // The HTTP machine asks for nothing else.
+                _ => {}
+            }
+        }
+        if !self.ended {
+            self.sync(cx);
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! The status service's connection: one request head, answered from the
+//! table's snapshot (see `crate::status` for the pages), then the close.
+//!
+//! # States and exits
+//!
+//! ```text
+//! Talking ─head complete, a page─► (the table answers) ─► Closing ─written─► (ended)
+//!     ├─head too long, or not a GET/HEAD──► 400/405/431, Closing
+//!     └─handshake_timeout──► (ended)
+//! ```
+
+use super::{Phase, Session};
+use crate::status;
+use crate::table::context::{Context, Request};
+
+impl Session {
+    /// Reads the status request; a page is answered by the table (it needs
+    /// every connection), an error at once.
+    pub(super) fn status_request(&mut self, cx: &mut Context) {
+        if self.phase != Phase::Talking {
+            return;
+        }
+        let input = self.up.buf.as_ref().map_or(&[][..], |b| b.data());
+        let reply = match status::parse(input) {
+            status::Parse::More if !self.up.has_space() => status::error(431),
+            status::Parse::More => return,
+            status::Parse::Bad(code) => status::error(code),
+            status::Parse::Get { page, head_only } => {
+                cx.requests.push(Request::Status {
+                    conn: self.id,
+                    page,
+                    head_only,
+                });
+                return;
+            }
+        };
+        self.status_reply(&reply, cx);
+    }
+
+    /// Says a status answer and closes once it is written.
+    pub fn status_reply(&mut self, reply: &[u8], cx: &mut Context) {
+        self.method = "GET";
+        self.down.say(reply);
+        self.enter(Phase::Closing, cx.now);
+    }
+
+    /// Whether a status request is still to be answered (not yet by
+    /// another worker's part).
+    pub fn awaits_status(&self) -> bool {
+        self.phase == Phase::Talking
+    }
+}

@@ -1,0 +1,167 @@
+//! What a session may use of the table while it handles an event: the
+//! configuration, the services and their counters, the users, the ledger of
+//! limits, the buffer pool, the listeners, the deadlines and the action
+//! queue. The table lends it, with the time of the call, to the one session
+//! an event is for; the session table itself (the slab) is not in it, so a
+//! session can never reach another one except through a [`Request`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::auth::Users;
+use crate::buffer::Pool;
+use crate::config::{AccessTarget, Config, Service, ServiceKind};
+use crate::event::{Action, Level};
+use crate::id::ConnId;
+use crate::ledger::Ledger;
+use crate::proto::Target;
+use crate::rules::Wall;
+use crate::status::{Page, ServiceCounters};
+
+use super::listeners::Listeners;
+use super::timers::Timers;
+
+/// Counters over the life of the table (for tests and the status page).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Stats {
+    pub accepted: u64,
+    pub refused: u64,
+    pub closed: u64,
+}
+
+/// One configured service as the table keeps it: its configuration, what
+/// its connections are logged with, and its counters.
+#[derive(Debug)]
+pub(crate) struct ServiceInfo {
+    pub name: Arc<str>,
+    pub kind: ServiceKind,
+    /// For a mapped port and the forwarding gateways: where every
+    /// connection goes.
+    pub destination: Option<Target>,
+    /// The access log's target for a connection that names none.
+    pub target: String,
+    pub listen: Vec<String>,
+    pub counters: ServiceCounters,
+    /// Served connections open now.
+    pub active: u64,
+    pub conf: Arc<Service>,
+    /// Gone from the configuration; kept while connections still use it.
+    pub retired: bool,
+}
+
+impl ServiceInfo {
+    pub fn new(s: &Service) -> ServiceInfo {
+        ServiceInfo {
+            name: Arc::from(s.name.as_str()),
+            kind: s.kind,
+            destination: s
+                .destination
+                .as_ref()
+                .map(crate::proto::simple::destination_target),
+            listen: s.listen.iter().map(|a| a.to_string()).collect(),
+            counters: ServiceCounters::default(),
+            active: 0,
+            target: s
+                .destination
+                .as_ref()
+                .map(|d| d.to_string())
+                .unwrap_or_default(),
+            conf: Arc::new(s.clone()),
+            retired: false,
+        }
+    }
+
+    /// Counts a refusal under `reason` (the status page's and metrics'
+    /// reason word).
+    pub fn count_refused(&mut self, reason: &'static str) {
+        *self.counters.refused.entry(reason).or_insert(0) += 1;
+    }
+}
+
+/// What a session asks that only the table can do, carried out right
+/// after the session's call returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Request {
+    /// Answer the status request on `conn` from the table's snapshot (and
+    /// the other workers', when there are several).
+    Status {
+        conn: ConnId,
+        page: Page,
+        head_only: bool,
+    },
+    /// Counts as activity on control connection `owner`: its data
+    /// connection moved bytes.
+    Touch(ConnId),
+}
+
+/// The table's state a session may use (see the module docs).
+#[derive(Debug)]
+pub(crate) struct Context {
+    /// The time of the call being handled.
+    pub now: Instant,
+    pub config: Config,
+    pub services: Vec<ServiceInfo>,
+    pub users: Users,
+    /// The counts the process-wide limits are checked against, shared with
+    /// the other workers' tables.
+    pub ledger: Ledger,
+    pub pool: Pool,
+    pub actions: VecDeque<Action>,
+    pub log_level: Level,
+    pub timers: Timers,
+    /// Local wall-clock time, for rules with `days` and `hours`.
+    pub wall: Wall,
+    pub stats: Stats,
+    /// Bytes of finished connections per authenticated user: up, down.
+    pub user_bytes: BTreeMap<String, (u64, u64)>,
+    pub listeners: Listeners,
+    /// Shutting down: connections still open then are closed.
+    pub grace_until: Option<Instant>,
+    /// This table's worker: the first (0) alone opens UDP ports and says
+    /// what is listening.
+    pub worker: usize,
+    pub requests: Vec<Request>,
+}
+
+impl Context {
+    /// Queues a diagnostic line if `level` is logged; the message is made
+    /// only then.
+    pub fn log(&mut self, level: Level, message: impl FnOnce() -> String) {
+        if level <= self.log_level {
+            self.actions.push_back(Action::Log {
+                level,
+                message: message(),
+            });
+        }
+    }
+
+    /// Whether access records are wanted: with `[log] access = "off"` none
+    /// is made, so no [`Action::Access`] comes out (an HTTP connection
+    /// would make one per request).
+    pub fn access_logged(&self) -> bool {
+        self.config.log.access != AccessTarget::Off
+    }
+
+    /// The source address for a connection out (`network.outgoing`), or
+    /// none toward the LAN (`outward` false: active FTP data to a client).
+    pub fn bind(&self, outward: bool) -> Option<std::net::IpAddr> {
+        if outward {
+            self.config.network.outgoing
+        } else {
+            None
+        }
+    }
+
+    /// Rules see the address a connection would really reach: the
+    /// unspecified address (0.0.0.0, ::) reaches this very host, so it is
+    /// checked as loopback.
+    pub fn rule_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        match ip {
+            IpAddr::V4(v) if v.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(v) if v.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            other => other,
+        }
+    }
+}

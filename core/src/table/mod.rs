@@ -1,0 +1,859 @@
+//! The connection table, [`Proxy`]: the one type a runtime drives. It owns
+//! what connections share — the slab of sessions and their ids, admission
+//! and limits, the listeners, the timer heap, the action queue, the buffer
+//! pool — routes each event to its session, and knows no protocol: what a
+//! connection does is its session's [`crate::session::Machine`].
+//!
+//! # Call order (the loop every runtime writes)
+//!
+//! ```text
+//! let mut proxy = Proxy::new(config, seed, now);   // or Proxy::worker(…) for one of several
+//! proxy.record(&config_text);                      // only with --record, before anything else
+//! loop {
+//!     while let Some(action) = proxy.poll_action() { carry it out }
+//!     if proxy.is_finished() { break }
+//!     wait for sockets, at most until proxy.poll_timeout();
+//!     proxy.set_wall(local wall-clock time);
+//!     for each new client socket:  proxy.accept(listener, peer, now) (or accept_on, with its local address)
+//!     for each readable socket:    read into proxy.recv_buf(conn, side), then
+//!                                  proxy.handle(Event::Read { .. } | Eof | ReadBlocked, now)
+//!     for each writable socket:    write from proxy.send_bufs(conn, side), then
+//!                                  proxy.handle(Event::Written { .. }, now)
+//!     (or, where proxy.splice_ok(conn, side): splice side → pipe → other side
+//!      without the core's buffers, then proxy.handle(Event::Spliced { .. }, now),
+//!      and Eof only once the pipe is empty)
+//!     UDP: receive into proxy.datagram_buf(), then proxy.handle_datagram(…) or
+//!          handle_reply(…); send what proxy.poll_datagram() gives
+//!     proxy.handle_timeout(now);
+//! }
+//! ```
+//!
+//! Several tables (one per worker) may share one [`Ledger`]: the limits
+//! count the sessions of all of them.
+//!
+//! Invariants: the limits hold (see [`admission`]); every live session has
+//! exactly one current entry in the timer heap, which stays within a small
+//! multiple of the table's size; a session holds a buffer only while bytes
+//! are in it; an event naming a dead or reused id changes nothing.
+
+mod admission;
+pub(crate) mod context;
+pub(crate) mod listeners;
+mod reload;
+mod status;
+pub(crate) mod timers;
+mod udp;
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use slab::Slab;
+
+pub use admission::REFUSING_MAX;
+pub use context::Stats;
+pub use listeners::{listening_line, listening_lines};
+
+use crate::auth::Users;
+use crate::buffer::Pool;
+use crate::config::{Config, ServiceKind, Transport};
+use crate::event::{Action, Event, Level, Refused};
+use crate::id::{ConnId, ListenerId, Side};
+use crate::ledger::Ledger;
+use crate::proto::http_proxy::HttpProxy;
+use crate::rules::Wall;
+use crate::session::{Machine, Phase, Session};
+use crate::trace::Recorder;
+use crate::udp::UdpTable;
+
+use context::{Context, Request, ServiceInfo};
+use listeners::{ListenerState, Listeners, Report};
+use timers::Timers;
+
+/// Free buffers kept warm in the pool, at most.
+const POOL_KEEP: usize = 1024;
+/// The smallest pipe a runtime splices a direction through (see
+/// [`PipeSize`]: its size gives page slots; what it holds is bounded by
+/// `limits.buffer`).
+pub const SPLICE_PIPE_MIN: usize = 256 * 1024;
+/// A read this big (or half the buffer, if that is less) says a direction
+/// carries a bulk transfer, which splicing speeds up; small messages (a
+/// request, a short reply) cost a syscall or two more through a pipe than
+/// through the buffer, so they are not spliced.
+pub const SPLICE_BULK: usize = 16 * 1024;
+/// The most bytes one [`Event::Spliced`] counts (a runtime reports each
+/// splice(2) on its own, far less than this; the bound keeps the counters
+/// of a confused runtime from overflowing).
+pub const SPLICED_MAX: usize = 1 << 30;
+
+/// The pipe a spliced direction goes through: `size` bytes of pipe (at
+/// least [`SPLICE_PIPE_MIN`], so that it has page slots enough to fill by
+/// bytes, not by slots: a socket's data is spliced a page slot per
+/// fragment), holding at most `limit` bytes at once — `limits.buffer`, the
+/// bound on what any direction holds, as for the core's own buffer. A full
+/// pipe stops reading from its source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PipeSize {
+    pub size: usize,
+    pub limit: usize,
+}
+
+/// Whether worker `worker` listens for service `s`: every worker on a TCP
+/// port; a UDP port's mappings are one table's, the first worker's.
+fn listens(worker: usize, s: &crate::config::Service) -> bool {
+    worker == 0 || s.protocol != Transport::Udp
+}
+
+/// The configuration's warnings, said once: by worker 0.
+fn warnings(worker: usize, config: &Config) -> Vec<String> {
+    if worker == 0 {
+        crate::config::warnings(config)
+    } else {
+        Vec::new()
+    }
+}
+
+/// The connection table. See the module docs for the call order.
+#[derive(Debug)]
+pub struct Proxy {
+    sessions: Slab<Session>,
+    /// Generation per session slot.
+    gens: Vec<u32>,
+    /// What a session may use while it handles an event.
+    cx: Context,
+    udp: UdpTable,
+    /// Status requests waiting for the other workers' snapshots.
+    gathering: Vec<(ConnId, crate::status::Page, bool)>,
+    /// Where the runtime puts a datagram it received.
+    datagram: Vec<u8>,
+    /// The flight recorder, when recording (`--record`).
+    recorder: Option<Box<Recorder>>,
+    /// When the table was made, and its seed (a trace starts with both).
+    born: Instant,
+    seed: u64,
+}
+
+impl Proxy {
+    /// A table for `config`; queues a [`Action::Listen`] for every listen
+    /// address. `seed` seeds any randomness; `now` is the current time.
+    pub fn new(config: Config, seed: u64, now: Instant) -> Self {
+        Proxy::worker(config, seed, now, Ledger::default(), 0)
+    }
+
+    /// The table of worker `worker` among those sharing `ledger` (see
+    /// [`crate::ledger`]). Every worker listens on the same TCP addresses;
+    /// only worker 0 opens UDP ports, warns about the configuration and
+    /// prints the `listening:` lines.
+    pub fn worker(config: Config, seed: u64, now: Instant, ledger: Ledger, worker: usize) -> Self {
+        let services: Vec<ServiceInfo> = config.services.iter().map(ServiceInfo::new).collect();
+        let mut listeners = Listeners::default();
+        let mut actions = std::collections::VecDeque::new();
+        for (i, s) in config.services.iter().enumerate() {
+            if !listens(worker, s) {
+                continue;
+            }
+            let udp = s.protocol == Transport::Udp;
+            for addr in &s.listen {
+                listeners.open(i, *addr, udp, None, true, &mut actions);
+                listeners.starting += 1;
+            }
+        }
+        for w in warnings(worker, &config) {
+            actions.push_back(Action::Log {
+                level: Level::Warn,
+                message: w,
+            });
+        }
+        let pool = Pool::new(
+            config.limits.buffer,
+            POOL_KEEP.min(config.limits.max_connections as usize * 2),
+        );
+        Proxy {
+            sessions: Slab::new(),
+            gens: Vec::new(),
+            cx: Context {
+                now,
+                users: Users::new(&config.users),
+                config,
+                services,
+                ledger,
+                pool,
+                actions,
+                log_level: Level::Info,
+                timers: Timers::default(),
+                wall: Wall::default(),
+                stats: Stats::default(),
+                user_bytes: Default::default(),
+                listeners,
+                grace_until: None,
+                worker,
+                requests: Vec::new(),
+            },
+            udp: UdpTable::default(),
+            gathering: Vec::new(),
+            datagram: Vec::new(),
+            recorder: None,
+            born: now,
+            seed,
+        }
+    }
+
+    /// Starts the flight recorder (see [`crate::trace`]): every input from
+    /// now on is written to a trace that replays to the same actions. Call
+    /// it right after [`Proxy::new`], before anything else; a trace is one
+    /// table's, so `--record` runs one worker. While recording no
+    /// direction is spliced, so the trace holds every read and write.
+    pub fn record(&mut self, config_text: &str) {
+        self.recorder = Some(Box::new(
+            Recorder::start(self.born, config_text, self.seed).with_actions(),
+        ));
+    }
+
+    /// Trace bytes and action lines recorded since the last call, for the
+    /// runtime to append to its files.
+    pub fn take_trace(&mut self) -> Option<(Vec<u8>, String)> {
+        let rec = self.recorder.as_mut()?;
+        if rec.pending() == 0 {
+            return None;
+        }
+        Some((rec.take(), rec.take_actions()))
+    }
+
+    /// Diagnostics below `level` are not emitted.
+    pub fn set_log_level(&mut self, level: Level) {
+        if let Some(r) = self.recorder.as_mut() {
+            r.log_level(level);
+        }
+        self.cx.log_level = level;
+    }
+
+    /// Local wall-clock time, for rules with `days` and `hours`. A runtime
+    /// sets it before handing in events (the core has no clock).
+    pub fn set_wall(&mut self, wall: Wall) {
+        if let Some(r) = self.recorder.as_mut() {
+            r.wall(wall);
+        }
+        self.cx.wall = wall;
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cx.config
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.cx.stats
+    }
+
+    /// Connections in flight.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// Buffers lent to connections right now.
+    pub fn buffers_in_use(&self) -> usize {
+        self.cx.pool.in_use()
+    }
+
+    /// Entries in the timer heap (bounded by a small multiple of `len()`).
+    pub fn timer_entries(&self) -> usize {
+        self.cx.timers.len()
+    }
+
+    /// Startup listeners not yet reported open.
+    pub fn starting(&self) -> usize {
+        self.cx.listeners.starting
+    }
+
+    /// The service a listener belongs to: its name and kind.
+    pub fn listener_service(&self, listener: ListenerId) -> Option<(&str, ServiceKind)> {
+        let l = self.cx.listeners.get(listener)?;
+        let s = &self.cx.services[l.service];
+        Some((&s.name, s.kind))
+    }
+
+    /// The live session `conn` names, if any.
+    fn session(&self, conn: ConnId) -> Option<&Session> {
+        self.sessions.get(conn.index()).filter(|s| s.id == conn)
+    }
+
+    /// A client connected to `listener` from `peer`. On `Err` the runtime
+    /// closes the socket (the refusal is already logged).
+    ///
+    /// A connection over a limit, or denied by the rules on its address, is
+    /// still admitted when its protocol has words for the refusal (SOCKS,
+    /// HTTP, the gateways): it then lives only to say so, and at most
+    /// [`REFUSING_MAX`] such connections exist at once.
+    pub fn accept(
+        &mut self,
+        listener: ListenerId,
+        peer: SocketAddr,
+        now: Instant,
+    ) -> Result<ConnId, Refused> {
+        let local = match self.cx.listeners.get(listener) {
+            Some(l) => l.addr,
+            None => {
+                let r = Err(Refused::UnknownListener);
+                if let Some(rec) = self.recorder.as_mut() {
+                    rec.accept(now, listener, peer, r);
+                }
+                return r;
+            }
+        };
+        let r = self.admit_new(listener, peer, local, now);
+        if let Some(rec) = self.recorder.as_mut() {
+            rec.accept(now, listener, peer, r);
+        }
+        r
+    }
+
+    /// [`Proxy::accept`], with the local address the client connected to
+    /// (which FTP's passive mode announces; it differs from the listen
+    /// address when that is a wildcard).
+    pub fn accept_on(
+        &mut self,
+        listener: ListenerId,
+        peer: SocketAddr,
+        local: SocketAddr,
+        now: Instant,
+    ) -> Result<ConnId, Refused> {
+        let r = self.admit_new(listener, peer, local, now);
+        if let Some(rec) = self.recorder.as_mut() {
+            rec.accept_on(now, listener, peer, local, r);
+        }
+        r
+    }
+
+    fn admit_new(
+        &mut self,
+        listener: ListenerId,
+        peer: SocketAddr,
+        local: SocketAddr,
+        now: Instant,
+    ) -> Result<ConnId, Refused> {
+        self.cx.now = now;
+        let (service, data) = match self.cx.listeners.get(listener) {
+            Some(l) if l.state == ListenerState::Open => (l.service, l.data.clone()),
+            // Accepted by the runtime before it closed the listener.
+            Some(l) if self.cx.grace_until.is_some() => {
+                let service = l.service;
+                return Err(self.cx.refuse_plain(service, peer, Refused::ShuttingDown));
+            }
+            _ => return Err(Refused::UnknownListener),
+        };
+        if let Some(port) = data {
+            return self.accept_data(listener, port, service, peer, now);
+        }
+        let conf = &self.cx.services[service].conf;
+        let trusted = conf.proxy_protocol
+            && conf
+                .proxy_protocol_from
+                .iter()
+                .any(|n| n.contains(&peer.ip()));
+        let machine = match conf.kind {
+            ServiceKind::Http => {
+                let mut h = Box::<HttpProxy>::default();
+                h.logged = self.cx.access_logged();
+                Machine::Http(h)
+            }
+            ServiceKind::Status => Machine::Status,
+            _ => match crate::proto::for_service(conf) {
+                Some(p) => Machine::Gateway(p),
+                None => Machine::Mapped,
+            },
+        };
+        let refusal = if trusted {
+            // A balancer in front: limits and rules wait for the real client
+            // its PROXY header names. Only the table's own bound applies now.
+            if self.cx.grace_until.is_some() {
+                return Err(self.cx.refuse_plain(service, peer, Refused::ShuttingDown));
+            }
+            let mut counts = self.cx.ledger.lock();
+            if counts.served() >= self.cx.config.limits.max_connections as usize {
+                drop(counts);
+                return Err(self.cx.refuse_plain(service, peer, Refused::TooMany));
+            }
+            counts.sessions += 1;
+            None
+        } else {
+            match self
+                .cx
+                .admit(service, peer.ip(), machine.has_words(), false)
+            {
+                Ok(r) => r,
+                Err(why) => return Err(self.cx.refuse_plain(service, peer, why)),
+            }
+        };
+        let phase = if trusted {
+            Phase::ProxyHeader
+        } else {
+            machine.first_phase()
+        };
+        let conn = self.next_id();
+        let mut s = Session::new(conn, service, peer, local, machine, phase, now);
+        s.target = self.cx.services[service].target.clone();
+        s.refusal = refusal;
+        if let Machine::Http(_) = s.machine {
+            // Only bytes the HTTP machine clears are forwarded.
+            s.up.fwd = Some(0);
+            s.down.fwd = Some(0);
+        }
+        self.sessions.insert(s);
+        self.run(
+            conn,
+            now,
+            |s, cx| {
+                if trusted {
+                    s.sync(cx)
+                } else {
+                    s.begin(cx)
+                }
+            },
+        );
+        Ok(conn)
+    }
+
+    /// A connection to an FTP data port: only its own session's peer, once.
+    fn accept_data(
+        &mut self,
+        listener: ListenerId,
+        port: listeners::DataPort,
+        service: usize,
+        peer: SocketAddr,
+        now: Instant,
+    ) -> Result<ConnId, Refused> {
+        let owner = match self.session(port.owner) {
+            Some(owner) if peer.ip() == port.accept_from => owner,
+            _ => {
+                self.cx.log(Level::Debug, || {
+                    format!("data port {listener:?}: connection from {peer} refused")
+                });
+                return Err(Refused::Denied);
+            }
+        };
+        let user = owner.user.clone().or_else(|| match &owner.machine {
+            Machine::Gateway(p) => p.log_user(),
+            _ => None,
+        });
+        let owner_client = owner.client.ip();
+        // One transfer per port.
+        self.cx.listeners.close(listener, &mut self.cx.actions);
+        let mut counts = self.cx.ledger.lock();
+        if counts.served() >= self.cx.config.limits.max_connections as usize {
+            return Err(Refused::TooMany);
+        }
+        counts.add_client(peer.ip());
+        counts.sessions += 1;
+        drop(counts);
+        self.cx.count_served(service);
+        let conn = self.next_id();
+        let machine = Machine::FtpData { owner: port.owner };
+        let mut s = Session::new(conn, service, peer, peer, machine, Phase::Connecting, now);
+        s.target = port.connect_to.to_string();
+        s.user = user;
+        s.upstream.outward = port.connect_to.ip() != owner_client;
+        self.sessions.insert(s);
+        self.run(conn, now, |s, cx| s.connect(port.connect_to, cx));
+        Ok(conn)
+    }
+
+    /// The id the next session inserted gets: its slot, under a fresh
+    /// generation.
+    fn next_id(&mut self) -> ConnId {
+        let idx = self.sessions.vacant_key();
+        if self.gens.len() <= idx {
+            self.gens.resize(idx + 1, 0);
+        }
+        self.gens[idx] = self.gens[idx].wrapping_add(1);
+        ConnId {
+            idx: idx as u32,
+            gen: self.gens[idx],
+        }
+    }
+
+    /// Lends the context to session `conn` for `f`, then carries out what
+    /// it asked of the table, brings the runtime's view up to date when
+    /// `then_sync`, and finishes the session if it ended.
+    fn dispatch(
+        &mut self,
+        conn: ConnId,
+        now: Instant,
+        then_sync: bool,
+        f: impl FnOnce(&mut Session, &mut Context),
+    ) {
+        self.cx.now = now;
+        let Some(s) = self.sessions.get_mut(conn.index()).filter(|s| s.id == conn) else {
+            return;
+        };
+        f(s, &mut self.cx);
+        self.requests();
+        if let Some(s) = self.sessions.get_mut(conn.index()).filter(|s| s.id == conn) {
+            if then_sync && !s.ended {
+                s.sync(&mut self.cx);
+            }
+            if s.ended {
+                self.finish(conn);
+            }
+        }
+        self.tidy_timers();
+    }
+
+    /// [`Proxy::dispatch`] for calls that sync where they need to.
+    fn run(&mut self, conn: ConnId, now: Instant, f: impl FnOnce(&mut Session, &mut Context)) {
+        self.dispatch(conn, now, false, f);
+    }
+
+    /// Carries out what sessions asked of the table.
+    fn requests(&mut self) {
+        if self.cx.requests.is_empty() {
+            return;
+        }
+        // The list keeps its room for the next call (a data connection asks
+        // on every read).
+        let mut list = std::mem::take(&mut self.cx.requests);
+        for r in list.drain(..) {
+            match r {
+                Request::Touch(owner) => {
+                    if let Some(s) = self
+                        .sessions
+                        .get_mut(owner.index())
+                        .filter(|s| s.id == owner)
+                    {
+                        s.last_active = self.cx.now;
+                    }
+                }
+                Request::Status {
+                    conn,
+                    page,
+                    head_only,
+                } => self.status_request(conn, page, head_only),
+            }
+        }
+        self.cx.requests = list;
+    }
+
+    /// Ends session `conn`: Close, access record, counters, buffers back.
+    fn finish(&mut self, conn: ConnId) {
+        let s = self.sessions.remove(conn.index());
+        s.close(&mut self.cx);
+        if !self.gathering.is_empty() {
+            self.gathering.retain(|(c, _, _)| *c != conn);
+        }
+        if self.sessions.is_empty() {
+            // Nothing can be current any more.
+            self.cx.timers.clear();
+        }
+    }
+
+    /// Stale entries (sessions gone, deadlines moved) outnumber live ones:
+    /// rebuild so the heap stays proportional to the table.
+    fn tidy_timers(&mut self) {
+        if self.cx.timers.len() > 2 * self.sessions.len() + 64 {
+            let sessions = &self.sessions;
+            self.cx.timers.retain(|t, i, g| {
+                sessions
+                    .get(i as usize)
+                    .is_some_and(|s| s.id.gen == g && s.timer_at == Some(t))
+            });
+        }
+    }
+
+    /// Whether [`Event::Connected`] for `conn` needs the upstream socket's
+    /// real local address: only where its protocol uses it (SOCKS, FTP's
+    /// control connection). Every other session (HTTP, the line gateways,
+    /// a mapped port, an FTP data connection) does not, and a runtime may
+    /// spare the syscall and give the unspecified address.
+    pub fn wants_local(&self, conn: ConnId) -> bool {
+        self.session(conn).is_some_and(|s| s.wants_local())
+    }
+
+    /// Whether bytes read on `side` now may be parsed by the core (the
+    /// flight recorder keeps those; relayed bytes it keeps as lengths).
+    pub fn keeps_payload(&self, conn: ConnId, side: Side) -> bool {
+        let _ = side;
+        self.session(conn).is_some_and(|s| s.keeps_payload())
+    }
+
+    /// Whether the runtime may move bytes from `from` to the other side
+    /// itself (splice(2)), reporting them with [`Event::Spliced`], instead
+    /// of reading into [`Proxy::recv_buf`]. True only while the direction
+    /// is a pure relay the core has nothing to do with: the session relays
+    /// (a mapped port, SOCKS after its reply, an HTTP CONNECT tunnel after
+    /// its 200, an FTP data connection), no bandwidth cap counts its bytes,
+    /// nothing of it waits in the core (what the core holds goes out first,
+    /// so the order is kept; a reply or PROXY header it made, too), its
+    /// source has not reached EOF, and the core wants a read there; and
+    /// never while recording.
+    ///
+    /// Asked before each splice from `from`'s socket; bytes already in the
+    /// runtime's pipe may still be written out after it turns false.
+    pub fn splice_ok(&self, conn: ConnId, from: Side) -> bool {
+        self.recorder.is_none() && self.session(conn).is_some_and(|s| s.splice_ok(from))
+    }
+
+    /// How a runtime makes the pipe it splices a direction through.
+    pub fn splice_pipe(&self) -> PipeSize {
+        let limit = self.cx.config.limits.buffer;
+        PipeSize {
+            size: limit.max(SPLICE_PIPE_MIN),
+            limit,
+        }
+    }
+
+    /// Where the runtime reads `side`'s next bytes to: free space in the
+    /// buffer of the direction `side` feeds. `None` when the core does not
+    /// want a read on `side` now (or the id is stale).
+    pub fn recv_buf(&mut self, conn: ConnId, side: Side) -> Option<&mut [u8]> {
+        let s = self.sessions.get_mut(conn.index())?;
+        if s.id != conn || !s.wanted(side).0 {
+            return None;
+        }
+        let cap = match &s.bucket {
+            Some(k) => self
+                .cx
+                .ledger
+                .lock()
+                .buckets
+                .get_mut(k)
+                .map_or(usize::MAX, |b| b.available(side.index(), self.cx.now)),
+            None => usize::MAX,
+        };
+        let space = s.source_mut(side).space(&mut self.cx.pool);
+        let n = space.len().min(cap);
+        if n == 0 {
+            None
+        } else {
+            Some(&mut space[..n])
+        }
+    }
+
+    /// The bytes waiting to be written to `side`, if any: the first part
+    /// of [`Proxy::send_bufs`].
+    pub fn send_buf(&self, conn: ConnId, side: Side) -> Option<&[u8]> {
+        self.send_bufs(conn, side)
+            .map(|[a, b]| if a.is_empty() { b } else { a })
+    }
+
+    /// All the bytes waiting to be written to `side`, if any, in two parts
+    /// to be written in order, best with one vectored write: bytes the core
+    /// made (a reply, a rewritten head), then bytes it forwards. Either
+    /// part may be empty, not both. An [`Event::Written`] of `n` counts
+    /// across them, the first part's bytes first.
+    pub fn send_bufs(&self, conn: ConnId, side: Side) -> Option<[&[u8]; 2]> {
+        let s = self.session(conn)?;
+        if !s.wanted(side).1 {
+            return None;
+        }
+        let parts = s.sink(side).out_parts();
+        if parts[0].is_empty() && parts[1].is_empty() {
+            None
+        } else {
+            Some(parts)
+        }
+    }
+
+    /// `n` bytes at once are a bulk transfer (see [`SPLICE_BULK`]).
+    fn bulk(&self, n: usize) -> bool {
+        n >= SPLICE_BULK.min(self.cx.config.limits.buffer / 2)
+    }
+
+    /// Feeds one socket event to the table.
+    pub fn handle(&mut self, event: Event, now: Instant) {
+        if self.recorder.is_some() {
+            self.record_event(&event, now);
+        }
+        self.cx.now = now;
+        match event {
+            Event::Listening { listener, local } => self.on_listening(listener, local, now),
+            Event::ListenFailed { listener, error } => {
+                let services = &self.cx.services;
+                let (report, message) = self.cx.listeners.listen_failed(
+                    listener,
+                    error,
+                    |i| services[i].name.clone(),
+                    &mut self.cx.actions,
+                );
+                if let Some(m) = message {
+                    self.cx.log(Level::Error, || m);
+                }
+                self.data_port_report(report, now);
+            }
+            Event::AcceptFailed { error, .. } => {
+                if error != crate::event::IoKind::TooManyFiles {
+                    // Aborted handshakes and the like: the listener is fine.
+                    self.cx.log(Level::Debug, || {
+                        format!("accept failed: {}", error.describe())
+                    });
+                } else if self.cx.listeners.paused_until.is_none() {
+                    let open = self.sessions.len();
+                    if let Some(w) = self.cx.listeners.shortage_report(open, now) {
+                        self.cx.log(Level::Warn, || w);
+                    }
+                    self.cx.listeners.pause(now, &mut self.cx.actions);
+                }
+            }
+            Event::Connected { conn, local } => {
+                self.run(conn, now, |s, cx| s.on_connected(local, cx))
+            }
+            Event::ConnectFailed { conn, error } => {
+                self.run(conn, now, |s, cx| s.on_connect_failed(error, cx))
+            }
+            Event::Resolved { conn, addrs } => {
+                self.run(conn, now, |s, cx| s.on_resolved(addrs, cx))
+            }
+            Event::ResolveFailed { conn } => self.run(conn, now, |s, cx| s.on_resolve_failed(cx)),
+            Event::Read { conn, side, n } => {
+                let bulk = self.bulk(n);
+                self.dispatch(conn, now, true, |s, cx| s.on_read(side, n, bulk, cx))
+            }
+            Event::Spliced { conn, from, n } => {
+                if n > 0 {
+                    self.run(conn, now, |s, cx| s.on_spliced(from, n, cx))
+                }
+            }
+            Event::ReadBlocked { conn, side } => {
+                self.run(conn, now, |s, cx| s.on_read_blocked(side, cx))
+            }
+            Event::Eof { conn, side } => self.dispatch(conn, now, true, |s, cx| s.on_eof(side, cx)),
+            Event::Written { conn, side, n } => {
+                self.dispatch(conn, now, true, |s, cx| s.on_written(side, n, cx))
+            }
+            Event::IoError { conn, side, error } => {
+                self.run(conn, now, |s, cx| s.on_io_error(side, error, cx))
+            }
+        }
+    }
+
+    /// Writes `event` to the trace (the bytes of a read the core may parse
+    /// too: they sit at the start of the space it lent, not taken yet).
+    fn record_event(&mut self, event: &Event, now: Instant) {
+        let kept = match event {
+            Event::Read { conn, side, n } if self.keeps_payload(*conn, *side) => self
+                .recv_buf(*conn, *side)
+                .map(|b| b[..(*n).min(b.len())].to_vec()),
+            _ => None,
+        };
+        if let Some(rec) = self.recorder.as_mut() {
+            rec.event(now, event, kept.as_deref());
+        }
+    }
+
+    fn on_listening(&mut self, listener: ListenerId, local: SocketAddr, now: Instant) {
+        let say = self.cx.listeners.get(listener).and_then(|l| {
+            let s = &self.cx.services[l.service];
+            (self.cx.worker == 0).then(|| (s.name.clone(), s.kind))
+        });
+        let report = self.cx.listeners.listening(
+            listener,
+            local,
+            say.as_ref().map(|(n, k)| (&**n, *k)),
+            &mut self.cx.actions,
+        );
+        self.data_port_report(report, now);
+    }
+
+    /// A data port opened (or could not be): its session hears of it.
+    fn data_port_report(&mut self, report: Report, now: Instant) {
+        if let Report::Data(port, local) = report {
+            self.run(port.owner, now, |s, cx| {
+                s.data_port_ready(port.token, local, cx)
+            });
+        }
+    }
+
+    /// Runs every deadline due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(rec) = self.recorder.as_mut() {
+            rec.timeout(now);
+        }
+        self.timeout(now);
+    }
+
+    fn timeout(&mut self, now: Instant) {
+        self.cx.now = now;
+        let idle = self.cx.config.limits.udp_idle_timeout;
+        let logged = self.cx.access_logged();
+        self.udp
+            .handle_timeout(idle, now, logged, &mut self.cx.actions);
+        self.cx.listeners.resume_if_due(now, &mut self.cx.actions);
+        if self.cx.grace_until.is_some_and(|t| t <= now) {
+            let open: Vec<ConnId> = self.sessions.iter().map(|(_, s)| s.id).collect();
+            for conn in open {
+                self.run(conn, now, |s, _| {
+                    s.outcome = crate::outcome::Outcome::Shutdown;
+                    s.ended = true;
+                });
+            }
+        }
+        while let Some((at, idx, gen)) = self.cx.timers.pop_due(now) {
+            let Some(s) = self.sessions.get(idx as usize) else {
+                continue;
+            };
+            if s.id.gen != gen || s.timer_at != Some(at) {
+                continue;
+            }
+            let conn = s.id;
+            self.run(conn, now, |s, cx| s.on_timer(cx));
+        }
+    }
+
+    /// The next time [`Proxy::handle_timeout`] has work, if any.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.cx.timers.next(),
+            self.udp.next_deadline(),
+            self.cx.listeners.paused_until,
+            self.cx.grace_until,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// The next thing the core asks of the runtime. Drain them after every
+    /// call into the core.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        let a = self.cx.actions.pop_front()?;
+        if let Some(rec) = self.recorder.as_mut() {
+            rec.polled(&a);
+        }
+        Some(a)
+    }
+
+    /// Stops accepting and lets connections finish for `shutdown_grace`;
+    /// those still open then are closed. Idempotent.
+    pub fn shutdown(&mut self, now: Instant) {
+        if let Some(rec) = self.recorder.as_mut() {
+            rec.shutdown(now);
+        }
+        self.cx.now = now;
+        if self.cx.grace_until.is_some() {
+            return;
+        }
+        let grace = self.cx.config.limits.shutdown_grace;
+        self.cx.grace_until = Some(now + grace);
+        self.cx.listeners.close_all(&mut self.cx.actions);
+        let logged = self.cx.access_logged();
+        self.udp.close_all(now, logged, &mut self.cx.actions);
+        // Worker 0 says it for all (the others are told right after).
+        let open = self.cx.ledger.lock().sessions;
+        if self.cx.worker == 0 {
+            self.cx.log(Level::Info, || {
+                format!(
+                    "shutting down: {open} connections open, waiting up to {}s",
+                    grace.as_secs_f64()
+                )
+            });
+        }
+        if grace.is_zero() {
+            self.timeout(now);
+        }
+    }
+
+    /// Shutting down and nothing left in flight: the runtime may exit.
+    pub fn is_finished(&self) -> bool {
+        self.cx.grace_until.is_some() && self.sessions.is_empty() && self.udp.len() == 0
+    }
+}

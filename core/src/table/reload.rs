@@ -1,0 +1,213 @@
+//! A new configuration taking over (SIGHUP): services matched by name and
+//! kind keep their counters, listeners that stay keep their sockets, new
+//! ones open and those gone close; the new rules, limits and users apply to
+//! new connections — and, with `recheck`, close those in flight that the
+//! new rules deny.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::context::ServiceInfo;
+use super::{listens, warnings, Proxy, POOL_KEEP};
+use crate::auth::Users;
+use crate::buffer::Pool;
+use crate::config::{Config, Transport};
+use crate::event::Level;
+use crate::id::ConnId;
+use crate::outcome::Outcome;
+use crate::rules::{self, Query, Verdict};
+use crate::session::Machine;
+use crate::table::context::Context;
+
+impl Proxy {
+    /// Takes a new configuration (SIGHUP): listeners that are new open,
+    /// those gone close, those that stay keep their sockets; the new rules,
+    /// limits and users apply to new connections, and connections in flight
+    /// keep going — unless `recheck`, which closes those the new rules deny.
+    pub fn reconfigure(&mut self, config: Config, recheck: bool, now: Instant) {
+        self.reconfigure_worker(config, recheck, 0, now);
+    }
+
+    /// [`Proxy::reconfigure_worker`] with the configuration's text, which
+    /// the flight recorder keeps when recording.
+    pub fn reconfigure_recorded(
+        &mut self,
+        config: Config,
+        text: &str,
+        recheck: bool,
+        closed_elsewhere: usize,
+        now: Instant,
+    ) -> usize {
+        if let Some(rec) = self.recorder.as_mut() {
+            rec.reload(now, text, recheck);
+        }
+        self.reconfigure_worker(config, recheck, closed_elsewhere, now)
+    }
+
+    /// [`Proxy::reconfigure`] for one of several workers. The others reload
+    /// first; worker 0 last, with `closed_elsewhere` (what theirs closed),
+    /// and only it logs the reload. Returns how many connections this
+    /// table closed.
+    pub fn reconfigure_worker(
+        &mut self,
+        config: Config,
+        recheck: bool,
+        closed_elsewhere: usize,
+        now: Instant,
+    ) -> usize {
+        self.cx.now = now;
+        let index = self.match_services(&config);
+        self.match_listeners(&config, &index);
+        for w in warnings(self.cx.worker, &config) {
+            self.cx.log(Level::Warn, || w);
+        }
+        if config.limits.buffer != self.cx.pool.buffer_size() {
+            // Buffers of the old size drain back and are freed.
+            self.cx.pool = Pool::new(
+                config.limits.buffer,
+                POOL_KEEP.min(config.limits.max_connections as usize * 2),
+            );
+        }
+        self.cx.users = Users::new(&config.users);
+        self.cx.config = config;
+        // The access log may have been turned on or off: requests from now
+        // on are recorded, or not, on connections already open too.
+        let logged = self.cx.access_logged();
+        for (_, s) in self.sessions.iter_mut() {
+            if let Machine::Http(h) = &mut s.machine {
+                h.logged = logged;
+            }
+        }
+        let mut closed = 0;
+        if recheck {
+            let ids: Vec<ConnId> = self.sessions.iter().map(|(_, s)| s.id).collect();
+            for conn in ids {
+                if self.denied_now(conn) {
+                    closed += 1;
+                    self.run(conn, now, |s, _| {
+                        s.outcome = Outcome::Denied;
+                        s.ended = true;
+                    });
+                }
+            }
+        }
+        if self.cx.worker != 0 {
+            // Worker 0 reloads last and says it for all.
+            return closed;
+        }
+        closed += closed_elsewhere;
+        let open = self.cx.ledger.lock().sessions;
+        self.cx.log(Level::Info, || {
+            if recheck {
+                format!(
+                    "configuration reloaded; {closed} connections the new rules deny were \
+                     closed, {open} go on"
+                )
+            } else {
+                format!("configuration reloaded; {open} connections go on under the old rules")
+            }
+        });
+        closed
+    }
+
+    /// Services: same name and kind → the same entry (its counters go on);
+    /// others are added; those gone are retired. Returns each new service's
+    /// entry.
+    fn match_services(&mut self, config: &Config) -> Vec<usize> {
+        let services = &mut self.cx.services;
+        let mut index = Vec::with_capacity(config.services.len());
+        for svc in &config.services {
+            let found = services
+                .iter()
+                .position(|s| !s.retired && *s.name == *svc.name && s.kind == svc.kind);
+            let fresh = ServiceInfo::new(svc);
+            match found {
+                Some(i) => {
+                    let s = &mut services[i];
+                    s.destination = fresh.destination;
+                    s.target = fresh.target;
+                    s.listen = fresh.listen;
+                    s.conf = fresh.conf;
+                    index.push(i);
+                }
+                None => {
+                    services.push(fresh);
+                    index.push(services.len() - 1);
+                }
+            }
+        }
+        for (i, s) in services.iter_mut().enumerate() {
+            if !index.contains(&i) {
+                s.retired = true;
+            }
+        }
+        index
+    }
+
+    /// Listeners: keep an open one whose address and service stay; close
+    /// the rest; open what is new.
+    fn match_listeners(&mut self, config: &Config, index: &[usize]) {
+        let cx = &mut self.cx;
+        let mut wanted: Vec<(usize, SocketAddr, bool)> = Vec::new();
+        for (n, svc) in config.services.iter().enumerate() {
+            if !listens(cx.worker, svc) {
+                continue;
+            }
+            let udp = svc.protocol == Transport::Udp;
+            for a in &svc.listen {
+                wanted.push((index[n], *a, udp));
+            }
+        }
+        let mut keep = Vec::new();
+        let mut close = Vec::new();
+        for l in cx.listeners.iter() {
+            if l.data.is_some() {
+                continue;
+            }
+            let stays = l.state != super::listeners::ListenerState::Closed
+                && wanted
+                    .iter()
+                    .any(|(svc, a, udp)| *svc == l.service && *a == l.addr && *udp == l.udp);
+            if stays {
+                keep.push((l.service, l.addr));
+            } else {
+                close.push(l.id);
+            }
+        }
+        for id in close {
+            cx.listeners.close(id, &mut cx.actions);
+        }
+        for (svc, addr, udp) in wanted {
+            if keep.contains(&(svc, addr)) {
+                continue;
+            }
+            cx.listeners
+                .open(svc, addr, udp, None, false, &mut cx.actions);
+        }
+    }
+
+    /// Whether the rules now in force deny connection `conn` (or its
+    /// service is gone); one only refusing is left to finish.
+    fn denied_now(&self, conn: ConnId) -> bool {
+        let Some(s) = self.session(conn) else {
+            return false;
+        };
+        if s.refusal.is_some() {
+            return false;
+        }
+        let svc = &self.cx.services[s.service];
+        let q = Query {
+            service: &svc.name,
+            client: s.client.ip(),
+            user: s.user.as_deref(),
+            host: s.target_host(),
+            addr: s.upstream.addr.map(|a| Context::rule_ip(a.ip())),
+            port: s.upstream.addr.map(|a| a.port()),
+        };
+        svc.retired
+            || matches!(
+                rules::check(&self.cx.config.rules, &q, self.cx.wall),
+                Verdict::Deny { .. }
+            )
+    }
+}
