@@ -1,5 +1,6 @@
 //! The access log: one record per finished connection (per request for
-//! http), formatted as the text line of SPEC.md or as one JSON object.
+//! http), formatted as the text line `docs/configuration.md` shows or as one
+//! JSON object.
 //!
 //! The core has no clock, so a record carries no wall time; the runtime passes
 //! the wall-clock time when it writes the line.

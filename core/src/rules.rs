@@ -1,4 +1,4 @@
-//! The access-rule engine: which `[[rule]]` (SPEC.md "Rules") decides a
+//! The access-rule engine: which `[[rule]]` decides a
 //! request, and what it decides.
 //!
 //! Rules are walked in order and the first one whose every condition
@@ -1175,7 +1175,7 @@ destination = "192.0.2.1:25"
 
     #[test]
     fn all_conditions_combined() {
-        // The rule of SPEC.md's example, as allow.
+        // The rule of the configuration reference's example, as allow.
         let r = Rule {
             action: RuleAction::Allow,
             services: vec!["web".into()],

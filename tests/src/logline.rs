@@ -1,4 +1,4 @@
-//! Strict readers for the access log: the text line of SPEC.md and the
+//! Strict readers for the access log: the text line of the access log reference and the
 //! one-object-per-line JSON form (parsed by [`crate::json`]).
 
 use std::net::SocketAddr;
@@ -123,7 +123,7 @@ mod tests {
             "2026-11-23T19:30:00.123Z web 192.168.1.5:53211 alice CONNECT example.com:443 \
              93.184.216.34:443 200 up=1234 down=56789 1.234s",
         )
-        .expect("the SPEC example");
+        .expect("the reference example");
         assert_eq!(l.up, 1234);
         assert_eq!(l.down, 56789);
         assert_eq!(l.duration, "1.234");

@@ -1,4 +1,4 @@
-//! The configuration: the TOML file of SPEC.md ("Configuration (TOML)"),
+//! The configuration: the TOML file `docs/configuration.md` describes,
 //! parsed and validated into a [`Config`].
 //!
 //! This module owns the configuration's types, its text format, the embedded
@@ -359,7 +359,7 @@ pub enum ServiceKind {
 }
 
 impl ServiceKind {
-    /// Every kind, in the order of SPEC.md.
+    /// Every kind, in the order the reference lists them.
     pub const ALL: [ServiceKind; 9] = [
         ServiceKind::Http,
         ServiceKind::Socks,

@@ -9,7 +9,7 @@ use super::*;
 
 const PHC: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo";
 
-/// The example of SPEC.md's "Configuration (TOML)" section, verbatim except
+/// The full example configuration of the first edition's contract, verbatim except
 /// for the password placeholder (`{PHC}` here).
 const SPEC_EXAMPLE: &str = r#"[network]
 internal = ["127.0.0.1", "192.168.1.1"]  # LAN-facing addresses (IPv4 or IPv6)
@@ -88,7 +88,7 @@ const MINIMAL: &str =
 
 #[test]
 fn spec_example_verbatim_is_refused_for_rate_on_deny() {
-    // SPEC.md's example combines action = "deny" with rate (which it documents
+    // That example combines action = "deny" with rate (which it documents
     // as "allow only"); that is an error at the rate value.
     let e = parse_unchecked_kinds(&spec_example(), "spec.toml").unwrap_err();
     assert_eq!((e.line, e.column), (49, 8), "{e}");

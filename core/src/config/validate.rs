@@ -1,4 +1,4 @@
-//! From [`RawConfig`] to a validated [`Config`]: every check of SPEC.md's
+//! From [`RawConfig`] to a validated [`Config`]: every check of the configuration's
 //! configuration section, each error pointing at the key or value at fault.
 //!
 //! Order: network, limits, log, runtime, users, services (each in file

@@ -12,7 +12,7 @@ use super::{Framing, Method, Version};
 /// Transfer-Encoding; the tunnel starts after it.
 pub const CONNECT_ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
 
-/// Fields removed from every forwarded message (RFC 9110 §7.6.1 and SPEC.md),
+/// Fields removed from every forwarded message (RFC 9110 §7.6.1, and Proxy-Connection and Proxy-Authorization),
 /// besides those the Connection header names.
 const HOP_BY_HOP: [Name; 7] = [
     Name::Connection,

@@ -32,7 +32,7 @@
 //! - A head is `Complete { head, len }` only when all of `buf[..len]` is the
 //!   head; the body starts at `buf[len]`.
 //!
-//! # Decisions where the RFCs or SPEC.md leave a choice
+//! # Decisions where the RFCs leave a choice
 //!
 //! - Content-Length: `5, 5`, repeated identical fields and leading zeros are
 //!   accepted as one length (RFC 9110 §8.6); forwarded as a single
@@ -87,7 +87,7 @@ pub use fields::{ConnectionOptions, Headers};
 pub use request::{parse_request, Authority, ProxyAuth, Request, Target};
 pub use response::{parse_response, Response};
 
-/// Size limits. The defaults are SPEC.md's.
+/// Size limits. The defaults: a request line of 8 KiB, a head of 64 KiB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Longest request / status line, CRLF excluded (8 KiB; over it: 414).

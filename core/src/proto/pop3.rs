@@ -1,4 +1,4 @@
-//! The POP3 gateway (SPEC.md "pop3", RFC 1939).
+//! The POP3 gateway (RFC 1939; `docs/configuration.md`, "pop3").
 //!
 //! The client chooses its mail server in the user name:
 //! `USER name#host[:port]` (the service's `separator`, `#` by default; the

@@ -1,4 +1,4 @@
-//! The Telnet gateway (SPEC.md "telnet").
+//! The Telnet gateway (`docs/configuration.md`, "telnet").
 //!
 //! With no `destination` the gateway is interactive: it greets
 //! `portico telnet gateway`, prompts `portico> ` and reads one command line

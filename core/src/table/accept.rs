@@ -1,0 +1,221 @@
+//! New connections: a client socket the runtime accepted becomes a session
+//! with its service's machine — admitted, admitted only to be told a
+//! refusal, or turned away — and a connection to an FTP data port becomes
+//! a relay for the control connection that opened the port.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::listeners::{DataPort, ListenerState, Report};
+use super::Proxy;
+use crate::config::ServiceKind;
+use crate::event::{Level, Refused};
+use crate::id::{ConnId, ListenerId};
+use crate::proto::http_proxy::HttpProxy;
+use crate::session::{Machine, Phase, Session};
+
+impl Proxy {
+    /// A client connected to `listener` from `peer`. On `Err` the runtime
+    /// closes the socket (the refusal is already logged).
+    ///
+    /// A connection over a limit, or denied by the rules on its address, is
+    /// still admitted when its protocol has words for the refusal (SOCKS,
+    /// HTTP, the gateways): it then lives only to say so, and at most
+    /// [`REFUSING_MAX`] such connections exist at once.
+    pub fn accept(
+        &mut self,
+        listener: ListenerId,
+        peer: SocketAddr,
+        now: Instant,
+    ) -> Result<ConnId, Refused> {
+        let local = match self.cx.listeners.get(listener) {
+            Some(l) => l.addr,
+            None => {
+                let r = Err(Refused::UnknownListener);
+                if let Some(rec) = self.recorder.as_mut() {
+                    rec.accept(now, listener, peer, r);
+                }
+                return r;
+            }
+        };
+        let r = self.admit_new(listener, peer, local, now);
+        if let Some(rec) = self.recorder.as_mut() {
+            rec.accept(now, listener, peer, r);
+        }
+        r
+    }
+
+    /// [`Proxy::accept`], with the local address the client connected to
+    /// (which FTP's passive mode announces; it differs from the listen
+    /// address when that is a wildcard).
+    pub fn accept_on(
+        &mut self,
+        listener: ListenerId,
+        peer: SocketAddr,
+        local: SocketAddr,
+        now: Instant,
+    ) -> Result<ConnId, Refused> {
+        let r = self.admit_new(listener, peer, local, now);
+        if let Some(rec) = self.recorder.as_mut() {
+            rec.accept_on(now, listener, peer, local, r);
+        }
+        r
+    }
+
+    fn admit_new(
+        &mut self,
+        listener: ListenerId,
+        peer: SocketAddr,
+        local: SocketAddr,
+        now: Instant,
+    ) -> Result<ConnId, Refused> {
+        self.cx.now = now;
+        let (service, data) = match self.cx.listeners.get(listener) {
+            Some(l) if l.state == ListenerState::Open => (l.service, l.data.clone()),
+            // Accepted by the runtime before it closed the listener.
+            Some(l) if self.cx.grace_until.is_some() => {
+                let service = l.service;
+                return Err(self.cx.refuse_plain(service, peer, Refused::ShuttingDown));
+            }
+            _ => return Err(Refused::UnknownListener),
+        };
+        if let Some(port) = data {
+            return self.accept_data(listener, port, service, peer, now);
+        }
+        let conf = &self.cx.services[service].conf;
+        let trusted = conf.proxy_protocol
+            && conf
+                .proxy_protocol_from
+                .iter()
+                .any(|n| n.contains(&peer.ip()));
+        let machine = match conf.kind {
+            ServiceKind::Http => {
+                let mut h = Box::<HttpProxy>::default();
+                h.logged = self.cx.access_logged();
+                Machine::Http(h)
+            }
+            ServiceKind::Status => Machine::Status,
+            _ => match crate::proto::for_service(conf) {
+                Some(p) => Machine::Gateway(p),
+                None => Machine::Mapped,
+            },
+        };
+        let refusal = if trusted {
+            // A balancer in front: limits and rules wait for the real client
+            // its PROXY header names. Only the table's own bound applies now.
+            if self.cx.grace_until.is_some() {
+                return Err(self.cx.refuse_plain(service, peer, Refused::ShuttingDown));
+            }
+            let mut counts = self.cx.ledger.lock();
+            if counts.served() >= self.cx.config.limits.max_connections as usize {
+                drop(counts);
+                return Err(self.cx.refuse_plain(service, peer, Refused::TooMany));
+            }
+            counts.sessions += 1;
+            None
+        } else {
+            match self
+                .cx
+                .admit(service, peer.ip(), machine.has_words(), false)
+            {
+                Ok(r) => r,
+                Err(why) => return Err(self.cx.refuse_plain(service, peer, why)),
+            }
+        };
+        let phase = if trusted {
+            Phase::ProxyHeader
+        } else {
+            machine.first_phase()
+        };
+        let conn = self.next_id();
+        let mut s = Session::new(conn, service, peer, local, machine, phase, now);
+        s.target = self.cx.services[service].target.clone();
+        s.refusal = refusal;
+        if let Machine::Http(_) = s.machine {
+            // Only bytes the HTTP machine clears are forwarded.
+            s.up.fwd = Some(0);
+            s.down.fwd = Some(0);
+        }
+        self.sessions.insert(s);
+        self.run(
+            conn,
+            now,
+            |s, cx| {
+                if trusted {
+                    s.sync(cx)
+                } else {
+                    s.begin(cx)
+                }
+            },
+        );
+        Ok(conn)
+    }
+
+    /// A connection to an FTP data port: only its own session's peer, once.
+    fn accept_data(
+        &mut self,
+        listener: ListenerId,
+        port: DataPort,
+        service: usize,
+        peer: SocketAddr,
+        now: Instant,
+    ) -> Result<ConnId, Refused> {
+        let owner = match self.session(port.owner) {
+            Some(owner) if peer.ip() == port.accept_from => owner,
+            _ => {
+                self.cx.log(Level::Debug, || {
+                    format!("data port {listener:?}: connection from {peer} refused")
+                });
+                return Err(Refused::Denied);
+            }
+        };
+        let user = owner.user.clone().or_else(|| match &owner.machine {
+            Machine::Gateway(p) => p.log_user(),
+            _ => None,
+        });
+        let owner_client = owner.client.ip();
+        // One transfer per port.
+        self.cx.listeners.close(listener, &mut self.cx.actions);
+        let mut counts = self.cx.ledger.lock();
+        if counts.served() >= self.cx.config.limits.max_connections as usize {
+            return Err(Refused::TooMany);
+        }
+        counts.add_client(peer.ip());
+        counts.sessions += 1;
+        drop(counts);
+        self.cx.count_served(service);
+        let conn = self.next_id();
+        let machine = Machine::FtpData { owner: port.owner };
+        let mut s = Session::new(conn, service, peer, peer, machine, Phase::Connecting, now);
+        s.target = port.connect_to.to_string();
+        s.user = user;
+        s.upstream.outward = port.connect_to.ip() != owner_client;
+        self.sessions.insert(s);
+        self.run(conn, now, |s, cx| s.connect(port.connect_to, cx));
+        Ok(conn)
+    }
+
+    /// The id the next session inserted gets: its slot, under a fresh
+    /// generation.
+    fn next_id(&mut self) -> ConnId {
+        let idx = self.sessions.vacant_key();
+        if self.gens.len() <= idx {
+            self.gens.resize(idx + 1, 0);
+        }
+        self.gens[idx] = self.gens[idx].wrapping_add(1);
+        ConnId {
+            idx: idx as u32,
+            gen: self.gens[idx],
+        }
+    }
+
+    /// A data port opened (or could not be): its session hears of it.
+    pub(super) fn data_port_report(&mut self, report: Report, now: Instant) {
+        if let Report::Data(port, local) = report {
+            self.run(port.owner, now, |s, cx| {
+                s.data_port_ready(port.token, local, cx)
+            });
+        }
+    }
+
+}
