@@ -655,10 +655,25 @@ fn validation_errors() {
                 }
                 assert_eq!(e.file, "t.toml");
                 assert!(!e.message.contains('\n'), "{what}: multi-line message");
+                if says_twice(&e.message) {
+                    failures.push(format!("{what}: says a word twice: {}", e.message));
+                }
             }
         }
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+/// A message that repeats a word, or its service prefix, as messages put
+/// together from parts can.
+fn says_twice(message: &str) -> bool {
+    let words: Vec<&str> = message.split_whitespace().collect();
+    let doubled = words.windows(2).any(|w| w[0] == w[1]);
+    let prefix = message
+        .strip_prefix("service '")
+        .and_then(|rest| rest.find("': "))
+        .map(|i| &message[..i + "service '".len() + 3]);
+    doubled || prefix.is_some_and(|p| message[p.len()..].starts_with(p))
 }
 
 #[test]

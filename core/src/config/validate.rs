@@ -661,8 +661,8 @@ fn service(cx: &Ctx, s: &S<RawService>, network: &Network, have_users: bool) -> 
                 return Err(e(
                     raw.span(),
                     format!(
-                        "service '{name}': a udp mapped port needs an IP address as its \
-                         destination, not the name '{n}' (datagrams are not worth a lookup each)"
+                        "a udp mapped port needs an IP address as its destination, not the \
+                         name '{n}' (datagrams are not worth a lookup each)"
                     ),
                 ));
             }

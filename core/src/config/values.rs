@@ -432,7 +432,7 @@ pub fn parse_destination(s: &str, default_port: Option<u16>) -> Result<Destinati
                 ));
             }
             return Err(format!(
-                "destination \"{s}\" has no port; write host:port, e.g. \"{example}\""
+                "\"{s}\" has no port; write host:port, e.g. \"{example}\""
             ));
         }
     };
