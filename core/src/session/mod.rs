@@ -94,8 +94,9 @@ pub(crate) enum Machine {
     Gateway(Box<dyn Protocol>),
     /// The HTTP forward proxy's exchanges.
     Http(Box<HttpProxy>),
-    /// The status page.
-    Status,
+    /// The status page; `asked`: its request is complete and the table
+    /// is gathering the answer (from the other workers' tables).
+    Status { asked: bool },
 }
 
 impl Machine {
@@ -112,7 +113,7 @@ impl Machine {
             Machine::FtpData { .. } => "FTP-DATA",
             Machine::Gateway(p) => p.method(),
             Machine::Http(_) => "HTTP",
-            Machine::Status => "-",
+            Machine::Status { .. } => "-",
         }
     }
 
@@ -414,7 +415,7 @@ impl Session {
                     }
                 }
             }
-            Machine::Http(_) | Machine::Status => self.sync(cx),
+            Machine::Http(_) | Machine::Status { .. } => self.sync(cx),
         }
     }
 
@@ -427,7 +428,7 @@ impl Session {
             return self.proxy_header(cx);
         }
         match &self.machine {
-            Machine::Status => self.status_request(cx),
+            Machine::Status { .. } => self.status_request(cx),
             Machine::Http(_) => self.http_client(cx),
             Machine::Gateway(_) => self.gateway_input(cx),
             Machine::Mapped | Machine::FtpData { .. } => {}
@@ -645,7 +646,11 @@ impl Session {
         let conn = self.id;
         let done = match self.phase {
             Phase::Closing => !self.down.has_data(),
-            Phase::Talking => self.up.eof,
+            // A client that has asked and shut its side waits for its
+            // answer (a status page gathered from every worker).
+            Phase::Talking => {
+                self.up.eof && !matches!(self.machine, Machine::Status { asked: true })
+            }
             Phase::Filtering => self.filtering_done(),
             _ => false,
         };
@@ -779,7 +784,7 @@ impl Session {
         }
         cx.stats.closed += 1;
         cx.actions.push_back(Action::Close { conn });
-        let machine = std::mem::replace(&mut self.machine, Machine::Status);
+        let machine = std::mem::replace(&mut self.machine, Machine::Mapped);
         match machine {
             Machine::Http(mut h) => {
                 // HTTP logs one line per request, the last one now.

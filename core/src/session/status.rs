@@ -6,10 +6,14 @@
 //! ```text
 //! Talking ─head complete, a page─► (the table answers) ─► Closing ─written─► (ended)
 //!     ├─head too long, or not a GET/HEAD──► 400/405/431, Closing
+//!     ├─client EOF before a complete head──► (ended)
 //!     └─handshake_timeout──► (ended)
 //! ```
+//!
+//! A client that shuts its side after a complete request still gets its
+//! answer, also when it has to be gathered from the other workers.
 
-use super::{Phase, Session};
+use super::{Machine, Phase, Session};
 use crate::status;
 use crate::table::context::{Context, Request};
 
@@ -17,7 +21,7 @@ impl Session {
     /// Reads the status request; a page is answered by the table (it needs
     /// every connection), an error at once.
     pub(super) fn status_request(&mut self, cx: &mut Context) {
-        if self.phase != Phase::Talking {
+        if self.phase != Phase::Talking || matches!(self.machine, Machine::Status { asked: true }) {
             return;
         }
         let input = self.up.buf.as_ref().map_or(&[][..], |b| b.data());
@@ -26,6 +30,7 @@ impl Session {
             status::Parse::More => return,
             status::Parse::Bad(code) => status::error(code),
             status::Parse::Get { page, head_only } => {
+                self.machine = Machine::Status { asked: true };
                 cx.requests.push(Request::Status {
                     conn: self.id,
                     page,

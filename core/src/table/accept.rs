@@ -94,7 +94,7 @@ impl Proxy {
                 h.logged = self.cx.access_logged();
                 Machine::Http(h)
             }
-            ServiceKind::Status => Machine::Status,
+            ServiceKind::Status => Machine::Status { asked: false },
             _ => match crate::proto::for_service(conf) {
                 Some(p) => Machine::Gateway(p),
                 None => Machine::Mapped,

@@ -105,3 +105,121 @@ impl Proxy {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::Proxy;
+    use crate::event::{Action, Event};
+    use crate::id::{ConnId, Side};
+    use crate::ledger::Ledger;
+
+    const CONFIG: &str = "[[service]]\nname = \"status\"\nkind = \"status\"\nport = 8081\n";
+
+    /// Carries out the listens, and returns every other action.
+    fn drain(p: &mut Proxy, now: Instant) -> Vec<Action> {
+        let mut other = Vec::new();
+        while let Some(a) = p.poll_action() {
+            match a {
+                Action::Listen { listener, addr } => {
+                    p.handle(
+                        Event::Listening {
+                            listener,
+                            local: addr,
+                        },
+                        now,
+                    );
+                }
+                a => other.push(a),
+            }
+        }
+        other
+    }
+
+    fn closes(actions: &[Action], conn: ConnId) -> bool {
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Close { conn: c } if *c == conn))
+    }
+
+    /// A status client that sends its request and shuts its side at once
+    /// (`nc -q1`) is answered, also when the answer waits for the other
+    /// workers' tables.
+    #[test]
+    fn a_request_whose_client_shuts_its_side_is_answered() {
+        let config = crate::config::parse(CONFIG, "t.toml").expect("valid");
+        let now = Instant::now();
+        let ledger = Ledger::new(2);
+        let mut first = Proxy::worker(config.clone(), 1, now, ledger.clone(), 0);
+        let second = Proxy::worker(config, 2, now, ledger, 1);
+        let listener = match first.poll_action() {
+            Some(Action::Listen { listener, addr }) => {
+                first.handle(
+                    Event::Listening {
+                        listener,
+                        local: addr,
+                    },
+                    now,
+                );
+                listener
+            }
+            other => panic!("expected a Listen, got {other:?}"),
+        };
+        drain(&mut first, now);
+        let peer = "127.0.0.1:40000".parse().expect("address");
+        let conn = first.accept(listener, peer, now).expect("accepted");
+        drain(&mut first, now);
+        let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+        let buf = first
+            .recv_buf(conn, Side::Client)
+            .expect("a read is wanted");
+        buf[..request.len()].copy_from_slice(request);
+        let n = request.len();
+        first.handle(
+            Event::Read {
+                conn,
+                side: Side::Client,
+                n,
+            },
+            now,
+        );
+        let asked = drain(&mut first, now);
+        assert!(
+            asked
+                .iter()
+                .any(|a| matches!(a, Action::Gather { conn: c } if *c == conn)),
+            "the other worker is asked: {asked:?}"
+        );
+        first.handle(
+            Event::Eof {
+                conn,
+                side: Side::Client,
+            },
+            now,
+        );
+        let after_eof = drain(&mut first, now);
+        assert!(
+            !closes(&after_eof, conn),
+            "closed before the answer: {after_eof:?}"
+        );
+        first.handle_gathered(conn, vec![second.snapshot(now)], now);
+        drain(&mut first, now);
+        let answer = first.send_bufs(conn, Side::Client).expect("an answer");
+        let answer = [answer[0], answer[1]].concat();
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+        first.handle(
+            Event::Written {
+                conn,
+                side: Side::Client,
+                n: answer.len(),
+            },
+            now,
+        );
+        assert!(closes(&drain(&mut first, now), conn), "closed once written");
+    }
+}
