@@ -57,8 +57,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use portico_core::sim::{
-    echo, find, lines, lines_with, same_bytes, script, sender, show, Answer, Behavior, Dial, Io,
-    Op, Rng, Runtime, Sim,
+    echo, find, lines, lines_with, replies, same_bytes, script, sender, show, Answer, Behavior,
+    Dial, Io, Op, Rng, Runtime, Sim,
 };
 use portico_core::{AccessRecord, Action, Event, ListenerId, Side};
 
@@ -570,61 +570,25 @@ type Planned = (Vec<u8>, bool);
 type Requests = Rc<RefCell<Vec<Vec<u8>>>>;
 type Responses = Rc<RefCell<VecDeque<Planned>>>;
 
-/// An origin: answers each complete request with the next response of a
-/// list shared by every connection (one request is in flight at a time).
-struct Origin {
-    pos: usize,
-    requests: Requests,
-    responses: Responses,
-    shut: bool,
-}
-
-impl Behavior for Origin {
-    fn poll(&mut self, io: &mut Io) {
-        while !self.shut {
-            let Some(n) = request_len(&io.received[self.pos..]) else {
-                break;
-            };
-            let req = io.received[self.pos..self.pos + n].to_vec();
-            self.pos += n;
-            self.requests.borrow_mut().push(req);
-            let planned = self.responses.borrow_mut().pop_front();
-            // More requests than planned: the checks after say so.
-            let (r, close) = planned.unwrap_or_else(|| {
-                (
-                    b"HTTP/1.1 500 Unplanned\r\nContent-Length: 0\r\n\r\n".to_vec(),
-                    false,
-                )
-            });
-            io.send.extend_from_slice(&r);
-            if close {
-                self.shut = true;
-                io.shut = true;
-            }
-        }
-        if io.eof && !self.shut {
-            self.shut = true;
-            io.shut = true;
-        }
-    }
-
-    fn done(&self) -> bool {
-        self.shut
-    }
-}
-
+/// Origins at two ports: each answers every complete request with the
+/// next response of a list shared by all (one request is in flight at a
+/// time), and closes when that response says so.
 fn origins(sim: &mut Sim) -> (Requests, Responses) {
     let requests: Requests = Rc::new(RefCell::new(Vec::new()));
     let responses: Responses = Rc::new(RefCell::new(VecDeque::new()));
     for port in [ORIGIN_A, ORIGIN_B] {
         let (rq, rs) = (requests.clone(), responses.clone());
         sim.server(local(port), move || {
-            Box::new(Origin {
-                pos: 0,
-                requests: rq.clone(),
-                responses: rs.clone(),
-                shut: false,
-            })
+            let (rq, rs) = (rq.clone(), rs.clone());
+            let answer = move |req: &[u8], _: &mut Io| {
+                rq.borrow_mut().push(req.to_vec());
+                // More requests than planned: the checks after say so.
+                rs.borrow_mut().pop_front().unwrap_or_else(|| {
+                    let unplanned = b"HTTP/1.1 500 Unplanned\r\nContent-Length: 0\r\n\r\n";
+                    (unplanned.to_vec(), false)
+                })
+            };
+            replies(b"", request_len, Box::new(answer))
         });
     }
     sim.name("origin.test", &[LOCALHOST]);

@@ -1,15 +1,18 @@
 //! What must hold of the table: after every call a runtime makes
 //! ([`Runtime::check`]), after `handle_timeout` ([`Runtime::assert_not_due`]),
-//! and once every peer is gone ([`Runtime::assert_empty`]); and assertions
-//! on bytes that show where two streams part.
+//! and once every peer is gone ([`Runtime::assert_empty`]); what must hold
+//! of a simulated world at its end ([`Sim::assert_settled`]); and
+//! assertions on bytes that show where two streams part.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use super::runtime::Runtime;
+use std::net::SocketAddr;
+
+use super::runtime::{ListenState, Runtime};
+use super::sched::Sim;
 use crate::proxy::REFUSING_MAX;
-use crate::Side;
+use crate::{AccessRecord, Level, Side};
 
 /// Slack allowed in the timer heap on top of twice the table's size (the
 /// core prunes the heap whenever it holds more than `2 * len + 64` entries).
@@ -35,8 +38,25 @@ impl Runtime {
             self.conns.len()
         );
         let limits = &self.config().limits;
-        let (max, per_client) = (limits.max_connections, limits.max_per_client);
-        let served = self.conns().filter(|s| !s.refusing).count();
+        let (max, per_client) = (limits.max_connections, limits.max_per_client as usize);
+        // Served connections in all, and per client address when that
+        // could be over the limit.
+        let (mut served, mut per_ip) = (0, Vec::<(IpAddr, usize)>::new());
+        for (conn, s) in self.conns.iter() {
+            if !s.refusing {
+                served += 1;
+                if len > per_client {
+                    match per_ip.iter_mut().find(|(ip, _)| *ip == s.peer.ip()) {
+                        Some((_, n)) => *n += 1,
+                        None => per_ip.push((s.peer.ip(), 1)),
+                    }
+                }
+            }
+            for side in [Side::Client, Side::Upstream] {
+                // Its checks: bytes only where they may be written.
+                let _ = self.shown(conn, side);
+            }
+        }
         assert!(
             served <= max as usize,
             "{served} connections served, over max_connections {max}"
@@ -46,16 +66,10 @@ impl Runtime {
             "{} connections only refusing",
             len - served
         );
-        if served > per_client as usize {
-            let mut per_ip: HashMap<IpAddr, usize> = HashMap::new();
-            for s in self.conns().filter(|s| !s.refusing) {
-                *per_ip.entry(s.peer.ip()).or_default() += 1;
-            }
-            assert!(
-                per_ip.values().all(|n| *n <= per_client as usize),
-                "a client holds more than max_per_client connections"
-            );
-        }
+        assert!(
+            per_ip.iter().all(|(_, n)| *n <= per_client),
+            "a client holds more than max_per_client connections"
+        );
         let buffers = self.buffers_in_use();
         assert!(
             buffers <= 2 * len,
@@ -70,12 +84,6 @@ impl Runtime {
         if len == 0 {
             assert_eq!(timers, 0, "timer entries left in an empty table");
             assert_eq!(buffers, 0, "buffers lent by an empty table");
-        }
-        for (conn, _) in self.conns.iter() {
-            for side in [Side::Client, Side::Upstream] {
-                // Its checks: bytes only where they may be written.
-                let _ = self.shown(conn, side);
-            }
         }
         assert_eq!(
             self.is_finished(),
@@ -111,6 +119,87 @@ impl Runtime {
         } else {
             assert_eq!(self.deadline(), None, "a deadline left in an empty table");
         }
+    }
+}
+
+impl Sim {
+    pub fn check_record(
+        &self,
+        rec: &AccessRecord,
+        method: &str,
+        status: &str,
+        destination: Option<SocketAddr>,
+        user: Option<&str>,
+    ) {
+        let tag = &self.tag;
+        assert_eq!(rec.method, method, "{tag}: method of {rec:?}");
+        assert_eq!(rec.status, status, "{tag}: status of {rec:?}");
+        assert_eq!(
+            rec.destination, destination,
+            "{tag}: destination of {rec:?}"
+        );
+        assert_eq!(rec.user.as_deref(), user, "{tag}: user of {rec:?}");
+    }
+
+    /// The client of connection `i` got exactly `want`, then end of stream.
+    pub fn check_client(&self, i: usize, want: &[u8]) {
+        let c = self.client_of(i);
+        let what = format!("what {} received", c.label);
+        same_bytes(&self.tag, &what, &c.received, want);
+        assert!(
+            c.received_eof,
+            "{}: {} saw no end of stream",
+            self.tag, c.label
+        );
+    }
+
+    /// Every peer is done, every connection ended, the table is empty with
+    /// no timer and no buffer left, and no data port is left open.
+    pub fn assert_settled(&self) {
+        let tag = &self.tag;
+        for p in &self.peers {
+            let c = &self.conns[p.conn];
+            if !p.done() && c.refused.is_none() && !c.os_refused {
+                panic!(
+                    "{tag}: {} never finished: waiting for {}; it received {} bytes: \"{}\"",
+                    p.label,
+                    p.behavior.waiting(),
+                    p.received.len(),
+                    super::check::show(&p.received[p.received.len().saturating_sub(300)..]),
+                );
+            }
+        }
+        for (i, c) in self.conns.iter().enumerate() {
+            assert!(
+                c.done(),
+                "{tag}: connection {i} ({:?}) was never closed",
+                c.id
+            );
+        }
+        self.rt.assert_empty();
+        let open_data_port = self.listens.iter().find(|(l, asked, _)| {
+            asked.port() == 0
+                && self
+                    .rt
+                    .listeners()
+                    .iter()
+                    .any(|x| x.id == *l && x.state != ListenState::Closed)
+        });
+        assert!(
+            open_data_port.is_none(),
+            "{tag}: data port {open_data_port:?} left open"
+        );
+    }
+
+    /// No diagnostic at warn or error level was logged.
+    pub fn assert_quiet(&self) {
+        let loud: Vec<_> = self
+            .rt
+            .logs
+            .iter()
+            .filter(|(l, _)| *l <= Level::Warn)
+            .collect();
+        assert!(loud.is_empty(), "{}: {loud:?}", self.tag);
     }
 }
 

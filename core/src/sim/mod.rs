@@ -10,17 +10,18 @@
 //!   listener, carries out every action on that record with the checks a
 //!   runtime can make, and feeds events, reads and writes in.
 //! - [`check`] — what must hold of the table after every call, after
-//!   `handle_timeout`, and at the end; byte assertions that show where two
-//!   streams part.
+//!   `handle_timeout` and at the end, and of a simulated world when it has
+//!   run out; byte assertions that show where two streams part.
 //! - [`rng`] — the seeded PRNG, and [`Dice`]: every choice a simulation
 //!   makes, drawn from a seed or given by a property test.
 //! - [`net`] — sockets as bounded byte queues, the servers at addresses,
-//!   the resolver, and what is on its way to the runtime.
+//!   the resolver, what is on its way to the runtime, and what the network
+//!   of a [`Sim`] makes of each action.
 //! - [`peers`] — the programs at the far end of the sockets: scripts,
 //!   echo and line servers.
 //! - [`sched`] — [`Sim`]: the seeded scheduler that runs a world of peers
 //!   around one table in simulated time.
-//! - [`seeds`] — running many seeds, replaying one.
+//! - [`mod@seeds`] — running many seeds, replaying one.
 //! - [`fuzz`] — the fuzz targets' entry points (event sequences,
 //!   configurations, protocol machines), which the corpus test replays.
 //!
@@ -41,11 +42,12 @@ pub mod seeds;
 pub use check::{same_bytes, show, timer_bound};
 pub use net::{Pipe, Server};
 pub use peers::{
-    echo, find, lines, lines_with, script, sender, Answer, Behavior, Dial, Io, IoAnswer, Op,
+    echo, find, lines, lines_with, replies, script, sender, Answer, Behavior, Dial, Frame, Io,
+    IoAnswer, Op, Peer, PeerId,
 };
 pub use rng::{Dice, Given, Rng};
 pub use runtime::{parse, Runtime};
-pub use sched::{Conn, Peer, PeerId, Sim};
+pub use sched::{Conn, Sim};
 pub use seeds::seeds;
 
 use crate::Side;

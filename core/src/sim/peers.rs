@@ -1,8 +1,9 @@
 //! The peers: the programs at the far end of each socket (clients, and the
-//! servers the core connects to). A peer is a [`Behavior`] the scheduler
-//! polls whenever something may have changed; it sees what it received
-//! and asks to send, shut, stall, reset, sleep or open connections of its
-//! own. [`Script`] plays a list of [`Op`]s; [`Echo`], [`Lines`] and
+//! servers the core connects to), each with its socket ([`Peer`]). A
+//! peer's program is a [`Behavior`] the scheduler polls whenever something
+//! it can see changed; it sees what it received and asks to send, shut,
+//! stall, reset, sleep or open connections of its own. [`Script`] plays a
+//! list of [`Op`]s; [`Replies`] (of which [`echo`] and [`lines`]) and
 //! [`Sender`] are the usual servers.
 
 use std::collections::VecDeque;
@@ -11,7 +12,114 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use super::check::show;
-use super::net::Server;
+use super::net::{Pipe, Server};
+
+pub type PeerId = usize;
+
+/// A program at the far end of a socket, and that socket.
+pub struct Peer {
+    pub label: String,
+    /// A client's own address; where a server was connected to.
+    pub addr: SocketAddr,
+    /// A server: the local address of the core's socket.
+    pub local: Option<SocketAddr>,
+    /// The connection (index in [`super::Sim::conns`]) it belongs to.
+    pub conn: usize,
+    pub(super) behavior: Box<dyn Behavior>,
+    /// Every byte its program means to send, when known in advance.
+    pub script_bytes: Vec<u8>,
+    /// Its program runs (accepted, refused, or connected to).
+    pub started: bool,
+    /// The core's end of the socket exists.
+    pub open: bool,
+    /// It does not read (a slow or stalled client).
+    pub stalled: bool,
+    /// It reset the connection.
+    pub reset: bool,
+    /// Written by its program, not yet into the socket.
+    pub unsent: VecDeque<u8>,
+    pub(super) shut_asked: bool,
+    /// Peer → core.
+    pub inbound: Pipe,
+    /// Core → peer.
+    pub outbound: Pipe,
+    pub received: Vec<u8>,
+    pub received_eof: bool,
+    /// Bytes it wrote into the socket.
+    pub sent: usize,
+    pub(super) wake: Option<Duration>,
+    /// The core was told about the EOF on `inbound`.
+    pub(super) eof_reported: bool,
+    /// The core was told a read would block, and nothing arrived since.
+    pub(super) blocked_reported: bool,
+    /// A wanted read (write) found nothing lent (shown): none is tried
+    /// until the core tells this socket's interest again.
+    pub(super) mute: [bool; 2],
+    /// What it saw when it last acted.
+    pub(super) seen: Option<View>,
+}
+
+/// What a peer's program sees of its socket: bytes received, the end of
+/// stream, the socket open, everything it sent written.
+pub(super) type View = (usize, bool, bool, bool);
+
+impl Peer {
+    /// Every byte its script sends went into the socket.
+    pub fn sent_all(&self) -> bool {
+        self.sent == self.script_bytes.len()
+    }
+
+    pub fn done(&self) -> bool {
+        self.behavior.done()
+    }
+
+    /// How many of its bytes could go into the socket now.
+    pub(super) fn can_write(&self) -> usize {
+        if self.started && self.open && !self.inbound.eof && !self.reset {
+            self.unsent.len().min(self.inbound.room())
+        } else {
+            0
+        }
+    }
+
+    /// `k` of its bytes go into the socket.
+    pub(super) fn write(&mut self, k: usize) {
+        self.inbound.buf.extend(self.unsent.drain(..k));
+        self.sent += k;
+        self.blocked_reported = false;
+        if self.unsent.is_empty() && self.shut_asked {
+            self.inbound.eof = true;
+        }
+    }
+
+    /// Something waits for it to read: bytes, or the end of stream.
+    pub(super) fn can_read(&self) -> bool {
+        let out = &self.outbound;
+        self.started && !self.stalled && (!out.buf.is_empty() || (out.eof && !self.received_eof))
+    }
+
+    /// It reads `k` bytes, or, when none are left, the end of stream.
+    pub(super) fn read(&mut self, k: usize) {
+        if self.outbound.buf.is_empty() {
+            self.received_eof = true;
+        } else {
+            self.received.extend(self.outbound.buf.drain(..k));
+        }
+    }
+
+    pub(super) fn view(&self) -> View {
+        let (received, eof) = (self.received.len(), self.received_eof);
+        (received, eof, self.open, self.unsent.is_empty())
+    }
+
+    /// The core closed its end: the peer reads what was sent, then EOF.
+    pub(super) fn gone(&mut self) {
+        if self.open || self.started {
+            self.outbound.eof = true;
+        }
+        self.open = false;
+    }
+}
 
 /// What a behaviour sees of its socket, and what it asks for.
 pub struct Io<'a> {
@@ -51,6 +159,11 @@ pub trait Behavior {
     /// Every byte it means to send, when that is known in advance.
     fn planned(&self) -> Vec<u8> {
         Vec::new()
+    }
+    /// It waits on something besides its own socket and the clock (and
+    /// is polled at every step, not only when its socket changed).
+    fn watches_others(&self) -> bool {
+        false
     }
 }
 
@@ -246,6 +359,10 @@ impl Behavior for Script {
         format!("{:?} ({} ops left)", self.ops.front(), self.ops.len())
     }
 
+    fn watches_others(&self) -> bool {
+        matches!(self.ops.front(), Some(Op::Until(..)))
+    }
+
     fn planned(&self) -> Vec<u8> {
         let mut all = Vec::new();
         for op in &self.ops {
@@ -257,78 +374,52 @@ impl Behavior for Script {
     }
 }
 
-/// A server that sends `greeting`, then echoes; it shuts once the core has.
-pub struct Echo {
-    greeting: Vec<u8>,
-    started: bool,
-    echoed: usize,
-    shut: bool,
-}
-
-pub fn echo(greeting: &[u8]) -> Box<dyn Behavior> {
-    Box::new(Echo {
-        greeting: greeting.to_vec(),
-        started: false,
-        echoed: 0,
-        shut: false,
-    })
-}
-
-impl Behavior for Echo {
-    fn poll(&mut self, io: &mut Io) {
-        if !self.started {
-            self.started = true;
-            io.send.extend_from_slice(&self.greeting);
-        }
-        if self.shut {
-            return;
-        }
-        io.send.extend_from_slice(&io.received[self.echoed..]);
-        self.echoed = io.received.len();
-        if io.eof {
-            self.shut = true;
-            io.shut = true;
-        }
-    }
-
-    fn done(&self) -> bool {
-        self.shut
-    }
-
-    fn waiting(&self) -> String {
-        "echo: end of stream from the core".into()
-    }
-}
-
 /// A line answer: what to send back, and whether to quit (shut) after it.
 pub type Answer = Box<dyn FnMut(&[u8]) -> (Vec<u8>, bool)>;
-/// A line answer that may also act on its own (open connections).
+/// An answer that may also act on its own (open connections).
 pub type IoAnswer = Box<dyn FnMut(&[u8], &mut Io) -> (Vec<u8>, bool)>;
+/// The length of the complete message at the front of the bytes, if one is.
+pub type Frame = fn(&[u8]) -> Option<usize>;
 
-/// A line-oriented server: a greeting, then one answer per line.
-pub struct Lines {
+/// A server that answers its client: a greeting, then, for each complete
+/// message (as its [`Frame`] finds them), what its answer says; it shuts
+/// when the answer says to quit, or once the core has shut.
+pub struct Replies {
     greeting: Vec<u8>,
     started: bool,
     pos: usize,
+    frame: Frame,
     answer: IoAnswer,
     shut: bool,
 }
 
-pub fn lines(greeting: &[u8], mut answer: Answer) -> Box<dyn Behavior> {
-    lines_with(greeting, Box::new(move |line, _| answer(line)))
-}
-
-pub fn lines_with(greeting: &[u8], answer: IoAnswer) -> Box<dyn Behavior> {
-    Box::new(Lines {
+pub fn replies(greeting: &[u8], frame: Frame, answer: IoAnswer) -> Box<dyn Behavior> {
+    Box::new(Replies {
         greeting: greeting.to_vec(),
         started: false,
         pos: 0,
+        frame,
         answer,
         shut: false,
     })
 }
 
-impl Behavior for Lines {
+/// Sends `greeting`, then echoes.
+pub fn echo(greeting: &[u8]) -> Box<dyn Behavior> {
+    let all: Frame = |b| (!b.is_empty()).then_some(b.len());
+    replies(greeting, all, Box::new(|b, _| (b.to_vec(), false)))
+}
+
+/// A line-oriented server: a greeting, then one answer per line.
+pub fn lines(greeting: &[u8], mut answer: Answer) -> Box<dyn Behavior> {
+    lines_with(greeting, Box::new(move |line, _| answer(line)))
+}
+
+pub fn lines_with(greeting: &[u8], answer: IoAnswer) -> Box<dyn Behavior> {
+    replies(greeting, |b| find(b, b"\n").map(|i| i + 1), answer)
+}
+
+impl Behavior for Replies {
     fn poll(&mut self, io: &mut Io) {
         if !self.started {
             self.started = true;
@@ -336,12 +427,12 @@ impl Behavior for Lines {
         }
         let received = io.received;
         while !self.shut {
-            let Some(i) = find(&received[self.pos..], b"\n") else {
+            let Some(n) = (self.frame)(&received[self.pos..]) else {
                 break;
             };
-            let line = &received[self.pos..self.pos + i + 1];
-            self.pos += i + 1;
-            let (reply, quit) = (self.answer)(line, io);
+            let message = &received[self.pos..self.pos + n];
+            self.pos += n;
+            let (reply, quit) = (self.answer)(message, io);
             io.send.extend_from_slice(&reply);
             if quit {
                 self.shut = true;
@@ -359,7 +450,7 @@ impl Behavior for Lines {
     }
 
     fn waiting(&self) -> String {
-        format!("line server at byte {}", self.pos)
+        format!("a server at byte {}: end of stream from the core", self.pos)
     }
 }
 

@@ -28,86 +28,24 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use super::check::same_bytes;
-use super::net::{Deliver, Net, Pipe, Server};
+use super::net::{Net, Pipe, Server};
 use super::peers::{Behavior, Dial, Io};
+use super::peers::{Peer, PeerId};
 use super::rng::{Dice, Rng};
 use super::runtime::{Entry, ListenState, Runtime};
 use super::seeds::{replaying, tracing};
 use super::side_index;
-use crate::{AccessRecord, Action, Config, ConnId, Event, IoKind, Level, Refused, Side};
+use crate::{AccessRecord, Config, ConnId, Event, IoKind, Level, Refused, Side};
 
 /// Steps taken before a run is declared stuck in a loop.
 const MAX_STEPS: u64 = 5_000_000;
 /// Trace entries kept to print when a run fails (more when replaying).
 const TRACE_KEEP: usize = 80;
 const TRACE_REPLAY: usize = 20_000;
-const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-
-pub type PeerId = usize;
-
-/// A program at the far end of a socket, and that socket.
-pub struct Peer {
-    pub label: String,
-    /// A client's own address; where a server was connected to.
-    pub addr: SocketAddr,
-    /// A server: the local address of the core's socket.
-    pub local: Option<SocketAddr>,
-    /// The connection (index in [`Sim::conns`]) it belongs to.
-    pub conn: usize,
-    behavior: Box<dyn Behavior>,
-    /// Every byte its program means to send, when known in advance.
-    pub script_bytes: Vec<u8>,
-    /// Its program runs (accepted, refused, or connected to).
-    pub started: bool,
-    /// The core's end of the socket exists.
-    pub open: bool,
-    /// It does not read (a slow or stalled client).
-    pub stalled: bool,
-    /// It reset the connection.
-    pub reset: bool,
-    /// Written by its program, not yet into the socket.
-    pub unsent: VecDeque<u8>,
-    shut_asked: bool,
-    /// Peer → core.
-    pub inbound: Pipe,
-    /// Core → peer.
-    pub outbound: Pipe,
-    pub received: Vec<u8>,
-    pub received_eof: bool,
-    /// Bytes it wrote into the socket.
-    pub sent: usize,
-    wake: Option<Duration>,
-    /// The core was told about the EOF on `inbound`.
-    eof_reported: bool,
-    /// The core was told a read would block, and nothing arrived since.
-    blocked_reported: bool,
-    /// A wanted read (write) found nothing lent (shown): none is tried
-    /// until the core tells this socket's interest again.
-    mute: [bool; 2],
-}
-
-impl Peer {
-    /// Every byte its script sends went into the socket.
-    pub fn sent_all(&self) -> bool {
-        self.sent == self.script_bytes.len()
-    }
-
-    pub fn done(&self) -> bool {
-        self.behavior.done()
-    }
-
-    /// The core closed its end: the peer reads what was sent, then EOF.
-    fn gone(&mut self) {
-        if self.open || self.started {
-            self.outbound.eof = true;
-        }
-        self.open = false;
-    }
-}
+pub(super) const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// How a client's planned server answers its connect.
-enum Plan {
+pub(super) enum Plan {
     Accept(PeerId),
     Fail(IoKind),
     Silent,
@@ -123,7 +61,7 @@ pub struct Conn {
     pub at: Duration,
     /// How long its planned server takes to answer a connect.
     pub delay: Duration,
-    plan: Option<Plan>,
+    pub(super) plan: Option<Plan>,
     pub id: Option<ConnId>,
     /// `accept` said no.
     pub refused: Option<Refused>,
@@ -141,7 +79,7 @@ pub struct Conn {
     /// taken from one socket, not yet written to the other.
     pub pipe: [VecDeque<u8>; 2],
     /// Connects asked for (an answer to an older one is dropped).
-    attempt: u32,
+    pub(super) attempt: u32,
 }
 
 impl Conn {
@@ -155,7 +93,7 @@ impl Conn {
         &self.pipe[side_index(from)]
     }
 
-    fn peer(&self, side: Side) -> Option<PeerId> {
+    pub(super) fn peer(&self, side: Side) -> Option<PeerId> {
         match side {
             Side::Client => Some(self.client),
             Side::Upstream => self.server,
@@ -207,7 +145,7 @@ pub struct Sim {
     pub net: Net,
     pub peers: Vec<Peer>,
     pub conns: Vec<Conn>,
-    live: BTreeMap<ConnId, usize>,
+    pub(super) live: BTreeMap<ConnId, usize>,
     /// Every `Connect`: (connection, address), in order.
     pub connects: Vec<(usize, SocketAddr)>,
     /// Every upstream peer, in the order connected to.
@@ -222,6 +160,8 @@ pub struct Sim {
     /// many bytes.
     pub splice: bool,
     pub pipe_cap: usize,
+    /// Peers move all they can at once, between the steps (given dice).
+    pub instant: bool,
     /// A wanted read finds space lent, and a wanted write finds bytes
     /// shown; when false, one that does not waits for the core's next
     /// `Interest` for that socket (as a runtime that stops at an empty
@@ -240,7 +180,7 @@ pub struct Sim {
     /// Scratch space for the ready operations of one step.
     ready: Vec<Ready>,
     /// Ports handed out (data ports, upstream sockets).
-    ports: u16,
+    pub(super) ports: u16,
 }
 
 impl Sim {
@@ -259,7 +199,8 @@ impl Sim {
             rt.keep_trace(TRACE_KEEP);
         }
         let jitter = dice.chance(1, 2);
-        let splice = !dice.is_given() && seed % 2 == 1;
+        let given = dice.is_given();
+        let splice = !given && seed % 2 == 1;
         let pipe_cap = if splice {
             [1, 16, 4096, 65536][dice.below(4)]
         } else {
@@ -279,6 +220,7 @@ impl Sim {
             listens: Vec::new(),
             jitter,
             read_blocked: true,
+            instant: given,
             strict: true,
             splice,
             pipe_cap,
@@ -334,7 +276,7 @@ impl Sim {
         self.net.name(name, ips);
     }
 
-    fn new_peer(
+    pub(super) fn new_peer(
         &mut self,
         label: String,
         addr: SocketAddr,
@@ -364,6 +306,7 @@ impl Sim {
             eof_reported: false,
             blocked_reported: false,
             mute: [false; 2],
+            seen: None,
         });
         self.peers.len() - 1
     }
@@ -484,7 +427,16 @@ impl Sim {
         let now = self.now();
         let mut dials = Vec::new();
         for peer in &mut self.peers {
+            while self.instant && peer.can_read() {
+                peer.read(peer.outbound.buf.len());
+            }
             if !peer.started || peer.behavior.done() || peer.wake.is_some_and(|w| w > now) {
+                continue;
+            }
+            // Nothing it can see changed since it last acted (and it waits
+            // for no time): it would do nothing.
+            let unchanged = peer.seen == Some(peer.view());
+            if unchanged && peer.wake.is_none() && !peer.behavior.watches_others() {
                 continue;
             }
             let mut io = Io {
@@ -529,6 +481,10 @@ impl Sim {
             if peer.shut_asked && peer.unsent.is_empty() && peer.open {
                 peer.inbound.eof = true;
             }
+            peer.seen = Some(peer.view());
+            if self.instant {
+                peer.write(peer.can_write());
+            }
             dials.extend(d);
         }
         for d in dials {
@@ -547,15 +503,11 @@ impl Sim {
                 ready.push(Ready::Deliver(j));
             }
         }
-        for (p, e) in self.peers.iter().enumerate() {
-            if !e.started {
-                continue;
-            }
-            if e.open && !e.inbound.eof && !e.reset && !e.unsent.is_empty() && e.inbound.room() > 0
-            {
+        for (p, e) in self.peers.iter().enumerate().filter(|_| !self.instant) {
+            if e.can_write() > 0 {
                 ready.push(Ready::RemoteWrite(p));
             }
-            if !e.stalled && (!e.outbound.buf.is_empty() || (e.outbound.eof && !e.received_eof)) {
+            if e.can_read() {
                 ready.push(Ready::RemoteRead(p));
             }
         }
@@ -662,7 +614,7 @@ impl Sim {
         self.rt.assert_not_due();
     }
 
-    fn id(&self, i: usize) -> ConnId {
+    pub(super) fn id(&self, i: usize) -> ConnId {
         match self.conns[i].id {
             Some(id) => id,
             None => panic!("{}: connection {i} has no id", self.tag),
@@ -670,7 +622,7 @@ impl Sim {
     }
 
     /// The peer at `side` of connection `i` (it exists: the op was ready).
-    fn end(&self, i: usize, side: Side) -> PeerId {
+    pub(super) fn end(&self, i: usize, side: Side) -> PeerId {
         self.conns[i].peer(side).expect("a socket on that side")
     }
 
@@ -690,23 +642,12 @@ impl Sim {
                 self.deliver(p.what);
             }
             Ready::RemoteWrite(p) => {
-                let e = &mut self.peers[p];
-                let k = self.dice.chop(e.unsent.len().min(e.inbound.room()));
-                e.inbound.buf.extend(e.unsent.drain(..k));
-                e.sent += k;
-                e.blocked_reported = false;
-                if e.unsent.is_empty() && e.shut_asked {
-                    e.inbound.eof = true;
-                }
+                let k = self.dice.chop(self.peers[p].can_write());
+                self.peers[p].write(k);
             }
             Ready::RemoteRead(p) => {
-                let e = &mut self.peers[p];
-                if e.outbound.buf.is_empty() {
-                    e.received_eof = true;
-                } else {
-                    let k = self.dice.chop(e.outbound.buf.len());
-                    e.received.extend(e.outbound.buf.drain(..k));
-                }
+                let k = self.dice.chop(self.peers[p].outbound.buf.len());
+                self.peers[p].read(k);
             }
             Ready::ProxyRead(i, side) => {
                 self.io_steps += 1;
@@ -827,99 +768,6 @@ impl Sim {
         }
     }
 
-    fn accept(&mut self, i: usize) {
-        let c = &self.conns[i];
-        let peer = self.peers[c.client].addr;
-        let listener = self.rt.listener_at(c.to).map(|l| (l.id, l.asked == c.to));
-        let Some((listener, plain)) = listener else {
-            // Nobody listens there: the OS refuses the connection.
-            self.conns[i].os_refused = true;
-            let client = &mut self.peers[self.conns[i].client];
-            client.started = true;
-            client.outbound.eof = true;
-            return;
-        };
-        // The local address, as a runtime that asks the socket tells it;
-        // one that knows the listener's address may leave it out.
-        let local = (!plain || !self.dice.chance(1, 2)).then_some(c.to);
-        let result = self.rt.accept(listener, peer, local);
-        let now = self.now();
-        let c = &mut self.conns[i];
-        c.accepted_at = Some(now);
-        let client = &mut self.peers[c.client];
-        client.started = true;
-        match result {
-            Ok(id) => {
-                c.id = Some(id);
-                client.open = true;
-                self.live.insert(id, i);
-            }
-            Err(why) => {
-                // The runtime closes the socket: the client sees EOF.
-                c.refused = Some(why);
-                client.outbound.eof = true;
-            }
-        }
-    }
-
-    fn deliver(&mut self, what: Deliver) {
-        let now = self.now();
-        match what {
-            Deliver::Listening { listener, local } => {
-                let closed = self
-                    .rt
-                    .listeners()
-                    .iter()
-                    .any(|l| l.id == listener && l.state == ListenState::Closed);
-                if !closed {
-                    self.rt.handle(Event::Listening { listener, local });
-                }
-            }
-            Deliver::Answer {
-                conn,
-                attempt,
-                result,
-            } => {
-                let id = self.id(conn);
-                let event = match result {
-                    Ok(local) => Event::Connected { conn: id, local },
-                    Err(error) => Event::ConnectFailed { conn: id, error },
-                };
-                let c = &mut self.conns[conn];
-                if c.closed_at.is_some() {
-                    return self.rt.handle_stale(id, Side::Upstream, event);
-                }
-                if c.attempt != attempt {
-                    return;
-                }
-                c.answered_at = Some(now);
-                if let (Ok(local), Some(p)) = (result, c.server) {
-                    c.connected_at = Some(now);
-                    let server = &mut self.peers[p];
-                    server.open = true;
-                    server.started = true;
-                    server.local = Some(local);
-                }
-                self.rt.handle(event);
-            }
-            Deliver::Resolved { conn, addrs } => {
-                self.event_for(conn, Event::Resolved { conn, addrs });
-            }
-            Deliver::ResolveFailed { conn } => {
-                self.event_for(conn, Event::ResolveFailed { conn });
-            }
-        }
-    }
-
-    /// An event for `conn`, which may have closed since it was asked for.
-    fn event_for(&mut self, conn: ConnId, event: Event) {
-        if self.rt.is_live(conn) {
-            self.rt.handle(event);
-        } else {
-            self.rt.handle_stale(conn, Side::Upstream, event);
-        }
-    }
-
     // -------------------------------------------------------------- actions
 
     /// Carries out every action the core has queued, then checks the table.
@@ -928,139 +776,6 @@ impl Sim {
             self.apply(action);
         }
         self.rt.check();
-    }
-
-    /// What the network and the peers make of an action (the runtime has
-    /// carried it out on its record and checked it).
-    fn apply(&mut self, action: Action) {
-        let now = self.now();
-        match action {
-            Action::Listen { listener, addr } => {
-                let local = if addr.port() == 0 {
-                    self.ports += 1;
-                    let port = 50000 + self.ports * 7 + self.dice.below(7) as u16;
-                    SocketAddr::new(addr.ip(), port)
-                } else {
-                    addr
-                };
-                self.listens.push((listener, addr, local));
-                // Those of the start open at once.
-                let at = if self.steps == 0 {
-                    now
-                } else {
-                    now + self.dice.duration(Duration::ZERO, Duration::from_millis(2))
-                };
-                self.net.deliver(at, Deliver::Listening { listener, local });
-            }
-            Action::Resolve { conn, host, port } => {
-                let what = match self.net.resolve(&host, port) {
-                    Some(addrs) => Deliver::Resolved { conn, addrs },
-                    None => Deliver::ResolveFailed { conn },
-                };
-                let at = now + self.dice.duration(Duration::ZERO, Duration::from_millis(5));
-                self.net.deliver(at, what);
-            }
-            Action::Connect { conn, addr, .. } => self.connect(self.live[&conn], addr),
-            Action::Interest { conn, side, .. } => {
-                let i = self.live[&conn];
-                if let Some(p) = self.conns[i].peer(side) {
-                    self.peers[p].mute = [false; 2];
-                }
-            }
-            Action::CloseUpstream { conn } => {
-                let i = self.live[&conn];
-                let c = &mut self.conns[i];
-                c.attempt += 1;
-                if let Some(p) = c.server.take() {
-                    self.peers[p].gone();
-                }
-            }
-            Action::ShutdownWrite { conn, side } => {
-                let i = self.live[&conn];
-                assert!(
-                    self.conns[i].pipe(side.other()).is_empty(),
-                    "{}: ShutdownWrite on {conn} {side:?} with bytes still in the pipe",
-                    self.tag
-                );
-                let p = self.end(i, side);
-                self.peers[p].outbound.eof = true;
-            }
-            Action::Close { conn } => {
-                let i = self.live.remove(&conn).expect("a live connection");
-                let c = &mut self.conns[i];
-                c.closed_at = Some(now);
-                // What the runtime's pipes held is lost with the sockets.
-                c.pipe = Default::default();
-                for p in [Some(c.client), c.server].into_iter().flatten() {
-                    self.peers[p].gone();
-                }
-            }
-            Action::Access(rec) => {
-                assert!(
-                    self.conns
-                        .iter()
-                        .any(|c| self.peers[c.client].addr == rec.client),
-                    "{}: access record for unknown client {}",
-                    self.tag,
-                    rec.client
-                );
-            }
-            _ => {}
-        }
-    }
-
-    /// The core asks connection `i`'s upstream socket to connect to `addr`.
-    fn connect(&mut self, i: usize, addr: SocketAddr) {
-        let now = self.now();
-        self.connects.push((i, addr));
-        let c = &mut self.conns[i];
-        c.attempt += 1;
-        c.connect_asked_at = Some(now);
-        if let Some(old) = c.server.take() {
-            // A new socket replaces the one whose connect failed.
-            self.peers[old].gone();
-        }
-        let (plan, delay) = match self.conns[i].plan.take() {
-            Some(plan) => (plan, self.conns[i].delay),
-            None => {
-                let delay = self
-                    .dice
-                    .duration(Duration::ZERO, Duration::from_millis(20));
-                let plan = match self.net.connect(addr) {
-                    Server::Accept(b) => {
-                        let n = self
-                            .upstreams
-                            .iter()
-                            .filter(|&&p| self.peers[p].addr == addr);
-                        let label = format!("server {addr} #{}", n.count());
-                        Plan::Accept(self.new_peer(label, addr, i, b))
-                    }
-                    Server::Silent => Plan::Silent,
-                    other => Plan::Fail(other.error().unwrap_or(IoKind::Refused)),
-                };
-                (plan, delay)
-            }
-        };
-        let attempt = self.conns[i].attempt;
-        let result = match plan {
-            Plan::Accept(p) => {
-                self.peers[p].addr = addr;
-                self.upstreams.push(p);
-                self.conns[i].server = Some(p);
-                self.ports += 1;
-                let port = 30000 + self.ports * 13 + self.dice.below(13) as u16;
-                Ok(SocketAddr::new(LOCALHOST, port))
-            }
-            Plan::Fail(error) => Err(error),
-            // The connect hangs until the core gives up.
-            Plan::Silent => return,
-        };
-        let what = Deliver::Answer {
-            conn: i,
-            attempt,
-            result,
-        };
-        self.net.deliver(now + delay, what);
     }
 
     /// Stops accepting and lets connections finish (see `Proxy::shutdown`).
@@ -1094,20 +809,17 @@ impl Sim {
 
     /// The upstream peers made for connections to `addr`, in order.
     pub fn servers_at(&self, addr: SocketAddr) -> Vec<&Peer> {
-        self.upstreams
-            .iter()
-            .map(|&p| &self.peers[p])
-            .filter(|p| p.addr == addr)
-            .collect()
+        self.servers(|p| p.addr == addr)
     }
 
     /// The upstream peers made for connection `i`, in order.
     pub fn servers_of(&self, i: usize) -> Vec<&Peer> {
-        self.upstreams
-            .iter()
-            .map(|&p| &self.peers[p])
-            .filter(|p| p.conn == i)
-            .collect()
+        self.servers(|p| p.conn == i)
+    }
+
+    fn servers(&self, which: impl Fn(&Peer) -> bool) -> Vec<&Peer> {
+        let all = self.upstreams.iter().map(|&p| &self.peers[p]);
+        all.filter(|p| which(p)).collect()
     }
 
     /// The addresses connected to for connection `i`, in order.
@@ -1148,85 +860,6 @@ impl Sim {
 
     pub fn status(&self, i: usize) -> Option<&str> {
         self.record_of(i).map(|r| r.status.as_str())
-    }
-
-    pub fn check_record(
-        &self,
-        rec: &AccessRecord,
-        method: &str,
-        status: &str,
-        destination: Option<SocketAddr>,
-        user: Option<&str>,
-    ) {
-        let tag = &self.tag;
-        assert_eq!(rec.method, method, "{tag}: method of {rec:?}");
-        assert_eq!(rec.status, status, "{tag}: status of {rec:?}");
-        assert_eq!(
-            rec.destination, destination,
-            "{tag}: destination of {rec:?}"
-        );
-        assert_eq!(rec.user.as_deref(), user, "{tag}: user of {rec:?}");
-    }
-
-    /// The client of connection `i` got exactly `want`, then end of stream.
-    pub fn check_client(&self, i: usize, want: &[u8]) {
-        let c = self.client_of(i);
-        let what = format!("what {} received", c.label);
-        same_bytes(&self.tag, &what, &c.received, want);
-        assert!(
-            c.received_eof,
-            "{}: {} saw no end of stream",
-            self.tag, c.label
-        );
-    }
-
-    /// Every peer is done, every connection ended, the table is empty with
-    /// no timer and no buffer left, and no data port is left open.
-    pub fn assert_settled(&self) {
-        let tag = &self.tag;
-        for p in &self.peers {
-            let c = &self.conns[p.conn];
-            if !p.done() && c.refused.is_none() && !c.os_refused {
-                panic!(
-                    "{tag}: {} never finished: waiting for {}; it received {} bytes: \"{}\"",
-                    p.label,
-                    p.behavior.waiting(),
-                    p.received.len(),
-                    super::check::show(&p.received[p.received.len().saturating_sub(300)..]),
-                );
-            }
-        }
-        for (i, c) in self.conns.iter().enumerate() {
-            assert!(
-                c.done(),
-                "{tag}: connection {i} ({:?}) was never closed",
-                c.id
-            );
-        }
-        self.rt.assert_empty();
-        let open_data_port = self.listens.iter().find(|(l, asked, _)| {
-            asked.port() == 0
-                && self
-                    .rt
-                    .listeners()
-                    .iter()
-                    .any(|x| x.id == *l && x.state != ListenState::Closed)
-        });
-        assert!(
-            open_data_port.is_none(),
-            "{tag}: data port {open_data_port:?} left open"
-        );
-    }
-
-    /// No diagnostic at warn or error level was logged.
-    pub fn assert_quiet(&self) {
-        let loud: Vec<_> = self
-            .rt
-            .logs
-            .iter()
-            .filter(|(l, _)| *l <= Level::Warn)
-            .collect();
-        assert!(loud.is_empty(), "{}: {loud:?}", self.tag);
     }
 }
 
