@@ -64,6 +64,8 @@ use portico_core::{AccessRecord, Action, Event, ListenerId, Side};
 
 /// Seeds per test unless `PORTICO_SIM_SEEDS` says otherwise.
 const SEEDS: u64 = 200;
+/// Steps one run may take before it counts as not settling.
+const MAX_STEPS: u64 = 400_000;
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -88,6 +90,7 @@ fn world(scenario: &str, seed: u64, text: &str) -> Sim {
     let mut sim = Sim::new(scenario, seed, portico_core::sim::parse(text));
     sim.vary_chops();
     sim.strict = false;
+    sim.max_steps = MAX_STEPS;
     sim
 }
 

@@ -233,9 +233,16 @@ fn assert_all_ok(sim: &Sim) {
 
 /// Every connection ended, each with exactly one access record whose byte
 /// counts are what its peers saw, and the core connected each accepted one
-/// once, to its service's destination.
+/// once, to its service's destination (resolving nothing, and never
+/// closing an upstream alone).
 fn assert_accounted(sim: &Sim) {
     let seed = sim.seed;
+    assert!(
+        sim.resolves.is_empty() && sim.upstream_closes.is_empty(),
+        "seed {seed}: a mapped port resolved {:?} or closed upstreams {:?}",
+        sim.resolves,
+        sim.upstream_closes
+    );
     for (i, c) in sim.conns.iter().enumerate() {
         let client = sim.client_of(i);
         let records = sim.access_of(client.addr);

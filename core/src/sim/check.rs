@@ -165,7 +165,7 @@ impl Sim {
                     p.label,
                     p.behavior.waiting(),
                     p.received.len(),
-                    super::check::show(&p.received[p.received.len().saturating_sub(300)..]),
+                    show(&p.received[p.received.len().saturating_sub(300)..]),
                 );
             }
         }

@@ -256,6 +256,7 @@ impl Sim {
                 self.net.deliver(at, Deliver::Listening { listener, local });
             }
             Action::Resolve { conn, host, port } => {
+                self.resolves.push((self.live[&conn], host.clone()));
                 let what = match self.net.resolve(&host, port) {
                     Some(addrs) => Deliver::Resolved { conn, addrs },
                     None => Deliver::ResolveFailed { conn },
@@ -272,6 +273,7 @@ impl Sim {
             }
             Action::CloseUpstream { conn } => {
                 let i = self.live[&conn];
+                self.upstream_closes.push(i);
                 let c = &mut self.conns[i];
                 c.attempt += 1;
                 if let Some(p) = c.server.take() {
@@ -320,7 +322,7 @@ impl Sim {
         c.attempt += 1;
         c.connect_asked_at = Some(now);
         if let Some(old) = c.server.take() {
-            // A new socket replaces the one whose connect failed.
+            // A new socket replaces the one there was.
             self.peers[old].gone();
         }
         let (plan, delay) = match self.conns[i].plan.take() {
@@ -331,11 +333,7 @@ impl Sim {
                     .duration(Duration::ZERO, Duration::from_millis(20));
                 let plan = match self.net.connect(addr) {
                     Server::Accept(b) => {
-                        let n = self
-                            .upstreams
-                            .iter()
-                            .filter(|&&p| self.peers[p].addr == addr);
-                        let label = format!("server {addr} #{}", n.count());
+                        let label = format!("server {addr} #{}", self.servers_at(addr).len());
                         Plan::Accept(self.new_peer(label, addr, i, b))
                     }
                     Server::Silent => Plan::Silent,

@@ -29,16 +29,13 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::net::{Net, Pipe, Server};
-use super::peers::{Behavior, Dial, Io};
-use super::peers::{Peer, PeerId};
+use super::peers::{Behavior, Dial, Io, Peer, PeerId};
 use super::rng::{Dice, Rng};
 use super::runtime::{Entry, ListenState, Runtime};
 use super::seeds::{replaying, tracing};
 use super::side_index;
 use crate::{AccessRecord, Config, ConnId, Event, IoKind, Level, Refused, Side};
 
-/// Steps taken before a run is declared stuck in a loop.
-const MAX_STEPS: u64 = 5_000_000;
 /// Trace entries kept to print when a run fails (more when replaying).
 const TRACE_KEEP: usize = 80;
 const TRACE_REPLAY: usize = 20_000;
@@ -146,8 +143,11 @@ pub struct Sim {
     pub peers: Vec<Peer>,
     pub conns: Vec<Conn>,
     pub(super) live: BTreeMap<ConnId, usize>,
-    /// Every `Connect`: (connection, address), in order.
+    /// Every `Connect`: (connection, address), in order; every `Resolve`
+    /// (connection, name) and every `CloseUpstream` (connection).
     pub connects: Vec<(usize, SocketAddr)>,
+    pub resolves: Vec<(usize, String)>,
+    pub upstream_closes: Vec<usize>,
     /// Every upstream peer, in the order connected to.
     pub upstreams: Vec<PeerId>,
     /// Every `Listen`: (listener, the address asked, the one given).
@@ -173,6 +173,8 @@ pub struct Sim {
     /// Bytes that went through the pipes.
     pub spliced: u64,
     pub steps: u64,
+    /// Steps taken before a run is declared stuck in a loop.
+    pub max_steps: u64,
     /// Steps that called into the core with a read, write or splice.
     pub io_steps: u64,
     /// Extra wake-up times (see [`Sim::run_for`]).
@@ -216,6 +218,8 @@ impl Sim {
             conns: Vec::new(),
             live: BTreeMap::new(),
             connects: Vec::new(),
+            resolves: Vec::new(),
+            upstream_closes: Vec::new(),
             upstreams: Vec::new(),
             listens: Vec::new(),
             jitter,
@@ -228,6 +232,7 @@ impl Sim {
             max_write: usize::MAX,
             spliced: 0,
             steps: 0,
+            max_steps: 5_000_000,
             io_steps: 0,
             alarms: Vec::new(),
             ready: Vec::new(),
@@ -402,9 +407,10 @@ impl Sim {
     pub fn step(&mut self) -> bool {
         self.steps += 1;
         assert!(
-            self.steps < MAX_STEPS,
-            "{}: {MAX_STEPS} steps and still going: a livelock",
-            self.tag
+            self.steps < self.max_steps,
+            "{}: {} steps and still going: a livelock",
+            self.tag,
+            self.max_steps
         );
         self.advance();
         self.collect_ready();
