@@ -165,6 +165,8 @@ pub struct Runtime {
     worker: bool,
     /// `Fatal` is a possible outcome (a harness that makes listeners fail).
     pub fatal_ok: bool,
+    /// Keep every access record and log line (below).
+    pub collect: bool,
     /// Every access record, log line, `Say` and `Fatal`, in order.
     pub access: Vec<AccessRecord>,
     pub logs: Vec<(Level, String)>,
@@ -203,6 +205,7 @@ impl Runtime {
             shut_down: false,
             worker,
             fatal_ok: false,
+            collect: true,
             access: Vec::new(),
             logs: Vec::new(),
             says: Vec::new(),
@@ -752,11 +755,15 @@ impl Runtime {
             Action::Access(ref rec) => {
                 let _ = rec.format(UNIX_EPOCH, LogFormat::Text);
                 let _ = rec.format(UNIX_EPOCH, LogFormat::Json);
-                self.access.push((**rec).clone());
+                if self.collect {
+                    self.access.push((**rec).clone());
+                }
             }
             Action::Log { level, ref message } => {
                 assert!(!message.is_empty(), "empty log line");
-                self.logs.push((level, message.clone()));
+                if self.collect {
+                    self.logs.push((level, message.clone()));
+                }
             }
             Action::Say(ref line) => {
                 assert!(!line.is_empty(), "empty Say line");

@@ -447,6 +447,8 @@ impl Harness {
         // A listener that fails to open is fatal to a runtime; the table
         // must still behave.
         rt.fatal_ok = true;
+        // What it needs of the records, it counts as they come.
+        rt.collect = false;
         if setup.debug_log {
             rt.set_log_level(Level::Debug);
         }
