@@ -64,11 +64,6 @@ pub struct Peer {
 pub(super) type View = (usize, bool, bool, bool);
 
 impl Peer {
-    /// Every byte its script sends went into the socket.
-    pub fn sent_all(&self) -> bool {
-        self.sent == self.script_bytes.len()
-    }
-
     pub fn done(&self) -> bool {
         self.behavior.done()
     }

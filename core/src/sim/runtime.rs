@@ -167,13 +167,10 @@ pub struct Runtime {
     pub fatal_ok: bool,
     /// Keep every access record and log line (below).
     pub collect: bool,
-    /// Every access record, log line, `Say` and `Fatal`, in order.
+    /// Every access record, log line and `Say`, in order.
     pub access: Vec<AccessRecord>,
     pub logs: Vec<(Level, String)>,
     pub says: Vec<String>,
-    pub fatals: Vec<String>,
-    /// The most buffers the core had lent at once.
-    pub max_buffers: usize,
     trace: VecDeque<(Duration, Entry)>,
     keep: usize,
     /// Print every action as it comes (`PORTICO_FUZZ_TRACE`).
@@ -209,8 +206,6 @@ impl Runtime {
             access: Vec::new(),
             logs: Vec::new(),
             says: Vec::new(),
-            fatals: Vec::new(),
-            max_buffers: 0,
             trace: VecDeque::new(),
             keep: 0,
             live: false,
@@ -772,7 +767,6 @@ impl Runtime {
             Action::Fatal { ref message } => {
                 assert!(!message.is_empty(), "empty Fatal message");
                 assert!(self.fatal_ok, "Fatal: {message}");
-                self.fatals.push(message.clone());
             }
             Action::Gather { conn } => {
                 assert!(self.worker, "Gather for {conn} with one table");

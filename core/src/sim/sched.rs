@@ -192,6 +192,10 @@ impl Sim {
         Sim::with_dice(name, seed, config, Dice::Random(Rng::new(seed)))
     }
 
+    /// The same, the choices drawn from `dice` (a property test's [`Given`]
+    /// lists, say).
+    ///
+    /// [`Given`]: super::Given
     pub fn with_dice(name: &str, seed: u64, config: Config, mut dice: Dice) -> Sim {
         let mut rt = Runtime::new(config, seed, Instant::now());
         if replaying() {
