@@ -17,8 +17,6 @@ pub mod buffer;
 pub mod cli;
 pub mod config;
 pub mod event;
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod http;
 pub mod id;
 pub mod ledger;
@@ -30,6 +28,8 @@ pub mod rate;
 pub mod recorded;
 pub mod rules;
 mod session;
+#[cfg(any(fuzzing, feature = "harness"))]
+pub mod sim;
 pub mod status;
 mod table;
 pub mod trace;

@@ -52,17 +52,17 @@ fn replay(target: &str, run: fn(&[u8])) {
 
 #[test]
 fn event_sequence_corpus() {
-    replay("event_sequence", portico_core::fuzzing::event_sequence);
+    replay("event_sequence", portico_core::sim::fuzz::event_sequence);
 }
 
 #[test]
 fn config_corpus() {
-    replay("config", portico_core::fuzzing::config);
+    replay("config", portico_core::sim::fuzz::config);
 }
 
 #[test]
 fn protocol_corpus() {
-    replay("protocol", portico_core::fuzzing::protocol);
+    replay("protocol", portico_core::sim::fuzz::protocol);
 }
 
 #[test]

@@ -5,38 +5,21 @@
 //! blocks the suite).
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use portico_core::{Action, Event, IoKind, ListenerId, Proxy, Refused};
-
-fn mapped(limits: &str) -> portico_core::Config {
-    let text = format!(
-        "[limits]\n{limits}\n\n[[service]]\nname = \"m\"\nkind = \"mapped\"\n\
-         listen = [\"127.0.0.1:8000\"]\ndestination = \"127.0.0.1:9000\"\n"
-    );
-    portico_core::config::parse(&text, "bug.toml").expect("valid configuration")
-}
+use portico_core::sim::{timer_bound, Runtime};
+use portico_core::{Action, Event, IoKind, ListenerId, Refused};
 
 /// A table with its listener open.
-fn open(limits: &str, now: Instant) -> Proxy {
-    open_with(mapped(limits), now)
+fn open(limits: &str) -> Runtime {
+    open_text(&format!(
+        "[limits]\n{limits}\n\n[[service]]\nname = \"m\"\nkind = \"mapped\"\n\
+         listen = [\"127.0.0.1:8000\"]\ndestination = \"127.0.0.1:9000\"\n"
+    ))
 }
 
-fn open_with(config: portico_core::Config, now: Instant) -> Proxy {
-    let mut p = Proxy::new(config, 0, now);
-    while let Some(a) = p.poll_action() {
-        if let Action::Listen { listener, addr } = a {
-            p.handle(
-                Event::Listening {
-                    listener,
-                    local: addr,
-                },
-                now,
-            );
-        }
-    }
-    while p.poll_action().is_some() {}
-    p
+fn open_text(text: &str) -> Runtime {
+    Runtime::started(text, 0)
 }
 
 fn peer(i: u32) -> SocketAddr {
@@ -45,21 +28,21 @@ fn peer(i: u32) -> SocketAddr {
 
 /// Accepts 300 connections, ends all but the first with the event `end`
 /// makes for it, and checks the timer heap is back within its bound.
-fn heap_after_300_end(mut p: Proxy, end: impl Fn(portico_core::ConnId) -> Event, now: Instant) {
+fn heap_after_300_end(mut rt: Runtime, end: impl Fn(portico_core::ConnId) -> Event) {
     let conns: Vec<_> = (0..300)
-        .map(|i| p.accept(ListenerId(0), peer(i), now).expect("accepted"))
+        .map(|i| rt.accept(ListenerId(0), peer(i), None).expect("accepted"))
         .collect();
-    while p.poll_action().is_some() {}
+    rt.drain();
     for &conn in &conns[1..] {
-        p.handle(end(conn), now);
+        rt.handle(end(conn));
     }
-    while p.poll_action().is_some() {}
-    assert_eq!(p.len(), 1);
+    rt.drain();
+    assert_eq!(rt.len(), 1);
     assert!(
-        p.timer_entries() <= 2 * p.len() + 64,
+        rt.timer_entries() <= timer_bound(rt.len()),
         "{} timer entries for {} connection(s)",
-        p.timer_entries(),
-        p.len()
+        rt.timer_entries(),
+        rt.len()
     );
 }
 
@@ -94,13 +77,12 @@ fn bug_config_syntax_error_with_an_empty_message() {
 /// against a rebuild threshold of `2 * len + 64 = 66`.
 #[test]
 fn bug_timer_heap_keeps_entries_of_finished_sessions() {
-    let now = Instant::now();
-    let p = open("max_connections = 1000\nmax_per_client = 1000", now);
+    let rt = open("max_connections = 1000\nmax_per_client = 1000");
     let refused = |conn| Event::ConnectFailed {
         conn,
         error: IoKind::Refused,
     };
-    heap_after_300_end(p, refused, now);
+    heap_after_300_end(rt, refused);
 }
 
 /// Found by the `event_sequence` fuzz target ("67 timer entries for 1
@@ -111,17 +93,15 @@ fn bug_timer_heap_keeps_entries_of_finished_sessions() {
 /// (`fuzz/corpus/event_sequence/timer-heap-http-end-*`).
 #[test]
 fn bug_timer_heap_keeps_entries_of_finished_http_sessions() {
-    let now = Instant::now();
     let text = "[network]\ninternal = [\"127.0.0.1\"]\n\
                 [limits]\nmax_connections = 1000\nmax_per_client = 1000\n\
                 [[service]]\nname = \"web\"\nkind = \"http\"\nlisten = [\"127.0.0.1:3128\"]\n";
-    let config = portico_core::config::parse(text, "bug.toml").expect("valid configuration");
-    let p = open_with(config, now);
+    let rt = open_text(text);
     let eof = |conn| Event::Eof {
         conn,
         side: portico_core::Side::Client,
     };
-    heap_after_300_end(p, eof, now);
+    heap_after_300_end(rt, eof);
 }
 
 /// Fixed in ce23b80. `Refused::ShuttingDown` was never returned:
@@ -131,16 +111,17 @@ fn bug_timer_heap_keeps_entries_of_finished_http_sessions() {
 /// already logged.
 #[test]
 fn bug_accept_during_shutdown_is_not_refused_as_shutting_down() {
-    let now = Instant::now();
-    let mut p = open("shutdown_grace = \"5s\"", now);
-    p.shutdown(now);
-    while p.poll_action().is_some() {}
-    let later = now + Duration::from_millis(1);
+    let mut rt = open("shutdown_grace = \"5s\"");
+    rt.shutdown();
+    rt.drain();
+    rt.advance(Duration::from_millis(1));
     assert_eq!(
-        p.accept(ListenerId(0), peer(1), later),
+        rt.accept(ListenerId(0), peer(1), None),
         Err(Refused::ShuttingDown)
     );
-    let logged = std::iter::from_fn(|| p.poll_action())
+    let logged = rt
+        .drain()
+        .into_iter()
         .any(|a| matches!(a, Action::Access(r) if r.status == "shutdown"));
     assert!(logged, "no access record for the refused client");
 }

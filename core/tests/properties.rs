@@ -5,18 +5,15 @@
 //! - For any bytes each way and any chopping of the reads and writes, what
 //!   enters one side of a mapped port leaves the other unchanged and in
 //!   order, half-closes are carried across, and the access record counts
-//!   every byte.
+//!   every byte (a simulation whose choices quickcheck gives).
 //! - For any sequence of events (the decoder the `event_sequence` fuzz
-//!   target uses, `portico_core::fuzzing::event_sequence`), the table never
+//!   target uses, `portico_core::sim::fuzz::event_sequence`), the table never
 //!   panics, never exceeds its limits, keeps its timers and buffers bounded,
 //!   and ends empty with no timer left once every peer is gone.
 
-use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
-use portico_core::{Action, Event, Proxy, Side};
+use portico_core::sim::{script, Dial, Dice, Given, Op, Server, Sim};
 use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
 
 fn seed() -> u64 {
@@ -52,7 +49,7 @@ fn config(buffer: usize) -> portico_core::Config {
         "[limits]\nbuffer = {buffer}\n\n[[service]]\nname = \"m\"\nkind = \"mapped\"\n\
          listen = [\"127.0.0.1:8000\"]\ndestination = \"127.0.0.1:9000\"\n"
     );
-    let c = portico_core::config::parse(&text, "prop.toml").expect("valid configuration");
+    let c = portico_core::sim::parse(&text);
     cache.push((buffer, c.clone()));
     c
 }
@@ -111,31 +108,12 @@ impl<T: Arbitrary> Arbitrary for Halving<T> {
     }
 }
 
-/// One socket of the connection, as the hand-written runtime below sees it.
-#[derive(Default)]
-struct Sock {
-    /// Bytes its peer sent that the proxy has not read yet.
-    pending: VecDeque<u8>,
-    /// The peer shut its write half after `pending`; told to the core yet?
-    eof_told: bool,
-    /// What the proxy wrote to the peer.
-    got: Vec<u8>,
-    /// The proxy shut its write half toward the peer.
-    shut: bool,
-    interest: (bool, bool),
-}
-
-fn side_ix(side: Side) -> usize {
-    match side {
-        Side::Client => 0,
-        Side::Upstream => 1,
-    }
-}
-
 /// Relays `up` (client → server) and `down` (server → client) through one
-/// mapped connection. Each read moves `reads[i] + 1` bytes (at most what
-/// is there and what the buffer lends), each write `writes[i] + 1`, and
-/// `order` picks which socket is served next: any chopping, any order.
+/// mapped connection of a simulation that takes its choices from the
+/// lists: each read into the core moves `reads[i] + 1` bytes, each write
+/// out of it `writes[i] + 1` (at most what is there and what the buffer
+/// lends), and `order` picks which ready operation runs next — the
+/// upstream's connect among them: any chopping, any order.
 fn relay(
     Data(up): Data,
     Data(down): Data,
@@ -145,176 +123,56 @@ fn relay(
     buffer_kib: u8,
 ) -> TestResult {
     let buffer = 1024 * (1 + buffer_kib as usize % 4);
-    let t0 = Instant::now();
-    let mut now = t0;
-    let mut p = Proxy::new(config(buffer), 1, now);
-    let mut actions = Vec::new();
-    while let Some(a) = p.poll_action() {
-        if let Action::Listen { listener, addr } = a {
-            p.handle(
-                Event::Listening {
-                    listener,
-                    local: addr,
-                },
-                now,
-            );
-        }
+    let dice = Dice::Given(Given::new(order, reads, writes));
+    let mut sim = Sim::with_dice("relay", 1, config(buffer), dice);
+    sim.read_blocked = false;
+    let server = script(vec![Op::Send(down.clone()), Op::Shut]);
+    let client = script(vec![Op::Send(up.clone()), Op::Shut]);
+    let to = "127.0.0.1:8000".parse().expect("an address");
+    let i = sim.dial(Dial::new(to, client).server(Server::Accept(server)));
+    sim.run();
+    let (c, s) = (sim.client_of(i), sim.server_of(i).expect("a server"));
+    if sim.conns[i].closed_at.is_none() {
+        return TestResult::error(format!(
+            "stuck: client got {}/{}, server got {}/{}",
+            c.received.len(),
+            down.len(),
+            s.received.len(),
+            up.len()
+        ));
     }
-    let peer: SocketAddr = "10.0.0.1:5000".parse().unwrap();
-    let conn = p
-        .accept(portico_core::ListenerId(0), peer, now)
-        .expect("accepted");
-    let mut socks = [Sock::default(), Sock::default()];
-    socks[0].pending = up.iter().copied().collect();
-    socks[1].pending = down.iter().copied().collect();
-    let mut connected = false;
-    let mut closed = false;
-    let mut record = None;
-    let (mut r, mut w, mut o) = (0usize, 0usize, 0usize);
-    let connect_at = order.first().map_or(0, |b| (b % 16) as usize);
-    let pick = |v: &[u16], i: &mut usize| -> usize {
-        let x = if v.is_empty() {
-            usize::MAX
-        } else {
-            v[*i % v.len()] as usize + 1
-        };
-        *i += 1;
-        x
-    };
-    // Every step moves at least one byte or tells one EOF.
-    let steps = 2 * (up.len() + down.len()) + 64;
-    for _ in 0..steps {
-        // Carry out what the core asked for.
-        while let Some(a) = p.poll_action() {
-            match a {
-                Action::Connect { conn: c, .. } => {
-                    assert_eq!(c, conn);
-                    actions.push("connect");
-                }
-                Action::Interest {
-                    conn: c,
-                    side,
-                    read,
-                    write,
-                } => {
-                    assert_eq!(c, conn);
-                    socks[side_ix(side)].interest = (read, write);
-                }
-                Action::ShutdownWrite { conn: c, side } => {
-                    assert_eq!(c, conn);
-                    let s = &mut socks[side_ix(side)];
-                    assert!(!s.shut, "shut twice");
-                    s.shut = true;
-                }
-                Action::Close { conn: c } => {
-                    assert_eq!(c, conn);
-                    // Closing sends the FIN of a side not shut yet.
-                    for s in socks.iter_mut() {
-                        s.shut = true;
-                    }
-                    closed = true;
-                }
-                Action::Access(rec) => record = Some(rec),
-                _ => {}
-            }
-        }
-        if closed {
-            break;
-        }
-        if !connected && actions.contains(&"connect") && o >= connect_at {
-            // The upstream connects at some point among the client's reads.
-            connected = true;
-            let local = "127.0.0.1:40000".parse().unwrap();
-            p.handle(Event::Connected { conn, local }, now);
-            continue;
-        }
-        // Every operation possible now: (socket, is_write).
-        let mut possible = Vec::new();
-        for (i, s) in socks.iter().enumerate() {
-            if s.interest.0 && (!s.pending.is_empty() || !s.eof_told) {
-                possible.push((i, false));
-            }
-            if s.interest.1 {
-                possible.push((i, true));
-            }
-        }
-        if possible.is_empty() {
-            if !connected && actions.contains(&"connect") {
-                connected = true;
-                let local = "127.0.0.1:40000".parse().unwrap();
-                p.handle(Event::Connected { conn, local }, now);
-                continue;
-            }
-            return TestResult::error(format!(
-                "stuck: client got {}/{}, server got {}/{}",
-                socks[0].got.len(),
-                down.len(),
-                socks[1].got.len(),
-                up.len()
-            ));
-        }
-        let choice = if order.is_empty() {
-            0
-        } else {
-            order[o % order.len()] as usize
-        };
-        o += 1;
-        let (i, write) = possible[choice % possible.len()];
-        let side = if i == 0 { Side::Client } else { Side::Upstream };
-        now += Duration::from_micros(choice as u64);
-        if write {
-            let n = {
-                let data = p
-                    .send_buf(conn, side)
-                    .expect("write wanted, nothing to write");
-                let n = pick(&writes, &mut w).min(data.len());
-                socks[i].got.extend_from_slice(&data[..n]);
-                n
-            };
-            p.handle(Event::Written { conn, side, n }, now);
-        } else if socks[i].pending.is_empty() {
-            socks[i].eof_told = true;
-            p.handle(Event::Eof { conn, side }, now);
-        } else {
-            let want = pick(&reads, &mut r);
-            let s = &mut socks[i];
-            let buf = p.recv_buf(conn, side).expect("read wanted, no buffer lent");
-            let n = want.min(buf.len()).min(s.pending.len());
-            for (d, b) in buf.iter_mut().zip(s.pending.drain(..n)) {
-                *d = b;
-            }
-            p.handle(Event::Read { conn, side, n }, now);
-        }
+    // Every read, write and splice moves a byte at least, or tells an EOF.
+    let bound = 2 * (up.len() + down.len()) as u64 + 64;
+    if sim.io_steps > bound {
+        return TestResult::error(format!("{} steps, more than {bound}", sim.io_steps));
     }
-    if !closed {
-        return TestResult::error("never closed");
-    }
-    let rec = record.expect("an access record");
-    let ok = socks[1].got == up
-        && socks[0].got == down
-        && socks[0].shut
-        && socks[1].shut
+    let rec = sim.record_of(i).expect("an access record");
+    let rt = &sim.rt;
+    let ok = s.received == up
+        && c.received == down
+        && c.received_eof
+        && s.received_eof
         && rec.status == "ok"
         && rec.up == up.len() as u64
         && rec.down == down.len() as u64
-        && p.is_empty()
-        && p.buffers_in_use() == 0
-        && p.timer_entries() == 0
-        && p.poll_timeout().is_none();
+        && rt.is_empty()
+        && rt.buffers_in_use() == 0
+        && rt.timer_entries() == 0
+        && rt.deadline().is_none();
     if !ok {
         return TestResult::error(format!(
             "server got {} of {} bytes (equal: {}), client got {} of {} (equal: {}), \
              shut {}/{}, record {rec:?}, {} buffers, {} timers",
-            socks[1].got.len(),
+            s.received.len(),
             up.len(),
-            socks[1].got == up,
-            socks[0].got.len(),
+            s.received == up,
+            c.received.len(),
             down.len(),
-            socks[0].got == down,
-            socks[0].shut,
-            socks[1].shut,
-            p.buffers_in_use(),
-            p.timer_entries()
+            c.received == down,
+            c.received_eof,
+            s.received_eof,
+            rt.buffers_in_use(),
+            rt.timer_entries()
         ));
     }
     TestResult::passed()
@@ -350,7 +208,7 @@ fn relay_is_lossless_for_tiny_chops() {
 fn any_event_sequence_keeps_the_invariants() {
     // The decoder and the checks are the event_sequence fuzz target's.
     fn prop(data: Vec<u8>) -> bool {
-        portico_core::fuzzing::event_sequence(&data);
+        portico_core::sim::fuzz::event_sequence(&data);
         true
     }
     qc(2000, 1500).quickcheck(prop as fn(Vec<u8>) -> bool);

@@ -3,9 +3,10 @@
 //! an uncapped one on the same proxy is not slowed.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use portico_core::{Action, ConnId, Event, ListenerId, Proxy, Side};
+use portico_core::sim::Runtime;
+use portico_core::{ConnId, Event, ListenerId, Side};
 
 const CONFIG: &str = r#"
 [network]
@@ -31,85 +32,52 @@ struct Flow {
     delivered: u64,
 }
 
-/// Drives `proxy` for `secs` simulated seconds: every client always has
+/// Drives the table for `secs` simulated seconds: every client always has
 /// bytes to send and every destination always takes them. Returns the
 /// flows in the order of `clients`.
 fn run(clients: &[&str], secs: u64) -> Vec<u64> {
-    let config = portico_core::config::parse(CONFIG, "rate.toml").expect("config");
-    let t0 = Instant::now();
-    let mut now = t0;
-    let mut proxy = Proxy::new(config, 7, now);
+    let mut rt = Runtime::started(CONFIG, 7);
     let listener = ListenerId::new(0, 0);
     let local: SocketAddr = "127.0.0.1:8000".parse().unwrap();
-    while let Some(a) = proxy.poll_action() {
-        if let Action::Listen { listener, addr } = a {
-            proxy.handle(
-                Event::Listening {
-                    listener,
-                    local: addr,
-                },
-                now,
-            );
-        }
-    }
     let mut flows = Vec::new();
     for (i, c) in clients.iter().enumerate() {
         let peer: SocketAddr = format!("{c}:{}", 40000 + i).parse().unwrap();
-        let id = proxy
-            .accept_on(listener, peer, local, now)
-            .expect("accepted");
-        proxy.handle(
-            Event::Connected {
-                conn: id,
-                local: "127.0.0.1:50000".parse().unwrap(),
-            },
-            now,
-        );
+        let id = rt.accept(listener, peer, Some(local)).expect("accepted");
+        rt.drain();
+        let local = "127.0.0.1:50000".parse().unwrap();
+        rt.handle(Event::Connected { conn: id, local });
         flows.push(Flow { id, delivered: 0 });
     }
-    let end = t0 + Duration::from_secs(secs);
+    let end = Duration::from_secs(secs);
     let mut steps = 0u64;
-    while now < end {
+    while rt.now() < end {
         steps += 1;
         assert!(steps < 10_000_000, "the simulation does not advance");
-        while proxy.poll_action().is_some() {}
+        rt.drain();
         let mut moved = false;
         for f in &mut flows {
-            if let Some(buf) = proxy.recv_buf(f.id, Side::Client) {
-                let n = buf.len();
-                proxy.handle(
-                    Event::Read {
-                        conn: f.id,
-                        side: Side::Client,
-                        n,
-                    },
-                    now,
-                );
-                moved = true;
-            }
-            if let Some(data) = proxy.send_buf(f.id, Side::Upstream) {
-                let n = data.len();
+            moved |= rt.recv(f.id, Side::Client, |buf| buf.len()).is_some();
+            let first = |p: [&[u8]; 2]| {
+                if p[0].is_empty() {
+                    p[1].len()
+                } else {
+                    p[0].len()
+                }
+            };
+            if let Some(n) = rt.send(f.id, Side::Upstream, first) {
                 f.delivered += n as u64;
-                proxy.handle(
-                    Event::Written {
-                        conn: f.id,
-                        side: Side::Upstream,
-                        n,
-                    },
-                    now,
-                );
                 moved = true;
             }
         }
         if !moved {
             // Nothing can happen until a timer: jump to it.
-            now = proxy.poll_timeout().unwrap_or(end).min(end).max(now);
-            proxy.handle_timeout(now);
+            let next = rt.deadline().unwrap_or(end).min(end).max(rt.now());
+            rt.set_now(next);
         } else {
             // The uncapped flow runs at "network speed": 1 ms a turn.
-            now += Duration::from_millis(1);
-            proxy.handle_timeout(now);
+            rt.advance(Duration::from_millis(1));
         }
+        rt.handle_timeout();
     }
     flows.iter().map(|f| f.delivered).collect()
 }

@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use portico_core::ledger::Ledger;
-use portico_core::{Action, ConnId, Event, ListenerId, Proxy, Refused, Side};
+use portico_core::sim::{Rng, Runtime};
+use portico_core::{Action, ConnId, Event, ListenerId, Refused, Side};
 
 const CONFIG: &str = r#"
 [network]
@@ -33,161 +34,109 @@ kind = "status"
 listen = ["127.0.0.1:8080"]
 "#;
 
-/// Opens every listener `proxy` asks for; returns its actions by kind.
-fn start(proxy: &mut Proxy, now: Instant) -> (Vec<(ListenerId, SocketAddr)>, usize, Vec<String>) {
-    let (mut tcp, mut udp, mut said) = (Vec::new(), 0, Vec::new());
-    let mut opened = Vec::new();
-    while let Some(a) = proxy.poll_action() {
-        match a {
-            Action::Listen { listener, addr } => {
-                tcp.push((listener, addr));
-                opened.push((listener, addr));
-            }
-            Action::ListenUdp { listener, addr } => {
-                udp += 1;
-                opened.push((listener, addr));
-            }
-            Action::Say(line) => said.push(line),
-            _ => {}
-        }
-    }
-    for (listener, local) in opened {
-        proxy.handle(Event::Listening { listener, local }, now);
-    }
-    while let Some(a) = proxy.poll_action() {
-        if let Action::Say(line) = a {
-            said.push(line);
-        }
-    }
-    (tcp, udp, said)
+/// The table of worker `k` of those sharing `ledger`, its listeners open.
+fn worker(k: usize, ledger: &Ledger, now: Instant) -> Runtime {
+    let config = portico_core::sim::parse(CONFIG);
+    let mut rt = Runtime::worker(config, k as u64 + 1, now, ledger.clone(), k);
+    rt.open();
+    rt
 }
 
-type Ports = Vec<(ListenerId, SocketAddr)>;
-
-fn on(ports: &Ports, port: u16) -> ListenerId {
-    ports
+/// The TCP listener on `port`.
+fn on(rt: &Runtime, port: u16) -> ListenerId {
+    rt.listeners()
         .iter()
-        .find(|(_, a)| a.port() == port)
-        .map(|(l, _)| *l)
+        .find(|l| !l.udp && l.asked.port() == port)
+        .map(|l| l.id)
         .expect("a listener on that port")
 }
 
-fn workers(now: Instant) -> (Proxy, Proxy, Ports, Ports) {
-    let config = portico_core::config::parse(CONFIG, "workers.toml").expect("config");
+fn workers(now: Instant) -> (Runtime, Runtime) {
     let ledger = Ledger::new(2);
-    let mut a = Proxy::worker(config.clone(), 1, now, ledger.clone(), 0);
-    let mut b = Proxy::worker(config, 2, now, ledger, 1);
-    let (tcp_a, udp_a, said_a) = start(&mut a, now);
-    let (tcp_b, udp_b, said_b) = start(&mut b, now);
-    assert_eq!((tcp_a.len(), udp_a), (2, 1), "worker 0 opens every port");
-    assert_eq!(
-        (tcp_b.len(), udp_b),
-        (2, 0),
-        "worker 1 opens the TCP ports only"
-    );
-    assert_eq!(said_a.len(), 3, "worker 0 says what listens: {said_a:?}");
-    assert!(said_b.is_empty(), "worker 1 says nothing: {said_b:?}");
-    (a, b, tcp_a, tcp_b)
+    let (a, b) = (worker(0, &ledger, now), worker(1, &ledger, now));
+    let count = |rt: &Runtime| {
+        let udp = rt.listeners().iter().filter(|l| l.udp).count();
+        (rt.listeners().len() - udp, udp)
+    };
+    assert_eq!(count(&a), (2, 1), "worker 0 opens every port");
+    assert_eq!(count(&b), (2, 0), "worker 1 opens the TCP ports only");
+    assert_eq!(a.says.len(), 3, "worker 0 says what listens: {:?}", a.says);
+    assert!(b.says.is_empty(), "worker 1 says nothing: {:?}", b.says);
+    (a, b)
 }
 
 /// The client of `conn` reset the connection.
-fn reset(p: &mut Proxy, conn: ConnId, now: Instant) {
+fn reset(rt: &mut Runtime, conn: ConnId) {
     let error = portico_core::IoKind::Reset;
     let side = Side::Client;
-    p.handle(Event::IoError { conn, side, error }, now);
-    while p.poll_action().is_some() {}
+    rt.handle(Event::IoError { conn, side, error });
+    rt.drain();
 }
 
 fn peer(ip: &str, port: u16) -> SocketAddr {
     format!("{ip}:{port}").parse().expect("address")
 }
 
-fn local() -> SocketAddr {
-    peer("127.0.0.1", 8000)
+fn local() -> Option<SocketAddr> {
+    Some(peer("127.0.0.1", 8000))
 }
 
 #[test]
 fn limits_hold_across_workers() {
-    let now = Instant::now();
-    let (mut a, mut b, pa, pb) = workers(now);
-    let (la, lb) = (on(&pa, 8000), on(&pb, 8000));
-    let c1 = a
-        .accept_on(la, peer("10.0.0.1", 1), local(), now)
-        .expect("1st");
-    b.accept_on(lb, peer("10.0.0.1", 2), local(), now)
-        .expect("2nd");
+    let (mut a, mut b) = workers(Instant::now());
+    let (la, lb) = (on(&a, 8000), on(&b, 8000));
+    let c1 = a.accept(la, peer("10.0.0.1", 1), local()).expect("1st");
+    b.accept(lb, peer("10.0.0.1", 2), local()).expect("2nd");
     // Two from 10.0.0.1 across both tables: a third is over max_per_client.
     assert_eq!(
-        b.accept_on(lb, peer("10.0.0.1", 3), local(), now),
+        b.accept(lb, peer("10.0.0.1", 3), local()),
         Err(Refused::PerClient)
     );
-    b.accept_on(lb, peer("10.0.0.2", 1), local(), now)
-        .expect("3rd");
+    b.accept(lb, peer("10.0.0.2", 1), local()).expect("3rd");
     // Three in all: over max_connections on either table.
     assert_eq!(
-        a.accept_on(la, peer("10.0.0.3", 1), local(), now),
+        a.accept(la, peer("10.0.0.3", 1), local()),
         Err(Refused::TooMany)
     );
     assert_eq!(
-        b.accept_on(lb, peer("10.0.0.3", 1), local(), now),
+        b.accept(lb, peer("10.0.0.3", 1), local()),
         Err(Refused::TooMany)
     );
     // One closes on worker 0: worker 1 may take one more.
-    reset(&mut a, c1, now);
+    reset(&mut a, c1);
     assert!(a.is_empty(), "worker 0's connection is gone");
-    b.accept_on(lb, peer("10.0.0.3", 1), local(), now)
+    b.accept(lb, peer("10.0.0.3", 1), local())
         .expect("room again");
 }
 
-/// Feeds `request` to a new status connection on `proxy`.
-fn status_request(proxy: &mut Proxy, listener: ListenerId, request: &[u8], now: Instant) -> ConnId {
-    let conn = proxy
-        .accept_on(
-            listener,
-            peer("127.0.0.1", 40000),
-            peer("127.0.0.1", 8080),
-            now,
-        )
+/// Feeds `request` to a new status connection on `rt`.
+fn status_request(rt: &mut Runtime, listener: ListenerId, request: &[u8]) -> ConnId {
+    let at = Some(peer("127.0.0.1", 8080));
+    let conn = rt
+        .accept(listener, peer("127.0.0.1", 40000), at)
         .expect("status connection");
-    let buf = proxy.recv_buf(conn, Side::Client).expect("a buffer");
-    buf[..request.len()].copy_from_slice(request);
-    proxy.handle(
-        Event::Read {
-            conn,
-            side: Side::Client,
-            n: request.len(),
-        },
-        now,
-    );
+    rt.feed(conn, Side::Client, request);
     conn
 }
 
 #[test]
 fn status_answers_for_every_worker() {
-    let now = Instant::now();
-    let (mut a, mut b, pa, pb) = workers(now);
-    while b.poll_action().is_some() {}
-    a.accept_on(on(&pa, 8000), peer("10.0.0.7", 1), local(), now)
+    let (mut a, mut b) = workers(Instant::now());
+    let mapped = on(&a, 8000);
+    a.accept(mapped, peer("10.0.0.7", 1), local())
         .expect("on worker 0");
-    let conn = status_request(
-        &mut b,
-        on(&pb, 8080),
-        b"GET /connections HTTP/1.0\r\n\r\n",
-        now,
-    );
-    let mut asked = false;
-    while let Some(act) = b.poll_action() {
-        asked |= act == Action::Gather { conn };
-    }
+    let status = on(&b, 8080);
+    let conn = status_request(&mut b, status, b"GET /connections HTTP/1.0\r\n\r\n");
+    let asked = b.drain().contains(&Action::Gather { conn });
     assert!(asked, "worker 1 asks for the others' tables");
     assert!(
         b.send_buf(conn, Side::Client).is_none(),
         "no answer before the other tables are in"
     );
-    let part = a.snapshot(now);
-    b.handle_gathered(conn, vec![part], now);
-    let answer =
-        String::from_utf8_lossy(b.send_buf(conn, Side::Client).expect("answer")).to_string();
+    let part = a.snapshot();
+    b.handle_gathered(conn, vec![part]);
+    let shown = |b: &Runtime| b.send_buf(conn, Side::Client).map(|p| p.concat());
+    let answer = String::from_utf8_lossy(&shown(&b).expect("answer")).to_string();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(
         answer.contains("10.0.0.7:1"),
@@ -199,9 +148,9 @@ fn status_answers_for_every_worker() {
         "the status connection itself, on worker 1: {answer}"
     );
     // A second answer for the same request changes nothing.
-    let before = b.send_buf(conn, Side::Client).map(|d| d.len());
-    b.handle_gathered(conn, vec![a.snapshot(now)], now);
-    assert_eq!(b.send_buf(conn, Side::Client).map(|d| d.len()), before);
+    let before = shown(&b).map(|d| d.len());
+    b.handle_gathered(conn, vec![a.snapshot()]);
+    assert_eq!(shown(&b).map(|d| d.len()), before);
 }
 
 /// Seeded random accepts and closes spread over three tables: the limits
@@ -213,35 +162,26 @@ fn random_accepts_and_closes_keep_the_ledger_exact() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5eed_0f1e_d6e5);
-    let mut rng = seed;
-    // splitmix64
-    let mut next = move |n: u64| {
-        rng = rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (z ^ (z >> 31)) % n
-    };
+    let mut rng = Rng::new(seed);
     let now = Instant::now();
-    let config = portico_core::config::parse(CONFIG, "workers.toml").expect("config");
     let ledger = Ledger::new(3);
-    let mut tables: Vec<(Proxy, ListenerId)> = (0..3)
+    let mut tables: Vec<(Runtime, ListenerId)> = (0..3)
         .map(|k| {
-            let mut p = Proxy::worker(config.clone(), k as u64, now, ledger.clone(), k);
-            let (tcp, _, _) = start(&mut p, now);
-            let l = on(&tcp, 8000);
-            (p, l)
+            let rt = worker(k, &ledger, now);
+            let l = on(&rt, 8000);
+            (rt, l)
         })
         .collect();
     let mut open: Vec<(usize, ConnId, &str)> = Vec::new();
     let clients = ["10.0.0.1", "10.0.0.2", "10.0.0.3"];
     let mut refused = [0u32; 2];
     for step in 0..2000 {
-        let k = next(3) as usize;
-        if next(3) < 2 || open.is_empty() {
-            let ip = clients[next(3) as usize];
-            let (p, l) = &mut tables[k];
-            let r = p.accept_on(*l, peer(ip, 1000 + step as u16), local(), now);
+        let k = rng.below(3);
+        if rng.below(3) < 2 || open.is_empty() {
+            let ip = clients[rng.below(3)];
+            let (rt, l) = &mut tables[k];
+            let r = rt.accept(*l, peer(ip, 1000 + step as u16), local());
+            rt.drain();
             let same = open.iter().filter(|(_, _, c)| *c == ip).count();
             match r {
                 Ok(c) => open.push((k, c, ip)),
@@ -256,8 +196,8 @@ fn random_accepts_and_closes_keep_the_ledger_exact() {
                 Err(e) => panic!("seed {seed}: step {step}: {e:?}"),
             }
         } else {
-            let (k, conn, _) = open.swap_remove(next(open.len() as u64) as usize);
-            reset(&mut tables[k].0, conn, now);
+            let (k, conn, _) = open.swap_remove(rng.below(open.len()));
+            reset(&mut tables[k].0, conn);
         }
         assert!(open.len() <= 3, "seed {seed}: over max_connections");
         for ip in clients {
@@ -270,7 +210,7 @@ fn random_accepts_and_closes_keep_the_ledger_exact() {
         "seed {seed}: both limits were reached at some step: {refused:?}"
     );
     for (k, conn, _) in open.drain(..) {
-        reset(&mut tables[k].0, conn, now);
+        reset(&mut tables[k].0, conn);
     }
     let counts = ledger.lock();
     assert_eq!(

@@ -1,9 +1,9 @@
 //! The configuration parser and validator: see
-//! `portico_core::fuzzing::config`.
+//! `portico_core::sim::fuzz::config`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    portico_core::fuzzing::config(data);
+    portico_core::sim::fuzz::config(data);
 });

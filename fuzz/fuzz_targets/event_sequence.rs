@@ -1,9 +1,9 @@
 //! Whole event sequences through the connection table: see
-//! `portico_core::fuzzing::event_sequence`.
+//! `portico_core::sim::fuzz::event_sequence`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    portico_core::fuzzing::event_sequence(data);
+    portico_core::sim::fuzz::event_sequence(data);
 });

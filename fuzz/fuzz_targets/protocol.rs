@@ -1,8 +1,8 @@
-//! See `portico_core::fuzzing::protocol`.
+//! See `portico_core::sim::fuzz::protocol`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    portico_core::fuzzing::protocol(data);
+    portico_core::sim::fuzz::protocol(data);
 });

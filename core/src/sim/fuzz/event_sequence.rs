@@ -1,37 +1,26 @@
-//! Entry points shared by the fuzz targets in `fuzz/` and the test that
-//! replays their corpus on stable Rust.
+//! The `event_sequence` target: raw bytes decoded into a configuration and
+//! a sequence of calls a runtime could make — accepts, every [`Event`],
+//! time advancing, reads into the lent buffer and writes of both parts of
+//! what waits, with counts that may exceed what was lent, bytes spliced
+//! past the core while splicing is allowed (and now and then when it is
+//! not), stale ids, shutdown — played on the shared [`Runtime`], whose
+//! checks run after every call along with the decoder's own: the bytes it
+//! knows each connection holds, and the limits and refusals its
+//! configuration implies.
 //!
-//! - [`event_sequence`] decodes raw bytes into a configuration and a
-//!   sequence of calls a runtime could make (accepts, every [`Event`], time
-//!   advancing, reads into [`Proxy::recv_buf`] and writes from
-//!   [`Proxy::send_bufs`] (both parts) with counts that may exceed what was lent, bytes
-//!   spliced past the core while [`Proxy::splice_ok`] allows it (and now
-//!   and then when it does not), stale ids, shutdown) and checks the table's invariants after every call.
-//! - [`config`] feeds the bytes, when they are UTF-8, to
-//!   [`crate::config::parse`] and checks the documented invariants of every
-//!   configuration it accepts.
-//!
-//! Both panic (with a message saying which invariant broke) on a bug and
-//! return normally on any input the core handles correctly. Neither unwraps
-//! anything derived from the input.
+//! The decoding is fixed: the committed corpus
+//! (`fuzz/corpus/event_sequence/`) was found with it and keeps its meaning
+//! only as long as the same bytes make the same calls.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use crate::config::{self, Config, ListenSide, ServiceKind};
+use crate::config::{self, Config};
 use crate::event::{Action, Event, IoKind, Level, Refused};
 use crate::id::{ConnId, ListenerId, Side};
-use crate::proxy::{listening_lines, Proxy};
-
-/// Slack allowed in the timer heap on top of twice the table's size (the
-/// core prunes the heap whenever it holds more than `2 * len + 64` entries).
-pub const TIMER_SLACK: usize = 64;
-
-/// The bound checked on [`Proxy::timer_entries`] after every call.
-pub fn timer_bound(len: usize) -> usize {
-    2 * len + TIMER_SLACK
-}
+use crate::proxy::REFUSING_MAX;
+use crate::sim::runtime::Runtime;
 
 const KINDS: [IoKind; 10] = [
     IoKind::Refused,
@@ -404,22 +393,13 @@ fn response_script(pick: u8) -> Vec<u8> {
     t.as_bytes().to_vec()
 }
 
-/// What the fuzzer knows about one connection it was given.
+/// What the fuzzer knows about one connection it was given, beyond what
+/// the runtime holds of its sockets.
 #[derive(Debug)]
 struct Model {
-    peer: IpAddr,
     kind: Kind,
-    /// Admitted only to be refused in its protocol's words.
-    refusing: bool,
     /// Where a `Connect` must go, when the configuration says so.
     dest: Option<SocketAddr>,
-    /// A `Connect` is outstanding (not yet answered).
-    connecting: bool,
-    /// The upstream socket is connected (as far as the core was told).
-    connected: bool,
-    /// The interest last told per side, (read, write).
-    interest: [(bool, bool); 2],
-    shut: [bool; 2],
     /// Bytes read and not yet written, per direction (`up` = client →
     /// upstream); `None` once the fuzzer lied to the core about that
     /// direction (a read it did not make, a write of bytes it was not
@@ -446,24 +426,13 @@ impl Model {
     }
 }
 
-fn idx(side: Side) -> usize {
-    match side {
-        Side::Client => 0,
-        Side::Upstream => 1,
-    }
-}
-
 struct Harness {
     setup: Setup,
-    proxy: Proxy,
-    base: Instant,
-    now: Duration,
-    listeners: Vec<(ListenerId, SocketAddr)>,
+    rt: Runtime,
     conns: HashMap<ConnId, Model>,
     /// Live connections in accept order (for picking one by index).
     order: Vec<ConnId>,
     dead: Vec<ConnId>,
-    shut_down: bool,
     accesses: u64,
     closes: u64,
     refusals: u64,
@@ -474,53 +443,46 @@ struct Harness {
 
 impl Harness {
     fn new(setup: Setup, config: Config) -> Harness {
-        let base = Instant::now();
-        let mut proxy = Proxy::new(config, setup.seed, base);
+        let mut rt = Runtime::new(config, setup.seed, Instant::now());
+        // A listener that fails to open is fatal to a runtime; the table
+        // must still behave.
+        rt.fatal_ok = true;
+        // What it needs of the records, it counts as they come.
+        rt.collect = false;
         if setup.debug_log {
-            proxy.set_log_level(Level::Debug);
+            rt.set_log_level(Level::Debug);
         }
+        let trace = std::env::var_os("PORTICO_FUZZ_TRACE").is_some();
+        rt.live = trace;
         let mut h = Harness {
             setup,
-            proxy,
-            base,
-            now: Duration::ZERO,
-            listeners: Vec::new(),
+            rt,
             conns: HashMap::new(),
             order: Vec::new(),
             dead: Vec::new(),
-            shut_down: false,
             accesses: 0,
             closes: 0,
             refusals: 0,
-            trace: std::env::var_os("PORTICO_FUZZ_TRACE").is_some(),
+            trace,
         };
         h.drain();
         assert_eq!(
-            h.listeners.len(),
+            h.rt.listeners().len(),
             h.setup.listeners(),
             "one Listen action per listen address"
         );
-        for i in 0..h.listeners.len() {
-            let (listener, local) = h.listeners[i];
+        for i in 0..h.setup.listeners() {
+            let (listener, local) = (h.rt.listeners()[i].id, h.rt.listeners()[i].asked);
             if h.setup.listen_fails as usize == i + 1 {
-                h.proxy.handle(
-                    Event::ListenFailed {
-                        listener,
-                        error: IoKind::AddrInUse,
-                    },
-                    h.at(),
-                );
+                let error = IoKind::AddrInUse;
+                h.rt.handle(Event::ListenFailed { listener, error });
             } else {
-                h.proxy.handle(Event::Listening { listener, local }, h.at());
+                h.rt.handle(Event::Listening { listener, local });
             }
             h.drain();
         }
         h.check();
         h
-    }
-
-    fn at(&self) -> Instant {
-        self.base + self.now
     }
 
     fn pick_conn(&mut self, input: &mut Input<'_>) -> ConnId {
@@ -536,10 +498,11 @@ impl Harness {
 
     fn pick_listener(&mut self, input: &mut Input<'_>) -> ListenerId {
         let b = input.byte() as usize;
+        let listeners = self.rt.listeners();
         // One past the end, and far off, name no listener.
-        match b % (self.listeners.len() + 2) {
-            i if i < self.listeners.len() => self.listeners[i].0,
-            i if i == self.listeners.len() => ListenerId(i as u32),
+        match b % (listeners.len() + 2) {
+            i if i < listeners.len() => listeners[i].id,
+            i if i == listeners.len() => ListenerId(i as u32),
             _ => ListenerId(u32::MAX),
         }
     }
@@ -567,14 +530,12 @@ impl Harness {
         if self.trace {
             eprintln!(
                 "[{:?}] op {} (at byte {}): len {} timers {} next {:?}",
-                self.now,
+                self.rt.now(),
                 code % 18,
                 input.pos,
-                self.proxy.len(),
-                self.proxy.timer_entries(),
-                self.proxy
-                    .poll_timeout()
-                    .map(|t| t.saturating_duration_since(self.base))
+                self.rt.len(),
+                self.rt.timer_entries(),
+                self.rt.deadline()
             );
         }
         match code % 18 {
@@ -583,20 +544,12 @@ impl Harness {
                 let conn = self.pick_conn(input);
                 let local =
                     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 40000 + input.u16() % 1000);
-                if let Some(m) = self.conns.get_mut(&conn) {
-                    m.connected |= std::mem::take(&mut m.connecting);
-                }
-                self.proxy
-                    .handle(Event::Connected { conn, local }, self.at());
+                self.rt.handle(Event::Connected { conn, local });
             }
             3 => {
                 let conn = self.pick_conn(input);
                 let error = input.kind();
-                if let Some(m) = self.conns.get_mut(&conn) {
-                    m.connecting = false;
-                }
-                self.proxy
-                    .handle(Event::ConnectFailed { conn, error }, self.at());
+                self.rt.handle(Event::ConnectFailed { conn, error });
             }
             4..=6 => self.read(input),
             7 => {
@@ -607,90 +560,81 @@ impl Harness {
                 if n > 0 {
                     self.taint(conn, side);
                 }
-                self.proxy.handle(Event::Read { conn, side, n }, self.at());
+                self.rt.handle(Event::Read { conn, side, n });
             }
             8 => {
                 let conn = self.pick_conn(input);
                 let side = input.side();
                 if input.byte() & 1 == 1 {
                     // The runtime took the buffer and the read would block.
-                    let _ = self.proxy.recv_buf(conn, side);
+                    let _ = self.rt.lend(conn, side);
                 }
-                self.proxy
-                    .handle(Event::ReadBlocked { conn, side }, self.at());
+                self.rt.handle(Event::ReadBlocked { conn, side });
             }
             9 => {
                 let conn = self.pick_conn(input);
                 let side = input.side();
-                self.proxy.handle(Event::Eof { conn, side }, self.at());
+                self.rt.handle(Event::Eof { conn, side });
             }
             10 | 11 => self.write(input),
             12 => {
                 let conn = self.pick_conn(input);
                 let side = input.side();
                 let error = input.kind();
-                self.proxy
-                    .handle(Event::IoError { conn, side, error }, self.at());
+                self.rt.handle(Event::IoError { conn, side, error });
             }
             13 => {
                 match input.byte() % 4 {
                     0 => {
                         let ms = input.u16() as u64;
-                        self.now += Duration::from_millis(ms);
+                        self.rt.advance(Duration::from_millis(ms));
                     }
                     1 => {
-                        if let Some(t) = self.proxy.poll_timeout() {
-                            self.now = self.now.max(t.saturating_duration_since(self.base));
+                        if let Some(t) = self.rt.deadline() {
+                            self.rt.set_now(self.rt.now().max(t));
                         }
                     }
-                    2 => self.now += Duration::from_millis(input.byte() as u64),
+                    2 => self.rt.advance(Duration::from_millis(input.byte() as u64)),
                     _ => {}
                 }
                 self.timeout();
             }
             14 => match input.byte() % 8 {
-                0 => {
-                    self.shut_down = true;
-                    self.proxy.shutdown(self.at());
-                }
+                0 => self.rt.shutdown(),
                 1..=3 => {
                     let listener = self.pick_listener(input);
                     let error = input.kind();
-                    self.proxy
-                        .handle(Event::AcceptFailed { listener, error }, self.at());
+                    self.rt.handle(Event::AcceptFailed { listener, error });
                 }
                 4 => {
                     let listener = self.pick_listener(input);
                     let local = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), input.u16());
-                    self.proxy
-                        .handle(Event::Listening { listener, local }, self.at());
+                    self.rt.handle(Event::Listening { listener, local });
                 }
                 5 => {
                     let listener = self.pick_listener(input);
                     let error = input.kind();
-                    self.proxy
-                        .handle(Event::ListenFailed { listener, error }, self.at());
+                    self.rt.handle(Event::ListenFailed { listener, error });
                 }
                 7 => self.splice(input),
                 _ => {
                     // Read-only calls must be harmless.
                     let conn = self.pick_conn(input);
                     let side = input.side();
-                    let _ = self.proxy.send_buf(conn, side);
-                    let _ = self.proxy.splice_ok(conn, side);
-                    let _ = self.proxy.listener_service(ListenerId(input.byte() as u32));
-                    let _ = self.proxy.stats();
+                    let _ = self.rt.send_buf(conn, side);
+                    let _ = self.rt.splice_ok(conn, side);
+                    let _ = self.rt.listener_service(ListenerId(input.byte() as u32));
+                    let _ = self.rt.stats();
                 }
             },
             15 | 16 => {
                 let conn = self.pick_conn(input);
                 let n = input.byte() % 4;
                 if n == 3 && input.byte() & 1 == 0 {
-                    self.proxy.handle(Event::ResolveFailed { conn }, self.at());
+                    self.rt.handle(Event::ResolveFailed { conn });
                 } else {
                     let addrs = (0..n).map(|_| self.addr(input)).collect();
-                    self.proxy
-                        .handle(Event::Resolved { conn, addrs }, self.at());
+                    self.rt.handle(Event::Resolved { conn, addrs });
                 }
             }
             _ => self.stale(input),
@@ -732,56 +676,17 @@ impl Harness {
                 error: input.kind(),
             },
         };
-        if self.conns.contains_key(&conn) {
-            // It happens to name a live connection: the model must follow
-            // what the event does to it.
-            match &event {
-                Event::Read { n, .. } if *n > 0 => self.taint(conn, side),
-                Event::Written { n, .. } if *n > 0 => self.taint(conn, side.other()),
-                Event::Connected { .. } => {
-                    if let Some(m) = self.conns.get_mut(&conn) {
-                        m.connected |= std::mem::take(&mut m.connecting);
-                    }
-                }
-                Event::ConnectFailed { .. } => {
-                    if let Some(m) = self.conns.get_mut(&conn) {
-                        m.connecting = false;
-                    }
-                }
-                _ => {}
-            }
-            self.proxy.handle(event, self.at());
-            return;
+        if !self.rt.is_live(conn) {
+            return self.rt.handle_stale(conn, side, event);
         }
-        assert!(
-            self.proxy.recv_buf(conn, side).is_none(),
-            "recv_buf lends a buffer for dead id {conn}"
-        );
-        assert!(
-            self.proxy.send_buf(conn, side).is_none(),
-            "send_buf shows bytes for dead id {conn}"
-        );
-        let before = (
-            self.proxy.len(),
-            self.proxy.buffers_in_use(),
-            self.proxy.timer_entries(),
-            self.proxy.poll_timeout(),
-        );
-        self.proxy.handle(event.clone(), self.at());
-        let after = (
-            self.proxy.len(),
-            self.proxy.buffers_in_use(),
-            self.proxy.timer_entries(),
-            self.proxy.poll_timeout(),
-        );
-        assert_eq!(
-            before, after,
-            "an event for dead id {conn} changed the table: {event:?}"
-        );
-        assert!(
-            self.proxy.poll_action().is_none(),
-            "an event for dead id {conn} produced an action: {event:?}"
-        );
+        // It happens to name a live connection: the model must follow what
+        // the event does to it.
+        match &event {
+            Event::Read { n, .. } if *n > 0 => self.taint(conn, side),
+            Event::Written { n, .. } if *n > 0 => self.taint(conn, side.other()),
+            _ => {}
+        }
+        self.rt.handle(event);
     }
 
     fn accept(&mut self, input: &mut Input<'_>) {
@@ -790,20 +695,19 @@ impl Harness {
         let peer = SocketAddr::new(ip, input.u16());
         let script = input.byte();
         let reply = input.byte();
-        let served = self.conns.values().filter(|m| !m.refusing);
-        let same_ip = served.clone().filter(|m| m.peer == ip).count();
+        let served = self.rt.conns().filter(|s| !s.refusing);
+        let same_ip = served.clone().filter(|s| s.peer.ip() == ip).count();
         let full = served.count() >= self.setup.max_connections as usize;
         let per_client_full = same_ip >= self.setup.max_per_client as usize;
         let denied = self.setup.rules && ip == IpAddr::V4(DENIED_CLIENT);
-        let refusing_now = self.conns.values().filter(|m| m.refusing).count();
-        let index = self.listeners.iter().position(|(l, _)| *l == listener);
-        match self.proxy.accept(listener, peer, self.at()) {
+        let refusing_now = self.rt.conns().filter(|s| s.refusing).count();
+        let index = self.rt.listeners().iter().position(|l| l.id == listener);
+        match self.rt.accept(listener, peer, None) {
             Ok(conn) => {
                 let Some(i) = index else {
                     panic!("accept succeeded on unknown listener {listener:?}");
                 };
                 let kind = self.setup.kind(i);
-                assert!(!self.shut_down, "accept after shutdown");
                 let refusing = full || per_client_full || denied;
                 assert!(
                     !refusing || kind.says_refusal(),
@@ -812,25 +716,16 @@ impl Harness {
                 );
                 if refusing {
                     assert!(
-                        refusing_now < crate::proxy::REFUSING_MAX,
+                        refusing_now < REFUSING_MAX,
                         "more than REFUSING_MAX connections admitted only to be refused"
                     );
                 }
-                assert!(
-                    !self.conns.contains_key(&conn),
-                    "accept returned live id {conn} again"
-                );
+                self.rt.set_refusing(conn, refusing);
                 self.conns.insert(
                     conn,
                     Model {
-                        peer: ip,
                         kind,
-                        refusing,
                         dest: self.setup.destination(i),
-                        connecting: false,
-                        connected: false,
-                        interest: [(false, false); 2],
-                        shut: [false; 2],
                         // A protocol's own words are not modelled.
                         up: (kind == Kind::Mapped).then(VecDeque::new),
                         down: (kind == Kind::Mapped).then(VecDeque::new),
@@ -845,11 +740,12 @@ impl Harness {
             }
             Err(Refused::UnknownListener) => {}
             Err(why) => {
+                let shut_down = self.rt.is_shut_down();
                 if let Some(i) = index {
                     let kind = self.setup.kind(i);
-                    if kind.says_refusal() && !self.shut_down {
+                    if kind.says_refusal() && !shut_down {
                         assert!(
-                            refusing_now >= crate::proxy::REFUSING_MAX,
+                            refusing_now >= REFUSING_MAX,
                             "{kind:?} refused with {why} instead of saying so (room to refuse)"
                         );
                     }
@@ -862,9 +758,7 @@ impl Harness {
                     Refused::Denied => {
                         assert!(!full && !per_client_full && denied, "Denied {ip}")
                     }
-                    Refused::ShuttingDown => {
-                        assert!(self.shut_down, "ShuttingDown before shutdown")
-                    }
+                    Refused::ShuttingDown => assert!(shut_down, "ShuttingDown before shutdown"),
                     _ => {}
                 }
                 // An HTTP proxy logs per request: its records are not
@@ -881,71 +775,57 @@ impl Harness {
         let side = input.side();
         let n = input.count();
         let mode = input.byte();
-        let Some(len) = self.proxy.recv_buf(conn, side).map(|b| b.len()) else {
-            if let Some(m) = self.conns.get_mut(&conn) {
-                if n > 0 {
-                    *m.dir(side) = None;
+        let conns = &mut self.conns;
+        let read = self.rt.recv(conn, side, |buf| {
+            let len = buf.len();
+            let m = conns
+                .get_mut(&conn)
+                .expect("a model of every live connection");
+            // What the peer sent: the client's script first, or bytes
+            // straight from the input, then a filler pattern.
+            let mut content = Vec::with_capacity(len);
+            if mode & 1 == 0 {
+                let (script, pos) = match side {
+                    Side::Client => (&m.script, &mut m.script_pos),
+                    Side::Upstream => (&m.reply, &mut m.reply_pos),
+                };
+                let rest = &script[*pos..];
+                let k = rest.len().min(len).min(n);
+                content.extend_from_slice(&rest[..k]);
+                *pos += k;
+            } else {
+                let k = (mode as usize >> 1).min(len);
+                for _ in 0..k {
+                    content.push(input.byte());
                 }
             }
-            self.proxy.handle(Event::Read { conn, side, n }, self.at());
-            return;
-        };
-        assert!(len > 0, "recv_buf lent an empty slice");
-        let Some(m) = self.conns.get_mut(&conn) else {
-            panic!("recv_buf lent a buffer for dead id {conn}");
-        };
-        // What the peer sent: the client's script first, or bytes straight
-        // from the input, then a filler pattern.
-        let mut content = Vec::with_capacity(len);
-        if mode & 1 == 0 {
-            let (script, pos) = match side {
-                Side::Client => (&m.script, &mut m.script_pos),
-                Side::Upstream => (&m.reply, &mut m.reply_pos),
-            };
-            let rest = &script[*pos..];
-            let k = rest.len().min(len).min(n);
-            content.extend_from_slice(&rest[..k]);
-            *pos += k;
-        } else {
-            let k = (mode as usize >> 1).min(len);
-            for _ in 0..k {
-                content.push(input.byte());
+            while content.len() < len {
+                content.push((m.produced + content.len()) as u8 ^ 0x5a);
             }
-        }
-        while content.len() < len {
-            content.push((m.produced + content.len()) as u8 ^ 0x5a);
-        }
-        let take = n.min(len);
-        m.produced += take;
-        if let Some(q) = m.dir(side) {
-            q.extend(&content[..take]);
-        }
-        if let Some(buf) = self.proxy.recv_buf(conn, side) {
-            assert_eq!(buf.len(), len, "recv_buf changed between two calls");
+            let take = n.min(len);
+            m.produced += take;
+            if let Some(q) = m.dir(side) {
+                q.extend(&content[..take]);
+            }
             buf.copy_from_slice(&content);
+            n
+        });
+        if read.is_none() {
+            // Nothing lent: a read of n > 0 bytes is a lie.
+            if n > 0 {
+                self.taint(conn, side);
+            }
+            self.rt.handle(Event::Read { conn, side, n });
         }
-        self.proxy.handle(Event::Read { conn, side, n }, self.at());
     }
 
     fn write(&mut self, input: &mut Input<'_>) {
         let conn = self.pick_conn(input);
         let side = input.side();
         let n = input.count();
-        let shown = self.proxy.send_bufs(conn, side).map(|parts| {
-            assert_eq!(
-                self.proxy.send_buf(conn, side),
-                parts.into_iter().find(|p| !p.is_empty()),
-                "send_buf is not the first part of send_bufs"
-            );
-            parts.concat()
-        });
+        let shown = self.rt.send_buf(conn, side).map(|parts| parts.concat());
         match (&shown, self.conns.get_mut(&conn)) {
             (Some(data), Some(m)) => {
-                assert!(!data.is_empty(), "send_bufs showed nothing");
-                assert!(
-                    !m.shut[idx(side)],
-                    "send_buf shows bytes for {conn} {side:?} after ShutdownWrite"
-                );
                 if let Some(q) = m.dir(side.other()) {
                     assert!(
                         q.iter().eq(data.iter()),
@@ -965,11 +845,9 @@ impl Harness {
                     *dir = None;
                 }
             }
-            (Some(_), None) => panic!("send_buf shows bytes for dead id {conn}"),
-            (None, None) => {}
+            _ => {}
         }
-        self.proxy
-            .handle(Event::Written { conn, side, n }, self.at());
+        self.rt.handle(Event::Written { conn, side, n });
     }
 
     /// Bytes moved from `from` to the other side by the runtime itself
@@ -981,19 +859,8 @@ impl Harness {
         let conn = self.pick_conn(input);
         let from = input.side();
         let n = input.count();
-        let ok = self.proxy.splice_ok(conn, from);
-        if ok {
-            let Some(m) = self.conns.get(&conn) else {
-                panic!("splice_ok for dead id {conn}");
-            };
-            assert!(
-                m.interest[idx(from)].0,
-                "splice_ok on {conn} {from:?}, where the core wants no read"
-            );
-            assert!(
-                !m.shut[idx(from.other())],
-                "splice_ok on {conn} {from:?} after ShutdownWrite of the other side"
-            );
+        let ok = self.rt.splice_ok(conn, from);
+        if let Some(m) = self.conns.get(&conn).filter(|_| ok) {
             if let Some(q) = match from {
                 Side::Client => &m.up,
                 Side::Upstream => &m.down,
@@ -1004,126 +871,59 @@ impl Harness {
                     q.len()
                 );
             }
-            assert!(
-                self.proxy.send_buf(conn, from.other()).is_none(),
-                "splice_ok on {conn} {from:?} while send_buf shows bytes"
-            );
         }
         if !ok && input.byte() & 3 != 0 {
             return;
         }
-        self.proxy
-            .handle(Event::Spliced { conn, from, n }, self.at());
+        self.rt.handle(Event::Spliced { conn, from, n });
     }
 
     fn timeout(&mut self) {
-        self.proxy.handle_timeout(self.at());
+        self.rt.handle_timeout();
         self.drain();
-        if !self.proxy.is_finished() {
-            if let Some(t) = self.proxy.poll_timeout() {
-                assert!(
-                    t > self.at(),
-                    "poll_timeout is still due right after handle_timeout: a runtime would spin"
-                );
-            }
-        }
+        self.rt.assert_not_due();
     }
 
     fn drain(&mut self) {
-        while let Some(action) = self.proxy.poll_action() {
+        while let Some(action) = self.rt.poll() {
             self.apply(action);
         }
     }
 
-    fn live(&mut self, conn: ConnId, what: &str) -> &mut Model {
-        match self.conns.get_mut(&conn) {
-            Some(m) => m,
-            None => panic!("{what} for {conn}, which is not live"),
-        }
+    fn model(&mut self, conn: ConnId) -> &mut Model {
+        // The runtime checked the connection is live.
+        self.conns
+            .get_mut(&conn)
+            .expect("a model of every live connection")
     }
 
+    /// What the fuzzer's own knowledge says of an action (the runtime has
+    /// checked what any runtime can).
     fn apply(&mut self, action: Action) {
         let rules = self.setup.rules;
-        if self.trace {
-            eprintln!("    -> {action:?}");
-        }
         match action {
-            Action::Listen { listener, addr } => {
-                assert!(
-                    self.listeners.iter().all(|(l, _)| *l != listener),
-                    "Listen twice for {listener:?}"
-                );
-                self.listeners.push((listener, addr));
-            }
-            Action::PauseAccept { listener }
-            | Action::ResumeAccept { listener }
-            | Action::Unlisten { listener } => {
-                assert!(
-                    self.listeners.iter().any(|(l, _)| *l == listener),
-                    "an action names unknown listener {listener:?}"
-                );
-            }
             Action::Resolve { conn, host, port } => {
-                let m = self.live(conn, "Resolve");
-                assert!(
-                    !m.refusing,
-                    "Resolve for a connection admitted only to refuse"
-                );
                 assert!(
                     !(rules && host == "denied.example"),
                     "Resolve of a name the rules deny outright"
                 );
-                if m.kind == Kind::Mapped {
+                if self.model(conn).kind == Kind::Mapped {
                     assert_eq!((host.as_str(), port), ("dest.example", 9000), "Resolve");
                 }
             }
-            Action::Connect { conn, addr, bind } => {
-                let m = self.live(conn, "Connect");
-                assert!(
-                    !m.refusing,
-                    "Connect for a connection admitted only to refuse"
-                );
-                assert!(
-                    !m.connected,
-                    "Connect for {conn}, whose upstream is connected"
-                );
-                m.connecting = true;
-                if let Some(d) = m.dest {
+            Action::Connect { conn, addr, .. } => {
+                let replaced = self.rt.conn(conn).is_some_and(|s| s.replaced);
+                assert!(!replaced, "Connect for {conn}, whose upstream is connected");
+                if let Some(d) = self.model(conn).dest {
                     assert_eq!(addr, d, "Connect to the wrong destination");
                 }
                 assert!(
                     !(rules && addr.ip() == IpAddr::V4(DENIED_ADDR)),
                     "Connect to {addr}, which the rules deny"
                 );
-                assert_eq!(
-                    bind, None,
-                    "Connect binds though no outgoing address is set"
-                );
-            }
-            Action::Interest {
-                conn,
-                side,
-                read,
-                write,
-            } => {
-                let m = self.live(conn, "Interest");
-                let told = &mut m.interest[idx(side)];
-                assert_ne!(
-                    *told,
-                    (read, write),
-                    "Interest for {conn} {side:?} repeated without a change"
-                );
-                *told = (read, write);
-                assert!(
-                    !(write && m.shut[idx(side)]),
-                    "write interest on {conn} {side:?} after ShutdownWrite"
-                );
             }
             Action::ShutdownWrite { conn, side } => {
-                let m = self.live(conn, "ShutdownWrite");
-                assert!(!m.shut[idx(side)], "ShutdownWrite twice on {conn} {side:?}");
-                m.shut[idx(side)] = true;
-                if let Some(q) = m.dir(side.other()) {
+                if let Some(q) = self.model(conn).dir(side.other()) {
                     assert!(
                         q.is_empty(),
                         "ShutdownWrite on {conn} {side:?} with {} bytes not yet written",
@@ -1132,148 +932,70 @@ impl Harness {
                 }
             }
             Action::CloseUpstream { conn } => {
-                let m = self.live(conn, "CloseUpstream");
+                let m = self.model(conn);
                 assert!(m.kind != Kind::Mapped, "CloseUpstream on a mapped port");
-                // A new upstream may follow: its socket starts afresh.
-                m.connected = false;
-                m.connecting = false;
-                m.interest[1] = (false, false);
-                m.shut[1] = false;
+                // A new upstream may follow: its bytes start afresh.
                 m.reply_pos = 0;
                 m.down = None;
                 m.up = None;
             }
             Action::Close { conn } => {
-                let Some(m) = self.conns.remove(&conn) else {
-                    panic!("Close for {conn}, which is not live");
-                };
-                if m.kind != Kind::Http {
+                if self.model(conn).kind != Kind::Http {
                     self.closes += 1;
                 }
+                self.conns.remove(&conn);
                 self.order.retain(|c| *c != conn);
                 self.dead.push(conn);
                 if self.dead.len() > 64 {
                     self.dead.remove(0);
                 }
             }
-            Action::Access(rec) => {
-                if rec.service.as_ref() != "http" {
-                    self.accesses += 1;
-                }
-                let _ = rec.format(std::time::UNIX_EPOCH, config::LogFormat::Text);
-                let _ = rec.format(std::time::UNIX_EPOCH, config::LogFormat::Json);
-            }
-            Action::Log { message, .. } => assert!(!message.is_empty(), "empty log line"),
-            Action::Say(line) => assert!(!line.is_empty(), "empty Say line"),
-            Action::Fatal { message } => assert!(!message.is_empty(), "empty Fatal message"),
-            #[allow(unreachable_patterns)]
+            // An HTTP proxy logs per request: not counted per connection.
+            Action::Access(rec) if rec.service.as_ref() != "http" => self.accesses += 1,
             _ => {}
         }
     }
 
     fn check(&mut self) {
-        let p = &self.proxy;
-        let len = p.len();
-        assert_eq!(
-            len,
-            self.conns.len(),
-            "the table holds {len} connections, but {} were accepted and not closed",
-            self.conns.len()
-        );
-        let served = self.conns.values().filter(|m| !m.refusing).count();
-        assert!(
-            served <= self.setup.max_connections as usize,
-            "{served} connections served, over max_connections {}",
-            self.setup.max_connections
-        );
-        assert!(
-            len - served <= crate::proxy::REFUSING_MAX,
-            "{} connections only refusing",
-            len - served
-        );
-        let mut per_ip: HashMap<IpAddr, usize> = HashMap::new();
-        for m in self.conns.values().filter(|m| !m.refusing) {
-            *per_ip.entry(m.peer).or_default() += 1;
-        }
-        assert!(
-            per_ip
-                .values()
-                .all(|n| *n <= self.setup.max_per_client as usize),
-            "a client holds more than max_per_client connections"
-        );
-        assert!(
-            p.buffers_in_use() <= 2 * len,
-            "{} buffers in use for {len} connections",
-            p.buffers_in_use()
-        );
-        assert!(
-            p.timer_entries() <= timer_bound(len),
-            "{} timer entries for {len} connections",
-            p.timer_entries()
-        );
+        self.rt.check();
         assert_eq!(
             self.accesses,
             self.closes + self.refusals,
             "one access record per closed or refused connection (HTTP aside)"
         );
-        if len == 0 {
-            assert_eq!(p.timer_entries(), 0, "timer entries left in an empty table");
-            assert_eq!(p.buffers_in_use(), 0, "buffers lent by an empty table");
-        }
         for (conn, m) in &self.conns {
             for side in [Side::Client, Side::Upstream] {
                 let q = match side {
                     Side::Client => &m.down,
                     Side::Upstream => &m.up,
                 };
-                let shown = p.send_bufs(*conn, side).map(|parts| parts.concat());
+                let shown = self.rt.send_buf(*conn, side).map(|parts| parts.concat());
                 if let (Some(q), Some(data)) = (q, &shown) {
                     assert!(
                         q.iter().eq(data.iter()),
                         "bytes waiting for {conn} {side:?} are not the bytes read"
                     );
                 }
-                if shown.is_some() {
-                    assert!(
-                        !m.shut[idx(side)],
-                        "bytes waiting for {conn} {side:?} after ShutdownWrite"
-                    );
-                }
-                if side == Side::Upstream && !m.connected {
-                    assert!(shown.is_none(), "upstream bytes shown before Connected");
-                }
             }
         }
-        assert_eq!(p.is_finished(), self.shut_down && len == 0, "is_finished");
     }
 
     /// Ends the run: every peer goes away (or every deadline passes), and
     /// the table must be empty with no timer and no buffer left.
     fn finish(&mut self, how: u8) {
         if how & 1 == 0 {
-            let conns: Vec<ConnId> = self.order.clone();
-            for conn in conns {
-                let side = if how & 2 == 0 {
-                    Side::Client
-                } else {
-                    Side::Upstream
-                };
-                self.proxy.handle(
-                    Event::IoError {
-                        conn,
-                        side,
-                        error: IoKind::Reset,
-                    },
-                    self.at(),
-                );
+            let side = if how & 2 == 0 {
+                Side::Client
+            } else {
+                Side::Upstream
+            };
+            for conn in self.order.clone() {
+                let error = IoKind::Reset;
+                self.rt.handle(Event::IoError { conn, side, error });
                 self.drain();
                 self.check();
             }
-            assert_eq!(
-                self.proxy.len(),
-                0,
-                "connections left after every peer reset"
-            );
+            assert_eq!(self.rt.len(), 0, "connections left after every peer reset");
         }
         // A deadline can lead to a state with a deadline of its own (a
         // failed connect to a protocol's reply, which drains or times out
@@ -1282,23 +1004,17 @@ impl Harness {
         let all =
             Duration::from_millis(s.connect_ms + s.idle_ms + s.grace_ms + s.handshake_ms + 1000);
         for _ in 0..4 {
-            self.now += all;
+            self.rt.advance(all);
             self.timeout();
         }
         self.check();
-        let p = &self.proxy;
         assert_eq!(
-            p.len(),
+            self.rt.len(),
             0,
-            "connections left after every deadline passed: {p:#?}"
+            "connections left after every deadline passed: {}",
+            self.rt.dump()
         );
-        assert_eq!(p.timer_entries(), 0, "timer entries left in an empty table");
-        assert_eq!(p.buffers_in_use(), 0, "buffers lent by an empty table");
-        if self.shut_down {
-            assert!(p.is_finished(), "shut down and empty, but not finished");
-        } else {
-            assert_eq!(p.poll_timeout(), None, "a deadline left in an empty table");
-        }
+        self.rt.assert_empty();
     }
 }
 
@@ -1321,275 +1037,4 @@ pub fn event_sequence(data: &[u8]) {
         h.op(&mut input);
     }
     h.finish(how);
-}
-
-/// Parses `data` as a configuration file when it is UTF-8 and checks the
-/// invariants [`crate::config`] documents for every configuration
-/// [`crate::config::parse`] accepts.
-pub fn config(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    for checked in [true, false] {
-        let result = if checked {
-            config::parse(text, "fuzz.toml")
-        } else {
-            config::parse_unchecked_kinds(text, "fuzz.toml")
-        };
-        match result {
-            Ok(c) => check_config(&c, checked),
-            Err(e) => {
-                let lines = text.matches('\n').count() + 1;
-                assert!(
-                    e.line >= 1 && e.line <= lines,
-                    "error line {} of {lines}",
-                    e.line
-                );
-                assert!(e.column >= 1, "error column {}", e.column);
-                assert!(!e.message.is_empty(), "empty error message");
-                assert_eq!(e.file, "fuzz.toml");
-                let shown = e.to_string();
-                assert!(shown.starts_with("fuzz.toml:"), "error shown as {shown:?}");
-            }
-        }
-    }
-}
-
-fn check_config(c: &Config, checked: bool) {
-    let l = &c.limits;
-    let year = Duration::from_secs(365 * 24 * 3600);
-    for (name, d) in [
-        ("connect_timeout", l.connect_timeout),
-        ("handshake_timeout", l.handshake_timeout),
-        ("idle_timeout", l.idle_timeout),
-        ("udp_idle_timeout", l.udp_idle_timeout),
-    ] {
-        assert!(d > Duration::ZERO && d <= year, "limits.{name} = {d:?}");
-    }
-    assert!(l.shutdown_grace <= year, "limits.shutdown_grace");
-    assert!(
-        (config::MIN_BUFFER..=config::MAX_BUFFER).contains(&l.buffer),
-        "limits.buffer = {}",
-        l.buffer
-    );
-    assert!(
-        l.max_connections >= 1 && l.max_per_client >= 1,
-        "limits counts"
-    );
-    if let Some(w) = c.runtime.workers {
-        assert!(
-            (1..=config::MAX_WORKERS).contains(&w),
-            "runtime.workers = {w}"
-        );
-    }
-
-    let n = &c.network;
-    assert!(!n.internal.is_empty(), "network.internal is empty");
-    for (i, a) in n.internal.iter().enumerate() {
-        assert!(!n.internal[..i].contains(a), "network.internal repeats {a}");
-        assert!(!n.external.contains(a), "{a} is both internal and external");
-    }
-
-    assert!(!c.services.is_empty(), "no service");
-    let mut listens: Vec<(SocketAddr, config::Transport)> = Vec::new();
-    for (i, s) in c.services.iter().enumerate() {
-        assert!(
-            c.services[..i].iter().all(|o| o.name != s.name),
-            "service name {:?} twice",
-            s.name
-        );
-        assert!(
-            !s.listen.is_empty(),
-            "service {:?} has no listen address",
-            s.name
-        );
-        let side_addrs = match s.side {
-            ListenSide::Internal => &n.internal,
-            ListenSide::External => &n.external,
-        };
-        for a in &s.listen {
-            assert_ne!(a.port(), 0, "service {:?} listens on port 0", s.name);
-            assert!(
-                side_addrs.contains(&a.ip()),
-                "service {:?} listens on {a}, not an address of its side",
-                s.name
-            );
-            for (o, p) in &listens {
-                let same_ip = o.ip() == a.ip()
-                    || (o.ip().is_unspecified() && o.is_ipv4() == a.is_ipv4())
-                    || (a.ip().is_unspecified() && o.is_ipv4() == a.is_ipv4());
-                assert!(
-                    !(*p == s.protocol && o.port() == a.port() && same_ip),
-                    "listen addresses {o} and {a} overlap"
-                );
-            }
-            listens.push((*a, s.protocol));
-        }
-        let needs = matches!(
-            s.kind,
-            ServiceKind::Mapped | ServiceKind::Smtp | ServiceKind::Nntp
-        );
-        let takes_none = matches!(
-            s.kind,
-            ServiceKind::Http | ServiceKind::Socks | ServiceKind::Status
-        );
-        if needs {
-            assert!(s.destination.is_some(), "{:?} needs a destination", s.name);
-        }
-        if takes_none {
-            assert!(s.destination.is_none(), "{:?} takes no destination", s.name);
-        }
-        if let Some(d) = &s.destination {
-            assert_ne!(d.port, 0, "destination port 0");
-        }
-        if s.side == ListenSide::External {
-            assert!(
-                s.kind == ServiceKind::Mapped || (s.open_proxy && s.kind != ServiceKind::Status),
-                "service {:?} is external but neither mapped nor an open proxy",
-                s.name
-            );
-        }
-        if s.auth {
-            assert!(!c.users.is_empty(), "auth without users");
-        }
-        if checked {
-            assert!(
-                config::implemented_kind(s.kind, s.protocol),
-                "unimplemented kind {} accepted",
-                s.kind
-            );
-        }
-    }
-    for (i, u) in c.users.iter().enumerate() {
-        assert!(!u.name.is_empty(), "empty user name");
-        assert!(
-            !u.name.contains(':') && !u.name.chars().any(char::is_control),
-            "user name {:?}",
-            u.name
-        );
-        assert!(
-            c.users[..i].iter().all(|o| o.name != u.name),
-            "user {:?} twice",
-            u.name
-        );
-    }
-    for r in &c.rules {
-        for s in &r.services {
-            assert!(c.service(s).is_some(), "rule names unknown service {s:?}");
-        }
-        for u in &r.users {
-            assert!(c.user(u).is_some(), "rule names unknown user {u:?}");
-        }
-        if r.rate.is_some() {
-            assert_eq!(r.action, config::RuleAction::Allow, "rate on a deny rule");
-        }
-    }
-
-    let lines = listening_lines(c);
-    assert_eq!(
-        lines.len(),
-        listens.len(),
-        "one listening line per listen address"
-    );
-    assert!(lines.iter().all(|l| l.starts_with("listening: ")));
-    let _ = config::warnings(c);
-
-    // A table over it asks for exactly those listeners.
-    let mut proxy = Proxy::new(c.clone(), 0, Instant::now());
-    let mut listen_actions = 0;
-    while let Some(a) = proxy.poll_action() {
-        if let Action::Listen { addr, .. } = a {
-            assert!(listens.iter().any(|(l, _)| *l == addr), "Listen on {addr}");
-            listen_actions += 1;
-        }
-    }
-    assert_eq!(
-        listen_actions,
-        listens.len(),
-        "one Listen per listen address"
-    );
-}
-
-/// The protocol handshakes (SOCKS, POP3, Telnet, FTP, SMTP) as pure
-/// machines: the first byte picks the protocol and whether auth is on, the
-/// second how the rest is chopped; the client's bytes go to `input`, then
-/// (if the machine asked to connect) `connected`, and the same bytes as
-/// the server's to `upstream`. Consumed counts never exceed what was given.
-pub fn protocol(data: &[u8]) {
-    use crate::proto::{for_service, Next, Scope};
-    let (Some(&pick), Some(&chop)) = (data.first(), data.get(1)) else {
-        return;
-    };
-    let kinds = ["socks", "pop3", "telnet", "ftp", "smtp"];
-    let kind = kinds[pick as usize % kinds.len()];
-    let auth = pick & 0x80 != 0 && matches!(kind, "socks" | "telnet");
-    let dest = if kind == "smtp" {
-        "destination = \"127.0.0.1:25\"\n"
-    } else {
-        ""
-    };
-    let text = format!(
-        "[[user]]\nname = \"alice\"\npassword = \"plain:secret\"\n\
-         [[service]]\nname = \"s\"\nkind = \"{kind}\"\nport = 9000\nauth = {auth}\n{dest}"
-    );
-    let Ok(config) = crate::config::parse(&text, "fuzz.toml") else {
-        return;
-    };
-    let service = &config.services[0];
-    let Some(mut hs) = for_service(service) else {
-        return;
-    };
-    let mut users = crate::auth::Users::new(&config.users);
-    let client: std::net::SocketAddr = ([127, 0, 0, 1], 40000).into();
-    let mut ctx = Scope {
-        service,
-        users: &mut users,
-        client,
-    };
-    let input = &data[2..];
-    let step = (chop as usize % 7) + 1;
-    // The high bit: connects fail, and a machine that asks again (Telnet)
-    // reads on from where it stopped.
-    let connects_fail = chop & 0x80 != 0;
-    let mut reply = Vec::new();
-    let mut step_now = hs.start(&mut reply, &mut ctx);
-    let (mut have, mut used) = (0, 0);
-    // Bounded whatever a machine does: each try consumes a line at least.
-    for _ in 0..256 {
-        while step_now == Next::Wait && have < input.len() {
-            have = (have + step).min(input.len());
-            let (n, s) = hs.input(&input[used..have], &mut reply, &mut ctx);
-            assert!(n <= have - used, "{kind}: consumed more than it was given");
-            used += n;
-            step_now = s;
-        }
-        if !(connects_fail && matches!(step_now, Next::Connect { .. })) {
-            break;
-        }
-        hs.failed(crate::proto::Failure::Refused, &mut reply);
-        if !hs.asks_again() {
-            return;
-        }
-        // What the client sent behind the failed request is read next.
-        step_now = Next::Wait;
-        have = used;
-    }
-    if let Next::Connect { .. } = step_now {
-        let mut to_server = Vec::new();
-        hs.connected(client, &mut reply, &mut to_server);
-        let (mut have, mut used) = (0, 0);
-        while have < input.len() {
-            have = (have + step).min(input.len());
-            let (n, s) = hs.upstream(&input[used..have], &mut reply, &mut to_server);
-            assert!(
-                n <= have - used,
-                "{kind}: consumed more of the server's bytes than given"
-            );
-            used += n;
-            if s != Next::Wait {
-                break;
-            }
-        }
-    }
-    hs.failed(crate::proto::Failure::Refused, &mut reply);
 }

@@ -1,0 +1,86 @@
+//! The `protocol` target: the protocol handshakes as pure machines, with
+//! no table around them.
+
+/// The protocol handshakes (SOCKS, POP3, Telnet, FTP, SMTP) as pure
+/// machines: the first byte picks the protocol and whether auth is on, the
+/// second how the rest is chopped; the client's bytes go to `input`, then
+/// (if the machine asked to connect) `connected`, and the same bytes as
+/// the server's to `upstream`. Consumed counts never exceed what was given.
+pub fn protocol(data: &[u8]) {
+    use crate::proto::{for_service, Next, Scope};
+    let (Some(&pick), Some(&chop)) = (data.first(), data.get(1)) else {
+        return;
+    };
+    let kinds = ["socks", "pop3", "telnet", "ftp", "smtp"];
+    let kind = kinds[pick as usize % kinds.len()];
+    let auth = pick & 0x80 != 0 && matches!(kind, "socks" | "telnet");
+    let dest = if kind == "smtp" {
+        "destination = \"127.0.0.1:25\"\n"
+    } else {
+        ""
+    };
+    let text = format!(
+        "[[user]]\nname = \"alice\"\npassword = \"plain:secret\"\n\
+         [[service]]\nname = \"s\"\nkind = \"{kind}\"\nport = 9000\nauth = {auth}\n{dest}"
+    );
+    let Ok(config) = crate::config::parse(&text, "fuzz.toml") else {
+        return;
+    };
+    let service = &config.services[0];
+    let Some(mut hs) = for_service(service) else {
+        return;
+    };
+    let mut users = crate::auth::Users::new(&config.users);
+    let client: std::net::SocketAddr = ([127, 0, 0, 1], 40000).into();
+    let mut ctx = Scope {
+        service,
+        users: &mut users,
+        client,
+    };
+    let input = &data[2..];
+    let step = (chop as usize % 7) + 1;
+    // The high bit: connects fail, and a machine that asks again (Telnet)
+    // reads on from where it stopped.
+    let connects_fail = chop & 0x80 != 0;
+    let mut reply = Vec::new();
+    let mut step_now = hs.start(&mut reply, &mut ctx);
+    let (mut have, mut used) = (0, 0);
+    // Bounded whatever a machine does: each try consumes a line at least.
+    for _ in 0..256 {
+        while step_now == Next::Wait && have < input.len() {
+            have = (have + step).min(input.len());
+            let (n, s) = hs.input(&input[used..have], &mut reply, &mut ctx);
+            assert!(n <= have - used, "{kind}: consumed more than it was given");
+            used += n;
+            step_now = s;
+        }
+        if !(connects_fail && matches!(step_now, Next::Connect { .. })) {
+            break;
+        }
+        hs.failed(crate::proto::Failure::Refused, &mut reply);
+        if !hs.asks_again() {
+            return;
+        }
+        // What the client sent behind the failed request is read next.
+        step_now = Next::Wait;
+        have = used;
+    }
+    if let Next::Connect { .. } = step_now {
+        let mut to_server = Vec::new();
+        hs.connected(client, &mut reply, &mut to_server);
+        let (mut have, mut used) = (0, 0);
+        while have < input.len() {
+            have = (have + step).min(input.len());
+            let (n, s) = hs.upstream(&input[used..have], &mut reply, &mut to_server);
+            assert!(
+                n <= have - used,
+                "{kind}: consumed more of the server's bytes than given"
+            );
+            used += n;
+            if s != Next::Wait {
+                break;
+            }
+        }
+    }
+    hs.failed(crate::proto::Failure::Refused, &mut reply);
+}
