@@ -13,7 +13,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use portico_core::{Action, ConnId, Event, Proxy, Side};
+use portico_core::{Accepted, Action, ConnId, Event, Proxy, Side};
 
 const CONFIG: &str = r#"
 [network]
@@ -64,7 +64,7 @@ fn feed(proxy: &mut Proxy, conn: ConnId, side: Side, bytes: &[u8], now: Instant)
 
 /// Writes out everything queued toward `side`, appending it to `out`.
 fn flush(proxy: &mut Proxy, conn: ConnId, side: Side, out: &mut Vec<u8>, now: Instant) {
-    while let Some(parts) = proxy.send_bufs(conn, side) {
+    while let Some(parts) = proxy.send_buf(conn, side) {
         let n = parts[0].len() + parts[1].len();
         out.extend_from_slice(parts[0]);
         out.extend_from_slice(parts[1]);
@@ -94,7 +94,9 @@ fn main() {
     proxy.handle(Event::Listening { listener, local }, now);
     drain(&mut proxy, now);
     let peer: SocketAddr = "127.0.0.1:50000".parse().expect("address");
-    let conn = proxy.accept(listener, peer, now).expect("accepted");
+    let conn = proxy
+        .accept(Accepted::new(listener, peer), now)
+        .expect("accepted");
     drain(&mut proxy, now);
 
     let (mut sent_up, mut sent_down) = (Vec::new(), Vec::new());

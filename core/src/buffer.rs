@@ -125,6 +125,7 @@ impl Pool {
     }
 
     /// Free buffers kept warm.
+    #[cfg(test)]
     pub fn idle(&self) -> usize {
         self.free.len()
     }

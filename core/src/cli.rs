@@ -184,7 +184,7 @@ where
             host.stderr(&format!("warning: {w}\n"));
         }
         let mut out = String::new();
-        for line in crate::proxy::listening_lines(&config) {
+        for line in crate::table::listening_lines(&config) {
             out.push_str(&line);
             out.push('\n');
         }

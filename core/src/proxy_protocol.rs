@@ -113,10 +113,12 @@ pub const MAX_V2_BODY: usize = 4096;
 
 /// The longest v2 header [`parse`] accepts: the 16 fixed bytes and
 /// [`MAX_V2_BODY`].
+#[cfg(any(test, fuzzing, feature = "harness"))]
 pub const MAX_V2: usize = 16 + MAX_V2_BODY;
 
 /// The most bytes [`parse`] needs to decide: with this many it never returns
 /// [`Parse::More`].
+#[cfg(any(test, fuzzing, feature = "harness"))]
 pub const MAX_LEN: usize = if MAX_V1 > MAX_V2 { MAX_V1 } else { MAX_V2 };
 
 /// The v2 signature.
@@ -184,9 +186,9 @@ pub fn encode(version: Version, source: SocketAddr, destination: SocketAddr, out
     }
 }
 
+#[cfg(any(test, fuzzing, feature = "harness"))]
 /// Parses arbitrary bytes and checks [`parse`]'s documented invariants;
 /// panics on a bug. For the fuzz targets and the tests.
-#[doc(hidden)]
 pub fn fuzz(data: &[u8]) {
     let result = parse(data);
     match result {

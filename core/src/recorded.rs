@@ -51,8 +51,12 @@ impl Recorded {
         closed_elsewhere: usize,
         now: Instant,
     ) -> usize {
-        self.proxy
-            .reconfigure_recorded(config, config_text, recheck, closed_elsewhere, now)
+        let reload = crate::table::Reload {
+            text: config_text,
+            recheck,
+            closed_elsewhere,
+        };
+        self.proxy.reconfigure(config, reload, now)
     }
 
     pub fn handle_gathered(
@@ -92,7 +96,8 @@ impl Recorded {
         local: SocketAddr,
         now: Instant,
     ) -> Result<ConnId, Refused> {
-        self.proxy.accept_on(listener, peer, local, now)
+        let accepted = crate::table::Accepted::new(listener, peer).local(local);
+        self.proxy.accept(accepted, now)
     }
 
     pub fn handle(&mut self, event: Event, now: Instant) {
@@ -108,8 +113,7 @@ impl Recorded {
     }
 
     pub fn reconfigure(&mut self, config: Config, config_text: &str, recheck: bool, now: Instant) {
-        self.proxy
-            .reconfigure_recorded(config, config_text, recheck, 0, now);
+        self.reconfigure_worker(config, config_text, recheck, 0, now);
     }
 
     pub fn poll_action(&mut self) -> Option<Action> {
@@ -124,12 +128,8 @@ impl Recorded {
         self.proxy.recv_buf(conn, side)
     }
 
-    pub fn send_buf(&self, conn: ConnId, side: Side) -> Option<&[u8]> {
-        self.proxy.send_buf(conn, side)
-    }
-
     pub fn send_bufs(&self, conn: ConnId, side: Side) -> Option<[&[u8]; 2]> {
-        self.proxy.send_bufs(conn, side)
+        self.proxy.send_buf(conn, side)
     }
 
     pub fn splice_ok(&self, conn: ConnId, from: Side) -> bool {

@@ -25,7 +25,8 @@
 //!
 //! ```text
 //! Proxy::set_log_level / set_wall        rec.log_level(level) / rec.wall(w)
-//! Proxy::accept / accept_on              rec.accept(now, l, peer, r) / rec.accept_on(now, l, peer, local, r)
+//! Proxy::accept                          rec.accept(now, l, peer, r), or with its local address
+//!                                        rec.accept_on(now, l, peer, local, r)
 //! Proxy::handle(ev)                      rec.event(now, &ev, bytes) — a Read's bytes while the core
 //!                                        may parse them (they sit at the start of the space it lent)
 //! Proxy::handle_timeout / shutdown       rec.timeout(now) / rec.shutdown(now)
@@ -114,8 +115,8 @@ use std::time::{Duration, Instant};
 use crate::config;
 use crate::event::{Action, Event, IoKind, Level, Refused};
 use crate::id::{ConnId, ListenerId, Side};
-use crate::proxy::Proxy;
 use crate::rules::Wall;
+use crate::table::{Accepted, Proxy, Reload};
 use crate::udp::{UdpId, Via};
 
 /// The first word of every trace.
@@ -374,7 +375,7 @@ impl Recorder {
     }
 
     /// Records `event`. For [`Event::Read`], `recv_bytes` are the bytes read
-    /// when `Proxy::keeps_payload` said to keep them, `None` to record the
+    /// when the core may parse them (`Proxy::keeps_payload`), `None` to record the
     /// length only; it is ignored for other events.
     pub fn event(&mut self, now: Instant, event: &Event, recv_bytes: Option<&[u8]>) {
         let t = self.at(now);
@@ -1402,8 +1403,8 @@ pub fn replay(trace: &[u8], out: &mut impl FnMut(String)) -> Result<(), TraceErr
             } => {
                 let now = at(t)?;
                 let got = match local {
-                    None => proxy.accept(listener, peer, now),
-                    Some(local) => proxy.accept_on(listener, peer, local, now),
+                    None => proxy.accept(Accepted::new(listener, peer), now),
+                    Some(local) => proxy.accept(Accepted::new(listener, peer).local(local), now),
                 };
                 if got != result {
                     return Err(diverged(format!(
@@ -1445,13 +1446,21 @@ pub fn replay(trace: &[u8], out: &mut impl FnMut(String)) -> Result<(), TraceErr
             }
             Record::Timeout { t } => proxy.handle_timeout(at(t)?),
             Record::Shutdown { t } => proxy.shutdown(at(t)?),
-            Record::Reload { t, config, recheck } => {
+            Record::Reload {
+                t,
+                config: text,
+                recheck,
+            } => {
                 let now = at(t)?;
-                let config =
-                    config::parse(&config, CONFIG_NAME).map_err(|e| TraceError::Config {
-                        message: format!("the reload of record {number} (line {line}): {e}"),
-                    })?;
-                proxy.reconfigure(config, recheck, now);
+                let config = config::parse(&text, CONFIG_NAME).map_err(|e| TraceError::Config {
+                    message: format!("the reload of record {number} (line {line}): {e}"),
+                })?;
+                let reload = Reload {
+                    text: &text,
+                    recheck,
+                    closed_elsewhere: 0,
+                };
+                proxy.reconfigure(config, reload, now);
             }
             Record::Datagram {
                 t,
@@ -1786,10 +1795,9 @@ destination = "192.0.2.53:53"
 
     // ---- A recorded session, replayed -----------------------------------
 
-    /// Plays the runtime by hand, recording as it goes.
+    /// Plays the runtime by hand around a table that records itself.
     struct Live {
         proxy: Proxy,
-        rec: Recorder,
         t0: Instant,
         actions: Vec<Action>,
     }
@@ -1799,12 +1807,10 @@ destination = "192.0.2.53:53"
             let t0 = Instant::now();
             let config = config::parse(text, "live.toml").unwrap_or_else(|e| panic!("{e}"));
             let mut proxy = Proxy::new(config, 7, t0);
-            let mut rec = Recorder::start(t0, text, 7).with_actions();
+            proxy.record(text);
             proxy.set_log_level(Level::Debug);
-            rec.log_level(Level::Debug);
             Live {
                 proxy,
-                rec,
                 t0,
                 actions: Vec::new(),
             }
@@ -1823,7 +1829,6 @@ destination = "192.0.2.53:53"
                 let Some(a) = self.proxy.poll_action() else {
                     break;
                 };
-                self.rec.polled(&a);
                 got.push(a);
             }
             self.actions.extend(got.iter().cloned());
@@ -1836,50 +1841,39 @@ destination = "192.0.2.53:53"
 
         /// Takes every datagram waiting to be sent.
         fn send(&mut self) -> Vec<(Via, Vec<u8>)> {
-            let mut got = Vec::new();
-            while let Some((via, d)) = self.proxy.poll_datagram() {
-                self.rec.sent(&via, d.len());
-                got.push((via, d));
-            }
-            got
+            std::iter::from_fn(|| self.proxy.poll_datagram()).collect()
         }
 
         fn datagram(&mut self, ms: u64, l: ListenerId, from: &str, bytes: &[u8]) {
             let now = self.at(ms);
             self.proxy.datagram_buf()[..bytes.len()].copy_from_slice(bytes);
-            self.rec.datagram(now, l, sa(from), bytes.len());
             self.proxy.handle_datagram(l, sa(from), bytes.len(), now);
         }
 
         fn reply(&mut self, ms: u64, id: UdpId, bytes: &[u8]) {
             let now = self.at(ms);
             self.proxy.datagram_buf()[..bytes.len()].copy_from_slice(bytes);
-            self.rec.reply(now, id, bytes.len());
             self.proxy.handle_reply(id, bytes.len(), now);
         }
 
         fn udp_failed(&mut self, ms: u64, id: UdpId) {
             let now = self.at(ms);
-            self.rec.udp_failed(now, id);
             self.proxy.handle_udp_failed(id, now);
         }
 
         fn wall(&mut self, w: Wall) {
             self.proxy.set_wall(w);
-            self.rec.wall(w);
         }
 
         fn handle(&mut self, ms: u64, ev: Event) {
             let now = self.at(ms);
-            self.rec.event(now, &ev, None);
             self.proxy.handle(ev, now);
         }
 
         fn accept(&mut self, ms: u64, l: u32, peer: &str) -> Result<ConnId, Refused> {
             let now = self.at(ms);
-            let r = self.proxy.accept(ListenerId(l), sa(peer), now);
-            self.rec.accept(now, ListenerId(l), sa(peer), r);
-            r
+            self.proxy
+                .accept(Accepted::new(ListenerId(l), sa(peer)), now)
         }
 
         fn accept_on(
@@ -1890,21 +1884,31 @@ destination = "192.0.2.53:53"
             local: &str,
         ) -> Result<ConnId, Refused> {
             let now = self.at(ms);
-            let r = self.proxy.accept_on(l, sa(peer), sa(local), now);
-            self.rec.accept_on(now, l, sa(peer), sa(local), r);
-            r
+            let accepted = Accepted::new(l, sa(peer)).local(sa(local));
+            self.proxy.accept(accepted, now)
         }
 
         fn reload(&mut self, ms: u64, text: &str, recheck: bool) {
             let now = self.at(ms);
             let config = config::parse(text, "live.toml").unwrap_or_else(|e| panic!("{e}"));
-            self.rec.reload(now, text, recheck);
-            self.proxy.reconfigure(config, recheck, now);
+            let reload = Reload {
+                text,
+                recheck,
+                closed_elsewhere: 0,
+            };
+            self.proxy.reconfigure(config, reload, now);
         }
 
-        /// A read of `bytes`; `keep` stands for `Proxy::keeps_payload`.
-        fn read(&mut self, ms: u64, conn: ConnId, side: Side, bytes: &[u8], keep: bool) {
+        /// A read of `bytes`; `kept`: the core may parse them, so the
+        /// trace keeps them (it decides that itself; the argument says what
+        /// the test expects of it).
+        fn read(&mut self, ms: u64, conn: ConnId, side: Side, bytes: &[u8], kept: bool) {
             let now = self.at(ms);
+            assert_eq!(
+                self.proxy.keeps_payload(conn),
+                kept,
+                "{conn} {side:?}: whether the bytes read are kept"
+            );
             let buf = self.proxy.recv_buf(conn, side).expect("read wanted");
             buf[..bytes.len()].copy_from_slice(bytes);
             let ev = Event::Read {
@@ -1912,7 +1916,6 @@ destination = "192.0.2.53:53"
                 side,
                 n: bytes.len(),
             };
-            self.rec.event(now, &ev, keep.then_some(bytes));
             self.proxy.handle(ev, now);
         }
 
@@ -1921,7 +1924,7 @@ destination = "192.0.2.53:53"
             let data = self
                 .proxy
                 .send_buf(conn, side)
-                .map(<[u8]>::to_vec)
+                .map(|parts| parts.concat())
                 .unwrap_or_default();
             if !data.is_empty() {
                 self.handle(
@@ -1938,20 +1941,18 @@ destination = "192.0.2.53:53"
 
         fn timeout(&mut self, ms: u64) {
             let now = self.at(ms);
-            self.rec.timeout(now);
             self.proxy.handle_timeout(now);
         }
 
         fn shutdown(&mut self, ms: u64) {
             let now = self.at(ms);
-            self.rec.shutdown(now);
             self.proxy.shutdown(now);
         }
 
         fn finish(mut self) -> (Vec<u8>, Vec<String>, Vec<Action>) {
             self.drain();
-            let trace = self.rec.take();
-            let lines = self.rec.take_actions().lines().map(String::from).collect();
+            let (trace, lines) = self.proxy.take_trace().unwrap_or_default();
+            let lines = lines.lines().map(String::from).collect();
             (trace, lines, self.actions)
         }
     }

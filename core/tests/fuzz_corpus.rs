@@ -67,15 +67,15 @@ fn protocol_corpus() {
 
 #[test]
 fn http_request_corpus() {
-    replay("http_request", portico_core::http::fuzz_request);
+    replay("http_request", portico_core::sim::fuzz::http_request);
 }
 
 #[test]
 fn http_response_corpus() {
-    replay("http_response", portico_core::http::fuzz_response);
+    replay("http_response", portico_core::sim::fuzz::http_response);
 }
 
 #[test]
 fn proxy_protocol_corpus() {
-    replay("proxy_protocol", portico_core::proxy_protocol::fuzz);
+    replay("proxy_protocol", portico_core::sim::fuzz::proxy_protocol);
 }

@@ -1,8 +1,8 @@
-//! See `portico_core::http::fuzz_request`.
+//! See `portico_core::sim::fuzz::http_request`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    portico_core::http::fuzz_request(data);
+    portico_core::sim::fuzz::http_request(data);
 });

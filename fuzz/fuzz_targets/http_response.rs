@@ -1,8 +1,8 @@
-//! See `portico_core::http::fuzz_response`.
+//! See `portico_core::sim::fuzz::http_response`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    portico_core::http::fuzz_response(data);
+    portico_core::sim::fuzz::http_response(data);
 });

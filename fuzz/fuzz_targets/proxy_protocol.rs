@@ -1,8 +1,8 @@
-//! See `portico_core::proxy_protocol::fuzz`.
+//! See `portico_core::sim::fuzz::proxy_protocol`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    portico_core::proxy_protocol::fuzz(data);
+    portico_core::sim::fuzz::proxy_protocol(data);
 });

@@ -146,6 +146,7 @@ impl BodyDecoder {
     }
 
     /// Whether the message has ended.
+    #[cfg(test)]
     pub fn is_done(&self) -> bool {
         self.state == State::Done
     }

@@ -167,11 +167,13 @@ impl HttpError {
     }
 
     /// What was wrong.
+    #[cfg(test)]
     pub fn kind(&self) -> ErrorKind {
         self.kind
     }
 
     /// Where it was found.
+    #[cfg(test)]
     pub fn direction(&self) -> Direction {
         self.direction
     }

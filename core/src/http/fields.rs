@@ -196,13 +196,9 @@ impl Headers {
     }
 
     /// Number of fields.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.fields.len()
-    }
-
-    /// Whether there are no fields.
-    pub fn is_empty(&self) -> bool {
-        self.fields.is_empty()
     }
 
     /// The fields as `(name, value)`, in the order received.
@@ -233,6 +229,7 @@ impl Headers {
     }
 
     /// The value of the first field called `name` (case-insensitive).
+    #[cfg(test)]
     pub fn get(&self, name: &str) -> Option<&[u8]> {
         let (kind, fields) = self.candidates(name.as_bytes());
         fields
@@ -281,11 +278,13 @@ impl Headers {
     }
 
     /// How many fields are called `name` (case-insensitive).
+    #[cfg(test)]
     pub fn count(&self, name: &str) -> usize {
         self.get_all(name).count()
     }
 
     /// Whether any field is called `name` (case-insensitive).
+    #[cfg(test)]
     pub fn contains(&self, name: &str) -> bool {
         self.get(name).is_some()
     }
@@ -450,6 +449,7 @@ impl ConnectionOptions {
     }
 
     /// Whether the field `name` is named by a Connection option.
+    #[cfg(test)]
     pub fn names(&self, name: &str) -> bool {
         self.names_raw(name.as_bytes())
     }

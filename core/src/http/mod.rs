@@ -77,15 +77,24 @@ mod scan;
 #[cfg(test)]
 mod tests;
 
-pub use body::{BodyDecoder, Progress, Step};
+pub use body::BodyDecoder;
+#[cfg(test)]
+pub use body::Progress;
 pub use encode::{
     encode_request_head, encode_response_head, error_reply, proxy_reply, reason_phrase, Forward,
     Persist, CONNECT_ESTABLISHED,
 };
-pub use error::{Direction, ErrorKind, HttpError};
-pub use fields::{ConnectionOptions, Headers};
-pub use request::{parse_request, Authority, ProxyAuth, Request, Target};
-pub use response::{parse_response, Response};
+#[cfg(test)]
+pub use error::ErrorKind;
+pub use error::{Direction, HttpError};
+#[cfg(any(test, fuzzing, feature = "harness"))]
+pub use request::parse_request;
+#[cfg(test)]
+pub use request::Authority;
+pub use request::{ProxyAuth, Request, Target};
+#[cfg(any(test, fuzzing, feature = "harness"))]
+pub use response::parse_response;
+pub use response::Response;
 
 /// Size limits. The defaults: a request line of 8 KiB, a head of 64 KiB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,14 +148,6 @@ pub enum Version {
 }
 
 impl Version {
-    /// `HTTP/1.0` or `HTTP/1.1`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Version::Http10 => "HTTP/1.0",
-            Version::Http11 => "HTTP/1.1",
-        }
-    }
-
     /// `1.0` or `1.1`, as a Via received-protocol.
     pub fn via(self) -> &'static str {
         match self {
@@ -280,6 +281,7 @@ impl HeadParser {
     }
 }
 
+#[cfg(any(test, fuzzing, feature = "harness"))]
 /// Feeds `data` to the decoder in pieces of `stride` bytes and checks the
 /// step invariants; returns (consumed, done) or the error.
 fn fuzz_body(
@@ -320,14 +322,15 @@ fn fuzz_body(
     outcome
 }
 
+#[cfg(any(test, fuzzing, feature = "harness"))]
 fn fuzz_stride(data: &[u8]) -> usize {
     usize::from(data.first().copied().unwrap_or(1) % 64).max(1)
 }
 
+#[cfg(any(test, fuzzing, feature = "harness"))]
 /// Fuzz entry point: parses `data` as a request head (whole, and resumed in
 /// pieces: both must agree), encodes what parsed, and runs the body decoder
 /// over the rest. Panics on a broken invariant only.
-#[doc(hidden)]
 pub fn fuzz_request(data: &[u8]) {
     let limits = Limits::default();
     let stride = fuzz_stride(data);
@@ -382,10 +385,10 @@ pub fn fuzz_request(data: &[u8]) {
     }
 }
 
+#[cfg(any(test, fuzzing, feature = "harness"))]
 /// Fuzz entry point: the first byte picks the request method (GET, HEAD or
 /// CONNECT), the rest is parsed as a response head (whole and resumed), then
 /// encoded, then its body decoded.
-#[doc(hidden)]
 pub fn fuzz_response(data: &[u8]) {
     let limits = Limits::default();
     let method = match data.first().map(|b| b % 3) {

@@ -39,6 +39,7 @@ pub struct Authority {
 
 impl Authority {
     /// The value for a Host header: the port is left out when it is `default`.
+    #[cfg(test)]
     pub fn host_header(&self, default: u16) -> String {
         let mut out = String::new();
         self.render(Some(default), |s| out.push_str(s));
@@ -206,6 +207,7 @@ impl Request {
 /// `len` bytes of `buf` are the head (leading empty lines included); the body,
 /// if any, starts at `buf[len..]`. Stateless: it rescans from the start, so
 /// call it when new bytes have come, or use [`super::HeadParser`].
+#[cfg(any(test, fuzzing, feature = "harness"))]
 pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parsed<Request>, HttpError> {
     super::HeadParser::new().parse_request(buf, limits)
 }

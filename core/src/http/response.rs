@@ -51,6 +51,7 @@ impl Response {
 /// Parses the response head at the start of `buf`, sent in answer to a
 /// request with `method`. `Partial` and `len` as for
 /// [`super::parse_request`]; every error has status 502.
+#[cfg(any(test, fuzzing, feature = "harness"))]
 pub fn parse_response(
     buf: &[u8],
     method: &Method,

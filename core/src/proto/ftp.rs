@@ -928,7 +928,6 @@ mod tests {
         let mut scope = Scope {
             service: &c.services[0],
             users: &mut users,
-            client: "192.168.1.5:40000".parse().unwrap(),
         };
         let mut f = Ftp::default();
         let mut reply = Vec::new();

@@ -571,7 +571,7 @@ impl HttpProxy {
     pub fn connected(&mut self, _local: SocketAddr, down: &mut Dir, todo: &mut Vec<Next>) {
         if let Req::Tunnel = self.req {
             if self.resp_is_idle() {
-                down.say(b"HTTP/1.1 200 Connection established\r\n\r\n");
+                down.say(crate::http::CONNECT_ESTABLISHED);
                 if let Some(c) = self.cur.as_mut() {
                     c.status = 200;
                 }

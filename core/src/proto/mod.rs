@@ -114,11 +114,10 @@ impl Failure {
     }
 }
 
-/// What a protocol may consult: its service, the users, the client.
+/// What a protocol may consult: its service and the users.
 pub struct Scope<'a> {
     pub service: &'a Service,
     pub users: &'a mut Users,
-    pub client: SocketAddr,
 }
 
 /// A protocol's handshake: the part of a service that talks before (and

@@ -620,7 +620,6 @@ mod tests {
         let mut scope = Scope {
             service: &c.services[0],
             users: &mut users,
-            client: "127.0.0.1:5000".parse().unwrap(),
         };
         let mut t = Telnet::default();
         let mut reply = Vec::new();

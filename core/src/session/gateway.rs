@@ -38,7 +38,6 @@ impl Session {
         let mut scope = Scope {
             service: &cx.services[self.service].conf,
             users: &mut cx.users,
-            client: self.client,
         };
         let next = p.start(&mut reply, &mut scope);
         self.method = p.method();
@@ -59,7 +58,6 @@ impl Session {
         let mut scope = Scope {
             service: &cx.services[self.service].conf,
             users: &mut cx.users,
-            client: self.client,
         };
         let (n, next) = p.input(data, &mut reply, &mut scope);
         self.method = p.method();

@@ -37,7 +37,6 @@ impl Session {
         let mut scope = Scope {
             service: &cx.services[self.service].conf,
             users: &mut cx.users,
-            client: self.client,
         };
         h.client(&mut self.up, &mut self.down, &mut scope, cx.now, &mut todo);
         self.http_todo(todo, cx);

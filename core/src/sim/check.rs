@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 
 use super::runtime::{ListenState, Runtime};
 use super::sched::Sim;
-use crate::proxy::REFUSING_MAX;
+use crate::table::REFUSING_MAX;
 use crate::{AccessRecord, Level, Side};
 
 /// Slack allowed in the timer heap on top of twice the table's size (the

@@ -49,13 +49,3 @@ pub use rng::{Dice, Given, Rng};
 pub use runtime::{parse, Runtime};
 pub use sched::{Conn, Sim};
 pub use seeds::seeds;
-
-use crate::Side;
-
-/// A side as an index: the client's socket first.
-pub fn side_index(side: Side) -> usize {
-    match side {
-        Side::Client => 0,
-        Side::Upstream => 1,
-    }
-}

@@ -17,11 +17,10 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use super::side_index;
 use crate::config::{Config, LogFormat, ServiceKind};
 use crate::ledger::Ledger;
-use crate::proxy::{PipeSize, Stats};
 use crate::status::Snapshot;
+use crate::table::{Accepted, PipeSize, Reload, Stats};
 use crate::{AccessRecord, Action, ConnId, Event, Level, ListenerId, Proxy, Refused, Side};
 
 /// Parses a configuration a harness wrote (a harness bug if it fails).
@@ -288,7 +287,7 @@ impl Runtime {
     pub fn interest(&self, id: ConnId, side: Side) -> (bool, bool) {
         self.conns
             .get(id)
-            .map_or((false, false), |s| s.interest[side_index(side)])
+            .map_or((false, false), |s| s.interest[side.index()])
     }
 
     pub fn listeners(&self) -> &[Listener] {
@@ -377,24 +376,19 @@ impl Runtime {
         let parts = self.shown(conn, side)?;
         assert!(
             !(parts[0].is_empty() && parts[1].is_empty()),
-            "send_bufs showed nothing"
-        );
-        assert_eq!(
-            self.proxy.send_buf(conn, side),
-            parts.into_iter().find(|p| !p.is_empty()),
-            "send_buf is not the first part of send_bufs"
+            "send_buf showed nothing"
         );
         Some(parts)
     }
 
     /// [`Runtime::send_buf`] without the checks of the parts themselves.
     pub(super) fn shown(&self, conn: ConnId, side: Side) -> Option<[&[u8]; 2]> {
-        let parts = self.proxy.send_bufs(conn, side)?;
+        let parts = self.proxy.send_buf(conn, side)?;
         let Some(s) = self.conns.get(conn) else {
             panic!("send_buf shows bytes for dead id {conn}");
         };
         assert!(
-            !s.shut[side_index(side)],
+            !s.shut[side.index()],
             "send_buf shows bytes for {conn} {side:?} after ShutdownWrite"
         );
         if side == Side::Upstream {
@@ -416,11 +410,11 @@ impl Runtime {
                 panic!("splice_ok for dead id {conn}");
             };
             assert!(
-                s.interest[side_index(from)].0,
+                s.interest[from.index()].0,
                 "splice_ok on {conn} {from:?}, where the core wants no read"
             );
             assert!(
-                !s.shut[side_index(from.other())],
+                !s.shut[from.other().index()],
                 "splice_ok on {conn} {from:?} after ShutdownWrite of the other side"
             );
             assert!(
@@ -446,10 +440,11 @@ impl Runtime {
         local: Option<SocketAddr>,
     ) -> Result<ConnId, Refused> {
         let at = self.at();
-        let result = match local {
-            Some(local) => self.proxy.accept_on(listener, peer, local, at),
-            None => self.proxy.accept(listener, peer, at),
+        let accepted = match local {
+            Some(local) => Accepted::new(listener, peer).local(local),
+            None => Accepted::new(listener, peer),
         };
+        let result = self.proxy.accept(accepted, at);
         self.note(|| Entry::Accept {
             listener,
             peer,
@@ -611,7 +606,11 @@ impl Runtime {
     pub fn reconfigure(&mut self, config: Config, recheck: bool) {
         self.note(|| Entry::Reload);
         let at = self.at();
-        self.proxy.reconfigure(config, recheck, at);
+        let reload = Reload {
+            recheck,
+            ..Reload::default()
+        };
+        self.proxy.reconfigure(config, reload, at);
     }
 
     pub fn handle_gathered(&mut self, conn: ConnId, parts: Vec<Snapshot>) {
@@ -699,7 +698,7 @@ impl Runtime {
                 write,
             } => {
                 let s = self.live_conn(conn, "Interest");
-                let told = &mut s.interest[side_index(side)];
+                let told = &mut s.interest[side.index()];
                 assert_ne!(
                     *told,
                     (read, write),
@@ -707,7 +706,7 @@ impl Runtime {
                 );
                 *told = (read, write);
                 assert!(
-                    !(write && s.shut[side_index(side)]),
+                    !(write && s.shut[side.index()]),
                     "write interest on {conn} {side:?} after ShutdownWrite"
                 );
                 if side == Side::Upstream && (read || write) {
@@ -718,9 +717,9 @@ impl Runtime {
                 }
             }
             Action::ShutdownWrite { conn, side } => {
-                let shown = self.proxy.send_bufs(conn, side).is_some();
+                let shown = self.proxy.send_buf(conn, side).is_some();
                 let s = self.live_conn(conn, "ShutdownWrite");
-                let shut = &mut s.shut[side_index(side)];
+                let shut = &mut s.shut[side.index()];
                 assert!(!*shut, "ShutdownWrite twice on {conn} {side:?}");
                 *shut = true;
                 assert!(

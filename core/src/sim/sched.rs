@@ -33,7 +33,6 @@ use super::peers::{Behavior, Dial, Io, Peer, PeerId};
 use super::rng::{Dice, Rng};
 use super::runtime::{Entry, ListenState, Runtime};
 use super::seeds::{replaying, tracing};
-use super::side_index;
 use crate::{AccessRecord, Config, ConnId, Event, IoKind, Level, Refused, Side};
 
 /// Trace entries kept to print when a run fails (more when replaying).
@@ -87,7 +86,7 @@ impl Conn {
 
     /// The pipe of the direction `from` feeds.
     pub fn pipe(&self, from: Side) -> &VecDeque<u8> {
-        &self.pipe[side_index(from)]
+        &self.pipe[from.index()]
     }
 
     pub(super) fn peer(&self, side: Side) -> Option<PeerId> {
@@ -541,7 +540,7 @@ impl Sim {
                 if !e.open {
                     continue;
                 }
-                let (read, write) = interest[side_index(side)];
+                let (read, write) = interest[side.index()];
                 if e.reset && (read || write) {
                     ready.push(Ready::ProxyRead(i, side));
                     continue;
@@ -716,7 +715,7 @@ impl Sim {
                 let room = self.pipe_cap - c.pipe(from).len();
                 let inbound = &mut self.peers[p].inbound.buf;
                 let k = self.dice.chop(inbound.len().min(room));
-                c.pipe[side_index(from)].extend(inbound.drain(..k));
+                c.pipe[from.index()].extend(inbound.drain(..k));
             }
             Ready::SpliceOut(i, from) => {
                 self.io_steps += 1;
@@ -730,7 +729,7 @@ impl Sim {
                     from.other()
                 );
                 let k = self.dice.chop(c.pipe(from).len().min(to.room()));
-                to.buf.extend(c.pipe[side_index(from)].drain(..k));
+                to.buf.extend(c.pipe[from.index()].drain(..k));
                 c.last_io = Some(now);
                 self.spliced += k as u64;
                 self.rt.handle(Event::Spliced {

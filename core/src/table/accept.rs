@@ -14,50 +14,60 @@ use crate::id::{ConnId, ListenerId};
 use crate::proto::http_proxy::HttpProxy;
 use crate::session::{Machine, Phase, Session};
 
+/// A client socket a runtime accepted, and what only the runtime can read
+/// of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Accepted {
+    pub listener: ListenerId,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The address the client reached (the socket's local address), which
+    /// FTP's passive mode announces; when not given, the listener's own,
+    /// which differs from it only for a listener on a wildcard address.
+    pub local: Option<SocketAddr>,
+}
+
+impl Accepted {
+    /// `peer` connected to `listener`.
+    pub fn new(listener: ListenerId, peer: SocketAddr) -> Self {
+        Accepted {
+            listener,
+            peer,
+            local: None,
+        }
+    }
+
+    /// The address the client reached.
+    pub fn local(mut self, local: SocketAddr) -> Self {
+        self.local = Some(local);
+        self
+    }
+}
+
 impl Proxy {
-    /// A client connected to `listener` from `peer`. On `Err` the runtime
-    /// closes the socket (the refusal is already logged).
+    /// A client socket the runtime accepted. On `Err` the runtime closes
+    /// it (the refusal is already logged).
     ///
     /// A connection over a limit, or denied by the rules on its address, is
     /// still admitted when its protocol has words for the refusal (SOCKS,
     /// HTTP, the gateways): it then lives only to say so, and at most
-    /// [`REFUSING_MAX`] such connections exist at once.
-    pub fn accept(
-        &mut self,
-        listener: ListenerId,
-        peer: SocketAddr,
-        now: Instant,
-    ) -> Result<ConnId, Refused> {
-        let local = match self.cx.listeners.get(listener) {
-            Some(l) => l.addr,
-            None => {
-                let r = Err(Refused::UnknownListener);
-                if let Some(rec) = self.recorder.as_mut() {
-                    rec.accept(now, listener, peer, r);
-                }
-                return r;
-            }
+    /// [`crate::REFUSING_MAX`] such connections exist at once.
+    pub fn accept(&mut self, accepted: Accepted, now: Instant) -> Result<ConnId, Refused> {
+        let Accepted {
+            listener,
+            peer,
+            local,
+        } = accepted;
+        let r = match local.or_else(|| self.cx.listeners.get(listener).map(|l| l.addr)) {
+            Some(local) => self.admit_new(listener, peer, local, now),
+            None => Err(Refused::UnknownListener),
         };
-        let r = self.admit_new(listener, peer, local, now);
         if let Some(rec) = self.recorder.as_mut() {
-            rec.accept(now, listener, peer, r);
-        }
-        r
-    }
-
-    /// [`Proxy::accept`], with the local address the client connected to
-    /// (which FTP's passive mode announces; it differs from the listen
-    /// address when that is a wildcard).
-    pub fn accept_on(
-        &mut self,
-        listener: ListenerId,
-        peer: SocketAddr,
-        local: SocketAddr,
-        now: Instant,
-    ) -> Result<ConnId, Refused> {
-        let r = self.admit_new(listener, peer, local, now);
-        if let Some(rec) = self.recorder.as_mut() {
-            rec.accept_on(now, listener, peer, local, r);
+            match local {
+                Some(local) => rec.accept_on(now, listener, peer, local, r),
+                None => rec.accept(now, listener, peer, r),
+            }
         }
         r
     }

@@ -50,9 +50,11 @@ use std::time::Instant;
 
 use slab::Slab;
 
+pub use accept::Accepted;
 pub use admission::REFUSING_MAX;
 pub use context::Stats;
 pub use listeners::{listening_line, listening_lines};
+pub use reload::Reload;
 
 use crate::auth::Users;
 use crate::buffer::Pool;
@@ -375,10 +377,9 @@ impl Proxy {
         self.session(conn).is_some_and(|s| s.wants_local())
     }
 
-    /// Whether bytes read on `side` now may be parsed by the core (the
+    /// Whether bytes read on `conn` now may be parsed by the core (the
     /// flight recorder keeps those; relayed bytes it keeps as lengths).
-    pub fn keeps_payload(&self, conn: ConnId, side: Side) -> bool {
-        let _ = side;
+    pub(crate) fn keeps_payload(&self, conn: ConnId) -> bool {
         self.session(conn).is_some_and(|s| s.keeps_payload())
     }
 
@@ -435,19 +436,12 @@ impl Proxy {
         }
     }
 
-    /// The bytes waiting to be written to `side`, if any: the first part
-    /// of [`Proxy::send_bufs`].
-    pub fn send_buf(&self, conn: ConnId, side: Side) -> Option<&[u8]> {
-        self.send_bufs(conn, side)
-            .map(|[a, b]| if a.is_empty() { b } else { a })
-    }
-
     /// All the bytes waiting to be written to `side`, if any, in two parts
     /// to be written in order, best with one vectored write: bytes the core
     /// made (a reply, a rewritten head), then bytes it forwards. Either
     /// part may be empty, not both. An [`Event::Written`] of `n` counts
     /// across them, the first part's bytes first.
-    pub fn send_bufs(&self, conn: ConnId, side: Side) -> Option<[&[u8]; 2]> {
+    pub fn send_buf(&self, conn: ConnId, side: Side) -> Option<[&[u8]; 2]> {
         let s = self.session(conn)?;
         if !s.wanted(side).1 {
             return None;
@@ -536,7 +530,7 @@ impl Proxy {
     /// too: they sit at the start of the space it lent, not taken yet).
     fn record_event(&mut self, event: &Event, now: Instant) {
         let kept = match event {
-            Event::Read { conn, side, n } if self.keeps_payload(*conn, *side) => self
+            Event::Read { conn, side, n } if self.keeps_payload(*conn) => self
                 .recv_buf(*conn, *side)
                 .map(|b| b[..(*n).min(b.len())].to_vec()),
             _ => None,

@@ -19,42 +19,37 @@ use crate::rules::{self, Query, Verdict};
 use crate::session::Machine;
 use crate::table::context::Context;
 
+/// How a configuration is taken over (see [`Proxy::reconfigure`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reload<'a> {
+    /// The configuration's text, which the flight recorder keeps.
+    pub text: &'a str,
+    /// Close the connections in flight that the new rules deny.
+    pub recheck: bool,
+    /// How many connections the other workers' tables closed (worker 0
+    /// says the total).
+    pub closed_elsewhere: usize,
+}
+
 impl Proxy {
     /// Takes a new configuration (SIGHUP): listeners that are new open,
     /// those gone close, those that stay keep their sockets; the new rules,
     /// limits and users apply to new connections, and connections in flight
-    /// keep going — unless `recheck`, which closes those the new rules deny.
-    pub fn reconfigure(&mut self, config: Config, recheck: bool, now: Instant) {
-        self.reconfigure_worker(config, recheck, 0, now);
-    }
-
-    /// [`Proxy::reconfigure_worker`] with the configuration's text, which
-    /// the flight recorder keeps when recording.
-    pub fn reconfigure_recorded(
-        &mut self,
-        config: Config,
-        text: &str,
-        recheck: bool,
-        closed_elsewhere: usize,
-        now: Instant,
-    ) -> usize {
+    /// keep going — unless `reload.recheck`, which closes those the new
+    /// rules deny. Returns how many connections this table closed.
+    ///
+    /// With several workers, the others reload first; worker 0 last, with
+    /// `reload.closed_elsewhere` (what theirs closed), and only it logs the
+    /// reload.
+    pub fn reconfigure(&mut self, config: Config, reload: Reload<'_>, now: Instant) -> usize {
         if let Some(rec) = self.recorder.as_mut() {
-            rec.reload(now, text, recheck);
+            rec.reload(now, reload.text, reload.recheck);
         }
-        self.reconfigure_worker(config, recheck, closed_elsewhere, now)
-    }
-
-    /// [`Proxy::reconfigure`] for one of several workers. The others reload
-    /// first; worker 0 last, with `closed_elsewhere` (what theirs closed),
-    /// and only it logs the reload. Returns how many connections this
-    /// table closed.
-    pub fn reconfigure_worker(
-        &mut self,
-        config: Config,
-        recheck: bool,
-        closed_elsewhere: usize,
-        now: Instant,
-    ) -> usize {
+        let Reload {
+            recheck,
+            closed_elsewhere,
+            ..
+        } = reload;
         self.cx.now = now;
         let index = self.match_services(&config);
         self.match_listeners(&config, &index);

@@ -168,7 +168,9 @@ mod tests {
         };
         drain(&mut first, now);
         let peer = "127.0.0.1:40000".parse().expect("address");
-        let conn = first.accept(listener, peer, now).expect("accepted");
+        let conn = first
+            .accept(crate::Accepted::new(listener, peer), now)
+            .expect("accepted");
         drain(&mut first, now);
         let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
         let buf = first
@@ -205,7 +207,7 @@ mod tests {
         );
         first.handle_gathered(conn, vec![second.snapshot(now)], now);
         drain(&mut first, now);
-        let answer = first.send_bufs(conn, Side::Client).expect("an answer");
+        let answer = first.send_buf(conn, Side::Client).expect("an answer");
         let answer = [answer[0], answer[1]].concat();
         assert!(
             answer.starts_with(b"HTTP/1.1 200"),

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::config::{self, Config, ListenSide, ServiceKind};
-use crate::proxy::listening_lines;
 use crate::sim::runtime::Runtime;
+use crate::table::listening_lines;
 use crate::Action;
 
 /// Parses `data` as a configuration file when it is UTF-8 and checks the

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use crate::config::{self, Config};
 use crate::event::{Action, Event, IoKind, Level, Refused};
 use crate::id::{ConnId, ListenerId, Side};
-use crate::proxy::REFUSING_MAX;
 use crate::sim::runtime::Runtime;
+use crate::table::REFUSING_MAX;
 
 const KINDS: [IoKind; 10] = [
     IoKind::Refused,

@@ -11,3 +11,10 @@ mod protocol;
 pub use config::config;
 pub use event_sequence::event_sequence;
 pub use protocol::protocol;
+
+/// HTTP request heads, whole and resumed, encoded again, their bodies.
+pub use crate::http::fuzz_request as http_request;
+/// HTTP response heads (after a method byte), likewise.
+pub use crate::http::fuzz_response as http_response;
+/// PROXY protocol headers, parsed and encoded again.
+pub use crate::proxy_protocol::fuzz as proxy_protocol;

@@ -35,7 +35,6 @@ pub fn protocol(data: &[u8]) {
     let mut ctx = Scope {
         service,
         users: &mut users,
-        client,
     };
     let input = &data[2..];
     let step = (chop as usize % 7) + 1;
