@@ -71,6 +71,15 @@ impl Buffer {
         n
     }
 
+    /// Keeps the first `len` bytes waiting, drops the rest.
+    pub fn truncate(&mut self, len: usize) {
+        self.end = self.start + len.min(self.len());
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
     /// Appends as much of `bytes` as fits; returns how much did.
     pub fn push(&mut self, bytes: &[u8]) -> usize {
         let space = self.space();

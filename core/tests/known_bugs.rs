@@ -125,3 +125,49 @@ fn bug_accept_during_shutdown_is_not_refused_as_shutting_down() {
         .any(|a| matches!(a, Action::Access(r) if r.status == "shutdown"));
     assert!(logged, "no access record for the refused client");
 }
+
+/// Found by the protocol simulation once its runtime insisted that a wanted
+/// read find room (7 of 200 SOCKS seeds): a SOCKS client pipelines more than
+/// a buffer behind its request, the connect times out, and the session,
+/// closing after its 0x06 reply, still asked to read the client while the
+/// pipelined bytes filled the buffer, so `recv_buf` lent nothing. A
+/// level-triggered runtime would spin; ours stop reading until the next
+/// `Interest`. Closing now drops what will never be passed on.
+#[test]
+fn bug_closing_asks_to_read_with_no_room_to_lend() {
+    use portico_core::Side;
+    let mut rt = open_text(
+        "[limits]\nbuffer = \"1KiB\"\nconnect_timeout = \"1s\"\n\n\
+         [[service]]\nname = \"s\"\nkind = \"socks\"\nlisten = [\"127.0.0.1:1080\"]\n",
+    );
+    let conn = rt.accept(ListenerId(0), peer(1), None).expect("accepted");
+    rt.drain();
+    // No auth, then CONNECT 192.0.2.1:80, then more than a buffer's worth.
+    let mut sent = vec![5, 1, 0, 5, 1, 0, 1, 192, 0, 2, 1, 0, 80];
+    sent.extend_from_slice(&[b'x'; 4096]);
+    let mut at = 0;
+    while at < sent.len() {
+        let Some(n) = rt.recv(conn, Side::Client, |buf| {
+            let n = buf.len().min(sent.len() - at);
+            buf[..n].copy_from_slice(&sent[at..at + n]);
+            n
+        }) else {
+            break;
+        };
+        at += n;
+        rt.drain();
+    }
+    assert!(at < sent.len(), "the buffer never filled");
+    rt.advance(Duration::from_secs(2));
+    rt.handle_timeout();
+    rt.drain();
+    assert!(rt.is_live(conn), "still saying its reply");
+    assert!(
+        rt.interest(conn, Side::Client).0,
+        "closing reads and drops what the client sends"
+    );
+    assert!(
+        rt.lend(conn, Side::Client).is_some(),
+        "a read is wanted on the closing client, so there is room to read into"
+    );
+}

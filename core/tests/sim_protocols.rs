@@ -82,14 +82,10 @@ fn seeds(name: &str, f: impl Fn(u64)) {
 }
 
 /// A world around a table over `text`, each read and write of the run
-/// capped at a size of its own (often one byte). A wanted read that finds
-/// nothing lent (or a write nothing shown) waits for the next `Interest`:
-/// a protocol refusing after a failed connect still asks to read the
-/// client when its buffer is full.
+/// capped at a size of its own (often one byte).
 fn world(scenario: &str, seed: u64, text: &str) -> Sim {
     let mut sim = Sim::new(scenario, seed, portico_core::sim::parse(text));
     sim.vary_chops();
-    sim.strict = false;
     sim.max_steps = MAX_STEPS;
     sim
 }

@@ -84,13 +84,13 @@ impl Session {
             }
             Next::Connect { target, user } => self.request(target, user, cx),
             Next::Close(outcome) => {
-                self.close_after_reply(outcome, cx.now);
+                self.close_after_reply(outcome, cx);
                 self.sync(cx);
             }
             // A handshake asks for nothing else; a machine that does is
             // broken, and its connection ends rather than guesses.
             _ => {
-                self.close_after_reply(Outcome::Error, cx.now);
+                self.close_after_reply(Outcome::Error, cx);
                 self.sync(cx);
             }
         }
@@ -156,8 +156,8 @@ impl Session {
                 self.phase = Phase::Relay;
                 self.last_active = cx.now;
             }
-            Next::Close(outcome) => self.close_after_reply(outcome, cx.now),
-            _ => self.close_after_reply(Outcome::Error, cx.now),
+            Next::Close(outcome) => self.close_after_reply(outcome, cx),
+            _ => self.close_after_reply(Outcome::Error, cx),
         }
     }
 
@@ -196,7 +196,7 @@ impl Session {
                     cx.listeners
                         .open_data(self.service, port.bind, data, &mut cx.actions);
                 }
-                Next::Close(outcome) => self.close_after_reply(outcome, cx.now),
+                Next::Close(outcome) => self.close_after_reply(outcome, cx),
                 // A control machine asks for nothing else.
                 _ => {}
             }
@@ -242,6 +242,7 @@ impl Session {
             return self.client_bytes(cx);
         }
         self.phase = Phase::Closing;
+        self.drop_unsent(cx);
         self.sync(cx);
     }
 }

@@ -122,7 +122,7 @@ impl Session {
                     self.phase = Phase::Relay;
                 }
                 Next::Close(outcome) => {
-                    self.close_after_reply(outcome, cx.now);
+                    self.close_after_reply(outcome, cx);
                     if self.upstream.open {
                         self.close_upstream(cx);
                     }

@@ -239,9 +239,31 @@ impl Session {
     }
 
     /// Says the last reply, then closes with `outcome`.
-    fn close_after_reply(&mut self, outcome: Outcome, now: Instant) {
+    fn close_after_reply(&mut self, outcome: Outcome, cx: &mut Context) {
         self.outcome = outcome;
-        self.enter(Phase::Closing, now);
+        self.enter(Phase::Closing, cx.now);
+        self.drop_unsent(cx);
+    }
+
+    /// Closing: what the client sent that was not passed on never will be
+    /// (the upstream gets nothing more), so it goes now, and what the
+    /// client still sends is read into room and dropped rather than left
+    /// unread behind a full buffer. HTTP keeps the bytes it cleared for
+    /// forwarding: its exchange's record counts them.
+    fn drop_unsent(&mut self, cx: &mut Context) {
+        let keep = match self.machine {
+            Machine::Http(_) => self.up.fwd.unwrap_or(0),
+            _ => {
+                if self.up.fwd.is_some() {
+                    self.up.fwd = Some(0);
+                }
+                0
+            }
+        };
+        if let Some(b) = self.up.buf.as_mut() {
+            b.truncate(keep);
+        }
+        self.up.release_if_empty(&mut cx.pool);
     }
 
     /// Ends the session now (the table finishes it after the call).

@@ -47,6 +47,7 @@ impl Session {
         self.method = "GET";
         self.down.say(reply);
         self.enter(Phase::Closing, cx.now);
+        self.drop_unsent(cx);
     }
 
     /// Whether a status request is still to be answered (not yet by

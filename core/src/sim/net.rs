@@ -265,12 +265,6 @@ impl Sim {
                 self.net.deliver(at, what);
             }
             Action::Connect { conn, addr, .. } => self.connect(self.live[&conn], addr),
-            Action::Interest { conn, side, .. } => {
-                let i = self.live[&conn];
-                if let Some(p) = self.conns[i].peer(side) {
-                    self.peers[p].mute = [false; 2];
-                }
-            }
             Action::CloseUpstream { conn } => {
                 let i = self.live[&conn];
                 self.upstream_closes.push(i);

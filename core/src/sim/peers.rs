@@ -52,9 +52,6 @@ pub struct Peer {
     pub(super) eof_reported: bool,
     /// The core was told a read would block, and nothing arrived since.
     pub(super) blocked_reported: bool,
-    /// A wanted read (write) found nothing lent (shown): none is tried
-    /// until the core tells this socket's interest again.
-    pub(super) mute: [bool; 2],
     /// What it saw when it last acted.
     pub(super) seen: Option<View>,
 }

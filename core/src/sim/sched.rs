@@ -161,11 +161,6 @@ pub struct Sim {
     pub pipe_cap: usize,
     /// Peers move all they can at once, between the steps (given dice).
     pub instant: bool,
-    /// A wanted read finds space lent, and a wanted write finds bytes
-    /// shown; when false, one that does not waits for the core's next
-    /// `Interest` for that socket (as a runtime that stops at an empty
-    /// read does).
-    pub strict: bool,
     /// The most one read into the core, and one write out of it, moves.
     pub max_read: usize,
     pub max_write: usize,
@@ -228,7 +223,6 @@ impl Sim {
             jitter,
             read_blocked: true,
             instant: given,
-            strict: true,
             splice,
             pipe_cap,
             max_read: usize::MAX,
@@ -313,7 +307,6 @@ impl Sim {
             wake: None,
             eof_reported: false,
             blocked_reported: false,
-            mute: [false; 2],
             seen: None,
         });
         self.peers.len() - 1
@@ -561,7 +554,6 @@ impl Sim {
                 }
                 // Nothing is read into the core (nor EOF told) while bytes
                 // read before wait in the pipe: the order is kept.
-                let (read, write) = (read && !e.mute[0], write && !e.mute[1]);
                 if read && !piped {
                     if !e.inbound.buf.is_empty() || (e.inbound.eof && !e.eof_reported) {
                         ready.push(Ready::ProxyRead(i, side));
@@ -685,15 +677,11 @@ impl Sim {
                     }
                     k
                 });
-                if read.is_none() {
-                    assert!(
-                        !self.strict,
-                        "{}: the core wants a read on {id} {side:?} but recv_buf lends nothing",
-                        self.tag
-                    );
-                    self.peers[p].mute[0] = true;
-                    return;
-                }
+                assert!(
+                    read.is_some(),
+                    "{}: the core wants a read on {id} {side:?} but recv_buf lends nothing",
+                    self.tag
+                );
                 self.conns[i].last_io = Some(now);
             }
             Ready::ProxyBlocked(i, side) => {
@@ -761,15 +749,10 @@ impl Sim {
                     k
                 });
                 match wrote {
-                    None => {
-                        assert!(
-                            !self.strict,
-                            "{}: the core wants a write on {id} {side:?} but send_bufs shows \
-                             nothing",
-                            self.tag
-                        );
-                        self.peers[p].mute[1] = true;
-                    }
+                    None => panic!(
+                        "{}: the core wants a write on {id} {side:?} but send_buf shows nothing",
+                        self.tag
+                    ),
                     Some(0) => {}
                     Some(_) => self.conns[i].last_io = Some(now),
                 }
