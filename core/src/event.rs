@@ -47,7 +47,7 @@ pub enum Event {
     /// runtime itself (splice(2) through a pipe), never entering the core's
     /// buffers. Only while [`crate::Proxy::splice_ok`] says so; the core
     /// counts them as a `Read` and a `Written` of `n` would, and changes
-    /// nothing else. At most [`crate::proxy::SPLICED_MAX`] count per event.
+    /// nothing else. At most [`crate::SPLICED_MAX`] count per event.
     Spliced { conn: ConnId, from: Side, n: usize },
     /// A read, write or shutdown on `side` failed.
     IoError {
@@ -99,8 +99,9 @@ pub enum Action {
         port: u16,
     },
     /// Open the upstream socket of `conn` to `addr`, from `bind` when given.
-    /// A connection that already has an upstream socket (the previous
-    /// address failed) replaces it; the new one is
+    /// A connection that still has an upstream socket replaces it (the
+    /// previous address failed, or an HTTP origin closed its end and the
+    /// client's next request needs a new connection); the new one is
     /// non-blocking; report [`Event::Connected`] or [`Event::ConnectFailed`].
     Connect {
         conn: ConnId,
