@@ -2,9 +2,11 @@
 //! the core is told. Both runtimes open the same sockets with the same
 //! options; they differ only in how they wait on them.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsFd;
+use std::sync::{Arc, Mutex};
 
 use portico_core::{ConnId, Event, IoKind, Side};
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
@@ -16,7 +18,7 @@ pub const UNSPECIFIED: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Add
 /// address, so the two families can be listened on apart); with
 /// `reuse_port`, one of a SO_REUSEPORT group the kernel spreads new
 /// connections over.
-pub fn tcp_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+fn tcp_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
     if reuse_port {
@@ -29,6 +31,68 @@ pub fn tcp_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListene
     s.bind(&SockAddr::from(addr))?;
     s.listen(1024)?;
     Ok(s.into())
+}
+
+/// How a process listens on its TCP ports. With several workers, every
+/// worker listens on every configured address, each with its own socket in
+/// a SO_REUSEPORT group the kernel spreads new connections over; before the
+/// first socket of a group binds, a plain bind of the address is tried, so
+/// that a port another program (or another Portico) holds is still refused
+/// as in use rather than silently shared. With one worker, a plain socket.
+#[derive(Clone)]
+pub struct Ports {
+    /// Sockets open per group (none with one worker).
+    groups: Option<Arc<Mutex<HashMap<SocketAddr, usize>>>>,
+}
+
+impl Ports {
+    pub fn new(workers: usize) -> Ports {
+        Ports {
+            groups: (workers > 1).then(Arc::default),
+        }
+    }
+
+    /// A listener on `addr`, and the group it joined, to
+    /// [`Ports::leave`] when it closes. A port 0 (an FTP data port) is one
+    /// worker's own.
+    pub fn listen(&self, addr: SocketAddr) -> io::Result<(TcpListener, Option<SocketAddr>)> {
+        let Some(groups) = self.groups.as_ref().filter(|_| addr.port() != 0) else {
+            return Ok((tcp_listener(addr, false)?, None));
+        };
+        let mut held = groups.lock().unwrap_or_else(|e| e.into_inner());
+        if held.get(&addr).copied().unwrap_or(0) == 0 {
+            probe(addr)?;
+        }
+        let l = tcp_listener(addr, true)?;
+        *held.entry(addr).or_insert(0) += 1;
+        Ok((l, Some(addr)))
+    }
+
+    /// One socket fewer in `group` (its last one gone, the next to listen
+    /// there checks the port is free again).
+    pub fn leave(&self, group: SocketAddr) {
+        if let Some(g) = self.groups.as_ref() {
+            let mut g = g.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = g.get_mut(&group) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    g.remove(&group);
+                }
+            }
+        }
+    }
+}
+
+/// A plain bind of `addr` (no SO_REUSEPORT): fails as "in use" when any
+/// socket of any program listens there, which joining a SO_REUSEPORT group
+/// would not tell.
+fn probe(addr: SocketAddr) -> io::Result<()> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.bind(&SockAddr::from(addr))
 }
 
 /// A TCP connect to `addr` (from `bind`, when given) started without

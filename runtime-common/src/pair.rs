@@ -3,14 +3,28 @@
 //! [`Directions`]. What to do with them stays the core's; when, the
 //! runtime's; this only names the socket each step is on.
 
-use std::io;
+use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 
 use portico_core::{ConnId, Event, Side};
 
 use crate::directions::{Directions, Drained, Filled, ReadOp};
-use crate::net::{connect_outcome, Connecting};
+use crate::net::{connect_outcome, read_event, write_event, Connecting};
 use crate::splice::Pipe;
+use crate::table::Table;
+
+/// What a read or write showed of its socket, for a runtime that caches
+/// readiness.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// It may have (or take) more.
+    More,
+    /// It has (or takes) nothing more now: wait until it signals again.
+    Spent,
+    /// A read short of the room there was: the socket is empty now, unless
+    /// its peer has closed (then its end is all that is left to read).
+    Short,
+}
 
 /// One connection: its id, its sockets and its directions. `S` is the
 /// runtime's stream type (mio's, or std's).
@@ -60,6 +74,41 @@ impl<S: AsFd> Pair<S> {
     #[inline]
     pub fn read_op(&self, side: Side, wants: bool, splice_ok: impl FnOnce() -> bool) -> ReadOp {
         self.dirs.read_op(side, wants, splice_ok)
+    }
+
+    /// Reads `side` into the core's buffer: the event to tell the core and
+    /// what the read showed; `None` when the core lent no room for it.
+    #[inline]
+    pub fn read(&self, table: &mut Table, side: Side) -> Option<(Event, Seen)>
+    where
+        for<'a> &'a S: Read,
+    {
+        let (r, room) = table.read(self.id, side, self.stream(side)?)?;
+        let seen = match &r {
+            Ok(0) => Seen::Spent,
+            Ok(n) if *n < room => Seen::Short,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Seen::Spent,
+            _ => Seen::More,
+        };
+        Some((read_event(self.id, side, r), seen))
+    }
+
+    /// Writes what the core has for `side`: the event to tell the core
+    /// (none when the socket took nothing) and what the write showed;
+    /// `None` when the core has nothing for it.
+    #[inline]
+    pub fn write(&self, table: &mut Table, side: Side) -> Option<(Option<Event>, Seen)>
+    where
+        for<'a> &'a S: Write,
+    {
+        let (r, want) = table.write(self.id, side, self.stream(side)?)?;
+        let seen = match &r {
+            // A short write filled the socket's buffer.
+            Ok(n) if *n < want => Seen::Spent,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Seen::Spent,
+            _ => Seen::More,
+        };
+        Some((write_event(self.id, side, r), seen))
     }
 
     /// Splices what `side` has into its direction's pipe (see

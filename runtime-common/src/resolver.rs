@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use portico_core::{ConnId, Event};
 
+use crate::crew::Wake;
+
 /// Resolves `host`, blocking: the event to tell the core.
 pub fn resolve(conn: ConnId, host: &str, port: u16) -> Event {
     match (host, port).to_socket_addrs() {
@@ -21,16 +23,41 @@ pub fn resolve(conn: ConnId, host: &str, port: u16) -> Event {
     }
 }
 
-/// Where a pool thread hands an answer (and wakes whoever waits for it).
-pub trait Answers: Send + Sync {
-    fn answer(&self, event: Event);
+/// One asker's answers, and how to rouse it when one comes.
+pub struct Inbox {
+    answers: Mutex<Vec<Event>>,
+    wake: Wake,
+}
+
+impl Inbox {
+    pub fn new(wake: Wake) -> Arc<Inbox> {
+        Arc::new(Inbox {
+            answers: Mutex::default(),
+            wake,
+        })
+    }
+
+    /// The answers come so far, each the event to tell the core.
+    pub fn take(&self) -> Vec<Event> {
+        match self.answers.lock() {
+            Ok(mut q) => std::mem::take(&mut *q),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn answer(&self, event: Event) {
+        if let Ok(mut q) = self.answers.lock() {
+            q.push(event);
+        }
+        (self.wake)();
+    }
 }
 
 struct Job {
     conn: ConnId,
     host: String,
     port: u16,
-    to: Arc<dyn Answers>,
+    to: Arc<Inbox>,
 }
 
 /// A fixed pool of resolver threads, shared by everyone who asks, so their
@@ -62,7 +89,7 @@ impl Resolvers {
 
     /// Asks for `host`; the answer goes to `to`. False when the pool is
     /// gone.
-    pub fn ask(&self, conn: ConnId, host: String, port: u16, to: Arc<dyn Answers>) -> bool {
+    pub fn ask(&self, conn: ConnId, host: String, port: u16, to: Arc<Inbox>) -> bool {
         self.jobs
             .send(Job {
                 conn,

@@ -16,6 +16,7 @@ use portico_core::config::Config;
 use portico_core::{Action, ConnId, Event, IoKind, Level, ListenerId, Recorded, Refused, Side};
 
 use crate::process::{log, say, Output, TraceFiles, WallClock};
+use crate::steps::Step;
 use crate::vectored::write_parts;
 
 pub use portico_core::ledger::Ledger;
@@ -31,6 +32,8 @@ pub struct Table {
     trace: Option<TraceFiles>,
     wall: WallClock,
     fatal: Option<String>,
+    /// The second step of an action that names two owners.
+    pending: Option<Step>,
 }
 
 impl Table {
@@ -78,6 +81,7 @@ impl Table {
             trace,
             wall,
             fatal: None,
+            pending: None,
         }
     }
 
@@ -89,22 +93,40 @@ impl Table {
         self.proxy.set_wall(w);
     }
 
-    /// The next action that names a socket, a connection or another
-    /// worker. Those that only write lines (`Log`, `Access`, `Say`) are
-    /// carried out on the way, so every line comes out in the order the
-    /// core queued it among the rest; the first `Fatal` is kept for
-    /// [`Table::take_fatal`].
+    /// The next of the core's actions that names a socket, a connection or
+    /// another worker, sorted by owner. The actions that only write lines
+    /// (`Log`, `Access`, `Say`) are carried out on the way, so every line
+    /// comes out in the order the core queued it among the rest; the first
+    /// `Fatal` is kept for [`Table::take_fatal`].
     #[inline]
-    pub fn next_action(&mut self) -> Option<Action> {
+    pub fn next_step(&mut self) -> Option<Step> {
+        if let Some(step) = self.pending.take() {
+            return Some(step);
+        }
         loop {
-            match self.proxy.poll_action()? {
-                Action::Log { level, message } => log(level, &message),
-                Action::Access(rec) => self.out.access(&rec),
-                Action::Say(line) => say(&line),
+            let action = self.proxy.poll_action()?;
+            let action = match action {
+                Action::Log { level, message } => {
+                    log(level, &message);
+                    continue;
+                }
+                Action::Access(rec) => {
+                    self.out.access(&rec);
+                    continue;
+                }
+                Action::Say(line) => {
+                    say(&line);
+                    continue;
+                }
                 Action::Fatal { message } => {
                     self.fatal.get_or_insert(message);
+                    continue;
                 }
-                other => return Some(other),
+                other => other,
+            };
+            if let Some((step, then)) = crate::steps::sort(action) {
+                self.pending = then;
+                return Some(step);
             }
         }
     }

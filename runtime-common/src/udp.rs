@@ -4,10 +4,12 @@
 //! that cannot go now is dropped, as a network would.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 
 use portico_core::ListenerId;
 
+use crate::slots::Slots;
+use crate::steps::UdpCmd;
 use crate::table::{Table, UdpId, Via};
 
 /// Which UDP socket of a table; a runtime keys its waiting on it.
@@ -19,108 +21,89 @@ pub enum UdpKey {
     Mapping(usize),
 }
 
-/// A table's UDP sockets, by index, each with the id it was opened for (a
-/// stale id finds nothing).
+/// What opening a UDP socket came to, for the core to hear.
+#[must_use]
+pub enum Opened {
+    /// A UDP port opened (its local address), or why not.
+    Port(ListenerId, io::Result<SocketAddr>),
+    /// A mapping's socket could not be opened.
+    MappingFailed(UdpId),
+}
+
+impl Opened {
+    pub fn tell(self, table: &mut Table) {
+        match self {
+            Opened::Port(listener, r) => table.listened(listener, r),
+            Opened::MappingFailed(id) => table.handle_udp_failed(id),
+        }
+    }
+}
+
+/// A table's UDP sockets.
 #[derive(Default)]
 pub struct Datagrams {
-    ports: Vec<Option<(ListenerId, UdpSocket)>>,
-    maps: Vec<Option<(UdpId, UdpSocket)>>,
-}
-
-fn put<I>(
-    slots: &mut Vec<Option<(I, UdpSocket)>>,
-    i: usize,
-    v: (I, UdpSocket),
-) -> Option<UdpSocket> {
-    if slots.len() <= i {
-        slots.resize_with(i + 1, || None);
-    }
-    slots[i].replace(v).map(|(_, u)| u)
-}
-
-fn take<I: PartialEq>(slots: &mut [Option<(I, UdpSocket)>], i: usize, id: I) -> Option<UdpSocket> {
-    let slot = slots.get_mut(i)?;
-    if slot.as_ref().is_some_and(|(k, _)| *k == id) {
-        slot.take().map(|(_, u)| u)
-    } else {
-        None
-    }
-}
-
-fn find<I: PartialEq>(slots: &[Option<(I, UdpSocket)>], i: usize, id: I) -> Option<&UdpSocket> {
-    match slots.get(i) {
-        Some(Some((k, u))) if *k == id => Some(u),
-        _ => None,
-    }
+    ports: Slots<ListenerId, UdpSocket>,
+    maps: Slots<UdpId, UdpSocket>,
 }
 
 impl Datagrams {
-    /// Opens UDP port `listener` on `addr` and has the runtime `register`
-    /// it for waiting: its local address (or why it failed) for
-    /// [`Table::listened`], and a socket it replaced, for the runtime to
-    /// let go of.
-    pub fn listen(
+    /// Carries out `cmd`, having the runtime `register` each socket it
+    /// opens for waiting. Returns what to tell the core (it opened
+    /// something), and a socket closed or replaced, for the runtime to let
+    /// go of.
+    pub fn apply(
         &mut self,
-        listener: ListenerId,
-        addr: SocketAddr,
+        cmd: UdpCmd,
         register: impl FnOnce(&UdpSocket, UdpKey) -> io::Result<()>,
-    ) -> (io::Result<SocketAddr>, Option<UdpSocket>) {
-        let i = listener.index();
-        let opened = crate::net::udp_bind(addr).and_then(|u| {
-            register(&u, UdpKey::Port(i))?;
-            Ok(u)
-        });
-        match opened {
-            Ok(u) => {
-                let local = u.local_addr().unwrap_or(addr);
-                (Ok(local), put(&mut self.ports, i, (listener, u)))
+    ) -> (Option<Opened>, Option<UdpSocket>) {
+        match cmd {
+            UdpCmd::Listen(id, addr) => {
+                let opened = crate::net::udp_bind(addr).and_then(|u| {
+                    register(&u, UdpKey::Port(id.index()))?;
+                    Ok(u)
+                });
+                match opened {
+                    Ok(u) => {
+                        let local = u.local_addr().unwrap_or(addr);
+                        (Some(Opened::Port(id, Ok(local))), self.ports.insert(id, u))
+                    }
+                    Err(e) => (Some(Opened::Port(id, Err(e))), None),
+                }
             }
-            Err(e) => (Err(e), None),
+            UdpCmd::Unlisten(id) => (None, self.ports.remove(id)),
+            UdpCmd::Open(id, bind, dest) => {
+                let opened = crate::net::udp_connect(bind, dest).and_then(|u| {
+                    register(&u, UdpKey::Mapping(id.index()))?;
+                    Ok(u)
+                });
+                match opened {
+                    Ok(u) => (None, self.maps.insert(id, u)),
+                    Err(_) => (Some(Opened::MappingFailed(id)), None),
+                }
+            }
+            UdpCmd::Close(id) => (None, self.maps.remove(id)),
         }
-    }
-
-    /// Closes UDP port `listener`: its socket, for the runtime to let go
-    /// of.
-    pub fn unlisten(&mut self, listener: ListenerId) -> Option<UdpSocket> {
-        take(&mut self.ports, listener.index(), listener)
-    }
-
-    /// Opens mapping `id`'s socket (from `bind`) connected to `dest` and
-    /// has the runtime `register` it: a socket it replaced, or the failure
-    /// to tell with [`Table::handle_udp_failed`].
-    pub fn open(
-        &mut self,
-        id: UdpId,
-        bind: Option<IpAddr>,
-        dest: SocketAddr,
-        register: impl FnOnce(&UdpSocket, UdpKey) -> io::Result<()>,
-    ) -> io::Result<Option<UdpSocket>> {
-        let i = id.index();
-        let u = crate::net::udp_connect(bind, dest)?;
-        register(&u, UdpKey::Mapping(i))?;
-        Ok(put(&mut self.maps, i, (id, u)))
-    }
-
-    /// Closes mapping `id`'s socket: it, for the runtime to let go of.
-    pub fn close(&mut self, id: UdpId) -> Option<UdpSocket> {
-        take(&mut self.maps, id.index(), id)
-    }
-
-    /// Every open socket, to register them all at once.
-    pub fn sockets(&self) -> impl Iterator<Item = (UdpKey, &UdpSocket)> {
-        let ports = self.ports.iter().enumerate();
-        let ports = ports.filter_map(|(i, s)| Some((UdpKey::Port(i), &s.as_ref()?.1)));
-        let maps = self.maps.iter().enumerate();
-        let maps = maps.filter_map(|(i, s)| Some((UdpKey::Mapping(i), &s.as_ref()?.1)));
-        ports.chain(maps)
     }
 
     /// The socket `key` names, if open.
     pub fn socket(&self, key: UdpKey) -> Option<&UdpSocket> {
         match key {
-            UdpKey::Port(i) => self.ports.get(i)?.as_ref().map(|s| &s.1),
-            UdpKey::Mapping(i) => self.maps.get(i)?.as_ref().map(|s| &s.1),
+            UdpKey::Port(i) => self.ports.at(i).map(|(_, u)| u),
+            UdpKey::Mapping(i) => self.maps.at(i).map(|(_, u)| u),
         }
+    }
+
+    /// Every open socket, to register them all at once.
+    pub fn sockets(&self) -> impl Iterator<Item = (UdpKey, &UdpSocket)> {
+        let ports = self
+            .ports
+            .iter()
+            .map(|(id, u)| (UdpKey::Port(id.index()), u));
+        let maps = self
+            .maps
+            .iter()
+            .map(|(id, u)| (UdpKey::Mapping(id.index()), u));
+        ports.chain(maps)
     }
 
     /// Reads one datagram from `key`'s socket into the core; false when
@@ -130,20 +113,20 @@ impl Datagrams {
     pub fn recv(&self, table: &mut Table, key: UdpKey) -> bool {
         match key {
             UdpKey::Port(i) => {
-                let Some(Some((id, u))) = self.ports.get(i) else {
+                let Some((id, u)) = self.ports.at(i) else {
                     return false;
                 };
                 match u.recv_from(table.datagram_buf()) {
-                    Ok((n, from)) => table.handle_datagram(*id, from, n),
+                    Ok((n, from)) => table.handle_datagram(id, from, n),
                     Err(_) => return false,
                 }
             }
             UdpKey::Mapping(i) => {
-                let Some(Some((id, u))) = self.maps.get(i) else {
+                let Some((id, u)) = self.maps.at(i) else {
                     return false;
                 };
                 match u.recv(table.datagram_buf()) {
-                    Ok(n) => table.handle_reply(*id, n),
+                    Ok(n) => table.handle_reply(id, n),
                     Err(_) => return false,
                 }
             }
@@ -156,12 +139,12 @@ impl Datagrams {
         while let Some((via, data)) = table.poll_datagram() {
             match via {
                 Via::Listener(id, to) => {
-                    if let Some(u) = find(&self.ports, id.index(), id) {
+                    if let Some(u) = self.ports.get(id) {
                         let _ = u.send_to(&data, to);
                     }
                 }
                 Via::Mapping(id) => {
-                    if let Some(u) = find(&self.maps, id.index(), id) {
+                    if let Some(u) = self.maps.get(id) {
                         let _ = u.send(&data);
                     }
                 }

@@ -2,15 +2,11 @@
 //! over its own sockets and its own connection table; the tables share
 //! only the ledger of process-wide limits (see `portico_core::ledger`).
 //!
-//! Every worker listens on every TCP address: with more than one, each has
-//! its own socket in a SO_REUSEPORT group and the kernel spreads new
-//! connections over them. Before the first socket of a group binds, a
-//! plain bind of the address is tried, so a port another program (or
-//! another Portico) holds is still refused as in use rather than silently
-//! shared. Every worker's listeners are open before any worker accepts.
-//! Worker 0 alone handles signals and UDP; it tells the others to
-//! stop and to reload, and a status request on any worker asks the others
-//! for their tables through their mailboxes.
+//! Every worker listens on every TCP address (see `portico_runtime::net::
+//! Ports`); every worker's listeners are open before any worker accepts.
+//! Worker 0 alone handles signals and UDP; it tells the others to stop and
+//! to reload, and a status request on any worker asks the others for their
+//! tables (see `portico_runtime::Crew`).
 //!
 //! Sockets are registered once, edge-triggered, for both directions; the loop
 //! caches readiness per socket and attempts an operation when the socket is
@@ -35,30 +31,27 @@
 //! upstream socket; listeners and the signal pipe live at the top of the
 //! token space.
 
-use std::collections::HashMap;
-use std::io::{self, Read};
+use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, IntoRawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream, UnixStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
-use portico_runtime::net::{self, Connecting};
-use portico_runtime::resolver::{Answers, Resolvers};
+use portico_runtime::net::{self, Connecting, Ports};
+use portico_runtime::resolver::{Inbox, Resolvers};
 use portico_runtime::splice::Pipes;
 use portico_runtime::{
-    load, log, Action, Config, ConnId, Datagrams, Drained, Event, Filled, IoKind, Level,
-    ListenerId, Pair, Plan, ReadOp, Side, Snapshot, Start, Table, UdpKey, EXIT_OK, EXIT_RUNTIME,
+    log, ConnCmd, ConnId, Crew, Datagrams, Drained, Event, Filled, IoKind, Level, ListenCmd,
+    ListenerId, Pair, Plan, ReadOp, Seen, Side, Signals, Slots, Start, Step, Table, UdpKey, Wake,
+    EXIT_OK, EXIT_RUNTIME,
 };
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 const SIGNAL: Token = Token(usize::MAX);
 /// The loop's one waker: resolver answers or mail from another worker.
-const RESOLVED: Token = Token(usize::MAX - 1);
+const WOKEN: Token = Token(usize::MAX - 1);
 /// Threads that resolve names (for all workers), so no loop waits on DNS.
 const RESOLVERS: usize = 4;
 const LISTENER_BASE: usize = usize::MAX / 2;
@@ -126,9 +119,8 @@ impl Conn {
     fn read_op(&self, table: &Table, side: Side) -> ReadOp {
         let s = self.sock[si(side)];
         let id = self.pair.id;
-        self.pair.read_op(side, s.want_read && s.readable, || {
-            table.splice_ok(id, side)
-        })
+        let wants = s.want_read && s.readable;
+        self.pair.read_op(side, wants, || table.splice_ok(id, side))
     }
 
     /// The pipe toward `side` holds bytes `side` can take now.
@@ -136,7 +128,8 @@ impl Conn {
         self.pair.dirs.piped(side.other()) && self.sock[si(side)].writable
     }
 
-    /// Still both wanted and ready: read, splice or write.
+    /// Anything both wanted and ready: a connect's outcome, a read, a
+    /// splice or a write.
     fn has_work(&self, table: &Table) -> bool {
         (self.pair.connecting && self.sock[1].writable)
             || [Side::Client, Side::Upstream].into_iter().any(|side| {
@@ -150,9 +143,8 @@ impl Conn {
 }
 
 struct Lst {
-    id: ListenerId,
     sock: TcpListener,
-    /// The address of the SO_REUSEPORT group this socket is in.
+    /// The SO_REUSEPORT group this socket is in.
     group: Option<SocketAddr>,
     /// The address every accepted socket has locally, unless the listener
     /// is on a wildcard address (then each socket is asked).
@@ -165,96 +157,24 @@ struct Lst {
 struct Loop {
     poll: Poll,
     table: Table,
-    conns: Vec<Option<Conn>>,
-    listeners: Vec<Option<Lst>>,
+    conns: Slots<ConnId, Conn>,
+    listeners: Slots<ListenerId, Lst>,
+    ports: Ports,
     /// Connections with work to do this turn.
     work: Vec<usize>,
     /// Listeners with connections to accept.
     accept_work: Vec<usize>,
     resolvers: Resolvers,
-    answered: Arc<Answered>,
-    flags: Signals,
-    plan_path: Option<std::path::PathBuf>,
-    reload_recheck: bool,
-    /// Worker 0's signal pipe.
-    sig_rx: Option<UnixStream>,
+    /// Names this loop asked the resolvers for, answered.
+    answers: Arc<Inbox>,
+    /// Worker 0's signals, and the pipe that wakes it for them.
+    signals: Option<(Signals, UnixStream)>,
     udp: Datagrams,
     /// UDP sockets (tokens) with datagrams left to read.
     udp_work: Vec<Token>,
-    /// This loop among the others.
     crew: Crew,
-    /// Status requests waiting for the other workers' tables: the parts
-    /// so far and how many are still to come.
-    gathers: HashMap<ConnId, (Vec<Snapshot>, usize)>,
     /// Empty pipes for directions that start splicing.
     pipes: Pipes,
-}
-
-/// What one worker knows of the others.
-struct Crew {
-    index: usize,
-    mail: Receiver<Mail>,
-    /// Every worker's mailbox, this one's included.
-    boxes: Arc<Vec<Mailbox>>,
-    /// Sockets open per SO_REUSEPORT group (none with one worker).
-    groups: Option<Arc<Mutex<HashMap<SocketAddr, usize>>>>,
-}
-
-#[derive(Clone)]
-struct Mailbox {
-    tx: Sender<Mail>,
-    waker: Arc<Waker>,
-}
-
-impl Mailbox {
-    /// False when that worker is gone.
-    fn send(&self, mail: Mail) -> bool {
-        self.tx.send(mail).is_ok() && self.waker.wake().is_ok()
-    }
-}
-
-/// What workers tell each other.
-enum Mail {
-    Stop,
-    /// Apply this configuration, then say how many connections it closed.
-    Reload {
-        config: Box<Config>,
-        text: Arc<str>,
-        recheck: bool,
-        done: Sender<usize>,
-    },
-    /// Worker `from` wants this table for its status request on `conn`.
-    Snapshot {
-        from: usize,
-        conn: ConnId,
-    },
-    /// The table asked for.
-    Part {
-        conn: ConnId,
-        part: Box<Snapshot>,
-    },
-}
-
-/// Which signals have come since the loop last looked.
-#[derive(Default)]
-struct Signals {
-    stop: Arc<AtomicBool>,
-    reload: Arc<AtomicBool>,
-}
-
-/// One loop's answers from the resolver pool, and the waker that tells it.
-struct Answered {
-    queue: Mutex<Vec<Event>>,
-    waker: Arc<Waker>,
-}
-
-impl Answers for Answered {
-    fn answer(&self, event: Event) {
-        if let Ok(mut q) = self.queue.lock() {
-            q.push(event);
-        }
-        let _ = self.waker.wake();
-    }
 }
 
 fn si(side: Side) -> usize {
@@ -264,26 +184,13 @@ fn si(side: Side) -> usize {
     }
 }
 
-fn udp_token(key: UdpKey) -> Token {
-    match key {
+/// Registers a UDP socket for datagrams.
+fn register_udp(registry: &Registry, u: &std::net::UdpSocket, key: UdpKey) -> io::Result<()> {
+    let token = match key {
         UdpKey::Port(i) => Token(UDP_LISTENER_BASE + i),
         UdpKey::Mapping(i) => Token(UDP_MAP_BASE + i),
-    }
-}
-
-fn udp_key(t: Token) -> UdpKey {
-    if t.0 >= UDP_MAP_BASE {
-        UdpKey::Mapping(t.0 - UDP_MAP_BASE)
-    } else {
-        UdpKey::Port(t.0 - UDP_LISTENER_BASE)
-    }
-}
-
-fn conn_in(conns: &mut [Option<Conn>], conn: ConnId) -> Option<&mut Conn> {
-    match conns.get_mut(conn.index()) {
-        Some(Some(c)) if c.pair.id == conn => Some(c),
-        _ => None,
-    }
+    };
+    registry.register(&mut SourceFd(&u.as_raw_fd()), token, Interest::READABLE)
 }
 
 pub fn run(plan: Plan) -> i32 {
@@ -300,86 +207,73 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let n = plan.workers(cores);
     let (start, others) = Start::workers(plan, n)?;
+    let failed = |e: io::Error| format!("cannot create the event loop: {e}");
+    // Every loop's poll and waker first: each crew member wakes the others.
+    let mut polls = Vec::with_capacity(n);
+    for _ in 0..n {
+        let poll = Poll::new().map_err(failed)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WOKEN).map_err(failed)?);
+        polls.push((poll, waker));
+    }
+    let wakes = polls.iter().map(|(_, w)| {
+        let w = w.clone();
+        Arc::new(move || w.wake().is_ok()) as Wake
+    });
+    let crew = Crew::new(wakes.collect(), start.path, start.recheck);
     let resolvers = Resolvers::start(RESOLVERS)
         .map_err(|e| format!("cannot start the resolver threads: {e}"))?;
-    // Every loop's poll and waker first: each mailbox names them.
-    let mut polls = Vec::with_capacity(n);
-    let mut boxes = Vec::with_capacity(n);
-    let mut inboxes = Vec::with_capacity(n);
-    for _ in 0..n {
-        let poll = Poll::new().map_err(|e| format!("cannot create the event loop: {e}"))?;
-        let waker = Arc::new(
-            Waker::new(poll.registry(), RESOLVED)
-                .map_err(|e| format!("cannot create the event loop: {e}"))?,
-        );
-        let (tx, rx) = std::sync::mpsc::channel();
-        boxes.push(Mailbox {
-            tx,
-            waker: waker.clone(),
-        });
-        polls.push((poll, waker));
-        inboxes.push(rx);
-    }
-    let boxes = Arc::new(boxes);
-    let groups = (n > 1).then(|| Arc::new(Mutex::new(HashMap::new())));
+    let ports = Ports::new(n);
     // Worker 0's alone: the signals, and the trace (one worker records).
-    let mut signal = Some(signals(&polls[0].0)?);
+    let (flags, wake) = Signals::install()?;
+    let wake = wake
+        .set_nonblocking(true)
+        .map(|()| UnixStream::from_std(wake))
+        .map_err(|e| format!("cannot set up signals: {e}"))?;
+    let mut signals = Some((flags, wake));
     let tables = std::iter::once(start.table).chain(others);
     let mut loops = Vec::with_capacity(n);
-    for (index, (((poll, waker), mail), table)) in
-        polls.into_iter().zip(inboxes).zip(tables).enumerate()
-    {
-        let (sig_rx, flags) = match signal.take() {
-            Some((rx, flags)) => (Some(rx), flags),
-            None => (None, Signals::default()),
-        };
-        loops.push(Loop {
-            udp: Datagrams::default(),
-            udp_work: Vec::new(),
-            plan_path: start.path.clone(),
-            reload_recheck: start.recheck,
-            flags,
-            sig_rx,
-            resolvers: resolvers.clone(),
-            answered: Arc::new(Answered {
-                queue: Mutex::default(),
-                waker,
-            }),
+    for (((poll, waker), crew), table) in polls.into_iter().zip(crew).zip(tables) {
+        let mut signals = signals.take();
+        if let Some((_, wake)) = signals.as_mut() {
+            poll.registry()
+                .register(wake, SIGNAL, Interest::READABLE)
+                .map_err(|e| format!("cannot set up signals: {e}"))?;
+        }
+        let answers = Inbox::new(Arc::new(move || waker.wake().is_ok()));
+        // Worker 0 opens the listeners before any other worker: a port
+        // that cannot be had is reported once, and fatal at once. The
+        // others open theirs before any worker accepts, so that
+        // connections taken early cannot use up the descriptors a worker's
+        // listener needs.
+        let mut lp = Loop {
             poll,
             table,
-            conns: Vec::new(),
-            listeners: Vec::new(),
+            conns: Slots::default(),
+            listeners: Slots::default(),
+            ports: ports.clone(),
             work: Vec::new(),
             accept_work: Vec::new(),
-            crew: Crew {
-                index,
-                mail,
-                boxes: boxes.clone(),
-                groups: groups.clone(),
-            },
-            gathers: HashMap::new(),
+            resolvers: resolvers.clone(),
+            answers,
+            signals,
+            udp: Datagrams::default(),
+            udp_work: Vec::new(),
+            crew,
             pipes: Pipes::new(),
-        });
-    }
-    // Worker 0 opens the listeners before any other worker: a port that
-    // cannot be had is reported once, and fatal at once. The others open
-    // theirs before any worker accepts, so that connections taken early
-    // cannot use up the descriptors a worker's listener needs.
-    let mut ready = Vec::with_capacity(n);
-    for mut lp in loops {
+        };
         lp.drain();
         if let Some(msg) = lp.table.take_fatal() {
             log(Level::Error, &msg);
             return Ok(EXIT_RUNTIME);
         }
-        ready.push(lp);
+        loops.push(lp);
     }
-    let mut ready = ready.into_iter();
-    let Some(mut lead) = ready.next() else {
+    let mut loops = loops.into_iter();
+    let Some(mut lead) = loops.next() else {
         return Err("no event loop to run".into());
     };
-    let mut crew = Vec::new();
-    for (k, mut lp) in ready.enumerate() {
+    let mut others = Vec::new();
+    for (k, mut lp) in loops.enumerate() {
         let h = std::thread::Builder::new()
             .name(format!("worker-{}", k + 1))
             .spawn(move || {
@@ -391,58 +285,15 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
                 }
             })
             .map_err(|e| format!("cannot start worker {}: {e}", k + 1))?;
-        crew.push(h);
+        others.push(h);
     }
     let code = lead.run();
     if code == EXIT_OK {
-        for h in crew {
+        for h in others {
             let _ = h.join();
         }
     }
     Ok(code)
-}
-
-/// A plain bind of `addr` (no SO_REUSEPORT): fails as "in use" when any
-/// socket of any program listens there, which joining a SO_REUSEPORT group
-/// would not tell.
-fn probe(addr: SocketAddr) -> io::Result<()> {
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    s.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true)?;
-    }
-    s.bind(&SockAddr::from(addr))
-}
-
-/// Signal handling for worker 0's loop: flags say which signal came, a
-/// pipe registered in `poll` wakes the loop.
-fn signals(poll: &Poll) -> Result<(UnixStream, Signals), String> {
-    let (sig_rx, sig_tx) = std::os::unix::net::UnixStream::pair()
-        .map_err(|e| format!("cannot create the signal pipe: {e}"))?;
-    sig_rx
-        .set_nonblocking(true)
-        .map_err(|e| format!("cannot create the signal pipe: {e}"))?;
-    let mut sig_rx = UnixStream::from_std(sig_rx);
-    // One flag per signal says which came; the pipe only wakes the loop
-    // (its byte says nothing about which signal it was).
-    let flags = Signals::default();
-    for (sig, flag) in [
-        (signal_hook::consts::SIGTERM, &flags.stop),
-        (signal_hook::consts::SIGINT, &flags.stop),
-        (signal_hook::consts::SIGHUP, &flags.reload),
-    ] {
-        signal_hook::flag::register(sig, flag.clone())
-            .map_err(|e| format!("cannot set up signals: {e}"))?;
-        let tx = sig_tx
-            .try_clone()
-            .map_err(|e| format!("cannot set up signals: {e}"))?;
-        signal_hook::low_level::pipe::register_raw(sig, tx.into_raw_fd())
-            .map_err(|e| format!("cannot set up signals: {e}"))?;
-    }
-    poll.registry()
-        .register(&mut sig_rx, SIGNAL, Interest::READABLE)
-        .map_err(|e| format!("cannot set up signals: {e}"))?;
-    Ok((sig_rx, flags))
 }
 
 impl Loop {
@@ -480,14 +331,19 @@ impl Loop {
                 let t = ev.token();
                 if t == SIGNAL {
                     self.signals();
-                } else if t == RESOLVED {
-                    self.answers();
-                    self.mail();
+                } else if t == WOKEN {
+                    let now = Instant::now();
+                    for ev in self.answers.take() {
+                        self.table.handle(ev, now);
+                    }
+                    while self.crew.read_mail(&mut self.table) {
+                        self.drain();
+                    }
                 } else if t.0 >= UDP_LISTENER_BASE {
                     self.udp_work.push(t);
                 } else if t.0 >= LISTENER_BASE {
                     let i = t.0 - LISTENER_BASE;
-                    if let Some(Some(l)) = self.listeners.get_mut(i) {
+                    if let Some((_, l)) = self.listeners.at_mut(i) {
                         l.ready = true;
                         if !l.queued {
                             l.queued = true;
@@ -497,7 +353,7 @@ impl Loop {
                 } else {
                     let idx = t.0 / 2;
                     let side = t.0 % 2;
-                    if let Some(Some(c)) = self.conns.get_mut(idx) {
+                    if let Some((_, c)) = self.conns.at_mut(idx) {
                         let sd = if side == 0 {
                             Side::Client
                         } else {
@@ -539,305 +395,133 @@ impl Loop {
     }
 
     fn signals(&mut self) {
-        let mut buf = [0u8; 64];
-        // Drain the wake-up bytes; the flags say what happened.
-        if let Some(sig_rx) = self.sig_rx.as_mut() {
-            loop {
-                match sig_rx.read(&mut buf) {
-                    Ok(n) if n > 0 => continue,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    _ => break,
-                }
-            }
-        }
-        if self.flags.reload.swap(false, Ordering::SeqCst) {
-            self.reload();
-        }
-        if self.flags.stop.swap(false, Ordering::SeqCst) {
-            self.table.shutdown(Instant::now());
-            self.tell_others(|| Mail::Stop);
-        }
-    }
-
-    /// Sends `mail` to every other worker; how many took it.
-    fn tell_others(&self, mut mail: impl FnMut() -> Mail) -> usize {
-        let me = self.crew.index;
-        let boxes = self.crew.boxes.iter().enumerate();
-        boxes.filter(|(k, b)| *k != me && b.send(mail())).count()
-    }
-
-    /// SIGHUP: read the file again; a bad one leaves everything as it is.
-    /// The other workers apply it first, then this one, which logs it for
-    /// all (with what theirs closed).
-    fn reload(&mut self) {
-        let Some((config, text)) = load(self.plan_path.as_deref()) else {
+        let Some((flags, wake)) = self.signals.as_mut() else {
             return;
         };
-        let recheck = self.reload_recheck;
-        let shared: Arc<str> = Arc::from(text.as_str());
-        let (done, replies) = std::sync::mpsc::channel();
-        let asked = self.tell_others(|| Mail::Reload {
-            config: Box::new(config.clone()),
-            text: shared.clone(),
-            recheck,
-            done: done.clone(),
-        });
-        drop(done);
-        let mut closed = 0;
-        for _ in 0..asked {
-            // A worker answers within its turn; one that does not is
-            // stuck or gone, and is not waited for.
-            match replies.recv_timeout(Duration::from_secs(5)) {
-                Ok(n) => closed += n,
-                Err(_) => break,
-            }
+        Signals::drain(wake);
+        if flags.reload() {
+            self.crew.reload(&mut self.table);
         }
-        self.table.apply(config, &text, recheck, closed);
-    }
-
-    /// What the other workers sent.
-    fn mail(&mut self) {
-        while let Ok(mail) = self.crew.mail.try_recv() {
-            match mail {
-                Mail::Stop => self.table.shutdown(Instant::now()),
-                Mail::Reload {
-                    config,
-                    text,
-                    recheck,
-                    done,
-                } => {
-                    let closed = self.table.apply(*config, &text, recheck, 0);
-                    let _ = done.send(closed);
-                }
-                Mail::Snapshot { from, conn } => {
-                    let part = Box::new(self.table.snapshot(Instant::now()));
-                    if let Some(b) = self.crew.boxes.get(from) {
-                        b.send(Mail::Part { conn, part });
-                    }
-                }
-                Mail::Part { conn, part } => self.part(conn, *part),
-            }
-            self.drain();
-        }
-    }
-
-    /// One more answer to the status request on `conn`; the last one lets
-    /// the core reply.
-    fn part(&mut self, conn: ConnId, part: Snapshot) {
-        let Some((parts, left)) = self.gathers.get_mut(&conn) else {
-            return;
-        };
-        parts.push(part);
-        *left = left.saturating_sub(1);
-        if *left == 0 {
-            let parts = self.gathers.remove(&conn).map(|g| g.0).unwrap_or_default();
-            self.table.handle_gathered(conn, parts, Instant::now());
-        }
-    }
-
-    /// Asks every other worker for its table. Their answers come through
-    /// this loop's own mailbox, read only after this returns; a worker
-    /// that is gone cannot be asked and is not waited for.
-    fn gather(&mut self, conn: ConnId) {
-        let from = self.crew.index;
-        match self.tell_others(|| Mail::Snapshot { from, conn }) {
-            0 => self.table.handle_gathered(conn, Vec::new(), Instant::now()),
-            asked => {
-                self.gathers.insert(conn, (Vec::new(), asked));
-            }
-        }
-    }
-
-    fn answers(&mut self) {
-        let answers = match self.answered.queue.lock() {
-            Ok(mut q) => std::mem::take(&mut *q),
-            Err(_) => return,
-        };
-        let now = Instant::now();
-        for ev in answers {
-            self.table.handle(ev, now);
+        if flags.stop() {
+            self.crew.stop(&mut self.table);
         }
     }
 
     /// Carries out every action the core has queued, in order.
     fn drain(&mut self) {
-        while let Some(action) = self.table.next_action() {
-            match action {
-                Action::Listen { listener, addr } => self.listen(listener, addr),
-                Action::PauseAccept { listener } => {
-                    if let Some(Some(l)) = self.listeners.get_mut(listener.index()) {
-                        if l.id == listener {
-                            l.paused = true;
-                        }
-                    }
-                }
-                Action::ResumeAccept { listener } => {
-                    let i = listener.index();
-                    if let Some(Some(l)) = self
-                        .listeners
-                        .get_mut(i)
-                        .filter(|l| l.as_ref().is_some_and(|l| l.id == listener))
-                    {
-                        l.paused = false;
-                        // The edge may have come and gone while paused.
-                        l.ready = true;
-                        if !l.queued {
-                            l.queued = true;
-                            self.accept_work.push(i);
-                        }
-                    }
-                }
-                Action::Unlisten { listener } => {
-                    if let Some(slot) = self.listeners.get_mut(listener.index()) {
-                        if slot.as_ref().is_some_and(|l| l.id == listener) {
-                            if let Some(addr) = slot.take().and_then(|l| l.group) {
-                                self.leave_group(addr);
-                            }
-                        }
-                    }
-                    // Dropping a socket closes it and takes it out of the
-                    // poll set.
-                    self.udp.unlisten(listener);
-                }
-                Action::Connect { conn, addr, bind } => self.connect(conn, addr, bind),
-                Action::ListenUdp { listener, addr } => {
+        while let Some(step) = self.table.next_step() {
+            match step {
+                Step::Conn(conn, cmd) => self.conn_cmd(conn, cmd),
+                Step::Listen(cmd) => self.listen_cmd(cmd),
+                Step::Udp(cmd) => {
+                    // A socket let go of closes as it drops, which takes it
+                    // out of the poll set.
                     let registry = self.poll.registry();
-                    let (opened, _) = self.udp.listen(listener, addr, |u, key| {
-                        registry.register(
-                            &mut SourceFd(&u.as_raw_fd()),
-                            udp_token(key),
-                            Interest::READABLE,
-                        )
-                    });
-                    self.table.listened(listener, opened);
-                }
-                Action::UdpOpen {
-                    id,
-                    bind,
-                    destination,
-                } => {
-                    let registry = self.poll.registry();
-                    let opened = self.udp.open(id, bind, destination, |u, key| {
-                        registry.register(
-                            &mut SourceFd(&u.as_raw_fd()),
-                            udp_token(key),
-                            Interest::READABLE,
-                        )
-                    });
-                    if opened.is_err() {
-                        self.table.handle_udp_failed(id);
+                    let (opened, _) = self.udp.apply(cmd, |u, k| register_udp(registry, u, k));
+                    if let Some(o) = opened {
+                        o.tell(&mut self.table);
                     }
                 }
-                Action::UdpClose { id } => {
-                    self.udp.close(id);
-                }
-                Action::Resolve { conn, host, port } => {
-                    let to = self.answered.clone();
-                    if !self.resolvers.ask(conn, host, port, to) {
-                        self.table
-                            .handle(Event::ResolveFailed { conn }, Instant::now());
-                    }
-                }
-                Action::Interest {
-                    conn,
-                    side,
-                    read,
-                    write,
-                } => {
-                    if let Some(c) = conn_in(&mut self.conns, conn) {
-                        let s = &mut c.sock[si(side)];
-                        s.want_read = read;
-                        s.want_write = write;
-                        if ((read && s.readable) || (write && s.writable)) && !c.queued {
-                            c.queued = true;
-                            self.work.push(conn.index());
-                        }
-                    }
-                }
-                Action::CloseUpstream { conn } => {
-                    if let Some(c) = conn_in(&mut self.conns, conn) {
-                        let pipes = &mut self.pipes;
-                        c.pair.close_upstream(|p| pipes.give(p));
-                        c.sock[1] = Sock::default();
-                    }
-                }
-                Action::ShutdownWrite { conn, side } => {
-                    let failed =
-                        conn_in(&mut self.conns, conn).and_then(|c| c.pair.shutdown_write(side));
-                    if let Some(ev) = failed {
-                        self.table.handle(ev, Instant::now());
-                    }
-                }
-                Action::Close { conn } => {
-                    // Dropping the sockets closes them and takes them out of
-                    // the poll set.
-                    if conn_in(&mut self.conns, conn).is_some() {
-                        if let Some(mut c) = self.conns[conn.index()].take() {
-                            let pipes = &mut self.pipes;
-                            c.pair.dirs.release(true, |p| pipes.give(p));
-                        }
-                    }
-                }
-                Action::Gather { conn } => self.gather(conn),
-                // Lines: written by `next_action`, in their place.
-                Action::Log { .. } | Action::Access(_) | Action::Say(_) | Action::Fatal { .. } => {}
+                Step::Gather(conn) => self.crew.gather(&mut self.table, conn),
             }
         }
     }
 
-    /// One socket fewer in `addr`'s SO_REUSEPORT group (its last one
-    /// gone, the next to listen there checks the port is free again).
-    fn leave_group(&mut self, addr: SocketAddr) {
-        if let Some(g) = self.crew.groups.as_ref() {
-            let mut g = g.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(n) = g.get_mut(&addr) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    g.remove(&addr);
+    fn listen_cmd(&mut self, cmd: ListenCmd) {
+        match cmd {
+            ListenCmd::Open(listener, addr) => self.listen(listener, addr),
+            ListenCmd::Pause(listener) => {
+                if let Some(l) = self.listeners.get_mut(listener) {
+                    l.paused = true;
+                }
+            }
+            ListenCmd::Resume(listener) => {
+                if let Some(l) = self.listeners.get_mut(listener) {
+                    l.paused = false;
+                    // The edge may have come and gone while paused.
+                    l.ready = true;
+                    if !l.queued {
+                        l.queued = true;
+                        self.accept_work.push(listener.index());
+                    }
+                }
+            }
+            ListenCmd::Close(listener) => {
+                if let Some(group) = self.listeners.remove(listener).and_then(|l| l.group) {
+                    self.ports.leave(group);
+                }
+            }
+        }
+    }
+
+    fn conn_cmd(&mut self, conn: ConnId, cmd: ConnCmd) {
+        let pipes = &mut self.pipes;
+        match cmd {
+            ConnCmd::Resolve { host, port } => {
+                if !self.resolvers.ask(conn, host, port, self.answers.clone()) {
+                    let ev = Event::ResolveFailed { conn };
+                    self.table.handle(ev, Instant::now());
+                }
+            }
+            ConnCmd::Connect { addr, bind } => self.connect(conn, addr, bind),
+            ConnCmd::Interest { side, read, write } => {
+                if let Some(c) = self.conns.get_mut(conn) {
+                    let s = &mut c.sock[si(side)];
+                    s.want_read = read;
+                    s.want_write = write;
+                    if ((read && s.readable) || (write && s.writable)) && !c.queued {
+                        c.queued = true;
+                        self.work.push(conn.index());
+                    }
+                }
+            }
+            ConnCmd::ShutdownWrite(side) => {
+                let failed = self
+                    .conns
+                    .get(conn)
+                    .and_then(|c| c.pair.shutdown_write(side));
+                if let Some(ev) = failed {
+                    self.table.handle(ev, Instant::now());
+                }
+            }
+            ConnCmd::CloseUpstream => {
+                if let Some(c) = self.conns.get_mut(conn) {
+                    c.pair.close_upstream(|p| pipes.give(p));
+                    c.sock[1] = Sock::default();
+                }
+            }
+            ConnCmd::Close => {
+                // Dropping the sockets closes them and takes them out of
+                // the poll set.
+                if let Some(mut c) = self.conns.remove(conn) {
+                    c.pair.dirs.release(true, |p| pipes.give(p));
                 }
             }
         }
     }
 
     fn listen(&mut self, listener: ListenerId, addr: SocketAddr) {
-        // A port of the configuration is every worker's; a data port
-        // (port 0) is its own session's worker's.
-        let groups = self.crew.groups.clone().filter(|_| addr.port() != 0);
-        let group = groups.as_ref().map(|_| addr);
+        let token = Token(LISTENER_BASE + listener.index());
         let registry = self.poll.registry();
-        let i = listener.index();
-        let opened = (|| -> io::Result<TcpListener> {
-            let mut held = groups
-                .as_ref()
-                .map(|g| g.lock().unwrap_or_else(|e| e.into_inner()));
-            if let Some(h) = held.as_ref() {
-                if h.get(&addr).copied().unwrap_or(0) == 0 {
-                    probe(addr)?;
+        let opened = self.ports.listen(addr).and_then(|(l, group)| {
+            let mut sock = TcpListener::from_std(l);
+            if let Err(e) = registry.register(&mut sock, token, Interest::READABLE) {
+                if let Some(group) = group {
+                    self.ports.leave(group);
                 }
+                return Err(e);
             }
-            let l = net::tcp_listener(addr, held.is_some())?;
-            if let Some(h) = held.as_mut() {
-                *h.entry(addr).or_insert(0) += 1;
-            }
-            let mut l = TcpListener::from_std(l);
-            registry.register(&mut l, Token(LISTENER_BASE + i), Interest::READABLE)?;
-            Ok(l)
-        })();
-        let opened = opened.map(|l| {
-            let local = l.local_addr().unwrap_or(addr);
-            if self.listeners.len() <= i {
-                self.listeners.resize_with(i + 1, || None);
-            }
-            self.listeners[i] = Some(Lst {
-                id: listener,
+            let local = sock.local_addr().unwrap_or(addr);
+            let lst = Lst {
+                sock,
                 group,
                 local: (!local.ip().is_unspecified()).then_some(local),
-                sock: l,
                 ready: false,
                 paused: false,
                 queued: false,
-            });
-            local
+            };
+            self.listeners.insert(listener, lst);
+            Ok(local)
         });
         self.table.listened(listener, opened);
     }
@@ -845,7 +529,7 @@ impl Loop {
     fn connect(&mut self, conn: ConnId, addr: SocketAddr, bind: Option<IpAddr>) {
         let r = net::tcp_connect(addr, bind).map(TcpStream::from_std);
         let registry = self.poll.registry();
-        let Some(c) = conn_in(&mut self.conns, conn) else {
+        let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
         let token = Token(conn.index() * 2 + 1);
@@ -870,9 +554,14 @@ impl Loop {
     fn udp_turn(&mut self) {
         let list = std::mem::take(&mut self.udp_work);
         for t in list {
+            let key = if t.0 >= UDP_MAP_BASE {
+                UdpKey::Mapping(t.0 - UDP_MAP_BASE)
+            } else {
+                UdpKey::Port(t.0 - UDP_LISTENER_BASE)
+            };
             let mut more = false;
             for _ in 0..DATAGRAMS_PER_TURN {
-                if !self.udp.recv(&mut self.table, udp_key(t)) {
+                if !self.udp.recv(&mut self.table, key) {
                     break;
                 }
                 self.drain();
@@ -892,13 +581,13 @@ impl Loop {
         for i in list {
             let mut again = false;
             for _ in 0..ACCEPTS_PER_TURN {
-                let Some(Some(l)) = self.listeners.get_mut(i) else {
+                let Some((id, l)) = self.listeners.at_mut(i) else {
                     break;
                 };
                 if l.paused || !l.ready {
                     break;
                 }
-                let (id, local) = (l.id, l.local);
+                let local = l.local;
                 match l.sock.accept() {
                     Ok((stream, peer)) => self.accepted(id, stream, peer, local),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -916,7 +605,7 @@ impl Loop {
                 }
                 again = true;
             }
-            if let Some(Some(l)) = self.listeners.get_mut(i) {
+            if let Some((_, l)) = self.listeners.at_mut(i) {
                 l.queued = false;
                 if again && l.ready && !l.paused {
                     l.queued = true;
@@ -940,26 +629,21 @@ impl Loop {
             return;
         };
         let _ = stream.set_nodelay(true);
-        let idx = conn.index();
-        if let Err(e) = self.poll.registry().register(
-            &mut stream,
-            Token(idx * 2),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
+        let both = Interest::READABLE | Interest::WRITABLE;
+        let token = Token(conn.index() * 2);
+        if let Err(e) = self.poll.registry().register(&mut stream, token, both) {
             let error = IoKind::from_io(&e);
             let side = Side::Client;
             self.table
                 .handle(Event::IoError { conn, side, error }, Instant::now());
             return;
         }
-        if self.conns.len() <= idx {
-            self.conns.resize_with(idx + 1, || None);
-        }
-        self.conns[idx] = Some(Conn {
+        let c = Conn {
             pair: Pair::new(conn, stream),
             sock: [Sock::default(); 2],
             queued: false,
-        });
+        };
+        self.conns.insert(conn, c);
         // Actions for this connection (Connect, Interest) need its slot.
         self.drain();
     }
@@ -968,7 +652,7 @@ impl Loop {
         let list = std::mem::take(&mut self.work);
         for idx in list {
             let more = self.pump(idx);
-            if let Some(Some(c)) = self.conns.get_mut(idx) {
+            if let Some((_, c)) = self.conns.at_mut(idx) {
                 c.queued = more;
                 if more {
                     self.work.push(idx);
@@ -980,13 +664,12 @@ impl Loop {
     /// Does up to [`OPS_PER_TURN`] operations on connection `idx`; true if it
     /// still has work that is ready.
     fn pump(&mut self, idx: usize) -> bool {
-        let conn = match self.conns.get(idx) {
-            Some(Some(c)) => c.pair.id,
-            _ => return false,
+        let Some((conn, _)) = self.conns.at(idx) else {
+            return false;
         };
         let mut ops = 0;
         while ops < OPS_PER_TURN {
-            let Some(c) = conn_in(&mut self.conns, conn) else {
+            let Some(c) = self.conns.get_mut(conn) else {
                 return false;
             };
             if c.pair.connecting && c.sock[1].writable {
@@ -998,7 +681,7 @@ impl Loop {
             }
             let mut did = false;
             for side in [Side::Client, Side::Upstream] {
-                let Some(c) = conn_in(&mut self.conns, conn) else {
+                let Some(c) = self.conns.get(conn) else {
                     return false;
                 };
                 if !c.pair.open(side) {
@@ -1016,16 +699,13 @@ impl Loop {
                     }
                     self.drain();
                 }
-                let Some(c) = conn_in(&mut self.conns, conn) else {
-                    return false;
-                };
-                if c.pipe_out_ready(side) {
+                if self.conns.get(conn).is_some_and(|c| c.pipe_out_ready(side)) {
                     ops += 1;
                     did = true;
                     self.splice_out(conn, side.other());
                     self.drain();
                 }
-                let Some(c) = conn_in(&mut self.conns, conn) else {
+                let Some(c) = self.conns.get(conn) else {
                     return false;
                 };
                 let s = c.sock[si(side)];
@@ -1040,7 +720,7 @@ impl Loop {
                 break;
             }
         }
-        let Some(c) = conn_in(&mut self.conns, conn) else {
+        let Some(c) = self.conns.get_mut(conn) else {
             return false;
         };
         let pipes = &mut self.pipes;
@@ -1050,7 +730,7 @@ impl Loop {
     }
 
     fn finish_connect(&mut self, conn: ConnId) {
-        let Some(c) = conn_in(&mut self.conns, conn) else {
+        let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
         let now = Instant::now();
@@ -1071,48 +751,39 @@ impl Loop {
     }
 
     fn read(&mut self, conn: ConnId, side: Side) {
-        let Some(Conn { pair, sock, .. }) = conn_in(&mut self.conns, conn) else {
-            return;
-        };
-        let Some(stream) = pair.stream(side) else {
+        let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
         let now = Instant::now();
-        let s = &mut sock[si(side)];
+        let s = &mut c.sock[si(side)];
         if s.drained {
             s.readable = false;
             self.table.handle(Event::Eof { conn, side }, now);
             return;
         }
-        let Some((r, room)) = self.table.read(conn, side, stream) else {
+        let Some((ev, seen)) = c.pair.read(&mut self.table, side) else {
             // Not wanted after all: wait for the next Interest.
             s.want_read = false;
             return;
         };
-        match &r {
-            Ok(0) => s.readable = false,
-            // A short read emptied the socket: anything arriving later
-            // raises a new edge, so the read that would only say
-            // WouldBlock is saved. After the peer's FIN nothing can
-            // arrive, so the read that would only say end of stream is
-            // saved too (not after an error, whose read tells which).
-            Ok(n) if *n < room => {
-                if !s.hup {
-                    s.readable = false;
-                } else if !s.err {
-                    s.drained = true;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => s.readable = false,
-            _ => {}
+        // A short read emptied the socket: anything arriving later raises
+        // a new edge, so the read that would only say WouldBlock is saved.
+        // After the peer's FIN nothing can arrive, so the read that would
+        // only say end of stream is saved too (not after an error, whose
+        // read tells which).
+        match seen {
+            Seen::Spent => s.readable = false,
+            Seen::Short if !s.hup => s.readable = false,
+            Seen::Short if !s.err => s.drained = true,
+            Seen::Short | Seen::More => {}
         }
-        self.table.handle(net::read_event(conn, side, r), now);
+        self.table.handle(ev, now);
     }
 
     /// Registers `side` for reading again before it is read, so that the
     /// read that empties it is followed by an edge when more comes.
     fn unmute(&mut self, conn: ConnId, side: Side) {
-        let Some(c) = conn_in(&mut self.conns, conn) else {
+        let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
         if c.sock[si(side)].muted {
@@ -1126,7 +797,7 @@ impl Loop {
     /// direction is a pure relay).
     fn splice_in(&mut self, conn: ConnId, side: Side) {
         let size = self.table.splice_pipe();
-        let Some(c) = conn_in(&mut self.conns, conn) else {
+        let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
         let pipes = &mut self.pipes;
@@ -1152,7 +823,7 @@ impl Loop {
     /// Splices what the pipe of the direction `from` feeds out to the other
     /// socket, and tells the core what went.
     fn splice_out(&mut self, conn: ConnId, from: Side) {
-        let Some(c) = conn_in(&mut self.conns, conn) else {
+        let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
         let to = si(from.other());
@@ -1173,26 +844,20 @@ impl Loop {
     }
 
     fn write(&mut self, conn: ConnId, side: Side) {
-        let Some(Conn { pair, sock, .. }) = conn_in(&mut self.conns, conn) else {
+        let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
-        let Some(stream) = pair.stream(side) else {
-            return;
-        };
-        let s = &mut sock[si(side)];
-        let Some((r, want)) = self.table.write(conn, side, stream) else {
+        let s = &mut c.sock[si(side)];
+        let Some((ev, seen)) = c.pair.write(&mut self.table, side) else {
             s.want_write = false;
             return;
         };
-        let now = Instant::now();
-        match &r {
-            // A short write filled the socket's buffer: wait for the edge.
-            Ok(n) if *n < want => s.writable = false,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => s.writable = false,
-            _ => {}
+        // A short write filled the socket's buffer: wait for the edge.
+        if seen == Seen::Spent {
+            s.writable = false;
         }
-        if let Some(ev) = net::write_event(conn, side, r) {
-            self.table.handle(ev, now);
+        if let Some(ev) = ev {
+            self.table.handle(ev, Instant::now());
         }
     }
 }

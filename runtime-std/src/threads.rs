@@ -18,18 +18,20 @@
 //! the next one.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use polling::{Event as PEvent, Events, Poller};
-use portico_runtime::net::{self, Connecting};
+use portico_runtime::net::{self, Connecting, Ports};
 use portico_runtime::resolver::resolve;
-use portico_runtime::splice::Pipes;
+use portico_runtime::splice::{Pipe, Pipes};
 use portico_runtime::{
-    load, log, Action, ConnId, Datagrams, Drained, Event, Filled, IoKind, Level, ListenerId, Pair,
-    PipeSize, Plan, ReadOp, Side, Start, Table, UdpId, UdpKey, EXIT_OK, EXIT_RUNTIME,
+    log, ConnCmd, ConnId, Crew, Datagrams, Drained, Event, Filled, IoKind, Level, ListenCmd,
+    ListenerId, Pair, PipeSize, Plan, ReadOp, Side, Signals, Slots, Start, Step, Table, UdpCmd,
+    UdpKey, EXIT_OK, EXIT_RUNTIME,
 };
 
 /// Accepts one listener may do before the others get a turn.
@@ -37,50 +39,16 @@ const ACCEPTS_PER_TURN: usize = 64;
 /// Reads or writes in a row on one socket before the lock is let go.
 const OPS_PER_TURN: usize = 16;
 
-/// What a connection's thread is told to do.
-enum Cmd {
-    Resolve {
-        host: String,
-        port: u16,
-    },
-    Connect {
-        addr: SocketAddr,
-        bind: Option<IpAddr>,
-    },
-    Interest {
-        side: Side,
-        read: bool,
-        write: bool,
-    },
-    ShutdownWrite(Side),
-    CloseUpstream,
-    Close,
-}
-
-/// What the acceptor is told to do.
-enum ListenCmd {
-    Open(ListenerId, SocketAddr),
-    Pause(ListenerId),
-    Resume(ListenerId),
-    Close(ListenerId),
-}
-
-/// What the UDP thread is told to do.
-enum UdpCmd {
-    Listen(ListenerId, SocketAddr),
-    Unlisten(ListenerId),
-    Open(UdpId, Option<IpAddr>, SocketAddr),
-    Close(UdpId),
-}
-
 struct Route {
     id: ConnId,
-    tx: Sender<Cmd>,
+    tx: Sender<ConnCmd>,
     poller: Arc<Poller>,
 }
 
 struct Core {
     table: Table,
+    /// A crew of one: the status page's gathering, the reload, the stop.
+    crew: Crew,
     routes: HashMap<usize, Route>,
     acceptor_tx: (Sender<ListenCmd>, Arc<Poller>),
     udp_tx: (Sender<UdpCmd>, Arc<Poller>),
@@ -107,70 +75,41 @@ fn lock(shared: &Shared) -> MutexGuard<'_, Core> {
     core
 }
 
+impl Shared {
+    fn pipes(&self) -> MutexGuard<'_, Pipes> {
+        self.pipes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn give(&self, pipe: Pipe) {
+        self.pipes().give(pipe);
+    }
+}
+
 impl Core {
     /// Drains the core's actions. Those for `me` are returned for the caller
     /// to carry out; the rest go to their owners.
-    fn drain(&mut self, shared: &Shared, me: Option<ConnId>, mine: &mut Vec<Cmd>) {
-        while let Some(action) = self.table.next_action() {
-            let (conn, cmd) = match action {
-                Action::Connect { conn, addr, bind } => (conn, Cmd::Connect { addr, bind }),
-                Action::Resolve { conn, host, port } => (conn, Cmd::Resolve { host, port }),
-                Action::Interest {
-                    conn,
-                    side,
-                    read,
-                    write,
-                } => (conn, Cmd::Interest { side, read, write }),
-                Action::ShutdownWrite { conn, side } => (conn, Cmd::ShutdownWrite(side)),
-                Action::CloseUpstream { conn } => (conn, Cmd::CloseUpstream),
-                Action::Close { conn } => (conn, Cmd::Close),
-                Action::PauseAccept { listener } => {
-                    self.to_acceptor(ListenCmd::Pause(listener));
+    fn drain(&mut self, shared: &Shared, me: Option<ConnId>, mine: &mut Vec<ConnCmd>) {
+        while let Some(step) = self.table.next_step() {
+            let (conn, cmd) = match step {
+                Step::Conn(conn, cmd) => (conn, cmd),
+                Step::Listen(cmd) => {
+                    let (tx, poller) = &self.acceptor_tx;
+                    let _ = tx.send(cmd);
+                    let _ = poller.notify();
                     continue;
                 }
-                Action::ResumeAccept { listener } => {
-                    self.to_acceptor(ListenCmd::Resume(listener));
+                Step::Udp(cmd) => {
+                    let (tx, poller) = &self.udp_tx;
+                    let _ = tx.send(cmd);
+                    let _ = poller.notify();
                     continue;
                 }
-                Action::Unlisten { listener } => {
-                    self.to_acceptor(ListenCmd::Close(listener));
-                    self.to_udp(UdpCmd::Unlisten(listener));
+                Step::Gather(conn) => {
+                    self.crew.gather(&mut self.table, conn);
                     continue;
-                }
-                Action::ListenUdp { listener, addr } => {
-                    self.to_udp(UdpCmd::Listen(listener, addr));
-                    continue;
-                }
-                Action::UdpOpen {
-                    id,
-                    bind,
-                    destination,
-                } => {
-                    self.to_udp(UdpCmd::Open(id, bind, destination));
-                    continue;
-                }
-                Action::UdpClose { id } => {
-                    self.to_udp(UdpCmd::Close(id));
-                    continue;
-                }
-                Action::Listen { listener, addr } => {
-                    // Those of the configuration opened at start (see `run`);
-                    // these come later (FTP data ports).
-                    self.to_acceptor(ListenCmd::Open(listener, addr));
-                    continue;
-                }
-                Action::Gather { conn } => {
-                    // One table here: it is the whole answer.
-                    let now = Instant::now();
-                    self.table.handle_gathered(conn, Vec::new(), now);
-                    continue;
-                }
-                // Lines: written by `next_action`, in their place.
-                Action::Log { .. } | Action::Access(_) | Action::Say(_) | Action::Fatal { .. } => {
-                    continue
                 }
             };
-            let closing = matches!(cmd, Cmd::Close);
+            let closing = matches!(cmd, ConnCmd::Close);
             if Some(conn) == me {
                 if closing {
                     self.routes.remove(&conn.index());
@@ -200,18 +139,6 @@ impl Core {
             shared.timer.notify_one();
         }
     }
-
-    fn to_udp(&self, cmd: UdpCmd) {
-        let (tx, poller) = &self.udp_tx;
-        let _ = tx.send(cmd);
-        let _ = poller.notify();
-    }
-
-    fn to_acceptor(&self, cmd: ListenCmd) {
-        let (tx, poller) = &self.acceptor_tx;
-        let _ = tx.send(cmd);
-        let _ = poller.notify();
-    }
 }
 
 pub fn run(plan: Plan) -> i32 {
@@ -225,13 +152,7 @@ pub fn run(plan: Plan) -> i32 {
 }
 
 fn run_inner(plan: Plan) -> Result<i32, String> {
-    // Before anything listens: a signal that comes early is queued, not fatal.
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGHUP,
-    ])
-    .map_err(|e| format!("cannot set up signals: {e}"))?;
+    let (signals, mut wake) = Signals::install()?;
     let Start {
         mut table,
         path,
@@ -241,22 +162,24 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
     // The start's actions, carried out in the order the core queued them
     // (its lines among them) before any thread runs: a listener that cannot
     // be opened is fatal here. The threads get the sockets.
+    let ports = Ports::new(1);
     let mut listeners = Vec::new();
     let mut udp = Datagrams::default();
-    while let Some(action) = table.next_action() {
-        match action {
-            Action::Listen { listener, addr } => {
-                let opened = net::tcp_listener(addr, false).map(|l| {
+    while let Some(step) = table.next_step() {
+        match step {
+            Step::Listen(ListenCmd::Open(listener, addr)) => {
+                let opened = ports.listen(addr).map(|(l, _)| {
                     let local = l.local_addr().unwrap_or(addr);
                     listeners.push((listener, l));
                     local
                 });
                 table.listened(listener, opened);
             }
-            Action::ListenUdp { listener, addr } => {
+            Step::Udp(cmd) => {
                 // Registered with the UDP thread's poller once it runs.
-                let (opened, _) = udp.listen(listener, addr, |_, _| Ok(()));
-                table.listened(listener, opened);
+                if let (Some(opened), _) = udp.apply(cmd, |_, _| Ok(())) {
+                    opened.tell(&mut table);
+                }
             }
             // Nothing else comes before the first connection.
             _ => {}
@@ -266,14 +189,16 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
         return Err(message);
     }
 
-    let acceptor_poller =
-        Arc::new(Poller::new().map_err(|e| format!("cannot create a poller: {e}"))?);
+    let poller = || Poller::new().map(Arc::new);
+    let poller_failed = |e| format!("cannot create a poller: {e}");
+    let acceptor_poller = poller().map_err(poller_failed)?;
+    let udp_poller = poller().map_err(poller_failed)?;
     let (acc_tx, acc_rx) = channel();
-    let udp_poller = Arc::new(Poller::new().map_err(|e| format!("cannot create a poller: {e}"))?);
     let (udp_tx, udp_rx) = channel();
     let shared = Arc::new(Shared {
         core: Mutex::new(Core {
             table,
+            crew: Crew::alone(path, recheck),
             routes: HashMap::new(),
             acceptor_tx: (acc_tx, acceptor_poller.clone()),
             udp_tx: (udp_tx, udp_poller.clone()),
@@ -294,18 +219,21 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
     let sh = shared.clone();
     spawn(
         "signals",
-        Box::new(move || {
-            for sig in signals.forever() {
-                let mut core = lock(&sh);
-                if sig == signal_hook::consts::SIGHUP {
-                    if let Some((config, text)) = load(path.as_deref()) {
-                        core.table.apply(config, &text, recheck, 0);
-                    }
-                } else {
-                    core.table.shutdown(Instant::now());
-                }
-                core.drain(&sh, None, &mut Vec::new());
+        Box::new(move || loop {
+            // Blocks until a signal's byte comes.
+            match net::retry(|| wake.read(&mut [0u8; 64])) {
+                Ok(n) if n > 0 => {}
+                _ => return,
             }
+            let mut guard = lock(&sh);
+            let core = &mut *guard;
+            if signals.reload() {
+                core.crew.reload(&mut core.table);
+            }
+            if signals.stop() {
+                core.crew.stop(&mut core.table);
+            }
+            core.drain(&sh, None, &mut Vec::new());
         }),
     )?;
     let sh = shared.clone();
@@ -318,7 +246,7 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
     let sh = shared.clone();
     spawn(
         "acceptor",
-        Box::new(move || acceptor(&sh, listeners, acceptor_poller, acc_rx)),
+        Box::new(move || acceptor(&sh, listeners, ports, acceptor_poller, acc_rx)),
     )?;
 
     let mut core = lock(&shared);
@@ -360,49 +288,32 @@ fn timer_thread(shared: &Shared) {
 /// Poller keys of UDP mappings sit above those of UDP listeners.
 const UDP_MAP_KEY: usize = 1 << 40;
 
-fn udp_poll_key(key: UdpKey) -> usize {
-    match key {
-        UdpKey::Port(i) => i,
-        UdpKey::Mapping(i) => UDP_MAP_KEY + i,
-    }
-}
-
 /// One thread for every UDP socket: datagrams are small and independent, so
 /// a thread per mapping would buy nothing.
 fn udp_thread(shared: &Arc<Shared>, poller: Arc<Poller>, rx: Receiver<UdpCmd>, mut udp: Datagrams) {
-    // SAFETY (each `add` below): a socket is deleted from the poller before
-    // it is dropped (the ones `Datagrams` hands back when closed or
-    // replaced).
-    let register =
-        |u: &UdpSocket, key: UdpKey| unsafe { poller.add(u, PEvent::readable(udp_poll_key(key))) };
+    // SAFETY (each `add`): a socket is deleted from the poller before it is
+    // dropped (`Datagrams` hands back the ones it closes or replaces).
+    let register = |u: &UdpSocket, key: UdpKey| {
+        let key = match key {
+            UdpKey::Port(i) => i,
+            UdpKey::Mapping(i) => UDP_MAP_KEY + i,
+        };
+        unsafe { poller.add(u, PEvent::readable(key)) }
+    };
     for (key, u) in udp.sockets() {
         let _ = register(u, key);
     }
     let mut events = Events::new();
     loop {
         while let Ok(cmd) = rx.try_recv() {
-            let gone = match cmd {
-                UdpCmd::Listen(id, addr) => {
-                    let (opened, old) = udp.listen(id, addr, register);
-                    let mut core = lock(shared);
-                    core.table.listened(id, opened);
-                    core.drain(shared, None, &mut Vec::new());
-                    old
-                }
-                UdpCmd::Unlisten(id) => udp.unlisten(id),
-                UdpCmd::Open(id, bind, dest) => match udp.open(id, bind, dest, register) {
-                    Ok(old) => old,
-                    Err(_) => {
-                        let mut core = lock(shared);
-                        core.table.handle_udp_failed(id);
-                        core.drain(shared, None, &mut Vec::new());
-                        None
-                    }
-                },
-                UdpCmd::Close(id) => udp.close(id),
-            };
+            let (opened, gone) = udp.apply(cmd, register);
             if let Some(u) = gone {
                 let _ = poller.delete(&u);
+            }
+            if let Some(opened) = opened {
+                let mut core = lock(shared);
+                opened.tell(&mut core.table);
+                core.drain(shared, None, &mut Vec::new());
             }
         }
         // Datagrams the core queued (the first one of a new mapping waits
@@ -413,10 +324,9 @@ fn udp_thread(shared: &Arc<Shared>, poller: Arc<Poller>, rx: Receiver<UdpCmd>, m
             continue;
         }
         for ev in events.iter() {
-            let key = if ev.key >= UDP_MAP_KEY {
-                UdpKey::Mapping(ev.key - UDP_MAP_KEY)
-            } else {
-                UdpKey::Port(ev.key)
+            let key = match ev.key.checked_sub(UDP_MAP_KEY) {
+                Some(i) => UdpKey::Mapping(i),
+                None => UdpKey::Port(ev.key),
             };
             for _ in 0..ACCEPTS_PER_TURN {
                 let mut core = lock(shared);
@@ -436,7 +346,6 @@ fn udp_thread(shared: &Arc<Shared>, poller: Arc<Poller>, rx: Receiver<UdpCmd>, m
 }
 
 struct Lst {
-    id: ListenerId,
     sock: TcpListener,
     paused: bool,
 }
@@ -444,26 +353,19 @@ struct Lst {
 fn acceptor(
     shared: &Arc<Shared>,
     opened: Vec<(ListenerId, TcpListener)>,
+    ports: Ports,
     poller: Arc<Poller>,
     rx: Receiver<ListenCmd>,
 ) {
-    let mut listeners: Vec<Option<Lst>> = Vec::new();
-    // SAFETY (each `add` here): every listener is deleted from the poller
-    // before it is dropped (see ListenCmd::Open and ListenCmd::Close).
-    let add = |listeners: &mut Vec<Option<Lst>>, id: ListenerId, sock: TcpListener| {
-        let i = id.index();
-        if listeners.len() <= i {
-            listeners.resize_with(i + 1, || None);
-        }
-        if let Some(old) = listeners[i].take() {
+    let mut listeners: Slots<ListenerId, Lst> = Slots::default();
+    // SAFETY (each `add`): every listener is deleted from the poller before
+    // it is dropped (replaced here, or closed by ListenCmd::Close).
+    let add = |listeners: &mut Slots<ListenerId, Lst>, id: ListenerId, sock: TcpListener| {
+        let _ = unsafe { poller.add(&sock, PEvent::readable(id.index())) };
+        let paused = false;
+        if let Some(old) = listeners.insert(id, Lst { sock, paused }) {
             let _ = poller.delete(&old.sock);
         }
-        let _ = unsafe { poller.add(&sock, PEvent::readable(i)) };
-        listeners[i] = Some(Lst {
-            id,
-            sock,
-            paused: false,
-        });
     };
     for (id, sock) in opened {
         add(&mut listeners, id, sock);
@@ -475,17 +377,9 @@ fn acceptor(
             continue;
         }
         while let Ok(cmd) = rx.try_recv() {
-            let (ListenCmd::Open(id, _)
-            | ListenCmd::Pause(id)
-            | ListenCmd::Resume(id)
-            | ListenCmd::Close(id)) = &cmd;
-            let i = id.index();
-            let slot = listeners
-                .get_mut(i)
-                .filter(|l| l.as_ref().is_some_and(|l| l.id == *id));
-            match (cmd, slot) {
-                (ListenCmd::Open(id, addr), _) => {
-                    let opened = net::tcp_listener(addr, false).map(|sock| {
+            match cmd {
+                ListenCmd::Open(id, addr) => {
+                    let opened = ports.listen(addr).map(|(sock, _)| {
                         let local = sock.local_addr().unwrap_or(addr);
                         add(&mut listeners, id, sock);
                         local
@@ -494,29 +388,33 @@ fn acceptor(
                     core.table.listened(id, opened);
                     core.drain(shared, None, &mut Vec::new());
                 }
-                (ListenCmd::Pause(_), Some(Some(l))) => l.paused = true,
-                (ListenCmd::Resume(_), Some(Some(l))) => {
-                    l.paused = false;
-                    let _ = poller.modify(&l.sock, PEvent::readable(i));
+                ListenCmd::Pause(id) => {
+                    if let Some(l) = listeners.get_mut(id) {
+                        l.paused = true;
+                    }
                 }
-                (ListenCmd::Close(_), Some(slot)) => {
-                    if let Some(l) = slot.take() {
+                ListenCmd::Resume(id) => {
+                    if let Some(l) = listeners.get_mut(id) {
+                        l.paused = false;
+                        let _ = poller.modify(&l.sock, PEvent::readable(id.index()));
+                    }
+                }
+                ListenCmd::Close(id) => {
+                    if let Some(l) = listeners.remove(id) {
                         let _ = poller.delete(&l.sock);
                     }
                 }
-                _ => {}
             }
         }
         for ev in events.iter() {
             let i = ev.key;
             for _ in 0..ACCEPTS_PER_TURN {
-                let Some(Some(l)) = listeners.get(i) else {
+                let Some((id, l)) = listeners.at(i) else {
                     break;
                 };
                 if l.paused {
                     break;
                 }
-                let id = l.id;
                 match l.sock.accept() {
                     Ok((stream, peer)) => accepted(shared, id, stream, peer),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -533,10 +431,8 @@ fn acceptor(
                 }
             }
             // The poller is oneshot: arm the listener again unless paused.
-            if let Some(Some(l)) = listeners.get(i) {
-                if !l.paused {
-                    let _ = poller.modify(&l.sock, PEvent::readable(i));
-                }
+            if let Some((_, l)) = listeners.at(i).filter(|(_, l)| !l.paused) {
+                let _ = poller.modify(&l.sock, PEvent::readable(i));
             }
         }
     }
@@ -604,7 +500,7 @@ fn accepted(shared: &Arc<Shared>, listener: ListenerId, stream: TcpStream, peer:
 struct ConnThread {
     shared: Arc<Shared>,
     poller: Arc<Poller>,
-    rx: Receiver<Cmd>,
+    rx: Receiver<ConnCmd>,
     pair: Pair<TcpStream>,
     /// The core's last interest per side: (read, write).
     want: [(bool, bool); 2],
@@ -688,10 +584,7 @@ impl ConnThread {
     /// the connection ends; those that hold bytes are closed then).
     fn release_pipes(&mut self, all: bool) {
         let shared = &self.shared;
-        self.pair.dirs.release(all, |p| {
-            let mut pool = shared.pipes.lock().unwrap_or_else(|p| p.into_inner());
-            pool.give(p);
-        });
+        self.pair.dirs.release(all, |p| shared.give(p));
     }
 
     /// What reading `side` would do now.
@@ -734,23 +627,20 @@ impl ConnThread {
     /// it).
     fn drop_upstream(&mut self) {
         let shared = &self.shared;
-        let old = self.pair.close_upstream(|p| {
-            let mut pool = shared.pipes.lock().unwrap_or_else(|p| p.into_inner());
-            pool.give(p);
-        });
+        let old = self.pair.close_upstream(|p| shared.give(p));
         if let Some(old) = old {
             let _ = self.poller.delete(&old);
         }
         self.armed[UPSTREAM] = None;
     }
 
-    fn apply(&mut self, cmd: Cmd, mine: &mut Vec<Cmd>) {
+    fn apply(&mut self, cmd: ConnCmd, mine: &mut Vec<ConnCmd>) {
         match cmd {
-            Cmd::Resolve { host, port } => {
+            ConnCmd::Resolve { host, port } => {
                 // This thread serves only this connection: it may wait here.
                 self.event(resolve(self.pair.id, &host, port), mine);
             }
-            Cmd::Connect { addr, bind } => match net::tcp_connect(addr, bind) {
+            ConnCmd::Connect { addr, bind } => match net::tcp_connect(addr, bind) {
                 Ok(u) => {
                     // A previous attempt's socket (if any) closes here.
                     self.drop_upstream();
@@ -766,22 +656,22 @@ impl ConnThread {
                 }
                 Err(e) => self.connect_failed(IoKind::from_io(&e), mine),
             },
-            Cmd::Interest { side, read, write } => self.want[si(side)] = (read, write),
-            Cmd::ShutdownWrite(side) => {
+            ConnCmd::Interest { side, read, write } => self.want[si(side)] = (read, write),
+            ConnCmd::ShutdownWrite(side) => {
                 if let Some(ev) = self.pair.shutdown_write(side) {
                     self.event(ev, mine);
                 }
             }
-            Cmd::CloseUpstream => {
+            ConnCmd::CloseUpstream => {
                 self.drop_upstream();
                 self.splice_ok = [false; 2];
                 self.want[UPSTREAM] = (false, false);
             }
-            Cmd::Close => self.closed = true,
+            ConnCmd::Close => self.closed = true,
         }
     }
 
-    fn event(&mut self, ev: Event, mine: &mut Vec<Cmd>) {
+    fn event(&mut self, ev: Event, mine: &mut Vec<ConnCmd>) {
         let mut core = lock(&self.shared);
         core.table.handle(ev, Instant::now());
         core.drain(&self.shared, Some(self.pair.id), mine);
@@ -790,13 +680,9 @@ impl ConnThread {
 
     /// Splices what `side` has into its direction's pipe; true if anything
     /// happened (bytes moved, or the core was told something).
-    fn splice_in(&mut self, side: Side, mine: &mut Vec<Cmd>) -> bool {
+    fn splice_in(&mut self, side: Side, mine: &mut Vec<ConnCmd>) -> bool {
         let (shared, size) = (&self.shared, self.pipe_size);
-        let take = || {
-            let mut pool = shared.pipes.lock().unwrap_or_else(|p| p.into_inner());
-            pool.take(size)
-        };
-        match self.pair.splice_in(side, take) {
+        match self.pair.splice_in(side, || shared.pipes().take(size)) {
             Filled::Moved | Filled::Eof(None) => true,
             Filled::Full | Filled::Empty | Filled::Unsupported => false,
             Filled::Eof(Some(ev)) | Filled::Failed(ev) => {
@@ -808,7 +694,7 @@ impl ConnThread {
 
     /// Splices what the pipe of the direction `from` feeds out to the other
     /// socket and tells the core what went; true if anything went.
-    fn splice_out(&mut self, from: Side, mine: &mut Vec<Cmd>) -> bool {
+    fn splice_out(&mut self, from: Side, mine: &mut Vec<ConnCmd>) -> bool {
         match self.pair.splice_out(from) {
             Drained::Sent { told, .. } => {
                 let conn = self.pair.id;
@@ -834,13 +720,13 @@ impl ConnThread {
         let conn = self.pair.id;
         self.event(Event::IoError { conn, side, error }, &mut mine);
         for cmd in mine {
-            if let Cmd::Close = cmd {
+            if let ConnCmd::Close = cmd {
                 self.closed = true;
             }
         }
     }
 
-    fn connect_failed(&mut self, error: IoKind, mine: &mut Vec<Cmd>) {
+    fn connect_failed(&mut self, error: IoKind, mine: &mut Vec<ConnCmd>) {
         self.pair.connecting = false;
         let conn = self.pair.id;
         self.event(Event::ConnectFailed { conn, error }, mine);
@@ -848,7 +734,7 @@ impl ConnThread {
 
     /// The upstream socket signalled while connecting (`clean`: writable
     /// with neither error nor hang-up).
-    fn finish_connect(&mut self, clean: bool, mine: &mut Vec<Cmd>) {
+    fn finish_connect(&mut self, clean: bool, mine: &mut Vec<ConnCmd>) {
         let conn = self.pair.id;
         match self.pair.finish_connect(clean) {
             Connecting::Done => {
@@ -870,7 +756,7 @@ impl ConnThread {
     /// can take them, a bounded number in a row; splices from `side` and
     /// on to the other socket at once, and what waits in a pipe toward
     /// `side`.
-    fn pump(&mut self, side: Side, mine: &mut Vec<Cmd>) {
+    fn pump(&mut self, side: Side, mine: &mut Vec<ConnCmd>) {
         let conn = self.pair.id;
         for _ in 0..OPS_PER_TURN {
             let mut did = false;
@@ -894,26 +780,20 @@ impl ConnThread {
                     did |= self.splice_out(side, mine);
                 }
             }
-            let Some(stream) = self.pair.stream(side) else {
-                return;
-            };
             if self.want[si(side)].1 {
                 let mut core = lock(&self.shared);
-                if let Some((r, _)) = core.table.write(conn, side, stream) {
-                    if let Some(ev) = net::write_event(conn, side, r) {
-                        did = true;
-                        core.table.handle(ev, Instant::now());
-                        core.drain(&self.shared, Some(conn), mine);
-                        // The core's buffer may have drained: a splice may
-                        // follow.
-                        (self.splice_ok, self.pipe_size) = splice_answer(&core, conn);
-                    }
+                if let Some((Some(ev), _)) = self.pair.write(&mut core.table, side) {
+                    did = true;
+                    core.table.handle(ev, Instant::now());
+                    core.drain(&self.shared, Some(conn), mine);
+                    // The core's buffer may have drained: a splice may
+                    // follow.
+                    (self.splice_ok, self.pipe_size) = splice_answer(&core, conn);
                 }
             }
             if op == ReadOp::Core && !self.closed {
                 let mut core = lock(&self.shared);
-                if let Some((r, _)) = core.table.read(conn, side, stream) {
-                    let ev = net::read_event(conn, side, r);
+                if let Some((ev, _)) = self.pair.read(&mut core.table, side) {
                     did |= !matches!(ev, Event::ReadBlocked { .. });
                     core.table.handle(ev, Instant::now());
                     core.drain(&self.shared, Some(conn), mine);
