@@ -22,19 +22,31 @@ impl Signals {
     /// Installs the handlers; the pipe end that becomes readable when a
     /// signal comes (blocking: a runtime that polls it makes it
     /// non-blocking). Before anything listens, so that a signal that comes
-    /// early is kept, not fatal.
+    /// early is kept, not fatal. One pipe for the three signals: two
+    /// descriptors in all, which a process short of them can spare.
     pub fn install() -> Result<(Signals, UnixStream), String> {
         let err = |e: io::Error| format!("cannot set up signals: {e}");
         let (rx, tx) = UnixStream::pair().map_err(err)?;
+        // The handler must never block; its end stays open for the
+        // process's life.
+        tx.set_nonblocking(true).map_err(err)?;
+        let tx = tx.into_raw_fd();
         let flags = Signals::default();
         for (sig, flag) in [
             (signal_hook::consts::SIGTERM, &flags.stop),
             (signal_hook::consts::SIGINT, &flags.stop),
             (signal_hook::consts::SIGHUP, &flags.reload),
         ] {
-            signal_hook::flag::register(sig, flag.clone()).map_err(err)?;
-            let tx = tx.try_clone().map_err(err)?;
-            signal_hook::low_level::pipe::register_raw(sig, tx.into_raw_fd()).map_err(err)?;
+            let flag = flag.clone();
+            let action = move || {
+                // The flag first: whoever the byte wakes must see it.
+                flag.store(true, Ordering::SeqCst);
+                // SAFETY: send(2) is async-signal-safe, on a descriptor
+                // that stays open; a full pipe already wakes the reader.
+                unsafe { libc::send(tx, b"X".as_ptr().cast(), 1, libc::MSG_DONTWAIT) };
+            };
+            // SAFETY: the action only stores to an atomic and calls send(2).
+            unsafe { signal_hook::low_level::register(sig, action) }.map_err(err)?;
         }
         Ok((flags, rx))
     }

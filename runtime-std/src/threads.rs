@@ -7,7 +7,10 @@
 //! thread that owns the sockets it names (a channel plus a wake-up of that
 //! thread's poller); log lines are written by whoever drains them. Sockets
 //! are non-blocking: a connection's thread holds the lock only for one read
-//! or write that cannot block, so a stalled peer stalls nobody else.
+//! or write that cannot block, so a stalled peer stalls nobody else. The
+//! acceptor carries out what the core asks of a new connection at once
+//! (a mapped port's connect) before that connection's thread starts, as
+//! `portico` does within its accept.
 //!
 //! A direction the core calls a pure relay moves through a pipe with
 //! splice(2) instead, in the order `portico_runtime::directions` keeps,
@@ -470,7 +473,10 @@ fn accepted(shared: &Arc<Shared>, listener: ListenerId, stream: TcpStream, peer:
             poller: poller.clone(),
         },
     );
-    core.drain(shared, None, &mut Vec::new());
+    // The new connection's first commands come back here, to be carried
+    // out before its thread starts.
+    let mut first = Vec::new();
+    core.drain(shared, Some(conn), &mut first);
     drop(core);
     let mut c = ConnThread {
         shared: shared.clone(),
@@ -483,10 +489,15 @@ fn accepted(shared: &Arc<Shared>, listener: ListenerId, stream: TcpStream, peer:
         pipe_size: PipeSize::default(),
         armed: [None; 2],
     };
+    let Some(rest) = c.start(first) else {
+        // Closed already (its connect could not even start): no thread,
+        // and its descriptors are free before the next accept.
+        return;
+    };
     let spawned = std::thread::Builder::new()
         .name(format!("conn-{conn}"))
         .stack_size(256 * 1024)
-        .spawn(move || c.run());
+        .spawn(move || c.run(rest));
     if let Err(e) = spawned {
         let mut core = lock(shared);
         let side = Side::Client;
@@ -527,15 +538,46 @@ fn si(side: Side) -> usize {
 }
 
 impl ConnThread {
-    fn run(&mut self) {
-        // SAFETY: the client socket is deleted from the poller before this
-        // thread returns and drops it.
+    /// On the acceptor, before the connection's thread exists: registers
+    /// the client socket and carries out the commands the accept brought
+    /// up to the first that may block (a name to resolve), as `portico`
+    /// does within its accept. A connect that cannot be made (out of
+    /// descriptors, say) then closes the connection before the acceptor
+    /// accepts again, so that a backlog of connections that cannot be
+    /// served is worked off at once rather than one per pause of
+    /// accepting. The commands left for the thread, or `None` when the
+    /// connection is closed already.
+    fn start(&mut self, first: Vec<ConnCmd>) -> Option<Vec<ConnCmd>> {
+        // SAFETY: the client socket is deleted from the poller before it is
+        // dropped (`finish`).
         if unsafe { self.poller.add(&self.pair.client, PEvent::none(CLIENT)) }.is_err() {
             self.fail(Side::Client, IoKind::Other);
         }
         self.armed[CLIENT] = Some((false, false));
+        let mut todo = std::collections::VecDeque::from(first);
+        while !self.closed {
+            match todo.pop_front() {
+                Some(ConnCmd::Resolve { host, port }) => {
+                    todo.push_front(ConnCmd::Resolve { host, port });
+                    break;
+                }
+                Some(cmd) => {
+                    let mut more = Vec::new();
+                    self.apply(cmd, &mut more);
+                    todo.extend(more);
+                }
+                None => break,
+            }
+        }
+        if self.closed {
+            self.finish();
+            return None;
+        }
+        Some(todo.into())
+    }
+
+    fn run(&mut self, mut mine: Vec<ConnCmd>) {
         let mut events = Events::new();
-        let mut mine = Vec::new();
         loop {
             while let Ok(cmd) = self.rx.try_recv() {
                 self.apply(cmd, &mut mine);
@@ -564,6 +606,7 @@ impl ConnThread {
                     Side::Upstream
                 };
                 if side == Side::Upstream && self.pair.connecting {
+                    // See `net::connect_outcome` for what a clean event says.
                     let clean = ev.writable && ev.is_err() == Some(false) && !ev.is_interrupt();
                     self.finish_connect(clean, &mut mine);
                     continue;
@@ -573,6 +616,12 @@ impl ConnThread {
                 }
             }
         }
+        self.finish();
+    }
+
+    /// The connection is over: its sockets leave the poller (and close as
+    /// they drop), its pipes go back or close.
+    fn finish(&mut self) {
         let _ = self.poller.delete(&self.pair.client);
         if let Some(u) = &self.pair.upstream {
             let _ = self.poller.delete(u);
