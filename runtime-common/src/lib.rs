@@ -28,9 +28,10 @@
 //! Invariants: nothing here chooses what to read, write, connect, close or
 //! log — the core does, and a runtime says when, by its readiness; a
 //! socket call's result is told to the core as the call gave it, once; and
-//! only [`table`], [`steps`] and [`process`] (which builds the tables and
-//! runs the command line) call into `portico-core` beyond its plain types
-//! (ids, events), so that a change of the core's face is met there.
+//! only [`table`] and [`process`] (which builds the tables and runs the
+//! command line) call into `portico-core` or match on its actions — the
+//! rest names only its plain types (ids, events) — so that a change of the
+//! core's face is met there.
 
 pub mod crew;
 pub mod directions;
@@ -58,4 +59,4 @@ pub use udp::{Datagrams, UdpKey};
 
 /// What the runtimes name of the core's face, from one place.
 pub use portico_core::cli::{Plan, EXIT_OK, EXIT_RUNTIME};
-pub use portico_core::{Action, Config, ConnId, Event, IoKind, Level, ListenerId, Side};
+pub use portico_core::{ConnId, Event, IoKind, Level, ListenerId, Side};

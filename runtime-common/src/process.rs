@@ -13,7 +13,7 @@ use portico_core::cli::Plan;
 use portico_core::config::{AccessTarget, Config, LogFormat};
 use portico_core::{AccessRecord, Level};
 
-use crate::table::{Table, Wall};
+use crate::table::{Ledger, Table, Wall};
 
 /// Where one table's access lines go.
 pub struct Output {
@@ -85,6 +85,7 @@ impl WallClock {
         }
     }
 
+    #[inline]
     pub fn now(&mut self) -> Wall {
         let secs = SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -200,7 +201,7 @@ impl Start {
     /// asked, which needs `workers` to be 1), then the others'.
     pub fn workers(plan: Plan, workers: usize) -> Result<(Start, Vec<Table>), String> {
         let now = Instant::now();
-        let ledger = portico_core::ledger::Ledger::new(workers);
+        let ledger = Ledger::new(workers);
         let mut others = Vec::new();
         for k in 1..workers {
             let out = Output::open_for(&plan)?;

@@ -16,7 +16,7 @@ use portico_core::config::Config;
 use portico_core::{Action, ConnId, Event, IoKind, Level, ListenerId, Recorded, Refused, Side};
 
 use crate::process::{log, say, Output, TraceFiles, WallClock};
-use crate::steps::Step;
+use crate::steps::{ConnCmd, ListenCmd, Step, UdpCmd};
 use crate::vectored::write_parts;
 
 pub use portico_core::ledger::Ledger;
@@ -32,8 +32,6 @@ pub struct Table {
     trace: Option<TraceFiles>,
     wall: WallClock,
     fatal: Option<String>,
-    /// The second step of an action that names two owners.
-    pending: Option<Step>,
 }
 
 impl Table {
@@ -81,13 +79,12 @@ impl Table {
             trace,
             wall,
             fatal: None,
-            pending: None,
         }
     }
 
     /// Tells the table the time of day (its rules may depend on it): once
     /// per wake-up, before the events it brings.
-    #[inline]
+    #[inline(always)]
     pub fn set_wall_clock(&mut self) {
         let w = self.wall.now();
         self.proxy.set_wall(w);
@@ -97,37 +94,74 @@ impl Table {
     /// another worker, sorted by owner. The actions that only write lines
     /// (`Log`, `Access`, `Say`) are carried out on the way, so every line
     /// comes out in the order the core queued it among the rest; the first
-    /// `Fatal` is kept for [`Table::take_fatal`].
-    #[inline]
+    /// `Fatal` is kept for [`Table::take_fatal`]. Inlined, and one match:
+    /// a runtime asks after every event.
+    #[inline(always)]
     pub fn next_step(&mut self) -> Option<Step> {
-        if let Some(step) = self.pending.take() {
-            return Some(step);
-        }
         loop {
-            let action = self.proxy.poll_action()?;
-            let action = match action {
-                Action::Log { level, message } => {
-                    log(level, &message);
+            let conn = |conn, cmd| Some(Step::Conn(conn, cmd));
+            return match self.proxy.poll_action()? {
+                Action::Interest {
+                    conn: c,
+                    side,
+                    read,
+                    write,
+                } => conn(c, ConnCmd::Interest { side, read, write }),
+                Action::Connect {
+                    conn: c,
+                    addr,
+                    bind,
+                } => conn(c, ConnCmd::Connect { addr, bind }),
+                Action::Resolve {
+                    conn: c,
+                    host,
+                    port,
+                } => conn(c, ConnCmd::Resolve { host, port }),
+                Action::ShutdownWrite { conn: c, side } => conn(c, ConnCmd::ShutdownWrite(side)),
+                Action::CloseUpstream { conn: c } => conn(c, ConnCmd::CloseUpstream),
+                Action::Close { conn: c } => conn(c, ConnCmd::Close),
+                Action::Gather { conn } => Some(Step::Gather(conn)),
+                Action::Listen { listener, addr } => {
+                    Some(Step::Listen(ListenCmd::Open(listener, addr)))
+                }
+                Action::PauseAccept { listener } => Some(Step::Listen(ListenCmd::Pause(listener))),
+                Action::ResumeAccept { listener } => {
+                    Some(Step::Listen(ListenCmd::Resume(listener)))
+                }
+                Action::Unlisten { listener } => Some(Step::Unlisten(listener)),
+                Action::ListenUdp { listener, addr } => {
+                    Some(Step::Udp(UdpCmd::Listen(listener, addr)))
+                }
+                Action::UdpOpen {
+                    id,
+                    bind,
+                    destination,
+                } => Some(Step::Udp(UdpCmd::Open(id, bind, destination))),
+                Action::UdpClose { id } => Some(Step::Udp(UdpCmd::Close(id))),
+                line @ (Action::Log { .. }
+                | Action::Access(_)
+                | Action::Say(_)
+                | Action::Fatal { .. }) => {
+                    self.line(line);
                     continue;
                 }
-                Action::Access(rec) => {
-                    self.out.access(&rec);
-                    continue;
-                }
-                Action::Say(line) => {
-                    say(&line);
-                    continue;
-                }
-                Action::Fatal { message } => {
-                    self.fatal.get_or_insert(message);
-                    continue;
-                }
-                other => other,
             };
-            if let Some((step, then)) = crate::steps::sort(action) {
-                self.pending = then;
-                return Some(step);
+        }
+    }
+
+    /// Carries out an action that writes a line (or keeps the first
+    /// `Fatal`); out of line, as most steps are not lines.
+    #[inline(never)]
+    fn line(&mut self, action: Action) {
+        match action {
+            Action::Log { level, message } => log(level, &message),
+            Action::Access(rec) => self.out.access(&rec),
+            Action::Say(line) => say(&line),
+            Action::Fatal { message } => {
+                self.fatal.get_or_insert(message);
             }
+            // Only the lines come here (see `next_step`).
+            _ => {}
         }
     }
 

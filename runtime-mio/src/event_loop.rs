@@ -45,8 +45,8 @@ use portico_runtime::resolver::{Inbox, Resolvers};
 use portico_runtime::splice::Pipes;
 use portico_runtime::{
     log, ConnCmd, ConnId, Crew, Datagrams, Drained, Event, Filled, IoKind, Level, ListenCmd,
-    ListenerId, Pair, Plan, ReadOp, Seen, Side, Signals, Slots, Start, Step, Table, UdpKey, Wake,
-    EXIT_OK, EXIT_RUNTIME,
+    ListenerId, Pair, Plan, ReadOp, Seen, Side, Signals, Slots, Start, Step, Table, UdpCmd, UdpKey,
+    Wake, EXIT_OK, EXIT_RUNTIME,
 };
 
 const SIGNAL: Token = Token(usize::MAX);
@@ -407,26 +407,36 @@ impl Loop {
         }
     }
 
-    /// Carries out every action the core has queued, in order.
+    /// Carries out every action the core has queued, in order. Called
+    /// after every event: what is rare (listeners, UDP, a connect) stays
+    /// out of line, so that this loop stays small.
     fn drain(&mut self) {
         while let Some(step) = self.table.next_step() {
             match step {
                 Step::Conn(conn, cmd) => self.conn_cmd(conn, cmd),
                 Step::Listen(cmd) => self.listen_cmd(cmd),
-                Step::Udp(cmd) => {
-                    // A socket let go of closes as it drops, which takes it
-                    // out of the poll set.
-                    let registry = self.poll.registry();
-                    let (opened, _) = self.udp.apply(cmd, |u, k| register_udp(registry, u, k));
-                    if let Some(o) = opened {
-                        o.tell(&mut self.table);
-                    }
+                Step::Udp(cmd) => self.udp_cmd(cmd),
+                Step::Unlisten(listener) => {
+                    self.listen_cmd(ListenCmd::Close(listener));
+                    self.udp_cmd(UdpCmd::Unlisten(listener));
                 }
                 Step::Gather(conn) => self.crew.gather(&mut self.table, conn),
             }
         }
     }
 
+    #[inline(never)]
+    fn udp_cmd(&mut self, cmd: UdpCmd) {
+        // A socket let go of closes as it drops, which takes it out of the
+        // poll set.
+        let registry = self.poll.registry();
+        let (opened, _) = self.udp.apply(cmd, |u, k| register_udp(registry, u, k));
+        if let Some(o) = opened {
+            o.tell(&mut self.table);
+        }
+    }
+
+    #[inline(never)]
     fn listen_cmd(&mut self, cmd: ListenCmd) {
         match cmd {
             ListenCmd::Open(listener, addr) => self.listen(listener, addr),
@@ -526,6 +536,7 @@ impl Loop {
         self.table.listened(listener, opened);
     }
 
+    #[inline(never)]
     fn connect(&mut self, conn: ConnId, addr: SocketAddr, bind: Option<IpAddr>) {
         let r = net::tcp_connect(addr, bind).map(TcpStream::from_std);
         let registry = self.poll.registry();

@@ -96,15 +96,16 @@ impl Core {
             let (conn, cmd) = match step {
                 Step::Conn(conn, cmd) => (conn, cmd),
                 Step::Listen(cmd) => {
-                    let (tx, poller) = &self.acceptor_tx;
-                    let _ = tx.send(cmd);
-                    let _ = poller.notify();
+                    self.to_acceptor(cmd);
                     continue;
                 }
                 Step::Udp(cmd) => {
-                    let (tx, poller) = &self.udp_tx;
-                    let _ = tx.send(cmd);
-                    let _ = poller.notify();
+                    self.to_udp(cmd);
+                    continue;
+                }
+                Step::Unlisten(listener) => {
+                    self.to_acceptor(ListenCmd::Close(listener));
+                    self.to_udp(UdpCmd::Unlisten(listener));
                     continue;
                 }
                 Step::Gather(conn) => {
@@ -141,6 +142,18 @@ impl Core {
         if next.is_some() && (self.timer_wake.is_none() || next < self.timer_wake) {
             shared.timer.notify_one();
         }
+    }
+
+    fn to_acceptor(&self, cmd: ListenCmd) {
+        let (tx, poller) = &self.acceptor_tx;
+        let _ = tx.send(cmd);
+        let _ = poller.notify();
+    }
+
+    fn to_udp(&self, cmd: UdpCmd) {
+        let (tx, poller) = &self.udp_tx;
+        let _ = tx.send(cmd);
+        let _ = poller.notify();
     }
 }
 
