@@ -105,7 +105,9 @@ pub struct Directions {
     no_splice: bool,
 }
 
-fn si(side: Side) -> usize {
+/// A side as an index into per-side arrays: the client 0, the upstream 1.
+#[inline]
+pub fn si(side: Side) -> usize {
     match side {
         Side::Client => 0,
         Side::Upstream => 1,
@@ -131,6 +133,22 @@ impl Directions {
         } else {
             ReadOp::Core
         }
+    }
+
+    /// What `side`'s socket is wanted for now: a read that would do
+    /// something (see [`Directions::read_op`]), and a write — the core
+    /// `writes` one, or the pipe toward `side` holds bytes (by rule 2 the
+    /// core's own buffer of that direction is empty while they wait).
+    #[inline]
+    pub fn wants(
+        &self,
+        side: Side,
+        reads: bool,
+        writes: bool,
+        splice_ok: impl FnOnce() -> bool,
+    ) -> (bool, bool) {
+        let read = self.read_op(side, reads, splice_ok) != ReadOp::Nothing;
+        (read, writes || self.piped(side.other()))
     }
 
     /// Bytes wait in the pipe of the direction `from` feeds.

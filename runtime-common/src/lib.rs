@@ -48,7 +48,7 @@ pub mod udp;
 pub mod vectored;
 
 pub use crew::{Crew, Wake};
-pub use directions::{Directions, Drained, Filled, ReadOp};
+pub use directions::{si, Directions, Drained, Filled, ReadOp};
 pub use pair::{Pair, Seen};
 pub use process::{load, log, Process, Start};
 pub use signals::Signals;

@@ -136,14 +136,15 @@ impl TraceFiles {
 }
 
 /// The I/O `portico_core::cli::main` needs, for a real process; `run`
-/// serves a plan (the runtime's event loops or threads).
+/// serves a plan (the runtime's event loops or threads): its exit code, or
+/// why it could not serve (logged, then the runtime-failure exit).
 pub struct Process {
-    pub run: fn(Plan) -> i32,
+    pub run: fn(Plan) -> Result<i32, String>,
 }
 
 impl Process {
     /// Runs the command line with `run` serving; the process's exit code.
-    pub fn main(run: fn(Plan) -> i32) -> i32 {
+    pub fn main(run: fn(Plan) -> Result<i32, String>) -> i32 {
         portico_core::cli::main(std::env::args_os(), &mut Process { run })
     }
 }
@@ -169,7 +170,10 @@ impl portico_core::cli::Host for Process {
         let _ = io::stderr().write_all(text.as_bytes());
     }
     fn run(&mut self, plan: Plan) -> i32 {
-        (self.run)(plan)
+        (self.run)(plan).unwrap_or_else(|e| {
+            log(Level::Error, &e);
+            portico_core::cli::EXIT_RUNTIME
+        })
     }
 }
 

@@ -44,7 +44,7 @@ use portico_runtime::net::{self, Connecting, Ports};
 use portico_runtime::resolver::{Inbox, Resolvers};
 use portico_runtime::splice::Pipes;
 use portico_runtime::{
-    log, ConnCmd, ConnId, Crew, Datagrams, Drained, Event, Filled, IoKind, Level, ListenCmd,
+    log, si, ConnCmd, ConnId, Crew, Datagrams, Drained, Event, Filled, IoKind, Level, ListenCmd,
     ListenerId, Pair, Plan, ReadOp, Seen, Side, Signals, Slots, Start, Step, Table, UdpCmd, UdpKey,
     Wake, EXIT_OK, EXIT_RUNTIME,
 };
@@ -131,13 +131,17 @@ impl Conn {
     /// Anything both wanted and ready: a connect's outcome, a read, a
     /// splice or a write.
     fn has_work(&self, table: &Table) -> bool {
+        let id = self.pair.id;
         (self.pair.connecting && self.sock[1].writable)
             || [Side::Client, Side::Upstream].into_iter().any(|side| {
+                if !self.pair.open(side) {
+                    return false;
+                }
                 let s = self.sock[si(side)];
-                self.pair.open(side)
-                    && (self.read_op(table, side) != ReadOp::Nothing
-                        || self.pipe_out_ready(side)
-                        || (s.want_write && s.writable))
+                let reads = s.want_read && s.readable;
+                let ok = || table.splice_ok(id, side);
+                let (r, w) = self.pair.dirs.wants(side, reads, s.want_write, ok);
+                r || (w && s.writable)
             })
     }
 }
@@ -177,13 +181,6 @@ struct Loop {
     pipes: Pipes,
 }
 
-fn si(side: Side) -> usize {
-    match side {
-        Side::Client => 0,
-        Side::Upstream => 1,
-    }
-}
-
 /// Registers a UDP socket for datagrams.
 fn register_udp(registry: &Registry, u: &std::net::UdpSocket, key: UdpKey) -> io::Result<()> {
     let token = match key {
@@ -193,17 +190,9 @@ fn register_udp(registry: &Registry, u: &std::net::UdpSocket, key: UdpKey) -> io
     registry.register(&mut SourceFd(&u.as_raw_fd()), token, Interest::READABLE)
 }
 
-pub fn run(plan: Plan) -> i32 {
-    match run_inner(plan) {
-        Ok(code) => code,
-        Err(e) => {
-            log(Level::Error, &e);
-            EXIT_RUNTIME
-        }
-    }
-}
-
-fn run_inner(plan: Plan) -> Result<i32, String> {
+/// Serves `plan` until it is finished: the exit code, or why it could not
+/// serve.
+pub fn run(plan: Plan) -> Result<i32, String> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let n = plan.workers(cores);
     let (start, others) = Start::workers(plan, n)?;

@@ -32,9 +32,9 @@ use portico_runtime::net::{self, Connecting, Ports};
 use portico_runtime::resolver::resolve;
 use portico_runtime::splice::{Pipe, Pipes};
 use portico_runtime::{
-    log, ConnCmd, ConnId, Crew, Datagrams, Drained, Event, Filled, IoKind, Level, ListenCmd,
-    ListenerId, Pair, PipeSize, Plan, ReadOp, Side, Signals, Slots, Start, Step, Table, UdpCmd,
-    UdpKey, EXIT_OK, EXIT_RUNTIME,
+    si, ConnCmd, ConnId, Crew, Datagrams, Drained, Event, Filled, IoKind, ListenCmd, ListenerId,
+    Pair, PipeSize, Plan, ReadOp, Side, Signals, Slots, Start, Step, Table, UdpCmd, UdpKey,
+    EXIT_OK,
 };
 
 /// Accepts one listener may do before the others get a turn.
@@ -79,6 +79,15 @@ fn lock(shared: &Shared) -> MutexGuard<'_, Core> {
 }
 
 impl Shared {
+    /// Tells the core something (with the lock held) and routes what it
+    /// then asks for.
+    fn tell<R>(&self, f: impl FnOnce(&mut Core) -> R) -> R {
+        let mut core = lock(self);
+        let r = f(&mut core);
+        core.drain(self, None, &mut Vec::new());
+        r
+    }
+
     fn pipes(&self) -> MutexGuard<'_, Pipes> {
         self.pipes.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -157,17 +166,9 @@ impl Core {
     }
 }
 
-pub fn run(plan: Plan) -> i32 {
-    match run_inner(plan) {
-        Ok(code) => code,
-        Err(e) => {
-            log(Level::Error, &e);
-            EXIT_RUNTIME
-        }
-    }
-}
-
-fn run_inner(plan: Plan) -> Result<i32, String> {
+/// Serves `plan` until it is finished: the exit code, or why it could not
+/// serve.
+pub fn run(plan: Plan) -> Result<i32, String> {
     let (signals, mut wake) = Signals::install()?;
     let Start {
         mut table,
@@ -241,15 +242,14 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
                 Ok(n) if n > 0 => {}
                 _ => return,
             }
-            let mut guard = lock(&sh);
-            let core = &mut *guard;
-            if signals.reload() {
-                core.crew.reload(&mut core.table);
-            }
-            if signals.stop() {
-                core.crew.stop(&mut core.table);
-            }
-            core.drain(&sh, None, &mut Vec::new());
+            sh.tell(|core| {
+                if signals.reload() {
+                    core.crew.reload(&mut core.table);
+                }
+                if signals.stop() {
+                    core.crew.stop(&mut core.table);
+                }
+            });
         }),
     )?;
     let sh = shared.clone();
@@ -327,9 +327,7 @@ fn udp_thread(shared: &Arc<Shared>, poller: Arc<Poller>, rx: Receiver<UdpCmd>, m
                 let _ = poller.delete(&u);
             }
             if let Some(opened) = opened {
-                let mut core = lock(shared);
-                opened.tell(&mut core.table);
-                core.drain(shared, None, &mut Vec::new());
+                shared.tell(|core| opened.tell(&mut core.table));
             }
         }
         // Datagrams the core queued (the first one of a new mapping waits
@@ -345,10 +343,7 @@ fn udp_thread(shared: &Arc<Shared>, poller: Arc<Poller>, rx: Receiver<UdpCmd>, m
                 None => UdpKey::Port(ev.key),
             };
             for _ in 0..ACCEPTS_PER_TURN {
-                let mut core = lock(shared);
-                let got = udp.recv(&mut core.table, key);
-                core.drain(shared, None, &mut Vec::new());
-                if !got {
+                if !shared.tell(|core| udp.recv(&mut core.table, key)) {
                     break;
                 }
             }
@@ -400,9 +395,7 @@ fn acceptor(
                         add(&mut listeners, id, sock);
                         local
                     });
-                    let mut core = lock(shared);
-                    core.table.listened(id, opened);
-                    core.drain(shared, None, &mut Vec::new());
+                    shared.tell(|core| core.table.listened(id, opened));
                 }
                 ListenCmd::Pause(id) => {
                     if let Some(l) = listeners.get_mut(id) {
@@ -436,12 +429,9 @@ fn acceptor(
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => {
-                        let error = IoKind::from_io(&e);
-                        let mut core = lock(shared);
-                        let listener = id;
-                        core.table
-                            .handle(Event::AcceptFailed { listener, error }, Instant::now());
-                        core.drain(shared, None, &mut Vec::new());
+                        let (listener, error) = (id, IoKind::from_io(&e));
+                        let ev = Event::AcceptFailed { listener, error };
+                        shared.tell(|core| core.table.handle(ev, Instant::now()));
                         break;
                     }
                 }
@@ -461,11 +451,11 @@ fn accepted(shared: &Arc<Shared>, listener: ListenerId, stream: TcpStream, peer:
             // Out of descriptors, most likely: the core pauses accepting
             // and says so once.
             drop(stream);
-            let mut core = lock(shared);
-            let error = IoKind::from_io(&e);
-            core.table
-                .handle(Event::AcceptFailed { listener, error }, Instant::now());
-            core.drain(shared, None, &mut Vec::new());
+            let ev = Event::AcceptFailed {
+                listener,
+                error: IoKind::from_io(&e),
+            };
+            shared.tell(|core| core.table.handle(ev, Instant::now()));
             return;
         }
     };
@@ -512,12 +502,9 @@ fn accepted(shared: &Arc<Shared>, listener: ListenerId, stream: TcpStream, peer:
         .stack_size(256 * 1024)
         .spawn(move || c.run(rest));
     if let Err(e) = spawned {
-        let mut core = lock(shared);
-        let side = Side::Client;
-        let error = IoKind::from_io(&e);
-        core.table
-            .handle(Event::IoError { conn, side, error }, Instant::now());
-        core.drain(shared, None, &mut Vec::new());
+        let (side, error) = (Side::Client, IoKind::from_io(&e));
+        let ev = Event::IoError { conn, side, error };
+        shared.tell(|core| core.table.handle(ev, Instant::now()));
     }
 }
 
@@ -540,15 +527,9 @@ struct ConnThread {
     armed: [Option<(bool, bool)>; 2],
 }
 
+/// Poller keys (and per-side indices) of a connection's two sockets.
 const CLIENT: usize = 0;
 const UPSTREAM: usize = 1;
-
-fn si(side: Side) -> usize {
-    match side {
-        Side::Client => CLIENT,
-        Side::Upstream => UPSTREAM,
-    }
-}
 
 impl ConnThread {
     /// On the acceptor, before the connection's thread exists: registers
@@ -656,31 +637,32 @@ impl ConnThread {
             .read_op(side, self.want[i].0, || self.splice_ok[i])
     }
 
+    /// What `side`'s socket is wanted for now: (read, write).
+    fn wants(&self, side: Side) -> (bool, bool) {
+        let (i, dirs) = (si(side), &self.pair.dirs);
+        dirs.wants(side, self.want[i].0, self.want[i].1, || self.splice_ok[i])
+    }
+
     /// Tells the poller what to wait for: it is oneshot, so a socket whose
     /// event fired is armed again, and one still armed only if what is
     /// wanted changed.
     fn arm(&mut self) {
-        // A pipe toward a socket is written whatever the core wants there
-        // (its own buffer is empty while the pipe holds bytes).
-        let r = self.read_op(Side::Client) != ReadOp::Nothing;
-        let w = self.want[CLIENT].1 || self.pair.dirs.piped(Side::Upstream);
-        if self.armed[CLIENT] != Some((r, w)) {
+        let want = self.wants(Side::Client);
+        if self.armed[CLIENT] != Some(want) {
             let _ = self
                 .poller
-                .modify(&self.pair.client, interest(CLIENT, r, w));
-            self.armed[CLIENT] = Some((r, w));
+                .modify(&self.pair.client, interest(CLIENT, want));
+            self.armed[CLIENT] = Some(want);
         }
         if let Some(u) = &self.pair.upstream {
-            let (r, w) = if self.pair.connecting {
+            let want = if self.pair.connecting {
                 (false, true)
             } else {
-                let r = self.read_op(Side::Upstream) != ReadOp::Nothing;
-                let w = self.want[UPSTREAM].1 || self.pair.dirs.piped(Side::Client);
-                (r, w)
+                self.wants(Side::Upstream)
             };
-            if self.armed[UPSTREAM] != Some((r, w)) {
-                let _ = self.poller.modify(u, interest(UPSTREAM, r, w));
-                self.armed[UPSTREAM] = Some((r, w));
+            if self.armed[UPSTREAM] != Some(want) {
+                let _ = self.poller.modify(u, interest(UPSTREAM, want));
+                self.armed[UPSTREAM] = Some(want);
             }
         }
     }
@@ -883,7 +865,7 @@ fn splice_answer(core: &Core, conn: ConnId) -> ([bool; 2], PipeSize) {
     (ok, t.splice_pipe())
 }
 
-fn interest(key: usize, read: bool, write: bool) -> PEvent {
+fn interest(key: usize, (read, write): (bool, bool)) -> PEvent {
     match (read, write) {
         (true, true) => PEvent::all(key),
         (true, false) => PEvent::readable(key),
