@@ -1,16 +1,12 @@
-//! `portico`: Portico's core driven by a mio event loop.
+//! `portico`: Portico's core driven by mio event loops.
 //!
 //! This binary decides nothing: the command line, the configuration and
-//! every protocol decision live in `portico-core`. Here are only the sockets.
+//! every protocol decision live in `portico-core`, and what both runtimes do
+//! with a ready socket in `portico-runtime`. Here is only the way of
+//! waiting: edge-triggered event loops.
 
 mod event_loop;
-mod output;
-mod splice;
-mod vectored;
 
 fn main() {
-    let mut process = output::Process {
-        run: event_loop::run,
-    };
-    std::process::exit(portico_core::cli::main(std::env::args_os(), &mut process));
+    std::process::exit(portico_runtime::Process::main(event_loop::run));
 }

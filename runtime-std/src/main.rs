@@ -1,20 +1,12 @@
 //! `portico-threaded`: Portico's core driven by a thread per connection.
 //!
 //! This binary decides nothing: the command line, the configuration and
-//! every protocol decision live in `portico-core`. Here are only the sockets
-//! and the threads.
+//! every protocol decision live in `portico-core`, and what both runtimes do
+//! with a ready socket in `portico-runtime`. Here is only the way of
+//! waiting: threads, each blocked on its own sockets.
 
-// The process plumbing is the same file as `portico`'s: one copy to read.
-#[path = "../../runtime-mio/src/output.rs"]
-mod output;
-// splice(2) for pure relays: the same file as `portico`'s too.
-#[path = "../../runtime-mio/src/splice.rs"]
-mod splice;
 mod threads;
-#[path = "../../runtime-mio/src/vectored.rs"]
-mod vectored;
 
 fn main() {
-    let mut process = output::Process { run: threads::run };
-    std::process::exit(portico_core::cli::main(std::env::args_os(), &mut process));
+    std::process::exit(portico_runtime::Process::main(threads::run));
 }

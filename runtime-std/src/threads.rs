@@ -1,100 +1,62 @@
 //! Threads: one acceptor waiting on every listener with `polling`, one thread
-//! per connection waiting on that connection's two sockets, one timer thread
-//! and one signal thread, all driving a single core behind a mutex.
+//! per connection waiting on that connection's two sockets, one UDP thread,
+//! one timer thread and one signal thread, all driving a single core behind
+//! a mutex.
 //!
 //! Whoever holds the lock drains the core's actions and routes each to the
 //! thread that owns the sockets it names (a channel plus a wake-up of that
 //! thread's poller); log lines are written by whoever drains them. Sockets
 //! are non-blocking: a connection's thread holds the lock only for one read
-//! or write that cannot block, so a stalled peer stalls nobody else.
+//! or write that cannot block, so a stalled peer stalls nobody else. The
+//! acceptor carries out what the core asks of a new connection at once
+//! (a mapped port's connect) before that connection's thread starts, as
+//! `portico` does within its accept.
 //!
-//! A direction the core calls a pure relay (`splice_ok`) moves through a
-//! pipe with splice(2) instead (see `splice.rs`), without the lock: the
-//! thread takes it only to tell the core what went (`Spliced`, or an EOF or
-//! error), and asks `splice_ok` again while it holds it. Only this thread's
-//! own events move its session between relaying and not (anything else
-//! closes it), so that answer holds until the next one. Order is kept as in
-//! `portico`: nothing is read into the core while the pipe holds bytes, no
-//! splice while the core's buffer does, and a source's EOF is told once
-//! its pipe is empty.
+//! A direction the core calls a pure relay moves through a pipe with
+//! splice(2) instead, in the order `portico_runtime::directions` keeps,
+//! without the lock: the thread takes it only to tell the core what went
+//! (`Spliced`, or an EOF or error), and asks `splice_ok` again while it
+//! holds it. Only this thread's own events move its session between
+//! relaying and not (anything else closes it), so that answer holds until
+//! the next one.
 
 use std::collections::HashMap;
-use std::io::{self, Read};
-use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
-use std::os::fd::AsFd;
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use polling::{Event as PEvent, Events, Poller};
-use portico_core::cli::{Plan, EXIT_OK, EXIT_RUNTIME};
-use portico_core::proxy::PipeSize;
-use portico_core::udp::{UdpId, Via};
-use portico_core::{Action, ConnId, Event, IoKind, Level, ListenerId, Recorded, Side};
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-
-use crate::output::{Output, Start, TraceFiles, WallClock};
-use crate::splice::{Fill, Pipe, Pipes};
-use crate::vectored::write_parts;
+use portico_runtime::net::{self, Connecting, Ports};
+use portico_runtime::resolver::resolve;
+use portico_runtime::splice::{Pipe, Pipes};
+use portico_runtime::{
+    si, ConnCmd, ConnId, Crew, Datagrams, Drained, Event, Filled, IoKind, ListenCmd, ListenerId,
+    Pair, PipeSize, Plan, ReadOp, Side, Signals, Slots, Start, Step, Table, UdpCmd, UdpKey,
+    EXIT_OK,
+};
 
 /// Accepts one listener may do before the others get a turn.
 const ACCEPTS_PER_TURN: usize = 64;
 /// Reads or writes in a row on one socket before the lock is let go.
 const OPS_PER_TURN: usize = 16;
 
-/// What a connection's thread is told to do.
-enum Cmd {
-    Resolve {
-        host: String,
-        port: u16,
-    },
-    Connect {
-        addr: SocketAddr,
-        bind: Option<IpAddr>,
-    },
-    Interest {
-        side: Side,
-        read: bool,
-        write: bool,
-    },
-    ShutdownWrite(Side),
-    CloseUpstream,
-    Close,
-}
-
-/// What the acceptor is told to do.
-enum ListenCmd {
-    Open(ListenerId, SocketAddr),
-    Pause(ListenerId),
-    Resume(ListenerId),
-    Close(ListenerId),
-}
-
-/// What the UDP thread is told to do.
-enum UdpCmd {
-    Listen(ListenerId, SocketAddr),
-    Unlisten(ListenerId),
-    Open(UdpId, Option<IpAddr>, SocketAddr),
-    Close(UdpId),
-}
-
 struct Route {
     id: ConnId,
-    tx: Sender<Cmd>,
+    tx: Sender<ConnCmd>,
     poller: Arc<Poller>,
 }
 
 struct Core {
-    proxy: Recorded,
-    trace: Option<TraceFiles>,
-    wall: WallClock,
+    table: Table,
+    /// A crew of one: the status page's gathering, the reload, the stop.
+    crew: Crew,
     routes: HashMap<usize, Route>,
-    acceptor_tx: Option<(Sender<ListenCmd>, Arc<Poller>)>,
-    udp_tx: Option<(Sender<UdpCmd>, Arc<Poller>)>,
-    out: Output,
+    acceptor_tx: (Sender<ListenCmd>, Arc<Poller>),
+    udp_tx: (Sender<UdpCmd>, Arc<Poller>),
     /// When the timer thread plans to wake next.
     timer_wake: Option<Instant>,
-    fatal: Option<String>,
 }
 
 struct Shared {
@@ -112,87 +74,55 @@ fn lock(shared: &Shared) -> MutexGuard<'_, Core> {
     // A thread that panicked while holding the lock leaves the core as it
     // was; carrying on beats taking every other connection down.
     let mut core = shared.core.lock().unwrap_or_else(|p| p.into_inner());
-    let w = core.wall.now();
-    core.proxy.set_wall(w);
+    core.table.set_wall_clock();
     core
+}
+
+impl Shared {
+    /// Tells the core something (with the lock held) and routes what it
+    /// then asks for.
+    fn tell<R>(&self, f: impl FnOnce(&mut Core) -> R) -> R {
+        let mut core = lock(self);
+        let r = f(&mut core);
+        core.drain(self, None, &mut Vec::new());
+        r
+    }
+
+    fn pipes(&self) -> MutexGuard<'_, Pipes> {
+        self.pipes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn give(&self, pipe: Pipe) {
+        self.pipes().give(pipe);
+    }
 }
 
 impl Core {
     /// Drains the core's actions. Those for `me` are returned for the caller
     /// to carry out; the rest go to their owners.
-    fn drain(&mut self, shared: &Shared, me: Option<ConnId>, mine: &mut Vec<Cmd>) {
-        while let Some(action) = self.proxy.poll_action() {
-            let (conn, cmd) = match action {
-                Action::Connect { conn, addr, bind } => (conn, Cmd::Connect { addr, bind }),
-                Action::Resolve { conn, host, port } => (conn, Cmd::Resolve { host, port }),
-                Action::Interest {
-                    conn,
-                    side,
-                    read,
-                    write,
-                } => (conn, Cmd::Interest { side, read, write }),
-                Action::ShutdownWrite { conn, side } => (conn, Cmd::ShutdownWrite(side)),
-                Action::CloseUpstream { conn } => (conn, Cmd::CloseUpstream),
-                Action::Close { conn } => (conn, Cmd::Close),
-                Action::PauseAccept { listener } => {
-                    self.to_acceptor(ListenCmd::Pause(listener));
+    fn drain(&mut self, shared: &Shared, me: Option<ConnId>, mine: &mut Vec<ConnCmd>) {
+        while let Some(step) = self.table.next_step() {
+            let (conn, cmd) = match step {
+                Step::Conn(conn, cmd) => (conn, cmd),
+                Step::Listen(cmd) => {
+                    self.to_acceptor(cmd);
                     continue;
                 }
-                Action::ResumeAccept { listener } => {
-                    self.to_acceptor(ListenCmd::Resume(listener));
+                Step::Udp(cmd) => {
+                    self.to_udp(cmd);
                     continue;
                 }
-                Action::Unlisten { listener } => {
+                Step::Unlisten(listener) => {
                     self.to_acceptor(ListenCmd::Close(listener));
                     self.to_udp(UdpCmd::Unlisten(listener));
                     continue;
                 }
-                Action::ListenUdp { listener, addr } => {
-                    self.to_udp(UdpCmd::Listen(listener, addr));
-                    continue;
-                }
-                Action::UdpOpen {
-                    id,
-                    bind,
-                    destination,
-                } => {
-                    self.to_udp(UdpCmd::Open(id, bind, destination));
-                    continue;
-                }
-                Action::UdpClose { id } => {
-                    self.to_udp(UdpCmd::Close(id));
-                    continue;
-                }
-                Action::Listen { listener, addr } => {
-                    // Those of the configuration opened at start (see `run`);
-                    // these come later (FTP data ports).
-                    self.to_acceptor(ListenCmd::Open(listener, addr));
-                    continue;
-                }
-                Action::Log { level, message } => {
-                    Output::log(level, &message);
-                    continue;
-                }
-                Action::Access(rec) => {
-                    self.out.access(&rec);
-                    continue;
-                }
-                Action::Say(line) => {
-                    Output::say(&line);
-                    continue;
-                }
-                Action::Fatal { message } => {
-                    self.fatal.get_or_insert(message);
-                    continue;
-                }
-                Action::Gather { conn } => {
-                    // One table here: it is the whole answer.
-                    let now = std::time::Instant::now();
-                    self.proxy.handle_gathered(conn, Vec::new(), now);
+                Step::Gather(conn) => {
+                    self.crew.gather(&mut self.table, conn);
                     continue;
                 }
             };
-            let closing = matches!(cmd, Cmd::Close);
+            let closing = matches!(cmd, ConnCmd::Close);
             if Some(conn) == me {
                 if closing {
                     self.routes.remove(&conn.index());
@@ -213,186 +143,134 @@ impl Core {
                 self.routes.remove(&conn.index());
             }
         }
-        if let (Some(t), Some(rec)) = (self.trace.as_mut(), self.proxy.take_trace()) {
-            t.write(rec);
-        }
-        if self.proxy.is_finished() {
+        self.table.flush_trace();
+        if self.table.is_finished() {
             shared.done.notify_all();
         }
-        let next = self.proxy.poll_timeout();
+        let next = self.table.poll_timeout();
         if next.is_some() && (self.timer_wake.is_none() || next < self.timer_wake) {
             shared.timer.notify_one();
         }
     }
 
-    fn to_udp(&self, cmd: UdpCmd) {
-        if let Some((tx, poller)) = &self.udp_tx {
-            let _ = tx.send(cmd);
-            let _ = poller.notify();
-        }
-    }
-
     fn to_acceptor(&self, cmd: ListenCmd) {
-        if let Some((tx, poller)) = &self.acceptor_tx {
-            let _ = tx.send(cmd);
-            let _ = poller.notify();
-        }
+        let (tx, poller) = &self.acceptor_tx;
+        let _ = tx.send(cmd);
+        let _ = poller.notify();
+    }
+
+    fn to_udp(&self, cmd: UdpCmd) {
+        let (tx, poller) = &self.udp_tx;
+        let _ = tx.send(cmd);
+        let _ = poller.notify();
     }
 }
 
-pub fn run(plan: Plan) -> i32 {
-    match run_inner(plan) {
-        Ok(code) => code,
-        Err(e) => {
-            Output::log(Level::Error, &e);
-            EXIT_RUNTIME
-        }
-    }
-}
-
-fn run_inner(plan: Plan) -> Result<i32, String> {
-    // Before anything listens: a signal that comes early is queued, not fatal.
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGHUP,
-    ])
-    .map_err(|e| format!("cannot set up signals: {e}"))?;
+/// Serves `plan` until it is finished: the exit code, or why it could not
+/// serve.
+pub fn run(plan: Plan) -> Result<i32, String> {
+    let (signals, mut wake) = Signals::install()?;
     let Start {
-        mut proxy,
-        out,
-        trace,
-        path: plan_path,
-        recheck: plan_recheck,
+        mut table,
+        path,
+        recheck,
     } = Start::new(plan)?;
 
-    // Open the listeners before any thread runs: a failure here is fatal.
-    let mut listeners: Vec<Option<TcpListener>> = Vec::new();
-    let mut pending = Vec::new();
-    while let Some(a) = proxy.poll_action() {
-        pending.push(a);
-    }
-    let mut early = Vec::new();
-    let mut udp_early = Vec::new();
-    for a in pending {
-        match a {
-            Action::Listen { listener, addr } => {
-                let now = Instant::now();
-                match listen(addr) {
-                    Ok(l) => {
-                        let local = l.local_addr().unwrap_or(addr);
-                        let i = listener.index();
-                        if listeners.len() <= i {
-                            listeners.resize_with(i + 1, || None);
-                        }
-                        listeners[i] = Some(l);
-                        proxy.handle(Event::Listening { listener, local }, now);
-                    }
-                    Err(e) => {
-                        let error = IoKind::from_io(&e);
-                        proxy.handle(Event::ListenFailed { listener, error }, now);
-                    }
+    // The start's actions, carried out in the order the core queued them
+    // (its lines among them) before any thread runs: a listener that cannot
+    // be opened is fatal here. The threads get the sockets.
+    let ports = Ports::new(1);
+    let mut listeners = Vec::new();
+    let mut udp = Datagrams::default();
+    while let Some(step) = table.next_step() {
+        match step {
+            Step::Listen(ListenCmd::Open(listener, addr)) => {
+                let opened = ports.listen(addr).map(|(l, _)| {
+                    let local = l.local_addr().unwrap_or(addr);
+                    listeners.push((listener, l));
+                    local
+                });
+                table.listened(listener, opened);
+            }
+            Step::Udp(cmd) => {
+                // Registered with the UDP thread's poller once it runs.
+                if let (Some(opened), _) = udp.apply(cmd, |_, _| Ok(())) {
+                    opened.tell(&mut table);
                 }
             }
-            Action::ListenUdp { listener, addr } => udp_early.push((listener, addr)),
-            other => early.push(other),
-        }
-        // Say/Fatal/Log produced by the listener events.
-        while let Some(b) = proxy.poll_action() {
-            early.push(b);
-        }
-    }
-    let mut out = out;
-    for a in early {
-        match a {
-            Action::Say(line) => Output::say(&line),
-            Action::Log { level, message } => Output::log(level, &message),
-            Action::Access(rec) => out.access(&rec),
-            Action::Fatal { message } => return Err(message),
+            // Nothing else comes before the first connection.
             _ => {}
         }
     }
-
-    let acceptor_poller =
-        Arc::new(Poller::new().map_err(|e| format!("cannot create a poller: {e}"))?);
-    let (acc_tx, acc_rx) = channel();
-    let udp_poller = Arc::new(Poller::new().map_err(|e| format!("cannot create a poller: {e}"))?);
-    let (udp_tx, udp_rx) = channel();
-    for (listener, addr) in udp_early {
-        let _ = udp_tx.send(UdpCmd::Listen(listener, addr));
+    if let Some(message) = table.take_fatal() {
+        return Err(message);
     }
+
+    let poller = || Poller::new().map(Arc::new);
+    let poller_failed = |e| format!("cannot create a poller: {e}");
+    let acceptor_poller = poller().map_err(poller_failed)?;
+    let udp_poller = poller().map_err(poller_failed)?;
+    let (acc_tx, acc_rx) = channel();
+    let (udp_tx, udp_rx) = channel();
     let shared = Arc::new(Shared {
         core: Mutex::new(Core {
-            proxy,
-            trace,
-            wall: WallClock::new(),
+            table,
+            crew: Crew::alone(path, recheck),
             routes: HashMap::new(),
-            acceptor_tx: Some((acc_tx, acceptor_poller.clone())),
-            udp_tx: Some((udp_tx.clone(), udp_poller.clone())),
-            out,
+            acceptor_tx: (acc_tx, acceptor_poller.clone()),
+            udp_tx: (udp_tx, udp_poller.clone()),
             timer_wake: None,
-            fatal: None,
         }),
         timer: Condvar::new(),
         done: Condvar::new(),
         pipes: Mutex::new(Pipes::new()),
     });
 
-    {
-        let shared = shared.clone();
-        let path = plan_path.clone();
-        let recheck = plan_recheck;
+    let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || {
-                for sig in signals.forever() {
-                    if sig == signal_hook::consts::SIGHUP {
-                        let mut guard = lock(&shared);
-                        let core = &mut *guard;
-                        crate::output::reload(
-                            path.as_deref(),
-                            recheck,
-                            &mut core.proxy,
-                            &mut core.out,
-                        );
-                        core.drain(&shared, None, &mut Vec::new());
-                        continue;
-                    }
-                    let mut core = lock(&shared);
-                    core.proxy.shutdown(Instant::now());
-                    core.drain(&shared, None, &mut Vec::new());
+            .name(name.into())
+            .spawn(f)
+            .map(|_| ())
+            .map_err(|e| format!("cannot start a thread: {e}"))
+    };
+    let sh = shared.clone();
+    spawn(
+        "signals",
+        Box::new(move || loop {
+            // Blocks until a signal's byte comes.
+            match net::retry(|| wake.read(&mut [0u8; 64])) {
+                Ok(n) if n > 0 => {}
+                _ => return,
+            }
+            sh.tell(|core| {
+                if signals.reload() {
+                    core.crew.reload(&mut core.table);
                 }
-            })
-            .map_err(|e| format!("cannot start a thread: {e}"))?;
-    }
-    {
-        let shared = shared.clone();
-        std::thread::Builder::new()
-            .name("timers".into())
-            .spawn(move || timer_thread(&shared))
-            .map_err(|e| format!("cannot start a thread: {e}"))?;
-    }
-    {
-        let shared = shared.clone();
-        std::thread::Builder::new()
-            .name("udp".into())
-            .spawn(move || udp_thread(&shared, udp_poller, udp_rx))
-            .map_err(|e| format!("cannot start a thread: {e}"))?;
-    }
-    {
-        let shared = shared.clone();
-        std::thread::Builder::new()
-            .name("acceptor".into())
-            .spawn(move || acceptor(&shared, listeners, acceptor_poller, acc_rx))
-            .map_err(|e| format!("cannot start a thread: {e}"))?;
-    }
+                if signals.stop() {
+                    core.crew.stop(&mut core.table);
+                }
+            });
+        }),
+    )?;
+    let sh = shared.clone();
+    spawn("timers", Box::new(move || timer_thread(&sh)))?;
+    let sh = shared.clone();
+    spawn(
+        "udp",
+        Box::new(move || udp_thread(&sh, udp_poller, udp_rx, udp)),
+    )?;
+    let sh = shared.clone();
+    spawn(
+        "acceptor",
+        Box::new(move || acceptor(&sh, listeners, ports, acceptor_poller, acc_rx)),
+    )?;
 
     let mut core = lock(&shared);
     loop {
-        if let Some(msg) = core.fatal.take() {
+        if let Some(msg) = core.table.take_fatal() {
             return Err(msg);
         }
-        if core.proxy.is_finished() {
+        if core.table.is_finished() {
             return Ok(EXIT_OK);
         }
         core = shared
@@ -403,25 +281,13 @@ fn run_inner(plan: Plan) -> Result<i32, String> {
     }
 }
 
-fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    s.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true)?;
-    }
-    s.bind(&SockAddr::from(addr))?;
-    s.listen(1024)?;
-    s.set_nonblocking(true)?;
-    Ok(s.into())
-}
-
 fn timer_thread(shared: &Shared) {
     let mut core = lock(shared);
     loop {
         let now = Instant::now();
-        core.proxy.handle_timeout(now);
+        core.table.handle_timeout(now);
         core.drain(shared, None, &mut Vec::new());
-        let next = core.proxy.poll_timeout();
+        let next = core.table.poll_timeout();
         core.timer_wake = next;
         let wait = match next {
             Some(t) => t.saturating_duration_since(now) + Duration::from_millis(1),
@@ -440,134 +306,49 @@ const UDP_MAP_KEY: usize = 1 << 40;
 
 /// One thread for every UDP socket: datagrams are small and independent, so
 /// a thread per mapping would buy nothing.
-fn udp_thread(shared: &Arc<Shared>, poller: Arc<Poller>, rx: Receiver<UdpCmd>) {
-    let mut listeners: HashMap<usize, (ListenerId, UdpSocket)> = HashMap::new();
-    let mut maps: HashMap<usize, (UdpId, UdpSocket)> = HashMap::new();
+fn udp_thread(shared: &Arc<Shared>, poller: Arc<Poller>, rx: Receiver<UdpCmd>, mut udp: Datagrams) {
+    // SAFETY (each `add`): a socket is deleted from the poller before it is
+    // dropped (`Datagrams` hands back the ones it closes or replaces).
+    let register = |u: &UdpSocket, key: UdpKey| {
+        let key = match key {
+            UdpKey::Port(i) => i,
+            UdpKey::Mapping(i) => UDP_MAP_KEY + i,
+        };
+        unsafe { poller.add(u, PEvent::readable(key)) }
+    };
+    for (key, u) in udp.sockets() {
+        let _ = register(u, key);
+    }
     let mut events = Events::new();
     loop {
         while let Ok(cmd) = rx.try_recv() {
-            match cmd {
-                UdpCmd::Listen(id, addr) => {
-                    let now = Instant::now();
-                    let ev = match bind_udp(addr) {
-                        Ok(u) => {
-                            let local = u.local_addr().unwrap_or(addr);
-                            // SAFETY: deleted from the poller before it is dropped.
-                            let _ = unsafe { poller.add(&u, PEvent::readable(id.index())) };
-                            if let Some((_, old)) = listeners.insert(id.index(), (id, u)) {
-                                let _ = poller.delete(&old);
-                            }
-                            Event::Listening {
-                                listener: id,
-                                local,
-                            }
-                        }
-                        Err(e) => Event::ListenFailed {
-                            listener: id,
-                            error: IoKind::from_io(&e),
-                        },
-                    };
-                    let mut core = lock(shared);
-                    core.proxy.handle(ev, now);
-                    core.drain(shared, None, &mut Vec::new());
-                }
-                UdpCmd::Unlisten(id) => {
-                    if listeners.get(&id.index()).is_some_and(|(i, _)| *i == id) {
-                        if let Some((_, u)) = listeners.remove(&id.index()) {
-                            let _ = poller.delete(&u);
-                        }
-                    }
-                }
-                UdpCmd::Open(id, bind, dest) => match open_udp(bind, dest) {
-                    Ok(u) => {
-                        let key = UDP_MAP_KEY + id.index();
-                        // SAFETY: deleted from the poller before it is dropped.
-                        let _ = unsafe { poller.add(&u, PEvent::readable(key)) };
-                        if let Some((_, old)) = maps.insert(id.index(), (id, u)) {
-                            let _ = poller.delete(&old);
-                        }
-                    }
-                    Err(_) => {
-                        let mut core = lock(shared);
-                        core.proxy.handle_udp_failed(id, Instant::now());
-                        core.drain(shared, None, &mut Vec::new());
-                    }
-                },
-                UdpCmd::Close(id) => {
-                    if maps.get(&id.index()).is_some_and(|(i, _)| *i == id) {
-                        if let Some((_, u)) = maps.remove(&id.index()) {
-                            let _ = poller.delete(&u);
-                        }
-                    }
-                }
+            let (opened, gone) = udp.apply(cmd, register);
+            if let Some(u) = gone {
+                let _ = poller.delete(&u);
+            }
+            if let Some(opened) = opened {
+                shared.tell(|core| opened.tell(&mut core.table));
             }
         }
         // Datagrams the core queued (the first one of a new mapping waits
         // for its socket, opened just above).
-        {
-            let mut core = lock(shared);
-            while let Some((via, data)) = core.proxy.poll_datagram() {
-                // One that cannot go now is dropped, as a network would.
-                match via {
-                    Via::Listener(id, to) => {
-                        if let Some((i, u)) = listeners.get(&id.index()) {
-                            if *i == id {
-                                let _ = u.send_to(&data, to);
-                            }
-                        }
-                    }
-                    Via::Mapping(id) => {
-                        if let Some((i, u)) = maps.get(&id.index()) {
-                            if *i == id {
-                                let _ = u.send(&data);
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        udp.send(&mut lock(shared).table);
         events.clear();
         if poller.wait(&mut events, None).is_err() {
             continue;
         }
         for ev in events.iter() {
+            let key = match ev.key.checked_sub(UDP_MAP_KEY) {
+                Some(i) => UdpKey::Mapping(i),
+                None => UdpKey::Port(ev.key),
+            };
             for _ in 0..ACCEPTS_PER_TURN {
-                let now = Instant::now();
-                let mut core = lock(shared);
-                let r = if ev.key >= UDP_MAP_KEY {
-                    let Some((id, u)) = maps.get(&(ev.key - UDP_MAP_KEY)) else {
-                        break;
-                    };
-                    match u.recv(core.proxy.datagram_buf()) {
-                        Ok(n) => {
-                            core.proxy.handle_reply(*id, n, now);
-                            true
-                        }
-                        Err(_) => false,
-                    }
-                } else {
-                    let Some((id, u)) = listeners.get(&ev.key) else {
-                        break;
-                    };
-                    match u.recv_from(core.proxy.datagram_buf()) {
-                        Ok((n, from)) => {
-                            core.proxy.handle_datagram(*id, from, n, now);
-                            true
-                        }
-                        Err(_) => false,
-                    }
-                };
-                core.drain(shared, None, &mut Vec::new());
-                if !r {
+                if !shared.tell(|core| udp.recv(&mut core.table, key)) {
                     break;
                 }
             }
             // Oneshot: arm the socket again.
-            if ev.key >= UDP_MAP_KEY {
-                if let Some((_, u)) = maps.get(&(ev.key - UDP_MAP_KEY)) {
-                    let _ = poller.modify(u, PEvent::readable(ev.key));
-                }
-            } else if let Some((_, u)) = listeners.get(&ev.key) {
+            if let Some(u) = udp.socket(key) {
                 let _ = poller.modify(u, PEvent::readable(ev.key));
             }
         }
@@ -575,56 +356,30 @@ fn udp_thread(shared: &Arc<Shared>, poller: Arc<Poller>, rx: Receiver<UdpCmd>) {
     }
 }
 
-fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
-    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    s.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true)?;
-    }
-    s.bind(&SockAddr::from(addr))?;
-    s.set_nonblocking(true)?;
-    Ok(s.into())
-}
-
-fn open_udp(bind: Option<IpAddr>, dest: SocketAddr) -> io::Result<UdpSocket> {
-    let s = Socket::new(Domain::for_address(dest), Type::DGRAM, Some(Protocol::UDP))?;
-    s.set_nonblocking(true)?;
-    let from = match (bind, dest) {
-        (Some(ip), _) => SocketAddr::new(ip, 0),
-        (None, SocketAddr::V4(_)) => SocketAddr::from(([0, 0, 0, 0], 0)),
-        (None, SocketAddr::V6(_)) => SocketAddr::from(([0u16; 8], 0)),
-    };
-    s.bind(&SockAddr::from(from))?;
-    s.connect(&SockAddr::from(dest))?;
-    Ok(s.into())
-}
-
 struct Lst {
-    id: ListenerId,
     sock: TcpListener,
     paused: bool,
 }
 
 fn acceptor(
     shared: &Arc<Shared>,
-    opened: Vec<Option<TcpListener>>,
+    opened: Vec<(ListenerId, TcpListener)>,
+    ports: Ports,
     poller: Arc<Poller>,
     rx: Receiver<ListenCmd>,
 ) {
-    let mut listeners: Vec<Option<Lst>> = Vec::new();
-    for (i, l) in opened.into_iter().enumerate() {
-        listeners.push(l.map(|sock| Lst {
-            id: ListenerId::new(i, 0),
-            sock,
-            paused: false,
-        }));
-    }
-    for (i, l) in listeners.iter().enumerate() {
-        if let Some(l) = l {
-            // SAFETY: every listener is deleted from the poller before it is
-            // dropped (see ListenCmd::Close below).
-            let _ = unsafe { poller.add(&l.sock, PEvent::readable(i)) };
+    let mut listeners: Slots<ListenerId, Lst> = Slots::default();
+    // SAFETY (each `add`): every listener is deleted from the poller before
+    // it is dropped (replaced here, or closed by ListenCmd::Close).
+    let add = |listeners: &mut Slots<ListenerId, Lst>, id: ListenerId, sock: TcpListener| {
+        let _ = unsafe { poller.add(&sock, PEvent::readable(id.index())) };
+        let paused = false;
+        if let Some(old) = listeners.insert(id, Lst { sock, paused }) {
+            let _ = poller.delete(&old.sock);
         }
+    };
+    for (id, sock) in opened {
+        add(&mut listeners, id, sock);
     }
     let mut events = Events::new();
     loop {
@@ -633,90 +388,57 @@ fn acceptor(
             continue;
         }
         while let Ok(cmd) = rx.try_recv() {
-            let (ListenCmd::Open(id, _)
-            | ListenCmd::Pause(id)
-            | ListenCmd::Resume(id)
-            | ListenCmd::Close(id)) = &cmd;
-            let i = id.index();
-            let slot = listeners
-                .get_mut(i)
-                .filter(|l| l.as_ref().is_some_and(|l| l.id == *id));
-            match (cmd, slot) {
-                (ListenCmd::Open(id, addr), _) => {
-                    let now = Instant::now();
-                    let ev = match listen(addr) {
-                        Ok(sock) => {
-                            let local = sock.local_addr().unwrap_or(addr);
-                            if listeners.len() <= i {
-                                listeners.resize_with(i + 1, || None);
-                            }
-                            if let Some(old) = listeners[i].take() {
-                                let _ = poller.delete(&old.sock);
-                            }
-                            // SAFETY: deleted from the poller before it is dropped.
-                            let _ = unsafe { poller.add(&sock, PEvent::readable(i)) };
-                            listeners[i] = Some(Lst {
-                                id,
-                                sock,
-                                paused: false,
-                            });
-                            Event::Listening {
-                                listener: id,
-                                local,
-                            }
-                        }
-                        Err(e) => Event::ListenFailed {
-                            listener: id,
-                            error: IoKind::from_io(&e),
-                        },
-                    };
-                    let mut core = lock(shared);
-                    core.proxy.handle(ev, now);
-                    core.drain(shared, None, &mut Vec::new());
+            match cmd {
+                ListenCmd::Open(id, addr) => {
+                    let opened = ports.listen(addr).map(|(sock, _)| {
+                        let local = sock.local_addr().unwrap_or(addr);
+                        add(&mut listeners, id, sock);
+                        local
+                    });
+                    shared.tell(|core| core.table.listened(id, opened));
                 }
-                (ListenCmd::Pause(_), Some(Some(l))) => l.paused = true,
-                (ListenCmd::Resume(_), Some(Some(l))) => {
-                    l.paused = false;
-                    let _ = poller.modify(&l.sock, PEvent::readable(i));
+                ListenCmd::Pause(id) => {
+                    if let Some(l) = listeners.get_mut(id) {
+                        l.paused = true;
+                    }
                 }
-                (ListenCmd::Close(_), Some(slot)) => {
-                    if let Some(l) = slot.take() {
+                ListenCmd::Resume(id) => {
+                    if let Some(l) = listeners.get_mut(id) {
+                        l.paused = false;
+                        let _ = poller.modify(&l.sock, PEvent::readable(id.index()));
+                    }
+                }
+                ListenCmd::Close(id) => {
+                    if let Some(l) = listeners.remove(id) {
                         let _ = poller.delete(&l.sock);
                     }
                 }
-                _ => {}
             }
         }
         for ev in events.iter() {
             let i = ev.key;
             for _ in 0..ACCEPTS_PER_TURN {
-                let Some(Some(l)) = listeners.get(i) else {
+                let Some((id, l)) = listeners.at(i) else {
                     break;
                 };
                 if l.paused {
                     break;
                 }
-                let id = l.id;
                 match l.sock.accept() {
                     Ok((stream, peer)) => accepted(shared, id, stream, peer),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => {
-                        let error = IoKind::from_io(&e);
-                        let mut core = lock(shared);
-                        let listener = id;
-                        core.proxy
-                            .handle(Event::AcceptFailed { listener, error }, Instant::now());
-                        core.drain(shared, None, &mut Vec::new());
+                        let (listener, error) = (id, IoKind::from_io(&e));
+                        let ev = Event::AcceptFailed { listener, error };
+                        shared.tell(|core| core.table.handle(ev, Instant::now()));
                         break;
                     }
                 }
             }
             // The poller is oneshot: arm the listener again unless paused.
-            if let Some(Some(l)) = listeners.get(i) {
-                if !l.paused {
-                    let _ = poller.modify(&l.sock, PEvent::readable(i));
-                }
+            if let Some((_, l)) = listeners.at(i).filter(|(_, l)| !l.paused) {
+                let _ = poller.modify(&l.sock, PEvent::readable(i));
             }
         }
     }
@@ -729,17 +451,17 @@ fn accepted(shared: &Arc<Shared>, listener: ListenerId, stream: TcpStream, peer:
             // Out of descriptors, most likely: the core pauses accepting
             // and says so once.
             drop(stream);
-            let mut core = lock(shared);
-            let error = IoKind::from_io(&e);
-            core.proxy
-                .handle(Event::AcceptFailed { listener, error }, Instant::now());
-            core.drain(shared, None, &mut Vec::new());
+            let ev = Event::AcceptFailed {
+                listener,
+                error: IoKind::from_io(&e),
+            };
+            shared.tell(|core| core.table.handle(ev, Instant::now()));
             return;
         }
     };
     let mut core = lock(shared);
     let local = stream.local_addr().unwrap_or(peer);
-    let Ok(conn) = core.proxy.accept_on(listener, peer, local, Instant::now()) else {
+    let Ok(conn) = core.table.accept(listener, peer, local, Instant::now()) else {
         core.drain(shared, None, &mut Vec::new());
         return;
     };
@@ -754,64 +476,49 @@ fn accepted(shared: &Arc<Shared>, listener: ListenerId, stream: TcpStream, peer:
             poller: poller.clone(),
         },
     );
-    core.drain(shared, None, &mut Vec::new());
+    // The new connection's first commands come back here, to be carried
+    // out before its thread starts.
+    let mut first = Vec::new();
+    core.drain(shared, Some(conn), &mut first);
     drop(core);
-    let shared2 = shared.clone();
+    let mut c = ConnThread {
+        shared: shared.clone(),
+        poller,
+        rx,
+        pair: Pair::new(conn, stream),
+        want: [(false, false); 2],
+        closed: false,
+        splice_ok: [false; 2],
+        pipe_size: PipeSize::default(),
+        armed: [None; 2],
+    };
+    let Some(rest) = c.start(first) else {
+        // Closed already (its connect could not even start): no thread,
+        // and its descriptors are free before the next accept.
+        return;
+    };
     let spawned = std::thread::Builder::new()
         .name(format!("conn-{conn}"))
         .stack_size(256 * 1024)
-        .spawn(move || {
-            let mut c = ConnThread {
-                shared: shared2,
-                id: conn,
-                poller,
-                rx,
-                client: stream,
-                upstream: None,
-                connecting: false,
-                want: [(false, false); 2],
-                closed: false,
-                splice_ok: [false; 2],
-                pipe: [None, None],
-                eof_piped: [false; 2],
-                no_splice: false,
-                pipe_size: PipeSize::default(),
-                armed: [None; 2],
-            };
-            c.run();
-        });
+        .spawn(move || c.run(rest));
     if let Err(e) = spawned {
-        let mut core = lock(shared);
-        let side = Side::Client;
-        let error = IoKind::from_io(&e);
-        core.proxy
-            .handle(Event::IoError { conn, side, error }, Instant::now());
-        core.drain(shared, None, &mut Vec::new());
+        let (side, error) = (Side::Client, IoKind::from_io(&e));
+        let ev = Event::IoError { conn, side, error };
+        shared.tell(|core| core.table.handle(ev, Instant::now()));
     }
 }
 
 struct ConnThread {
     shared: Arc<Shared>,
-    id: ConnId,
     poller: Arc<Poller>,
-    rx: Receiver<Cmd>,
-    client: TcpStream,
-    upstream: Option<TcpStream>,
-    connecting: bool,
+    rx: Receiver<ConnCmd>,
+    pair: Pair<TcpStream>,
     /// The core's last interest per side: (read, write).
     want: [(bool, bool); 2],
     closed: bool,
     /// What `splice_ok` said per source side when this thread last held
     /// the lock.
     splice_ok: [bool; 2],
-    /// Per direction, by source side: the pipe its spliced bytes wait in
-    /// on their way to the other socket.
-    pipe: [Option<Pipe>; 2],
-    /// The source reached EOF with bytes still in its pipe: the core hears
-    /// of it once they are out.
-    eof_piped: [bool; 2],
-    /// splice(2) is not supported here: read and write only.
-    no_splice: bool,
     /// The size new pipes are made (as the core says).
     pipe_size: PipeSize,
     /// What each socket is armed for in the (oneshot) poller: `None` once
@@ -820,26 +527,51 @@ struct ConnThread {
     armed: [Option<(bool, bool)>; 2],
 }
 
+/// Poller keys (and per-side indices) of a connection's two sockets.
 const CLIENT: usize = 0;
 const UPSTREAM: usize = 1;
 
-fn si(side: Side) -> usize {
-    match side {
-        Side::Client => CLIENT,
-        Side::Upstream => UPSTREAM,
-    }
-}
-
 impl ConnThread {
-    fn run(&mut self) {
-        // SAFETY: the client socket is deleted from the poller before this
-        // thread returns and drops it.
-        if unsafe { self.poller.add(&self.client, PEvent::none(CLIENT)) }.is_err() {
+    /// On the acceptor, before the connection's thread exists: registers
+    /// the client socket and carries out the commands the accept brought
+    /// up to the first that may block (a name to resolve), as `portico`
+    /// does within its accept. A connect that cannot be made (out of
+    /// descriptors, say) then closes the connection before the acceptor
+    /// accepts again, so that a backlog of connections that cannot be
+    /// served is worked off at once rather than one per pause of
+    /// accepting. The commands left for the thread, or `None` when the
+    /// connection is closed already.
+    fn start(&mut self, first: Vec<ConnCmd>) -> Option<Vec<ConnCmd>> {
+        // SAFETY: the client socket is deleted from the poller before it is
+        // dropped (`finish`).
+        if unsafe { self.poller.add(&self.pair.client, PEvent::none(CLIENT)) }.is_err() {
             self.fail(Side::Client, IoKind::Other);
         }
         self.armed[CLIENT] = Some((false, false));
+        let mut todo = std::collections::VecDeque::from(first);
+        while !self.closed {
+            match todo.pop_front() {
+                Some(ConnCmd::Resolve { host, port }) => {
+                    todo.push_front(ConnCmd::Resolve { host, port });
+                    break;
+                }
+                Some(cmd) => {
+                    let mut more = Vec::new();
+                    self.apply(cmd, &mut more);
+                    todo.extend(more);
+                }
+                None => break,
+            }
+        }
+        if self.closed {
+            self.finish();
+            return None;
+        }
+        Some(todo.into())
+    }
+
+    fn run(&mut self, mut mine: Vec<ConnCmd>) {
         let mut events = Events::new();
-        let mut mine = Vec::new();
         loop {
             while let Ok(cmd) = self.rx.try_recv() {
                 self.apply(cmd, &mut mine);
@@ -867,10 +599,8 @@ impl ConnThread {
                 } else {
                     Side::Upstream
                 };
-                if side == Side::Upstream && self.connecting {
-                    // Writable with neither error nor hang-up is connected
-                    // (a failed connect always brings EPOLLERR); only
-                    // otherwise are the pending error and the peer asked.
+                if side == Side::Upstream && self.pair.connecting {
+                    // See `net::connect_outcome` for what a clean event says.
                     let clean = ev.writable && ev.is_err() == Some(false) && !ev.is_interrupt();
                     self.finish_connect(clean, &mut mine);
                     continue;
@@ -880,8 +610,14 @@ impl ConnThread {
                 }
             }
         }
-        let _ = self.poller.delete(&self.client);
-        if let Some(u) = &self.upstream {
+        self.finish();
+    }
+
+    /// The connection is over: its sockets leave the poller (and close as
+    /// they drop), its pipes go back or close.
+    fn finish(&mut self) {
+        let _ = self.poller.delete(&self.pair.client);
+        if let Some(u) = &self.pair.upstream {
             let _ = self.poller.delete(u);
         }
         self.release_pipes(true);
@@ -891,219 +627,133 @@ impl ConnThread {
     /// the connection ends; those that hold bytes are closed then).
     fn release_pipes(&mut self, all: bool) {
         let shared = &self.shared;
-        crate::splice::release(&mut self.pipe, &mut self.eof_piped, all, |p| {
-            let mut pool = shared.pipes.lock().unwrap_or_else(|p| p.into_inner());
-            pool.give(p);
-        });
+        self.pair.dirs.release(all, |p| shared.give(p));
     }
 
-    /// Bytes wait in the pipe of the direction `from` feeds.
-    fn piped(&self, from: Side) -> bool {
-        self.pipe[si(from)].as_ref().is_some_and(|p| !p.is_empty())
+    /// What reading `side` would do now.
+    fn read_op(&self, side: Side) -> ReadOp {
+        let i = si(side);
+        self.pair
+            .read_op(side, self.want[i].0, || self.splice_ok[i])
     }
 
-    /// Reading `side` would splice now.
-    fn can_splice(&self, side: Side) -> bool {
-        !self.no_splice
-            && self.splice_ok[si(side)]
-            && !self.eof_piped[si(side)]
-            && self.pipe[si(side)].as_ref().is_none_or(|p| p.has_room())
-    }
-
-    /// Reading `side` would do something now (a read, or a splice).
-    fn can_read(&self, side: Side) -> bool {
-        self.want[si(side)].0
-            && !self.eof_piped[si(side)]
-            && (self.can_splice(side) || !self.piped(side))
+    /// What `side`'s socket is wanted for now: (read, write).
+    fn wants(&self, side: Side) -> (bool, bool) {
+        let (i, dirs) = (si(side), &self.pair.dirs);
+        dirs.wants(side, self.want[i].0, self.want[i].1, || self.splice_ok[i])
     }
 
     /// Tells the poller what to wait for: it is oneshot, so a socket whose
     /// event fired is armed again, and one still armed only if what is
     /// wanted changed.
     fn arm(&mut self) {
-        // A pipe toward a socket is written whatever the core wants there
-        // (its own buffer is empty while the pipe holds bytes).
-        let r = self.can_read(Side::Client);
-        let w = self.want[CLIENT].1 || self.piped(Side::Upstream);
-        if self.armed[CLIENT] != Some((r, w)) {
-            let _ = self.poller.modify(&self.client, interest(CLIENT, r, w));
-            self.armed[CLIENT] = Some((r, w));
+        let want = self.wants(Side::Client);
+        if self.armed[CLIENT] != Some(want) {
+            let _ = self
+                .poller
+                .modify(&self.pair.client, interest(CLIENT, want));
+            self.armed[CLIENT] = Some(want);
         }
-        if let Some(u) = &self.upstream {
-            let (r, w) = if self.connecting {
+        if let Some(u) = &self.pair.upstream {
+            let want = if self.pair.connecting {
                 (false, true)
             } else {
-                let r = self.can_read(Side::Upstream);
-                let w = self.want[UPSTREAM].1 || self.piped(Side::Client);
-                (r, w)
+                self.wants(Side::Upstream)
             };
-            if self.armed[UPSTREAM] != Some((r, w)) {
-                let _ = self.poller.modify(u, interest(UPSTREAM, r, w));
-                self.armed[UPSTREAM] = Some((r, w));
+            if self.armed[UPSTREAM] != Some(want) {
+                let _ = self.poller.modify(u, interest(UPSTREAM, want));
+                self.armed[UPSTREAM] = Some(want);
             }
         }
     }
 
-    fn apply(&mut self, cmd: Cmd, mine: &mut Vec<Cmd>) {
+    /// Lets go of the upstream socket (and what was on its way to or from
+    /// it).
+    fn drop_upstream(&mut self) {
+        let shared = &self.shared;
+        let old = self.pair.close_upstream(|p| shared.give(p));
+        if let Some(old) = old {
+            let _ = self.poller.delete(&old);
+        }
+        self.armed[UPSTREAM] = None;
+    }
+
+    fn apply(&mut self, cmd: ConnCmd, mine: &mut Vec<ConnCmd>) {
         match cmd {
-            Cmd::Resolve { host, port } => {
+            ConnCmd::Resolve { host, port } => {
                 // This thread serves only this connection: it may wait here.
-                let conn = self.id;
-                let ev = match (host.as_str(), port).to_socket_addrs() {
-                    Ok(a) => Event::Resolved {
-                        conn,
-                        addrs: a.collect(),
-                    },
-                    Err(_) => Event::ResolveFailed { conn },
-                };
-                self.event(ev, mine);
+                self.event(resolve(self.pair.id, &host, port), mine);
             }
-            Cmd::Connect { addr, bind } => match connect(addr, bind) {
+            ConnCmd::Connect { addr, bind } => match net::tcp_connect(addr, bind) {
                 Ok(u) => {
-                    if let Some(old) = self.upstream.take() {
-                        let _ = self.poller.delete(&old);
-                    }
-                    self.release_pipes(true);
+                    // A previous attempt's socket (if any) closes here.
+                    self.drop_upstream();
                     self.splice_ok = [false; 2];
-                    // SAFETY: deleted from the poller before the thread ends.
+                    // SAFETY: deleted from the poller before it is dropped
+                    // (`drop_upstream`, or the end of `run`).
                     if unsafe { self.poller.add(&u, PEvent::writable(UPSTREAM)) }.is_err() {
                         self.connect_failed(IoKind::Other, mine);
                         return;
                     }
                     self.armed[UPSTREAM] = Some((false, true));
-                    self.upstream = Some(u);
-                    self.connecting = true;
+                    self.pair.connect_started(u, |_| {});
                 }
                 Err(e) => self.connect_failed(IoKind::from_io(&e), mine),
             },
-            Cmd::Interest { side, read, write } => self.want[si(side)] = (read, write),
-            Cmd::ShutdownWrite(side) => {
-                let r = match side {
-                    Side::Client => self.client.shutdown(Shutdown::Write),
-                    Side::Upstream => match &self.upstream {
-                        Some(u) => u.shutdown(Shutdown::Write),
-                        None => Ok(()),
-                    },
-                };
-                if let Err(e) = r {
-                    if e.kind() != io::ErrorKind::NotConnected {
-                        self.event(
-                            Event::IoError {
-                                conn: self.id,
-                                side,
-                                error: IoKind::from_io(&e),
-                            },
-                            mine,
-                        );
-                    }
+            ConnCmd::Interest { side, read, write } => self.want[si(side)] = (read, write),
+            ConnCmd::ShutdownWrite(side) => {
+                if let Some(ev) = self.pair.shutdown_write(side) {
+                    self.event(ev, mine);
                 }
             }
-            Cmd::CloseUpstream => {
-                if let Some(old) = self.upstream.take() {
-                    let _ = self.poller.delete(&old);
-                }
-                self.armed[UPSTREAM] = None;
-                // What was on its way to or from it goes too.
-                self.release_pipes(true);
+            ConnCmd::CloseUpstream => {
+                self.drop_upstream();
                 self.splice_ok = [false; 2];
-                self.connecting = false;
                 self.want[UPSTREAM] = (false, false);
             }
-            Cmd::Close => self.closed = true,
+            ConnCmd::Close => self.closed = true,
         }
     }
 
-    fn event(&mut self, ev: Event, mine: &mut Vec<Cmd>) {
+    fn event(&mut self, ev: Event, mine: &mut Vec<ConnCmd>) {
         let mut core = lock(&self.shared);
-        core.proxy.handle(ev, Instant::now());
-        core.drain(&self.shared, Some(self.id), mine);
-        (self.splice_ok, self.pipe_size) = splice_answer(&core, self.id);
+        core.table.handle(ev, Instant::now());
+        core.drain(&self.shared, Some(self.pair.id), mine);
+        (self.splice_ok, self.pipe_size) = splice_answer(&core, self.pair.id);
     }
 
     /// Splices what `side` has into its direction's pipe; true if anything
     /// happened (bytes moved, or the core was told something).
-    fn splice_in(&mut self, side: Side, mine: &mut Vec<Cmd>) -> bool {
-        let pipe = match self.pipe[si(side)].take() {
-            Some(p) => Ok(p),
-            None => {
-                let mut pool = self.shared.pipes.lock().unwrap_or_else(|p| p.into_inner());
-                pool.take(self.pipe_size)
+    fn splice_in(&mut self, side: Side, mine: &mut Vec<ConnCmd>) -> bool {
+        let (shared, size) = (&self.shared, self.pipe_size);
+        match self.pair.splice_in(side, || shared.pipes().take(size)) {
+            Filled::Moved | Filled::Eof(None) => true,
+            Filled::Full | Filled::Empty | Filled::Unsupported => false,
+            Filled::Eof(Some(ev)) | Filled::Failed(ev) => {
+                self.event(ev, mine);
+                true
             }
-        };
-        let Ok(mut pipe) = pipe else {
-            // No pipe (unsupported, or out of descriptors): this connection
-            // reads and writes.
-            self.no_splice = true;
-            return false;
-        };
-        let stream = match side {
-            Side::Client => &self.client,
-            Side::Upstream => match &self.upstream {
-                Some(u) => u,
-                None => return false,
-            },
-        };
-        let r = pipe.fill(stream.as_fd());
-        let empty = pipe.is_empty();
-        self.pipe[si(side)] = Some(pipe);
-        let conn = self.id;
-        let ev = match r {
-            Ok(Fill::Moved) => return true,
-            Ok(Fill::PipeFull) | Ok(Fill::Empty) => return false,
-            Ok(Fill::Unsupported) => {
-                self.no_splice = true;
-                return false;
-            }
-            Ok(Fill::Eof) if !empty => {
-                self.eof_piped[si(side)] = true;
-                return true;
-            }
-            Ok(Fill::Eof) => Event::Eof { conn, side },
-            Err(e) => Event::IoError {
-                conn,
-                side,
-                error: IoKind::from_io(&e),
-            },
-        };
-        self.event(ev, mine);
-        true
+        }
     }
 
     /// Splices what the pipe of the direction `from` feeds out to the other
-    /// socket and tells the core how much went (and the source's EOF, once
-    /// the pipe is empty); true if anything went.
-    fn splice_out(&mut self, from: Side, mine: &mut Vec<Cmd>) -> bool {
-        let to = match from.other() {
-            Side::Client => &self.client,
-            Side::Upstream => match &self.upstream {
-                Some(u) => u,
-                None => return false,
-            },
-        };
-        let Some(pipe) = self.pipe[si(from)].as_mut() else {
-            return false;
-        };
-        let r = pipe.drain(to.as_fd());
-        let drained = pipe.is_empty();
-        let conn = self.id;
-        match r {
-            Ok(Some(n)) if n > 0 => {
-                let eof = drained && std::mem::take(&mut self.eof_piped[si(from)]);
+    /// socket and tells the core what went; true if anything went.
+    fn splice_out(&mut self, from: Side, mine: &mut Vec<ConnCmd>) -> bool {
+        match self.pair.splice_out(from) {
+            Drained::Sent { told, .. } => {
+                let conn = self.pair.id;
                 let mut core = lock(&self.shared);
                 let now = Instant::now();
-                core.proxy.handle(Event::Spliced { conn, from, n }, now);
-                if eof {
-                    core.proxy.handle(Event::Eof { conn, side: from }, now);
+                for ev in told {
+                    core.table.handle(ev, now);
                 }
                 core.drain(&self.shared, Some(conn), mine);
                 (self.splice_ok, self.pipe_size) = splice_answer(&core, conn);
                 true
             }
-            Ok(_) => false,
-            Err(e) => {
-                let error = IoKind::from_io(&e);
-                let side = from.other();
-                self.event(Event::IoError { conn, side, error }, mine);
+            Drained::Blocked => false,
+            Drained::Failed(ev) => {
+                self.event(ev, mine);
                 true
             }
         }
@@ -1111,62 +761,38 @@ impl ConnThread {
 
     fn fail(&mut self, side: Side, error: IoKind) {
         let mut mine = Vec::new();
-        self.event(
-            Event::IoError {
-                conn: self.id,
-                side,
-                error,
-            },
-            &mut mine,
-        );
+        let conn = self.pair.id;
+        self.event(Event::IoError { conn, side, error }, &mut mine);
         for cmd in mine {
-            if let Cmd::Close = cmd {
+            if let ConnCmd::Close = cmd {
                 self.closed = true;
             }
         }
     }
 
-    fn connect_failed(&mut self, error: IoKind, mine: &mut Vec<Cmd>) {
-        self.connecting = false;
-        self.event(
-            Event::ConnectFailed {
-                conn: self.id,
-                error,
-            },
-            mine,
-        );
+    fn connect_failed(&mut self, error: IoKind, mine: &mut Vec<ConnCmd>) {
+        self.pair.connecting = false;
+        let conn = self.pair.id;
+        self.event(Event::ConnectFailed { conn, error }, mine);
     }
 
-    fn finish_connect(&mut self, clean: bool, mine: &mut Vec<Cmd>) {
-        let Some(u) = &self.upstream else {
-            return;
-        };
-        let peer = if clean {
-            Ok(())
-        } else {
-            match u.take_error() {
-                Ok(Some(e)) | Err(e) => return self.connect_failed(IoKind::from_io(&e), mine),
-                Ok(None) => {}
+    /// The upstream socket signalled while connecting (`clean`: writable
+    /// with neither error nor hang-up).
+    fn finish_connect(&mut self, clean: bool, mine: &mut Vec<ConnCmd>) {
+        let conn = self.pair.id;
+        match self.pair.finish_connect(clean) {
+            Connecting::Done => {
+                let mut core = lock(&self.shared);
+                if let Some(u) = &self.pair.upstream {
+                    core.table.connected(conn, u, Instant::now());
+                }
+                core.drain(&self.shared, Some(conn), mine);
+                (self.splice_ok, self.pipe_size) = splice_answer(&core, conn);
             }
-            u.peer_addr().map(|_| ())
-        };
-        match peer {
-            Ok(_) => {
-                self.connecting = false;
-                // As in `portico`: the local address only where the core
-                // uses it (SOCKS, FTP), sparing a getsockname elsewhere.
-                let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
-                let wants = lock(&self.shared).proxy.wants_local(self.id);
-                let local = if wants {
-                    u.local_addr().unwrap_or(unspecified)
-                } else {
-                    unspecified
-                };
-                let conn = self.id;
-                self.event(Event::Connected { conn, local }, mine);
+            Connecting::Pending => {}
+            Connecting::Failed(error) => {
+                self.event(Event::ConnectFailed { conn, error }, mine);
             }
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
-            Err(e) => self.connect_failed(IoKind::from_io(&e), mine),
         }
     }
 
@@ -1174,8 +800,8 @@ impl ConnThread {
     /// can take them, a bounded number in a row; splices from `side` and
     /// on to the other socket at once, and what waits in a pipe toward
     /// `side`.
-    fn pump(&mut self, side: Side, mine: &mut Vec<Cmd>) {
-        let conn = self.id;
+    fn pump(&mut self, side: Side, mine: &mut Vec<ConnCmd>) {
+        let conn = self.pair.id;
         for _ in 0..OPS_PER_TURN {
             let mut did = false;
             // Commands from this thread's own drains apply at once (interest
@@ -1183,77 +809,37 @@ impl ConnThread {
             for cmd in std::mem::take(mine) {
                 self.apply(cmd, mine);
             }
-            if self.closed {
+            if self.closed || self.pair.stream(side).is_none() {
                 return;
             }
-            if self.upstream.is_none() && side == Side::Upstream {
-                return;
-            }
-            if self.piped(side.other()) {
-                // Toward `side`: the pipe first (the core's buffer of that
-                // direction is empty while the pipe holds bytes).
+            if self.pair.dirs.piped(side.other()) {
+                // Toward `side`: the pipe first.
                 did |= self.splice_out(side.other(), mine);
             }
-            let splicing = self.want[si(side)].0 && self.can_splice(side);
-            if splicing {
+            let op = self.read_op(side);
+            if op == ReadOp::Splice {
                 // From `side`, straight on to the other socket.
                 did |= self.splice_in(side, mine);
-                if self.piped(side) {
+                if self.pair.dirs.piped(side) {
                     did |= self.splice_out(side, mine);
                 }
             }
-            let stream = match side {
-                Side::Client => &self.client,
-                Side::Upstream => match &self.upstream {
-                    Some(u) => u,
-                    None => return,
-                },
-            };
-            let (want_read, want_write) = self.want[si(side)];
-            // Bytes read earlier still wait in the pipe: they go first.
-            let want_read =
-                want_read && !splicing && !self.piped(side) && !self.eof_piped[si(side)];
-            if want_write {
+            if self.want[si(side)].1 {
                 let mut core = lock(&self.shared);
-                if let Some(parts) = core.proxy.send_bufs(conn, side) {
-                    let r = write_parts(stream, parts);
-                    let ev = match r {
-                        Ok(n) => Some(Event::Written { conn, side, n }),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-                        Err(e) => Some(Event::IoError {
-                            conn,
-                            side,
-                            error: IoKind::from_io(&e),
-                        }),
-                    };
-                    if let Some(ev) = ev {
-                        did = true;
-                        core.proxy.handle(ev, Instant::now());
-                        core.drain(&self.shared, Some(conn), mine);
-                        // The core's buffer may have drained: a splice may
-                        // follow.
-                        (self.splice_ok, self.pipe_size) = splice_answer(&core, conn);
-                    }
+                if let Some((Some(ev), _)) = self.pair.write(&mut core.table, side) {
+                    did = true;
+                    core.table.handle(ev, Instant::now());
+                    core.drain(&self.shared, Some(conn), mine);
+                    // The core's buffer may have drained: a splice may
+                    // follow.
+                    (self.splice_ok, self.pipe_size) = splice_answer(&core, conn);
                 }
             }
-            if want_read && !self.closed {
+            if op == ReadOp::Core && !self.closed {
                 let mut core = lock(&self.shared);
-                if let Some(buf) = core.proxy.recv_buf(conn, side) {
-                    let r = retry(|| (&*stream).read(buf));
-                    let ev = match r {
-                        Ok(0) => Event::Eof { conn, side },
-                        Ok(n) => Event::Read { conn, side, n },
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            Event::ReadBlocked { conn, side }
-                        }
-                        Err(e) => Event::IoError {
-                            conn,
-                            side,
-                            error: IoKind::from_io(&e),
-                        },
-                    };
+                if let Some((ev, _)) = self.pair.read(&mut core.table, side) {
                     did |= !matches!(ev, Event::ReadBlocked { .. });
-                    core.proxy.handle(ev, Instant::now());
+                    core.table.handle(ev, Instant::now());
                     core.drain(&self.shared, Some(conn), mine);
                     (self.splice_ok, self.pipe_size) = splice_answer(&core, conn);
                 }
@@ -1271,45 +857,19 @@ impl ConnThread {
 /// Whether each direction of `conn` may splice now (the caller holds the
 /// lock), and the size the core wants its pipes.
 fn splice_answer(core: &Core, conn: ConnId) -> ([bool; 2], PipeSize) {
-    let p = &core.proxy;
-    (
-        [
-            p.splice_ok(conn, Side::Client),
-            p.splice_ok(conn, Side::Upstream),
-        ],
-        p.proxy().splice_pipe(),
-    )
+    let t = &core.table;
+    let ok = [
+        t.splice_ok(conn, Side::Client),
+        t.splice_ok(conn, Side::Upstream),
+    ];
+    (ok, t.splice_pipe())
 }
 
-fn interest(key: usize, read: bool, write: bool) -> PEvent {
+fn interest(key: usize, (read, write): (bool, bool)) -> PEvent {
     match (read, write) {
         (true, true) => PEvent::all(key),
         (true, false) => PEvent::readable(key),
         (false, true) => PEvent::writable(key),
         (false, false) => PEvent::none(key),
     }
-}
-
-fn retry<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
-    loop {
-        match f() {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            r => return r,
-        }
-    }
-}
-
-fn connect(addr: SocketAddr, bind: Option<IpAddr>) -> io::Result<TcpStream> {
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    s.set_nonblocking(true)?;
-    s.set_nodelay(true)?;
-    if let Some(ip) = bind {
-        s.bind(&SockAddr::from(SocketAddr::new(ip, 0)))?;
-    }
-    match s.connect(&SockAddr::from(addr)) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(e),
-    }
-    Ok(s.into())
 }

@@ -1,12 +1,15 @@
 //! Signals, shutdown and start-up failures.
 
+use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use portico_tests::{
     both, config_head, connect, echo_check, free_port, local, mapped_config, mapped_service,
     poll_until, read_outcome, run_on_config, start_mapped, Behaviour, Bin, Portico, ReadOutcome,
-    TestServer,
+    TempDir, TestServer, START_TIMEOUT,
 };
 
 both!(
@@ -16,6 +19,7 @@ both!(
     listen_address_in_use,
     sighup_does_not_stop_the_proxy,
     sighup_reloads_configuration,
+    start_lines_on_one_terminal,
 );
 
 fn signal_exits_zero(bin: Bin, sig: i32, name: &str) {
@@ -207,4 +211,111 @@ fn sighup_does_not_stop_the_proxy(bin: Bin) {
             p.stderr_text()
         )
     });
+}
+
+/// Starts `bin` on `config` with its stdout and stderr on one pipe, as both
+/// are on one terminal, and returns the first `n` lines it writes there
+/// (fewer if it exits first, or if `START_TIMEOUT` passes); then stops it.
+/// A pipe keeps the order of the writes into it, whichever descriptor
+/// wrote them: the lines come in the order the process wrote them, which
+/// is the order a terminal would show (each line is written whole, and
+/// stdout is flushed at each).
+fn first_lines_on_one_pipe(bin: Bin, config: &str, n: usize) -> Vec<String> {
+    let dir = TempDir::new();
+    let path = dir.write("portico.toml", config);
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new descriptors into the array it is given.
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(rc, 0, "pipe2: {}", std::io::Error::last_os_error());
+    // SAFETY: both are fresh and owned by nobody else.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let stderr = write.try_clone().expect("dup the pipe's write end");
+    let mut cmd = Command::new(bin.path());
+    cmd.arg("--config")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(write))
+        .stderr(Stdio::from(stderr));
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("{bin}: cannot start {}: {e}", bin.path().display()));
+    // Only the child holds the write end now: the pipe ends when it exits.
+    drop(cmd);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(std::fs::File::from(read)).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut lines = Vec::new();
+    while lines.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    lines
+}
+
+/// A configuration's warning (here: an open proxy on the external side) is
+/// a line on stderr, the `listening:` lines are on stdout; on one terminal
+/// the warning comes first, then the listening lines in the order of the
+/// file (a UDP port among them), as the core queues them, in both binaries.
+fn start_lines_on_one_terminal(bin: Bin) {
+    for attempt in 0.. {
+        let (http, udp) = (free_port(), free_port());
+        let config = format!(
+            r#"[network]
+internal = ["127.0.0.2"]
+external = ["127.0.0.1"]
+
+[[service]]
+name = "open"
+kind = "http"
+side = "external"
+open_proxy = true
+listen = ["127.0.0.1:{http}"]
+
+[[service]]
+name = "dns"
+kind = "mapped"
+protocol = "udp"
+side = "external"
+listen = ["127.0.0.1:{udp}"]
+destination = "127.0.0.1:9"
+"#
+        );
+        let lines = first_lines_on_one_pipe(bin, &config, 3);
+        if attempt < 3 && lines.iter().any(|l| l.contains("cannot listen on")) {
+            // A port taken since it was found free: try others.
+            continue;
+        }
+        let want = [
+            format!("listening: open (http) on 127.0.0.1:{http}"),
+            format!("listening: dns (mapped) on 127.0.0.1:{udp}"),
+        ];
+        let shown = lines.join("\n");
+        assert_eq!(
+            lines.len(),
+            3,
+            "{bin}: want a warning and two listening lines:\n{shown}"
+        );
+        assert!(
+            lines[0].starts_with("portico: warn: ") && lines[0].contains("open_proxy"),
+            "{bin}: the open-proxy warning must come first, before the listening lines:\n{shown}"
+        );
+        assert_eq!(
+            lines[1..],
+            want,
+            "{bin}: the listening lines, in the order of the file, after the warning:\n{shown}"
+        );
+        return;
+    }
 }

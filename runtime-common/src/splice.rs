@@ -1,9 +1,8 @@
-//! splice(2) for pure relays (this file is compiled into `portico-threaded`
-//! too). Once the core says a direction is a pure relay
-//! (`Proxy::splice_ok`), a runtime may move its bytes socket → pipe →
+//! splice(2) for pure relays. Once the core says a direction is a pure
+//! relay (`Proxy::splice_ok`), a runtime may move its bytes socket → pipe →
 //! socket inside the kernel instead of reading them into the core's buffer
 //! and writing them out again, and reports what reached the other socket
-//! as `Event::Spliced`.
+//! as `Event::Spliced`. The order this must keep is [`crate::Directions`]'s.
 //!
 //! A direction holds a pipe only while bytes are in it, as it holds a
 //! buffer of the core's: pipes come from a pool ([`Pipes`]) and go back
@@ -21,7 +20,7 @@
 use std::io;
 use std::os::fd::BorrowedFd;
 
-use portico_core::proxy::PipeSize;
+use crate::table::PipeSize;
 #[cfg(target_os = "linux")]
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -134,36 +133,13 @@ impl Pipe {
     }
 
     /// Bytes in the pipe now.
-    #[allow(dead_code)] // `portico-threaded` waits level-triggered: no count needed
     pub fn len(&self) -> usize {
         self.len
     }
 }
 
-/// Gives back, through `give`, the pipes of a connection's two directions
-/// (indexed by source side) that are empty and owe no EOF; with `all` (the
-/// connection or its upstream is gone) every one, and what they hold goes
-/// with them.
-pub fn release(
-    pipe: &mut [Option<Pipe>; 2],
-    eof_piped: &mut [bool; 2],
-    all: bool,
-    mut give: impl FnMut(Pipe),
-) {
-    for i in 0..2 {
-        let empty = pipe[i].as_ref().is_some_and(|p| p.is_empty());
-        if all || (empty && !eof_piped[i]) {
-            if let Some(p) = pipe[i].take() {
-                give(p);
-            }
-        }
-    }
-    if all {
-        *eof_piped = [false; 2];
-    }
-}
-
 /// Empty pipes of the current size, for directions that start splicing.
+#[derive(Default)]
 pub struct Pipes {
     spare: Vec<Pipe>,
     size: PipeSize,
@@ -171,10 +147,7 @@ pub struct Pipes {
 
 impl Pipes {
     pub fn new() -> Pipes {
-        Pipes {
-            spare: Vec::new(),
-            size: PipeSize::default(),
-        }
+        Pipes::default()
     }
 
     /// An empty pipe as the core asks (a reload may change that; the

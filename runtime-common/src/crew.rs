@@ -1,0 +1,193 @@
+//! [`Crew`]: the tables of one process and what they tell each other.
+//! `portico` runs a table per worker thread (`[runtime] workers`);
+//! `portico-threaded` runs one, a crew of one. Worker 0 handles the
+//! signals: it stops the others with it, and reloads them before itself,
+//! logging the reload for all with what theirs closed. A status request on
+//! any worker gathers every table. Each worker reads its mail when its
+//! `Wake` rouses it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portico_core::config::Config;
+use portico_core::ConnId;
+
+use crate::table::{Snapshot, Table};
+
+/// Rouses a worker to read its mail; false when it is gone.
+pub type Wake = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// How long a worker that reloads waits for each other worker's answer: it
+/// answers within its turn; one that does not is stuck or gone.
+const RELOAD_WAIT: Duration = Duration::from_secs(5);
+
+struct Mailbox {
+    tx: Sender<Mail>,
+    wake: Wake,
+}
+
+impl Mailbox {
+    /// False when that worker is gone.
+    fn send(&self, mail: Mail) -> bool {
+        self.tx.send(mail).is_ok() && (self.wake)()
+    }
+}
+
+/// What workers tell each other.
+enum Mail {
+    Stop,
+    /// Apply this configuration, then say how many connections it closed.
+    Reload {
+        config: Box<Config>,
+        text: Arc<str>,
+        recheck: bool,
+        done: Sender<usize>,
+    },
+    /// Worker `from` wants this table for its status request on `conn`.
+    Snapshot {
+        from: usize,
+        conn: ConnId,
+    },
+    /// The table asked for.
+    Part {
+        conn: ConnId,
+        part: Box<Snapshot>,
+    },
+}
+
+/// One worker among the others.
+pub struct Crew {
+    index: usize,
+    mail: Receiver<Mail>,
+    /// Every worker's mailbox, this one's included.
+    boxes: Arc<Vec<Mailbox>>,
+    /// Status requests waiting for the other workers' tables: the parts
+    /// so far and how many are still to come.
+    gathers: HashMap<ConnId, (Vec<Snapshot>, usize)>,
+    /// The file SIGHUP reads again, and `--reload-recheck`.
+    path: Option<PathBuf>,
+    recheck: bool,
+}
+
+impl Crew {
+    /// One crew member per wake, in worker order.
+    pub fn new(wakes: Vec<Wake>, path: Option<PathBuf>, recheck: bool) -> Vec<Crew> {
+        let (boxes, inboxes): (Vec<_>, Vec<_>) = wakes
+            .into_iter()
+            .map(|wake| {
+                let (tx, rx) = channel();
+                (Mailbox { tx, wake }, rx)
+            })
+            .unzip();
+        let boxes = Arc::new(boxes);
+        let crew = inboxes.into_iter().enumerate().map(|(index, mail)| Crew {
+            index,
+            mail,
+            boxes: boxes.clone(),
+            gathers: HashMap::new(),
+            path: path.clone(),
+            recheck,
+        });
+        crew.collect()
+    }
+
+    /// A process of one table.
+    pub fn alone(path: Option<PathBuf>, recheck: bool) -> Crew {
+        let mut crew = Crew::new(vec![Arc::new(|| true)], path, recheck);
+        crew.remove(0)
+    }
+
+    /// Sends `mail` to every other worker; how many took it.
+    fn tell_others(&self, mut mail: impl FnMut() -> Mail) -> usize {
+        let me = self.index;
+        let boxes = self.boxes.iter().enumerate();
+        boxes.filter(|(k, b)| *k != me && b.send(mail())).count()
+    }
+
+    /// SIGTERM or SIGINT: every table stops.
+    pub fn stop(&self, table: &mut Table) {
+        table.shutdown(Instant::now());
+        self.tell_others(|| Mail::Stop);
+    }
+
+    /// SIGHUP: reads the file again; a bad one leaves everything as it is.
+    /// The other workers apply it first, then this one.
+    pub fn reload(&self, table: &mut Table) {
+        let Some((config, text)) = crate::process::load(self.path.as_deref()) else {
+            return;
+        };
+        let recheck = self.recheck;
+        let shared: Arc<str> = Arc::from(text.as_str());
+        let (done, replies) = channel();
+        let asked = self.tell_others(|| Mail::Reload {
+            config: Box::new(config.clone()),
+            text: shared.clone(),
+            recheck,
+            done: done.clone(),
+        });
+        drop(done);
+        let mut closed = 0;
+        for _ in 0..asked {
+            match replies.recv_timeout(RELOAD_WAIT) {
+                Ok(n) => closed += n,
+                Err(_) => break,
+            }
+        }
+        table.apply(config, &text, recheck, closed);
+    }
+
+    /// A status request on `conn` wants every table: asks the other
+    /// workers for theirs (their answers come as mail, read only after
+    /// this returns); with none to ask (or none left), the core answers at
+    /// once.
+    pub fn gather(&mut self, table: &mut Table, conn: ConnId) {
+        let from = self.index;
+        match self.tell_others(|| Mail::Snapshot { from, conn }) {
+            0 => table.handle_gathered(conn, Vec::new(), Instant::now()),
+            asked => {
+                self.gathers.insert(conn, (Vec::new(), asked));
+            }
+        }
+    }
+
+    /// Handles the next piece of mail (the caller then carries out what
+    /// the table asks); false when there is none.
+    pub fn read_mail(&mut self, table: &mut Table) -> bool {
+        let Ok(mail) = self.mail.try_recv() else {
+            return false;
+        };
+        match mail {
+            Mail::Stop => table.shutdown(Instant::now()),
+            Mail::Reload {
+                config,
+                text,
+                recheck,
+                done,
+            } => {
+                let closed = table.apply(*config, &text, recheck, 0);
+                let _ = done.send(closed);
+            }
+            Mail::Snapshot { from, conn } => {
+                let part = Box::new(table.snapshot(Instant::now()));
+                if let Some(b) = self.boxes.get(from) {
+                    b.send(Mail::Part { conn, part });
+                }
+            }
+            Mail::Part { conn, part } => {
+                // One more answer; the last one lets the core reply.
+                if let Some((parts, left)) = self.gathers.get_mut(&conn) {
+                    parts.push(*part);
+                    *left = left.saturating_sub(1);
+                    if *left == 0 {
+                        let parts = self.gathers.remove(&conn).map(|g| g.0).unwrap_or_default();
+                        table.handle_gathered(conn, parts, Instant::now());
+                    }
+                }
+            }
+        }
+        true
+    }
+}

@@ -1,0 +1,236 @@
+//! Sockets as Portico opens them, and what a socket call did as the event
+//! the core is told. Both runtimes open the same sockets with the same
+//! options; they differ only in how they wait on them.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsFd;
+use std::sync::{Arc, Mutex};
+
+use portico_core::{ConnId, Event, IoKind, Side};
+use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
+
+/// The address told when the real one is not needed, or not known.
+pub const UNSPECIFIED: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
+/// A non-blocking listening TCP socket on `addr` (IPv6 only for an IPv6
+/// address, so the two families can be listened on apart); with
+/// `reuse_port`, one of a SO_REUSEPORT group the kernel spreads new
+/// connections over.
+fn tcp_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&SockAddr::from(addr))?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
+/// How a process listens on its TCP ports. With several workers, every
+/// worker listens on every configured address, each with its own socket in
+/// a SO_REUSEPORT group the kernel spreads new connections over; before the
+/// first socket of a group binds, a plain bind of the address is tried, so
+/// that a port another program (or another Portico) holds is still refused
+/// as in use rather than silently shared. With one worker, a plain socket.
+#[derive(Clone)]
+pub struct Ports {
+    /// Sockets open per group (none with one worker).
+    groups: Option<Arc<Mutex<HashMap<SocketAddr, usize>>>>,
+}
+
+impl Ports {
+    pub fn new(workers: usize) -> Ports {
+        Ports {
+            groups: (workers > 1).then(Arc::default),
+        }
+    }
+
+    /// A listener on `addr`, and the group it joined, to
+    /// [`Ports::leave`] when it closes. A port 0 (an FTP data port) is one
+    /// worker's own.
+    pub fn listen(&self, addr: SocketAddr) -> io::Result<(TcpListener, Option<SocketAddr>)> {
+        let Some(groups) = self.groups.as_ref().filter(|_| addr.port() != 0) else {
+            return Ok((tcp_listener(addr, false)?, None));
+        };
+        let mut held = groups.lock().unwrap_or_else(|e| e.into_inner());
+        if held.get(&addr).copied().unwrap_or(0) == 0 {
+            probe(addr)?;
+        }
+        let l = tcp_listener(addr, true)?;
+        *held.entry(addr).or_insert(0) += 1;
+        Ok((l, Some(addr)))
+    }
+
+    /// One socket fewer in `group` (its last one gone, the next to listen
+    /// there checks the port is free again).
+    pub fn leave(&self, group: SocketAddr) {
+        if let Some(g) = self.groups.as_ref() {
+            let mut g = g.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = g.get_mut(&group) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    g.remove(&group);
+                }
+            }
+        }
+    }
+}
+
+/// A plain bind of `addr` (no SO_REUSEPORT): fails as "in use" when any
+/// socket of any program listens there, which joining a SO_REUSEPORT group
+/// would not tell.
+fn probe(addr: SocketAddr) -> io::Result<()> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.bind(&SockAddr::from(addr))
+}
+
+/// A TCP connect to `addr` (from `bind`, when given) started without
+/// waiting: the socket is non-blocking from its creation (one syscall, not
+/// three) and without Nagle's delay. Its outcome shows when it becomes
+/// writable ([`connect_outcome`]).
+pub fn tcp_connect(addr: SocketAddr, bind: Option<IpAddr>) -> io::Result<TcpStream> {
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )?;
+    s.set_nodelay(true)?;
+    if let Some(ip) = bind {
+        s.bind(&SockAddr::from(SocketAddr::new(ip, 0)))?;
+    }
+    match s.connect(&SockAddr::from(addr)) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(s.into())
+}
+
+/// What a connect in progress came to, once its socket signalled.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Connecting {
+    Done,
+    /// A spurious wake-up: still connecting.
+    Pending,
+    Failed(IoKind),
+}
+
+/// The outcome of the connect on `socket`. `clean`: it signalled writable
+/// with neither error nor hang-up, which is a connect done (a failed
+/// connect always brings EPOLLERR); only otherwise are the pending error
+/// and the peer asked for.
+pub fn connect_outcome(socket: &impl AsFd, clean: bool) -> Connecting {
+    if clean {
+        return Connecting::Done;
+    }
+    let s = SockRef::from(socket);
+    if let Ok(Some(e)) | Err(e) = s.take_error() {
+        return Connecting::Failed(IoKind::from_io(&e));
+    }
+    match s.peer_addr() {
+        Ok(_) => Connecting::Done,
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Connecting::Pending,
+        Err(e) => Connecting::Failed(IoKind::from_io(&e)),
+    }
+}
+
+/// `socket`'s local address ([`UNSPECIFIED`] if it has none).
+pub fn local_addr(socket: &impl AsFd) -> SocketAddr {
+    SockRef::from(socket)
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .unwrap_or(UNSPECIFIED)
+}
+
+/// Shuts the write side of `side`'s `socket`; the event to tell when that
+/// failed (not when it was not connected: nothing is left to shut then).
+pub fn shutdown_write(conn: ConnId, side: Side, socket: &impl AsFd) -> Option<Event> {
+    match SockRef::from(socket).shutdown(Shutdown::Write) {
+        Err(e) if e.kind() != io::ErrorKind::NotConnected => Some(Event::IoError {
+            conn,
+            side,
+            error: IoKind::from_io(&e),
+        }),
+        _ => None,
+    }
+}
+
+/// A non-blocking UDP socket bound to `addr`, for a UDP mapped port.
+pub fn udp_bind(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&SockAddr::from(addr))?;
+    Ok(s.into())
+}
+
+/// A non-blocking UDP socket from `bind` (any address of the family when
+/// not given) connected to `dest`, for one UDP mapping.
+pub fn udp_connect(bind: Option<IpAddr>, dest: SocketAddr) -> io::Result<UdpSocket> {
+    let s = Socket::new(Domain::for_address(dest), Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_nonblocking(true)?;
+    let from = match (bind, dest) {
+        (Some(ip), _) => SocketAddr::new(ip, 0),
+        (None, SocketAddr::V4(_)) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        (None, SocketAddr::V6(_)) => SocketAddr::from(([0u16; 8], 0)),
+    };
+    s.bind(&SockAddr::from(from))?;
+    s.connect(&SockAddr::from(dest))?;
+    Ok(s.into())
+}
+
+/// What a read on `side` did, as the core is told it.
+#[inline]
+pub fn read_event(conn: ConnId, side: Side, r: io::Result<usize>) -> Event {
+    match r {
+        Ok(0) => Event::Eof { conn, side },
+        Ok(n) => Event::Read { conn, side, n },
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Event::ReadBlocked { conn, side },
+        Err(e) => Event::IoError {
+            conn,
+            side,
+            error: IoKind::from_io(&e),
+        },
+    }
+}
+
+/// What a write on `side` did, as the core is told it: nothing when the
+/// socket took nothing (it would block).
+#[inline]
+pub fn write_event(conn: ConnId, side: Side, r: io::Result<usize>) -> Option<Event> {
+    match r {
+        Ok(n) => Some(Event::Written { conn, side, n }),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+        Err(e) => Some(Event::IoError {
+            conn,
+            side,
+            error: IoKind::from_io(&e),
+        }),
+    }
+}
+
+/// `f` again for as long as a signal interrupts it.
+#[inline]
+pub fn retry<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match f() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}

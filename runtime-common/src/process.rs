@@ -1,0 +1,265 @@
+//! The process around the tables: where the core's lines go ([`Output`],
+//! [`log`]), the command line's I/O ([`Process`]), the wall clock the rules
+//! need ([`WallClock`]), the flight recorder's files ([`TraceFiles`]), what
+//! a runtime starts from ([`Start`]), and reading the configuration again on
+//! SIGHUP ([`load`]).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, LineWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime};
+
+use portico_core::cli::Plan;
+use portico_core::config::{AccessTarget, Config, LogFormat};
+use portico_core::{AccessRecord, Level};
+
+use crate::table::{Ledger, Table, Wall};
+
+/// Where one table's access lines go.
+pub struct Output {
+    access: Option<Box<dyn Write + Send>>,
+    format: LogFormat,
+}
+
+impl Output {
+    /// Opens the access log the configuration names.
+    pub fn open(config: &Config) -> io::Result<Output> {
+        let access: Option<Box<dyn Write + Send>> = match &config.log.access {
+            AccessTarget::Off => None,
+            AccessTarget::Stderr => Some(Box::new(io::stderr())),
+            AccessTarget::File(p) => {
+                let f: File = OpenOptions::new().create(true).append(true).open(p)?;
+                Some(Box::new(LineWriter::new(f)))
+            }
+        };
+        Ok(Output {
+            access,
+            format: config.log.format,
+        })
+    }
+
+    /// Opens the access log at start, or says what to check.
+    fn open_for(plan: &Plan) -> Result<Output, String> {
+        Output::open(&plan.config).map_err(|e| {
+            format!(
+                "cannot open the access log: {e}; check [log] access in {}",
+                plan.source
+            )
+        })
+    }
+
+    pub fn access(&mut self, rec: &AccessRecord) {
+        if let Some(w) = self.access.as_mut() {
+            let mut line = rec.format(SystemTime::now(), self.format);
+            line.push('\n');
+            let _ = w.write_all(line.as_bytes());
+        }
+    }
+}
+
+/// A diagnostic line on stderr.
+pub fn log(level: Level, message: &str) {
+    let _ = writeln!(io::stderr(), "portico: {}: {message}", level.name());
+}
+
+/// A line on stdout (the `listening:` lines), flushed at once so that it
+/// comes before whatever stderr says next.
+pub fn say(line: &str) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// Local wall-clock time for the core's rules. The UTC offset is looked up
+/// once a minute (localtime_r may read the zone file).
+pub struct WallClock {
+    minute: i64,
+    offset: i32,
+}
+
+impl WallClock {
+    pub fn new() -> Self {
+        WallClock {
+            minute: i64::MIN,
+            offset: 0,
+        }
+    }
+
+    #[inline]
+    pub fn now(&mut self) -> Wall {
+        let secs = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if secs / 60 != self.minute {
+            self.minute = secs / 60;
+            let t = secs as libc::time_t;
+            // SAFETY: localtime_r writes only into the tm we pass.
+            let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+            if !unsafe { libc::localtime_r(&t, &mut tm) }.is_null() {
+                self.offset = tm.tm_gmtoff as i32;
+            }
+        }
+        Wall {
+            unix_secs: secs,
+            utc_offset_secs: self.offset,
+        }
+    }
+}
+
+impl Default for WallClock {
+    fn default() -> Self {
+        WallClock::new()
+    }
+}
+
+/// `--record FILE`: the trace goes to FILE, the actions the core took to
+/// FILE.actions (what `portico replay FILE` must print again).
+pub struct TraceFiles {
+    trace: File,
+    actions: File,
+}
+
+impl TraceFiles {
+    pub fn create(path: &Path) -> io::Result<TraceFiles> {
+        let mut actions = path.as_os_str().to_owned();
+        actions.push(".actions");
+        Ok(TraceFiles {
+            trace: File::create(path)?,
+            actions: File::create(actions)?,
+        })
+    }
+
+    pub fn write(&mut self, (trace, actions): (Vec<u8>, String)) {
+        let _ = self.trace.write_all(&trace);
+        let _ = self.actions.write_all(actions.as_bytes());
+    }
+}
+
+/// The I/O `portico_core::cli::main` needs, for a real process; `run`
+/// serves a plan (the runtime's event loops or threads): its exit code, or
+/// why it could not serve (logged, then the runtime-failure exit).
+pub struct Process {
+    pub run: fn(Plan) -> Result<i32, String>,
+}
+
+impl Process {
+    /// Runs the command line with `run` serving; the process's exit code.
+    pub fn main(run: fn(Plan) -> Result<i32, String>) -> i32 {
+        portico_core::cli::main(std::env::args_os(), &mut Process { run })
+    }
+}
+
+impl portico_core::cli::Host for Process {
+    fn read_file(&mut self, path: &Path) -> io::Result<String> {
+        std::fs::read_to_string(path)
+    }
+    fn read_stdin(&mut self) -> io::Result<String> {
+        let mut s = String::new();
+        io::Read::read_to_string(&mut io::stdin(), &mut s)?;
+        Ok(s)
+    }
+    fn random(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        io::Read::read_exact(&mut File::open("/dev/urandom")?, buf)
+    }
+    fn stdout(&mut self, text: &str) {
+        let mut out = io::stdout().lock();
+        let _ = out.write_all(text.as_bytes());
+        let _ = out.flush();
+    }
+    fn stderr(&mut self, text: &str) {
+        let _ = io::stderr().write_all(text.as_bytes());
+    }
+    fn run(&mut self, plan: Plan) -> i32 {
+        (self.run)(plan).unwrap_or_else(|e| {
+            log(Level::Error, &e);
+            portico_core::cli::EXIT_RUNTIME
+        })
+    }
+}
+
+/// A seed for the core's randomness.
+pub fn seed() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = File::open("/dev/urandom").and_then(|mut f| io::Read::read_exact(&mut f, &mut b));
+    u64::from_le_bytes(b)
+}
+
+/// What a runtime starts from: the first table (recording with
+/// `--record`, its trace files open), and what SIGHUP needs.
+pub struct Start {
+    pub table: Table,
+    /// The file SIGHUP reads again.
+    pub path: Option<PathBuf>,
+    /// `--reload-recheck`.
+    pub recheck: bool,
+}
+
+impl Start {
+    /// One table (`portico-threaded`).
+    pub fn new(plan: Plan) -> Result<Start, String> {
+        Ok(Start::workers(plan, 1)?.0)
+    }
+
+    /// The tables of `workers` event loops sharing one ledger of the
+    /// process-wide limits: worker 0's in the [`Start`] (recording when
+    /// asked, which needs `workers` to be 1), then the others'.
+    pub fn workers(plan: Plan, workers: usize) -> Result<(Start, Vec<Table>), String> {
+        let now = Instant::now();
+        let ledger = Ledger::new(workers);
+        let mut others = Vec::new();
+        for k in 1..workers {
+            let out = Output::open_for(&plan)?;
+            let config = plan.config.clone();
+            others.push(Table::worker(
+                config,
+                now,
+                ledger.clone(),
+                k,
+                out,
+                plan.log_level,
+            ));
+        }
+        let out = Output::open_for(&plan)?;
+        let trace = match &plan.record {
+            Some(p) => Some(
+                TraceFiles::create(p)
+                    .map_err(|e| format!("cannot create the trace {}: {e}", p.display()))?,
+            ),
+            None => None,
+        };
+        let table = if workers > 1 {
+            Table::worker(plan.config, now, ledger, 0, out, plan.log_level)
+        } else {
+            Table::first(
+                plan.config,
+                &plan.config_text,
+                now,
+                out,
+                trace,
+                plan.log_level,
+            )
+        };
+        let start = Start {
+            table,
+            path: plan.path,
+            recheck: plan.reload_recheck,
+        };
+        Ok((start, others))
+    }
+}
+
+/// Reads and checks the configuration SIGHUP switches to; `None` (logged)
+/// when it does not load, and then nothing changes.
+pub fn load(path: Option<&Path>) -> Option<(Config, String)> {
+    let text = match path {
+        Some(p) => std::fs::read_to_string(p),
+        None => Ok(String::new()),
+    };
+    match portico_core::cli::reload(path, text) {
+        Ok(loaded) => Some(loaded),
+        Err(msg) => {
+            log(Level::Error, &msg);
+            None
+        }
+    }
+}

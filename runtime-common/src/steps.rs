@@ -1,0 +1,71 @@
+//! The core's actions sorted by whose sockets they name ([`Step`]), so that
+//! a runtime routes each to the thread or structure that owns them without
+//! matching on the core's `Action` itself ([`crate::Table::next_step`]
+//! sorts them). The lines (`Log`, `Access`, `Say`) and `Fatal` never get
+//! here: the table carries them out in their place.
+
+use std::net::{IpAddr, SocketAddr};
+
+use portico_core::{ConnId, ListenerId, Side};
+
+use crate::table::UdpId;
+
+/// One action of the core's, by owner.
+#[derive(Debug)]
+pub enum Step {
+    /// For one connection's sockets.
+    Conn(ConnId, ConnCmd),
+    /// For the TCP listeners.
+    Listen(ListenCmd),
+    /// For the UDP sockets.
+    Udp(UdpCmd),
+    /// A listener closes for good: TCP or UDP, both are told (as
+    /// `ListenCmd::Close` and `UdpCmd::Unlisten`).
+    Unlisten(ListenerId),
+    /// A status request on this connection wants every worker's table
+    /// (see [`crate::Crew::gather`]).
+    Gather(ConnId),
+}
+
+/// What to do with a connection's sockets.
+#[derive(Debug)]
+pub enum ConnCmd {
+    /// Resolve `host` (`port` goes into the addresses) and tell the core.
+    Resolve {
+        host: String,
+        port: u16,
+    },
+    /// Start a connect of the upstream socket to `addr` (from `bind`),
+    /// replacing the upstream socket a previous attempt left.
+    Connect {
+        addr: SocketAddr,
+        bind: Option<IpAddr>,
+    },
+    /// What the core wants of `side` now.
+    Interest {
+        side: Side,
+        read: bool,
+        write: bool,
+    },
+    ShutdownWrite(Side),
+    CloseUpstream,
+    Close,
+}
+
+/// What to do with the TCP listeners.
+#[derive(Debug)]
+pub enum ListenCmd {
+    Open(ListenerId, SocketAddr),
+    Pause(ListenerId),
+    Resume(ListenerId),
+    Close(ListenerId),
+}
+
+/// What to do with the UDP sockets.
+#[derive(Debug)]
+pub enum UdpCmd {
+    Listen(ListenerId, SocketAddr),
+    Unlisten(ListenerId),
+    Open(UdpId, Option<IpAddr>, SocketAddr),
+    Close(UdpId),
+}

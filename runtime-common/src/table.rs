@@ -1,0 +1,353 @@
+//! [`Table`]: a runtime's one handle on the core's connection table.
+//!
+//! Every call either runtime makes into the table goes through here, and
+//! only here (the tables themselves are made here too), so that a change of
+//! the core's face is met in this file alone. Beside the table it keeps what
+//! goes with one: the access log, the flight recorder's files, the wall
+//! clock, and the first fatal error; and it carries out the actions that
+//! only write lines, in the order the core queued them among the others.
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::time::Instant;
+
+use portico_core::config::Config;
+use portico_core::{Action, ConnId, Event, IoKind, Level, ListenerId, Recorded, Refused, Side};
+
+use crate::process::{log, say, Output, TraceFiles, WallClock};
+use crate::steps::{ConnCmd, ListenCmd, Step, UdpCmd};
+use crate::vectored::write_parts;
+
+pub use portico_core::ledger::Ledger;
+pub use portico_core::proxy::PipeSize;
+pub use portico_core::rules::Wall;
+pub use portico_core::status::Snapshot;
+pub use portico_core::udp::{UdpId, Via};
+
+/// One connection table, with its access log, trace files and clock.
+pub struct Table {
+    proxy: Recorded,
+    out: Output,
+    trace: Option<TraceFiles>,
+    wall: WallClock,
+    fatal: Option<String>,
+}
+
+impl Table {
+    /// The only table of the process (recording when `trace` is given).
+    pub(crate) fn first(
+        config: Config,
+        text: &str,
+        now: Instant,
+        out: Output,
+        trace: Option<TraceFiles>,
+        level: Level,
+    ) -> Table {
+        let record = trace.is_some();
+        let seed = crate::process::seed();
+        Table::with(
+            Recorded::new(config, text, seed, now, record),
+            out,
+            trace,
+            level,
+        )
+    }
+
+    /// Worker `worker`'s table among those sharing `ledger` (never
+    /// recording: a trace is one table's).
+    pub(crate) fn worker(
+        config: Config,
+        now: Instant,
+        ledger: Ledger,
+        worker: usize,
+        out: Output,
+        level: Level,
+    ) -> Table {
+        let seed = crate::process::seed();
+        let proxy = Recorded::worker(config, seed, now, ledger, worker);
+        Table::with(proxy, out, None, level)
+    }
+
+    fn with(mut proxy: Recorded, out: Output, trace: Option<TraceFiles>, level: Level) -> Table {
+        proxy.set_log_level(level);
+        let mut wall = WallClock::new();
+        proxy.set_wall(wall.now());
+        Table {
+            proxy,
+            out,
+            trace,
+            wall,
+            fatal: None,
+        }
+    }
+
+    /// Tells the table the time of day (its rules may depend on it): once
+    /// per wake-up, before the events it brings.
+    #[inline(always)]
+    pub fn set_wall_clock(&mut self) {
+        let w = self.wall.now();
+        self.proxy.set_wall(w);
+    }
+
+    /// The next of the core's actions that names a socket, a connection or
+    /// another worker, sorted by owner. The actions that only write lines
+    /// (`Log`, `Access`, `Say`) are carried out on the way, so every line
+    /// comes out in the order the core queued it among the rest; the first
+    /// `Fatal` is kept for [`Table::take_fatal`]. Inlined, and one match:
+    /// a runtime asks after every event.
+    #[inline(always)]
+    pub fn next_step(&mut self) -> Option<Step> {
+        loop {
+            let conn = |conn, cmd| Some(Step::Conn(conn, cmd));
+            return match self.proxy.poll_action()? {
+                Action::Interest {
+                    conn: c,
+                    side,
+                    read,
+                    write,
+                } => conn(c, ConnCmd::Interest { side, read, write }),
+                Action::Connect {
+                    conn: c,
+                    addr,
+                    bind,
+                } => conn(c, ConnCmd::Connect { addr, bind }),
+                Action::Resolve {
+                    conn: c,
+                    host,
+                    port,
+                } => conn(c, ConnCmd::Resolve { host, port }),
+                Action::ShutdownWrite { conn: c, side } => conn(c, ConnCmd::ShutdownWrite(side)),
+                Action::CloseUpstream { conn: c } => conn(c, ConnCmd::CloseUpstream),
+                Action::Close { conn: c } => conn(c, ConnCmd::Close),
+                Action::Gather { conn } => Some(Step::Gather(conn)),
+                Action::Listen { listener, addr } => {
+                    Some(Step::Listen(ListenCmd::Open(listener, addr)))
+                }
+                Action::PauseAccept { listener } => Some(Step::Listen(ListenCmd::Pause(listener))),
+                Action::ResumeAccept { listener } => {
+                    Some(Step::Listen(ListenCmd::Resume(listener)))
+                }
+                Action::Unlisten { listener } => Some(Step::Unlisten(listener)),
+                Action::ListenUdp { listener, addr } => {
+                    Some(Step::Udp(UdpCmd::Listen(listener, addr)))
+                }
+                Action::UdpOpen {
+                    id,
+                    bind,
+                    destination,
+                } => Some(Step::Udp(UdpCmd::Open(id, bind, destination))),
+                Action::UdpClose { id } => Some(Step::Udp(UdpCmd::Close(id))),
+                line @ (Action::Log { .. }
+                | Action::Access(_)
+                | Action::Say(_)
+                | Action::Fatal { .. }) => {
+                    self.line(line);
+                    continue;
+                }
+            };
+        }
+    }
+
+    /// Carries out an action that writes a line (or keeps the first
+    /// `Fatal`); out of line, as most steps are not lines.
+    #[inline(never)]
+    fn line(&mut self, action: Action) {
+        match action {
+            Action::Log { level, message } => log(level, &message),
+            Action::Access(rec) => self.out.access(&rec),
+            Action::Say(line) => say(&line),
+            Action::Fatal { message } => {
+                self.fatal.get_or_insert(message);
+            }
+            // Only the lines come here (see `next_step`).
+            _ => {}
+        }
+    }
+
+    /// The first `Fatal` the core asked for, once.
+    pub fn take_fatal(&mut self) -> Option<String> {
+        self.fatal.take()
+    }
+
+    /// Appends what the flight recorder took down to its files.
+    #[inline]
+    pub fn flush_trace(&mut self) {
+        if let Some(t) = self.trace.as_mut() {
+            if let Some(rec) = self.proxy.take_trace() {
+                t.write(rec);
+            }
+        }
+    }
+
+    #[inline]
+    pub fn handle(&mut self, event: Event, now: Instant) {
+        self.proxy.handle(event, now);
+    }
+
+    #[inline]
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.proxy.handle_timeout(now);
+    }
+
+    #[inline]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.proxy.poll_timeout()
+    }
+
+    #[inline]
+    pub fn is_finished(&self) -> bool {
+        self.proxy.is_finished()
+    }
+
+    /// SIGTERM or SIGINT.
+    pub fn shutdown(&mut self, now: Instant) {
+        self.proxy.shutdown(now);
+    }
+
+    /// A client socket accepted on `listener`, whose local address is
+    /// `local`.
+    #[inline]
+    pub fn accept(
+        &mut self,
+        listener: ListenerId,
+        peer: SocketAddr,
+        local: SocketAddr,
+        now: Instant,
+    ) -> Result<ConnId, Refused> {
+        self.proxy.accept_on(listener, peer, local, now)
+    }
+
+    /// Tells how opening `listener` (TCP or UDP) went: its local address,
+    /// or why it failed.
+    pub fn listened(&mut self, listener: ListenerId, opened: io::Result<SocketAddr>) {
+        let event = match opened {
+            Ok(local) => Event::Listening { listener, local },
+            Err(e) => Event::ListenFailed {
+                listener,
+                error: IoKind::from_io(&e),
+            },
+        };
+        self.proxy.handle(event, Instant::now());
+    }
+
+    /// Reads `src` into `side`'s buffer in the core, retrying on EINTR:
+    /// what the read did and the room there was, or `None` when the core
+    /// has no room lent for that side (it wants no read after all). The
+    /// caller tells the core ([`crate::net::read_event`]).
+    #[inline]
+    pub fn read(
+        &mut self,
+        conn: ConnId,
+        side: Side,
+        mut src: impl Read,
+    ) -> Option<(io::Result<usize>, usize)> {
+        let buf = self.proxy.recv_buf(conn, side)?;
+        let room = buf.len();
+        Some((crate::net::retry(|| src.read(buf)), room))
+    }
+
+    /// Writes what the core has for `side` to `dst` (its two parts in one
+    /// vectored write): what the write did and how much there was, or
+    /// `None` when the core has nothing for it. The caller tells the core
+    /// ([`crate::net::write_event`]).
+    #[inline]
+    pub fn write(
+        &mut self,
+        conn: ConnId,
+        side: Side,
+        dst: impl Write,
+    ) -> Option<(io::Result<usize>, usize)> {
+        let parts = self.proxy.send_bufs(conn, side)?;
+        let want = parts[0].len() + parts[1].len();
+        Some((write_parts(dst, parts), want))
+    }
+
+    /// The direction from `from` is a pure relay a runtime may splice.
+    #[inline]
+    pub fn splice_ok(&self, conn: ConnId, from: Side) -> bool {
+        self.proxy.splice_ok(conn, from)
+    }
+
+    /// The pipe a spliced direction goes through.
+    #[inline]
+    pub fn splice_pipe(&self) -> PipeSize {
+        self.proxy.proxy().splice_pipe()
+    }
+
+    /// `conn`'s upstream `socket` connected: tells the core, with the
+    /// socket's local address only where the core uses it (SOCKS, FTP),
+    /// sparing a getsockname elsewhere.
+    pub fn connected(&mut self, conn: ConnId, socket: &impl AsFd, now: Instant) {
+        let local = if self.proxy.wants_local(conn) {
+            crate::net::local_addr(socket)
+        } else {
+            crate::net::UNSPECIFIED
+        };
+        self.proxy.handle(Event::Connected { conn, local }, now);
+    }
+
+    /// This table, for a status request on another worker.
+    pub fn snapshot(&self, now: Instant) -> Snapshot {
+        self.proxy.proxy().snapshot(now)
+    }
+
+    /// The other workers' tables, for the status request on `conn`.
+    pub fn handle_gathered(&mut self, conn: ConnId, parts: Vec<Snapshot>, now: Instant) {
+        self.proxy.handle_gathered(conn, parts, now);
+    }
+
+    /// Where a datagram is received into.
+    #[inline]
+    pub fn datagram_buf(&mut self) -> &mut [u8] {
+        self.proxy.datagram_buf()
+    }
+
+    /// A datagram of `n` bytes from `from` on UDP port `listener`.
+    #[inline]
+    pub fn handle_datagram(&mut self, listener: ListenerId, from: SocketAddr, n: usize) {
+        self.proxy
+            .handle_datagram(listener, from, n, Instant::now());
+    }
+
+    /// A reply of `n` bytes on UDP mapping `id`'s socket.
+    #[inline]
+    pub fn handle_reply(&mut self, id: UdpId, n: usize) {
+        self.proxy.handle_reply(id, n, Instant::now());
+    }
+
+    /// UDP mapping `id`'s socket could not be opened.
+    pub fn handle_udp_failed(&mut self, id: UdpId) {
+        self.proxy.handle_udp_failed(id, Instant::now());
+    }
+
+    /// The next datagram the core has to send.
+    #[inline]
+    pub fn poll_datagram(&mut self) -> Option<(Via, Vec<u8>)> {
+        self.proxy.poll_datagram()
+    }
+
+    /// Switches this table to a configuration [`crate::load`]ed again,
+    /// and its access log with it (a log that does not open keeps the old
+    /// one); how many connections the table closed. `closed_elsewhere`:
+    /// what the other workers' tables closed, for the one that logs the
+    /// reload for all.
+    pub fn apply(
+        &mut self,
+        config: Config,
+        text: &str,
+        recheck: bool,
+        closed_elsewhere: usize,
+    ) -> usize {
+        match Output::open(&config) {
+            Ok(o) => self.out = o,
+            Err(e) => log(
+                Level::Error,
+                &format!("cannot open the new access log: {e}; keeping the old one"),
+            ),
+        }
+        let now = Instant::now();
+        self.proxy
+            .reconfigure_worker(config, text, recheck, closed_elsewhere, now)
+    }
+}
