@@ -3,7 +3,7 @@
 //! [`main`] parses the arguments, loads and validates the configuration and
 //! answers `--check` and `hash-password`; the I/O it needs (reading a file or
 //! standard input, random bytes, printing, running the proxy) is done through
-//! the [`Host`] a runtime passes in, so the decisions stay here.
+//! the [`System`] a runtime passes in, so the decisions stay here.
 
 use std::ffi::OsString;
 use std::io;
@@ -112,7 +112,7 @@ pub fn reload(path: Option<&Path>, text: io::Result<String>) -> Result<(Config, 
 }
 
 /// The I/O [`main`] needs, provided by a runtime.
-pub trait Host {
+pub trait System {
     fn read_file(&mut self, path: &Path) -> io::Result<String>;
     /// The whole file as bytes (a trace).
     fn read_bytes(&mut self, path: &Path) -> io::Result<Vec<u8>> {
@@ -131,11 +131,14 @@ pub const EMBEDDED: &str = "(embedded default)";
 
 /// Loads and validates the configuration named by `path` (or the embedded
 /// default). `Err` holds the message for stderr.
-pub fn load(path: Option<&Path>, host: &mut impl Host) -> Result<(Config, String, String), String> {
+pub fn load(
+    path: Option<&Path>,
+    system: &mut impl System,
+) -> Result<(Config, String, String), String> {
     let (text, name) = match path {
         Some(p) => {
             let name = p.display().to_string();
-            match host.read_file(p) {
+            match system.read_file(p) {
                 Ok(t) => (t, name),
                 Err(e) => return Err(format!("{name}: cannot read the configuration file: {e}")),
             }
@@ -149,7 +152,7 @@ pub fn load(path: Option<&Path>, host: &mut impl Host) -> Result<(Config, String
 }
 
 /// The whole command line: returns the process exit code.
-pub fn main<I, T>(args: I, host: &mut impl Host) -> i32
+pub fn main<I, T>(args: I, system: &mut impl System) -> i32
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
@@ -159,29 +162,29 @@ where
         Err(e) => {
             let text = e.render().to_string();
             if e.use_stderr() {
-                host.stderr(&text);
+                system.stderr(&text);
                 return EXIT_CONFIG;
             }
-            host.stdout(&text);
+            system.stdout(&text);
             return EXIT_OK;
         }
     };
     match &args.command {
-        Some(Command::HashPassword) => return hash_password(host),
-        Some(Command::Replay { trace }) => return replay(trace, host),
+        Some(Command::HashPassword) => return hash_password(system),
+        Some(Command::Replay { trace }) => return replay(trace, system),
         None => {}
     }
-    let (config, source, config_text) = match load(args.config.as_deref(), host) {
+    let (config, source, config_text) = match load(args.config.as_deref(), system) {
         Ok(c) => c,
         Err(msg) => {
-            host.stderr(&format!("{msg}\n"));
+            system.stderr(&format!("{msg}\n"));
             return EXIT_CONFIG;
         }
     };
     if args.check {
         // A real start logs these through the core instead.
         for w in config::warnings(&config) {
-            host.stderr(&format!("warning: {w}\n"));
+            system.stderr(&format!("warning: {w}\n"));
         }
         let mut out = String::new();
         for line in crate::table::listening_lines(&config) {
@@ -189,11 +192,11 @@ where
             out.push('\n');
         }
         out.push_str("configuration ok\n");
-        host.stdout(&out);
+        system.stdout(&out);
         return EXIT_OK;
     }
     let log_level = Level::parse(&args.log_level).unwrap_or(Level::Info);
-    host.run(Plan {
+    system.run(Plan {
         config,
         log_level,
         source,
@@ -204,11 +207,11 @@ where
     })
 }
 
-fn replay(trace: &Path, host: &mut impl Host) -> i32 {
-    let bytes = match host.read_bytes(trace) {
+fn replay(trace: &Path, system: &mut impl System) -> i32 {
+    let bytes = match system.read_bytes(trace) {
         Ok(b) => b,
         Err(e) => {
-            host.stderr(&format!(
+            system.stderr(&format!(
                 "{}: cannot read the trace: {e}\n",
                 trace.display()
             ));
@@ -220,21 +223,21 @@ fn replay(trace: &Path, host: &mut impl Host) -> i32 {
         out.push_str(&line);
         out.push('\n');
     });
-    host.stdout(&out);
+    system.stdout(&out);
     match r {
         Ok(()) => EXIT_OK,
         Err(e) => {
-            host.stderr(&format!("{}: {e}\n", trace.display()));
+            system.stderr(&format!("{}: {e}\n", trace.display()));
             EXIT_RUNTIME
         }
     }
 }
 
-fn hash_password(host: &mut impl Host) -> i32 {
-    let input = match host.read_stdin() {
+fn hash_password(system: &mut impl System) -> i32 {
+    let input = match system.read_stdin() {
         Ok(s) => s,
         Err(e) => {
-            host.stderr(&format!(
+            system.stderr(&format!(
                 "cannot read the password from standard input: {e}\n"
             ));
             return EXIT_RUNTIME;
@@ -243,17 +246,17 @@ fn hash_password(host: &mut impl Host) -> i32 {
     // One line: the password is what precedes the first line break.
     let password = input.split(['\r', '\n']).next().unwrap_or("");
     let mut salt = [0u8; 16];
-    if let Err(e) = host.random(&mut salt) {
-        host.stderr(&format!("cannot get random bytes for the salt: {e}\n"));
+    if let Err(e) = system.random(&mut salt) {
+        system.stderr(&format!("cannot get random bytes for the salt: {e}\n"));
         return EXIT_RUNTIME;
     }
     match crate::auth::hash_password(password, &salt) {
         Ok(h) => {
-            host.stdout(&format!("{h}\n"));
+            system.stdout(&format!("{h}\n"));
             EXIT_OK
         }
         Err(e) => {
-            host.stderr(&format!("{e}\n"));
+            system.stderr(&format!("{e}\n"));
             EXIT_RUNTIME
         }
     }

@@ -54,39 +54,30 @@ pub mod config;
 mod event;
 mod http;
 mod id;
-pub mod ledger;
+mod ledger;
 mod log;
-pub mod outcome;
+mod outcome;
 mod proto;
 mod proxy_protocol;
 mod rate;
-pub mod recorded;
-pub mod rules;
+mod rules;
 mod session;
 #[cfg(any(fuzzing, feature = "harness"))]
 pub mod sim;
-pub mod status;
+mod status;
 mod table;
 pub mod trace;
-pub mod udp;
-
-/// The connection table's module path of old.
-pub mod proxy {
-    pub use crate::table::{
-        listening_line, listening_lines, PipeSize, Proxy, Stats, REFUSING_MAX, SPLICED_MAX,
-        SPLICE_BULK, SPLICE_PIPE_MIN,
-    };
-}
+mod udp;
 
 pub use config::Config;
 pub use event::{Action, Event, IoKind, Level, Refused};
 pub use id::{ConnId, ListenerId, Side};
 pub use ledger::Ledger;
 pub use log::AccessRecord;
-pub use recorded::Recorded;
 pub use rules::Wall;
 pub use status::Snapshot;
 pub use table::{
-    Accepted, PipeSize, Proxy, Reload, Stats, REFUSING_MAX, SPLICED_MAX, SPLICE_PIPE_MIN,
+    Accepted, PipeSize, Proxy, Reload, Stats, REFUSING_MAX, SPLICED_MAX, SPLICE_BULK,
+    SPLICE_PIPE_MIN,
 };
 pub use udp::{UdpId, Via};

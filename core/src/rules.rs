@@ -165,27 +165,9 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    #[cfg(test)]
     pub fn is_allow(&self) -> bool {
         matches!(self, Verdict::Allow { .. })
-    }
-
-    pub fn is_deny(&self) -> bool {
-        matches!(self, Verdict::Deny { .. })
-    }
-
-    /// The index of the rule that decided, if one did.
-    pub fn rule(&self) -> Option<usize> {
-        match *self {
-            Verdict::Allow { rule, .. } | Verdict::Deny { rule } => rule,
-        }
-    }
-
-    /// The bandwidth cap, bytes per second each way (allow only).
-    pub fn rate(&self) -> Option<u64> {
-        match *self {
-            Verdict::Allow { rate, .. } => rate,
-            Verdict::Deny { .. } => None,
-        }
     }
 }
 
@@ -233,6 +215,7 @@ pub fn check_by_name(rules: &[Rule], q: &Query, wall: Wall) -> Option<Verdict> {
 
 /// Whether any rule has a network (`Net`) destination, i.e. whether a
 /// request for a host name must be checked again once the name is resolved.
+#[cfg(test)]
 pub fn needs_address(rules: &[Rule]) -> bool {
     rules
         .iter()
@@ -242,6 +225,7 @@ pub fn needs_address(rules: &[Rule]) -> bool {
 
 /// Whether `rule` applies to `q` at `wall`, with every field of `q` final
 /// (what [`check`] uses for each rule).
+#[cfg(test)]
 pub fn rule_matches(rule: &Rule, q: &Query, wall: Wall) -> bool {
     matches_rule(rule, q, wall, Unknown::NONE) == Tri::Yes
 }

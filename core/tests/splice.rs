@@ -5,9 +5,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use portico_core::proxy::{PipeSize, SPLICE_BULK};
 use portico_core::sim::Runtime;
-use portico_core::{AccessRecord, Action, ConnId, Event, ListenerId, Recorded, Side};
+use portico_core::{
+    Accepted, AccessRecord, Action, ConnId, Event, ListenerId, PipeSize, Proxy, Side, SPLICE_BULK,
+};
 
 const MAPPED: &str = "[[service]]\nname = \"map\"\nkind = \"mapped\"\n\
     listen = [\"127.0.0.1:8000\"]\ndestination = \"127.0.0.1:9000\"\n";
@@ -364,13 +365,16 @@ fn spliced_for_a_dead_or_stale_id_changes_nothing() {
     assert_eq!(rt.deadline(), None);
 }
 
-/// Driven on the flight recorder itself (not a runtime's table).
+/// Driven on a table that records itself (not through the harness).
 #[test]
 fn recording_never_splices() {
     let now = Instant::now();
     let config = portico_core::config::parse(MAPPED, "splice.toml").expect("valid");
     for record in [false, true] {
-        let mut r = Recorded::new(config.clone(), MAPPED, 1, now, record);
+        let mut r = Proxy::new(config.clone(), 1, now);
+        if record {
+            r.record(MAPPED);
+        }
         let mut listener = None;
         while let Some(a) = r.poll_action() {
             if let Action::Listen { listener: l, addr } = a {
@@ -384,14 +388,9 @@ fn recording_never_splices() {
                 );
             }
         }
-        let conn = r
-            .accept_on(
-                listener.expect("a listener"),
-                addr("127.0.0.1:40000"),
-                addr("127.0.0.1:8000"),
-                now,
-            )
-            .expect("accepted");
+        let accepted = Accepted::new(listener.expect("a listener"), addr("127.0.0.1:40000"))
+            .local(addr("127.0.0.1:8000"));
+        let conn = r.accept(accepted, now).expect("accepted");
         r.handle(
             Event::Connected {
                 conn,

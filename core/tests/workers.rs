@@ -5,9 +5,8 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use portico_core::ledger::Ledger;
 use portico_core::sim::{Rng, Runtime};
-use portico_core::{Action, ConnId, Event, ListenerId, Refused, Side};
+use portico_core::{Action, ConnId, Event, Ledger, ListenerId, Refused, Side};
 
 const CONFIG: &str = r#"
 [network]

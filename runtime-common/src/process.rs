@@ -149,7 +149,7 @@ impl Process {
     }
 }
 
-impl portico_core::cli::Host for Process {
+impl portico_core::cli::System for Process {
     fn read_file(&mut self, path: &Path) -> io::Result<String> {
         std::fs::read_to_string(path)
     }

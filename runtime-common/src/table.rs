@@ -13,21 +13,19 @@ use std::os::fd::AsFd;
 use std::time::Instant;
 
 use portico_core::config::Config;
-use portico_core::{Action, ConnId, Event, IoKind, Level, ListenerId, Recorded, Refused, Side};
+use portico_core::{
+    Accepted, Action, ConnId, Event, IoKind, Level, ListenerId, Proxy, Refused, Reload, Side,
+};
 
 use crate::process::{log, say, Output, TraceFiles, WallClock};
 use crate::steps::{ConnCmd, ListenCmd, Step, UdpCmd};
 use crate::vectored::write_parts;
 
-pub use portico_core::ledger::Ledger;
-pub use portico_core::proxy::PipeSize;
-pub use portico_core::rules::Wall;
-pub use portico_core::status::Snapshot;
-pub use portico_core::udp::{UdpId, Via};
+pub use portico_core::{Ledger, PipeSize, Snapshot, UdpId, Via, Wall};
 
 /// One connection table, with its access log, trace files and clock.
 pub struct Table {
-    proxy: Recorded,
+    proxy: Proxy,
     out: Output,
     trace: Option<TraceFiles>,
     wall: WallClock,
@@ -44,14 +42,11 @@ impl Table {
         trace: Option<TraceFiles>,
         level: Level,
     ) -> Table {
-        let record = trace.is_some();
-        let seed = crate::process::seed();
-        Table::with(
-            Recorded::new(config, text, seed, now, record),
-            out,
-            trace,
-            level,
-        )
+        let mut proxy = Proxy::new(config, crate::process::seed(), now);
+        if trace.is_some() {
+            proxy.record(text);
+        }
+        Table::with(proxy, out, trace, level)
     }
 
     /// Worker `worker`'s table among those sharing `ledger` (never
@@ -65,11 +60,11 @@ impl Table {
         level: Level,
     ) -> Table {
         let seed = crate::process::seed();
-        let proxy = Recorded::worker(config, seed, now, ledger, worker);
+        let proxy = Proxy::worker(config, seed, now, ledger, worker);
         Table::with(proxy, out, None, level)
     }
 
-    fn with(mut proxy: Recorded, out: Output, trace: Option<TraceFiles>, level: Level) -> Table {
+    fn with(mut proxy: Proxy, out: Output, trace: Option<TraceFiles>, level: Level) -> Table {
         proxy.set_log_level(level);
         let mut wall = WallClock::new();
         proxy.set_wall(wall.now());
@@ -215,7 +210,8 @@ impl Table {
         local: SocketAddr,
         now: Instant,
     ) -> Result<ConnId, Refused> {
-        self.proxy.accept_on(listener, peer, local, now)
+        let accepted = Accepted::new(listener, peer).local(local);
+        self.proxy.accept(accepted, now)
     }
 
     /// Tells how opening `listener` (TCP or UDP) went: its local address,
@@ -258,7 +254,7 @@ impl Table {
         side: Side,
         dst: impl Write,
     ) -> Option<(io::Result<usize>, usize)> {
-        let parts = self.proxy.send_bufs(conn, side)?;
+        let parts = self.proxy.send_buf(conn, side)?;
         let want = parts[0].len() + parts[1].len();
         Some((write_parts(dst, parts), want))
     }
@@ -272,7 +268,7 @@ impl Table {
     /// The pipe a spliced direction goes through.
     #[inline]
     pub fn splice_pipe(&self) -> PipeSize {
-        self.proxy.proxy().splice_pipe()
+        self.proxy.splice_pipe()
     }
 
     /// `conn`'s upstream `socket` connected: tells the core, with the
@@ -289,7 +285,7 @@ impl Table {
 
     /// This table, for a status request on another worker.
     pub fn snapshot(&self, now: Instant) -> Snapshot {
-        self.proxy.proxy().snapshot(now)
+        self.proxy.snapshot(now)
     }
 
     /// The other workers' tables, for the status request on `conn`.
@@ -347,7 +343,11 @@ impl Table {
             ),
         }
         let now = Instant::now();
-        self.proxy
-            .reconfigure_worker(config, text, recheck, closed_elsewhere, now)
+        let reload = Reload {
+            text,
+            recheck,
+            closed_elsewhere,
+        };
+        self.proxy.reconfigure(config, reload, now)
     }
 }

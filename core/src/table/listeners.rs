@@ -281,11 +281,20 @@ impl Listeners {
     /// Accepting again once the pause is over.
     pub fn resume_if_due(&mut self, now: Instant, actions: &mut VecDeque<Action>) {
         if self.paused_until.is_some_and(|t| t <= now) {
-            self.paused_until = None;
-            for l in self.iter() {
-                if l.state == ListenerState::Open {
-                    actions.push_back(Action::ResumeAccept { listener: l.id });
-                }
+            self.resume(actions);
+        }
+    }
+
+    /// Accepting again now, if it is paused: a connection that ended gave
+    /// its descriptors back, and the clients waiting in the accept queue
+    /// need not wait for the rest of the pause.
+    pub fn resume(&mut self, actions: &mut VecDeque<Action>) {
+        if self.paused_until.take().is_none() {
+            return;
+        }
+        for l in self.iter() {
+            if l.state == ListenerState::Open {
+                actions.push_back(Action::ResumeAccept { listener: l.id });
             }
         }
     }

@@ -53,7 +53,7 @@ use slab::Slab;
 pub use accept::Accepted;
 pub use admission::REFUSING_MAX;
 pub use context::Stats;
-pub use listeners::{listening_line, listening_lines};
+pub use listeners::listening_lines;
 pub use reload::Reload;
 
 use crate::auth::Users;
@@ -342,10 +342,13 @@ impl Proxy {
         self.cx.requests = list;
     }
 
-    /// Ends session `conn`: Close, access record, counters, buffers back.
+    /// Ends session `conn`: Close, access record, counters, buffers back;
+    /// accepting paused for want of descriptors goes on at once, since
+    /// the connection's are free again.
     fn finish(&mut self, conn: ConnId) {
         let s = self.sessions.remove(conn.index());
         s.close(&mut self.cx);
+        self.cx.listeners.resume(&mut self.cx.actions);
         if !self.gathering.is_empty() {
             self.gathering.retain(|(c, _, _)| *c != conn);
         }
@@ -646,5 +649,74 @@ impl Proxy {
     /// Shutting down and nothing left in flight: the runtime may exit.
     pub fn is_finished(&self) -> bool {
         self.cx.grace_until.is_some() && self.sessions.is_empty() && self.udp.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::Proxy;
+    use crate::event::{Action, Event, IoKind};
+    use crate::id::{ConnId, Side};
+    use crate::table::Accepted;
+
+    const MAPPED: &str = "[[service]]\nname = \"m\"\nkind = \"mapped\"\n\
+                          listen = [\"127.0.0.1:8000\"]\ndestination = \"127.0.0.1:9000\"\n";
+
+    fn drain(p: &mut Proxy) -> Vec<Action> {
+        std::iter::from_fn(|| p.poll_action()).collect()
+    }
+
+    fn resumed(actions: &[Action]) -> bool {
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::ResumeAccept { .. }))
+    }
+
+    /// Out of file descriptors, accepting pauses; a connection that ends
+    /// gives its descriptors back, and accepting goes on at once rather
+    /// than at the end of the pause.
+    #[test]
+    fn a_connection_that_ends_resumes_accepting_paused_for_descriptors() {
+        let config = crate::config::parse(MAPPED, "t.toml").expect("valid");
+        let now = Instant::now();
+        let mut p = Proxy::new(config, 1, now);
+        let listener = match p.poll_action() {
+            Some(Action::Listen { listener, addr }) => {
+                p.handle(
+                    Event::Listening {
+                        listener,
+                        local: addr,
+                    },
+                    now,
+                );
+                listener
+            }
+            other => panic!("expected a Listen, got {other:?}"),
+        };
+        let peer = "127.0.0.1:40000".parse().expect("address");
+        let conn: ConnId = p
+            .accept(Accepted::new(listener, peer), now)
+            .expect("accepted");
+        drain(&mut p);
+        let error = IoKind::TooManyFiles;
+        p.handle(Event::AcceptFailed { listener, error }, now);
+        let paused = drain(&mut p);
+        assert!(
+            paused
+                .iter()
+                .any(|a| matches!(a, Action::PauseAccept { .. })),
+            "{paused:?}"
+        );
+        let later = now + Duration::from_millis(10);
+        p.handle_timeout(later);
+        assert!(!resumed(&drain(&mut p)), "resumed before the pause ended");
+        let side = Side::Client;
+        let error = IoKind::Reset;
+        p.handle(Event::IoError { conn, side, error }, later);
+        let ended = drain(&mut p);
+        assert!(resumed(&ended), "{ended:?}");
+        assert_eq!(p.poll_timeout(), None, "no pause left to time out");
     }
 }
