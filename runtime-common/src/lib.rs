@@ -13,8 +13,8 @@
 //!   ([`Process`]), where lines go, the wall clock, the flight recorder's
 //!   files, the tables a runtime starts with ([`Start`]), and reading the
 //!   configuration again ([`load`]); [`signals`]: SIGTERM, SIGINT, SIGHUP;
-//!   [`Crew`]: what the tables of one process tell each other (stop,
-//!   reload, status), one table being a crew of one.
+//!   [`Worker`]: what the tables of one process tell each other (stop,
+//!   reload, status), one table being a worker alone.
 //! - [`net`]: opening sockets with the options Portico uses (listening
 //!   ports shared by several workers included), and what a socket call did
 //!   as the event the core is told.
@@ -33,7 +33,6 @@
 //! rest names only its plain types (ids, events) — so that a change of the
 //! core's face is met there.
 
-pub mod crew;
 pub mod directions;
 pub mod net;
 pub mod pair;
@@ -46,8 +45,8 @@ pub mod steps;
 pub mod table;
 pub mod udp;
 pub mod vectored;
+pub mod worker;
 
-pub use crew::{Crew, Wake};
 pub use directions::{si, Directions, Drained, Filled, ReadOp};
 pub use pair::{Pair, Seen};
 pub use process::{load, log, Process, Start};
@@ -56,6 +55,7 @@ pub use slots::Slots;
 pub use steps::{ConnCmd, ListenCmd, Step, UdpCmd};
 pub use table::{PipeSize, Snapshot, Table, UdpId};
 pub use udp::{Datagrams, UdpKey};
+pub use worker::{Wake, Worker};
 
 /// What the runtimes name of the core's face, from one place.
 pub use portico_core::cli::{Plan, EXIT_OK, EXIT_RUNTIME};

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use portico_core::{ConnId, Event};
 
-use crate::crew::Wake;
+use crate::worker::Wake;
 
 /// Resolves `host`, blocking: the event to tell the core.
 pub fn resolve(conn: ConnId, host: &str, port: u16) -> Event {

@@ -23,7 +23,7 @@ pub enum Step {
     /// `ListenCmd::Close` and `UdpCmd::Unlisten`).
     Unlisten(ListenerId),
     /// A status request on this connection wants every worker's table
-    /// (see [`crate::Crew::gather`]).
+    /// (see [`crate::Worker::gather`]).
     Gather(ConnId),
 }
 

@@ -6,7 +6,7 @@
 //! Ports`); every worker's listeners are open before any worker accepts.
 //! Worker 0 alone handles signals and UDP; it tells the others to stop and
 //! to reload, and a status request on any worker asks the others for their
-//! tables (see `portico_runtime::Crew`).
+//! tables (see `portico_runtime::Worker`).
 //!
 //! Sockets are registered once, edge-triggered, for both directions; the loop
 //! caches readiness per socket and attempts an operation when the socket is
@@ -44,9 +44,9 @@ use portico_runtime::net::{self, Connecting, Ports};
 use portico_runtime::resolver::{Inbox, Resolvers};
 use portico_runtime::splice::Pipes;
 use portico_runtime::{
-    log, si, ConnCmd, ConnId, Crew, Datagrams, Drained, Event, Filled, IoKind, Level, ListenCmd,
+    log, si, ConnCmd, ConnId, Datagrams, Drained, Event, Filled, IoKind, Level, ListenCmd,
     ListenerId, Pair, Plan, ReadOp, Seen, Side, Signals, Slots, Start, Step, Table, UdpCmd, UdpKey,
-    Wake, EXIT_OK, EXIT_RUNTIME,
+    Wake, Worker, EXIT_OK, EXIT_RUNTIME,
 };
 
 const SIGNAL: Token = Token(usize::MAX);
@@ -176,7 +176,7 @@ struct Loop {
     udp: Datagrams,
     /// UDP sockets (tokens) with datagrams left to read.
     udp_work: Vec<Token>,
-    crew: Crew,
+    worker: Worker,
     /// Empty pipes for directions that start splicing.
     pipes: Pipes,
 }
@@ -197,7 +197,7 @@ pub fn run(plan: Plan) -> Result<i32, String> {
     let n = plan.workers(cores);
     let (start, others) = Start::workers(plan, n)?;
     let failed = |e: io::Error| format!("cannot create the event loop: {e}");
-    // Every loop's poll and waker first: each crew member wakes the others.
+    // Every loop's poll and waker first: each worker wakes the others.
     let mut polls = Vec::with_capacity(n);
     for _ in 0..n {
         let poll = Poll::new().map_err(failed)?;
@@ -208,7 +208,7 @@ pub fn run(plan: Plan) -> Result<i32, String> {
         let w = w.clone();
         Arc::new(move || w.wake().is_ok()) as Wake
     });
-    let crew = Crew::new(wakes.collect(), start.path, start.recheck);
+    let workers = Worker::new(wakes.collect(), start.path, start.recheck);
     let resolvers = Resolvers::start(RESOLVERS)
         .map_err(|e| format!("cannot start the resolver threads: {e}"))?;
     let ports = Ports::new(n);
@@ -221,7 +221,7 @@ pub fn run(plan: Plan) -> Result<i32, String> {
     let mut signals = Some((flags, wake));
     let tables = std::iter::once(start.table).chain(others);
     let mut loops = Vec::with_capacity(n);
-    for (((poll, waker), crew), table) in polls.into_iter().zip(crew).zip(tables) {
+    for (((poll, waker), worker), table) in polls.into_iter().zip(workers).zip(tables) {
         let mut signals = signals.take();
         if let Some((_, wake)) = signals.as_mut() {
             poll.registry()
@@ -247,7 +247,7 @@ pub fn run(plan: Plan) -> Result<i32, String> {
             signals,
             udp: Datagrams::default(),
             udp_work: Vec::new(),
-            crew,
+            worker,
             pipes: Pipes::new(),
         };
         lp.drain();
@@ -325,7 +325,7 @@ impl Loop {
                     for ev in self.answers.take() {
                         self.table.handle(ev, now);
                     }
-                    while self.crew.read_mail(&mut self.table) {
+                    while self.worker.read_mail(&mut self.table) {
                         self.drain();
                     }
                 } else if t.0 >= UDP_LISTENER_BASE {
@@ -389,10 +389,10 @@ impl Loop {
         };
         Signals::drain(wake);
         if flags.reload() {
-            self.crew.reload(&mut self.table);
+            self.worker.reload(&mut self.table);
         }
         if flags.stop() {
-            self.crew.stop(&mut self.table);
+            self.worker.stop(&mut self.table);
         }
     }
 
@@ -409,7 +409,7 @@ impl Loop {
                     self.listen_cmd(ListenCmd::Close(listener));
                     self.udp_cmd(UdpCmd::Unlisten(listener));
                 }
-                Step::Gather(conn) => self.crew.gather(&mut self.table, conn),
+                Step::Gather(conn) => self.worker.gather(&mut self.table, conn),
             }
         }
     }

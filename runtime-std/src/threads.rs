@@ -32,8 +32,8 @@ use portico_runtime::net::{self, Connecting, Ports};
 use portico_runtime::resolver::resolve;
 use portico_runtime::splice::{Pipe, Pipes};
 use portico_runtime::{
-    si, ConnCmd, ConnId, Crew, Datagrams, Drained, Event, Filled, IoKind, ListenCmd, ListenerId,
-    Pair, PipeSize, Plan, ReadOp, Side, Signals, Slots, Start, Step, Table, UdpCmd, UdpKey,
+    si, ConnCmd, ConnId, Datagrams, Drained, Event, Filled, IoKind, ListenCmd, ListenerId, Pair,
+    PipeSize, Plan, ReadOp, Side, Signals, Slots, Start, Step, Table, UdpCmd, UdpKey, Worker,
     EXIT_OK,
 };
 
@@ -50,8 +50,8 @@ struct Route {
 
 struct Core {
     table: Table,
-    /// A crew of one: the status page's gathering, the reload, the stop.
-    crew: Crew,
+    /// A worker alone: the status page's gathering, the reload, the stop.
+    worker: Worker,
     routes: HashMap<usize, Route>,
     acceptor_tx: (Sender<ListenCmd>, Arc<Poller>),
     udp_tx: (Sender<UdpCmd>, Arc<Poller>),
@@ -118,7 +118,7 @@ impl Core {
                     continue;
                 }
                 Step::Gather(conn) => {
-                    self.crew.gather(&mut self.table, conn);
+                    self.worker.gather(&mut self.table, conn);
                     continue;
                 }
             };
@@ -215,7 +215,7 @@ pub fn run(plan: Plan) -> Result<i32, String> {
     let shared = Arc::new(Shared {
         core: Mutex::new(Core {
             table,
-            crew: Crew::alone(path, recheck),
+            worker: Worker::alone(path, recheck),
             routes: HashMap::new(),
             acceptor_tx: (acc_tx, acceptor_poller.clone()),
             udp_tx: (udp_tx, udp_poller.clone()),
@@ -244,10 +244,10 @@ pub fn run(plan: Plan) -> Result<i32, String> {
             }
             sh.tell(|core| {
                 if signals.reload() {
-                    core.crew.reload(&mut core.table);
+                    core.worker.reload(&mut core.table);
                 }
                 if signals.stop() {
-                    core.crew.stop(&mut core.table);
+                    core.worker.stop(&mut core.table);
                 }
             });
         }),

@@ -1,6 +1,8 @@
-//! [`Crew`]: the tables of one process and what they tell each other.
+//! [`Worker`]: one table among those of the process, and what they tell
+//! each other.
+//!
 //! `portico` runs a table per worker thread (`[runtime] workers`);
-//! `portico-threaded` runs one, a crew of one. Worker 0 handles the
+//! `portico-threaded` runs one, a worker alone. Worker 0 handles the
 //! signals: it stops the others with it, and reloads them before itself,
 //! logging the reload for all with what theirs closed. A status request on
 //! any worker gathers every table. Each worker reads its mail when its
@@ -59,7 +61,7 @@ enum Mail {
 }
 
 /// One worker among the others.
-pub struct Crew {
+pub struct Worker {
     index: usize,
     mail: Receiver<Mail>,
     /// Every worker's mailbox, this one's included.
@@ -72,9 +74,9 @@ pub struct Crew {
     recheck: bool,
 }
 
-impl Crew {
-    /// One crew member per wake, in worker order.
-    pub fn new(wakes: Vec<Wake>, path: Option<PathBuf>, recheck: bool) -> Vec<Crew> {
+impl Worker {
+    /// One worker per wake, in worker order.
+    pub fn new(wakes: Vec<Wake>, path: Option<PathBuf>, recheck: bool) -> Vec<Worker> {
         let (boxes, inboxes): (Vec<_>, Vec<_>) = wakes
             .into_iter()
             .map(|wake| {
@@ -83,7 +85,7 @@ impl Crew {
             })
             .unzip();
         let boxes = Arc::new(boxes);
-        let crew = inboxes.into_iter().enumerate().map(|(index, mail)| Crew {
+        let worker = inboxes.into_iter().enumerate().map(|(index, mail)| Worker {
             index,
             mail,
             boxes: boxes.clone(),
@@ -91,13 +93,13 @@ impl Crew {
             path: path.clone(),
             recheck,
         });
-        crew.collect()
+        worker.collect()
     }
 
     /// A process of one table.
-    pub fn alone(path: Option<PathBuf>, recheck: bool) -> Crew {
-        let mut crew = Crew::new(vec![Arc::new(|| true)], path, recheck);
-        crew.remove(0)
+    pub fn alone(path: Option<PathBuf>, recheck: bool) -> Worker {
+        let mut worker = Worker::new(vec![Arc::new(|| true)], path, recheck);
+        worker.remove(0)
     }
 
     /// Sends `mail` to every other worker; how many took it.
