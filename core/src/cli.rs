@@ -52,7 +52,7 @@ pub struct Args {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Read a password on standard input and print its argon2id PHC string
-    /// for a [[user]] entry.
+    /// for a `[[user]]` entry.
     HashPassword,
     /// Run the core over a trace written with --record and print the
     /// actions it takes (the same as the recorded FILE.actions).

@@ -40,7 +40,7 @@ pub enum Event {
     ReadBlocked { conn: ConnId, side: Side },
     /// `side` reached end of stream (the peer shut its write side).
     Eof { conn: ConnId, side: Side },
-    /// `n` bytes of [`crate::Proxy::send_bufs`] of `side` were written,
+    /// `n` bytes of [`crate::Proxy::send_buf`] of `side` were written,
     /// counted across its two parts in order.
     Written { conn: ConnId, side: Side, n: usize },
     /// `n` bytes read from `from` were written to the other side by the

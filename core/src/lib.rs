@@ -9,6 +9,10 @@
 //! a pure relay's bytes itself (splice(2)) and report their count. The
 //! call order every runtime follows is written once, at [`Proxy`].
 //!
+//! Besides the table, a runtime uses [`cli`] (the command line, which
+//! loads the [`config`] and starts the runtime's loop with a
+//! [`cli::Plan`]) and [`trace`] (the flight recorder's replay).
+//!
 //! # The map
 //!
 //! - `table/`: the connection table. It owns what connections share (the
@@ -25,11 +29,13 @@
 //!   (`connect`: rules, resolution, addresses, failures).
 //! - `proto/`: the protocol machines, pure over bytes: SOCKS, Telnet, POP3,
 //!   FTP, SMTP/NNTP and the HTTP proxy's exchanges. They all speak one
-//!   vocabulary, `proto::Next`, and end with an [`outcome::Outcome`].
+//!   vocabulary, `proto::Next`, and end with an `outcome::Outcome`.
 //! - `http/`: HTTP/1.1 messages (parsing, framing, encoding).
 //! - [`config`], [`cli`], `rules`, `auth`, `rate`, `ledger`, `status`
 //!   (the pages), `log` (the access line), [`trace`] (the flight recorder
 //!   and its replay), `udp` (UDP mapped ports), `proxy_protocol`.
+//! - `sim/` (with the `harness` feature, and under cargo-fuzz): the
+//!   deterministic simulation every core test and fuzz target runs on.
 //!
 //! # Adding a protocol
 //!

@@ -1,7 +1,7 @@
 //! The status service: what the table knows, as an HTML page, Prometheus
 //! metrics and JSON.
 //!
-//! The table (`proxy.rs`) takes a snapshot of its counters and connections
+//! The table (`table/status.rs`) takes a snapshot of its counters and connections
 //! and this module renders it; a status connection reads one request head
 //! (origin-form, `GET` or `HEAD`), is answered from the snapshot, and closes.
 //!

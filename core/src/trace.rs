@@ -178,7 +178,7 @@ pub enum Record {
     LogLevel(Level),
     /// [`Proxy::set_wall`].
     Wall(Wall),
-    /// [`Proxy::accept`] (`local: None`) or [`Proxy::accept_on`], and
+    /// [`Proxy::accept`] (with `local` when the runtime gave it), and
     /// what it returned.
     Accept {
         t: u64,

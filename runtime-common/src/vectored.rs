@@ -1,5 +1,5 @@
 //! Writing what the core has for a socket. The core shows it in two parts
-//! (`Proxy::send_bufs`: the bytes it made, then the bytes it forwards);
+//! (`Proxy::send_buf`: the bytes it made, then the bytes it forwards);
 //! when both hold bytes they go out in one vectored write, so that a
 //! rewritten HTTP head and the body behind it cost one system call and one
 //! wake-up of the peer, not two.

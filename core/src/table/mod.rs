@@ -4,30 +4,6 @@
 //! pool — routes each event to its session, and knows no protocol: what a
 //! connection does is its session's [`crate::session::Machine`].
 //!
-//! # Call order (the loop every runtime writes)
-//!
-//! ```text
-//! let mut proxy = Proxy::new(config, seed, now);   // or Proxy::worker(…) for one of several
-//! proxy.record(&config_text);                      // only with --record, before anything else
-//! loop {
-//!     while let Some(action) = proxy.poll_action() { carry it out }
-//!     if proxy.is_finished() { break }
-//!     wait for sockets, at most until proxy.poll_timeout();
-//!     proxy.set_wall(local wall-clock time);
-//!     for each new client socket:  proxy.accept(listener, peer, now) (or accept_on, with its local address)
-//!     for each readable socket:    read into proxy.recv_buf(conn, side), then
-//!                                  proxy.handle(Event::Read { .. } | Eof | ReadBlocked, now)
-//!     for each writable socket:    write from proxy.send_bufs(conn, side), then
-//!                                  proxy.handle(Event::Written { .. }, now)
-//!     (or, where proxy.splice_ok(conn, side): splice side → pipe → other side
-//!      without the core's buffers, then proxy.handle(Event::Spliced { .. }, now),
-//!      and Eof only once the pipe is empty)
-//!     UDP: receive into proxy.datagram_buf(), then proxy.handle_datagram(…) or
-//!          handle_reply(…); send what proxy.poll_datagram() gives
-//!     proxy.handle_timeout(now);
-//! }
-//! ```
-//!
 //! Several tables (one per worker) may share one [`Ledger`]: the limits
 //! count the sessions of all of them.
 //!
@@ -114,7 +90,40 @@ fn warnings(worker: usize, config: &Config) -> Vec<String> {
     }
 }
 
-/// The connection table. See the module docs for the call order.
+/// The connection table: the one type a runtime drives.
+///
+/// # Call order (the loop every runtime writes)
+///
+/// ```text
+/// let mut proxy = Proxy::new(config, seed, now);  // Proxy::worker(…) for one of several
+/// proxy.record(&config_text);                     // only with --record, before anything else
+/// proxy.set_log_level(level);
+/// loop {
+///     while let Some(action) = proxy.poll_action() { carry it out }
+///     if proxy.is_finished() { break }
+///     wait for sockets, at most until proxy.poll_timeout();
+///     proxy.set_wall(local wall-clock time);
+///     each new client socket:  proxy.accept(Accepted::new(listener, peer).local(addr), now)
+///     each readable socket:    read into proxy.recv_buf(conn, side), then
+///                              proxy.handle(Event::Read { .. } | Eof | ReadBlocked, now)
+///     each writable socket:    write proxy.send_buf(conn, side) (two parts, one writev),
+///                              then proxy.handle(Event::Written { .. }, now)
+///     (where proxy.splice_ok(conn, side): splice side → pipe → other side past the
+///      core's buffers, then proxy.handle(Event::Spliced { .. }, now), and Eof only
+///      once the pipe is empty; the pipe as proxy.splice_pipe() says)
+///     a connect that finished: proxy.handle(Event::Connected { conn, local }, now),
+///                              with the real local address only where proxy.wants_local(conn)
+///     names resolved, listeners opened, accepts failed: proxy.handle(Event::…, now)
+///     UDP: receive into proxy.datagram_buf(), then proxy.handle_datagram(…) or
+///          handle_reply(…); send what proxy.poll_datagram() gives
+///     proxy.handle_timeout(now);
+///     SIGHUP:  proxy.reconfigure(config, Reload { text, recheck, closed_elsewhere }, now)
+///     SIGTERM: proxy.shutdown(now)
+///     Action::Gather (several workers): proxy.handle_gathered(conn, the others'
+///                              proxy.snapshot(now), now)
+///     with --record: append proxy.take_trace() to the trace files now and then
+/// }
+/// ```
 #[derive(Debug)]
 pub struct Proxy {
     sessions: Slab<Session>,
@@ -142,7 +151,7 @@ impl Proxy {
     }
 
     /// The table of worker `worker` among those sharing `ledger` (see
-    /// [`crate::ledger`]). Every worker listens on the same TCP addresses;
+    /// [`Ledger`]). Every worker listens on the same TCP addresses;
     /// only worker 0 opens UDP ports, warns about the configuration and
     /// prints the `listening:` lines.
     pub fn worker(config: Config, seed: u64, now: Instant, ledger: Ledger, worker: usize) -> Self {
