@@ -105,22 +105,13 @@ pub struct Directions {
     no_splice: bool,
 }
 
-/// A side as an index into per-side arrays: the client 0, the upstream 1.
-#[inline]
-pub fn si(side: Side) -> usize {
-    match side {
-        Side::Client => 0,
-        Side::Upstream => 1,
-    }
-}
-
 impl Directions {
     /// What a read on `side` should be, given that the core `wants` one
     /// (and, for a runtime that caches readiness, that the socket has
     /// something). `splice_ok` is asked only when a splice could follow.
     #[inline]
     pub fn read_op(&self, side: Side, wants: bool, splice_ok: impl FnOnce() -> bool) -> ReadOp {
-        let i = si(side);
+        let i = side.index();
         if !wants || self.eof_piped[i] {
             return ReadOp::Nothing;
         }
@@ -154,7 +145,9 @@ impl Directions {
     /// Bytes wait in the pipe of the direction `from` feeds.
     #[inline]
     pub fn piped(&self, from: Side) -> bool {
-        self.pipe[si(from)].as_ref().is_some_and(|p| !p.is_empty())
+        self.pipe[from.index()]
+            .as_ref()
+            .is_some_and(|p| !p.is_empty())
     }
 
     /// Splices what `src` (`side`'s socket) has into its direction's pipe,
@@ -166,7 +159,7 @@ impl Directions {
         src: BorrowedFd<'_>,
         take: impl FnOnce() -> io::Result<Pipe>,
     ) -> Filled {
-        let i = si(side);
+        let i = side.index();
         let mut pipe = match self.pipe[i].take() {
             Some(p) => p,
             None => match take() {
@@ -206,7 +199,7 @@ impl Directions {
     /// Splices what the pipe of the direction `from` feeds out to `dst`
     /// (the other side's socket).
     pub fn drain(&mut self, conn: ConnId, from: Side, dst: BorrowedFd<'_>) -> Drained {
-        let i = si(from);
+        let i = from.index();
         let Some(pipe) = self.pipe[i].as_mut() else {
             return Drained::Blocked;
         };

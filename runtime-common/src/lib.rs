@@ -47,7 +47,7 @@ pub mod udp;
 pub mod vectored;
 pub mod worker;
 
-pub use directions::{si, Directions, Drained, Filled, ReadOp};
+pub use directions::{Directions, Drained, Filled, ReadOp};
 pub use pair::{Pair, Seen};
 pub use process::{load, log, Process, Start};
 pub use signals::Signals;

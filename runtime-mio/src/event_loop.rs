@@ -44,9 +44,9 @@ use portico_runtime::net::{self, Connecting, Ports};
 use portico_runtime::resolver::{Inbox, Resolvers};
 use portico_runtime::splice::Pipes;
 use portico_runtime::{
-    log, si, ConnCmd, ConnId, Datagrams, Drained, Event, Filled, IoKind, Level, ListenCmd,
-    ListenerId, Pair, Plan, ReadOp, Seen, Side, Signals, Slots, Start, Step, Table, UdpCmd, UdpKey,
-    Wake, Worker, EXIT_OK, EXIT_RUNTIME,
+    log, ConnCmd, ConnId, Datagrams, Drained, Event, Filled, IoKind, Level, ListenCmd, ListenerId,
+    Pair, Plan, ReadOp, Seen, Side, Signals, Slots, Start, Step, Table, UdpCmd, UdpKey, Wake,
+    Worker, EXIT_OK, EXIT_RUNTIME,
 };
 
 const SIGNAL: Token = Token(usize::MAX);
@@ -96,7 +96,7 @@ impl Conn {
     /// `side` is known readable and not muted, but nothing would read it
     /// now (see [`Sock::muted`]).
     fn stalled(&self, table: &Table, side: Side) -> bool {
-        let s = self.sock[si(side)];
+        let s = self.sock[side.index()];
         s.readable && !s.muted && self.read_op(table, side) == ReadOp::Nothing
     }
 
@@ -107,7 +107,7 @@ impl Conn {
         side: Side,
         interest: Interest,
     ) -> io::Result<()> {
-        let token = Token(self.pair.id.index() * 2 + si(side));
+        let token = Token(self.pair.id.index() * 2 + side.index());
         match self.pair.stream_mut(side) {
             Some(s) => registry.reregister(s, token, interest),
             None => Ok(()),
@@ -117,7 +117,7 @@ impl Conn {
     /// What reading `side` would do now: wanted by the core, and known
     /// readable.
     fn read_op(&self, table: &Table, side: Side) -> ReadOp {
-        let s = self.sock[si(side)];
+        let s = self.sock[side.index()];
         let id = self.pair.id;
         let wants = s.want_read && s.readable;
         self.pair.read_op(side, wants, || table.splice_ok(id, side))
@@ -125,7 +125,7 @@ impl Conn {
 
     /// The pipe toward `side` holds bytes `side` can take now.
     fn pipe_out_ready(&self, side: Side) -> bool {
-        self.pair.dirs.piped(side.other()) && self.sock[si(side)].writable
+        self.pair.dirs.piped(side.other()) && self.sock[side.index()].writable
     }
 
     /// Anything both wanted and ready: a connect's outcome, a read, a
@@ -137,7 +137,7 @@ impl Conn {
                 if !self.pair.open(side) {
                     return false;
                 }
-                let s = self.sock[si(side)];
+                let s = self.sock[side.index()];
                 let reads = s.want_read && s.readable;
                 let ok = || table.splice_ok(id, side);
                 let (r, w) = self.pair.dirs.wants(side, reads, s.want_write, ok);
@@ -465,7 +465,7 @@ impl Loop {
             ConnCmd::Connect { addr, bind } => self.connect(conn, addr, bind),
             ConnCmd::Interest { side, read, write } => {
                 if let Some(c) = self.conns.get_mut(conn) {
-                    let s = &mut c.sock[si(side)];
+                    let s = &mut c.sock[side.index()];
                     s.want_read = read;
                     s.want_write = write;
                     if ((read && s.readable) || (write && s.writable)) && !c.queued {
@@ -708,7 +708,7 @@ impl Loop {
                 let Some(c) = self.conns.get(conn) else {
                     return false;
                 };
-                let s = c.sock[si(side)];
+                let s = c.sock[side.index()];
                 if s.want_write && s.writable {
                     ops += 1;
                     did = true;
@@ -755,7 +755,7 @@ impl Loop {
             return;
         };
         let now = Instant::now();
-        let s = &mut c.sock[si(side)];
+        let s = &mut c.sock[side.index()];
         if s.drained {
             s.readable = false;
             self.table.handle(Event::Eof { conn, side }, now);
@@ -786,8 +786,8 @@ impl Loop {
         let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
-        if c.sock[si(side)].muted {
-            c.sock[si(side)].muted = false;
+        if c.sock[side.index()].muted {
+            c.sock[side.index()].muted = false;
             let both = Interest::READABLE | Interest::WRITABLE;
             let _ = c.reregister(self.poll.registry(), side, both);
         }
@@ -802,7 +802,7 @@ impl Loop {
         };
         let pipes = &mut self.pipes;
         let filled = c.pair.splice_in(side, || pipes.take(size));
-        let s = &mut c.sock[si(side)];
+        let s = &mut c.sock[side.index()];
         let ev = match filled {
             // Nothing to tell yet; a short splice says nothing about the
             // socket, so `readable` stays.
@@ -826,7 +826,7 @@ impl Loop {
         let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
-        let to = si(from.other());
+        let to = from.other().index();
         let now = Instant::now();
         match c.pair.splice_out(from) {
             Drained::Sent { short, told } => {
@@ -847,7 +847,7 @@ impl Loop {
         let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
-        let s = &mut c.sock[si(side)];
+        let s = &mut c.sock[side.index()];
         let Some((ev, seen)) = c.pair.write(&mut self.table, side) else {
             s.want_write = false;
             return;

@@ -32,7 +32,7 @@ use portico_runtime::net::{self, Connecting, Ports};
 use portico_runtime::resolver::resolve;
 use portico_runtime::splice::{Pipe, Pipes};
 use portico_runtime::{
-    si, ConnCmd, ConnId, Datagrams, Drained, Event, Filled, IoKind, ListenCmd, ListenerId, Pair,
+    ConnCmd, ConnId, Datagrams, Drained, Event, Filled, IoKind, ListenCmd, ListenerId, Pair,
     PipeSize, Plan, ReadOp, Side, Signals, Slots, Start, Step, Table, UdpCmd, UdpKey, Worker,
     EXIT_OK,
 };
@@ -632,14 +632,14 @@ impl ConnThread {
 
     /// What reading `side` would do now.
     fn read_op(&self, side: Side) -> ReadOp {
-        let i = si(side);
+        let i = side.index();
         self.pair
             .read_op(side, self.want[i].0, || self.splice_ok[i])
     }
 
     /// What `side`'s socket is wanted for now: (read, write).
     fn wants(&self, side: Side) -> (bool, bool) {
-        let (i, dirs) = (si(side), &self.pair.dirs);
+        let (i, dirs) = (side.index(), &self.pair.dirs);
         dirs.wants(side, self.want[i].0, self.want[i].1, || self.splice_ok[i])
     }
 
@@ -700,7 +700,7 @@ impl ConnThread {
                 }
                 Err(e) => self.connect_failed(IoKind::from_io(&e), mine),
             },
-            ConnCmd::Interest { side, read, write } => self.want[si(side)] = (read, write),
+            ConnCmd::Interest { side, read, write } => self.want[side.index()] = (read, write),
             ConnCmd::ShutdownWrite(side) => {
                 if let Some(ev) = self.pair.shutdown_write(side) {
                     self.event(ev, mine);
@@ -824,7 +824,7 @@ impl ConnThread {
                     did |= self.splice_out(side, mine);
                 }
             }
-            if self.want[si(side)].1 {
+            if self.want[side.index()].1 {
                 let mut core = lock(&self.shared);
                 if let Some((Some(ev), _)) = self.pair.write(&mut core.table, side) {
                     did = true;
