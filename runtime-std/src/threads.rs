@@ -476,8 +476,7 @@ fn accepted(shared: &Arc<Shared>, listener: ListenerId, stream: TcpStream, peer:
             poller: poller.clone(),
         },
     );
-    // The new connection's first commands come back here, to be carried
-    // out before its thread starts.
+    // The new connection's first commands come back here, for its thread.
     let mut first = Vec::new();
     core.drain(shared, Some(conn), &mut first);
     drop(core);
@@ -492,15 +491,14 @@ fn accepted(shared: &Arc<Shared>, listener: ListenerId, stream: TcpStream, peer:
         pipe_size: PipeSize::default(),
         armed: [None; 2],
     };
-    let Some(rest) = c.start(first) else {
-        // Closed already (its connect could not even start): no thread,
-        // and its descriptors are free before the next accept.
-        return;
-    };
     let spawned = std::thread::Builder::new()
         .name(format!("conn-{conn}"))
         .stack_size(256 * 1024)
-        .spawn(move || c.run(rest));
+        .spawn(move || {
+            if let Some(rest) = c.start(first) {
+                c.run(rest);
+            }
+        });
     if let Err(e) = spawned {
         let (side, error) = (Side::Client, IoKind::from_io(&e));
         let ev = Event::IoError { conn, side, error };
@@ -532,15 +530,14 @@ const CLIENT: usize = 0;
 const UPSTREAM: usize = 1;
 
 impl ConnThread {
-    /// On the acceptor, before the connection's thread exists: registers
-    /// the client socket and carries out the commands the accept brought
-    /// up to the first that may block (a name to resolve), as `portico`
-    /// does within its accept. A connect that cannot be made (out of
-    /// descriptors, say) then closes the connection before the acceptor
-    /// accepts again, so that a backlog of connections that cannot be
-    /// served is worked off at once rather than one per pause of
-    /// accepting. The commands left for the thread, or `None` when the
-    /// connection is closed already.
+    /// First thing on the connection's thread: registers the client
+    /// socket and carries out the commands the accept brought, up to the
+    /// first that may block (a name to resolve), which `run` goes on
+    /// with. The commands left, or `None` when the connection is closed
+    /// already. (On the acceptor instead, this work would cost every new
+    /// connection a wait behind the others'; a backlog that cannot be
+    /// served for want of descriptors is worked off at once anyway, since
+    /// the core resumes accepting as soon as a connection ends.)
     fn start(&mut self, first: Vec<ConnCmd>) -> Option<Vec<ConnCmd>> {
         // SAFETY: the client socket is deleted from the poller before it is
         // dropped (`finish`).
