@@ -245,19 +245,12 @@ impl Directions {
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
+    use crate::splice::tests::pair;
     use crate::splice::Pipes;
     use crate::table::PipeSize;
     use std::io::{Read, Write};
-    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::net::{Shutdown, TcpStream};
     use std::os::fd::AsFd;
-
-    fn pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let a = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
-        let (b, _) = l.accept().expect("accept");
-        b.set_nonblocking(true).expect("nonblocking");
-        (a, b)
-    }
 
     fn conn() -> ConnId {
         // Any id will do: nothing here looks it up.
@@ -313,6 +306,7 @@ mod tests {
         );
         assert_eq!(d.read_op(Side::Client, true, || false), ReadOp::Core);
         let mut got = [0u8; 5];
+        d_in.set_nonblocking(false).expect("blocking");
         d_in.read_exact(&mut got).expect("read");
         assert_eq!(&got, b"first");
     }

@@ -662,19 +662,40 @@ impl Proxy {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::{Duration, Instant};
 
     use super::Proxy;
     use crate::event::{Action, Event, IoKind};
-    use crate::id::{ConnId, Side};
+    use crate::id::{ConnId, ListenerId, Side};
     use crate::table::Accepted;
 
     const MAPPED: &str = "[[service]]\nname = \"m\"\nkind = \"mapped\"\n\
                           listen = [\"127.0.0.1:8000\"]\ndestination = \"127.0.0.1:9000\"\n";
 
-    fn drain(p: &mut Proxy) -> Vec<Action> {
+    /// Every action queued, taken.
+    pub(crate) fn drain(p: &mut Proxy) -> Vec<Action> {
         std::iter::from_fn(|| p.poll_action()).collect()
+    }
+
+    /// Reports the table's first listener open, as a runtime would, and
+    /// takes what that queued.
+    pub(crate) fn open_first(p: &mut Proxy, now: Instant) -> ListenerId {
+        let listener = match p.poll_action() {
+            Some(Action::Listen { listener, addr }) => {
+                p.handle(
+                    Event::Listening {
+                        listener,
+                        local: addr,
+                    },
+                    now,
+                );
+                listener
+            }
+            other => panic!("expected a Listen, got {other:?}"),
+        };
+        drain(p);
+        listener
     }
 
     fn resumed(actions: &[Action]) -> bool {
@@ -691,19 +712,7 @@ mod tests {
         let config = crate::config::parse(MAPPED, "t.toml").expect("valid");
         let now = Instant::now();
         let mut p = Proxy::new(config, 1, now);
-        let listener = match p.poll_action() {
-            Some(Action::Listen { listener, addr }) => {
-                p.handle(
-                    Event::Listening {
-                        listener,
-                        local: addr,
-                    },
-                    now,
-                );
-                listener
-            }
-            other => panic!("expected a Listen, got {other:?}"),
-        };
+        let listener = open_first(&mut p, now);
         let peer = "127.0.0.1:40000".parse().expect("address");
         let conn: ConnId = p
             .accept(Accepted::new(listener, peer), now)

@@ -114,28 +114,9 @@ mod tests {
     use crate::event::{Action, Event};
     use crate::id::{ConnId, Side};
     use crate::ledger::Ledger;
+    use crate::table::tests::{drain, open_first};
 
     const CONFIG: &str = "[[service]]\nname = \"status\"\nkind = \"status\"\nport = 8081\n";
-
-    /// Carries out the listens, and returns every other action.
-    fn drain(p: &mut Proxy, now: Instant) -> Vec<Action> {
-        let mut other = Vec::new();
-        while let Some(a) = p.poll_action() {
-            match a {
-                Action::Listen { listener, addr } => {
-                    p.handle(
-                        Event::Listening {
-                            listener,
-                            local: addr,
-                        },
-                        now,
-                    );
-                }
-                a => other.push(a),
-            }
-        }
-        other
-    }
 
     fn closes(actions: &[Action], conn: ConnId) -> bool {
         actions
@@ -153,25 +134,12 @@ mod tests {
         let ledger = Ledger::new(2);
         let mut first = Proxy::worker(config.clone(), 1, now, ledger.clone(), 0);
         let second = Proxy::worker(config, 2, now, ledger, 1);
-        let listener = match first.poll_action() {
-            Some(Action::Listen { listener, addr }) => {
-                first.handle(
-                    Event::Listening {
-                        listener,
-                        local: addr,
-                    },
-                    now,
-                );
-                listener
-            }
-            other => panic!("expected a Listen, got {other:?}"),
-        };
-        drain(&mut first, now);
+        let listener = open_first(&mut first, now);
         let peer = "127.0.0.1:40000".parse().expect("address");
         let conn = first
             .accept(crate::Accepted::new(listener, peer), now)
             .expect("accepted");
-        drain(&mut first, now);
+        drain(&mut first);
         let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
         let buf = first
             .recv_buf(conn, Side::Client)
@@ -186,7 +154,7 @@ mod tests {
             },
             now,
         );
-        let asked = drain(&mut first, now);
+        let asked = drain(&mut first);
         assert!(
             asked
                 .iter()
@@ -200,13 +168,13 @@ mod tests {
             },
             now,
         );
-        let after_eof = drain(&mut first, now);
+        let after_eof = drain(&mut first);
         assert!(
             !closes(&after_eof, conn),
             "closed before the answer: {after_eof:?}"
         );
         first.handle_gathered(conn, vec![second.snapshot(now)], now);
-        drain(&mut first, now);
+        drain(&mut first);
         let answer = first.send_buf(conn, Side::Client).expect("an answer");
         let answer = [answer[0], answer[1]].concat();
         assert!(
@@ -222,6 +190,6 @@ mod tests {
             },
             now,
         );
-        assert!(closes(&drain(&mut first, now), conn), "closed once written");
+        assert!(closes(&drain(&mut first), conn), "closed once written");
     }
 }
