@@ -80,6 +80,7 @@ pub use event::{Action, Event, IoKind, Level, Refused};
 pub use id::{ConnId, ListenerId, Side};
 pub use ledger::Ledger;
 pub use log::AccessRecord;
+pub use outcome::Cause;
 pub use rules::Wall;
 pub use status::Snapshot;
 pub use table::{

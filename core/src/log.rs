@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::LogFormat;
+use crate::outcome::Cause;
 
 /// A finished connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +33,9 @@ pub struct AccessRecord {
     pub up: u64,
     pub down: u64,
     pub duration: Duration,
+    /// Why it was refused or could not connect, if it was: ` err=CAUSE`
+    /// after the duration (JSON `"error"`), only when there is one.
+    pub error: Option<Cause>,
 }
 
 impl AccessRecord {
@@ -42,18 +46,24 @@ impl AccessRecord {
         let dest = self.destination.map(|d| d.to_string());
         let secs = self.duration.as_secs_f64();
         match format {
-            LogFormat::Text => format!(
-                "{ts} {} {} {} {} {} {} {} up={} down={} {secs:.3}s",
-                self.service,
-                self.client,
-                user.map(text_field).unwrap_or_else(|| "-".into()),
-                self.method,
-                text_field(&self.target),
-                dest.as_deref().unwrap_or("-"),
-                self.status,
-                self.up,
-                self.down,
-            ),
+            LogFormat::Text => {
+                let mut s = format!(
+                    "{ts} {} {} {} {} {} {} {} up={} down={} {secs:.3}s",
+                    self.service,
+                    self.client,
+                    user.map(text_field).unwrap_or_else(|| "-".into()),
+                    self.method,
+                    text_field(&self.target),
+                    dest.as_deref().unwrap_or("-"),
+                    self.status,
+                    self.up,
+                    self.down,
+                );
+                if let Some(c) = self.error {
+                    let _ = write!(s, " err={c}");
+                }
+                s
+            }
             LogFormat::Json => {
                 let mut s = String::with_capacity(192);
                 s.push_str("{\"time\":");
@@ -80,11 +90,15 @@ impl AccessRecord {
                 json_str(&mut s, &self.status);
                 let _ = write!(
                     s,
-                    ",\"up\":{},\"down\":{},\"duration_ms\":{}}}",
+                    ",\"up\":{},\"down\":{},\"duration_ms\":{}",
                     self.up,
                     self.down,
                     self.duration.as_millis()
                 );
+                if let Some(c) = self.error {
+                    let _ = write!(s, ",\"error\":\"{c}\"");
+                }
+                s.push('}');
                 s
             }
         }
@@ -172,7 +186,27 @@ mod tests {
             up: 1234,
             down: 56789,
             duration: Duration::from_millis(1234),
+            error: None,
         }
+    }
+
+    #[test]
+    fn the_cause_follows_the_duration() {
+        let mut r = rec();
+        r.status = "502".into();
+        r.error = Some(Cause::DnsFailure);
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_462_200_123);
+        assert_eq!(
+            r.format(t, LogFormat::Text),
+            "2026-11-23T19:30:00.123Z web 192.168.1.5:53211 alice CONNECT example.com:443 \
+             93.184.216.34:443 502 up=1234 down=56789 1.234s err=dns-failure"
+        );
+        let json = r.format(t, LogFormat::Json);
+        assert!(
+            json.ends_with("\"duration_ms\":1234,\"error\":\"dns-failure\"}"),
+            "{json}"
+        );
+        assert!(!rec().format(t, LogFormat::Json).contains("error"));
     }
 
     #[test]

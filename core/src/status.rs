@@ -26,8 +26,17 @@ pub struct ServiceCounters {
     /// Bytes of finished connections, client→upstream and back.
     pub up: u64,
     pub down: u64,
-    /// Refusals by reason (`limit`, `denied`, `shutdown`, …).
+    /// Refusals by reason: a [`crate::outcome::Cause`]'s word for the
+    /// proxy's own refusals (`denied`, `port-denied`, `auth-required`,
+    /// `limit`), and `shutdown` for a connection turned away while
+    /// shutting down.
     pub refused: BTreeMap<&'static str, u64>,
+    /// Failures to connect to a destination, by cause (`dns-failure`,
+    /// `connect-refused`, `connect-timeout`, `unreachable`).
+    pub connect_errors: BTreeMap<&'static str, u64>,
+    /// HTTP responses sent to clients (the proxy's own and relayed), by
+    /// status code.
+    pub http_responses: BTreeMap<u16, u64>,
 }
 
 /// One service as the status page shows it.
@@ -83,6 +92,12 @@ impl Snapshot {
                     c.down += o.down;
                     for (why, n) in &o.refused {
                         *c.refused.entry(why).or_insert(0) += n;
+                    }
+                    for (why, n) in &o.connect_errors {
+                        *c.connect_errors.entry(why).or_insert(0) += n;
+                    }
+                    for (code, n) in &o.http_responses {
+                        *c.http_responses.entry(*code).or_insert(0) += n;
                     }
                 }
                 None => self.services.push(row),
@@ -282,15 +297,42 @@ pub fn services_json(snap: &Snapshot) -> String {
         }
         let _ = write!(
             o,
-            "],\"active\":{},\"total\":{},\"bytes_up\":{},\"bytes_down\":{}}}",
+            "],\"active\":{},\"total\":{},\"bytes_up\":{},\"bytes_down\":{}",
             s.active,
             s.counters.connections,
             s.counters.up + s.live_up,
             s.counters.down + s.live_down
         );
+        let c = &s.counters;
+        o.push_str(",\"refused\":");
+        json_counts(&mut o, c.refused.iter().map(|(k, n)| (k.to_string(), *n)));
+        o.push_str(",\"connect_errors\":");
+        json_counts(
+            &mut o,
+            c.connect_errors.iter().map(|(k, n)| (k.to_string(), *n)),
+        );
+        o.push_str(",\"http_responses\":");
+        json_counts(
+            &mut o,
+            c.http_responses.iter().map(|(k, n)| (k.to_string(), *n)),
+        );
+        o.push('}');
     }
     o.push_str("]\n");
     o
+}
+
+/// A JSON object of counts by key.
+fn json_counts(out: &mut String, counts: impl Iterator<Item = (String, u64)>) {
+    out.push('{');
+    for (i, (key, n)) in counts.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        json_str(out, &key);
+        let _ = write!(out, ":{n}");
+    }
+    out.push('}');
 }
 
 /// A Prometheus label value.
@@ -338,13 +380,39 @@ pub fn metrics(snap: &Snapshot) -> String {
             s.counters.down + s.live_down
         );
     }
-    o.push_str("# HELP portico_refused_total Connections refused, by reason.\n");
+    o.push_str("# HELP portico_refused_total Connections and requests refused by the proxy, by reason.\n");
     o.push_str("# TYPE portico_refused_total counter\n");
     for s in &snap.services {
         for (reason, n) in &s.counters.refused {
             let _ = writeln!(
                 o,
                 "portico_refused_total{{service=\"{}\",reason=\"{reason}\"}} {n}",
+                label(&s.name)
+            );
+        }
+    }
+    o.push_str(
+        "# HELP portico_connect_errors_total Connections to a destination that failed, by cause.\n",
+    );
+    o.push_str("# TYPE portico_connect_errors_total counter\n");
+    for s in &snap.services {
+        for (cause, n) in &s.counters.connect_errors {
+            let _ = writeln!(
+                o,
+                "portico_connect_errors_total{{service=\"{}\",cause=\"{cause}\"}} {n}",
+                label(&s.name)
+            );
+        }
+    }
+    o.push_str(
+        "# HELP portico_http_responses_total HTTP responses sent to clients (the proxy's own and relayed), by status code.\n",
+    );
+    o.push_str("# TYPE portico_http_responses_total counter\n");
+    for s in &snap.services {
+        for (code, n) in &s.counters.http_responses {
+            let _ = writeln!(
+                o,
+                "portico_http_responses_total{{service=\"{}\",code=\"{code}\"}} {n}",
                 label(&s.name)
             );
         }
@@ -465,6 +533,8 @@ mod tests {
             ..Default::default()
         };
         counters.refused.insert("limit", 2);
+        counters.connect_errors.insert("dns-failure", 3);
+        counters.http_responses.insert(502, 3);
         Snapshot {
             services: vec![ServiceRow {
                 name: "web".into(),
@@ -528,10 +598,37 @@ mod tests {
             "portico_bytes_total{service=\"web\",direction=\"up\"} 101",
             "portico_bytes_total{service=\"web\",direction=\"down\"} 202",
             "portico_refused_total{service=\"web\",reason=\"limit\"} 2",
+            "portico_connect_errors_total{service=\"web\",cause=\"dns-failure\"} 3",
+            "portico_http_responses_total{service=\"web\",code=\"502\"} 3",
             "portico_user_bytes_total{user=\"alice\",direction=\"up\"} 7",
         ] {
             assert!(m.lines().any(|l| l == line), "{line} missing in\n{m}");
         }
+    }
+
+    #[test]
+    fn services_json_has_the_counts() {
+        assert_eq!(
+            services_json(&snap()),
+            "[{\"name\":\"web\",\"kind\":\"http\",\"listen\":[\"127.0.0.1:8080\"],\"active\":1,\
+             \"total\":5,\"bytes_up\":101,\"bytes_down\":202,\"refused\":{\"limit\":2},\
+             \"connect_errors\":{\"dns-failure\":3},\"http_responses\":{\"502\":3}}]\n"
+        );
+    }
+
+    #[test]
+    fn merged_workers_add_their_counts() {
+        let mut a = snap();
+        let mut b = snap();
+        b.services[0].counters.refused.insert("port-denied", 1);
+        b.services[0].counters.http_responses.insert(200, 4);
+        a.merge(b);
+        let c = &a.services[0].counters;
+        assert_eq!(c.refused.get("limit"), Some(&4));
+        assert_eq!(c.refused.get("port-denied"), Some(&1));
+        assert_eq!(c.connect_errors.get("dns-failure"), Some(&6));
+        assert_eq!(c.http_responses.get(&502), Some(&6));
+        assert_eq!(c.http_responses.get(&200), Some(&4));
     }
 
     #[test]

@@ -237,6 +237,7 @@ impl UdpTable {
                 up: m.up,
                 down: m.down,
                 duration: now.saturating_duration_since(m.opened),
+                error: outcome.cause(),
             })));
         }
         if self.maps.is_empty() {

@@ -18,6 +18,8 @@ pub struct AccessLine {
     pub down: u64,
     /// Seconds with exactly three decimals, without the `s`.
     pub duration: String,
+    /// The cause after ` err=`, when the line has one.
+    pub err: Option<String>,
 }
 
 /// `2026-11-23T19:30:00.123Z`: exactly that shape.
@@ -46,12 +48,21 @@ pub fn is_duration(s: &str) -> bool {
 }
 
 /// Parses a text line: `TIME SERVICE CLIENT USER METHOD TARGET DESTINATION
-/// STATUS up=N down=M D.DDDs`, single spaces, nothing before or after.
+/// STATUS up=N down=M D.DDDs`, then ` err=CAUSE` when there is one, single
+/// spaces, nothing before or after.
 pub fn parse_text_line(line: &str) -> Result<AccessLine, String> {
-    let f: Vec<&str> = line.split(' ').collect();
+    let mut f: Vec<&str> = line.split(' ').collect();
+    let mut err = None;
+    if f.len() == 12 {
+        match f[11].strip_prefix("err=") {
+            Some(cause) if !cause.is_empty() => err = Some(cause.to_string()),
+            _ => return Err(format!("field {:?} is not err=CAUSE in {line:?}", f[11])),
+        }
+        f.pop();
+    }
     if f.len() != 11 {
         return Err(format!(
-            "{} space-separated fields, want 11: {line:?}",
+            "{} space-separated fields, want 11 (12 with err=): {line:?}",
             f.len()
         ));
     }
@@ -90,6 +101,7 @@ pub fn parse_text_line(line: &str) -> Result<AccessLine, String> {
         up,
         down,
         duration: f[10].trim_end_matches('s').into(),
+        err,
     })
 }
 

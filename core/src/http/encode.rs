@@ -7,6 +7,7 @@ use super::fields::{ConnectionOptions, Headers, Name};
 use super::request::{Request, Target};
 use super::response::Response;
 use super::{Framing, Method, Version};
+use crate::outcome::Cause;
 
 /// The reply to a CONNECT that succeeded: no Content-Length, no
 /// Transfer-Encoding; the tunnel starts after it.
@@ -305,6 +306,82 @@ fn explanation(status: u16) -> &'static str {
 /// rules`. For a HEAD request, send only the head (up to the blank line).
 pub fn proxy_reply(status: u16, extra_headers: &[(&str, &str)], close: bool) -> Vec<u8> {
     reply(status, explanation(status), extra_headers, close)
+}
+
+/// The reply to a request the proxy refused, or could not connect for,
+/// for `cause`: the status line, `Portico-Error: CAUSE`, for 407
+/// `Proxy-Authenticate`, `Connection: close`, and a body naming the cause
+/// and `destination` (`host:port`): a short HTML page when `html` (the
+/// request's Accept names text/html), else one line of text such as
+/// `502 Bad Gateway: the name of nowhere.invalid:80 did not resolve
+/// (dns-failure)`. For a HEAD request, send only the head.
+pub fn refusal_reply(status: u16, cause: Cause, destination: &str, html: bool) -> Vec<u8> {
+    // A peer's bytes never make a second line (the parser lets none
+    // through; this holds whatever it lets through).
+    let dest: String = destination
+        .chars()
+        .map(|c| if c.is_control() { '_' } else { c })
+        .collect();
+    let why = match cause {
+        Cause::DnsFailure => format!("the name of {dest} did not resolve"),
+        Cause::ConnectRefused => format!("{dest} refused the connection"),
+        Cause::ConnectTimeout => format!("{dest} did not answer in time"),
+        Cause::Unreachable => format!("{dest} is unreachable (no route to its network or host)"),
+        Cause::Denied => format!("{dest} is denied by the proxy's rules"),
+        Cause::PortDenied => {
+            let port = dest.rsplit_once(':').map_or("", |(_, p)| p);
+            format!("CONNECT to {dest}: port {port} is not in the proxy's connect_ports")
+        }
+        Cause::AuthRequired => {
+            format!("the proxy needs a valid user name and password to reach {dest}")
+        }
+        Cause::Limit => format!("the proxy's connection limit is reached; try {dest} again later"),
+    };
+    let reason = reason_phrase(status);
+    let (ctype, body) = if html {
+        (
+            "text/html; charset=utf-8",
+            format!(
+                "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+                 <title>{status} {reason}</title></head>\n<body>\n<h1>{status} {reason}</h1>\n\
+                 <p>{}.</p>\n<p>Destination: <code>{}</code><br>Cause: <code>{cause}</code></p>\n\
+                 <hr><address>portico</address>\n</body></html>\n",
+                html_escape(&why),
+                html_escape(&dest),
+            ),
+        )
+    } else {
+        (
+            "text/plain; charset=utf-8",
+            format!("{status} {reason}: {why} ({cause})\n"),
+        )
+    };
+    let mut out = Vec::with_capacity(200 + body.len());
+    out.extend_from_slice(format!("HTTP/1.1 {status} {reason}\r\n").as_bytes());
+    out.extend_from_slice(format!("Content-Type: {ctype}\r\n").as_bytes());
+    out.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+    if status == 407 {
+        out.extend_from_slice(b"Proxy-Authenticate: Basic realm=\"portico\"\r\n");
+    }
+    out.extend_from_slice(format!("Portico-Error: {cause}\r\nConnection: close\r\n\r\n").as_bytes());
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+/// Text made safe to put in an HTML page.
+fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The reply to a refused request (the error's status, a body naming what

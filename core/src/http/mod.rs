@@ -12,7 +12,9 @@
 //! - Bodies: [`BodyDecoder`], a streaming state machine that says which bytes
 //!   belong to the message (states and exits are drawn in [`body`]'s docs).
 //! - Forwarded heads: [`encode_request_head`], [`encode_response_head`]; and
-//!   the proxy's own replies: [`proxy_reply`], [`error_reply`],
+//!   the proxy's own replies: [`proxy_reply`], [`error_reply`] (the client's
+//!   own errors, one line of text), [`refusal_reply`] (a refusal or a failed
+//!   connect, with `Portico-Error` and an HTML page for a browser),
 //!   [`CONNECT_ESTABLISHED`].
 //!
 //! # Invariants
@@ -81,7 +83,8 @@ pub use body::BodyDecoder;
 #[cfg(test)]
 pub use body::Progress;
 pub use encode::{
-    encode_request_head, encode_response_head, error_reply, proxy_reply, reason_phrase, Forward,
+    encode_request_head, encode_response_head, error_reply, proxy_reply, reason_phrase,
+    refusal_reply, Forward,
     Persist, CONNECT_ESTABLISHED,
 };
 #[cfg(test)]

@@ -187,6 +187,25 @@ pub struct Request {
 }
 
 impl Request {
+    /// Whether the request's Accept names `text/html` (with a weight above
+    /// 0): a browser, to be answered a refusal as a page. A bare `*/*` or
+    /// `text/*` does not count: a program saying that wants the one line.
+    pub fn accepts_html(&self) -> bool {
+        self.headers.get_all("accept").any(|v| {
+            v.split(|&b| b == b',').any(|range| {
+                let mut parts = range.split(|&b| b == b';');
+                let media = parts.next().map(trim_ows).unwrap_or_default();
+                media.eq_ignore_ascii_case(b"text/html")
+                    && !parts.any(|p| {
+                        let p = trim_ows(p);
+                        p.len() >= 2
+                            && p[..2].eq_ignore_ascii_case(b"q=")
+                            && p[2..].iter().all(|&b| b == b'0' || b == b'.')
+                    })
+            })
+        })
+    }
+
     /// Whether the client connection may stay open after this exchange, as
     /// far as the request says: HTTP/1.1 unless `close`; HTTP/1.0 only with
     /// `keep-alive`.
@@ -531,4 +550,11 @@ fn parse_port(digits: &[u8]) -> Result<u16, ErrorKind> {
         Ok(0) | Err(_) => Err(ErrorKind::BadTarget),
         Ok(p) => Ok(p),
     }
+}
+
+/// `s` without the spaces and tabs around it.
+fn trim_ows(s: &[u8]) -> &[u8] {
+    let start = s.iter().position(|&b| b != b' ' && b != b'\t').unwrap_or(s.len());
+    let end = s.iter().rposition(|&b| b != b' ' && b != b'\t').map_or(start, |i| i + 1);
+    &s[start..end]
 }

@@ -1403,3 +1403,108 @@ fn fields_named_by_connection_are_dropped_whatever_their_length() {
         )
     );
 }
+
+fn get_with_accept(accept: &str) -> Request {
+    let raw = format!(
+        "GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\nAccept: {accept}\r\n\r\n"
+    );
+    request(&raw).0
+}
+
+#[test]
+fn accept_names_html() {
+    for html in [
+        "text/html",
+        "TEXT/HTML",
+        "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+        "application/json, text/html ; q=0.5",
+    ] {
+        assert!(get_with_accept(html).accepts_html(), "{html}");
+    }
+    for not in [
+        "*/*",
+        "text/*",
+        "text/plain",
+        "application/xhtml+xml",
+        "text/html;q=0",
+        "text/html; q=0.000",
+        "text/htmlx",
+    ] {
+        assert!(!get_with_accept(not).accepts_html(), "{not}");
+    }
+    let (no_accept, _) = request("GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    assert!(!no_accept.accepts_html());
+}
+
+/// The head and body of a reply, the head's fields by lower-case name.
+fn split_reply(reply: &[u8]) -> (Response, String) {
+    let Ok(Parsed::Complete { head, len }) = parse_response(reply, &Method::Get, &limits()) else {
+        panic!("the reply does not parse: {}", String::from_utf8_lossy(reply));
+    };
+    let body = String::from_utf8(reply[len..].to_vec()).expect("a UTF-8 body");
+    assert_eq!(head.framing, Framing::Length(body.len() as u64));
+    (head, body)
+}
+
+#[test]
+fn refusal_replies_say_the_cause() {
+    use crate::outcome::Cause;
+    let causes = [
+        (502, Cause::DnsFailure),
+        (502, Cause::ConnectRefused),
+        (504, Cause::ConnectTimeout),
+        (502, Cause::Unreachable),
+        (403, Cause::Denied),
+        (403, Cause::PortDenied),
+        (407, Cause::AuthRequired),
+        (503, Cause::Limit),
+    ];
+    for (status, cause) in causes {
+        for html in [false, true] {
+            let reply = refusal_reply(status, cause, "example.com:25", html);
+            let (head, body) = split_reply(&reply);
+            assert_eq!(head.status, status);
+            assert_eq!(
+                head.headers.get("portico-error"),
+                Some(cause.word().as_bytes()),
+                "{cause:?}"
+            );
+            assert!(!head.keep_alive(), "{cause:?}: the connection closes");
+            assert_eq!(head.headers.contains("proxy-authenticate"), status == 407);
+            let ctype = head.headers.get("content-type").unwrap_or_default();
+            assert!(body.contains("example.com:25"), "{body}");
+            assert!(body.contains(cause.word()), "{body}");
+            if html {
+                assert_eq!(ctype, b"text/html; charset=utf-8");
+                assert!(body.starts_with("<!doctype html>"), "{body}");
+                assert!(body.contains(&format!("<title>{status} ")), "{body}");
+            } else {
+                assert_eq!(ctype, b"text/plain; charset=utf-8");
+                assert!(body.starts_with(&format!("{status} ")), "{body}");
+                assert!(body.ends_with(&format!("({cause})\n")), "{body}");
+                assert_eq!(body.matches('\n').count(), 1, "{body}");
+            }
+        }
+    }
+    let (_, text) = split_reply(&refusal_reply(403, Cause::PortDenied, "mail.example:25", false));
+    assert_eq!(
+        text,
+        "403 Forbidden: CONNECT to mail.example:25: port 25 is not in the proxy's connect_ports \
+         (port-denied)\n"
+    );
+    assert!(!text.contains("rules"));
+}
+
+#[test]
+fn refusal_pages_escape_the_destination() {
+    use crate::outcome::Cause;
+    let dest = "<script>alert('x')</script>&\"q\":80";
+    let (_, page) = split_reply(&refusal_reply(502, Cause::DnsFailure, dest, true));
+    assert!(!page.contains("<script>"), "{page}");
+    assert!(
+        page.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&quot;q&quot;:80"),
+        "{page}"
+    );
+    let (_, line) = split_reply(&refusal_reply(502, Cause::DnsFailure, "a\r\nb:80", false));
+    assert_eq!(line.matches('\n').count(), 1, "{line:?}");
+}

@@ -30,11 +30,11 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::{Failure, Next, Outcome, Scope, Target};
+use super::{Cause, Failure, Next, Outcome, Scope, Target};
 use crate::http as request;
 use crate::http::{
-    encode_request_head, encode_response_head, error_reply, proxy_reply, BodyDecoder, Direction,
-    Forward, Framing, HeadParser, Limits, Method, Parsed, Persist, Version,
+    encode_request_head, encode_response_head, error_reply, proxy_reply, refusal_reply,
+    BodyDecoder, Direction, Forward, Framing, HeadParser, Limits, Method, Parsed, Persist, Version,
 };
 use crate::session::Dir;
 
@@ -63,6 +63,8 @@ pub struct Exchange {
     pub up: u64,
     pub down: u64,
     pub duration: Duration,
+    /// Why it was refused or could not connect, if it was.
+    pub cause: Option<Cause>,
 }
 
 #[derive(Debug)]
@@ -78,6 +80,9 @@ struct Current {
     up0: u64,
     down0: u64,
     upgrade: bool,
+    /// The request's Accept names text/html: a refusal is a page.
+    html: bool,
+    cause: Option<Cause>,
 }
 
 #[derive(Debug)]
@@ -202,7 +207,29 @@ impl HttpProxy {
         if let Some(c) = self.cur.as_mut() {
             c.status = status;
         }
+        todo.push(Next::Responded(status));
         todo.push(Next::Close(Outcome::Http(status)));
+    }
+
+    /// Refuses the request in flight for `cause`, answered `status` (see
+    /// [`refusal_reply`]); `destination` is where it asked to go.
+    fn refuse_for(
+        &mut self,
+        down: &mut Dir,
+        status: u16,
+        cause: Cause,
+        destination: &str,
+        todo: &mut Vec<Next>,
+    ) {
+        let (html, head_only) = self
+            .cur
+            .as_ref()
+            .map_or((false, false), |c| (c.html, c.method == Method::Head));
+        let reply = without_body(refusal_reply(status, cause, destination, html), head_only);
+        if let Some(c) = self.cur.as_mut() {
+            c.cause = Some(cause);
+        }
+        self.refuse(down, reply, status, todo);
     }
 
     /// Returns true if a request was taken and the loop may go on.
@@ -280,6 +307,7 @@ impl HttpProxy {
         );
         if let Some(c) = self.cur.as_mut() {
             c.upgrade = req.connection.upgrade && req.upgrade.is_some();
+            c.html = req.accepts_html();
         }
         let head_only = req.method == Method::Head;
         // Credentials first: a client that is not allowed learns nothing else.
@@ -294,7 +322,9 @@ impl HttpProxy {
                 _ => false,
             };
             if !ok {
-                self.refuse(down, reply_for(407, head_only), 407, todo);
+                let dest = authority_of(&req.target);
+                todo.push(Next::Refused(Cause::AuthRequired));
+                self.refuse_for(down, 407, Cause::AuthRequired, &dest, todo);
                 return false;
             }
         }
@@ -308,7 +338,8 @@ impl HttpProxy {
         match (&req.target, encode_request_head(&req, &mut head)) {
             (request::Target::Authority(a), _) if req.method == Method::Connect => {
                 if !scope.service.connect_ports.contains(&a.port) {
-                    self.refuse(down, proxy_reply(403, &[], true), 403, todo);
+                    todo.push(Next::Refused(Cause::PortDenied));
+                    self.refuse_for(down, 403, Cause::PortDenied, &a.to_string(), todo);
                     return false;
                 }
                 self.req = Req::Tunnel;
@@ -331,6 +362,7 @@ impl HttpProxy {
                 if let Some(c) = self.cur.as_mut() {
                     c.status = 200;
                 }
+                todo.push(Next::Responded(200));
                 self.finish_exchange(up, down, now, todo, !keep);
                 true
             }
@@ -385,6 +417,8 @@ impl HttpProxy {
             up0: queued(up),
             down0: queued(down),
             upgrade: false,
+            html: false,
+            cause: None,
         });
     }
 
@@ -457,6 +491,7 @@ impl HttpProxy {
                             let mut out = Vec::with_capacity(len + 32);
                             encode_response_head(&head, persist, &mut out);
                             down.say_owned(out);
+                            todo.push(Next::Responded(head.status));
                             if head.is_interim() {
                                 continue;
                             }
@@ -575,6 +610,7 @@ impl HttpProxy {
                 if let Some(c) = self.cur.as_mut() {
                     c.status = 200;
                 }
+                todo.push(Next::Responded(200));
                 todo.push(Next::Relay);
             }
         }
@@ -584,8 +620,15 @@ impl HttpProxy {
         matches!(self.resp, Resp::Idle)
     }
 
-    /// The upstream for the request in flight could not be had.
-    pub fn failed(&mut self, why: Failure, down: &mut Dir, todo: &mut Vec<Next>) {
+    /// The upstream for the request in flight could not be had;
+    /// `destination` is where it was to go (`host:port`).
+    pub fn failed(
+        &mut self,
+        why: Failure,
+        destination: &str,
+        down: &mut Dir,
+        todo: &mut Vec<Next>,
+    ) {
         self.upstream = None;
         let status = match why {
             Failure::Denied => 403,
@@ -597,8 +640,13 @@ impl HttpProxy {
             | Failure::NotResolved
             | Failure::Other => 502,
         };
-        let head_only = self.cur.as_ref().is_some_and(|c| c.method == Method::Head);
-        self.refuse(down, reply_for(status, head_only), status, todo);
+        match why.cause() {
+            Some(cause) => self.refuse_for(down, status, cause, destination, todo),
+            None => {
+                let head_only = self.cur.as_ref().is_some_and(|c| c.method == Method::Head);
+                self.refuse(down, reply_for(status, head_only), status, todo);
+            }
+        }
     }
 
     /// The head of a request did not arrive within handshake_timeout.
@@ -631,6 +679,7 @@ impl HttpProxy {
                 up: queued(up).saturating_sub(c.up0),
                 down: queued(down).saturating_sub(c.down0),
                 duration: now.saturating_duration_since(c.started),
+                cause: c.cause,
             })
     }
 }
@@ -657,14 +706,27 @@ fn names_portico(v: &[u8]) -> bool {
 }
 
 fn reply_for(status: u16, head_only: bool) -> Vec<u8> {
-    let r = proxy_reply(status, &[], true);
+    without_body(proxy_reply(status, &[], true), head_only)
+}
+
+/// `reply` without its body when it answers a HEAD request.
+fn without_body(mut reply: Vec<u8>, head_only: bool) -> Vec<u8> {
     if head_only {
-        // A reply to HEAD has no body.
-        if let Some(i) = r.windows(4).position(|w| w == b"\r\n\r\n") {
-            return r[..i + 4].to_vec();
+        if let Some(i) = reply.windows(4).position(|w| w == b"\r\n\r\n") {
+            reply.truncate(i + 4);
         }
     }
-    r
+    reply
+}
+
+/// Where a request asked to go, as `host:port` (for a refusal's words).
+fn authority_of(target: &request::Target) -> String {
+    match target {
+        request::Target::Absolute { authority, .. } | request::Target::Authority(authority) => {
+            authority.to_string()
+        }
+        request::Target::Asterisk => "*".into(),
+    }
 }
 
 fn local_options(keep: bool) -> Vec<u8> {

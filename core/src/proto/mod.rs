@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 
 use crate::auth::Users;
 use crate::config::Service;
-pub use crate::outcome::Outcome;
+pub use crate::outcome::{Cause, Outcome};
 pub use crate::session::Dir;
 
 /// Where a client asked to go.
@@ -67,6 +67,14 @@ pub enum Next {
     OpenData(DataPort),
     /// An HTTP exchange ended: its access-log line.
     Log(http_proxy::Exchange),
+    /// The machine refused the request itself, for this cause (the HTTP
+    /// proxy's CONNECT port check and proxy authentication); the session
+    /// counts it. (A refusal the session decides, by a rule or a limit, or
+    /// a failed connect, it counts itself.)
+    Refused(Cause),
+    /// An HTTP response with this status is on its way to the client (the
+    /// proxy's own or relayed, interim ones included): counted.
+    Responded(u16),
     /// Write what was said, then close; the access log says `outcome`.
     Close(Outcome),
 }
@@ -108,9 +116,15 @@ impl Failure {
             Failure::Refused => Outcome::Refused,
             Failure::NetUnreachable | Failure::HostUnreachable => Outcome::Unreachable,
             Failure::NotResolved => Outcome::Unresolved,
-            Failure::TimedOut => Outcome::Timeout,
+            Failure::TimedOut => Outcome::ConnectTimeout,
             Failure::Other => Outcome::Error,
         }
+    }
+
+    /// Why, in the words of the access log and the metrics (none for
+    /// another failure: a socket error that says nothing more).
+    pub fn cause(self) -> Option<Cause> {
+        self.outcome().cause()
     }
 }
 

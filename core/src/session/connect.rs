@@ -18,7 +18,6 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::{Machine, Phase, Session};
 use crate::event::{Action, IoKind, Level};
-use crate::outcome::Outcome;
 use crate::proto::{Failure, Target};
 use crate::rate::{Bucket, Key as RateKey};
 use crate::rules::{self, Query, Verdict};
@@ -208,8 +207,9 @@ impl Session {
     /// words, or (a mapped port) the connection just closes.
     pub(super) fn fail(&mut self, why: Failure, cx: &mut Context) {
         self.outcome = why.outcome();
-        if why == Failure::Denied && self.refusal.is_none() {
-            cx.services[self.service].count_refused(Outcome::Denied.word());
+        self.cause = None;
+        if let Some(c) = why.cause() {
+            self.note_cause(c, cx);
         }
         match &self.machine {
             Machine::Http(_) => self.http_failed(why, cx),

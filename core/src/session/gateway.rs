@@ -235,6 +235,7 @@ impl Session {
             // answered, so the log line says how the session ends; the
             // failed socket goes now rather than when the next replaces it.
             self.outcome = Outcome::Ok;
+            self.cause = None;
             self.phase = Phase::Talking;
             self.upstream.addr = None;
             self.upstream.untried.clear();

@@ -84,7 +84,7 @@ impl Session {
             return;
         };
         let mut todo = Vec::new();
-        h.failed(why, &mut self.down, &mut todo);
+        h.failed(why, &self.target, &mut self.down, &mut todo);
         self.http_todo(todo, cx);
     }
 
@@ -116,6 +116,10 @@ impl Session {
                     self.request(target, user, cx);
                 }
                 Next::DropUpstream if self.upstream.open => self.close_upstream(cx),
+                Next::Refused(cause) => self.note_cause(cause, cx),
+                Next::Responded(status) => {
+                    cx.services[self.service].count_http_response(status)
+                }
                 Next::Relay => {
                     self.up.fwd = None;
                     self.down.fwd = None;

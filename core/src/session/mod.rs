@@ -52,7 +52,7 @@ pub use dir::{Dir, SAID_MAX};
 
 use crate::event::{Action, IoKind, Level};
 use crate::id::{ConnId, Side};
-use crate::outcome::Outcome;
+use crate::outcome::{Cause, Outcome};
 use crate::proto::http_proxy::HttpProxy;
 use crate::proto::{Failure, Protocol};
 use crate::table::context::Context;
@@ -188,6 +188,9 @@ pub(crate) struct Session {
     pub throttle: [Option<Instant>; 2],
     /// How it ends, for the access log.
     pub outcome: Outcome,
+    /// Why it was refused or could not connect, if it was (the access
+    /// log's `err=`).
+    pub cause: Option<Cause>,
     /// It has ended: the table finishes it once the call returns.
     pub ended: bool,
 }
@@ -228,6 +231,7 @@ impl Session {
             bucket: None,
             throttle: [None, None],
             outcome: Outcome::Ok,
+            cause: None,
             ended: false,
         }
     }
@@ -241,6 +245,9 @@ impl Session {
     /// Says the last reply, then closes with `outcome`.
     fn close_after_reply(&mut self, outcome: Outcome, cx: &mut Context) {
         self.outcome = outcome;
+        if let Some(c) = outcome.cause() {
+            self.note_cause(c, cx);
+        }
         self.enter(Phase::Closing, cx.now);
         self.drop_unsent(cx);
     }
@@ -264,6 +271,16 @@ impl Session {
             b.truncate(keep);
         }
         self.up.release_if_empty(&mut cx.pool);
+    }
+
+    /// The request was refused, or its destination could not be reached,
+    /// for `cause`: the access log says it, and the service counts it —
+    /// unless the refusal was decided (and counted) at accept.
+    fn note_cause(&mut self, cause: Cause, cx: &mut Context) {
+        self.cause = Some(cause);
+        if self.refusal.is_none() {
+            cx.services[self.service].count_cause(cause);
+        }
     }
 
     /// Ends the session now (the table finishes it after the call).
@@ -839,6 +856,7 @@ impl Session {
                         up: self.up.bytes,
                         down: self.down.bytes,
                         duration: now.saturating_duration_since(self.accepted),
+                        error: self.cause,
                     };
                     cx.actions.push_back(Action::Access(Box::new(rec)));
                 }
@@ -864,6 +882,7 @@ impl Session {
             up: x.up,
             down: x.down,
             duration: x.duration,
+            error: x.cause,
         }
     }
 }

@@ -79,7 +79,9 @@ impl Context {
         match refusal {
             Some(f) => {
                 self.stats.refused += 1;
-                self.services[service].count_refused(f.outcome().word());
+                if let Some(c) = f.cause() {
+                    self.services[service].count_cause(c);
+                }
             }
             None => self.count_served(service),
         }
@@ -102,7 +104,11 @@ impl Context {
             _ => Outcome::Limit,
         };
         self.stats.refused += 1;
-        self.services[service].count_refused(outcome.word());
+        match outcome.cause() {
+            Some(c) => self.services[service].count_cause(c),
+            // Turned away while shutting down: a reason of its own.
+            None => self.services[service].count_refused(outcome.word()),
+        }
         if self.access_logged() {
             let svc = &self.services[service];
             let method = if svc.kind == crate::config::ServiceKind::Mapped {
@@ -121,6 +127,7 @@ impl Context {
                 up: 0,
                 down: 0,
                 duration: Duration::ZERO,
+                error: outcome.cause(),
             };
             self.actions.push_back(Action::Access(Box::new(rec)));
         }

@@ -15,6 +15,7 @@ use crate::config::{AccessTarget, Config, Service, ServiceKind};
 use crate::event::{Action, Level};
 use crate::id::ConnId;
 use crate::ledger::Ledger;
+use crate::outcome::Cause;
 use crate::proto::Target;
 use crate::rules::Wall;
 use crate::status::{Page, ServiceCounters};
@@ -76,6 +77,22 @@ impl ServiceInfo {
     /// reason word).
     pub fn count_refused(&mut self, reason: &'static str) {
         *self.counters.refused.entry(reason).or_insert(0) += 1;
+    }
+
+    /// Counts a refusal or a failure to connect under its cause: a connect
+    /// failure in `connect_errors`, the proxy's own refusal in `refused`.
+    pub fn count_cause(&mut self, cause: Cause) {
+        let counts = if cause.is_connect_error() {
+            &mut self.counters.connect_errors
+        } else {
+            &mut self.counters.refused
+        };
+        *counts.entry(cause.word()).or_insert(0) += 1;
+    }
+
+    /// Counts an HTTP response with `status` sent to a client.
+    pub fn count_http_response(&mut self, status: u16) {
+        *self.counters.http_responses.entry(status).or_insert(0) += 1;
     }
 }
 
