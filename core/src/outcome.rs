@@ -221,7 +221,12 @@ mod tests {
         .collect();
         assert_eq!(
             errors,
-            ["dns-failure", "connect-refused", "connect-timeout", "unreachable"]
+            [
+                "dns-failure",
+                "connect-refused",
+                "connect-timeout",
+                "unreachable"
+            ]
         );
     }
 }

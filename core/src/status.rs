@@ -380,7 +380,9 @@ pub fn metrics(snap: &Snapshot) -> String {
             s.counters.down + s.live_down
         );
     }
-    o.push_str("# HELP portico_refused_total Connections and requests refused by the proxy, by reason.\n");
+    o.push_str(
+        "# HELP portico_refused_total Connections and requests refused by the proxy, by reason.\n",
+    );
     o.push_str("# TYPE portico_refused_total counter\n");
     for s in &snap.services {
         for (reason, n) in &s.counters.refused {

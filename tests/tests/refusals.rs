@@ -101,7 +101,10 @@ fn ask(bin: Bin, proxy: SocketAddr, request: &str) -> Reply {
 fn get(target: &str, accept: &str) -> String {
     let host = target.trim_start_matches("http://");
     let host = host.split('/').next().unwrap_or(host);
-    format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nAccept: {accept}\r\n\r\n")
+    // Served or not, the reply is read to the close.
+    format!(
+        "GET {target} HTTP/1.1\r\nHost: {host}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+    )
 }
 
 fn connect_to(authority: &str, accept: &str) -> String {
@@ -661,7 +664,12 @@ fn limits_say_why(bin: Bin) {
     echo_check(&mut held, b"first").unwrap_or_else(|e| panic!("{bin}: the first one: {e}"));
 
     let what = "a request over max_per_client";
-    let page = ask_from(bin, Some(other), web, &get("http://limit.invalid/", BROWSER));
+    let page = ask_from(
+        bin,
+        Some(other),
+        web,
+        &get("http://limit.invalid/", BROWSER),
+    );
     check_refusal(bin, &page, 503, "limit", "limit.invalid:80", true, what);
     let line = ask_from(bin, Some(other), web, &get("http://limit.invalid/", CURL));
     check_refusal(bin, &line, 503, "limit", "limit.invalid:80", false, what);

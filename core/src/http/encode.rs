@@ -363,7 +363,9 @@ pub fn refusal_reply(status: u16, cause: Cause, destination: &str, html: bool) -
     if status == 407 {
         out.extend_from_slice(b"Proxy-Authenticate: Basic realm=\"portico\"\r\n");
     }
-    out.extend_from_slice(format!("Portico-Error: {cause}\r\nConnection: close\r\n\r\n").as_bytes());
+    out.extend_from_slice(
+        format!("Portico-Error: {cause}\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
     out.extend_from_slice(body.as_bytes());
     out
 }

@@ -1439,7 +1439,10 @@ fn accept_names_html() {
 /// The head and body of a reply, the head's fields by lower-case name.
 fn split_reply(reply: &[u8]) -> (Response, String) {
     let Ok(Parsed::Complete { head, len }) = parse_response(reply, &Method::Get, &limits()) else {
-        panic!("the reply does not parse: {}", String::from_utf8_lossy(reply));
+        panic!(
+            "the reply does not parse: {}",
+            String::from_utf8_lossy(reply)
+        );
     };
     let body = String::from_utf8(reply[len..].to_vec()).expect("a UTF-8 body");
     assert_eq!(head.framing, Framing::Length(body.len() as u64));
@@ -1486,7 +1489,12 @@ fn refusal_replies_say_the_cause() {
             }
         }
     }
-    let (_, text) = split_reply(&refusal_reply(403, Cause::PortDenied, "mail.example:25", false));
+    let (_, text) = split_reply(&refusal_reply(
+        403,
+        Cause::PortDenied,
+        "mail.example:25",
+        false,
+    ));
     assert_eq!(
         text,
         "403 Forbidden: CONNECT to mail.example:25: port 25 is not in the proxy's connect_ports \

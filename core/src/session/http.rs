@@ -117,9 +117,7 @@ impl Session {
                 }
                 Next::DropUpstream if self.upstream.open => self.close_upstream(cx),
                 Next::Refused(cause) => self.note_cause(cause, cx),
-                Next::Responded(status) => {
-                    cx.services[self.service].count_http_response(status)
-                }
+                Next::Responded(status) => cx.services[self.service].count_http_response(status),
                 Next::Relay => {
                     self.up.fwd = None;
                     self.down.fwd = None;
