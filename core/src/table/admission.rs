@@ -135,3 +135,119 @@ impl Context {
         why
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use crate::event::{Action, Event};
+    use crate::id::{ConnId, Side};
+    use crate::outcome::Cause;
+    use crate::table::tests::{drain, open_first};
+    use crate::table::{Accepted, Proxy};
+
+    const HTTP: &str = "[limits]\nmax_per_client = 1\n[[service]]\nname = \"web\"\n\
+                        kind = \"http\"\nport = 8080\n";
+
+    /// Sends `bytes` from the client of `conn`; returns what the table
+    /// then has for the client, and the actions it queued.
+    fn say(p: &mut Proxy, conn: ConnId, bytes: &[u8], now: Instant) -> (String, Vec<Action>) {
+        let buf = p.recv_buf(conn, Side::Client).expect("a read is wanted");
+        buf[..bytes.len()].copy_from_slice(bytes);
+        let n = bytes.len();
+        p.handle(
+            Event::Read {
+                conn,
+                side: Side::Client,
+                n,
+            },
+            now,
+        );
+        let reply = p
+            .send_buf(conn, Side::Client)
+            .map(|b| [b[0], b[1]].concat())
+            .unwrap_or_default();
+        (String::from_utf8_lossy(&reply).into_owned(), drain(p))
+    }
+
+    fn error_of(actions: &[Action]) -> Option<Option<Cause>> {
+        actions.iter().find_map(|a| match a {
+            Action::Access(rec) => Some(rec.error),
+            _ => None,
+        })
+    }
+
+    /// A refusal decided at accept is counted then, once, under its cause
+    /// (not again when the request is answered); one decided later (a
+    /// CONNECT port) when it is; every reply counts as an HTTP response;
+    /// the access records carry the causes.
+    #[test]
+    fn refusals_are_counted_once_under_their_cause() {
+        let config = crate::config::parse(HTTP, "t.toml").expect("valid");
+        let now = Instant::now();
+        let mut p = Proxy::new(config, 1, now);
+        let listener = open_first(&mut p, now);
+        let first = "10.0.0.1:1000".parse().expect("address");
+        let second = "10.0.0.1:1001".parse().expect("address");
+        let a = p
+            .accept(Accepted::new(listener, first), now)
+            .expect("admitted");
+        let b = p
+            .accept(Accepted::new(listener, second), now)
+            .expect("admitted to be told");
+        drain(&mut p);
+        let counters = |p: &Proxy| p.snapshot(now).services[0].counters.clone();
+        assert_eq!(counters(&p).refused.get("limit"), Some(&1));
+
+        let (reply, actions) = say(
+            &mut p,
+            b,
+            b"GET http://a.example/ HTTP/1.1\r\nHost: a.example\r\nAccept: text/html\r\n\r\n",
+            now,
+        );
+        assert!(reply.starts_with("HTTP/1.1 503 "), "{reply}");
+        assert!(reply.contains("\r\nPortico-Error: limit\r\n"), "{reply}");
+        assert!(reply.contains("<code>a.example:80</code>"), "{reply}");
+        let n = reply.len();
+        p.handle(
+            Event::Written {
+                conn: b,
+                side: Side::Client,
+                n,
+            },
+            now,
+        );
+        let closed = [actions, drain(&mut p)].concat();
+        assert_eq!(error_of(&closed), Some(Some(Cause::Limit)), "{closed:?}");
+
+        let (reply, _) = say(
+            &mut p,
+            a,
+            b"CONNECT a.example:25 HTTP/1.1\r\nHost: a.example:25\r\n\r\n",
+            now,
+        );
+        assert!(reply.starts_with("HTTP/1.1 403 "), "{reply}");
+        assert!(
+            reply.contains("\r\nPortico-Error: port-denied\r\n"),
+            "{reply}"
+        );
+        assert!(reply.ends_with("connect_ports (port-denied)\n"), "{reply}");
+        let n = reply.len();
+        p.handle(
+            Event::Written {
+                conn: a,
+                side: Side::Client,
+                n,
+            },
+            now,
+        );
+        assert_eq!(error_of(&drain(&mut p)), Some(Some(Cause::PortDenied)));
+
+        let c = counters(&p);
+        assert_eq!(c.refused.get("limit"), Some(&1), "{c:?}");
+        assert_eq!(c.refused.get("port-denied"), Some(&1), "{c:?}");
+        assert_eq!(c.http_responses.get(&503), Some(&1), "{c:?}");
+        assert_eq!(c.http_responses.get(&403), Some(&1), "{c:?}");
+        assert!(c.connect_errors.is_empty(), "{c:?}");
+    }
+}
