@@ -58,6 +58,7 @@ mod buffer;
 pub mod cli;
 pub mod config;
 mod event;
+mod history;
 mod http;
 mod id;
 mod ledger;
@@ -71,6 +72,7 @@ mod session;
 #[cfg(any(fuzzing, feature = "harness"))]
 pub mod sim;
 mod status;
+mod status_page;
 mod table;
 pub mod trace;
 mod udp;
