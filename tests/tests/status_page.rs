@@ -31,6 +31,9 @@ const CHROMIUM_LIMIT: Duration = Duration::from_secs(60);
 const EVERY: Duration = Duration::from_millis(20);
 /// The screenshot's size.
 const SHOT: (u32, u32) = (1280, 1400);
+/// `blocked` refuses everyone; the rest is open.
+const RULES: &str = "\n[[rule]]\naction = \"deny\"\nservices = [\"blocked\"]\n\n\
+                     [[rule]]\naction = \"allow\"\n";
 /// Several event loops in `portico` (the status answers gather them all);
 /// `portico-threaded` takes the key and runs its one table.
 const WORKERS: &str = "\n[runtime]\nworkers = 3\n";
@@ -783,7 +786,7 @@ fn page_under_load_in_chromium(bin: Bin) {
     let dest = server.addr();
     let (p, ports) = start_on_free_ports(bin, 4, StartOptions::default(), |ports| {
         format!(
-            "{}{ALICE}{}{}{}{}{WORKERS}\n[[rule]]\naction = \"deny\"\nservices = [\"blocked\"]\n",
+            "{}{ALICE}{}{}{}{}{WORKERS}{RULES}",
             config_head("idle_timeout = \"5m\"", ""),
             service("st", "status", ports[0], ""),
             mapped_service("map", ports[1], dest, ""),
@@ -1033,7 +1036,7 @@ fn metrics_and_page_follow_reloads(bin: Bin) {
             service("st", "status", ports[0], "")
         )
     };
-    let (p, ports) = start_on_free_ports(bin, 1, StartOptions::default(), &config);
+    let (p, ports) = start_on_free_ports(bin, 1, StartOptions::default(), config);
     let status = local(ports[0]);
     let good = config(&ports);
 
