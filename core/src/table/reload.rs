@@ -120,6 +120,9 @@ impl Proxy {
     /// why; the runtime logged it): nothing changes but what the status
     /// answers say of the last reload.
     pub fn reload_failed(&mut self, message: &str, now: Instant) {
+        if let Some(rec) = self.recorder.as_mut() {
+            rec.reload_failed(now, message);
+        }
         self.last_reload = LastReload {
             when: Some(now),
             at: self.cx.wall.unix_secs,
