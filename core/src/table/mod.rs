@@ -118,7 +118,8 @@ fn warnings(worker: usize, config: &Config) -> Vec<String> {
 ///     UDP: receive into proxy.datagram_buf(), then proxy.handle_datagram(…) or
 ///          handle_reply(…); send what proxy.poll_datagram() gives
 ///     proxy.handle_timeout(now);
-///     SIGHUP:  proxy.reconfigure(config, Reload { text, recheck, closed_elsewhere }, now)
+///     SIGHUP:  proxy.reconfigure(config, Reload { text, recheck, closed_elsewhere }, now),
+///              or, when the file does not load, proxy.reload_failed(why, now)
 ///     SIGTERM: proxy.shutdown(now)
 ///     Action::Gather (several workers): proxy.handle_gathered(conn, the others'
 ///                              proxy.snapshot(now), now)
