@@ -32,7 +32,9 @@
 //!   vocabulary, `proto::Next`, and end with an `outcome::Outcome`.
 //! - `http/`: HTTP/1.1 messages (parsing, framing, encoding).
 //! - [`config`], [`cli`], `rules`, `auth`, `rate`, `ledger`, `status`
-//!   (the pages), `log` (the access line), [`trace`] (the flight recorder
+//!   (the answers), `status_page` (the page, and the process's version,
+//!   start and last reload), `history` (each service's last minutes),
+//!   `log` (the access line), [`trace`] (the flight recorder
 //!   and its replay), `udp` (UDP mapped ports), `proxy_protocol`.
 //! - `sim/` (with the `harness` feature, and under cargo-fuzz): the
 //!   deterministic simulation every core test and fuzz target runs on.
@@ -58,6 +60,7 @@ mod buffer;
 pub mod cli;
 pub mod config;
 mod event;
+mod history;
 mod http;
 mod id;
 mod ledger;
@@ -71,6 +74,7 @@ mod session;
 #[cfg(any(fuzzing, feature = "harness"))]
 pub mod sim;
 mod status;
+mod status_page;
 mod table;
 pub mod trace;
 mod udp;

@@ -16,6 +16,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use crate::history::{self, History};
+use crate::status_page::{self, About};
+
 /// Longest request head the status service reads.
 pub const MAX_HEAD: usize = 8 * 1024;
 
@@ -73,6 +76,10 @@ pub struct Snapshot {
     pub connections: Vec<ConnRow>,
     /// Per user: bytes up, bytes down (finished and in flight).
     pub users: BTreeMap<String, (u64, u64)>,
+    /// Version, start, uptime, last reload.
+    pub about: About,
+    /// Each service's last minutes.
+    pub history: History,
 }
 
 impl Snapshot {
@@ -104,6 +111,8 @@ impl Snapshot {
             }
         }
         self.connections.extend(other.connections);
+        self.about.merge(other.about);
+        self.history.merge(other.history);
         for (user, (up, down)) in other.users {
             let e = self.users.entry(user).or_insert((0, 0));
             e.0 += up;
@@ -120,6 +129,9 @@ pub enum Page {
     Connections,
     Services,
     Health,
+    Info,
+    Users,
+    History,
     NotFound,
 }
 
@@ -171,6 +183,9 @@ pub fn parse(input: &[u8]) -> Parse {
         "/connections" => Page::Connections,
         "/services" => Page::Services,
         "/healthz" => Page::Health,
+        "/info" => Page::Info,
+        "/users" => Page::Users,
+        "/history" => Page::History,
         _ => Page::NotFound,
     };
     Parse::Get { page, head_only }
@@ -179,7 +194,7 @@ pub fn parse(input: &[u8]) -> Parse {
 /// The whole HTTP response for `page` (the connection closes after it).
 pub fn respond(page: Page, head_only: bool, snap: &Snapshot) -> Vec<u8> {
     let (status, ctype, body) = match page {
-        Page::Html => (200, "text/html; charset=utf-8", html(snap)),
+        Page::Html => (200, "text/html; charset=utf-8", status_page::html(snap)),
         Page::Metrics => (
             200,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -188,6 +203,9 @@ pub fn respond(page: Page, head_only: bool, snap: &Snapshot) -> Vec<u8> {
         Page::Connections => (200, "application/json", connections_json(snap)),
         Page::Services => (200, "application/json", services_json(snap)),
         Page::Health => (200, "text/plain; charset=utf-8", "ok\n".to_string()),
+        Page::Info => (200, "application/json", status_page::info_json(&snap.about)),
+        Page::Users => (200, "application/json", status_page::users_json(snap)),
+        Page::History => (200, "application/json", history::json(&snap.history)),
         Page::NotFound => (
             404,
             "text/plain; charset=utf-8",
@@ -222,7 +240,7 @@ fn reply(status: u16, ctype: &str, body: &str, head_only: bool) -> Vec<u8> {
     out
 }
 
-fn json_str(out: &mut String, s: &str) {
+pub(crate) fn json_str(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {
@@ -432,95 +450,8 @@ pub fn metrics(snap: &Snapshot) -> String {
             "portico_user_bytes_total{{user=\"{u}\",direction=\"down\"}} {down}"
         );
     }
+    status_page::metrics(&snap.about, &mut o);
     o
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-/// `GET /`: the page. The tables are filled from the same JSON the page
-/// then fetches every second, so the page is live without reloading.
-pub fn html(snap: &Snapshot) -> String {
-    let mut rows = String::new();
-    for s in &snap.services {
-        let _ = write!(
-            rows,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&s.name),
-            s.kind,
-            esc(&s.listen.join(" ")),
-            s.active,
-            s.counters.connections,
-            s.counters.up + s.live_up,
-            s.counters.down + s.live_down
-        );
-    }
-    let conns = connections_json(snap);
-    format!(
-        r##"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Portico status</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 1.5em; }}
-table {{ border-collapse: collapse; margin-bottom: 1.5em; }}
-th, td {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }}
-th {{ background: #eee; }}
-td.n {{ text-align: right; }}
-</style></head>
-<body>
-<h1>Portico</h1>
-<h2>Services</h2>
-<table id="services"><thead><tr><th>service</th><th>kind</th><th>listening on</th><th>now</th><th>total</th><th>bytes up</th><th>bytes down</th></tr></thead>
-<tbody>{rows}</tbody></table>
-<h2>Connections in flight (<span id="count">0</span>)</h2>
-<table id="connections"><thead><tr><th>id</th><th>service</th><th>client</th><th>user</th><th>destination</th><th>state</th><th>age</th><th>bytes up</th><th>bytes down</th></tr></thead>
-<tbody></tbody></table>
-<script>
-function cell(tr, text, num) {{
-  const td = document.createElement("td");
-  td.textContent = text;
-  if (num) td.className = "n";
-  tr.appendChild(td);
-}}
-function showConnections(list) {{
-  const body = document.querySelector("#connections tbody");
-  body.replaceChildren();
-  for (const c of list) {{
-    const tr = document.createElement("tr");
-    tr.dataset.id = c.id;
-    cell(tr, c.id); cell(tr, c.service); cell(tr, c.client); cell(tr, c.user ?? "-");
-    cell(tr, c.destination ?? "-"); cell(tr, c.state); cell(tr, (c.age_ms / 1000).toFixed(1) + "s", true);
-    cell(tr, c.bytes_up, true); cell(tr, c.bytes_down, true);
-    body.appendChild(tr);
-  }}
-  document.getElementById("count").textContent = list.length;
-}}
-function showServices(list) {{
-  const body = document.querySelector("#services tbody");
-  body.replaceChildren();
-  for (const s of list) {{
-    const tr = document.createElement("tr");
-    cell(tr, s.name); cell(tr, s.kind); cell(tr, s.listen.join(" "));
-    cell(tr, s.active, true); cell(tr, s.total, true); cell(tr, s.bytes_up, true); cell(tr, s.bytes_down, true);
-    body.appendChild(tr);
-  }}
-}}
-showConnections({conns});
-async function refresh() {{
-  try {{
-    const [c, s] = await Promise.all([fetch("/connections"), fetch("/services")]);
-    showConnections(await c.json());
-    showServices(await s.json());
-  }} catch (e) {{ /* the gateway restarted or is gone: try again */ }}
-}}
-setInterval(refresh, 1000);
-</script>
-</body></html>
-"##
-    )
 }
 
 #[cfg(test)]
@@ -559,6 +490,7 @@ mod tests {
                 bytes_down: 2,
             }],
             users: [("alice".to_string(), (7, 8))].into_iter().collect(),
+            ..Default::default()
         }
     }
 

@@ -248,18 +248,12 @@ impl Start {
     }
 }
 
-/// Reads and checks the configuration SIGHUP switches to; `None` (logged)
+/// Reads and checks the configuration SIGHUP switches to; why not (logged)
 /// when it does not load, and then nothing changes.
-pub fn load(path: Option<&Path>) -> Option<(Config, String)> {
+pub fn load(path: Option<&Path>) -> Result<(Config, String), String> {
     let text = match path {
         Some(p) => std::fs::read_to_string(p),
         None => Ok(String::new()),
     };
-    match portico_core::cli::reload(path, text) {
-        Ok(loaded) => Some(loaded),
-        Err(msg) => {
-            log(Level::Error, &msg);
-            None
-        }
-    }
+    portico_core::cli::reload(path, text).inspect_err(|msg| log(Level::Error, msg))
 }

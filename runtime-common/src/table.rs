@@ -323,6 +323,12 @@ impl Table {
         self.proxy.poll_datagram()
     }
 
+    /// The configuration SIGHUP read again did not load, for the reason
+    /// given (already logged).
+    pub fn reload_failed(&mut self, why: &str) {
+        self.proxy.reload_failed(why, Instant::now());
+    }
+
     /// Switches this table to a configuration [`crate::load`]ed again,
     /// and its access log with it (a log that does not open keeps the old
     /// one); how many connections the table closed. `closed_elsewhere`:

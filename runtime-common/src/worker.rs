@@ -118,8 +118,13 @@ impl Worker {
     /// SIGHUP: reads the file again; a bad one leaves everything as it is.
     /// The other workers apply it first, then this one.
     pub fn reload(&self, table: &mut Table) {
-        let Some((config, text)) = crate::process::load(self.path.as_deref()) else {
-            return;
+        let (config, text) = match crate::process::load(self.path.as_deref()) {
+            Ok(loaded) => loaded,
+            Err(why) => {
+                // The status page and metrics say so.
+                table.reload_failed(&why);
+                return;
+            }
         };
         let recheck = self.recheck;
         let shared: Arc<str> = Arc::from(text.as_str());

@@ -59,6 +59,7 @@ impl Proxy {
             peer,
             local,
         } = accepted;
+        self.tick(now);
         let r = match local.or_else(|| self.cx.listeners.get(listener).map(|l| l.addr)) {
             Some(local) => self.admit_new(listener, peer, local, now),
             None => Err(Refused::UnknownListener),

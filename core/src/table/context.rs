@@ -49,6 +49,8 @@ pub(crate) struct ServiceInfo {
     pub conf: Arc<Service>,
     /// Gone from the configuration; kept while connections still use it.
     pub retired: bool,
+    /// Its last minutes, for the status page.
+    pub history: crate::history::Ring,
 }
 
 impl ServiceInfo {
@@ -70,6 +72,7 @@ impl ServiceInfo {
                 .unwrap_or_default(),
             conf: Arc::new(s.clone()),
             retired: false,
+            history: Default::default(),
         }
     }
 

@@ -36,6 +36,7 @@ use crate::auth::Users;
 use crate::buffer::Pool;
 use crate::config::{Config, ServiceKind, Transport};
 use crate::event::{Action, Event, Level};
+use crate::history::INTERVAL;
 use crate::id::{ConnId, ListenerId, Side};
 use crate::ledger::Ledger;
 use crate::rules::Wall;
@@ -117,7 +118,8 @@ fn warnings(worker: usize, config: &Config) -> Vec<String> {
 ///     UDP: receive into proxy.datagram_buf(), then proxy.handle_datagram(…) or
 ///          handle_reply(…); send what proxy.poll_datagram() gives
 ///     proxy.handle_timeout(now);
-///     SIGHUP:  proxy.reconfigure(config, Reload { text, recheck, closed_elsewhere }, now)
+///     SIGHUP:  proxy.reconfigure(config, Reload { text, recheck, closed_elsewhere }, now),
+///              or, when the file does not load, proxy.reload_failed(why, now)
 ///     SIGTERM: proxy.shutdown(now)
 ///     Action::Gather (several workers): proxy.handle_gathered(conn, the others'
 ///                              proxy.snapshot(now), now)
@@ -141,6 +143,14 @@ pub struct Proxy {
     /// When the table was made, and its seed (a trace starts with both).
     born: Instant,
     seed: u64,
+    /// The interval the services' histories are at, counted from `born`,
+    /// and when the next one begins (see [`crate::history`]).
+    interval: u64,
+    next_interval: Instant,
+    /// When the process started (Unix seconds), once a runtime told the
+    /// table the time.
+    started: Option<i64>,
+    last_reload: crate::status_page::LastReload,
 }
 
 impl Proxy {
@@ -205,6 +215,16 @@ impl Proxy {
             recorder: None,
             born: now,
             seed,
+            interval: 0,
+            next_interval: now + INTERVAL,
+            started: None,
+            // The start counts as a successful load (its wall-clock time
+            // comes with the first `set_wall`).
+            last_reload: crate::status_page::LastReload {
+                when: Some(now),
+                ok: true,
+                ..Default::default()
+            },
         }
     }
 
@@ -244,6 +264,13 @@ impl Proxy {
             r.wall(wall);
         }
         self.cx.wall = wall;
+        if self.started.is_none() {
+            self.started = Some(wall.unix_secs);
+            if self.last_reload.last_success == 0 {
+                self.last_reload.at = wall.unix_secs;
+                self.last_reload.last_success = wall.unix_secs;
+            }
+        }
     }
 
     pub fn config(&self) -> &Config {
@@ -477,6 +504,7 @@ impl Proxy {
             self.record_event(&event, now);
         }
         self.cx.now = now;
+        self.tick(now);
         match event {
             Event::Listening { listener, local } => self.on_listening(listener, local, now),
             Event::ListenFailed { listener, error } => {
@@ -576,6 +604,7 @@ impl Proxy {
 
     fn timeout(&mut self, now: Instant) {
         self.cx.now = now;
+        self.tick(now);
         let idle = self.cx.config.limits.udp_idle_timeout;
         let logged = self.cx.access_logged();
         self.udp
@@ -632,6 +661,7 @@ impl Proxy {
             rec.shutdown(now);
         }
         self.cx.now = now;
+        self.tick(now);
         if self.cx.grace_until.is_some() {
             return;
         }

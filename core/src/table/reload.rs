@@ -17,6 +17,7 @@ use crate::id::ConnId;
 use crate::outcome::Outcome;
 use crate::rules::{self, Query, Verdict};
 use crate::session::Machine;
+use crate::status_page::LastReload;
 use crate::table::context::Context;
 
 /// How a configuration is taken over (see [`Proxy::reconfigure`]).
@@ -51,6 +52,16 @@ impl Proxy {
             ..
         } = reload;
         self.cx.now = now;
+        // What the services did so far counts in the interval it was done in.
+        self.tick(now);
+        let at = self.cx.wall.unix_secs;
+        self.last_reload = LastReload {
+            when: Some(now),
+            at,
+            ok: true,
+            message: None,
+            last_success: at,
+        };
         let index = self.match_services(&config);
         self.match_listeners(&config, &index);
         for w in warnings(self.cx.worker, &config) {
@@ -103,6 +114,22 @@ impl Proxy {
             }
         });
         closed
+    }
+
+    /// The configuration SIGHUP read again did not load (`message` says
+    /// why; the runtime logged it): nothing changes but what the status
+    /// answers say of the last reload.
+    pub fn reload_failed(&mut self, message: &str, now: Instant) {
+        if let Some(rec) = self.recorder.as_mut() {
+            rec.reload_failed(now, message);
+        }
+        self.last_reload = LastReload {
+            when: Some(now),
+            at: self.cx.wall.unix_secs,
+            ok: false,
+            message: Some(message.to_string()),
+            last_success: self.last_reload.last_success,
+        };
     }
 
     /// Services: same name and kind → the same entry (its counters go on);

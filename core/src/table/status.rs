@@ -1,13 +1,16 @@
 //! The status service's answers: what the table knows, as a
-//! [`Snapshot`] (see `crate::status` for the pages made from it), and the
-//! gathering of the other workers' parts when there are several.
+//! [`Snapshot`] (see `crate::status` for the pages made from it), the
+//! gathering of the other workers' parts when there are several, and the
+//! services' history (see `crate::history`).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::Proxy;
 use crate::event::Action;
+use crate::history::{self, History, Sample, Series, INTERVAL};
 use crate::id::ConnId;
 use crate::status::{self, ConnRow, Page, ServiceRow, Snapshot};
+use crate::status_page::About;
 
 impl Proxy {
     /// A status request on `conn` for `page`: answered from this table, or,
@@ -32,6 +35,7 @@ impl Proxy {
     /// ([`Action::Gather`]): answers it with them and this table's own.
     pub fn handle_gathered(&mut self, conn: ConnId, parts: Vec<Snapshot>, now: Instant) {
         self.cx.now = now;
+        self.tick(now);
         let Some(i) = self.gathering.iter().position(|(c, _, _)| *c == conn) else {
             return;
         };
@@ -98,11 +102,81 @@ impl Proxy {
                 bytes_down: s.down.bytes,
             });
         }
+        let index = history::interval_of(self.born, now).max(self.interval);
+        let history = History {
+            index,
+            elapsed_ms: (now.saturating_duration_since(self.born).as_millis()
+                % INTERVAL.as_millis()) as u64,
+            services: cx
+                .services
+                .iter()
+                .zip(&services)
+                .map(|(info, row)| Series {
+                    name: row.name.clone(),
+                    samples: info.history.view(self.interval, index, total(row)),
+                })
+                .collect(),
+        };
+        let about = About {
+            started: self.started.unwrap_or(0),
+            now: cx.wall.unix_secs,
+            uptime_ms: now.saturating_duration_since(self.born).as_millis() as u64,
+            reload: self.last_reload.clone(),
+        };
         Snapshot {
             services,
             connections,
             users,
+            about,
+            history,
         }
+    }
+
+    /// Closes the services' history intervals that ended before `now`:
+    /// first thing in every call that may change a counter, so that what
+    /// changed since the last close all happened in the interval of that
+    /// close. One comparison unless an interval ended.
+    #[inline]
+    pub(super) fn tick(&mut self, now: Instant) {
+        if now >= self.next_interval {
+            self.close_intervals(now);
+        }
+    }
+
+    #[inline(never)]
+    fn close_intervals(&mut self, now: Instant) {
+        let to = history::interval_of(self.born, now);
+        let mut totals: Vec<Sample> = self
+            .cx
+            .services
+            .iter()
+            .map(|s| Sample {
+                connections: s.counters.connections,
+                up: s.counters.up,
+                down: s.counters.down,
+            })
+            .collect();
+        for (_, s) in self.sessions.iter() {
+            let t = &mut totals[s.service];
+            t.up += s.up.bytes;
+            t.down += s.down.bytes;
+        }
+        for (s, total) in self.cx.services.iter_mut().zip(totals) {
+            s.history.close(self.interval, to, total);
+        }
+        self.interval = to;
+        let next = INTERVAL.as_millis() as u64 * to.saturating_add(1);
+        self.next_interval = self.born + Duration::from_millis(next);
+    }
+}
+
+/// A service's running totals: connections, and bytes of the finished
+/// connections and those in flight.
+fn total(row: &ServiceRow) -> Sample {
+    Sample {
+        connections: row.counters.connections,
+        up: row.counters.up + row.live_up,
+        down: row.counters.down + row.live_down,
     }
 }
 
@@ -117,6 +191,9 @@ mod tests {
     use crate::table::tests::{drain, open_first};
 
     const CONFIG: &str = "[[service]]\nname = \"status\"\nkind = \"status\"\nport = 8081\n";
+    const MAPPED_AND_STATUS: &str = "[[service]]\nname = \"m\"\nkind = \"mapped\"\n\
+        listen = [\"127.0.0.1:8000\"]\ndestination = \"127.0.0.1:9000\"\n\
+        [[service]]\nname = \"status\"\nkind = \"status\"\nport = 8081\n";
 
     fn closes(actions: &[Action], conn: ConnId) -> bool {
         actions
@@ -191,5 +268,95 @@ mod tests {
             now,
         );
         assert!(closes(&drain(&mut first), conn), "closed once written");
+    }
+
+    /// Each table counts a connection in the interval it came in, an
+    /// interval without any in between is empty, and the workers' tables
+    /// add up interval by interval.
+    #[test]
+    fn history_counts_each_interval_and_merges_across_workers() {
+        use crate::history::SLOTS;
+        use std::time::Duration;
+        let config = crate::config::parse(MAPPED_AND_STATUS, "t.toml").expect("valid");
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let ledger = Ledger::new(2);
+        let mut first = Proxy::worker(config.clone(), 1, t0, ledger.clone(), 0);
+        let mut second = Proxy::worker(config, 2, t0, ledger, 1);
+        let l1 = open_first(&mut first, t0);
+        let l2 = open_first(&mut second, t0);
+        let peer: std::net::SocketAddr = "127.0.0.1:40000".parse().expect("address");
+        for (worker, t) in [(0, 1), (0, 2), (1, 12), (0, 25)] {
+            let (p, l) = if worker == 0 {
+                (&mut first, l1)
+            } else {
+                (&mut second, l2)
+            };
+            p.accept(crate::Accepted::new(l, peer), at(t))
+                .expect("accepted");
+            drain(p);
+        }
+        let mut snap = first.snapshot(at(25));
+        snap.merge(second.snapshot(at(25)));
+        assert_eq!(snap.history.index, 2);
+        assert_eq!(snap.history.elapsed_ms, 5_000);
+        let m = snap
+            .history
+            .services
+            .iter()
+            .find(|s| s.name == "m")
+            .expect("the mapped service's history");
+        assert_eq!(m.samples.len(), SLOTS);
+        let conns: Vec<u64> = m.samples.iter().map(|s| s.connections).collect();
+        assert_eq!(&conns[SLOTS - 3..], &[2, 1, 1], "{conns:?}");
+        assert_eq!(conns.iter().sum::<u64>(), 4);
+        // Seen ten minutes later, every one of them is too old to show.
+        let later = first.snapshot(at(25 + 600));
+        let m = &later.history.services[0];
+        assert!(m.samples.iter().all(|s| s.connections == 0), "{m:?}");
+    }
+
+    /// The start counts as the last successful load; a reload that failed
+    /// says why and keeps the time of the last success; one that worked
+    /// moves it.
+    #[test]
+    fn the_snapshot_says_the_start_and_the_last_reload() {
+        use crate::rules::Wall;
+        use crate::table::Reload;
+        use std::time::Duration;
+        let config = crate::config::parse(CONFIG, "t.toml").expect("valid");
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut p = Proxy::new(config.clone(), 1, t0);
+        p.set_wall(Wall::utc(1_000));
+        p.set_wall(Wall::utc(1_005));
+        let a = p.snapshot(at(5)).about;
+        assert_eq!((a.started, a.now, a.uptime_ms), (1_000, 1_005, 5_000));
+        assert!(a.reload.ok);
+        assert_eq!((a.reload.at, a.reload.last_success), (1_000, 1_000));
+
+        p.set_wall(Wall::utc(1_010));
+        p.reload_failed("t.toml:3:1: unknown key", at(10));
+        let snap = p.snapshot(at(10));
+        let a = &snap.about;
+        assert!(!a.reload.ok);
+        assert_eq!(a.reload.message.as_deref(), Some("t.toml:3:1: unknown key"));
+        assert_eq!((a.reload.at, a.reload.last_success), (1_010, 1_000));
+        let m = crate::status::metrics(&snap);
+        assert!(
+            m.contains("\nportico_config_last_reload_successful 0\n"),
+            "{m}"
+        );
+        assert!(m.contains("\nportico_config_last_reload_success_timestamp_seconds 1000\n"));
+        assert!(m.contains("\nprocess_start_time_seconds 1000\n"));
+
+        p.set_wall(Wall::utc(1_020));
+        p.reconfigure(config, Reload::default(), at(20));
+        drain(&mut p);
+        let a = p.snapshot(at(20)).about;
+        assert!(a.reload.ok);
+        assert_eq!(a.reload.message, None);
+        assert_eq!((a.reload.at, a.reload.last_success), (1_020, 1_020));
+        assert_eq!(a.started, 1_000, "the start stays");
     }
 }

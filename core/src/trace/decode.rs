@@ -255,6 +255,12 @@ impl<'a> Reader<'a> {
                             recheck: kind == "reload-recheck",
                         });
                     }
+                    "reload-failed" => {
+                        let lines = w.parse("the number of message lines", parse_u64)?;
+                        w.end()?;
+                        let message = self.block(lines, "the reload's failure")?;
+                        return Ok(Record::ReloadFailed { t, message });
+                    }
                     _ => {
                         let (event, bytes) = parse_event(at, kind, &mut w)?;
                         Record::Event { t, event, bytes }

@@ -76,6 +76,7 @@ pub(super) fn put_record(out: &mut String, r: &Record) {
             out.push_str("shutdown\n");
         }
         Record::Reload { t, config, recheck } => put_reload(out, *t, config, *recheck),
+        Record::ReloadFailed { t, message } => put_reload_failed(out, *t, message),
         Record::Datagram {
             t,
             listener,
@@ -110,6 +111,12 @@ pub(super) fn put_reload(out: &mut String, t: u64, config: &str, recheck: bool) 
         "reload "
     });
     put_block(out, config);
+}
+
+pub(super) fn put_reload_failed(out: &mut String, t: u64, message: &str) {
+    put_time(out, t);
+    out.push_str("reload-failed ");
+    put_block(out, message);
 }
 
 pub(super) struct SideName(pub(super) Side);

@@ -31,6 +31,7 @@
 //!                                        may parse them (they sit at the start of the space it lent)
 //! Proxy::handle_timeout / shutdown       rec.timeout(now) / rec.shutdown(now)
 //! Proxy::reconfigure (with its text)     rec.reload(now, &text, recheck)
+//! Proxy::reload_failed                   rec.reload_failed(now, &message)
 //! Proxy::handle_datagram / handle_reply  rec.datagram(now, l, from, n) / rec.reply(now, id, n)
 //! Proxy::handle_udp_failed               rec.udp_failed(now, id)
 //! Proxy::poll_action / poll_datagram     rec.polled(&a) / rec.sent(&via, d.len())
@@ -86,6 +87,7 @@
 //! timeout                             shutdown
 //! reload <lines>                      reload-recheck <lines>
 //!                                     (then that many `|` lines of the new configuration)
+//! reload-failed <lines>               (then that many `|` lines of why)
 //! datagram L<listener> <from> <n>     reply <udp> <n>
 //! udp-failed <udp>
 //! ```
@@ -215,6 +217,8 @@ pub enum Record {
         config: String,
         recheck: bool,
     },
+    /// [`Proxy::reload_failed`]: the file did not load, for this reason.
+    ReloadFailed { t: u64, message: String },
     /// [`Proxy::handle_datagram`]: `n` bytes from `from` on a UDP
     /// listener. Datagrams are only relayed, so only their length is kept.
     Datagram {

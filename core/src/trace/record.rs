@@ -176,6 +176,13 @@ impl Recorder {
         put_reload(&mut self.out, t, config_text, recheck);
     }
 
+    /// `Proxy::reload_failed(message, now)`.
+    pub fn reload_failed(&mut self, now: Instant, message: &str) {
+        let t = self.at(now);
+        self.begin();
+        put_reload_failed(&mut self.out, t, message);
+    }
+
     /// The runtime took `action` from [`Proxy::poll_action`].
     pub fn polled(&mut self, action: &Action) {
         self.took(false);

@@ -138,6 +138,7 @@ pub fn replay(trace: &[u8], out: &mut impl FnMut(String)) -> Result<(), TraceErr
                 };
                 proxy.reconfigure(config, reload, now);
             }
+            Record::ReloadFailed { t, message } => proxy.reload_failed(&message, at(t)?),
             Record::Datagram {
                 t,
                 listener,

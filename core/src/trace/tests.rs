@@ -79,6 +79,10 @@ fn every_record() -> Vec<Record> {
             config: String::new(),
             recheck: true,
         },
+        Record::ReloadFailed {
+            t: 6,
+            message: "t.toml:3:1: unknown key `x`; the old configuration stays in force".into(),
+        },
         Record::Polled { n: 0 },
         Record::Polled { n: 42 },
         Record::Sent { n: 3 },
@@ -379,6 +383,11 @@ impl Live {
         self.proxy.accept(accepted, now)
     }
 
+    fn reload_failed(&mut self, ms: u64, message: &str) {
+        let now = self.at(ms);
+        self.proxy.reload_failed(message, now);
+    }
+
     fn reload(&mut self, ms: u64, text: &str, recheck: bool) {
         let now = self.at(ms);
         let config = config::parse(text, "live.toml").unwrap_or_else(|e| panic!("{e}"));
@@ -604,6 +613,8 @@ fn session() -> (Vec<u8>, Vec<String>, Vec<Action>) {
         "{CONFIG}\n[[service]]\nname = \"fwd2\"\nkind = \"mapped\"\n\
              listen = [\"127.0.0.1:7001\"]\ndestination = \"192.0.2.2:80\"\n"
     );
+    // A file that did not load first: the status answers would say so.
+    l.reload_failed(10_140, "live.toml:1:1: invalid table header");
     l.reload(10_150, &more, false);
     let new = l
         .drain()
@@ -688,6 +699,10 @@ fn replay_of_a_recorded_session_takes_the_live_actions() {
     assert!(text.contains(" read 0.1 client 16\n"));
     assert!(text.contains("\"\\x05\\x01\\x00\\x03\\x0bexample.com\\x01\\xbb\""));
     assert!(text.contains("\npolled 1\n"), "a partial drain is recorded");
+    assert!(
+        text.contains(" reload-failed 1\n|live.toml:1:1: invalid table header\n"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -881,28 +896,31 @@ fn every_truncation_is_an_error_or_a_shorter_trace() {
         let (h, _) = decode(&trace).expect("decodes");
         encode(&h, &[]).len()
     };
-    // Where the reload's configuration block lies.
+    // Where the blocks of `|` lines lie: the reload's configuration and
+    // the failed reload's message.
     let text = std::str::from_utf8(&trace).expect("utf-8");
-    let reload = text.find(" reload ").expect("a reload") + 1;
-    let reload_end = {
-        let (_, after) = text[reload..].split_once('\n').expect("a line");
-        let lines: usize = text[reload..]["reload ".len()..]
+    let block = |kind: &str| {
+        let start = text.find(&format!(" {kind} ")).expect(kind) + 1;
+        let (_, after) = text[start..].split_once('\n').expect("a line");
+        let lines: usize = text[start..][kind.len() + 1..]
             .split('\n')
             .next()
             .and_then(|n| n.parse().ok())
             .expect("a count");
-        text.len()
+        let end = text.len()
             - after
                 .split_inclusive('\n')
                 .skip(lines)
                 .map(str::len)
-                .sum::<usize>()
+                .sum::<usize>();
+        (start, end)
     };
+    let blocks = [block("reload"), block("reload-failed")];
     let mut shorter = 0;
     for cut in 0..trace.len() {
         let t = &trace[..cut];
         let r = replay_lines(t);
-        let inside_reload = cut > reload && cut < reload_end;
+        let inside_reload = blocks.iter().any(|(s, e)| cut > *s && cut < *e);
         if cut < header_end || t.last() != Some(&b'\n') || inside_reload {
             assert!(
                 matches!(r, Err(TraceError::Truncated { .. })),
