@@ -87,7 +87,10 @@ impl Credentials {
         let (uid, primary) = passwd(user)?;
         let (group, gid) = match group {
             Some(g) => (g.to_string(), group_id(g)?),
-            None => (group_name(primary).unwrap_or_else(|| primary.to_string()), primary),
+            None => (
+                group_name(primary).unwrap_or_else(|| primary.to_string()),
+                primary,
+            ),
         };
         Ok(Credentials {
             user: user.to_string(),

@@ -27,10 +27,7 @@ pub struct Output {
 enum Access {
     Off,
     Stderr,
-    File {
-        path: PathBuf,
-        w: LineWriter<File>,
-    },
+    File { path: PathBuf, w: LineWriter<File> },
     Syslog(Syslog),
 }
 

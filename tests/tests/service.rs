@@ -365,7 +365,8 @@ fn notifies_readiness_reload_status_and_stopping(bin: Bin) {
 /// `2026-01-02T03:04:05.678Z` at the start of `line`.
 fn starts_with_rfc3339_millis(line: &str) -> bool {
     let b = line.as_bytes();
-    let digits = |r: std::ops::Range<usize>| r.clone().all(|i| b.get(i).is_some_and(u8::is_ascii_digit));
+    let digits =
+        |r: std::ops::Range<usize>| r.clone().all(|i| b.get(i).is_some_and(u8::is_ascii_digit));
     b.len() > 24
         && digits(0..4)
         && b[4] == b'-'
@@ -407,7 +408,9 @@ fn diagnostics_carry_time_and_level(bin: Bin) {
         "{bin}: want `TIME portico: error: ...`, got {line:?}"
     );
     assert!(
-        p.stdout_lines().iter().all(|l| l.starts_with("listening: ")),
+        p.stdout_lines()
+            .iter()
+            .all(|l| l.starts_with("listening: ")),
         "{bin}: stdout keeps the listening lines alone: {:?}",
         p.stdout_lines()
     );
@@ -462,8 +465,9 @@ fn start_journaled(bin: Bin, config: &Path, env: bool) -> Journaled {
         stderr,
     };
     assert!(
-        p.stdout
-            .wait(START_TIMEOUT, |l| l.iter().any(|l| l.starts_with("listening: "))),
+        p.stdout.wait(START_TIMEOUT, |l| l
+            .iter()
+            .any(|l| l.starts_with("listening: "))),
         "{bin}: did not start\nstderr:\n{}",
         p.stderr.text()
     );

@@ -1248,7 +1248,11 @@ fn log_diagnostics_and_syslog_socket() {
         DiagnosticsTarget::Stderr,
         "stderr by default"
     );
-    for bad in ["diagnostics = \"off\"", "diagnostics = \"\"", "syslog_socket = \"\""] {
+    for bad in [
+        "diagnostics = \"off\"",
+        "diagnostics = \"\"",
+        "syslog_socket = \"\"",
+    ] {
         let e = with(bad).unwrap_err();
         assert_eq!(e.line, 2, "{bad}: {e}");
         assert!(e.message.starts_with("log."), "{bad}: {e}");
@@ -1271,7 +1275,12 @@ fn process_section() {
     let e = with("group = \"adm\"").unwrap_err();
     assert_eq!((e.line, e.column), (2, 9), "{e}");
     assert!(e.message.contains("without process.user"), "{e}");
-    for bad in ["user = \"\"", "user = \"a:b\"", "user = \"a\\nb\"", "user = \"a\"\ngroup = \"\""] {
+    for bad in [
+        "user = \"\"",
+        "user = \"a:b\"",
+        "user = \"a\\nb\"",
+        "user = \"a\"\ngroup = \"\"",
+    ] {
         let e = with(bad).unwrap_err();
         assert!(e.message.starts_with("process."), "{bad}: {e}");
     }

@@ -104,9 +104,7 @@ pub(super) fn parse(text: &str, file: &str, check_kinds: bool) -> Result<Config>
                     "" => Err("empty; give the path of the local syslog socket, e.g. \
                                \"/dev/log\""
                         .to_string()),
-                    _ if s.contains('\0') => {
-                        Err("the path contains a NUL character".to_string())
-                    }
+                    _ if s.contains('\0') => Err("the path contains a NUL character".to_string()),
                     _ => Ok(PathBuf::from(s)),
                 })?,
             },
@@ -484,7 +482,11 @@ fn process(cx: &Ctx<'_>, raw: Option<&RawProcess>) -> Result<ProcessConfig> {
             check_no_control(s, "the").map(|()| s.clone())
         })
     };
-    let user = p.user.as_ref().map(|u| name("process.user", u)).transpose()?;
+    let user = p
+        .user
+        .as_ref()
+        .map(|u| name("process.user", u))
+        .transpose()?;
     let group = p
         .group
         .as_ref()
