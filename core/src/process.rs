@@ -39,11 +39,7 @@ pub fn privileges(config: &Config, euid: u32) -> Result<Privileges, String> {
             group: config.process.group.clone(),
         });
     }
-    match config
-        .services
-        .iter()
-        .find(|s| s.side == ListenSide::External)
-    {
+    match external_service(config) {
         Some(s) => Err(format!(
             "refusing to run as root with service '{}' on the external side; set \
              [process] user = \"portico\" (an unprivileged user; group too if you like) so \
@@ -54,11 +50,36 @@ pub fn privileges(config: &Config, euid: u32) -> Result<Privileges, String> {
     }
 }
 
-/// Why a configuration read again (SIGHUP) cannot be taken while the
-/// process runs with effective user id `euid`: the same refusal as at
-/// start. `None`: it can.
-pub fn reload_refusal(config: &Config, euid: u32) -> Option<String> {
-    privileges(config, euid).err()
+/// Why a configuration read again (SIGHUP) cannot be taken: the process
+/// still has root's powers (`root`: it started as root and gave nothing
+/// up) and the file has a service on the external side. A `[process]
+/// user` the file names now takes effect only at the next start, so it
+/// does not help here. `None`: it can be taken.
+pub fn reload_refusal(config: &Config, root: bool) -> Option<String> {
+    if !root {
+        return None;
+    }
+    let s = external_service(config)?;
+    Some(match config.process.user {
+        None => format!(
+            "refusing to serve service '{}' on the external side as root; set [process] \
+             user = \"portico\" and restart Portico, so that it gives up root once its ports \
+             are open",
+            s.name
+        ),
+        Some(_) => format!(
+            "refusing to serve service '{}' on the external side as root; [process] user \
+             takes effect at the next start: restart Portico",
+            s.name
+        ),
+    })
+}
+
+fn external_service(config: &Config) -> Option<&crate::config::Service> {
+    config
+        .services
+        .iter()
+        .find(|s| s.side == ListenSide::External)
 }
 
 /// A warning for a reload that changes `[process]`: whom the process runs
@@ -172,8 +193,24 @@ port = 8080
         let msg = privileges(&c, 0).unwrap_err();
         assert!(msg.contains("'in'"), "{msg}");
         assert!(msg.contains("[process] user"), "{msg}");
-        assert_eq!(reload_refusal(&c, 0), Some(msg));
-        assert_eq!(reload_refusal(&c, 1000), None);
+    }
+
+    #[test]
+    fn a_reload_as_root_refuses_the_external_side() {
+        let c = parse(&external(), "f").unwrap();
+        let msg = reload_refusal(&c, true).unwrap();
+        assert!(
+            msg.contains("'in'") && msg.contains("[process] user"),
+            "{msg}"
+        );
+        assert_eq!(reload_refusal(&c, false), None);
+        // A user named now does not help: it is switched to at start.
+        let text = format!("[process]\nuser = \"portico\"\n{}", external());
+        let c = parse(&text, "f").unwrap();
+        let msg = reload_refusal(&c, true).unwrap();
+        assert!(msg.contains("next start"), "{msg}");
+        let c = parse(INTERNAL, "f").unwrap();
+        assert_eq!(reload_refusal(&c, true), None);
     }
 
     #[test]

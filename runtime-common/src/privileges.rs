@@ -10,6 +10,7 @@
 
 use std::ffi::{CStr, CString};
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use portico_core::process::Privileges;
 
@@ -151,6 +152,7 @@ impl Credentials {
                 return Err(fail("prctl PR_SET_KEEPCAPS"));
             }
         }
+        ASSUMED.store(true, Ordering::Relaxed);
         Ok(())
     }
 
@@ -270,4 +272,12 @@ fn group_name(gid: libc::gid_t) -> Option<String> {
 pub fn euid() -> u32 {
     // SAFETY: geteuid cannot fail.
     unsafe { libc::geteuid() }
+}
+
+/// Set once [`Credentials::assume`] succeeded.
+static ASSUMED: AtomicBool = AtomicBool::new(false);
+
+/// Whether the process has root's powers: root, and nothing given up.
+pub fn is_root() -> bool {
+    euid() == 0 && !ASSUMED.load(Ordering::Relaxed)
 }

@@ -356,7 +356,7 @@ pub fn load(path: Option<&Path>) -> Option<(Config, String)> {
         None => Ok(String::new()),
     };
     let loaded = portico_core::cli::reload(path, text).and_then(|(config, text)| {
-        match portico_core::process::reload_refusal(&config, crate::privileges::euid()) {
+        match portico_core::process::reload_refusal(&config, crate::privileges::is_root()) {
             Some(why) => Err(format!("{why}; the old configuration stays in force")),
             None => Ok((config, text)),
         }

@@ -403,11 +403,13 @@ impl Loop {
             return;
         };
         Signals::drain(wake);
-        if flags.reload() {
-            self.worker.reload(&mut self.table);
-        }
+        // Reopened first: logrotate's signal then a reload's lines land in
+        // the new files.
         if flags.reopen() {
             self.worker.reopen(&mut self.table);
+        }
+        if flags.reload() {
+            self.worker.reload(&mut self.table);
         }
         if flags.stop() {
             self.worker.stop(&mut self.table);

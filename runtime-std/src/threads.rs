@@ -253,11 +253,12 @@ pub fn run(plan: Plan) -> Result<i32, String> {
                 _ => return,
             }
             sh.tell(|core| {
-                if signals.reload() {
-                    core.worker.reload(&mut core.table);
-                }
+                // Reopened first, as in `portico`.
                 if signals.reopen() {
                     core.worker.reopen(&mut core.table);
+                }
+                if signals.reload() {
+                    core.worker.reload(&mut core.table);
                 }
                 if signals.stop() {
                     core.worker.stop(&mut core.table);

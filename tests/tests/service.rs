@@ -25,12 +25,14 @@ use portico_tests::{
 both!(
     drops_to_user_on_every_thread_and_reloads_low_ports,
     root_without_user_refuses_the_external_side,
+    a_reload_as_root_refuses_the_external_side,
     unknown_user_exits_one,
     notifies_readiness_reload_status_and_stopping,
     diagnostics_carry_time_and_level,
     journal_stream_gives_priority_prefixes,
     syslog_takes_diagnostics_and_access_lines,
     sigusr1_reopens_the_access_log_without_reading_the_configuration,
+    diagnostics_file_is_timestamped_and_reopened_on_sigusr1,
 );
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -162,7 +164,14 @@ fn drops_to_user_on_every_thread_and_reloads_low_ports(bin: Bin) {
     );
     p.expect_log_line("running as user nobody and group nogroup", WAIT);
 
-    let second = format!("{first}{}", mapped("low2", b, server.addr()));
+    // The reloaded file leaves `group` out (nobody's primary group is
+    // nogroup): a change of [process], which only a restart applies.
+    let second = format!(
+        "{}{}{}",
+        head.replace("group = \"nogroup\"\n", ""),
+        mapped("low", a, server.addr()),
+        mapped("low2", b, server.addr())
+    );
     std::fs::write(p.config_path(), second).expect("rewrite the configuration");
     std::fs::set_permissions(p.config_path(), std::fs::Permissions::from_mode(0o644))
         .expect("chmod");
@@ -179,6 +188,7 @@ fn drops_to_user_on_every_thread_and_reloads_low_ports(bin: Bin) {
         );
     };
     echo_check(&mut c, b"still").unwrap_or_else(|e| panic!("{bin}: in flight: {e}"));
+    p.expect_log_line("[process] changed", WAIT);
     check_threads(bin, p.pid(), uid, gid);
 }
 
@@ -209,6 +219,50 @@ fn root_without_user_refuses_the_external_side(bin: Bin) {
         "{bin}: nothing may listen\n{}",
         out.stdout
     );
+}
+
+/// Started as root with internal services only, a reload that adds one
+/// on the external side is refused (the old configuration serves on),
+/// also when the new file names a user: that is switched to at start.
+fn a_reload_as_root_refuses_the_external_side(bin: Bin) {
+    let server = TestServer::start(Behaviour::Echo);
+    let (inside, outside) = (free_port(), free_port());
+    let head = "[network]\ninternal = [\"127.0.0.1\"]\nexternal = [\"127.0.0.2\"]\n";
+    let first = format!("{head}{}", mapped("m", inside, server.addr()));
+    let p = Portico::start(bin, &first);
+    let external = format!(
+        "\n[[service]]\nname = \"in\"\nkind = \"mapped\"\nside = \"external\"\n\
+         listen = [\"127.0.0.2:{outside}\"]\ndestination = \"{}\"\n",
+        server.addr()
+    );
+    for (process, says) in [
+        ("", "restart Portico"),
+        ("[process]\nuser = \"nobody\"\n", "next start"),
+    ] {
+        let before = p.stderr_lines().len();
+        std::fs::write(p.config_path(), format!("{process}{first}{external}"))
+            .expect("rewrite the configuration");
+        p.signal(libc::SIGHUP);
+        let refused = poll_until(WAIT, Duration::from_millis(20), || {
+            p.stderr_lines()[before..]
+                .iter()
+                .any(|l| {
+                    l.contains("'in'") && l.contains(says) && l.contains("old configuration stays")
+                })
+                .then_some(())
+        });
+        assert!(
+            refused.is_some(),
+            "{bin}: the reload must be refused as root ({says})\nstderr:\n{}",
+            p.stderr_text()
+        );
+        assert!(
+            connect(std::net::SocketAddr::from(([127, 0, 0, 2], outside))).is_err(),
+            "{bin}: the external service must not listen"
+        );
+        let mut c = connect(local(inside)).unwrap_or_else(|e| panic!("{bin}: connect: {e}"));
+        echo_check(&mut c, b"x").unwrap_or_else(|e| panic!("{bin}: the old service: {e}"));
+    }
 }
 
 /// A user that does not exist: exit 1, saying so, before anything listens.
@@ -638,4 +692,60 @@ fn sigusr1_reopens_the_access_log_without_reading_the_configuration(bin: Bin) {
         !stderr.contains("error") && !stderr.contains("portico.toml"),
         "{bin}: SIGUSR1 must not read the configuration (it is invalid now):\n{stderr}"
     );
+}
+
+/// `[log] diagnostics = FILE`: timestamped lines in the file (none on
+/// stderr); after logrotate renamed it, SIGUSR1 has the next line go to a
+/// new file at the original path.
+fn diagnostics_file_is_timestamped_and_reopened_on_sigusr1(bin: Bin) {
+    let server = TestServer::start(Behaviour::Echo);
+    let dir = TempDir::new();
+    let diag = dir.path().join("portico.log");
+    let rotated = dir.path().join("portico.log.1");
+    let toml = format!(
+        "[network]\ninternal = [\"127.0.0.1\"]\n[log]\ndiagnostics = \"{}\"\n{}",
+        diag.display(),
+        mapped("m", free_port(), server.addr())
+    );
+    let p = Portico::start(bin, &toml);
+    let read = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
+    let reloads = |path: &Path| read(path).matches("configuration reloaded").count();
+    p.signal(libc::SIGHUP);
+    let line = poll_until(WAIT, Duration::from_millis(20), || {
+        read(&diag)
+            .lines()
+            .find(|l| l.contains("configuration reloaded"))
+            .map(str::to_string)
+    })
+    .unwrap_or_else(|| panic!("{bin}: no reload line in {}", diag.display()));
+    assert!(
+        starts_with_rfc3339_millis(&line) && line[25..].starts_with("portico: info: "),
+        "{bin}: in a file, `TIME portico: info: ...`: {line:?}"
+    );
+    assert!(
+        !p.stderr_text().contains("configuration reloaded"),
+        "{bin}: diagnostics go to the file only"
+    );
+    std::fs::rename(&diag, &rotated).expect("rename the diagnostics log");
+    p.signal(libc::SIGUSR1);
+    // A SIGHUP handled before the SIGUSR1 writes to the old file: then
+    // another SIGHUP follows.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (new_before, old_before) = (reloads(&diag), reloads(&rotated));
+        p.signal(libc::SIGHUP);
+        let landed = poll_until(WAIT, Duration::from_millis(20), || {
+            let (new, old) = (reloads(&diag), reloads(&rotated));
+            (new + old > new_before + old_before).then_some(new > new_before)
+        });
+        match landed {
+            Some(true) => break,
+            Some(false) if Instant::now() < deadline => continue,
+            _ => panic!(
+                "{bin}: after SIGUSR1 a diagnostic must go to a new {}\nstderr:\n{}",
+                diag.display(),
+                p.stderr_text()
+            ),
+        }
+    }
 }
