@@ -1,8 +1,9 @@
 //! The process around the tables: where the core's lines go ([`Output`],
 //! [`log`]), the command line's I/O ([`Process`]), the wall clock the rules
 //! need ([`WallClock`]), the flight recorder's files ([`TraceFiles`]), what
-//! a runtime starts from ([`Start`]), and reading the configuration again on
-//! SIGHUP ([`load`]).
+//! a runtime starts from ([`Start`]), giving up root once listening
+//! ([`assume`]) and saying it serves ([`ready`]), and reading the
+//! configuration again on SIGHUP ([`load`]).
 
 use std::fs::File;
 use std::io::{self, LineWriter, Write};
