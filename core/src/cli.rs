@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config};
 use crate::event::Level;
+use crate::process::{self, Privileges};
 
 /// Exit code: clean exit.
 pub const EXIT_OK: i32 = 0;
@@ -76,6 +77,8 @@ pub struct Plan {
     pub config_text: String,
     /// `--record FILE`.
     pub record: Option<PathBuf>,
+    /// Whom to run as once every listener is open.
+    pub privileges: Privileges,
 }
 
 impl Plan {
@@ -122,6 +125,10 @@ pub trait System {
     fn random(&mut self, buf: &mut [u8]) -> io::Result<()>;
     fn stdout(&mut self, text: &str);
     fn stderr(&mut self, text: &str);
+    /// A diagnostic line (the runtime's sink adds the time and level).
+    fn log(&mut self, level: Level, message: &str);
+    /// The process's effective user id (0: root).
+    fn euid(&mut self) -> u32;
     /// Serves `plan` until shutdown; returns the exit code.
     fn run(&mut self, plan: Plan) -> i32;
 }
@@ -195,8 +202,16 @@ where
         system.stdout(&out);
         return EXIT_OK;
     }
+    let privileges = match process::privileges(&config, system.euid()) {
+        Ok(p) => p,
+        Err(msg) => {
+            system.log(Level::Error, &msg);
+            return EXIT_RUNTIME;
+        }
+    };
     let log_level = Level::parse(&args.log_level).unwrap_or(Level::Info);
     system.run(Plan {
+        privileges,
         config,
         log_level,
         source,

@@ -84,6 +84,12 @@ impl Ledger {
     pub fn lock(&self) -> MutexGuard<'_, Counts> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Connections open now in every table sharing the ledger (the count
+    /// the process's status line names).
+    pub fn open(&self) -> usize {
+        self.lock().sessions
+    }
 }
 
 #[cfg(test)]

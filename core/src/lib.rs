@@ -11,7 +11,8 @@
 //!
 //! Besides the table, a runtime uses [`cli`] (the command line, which
 //! loads the [`config`] and starts the runtime's loop with a
-//! [`cli::Plan`]) and [`trace`] (the flight recorder's replay).
+//! [`cli::Plan`]), [`process`] (whom the process runs as, what it tells a
+//! service manager) and [`trace`] (the flight recorder's replay).
 //!
 //! # The map
 //!
@@ -66,6 +67,7 @@ mod id;
 mod ledger;
 mod log;
 mod outcome;
+pub mod process;
 mod proto;
 mod proxy_protocol;
 mod rate;
@@ -83,7 +85,7 @@ pub use config::Config;
 pub use event::{Action, Event, IoKind, Level, Refused};
 pub use id::{ConnId, ListenerId, Side};
 pub use ledger::Ledger;
-pub use log::AccessRecord;
+pub use log::{rfc3339_millis, AccessRecord};
 pub use outcome::Cause;
 pub use rules::Wall;
 pub use status::Snapshot;

@@ -12,9 +12,14 @@
 //! - [`process`]: the process around the tables — the command line's I/O
 //!   ([`Process`]), where lines go, the wall clock, the flight recorder's
 //!   files, the tables a runtime starts with ([`Start`]), and reading the
-//!   configuration again ([`load`]); [`signals`]: SIGTERM, SIGINT, SIGHUP;
+//!   configuration again ([`load`]); [`signals`]: SIGTERM, SIGINT, SIGHUP,
+//!   SIGUSR1;
 //!   [`Worker`]: what the tables of one process tell each other (stop,
 //!   reload, status), one table being a worker alone.
+//! - [`diagnostics`]: the sink behind the `log` facade (stderr with time
+//!   and level, the journal's `<N>` prefixes, a file, or [`syslog`]);
+//!   [`privileges`]: giving up root once listening; [`notify`]: telling
+//!   systemd how the process is doing.
 //! - [`net`]: opening sockets with the options Portico uses (listening
 //!   ports shared by several workers included), and what a socket call did
 //!   as the event the core is told.
@@ -33,15 +38,19 @@
 //! rest names only its plain types (ids, events) — so that a change of the
 //! core's face is met there.
 
+pub mod diagnostics;
 pub mod directions;
 pub mod net;
+pub mod notify;
 pub mod pair;
+pub mod privileges;
 pub mod process;
 pub mod resolver;
 pub mod signals;
 pub mod slots;
 pub mod splice;
 pub mod steps;
+pub mod syslog;
 pub mod table;
 pub mod udp;
 pub mod vectored;
@@ -49,7 +58,7 @@ pub mod worker;
 
 pub use directions::{Directions, Drained, Filled, ReadOp};
 pub use pair::{Pair, Seen};
-pub use process::{load, log, Process, Start};
+pub use process::{assume, load, log, ready, Process, Start};
 pub use signals::Signals;
 pub use slots::Slots;
 pub use steps::{ConnCmd, ListenCmd, Step, UdpCmd};

@@ -1,10 +1,11 @@
 //! The process around the tables: where the core's lines go ([`Output`],
 //! [`log`]), the command line's I/O ([`Process`]), the wall clock the rules
 //! need ([`WallClock`]), the flight recorder's files ([`TraceFiles`]), what
-//! a runtime starts from ([`Start`]), and reading the configuration again on
-//! SIGHUP ([`load`]).
+//! a runtime starts from ([`Start`]), giving up root once listening
+//! ([`assume`]) and saying it serves ([`ready`]), and reading the
+//! configuration again on SIGHUP ([`load`]).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, LineWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
@@ -13,24 +14,35 @@ use portico_core::cli::Plan;
 use portico_core::config::{AccessTarget, Config, LogFormat};
 use portico_core::{AccessRecord, Level};
 
+use crate::diagnostics;
+use crate::privileges::Credentials;
+use crate::syslog::Syslog;
 use crate::table::{Ledger, Table, Wall};
 
 /// Where one table's access lines go.
 pub struct Output {
-    access: Option<Box<dyn Write + Send>>,
+    access: Access,
     format: LogFormat,
+}
+
+enum Access {
+    Off,
+    Stderr,
+    File { path: PathBuf, w: LineWriter<File> },
+    Syslog(Syslog),
 }
 
 impl Output {
     /// Opens the access log the configuration names.
     pub fn open(config: &Config) -> io::Result<Output> {
-        let access: Option<Box<dyn Write + Send>> = match &config.log.access {
-            AccessTarget::Off => None,
-            AccessTarget::Stderr => Some(Box::new(io::stderr())),
-            AccessTarget::File(p) => {
-                let f: File = OpenOptions::new().create(true).append(true).open(p)?;
-                Some(Box::new(LineWriter::new(f)))
-            }
+        let access = match &config.log.access {
+            AccessTarget::Off => Access::Off,
+            AccessTarget::Stderr => Access::Stderr,
+            AccessTarget::File(p) => Access::File {
+                path: p.clone(),
+                w: LineWriter::new(diagnostics::open_append(p)?),
+            },
+            AccessTarget::Syslog => Access::Syslog(Syslog::open(&config.log.syslog_socket)?),
         };
         Ok(Output {
             access,
@@ -41,25 +53,69 @@ impl Output {
     /// Opens the access log at start, or says what to check.
     fn open_for(plan: &Plan) -> Result<Output, String> {
         Output::open(&plan.config).map_err(|e| {
-            format!(
-                "cannot open the access log: {e}; check [log] access in {}",
-                plan.source
-            )
+            let what = match plan.config.log.access {
+                AccessTarget::Syslog => format!(
+                    "cannot reach the syslog socket {} for the access log: {e}; check that a \
+                     syslog daemon is running, or set [log] syslog_socket",
+                    plan.config.log.syslog_socket.display()
+                ),
+                _ => format!("cannot open the access log: {e}"),
+            };
+            format!("{what}; check [log] in {}", plan.source)
         })
     }
 
+    /// Opens the access log file again at its path (SIGUSR1, after
+    /// logrotate moved it); the old file stays in use if the new one cannot
+    /// be opened. Other targets have nothing to reopen.
+    pub fn reopen(&mut self) -> io::Result<()> {
+        if let Access::File { path, w } = &mut self.access {
+            let f = diagnostics::open_append(path)?;
+            let _ = w.flush();
+            *w = LineWriter::new(f);
+        }
+        Ok(())
+    }
+
+    /// The path of the access log file, if it is one.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.access {
+            Access::File { path, .. } => Some(path),
+            _ => None,
+        }
+    }
+
     pub fn access(&mut self, rec: &AccessRecord) {
-        if let Some(w) = self.access.as_mut() {
-            let mut line = rec.format(SystemTime::now(), self.format);
-            line.push('\n');
-            let _ = w.write_all(line.as_bytes());
+        let mut line = match &self.access {
+            Access::Off => return,
+            _ => rec.format(SystemTime::now(), self.format),
+        };
+        match &mut self.access {
+            Access::Off => {}
+            Access::Stderr => {
+                line.push('\n');
+                let _ = io::stderr().write_all(line.as_bytes());
+            }
+            Access::File { w, .. } => {
+                line.push('\n');
+                let _ = w.write_all(line.as_bytes());
+            }
+            Access::Syslog(s) => {
+                if let Err(e) = s.send(crate::syslog::INFO, &line) {
+                    log(
+                        Level::Error,
+                        &format!("cannot send an access line to syslog: {e}; the line was: {line}"),
+                    );
+                }
+            }
         }
     }
 }
 
-/// A diagnostic line on stderr.
+/// A diagnostic line, through the `log` facade to the process's sink
+/// ([`crate::diagnostics`]).
 pub fn log(level: Level, message: &str) {
-    let _ = writeln!(io::stderr(), "portico: {}: {message}", level.name());
+    log::log!(diagnostics::level_of(level), "{message}");
 }
 
 /// A line on stdout (the `listening:` lines), flushed at once so that it
@@ -145,6 +201,7 @@ pub struct Process {
 impl Process {
     /// Runs the command line with `run` serving; the process's exit code.
     pub fn main(run: fn(Plan) -> Result<i32, String>) -> i32 {
+        diagnostics::init(Level::Info);
         portico_core::cli::main(std::env::args_os(), &mut Process { run })
     }
 }
@@ -169,8 +226,18 @@ impl portico_core::cli::System for Process {
     fn stderr(&mut self, text: &str) {
         let _ = io::stderr().write_all(text.as_bytes());
     }
+    fn log(&mut self, level: Level, message: &str) {
+        log(level, message);
+    }
+    fn euid(&mut self) -> u32 {
+        crate::privileges::euid()
+    }
     fn run(&mut self, plan: Plan) -> i32 {
-        (self.run)(plan).unwrap_or_else(|e| {
+        diagnostics::set_level(plan.log_level);
+        // Diagnostics go where the configuration says before anything
+        // else is said.
+        let served = diagnostics::configure(&plan.config.log).and_then(|()| (self.run)(plan));
+        served.unwrap_or_else(|e| {
             log(Level::Error, &e);
             portico_core::cli::EXIT_RUNTIME
         })
@@ -192,6 +259,8 @@ pub struct Start {
     pub path: Option<PathBuf>,
     /// `--reload-recheck`.
     pub recheck: bool,
+    /// Whom to become once every listener is open (looked up already).
+    pub credentials: Option<Credentials>,
 }
 
 impl Start {
@@ -204,6 +273,9 @@ impl Start {
     /// process-wide limits: worker 0's in the [`Start`] (recording when
     /// asked, which needs `workers` to be 1), then the others'.
     pub fn workers(plan: Plan, workers: usize) -> Result<(Start, Vec<Table>), String> {
+        // Before anything listens: a user that does not exist stops the
+        // start before any port is taken.
+        let credentials = Credentials::for_plan(&plan.privileges).map_err(|e| e.to_string())?;
         let now = Instant::now();
         let ledger = Ledger::new(workers);
         let mut others = Vec::new();
@@ -243,17 +315,53 @@ impl Start {
             table,
             path: plan.path,
             recheck: plan.reload_recheck,
+            credentials,
         };
         Ok((start, others))
     }
 }
 
+/// Gives up root when the configuration says to (see
+/// [`crate::privileges`]): call it once every listener is open and
+/// before any other thread is started.
+pub fn assume(credentials: Option<&Credentials>) -> Result<(), String> {
+    let Some(c) = credentials else {
+        return Ok(());
+    };
+    c.assume().map_err(|e| e.to_string())?;
+    log(
+        Level::Info,
+        &format!(
+            "running as user {} and group {}, keeping only CAP_NET_BIND_SERVICE",
+            c.user(),
+            c.group()
+        ),
+    );
+    Ok(())
+}
+
+/// Every listener is open and privileges are given up: tells a service
+/// manager (if any) that the process is ready, and starts keeping its
+/// status line (connections open in `ledger`'s tables) up to date.
+pub fn ready(ledger: Ledger) -> Result<(), String> {
+    crate::notify::tell(&portico_core::process::Notice::Ready);
+    crate::notify::start_status(ledger)
+}
+
 /// Reads and checks the configuration SIGHUP switches to; why not (logged)
-/// when it does not load, and then nothing changes.
+/// when it does not load or may not be served as the process now runs,
+/// and then nothing changes.
 pub fn load(path: Option<&Path>) -> Result<(Config, String), String> {
     let text = match path {
         Some(p) => std::fs::read_to_string(p),
         None => Ok(String::new()),
     };
-    portico_core::cli::reload(path, text).inspect_err(|msg| log(Level::Error, msg))
+    portico_core::cli::reload(path, text)
+        .and_then(|(config, text)| {
+            match portico_core::process::reload_refusal(&config, crate::privileges::is_root()) {
+                Some(why) => Err(format!("{why}; the old configuration stays in force")),
+                None => Ok((config, text)),
+            }
+        })
+        .inspect_err(|msg| log(Level::Error, msg))
 }

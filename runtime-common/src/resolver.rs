@@ -5,7 +5,7 @@
 //! to the loop that asked.
 
 use std::net::ToSocketAddrs;
-use std::sync::mpsc::{channel, Sender};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
 use portico_core::{ConnId, Event};
@@ -66,11 +66,18 @@ pub struct Resolvers {
     jobs: Sender<Job>,
 }
 
-impl Resolvers {
+/// The threads of a [`Resolvers`] pool, not started yet: the askers can be
+/// set up before the process has given up its privileges, and the threads
+/// started after (capabilities are per thread; see [`crate::privileges`]).
+/// Names asked for meanwhile wait for them.
+pub struct Unstarted {
+    rx: Receiver<Job>,
+}
+
+impl Unstarted {
     /// Starts `threads` threads.
-    pub fn start(threads: usize) -> std::io::Result<Resolvers> {
-        let (tx, rx) = channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
+    pub fn start(self, threads: usize) -> std::io::Result<()> {
+        let rx = Arc::new(Mutex::new(self.rx));
         for i in 0..threads {
             let rx = rx.clone();
             std::thread::Builder::new()
@@ -84,7 +91,22 @@ impl Resolvers {
                     job.to.answer(resolve(job.conn, &job.host, job.port));
                 })?;
         }
-        Ok(Resolvers { jobs: tx })
+        Ok(())
+    }
+}
+
+impl Resolvers {
+    /// A pool whose threads start with [`Unstarted::start`].
+    pub fn new() -> (Resolvers, Unstarted) {
+        let (tx, rx) = channel::<Job>();
+        (Resolvers { jobs: tx }, Unstarted { rx })
+    }
+
+    /// Starts `threads` threads.
+    pub fn start(threads: usize) -> std::io::Result<Resolvers> {
+        let (resolvers, threads_of) = Resolvers::new();
+        threads_of.start(threads)?;
+        Ok(resolvers)
     }
 
     /// Asks for `host`; the answer goes to `to`. False when the pool is

@@ -1,5 +1,6 @@
 //! The signals Portico answers: SIGTERM and SIGINT stop it (after the
-//! grace the core gives), SIGHUP reloads the configuration. A handler only
+//! grace the core gives), SIGHUP reloads the configuration, SIGUSR1 opens
+//! the log files again (logrotate). A handler only
 //! sets a flag and writes a byte to a pipe; the runtime waits on the pipe's
 //! other end as on any socket (`portico`: in its event loop;
 //! `portico-threaded`: on a thread of its own) and then asks the flags
@@ -16,13 +17,14 @@ use std::sync::Arc;
 pub struct Signals {
     stop: Arc<AtomicBool>,
     reload: Arc<AtomicBool>,
+    reopen: Arc<AtomicBool>,
 }
 
 impl Signals {
     /// Installs the handlers; the pipe end that becomes readable when a
     /// signal comes (blocking: a runtime that polls it makes it
     /// non-blocking). Before anything listens, so that a signal that comes
-    /// early is kept, not fatal. One pipe for the three signals: two
+    /// early is kept, not fatal. One pipe for the four signals: two
     /// descriptors in all, which a process short of them can spare.
     pub fn install() -> Result<(Signals, UnixStream), String> {
         let err = |e: io::Error| format!("cannot set up signals: {e}");
@@ -36,6 +38,7 @@ impl Signals {
             (signal_hook::consts::SIGTERM, &flags.stop),
             (signal_hook::consts::SIGINT, &flags.stop),
             (signal_hook::consts::SIGHUP, &flags.reload),
+            (signal_hook::consts::SIGUSR1, &flags.reopen),
         ] {
             let flag = flag.clone();
             let action = move || {
@@ -66,6 +69,11 @@ impl Signals {
     /// A SIGHUP came (once per asking).
     pub fn reload(&self) -> bool {
         self.reload.swap(false, Ordering::SeqCst)
+    }
+
+    /// A SIGUSR1 came (once per asking).
+    pub fn reopen(&self) -> bool {
+        self.reopen.swap(false, Ordering::SeqCst)
     }
 
     /// A SIGTERM or SIGINT came (once per asking).

@@ -160,6 +160,31 @@ impl Table {
         }
     }
 
+    /// SIGUSR1: opens the access log file again at its path (logrotate
+    /// moved it); the configuration is not read.
+    pub fn reopen_access(&mut self) {
+        if let Err(e) = self.out.reopen() {
+            let path = self.out.path().map(|p| p.display().to_string());
+            log(
+                Level::Error,
+                &format!(
+                    "cannot open the access log {} again: {e}; still writing to the old file",
+                    path.unwrap_or_default()
+                ),
+            );
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        self.proxy.config()
+    }
+
+    /// The counts shared by every table of the process (connections open).
+    pub fn ledger(&self) -> Ledger {
+        self.proxy.ledger()
+    }
+
     /// The first `Fatal` the core asked for, once.
     pub fn take_fatal(&mut self) -> Option<String> {
         self.fatal.take()

@@ -5,7 +5,8 @@
 //! `portico-threaded` runs one, a worker alone. Worker 0 handles the
 //! signals: it stops the others with it, and reloads them before itself,
 //! logging the reload for all with what theirs closed. A status request on
-//! any worker gathers every table. Each worker reads its mail when its
+//! any worker gathers every table. SIGUSR1 has every table open its
+//! access log again. Each worker reads its mail when its
 //! `Wake` rouses it.
 
 use std::collections::HashMap;
@@ -15,8 +16,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use portico_core::config::Config;
-use portico_core::ConnId;
+use portico_core::process::{reload_warning, Notice};
+use portico_core::{ConnId, Level};
 
+use crate::notify;
+use crate::process::log;
 use crate::table::{Snapshot, Table};
 
 /// Rouses a worker to read its mail; false when it is gone.
@@ -41,6 +45,8 @@ impl Mailbox {
 /// What workers tell each other.
 enum Mail {
     Stop,
+    /// Open the access log file again (SIGUSR1).
+    Reopen,
     /// Apply this configuration, then say how many connections it closed.
     Reload {
         config: Box<Config>,
@@ -111,13 +117,32 @@ impl Worker {
 
     /// SIGTERM or SIGINT: every table stops.
     pub fn stop(&self, table: &mut Table) {
+        notify::tell(&Notice::Stopping);
         table.shutdown(Instant::now());
         self.tell_others(|| Mail::Stop);
     }
 
+    /// SIGUSR1: every table opens its access log file again, and the
+    /// diagnostics file is opened again; the configuration is not read.
+    pub fn reopen(&self, table: &mut Table) {
+        if let Err(e) = crate::diagnostics::reopen() {
+            log(Level::Error, &e);
+        }
+        table.reopen_access();
+        self.tell_others(|| Mail::Reopen);
+    }
+
     /// SIGHUP: reads the file again; a bad one leaves everything as it is.
-    /// The other workers apply it first, then this one.
+    /// The other workers apply it first, then this one. A service manager
+    /// is told of the reload, and that the process is ready again after
+    /// it (whether or not the file could be taken: it serves on).
     pub fn reload(&self, table: &mut Table) {
+        notify::tell(&Notice::Reloading);
+        self.reload_file(table);
+        notify::tell(&Notice::Ready);
+    }
+
+    fn reload_file(&self, table: &mut Table) {
         let (config, text) = match crate::process::load(self.path.as_deref()) {
             Ok(loaded) => loaded,
             Err(why) => {
@@ -126,6 +151,17 @@ impl Worker {
                 return;
             }
         };
+        if let Some(w) = reload_warning(table.config(), &config) {
+            log(Level::Warn, &w);
+        }
+        // The diagnostics' destination follows the file too, when it
+        // changed (one that cannot be opened keeps the old one).
+        let (old, new) = (&table.config().log, &config.log);
+        if old.diagnostics != new.diagnostics || old.syslog_socket != new.syslog_socket {
+            if let Err(e) = crate::diagnostics::configure(new) {
+                log(Level::Error, &format!("{e}; keeping the old destination"));
+            }
+        }
         let recheck = self.recheck;
         let shared: Arc<str> = Arc::from(text.as_str());
         let (done, replies) = channel();
@@ -168,6 +204,7 @@ impl Worker {
         };
         match mail {
             Mail::Stop => table.shutdown(Instant::now()),
+            Mail::Reopen => table.reopen_access(),
             Mail::Reload {
                 config,
                 text,

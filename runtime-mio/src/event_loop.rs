@@ -4,9 +4,14 @@
 //!
 //! Every worker listens on every TCP address (see `portico_runtime::net::
 //! Ports`); every worker's listeners are open before any worker accepts.
-//! Worker 0 alone handles signals and UDP; it tells the others to stop and
-//! to reload, and a status request on any worker asks the others for their
-//! tables (see `portico_runtime::Worker`).
+//! Worker 0 alone handles signals and UDP; it tells the others to stop,
+//! to reload and to reopen their access logs, and a status request on any
+//! worker asks the others for their tables (see `portico_runtime::Worker`).
+//!
+//! Root is given up (`[process] user`) once every worker's listeners are
+//! open and before any other thread starts, the resolvers' included: a
+//! thread starts with its creator's capabilities, and only the one
+//! capability kept (opening ports below 1024, for a reload) is left.
 //!
 //! Sockets are registered once, edge-triggered, for both directions; the loop
 //! caches readiness per socket and attempts an operation when the socket is
@@ -208,9 +213,11 @@ pub fn run(plan: Plan) -> Result<i32, String> {
         let w = w.clone();
         Arc::new(move || w.wake().is_ok()) as Wake
     });
+    let credentials = start.credentials.clone();
+    let ledger = start.table.ledger();
     let workers = Worker::new(wakes.collect(), start.path, start.recheck);
-    let resolvers = Resolvers::start(RESOLVERS)
-        .map_err(|e| format!("cannot start the resolver threads: {e}"))?;
+    // Its threads start once privileges are given up (below).
+    let (resolvers, resolver_threads) = Resolvers::new();
     let ports = Ports::new(n);
     // Worker 0's alone: the signals, and the trace (one worker records).
     let (flags, wake) = Signals::install()?;
@@ -257,6 +264,13 @@ pub fn run(plan: Plan) -> Result<i32, String> {
         }
         loops.push(lp);
     }
+    // Every listener is open, and this is still the only thread: give up
+    // root now, so that every thread started from here on starts without
+    // it (capabilities are per thread).
+    portico_runtime::assume(credentials.as_ref())?;
+    resolver_threads
+        .start(RESOLVERS)
+        .map_err(|e| format!("cannot start the resolver threads: {e}"))?;
     let mut loops = loops.into_iter();
     let Some(mut lead) = loops.next() else {
         return Err("no event loop to run".into());
@@ -276,6 +290,7 @@ pub fn run(plan: Plan) -> Result<i32, String> {
             .map_err(|e| format!("cannot start worker {}: {e}", k + 1))?;
         others.push(h);
     }
+    portico_runtime::ready(ledger)?;
     let code = lead.run();
     if code == EXIT_OK {
         for h in others {
@@ -388,6 +403,11 @@ impl Loop {
             return;
         };
         Signals::drain(wake);
+        // Reopened first: logrotate's signal then a reload's lines land in
+        // the new files.
+        if flags.reopen() {
+            self.worker.reopen(&mut self.table);
+        }
         if flags.reload() {
             self.worker.reload(&mut self.table);
         }

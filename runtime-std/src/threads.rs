@@ -3,6 +3,10 @@
 //! one timer thread and one signal thread, all driving a single core behind
 //! a mutex.
 //!
+//! The listeners open on the main thread before any other thread starts;
+//! root is given up (`[process] user`) right then, so that every thread
+//! (capabilities are per thread) starts with only the capability kept.
+//!
 //! Whoever holds the lock drains the core's actions and routes each to the
 //! thread that owns the sockets it names (a channel plus a wake-up of that
 //! thread's poller); log lines are written by whoever drains them. Sockets
@@ -174,6 +178,7 @@ pub fn run(plan: Plan) -> Result<i32, String> {
         mut table,
         path,
         recheck,
+        credentials,
     } = Start::new(plan)?;
 
     // The start's actions, carried out in the order the core queued them
@@ -205,6 +210,11 @@ pub fn run(plan: Plan) -> Result<i32, String> {
     if let Some(message) = table.take_fatal() {
         return Err(message);
     }
+    // Every listener is open, and this is still the only thread: give up
+    // root now, so that every thread started from here on (the acceptor,
+    // and the connections' threads it starts) starts without it.
+    portico_runtime::assume(credentials.as_ref())?;
+    let ledger = table.ledger();
 
     let poller = || Poller::new().map(Arc::new);
     let poller_failed = |e| format!("cannot create a poller: {e}");
@@ -243,6 +253,10 @@ pub fn run(plan: Plan) -> Result<i32, String> {
                 _ => return,
             }
             sh.tell(|core| {
+                // Reopened first, as in `portico`.
+                if signals.reopen() {
+                    core.worker.reopen(&mut core.table);
+                }
                 if signals.reload() {
                     core.worker.reload(&mut core.table);
                 }
@@ -264,6 +278,7 @@ pub fn run(plan: Plan) -> Result<i32, String> {
         "acceptor",
         Box::new(move || acceptor(&sh, listeners, ports, acceptor_poller, acc_rx)),
     )?;
+    portico_runtime::ready(ledger)?;
 
     let mut core = lock(&shared);
     loop {

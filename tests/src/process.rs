@@ -198,6 +198,8 @@ pub struct StartOptions<'a> {
     pub listeners: Option<usize>,
     /// RLIMIT_NOFILE for the process (soft and hard).
     pub nofile: Option<u64>,
+    /// Environment variables set for the process (e.g. `NOTIFY_SOCKET`).
+    pub env: &'a [(&'a str, &'a str)],
 }
 
 /// Why a proxy did not come up.
@@ -275,6 +277,7 @@ impl Portico {
         cmd.arg("--config")
             .arg(&config_path)
             .args(opts.args)
+            .envs(opts.env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

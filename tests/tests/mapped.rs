@@ -520,6 +520,8 @@ external = ["127.0.0.2"]
 outgoing = "127.0.0.4"
 [log]
 access = "stderr"
+[process]
+user = "nobody"   # run as root, the external side needs a user to switch to
 [[service]]
 name = "out"
 kind = "mapped"

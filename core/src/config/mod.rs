@@ -190,6 +190,7 @@ pub struct Config {
     pub limits: Limits,
     pub log: LogConfig,
     pub runtime: RuntimeConfig,
+    pub process: ProcessConfig,
     pub users: Vec<User>,
     pub services: Vec<Service>,
     pub rules: Vec<Rule>,
@@ -264,10 +265,35 @@ pub const MIN_BUFFER: usize = 1024;
 pub const MAX_BUFFER: usize = 64 * 1024 * 1024;
 
 /// `[log]`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
     pub access: AccessTarget,
     pub format: LogFormat,
+    /// Where diagnostics (errors, warnings, notes) go.
+    pub diagnostics: DiagnosticsTarget,
+    /// The local syslog socket `"syslog"` targets send to.
+    pub syslog_socket: PathBuf,
+}
+
+/// The local syslog socket when `[log] syslog_socket` is not given.
+pub const DEFAULT_SYSLOG_SOCKET: &str = "/dev/log";
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            access: AccessTarget::default(),
+            format: LogFormat::default(),
+            diagnostics: DiagnosticsTarget::default(),
+            syslog_socket: PathBuf::from(DEFAULT_SYSLOG_SOCKET),
+        }
+    }
+}
+
+impl LogConfig {
+    /// Whether anything goes to the syslog socket.
+    pub fn uses_syslog(&self) -> bool {
+        self.access == AccessTarget::Syslog || self.diagnostics == DiagnosticsTarget::Syslog
+    }
 }
 
 /// Where access-log lines go.
@@ -276,8 +302,31 @@ pub enum AccessTarget {
     #[default]
     Stderr,
     Off,
+    /// The local syslog socket ([`LogConfig::syslog_socket`]).
+    Syslog,
     /// Appended to this file (the path as written, relative paths unresolved).
     File(PathBuf),
+}
+
+/// Where diagnostic lines go (`[log] diagnostics`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum DiagnosticsTarget {
+    #[default]
+    Stderr,
+    /// The local syslog socket ([`LogConfig::syslog_socket`]).
+    Syslog,
+    /// Appended to this file (the path as written, relative paths unresolved).
+    File(PathBuf),
+}
+
+/// `[process]`: whom the process runs as once its listeners are open.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProcessConfig {
+    /// The user to switch to (a name from the password database).
+    pub user: Option<String>,
+    /// The group to switch to; `None` = the user's primary group. Only
+    /// given with `user`.
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

@@ -17,6 +17,7 @@ pub struct RawConfig {
     pub limits: Option<RawLimits>,
     pub log: Option<RawLog>,
     pub runtime: Option<RawRuntime>,
+    pub process: Option<RawProcess>,
     #[serde(default)]
     pub user: Vec<S<RawUser>>,
     #[serde(default)]
@@ -51,12 +52,21 @@ pub struct RawLimits {
 pub struct RawLog {
     pub access: Option<S<String>>,
     pub format: Option<S<String>>,
+    pub diagnostics: Option<S<String>>,
+    pub syslog_socket: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRuntime {
     pub workers: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProcess {
+    pub user: Option<S<String>>,
+    pub group: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

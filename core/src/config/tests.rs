@@ -115,9 +115,12 @@ fn spec_example_parses() {
         c.log,
         LogConfig {
             access: AccessTarget::Stderr,
-            format: LogFormat::Text
+            format: LogFormat::Text,
+            diagnostics: DiagnosticsTarget::Stderr,
+            syslog_socket: "/dev/log".into(),
         }
     );
+    assert_eq!(c.process, ProcessConfig::default());
     assert_eq!(c.runtime, RuntimeConfig { workers: None });
     assert_eq!(
         c.users,
@@ -1223,4 +1226,63 @@ fn rule_helpers() {
 fn error_display() {
     let e = ConfigError::at("a\nbcd", "x.toml", 3, "bad");
     assert_eq!(e.to_string(), "x.toml:2:2: bad");
+}
+
+#[test]
+fn log_diagnostics_and_syslog_socket() {
+    let with = |lines: &str| parse(&format!("[log]\n{lines}\n{MINIMAL}"), "f").map(|c| c.log);
+    let log = with("diagnostics = \"syslog\"\naccess = \"syslog\"").unwrap();
+    assert_eq!(log.diagnostics, DiagnosticsTarget::Syslog);
+    assert_eq!(log.access, AccessTarget::Syslog);
+    assert_eq!(log.syslog_socket, std::path::PathBuf::from("/dev/log"));
+    assert!(log.uses_syslog());
+    let log = with("diagnostics = \"/var/log/portico.log\"\nsyslog_socket = \"/run/log\"").unwrap();
+    assert_eq!(
+        log.diagnostics,
+        DiagnosticsTarget::File("/var/log/portico.log".into())
+    );
+    assert_eq!(log.syslog_socket, std::path::PathBuf::from("/run/log"));
+    assert!(!log.uses_syslog());
+    assert_eq!(
+        with("").unwrap().diagnostics,
+        DiagnosticsTarget::Stderr,
+        "stderr by default"
+    );
+    for bad in [
+        "diagnostics = \"off\"",
+        "diagnostics = \"\"",
+        "syslog_socket = \"\"",
+    ] {
+        let e = with(bad).unwrap_err();
+        assert_eq!(e.line, 2, "{bad}: {e}");
+        assert!(e.message.starts_with("log."), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn process_section() {
+    let with = |lines: &str| parse(&format!("[process]\n{lines}\n{MINIMAL}"), "f");
+    let c = with("user = \"portico\"\ngroup = \"adm\"").unwrap();
+    assert_eq!(
+        c.process,
+        ProcessConfig {
+            user: Some("portico".into()),
+            group: Some("adm".into())
+        }
+    );
+    let c = with("user = \"portico\"").unwrap();
+    assert_eq!(c.process.group, None);
+    let e = with("group = \"adm\"").unwrap_err();
+    assert_eq!((e.line, e.column), (2, 9), "{e}");
+    assert!(e.message.contains("without process.user"), "{e}");
+    for bad in [
+        "user = \"\"",
+        "user = \"a:b\"",
+        "user = \"a\\nb\"",
+        "user = \"a\"\ngroup = \"\"",
+    ] {
+        let e = with(bad).unwrap_err();
+        assert!(e.message.starts_with("process."), "{bad}: {e}");
+    }
+    assert!(with("uid = 0").is_err(), "unknown keys are refused");
 }

@@ -14,12 +14,15 @@ use std::time::Duration;
 
 use toml::Value;
 
-use super::raw::{List, RawConfig, RawLimits, RawNetwork, RawRule, RawService, RawUser, S};
+use super::raw::{
+    List, RawConfig, RawLimits, RawNetwork, RawProcess, RawRule, RawService, RawUser, S,
+};
 use super::values;
 use super::{
-    implemented_kind, AccessTarget, Config, ConfigError, Limits, ListenSide, LogConfig, LogFormat,
-    Network, Password, ProxyVersion, Rule, RuleAction, RuntimeConfig, Service, ServiceKind,
-    Transport, User, MAX_BUFFER, MAX_WORKERS, MIN_BUFFER,
+    implemented_kind, AccessTarget, Config, ConfigError, DiagnosticsTarget, Limits, ListenSide,
+    LogConfig, LogFormat, Network, Password, ProcessConfig, ProxyVersion, Rule, RuleAction,
+    RuntimeConfig, Service, ServiceKind, Transport, User, DEFAULT_SYSLOG_SOCKET, MAX_BUFFER,
+    MAX_WORKERS, MIN_BUFFER,
 };
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -91,6 +94,20 @@ pub(super) fn parse(text: &str, file: &str, check_kinds: bool) -> Result<Config>
                     )),
                 })?,
             },
+            diagnostics: match &l.diagnostics {
+                None => DiagnosticsTarget::default(),
+                Some(d) => cx.named("log.diagnostics", d, |s| diagnostics_target(s))?,
+            },
+            syslog_socket: match &l.syslog_socket {
+                None => PathBuf::from(DEFAULT_SYSLOG_SOCKET),
+                Some(p) => cx.named("log.syslog_socket", p, |s| match s.as_str() {
+                    "" => Err("empty; give the path of the local syslog socket, e.g. \
+                               \"/dev/log\""
+                        .to_string()),
+                    _ if s.contains('\0') => Err("the path contains a NUL character".to_string()),
+                    _ => Ok(PathBuf::from(s)),
+                })?,
+            },
         },
     };
     let runtime = match raw.runtime.as_ref().and_then(|r| r.workers.as_ref()) {
@@ -109,6 +126,8 @@ pub(super) fn parse(text: &str, file: &str, check_kinds: bool) -> Result<Config>
             })?),
         },
     };
+
+    let process = process(&cx, raw.process.as_ref())?;
 
     let mut users: Vec<User> = Vec::new();
     let mut user_lines: HashMap<String, usize> = HashMap::new();
@@ -217,6 +236,7 @@ pub(super) fn parse(text: &str, file: &str, check_kinds: bool) -> Result<Config>
         limits,
         log,
         runtime,
+        process,
         users,
         services,
         rules,
@@ -417,14 +437,69 @@ fn access_target(s: &str) -> std::result::Result<AccessTarget, String> {
     match s {
         "stderr" => Ok(AccessTarget::Stderr),
         "off" => Ok(AccessTarget::Off),
-        "" => Err("empty; use \"stderr\", \"off\" or a file path".to_string()),
+        "syslog" => Ok(AccessTarget::Syslog),
+        "" => Err("empty; use \"stderr\", \"syslog\", \"off\" or a file path".to_string()),
         "stdout" | "-" => Err(format!(
-            "\"{s}\" is not supported; use \"stderr\", \"off\" or a file path (write \"./{s}\" \
-             for a file of that name)"
+            "\"{s}\" is not supported; use \"stderr\", \"syslog\", \"off\" or a file path \
+             (write \"./{s}\" for a file of that name)"
         )),
         _ if s.contains('\0') => Err("the file path contains a NUL character".to_string()),
         _ => Ok(AccessTarget::File(PathBuf::from(s))),
     }
+}
+
+fn diagnostics_target(s: &str) -> std::result::Result<DiagnosticsTarget, String> {
+    match s {
+        "stderr" => Ok(DiagnosticsTarget::Stderr),
+        "syslog" => Ok(DiagnosticsTarget::Syslog),
+        "" => Err("empty; use \"stderr\", \"syslog\" or a file path".to_string()),
+        "stdout" | "-" | "off" => Err(format!(
+            "\"{s}\" is not supported; use \"stderr\", \"syslog\" or a file path (write \
+             \"./{s}\" for a file of that name)"
+        )),
+        _ if s.contains('\0') => Err("the file path contains a NUL character".to_string()),
+        _ => Ok(DiagnosticsTarget::File(PathBuf::from(s))),
+    }
+}
+
+/// `[process]`: names only (whether they exist is known when the process
+/// starts, not here).
+fn process(cx: &Ctx<'_>, raw: Option<&RawProcess>) -> Result<ProcessConfig> {
+    let Some(p) = raw else {
+        return Ok(ProcessConfig::default());
+    };
+    let name = |what: &str, v: &S<String>| {
+        cx.named(what, v, |s| {
+            if s.is_empty() {
+                return Err("empty; give a name, e.g. \"portico\"".to_string());
+            }
+            if s.contains(':') || s.contains('\0') {
+                return Err(format!(
+                    "\"{}\" cannot be a name in the system's user database",
+                    s.escape_default()
+                ));
+            }
+            check_no_control(s, "the").map(|()| s.clone())
+        })
+    };
+    let user = p
+        .user
+        .as_ref()
+        .map(|u| name("process.user", u))
+        .transpose()?;
+    let group = p
+        .group
+        .as_ref()
+        .map(|g| name("process.group", g))
+        .transpose()?;
+    if let (None, Some(g)) = (&user, &p.group) {
+        return Err(cx.err(
+            g.span(),
+            "process.group: given without process.user; set user too (the group is switched to \
+             only when the user is)",
+        ));
+    }
+    Ok(ProcessConfig { user, group })
 }
 
 /// A name with no control characters; `what` says whose, for messages.

@@ -281,6 +281,12 @@ impl Proxy {
         &self.cx.stats
     }
 
+    /// The counts this table shares with the others of the process (a
+    /// handle another thread may keep, e.g. for the status line).
+    pub fn ledger(&self) -> Ledger {
+        self.cx.ledger.clone()
+    }
+
     /// Connections in flight.
     pub fn len(&self) -> usize {
         self.sessions.len()
