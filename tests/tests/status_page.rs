@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use portico_tests::json::{parse_json, Json};
 use portico_tests::{
-    both, config_head, connect, echo_check, local, mapped_service, pattern, poll_until,
+    both, config_head, connect, echo_check, free_port, local, mapped_service, pattern, poll_until,
     read_outcome, require, service, spawn_bounded, start_on_free_ports, Behaviour, Bin,
     StartOptions, TempDir, TestServer, ALICE, CLIENT_SEED, PROMPTLY,
 };
@@ -784,18 +784,22 @@ fn page_under_load_in_chromium(bin: Bin) {
     let test_start = Instant::now();
     let server = TestServer::start(Behaviour::Echo);
     let dest = server.addr();
-    let (p, ports) = start_on_free_ports(bin, 4, StartOptions::default(), |ports| {
+    // Nothing listens here: `dead` cannot connect.
+    let nowhere = local(free_port());
+    let (p, ports) = start_on_free_ports(bin, 5, StartOptions::default(), |ports| {
         format!(
-            "{}{ALICE}{}{}{}{}{WORKERS}{RULES}",
+            "{}{ALICE}{}{}{}{}{}{WORKERS}{RULES}",
             config_head("idle_timeout = \"5m\"", ""),
             service("st", "status", ports[0], ""),
             mapped_service("map", ports[1], dest, ""),
             service("socks", "socks", ports[2], "auth = true"),
             mapped_service("blocked", ports[3], dest, ""),
+            mapped_service("dead", ports[4], nowhere, ""),
         )
     });
     let status = local(ports[0]);
     let (map, socks, blocked) = (local(ports[1]), local(ports[2]), local(ports[3]));
+    let dead = local(ports[4]);
     let url = format!("http://{status}/");
 
     // A tunnel held open for the connections table.
@@ -840,6 +844,13 @@ fn page_under_load_in_chromium(bin: Bin) {
         "{bin}: a connection the rules deny is closed"
     );
 
+    // One that cannot reach its destination.
+    let mut d = connect(dead).unwrap_or_else(|e| panic!("{bin}: connect dead: {e}"));
+    assert!(
+        read_outcome(&mut d, PROMPTLY).is_closed(),
+        "{bin}: a mapped connection whose destination refuses is closed"
+    );
+
     let map_conns = load.connections + 2;
     let map_bytes = load.bytes + big as u64 + b"held open".len() as u64;
     // Everything settled: alice's session and the load's are over, the
@@ -856,7 +867,11 @@ fn page_under_load_in_chromium(bin: Bin) {
             && m.u64_of("bytes_down") == Some(map_bytes)
             && m.u64_of("active") == Some(1)
             && find("socks")?.u64_of("active") == Some(0)
-            && find("blocked")?.get("refused")?.u64_of("denied") == Some(1);
+            && find("blocked")?.get("refused")?.u64_of("denied") == Some(1)
+            && find("dead")?
+                .get("connect_errors")?
+                .u64_of("connect-refused")
+                == Some(1);
         settled.then_some(list.clone())
     })
     .unwrap_or_else(|| {
@@ -950,10 +965,12 @@ fn page_under_load_in_chromium(bin: Bin) {
         .collect();
     let mut causes = 0;
     for s in &services {
-        let Some(Json::Obj(refused)) = s.get("refused") else {
-            panic!("{bin}: no refused map in {s:?}")
+        let (Some(Json::Obj(refused)), Some(Json::Obj(failed))) =
+            (s.get("refused"), s.get("connect_errors"))
+        else {
+            panic!("{bin}: no refused or connect_errors map in {s:?}")
         };
-        for (cause, n) in refused {
+        for (cause, n) in refused.iter().chain(failed) {
             let n = n.as_u64().unwrap_or(0);
             if n == 0 {
                 continue;
@@ -975,7 +992,8 @@ fn page_under_load_in_chromium(bin: Bin) {
         "{bin}: {ref_rows:?}"
     );
     assert!(
-        ref_rows.contains(&vec!["blocked".into(), "denied".into(), "1".into()]),
+        ref_rows.contains(&vec!["blocked".into(), "denied".into(), "1".into()])
+            && ref_rows.contains(&vec!["dead".into(), "connect-refused".into(), "1".into()]),
         "{bin}: {ref_rows:?}"
     );
 
