@@ -1,17 +1,22 @@
 //! The command line both binaries share, and what it leads to.
 //!
 //! [`main`] parses the arguments, loads and validates the configuration and
-//! answers `--check` and `hash-password`; the I/O it needs (reading a file or
-//! standard input, random bytes, printing, running the proxy) is done through
-//! the [`System`] a runtime passes in, so the decisions stay here.
+//! answers `--check`, `hash-password`, `completions` and `man`; the I/O it
+//! needs (reading files and directories or standard input, random bytes,
+//! printing, running the proxy) is done through the [`System`] a runtime
+//! passes in, so the decisions stay here.
+//!
+//! The manual page `portico(8)` and the shell completions are generated
+//! from [`Args`] itself (`portico man`, `portico completions SHELL`), so
+//! the options are written once.
 
 use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::config::{self, Config};
+use crate::config::{self, Config, Files};
 use crate::event::Level;
 
 /// Exit code: clean exit.
@@ -23,7 +28,15 @@ pub const EXIT_CONFIG: i32 = 2;
 
 #[derive(Debug, Parser)]
 #[command(
+    name = "portico",
     about = "Portico: a LAN gateway proxy (HTTP, SOCKS, mail and news gateways, mapped ports)",
+    long_about = "Portico is a gateway proxy for a local network. The machines of the LAN \
+reach the Internet through it, protocol by protocol (an HTTP proxy, SOCKS 4/4a/5, Telnet, \
+SMTP, POP3, NNTP and FTP gateways), and chosen traffic comes in through mapped TCP and UDP \
+ports. It reads one TOML configuration file, described in portico.toml(5); without --config \
+it runs on an embedded default that listens on 127.0.0.1 only.\n\n\
+portico runs on event loops, portico-threaded on a thread per connection; both take the same \
+command line and configuration.",
     version
 )]
 pub struct Args {
@@ -60,6 +73,17 @@ pub enum Command {
         /// The trace file.
         trace: PathBuf,
     },
+    /// Print the completion script for SHELL (e.g. `portico completions
+    /// bash > /etc/bash_completion.d/portico`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print this program's manual page, portico(8), as roff (`portico man
+    /// | man -l -`).
+    #[command(hide = true)]
+    Man,
 }
 
 /// What a runtime needs to start serving.
@@ -90,34 +114,20 @@ impl Plan {
     }
 }
 
-/// The configuration to switch to on SIGHUP, from the file's new text (as
-/// the runtime read it). `Err` is the message to log; the old
-/// configuration then stays in force.
-pub fn reload(path: Option<&Path>, text: io::Result<String>) -> Result<(Config, String), String> {
-    let (text, name) = match path {
-        Some(p) => match text {
-            Ok(t) => (t, p.display().to_string()),
-            Err(e) => {
-                return Err(format!(
-                "{}: cannot read the configuration file: {e}; the old configuration stays in force",
-                p.display()
-            ))
-            }
-        },
-        None => (config::DEFAULT_TOML.to_string(), EMBEDDED.to_string()),
-    };
-    config::parse(&text, &name)
-        .map(|c| (c, text.clone()))
+/// The configuration to switch to on SIGHUP: the file `path` read again
+/// (with the files it includes), or the embedded default. `Err` is the
+/// message to log; the old configuration then stays in force.
+pub fn reload(path: Option<&Path>, files: &mut dyn Files) -> Result<(Config, String), String> {
+    load(path, files)
+        .map(|(config, _, text)| (config, text))
         .map_err(|e| format!("{e}; the old configuration stays in force"))
 }
 
-/// The I/O [`main`] needs, provided by a runtime.
-pub trait System {
-    fn read_file(&mut self, path: &Path) -> io::Result<String>;
+/// The I/O [`main`] needs, provided by a runtime; reading the
+/// configuration's files is [`Files`].
+pub trait System: Files {
     /// The whole file as bytes (a trace).
-    fn read_bytes(&mut self, path: &Path) -> io::Result<Vec<u8>> {
-        std::fs::read(path)
-    }
+    fn read_bytes(&mut self, path: &Path) -> io::Result<Vec<u8>>;
     fn read_stdin(&mut self) -> io::Result<String>;
     fn random(&mut self, buf: &mut [u8]) -> io::Result<()>;
     fn stdout(&mut self, text: &str);
@@ -129,35 +139,43 @@ pub trait System {
 /// The name the embedded default configuration goes by in messages.
 pub const EMBEDDED: &str = "(embedded default)";
 
-/// Loads and validates the configuration named by `path` (or the embedded
-/// default). `Err` holds the message for stderr.
+/// Loads and validates the configuration named by `path`, with the files
+/// it includes (or the embedded default): the configuration, where it came
+/// from, and its text as one file. `Err` holds the message for stderr.
 pub fn load(
     path: Option<&Path>,
-    system: &mut impl System,
+    files: &mut dyn Files,
 ) -> Result<(Config, String, String), String> {
-    let (text, name) = match path {
-        Some(p) => {
-            let name = p.display().to_string();
-            match system.read_file(p) {
-                Ok(t) => (t, name),
-                Err(e) => return Err(format!("{name}: cannot read the configuration file: {e}")),
-            }
-        }
-        None => (config::DEFAULT_TOML.to_string(), EMBEDDED.to_string()),
-    };
-    match config::parse(&text, &name) {
-        Ok(c) => Ok((c, name, text)),
-        Err(e) => Err(e.to_string()),
+    match path {
+        Some(p) => match config::load(p, files) {
+            Ok(l) => Ok((l.config, p.display().to_string(), l.text)),
+            Err(e) => Err(e.to_string()),
+        },
+        None => match config::parse(config::DEFAULT_TOML, EMBEDDED) {
+            Ok(c) => Ok((c, EMBEDDED.to_string(), config::DEFAULT_TOML.to_string())),
+            Err(e) => Err(e.to_string()),
+        },
     }
 }
 
-/// The whole command line: returns the process exit code.
-pub fn main<I, T>(args: I, system: &mut impl System) -> i32
+/// The command line of the binary called `name` (`portico`,
+/// `portico-threaded`): what `--version`, `--help`, the completions and the
+/// manual page call it.
+pub fn command(name: &str) -> clap::Command {
+    Args::command().name(name.to_string()).bin_name(name.to_string())
+}
+
+/// The whole command line of the binary called `name`: returns the
+/// process exit code.
+pub fn main<I, T>(name: &str, args: I, system: &mut impl System) -> i32
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let args = match Args::try_parse_from(args) {
+    let parsed = command(name)
+        .try_get_matches_from(args)
+        .and_then(|m| Args::from_arg_matches(&m));
+    let args = match parsed {
         Ok(a) => a,
         Err(e) => {
             let text = e.render().to_string();
@@ -172,9 +190,17 @@ where
     match &args.command {
         Some(Command::HashPassword) => return hash_password(system),
         Some(Command::Replay { trace }) => return replay(trace, system),
+        Some(Command::Completions { shell }) => {
+            system.stdout(&completions(name, *shell));
+            return EXIT_OK;
+        }
+        Some(Command::Man) => {
+            system.stdout(&manual(name));
+            return EXIT_OK;
+        }
         None => {}
     }
-    let (config, source, config_text) = match load(args.config.as_deref(), system) {
+    let (config, source, config_text) = match load(args.config.as_deref(), &mut *system) {
         Ok(c) => c,
         Err(msg) => {
             system.stderr(&format!("{msg}\n"));
@@ -261,3 +287,68 @@ fn hash_password(system: &mut impl System) -> i32 {
         }
     }
 }
+
+/// The completion script of `shell` for the binary called `name`.
+pub fn completions(name: &str, shell: clap_complete::Shell) -> String {
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut command(name), name, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The manual page of the binary called `name`, section 8, as roff: what
+/// clap_mangen makes of [`Args`], then what the options do not say (the
+/// files, signals, exit status, and where to read more).
+pub fn manual(name: &str) -> String {
+    let man = clap_mangen::Man::new(command(name))
+        .section("8")
+        .source(format!("Portico {}", env!("CARGO_PKG_VERSION")))
+        .manual("System Administration");
+    let mut out = Vec::new();
+    let rendered = [
+        man.render_title(&mut out),
+        man.render_name_section(&mut out),
+        man.render_synopsis_section(&mut out),
+        man.render_description_section(&mut out),
+        man.render_options_section(&mut out),
+        man.render_subcommands_section(&mut out),
+    ];
+    // Writing into a Vec cannot fail; a section that did is left out.
+    debug_assert!(rendered.iter().all(|r| r.is_ok()));
+    let mut page = String::from_utf8_lossy(&out).into_owned();
+    page.push_str(MANUAL_TAIL);
+    page
+}
+
+/// The sections of portico(8) that are not about options, in roff.
+const MANUAL_TAIL: &str = r#".SH FILES
+.TP
+\fI/etc/portico/portico.toml\fR
+The configuration the packaged service (\fIportico.service\fR) runs on; the
+Debian package installs it equal to the embedded default. Its format is in
+\fBportico.toml\fR(5).
+.TP
+\fI/etc/portico/conf.d/\fR
+Where files named by \fBinclude\fR usually go.
+.SH SIGNALS
+.TP
+\fBSIGHUP\fR
+Read the configuration again (with the files it includes): new listeners
+open, removed ones close, new rules apply to new connections. A file that does
+not load is reported and the old configuration stays in force.
+.TP
+\fBSIGTERM\fR, \fBSIGINT\fR
+Stop accepting, let connections finish for \fBshutdown_grace\fR, close the
+rest and exit.
+.SH EXIT STATUS
+.TP
+\fB0\fR
+Clean exit (and \fB\-\-check\fR of a good file).
+.TP
+\fB1\fR
+Runtime failure, such as a port that cannot be opened.
+.TP
+\fB2\fR
+Configuration error, printed as \fIFILE\fR:\fILINE\fR:\fICOLUMN\fR: \fImessage\fR.
+.SH SEE ALSO
+\fBportico.toml\fR(5), \fBsystemctl\fR(1)
+"#;

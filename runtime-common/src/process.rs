@@ -4,13 +4,14 @@
 //! a runtime starts from ([`Start`]), and reading the configuration again on
 //! SIGHUP ([`load`]).
 
+use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::{self, LineWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
 use portico_core::cli::Plan;
-use portico_core::config::{AccessTarget, Config, LogFormat};
+use portico_core::config::{AccessTarget, Config, Files, LogFormat};
 use portico_core::{AccessRecord, Level};
 
 use crate::table::{Ledger, Table, Wall};
@@ -143,15 +144,39 @@ pub struct Process {
 }
 
 impl Process {
-    /// Runs the command line with `run` serving; the process's exit code.
-    pub fn main(run: fn(Plan) -> Result<i32, String>) -> i32 {
-        portico_core::cli::main(std::env::args_os(), &mut Process { run })
+    /// Runs the command line of the binary called `name` with `run`
+    /// serving; the process's exit code.
+    pub fn main(name: &str, run: fn(Plan) -> Result<i32, String>) -> i32 {
+        portico_core::cli::main(name, std::env::args_os(), &mut Process { run })
+    }
+}
+
+/// The configuration's files, read from the file system.
+pub struct Fs;
+
+impl Files for Fs {
+    fn read(&mut self, path: &Path) -> io::Result<String> {
+        std::fs::read_to_string(path)
+    }
+    fn list(&mut self, dir: &Path) -> io::Result<Vec<OsString>> {
+        std::fs::read_dir(dir)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect()
+    }
+}
+
+impl Files for Process {
+    fn read(&mut self, path: &Path) -> io::Result<String> {
+        Fs.read(path)
+    }
+    fn list(&mut self, dir: &Path) -> io::Result<Vec<OsString>> {
+        Fs.list(dir)
     }
 }
 
 impl portico_core::cli::System for Process {
-    fn read_file(&mut self, path: &Path) -> io::Result<String> {
-        std::fs::read_to_string(path)
+    fn read_bytes(&mut self, path: &Path) -> io::Result<Vec<u8>> {
+        std::fs::read(path)
     }
     fn read_stdin(&mut self) -> io::Result<String> {
         let mut s = String::new();
@@ -248,14 +273,11 @@ impl Start {
     }
 }
 
-/// Reads and checks the configuration SIGHUP switches to; `None` (logged)
-/// when it does not load, and then nothing changes.
+/// Reads and checks the configuration SIGHUP switches to (with the files
+/// it includes); `None` (logged) when it does not load, and then nothing
+/// changes.
 pub fn load(path: Option<&Path>) -> Option<(Config, String)> {
-    let text = match path {
-        Some(p) => std::fs::read_to_string(p),
-        None => Ok(String::new()),
-    };
-    match portico_core::cli::reload(path, text) {
+    match portico_core::cli::reload(path, &mut Fs) {
         Ok(loaded) => Some(loaded),
         Err(msg) => {
             log(Level::Error, &msg);

@@ -198,6 +198,9 @@ pub struct StartOptions<'a> {
     pub listeners: Option<usize>,
     /// RLIMIT_NOFILE for the process (soft and hard).
     pub nofile: Option<u64>,
+    /// More files written beside the configuration before the start, as
+    /// (path relative to its directory, contents), e.g. included files.
+    pub files: &'a [(&'a str, &'a str)],
 }
 
 /// Why a proxy did not come up.
@@ -271,6 +274,13 @@ impl Portico {
             .unwrap_or_else(|| expected_listeners(config_toml));
         let dir = TempDir::new();
         let config_path = dir.write("portico.toml", config_toml);
+        for (name, contents) in opts.files {
+            if let Some(parent) = Path::new(name).parent() {
+                std::fs::create_dir_all(dir.path().join(parent))
+                    .unwrap_or_else(|e| panic!("cannot create a directory for {name}: {e}"));
+            }
+            dir.write(name, contents);
+        }
         let mut cmd = Command::new(bin.path());
         cmd.arg("--config")
             .arg(&config_path)
