@@ -161,13 +161,13 @@ pub fn load(
 /// The command line of the binary called `name` (`portico`,
 /// `portico-threaded`): what `--version`, `--help`, the completions and the
 /// manual page call it.
-pub fn command(name: &str) -> clap::Command {
-    Args::command().name(name.to_string()).bin_name(name.to_string())
+pub fn command(name: &'static str) -> clap::Command {
+    Args::command().name(name).bin_name(name)
 }
 
 /// The whole command line of the binary called `name`: returns the
 /// process exit code.
-pub fn main<I, T>(name: &str, args: I, system: &mut impl System) -> i32
+pub fn main<I, T>(name: &'static str, args: I, system: &mut impl System) -> i32
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
@@ -289,19 +289,23 @@ fn hash_password(system: &mut impl System) -> i32 {
 }
 
 /// The completion script of `shell` for the binary called `name`.
-pub fn completions(name: &str, shell: clap_complete::Shell) -> String {
+pub fn completions(name: &'static str, shell: clap_complete::Shell) -> String {
     let mut out = Vec::new();
     clap_complete::generate(shell, &mut command(name), name, &mut out);
     String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The manual page of the binary called `name`, section 8, as roff: what
-/// clap_mangen makes of [`Args`], then what the options do not say (the
-/// files, signals, exit status, and where to read more).
-pub fn manual(name: &str) -> String {
-    let man = clap_mangen::Man::new(command(name))
+/// clap_mangen makes of [`Args`], its commands, then what the options do
+/// not say (the files, signals, exit status, and where to read more).
+pub fn manual(name: &'static str) -> String {
+    let version = env!("CARGO_PKG_VERSION");
+    let cmd = command(name);
+    let man = clap_mangen::Man::new(cmd.clone())
+        .title(name.to_uppercase())
         .section("8")
-        .source(format!("Portico {}", env!("CARGO_PKG_VERSION")))
+        .date(format!("Portico {version}"))
+        .source("Portico")
         .manual("System Administration");
     let mut out = Vec::new();
     let rendered = [
@@ -310,13 +314,58 @@ pub fn manual(name: &str) -> String {
         man.render_synopsis_section(&mut out),
         man.render_description_section(&mut out),
         man.render_options_section(&mut out),
-        man.render_subcommands_section(&mut out),
     ];
     // Writing into a Vec cannot fail; a section that did is left out.
     debug_assert!(rendered.iter().all(|r| r.is_ok()));
     let mut page = String::from_utf8_lossy(&out).into_owned();
+    page.push_str(&commands_section(&cmd));
     page.push_str(MANUAL_TAIL);
     page
+}
+
+/// The subcommands, from their definitions. (clap_mangen would point at a
+/// page per subcommand, and there is one page.)
+fn commands_section(cmd: &clap::Command) -> String {
+    let mut out = String::from(".SH COMMANDS\n");
+    for sub in cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
+        let mut head = format!("\\fB{} {}\\fR", roff(cmd.get_name()), roff(sub.get_name()));
+        let mut values = String::new();
+        for a in sub.get_positionals() {
+            let arg = a.get_id().as_str().to_uppercase();
+            head.push_str(&format!(" \\fI{arg}\\fR"));
+            let possible: Vec<String> = a
+                .get_possible_values()
+                .iter()
+                .filter(|v| !v.is_hide_set())
+                .map(|v| v.get_name().to_string())
+                .collect();
+            if !possible.is_empty() {
+                values.push_str(&format!(" {arg}: {}.", possible.join(", ")));
+            }
+        }
+        let about = sub
+            .get_long_about()
+            .or(sub.get_about())
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let stop = if about.ends_with('.') || values.is_empty() { "" } else { "." };
+        out.push_str(&format!(".TP\n{head}\n{}\n", roff(&format!("{about}{stop}{values}"))));
+    }
+    out
+}
+
+/// `text` as a line of roff text: backslashes and dashes escaped, and no
+/// request character at its start.
+fn roff(text: &str) -> String {
+    let t = text.replace('\\', "\\e").replace('-', "\\-");
+    if t.starts_with(['.', '\'']) {
+        format!("\\&{t}")
+    } else {
+        t
+    }
 }
 
 /// The sections of portico(8) that are not about options, in roff.

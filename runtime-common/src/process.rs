@@ -146,7 +146,7 @@ pub struct Process {
 impl Process {
     /// Runs the command line of the binary called `name` with `run`
     /// serving; the process's exit code.
-    pub fn main(name: &str, run: fn(Plan) -> Result<i32, String>) -> i32 {
+    pub fn main(name: &'static str, run: fn(Plan) -> Result<i32, String>) -> i32 {
         portico_core::cli::main(name, std::env::args_os(), &mut Process { run })
     }
 }
