@@ -47,15 +47,14 @@ done
     printf '%% PORTICO.TOML 5 "" "Portico %s" "File Formats"\n\n' "$version"
     printf '# NAME\n\nportico.toml - the configuration file of portico(8)\n\n'
     printf '# DESCRIPTION\n\n'
-    perl -ne '
-        next if $. == 1 && /^# /;
-        $skip = 1 if /^Contents:/;
-        $skip = 0 if /^## /;
-        next if $skip;
+    perl -0777 -pe '
+        s/\A# [^\n]*\n//;
+        s/^Contents:\n.*?(?=^## )//ms;
         s/\[((?:`[^`]*`|[^\]`])*)\]\(#[^)]*\)/$1/g;
-        print' docs/configuration.md
+    ' docs/configuration.md
     printf '\n# SEE ALSO\n\nportico(8)\n'
 } | go-md2man | perl packaging/man-tables.pl | gzip -9n >"$gen/man/portico.toml.5.gz"
 
-cargo deb -p portico-mio --no-build
+# Stripped: the release profile keeps line tables for development.
+cargo deb -p portico-mio --no-build --strip
 ls -t "$target"/debian/portico_"$version"-*.deb | head -n 1

@@ -90,8 +90,9 @@ fn completions_parse(bin: Bin) {
     for shell in ["bash", "zsh", "fish"] {
         let out = run_cli(bin, &["completions", shell], None, LIMIT);
         assert_eq!(out.code(), Some(0), "{bin} completions {shell}: {out:?}");
+        let option = if shell == "fish" { "-l config" } else { "--config" };
         assert!(
-            out.stdout.contains(bin.name()) && out.stdout.contains("--config"),
+            out.stdout.contains(bin.name()) && out.stdout.contains(option),
             "{bin} completions {shell} must complete the binary's options:\n{}",
             out.stdout
         );
