@@ -351,8 +351,15 @@ fn commands_section(cmd: &clap::Command) -> String {
             .or(sub.get_about())
             .map(|a| a.to_string())
             .unwrap_or_default();
-        let stop = if about.ends_with('.') || values.is_empty() { "" } else { "." };
-        out.push_str(&format!(".TP\n{head}\n{}\n", roff(&format!("{about}{stop}{values}"))));
+        let stop = if about.ends_with('.') || values.is_empty() {
+            ""
+        } else {
+            "."
+        };
+        out.push_str(&format!(
+            ".TP\n{head}\n{}\n",
+            roff(&format!("{about}{stop}{values}"))
+        ));
     }
     out
 }

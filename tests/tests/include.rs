@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use portico_tests::{
-    both, config_head, connect, echo_check, free_port, local, mapped_service, poll_until,
-    run_cli, Behaviour, Bin, Portico, StartOptions, TempDir, TestServer,
+    both, config_head, connect, echo_check, free_port, local, mapped_service, poll_until, run_cli,
+    Behaviour, Bin, Portico, StartOptions, TempDir, TestServer,
 };
 
 both!(
@@ -98,19 +98,16 @@ fn check_names_the_included_file(bin: Bin) {
     );
 
     // Two files setting one key: the message names both places.
-    dir.write(
-        "conf.d/10-bad.toml",
-        "[limits]\nidle_timeout = \"1m\"\n",
-    );
-    dir.write(
-        "conf.d/20-also.toml",
-        "\n[limits]\nidle_timeout = \"2m\"\n",
-    );
+    dir.write("conf.d/10-bad.toml", "[limits]\nidle_timeout = \"1m\"\n");
+    dir.write("conf.d/20-also.toml", "\n[limits]\nidle_timeout = \"2m\"\n");
     let out = run_cli(bin, &["--config", main, "--check"], None, LIMIT);
     assert_eq!(out.code(), Some(2), "{bin}: --check must exit 2\n{out:?}");
     let also = dir.path().join("conf.d/20-also.toml");
     let first = format!("{}:2:1", included.display());
-    let want = format!("{}:3:1: limits.idle_timeout is set twice: here and at {first}", also.display());
+    let want = format!(
+        "{}:3:1: limits.idle_timeout is set twice: here and at {first}",
+        also.display()
+    );
     assert!(
         out.stderr.contains(&want),
         "{bin}: stderr must contain {want:?}\n{}",
@@ -166,7 +163,10 @@ fn sighup_reads_included_files_again(bin: Bin) {
         "{bin}: a bad included file on SIGHUP must be reported as {want} ...\nstderr:\n{}",
         p.stderr_text()
     );
-    assert!(p.is_running(), "{bin}: a bad included file must not stop the proxy");
+    assert!(
+        p.is_running(),
+        "{bin}: a bad included file must not stop the proxy"
+    );
     echoes(bin, p2, "a kept");
     echoes(bin, p0, "main kept");
 }

@@ -90,7 +90,11 @@ fn completions_parse(bin: Bin) {
     for shell in ["bash", "zsh", "fish"] {
         let out = run_cli(bin, &["completions", shell], None, LIMIT);
         assert_eq!(out.code(), Some(0), "{bin} completions {shell}: {out:?}");
-        let option = if shell == "fish" { "-l config" } else { "--config" };
+        let option = if shell == "fish" {
+            "-l config"
+        } else {
+            "--config"
+        };
         assert!(
             out.stdout.contains(bin.name()) && out.stdout.contains(option),
             "{bin} completions {shell} must complete the binary's options:\n{}",
@@ -100,7 +104,11 @@ fn completions_parse(bin: Bin) {
         check_completion(&format!("{bin} completions {shell}"), shell, &script);
     }
     let out = run_cli(bin, &["completions", "tcsh"], None, LIMIT);
-    assert_eq!(out.code(), Some(2), "{bin}: an unknown shell is a usage error");
+    assert_eq!(
+        out.code(),
+        Some(2),
+        "{bin}: an unknown shell is a usage error"
+    );
 }
 
 /// Renders a manual page (plain or gzipped) with man, warnings on; returns
@@ -108,7 +116,9 @@ fn completions_parse(bin: Bin) {
 fn render_man(who: &str, page: &Path) -> String {
     require("groff", "groff-base");
     let mut cmd = Command::new(require("man", "man-db"));
-    cmd.args(["--warnings", "-l"]).arg(page).env("MANWIDTH", "80");
+    cmd.args(["--warnings", "-l"])
+        .arg(page)
+        .env("MANWIDTH", "80");
     let out = run(who, cmd, LIMIT);
     assert!(
         out.status.success() && out.stderr.is_empty(),
@@ -136,7 +146,10 @@ fn manual_page_renders(bin: Bin) {
         "EXIT STATUS",
         "portico.toml(5)",
     ] {
-        assert!(text.contains(want), "{bin}: portico(8) must mention {want}:\n{text}");
+        assert!(
+            text.contains(want),
+            "{bin}: portico(8) must mention {want}:\n{text}"
+        );
     }
     assert!(
         text.starts_with(&bin.name().to_uppercase()),
@@ -176,7 +189,7 @@ fn build_package() -> Result<PathBuf, String> {
     }
     let text = out.stdout_text();
     let deb = PathBuf::from(text.lines().last().unwrap_or_default().trim());
-    if !deb.is_file() || deb.extension().map_or(true, |e| e != "deb") {
+    if !deb.is_file() || deb.extension() != Some(std::ffi::OsStr::new("deb")) {
         return Err(format!(
             "packaging/build-deb.sh must print the package's path last: {}",
             out.text()
@@ -196,11 +209,14 @@ fn unpacked() -> TempDir {
 
 /// Where the package puts the unit (/lib or /usr/lib, as cargo-deb does).
 fn unit_in(root: &Path) -> PathBuf {
-    ["usr/lib/systemd/system/portico.service", "lib/systemd/system/portico.service"]
-        .iter()
-        .map(|p| root.join(p))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("the package has no portico.service in {}", root.display()))
+    [
+        "usr/lib/systemd/system/portico.service",
+        "lib/systemd/system/portico.service",
+    ]
+    .iter()
+    .map(|p| root.join(p))
+    .find(|p| p.is_file())
+    .unwrap_or_else(|| panic!("the package has no portico.service in {}", root.display()))
 }
 
 const MAN_PAGES: [&str; 3] = [
@@ -215,7 +231,10 @@ fn completion_files() -> Vec<(&'static str, String)> {
     for b in ["portico", "portico-threaded"] {
         v.push(("bash", format!("usr/share/bash-completion/completions/{b}")));
         v.push(("zsh", format!("usr/share/zsh/vendor-completions/_{b}")));
-        v.push(("fish", format!("usr/share/fish/vendor_completions.d/{b}.fish")));
+        v.push((
+            "fish",
+            format!("usr/share/fish/vendor_completions.d/{b}.fish"),
+        ));
     }
     v
 }
@@ -246,7 +265,9 @@ fn package_contents() {
         assert!(files.contains(w), "the package must hold {w}:\n{listing}");
     }
     assert!(
-        files.iter().any(|f| f.ends_with("systemd/system/portico.service")),
+        files
+            .iter()
+            .any(|f| f.ends_with("systemd/system/portico.service")),
         "the package must hold the unit:\n{listing}"
     );
 
@@ -254,15 +275,22 @@ fn package_contents() {
     cmd.arg("-I").arg(deb).arg("conffiles");
     let conffiles = ok("dpkg-deb -I conffiles", cmd).stdout_text();
     assert!(
-        conffiles.lines().any(|l| l.trim() == "/etc/portico/portico.toml"),
+        conffiles
+            .lines()
+            .any(|l| l.trim() == "/etc/portico/portico.toml"),
         "/etc/portico/portico.toml must be a conffile:\n{conffiles}"
     );
     let mut cmd = Command::new(require("dpkg-deb", "dpkg"));
-    cmd.arg("-f").arg(deb).args(["Package", "Version", "Depends"]);
+    cmd.arg("-f")
+        .arg(deb)
+        .args(["Package", "Version", "Depends"]);
     let fields = ok("dpkg-deb -f", cmd).stdout_text();
     assert!(fields.contains("Package: portico\n"), "{fields}");
     assert!(fields.contains(&format!("Version: {VERSION}")), "{fields}");
-    assert!(fields.contains("adduser"), "the postinst needs adduser: {fields}");
+    assert!(
+        fields.contains("adduser"),
+        "the postinst needs adduser: {fields}"
+    );
 
     let root = unpacked();
     let conf = std::fs::read_to_string(root.path().join("etc/portico/portico.toml"))
@@ -281,7 +309,10 @@ fn package_contents() {
     cmd.arg("--config")
         .arg(root.path().join("etc/portico/portico.toml"))
         .arg("--check");
-    assert_eq!(ok("portico --config FILE --check", cmd).stdout_text(), embedded);
+    assert_eq!(
+        ok("portico --config FILE --check", cmd).stdout_text(),
+        embedded
+    );
 }
 
 #[test]
@@ -304,7 +335,8 @@ fn package_unit_verifies() {
         "ExecStart=/usr/bin/portico --config /etc/portico/portico.toml",
     ] {
         assert!(
-            text.lines().any(|l| l.trim() == want || l.starts_with(want)),
+            text.lines()
+                .any(|l| l.trim() == want || l.starts_with(want)),
             "portico.service must say {want}:\n{text}"
         );
     }
@@ -348,10 +380,21 @@ fn package_man_pages_and_completions() {
         assert!(text.len() > 1000, "{page} is too short:\n{text}");
     }
     let toml5 = render_man("man -l", &root.path().join(MAN_PAGES[2]));
-    for want in ["NAME", "portico.toml - the configuration file", "[[service]]", "include"] {
-        assert!(toml5.contains(want), "portico.toml(5) must hold {want:?}:\n{toml5}");
+    for want in [
+        "NAME",
+        "portico.toml - the configuration file",
+        "[[service]]",
+        "include",
+    ] {
+        assert!(
+            toml5.contains(want),
+            "portico.toml(5) must hold {want:?}:\n{toml5}"
+        );
     }
-    assert!(!toml5.contains("⟨#"), "anchor links must be plain text:\n{toml5}");
+    assert!(
+        !toml5.contains("⟨#"),
+        "anchor links must be plain text:\n{toml5}"
+    );
     for (shell, path) in completion_files() {
         check_completion("the packaged completions", shell, &root.path().join(path));
     }
@@ -379,13 +422,24 @@ fn package_installs_and_purges() {
     impl Drop for Purge {
         fn drop(&mut self) {
             let _ = Command::new(&self.0)
-                .args(["purge", "-y", "-q", "-o", "DPkg::Lock::Timeout=120", "portico"])
+                .args([
+                    "purge",
+                    "-y",
+                    "-q",
+                    "-o",
+                    "DPkg::Lock::Timeout=120",
+                    "portico",
+                ])
                 .env("DEBIAN_FRONTEND", "noninteractive")
                 .output();
         }
     }
     let purge = Purge(apt.clone());
-    assert!(installed.status.success(), "apt-get install: {}", installed.text());
+    assert!(
+        installed.status.success(),
+        "apt-get install: {}",
+        installed.text()
+    );
 
     let mut cmd = Command::new("getent");
     cmd.args(["passwd", "portico"]);

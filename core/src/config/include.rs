@@ -155,7 +155,10 @@ pub fn load(path: &Path, files: &mut dyn Files) -> Result<Loaded, LoadError> {
         sources.text(0).to_string()
     } else {
         toml::to_string(&root.to_value()).map_err(|e| {
-            sources.error(0, format!("cannot write the merged configuration as one text: {e}"))
+            sources.error(
+                0,
+                format!("cannot write the merged configuration as one text: {e}"),
+            )
         })?
     };
     let config = super::validate::check(root, &sources, true)?;
@@ -518,7 +521,10 @@ mod tests {
         );
         let c = ok(&[
             ("main.toml", &main),
-            ("limits.toml", "[limits]\nbuffer = \"8KiB\"\n[log]\nformat = \"json\"\n"),
+            (
+                "limits.toml",
+                "[limits]\nbuffer = \"8KiB\"\n[log]\nformat = \"json\"\n",
+            ),
         ]);
         assert_eq!(c.limits.idle_timeout, std::time::Duration::from_secs(7));
         assert_eq!(c.limits.buffer, 8 * 1024);
@@ -558,23 +564,38 @@ mod tests {
         let main = format!("include = [\"conf.d/*.toml\"]\n{}", svc("m", 1));
         let e = err(&[
             ("/c/main.toml", &main),
-            ("/c/conf.d/a.toml", "\n\n[[service]]\nname = \"x\"\nkind = \"mapped\"\nport = 70000\n"),
+            (
+                "/c/conf.d/a.toml",
+                "\n\n[[service]]\nname = \"x\"\nkind = \"mapped\"\nport = 70000\n",
+            ),
         ]);
-        assert_eq!((e.file.as_str(), e.line, e.column), ("/c/conf.d/a.toml", 6, 8));
+        assert_eq!(
+            (e.file.as_str(), e.line, e.column),
+            ("/c/conf.d/a.toml", 6, 8)
+        );
         assert!(e.message.contains("out of range"), "{e}");
 
         let e = err(&[("/c/main.toml", &main), ("/c/conf.d/a.toml", "[network\n")]);
         assert_eq!((e.file.as_str(), e.line), ("/c/conf.d/a.toml", 1));
 
-        let e = err(&[("/c/main.toml", &main), ("/c/conf.d/a.toml", "[limits]\nbuffr = 1\n")]);
-        assert_eq!((e.file.as_str(), e.line, e.column), ("/c/conf.d/a.toml", 2, 1));
+        let e = err(&[
+            ("/c/main.toml", &main),
+            ("/c/conf.d/a.toml", "[limits]\nbuffr = 1\n"),
+        ]);
+        assert_eq!(
+            (e.file.as_str(), e.line, e.column),
+            ("/c/conf.d/a.toml", 2, 1)
+        );
         assert!(e.message.contains("unknown field `buffr`"), "{e}");
     }
 
     #[test]
     fn a_service_defined_in_two_files_names_the_first() {
         let main = format!("include = [\"a.toml\"]\n\n{}", svc("m", 1));
-        let e = err(&[("main.toml", &main), ("a.toml", &format!("\n{}", svc("m", 2)))]);
+        let e = err(&[
+            ("main.toml", &main),
+            ("a.toml", &format!("\n{}", svc("m", 2))),
+        ]);
         assert_eq!((e.file.as_str(), e.line), ("main.toml", 4));
         assert!(e.message.contains("(first on line 3 of a.toml)"), "{e}");
     }
@@ -588,7 +609,10 @@ mod tests {
         // A directory that cannot be listed is not.
         let e = err(&[("main.toml", &main)]);
         assert_eq!((e.line, e.column), (1, 12));
-        assert!(e.message.contains("cannot list the directory conf.d"), "{e}");
+        assert!(
+            e.message.contains("cannot list the directory conf.d"),
+            "{e}"
+        );
         // A plain name must exist.
         let main = format!("include = [\"extra.toml\"]\n{}", svc("m", 1));
         let e = err(&[("main.toml", &main)]);
@@ -610,7 +634,10 @@ mod tests {
 
     #[test]
     fn a_file_is_read_once() {
-        let e = err(&[("main.toml", "include = [\"a.toml\"]\n"), ("a.toml", "include = [\"main.toml\"]\n")]);
+        let e = err(&[
+            ("main.toml", "include = [\"a.toml\"]\n"),
+            ("a.toml", "include = [\"main.toml\"]\n"),
+        ]);
         assert_eq!(e.file, "a.toml");
         assert!(e.message.contains("the configuration file itself"), "{e}");
         let e = err(&[
@@ -618,7 +645,10 @@ mod tests {
             ("a.toml", &svc("a", 1)),
         ]);
         assert_eq!((e.line, e.column), (1, 22));
-        assert!(e.message.contains("already included by main.toml:1:12"), "{e}");
+        assert!(
+            e.message.contains("already included by main.toml:1:12"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -629,8 +659,14 @@ mod tests {
         );
         let files = [
             ("main.toml", main.as_str()),
-            ("conf.d/a.toml", "[[rule]]\naction = \"allow\"\nports = [22, \"1-9\"]\n"),
-            ("conf.d/b.toml", "[[user]]\nname = \"u\"\npassword = \"plain:p\"\n"),
+            (
+                "conf.d/a.toml",
+                "[[rule]]\naction = \"allow\"\nports = [22, \"1-9\"]\n",
+            ),
+            (
+                "conf.d/b.toml",
+                "[[user]]\nname = \"u\"\npassword = \"plain:p\"\n",
+            ),
         ];
         let loaded = load_mem(&files).unwrap_or_else(|e| panic!("{e}"));
         assert!(!loaded.text.contains("include"), "{}", loaded.text);

@@ -5,7 +5,10 @@
 //! default ([`DEFAULT_TOML`]) and every rule about what a valid configuration
 //! is. It does no I/O: [`parse`] takes the text and a file name (used only in
 //! messages), and returns a `Config` or the first [`ConfigError`], which
-//! carries the 1-based line and column of the offending key or value.
+//! carries the file and the 1-based line and column of the offending key or
+//! value. [`load`] reads a file and the files its `include` names through a
+//! runtime's [`Files`], merges them (`include`) and checks the result the
+//! same way; the command line and SIGHUP both load through it.
 //!
 //! Invariants of a `Config` that [`parse`] returned (code using it may rely
 //! on them and need not re-check):
