@@ -96,7 +96,8 @@ pub struct Plan {
     /// The file to read again on SIGHUP (none: the embedded default).
     pub path: Option<PathBuf>,
     pub reload_recheck: bool,
-    /// The configuration's text (the flight recorder keeps it).
+    /// The configuration as one text, included files merged in (the
+    /// flight recorder keeps it).
     pub config_text: String,
     /// `--record FILE`.
     pub record: Option<PathBuf>,
@@ -408,3 +409,158 @@ Configuration error, printed as \fIFILE\fR:\fILINE\fR:\fICOLUMN\fR: \fImessage\f
 .SH SEE ALSO
 \fBportico.toml\fR(5), \fBsystemctl\fR(1)
 "#;
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// A process with files in memory, recording what it prints and the
+    /// plan it was asked to run.
+    #[derive(Default)]
+    struct Fake {
+        files: HashMap<PathBuf, String>,
+        out: String,
+        err: String,
+        plan: Option<Plan>,
+    }
+
+    impl Files for Fake {
+        fn read(&mut self, path: &Path) -> io::Result<String> {
+            self.files
+                .get(path)
+                .cloned()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such file"))
+        }
+        fn list(&mut self, dir: &Path) -> io::Result<Vec<OsString>> {
+            Ok(self
+                .files
+                .keys()
+                .filter(|p| p.parent() == Some(dir))
+                .filter_map(|p| p.file_name().map(|n| n.to_os_string()))
+                .collect())
+        }
+    }
+
+    impl System for Fake {
+        fn read_bytes(&mut self, _: &Path) -> io::Result<Vec<u8>> {
+            Err(io::Error::new(io::ErrorKind::NotFound, "no trace"))
+        }
+        fn read_stdin(&mut self) -> io::Result<String> {
+            Ok(String::new())
+        }
+        fn random(&mut self, buf: &mut [u8]) -> io::Result<()> {
+            buf.fill(7);
+            Ok(())
+        }
+        fn stdout(&mut self, text: &str) {
+            self.out.push_str(text);
+        }
+        fn stderr(&mut self, text: &str) {
+            self.err.push_str(text);
+        }
+        fn run(&mut self, plan: Plan) -> i32 {
+            self.plan = Some(plan);
+            EXIT_OK
+        }
+    }
+
+    #[test]
+    fn version_and_help_name_the_binary() {
+        for name in ["portico", "portico-threaded"] {
+            let mut sys = Fake::default();
+            assert_eq!(main(name, [name, "--version"], &mut sys), EXIT_OK);
+            assert_eq!(sys.out, format!("{name} {}\n", env!("CARGO_PKG_VERSION")));
+            let mut sys = Fake::default();
+            assert_eq!(main(name, ["anything", "--help"], &mut sys), EXIT_OK);
+            assert!(sys.out.contains(&format!("Usage: {name} ")), "{}", sys.out);
+        }
+    }
+
+    #[test]
+    fn completions_and_manual_come_from_the_arguments() {
+        let mut sys = Fake::default();
+        assert_eq!(
+            main("portico", ["portico", "completions", "bash"], &mut sys),
+            EXIT_OK
+        );
+        for option in [
+            "--config",
+            "--check",
+            "--log-level",
+            "--reload-recheck",
+            "--record",
+        ] {
+            assert!(sys.out.contains(option), "bash completion lacks {option}");
+        }
+        let mut sys = Fake::default();
+        assert_eq!(main("portico", ["portico", "man"], &mut sys), EXIT_OK);
+        assert!(
+            sys.out.starts_with(".ie") || sys.out.starts_with(".TH"),
+            "{}",
+            sys.out
+        );
+        assert!(sys.out.contains(".TH PORTICO 8"), "{}", sys.out);
+        for text in [
+            "\\-\\-config",
+            "\\-\\-reload\\-recheck",
+            "hash\\-password",
+            ".SH COMMANDS",
+        ] {
+            assert!(
+                sys.out.contains(text),
+                "portico(8) lacks {text}:\n{}",
+                sys.out
+            );
+        }
+        // `man` is not offered to users: neither in --help nor completed.
+        let mut sys = Fake::default();
+        main("portico", ["portico", "--help"], &mut sys);
+        assert!(!sys.out.contains("\n  man "), "{}", sys.out);
+    }
+
+    #[test]
+    fn the_configuration_is_loaded_with_its_includes() {
+        let svc =
+            |n: &str, p: u16| format!("[[service]]\nname = \"{n}\"\nkind = \"http\"\nport = {p}\n");
+        let mut sys = Fake::default();
+        let main_text = format!("include = [\"conf.d/*.toml\"]\n{}", svc("main", 8080));
+        sys.files.insert("/etc/p/portico.toml".into(), main_text);
+        sys.files
+            .insert("/etc/p/conf.d/a.toml".into(), svc("a", 8081));
+        let code = main(
+            "portico",
+            ["portico", "--config", "/etc/p/portico.toml"],
+            &mut sys,
+        );
+        assert_eq!(code, EXIT_OK, "{}", sys.err);
+        let plan = sys.plan.take().expect("a plan to run");
+        let names: Vec<&str> = plan
+            .config
+            .services
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(names, ["a", "main"]);
+        assert!(
+            !plan.config_text.contains("include"),
+            "{}",
+            plan.config_text
+        );
+
+        // SIGHUP reads the included file again, the same way.
+        sys.files
+            .insert("/etc/p/conf.d/a.toml".into(), svc("b", 8082));
+        let (config, _) = reload(Some(Path::new("/etc/p/portico.toml")), &mut sys)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.services[0].name, "b");
+        sys.files.insert(
+            "/etc/p/conf.d/a.toml".into(),
+            "[[service]]\nname = 5\n".into(),
+        );
+        let e = reload(Some(Path::new("/etc/p/portico.toml")), &mut sys).expect_err("bad file");
+        assert!(e.starts_with("/etc/p/conf.d/a.toml:2:8: "), "{e}");
+        assert!(e.ends_with("the old configuration stays in force"), "{e}");
+    }
+}
