@@ -56,5 +56,7 @@ done
 } | go-md2man | perl packaging/man-tables.pl | gzip -9n >"$gen/man/portico.toml.5.gz"
 
 # Stripped: the release profile keeps line tables for development.
-cargo deb -p portico-mio --no-build --strip
-ls -t "$target"/debian/portico_"$version"-*.deb | head -n 1
+# cargo deb prints the package's path.
+deb=$(cargo deb -p portico-mio --no-build --strip | tail -n 1)
+[ -f "$deb" ] || { echo "build-deb.sh: cargo deb made no $deb" >&2; exit 1; }
+echo "$deb"

@@ -198,13 +198,6 @@ impl de::Error for DeError {
     }
 }
 
-impl<'de> IntoDeserializer<'de, DeError> for Node {
-    type Deserializer = Node;
-    fn into_deserializer(self) -> Node {
-        self
-    }
-}
-
 /// A leaf's value is handed to the toml crate's own deserializer, so that
 /// scalars and dates read exactly as from a file; only its error type
 /// differs.

@@ -86,14 +86,18 @@ impl Sources {
             .iter()
             .rposition(|f| f.base <= offset)
             .unwrap_or(0);
-        (i, offset.saturating_sub(self.files[i].base))
+        let base = self.files.get(i).map_or(0, |f| f.base);
+        (i, offset.saturating_sub(base))
     }
 
     /// An error at `offset`, in the file that holds it.
     pub fn error(&self, offset: usize, message: impl Into<String>) -> ConfigError {
         let (i, at) = self.find(offset);
-        let f = &self.files[i];
-        ConfigError::at(&f.text, &f.name, at, message)
+        match self.files.get(i) {
+            Some(f) => ConfigError::at(&f.text, &f.name, at, message),
+            // No file read yet: no place to point at.
+            None => ConfigError::at("", "", 0, message),
+        }
     }
 
     /// `FILE:LINE:COLUMN` of `offset`.
