@@ -1,17 +1,22 @@
 //! The command line both binaries share, and what it leads to.
 //!
 //! [`main`] parses the arguments, loads and validates the configuration and
-//! answers `--check` and `hash-password`; the I/O it needs (reading a file or
-//! standard input, random bytes, printing, running the proxy) is done through
-//! the [`System`] a runtime passes in, so the decisions stay here.
+//! answers `--check`, `hash-password`, `completions` and `man`; the I/O it
+//! needs (reading files and directories or standard input, random bytes,
+//! printing, running the proxy) is done through the [`System`] a runtime
+//! passes in, so the decisions stay here.
+//!
+//! The manual page `portico(8)` and the shell completions are generated
+//! from [`Args`] itself (`portico man`, `portico completions SHELL`), so
+//! the options are written once.
 
 use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::config::{self, Config};
+use crate::config::{self, Config, Files};
 use crate::event::Level;
 use crate::process::{self, Privileges};
 
@@ -24,7 +29,15 @@ pub const EXIT_CONFIG: i32 = 2;
 
 #[derive(Debug, Parser)]
 #[command(
+    name = "portico",
     about = "Portico: a LAN gateway proxy (HTTP, SOCKS, mail and news gateways, mapped ports)",
+    long_about = "Portico is a gateway proxy for a local network. The machines of the LAN \
+reach the Internet through it, protocol by protocol (an HTTP proxy, SOCKS 4/4a/5, Telnet, \
+SMTP, POP3, NNTP and FTP gateways), and chosen traffic comes in through mapped TCP and UDP \
+ports. It reads one TOML configuration file, described in portico.toml(5); without --config \
+it runs on an embedded default that listens on 127.0.0.1 only.\n\n\
+portico runs on event loops, portico-threaded on a thread per connection; both take the same \
+command line and configuration.",
     version
 )]
 pub struct Args {
@@ -61,6 +74,17 @@ pub enum Command {
         /// The trace file.
         trace: PathBuf,
     },
+    /// Print the completion script for SHELL (e.g. `portico completions
+    /// bash > /etc/bash_completion.d/portico`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print this program's manual page, portico(8), as roff (`portico man
+    /// | man -l -`).
+    #[command(hide = true)]
+    Man,
 }
 
 /// What a runtime needs to start serving.
@@ -73,7 +97,8 @@ pub struct Plan {
     /// The file to read again on SIGHUP (none: the embedded default).
     pub path: Option<PathBuf>,
     pub reload_recheck: bool,
-    /// The configuration's text (the flight recorder keeps it).
+    /// The configuration as one text, included files merged in (the
+    /// flight recorder keeps it).
     pub config_text: String,
     /// `--record FILE`.
     pub record: Option<PathBuf>,
@@ -93,34 +118,20 @@ impl Plan {
     }
 }
 
-/// The configuration to switch to on SIGHUP, from the file's new text (as
-/// the runtime read it). `Err` is the message to log; the old
-/// configuration then stays in force.
-pub fn reload(path: Option<&Path>, text: io::Result<String>) -> Result<(Config, String), String> {
-    let (text, name) = match path {
-        Some(p) => match text {
-            Ok(t) => (t, p.display().to_string()),
-            Err(e) => {
-                return Err(format!(
-                "{}: cannot read the configuration file: {e}; the old configuration stays in force",
-                p.display()
-            ))
-            }
-        },
-        None => (config::DEFAULT_TOML.to_string(), EMBEDDED.to_string()),
-    };
-    config::parse(&text, &name)
-        .map(|c| (c, text.clone()))
+/// The configuration to switch to on SIGHUP: the file `path` read again
+/// (with the files it includes), or the embedded default. `Err` is the
+/// message to log; the old configuration then stays in force.
+pub fn reload(path: Option<&Path>, files: &mut dyn Files) -> Result<(Config, String), String> {
+    load(path, files)
+        .map(|(config, _, text)| (config, text))
         .map_err(|e| format!("{e}; the old configuration stays in force"))
 }
 
-/// The I/O [`main`] needs, provided by a runtime.
-pub trait System {
-    fn read_file(&mut self, path: &Path) -> io::Result<String>;
+/// The I/O [`main`] needs, provided by a runtime; reading the
+/// configuration's files is [`Files`].
+pub trait System: Files {
     /// The whole file as bytes (a trace).
-    fn read_bytes(&mut self, path: &Path) -> io::Result<Vec<u8>> {
-        std::fs::read(path)
-    }
+    fn read_bytes(&mut self, path: &Path) -> io::Result<Vec<u8>>;
     fn read_stdin(&mut self) -> io::Result<String>;
     fn random(&mut self, buf: &mut [u8]) -> io::Result<()>;
     fn stdout(&mut self, text: &str);
@@ -136,35 +147,43 @@ pub trait System {
 /// The name the embedded default configuration goes by in messages.
 pub const EMBEDDED: &str = "(embedded default)";
 
-/// Loads and validates the configuration named by `path` (or the embedded
-/// default). `Err` holds the message for stderr.
+/// Loads and validates the configuration named by `path`, with the files
+/// it includes (or the embedded default): the configuration, where it came
+/// from, and its text as one file. `Err` holds the message for stderr.
 pub fn load(
     path: Option<&Path>,
-    system: &mut impl System,
+    files: &mut dyn Files,
 ) -> Result<(Config, String, String), String> {
-    let (text, name) = match path {
-        Some(p) => {
-            let name = p.display().to_string();
-            match system.read_file(p) {
-                Ok(t) => (t, name),
-                Err(e) => return Err(format!("{name}: cannot read the configuration file: {e}")),
-            }
-        }
-        None => (config::DEFAULT_TOML.to_string(), EMBEDDED.to_string()),
-    };
-    match config::parse(&text, &name) {
-        Ok(c) => Ok((c, name, text)),
-        Err(e) => Err(e.to_string()),
+    match path {
+        Some(p) => match config::load(p, files) {
+            Ok(l) => Ok((l.config, p.display().to_string(), l.text)),
+            Err(e) => Err(e.to_string()),
+        },
+        None => match config::parse(config::DEFAULT_TOML, EMBEDDED) {
+            Ok(c) => Ok((c, EMBEDDED.to_string(), config::DEFAULT_TOML.to_string())),
+            Err(e) => Err(e.to_string()),
+        },
     }
 }
 
-/// The whole command line: returns the process exit code.
-pub fn main<I, T>(args: I, system: &mut impl System) -> i32
+/// The command line of the binary called `name` (`portico`,
+/// `portico-threaded`): what `--version`, `--help`, the completions and the
+/// manual page call it.
+pub fn command(name: &'static str) -> clap::Command {
+    Args::command().name(name).bin_name(name)
+}
+
+/// The whole command line of the binary called `name`: returns the
+/// process exit code.
+pub fn main<I, T>(name: &'static str, args: I, system: &mut impl System) -> i32
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let args = match Args::try_parse_from(args) {
+    let parsed = command(name)
+        .try_get_matches_from(args)
+        .and_then(|m| Args::from_arg_matches(&m));
+    let args = match parsed {
         Ok(a) => a,
         Err(e) => {
             let text = e.render().to_string();
@@ -179,19 +198,33 @@ where
     match &args.command {
         Some(Command::HashPassword) => return hash_password(system),
         Some(Command::Replay { trace }) => return replay(trace, system),
+        Some(Command::Completions { shell }) => {
+            system.stdout(&completions(name, *shell));
+            return EXIT_OK;
+        }
+        Some(Command::Man) => {
+            system.stdout(&manual(name));
+            return EXIT_OK;
+        }
         None => {}
     }
-    let (config, source, config_text) = match load(args.config.as_deref(), system) {
+    let (config, source, config_text) = match load(args.config.as_deref(), &mut *system) {
         Ok(c) => c,
         Err(msg) => {
             system.stderr(&format!("{msg}\n"));
             return EXIT_CONFIG;
         }
     };
+    let privileges = process::privileges(&config, system.euid());
     if args.check {
         // A real start logs these through the core instead.
         for w in config::warnings(&config) {
             system.stderr(&format!("warning: {w}\n"));
+        }
+        // What a start by this user would refuse, --check says too.
+        if let Err(msg) = &privileges {
+            system.stderr(&format!("{msg}\n"));
+            return EXIT_RUNTIME;
         }
         let mut out = String::new();
         for line in crate::table::listening_lines(&config) {
@@ -202,7 +235,7 @@ where
         system.stdout(&out);
         return EXIT_OK;
     }
-    let privileges = match process::privileges(&config, system.euid()) {
+    let privileges = match privileges {
         Ok(p) => p,
         Err(msg) => {
             system.log(Level::Error, &msg);
@@ -274,5 +307,309 @@ fn hash_password(system: &mut impl System) -> i32 {
             system.stderr(&format!("{e}\n"));
             EXIT_RUNTIME
         }
+    }
+}
+
+/// The completion script of `shell` for the binary called `name`.
+pub fn completions(name: &'static str, shell: clap_complete::Shell) -> String {
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut command(name), name, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The manual page of the binary called `name`, section 8, as roff: what
+/// clap_mangen makes of [`Args`], its commands, then what the options do
+/// not say (the files, signals, exit status, and where to read more).
+pub fn manual(name: &'static str) -> String {
+    let version = env!("CARGO_PKG_VERSION");
+    let cmd = command(name);
+    let man = clap_mangen::Man::new(cmd.clone())
+        .title(name.to_uppercase())
+        .section("8")
+        .date(format!("Portico {version}"))
+        .source("Portico")
+        .manual("System Administration");
+    let mut out = Vec::new();
+    let rendered = [
+        man.render_title(&mut out),
+        man.render_name_section(&mut out),
+        man.render_synopsis_section(&mut out),
+        man.render_description_section(&mut out),
+        man.render_options_section(&mut out),
+    ];
+    // Writing into a Vec cannot fail; a section that did is left out.
+    debug_assert!(rendered.iter().all(|r| r.is_ok()));
+    let mut page = String::from_utf8_lossy(&out).into_owned();
+    page.push_str(&commands_section(&cmd));
+    page.push_str(MANUAL_TAIL);
+    page
+}
+
+/// The subcommands, from their definitions. (clap_mangen would point at a
+/// page per subcommand, and there is one page.)
+fn commands_section(cmd: &clap::Command) -> String {
+    let mut out = String::from(".SH COMMANDS\n");
+    for sub in cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
+        let mut head = format!("\\fB{} {}\\fR", roff(cmd.get_name()), roff(sub.get_name()));
+        let mut values = String::new();
+        for a in sub.get_positionals() {
+            let arg = a.get_id().as_str().to_uppercase();
+            head.push_str(&format!(" \\fI{arg}\\fR"));
+            let possible: Vec<String> = a
+                .get_possible_values()
+                .iter()
+                .filter(|v| !v.is_hide_set())
+                .map(|v| v.get_name().to_string())
+                .collect();
+            if !possible.is_empty() {
+                values.push_str(&format!(" {arg}: {}.", possible.join(", ")));
+            }
+        }
+        let about = sub
+            .get_long_about()
+            .or(sub.get_about())
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let stop = if about.ends_with('.') || values.is_empty() {
+            ""
+        } else {
+            "."
+        };
+        out.push_str(&format!(
+            ".TP\n{head}\n{}\n",
+            roff(&format!("{about}{stop}{values}"))
+        ));
+    }
+    out
+}
+
+/// `text` as a line of roff text: backslashes and dashes escaped, and no
+/// request character at its start.
+fn roff(text: &str) -> String {
+    let t = text.replace('\\', "\\e").replace('-', "\\-");
+    if t.starts_with(['.', '\'']) {
+        format!("\\&{t}")
+    } else {
+        t
+    }
+}
+
+/// The sections of portico(8) that are not about options, in roff.
+const MANUAL_TAIL: &str = r#".SH FILES
+.TP
+\fI/etc/portico/portico.toml\fR
+The configuration the packaged service (\fIportico.service\fR) runs on; the
+Debian package installs it equal to the embedded default. Its format is in
+\fBportico.toml\fR(5).
+.TP
+\fI/etc/portico/conf.d/\fR
+Where files named by \fBinclude\fR usually go.
+.SH SIGNALS
+.TP
+\fBSIGHUP\fR
+Read the configuration again (with the files it includes): new listeners
+open, removed ones close, new rules apply to new connections. A file that does
+not load is reported and the old configuration stays in force.
+.TP
+\fBSIGTERM\fR, \fBSIGINT\fR
+Stop accepting, let connections finish for \fBshutdown_grace\fR, close the
+rest and exit.
+.SH EXIT STATUS
+.TP
+\fB0\fR
+Clean exit (and \fB\-\-check\fR of a good file).
+.TP
+\fB1\fR
+Runtime failure, such as a port that cannot be opened.
+.TP
+\fB2\fR
+Configuration error, printed as \fIFILE\fR:\fILINE\fR:\fICOLUMN\fR: \fImessage\fR.
+.SH SEE ALSO
+\fBportico.toml\fR(5), \fBsystemctl\fR(1)
+"#;
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// A process with files in memory, recording what it prints and the
+    /// plan it was asked to run.
+    #[derive(Default)]
+    struct Fake {
+        files: HashMap<PathBuf, String>,
+        out: String,
+        err: String,
+        plan: Option<Plan>,
+        euid: u32,
+    }
+
+    impl Files for Fake {
+        fn read(&mut self, path: &Path) -> io::Result<String> {
+            self.files
+                .get(path)
+                .cloned()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such file"))
+        }
+        fn list(&mut self, dir: &Path) -> io::Result<Vec<OsString>> {
+            Ok(self
+                .files
+                .keys()
+                .filter(|p| p.parent() == Some(dir))
+                .filter_map(|p| p.file_name().map(|n| n.to_os_string()))
+                .collect())
+        }
+    }
+
+    impl System for Fake {
+        fn read_bytes(&mut self, _: &Path) -> io::Result<Vec<u8>> {
+            Err(io::Error::new(io::ErrorKind::NotFound, "no trace"))
+        }
+        fn read_stdin(&mut self) -> io::Result<String> {
+            Ok(String::new())
+        }
+        fn random(&mut self, buf: &mut [u8]) -> io::Result<()> {
+            buf.fill(7);
+            Ok(())
+        }
+        fn stdout(&mut self, text: &str) {
+            self.out.push_str(text);
+        }
+        fn stderr(&mut self, text: &str) {
+            self.err.push_str(text);
+        }
+        fn run(&mut self, plan: Plan) -> i32 {
+            self.plan = Some(plan);
+            EXIT_OK
+        }
+        fn log(&mut self, level: Level, message: &str) {
+            self.err.push_str(&format!("{}: {message}\n", level.name()));
+        }
+        fn euid(&mut self) -> u32 {
+            self.euid
+        }
+    }
+
+    #[test]
+    fn version_and_help_name_the_binary() {
+        for name in ["portico", "portico-threaded"] {
+            let mut sys = Fake::default();
+            assert_eq!(main(name, [name, "--version"], &mut sys), EXIT_OK);
+            assert_eq!(sys.out, format!("{name} {}\n", env!("CARGO_PKG_VERSION")));
+            let mut sys = Fake::default();
+            assert_eq!(main(name, ["anything", "--help"], &mut sys), EXIT_OK);
+            assert!(sys.out.contains(&format!("Usage: {name} ")), "{}", sys.out);
+        }
+    }
+
+    #[test]
+    fn completions_and_manual_come_from_the_arguments() {
+        let mut sys = Fake::default();
+        assert_eq!(
+            main("portico", ["portico", "completions", "bash"], &mut sys),
+            EXIT_OK
+        );
+        for option in [
+            "--config",
+            "--check",
+            "--log-level",
+            "--reload-recheck",
+            "--record",
+        ] {
+            assert!(sys.out.contains(option), "bash completion lacks {option}");
+        }
+        let mut sys = Fake::default();
+        assert_eq!(main("portico", ["portico", "man"], &mut sys), EXIT_OK);
+        assert!(
+            sys.out.starts_with(".ie") || sys.out.starts_with(".TH"),
+            "{}",
+            sys.out
+        );
+        assert!(sys.out.contains(".TH PORTICO 8"), "{}", sys.out);
+        for text in [
+            "\\-\\-config",
+            "\\-\\-reload\\-recheck",
+            "hash\\-password",
+            ".SH COMMANDS",
+        ] {
+            assert!(
+                sys.out.contains(text),
+                "portico(8) lacks {text}:\n{}",
+                sys.out
+            );
+        }
+        // `man` is not offered to users: neither in --help nor completed.
+        let mut sys = Fake::default();
+        main("portico", ["portico", "--help"], &mut sys);
+        assert!(!sys.out.contains("\n  man "), "{}", sys.out);
+    }
+
+    #[test]
+    fn check_as_root_refuses_what_a_start_refuses() {
+        let text = "[network]\ninternal = [\"127.0.0.1\"]\nexternal = [\"192.0.2.1\"]\n\
+                    [[service]]\nname = \"in\"\nkind = \"mapped\"\nside = \"external\"\n\
+                    port = 2222\ndestination = \"127.0.0.1:22\"\n";
+        let args = ["portico", "--config", "/p.toml", "--check"];
+        let mut sys = Fake::default();
+        sys.files.insert("/p.toml".into(), text.into());
+        assert_eq!(main("portico", args, &mut sys), EXIT_RUNTIME);
+        assert!(sys.err.contains("[process] user"), "{}", sys.err);
+        assert!(!sys.out.contains("configuration ok"), "{}", sys.out);
+        // Another user would run it as it is.
+        let mut sys = Fake {
+            euid: 1000,
+            ..Fake::default()
+        };
+        sys.files.insert("/p.toml".into(), text.into());
+        assert_eq!(main("portico", args, &mut sys), EXIT_OK, "{}", sys.err);
+        assert!(sys.out.ends_with("configuration ok\n"), "{}", sys.out);
+    }
+
+    #[test]
+    fn the_configuration_is_loaded_with_its_includes() {
+        let svc =
+            |n: &str, p: u16| format!("[[service]]\nname = \"{n}\"\nkind = \"http\"\nport = {p}\n");
+        let mut sys = Fake::default();
+        let main_text = format!("include = [\"conf.d/*.toml\"]\n{}", svc("main", 8080));
+        sys.files.insert("/etc/p/portico.toml".into(), main_text);
+        sys.files
+            .insert("/etc/p/conf.d/a.toml".into(), svc("a", 8081));
+        let code = main(
+            "portico",
+            ["portico", "--config", "/etc/p/portico.toml"],
+            &mut sys,
+        );
+        assert_eq!(code, EXIT_OK, "{}", sys.err);
+        let plan = sys.plan.take().expect("a plan to run");
+        let names: Vec<&str> = plan
+            .config
+            .services
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(names, ["a", "main"]);
+        assert!(
+            !plan.config_text.contains("include"),
+            "{}",
+            plan.config_text
+        );
+
+        // SIGHUP reads the included file again, the same way.
+        sys.files
+            .insert("/etc/p/conf.d/a.toml".into(), svc("b", 8082));
+        let (config, _) = reload(Some(Path::new("/etc/p/portico.toml")), &mut sys)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.services[0].name, "b");
+        sys.files.insert(
+            "/etc/p/conf.d/a.toml".into(),
+            "[[service]]\nname = 5\n".into(),
+        );
+        let e = reload(Some(Path::new("/etc/p/portico.toml")), &mut sys).expect_err("bad file");
+        assert!(e.starts_with("/etc/p/conf.d/a.toml:2:8: "), "{e}");
+        assert!(e.ends_with("the old configuration stays in force"), "{e}");
     }
 }

@@ -5,13 +5,14 @@
 //! ([`assume`]) and saying it serves ([`ready`]), and reading the
 //! configuration again on SIGHUP ([`load`]).
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, LineWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
 use portico_core::cli::Plan;
-use portico_core::config::{AccessTarget, Config, LogFormat};
+use portico_core::config::{AccessTarget, Config, Files, LogFormat};
 use portico_core::{AccessRecord, Level};
 
 use crate::diagnostics;
@@ -199,16 +200,40 @@ pub struct Process {
 }
 
 impl Process {
-    /// Runs the command line with `run` serving; the process's exit code.
-    pub fn main(run: fn(Plan) -> Result<i32, String>) -> i32 {
+    /// Runs the command line of the binary called `name` with `run`
+    /// serving; the process's exit code.
+    pub fn main(name: &'static str, run: fn(Plan) -> Result<i32, String>) -> i32 {
         diagnostics::init(Level::Info);
-        portico_core::cli::main(std::env::args_os(), &mut Process { run })
+        portico_core::cli::main(name, std::env::args_os(), &mut Process { run })
+    }
+}
+
+/// The configuration's files, read from the file system.
+pub struct Fs;
+
+impl Files for Fs {
+    fn read(&mut self, path: &Path) -> io::Result<String> {
+        std::fs::read_to_string(path)
+    }
+    fn list(&mut self, dir: &Path) -> io::Result<Vec<OsString>> {
+        std::fs::read_dir(dir)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect()
+    }
+}
+
+impl Files for Process {
+    fn read(&mut self, path: &Path) -> io::Result<String> {
+        Fs.read(path)
+    }
+    fn list(&mut self, dir: &Path) -> io::Result<Vec<OsString>> {
+        Fs.list(dir)
     }
 }
 
 impl portico_core::cli::System for Process {
-    fn read_file(&mut self, path: &Path) -> io::Result<String> {
-        std::fs::read_to_string(path)
+    fn read_bytes(&mut self, path: &Path) -> io::Result<Vec<u8>> {
+        std::fs::read(path)
     }
     fn read_stdin(&mut self) -> io::Result<String> {
         let mut s = String::new();
@@ -348,15 +373,11 @@ pub fn ready(ledger: Ledger) -> Result<(), String> {
     crate::notify::start_status(ledger)
 }
 
-/// Reads and checks the configuration SIGHUP switches to; why not (logged)
-/// when it does not load or may not be served as the process now runs,
-/// and then nothing changes.
+/// Reads and checks the configuration SIGHUP switches to (with the files
+/// it includes); why not (logged) when it does not load or may not be
+/// served as the process now runs, and then nothing changes.
 pub fn load(path: Option<&Path>) -> Result<(Config, String), String> {
-    let text = match path {
-        Some(p) => std::fs::read_to_string(p),
-        None => Ok(String::new()),
-    };
-    portico_core::cli::reload(path, text)
+    portico_core::cli::reload(path, &mut Fs)
         .and_then(|(config, text)| {
             match portico_core::process::reload_refusal(&config, crate::privileges::is_root()) {
                 Some(why) => Err(format!("{why}; the old configuration stays in force")),

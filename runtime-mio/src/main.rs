@@ -8,5 +8,8 @@
 mod event_loop;
 
 fn main() {
-    std::process::exit(portico_runtime::Process::main(event_loop::run));
+    std::process::exit(portico_runtime::Process::main(
+        env!("CARGO_BIN_NAME"),
+        event_loop::run,
+    ));
 }

@@ -8,5 +8,8 @@
 mod threads;
 
 fn main() {
-    std::process::exit(portico_runtime::Process::main(threads::run));
+    std::process::exit(portico_runtime::Process::main(
+        env!("CARGO_BIN_NAME"),
+        threads::run,
+    ));
 }

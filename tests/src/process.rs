@@ -200,6 +200,9 @@ pub struct StartOptions<'a> {
     pub nofile: Option<u64>,
     /// Environment variables set for the process (e.g. `NOTIFY_SOCKET`).
     pub env: &'a [(&'a str, &'a str)],
+    /// More files written beside the configuration before the start, as
+    /// (path relative to its directory, contents), e.g. included files.
+    pub files: &'a [(&'a str, &'a str)],
 }
 
 /// Why a proxy did not come up.
@@ -273,6 +276,13 @@ impl Portico {
             .unwrap_or_else(|| expected_listeners(config_toml));
         let dir = TempDir::new();
         let config_path = dir.write("portico.toml", config_toml);
+        for (name, contents) in opts.files {
+            if let Some(parent) = Path::new(name).parent() {
+                std::fs::create_dir_all(dir.path().join(parent))
+                    .unwrap_or_else(|e| panic!("cannot create a directory for {name}: {e}"));
+            }
+            dir.write(name, contents);
+        }
         let mut cmd = Command::new(bin.path());
         cmd.arg("--config")
             .arg(&config_path)

@@ -219,6 +219,14 @@ fn root_without_user_refuses_the_external_side(bin: Bin) {
         "{bin}: nothing may listen\n{}",
         out.stdout
     );
+    // --check by the same user says so too, rather than `configuration ok`.
+    let (_path, check) = run_on_config(bin, &toml, &["--check"], WAIT);
+    assert!(
+        check.code() == Some(1)
+            && check.stderr.contains("[process] user")
+            && !check.stdout.contains("configuration ok"),
+        "{bin}: --check as root must refuse what a start refuses\n{check:?}"
+    );
 }
 
 /// Started as root with internal services only, a reload that adds one

@@ -5,7 +5,10 @@
 //! default ([`DEFAULT_TOML`]) and every rule about what a valid configuration
 //! is. It does no I/O: [`parse`] takes the text and a file name (used only in
 //! messages), and returns a `Config` or the first [`ConfigError`], which
-//! carries the 1-based line and column of the offending key or value.
+//! carries the file and the 1-based line and column of the offending key or
+//! value. [`load`] reads a file and the files its `include` names through a
+//! runtime's [`Files`], merges them (`include`) and checks the result the
+//! same way; the command line and SIGHUP both load through it.
 //!
 //! Invariants of a `Config` that [`parse`] returned (code using it may rely
 //! on them and need not re-check):
@@ -43,6 +46,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+mod doc;
+mod include;
 mod raw;
 mod validate;
 pub mod values;
@@ -50,36 +55,12 @@ pub mod values;
 #[cfg(test)]
 mod tests;
 
+pub use include::{load, Files, LoadError, Loaded};
+
 /// The configuration used when no `--config` is given: it serves right away
-/// and listens on 127.0.0.1 only.
-pub const DEFAULT_TOML: &str = r#"# Portico's embedded default configuration, used when no --config is given.
-#
-# It serves right away and is safe: every service listens on 127.0.0.1 only,
-# so only programs on this machine can use it. To serve a LAN, copy this file,
-# add the machine's LAN address to `internal`, and run
-# `portico --config FILE`.
-
-[network]
-internal = ["127.0.0.1"]   # LAN-facing addresses; `port = N` opens on each
-
-[[service]]
-name = "web"
-kind = "http"              # HTTP/1.1 forward proxy; CONNECT to port 443 only
-port = 8080
-
-[[service]]
-name = "socks"
-kind = "socks"             # SOCKS 4, 4a and 5 on one port
-port = 1080
-
-[[service]]
-name = "status"
-kind = "status"            # status page: /, /metrics, /connections, /healthz
-port = 8081
-
-# No [[rule]]: everything is allowed, which is safe here because nothing
-# outside this machine can reach these ports.
-"#;
+/// and listens on 127.0.0.1 only. The Debian package installs the same file
+/// as /etc/portico/portico.toml.
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
 
 /// A configuration error: where (1-based line and column, counted in
 /// characters) and what, with what to do about it.

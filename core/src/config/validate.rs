@@ -12,8 +12,11 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use serde::Deserialize;
 use toml::Value;
 
+use super::doc::{self, Node};
+use super::include::{one_line, take_include, Sources};
 use super::raw::{
     List, RawConfig, RawLimits, RawNetwork, RawProcess, RawRule, RawService, RawUser, S,
 };
@@ -28,17 +31,18 @@ use super::{
 type Result<T> = std::result::Result<T, ConfigError>;
 
 struct Ctx<'a> {
-    text: &'a str,
-    file: &'a str,
+    sources: &'a Sources,
 }
 
 impl Ctx<'_> {
     fn err(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
-        ConfigError::at(self.text, self.file, span.start, message)
+        self.sources.error(span.start, message)
     }
 
-    fn line_of(&self, span: &Range<usize>) -> usize {
-        super::line_column(self.text, span.start).0
+    /// Where `earlier` is, for an error at `now`: `line N`, or `line N of
+    /// FILE` when it is in another file.
+    fn line_from(&self, earlier: &Range<usize>, now: &Range<usize>) -> String {
+        self.sources.line_from(earlier.start, now.start)
     }
 
     /// Applies a value parser, turning its message into an error at `v`.
@@ -61,18 +65,26 @@ impl Ctx<'_> {
     }
 }
 
+/// Parses and checks one text (no `include`: it names no directory).
 pub(super) fn parse(text: &str, file: &str, check_kinds: bool) -> Result<Config> {
-    let cx = Ctx { text, file };
-    let raw: RawConfig = toml::from_str(text).map_err(|e| {
-        let offset = e.span().map_or(0, |s| s.start);
-        let mut message = e.message().trim().replace('\n', "; ");
-        if message.is_empty() {
-            // The toml crate leaves some syntax errors without words.
-            message = "this is not valid TOML here (a control character, or a carriage \
-                       return without a line feed?)"
-                .to_string();
-        }
-        ConfigError::at(text, file, offset, message)
+    let sources = Sources::single(file, text);
+    let mut root =
+        doc::parse(text, 0).map_err(|e| sources.error(e.span.start, one_line(&e.message)))?;
+    if let Some(e) = take_include(&mut root) {
+        return Err(sources.error(
+            e.key_span.start,
+            "include works only in a configuration file read with --config FILE",
+        ));
+    }
+    check(root, &sources, check_kinds)
+}
+
+/// Checks a configuration's (merged) document.
+pub(super) fn check(root: Node, sources: &Sources, check_kinds: bool) -> Result<Config> {
+    let cx = Ctx { sources };
+    let raw = RawConfig::deserialize(root).map_err(|e| {
+        let offset = e.span.map_or(0, |s| s.start);
+        sources.error(offset, one_line(&e.message))
     })?;
 
     let network = network(&cx, raw.network.as_ref())?;
@@ -130,41 +142,42 @@ pub(super) fn parse(text: &str, file: &str, check_kinds: bool) -> Result<Config>
     let process = process(&cx, raw.process.as_ref())?;
 
     let mut users: Vec<User> = Vec::new();
-    let mut user_lines: HashMap<String, usize> = HashMap::new();
+    let mut user_spans: HashMap<String, Range<usize>> = HashMap::new();
     for u in &raw.user {
         let user = user(&cx, u.get_ref())?;
         let name = u.get_ref().name.clone();
-        if let Some(first) = user_lines.get(&user.name) {
+        if let Some(first) = user_spans.get(&user.name) {
             return Err(cx.err(
                 name.span(),
                 format!(
-                    "user '{}' is defined twice (first on line {first}); user names must be unique",
-                    user.name
+                    "user '{}' is defined twice (first on {}); user names must be unique",
+                    user.name,
+                    cx.line_from(first, &name.span())
                 ),
             ));
         }
-        user_lines.insert(user.name.clone(), cx.line_of(&name.span()));
+        user_spans.insert(user.name.clone(), name.span());
         users.push(user);
     }
 
     let mut services: Vec<Service> = Vec::new();
-    let mut service_lines: HashMap<String, usize> = HashMap::new();
+    let mut service_spans: HashMap<String, Range<usize>> = HashMap::new();
     // Every listen address so far: (address, protocol, service name).
     let mut taken: Vec<(SocketAddr, Transport, String)> = Vec::new();
     for s in &raw.service {
         let name_span = s.get_ref().name.span();
         let svc = service(&cx, s, &network, !users.is_empty())?;
-        if let Some(first) = service_lines.get(&svc.name) {
+        if let Some(first) = service_spans.get(&svc.name) {
             return Err(cx.err(
-                name_span,
+                name_span.clone(),
                 format!(
-                    "service '{}' is defined twice (first on line {first}); service names must \
-                     be unique",
-                    svc.name
+                    "service '{}' is defined twice (first on {}); service names must be unique",
+                    svc.name,
+                    cx.line_from(first, &name_span)
                 ),
             ));
         }
-        service_lines.insert(svc.name.clone(), cx.line_of(&name_span));
+        service_spans.insert(svc.name.clone(), name_span);
         let listen_span = listen_span(s.get_ref());
         for (i, addr) in svc.listen.iter().enumerate() {
             let span = listen_span(i);
