@@ -9,6 +9,8 @@
 //! - [`TestServer`]: backends (echo, sink, source, exchange, digest-reply);
 //!   [`Acceptor`]: a listener handing each connection to a handler, for
 //!   the scripted servers of the test files.
+//! - [`browser`]: headless Chromium and what it rendered (the status page).
+//! - [`reply`]: HTTP replies read to the close.
 //! - [`tools`]: external programs ([`require`] names the Debian package),
 //!   run with a bounded wait ([`run_tool`]).
 //! - Configurations: [`config_head`], [`service`], [`mapped_config`].
@@ -19,11 +21,13 @@
 //! are waited for with deadlines, and a failing case never hangs the run.
 
 mod bin;
+pub mod browser;
 pub mod data;
 pub mod json;
 pub mod logline;
 pub mod net;
 mod process;
+pub mod reply;
 pub mod servers;
 pub mod tools;
 

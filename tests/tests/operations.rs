@@ -12,12 +12,13 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use portico_tests::browser::{dump_dom, rows, tbody};
 use portico_tests::json::{parse_json, parse_json_prefix, Json};
 use portico_tests::logline::{parse_text_line, AccessLine};
+use portico_tests::reply::{exchange, Reply};
 use portico_tests::{
     both, config_head, connect, connect_from, echo_check, free_port, local, mapped_config,
     mapped_service, pattern, poll_until, read_outcome, recv_exact, require, run_on_config,
@@ -44,15 +45,8 @@ both!(
     second_instance_cannot_share_the_port,
 );
 
-/// The longest one Chromium run may take before it is killed.
-const CHROMIUM_LIMIT: Duration = Duration::from_secs(30);
 /// How often a bounded poll looks again.
 const EVERY: Duration = Duration::from_millis(20);
-
-/// Headless Chromium (Debian package chromium, /usr/bin/chromium).
-fn chromium() -> PathBuf {
-    require("chromium", "chromium")
-}
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("a literal IP address")
@@ -181,77 +175,8 @@ fn wait_closed(p: &Portico, port: u16, what: &str) {
 // ---------------------------------------------------------------------------
 // A small HTTP client for the status service.
 
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Sends `request` to `addr` and reads the reply to EOF (the status service
-/// closes after each answer).
-fn http(addr: SocketAddr, request: &str) -> Result<Reply, String> {
-    let mut s = connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
-    s.write_all(request.as_bytes())
-        .map_err(|e| format!("write the request: {e}"))?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .map_err(|e| format!("read the reply: {e} (after {} bytes)", raw.len()))?;
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| format!("no complete head in {:?}", String::from_utf8_lossy(&raw)))?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|e| format!("head not UTF-8: {e}"))?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.splitn(3, ' ');
-    let (Some(version), Some(code)) = (parts.next(), parts.next()) else {
-        return Err(format!("bad status line {status_line:?}"));
-    };
-    if !version.starts_with("HTTP/1.") {
-        return Err(format!("bad status line {status_line:?}"));
-    }
-    let status: u16 = code
-        .parse()
-        .map_err(|_| format!("bad status code in {status_line:?}"))?;
-    let mut headers = Vec::new();
-    for l in lines {
-        let (k, v) = l
-            .split_once(':')
-            .ok_or_else(|| format!("bad header line {l:?}"))?;
-        headers.push((k.to_string(), v.trim().to_string()));
-    }
-    let body = String::from_utf8(raw[end + 4..].to_vec()).map_err(|e| format!("body: {e}"))?;
-    let reply = Reply {
-        status,
-        headers,
-        body,
-    };
-    if let Some(cl) = reply.header("content-length") {
-        let n: usize = cl
-            .parse()
-            .map_err(|_| format!("bad Content-Length {cl:?}"))?;
-        if n != reply.body.len() {
-            return Err(format!(
-                "Content-Length {n} but {} body bytes",
-                reply.body.len()
-            ));
-        }
-    }
-    Ok(reply)
-}
-
 fn get(addr: SocketAddr, path: &str) -> Result<Reply, String> {
-    http(
+    exchange(
         addr,
         &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
     )
@@ -478,112 +403,7 @@ fn metrics_text(samples: &[Sample]) -> String {
 }
 
 // ---------------------------------------------------------------------------
-// Headless Chromium.
-
-/// Loads `url` in headless Chromium, lets the page's scripts run for three
-/// seconds of virtual time, and returns the DOM it ended with.
-fn dump_dom(url: &str) -> String {
-    let chromium = chromium();
-    use std::os::unix::process::CommandExt;
-    let dir = TempDir::new();
-    let out_path = dir.path().join("dom.html");
-    let err_path = dir.path().join("chromium.err");
-    let profile = dir.path().join("profile");
-    let out = File::create(&out_path).expect("create the DOM file");
-    let err = File::create(&err_path).expect("create the chromium stderr file");
-    let mut child = Command::new(&chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(["--virtual-time-budget=3000", "--dump-dom", url])
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .process_group(0)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", chromium.display()));
-    let pgid = child.id() as libc::pid_t;
-    let kill_group = || {
-        // SAFETY: kill(2) on the process group of the child we started.
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
-    };
-    let deadline = Instant::now() + CHROMIUM_LIMIT;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break st,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(EVERY),
-            Ok(None) => {
-                kill_group();
-                let _ = child.wait();
-                panic!(
-                    "chromium --dump-dom {url} did not finish within {CHROMIUM_LIMIT:?}; killed\n\
-                     stderr:\n{}",
-                    std::fs::read_to_string(&err_path).unwrap_or_default()
-                );
-            }
-            Err(e) => panic!("waiting for chromium: {e}"),
-        }
-    };
-    // Whatever helper processes are left go too.
-    kill_group();
-    let dom = std::fs::read_to_string(&out_path).unwrap_or_default();
-    assert!(
-        status.success() && dom.contains("</html>"),
-        "chromium --dump-dom {url} failed ({status}); stdout:\n{dom}\nstderr:\n{}",
-        std::fs::read_to_string(&err_path).unwrap_or_default()
-    );
-    dom
-}
-
-/// The inside of `<tbody>` of the table with `id`.
-fn tbody<'a>(dom: &'a str, id: &str) -> &'a str {
-    let at = dom
-        .find(&format!("<table id=\"{id}\""))
-        .unwrap_or_else(|| panic!("no table #{id} in the DOM:\n{dom}"));
-    let rest = &dom[at..];
-    let table_end = rest.find("</table>").unwrap_or(rest.len());
-    let table = &rest[..table_end];
-    let start = table
-        .find("<tbody>")
-        .unwrap_or_else(|| panic!("table #{id} has no <tbody>:\n{table}"))
-        + "<tbody>".len();
-    let end = table[start..]
-        .find("</tbody>")
-        .unwrap_or_else(|| panic!("table #{id} has no </tbody>:\n{table}"));
-    &table[start..start + end]
-}
-
-/// The rows of a `<tbody>`: for each `<tr>`, the text of its cells and
-/// whether any cell has a class (which only the page's script sets).
-fn rows(body: &str) -> Vec<(Vec<String>, bool)> {
-    let mut out = Vec::new();
-    for tr in body.split("<tr").skip(1) {
-        let mut cells = Vec::new();
-        let mut classed = false;
-        for td in tr.split("<td").skip(1) {
-            let Some(gt) = td.find('>') else { continue };
-            classed |= td[..gt].contains("class=");
-            let inner = &td[gt + 1..];
-            let text = inner.split("</td>").next().unwrap_or("");
-            cells.push(
-                text.replace("&lt;", "<")
-                    .replace("&gt;", ">")
-                    .replace("&quot;", "\"")
-                    .replace("&amp;", "&"),
-            );
-        }
-        out.push((cells, classed));
-    }
-    out
-}
+// What Chromium rendered.
 
 /// The connections the page was served with: the JSON array its inline
 /// script passes to `showConnections(...)`.
@@ -608,7 +428,7 @@ fn inline_connections(dom: &str) -> Vec<Json> {
 /// loaded after the tunnel closed no longer does.
 fn status_page_in_chromium(bin: Bin) {
     // Fail first, and clearly, where the browser is missing.
-    chromium();
+    require("chromium", "chromium");
     let server = TestServer::start(Behaviour::Echo);
     let (p, sport, mport) = start_status_and_map(bin, server.addr(), "");
     let status = local(sport);
@@ -1032,7 +852,7 @@ fn status_http_errors(bin: Bin) {
     let r = get(status, "/no-such-page").unwrap_or_else(|e| panic!("{bin}: GET unknown: {e}"));
     assert_eq!(r.status, 404, "{bin}: an unknown path: {r:?}");
 
-    let r = http(
+    let r = exchange(
         status,
         &format!(
             "POST / HTTP/1.1\r\nHost: {status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
@@ -1041,7 +861,7 @@ fn status_http_errors(bin: Bin) {
     .unwrap_or_else(|e| panic!("{bin}: POST /: {e}"));
     assert_eq!(r.status, 405, "{bin}: POST /: {r:?}");
 
-    let r = http(
+    let r = exchange(
         status,
         &format!("HEAD /healthz HTTP/1.1\r\nHost: {status}\r\nConnection: close\r\n\r\n"),
     );

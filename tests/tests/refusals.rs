@@ -14,6 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use portico_tests::logline::{parse_json_object, AccessLine, Json};
+use portico_tests::reply::Reply;
 use portico_tests::{
     both, config_head, connect, connect_from, echo_check, free_port, local, mapped_service,
     poll_until, read_outcome, require, service, start_on_free_ports, Acceptor, Behaviour, Bin,
@@ -36,47 +37,6 @@ const EVERY: Duration = Duration::from_millis(20);
 const BROWSER: &str = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
 /// What curl sends: no text/html, so one line of text.
 const CURL: &str = "*/*";
-
-/// A reply read to the close.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    head: String,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn parse(raw: &[u8]) -> Result<Reply, String> {
-        let text = String::from_utf8_lossy(raw).into_owned();
-        let (head, body) = text
-            .split_once("\r\n\r\n")
-            .ok_or_else(|| format!("no complete head in {text:?}"))?;
-        let mut lines = head.split("\r\n");
-        let status = lines
-            .next()
-            .and_then(|l| l.split(' ').nth(1))
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("no status line in {text:?}"))?;
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
-            .collect();
-        Ok(Reply {
-            status,
-            head: head.to_string(),
-            headers,
-            body: body.to_string(),
-        })
-    }
-}
 
 /// Sends `request` on a new connection (from `from`, if given) and reads
 /// the reply to the close: every refusal closes the connection.

@@ -9,11 +9,11 @@
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use portico_tests::browser::{decode_png, dump_dom, rows, screenshot, tbody};
 use portico_tests::json::{parse_json, Json};
 use portico_tests::{
     both, config_head, connect, echo_check, free_port, local, mapped_service, pattern, poll_until,
@@ -25,8 +25,6 @@ both!(page_under_load_in_chromium, metrics_and_page_follow_reloads);
 
 /// The version every binary of the workspace carries.
 const VERSION: &str = env!("CARGO_PKG_VERSION");
-/// The longest one Chromium run may take before it is killed.
-const CHROMIUM_LIMIT: Duration = Duration::from_secs(60);
 /// How often a bounded poll looks again.
 const EVERY: Duration = Duration::from_millis(20);
 /// The screenshot's size.
@@ -201,93 +199,7 @@ fn human(n: u64) -> String {
 }
 
 // ---------------------------------------------------------------------------
-// Headless Chromium.
-
-/// Runs headless Chromium on `url` with `args`, letting the page's scripts
-/// run for three seconds of virtual time; returns what it printed.
-fn chromium(url: &str, args: &[String]) -> String {
-    use std::os::unix::process::CommandExt;
-    let chromium = require("chromium", "chromium");
-    let dir = TempDir::new();
-    let out_path = dir.path().join("out.txt");
-    let err_path = dir.path().join("chromium.err");
-    let out = std::fs::File::create(&out_path).expect("create chromium's output file");
-    let err = std::fs::File::create(&err_path).expect("create chromium's stderr file");
-    let mut child = Command::new(&chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-        ])
-        .arg(format!(
-            "--user-data-dir={}",
-            dir.path().join("profile").display()
-        ))
-        .arg("--virtual-time-budget=3000")
-        .args(args)
-        .arg(url)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .process_group(0)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", chromium.display()));
-    let pgid = child.id() as libc::pid_t;
-    let kill_group = || {
-        // SAFETY: kill(2) on the process group of the child we started.
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
-    };
-    let deadline = Instant::now() + CHROMIUM_LIMIT;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break st,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(EVERY),
-            Ok(None) => {
-                kill_group();
-                let _ = child.wait();
-                panic!(
-                    "chromium {args:?} {url} did not finish within {CHROMIUM_LIMIT:?}; killed\n\
-                     stderr:\n{}",
-                    std::fs::read_to_string(&err_path).unwrap_or_default()
-                );
-            }
-            Err(e) => panic!("waiting for chromium: {e}"),
-        }
-    };
-    // Whatever helper processes are left go too.
-    kill_group();
-    let out = std::fs::read_to_string(&out_path).unwrap_or_default();
-    assert!(
-        status.success(),
-        "chromium {args:?} {url} failed ({status}); stdout:\n{out}\nstderr:\n{}",
-        std::fs::read_to_string(&err_path).unwrap_or_default()
-    );
-    out
-}
-
-/// The DOM the page ended with after its scripts ran.
-fn dump_dom(url: &str) -> String {
-    let dom = chromium(url, &["--dump-dom".to_string()]);
-    assert!(dom.contains("</html>"), "no page in --dump-dom:\n{dom}");
-    dom
-}
-
-/// A screenshot of the page, [`SHOT`] in size, written to `path`.
-fn screenshot(url: &str, path: &Path) {
-    chromium(
-        url,
-        &[
-            format!("--screenshot={}", path.display()),
-            format!("--window-size={},{}", SHOT.0, SHOT.1),
-        ],
-    );
-}
+// What Chromium rendered.
 
 /// The text inside the element with `id` (up to its first child tag).
 fn text_of<'a>(dom: &'a str, id: &str) -> &'a str {
@@ -308,47 +220,6 @@ fn tag_of<'a>(dom: &'a str, id: &str) -> &'a str {
     let open = dom[..at].rfind('<').unwrap_or(0);
     let end = dom[at..].find('>').map_or(dom.len(), |i| at + i);
     &dom[open..end]
-}
-
-/// The inside of `<tbody>` of the table with `id`.
-fn tbody<'a>(dom: &'a str, id: &str) -> &'a str {
-    let at = dom
-        .find(&format!("<table id=\"{id}\""))
-        .unwrap_or_else(|| panic!("no table #{id} in the DOM:\n{dom}"));
-    let rest = &dom[at..];
-    let table = &rest[..rest.find("</table>").unwrap_or(rest.len())];
-    let start = table
-        .find("<tbody>")
-        .unwrap_or_else(|| panic!("table #{id} has no <tbody>:\n{table}"))
-        + "<tbody>".len();
-    let end = table[start..]
-        .find("</tbody>")
-        .unwrap_or_else(|| panic!("table #{id} has no </tbody>:\n{table}"));
-    &table[start..start + end]
-}
-
-/// The rows of a `<tbody>`: for each `<tr>`, the text of its cells and
-/// whether any cell has a class (which only the page's script sets).
-fn rows(body: &str) -> Vec<(Vec<String>, bool)> {
-    let mut out = Vec::new();
-    for tr in body.split("<tr").skip(1) {
-        let mut cells = Vec::new();
-        let mut classed = false;
-        for td in tr.split("<td").skip(1) {
-            let Some(gt) = td.find('>') else { continue };
-            classed |= td[..gt].contains("class=");
-            let inner = &td[gt + 1..];
-            let text = inner.split("</td>").next().unwrap_or("");
-            cells.push(
-                text.replace("&lt;", "<")
-                    .replace("&gt;", ">")
-                    .replace("&quot;", "\"")
-                    .replace("&amp;", "&"),
-            );
-        }
-        out.push((cells, classed));
-    }
-    out
 }
 
 /// The value of attribute `name` in the start tag `tag`.
@@ -404,319 +275,7 @@ fn uptime_secs(text: &str) -> Option<u64> {
 }
 
 // ---------------------------------------------------------------------------
-// PNG: enough of RFC 1950/1951 and the PNG spec to check a screenshot.
-
-/// CRC-32 (PNG chunks).
-fn crc32(data: &[u8]) -> u32 {
-    let mut c = 0xffff_ffffu32;
-    for &b in data {
-        c ^= u32::from(b);
-        for _ in 0..8 {
-            c = if c & 1 != 0 {
-                0xedb8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-        }
-    }
-    !c
-}
-
-struct Bits<'a> {
-    data: &'a [u8],
-    pos: usize,
-    buf: u32,
-    n: u32,
-}
-
-impl Bits<'_> {
-    fn bits(&mut self, need: u32) -> Result<u32, String> {
-        while self.n < need {
-            let b = *self.data.get(self.pos).ok_or("deflate data ends early")?;
-            self.pos += 1;
-            self.buf |= u32::from(b) << self.n;
-            self.n += 8;
-        }
-        let v = self.buf & ((1u32 << need) - 1);
-        self.buf >>= need;
-        self.n -= need;
-        Ok(v)
-    }
-}
-
-/// A canonical Huffman code: how many codes of each length, and the
-/// symbols in code order.
-struct Huffman {
-    count: [u16; 16],
-    symbol: Vec<u16>,
-}
-
-impl Huffman {
-    fn new(lengths: &[u8]) -> Huffman {
-        let mut count = [0u16; 16];
-        for &l in lengths {
-            count[l as usize] += 1;
-        }
-        count[0] = 0;
-        let mut offs = [0u16; 16];
-        for i in 1..16 {
-            offs[i] = offs[i - 1] + count[i - 1];
-        }
-        let mut symbol = vec![0u16; lengths.len()];
-        for (s, &l) in lengths.iter().enumerate() {
-            if l != 0 {
-                symbol[offs[l as usize] as usize] = s as u16;
-                offs[l as usize] += 1;
-            }
-        }
-        Huffman { count, symbol }
-    }
-
-    fn decode(&self, b: &mut Bits) -> Result<u16, String> {
-        let (mut code, mut first, mut index) = (0i32, 0i32, 0i32);
-        for len in 1..16 {
-            code |= b.bits(1)? as i32;
-            let count = i32::from(self.count[len]);
-            if code - count < first {
-                return Ok(self.symbol[(index + code - first) as usize]);
-            }
-            index += count;
-            first = (first + count) << 1;
-            code <<= 1;
-        }
-        Err("bad Huffman code".into())
-    }
-}
-
-/// Inflates a zlib stream (RFC 1950 around RFC 1951), checking its Adler-32.
-fn inflate_zlib(z: &[u8]) -> Result<Vec<u8>, String> {
-    const LBASE: [u16; 29] = [
-        3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83, 99, 115,
-        131, 163, 195, 227, 258,
-    ];
-    const LEXT: [u8; 29] = [
-        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0,
-    ];
-    const DBASE: [u16; 30] = [
-        1, 2, 3, 4, 5, 7, 9, 13, 17, 25, 33, 49, 65, 97, 129, 193, 257, 385, 513, 769, 1025, 1537,
-        2049, 3073, 4097, 6145, 8193, 12289, 16385, 24577,
-    ];
-    const DEXT: [u8; 30] = [
-        0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12,
-        13, 13,
-    ];
-    const ORDER: [usize; 19] = [
-        16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15,
-    ];
-    if z.len() < 6 || z[0] & 0x0f != 8 || (u16::from(z[0]) << 8 | u16::from(z[1])) % 31 != 0 {
-        return Err("not a zlib stream".into());
-    }
-    let mut b = Bits {
-        data: &z[2..],
-        pos: 0,
-        buf: 0,
-        n: 0,
-    };
-    let mut out: Vec<u8> = Vec::new();
-    loop {
-        let last = b.bits(1)?;
-        match b.bits(2)? {
-            0 => {
-                b.buf = 0;
-                b.n = 0;
-                let p = b.pos;
-                let hdr = b.data.get(p..p + 4).ok_or("stored block ends early")?;
-                let len = usize::from(u16::from_le_bytes([hdr[0], hdr[1]]));
-                let data = b
-                    .data
-                    .get(p + 4..p + 4 + len)
-                    .ok_or("stored block ends early")?;
-                out.extend_from_slice(data);
-                b.pos = p + 4 + len;
-            }
-            kind @ (1 | 2) => {
-                let (lit, dist) = if kind == 1 {
-                    let mut l = [8u8; 288];
-                    l[144..256].fill(9);
-                    l[256..280].fill(7);
-                    (Huffman::new(&l), Huffman::new(&[5u8; 30]))
-                } else {
-                    let nlen = b.bits(5)? as usize + 257;
-                    let ndist = b.bits(5)? as usize + 1;
-                    let ncode = b.bits(4)? as usize + 4;
-                    let mut cl = [0u8; 19];
-                    for &i in &ORDER[..ncode] {
-                        cl[i] = b.bits(3)? as u8;
-                    }
-                    let clh = Huffman::new(&cl);
-                    let mut lengths = Vec::with_capacity(nlen + ndist);
-                    while lengths.len() < nlen + ndist {
-                        let sym = clh.decode(&mut b)?;
-                        let (v, rep) = match sym {
-                            0..=15 => (sym as u8, 1),
-                            16 => (
-                                *lengths.last().ok_or("repeat with nothing before")?,
-                                3 + b.bits(2)?,
-                            ),
-                            17 => (0, 3 + b.bits(3)?),
-                            _ => (0, 11 + b.bits(7)?),
-                        };
-                        lengths.resize(lengths.len() + rep as usize, v);
-                    }
-                    if lengths.len() != nlen + ndist {
-                        return Err("code lengths overrun".into());
-                    }
-                    (
-                        Huffman::new(&lengths[..nlen]),
-                        Huffman::new(&lengths[nlen..]),
-                    )
-                };
-                loop {
-                    let sym = lit.decode(&mut b)? as usize;
-                    if sym < 256 {
-                        out.push(sym as u8);
-                    } else if sym == 256 {
-                        break;
-                    } else {
-                        let i = sym - 257;
-                        let len = usize::from(*LBASE.get(i).ok_or("bad length symbol")?)
-                            + b.bits(u32::from(LEXT[i]))? as usize;
-                        let d = dist.decode(&mut b)? as usize;
-                        let back = usize::from(*DBASE.get(d).ok_or("bad distance symbol")?)
-                            + b.bits(u32::from(DEXT[d]))? as usize;
-                        let from = out
-                            .len()
-                            .checked_sub(back)
-                            .ok_or("distance before the start")?;
-                        for k in 0..len {
-                            out.push(out[from + k]);
-                        }
-                    }
-                }
-            }
-            _ => return Err("reserved block type".into()),
-        }
-        if last == 1 {
-            break;
-        }
-    }
-    let p = b.pos;
-    let adler = b.data.get(p..p + 4).ok_or("no Adler-32")?;
-    let (mut s1, mut s2) = (1u32, 0u32);
-    for &x in &out {
-        s1 = (s1 + u32::from(x)) % 65521;
-        s2 = (s2 + s1) % 65521;
-    }
-    if u32::from_be_bytes([adler[0], adler[1], adler[2], adler[3]]) != (s2 << 16 | s1) {
-        return Err("Adler-32 mismatch".into());
-    }
-    Ok(out)
-}
-
-/// A decoded 8-bit RGB or RGBA PNG: its size and its pixels as RGBA.
-struct Picture {
-    width: u32,
-    height: u32,
-    pixels: Vec<u32>,
-}
-
-fn decode_png(png: &[u8]) -> Result<Picture, String> {
-    const SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
-    if png.get(..8) != Some(&SIGNATURE[..]) {
-        return Err("no PNG signature".into());
-    }
-    let (mut at, mut ihdr, mut idat, mut ended) = (8, None, Vec::new(), false);
-    while at + 12 <= png.len() {
-        let len = u32::from_be_bytes([png[at], png[at + 1], png[at + 2], png[at + 3]]) as usize;
-        let body = png
-            .get(at + 4..at + 8 + len)
-            .ok_or("chunk runs past the end")?;
-        let crc = png.get(at + 8 + len..at + 12 + len).ok_or("no chunk CRC")?;
-        if crc32(body) != u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]) {
-            return Err(format!("bad CRC on chunk at {at}"));
-        }
-        let (kind, data) = body.split_at(4);
-        match kind {
-            b"IHDR" => ihdr = Some(data.to_vec()),
-            b"IDAT" => idat.extend_from_slice(data),
-            b"IEND" => {
-                ended = true;
-                break;
-            }
-            _ => {}
-        }
-        at += 12 + len;
-    }
-    if !ended {
-        return Err("no IEND".into());
-    }
-    let h = ihdr.ok_or("no IHDR")?;
-    if h.len() != 13 {
-        return Err("short IHDR".into());
-    }
-    let width = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
-    let height = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
-    let bpp = match (h[8], h[9], h[12]) {
-        (8, 2, 0) => 3,
-        (8, 6, 0) => 4,
-        other => {
-            return Err(format!(
-                "depth, colour type, interlace {other:?}: not 8-bit RGB(A)"
-            ))
-        }
-    };
-    let raw = inflate_zlib(&idat)?;
-    let stride = width as usize * bpp;
-    if raw.len() != (stride + 1) * height as usize {
-        return Err(format!(
-            "{} bytes of image data for {width}x{height}",
-            raw.len()
-        ));
-    }
-    let mut prev = vec![0u8; stride];
-    let mut pixels = Vec::with_capacity((width * height) as usize);
-    for row in raw.chunks(stride + 1) {
-        let (filter, line) = (row[0], &row[1..]);
-        let mut cur = vec![0u8; stride];
-        for i in 0..stride {
-            let a = if i >= bpp { cur[i - bpp] } else { 0 };
-            let (b, c) = (prev[i], if i >= bpp { prev[i - bpp] } else { 0 });
-            let pred = match filter {
-                0 => 0,
-                1 => a,
-                2 => b,
-                3 => ((u16::from(a) + u16::from(b)) / 2) as u8,
-                4 => {
-                    let p = i16::from(a) + i16::from(b) - i16::from(c);
-                    let (pa, pb, pc) = (
-                        (p - i16::from(a)).abs(),
-                        (p - i16::from(b)).abs(),
-                        (p - i16::from(c)).abs(),
-                    );
-                    if pa <= pb && pa <= pc {
-                        a
-                    } else if pb <= pc {
-                        b
-                    } else {
-                        c
-                    }
-                }
-                f => return Err(format!("filter type {f}")),
-            };
-            cur[i] = line[i].wrapping_add(pred);
-        }
-        for px in cur.chunks(bpp) {
-            let alpha = if bpp == 4 { px[3] } else { 255 };
-            pixels.push(u32::from_be_bytes([px[0], px[1], px[2], alpha]));
-        }
-        prev = cur;
-    }
-    Ok(Picture {
-        width,
-        height,
-        pixels,
-    })
-}
+// The screenshot.
 
 /// The screenshot is a PNG of the window's size that shows something:
 /// many colours (text, the charts' lines), none of them nearly everywhere.
@@ -819,7 +378,7 @@ fn page_under_load_in_chromium(bin: Bin) {
     };
     let dir = TempDir::new();
     let shot: PathBuf = dir.path().join("status.png");
-    screenshot(&url, &shot);
+    screenshot(&url, &shot, SHOT);
     stop.store(true, Ordering::Relaxed);
     let load = load
         .join(PROMPTLY * 6)
