@@ -26,6 +26,8 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_RUNTIME: i32 = 1;
 /// Exit code: configuration error.
 pub const EXIT_CONFIG: i32 = 2;
+/// Exit code of `portico explain` when the request would be denied.
+pub const EXIT_DENIED: i32 = 3;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -73,6 +75,31 @@ pub enum Command {
     Replay {
         /// The trace file.
         trace: PathBuf,
+    },
+    /// Say whether the rules allow a request, which rule decides it (its
+    /// number and FILE:LINE), the parent and rate cap it would get, and why
+    /// each earlier rule does not match. Exit status 0: allowed, 3: denied.
+    Explain {
+        /// Configuration file (TOML), as for a start.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The service the client connects to.
+        #[arg(long, value_name = "NAME")]
+        service: String,
+        /// The client's address.
+        #[arg(long, value_name = "ADDR")]
+        client: std::net::IpAddr,
+        /// The user the client authenticated as (none: not authenticated).
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
+        /// Where the request goes (default: the service's own destination,
+        /// if it has one). A name is not resolved.
+        #[arg(long, value_name = "HOST:PORT")]
+        destination: Option<String>,
+        /// The local time to decide at (default: now).
+        #[arg(long, value_name = "YYYY-MM-DDTHH:MM",
+              value_parser = crate::explain::LocalTime::parse)]
+        at: Option<crate::explain::LocalTime>,
     },
     /// Print the completion script for SHELL (e.g. `portico completions
     /// bash > /etc/bash_completion.d/portico`).
@@ -140,6 +167,8 @@ pub trait System: Files {
     fn log(&mut self, level: Level, message: &str);
     /// The process's effective user id (0: root).
     fn euid(&mut self) -> u32;
+    /// The wall-clock time now, with the local zone's offset.
+    fn wall(&mut self) -> crate::rules::Wall;
     /// Serves `plan` until shutdown; returns the exit code.
     fn run(&mut self, plan: Plan) -> i32;
 }
@@ -206,6 +235,7 @@ where
             system.stdout(&manual(name));
             return EXIT_OK;
         }
+        Some(Command::Explain { .. }) => return explain(&args, system),
         None => {}
     }
     let (config, source, config_text) = match load(args.config.as_deref(), &mut *system) {
@@ -253,6 +283,58 @@ where
         config_text,
         record: args.record.clone(),
     })
+}
+
+/// `portico explain`: the verdict on stdout; exit 0 allowed, 3 denied, 2
+/// when the configuration or the question is wrong.
+fn explain(args: &Args, system: &mut impl System) -> i32 {
+    let Some(Command::Explain {
+        config,
+        service,
+        client,
+        user,
+        destination,
+        at,
+    }) = &args.command
+    else {
+        return EXIT_CONFIG;
+    };
+    let path = config.as_deref().or(args.config.as_deref());
+    let loaded = match path {
+        Some(p) => config::load(p, &mut *system).map(|l| (l.config, l.rules_at)),
+        None => config::parse(config::DEFAULT_TOML, EMBEDDED)
+            .map(|c| (c, config::rule_lines(config::DEFAULT_TOML, EMBEDDED)))
+            .map_err(config::LoadError::from),
+    };
+    let (config, rules_at) = match loaded {
+        Ok(l) => l,
+        Err(e) => {
+            system.stderr(&format!("{e}\n"));
+            return EXIT_CONFIG;
+        }
+    };
+    let now = system.wall();
+    let question = crate::explain::Question {
+        service: service.clone(),
+        client: *client,
+        user: user.clone(),
+        destination: destination.clone(),
+        wall: at.map_or(now, |t| t.wall(now.utc_offset_secs)),
+    };
+    match crate::explain::explain(&config, &rules_at, &question) {
+        Ok(answer) => {
+            system.stdout(&answer.text);
+            if answer.allowed {
+                EXIT_OK
+            } else {
+                EXIT_DENIED
+            }
+        }
+        Err(e) => {
+            system.stderr(&format!("{e}\n"));
+            EXIT_CONFIG
+        }
+    }
 }
 
 fn replay(trace: &Path, system: &mut impl System) -> i32 {
@@ -491,6 +573,10 @@ mod tests {
         }
         fn euid(&mut self) -> u32 {
             self.euid
+        }
+        fn wall(&mut self) -> crate::rules::Wall {
+            // Monday 2026-12-07 12:00 UTC.
+            crate::rules::Wall::utc(1_796_644_800)
         }
     }
 

@@ -257,6 +257,9 @@ impl portico_core::cli::System for Process {
     fn euid(&mut self) -> u32 {
         crate::privileges::euid()
     }
+    fn wall(&mut self) -> Wall {
+        WallClock::new().now()
+    }
     fn run(&mut self, plan: Plan) -> i32 {
         diagnostics::set_level(plan.log_level);
         // Diagnostics go where the configuration says before anything
