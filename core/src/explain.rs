@@ -24,9 +24,7 @@ impl LocalTime {
     /// Parses `YYYY-MM-DDTHH:MM` (a space instead of the `T` also does).
     pub fn parse(s: &str) -> Result<LocalTime, String> {
         let bad = || format!("\"{s}\" is not a local time like 2026-12-07T09:30");
-        let (date, time) = s
-            .split_once(['T', ' '])
-            .ok_or_else(bad)?;
+        let (date, time) = s.split_once(['T', ' ']).ok_or_else(bad)?;
         let mut d = date.splitn(3, '-');
         let num = |x: Option<&str>, len: usize| -> Result<i64, String> {
             match x {
@@ -146,8 +144,13 @@ pub fn explain(config: &Config, rules_at: &[String], q: &Question) -> Result<Ans
         });
     };
     let dest = match &q.destination {
-        Some(d) => Some(split_destination(d).ok_or_else(|| ExplainError::BadDestination(d.clone()))?),
-        None => service.destination.as_ref().map(|d| (d.host.to_string(), d.port)),
+        Some(d) => {
+            Some(split_destination(d).ok_or_else(|| ExplainError::BadDestination(d.clone()))?)
+        }
+        None => service
+            .destination
+            .as_ref()
+            .map(|d| (d.host.to_string(), d.port)),
     };
     let (host, addr) = match &dest {
         Some((h, _)) => match h.parse::<IpAddr>() {
@@ -171,7 +174,11 @@ pub fn explain(config: &Config, rules_at: &[String], q: &Question) -> Result<Ans
         Verdict::Allow { rule, rate } => (true, rule, rate),
         Verdict::Deny { rule } => (false, rule, None),
     };
-    let _ = writeln!(out, "verdict: {}", if allowed { "allowed" } else { "denied" });
+    let _ = writeln!(
+        out,
+        "verdict: {}",
+        if allowed { "allowed" } else { "denied" }
+    );
     match rule {
         Some(i) => {
             let _ = writeln!(out, "rule: {} at {}", i + 1, at(i));
@@ -294,7 +301,10 @@ fn reason(r: &Rule, why: Mismatch, q: &Query, wall: Wall) -> String {
             } else {
                 ""
             };
-            format!("destination {what} is not one of {}{note}", patterns.join(", "))
+            format!(
+                "destination {what} is not one of {}{note}",
+                patterns.join(", ")
+            )
         }
     };
     format!("{action} rule: {text}")
@@ -346,7 +356,13 @@ mod tests {
         let w = t.wall(3600);
         assert_eq!((w.weekday(), w.minute_of_day()), (0, 570));
         assert_eq!(w.unix_secs, 1_796_635_800 - 3600);
-        assert_eq!(LocalTime::parse("2024-02-29 23:59").unwrap().wall(0).weekday(), 3);
+        assert_eq!(
+            LocalTime::parse("2024-02-29 23:59")
+                .unwrap()
+                .wall(0)
+                .weekday(),
+            3
+        );
         for bad in [
             "2026-12-07",
             "2026-13-01T00:00",
@@ -406,7 +422,12 @@ mod tests {
         // An address is checked against the networks; the deny decides.
         let a = ask(rules, &question(Some("10.1.2.3:443")));
         assert!(!a.allowed);
-        assert!(a.text.starts_with("verdict: denied\nrule: 7 at p.toml:34\n"), "{}", a.text);
+        assert!(
+            a.text
+                .starts_with("verdict: denied\nrule: 7 at p.toml:34\n"),
+            "{}",
+            a.text
+        );
         assert!(!a.text.contains("parent:"), "{}", a.text);
         assert!(!a.text.contains("rule 7 at"), "{}", a.text);
         // No user and no destination: the conditions on them fail.
@@ -419,9 +440,14 @@ mod tests {
             },
         );
         assert!(!a.allowed);
-        assert!(a.text.contains(": no user (it names users bob)\n"), "{}", a.text);
         assert!(
-            a.text.contains(": no destination port (it names ports 443)\n"),
+            a.text.contains(": no user (it names users bob)\n"),
+            "{}",
+            a.text
+        );
+        assert!(
+            a.text
+                .contains(": no destination port (it names ports 443)\n"),
             "{}",
             a.text
         );
@@ -461,7 +487,11 @@ mod tests {
                 ..question(None)
             },
         );
-        assert!(a.text.starts_with("verdict: denied\nrule: 1 at"), "{}", a.text);
+        assert!(
+            a.text.starts_with("verdict: denied\nrule: 1 at"),
+            "{}",
+            a.text
+        );
         let config = config::parse(BASE, "p.toml").unwrap();
         let e = explain(
             &config,

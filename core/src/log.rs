@@ -217,7 +217,10 @@ mod tests {
             .format(t, LogFormat::Text)
             .ends_with(" 1.234s err=denied rule=3"));
         let json = r.format(t, LogFormat::Json);
-        assert!(json.ends_with(",\"error\":\"denied\",\"rule\":3}"), "{json}");
+        assert!(
+            json.ends_with(",\"error\":\"denied\",\"rule\":3}"),
+            "{json}"
+        );
         assert!(!rec().format(t, LogFormat::Json).contains("rule"));
         assert!(!rec().format(t, LogFormat::Text).contains("rule"));
     }

@@ -153,7 +153,11 @@ pub(super) fn rule_places(root: &Node, sources: &Sources) -> Vec<String> {
     let Kind::Table(entries) = &root.kind else {
         return Vec::new();
     };
-    match entries.iter().find(|e| e.key == "rule").map(|e| &e.value.kind) {
+    match entries
+        .iter()
+        .find(|e| e.key == "rule")
+        .map(|e| &e.value.kind)
+    {
         Some(Kind::Array(rules)) => rules
             .iter()
             .map(|r| sources.file_line(r.span.start))

@@ -13,8 +13,8 @@
 
 use super::Session;
 use crate::event::Level;
-use crate::proto::Failure;
 use crate::outcome::Outcome;
+use crate::proto::Failure;
 use crate::proxy_protocol::{self, Header, Parse};
 use crate::table::context::Context;
 
