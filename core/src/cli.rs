@@ -437,6 +437,29 @@ fn commands_section(cmd: &clap::Command) -> String {
     {
         let mut head = format!("\\fB{} {}\\fR", roff(cmd.get_name()), roff(sub.get_name()));
         let mut values = String::new();
+        // Its options, as a synopsis: `[--opt VALUE]`, required ones bare.
+        for a in sub
+            .get_arguments()
+            .filter(|a| !a.is_positional() && !a.is_hide_set())
+        {
+            let Some(long) = a.get_long() else {
+                continue;
+            };
+            if long == "help" {
+                continue;
+            }
+            let value = a
+                .get_value_names()
+                .and_then(|v| v.first())
+                .map(|v| format!(" \\fI{}\\fR", roff(v)))
+                .unwrap_or_default();
+            let opt = format!("\\fB\\-\\-{}\\fR{value}", roff(long));
+            if a.is_required_set() {
+                head.push_str(&format!(" {opt}"));
+            } else {
+                head.push_str(&format!(" [{opt}]"));
+            }
+        }
         for a in sub.get_positionals() {
             let arg = a.get_id().as_str().to_uppercase();
             head.push_str(&format!(" \\fI{arg}\\fR"));
@@ -509,6 +532,9 @@ Runtime failure, such as a port that cannot be opened.
 .TP
 \fB2\fR
 Configuration error, printed as \fIFILE\fR:\fILINE\fR:\fICOLUMN\fR: \fImessage\fR.
+.TP
+\fB3\fR
+\fBexplain\fR: the request would be denied.
 .SH SEE ALSO
 \fBportico.toml\fR(5), \fBsystemctl\fR(1)
 "#;
@@ -632,6 +658,62 @@ mod tests {
         let mut sys = Fake::default();
         main("portico", ["portico", "--help"], &mut sys);
         assert!(!sys.out.contains("\n  man "), "{}", sys.out);
+    }
+
+    #[test]
+    fn explain_answers_with_its_exit_status() {
+        let text = "[[service]]\nname = \"web\"\nkind = \"http\"\nport = 8080\n\
+                    [[rule]]\naction = \"allow\"\nhours = \"08:00-18:00\"\n";
+        let run = |args: &[&str]| {
+            let mut sys = Fake::default();
+            sys.files.insert("/p.toml".into(), text.into());
+            let mut all = vec!["portico"];
+            all.extend_from_slice(args);
+            let code = main("portico", all, &mut sys);
+            (code, sys.out, sys.err)
+        };
+        let q = ["--service", "web", "--client", "192.0.2.1"];
+        let with = |extra: &[&'static str]| -> Vec<&'static str> {
+            let mut v = vec!["explain", "--config", "/p.toml"];
+            v.extend_from_slice(&q);
+            v.extend_from_slice(extra);
+            v
+        };
+        // The Fake's clock says Monday 12:00 UTC: inside the hours.
+        let (code, out, _) = run(&with(&[]));
+        assert_eq!(code, EXIT_OK, "{out}");
+        assert!(
+            out.starts_with("verdict: allowed\nrule: 1 at /p.toml:5\n"),
+            "{out}"
+        );
+        let (code, out, _) = run(&with(&["--at", "2026-12-07T19:00"]));
+        assert_eq!(code, EXIT_DENIED, "{out}");
+        assert!(
+            out.ends_with(
+                "rule 1 at /p.toml:5: no match: allow rule: 19:00 is outside its hours \
+                 08:00-18:00\n"
+            ),
+            "{out}"
+        );
+        // --config before the command works too.
+        let mut before = vec!["--config", "/p.toml", "explain"];
+        before.extend_from_slice(&q);
+        before.extend_from_slice(&["--at", "2026-12-07T19:00"]);
+        assert_eq!(run(&before).0, EXIT_DENIED);
+        let (code, _, err) = run(&[
+            "explain",
+            "--config",
+            "/nope.toml",
+            "--service",
+            "web",
+            "--client",
+            "::1",
+        ]);
+        assert_eq!(code, EXIT_CONFIG);
+        assert!(err.contains("/nope.toml"), "{err}");
+        let (code, _, err) = run(&with(&["--at", "tomorrow"]));
+        assert_eq!(code, EXIT_CONFIG);
+        assert!(err.contains("like 2026-12-07T09:30"), "{err}");
     }
 
     #[test]

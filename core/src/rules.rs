@@ -1415,6 +1415,97 @@ hours = "22:00-06:00"
         }
     }
 
+    // ---- explain -------------------------------------------------------
+
+    #[test]
+    fn explain_walks_as_check_does_and_says_the_first_failure() {
+        let rules = vec![
+            Rule {
+                services: vec!["mail".into()],
+                users: vec!["bob".into()],
+                ..deny()
+            },
+            Rule {
+                clients: vec![net("10.0.0.0/8")],
+                ..deny()
+            },
+            Rule {
+                days: Some(1 << SUN),
+                ..deny()
+            },
+            Rule {
+                hours: Some((22 * 60, 6 * 60)),
+                ..deny()
+            },
+            // User and port both fail: the user is said (checked first).
+            Rule {
+                users: vec!["bob".into()],
+                ports: vec![22..=22],
+                ..deny()
+            },
+            Rule {
+                ports: vec![22..=22],
+                destinations: vec![exact("nowhere.example")],
+                ..deny()
+            },
+            Rule {
+                destinations: vec![suffix("x.org"), dnet("10.0.0.0/8")],
+                ..deny()
+            },
+            Rule {
+                rate: Some(7),
+                ..allow()
+            },
+        ];
+        let query = full(Some("y.org"), Some("1.1.1.1"), 443);
+        let e = explain(&rules, &query, noon());
+        assert_eq!(e.verdict, check(&rules, &query, noon()));
+        assert_eq!(
+            e.verdict,
+            Verdict::Allow {
+                rule: Some(7),
+                rate: Some(7)
+            }
+        );
+        use Mismatch::*;
+        assert_eq!(
+            e.skipped,
+            [
+                (0, Service),
+                (1, Client),
+                (2, Days),
+                (3, Hours),
+                (4, User),
+                (5, Port),
+                (6, Destination)
+            ]
+        );
+        // A window crossing midnight: after midnight, the day it started.
+        let fri_night = vec![Rule {
+            days: Some(1 << FRI),
+            hours: Some((22 * 60, 6 * 60)),
+            ..allow()
+        }];
+        let q = q("web");
+        assert_eq!(explain(&fri_night, &q, at(SAT, 3, 0)).skipped, []);
+        assert_eq!(explain(&fri_night, &q, at(FRI, 3, 0)).skipped, [(0, Days)]);
+        assert_eq!(
+            explain(&fri_night, &q, at(FRI, 12, 0)).skipped,
+            [(0, Hours)]
+        );
+        // No rule matches: every rule is said, and the implicit deny.
+        let e = explain(&rules[..7], &query, noon());
+        assert_eq!((e.verdict, e.skipped.len()), (D, 7));
+        // No rules: allowed, nothing to say.
+        assert_eq!(
+            explain(&[], &query, noon()),
+            Explanation {
+                verdict: A,
+                skipped: Vec::new()
+            }
+        );
+    }
+
     // ---- check_early ---------------------------------------------------
 
     #[test]
