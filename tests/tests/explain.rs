@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use portico_tests::logline::parse_json_object;
 use portico_tests::{
     both, config_head, connect, run_cli, service, start_on_free_ports, Behaviour, Bin, CliOutput,
     StartOptions, TempDir, TestServer, ALICE, PROMPTLY,
@@ -17,6 +18,7 @@ both!(
     explain_refuses_a_wrong_question,
     access_line_names_the_rule_http,
     access_line_names_the_rule_socks,
+    json_line_names_the_rule,
 );
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -235,10 +237,15 @@ struct Live {
 /// socks services (`socks`, and `shut` that rule 1 denies), under
 /// [`LIVE_RULES`].
 fn start_live(bin: Bin, port: u16) -> Live {
+    start_live_logging(bin, port, "")
+}
+
+/// [`start_live`] with the lines `log` in `[log]`.
+fn start_live_logging(bin: Bin, port: u16, log: &str) -> Live {
     let (p, ports) = start_on_free_ports(bin, 3, StartOptions::default(), |ports| {
         format!(
             "{}{}{}{}{LIVE_RULES}",
-            config_head("", ""),
+            config_head("", log),
             service(
                 "web",
                 "http",
@@ -377,4 +384,25 @@ fn access_line_names_the_rule_socks(bin: Bin) {
         ("denied", Some("denied"), Some(1)),
         "{bin}: {l:?}"
     );
+}
+
+fn json_line_names_the_rule(bin: Bin) {
+    let server = TestServer::start(Behaviour::Echo);
+    let Live { p, socks, .. } = start_live_logging(bin, server.addr().port(), "format = \"json\"");
+    for (dest, code, rule) in [
+        (server.addr(), 0, 3),
+        (SocketAddr::from(([192, 0, 2, 1], 80)), 2, 2),
+    ] {
+        let mut c = connect(socks).unwrap_or_else(|e| panic!("{bin}: connect: {e}"));
+        let me = c.local_addr().expect("local_addr");
+        assert_eq!(socks5_connect(bin, &mut c, dest), code, "{bin}: {dest}");
+        drop(c);
+        let line = p.expect_log_line(&format!("\"client\":\"{me}\""), PROMPTLY);
+        let obj = parse_json_object(&line).unwrap_or_else(|e| panic!("{bin}: {e}"));
+        let got = obj
+            .iter()
+            .find(|(k, _)| k == "rule")
+            .map(|(_, v)| v.as_u64());
+        assert_eq!(got, Some(Some(rule)), "{bin}: {line}");
+    }
 }
