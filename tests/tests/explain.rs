@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use portico_tests::logline::parse_json_object;
 use portico_tests::{
-    both, config_head, connect, run_cli, service, start_on_free_ports, Behaviour, Bin, CliOutput,
-    StartOptions, TempDir, TestServer, ALICE, PROMPTLY,
+    both, config_head, connect, echo_check, local, mapped_service, read_outcome, run_cli, service,
+    start_on_free_ports, Behaviour, Bin, CliOutput, StartOptions, TempDir, TestServer, ALICE,
+    PROMPTLY,
 };
 
 both!(
@@ -19,6 +20,7 @@ both!(
     access_line_names_the_rule_http,
     access_line_names_the_rule_socks,
     json_line_names_the_rule,
+    reload_recheck_names_the_new_rule,
 );
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -405,4 +407,43 @@ fn json_line_names_the_rule(bin: Bin) {
             .map(|(_, v)| v.as_u64());
         assert_eq!(got, Some(Some(rule)), "{bin}: {line}");
     }
+}
+
+/// With `--reload-recheck`, a tunnel the new rules deny is closed, and its
+/// line names the new rule that denied it, not the old one that allowed it.
+fn reload_recheck_names_the_new_rule(bin: Bin) {
+    let server = TestServer::start(Behaviour::Echo);
+    let config = |port: u16, rules: &str| {
+        format!(
+            "{}{}{rules}",
+            config_head("", ""),
+            mapped_service("map", port, server.addr(), "")
+        )
+    };
+    // Rule 2 allows the tunnel; after the reload rule 1 denies it.
+    let old = "[[rule]]\naction = \"deny\"\nclients = [\"10.0.0.0/8\"]\n\
+               [[rule]]\naction = \"allow\"\n";
+    let new = "[[rule]]\naction = \"deny\"\nclients = [\"127.0.0.1/32\"]\n";
+    let opts = StartOptions {
+        args: &["--reload-recheck"],
+        ..StartOptions::default()
+    };
+    let (p, ports) = start_on_free_ports(bin, 1, opts, |ports| config(ports[0], old));
+    let mut t = connect(local(ports[0])).unwrap_or_else(|e| panic!("{bin}: connect: {e}"));
+    let me = t.local_addr().expect("local_addr");
+    echo_check(&mut t, b"before").unwrap_or_else(|e| panic!("{bin}: echo: {e}"));
+
+    std::fs::write(p.config_path(), config(ports[0], new)).expect("rewrite the configuration");
+    p.signal(libc::SIGHUP);
+    assert!(
+        read_outcome(&mut t, PROMPTLY).is_closed(),
+        "{bin}: the tunnel the new rules deny is closed\nstderr:\n{}",
+        p.stderr_text()
+    );
+    let l = p.access_of("map", me, PROMPTLY);
+    assert_eq!(
+        (l.status.as_str(), l.rule),
+        ("denied", Some(1)),
+        "{bin}: {l:?}"
+    );
 }
