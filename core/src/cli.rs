@@ -93,7 +93,8 @@ pub enum Command {
         #[arg(long, value_name = "NAME")]
         user: Option<String>,
         /// Where the request goes (default: the service's own destination,
-        /// if it has one). A name is not resolved.
+        /// if it has one). A name is resolved when the proxy would resolve
+        /// it.
         #[arg(long, value_name = "HOST:PORT")]
         destination: Option<String>,
         /// The local time to decide at (default: now).
@@ -169,6 +170,9 @@ pub trait System: Files {
     fn euid(&mut self) -> u32;
     /// The wall-clock time now, with the local zone's offset.
     fn wall(&mut self) -> crate::rules::Wall;
+    /// The addresses `host` resolves to, in the resolver's order (as the
+    /// proxy would resolve it).
+    fn resolve(&mut self, host: &str, port: u16) -> io::Result<Vec<std::net::IpAddr>>;
     /// Serves `plan` until shutdown; returns the exit code.
     fn run(&mut self, plan: Plan) -> i32;
 }
@@ -321,7 +325,9 @@ fn explain(args: &Args, system: &mut impl System) -> i32 {
         destination: destination.clone(),
         wall: at.map_or(now, |t| t.wall(now.utc_offset_secs)),
     };
-    match crate::explain::explain(&config, &rules_at, &question) {
+    let mut resolve = |host: &str, port: u16| system.resolve(host, port).map_err(|e| e.to_string());
+    let answer = crate::explain::explain(&config, &rules_at, &question, &mut resolve);
+    match answer {
         Ok(answer) => {
             system.stdout(&answer.text);
             if answer.allowed {
@@ -603,6 +609,12 @@ mod tests {
         fn wall(&mut self) -> crate::rules::Wall {
             // Monday 2026-12-07 12:00 UTC.
             crate::rules::Wall::utc(1_796_644_800)
+        }
+        fn resolve(&mut self, host: &str, _: u16) -> io::Result<Vec<std::net::IpAddr>> {
+            match host {
+                "intranet.lan" => Ok(vec!["10.1.1.1".parse().unwrap()]),
+                _ => Err(io::Error::new(io::ErrorKind::NotFound, "unknown name")),
+            }
         }
     }
 

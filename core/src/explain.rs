@@ -9,6 +9,7 @@ use std::net::IpAddr;
 
 use crate::config::{Config, DestPattern, Host, Rule, RuleAction};
 use crate::rules::{self, Mismatch, Query, Verdict, Wall};
+use crate::table::context::Context;
 
 /// A local date and time, `YYYY-MM-DDTHH:MM` (`--at`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,9 +134,20 @@ fn split_destination(s: &str) -> Option<(String, u16)> {
     Some((host, port))
 }
 
+/// Resolves a host name to its addresses, in the resolver's order (`Err`:
+/// why not, in words).
+pub type Resolve<'a> = &'a mut dyn FnMut(&str, u16) -> Result<Vec<IpAddr>, String>;
+
 /// Says how the rules of `config` decide `q` (rule `i` written at
-/// `rules_at[i]`).
-pub fn explain(config: &Config, rules_at: &[String], q: &Question) -> Result<Answer, ExplainError> {
+/// `rules_at[i]`). A destination name is resolved with `resolve` only when
+/// the proxy would resolve it (a rule's network could match its address),
+/// and the address the proxy would go to is the one checked.
+pub fn explain(
+    config: &Config,
+    rules_at: &[String],
+    q: &Question,
+    resolve: Resolve<'_>,
+) -> Result<Answer, ExplainError> {
     let Some(service) = config.service(&q.service) else {
         let known: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
         return Err(ExplainError::UnknownService {
@@ -159,14 +171,39 @@ pub fn explain(config: &Config, rules_at: &[String], q: &Question) -> Result<Ans
         },
         None => (None, None),
     };
-    let query = Query {
+    let mut query = Query {
         service: &service.name,
         client: q.client,
         user: q.user.as_deref(),
         host,
-        addr,
+        addr: addr.map(Context::rule_ip),
         port: dest.as_ref().map(|(_, p)| *p),
     };
+    // As the proxy does: a name is resolved only when the verdict could
+    // depend on its address, and goes to the first address allowed (or,
+    // none allowed, is denied as its first address is).
+    let mut resolved = None;
+    if let (Some(h), Some(port)) = (host, query.port) {
+        if rules::check_by_name(&config.rules, &query, q.wall).is_none() {
+            let line = match resolve(h, port) {
+                Ok(addrs) if !addrs.is_empty() => {
+                    let ips: Vec<IpAddr> = addrs.iter().map(|a| Context::rule_ip(*a)).collect();
+                    let first = rules::allowed_addresses(&config.rules, &query, &ips, q.wall)
+                        .first()
+                        .copied()
+                        .unwrap_or(0);
+                    query.addr = Some(ips[first]);
+                    format!("resolved: {h} to {}; checked {}", list(&addrs), ips[first])
+                }
+                Ok(_) => format!("resolved: {h} to no address; the proxy would refuse it"),
+                Err(e) => format!(
+                    "resolved: {h} did not resolve here ({e}); network destinations were \
+                     checked against no address"
+                ),
+            };
+            resolved = Some(line);
+        }
+    }
     let e = rules::explain(&config.rules, &query, q.wall);
     let at = |i: usize| rules_at.get(i).map_or("?", String::as_str);
     let mut out = String::new();
@@ -198,6 +235,10 @@ pub fn explain(config: &Config, rules_at: &[String], q: &Question) -> Result<Ans
             }
             None => out.push_str("rate: none\n"),
         }
+    }
+    if let Some(line) = resolved {
+        out.push_str(&line);
+        out.push('\n');
     }
     for (i, why) in &e.skipped {
         let _ = writeln!(
@@ -287,7 +328,8 @@ fn reason(r: &Rule, why: Mismatch, q: &Query, wall: Wall) -> String {
                 })
                 .collect();
             let what = match (q.host, q.addr) {
-                (Some(h), _) => h.to_string(),
+                (Some(h), Some(a)) => format!("{h} ({a})"),
+                (Some(h), None) => h.to_string(),
                 (None, Some(a)) => Host::Ip(a).to_string(),
                 (None, None) => "none".to_string(),
             };
@@ -295,9 +337,8 @@ fn reason(r: &Rule, why: Mismatch, q: &Query, wall: Wall) -> String {
                 .destinations
                 .iter()
                 .any(|d| matches!(d, DestPattern::Net(_)));
-            let note = if q.host.is_some() && nets {
-                " (its networks match the address a name resolves to; explain does not \
-                 resolve names: give the address to check them)"
+            let note = if q.host.is_some() && q.addr.is_none() && nets {
+                " (its networks match the address a name resolves to, and there is none)"
             } else {
                 ""
             };
@@ -337,7 +378,19 @@ mod tests {
         let text = format!("{BASE}{rules}");
         let config = config::parse(&text, "p.toml").unwrap_or_else(|e| panic!("{e}"));
         let at = config::rule_lines(&text, "p.toml");
-        explain(&config, &at, q).unwrap_or_else(|e| panic!("{e}"))
+        explain(&config, &at, q, &mut resolver).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A resolver that knows a few names.
+    fn resolver(host: &str, _: u16) -> Result<Vec<IpAddr>, String> {
+        let ips = |a: &[&str]| a.iter().map(|x| x.parse().unwrap()).collect();
+        match host {
+            "example.com" => Ok(ips(&["93.184.215.14"])),
+            "intranet.lan" => Ok(ips(&["10.1.1.1", "192.0.2.80"])),
+            "inside.lan" => Ok(ips(&["10.1.1.2"])),
+            "empty.lan" => Ok(Vec::new()),
+            _ => Err("unknown name".into()),
+        }
     }
 
     fn question(dest: Option<&str>) -> Question {
@@ -404,6 +457,7 @@ mod tests {
                 "rule: 8 at p.toml:37",
                 "parent: none",
                 "rate: 1048576 bytes/s each way",
+                "resolved: example.com to 93.184.215.14; checked 93.184.215.14",
                 "rule 1 at p.toml:16: no match: deny rule: service web is not one of mail",
                 "rule 2 at p.toml:19: no match: deny rule: client 192.168.1.5 is not in \
                  10.0.0.0/8",
@@ -414,9 +468,8 @@ mod tests {
                 "rule 5 at p.toml:28: no match: deny rule: user alice is not one of bob",
                 "rule 6 at p.toml:31: no match: deny rule: port 443 is not one of 22, \
                  8000-8999",
-                "rule 7 at p.toml:34: no match: deny rule: destination example.com is not \
-                 one of *.ads.example, 10.0.0.0/8 (its networks match the address a name \
-                 resolves to; explain does not resolve names: give the address to check them)",
+                "rule 7 at p.toml:34: no match: deny rule: destination example.com \
+                 (93.184.215.14) is not one of *.ads.example, 10.0.0.0/8",
             ]
         );
         // An address is checked against the networks; the deny decides.
@@ -451,6 +504,70 @@ mod tests {
             "{}",
             a.text
         );
+    }
+
+    #[test]
+    fn a_name_is_resolved_as_the_proxy_would() {
+        let rules = "[[rule]]\naction = \"deny\"\ndestinations = [\"10.0.0.0/8\"]\n\
+                     [[rule]]\naction = \"allow\"\n";
+        // The first address is denied, the second allowed: the proxy goes
+        // to the second.
+        let a = ask(rules, &question(Some("intranet.lan:80")));
+        assert!(a.allowed, "{}", a.text);
+        assert!(
+            a.text.contains(
+                "resolved: intranet.lan to 10.1.1.1, 192.0.2.80; checked 192.0.2.80\n\
+                 rule 1 at p.toml:16: no match: deny rule: destination intranet.lan \
+                 (192.0.2.80) is not one of 10.0.0.0/8\n"
+            ),
+            "{}",
+            a.text
+        );
+        // Every address denied: denied as the first one is.
+        let a = ask(rules, &question(Some("inside.lan:80")));
+        assert!(!a.allowed);
+        assert!(
+            a.text.starts_with(
+                "verdict: denied\nrule: 1 at p.toml:16\nresolved: inside.lan to 10.1.1.2; \
+                 checked 10.1.1.2\n"
+            ),
+            "{}",
+            a.text
+        );
+        // Not resolved: said, and the networks matched no address.
+        let a = ask(rules, &question(Some("nowhere.lan:80")));
+        assert!(
+            a.text.contains(
+                "resolved: nowhere.lan did not resolve here (unknown name); network \
+                 destinations were checked against no address\n"
+            ),
+            "{}",
+            a.text
+        );
+        assert!(
+            a.text.contains(
+                "destination nowhere.lan is not one of 10.0.0.0/8 (its networks match the \
+                 address a name resolves to, and there is none)"
+            ),
+            "{}",
+            a.text
+        );
+        let a = ask(rules, &question(Some("empty.lan:80")));
+        assert!(
+            a.text.contains("resolved: empty.lan to no address"),
+            "{}",
+            a.text
+        );
+        // A verdict that cannot depend on the address: nothing resolved.
+        let names = "[[rule]]\naction = \"deny\"\ndestinations = [\"*.lan\"]\n\
+                     [[rule]]\naction = \"allow\"\n";
+        let a = ask(names, &question(Some("nowhere.lan:80")));
+        assert!(!a.allowed);
+        assert!(!a.text.contains("resolved:"), "{}", a.text);
+        // The unspecified address is checked as loopback, as the proxy does.
+        let lo = "[[rule]]\naction = \"deny\"\ndestinations = [\"127.0.0.0/8\"]\n\
+                  [[rule]]\naction = \"allow\"\n";
+        assert!(!ask(lo, &question(Some("0.0.0.0:80"))).allowed);
     }
 
     #[test]
@@ -500,16 +617,23 @@ mod tests {
                 service: "news".into(),
                 ..question(None)
             },
+            &mut resolver,
         );
         assert_eq!(
             e.unwrap_err().to_string(),
             "no service is named 'news'; the services are: web, mail"
         );
         for bad in ["example.com", "example.com:0", "::1:80", ":80", "[nope]:80"] {
-            let e = explain(&config, &[], &question(Some(bad)));
+            let e = explain(&config, &[], &question(Some(bad)), &mut resolver);
             assert!(matches!(e, Err(ExplainError::BadDestination(_))), "{bad}");
         }
-        let a = explain(&config, &[], &question(Some("[2001:db8::1]:80"))).unwrap();
+        let a = explain(
+            &config,
+            &[],
+            &question(Some("[2001:db8::1]:80")),
+            &mut resolver,
+        )
+        .unwrap();
         assert!(a.allowed);
     }
 }

@@ -260,6 +260,25 @@ pub fn check_by_name(rules: &[Rule], q: &Query, wall: Wall) -> Option<Verdict> {
     walk(rules, q, wall, unknown, &mut |_, _| {})
 }
 
+/// The addresses a name resolved to that the rules allow `q` to go to
+/// (indexes into `addrs`, in order): the request goes to the first, and
+/// to the next ones should it fail; none allowed, it is denied (by the
+/// first address's verdict). `q.addr` is replaced by each address.
+pub fn allowed_addresses(rules: &[Rule], q: &Query, addrs: &[IpAddr], wall: Wall) -> Vec<usize> {
+    addrs
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| {
+            let q = Query {
+                addr: Some(**a),
+                ..*q
+            };
+            matches!(check(rules, &q, wall), Verdict::Allow { .. })
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
 /// Whether any rule has a network (`Net`) destination, i.e. whether a
 /// request for a host name must be checked again once the name is resolved.
 #[cfg(test)]

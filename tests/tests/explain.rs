@@ -35,7 +35,7 @@ services = ["mail"]
 
 [[rule]]
 action = "deny"
-destinations = ["*.ads.example", "10.0.0.0/8"]
+destinations = ["*.ads.example", "10.0.0.0/8", "127.0.0.0/8", "::1"]
 
 [[rule]]
 action = "allow"
@@ -83,7 +83,7 @@ fn explain_allowed(bin: Bin) {
             "--user",
             "alice",
             "--destination",
-            "example.com:443",
+            "93.184.215.14:443",
             "--at",
             "2026-12-07T09:30",
         ],
@@ -96,9 +96,8 @@ fn explain_allowed(bin: Bin) {
         "rate: 1048576 bytes/s each way".to_string(),
         format!("rule 1 at {rules}:3: no match: deny rule: service web is not one of mail"),
         format!(
-            "rule 2 at {rules}:7: no match: deny rule: destination example.com is not one of \
-             *.ads.example, 10.0.0.0/8 (its networks match the address a name resolves to; \
-             explain does not resolve names: give the address to check them)"
+            "rule 2 at {rules}:7: no match: deny rule: destination 93.184.215.14 is not one of \
+             *.ads.example, 10.0.0.0/8, 127.0.0.0/8, ::1/128"
         ),
     ];
     let got: Vec<&str> = out.stdout.lines().collect();
@@ -178,6 +177,32 @@ fn explain_denied(bin: Bin) {
         out.stdout
             .starts_with(&format!("verdict: denied\nrule: 2 at {rules}:7\n")),
         "{bin}: {out:?}"
+    );
+    // A name is resolved as the proxy would: localhost's every address is
+    // in a denied network.
+    let out = explain(
+        bin,
+        &main,
+        &[
+            "--service",
+            "web",
+            "--client",
+            "192.168.1.5",
+            "--destination",
+            "localhost:443",
+        ],
+    );
+    assert_eq!(out.code(), Some(3), "{bin}: {out:?}");
+    let got: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        got.get(1).copied(),
+        Some(format!("rule: 2 at {rules}:7").as_str()),
+        "{bin}: {got:?}"
+    );
+    assert!(
+        got.get(2)
+            .is_some_and(|l| l.starts_with("resolved: localhost to ")),
+        "{bin}: {got:?}"
     );
 }
 

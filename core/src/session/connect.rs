@@ -135,11 +135,13 @@ impl Session {
             return self.fail(Failure::NotResolved, cx);
         }
         let host = self.target.rsplit_once(':').map_or("", |(h, _)| h);
-        let mut allowed: Vec<SocketAddr> = addrs
-            .iter()
-            .copied()
-            .filter(|a| matches!(self.verdict(cx, Some(host), *a), Verdict::Allow { .. }))
-            .collect();
+        let ips: Vec<IpAddr> = addrs.iter().map(|a| Context::rule_ip(a.ip())).collect();
+        let q = self.query(cx, Some(host), None, addrs[0].port());
+        let mut allowed: Vec<SocketAddr> =
+            rules::allowed_addresses(&cx.config.rules, &q, &ips, cx.wall)
+                .into_iter()
+                .map(|i| addrs[i])
+                .collect();
         if allowed.is_empty() {
             // Every address denied: the first one's rule tells why.
             let v = self.verdict(cx, Some(host), addrs[0]);
