@@ -26,6 +26,8 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_RUNTIME: i32 = 1;
 /// Exit code: configuration error.
 pub const EXIT_CONFIG: i32 = 2;
+/// Exit code of `portico explain` when the request would be denied.
+pub const EXIT_DENIED: i32 = 3;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -73,6 +75,32 @@ pub enum Command {
     Replay {
         /// The trace file.
         trace: PathBuf,
+    },
+    /// Say whether the rules allow a request, which rule decides it (its
+    /// number and FILE:LINE), the parent and rate cap it would get, and why
+    /// each earlier rule does not match. Exit status 0: allowed, 3: denied.
+    Explain {
+        /// Configuration file (TOML), as for a start.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The service the client connects to.
+        #[arg(long, value_name = "NAME")]
+        service: String,
+        /// The client's address.
+        #[arg(long, value_name = "ADDR")]
+        client: std::net::IpAddr,
+        /// The user the client authenticated as (none: not authenticated).
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
+        /// Where the request goes (default: the service's own destination,
+        /// if it has one). A name is resolved when the proxy would resolve
+        /// it.
+        #[arg(long, value_name = "HOST:PORT")]
+        destination: Option<String>,
+        /// The local time to decide at (default: now).
+        #[arg(long, value_name = "YYYY-MM-DDTHH:MM",
+              value_parser = crate::explain::LocalTime::parse)]
+        at: Option<crate::explain::LocalTime>,
     },
     /// Print the completion script for SHELL (e.g. `portico completions
     /// bash > /etc/bash_completion.d/portico`).
@@ -140,6 +168,11 @@ pub trait System: Files {
     fn log(&mut self, level: Level, message: &str);
     /// The process's effective user id (0: root).
     fn euid(&mut self) -> u32;
+    /// The wall-clock time now, with the local zone's offset.
+    fn wall(&mut self) -> crate::rules::Wall;
+    /// The addresses `host` resolves to, in the resolver's order (as the
+    /// proxy would resolve it).
+    fn resolve(&mut self, host: &str, port: u16) -> io::Result<Vec<std::net::IpAddr>>;
     /// Serves `plan` until shutdown; returns the exit code.
     fn run(&mut self, plan: Plan) -> i32;
 }
@@ -206,6 +239,7 @@ where
             system.stdout(&manual(name));
             return EXIT_OK;
         }
+        Some(Command::Explain { .. }) => return explain(&args, system),
         None => {}
     }
     let (config, source, config_text) = match load(args.config.as_deref(), &mut *system) {
@@ -253,6 +287,60 @@ where
         config_text,
         record: args.record.clone(),
     })
+}
+
+/// `portico explain`: the verdict on stdout; exit 0 allowed, 3 denied, 2
+/// when the configuration or the question is wrong.
+fn explain(args: &Args, system: &mut impl System) -> i32 {
+    let Some(Command::Explain {
+        config,
+        service,
+        client,
+        user,
+        destination,
+        at,
+    }) = &args.command
+    else {
+        return EXIT_CONFIG;
+    };
+    let path = config.as_deref().or(args.config.as_deref());
+    let loaded = match path {
+        Some(p) => config::load(p, &mut *system).map(|l| (l.config, l.rules_at)),
+        None => config::parse(config::DEFAULT_TOML, EMBEDDED)
+            .map(|c| (c, config::rule_lines(config::DEFAULT_TOML, EMBEDDED)))
+            .map_err(config::LoadError::from),
+    };
+    let (config, rules_at) = match loaded {
+        Ok(l) => l,
+        Err(e) => {
+            system.stderr(&format!("{e}\n"));
+            return EXIT_CONFIG;
+        }
+    };
+    let now = system.wall();
+    let question = crate::explain::Question {
+        service: service.clone(),
+        client: *client,
+        user: user.clone(),
+        destination: destination.clone(),
+        wall: at.map_or(now, |t| t.wall(now.utc_offset_secs)),
+    };
+    let mut resolve = |host: &str, port: u16| system.resolve(host, port).map_err(|e| e.to_string());
+    let answer = crate::explain::explain(&config, &rules_at, &question, &mut resolve);
+    match answer {
+        Ok(answer) => {
+            system.stdout(&answer.text);
+            if answer.allowed {
+                EXIT_OK
+            } else {
+                EXIT_DENIED
+            }
+        }
+        Err(e) => {
+            system.stderr(&format!("{e}\n"));
+            EXIT_CONFIG
+        }
+    }
 }
 
 fn replay(trace: &Path, system: &mut impl System) -> i32 {
@@ -355,6 +443,29 @@ fn commands_section(cmd: &clap::Command) -> String {
     {
         let mut head = format!("\\fB{} {}\\fR", roff(cmd.get_name()), roff(sub.get_name()));
         let mut values = String::new();
+        // Its options, as a synopsis: `[--opt VALUE]`, required ones bare.
+        for a in sub
+            .get_arguments()
+            .filter(|a| !a.is_positional() && !a.is_hide_set())
+        {
+            let Some(long) = a.get_long() else {
+                continue;
+            };
+            if long == "help" {
+                continue;
+            }
+            let value = a
+                .get_value_names()
+                .and_then(|v| v.first())
+                .map(|v| format!(" \\fI{}\\fR", roff(v)))
+                .unwrap_or_default();
+            let opt = format!("\\fB\\-\\-{}\\fR{value}", roff(long));
+            if a.is_required_set() {
+                head.push_str(&format!(" {opt}"));
+            } else {
+                head.push_str(&format!(" [{opt}]"));
+            }
+        }
         for a in sub.get_positionals() {
             let arg = a.get_id().as_str().to_uppercase();
             head.push_str(&format!(" \\fI{arg}\\fR"));
@@ -427,6 +538,9 @@ Runtime failure, such as a port that cannot be opened.
 .TP
 \fB2\fR
 Configuration error, printed as \fIFILE\fR:\fILINE\fR:\fICOLUMN\fR: \fImessage\fR.
+.TP
+\fB3\fR
+\fBexplain\fR: the request would be denied.
 .SH SEE ALSO
 \fBportico.toml\fR(5), \fBsystemctl\fR(1)
 "#;
@@ -492,6 +606,13 @@ mod tests {
         fn euid(&mut self) -> u32 {
             self.euid
         }
+        fn wall(&mut self) -> crate::rules::Wall {
+            // Monday 2026-12-07 12:00 UTC.
+            crate::rules::Wall::utc(1_796_644_800)
+        }
+        fn resolve(&mut self, _: &str, _: u16) -> io::Result<Vec<std::net::IpAddr>> {
+            Err(io::Error::new(io::ErrorKind::NotFound, "no names here"))
+        }
     }
 
     #[test]
@@ -546,6 +667,62 @@ mod tests {
         let mut sys = Fake::default();
         main("portico", ["portico", "--help"], &mut sys);
         assert!(!sys.out.contains("\n  man "), "{}", sys.out);
+    }
+
+    #[test]
+    fn explain_answers_with_its_exit_status() {
+        let text = "[[service]]\nname = \"web\"\nkind = \"http\"\nport = 8080\n\
+                    [[rule]]\naction = \"allow\"\nhours = \"08:00-18:00\"\n";
+        let run = |args: &[&str]| {
+            let mut sys = Fake::default();
+            sys.files.insert("/p.toml".into(), text.into());
+            let mut all = vec!["portico"];
+            all.extend_from_slice(args);
+            let code = main("portico", all, &mut sys);
+            (code, sys.out, sys.err)
+        };
+        let q = ["--service", "web", "--client", "192.0.2.1"];
+        let with = |extra: &[&'static str]| -> Vec<&'static str> {
+            let mut v = vec!["explain", "--config", "/p.toml"];
+            v.extend_from_slice(&q);
+            v.extend_from_slice(extra);
+            v
+        };
+        // The Fake's clock says Monday 12:00 UTC: inside the hours.
+        let (code, out, _) = run(&with(&[]));
+        assert_eq!(code, EXIT_OK, "{out}");
+        assert!(
+            out.starts_with("verdict: allowed\nrule: 1 at /p.toml:5\n"),
+            "{out}"
+        );
+        let (code, out, _) = run(&with(&["--at", "2026-12-07T19:00"]));
+        assert_eq!(code, EXIT_DENIED, "{out}");
+        assert!(
+            out.ends_with(
+                "rule 1 at /p.toml:5: no match: allow rule: 19:00 is outside its hours \
+                 08:00-18:00\n"
+            ),
+            "{out}"
+        );
+        // --config before the command works too.
+        let mut before = vec!["--config", "/p.toml", "explain"];
+        before.extend_from_slice(&q);
+        before.extend_from_slice(&["--at", "2026-12-07T19:00"]);
+        assert_eq!(run(&before).0, EXIT_DENIED);
+        let (code, _, err) = run(&[
+            "explain",
+            "--config",
+            "/nope.toml",
+            "--service",
+            "web",
+            "--client",
+            "::1",
+        ]);
+        assert_eq!(code, EXIT_CONFIG);
+        assert!(err.contains("/nope.toml"), "{err}");
+        let (code, _, err) = run(&with(&["--at", "tomorrow"]));
+        assert_eq!(code, EXIT_CONFIG);
+        assert!(err.contains("like 2026-12-07T09:30"), "{err}");
     }
 
     #[test]

@@ -61,6 +61,7 @@ mod buffer;
 pub mod cli;
 pub mod config;
 mod event;
+pub mod explain;
 mod history;
 mod http;
 mod id;

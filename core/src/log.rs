@@ -36,6 +36,10 @@ pub struct AccessRecord {
     /// Why it was refused or could not connect, if it was: ` err=CAUSE`
     /// after the duration (JSON `"error"`), only when there is one.
     pub error: Option<Cause>,
+    /// The number (from 1, in the configuration's order) of the
+    /// `[[rule]]` that allowed or denied it: ` rule=N` after `err=` (JSON
+    /// `"rule"`), only when a rule decided.
+    pub rule: Option<u32>,
 }
 
 impl AccessRecord {
@@ -61,6 +65,9 @@ impl AccessRecord {
                 );
                 if let Some(c) = self.error {
                     let _ = write!(s, " err={c}");
+                }
+                if let Some(n) = self.rule {
+                    let _ = write!(s, " rule={n}");
                 }
                 s
             }
@@ -97,6 +104,9 @@ impl AccessRecord {
                 );
                 if let Some(c) = self.error {
                     let _ = write!(s, ",\"error\":\"{c}\"");
+                }
+                if let Some(n) = self.rule {
+                    let _ = write!(s, ",\"rule\":{n}");
                 }
                 s.push('}');
                 s
@@ -187,7 +197,32 @@ mod tests {
             down: 56789,
             duration: Duration::from_millis(1234),
             error: None,
+            rule: None,
         }
+    }
+
+    #[test]
+    fn the_deciding_rule_comes_last() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_462_200_123);
+        let mut r = rec();
+        r.rule = Some(3);
+        assert!(
+            r.format(t, LogFormat::Text).ends_with(" 1.234s rule=3"),
+            "{}",
+            r.format(t, LogFormat::Text)
+        );
+        r.status = "403".into();
+        r.error = Some(Cause::Denied);
+        assert!(r
+            .format(t, LogFormat::Text)
+            .ends_with(" 1.234s err=denied rule=3"));
+        let json = r.format(t, LogFormat::Json);
+        assert!(
+            json.ends_with(",\"error\":\"denied\",\"rule\":3}"),
+            "{json}"
+        );
+        assert!(!rec().format(t, LogFormat::Json).contains("rule"));
+        assert!(!rec().format(t, LogFormat::Text).contains("rule"));
     }
 
     #[test]

@@ -176,7 +176,47 @@ impl Verdict {
 /// wins; with no rules everything is allowed; with rules, a query matching
 /// none is denied.
 pub fn check(rules: &[Rule], q: &Query, wall: Wall) -> Verdict {
-    walk(rules, q, wall, Unknown::NONE).expect("every field is known: always decided")
+    walk(rules, q, wall, Unknown::NONE, &mut |_, _| {})
+        .expect("every field is known: always decided")
+}
+
+/// Why one rule did not match a request: the first of its conditions that
+/// failed, in the order they are checked (service, client, days, hours,
+/// user, port, destination).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mismatch {
+    Service,
+    Client,
+    /// The (local) day is not one of the rule's `days`; for a window
+    /// crossing midnight, after midnight, the day before.
+    Days,
+    /// The (local) time of day is outside the rule's `hours`.
+    Hours,
+    /// No user, or not one the rule names.
+    User,
+    /// No port, or not one of the rule's ports.
+    Port,
+    /// The destination matches none of the rule's patterns.
+    Destination,
+}
+
+/// [`check`], telling also why each rule before the deciding one did not
+/// match (every rule, when none did): the same walk, reported as it goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explanation {
+    pub verdict: Verdict,
+    /// `(rule index, why)`, in rule order.
+    pub skipped: Vec<(usize, Mismatch)>,
+}
+
+/// [`check`] with its reasons (what `portico explain` prints).
+pub fn explain(rules: &[Rule], q: &Query, wall: Wall) -> Explanation {
+    let mut skipped = Vec::new();
+    let verdict = walk(rules, q, wall, Unknown::NONE, &mut |i, why| {
+        skipped.push((i, why))
+    })
+    .expect("every field is known: always decided");
+    Explanation { verdict, skipped }
 }
 
 /// The check at accept time, when only the service and client are known.
@@ -191,7 +231,14 @@ pub fn check(rules: &[Rule], q: &Query, wall: Wall) -> Verdict {
 /// conditions fail are skipped; when every rule is skipped the result is
 /// the implicit `Deny { rule: None }`. No rules: `Allow { rule: None, .. }`.
 pub fn check_early(rules: &[Rule], service: &str, client: IpAddr, wall: Wall) -> Verdict {
-    walk(rules, &Query::new(service, client), wall, Unknown::ALL).unwrap_or(Verdict::Allow {
+    walk(
+        rules,
+        &Query::new(service, client),
+        wall,
+        Unknown::ALL,
+        &mut |_, _| {},
+    )
+    .unwrap_or(Verdict::Allow {
         rule: None,
         rate: None,
     })
@@ -210,7 +257,26 @@ pub fn check_by_name(rules: &[Rule], q: &Query, wall: Wall) -> Option<Verdict> {
         addr: q.addr.is_none(),
         ..Unknown::NONE
     };
-    walk(rules, q, wall, unknown)
+    walk(rules, q, wall, unknown, &mut |_, _| {})
+}
+
+/// The addresses a name resolved to that the rules allow `q` to go to
+/// (indexes into `addrs`, in order): the request goes to the first, and
+/// to the next ones should it fail; none allowed, it is denied (by the
+/// first address's verdict). `q.addr` is replaced by each address.
+pub fn allowed_addresses(rules: &[Rule], q: &Query, addrs: &[IpAddr], wall: Wall) -> Vec<usize> {
+    addrs
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| {
+            let q = Query {
+                addr: Some(**a),
+                ..*q
+            };
+            matches!(check(rules, &q, wall), Verdict::Allow { .. })
+        })
+        .map(|(i, _)| i)
+        .collect()
 }
 
 /// Whether any rule has a network (`Net`) destination, i.e. whether a
@@ -255,26 +321,27 @@ impl Unknown {
     };
 }
 
-/// Three-valued match.
+/// Three-valued match; `No` says which condition failed first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tri {
-    No,
+    No(Mismatch),
     Maybe,
     Yes,
 }
 
 impl Tri {
-    fn from_bool(b: bool) -> Tri {
+    fn from_bool(b: bool, why: Mismatch) -> Tri {
         if b {
             Tri::Yes
         } else {
-            Tri::No
+            Tri::No(why)
         }
     }
 
+    /// Both: the first `No` (in the order of the conditions) wins.
     fn and(self, other: Tri) -> Tri {
         match (self, other) {
-            (Tri::No, _) | (_, Tri::No) => Tri::No,
+            (Tri::No(w), _) | (_, Tri::No(w)) => Tri::No(w),
             (Tri::Maybe, _) | (_, Tri::Maybe) => Tri::Maybe,
             (Tri::Yes, Tri::Yes) => Tri::Yes,
         }
@@ -282,7 +349,14 @@ impl Tri {
 }
 
 /// First match wins; `None` when a rule that might match stops the walk.
-fn walk(rules: &[Rule], q: &Query, wall: Wall, unknown: Unknown) -> Option<Verdict> {
+/// `skipped` hears of each rule passed over, and why.
+fn walk(
+    rules: &[Rule],
+    q: &Query,
+    wall: Wall,
+    unknown: Unknown,
+    skipped: &mut impl FnMut(usize, Mismatch),
+) -> Option<Verdict> {
     if rules.is_empty() {
         return Some(Verdict::Allow {
             rule: None,
@@ -291,7 +365,7 @@ fn walk(rules: &[Rule], q: &Query, wall: Wall, unknown: Unknown) -> Option<Verdi
     }
     for (i, r) in rules.iter().enumerate() {
         match matches_rule(r, q, wall, unknown) {
-            Tri::No => continue,
+            Tri::No(why) => skipped(i, why),
             Tri::Maybe => return None,
             Tri::Yes => {
                 return Some(match r.action {
@@ -309,11 +383,14 @@ fn walk(rules: &[Rule], q: &Query, wall: Wall, unknown: Unknown) -> Option<Verdi
 
 fn matches_rule(r: &Rule, q: &Query, wall: Wall, unknown: Unknown) -> Tri {
     // The known-for-sure conditions first: a No there settles it.
-    let known = r.service_matches(q.service)
-        && (r.clients.is_empty() || r.clients.iter().any(|n| net_contains(n, q.client)))
-        && time_matches(r, wall);
-    if !known {
-        return Tri::No;
+    if !r.service_matches(q.service) {
+        return Tri::No(Mismatch::Service);
+    }
+    if !(r.clients.is_empty() || r.clients.iter().any(|n| net_contains(n, q.client))) {
+        return Tri::No(Mismatch::Client);
+    }
+    if let Some(why) = time_mismatch(r, wall) {
+        return Tri::No(why);
     }
     users_match(r, q, unknown)
         .and(ports_match(r, q, unknown))
@@ -325,9 +402,9 @@ fn users_match(r: &Rule, q: &Query, unknown: Unknown) -> Tri {
         return Tri::Yes;
     }
     match q.user {
-        Some(u) => Tri::from_bool(r.users.iter().any(|x| x == u)),
+        Some(u) => Tri::from_bool(r.users.iter().any(|x| x == u), Mismatch::User),
         None if unknown.user => Tri::Maybe,
-        None => Tri::No,
+        None => Tri::No(Mismatch::User),
     }
 }
 
@@ -336,9 +413,9 @@ fn ports_match(r: &Rule, q: &Query, unknown: Unknown) -> Tri {
         return Tri::Yes;
     }
     match q.port {
-        Some(p) => Tri::from_bool(r.port_matches(p)),
+        Some(p) => Tri::from_bool(r.port_matches(p), Mismatch::Port),
         None if unknown.port => Tri::Maybe,
-        None => Tri::No,
+        None => Tri::No(Mismatch::Port),
     }
 }
 
@@ -375,7 +452,7 @@ fn destinations_match(r: &Rule, q: &Query, unknown: Unknown) -> Tri {
     if name_pending || addr_pending {
         Tri::Maybe
     } else {
-        Tri::No
+        Tri::No(Mismatch::Destination)
     }
 }
 
@@ -429,23 +506,31 @@ fn net_contains(net: &IpNet, ip: IpAddr) -> bool {
     }
 }
 
-/// `days` and `hours` at `wall`; see the module docs for windows crossing
-/// midnight (`days` is the day the window started).
-fn time_matches(r: &Rule, wall: Wall) -> bool {
+/// `days` and `hours` at `wall`: `None` when they match, else which failed
+/// (see the module docs for windows crossing midnight: `days` is the day
+/// the window started).
+fn time_mismatch(r: &Rule, wall: Wall) -> Option<Mismatch> {
     let today = wall.weekday();
     let m = wall.minute_of_day();
+    let day = |d: u8| (!r.day_matches(d)).then_some(Mismatch::Days);
     match r.hours {
-        None => r.day_matches(today),
-        Some((start, end)) if start < end => start <= m && m < end && r.day_matches(today),
+        None => day(today),
+        Some((start, end)) if start < end => {
+            if start <= m && m < end {
+                day(today)
+            } else {
+                Some(Mismatch::Hours)
+            }
+        }
         // Crossing midnight (start == end, which `parse` refuses, is read
         // as a 24-hour window starting at `start`).
         Some((start, end)) => {
             if m >= start {
-                r.day_matches(today)
+                day(today)
             } else if m < end || start == end {
-                r.day_matches((today + 6) % 7)
+                day((today + 6) % 7)
             } else {
-                false
+                Some(Mismatch::Hours)
             }
         }
     }
@@ -1347,6 +1432,97 @@ hours = "22:00-06:00"
         fn with_service(self, service: &'a str) -> Query<'a> {
             Query { service, ..self }
         }
+    }
+
+    // ---- explain -------------------------------------------------------
+
+    #[test]
+    fn explain_walks_as_check_does_and_says_the_first_failure() {
+        let rules = vec![
+            Rule {
+                services: vec!["mail".into()],
+                users: vec!["bob".into()],
+                ..deny()
+            },
+            Rule {
+                clients: vec![net("10.0.0.0/8")],
+                ..deny()
+            },
+            Rule {
+                days: Some(1 << SUN),
+                ..deny()
+            },
+            Rule {
+                hours: Some((22 * 60, 6 * 60)),
+                ..deny()
+            },
+            // User and port both fail: the user is said (checked first).
+            Rule {
+                users: vec!["bob".into()],
+                ports: vec![22..=22],
+                ..deny()
+            },
+            Rule {
+                ports: vec![22..=22],
+                destinations: vec![exact("nowhere.example")],
+                ..deny()
+            },
+            Rule {
+                destinations: vec![suffix("x.org"), dnet("10.0.0.0/8")],
+                ..deny()
+            },
+            Rule {
+                rate: Some(7),
+                ..allow()
+            },
+        ];
+        let query = full(Some("y.org"), Some("1.1.1.1"), 443);
+        let e = explain(&rules, &query, noon());
+        assert_eq!(e.verdict, check(&rules, &query, noon()));
+        assert_eq!(
+            e.verdict,
+            Verdict::Allow {
+                rule: Some(7),
+                rate: Some(7)
+            }
+        );
+        use Mismatch::*;
+        assert_eq!(
+            e.skipped,
+            [
+                (0, Service),
+                (1, Client),
+                (2, Days),
+                (3, Hours),
+                (4, User),
+                (5, Port),
+                (6, Destination)
+            ]
+        );
+        // A window crossing midnight: after midnight, the day it started.
+        let fri_night = vec![Rule {
+            days: Some(1 << FRI),
+            hours: Some((22 * 60, 6 * 60)),
+            ..allow()
+        }];
+        let q = q("web");
+        assert_eq!(explain(&fri_night, &q, at(SAT, 3, 0)).skipped, []);
+        assert_eq!(explain(&fri_night, &q, at(FRI, 3, 0)).skipped, [(0, Days)]);
+        assert_eq!(
+            explain(&fri_night, &q, at(FRI, 12, 0)).skipped,
+            [(0, Hours)]
+        );
+        // No rule matches: every rule is said, and the implicit deny.
+        let e = explain(&rules[..7], &query, noon());
+        assert_eq!((e.verdict, e.skipped.len()), (D, 7));
+        // No rules: allowed, nothing to say.
+        assert_eq!(
+            explain(&[], &query, noon()),
+            Explanation {
+                verdict: A,
+                skipped: Vec::new()
+            }
+        );
     }
 
     // ---- check_early ---------------------------------------------------

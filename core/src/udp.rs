@@ -238,6 +238,7 @@ impl UdpTable {
                 down: m.down,
                 duration: now.saturating_duration_since(m.opened),
                 error: outcome.cause(),
+                rule: None,
             })));
         }
         if self.maps.is_empty() {

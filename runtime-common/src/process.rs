@@ -257,6 +257,13 @@ impl portico_core::cli::System for Process {
     fn euid(&mut self) -> u32 {
         crate::privileges::euid()
     }
+    fn wall(&mut self) -> Wall {
+        WallClock::new().now()
+    }
+    fn resolve(&mut self, host: &str, port: u16) -> io::Result<Vec<std::net::IpAddr>> {
+        use std::net::ToSocketAddrs;
+        Ok((host, port).to_socket_addrs()?.map(|a| a.ip()).collect())
+    }
     fn run(&mut self, plan: Plan) -> i32 {
         diagnostics::set_level(plan.log_level);
         // Diagnostics go where the configuration says before anything

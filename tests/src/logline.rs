@@ -20,6 +20,9 @@ pub struct AccessLine {
     pub duration: String,
     /// The cause after ` err=`, when the line has one.
     pub err: Option<String>,
+    /// The number after ` rule=` (the rule that decided), when the line
+    /// has one.
+    pub rule: Option<u32>,
 }
 
 /// `2026-11-23T19:30:00.123Z`: exactly that shape.
@@ -48,10 +51,19 @@ pub fn is_duration(s: &str) -> bool {
 }
 
 /// Parses a text line: `TIME SERVICE CLIENT USER METHOD TARGET DESTINATION
-/// STATUS up=N down=M D.DDDs`, then ` err=CAUSE` when there is one, single
-/// spaces, nothing before or after.
+/// STATUS up=N down=M D.DDDs`, then ` err=CAUSE` when there is one, then
+/// ` rule=N` when there is one; single spaces, nothing before or after.
 pub fn parse_text_line(line: &str) -> Result<AccessLine, String> {
     let mut f: Vec<&str> = line.split(' ').collect();
+    let mut rule = None;
+    if let Some(n) = f.last().and_then(|x| x.strip_prefix("rule=")) {
+        // A rule number counts from 1, written without leading zeros.
+        match n.parse::<u32>() {
+            Ok(v) if digits(n) && v >= 1 && !n.starts_with('0') => rule = Some(v),
+            _ => return Err(format!("field \"rule={n}\" is not rule=N in {line:?}")),
+        }
+        f.pop();
+    }
     let mut err = None;
     if f.len() == 12 {
         match f[11].strip_prefix("err=") {
@@ -62,7 +74,7 @@ pub fn parse_text_line(line: &str) -> Result<AccessLine, String> {
     }
     if f.len() != 11 {
         return Err(format!(
-            "{} space-separated fields, want 11 (12 with err=): {line:?}",
+            "{} space-separated fields, want 11 (12 with err=, one more with rule=): {line:?}",
             f.len()
         ));
     }
@@ -102,6 +114,7 @@ pub fn parse_text_line(line: &str) -> Result<AccessLine, String> {
         down,
         duration: f[10].trim_end_matches('s').into(),
         err,
+        rule,
     })
 }
 
@@ -140,6 +153,20 @@ mod tests {
         assert_eq!(l.down, 56789);
         assert_eq!(l.duration, "1.234");
         assert_eq!(l.user, "alice");
+        assert_eq!((l.err, l.rule), (None, None));
+    }
+
+    #[test]
+    fn err_then_rule() {
+        let base = "2026-11-23T19:30:00.123Z web 1.2.3.4:5 - CONNECT a:443 - 403 up=1 down=2 \
+                    0.001s";
+        let l = parse_text_line(&format!("{base} err=denied rule=12")).expect("err and rule");
+        assert_eq!((l.err.as_deref(), l.rule), (Some("denied"), Some(12)));
+        let l = parse_text_line(&format!("{base} rule=1")).expect("rule alone");
+        assert_eq!((l.err, l.rule), (None, Some(1)));
+        for bad in ["rule=", "rule=0", "rule=01", "rule=x", "rule=1 err=denied"] {
+            assert!(parse_text_line(&format!("{base} {bad}")).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -100,6 +100,12 @@ impl Sources {
         }
     }
 
+    /// `FILE:LINE` of `offset`.
+    pub fn file_line(&self, offset: usize) -> String {
+        let e = self.error(offset, "");
+        format!("{}:{}", e.file, e.line)
+    }
+
     /// `FILE:LINE:COLUMN` of `offset`.
     pub fn place(&self, offset: usize) -> String {
         let e = self.error(offset, "");
@@ -137,6 +143,37 @@ pub struct Loaded {
     /// includes nothing, else every file merged (what the flight recorder
     /// keeps, and [`super::parse`] reads back to the same [`super::Config`]).
     pub text: String,
+    /// Where each of `config.rules` was written, `FILE:LINE` of its
+    /// `[[rule]]` (in the file that holds it, after `include` merged them).
+    pub rules_at: Vec<String>,
+}
+
+/// `FILE:LINE` of each `[[rule]]` of a document, in order.
+pub(super) fn rule_places(root: &Node, sources: &Sources) -> Vec<String> {
+    let Kind::Table(entries) = &root.kind else {
+        return Vec::new();
+    };
+    match entries
+        .iter()
+        .find(|e| e.key == "rule")
+        .map(|e| &e.value.kind)
+    {
+        Some(Kind::Array(rules)) => rules
+            .iter()
+            .map(|r| sources.file_line(r.span.start))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `FILE:LINE` of each `[[rule]]` of one configuration text (no
+/// `include`), as [`Loaded::rules_at`] gives them for a file; empty when
+/// the text does not parse.
+pub fn rule_lines(text: &str, file: &str) -> Vec<String> {
+    let sources = Sources::single(file, text);
+    doc::parse(text, 0)
+        .map(|root| rule_places(&root, &sources))
+        .unwrap_or_default()
 }
 
 /// Reads the configuration file `path` and every file it includes,
@@ -165,8 +202,13 @@ pub fn load(path: &Path, files: &mut dyn Files) -> Result<Loaded, LoadError> {
             )
         })?
     };
+    let rules_at = rule_places(&root, &sources);
     let config = super::validate::check(root, &sources, true)?;
-    Ok(Loaded { config, text })
+    Ok(Loaded {
+        config,
+        text,
+        rules_at,
+    })
 }
 
 /// Removes the top-level `include` key of a file's tree.
@@ -488,6 +530,35 @@ mod tests {
 
     fn names(c: &Config) -> Vec<&str> {
         c.services.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    #[test]
+    fn each_rule_knows_its_file_and_line() {
+        let main = format!(
+            "include = [\"conf.d/*.toml\"]\n{}\n[[rule]]\naction = \"deny\"\n",
+            svc("main", 1)
+        );
+        let part = "# a comment\n\n[[rule]]\naction = \"allow\"\nservices = [\"main\"]\n\n\
+                    [[rule]]\naction = \"deny\"\n";
+        let l = load_mem(&[
+            ("/etc/p/portico.toml", &main),
+            ("/etc/p/conf.d/a.toml", part),
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(l.config.rules.len(), 3);
+        // The included file's rules come first, each at its own header.
+        assert_eq!(
+            l.rules_at,
+            [
+                "/etc/p/conf.d/a.toml:3",
+                "/etc/p/conf.d/a.toml:7",
+                "/etc/p/portico.toml:8"
+            ]
+        );
+        let one = "[[service]]\nname = \"x\"\nkind = \"http\"\nport = 1\n[[rule]]\n\
+                   action = \"allow\"\n";
+        assert_eq!(rule_lines(one, "one.toml"), ["one.toml:5"]);
+        assert!(rule_lines("not [ toml", "bad.toml").is_empty());
     }
 
     #[test]

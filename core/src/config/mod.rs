@@ -55,7 +55,7 @@ pub mod values;
 #[cfg(test)]
 mod tests;
 
-pub use include::{load, Files, LoadError, Loaded};
+pub use include::{load, rule_lines, Files, LoadError, Loaded};
 
 /// The configuration used when no `--config` is given: it serves right away
 /// and listens on 127.0.0.1 only. The Debian package installs the same file

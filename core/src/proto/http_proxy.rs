@@ -65,6 +65,9 @@ pub struct Exchange {
     pub duration: Duration,
     /// Why it was refused or could not connect, if it was.
     pub cause: Option<Cause>,
+    /// It was sent toward an upstream (new or kept), so the rules decided
+    /// it.
+    pub routed: bool,
 }
 
 #[derive(Debug)]
@@ -83,6 +86,8 @@ struct Current {
     /// The request's Accept names text/html: a refusal is a page.
     html: bool,
     cause: Option<Cause>,
+    /// See [`Exchange::routed`].
+    routed: bool,
 }
 
 #[derive(Debug)]
@@ -344,6 +349,9 @@ impl HttpProxy {
                 }
                 self.req = Req::Tunnel;
                 self.upstream = None;
+                if let Some(c) = self.cur.as_mut() {
+                    c.routed = true;
+                }
                 todo.push(Next::Connect {
                     target: target_of(&a.host, a.port),
                     user: self.user.clone(),
@@ -374,6 +382,9 @@ impl HttpProxy {
                 };
                 self.resp = Resp::Head;
                 self.resp_parser.reset();
+                if let Some(c) = self.cur.as_mut() {
+                    c.routed = true;
+                }
                 let same = self
                     .upstream
                     .as_ref()
@@ -419,6 +430,7 @@ impl HttpProxy {
             upgrade: false,
             html: false,
             cause: None,
+            routed: false,
         });
     }
 
@@ -680,6 +692,7 @@ impl HttpProxy {
                 down: queued(down).saturating_sub(c.down0),
                 duration: now.saturating_duration_since(c.started),
                 cause: c.cause,
+                routed: c.routed,
             })
     }
 }

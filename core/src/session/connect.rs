@@ -23,6 +23,12 @@ use crate::rate::{Bucket, Key as RateKey};
 use crate::rules::{self, Query, Verdict};
 use crate::table::context::Context;
 
+/// A rule's number as people count it: from 1, in the configuration's
+/// order (what `portico explain` and the access log's `rule=` say).
+pub(crate) fn rule_number(index: usize) -> u32 {
+    u32::try_from(index).map_or(u32::MAX, |i| i.saturating_add(1))
+}
+
 impl Session {
     /// The rules' question about this session going to `host`/`addr`.
     fn query<'a>(
@@ -42,13 +48,22 @@ impl Session {
         }
     }
 
-    /// `None`: denied; `Some(rate)`: allowed, capped at `rate` if any.
-    fn verdict(&self, cx: &Context, host: Option<&str>, addr: SocketAddr) -> Option<Option<u64>> {
+    /// The rules' verdict on going to `addr` (named `host`, if it was).
+    fn verdict(&self, cx: &Context, host: Option<&str>, addr: SocketAddr) -> Verdict {
         let q = self.query(cx, host, Some(addr.ip()), addr.port());
-        match rules::check(&cx.config.rules, &q, cx.wall) {
-            Verdict::Allow { rate, .. } => Some(rate),
-            Verdict::Deny { .. } => None,
-        }
+        rules::check(&cx.config.rules, &q, cx.wall)
+    }
+
+    /// Takes `v` as the decision on this session's request (the rule it
+    /// names goes to the access log): `None`: denied; `Some(rate)`:
+    /// allowed, capped at `rate` if any.
+    fn decided(&mut self, v: Verdict) -> Option<Option<u64>> {
+        let (rule, allowed) = match v {
+            Verdict::Allow { rule, rate } => (rule, Some(rate)),
+            Verdict::Deny { rule } => (rule, None),
+        };
+        self.rule = rule.map(rule_number);
+        allowed
     }
 
     /// Puts the session under a bandwidth cap shared with the other
@@ -82,9 +97,12 @@ impl Session {
         if let Some(f) = self.refusal {
             return self.fail(f, cx);
         }
+        // A new request: no rule has decided it yet.
+        self.rule = None;
         match target {
             Target::Addr(addr) => {
-                let Some(rate) = self.verdict(cx, None, addr) else {
+                let v = self.verdict(cx, None, addr);
+                let Some(rate) = self.decided(v) else {
                     return self.fail(Failure::Denied, cx);
                 };
                 self.set_rate(rate, cx);
@@ -94,9 +112,10 @@ impl Session {
                 // Refuse by name before resolving only when the address
                 // could not change the verdict.
                 let q = self.query(cx, Some(&host), None, port);
-                if let Some(Verdict::Deny { .. }) =
+                if let Some(v @ Verdict::Deny { .. }) =
                     rules::check_by_name(&cx.config.rules, &q, cx.wall)
                 {
+                    self.decided(v);
                     return self.fail(Failure::Denied, cx);
                 }
                 let conn = self.id;
@@ -116,16 +135,22 @@ impl Session {
             return self.fail(Failure::NotResolved, cx);
         }
         let host = self.target.rsplit_once(':').map_or("", |(h, _)| h);
-        let mut allowed: Vec<SocketAddr> = addrs
-            .iter()
-            .copied()
-            .filter(|a| self.verdict(cx, Some(host), *a).is_some())
-            .collect();
+        let ips: Vec<IpAddr> = addrs.iter().map(|a| Context::rule_ip(a.ip())).collect();
+        let q = self.query(cx, Some(host), None, addrs[0].port());
+        let mut allowed: Vec<SocketAddr> =
+            rules::allowed_addresses(&cx.config.rules, &q, &ips, cx.wall)
+                .into_iter()
+                .map(|i| addrs[i])
+                .collect();
         if allowed.is_empty() {
+            // Every address denied: the first one's rule tells why.
+            let v = self.verdict(cx, Some(host), addrs[0]);
+            self.decided(v);
             return self.fail(Failure::Denied, cx);
         }
         let first = allowed.remove(0);
-        let rate = self.verdict(cx, Some(host), first).flatten();
+        let v = self.verdict(cx, Some(host), first);
+        let rate = self.decided(v).flatten();
         self.set_rate(rate, cx);
         self.upstream.untried = allowed;
         self.connect(first, cx);

@@ -39,6 +39,7 @@
 //! [`Dir`]). The session is finished when both directions are shut.
 
 mod connect;
+pub(crate) use connect::rule_number;
 mod dir;
 mod gateway;
 mod http;
@@ -191,6 +192,9 @@ pub(crate) struct Session {
     /// Why it was refused or could not connect, if it was (the access
     /// log's `err=`).
     pub cause: Option<Cause>,
+    /// The number (from 1) of the rule that decided its latest check, if
+    /// one did (the access log's `rule=`).
+    pub rule: Option<u32>,
     /// It has ended: the table finishes it once the call returns.
     pub ended: bool,
 }
@@ -232,6 +236,7 @@ impl Session {
             throttle: [None, None],
             outcome: Outcome::Ok,
             cause: None,
+            rule: None,
             ended: false,
         }
     }
@@ -857,6 +862,7 @@ impl Session {
                         down: self.down.bytes,
                         duration: now.saturating_duration_since(self.accepted),
                         error: self.cause,
+                        rule: self.rule,
                     };
                     cx.actions.push_back(Action::Access(Box::new(rec)));
                 }
@@ -883,6 +889,8 @@ impl Session {
             down: x.down,
             duration: x.duration,
             error: x.cause,
+            // The rule that decided the exchange's upstream, if it had one.
+            rule: if x.routed { self.rule } else { None },
         }
     }
 }

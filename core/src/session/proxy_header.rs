@@ -14,6 +14,7 @@
 use super::Session;
 use crate::event::Level;
 use crate::outcome::Outcome;
+use crate::proto::Failure;
 use crate::proxy_protocol::{self, Header, Parse};
 use crate::table::context::Context;
 
@@ -48,6 +49,9 @@ impl Session {
                 match cx.admit(self.service, self.client.ip(), words, true) {
                     Ok(refusal) => {
                         self.refusal = refusal;
+                        if refusal == Some(Failure::Denied) {
+                            self.rule = cx.denying_rule(self.service, self.client.ip());
+                        }
                         let first = self.machine.first_phase();
                         self.enter(first, cx.now);
                         self.begin(cx);

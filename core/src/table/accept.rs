@@ -12,6 +12,7 @@ use crate::config::ServiceKind;
 use crate::event::{Level, Refused};
 use crate::id::{ConnId, ListenerId};
 use crate::proto::http_proxy::HttpProxy;
+use crate::proto::Failure;
 use crate::session::{Machine, Phase, Session};
 
 /// A client socket a runtime accepted, and what only the runtime can read
@@ -142,6 +143,9 @@ impl Proxy {
         let mut s = Session::new(conn, service, peer, local, machine, phase, now);
         s.target = self.cx.services[service].target.clone();
         s.refusal = refusal;
+        if refusal == Some(Failure::Denied) {
+            s.rule = self.cx.denying_rule(service, peer.ip());
+        }
         if let Machine::Http(_) = s.machine {
             // Only bytes the HTTP machine clears are forwarded.
             s.up.fwd = Some(0);

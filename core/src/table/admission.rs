@@ -88,6 +88,20 @@ impl Context {
         Ok(refusal)
     }
 
+    /// The number of the rule that denied `client` at accept (what
+    /// [`Context::admit`] decided with), for the access log.
+    pub fn denying_rule(&self, service: usize, client: IpAddr) -> Option<u32> {
+        match rules::check_early(
+            &self.config.rules,
+            &self.services[service].name,
+            client,
+            self.wall,
+        ) {
+            Verdict::Deny { rule } => rule.map(crate::session::rule_number),
+            Verdict::Allow { .. } => None,
+        }
+    }
+
     /// Counts a connection of `service` that is served (not only refused).
     pub fn count_served(&mut self, service: usize) {
         self.stats.accepted += 1;
@@ -110,6 +124,10 @@ impl Context {
             None => self.services[service].count_refused(outcome.word()),
         }
         if self.access_logged() {
+            let rule = match why {
+                Refused::Denied => self.denying_rule(service, peer.ip()),
+                _ => None,
+            };
             let svc = &self.services[service];
             let method = if svc.kind == crate::config::ServiceKind::Mapped {
                 "TCP"
@@ -128,6 +146,7 @@ impl Context {
                 down: 0,
                 duration: Duration::ZERO,
                 error: outcome.cause(),
+                rule,
             };
             self.actions.push_back(Action::Access(Box::new(rec)));
         }

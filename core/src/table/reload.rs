@@ -88,10 +88,13 @@ impl Proxy {
         if recheck {
             let ids: Vec<ConnId> = self.sessions.iter().map(|(_, s)| s.id).collect();
             for conn in ids {
-                if self.denied_now(conn) {
+                if let Some(rule) = self.denied_now(conn) {
                     closed += 1;
                     self.run(conn, now, |s, _| {
                         s.outcome = Outcome::Denied;
+                        // The new rule that denied it, not the old one
+                        // that had allowed it.
+                        s.rule = rule;
                         s.ended = true;
                     });
                 }
@@ -209,13 +212,12 @@ impl Proxy {
     }
 
     /// Whether the rules now in force deny connection `conn` (or its
-    /// service is gone); one only refusing is left to finish.
-    fn denied_now(&self, conn: ConnId) -> bool {
-        let Some(s) = self.session(conn) else {
-            return false;
-        };
+    /// service is gone): `Some(the number of the rule that denies it, if
+    /// one does)`. One only refusing is left to finish.
+    fn denied_now(&self, conn: ConnId) -> Option<Option<u32>> {
+        let s = self.session(conn)?;
         if s.refusal.is_some() {
-            return false;
+            return None;
         }
         let svc = &self.cx.services[s.service];
         let q = Query {
@@ -226,10 +228,12 @@ impl Proxy {
             addr: s.upstream.addr.map(|a| Context::rule_ip(a.ip())),
             port: s.upstream.addr.map(|a| a.port()),
         };
-        svc.retired
-            || matches!(
-                rules::check(&self.cx.config.rules, &q, self.cx.wall),
-                Verdict::Deny { .. }
-            )
+        if svc.retired {
+            return Some(None);
+        }
+        match rules::check(&self.cx.config.rules, &q, self.cx.wall) {
+            Verdict::Deny { rule } => Some(rule.map(crate::session::rule_number)),
+            Verdict::Allow { .. } => None,
+        }
     }
 }
