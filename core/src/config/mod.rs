@@ -223,6 +223,8 @@ pub struct Limits {
     pub udp_idle_timeout: Duration,
     /// Bytes per direction per connection.
     pub buffer: usize,
+    /// How long a password check's verdict is remembered (zero: never).
+    pub auth_cache: Duration,
 }
 
 impl Default for Limits {
@@ -236,6 +238,7 @@ impl Default for Limits {
             shutdown_grace: Duration::from_secs(10),
             udp_idle_timeout: Duration::from_secs(60),
             buffer: 64 * 1024,
+            auth_cache: Duration::from_secs(5 * 60),
         }
     }
 }

@@ -45,6 +45,7 @@ pub struct RawLimits {
     pub shutdown_grace: Option<S<Value>>,
     pub udp_idle_timeout: Option<S<Value>>,
     pub buffer: Option<S<Value>>,
+    pub auth_cache: Option<S<Value>>,
 }
 
 #[derive(Debug, Deserialize)]

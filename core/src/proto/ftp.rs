@@ -924,10 +924,11 @@ mod tests {
     /// end at `cuts`; returns (step, reply, bytes consumed).
     fn login(input: &[u8], cuts: &[usize], destination: Option<&str>) -> (Next, String, usize) {
         let c = config(destination);
-        let mut users = Users::new(&c.users);
+        let mut users = Users::new(&c.users, 1, std::time::Duration::ZERO);
         let mut scope = Scope {
             service: &c.services[0],
             users: &mut users,
+            now: std::time::Instant::now(),
         };
         let mut f = Ftp::default();
         let mut reply = Vec::new();

@@ -314,7 +314,9 @@ impl HttpProxy {
         if scope.service.auth {
             let ok = match &req.proxy_auth {
                 request::ProxyAuth::Basic { user, password } => {
-                    scope.users.check(user.as_bytes(), password.as_bytes()) && {
+                    scope
+                        .users
+                        .check_blocking(user.as_bytes(), password.as_bytes(), scope.now) && {
                         self.user = Some(user.clone());
                         true
                     }

@@ -345,6 +345,7 @@ mod tests {
             let mut scope = Scope {
                 service: &c.services[0],
                 users: &mut users,
+                now: std::time::Instant::now(),
             };
             let mut p = Pop3::default();
             let mut greeting = Vec::new();

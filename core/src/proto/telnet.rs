@@ -214,7 +214,7 @@ impl Telnet {
                 // The client echoed nothing, not even the end of the line.
                 reply.extend_from_slice(b"\r\n");
                 let name = std::mem::take(&mut self.login);
-                if !scope.users.check(&name, &line) {
+                if !scope.users.check_blocking(&name, &line, scope.now) {
                     self.phase = Phase::Done;
                     reply.extend_from_slice(b"login incorrect\r\n");
                     return Next::Close(Outcome::AuthFailed);
@@ -599,7 +599,7 @@ mod tests {
              [[service]]\nname = \"t\"\nkind = \"telnet\"\nport = 2300\nauth = {auth}\n{dest}"
         );
         let c = config::parse_unchecked_kinds(&text, "t").expect("config");
-        let users = Users::new(&c.users);
+        let users = Users::new(&c.users, 1, std::time::Duration::ZERO);
         (c, users)
     }
 
@@ -620,6 +620,7 @@ mod tests {
         let mut scope = Scope {
             service: &c.services[0],
             users: &mut users,
+            now: std::time::Instant::now(),
         };
         let mut t = Telnet::default();
         let mut reply = Vec::new();

@@ -19,6 +19,8 @@
 use std::net::SocketAddr;
 
 use super::{Machine, Phase, Session};
+use crate::auth::{Check, Pending, Verdict};
+use crate::event::Action;
 use crate::id::Side;
 use crate::outcome::Outcome;
 use crate::proto::{Addresses, Failure, Next, Scope};
@@ -38,6 +40,7 @@ impl Session {
         let mut scope = Scope {
             service: &cx.services[self.service].conf,
             users: &mut cx.users,
+            now: cx.now,
         };
         let next = p.start(&mut reply, &mut scope);
         self.method = p.method();
@@ -58,6 +61,7 @@ impl Session {
         let mut scope = Scope {
             service: &cx.services[self.service].conf,
             users: &mut cx.users,
+            now: cx.now,
         };
         let (n, next) = p.input(data, &mut reply, &mut scope);
         self.method = p.method();
@@ -83,6 +87,12 @@ impl Session {
                 self.sync(cx);
             }
             Next::Connect { target, user } => self.request(target, user, cx),
+            Next::Authenticate { user, password } => {
+                match cx.users.check(&user, &password.0, cx.now) {
+                    Check::Known(v) => self.authenticated(v, cx),
+                    Check::Ask(p) => self.ask_check(p, cx),
+                }
+            }
             Next::Close(outcome) => {
                 self.close_after_reply(outcome, cx);
                 self.sync(cx);
@@ -93,6 +103,56 @@ impl Session {
                 self.close_after_reply(Outcome::Error, cx);
                 self.sync(cx);
             }
+        }
+    }
+
+    /// Hands a password check to the runtime; the session waits for
+    /// [`Session::on_password_checked`].
+    fn ask_check(&mut self, p: Box<Pending>, cx: &mut Context) {
+        cx.services[self.service].counters.password_checks += 1;
+        cx.actions.push_back(Action::CheckPassword {
+            conn: self.id,
+            phc: p.phc.clone(),
+            password: p.password.clone(),
+        });
+        self.checking = Some(p);
+        self.sync(cx);
+    }
+
+    /// The runtime's verdict on the password check this session asked
+    /// for (none asked: a verdict that is not this session's, dropped).
+    pub fn on_password_checked(&mut self, ok: bool, cx: &mut Context) {
+        let Some(p) = self.checking.take() else {
+            return;
+        };
+        match cx.users.settle(p, ok, cx.now) {
+            Check::Known(v) => self.authenticated(v, cx),
+            // Reloaded meanwhile, and the new users' hash is to be checked.
+            Check::Ask(p) => self.ask_check(p, cx),
+        }
+    }
+
+    /// A login's verdict: counted when it failed, told to the protocol,
+    /// and then what the client sent meanwhile is its next step.
+    fn authenticated(&mut self, v: Verdict, cx: &mut Context) {
+        if let Some(reason) = v.failure() {
+            *cx.services[self.service]
+                .counters
+                .auth_failures
+                .entry(reason)
+                .or_insert(0) += 1;
+        }
+        let Machine::Gateway(p) = &mut self.machine else {
+            return;
+        };
+        let mut reply = Vec::new();
+        let next = p.checked(v == Verdict::Ok, &mut reply);
+        self.down.say(&reply);
+        let waits = next == Next::Wait;
+        self.step(next, cx);
+        let buffered = self.up.buf.as_ref().is_some_and(|b| !b.data().is_empty());
+        if waits && !self.ended && buffered {
+            self.gateway_input(cx);
         }
     }
 

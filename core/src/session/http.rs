@@ -37,6 +37,7 @@ impl Session {
         let mut scope = Scope {
             service: &cx.services[self.service].conf,
             users: &mut cx.users,
+            now: cx.now,
         };
         h.client(&mut self.up, &mut self.down, &mut scope, cx.now, &mut todo);
         self.http_todo(todo, cx);

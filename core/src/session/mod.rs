@@ -193,6 +193,8 @@ pub(crate) struct Session {
     pub cause: Option<Cause>,
     /// It has ended: the table finishes it once the call returns.
     pub ended: bool,
+    /// The password check the runtime is running for this login, if any.
+    pub checking: Option<Box<crate::auth::Pending>>,
 }
 
 impl Session {
@@ -233,6 +235,7 @@ impl Session {
             outcome: Outcome::Ok,
             cause: None,
             ended: false,
+            checking: None,
         }
     }
 
