@@ -56,7 +56,7 @@
 //! work is an [`Action`] and its answer an [`Event`], as name resolution
 //! is.
 
-mod auth;
+pub mod auth;
 mod buffer;
 pub mod cli;
 pub mod config;
