@@ -243,7 +243,12 @@ impl Users {
     /// [`Users::check`] to the end, running argon2 here when needed: for
     /// the protocols whose machines cannot wait for a verdict yet (the
     /// HTTP proxy, the Telnet gateway).
-    pub fn check_blocking(&mut self, name: &[u8], password: &[u8], now: std::time::Instant) -> bool {
+    pub fn check_blocking(
+        &mut self,
+        name: &[u8],
+        password: &[u8],
+        now: std::time::Instant,
+    ) -> bool {
         match self.check(name, password, now) {
             Check::Known(v) => v == Verdict::Ok,
             Check::Ask(p) => {
@@ -296,10 +301,22 @@ mod user_tests {
     fn users_check_and_cache() {
         let t0 = Instant::now();
         let mut u = users(Duration::from_secs(300));
-        assert_eq!(verdict(&mut u, b"alice", b"secret", t0), (Verdict::Ok, false));
-        assert_eq!(verdict(&mut u, b"alice", b"secreT", t0), (Verdict::Wrong, false));
-        assert_eq!(verdict(&mut u, b"alice\0", b"secret", t0), (Verdict::UnknownUser, false));
-        assert_eq!(verdict(&mut u, b"carol", b"secret", t0), (Verdict::UnknownUser, false));
+        assert_eq!(
+            verdict(&mut u, b"alice", b"secret", t0),
+            (Verdict::Ok, false)
+        );
+        assert_eq!(
+            verdict(&mut u, b"alice", b"secreT", t0),
+            (Verdict::Wrong, false)
+        );
+        assert_eq!(
+            verdict(&mut u, b"alice\0", b"secret", t0),
+            (Verdict::UnknownUser, false)
+        );
+        assert_eq!(
+            verdict(&mut u, b"carol", b"secret", t0),
+            (Verdict::UnknownUser, false)
+        );
         // A hash is checked once, then its verdict comes from the cache,
         // right or wrong, until it expires.
         assert_eq!(verdict(&mut u, b"bob", b"pw", t0), (Verdict::Ok, true));
@@ -356,7 +373,10 @@ mod user_tests {
         // And the old cache went with the reload.
         let mut v = users(Duration::from_secs(300));
         verdict(&mut v, b"bob", b"pw", t0);
-        let mut v = v.reloaded(&users(Duration::ZERO).users_list(), Duration::from_secs(300));
+        let mut v = v.reloaded(
+            &users(Duration::ZERO).users_list(),
+            Duration::from_secs(300),
+        );
         assert_eq!(verdict(&mut v, b"bob", b"pw", t0), (Verdict::Ok, true));
     }
 

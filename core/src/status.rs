@@ -456,7 +456,11 @@ pub fn metrics(snap: &Snapshot) -> String {
             "# HELP portico_password_checks_total Password hashes checked (argon2 run; a verdict from the cache is not counted).\n",
         );
         o.push_str("# TYPE portico_password_checks_total counter\n");
-        for s in snap.services.iter().filter(|s| s.counters.password_checks > 0) {
+        for s in snap
+            .services
+            .iter()
+            .filter(|s| s.counters.password_checks > 0)
+        {
             let _ = writeln!(
                 o,
                 "portico_password_checks_total{{service=\"{}\"}} {}",
@@ -616,7 +620,10 @@ mod tests {
         a.services[0].counters.auth_failures.insert("wrong", 2);
         a.services[0].counters.password_checks = 3;
         b.services[0].counters.auth_failures.insert("wrong", 1);
-        b.services[0].counters.auth_failures.insert("unknown-user", 5);
+        b.services[0]
+            .counters
+            .auth_failures
+            .insert("unknown-user", 5);
         b.services[0].counters.password_checks = 4;
         a.merge(b);
         let m = metrics(&a);

@@ -130,6 +130,9 @@ mod tests {
         let conn = ConnId::from_parts(3, 1);
         assert!(pool.ask(conn, phc, Secret(b"pw".to_vec()), inbox.clone()));
         rx.recv().expect("woken");
-        assert_eq!(inbox.take(), vec![Event::PasswordChecked { conn, ok: true }]);
+        assert_eq!(
+            inbox.take(),
+            vec![Event::PasswordChecked { conn, ok: true }]
+        );
     }
 }

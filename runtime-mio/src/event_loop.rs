@@ -45,8 +45,8 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream, UnixStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
-use portico_runtime::net::{self, Connecting, Ports};
 use portico_runtime::checks::{self, Checkers};
+use portico_runtime::net::{self, Connecting, Ports};
 use portico_runtime::resolver::{Inbox, Resolvers};
 use portico_runtime::splice::Pipes;
 use portico_runtime::{

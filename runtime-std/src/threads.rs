@@ -32,8 +32,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use polling::{Event as PEvent, Events, Poller};
-use portico_runtime::net::{self, Connecting, Ports};
 use portico_runtime::checks::{self, Checkers};
+use portico_runtime::net::{self, Connecting, Ports};
 use portico_runtime::resolver::resolve;
 use portico_runtime::splice::{Pipe, Pipes};
 use portico_runtime::{

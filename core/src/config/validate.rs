@@ -428,7 +428,12 @@ fn limits(cx: &Ctx, raw: Option<&RawLimits>) -> Result<Limits> {
         false,
         &mut l.udp_idle_timeout,
     )?;
-    duration(&raw.auth_cache, "limits.auth_cache", true, &mut l.auth_cache)?;
+    duration(
+        &raw.auth_cache,
+        "limits.auth_cache",
+        true,
+        &mut l.auth_cache,
+    )?;
     if let Some(b) = &raw.buffer {
         let n = cx.named("limits.buffer", b, values::size_value)?;
         l.buffer = usize::try_from(n)

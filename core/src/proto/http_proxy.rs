@@ -316,10 +316,11 @@ impl HttpProxy {
                 request::ProxyAuth::Basic { user, password } => {
                     scope
                         .users
-                        .check_blocking(user.as_bytes(), password.as_bytes(), scope.now) && {
-                        self.user = Some(user.clone());
-                        true
-                    }
+                        .check_blocking(user.as_bytes(), password.as_bytes(), scope.now)
+                        && {
+                            self.user = Some(user.clone());
+                            true
+                        }
                 }
                 _ => false,
             };

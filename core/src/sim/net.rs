@@ -280,7 +280,10 @@ impl Sim {
                 // comes late, after other events, maybe after the client
                 // has gone or the configuration was reloaded.
                 let ok = crate::auth::verify_password(&phc, &password.0);
-                let at = now + self.dice.duration(Duration::ZERO, Duration::from_millis(50));
+                let at = now
+                    + self
+                        .dice
+                        .duration(Duration::ZERO, Duration::from_millis(50));
                 self.net.deliver(at, Deliver::PasswordChecked { conn, ok });
             }
             Action::Connect { conn, addr, .. } => self.connect(self.live[&conn], addr),
