@@ -9,7 +9,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use portico_core::sim::{show, Runtime};
-use portico_core::{Action, ConnId, Event, ListenerId, Side};
+use portico_core::{Action, ConnId, Event, IoKind, ListenerId, Side};
 
 const SOCKS: u16 = 1080;
 const DEST: u16 = 9000;
@@ -164,15 +164,24 @@ fn the_verdict_of_a_client_gone_is_dropped() {
     let (conn, actions) = client(&mut rt, 40000, &login("pw"));
     assert!(asked(&actions, conn).is_some());
     rt.flush(conn, Side::Client);
+    // A client that only shut its side still gets its answer...
     rt.handle(Event::Eof {
         conn,
         side: Side::Client,
     });
     rt.drain();
     assert!(
-        !rt.is_live(conn),
-        "a client that hung up mid-check is closed"
+        rt.is_live(conn),
+        "a half-closed client waits for its verdict"
     );
+    // ...one whose connection broke is gone.
+    rt.handle(Event::IoError {
+        conn,
+        side: Side::Client,
+        error: IoKind::Reset,
+    });
+    rt.drain();
+    assert!(!rt.is_live(conn), "a client that went mid-check is closed");
     // The pool answers later: nothing changes, nothing is asked.
     rt.handle_stale(
         conn,

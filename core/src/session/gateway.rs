@@ -79,7 +79,7 @@ impl Session {
     fn step(&mut self, next: Next, cx: &mut Context) {
         match next {
             Next::Wait => {
-                if self.up.eof {
+                if self.up.eof && self.checking.is_none() {
                     // The client gave up before finishing.
                     self.outcome = Outcome::Aborted;
                     return self.end();
@@ -148,11 +148,12 @@ impl Session {
         let mut reply = Vec::new();
         let next = p.checked(v == Verdict::Ok, &mut reply);
         self.down.say(&reply);
-        let waits = next == Next::Wait;
-        self.step(next, cx);
         let buffered = self.up.buf.as_ref().is_some_and(|b| !b.data().is_empty());
-        if waits && !self.ended && buffered {
+        if next == Next::Wait && buffered {
+            // Before a client's end of stream is taken for giving up.
             self.gateway_input(cx);
+        } else {
+            self.step(next, cx);
         }
     }
 

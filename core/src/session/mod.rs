@@ -690,8 +690,11 @@ impl Session {
             Phase::Closing => !self.down.has_data(),
             // A client that has asked and shut its side waits for its
             // answer (a status page gathered from every worker).
+            // (Likewise a login waiting for its password's verdict.)
             Phase::Talking => {
-                self.up.eof && !matches!(self.machine, Machine::Status { asked: true })
+                self.up.eof
+                    && !matches!(self.machine, Machine::Status { asked: true })
+                    && self.checking.is_none()
             }
             Phase::Filtering => self.filtering_done(),
             _ => false,
