@@ -66,6 +66,9 @@ pub enum Verdict {
     Wrong,
     /// No such user (or a name no user can have).
     UnknownUser,
+    /// Not checked: the client's address failed too many logins lately;
+    /// it may try again in this many seconds.
+    Throttled(u64),
 }
 
 impl Verdict {
@@ -76,7 +79,113 @@ impl Verdict {
             Verdict::Ok => None,
             Verdict::Wrong => Some("wrong"),
             Verdict::UnknownUser => Some("unknown-user"),
+            Verdict::Throttled(_) => Some("throttled"),
         }
+    }
+}
+
+/// How long failed logins of one client address count.
+pub const THROTTLE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The most client addresses whose failures are remembered; past it,
+/// those whose minute is over go first.
+const THROTTLE_MAX: usize = 65_536;
+
+/// Failed logins per client address (`[limits] auth_failures`): once an
+/// address has failed `limit` logins within [`THROTTLE_WINDOW`] of the
+/// first of them, its further logins are refused unchecked until that
+/// window is over.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    failures: std::collections::HashMap<std::net::IpAddr, (std::time::Instant, u32)>,
+}
+
+impl Throttle {
+    /// If `ip` is throttled now: how many seconds until it may try again
+    /// (rounded up, at least 1).
+    pub fn check(
+        &mut self,
+        ip: std::net::IpAddr,
+        limit: u32,
+        now: std::time::Instant,
+    ) -> Option<u64> {
+        let &(first, n) = self.failures.get(&ip)?;
+        let end = first + THROTTLE_WINDOW;
+        if now >= end {
+            self.failures.remove(&ip);
+            return None;
+        }
+        let left = end - now;
+        let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+        (n >= limit).then_some(secs.max(1))
+    }
+
+    /// `ip` failed a login now.
+    pub fn failed(&mut self, ip: std::net::IpAddr, now: std::time::Instant) {
+        if self.failures.len() >= THROTTLE_MAX && !self.failures.contains_key(&ip) {
+            self.failures
+                .retain(|_, (first, _)| now < *first + THROTTLE_WINDOW);
+        }
+        let e = self.failures.entry(ip).or_insert((now, 0));
+        if now >= e.0 + THROTTLE_WINDOW {
+            *e = (now, 0);
+        }
+        e.1 = e.1.saturating_add(1);
+    }
+}
+
+/// What a login is checked with besides the users: the client's address,
+/// its failures and where failures are counted.
+pub struct Logins<'a> {
+    pub client: std::net::IpAddr,
+    pub throttle: &'a mut Throttle,
+    /// `[limits] auth_failures`.
+    pub limit: u32,
+    /// The service's failed logins by reason.
+    pub failures: &'a mut std::collections::BTreeMap<&'static str, u64>,
+}
+
+impl Logins<'_> {
+    /// The verdict before any check: `Throttled` when the client's
+    /// address failed too often lately (counted as a failure).
+    pub fn gate(&mut self, now: std::time::Instant) -> Option<Verdict> {
+        let secs = self.throttle.check(self.client, self.limit, now)?;
+        let v = Verdict::Throttled(secs);
+        self.count(v);
+        Some(v)
+    }
+
+    /// A checked login's verdict: a failure is counted, and counts toward
+    /// the client's throttling.
+    pub fn settle(&mut self, v: Verdict, now: std::time::Instant) {
+        if v.failure().is_some() {
+            self.throttle.failed(self.client, now);
+        }
+        self.count(v);
+    }
+
+    fn count(&mut self, v: Verdict) {
+        if let Some(reason) = v.failure() {
+            *self.failures.entry(reason).or_insert(0) += 1;
+        }
+    }
+
+    /// A whole login checked here and now, argon2 included: for the
+    /// protocols whose machines cannot wait for a verdict yet (the HTTP
+    /// proxy, the Telnet gateway).
+    pub fn login_blocking(
+        &mut self,
+        users: &mut Users,
+        name: &[u8],
+        password: &[u8],
+        now: std::time::Instant,
+    ) -> Verdict {
+        if let Some(v) = self.gate(now) {
+            return v;
+        }
+        let v = users.check_blocking(name, password, now);
+        self.settle(v, now);
+        v
     }
 }
 
@@ -248,12 +357,16 @@ impl Users {
         name: &[u8],
         password: &[u8],
         now: std::time::Instant,
-    ) -> bool {
+    ) -> Verdict {
+        // Nothing is reloaded in between, so one round settles it.
         match self.check(name, password, now) {
-            Check::Known(v) => v == Verdict::Ok,
+            Check::Known(v) => v,
             Check::Ask(p) => {
                 let ok = verify_password(&p.phc, &p.password.0);
-                self.settle(p, ok, now) == Check::Known(Verdict::Ok)
+                match self.settle(p, ok, now) {
+                    Check::Known(v) => v,
+                    Check::Ask(_) => Verdict::Wrong,
+                }
             }
         }
     }
@@ -325,8 +438,8 @@ mod user_tests {
         assert_eq!(verdict(&mut u, b"bob", b"pw2", t0), (Verdict::Wrong, false));
         let later = t0 + Duration::from_secs(300);
         assert_eq!(verdict(&mut u, b"bob", b"pw", later), (Verdict::Ok, true));
-        assert!(u.check_blocking(b"bob", b"pw", later));
-        assert!(!u.check_blocking(b"bob", b"nope", later));
+        assert_eq!(u.check_blocking(b"bob", b"pw", later), Verdict::Ok);
+        assert_eq!(u.check_blocking(b"bob", b"nope", later), Verdict::Wrong);
     }
 
     #[test]
@@ -378,6 +491,51 @@ mod user_tests {
             Duration::from_secs(300),
         );
         assert_eq!(verdict(&mut v, b"bob", b"pw", t0), (Verdict::Ok, true));
+    }
+
+    #[test]
+    fn failures_throttle_an_address_for_a_minute_from_the_first() {
+        let t0 = Instant::now();
+        let a: std::net::IpAddr = [192, 168, 1, 9].into();
+        let b: std::net::IpAddr = [192, 168, 1, 10].into();
+        let mut failures = Default::default();
+        let mut throttle = Throttle::default();
+        let mut l = Logins {
+            client: a,
+            throttle: &mut throttle,
+            limit: 3,
+            failures: &mut failures,
+        };
+        let mut users = users(Duration::from_secs(300));
+        for i in 0..3 {
+            let at = t0 + Duration::from_secs(10 * i);
+            assert_eq!(
+                l.login_blocking(&mut users, b"alice", b"no", at),
+                Verdict::Wrong
+            );
+        }
+        // Refused unchecked, even with the right password, until a minute
+        // after the first failure.
+        let at = t0 + Duration::from_secs(30);
+        assert_eq!(
+            l.login_blocking(&mut users, b"alice", b"secret", at),
+            Verdict::Throttled(30)
+        );
+        let at = t0 + Duration::from_millis(59_500);
+        assert_eq!(
+            l.login_blocking(&mut users, b"alice", b"secret", at),
+            Verdict::Throttled(1)
+        );
+        let at = t0 + Duration::from_secs(60);
+        assert_eq!(
+            l.login_blocking(&mut users, b"alice", b"secret", at),
+            Verdict::Ok
+        );
+        // Another address is not concerned.
+        l.client = b;
+        assert_eq!(l.gate(t0 + Duration::from_secs(30)), None);
+        assert_eq!(failures.get("wrong"), Some(&3));
+        assert_eq!(failures.get("throttled"), Some(&2));
     }
 
     impl Users {

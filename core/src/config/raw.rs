@@ -46,6 +46,7 @@ pub struct RawLimits {
     pub udp_idle_timeout: Option<S<Value>>,
     pub buffer: Option<S<Value>>,
     pub auth_cache: Option<S<Value>>,
+    pub auth_failures: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

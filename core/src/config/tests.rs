@@ -282,6 +282,7 @@ shutdown_grace = "0s"
 udp_idle_timeout = "2m"
 buffer = "16KB"
 auth_cache = "0s"
+auth_failures = 3
 
 [log]
 access = "/var/log/portico/access.log"
@@ -380,6 +381,7 @@ clients = ["192.168.1.77/24"]
             udp_idle_timeout: Duration::from_secs(120),
             buffer: 16_000,
             auth_cache: Duration::ZERO,
+            auth_failures: 3,
         }
     );
     assert_eq!(

@@ -141,6 +141,8 @@ pub struct Scope<'a> {
     pub users: &'a mut Users,
     /// The time of the call (the users' verdict cache expires).
     pub now: std::time::Instant,
+    /// The client's failed logins, and the service's count of them.
+    pub logins: crate::auth::Logins<'a>,
 }
 
 /// A protocol's handshake: the part of a service that talks before (and
@@ -184,7 +186,7 @@ pub trait Protocol: std::fmt::Debug + Send {
     /// The verdict on the login asked for with [`Next::Authenticate`]:
     /// the machine says it to the client and goes on. Returns `Wait`,
     /// `Connect` or `Close`, like [`Protocol::input`].
-    fn checked(&mut self, _ok: bool, _reply: &mut Vec<u8>) -> Next {
+    fn checked(&mut self, _verdict: crate::auth::Verdict, _reply: &mut Vec<u8>) -> Next {
         Next::Close(Outcome::Error)
     }
 

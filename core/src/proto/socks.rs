@@ -24,6 +24,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 
 use super::{Failure, Next, Outcome, Protocol, Scope, Target};
+use crate::auth::Verdict;
 
 /// Longest SOCKS4 USERID or 4a host name accepted.
 pub const MAX_V4_FIELD: usize = 512;
@@ -113,16 +114,23 @@ impl Protocol for Socks {
         }
     }
 
-    fn checked(&mut self, ok: bool, reply: &mut Vec<u8>) -> Next {
+    fn checked(&mut self, verdict: Verdict, reply: &mut Vec<u8>) -> Next {
         if self.state != State::Checking {
             return Next::Wait;
         }
+        let ok = verdict == Verdict::Ok;
+        // Throttled: the words of a failed login (RFC 1929 has no other),
+        // the cause in the log.
+        let failed = match verdict {
+            Verdict::Throttled(_) => Outcome::Throttled,
+            _ => Outcome::AuthFailed,
+        };
         let name = self.checking.take();
         if self.v4 {
             let Some(target) = self.v4_target.take().filter(|_| ok) else {
                 self.state = State::Done;
                 reply.extend_from_slice(&v4_reply(false, None));
-                return close(Outcome::AuthFailed);
+                return close(failed);
             };
             self.user = name;
             self.state = State::Connecting;
@@ -139,7 +147,7 @@ impl Protocol for Socks {
         } else {
             reply.extend_from_slice(&[1, 1]);
             self.state = State::Done;
-            close(Outcome::AuthFailed)
+            close(failed)
         }
     }
 
@@ -443,10 +451,18 @@ mod tests {
     fn run(auth: bool, input: &[u8], chop: usize) -> (usize, Next, Vec<u8>) {
         let (c, mut users) = service(auth);
         let now = std::time::Instant::now();
+        let mut throttle = crate::auth::Throttle::default();
+        let mut failures = std::collections::BTreeMap::new();
         let mut scope = Scope {
             service: &c.services[0],
             users: &mut users,
             now,
+            logins: crate::auth::Logins {
+                client: std::net::Ipv4Addr::LOCALHOST.into(),
+                throttle: &mut throttle,
+                limit: 10,
+                failures: &mut failures,
+            },
         };
         let mut s = Socks::default();
         let mut reply = Vec::new();
@@ -459,8 +475,8 @@ mod tests {
             if let Next::Authenticate { user, password } = &step {
                 // The session's part: the verdict, then the rest of what
                 // the client sent.
-                let ok = scope.users.check_blocking(user, &password.0, now);
-                step = s.checked(ok, &mut reply);
+                let v = scope.users.check_blocking(user, &password.0, now);
+                step = s.checked(v, &mut reply);
                 if step == Next::Wait {
                     continue;
                 }

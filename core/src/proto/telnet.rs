@@ -214,10 +214,17 @@ impl Telnet {
                 // The client echoed nothing, not even the end of the line.
                 reply.extend_from_slice(b"\r\n");
                 let name = std::mem::take(&mut self.login);
-                if !scope.users.check_blocking(&name, &line, scope.now) {
+                let v = scope
+                    .logins
+                    .login_blocking(scope.users, &name, &line, scope.now);
+                if v != crate::auth::Verdict::Ok {
                     self.phase = Phase::Done;
+                    // Throttled: the same words, the cause in the log.
                     reply.extend_from_slice(b"login incorrect\r\n");
-                    return Next::Close(Outcome::AuthFailed);
+                    return Next::Close(match v {
+                        crate::auth::Verdict::Throttled(_) => Outcome::Throttled,
+                        _ => Outcome::AuthFailed,
+                    });
                 }
                 self.user = String::from_utf8(name).ok();
                 match &scope.service.destination {
@@ -617,10 +624,18 @@ mod tests {
     /// a step other than More.
     fn run_cut(mode: &str, input: &[u8], cuts: &[usize]) -> Run {
         let (c, mut users) = service(mode);
+        let mut throttle = crate::auth::Throttle::default();
+        let mut failures = std::collections::BTreeMap::new();
         let mut scope = Scope {
             service: &c.services[0],
             users: &mut users,
             now: std::time::Instant::now(),
+            logins: crate::auth::Logins {
+                client: std::net::Ipv4Addr::LOCALHOST.into(),
+                throttle: &mut throttle,
+                limit: 10,
+                failures: &mut failures,
+            },
         };
         let mut t = Telnet::default();
         let mut reply = Vec::new();

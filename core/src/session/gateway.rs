@@ -23,7 +23,7 @@ use crate::auth::{Check, Pending, Verdict};
 use crate::event::Action;
 use crate::id::Side;
 use crate::outcome::Outcome;
-use crate::proto::{Addresses, Failure, Next, Scope};
+use crate::proto::{Addresses, Failure, Next};
 use crate::table::context::Context;
 use crate::table::listeners::DataPort;
 
@@ -37,11 +37,7 @@ impl Session {
             return self.fail(why, cx);
         }
         let mut reply = Vec::new();
-        let mut scope = Scope {
-            service: &cx.services[self.service].conf,
-            users: &mut cx.users,
-            now: cx.now,
-        };
+        let mut scope = cx.scope(self.service, self.client.ip());
         let next = p.start(&mut reply, &mut scope);
         self.method = p.method();
         self.down.say(&reply);
@@ -58,11 +54,7 @@ impl Session {
         };
         let data = self.up.buf.as_ref().map_or(&[][..], |b| b.data());
         let mut reply = Vec::new();
-        let mut scope = Scope {
-            service: &cx.services[self.service].conf,
-            users: &mut cx.users,
-            now: cx.now,
-        };
+        let mut scope = cx.scope(self.service, self.client.ip());
         let (n, next) = p.input(data, &mut reply, &mut scope);
         self.method = p.method();
         if let Some(b) = self.up.buf.as_mut() {
@@ -88,8 +80,15 @@ impl Session {
             }
             Next::Connect { target, user } => self.request(target, user, cx),
             Next::Authenticate { user, password } => {
-                match cx.users.check(&user, &password.0, cx.now) {
-                    Check::Known(v) => self.authenticated(v, cx),
+                let (now, ip) = (cx.now, self.client.ip());
+                if let Some(v) = cx.logins(self.service, ip).gate(now) {
+                    return self.authenticated(v, cx);
+                }
+                match cx.users.check(&user, &password.0, now) {
+                    Check::Known(v) => {
+                        cx.logins(self.service, ip).settle(v, now);
+                        self.authenticated(v, cx)
+                    }
                     Check::Ask(p) => self.ask_check(p, cx),
                 }
             }
@@ -126,27 +125,24 @@ impl Session {
             return;
         };
         match cx.users.settle(p, ok, cx.now) {
-            Check::Known(v) => self.authenticated(v, cx),
+            Check::Known(v) => {
+                let now = cx.now;
+                cx.logins(self.service, self.client.ip()).settle(v, now);
+                self.authenticated(v, cx)
+            }
             // Reloaded meanwhile, and the new users' hash is to be checked.
             Check::Ask(p) => self.ask_check(p, cx),
         }
     }
 
-    /// A login's verdict: counted when it failed, told to the protocol,
-    /// and then what the client sent meanwhile is its next step.
+    /// A login's verdict (counted already): told to the protocol, and
+    /// then what the client sent meanwhile is its next step.
     fn authenticated(&mut self, v: Verdict, cx: &mut Context) {
-        if let Some(reason) = v.failure() {
-            *cx.services[self.service]
-                .counters
-                .auth_failures
-                .entry(reason)
-                .or_insert(0) += 1;
-        }
         let Machine::Gateway(p) = &mut self.machine else {
             return;
         };
         let mut reply = Vec::new();
-        let next = p.checked(v == Verdict::Ok, &mut reply);
+        let next = p.checked(v, &mut reply);
         self.down.say(&reply);
         let buffered = self.up.buf.as_ref().is_some_and(|b| !b.data().is_empty());
         if next == Next::Wait && buffered {

@@ -194,6 +194,7 @@ impl Proxy {
             cx: Context {
                 now,
                 users: Users::new(&config.users, seed, config.limits.auth_cache),
+                throttle: Default::default(),
                 config,
                 services,
                 ledger,
