@@ -138,7 +138,8 @@ impl Throttle {
 /// its failures and where failures are counted.
 pub struct Logins<'a> {
     pub client: std::net::IpAddr,
-    pub throttle: &'a mut Throttle,
+    /// Holds the failures of every worker's clients.
+    pub ledger: &'a crate::ledger::Ledger,
     /// `[limits] auth_failures`.
     pub limit: u32,
     /// The service's failed logins by reason.
@@ -149,7 +150,11 @@ impl Logins<'_> {
     /// The verdict before any check: `Throttled` when the client's
     /// address failed too often lately (counted as a failure).
     pub fn gate(&mut self, now: std::time::Instant) -> Option<Verdict> {
-        let secs = self.throttle.check(self.client, self.limit, now)?;
+        let secs = self
+            .ledger
+            .lock()
+            .throttle
+            .check(self.client, self.limit, now)?;
         let v = Verdict::Throttled(secs);
         self.count(v);
         Some(v)
@@ -159,7 +164,7 @@ impl Logins<'_> {
     /// the client's throttling.
     pub fn settle(&mut self, v: Verdict, now: std::time::Instant) {
         if v.failure().is_some() {
-            self.throttle.failed(self.client, now);
+            self.ledger.lock().throttle.failed(self.client, now);
         }
         self.count(v);
     }
@@ -499,10 +504,10 @@ mod user_tests {
         let a: std::net::IpAddr = [192, 168, 1, 9].into();
         let b: std::net::IpAddr = [192, 168, 1, 10].into();
         let mut failures = Default::default();
-        let mut throttle = Throttle::default();
+        let ledger = crate::ledger::Ledger::default();
         let mut l = Logins {
             client: a,
-            throttle: &mut throttle,
+            ledger: &ledger,
             limit: 3,
             failures: &mut failures,
         };

@@ -241,3 +241,39 @@ fn a_reload_empties_the_cache() {
         "{actions:?}"
     );
 }
+
+#[test]
+fn failures_throttle_the_client_address() {
+    let text = config("plain:pw").replace("[log]", "[limits]\nauth_failures = 2\n[log]");
+    let mut rt = Runtime::started(&text, 6);
+    for from in [40000, 40001] {
+        let (conn, _) = client(&mut rt, from, &login("no"));
+        assert_eq!(rt.flush(conn, Side::Client), vec![5, 2, 1, 1]);
+        rt.drain();
+    }
+    // The right password now: refused unchecked, logged as throttled.
+    let (conn, actions) = client(&mut rt, 40002, &login("pw"));
+    assert!(!connects(&actions, conn), "{actions:?}");
+    assert_eq!(rt.flush(conn, Side::Client), vec![5, 2, 1, 1]);
+    let actions = rt.drain();
+    let record = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Access(r) if r.client == local(40002) => Some(r.clone()),
+            _ => None,
+        })
+        .expect("an access record");
+    assert_eq!(
+        record.error,
+        Some(portico_core::Cause::Throttled),
+        "{record:?}"
+    );
+    let failures =
+        |reason: &str| counter(&rt, |c| c.auth_failures.get(reason).copied().unwrap_or(0));
+    assert_eq!((failures("wrong"), failures("throttled")), (2, 1));
+    // A minute after the first failure the address may try again.
+    rt.advance(std::time::Duration::from_secs(60));
+    let (conn, actions) = client(&mut rt, 40003, &login("pw"));
+    assert!(connects(&actions, conn), "{actions:?}");
+    assert_eq!(rt.flush(conn, Side::Client), vec![5, 2, 1, 0]);
+}

@@ -2,7 +2,9 @@
 //! on a pool of threads, so other connections are served while logins are
 //! being checked (one worker, several costly SOCKS5 logins at once, a
 //! status request among them); verdicts are cached (`[limits]
-//! auth_cache`), and a reload empties the cache. What is observed: the
+//! auth_cache`), and a reload empties the cache; an address that failed
+//! `[limits] auth_failures` logins is refused unchecked (http 429 with
+//! `Retry-After`, SOCKS5 status 1, `err=throttled`). What is observed: the
 //! order of the replies, and `portico_password_checks_total` and
 //! `portico_auth_failures_total` on `/metrics`.
 
@@ -18,7 +20,8 @@ use portico_tests::{
 
 both!(
     logins_being_checked_do_not_hold_up_other_connections,
-    a_password_is_checked_once_until_a_reload
+    a_password_is_checked_once_until_a_reload,
+    failed_logins_throttle_the_client_address
 );
 
 /// A PHC string whose check costs real work (16 MiB, three passes) and that
@@ -247,4 +250,86 @@ fn reloads(p: &Portico) -> usize {
         .iter()
         .filter(|l| l.contains("configuration reloaded"))
         .count()
+}
+
+/// Once 127.0.0.1 has failed `auth_failures = 3` SOCKS5 logins, its next
+/// logins are refused unchecked, the right password or not, on every
+/// service: SOCKS5 with RFC 1929 status 1 and `err=throttled` in the
+/// access line, the http proxy with 429, `Retry-After` and
+/// `Portico-Error: throttled`; each counted in
+/// `portico_auth_failures_total`.
+fn failed_logins_throttle_the_client_address(bin: Bin) {
+    let (p, ports) = start_on_free_ports(bin, 3, StartOptions::default(), |ports| {
+        format!(
+            "{}\n{}{}{}{}",
+            config_head("auth_failures = 3", ""),
+            user("erin", "plain:right-pw"),
+            service("socks", "socks", ports[0], "auth = true"),
+            service("web", "http", ports[1], "auth = true"),
+            service("status", "status", ports[2], "")
+        )
+    });
+    let at = |i: usize| SocketAddr::from(([127, 0, 0, 1], ports[i]));
+    let (socks, web, status) = (at(0), at(1), at(2));
+    for i in 0..3 {
+        assert!(
+            !login(bin, socks, "erin", &format!("wrong-{i}")),
+            "{bin}: a wrong password"
+        );
+    }
+    let mut s = start_login(bin, socks, "erin", "right-pw");
+    let me = s.local_addr().expect("local address");
+    assert_eq!(
+        login_reply(bin, &mut s),
+        [5, 2, 1, 1],
+        "{bin}: the right password from a throttled address is refused with status 1"
+    );
+    let line = p.access_of("socks", me, PROMPTLY);
+    assert_eq!(
+        line.err.as_deref(),
+        Some("throttled"),
+        "{bin}: the throttled login's access line {line:?}"
+    );
+
+    let r = exchange(
+        web,
+        &format!(
+            "GET http://{status}/healthz HTTP/1.1\r\nHost: {status}\r\n\
+             Proxy-Authorization: Basic ZXJpbjpyaWdodC1wdw==\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{bin}: a request through the http proxy: {e}"));
+    assert_eq!(r.status, 429, "{bin}: throttled on the http proxy: {r:?}");
+    assert_eq!(
+        r.header("portico-error"),
+        Some("throttled"),
+        "{bin}: Portico-Error of {r:?}"
+    );
+    let retry: u64 = r
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{bin}: no Retry-After in seconds in {r:?}"));
+    assert!(
+        (1..=60).contains(&retry),
+        "{bin}: Retry-After {retry} is not within the minute"
+    );
+
+    let failures = |service: &str, reason: &str| {
+        metric(
+            bin,
+            status,
+            &format!("portico_auth_failures_total{{service=\"{service}\",reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(failures("socks", "wrong"), 3, "{bin}: wrong passwords");
+    assert_eq!(
+        failures("socks", "throttled"),
+        1,
+        "{bin}: throttled socks logins"
+    );
+    assert_eq!(
+        failures("web", "throttled"),
+        1,
+        "{bin}: throttled http logins"
+    );
 }

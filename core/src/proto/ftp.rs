@@ -925,7 +925,7 @@ mod tests {
     fn login(input: &[u8], cuts: &[usize], destination: Option<&str>) -> (Next, String, usize) {
         let c = config(destination);
         let mut users = Users::new(&c.users, 1, std::time::Duration::ZERO);
-        let mut throttle = crate::auth::Throttle::default();
+        let ledger = crate::ledger::Ledger::default();
         let mut failures = std::collections::BTreeMap::new();
         let mut scope = Scope {
             service: &c.services[0],
@@ -933,7 +933,7 @@ mod tests {
             now: std::time::Instant::now(),
             logins: crate::auth::Logins {
                 client: std::net::Ipv4Addr::LOCALHOST.into(),
-                throttle: &mut throttle,
+                ledger: &ledger,
                 limit: 10,
                 failures: &mut failures,
             },

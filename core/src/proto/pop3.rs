@@ -342,7 +342,7 @@ mod tests {
         let c = service(extra);
         let once = |cuts: &[usize]| {
             let mut users = Users::default();
-            let mut throttle = crate::auth::Throttle::default();
+            let ledger = crate::ledger::Ledger::default();
             let mut failures = std::collections::BTreeMap::new();
             let mut scope = Scope {
                 service: &c.services[0],
@@ -350,7 +350,7 @@ mod tests {
                 now: std::time::Instant::now(),
                 logins: crate::auth::Logins {
                     client: std::net::Ipv4Addr::LOCALHOST.into(),
-                    throttle: &mut throttle,
+                    ledger: &ledger,
                     limit: 10,
                     failures: &mut failures,
                 },

@@ -451,7 +451,7 @@ mod tests {
     fn run(auth: bool, input: &[u8], chop: usize) -> (usize, Next, Vec<u8>) {
         let (c, mut users) = service(auth);
         let now = std::time::Instant::now();
-        let mut throttle = crate::auth::Throttle::default();
+        let ledger = crate::ledger::Ledger::default();
         let mut failures = std::collections::BTreeMap::new();
         let mut scope = Scope {
             service: &c.services[0],
@@ -459,7 +459,7 @@ mod tests {
             now,
             logins: crate::auth::Logins {
                 client: std::net::Ipv4Addr::LOCALHOST.into(),
-                throttle: &mut throttle,
+                ledger: &ledger,
                 limit: 10,
                 failures: &mut failures,
             },

@@ -624,7 +624,7 @@ mod tests {
     /// a step other than More.
     fn run_cut(mode: &str, input: &[u8], cuts: &[usize]) -> Run {
         let (c, mut users) = service(mode);
-        let mut throttle = crate::auth::Throttle::default();
+        let ledger = crate::ledger::Ledger::default();
         let mut failures = std::collections::BTreeMap::new();
         let mut scope = Scope {
             service: &c.services[0],
@@ -632,7 +632,7 @@ mod tests {
             now: std::time::Instant::now(),
             logins: crate::auth::Logins {
                 client: std::net::Ipv4Addr::LOCALHOST.into(),
-                throttle: &mut throttle,
+                ledger: &ledger,
                 limit: 10,
                 failures: &mut failures,
             },

@@ -124,8 +124,6 @@ pub(crate) struct Context {
     pub config: Config,
     pub services: Vec<ServiceInfo>,
     pub users: Users,
-    /// Failed logins per client address (`[limits] auth_failures`).
-    pub throttle: crate::auth::Throttle,
     /// The counts the process-wide limits are checked against, shared with
     /// the other workers' tables.
     pub ledger: Ledger,
@@ -153,7 +151,7 @@ impl Context {
     pub fn logins(&mut self, service: usize, client: std::net::IpAddr) -> Logins<'_> {
         Logins {
             client,
-            throttle: &mut self.throttle,
+            ledger: &self.ledger,
             limit: self.config.limits.auth_failures,
             failures: &mut self.services[service].counters.auth_failures,
         }
@@ -169,7 +167,7 @@ impl Context {
             now: self.now,
             logins: Logins {
                 client,
-                throttle: &mut self.throttle,
+                ledger: &self.ledger,
                 limit: self.config.limits.auth_failures,
                 failures: &mut info.counters.auth_failures,
             },

@@ -194,7 +194,6 @@ impl Proxy {
             cx: Context {
                 now,
                 users: Users::new(&config.users, seed, config.limits.auth_cache),
-                throttle: Default::default(),
                 config,
                 services,
                 ledger,

@@ -32,7 +32,7 @@ pub fn protocol(data: &[u8]) {
     };
     let mut users = crate::auth::Users::new(&config.users, 1, std::time::Duration::ZERO);
     let client: std::net::SocketAddr = ([127, 0, 0, 1], 40000).into();
-    let mut throttle = crate::auth::Throttle::default();
+    let ledger = crate::ledger::Ledger::default();
     let mut failures = std::collections::BTreeMap::new();
     let mut ctx = Scope {
         service,
@@ -40,7 +40,7 @@ pub fn protocol(data: &[u8]) {
         now: std::time::Instant::now(),
         logins: crate::auth::Logins {
             client: std::net::Ipv4Addr::LOCALHOST.into(),
-            throttle: &mut throttle,
+            ledger: &ledger,
             limit: 10,
             failures: &mut failures,
         },
