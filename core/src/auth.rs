@@ -338,7 +338,7 @@ impl Users {
     /// The runtime's verdict `ok` on `pending`: cached and told, or, when
     /// the users were reloaded meanwhile, the password checked again
     /// against the users now configured.
-    pub fn settle(&mut self, pending: Box<Pending>, ok: bool, now: std::time::Instant) -> Check {
+    pub fn settle(&mut self, pending: &Pending, ok: bool, now: std::time::Instant) -> Check {
         if pending.generation != self.generation {
             return self.check(pending.name.as_bytes(), &pending.password.0, now);
         }
@@ -368,7 +368,7 @@ impl Users {
             Check::Known(v) => v,
             Check::Ask(p) => {
                 let ok = verify_password(&p.phc, &p.password.0);
-                match self.settle(p, ok, now) {
+                match self.settle(&p, ok, now) {
                     Check::Known(v) => v,
                     Check::Ask(_) => Verdict::Wrong,
                 }
@@ -407,7 +407,7 @@ mod user_tests {
             Check::Known(v) => (v, false),
             Check::Ask(p) => {
                 let ok = verify_password(&p.phc, &p.password.0);
-                match u.settle(p, ok, now) {
+                match u.settle(&p, ok, now) {
                     Check::Known(v) => (v, true),
                     Check::Ask(_) => panic!("asked again without a reload"),
                 }
@@ -486,7 +486,7 @@ mod user_tests {
             Duration::from_secs(300),
         );
         let mut u = new;
-        assert_eq!(u.settle(p, true, t0), Check::Known(Verdict::Wrong));
+        assert_eq!(u.settle(&p, true, t0), Check::Known(Verdict::Wrong));
         assert!(u.cache.is_empty());
         // And the old cache went with the reload.
         let mut v = users(Duration::from_secs(300));

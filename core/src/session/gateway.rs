@@ -124,7 +124,7 @@ impl Session {
         let Some(p) = self.checking.take() else {
             return;
         };
-        match cx.users.settle(p, ok, cx.now) {
+        match cx.users.settle(&p, ok, cx.now) {
             Check::Known(v) => {
                 let now = cx.now;
                 cx.logins(self.service, self.client.ip()).settle(v, now);
