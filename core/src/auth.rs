@@ -175,9 +175,8 @@ impl Logins<'_> {
         }
     }
 
-    /// A whole login checked here and now, argon2 included: for the
-    /// protocols whose machines cannot wait for a verdict yet (the HTTP
-    /// proxy, the Telnet gateway).
+    /// A whole login checked here and now, argon2 included: for the HTTP
+    /// proxy, whose machine cannot wait for a verdict yet.
     pub fn login_blocking(
         &mut self,
         users: &mut Users,

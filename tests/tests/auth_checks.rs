@@ -256,17 +256,19 @@ fn reloads(p: &Portico) -> usize {
 /// logins are refused unchecked, the right password or not, on every
 /// service: SOCKS5 with RFC 1929 status 1 and `err=throttled` in the
 /// access line, the http proxy with 429, `Retry-After` and
-/// `Portico-Error: throttled`; each counted in
+/// `Portico-Error: throttled`, the telnet gateway with `login incorrect`;
+/// each counted in
 /// `portico_auth_failures_total`.
 fn failed_logins_throttle_the_client_address(bin: Bin) {
-    let (p, ports) = start_on_free_ports(bin, 3, StartOptions::default(), |ports| {
+    let (p, ports) = start_on_free_ports(bin, 4, StartOptions::default(), |ports| {
         format!(
-            "{}\n{}{}{}{}",
+            "{}\n{}{}{}{}{}",
             config_head("auth_failures = 3", ""),
             user("erin", "plain:right-pw"),
             service("socks", "socks", ports[0], "auth = true"),
             service("web", "http", ports[1], "auth = true"),
-            service("status", "status", ports[2], "")
+            service("status", "status", ports[2], ""),
+            service("tn", "telnet", ports[3], "auth = true")
         )
     });
     let at = |i: usize| SocketAddr::from(([127, 0, 0, 1], ports[i]));
@@ -314,6 +316,24 @@ fn failed_logins_throttle_the_client_address(bin: Bin) {
         "{bin}: Retry-After {retry} is not within the minute"
     );
 
+    // The telnet gateway: its words for a failed login.
+    let mut t = connect(at(3)).unwrap_or_else(|e| panic!("{bin}: connect to telnet: {e}"));
+    let me = t.local_addr().expect("local address");
+    read_until(bin, &mut t, "login: ");
+    t.write_all(b"erin\r\n").expect("send the login");
+    read_until(bin, &mut t, "password: ");
+    t.write_all(b"right-pw\r\n").expect("send the password");
+    let mut rest = Vec::new();
+    t.read_to_end(&mut rest)
+        .unwrap_or_else(|e| panic!("{bin}: read telnet's answer: {e}"));
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.contains("login incorrect"),
+        "{bin}: telnet's answer to a throttled login: {rest:?}"
+    );
+    let line = p.access_of("tn", me, PROMPTLY);
+    assert_eq!(line.err.as_deref(), Some("throttled"), "{bin}: {line:?}");
+
     let failures = |service: &str, reason: &str| {
         metric(
             bin,
@@ -332,4 +352,26 @@ fn failed_logins_throttle_the_client_address(bin: Bin) {
         1,
         "{bin}: throttled http logins"
     );
+    assert_eq!(
+        failures("tn", "throttled"),
+        1,
+        "{bin}: throttled telnet logins"
+    );
+}
+
+/// Reads until `what` has come (Telnet commands and all), bounded by the
+/// socket's timeout.
+fn read_until(bin: Bin, s: &mut TcpStream, what: &str) {
+    let mut got = Vec::new();
+    let mut buf = [0; 256];
+    while !String::from_utf8_lossy(&got).contains(what) {
+        match s.read(&mut buf) {
+            Ok(0) => panic!(
+                "{bin}: closed before {what:?}; got {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("{bin}: waiting for {what:?}: {e}"),
+        }
+    }
 }
