@@ -354,8 +354,7 @@ impl Users {
     }
 
     /// [`Users::check`] to the end, running argon2 here when needed: for
-    /// the protocols whose machines cannot wait for a verdict yet (the
-    /// HTTP proxy, the Telnet gateway).
+    /// the HTTP proxy, whose machine cannot wait for a verdict yet.
     pub fn check_blocking(
         &mut self,
         name: &[u8],
