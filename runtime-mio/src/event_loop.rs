@@ -177,7 +177,8 @@ struct Loop {
     resolvers: Resolvers,
     /// The password-checking threads; their verdicts come to `answers`.
     checkers: Checkers,
-    /// Names this loop asked the resolvers for, answered.
+    /// Names this loop asked the resolvers for, answered; verdicts on the
+    /// passwords it asked the checkers about.
     answers: Arc<Inbox>,
     /// Worker 0's signals, and the pipe that wakes it for them.
     signals: Option<(Signals, UnixStream)>,
