@@ -28,6 +28,9 @@ pub enum Event {
     },
     /// The name asked for with [`Action::Resolve`] did not resolve.
     ResolveFailed { conn: ConnId },
+    /// The verdict on the password asked for with
+    /// [`Action::CheckPassword`]: whether it matches the hash.
+    PasswordChecked { conn: ConnId, ok: bool },
     /// The connection asked for with [`Action::Connect`] is established;
     /// `local` is its local address.
     Connected { conn: ConnId, local: SocketAddr },
@@ -97,6 +100,15 @@ pub enum Action {
         conn: ConnId,
         host: String,
         port: u16,
+    },
+    /// Check `password` against the PHC string `phc` (argon2, costly: off
+    /// the event loop and without the table's lock), then report
+    /// [`Event::PasswordChecked`]. A verdict for a connection closed
+    /// meanwhile may still be reported; the table drops it.
+    CheckPassword {
+        conn: ConnId,
+        phc: String,
+        password: crate::auth::Secret,
     },
     /// Open the upstream socket of `conn` to `addr`, from `bind` when given.
     /// A connection that still has an upstream socket replaces it (the

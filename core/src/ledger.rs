@@ -3,8 +3,9 @@
 //!
 //! `portico` runs one table per worker thread (`[runtime] workers`). A
 //! limit is the process's, not a loop's: `max_connections`,
-//! `max_per_client`, the bound on connections kept only to be refused, and
-//! a user's `rate` hold across all of them. So those counts live here, in
+//! `max_per_client`, the bound on connections kept only to be refused, a
+//! user's `rate` and the throttling of failed logins hold across all of
+//! them. So those counts live here, in
 //! one place every table updates under a short lock; nothing else is
 //! shared (each table has its own sessions, timers, buffers and counters).
 //! With one table the lock is never contended.
@@ -33,6 +34,8 @@ pub struct Counts {
     pub refusing: usize,
     pub per_client: HashMap<IpAddr, u32>,
     pub buckets: HashMap<Key, Bucket>,
+    /// Failed logins per client address: throttling is the process's.
+    pub throttle: crate::auth::Throttle,
 }
 
 impl Counts {

@@ -56,7 +56,7 @@
 //! work is an [`Action`] and its answer an [`Event`], as name resolution
 //! is.
 
-mod auth;
+pub mod auth;
 mod buffer;
 pub mod cli;
 pub mod config;
@@ -89,7 +89,7 @@ pub use ledger::Ledger;
 pub use log::{rfc3339_millis, AccessRecord};
 pub use outcome::Cause;
 pub use rules::Wall;
-pub use status::Snapshot;
+pub use status::{ServiceCounters, Snapshot};
 pub use table::{
     Accepted, PipeSize, Proxy, Reload, Stats, REFUSING_MAX, SPLICED_MAX, SPLICE_BULK,
     SPLICE_PIPE_MIN,

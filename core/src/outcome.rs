@@ -49,6 +49,9 @@ pub enum Outcome {
     AuthFailed,
     /// Credentials were needed and none could be given.
     AuthRequired,
+    /// The client's address failed too many logins lately: refused
+    /// without a check.
+    Throttled,
     /// The client asked for something the service does not do.
     Unsupported,
     /// An HTTP connection closed after a reply with this status.
@@ -76,7 +79,7 @@ impl Outcome {
             Outcome::BadGreeting => "bad-greeting",
             Outcome::LineTooLong => "line-too-long",
             Outcome::Unavailable => "unavailable",
-            Outcome::AuthFailed => "auth-failed",
+            Outcome::AuthFailed | Outcome::Throttled => "auth-failed",
             Outcome::AuthRequired => "auth-required",
             Outcome::Unsupported => "unsupported",
             Outcome::Http(status) => match status {
@@ -114,6 +117,7 @@ impl Outcome {
             // Wrong credentials or none: either way the client must
             // authenticate (as HTTP's one 407 says for both).
             Outcome::AuthFailed | Outcome::AuthRequired => Some(Cause::AuthRequired),
+            Outcome::Throttled => Some(Cause::Throttled),
             _ => None,
         }
     }
@@ -138,6 +142,9 @@ pub enum Cause {
     AuthRequired,
     /// A connection limit (`max_connections`, `max_per_client`) was reached.
     Limit,
+    /// The client's address failed `[limits] auth_failures` logins within
+    /// a minute; it may try again once the minute is over.
+    Throttled,
 }
 
 impl Cause {
@@ -153,6 +160,7 @@ impl Cause {
             Cause::PortDenied => "port-denied",
             Cause::AuthRequired => "auth-required",
             Cause::Limit => "limit",
+            Cause::Throttled => "throttled",
         }
     }
 
@@ -214,6 +222,7 @@ mod tests {
             Cause::PortDenied,
             Cause::AuthRequired,
             Cause::Limit,
+            Cause::Throttled,
         ]
         .into_iter()
         .filter(|c| c.is_connect_error())

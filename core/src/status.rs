@@ -40,6 +40,10 @@ pub struct ServiceCounters {
     /// HTTP responses sent to clients (the proxy's own and relayed), by
     /// status code.
     pub http_responses: BTreeMap<u16, u64>,
+    /// Password hashes checked (argon2 run, not answered from the cache).
+    pub password_checks: u64,
+    /// Failed logins by reason (`wrong`, `unknown-user`).
+    pub auth_failures: BTreeMap<&'static str, u64>,
 }
 
 /// One service as the status page shows it.
@@ -105,6 +109,10 @@ impl Snapshot {
                     }
                     for (code, n) in &o.http_responses {
                         *c.http_responses.entry(*code).or_insert(0) += n;
+                    }
+                    c.password_checks += o.password_checks;
+                    for (why, n) in &o.auth_failures {
+                        *c.auth_failures.entry(why).or_insert(0) += n;
                     }
                 }
                 None => self.services.push(row),
@@ -424,6 +432,43 @@ pub fn metrics(snap: &Snapshot) -> String {
             );
         }
     }
+    // The login counters show once a service has one (a proxy without
+    // users says nothing of them).
+    if snap
+        .services
+        .iter()
+        .any(|s| !s.counters.auth_failures.is_empty())
+    {
+        o.push_str("# HELP portico_auth_failures_total Failed logins, by reason.\n");
+        o.push_str("# TYPE portico_auth_failures_total counter\n");
+        for s in &snap.services {
+            for (reason, n) in &s.counters.auth_failures {
+                let _ = writeln!(
+                    o,
+                    "portico_auth_failures_total{{service=\"{}\",reason=\"{reason}\"}} {n}",
+                    label(&s.name)
+                );
+            }
+        }
+    }
+    if snap.services.iter().any(|s| s.counters.password_checks > 0) {
+        o.push_str(
+            "# HELP portico_password_checks_total Password hashes checked (argon2 run; a verdict from the cache is not counted).\n",
+        );
+        o.push_str("# TYPE portico_password_checks_total counter\n");
+        for s in snap
+            .services
+            .iter()
+            .filter(|s| s.counters.password_checks > 0)
+        {
+            let _ = writeln!(
+                o,
+                "portico_password_checks_total{{service=\"{}\"}} {}",
+                label(&s.name),
+                s.counters.password_checks
+            );
+        }
+    }
     o.push_str(
         "# HELP portico_http_responses_total HTTP responses sent to clients (the proxy's own and relayed), by status code.\n",
     );
@@ -563,6 +608,32 @@ mod tests {
         assert_eq!(c.connect_errors.get("dns-failure"), Some(&6));
         assert_eq!(c.http_responses.get(&502), Some(&6));
         assert_eq!(c.http_responses.get(&200), Some(&4));
+    }
+
+    #[test]
+    fn login_counters_merge_and_show() {
+        let m = metrics(&snap());
+        assert!(!m.contains("portico_auth_failures_total"), "{m}");
+        assert!(!m.contains("portico_password_checks_total"), "{m}");
+        let mut a = snap();
+        let mut b = snap();
+        a.services[0].counters.auth_failures.insert("wrong", 2);
+        a.services[0].counters.password_checks = 3;
+        b.services[0].counters.auth_failures.insert("wrong", 1);
+        b.services[0]
+            .counters
+            .auth_failures
+            .insert("unknown-user", 5);
+        b.services[0].counters.password_checks = 4;
+        a.merge(b);
+        let m = metrics(&a);
+        for line in [
+            "portico_auth_failures_total{service=\"web\",reason=\"wrong\"} 3",
+            "portico_auth_failures_total{service=\"web\",reason=\"unknown-user\"} 5",
+            "portico_password_checks_total{service=\"web\"} 7",
+        ] {
+            assert!(m.lines().any(|l| l == line), "{line} missing in\n{m}");
+        }
     }
 
     #[test]

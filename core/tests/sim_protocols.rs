@@ -128,13 +128,33 @@ fn sends(rng: &mut Rng, bytes: &[u8]) -> Vec<Op> {
 
 fn config(rng: &mut Rng, services: &str) -> String {
     let buffer = rng.pick(&[1024, 1500, 4096, 65536]);
+    // Alice's password in clear, or hashed (then a SOCKS login waits for
+    // the simulated runtime's check, which answers late).
+    let password = if rng.range(0, 2) == 0 {
+        "plain:secret".to_string()
+    } else {
+        cheap_hash("secret")
+    };
     format!(
         "[network]\ninternal = [\"127.0.0.1\"]\n\
          [limits]\nbuffer = {buffer}\n\
          [log]\naccess = \"stderr\"\n\
-         [[user]]\nname = \"alice\"\npassword = \"plain:secret\"\n\
+         [[user]]\nname = \"alice\"\npassword = \"{password}\"\n\
          {services}"
     )
+}
+
+/// An argon2id PHC string of `password` with the least cost argon2 allows
+/// (the simulation checks many logins).
+fn cheap_hash(password: &str) -> String {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let params = argon2::Params::new(8, 1, 1, None).expect("argon2 parameters");
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let salt = SaltString::encode_b64(&[5; 16]).expect("salt");
+    argon
+        .hash_password(password.as_bytes(), &salt)
+        .expect("hash")
+        .to_string()
 }
 
 // ---------------------------------------------------------------------------

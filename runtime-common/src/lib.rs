@@ -38,6 +38,7 @@
 //! rest names only its plain types (ids, events) — so that a change of the
 //! core's face is met there.
 
+pub mod checks;
 pub mod diagnostics;
 pub mod directions;
 pub mod net;

@@ -45,7 +45,7 @@ impl Inbox {
         }
     }
 
-    fn answer(&self, event: Event) {
+    pub(crate) fn answer(&self, event: Event) {
         if let Ok(mut q) = self.answers.lock() {
             q.push(event);
         }

@@ -35,6 +35,12 @@ pub enum ConnCmd {
         host: String,
         port: u16,
     },
+    /// Check a password against a hash (off the event loop, without the
+    /// core's lock: [`crate::checks`]) and tell the core.
+    CheckPassword {
+        phc: String,
+        password: portico_core::auth::Secret,
+    },
     /// Start a connect of the upstream socket to `addr` (from `bind`),
     /// replacing the upstream socket a previous attempt left.
     Connect {

@@ -112,6 +112,11 @@ impl Table {
                     host,
                     port,
                 } => conn(c, ConnCmd::Resolve { host, port }),
+                Action::CheckPassword {
+                    conn: c,
+                    phc,
+                    password,
+                } => conn(c, ConnCmd::CheckPassword { phc, password }),
                 Action::ShutdownWrite { conn: c, side } => conn(c, ConnCmd::ShutdownWrite(side)),
                 Action::CloseUpstream { conn: c } => conn(c, ConnCmd::CloseUpstream),
                 Action::Close { conn: c } => conn(c, ConnCmd::Close),

@@ -45,6 +45,7 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream, UnixStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use portico_runtime::checks::{self, Checkers};
 use portico_runtime::net::{self, Connecting, Ports};
 use portico_runtime::resolver::{Inbox, Resolvers};
 use portico_runtime::splice::Pipes;
@@ -174,7 +175,10 @@ struct Loop {
     /// Listeners with connections to accept.
     accept_work: Vec<usize>,
     resolvers: Resolvers,
-    /// Names this loop asked the resolvers for, answered.
+    /// The password-checking threads; their verdicts come to `answers`.
+    checkers: Checkers,
+    /// Names this loop asked the resolvers for, answered; verdicts on the
+    /// passwords it asked the checkers about.
     answers: Arc<Inbox>,
     /// Worker 0's signals, and the pipe that wakes it for them.
     signals: Option<(Signals, UnixStream)>,
@@ -218,6 +222,7 @@ pub fn run(plan: Plan) -> Result<i32, String> {
     let workers = Worker::new(wakes.collect(), start.path, start.recheck);
     // Its threads start once privileges are given up (below).
     let (resolvers, resolver_threads) = Resolvers::new();
+    let (checkers, checker_threads) = Checkers::new();
     let ports = Ports::new(n);
     // Worker 0's alone: the signals, and the trace (one worker records).
     let (flags, wake) = Signals::install()?;
@@ -250,6 +255,7 @@ pub fn run(plan: Plan) -> Result<i32, String> {
             work: Vec::new(),
             accept_work: Vec::new(),
             resolvers: resolvers.clone(),
+            checkers: checkers.clone(),
             answers,
             signals,
             udp: Datagrams::default(),
@@ -271,6 +277,9 @@ pub fn run(plan: Plan) -> Result<i32, String> {
     resolver_threads
         .start(RESOLVERS)
         .map_err(|e| format!("cannot start the resolver threads: {e}"))?;
+    checker_threads
+        .start(checks::threads(cores))
+        .map_err(|e| format!("cannot start the password-checking threads: {e}"))?;
     let mut loops = loops.into_iter();
     let Some(mut lead) = loops.next() else {
         return Err("no event loop to run".into());
@@ -479,6 +488,13 @@ impl Loop {
             ConnCmd::Resolve { host, port } => {
                 if !self.resolvers.ask(conn, host, port, self.answers.clone()) {
                     let ev = Event::ResolveFailed { conn };
+                    self.table.handle(ev, Instant::now());
+                }
+            }
+            ConnCmd::CheckPassword { phc, password } => {
+                if !self.checkers.ask(conn, phc, password, self.answers.clone()) {
+                    // No pool left to ask: the login fails rather than hangs.
+                    let ev = Event::PasswordChecked { conn, ok: false };
                     self.table.handle(ev, Instant::now());
                 }
             }

@@ -32,6 +32,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use polling::{Event as PEvent, Events, Poller};
+use portico_runtime::checks::{self, Checkers};
 use portico_runtime::net::{self, Connecting, Ports};
 use portico_runtime::resolver::resolve;
 use portico_runtime::splice::{Pipe, Pipes};
@@ -72,6 +73,9 @@ struct Shared {
     /// Empty pipes for directions that start splicing (a lock of its own:
     /// taken when a direction starts, and when its thread goes to wait).
     pipes: Mutex<Pipes>,
+    /// The password-checking threads: a connection's thread waits for its
+    /// verdict there, without the core's lock.
+    checkers: Checkers,
 }
 
 fn lock(shared: &Shared) -> MutexGuard<'_, Core> {
@@ -222,6 +226,11 @@ pub fn run(plan: Plan) -> Result<i32, String> {
     let udp_poller = poller().map_err(poller_failed)?;
     let (acc_tx, acc_rx) = channel();
     let (udp_tx, udp_rx) = channel();
+    let (checkers, checker_threads) = Checkers::new();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    checker_threads
+        .start(checks::threads(cores))
+        .map_err(|e| format!("cannot start the password-checking threads: {e}"))?;
     let shared = Arc::new(Shared {
         core: Mutex::new(Core {
             table,
@@ -234,6 +243,7 @@ pub fn run(plan: Plan) -> Result<i32, String> {
         timer: Condvar::new(),
         done: Condvar::new(),
         pipes: Mutex::new(Pipes::new()),
+        checkers,
     });
 
     let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
@@ -547,7 +557,7 @@ const UPSTREAM: usize = 1;
 impl ConnThread {
     /// First thing on the connection's thread: registers the client
     /// socket and carries out the commands the accept brought, up to the
-    /// first that may block (a name to resolve), which `run` goes on
+    /// first that may block (a name to resolve, a password to check), which `run` goes on
     /// with. The commands left, or `None` when the connection is closed
     /// already. (On the acceptor instead, this work would cost every new
     /// connection a wait behind the others'; a backlog that cannot be
@@ -563,8 +573,8 @@ impl ConnThread {
         let mut todo = std::collections::VecDeque::from(first);
         while !self.closed {
             match todo.pop_front() {
-                Some(ConnCmd::Resolve { host, port }) => {
-                    todo.push_front(ConnCmd::Resolve { host, port });
+                Some(cmd @ (ConnCmd::Resolve { .. } | ConnCmd::CheckPassword { .. })) => {
+                    todo.push_front(cmd);
                     break;
                 }
                 Some(cmd) => {
@@ -695,6 +705,14 @@ impl ConnThread {
             ConnCmd::Resolve { host, port } => {
                 // This thread serves only this connection: it may wait here.
                 self.event(resolve(self.pair.id, &host, port), mine);
+            }
+            ConnCmd::CheckPassword { phc, password } => {
+                // Waits for the pool (which bounds how many checks run at
+                // once), not holding the core's lock; no pool left: the
+                // login fails rather than hangs.
+                let ok = self.shared.checkers.check(phc, password).unwrap_or(false);
+                let conn = self.pair.id;
+                self.event(Event::PasswordChecked { conn, ok }, mine);
             }
             ConnCmd::Connect { addr, bind } => match net::tcp_connect(addr, bind) {
                 Ok(u) => {

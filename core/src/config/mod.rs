@@ -223,6 +223,11 @@ pub struct Limits {
     pub udp_idle_timeout: Duration,
     /// Bytes per direction per connection.
     pub buffer: usize,
+    /// How long a password check's verdict is remembered (zero: never).
+    pub auth_cache: Duration,
+    /// Failed logins from one client address within a minute after which
+    /// its further attempts are refused unchecked until the minute is over.
+    pub auth_failures: u32,
 }
 
 impl Default for Limits {
@@ -236,6 +241,8 @@ impl Default for Limits {
             shutdown_grace: Duration::from_secs(10),
             udp_idle_timeout: Duration::from_secs(60),
             buffer: 64 * 1024,
+            auth_cache: Duration::from_secs(5 * 60),
+            auth_failures: 10,
         }
     }
 }

@@ -45,6 +45,8 @@ pub struct RawLimits {
     pub shutdown_grace: Option<S<Value>>,
     pub udp_idle_timeout: Option<S<Value>>,
     pub buffer: Option<S<Value>>,
+    pub auth_cache: Option<S<Value>>,
+    pub auth_failures: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -281,6 +281,8 @@ idle_timeout = "1h"
 shutdown_grace = "0s"
 udp_idle_timeout = "2m"
 buffer = "16KB"
+auth_cache = "0s"
+auth_failures = 3
 
 [log]
 access = "/var/log/portico/access.log"
@@ -378,6 +380,8 @@ clients = ["192.168.1.77/24"]
             shutdown_grace: Duration::ZERO,
             udp_idle_timeout: Duration::from_secs(120),
             buffer: 16_000,
+            auth_cache: Duration::ZERO,
+            auth_failures: 3,
         }
     );
     assert_eq!(

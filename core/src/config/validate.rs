@@ -428,6 +428,17 @@ fn limits(cx: &Ctx, raw: Option<&RawLimits>) -> Result<Limits> {
         false,
         &mut l.udp_idle_timeout,
     )?;
+    duration(
+        &raw.auth_cache,
+        "limits.auth_cache",
+        true,
+        &mut l.auth_cache,
+    )?;
+    count(
+        &raw.auth_failures,
+        "limits.auth_failures",
+        &mut l.auth_failures,
+    )?;
     if let Some(b) = &raw.buffer {
         let n = cx.named("limits.buffer", b, values::size_value)?;
         l.buffer = usize::try_from(n)

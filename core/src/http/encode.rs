@@ -268,6 +268,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         413 => "Content Too Large",
         414 => "URI Too Long",
         417 => "Expectation Failed",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",
@@ -316,6 +317,17 @@ pub fn proxy_reply(status: u16, extra_headers: &[(&str, &str)], close: bool) -> 
 /// `502 Bad Gateway: the name of nowhere.invalid:80 did not resolve
 /// (dns-failure)`. For a HEAD request, send only the head.
 pub fn refusal_reply(status: u16, cause: Cause, destination: &str, html: bool) -> Vec<u8> {
+    refusal_reply_after(status, cause, destination, html, None)
+}
+
+/// [`refusal_reply`] with `Retry-After: SECONDS` when given (429).
+pub fn refusal_reply_after(
+    status: u16,
+    cause: Cause,
+    destination: &str,
+    html: bool,
+    retry_after: Option<u64>,
+) -> Vec<u8> {
     // A peer's bytes never make a second line (the parser lets none
     // through; this holds whatever it lets through).
     let dest: String = destination
@@ -336,6 +348,9 @@ pub fn refusal_reply(status: u16, cause: Cause, destination: &str, html: bool) -
             format!("the proxy needs a valid user name and password to reach {dest}")
         }
         Cause::Limit => format!("the proxy's connection limit is reached; try {dest} again later"),
+        Cause::Throttled => {
+            format!("too many failed logins from your address; try {dest} again in a minute")
+        }
     };
     let reason = reason_phrase(status);
     let (ctype, body) = if html {
@@ -362,6 +377,9 @@ pub fn refusal_reply(status: u16, cause: Cause, destination: &str, html: bool) -
     out.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
     if status == 407 {
         out.extend_from_slice(b"Proxy-Authenticate: Basic realm=\"portico\"\r\n");
+    }
+    if let Some(secs) = retry_after {
+        out.extend_from_slice(format!("Retry-After: {secs}\r\n").as_bytes());
     }
     out.extend_from_slice(
         format!("Portico-Error: {cause}\r\nConnection: close\r\n\r\n").as_bytes(),

@@ -84,7 +84,7 @@ pub use body::BodyDecoder;
 pub use body::Progress;
 pub use encode::{
     encode_request_head, encode_response_head, error_reply, proxy_reply, reason_phrase,
-    refusal_reply, Forward, Persist, CONNECT_ESTABLISHED,
+    refusal_reply, refusal_reply_after, Forward, Persist, CONNECT_ESTABLISHED,
 };
 #[cfg(test)]
 pub use error::ErrorKind;

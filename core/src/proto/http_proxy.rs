@@ -31,10 +31,12 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::{Cause, Failure, Next, Outcome, Scope, Target};
+use crate::auth::Verdict;
 use crate::http as request;
 use crate::http::{
     encode_request_head, encode_response_head, error_reply, proxy_reply, refusal_reply,
-    BodyDecoder, Direction, Forward, Framing, HeadParser, Limits, Method, Parsed, Persist, Version,
+    refusal_reply_after, BodyDecoder, Direction, Forward, Framing, HeadParser, Limits, Method,
+    Parsed, Persist, Version,
 };
 use crate::session::Dir;
 
@@ -317,16 +319,39 @@ impl HttpProxy {
         let head_only = req.method == Method::Head;
         // Credentials first: a client that is not allowed learns nothing else.
         if scope.service.auth {
-            let ok = match &req.proxy_auth {
+            let verdict = match &req.proxy_auth {
                 request::ProxyAuth::Basic { user, password } => {
-                    scope.users.check(user.as_bytes(), password.as_bytes()) && {
+                    let v = scope.logins.login_blocking(
+                        scope.users,
+                        user.as_bytes(),
+                        password.as_bytes(),
+                        scope.now,
+                    );
+                    if v == Verdict::Ok {
                         self.user = Some(user.clone());
-                        true
                     }
+                    Some(v)
                 }
-                _ => false,
+                _ => None,
             };
-            if !ok {
+            if let Some(Verdict::Throttled(secs)) = verdict {
+                let dest = authority_of(&req.target);
+                todo.push(Next::Refused(Cause::Throttled));
+                let (html, head_only) = self
+                    .cur
+                    .as_ref()
+                    .map_or((false, false), |c| (c.html, c.method == Method::Head));
+                let reply = without_body(
+                    refusal_reply_after(429, Cause::Throttled, &dest, html, Some(secs)),
+                    head_only,
+                );
+                if let Some(c) = self.cur.as_mut() {
+                    c.cause = Some(Cause::Throttled);
+                }
+                self.refuse(down, reply, 429, todo);
+                return false;
+            }
+            if verdict != Some(Verdict::Ok) {
                 let dest = authority_of(&req.target);
                 todo.push(Next::Refused(Cause::AuthRequired));
                 self.refuse_for(down, 407, Cause::AuthRequired, &dest, todo);

@@ -77,6 +77,13 @@ pub enum Next {
     Responded(u16),
     /// Write what was said, then close; the access log says `outcome`.
     Close(Outcome),
+    /// Check this login; the machine hears the verdict through
+    /// [`Protocol::checked`] and takes no input meanwhile (the session
+    /// may have to wait for the runtime's argon2).
+    Authenticate {
+        user: Vec<u8>,
+        password: crate::auth::Secret,
+    },
 }
 
 /// A data port a control machine asks for: on `bind` (the system picks the
@@ -132,6 +139,10 @@ impl Failure {
 pub struct Scope<'a> {
     pub service: &'a Service,
     pub users: &'a mut Users,
+    /// The time of the call (the users' verdict cache expires).
+    pub now: std::time::Instant,
+    /// The client's failed logins, and the service's count of them.
+    pub logins: crate::auth::Logins<'a>,
 }
 
 /// A protocol's handshake: the part of a service that talks before (and
@@ -171,6 +182,13 @@ pub trait Protocol: std::fmt::Debug + Send {
     /// (bytes consumed, what next). Bytes left unconsumed when it returns
     /// `Connect` are relayed to the server.
     fn input(&mut self, input: &[u8], reply: &mut Vec<u8>, scope: &mut Scope) -> (usize, Next);
+
+    /// The verdict on the login asked for with [`Next::Authenticate`]:
+    /// the machine says it to the client and goes on. Returns `Wait`,
+    /// `Connect` or `Close`, like [`Protocol::input`].
+    fn checked(&mut self, _verdict: crate::auth::Verdict, _reply: &mut Vec<u8>) -> Next {
+        Next::Close(Outcome::Error)
+    }
 
     /// The upstream connection is up; `local` is its local address. Bytes
     /// for the client go to `reply`, bytes for the server to `to_server`.

@@ -24,6 +24,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 
 use super::{Failure, Next, Outcome, Protocol, Scope, Target};
+use crate::auth::Verdict;
 
 /// Longest SOCKS4 USERID or 4a host name accepted.
 pub const MAX_V4_FIELD: usize = 512;
@@ -35,6 +36,9 @@ enum State {
     Methods,
     Auth,
     Request,
+    /// Waiting for the verdict on the login (SOCKS5) or on the USERID's
+    /// password (SOCKS4, which then connects to `v4_target`).
+    Checking,
     /// Waiting for the connect; the version decides the reply format.
     Connecting,
     Done,
@@ -45,6 +49,9 @@ pub struct Socks {
     state: State,
     v4: bool,
     user: Option<String>,
+    /// The name being checked (SOCKS4: and where to go once it is).
+    checking: Option<String>,
+    v4_target: Option<Target>,
 }
 
 const NEED: (usize, Next) = (0, Next::Wait);
@@ -95,15 +102,52 @@ impl Protocol for Socks {
                     Some(_) => (0, close(Outcome::BadRequest)),
                 },
                 State::Methods => self.methods(rest, reply, scope),
-                State::Auth => self.auth(rest, reply, scope),
+                State::Auth => self.auth(rest),
                 State::Request => self.request(rest, reply),
-                State::Connecting | State::Done => return (used, Next::Wait),
+                State::Checking | State::Connecting | State::Done => return (used, Next::Wait),
             };
             used += n;
             match step {
                 Next::Wait if n > 0 => continue,
                 step => return (used, step),
             }
+        }
+    }
+
+    fn checked(&mut self, verdict: Verdict, reply: &mut Vec<u8>) -> Next {
+        if self.state != State::Checking {
+            return Next::Wait;
+        }
+        let ok = verdict == Verdict::Ok;
+        // Throttled: the words of a failed login (RFC 1929 has no other),
+        // the cause in the log.
+        let failed = match verdict {
+            Verdict::Throttled(_) => Outcome::Throttled,
+            _ => Outcome::AuthFailed,
+        };
+        let name = self.checking.take();
+        if self.v4 {
+            let Some(target) = self.v4_target.take().filter(|_| ok) else {
+                self.state = State::Done;
+                reply.extend_from_slice(&v4_reply(false, None));
+                return close(failed);
+            };
+            self.user = name;
+            self.state = State::Connecting;
+            return Next::Connect {
+                target,
+                user: self.user.clone(),
+            };
+        }
+        if ok {
+            self.user = name;
+            reply.extend_from_slice(&[1, 0]);
+            self.state = State::Request;
+            Next::Wait
+        } else {
+            reply.extend_from_slice(&[1, 1]);
+            self.state = State::Done;
+            close(failed)
         }
     }
 
@@ -170,7 +214,7 @@ impl Socks {
         }
     }
 
-    fn auth(&mut self, b: &[u8], reply: &mut Vec<u8>, scope: &mut Scope) -> (usize, Next) {
+    fn auth(&mut self, b: &[u8]) -> (usize, Next) {
         if b.is_empty() {
             return NEED;
         }
@@ -187,18 +231,21 @@ impl Socks {
         if b.len() < p_end {
             return NEED;
         }
-        let name = &b[2..u_end];
-        let password = &b[u_end + 1..p_end];
-        if scope.users.check(name, password) {
-            self.user = std::str::from_utf8(name).ok().map(str::to_string);
-            reply.extend_from_slice(&[1, 0]);
-            self.state = State::Request;
-            (p_end, Next::Wait)
-        } else {
-            reply.extend_from_slice(&[1, 1]);
-            self.state = State::Done;
-            (p_end, close(Outcome::AuthFailed))
-        }
+        self.authenticate(&b[2..u_end], &b[u_end + 1..p_end], p_end)
+    }
+
+    /// Asks for the verdict on a login (the `used` bytes that held it are
+    /// taken); [`Protocol::checked`] goes on.
+    fn authenticate(&mut self, name: &[u8], password: &[u8], used: usize) -> (usize, Next) {
+        self.checking = std::str::from_utf8(name).ok().map(str::to_string);
+        self.state = State::Checking;
+        (
+            used,
+            Next::Authenticate {
+                user: name.to_vec(),
+                password: crate::auth::Secret(password.to_vec()),
+            },
+        )
     }
 
     fn request(&mut self, b: &[u8], reply: &mut Vec<u8>) -> (usize, Next) {
@@ -316,12 +363,8 @@ impl Socks {
                 Some(i) => (&userid[..i], &userid[i + 1..]),
                 None => (userid, &b""[..]),
             };
-            if !scope.users.check(name, password) {
-                self.state = State::Done;
-                reply.extend_from_slice(&v4_reply(false, None));
-                return (len, close(Outcome::AuthFailed));
-            }
-            self.user = std::str::from_utf8(name).ok().map(str::to_string);
+            self.v4_target = Some(target);
+            return self.authenticate(name, password, len);
         }
         self.state = State::Connecting;
         (
@@ -399,7 +442,7 @@ mod tests {
              [[service]]\nname = \"s\"\nkind = \"socks\"\nport = 1080\nauth = {auth}\n"
         );
         let c = config::parse(&text, "t").expect("config");
-        let users = Users::new(&c.users);
+        let users = Users::new(&c.users, 1, std::time::Duration::ZERO);
         (c, users)
     }
 
@@ -407,9 +450,19 @@ mod tests {
     /// and returns (bytes consumed, the step, the reply).
     fn run(auth: bool, input: &[u8], chop: usize) -> (usize, Next, Vec<u8>) {
         let (c, mut users) = service(auth);
+        let now = std::time::Instant::now();
+        let ledger = crate::ledger::Ledger::default();
+        let mut failures = std::collections::BTreeMap::new();
         let mut scope = Scope {
             service: &c.services[0],
             users: &mut users,
+            now,
+            logins: crate::auth::Logins {
+                client: std::net::Ipv4Addr::LOCALHOST.into(),
+                ledger: &ledger,
+                limit: 10,
+                failures: &mut failures,
+            },
         };
         let mut s = Socks::default();
         let mut reply = Vec::new();
@@ -417,8 +470,17 @@ mod tests {
         let mut have = 0;
         loop {
             have = (have + chop).min(input.len());
-            let (n, step) = s.input(&input[used..have], &mut reply, &mut scope);
+            let (n, mut step) = s.input(&input[used..have], &mut reply, &mut scope);
             used += n;
+            if let Next::Authenticate { user, password } = &step {
+                // The session's part: the verdict, then the rest of what
+                // the client sent.
+                let v = scope.users.check_blocking(user, &password.0, now);
+                step = s.checked(v, &mut reply);
+                if step == Next::Wait {
+                    continue;
+                }
+            }
             if step != Next::Wait || have == input.len() {
                 return (used, step, reply);
             }

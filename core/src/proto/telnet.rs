@@ -11,9 +11,9 @@
 //! # States and exits
 //!
 //! ```text
-//! start ─auth──────────────► Login ─line─► Password ─line─┬─wrong─► "login incorrect", close
-//!   │                         (empty line: ask again)     ├─right, destination─► Connect(destination)
-//!   │                                                      └─right─► Command
+//! start ─auth──────────────► Login ─line─► Password ─line─► Checking ─verdict─┬─wrong─► "login incorrect", close
+//!   │                         (empty line: ask again)                          ├─right, destination─► Connect(destination)
+//!   │                                                                          └─right─► Command
 //!   ├─destination (no auth)─► Connect(destination)
 //!   └─otherwise─► greeting, prompt ─► Command
 //! Command ─line─┬─empty─────────────► prompt again
@@ -111,6 +111,9 @@ enum Phase {
     Start,
     Login,
     Password,
+    /// Waiting for the verdict on the login; then to `after_login`, or
+    /// the prompt.
+    Checking,
     Command,
     /// Waiting for the connect.
     Connecting,
@@ -149,6 +152,9 @@ pub struct Telnet {
     lines: usize,
     /// The name given at `login: `.
     login: Vec<u8>,
+    /// Where a login being checked goes once it is right (the service's
+    /// destination), if anywhere.
+    after_login: Option<Target>,
     user: Option<String>,
     target: Option<Target>,
     interactive: bool,
@@ -213,20 +219,13 @@ impl Telnet {
                 }
                 // The client echoed nothing, not even the end of the line.
                 reply.extend_from_slice(b"\r\n");
-                let name = std::mem::take(&mut self.login);
-                if !scope.users.check(&name, &line) {
-                    self.phase = Phase::Done;
-                    reply.extend_from_slice(b"login incorrect\r\n");
-                    return Next::Close(Outcome::AuthFailed);
-                }
-                self.user = String::from_utf8(name).ok();
-                match &scope.service.destination {
-                    Some(d) => self.connect(destination_target(d)),
-                    None => {
-                        self.phase = Phase::Command;
-                        reply.extend_from_slice(PROMPT.as_bytes());
-                        Next::Wait
-                    }
+                // The name stays in `login` until the verdict says it is
+                // a user's.
+                self.after_login = scope.service.destination.as_ref().map(destination_target);
+                self.phase = Phase::Checking;
+                Next::Authenticate {
+                    user: self.login.clone(),
+                    password: crate::auth::Secret(line),
                 }
             }
             Phase::Command => match parse_command(&line) {
@@ -252,7 +251,7 @@ impl Telnet {
                 }
                 Command::Connect(t) => self.connect(t),
             },
-            Phase::Start | Phase::Connecting | Phase::Done => Next::Wait,
+            Phase::Start | Phase::Checking | Phase::Connecting | Phase::Done => Next::Wait,
         }
     }
 
@@ -402,6 +401,31 @@ impl Protocol for Telnet {
             }
         }
         (used, Next::Wait)
+    }
+
+    fn checked(&mut self, verdict: crate::auth::Verdict, reply: &mut Vec<u8>) -> Next {
+        if self.phase != Phase::Checking {
+            return Next::Wait;
+        }
+        let name = std::mem::take(&mut self.login);
+        if verdict != crate::auth::Verdict::Ok {
+            self.phase = Phase::Done;
+            // Throttled: the same words, the cause in the log.
+            reply.extend_from_slice(b"login incorrect\r\n");
+            return Next::Close(match verdict {
+                crate::auth::Verdict::Throttled(_) => Outcome::Throttled,
+                _ => Outcome::AuthFailed,
+            });
+        }
+        self.user = String::from_utf8(name).ok();
+        match self.after_login.take() {
+            Some(target) => self.connect(target),
+            None => {
+                self.phase = Phase::Command;
+                reply.extend_from_slice(PROMPT.as_bytes());
+                Next::Wait
+            }
+        }
     }
 
     fn connected(&mut self, _: SocketAddr, reply: &mut Vec<u8>, _: &mut Vec<u8>) -> Next {
@@ -599,7 +623,7 @@ mod tests {
              [[service]]\nname = \"t\"\nkind = \"telnet\"\nport = 2300\nauth = {auth}\n{dest}"
         );
         let c = config::parse_unchecked_kinds(&text, "t").expect("config");
-        let users = Users::new(&c.users);
+        let users = Users::new(&c.users, 1, std::time::Duration::ZERO);
         (c, users)
     }
 
@@ -617,9 +641,18 @@ mod tests {
     /// a step other than More.
     fn run_cut(mode: &str, input: &[u8], cuts: &[usize]) -> Run {
         let (c, mut users) = service(mode);
+        let ledger = crate::ledger::Ledger::default();
+        let mut failures = std::collections::BTreeMap::new();
         let mut scope = Scope {
             service: &c.services[0],
             users: &mut users,
+            now: std::time::Instant::now(),
+            logins: crate::auth::Logins {
+                client: std::net::Ipv4Addr::LOCALHOST.into(),
+                ledger: &ledger,
+                limit: 10,
+                failures: &mut failures,
+            },
         };
         let mut t = Telnet::default();
         let mut reply = Vec::new();
@@ -637,9 +670,19 @@ mod tests {
             let cut = cut.clamp(fed, input.len());
             pending.extend_from_slice(&input[fed..cut]);
             fed = cut;
-            let (n, step) = t.input(&pending, &mut reply, &mut scope);
+            let (n, mut step) = t.input(&pending, &mut reply, &mut scope);
             assert!(n <= pending.len());
             pending.drain(..n);
+            if let Next::Authenticate { user, password } = &step {
+                // The session's part: the verdict, then the rest.
+                let v = scope.users.check_blocking(user, &password.0, scope.now);
+                step = t.checked(v, &mut reply);
+                if step == Next::Wait {
+                    let (n, s) = t.input(&pending, &mut reply, &mut scope);
+                    pending.drain(..n);
+                    step = s;
+                }
+            }
             if step != Next::Wait {
                 pending.extend_from_slice(&input[fed..]);
                 return Run {

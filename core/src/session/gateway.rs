@@ -19,9 +19,11 @@
 use std::net::SocketAddr;
 
 use super::{Machine, Phase, Session};
+use crate::auth::{Check, Pending, Verdict};
+use crate::event::Action;
 use crate::id::Side;
 use crate::outcome::Outcome;
-use crate::proto::{Addresses, Failure, Next, Scope};
+use crate::proto::{Addresses, Failure, Next};
 use crate::table::context::Context;
 use crate::table::listeners::DataPort;
 
@@ -35,10 +37,7 @@ impl Session {
             return self.fail(why, cx);
         }
         let mut reply = Vec::new();
-        let mut scope = Scope {
-            service: &cx.services[self.service].conf,
-            users: &mut cx.users,
-        };
+        let mut scope = cx.scope(self.service, self.client.ip());
         let next = p.start(&mut reply, &mut scope);
         self.method = p.method();
         self.down.say(&reply);
@@ -55,10 +54,7 @@ impl Session {
         };
         let data = self.up.buf.as_ref().map_or(&[][..], |b| b.data());
         let mut reply = Vec::new();
-        let mut scope = Scope {
-            service: &cx.services[self.service].conf,
-            users: &mut cx.users,
-        };
+        let mut scope = cx.scope(self.service, self.client.ip());
         let (n, next) = p.input(data, &mut reply, &mut scope);
         self.method = p.method();
         if let Some(b) = self.up.buf.as_mut() {
@@ -75,7 +71,7 @@ impl Session {
     fn step(&mut self, next: Next, cx: &mut Context) {
         match next {
             Next::Wait => {
-                if self.up.eof {
+                if self.up.eof && self.checking.is_none() {
                     // The client gave up before finishing.
                     self.outcome = Outcome::Aborted;
                     return self.end();
@@ -83,6 +79,19 @@ impl Session {
                 self.sync(cx);
             }
             Next::Connect { target, user } => self.request(target, user, cx),
+            Next::Authenticate { user, password } => {
+                let (now, ip) = (cx.now, self.client.ip());
+                if let Some(v) = cx.logins(self.service, ip).gate(now) {
+                    return self.authenticated(v, cx);
+                }
+                match cx.users.check(&user, &password.0, now) {
+                    Check::Known(v) => {
+                        cx.logins(self.service, ip).settle(v, now);
+                        self.authenticated(v, cx)
+                    }
+                    Check::Ask(p) => self.ask_check(p, cx),
+                }
+            }
             Next::Close(outcome) => {
                 self.close_after_reply(outcome, cx);
                 self.sync(cx);
@@ -93,6 +102,54 @@ impl Session {
                 self.close_after_reply(Outcome::Error, cx);
                 self.sync(cx);
             }
+        }
+    }
+
+    /// Hands a password check to the runtime; the session waits for
+    /// [`Session::on_password_checked`].
+    fn ask_check(&mut self, p: Box<Pending>, cx: &mut Context) {
+        cx.services[self.service].counters.password_checks += 1;
+        cx.actions.push_back(Action::CheckPassword {
+            conn: self.id,
+            phc: p.phc.clone(),
+            password: p.password.clone(),
+        });
+        self.checking = Some(p);
+        self.sync(cx);
+    }
+
+    /// The runtime's verdict on the password check this session asked
+    /// for (none asked: a verdict that is not this session's, dropped).
+    pub fn on_password_checked(&mut self, ok: bool, cx: &mut Context) {
+        let Some(p) = self.checking.take() else {
+            return;
+        };
+        match cx.users.settle(&p, ok, cx.now) {
+            Check::Known(v) => {
+                let now = cx.now;
+                cx.logins(self.service, self.client.ip()).settle(v, now);
+                self.authenticated(v, cx)
+            }
+            // Reloaded meanwhile, and the new users' hash is to be checked.
+            Check::Ask(p) => self.ask_check(p, cx),
+        }
+    }
+
+    /// A login's verdict (counted already): told to the protocol, and
+    /// then what the client sent meanwhile is its next step.
+    fn authenticated(&mut self, v: Verdict, cx: &mut Context) {
+        let Machine::Gateway(p) = &mut self.machine else {
+            return;
+        };
+        let mut reply = Vec::new();
+        let next = p.checked(v, &mut reply);
+        self.down.say(&reply);
+        let buffered = self.up.buf.as_ref().is_some_and(|b| !b.data().is_empty());
+        if next == Next::Wait && buffered {
+            // Before a client's end of stream is taken for giving up.
+            self.gateway_input(cx);
+        } else {
+            self.step(next, cx);
         }
     }
 

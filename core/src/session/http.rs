@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 
 use super::{Machine, Phase, Session};
 use crate::event::Action;
-use crate::proto::{Failure, Next, Scope};
+use crate::proto::{Failure, Next};
 use crate::table::context::Context;
 
 impl Session {
@@ -34,11 +34,9 @@ impl Session {
             return;
         };
         let mut todo = Vec::new();
-        let mut scope = Scope {
-            service: &cx.services[self.service].conf,
-            users: &mut cx.users,
-        };
-        h.client(&mut self.up, &mut self.down, &mut scope, cx.now, &mut todo);
+        let now = cx.now;
+        let mut scope = cx.scope(self.service, self.client.ip());
+        h.client(&mut self.up, &mut self.down, &mut scope, now, &mut todo);
         self.http_todo(todo, cx);
     }
 

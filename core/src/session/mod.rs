@@ -197,6 +197,8 @@ pub(crate) struct Session {
     pub rule: Option<u32>,
     /// It has ended: the table finishes it once the call returns.
     pub ended: bool,
+    /// The password check the runtime is running for this login, if any.
+    pub checking: Option<Box<crate::auth::Pending>>,
 }
 
 impl Session {
@@ -238,6 +240,7 @@ impl Session {
             cause: None,
             rule: None,
             ended: false,
+            checking: None,
         }
     }
 
@@ -692,8 +695,11 @@ impl Session {
             Phase::Closing => !self.down.has_data(),
             // A client that has asked and shut its side waits for its
             // answer (a status page gathered from every worker).
+            // (Likewise a login waiting for its password's verdict.)
             Phase::Talking => {
-                self.up.eof && !matches!(self.machine, Machine::Status { asked: true })
+                self.up.eof
+                    && !matches!(self.machine, Machine::Status { asked: true })
+                    && self.checking.is_none()
             }
             Phase::Filtering => self.filtering_done(),
             _ => false,

@@ -87,6 +87,10 @@ pub enum Deliver {
     ResolveFailed {
         conn: ConnId,
     },
+    PasswordChecked {
+        conn: ConnId,
+        ok: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -221,6 +225,9 @@ impl Sim {
             Deliver::ResolveFailed { conn } => {
                 self.event_for(conn, Event::ResolveFailed { conn });
             }
+            Deliver::PasswordChecked { conn, ok } => {
+                self.event_for(conn, Event::PasswordChecked { conn, ok });
+            }
         }
     }
 
@@ -263,6 +270,21 @@ impl Sim {
                 };
                 let at = now + self.dice.duration(Duration::ZERO, Duration::from_millis(5));
                 self.net.deliver(at, what);
+            }
+            Action::CheckPassword {
+                conn,
+                phc,
+                password,
+            } => {
+                // A pool of threads runs argon2 meanwhile: the verdict
+                // comes late, after other events, maybe after the client
+                // has gone or the configuration was reloaded.
+                let ok = crate::auth::verify_password(&phc, &password.0);
+                let at = now
+                    + self
+                        .dice
+                        .duration(Duration::ZERO, Duration::from_millis(50));
+                self.net.deliver(at, Deliver::PasswordChecked { conn, ok });
             }
             Action::Connect { conn, addr, .. } => self.connect(self.live[&conn], addr),
             Action::CloseUpstream { conn } => {

@@ -665,6 +665,13 @@ impl Runtime {
             Action::Unlisten { listener } => {
                 self.listener_mut(listener).state = ListenState::Closed
             }
+            Action::CheckPassword { conn, .. } => {
+                let s = self.live_conn(conn, "CheckPassword");
+                assert!(
+                    !s.refusing,
+                    "CheckPassword for a connection admitted only to refuse"
+                );
+            }
             Action::Resolve { conn, .. } => {
                 let s = self.live_conn(conn, "Resolve");
                 assert!(

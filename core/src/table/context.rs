@@ -9,13 +9,14 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::auth::Users;
+use crate::auth::{Logins, Users};
 use crate::buffer::Pool;
 use crate::config::{AccessTarget, Config, Service, ServiceKind};
 use crate::event::{Action, Level};
 use crate::id::ConnId;
 use crate::ledger::Ledger;
 use crate::outcome::Cause;
+use crate::proto::Scope;
 use crate::proto::Target;
 use crate::rules::Wall;
 use crate::status::{Page, ServiceCounters};
@@ -145,6 +146,34 @@ pub(crate) struct Context {
 }
 
 impl Context {
+    /// What a login from `client` on service `service` is checked with
+    /// besides the users.
+    pub fn logins(&mut self, service: usize, client: std::net::IpAddr) -> Logins<'_> {
+        Logins {
+            client,
+            ledger: &self.ledger,
+            limit: self.config.limits.auth_failures,
+            failures: &mut self.services[service].counters.auth_failures,
+        }
+    }
+
+    /// What a protocol machine of service `service` may consult, for a
+    /// client at `client`.
+    pub fn scope(&mut self, service: usize, client: std::net::IpAddr) -> Scope<'_> {
+        let info = &mut self.services[service];
+        Scope {
+            service: &info.conf,
+            users: &mut self.users,
+            now: self.now,
+            logins: Logins {
+                client,
+                ledger: &self.ledger,
+                limit: self.config.limits.auth_failures,
+                failures: &mut info.counters.auth_failures,
+            },
+        }
+    }
+
     /// Queues a diagnostic line if `level` is logged; the message is made
     /// only then.
     pub fn log(&mut self, level: Level, message: impl FnOnce() -> String) {

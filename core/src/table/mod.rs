@@ -193,7 +193,7 @@ impl Proxy {
             gens: Vec::new(),
             cx: Context {
                 now,
-                users: Users::new(&config.users),
+                users: Users::new(&config.users, seed, config.limits.auth_cache),
                 config,
                 services,
                 ledger,
@@ -550,6 +550,9 @@ impl Proxy {
                 self.run(conn, now, |s, cx| s.on_resolved(addrs, cx))
             }
             Event::ResolveFailed { conn } => self.run(conn, now, |s, cx| s.on_resolve_failed(cx)),
+            Event::PasswordChecked { conn, ok } => {
+                self.run(conn, now, |s, cx| s.on_password_checked(ok, cx))
+            }
             Event::Read { conn, side, n } => {
                 let bulk = self.bulk(n);
                 self.dispatch(conn, now, true, |s, cx| s.on_read(side, n, bulk, cx))

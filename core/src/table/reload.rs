@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use super::context::ServiceInfo;
 use super::{listens, warnings, Proxy, POOL_KEEP};
-use crate::auth::Users;
 use crate::buffer::Pool;
 use crate::config::{Config, Transport};
 use crate::event::Level;
@@ -74,7 +73,10 @@ impl Proxy {
                 POOL_KEEP.min(config.limits.max_connections as usize * 2),
             );
         }
-        self.cx.users = Users::new(&config.users);
+        self.cx.users = self
+            .cx
+            .users
+            .reloaded(&config.users, config.limits.auth_cache);
         self.cx.config = config;
         // The access log may have been turned on or off: requests from now
         // on are recorded, or not, on connections already open too.

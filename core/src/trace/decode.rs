@@ -327,6 +327,14 @@ pub(super) fn parse_event(
         "resolve-failed" => Event::ResolveFailed {
             conn: w.parse(CONN, parse_conn)?,
         },
+        "password-checked" => Event::PasswordChecked {
+            conn: w.parse(CONN, parse_conn)?,
+            ok: w.parse("ok or wrong", |s| match s {
+                "ok" => Some(true),
+                "wrong" => Some(false),
+                _ => None,
+            })?,
+        },
         "connected" => Event::Connected {
             conn: w.parse(CONN, parse_conn)?,
             local: w.parse("the local address", parse_addr)?,

@@ -148,6 +148,11 @@ pub(super) fn put_event(out: &mut String, t: u64, event: &Event, bytes: Option<&
             Ok(())
         }
         Event::ResolveFailed { conn } => write!(out, "resolve-failed {conn}"),
+        Event::PasswordChecked { conn, ok } => write!(
+            out,
+            "password-checked {conn} {}",
+            if *ok { "ok" } else { "wrong" }
+        ),
         Event::Connected { conn, local } => write!(out, "connected {conn} {local}"),
         Event::ConnectFailed { conn, error } => {
             write!(out, "connect-failed {conn} {}", io_name(*error))

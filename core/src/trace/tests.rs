@@ -156,6 +156,14 @@ fn every_record() -> Vec<Record> {
             addrs: vec![sa("192.0.2.9:80"), sa("[2001:db8::9]:80")],
         }),
         ev(Event::ResolveFailed { conn: c(1, 2) }),
+        ev(Event::PasswordChecked {
+            conn: c(1, 2),
+            ok: true,
+        }),
+        ev(Event::PasswordChecked {
+            conn: c(3, 0),
+            ok: false,
+        }),
         ev(Event::Connected {
             conn: c(2, 3),
             local: sa("[::1]:5000"),

@@ -30,11 +30,20 @@ pub fn protocol(data: &[u8]) {
     let Some(mut hs) = for_service(service) else {
         return;
     };
-    let mut users = crate::auth::Users::new(&config.users);
+    let mut users = crate::auth::Users::new(&config.users, 1, std::time::Duration::ZERO);
     let client: std::net::SocketAddr = ([127, 0, 0, 1], 40000).into();
+    let ledger = crate::ledger::Ledger::default();
+    let mut failures = std::collections::BTreeMap::new();
     let mut ctx = Scope {
         service,
         users: &mut users,
+        now: std::time::Instant::now(),
+        logins: crate::auth::Logins {
+            client: std::net::Ipv4Addr::LOCALHOST.into(),
+            ledger: &ledger,
+            limit: 10,
+            failures: &mut failures,
+        },
     };
     let input = &data[2..];
     let step = (chop as usize % 7) + 1;
@@ -52,6 +61,11 @@ pub fn protocol(data: &[u8]) {
             assert!(n <= have - used, "{kind}: consumed more than it was given");
             used += n;
             step_now = s;
+            if let Next::Authenticate { user, password } = &step_now {
+                // The session's part: the verdict, then on.
+                let v = ctx.users.check_blocking(user, &password.0, ctx.now);
+                step_now = hs.checked(v, &mut reply);
+            }
         }
         if !(connects_fail && matches!(step_now, Next::Connect { .. })) {
             break;
