@@ -27,6 +27,8 @@ pub enum Outcome {
     Denied,
     /// A connection limit was reached.
     Limit,
+    /// The user's (or client address's) byte quota was used up.
+    Quota,
     /// The destination refused the connection.
     Refused,
     /// The destination's network or host was unreachable.
@@ -67,6 +69,7 @@ impl Outcome {
             Outcome::Shutdown => "shutdown",
             Outcome::Denied => "denied",
             Outcome::Limit => "limit",
+            Outcome::Quota => "quota",
             Outcome::Refused => "refused",
             Outcome::Unreachable => "unreachable",
             Outcome::Unresolved => "unresolved",
@@ -107,6 +110,7 @@ impl Outcome {
         match self {
             Outcome::Denied => Some(Cause::Denied),
             Outcome::Limit => Some(Cause::Limit),
+            Outcome::Quota => Some(Cause::Quota),
             Outcome::Refused => Some(Cause::ConnectRefused),
             Outcome::Unreachable => Some(Cause::Unreachable),
             Outcome::Unresolved => Some(Cause::DnsFailure),
@@ -136,8 +140,11 @@ pub enum Cause {
     PortDenied,
     /// The service needs a user and password, and none valid was given.
     AuthRequired,
-    /// A connection limit (`max_connections`, `max_per_client`) was reached.
+    /// A connection limit (`max_connections`, `max_per_client`,
+    /// `max_per_user`) was reached.
     Limit,
+    /// The user's (or client address's) `[[quota]]` was used up.
+    Quota,
 }
 
 impl Cause {
@@ -153,6 +160,7 @@ impl Cause {
             Cause::PortDenied => "port-denied",
             Cause::AuthRequired => "auth-required",
             Cause::Limit => "limit",
+            Cause::Quota => "quota",
         }
     }
 
@@ -214,6 +222,7 @@ mod tests {
             Cause::PortDenied,
             Cause::AuthRequired,
             Cause::Limit,
+            Cause::Quota,
         ]
         .into_iter()
         .filter(|c| c.is_connect_error())

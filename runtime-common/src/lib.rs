@@ -49,6 +49,7 @@ pub mod resolver;
 pub mod signals;
 pub mod slots;
 pub mod splice;
+pub mod state;
 pub mod steps;
 pub mod syslog;
 pub mod table;

@@ -372,6 +372,7 @@ clients = ["192.168.1.77/24"]
         Limits {
             max_connections: 5,
             max_per_client: 2,
+            max_per_user: None,
             connect_timeout: Duration::from_secs(3),
             handshake_timeout: Duration::from_millis(250),
             idle_timeout: Duration::from_secs(3600),

@@ -336,6 +336,9 @@ pub fn refusal_reply(status: u16, cause: Cause, destination: &str, html: bool) -
             format!("the proxy needs a valid user name and password to reach {dest}")
         }
         Cause::Limit => format!("the proxy's connection limit is reached; try {dest} again later"),
+        Cause::Quota => {
+            format!("your data quota is used up until its period turns; {dest} is not reached")
+        }
     };
     let reason = reason_phrase(status);
     let (ctype, body) = if html {

@@ -631,7 +631,7 @@ impl HttpProxy {
     ) {
         self.upstream = None;
         let status = match why {
-            Failure::Denied => 403,
+            Failure::Denied | Failure::Quota => 403,
             Failure::Limit => 503,
             Failure::TimedOut => 504,
             Failure::Refused
