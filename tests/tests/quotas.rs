@@ -6,7 +6,7 @@
 //! across a clean restart and a `kill -9`.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
@@ -14,13 +14,14 @@ use portico_tests::json::{parse_json, Json};
 use portico_tests::reply::{exchange, Reply};
 use portico_tests::{
     both, config_head, connect, echo_check, local, mapped_service, poll_until, service,
-    start_on_free_ports, Behaviour, Bin, Portico, StartOptions, TempDir, TestServer, ALICE,
-    PROMPTLY,
+    start_on_free_ports, Acceptor, Behaviour, Bin, Portico, StartOptions, TempDir, TestServer,
+    ALICE, IO_TIMEOUT, PROMPTLY,
 };
 
 both!(
     max_per_user_says_limit,
     a_used_quota_refuses_new_requests,
+    keep_alive_requests_are_checked_each,
     counts_survive_restarts,
 );
 
@@ -200,11 +201,8 @@ fn a_used_quota_refuses_new_requests(bin: Bin) {
         )
     });
     let (web, socks, status) = (local(ports[0]), local(ports[1]), local(ports[2]));
-    assert!(
-        p.stderr_text().contains("kept in memory only"),
-        "{bin}: a start with quotas and no [state] dir warns:\n{}",
-        p.stderr_text()
-    );
+    // A start with quotas and no [state] dir warns.
+    p.expect_log_line("kept in memory only", PROMPTLY);
     let (code, mut tunnel) = socks5_as_alice(bin, socks, echo.addr());
     assert_eq!(code, 0, "{bin}: alice's tunnel is granted");
     let chunk = vec![b'q'; 3000];
@@ -257,6 +255,104 @@ fn a_used_quota_refuses_new_requests(bin: Bin) {
         bin,
         status,
         &format!("portico_quota_used_bytes{{quota=\"daily\",subject=\"alice\"}} {used_bytes}"),
+    );
+}
+
+/// An HTTP origin that keeps its connections open and answers every
+/// request with `BODY` bytes.
+fn keep_alive_origin() -> Acceptor {
+    Acceptor::start(IpAddr::V4(Ipv4Addr::LOCALHOST), "origin", |mut s, _| {
+        let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+        loop {
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match s.read(&mut b) {
+                    Ok(1) => head.push(b[0]),
+                    _ => return,
+                }
+            }
+            let reply = format!("HTTP/1.1 200 OK\r\nContent-Length: {BODY}\r\n\r\n");
+            if s.write_all(reply.as_bytes()).is_err() || s.write_all(&[b'o'; BODY]).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// The body the keep-alive origin sends.
+const BODY: usize = 3000;
+
+/// Reads one response with a Content-Length body from `s`: its status
+/// and `Portico-Error` header, if any.
+fn read_response(bin: Bin, s: &mut TcpStream) -> (u16, Option<String>) {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            other => panic!("{bin}: reading a response head: {other:?} after {head:?}"),
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let status: u16 = head
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("{bin}: status line of {head:?}"));
+    let field = |name: &str| {
+        head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    };
+    let len: usize = field("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{bin}: no Content-Length in {head:?}"));
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body)
+        .unwrap_or_else(|e| panic!("{bin}: the body of {head:?}: {e}"));
+    (status, field("portico-error"))
+}
+
+/// Requests on one keep-alive connection to one origin are each checked:
+/// once the quota is used up, the next request on the same connection is
+/// refused 403 `Portico-Error: quota`.
+fn keep_alive_requests_are_checked_each(bin: Bin) {
+    let origin = keep_alive_origin();
+    let (_p, ports) = start(bin, 1, |ports| {
+        format!(
+            "{}{ALICE}\n[[quota]]\nname = \"daily\"\nusers = [\"alice\"]\nbytes = \"4KiB\"\n\
+             per = \"day\"\n{}",
+            config_head("", ""),
+            service("web", "http", ports[0], "auth = true"),
+        )
+    });
+    let o = origin.addr();
+    let req = format!(
+        "GET http://{o}/ HTTP/1.1\r\nHost: {o}\r\nProxy-Authorization: Basic {ALICE_BASIC}\r\n\r\n"
+    );
+    let mut s = connect(local(ports[0])).unwrap_or_else(|e| panic!("{bin}: connect: {e}"));
+    // About 3.3 KB counted: under 4 KiB, so the second is served too.
+    for n in 1..=2 {
+        s.write_all(req.as_bytes())
+            .unwrap_or_else(|e| panic!("{bin}: request {n}: {e}"));
+        assert_eq!(
+            read_response(bin, &mut s),
+            (200, None),
+            "{bin}: request {n}"
+        );
+    }
+    s.write_all(req.as_bytes())
+        .unwrap_or_else(|e| panic!("{bin}: request 3: {e}"));
+    assert_eq!(
+        read_response(bin, &mut s),
+        (403, Some("quota".to_string())),
+        "{bin}: the request after the quota was used up"
+    );
+    assert_eq!(
+        origin.accepted(),
+        1,
+        "{bin}: both served requests shared one upstream"
     );
 }
 

@@ -602,6 +602,13 @@ impl HttpProxy {
         }
     }
 
+    /// The next request goes through [`Next::Connect`] (and so through
+    /// the session's checks) even to the destination already connected:
+    /// a quota it counts in was used up meanwhile.
+    pub fn recheck_next(&mut self) {
+        self.upstream = None;
+    }
+
     /// The CONNECT tunnel (or the upstream for a request) is connected.
     pub fn connected(&mut self, _local: SocketAddr, down: &mut Dir, todo: &mut Vec<Next>) {
         if let Req::Tunnel = self.req {

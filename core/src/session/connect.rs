@@ -114,15 +114,23 @@ impl Session {
     }
 
     /// `n` bytes moved for this connection: they count in its quotas.
-    pub(super) fn count_quota(&self, n: usize, cx: &Context) {
+    /// Once one is used up, an HTTP connection's next request is checked
+    /// again even to the destination it has open.
+    pub(super) fn count_quota(&mut self, n: usize, cx: &Context) {
         let Some(a) = self.account.as_ref().filter(|a| !a.quotas.is_empty()) else {
             return;
         };
         let mut counts = cx.ledger.lock();
+        let mut reached = false;
         for (q, s) in &a.quotas {
             if let Some(quota) = cx.config.quotas.iter().find(|x| &x.name == q) {
                 counts.quotas.add(quota, s, n as u64, cx.wall);
+                reached |= counts.quotas.reached(quota, s, cx.wall);
             }
+        }
+        drop(counts);
+        if let (true, Machine::Http(h)) = (reached, &mut self.machine) {
+            h.recheck_next();
         }
     }
 
