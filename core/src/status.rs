@@ -461,11 +461,14 @@ pub fn metrics(snap: &Snapshot) -> String {
             "portico_user_bytes_total{{user=\"{u}\",direction=\"down\"}} {down}"
         );
     }
-    o.push_str(
-        "# HELP portico_quota_used_bytes Bytes counted in the current period of a quota, \
-         per user or client address.\n",
-    );
-    o.push_str("# TYPE portico_quota_used_bytes gauge\n");
+    // Only with counts: a configuration without quotas answers as before.
+    if !snap.quotas.is_empty() {
+        o.push_str(
+            "# HELP portico_quota_used_bytes Bytes counted in the current period of a quota, \
+             per user or client address.\n",
+        );
+        o.push_str("# TYPE portico_quota_used_bytes gauge\n");
+    }
     for q in &snap.quotas {
         let _ = writeln!(
             o,
