@@ -3,7 +3,10 @@
 //! `[[quota]]` (http 403 `Portico-Error: quota`, SOCKS5 0x02, `err=quota`,
 //! an open tunnel going on), `GET /quotas` and
 //! `portico_quota_used_bytes`, and `[state] dir` keeping the counts
-//! across a clean restart and a `kill -9`.
+//! across a clean restart and a `kill -9`, written as `[process] user`.
+//!
+//! `the_state_is_written_as_the_user_dropped_to` runs as root (as CI
+//! does): it starts as root and gives root up to `nobody`.
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
@@ -23,6 +26,7 @@ both!(
     a_used_quota_refuses_new_requests,
     keep_alive_requests_are_checked_each,
     counts_survive_restarts,
+    the_state_is_written_as_the_user_dropped_to,
 );
 
 /// How often a bounded poll looks again.
@@ -426,5 +430,73 @@ fn counts_survive_restarts(bin: Bin) {
         used(bin, status, "lan", "127.0.0.1"),
         3000,
         "{bin}: the count after kill -9"
+    );
+}
+
+/// Started as root with `[process] user = "nobody"`, the counts are
+/// written after root is given up: the state file belongs to nobody, and a
+/// restart reads it back.
+fn the_state_is_written_as_the_user_dropped_to(bin: Bin) {
+    use std::os::unix::fs::MetadataExt;
+    let name = std::ffi::CString::new("nobody").expect("no NUL");
+    // SAFETY: getpwnam returns null or a pointer to static data, read at
+    // once.
+    let (uid, gid) = unsafe {
+        let pw = libc::getpwnam(name.as_ptr());
+        assert!(!pw.is_null(), "the user nobody must exist");
+        ((*pw).pw_uid, (*pw).pw_gid)
+    };
+    let echo = TestServer::start(Behaviour::Echo);
+    let state = TempDir::new();
+    let dir = state.path();
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).expect("no NUL");
+    // SAFETY: chown(2) on a path we made.
+    let rc = unsafe { libc::chown(c.as_ptr(), uid, gid) };
+    assert_eq!(
+        rc,
+        0,
+        "{bin}: chown {}: {}",
+        dir.display(),
+        io::Error::last_os_error()
+    );
+    let config = |ports: &[u16]| {
+        format!(
+            "{}[process]\nuser = \"nobody\"\n[state]\ndir = \"{}\"\n\n[[quota]]\n\
+             name = \"lan\"\nclients = [\"127.0.0.0/8\"]\nbytes = \"1MiB\"\nper = \"week\"\n{}{}",
+            config_head("", ""),
+            dir.display(),
+            mapped_service("map", ports[0], echo.addr(), ""),
+            service("status", "status", ports[1], ""),
+        )
+    };
+    let (mut p, ports) = start(bin, 2, config);
+    p.expect_log_line("running as user nobody", PROMPTLY);
+    move_bytes(bin, local(ports[0]), 700);
+    poll_until(PROMPTLY, EVERY, || {
+        (used(bin, local(ports[1]), "lan", "127.0.0.1") == 1400).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{bin}: /quotas: {:?}", quotas(bin, local(ports[1]))));
+    p.signal(libc::SIGTERM);
+    assert!(p.wait_exit(EXIT).success(), "{bin}: exit after SIGTERM");
+    let file = dir.join("quotas.state");
+    let meta = std::fs::metadata(&file)
+        .unwrap_or_else(|e| panic!("{bin}: {}: {e}\n{}", file.display(), p.stderr_text()));
+    assert_eq!(
+        meta.uid(),
+        uid,
+        "{bin}: {} belongs to nobody",
+        file.display()
+    );
+    assert!(
+        state_text(dir).contains("\t1400\t"),
+        "{bin}: {}",
+        state_text(dir)
+    );
+
+    let (_p, ports) = start(bin, 2, config);
+    assert_eq!(
+        used(bin, local(ports[1]), "lan", "127.0.0.1"),
+        1400,
+        "{bin}: the count read back after the restart"
     );
 }
