@@ -27,6 +27,7 @@ both!(
     keep_alive_requests_are_checked_each,
     counts_survive_restarts,
     the_state_is_written_as_the_user_dropped_to,
+    a_malformed_state_file_stops_the_start,
 );
 
 /// How often a bounded poll looks again.
@@ -498,5 +499,35 @@ fn the_state_is_written_as_the_user_dropped_to(bin: Bin) {
         used(bin, local(ports[1]), "lan", "127.0.0.1"),
         1400,
         "{bin}: the count read back after the restart"
+    );
+}
+
+/// A `quotas.state` that does not read stops the start, naming the file
+/// and the line, rather than starting the counts from zero unasked.
+fn a_malformed_state_file_stops_the_start(bin: Bin) {
+    let echo = TestServer::start(Behaviour::Echo);
+    let state = TempDir::new();
+    let file = state.write(
+        "quotas.state",
+        "# portico quota counts v1\nlan\t127.0.0.1\tmany\t1\n",
+    );
+    let port = portico_tests::free_port();
+    let config = format!(
+        "{}[state]\ndir = \"{}\"\n\n[[quota]]\nname = \"lan\"\nclients = [\"127.0.0.0/8\"]\n\
+         bytes = \"1MiB\"\nper = \"day\"\n{}",
+        config_head("", ""),
+        state.path().display(),
+        mapped_service("map", port, echo.addr(), ""),
+    );
+    let Err(e) = Portico::try_start_with(bin, &config, StartOptions::default()) else {
+        panic!("{bin}: started on a malformed {}", file.display());
+    };
+    let want = format!("{}:2: ", file.display());
+    assert!(
+        e.stderr
+            .iter()
+            .any(|l| l.contains(&want) && l.contains("move the file away")),
+        "{bin}: stderr names {want:?}:\n{}",
+        e.stderr.join("\n")
     );
 }
