@@ -12,8 +12,10 @@
 //!
 //! Invariants: `sessions` is the number of sessions in all tables sharing
 //! the ledger, `refusing` how many of them only refuse; `per_client` holds
-//! only addresses with at least one served session; a bucket exists while
-//! at least one session uses it.
+//! only addresses with at least one served session, `per_user` only users
+//! with at least one session counted for them; a bucket exists while at
+//! least one session uses it. The quotas' byte counts live here too, so
+//! every worker counts into the same ones.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -36,6 +38,11 @@ pub struct Counts {
     pub buckets: HashMap<Key, Bucket>,
     /// Failed logins per client address: throttling is the process's.
     pub throttle: crate::auth::Throttle,
+    /// Served sessions per authenticated user (`max_per_user`); only users
+    /// with at least one.
+    pub per_user: HashMap<String, u32>,
+    /// The byte quotas' counts.
+    pub quotas: crate::quota::Book,
 }
 
 impl Counts {
@@ -55,6 +62,23 @@ impl Counts {
                 self.per_client.remove(&ip);
             }
         }
+    }
+
+    pub fn add_user(&mut self, user: &str) {
+        *self.per_user.entry(user.to_string()).or_insert(0) += 1;
+    }
+
+    pub fn remove_user(&mut self, user: &str) {
+        if let Some(n) = self.per_user.get_mut(user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_user.remove(user);
+            }
+        }
+    }
+
+    pub fn user(&self, user: &str) -> u32 {
+        self.per_user.get(user).copied().unwrap_or(0)
     }
 
     pub fn client(&self, ip: IpAddr) -> u32 {

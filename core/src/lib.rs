@@ -71,6 +71,7 @@ mod outcome;
 pub mod process;
 mod proto;
 mod proxy_protocol;
+pub mod quota;
 mod rate;
 mod rules;
 mod session;

@@ -27,6 +27,8 @@ pub enum Outcome {
     Denied,
     /// A connection limit was reached.
     Limit,
+    /// The user's (or client address's) byte quota was used up.
+    Quota,
     /// The destination refused the connection.
     Refused,
     /// The destination's network or host was unreachable.
@@ -70,6 +72,7 @@ impl Outcome {
             Outcome::Shutdown => "shutdown",
             Outcome::Denied => "denied",
             Outcome::Limit => "limit",
+            Outcome::Quota => "quota",
             Outcome::Refused => "refused",
             Outcome::Unreachable => "unreachable",
             Outcome::Unresolved => "unresolved",
@@ -110,6 +113,7 @@ impl Outcome {
         match self {
             Outcome::Denied => Some(Cause::Denied),
             Outcome::Limit => Some(Cause::Limit),
+            Outcome::Quota => Some(Cause::Quota),
             Outcome::Refused => Some(Cause::ConnectRefused),
             Outcome::Unreachable => Some(Cause::Unreachable),
             Outcome::Unresolved => Some(Cause::DnsFailure),
@@ -140,11 +144,14 @@ pub enum Cause {
     PortDenied,
     /// The service needs a user and password, and none valid was given.
     AuthRequired,
-    /// A connection limit (`max_connections`, `max_per_client`) was reached.
+    /// A connection limit (`max_connections`, `max_per_client`,
+    /// `max_per_user`) was reached.
     Limit,
     /// The client's address failed `[limits] auth_failures` logins within
     /// a minute; it may try again once the minute is over.
     Throttled,
+    /// The user's (or client address's) `[[quota]]` was used up.
+    Quota,
 }
 
 impl Cause {
@@ -161,6 +168,7 @@ impl Cause {
             Cause::AuthRequired => "auth-required",
             Cause::Limit => "limit",
             Cause::Throttled => "throttled",
+            Cause::Quota => "quota",
         }
     }
 
@@ -223,6 +231,7 @@ mod tests {
             Cause::AuthRequired,
             Cause::Limit,
             Cause::Throttled,
+            Cause::Quota,
         ]
         .into_iter()
         .filter(|c| c.is_connect_error())

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::history::{self, History};
+use crate::quota::QuotaRow;
 use crate::status_page::{self, About};
 
 /// Longest request head the status service reads.
@@ -84,6 +85,9 @@ pub struct Snapshot {
     pub about: About,
     /// Each service's last minutes.
     pub history: History,
+    /// The quotas' counts (from the shared ledger: every worker's
+    /// snapshot has all of them).
+    pub quotas: Vec<QuotaRow>,
 }
 
 impl Snapshot {
@@ -121,6 +125,10 @@ impl Snapshot {
         self.connections.extend(other.connections);
         self.about.merge(other.about);
         self.history.merge(other.history);
+        // The same shared counts in every part: one copy.
+        if self.quotas.is_empty() {
+            self.quotas = other.quotas;
+        }
         for (user, (up, down)) in other.users {
             let e = self.users.entry(user).or_insert((0, 0));
             e.0 += up;
@@ -140,6 +148,7 @@ pub enum Page {
     Info,
     Users,
     History,
+    Quotas,
     NotFound,
 }
 
@@ -194,6 +203,7 @@ pub fn parse(input: &[u8]) -> Parse {
         "/info" => Page::Info,
         "/users" => Page::Users,
         "/history" => Page::History,
+        "/quotas" => Page::Quotas,
         _ => Page::NotFound,
     };
     Parse::Get { page, head_only }
@@ -214,6 +224,7 @@ pub fn respond(page: Page, head_only: bool, snap: &Snapshot) -> Vec<u8> {
         Page::Info => (200, "application/json", status_page::info_json(&snap.about)),
         Page::Users => (200, "application/json", status_page::users_json(snap)),
         Page::History => (200, "application/json", history::json(&snap.history)),
+        Page::Quotas => (200, "application/json", quotas_json(&snap.quotas)),
         Page::NotFound => (
             404,
             "text/plain; charset=utf-8",
@@ -495,7 +506,47 @@ pub fn metrics(snap: &Snapshot) -> String {
             "portico_user_bytes_total{{user=\"{u}\",direction=\"down\"}} {down}"
         );
     }
+    // Only with counts: a configuration without quotas answers as before.
+    if !snap.quotas.is_empty() {
+        o.push_str(
+            "# HELP portico_quota_used_bytes Bytes counted in the current period of a quota, \
+             per user or client address.\n",
+        );
+        o.push_str("# TYPE portico_quota_used_bytes gauge\n");
+    }
+    for q in &snap.quotas {
+        let _ = writeln!(
+            o,
+            "portico_quota_used_bytes{{quota=\"{}\",subject=\"{}\"}} {}",
+            label(&q.quota),
+            label(&q.subject),
+            q.used_bytes
+        );
+    }
     status_page::metrics(&snap.about, &mut o);
+    o
+}
+
+/// `GET /quotas`: one object per count.
+pub fn quotas_json(rows: &[QuotaRow]) -> String {
+    let mut o = String::from("[");
+    for (i, q) in rows.iter().enumerate() {
+        if i > 0 {
+            o.push(',');
+        }
+        o.push_str("{\"quota\":");
+        json_str(&mut o, &q.quota);
+        o.push_str(",\"subject\":");
+        json_str(&mut o, &q.subject);
+        let _ = write!(
+            o,
+            ",\"used_bytes\":{},\"limit_bytes\":{},\"period_end\":",
+            q.used_bytes, q.limit_bytes
+        );
+        json_str(&mut o, &q.period_end);
+        o.push('}');
+    }
+    o.push_str("]\n");
     o
 }
 
@@ -634,6 +685,31 @@ mod tests {
         ] {
             assert!(m.lines().any(|l| l == line), "{line} missing in\n{m}");
         }
+    }
+
+    #[test]
+    fn quotas_are_json_and_metrics() {
+        let mut s = snap();
+        s.quotas = vec![QuotaRow {
+            quota: "daily".into(),
+            subject: "al\"ice".into(),
+            used_bytes: 5,
+            limit_bytes: 10,
+            period_end: "2026-12-07T00:00:00+01:00".into(),
+        }];
+        assert_eq!(
+            quotas_json(&s.quotas),
+            "[{\"quota\":\"daily\",\"subject\":\"al\\\"ice\",\"used_bytes\":5,\
+             \"limit_bytes\":10,\"period_end\":\"2026-12-07T00:00:00+01:00\"}]\n"
+        );
+        let m = metrics(&s);
+        let line = "portico_quota_used_bytes{quota=\"daily\",subject=\"al\\\"ice\"} 5";
+        assert!(m.lines().any(|l| l == line), "{m}");
+        let mut other = snap();
+        other.quotas = s.quotas.clone();
+        let mut merged = snap();
+        merged.merge(other);
+        assert_eq!(merged.quotas, s.quotas);
     }
 
     #[test]

@@ -19,7 +19,8 @@
 //! - [`diagnostics`]: the sink behind the `log` facade (stderr with time
 //!   and level, the journal's `<N>` prefixes, a file, or [`syslog`]);
 //!   [`privileges`]: giving up root once listening; [`notify`]: telling
-//!   systemd how the process is doing.
+//!   systemd how the process is doing; [`state`]: the quotas' counts on
+//!   disk (`[state] dir`), read at start and written atomically.
 //! - [`net`]: opening sockets with the options Portico uses (listening
 //!   ports shared by several workers included), and what a socket call did
 //!   as the event the core is told.
@@ -50,6 +51,7 @@ pub mod resolver;
 pub mod signals;
 pub mod slots;
 pub mod splice;
+pub mod state;
 pub mod steps;
 pub mod syslog;
 pub mod table;

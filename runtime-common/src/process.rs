@@ -269,6 +269,8 @@ impl portico_core::cli::System for Process {
         // Diagnostics go where the configuration says before anything
         // else is said.
         let served = diagnostics::configure(&plan.config.log).and_then(|()| (self.run)(plan));
+        // The quotas' last counts, however the serving ended.
+        crate::state::save_at_exit();
         served.unwrap_or_else(|e| {
             log(Level::Error, &e);
             portico_core::cli::EXIT_RUNTIME
@@ -310,6 +312,7 @@ impl Start {
         let credentials = Credentials::for_plan(&plan.privileges).map_err(|e| e.to_string())?;
         let now = Instant::now();
         let ledger = Ledger::new(workers);
+        crate::state::load(&ledger, &plan.config)?;
         let mut others = Vec::new();
         for k in 1..workers {
             let out = Output::open_for(&plan)?;
@@ -338,6 +341,7 @@ impl Start {
                 plan.config,
                 &plan.config_text,
                 now,
+                ledger,
                 out,
                 trace,
                 plan.log_level,
@@ -377,6 +381,7 @@ pub fn assume(credentials: Option<&Credentials>) -> Result<(), String> {
 /// status line (connections open in `ledger`'s tables) up to date.
 pub fn ready(ledger: Ledger) -> Result<(), String> {
     crate::notify::tell(&portico_core::process::Notice::Ready);
+    crate::state::start_saving()?;
     crate::notify::start_status(ledger)
 }
 

@@ -33,16 +33,18 @@ pub struct Table {
 }
 
 impl Table {
-    /// The only table of the process (recording when `trace` is given).
+    /// The only table of the process (recording when `trace` is given),
+    /// keeping its counts in `ledger`.
     pub(crate) fn first(
         config: Config,
         text: &str,
         now: Instant,
+        ledger: Ledger,
         out: Output,
         trace: Option<TraceFiles>,
         level: Level,
     ) -> Table {
-        let mut proxy = Proxy::new(config, crate::process::seed(), now);
+        let mut proxy = Proxy::worker(config, crate::process::seed(), now, ledger, 0);
         if trace.is_some() {
             proxy.record(text);
         }

@@ -175,6 +175,35 @@ pub struct Config {
     pub users: Vec<User>,
     pub services: Vec<Service>,
     pub rules: Vec<Rule>,
+    /// `[[quota]]`, in file order.
+    pub quotas: Vec<Quota>,
+    /// `[state]`.
+    pub state: StateConfig,
+}
+
+/// `[state]`: where counts that outlive the process are kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StateConfig {
+    /// `dir`: none keeps the counts in memory only.
+    pub dir: Option<PathBuf>,
+}
+
+/// One `[[quota]]`: a byte count per user (or client address) and period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quota {
+    pub name: String,
+    pub subjects: QuotaSubjects,
+    /// Bytes both directions together, per subject and period.
+    pub bytes: u64,
+    pub per: crate::quota::Per,
+}
+
+/// Whom a quota counts: each listed user, or each client address in the
+/// listed networks, has a count of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QuotaSubjects {
+    Users(Vec<String>),
+    Clients(Vec<IpNet>),
 }
 
 impl Config {
@@ -216,6 +245,8 @@ impl Default for Network {
 pub struct Limits {
     pub max_connections: u32,
     pub max_per_client: u32,
+    /// Connections of one authenticated user at once; `None`: no cap.
+    pub max_per_user: Option<u32>,
     pub connect_timeout: Duration,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
@@ -235,6 +266,7 @@ impl Default for Limits {
         Limits {
             max_connections: 10_000,
             max_per_client: 256,
+            max_per_user: None,
             connect_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(5 * 60),

@@ -18,12 +18,31 @@ pub struct RawConfig {
     pub log: Option<RawLog>,
     pub runtime: Option<RawRuntime>,
     pub process: Option<RawProcess>,
+    pub state: Option<RawState>,
     #[serde(default)]
     pub user: Vec<S<RawUser>>,
     #[serde(default)]
     pub service: Vec<S<RawService>>,
     #[serde(default)]
     pub rule: Vec<S<RawRule>>,
+    #[serde(default)]
+    pub quota: Vec<S<RawQuota>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    pub dir: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuota {
+    pub name: S<String>,
+    pub users: Option<List<String>>,
+    pub clients: Option<List<String>>,
+    pub bytes: S<Value>,
+    pub per: S<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -39,6 +58,7 @@ pub struct RawNetwork {
 pub struct RawLimits {
     pub max_connections: Option<S<i64>>,
     pub max_per_client: Option<S<i64>>,
+    pub max_per_user: Option<S<i64>>,
     pub connect_timeout: Option<S<Value>>,
     pub handshake_timeout: Option<S<Value>>,
     pub idle_timeout: Option<S<Value>>,

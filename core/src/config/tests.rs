@@ -374,6 +374,7 @@ clients = ["192.168.1.77/24"]
         Limits {
             max_connections: 5,
             max_per_client: 2,
+            max_per_user: None,
             connect_timeout: Duration::from_secs(3),
             handshake_timeout: Duration::from_millis(250),
             idle_timeout: Duration::from_secs(3600),
@@ -640,11 +641,63 @@ const CASES: &[Case] = &[
     ("rule empty hours", &[MINIMAL, "[[rule]]", "action = \"deny\"", "hours = \"08:00-08:00\""], 8, 9, "starts and ends at the same time"),
     ("rule hours past 24", &[MINIMAL, "[[rule]]", "action = \"deny\"", "hours = \"08:00-24:01\""], 8, 9, "is not an hour range"),
 
+    // max_per_user, quotas, state
+    ("zero per user", &["[limits]", "max_per_user = 0"], 2, 16, "limits.max_per_user: 0 is out of range"),
+    ("quota without subjects", &[MINIMAL, "[[quota]]", "name = \"q\"", "bytes = \"1GiB\"", "per = \"day\""], 6, 1, "quota 'q' needs users = [...] or clients = [...]"),
+    ("quota with both", &[MINIMAL, "[[quota]]", "name = \"q\"", "users = [\"al\"]", "clients = [\"10.0.0.0/8\"]", "bytes = \"1GiB\"", "per = \"day\""], 9, 11, "has both users and clients"),
+    ("quota unknown user", &[MINIMAL, "[[quota]]", "name = \"q\"", "users = [\"al\"]", "bytes = \"1GiB\"", "per = \"day\""], 8, 10, "quota 'q' names unknown user 'al'"),
+    ("quota bad client", &[MINIMAL, "[[quota]]", "name = \"q\"", "clients = [\"lan\"]", "bytes = \"1GiB\"", "per = \"day\""], 8, 12, "quota 'q' clients: \"lan\" is not an IP network"),
+    ("quota zero bytes", &[MINIMAL, "[[quota]]", "name = \"q\"", "clients = [\"10.0.0.0/8\"]", "bytes = \"0B\"", "per = \"day\""], 9, 9, "bytes must be more than zero"),
+    ("quota bad period", &[MINIMAL, "[[quota]]", "name = \"q\"", "clients = [\"10.0.0.0/8\"]", "bytes = \"1GiB\"", "per = \"year\""], 10, 7, "\"year\" is not a period"),
+    ("quota twice", &[MINIMAL, "[[quota]]", "name = \"q\"", "clients = [\"10.0.0.0/8\"]", "bytes = \"1GiB\"", "per = \"day\"", "[[quota]]", "name = \"q\"", "clients = [\"10.0.0.0/8\"]", "bytes = \"1GiB\"", "per = \"day\""], 12, 8, "quota 'q' is defined twice"),
+    ("state dir relative", &["[state]", "dir = \"var/lib\""], 2, 7, "state.dir: \"var/lib\" is not an absolute path"),
+    ("state dir empty", &["[state]", "dir = \"\""], 2, 7, "state.dir: empty"),
+
     // kinds not implemented: the last check of all
     ("udp destination name", &["[[service]]", "name = \"dns\"", M, "port = 53", "destination = \"dns.example.net:53\"", "protocol = \"udp\""], 5, 15, "a udp mapped port needs an IP address as its destination"),
     ("kind check comes after rules", &["[[service]]", "name = \"web\"", "kind = \"http\"", "port = 8080", "[[rule]]", "action = \"deny\"", "services = [\"nope\"]"], 7, 13, "unknown service 'nope'"),
     ("kind check comes after later services", &["[[service]]", "name = \"web\"", "kind = \"http\"", "port = 8080", "[[service]]", "name = \"m\"", M, "port = 1"], 5, 1, "needs a destination"),
 ];
+
+#[test]
+fn quotas_and_state() {
+    let text = format!(
+        "{MINIMAL}\n[limits]\nmax_per_user = 4\n[state]\ndir = \"/var/lib/portico\"\n\
+         [[user]]\nname = \"alice\"\npassword = \"plain:x\"\n\
+         [[quota]]\nname = \"daily\"\nusers = [\"alice\"]\nbytes = \"10GiB\"\nper = \"day\"\n\
+         [[quota]]\nname = \"lan\"\nclients = [\"192.168.1.0/24\"]\nbytes = \"1MB\"\nper = \"week\"\n"
+    );
+    let c = parse(&text, "t.toml").expect("valid");
+    assert_eq!(c.limits.max_per_user, Some(4));
+    assert_eq!(
+        c.state.dir.as_deref(),
+        Some(std::path::Path::new("/var/lib/portico"))
+    );
+    assert_eq!(
+        c.quotas,
+        [
+            crate::config::Quota {
+                name: "daily".into(),
+                subjects: crate::config::QuotaSubjects::Users(vec!["alice".into()]),
+                bytes: 10 << 30,
+                per: crate::quota::Per::Day,
+            },
+            crate::config::Quota {
+                name: "lan".into(),
+                subjects: crate::config::QuotaSubjects::Clients(vec!["192.168.1.0/24"
+                    .parse()
+                    .expect("net")]),
+                bytes: 1_000_000,
+                per: crate::quota::Per::Week,
+            },
+        ]
+    );
+    let none = parse(MINIMAL, "t.toml").expect("valid");
+    assert_eq!(
+        (none.limits.max_per_user, none.state.dir, none.quotas.len()),
+        (None, None, 0)
+    );
+}
 
 #[test]
 fn validation_errors() {

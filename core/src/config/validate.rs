@@ -18,14 +18,14 @@ use toml::Value;
 use super::doc::{self, Node};
 use super::include::{one_line, take_include, Sources};
 use super::raw::{
-    List, RawConfig, RawLimits, RawNetwork, RawProcess, RawRule, RawService, RawUser, S,
+    List, RawConfig, RawLimits, RawNetwork, RawProcess, RawQuota, RawRule, RawService, RawUser, S,
 };
 use super::values;
 use super::{
     implemented_kind, AccessTarget, Config, ConfigError, DiagnosticsTarget, Limits, ListenSide,
-    LogConfig, LogFormat, Network, Password, ProcessConfig, ProxyVersion, Rule, RuleAction,
-    RuntimeConfig, Service, ServiceKind, Transport, User, DEFAULT_SYSLOG_SOCKET, MAX_BUFFER,
-    MAX_WORKERS, MIN_BUFFER,
+    LogConfig, LogFormat, Network, Password, ProcessConfig, ProxyVersion, Quota, QuotaSubjects,
+    Rule, RuleAction, RuntimeConfig, Service, ServiceKind, StateConfig, Transport, User,
+    DEFAULT_SYSLOG_SOCKET, MAX_BUFFER, MAX_WORKERS, MIN_BUFFER,
 };
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -214,6 +214,39 @@ pub(super) fn check(root: Node, sources: &Sources, check_kinds: bool) -> Result<
         rules.push(rule(&cx, r.get_ref(), &services, &users)?);
     }
 
+    let mut quotas: Vec<Quota> = Vec::new();
+    for q in &raw.quota {
+        let name = &q.get_ref().name;
+        let quota = quota(&cx, q, &users)?;
+        if quotas.iter().any(|o| o.name == quota.name) {
+            return Err(cx.err(
+                name.span(),
+                format!(
+                    "quota '{}' is defined twice; quota names must be unique",
+                    quota.name
+                ),
+            ));
+        }
+        quotas.push(quota);
+    }
+    let state = match raw.state.as_ref().and_then(|s| s.dir.as_ref()) {
+        None => StateConfig::default(),
+        Some(d) => StateConfig {
+            dir: Some(cx.named("state.dir", d, |s| {
+                match s.as_str() {
+                    "" => Err("empty; give a directory Portico may write, e.g. \
+                           \"/var/lib/portico\", or leave it out to keep counts in memory"
+                        .to_string()),
+                    _ if s.contains('\0') => Err("the path contains a NUL character".to_string()),
+                    _ if !s.starts_with('/') => Err(format!(
+                    "\"{s}\" is not an absolute path; write it from /, e.g. \"/var/lib/portico\""
+                )),
+                    _ => Ok(PathBuf::from(s)),
+                }
+            })?),
+        },
+    };
+
     if services.is_empty() {
         return Err(cx.err(
             0..0,
@@ -253,6 +286,88 @@ pub(super) fn check(root: Node, sources: &Sources, check_kinds: bool) -> Result<
         users,
         services,
         rules,
+        quotas,
+        state,
+    })
+}
+
+/// One `[[quota]]`: a name, exactly one of `users` and `clients`, a size
+/// and a period.
+fn quota(cx: &Ctx, q: &S<RawQuota>, users: &[User]) -> Result<Quota> {
+    let r = q.get_ref();
+    let name = r.name.get_ref().trim();
+    if name.is_empty() || name.chars().any(|c| c.is_control()) {
+        return Err(cx.err(
+            r.name.span(),
+            "quota name is empty or has control characters; give it a word, e.g. \"daily\"",
+        ));
+    }
+    let what = format!("quota '{name}'");
+    let subjects = match (&r.users, &r.clients) {
+        (Some(u), None) => {
+            if u.get_ref().is_empty() {
+                return Err(cx.err(
+                    u.span(),
+                    format!("{what}: users is empty; list who it counts"),
+                ));
+            }
+            let mut out = Vec::new();
+            for n in u.get_ref() {
+                if !users.iter().any(|x| &x.name == n.get_ref()) {
+                    return Err(cx.err(
+                        n.span(),
+                        format!(
+                            "{what} names unknown user '{}'; define it with [[user]]",
+                            n.get_ref()
+                        ),
+                    ));
+                }
+                out.push(n.get_ref().clone());
+            }
+            QuotaSubjects::Users(out)
+        }
+        (None, Some(c)) => {
+            if c.get_ref().is_empty() {
+                return Err(cx.err(
+                    c.span(),
+                    format!("{what}: clients is empty; list the networks it counts"),
+                ));
+            }
+            let mut out = Vec::new();
+            for n in c.get_ref() {
+                out.push(cx.named(&format!("{what} clients"), n, |t| values::parse_net(t))?);
+            }
+            QuotaSubjects::Clients(out)
+        }
+        (Some(_), Some(c)) => {
+            return Err(cx.err(
+                c.span(),
+                format!("{what} has both users and clients; give one of them per [[quota]]"),
+            ))
+        }
+        (None, None) => {
+            return Err(cx.err(
+                q.span(),
+                format!("{what} needs users = [...] or clients = [...]: whom it counts"),
+            ))
+        }
+    };
+    let bytes = cx.named(&format!("{what} bytes"), &r.bytes, values::size_value)?;
+    if bytes == 0 {
+        return Err(cx.err(
+            r.bytes.span(),
+            format!("{what}: bytes must be more than zero, e.g. \"10GiB\""),
+        ));
+    }
+    let per = cx.named(&format!("{what} per"), &r.per, |s| {
+        crate::quota::Per::parse(s)
+            .ok_or_else(|| format!("\"{s}\" is not a period; use \"day\", \"week\" or \"month\""))
+    })?;
+    Ok(Quota {
+        name: name.to_string(),
+        subjects,
+        bytes,
+        per,
     })
 }
 
@@ -439,6 +554,11 @@ fn limits(cx: &Ctx, raw: Option<&RawLimits>) -> Result<Limits> {
         "limits.auth_failures",
         &mut l.auth_failures,
     )?;
+    if let Some(v) = &raw.max_per_user {
+        let mut n = 0;
+        count(&Some(v.clone()), "limits.max_per_user", &mut n)?;
+        l.max_per_user = Some(n);
+    }
     if let Some(b) = &raw.buffer {
         let n = cx.named("limits.buffer", b, values::size_value)?;
         l.buffer = usize::try_from(n)

@@ -351,6 +351,9 @@ pub fn refusal_reply_after(
         Cause::Throttled => {
             format!("too many failed logins from your address; try {dest} again in a minute")
         }
+        Cause::Quota => {
+            format!("your data quota is used up until its period turns; {dest} is not reached")
+        }
     };
     let reason = reason_phrase(status);
     let (ctype, body) = if html {

@@ -812,7 +812,7 @@ impl Protocol for Ftp {
     fn failed(&mut self, why: Failure, reply: &mut Vec<u8>) {
         self.phase = Phase::Done;
         let line = match why {
-            Failure::Denied => DENIED.to_string(),
+            Failure::Denied | Failure::Quota => DENIED.to_string(),
             Failure::Limit => LIMIT.to_string(),
             _ => self.unreachable(),
         };

@@ -639,6 +639,13 @@ impl HttpProxy {
         }
     }
 
+    /// The next request goes through [`Next::Connect`] (and so through
+    /// the session's checks) even to the destination already connected:
+    /// a quota it counts in was used up meanwhile.
+    pub fn recheck_next(&mut self) {
+        self.upstream = None;
+    }
+
     /// The CONNECT tunnel (or the upstream for a request) is connected.
     pub fn connected(&mut self, _local: SocketAddr, down: &mut Dir, todo: &mut Vec<Next>) {
         if let Req::Tunnel = self.req {
@@ -668,7 +675,7 @@ impl HttpProxy {
     ) {
         self.upstream = None;
         let status = match why {
-            Failure::Denied => 403,
+            Failure::Denied | Failure::Quota => 403,
             Failure::Limit => 503,
             Failure::TimedOut => 504,
             Failure::Refused

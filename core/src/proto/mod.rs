@@ -103,8 +103,10 @@ pub struct DataPort {
 pub enum Failure {
     /// A rule denied it.
     Denied,
-    /// A limit (max_connections, max_per_client) was reached.
+    /// A limit (max_connections, max_per_client, max_per_user) was reached.
     Limit,
+    /// A byte quota was used up: said as the protocol says a denial.
+    Quota,
     Refused,
     NetUnreachable,
     HostUnreachable,
@@ -120,6 +122,7 @@ impl Failure {
         match self {
             Failure::Denied => Outcome::Denied,
             Failure::Limit => Outcome::Limit,
+            Failure::Quota => Outcome::Quota,
             Failure::Refused => Outcome::Refused,
             Failure::NetUnreachable | Failure::HostUnreachable => Outcome::Unreachable,
             Failure::NotResolved => Outcome::Unresolved,

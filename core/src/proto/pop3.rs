@@ -260,7 +260,7 @@ impl Protocol for Pop3 {
 
     fn failed(&mut self, why: Failure, reply: &mut Vec<u8>) {
         match why {
-            Failure::Denied => {
+            Failure::Denied | Failure::Quota => {
                 self.state = State::Done;
                 reply.extend_from_slice(b"-ERR access denied\r\n");
             }

@@ -75,7 +75,7 @@ impl Protocol for Simple {
 
     fn failed(&mut self, why: Failure, reply: &mut Vec<u8>) {
         let line = match why {
-            Failure::Denied => self.denied,
+            Failure::Denied | Failure::Quota => self.denied,
             Failure::Limit => self.limit,
             _ => self.unavailable,
         };

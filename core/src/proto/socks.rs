@@ -174,7 +174,7 @@ impl Protocol for Socks {
             return;
         }
         let code = match why {
-            Failure::Denied => 0x02,
+            Failure::Denied | Failure::Quota => 0x02,
             Failure::NetUnreachable => 0x03,
             Failure::HostUnreachable | Failure::NotResolved => 0x04,
             Failure::Refused => 0x05,

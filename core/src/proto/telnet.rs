@@ -446,7 +446,7 @@ impl Protocol for Telnet {
         let again = self.interactive && self.phase == Phase::Connecting;
         self.phase = if again { Phase::Command } else { Phase::Done };
         let line = match (why, self.target.take()) {
-            (Failure::Denied, _) => "access denied\r\n".to_string(),
+            (Failure::Denied | Failure::Quota, _) => "access denied\r\n".to_string(),
             (Failure::Limit, _) => "too many connections, try again later\r\n".to_string(),
             (why, Some(t)) => format!("cannot connect to {t}: {}\r\n", reason(why)),
             (why, None) => format!("cannot connect: {}\r\n", reason(why)),
@@ -480,7 +480,7 @@ fn reason(why: Failure) -> &'static str {
         Failure::HostUnreachable => "host unreachable",
         Failure::NotResolved => "host name not found",
         Failure::TimedOut => "timed out",
-        Failure::Denied => "access denied",
+        Failure::Denied | Failure::Quota => "access denied",
         Failure::Limit => "too many connections",
         Failure::Other => "connection failed",
     }

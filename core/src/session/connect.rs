@@ -90,6 +90,65 @@ impl Session {
         self.bucket = Some(key);
     }
 
+    /// Checks the request's user and client against their quotas and
+    /// `max_per_user`, and counts the connection for its user: the
+    /// refusal, if any. Under the ledger's lock, so that two workers
+    /// cannot both take a user's last place. An HTTP connection asks at
+    /// each request; it stays counted once, for its latest user.
+    fn admit_user(&mut self, cx: &mut Context) -> Option<Failure> {
+        let pairs =
+            crate::quota::subjects(&cx.config.quotas, self.user.as_deref(), self.client.ip());
+        if pairs.is_empty() && self.user.is_none() && self.account.is_none() {
+            return None;
+        }
+        let account = self.account.get_or_insert_with(Box::default);
+        let mut counts = cx.ledger.lock();
+        if counts
+            .quotas
+            .first_reached(&cx.config.quotas, &pairs, cx.wall)
+            .is_some()
+        {
+            return Some(Failure::Quota);
+        }
+        if self.user != account.user {
+            if let Some(old) = account.user.take() {
+                counts.remove_user(&old);
+            }
+            if let Some(u) = &self.user {
+                let cap = cx.config.limits.max_per_user.unwrap_or(u32::MAX);
+                if counts.user(u) >= cap {
+                    return Some(Failure::Limit);
+                }
+                counts.add_user(u);
+                account.user = Some(u.clone());
+            }
+        }
+        drop(counts);
+        account.quotas = pairs;
+        None
+    }
+
+    /// `n` bytes moved for this connection: they count in its quotas.
+    /// Once one is used up, an HTTP connection's next request is checked
+    /// again even to the destination it has open.
+    pub(super) fn count_quota(&mut self, n: usize, cx: &Context) {
+        let Some(a) = self.account.as_ref().filter(|a| !a.quotas.is_empty()) else {
+            return;
+        };
+        let mut counts = cx.ledger.lock();
+        let mut reached = false;
+        for (q, s) in &a.quotas {
+            if let Some(quota) = cx.config.quotas.iter().find(|x| &x.name == q) {
+                counts.quotas.add(quota, s, n as u64, cx.wall);
+                reached |= counts.quotas.reached(quota, s, cx.wall);
+            }
+        }
+        drop(counts);
+        if let (true, Machine::Http(h)) = (reached, &mut self.machine) {
+            h.recheck_next();
+        }
+    }
+
     /// The client (or a mapped port's configuration) named a destination.
     pub(super) fn request(&mut self, target: Target, user: Option<String>, cx: &mut Context) {
         self.user = user;
@@ -99,6 +158,9 @@ impl Session {
         }
         // A new request: no rule has decided it yet.
         self.rule = None;
+        if let Some(f) = self.admit_user(cx) {
+            return self.fail(f, cx);
+        }
         match target {
             Target::Addr(addr) => {
                 let v = self.verdict(cx, None, addr);

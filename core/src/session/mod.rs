@@ -135,6 +135,15 @@ impl Machine {
     }
 }
 
+/// What a connection counts in beyond its client address.
+#[derive(Debug, Default)]
+pub(crate) struct Account {
+    /// The user it is counted for in the ledger's `per_user`.
+    pub user: Option<String>,
+    /// The (quota, subject) counts its bytes go to.
+    pub quotas: Vec<(String, String)>,
+}
+
 /// The runtime's view of one socket: (read, write) as last told.
 type Interest = (bool, bool);
 
@@ -184,6 +193,9 @@ pub(crate) struct Session {
     pub upstream: Upstream,
     /// The bandwidth cap this connection shares, if a rule set one.
     pub bucket: Option<crate::rate::Key>,
+    /// Its user's place in `max_per_user` and its quotas, once it has
+    /// either (boxed: most connections have neither).
+    pub account: Option<Box<Account>>,
     /// Per direction (up, down): reading waits for the cap's bucket until
     /// then.
     pub throttle: [Option<Instant>; 2],
@@ -235,6 +247,7 @@ impl Session {
                 ..Upstream::default()
             },
             bucket: None,
+            account: None,
             throttle: [None, None],
             outcome: Outcome::Ok,
             cause: None,
@@ -495,6 +508,7 @@ impl Session {
     /// `n` bytes were read into `side`'s buffer (`bulk`: a bulk amount).
     pub fn on_read(&mut self, side: Side, n: usize, bulk: bool, cx: &mut Context) {
         if n > 0 {
+            self.count_quota(n, cx);
             if let Some(k) = self.bucket.as_ref() {
                 if let Some(b) = cx.ledger.lock().buckets.get_mut(k) {
                     let d = side.index();
@@ -540,10 +554,10 @@ impl Session {
         // idle clock; the bytes never were in the core. (What goes out at
         // once says more of the sink than of the source: a spliced
         // direction stays spliced.)
+        let n = n.min(crate::table::SPLICED_MAX);
+        self.count_quota(n, cx);
         let d = self.source_mut(from);
-        d.bytes = d
-            .bytes
-            .saturating_add(n.min(crate::table::SPLICED_MAX) as u64);
+        d.bytes = d.bytes.saturating_add(n as u64);
         self.moved(cx);
     }
 
@@ -811,6 +825,9 @@ impl Session {
             counts.refusing -= 1;
         } else {
             counts.remove_client(self.client.ip());
+        }
+        if let Some(u) = self.account.as_mut().and_then(|a| a.user.take()) {
+            counts.remove_user(&u);
         }
         if let Some(k) = self.bucket.take() {
             if let Some(b) = counts.buckets.get_mut(&k) {

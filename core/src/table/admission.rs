@@ -269,4 +269,116 @@ mod tests {
         assert_eq!(c.http_responses.get(&403), Some(&1), "{c:?}");
         assert!(c.connect_errors.is_empty(), "{c:?}");
     }
+
+    /// `max_per_user` and a quota hold across two workers sharing a
+    /// ledger: alice's place taken on one is missing on the other, and
+    /// bytes counted on one refuse the client on the other.
+    #[test]
+    fn user_caps_and_quotas_hold_across_workers() {
+        use crate::ledger::Ledger;
+        use crate::rules::Wall;
+        let text = "[limits]\nmax_per_user = 1\n[[user]]\nname = \"alice\"\n\
+                    password = \"plain:secret\"\n[[quota]]\nname = \"lan\"\n\
+                    clients = [\"10.0.0.0/8\"]\nbytes = \"1KiB\"\nper = \"day\"\n\
+                    [[service]]\nname = \"web\"\nkind = \"http\"\nport = 8080\nauth = true\n\
+                    [[service]]\nname = \"map\"\nkind = \"mapped\"\nport = 2000\n\
+                    destination = \"192.0.2.1:22\"\n";
+        let config = crate::config::parse(text, "t.toml").expect("valid");
+        let now = Instant::now();
+        let wall = Wall::utc(1_796_212_800);
+        let ledger = Ledger::new(2);
+        let mut a = Proxy::worker(config.clone(), 1, now, ledger.clone(), 0);
+        let mut b = Proxy::worker(config, 2, now, ledger.clone(), 1);
+        let mut listeners = Vec::new();
+        for p in [&mut a, &mut b] {
+            p.set_wall(wall);
+            let mut ids = Vec::new();
+            while let Some(Action::Listen { listener, addr }) = p.poll_action() {
+                p.handle(
+                    Event::Listening {
+                        listener,
+                        local: addr,
+                    },
+                    now,
+                );
+                ids.push(listener);
+            }
+            drain(p);
+            listeners.push(ids);
+        }
+        let get = b"GET http://192.0.2.9/ HTTP/1.1\r\nHost: 192.0.2.9\r\n\
+                    Proxy-Authorization: Basic YWxpY2U6c2VjcmV0\r\n\r\n";
+        let from = |s: &str| -> std::net::SocketAddr { s.parse().expect("address") };
+
+        // alice on worker a takes her one place...
+        let c = a
+            .accept(
+                Accepted::new(listeners[0][0], from("192.168.0.5:1000")),
+                now,
+            )
+            .expect("admitted");
+        drain(&mut a);
+        let (_, actions) = say(&mut a, c, get, now);
+        assert!(
+            actions.iter().any(|x| matches!(x, Action::Connect { .. })),
+            "{actions:?}"
+        );
+        // ...so on worker b she is over max_per_user.
+        let d = b
+            .accept(
+                Accepted::new(listeners[1][0], from("192.168.0.5:1001")),
+                now,
+            )
+            .expect("admitted");
+        drain(&mut b);
+        let (reply, _) = say(&mut b, d, get, now);
+        assert!(reply.starts_with("HTTP/1.1 503 "), "{reply}");
+        assert!(reply.contains("\r\nPortico-Error: limit\r\n"), "{reply}");
+        assert_eq!(ledger.lock().user("alice"), 1);
+
+        // 10.1.1.1 moves 1 KiB through the mapped port on worker a...
+        let m = a
+            .accept(Accepted::new(listeners[0][1], from("10.1.1.1:2000")), now)
+            .expect("admitted");
+        let local = from("10.0.0.1:40000");
+        a.handle(Event::Connected { conn: m, local }, now);
+        drain(&mut a);
+        let buf = a.recv_buf(m, Side::Client).expect("a read is wanted");
+        let n = buf.len().min(1024);
+        buf[..n].fill(b'x');
+        a.handle(
+            Event::Read {
+                conn: m,
+                side: Side::Client,
+                n,
+            },
+            now,
+        );
+        drain(&mut a);
+        assert_eq!(ledger.lock().quotas.used("lan", "10.1.1.1", wall), n as u64);
+        assert_eq!(n, 1024);
+        // ...so worker b refuses its next connection, with the cause quota.
+        b.accept(Accepted::new(listeners[1][1], from("10.1.1.1:2001")), now)
+            .expect("admitted, then refused");
+        let actions = drain(&mut b);
+        assert_eq!(error_of(&actions), Some(Some(Cause::Quota)), "{actions:?}");
+        // Another address of the network has a count of its own.
+        b.accept(Accepted::new(listeners[1][1], from("10.1.1.2:2001")), now)
+            .expect("admitted");
+        let actions = drain(&mut b);
+        assert!(
+            actions.iter().any(|x| matches!(x, Action::Connect { .. })),
+            "{actions:?}"
+        );
+        let rows = b.snapshot(now).quotas;
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(
+            (
+                rows[0].used_bytes,
+                rows[0].limit_bytes,
+                rows[0].period_end.as_str()
+            ),
+            (1024, 1024, "2026-12-03T00:00:00Z")
+        );
+    }
 }

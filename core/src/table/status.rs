@@ -123,12 +123,17 @@ impl Proxy {
             uptime_ms: now.saturating_duration_since(self.born).as_millis() as u64,
             reload: self.last_reload.clone(),
         };
+        let quotas = match cx.config.quotas.is_empty() {
+            true => Vec::new(),
+            false => cx.ledger.lock().quotas.rows(&cx.config.quotas, cx.wall),
+        };
         Snapshot {
             services,
             connections,
             users,
             about,
             history,
+            quotas,
         }
     }
 
