@@ -52,23 +52,40 @@ impl Unstarted {
             let rx = rx.clone();
             std::thread::Builder::new()
                 .name(format!("password-{i}"))
-                .spawn(move || loop {
-                    let job = match rx.lock() {
-                        Ok(rx) => rx.recv(),
-                        Err(_) => return,
-                    };
-                    let Ok(job) = job else { return };
-                    let ok = verify_password(&job.phc, &job.password.0);
-                    match job.reply {
-                        Reply::Inbox(conn, to) => to.answer(Event::PasswordChecked { conn, ok }),
-                        // The asker may have gone; nobody is left to tell.
-                        Reply::Wait(tx) => {
-                            let _ = tx.send(ok);
+                .spawn(move || {
+                    yield_to_relaying();
+                    loop {
+                        let job = match rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok(job) = job else { return };
+                        let ok = verify_password(&job.phc, &job.password.0);
+                        match job.reply {
+                            Reply::Inbox(conn, to) => {
+                                to.answer(Event::PasswordChecked { conn, ok })
+                            }
+                            // The asker may have gone; nobody is left to tell.
+                            Reply::Wait(tx) => {
+                                let _ = tx.send(ok);
+                            }
                         }
                     }
                 })?;
         }
         Ok(())
+    }
+}
+
+/// A check gives way to the threads that relay: a flood of logins must
+/// not slow everyone's traffic or the status page. Nice 10 for the calling
+/// thread only (Linux applies setpriority to the one thread it names); a
+/// failure leaves it as it was, which is still correct, only less kind.
+fn yield_to_relaying() {
+    // SAFETY: gettid and setpriority touch no memory of ours.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
     }
 }
 
