@@ -925,19 +925,8 @@ mod tests {
     fn login(input: &[u8], cuts: &[usize], destination: Option<&str>) -> (Next, String, usize) {
         let c = config(destination);
         let mut users = Users::new(&c.users, 1, std::time::Duration::ZERO);
-        let ledger = crate::ledger::Ledger::default();
-        let mut failures = std::collections::BTreeMap::new();
-        let mut scope = Scope {
-            service: &c.services[0],
-            users: &mut users,
-            now: std::time::Instant::now(),
-            logins: crate::auth::Logins {
-                client: std::net::Ipv4Addr::LOCALHOST.into(),
-                ledger: &ledger,
-                limit: 10,
-                failures: &mut failures,
-            },
-        };
+        let mut detached = crate::proto::Detached::new();
+        let mut scope = detached.scope(&c.services[0], &mut users);
         let mut f = Ftp::default();
         let mut reply = Vec::new();
         assert_eq!(f.start(&mut reply, &mut scope), Next::Wait);

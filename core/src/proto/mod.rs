@@ -148,6 +148,40 @@ pub struct Scope<'a> {
     pub logins: crate::auth::Logins<'a>,
 }
 
+/// What a machine's own tests and the protocol fuzz target lend it besides
+/// the service and its users: a ledger and failure counts of its own, for a
+/// client on localhost with the default throttle.
+#[cfg(any(test, fuzzing, feature = "harness"))]
+pub(crate) struct Detached {
+    ledger: crate::ledger::Ledger,
+    failures: std::collections::BTreeMap<&'static str, u64>,
+}
+
+#[cfg(any(test, fuzzing, feature = "harness"))]
+impl Detached {
+    pub(crate) fn new() -> Detached {
+        Detached {
+            ledger: crate::ledger::Ledger::default(),
+            failures: std::collections::BTreeMap::new(),
+        }
+    }
+
+    /// A scope for one call, at the present instant.
+    pub(crate) fn scope<'a>(&'a mut self, service: &'a Service, users: &'a mut Users) -> Scope<'a> {
+        Scope {
+            service,
+            users,
+            now: std::time::Instant::now(),
+            logins: crate::auth::Logins {
+                client: std::net::Ipv4Addr::LOCALHOST.into(),
+                ledger: &self.ledger,
+                limit: 10,
+                failures: &mut self.failures,
+            },
+        }
+    }
+}
+
 /// A protocol's handshake: the part of a service that talks before (and
 /// right after) the upstream connection, as a pure machine over bytes.
 ///

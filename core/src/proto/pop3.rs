@@ -342,19 +342,8 @@ mod tests {
         let c = service(extra);
         let once = |cuts: &[usize]| {
             let mut users = Users::default();
-            let ledger = crate::ledger::Ledger::default();
-            let mut failures = std::collections::BTreeMap::new();
-            let mut scope = Scope {
-                service: &c.services[0],
-                users: &mut users,
-                now: std::time::Instant::now(),
-                logins: crate::auth::Logins {
-                    client: std::net::Ipv4Addr::LOCALHOST.into(),
-                    ledger: &ledger,
-                    limit: 10,
-                    failures: &mut failures,
-                },
-            };
+            let mut detached = crate::proto::Detached::new();
+            let mut scope = detached.scope(&c.services[0], &mut users);
             let mut p = Pop3::default();
             let mut greeting = Vec::new();
             assert_eq!(p.start(&mut greeting, &mut scope), Next::Wait);

@@ -451,19 +451,8 @@ mod tests {
     fn run(auth: bool, input: &[u8], chop: usize) -> (usize, Next, Vec<u8>) {
         let (c, mut users) = service(auth);
         let now = std::time::Instant::now();
-        let ledger = crate::ledger::Ledger::default();
-        let mut failures = std::collections::BTreeMap::new();
-        let mut scope = Scope {
-            service: &c.services[0],
-            users: &mut users,
-            now,
-            logins: crate::auth::Logins {
-                client: std::net::Ipv4Addr::LOCALHOST.into(),
-                ledger: &ledger,
-                limit: 10,
-                failures: &mut failures,
-            },
-        };
+        let mut detached = crate::proto::Detached::new();
+        let mut scope = detached.scope(&c.services[0], &mut users);
         let mut s = Socks::default();
         let mut reply = Vec::new();
         let mut used = 0;

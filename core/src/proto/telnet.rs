@@ -641,19 +641,8 @@ mod tests {
     /// a step other than More.
     fn run_cut(mode: &str, input: &[u8], cuts: &[usize]) -> Run {
         let (c, mut users) = service(mode);
-        let ledger = crate::ledger::Ledger::default();
-        let mut failures = std::collections::BTreeMap::new();
-        let mut scope = Scope {
-            service: &c.services[0],
-            users: &mut users,
-            now: std::time::Instant::now(),
-            logins: crate::auth::Logins {
-                client: std::net::Ipv4Addr::LOCALHOST.into(),
-                ledger: &ledger,
-                limit: 10,
-                failures: &mut failures,
-            },
-        };
+        let mut detached = crate::proto::Detached::new();
+        let mut scope = detached.scope(&c.services[0], &mut users);
         let mut t = Telnet::default();
         let mut reply = Vec::new();
         let step = t.start(&mut reply, &mut scope);

@@ -7,7 +7,7 @@
 /// (if the machine asked to connect) `connected`, and the same bytes as
 /// the server's to `upstream`. Consumed counts never exceed what was given.
 pub fn protocol(data: &[u8]) {
-    use crate::proto::{for_service, Next, Scope};
+    use crate::proto::{for_service, Next};
     let (Some(&pick), Some(&chop)) = (data.first(), data.get(1)) else {
         return;
     };
@@ -32,19 +32,8 @@ pub fn protocol(data: &[u8]) {
     };
     let mut users = crate::auth::Users::new(&config.users, 1, std::time::Duration::ZERO);
     let client: std::net::SocketAddr = ([127, 0, 0, 1], 40000).into();
-    let ledger = crate::ledger::Ledger::default();
-    let mut failures = std::collections::BTreeMap::new();
-    let mut ctx = Scope {
-        service,
-        users: &mut users,
-        now: std::time::Instant::now(),
-        logins: crate::auth::Logins {
-            client: std::net::Ipv4Addr::LOCALHOST.into(),
-            ledger: &ledger,
-            limit: 10,
-            failures: &mut failures,
-        },
-    };
+    let mut detached = crate::proto::Detached::new();
+    let mut ctx = detached.scope(service, &mut users);
     let input = &data[2..];
     let step = (chop as usize % 7) + 1;
     // The high bit: connects fail, and a machine that asks again (Telnet)
