@@ -69,6 +69,9 @@ pub enum Verdict {
     /// Not checked: the client's address failed too many logins lately;
     /// it may try again in this many seconds.
     Throttled(u64),
+    /// The `[auth] helper` failed to answer (`BH`, no answer in time, or
+    /// it died).
+    HelperFailed,
 }
 
 impl Verdict {
@@ -80,6 +83,7 @@ impl Verdict {
             Verdict::Wrong => Some("wrong"),
             Verdict::UnknownUser => Some("unknown-user"),
             Verdict::Throttled(_) => Some("throttled"),
+            Verdict::HelperFailed => Some("helper"),
         }
     }
 }
@@ -205,13 +209,33 @@ pub enum Check {
     Ask(Box<Pending>),
 }
 
+/// What checks a password handed to the runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checker {
+    /// A `[[user]]`'s PHC hash (argon2, [`crate::Action::CheckPassword`]).
+    Hash(String),
+    /// The `[auth] helper`, for a name `[[user]]` does not hold
+    /// ([`crate::Action::AskHelper`]).
+    Helper(std::sync::Arc<crate::config::HelperConfig>),
+}
+
+/// What the runtime found out about a password it was asked to check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Ok,
+    /// The hash does not match, or the helper said `ERR`.
+    Wrong,
+    /// The helper said `BH`, did not answer in time, or died.
+    Failed,
+}
+
 /// A password check handed to the runtime, kept by the session until its
 /// verdict comes back.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Pending {
     pub name: String,
     pub password: Secret,
-    pub phc: String,
+    pub checker: Checker,
     key: Key,
     /// The [`Users`] it was asked of: a verdict against a configuration
     /// since reloaded is not trusted.
@@ -235,6 +259,8 @@ pub struct Users {
     ttl: std::time::Duration,
     cache: std::collections::HashMap<Key, (std::time::Instant, bool)>,
     generation: u64,
+    /// `[auth] helper`: asked about names `users` does not hold.
+    helper: Option<std::sync::Arc<crate::config::HelperConfig>>,
 }
 
 fn same(a: &[u8], b: &[u8]) -> bool {
@@ -261,7 +287,17 @@ impl Users {
             ttl,
             cache: Default::default(),
             generation: 0,
+            helper: None,
         }
+    }
+
+    /// The same users, and `helper` for every other name.
+    pub fn with_helper(
+        mut self,
+        helper: Option<std::sync::Arc<crate::config::HelperConfig>>,
+    ) -> Self {
+        self.helper = helper;
+        self
     }
 
     /// The users of a reloaded configuration: same salt, an empty cache,
@@ -276,11 +312,13 @@ impl Users {
             ttl,
             cache: Default::default(),
             generation: self.generation + 1,
+            helper: None,
         }
     }
 
+    /// No login can succeed: no user and no helper.
     pub fn is_empty(&self) -> bool {
-        self.users.is_empty()
+        self.users.is_empty() && self.helper.is_none()
     }
 
     fn key(&self, name: &str, password: &[u8]) -> Key {
@@ -301,22 +339,26 @@ impl Users {
     /// be told without argon2. A name that is not valid UTF-8 or holds a
     /// NUL is no user's.
     pub fn check(&mut self, name: &[u8], password: &[u8], now: std::time::Instant) -> Check {
-        let Some((name, p)) = std::str::from_utf8(name)
+        let Some(name) = std::str::from_utf8(name)
             .ok()
-            .filter(|n| !n.contains('\0'))
-            .and_then(|n| self.users.get(n).map(|p| (n, p)))
+            .filter(|n| !n.is_empty() && !n.contains('\0'))
         else {
             return Check::Known(Verdict::UnknownUser);
         };
-        let phc = match p {
-            crate::config::Password::Plain(s) => {
-                return Check::Known(if same(s.as_bytes(), password) {
-                    Verdict::Ok
-                } else {
-                    Verdict::Wrong
-                })
-            }
-            crate::config::Password::Phc(h) => h.clone(),
+        let checker = match (self.users.get(name), &self.helper) {
+            (Some(p), _) => match p {
+                crate::config::Password::Plain(s) => {
+                    return Check::Known(if same(s.as_bytes(), password) {
+                        Verdict::Ok
+                    } else {
+                        Verdict::Wrong
+                    })
+                }
+                crate::config::Password::Phc(h) => Checker::Hash(h.clone()),
+            },
+            // The helper is told every name [[user]] does not hold.
+            (None, Some(h)) => Checker::Helper(h.clone()),
+            (None, None) => return Check::Known(Verdict::UnknownUser),
         };
         let key = self.key(name, password);
         if let Some(&(until, ok)) = self.cache.get(&key) {
@@ -328,7 +370,7 @@ impl Users {
         Check::Ask(Box::new(Pending {
             name: name.to_string(),
             password: Secret(password.to_vec()),
-            phc,
+            checker,
             key,
             generation: self.generation,
         }))
@@ -338,9 +380,26 @@ impl Users {
     /// the users were reloaded meanwhile, the password checked again
     /// against the users now configured.
     pub fn settle(&mut self, pending: &Pending, ok: bool, now: std::time::Instant) -> Check {
+        let answer = if ok { Answer::Ok } else { Answer::Wrong };
+        self.settle_answer(pending, answer, now)
+    }
+
+    /// [`Users::settle`] with the runtime's [`Answer`]; a helper's
+    /// failure is not cached (the next login asks again).
+    pub fn settle_answer(
+        &mut self,
+        pending: &Pending,
+        answer: Answer,
+        now: std::time::Instant,
+    ) -> Check {
         if pending.generation != self.generation {
             return self.check(pending.name.as_bytes(), &pending.password.0, now);
         }
+        let ok = match answer {
+            Answer::Ok => true,
+            Answer::Wrong => false,
+            Answer::Failed => return Check::Known(Verdict::HelperFailed),
+        };
         if !self.ttl.is_zero() {
             if self.cache.len() >= CACHE_MAX {
                 self.cache.retain(|_, (until, _)| *until > now);
@@ -365,7 +424,11 @@ impl Users {
         match self.check(name, password, now) {
             Check::Known(v) => v,
             Check::Ask(p) => {
-                let ok = verify_password(&p.phc, &p.password.0);
+                // A helper cannot be waited for here.
+                let Checker::Hash(phc) = &p.checker else {
+                    return Verdict::HelperFailed;
+                };
+                let ok = verify_password(phc, &p.password.0);
                 match self.settle(&p, ok, now) {
                     Check::Known(v) => v,
                     Check::Ask(_) => Verdict::Wrong,
@@ -404,7 +467,10 @@ mod user_tests {
         match u.check(name, pw, now) {
             Check::Known(v) => (v, false),
             Check::Ask(p) => {
-                let ok = verify_password(&p.phc, &p.password.0);
+                let Checker::Hash(phc) = &p.checker else {
+                    panic!("no helper configured");
+                };
+                let ok = verify_password(phc, &p.password.0);
                 match u.settle(&p, ok, now) {
                     Check::Known(v) => (v, true),
                     Check::Ask(_) => panic!("asked again without a reload"),
@@ -541,6 +607,74 @@ mod user_tests {
         assert_eq!(failures.get("throttled"), Some(&2));
     }
 
+    #[test]
+    fn names_not_in_users_go_to_the_helper_and_its_verdicts_are_cached() {
+        let t0 = Instant::now();
+        let h = std::sync::Arc::new(crate::config::HelperConfig {
+            argv: vec!["/bin/h".into()],
+            processes: 2,
+            concurrency: 0,
+            timeout: Duration::from_secs(5),
+        });
+        let mut u = users(Duration::from_secs(300)).with_helper(Some(h.clone()));
+        // [[user]] first: alice is never the helper's.
+        assert_eq!(
+            u.check(b"alice", b"wrong", t0),
+            Check::Known(Verdict::Wrong)
+        );
+        let Check::Ask(p) = u.check(b"bob", b"pw", t0) else {
+            panic!("a hash is checked");
+        };
+        assert!(matches!(p.checker, Checker::Hash(_)));
+        // Anyone else: the helper.
+        let Check::Ask(p) = u.check(b"carol", b"pw", t0) else {
+            panic!("the helper is asked");
+        };
+        assert_eq!(p.checker, Checker::Helper(h.clone()));
+        assert_eq!(p.name, "carol");
+        // Names no one can have are not sent.
+        assert_eq!(u.check(b"", b"pw", t0), Check::Known(Verdict::UnknownUser));
+        assert_eq!(
+            u.check(b"ca\0rol", b"pw", t0),
+            Check::Known(Verdict::UnknownUser)
+        );
+        // A failure is not cached: the next login asks again.
+        assert_eq!(
+            u.settle_answer(&p, Answer::Failed, t0),
+            Check::Known(Verdict::HelperFailed)
+        );
+        assert!(matches!(u.check(b"carol", b"pw", t0), Check::Ask(_)));
+        // OK and ERR are.
+        assert_eq!(
+            u.settle_answer(&p, Answer::Ok, t0),
+            Check::Known(Verdict::Ok)
+        );
+        assert_eq!(u.check(b"carol", b"pw", t0), Check::Known(Verdict::Ok));
+        let Check::Ask(q) = u.check(b"carol", b"other", t0) else {
+            panic!("another password is asked");
+        };
+        assert_eq!(
+            u.settle_answer(&q, Answer::Wrong, t0),
+            Check::Known(Verdict::Wrong)
+        );
+        assert_eq!(
+            u.check(b"carol", b"other", t0),
+            Check::Known(Verdict::Wrong)
+        );
+        assert_eq!(Verdict::HelperFailed.failure(), Some("helper"));
+        // No helper: an unknown user, decided at once.
+        let mut plain = users(Duration::from_secs(300));
+        assert_eq!(
+            plain.check(b"carol", b"pw", t0),
+            Check::Known(Verdict::UnknownUser)
+        );
+        assert!(!u.is_empty());
+        assert!(Users::new(&[], 1, Duration::ZERO)
+            .with_helper(Some(h))
+            .is_empty()
+            .eq(&false));
+    }
+
     impl Users {
         fn users_list(&self) -> Vec<User> {
             self.users
@@ -550,6 +684,101 @@ mod user_tests {
                     password: p.clone(),
                 })
                 .collect()
+        }
+    }
+}
+
+/// The Squid basic-auth helper protocol (`[auth] helper`): what is
+/// written to a helper and what its answers mean. The runtime only moves
+/// the lines.
+pub mod helper {
+    use super::Answer;
+
+    /// RFC 3986 percent-encoding: every byte but the unreserved ones, so
+    /// that a space, a newline or `%` in a name or password cannot break
+    /// the line.
+    pub fn escape(bytes: &[u8], out: &mut Vec<u8>) {
+        const HEX: &[u8; 16] = b"0123456789ABCDEF";
+        for &b in bytes {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                out.push(b);
+            } else {
+                out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+            }
+        }
+    }
+
+    /// The request line for `user` and `password`, with `channel` first
+    /// when the helper takes several requests at once.
+    pub fn request(channel: Option<u32>, user: &str, password: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(user.len() + password.len() + 16);
+        if let Some(c) = channel {
+            out.extend_from_slice(format!("{c} ").as_bytes());
+        }
+        escape(user.as_bytes(), &mut out);
+        out.push(b' ');
+        escape(password, &mut out);
+        out.push(b'\n');
+        out
+    }
+
+    /// One answer line (without its newline): its channel id when
+    /// `concurrent`, and the answer. `OK` and `ERR` may be followed by
+    /// text; `BH` and anything else are a failure. `None` when the line
+    /// has no valid channel id (it answers no request).
+    pub fn answer(line: &[u8], concurrent: bool) -> Option<(Option<u32>, Answer)> {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let mut words = line
+            .split(|&b| b == b' ' || b == b'\t')
+            .filter(|w| !w.is_empty());
+        let channel = if concurrent {
+            let id = words.next()?;
+            Some(std::str::from_utf8(id).ok()?.parse::<u32>().ok()?)
+        } else {
+            None
+        };
+        let answer = match words.next() {
+            Some(b"OK") => Answer::Ok,
+            Some(b"ERR") => Answer::Wrong,
+            _ => Answer::Failed,
+        };
+        Some((channel, answer))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn requests_are_escaped_so_that_one_login_is_one_line() {
+            assert_eq!(request(None, "alice", b"s3cret"), b"alice s3cret\n");
+            assert_eq!(
+                request(Some(7), "a b", b"p%w d\n\xff~"),
+                b"7 a%20b p%25w%20d%0A%FF~\n"
+            );
+            assert_eq!(request(None, "j.doe_x-1", b""), b"j.doe_x-1 \n");
+        }
+
+        #[test]
+        fn answers() {
+            assert_eq!(answer(b"OK", false), Some((None, Answer::Ok)));
+            assert_eq!(answer(b"OK user=alice\r", false), Some((None, Answer::Ok)));
+            assert_eq!(answer(b"ERR", false), Some((None, Answer::Wrong)));
+            assert_eq!(
+                answer(b"ERR message=\"Wrong password\"", false),
+                Some((None, Answer::Wrong))
+            );
+            assert_eq!(
+                answer(b"BH message=broken", false),
+                Some((None, Answer::Failed))
+            );
+            assert_eq!(answer(b"", false), Some((None, Answer::Failed)));
+            assert_eq!(answer(b"OKAY", false), Some((None, Answer::Failed)));
+            assert_eq!(answer(b"3 OK", true), Some((Some(3), Answer::Ok)));
+            assert_eq!(answer(b"12 ERR no", true), Some((Some(12), Answer::Wrong)));
+            assert_eq!(answer(b"0 BH", true), Some((Some(0), Answer::Failed)));
+            assert_eq!(answer(b"OK", true), None);
+            assert_eq!(answer(b"-1 OK", true), None);
         }
     }
 }

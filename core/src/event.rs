@@ -31,6 +31,12 @@ pub enum Event {
     /// The verdict on the password asked for with
     /// [`Action::CheckPassword`]: whether it matches the hash.
     PasswordChecked { conn: ConnId, ok: bool },
+    /// The `[auth] helper`'s answer on the login asked for with
+    /// [`Action::AskHelper`].
+    HelperAnswered {
+        conn: ConnId,
+        answer: crate::auth::Answer,
+    },
     /// The connection asked for with [`Action::Connect`] is established;
     /// `local` is its local address.
     Connected { conn: ConnId, local: SocketAddr },
@@ -108,6 +114,17 @@ pub enum Action {
     CheckPassword {
         conn: ConnId,
         phc: String,
+        password: crate::auth::Secret,
+    },
+    /// Ask the `[auth] helper` described by `helper` (its processes run
+    /// by the runtime, started on first use and again when `helper`
+    /// changes) about `user` and `password`, then report
+    /// [`Event::HelperAnswered`]. Like [`Action::CheckPassword`], a
+    /// verdict for a connection closed meanwhile may still be reported.
+    AskHelper {
+        conn: ConnId,
+        helper: std::sync::Arc<crate::config::HelperConfig>,
+        user: String,
         password: crate::auth::Secret,
     },
     /// Open the upstream socket of `conn` to `addr`, from `bind` when given.

@@ -42,6 +42,7 @@
 pub mod checks;
 pub mod diagnostics;
 pub mod directions;
+pub mod helpers;
 pub mod net;
 pub mod notify;
 pub mod pair;

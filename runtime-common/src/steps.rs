@@ -41,6 +41,12 @@ pub enum ConnCmd {
         phc: String,
         password: portico_core::auth::Secret,
     },
+    /// Ask the `[auth] helper` ([`crate::helpers`]) and tell the core.
+    AskHelper {
+        helper: std::sync::Arc<portico_core::config::HelperConfig>,
+        user: String,
+        password: portico_core::auth::Secret,
+    },
     /// Start a connect of the upstream socket to `addr` (from `bind`),
     /// replacing the upstream socket a previous attempt left.
     Connect {

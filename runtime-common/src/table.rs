@@ -119,6 +119,19 @@ impl Table {
                     phc,
                     password,
                 } => conn(c, ConnCmd::CheckPassword { phc, password }),
+                Action::AskHelper {
+                    conn: c,
+                    helper,
+                    user,
+                    password,
+                } => conn(
+                    c,
+                    ConnCmd::AskHelper {
+                        helper,
+                        user,
+                        password,
+                    },
+                ),
                 Action::ShutdownWrite { conn: c, side } => conn(c, ConnCmd::ShutdownWrite(side)),
                 Action::CloseUpstream { conn: c } => conn(c, ConnCmd::CloseUpstream),
                 Action::Close { conn: c } => conn(c, ConnCmd::Close),

@@ -46,6 +46,7 @@ use mio::net::{TcpListener, TcpStream, UnixStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use portico_runtime::checks::{self, Checkers};
+use portico_runtime::helpers::Helpers;
 use portico_runtime::net::{self, Connecting, Ports};
 use portico_runtime::resolver::{Inbox, Resolvers};
 use portico_runtime::splice::Pipes;
@@ -177,6 +178,9 @@ struct Loop {
     resolvers: Resolvers,
     /// The password-checking threads; their verdicts come to `answers`.
     checkers: Checkers,
+    /// The `[auth] helper` processes, shared by every loop; their answers
+    /// come to `answers`.
+    helpers: Arc<Helpers>,
     /// Names this loop asked the resolvers for, answered; verdicts on the
     /// passwords it asked the checkers about.
     answers: Arc<Inbox>,
@@ -223,6 +227,7 @@ pub fn run(plan: Plan) -> Result<i32, String> {
     // Its threads start once privileges are given up (below).
     let (resolvers, resolver_threads) = Resolvers::new();
     let (checkers, checker_threads) = Checkers::new();
+    let helpers = Helpers::new();
     let ports = Ports::new(n);
     // Worker 0's alone: the signals, and the trace (one worker records).
     let (flags, wake) = Signals::install()?;
@@ -256,6 +261,7 @@ pub fn run(plan: Plan) -> Result<i32, String> {
             accept_work: Vec::new(),
             resolvers: resolvers.clone(),
             checkers: checkers.clone(),
+            helpers: helpers.clone(),
             answers,
             signals,
             udp: Datagrams::default(),
@@ -498,6 +504,13 @@ impl Loop {
                     self.table.handle(ev, Instant::now());
                 }
             }
+            ConnCmd::AskHelper {
+                helper,
+                user,
+                password,
+            } => self
+                .helpers
+                .ask(helper, conn, user, password, self.answers.clone()),
             ConnCmd::Connect { addr, bind } => self.connect(conn, addr, bind),
             ConnCmd::Interest { side, read, write } => {
                 if let Some(c) = self.conns.get_mut(conn) {

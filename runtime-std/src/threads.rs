@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use polling::{Event as PEvent, Events, Poller};
 use portico_runtime::checks::{self, Checkers};
+use portico_runtime::helpers::Helpers;
 use portico_runtime::net::{self, Connecting, Ports};
 use portico_runtime::resolver::resolve;
 use portico_runtime::splice::{Pipe, Pipes};
@@ -76,6 +77,9 @@ struct Shared {
     /// The password-checking threads: a connection's thread waits for its
     /// verdict there, without the core's lock.
     checkers: Checkers,
+    /// The `[auth] helper` processes: a connection's thread waits for its
+    /// answer there, without the core's lock.
+    helpers: Arc<Helpers>,
 }
 
 fn lock(shared: &Shared) -> MutexGuard<'_, Core> {
@@ -244,6 +248,7 @@ pub fn run(plan: Plan) -> Result<i32, String> {
         done: Condvar::new(),
         pipes: Mutex::new(Pipes::new()),
         checkers,
+        helpers: Helpers::new(),
     });
 
     let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
@@ -573,7 +578,11 @@ impl ConnThread {
         let mut todo = std::collections::VecDeque::from(first);
         while !self.closed {
             match todo.pop_front() {
-                Some(cmd @ (ConnCmd::Resolve { .. } | ConnCmd::CheckPassword { .. })) => {
+                Some(
+                    cmd @ (ConnCmd::Resolve { .. }
+                    | ConnCmd::CheckPassword { .. }
+                    | ConnCmd::AskHelper { .. }),
+                ) => {
                     todo.push_front(cmd);
                     break;
                 }
@@ -713,6 +722,16 @@ impl ConnThread {
                 let ok = self.shared.checkers.check(phc, password).unwrap_or(false);
                 let conn = self.pair.id;
                 self.event(Event::PasswordChecked { conn, ok }, mine);
+            }
+            ConnCmd::AskHelper {
+                helper,
+                user,
+                password,
+            } => {
+                // Like a password check: waited for without the lock.
+                let answer = self.shared.helpers.check(helper, user, password);
+                let conn = self.pair.id;
+                self.event(Event::HelperAnswered { conn, answer }, mine);
             }
             ConnCmd::Connect { addr, bind } => match net::tcp_connect(addr, bind) {
                 Ok(u) => {

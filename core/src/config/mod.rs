@@ -179,6 +179,23 @@ pub struct Config {
     pub quotas: Vec<Quota>,
     /// `[state]`.
     pub state: StateConfig,
+    /// `[auth] helper`: checks users not in `[[user]]`.
+    pub helper: Option<std::sync::Arc<HelperConfig>>,
+}
+
+/// `[auth] helper` and its settings: an external program speaking the
+/// Squid basic-auth helper protocol.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HelperConfig {
+    /// The program and its arguments.
+    pub argv: Vec<String>,
+    /// `helpers`: how many processes run at once.
+    pub processes: u32,
+    /// `helper_concurrency`: requests one process takes at once, each
+    /// with a channel id (zero: one at a time, no channel id).
+    pub concurrency: u32,
+    /// `helper_timeout`: an answer later than this is a failure.
+    pub timeout: Duration,
 }
 
 /// `[state]`: where counts that outlive the process are kept.

@@ -19,6 +19,7 @@ pub struct RawConfig {
     pub runtime: Option<RawRuntime>,
     pub process: Option<RawProcess>,
     pub state: Option<RawState>,
+    pub auth: Option<RawAuth>,
     #[serde(default)]
     pub user: Vec<S<RawUser>>,
     #[serde(default)]
@@ -27,6 +28,15 @@ pub struct RawConfig {
     pub rule: Vec<S<RawRule>>,
     #[serde(default)]
     pub quota: Vec<S<RawQuota>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub helper: Option<List<String>>,
+    pub helpers: Option<S<i64>>,
+    pub helper_concurrency: Option<S<i64>>,
+    pub helper_timeout: Option<S<Value>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -619,6 +619,15 @@ const CASES: &[Case] = &[
     ("auth on mapped", &["[[user]]", "name = \"a\"", "password = \"plain:x\"", "[[service]]", "name = \"m\"", M, "port = 1", D, "auth = true"], 9, 8, "auth = true is not possible on a mapped service"),
     ("auth without users", &["[[service]]", "name = \"w\"", "kind = \"http\"", "port = 1", "auth = true"], 5, 8, "no [[user]] is defined"),
 
+    // [auth]
+    ("unknown key in auth", &["[auth]", "helpr = []", MINIMAL], 2, 1, "unknown field `helpr`"),
+    ("helper empty", &["[auth]", "helper = []", MINIMAL], 2, 10, "auth.helper is empty; give the program"),
+    ("helper relative", &["[auth]", "helper = [\"basic_ncsa_auth\"]", MINIMAL], 2, 11, "\"basic_ncsa_auth\" is not an absolute path"),
+    ("helpers zero", &["[auth]", "helper = [\"/bin/h\"]", "helpers = 0", MINIMAL], 3, 11, "auth.helpers: 0 is out of range; use 1 to 64"),
+    ("helper_concurrency negative", &["[auth]", "helper = [\"/bin/h\"]", "helper_concurrency = -1", MINIMAL], 3, 22, "-1 is out of range; use 0"),
+    ("helper_timeout zero", &["[auth]", "helper = [\"/bin/h\"]", "helper_timeout = \"0s\"", MINIMAL], 3, 18, "auth.helper_timeout must be more than zero"),
+    ("helpers without helper", &["[auth]", "helpers = 3", MINIMAL], 2, 11, "auth.helpers is set but auth.helper is not"),
+
     // rules
     ("rule unknown service", &[MINIMAL, "[[rule]]", "action = \"allow\"", "services = [\"m\", \"web\"]"], 8, 18, "rule names unknown service 'web'; the services are: m"),
     ("rule unknown user", &[MINIMAL, "[[rule]]", "action = \"allow\"", "users = [\"bob\"]"], 8, 10, "rule names unknown user 'bob'; no [[user]] is defined"),
@@ -1342,4 +1351,46 @@ fn process_section() {
         assert!(e.message.starts_with("process."), "{bad}: {e}");
     }
     assert!(with("uid = 0").is_err(), "unknown keys are refused");
+}
+
+#[test]
+fn a_helper_lets_rules_and_quotas_name_users_not_in_user_tables() {
+    let text = "[auth]\nhelper = [\"/usr/lib/squid/basic_ncsa_auth\", \"/etc/portico/htpasswd\"]\n\
+                [[service]]\nname = \"s\"\nkind = \"socks\"\nport = 1080\nauth = true\n\
+                [[rule]]\naction = \"allow\"\nusers = [\"bob\"]\n\
+                [[quota]]\nname = \"q\"\nusers = [\"bob\"]\nbytes = \"1GiB\"\nper = \"day\"\n";
+    let c = parse(text, "p.toml").expect("valid");
+    let h = c.helper.as_deref().expect("a helper");
+    assert_eq!(
+        h,
+        &HelperConfig {
+            argv: vec![
+                "/usr/lib/squid/basic_ncsa_auth".into(),
+                "/etc/portico/htpasswd".into()
+            ],
+            processes: 2,
+            concurrency: 0,
+            timeout: Duration::from_secs(5),
+        }
+    );
+    assert_eq!(c.rules[0].users, vec!["bob".to_string()]);
+    let c = parse(
+        &text.replace(
+            "[[service]]",
+            "helpers = 3\nhelper_concurrency = 8\nhelper_timeout = \"300ms\"\n[[service]]",
+        ),
+        "p.toml",
+    )
+    .expect("valid");
+    let h = c.helper.as_deref().expect("a helper");
+    assert_eq!(
+        (h.processes, h.concurrency, h.timeout),
+        (3, 8, Duration::from_millis(300))
+    );
+    // Without the helper, the same names are refused.
+    let plain = text.replace(
+        "[auth]\nhelper = [\"/usr/lib/squid/basic_ncsa_auth\", \"/etc/portico/htpasswd\"]\n",
+        "",
+    );
+    assert!(parse(&plain, "p.toml").is_err());
 }

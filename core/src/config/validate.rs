@@ -18,14 +18,15 @@ use toml::Value;
 use super::doc::{self, Node};
 use super::include::{one_line, take_include, Sources};
 use super::raw::{
-    List, RawConfig, RawLimits, RawNetwork, RawProcess, RawQuota, RawRule, RawService, RawUser, S,
+    List, RawAuth, RawConfig, RawLimits, RawNetwork, RawProcess, RawQuota, RawRule, RawService,
+    RawUser, S,
 };
 use super::values;
 use super::{
-    implemented_kind, AccessTarget, Config, ConfigError, DiagnosticsTarget, Limits, ListenSide,
-    LogConfig, LogFormat, Network, Password, ProcessConfig, ProxyVersion, Quota, QuotaSubjects,
-    Rule, RuleAction, RuntimeConfig, Service, ServiceKind, StateConfig, Transport, User,
-    DEFAULT_SYSLOG_SOCKET, MAX_BUFFER, MAX_WORKERS, MIN_BUFFER,
+    implemented_kind, AccessTarget, Config, ConfigError, DiagnosticsTarget, HelperConfig, Limits,
+    ListenSide, LogConfig, LogFormat, Network, Password, ProcessConfig, ProxyVersion, Quota,
+    QuotaSubjects, Rule, RuleAction, RuntimeConfig, Service, ServiceKind, StateConfig, Transport,
+    User, DEFAULT_SYSLOG_SOCKET, MAX_BUFFER, MAX_WORKERS, MIN_BUFFER,
 };
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -160,13 +161,15 @@ pub(super) fn check(root: Node, sources: &Sources, check_kinds: bool) -> Result<
         users.push(user);
     }
 
+    let helper = helper(&cx, raw.auth.as_ref())?;
+
     let mut services: Vec<Service> = Vec::new();
     let mut service_spans: HashMap<String, Range<usize>> = HashMap::new();
     // Every listen address so far: (address, protocol, service name).
     let mut taken: Vec<(SocketAddr, Transport, String)> = Vec::new();
     for s in &raw.service {
         let name_span = s.get_ref().name.span();
-        let svc = service(&cx, s, &network, !users.is_empty())?;
+        let svc = service(&cx, s, &network, !users.is_empty() || helper.is_some())?;
         if let Some(first) = service_spans.get(&svc.name) {
             return Err(cx.err(
                 name_span.clone(),
@@ -211,13 +214,13 @@ pub(super) fn check(root: Node, sources: &Sources, check_kinds: bool) -> Result<
 
     let mut rules = Vec::new();
     for r in &raw.rule {
-        rules.push(rule(&cx, r.get_ref(), &services, &users)?);
+        rules.push(rule(&cx, r.get_ref(), &services, &users, helper.is_some())?);
     }
 
     let mut quotas: Vec<Quota> = Vec::new();
     for q in &raw.quota {
         let name = &q.get_ref().name;
-        let quota = quota(&cx, q, &users)?;
+        let quota = quota(&cx, q, &users, helper.is_some())?;
         if quotas.iter().any(|o| o.name == quota.name) {
             return Err(cx.err(
                 name.span(),
@@ -288,12 +291,113 @@ pub(super) fn check(root: Node, sources: &Sources, check_kinds: bool) -> Result<
         rules,
         quotas,
         state,
+        helper,
     })
 }
 
+/// `[auth]`: the helper program and its settings.
+fn helper(cx: &Ctx, raw: Option<&RawAuth>) -> Result<Option<std::sync::Arc<HelperConfig>>> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let Some(list) = &raw.helper else {
+        for (set, what) in [
+            (raw.helpers.as_ref().map(|v| v.span()), "helpers"),
+            (
+                raw.helper_concurrency.as_ref().map(|v| v.span()),
+                "helper_concurrency",
+            ),
+            (
+                raw.helper_timeout.as_ref().map(|v| v.span()),
+                "helper_timeout",
+            ),
+        ] {
+            if let Some(span) = set {
+                return Err(cx.err(
+                    span,
+                    format!(
+                        "auth.{what} is set but auth.helper is not; give the helper program, \
+                         e.g. helper = [\"/usr/lib/squid/basic_ncsa_auth\", \"/etc/portico/htpasswd\"]"
+                    ),
+                ));
+            }
+        }
+        return Ok(None);
+    };
+    let mut argv = Vec::new();
+    for a in list.get_ref() {
+        if a.get_ref().contains('\0') {
+            return Err(cx.err(
+                a.span(),
+                "auth.helper: an argument contains a NUL character",
+            ));
+        }
+        argv.push(a.get_ref().clone());
+    }
+    match argv.first() {
+        None => {
+            return Err(cx.err(
+                list.span(),
+                "auth.helper is empty; give the program and its arguments, e.g. \
+                 [\"/usr/lib/squid/basic_ncsa_auth\", \"/etc/portico/htpasswd\"]",
+            ))
+        }
+        Some(p) if !p.starts_with('/') => {
+            return Err(cx.err(
+                list.get_ref()[0].span(),
+                format!("auth.helper: \"{p}\" is not an absolute path; write the program from /"),
+            ))
+        }
+        Some(_) => {}
+    }
+    let mut h = HelperConfig {
+        argv,
+        processes: 2,
+        concurrency: 0,
+        timeout: Duration::from_secs(5),
+    };
+    if let Some(v) = &raw.helpers {
+        h.processes = cx.named("auth.helpers", v, |&n| {
+            u32::try_from(n)
+                .ok()
+                .filter(|n| (1..=MAX_HELPERS).contains(n))
+                .ok_or_else(|| format!("{n} is out of range; use 1 to {MAX_HELPERS}"))
+        })?;
+    }
+    if let Some(v) = &raw.helper_concurrency {
+        h.concurrency = cx.named("auth.helper_concurrency", v, |&n| {
+            u32::try_from(n)
+                .ok()
+                .filter(|n| *n <= MAX_HELPER_CONCURRENCY)
+                .ok_or_else(|| {
+                    format!(
+                        "{n} is out of range; use 0 (one request at a time) to \
+                         {MAX_HELPER_CONCURRENCY}"
+                    )
+                })
+        })?;
+    }
+    if let Some(v) = &raw.helper_timeout {
+        let d = cx.named("auth.helper_timeout", v, values::duration_value)?;
+        if d.is_zero() {
+            return Err(cx.err(
+                v.span(),
+                "auth.helper_timeout must be more than zero, e.g. \"5s\"",
+            ));
+        }
+        h.timeout = d;
+    }
+    Ok(Some(std::sync::Arc::new(h)))
+}
+
+/// The most helper processes (`[auth] helpers`).
+const MAX_HELPERS: u32 = 64;
+/// The most requests one helper process takes at once.
+const MAX_HELPER_CONCURRENCY: u32 = 1000;
+
 /// One `[[quota]]`: a name, exactly one of `users` and `clients`, a size
 /// and a period.
-fn quota(cx: &Ctx, q: &S<RawQuota>, users: &[User]) -> Result<Quota> {
+fn quota(cx: &Ctx, q: &S<RawQuota>, users: &[User], helper: bool) -> Result<Quota> {
     let r = q.get_ref();
     let name = r.name.get_ref().trim();
     if name.is_empty() || name.chars().any(|c| c.is_control()) {
@@ -313,7 +417,8 @@ fn quota(cx: &Ctx, q: &S<RawQuota>, users: &[User]) -> Result<Quota> {
             }
             let mut out = Vec::new();
             for n in u.get_ref() {
-                if !users.iter().any(|x| &x.name == n.get_ref()) {
+                // A helper may know users that [[user]] does not.
+                if !helper && !users.iter().any(|x| &x.name == n.get_ref()) {
                     return Err(cx.err(
                         n.span(),
                         format!(
@@ -1151,7 +1256,7 @@ fn listen(
     }
 }
 
-fn rule(cx: &Ctx, r: &RawRule, services: &[Service], users: &[User]) -> Result<Rule> {
+fn rule(cx: &Ctx, r: &RawRule, services: &[Service], users: &[User], helper: bool) -> Result<Rule> {
     let action = match r.action.get_ref().as_str() {
         "allow" => RuleAction::Allow,
         "deny" => RuleAction::Deny,
@@ -1205,7 +1310,7 @@ fn rule(cx: &Ctx, r: &RawRule, services: &[Service], users: &[User]) -> Result<R
         non_empty(l.get_ref().len(), l.span(), "users", "anyone")?;
         for u in l.get_ref() {
             let n = u.get_ref();
-            if !users.iter().any(|x| &x.name == n) {
+            if !helper && !users.iter().any(|x| &x.name == n) {
                 let hint = if users.is_empty() {
                     "no [[user]] is defined".to_string()
                 } else {

@@ -19,7 +19,7 @@
 use std::net::SocketAddr;
 
 use super::{Machine, Phase, Session};
-use crate::auth::{Check, Pending, Verdict};
+use crate::auth::{Answer, Check, Checker, Pending, Verdict};
 use crate::event::Action;
 use crate::id::Side;
 use crate::outcome::Outcome;
@@ -109,10 +109,18 @@ impl Session {
     /// [`Session::on_password_checked`].
     fn ask_check(&mut self, p: Box<Pending>, cx: &mut Context) {
         cx.services[self.service].counters.password_checks += 1;
-        cx.actions.push_back(Action::CheckPassword {
-            conn: self.id,
-            phc: p.phc.clone(),
-            password: p.password.clone(),
+        cx.actions.push_back(match &p.checker {
+            Checker::Hash(phc) => Action::CheckPassword {
+                conn: self.id,
+                phc: phc.clone(),
+                password: p.password.clone(),
+            },
+            Checker::Helper(h) => Action::AskHelper {
+                conn: self.id,
+                helper: h.clone(),
+                user: p.name.clone(),
+                password: p.password.clone(),
+            },
         });
         self.checking = Some(p);
         self.sync(cx);
@@ -120,11 +128,11 @@ impl Session {
 
     /// The runtime's verdict on the password check this session asked
     /// for (none asked: a verdict that is not this session's, dropped).
-    pub fn on_password_checked(&mut self, ok: bool, cx: &mut Context) {
+    pub fn on_password_checked(&mut self, answer: Answer, cx: &mut Context) {
         let Some(p) = self.checking.take() else {
             return;
         };
-        match cx.users.settle(&p, ok, cx.now) {
+        match cx.users.settle_answer(&p, answer, cx.now) {
             Check::Known(v) => {
                 let now = cx.now;
                 cx.logins(self.service, self.client.ip()).settle(v, now);

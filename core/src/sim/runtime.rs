@@ -665,7 +665,7 @@ impl Runtime {
             Action::Unlisten { listener } => {
                 self.listener_mut(listener).state = ListenState::Closed
             }
-            Action::CheckPassword { conn, .. } => {
+            Action::CheckPassword { conn, .. } | Action::AskHelper { conn, .. } => {
                 let s = self.live_conn(conn, "CheckPassword");
                 assert!(
                     !s.refusing,

@@ -32,6 +32,7 @@ pub use context::Stats;
 pub use listeners::listening_lines;
 pub use reload::Reload;
 
+use crate::auth::Answer;
 use crate::auth::Users;
 use crate::buffer::Pool;
 use crate::config::{Config, ServiceKind, Transport};
@@ -193,7 +194,8 @@ impl Proxy {
             gens: Vec::new(),
             cx: Context {
                 now,
-                users: Users::new(&config.users, seed, config.limits.auth_cache),
+                users: Users::new(&config.users, seed, config.limits.auth_cache)
+                    .with_helper(config.helper.clone()),
                 config,
                 services,
                 ledger,
@@ -551,7 +553,11 @@ impl Proxy {
             }
             Event::ResolveFailed { conn } => self.run(conn, now, |s, cx| s.on_resolve_failed(cx)),
             Event::PasswordChecked { conn, ok } => {
-                self.run(conn, now, |s, cx| s.on_password_checked(ok, cx))
+                let answer = if ok { Answer::Ok } else { Answer::Wrong };
+                self.run(conn, now, |s, cx| s.on_password_checked(answer, cx))
+            }
+            Event::HelperAnswered { conn, answer } => {
+                self.run(conn, now, |s, cx| s.on_password_checked(answer, cx))
             }
             Event::Read { conn, side, n } => {
                 let bulk = self.bulk(n);

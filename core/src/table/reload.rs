@@ -76,7 +76,8 @@ impl Proxy {
         self.cx.users = self
             .cx
             .users
-            .reloaded(&config.users, config.limits.auth_cache);
+            .reloaded(&config.users, config.limits.auth_cache)
+            .with_helper(config.helper.clone());
         self.cx.config = config;
         // The access log may have been turned on or off: requests from now
         // on are recorded, or not, on connections already open too.

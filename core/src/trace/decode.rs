@@ -335,6 +335,15 @@ pub(super) fn parse_event(
                 _ => None,
             })?,
         },
+        "helper-answered" => Event::HelperAnswered {
+            conn: w.parse(CONN, parse_conn)?,
+            answer: w.parse("ok, wrong or failed", |s| match s {
+                "ok" => Some(crate::auth::Answer::Ok),
+                "wrong" => Some(crate::auth::Answer::Wrong),
+                "failed" => Some(crate::auth::Answer::Failed),
+                _ => None,
+            })?,
+        },
         "connected" => Event::Connected {
             conn: w.parse(CONN, parse_conn)?,
             local: w.parse("the local address", parse_addr)?,

@@ -153,6 +153,15 @@ pub(super) fn put_event(out: &mut String, t: u64, event: &Event, bytes: Option<&
             "password-checked {conn} {}",
             if *ok { "ok" } else { "wrong" }
         ),
+        Event::HelperAnswered { conn, answer } => write!(
+            out,
+            "helper-answered {conn} {}",
+            match answer {
+                crate::auth::Answer::Ok => "ok",
+                crate::auth::Answer::Wrong => "wrong",
+                crate::auth::Answer::Failed => "failed",
+            }
+        ),
         Event::Connected { conn, local } => write!(out, "connected {conn} {local}"),
         Event::ConnectFailed { conn, error } => {
             write!(out, "connect-failed {conn} {}", io_name(*error))
