@@ -1,0 +1,343 @@
+//! `[auth] helper` end to end through both binaries: users not in
+//! `[[user]]` checked by an external program speaking the Squid basic-auth
+//! helper protocol. Squid's own `basic_ncsa_auth` (Debian package squid)
+//! over an htpasswd file made with `openssl passwd -apr1`; scripts written
+//! here for the helper that dies after each answer (started again), the
+//! one that never answers (a failure after `helper_timeout`), `BH`, and
+//! `helper_concurrency` answered out of order. What is observed: SOCKS5
+//! logins and requests, and `portico_auth_failures_total` on `/metrics`.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use portico_tests::reply::exchange;
+use portico_tests::{
+    both, config_head, connect, echo_check, poll_until, require, run_tool, service,
+    start_on_free_ports, Behaviour, Bin, Portico, StartOptions, TempDir, TestServer, PROMPTLY,
+};
+
+both!(
+    ncsa_helper_checks_users_not_in_user_tables,
+    a_helper_that_dies_is_started_again,
+    a_helper_that_fails_or_does_not_answer_fails_the_login,
+    a_concurrent_helper_may_answer_out_of_order
+);
+
+const NCSA: &str = "/usr/lib/squid/basic_ncsa_auth";
+
+/// How often a condition is polled.
+const EVERY: Duration = Duration::from_millis(20);
+
+/// A configuration with `[auth]` lines `auth`, `extra` (users, rules), a
+/// socks service with auth on (`ports[0]`) and a status service
+/// (`ports[1]`).
+fn config(ports: &[u16], limits: &str, auth: &str, extra: &str) -> String {
+    format!(
+        "{}\n[auth]\n{auth}\n{extra}{}{}",
+        config_head(limits, ""),
+        service("socks", "socks", ports[0], "auth = true"),
+        service("status", "status", ports[1], "")
+    )
+}
+
+fn start(bin: Bin, limits: &str, auth: &str, extra: &str) -> (Portico, SocketAddr, SocketAddr) {
+    let (p, ports) = start_on_free_ports(bin, 2, StartOptions::default(), |ports| {
+        config(ports, limits, auth, extra)
+    });
+    (
+        p,
+        SocketAddr::from(([127, 0, 0, 1], ports[0])),
+        SocketAddr::from(([127, 0, 0, 1], ports[1])),
+    )
+}
+
+/// `helper = [...]` for `argv`.
+fn helper_line(argv: &[&Path]) -> String {
+    let quoted: Vec<String> = argv
+        .iter()
+        .map(|p| format!("{:?}", p.display().to_string()))
+        .collect();
+    format!("helper = [{}]", quoted.join(", "))
+}
+
+/// An executable shell script `name` in `dir`.
+fn script(dir: &TempDir, name: &str, body: &str) -> std::path::PathBuf {
+    let p = dir.write(name, &format!("#!/bin/sh\n{body}\n"));
+    let mut perm = std::fs::metadata(&p).expect("metadata").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+    std::fs::set_permissions(&p, perm).expect("chmod");
+    p
+}
+
+/// The value of `portico_auth_failures_total{service="socks",reason}`
+/// (0 when absent).
+fn failures(bin: Bin, status: SocketAddr, reason: &str) -> u64 {
+    let sample = format!("portico_auth_failures_total{{service=\"socks\",reason=\"{reason}\"}}");
+    let r = exchange(
+        status,
+        &format!("GET /metrics HTTP/1.1\r\nHost: {status}\r\nConnection: close\r\n\r\n"),
+    )
+    .unwrap_or_else(|e| panic!("{bin}: GET /metrics: {e}"));
+    assert_eq!(r.status, 200, "{bin}: GET /metrics: {r:?}");
+    r.body
+        .lines()
+        .find_map(|l| l.strip_prefix(&sample)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Starts a SOCKS5 login (greeting and RFC 1929 request at once).
+fn start_login(bin: Bin, socks: SocketAddr, name: &str, password: &str) -> TcpStream {
+    let mut b = vec![5, 1, 2, 1, name.len() as u8];
+    b.extend_from_slice(name.as_bytes());
+    b.push(password.len() as u8);
+    b.extend_from_slice(password.as_bytes());
+    let mut s = connect(socks).unwrap_or_else(|e| panic!("{bin}: connect to {socks}: {e}"));
+    s.write_all(&b)
+        .unwrap_or_else(|e| panic!("{bin}: send a login: {e}"));
+    s
+}
+
+/// The login's reply: whether it was accepted.
+fn login_reply(bin: Bin, s: &mut TcpStream, what: &str) -> bool {
+    let mut r = [0; 4];
+    s.read_exact(&mut r)
+        .unwrap_or_else(|e| panic!("{bin}: {what}: read the login's reply: {e}"));
+    match r {
+        [5, 2, 1, 0] => true,
+        [5, 2, 1, 1] => false,
+        r => panic!("{bin}: {what}: unexpected login reply {r:02x?}"),
+    }
+}
+
+fn login(bin: Bin, socks: SocketAddr, name: &str, password: &str) -> (bool, TcpStream) {
+    let mut s = start_login(bin, socks, name, password);
+    let ok = login_reply(bin, &mut s, &format!("{name}/{password}"));
+    (ok, s)
+}
+
+/// A SOCKS5 CONNECT to `dest` on a logged-in stream: the reply code.
+fn connect_to(bin: Bin, s: &mut TcpStream, dest: SocketAddr) -> u8 {
+    let SocketAddr::V4(a) = dest else {
+        panic!("an IPv4 destination");
+    };
+    let mut req = vec![5, 1, 0, 1];
+    req.extend_from_slice(&a.ip().octets());
+    req.extend_from_slice(&a.port().to_be_bytes());
+    s.write_all(&req)
+        .unwrap_or_else(|e| panic!("{bin}: send CONNECT: {e}"));
+    let mut r = [0u8; 10];
+    s.read_exact(&mut r)
+        .unwrap_or_else(|e| panic!("{bin}: read the CONNECT reply: {e}"));
+    r[1]
+}
+
+/// An htpasswd line for `user` with an MD5 (`$apr1$`) hash of `password`,
+/// which basic_ncsa_auth reads.
+fn htpasswd_line(user: &str, password: &str) -> String {
+    let mut cmd = Command::new(require("openssl", "openssl"));
+    cmd.args(["passwd", "-apr1", "-stdin"]);
+    let out = run_tool(
+        "openssl passwd",
+        cmd,
+        Some(password.as_bytes()),
+        PROMPTLY * 4,
+    );
+    assert!(out.status.success(), "openssl passwd: {}", out.text());
+    format!("{user}:{}\n", out.stdout_text().trim())
+}
+
+/// basic_ncsa_auth over an htpasswd file with hank and ivy: the right
+/// password logs in (a password with a space and `%` proves the escaping),
+/// a wrong one is refused and counted `wrong`; a rule naming hank (who is
+/// not in `[[user]]`) applies to him and not to ivy; a `[[user]]` is still
+/// checked by Portico itself.
+fn ncsa_helper_checks_users_not_in_user_tables(bin: Bin) {
+    assert!(
+        Path::new(NCSA).is_file(),
+        "{NCSA} is missing: this test needs the Debian package squid (.ci/run installs it)"
+    );
+    let dir = TempDir::new();
+    let htpasswd = dir.write(
+        "htpasswd",
+        &(htpasswd_line("hank", "hank pw%41") + &htpasswd_line("ivy", "ivy-pw")),
+    );
+    let echo = TestServer::start(Behaviour::Echo);
+    let extra = "[[user]]\nname = \"alice\"\npassword = \"plain:secret\"\n\
+                 [[rule]]\naction = \"allow\"\nusers = [\"hank\", \"alice\"]\n";
+    let (p, socks, status) = start(bin, "", &helper_line(&[Path::new(NCSA), &htpasswd]), extra);
+
+    let (ok, mut s) = login(bin, socks, "hank", "hank pw%41");
+    assert!(
+        ok,
+        "{bin}: hank's right password\nstderr:\n{}",
+        p.stderr_text()
+    );
+    assert_eq!(
+        connect_to(bin, &mut s, echo.addr()),
+        0,
+        "{bin}: the rule naming hank allows him"
+    );
+    echo_check(&mut s, b"through the helper's login")
+        .unwrap_or_else(|e| panic!("{bin}: relay for hank: {e}"));
+
+    let (ok, mut s) = login(bin, socks, "ivy", "ivy-pw");
+    assert!(ok, "{bin}: ivy's right password");
+    assert_eq!(
+        connect_to(bin, &mut s, echo.addr()),
+        2,
+        "{bin}: no rule allows ivy: refused by the ruleset (SOCKS5 status 2)"
+    );
+
+    assert!(
+        !login(bin, socks, "hank", "hank pw%42").0,
+        "{bin}: wrong password"
+    );
+    assert!(
+        !login(bin, socks, "nobody", "x").0,
+        "{bin}: unknown to the helper"
+    );
+    assert!(login(bin, socks, "alice", "secret").0, "{bin}: a [[user]]");
+    assert!(
+        !login(bin, socks, "alice", "hank pw%41").0,
+        "{bin}: a [[user]]'s wrong password"
+    );
+    // The helper's ERR and the [[user]]'s wrong password alike.
+    assert_eq!(
+        failures(bin, status, "wrong"),
+        3,
+        "{bin}: failures counted wrong"
+    );
+    assert_eq!(
+        failures(bin, status, "helper"),
+        0,
+        "{bin}: the helper never failed"
+    );
+}
+
+/// A helper that answers one login and exits (noting each start in a
+/// file): each next login is answered by a new process.
+fn a_helper_that_dies_is_started_again(bin: Bin) {
+    let dir = TempDir::new();
+    let starts = dir.path().join("starts");
+    let body = format!(
+        "echo started >> {:?}\nread u p\nif [ \"$p\" = good ]; then echo OK; else echo ERR; fi",
+        starts.display().to_string()
+    );
+    let helper = script(&dir, "once.sh", &body);
+    let auth = format!("{}\nhelpers = 1", helper_line(&[&helper]));
+    let (p, socks, status) = start(bin, "", &auth, "");
+    for name in ["u1", "u2", "u3"] {
+        assert!(
+            login(bin, socks, name, "good").0,
+            "{bin}: {name}'s login after the helper exited\nstderr:\n{}",
+            p.stderr_text()
+        );
+    }
+    assert!(!login(bin, socks, "u4", "bad").0, "{bin}: wrong password");
+    let started = std::fs::read_to_string(&starts)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    assert!(
+        started >= 4,
+        "{bin}: the helper was started {started} times for 4 logins"
+    );
+    assert_eq!(
+        failures(bin, status, "helper"),
+        0,
+        "{bin}: no login failed for the helper"
+    );
+    assert_eq!(
+        failures(bin, status, "wrong"),
+        1,
+        "{bin}: ERR counted wrong"
+    );
+}
+
+/// `BH` is a failure, and so is no answer within `helper_timeout`; both
+/// are counted `helper`, not `wrong`; the stalled process is replaced, so
+/// the logins after it are answered.
+fn a_helper_that_fails_or_does_not_answer_fails_the_login(bin: Bin) {
+    let dir = TempDir::new();
+    let helper = script(
+        &dir,
+        "moody.sh",
+        "while read u p; do\n\
+         case \"$u\" in\n\
+         bh) echo 'BH message=backend%20down' ;;\n\
+         silent) ;;\n\
+         *) echo OK ;;\n\
+         esac\n\
+         done",
+    );
+    let auth = format!(
+        "{}\nhelpers = 1\nhelper_timeout = \"300ms\"",
+        helper_line(&[&helper])
+    );
+    let (p, socks, status) = start(bin, "", &auth, "");
+    assert!(
+        !login(bin, socks, "bh", "x").0,
+        "{bin}: BH refuses the login"
+    );
+    assert_eq!(
+        failures(bin, status, "helper"),
+        1,
+        "{bin}: BH counted helper"
+    );
+    assert!(
+        !login(bin, socks, "silent", "x").0,
+        "{bin}: no answer refuses the login"
+    );
+    let counted = poll_until(PROMPTLY, EVERY, || {
+        (failures(bin, status, "helper") == 2).then_some(())
+    });
+    assert!(counted.is_some(), "{bin}: a timeout is counted helper");
+    assert!(
+        login(bin, socks, "after", "x").0,
+        "{bin}: the helper is started again after a timeout\nstderr:\n{}",
+        p.stderr_text()
+    );
+    assert_eq!(
+        failures(bin, status, "wrong"),
+        0,
+        "{bin}: none counted wrong"
+    );
+}
+
+/// `helper_concurrency = 4`: four logins at once go to one process, each
+/// with a channel id; the script answers only once it holds all four, in
+/// reverse order, and each login gets its own verdict.
+fn a_concurrent_helper_may_answer_out_of_order(bin: Bin) {
+    let dir = TempDir::new();
+    let helper = script(
+        &dir,
+        "reverse.sh",
+        "answer() { set -- $1; if [ \"$3\" = good ]; then echo \"$1 OK\"; else echo \"$1 ERR\"; fi; }\n\
+         while read a && read b && read c && read d; do\n\
+         for l in \"$d\" \"$c\" \"$b\" \"$a\"; do answer \"$l\"; done\n\
+         done",
+    );
+    let auth = format!(
+        "{}\nhelpers = 1\nhelper_concurrency = 4\nhelper_timeout = \"20s\"",
+        helper_line(&[&helper])
+    );
+    let (p, socks, status) = start(bin, "", &auth, "");
+    let logins = [("c1", "good"), ("c2", "bad"), ("c3", "good"), ("c4", "bad")];
+    let mut streams: Vec<TcpStream> = logins
+        .iter()
+        .map(|(n, pw)| start_login(bin, socks, n, pw))
+        .collect();
+    for ((name, pw), s) in logins.iter().zip(&mut streams) {
+        assert_eq!(
+            login_reply(bin, s, name),
+            *pw == "good",
+            "{bin}: {name}/{pw}\nstderr:\n{}",
+            p.stderr_text()
+        );
+    }
+    assert_eq!(failures(bin, status, "wrong"), 2, "{bin}: two ERR");
+    assert_eq!(failures(bin, status, "helper"), 0, "{bin}: no failure");
+}
