@@ -4,8 +4,8 @@
 //! over an htpasswd file made with `openssl passwd -apr1`; scripts written
 //! here for the helper that dies after each answer (started again), the
 //! one that never answers (a failure after `helper_timeout`), `BH`, and
-//! `helper_concurrency` answered out of order. What is observed: SOCKS5
-//! logins and requests, and `portico_auth_failures_total` on `/metrics`.
+//! `helper_concurrency` answered out of order. What is observed: SOCKS5 and
+//! telnet logins, SOCKS5 requests, and `portico_auth_failures_total` on `/metrics`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -23,7 +23,8 @@ both!(
     ncsa_helper_checks_users_not_in_user_tables,
     a_helper_that_dies_is_started_again,
     a_helper_that_fails_or_does_not_answer_fails_the_login,
-    a_concurrent_helper_may_answer_out_of_order
+    a_concurrent_helper_may_answer_out_of_order,
+    telnet_logins_ask_the_helper
 );
 
 const NCSA: &str = "/usr/lib/squid/basic_ncsa_auth";
@@ -35,10 +36,15 @@ const EVERY: Duration = Duration::from_millis(20);
 /// socks service with auth on (`ports[0]`) and a status service
 /// (`ports[1]`).
 fn config(ports: &[u16], limits: &str, auth: &str, extra: &str) -> String {
+    config_of("socks", ports, limits, auth, extra)
+}
+
+/// [`config`] with a service of `kind` (named after it) on `ports[0]`.
+fn config_of(kind: &str, ports: &[u16], limits: &str, auth: &str, extra: &str) -> String {
     format!(
         "{}\n[auth]\n{auth}\n{extra}{}{}",
         config_head(limits, ""),
-        service("socks", "socks", ports[0], "auth = true"),
+        service(kind, kind, ports[0], "auth = true"),
         service("status", "status", ports[1], "")
     )
 }
@@ -76,6 +82,11 @@ fn script(dir: &TempDir, name: &str, body: &str) -> std::path::PathBuf {
 /// (0 when absent).
 fn failures(bin: Bin, status: SocketAddr, reason: &str) -> u64 {
     let sample = format!("portico_auth_failures_total{{service=\"socks\",reason=\"{reason}\"}}");
+    metric(bin, status, &sample)
+}
+
+/// The value of the sample `sample` on `/metrics` (0 when absent).
+fn metric(bin: Bin, status: SocketAddr, sample: &str) -> u64 {
     let r = exchange(
         status,
         &format!("GET /metrics HTTP/1.1\r\nHost: {status}\r\nConnection: close\r\n\r\n"),
@@ -84,7 +95,7 @@ fn failures(bin: Bin, status: SocketAddr, reason: &str) -> u64 {
     assert_eq!(r.status, 200, "{bin}: GET /metrics: {r:?}");
     r.body
         .lines()
-        .find_map(|l| l.strip_prefix(&sample)?.strip_prefix(' ')?.parse().ok())
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0)
 }
 
@@ -340,4 +351,61 @@ fn a_concurrent_helper_may_answer_out_of_order(bin: Bin) {
     }
     assert_eq!(failures(bin, status, "wrong"), 2, "{bin}: two ERR");
     assert_eq!(failures(bin, status, "helper"), 0, "{bin}: no failure");
+}
+
+/// Reads from `s` until what was read ends with `end` (bounded by the
+/// socket's timeout); everything read.
+fn read_until_end(bin: Bin, s: &mut TcpStream, end: &[u8], what: &str) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0; 256];
+    while !got.ends_with(end) {
+        match s.read(&mut buf) {
+            Ok(0) => panic!(
+                "{bin}: {what}: closed after {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!(
+                "{bin}: {what}: {e} after {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    got
+}
+
+/// A telnet login of a user not in `[[user]]`: the helper's OK gives the
+/// gateway's prompt, its ERR `login incorrect`, counted `wrong`.
+fn telnet_logins_ask_the_helper(bin: Bin) {
+    let dir = TempDir::new();
+    let helper = script(
+        &dir,
+        "pw.sh",
+        "while read u p; do if [ \"$u $p\" = \"tina good%20one\" ]; then echo OK; else echo ERR; fi; done",
+    );
+    let (p, ports) = start_on_free_ports(bin, 2, StartOptions::default(), |ports| {
+        config_of("telnet", ports, "", &helper_line(&[&helper]), "")
+    });
+    let telnet = SocketAddr::from(([127, 0, 0, 1], ports[0]));
+    let status = SocketAddr::from(([127, 0, 0, 1], ports[1]));
+    let mut s = connect(telnet).unwrap_or_else(|e| panic!("{bin}: connect to telnet: {e}"));
+    read_until_end(bin, &mut s, b"login: ", "login prompt");
+    s.write_all(b"tina\r\n").expect("send the name");
+    read_until_end(bin, &mut s, b"password: ", "password prompt");
+    s.write_all(b"good one\r\n").expect("send the password");
+    let got = read_until_end(bin, &mut s, b"portico> ", "the gateway's prompt");
+    assert!(
+        !String::from_utf8_lossy(&got).contains("incorrect"),
+        "{bin}: tina's login: {got:?}\nstderr:\n{}",
+        p.stderr_text()
+    );
+    let mut s = connect(telnet).unwrap_or_else(|e| panic!("{bin}: connect to telnet: {e}"));
+    read_until_end(bin, &mut s, b"login: ", "login prompt");
+    s.write_all(b"tina\r\nbad\r\n").expect("send the login");
+    read_until_end(bin, &mut s, b"login incorrect\r\n", "a wrong password");
+    let wrong = "portico_auth_failures_total{service=\"telnet\",reason=\"wrong\"}";
+    let counted = poll_until(PROMPTLY, EVERY, || {
+        (metric(bin, status, wrong) == 1).then_some(())
+    });
+    assert!(counted.is_some(), "{bin}: {wrong} is not 1");
 }
