@@ -131,6 +131,11 @@ fn start(cfg: Arc<HelperConfig>) -> Option<Sender<Job>> {
     (started > 0).then_some(tx)
 }
 
+/// The helper's program, for messages.
+fn program(cfg: &HelperConfig) -> &str {
+    cfg.argv.first().map_or("(none)", String::as_str)
+}
+
 /// A running helper process and the requests it holds, by channel id.
 struct Running {
     child: Child,
@@ -246,11 +251,11 @@ fn manage(cfg: &HelperConfig, rx: &Mutex<Receiver<Job>>) {
                 if stalled {
                     log::warn!(
                         "the auth helper {} did not answer within {:?}; starting it again",
-                        cfg.argv[0],
+                        program(cfg),
                         cfg.timeout
                     );
                 } else {
-                    log::warn!("the auth helper {} exited; starting it again", cfg.argv[0]);
+                    log::warn!("the auth helper {} exited; starting it again", program(cfg));
                 }
                 for j in r.end() {
                     if j.retried {
@@ -303,7 +308,7 @@ fn manage(cfg: &HelperConfig, rx: &Mutex<Receiver<Job>>) {
                 Err(e) => {
                     log::warn!(
                         "cannot start the auth helper {}: {e}; check [auth] helper",
-                        cfg.argv[0]
+                        program(cfg)
                     );
                     job.answer(Answer::Failed);
                     // Not again at once: a missing program is not found
