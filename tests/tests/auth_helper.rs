@@ -24,7 +24,8 @@ both!(
     a_helper_that_dies_is_started_again,
     a_helper_that_fails_or_does_not_answer_fails_the_login,
     a_concurrent_helper_may_answer_out_of_order,
-    telnet_logins_ask_the_helper
+    telnet_logins_ask_the_helper,
+    answers_are_cached_and_a_reload_changes_the_helper
 );
 
 const NCSA: &str = "/usr/lib/squid/basic_ncsa_auth";
@@ -408,4 +409,80 @@ fn telnet_logins_ask_the_helper(bin: Bin) {
         (metric(bin, status, wrong) == 1).then_some(())
     });
     assert!(counted.is_some(), "{bin}: {wrong} is not 1");
+}
+
+/// The lines of `path` (none when it does not exist yet).
+fn lines_of(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+/// The helper's OK is cached (`[limits] auth_cache`): the same login
+/// again is not asked; a reload that names another helper empties the
+/// cache and the new program answers the next login.
+fn answers_are_cached_and_a_reload_changes_the_helper(bin: Bin) {
+    let dir = TempDir::new();
+    let (asked_a, asked_b) = (dir.path().join("a"), dir.path().join("b"));
+    let ok = script(
+        &dir,
+        "ok.sh",
+        &format!(
+            "while read u p; do echo \"$u\" >> {:?}; echo OK; done",
+            asked_a.display().to_string()
+        ),
+    );
+    let err = script(
+        &dir,
+        "err.sh",
+        &format!(
+            "while read u p; do echo \"$u\" >> {:?}; echo ERR; done",
+            asked_b.display().to_string()
+        ),
+    );
+    let (p, socks, status) = start(bin, "", &helper_line(&[&ok]), "");
+    assert!(login(bin, socks, "pat", "pw").0, "{bin}: the first login");
+    assert!(
+        login(bin, socks, "pat", "pw").0,
+        "{bin}: the same login again"
+    );
+    assert_eq!(lines_of(&asked_a), 1, "{bin}: the helper is asked once");
+    let checks = "portico_password_checks_total{service=\"socks\"}";
+    assert_eq!(metric(bin, status, checks), 1, "{bin}: {checks}");
+
+    let text = std::fs::read_to_string(p.config_path()).expect("read the configuration");
+    let reloads = |p: &Portico| {
+        p.stderr_lines()
+            .iter()
+            .filter(|l| l.contains("configuration reloaded"))
+            .count()
+    };
+    let before = reloads(&p);
+    std::fs::write(
+        p.config_path(),
+        text.replace(&helper_line(&[&ok]), &helper_line(&[&err])),
+    )
+    .expect("rewrite");
+    p.signal(libc::SIGHUP);
+    let reloaded = poll_until(PROMPTLY, EVERY, || (reloads(&p) > before).then_some(()));
+    assert!(
+        reloaded.is_some(),
+        "{bin}: no `configuration reloaded` line after SIGHUP\nstderr:\n{}",
+        p.stderr_text()
+    );
+    assert!(
+        !login(bin, socks, "pat", "pw").0,
+        "{bin}: after the reload the new helper refuses"
+    );
+    assert_eq!(
+        (lines_of(&asked_a), lines_of(&asked_b)),
+        (1, 1),
+        "{bin}: the new helper was asked, the old one not"
+    );
+    assert_eq!(
+        failures(bin, status, "wrong"),
+        1,
+        "{bin}: ERR counted wrong"
+    );
 }
