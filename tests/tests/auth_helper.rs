@@ -441,7 +441,9 @@ fn answers_are_cached_and_a_reload_changes_the_helper(bin: Bin) {
             asked_b.display().to_string()
         ),
     );
-    let (p, socks, status) = start(bin, "", &helper_line(&[&ok]), "");
+    // One worker: each event loop has a cache of its own.
+    let one = "[runtime]\nworkers = 1\n";
+    let (p, socks, status) = start(bin, "", &helper_line(&[&ok]), one);
     assert!(login(bin, socks, "pat", "pw").0, "{bin}: the first login");
     assert!(
         login(bin, socks, "pat", "pw").0,
