@@ -178,23 +178,6 @@ impl Logins<'_> {
             *self.failures.entry(reason).or_insert(0) += 1;
         }
     }
-
-    /// A whole login checked here and now, argon2 included: for the HTTP
-    /// proxy, whose machine cannot wait for a verdict yet.
-    pub fn login_blocking(
-        &mut self,
-        users: &mut Users,
-        name: &[u8],
-        password: &[u8],
-        now: std::time::Instant,
-    ) -> Verdict {
-        if let Some(v) = self.gate(now) {
-            return v;
-        }
-        let v = users.check_blocking(name, password, now);
-        self.settle(v, now);
-        v
-    }
 }
 
 /// What [`Users::check`] found out.
@@ -413,7 +396,8 @@ impl Users {
     }
 
     /// [`Users::check`] to the end, running argon2 here when needed: for
-    /// the HTTP proxy, whose machine cannot wait for a verdict yet.
+    /// the machines' own tests and the protocol fuzz target, which stand
+    /// in for a session and its runtime.
     pub fn check_blocking(
         &mut self,
         name: &[u8],
@@ -562,6 +546,16 @@ mod user_tests {
         assert_eq!(verdict(&mut v, b"bob", b"pw", t0), (Verdict::Ok, true));
     }
 
+    /// A whole login as a session settles it, argon2 run here.
+    fn login(l: &mut Logins, users: &mut Users, name: &[u8], pw: &[u8], at: Instant) -> Verdict {
+        if let Some(v) = l.gate(at) {
+            return v;
+        }
+        let v = users.check_blocking(name, pw, at);
+        l.settle(v, at);
+        v
+    }
+
     #[test]
     fn failures_throttle_an_address_for_a_minute_from_the_first() {
         let t0 = Instant::now();
@@ -579,7 +573,7 @@ mod user_tests {
         for i in 0..3 {
             let at = t0 + Duration::from_secs(10 * i);
             assert_eq!(
-                l.login_blocking(&mut users, b"alice", b"no", at),
+                login(&mut l, &mut users, b"alice", b"no", at),
                 Verdict::Wrong
             );
         }
@@ -587,17 +581,17 @@ mod user_tests {
         // after the first failure.
         let at = t0 + Duration::from_secs(30);
         assert_eq!(
-            l.login_blocking(&mut users, b"alice", b"secret", at),
+            login(&mut l, &mut users, b"alice", b"secret", at),
             Verdict::Throttled(30)
         );
         let at = t0 + Duration::from_millis(59_500);
         assert_eq!(
-            l.login_blocking(&mut users, b"alice", b"secret", at),
+            login(&mut l, &mut users, b"alice", b"secret", at),
             Verdict::Throttled(1)
         );
         let at = t0 + Duration::from_secs(60);
         assert_eq!(
-            l.login_blocking(&mut users, b"alice", b"secret", at),
+            login(&mut l, &mut users, b"alice", b"secret", at),
             Verdict::Ok
         );
         // Another address is not concerned.

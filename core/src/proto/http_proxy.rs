@@ -15,6 +15,8 @@
 //! ```text
 //! request side:   Head ──head parsed──► Body ──body done──► Sent ──response done──► Head
 //!                   │                    (no body: straight to Sent)
+//!                   ├─Proxy-Authorization (auth on)──► Checking ─ok─► on as parsed
+//!                   │                                      └─wrong (throttled)─► 407 (429), close
 //!                   ├─CONNECT allowed──► Tunnel (plain relay once connected)
 //!                   └─refused (400, 403, 407, 414, 431, 501)──► close after the reply
 //! response side:  Idle ──request sent──► Head ──1xx──► Head
@@ -47,6 +49,10 @@ enum Req {
     Sent,
     /// CONNECT or upgrade: waiting to become a byte tunnel.
     Tunnel,
+    /// A parsed head (of this many bytes, taken off the buffer) waiting
+    /// for the verdict on its Proxy-Authorization; the client's next bytes
+    /// stay in the buffer meanwhile.
+    Checking(Box<(request::Request, usize)>),
 }
 
 #[derive(Debug)]
@@ -202,7 +208,7 @@ impl HttpProxy {
                         }
                     }
                 }
-                Req::Sent | Req::Tunnel => return,
+                Req::Sent | Req::Tunnel | Req::Checking(_) => return,
             }
         }
     }
@@ -316,25 +322,55 @@ impl HttpProxy {
             c.upgrade = req.connection.upgrade && req.upgrade.is_some();
             c.html = req.accepts_html();
         }
-        let head_only = req.method == Method::Head;
         // Credentials first: a client that is not allowed learns nothing else.
         if scope.service.auth {
-            let verdict = match &req.proxy_auth {
-                request::ProxyAuth::Basic { user, password } => {
-                    let v = scope.logins.login_blocking(
-                        scope.users,
-                        user.as_bytes(),
-                        password.as_bytes(),
-                        scope.now,
-                    );
-                    if v == Verdict::Ok {
-                        self.user = Some(user.clone());
-                    }
-                    Some(v)
+            if let request::ProxyAuth::Basic { user, password } = &req.proxy_auth {
+                // The session checks the login (argon2 may run off the
+                // loop); nothing more is parsed until the verdict.
+                todo.push(Next::Authenticate {
+                    user: user.as_bytes().to_vec(),
+                    password: crate::auth::Secret(password.as_bytes().to_vec()),
+                });
+                self.req = Req::Checking(Box::new((req, len)));
+                return false;
+            }
+            let dest = authority_of(&req.target);
+            todo.push(Next::Refused(Cause::AuthRequired));
+            self.refuse_for(down, 407, Cause::AuthRequired, &dest, todo);
+            return false;
+        }
+        self.forward(req, len, up, down, scope, now, todo)
+    }
+
+    /// The verdict on the login of the request waiting in
+    /// [`Req::Checking`]: refused (429 when throttled, else 407), or
+    /// forwarded; then the client's bytes buffered meanwhile are parsed.
+    pub fn checked(
+        &mut self,
+        verdict: Verdict,
+        up: &mut Dir,
+        down: &mut Dir,
+        scope: &mut Scope,
+        now: Instant,
+        todo: &mut Vec<Next>,
+    ) {
+        if !matches!(self.req, Req::Checking(_)) {
+            return;
+        }
+        let Req::Checking(waiting) = std::mem::replace(&mut self.req, Req::Head) else {
+            return;
+        };
+        let (req, len) = *waiting;
+        match verdict {
+            Verdict::Ok => {
+                if let request::ProxyAuth::Basic { user, .. } = &req.proxy_auth {
+                    self.user = Some(user.clone());
                 }
-                _ => None,
-            };
-            if let Some(Verdict::Throttled(secs)) = verdict {
+                if self.forward(req, len, up, down, scope, now, todo) {
+                    self.client(up, down, scope, now, todo);
+                }
+            }
+            Verdict::Throttled(secs) => {
                 let dest = authority_of(&req.target);
                 todo.push(Next::Refused(Cause::Throttled));
                 let (html, head_only) = self
@@ -349,15 +385,29 @@ impl HttpProxy {
                     c.cause = Some(Cause::Throttled);
                 }
                 self.refuse(down, reply, 429, todo);
-                return false;
             }
-            if verdict != Some(Verdict::Ok) {
+            _ => {
                 let dest = authority_of(&req.target);
                 todo.push(Next::Refused(Cause::AuthRequired));
                 self.refuse_for(down, 407, Cause::AuthRequired, &dest, todo);
-                return false;
             }
         }
+    }
+
+    /// A request allowed to go on (its head taken, `len` bytes): answered
+    /// here, tunnelled or forwarded. Returns true if the loop may go on.
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &mut self,
+        req: request::Request,
+        len: usize,
+        up: &mut Dir,
+        down: &mut Dir,
+        scope: &mut Scope,
+        now: Instant,
+        todo: &mut Vec<Next>,
+    ) -> bool {
+        let head_only = req.method == Method::Head;
         // A request that names Portico in Via has come round in a loop.
         let looped = req.headers.get_all("via").any(names_portico);
         if looped {

@@ -138,47 +138,27 @@ impl Failure {
     }
 }
 
-/// What a protocol may consult: its service and the users.
+/// What a protocol may consult: its service and the users. (A login's
+/// verdict is the session's to find: [`Next::Authenticate`].)
 pub struct Scope<'a> {
     pub service: &'a Service,
     pub users: &'a mut Users,
-    /// The time of the call (the users' verdict cache expires).
-    pub now: std::time::Instant,
-    /// The client's failed logins, and the service's count of them.
-    pub logins: crate::auth::Logins<'a>,
 }
 
 /// What a machine's own tests and the protocol fuzz target lend it besides
-/// the service and its users: a ledger and failure counts of its own, for a
-/// client on localhost with the default throttle.
+/// the service and its users: nothing yet, and one place to add it.
 #[cfg(any(test, fuzzing, feature = "harness"))]
-pub(crate) struct Detached {
-    ledger: crate::ledger::Ledger,
-    failures: std::collections::BTreeMap<&'static str, u64>,
-}
+pub(crate) struct Detached;
 
 #[cfg(any(test, fuzzing, feature = "harness"))]
 impl Detached {
     pub(crate) fn new() -> Detached {
-        Detached {
-            ledger: crate::ledger::Ledger::default(),
-            failures: std::collections::BTreeMap::new(),
-        }
+        Detached
     }
 
-    /// A scope for one call, at the present instant.
+    /// A scope for one call.
     pub(crate) fn scope<'a>(&'a mut self, service: &'a Service, users: &'a mut Users) -> Scope<'a> {
-        Scope {
-            service,
-            users,
-            now: std::time::Instant::now(),
-            logins: crate::auth::Logins {
-                client: std::net::Ipv4Addr::LOCALHOST.into(),
-                ledger: &self.ledger,
-                limit: 10,
-                failures: &mut self.failures,
-            },
-        }
+        Scope { service, users }
     }
 }
 

@@ -664,7 +664,9 @@ mod tests {
             pending.drain(..n);
             if let Next::Authenticate { user, password } = &step {
                 // The session's part: the verdict, then the rest.
-                let v = scope.users.check_blocking(user, &password.0, scope.now);
+                let v = scope
+                    .users
+                    .check_blocking(user, &password.0, std::time::Instant::now());
                 step = t.checked(v, &mut reply);
                 if step == Next::Wait {
                     let (n, s) = t.input(&pending, &mut reply, &mut scope);

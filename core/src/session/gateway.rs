@@ -37,7 +37,7 @@ impl Session {
             return self.fail(why, cx);
         }
         let mut reply = Vec::new();
-        let mut scope = cx.scope(self.service, self.client.ip());
+        let mut scope = cx.scope(self.service);
         let next = p.start(&mut reply, &mut scope);
         self.method = p.method();
         self.down.say(&reply);
@@ -54,7 +54,7 @@ impl Session {
         };
         let data = self.up.buf.as_ref().map_or(&[][..], |b| b.data());
         let mut reply = Vec::new();
-        let mut scope = cx.scope(self.service, self.client.ip());
+        let mut scope = cx.scope(self.service);
         let (n, next) = p.input(data, &mut reply, &mut scope);
         self.method = p.method();
         if let Some(b) = self.up.buf.as_mut() {
@@ -80,16 +80,8 @@ impl Session {
             }
             Next::Connect { target, user } => self.request(target, user, cx),
             Next::Authenticate { user, password } => {
-                let (now, ip) = (cx.now, self.client.ip());
-                if let Some(v) = cx.logins(self.service, ip).gate(now) {
-                    return self.authenticated(v, cx);
-                }
-                match cx.users.check(&user, &password.0, now) {
-                    Check::Known(v) => {
-                        cx.logins(self.service, ip).settle(v, now);
-                        self.authenticated(v, cx)
-                    }
-                    Check::Ask(p) => self.ask_check(p, cx),
+                if let Some(v) = self.login(&user, &password, cx) {
+                    self.authenticated(v, cx)
                 }
             }
             Next::Close(outcome) => {
@@ -101,6 +93,31 @@ impl Session {
             _ => {
                 self.close_after_reply(Outcome::Error, cx);
                 self.sync(cx);
+            }
+        }
+    }
+
+    /// A login a machine asked about ([`Next::Authenticate`]): its verdict
+    /// when it is known at once (throttled, unknown user, plain password,
+    /// cached; counted), or none while the runtime checks the password.
+    pub(super) fn login(
+        &mut self,
+        user: &[u8],
+        password: &crate::auth::Secret,
+        cx: &mut Context,
+    ) -> Option<Verdict> {
+        let (now, ip) = (cx.now, self.client.ip());
+        if let Some(v) = cx.logins(self.service, ip).gate(now) {
+            return Some(v);
+        }
+        match cx.users.check(user, &password.0, now) {
+            Check::Known(v) => {
+                cx.logins(self.service, ip).settle(v, now);
+                Some(v)
+            }
+            Check::Ask(p) => {
+                self.ask_check(p, cx);
+                None
             }
         }
     }
@@ -146,6 +163,9 @@ impl Session {
     /// A login's verdict (counted already): told to the protocol, and
     /// then what the client sent meanwhile is its next step.
     fn authenticated(&mut self, v: Verdict, cx: &mut Context) {
+        if let Machine::Http(_) = self.machine {
+            return self.http_checked(v, cx);
+        }
         let Machine::Gateway(p) = &mut self.machine else {
             return;
         };

@@ -9,6 +9,9 @@
 //!
 //! ```text
 //! Talking ─a request: Next::Connect─► Resolving | Connecting ─Connected─► Filtering
+//! (a request with Proxy-Authorization: Next::Authenticate first; the
+//! session waits in its phase, reading nothing from the client, until the
+//! verdict, known at once or from the runtime's check)
 //! Filtering ─a request elsewhere: Next::Connect─► Resolving | Connecting ─► Filtering
 //!           ─Next::Relay (CONNECT's 200, a 101)─► Relay
 //!           ─Next::Close─► Closing;  ─client done and owed nothing─► (ended)
@@ -17,6 +20,7 @@
 use std::net::SocketAddr;
 
 use super::{Machine, Phase, Session};
+use crate::auth::Verdict;
 use crate::event::Action;
 use crate::proto::{Failure, Next};
 use crate::table::context::Context;
@@ -35,7 +39,7 @@ impl Session {
         };
         let mut todo = Vec::new();
         let now = cx.now;
-        let mut scope = cx.scope(self.service, self.client.ip());
+        let mut scope = cx.scope(self.service);
         h.client(&mut self.up, &mut self.down, &mut scope, now, &mut todo);
         self.http_todo(todo, cx);
     }
@@ -96,13 +100,52 @@ impl Session {
         self.http_todo(todo, cx);
     }
 
+    /// The verdict on the login of the request waiting for it: the
+    /// machine refuses the request or lets it go on, then parses what the
+    /// client sent meanwhile.
+    pub(super) fn http_checked(&mut self, v: Verdict, cx: &mut Context) {
+        if !matches!(
+            self.phase,
+            Phase::Talking | Phase::Filtering | Phase::Resolving | Phase::Connecting
+        ) {
+            // Already answered (a timeout): nothing waits for it.
+            return;
+        }
+        let Machine::Http(h) = &mut self.machine else {
+            return;
+        };
+        let mut todo = Vec::new();
+        let now = cx.now;
+        let mut scope = cx.scope(self.service);
+        h.checked(v, &mut self.up, &mut self.down, &mut scope, now, &mut todo);
+        self.http_todo(todo, cx);
+    }
+
     /// Carries out what the HTTP machine asked for.
     fn http_todo(&mut self, todo: Vec<Next>, cx: &mut Context) {
-        for next in todo {
+        // A login known at once lets the machine go on, and what it asks
+        // then is carried out in turn (a loop, not a recursion: pipelined
+        // requests may be many).
+        let mut todo = std::collections::VecDeque::from(todo);
+        while let Some(next) = todo.pop_front() {
             if self.ended {
                 return;
             }
             match next {
+                Next::Authenticate { user, password } => {
+                    let Some(v) = self.login(&user, &password, cx) else {
+                        // Asked of the runtime: on_password_checked goes on.
+                        continue;
+                    };
+                    let Machine::Http(h) = &mut self.machine else {
+                        continue;
+                    };
+                    let mut more = Vec::new();
+                    let now = cx.now;
+                    let mut scope = cx.scope(self.service);
+                    h.checked(v, &mut self.up, &mut self.down, &mut scope, now, &mut more);
+                    todo.extend(more);
+                }
                 Next::Connect { target, user } => {
                     if self.upstream.open {
                         self.close_upstream(cx);

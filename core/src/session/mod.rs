@@ -371,7 +371,10 @@ impl Session {
                     && self.throttle[0].is_none()
                     // A client that does not read its replies is not read
                     // either: what the core says to it stays bounded.
-                    && self.down.said() < SAID_MAX,
+                    && self.down.said() < SAID_MAX
+                    // An HTTP request waiting for its login's verdict:
+                    // what the client pipelines behind it waits unread.
+                    && !(self.checking.is_some() && matches!(self.machine, Machine::Http(_))),
                 self.down.has_data(),
             ),
             Side::Upstream if self.upstream_usable() => (

@@ -157,20 +157,11 @@ impl Context {
         }
     }
 
-    /// What a protocol machine of service `service` may consult, for a
-    /// client at `client`.
-    pub fn scope(&mut self, service: usize, client: std::net::IpAddr) -> Scope<'_> {
-        let info = &mut self.services[service];
+    /// What a protocol machine of service `service` may consult.
+    pub fn scope(&mut self, service: usize) -> Scope<'_> {
         Scope {
-            service: &info.conf,
+            service: &self.services[service].conf,
             users: &mut self.users,
-            now: self.now,
-            logins: Logins {
-                client,
-                ledger: &self.ledger,
-                limit: self.config.limits.auth_failures,
-                failures: &mut info.counters.auth_failures,
-            },
         }
     }
 
