@@ -13,6 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use portico_tests::data::base64;
 use portico_tests::reply::exchange;
 use portico_tests::{
     both, config_head, connect, echo_check, poll_until, require, run_tool, service,
@@ -25,6 +26,7 @@ both!(
     a_helper_that_fails_or_does_not_answer_fails_the_login,
     a_concurrent_helper_may_answer_out_of_order,
     telnet_logins_ask_the_helper,
+    http_proxy_logins_ask_the_helper,
     answers_are_cached_and_a_reload_changes_the_helper
 );
 
@@ -227,6 +229,76 @@ fn ncsa_helper_checks_users_not_in_user_tables(bin: Bin) {
         0,
         "{bin}: the helper never failed"
     );
+}
+
+/// The http proxy's logins take the same path: a name the helper knows
+/// is served (a CONNECT through to the echo server), a wrong password is
+/// 407 and counted `wrong`.
+fn http_proxy_logins_ask_the_helper(bin: Bin) {
+    let dir = TempDir::new();
+    let htpasswd = dir.write("htpasswd", &htpasswd_line("hank", "hank-pw"));
+    let echo = TestServer::start(Behaviour::Echo);
+    let auth = helper_line(&[Path::new(NCSA), &htpasswd]);
+    let port = echo.addr().port();
+    let (_p, ports) = start_on_free_ports(bin, 2, StartOptions::default(), |ports| {
+        format!(
+            "{}\n[auth]\n{auth}\n{}{}",
+            config_head("", ""),
+            service(
+                "http",
+                "http",
+                ports[0],
+                &format!("auth = true\nconnect_ports = [{port}]")
+            ),
+            service("status", "status", ports[1], "")
+        )
+    });
+    let (web, status) = (
+        SocketAddr::from(([127, 0, 0, 1], ports[0])),
+        SocketAddr::from(([127, 0, 0, 1], ports[1])),
+    );
+    let connect = |credentials: &str| -> (TcpStream, String) {
+        let mut s = portico_tests::connect(web).unwrap_or_else(|e| panic!("{bin}: connect: {e}"));
+        let basic = base64(credentials.as_bytes());
+        let dest = echo.addr();
+        s.write_all(
+            format!(
+                "CONNECT {dest} HTTP/1.1\r\nHost: {dest}\r\nProxy-Authorization: Basic {basic}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap_or_else(|e| panic!("{bin}: send CONNECT: {e}"));
+        // The head: a 200 is all there is before the tunnel; a 407 has a
+        // body and the close after it.
+        let mut got = Vec::new();
+        let mut buf = [0; 512];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("{bin}: the CONNECT reply: {e}"),
+            }
+        }
+        (s, String::from_utf8_lossy(&got).into_owned())
+    };
+    let (mut s, head) = connect("hank:hank-pw");
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "{bin}: hank through the helper: {head}"
+    );
+    echo_check(&mut s, b"an http tunnel after the helper's OK")
+        .unwrap_or_else(|e| panic!("{bin}: relay for hank: {e}"));
+    let (_s, head) = connect("hank:wrong");
+    assert!(
+        head.starts_with("HTTP/1.1 407"),
+        "{bin}: a wrong password: {head}"
+    );
+    let http_failures = |reason: &str| {
+        let sample = format!("portico_auth_failures_total{{service=\"http\",reason=\"{reason}\"}}");
+        metric(bin, status, &sample)
+    };
+    assert_eq!(http_failures("wrong"), 1, "{bin}: counted wrong");
+    assert_eq!(http_failures("helper"), 0, "{bin}: the helper never failed");
 }
 
 /// A helper that answers one login and exits (noting each start in a

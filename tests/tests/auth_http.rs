@@ -12,6 +12,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use portico_tests::data::base64;
 use portico_tests::reply::{exchange, Reply};
 use portico_tests::{
     both, config_head, connect, poll_until, run_cli, service, start_on_free_ports, Bin,
@@ -33,25 +34,7 @@ const N: usize = 8;
 
 /// `Basic` credentials for `user:password` (RFC 7617).
 fn basic(user: &str, password: &str) -> String {
-    const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let raw = format!("{user}:{password}").into_bytes();
-    let mut out = String::new();
-    for chunk in raw.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ABC[(n >> (18 - 6 * i)) as usize & 63]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    base64(format!("{user}:{password}").as_bytes())
 }
 
 /// A GET of `/healthz` on `status` through the proxy, as `user:password`.

@@ -18,6 +18,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use portico_tests::data::base64;
 use portico_tests::logline::AccessLine;
 use portico_tests::net::LOCALHOST;
 use portico_tests::{
@@ -114,28 +115,6 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 fn invalid(msg: String) -> io::Error {
     io::Error::new(ErrorKind::InvalidData, msg)
-}
-
-/// Standard base64 with padding.
-fn base64(input: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in input.chunks(3) {
-        let b = [
-            c[0],
-            c.get(1).copied().unwrap_or(0),
-            c.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// A socket with a read buffer: heads, exact counts, chunked bodies (raw,
