@@ -6,8 +6,8 @@
 //! loop's [`Inbox`] (as resolved names); `portico-threaded`'s connection
 //! threads wait for theirs ([`Checkers::check`]), without the lock.
 
-use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{sync_channel, Sender, SyncSender};
+use std::sync::Arc;
 
 use portico_core::auth::{verify_password, Secret};
 use portico_core::{ConnId, Event};
@@ -39,41 +39,23 @@ pub struct Checkers {
 }
 
 /// The threads of a [`Checkers`] pool, not started yet (see
-/// [`crate::resolver::Unstarted`]: started once privileges are given up).
-pub struct Unstarted {
-    rx: Receiver<Job>,
-}
+/// [`crate::pool`]: started once privileges are given up).
+pub struct Unstarted(crate::pool::Unstarted<Job>);
 
 impl Unstarted {
     /// Starts `threads` threads.
     pub fn start(self, threads: usize) -> std::io::Result<()> {
-        let rx = Arc::new(Mutex::new(self.rx));
-        for i in 0..threads {
-            let rx = rx.clone();
-            std::thread::Builder::new()
-                .name(format!("password-{i}"))
-                .spawn(move || {
-                    yield_to_relaying();
-                    loop {
-                        let job = match rx.lock() {
-                            Ok(rx) => rx.recv(),
-                            Err(_) => return,
-                        };
-                        let Ok(job) = job else { return };
-                        let ok = verify_password(&job.phc, &job.password.0);
-                        match job.reply {
-                            Reply::Inbox(conn, to) => {
-                                to.answer(Event::PasswordChecked { conn, ok })
-                            }
-                            // The asker may have gone; nobody is left to tell.
-                            Reply::Wait(tx) => {
-                                let _ = tx.send(ok);
-                            }
-                        }
+        self.0
+            .start(threads, "password", yield_to_relaying, |job: Job| {
+                let ok = verify_password(&job.phc, &job.password.0);
+                match job.reply {
+                    Reply::Inbox(conn, to) => to.answer(Event::PasswordChecked { conn, ok }),
+                    // The asker may have gone; nobody is left to tell.
+                    Reply::Wait(tx) => {
+                        let _ = tx.send(ok);
                     }
-                })?;
-        }
-        Ok(())
+                }
+            })
     }
 }
 
@@ -92,8 +74,8 @@ fn yield_to_relaying() {
 impl Checkers {
     /// A pool whose threads start with [`Unstarted::start`].
     pub fn new() -> (Checkers, Unstarted) {
-        let (tx, rx) = channel::<Job>();
-        (Checkers { jobs: tx }, Unstarted { rx })
+        let (jobs, threads) = crate::pool::new();
+        (Checkers { jobs }, Unstarted(threads))
     }
 
     /// Asks for a check of `password` against `phc` for connection `conn`;
@@ -134,6 +116,7 @@ impl Clone for Checkers {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::mpsc::channel;
 
     #[test]
     fn verdicts_come_back_to_whoever_asked() {

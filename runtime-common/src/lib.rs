@@ -46,6 +46,7 @@ pub mod helpers;
 pub mod net;
 pub mod notify;
 pub mod pair;
+pub mod pool;
 pub mod privileges;
 pub mod process;
 pub mod resolver;

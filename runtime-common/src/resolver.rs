@@ -5,7 +5,7 @@
 //! to the loop that asked.
 
 use std::net::ToSocketAddrs;
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
 use portico_core::{ConnId, Event};
@@ -66,40 +66,27 @@ pub struct Resolvers {
     jobs: Sender<Job>,
 }
 
-/// The threads of a [`Resolvers`] pool, not started yet: the askers can be
-/// set up before the process has given up its privileges, and the threads
-/// started after (capabilities are per thread; see [`crate::privileges`]).
-/// Names asked for meanwhile wait for them.
-pub struct Unstarted {
-    rx: Receiver<Job>,
-}
+/// The threads of a [`Resolvers`] pool, not started yet (see
+/// [`crate::pool`]).
+pub struct Unstarted(crate::pool::Unstarted<Job>);
 
 impl Unstarted {
     /// Starts `threads` threads.
     pub fn start(self, threads: usize) -> std::io::Result<()> {
-        let rx = Arc::new(Mutex::new(self.rx));
-        for i in 0..threads {
-            let rx = rx.clone();
-            std::thread::Builder::new()
-                .name(format!("resolver-{i}"))
-                .spawn(move || loop {
-                    let job = match rx.lock() {
-                        Ok(rx) => rx.recv(),
-                        Err(_) => return,
-                    };
-                    let Ok(job) = job else { return };
-                    job.to.answer(resolve(job.conn, &job.host, job.port));
-                })?;
-        }
-        Ok(())
+        self.0.start(
+            threads,
+            "resolver",
+            || {},
+            |job: Job| job.to.answer(resolve(job.conn, &job.host, job.port)),
+        )
     }
 }
 
 impl Resolvers {
     /// A pool whose threads start with [`Unstarted::start`].
     pub fn new() -> (Resolvers, Unstarted) {
-        let (tx, rx) = channel::<Job>();
-        (Resolvers { jobs: tx }, Unstarted { rx })
+        let (jobs, threads) = crate::pool::new();
+        (Resolvers { jobs }, Unstarted(threads))
     }
 
     /// Starts `threads` threads.

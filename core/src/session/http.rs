@@ -19,7 +19,7 @@
 
 use std::net::SocketAddr;
 
-use super::{Machine, Phase, Session};
+use super::{Dir, HttpProxy, Machine, Phase, Session};
 use crate::auth::Verdict;
 use crate::event::Action;
 use crate::proto::{Failure, Next};
@@ -28,6 +28,26 @@ use crate::table::context::Context;
 impl Session {
     /// Runs the HTTP machine over what the client has sent.
     pub(super) fn http_client(&mut self, cx: &mut Context) {
+        self.http_request_step(cx, |h, up, down, scope, now, todo| {
+            h.client(up, down, scope, now, todo)
+        });
+    }
+
+    /// One step of the request side that may need the service's scope
+    /// (the client's bytes, a login's verdict), while a request is still
+    /// being answered; afterwards (a timeout answered it) nothing waits.
+    fn http_request_step(
+        &mut self,
+        cx: &mut Context,
+        step: impl FnOnce(
+            &mut HttpProxy,
+            &mut Dir,
+            &mut Dir,
+            &mut crate::proto::Scope,
+            std::time::Instant,
+            &mut Vec<Next>,
+        ),
+    ) {
         if !matches!(
             self.phase,
             Phase::Talking | Phase::Filtering | Phase::Resolving | Phase::Connecting
@@ -40,12 +60,10 @@ impl Session {
         let mut todo = Vec::new();
         let now = cx.now;
         let mut scope = cx.scope(self.service);
-        h.client(&mut self.up, &mut self.down, &mut scope, now, &mut todo);
+        step(h, &mut self.up, &mut self.down, &mut scope, now, &mut todo);
         self.http_todo(todo, cx);
     }
 
-    /// Runs the HTTP machine over what the upstream has sent (`eof`: and
-    /// no more will come), while filtering.
     pub(super) fn http_server(&mut self, eof: bool, cx: &mut Context) {
         if self.phase != Phase::Filtering {
             return;
@@ -104,21 +122,9 @@ impl Session {
     /// machine refuses the request or lets it go on, then parses what the
     /// client sent meanwhile.
     pub(super) fn http_checked(&mut self, v: Verdict, cx: &mut Context) {
-        if !matches!(
-            self.phase,
-            Phase::Talking | Phase::Filtering | Phase::Resolving | Phase::Connecting
-        ) {
-            // Already answered (a timeout): nothing waits for it.
-            return;
-        }
-        let Machine::Http(h) = &mut self.machine else {
-            return;
-        };
-        let mut todo = Vec::new();
-        let now = cx.now;
-        let mut scope = cx.scope(self.service);
-        h.checked(v, &mut self.up, &mut self.down, &mut scope, now, &mut todo);
-        self.http_todo(todo, cx);
+        self.http_request_step(cx, |h, up, down, scope, now, todo| {
+            h.checked(v, up, down, scope, now, todo)
+        });
     }
 
     /// Carries out what the HTTP machine asked for.
