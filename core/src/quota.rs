@@ -13,6 +13,17 @@
 //! whose period ended before the load is dropped; the runtime only reads
 //! and writes the file.
 //!
+//! With `[state] redis` several instances share their counts: each adds
+//! what it counted since the last round to one Redis key per quota,
+//! subject and period ([`Share`], [`shared_key`]) and reads the totals
+//! back ([`Book::merge_totals`]). This module decides the keys, what is
+//! still to be added, and how a total read back meets the local count;
+//! the runtime only talks to Redis, off the data path. Invariant: a
+//! count's `used` never goes down within its period (a total read back
+//! lower than the local count, say after Redis lost its data, leaves the
+//! local count as it is), and `unshared` holds only what was counted here
+//! and is not yet in the shared total.
+//!
 //! A period's end is computed in local time with the UTC offset in force
 //! when the count starts; a count crossing a change of offset (daylight
 //! saving) ends at the hour the old offset said.
@@ -28,6 +39,16 @@ use crate::rules::Wall;
 /// How often the counts are written to `[state] dir` (at most this much
 /// counting is lost to a `kill -9`).
 pub const SAVE_EVERY: Duration = Duration::from_secs(10);
+
+/// How often the counts are shared through `[state] redis`.
+pub const SHARE_EVERY: Duration = Duration::from_secs(1);
+
+/// The prefix of every key Portico keeps in Redis.
+pub const SHARED_PREFIX: &str = "portico:quota:";
+
+/// A shared count's key outlives its period by this much, so that an
+/// instance whose clock is a little behind still finds it.
+const SHARED_GRACE_SECS: i64 = 3600;
 
 /// The state file's name in `[state] dir`.
 pub const STATE_FILE: &str = "quotas.state";
@@ -122,11 +143,79 @@ pub struct Count {
 }
 
 /// The counts: (quota name, subject) → count. `changed`: something was
-/// counted since the last [`Book::take_changed`].
+/// counted since the last [`Book::take_changed`]. With sharing on,
+/// `unshared` holds, per count, the bytes counted here that are not yet
+/// in the shared total (and the period they belong to).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Book {
     counts: BTreeMap<(String, String), Count>,
     changed: bool,
+    sharing: bool,
+    unshared: BTreeMap<(String, String), Count>,
+}
+
+/// Bytes one instance adds to a shared count: `used` more for `subject`
+/// in `quota`'s period ending at `end`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    pub quota: String,
+    pub subject: String,
+    pub end: i64,
+    pub add: u64,
+}
+
+impl Share {
+    /// The Redis key of the count this adds to.
+    pub fn key(&self) -> String {
+        shared_key(&self.quota, self.end, &self.subject)
+    }
+
+    /// When the key may go (seconds since the epoch): a while after its
+    /// period.
+    pub fn expire_at(&self) -> i64 {
+        self.end.saturating_add(SHARED_GRACE_SECS)
+    }
+}
+
+/// `portico:quota:QUOTA:END:SUBJECT`: one key per quota, subject and
+/// period (named by its end, seconds since the epoch); names escaped so
+/// that a `:` in them cannot shift the fields.
+pub fn shared_key(quota: &str, end: i64, subject: &str) -> String {
+    format!(
+        "{SHARED_PREFIX}{}:{end}:{}",
+        key_escape(quota),
+        key_escape(subject)
+    )
+}
+
+/// (quota, period end, subject) of a key [`shared_key`] made; `None` for
+/// anything else found under the prefix.
+pub fn parse_shared_key(key: &str) -> Option<(String, i64, String)> {
+    let rest = key.strip_prefix(SHARED_PREFIX)?;
+    let mut f = rest.splitn(3, ':');
+    let quota = unescape(f.next()?)?;
+    let end_text = f.next()?;
+    if end_text.is_empty() || !end_text.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
+        return None;
+    }
+    let end = end_text.parse().ok()?;
+    let subject = unescape(f.next()?)?;
+    (!quota.is_empty() && !subject.is_empty()).then_some((quota, end, subject))
+}
+
+/// `%`, `:` and control characters as `%XX`.
+fn key_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '%' | ':' => out.push_str(&format!("%{:02X}", c as u32)),
+            c if c.is_control() && (c as u32) < 0x100 => {
+                out.push_str(&format!("%{:02X}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The (quota, subject) pairs a connection of `user` from `client` counts
@@ -175,6 +264,91 @@ impl Book {
         }
         c.used = c.used.saturating_add(n);
         self.changed = true;
+        if self.sharing {
+            let end = c.end;
+            let key = (quota.name.clone(), subject.to_string());
+            let u = self.unshared.entry(key).or_insert(Count { used: 0, end });
+            if u.end != end {
+                // What was left of an ended period is not worth adding.
+                *u = Count { used: 0, end };
+            }
+            u.used = u.used.saturating_add(n);
+        }
+    }
+
+    /// From now on, keeps what is counted here until it is shared.
+    pub fn share(&mut self) {
+        self.sharing = true;
+    }
+
+    /// What was counted here since it was last added to the shared
+    /// totals, for the counts of periods not yet ended at `wall` (what is
+    /// left of an ended period is dropped). Stays counted as unshared
+    /// until [`Book::shared`] says it went.
+    pub fn unshared(&mut self, wall: Wall) -> Vec<Share> {
+        self.unshared
+            .retain(|_, u| u.end > wall.unix_secs && u.used > 0);
+        self.unshared
+            .iter()
+            .map(|((q, s), u)| Share {
+                quota: q.clone(),
+                subject: s.clone(),
+                end: u.end,
+                add: u.used,
+            })
+            .collect()
+    }
+
+    /// `sent` (from [`Book::unshared`]) is in the shared totals now; what
+    /// was counted meanwhile stays to be shared.
+    pub fn shared(&mut self, sent: &[Share]) {
+        for s in sent {
+            let key = (s.quota.clone(), s.subject.clone());
+            if let Some(u) = self.unshared.get_mut(&key) {
+                if u.end == s.end {
+                    u.used = u.used.saturating_sub(s.add);
+                }
+            }
+        }
+        self.unshared.retain(|_, u| u.used > 0);
+    }
+
+    /// Meets the shared totals read back from Redis (key, bytes): each
+    /// count of a period not ended becomes the total plus what was
+    /// counted here and is not in it yet, unless it is already more.
+    /// Keys that are not Portico's, or of an ended period, are passed
+    /// over; so is a total for a period other than the local count's
+    /// current one (an instance in another time zone).
+    pub fn merge_totals(&mut self, totals: &[(String, u64)], wall: Wall) {
+        self.counts.retain(|_, c| c.end > wall.unix_secs);
+        for (key, total) in totals {
+            let Some((q, end, s)) = parse_shared_key(key) else {
+                continue;
+            };
+            if end <= wall.unix_secs {
+                continue;
+            }
+            let k = (q, s);
+            let pending = self
+                .unshared
+                .get(&k)
+                .filter(|u| u.end == end)
+                .map_or(0, |u| u.used);
+            let want = total.saturating_add(pending);
+            match self.counts.get_mut(&k) {
+                Some(c) if c.end != end => {}
+                Some(c) => {
+                    if want > c.used {
+                        c.used = want;
+                        self.changed = true;
+                    }
+                }
+                None => {
+                    self.counts.insert(k, Count { used: want, end });
+                    self.changed = true;
+                }
+            }
+        }
     }
 
     /// The bytes `subject` used in `quota`'s current period.
@@ -536,5 +710,92 @@ mod tests {
         assert!(subjects(&quotas, Some("bob"), [192, 168, 0, 1].into()).is_empty());
         let mapped: IpAddr = "::ffff:10.1.2.3".parse().expect("ip");
         assert_eq!(subjects(&quotas, None, mapped)[0].1, "10.1.2.3");
+    }
+
+    #[test]
+    fn shared_keys_name_quota_period_and_subject() {
+        let k = shared_key("da:ily%", 1_796_256_000, "2001:db8::1");
+        assert_eq!(k, "portico:quota:da%3Aily%25:1796256000:2001%3Adb8%3A%3A1");
+        assert_eq!(
+            parse_shared_key(&k),
+            Some(("da:ily%".into(), 1_796_256_000, "2001:db8::1".into()))
+        );
+        for bad in [
+            "portico:quota:daily:soon:alice",
+            "portico:quota:daily:1796256000",
+            "portico:quota::1796256000:alice",
+            "portico:quota:daily:1796256000:",
+            "portico:quota:da%4:1796256000:alice",
+            "other:daily:1796256000:alice",
+        ] {
+            assert_eq!(parse_shared_key(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn what_is_counted_is_shared_once() {
+        let q = quota(Per::Day, 1000);
+        let w = wall(WED_NOON, 0);
+        let mut b = Book::default();
+        b.add(&q, "alice", 7, w);
+        assert!(b.unshared(w).is_empty(), "not sharing: nothing kept");
+        b.share();
+        b.add(&q, "alice", 100, w);
+        let round = b.unshared(w);
+        assert_eq!(round.len(), 1);
+        assert_eq!(round[0].add, 100);
+        assert_eq!(
+            round[0].key(),
+            shared_key("daily", Per::Day.end(w), "alice")
+        );
+        assert_eq!(round[0].expire_at(), Per::Day.end(w) + 3600);
+        // Counted while the round was on its way: shared at the next one.
+        b.add(&q, "alice", 5, w);
+        b.shared(&round);
+        let next = b.unshared(w);
+        assert_eq!(next.iter().map(|s| s.add).collect::<Vec<_>>(), [5]);
+        b.shared(&next);
+        assert!(b.unshared(w).is_empty());
+        // A round that failed is not said to be shared: it stays.
+        b.add(&q, "alice", 9, w);
+        assert_eq!(b.unshared(w)[0].add, 9);
+        assert_eq!(b.unshared(w)[0].add, 9);
+    }
+
+    #[test]
+    fn totals_read_back_raise_the_counts() {
+        let q = quota(Per::Day, 1000);
+        let w = wall(WED_NOON, 0);
+        let end = Per::Day.end(w);
+        let mut b = Book::default();
+        b.share();
+        b.add(&q, "alice", 100, w);
+        let round = b.unshared(w);
+        b.shared(&round);
+        b.add(&q, "alice", 10, w);
+        b.take_changed();
+        // Redis holds our 100 and another instance's 500; our 10 are on
+        // their way.
+        let totals = vec![
+            (shared_key("daily", end, "alice"), 600),
+            (shared_key("daily", end, "bob"), 2000),
+            (shared_key("daily", end - 86_400, "carol"), 50),
+            ("portico:quota:junk".to_string(), 1),
+        ];
+        b.merge_totals(&totals, w);
+        assert_eq!(b.used("daily", "alice", w), 610);
+        assert!(b.reached(&q, "bob", w), "a subject only others counted");
+        assert_eq!(b.used("daily", "carol", w), 0, "an ended period");
+        assert!(b.take_changed(), "the state file learns the totals too");
+        // A lower total (Redis lost its data) never lowers a count.
+        b.merge_totals(&[(shared_key("daily", end, "alice"), 3)], w);
+        assert_eq!(b.used("daily", "alice", w), 610);
+        // A total for another period than ours (another time zone) is
+        // passed over.
+        b.merge_totals(&[(shared_key("daily", end + 3600, "alice"), 5000)], w);
+        assert_eq!(b.used("daily", "alice", w), 610);
+        // What is left of an ended period is not shared.
+        let later = wall(end + 1, 0);
+        assert!(b.unshared(later).is_empty());
     }
 }

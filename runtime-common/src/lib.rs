@@ -50,6 +50,7 @@ pub mod pool;
 pub mod privileges;
 pub mod process;
 pub mod resolver;
+pub mod share;
 pub mod signals;
 pub mod slots;
 pub mod splice;

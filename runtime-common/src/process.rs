@@ -270,6 +270,7 @@ impl portico_core::cli::System for Process {
         // else is said.
         let served = diagnostics::configure(&plan.config.log).and_then(|()| (self.run)(plan));
         // The quotas' last counts, however the serving ended.
+        crate::share::share_at_exit();
         crate::state::save_at_exit();
         served.unwrap_or_else(|e| {
             log(Level::Error, &e);
@@ -313,6 +314,7 @@ impl Start {
         let now = Instant::now();
         let ledger = Ledger::new(workers);
         crate::state::load(&ledger, &plan.config)?;
+        crate::share::prepare(&ledger, &plan.config)?;
         let mut others = Vec::new();
         for k in 1..workers {
             let out = Output::open_for(&plan)?;
@@ -382,6 +384,7 @@ pub fn assume(credentials: Option<&Credentials>) -> Result<(), String> {
 pub fn ready(ledger: Ledger) -> Result<(), String> {
     crate::notify::tell(&portico_core::process::Notice::Ready);
     crate::state::start_saving()?;
+    crate::share::start()?;
     crate::notify::start_status(ledger)
 }
 

@@ -203,6 +203,69 @@ pub struct HelperConfig {
 pub struct StateConfig {
     /// `dir`: none keeps the counts in memory only.
     pub dir: Option<PathBuf>,
+    /// `redis`: the URL of the Redis (or Valkey) the counts are shared
+    /// through; none shares nothing.
+    pub redis: Option<RedisUrl>,
+}
+
+/// A `redis://` or `redis+unix://` URL, kept whole for the client and
+/// shown without its password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    /// Checks the form only (scheme, something after it); the client
+    /// reads the rest.
+    pub fn parse(s: &str) -> Result<RedisUrl, String> {
+        if s.starts_with("rediss://") || s.starts_with("valkeys://") {
+            return Err(format!(
+                "\"{}\": TLS to Redis is not built in; reach it over loopback, a unix socket \
+                 (redis+unix:///run/redis/redis.sock) or a tunnel",
+                RedisUrl(s.to_string()).shown()
+            ));
+        }
+        let rest = [
+            "redis://",
+            "valkey://",
+            "redis+unix://",
+            "valkey+unix://",
+            "unix://",
+        ]
+        .iter()
+        .find_map(|p| s.strip_prefix(p));
+        match rest {
+            Some(r) if !r.is_empty() && !r.contains(char::is_whitespace) => {
+                Ok(RedisUrl(s.to_string()))
+            }
+            _ => Err(format!(
+                "\"{}\" is not a Redis URL; write it like \"redis://127.0.0.1:6379/0\" or \
+                 \"redis+unix:///run/redis/redis.sock\"",
+                RedisUrl(s.to_string()).shown()
+            )),
+        }
+    }
+
+    /// The URL as the client takes it (with any password).
+    pub fn full(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL for logs and errors: a password in it is replaced by `***`.
+    pub fn shown(&self) -> String {
+        let s = &self.0;
+        let Some((scheme, rest)) = s.split_once("://") else {
+            return s.clone();
+        };
+        let host_end = rest.find('/').unwrap_or(rest.len());
+        match rest[..host_end].rfind('@') {
+            Some(at) => {
+                let user = rest[..at].split(':').next().unwrap_or("");
+                let sep = if rest[..at].contains(':') { ":***" } else { "" };
+                format!("{scheme}://{user}{sep}@{}", &rest[at + 1..])
+            }
+            None => s.clone(),
+        }
+    }
 }
 
 /// One `[[quota]]`: a byte count per user (or client address) and period.

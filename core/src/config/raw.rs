@@ -43,6 +43,7 @@ pub struct RawAuth {
 #[serde(deny_unknown_fields)]
 pub struct RawState {
     pub dir: Option<S<String>>,
+    pub redis: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -661,6 +661,8 @@ const CASES: &[Case] = &[
     ("quota twice", &[MINIMAL, "[[quota]]", "name = \"q\"", "clients = [\"10.0.0.0/8\"]", "bytes = \"1GiB\"", "per = \"day\"", "[[quota]]", "name = \"q\"", "clients = [\"10.0.0.0/8\"]", "bytes = \"1GiB\"", "per = \"day\""], 12, 8, "quota 'q' is defined twice"),
     ("state dir relative", &["[state]", "dir = \"var/lib\""], 2, 7, "state.dir: \"var/lib\" is not an absolute path"),
     ("state dir empty", &["[state]", "dir = \"\""], 2, 7, "state.dir: empty"),
+    ("state redis tls", &["[state]", "redis = \"rediss://:pw@r.example:6380\""], 2, 9, "state.redis: \"rediss://:***@r.example:6380\": TLS to Redis is not built in"),
+    ("state redis not a url", &["[state]", "redis = \"127.0.0.1:6379\""], 2, 9, "state.redis: \"127.0.0.1:6379\" is not a Redis URL"),
 
     // kinds not implemented: the last check of all
     ("udp destination name", &["[[service]]", "name = \"dns\"", M, "port = 53", "destination = \"dns.example.net:53\"", "protocol = \"udp\""], 5, 15, "a udp mapped port needs an IP address as its destination"),
@@ -701,7 +703,16 @@ fn quotas_and_state() {
             },
         ]
     );
+    let shared = parse(
+        &format!("{MINIMAL}\n[state]\nredis = \"redis://portico:pw@10.0.0.5:6379/2\"\n"),
+        "t.toml",
+    )
+    .expect("valid");
+    let url = shared.state.redis.expect("a redis URL");
+    assert_eq!(url.full(), "redis://portico:pw@10.0.0.5:6379/2");
+    assert_eq!(url.shown(), "redis://portico:***@10.0.0.5:6379/2");
     let none = parse(MINIMAL, "t.toml").expect("valid");
+    assert_eq!(none.state.redis, None);
     assert_eq!(
         (none.limits.max_per_user, none.state.dir, none.quotas.len()),
         (None, None, 0)

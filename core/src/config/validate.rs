@@ -232,10 +232,11 @@ pub(super) fn check(root: Node, sources: &Sources, check_kinds: bool) -> Result<
         }
         quotas.push(quota);
     }
-    let state = match raw.state.as_ref().and_then(|s| s.dir.as_ref()) {
-        None => StateConfig::default(),
-        Some(d) => StateConfig {
-            dir: Some(cx.named("state.dir", d, |s| {
+    let raw_state = raw.state.as_ref();
+    let state = StateConfig {
+        dir: match raw_state.and_then(|s| s.dir.as_ref()) {
+            None => None,
+            Some(d) => Some(cx.named("state.dir", d, |s| {
                 match s.as_str() {
                     "" => Err("empty; give a directory Portico may write, e.g. \
                            \"/var/lib/portico\", or leave it out to keep counts in memory"
@@ -247,6 +248,10 @@ pub(super) fn check(root: Node, sources: &Sources, check_kinds: bool) -> Result<
                     _ => Ok(PathBuf::from(s)),
                 }
             })?),
+        },
+        redis: match raw_state.and_then(|s| s.redis.as_ref()) {
+            None => None,
+            Some(r) => Some(cx.named("state.redis", r, |s| crate::config::RedisUrl::parse(s))?),
         },
     };
 
