@@ -226,14 +226,30 @@ pub fn explain(
         None => out.push_str("rule: none (no rule matched: a request no rule matches is denied)\n"),
     }
     if allowed {
-        // Upstream proxies and quotas are not part of this version: what
-        // would choose them has nothing to choose from.
+        // Upstream proxies are not part of this version: what would
+        // choose one has nothing to choose from.
         out.push_str("parent: none\n");
         match rate {
             Some(r) => {
                 let _ = writeln!(out, "rate: {r} bytes/s each way");
             }
             None => out.push_str("rate: none\n"),
+        }
+        // The quotas the request would count in (whether one is used up
+        // only the running proxy knows: its /quotas).
+        let counted = crate::quota::subjects(&config.quotas, q.user.as_deref(), q.client);
+        if counted.is_empty() {
+            out.push_str("quota: none\n");
+        }
+        for (name, subject) in &counted {
+            if let Some(quota) = config.quotas.iter().find(|x| &x.name == name) {
+                let _ = writeln!(
+                    out,
+                    "quota: {name}: {} bytes a {} for {subject}",
+                    quota.bytes,
+                    quota.per.name()
+                );
+            }
         }
     }
     if let Some(line) = resolved {
@@ -446,7 +462,12 @@ mod tests {
                      [[rule]]\naction = \"deny\"\nports = [22, \"8000-8999\"]\n\
                      [[rule]]\naction = \"deny\"\ndestinations = [\"*.ads.example\", \"10.0.0.0/8\"]\n\
                      [[rule]]\naction = \"allow\"\nusers = [\"alice\"]\nrate = \"1MiB/s\"\n\
-                     [[rule]]\naction = \"deny\"\n";
+                     [[rule]]\naction = \"deny\"\n\
+                     [[quota]]\nname = \"daily\"\nusers = [\"alice\"]\nbytes = \"10GiB\"\nper = \"day\"\n\
+                     [[quota]]\nname = \"lan\"\nclients = [\"192.168.1.0/24\"]\nbytes = \"1GB\"\n\
+                     per = \"month\"\n\
+                     [[quota]]\nname = \"guests\"\nclients = [\"10.0.0.0/8\"]\nbytes = \"1GB\"\n\
+                     per = \"week\"\n";
         let a = ask(rules, &question(Some("example.com:443")));
         assert!(a.allowed);
         let lines: Vec<&str> = a.text.lines().collect();
@@ -457,6 +478,8 @@ mod tests {
                 "rule: 8 at p.toml:37",
                 "parent: none",
                 "rate: 1048576 bytes/s each way",
+                "quota: daily: 10737418240 bytes a day for alice",
+                "quota: lan: 1000000000 bytes a month for 192.168.1.5",
                 "resolved: example.com to 93.184.215.14; checked 93.184.215.14",
                 "rule 1 at p.toml:16: no match: deny rule: service web is not one of mail",
                 "rule 2 at p.toml:19: no match: deny rule: client 192.168.1.5 is not in \
@@ -577,7 +600,7 @@ mod tests {
         assert_eq!(
             a.text,
             "verdict: allowed\nrule: none (no [[rule]] is configured: everything is allowed)\n\
-             parent: none\nrate: none\n"
+             parent: none\nrate: none\nquota: none\n"
         );
         let a = ask(
             "[[rule]]\naction = \"allow\"\nservices = [\"mail\"]\n",

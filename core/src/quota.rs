@@ -79,6 +79,15 @@ impl Per {
         }
     }
 
+    /// `day`, `week` or `month`, as written.
+    pub fn name(self) -> &'static str {
+        match self {
+            Per::Day => "day",
+            Per::Week => "week",
+            Per::Month => "month",
+        }
+    }
+
     /// When the period holding `wall` ends (seconds since the epoch, UTC):
     /// the next local midnight, Monday 00:00, or first of the month 00:00.
     pub fn end(self, wall: Wall) -> i64 {

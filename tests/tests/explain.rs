@@ -48,12 +48,17 @@ rate = "1MiB/s"
 action = "deny"
 "#;
 
+/// Alice's quota, and one per client address of the LAN.
+const QUOTAS: &str = "\n[[quota]]\nname = \"daily\"\nusers = [\"alice\"]\nbytes = \"2GiB\"\n\
+                      per = \"day\"\n\n[[quota]]\nname = \"lan\"\nclients = [\"192.168.1.0/24\"]\n\
+                      bytes = \"50GB\"\nper = \"month\"\n";
+
 /// A configuration directory: portico.toml including rules.toml. Returns
 /// the directory (kept while in use) and both paths.
 fn config_dir() -> (TempDir, String, String) {
     let dir = TempDir::new();
     let main = format!(
-        "include = [\"rules.toml\"]\n{}{ALICE}{}{}",
+        "include = [\"rules.toml\"]\n{}{ALICE}{QUOTAS}{}{}",
         config_head("", ""),
         service("web", "http", 18080, "auth = true"),
         service("mail", "smtp", 12525, "destination = \"192.0.2.25:25\""),
@@ -94,6 +99,8 @@ fn explain_allowed(bin: Bin) {
         format!("rule: 3 at {rules}:11"),
         "parent: none".to_string(),
         "rate: 1048576 bytes/s each way".to_string(),
+        "quota: daily: 2147483648 bytes a day for alice".to_string(),
+        "quota: lan: 50000000000 bytes a month for 192.168.1.5".to_string(),
         format!("rule 1 at {rules}:3: no match: deny rule: service web is not one of mail"),
         format!(
             "rule 2 at {rules}:7: no match: deny rule: destination 93.184.215.14 is not one of \
@@ -241,7 +248,7 @@ fn explain_refuses_a_wrong_question(bin: Bin) {
     assert_eq!(
         out.stdout,
         "verdict: allowed\nrule: none (no [[rule]] is configured: everything is allowed)\n\
-         parent: none\nrate: none\n",
+         parent: none\nrate: none\nquota: none\n",
         "{bin}"
     );
 }
