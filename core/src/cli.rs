@@ -77,7 +77,7 @@ pub enum Command {
         trace: PathBuf,
     },
     /// Say whether the rules allow a request, which rule decides it (its
-    /// number and FILE:LINE), the parent and rate cap it would get, and why
+    /// number and FILE:LINE), the parent, rate cap and quotas it would get, and why
     /// each earlier rule does not match. Exit status 0: allowed, 3: denied.
     Explain {
         /// Configuration file (TOML), as for a start.
