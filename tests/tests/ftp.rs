@@ -20,8 +20,8 @@ use portico_tests::logline::AccessLine;
 use portico_tests::{
     both, config_head, connect, connect_from, curl_command, digest, file_digest, free_port, local,
     pattern, read_outcome, recv_all, require_python_module, run_tool, service, start_on_free_port,
-    without_proxy_env, Bin, LineLog, Portico, StartOptions, TempDir, ToolOutput, CLIENT_SEED,
-    PROMPTLY, SERVER_SEED,
+    start_on_free_ports, without_proxy_env, Bin, LineLog, Portico, StartOptions, TempDir,
+    ToolOutput, CLIENT_SEED, PROMPTLY, SERVER_SEED,
 };
 
 /// The size of the transfers.
@@ -395,6 +395,7 @@ both!(
     denied_client,
     unreachable_server,
     over_the_limit,
+    transfers_count_in_the_quota,
 );
 
 /// A 5 MiB RETR and STOR: the server with `down.bin`, the client's
@@ -584,6 +585,52 @@ fn list_directory(bin: Bin) {
             out.text()
         );
     }
+}
+
+/// A client-address quota counts the data connections' bytes as well as
+/// the control connection's: after a 5 MiB RETR, `/quotas` shows more
+/// than 5 MiB for 127.0.0.1.
+fn transfers_count_in_the_quota(bin: Bin) {
+    let server = FtpServer::start();
+    let want_down = server.put("down.bin");
+    let dir = TempDir::new();
+    let got = dir.path().join("got.bin");
+    let (_p, ports) = start_on_free_ports(bin, 2, StartOptions::default(), |ports| {
+        format!(
+            "{}\n[[quota]]\nname = \"lan\"\nclients = [\"127.0.0.0/8\"]\nbytes = \"1GiB\"\n\
+             per = \"day\"\n{}{}",
+            config_head("", ""),
+            service("ftp", "ftp", ports[0], ""),
+            service("status", "status", ports[1], ""),
+        )
+    });
+    ftplib(
+        bin,
+        local(ports[0]),
+        &server,
+        "passive",
+        &[format!("retr|down.bin|{}", got.display())],
+    );
+    assert_eq!(file_digest(bin, &got), (SIZE, want_down), "{bin}: RETR");
+    let body = |r: &str| -> Option<u64> {
+        let (_, rest) = r.split_once("\"used_bytes\":")?;
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    let used = portico_tests::poll_until(PROMPTLY, Duration::from_millis(50), || {
+        let r = portico_tests::reply::exchange(
+            local(ports[1]),
+            "GET /quotas HTTP/1.1\r\nHost: s\r\nConnection: close\r\n\r\n",
+        )
+        .ok()?;
+        body(&r.body).filter(|&n| n > SIZE as u64)
+    });
+    assert!(
+        used.is_some(),
+        "{bin}: /quotas does not count the 5 MiB transfer"
+    );
 }
 
 /// A connection to the announced data port from another address (127.0.0.2)

@@ -189,6 +189,12 @@ impl Proxy {
             _ => None,
         });
         let owner_client = owner.client.ip();
+        // A transfer's bytes count in its control connection's quotas.
+        let quotas = owner
+            .account
+            .as_ref()
+            .map(|a| a.quotas.clone())
+            .filter(|q| !q.is_empty());
         // One transfer per port.
         self.cx.listeners.close(listener, &mut self.cx.actions);
         let mut counts = self.cx.ledger.lock();
@@ -204,6 +210,13 @@ impl Proxy {
         let mut s = Session::new(conn, service, peer, peer, machine, Phase::Connecting, now);
         s.target = port.connect_to.to_string();
         s.user = user;
+        s.account = quotas.map(|quotas| {
+            Box::new(crate::session::Account {
+                // Not a connection of the user's own for max_per_user.
+                user: None,
+                quotas,
+            })
+        });
         s.upstream.outward = port.connect_to.ip() != owner_client;
         self.sessions.insert(s);
         self.run(conn, now, |s, cx| s.connect(port.connect_to, cx));
