@@ -285,6 +285,25 @@ impl Book {
         }
     }
 
+    /// `n` more bytes in each of `pairs`' counts (quota, subject);
+    /// whether one of them is now used up.
+    pub fn add_all(
+        &mut self,
+        quotas: &[Quota],
+        pairs: &[(String, String)],
+        n: u64,
+        wall: Wall,
+    ) -> bool {
+        let mut reached = false;
+        for (q, s) in pairs {
+            if let Some(quota) = quotas.iter().find(|x| &x.name == q) {
+                self.add(quota, s, n, wall);
+                reached |= self.reached(quota, s, wall);
+            }
+        }
+        reached
+    }
+
     /// From now on, keeps what is counted here until it is shared.
     pub fn share(&mut self) {
         self.sharing = true;

@@ -106,6 +106,19 @@ impl UdpTable {
         self.out.push_back((via, data.to_vec()));
     }
 
+    /// Whether `client` has a mapping on `listener`.
+    pub fn has(&self, listener: ListenerId, client: SocketAddr) -> bool {
+        self.by_client.contains_key(&(listener, client))
+    }
+
+    /// The client of mapping `id`, while it lives.
+    pub fn client_of(&self, id: UdpId) -> Option<SocketAddr> {
+        self.maps
+            .get(id.index())
+            .filter(|m| m.gen == id.gen)
+            .map(|m| m.client)
+    }
+
     /// A datagram from `client` on a listener of `service`.
     #[allow(clippy::too_many_arguments)]
     pub fn client_datagram(

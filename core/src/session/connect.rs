@@ -135,15 +135,11 @@ impl Session {
         let Some(a) = self.account.as_ref().filter(|a| !a.quotas.is_empty()) else {
             return;
         };
-        let mut counts = cx.ledger.lock();
-        let mut reached = false;
-        for (q, s) in &a.quotas {
-            if let Some(quota) = cx.config.quotas.iter().find(|x| &x.name == q) {
-                counts.quotas.add(quota, s, n as u64, cx.wall);
-                reached |= counts.quotas.reached(quota, s, cx.wall);
-            }
-        }
-        drop(counts);
+        let reached =
+            cx.ledger
+                .lock()
+                .quotas
+                .add_all(&cx.config.quotas, &a.quotas, n as u64, cx.wall);
         if let (true, Machine::Http(h)) = (reached, &mut self.machine) {
             h.recheck_next();
         }

@@ -51,6 +51,24 @@ impl Proxy {
             return;
         };
         let n = n.min(self.datagram.len());
+        if !cx.config.quotas.is_empty() {
+            // A client whose quota is used up opens no new mapping; one
+            // already open goes on, and its datagrams count.
+            let pairs = crate::quota::subjects(&cx.config.quotas, None, from.ip());
+            let mut counts = cx.ledger.lock();
+            let reached = counts
+                .quotas
+                .first_reached(&cx.config.quotas, &pairs, cx.wall)
+                .is_some();
+            if reached && !self.udp.has(listener, from) {
+                drop(counts);
+                self.udp.dropped += 1;
+                return;
+            }
+            counts
+                .quotas
+                .add_all(&cx.config.quotas, &pairs, n as u64, cx.wall);
+        }
         let name = svc.name.clone();
         let limits = &cx.config.limits;
         let (max, idle) = (limits.max_connections as usize, limits.udp_idle_timeout);
@@ -76,6 +94,16 @@ impl Proxy {
         }
         self.cx.now = now;
         let n = n.min(self.datagram.len());
+        let cx = &self.cx;
+        if !cx.config.quotas.is_empty() {
+            if let Some(client) = self.udp.client_of(id) {
+                let pairs = crate::quota::subjects(&cx.config.quotas, None, client.ip());
+                let mut counts = cx.ledger.lock();
+                counts
+                    .quotas
+                    .add_all(&cx.config.quotas, &pairs, n as u64, cx.wall);
+            }
+        }
         let idle = self.cx.config.limits.udp_idle_timeout;
         self.udp.reply(id, &self.datagram[..n], idle, now);
     }
