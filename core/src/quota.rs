@@ -459,6 +459,31 @@ impl Book {
         out
     }
 
+    /// Whether there is no count at all.
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+
+    /// Every count, ended or not, as [`Book::encode`] writes them.
+    pub fn encode_all(&self) -> String {
+        self.encode(Wall {
+            unix_secs: i64::MIN,
+            utc_offset_secs: 0,
+        })
+    }
+
+    /// Every count of `text`, ended or not (see [`Book::decode`]).
+    pub fn decode_all(text: &str, file: &str) -> Result<Book, StateError> {
+        Book::decode(
+            text,
+            file,
+            Wall {
+                unix_secs: i64::MIN,
+                utc_offset_secs: 0,
+            },
+        )
+    }
+
     /// Reads a state file's `text` (from `file`, for errors): the counts
     /// whose period had not ended at `wall`; counts of a period that ended
     /// meanwhile are dropped (they would start at zero anyway).

@@ -329,6 +329,13 @@ impl Start {
             ));
         }
         let out = Output::open_for(&plan)?;
+        if plan.record.is_some() && plan.config.state.redis.is_some() {
+            log(
+                Level::Warn,
+                "the trace does not hold the quota totals other instances share through \
+                 [state] redis; its replay decides quotas on this instance's counts only",
+            );
+        }
         let trace = match &plan.record {
             Some(p) => Some(
                 TraceFiles::create(p)

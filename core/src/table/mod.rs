@@ -236,9 +236,22 @@ impl Proxy {
     /// table's, so `--record` runs one worker. While recording no
     /// direction is spliced, so the trace holds every read and write.
     pub fn record(&mut self, config_text: &str) {
-        self.recorder = Some(Box::new(
-            Recorder::start(self.born, config_text, self.seed).with_actions(),
-        ));
+        let mut rec = Recorder::start(self.born, config_text, self.seed).with_actions();
+        // Counts loaded from `[state] dir` decide quotas: the replay
+        // starts from them too.
+        let book = &self.cx.ledger.lock().quotas;
+        if !book.is_empty() {
+            rec.quotas(&book.encode_all());
+        }
+        self.recorder = Some(Box::new(rec));
+    }
+
+    /// Replaces the quotas' counts with those of a state file's `text`
+    /// (a replay starting where its live run started).
+    pub fn load_quotas(&mut self, text: &str) -> Result<(), crate::quota::StateError> {
+        let book = crate::quota::Book::decode_all(text, "the trace")?;
+        self.cx.ledger.lock().quotas = book;
+        Ok(())
     }
 
     /// Trace bytes and action lines recorded since the last call, for the

@@ -185,6 +185,11 @@ impl<'a> Reader<'a> {
                 })
             }
             "log-level" => Record::LogLevel(w.parse("a log level", Level::parse)?),
+            "quotas" => {
+                let lines = w.parse("the number of quota count lines", parse_u64)?;
+                w.end()?;
+                return Ok(Record::Quotas(self.block(lines, "the quota counts")?));
+            }
             "polled" => Record::Polled {
                 n: w.parse("a number of actions", parse_u64)?,
             },

@@ -45,6 +45,10 @@ pub(super) fn put_record(out: &mut String, r: &Record) {
         Record::Wall(w) => {
             let _ = writeln!(out, "wall {} {}", w.unix_secs, w.utc_offset_secs);
         }
+        Record::Quotas(text) => {
+            out.push_str("quotas ");
+            put_block(out, text);
+        }
         Record::Accept {
             t,
             listener,

@@ -93,7 +93,12 @@
 //! ```
 //!
 //! and untimed: `wall <secs> <offset>`, `log-level <level>`, `polled <n>`
-//! (actions taken), `sent <n>` (datagrams taken). Datagrams are relayed,
+//! (actions taken), `sent <n>` (datagrams taken), and `quotas <lines>`
+//! right after the header when the ledger held quota counts as recording
+//! began (read from `[state] dir`), then that many `|` lines of the state
+//! file's text; the replay starts from those counts. Totals another
+//! instance adds through `[state] redis` while recording are not in the
+//! trace. Datagrams are relayed,
 //! never parsed: only their lengths are recorded, and the replay receives
 //! zeros.
 //! A listener is its raw [`ListenerId`] number (as its `Debug` shows it); a
@@ -191,6 +196,10 @@ pub enum Record {
     LogLevel(Level),
     /// [`Proxy::set_wall`].
     Wall(Wall),
+    /// The quotas' counts the ledger held when recording began (read
+    /// from `[state] dir` before the table was made), as the state file
+    /// holds them.
+    Quotas(String),
     /// [`Proxy::accept`] (with `local` when the runtime gave it), and
     /// what it returned.
     Accept {

@@ -101,6 +101,12 @@ impl Recorder {
         put_record(&mut self.out, record);
     }
 
+    /// The quotas' counts the ledger holds as recording begins (the
+    /// state file's text).
+    pub fn quotas(&mut self, text: &str) {
+        self.put(&Record::Quotas(text.to_string()));
+    }
+
     pub fn log_level(&mut self, level: Level) {
         self.put(&Record::LogLevel(level));
     }

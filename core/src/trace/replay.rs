@@ -70,6 +70,11 @@ pub fn replay(trace: &[u8], out: &mut impl FnMut(String)) -> Result<(), TraceErr
         match record {
             Record::LogLevel(l) => proxy.set_log_level(l),
             Record::Wall(w) => proxy.set_wall(w),
+            Record::Quotas(text) => proxy.load_quotas(&text).map_err(|e| TraceError::Corrupt {
+                offset,
+                line,
+                message: format!("the quota counts: {e}"),
+            })?,
             Record::Accept {
                 t,
                 listener,

@@ -53,6 +53,7 @@ fn every_record() -> Vec<Record> {
             unix_secs: -86_401,
             utc_offset_secs: -14 * 3600,
         }),
+        Record::Quotas("# portico quota counts v1\nlan\t10.0.0.8\t100\t1796256000\n".into()),
         Record::Accept {
             t: 0,
             listener: ListenerId(0),
@@ -307,9 +308,18 @@ struct Live {
 
 impl Live {
     fn new(text: &str) -> Live {
+        Live::with_quotas(text, None)
+    }
+
+    /// Recording begins once the ledger holds the quota counts `quotas`
+    /// (a state file's text), as after a start that read `[state] dir`.
+    fn with_quotas(text: &str, quotas: Option<&str>) -> Live {
         let t0 = Instant::now();
         let config = config::parse(text, "live.toml").unwrap_or_else(|e| panic!("{e}"));
         let mut proxy = Proxy::new(config, 7, t0);
+        if let Some(q) = quotas {
+            proxy.load_quotas(q).unwrap_or_else(|e| panic!("{e}"));
+        }
         proxy.record(text);
         proxy.set_log_level(Level::Debug);
         Live {
@@ -710,6 +720,58 @@ fn replay_of_a_recorded_session_takes_the_live_actions() {
     assert!(
         text.contains(" reload-failed 1\n|live.toml:1:1: invalid table header\n"),
         "{text}"
+    );
+}
+
+/// Counts loaded at start decide quotas, so the trace holds them and the
+/// replay starts from them: a client whose quota was used up before the
+/// recording began opens no UDP mapping, live and replayed alike.
+#[test]
+fn a_replay_starts_from_the_quota_counts_loaded() {
+    let text = "[[service]]\nname = \"dns\"\nkind = \"mapped\"\nprotocol = \"udp\"\n\
+                listen = [\"127.0.0.1:5353\"]\ndestination = \"192.0.2.53:53\"\n\n\
+                [[quota]]\nname = \"lan\"\nclients = [\"10.0.0.0/8\"]\nbytes = \"100B\"\n\
+                per = \"day\"\n";
+    let w = Wall::utc(1_796_212_800);
+    let end = crate::quota::Per::Day.end(w);
+    let counts = format!("# portico quota counts v1\nlan\t10.0.0.8\t100\t{end}\n");
+    let mut l = Live::with_quotas(text, Some(&counts));
+    l.wall(w);
+    l.drain();
+    l.handle(
+        0,
+        Event::Listening {
+            listener: ListenerId(0),
+            local: sa("127.0.0.1:5353"),
+        },
+    );
+    l.datagram(1, ListenerId(0), "10.0.0.8:5000", b"over its quota");
+    l.datagram(2, ListenerId(0), "10.0.0.9:5000", b"a new client");
+    assert_eq!(l.send().len(), 1, "only the new client's datagram goes out");
+    let (trace, live, actions) = l.finish();
+    let opened: Vec<_> = actions
+        .iter()
+        .filter(|a| matches!(a, Action::UdpOpen { .. }))
+        .collect();
+    assert_eq!(opened.len(), 1, "only 10.0.0.9 gets a mapping: {actions:?}");
+    let text = String::from_utf8(trace.clone()).expect("utf-8");
+    assert!(
+        text.contains(&format!(
+            "\nquotas 3\n|# portico quota counts v1\n|lan\t10.0.0.8\t100\t{end}\n|\n"
+        )),
+        "{text}"
+    );
+    assert_eq!(replay_lines(&trace).unwrap_or_else(|e| panic!("{e}")), live);
+    // Without the counts the replay would have opened a second mapping.
+    let without = text.replacen(
+        &format!("quotas 3\n|# portico quota counts v1\n|lan\t10.0.0.8\t100\t{end}\n|\n"),
+        "",
+        1,
+    );
+    assert_ne!(
+        replay_lines(without.as_bytes()).unwrap_or_default(),
+        live,
+        "the counts make the difference"
     );
 }
 
