@@ -78,16 +78,12 @@ pub fn start() -> Result<(), String> {
     if sharer().is_none() {
         return Ok(());
     }
-    std::thread::Builder::new()
-        .name("share".into())
-        .spawn(|| loop {
-            std::thread::sleep(SHARE_EVERY);
-            if let Some(s) = sharer().as_mut() {
-                s.round();
-            }
-        })
-        .map(drop)
-        .map_err(|e| format!("cannot start the thread that shares the quota counts: {e}"))
+    crate::state::every("share", SHARE_EVERY, || {
+        if let Some(s) = sharer().as_mut() {
+            s.round();
+        }
+    })
+    .map_err(|e| format!("cannot start the thread that shares the quota counts: {e}"))
 }
 
 /// At shutdown: adds what is left to share (one try, bounded by

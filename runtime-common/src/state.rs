@@ -84,14 +84,24 @@ pub fn start_saving() -> Result<(), String> {
     if saver().is_none() {
         return Ok(());
     }
+    every("state", SAVE_EVERY, || save(false))
+        .map_err(|e| format!("cannot start the thread that saves the quota counts: {e}"))
+}
+
+/// Runs `f` every `period` from a thread of its own named `name`, for the
+/// life of the process.
+pub(crate) fn every(
+    name: &str,
+    period: std::time::Duration,
+    f: impl Fn() + Send + 'static,
+) -> io::Result<()> {
     std::thread::Builder::new()
-        .name("state".into())
-        .spawn(|| loop {
-            std::thread::sleep(SAVE_EVERY);
-            save(false);
+        .name(name.into())
+        .spawn(move || loop {
+            std::thread::sleep(period);
+            f();
         })
         .map(drop)
-        .map_err(|e| format!("cannot start the thread that saves the quota counts: {e}"))
 }
 
 /// At shutdown: the last counts.

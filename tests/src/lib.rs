@@ -97,6 +97,39 @@ access = "stderr"
 /// The user alice, with the password `secret`.
 pub const ALICE: &str = "[[user]]\nname = \"alice\"\npassword = \"plain:secret\"\n";
 
+/// A SOCKS5 CONNECT to the IPv4 `dest` through `proxy`, logged in as
+/// alice (RFC 1929, [`ALICE`]): the reply code and the stream (a tunnel
+/// when the code is 0). Panics, naming `bin`, when the exchange breaks.
+pub fn socks5_as_alice(bin: Bin, proxy: SocketAddr, dest: SocketAddr) -> (u8, std::net::TcpStream) {
+    use std::io::{self, Read, Write};
+    let mut s = connect(proxy).unwrap_or_else(|e| panic!("{bin}: connect to SOCKS: {e}"));
+    let run = |s: &mut std::net::TcpStream| -> io::Result<u8> {
+        s.write_all(&[5, 1, 2])?;
+        let mut m = [0u8; 2];
+        s.read_exact(&mut m)?;
+        if m != [5, 2] {
+            return Err(io::Error::other(format!("method reply {m:02x?}")));
+        }
+        s.write_all(b"\x01\x05alice\x06secret")?;
+        s.read_exact(&mut m)?;
+        if m != [1, 0] {
+            return Err(io::Error::other(format!("login reply {m:02x?}")));
+        }
+        let SocketAddr::V4(a) = dest else {
+            return Err(io::Error::other("an IPv4 destination"));
+        };
+        let mut req = vec![5, 1, 0, 1];
+        req.extend_from_slice(&a.ip().octets());
+        req.extend_from_slice(&a.port().to_be_bytes());
+        s.write_all(&req)?;
+        let mut r = [0u8; 10];
+        s.read_exact(&mut r)?;
+        Ok(r[1])
+    };
+    let code = run(&mut s).unwrap_or_else(|e| panic!("{bin}: SOCKS5 as alice: {e}"));
+    (code, s)
+}
+
 /// A `[[service]]` `name` of `kind` on 127.0.0.1:`port`, with the lines
 /// `extra` after its `listen`.
 pub fn service(name: &str, kind: &str, port: u16, extra: &str) -> String {

@@ -5,15 +5,14 @@
 //! sharing (one line when it goes, one when it is back, and what was
 //! counted meanwhile is added), and the data path never waits on it.
 
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use portico_tests::json::{parse_json, Json};
 use portico_tests::reply::exchange;
 use portico_tests::{
-    both, config_head, connect, echo_check, free_port, local, poll_until, require, service,
+    both, config_head, echo_check, free_port, local, poll_until, require, service, socks5_as_alice,
     start_on_free_ports, Behaviour, Bin, Portico, StartOptions, TempDir, TestServer, ALICE,
     PROMPTLY,
 };
@@ -136,33 +135,6 @@ fn gateway(bin: Bin, redis: &str, quota: &str) -> (Portico, SocketAddr, SocketAd
         )
     });
     (p, local(ports[0]), local(ports[1]))
-}
-
-/// A SOCKS5 CONNECT to `dest` as alice: the reply code and the stream.
-fn socks5_as_alice(bin: Bin, proxy: SocketAddr, dest: SocketAddr) -> (u8, TcpStream) {
-    let mut s = connect(proxy).unwrap_or_else(|e| panic!("{bin}: connect to SOCKS: {e}"));
-    let run = |s: &mut TcpStream| -> io::Result<u8> {
-        s.write_all(&[5, 1, 2])?;
-        let mut m = [0u8; 2];
-        s.read_exact(&mut m)?;
-        s.write_all(b"\x01\x05alice\x06secret")?;
-        s.read_exact(&mut m)?;
-        if m != [1, 0] {
-            return Err(io::Error::other(format!("login reply {m:02x?}")));
-        }
-        let SocketAddr::V4(a) = dest else {
-            return Err(io::Error::other("an IPv4 destination"));
-        };
-        let mut req = vec![5, 1, 0, 1];
-        req.extend_from_slice(&a.ip().octets());
-        req.extend_from_slice(&a.port().to_be_bytes());
-        s.write_all(&req)?;
-        let mut r = [0u8; 10];
-        s.read_exact(&mut r)?;
-        Ok(r[1])
-    };
-    let code = run(&mut s).unwrap_or_else(|e| panic!("{bin}: SOCKS5 as alice: {e}"));
-    (code, s)
 }
 
 /// Moves `n` bytes each way through a tunnel as alice (2n counted).

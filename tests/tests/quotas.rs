@@ -17,8 +17,8 @@ use portico_tests::json::{parse_json, Json};
 use portico_tests::reply::{exchange, Reply};
 use portico_tests::{
     both, config_head, connect, echo_check, local, mapped_service, poll_until, service,
-    start_on_free_ports, Acceptor, Behaviour, Bin, Portico, StartOptions, TempDir, TestServer,
-    ALICE, IO_TIMEOUT, PROMPTLY,
+    socks5_as_alice, start_on_free_ports, Acceptor, Behaviour, Bin, Portico, StartOptions, TempDir,
+    TestServer, ALICE, IO_TIMEOUT, PROMPTLY,
 };
 
 both!(
@@ -42,37 +42,6 @@ const ALICE_BASIC: &str = "YWxpY2U6c2VjcmV0";
 
 fn start(bin: Bin, n: usize, config: impl Fn(&[u16]) -> String) -> (Portico, Vec<u16>) {
     start_on_free_ports(bin, n, StartOptions::default(), config)
-}
-
-/// A SOCKS5 CONNECT to `dest` as alice (RFC 1929): the reply code and the
-/// stream (a tunnel when the code is 0).
-fn socks5_as_alice(bin: Bin, proxy: SocketAddr, dest: SocketAddr) -> (u8, TcpStream) {
-    let mut s = connect(proxy).unwrap_or_else(|e| panic!("{bin}: connect to SOCKS: {e}"));
-    let run = |s: &mut TcpStream| -> io::Result<u8> {
-        s.write_all(&[5, 1, 2])?;
-        let mut m = [0u8; 2];
-        s.read_exact(&mut m)?;
-        if m != [5, 2] {
-            return Err(io::Error::other(format!("method reply {m:02x?}")));
-        }
-        s.write_all(b"\x01\x05alice\x06secret")?;
-        s.read_exact(&mut m)?;
-        if m != [1, 0] {
-            return Err(io::Error::other(format!("login reply {m:02x?}")));
-        }
-        let SocketAddr::V4(a) = dest else {
-            return Err(io::Error::other("an IPv4 destination"));
-        };
-        let mut req = vec![5, 1, 0, 1];
-        req.extend_from_slice(&a.ip().octets());
-        req.extend_from_slice(&a.port().to_be_bytes());
-        s.write_all(&req)?;
-        let mut r = [0u8; 10];
-        s.read_exact(&mut r)?;
-        Ok(r[1])
-    };
-    let code = run(&mut s).unwrap_or_else(|e| panic!("{bin}: SOCKS5 as alice: {e}"));
-    (code, s)
 }
 
 /// A GET through the http proxy at `proxy` as alice.
