@@ -283,13 +283,17 @@ fn package_contents() {
     let mut cmd = Command::new(require("dpkg-deb", "dpkg"));
     cmd.arg("-f")
         .arg(deb)
-        .args(["Package", "Version", "Depends"]);
+        .args(["Package", "Version", "Depends", "Suggests"]);
     let fields = ok("dpkg-deb -f", cmd).stdout_text();
     assert!(fields.contains("Package: portico\n"), "{fields}");
     assert!(fields.contains(&format!("Version: {VERSION}")), "{fields}");
     assert!(
         fields.contains("adduser"),
         "the postinst needs adduser: {fields}"
+    );
+    assert!(
+        fields.contains("Suggests: squid, redis-server | valkey-server"),
+        "the auth helpers and a Redis are suggested: {fields}"
     );
 
     let root = unpacked();
