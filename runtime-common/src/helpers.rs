@@ -3,13 +3,15 @@
 //! [`portico_core::auth::helper`] writes and reads the lines; this module
 //! only runs the processes). Each process has a thread that hands it
 //! requests and one that reads its answers; a process that dies is started
-//! again, and one that does not answer within `helper_timeout` is a
-//! failure and is replaced. Both runtimes share this.
+//! again (after a pause that grows while each start dies at once), and
+//! one that does not answer within `helper_timeout` is a failure and is
+//! replaced. When a reload changes `[auth] helper`, the old processes end
+//! once they have answered what they hold. Both runtimes share this.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex, TryLockError};
 use std::time::{Duration, Instant};
@@ -24,6 +26,19 @@ use crate::resolver::Inbox;
 /// process died, while no request comes.
 const TICK: Duration = Duration::from_millis(20);
 
+/// The pause before starting a process again after one start that died
+/// at once; it doubles with each such start, up to [`BACKOFF_MAX`].
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// A process that lived this long, or answered anything, was not a crash
+/// loop: the pause starts again from nothing.
+const STEADY: Duration = Duration::from_secs(10);
+
+/// A kind of failure already logged is logged again only after this long
+/// without one (or, for a failure, once the helper answered again).
+const QUIET: Duration = Duration::from_secs(60);
+
 enum Reply {
     /// Told to an event loop as [`Event::HelperAnswered`].
     Inbox(ConnId, Arc<Inbox>),
@@ -35,6 +50,9 @@ struct Job {
     user: String,
     password: Secret,
     reply: Reply,
+    /// When the login asked: it waits for a paused restart only while
+    /// `helper_timeout` from then allows.
+    asked: Instant,
     /// Already handed to a process that died before answering: a second
     /// death is a failure.
     retried: bool,
@@ -53,8 +71,8 @@ impl Job {
 }
 
 /// The helper processes of the configuration in force: started on the
-/// first login that needs them, and replaced when a reload changes
-/// `[auth]`.
+/// first login that needs them, and ended when a reload changes `[auth]`
+/// ([`Helpers::follow`]).
 #[derive(Default)]
 pub struct Helpers {
     pool: Mutex<Option<(Arc<HelperConfig>, Sender<Job>)>>,
@@ -86,11 +104,26 @@ impl Helpers {
         rx.recv().unwrap_or(Answer::Failed)
     }
 
+    /// The configuration now in force names `helper` (after a reload):
+    /// processes of another one end as soon as they have answered what
+    /// they hold, rather than at the next login.
+    pub fn follow(&self, helper: Option<&Arc<HelperConfig>>) {
+        let Ok(mut pool) = self.pool.lock() else {
+            return;
+        };
+        let current = pool.as_ref().map(|(c, _)| &**c);
+        if current.is_some() && current != helper.map(|h| &**h) {
+            // The threads see their queue closed and wind down.
+            *pool = None;
+        }
+    }
+
     fn submit(&self, helper: Arc<HelperConfig>, user: String, password: Secret, reply: Reply) {
         let job = Job {
             user,
             password,
             reply,
+            asked: Instant::now(),
             retried: false,
         };
         let Ok(mut pool) = self.pool.lock() else {
@@ -117,12 +150,14 @@ impl Helpers {
 fn start(cfg: Arc<HelperConfig>) -> Option<Sender<Job>> {
     let (tx, rx) = channel::<Job>();
     let rx = Arc::new(Mutex::new(rx));
+    // One set of log lines for all the processes of a configuration.
+    let notes = Arc::new(Mutex::new(Notes::default()));
     let mut started = 0;
     for i in 0..cfg.processes {
-        let (cfg, rx) = (cfg.clone(), rx.clone());
+        let (cfg, rx, notes) = (cfg.clone(), rx.clone(), notes.clone());
         match std::thread::Builder::new()
             .name(format!("auth-helper-{i}"))
-            .spawn(move || manage(&cfg, &rx))
+            .spawn(move || manage(&cfg, &rx, &notes))
         {
             Ok(_) => started += 1,
             Err(e) => log::warn!("cannot start a thread for the auth helper: {e}"),
@@ -136,6 +171,135 @@ fn program(cfg: &HelperConfig) -> &str {
     cfg.argv.first().map_or("(none)", String::as_str)
 }
 
+/// The pause before the next start after `quick` starts in a row that
+/// died at once: none, then 100 ms doubling up to 10 s.
+fn backoff(quick: u32) -> Duration {
+    match quick {
+        0 => Duration::ZERO,
+        n => BACKOFF_FIRST
+            .checked_mul(1u32.checked_shl(n - 1).unwrap_or(u32::MAX))
+            .map_or(BACKOFF_MAX, |d| d.min(BACKOFF_MAX)),
+    }
+}
+
+/// When one process slot may start its next process.
+#[derive(Debug, Default)]
+struct Restarts {
+    /// Starts in a row that could not start or died at once.
+    quick: u32,
+    not_before: Option<Instant>,
+}
+
+impl Restarts {
+    /// A start failed, or its process died at once, at `now`.
+    fn failed(&mut self, now: Instant) {
+        self.quick = self.quick.saturating_add(1);
+        self.not_before = Some(now + backoff(self.quick));
+    }
+
+    /// A process proved it works (it answered, or lived a while).
+    fn steady(&mut self) {
+        *self = Restarts::default();
+    }
+
+    /// How long from `now` the next start has to wait.
+    fn wait(&self, now: Instant) -> Duration {
+        self.not_before
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(now))
+    }
+}
+
+/// What went wrong with a helper process, each logged on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// The program could not be started.
+    Start,
+    /// It exited before answering anything, soon after it started.
+    Early,
+    /// It did not answer within `helper_timeout`.
+    Stalled,
+    /// It exited after having answered (some helpers do, after a while).
+    Exited,
+}
+
+impl Kind {
+    const ALL: [Kind; 4] = [Kind::Start, Kind::Early, Kind::Stalled, Kind::Exited];
+
+    /// Not working, rather than a process's normal end.
+    fn is_failure(self) -> bool {
+        self != Kind::Exited
+    }
+}
+
+/// Which failures are logged: the first of a kind, then that kind again
+/// only after [`QUIET`] without it or once the helper answered again, so
+/// that a crash loop is one line rather than one per restart.
+#[derive(Debug, Default)]
+struct Notes {
+    /// Per [`Kind`]: when it last happened, and how many times since the
+    /// last line that said so.
+    seen: [(Option<Instant>, u64); 4],
+}
+
+impl Notes {
+    /// `kind` happened at `now`: `Some(n)` when it is to be logged, `n`
+    /// being how many of it were not logged since its last line.
+    fn happened(&mut self, kind: Kind, now: Instant) -> Option<u64> {
+        let (last, unlogged) = &mut self.seen[kind as usize];
+        let quiet = last.is_none_or(|t| now.saturating_duration_since(t) >= QUIET);
+        *last = Some(now);
+        if quiet {
+            Some(std::mem::take(unlogged))
+        } else {
+            *unlogged += 1;
+            None
+        }
+    }
+
+    /// A process answered: failures are logged again from now on; how
+    /// many were not logged since the last line (to say it is working
+    /// again).
+    fn answered(&mut self) -> u64 {
+        let mut unlogged = 0;
+        for kind in Kind::ALL.into_iter().filter(|k| k.is_failure()) {
+            let (last, n) = &mut self.seen[kind as usize];
+            *last = None;
+            unlogged += std::mem::take(n);
+        }
+        unlogged
+    }
+}
+
+/// Logs `kind` of `cfg`'s helper, if `notes` says it is its turn.
+fn note(notes: &Mutex<Notes>, cfg: &HelperConfig, kind: Kind, detail: &str) {
+    let Some(unlogged) = notes
+        .lock()
+        .ok()
+        .and_then(|mut n| n.happened(kind, Instant::now()))
+    else {
+        return;
+    };
+    let p = program(cfg);
+    let what = match kind {
+        Kind::Start => format!("cannot start the auth helper {p}: {detail}; check [auth] helper"),
+        Kind::Early => format!(
+            "the auth helper {p} exited before answering; it is started again after a pause \
+             that doubles, up to {BACKOFF_MAX:?}, while it keeps doing so (run it by hand to \
+             see why)"
+        ),
+        Kind::Stalled => format!(
+            "the auth helper {p} did not answer within {:?}; starting it again",
+            cfg.timeout
+        ),
+        Kind::Exited => format!("the auth helper {p} exited; starting it again"),
+    };
+    if unlogged > 0 {
+        log::warn!("{what} ({unlogged} more times since this was last logged)");
+    } else {
+        log::warn!("{what}");
+    }
+}
+
 /// A running helper process and the requests it holds, by channel id.
 struct Running {
     child: Child,
@@ -143,6 +307,10 @@ struct Running {
     held: Arc<Mutex<HashMap<u32, (Instant, Job)>>>,
     /// Set by the reader when the process's output ends.
     dead: Arc<AtomicBool>,
+    /// Answers read so far, and how many of them the thread has seen.
+    answers: Arc<AtomicU64>,
+    seen: u64,
+    started: Instant,
 }
 
 impl Running {
@@ -164,7 +332,13 @@ impl Running {
         };
         let held: Arc<Mutex<HashMap<u32, (Instant, Job)>>> = Default::default();
         let dead = Arc::new(AtomicBool::new(false));
-        let (h, d, concurrent) = (held.clone(), dead.clone(), cfg.concurrency > 0);
+        let answers = Arc::new(AtomicU64::new(0));
+        let (h, d, a, concurrent) = (
+            held.clone(),
+            dead.clone(),
+            answers.clone(),
+            cfg.concurrency > 0,
+        );
         let reader = std::thread::Builder::new()
             .name("auth-helper-read".into())
             .spawn(move || {
@@ -184,6 +358,7 @@ impl Running {
                         );
                         continue;
                     };
+                    a.fetch_add(1, Ordering::Release);
                     let job = h
                         .lock()
                         .ok()
@@ -204,7 +379,15 @@ impl Running {
             stdin,
             held,
             dead,
+            answers,
+            seen: 0,
+            started: Instant::now(),
         })
+    }
+
+    /// Requests held.
+    fn holds(&self) -> usize {
+        self.held.lock().map_or(0, |h| h.len())
     }
 
     /// Ends the process; what it held is handed back.
@@ -218,114 +401,111 @@ impl Running {
     }
 }
 
-/// One process's thread: takes requests while the process has a free
-/// channel, fails those past their deadline, restarts the process when it
-/// died or stalled.
-fn manage(cfg: &HelperConfig, rx: &Mutex<Receiver<Job>>) {
-    let cap = cfg.concurrency.max(1);
-    let mut running: Option<Running> = None;
-    // Requests a dead process held, to go to its successor.
-    let mut again: Vec<Job> = Vec::new();
-    loop {
-        let now = Instant::now();
-        if let Some(r) = running.take() {
-            let expired: Vec<Job> = match r.held.lock() {
-                Ok(mut h) => {
-                    let late: Vec<u32> = h
-                        .iter()
-                        .filter(|(_, (until, _))| *until <= now)
-                        .map(|(&id, _)| id)
-                        .collect();
-                    late.iter()
-                        .filter_map(|id| h.remove(id))
-                        .map(|(_, j)| j)
-                        .collect()
-                }
-                Err(_) => Vec::new(),
-            };
-            let stalled = !expired.is_empty();
-            for j in expired {
-                j.answer(Answer::Failed);
-            }
-            if stalled || r.dead.load(Ordering::Acquire) {
-                if stalled {
-                    log::warn!(
-                        "the auth helper {} did not answer within {:?}; starting it again",
-                        program(cfg),
-                        cfg.timeout
-                    );
-                } else {
-                    log::warn!("the auth helper {} exited; starting it again", program(cfg));
-                }
-                for j in r.end() {
-                    if j.retried {
-                        j.answer(Answer::Failed);
-                    } else {
-                        again.push(Job { retried: true, ..j });
-                    }
-                }
-            } else {
-                running = Some(r);
-            }
-        }
-        let held = running
-            .as_ref()
-            .and_then(|r| r.held.lock().ok().map(|h| h.len()))
-            .unwrap_or(0);
-        if held >= cap as usize {
-            std::thread::sleep(TICK);
-            continue;
-        }
-        let job = match again.pop() {
-            Some(j) => j,
-            None => {
-                let got = match rx.try_lock() {
-                    Ok(rx) => rx.recv_timeout(TICK),
-                    Err(TryLockError::WouldBlock) => {
-                        std::thread::sleep(TICK);
-                        continue;
-                    }
-                    Err(TryLockError::Poisoned(_)) => Err(RecvTimeoutError::Disconnected),
-                };
-                match got {
-                    Ok(j) => j,
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => {
-                        // Replaced by a reload, or the runtime is ending.
-                        if let Some(r) = running.take() {
-                            for j in r.end() {
-                                j.answer(Answer::Failed);
-                            }
-                        }
-                        return;
-                    }
-                }
-            }
+/// One process slot's state between rounds.
+struct Slot<'a> {
+    cfg: &'a HelperConfig,
+    notes: &'a Mutex<Notes>,
+    running: Option<Running>,
+    /// Requests a dead process held, to go to its successor.
+    again: Vec<Job>,
+    restarts: Restarts,
+}
+
+impl Slot<'_> {
+    /// Fails the requests past their deadline, and ends the process when
+    /// it died or stalled.
+    fn tend(&mut self, now: Instant) {
+        let Some(mut r) = self.running.take() else {
+            return;
         };
-        if running.is_none() {
-            match Running::spawn(cfg) {
-                Ok(r) => running = Some(r),
+        // Read before the answers: the reader counts every answer before
+        // it marks the process dead.
+        let dead = r.dead.load(Ordering::Acquire);
+        let answers = r.answers.load(Ordering::Acquire);
+        if answers > r.seen {
+            r.seen = answers;
+            self.restarts.steady();
+            let unlogged = self.notes.lock().map_or(0, |mut n| n.answered());
+            if unlogged > 0 {
+                log::warn!(
+                    "the auth helper {} answers again ({unlogged} failures were not logged)",
+                    program(self.cfg)
+                );
+            }
+        }
+        let expired: Vec<Job> = match r.held.lock() {
+            Ok(mut h) => {
+                let late: Vec<u32> = h
+                    .iter()
+                    .filter(|(_, (until, _))| *until <= now)
+                    .map(|(&id, _)| id)
+                    .collect();
+                late.iter()
+                    .filter_map(|id| h.remove(id))
+                    .map(|(_, j)| j)
+                    .collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        let stalled = !expired.is_empty();
+        for j in expired {
+            j.answer(Answer::Failed);
+        }
+        if !stalled && !dead {
+            self.running = Some(r);
+            return;
+        }
+        let kind = if stalled {
+            Kind::Stalled
+        } else if r.seen == 0 && now.saturating_duration_since(r.started) < STEADY {
+            self.restarts.failed(now);
+            Kind::Early
+        } else {
+            self.restarts.steady();
+            Kind::Exited
+        };
+        note(self.notes, self.cfg, kind, "");
+        for j in r.end() {
+            if j.retried {
+                j.answer(Answer::Failed);
+            } else {
+                self.again.push(Job { retried: true, ..j });
+            }
+        }
+    }
+
+    /// Hands `job` to the process, starting one if there is none (after
+    /// the pause a crash loop earns, if the login may wait that long).
+    fn hand(&mut self, job: Job) {
+        if self.running.is_none() {
+            let now = Instant::now();
+            let wait = self.restarts.wait(now);
+            if !wait.is_zero() {
+                if job.asked + self.cfg.timeout < now + wait {
+                    return job.answer(Answer::Failed);
+                }
+                std::thread::sleep(wait);
+            }
+            match Running::spawn(self.cfg) {
+                Ok(r) => self.running = Some(r),
                 Err(e) => {
-                    log::warn!(
-                        "cannot start the auth helper {}: {e}; check [auth] helper",
-                        program(cfg)
-                    );
-                    job.answer(Answer::Failed);
-                    // Not again at once: a missing program is not found
-                    // any sooner by trying in a loop.
-                    std::thread::sleep(Duration::from_millis(200));
-                    continue;
+                    self.restarts.failed(Instant::now());
+                    note(self.notes, self.cfg, Kind::Start, &e.to_string());
+                    return job.answer(Answer::Failed);
                 }
             }
         }
-        let Some(r) = running.as_mut() else { continue };
+        let cfg = self.cfg;
+        let Some(r) = self.running.as_mut() else {
+            return job.answer(Answer::Failed);
+        };
+        let cap = cfg.concurrency.max(1);
         let Ok(mut held) = r.held.lock() else {
-            job.answer(Answer::Failed);
-            continue;
+            return job.answer(Answer::Failed);
         };
         let Some(id) = (0..cap).find(|i| !held.contains_key(i)) else {
-            again.push(job);
-            continue;
+            drop(held);
+            return self.again.push(job);
         };
         let channel = (cfg.concurrency > 0).then_some(id);
         let line = helper::request(channel, &job.user, &job.password.0);
@@ -341,6 +521,65 @@ fn manage(cfg: &HelperConfig, rx: &Mutex<Receiver<Job>>) {
             // this request to its successor.
             r.dead.store(true, Ordering::Release);
         }
+    }
+}
+
+/// One process's thread: takes requests while the process has a free
+/// channel, fails those past their deadline, restarts the process when it
+/// died or stalled. Once the queue is closed (a reload replaced the
+/// configuration, or the runtime is ending) it answers what it holds and
+/// ends its process.
+fn manage(cfg: &HelperConfig, rx: &Mutex<Receiver<Job>>, notes: &Mutex<Notes>) {
+    let cap = cfg.concurrency.max(1) as usize;
+    let mut slot = Slot {
+        cfg,
+        notes,
+        running: None,
+        again: Vec::new(),
+        restarts: Restarts::default(),
+    };
+    let mut closed = false;
+    loop {
+        slot.tend(Instant::now());
+        let held = slot.running.as_ref().map_or(0, Running::holds);
+        if held >= cap {
+            std::thread::sleep(TICK);
+            continue;
+        }
+        let job = match slot.again.pop() {
+            Some(j) => j,
+            None if closed => {
+                if held == 0 {
+                    if let Some(r) = slot.running.take() {
+                        for j in r.end() {
+                            j.answer(Answer::Failed);
+                        }
+                    }
+                    return;
+                }
+                std::thread::sleep(TICK);
+                continue;
+            }
+            None => {
+                let got = match rx.try_lock() {
+                    Ok(rx) => rx.recv_timeout(TICK),
+                    Err(TryLockError::WouldBlock) => {
+                        std::thread::sleep(TICK);
+                        continue;
+                    }
+                    Err(TryLockError::Poisoned(_)) => Err(RecvTimeoutError::Disconnected),
+                };
+                match got {
+                    Ok(j) => j,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        closed = true;
+                        continue;
+                    }
+                }
+            }
+        };
+        slot.hand(job);
     }
 }
 
@@ -414,5 +653,158 @@ mod tests {
             h.check(missing, "a".into(), Secret(b"b".to_vec())),
             Answer::Failed
         );
+    }
+    #[test]
+    fn the_pause_doubles_from_100ms_up_to_10s() {
+        let ms = |n| backoff(n).as_millis();
+        let schedule: Vec<u128> = (0..10).map(ms).collect();
+        assert_eq!(
+            schedule,
+            [0, 100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]
+        );
+        assert_eq!(backoff(40), BACKOFF_MAX);
+        assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
+    }
+
+    #[test]
+    fn restarts_wait_after_quick_deaths_and_not_after_a_steady_process() {
+        let t0 = Instant::now();
+        let mut r = Restarts::default();
+        assert_eq!(
+            r.wait(t0),
+            Duration::ZERO,
+            "a first start waits for nothing"
+        );
+        r.failed(t0);
+        assert_eq!(r.wait(t0), Duration::from_millis(100));
+        assert_eq!(
+            r.wait(t0 + Duration::from_millis(60)),
+            Duration::from_millis(40)
+        );
+        assert_eq!(r.wait(t0 + Duration::from_secs(1)), Duration::ZERO);
+        let t1 = t0 + Duration::from_secs(1);
+        r.failed(t1);
+        assert_eq!(r.wait(t1), Duration::from_millis(200));
+        for _ in 0..20 {
+            r.failed(t1);
+        }
+        assert_eq!(r.wait(t1), BACKOFF_MAX, "capped");
+        r.steady();
+        assert_eq!(r.wait(t1), Duration::ZERO, "an answer starts over");
+        r.failed(t1);
+        assert_eq!(r.wait(t1), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_failure_kind_is_logged_once_until_quiet_or_answered() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut n = Notes::default();
+        assert_eq!(n.happened(Kind::Early, t0), Some(0), "the first is logged");
+        assert_eq!(n.happened(Kind::Early, t0 + s(1)), None);
+        assert_eq!(n.happened(Kind::Early, t0 + s(11)), None, "a crash loop");
+        assert_eq!(
+            n.happened(Kind::Start, t0 + s(12)),
+            Some(0),
+            "another kind has its own line"
+        );
+        assert_eq!(
+            n.happened(Kind::Early, t0 + s(70)),
+            None,
+            "still going: 60 s since the last one are needed"
+        );
+        assert_eq!(
+            n.happened(Kind::Early, t0 + s(131)),
+            Some(3),
+            "after a quiet minute, with the count not logged"
+        );
+        assert_eq!(n.happened(Kind::Early, t0 + s(132)), None);
+        assert_eq!(n.happened(Kind::Exited, t0 + s(133)), Some(0));
+        assert_eq!(n.happened(Kind::Exited, t0 + s(134)), None);
+        assert_eq!(n.answered(), 1, "one failure not logged");
+        assert_eq!(
+            n.happened(Kind::Early, t0 + s(135)),
+            Some(0),
+            "a new outage after an answer"
+        );
+        assert_eq!(
+            n.happened(Kind::Exited, t0 + s(136)),
+            None,
+            "a process that exits after answering is no outage: still quiet"
+        );
+    }
+
+    /// The pids a helper started by `cfg` wrote to `pids`, still running.
+    fn alive(pids: &std::path::Path) -> Vec<i32> {
+        std::fs::read_to_string(pids)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            // Ended and reaped: gone from /proc.
+            .filter(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+            .collect()
+    }
+
+    /// Polls `f` every 20 ms until it holds, for at most 10 s.
+    fn eventually(mut f: impl FnMut() -> bool) -> bool {
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            if f() {
+                return true;
+            }
+            std::thread::sleep(TICK);
+        }
+        f()
+    }
+
+    #[test]
+    fn follow_ends_the_processes_of_another_helper() {
+        let h = Helpers::new();
+        let d = tempdir::Dir::new();
+        let pids = d.0.join("pids");
+        let (_d, cfg) = script(&format!(
+            "echo $$ >> {:?}\nwhile read u p; do echo OK; done",
+            pids.display().to_string()
+        ));
+        assert_eq!(
+            h.check(cfg.clone(), "a".into(), Secret(b"b".to_vec())),
+            Answer::Ok
+        );
+        assert_eq!(alive(&pids).len(), 1, "one process runs");
+        // The same helper: it stays.
+        h.follow(Some(&Arc::new((*cfg).clone())));
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(alive(&pids).len(), 1, "the same configuration keeps it");
+        h.follow(None);
+        assert!(
+            eventually(|| alive(&pids).is_empty()),
+            "the process of a helper no longer configured ends"
+        );
+        // And the next login of a helper starts one again.
+        assert_eq!(h.check(cfg, "a".into(), Secret(b"b".to_vec())), Answer::Ok);
+        assert_eq!(alive(&pids).len(), 1);
+    }
+
+    #[test]
+    fn a_helper_that_dies_at_once_fails_the_login_and_waits_to_restart() {
+        let h = Helpers::new();
+        let d = tempdir::Dir::new();
+        let starts = d.0.join("starts");
+        let (_d, cfg) = script(&format!(
+            "echo started >> {:?}; exit 1",
+            starts.display().to_string()
+        ));
+        assert_eq!(
+            h.check(cfg.clone(), "a".into(), Secret(b"b".to_vec())),
+            Answer::Failed
+        );
+        let count = || {
+            std::fs::read_to_string(&starts)
+                .unwrap_or_default()
+                .lines()
+                .count()
+        };
+        // Tried and retried once (after 100 ms), not in a loop.
+        assert_eq!(count(), 2, "two starts for one login");
     }
 }

@@ -425,6 +425,8 @@ impl Loop {
         }
         if flags.reload() {
             self.worker.reload(&mut self.table);
+            // Every loop shares the helpers: this one follows for all.
+            self.helpers.follow(self.table.config().helper.as_ref());
         }
         if flags.stop() {
             self.worker.stop(&mut self.table);

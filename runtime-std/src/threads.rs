@@ -274,6 +274,7 @@ pub fn run(plan: Plan) -> Result<i32, String> {
                 }
                 if signals.reload() {
                     core.worker.reload(&mut core.table);
+                    sh.helpers.follow(core.table.config().helper.as_ref());
                 }
                 if signals.stop() {
                     core.worker.stop(&mut core.table);

@@ -4,8 +4,10 @@
 //! over an htpasswd file made with `openssl passwd -apr1`; scripts written
 //! here for the helper that dies after each answer (started again), the
 //! one that never answers (a failure after `helper_timeout`), `BH`, and
-//! `helper_concurrency` answered out of order. What is observed: SOCKS5 and
-//! telnet logins, SOCKS5 requests, and `portico_auth_failures_total` on `/metrics`.
+//! `helper_concurrency` answered out of order, the one that exits at once
+//! at every start. What is observed: SOCKS5 and telnet logins, SOCKS5
+//! requests, `portico_auth_failures_total` on `/metrics`, the diagnostics,
+//! and the helper's processes in /proc around a reload.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -27,7 +29,9 @@ both!(
     a_concurrent_helper_may_answer_out_of_order,
     telnet_logins_ask_the_helper,
     http_proxy_logins_ask_the_helper,
-    answers_are_cached_and_a_reload_changes_the_helper
+    answers_are_cached_and_a_reload_changes_the_helper,
+    a_reload_ends_the_processes_of_the_old_helper,
+    a_helper_that_dies_at_once_is_logged_once_and_not_restarted_in_a_loop
 );
 
 const NCSA: &str = "/usr/lib/squid/basic_ncsa_auth";
@@ -559,4 +563,167 @@ fn answers_are_cached_and_a_reload_changes_the_helper(bin: Bin) {
         1,
         "{bin}: ERR counted wrong"
     );
+}
+
+/// The processes whose command line names `script` (a shell script runs
+/// as `/bin/sh SCRIPT`).
+fn processes_of(script: &Path) -> Vec<u32> {
+    let needle = script.as_os_str().as_encoded_bytes();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        panic!("/proc cannot be read: this test needs Linux's /proc");
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|&b| b == 0).any(|arg| arg == needle))
+        })
+        .collect()
+}
+
+/// Rewrites `p`'s configuration with `from` replaced by `to`, sends
+/// SIGHUP, and waits for the `configuration reloaded` line.
+fn reload_replacing(bin: Bin, p: &Portico, from: &str, to: &str) {
+    let text = std::fs::read_to_string(p.config_path()).expect("read the configuration");
+    assert!(
+        text.contains(from),
+        "{bin}: {from:?} is not in the configuration"
+    );
+    let reloads = |p: &Portico| {
+        p.stderr_lines()
+            .iter()
+            .filter(|l| l.contains("configuration reloaded"))
+            .count()
+    };
+    let before = reloads(p);
+    std::fs::write(p.config_path(), text.replace(from, to)).expect("rewrite");
+    p.signal(libc::SIGHUP);
+    let reloaded = poll_until(PROMPTLY, EVERY, || (reloads(p) > before).then_some(()));
+    assert!(
+        reloaded.is_some(),
+        "{bin}: no `configuration reloaded` line after SIGHUP\nstderr:\n{}",
+        p.stderr_text()
+    );
+}
+
+/// A reload that keeps `[auth] helper` keeps its process (the same pid
+/// answers after it); one that names another program ends the old
+/// processes at the reload, not at the next login, and the new program
+/// answers the next login.
+fn a_reload_ends_the_processes_of_the_old_helper(bin: Bin) {
+    let dir = TempDir::new();
+    let answered = dir.path().join("answered");
+    let body = |verdict: &str| {
+        format!(
+            "while read u p; do echo \"$$\" >> {:?}; echo {verdict}; done",
+            answered.display().to_string()
+        )
+    };
+    let (old, new) = (
+        script(&dir, "old.sh", &body("OK")),
+        script(&dir, "new.sh", &body("ERR")),
+    );
+    let (old_line, new_line) = (helper_line(&[&old]), helper_line(&[&new]));
+    let auth = format!("{old_line}\nhelpers = 1");
+    let (p, socks, status) = start(bin, "", &auth, "");
+    assert!(
+        login(bin, socks, "u1", "pw").0,
+        "{bin}: the old helper's OK"
+    );
+    let first = processes_of(&old);
+    assert_eq!(
+        first.len(),
+        1,
+        "{bin}: one process of the old helper: {first:?}"
+    );
+
+    // Another key changes; the helper stays, and so does its process.
+    reload_replacing(bin, &p, "[auth]\n", "[auth]\n# reloaded once\n");
+    assert!(
+        login(bin, socks, "u2", "pw").0,
+        "{bin}: after the first reload"
+    );
+    let pids = std::fs::read_to_string(&answered).unwrap_or_default();
+    let pids: Vec<&str> = pids.lines().collect();
+    assert_eq!(
+        pids,
+        [first[0].to_string(), first[0].to_string()],
+        "{bin}: the same process answered before and after a reload that kept the helper"
+    );
+
+    reload_replacing(bin, &p, &old_line, &new_line);
+    let gone = poll_until(PROMPTLY, EVERY, || {
+        processes_of(&old).is_empty().then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "{bin}: the old helper's process still runs after the reload: {:?}\nstderr:\n{}",
+        processes_of(&old),
+        p.stderr_text()
+    );
+    assert!(
+        processes_of(&new).is_empty(),
+        "{bin}: the new helper starts only when a login needs it"
+    );
+    assert!(
+        !login(bin, socks, "u3", "pw").0,
+        "{bin}: the new helper's ERR"
+    );
+    assert_eq!(
+        processes_of(&new).len(),
+        1,
+        "{bin}: one process of the new helper"
+    );
+    assert_eq!(
+        failures(bin, status, "wrong"),
+        1,
+        "{bin}: ERR counted wrong"
+    );
+}
+
+/// A helper that exits at once at every start: each login fails, counted
+/// `helper`; the program is started at most twice per login (the login's
+/// retry, after a pause), never in a loop; the diagnostics say so in one
+/// line, not one per start. Portico serves on meanwhile.
+fn a_helper_that_dies_at_once_is_logged_once_and_not_restarted_in_a_loop(bin: Bin) {
+    let dir = TempDir::new();
+    let starts = dir.path().join("starts");
+    let helper = script(
+        &dir,
+        "crash.sh",
+        &format!("echo started >> {:?}\nexit 1", starts.display().to_string()),
+    );
+    let auth = format!(
+        "{}\nhelpers = 1\nhelper_timeout = \"1s\"",
+        helper_line(&[&helper])
+    );
+    let (p, socks, status) = start(bin, "", &auth, "");
+    for name in ["c1", "c2", "c3"] {
+        assert!(
+            !login(bin, socks, name, "pw").0,
+            "{bin}: {name}: a helper that cannot answer refuses the login"
+        );
+    }
+    assert_eq!(failures(bin, status, "helper"), 3, "{bin}: counted helper");
+    let started = lines_of(&starts);
+    assert!(
+        (3..=6).contains(&started),
+        "{bin}: {started} starts for 3 logins (at most the login's own and one retry each)"
+    );
+    let lines: Vec<String> = p
+        .stderr_lines()
+        .into_iter()
+        .filter(|l| l.contains("exited before answering"))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{bin}: one line for the crash loop, not one per start: {lines:?}\nstderr:\n{}",
+        p.stderr_text()
+    );
+    let r = exchange(
+        status,
+        &format!("GET /healthz HTTP/1.1\r\nHost: {status}\r\nConnection: close\r\n\r\n"),
+    )
+    .unwrap_or_else(|e| panic!("{bin}: GET /healthz: {e}"));
+    assert_eq!(r.status, 200, "{bin}: the status service serves on: {r:?}");
 }
