@@ -103,7 +103,7 @@ impl Protocol for Socks {
                 },
                 State::Methods => self.methods(rest, reply, scope),
                 State::Auth => self.auth(rest),
-                State::Request => self.request(rest, reply),
+                State::Request => self.request(rest, reply, scope),
                 State::Checking | State::Connecting | State::Done => return (used, Next::Wait),
             };
             used += n;
@@ -248,7 +248,7 @@ impl Socks {
         )
     }
 
-    fn request(&mut self, b: &[u8], reply: &mut Vec<u8>) -> (usize, Next) {
+    fn request(&mut self, b: &[u8], reply: &mut Vec<u8>, scope: &mut Scope) -> (usize, Next) {
         if b.len() < 4 {
             return NEED;
         }
@@ -297,8 +297,8 @@ impl Socks {
                 return (b.len(), close(Outcome::Unsupported));
             }
         };
-        if cmd != 1 {
-            // BIND and UDP ASSOCIATE are not offered.
+        if cmd != 1 || !scope.service.commands.connect {
+            // A command the service does not accept.
             self.state = State::Done;
             reply.extend_from_slice(&v5_reply(0x07, None));
             return (len, close(Outcome::Unsupported));
@@ -352,7 +352,7 @@ impl Socks {
         } else {
             Target::Addr(SocketAddr::V4(SocketAddrV4::new(ip, port)))
         };
-        if cmd != 1 {
+        if cmd != 1 || !scope.service.commands.connect {
             self.state = State::Done;
             reply.extend_from_slice(&v4_reply(false, None));
             return (len, close(Outcome::Unsupported));
@@ -568,6 +568,27 @@ mod tests {
                 assert_eq!(got_reply, reply, "{what} (chop {chop})");
             }
         }
+    }
+
+    #[test]
+    fn a_command_the_service_leaves_out_is_not_supported() {
+        let text = "[[service]]\nname = \"s\"\nkind = \"socks\"\nport = 1080\n\
+                    commands = [\"udp\"]\n";
+        let c = config::parse(text, "t").expect("config");
+        let mut users = Users::new(&c.users, 1, std::time::Duration::ZERO);
+        let mut detached = crate::proto::Detached::new();
+        let mut scope = detached.scope(&c.services[0], &mut users);
+        let mut s = Socks::default();
+        let mut reply = Vec::new();
+        let input = [5u8, 1, 0, 5, 1, 0, 1, 10, 0, 0, 1, 0, 80];
+        let (_, step) = s.input(&input, &mut reply, &mut scope);
+        assert_eq!(step, Next::Close(Outcome::Unsupported));
+        assert_eq!(reply, [5, 0, 5, 7, 0, 1, 0, 0, 0, 0, 0, 0]);
+        let mut s4 = Socks::default();
+        let mut reply = Vec::new();
+        let (_, step) = s4.input(&[4, 1, 0, 80, 10, 0, 0, 1, 0], &mut reply, &mut scope);
+        assert_eq!(step, Next::Close(Outcome::Unsupported));
+        assert_eq!(reply, [0, 0x5B, 0, 0, 0, 0, 0, 0]);
     }
 
     #[test]
