@@ -26,8 +26,7 @@ use super::{
     implemented_kind, AccessTarget, Config, ConfigError, DiagnosticsTarget, HelperConfig, Limits,
     ListenSide, LogConfig, LogFormat, Network, Password, ProcessConfig, ProxyVersion, Quota,
     QuotaSubjects, Rule, RuleAction, RuntimeConfig, Service, ServiceKind, SocksCommands,
-    StateConfig, Transport,
-    User, DEFAULT_SYSLOG_SOCKET, MAX_BUFFER, MAX_WORKERS, MIN_BUFFER,
+    StateConfig, Transport, User, DEFAULT_SYSLOG_SOCKET, MAX_BUFFER, MAX_WORKERS, MIN_BUFFER,
 };
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -1202,13 +1201,10 @@ fn service(cx: &Ctx, s: &S<RawService>, network: &Network, have_users: bool) -> 
                 format!("udp_announce only applies to socks services, not {kind}; remove it"),
             ))
         }
-        Some(v) => Some(
-            cx.value(v, |t| values::parse_ip(t))
-                .map_err(|mut err| {
-                    err.message = format!("service '{name}': udp_announce: {}", err.message);
-                    err
-                })?,
-        ),
+        Some(v) => Some(cx.value(v, |t| values::parse_ip(t)).map_err(|mut err| {
+            err.message = format!("service '{name}': udp_announce: {}", err.message);
+            err
+        })?),
     };
 
     Ok(Service {

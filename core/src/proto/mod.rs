@@ -16,6 +16,7 @@ pub(crate) mod http_proxy;
 pub mod pop3;
 pub mod simple;
 pub mod socks;
+pub mod socks_udp;
 pub mod telnet;
 
 use std::net::SocketAddr;

@@ -384,7 +384,7 @@ fn nul_field(b: &[u8]) -> Option<(&[u8], usize)> {
 }
 
 /// A destination host as sent by the client: an IP literal or a DNS name.
-fn host_name(b: &[u8]) -> Option<&str> {
+pub(super) fn host_name(b: &[u8]) -> Option<&str> {
     let s = std::str::from_utf8(b).ok()?;
     let ok = !s.is_empty()
         && s.len() <= 253
@@ -393,7 +393,7 @@ fn host_name(b: &[u8]) -> Option<&str> {
     ok.then_some(s)
 }
 
-fn name_target(host: &str, port: u16) -> Target {
+pub(super) fn name_target(host: &str, port: u16) -> Target {
     match host.parse::<IpAddr>() {
         Ok(ip) => Target::Addr(SocketAddr::new(ip, port)),
         Err(_) => Target::Name(host.to_ascii_lowercase(), port),
