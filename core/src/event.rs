@@ -64,6 +64,12 @@ pub enum Event {
         side: Side,
         error: IoKind,
     },
+    /// The sockets asked for with [`Action::UdpAssociate`] are open;
+    /// `local` is the client-facing one's address.
+    UdpBound { conn: ConnId, local: SocketAddr },
+    /// The sockets asked for with [`Action::UdpAssociate`] could not be
+    /// opened.
+    UdpBindFailed { conn: ConnId, error: IoKind },
 }
 
 /// Something the core asks the runtime to do. Drain them with
@@ -167,6 +173,20 @@ pub enum Action {
     /// and hand the parts to [`crate::Proxy::handle_gathered`]. Only ever
     /// asked when several workers share a [`crate::ledger::Ledger`].
     Gather { conn: ConnId },
+    /// Open the two unconnected UDP sockets of `conn`'s SOCKS UDP
+    /// association: one facing the client, bound to `client_side` (the
+    /// system picks the port), and one facing the destinations, from
+    /// `outward` when given (any address of the client side's family
+    /// when not). Report [`Event::UdpBound`] or [`Event::UdpBindFailed`];
+    /// datagrams on either go to
+    /// [`crate::Proxy::handle_association_datagram`].
+    UdpAssociate {
+        conn: ConnId,
+        client_side: SocketAddr,
+        outward: Option<IpAddr>,
+    },
+    /// Close `conn`'s association sockets (asked before its `Close`).
+    UdpDisassociate { conn: ConnId },
 }
 
 /// Diagnostic log levels, most severe first.

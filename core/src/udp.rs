@@ -62,6 +62,13 @@ pub enum Via {
     Listener(ListenerId, SocketAddr),
     /// The mapping's own socket, connected to the destination.
     Mapping(UdpId),
+    /// A SOCKS UDP association's socket (the outward one, or the one
+    /// facing the client), to `to`.
+    Association {
+        conn: crate::id::ConnId,
+        outward: bool,
+        to: SocketAddr,
+    },
 }
 
 #[derive(Debug)]
@@ -104,6 +111,16 @@ impl UdpTable {
             return;
         }
         self.out.push_back((via, data.to_vec()));
+    }
+
+    /// Queues a datagram of a SOCKS UDP association; false when the
+    /// queue is full and it was dropped (the association counts it).
+    pub fn push(&mut self, via: Via, data: Vec<u8>) -> bool {
+        if self.out.len() >= QUEUE_MAX {
+            return false;
+        }
+        self.out.push_back((via, data));
+        true
     }
 
     /// Whether `client` has a mapping on `listener`.
@@ -252,6 +269,7 @@ impl UdpTable {
                 duration: now.saturating_duration_since(m.opened),
                 error: outcome.cause(),
                 rule: None,
+                datagrams: None,
             })));
         }
         if self.maps.is_empty() {

@@ -80,4 +80,8 @@ pub enum UdpCmd {
     Unlisten(ListenerId),
     Open(UdpId, Option<IpAddr>, SocketAddr),
     Close(UdpId),
+    /// A SOCKS UDP association's two sockets: the client's side bound to
+    /// this address, the outward one from this address (if given).
+    Associate(ConnId, SocketAddr, Option<IpAddr>),
+    Disassociate(ConnId),
 }

@@ -65,6 +65,8 @@ const LISTENER_BASE: usize = usize::MAX / 2;
 /// UDP listeners and UDP mappings sit above the TCP listeners.
 const UDP_LISTENER_BASE: usize = LISTENER_BASE + (1 << 21);
 const UDP_MAP_BASE: usize = LISTENER_BASE + (1 << 22);
+/// SOCKS UDP associations' sockets, two per connection.
+const UDP_ASSOC_BASE: usize = LISTENER_BASE + (1 << 23);
 /// Datagrams one UDP socket may take before the others get a turn.
 const DATAGRAMS_PER_TURN: usize = 64;
 /// Reads or writes one connection may do before the others get a turn.
@@ -199,6 +201,7 @@ fn register_udp(registry: &Registry, u: &std::net::UdpSocket, key: UdpKey) -> io
     let token = match key {
         UdpKey::Port(i) => Token(UDP_LISTENER_BASE + i),
         UdpKey::Mapping(i) => Token(UDP_MAP_BASE + i),
+        UdpKey::Association(i, out) => Token(UdpKey::association_token(i, out, UDP_ASSOC_BASE)),
     };
     registry.register(&mut SourceFd(&u.as_raw_fd()), token, Interest::READABLE)
 }
@@ -603,7 +606,9 @@ impl Loop {
     fn udp_turn(&mut self) {
         let list = std::mem::take(&mut self.udp_work);
         for t in list {
-            let key = if t.0 >= UDP_MAP_BASE {
+            let key = if t.0 >= UDP_ASSOC_BASE {
+                UdpKey::from_association_token(t.0, UDP_ASSOC_BASE)
+            } else if t.0 >= UDP_MAP_BASE {
                 UdpKey::Mapping(t.0 - UDP_MAP_BASE)
             } else {
                 UdpKey::Port(t.0 - UDP_LISTENER_BASE)

@@ -333,6 +333,8 @@ fn timer_thread(shared: &Shared) {
 
 /// Poller keys of UDP mappings sit above those of UDP listeners.
 const UDP_MAP_KEY: usize = 1 << 40;
+/// SOCKS UDP associations' sockets, two per connection.
+const UDP_ASSOC_KEY: usize = 1 << 41;
 
 /// One thread for every UDP socket: datagrams are small and independent, so
 /// a thread per mapping would buy nothing.
@@ -343,6 +345,7 @@ fn udp_thread(shared: &Arc<Shared>, poller: Arc<Poller>, rx: Receiver<UdpCmd>, m
         let key = match key {
             UdpKey::Port(i) => i,
             UdpKey::Mapping(i) => UDP_MAP_KEY + i,
+            UdpKey::Association(i, out) => UdpKey::association_token(i, out, UDP_ASSOC_KEY),
         };
         unsafe { poller.add(u, PEvent::readable(key)) }
     };
@@ -353,7 +356,7 @@ fn udp_thread(shared: &Arc<Shared>, poller: Arc<Poller>, rx: Receiver<UdpCmd>, m
     loop {
         while let Ok(cmd) = rx.try_recv() {
             let (opened, gone) = udp.apply(cmd, register);
-            if let Some(u) = gone {
+            for u in gone {
                 let _ = poller.delete(&u);
             }
             if let Some(opened) = opened {
@@ -368,9 +371,13 @@ fn udp_thread(shared: &Arc<Shared>, poller: Arc<Poller>, rx: Receiver<UdpCmd>, m
             continue;
         }
         for ev in events.iter() {
-            let key = match ev.key.checked_sub(UDP_MAP_KEY) {
-                Some(i) => UdpKey::Mapping(i),
-                None => UdpKey::Port(ev.key),
+            let key = if ev.key >= UDP_ASSOC_KEY {
+                UdpKey::from_association_token(ev.key, UDP_ASSOC_KEY)
+            } else {
+                match ev.key.checked_sub(UDP_MAP_KEY) {
+                    Some(i) => UdpKey::Mapping(i),
+                    None => UdpKey::Port(ev.key),
+                }
             };
             for _ in 0..ACCEPTS_PER_TURN {
                 if !shared.tell(|core| udp.recv(&mut core.table, key)) {
@@ -714,6 +721,9 @@ impl ConnThread {
             ConnCmd::Resolve { host, port } => {
                 // This thread serves only this connection: it may wait here.
                 self.event(resolve(self.pair.id, &host, port), mine);
+                // A SOCKS UDP association's datagrams may have waited for
+                // the name: the UDP thread sends what the core queued.
+                let _ = lock(&self.shared).udp_tx.1.notify();
             }
             ConnCmd::CheckPassword { phc, password } => {
                 // Waits for the pool (which bounds how many checks run at

@@ -85,6 +85,13 @@ pub enum Next {
         user: Vec<u8>,
         password: crate::auth::Secret,
     },
+    /// SOCKS5 UDP ASSOCIATE for `user`: `client` is the address the
+    /// client says it will send from (an unspecified address or port 0:
+    /// any). The session opens the association and writes the reply.
+    Associate {
+        client: Target,
+        user: Option<String>,
+    },
 }
 
 /// A data port a control machine asks for: on `bind` (the system picks the

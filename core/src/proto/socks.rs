@@ -297,7 +297,19 @@ impl Socks {
                 return (b.len(), close(Outcome::Unsupported));
             }
         };
-        if cmd != 1 || !scope.service.commands.connect {
+        let commands = scope.service.commands;
+        if cmd == 3 && commands.udp {
+            // The session answers once the association's socket is open.
+            self.state = State::Done;
+            return (
+                len,
+                Next::Associate {
+                    client: target,
+                    user: self.user.clone(),
+                },
+            );
+        }
+        if cmd != 1 || !commands.connect {
             // A command the service does not accept.
             self.state = State::Done;
             reply.extend_from_slice(&v5_reply(0x07, None));
@@ -400,7 +412,7 @@ pub(super) fn name_target(host: &str, port: u16) -> Target {
     }
 }
 
-fn v5_reply(code: u8, bound: Option<SocketAddr>) -> Vec<u8> {
+pub(crate) fn v5_reply(code: u8, bound: Option<SocketAddr>) -> Vec<u8> {
     let mut r = vec![5, code, 0];
     match bound {
         Some(SocketAddr::V6(a)) => {
@@ -525,7 +537,7 @@ mod tests {
              Next::Close(Outcome::Unsupported), [&[5u8, 0][..], &[5, 7, 0, 1, 0, 0, 0, 0, 0, 0]].concat()),
             ("v5 udp associate", false,
              vec![5, 1, 0, 5, 3, 0, 1, 1, 2, 3, 4, 0, 80],
-             Next::Close(Outcome::Unsupported), [&[5u8, 0][..], &[5, 7, 0, 1, 0, 0, 0, 0, 0, 0]].concat()),
+             Next::Associate { client: addr("1.2.3.4:80"), user: None }, vec![5, 0]),
             ("v5 bad address type", false,
              vec![5, 1, 0, 5, 1, 0, 9, 1, 2, 3, 4, 0, 80],
              Next::Close(Outcome::Unsupported), [&[5u8, 0][..], &[5, 8, 0, 1, 0, 0, 0, 0, 0, 0]].concat()),

@@ -79,6 +79,7 @@ impl Session {
                 self.sync(cx);
             }
             Next::Connect { target, user } => self.request(target, user, cx),
+            Next::Associate { client, user } => self.associate(client, user, cx),
             Next::Authenticate { user, password } => {
                 if let Some(v) = self.login(&user, &password, cx) {
                     self.authenticated(v, cx)

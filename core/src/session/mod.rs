@@ -38,6 +38,7 @@
 //! `up` carries client → upstream, `down` upstream → client (see
 //! [`Dir`]). The session is finished when both directions are shut.
 
+mod associate;
 mod connect;
 pub(crate) use connect::rule_number;
 mod dir;
@@ -81,6 +82,9 @@ pub(crate) enum Phase {
     /// The last reply drains to the client; what the client sends is
     /// discarded; then the connection closes.
     Closing,
+    /// A SOCKS UDP association carries datagrams; its control connection
+    /// only waits for the client to close it.
+    Associated,
 }
 
 /// The protocol a session speaks, for its whole life.
@@ -98,6 +102,8 @@ pub(crate) enum Machine {
     /// The status page; `asked`: its request is complete and the table
     /// is gathering the answer (from the other workers' tables).
     Status { asked: bool },
+    /// A SOCKS5 UDP association (the SOCKS handshake is over).
+    Associate(Box<associate::Association>),
 }
 
 impl Machine {
@@ -115,6 +121,7 @@ impl Machine {
             Machine::Gateway(p) => p.method(),
             Machine::Http(_) => "HTTP",
             Machine::Status { .. } => "-",
+            Machine::Associate(_) => "UDP-ASSOCIATE",
         }
     }
 
@@ -410,6 +417,7 @@ impl Session {
             Phase::Filtering if matches!(self.machine, Machine::Http(_)) => "http",
             Phase::Filtering => "control",
             Phase::Closing => "closing",
+            Phase::Associated => "udp-associate",
         }
     }
 
@@ -478,7 +486,7 @@ impl Session {
                     }
                 }
             }
-            Machine::Http(_) | Machine::Status { .. } => self.sync(cx),
+            Machine::Http(_) | Machine::Status { .. } | Machine::Associate(_) => self.sync(cx),
         }
     }
 
@@ -494,6 +502,7 @@ impl Session {
             Machine::Status { .. } => self.status_request(cx),
             Machine::Http(_) => self.http_client(cx),
             Machine::Gateway(_) => self.gateway_input(cx),
+            Machine::Associate(_) => self.association_control(cx),
             Machine::Mapped | Machine::FtpData { .. } => {}
         }
     }
@@ -675,6 +684,9 @@ impl Session {
             return;
         }
         match self.phase {
+            Phase::Connecting if matches!(self.machine, Machine::Associate(_)) => {
+                self.on_udp_bind_failed(Failure::TimedOut, None, cx)
+            }
             Phase::Resolving | Phase::Connecting | Phase::Conversing => {
                 self.fail(Failure::TimedOut, cx)
             }
@@ -695,7 +707,7 @@ impl Session {
                 // A request head that does not finish in time: 408.
                 self.http_timed_out(cx);
             }
-            Phase::Relay | Phase::Filtering => {
+            Phase::Relay | Phase::Filtering | Phase::Associated => {
                 self.outcome = Outcome::Idle;
                 self.end();
             }
@@ -719,7 +731,7 @@ impl Session {
                     && self.checking.is_none()
             }
             Phase::Filtering => self.filtering_done(),
-            _ => false,
+            _ => self.association_done(),
         };
         if done {
             return self.end();
@@ -794,6 +806,7 @@ impl Session {
                 self.head_deadline(cx).map_or(idle, |t| idle.min(t))
             }
             Phase::Relay => self.last_active + l.idle_timeout,
+            Phase::Associated => self.last_active + l.udp_idle_timeout,
         }
     }
 
@@ -853,9 +866,19 @@ impl Session {
             e.1 += self.down.bytes;
         }
         cx.stats.closed += 1;
+        if let Machine::Associate(_) = self.machine {
+            // Its sockets go before the connection they belong to.
+            cx.actions.push_back(Action::UdpDisassociate { conn });
+        }
         cx.actions.push_back(Action::Close { conn });
         let machine = std::mem::replace(&mut self.machine, Machine::Mapped);
         match machine {
+            Machine::Associate(a) => {
+                let rec = self.association_record(&a, cx);
+                if cx.access_logged() {
+                    cx.actions.push_back(Action::Access(Box::new(rec)));
+                }
+            }
             Machine::Http(mut h) => {
                 // HTTP logs one line per request, the last one now.
                 if let Some(x) = h.abandon(&self.up, &self.down, now) {
@@ -889,6 +912,7 @@ impl Session {
                         duration: now.saturating_duration_since(self.accepted),
                         error: self.cause,
                         rule: self.rule,
+                        datagrams: None,
                     };
                     cx.actions.push_back(Action::Access(Box::new(rec)));
                 }
@@ -917,6 +941,7 @@ impl Session {
             error: x.cause,
             // The rule that decided the exchange's upstream, if it had one.
             rule: if x.routed { self.rule } else { None },
+            datagrams: None,
         }
     }
 }

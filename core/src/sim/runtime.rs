@@ -174,6 +174,9 @@ pub struct Runtime {
     keep: usize,
     /// Print every action as it comes (`PORTICO_FUZZ_TRACE`).
     pub live: bool,
+    /// SOCKS UDP associations whose sockets were asked for and not
+    /// closed yet.
+    pub associations: Vec<ConnId>,
 }
 
 impl Runtime {
@@ -208,6 +211,7 @@ impl Runtime {
             trace: VecDeque::new(),
             keep: 0,
             live: false,
+            associations: Vec::new(),
         }
     }
 
@@ -749,6 +753,10 @@ impl Runtime {
             }
             Action::Close { conn } => {
                 assert!(
+                    !self.associations.contains(&conn),
+                    "Close for {conn} with its UDP association's sockets still open"
+                );
+                assert!(
                     self.conns.remove(conn).is_some(),
                     "Close for {conn}, which is not live"
                 );
@@ -777,6 +785,24 @@ impl Runtime {
             Action::Gather { conn } => {
                 assert!(self.worker, "Gather for {conn} with one table");
                 self.live_conn(conn, "Gather");
+            }
+            Action::UdpAssociate { conn, .. } => {
+                let s = self.live_conn(conn, "UdpAssociate");
+                assert!(
+                    !s.refusing,
+                    "UdpAssociate for a connection admitted only to refuse"
+                );
+                assert!(
+                    !self.associations.contains(&conn),
+                    "UdpAssociate twice for {conn}"
+                );
+                self.associations.push(conn);
+            }
+            Action::UdpDisassociate { conn } => {
+                let Some(i) = self.associations.iter().position(|c| *c == conn) else {
+                    panic!("UdpDisassociate for {conn}, which has no association");
+                };
+                self.associations.swap_remove(i);
             }
             Action::UdpOpen { .. } | Action::UdpClose { .. } => {
                 panic!("the harness plays no UDP mapping: {action:?}")
@@ -809,6 +835,27 @@ impl Runtime {
         }
         self.drain();
         asked.into_iter().map(|(l, _)| l).collect()
+    }
+
+    /// A datagram of `bytes` from `from` arrived at association `conn`'s
+    /// outward socket (`outward`) or the one facing its client.
+    pub fn association_datagram(
+        &mut self,
+        conn: ConnId,
+        outward: bool,
+        from: SocketAddr,
+        bytes: &[u8],
+    ) {
+        let at = self.at();
+        let buf = self.proxy.datagram_buf();
+        buf[..bytes.len()].copy_from_slice(bytes);
+        self.proxy
+            .handle_association_datagram(conn, outward, from, bytes.len(), at);
+    }
+
+    /// Every datagram the core has queued to send.
+    pub fn datagrams(&mut self) -> Vec<(crate::udp::Via, Vec<u8>)> {
+        std::iter::from_fn(|| self.proxy.poll_datagram()).collect()
     }
 
     /// `side` sent `bytes`, read into the core's buffer at once.

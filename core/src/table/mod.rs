@@ -548,6 +548,12 @@ impl Proxy {
             Event::ConnectFailed { conn, error } => {
                 self.run(conn, now, |s, cx| s.on_connect_failed(error, cx))
             }
+            Event::Resolved { conn, addrs } if self.associated(conn) => {
+                self.association_resolved(conn, Some(addrs), now)
+            }
+            Event::ResolveFailed { conn } if self.associated(conn) => {
+                self.association_resolved(conn, None, now)
+            }
             Event::Resolved { conn, addrs } => {
                 self.run(conn, now, |s, cx| s.on_resolved(addrs, cx))
             }
@@ -578,6 +584,12 @@ impl Proxy {
             Event::IoError { conn, side, error } => {
                 self.run(conn, now, |s, cx| s.on_io_error(side, error, cx))
             }
+            Event::UdpBound { conn, local } => {
+                self.run(conn, now, |s, cx| s.on_udp_bound(local, cx))
+            }
+            Event::UdpBindFailed { conn, error } => self.run(conn, now, |s, cx| {
+                s.on_udp_bind_failed(crate::proto::Failure::Other, Some(error), cx)
+            }),
         }
     }
 
