@@ -152,10 +152,13 @@ impl Proxy {
     ) {
         let n = n.min(self.datagram.len());
         if let Some(rec) = self.recorder.as_mut() {
-            // The client's header is parsed: it is kept, the payload not.
+            // The client's header is parsed: it is kept, the payload not
+            // (a header that does not parse fails within its first bytes).
             let kept = (!outward).then(|| {
-                let head = crate::proto::socks_udp::MAX_HEADER.min(n);
-                &self.datagram[..head]
+                let d = &self.datagram[..n];
+                let head = crate::proto::socks_udp::parse(d)
+                    .map_or(crate::proto::socks_udp::MAX_HEADER.min(n), |h| h.len);
+                &d[..head]
             });
             rec.association_datagram(now, conn, outward, from, n, kept);
         }
