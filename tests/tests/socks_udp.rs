@@ -29,6 +29,8 @@ both!(
     udp_associate_drops_a_denied_destination,
     udp_associate_ends_with_its_tcp_connection,
     udp_associate_left_out_of_commands_is_not_supported,
+    udp_announce_names_another_address,
+    an_association_counts_as_a_connection,
     drill_through_socksify,
 );
 
@@ -260,6 +262,60 @@ fn udp_associate_left_out_of_commands_is_not_supported(bin: Bin) {
         [5, 0, 5, 7, 0, 1, 0, 0, 0, 0, 0, 0],
         "{bin}: command not supported"
     );
+}
+
+/// Behind address translation: the reply names `udp_announce` and the
+/// socket's own port; the socket stays on the address the client reached.
+fn udp_announce_names_another_address(bin: Bin) {
+    let echo = UdpEcho::start();
+    let (_p, proxy) = start_on_free_port(bin, StartOptions::default(), |port| {
+        socks_config(port, "", "udp_announce = \"198.51.100.7\"")
+    });
+    let u = udp_client(bin);
+    let mut s = TcpStream::connect(proxy).expect("connect");
+    s.set_read_timeout(Some(WAIT)).expect("read timeout");
+    s.write_all(&[5, 1, 0, 5, 3, 0, 1, 0, 0, 0, 0, 0, 0])
+        .expect("request");
+    let mut m = [0u8; 2];
+    s.read_exact(&mut m).expect("method choice");
+    let (code, named) = read_reply(bin, &mut s);
+    assert_eq!(code, 0, "{bin}: UDP ASSOCIATE succeeds");
+    assert_eq!(
+        named.ip(),
+        "198.51.100.7".parse::<IpAddr>().expect("address"),
+        "{bin}: the reply names udp_announce"
+    );
+    // The socket itself is on the address the client reached.
+    let relay = SocketAddr::new(proxy.ip(), named.port());
+    round_trip(bin, &u, relay, echo.addr(), b"behind NAT");
+}
+
+/// With `max_per_client = 1`, an open association is the client's one
+/// connection: another request from it is refused until it ends.
+fn an_association_counts_as_a_connection(bin: Bin) {
+    let (p, proxy) = start_on_free_port(bin, StartOptions::default(), |port| {
+        format!(
+            "{}{}",
+            config_head("max_per_client = 1", ""),
+            service("socks", "socks", port, "")
+        )
+    });
+    let u = udp_client(bin);
+    let (s, _relay) = associate(bin, proxy, u.local_addr().expect("local address"));
+    let second = || {
+        let mut t = TcpStream::connect(proxy).expect("connect");
+        t.set_read_timeout(Some(WAIT)).expect("read timeout");
+        t.write_all(&[5, 1, 0, 5, 3, 0, 1, 0, 0, 0, 0, 0, 0])
+            .expect("request");
+        let mut m = [0u8; 2];
+        t.read_exact(&mut m).expect("method choice");
+        read_reply(bin, &mut t).0
+    };
+    assert_ne!(second(), 0, "{bin}: a second association is over the limit");
+    let control = s.local_addr().expect("control address");
+    drop(s);
+    association_line(bin, &p, control);
+    assert_eq!(second(), 0, "{bin}: once it ended, the client may again");
 }
 
 /// dnsmasq answering `example.test` on 127.0.0.1:`port`, alone (no

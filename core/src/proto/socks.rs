@@ -299,8 +299,9 @@ impl Socks {
         };
         let commands = scope.service.commands;
         if cmd == 3 && commands.udp {
-            // The session answers once the association's socket is open.
-            self.state = State::Done;
+            // The session answers once the association's socket is open;
+            // a refusal (a limit) is said by `failed`, as for a connect.
+            self.state = State::Connecting;
             return (
                 len,
                 Next::Associate {
