@@ -135,6 +135,14 @@ impl Table {
                 Action::ShutdownWrite { conn: c, side } => conn(c, ConnCmd::ShutdownWrite(side)),
                 Action::CloseUpstream { conn: c } => conn(c, ConnCmd::CloseUpstream),
                 Action::Close { conn: c } => conn(c, ConnCmd::Close),
+                Action::BindListen {
+                    conn: c,
+                    toward,
+                    bind,
+                } => conn(c, ConnCmd::BindListen { toward, bind }),
+                Action::BindTake { conn: c } => conn(c, ConnCmd::BindTake),
+                Action::BindReject { conn: c } => conn(c, ConnCmd::BindReject),
+                Action::BindClose { conn: c } => conn(c, ConnCmd::BindClose),
                 Action::Gather { conn } => Some(Step::Gather(conn)),
                 Action::Listen { listener, addr } => {
                     Some(Step::Listen(ListenCmd::Open(listener, addr)))
@@ -361,6 +369,18 @@ impl Table {
     #[inline]
     pub fn handle_reply(&mut self, id: UdpId, n: usize) {
         self.proxy.handle_reply(id, n, Instant::now());
+    }
+
+    /// `conn`'s BIND listener opened (its address), or why not.
+    pub fn bind_listening(&mut self, conn: ConnId, opened: io::Result<SocketAddr>) {
+        let event = match opened {
+            Ok(local) => Event::BindListening { conn, local },
+            Err(e) => Event::BindFailed {
+                conn,
+                error: IoKind::from_io(&e),
+            },
+        };
+        self.proxy.handle(event, Instant::now());
     }
 
     /// A datagram of `n` bytes from `from` on one of association `conn`'s

@@ -7,13 +7,15 @@
 //!   │                        │                           │                 (bad → [1,1], close)
 //!   │                        ├─no acceptable → [5, FF], close
 //!   │                        └─method 0 ─────────────────────────────────────────────────────► Request
-//!   ├─first byte 4──► V4 ──[4, cmd, port, ip, userid\0 (host\0)]──► Connect (cmd 1) | [0,5B] close
+//!   ├─first byte 4──► V4 ──[4, cmd, port, ip, userid\0 (host\0)]──► Connect (cmd 1) | Bind (cmd 2) | [0,5B] close
 //!   └─other──► close
-//! Request ──[5, cmd, 0, atyp, addr, port]──► Connect (cmd 1)
-//!                                          ├─cmd 2, 3 → reply 07, close
+//! Request ──[5, cmd, 0, atyp, addr, port]──► Connect (cmd 1) | Bind (cmd 2) | Associate (cmd 3)
+//!                                          ├─a command not in `commands`, or another → reply 07, close
 //!                                          └─atyp other → reply 08, close
 //! Connect ──connected──► success reply with the bound address, relay
 //!         └─failed──► reply 01..06 (5) or 5B (4), close
+//! Bind ──bound──► first reply (the listener) ──bind_peer, connected──► second reply (the peer), relay
+//! Associate ──► the session's (`crate::session` associate): this machine is done
 //! ```
 //!
 //! Every length field is bounded by the protocol (one byte) or here
@@ -52,6 +54,8 @@ pub struct Socks {
     /// The name being checked (SOCKS4: and where to go once it is).
     checking: Option<String>,
     v4_target: Option<Target>,
+    /// A BIND: its peer, once a connection from it was taken.
+    bind: Option<Option<SocketAddr>>,
 }
 
 const NEED: (usize, Next) = (0, Next::Wait);
@@ -134,10 +138,7 @@ impl Protocol for Socks {
             };
             self.user = name;
             self.state = State::Connecting;
-            return Next::Connect {
-                target,
-                user: self.user.clone(),
-            };
+            return self.go(target);
         }
         if ok {
             self.user = name;
@@ -156,12 +157,31 @@ impl Protocol for Socks {
             return Next::Relay;
         }
         self.state = State::Done;
+        // A BIND's second reply names the peer that connected.
+        let named = self.bind.flatten().unwrap_or(local);
+        if self.v4 {
+            reply.extend_from_slice(&v4_reply(true, Some(named)));
+        } else {
+            reply.extend_from_slice(&v5_reply(0x00, Some(named)));
+        }
+        Next::Relay
+    }
+
+    fn bound(&mut self, local: SocketAddr, reply: &mut Vec<u8>) {
+        if self.state != State::Connecting || self.bind.is_none() {
+            return;
+        }
         if self.v4 {
             reply.extend_from_slice(&v4_reply(true, Some(local)));
         } else {
             reply.extend_from_slice(&v5_reply(0x00, Some(local)));
         }
-        Next::Relay
+    }
+
+    fn bind_peer(&mut self, peer: SocketAddr) {
+        if let Some(p) = self.bind.as_mut() {
+            *p = Some(peer);
+        }
     }
 
     fn failed(&mut self, why: Failure, reply: &mut Vec<u8>) {
@@ -310,20 +330,25 @@ impl Socks {
                 },
             );
         }
-        if cmd != 1 || !commands.connect {
+        if cmd == 2 && commands.bind {
+            self.bind = Some(None);
+        } else if cmd != 1 || !commands.connect {
             // A command the service does not accept.
             self.state = State::Done;
             reply.extend_from_slice(&v5_reply(0x07, None));
             return (len, close(Outcome::Unsupported));
         }
         self.state = State::Connecting;
-        (
-            len,
-            Next::Connect {
-                target,
-                user: self.user.clone(),
-            },
-        )
+        (len, self.go(target))
+    }
+
+    /// Where a request goes: a connect, or a BIND waiting for `target`.
+    fn go(&self, target: Target) -> Next {
+        let user = self.user.clone();
+        match self.bind {
+            Some(_) => Next::Bind { peer: target, user },
+            None => Next::Connect { target, user },
+        }
     }
 
     fn v4_request(&mut self, b: &[u8], reply: &mut Vec<u8>, scope: &mut Scope) -> (usize, Next) {
@@ -365,7 +390,10 @@ impl Socks {
         } else {
             Target::Addr(SocketAddr::V4(SocketAddrV4::new(ip, port)))
         };
-        if cmd != 1 || !scope.service.commands.connect {
+        let commands = scope.service.commands;
+        if cmd == 2 && commands.bind {
+            self.bind = Some(None);
+        } else if cmd != 1 || !commands.connect {
             self.state = State::Done;
             reply.extend_from_slice(&v4_reply(false, None));
             return (len, close(Outcome::Unsupported));
@@ -380,13 +408,7 @@ impl Socks {
             return self.authenticate(name, password, len);
         }
         self.state = State::Connecting;
-        (
-            len,
-            Next::Connect {
-                target,
-                user: self.user.clone(),
-            },
-        )
+        (len, self.go(target))
     }
 }
 
@@ -535,7 +557,7 @@ mod tests {
              Next::Close(Outcome::AuthRequired), vec![5, 0xFF]),
             ("v5 bind", false,
              vec![5, 1, 0, 5, 2, 0, 1, 1, 2, 3, 4, 0, 80],
-             Next::Close(Outcome::Unsupported), [&[5u8, 0][..], &[5, 7, 0, 1, 0, 0, 0, 0, 0, 0]].concat()),
+             Next::Bind { peer: addr("1.2.3.4:80"), user: None }, vec![5, 0]),
             ("v5 udp associate", false,
              vec![5, 1, 0, 5, 3, 0, 1, 1, 2, 3, 4, 0, 80],
              Next::Associate { client: addr("1.2.3.4:80"), user: None }, vec![5, 0]),
@@ -568,7 +590,13 @@ mod tests {
              Next::Close(Outcome::AuthFailed), vec![0, 0x5B, 0, 0, 0, 0, 0, 0]),
             ("v4 bind", false,
              [&[4u8, 2, 0, 80, 10, 0, 0, 1][..], b"\0"].concat(),
+             Next::Bind { peer: addr("10.0.0.1:80"), user: None }, vec![]),
+            ("v4 unknown command", false,
+             [&[4u8, 3, 0, 80, 10, 0, 0, 1][..], b"\0"].concat(),
              Next::Close(Outcome::Unsupported), vec![0, 0x5B, 0, 0, 0, 0, 0, 0]),
+            ("v5 unknown command", false,
+             vec![5, 1, 0, 5, 9, 0, 1, 1, 2, 3, 4, 0, 80],
+             Next::Close(Outcome::Unsupported), [&[5u8, 0][..], &[5, 7, 0, 1, 0, 0, 0, 0, 0, 0]].concat()),
             ("v4 userid too long", false,
              [&[4u8, 1, 0, 80, 10, 0, 0, 1][..], &[b'a'; MAX_V4_FIELD + 1]].concat(),
              Next::Close(Outcome::BadRequest), vec![]),

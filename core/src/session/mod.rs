@@ -39,6 +39,7 @@
 //! [`Dir`]). The session is finished when both directions are shut.
 
 mod associate;
+mod bind;
 mod connect;
 pub(crate) use connect::rule_number;
 mod dir;
@@ -168,6 +169,10 @@ pub(crate) struct Upstream {
     pub untried: Vec<SocketAddr>,
     /// Connect from `network.outgoing` (false: toward a LAN client).
     pub outward: bool,
+    /// A SOCKS BIND listener was asked for and not taken yet.
+    pub binding: bool,
+    /// A SOCKS BIND's peer name is being resolved.
+    pub bind_name: bool,
 }
 
 #[derive(Debug)]
@@ -648,7 +653,12 @@ impl Session {
 
     /// The upstream connection is up; `local` is its local address.
     pub fn on_connected(&mut self, local: SocketAddr, cx: &mut Context) {
-        if self.phase != Phase::Connecting {
+        // A BIND not yet taken, or a UDP association, asked for no
+        // connect: nothing can have connected.
+        if self.phase != Phase::Connecting
+            || self.upstream.binding
+            || matches!(self.machine, Machine::Associate(_))
+        {
             return;
         }
         self.enter(Phase::Relay, cx.now);
@@ -869,6 +879,9 @@ impl Session {
         if let Machine::Associate(_) = self.machine {
             // Its sockets go before the connection they belong to.
             cx.actions.push_back(Action::UdpDisassociate { conn });
+        }
+        if self.upstream.binding {
+            cx.actions.push_back(Action::BindClose { conn });
         }
         cx.actions.push_back(Action::Close { conn });
         let machine = std::mem::replace(&mut self.machine, Machine::Mapped);

@@ -177,6 +177,8 @@ pub struct Runtime {
     /// SOCKS UDP associations whose sockets were asked for and not
     /// closed yet.
     pub associations: Vec<ConnId>,
+    /// SOCKS BIND listeners asked for and not taken or closed yet.
+    pub bind_listeners: Vec<ConnId>,
 }
 
 impl Runtime {
@@ -212,6 +214,7 @@ impl Runtime {
             keep: 0,
             live: false,
             associations: Vec::new(),
+            bind_listeners: Vec::new(),
         }
     }
 
@@ -757,6 +760,10 @@ impl Runtime {
                     "Close for {conn} with its UDP association's sockets still open"
                 );
                 assert!(
+                    !self.bind_listeners.contains(&conn),
+                    "Close for {conn} with its BIND listener still open"
+                );
+                assert!(
                     self.conns.remove(conn).is_some(),
                     "Close for {conn}, which is not live"
                 );
@@ -803,6 +810,38 @@ impl Runtime {
                     panic!("UdpDisassociate for {conn}, which has no association");
                 };
                 self.associations.swap_remove(i);
+            }
+            Action::BindListen { conn, .. } => {
+                let s = self.live_conn(conn, "BindListen");
+                assert!(
+                    !s.refusing,
+                    "BindListen for a connection admitted only to refuse"
+                );
+                assert!(
+                    !self.bind_listeners.contains(&conn),
+                    "BindListen twice for {conn}"
+                );
+                self.bind_listeners.push(conn);
+            }
+            Action::BindTake { conn } => {
+                let Some(i) = self.bind_listeners.iter().position(|c| *c == conn) else {
+                    panic!("BindTake for {conn}, which has no BIND listener");
+                };
+                self.bind_listeners.swap_remove(i);
+                // The accepted socket is the upstream, connecting.
+                let s = self.live_conn(conn, "BindTake");
+                s.upstream = Upstream::Connecting;
+                s.interest[1] = (false, false);
+                s.shut[1] = false;
+            }
+            Action::BindReject { conn } => {
+                self.live_conn(conn, "BindReject");
+            }
+            Action::BindClose { conn } => {
+                let Some(i) = self.bind_listeners.iter().position(|c| *c == conn) else {
+                    panic!("BindClose for {conn}, which has no BIND listener");
+                };
+                self.bind_listeners.swap_remove(i);
             }
             Action::UdpOpen { .. } | Action::UdpClose { .. } => {
                 panic!("the harness plays no UDP mapping: {action:?}")

@@ -554,6 +554,12 @@ impl Proxy {
             Event::ResolveFailed { conn } if self.associated(conn) => {
                 self.association_resolved(conn, None, now)
             }
+            Event::Resolved { conn, addrs } if self.bind_resolving(conn) => {
+                self.run(conn, now, |s, cx| s.on_bind_resolved(Some(addrs), cx))
+            }
+            Event::ResolveFailed { conn } if self.bind_resolving(conn) => {
+                self.run(conn, now, |s, cx| s.on_bind_resolved(None, cx))
+            }
             Event::Resolved { conn, addrs } => {
                 self.run(conn, now, |s, cx| s.on_resolved(addrs, cx))
             }
@@ -590,6 +596,15 @@ impl Proxy {
             Event::UdpBindFailed { conn, error } => self.run(conn, now, |s, cx| {
                 s.on_udp_bind_failed(crate::proto::Failure::Other, Some(error), cx)
             }),
+            Event::BindListening { conn, local } => {
+                self.run(conn, now, |s, cx| s.on_bind_listening(local, cx))
+            }
+            Event::BindFailed { conn, error } => {
+                self.run(conn, now, |s, cx| s.on_bind_failed(error, cx))
+            }
+            Event::BindAccepted { conn, peer } => {
+                self.run(conn, now, |s, cx| s.on_bind_accepted(peer, cx))
+            }
         }
     }
 

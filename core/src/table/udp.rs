@@ -139,6 +139,13 @@ impl Proxy {
             .is_some_and(|s| s.id == conn && matches!(s.machine, Machine::Associate(_)))
     }
 
+    /// Whether `conn` resolves its SOCKS BIND peer's name.
+    pub(super) fn bind_resolving(&self, conn: ConnId) -> bool {
+        self.sessions
+            .get(conn.index())
+            .is_some_and(|s| s.id == conn && s.upstream.bind_name)
+    }
+
     /// `n` bytes of [`Proxy::datagram_buf`] came from `from` on one of
     /// association `conn`'s sockets (`outward`: the one facing the
     /// destinations, else the client's).

@@ -428,6 +428,18 @@ pub(super) fn parse_event(
             conn: w.parse(CONN, parse_conn)?,
             local: w.parse("the local address", parse_addr)?,
         },
+        "bind-listening" => Event::BindListening {
+            conn: w.parse(CONN, parse_conn)?,
+            local: w.parse("the local address", parse_addr)?,
+        },
+        "bind-failed" => Event::BindFailed {
+            conn: w.parse(CONN, parse_conn)?,
+            error: w.parse(IO, parse_io)?,
+        },
+        "bind-accepted" => Event::BindAccepted {
+            conn: w.parse(CONN, parse_conn)?,
+            peer: w.parse("the peer address", parse_addr)?,
+        },
         "udp-bind-failed" => Event::UdpBindFailed {
             conn: w.parse(CONN, parse_conn)?,
             error: w.parse(IO, parse_io)?,

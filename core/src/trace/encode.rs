@@ -214,6 +214,11 @@ pub(super) fn put_event(out: &mut String, t: u64, event: &Event, bytes: Option<&
             )
         }
         Event::UdpBound { conn, local } => write!(out, "udp-bound {conn} {local}"),
+        Event::BindListening { conn, local } => write!(out, "bind-listening {conn} {local}"),
+        Event::BindFailed { conn, error } => {
+            write!(out, "bind-failed {conn} {}", io_name(*error))
+        }
+        Event::BindAccepted { conn, peer } => write!(out, "bind-accepted {conn} {peer}"),
         Event::UdpBindFailed { conn, error } => {
             write!(out, "udp-bind-failed {conn} {}", io_name(*error))
         }

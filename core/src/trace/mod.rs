@@ -92,6 +92,8 @@
 //! datagram L<listener> <from> <n>     reply <udp> <n>
 //! udp-failed <udp>
 //! udp-bound <conn> <local>            udp-bind-failed <conn> <io>
+//! bind-listening <conn> <local>       bind-failed <conn> <io>
+//! bind-accepted <conn> <peer>
 //! association <conn> client|outward <from> <n> ["header bytes"]
 //! ```
 //!
