@@ -94,6 +94,9 @@ pub(crate) struct UdpTable {
     timers: Timers,
     /// Datagrams dropped (queue full or no room for a mapping).
     pub dropped: u64,
+    /// Datagrams SOCKS UDP associations hold while their destination's
+    /// name resolves: they count in [`QUEUE_MAX`] too.
+    pub held: usize,
 }
 
 impl UdpTable {
@@ -105,8 +108,13 @@ impl UdpTable {
         self.maps.get(id.index()).is_some_and(|m| m.gen == id.gen)
     }
 
+    /// Whether one more datagram may wait.
+    pub fn has_room(&self) -> bool {
+        self.out.len() + self.held < QUEUE_MAX
+    }
+
     fn queue(&mut self, via: Via, data: &[u8]) {
-        if self.out.len() >= QUEUE_MAX {
+        if !self.has_room() {
             self.dropped += 1;
             return;
         }
@@ -116,7 +124,7 @@ impl UdpTable {
     /// Queues a datagram of a SOCKS UDP association; false when the
     /// queue is full and it was dropped (the association counts it).
     pub fn push(&mut self, via: Via, data: Vec<u8>) -> bool {
-        if self.out.len() >= QUEUE_MAX {
+        if !self.has_room() {
             return false;
         }
         self.out.push_back((via, data));

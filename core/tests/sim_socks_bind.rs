@@ -254,3 +254,36 @@ fn bind_left_out_of_commands_is_not_supported() {
         [vec![5, 0], v5_reply(7, addr("0.0.0.0:0"))].concat()
     );
 }
+
+#[test]
+fn a_peer_named_by_name_is_resolved_first() {
+    let mut rt = Runtime::started(&config(""), 6);
+    let req = [&[5u8, 1, 0, 5, 2, 0, 3, 8][..], b"ftp.test", &[0, 21]].concat();
+    let (conn, actions) = client(&mut rt, &req);
+    assert!(
+        actions.iter().any(|a| matches!(a,
+            Action::Resolve { conn: c, host, port: 21 } if *c == conn && host == "ftp.test")),
+        "{actions:?}"
+    );
+    rt.handle(Event::Resolved {
+        conn,
+        addrs: vec![addr("192.0.2.21:21")],
+    });
+    let actions = rt.drain();
+    assert!(
+        actions.iter().any(|a| matches!(a,
+            Action::BindListen { conn: c, toward, .. } if *c == conn && *toward == addr("192.0.2.21:21"))),
+        "{actions:?}"
+    );
+    rt.handle(Event::BindAccepted {
+        conn,
+        peer: addr("192.0.2.21:20"),
+    });
+    let actions = rt.drain();
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::BindTake { conn: c } if *c == conn)),
+        "{actions:?}"
+    );
+}

@@ -418,3 +418,29 @@ fn udp_left_out_of_commands_is_not_supported() {
     let said = rt.flush(conn, Side::Client);
     assert_eq!(said, vec![5, 0, 5, 7, 0, 1, 0, 0, 0, 0, 0, 0]);
 }
+
+#[test]
+fn at_most_1024_datagrams_wait() {
+    let mut rt = Runtime::started(&config(""), 11);
+    let conn = associated(&mut rt, 50000, 0);
+    let d = datagram(addr("192.0.2.7:7"), b"x");
+    // The runtime sends nothing meanwhile: the queue fills up.
+    for _ in 0..1100 {
+        rt.association_datagram(conn, false, local(50001), &d);
+    }
+    // A name's datagram cannot wait either.
+    let name = [&[0u8, 0, 0, 3, 8][..], b"dns.test", &[0, 53], b"q"].concat();
+    rt.association_datagram(conn, false, local(50001), &name);
+    let actions = rt.drain();
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::Resolve { .. })),
+        "{actions:?}"
+    );
+    assert_eq!(rt.datagrams().len(), 1024);
+    close(&mut rt, conn);
+    let l = line(&rt);
+    assert!(
+        l.ends_with(" datagrams_up=1024 datagrams_down=0 dropped=77"),
+        "{l}"
+    );
+}

@@ -287,10 +287,11 @@ impl Session {
                 if let Some(ips) = a.addresses_of(&host) {
                     let to = who.pick(cx, &host, ips, port);
                     send(a, conn, to, payload, udp)
-                } else if a.waiting.len() >= MAX_WAITING {
+                } else if a.waiting.len() >= MAX_WAITING || !udp.has_room() {
                     a.counts.dropped += 1;
                     0
                 } else {
+                    udp.held += 1;
                     a.waiting.push_back((host.clone(), port, payload.to_vec()));
                     if a.resolving.is_none() {
                         a.resolving = Some(host.clone());
@@ -336,6 +337,7 @@ impl Session {
         while let Some((h, port, payload)) = a.waiting.pop_front() {
             match a.addresses_of(&h) {
                 Some(ips) => {
+                    udp.held = udp.held.saturating_sub(1);
                     let to = who.pick(cx, &h, ips, port);
                     sent += send(a, conn, to, &payload, udp);
                 }
@@ -382,6 +384,14 @@ impl Session {
                 dropped: a.counts.dropped + a.waiting.len() as u64,
                 ..a.counts
             }),
+        }
+    }
+
+    /// The datagrams it holds for a name, given up (it ends).
+    pub(crate) fn association_held(&self) -> usize {
+        match &self.machine {
+            Machine::Associate(a) => a.waiting.len(),
+            _ => 0,
         }
     }
 

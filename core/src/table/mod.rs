@@ -391,6 +391,7 @@ impl Proxy {
     /// the connection's are free again.
     fn finish(&mut self, conn: ConnId) {
         let s = self.sessions.remove(conn.index());
+        self.udp.held = self.udp.held.saturating_sub(s.association_held());
         s.close(&mut self.cx);
         self.cx.listeners.resume(&mut self.cx.actions);
         if !self.gathering.is_empty() {

@@ -117,6 +117,30 @@ fn every_record() -> Vec<Record> {
             },
             bytes: None,
         },
+        Record::Event {
+            t: 12,
+            event: Event::BindListening {
+                conn: c(4, 1),
+                local: sa("10.0.0.1:40000"),
+            },
+            bytes: None,
+        },
+        Record::Event {
+            t: 12,
+            event: Event::BindFailed {
+                conn: c(4, 1),
+                error: IoKind::AddrNotAvailable,
+            },
+            bytes: None,
+        },
+        Record::Event {
+            t: 12,
+            event: Event::BindAccepted {
+                conn: c(4, 1),
+                peer: sa("[2001:db8::21]:20"),
+            },
+            bytes: None,
+        },
         Record::AssociationDatagram {
             t: 13,
             conn: c(3, 2),
