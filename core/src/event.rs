@@ -64,6 +64,22 @@ pub enum Event {
         side: Side,
         error: IoKind,
     },
+    /// The sockets asked for with [`Action::UdpAssociate`] are open;
+    /// `local` is the client-facing one's address.
+    UdpBound { conn: ConnId, local: SocketAddr },
+    /// The sockets asked for with [`Action::UdpAssociate`] could not be
+    /// opened.
+    UdpBindFailed { conn: ConnId, error: IoKind },
+    /// The listening socket asked for with [`Action::BindListen`] is open
+    /// at `local`.
+    BindListening { conn: ConnId, local: SocketAddr },
+    /// The listening socket asked for with [`Action::BindListen`] could not
+    /// be opened.
+    BindFailed { conn: ConnId, error: IoKind },
+    /// `conn`'s BIND listener accepted a connection from `peer`; the
+    /// runtime holds it (accepting no other) until told
+    /// [`Action::BindTake`] or [`Action::BindReject`].
+    BindAccepted { conn: ConnId, peer: SocketAddr },
 }
 
 /// Something the core asks the runtime to do. Drain them with
@@ -167,6 +183,40 @@ pub enum Action {
     /// and hand the parts to [`crate::Proxy::handle_gathered`]. Only ever
     /// asked when several workers share a [`crate::ledger::Ledger`].
     Gather { conn: ConnId },
+    /// Open the two unconnected UDP sockets of `conn`'s SOCKS UDP
+    /// association: one facing the client, bound to `client_side` (the
+    /// system picks the port), and one facing the destinations, from
+    /// `outward` when given (any address of the client side's family
+    /// when not). Report [`Event::UdpBound`] or [`Event::UdpBindFailed`];
+    /// datagrams on either go to
+    /// [`crate::Proxy::handle_association_datagram`].
+    UdpAssociate {
+        conn: ConnId,
+        client_side: SocketAddr,
+        outward: Option<IpAddr>,
+    },
+    /// Close `conn`'s association sockets (asked before its `Close`).
+    UdpDisassociate { conn: ConnId },
+    /// Open a TCP listening socket for `conn`'s SOCKS BIND on `bind` if
+    /// given, else on the local address this host would use toward
+    /// `toward` (the system picks the port); report
+    /// [`Event::BindListening`] or [`Event::BindFailed`], then
+    /// [`Event::BindAccepted`] for each connection it accepts.
+    BindListen {
+        conn: ConnId,
+        toward: SocketAddr,
+        bind: Option<IpAddr>,
+    },
+    /// The connection held since [`Event::BindAccepted`] becomes `conn`'s
+    /// upstream socket, reported [`Event::Connected`] like a connect that
+    /// finished; the listener closes.
+    BindTake { conn: ConnId },
+    /// Close the connection held since [`Event::BindAccepted`]; the
+    /// listener accepts again.
+    BindReject { conn: ConnId },
+    /// Close `conn`'s BIND listener and any connection it holds (asked
+    /// before its `Close`).
+    BindClose { conn: ConnId },
 }
 
 /// Diagnostic log levels, most severe first.

@@ -14,8 +14,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::config::LogFormat;
 use crate::outcome::Cause;
 
+/// What a SOCKS UDP association carried: datagrams relayed each way, and
+/// those dropped for any reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DatagramCounts {
+    pub up: u64,
+    pub down: u64,
+    pub dropped: u64,
+}
+
 /// A finished connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct AccessRecord {
     pub service: Arc<str>,
     pub client: SocketAddr,
@@ -40,6 +49,34 @@ pub struct AccessRecord {
     /// `[[rule]]` that allowed or denied it: ` rule=N` after `err=` (JSON
     /// `"rule"`), only when a rule decided.
     pub rule: Option<u32>,
+    /// A SOCKS UDP association's datagram counts: ` datagrams_up=N
+    /// datagrams_down=N dropped=N` right after the duration (JSON
+    /// `"datagrams_up"`, `"datagrams_down"`, `"dropped"`).
+    pub datagrams: Option<DatagramCounts>,
+}
+
+// By hand so that a record without datagram counts reads as it always has
+// (recorded traces compare these lines).
+impl std::fmt::Debug for AccessRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("AccessRecord");
+        d.field("service", &self.service)
+            .field("client", &self.client)
+            .field("user", &self.user)
+            .field("method", &self.method)
+            .field("target", &self.target)
+            .field("destination", &self.destination)
+            .field("status", &self.status)
+            .field("up", &self.up)
+            .field("down", &self.down)
+            .field("duration", &self.duration)
+            .field("error", &self.error)
+            .field("rule", &self.rule);
+        if let Some(c) = &self.datagrams {
+            d.field("datagrams", c);
+        }
+        d.finish()
+    }
 }
 
 impl AccessRecord {
@@ -63,6 +100,13 @@ impl AccessRecord {
                     self.up,
                     self.down,
                 );
+                if let Some(c) = &self.datagrams {
+                    let _ = write!(
+                        s,
+                        " datagrams_up={} datagrams_down={} dropped={}",
+                        c.up, c.down, c.dropped
+                    );
+                }
                 if let Some(c) = self.error {
                     let _ = write!(s, " err={c}");
                 }
@@ -102,6 +146,13 @@ impl AccessRecord {
                     self.down,
                     self.duration.as_millis()
                 );
+                if let Some(c) = &self.datagrams {
+                    let _ = write!(
+                        s,
+                        ",\"datagrams_up\":{},\"datagrams_down\":{},\"dropped\":{}",
+                        c.up, c.down, c.dropped
+                    );
+                }
                 if let Some(c) = self.error {
                     let _ = write!(s, ",\"error\":\"{c}\"");
                 }
@@ -198,7 +249,33 @@ mod tests {
             duration: Duration::from_millis(1234),
             error: None,
             rule: None,
+            datagrams: None,
         }
+    }
+
+    #[test]
+    fn datagram_counts_follow_the_duration() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_462_200_123);
+        let mut r = rec();
+        r.method = "UDP-ASSOCIATE".into();
+        r.datagrams = Some(DatagramCounts {
+            up: 3,
+            down: 2,
+            dropped: 1,
+        });
+        r.error = Some(Cause::Denied);
+        assert!(r
+            .format(t, LogFormat::Text)
+            .ends_with(" 1.234s datagrams_up=3 datagrams_down=2 dropped=1 err=denied"));
+        let json = r.format(t, LogFormat::Json);
+        assert!(
+            json.contains(",\"datagrams_up\":3,\"datagrams_down\":2,\"dropped\":1"),
+            "{json}"
+        );
+        assert!(!rec().format(t, LogFormat::Text).contains("datagrams"));
+        // Records without counts read as they always have (recorded traces).
+        assert!(!format!("{:?}", rec()).contains("datagrams"));
+        assert!(format!("{r:?}").contains("datagrams: DatagramCounts"));
     }
 
     #[test]

@@ -62,6 +62,13 @@ pub enum Via {
     Listener(ListenerId, SocketAddr),
     /// The mapping's own socket, connected to the destination.
     Mapping(UdpId),
+    /// A SOCKS UDP association's socket (the outward one, or the one
+    /// facing the client), to `to`.
+    Association {
+        conn: crate::id::ConnId,
+        outward: bool,
+        to: SocketAddr,
+    },
 }
 
 #[derive(Debug)]
@@ -87,6 +94,9 @@ pub(crate) struct UdpTable {
     timers: Timers,
     /// Datagrams dropped (queue full or no room for a mapping).
     pub dropped: u64,
+    /// Datagrams SOCKS UDP associations hold while their destination's
+    /// name resolves: they count in [`QUEUE_MAX`] too.
+    pub held: usize,
 }
 
 impl UdpTable {
@@ -98,12 +108,27 @@ impl UdpTable {
         self.maps.get(id.index()).is_some_and(|m| m.gen == id.gen)
     }
 
+    /// Whether one more datagram may wait.
+    pub fn has_room(&self) -> bool {
+        self.out.len() + self.held < QUEUE_MAX
+    }
+
     fn queue(&mut self, via: Via, data: &[u8]) {
-        if self.out.len() >= QUEUE_MAX {
+        if !self.has_room() {
             self.dropped += 1;
             return;
         }
         self.out.push_back((via, data.to_vec()));
+    }
+
+    /// Queues a datagram of a SOCKS UDP association; false when the
+    /// queue is full and it was dropped (the association counts it).
+    pub fn push(&mut self, via: Via, data: Vec<u8>) -> bool {
+        if !self.has_room() {
+            return false;
+        }
+        self.out.push_back((via, data));
+        true
     }
 
     /// Whether `client` has a mapping on `listener`.
@@ -252,6 +277,7 @@ impl UdpTable {
                 duration: now.saturating_duration_since(m.opened),
                 error: outcome.cause(),
                 rule: None,
+                datagrams: None,
             })));
         }
         if self.maps.is_empty() {

@@ -79,3 +79,11 @@ fn http_response_corpus() {
 fn proxy_protocol_corpus() {
     replay("proxy_protocol", portico_core::sim::fuzz::proxy_protocol);
 }
+
+#[test]
+fn socks_udp_header_corpus() {
+    replay(
+        "socks_udp_header",
+        portico_core::sim::fuzz::socks_udp_header,
+    );
+}

@@ -167,6 +167,36 @@ pub fn shutdown_write(conn: ConnId, side: Side, socket: &impl AsFd) -> Option<Ev
     }
 }
 
+/// A non-blocking listening socket for one SOCKS BIND: on `bind` when
+/// given, else on the local address this host routes from toward `toward`
+/// (what a connect to it would use); the system picks the port.
+pub fn bind_listener(toward: SocketAddr, bind: Option<IpAddr>) -> io::Result<TcpListener> {
+    let ip = match bind {
+        Some(ip) => ip,
+        None => {
+            // A UDP connect sends nothing: it only asks the routing table.
+            let probe = UdpSocket::bind(match toward {
+                SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+                SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
+            })?;
+            probe.connect(toward)?;
+            probe.local_addr()?.ip()
+        }
+    };
+    let addr = SocketAddr::new(ip, 0);
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_nonblocking(true)?;
+    s.bind(&SockAddr::from(addr))?;
+    s.listen(8)?;
+    Ok(s.into())
+}
+
+/// A connection a BIND listener accepted, made ready to relay.
+pub fn bind_accepted(s: &TcpStream) -> io::Result<()> {
+    s.set_nonblocking(true)?;
+    s.set_nodelay(true)
+}
+
 /// A non-blocking UDP socket bound to `addr`, for a UDP mapped port.
 pub fn udp_bind(addr: SocketAddr) -> io::Result<UdpSocket> {
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;

@@ -62,6 +62,18 @@ pub enum ConnCmd {
     ShutdownWrite(Side),
     CloseUpstream,
     Close,
+    /// Listen for a SOCKS BIND's connection, on `bind` or the address this
+    /// host would use toward `toward` ([`crate::net::bind_listener`]).
+    BindListen {
+        toward: SocketAddr,
+        bind: Option<IpAddr>,
+    },
+    /// The held connection becomes the upstream socket; the listener closes.
+    BindTake,
+    /// The held connection closes; the listener accepts again.
+    BindReject,
+    /// The listener (and any connection held) closes.
+    BindClose,
 }
 
 /// What to do with the TCP listeners.
@@ -80,4 +92,8 @@ pub enum UdpCmd {
     Unlisten(ListenerId),
     Open(UdpId, Option<IpAddr>, SocketAddr),
     Close(UdpId),
+    /// A SOCKS UDP association's two sockets: the client's side bound to
+    /// this address, the outward one from this address (if given).
+    Associate(ConnId, SocketAddr, Option<IpAddr>),
+    Disassociate(ConnId),
 }

@@ -135,6 +135,14 @@ impl Table {
                 Action::ShutdownWrite { conn: c, side } => conn(c, ConnCmd::ShutdownWrite(side)),
                 Action::CloseUpstream { conn: c } => conn(c, ConnCmd::CloseUpstream),
                 Action::Close { conn: c } => conn(c, ConnCmd::Close),
+                Action::BindListen {
+                    conn: c,
+                    toward,
+                    bind,
+                } => conn(c, ConnCmd::BindListen { toward, bind }),
+                Action::BindTake { conn: c } => conn(c, ConnCmd::BindTake),
+                Action::BindReject { conn: c } => conn(c, ConnCmd::BindReject),
+                Action::BindClose { conn: c } => conn(c, ConnCmd::BindClose),
                 Action::Gather { conn } => Some(Step::Gather(conn)),
                 Action::Listen { listener, addr } => {
                     Some(Step::Listen(ListenCmd::Open(listener, addr)))
@@ -153,6 +161,12 @@ impl Table {
                     destination,
                 } => Some(Step::Udp(UdpCmd::Open(id, bind, destination))),
                 Action::UdpClose { id } => Some(Step::Udp(UdpCmd::Close(id))),
+                Action::UdpAssociate {
+                    conn,
+                    client_side,
+                    outward,
+                } => Some(Step::Udp(UdpCmd::Associate(conn, client_side, outward))),
+                Action::UdpDisassociate { conn } => Some(Step::Udp(UdpCmd::Disassociate(conn))),
                 line @ (Action::Log { .. }
                 | Action::Access(_)
                 | Action::Say(_)
@@ -355,6 +369,45 @@ impl Table {
     #[inline]
     pub fn handle_reply(&mut self, id: UdpId, n: usize) {
         self.proxy.handle_reply(id, n, Instant::now());
+    }
+
+    /// `conn`'s BIND listener opened (its address), or why not.
+    pub fn bind_listening(&mut self, conn: ConnId, opened: io::Result<SocketAddr>) {
+        let event = match opened {
+            Ok(local) => Event::BindListening { conn, local },
+            Err(e) => Event::BindFailed {
+                conn,
+                error: IoKind::from_io(&e),
+            },
+        };
+        self.proxy.handle(event, Instant::now());
+    }
+
+    /// A datagram of `n` bytes from `from` on one of association `conn`'s
+    /// sockets (`outward`: the one facing the destinations).
+    #[inline]
+    pub fn handle_association_datagram(
+        &mut self,
+        conn: ConnId,
+        outward: bool,
+        from: SocketAddr,
+        n: usize,
+    ) {
+        self.proxy
+            .handle_association_datagram(conn, outward, from, n, Instant::now());
+    }
+
+    /// Association `conn`'s sockets opened (the client side's address),
+    /// or why not.
+    pub fn associated(&mut self, conn: ConnId, opened: io::Result<SocketAddr>) {
+        let event = match opened {
+            Ok(local) => Event::UdpBound { conn, local },
+            Err(e) => Event::UdpBindFailed {
+                conn,
+                error: IoKind::from_io(&e),
+            },
+        };
+        self.proxy.handle(event, Instant::now());
     }
 
     /// UDP mapping `id`'s socket could not be opened.

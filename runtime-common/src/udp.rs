@@ -1,12 +1,13 @@
-//! The UDP sockets of one table: its UDP mapped ports, and one connected
-//! socket per mapping. Datagrams are small and independent: each is read
+//! The UDP sockets of one table: its UDP mapped ports, one connected
+//! socket per mapping, and two unconnected ones per SOCKS UDP association
+//! (the client's side and the outward side). Datagrams are small and independent: each is read
 //! straight into the core, and what the core queued is sent as it is; one
 //! that cannot go now is dropped, as a network would.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 
-use portico_core::ListenerId;
+use portico_core::{ConnId, ListenerId};
 
 use crate::slots::Slots;
 use crate::steps::UdpCmd;
@@ -19,6 +20,23 @@ pub enum UdpKey {
     Port(usize),
     /// The socket of the mapping with this index.
     Mapping(usize),
+    /// A socket of the association of the connection with this index:
+    /// the outward one (true) or the client's side.
+    Association(usize, bool),
+}
+
+impl UdpKey {
+    /// The key as one number from `base` up (two per association), for a
+    /// runtime's token space.
+    pub fn association_token(index: usize, outward: bool, base: usize) -> usize {
+        base + 2 * index + usize::from(outward)
+    }
+
+    /// The association key of a number [`UdpKey::association_token`] gave.
+    pub fn from_association_token(token: usize, base: usize) -> UdpKey {
+        let i = token - base;
+        UdpKey::Association(i / 2, i % 2 == 1)
+    }
 }
 
 /// What opening a UDP socket came to, for the core to hear.
@@ -28,6 +46,9 @@ pub enum Opened {
     Port(ListenerId, io::Result<SocketAddr>),
     /// A mapping's socket could not be opened.
     MappingFailed(UdpId),
+    /// An association's sockets opened (the client side's address), or
+    /// why not.
+    Association(ConnId, io::Result<SocketAddr>),
 }
 
 impl Opened {
@@ -35,8 +56,31 @@ impl Opened {
         match self {
             Opened::Port(listener, r) => table.listened(listener, r),
             Opened::MappingFailed(id) => table.handle_udp_failed(id),
+            Opened::Association(conn, r) => table.associated(conn, r),
         }
     }
+}
+
+/// An association's two sockets, registered: the client's side bound to
+/// `client_side`, the outward one from `outward` (any address of the
+/// client side's family when not given). On failure, the sockets already
+/// registered, for the runtime to let go of.
+fn open_pair(
+    client_side: SocketAddr,
+    outward: Option<std::net::IpAddr>,
+    mut register: impl FnMut(&UdpSocket, bool) -> io::Result<()>,
+) -> Result<[UdpSocket; 2], (io::Error, Vec<UdpSocket>)> {
+    let c = crate::net::udp_bind(client_side).map_err(|e| (e, vec![]))?;
+    let from = outward.unwrap_or(match client_side {
+        SocketAddr::V4(_) => [0u8; 4].into(),
+        SocketAddr::V6(_) => [0u16; 8].into(),
+    });
+    let o = crate::net::udp_bind(SocketAddr::new(from, 0)).map_err(|e| (e, vec![]))?;
+    register(&c, false).map_err(|e| (e, vec![]))?;
+    if let Err(e) = register(&o, true) {
+        return Err((e, vec![c]));
+    }
+    Ok([c, o])
 }
 
 /// A table's UDP sockets.
@@ -44,19 +88,44 @@ impl Opened {
 pub struct Datagrams {
     ports: Slots<ListenerId, UdpSocket>,
     maps: Slots<UdpId, UdpSocket>,
+    /// Per association: the client's side, then the outward side.
+    assocs: Slots<ConnId, [UdpSocket; 2]>,
 }
 
 impl Datagrams {
     /// Carries out `cmd`, having the runtime `register` each socket it
     /// opens for waiting. Returns what to tell the core (it opened
-    /// something), and a socket closed or replaced, for the runtime to let
-    /// go of.
+    /// something), and the sockets closed or replaced, for the runtime to
+    /// let go of.
     pub fn apply(
         &mut self,
         cmd: UdpCmd,
-        register: impl FnOnce(&UdpSocket, UdpKey) -> io::Result<()>,
-    ) -> (Option<Opened>, Option<UdpSocket>) {
-        match cmd {
+        mut register: impl FnMut(&UdpSocket, UdpKey) -> io::Result<()>,
+    ) -> (Option<Opened>, Vec<UdpSocket>) {
+        let one = |(opened, gone): (Option<Opened>, Option<UdpSocket>)| {
+            (opened, gone.into_iter().collect())
+        };
+        one(match cmd {
+            UdpCmd::Associate(conn, client_side, outward) => {
+                let key = |out| UdpKey::Association(conn.index(), out);
+                return match open_pair(client_side, outward, |u, out| register(u, key(out))) {
+                    Ok(pair) => {
+                        let local = pair[0].local_addr();
+                        let gone = self.assocs.insert(conn, pair);
+                        (
+                            Some(Opened::Association(conn, local)),
+                            gone.into_iter().flatten().collect(),
+                        )
+                    }
+                    Err((e, gone)) => (Some(Opened::Association(conn, Err(e))), gone),
+                };
+            }
+            UdpCmd::Disassociate(conn) => {
+                return (
+                    None,
+                    self.assocs.remove(conn).into_iter().flatten().collect(),
+                );
+            }
             UdpCmd::Listen(id, addr) => {
                 let opened = crate::net::udp_bind(addr).and_then(|u| {
                     register(&u, UdpKey::Port(id.index()))?;
@@ -82,7 +151,7 @@ impl Datagrams {
                 }
             }
             UdpCmd::Close(id) => (None, self.maps.remove(id)),
-        }
+        })
     }
 
     /// The socket `key` names, if open.
@@ -90,6 +159,7 @@ impl Datagrams {
         match key {
             UdpKey::Port(i) => self.ports.at(i).map(|(_, u)| u),
             UdpKey::Mapping(i) => self.maps.at(i).map(|(_, u)| u),
+            UdpKey::Association(i, out) => self.assocs.at(i).map(|(_, p)| &p[usize::from(out)]),
         }
     }
 
@@ -103,7 +173,13 @@ impl Datagrams {
             .maps
             .iter()
             .map(|(id, u)| (UdpKey::Mapping(id.index()), u));
-        ports.chain(maps)
+        let assocs = self.assocs.iter().flat_map(|(c, [a, b])| {
+            [
+                (UdpKey::Association(c.index(), false), a),
+                (UdpKey::Association(c.index(), true), b),
+            ]
+        });
+        ports.chain(maps).chain(assocs)
     }
 
     /// Reads one datagram from `key`'s socket into the core; false when
@@ -130,6 +206,15 @@ impl Datagrams {
                     Err(_) => return false,
                 }
             }
+            UdpKey::Association(i, outward) => {
+                let Some((conn, pair)) = self.assocs.at(i) else {
+                    return false;
+                };
+                match pair[usize::from(outward)].recv_from(table.datagram_buf()) {
+                    Ok((n, from)) => table.handle_association_datagram(conn, outward, from, n),
+                    Err(_) => return false,
+                }
+            }
         }
         true
     }
@@ -148,6 +233,11 @@ impl Datagrams {
                 Via::Mapping(id) => {
                     if let Some(u) = self.maps.get(id) {
                         let _ = u.send(&data);
+                    }
+                }
+                Via::Association { conn, outward, to } => {
+                    if let Some(pair) = self.assocs.get(conn) {
+                        let _ = pair[usize::from(outward)].send_to(&data, to);
                     }
                 }
             }

@@ -65,6 +65,10 @@ const LISTENER_BASE: usize = usize::MAX / 2;
 /// UDP listeners and UDP mappings sit above the TCP listeners.
 const UDP_LISTENER_BASE: usize = LISTENER_BASE + (1 << 21);
 const UDP_MAP_BASE: usize = LISTENER_BASE + (1 << 22);
+/// SOCKS UDP associations' sockets, two per connection.
+const UDP_ASSOC_BASE: usize = LISTENER_BASE + (1 << 23);
+/// SOCKS BIND listeners, one per connection (above the UDP tokens).
+const BIND_BASE: usize = LISTENER_BASE + (1 << 25);
 /// Datagrams one UDP socket may take before the others get a turn.
 const DATAGRAMS_PER_TURN: usize = 64;
 /// Reads or writes one connection may do before the others get a turn.
@@ -189,6 +193,12 @@ struct Loop {
     udp: Datagrams,
     /// UDP sockets (tokens) with datagrams left to read.
     udp_work: Vec<Token>,
+    /// SOCKS BIND listeners, and the connection each holds until the
+    /// core says what becomes of it.
+    binds: Slots<ConnId, (TcpListener, Option<TcpStream>)>,
+    /// BIND listeners (by connection index) that may have connections
+    /// waiting.
+    bind_work: Vec<usize>,
     worker: Worker,
     /// Empty pipes for directions that start splicing.
     pipes: Pipes,
@@ -199,6 +209,7 @@ fn register_udp(registry: &Registry, u: &std::net::UdpSocket, key: UdpKey) -> io
     let token = match key {
         UdpKey::Port(i) => Token(UDP_LISTENER_BASE + i),
         UdpKey::Mapping(i) => Token(UDP_MAP_BASE + i),
+        UdpKey::Association(i, out) => Token(UdpKey::association_token(i, out, UDP_ASSOC_BASE)),
     };
     registry.register(&mut SourceFd(&u.as_raw_fd()), token, Interest::READABLE)
 }
@@ -266,6 +277,8 @@ pub fn run(plan: Plan) -> Result<i32, String> {
             signals,
             udp: Datagrams::default(),
             udp_work: Vec::new(),
+            binds: Slots::default(),
+            bind_work: Vec::new(),
             worker,
             pipes: Pipes::new(),
         };
@@ -332,6 +345,7 @@ impl Loop {
             let timeout = if !self.work.is_empty()
                 || !self.accept_work.is_empty()
                 || !self.udp_work.is_empty()
+                || !self.bind_work.is_empty()
             {
                 Some(Duration::ZERO)
             } else {
@@ -358,6 +372,8 @@ impl Loop {
                     while self.worker.read_mail(&mut self.table) {
                         self.drain();
                     }
+                } else if t.0 >= BIND_BASE {
+                    self.bind_work.push(t.0 - BIND_BASE);
                 } else if t.0 >= UDP_LISTENER_BASE {
                     self.udp_work.push(t);
                 } else if t.0 >= LISTENER_BASE {
@@ -407,6 +423,7 @@ impl Loop {
                 }
             }
             self.accept_turn();
+            self.bind_turn();
             self.udp_turn();
             self.work_turn();
             self.table.handle_timeout(Instant::now());
@@ -540,7 +557,50 @@ impl Loop {
                     c.sock[1] = Sock::default();
                 }
             }
+            ConnCmd::BindListen { toward, bind } => {
+                let token = Token(BIND_BASE + conn.index());
+                let registry = self.poll.registry();
+                let opened = net::bind_listener(toward, bind).and_then(|l| {
+                    let mut l = TcpListener::from_std(l);
+                    registry.register(&mut l, token, Interest::READABLE)?;
+                    let local = l.local_addr()?;
+                    self.binds.insert(conn, (l, None));
+                    Ok(local)
+                });
+                self.table.bind_listening(conn, opened);
+            }
+            ConnCmd::BindTake => {
+                let taken = self.binds.remove(conn).and_then(|(_, held)| held);
+                let registry = self.poll.registry();
+                let token = Token(conn.index() * 2 + 1);
+                let both = Interest::READABLE | Interest::WRITABLE;
+                let taken =
+                    taken.and_then(|mut u| registry.register(&mut u, token, both).ok().map(|()| u));
+                match (taken, self.conns.get_mut(conn)) {
+                    (Some(u), Some(c)) => {
+                        // Reported Connected like a connect once writable.
+                        c.pair.connect_started(u, |p| pipes.give(p));
+                        c.sock[1] = Sock::default();
+                    }
+                    _ => {
+                        let error = IoKind::Other;
+                        self.table
+                            .handle(Event::ConnectFailed { conn, error }, Instant::now());
+                    }
+                }
+            }
+            ConnCmd::BindReject => {
+                if let Some((_, held)) = self.binds.get_mut(conn) {
+                    *held = None;
+                    // Others may be waiting behind the one refused.
+                    self.bind_work.push(conn.index());
+                }
+            }
+            ConnCmd::BindClose => {
+                self.binds.remove(conn);
+            }
             ConnCmd::Close => {
+                self.binds.remove(conn);
                 // Dropping the sockets closes them and takes them out of
                 // the poll set.
                 if let Some(mut c) = self.conns.remove(conn) {
@@ -600,12 +660,38 @@ impl Loop {
         }
     }
 
+    /// Accepts on the BIND listeners that are ready: each connection is
+    /// held and told to the core, which takes or refuses it at once.
+    fn bind_turn(&mut self) {
+        let list = std::mem::take(&mut self.bind_work);
+        for i in list {
+            for _ in 0..ACCEPTS_PER_TURN {
+                let Some((conn, (l, held))) = self.binds.at_mut(i) else {
+                    break;
+                };
+                if held.is_some() {
+                    break;
+                }
+                let Ok((s, peer)) = l.accept() else {
+                    break;
+                };
+                let _ = s.set_nodelay(true);
+                *held = Some(s);
+                self.table
+                    .handle(Event::BindAccepted { conn, peer }, Instant::now());
+                self.drain();
+            }
+        }
+    }
+
     /// Reads datagrams from the UDP sockets that are ready, a bounded number
     /// each, then sends what the core has queued.
     fn udp_turn(&mut self) {
         let list = std::mem::take(&mut self.udp_work);
         for t in list {
-            let key = if t.0 >= UDP_MAP_BASE {
+            let key = if t.0 >= UDP_ASSOC_BASE {
+                UdpKey::from_association_token(t.0, UDP_ASSOC_BASE)
+            } else if t.0 >= UDP_MAP_BASE {
                 UdpKey::Mapping(t.0 - UDP_MAP_BASE)
             } else {
                 UdpKey::Port(t.0 - UDP_LISTENER_BASE)

@@ -334,6 +334,8 @@ fn timer_thread(shared: &Shared) {
 
 /// Poller keys of UDP mappings sit above those of UDP listeners.
 const UDP_MAP_KEY: usize = 1 << 40;
+/// SOCKS UDP associations' sockets, two per connection.
+const UDP_ASSOC_KEY: usize = 1 << 41;
 
 /// One thread for every UDP socket: datagrams are small and independent, so
 /// a thread per mapping would buy nothing.
@@ -344,6 +346,7 @@ fn udp_thread(shared: &Arc<Shared>, poller: Arc<Poller>, rx: Receiver<UdpCmd>, m
         let key = match key {
             UdpKey::Port(i) => i,
             UdpKey::Mapping(i) => UDP_MAP_KEY + i,
+            UdpKey::Association(i, out) => UdpKey::association_token(i, out, UDP_ASSOC_KEY),
         };
         unsafe { poller.add(u, PEvent::readable(key)) }
     };
@@ -354,7 +357,7 @@ fn udp_thread(shared: &Arc<Shared>, poller: Arc<Poller>, rx: Receiver<UdpCmd>, m
     loop {
         while let Ok(cmd) = rx.try_recv() {
             let (opened, gone) = udp.apply(cmd, register);
-            if let Some(u) = gone {
+            for u in gone {
                 let _ = poller.delete(&u);
             }
             if let Some(opened) = opened {
@@ -369,9 +372,13 @@ fn udp_thread(shared: &Arc<Shared>, poller: Arc<Poller>, rx: Receiver<UdpCmd>, m
             continue;
         }
         for ev in events.iter() {
-            let key = match ev.key.checked_sub(UDP_MAP_KEY) {
-                Some(i) => UdpKey::Mapping(i),
-                None => UdpKey::Port(ev.key),
+            let key = if ev.key >= UDP_ASSOC_KEY {
+                UdpKey::from_association_token(ev.key, UDP_ASSOC_KEY)
+            } else {
+                match ev.key.checked_sub(UDP_MAP_KEY) {
+                    Some(i) => UdpKey::Mapping(i),
+                    None => UdpKey::Port(ev.key),
+                }
             };
             for _ in 0..ACCEPTS_PER_TURN {
                 if !shared.tell(|core| udp.recv(&mut core.table, key)) {
@@ -521,6 +528,7 @@ fn accepted(shared: &Arc<Shared>, listener: ListenerId, stream: TcpStream, peer:
         splice_ok: [false; 2],
         pipe_size: PipeSize::default(),
         armed: [None; 2],
+        bind: None,
     };
     let spawned = std::thread::Builder::new()
         .name(format!("conn-{conn}"))
@@ -554,11 +562,16 @@ struct ConnThread {
     /// an event for it fired, which disarms it. `arm` asks the poller only
     /// where this differs from what is wanted.
     armed: [Option<(bool, bool)>; 2],
+    /// A SOCKS BIND's listener, and the connection it holds until the core
+    /// says what becomes of it.
+    bind: Option<(std::net::TcpListener, Option<TcpStream>)>,
 }
 
 /// Poller keys (and per-side indices) of a connection's two sockets.
 const CLIENT: usize = 0;
 const UPSTREAM: usize = 1;
+/// Poller key of a SOCKS BIND's listener.
+const BIND: usize = 2;
 
 impl ConnThread {
     /// First thing on the connection's thread: registers the client
@@ -623,6 +636,10 @@ impl ConnThread {
                 continue;
             }
             for ev in events.iter() {
+                if ev.key == BIND {
+                    self.bind_accept(&mut mine);
+                    continue;
+                }
                 if let Some(a) = self.armed.get_mut(ev.key) {
                     *a = None;
                 }
@@ -645,9 +662,43 @@ impl ConnThread {
         self.finish();
     }
 
+    /// The BIND listener accepted: the connection is held and told to the
+    /// core, which takes or refuses it at once.
+    fn bind_accept(&mut self, mine: &mut Vec<ConnCmd>) {
+        let Some((l, held)) = self.bind.as_mut() else {
+            return;
+        };
+        if held.is_some() {
+            return;
+        }
+        match l.accept() {
+            Ok((s, peer)) => {
+                if net::bind_accepted(&s).is_err() {
+                    let _ = self.poller.modify(&*l, PEvent::readable(BIND));
+                    return;
+                }
+                *held = Some(s);
+                let conn = self.pair.id;
+                self.event(Event::BindAccepted { conn, peer }, mine);
+            }
+            // Oneshot: armed again for the next one.
+            Err(_) => {
+                let _ = self.poller.modify(&*l, PEvent::readable(BIND));
+            }
+        }
+    }
+
+    /// Lets go of the BIND listener and any connection it holds.
+    fn bind_close(&mut self) {
+        if let Some((l, _)) = self.bind.take() {
+            let _ = self.poller.delete(&l);
+        }
+    }
+
     /// The connection is over: its sockets leave the poller (and close as
     /// they drop), its pipes go back or close.
     fn finish(&mut self) {
+        self.bind_close();
         let _ = self.poller.delete(&self.pair.client);
         if let Some(u) = &self.pair.upstream {
             let _ = self.poller.delete(u);
@@ -715,6 +766,9 @@ impl ConnThread {
             ConnCmd::Resolve { host, port } => {
                 // This thread serves only this connection: it may wait here.
                 self.event(resolve(self.pair.id, &host, port), mine);
+                // A SOCKS UDP association's datagrams may have waited for
+                // the name: the UDP thread sends what the core queued.
+                let _ = lock(&self.shared).udp_tx.1.notify();
             }
             ConnCmd::CheckPassword { phc, password } => {
                 // Waits for the pool (which bounds how many checks run at
@@ -750,6 +804,44 @@ impl ConnThread {
                 }
                 Err(e) => self.connect_failed(IoKind::from_io(&e), mine),
             },
+            ConnCmd::BindListen { toward, bind } => {
+                let opened = net::bind_listener(toward, bind).and_then(|l| {
+                    // SAFETY: deleted from the poller before it is dropped
+                    // (`bind_close`, which `finish` calls too).
+                    unsafe { self.poller.add(&l, PEvent::readable(BIND)) }?;
+                    let local = l.local_addr()?;
+                    self.bind = Some((l, None));
+                    Ok(local)
+                });
+                let conn = self.pair.id;
+                let mut core = lock(&self.shared);
+                core.table.bind_listening(conn, opened);
+                core.drain(&self.shared, Some(conn), mine);
+            }
+            ConnCmd::BindTake => {
+                let held = self.bind.as_mut().and_then(|(_, held)| held.take());
+                self.bind_close();
+                let Some(u) = held else {
+                    return self.connect_failed(IoKind::Other, mine);
+                };
+                self.drop_upstream();
+                self.splice_ok = [false; 2];
+                // SAFETY: deleted from the poller before it is dropped
+                // (`drop_upstream`, or the end of `run`).
+                if unsafe { self.poller.add(&u, PEvent::writable(UPSTREAM)) }.is_err() {
+                    return self.connect_failed(IoKind::Other, mine);
+                }
+                self.armed[UPSTREAM] = Some((false, true));
+                // Reported Connected like a connect once writable.
+                self.pair.connect_started(u, |_| {});
+            }
+            ConnCmd::BindReject => {
+                if let Some((l, held)) = self.bind.as_mut() {
+                    *held = None;
+                    let _ = self.poller.modify(&*l, PEvent::readable(BIND));
+                }
+            }
+            ConnCmd::BindClose => self.bind_close(),
             ConnCmd::Interest { side, read, write } => self.want[side.index()] = (read, write),
             ConnCmd::ShutdownWrite(side) => {
                 if let Some(ev) = self.pair.shutdown_write(side) {

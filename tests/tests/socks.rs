@@ -753,11 +753,11 @@ fn reply_name_not_resolved(bin: Bin) {
     assert_eq!(l.target, "nonexistent.invalid:80", "{bin}: target in {l:?}");
 }
 
-/// A request with command `cmd` must be answered 07 and closed, without a
-/// connection to the destination.
+/// A request with command `cmd`, left out of the service's `commands`,
+/// must be answered 07 and closed, without a connection to the destination.
 fn unsupported_command(bin: Bin, cmd: u8, name: &str) {
     let server = TestServer::start(Behaviour::Echo);
-    let (p, addr) = start_socks(bin, false, "", "");
+    let (p, addr) = start_socks(bin, false, "", "commands = [\"connect\"]");
     let mut c = dial(bin, addr);
     assert_eq!(v5_greet(bin, &mut c, &[0], name), 0);
     send_all(
@@ -1626,9 +1626,10 @@ fn bound_address_with_outgoing(bin: Bin) {
     drop(p);
 }
 
+/// SOCKS4 BIND left out of the service's `commands`.
 fn socks4_bind_unsupported(bin: Bin) {
     let server = TestServer::start(Behaviour::Echo);
-    let (p, addr) = start_socks(bin, false, "", "");
+    let (p, addr) = start_socks(bin, false, "", "commands = [\"connect\"]");
     let mut c = dial(bin, addr);
     let (code, _) = v4_exchange(
         bin,

@@ -492,6 +492,30 @@ pub struct Service {
     pub proxy_protocol_from: Vec<IpNet>,
     /// mapped: send a PROXY header of this version to the destination.
     pub send_proxy_protocol: Option<ProxyVersion>,
+    /// socks: the commands it accepts (default all three).
+    pub commands: SocksCommands,
+    /// socks: the address a UDP ASSOCIATE reply names instead of the one
+    /// the association's socket is bound to (behind address translation).
+    pub udp_announce: Option<IpAddr>,
+}
+
+/// Which SOCKS commands a socks service accepts (`commands`); another is
+/// answered "command not supported".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocksCommands {
+    pub connect: bool,
+    pub bind: bool,
+    pub udp: bool,
+}
+
+impl Default for SocksCommands {
+    fn default() -> Self {
+        SocksCommands {
+            connect: true,
+            bind: true,
+            udp: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -126,6 +126,8 @@ pub struct RawService {
     pub proxy_protocol: Option<S<bool>>,
     pub proxy_protocol_from: Option<List<String>>,
     pub send_proxy_protocol: Option<S<String>>,
+    pub commands: Option<List<String>>,
+    pub udp_announce: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

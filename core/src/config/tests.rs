@@ -146,6 +146,8 @@ fn spec_example_parses() {
                 proxy_protocol: false,
                 proxy_protocol_from: vec![],
                 send_proxy_protocol: None,
+                commands: SocksCommands::default(),
+                udp_announce: None,
             },
             Service {
                 name: "ssh-in".into(),
@@ -164,6 +166,8 @@ fn spec_example_parses() {
                 proxy_protocol: false,
                 proxy_protocol_from: vec![],
                 send_proxy_protocol: None,
+                commands: SocksCommands::default(),
+                udp_announce: None,
             },
         ]
     );
@@ -614,6 +618,10 @@ const CASES: &[Case] = &[
     ("separator with space", &["[[service]]", "name = \"p\"", "kind = \"pop3\"", "port = 110", "separator = \"# \""], 5, 13, "contains whitespace"),
     ("separator on mapped", &["[[service]]", "name = \"m\"", M, "port = 1", D, "separator = \"%\""], 6, 13, "separator only applies to pop3"),
     ("connect_ports on socks", &["[[service]]", "name = \"s\"", "kind = \"socks\"", "port = 1", "connect_ports = [443]"], 5, 17, "connect_ports only applies to http"),
+    ("commands on http", &["[[service]]", "name = \"w\"", "kind = \"http\"", "port = 1", "commands = [\"connect\"]"], 5, 12, "commands only applies to socks"),
+    ("commands unknown", &["[[service]]", "name = \"s\"", "kind = \"socks\"", "port = 1", "commands = [\"connect\", \"listen\"]"], 5, 24, "\"listen\" is not a SOCKS command"),
+    ("udp_announce bad", &["[[service]]", "name = \"s\"", "kind = \"socks\"", "port = 1", "udp_announce = \"nowhere\""], 5, 16, "udp_announce"),
+    ("udp_announce on http", &["[[service]]", "name = \"w\"", "kind = \"http\"", "port = 1", "udp_announce = \"192.0.2.1\""], 5, 16, "udp_announce only applies to socks"),
     ("connect_ports zero", &["[[service]]", "name = \"w\"", "kind = \"http\"", "port = 1", "connect_ports = [443, 0]"], 5, 23, "service 'w': connect_ports: port 0 is out of range"),
     ("connect_ports too big", &["[[service]]", "name = \"w\"", "kind = \"http\"", "port = 1", "connect_ports = [65536]"], 5, 18, "port 65536 is out of range"),
     ("auth on mapped", &["[[user]]", "name = \"a\"", "password = \"plain:x\"", "[[service]]", "name = \"m\"", M, "port = 1", D, "auth = true"], 9, 8, "auth = true is not possible on a mapped service"),

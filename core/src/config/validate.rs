@@ -25,8 +25,8 @@ use super::values;
 use super::{
     implemented_kind, AccessTarget, Config, ConfigError, DiagnosticsTarget, HelperConfig, Limits,
     ListenSide, LogConfig, LogFormat, Network, Password, ProcessConfig, ProxyVersion, Quota,
-    QuotaSubjects, Rule, RuleAction, RuntimeConfig, Service, ServiceKind, StateConfig, Transport,
-    User, DEFAULT_SYSLOG_SOCKET, MAX_BUFFER, MAX_WORKERS, MIN_BUFFER,
+    QuotaSubjects, Rule, RuleAction, RuntimeConfig, Service, ServiceKind, SocksCommands,
+    StateConfig, Transport, User, DEFAULT_SYSLOG_SOCKET, MAX_BUFFER, MAX_WORKERS, MIN_BUFFER,
 };
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -1159,6 +1159,54 @@ fn service(cx: &Ctx, s: &S<RawService>, network: &Network, have_users: bool) -> 
         }),
     };
 
+    let commands = match &r.commands {
+        None => SocksCommands::default(),
+        Some(l) if kind != ServiceKind::Socks => {
+            return Err(e(
+                l.span(),
+                format!("commands only applies to socks services, not {kind}; remove it"),
+            ))
+        }
+        Some(l) => {
+            let mut c = SocksCommands {
+                connect: false,
+                bind: false,
+                udp: false,
+            };
+            for v in l.get_ref() {
+                match v.get_ref().as_str() {
+                    "connect" => c.connect = true,
+                    "bind" => c.bind = true,
+                    "udp" => c.udp = true,
+                    other => {
+                        return Err(e(
+                            v.span(),
+                            format!(
+                                "commands: \"{}\" is not a SOCKS command; use \"connect\", \
+                                 \"bind\" or \"udp\"",
+                                other.escape_default()
+                            ),
+                        ))
+                    }
+                }
+            }
+            c
+        }
+    };
+    let udp_announce = match &r.udp_announce {
+        None => None,
+        Some(v) if kind != ServiceKind::Socks => {
+            return Err(e(
+                v.span(),
+                format!("udp_announce only applies to socks services, not {kind}; remove it"),
+            ))
+        }
+        Some(v) => Some(cx.value(v, |t| values::parse_ip(t)).map_err(|mut err| {
+            err.message = format!("service '{name}': udp_announce: {}", err.message);
+            err
+        })?),
+    };
+
     Ok(Service {
         name,
         kind,
@@ -1173,6 +1221,8 @@ fn service(cx: &Ctx, s: &S<RawService>, network: &Network, have_users: bool) -> 
         proxy_protocol,
         proxy_protocol_from,
         send_proxy_protocol,
+        commands,
+        udp_announce,
     })
 }
 

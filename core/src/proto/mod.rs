@@ -16,6 +16,7 @@ pub(crate) mod http_proxy;
 pub mod pop3;
 pub mod simple;
 pub mod socks;
+pub mod socks_udp;
 pub mod telnet;
 
 use std::net::SocketAddr;
@@ -84,6 +85,18 @@ pub enum Next {
         user: Vec<u8>,
         password: crate::auth::Secret,
     },
+    /// SOCKS5 UDP ASSOCIATE for `user`: `client` is the address the
+    /// client says it will send from (an unspecified address or port 0:
+    /// any). The session opens the association and writes the reply.
+    Associate {
+        client: Target,
+        user: Option<String>,
+    },
+    /// SOCKS BIND for `user`: listen for one connection from `peer`'s
+    /// address. The machine says the listening address through
+    /// [`Protocol::bound`], and the peer's through [`Protocol::connected`]
+    /// once [`Protocol::bind_peer`] named it.
+    Bind { peer: Target, user: Option<String> },
 }
 
 /// A data port a control machine asks for: on `bind` (the system picks the
@@ -240,6 +253,14 @@ pub trait Protocol: std::fmt::Debug + Send {
     fn asks_again(&self) -> bool {
         false
     }
+
+    /// SOCKS BIND: the listening socket is open at `local` (the first
+    /// reply).
+    fn bound(&mut self, _local: SocketAddr, _reply: &mut Vec<u8>) {}
+
+    /// SOCKS BIND: the connection taken came from `peer` (the second
+    /// reply, said when it is [`Protocol::connected`]).
+    fn bind_peer(&mut self, _peer: SocketAddr) {}
 
     /// The method column of the access log.
     fn method(&self) -> &'static str;

@@ -7,13 +7,15 @@
 //!   │                        │                           │                 (bad → [1,1], close)
 //!   │                        ├─no acceptable → [5, FF], close
 //!   │                        └─method 0 ─────────────────────────────────────────────────────► Request
-//!   ├─first byte 4──► V4 ──[4, cmd, port, ip, userid\0 (host\0)]──► Connect (cmd 1) | [0,5B] close
+//!   ├─first byte 4──► V4 ──[4, cmd, port, ip, userid\0 (host\0)]──► Connect (cmd 1) | Bind (cmd 2) | [0,5B] close
 //!   └─other──► close
-//! Request ──[5, cmd, 0, atyp, addr, port]──► Connect (cmd 1)
-//!                                          ├─cmd 2, 3 → reply 07, close
+//! Request ──[5, cmd, 0, atyp, addr, port]──► Connect (cmd 1) | Bind (cmd 2) | Associate (cmd 3)
+//!                                          ├─a command not in `commands`, or another → reply 07, close
 //!                                          └─atyp other → reply 08, close
 //! Connect ──connected──► success reply with the bound address, relay
 //!         └─failed──► reply 01..06 (5) or 5B (4), close
+//! Bind ──bound──► first reply (the listener) ──bind_peer, connected──► second reply (the peer), relay
+//! Associate ──► the session's (`crate::session` associate): this machine is done
 //! ```
 //!
 //! Every length field is bounded by the protocol (one byte) or here
@@ -52,6 +54,8 @@ pub struct Socks {
     /// The name being checked (SOCKS4: and where to go once it is).
     checking: Option<String>,
     v4_target: Option<Target>,
+    /// A BIND: its peer, once a connection from it was taken.
+    bind: Option<Option<SocketAddr>>,
 }
 
 const NEED: (usize, Next) = (0, Next::Wait);
@@ -103,7 +107,7 @@ impl Protocol for Socks {
                 },
                 State::Methods => self.methods(rest, reply, scope),
                 State::Auth => self.auth(rest),
-                State::Request => self.request(rest, reply),
+                State::Request => self.request(rest, reply, scope),
                 State::Checking | State::Connecting | State::Done => return (used, Next::Wait),
             };
             used += n;
@@ -134,10 +138,7 @@ impl Protocol for Socks {
             };
             self.user = name;
             self.state = State::Connecting;
-            return Next::Connect {
-                target,
-                user: self.user.clone(),
-            };
+            return self.go(target);
         }
         if ok {
             self.user = name;
@@ -156,12 +157,31 @@ impl Protocol for Socks {
             return Next::Relay;
         }
         self.state = State::Done;
+        // A BIND's second reply names the peer that connected.
+        let named = self.bind.flatten().unwrap_or(local);
+        if self.v4 {
+            reply.extend_from_slice(&v4_reply(true, Some(named)));
+        } else {
+            reply.extend_from_slice(&v5_reply(0x00, Some(named)));
+        }
+        Next::Relay
+    }
+
+    fn bound(&mut self, local: SocketAddr, reply: &mut Vec<u8>) {
+        if self.state != State::Connecting || self.bind.is_none() {
+            return;
+        }
         if self.v4 {
             reply.extend_from_slice(&v4_reply(true, Some(local)));
         } else {
             reply.extend_from_slice(&v5_reply(0x00, Some(local)));
         }
-        Next::Relay
+    }
+
+    fn bind_peer(&mut self, peer: SocketAddr) {
+        if let Some(p) = self.bind.as_mut() {
+            *p = Some(peer);
+        }
     }
 
     fn failed(&mut self, why: Failure, reply: &mut Vec<u8>) {
@@ -248,7 +268,7 @@ impl Socks {
         )
     }
 
-    fn request(&mut self, b: &[u8], reply: &mut Vec<u8>) -> (usize, Next) {
+    fn request(&mut self, b: &[u8], reply: &mut Vec<u8>, scope: &mut Scope) -> (usize, Next) {
         if b.len() < 4 {
             return NEED;
         }
@@ -297,20 +317,38 @@ impl Socks {
                 return (b.len(), close(Outcome::Unsupported));
             }
         };
-        if cmd != 1 {
-            // BIND and UDP ASSOCIATE are not offered.
+        let commands = scope.service.commands;
+        if cmd == 3 && commands.udp {
+            // The session answers once the association's socket is open;
+            // a refusal (a limit) is said by `failed`, as for a connect.
+            self.state = State::Connecting;
+            return (
+                len,
+                Next::Associate {
+                    client: target,
+                    user: self.user.clone(),
+                },
+            );
+        }
+        if cmd == 2 && commands.bind {
+            self.bind = Some(None);
+        } else if cmd != 1 || !commands.connect {
+            // A command the service does not accept.
             self.state = State::Done;
             reply.extend_from_slice(&v5_reply(0x07, None));
             return (len, close(Outcome::Unsupported));
         }
         self.state = State::Connecting;
-        (
-            len,
-            Next::Connect {
-                target,
-                user: self.user.clone(),
-            },
-        )
+        (len, self.go(target))
+    }
+
+    /// Where a request goes: a connect, or a BIND waiting for `target`.
+    fn go(&self, target: Target) -> Next {
+        let user = self.user.clone();
+        match self.bind {
+            Some(_) => Next::Bind { peer: target, user },
+            None => Next::Connect { target, user },
+        }
     }
 
     fn v4_request(&mut self, b: &[u8], reply: &mut Vec<u8>, scope: &mut Scope) -> (usize, Next) {
@@ -352,7 +390,10 @@ impl Socks {
         } else {
             Target::Addr(SocketAddr::V4(SocketAddrV4::new(ip, port)))
         };
-        if cmd != 1 {
+        let commands = scope.service.commands;
+        if cmd == 2 && commands.bind {
+            self.bind = Some(None);
+        } else if cmd != 1 || !commands.connect {
             self.state = State::Done;
             reply.extend_from_slice(&v4_reply(false, None));
             return (len, close(Outcome::Unsupported));
@@ -367,13 +408,7 @@ impl Socks {
             return self.authenticate(name, password, len);
         }
         self.state = State::Connecting;
-        (
-            len,
-            Next::Connect {
-                target,
-                user: self.user.clone(),
-            },
-        )
+        (len, self.go(target))
     }
 }
 
@@ -384,7 +419,7 @@ fn nul_field(b: &[u8]) -> Option<(&[u8], usize)> {
 }
 
 /// A destination host as sent by the client: an IP literal or a DNS name.
-fn host_name(b: &[u8]) -> Option<&str> {
+pub(super) fn host_name(b: &[u8]) -> Option<&str> {
     let s = std::str::from_utf8(b).ok()?;
     let ok = !s.is_empty()
         && s.len() <= 253
@@ -393,14 +428,14 @@ fn host_name(b: &[u8]) -> Option<&str> {
     ok.then_some(s)
 }
 
-fn name_target(host: &str, port: u16) -> Target {
+pub(super) fn name_target(host: &str, port: u16) -> Target {
     match host.parse::<IpAddr>() {
         Ok(ip) => Target::Addr(SocketAddr::new(ip, port)),
         Err(_) => Target::Name(host.to_ascii_lowercase(), port),
     }
 }
 
-fn v5_reply(code: u8, bound: Option<SocketAddr>) -> Vec<u8> {
+pub(crate) fn v5_reply(code: u8, bound: Option<SocketAddr>) -> Vec<u8> {
     let mut r = vec![5, code, 0];
     match bound {
         Some(SocketAddr::V6(a)) => {
@@ -522,10 +557,10 @@ mod tests {
              Next::Close(Outcome::AuthRequired), vec![5, 0xFF]),
             ("v5 bind", false,
              vec![5, 1, 0, 5, 2, 0, 1, 1, 2, 3, 4, 0, 80],
-             Next::Close(Outcome::Unsupported), [&[5u8, 0][..], &[5, 7, 0, 1, 0, 0, 0, 0, 0, 0]].concat()),
+             Next::Bind { peer: addr("1.2.3.4:80"), user: None }, vec![5, 0]),
             ("v5 udp associate", false,
              vec![5, 1, 0, 5, 3, 0, 1, 1, 2, 3, 4, 0, 80],
-             Next::Close(Outcome::Unsupported), [&[5u8, 0][..], &[5, 7, 0, 1, 0, 0, 0, 0, 0, 0]].concat()),
+             Next::Associate { client: addr("1.2.3.4:80"), user: None }, vec![5, 0]),
             ("v5 bad address type", false,
              vec![5, 1, 0, 5, 1, 0, 9, 1, 2, 3, 4, 0, 80],
              Next::Close(Outcome::Unsupported), [&[5u8, 0][..], &[5, 8, 0, 1, 0, 0, 0, 0, 0, 0]].concat()),
@@ -555,7 +590,13 @@ mod tests {
              Next::Close(Outcome::AuthFailed), vec![0, 0x5B, 0, 0, 0, 0, 0, 0]),
             ("v4 bind", false,
              [&[4u8, 2, 0, 80, 10, 0, 0, 1][..], b"\0"].concat(),
+             Next::Bind { peer: addr("10.0.0.1:80"), user: None }, vec![]),
+            ("v4 unknown command", false,
+             [&[4u8, 3, 0, 80, 10, 0, 0, 1][..], b"\0"].concat(),
              Next::Close(Outcome::Unsupported), vec![0, 0x5B, 0, 0, 0, 0, 0, 0]),
+            ("v5 unknown command", false,
+             vec![5, 1, 0, 5, 9, 0, 1, 1, 2, 3, 4, 0, 80],
+             Next::Close(Outcome::Unsupported), [&[5u8, 0][..], &[5, 7, 0, 1, 0, 0, 0, 0, 0, 0]].concat()),
             ("v4 userid too long", false,
              [&[4u8, 1, 0, 80, 10, 0, 0, 1][..], &[b'a'; MAX_V4_FIELD + 1]].concat(),
              Next::Close(Outcome::BadRequest), vec![]),
@@ -568,6 +609,27 @@ mod tests {
                 assert_eq!(got_reply, reply, "{what} (chop {chop})");
             }
         }
+    }
+
+    #[test]
+    fn a_command_the_service_leaves_out_is_not_supported() {
+        let text = "[[service]]\nname = \"s\"\nkind = \"socks\"\nport = 1080\n\
+                    commands = [\"udp\"]\n";
+        let c = config::parse(text, "t").expect("config");
+        let mut users = Users::new(&c.users, 1, std::time::Duration::ZERO);
+        let mut detached = crate::proto::Detached::new();
+        let mut scope = detached.scope(&c.services[0], &mut users);
+        let mut s = Socks::default();
+        let mut reply = Vec::new();
+        let input = [5u8, 1, 0, 5, 1, 0, 1, 10, 0, 0, 1, 0, 80];
+        let (_, step) = s.input(&input, &mut reply, &mut scope);
+        assert_eq!(step, Next::Close(Outcome::Unsupported));
+        assert_eq!(reply, [5, 0, 5, 7, 0, 1, 0, 0, 0, 0, 0, 0]);
+        let mut s4 = Socks::default();
+        let mut reply = Vec::new();
+        let (_, step) = s4.input(&[4, 1, 0, 80, 10, 0, 0, 1, 0], &mut reply, &mut scope);
+        assert_eq!(step, Next::Close(Outcome::Unsupported));
+        assert_eq!(reply, [0, 0x5B, 0, 0, 0, 0, 0, 0]);
     }
 
     #[test]

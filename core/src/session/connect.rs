@@ -95,7 +95,7 @@ impl Session {
     /// refusal, if any. Under the ledger's lock, so that two workers
     /// cannot both take a user's last place. An HTTP connection asks at
     /// each request; it stays counted once, for its latest user.
-    fn admit_user(&mut self, cx: &mut Context) -> Option<Failure> {
+    pub(super) fn admit_user(&mut self, cx: &mut Context) -> Option<Failure> {
         let pairs =
             crate::quota::subjects(&cx.config.quotas, self.user.as_deref(), self.client.ip());
         if pairs.is_empty() && self.user.is_none() && self.account.is_none() {

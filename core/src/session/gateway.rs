@@ -79,6 +79,8 @@ impl Session {
                 self.sync(cx);
             }
             Next::Connect { target, user } => self.request(target, user, cx),
+            Next::Associate { client, user } => self.associate(client, user, cx),
+            Next::Bind { peer, user } => self.bind(peer, user, cx),
             Next::Authenticate { user, password } => {
                 if let Some(v) = self.login(&user, &password, cx) {
                     self.authenticated(v, cx)
@@ -305,6 +307,13 @@ impl Session {
     /// The request cannot be served: the protocol's words, then the close
     /// — or, where the protocol asks again, the handshake once more.
     pub(super) fn gateway_failed(&mut self, why: Failure, cx: &mut Context) {
+        if self.upstream.binding {
+            // A BIND that failed waits no more: its listener goes before
+            // the reply says so.
+            self.upstream.binding = false;
+            cx.actions
+                .push_back(crate::event::Action::BindClose { conn: self.id });
+        }
         let Machine::Gateway(p) = &mut self.machine else {
             return;
         };

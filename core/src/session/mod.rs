@@ -38,6 +38,8 @@
 //! `up` carries client → upstream, `down` upstream → client (see
 //! [`Dir`]). The session is finished when both directions are shut.
 
+mod associate;
+mod bind;
 mod connect;
 pub(crate) use connect::rule_number;
 mod dir;
@@ -81,6 +83,9 @@ pub(crate) enum Phase {
     /// The last reply drains to the client; what the client sends is
     /// discarded; then the connection closes.
     Closing,
+    /// A SOCKS UDP association carries datagrams; its control connection
+    /// only waits for the client to close it.
+    Associated,
 }
 
 /// The protocol a session speaks, for its whole life.
@@ -98,6 +103,8 @@ pub(crate) enum Machine {
     /// The status page; `asked`: its request is complete and the table
     /// is gathering the answer (from the other workers' tables).
     Status { asked: bool },
+    /// A SOCKS5 UDP association (the SOCKS handshake is over).
+    Associate(Box<associate::Association>),
 }
 
 impl Machine {
@@ -115,6 +122,7 @@ impl Machine {
             Machine::Gateway(p) => p.method(),
             Machine::Http(_) => "HTTP",
             Machine::Status { .. } => "-",
+            Machine::Associate(_) => "UDP-ASSOCIATE",
         }
     }
 
@@ -161,6 +169,10 @@ pub(crate) struct Upstream {
     pub untried: Vec<SocketAddr>,
     /// Connect from `network.outgoing` (false: toward a LAN client).
     pub outward: bool,
+    /// A SOCKS BIND listener was asked for and not taken yet.
+    pub binding: bool,
+    /// A SOCKS BIND's peer name is being resolved.
+    pub bind_name: bool,
 }
 
 #[derive(Debug)]
@@ -410,6 +422,7 @@ impl Session {
             Phase::Filtering if matches!(self.machine, Machine::Http(_)) => "http",
             Phase::Filtering => "control",
             Phase::Closing => "closing",
+            Phase::Associated => "udp-associate",
         }
     }
 
@@ -478,7 +491,7 @@ impl Session {
                     }
                 }
             }
-            Machine::Http(_) | Machine::Status { .. } => self.sync(cx),
+            Machine::Http(_) | Machine::Status { .. } | Machine::Associate(_) => self.sync(cx),
         }
     }
 
@@ -494,6 +507,7 @@ impl Session {
             Machine::Status { .. } => self.status_request(cx),
             Machine::Http(_) => self.http_client(cx),
             Machine::Gateway(_) => self.gateway_input(cx),
+            Machine::Associate(_) => self.association_control(cx),
             Machine::Mapped | Machine::FtpData { .. } => {}
         }
     }
@@ -639,7 +653,12 @@ impl Session {
 
     /// The upstream connection is up; `local` is its local address.
     pub fn on_connected(&mut self, local: SocketAddr, cx: &mut Context) {
-        if self.phase != Phase::Connecting {
+        // A BIND not yet taken, or a UDP association, asked for no
+        // connect: nothing can have connected.
+        if self.phase != Phase::Connecting
+            || self.upstream.binding
+            || matches!(self.machine, Machine::Associate(_))
+        {
             return;
         }
         self.enter(Phase::Relay, cx.now);
@@ -675,6 +694,9 @@ impl Session {
             return;
         }
         match self.phase {
+            Phase::Connecting if matches!(self.machine, Machine::Associate(_)) => {
+                self.on_udp_bind_failed(Failure::TimedOut, None, cx)
+            }
             Phase::Resolving | Phase::Connecting | Phase::Conversing => {
                 self.fail(Failure::TimedOut, cx)
             }
@@ -695,7 +717,7 @@ impl Session {
                 // A request head that does not finish in time: 408.
                 self.http_timed_out(cx);
             }
-            Phase::Relay | Phase::Filtering => {
+            Phase::Relay | Phase::Filtering | Phase::Associated => {
                 self.outcome = Outcome::Idle;
                 self.end();
             }
@@ -719,7 +741,7 @@ impl Session {
                     && self.checking.is_none()
             }
             Phase::Filtering => self.filtering_done(),
-            _ => false,
+            _ => self.association_done(),
         };
         if done {
             return self.end();
@@ -794,6 +816,7 @@ impl Session {
                 self.head_deadline(cx).map_or(idle, |t| idle.min(t))
             }
             Phase::Relay => self.last_active + l.idle_timeout,
+            Phase::Associated => self.last_active + l.udp_idle_timeout,
         }
     }
 
@@ -853,9 +876,22 @@ impl Session {
             e.1 += self.down.bytes;
         }
         cx.stats.closed += 1;
+        if let Machine::Associate(_) = self.machine {
+            // Its sockets go before the connection they belong to.
+            cx.actions.push_back(Action::UdpDisassociate { conn });
+        }
+        if self.upstream.binding {
+            cx.actions.push_back(Action::BindClose { conn });
+        }
         cx.actions.push_back(Action::Close { conn });
         let machine = std::mem::replace(&mut self.machine, Machine::Mapped);
         match machine {
+            Machine::Associate(a) => {
+                let rec = self.association_record(&a, cx);
+                if cx.access_logged() {
+                    cx.actions.push_back(Action::Access(Box::new(rec)));
+                }
+            }
             Machine::Http(mut h) => {
                 // HTTP logs one line per request, the last one now.
                 if let Some(x) = h.abandon(&self.up, &self.down, now) {
@@ -889,6 +925,7 @@ impl Session {
                         duration: now.saturating_duration_since(self.accepted),
                         error: self.cause,
                         rule: self.rule,
+                        datagrams: None,
                     };
                     cx.actions.push_back(Action::Access(Box::new(rec)));
                 }
@@ -917,6 +954,7 @@ impl Session {
             error: x.cause,
             // The rule that decided the exchange's upstream, if it had one.
             rule: if x.routed { self.rule } else { None },
+            datagrams: None,
         }
     }
 }

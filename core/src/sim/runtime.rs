@@ -174,6 +174,11 @@ pub struct Runtime {
     keep: usize,
     /// Print every action as it comes (`PORTICO_FUZZ_TRACE`).
     pub live: bool,
+    /// SOCKS UDP associations whose sockets were asked for and not
+    /// closed yet.
+    pub associations: Vec<ConnId>,
+    /// SOCKS BIND listeners asked for and not taken or closed yet.
+    pub bind_listeners: Vec<ConnId>,
 }
 
 impl Runtime {
@@ -208,6 +213,8 @@ impl Runtime {
             trace: VecDeque::new(),
             keep: 0,
             live: false,
+            associations: Vec::new(),
+            bind_listeners: Vec::new(),
         }
     }
 
@@ -749,6 +756,14 @@ impl Runtime {
             }
             Action::Close { conn } => {
                 assert!(
+                    !self.associations.contains(&conn),
+                    "Close for {conn} with its UDP association's sockets still open"
+                );
+                assert!(
+                    !self.bind_listeners.contains(&conn),
+                    "Close for {conn} with its BIND listener still open"
+                );
+                assert!(
                     self.conns.remove(conn).is_some(),
                     "Close for {conn}, which is not live"
                 );
@@ -777,6 +792,56 @@ impl Runtime {
             Action::Gather { conn } => {
                 assert!(self.worker, "Gather for {conn} with one table");
                 self.live_conn(conn, "Gather");
+            }
+            Action::UdpAssociate { conn, .. } => {
+                let s = self.live_conn(conn, "UdpAssociate");
+                assert!(
+                    !s.refusing,
+                    "UdpAssociate for a connection admitted only to refuse"
+                );
+                assert!(
+                    !self.associations.contains(&conn),
+                    "UdpAssociate twice for {conn}"
+                );
+                self.associations.push(conn);
+            }
+            Action::UdpDisassociate { conn } => {
+                let Some(i) = self.associations.iter().position(|c| *c == conn) else {
+                    panic!("UdpDisassociate for {conn}, which has no association");
+                };
+                self.associations.swap_remove(i);
+            }
+            Action::BindListen { conn, .. } => {
+                let s = self.live_conn(conn, "BindListen");
+                assert!(
+                    !s.refusing,
+                    "BindListen for a connection admitted only to refuse"
+                );
+                assert!(
+                    !self.bind_listeners.contains(&conn),
+                    "BindListen twice for {conn}"
+                );
+                self.bind_listeners.push(conn);
+            }
+            Action::BindTake { conn } => {
+                let Some(i) = self.bind_listeners.iter().position(|c| *c == conn) else {
+                    panic!("BindTake for {conn}, which has no BIND listener");
+                };
+                self.bind_listeners.swap_remove(i);
+                // The accepted socket is the upstream, connecting.
+                let s = self.live_conn(conn, "BindTake");
+                s.upstream = Upstream::Connecting;
+                s.interest[1] = (false, false);
+                s.shut[1] = false;
+            }
+            Action::BindReject { conn } => {
+                self.live_conn(conn, "BindReject");
+            }
+            Action::BindClose { conn } => {
+                let Some(i) = self.bind_listeners.iter().position(|c| *c == conn) else {
+                    panic!("BindClose for {conn}, which has no BIND listener");
+                };
+                self.bind_listeners.swap_remove(i);
             }
             Action::UdpOpen { .. } | Action::UdpClose { .. } => {
                 panic!("the harness plays no UDP mapping: {action:?}")
@@ -809,6 +874,27 @@ impl Runtime {
         }
         self.drain();
         asked.into_iter().map(|(l, _)| l).collect()
+    }
+
+    /// A datagram of `bytes` from `from` arrived at association `conn`'s
+    /// outward socket (`outward`) or the one facing its client.
+    pub fn association_datagram(
+        &mut self,
+        conn: ConnId,
+        outward: bool,
+        from: SocketAddr,
+        bytes: &[u8],
+    ) {
+        let at = self.at();
+        let buf = self.proxy.datagram_buf();
+        buf[..bytes.len()].copy_from_slice(bytes);
+        self.proxy
+            .handle_association_datagram(conn, outward, from, bytes.len(), at);
+    }
+
+    /// Every datagram the core has queued to send.
+    pub fn datagrams(&mut self) -> Vec<(crate::udp::Via, Vec<u8>)> {
+        std::iter::from_fn(|| self.proxy.poll_datagram()).collect()
     }
 
     /// `side` sent `bytes`, read into the core's buffer at once.

@@ -404,6 +404,7 @@ impl Proxy {
     /// the connection's are free again.
     fn finish(&mut self, conn: ConnId) {
         let s = self.sessions.remove(conn.index());
+        self.udp.held = self.udp.held.saturating_sub(s.association_held());
         s.close(&mut self.cx);
         self.cx.listeners.resume(&mut self.cx.actions);
         if !self.gathering.is_empty() {
@@ -561,6 +562,18 @@ impl Proxy {
             Event::ConnectFailed { conn, error } => {
                 self.run(conn, now, |s, cx| s.on_connect_failed(error, cx))
             }
+            Event::Resolved { conn, addrs } if self.associated(conn) => {
+                self.association_resolved(conn, Some(addrs), now)
+            }
+            Event::ResolveFailed { conn } if self.associated(conn) => {
+                self.association_resolved(conn, None, now)
+            }
+            Event::Resolved { conn, addrs } if self.bind_resolving(conn) => {
+                self.run(conn, now, |s, cx| s.on_bind_resolved(Some(addrs), cx))
+            }
+            Event::ResolveFailed { conn } if self.bind_resolving(conn) => {
+                self.run(conn, now, |s, cx| s.on_bind_resolved(None, cx))
+            }
             Event::Resolved { conn, addrs } => {
                 self.run(conn, now, |s, cx| s.on_resolved(addrs, cx))
             }
@@ -590,6 +603,21 @@ impl Proxy {
             }
             Event::IoError { conn, side, error } => {
                 self.run(conn, now, |s, cx| s.on_io_error(side, error, cx))
+            }
+            Event::UdpBound { conn, local } => {
+                self.run(conn, now, |s, cx| s.on_udp_bound(local, cx))
+            }
+            Event::UdpBindFailed { conn, error } => self.run(conn, now, |s, cx| {
+                s.on_udp_bind_failed(crate::proto::Failure::Other, Some(error), cx)
+            }),
+            Event::BindListening { conn, local } => {
+                self.run(conn, now, |s, cx| s.on_bind_listening(local, cx))
+            }
+            Event::BindFailed { conn, error } => {
+                self.run(conn, now, |s, cx| s.on_bind_failed(error, cx))
+            }
+            Event::BindAccepted { conn, peer } => {
+                self.run(conn, now, |s, cx| s.on_bind_accepted(peer, cx))
             }
         }
     }

@@ -7,8 +7,9 @@ use std::time::Instant;
 
 use super::listeners::ListenerState;
 use super::Proxy;
-use crate::id::ListenerId;
+use crate::id::{ConnId, ListenerId};
 use crate::proto::Target;
+use crate::session::Machine;
 use crate::udp::{UdpId, Via, MAX_DATAGRAM};
 
 impl Proxy {
@@ -126,5 +127,89 @@ impl Proxy {
             rec.sent(&d.0, d.1.len());
         }
         Some(d)
+    }
+}
+
+impl Proxy {
+    /// Whether `conn` is a SOCKS UDP association (its names resolve for
+    /// its datagrams, not for a connect).
+    pub(super) fn associated(&self, conn: ConnId) -> bool {
+        self.sessions
+            .get(conn.index())
+            .is_some_and(|s| s.id == conn && matches!(s.machine, Machine::Associate(_)))
+    }
+
+    /// Whether `conn` resolves its SOCKS BIND peer's name.
+    pub(super) fn bind_resolving(&self, conn: ConnId) -> bool {
+        self.sessions
+            .get(conn.index())
+            .is_some_and(|s| s.id == conn && s.upstream.bind_name)
+    }
+
+    /// `n` bytes of [`Proxy::datagram_buf`] came from `from` on one of
+    /// association `conn`'s sockets (`outward`: the one facing the
+    /// destinations, else the client's).
+    pub fn handle_association_datagram(
+        &mut self,
+        conn: ConnId,
+        outward: bool,
+        from: SocketAddr,
+        n: usize,
+        now: Instant,
+    ) {
+        let n = n.min(self.datagram.len());
+        if let Some(rec) = self.recorder.as_mut() {
+            // The client's header is parsed: it is kept, the payload not
+            // (a header that does not parse fails within its first bytes).
+            let kept = (!outward).then(|| {
+                let d = &self.datagram[..n];
+                let head = crate::proto::socks_udp::parse(d)
+                    .map_or(crate::proto::socks_udp::MAX_HEADER.min(n), |h| h.len);
+                &d[..head]
+            });
+            rec.association_datagram(now, conn, outward, from, n, kept);
+        }
+        self.cx.now = now;
+        self.tick(now);
+        let Some(s) = self.sessions.get_mut(conn.index()).filter(|s| s.id == conn) else {
+            return;
+        };
+        s.on_association_datagram(
+            outward,
+            from,
+            &self.datagram[..n],
+            &mut self.cx,
+            &mut self.udp,
+        );
+        self.settle(conn);
+    }
+
+    /// The name association `conn` asked about resolved (`None`: did not).
+    pub(super) fn association_resolved(
+        &mut self,
+        conn: ConnId,
+        addrs: Option<Vec<SocketAddr>>,
+        now: Instant,
+    ) {
+        self.cx.now = now;
+        let Some(s) = self.sessions.get_mut(conn.index()).filter(|s| s.id == conn) else {
+            return;
+        };
+        s.on_association_resolved(addrs, &mut self.cx, &mut self.udp);
+        self.settle(conn);
+    }
+
+    /// After a call into session `conn`: its view brought up to date, or
+    /// its end.
+    fn settle(&mut self, conn: ConnId) {
+        if let Some(s) = self.sessions.get_mut(conn.index()).filter(|s| s.id == conn) {
+            if !s.ended {
+                s.sync(&mut self.cx);
+            }
+            if s.ended {
+                self.finish(conn);
+            }
+        }
+        self.tidy_timers();
     }
 }

@@ -249,6 +249,37 @@ impl<'a> Reader<'a> {
                         t,
                         id: w.parse(UDP, parse_udp)?,
                     },
+                    "association" => {
+                        let conn = w.parse("a connection id (index.generation)", parse_conn)?;
+                        let outward = w.parse("client or outward", |s| match s {
+                            "client" => Some(false),
+                            "outward" => Some(true),
+                            _ => None,
+                        })?;
+                        let from = w.parse("the sender's address", parse_addr)?;
+                        let n = w.parse("a byte count", parse_usize)?;
+                        let bytes = match w.rest() {
+                            None => None,
+                            Some((at, s)) => {
+                                let b = unquote(s).map_err(|(i, m)| w.err(at + i, m))?;
+                                if b.len() > n {
+                                    return Err(w.err(
+                                        at,
+                                        format!("a datagram of {n} bytes keeps {}", b.len()),
+                                    ));
+                                }
+                                Some(b)
+                            }
+                        };
+                        return Ok(Record::AssociationDatagram {
+                            t,
+                            conn,
+                            outward,
+                            from,
+                            n,
+                            bytes,
+                        });
+                    }
                     "shutdown" => Record::Shutdown { t },
                     "reload" | "reload-recheck" => {
                         let lines = w.parse("the number of configuration lines", parse_u64)?;
@@ -396,6 +427,26 @@ pub(super) fn parse_event(
         "io-error" => Event::IoError {
             conn: w.parse(CONN, parse_conn)?,
             side: w.parse(SIDE, parse_side)?,
+            error: w.parse(IO, parse_io)?,
+        },
+        "udp-bound" => Event::UdpBound {
+            conn: w.parse(CONN, parse_conn)?,
+            local: w.parse("the local address", parse_addr)?,
+        },
+        "bind-listening" => Event::BindListening {
+            conn: w.parse(CONN, parse_conn)?,
+            local: w.parse("the local address", parse_addr)?,
+        },
+        "bind-failed" => Event::BindFailed {
+            conn: w.parse(CONN, parse_conn)?,
+            error: w.parse(IO, parse_io)?,
+        },
+        "bind-accepted" => Event::BindAccepted {
+            conn: w.parse(CONN, parse_conn)?,
+            peer: w.parse("the peer address", parse_addr)?,
+        },
+        "udp-bind-failed" => Event::UdpBindFailed {
+            conn: w.parse(CONN, parse_conn)?,
             error: w.parse(IO, parse_io)?,
         },
         other => {

@@ -98,6 +98,23 @@ pub(super) fn put_record(out: &mut String, r: &Record) {
             put_time(out, *t);
             let _ = writeln!(out, "udp-failed {}.{}", id.idx, id.gen);
         }
+        Record::AssociationDatagram {
+            t,
+            conn,
+            outward,
+            from,
+            n,
+            bytes,
+        } => {
+            put_time(out, *t);
+            let side = if *outward { "outward" } else { "client" };
+            let _ = write!(out, "association {conn} {side} {from} {n}");
+            if let Some(b) = bytes {
+                out.push(' ');
+                quote(out, b);
+            }
+            out.push('\n');
+        }
         Record::Polled { n } => {
             let _ = writeln!(out, "polled {n}");
         }
@@ -199,6 +216,15 @@ pub(super) fn put_event(out: &mut String, t: u64, event: &Event, bytes: Option<&
                 SideName(*side),
                 io_name(*error)
             )
+        }
+        Event::UdpBound { conn, local } => write!(out, "udp-bound {conn} {local}"),
+        Event::BindListening { conn, local } => write!(out, "bind-listening {conn} {local}"),
+        Event::BindFailed { conn, error } => {
+            write!(out, "bind-failed {conn} {}", io_name(*error))
+        }
+        Event::BindAccepted { conn, peer } => write!(out, "bind-accepted {conn} {peer}"),
+        Event::UdpBindFailed { conn, error } => {
+            write!(out, "udp-bind-failed {conn} {}", io_name(*error))
         }
     };
     out.push('\n');

@@ -34,6 +34,7 @@
 //! Proxy::reload_failed                   rec.reload_failed(now, &message)
 //! Proxy::handle_datagram / handle_reply  rec.datagram(now, l, from, n) / rec.reply(now, id, n)
 //! Proxy::handle_udp_failed               rec.udp_failed(now, id)
+//! Proxy::handle_association_datagram     rec.association_datagram(now, conn, outward, from, n, header)
 //! Proxy::poll_action / poll_datagram     rec.polled(&a) / rec.sent(&via, d.len())
 //! ```
 //!
@@ -90,6 +91,10 @@
 //! reload-failed <lines>               (then that many `|` lines of why)
 //! datagram L<listener> <from> <n>     reply <udp> <n>
 //! udp-failed <udp>
+//! udp-bound <conn> <local>            udp-bind-failed <conn> <io>
+//! bind-listening <conn> <local>       bind-failed <conn> <io>
+//! bind-accepted <conn> <peer>
+//! association <conn> client|outward <from> <n> ["header bytes"]
 //! ```
 //!
 //! and untimed: `wall <secs> <offset>`, `log-level <level>`, `polled <n>`
@@ -240,6 +245,18 @@ pub enum Record {
     Reply { t: u64, id: UdpId, n: usize },
     /// [`Proxy::handle_udp_failed`].
     UdpFailed { t: u64, id: UdpId },
+    /// [`Proxy::handle_association_datagram`]: `n` bytes from `from` on
+    /// association `conn`'s outward or client socket; a client's header
+    /// is kept (`bytes`, the first bytes of the datagram), the rest of it
+    /// only as its length.
+    AssociationDatagram {
+        t: u64,
+        conn: ConnId,
+        outward: bool,
+        from: SocketAddr,
+        n: usize,
+        bytes: Option<Vec<u8>>,
+    },
     /// The runtime took `n` actions from [`Proxy::poll_action`] here.
     Polled { n: u64 },
     /// The runtime took `n` datagrams from [`Proxy::poll_datagram`] here.

@@ -221,6 +221,28 @@ impl Recorder {
         self.put(&Record::UdpFailed { t, id });
     }
 
+    /// `Proxy::handle_association_datagram(conn, outward, from, n, now)`,
+    /// with the client's header bytes.
+    pub fn association_datagram(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        outward: bool,
+        from: SocketAddr,
+        n: usize,
+        bytes: Option<&[u8]>,
+    ) {
+        let t = self.at(now);
+        self.put(&Record::AssociationDatagram {
+            t,
+            conn,
+            outward,
+            from,
+            n,
+            bytes: bytes.map(<[u8]>::to_vec),
+        });
+    }
+
     /// The runtime took a datagram of `len` bytes for `via` from
     /// [`Proxy::poll_datagram`].
     pub fn sent(&mut self, via: &Via, len: usize) {

@@ -176,6 +176,30 @@ pub fn replay(trace: &[u8], out: &mut impl FnMut(String)) -> Result<(), TraceErr
                 proxy.handle_reply(id, n, now);
             }
             Record::UdpFailed { t, id } => proxy.handle_udp_failed(id, at(t)?),
+            Record::AssociationDatagram {
+                t,
+                conn,
+                outward,
+                from,
+                n,
+                bytes,
+            } => {
+                let now = at(t)?;
+                let buf = proxy.datagram_buf();
+                let room = buf.len();
+                let Some(dst) = buf.get_mut(..n) else {
+                    return Err(diverged(format!(
+                        "the live run received a datagram of {n} bytes; the replayed core \
+                         offers room for {room}"
+                    )));
+                };
+                dst.fill(0);
+                let kept = bytes.unwrap_or_default();
+                if let Some(head) = dst.get_mut(..kept.len()) {
+                    head.copy_from_slice(&kept);
+                }
+                proxy.handle_association_datagram(conn, outward, from, n, now);
+            }
             Record::Polled { .. } | Record::Sent { .. } => {}
         }
     }

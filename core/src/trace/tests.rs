@@ -102,6 +102,62 @@ fn every_record() -> Vec<Record> {
             t: 10,
             id: UdpId::from_parts(u32::MAX, 7),
         },
+        Record::Event {
+            t: 11,
+            event: Event::UdpBound {
+                conn: c(3, 2),
+                local: sa("127.0.0.1:40000"),
+            },
+            bytes: None,
+        },
+        Record::Event {
+            t: 12,
+            event: Event::UdpBindFailed {
+                conn: c(3, 2),
+                error: IoKind::AddrInUse,
+            },
+            bytes: None,
+        },
+        Record::Event {
+            t: 12,
+            event: Event::BindListening {
+                conn: c(4, 1),
+                local: sa("10.0.0.1:40000"),
+            },
+            bytes: None,
+        },
+        Record::Event {
+            t: 12,
+            event: Event::BindFailed {
+                conn: c(4, 1),
+                error: IoKind::AddrNotAvailable,
+            },
+            bytes: None,
+        },
+        Record::Event {
+            t: 12,
+            event: Event::BindAccepted {
+                conn: c(4, 1),
+                peer: sa("[2001:db8::21]:20"),
+            },
+            bytes: None,
+        },
+        Record::AssociationDatagram {
+            t: 13,
+            conn: c(3, 2),
+            outward: false,
+            from: sa("10.0.0.2:5000"),
+            n: 14,
+            bytes: Some(vec![0, 0, 0, 1, 192, 0, 2, 7, 0, 7]),
+        },
+        Record::AssociationDatagram {
+            t: 14,
+            conn: c(3, 2),
+            outward: true,
+            from: sa("[2001:db8::7]:7"),
+            n: 0,
+            bytes: None,
+        },
     ];
     for r in REFUSALS {
         v.push(Record::Accept {
@@ -773,6 +829,77 @@ fn a_replay_starts_from_the_quota_counts_loaded() {
         live,
         "the counts make the difference"
     );
+}
+
+/// A SOCKS5 UDP association recorded and replayed: the client's headers
+/// are kept (the replay parses them), payloads only as lengths.
+#[test]
+fn a_recorded_association_replays() {
+    let mut l = Live::new(CONFIG);
+    for (i, port) in [(0, 7000), (1, 1080), (2, 5353)] {
+        l.handle(
+            0,
+            Event::Listening {
+                listener: ListenerId(i),
+                local: sa(&format!("127.0.0.1:{port}")),
+            },
+        );
+    }
+    l.drain();
+    let conn = l
+        .accept_on(1, ListenerId(1), "10.0.0.2:4000", "127.0.0.1:1080")
+        .expect("accepted");
+    l.drain();
+    l.read(
+        2,
+        conn,
+        Side::Client,
+        &[5, 1, 0, 5, 3, 0, 1, 0, 0, 0, 0, 0, 0],
+        true,
+    );
+    l.drain();
+    l.handle(
+        3,
+        Event::UdpBound {
+            conn,
+            local: sa("127.0.0.1:40000"),
+        },
+    );
+    l.drain();
+    l.write(4, conn, Side::Client);
+    let dg = [&[0u8, 0, 0, 1, 192, 0, 2, 7, 0, 7][..], b"secret"].concat();
+    let now = l.at(5);
+    l.proxy.datagram_buf()[..dg.len()].copy_from_slice(&dg);
+    l.proxy
+        .handle_association_datagram(conn, false, sa("10.0.0.2:5000"), dg.len(), now);
+    assert_eq!(l.send().len(), 1);
+    let now = l.at(6);
+    l.proxy.datagram_buf()[..7].copy_from_slice(b"private");
+    l.proxy
+        .handle_association_datagram(conn, true, sa("192.0.2.7:7"), 7, now);
+    assert_eq!(l.send().len(), 1);
+    l.handle(
+        7,
+        Event::Eof {
+            conn,
+            side: Side::Client,
+        },
+    );
+    let (trace, live, actions) = l.finish();
+    let text = String::from_utf8(trace.clone()).expect("utf-8");
+    assert!(
+        text.contains(" association 0.1 client 10.0.0.2:5000 16 \"\\x00\\x00\\x00\\x01\\xc0\\x00\\x02\\x07\\x00\\x07\"\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(" association 0.1 outward 192.0.2.7:7 7\n"),
+        "{text}"
+    );
+    assert!(!text.contains("private") && !text.contains("secret"));
+    assert!(actions.iter().any(|a| matches!(a,
+        Action::Access(r) if r.method == "UDP-ASSOCIATE" && r.up == 6 && r.down == 7)));
+    let replayed = replay_lines(&trace).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(replayed, live);
 }
 
 #[test]

@@ -16,5 +16,7 @@ pub use protocol::protocol;
 pub use crate::http::fuzz_request as http_request;
 /// HTTP response heads (after a method byte), likewise.
 pub use crate::http::fuzz_response as http_response;
+/// SOCKS5 UDP request headers, parsed and encoded again.
+pub use crate::proto::socks_udp::fuzz as socks_udp_header;
 /// PROXY protocol headers, parsed and encoded again.
 pub use crate::proxy_protocol::fuzz as proxy_protocol;

@@ -1,0 +1,415 @@
+//! SOCKS5 UDP ASSOCIATE (RFC 1928 section 7) end to end through both
+//! binaries: a client written here from the RFC (the association's reply,
+//! the datagram header both ways, a denied destination, the end with the
+//! TCP connection), and a real one: Dante's `socksify` carrying `drill` to
+//! a local `dnsmasq`.
+//!
+//! `drill`, not `dig`: dig (BIND 9.18, libuv) sends its queries with
+//! sendmmsg(2), which Dante's preloaded library does not wrap, so they
+//! reach the relay without their SOCKS header; Dante's own server drops
+//! them too ("Could not extract valid address from SOCKS UDP header").
+//! drill sends with sendto(2), which Dante wraps.
+//!
+//! Tools the cases need beyond the harness: `socksify` (dante-client),
+//! `drill` (ldnsutils) and `dnsmasq` (dnsmasq-base). A case whose tool is
+//! missing fails and names the package.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use portico_tests::{
+    both, config_head, free_port, require, run_tool, service, start_on_free_port, Bin, Portico,
+    StartOptions, TempDir, UdpEcho,
+};
+
+both!(
+    udp_associate_round_trip,
+    udp_associate_drops_a_denied_destination,
+    udp_associate_ends_with_its_tcp_connection,
+    udp_associate_left_out_of_commands_is_not_supported,
+    udp_announce_names_another_address,
+    an_association_counts_as_a_connection,
+    drill_through_socksify,
+);
+
+/// How long a reply, or a line in the log, may take (a debug build on a
+/// busy machine); never a speed check.
+const WAIT: Duration = Duration::from_secs(10);
+
+fn socks_config(port: u16, rules: &str, extra: &str) -> String {
+    format!(
+        "{}{rules}{}",
+        config_head("", ""),
+        service("socks", "socks", port, extra)
+    )
+}
+
+/// The RFC 1928 header of a datagram to (or from) `addr`.
+fn header(addr: SocketAddr) -> Vec<u8> {
+    let mut h = vec![0, 0, 0];
+    match addr {
+        SocketAddr::V4(a) => {
+            h.push(1);
+            h.extend_from_slice(&a.ip().octets());
+        }
+        SocketAddr::V6(a) => {
+            h.push(4);
+            h.extend_from_slice(&a.ip().octets());
+        }
+    }
+    h.extend_from_slice(&addr.port().to_be_bytes());
+    h
+}
+
+/// A SOCKS5 reply's code and bound address (IPv4 and IPv6 only).
+fn read_reply(bin: Bin, s: &mut TcpStream) -> (u8, SocketAddr) {
+    let mut head = [0u8; 4];
+    s.read_exact(&mut head)
+        .unwrap_or_else(|e| panic!("{bin}: no SOCKS5 reply: {e}"));
+    assert_eq!((head[0], head[2]), (5, 0), "{bin}: reply head {head:?}");
+    let ip: IpAddr = match head[3] {
+        1 => {
+            let mut a = [0u8; 4];
+            s.read_exact(&mut a).expect("IPv4 bound address");
+            a.into()
+        }
+        4 => {
+            let mut a = [0u8; 16];
+            s.read_exact(&mut a).expect("IPv6 bound address");
+            a.into()
+        }
+        t => panic!("{bin}: bound address of type {t}"),
+    };
+    let mut p = [0u8; 2];
+    s.read_exact(&mut p).expect("bound port");
+    (head[1], SocketAddr::new(ip, u16::from_be_bytes(p)))
+}
+
+/// Opens a UDP association through the proxy at `proxy` for a client
+/// sending from `from`: the control connection and the relay's address.
+fn associate(bin: Bin, proxy: SocketAddr, from: SocketAddr) -> (TcpStream, SocketAddr) {
+    let mut s = TcpStream::connect(proxy).unwrap_or_else(|e| panic!("{bin}: connect: {e}"));
+    s.set_read_timeout(Some(WAIT)).expect("read timeout");
+    s.write_all(&[5, 1, 0]).expect("greeting");
+    let mut m = [0u8; 2];
+    s.read_exact(&mut m).expect("method choice");
+    assert_eq!(m, [5, 0], "{bin}: no-auth chosen");
+    let mut req = vec![5, 3, 0];
+    req.extend_from_slice(&header(from)[3..]);
+    s.write_all(&req).expect("UDP ASSOCIATE");
+    let (code, relay) = read_reply(bin, &mut s);
+    assert_eq!(code, 0, "{bin}: UDP ASSOCIATE succeeds");
+    assert_eq!(
+        relay.ip(),
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        "{bin}: the relay is on the address the client reached"
+    );
+    assert_ne!(relay.port(), 0, "{bin}: the relay names its port");
+    (s, relay)
+}
+
+fn udp_client(bin: Bin) -> UdpSocket {
+    let u = UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{bin}: bind: {e}"));
+    u.set_read_timeout(Some(WAIT)).expect("read timeout");
+    u
+}
+
+/// Sends `payload` to `to` through the relay and expects it back from
+/// `to`, with the header naming `to`.
+fn round_trip(bin: Bin, u: &UdpSocket, relay: SocketAddr, to: SocketAddr, payload: &[u8]) {
+    let d = [header(to), payload.to_vec()].concat();
+    u.send_to(&d, relay).expect("send to the relay");
+    let mut buf = [0u8; 2048];
+    let (n, from) = u
+        .recv_from(&mut buf)
+        .unwrap_or_else(|e| panic!("{bin}: no reply through the association: {e}"));
+    assert_eq!(from, relay, "{bin}: the reply comes from the relay");
+    assert_eq!(
+        &buf[..n],
+        &d[..],
+        "{bin}: the reply carries the header naming its source, then the payload"
+    );
+}
+
+/// The association's access line, once it is written.
+fn association_line(bin: Bin, p: &Portico, client: SocketAddr) -> String {
+    p.wait_for_stderr(
+        |l| l.contains(&format!(" socks {client} - UDP-ASSOCIATE ")),
+        WAIT,
+    )
+    .unwrap_or_else(|| {
+        panic!(
+            "{bin}: no UDP-ASSOCIATE access line for {client}\nstderr:\n{}",
+            p.stderr_text()
+        )
+    })
+}
+
+fn udp_associate_round_trip(bin: Bin) {
+    let echo = UdpEcho::start();
+    let (p, proxy) = start_on_free_port(bin, StartOptions::default(), |port| {
+        socks_config(port, "", "")
+    });
+    let u = udp_client(bin);
+    let from = u.local_addr().expect("local address");
+    let (s, relay) = associate(bin, proxy, from);
+    let control = s.local_addr().expect("control address");
+    for i in 0..5usize {
+        round_trip(bin, &u, relay, echo.addr(), &vec![b'a' + i as u8; 100 + i]);
+    }
+    let relayed_from: Vec<SocketAddr> = echo.peers();
+    assert!(
+        relayed_from.iter().all(|a| a.port() != relay.port()),
+        "{bin}: datagrams leave by the outward socket, not the client's side"
+    );
+    drop(s);
+    let line = association_line(bin, &p, control);
+    let total: usize = (0..5).map(|i| 100 + i).sum();
+    assert!(
+        line.contains(&format!(" ok up={total} down={total} ")),
+        "{bin}: payload bytes each way: {line}"
+    );
+    assert!(
+        line.ends_with(" datagrams_up=5 datagrams_down=5 dropped=0"),
+        "{bin}: datagram counts after the duration: {line}"
+    );
+}
+
+fn udp_associate_drops_a_denied_destination(bin: Bin) {
+    let allowed = UdpEcho::start();
+    let denied = UdpEcho::start();
+    let rules = format!(
+        "[[rule]]\naction = \"deny\"\nports = [{}]\n[[rule]]\naction = \"allow\"\n",
+        denied.addr().port()
+    );
+    let (p, proxy) = start_on_free_port(bin, StartOptions::default(), |port| {
+        socks_config(port, &rules, "")
+    });
+    let u = udp_client(bin);
+    let (s, relay) = associate(bin, proxy, u.local_addr().expect("local address"));
+    let control = s.local_addr().expect("control address");
+    // The denied one goes first: the allowed one's reply coming back
+    // shows that the first was handled (and dropped) before it.
+    u.send_to(&[header(denied.addr()), b"no".to_vec()].concat(), relay)
+        .expect("send");
+    round_trip(bin, &u, relay, allowed.addr(), b"yes");
+    assert!(
+        denied.peers().is_empty(),
+        "{bin}: nothing reached the denied destination"
+    );
+    drop(s);
+    let line = association_line(bin, &p, control);
+    assert!(
+        line.ends_with(" datagrams_up=1 datagrams_down=1 dropped=1"),
+        "{bin}: the denied datagram is counted as dropped: {line}"
+    );
+}
+
+fn udp_associate_ends_with_its_tcp_connection(bin: Bin) {
+    let echo = UdpEcho::start();
+    let (p, proxy) = start_on_free_port(bin, StartOptions::default(), |port| {
+        socks_config(port, "", "")
+    });
+    let u = udp_client(bin);
+    let (s, relay) = associate(bin, proxy, u.local_addr().expect("local address"));
+    let control = s.local_addr().expect("control address");
+    round_trip(bin, &u, relay, echo.addr(), b"before");
+    drop(s);
+    let line = association_line(bin, &p, control);
+    assert!(line.contains(" ok up=6 down=6 "), "{bin}: {line}");
+    // The relay's socket closes (the threaded binary's UDP thread closes
+    // it just after the line): a datagram to it is then refused (ICMP
+    // port unreachable, seen by a connected socket), never relayed.
+    u.connect(relay).expect("connect the client socket");
+    u.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("read timeout");
+    let deadline = Instant::now() + WAIT;
+    let mut buf = [0u8; 64];
+    loop {
+        u.send(&[header(echo.addr()), b"after".to_vec()].concat())
+            .expect("send");
+        match u.recv(&mut buf) {
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => break,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            other => panic!("{bin}: nothing is relayed once the association ended: {other:?}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{bin}: the relay's socket must close with its association"
+        );
+    }
+    assert_eq!(
+        echo.peers().len(),
+        1,
+        "{bin}: only the datagram sent before the end reached the echo"
+    );
+}
+
+fn udp_associate_left_out_of_commands_is_not_supported(bin: Bin) {
+    let (_p, proxy) = start_on_free_port(bin, StartOptions::default(), |port| {
+        socks_config(port, "", "commands = [\"connect\", \"bind\"]")
+    });
+    let mut s = TcpStream::connect(proxy).expect("connect");
+    s.set_read_timeout(Some(WAIT)).expect("read timeout");
+    s.write_all(&[5, 1, 0, 5, 3, 0, 1, 0, 0, 0, 0, 0, 0])
+        .expect("request");
+    let mut r = [0u8; 12];
+    s.read_exact(&mut r).expect("reply");
+    assert_eq!(
+        r,
+        [5, 0, 5, 7, 0, 1, 0, 0, 0, 0, 0, 0],
+        "{bin}: command not supported"
+    );
+}
+
+/// Behind address translation: the reply names `udp_announce` and the
+/// socket's own port; the socket stays on the address the client reached.
+fn udp_announce_names_another_address(bin: Bin) {
+    let echo = UdpEcho::start();
+    let (_p, proxy) = start_on_free_port(bin, StartOptions::default(), |port| {
+        socks_config(port, "", "udp_announce = \"198.51.100.7\"")
+    });
+    let u = udp_client(bin);
+    let mut s = TcpStream::connect(proxy).expect("connect");
+    s.set_read_timeout(Some(WAIT)).expect("read timeout");
+    s.write_all(&[5, 1, 0, 5, 3, 0, 1, 0, 0, 0, 0, 0, 0])
+        .expect("request");
+    let mut m = [0u8; 2];
+    s.read_exact(&mut m).expect("method choice");
+    let (code, named) = read_reply(bin, &mut s);
+    assert_eq!(code, 0, "{bin}: UDP ASSOCIATE succeeds");
+    assert_eq!(
+        named.ip(),
+        "198.51.100.7".parse::<IpAddr>().expect("address"),
+        "{bin}: the reply names udp_announce"
+    );
+    // The socket itself is on the address the client reached.
+    let relay = SocketAddr::new(proxy.ip(), named.port());
+    round_trip(bin, &u, relay, echo.addr(), b"behind NAT");
+}
+
+/// With `max_per_client = 1`, an open association is the client's one
+/// connection: another request from it is refused until it ends.
+fn an_association_counts_as_a_connection(bin: Bin) {
+    let (p, proxy) = start_on_free_port(bin, StartOptions::default(), |port| {
+        format!(
+            "{}{}",
+            config_head("max_per_client = 1", ""),
+            service("socks", "socks", port, "")
+        )
+    });
+    let u = udp_client(bin);
+    let (s, _relay) = associate(bin, proxy, u.local_addr().expect("local address"));
+    let second = || {
+        let mut t = TcpStream::connect(proxy).expect("connect");
+        t.set_read_timeout(Some(WAIT)).expect("read timeout");
+        t.write_all(&[5, 1, 0, 5, 3, 0, 1, 0, 0, 0, 0, 0, 0])
+            .expect("request");
+        let mut m = [0u8; 2];
+        t.read_exact(&mut m).expect("method choice");
+        read_reply(bin, &mut t).0
+    };
+    assert_ne!(second(), 0, "{bin}: a second association is over the limit");
+    let control = s.local_addr().expect("control address");
+    drop(s);
+    association_line(bin, &p, control);
+    assert_eq!(second(), 0, "{bin}: once it ended, the client may again");
+}
+
+/// dnsmasq answering `example.test` on 127.0.0.1:`port`, alone (no
+/// upstream, no hosts file), with a configuration file of its own.
+struct Dnsmasq {
+    child: Child,
+    _dir: TempDir,
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn dnsmasq(port: u16) -> Dnsmasq {
+    let bin = require("dnsmasq", "dnsmasq-base");
+    let dir = TempDir::new();
+    let conf = dir.write("dnsmasq.conf", "# only what the command line says\n");
+    let child = Command::new(bin)
+        .arg(format!("--conf-file={}", conf.display()))
+        .args([
+            "--no-daemon",
+            &format!("--port={port}"),
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--address=/example.test/192.0.2.1",
+            "--no-resolv",
+            "--no-hosts",
+            "--user=root",
+            &format!("--pid-file={}", dir.path().join("pid").display()),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start dnsmasq: {e}"));
+    Dnsmasq { child, _dir: dir }
+}
+
+/// `drill` wrapped in Dante's `socksify`, which carries its UDP query to
+/// the local dnsmasq through the proxy's UDP ASSOCIATE; the access line
+/// shows the association.
+fn drill_through_socksify(bin: Bin) {
+    let socksify = require("socksify", "dante-client");
+    let drill = require("drill", "ldnsutils");
+    let dns_port = free_port();
+    let _dns = dnsmasq(dns_port);
+    let (p, proxy) = start_on_free_port(bin, StartOptions::default(), |port| {
+        socks_config(port, "", "")
+    });
+    let dir = TempDir::new();
+    let conf = dir.write(
+        "socks.conf",
+        &format!(
+            "route {{\n  from: 0.0.0.0/0 to: 0.0.0.0/0 via: 127.0.0.1 port = {}\n  \
+             proxyprotocol: socks_v5\n  command: connect udpassociate\n  method: none\n}}\n",
+            proxy.port()
+        ),
+    );
+    let mut cmd = Command::new(socksify);
+    // Dante routes the host's own networks (loopback included) directly
+    // unless told not to: the DNS server is on loopback.
+    cmd.env("SOCKS_CONF", &conf)
+        .env("SOCKS_AUTOADD_LANROUTES", "no")
+        .arg(drill)
+        .args([
+            "-p",
+            &dns_port.to_string(),
+            "example.test",
+            "A",
+            "@127.0.0.1",
+        ]);
+    let out = run_tool(bin, cmd, None, Duration::from_secs(60));
+    let answered = out.stdout_text().lines().any(|l| {
+        l.split_whitespace().collect::<Vec<_>>() == ["example.test.", "0", "IN", "A", "192.0.2.1"]
+    });
+    assert!(
+        out.status.success() && answered,
+        "{bin}: drill through socksify must get the answer\n{}\nproxy stderr:\n{}",
+        out.text(),
+        p.stderr_text()
+    );
+    let line = p
+        .wait_for_stderr(|l| l.contains(" UDP-ASSOCIATE "), WAIT)
+        .unwrap_or_else(|| {
+            panic!(
+                "{bin}: the query went through an association: no UDP-ASSOCIATE line\n{}",
+                p.stderr_text()
+            )
+        });
+    assert!(
+        line.ends_with(" datagrams_up=1 datagrams_down=1 dropped=0"),
+        "{bin}: one query, one answer: {line}"
+    );
+}
