@@ -1201,6 +1201,7 @@ fn http_refusal_waits_for_the_previous_body() {
     assert_eq!(connect, Some(local(ORIGIN_A)));
     rt.handle(Event::Connected {
         conn,
+        attempt: 0,
         local: local(30000),
     });
     rt.drain();
@@ -2158,9 +2159,13 @@ fn http_access_turned_on_by_a_reload() {
         let mut records = Vec::new();
         while let Some(a) = rt.poll() {
             match a {
-                Action::Connect { conn, .. } => {
+                Action::Connect { conn, attempt, .. } => {
                     let local = local(30000);
-                    rt.handle(Event::Connected { conn, local })
+                    rt.handle(Event::Connected {
+                        conn,
+                        attempt,
+                        local,
+                    })
                 }
                 Action::Access(r) => records.push(r.target.clone()),
                 _ => {}

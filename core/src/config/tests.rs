@@ -108,6 +108,7 @@ fn spec_example_parses() {
             internal: vec![v4(127, 0, 0, 1), v4(192, 168, 1, 1)],
             external: vec![v4(203, 0, 113, 5)],
             outgoing: Some(v4(203, 0, 113, 5)),
+            outgoing6: None,
         }
     );
     assert_eq!(c.limits, Limits::default());
@@ -146,6 +147,7 @@ fn spec_example_parses() {
                 proxy_protocol: false,
                 proxy_protocol_from: vec![],
                 send_proxy_protocol: None,
+                outgoing: None,
             },
             Service {
                 name: "ssh-in".into(),
@@ -164,6 +166,7 @@ fn spec_example_parses() {
                 proxy_protocol: false,
                 proxy_protocol_from: vec![],
                 send_proxy_protocol: None,
+                outgoing: None,
             },
         ]
     );
@@ -182,6 +185,7 @@ fn spec_example_parses() {
             days: Some(0b001_1111),
             hours: Some((8 * 60, 18 * 60)),
             rate: Some(1 << 20),
+            outgoing: None,
         }]
     );
     assert!(warnings(&c).is_empty());
@@ -270,12 +274,14 @@ fn every_key_set() {
 [network]
 internal = ["192.168.1.1", "fd00::1"]
 external = ["203.0.113.5", "2001:db8::5"]
-outgoing = "2001:db8::5"
+outgoing = "203.0.113.5"
+outgoing6 = "2001:db8::5"
 
 [limits]
 max_connections = 5
 max_per_client = 2
 connect_timeout = 3
+connect_attempt_delay = "100ms"
 handshake_timeout = "250ms"
 idle_timeout = "1h"
 shutdown_grace = "0s"
@@ -365,8 +371,9 @@ clients = ["192.168.1.77/24"]
         c.network.internal,
         vec![v4(192, 168, 1, 1), "fd00::1".parse::<IpAddr>().unwrap()]
     );
+    assert_eq!(c.network.outgoing, Some(v4(203, 0, 113, 5)));
     assert_eq!(
-        c.network.outgoing,
+        c.network.outgoing6,
         Some("2001:db8::5".parse::<IpAddr>().unwrap())
     );
     assert_eq!(
@@ -376,6 +383,7 @@ clients = ["192.168.1.77/24"]
             max_per_client: 2,
             max_per_user: None,
             connect_timeout: Duration::from_secs(3),
+            connect_attempt_delay: Duration::from_millis(100),
             handshake_timeout: Duration::from_millis(250),
             idle_timeout: Duration::from_secs(3600),
             shutdown_grace: Duration::ZERO,
@@ -1265,6 +1273,7 @@ fn rule_helpers() {
         days: Some(0b001_1111),
         hours: Some((22 * 60, 6 * 60)),
         rate: None,
+        outgoing: None,
     };
     assert!(rule.port_matches(25) && rule.port_matches(6665) && !rule.port_matches(26));
     assert!(rule.day_matches(0) && rule.day_matches(4) && !rule.day_matches(5));

@@ -157,9 +157,16 @@ pub(crate) struct Upstream {
     /// A socket exists and is connected (HTTP keeps the client while
     /// upstream connections come and go).
     pub open: bool,
-    /// Resolved addresses not tried yet (tried in order on failure).
-    pub untried: Vec<SocketAddr>,
-    /// Connect from `network.outgoing` (false: toward a LAN client).
+    /// The number the next connect attempt gets (see [`Action::Connect`]).
+    pub attempt: u32,
+    /// The latest attempt (not a race's) is in flight: not answered, not
+    /// abandoned.
+    pub flying: bool,
+    /// Attempts racing to several addresses of one name (Happy Eyeballs);
+    /// none for a single address, the common case (boxed: a session
+    /// mostly has none).
+    pub race: Option<Box<connect::Race>>,
+    /// Connect from an `outgoing` address (false: toward a LAN client).
     pub outward: bool,
 }
 
@@ -637,9 +644,9 @@ impl Session {
         self.end();
     }
 
-    /// The upstream connection is up; `local` is its local address.
-    pub fn on_connected(&mut self, local: SocketAddr, cx: &mut Context) {
-        if self.phase != Phase::Connecting {
+    /// Connect attempt `attempt` is up; `local` is its local address.
+    pub fn on_connected(&mut self, attempt: u32, local: SocketAddr, cx: &mut Context) {
+        if self.phase != Phase::Connecting || !self.won(attempt, cx) {
             return;
         }
         self.enter(Phase::Relay, cx.now);
@@ -666,6 +673,14 @@ impl Session {
                 }
             }
             self.sync(cx);
+            if self.ended {
+                return;
+            }
+        }
+        if self.phase == Phase::Connecting && self.race_due(now) && self.phase_deadline(cx) > now {
+            // Happy Eyeballs: the next address's turn (unless the race is
+            // over: connect_timeout bounds all of it).
+            self.race_next(cx);
             if self.ended {
                 return;
             }
@@ -804,6 +819,7 @@ impl Session {
             .throttle
             .iter()
             .flatten()
+            .chain(self.race_at().as_ref())
             .fold(self.phase_deadline(cx), |a, b| a.min(*b));
         if self.timer_at.is_some_and(|t| t <= at) {
             return;
