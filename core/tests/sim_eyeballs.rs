@@ -307,3 +307,36 @@ fn a_single_address_is_one_attempt_without_a_race() {
     assert!(abandoned(&rt.drain()).is_empty());
     assert_eq!(reply_code(&mut rt, conn), 0x00);
 }
+
+#[test]
+fn each_attempt_binds_the_most_specific_source_of_its_family() {
+    let text = format!(
+        "[network]\ninternal = [\"127.0.0.1\"]\n\
+         external = [\"192.0.2.1\", \"192.0.2.2\", \"2001:db8::1\"]\n\
+         outgoing = \"192.0.2.1\"\noutgoing6 = \"2001:db8::1\"\n\
+         [[service]]\nname = \"socks\"\nkind = \"socks\"\nlisten = [\"127.0.0.1:{SOCKS}\"]\n\
+         [[rule]]\naction = \"allow\"\nports = [{PORT}]\noutgoing = \"192.0.2.2\"\n\
+         [[rule]]\naction = \"allow\"\n"
+    );
+    let mut rt = Runtime::started(&text, 7);
+    let v6 = SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), PORT);
+    let (_, actions) = race(&mut rt, &[v6, dest(2)]);
+    let mut all = actions;
+    all.extend(at(&mut rt, ms(250)));
+    let binds: Vec<(SocketAddr, Option<IpAddr>)> = all
+        .iter()
+        .filter_map(|a| match a {
+            Action::Connect { addr, bind, .. } => Some((*addr, *bind)),
+            _ => None,
+        })
+        .collect();
+    // IPv6: the rule's IPv4 source cannot serve, outgoing6 does; IPv4: the
+    // rule's, over [network] outgoing.
+    assert_eq!(
+        binds,
+        [
+            (v6, Some("2001:db8::1".parse().expect("ip"))),
+            (dest(2), Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2))))
+        ]
+    );
+}

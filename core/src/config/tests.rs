@@ -236,7 +236,9 @@ fn defaults_of_a_minimal_config() {
     assert_eq!(c.network.internal, vec![v4(127, 0, 0, 1)]);
     assert!(c.network.external.is_empty());
     assert_eq!(c.network.outgoing, None);
+    assert_eq!(c.network.outgoing6, None);
     let l = &c.limits;
+    assert_eq!(l.connect_attempt_delay, Duration::from_millis(250));
     assert_eq!(l.max_connections, 10_000);
     assert_eq!(l.max_per_client, 256);
     assert_eq!(l.connect_timeout, Duration::from_secs(10));
@@ -526,6 +528,14 @@ const CASES: &[Case] = &[
     ("outgoing with port", &["[network]", "outgoing = \"1.2.3.4:80\""], 2, 12, "network.outgoing must be a plain IP address"),
     ("outgoing cidr", &["[network]", "outgoing = \"1.2.3.0/24\""], 2, 12, "network.outgoing must be a plain IP address"),
     ("outgoing name", &["[network]", "outgoing = \"gw.example\""], 2, 12, "no host name"),
+    ("outgoing not external", &["[network]", "outgoing = \"1.2.3.4\""], 2, 12, "network.outgoing = \"1.2.3.4\" is not one of the external addresses (network.external is empty); add it to network.external"),
+    ("outgoing6 not external", &["[network]", "external = [\"1.2.3.4\"]", "outgoing6 = \"2001:db8::1\""], 3, 13, "(network.external is [1.2.3.4])"),
+    ("outgoing6 ipv4", &["[network]", "external = [\"1.2.3.4\"]", "outgoing6 = \"1.2.3.4\""], 3, 13, "network.outgoing6 is the source of connections to IPv6 destinations and must be an IPv6 address"),
+    ("service outgoing not external", &["[[service]]", "name = \"m\"", M, "port = 2000", "destination = \"10.0.0.1:22\"", "outgoing = \"9.9.9.9\""], 6, 12, "service 'm': outgoing = \"9.9.9.9\" is not one of the external addresses"),
+    ("status outgoing", &["[network]", "external = [\"1.2.3.4\"]", "[[service]]", "name = \"s\"", "kind = \"status\"", "port = 2001", "outgoing = \"1.2.3.4\""], 7, 12, "outgoing does not apply to a status service"),
+    ("rule outgoing not external", &[MINIMAL, "[[rule]]", "action = \"allow\"", "outgoing = \"9.9.9.9\""], 8, 12, "rule outgoing = \"9.9.9.9\" is not one of the external addresses"),
+    ("rule outgoing on deny", &[MINIMAL, "[[rule]]", "action = \"deny\"", "outgoing = \"9.9.9.9\""], 8, 12, "outgoing only applies to allow rules"),
+    ("zero attempt delay", &["[limits]", "connect_attempt_delay = \"0s\""], 2, 25, "limits.connect_attempt_delay must be more than zero"),
 
     // limits, log, runtime
     ("zero connections", &["[limits]", "max_connections = 0"], 2, 19, "limits.max_connections: 0 is out of range"),
@@ -1402,4 +1412,22 @@ fn a_helper_lets_rules_and_quotas_name_users_not_in_user_tables() {
         "",
     );
     assert!(parse(&plain, "p.toml").is_err());
+}
+
+/// `outgoing` on a service and on an allow rule, each one of the external
+/// addresses.
+#[test]
+fn outgoing_on_services_and_rules() {
+    let text = format!(
+        "[network]\nexternal = [\"203.0.113.5\", \"203.0.113.6\", \"2001:db8::5\"]\n\
+         outgoing = \"203.0.113.5\"\noutgoing6 = \"2001:db8::5\"\n{MINIMAL}\n\
+         outgoing = \"203.0.113.6\"\n[[rule]]\naction = \"allow\"\noutgoing = \"203.0.113.5\"\n"
+    );
+    let c = parse(&text, "f").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.services[0].outgoing, Some(v4(203, 0, 113, 6)));
+    assert_eq!(c.rules[0].outgoing, Some(v4(203, 0, 113, 5)));
+    assert_eq!(
+        c.network.outgoing6,
+        Some("2001:db8::5".parse::<IpAddr>().unwrap())
+    );
 }

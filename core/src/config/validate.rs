@@ -1204,13 +1204,19 @@ fn service(cx: &Ctx, s: &S<RawService>, network: &Network, have_users: bool) -> 
         }),
     };
 
-    let outgoing = match &r.outgoing {
-        None => None,
-        Some(o) => Some(
-            source_address(cx, o, "outgoing", &network.external, false)
-                .map_err(|err| e(o.span(), err.message))?,
-        ),
-    };
+    let outgoing =
+        match &r.outgoing {
+            None => None,
+            Some(o) if kind == ServiceKind::Status => return Err(e(
+                o.span(),
+                "outgoing does not apply to a status service, which connects nowhere; remove it"
+                    .to_string(),
+            )),
+            Some(o) => Some(
+                source_address(cx, o, "outgoing", &network.external, false)
+                    .map_err(|err| e(o.span(), err.message))?,
+            ),
+        };
 
     Ok(Service {
         name,
