@@ -238,6 +238,42 @@ fn socks_name_with_a_black_holed_first_address(bin: Bin) {
     );
 }
 
+/// SOCKS5 CONNECT to `multi.test` whose first address refuses (nothing
+/// listens there): the second is tried at once, and the tunnel works.
+fn socks_name_with_a_refusing_first_address(bin: Bin) {
+    let order = resolver_order();
+    let port = port_free_on_both();
+    let server = SocketAddr::new(order[1], port);
+    let peers = echo_server(server);
+    let proxy_port = free_port();
+    let config = format!(
+        "{}{}",
+        config_head(&format!("connect_timeout = \"{CONNECT_TIMEOUT}\""), ""),
+        service("socks", "socks", proxy_port, "")
+    );
+    let p = start(bin, &config);
+    let mut c = connect(SocketAddr::new(ip(1), proxy_port))
+        .unwrap_or_else(|e| panic!("{bin}: connect to the proxy: {e}"));
+    c.set_read_timeout(Some(REPLY_WAIT)).expect("read timeout");
+    let mut req = vec![5, 1, 0, 5, 1, 0, 3, NAME.len() as u8];
+    req.extend_from_slice(NAME.as_bytes());
+    req.extend_from_slice(&port.to_be_bytes());
+    send_all(bin, &mut c, &req, "SOCKS5 CONNECT multi.test");
+    assert_eq!(read_exact(bin, &mut c, 2, "method reply"), [5, 0]);
+    let reply = read_exact(bin, &mut c, 10, "CONNECT reply");
+    assert_eq!(
+        reply[1],
+        0,
+        "{bin}: CONNECT {NAME}:{port} must succeed through {server}: {reply:?}\nstderr:\n{}",
+        p.stderr_text()
+    );
+    echo_through(bin, &mut c, "SOCKS5 tunnel");
+    assert!(
+        peers.recv_timeout(Duration::from_secs(5)).is_ok(),
+        "{bin}: the server at {server} saw no connection"
+    );
+}
+
 /// HTTP CONNECT to `multi.test`, as above.
 fn http_name_with_a_black_holed_first_address(bin: Bin) {
     let (port, server, peers, _hole) = race_setup();
@@ -370,6 +406,7 @@ fn outgoing_must_be_external(bin: Bin) {
 
 both!(
     socks_name_with_a_black_holed_first_address,
+    socks_name_with_a_refusing_first_address,
     http_name_with_a_black_holed_first_address,
     outgoing_most_specific_wins,
     outgoing_must_be_external,

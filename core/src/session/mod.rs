@@ -18,9 +18,11 @@
 //!  accept ─(trusted balancer)─► ProxyHeader ─header─► as above, for the client it names
 //!  Resolving ─ResolveFailed─► Closing (protocol reply) | (ended, mapped)
 //!  Connecting ─Connected─► Relay | Conversing (Next::Converse) | Filtering (HTTP)
-//!      ├─ConnectFailed, another address left─► Connecting (next address)
-//!      ├─ConnectFailed─► Closing (protocol reply) | (ended: "refused" | "unreachable" | "error")
-//!      └─connect_timeout─► Closing | (ended, "timeout")
+//!      ├─ConnectFailed, another attempt flying or left─► Connecting (Happy Eyeballs:
+//!      │     the next address at once; see `connect.rs`)
+//!      ├─connect_attempt_delay passed, an address left─► Connecting (one more attempt)
+//!      ├─ConnectFailed of the last─► Closing (protocol reply) | (ended: "refused" | "unreachable" | "error")
+//!      └─connect_timeout (the whole race)─► Closing | (ended, "timeout")
 //!  Conversing ─Next::Relay─► Relay | Filtering (a protocol that stays in the path: FTP)
 //!  Filtering ─(HTTP) a request to elsewhere─► Resolving | Connecting ─► Filtering
 //!            ─(HTTP) CONNECT or upgrade─► Relay

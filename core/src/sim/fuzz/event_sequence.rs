@@ -658,7 +658,7 @@ impl Harness {
     fn pick_attempt(&self, conn: ConnId, input: &mut Input<'_>) -> u32 {
         let pick = input.byte();
         match self.rt.conn(conn).map(|s| &s.attempts) {
-            Some(a) if !a.is_empty() && pick % 4 != 0 => a[pick as usize % a.len()].0,
+            Some(a) if !a.is_empty() && !pick.is_multiple_of(4) => a[pick as usize % a.len()].0,
             _ => input.u32(),
         }
     }
