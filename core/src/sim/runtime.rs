@@ -485,6 +485,11 @@ impl Runtime {
         self.note(|| Entry::Event(event.clone()));
         match &event {
             Event::Connected { conn, attempt, .. } => {
+                assert_ne!(
+                    *attempt,
+                    crate::LATEST_ATTEMPT,
+                    "a runtime names the attempt (LATEST_ATTEMPT is for format-1 traces)"
+                );
                 if let Some(s) = self.conns.get_mut(*conn) {
                     let before = s.attempts.len();
                     s.attempts.retain(|(n, _)| n != attempt);
@@ -495,6 +500,11 @@ impl Runtime {
                 }
             }
             Event::ConnectFailed { conn, attempt, .. } => {
+                assert_ne!(
+                    *attempt,
+                    crate::LATEST_ATTEMPT,
+                    "a runtime names the attempt (LATEST_ATTEMPT is for format-1 traces)"
+                );
                 if let Some(s) = self.conns.get_mut(*conn) {
                     s.attempts.retain(|(n, _)| n != attempt);
                     if s.upstream == Upstream::Connecting && s.attempts.is_empty() {

@@ -659,7 +659,8 @@ impl Harness {
         let pick = input.byte();
         match self.rt.conn(conn).map(|s| &s.attempts) {
             Some(a) if !a.is_empty() && !pick.is_multiple_of(4) => a[pick as usize % a.len()].0,
-            _ => input.u32(),
+            // Never LATEST_ATTEMPT: only format-1 traces say that.
+            _ => input.u32() % crate::LATEST_ATTEMPT,
         }
     }
 
@@ -679,12 +680,12 @@ impl Harness {
             2 => Event::Eof { conn, side },
             3 => Event::Connected {
                 conn,
-                attempt: input.u32(),
+                attempt: input.u32() % crate::LATEST_ATTEMPT,
                 local: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1),
             },
             4 => Event::ConnectFailed {
                 conn,
-                attempt: input.u32(),
+                attempt: input.u32() % crate::LATEST_ATTEMPT,
                 error: input.kind(),
             },
             5 => Event::ReadBlocked { conn, side },
