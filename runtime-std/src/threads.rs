@@ -16,6 +16,11 @@
 //! (a mapped port's connect) before that connection's thread starts, as
 //! `portico` does within its accept.
 //!
+//! Connects are non-blocking and waited for on the connection's poller, so
+//! several attempts of one connection race there at once (Happy Eyeballs:
+//! the core says when each starts, under a poller key of its own, and
+//! which one wins).
+//!
 //! A direction the core calls a pure relay moves through a pipe with
 //! splice(2) instead, in the order `portico_runtime::directions` keeps,
 //! without the lock: the thread takes it only to tell the core what went
