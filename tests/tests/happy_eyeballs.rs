@@ -385,6 +385,105 @@ action = "allow"
     );
 }
 
+/// A pyftpdlib server on 127.0.0.1:PORT (args: port, home) with the user
+/// alice (`secret`). It refuses a data connection from another address
+/// than the control connection's, as servers commonly do.
+const FTP_SERVER_PY: &str = r#"
+import sys, time
+from pyftpdlib.authorizers import DummyAuthorizer
+from pyftpdlib.handlers import FTPHandler
+from pyftpdlib.servers import FTPServer
+auth = DummyAuthorizer()
+auth.add_user("alice", "secret", sys.argv[2], perm="elr")
+class Handler(FTPHandler):
+    permit_foreign_addresses = False
+Handler.authorizer = auth
+server = FTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+print("ready", flush=True)
+deadline = time.monotonic() + 300
+while time.monotonic() < deadline:
+    server.serve_forever(timeout=0.5, blocking=False)
+"#;
+
+/// ftplib through the gateway (args: gateway port, user): a passive RETR
+/// of `file.txt`, printed. From 127.0.0.2, so that the gateway tells the
+/// client (LAN) from the server (outside) by address.
+const FTP_CLIENT_PY: &str = r#"
+import ftplib, sys
+f = ftplib.FTP(timeout=30, source_address=("127.0.0.2", 0))
+f.connect("127.0.0.1", int(sys.argv[1]))
+f.login(sys.argv[2], "secret")
+f.set_pasv(True)
+got = []
+f.retrbinary("RETR file.txt", got.append)
+sys.stdout.write("GOT:" + b"".join(got).decode())
+f.quit()
+"#;
+
+/// An FTP transfer through the gateway whose control connection leaves
+/// from a rule's `outgoing`: its data connection leaves from the same
+/// address (not the service's), so a server that checks succeeds.
+fn ftp_data_leaves_from_the_control_connections_address(bin: Bin) {
+    let py = portico_tests::require_python_module(
+        "pyftpdlib",
+        "the PyPI package `pyftpdlib` (pip install pyftpdlib)",
+    );
+    let home = TempDir::new();
+    home.write("file.txt", "the data connection went through");
+    let ftp_port = free_port();
+    let mut server = Command::new(&py)
+        .arg("-c")
+        .arg(FTP_SERVER_PY)
+        .arg(ftp_port.to_string())
+        .arg(home.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start pyftpdlib: {e}"));
+    let out = portico_tests::LineLog::start(server.stdout.take());
+    let err = portico_tests::LineLog::start(server.stderr.take());
+    let ready = out.wait_for(|l| l.trim() == "ready", Duration::from_secs(20));
+    let gw = free_port();
+    let config = format!(
+        r#"[network]
+internal = ["127.0.0.1"]
+external = ["127.0.0.3", "127.0.0.4"]
+[log]
+access = "stderr"
+{}
+[[rule]]
+action = "allow"
+ports = [{ftp_port}]
+outgoing = "127.0.0.4"
+[[rule]]
+action = "allow"
+"#,
+        service("ftp", "ftp", gw, "outgoing = \"127.0.0.3\"")
+    );
+    let p = Portico::start(bin, &config);
+    let mut cmd = Command::new(&py);
+    cmd.arg("-c")
+        .arg(FTP_CLIENT_PY)
+        .arg(gw.to_string())
+        .arg(format!("alice@127.0.0.1:{ftp_port}"));
+    portico_tests::without_proxy_env(&mut cmd);
+    let client = portico_tests::run_tool(bin, cmd, None, Duration::from_secs(60));
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(ready.is_some(), "pyftpdlib did not start: {}", err.text());
+    assert!(
+        client.status.success()
+            && client
+                .stdout_text()
+                .contains("GOT:the data connection went through"),
+        "{bin}: passive RETR through the gateway: {}\npyftpdlib: {}\nportico: {}",
+        client.text(),
+        err.text(),
+        p.stderr_text()
+    );
+}
+
 /// An `outgoing` that is not one of `network.external` is refused at
 /// start, saying where and what to do.
 fn outgoing_must_be_external(bin: Bin) {
@@ -409,5 +508,6 @@ both!(
     socks_name_with_a_refusing_first_address,
     http_name_with_a_black_holed_first_address,
     outgoing_most_specific_wins,
+    ftp_data_leaves_from_the_control_connections_address,
     outgoing_must_be_external,
 );

@@ -320,7 +320,10 @@ impl Session {
         if self.phase != Phase::Connecting {
             self.enter(Phase::Connecting, cx.now);
         }
-        let bind = cx.bind(self.upstream.outward, self.service, self.rule, addr);
+        let bind = match self.upstream.source {
+            Some(ip) if self.upstream.outward && ip.is_ipv6() == addr.is_ipv6() => Some(ip),
+            _ => cx.bind(self.upstream.outward, self.service, self.rule, addr),
+        };
         let attempt = self.upstream.attempt;
         // Numbers grow; the one format-1 traces use is never given.
         self.upstream.attempt = attempt.wrapping_add(1) % LATEST_ATTEMPT;

@@ -170,6 +170,10 @@ pub(crate) struct Upstream {
     pub race: Option<Box<connect::Race>>,
     /// Connect from an `outgoing` address (false: toward a LAN client).
     pub outward: bool,
+    /// The source address fixed for this session, over any `outgoing`: an
+    /// FTP data connection to the server leaves from its control
+    /// connection's address.
+    pub source: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug)]
