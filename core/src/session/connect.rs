@@ -457,8 +457,10 @@ impl Session {
             if !r.flying.is_empty() {
                 return;
             }
-            // Every address failed: the last failure says why.
+            // Every address failed: the last failure says why (and the
+            // access log names its address).
             self.upstream.race = None;
+            self.upstream.addr = Some(addr);
         }
         let why = match error {
             IoKind::Refused => Failure::Refused,
