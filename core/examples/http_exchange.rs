@@ -36,14 +36,19 @@ fn drain(proxy: &mut Proxy, now: Instant) {
     let mut connected = Vec::new();
     while let Some(a) = proxy.poll_action() {
         match a {
-            Action::Connect { conn, .. } => connected.push(conn),
+            Action::Connect { conn, attempt, .. } => connected.push((conn, attempt)),
             Action::Fatal { message } => panic!("fatal: {message}"),
             _ => {}
         }
     }
-    for conn in connected {
+    for (conn, attempt) in connected {
         let local: SocketAddr = "127.0.0.1:40000".parse().expect("address");
-        proxy.handle(Event::Connected { conn, local }, now);
+        let connected = Event::Connected {
+            conn,
+            attempt,
+            local,
+        };
+        proxy.handle(connected, now);
         drain(proxy, now);
     }
 }

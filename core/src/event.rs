@@ -37,11 +37,21 @@ pub enum Event {
         conn: ConnId,
         answer: crate::auth::Answer,
     },
-    /// The connection asked for with [`Action::Connect`] is established;
-    /// `local` is its local address.
-    Connected { conn: ConnId, local: SocketAddr },
-    /// The connection asked for with [`Action::Connect`] failed.
-    ConnectFailed { conn: ConnId, error: IoKind },
+    /// Connect attempt `attempt` (asked for with [`Action::Connect`]) is
+    /// established; `local` is its local address. Its socket is the
+    /// upstream socket from now on (the attempts racing it are closed when
+    /// the core says so, with [`Action::Abandon`]).
+    Connected {
+        conn: ConnId,
+        attempt: u32,
+        local: SocketAddr,
+    },
+    /// Connect attempt `attempt` failed; its socket is gone.
+    ConnectFailed {
+        conn: ConnId,
+        attempt: u32,
+        error: IoKind,
+    },
     /// `n` bytes were read into [`crate::Proxy::recv_buf`] of `side`.
     Read { conn: ConnId, side: Side, n: usize },
     /// A read on `side` found nothing to read (would block). Lets the core
@@ -143,16 +153,28 @@ pub enum Action {
         user: String,
         password: crate::auth::Secret,
     },
-    /// Open the upstream socket of `conn` to `addr`, from `bind` when given.
-    /// A connection that still has an upstream socket replaces it (the
-    /// previous address failed, or an HTTP origin closed its end and the
-    /// client's next request needs a new connection); the new one is
-    /// non-blocking; report [`Event::Connected`] or [`Event::ConnectFailed`].
+    /// Start connect attempt `attempt` of `conn` to `addr` (from `bind`
+    /// when given) on a new non-blocking socket; report
+    /// [`Event::Connected`] or [`Event::ConnectFailed`] with the same
+    /// `attempt`. Attempt numbers grow over a connection's life, so an
+    /// answer for an attempt the core has given up on is told apart.
+    ///
+    /// While another attempt of `conn` is still connecting, the new one
+    /// races it (Happy Eyeballs, RFC 8305): a runtime holds both, and the
+    /// first to connect becomes the upstream socket. Otherwise the new
+    /// socket replaces the upstream socket there was, if any (an HTTP
+    /// origin closed its end and the client's next request needs a new
+    /// connection).
     Connect {
         conn: ConnId,
+        attempt: u32,
         addr: SocketAddr,
         bind: Option<IpAddr>,
     },
+    /// Close the socket of connect attempt `attempt` of `conn`, connected
+    /// or not (another attempt won the race); nothing more is reported of
+    /// it. An attempt the runtime no longer holds is ignored.
+    Abandon { conn: ConnId, attempt: u32 },
     /// Which operations the core wants on one socket from now on. Emitted
     /// only when it changes. A runtime attempts a wanted operation whenever
     /// the socket is ready for it.
@@ -162,8 +184,9 @@ pub enum Action {
         read: bool,
         write: bool,
     },
-    /// Close the upstream socket of `conn` only; the client stays (an HTTP
-    /// client's next request may go elsewhere).
+    /// Close the upstream socket of `conn`, and any connect attempt of it
+    /// still in flight; the client stays (an HTTP client's next request may
+    /// go elsewhere).
     CloseUpstream { conn: ConnId },
     /// Shut the write half of `side` (half-close carried across).
     ShutdownWrite { conn: ConnId, side: Side },
@@ -208,9 +231,10 @@ pub enum Action {
         bind: Option<IpAddr>,
     },
     /// The connection held since [`Event::BindAccepted`] becomes `conn`'s
-    /// upstream socket, reported [`Event::Connected`] like a connect that
+    /// upstream socket, reported [`Event::Connected`] (or
+    /// [`Event::ConnectFailed`]) with `attempt` like a connect that
     /// finished; the listener closes.
-    BindTake { conn: ConnId },
+    BindTake { conn: ConnId, attempt: u32 },
     /// Close the connection held since [`Event::BindAccepted`]; the
     /// listener accepts again.
     BindReject { conn: ConnId },
@@ -218,6 +242,11 @@ pub enum Action {
     /// before its `Close`).
     BindClose { conn: ConnId },
 }
+
+/// The attempt an event of a format-1 trace means: the connection's
+/// latest (those traces come from runtimes that held one connect at a
+/// time, and carry no attempt number). No [`Action::Connect`] uses it.
+pub const LATEST_ATTEMPT: u32 = u32::MAX;
 
 /// Diagnostic log levels, most severe first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

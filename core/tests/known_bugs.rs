@@ -80,6 +80,7 @@ fn bug_timer_heap_keeps_entries_of_finished_sessions() {
     let rt = open("max_connections = 1000\nmax_per_client = 1000");
     let refused = |conn| Event::ConnectFailed {
         conn,
+        attempt: 0,
         error: IoKind::Refused,
     };
     heap_after_300_end(rt, refused);

@@ -45,7 +45,11 @@ fn run(clients: &[&str], secs: u64) -> Vec<u64> {
         let id = rt.accept(listener, peer, Some(local)).expect("accepted");
         rt.drain();
         let local = "127.0.0.1:50000".parse().unwrap();
-        rt.handle(Event::Connected { conn: id, local });
+        rt.handle(Event::Connected {
+            conn: id,
+            attempt: 0,
+            local,
+        });
         flows.push(Flow { id, delivered: 0 });
     }
     let end = Duration::from_secs(secs);

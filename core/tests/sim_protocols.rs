@@ -260,8 +260,13 @@ fn socks_client(sim: &mut Sim, rng: &mut Rng, auth_on: bool, greeting: &[u8]) ->
     let named = match (version, outcome) {
         (_, Outcome::Unresolved) => Some("nowhere.test"),
         (Socks::V4, _) => None,
-        (Socks::V4a, _) => Some(rng.pick(&["echo.test", "fallback.test"])),
-        _ => rng.pick(&[None, Some("echo.test"), Some("fallback.test")]),
+        (Socks::V4a, _) => Some(rng.pick(&["echo.test", "fallback.test", "race.test"])),
+        _ => rng.pick(&[
+            None,
+            Some("echo.test"),
+            Some("fallback.test"),
+            Some("race.test"),
+        ]),
     };
     let target = match named {
         Some(n) => format!("{n}:{port}"),
@@ -436,13 +441,17 @@ fn check_socks_client(sim: &Sim, c: &SocksClient) {
             want.extend_from_slice(&c.greeting);
             want.extend_from_slice(&c.payload);
             let tried = sim.connects_of(c.client);
-            let want_tried = if c.named == Some("fallback.test") {
-                vec![
+            let want_tried = match c.named {
+                Some("fallback.test") => vec![
                     SocketAddr::new(Ipv4Addr::new(127, 0, 0, 3).into(), ECHO),
                     local(ECHO),
-                ]
-            } else {
-                vec![local(ECHO)]
+                ],
+                // The black hole first; the second races it 250 ms later.
+                Some("race.test") => vec![
+                    SocketAddr::new(Ipv4Addr::new(127, 0, 0, 4).into(), ECHO),
+                    local(ECHO),
+                ],
+                _ => vec![local(ECHO)],
             };
             assert_eq!(tried, want_tried, "{tag}: connect attempts");
         }
@@ -500,6 +509,11 @@ fn socks_case(seed: u64) {
         "fallback.test",
         &[IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)), LOCALHOST],
     );
+    // The first address never answers: Happy Eyeballs tries the second
+    // beside it (an echo connect goes through; others fail as they would).
+    let race_hole = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 4));
+    sim.net.blackholes.insert(SocketAddr::new(race_hole, ECHO));
+    sim.name("race.test", &[race_hole, LOCALHOST]);
     let clients: Vec<SocksClient> = (0..rng.range(1, 3))
         .map(|_| socks_client(&mut sim, &mut rng, auth, &greeting))
         .collect();
@@ -1201,6 +1215,7 @@ fn http_refusal_waits_for_the_previous_body() {
     assert_eq!(connect, Some(local(ORIGIN_A)));
     rt.handle(Event::Connected {
         conn,
+        attempt: 0,
         local: local(30000),
     });
     rt.drain();
@@ -2158,9 +2173,13 @@ fn http_access_turned_on_by_a_reload() {
         let mut records = Vec::new();
         while let Some(a) = rt.poll() {
             match a {
-                Action::Connect { conn, .. } => {
+                Action::Connect { conn, attempt, .. } => {
                     let local = local(30000);
-                    rt.handle(Event::Connected { conn, local })
+                    rt.handle(Event::Connected {
+                        conn,
+                        attempt,
+                        local,
+                    })
                 }
                 Action::Access(r) => records.push(r.target.clone()),
                 _ => {}

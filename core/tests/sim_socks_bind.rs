@@ -103,18 +103,14 @@ fn a_bind_waits_for_its_peer_and_relays() {
     let from = addr("192.0.2.9:6000");
     rt.handle(Event::BindAccepted { conn, peer: from });
     let actions = rt.drain();
-    assert!(
-        actions
-            .iter()
-            .any(|a| matches!(a, Action::BindTake { conn: c } if *c == conn)),
-        "{actions:?}"
-    );
+    let attempt = taken(&actions, conn);
     assert!(
         rt.bind_listeners.is_empty(),
         "the listener closed with the take"
     );
     rt.handle(Event::Connected {
         conn,
+        attempt,
         local: listening,
     });
     rt.drain();
@@ -229,9 +225,10 @@ fn socks4_bind_replies_twice() {
         conn,
         peer: addr("192.0.2.9:20"),
     });
-    rt.drain();
+    let attempt = taken(&rt.drain(), conn);
     rt.handle(Event::Connected {
         conn,
+        attempt,
         local: addr("10.0.0.1:40000"),
     });
     rt.drain();
@@ -283,7 +280,19 @@ fn a_peer_named_by_name_is_resolved_first() {
     assert!(
         actions
             .iter()
-            .any(|a| matches!(a, Action::BindTake { conn: c } if *c == conn)),
+            .any(|a| matches!(a, Action::BindTake { conn: c, .. } if *c == conn)),
         "{actions:?}"
     );
+}
+
+/// The attempt a `BindTake` for `conn` among `actions` names (its
+/// Connected must name it too).
+fn taken(actions: &[Action], conn: ConnId) -> u32 {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::BindTake { conn: c, attempt } if *c == conn => Some(*attempt),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no BindTake for {conn}: {actions:?}"))
 }

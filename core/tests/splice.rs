@@ -58,7 +58,11 @@ fn accepted(text: &str) -> (Runtime, ConnId) {
 /// `conn`'s upstream connected, from `local`.
 fn up(rt: &mut Runtime, conn: ConnId, local: &str) {
     let local = addr(local);
-    rt.handle(Event::Connected { conn, local });
+    rt.handle(Event::Connected {
+        conn,
+        attempt: 0,
+        local,
+    });
     drain(rt);
 }
 
@@ -394,6 +398,7 @@ fn recording_never_splices() {
         r.handle(
             Event::Connected {
                 conn,
+                attempt: 0,
                 local: addr("127.0.0.1:50000"),
             },
             now,

@@ -63,7 +63,7 @@ pub mod vectored;
 pub mod worker;
 
 pub use directions::{Directions, Drained, Filled, ReadOp};
-pub use pair::{Pair, Seen};
+pub use pair::{Pair, Placed, Seen};
 pub use process::{assume, load, log, ready, Process, Start};
 pub use signals::Signals;
 pub use slots::Slots;

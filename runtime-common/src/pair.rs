@@ -1,7 +1,15 @@
 //! [`Pair`]: one connection's sockets as a runtime holds them — the
-//! client's, the upstream's once a connect starts — with its two
-//! [`Directions`]. What to do with them stays the core's; when, the
-//! runtime's; this only names the socket each step is on.
+//! client's, the upstream's once a connect starts, and the connect
+//! attempts racing it (Happy Eyeballs) — with its two [`Directions`]. What
+//! to do with them stays the core's; when, the runtime's; this only names
+//! the socket each step is on.
+//!
+//! A connect attempt goes into the upstream slot unless another attempt
+//! is connecting there; then it waits in `racing`. The attempt the runtime
+//! reports connected moves into the slot ([`Pair::adopt`]), and the one it
+//! displaces (still connecting) into `racing`, so that the upstream socket
+//! is always the one the core was told connected. A failed attempt's
+//! socket goes at once. The core abandons the losers by number.
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
@@ -32,9 +40,23 @@ pub struct Pair<S> {
     pub id: ConnId,
     pub client: S,
     pub upstream: Option<S>,
+    /// The connect attempt `upstream` belongs to.
+    pub attempt: u32,
     /// The upstream connect is in progress.
     pub connecting: bool,
+    /// Connect attempts racing the one in `upstream`: number and socket.
+    /// Empty (nothing allocated) unless a name's addresses race.
+    pub racing: Vec<(u32, S)>,
     pub dirs: Directions,
+}
+
+/// Where a new connect attempt's socket went.
+pub enum Placed<S> {
+    /// Into the upstream slot, in place of this socket (if there was one),
+    /// for the runtime to let go of.
+    Upstream(Option<S>),
+    /// Beside the attempt connecting in the slot, into `racing`.
+    Racing,
 }
 
 impl<S: AsFd> Pair<S> {
@@ -43,7 +65,9 @@ impl<S: AsFd> Pair<S> {
             id,
             client,
             upstream: None,
+            attempt: 0,
             connecting: false,
+            racing: Vec::new(),
             dirs: Directions::default(),
         }
     }
@@ -142,21 +166,83 @@ impl<S: AsFd> Pair<S> {
         crate::net::shutdown_write(self.id, side, self.stream(side)?)
     }
 
-    /// A connect started on `upstream`, in place of a previous attempt's
-    /// socket (returned, for the runtime to let go of); what was on its way
-    /// to or from that one goes too, through `give`.
-    pub fn connect_started(&mut self, upstream: S, give: impl FnMut(Pipe)) -> Option<S> {
+    /// Connect attempt `attempt` started on `socket`: where it went (see
+    /// [`Placed`]). In the slot, what was on its way to or from the
+    /// socket it replaces goes too, through `give`.
+    pub fn connect_started(
+        &mut self,
+        attempt: u32,
+        socket: S,
+        give: impl FnMut(Pipe),
+    ) -> Placed<S> {
+        if self.connecting && self.upstream.is_some() {
+            self.racing.push((attempt, socket));
+            return Placed::Racing;
+        }
         self.dirs.release(true, give);
         self.connecting = true;
-        self.upstream.replace(upstream)
+        self.attempt = attempt;
+        Placed::Upstream(self.upstream.replace(socket))
     }
 
     /// The core closed the upstream: its socket (for the runtime to let go
-    /// of), and what was on its way to or from it goes too.
+    /// of), and what was on its way to or from it goes too. The attempts
+    /// racing it are the caller's to take ([`Pair::take_racing`]).
     pub fn close_upstream(&mut self, give: impl FnMut(Pipe)) -> Option<S> {
         self.dirs.release(true, give);
         self.connecting = false;
         self.upstream.take()
+    }
+
+    /// Every racing attempt's socket, for the runtime to let go of.
+    pub fn take_racing(&mut self) -> Vec<(u32, S)> {
+        std::mem::take(&mut self.racing)
+    }
+
+    /// Attempt `attempt`'s socket leaves (it lost the race, or failed):
+    /// the socket, for the runtime to let go of; `None` if no socket of
+    /// that attempt is held.
+    pub fn abandon(&mut self, attempt: u32, give: impl FnMut(Pipe)) -> Option<S> {
+        if self.upstream.is_some() && self.attempt == attempt {
+            return self.close_upstream(give);
+        }
+        let i = self.racing.iter().position(|(n, _)| *n == attempt)?;
+        Some(self.racing.swap_remove(i).1)
+    }
+
+    /// The racing socket of `attempt`, if held.
+    pub fn racer(&self, attempt: u32) -> Option<&S> {
+        self.racing
+            .iter()
+            .find(|(n, _)| *n == attempt)
+            .map(|(_, s)| s)
+    }
+
+    /// What racing attempt `attempt`'s connect came to, once its socket
+    /// signalled (see [`connect_outcome`] for `clean`); `None` if no such
+    /// attempt races.
+    pub fn racer_outcome(&self, attempt: u32, clean: bool) -> Option<Connecting> {
+        self.racer(attempt).map(|s| connect_outcome(s, clean))
+    }
+
+    /// Racing attempt `attempt` connected: its socket becomes the upstream
+    /// socket. The attempt that was connecting in the slot, if any, races
+    /// on in its place: its number is returned, so that the runtime
+    /// registers both sockets anew. `None` if `attempt` does not race.
+    pub fn adopt(&mut self, attempt: u32) -> Option<Option<u32>> {
+        let i = self.racing.iter().position(|(n, _)| *n == attempt)?;
+        let (_, socket) = self.racing.swap_remove(i);
+        let displaced = match self.upstream.replace(socket) {
+            // A slot whose attempt failed was emptied then.
+            Some(old) => {
+                self.racing.push((self.attempt, old));
+                Some(self.attempt)
+            }
+            None => None,
+        };
+        self.attempt = attempt;
+        self.connecting = false;
+        Some(displaced)
     }
 
     /// What the upstream connect came to, once its socket signalled (see

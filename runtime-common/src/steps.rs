@@ -47,12 +47,16 @@ pub enum ConnCmd {
         user: String,
         password: portico_core::auth::Secret,
     },
-    /// Start a connect of the upstream socket to `addr` (from `bind`),
-    /// replacing the upstream socket a previous attempt left.
+    /// Start connect attempt `attempt` to `addr` (from `bind`): beside
+    /// the attempts still connecting (a race, see [`crate::Pair`]), or in
+    /// place of the upstream socket there was.
     Connect {
+        attempt: u32,
         addr: SocketAddr,
         bind: Option<IpAddr>,
     },
+    /// Close the socket of connect attempt `attempt` (it lost the race).
+    Abandon(u32),
     /// What the core wants of `side` now.
     Interest {
         side: Side,
@@ -60,6 +64,7 @@ pub enum ConnCmd {
         write: bool,
     },
     ShutdownWrite(Side),
+    /// Close the upstream socket and every attempt still connecting.
     CloseUpstream,
     Close,
     /// Listen for a SOCKS BIND's connection, on `bind` or the address this
@@ -68,8 +73,9 @@ pub enum ConnCmd {
         toward: SocketAddr,
         bind: Option<IpAddr>,
     },
-    /// The held connection becomes the upstream socket; the listener closes.
-    BindTake,
+    /// The held connection becomes the upstream socket, reported as
+    /// this connect attempt; the listener closes.
+    BindTake(u32),
     /// The held connection closes; the listener accepts again.
     BindReject,
     /// The listener (and any connection held) closes.

@@ -106,9 +106,18 @@ impl Table {
                 } => conn(c, ConnCmd::Interest { side, read, write }),
                 Action::Connect {
                     conn: c,
+                    attempt,
                     addr,
                     bind,
-                } => conn(c, ConnCmd::Connect { addr, bind }),
+                } => conn(
+                    c,
+                    ConnCmd::Connect {
+                        attempt,
+                        addr,
+                        bind,
+                    },
+                ),
+                Action::Abandon { conn: c, attempt } => conn(c, ConnCmd::Abandon(attempt)),
                 Action::Resolve {
                     conn: c,
                     host,
@@ -140,7 +149,7 @@ impl Table {
                     toward,
                     bind,
                 } => conn(c, ConnCmd::BindListen { toward, bind }),
-                Action::BindTake { conn: c } => conn(c, ConnCmd::BindTake),
+                Action::BindTake { conn: c, attempt } => conn(c, ConnCmd::BindTake(attempt)),
                 Action::BindReject { conn: c } => conn(c, ConnCmd::BindReject),
                 Action::BindClose { conn: c } => conn(c, ConnCmd::BindClose),
                 Action::Gather { conn } => Some(Step::Gather(conn)),
@@ -330,16 +339,21 @@ impl Table {
         self.proxy.splice_pipe()
     }
 
-    /// `conn`'s upstream `socket` connected: tells the core, with the
-    /// socket's local address only where the core uses it (SOCKS, FTP),
-    /// sparing a getsockname elsewhere.
-    pub fn connected(&mut self, conn: ConnId, socket: &impl AsFd, now: Instant) {
+    /// Connect attempt `attempt` of `conn` connected on `socket`: tells
+    /// the core, with the socket's local address only where the core uses
+    /// it (SOCKS, FTP), sparing a getsockname elsewhere.
+    pub fn connected(&mut self, conn: ConnId, attempt: u32, socket: &impl AsFd, now: Instant) {
         let local = if self.proxy.wants_local(conn) {
             crate::net::local_addr(socket)
         } else {
             crate::net::UNSPECIFIED
         };
-        self.proxy.handle(Event::Connected { conn, local }, now);
+        let ev = Event::Connected {
+            conn,
+            attempt,
+            local,
+        };
+        self.proxy.handle(ev, now);
     }
 
     /// This table, for a status request on another worker.

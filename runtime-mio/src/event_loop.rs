@@ -33,8 +33,10 @@
 //! socket is writable.
 //!
 //! Tokens: `2 * index` is a connection's client socket, `2 * index + 1` its
-//! upstream socket; listeners and the signal pipe live at the top of the
-//! token space.
+//! upstream socket; a connect attempt racing the upstream one (Happy
+//! Eyeballs) is `RACE_BASE + (index << 16 | attempt % 2^16)` until it wins
+//! (then it takes the upstream token) or goes; listeners and the signal
+//! pipe live at the top of the token space.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -52,8 +54,8 @@ use portico_runtime::resolver::{Inbox, Resolvers};
 use portico_runtime::splice::Pipes;
 use portico_runtime::{
     log, ConnCmd, ConnId, Datagrams, Drained, Event, Filled, IoKind, Level, ListenCmd, ListenerId,
-    Pair, Plan, ReadOp, Seen, Side, Signals, Slots, Start, Step, Table, UdpCmd, UdpKey, Wake,
-    Worker, EXIT_OK, EXIT_RUNTIME,
+    Pair, Placed, Plan, ReadOp, Seen, Side, Signals, Slots, Start, Step, Table, UdpCmd, UdpKey,
+    Wake, Worker, EXIT_OK, EXIT_RUNTIME,
 };
 
 const SIGNAL: Token = Token(usize::MAX);
@@ -62,6 +64,11 @@ const WOKEN: Token = Token(usize::MAX - 1);
 /// Threads that resolve names (for all workers), so no loop waits on DNS.
 const RESOLVERS: usize = 4;
 const LISTENER_BASE: usize = usize::MAX / 2;
+/// Racing connect attempts sit below the listeners (see the module docs).
+const RACE_BASE: usize = usize::MAX / 4;
+/// The bits of a racing token that hold the attempt (its low bits: the
+/// attempts racing at once are a few consecutive numbers).
+const RACE_BITS: u32 = 16;
 /// UDP listeners and UDP mappings sit above the TCP listeners.
 const UDP_LISTENER_BASE: usize = LISTENER_BASE + (1 << 21);
 const UDP_MAP_BASE: usize = LISTENER_BASE + (1 << 22);
@@ -101,6 +108,15 @@ struct Conn {
     pair: Pair<TcpStream>,
     sock: [Sock; 2],
     queued: bool,
+    /// Racing attempts whose socket signalled, with whether it was clean
+    /// (writable, no error, no hang-up): their outcome is to be read.
+    signalled: Vec<(u32, bool)>,
+}
+
+/// The token of racing connect attempt `attempt` of `conn`.
+fn race_token(conn: ConnId, attempt: u32) -> Token {
+    let low = attempt as usize & ((1 << RACE_BITS) - 1);
+    Token(RACE_BASE + (conn.index() << RACE_BITS | low))
 }
 
 impl Conn {
@@ -144,6 +160,7 @@ impl Conn {
     fn has_work(&self, table: &Table) -> bool {
         let id = self.pair.id;
         (self.pair.connecting && self.sock[1].writable)
+            || !self.signalled.is_empty()
             || [Side::Client, Side::Upstream].into_iter().any(|side| {
                 if !self.pair.open(side) {
                     return false;
@@ -385,6 +402,27 @@ impl Loop {
                             self.accept_work.push(i);
                         }
                     }
+                } else if t.0 >= RACE_BASE {
+                    let idx = (t.0 - RACE_BASE) >> RACE_BITS;
+                    let low = (t.0 - RACE_BASE) & ((1 << RACE_BITS) - 1);
+                    if let Some((_, c)) = self.conns.at_mut(idx) {
+                        let racer = c
+                            .pair
+                            .racing
+                            .iter()
+                            .find(|(n, _)| *n as usize & ((1 << RACE_BITS) - 1) == low);
+                        if let Some(&(attempt, _)) = racer {
+                            let clean = ev.is_writable()
+                                && !ev.is_error()
+                                && !ev.is_read_closed()
+                                && !ev.is_write_closed();
+                            c.signalled.push((attempt, clean));
+                            if !c.queued {
+                                c.queued = true;
+                                self.work.push(idx);
+                            }
+                        }
+                    }
                 } else {
                     let idx = t.0 / 2;
                     let side = t.0 % 2;
@@ -530,7 +568,21 @@ impl Loop {
             } => self
                 .helpers
                 .ask(helper, conn, user, password, self.answers.clone()),
-            ConnCmd::Connect { addr, bind } => self.connect(conn, addr, bind),
+            ConnCmd::Connect {
+                attempt,
+                addr,
+                bind,
+            } => self.connect(conn, attempt, addr, bind),
+            ConnCmd::Abandon(attempt) => {
+                if let Some(c) = self.conns.get_mut(conn) {
+                    let slot = c.pair.upstream.is_some() && c.pair.attempt == attempt;
+                    // Dropped: closed, and out of the poll set.
+                    drop(c.pair.abandon(attempt, |p| pipes.give(p)));
+                    if slot {
+                        c.sock[1] = Sock::default();
+                    }
+                }
+            }
             ConnCmd::Interest { side, read, write } => {
                 if let Some(c) = self.conns.get_mut(conn) {
                     let s = &mut c.sock[side.index()];
@@ -554,6 +606,8 @@ impl Loop {
             ConnCmd::CloseUpstream => {
                 if let Some(c) = self.conns.get_mut(conn) {
                     c.pair.close_upstream(|p| pipes.give(p));
+                    c.pair.take_racing();
+                    c.signalled.clear();
                     c.sock[1] = Sock::default();
                 }
             }
@@ -569,7 +623,7 @@ impl Loop {
                 });
                 self.table.bind_listening(conn, opened);
             }
-            ConnCmd::BindTake => {
+            ConnCmd::BindTake(attempt) => {
                 let taken = self.binds.remove(conn).and_then(|(_, held)| held);
                 let registry = self.poll.registry();
                 let token = Token(conn.index() * 2 + 1);
@@ -579,13 +633,17 @@ impl Loop {
                 match (taken, self.conns.get_mut(conn)) {
                     (Some(u), Some(c)) => {
                         // Reported Connected like a connect once writable.
-                        c.pair.connect_started(u, |p| pipes.give(p));
+                        c.pair.connect_started(attempt, u, |p| pipes.give(p));
                         c.sock[1] = Sock::default();
                     }
                     _ => {
                         let error = IoKind::Other;
-                        self.table
-                            .handle(Event::ConnectFailed { conn, error }, Instant::now());
+                        let failed = Event::ConnectFailed {
+                            conn,
+                            attempt,
+                            error,
+                        };
+                        self.table.handle(failed, Instant::now());
                     }
                 }
             }
@@ -637,25 +695,104 @@ impl Loop {
     }
 
     #[inline(never)]
-    fn connect(&mut self, conn: ConnId, addr: SocketAddr, bind: Option<IpAddr>) {
+    fn connect(&mut self, conn: ConnId, attempt: u32, addr: SocketAddr, bind: Option<IpAddr>) {
         let r = net::tcp_connect(addr, bind).map(TcpStream::from_std);
         let registry = self.poll.registry();
         let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
-        let token = Token(conn.index() * 2 + 1);
+        // Beside an attempt still connecting, it races under its own token.
+        let racing = c.pair.connecting && c.pair.upstream.is_some();
+        let token = if racing {
+            race_token(conn, attempt)
+        } else {
+            Token(conn.index() * 2 + 1)
+        };
         let both = Interest::READABLE | Interest::WRITABLE;
         match r.and_then(|mut u| registry.register(&mut u, token, both).map(|()| u)) {
             Ok(u) => {
-                // A previous attempt's socket (if any) closes here.
+                // A previous upstream socket (if any) closes here.
                 let pipes = &mut self.pipes;
-                c.pair.connect_started(u, |p| pipes.give(p));
-                c.sock[1] = Sock::default();
+                if let Placed::Upstream(_) = c.pair.connect_started(attempt, u, |p| pipes.give(p)) {
+                    c.sock[1] = Sock::default();
+                }
             }
             Err(e) => {
                 let error = IoKind::from_io(&e);
-                self.table
-                    .handle(Event::ConnectFailed { conn, error }, Instant::now());
+                let ev = Event::ConnectFailed {
+                    conn,
+                    attempt,
+                    error,
+                };
+                self.table.handle(ev, Instant::now());
+            }
+        }
+    }
+
+    /// The outcomes of the racing attempts of `conn` that signalled: one
+    /// that connected becomes the upstream socket (and the core is told);
+    /// one that failed goes (and the core is told).
+    fn finish_racing(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(conn) else {
+            return;
+        };
+        let Some((attempt, clean)) = c.signalled.pop() else {
+            return;
+        };
+        let now = Instant::now();
+        match c.pair.racer_outcome(attempt, clean) {
+            None | Some(Connecting::Pending) => {}
+            Some(Connecting::Failed(error)) => {
+                drop(c.pair.abandon(attempt, |_| {}));
+                c.signalled.retain(|(n, _)| *n != attempt);
+                let ev = Event::ConnectFailed {
+                    conn,
+                    attempt,
+                    error,
+                };
+                self.table.handle(ev, now);
+            }
+            Some(Connecting::Done) => {
+                let Some(displaced) = c.pair.adopt(attempt) else {
+                    return;
+                };
+                c.signalled.retain(|(n, _)| *n != attempt);
+                let registry = self.poll.registry();
+                let both = Interest::READABLE | Interest::WRITABLE;
+                let up = Token(conn.index() * 2 + 1);
+                let mut moved = Ok(());
+                if let Some(u) = c.pair.upstream.as_mut() {
+                    moved = registry.reregister(u, up, both);
+                }
+                if let Some(n) = displaced {
+                    if let Some((_, s)) = c.pair.racing.iter_mut().find(|(a, _)| *a == n) {
+                        let _ = registry.reregister(s, race_token(conn, n), both);
+                    }
+                }
+                // Writable now; readable when an event says so.
+                c.sock[1] = Sock {
+                    writable: true,
+                    ..Sock::default()
+                };
+                match moved {
+                    Ok(()) => {
+                        if let Some(u) = c.pair.upstream.as_ref() {
+                            self.table.connected(conn, attempt, u, now);
+                        }
+                    }
+                    Err(e) => {
+                        // Unusable without its events: a failed attempt.
+                        drop(c.pair.close_upstream(|_| {}));
+                        c.sock[1] = Sock::default();
+                        let error = IoKind::from_io(&e);
+                        let ev = Event::ConnectFailed {
+                            conn,
+                            attempt,
+                            error,
+                        };
+                        self.table.handle(ev, now);
+                    }
+                }
             }
         }
     }
@@ -779,6 +916,7 @@ impl Loop {
             pair: Pair::new(conn, stream),
             sock: [Sock::default(); 2],
             queued: false,
+            signalled: Vec::new(),
         };
         self.conns.insert(conn, c);
         // Actions for this connection (Connect, Interest) need its slot.
@@ -809,6 +947,12 @@ impl Loop {
             let Some(c) = self.conns.get_mut(conn) else {
                 return false;
             };
+            if !c.signalled.is_empty() {
+                ops += 1;
+                self.finish_racing(conn);
+                self.drain();
+                continue;
+            }
             if c.pair.connecting && c.sock[1].writable {
                 c.sock[1].writable = false;
                 ops += 1;
@@ -871,18 +1015,28 @@ impl Loop {
             return;
         };
         let now = Instant::now();
+        let attempt = c.pair.attempt;
         match c.pair.finish_connect(!c.sock[1].hup) {
             Connecting::Done => {
                 // Writable now; readable when an event says so (a reply
                 // already there came with this event or brings its own).
                 c.sock[1].writable = true;
                 if let Some(u) = c.pair.upstream.as_ref() {
-                    self.table.connected(conn, u, now);
+                    self.table.connected(conn, attempt, u, now);
                 }
             }
             Connecting::Pending => {}
             Connecting::Failed(error) => {
-                self.table.handle(Event::ConnectFailed { conn, error }, now);
+                // The failed socket goes now: an attempt racing it may
+                // take the slot.
+                drop(c.pair.close_upstream(|_| {}));
+                c.sock[1] = Sock::default();
+                let ev = Event::ConnectFailed {
+                    conn,
+                    attempt,
+                    error,
+                };
+                self.table.handle(ev, now);
             }
         }
     }

@@ -16,6 +16,11 @@
 //! (a mapped port's connect) before that connection's thread starts, as
 //! `portico` does within its accept.
 //!
+//! Connects are non-blocking and waited for on the connection's poller, so
+//! several attempts of one connection race there at once (Happy Eyeballs:
+//! the core says when each starts, under a poller key of its own, and
+//! which one wins).
+//!
 //! A direction the core calls a pure relay moves through a pipe with
 //! splice(2) instead, in the order `portico_runtime::directions` keeps,
 //! without the lock: the thread takes it only to tell the core what went
@@ -572,6 +577,9 @@ const CLIENT: usize = 0;
 const UPSTREAM: usize = 1;
 /// Poller key of a SOCKS BIND's listener.
 const BIND: usize = 2;
+/// Poller keys of connect attempts racing the upstream one (Happy
+/// Eyeballs): `RACING + attempt`.
+const RACING: usize = 3;
 
 impl ConnThread {
     /// First thing on the connection's thread: registers the client
@@ -636,12 +644,26 @@ impl ConnThread {
                 continue;
             }
             for ev in events.iter() {
+                // What the core asked meanwhile first (an attempt that lost
+                // the race goes before its own news is read).
+                for cmd in std::mem::take(&mut mine) {
+                    self.apply(cmd, &mut mine);
+                }
+                if self.closed {
+                    break;
+                }
                 if ev.key == BIND {
                     self.bind_accept(&mut mine);
                     continue;
                 }
                 if let Some(a) = self.armed.get_mut(ev.key) {
                     *a = None;
+                }
+                if ev.key >= RACING {
+                    let clean = ev.writable && ev.is_err() == Some(false) && !ev.is_interrupt();
+                    let attempt = u32::try_from(ev.key - RACING).unwrap_or(u32::MAX);
+                    self.finish_racing(attempt, clean, &mut mine);
+                    continue;
                 }
                 let side = if ev.key == CLIENT {
                     Side::Client
@@ -703,6 +725,9 @@ impl ConnThread {
         if let Some(u) = &self.pair.upstream {
             let _ = self.poller.delete(u);
         }
+        for (_, r) in self.pair.take_racing() {
+            let _ = self.poller.delete(&r);
+        }
         self.release_pipes(true);
     }
 
@@ -761,6 +786,64 @@ impl ConnThread {
         self.armed[UPSTREAM] = None;
     }
 
+    /// Lets go of connect attempt `attempt`'s socket, wherever it is.
+    fn drop_attempt(&mut self, attempt: u32) {
+        if self.pair.upstream.is_some() && self.pair.attempt == attempt {
+            self.drop_upstream();
+            self.splice_ok = [false; 2];
+        } else if let Some(old) = self.pair.abandon(attempt, |_| {}) {
+            let _ = self.poller.delete(&old);
+        }
+    }
+
+    /// A racing attempt's socket signalled (`clean`: writable with neither
+    /// error nor hang-up).
+    fn finish_racing(&mut self, attempt: u32, clean: bool, mine: &mut Vec<ConnCmd>) {
+        let conn = self.pair.id;
+        match self.pair.racer_outcome(attempt, clean) {
+            None => {}
+            Some(Connecting::Pending) => {
+                // Oneshot: armed again for the connect's outcome.
+                if let Some(r) = self.pair.racer(attempt) {
+                    let key = RACING + attempt as usize;
+                    let _ = self.poller.modify(r, PEvent::writable(key));
+                }
+            }
+            Some(Connecting::Failed(error)) => {
+                self.drop_attempt(attempt);
+                let ev = Event::ConnectFailed {
+                    conn,
+                    attempt,
+                    error,
+                };
+                self.event(ev, mine);
+            }
+            Some(Connecting::Done) => {
+                let Some(displaced) = self.pair.adopt(attempt) else {
+                    return;
+                };
+                // The winner answers to the upstream key now, and the
+                // attempt it displaced to its own.
+                if let Some(u) = &self.pair.upstream {
+                    let _ = self.poller.modify(u, PEvent::none(UPSTREAM));
+                }
+                self.armed[UPSTREAM] = Some((false, false));
+                if let Some(n) = displaced {
+                    if let Some(r) = self.pair.racer(n) {
+                        let _ = self.poller.modify(r, PEvent::writable(RACING + n as usize));
+                    }
+                }
+                self.splice_ok = [false; 2];
+                let mut core = lock(&self.shared);
+                if let Some(u) = &self.pair.upstream {
+                    core.table.connected(conn, attempt, u, Instant::now());
+                }
+                core.drain(&self.shared, Some(conn), mine);
+                (self.splice_ok, self.pipe_size) = splice_answer(&core, conn);
+            }
+        }
+    }
+
     fn apply(&mut self, cmd: ConnCmd, mine: &mut Vec<ConnCmd>) {
         match cmd {
             ConnCmd::Resolve { host, port } => {
@@ -788,21 +871,36 @@ impl ConnThread {
                 let conn = self.pair.id;
                 self.event(Event::HelperAnswered { conn, answer }, mine);
             }
-            ConnCmd::Connect { addr, bind } => match net::tcp_connect(addr, bind) {
+            ConnCmd::Connect {
+                attempt,
+                addr,
+                bind,
+            } => match net::tcp_connect(addr, bind) {
+                Ok(u) if self.pair.connecting && self.pair.upstream.is_some() => {
+                    // Beside the attempt still connecting: a race, under a
+                    // key of its own. SAFETY: deleted from the poller
+                    // before it is dropped (`drop_attempt`, `finish`).
+                    let key = RACING + attempt as usize;
+                    if unsafe { self.poller.add(&u, PEvent::writable(key)) }.is_err() {
+                        self.connect_failed(attempt, IoKind::Other, mine);
+                        return;
+                    }
+                    self.pair.connect_started(attempt, u, |_| {});
+                }
                 Ok(u) => {
-                    // A previous attempt's socket (if any) closes here.
+                    // A previous upstream socket (if any) closes here.
                     self.drop_upstream();
                     self.splice_ok = [false; 2];
                     // SAFETY: deleted from the poller before it is dropped
                     // (`drop_upstream`, or the end of `run`).
                     if unsafe { self.poller.add(&u, PEvent::writable(UPSTREAM)) }.is_err() {
-                        self.connect_failed(IoKind::Other, mine);
+                        self.connect_failed(attempt, IoKind::Other, mine);
                         return;
                     }
                     self.armed[UPSTREAM] = Some((false, true));
-                    self.pair.connect_started(u, |_| {});
+                    self.pair.connect_started(attempt, u, |_| {});
                 }
-                Err(e) => self.connect_failed(IoKind::from_io(&e), mine),
+                Err(e) => self.connect_failed(attempt, IoKind::from_io(&e), mine),
             },
             ConnCmd::BindListen { toward, bind } => {
                 let opened = net::bind_listener(toward, bind).and_then(|l| {
@@ -818,22 +916,22 @@ impl ConnThread {
                 core.table.bind_listening(conn, opened);
                 core.drain(&self.shared, Some(conn), mine);
             }
-            ConnCmd::BindTake => {
+            ConnCmd::BindTake(attempt) => {
                 let held = self.bind.as_mut().and_then(|(_, held)| held.take());
                 self.bind_close();
                 let Some(u) = held else {
-                    return self.connect_failed(IoKind::Other, mine);
+                    return self.connect_failed(attempt, IoKind::Other, mine);
                 };
                 self.drop_upstream();
                 self.splice_ok = [false; 2];
                 // SAFETY: deleted from the poller before it is dropped
                 // (`drop_upstream`, or the end of `run`).
                 if unsafe { self.poller.add(&u, PEvent::writable(UPSTREAM)) }.is_err() {
-                    return self.connect_failed(IoKind::Other, mine);
+                    return self.connect_failed(attempt, IoKind::Other, mine);
                 }
                 self.armed[UPSTREAM] = Some((false, true));
                 // Reported Connected like a connect once writable.
-                self.pair.connect_started(u, |_| {});
+                self.pair.connect_started(attempt, u, |_| {});
             }
             ConnCmd::BindReject => {
                 if let Some((l, held)) = self.bind.as_mut() {
@@ -842,6 +940,7 @@ impl ConnThread {
                 }
             }
             ConnCmd::BindClose => self.bind_close(),
+            ConnCmd::Abandon(attempt) => self.drop_attempt(attempt),
             ConnCmd::Interest { side, read, write } => self.want[side.index()] = (read, write),
             ConnCmd::ShutdownWrite(side) => {
                 if let Some(ev) = self.pair.shutdown_write(side) {
@@ -850,6 +949,9 @@ impl ConnThread {
             }
             ConnCmd::CloseUpstream => {
                 self.drop_upstream();
+                for (_, r) in self.pair.take_racing() {
+                    let _ = self.poller.delete(&r);
+                }
                 self.splice_ok = [false; 2];
                 self.want[UPSTREAM] = (false, false);
             }
@@ -912,28 +1014,42 @@ impl ConnThread {
         }
     }
 
-    fn connect_failed(&mut self, error: IoKind, mine: &mut Vec<ConnCmd>) {
-        self.pair.connecting = false;
+    /// Connect attempt `attempt` could not even start.
+    fn connect_failed(&mut self, attempt: u32, error: IoKind, mine: &mut Vec<ConnCmd>) {
         let conn = self.pair.id;
-        self.event(Event::ConnectFailed { conn, error }, mine);
+        let ev = Event::ConnectFailed {
+            conn,
+            attempt,
+            error,
+        };
+        self.event(ev, mine);
     }
 
     /// The upstream socket signalled while connecting (`clean`: writable
     /// with neither error nor hang-up).
     fn finish_connect(&mut self, clean: bool, mine: &mut Vec<ConnCmd>) {
         let conn = self.pair.id;
+        let attempt = self.pair.attempt;
         match self.pair.finish_connect(clean) {
             Connecting::Done => {
                 let mut core = lock(&self.shared);
                 if let Some(u) = &self.pair.upstream {
-                    core.table.connected(conn, u, Instant::now());
+                    core.table.connected(conn, attempt, u, Instant::now());
                 }
                 core.drain(&self.shared, Some(conn), mine);
                 (self.splice_ok, self.pipe_size) = splice_answer(&core, conn);
             }
             Connecting::Pending => {}
             Connecting::Failed(error) => {
-                self.event(Event::ConnectFailed { conn, error }, mine);
+                // The failed socket goes now: an attempt racing it may
+                // take the slot.
+                self.drop_upstream();
+                let ev = Event::ConnectFailed {
+                    conn,
+                    attempt,
+                    error,
+                };
+                self.event(ev, mine);
             }
         }
     }

@@ -203,6 +203,42 @@ pub struct StartOptions<'a> {
     /// More files written beside the configuration before the start, as
     /// (path relative to its directory, contents), e.g. included files.
     pub files: &'a [(&'a str, &'a str)],
+    /// An `/etc/hosts` the process alone sees (see [`private_hosts`]), so
+    /// that a test can make a name resolve to several addresses without
+    /// touching the machine's.
+    pub hosts: Option<&'a str>,
+}
+
+/// Makes `cmd` run with `hosts` (a file) mounted over `/etc/hosts` in a
+/// mount namespace of its own: the system resolver it uses then reads
+/// `hosts`, and nothing outside it changes (as `ip netns exec` does for
+/// `/etc/netns/NAME/hosts`). Needs root (CAP_SYS_ADMIN), as the tests run.
+pub fn private_hosts(cmd: &mut Command, hosts: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::process::CommandExt;
+    let src = std::ffi::CString::new(hosts.as_os_str().as_bytes()).expect("a path without NUL");
+    // SAFETY: unshare and mount are plain system calls (async-signal-safe);
+    // the closure allocates nothing and uses only what it owns.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fail = || Err(std::io::Error::last_os_error());
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return fail();
+            }
+            // Mounts made here stay here.
+            let root = c"/".as_ptr();
+            let none = std::ptr::null();
+            let private = libc::MS_REC | libc::MS_PRIVATE;
+            if libc::mount(c"none".as_ptr(), root, none, private, none.cast()) != 0 {
+                return fail();
+            }
+            let target = c"/etc/hosts".as_ptr();
+            if libc::mount(src.as_ptr(), target, none, libc::MS_BIND, none.cast()) != 0 {
+                return fail();
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Why a proxy did not come up.
@@ -291,6 +327,9 @@ impl Portico {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some(text) = opts.hosts {
+            private_hosts(&mut cmd, &dir.write("hosts", text));
+        }
         if let Some(n) = opts.nofile {
             use std::os::unix::process::CommandExt;
             let lim = libc::rlimit {

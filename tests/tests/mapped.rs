@@ -517,7 +517,7 @@ fn sides_listen_where_they_belong(bin: Bin) {
         r#"[network]
 internal = ["127.0.0.1", "127.0.0.3"]
 external = ["127.0.0.2"]
-outgoing = "127.0.0.4"
+outgoing = "127.0.0.2"
 [log]
 access = "stderr"
 [process]
@@ -571,7 +571,7 @@ destination = "{dest}"
         !peers.is_empty()
             && peers
                 .iter()
-                .all(|a| a.ip() == IpAddr::V4(Ipv4Addr::new(127, 0, 0, 4))),
-        "{bin}: connections out must leave from network.outgoing (127.0.0.4), saw {peers:?}"
+                .all(|a| a.ip() == IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))),
+        "{bin}: connections out must leave from network.outgoing (127.0.0.2), saw {peers:?}"
     );
 }

@@ -1581,7 +1581,7 @@ fn bound_address_with_outgoing(bin: Bin) {
     let port = free_port();
     let config = socks_config(port, false, "", "").replace(
         "internal = [\"127.0.0.1\"]",
-        "internal = [\"127.0.0.1\"]\noutgoing = \"127.0.0.2\"",
+        "internal = [\"127.0.0.1\"]\nexternal = [\"127.0.0.2\"]\noutgoing = \"127.0.0.2\"",
     );
     let p = Portico::start(bin, &config);
     let addr = local(port);

@@ -307,6 +307,8 @@ pub struct Network {
     pub external: Vec<IpAddr>,
     /// Source address for outgoing connections.
     pub outgoing: Option<IpAddr>,
+    /// Source address for outgoing connections to IPv6 destinations.
+    pub outgoing6: Option<IpAddr>,
 }
 
 impl Default for Network {
@@ -316,6 +318,7 @@ impl Default for Network {
             internal: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
             external: Vec::new(),
             outgoing: None,
+            outgoing6: None,
         }
     }
 }
@@ -328,6 +331,9 @@ pub struct Limits {
     /// Connections of one authenticated user at once; `None`: no cap.
     pub max_per_user: Option<u32>,
     pub connect_timeout: Duration,
+    /// Happy Eyeballs: how long one connect attempt has alone before the
+    /// next address is tried beside it.
+    pub connect_attempt_delay: Duration,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
     pub shutdown_grace: Duration,
@@ -348,6 +354,7 @@ impl Default for Limits {
             max_per_client: 256,
             max_per_user: None,
             connect_timeout: Duration::from_secs(10),
+            connect_attempt_delay: Duration::from_millis(250),
             handshake_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(5 * 60),
             shutdown_grace: Duration::from_secs(10),
@@ -492,6 +499,8 @@ pub struct Service {
     pub proxy_protocol_from: Vec<IpNet>,
     /// mapped: send a PROXY header of this version to the destination.
     pub send_proxy_protocol: Option<ProxyVersion>,
+    /// Source address of this service's connections out.
+    pub outgoing: Option<IpAddr>,
     /// socks: the commands it accepts (default all three).
     pub commands: SocksCommands,
     /// socks: the address a UDP ASSOCIATE reply names instead of the one
@@ -683,6 +692,8 @@ pub struct Rule {
     pub hours: Option<(u16, u16)>,
     /// Bytes per second each way (allow rules only).
     pub rate: Option<u64>,
+    /// Source address of the connections it allows (allow rules only).
+    pub outgoing: Option<IpAddr>,
 }
 
 impl Rule {

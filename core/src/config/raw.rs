@@ -62,6 +62,7 @@ pub struct RawNetwork {
     pub internal: Option<List<String>>,
     pub external: Option<List<String>>,
     pub outgoing: Option<S<String>>,
+    pub outgoing6: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,6 +72,7 @@ pub struct RawLimits {
     pub max_per_client: Option<S<i64>>,
     pub max_per_user: Option<S<i64>>,
     pub connect_timeout: Option<S<Value>>,
+    pub connect_attempt_delay: Option<S<Value>>,
     pub handshake_timeout: Option<S<Value>>,
     pub idle_timeout: Option<S<Value>>,
     pub shutdown_grace: Option<S<Value>>,
@@ -128,6 +130,7 @@ pub struct RawService {
     pub send_proxy_protocol: Option<S<String>>,
     pub commands: Option<List<String>>,
     pub udp_announce: Option<S<String>>,
+    pub outgoing: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,4 +145,5 @@ pub struct RawRule {
     pub days: Option<List<String>>,
     pub hours: Option<S<String>>,
     pub rate: Option<S<Value>>,
+    pub outgoing: Option<S<String>>,
 }

@@ -108,6 +108,7 @@ fn spec_example_parses() {
             internal: vec![v4(127, 0, 0, 1), v4(192, 168, 1, 1)],
             external: vec![v4(203, 0, 113, 5)],
             outgoing: Some(v4(203, 0, 113, 5)),
+            outgoing6: None,
         }
     );
     assert_eq!(c.limits, Limits::default());
@@ -148,6 +149,7 @@ fn spec_example_parses() {
                 send_proxy_protocol: None,
                 commands: SocksCommands::default(),
                 udp_announce: None,
+                outgoing: None,
             },
             Service {
                 name: "ssh-in".into(),
@@ -168,6 +170,7 @@ fn spec_example_parses() {
                 send_proxy_protocol: None,
                 commands: SocksCommands::default(),
                 udp_announce: None,
+                outgoing: None,
             },
         ]
     );
@@ -186,6 +189,7 @@ fn spec_example_parses() {
             days: Some(0b001_1111),
             hours: Some((8 * 60, 18 * 60)),
             rate: Some(1 << 20),
+            outgoing: None,
         }]
     );
     assert!(warnings(&c).is_empty());
@@ -236,7 +240,9 @@ fn defaults_of_a_minimal_config() {
     assert_eq!(c.network.internal, vec![v4(127, 0, 0, 1)]);
     assert!(c.network.external.is_empty());
     assert_eq!(c.network.outgoing, None);
+    assert_eq!(c.network.outgoing6, None);
     let l = &c.limits;
+    assert_eq!(l.connect_attempt_delay, Duration::from_millis(250));
     assert_eq!(l.max_connections, 10_000);
     assert_eq!(l.max_per_client, 256);
     assert_eq!(l.connect_timeout, Duration::from_secs(10));
@@ -274,12 +280,14 @@ fn every_key_set() {
 [network]
 internal = ["192.168.1.1", "fd00::1"]
 external = ["203.0.113.5", "2001:db8::5"]
-outgoing = "2001:db8::5"
+outgoing = "203.0.113.5"
+outgoing6 = "2001:db8::5"
 
 [limits]
 max_connections = 5
 max_per_client = 2
 connect_timeout = 3
+connect_attempt_delay = "100ms"
 handshake_timeout = "250ms"
 idle_timeout = "1h"
 shutdown_grace = "0s"
@@ -369,8 +377,9 @@ clients = ["192.168.1.77/24"]
         c.network.internal,
         vec![v4(192, 168, 1, 1), "fd00::1".parse::<IpAddr>().unwrap()]
     );
+    assert_eq!(c.network.outgoing, Some(v4(203, 0, 113, 5)));
     assert_eq!(
-        c.network.outgoing,
+        c.network.outgoing6,
         Some("2001:db8::5".parse::<IpAddr>().unwrap())
     );
     assert_eq!(
@@ -380,6 +389,7 @@ clients = ["192.168.1.77/24"]
             max_per_client: 2,
             max_per_user: None,
             connect_timeout: Duration::from_secs(3),
+            connect_attempt_delay: Duration::from_millis(100),
             handshake_timeout: Duration::from_millis(250),
             idle_timeout: Duration::from_secs(3600),
             shutdown_grace: Duration::ZERO,
@@ -522,6 +532,14 @@ const CASES: &[Case] = &[
     ("outgoing with port", &["[network]", "outgoing = \"1.2.3.4:80\""], 2, 12, "network.outgoing must be a plain IP address"),
     ("outgoing cidr", &["[network]", "outgoing = \"1.2.3.0/24\""], 2, 12, "network.outgoing must be a plain IP address"),
     ("outgoing name", &["[network]", "outgoing = \"gw.example\""], 2, 12, "no host name"),
+    ("outgoing not external", &["[network]", "outgoing = \"1.2.3.4\""], 2, 12, "network.outgoing = \"1.2.3.4\" is not one of the external addresses (network.external is empty); add it to network.external"),
+    ("outgoing6 not external", &["[network]", "external = [\"1.2.3.4\"]", "outgoing6 = \"2001:db8::1\""], 3, 13, "(network.external is [1.2.3.4])"),
+    ("outgoing6 ipv4", &["[network]", "external = [\"1.2.3.4\"]", "outgoing6 = \"1.2.3.4\""], 3, 13, "network.outgoing6 is the source of connections to IPv6 destinations and must be an IPv6 address"),
+    ("service outgoing not external", &["[[service]]", "name = \"m\"", M, "port = 2000", "destination = \"10.0.0.1:22\"", "outgoing = \"9.9.9.9\""], 6, 12, "service 'm': outgoing = \"9.9.9.9\" is not one of the external addresses"),
+    ("status outgoing", &["[network]", "external = [\"1.2.3.4\"]", "[[service]]", "name = \"s\"", "kind = \"status\"", "port = 2001", "outgoing = \"1.2.3.4\""], 7, 12, "outgoing does not apply to a status service"),
+    ("rule outgoing not external", &[MINIMAL, "[[rule]]", "action = \"allow\"", "outgoing = \"9.9.9.9\""], 8, 12, "rule outgoing = \"9.9.9.9\" is not one of the external addresses"),
+    ("rule outgoing on deny", &[MINIMAL, "[[rule]]", "action = \"deny\"", "outgoing = \"9.9.9.9\""], 8, 12, "outgoing only applies to allow rules"),
+    ("zero attempt delay", &["[limits]", "connect_attempt_delay = \"0s\""], 2, 25, "limits.connect_attempt_delay must be more than zero"),
 
     // limits, log, runtime
     ("zero connections", &["[limits]", "max_connections = 0"], 2, 19, "limits.max_connections: 0 is out of range"),
@@ -1284,6 +1302,7 @@ fn rule_helpers() {
         days: Some(0b001_1111),
         hours: Some((22 * 60, 6 * 60)),
         rate: None,
+        outgoing: None,
     };
     assert!(rule.port_matches(25) && rule.port_matches(6665) && !rule.port_matches(26));
     assert!(rule.day_matches(0) && rule.day_matches(4) && !rule.day_matches(5));
@@ -1412,4 +1431,22 @@ fn a_helper_lets_rules_and_quotas_name_users_not_in_user_tables() {
         "",
     );
     assert!(parse(&plain, "p.toml").is_err());
+}
+
+/// `outgoing` on a service and on an allow rule, each one of the external
+/// addresses.
+#[test]
+fn outgoing_on_services_and_rules() {
+    let text = format!(
+        "[network]\nexternal = [\"203.0.113.5\", \"203.0.113.6\", \"2001:db8::5\"]\n\
+         outgoing = \"203.0.113.5\"\noutgoing6 = \"2001:db8::5\"\n{MINIMAL}\n\
+         outgoing = \"203.0.113.6\"\n[[rule]]\naction = \"allow\"\noutgoing = \"203.0.113.5\"\n"
+    );
+    let c = parse(&text, "f").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.services[0].outgoing, Some(v4(203, 0, 113, 6)));
+    assert_eq!(c.rules[0].outgoing, Some(v4(203, 0, 113, 5)));
+    assert_eq!(
+        c.network.outgoing6,
+        Some("2001:db8::5".parse::<IpAddr>().unwrap())
+    );
 }

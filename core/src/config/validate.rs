@@ -214,7 +214,14 @@ pub(super) fn check(root: Node, sources: &Sources, check_kinds: bool) -> Result<
 
     let mut rules = Vec::new();
     for r in &raw.rule {
-        rules.push(rule(&cx, r.get_ref(), &services, &users, helper.is_some())?);
+        rules.push(rule(
+            &cx,
+            r.get_ref(),
+            &services,
+            &users,
+            helper.is_some(),
+            &network,
+        )?);
     }
 
     let mut quotas: Vec<Quota> = Vec::new();
@@ -567,19 +574,56 @@ fn network(cx: &Ctx, raw: Option<&RawNetwork>) -> Result<Network> {
     }
     let outgoing = match &raw.outgoing {
         None => None,
-        Some(o) => Some(cx.value(o, |s| {
-            values::parse_ip(s).map_err(|_| {
-                format!(
-                    "network.outgoing must be a plain IP address such as \"203.0.113.5\" (no \
-                     port, no /prefix, no brackets, no host name); found \"{s}\""
-                )
-            })
-        })?),
+        Some(o) => Some(source_address(cx, o, "network.outgoing", &external, false)?),
+    };
+    let outgoing6 = match &raw.outgoing6 {
+        None => None,
+        Some(o) => Some(source_address(cx, o, "network.outgoing6", &external, true)?),
     };
     Ok(Network {
         internal,
         external,
         outgoing,
+        outgoing6,
+    })
+}
+
+/// A source address for connections out (`key`, e.g. `network.outgoing`):
+/// a plain IP address (IPv6 when `v6`) that is one of `network.external`,
+/// the addresses this machine faces the Internet with.
+fn source_address(
+    cx: &Ctx,
+    v: &S<String>,
+    key: &str,
+    external: &[IpAddr],
+    v6: bool,
+) -> Result<IpAddr> {
+    cx.value(v, |s| {
+        let ip = values::parse_ip(s).map_err(|_| {
+            format!(
+                "{key} must be a plain IP address such as \"203.0.113.5\" (no port, no \
+                 /prefix, no brackets, no host name); found \"{s}\""
+            )
+        })?;
+        if v6 && !ip.is_ipv6() {
+            return Err(format!(
+                "{key} is the source of connections to IPv6 destinations and must be an IPv6 \
+                 address such as \"2001:db8::5\"; found {ip} (an IPv4 source goes in outgoing)"
+            ));
+        }
+        if !external.contains(&ip) {
+            let listed = if external.is_empty() {
+                "network.external is empty".to_string()
+            } else {
+                let all: Vec<String> = external.iter().map(|a| a.to_string()).collect();
+                format!("network.external is [{}]", all.join(", "))
+            };
+            return Err(format!(
+                "{key} = \"{ip}\" is not one of the external addresses ({listed}); add it to \
+                 network.external, or use one of those"
+            ));
+        }
+        Ok(ip)
     })
 }
 
@@ -628,6 +672,12 @@ fn limits(cx: &Ctx, raw: Option<&RawLimits>) -> Result<Limits> {
         "limits.connect_timeout",
         false,
         &mut l.connect_timeout,
+    )?;
+    duration(
+        &raw.connect_attempt_delay,
+        "limits.connect_attempt_delay",
+        false,
+        &mut l.connect_attempt_delay,
     )?;
     duration(
         &raw.handshake_timeout,
@@ -1206,6 +1256,19 @@ fn service(cx: &Ctx, s: &S<RawService>, network: &Network, have_users: bool) -> 
             err
         })?),
     };
+    let outgoing =
+        match &r.outgoing {
+            None => None,
+            Some(o) if kind == ServiceKind::Status => return Err(e(
+                o.span(),
+                "outgoing does not apply to a status service, which connects nowhere; remove it"
+                    .to_string(),
+            )),
+            Some(o) => Some(
+                source_address(cx, o, "outgoing", &network.external, false)
+                    .map_err(|err| e(o.span(), err.message))?,
+            ),
+        };
 
     Ok(Service {
         name,
@@ -1223,6 +1286,7 @@ fn service(cx: &Ctx, s: &S<RawService>, network: &Network, have_users: bool) -> 
         send_proxy_protocol,
         commands,
         udp_announce,
+        outgoing,
     })
 }
 
@@ -1311,7 +1375,14 @@ fn listen(
     }
 }
 
-fn rule(cx: &Ctx, r: &RawRule, services: &[Service], users: &[User], helper: bool) -> Result<Rule> {
+fn rule(
+    cx: &Ctx,
+    r: &RawRule,
+    services: &[Service],
+    users: &[User],
+    helper: bool,
+    network: &Network,
+) -> Result<Rule> {
     let action = match r.action.get_ref().as_str() {
         "allow" => RuleAction::Allow,
         "deny" => RuleAction::Deny,
@@ -1425,6 +1496,24 @@ fn rule(cx: &Ctx, r: &RawRule, services: &[Service], users: &[User], helper: boo
         }
     };
 
+    let outgoing = match &r.outgoing {
+        None => None,
+        Some(v) if action == RuleAction::Deny => {
+            return Err(cx.err(
+                v.span(),
+                "outgoing only applies to allow rules (a deny rule opens no connection); \
+                 remove it or use action = \"allow\"",
+            ))
+        }
+        Some(v) => Some(source_address(
+            cx,
+            v,
+            "rule outgoing",
+            &network.external,
+            false,
+        )?),
+    };
+
     Ok(Rule {
         action,
         services: out_services,
@@ -1435,5 +1524,6 @@ fn rule(cx: &Ctx, r: &RawRule, services: &[Service], users: &[User], helper: boo
         days,
         hours,
         rate,
+        outgoing,
     })
 }

@@ -159,10 +159,13 @@ impl Session {
         };
         self.machine = Machine::Associate(Box::new(Association::new(port)));
         self.enter(Phase::Connecting, cx.now);
+        // Destinations are many and not known yet: the source is the
+        // service's (or the network's) `outgoing` of the client's family.
+        let family = SocketAddr::new(self.client.ip(), 0);
         cx.actions.push_back(Action::UdpAssociate {
             conn: self.id,
             client_side: SocketAddr::new(self.local.ip(), 0),
-            outward: cx.bind(true),
+            outward: cx.bind(true, self.service, None, family),
         });
         self.sync(cx);
     }

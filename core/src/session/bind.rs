@@ -93,7 +93,7 @@ impl Session {
         cx.actions.push_back(Action::BindListen {
             conn: self.id,
             toward: addr,
-            bind: cx.bind(true),
+            bind: cx.bind(true, self.service, self.rule, addr),
         });
         self.sync(cx);
     }
@@ -186,6 +186,9 @@ impl Session {
         self.upstream.binding = false;
         self.upstream.addr = Some(peer);
         self.interest[1] = (false, false);
-        cx.actions.push_back(Action::BindTake { conn });
+        // Awaited like a connect's attempt.
+        let attempt = self.next_attempt();
+        self.upstream.flying = true;
+        cx.actions.push_back(Action::BindTake { conn, attempt });
     }
 }

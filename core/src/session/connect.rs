@@ -1,27 +1,84 @@
 //! The way out: a destination named by the client (or a service's
 //! configuration) is checked against the rules, resolved when it is a name,
-//! and connected to, address after address; a failure is said in the
-//! machine's own words.
+//! and connected to; a failure is said in the machine's own words.
 //!
 //! # States and exits
 //!
 //! ```text
 //! request ─denied─► fail(Denied)
 //!         ─address─► Connecting ─Connected─► (the machine's next phase)
-//!         ─name────► Resolving ─Resolved─► Connecting (first allowed address)
+//!         ─name────► Resolving ─Resolved─► Connecting (one attempt, or a race)
 //!                       ├─no address, or none allowed─► fail(NotResolved | Denied)
 //!                       └─ResolveFailed─► fail(NotResolved)
-//! Connecting ─ConnectFailed─► Connecting (next address) | fail(why)
+//! Connecting ─ConnectFailed, another attempt flying or left─► Connecting
+//!            ─ConnectFailed of the last─► fail(its cause)
+//!            ─connect_timeout (the whole race)─► fail(TimedOut)
 //! ```
+//!
+//! # Happy Eyeballs (RFC 8305)
+//!
+//! A name with several allowed addresses is raced ([`Race`]): the
+//! addresses are ordered with the families interleaved, starting with the
+//! family of the resolver's first answer (the system resolver sorts by
+//! RFC 6724 and leaves out a family the host has no address of, which is
+//! all the core can know of the host's IPv6 without I/O), each family in
+//! the resolver's order. The first attempt starts at once; each next one
+//! `connect_attempt_delay` after the one before, or at once when the one
+//! before has failed. The first attempt to connect wins: the others are
+//! abandoned ([`Action::Abandon`]). `connect_timeout` counts from the
+//! first attempt and bounds the whole race; a race that loses every
+//! attempt fails with the last failure's cause. A single address is one
+//! attempt and no race (nothing is allocated for it).
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
 
 use super::{Machine, Phase, Session};
-use crate::event::{Action, IoKind, Level};
+use crate::event::{Action, IoKind, Level, LATEST_ATTEMPT};
 use crate::proto::{Failure, Target};
 use crate::rate::{Bucket, Key as RateKey};
 use crate::rules::{self, Query, Verdict};
 use crate::table::context::Context;
+
+/// Connect attempts racing to the addresses of one name (see the module
+/// docs).
+#[derive(Debug, Default)]
+pub(crate) struct Race {
+    /// Addresses not tried yet, the next one last (popped).
+    queue: Vec<SocketAddr>,
+    /// Attempts in flight, oldest first: number and address.
+    flying: Vec<(u32, SocketAddr)>,
+    /// The attempt started last.
+    newest: u32,
+    /// When the next attempt starts, unless one connects first.
+    next_at: Option<Instant>,
+}
+
+impl Race {
+    /// The attempt an event names (`LATEST_ATTEMPT`: the newest).
+    fn number(&self, attempt: u32) -> u32 {
+        if attempt == LATEST_ATTEMPT {
+            self.newest
+        } else {
+            attempt
+        }
+    }
+}
+
+/// RFC 8305 section 4: the families interleaved, the family of the
+/// resolver's first answer first, each family in the resolver's order.
+pub(crate) fn interleave(addrs: &[SocketAddr]) -> Vec<SocketAddr> {
+    let first_v6 = addrs.first().is_some_and(|a| a.is_ipv6());
+    let mut first = addrs.iter().filter(|a| a.is_ipv6() == first_v6);
+    let mut other = addrs.iter().filter(|a| a.is_ipv6() != first_v6);
+    let mut out = Vec::with_capacity(addrs.len());
+    loop {
+        match (first.next(), other.next()) {
+            (None, None) => return out,
+            (a, b) => out.extend(a.into_iter().chain(b)),
+        }
+    }
+}
 
 /// A rule's number as people count it: from 1, in the configuration's
 /// order (what `portico explain` and the access log's `rule=` say).
@@ -195,7 +252,7 @@ impl Session {
         let host = self.target.rsplit_once(':').map_or("", |(h, _)| h);
         let ips: Vec<IpAddr> = addrs.iter().map(|a| Context::rule_ip(a.ip())).collect();
         let q = self.query(cx, Some(host), None, addrs[0].port());
-        let mut allowed: Vec<SocketAddr> =
+        let allowed: Vec<SocketAddr> =
             rules::allowed_addresses(&cx.config.rules, &q, &ips, cx.wall)
                 .into_iter()
                 .map(|i| addrs[i])
@@ -206,12 +263,20 @@ impl Session {
             self.decided(v);
             return self.fail(Failure::Denied, cx);
         }
-        let first = allowed.remove(0);
+        let first = allowed[0];
         let v = self.verdict(cx, Some(host), first);
         let rate = self.decided(v).flatten();
         self.set_rate(rate, cx);
-        self.upstream.untried = allowed;
-        self.connect(first, cx);
+        if allowed.len() == 1 {
+            return self.connect(first, cx);
+        }
+        let mut queue = interleave(&allowed);
+        queue.reverse();
+        self.upstream.race = Some(Box::new(Race {
+            queue,
+            ..Race::default()
+        }));
+        self.race_next(cx);
     }
 
     /// The destination's name did not resolve.
@@ -221,8 +286,16 @@ impl Session {
         }
     }
 
-    /// Has the runtime connect to `addr` (replacing any earlier socket).
+    /// Has the runtime connect to `addr` (replacing any earlier socket),
+    /// one attempt and no race.
     pub(crate) fn connect(&mut self, addr: SocketAddr, cx: &mut Context) {
+        self.abandon_race(cx);
+        self.start_attempt(addr, cx);
+        self.upstream.flying = true;
+    }
+
+    /// Starts a connect attempt to `addr`: its number.
+    fn start_attempt(&mut self, addr: SocketAddr, cx: &mut Context) -> u32 {
         let conn = self.id;
         if let Some(v) = cx.services[self.service].conf.send_proxy_protocol {
             // The destination learns the real client before any byte of it
@@ -243,29 +316,153 @@ impl Session {
         if self.phase != Phase::Connecting {
             self.enter(Phase::Connecting, cx.now);
         }
-        let bind = cx.bind(self.upstream.outward);
-        cx.actions.push_back(Action::Connect { conn, addr, bind });
+        let bind = match self.upstream.source {
+            Some(ip) if self.upstream.outward && ip.is_ipv6() == addr.is_ipv6() => Some(ip),
+            _ => cx.bind(self.upstream.outward, self.service, self.rule, addr),
+        };
+        let attempt = self.next_attempt();
+        cx.actions.push_back(Action::Connect {
+            conn,
+            attempt,
+            addr,
+            bind,
+        });
         self.sync(cx);
+        attempt
     }
 
-    /// The connect failed: the next address, or the failure said.
-    pub fn on_connect_failed(&mut self, error: IoKind, cx: &mut Context) {
+    /// The number a new upstream socket's attempt gets.
+    pub(super) fn next_attempt(&mut self) -> u32 {
+        let attempt = self.upstream.attempt;
+        // Numbers grow; the one format-1 traces use is never given.
+        self.upstream.attempt = attempt.wrapping_add(1) % LATEST_ATTEMPT;
+        attempt
+    }
+
+    /// The attempt started last (the only one, without a race).
+    fn latest_attempt(&self) -> u32 {
+        self.upstream
+            .attempt
+            .checked_sub(1)
+            .unwrap_or(LATEST_ATTEMPT - 1)
+    }
+
+    /// Whether `attempt` is one the session waits for (`LATEST_ATTEMPT`:
+    /// the latest).
+    fn awaited(&self, attempt: u32) -> Option<SocketAddr> {
+        match &self.upstream.race {
+            Some(r) => {
+                let want = r.number(attempt);
+                r.flying.iter().find(|(n, _)| *n == want).map(|(_, a)| *a)
+            }
+            None if self.upstream.flying
+                && (attempt == LATEST_ATTEMPT || attempt == self.latest_attempt()) =>
+            {
+                self.upstream.addr
+            }
+            None => None,
+        }
+    }
+
+    /// The next race attempt is due at `now`.
+    pub(super) fn race_due(&self, now: Instant) -> bool {
+        self.race_at().is_some_and(|t| t <= now)
+    }
+
+    /// When the next race attempt is due, while connecting.
+    pub(super) fn race_at(&self) -> Option<Instant> {
+        if self.phase != Phase::Connecting {
+            return None;
+        }
+        self.upstream.race.as_ref().and_then(|r| r.next_at)
+    }
+
+    /// Starts the race's next attempt, if an address is left, and plans
+    /// the one after.
+    pub(super) fn race_next(&mut self, cx: &mut Context) {
+        let Some(r) = self.upstream.race.as_mut() else {
+            return;
+        };
+        let Some(addr) = r.queue.pop() else {
+            r.next_at = None;
+            return;
+        };
+        r.next_at = (!r.queue.is_empty()).then(|| cx.now + cx.config.limits.connect_attempt_delay);
+        let n = self.start_attempt(addr, cx);
+        if let Some(r) = self.upstream.race.as_mut() {
+            r.flying.push((n, addr));
+            r.newest = n;
+        }
+    }
+
+    /// Attempt `attempt` connected: whether it is the one the session
+    /// takes. It wins a race: the others are abandoned.
+    pub(super) fn won(&mut self, attempt: u32, cx: &mut Context) -> bool {
+        let Some(addr) = self.awaited(attempt) else {
+            return false;
+        };
+        if let Some(r) = self.upstream.race.take() {
+            let conn = self.id;
+            let winner = r.number(attempt);
+            for &(n, _) in &r.flying {
+                if n != winner {
+                    cx.actions.push_back(Action::Abandon { conn, attempt: n });
+                }
+            }
+        }
+        self.upstream.addr = Some(addr);
+        self.upstream.flying = false;
+        true
+    }
+
+    /// The attempts still in flight are given up (the request failed, or
+    /// a new one begins); the sockets they have go.
+    fn abandon_race(&mut self, cx: &mut Context) {
+        if std::mem::take(&mut self.upstream.flying) {
+            let (conn, attempt) = (self.id, self.latest_attempt());
+            cx.actions.push_back(Action::Abandon { conn, attempt });
+        }
+        if let Some(r) = self.upstream.race.take() {
+            let conn = self.id;
+            for (attempt, _) in r.flying {
+                cx.actions.push_back(Action::Abandon { conn, attempt });
+            }
+        }
+    }
+
+    /// Connect attempt `attempt` failed: the race goes on, or the failure
+    /// is said.
+    pub fn on_connect_failed(&mut self, attempt: u32, error: IoKind, cx: &mut Context) {
         if self.phase != Phase::Connecting {
             return;
         }
+        let Some(addr) = self.awaited(attempt) else {
+            return;
+        };
         let name = cx.services[self.service].name.clone();
-        let (client, up) = (self.client, self.upstream.addr);
+        let client = self.client;
         cx.log(Level::Debug, || {
             format!(
-                "{name}: {client}: connect to {} failed: {}",
-                up.map(|a| a.to_string()).unwrap_or_default(),
+                "{name}: {client}: connect to {addr} failed: {}",
                 error.describe()
             )
         });
         self.upstream.open = false;
-        if !self.upstream.untried.is_empty() {
-            let next = self.upstream.untried.remove(0);
-            return self.connect(next, cx);
+        self.upstream.flying = false;
+        if let Some(r) = self.upstream.race.as_mut() {
+            let failed = r.number(attempt);
+            r.flying.retain(|(n, _)| *n != failed);
+            if r.flying.iter().all(|(n, _)| *n != r.newest) && !r.queue.is_empty() {
+                // The latest attempt failed: the next one need not wait.
+                return self.race_next(cx);
+            }
+            if !r.flying.is_empty() {
+                return;
+            }
+            // Every address failed: the last failure says why (and the
+            // access log names its address).
+            self.upstream.race = None;
+            self.upstream.addr = Some(addr);
         }
         let why = match error {
             IoKind::Refused => Failure::Refused,
@@ -281,6 +478,9 @@ impl Session {
     /// a new one starts with no interest told.
     pub(super) fn close_upstream(&mut self, cx: &mut Context) {
         self.upstream.open = false;
+        // Attempts still in flight close with it.
+        self.upstream.race = None;
+        self.upstream.flying = false;
         self.interest[1] = (false, false);
         cx.actions
             .push_back(Action::CloseUpstream { conn: self.id });
@@ -289,6 +489,7 @@ impl Session {
     /// The request cannot be served: the machine says why in its own
     /// words, or (a mapped port) the connection just closes.
     pub(super) fn fail(&mut self, why: Failure, cx: &mut Context) {
+        self.abandon_race(cx);
         self.outcome = why.outcome();
         self.cause = None;
         if let Some(c) = why.cause() {

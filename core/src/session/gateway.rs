@@ -332,7 +332,6 @@ impl Session {
             self.cause = None;
             self.phase = Phase::Talking;
             self.upstream.addr = None;
-            self.upstream.untried.clear();
             self.close_upstream(cx);
             return self.client_bytes(cx);
         }

@@ -18,9 +18,11 @@
 //!  accept ─(trusted balancer)─► ProxyHeader ─header─► as above, for the client it names
 //!  Resolving ─ResolveFailed─► Closing (protocol reply) | (ended, mapped)
 //!  Connecting ─Connected─► Relay | Conversing (Next::Converse) | Filtering (HTTP)
-//!      ├─ConnectFailed, another address left─► Connecting (next address)
-//!      ├─ConnectFailed─► Closing (protocol reply) | (ended: "refused" | "unreachable" | "error")
-//!      └─connect_timeout─► Closing | (ended, "timeout")
+//!      ├─ConnectFailed, another attempt flying or left─► Connecting (Happy Eyeballs:
+//!      │     the next address at once; see `connect.rs`)
+//!      ├─connect_attempt_delay passed, an address left─► Connecting (one more attempt)
+//!      ├─ConnectFailed of the last─► Closing (protocol reply) | (ended: "refused" | "unreachable" | "error")
+//!      └─connect_timeout (the whole race)─► Closing | (ended, "timeout")
 //!  Conversing ─Next::Relay─► Relay | Filtering (a protocol that stays in the path: FTP)
 //!  Filtering ─(HTTP) a request to elsewhere─► Resolving | Connecting ─► Filtering
 //!            ─(HTTP) CONNECT or upgrade─► Relay
@@ -165,14 +167,25 @@ pub(crate) struct Upstream {
     /// A socket exists and is connected (HTTP keeps the client while
     /// upstream connections come and go).
     pub open: bool,
-    /// Resolved addresses not tried yet (tried in order on failure).
-    pub untried: Vec<SocketAddr>,
-    /// Connect from `network.outgoing` (false: toward a LAN client).
+    /// The number the next connect attempt gets (see [`Action::Connect`]).
+    pub attempt: u32,
+    /// The latest attempt (not a race's) is in flight: not answered, not
+    /// abandoned.
+    pub flying: bool,
+    /// Attempts racing to several addresses of one name (Happy Eyeballs);
+    /// none for a single address, the common case (boxed: a session
+    /// mostly has none).
+    pub race: Option<Box<connect::Race>>,
+    /// Connect from an `outgoing` address (false: toward a LAN client).
     pub outward: bool,
     /// A SOCKS BIND listener was asked for and not taken yet.
     pub binding: bool,
     /// A SOCKS BIND's peer name is being resolved.
     pub bind_name: bool,
+    /// The source address fixed for this session, over any `outgoing`: an
+    /// FTP data connection to the server leaves from its control
+    /// connection's address.
+    pub source: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug)]
@@ -651,13 +664,14 @@ impl Session {
         self.end();
     }
 
-    /// The upstream connection is up; `local` is its local address.
-    pub fn on_connected(&mut self, local: SocketAddr, cx: &mut Context) {
+    /// Connect attempt `attempt` is up; `local` is its local address.
+    pub fn on_connected(&mut self, attempt: u32, local: SocketAddr, cx: &mut Context) {
         // A BIND not yet taken, or a UDP association, asked for no
         // connect: nothing can have connected.
         if self.phase != Phase::Connecting
             || self.upstream.binding
             || matches!(self.machine, Machine::Associate(_))
+            || !self.won(attempt, cx)
         {
             return;
         }
@@ -685,6 +699,14 @@ impl Session {
                 }
             }
             self.sync(cx);
+            if self.ended {
+                return;
+            }
+        }
+        if self.phase == Phase::Connecting && self.race_due(now) && self.phase_deadline(cx) > now {
+            // Happy Eyeballs: the next address's turn (unless the race is
+            // over: connect_timeout bounds all of it).
+            self.race_next(cx);
             if self.ended {
                 return;
             }
@@ -827,6 +849,7 @@ impl Session {
             .throttle
             .iter()
             .flatten()
+            .chain(self.race_at().as_ref())
             .fold(self.phase_deadline(cx), |a, b| a.min(*b));
         if self.timer_at.is_some_and(|t| t <= at) {
             return;

@@ -73,11 +73,14 @@ pub enum Deliver {
         local: SocketAddr,
     },
     /// The connect of connection `conn` (an index of the scheduler's),
-    /// attempt `attempt`, finished: connected from a local address, or
-    /// failed.
+    /// attempt `attempt` (the scheduler's count; `core`: the core's number
+    /// for it), finished: connected from a local address, or failed. The
+    /// scheduler plays one connect at a time: a newer one makes an older
+    /// answer stale (a race it plays is won by the latest attempt).
     Answer {
         conn: usize,
         attempt: u32,
+        core: u32,
         result: Result<SocketAddr, IoKind>,
     },
     Resolved {
@@ -195,12 +198,21 @@ impl Sim {
             Deliver::Answer {
                 conn,
                 attempt,
+                core,
                 result,
             } => {
                 let id = self.id(conn);
                 let event = match result {
-                    Ok(local) => Event::Connected { conn: id, local },
-                    Err(error) => Event::ConnectFailed { conn: id, error },
+                    Ok(local) => Event::Connected {
+                        conn: id,
+                        attempt: core,
+                        local,
+                    },
+                    Err(error) => Event::ConnectFailed {
+                        conn: id,
+                        attempt: core,
+                        error,
+                    },
                 };
                 let c = &mut self.conns[conn];
                 if c.closed_at.is_some() {
@@ -286,7 +298,25 @@ impl Sim {
                         .duration(Duration::ZERO, Duration::from_millis(50));
                 self.net.deliver(at, Deliver::PasswordChecked { conn, ok });
             }
-            Action::Connect { conn, addr, .. } => self.connect(self.live[&conn], addr),
+            Action::Connect {
+                conn,
+                attempt,
+                addr,
+                ..
+            } => self.connect(self.live[&conn], attempt, addr),
+            Action::Abandon { conn, attempt } => {
+                // The scheduler plays only the last connect: abandoning
+                // it closes its socket, and its answer will not come.
+                let i = self.live[&conn];
+                let c = &mut self.conns[i];
+                if c.core_attempt == Some(attempt) {
+                    c.attempt += 1;
+                    c.core_attempt = None;
+                    if let Some(p) = c.server.take() {
+                        self.peers[p].gone();
+                    }
+                }
+            }
             Action::CloseUpstream { conn } => {
                 let i = self.live[&conn];
                 self.upstream_closes.push(i);
@@ -331,11 +361,12 @@ impl Sim {
     }
 
     /// The core asks connection `i`'s upstream socket to connect to `addr`.
-    fn connect(&mut self, i: usize, addr: SocketAddr) {
+    fn connect(&mut self, i: usize, core: u32, addr: SocketAddr) {
         let now = self.now();
         self.connects.push((i, addr));
         let c = &mut self.conns[i];
         c.attempt += 1;
+        c.core_attempt = Some(core);
         c.connect_asked_at = Some(now);
         if let Some(old) = c.server.take() {
             // A new socket replaces the one there was.
@@ -375,6 +406,7 @@ impl Sim {
         let what = Deliver::Answer {
             conn: i,
             attempt,
+            core,
             result,
         };
         self.net.deliver(now + delay, what);

@@ -53,6 +53,9 @@ pub struct Sockets {
     pub upstream: Upstream,
     /// Where the last `Connect` went.
     pub connect_to: Option<SocketAddr>,
+    /// Connect attempts asked for and not answered nor abandoned yet
+    /// (several while a name's addresses race).
+    pub attempts: Vec<(u32, SocketAddr)>,
     /// The last `Connect` replaced a connected socket (an HTTP session
     /// whose origin closed connects anew without `CloseUpstream`).
     pub replaced: bool,
@@ -475,6 +478,7 @@ impl Runtime {
                 shut: [false; 2],
                 upstream: Upstream::None,
                 connect_to: None,
+                attempts: Vec::new(),
                 replaced: false,
             };
             self.conns.insert(id, sockets);
@@ -487,16 +491,30 @@ impl Runtime {
     pub fn handle(&mut self, event: Event) {
         self.note(|| Entry::Event(event.clone()));
         match &event {
-            Event::Connected { conn, .. } => {
+            Event::Connected { conn, attempt, .. } => {
+                assert_ne!(
+                    *attempt,
+                    crate::LATEST_ATTEMPT,
+                    "a runtime names the attempt (LATEST_ATTEMPT is for format-1 traces)"
+                );
                 if let Some(s) = self.conns.get_mut(*conn) {
-                    if s.upstream == Upstream::Connecting {
+                    let before = s.attempts.len();
+                    s.attempts.retain(|(n, _)| n != attempt);
+                    if s.attempts.len() < before {
+                        // This attempt's socket is the upstream socket now.
                         s.upstream = Upstream::Connected;
                     }
                 }
             }
-            Event::ConnectFailed { conn, .. } => {
+            Event::ConnectFailed { conn, attempt, .. } => {
+                assert_ne!(
+                    *attempt,
+                    crate::LATEST_ATTEMPT,
+                    "a runtime names the attempt (LATEST_ATTEMPT is for format-1 traces)"
+                );
                 if let Some(s) = self.conns.get_mut(*conn) {
-                    if s.upstream == Upstream::Connecting {
+                    s.attempts.retain(|(n, _)| n != attempt);
+                    if s.upstream == Upstream::Connecting && s.attempts.is_empty() {
                         s.upstream = Upstream::None;
                     }
                 }
@@ -686,24 +704,70 @@ impl Runtime {
                     "Resolve for a connection admitted only to refuse"
                 );
             }
-            Action::Connect { conn, addr, bind } => {
-                if self.proxy.config().network.outgoing.is_none() {
+            Action::Connect {
+                conn,
+                attempt,
+                addr,
+                bind,
+            } => {
+                let c = self.proxy.config();
+                let any_outgoing = c.network.outgoing.is_some()
+                    || c.network.outgoing6.is_some()
+                    || c.services.iter().any(|s| s.outgoing.is_some())
+                    || c.rules.iter().any(|r| r.outgoing.is_some());
+                if !any_outgoing {
                     assert_eq!(
                         bind, None,
                         "Connect binds though no outgoing address is set"
                     );
                 }
+                if let Some(ip) = bind {
+                    assert_eq!(
+                        ip.is_ipv6(),
+                        addr.is_ipv6(),
+                        "Connect to {addr} binds to {ip}, of the other family"
+                    );
+                }
+                assert_ne!(
+                    attempt,
+                    crate::LATEST_ATTEMPT,
+                    "Connect with LATEST_ATTEMPT"
+                );
                 let s = self.live_conn(conn, "Connect");
                 assert!(
                     !s.refusing,
                     "Connect for a connection admitted only to refuse"
                 );
-                // A new socket; it replaces the one there was.
-                s.replaced = s.upstream == Upstream::Connected;
-                s.upstream = Upstream::Connecting;
+                assert!(
+                    s.attempts.iter().all(|(n, _)| *n != attempt),
+                    "Connect attempt {attempt} of {conn} twice"
+                );
+                if s.attempts.is_empty() {
+                    // A new socket; it replaces the one there was.
+                    s.replaced = s.upstream == Upstream::Connected;
+                    s.upstream = Upstream::Connecting;
+                    s.interest[1] = (false, false);
+                    s.shut[1] = false;
+                } else {
+                    assert_eq!(
+                        s.upstream,
+                        Upstream::Connecting,
+                        "a racing Connect on {conn} beside a connected upstream"
+                    );
+                }
+                s.attempts.push((attempt, addr));
                 s.connect_to = Some(addr);
-                s.interest[1] = (false, false);
-                s.shut[1] = false;
+            }
+            Action::Abandon { conn, attempt } => {
+                let s = self.live_conn(conn, "Abandon");
+                assert!(
+                    s.attempts.iter().any(|(n, _)| *n == attempt),
+                    "Abandon of attempt {attempt} of {conn}, which is not in flight"
+                );
+                s.attempts.retain(|(n, _)| *n != attempt);
+                if s.upstream == Upstream::Connecting && s.attempts.is_empty() {
+                    s.upstream = Upstream::None;
+                }
             }
             Action::Interest {
                 conn,
@@ -751,6 +815,7 @@ impl Runtime {
                 let s = self.live_conn(conn, "CloseUpstream");
                 // A new upstream may follow: its socket starts afresh.
                 s.upstream = Upstream::None;
+                s.attempts.clear();
                 s.interest[1] = (false, false);
                 s.shut[1] = false;
             }
@@ -823,7 +888,7 @@ impl Runtime {
                 );
                 self.bind_listeners.push(conn);
             }
-            Action::BindTake { conn } => {
+            Action::BindTake { conn, attempt } => {
                 let Some(i) = self.bind_listeners.iter().position(|c| *c == conn) else {
                     panic!("BindTake for {conn}, which has no BIND listener");
                 };
@@ -833,6 +898,11 @@ impl Runtime {
                 s.upstream = Upstream::Connecting;
                 s.interest[1] = (false, false);
                 s.shut[1] = false;
+                // Answered Connected (or ConnectFailed) like a connect.
+                let peer = s
+                    .connect_to
+                    .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+                s.attempts.push((attempt, peer));
             }
             Action::BindReject { conn } => {
                 self.live_conn(conn, "BindReject");

@@ -76,6 +76,8 @@ pub struct Conn {
     pub pipe: [VecDeque<u8>; 2],
     /// Connects asked for (an answer to an older one is dropped).
     pub(super) attempt: u32,
+    /// The core's number for the last connect it asked for.
+    pub(super) core_attempt: Option<u32>,
 }
 
 impl Conn {
@@ -348,6 +350,7 @@ impl Sim {
             last_io: None,
             pipe: Default::default(),
             attempt: 0,
+            core_attempt: None,
         });
         i
     }

@@ -195,6 +195,9 @@ impl Proxy {
             .as_ref()
             .map(|a| a.quotas.clone())
             .filter(|q| !q.is_empty());
+        // Toward the server, data leaves from where the control connection
+        // did (servers check that the two come from one address).
+        let owner_source = owner.upstream.local.map(|a| a.ip());
         // One transfer per port.
         self.cx.listeners.close(listener, &mut self.cx.actions);
         let mut counts = self.cx.ledger.lock();
@@ -218,6 +221,15 @@ impl Proxy {
             })
         });
         s.upstream.outward = port.connect_to.ip() != owner_client;
+        // (Without any `outgoing`, the system picks as it did for control.)
+        let c = &self.cx.config;
+        let pinned = c.network.outgoing.is_some()
+            || c.network.outgoing6.is_some()
+            || c.services.iter().any(|s| s.outgoing.is_some())
+            || c.rules.iter().any(|r| r.outgoing.is_some());
+        if s.upstream.outward && pinned {
+            s.upstream.source = owner_source.filter(|ip| !ip.is_unspecified());
+        }
         self.sessions.insert(s);
         self.run(conn, now, |s, cx| s.connect(port.connect_to, cx));
         Ok(conn)

@@ -342,7 +342,15 @@ mod tests {
             .accept(Accepted::new(listeners[0][1], from("10.1.1.1:2000")), now)
             .expect("admitted");
         let local = from("10.0.0.1:40000");
-        a.handle(Event::Connected { conn: m, local }, now);
+        let attempt = 0;
+        a.handle(
+            Event::Connected {
+                conn: m,
+                attempt,
+                local,
+            },
+            now,
+        );
         drain(&mut a);
         let buf = a.recv_buf(m, Side::Client).expect("a read is wanted");
         let n = buf.len().min(1024);

@@ -183,14 +183,32 @@ impl Context {
         self.config.log.access != AccessTarget::Off
     }
 
-    /// The source address for a connection out (`network.outgoing`), or
-    /// none toward the LAN (`outward` false: active FTP data to a client).
-    pub fn bind(&self, outward: bool) -> Option<std::net::IpAddr> {
-        if outward {
-            self.config.network.outgoing
-        } else {
-            None
+    /// The source address for a connection out to `dest`, or none toward
+    /// the LAN (`outward` false: active FTP data to a client). The most
+    /// specific `outgoing` of the destination's family wins: the deciding
+    /// allow rule's (`rule`, counted from 1), the service's, then
+    /// `[network] outgoing6` (IPv6 destinations) or `outgoing`. One of the
+    /// other family would make the connect fail, so it is passed over.
+    pub fn bind(
+        &self,
+        outward: bool,
+        service: usize,
+        rule: Option<u32>,
+        dest: std::net::SocketAddr,
+    ) -> Option<std::net::IpAddr> {
+        if !outward {
+            return None;
         }
+        let net = &self.config.network;
+        let rule = rule
+            .and_then(|n| self.config.rules.get((n as usize).checked_sub(1)?))
+            .and_then(|r| r.outgoing);
+        let service = self.services.get(service).and_then(|s| s.conf.outgoing);
+        let v6 = if dest.is_ipv6() { net.outgoing6 } else { None };
+        [rule, service, v6, net.outgoing]
+            .into_iter()
+            .flatten()
+            .find(|ip| ip.is_ipv6() == dest.is_ipv6())
     }
 
     /// Rules see the address a connection would really reach: the

@@ -113,8 +113,12 @@ fn warnings(worker: usize, config: &Config) -> Vec<String> {
 ///     (where proxy.splice_ok(conn, side): splice side → pipe → other side past the
 ///      core's buffers, then proxy.handle(Event::Spliced { .. }, now), and Eof only
 ///      once the pipe is empty; the pipe as proxy.splice_pipe() says)
-///     a connect that finished: proxy.handle(Event::Connected { conn, local }, now),
-///                              with the real local address only where proxy.wants_local(conn)
+///     a connect attempt that finished: proxy.handle(Event::Connected { conn, attempt, local }
+///                              | ConnectFailed { .. }, now), with the real local address
+///                              only where proxy.wants_local(conn); its socket is the
+///                              upstream socket from then on
+///     Action::Connect while an attempt of that conn still connects: a second socket
+///                              racing it; Action::Abandon closes one attempt's socket
 ///     names resolved, listeners opened, accepts failed: proxy.handle(Event::…, now)
 ///     UDP: receive into proxy.datagram_buf(), then proxy.handle_datagram(…) or
 ///          handle_reply(…); send what proxy.poll_datagram() gives
@@ -556,12 +560,6 @@ impl Proxy {
                     self.cx.listeners.pause(now, &mut self.cx.actions);
                 }
             }
-            Event::Connected { conn, local } => {
-                self.run(conn, now, |s, cx| s.on_connected(local, cx))
-            }
-            Event::ConnectFailed { conn, error } => {
-                self.run(conn, now, |s, cx| s.on_connect_failed(error, cx))
-            }
             Event::Resolved { conn, addrs } if self.associated(conn) => {
                 self.association_resolved(conn, Some(addrs), now)
             }
@@ -574,6 +572,16 @@ impl Proxy {
             Event::ResolveFailed { conn } if self.bind_resolving(conn) => {
                 self.run(conn, now, |s, cx| s.on_bind_resolved(None, cx))
             }
+            Event::Connected {
+                conn,
+                attempt,
+                local,
+            } => self.run(conn, now, |s, cx| s.on_connected(attempt, local, cx)),
+            Event::ConnectFailed {
+                conn,
+                attempt,
+                error,
+            } => self.run(conn, now, |s, cx| s.on_connect_failed(attempt, error, cx)),
             Event::Resolved { conn, addrs } => {
                 self.run(conn, now, |s, cx| s.on_resolved(addrs, cx))
             }

@@ -73,7 +73,8 @@ impl Proxy {
         let name = svc.name.clone();
         let limits = &cx.config.limits;
         let (max, idle) = (limits.max_connections as usize, limits.udp_idle_timeout);
-        let bind = cx.config.network.outgoing;
+        // The service's outgoing, else [network]'s, of dest's family.
+        let bind = cx.bind(true, l.service, None, dest);
         self.udp.client_datagram(
             listener,
             &name,

@@ -23,6 +23,8 @@ pub fn decode(trace: &[u8]) -> Result<(Header, Vec<Record>), TraceError> {
 /// error, then ends.
 #[derive(Debug)]
 pub struct Reader<'a> {
+    /// The trace's format version (1 or 2: see the format's notes).
+    version: u32,
     data: &'a [u8],
     pos: usize,
     /// The 1-based number of the next line.
@@ -47,6 +49,7 @@ impl<'a> Reader<'a> {
             return Err(TraceError::NotATrace);
         }
         let mut r = Reader {
+            version: VERSION,
             data,
             pos: 0,
             line: 1,
@@ -61,11 +64,14 @@ impl<'a> Reader<'a> {
         let Some(version) = first.text.strip_prefix(magic.as_str()) else {
             return Err(TraceError::NotATrace);
         };
-        if version != VERSION.to_string() {
-            return Err(TraceError::Version {
-                found: shown(version),
-            });
-        }
+        r.version = match version.parse::<u32>() {
+            Ok(v @ (1 | VERSION)) if version == v.to_string() => v,
+            _ => {
+                return Err(TraceError::Version {
+                    found: shown(version),
+                })
+            }
+        };
         let l = r.expect_line("the header (seed)")?;
         let mut w = Words::new(&l);
         w.keyword("seed")?;
@@ -298,7 +304,7 @@ impl<'a> Reader<'a> {
                         return Ok(Record::ReloadFailed { t, message });
                     }
                     _ => {
-                        let (event, bytes) = parse_event(at, kind, &mut w)?;
+                        let (event, bytes) = parse_event(at, kind, self.version, &mut w)?;
                         Record::Event { t, event, bytes }
                     }
                 }
@@ -333,6 +339,7 @@ impl Iterator for Reader<'_> {
 pub(super) fn parse_event(
     at: usize,
     kind: &str,
+    version: u32,
     w: &mut Words<'_>,
 ) -> Result<(Event, Option<Vec<u8>>), TraceError> {
     const CONN: &str = "a connection id (index.generation)";
@@ -382,10 +389,12 @@ pub(super) fn parse_event(
         },
         "connected" => Event::Connected {
             conn: w.parse(CONN, parse_conn)?,
+            attempt: attempt(version, w)?,
             local: w.parse("the local address", parse_addr)?,
         },
         "connect-failed" => Event::ConnectFailed {
             conn: w.parse(CONN, parse_conn)?,
+            attempt: attempt(version, w)?,
             error: w.parse(IO, parse_io)?,
         },
         "read" => {
@@ -555,6 +564,19 @@ pub(super) fn shown(s: &str) -> String {
 
 pub(super) fn digits(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A connect attempt's number: written since format 2; a format-1 trace
+/// (one connect at a time) means the latest.
+fn attempt(version: u32, w: &mut Words<'_>) -> Result<u32, TraceError> {
+    if version < 2 {
+        return Ok(crate::event::LATEST_ATTEMPT);
+    }
+    w.parse("a connect attempt number", |s| {
+        parse_u64(s)
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|&n| n != crate::event::LATEST_ATTEMPT)
+    })
 }
 
 pub(super) fn parse_u64(s: &str) -> Option<u64> {

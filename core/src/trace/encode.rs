@@ -183,9 +183,17 @@ pub(super) fn put_event(out: &mut String, t: u64, event: &Event, bytes: Option<&
                 crate::auth::Answer::Failed => "failed",
             }
         ),
-        Event::Connected { conn, local } => write!(out, "connected {conn} {local}"),
-        Event::ConnectFailed { conn, error } => {
-            write!(out, "connect-failed {conn} {}", io_name(*error))
+        Event::Connected {
+            conn,
+            attempt,
+            local,
+        } => write!(out, "connected {conn} {attempt} {local}"),
+        Event::ConnectFailed {
+            conn,
+            attempt,
+            error,
+        } => {
+            write!(out, "connect-failed {conn} {attempt} {}", io_name(*error))
         }
         Event::Read { conn, side, n } => {
             let _ = write!(out, "read {conn} {} {n}", SideName(*side));

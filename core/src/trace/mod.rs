@@ -43,13 +43,13 @@
 //! record number in both (see [`render_action`]), and a replay that comes up
 //! short is reported as a divergence at that record.
 //!
-//! # The format (version 1)
+//! # The format (version 2)
 //!
 //! Line-oriented UTF-8 text, every line ending in `\n`, so traces diff and
 //! can be read and trimmed by hand. A header, then one record per line:
 //!
 //! ```text
-//! portico-trace 1
+//! portico-trace 2
 //! seed 7
 //! config 6                        ← the number of `|` lines that follow
 //! |[[service]]                    ← the configuration text, split at '\n'
@@ -63,7 +63,7 @@
 //! 0.000000000 listening L0 127.0.0.1:7000
 //! 0.001000000 accept L0 10.0.0.2:40000 0.1        ← the id the core gave
 //! 0.001000000 accept L0 10.0.0.9:40000 refused:too-many
-//! 0.002000000 connected 0.1 10.0.0.1:50000
+//! 0.002000000 connected 0.1 0 10.0.0.1:50000     ← attempt 0
 //! 0.003000000 read 0.2 client 3 "\x05\x01\x00"     ← kept: a handshake
 //! 0.004000000 read 0.1 client 1400                 ← relayed: length only
 //! polled 4                        ← the runtime took 4 actions here
@@ -81,7 +81,7 @@
 //! accept-failed L<listener> <io>
 //! resolved <conn> <addr>…             (zero or more addresses)
 //! resolve-failed <conn>
-//! connected <conn> <local>            connect-failed <conn> <io>
+//! connected <conn> <attempt> <local>  connect-failed <conn> <attempt> <io>
 //! read <conn> <side> <n> ["bytes"]    read-blocked <conn> <side>
 //! eof <conn> <side>                   written <conn> <side> <n>
 //! spliced <conn> <from-side> <n>      io-error <conn> <side> <io>
@@ -114,6 +114,11 @@
 //! comments (for annotating committed traces); records are numbered from 1,
 //! comments aside. Words are separated by exactly one space.
 //!
+//! `<attempt>` is the connect attempt's number (see `Action::Connect`).
+//! Version 1 wrote no attempt number (its runtimes held one connect at a
+//! time); such traces still decode, each `connected` and `connect-failed`
+//! meaning the connection's latest attempt ([`crate::LATEST_ATTEMPT`]).
+//!
 //! Decoding never panics: a trace that ends inside a line or a configuration
 //! block is [`TraceError::Truncated`], anything else malformed is
 //! [`TraceError::Corrupt`], both naming the byte offset and line. A trace cut
@@ -145,7 +150,7 @@ use encode::*;
 /// The first word of every trace.
 pub const MAGIC: &str = "portico-trace";
 /// The format version this build writes and reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// The name the trace's configuration goes by in error messages.
 pub const CONFIG_NAME: &str = "(trace)";
 

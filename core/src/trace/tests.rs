@@ -191,6 +191,7 @@ fn every_record() -> Vec<Record> {
         }));
         v.push(ev(Event::ConnectFailed {
             conn: c(4, 2),
+            attempt: 7,
             error,
         }));
         v.push(ev(Event::IoError {
@@ -223,6 +224,7 @@ fn every_record() -> Vec<Record> {
         }),
         ev(Event::Connected {
             conn: c(2, 3),
+            attempt: 3,
             local: sa("[::1]:5000"),
         }),
         ev(Event::Read {
@@ -298,11 +300,13 @@ fn round_trip_every_record_kind() {
     // One record a line, plus the multi-line reloads.
     let text = String::from_utf8(bytes).expect("utf-8");
     let start = format!(
-        "portico-trace 1\nseed 18446744073709551615\nconfig {}\n|[limits]\n",
+        "portico-trace 2\nseed 18446744073709551615\nconfig {}\n|[limits]\n",
         CONFIG.split('\n').count()
     );
     assert!(text.starts_with(&start), "{text}");
     assert!(text.contains("\n0.999999999 read 0.1 client 1400\n"));
+    assert!(text.contains("\n0.999999999 connected 2.3 3 [::1]:5000\n"));
+    assert!(text.contains("\n0.999999999 connect-failed 4.2 7 refused\n"));
     assert!(text.contains(" read 0.1 client 18 \"GET / HTTP/1.1\\r\\n\\r\\n\"\n"));
     assert!(text.contains("accept L3 [::ffff:1.2.3.4]:65535 refused:unknown-listener\n"));
     assert!(text.contains("12.345678901 reload 4\n|a = 1\r\n|\n||b\n|\n"));
@@ -595,6 +599,7 @@ fn session() -> (Vec<u8>, Vec<String>, Vec<Action>) {
         2,
         Event::Connected {
             conn: m,
+            attempt: 0,
             local: sa("10.0.0.1:50000"),
         },
     );
@@ -649,6 +654,7 @@ fn session() -> (Vec<u8>, Vec<String>, Vec<Action>) {
         25,
         Event::ConnectFailed {
             conn: s,
+            attempt: 0,
             error: IoKind::Refused,
         },
     );
@@ -656,6 +662,7 @@ fn session() -> (Vec<u8>, Vec<String>, Vec<Action>) {
         30,
         Event::Connected {
             conn: s,
+            attempt: 1,
             local: sa("[2001:db8::1]:50001"),
         },
     );
@@ -979,8 +986,12 @@ fn malformed_traces_are_typed_errors_with_offsets() {
         TraceError::Truncated { .. }
     ));
     assert_eq!(
-        err_of(b"portico-trace 2\n"),
-        TraceError::Version { found: "2".into() }
+        err_of(b"portico-trace 3\n"),
+        TraceError::Version { found: "3".into() }
+    );
+    assert_eq!(
+        err_of(b"portico-trace 01\n"),
+        TraceError::Version { found: "01".into() }
     );
     let head = "portico-trace 1\nseed 1\nconfig 1\n|\n";
     let cases: &[(&str, usize, &str)] = &[
@@ -1203,4 +1214,41 @@ fn recorder_time_is_relative_to_start() {
     );
     assert_eq!(r.records(), 2);
     assert!(r.take().is_empty());
+}
+
+/// A format-1 trace (no attempt numbers: one connect at a time) still
+/// decodes; its connect answers mean the connection's latest attempt. A
+/// format-2 trace must carry the number.
+#[test]
+fn format_1_connect_answers_mean_the_latest_attempt() {
+    let v1 = b"portico-trace 1\nseed 1\nconfig 1\n|\n\
+        0.000000001 connected 0.1 127.0.0.1:5000\n\
+        0.000000002 connect-failed 0.2 refused\n";
+    let (_, records) = decode(v1).unwrap_or_else(|e| panic!("{e}"));
+    let events: Vec<&Event> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Event { event, .. } => Some(event),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        matches!(
+            events[..],
+            [
+                Event::Connected {
+                    attempt: crate::LATEST_ATTEMPT,
+                    ..
+                },
+                Event::ConnectFailed {
+                    attempt: crate::LATEST_ATTEMPT,
+                    error: IoKind::Refused,
+                    ..
+                }
+            ]
+        ),
+        "{events:?}"
+    );
+    let v2 = b"portico-trace 2\nseed 1\nconfig 1\n|\n0.000000001 connected 0.1 127.0.0.1:5000\n";
+    assert!(matches!(err_of(v2), TraceError::Corrupt { line: 5, .. }));
 }

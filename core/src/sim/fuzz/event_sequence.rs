@@ -542,14 +542,24 @@ impl Harness {
             0 | 1 => self.accept(input),
             2 => {
                 let conn = self.pick_conn(input);
+                let attempt = self.pick_attempt(conn, input);
                 let local =
                     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 40000 + input.u16() % 1000);
-                self.rt.handle(Event::Connected { conn, local });
+                self.rt.handle(Event::Connected {
+                    conn,
+                    attempt,
+                    local,
+                });
             }
             3 => {
                 let conn = self.pick_conn(input);
+                let attempt = self.pick_attempt(conn, input);
                 let error = input.kind();
-                self.rt.handle(Event::ConnectFailed { conn, error });
+                self.rt.handle(Event::ConnectFailed {
+                    conn,
+                    attempt,
+                    error,
+                });
             }
             4..=6 => self.read(input),
             7 => {
@@ -643,6 +653,17 @@ impl Harness {
         self.check();
     }
 
+    /// A connect attempt of `conn` to answer: mostly one in flight, else
+    /// any number (one long given up on, or never asked for).
+    fn pick_attempt(&self, conn: ConnId, input: &mut Input<'_>) -> u32 {
+        let pick = input.byte();
+        match self.rt.conn(conn).map(|s| &s.attempts) {
+            Some(a) if !a.is_empty() && !pick.is_multiple_of(4) => a[pick as usize % a.len()].0,
+            // Never LATEST_ATTEMPT: only format-1 traces say that.
+            _ => input.u32() % crate::LATEST_ATTEMPT,
+        }
+    }
+
     /// An event for an id that was never handed out, or is long dead.
     fn stale(&mut self, input: &mut Input<'_>) {
         let conn = ConnId::from_parts(input.byte() as u32, input.u32());
@@ -659,10 +680,12 @@ impl Harness {
             2 => Event::Eof { conn, side },
             3 => Event::Connected {
                 conn,
+                attempt: input.u32() % crate::LATEST_ATTEMPT,
                 local: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1),
             },
             4 => Event::ConnectFailed {
                 conn,
+                attempt: input.u32() % crate::LATEST_ATTEMPT,
                 error: input.kind(),
             },
             5 => Event::ReadBlocked { conn, side },

@@ -1,0 +1,513 @@
+//! Connecting out, end to end through both binaries: a name with several
+//! addresses is raced (Happy Eyeballs), so a first address that never
+//! answers costs `connect_attempt_delay`, not `connect_timeout`; and the
+//! source address of connections out is the most specific `outgoing`
+//! (a rule's, then the service's, then `[network]`'s).
+//!
+//! The name `multi.test` resolves through a private `/etc/hosts`: each
+//! proxy runs in a mount namespace of its own with a file mounted over it
+//! (`StartOptions::hosts`; the machine's file is untouched). Its first
+//! address (in the order the system resolver gives, asked the same way)
+//! is a real black hole on loopback: a listener with a backlog of 0 whose
+//! queue is full and which never accepts, so that further SYNs are
+//! dropped; the test checks that a connect to it really hangs before
+//! relying on it.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use portico_tests::{
+    both, config_head, connect, free_port, run_on_config, send_all, service, Behaviour, Bin,
+    Portico, StartOptions, TempDir, TestServer,
+};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+/// Generous: without the race, the request would take all of it and fail.
+const CONNECT_TIMEOUT: &str = "20s";
+/// Longer than the connect timeout, so that a reply that only comes when
+/// the first attempt times out is read (and seen to be a failure).
+const REPLY_WAIT: Duration = Duration::from_secs(40);
+
+const NAME: &str = "multi.test";
+const HOSTS: &str = "127.0.0.1 localhost\n127.0.0.2 multi.test\n127.0.0.3 multi.test\n";
+
+fn ip(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+/// The addresses of `multi.test` in the order the system resolver gives
+/// them under [`HOSTS`] (getaddrinfo sorts them, RFC 6724), asked in a
+/// namespace like the proxy's.
+fn resolver_order() -> Vec<IpAddr> {
+    let dir = TempDir::new();
+    let hosts = dir.write("hosts", HOSTS);
+    let mut cmd = Command::new("getent");
+    cmd.args(["ahostsv4", NAME])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    portico_tests::private_hosts(&mut cmd, &hosts);
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("getent (package libc-bin): {e}"));
+    assert!(
+        out.status.success(),
+        "getent ahostsv4 {NAME} with a private /etc/hosts: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut order = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some(a) = line.split_whitespace().next().and_then(|w| w.parse().ok()) {
+            if !order.contains(&a) {
+                order.push(a);
+            }
+        }
+    }
+    assert_eq!(
+        order.len(),
+        2,
+        "{NAME} must resolve to two addresses: {order:?}"
+    );
+    order
+}
+
+/// A listener on `addr` that never accepts, with its queue full: a connect
+/// to it hangs (its SYNs are dropped). Kept open while the value lives.
+struct BlackHole {
+    _listener: Socket,
+    _fillers: Vec<TcpStream>,
+}
+
+impl BlackHole {
+    fn open(addr: SocketAddr) -> BlackHole {
+        let l = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
+        l.set_reuse_address(true).expect("SO_REUSEADDR");
+        l.bind(&SockAddr::from(addr))
+            .unwrap_or_else(|e| panic!("black hole: bind {addr}: {e}"));
+        l.listen(0).expect("listen(0)");
+        // Fill the accept queue: the first connects complete and wait there.
+        let mut fillers = Vec::new();
+        for _ in 0..2 {
+            if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+                fillers.push(s);
+            }
+        }
+        assert!(
+            !fillers.is_empty(),
+            "black hole {addr}: nothing filled its queue"
+        );
+        // It must really hang now, or the race proves nothing.
+        let probe = TcpStream::connect_timeout(&addr, Duration::from_millis(1500));
+        assert!(
+            matches!(&probe, Err(e) if e.kind() == ErrorKind::TimedOut),
+            "black hole {addr}: a further connect must hang, got {probe:?}"
+        );
+        BlackHole {
+            _listener: l,
+            _fillers: fillers,
+        }
+    }
+}
+
+/// An echo server on `addr` (one connection at a time is enough here);
+/// each connection's peer address goes to the receiver.
+fn echo_server(addr: SocketAddr) -> mpsc::Receiver<SocketAddr> {
+    let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("echo server: bind {addr}: {e}"));
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            if let Ok(peer) = s.peer_addr() {
+                let _ = tx.send(peer);
+            }
+            thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    rx
+}
+
+/// A port free on both addresses of [`HOSTS`].
+fn port_free_on_both() -> u16 {
+    for _ in 0..50 {
+        let p = free_port();
+        if [2, 3]
+            .iter()
+            .all(|&n| TcpListener::bind(SocketAddr::new(ip(n), p)).is_ok())
+        {
+            return p;
+        }
+    }
+    panic!("no port free on 127.0.0.2 and 127.0.0.3");
+}
+
+/// The black hole on the resolver's first address of `multi.test`, an
+/// echo server on its second, both on one port: (port, server's address,
+/// its peers, the black hole).
+fn race_setup() -> (u16, SocketAddr, mpsc::Receiver<SocketAddr>, BlackHole) {
+    let order = resolver_order();
+    let port = port_free_on_both();
+    let hole = BlackHole::open(SocketAddr::new(order[0], port));
+    let server = SocketAddr::new(order[1], port);
+    let peers = echo_server(server);
+    (port, server, peers, hole)
+}
+
+fn start(bin: Bin, config: &str) -> Portico {
+    Portico::start_with(
+        bin,
+        config,
+        StartOptions {
+            hosts: Some(HOSTS),
+            ..StartOptions::default()
+        },
+    )
+}
+
+fn read_exact(bin: Bin, s: &mut TcpStream, n: usize, what: &str) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    s.read_exact(&mut buf)
+        .unwrap_or_else(|e| panic!("{bin}: {what}: reading {n} bytes: {e}"));
+    buf
+}
+
+fn echo_through(bin: Bin, s: &mut TcpStream, what: &str) {
+    send_all(bin, s, b"ping through the race", what);
+    let back = read_exact(bin, s, 21, what);
+    assert_eq!(back, b"ping through the race", "{bin}: {what}: echo");
+}
+
+/// SOCKS5 CONNECT to `multi.test`: the first address is a black hole, the
+/// second answers; the request succeeds long before `connect_timeout`
+/// (which a sequential try would have spent on the first).
+fn socks_name_with_a_black_holed_first_address(bin: Bin) {
+    let (port, server, peers, _hole) = race_setup();
+    let proxy_port = free_port();
+    let config = format!(
+        "{}{}",
+        config_head(&format!("connect_timeout = \"{CONNECT_TIMEOUT}\""), ""),
+        service("socks", "socks", proxy_port, "")
+    );
+    let p = start(bin, &config);
+    let mut c = connect(SocketAddr::new(ip(1), proxy_port))
+        .unwrap_or_else(|e| panic!("{bin}: connect to the proxy: {e}"));
+    c.set_read_timeout(Some(REPLY_WAIT)).expect("read timeout");
+    let began = Instant::now();
+    let mut req = vec![5, 1, 0, 5, 1, 0, 3, NAME.len() as u8];
+    req.extend_from_slice(NAME.as_bytes());
+    req.extend_from_slice(&port.to_be_bytes());
+    send_all(bin, &mut c, &req, "SOCKS5 CONNECT multi.test");
+    assert_eq!(read_exact(bin, &mut c, 2, "method reply"), [5, 0]);
+    let reply = read_exact(bin, &mut c, 10, "CONNECT reply");
+    let took = began.elapsed();
+    assert_eq!(
+        reply[1],
+        0,
+        "{bin}: CONNECT {NAME}:{port} must succeed through the second address \
+         (after {took:?}), reply {reply:?}\nstderr:\n{}",
+        p.stderr_text()
+    );
+    assert!(
+        took < Duration::from_secs(20),
+        "{bin}: connected only after {took:?}: the black hole held it up"
+    );
+    echo_through(bin, &mut c, "SOCKS5 tunnel");
+    let peer = peers.recv_timeout(Duration::from_secs(5));
+    assert!(
+        peer.is_ok(),
+        "{bin}: the server at {server} saw no connection"
+    );
+    let me = c.local_addr().expect("local_addr");
+    drop(c);
+    // The access log names the address that won.
+    let line = p.access_of("socks", me, Duration::from_secs(10));
+    assert_eq!(
+        line.destination,
+        server.to_string(),
+        "{bin}: the access line's destination: {line:?}"
+    );
+}
+
+/// SOCKS5 CONNECT to `multi.test` whose first address refuses (nothing
+/// listens there): the second is tried at once, and the tunnel works.
+fn socks_name_with_a_refusing_first_address(bin: Bin) {
+    let order = resolver_order();
+    let port = port_free_on_both();
+    let server = SocketAddr::new(order[1], port);
+    let peers = echo_server(server);
+    let proxy_port = free_port();
+    let config = format!(
+        "{}{}",
+        config_head(&format!("connect_timeout = \"{CONNECT_TIMEOUT}\""), ""),
+        service("socks", "socks", proxy_port, "")
+    );
+    let p = start(bin, &config);
+    let mut c = connect(SocketAddr::new(ip(1), proxy_port))
+        .unwrap_or_else(|e| panic!("{bin}: connect to the proxy: {e}"));
+    c.set_read_timeout(Some(REPLY_WAIT)).expect("read timeout");
+    let mut req = vec![5, 1, 0, 5, 1, 0, 3, NAME.len() as u8];
+    req.extend_from_slice(NAME.as_bytes());
+    req.extend_from_slice(&port.to_be_bytes());
+    send_all(bin, &mut c, &req, "SOCKS5 CONNECT multi.test");
+    assert_eq!(read_exact(bin, &mut c, 2, "method reply"), [5, 0]);
+    let reply = read_exact(bin, &mut c, 10, "CONNECT reply");
+    assert_eq!(
+        reply[1],
+        0,
+        "{bin}: CONNECT {NAME}:{port} must succeed through {server}: {reply:?}\nstderr:\n{}",
+        p.stderr_text()
+    );
+    echo_through(bin, &mut c, "SOCKS5 tunnel");
+    assert!(
+        peers.recv_timeout(Duration::from_secs(5)).is_ok(),
+        "{bin}: the server at {server} saw no connection"
+    );
+}
+
+/// HTTP CONNECT to `multi.test`, as above.
+fn http_name_with_a_black_holed_first_address(bin: Bin) {
+    let (port, server, peers, _hole) = race_setup();
+    let proxy_port = free_port();
+    let config = format!(
+        "{}{}",
+        config_head(&format!("connect_timeout = \"{CONNECT_TIMEOUT}\""), ""),
+        service(
+            "web",
+            "http",
+            proxy_port,
+            &format!("connect_ports = [{port}]")
+        )
+    );
+    let p = start(bin, &config);
+    let mut c = connect(SocketAddr::new(ip(1), proxy_port))
+        .unwrap_or_else(|e| panic!("{bin}: connect to the proxy: {e}"));
+    c.set_read_timeout(Some(REPLY_WAIT)).expect("read timeout");
+    let began = Instant::now();
+    let req = format!("CONNECT {NAME}:{port} HTTP/1.1\r\nHost: {NAME}:{port}\r\n\r\n");
+    send_all(bin, &mut c, req.as_bytes(), "CONNECT multi.test");
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match c.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            other => panic!(
+                "{bin}: CONNECT reply cut short ({other:?}) after {:?}: {:?}\nstderr:\n{}",
+                began.elapsed(),
+                String::from_utf8_lossy(&head),
+                p.stderr_text()
+            ),
+        }
+    }
+    let took = began.elapsed();
+    let head = String::from_utf8_lossy(&head);
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "{bin}: CONNECT {NAME}:{port} must succeed through {server} (after {took:?}): {head}"
+    );
+    assert!(
+        took < Duration::from_secs(20),
+        "{bin}: connected only after {took:?}: the black hole held it up"
+    );
+    echo_through(bin, &mut c, "CONNECT tunnel");
+    assert!(
+        peers.recv_timeout(Duration::from_secs(5)).is_ok(),
+        "{bin}: the server at {server} saw no connection"
+    );
+}
+
+/// The source of a connection out: a matching allow rule's `outgoing`,
+/// else its service's, else `[network] outgoing`; the servers see it.
+fn outgoing_most_specific_wins(bin: Bin) {
+    let a = TestServer::start(Behaviour::Echo);
+    let b = TestServer::start(Behaviour::Echo);
+    let (s1, s2) = (free_port(), free_port());
+    let config = format!(
+        r#"[network]
+internal = ["127.0.0.1"]
+external = ["127.0.0.3", "127.0.0.4", "127.0.0.5"]
+outgoing = "127.0.0.5"
+[log]
+access = "stderr"
+{}{}
+[[rule]]
+action = "allow"
+services = ["s1"]
+ports = [{pa}]
+outgoing = "127.0.0.4"
+[[rule]]
+action = "allow"
+"#,
+        service("s1", "socks", s1, "outgoing = \"127.0.0.3\""),
+        service("s2", "socks", s2, ""),
+        pa = a.addr().port(),
+    );
+    let p = Portico::start(bin, &config);
+    let mut seen = Vec::new();
+    for (via, server, what) in [
+        (s1, &a, "s1 to the rule's port"),
+        (s1, &b, "s1 elsewhere"),
+        (s2, &b, "s2"),
+    ] {
+        let mut c = connect(SocketAddr::new(ip(1), via))
+            .unwrap_or_else(|e| panic!("{bin}: connect to {what}: {e}"));
+        let mut req = vec![5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1];
+        req.extend_from_slice(&server.addr().port().to_be_bytes());
+        send_all(bin, &mut c, &req, what);
+        let reply = read_exact(bin, &mut c, 12, what);
+        assert_eq!(
+            reply[3],
+            0,
+            "{bin}: {what}: CONNECT must succeed: {reply:?}\nstderr:\n{}",
+            p.stderr_text()
+        );
+        // BND.ADDR is the source the proxy connected from.
+        let bound = Ipv4Addr::new(reply[6], reply[7], reply[8], reply[9]);
+        echo_through(bin, &mut c, what);
+        drop(c);
+        let peer = server.report_ok(bin).peer;
+        assert_eq!(peer.ip(), IpAddr::V4(bound), "{bin}: {what}: BND.ADDR");
+        seen.push(peer.ip());
+    }
+    assert_eq!(
+        seen,
+        [ip(4), ip(3), ip(5)],
+        "{bin}: sources seen by the servers: the rule's, the service's, [network]'s"
+    );
+}
+
+/// A pyftpdlib server on 127.0.0.1:PORT (args: port, home) with the user
+/// alice (`secret`). It refuses a data connection from another address
+/// than the control connection's, as servers commonly do.
+const FTP_SERVER_PY: &str = r#"
+import sys, time
+from pyftpdlib.authorizers import DummyAuthorizer
+from pyftpdlib.handlers import FTPHandler
+from pyftpdlib.servers import FTPServer
+auth = DummyAuthorizer()
+auth.add_user("alice", "secret", sys.argv[2], perm="elr")
+class Handler(FTPHandler):
+    permit_foreign_addresses = False
+Handler.authorizer = auth
+server = FTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+print("ready", flush=True)
+deadline = time.monotonic() + 300
+while time.monotonic() < deadline:
+    server.serve_forever(timeout=0.5, blocking=False)
+"#;
+
+/// ftplib through the gateway (args: gateway port, user): a passive RETR
+/// of `file.txt`, printed. From 127.0.0.2, so that the gateway tells the
+/// client (LAN) from the server (outside) by address.
+const FTP_CLIENT_PY: &str = r#"
+import ftplib, sys
+f = ftplib.FTP(timeout=30, source_address=("127.0.0.2", 0))
+f.connect("127.0.0.1", int(sys.argv[1]))
+f.login(sys.argv[2], "secret")
+f.set_pasv(True)
+got = []
+f.retrbinary("RETR file.txt", got.append)
+sys.stdout.write("GOT:" + b"".join(got).decode())
+f.quit()
+"#;
+
+/// An FTP transfer through the gateway whose control connection leaves
+/// from a rule's `outgoing`: its data connection leaves from the same
+/// address (not the service's), so a server that checks succeeds.
+fn ftp_data_leaves_from_the_control_connections_address(bin: Bin) {
+    let py = portico_tests::require_python_module(
+        "pyftpdlib",
+        "the PyPI package `pyftpdlib` (pip install pyftpdlib)",
+    );
+    let home = TempDir::new();
+    home.write("file.txt", "the data connection went through");
+    let ftp_port = free_port();
+    let mut server = Command::new(&py)
+        .arg("-c")
+        .arg(FTP_SERVER_PY)
+        .arg(ftp_port.to_string())
+        .arg(home.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start pyftpdlib: {e}"));
+    let out = portico_tests::LineLog::start(server.stdout.take());
+    let err = portico_tests::LineLog::start(server.stderr.take());
+    let ready = out.wait_for(|l| l.trim() == "ready", Duration::from_secs(20));
+    let gw = free_port();
+    let config = format!(
+        r#"[network]
+internal = ["127.0.0.1"]
+external = ["127.0.0.3", "127.0.0.4"]
+[log]
+access = "stderr"
+{}
+[[rule]]
+action = "allow"
+ports = [{ftp_port}]
+outgoing = "127.0.0.4"
+[[rule]]
+action = "allow"
+"#,
+        service("ftp", "ftp", gw, "outgoing = \"127.0.0.3\"")
+    );
+    let p = Portico::start(bin, &config);
+    let mut cmd = Command::new(&py);
+    cmd.arg("-c")
+        .arg(FTP_CLIENT_PY)
+        .arg(gw.to_string())
+        .arg(format!("alice@127.0.0.1:{ftp_port}"));
+    portico_tests::without_proxy_env(&mut cmd);
+    let client = portico_tests::run_tool(bin, cmd, None, Duration::from_secs(60));
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(ready.is_some(), "pyftpdlib did not start: {}", err.text());
+    assert!(
+        client.status.success()
+            && client
+                .stdout_text()
+                .contains("GOT:the data connection went through"),
+        "{bin}: passive RETR through the gateway: {}\npyftpdlib: {}\nportico: {}",
+        client.text(),
+        err.text(),
+        p.stderr_text()
+    );
+}
+
+/// An `outgoing` that is not one of `network.external` is refused at
+/// start, saying where and what to do.
+fn outgoing_must_be_external(bin: Bin) {
+    let config = format!(
+        "[network]\ninternal = [\"127.0.0.1\"]\nexternal = [\"127.0.0.3\"]\n{}\
+         [[rule]]\naction = \"allow\"\noutgoing = \"127.0.0.9\"\n",
+        service("s", "socks", free_port(), "")
+    );
+    let (path, out) = run_on_config(bin, &config, &["--check"], Duration::from_secs(30));
+    assert_eq!(out.code(), Some(2), "{bin}: exit code: {out:?}");
+    assert!(
+        out.stderr.contains(&path)
+            && out.stderr.contains("127.0.0.9")
+            && out.stderr.contains("network.external"),
+        "{bin}: the error must name the file, the address and network.external: {}",
+        out.stderr
+    );
+}
+
+both!(
+    socks_name_with_a_black_holed_first_address,
+    socks_name_with_a_refusing_first_address,
+    http_name_with_a_black_holed_first_address,
+    outgoing_most_specific_wins,
+    ftp_data_leaves_from_the_control_connections_address,
+    outgoing_must_be_external,
+);
