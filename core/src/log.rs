@@ -40,6 +40,9 @@ pub struct AccessRecord {
     /// `[[rule]]` that allowed or denied it: ` rule=N` after `err=` (JSON
     /// `"rule"`), only when a rule decided.
     pub rule: Option<u32>,
+    /// The parent proxy it went through (`via`): ` via=NAME` after
+    /// `rule=` (JSON `"via"`), only when there was one.
+    pub via: Option<String>,
 }
 
 impl AccessRecord {
@@ -68,6 +71,9 @@ impl AccessRecord {
                 }
                 if let Some(n) = self.rule {
                     let _ = write!(s, " rule={n}");
+                }
+                if let Some(v) = &self.via {
+                    let _ = write!(s, " via={}", text_field(v));
                 }
                 s
             }
@@ -107,6 +113,10 @@ impl AccessRecord {
                 }
                 if let Some(n) = self.rule {
                     let _ = write!(s, ",\"rule\":{n}");
+                }
+                if let Some(v) = &self.via {
+                    s.push_str(",\"via\":");
+                    json_str(&mut s, v);
                 }
                 s.push('}');
                 s
@@ -198,6 +208,7 @@ mod tests {
             duration: Duration::from_millis(1234),
             error: None,
             rule: None,
+            via: None,
         }
     }
 

@@ -586,6 +586,7 @@ mod tests {
             days: None,
             hours: None,
             rate: None,
+            via: None,
         }
     }
 
@@ -1255,6 +1256,7 @@ destination = "192.0.2.1:25"
             days: Some(0b001_1111), // mon-fri
             hours: Some((8 * 60, 18 * 60)),
             rate: Some(1 << 20),
+            via: None,
         };
         let good = full(Some("www.example.com"), None, 25);
         let good_wall = at(TUE, 9, 0);

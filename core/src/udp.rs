@@ -252,6 +252,7 @@ impl UdpTable {
                 duration: now.saturating_duration_since(m.opened),
                 error: outcome.cause(),
                 rule: None,
+                via: None,
             })));
         }
         if self.maps.is_empty() {

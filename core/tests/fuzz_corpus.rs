@@ -79,3 +79,8 @@ fn http_response_corpus() {
 fn proxy_protocol_corpus() {
     replay("proxy_protocol", portico_core::sim::fuzz::proxy_protocol);
 }
+
+#[test]
+fn parent_reply_corpus() {
+    replay("parent_reply", portico_core::sim::fuzz::parent_reply);
+}

@@ -28,6 +28,22 @@ pub struct RawConfig {
     pub rule: Vec<S<RawRule>>,
     #[serde(default)]
     pub quota: Vec<S<RawQuota>>,
+    #[serde(default)]
+    pub parent: Vec<S<RawParent>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawParent {
+    pub name: S<String>,
+    pub kind: S<String>,
+    pub addresses: List<String>,
+    pub pick: Option<S<String>>,
+    pub user: Option<S<String>>,
+    pub password: Option<S<String>>,
+    pub down_after: Option<S<i64>>,
+    pub retry_after: Option<S<Value>>,
+    pub send_proxy_protocol: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,6 +142,7 @@ pub struct RawService {
     pub proxy_protocol: Option<S<bool>>,
     pub proxy_protocol_from: Option<List<String>>,
     pub send_proxy_protocol: Option<S<String>>,
+    pub via: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,4 +157,5 @@ pub struct RawRule {
     pub days: Option<List<String>>,
     pub hours: Option<S<String>>,
     pub rate: Option<S<Value>>,
+    pub via: Option<S<String>>,
 }

@@ -732,6 +732,7 @@ impl HttpProxy {
             | Failure::NetUnreachable
             | Failure::HostUnreachable
             | Failure::NotResolved
+            | Failure::Parent(_)
             | Failure::Other => 502,
         };
         match why.cause() {

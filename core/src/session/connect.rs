@@ -57,7 +57,7 @@ impl Session {
     /// Takes `v` as the decision on this session's request (the rule it
     /// names goes to the access log): `None`: denied; `Some(rate)`:
     /// allowed, capped at `rate` if any.
-    fn decided(&mut self, v: Verdict) -> Option<Option<u64>> {
+    pub(super) fn decided(&mut self, v: Verdict) -> Option<Option<u64>> {
         let (rule, allowed) = match v {
             Verdict::Allow { rule, rate } => (rule, Some(rate)),
             Verdict::Deny { rule } => (rule, None),
@@ -68,7 +68,7 @@ impl Session {
 
     /// Puts the session under a bandwidth cap shared with the other
     /// connections of its user (or client address).
-    fn set_rate(&mut self, rate: Option<u64>, cx: &mut Context) {
+    pub(super) fn set_rate(&mut self, rate: Option<u64>, cx: &mut Context) {
         let Some(rate) = rate else {
             return;
         };
@@ -157,6 +157,11 @@ impl Session {
         if let Some(f) = self.admit_user(cx) {
             return self.fail(f, cx);
         }
+        // Through a parent (`via`): the name is not resolved here.
+        self.parent = None;
+        if let Some((p, v)) = self.route(&target, cx) {
+            return self.via_parent(p, v, target, cx);
+        }
         match target {
             Target::Addr(addr) => {
                 let v = self.verdict(cx, None, addr);
@@ -186,6 +191,9 @@ impl Session {
 
     /// The destination's name resolved to `addrs` (in the resolver's order).
     pub fn on_resolved(&mut self, addrs: Vec<SocketAddr>, cx: &mut Context) {
+        if self.parent_resolving() {
+            return self.parent_resolved(&addrs, cx);
+        }
         if self.phase != Phase::Resolving {
             return;
         }
@@ -216,6 +224,9 @@ impl Session {
 
     /// The destination's name did not resolve.
     pub fn on_resolve_failed(&mut self, cx: &mut Context) {
+        if self.parent_resolving() {
+            return self.parent_resolved(&[], cx);
+        }
         if self.phase == Phase::Resolving {
             self.fail(Failure::NotResolved, cx);
         }
@@ -252,6 +263,9 @@ impl Session {
     pub fn on_connect_failed(&mut self, error: IoKind, cx: &mut Context) {
         if self.phase != Phase::Connecting {
             return;
+        }
+        if self.parent_connecting() {
+            return self.parent_connect_failed(error, cx);
         }
         let name = cx.services[self.service].name.clone();
         let (client, up) = (self.client, self.upstream.addr);

@@ -43,6 +43,7 @@ pub(crate) use connect::rule_number;
 mod dir;
 mod gateway;
 mod http;
+mod parent;
 mod proxy_header;
 mod status;
 
@@ -211,6 +212,8 @@ pub(crate) struct Session {
     pub ended: bool,
     /// The password check the runtime is running for this login, if any.
     pub checking: Option<Box<crate::auth::Pending>>,
+    /// The parent proxy its current request goes through, if any.
+    pub parent: Option<Box<parent::Leg>>,
 }
 
 impl Session {
@@ -254,6 +257,7 @@ impl Session {
             rule: None,
             ended: false,
             checking: None,
+            parent: None,
         }
     }
 
@@ -501,6 +505,9 @@ impl Session {
     /// New bytes (or the end of them, `eof`) from the server, while the
     /// machine reads them.
     fn server_bytes(&mut self, eof: bool, cx: &mut Context) {
+        if self.parent_talking() {
+            return self.parent_bytes(eof, cx);
+        }
         match &self.machine {
             Machine::Http(_) => self.http_server(eof, cx),
             Machine::Gateway(_) => self.converse(eof, cx),
@@ -618,6 +625,9 @@ impl Session {
 
     /// A read, write or shutdown on `side` failed.
     pub fn on_io_error(&mut self, side: Side, error: IoKind, cx: &mut Context) {
+        if side == Side::Upstream && self.parent_talking() {
+            return self.parent_io_error(error, cx);
+        }
         // A reset after both halves were shut is an ordinary end.
         if !self.finished() {
             self.outcome = Outcome::Error;
@@ -641,6 +651,10 @@ impl Session {
     pub fn on_connected(&mut self, local: SocketAddr, cx: &mut Context) {
         if self.phase != Phase::Connecting {
             return;
+        }
+        if self.parent_connecting() {
+            // The parent's address: the handshake with it comes first.
+            return self.parent_connected(local, cx);
         }
         self.enter(Phase::Relay, cx.now);
         self.last_active = cx.now;
@@ -675,6 +689,11 @@ impl Session {
             return;
         }
         match self.phase {
+            Phase::Resolving | Phase::Connecting | Phase::Conversing
+                if self.parent.as_ref().is_some_and(|l| !l.done) =>
+            {
+                self.parent_timed_out(cx)
+            }
             Phase::Resolving | Phase::Connecting | Phase::Conversing => {
                 self.fail(Failure::TimedOut, cx)
             }
@@ -889,6 +908,7 @@ impl Session {
                         duration: now.saturating_duration_since(self.accepted),
                         error: self.cause,
                         rule: self.rule,
+                        via: self.via_name(),
                     };
                     cx.actions.push_back(Action::Access(Box::new(rec)));
                 }
@@ -917,6 +937,7 @@ impl Session {
             error: x.cause,
             // The rule that decided the exchange's upstream, if it had one.
             rule: if x.routed { self.rule } else { None },
+            via: if x.routed { self.via_name() } else { None },
         }
     }
 }

@@ -147,6 +147,7 @@ impl Context {
                 duration: Duration::ZERO,
                 error: outcome.cause(),
                 rule,
+                via: None,
             };
             self.actions.push_back(Action::Access(Box::new(rec)));
         }

@@ -16,5 +16,8 @@ pub use protocol::protocol;
 pub use crate::http::fuzz_request as http_request;
 /// HTTP response heads (after a method byte), likewise.
 pub use crate::http::fuzz_response as http_response;
+/// A parent proxy's answers to Portico's handshake (HTTP CONNECT, SOCKS5,
+/// SOCKS4/4a), whole and a byte more at a time.
+pub use crate::proto::upstream::fuzz_reply as parent_reply;
 /// PROXY protocol headers, parsed and encoded again.
 pub use crate::proxy_protocol::fuzz as proxy_protocol;
