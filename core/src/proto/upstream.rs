@@ -309,6 +309,30 @@ pub fn authority(target: &Target) -> String {
     }
 }
 
+/// A request head Portico made in origin form (`GET /path HTTP/1.1`, then
+/// `Host:`), in the absolute form an http parent takes (`GET
+/// http://host/path HTTP/1.1`), with the parent's `auth` line (CRLF-ended)
+/// after the request line. `None` if the head is not of that shape.
+pub fn absolute_head(head: &[u8], auth: Option<&str>) -> Option<Vec<u8>> {
+    let line_end = head.windows(2).position(|w| w == b"\r\n")?;
+    let line = &head[..line_end];
+    let sp = line.iter().position(|b| *b == b' ')?;
+    let rest = &head[line_end + 2..];
+    let host = rest.strip_prefix(b"Host: ")?;
+    let host = &host[..host.windows(2).position(|w| w == b"\r\n")?];
+    let mut out = Vec::with_capacity(head.len() + host.len() + 64);
+    out.extend_from_slice(&line[..=sp]);
+    out.extend_from_slice(b"http://");
+    out.extend_from_slice(host);
+    out.extend_from_slice(&line[sp + 1..]);
+    out.extend_from_slice(b"\r\n");
+    if let Some(a) = auth {
+        out.extend_from_slice(a.as_bytes());
+    }
+    out.extend_from_slice(rest);
+    Some(out)
+}
+
 /// `Proxy-Authorization: Basic …\r\n` for `user` and `password`.
 pub fn basic_header(user: Option<&str>, password: Option<&str>) -> Option<String> {
     let user = user?;
@@ -433,6 +457,21 @@ mod tests {
         assert_eq!(out, req);
         answer.extend_from_slice(&[5, 0, 0, 1, 10, 0, 0, 1, 0, 80, b'x']);
         assert_eq!(h.input(&answer, &mut Vec::new()), Step::Done(14));
+    }
+
+    #[test]
+    fn heads_in_absolute_form() {
+        let head = b"GET /a?b HTTP/1.1\r\nHost: example.com:8080\r\nAccept: */*\r\n\r\n";
+        let auth = basic_header(Some("gw"), Some("pw"));
+        assert_eq!(
+            String::from_utf8(absolute_head(head, auth.as_deref()).unwrap()).unwrap(),
+            "GET http://example.com:8080/a?b HTTP/1.1\r\nProxy-Authorization: Basic Z3c6cHc=\r\n\
+             Host: example.com:8080\r\nAccept: */*\r\n\r\n"
+        );
+        assert_eq!(
+            absolute_head(b"GET / HTTP/1.1\r\nAccept: x\r\n\r\n", None),
+            None
+        );
     }
 
     #[test]

@@ -24,11 +24,11 @@
 
 use std::net::SocketAddr;
 
-use super::{Phase, Session};
-use crate::config::{Host, Via};
+use super::{Machine, Phase, Session};
+use crate::config::{Host, ParentKind, Via};
 use crate::event::{Action, IoKind, Level};
 use crate::parent::Result as Attempt;
-use crate::proto::upstream::{Handshake, Step};
+use crate::proto::upstream::{absolute_head, basic_header, Handshake, Step};
 use crate::proto::{Failure, Target};
 use crate::rules::{self, Verdict};
 use crate::table::context::Context;
@@ -58,6 +58,12 @@ pub(crate) struct Leg {
     held: Vec<u8>,
     /// The directions' `fwd` before the handshake held them.
     fwd: (Option<usize>, Option<usize>),
+    /// Client bytes the machine cleared for the destination while the
+    /// handshake held them back.
+    extra: usize,
+    /// Plain HTTP requests to an http parent: no handshake, the heads go
+    /// in absolute form.
+    plain: bool,
 }
 
 impl Session {
@@ -110,6 +116,23 @@ impl Session {
         held.extend_from_slice(self.up.prefix.get(self.up.prefix_pos..).unwrap_or(&[]));
         self.up.prefix.clear();
         self.up.prefix_pos = 0;
+        let conf = &cx.config.parents[p];
+        let plain = match &mut self.machine {
+            Machine::Http(h) if conf.kind == ParentKind::Http && !h.tunnelling() => {
+                let auth = basic_header(conf.user.as_deref(), conf.password.as_deref());
+                if let Some(a) = absolute_head(&held, auth.as_deref()) {
+                    held = a;
+                }
+                h.via_parent = Some(auth);
+                true
+            }
+            _ => false,
+        };
+        let fwd = (self.up.fwd, self.down.fwd);
+        if !plain {
+            self.up.fwd = Some(0);
+            self.down.fwd = Some(0);
+        }
         self.parent = Some(Box::new(Leg {
             parent: p,
             name: cx.config.parents[p].name.clone(),
@@ -120,7 +143,9 @@ impl Session {
             done: false,
             code: None,
             held,
-            fwd: (self.up.fwd, self.down.fwd),
+            fwd,
+            extra: 0,
+            plain,
         }));
         self.upstream.untried.clear();
         self.parent_next(cx);
@@ -144,7 +169,7 @@ impl Session {
             let code = leg.code;
             // The machine's directions as they were: it answers (and a
             // Telnet client may ask again) with nothing held.
-            (self.up.fwd, self.down.fwd) = leg.fwd;
+            self.release_held();
             return self.fail(Failure::Parent(code), cx);
         };
         leg.tried.push(a);
@@ -193,6 +218,13 @@ impl Session {
         if let Some(v) = conf.send_proxy_protocol {
             crate::proxy_protocol::encode(proxy_version(v), self.client, self.local, &mut first);
         }
+        if leg.plain {
+            self.connect(addr, cx);
+            self.enter(Phase::Connecting, cx.now);
+            self.up.prefix = first;
+            self.up.prefix_pos = 0;
+            return self.sync(cx);
+        }
         let Some(h) = Handshake::start(
             conf.kind,
             &leg.target,
@@ -213,8 +245,7 @@ impl Session {
         self.enter(Phase::Connecting, cx.now);
         self.up.prefix = first;
         self.up.prefix_pos = 0;
-        self.up.fwd = Some(0);
-        self.down.fwd = Some(0);
+        self.hold();
         self.sync(cx);
     }
 
@@ -234,7 +265,36 @@ impl Session {
         self.upstream.open = true;
         self.last_active = cx.now;
         self.enter(Phase::Conversing, cx.now);
+        if self.parent.as_ref().is_some_and(|l| l.plain) {
+            // No handshake: the parent takes requests as they are.
+            return self.parent_done(0, cx);
+        }
+        self.hold();
         self.sync(cx);
+    }
+
+    /// Holds back what the client sends (and what the parent says) during
+    /// the handshake; what the machine cleared meanwhile goes after it.
+    fn hold(&mut self) {
+        if let Some(leg) = self.parent.as_mut() {
+            leg.extra += self.up.fwd.unwrap_or(0);
+        }
+        self.up.fwd = Some(0);
+        self.down.fwd = Some(0);
+    }
+
+    /// The directions as the machine had them (with what it cleared
+    /// meanwhile), when the parent's handshake is over.
+    fn release_held(&mut self) {
+        let Some(leg) = self.parent.as_mut() else {
+            return;
+        };
+        if leg.plain {
+            return;
+        }
+        let extra = std::mem::take(&mut leg.extra) + self.up.fwd.unwrap_or(0);
+        self.up.fwd = leg.fwd.0.map(|f| f + extra);
+        self.down.fwd = leg.fwd.1;
     }
 
     /// The connect to the parent's address failed.
@@ -310,7 +370,7 @@ impl Session {
         }
         self.down.release_if_empty(&mut cx.pool);
         let held = std::mem::take(&mut leg.held);
-        (self.up.fwd, self.down.fwd) = leg.fwd;
+        self.release_held();
         self.up.say_owned(held);
         let local = self.upstream.local.unwrap_or(self.local);
         self.phase = Phase::Connecting;
