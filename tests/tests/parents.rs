@@ -810,3 +810,251 @@ fn dead_first_address_fails_over(bin: Bin) {
     );
     let _ = p;
 }
+
+// ---------------------------------------------------------------------------
+// Every other service through a parent.
+
+const GREETING: &[u8] = b"+OK greeter ready\r\n";
+
+/// Greets with [`GREETING`], then answers every line with itself.
+fn greeter() -> Acceptor {
+    Acceptor::start(IpAddr::V4(Ipv4Addr::LOCALHOST), "greeter", |mut s, _| {
+        let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+        let _ = s.set_write_timeout(Some(IO_TIMEOUT));
+        if s.write_all(GREETING).is_err() {
+            return;
+        }
+        let mut buf = [0u8; 4096];
+        let mut line = Vec::new();
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            for &b in &buf[..n] {
+                line.push(b);
+                if b == b'\n' {
+                    if s.write_all(&line).is_err() {
+                        return;
+                    }
+                    line.clear();
+                }
+            }
+        }
+        let _ = s.shutdown(Shutdown::Write);
+    })
+}
+
+/// Reads from `s` until `want` has arrived (or fails saying what came).
+fn read_until(bin: Bin, s: &mut TcpStream, want: &[u8], what: &str) {
+    let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(want.len()).any(|w| w == want) {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => panic!(
+                "{bin}: {what}: waiting for {:?}, got {:?}",
+                String::from_utf8_lossy(want),
+                String::from_utf8_lossy(&got)
+            ),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// mapped TCP, smtp, nntp, pop3 and telnet services, each `via` a dante
+/// parent, reach a server named `localhost` through it: the server's
+/// greeting and echo come back, and each access line names the parent.
+fn gateways_through_a_parent(bin: Bin) {
+    let server = greeter();
+    let dest = format!("localhost:{}", server.port());
+    let parent = dante();
+    let (p, ports) =
+        start_on_free_ports(bin, 5, StartOptions::default(), |ports| {
+            let via = "via = \"up\"";
+            format!(
+            "{}\n[[parent]]\nname = \"up\"\nkind = \"socks5\"\naddresses = [\"{}\"]\n{}{}{}{}{}",
+            config_head("", ""),
+            parent.addr(),
+            service("map", "mapped", ports[0], &format!("destination = \"{dest}\"\n{via}")),
+            service("mail", "smtp", ports[1], &format!("destination = \"{dest}\"\n{via}")),
+            service("news", "nntp", ports[2], &format!("destination = \"{dest}\"\n{via}")),
+            service("pop", "pop3", ports[3], via),
+            service("tel", "telnet", ports[4], via),
+        )
+        });
+    for (i, name) in ["map", "mail", "news"].into_iter().enumerate() {
+        let mut c = connect(local(ports[i])).unwrap_or_else(|e| panic!("{bin}: {name}: {e}"));
+        read_until(bin, &mut c, GREETING, name);
+        c.write_all(b"PING one\r\n").expect("write");
+        read_until(bin, &mut c, b"PING one\r\n", name);
+        drop(c);
+    }
+    let mut c = connect(local(ports[3])).expect("pop3");
+    read_until(bin, &mut c, b"+OK", "pop3 greeting");
+    c.write_all(format!("USER alice#{dest}\r\n").as_bytes())
+        .expect("write");
+    // The server's answer to USER (an echo here) is relayed.
+    read_until(
+        bin,
+        &mut c,
+        b"USER alice\r\n",
+        "pop3 USER through the parent",
+    );
+    drop(c);
+    let mut c = connect(local(ports[4])).expect("telnet");
+    read_until(bin, &mut c, b"portico> ", "telnet prompt");
+    c.write_all(format!("connect localhost {}\r\n", server.port()).as_bytes())
+        .expect("write");
+    read_until(bin, &mut c, GREETING, "telnet through the parent");
+    c.write_all(b"PING two\r\n").expect("write");
+    read_until(bin, &mut c, b"PING two\r\n", "telnet echo");
+    drop(c);
+    for name in ["map", "mail", "news", "pop", "tel"] {
+        let a = p.expect_access(name, "a line via the parent", SHOW_LIMIT, |a| {
+            a.via.is_some()
+        });
+        assert_eq!(a.via.as_deref(), Some("up"), "{bin}: {name}: {a:?}");
+        assert_eq!(
+            a.destination,
+            parent.addr().to_string(),
+            "{bin}: {name}: {a:?}"
+        );
+        assert_eq!(a.err, None, "{bin}: {name}: {a:?}");
+    }
+}
+
+/// An FTP server (pyftpdlib) through a socks5 parent: the control
+/// connection and a passive download's data connection both go through
+/// the parent, to the server's name.
+fn ftp_through_a_parent(bin: Bin) {
+    let py = portico_tests::require_python_module(
+        "pyftpdlib",
+        "the PyPI package `pyftpdlib` (pip install pyftpdlib)",
+    );
+    let home = TempDir::new();
+    home.write("file.txt", "hello over ftp through a parent\n");
+    let ftp_port = free_port();
+    let script = "import sys\n\
+        from pyftpdlib.authorizers import DummyAuthorizer\n\
+        from pyftpdlib.handlers import FTPHandler\n\
+        from pyftpdlib.servers import FTPServer\n\
+        a = DummyAuthorizer(); a.add_user('alice', 'secret', sys.argv[2], perm='elr')\n\
+        FTPHandler.authorizer = a\n\
+        FTPServer(('127.0.0.1', int(sys.argv[1])), FTPHandler).serve_forever(timeout=0.5)\n";
+    let mut server = Command::new(&py)
+        .arg("-c")
+        .arg(script)
+        .arg(ftp_port.to_string())
+        .arg(home.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{bin}: cannot start pyftpdlib: {e}"));
+    let up = poll_until(START_LIMIT, Duration::from_millis(50), || {
+        connect(local(ftp_port)).ok()
+    });
+    let parent = dante();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert!(up.is_some(), "{bin}: pyftpdlib does not listen");
+        let (p, [gw]) = {
+            let (p, ports) = start_on_free_ports(bin, 1, StartOptions::default(), |ports| {
+                format!(
+                    "{}\n[[parent]]\nname = \"up\"\nkind = \"socks5\"\naddresses = [\"{}\"]\n{}",
+                    config_head("", ""),
+                    parent.addr(),
+                    service("files", "ftp", ports[0], "via = \"up\""),
+                )
+            });
+            (p, [local(ports[0])])
+        };
+        let user = format!("alice%40localhost%3A{ftp_port}");
+        let out = curl(bin, &[], &format!("ftp://{user}:secret@{gw}/file.txt"));
+        assert!(
+            out.status.success() && out.stdout == b"hello over ftp through a parent\n",
+            "{bin}: curl through the ftp gateway: {}",
+            out.text()
+        );
+        let data = p.expect_access("files", "the data connection", SHOW_LIMIT, |a| {
+            a.method == "FTP-DATA"
+        });
+        assert_eq!(data.via.as_deref(), Some("up"), "{bin}: {data:?}");
+        assert_eq!(
+            data.destination,
+            parent.addr().to_string(),
+            "{bin}: {data:?}"
+        );
+        let control = p.expect_access("files", "the control connection", SHOW_LIMIT, |a| {
+            a.method == "FTP"
+        });
+        assert_eq!(control.via.as_deref(), Some("up"), "{bin}: {control:?}");
+    }));
+    let _ = server.kill();
+    let _ = server.wait();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
+/// `send_proxy_protocol` puts a PROXY header first on every connection to
+/// the parent: squid with `require-proxy-header` serves through a parent
+/// that sends one, and refuses one that does not (parent-failed).
+fn send_proxy_protocol_to_squid(bin: Bin) {
+    let origin = Origin::start();
+    let parent = Parent::start(
+        "squid",
+        require("squid", "squid"),
+        Some(&|port, dir| {
+            format!(
+                "http_port 127.0.0.1:{port} require-proxy-header\n\
+                 proxy_protocol_access allow all\n\
+                 http_access allow all\n\
+                 cache deny all\n\
+                 cache_mem 1 MB\n\
+                 pid_filename none\n\
+                 access_log {dir}/access.log\n\
+                 cache_log {dir}/cache.log\n\
+                 cache_store_log none\n\
+                 coredump_dir {dir}\n\
+                 cache_effective_user proxy\n\
+                 shutdown_lifetime 0 seconds\n\
+                 pinger_enable off\n"
+            )
+        }),
+        &|_, dir| vec!["-N".into(), "-f".into(), format!("{dir}/squid.conf")],
+    );
+    for version in ["v1", "v2"] {
+        let (_p, [socks, _, _]) = portico(
+            bin,
+            &format!(
+                "kind = \"http\"\naddresses = [\"{}\"]\nsend_proxy_protocol = \"{version}\"",
+                parent.addr()
+            ),
+            &origin,
+        );
+        assert_hello(
+            bin,
+            &via_socks(bin, socks, &origin.url()),
+            &format!("through squid with a PROXY {version} header"),
+        );
+    }
+    let (p, [socks, _, _]) = portico(
+        bin,
+        &format!("kind = \"http\"\naddresses = [\"{}\"]", parent.addr()),
+        &origin,
+    );
+    let out = via_socks(bin, socks, &origin.url());
+    assert!(
+        !out.status.success(),
+        "{bin}: no PROXY header: {}",
+        out.text()
+    );
+    let a = line_for(&p, "socks", &format!("localhost:{}", origin.addr.port()));
+    assert_eq!(a.err.as_deref(), Some("parent-failed"), "{bin}: {a:?}");
+}
+
+both!(
+    gateways_through_a_parent,
+    ftp_through_a_parent,
+    send_proxy_protocol_to_squid,
+);

@@ -277,6 +277,7 @@ impl Session {
                         token: port.token,
                         accept_from: port.accept_from,
                         connect_to: port.connect_to,
+                        via_host: self.data_via_host(port.connect_to),
                     };
                     cx.listeners
                         .open_data(self.service, port.bind, data, &mut cx.actions);

@@ -420,6 +420,42 @@ impl Session {
         self.parent_next(cx);
     }
 
+    /// An FTP data port toward `to`, opened by this control connection:
+    /// when the control connection went through a parent and `to` is the
+    /// server's side (the parent's address, as the control machine saw
+    /// it), the server's name as the parent was asked for it.
+    pub(super) fn data_via_host(&self, to: SocketAddr) -> Option<String> {
+        let leg = self.parent.as_ref().filter(|l| l.done)?;
+        if Some(to.ip()) != self.upstream.addr.map(|a| a.ip()) {
+            return None;
+        }
+        Some(match &leg.target {
+            Target::Name(h, _) => h.clone(),
+            Target::Addr(a) => a.ip().to_string(),
+        })
+    }
+
+    /// An FTP data connection's way out: to `to`, or (`via_host`, see
+    /// [`Session::data_via_host`]) through the parent the rules pick for
+    /// that name and `to`'s port.
+    pub(crate) fn connect_data(
+        &mut self,
+        to: SocketAddr,
+        via_host: Option<String>,
+        cx: &mut Context,
+    ) {
+        if let Some(h) = via_host {
+            let target = match h.parse::<std::net::IpAddr>() {
+                Ok(ip) => Target::Addr(SocketAddr::new(ip, to.port())),
+                Err(_) => Target::Name(h, to.port()),
+            };
+            if let Some((p, v)) = self.route(&target, cx) {
+                return self.via_parent(p, v, target, cx);
+            }
+        }
+        self.connect(to, cx);
+    }
+
     /// The access log's `via=`: the parent the current request went
     /// through.
     pub(super) fn via_name(&self) -> Option<String> {
