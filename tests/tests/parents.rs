@@ -561,7 +561,8 @@ fn plain_requests_through_squid_keep_alive(bin: Bin) {
         "{bin}: squid logged both requests:\n{}",
         parent.logs()
     );
-    // One connection from Portico to squid carried both.
+    // One connection from Portico to squid carried the two requests to
+    // the origin.
     expect_metric(
         bin,
         status,
@@ -570,6 +571,17 @@ fn plain_requests_through_squid_keep_alive(bin: Bin) {
             parent.addr()
         ),
         "1",
+    );
+    // Squid's own answer (its error page for a dead origin) is the answer.
+    let dead = format!("http://localhost:{}/hello", free_port());
+    let out = curl(bin, &["-x", &format!("http://{web}"), "-i"], &dead);
+    let text = out.stdout_text();
+    assert!(
+        text.starts_with("HTTP/1.1 503")
+            && text.contains("X-Squid-Error:")
+            && !text.contains("Portico-Error"),
+        "{bin}: squid's 503 unchanged: {}",
+        out.text()
     );
 }
 
@@ -712,6 +724,29 @@ fn tinyproxy_demands_credentials(bin: Bin) {
         "CONNECT via tinyproxy",
     );
     assert_hello(bin, &via_http(bin, web, &origin.url()), "GET via tinyproxy");
+
+    // Wrong credentials: tinyproxy answers a plain request 401, which is
+    // not a 407: it goes to the client unchanged.
+    let (p, [_, web, _]) = portico(
+        bin,
+        &format!(
+            "kind = \"http\"\naddresses = [\"{}\"]\nuser = \"gw\"\npassword = \"wrong\"",
+            parent.addr()
+        ),
+        &origin,
+    );
+    let out = curl(bin, &["-x", &format!("http://{web}"), "-i"], &origin.url());
+    let text = out.stdout_text();
+    assert!(
+        text.starts_with("HTTP/1.1 401")
+            && text.contains("Server: tinyproxy")
+            && !text.contains("Portico-Error"),
+        "{bin}: tinyproxy's 401 unchanged: {}",
+        out.text()
+    );
+    let a = line_for(&p, "web", &origin.url());
+    assert_eq!(a.err, None, "{bin}: {a:?}");
+    assert_eq!(a.status, "401", "{bin}: {a:?}");
 
     let (p, [socks, web, _]) = portico(
         bin,
@@ -1058,3 +1093,116 @@ both!(
     ftp_through_a_parent,
     send_proxy_protocol_to_squid,
 );
+
+// ---------------------------------------------------------------------------
+// A parent that demands credentials Portico holds wrong.
+
+/// Squid with Basic authentication over an htpasswd file (user gw,
+/// password pw), checked by its own basic_ncsa_auth.
+fn squid_with_login() -> Parent {
+    let mut cmd = Command::new(require("openssl", "openssl"));
+    cmd.args(["passwd", "-apr1", "-stdin"]);
+    let out = run_tool("openssl passwd", cmd, Some(b"pw"), TOOL_LIMIT);
+    assert!(out.status.success(), "openssl passwd: {}", out.text());
+    let line = format!("gw:{}\n", out.stdout_text().trim());
+    let ncsa = "/usr/lib/squid/basic_ncsa_auth";
+    assert!(
+        std::path::Path::new(ncsa).exists(),
+        "{ncsa} is missing: this test needs the Debian package squid"
+    );
+    Parent::start(
+        "squid",
+        require("squid", "squid"),
+        Some(&|port, dir| {
+            std::fs::write(format!("{dir}/htpasswd"), &line)
+                .unwrap_or_else(|e| panic!("write {dir}/htpasswd: {e}"));
+            format!(
+                "http_port 127.0.0.1:{port}\n\
+                 auth_param basic program {ncsa} {dir}/htpasswd\n\
+                 auth_param basic realm parent\n\
+                 acl authed proxy_auth REQUIRED\n\
+                 http_access allow authed\n\
+                 http_access deny all\n\
+                 cache deny all\n\
+                 cache_mem 1 MB\n\
+                 pid_filename none\n\
+                 access_log {dir}/access.log\n\
+                 cache_log {dir}/cache.log\n\
+                 cache_store_log none\n\
+                 coredump_dir {dir}\n\
+                 cache_effective_user proxy\n\
+                 shutdown_lifetime 0 seconds\n\
+                 pinger_enable off\n"
+            )
+        }),
+        &|_, dir| vec!["-N".into(), "-f".into(), format!("{dir}/squid.conf")],
+    )
+}
+
+/// Squid demands a login: with Portico's user and password right, plain
+/// requests (absolute form with Proxy-Authorization) and CONNECT work;
+/// with them wrong, squid's 407 becomes 502 parent-failed for a plain
+/// request, and CONNECT fails parent-failed too.
+fn squid_demands_credentials(bin: Bin) {
+    let origin = Origin::start();
+    let parent = squid_with_login();
+    let (_p, [socks, web, _]) = portico(
+        bin,
+        &format!(
+            "kind = \"http\"\naddresses = [\"{}\"]\nuser = \"gw\"\npassword = \"pw\"",
+            parent.addr()
+        ),
+        &origin,
+    );
+    assert_hello(
+        bin,
+        &via_http(bin, web, &origin.url()),
+        "GET via squid with a login",
+    );
+    assert_hello(
+        bin,
+        &via_connect(bin, web, &origin.url()),
+        "CONNECT via squid with a login",
+    );
+    assert_hello(
+        bin,
+        &via_socks(bin, socks, &origin.url()),
+        "socks via squid with a login",
+    );
+
+    let (p, [_, web, _]) = portico(
+        bin,
+        &format!(
+            "kind = \"http\"\naddresses = [\"{}\"]\nuser = \"gw\"\npassword = \"wrong\"",
+            parent.addr()
+        ),
+        &origin,
+    );
+    let out = curl(bin, &["-x", &format!("http://{web}"), "-i"], &origin.url());
+    let text = out.stdout_text();
+    assert!(
+        text.starts_with("HTTP/1.1 502") && text.contains("Portico-Error: parent-failed"),
+        "{bin}: squid's 407 for Portico's credentials: {}",
+        out.text()
+    );
+    let a = line_for(&p, "web", &origin.url());
+    assert_eq!(a.err.as_deref(), Some("parent-failed"), "{bin}: {a:?}");
+    assert_eq!(a.status, "502", "{bin}: {a:?}");
+    let out = curl(
+        bin,
+        &["-p", "-x", &format!("http://{web}"), "-v"],
+        &origin.url(),
+    );
+    assert!(
+        !out.status.success()
+            && out.stderr.contains("502")
+            && out
+                .stderr
+                .to_ascii_lowercase()
+                .contains("portico-error: parent-failed"),
+        "{bin}: CONNECT with wrong credentials: {}",
+        out.text()
+    );
+}
+
+both!(squid_demands_credentials);
