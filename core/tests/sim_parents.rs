@@ -153,7 +153,7 @@ fn parent(kind: Kind, refuse: Option<u8>, seen: Seen) -> Box<dyn Behavior> {
             }
             if stage == 9 {
                 // Payload that came with the handshake's last step.
-                out.extend(buf.drain(..));
+                out.append(&mut buf);
             }
             (out, false)
         }),

@@ -99,6 +99,9 @@ fn serve(mut s: TcpStream, requests: &AtomicU64) -> io::Result<()> {
 // ---------------------------------------------------------------------------
 // The parents.
 
+/// Makes a parent's configuration for its port and directory.
+type Writer<'a> = dyn Fn(u16, &str) -> String + 'a;
+
 /// A parent proxy process, stopped when dropped.
 struct Parent {
     what: &'static str,
@@ -114,7 +117,7 @@ impl Parent {
     fn start(
         what: &'static str,
         program: std::path::PathBuf,
-        conf: Option<&dyn Fn(u16, &str) -> String>,
+        conf: Option<&Writer<'_>>,
         args: &dyn Fn(u16, &str) -> Vec<String>,
     ) -> Parent {
         let dir = TempDir::new();
