@@ -1209,3 +1209,116 @@ fn squid_demands_credentials(bin: Bin) {
 }
 
 both!(squid_demands_credentials);
+
+// ---------------------------------------------------------------------------
+// Rules, reloads and picking.
+
+/// A rule's `via` wins over the service's: `via = "direct"` on a rule
+/// bypasses the service's dead parent; after a reload a rule sends a
+/// service without `via` through a parent that works.
+fn rules_via_and_reload(bin: Bin) {
+    let origin = Origin::start();
+    let parent = dante();
+    let dead = local(free_port());
+    let by_address = format!("http://127.0.0.1:{}/hello", origin.addr.port());
+    let config = |socks: u16, parent_at: SocketAddr, service_via: &str, rule_via: (&str, &str)| {
+        format!(
+            "{}\n[[parent]]\nname = \"up\"\nkind = \"socks5\"\naddresses = [\"{parent_at}\"]\n{}\
+             [[rule]]\naction = \"allow\"\ndestinations = [\"{}\"]\nvia = \"{}\"\n\
+             [[rule]]\naction = \"allow\"\n",
+            config_head("", ""),
+            service("socks", "socks", socks, service_via),
+            rule_via.0,
+            rule_via.1,
+        )
+    };
+    let (mut p, ports) = start_on_free_ports(bin, 1, StartOptions::default(), |ports| {
+        config(ports[0], dead, "via = \"up\"", ("127.0.0.1", "direct"))
+    });
+    let socks = local(ports[0]);
+    assert_hello(
+        bin,
+        &via_socks(bin, socks, &by_address),
+        "a rule's via = direct",
+    );
+    let a = line_for(&p, "socks", &format!("127.0.0.1:{}", origin.addr.port()));
+    assert_eq!((a.via.as_deref(), a.rule), (None, Some(1)), "{bin}: {a:?}");
+    assert_eq!(a.destination, origin.addr.to_string(), "{bin}: {a:?}");
+    let out = via_socks(bin, socks, &origin.url());
+    assert!(
+        !out.status.success(),
+        "{bin}: the service's dead parent: {}",
+        out.text()
+    );
+    let a = line_for(&p, "socks", &format!("localhost:{}", origin.addr.port()));
+    assert_eq!(a.err.as_deref(), Some("parent-failed"), "{bin}: {a:?}");
+    assert_eq!(
+        (a.via.as_deref(), a.rule),
+        (Some("up"), Some(2)),
+        "{bin}: {a:?}"
+    );
+
+    // Reload: no via on the service, a rule sends localhost through dante.
+    std::fs::write(
+        p.config_path(),
+        config(ports[0], parent.addr(), "", ("localhost", "up")),
+    )
+    .expect("rewrite the configuration");
+    p.signal(libc::SIGHUP);
+    let served = poll_until(SHOW_LIMIT, Duration::from_millis(100), || {
+        let out = via_socks(bin, socks, &origin.url());
+        (out.status.success() && out.stdout == HELLO).then_some(())
+    });
+    assert!(
+        served.is_some(),
+        "{bin}: after the reload:\n{}",
+        p.stderr_text()
+    );
+    let a = p.expect_access("socks", "a line through dante", SHOW_LIMIT, |a| {
+        a.destination == parent.addr().to_string()
+    });
+    assert_eq!(
+        (a.via.as_deref(), a.rule),
+        (Some("up"), Some(1)),
+        "{bin}: {a:?}"
+    );
+    assert_hello(
+        bin,
+        &via_socks(bin, socks, &by_address),
+        "no via after the reload",
+    );
+    let direct = p.expect_access("socks", "a direct line after the reload", SHOW_LIMIT, |a| {
+        a.target == format!("127.0.0.1:{}", origin.addr.port()) && a.rule == Some(2)
+    });
+    assert_eq!(direct.via, None, "{bin}: {direct:?}");
+    let _ = &mut p;
+}
+
+/// `pick = "round-robin"` takes turns per new connection between two
+/// parents, one of them listed by name.
+fn round_robin_takes_turns(bin: Bin) {
+    let origin = Origin::start();
+    let (a, b) = (dante(), dante());
+    let (p, [socks, _, _]) = portico(
+        bin,
+        &format!(
+            "kind = \"socks5\"\naddresses = [\"{}\", \"localhost:{}\"]\npick = \"round-robin\"",
+            a.addr(),
+            b.port
+        ),
+        &origin,
+    );
+    for i in 0..4 {
+        assert_hello(
+            bin,
+            &via_socks(bin, socks, &origin.url()),
+            &format!("connection {i}"),
+        );
+    }
+    let lines = p.expect_access_lines("socks", 4, SHOW_LIMIT, |l| l.via.is_some());
+    let peers: Vec<String> = lines.iter().map(|l| l.destination.clone()).collect();
+    let (pa, pb) = (a.addr().to_string(), b.addr().to_string());
+    assert_eq!(peers, [pa.as_str(), &pb, &pa, &pb], "{bin}: {lines:?}");
+}
+
+both!(rules_via_and_reload, round_robin_takes_turns);

@@ -64,6 +64,8 @@ pub(crate) struct Leg {
     /// Plain HTTP requests to an http parent: no handshake, the heads go
     /// in absolute form.
     plain: bool,
+    /// The current address's name resolved to these too, not tried yet.
+    resolved: Vec<SocketAddr>,
 }
 
 impl Session {
@@ -146,6 +148,7 @@ impl Session {
             fwd,
             extra: 0,
             plain,
+            resolved: Vec::new(),
         }));
         self.upstream.untried.clear();
         self.parent_next(cx);
@@ -198,13 +201,16 @@ impl Session {
         self.phase == Phase::Resolving && self.parent.as_ref().is_some_and(|l| !l.done)
     }
 
-    /// The parent's address resolved to `addrs`: the first is used (a
-    /// parent listed by name is one address; list each for failover).
+    /// The parent's address resolved to `addrs`: tried in order, as one
+    /// address of the parent (one failure when none connects).
     pub(super) fn parent_resolved(&mut self, addrs: &[SocketAddr], cx: &mut Context) {
-        match addrs.first() {
-            Some(a) => self.parent_connect(*a, cx),
-            None => self.parent_attempt_failed(Attempt::Refused, "its name did not resolve", cx),
+        let Some((first, rest)) = addrs.split_first() else {
+            return self.parent_attempt_failed(Attempt::Refused, "its name did not resolve", cx);
+        };
+        if let Some(leg) = self.parent.as_mut() {
+            leg.resolved = rest.to_vec();
         }
+        self.parent_connect(*first, cx)
     }
 
     /// Connects to a parent's address, with its PROXY header and the
@@ -300,6 +306,18 @@ impl Session {
     /// The connect to the parent's address failed.
     pub(super) fn parent_connect_failed(&mut self, error: IoKind, cx: &mut Context) {
         self.upstream.open = false;
+        // Another address of the same name first.
+        if let Some(next) = self
+            .parent
+            .as_mut()
+            .and_then(|l| (!l.resolved.is_empty()).then(|| l.resolved.remove(0)))
+        {
+            if let Some(b) = self.down.buf.as_mut() {
+                let k = b.data().len();
+                b.consume(k);
+            }
+            return self.parent_connect(next, cx);
+        }
         let result = match error {
             IoKind::TimedOut => Attempt::Timeout,
             _ => Attempt::Refused,
@@ -405,6 +423,7 @@ impl Session {
         }
         leg.handshake = None;
         leg.current = None;
+        leg.resolved.clear();
         if self.upstream.open {
             self.close_upstream(cx);
         }
