@@ -343,3 +343,106 @@ fn parent_refusals_in_each_protocol() {
         assert_eq!(sim.client_of(c).received.get(..2), Some(&[0u8, 0x5B][..]));
     });
 }
+
+/// An http parent answering each request head with `answer`, recording
+/// the heads.
+fn http_parent(answer: &'static [u8], seen: Seen) -> Box<dyn Behavior> {
+    let heads: fn(&[u8]) -> Option<usize> = |b| find(b, b"\r\n\r\n").map(|i| i + 4);
+    replies(
+        b"",
+        heads,
+        Box::new(move |head, _| {
+            seen.borrow_mut().extend_from_slice(head);
+            (answer.to_vec(), false)
+        }),
+    )
+}
+
+/// Plain requests through an http parent: absolute form with the
+/// parent's credentials, two over one kept-alive connection; a 407 from
+/// the parent for Portico's own credentials is a 502 parent-failed.
+#[test]
+fn plain_http_through_an_http_parent() {
+    seeds("plain_http_through_an_http_parent", |seed| {
+        let text = format!(
+            "[network]\ninternal = [\"127.0.0.1\"]\n[log]\naccess = \"stderr\"\n\
+             {}\n[[service]]\nname = \"web\"\nkind = \"http\"\nlisten = [\"127.0.0.1:{SOCKS}\"]\n\
+             via = \"up\"\n",
+            parents_toml(Kind::Http, &[PARENT], "")
+        );
+        let mut sim = Sim::new("plain", seed, portico_core::sim::parse(&text));
+        sim.vary_chops();
+        let seen: Seen = Rc::default();
+        let s = seen.clone();
+        let ok: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        sim.server(local(PARENT), move || http_parent(ok, s.clone()));
+        let req = |path: &str| {
+            format!("GET http://example.test/{path} HTTP/1.1\r\nHost: example.test\r\n\r\n")
+                .into_bytes()
+        };
+        let c = sim.client(
+            local(SOCKS),
+            Duration::ZERO,
+            script(vec![
+                Op::Send(req("a")),
+                Op::Await(b"\r\n\r\nok".to_vec()),
+                Op::Send(req("b")),
+                Op::Await(b"\r\n\r\nok".to_vec()),
+                Op::Shut,
+                Op::AwaitEof,
+            ]),
+        );
+        sim.run();
+        let seen = String::from_utf8_lossy(&seen.borrow()).into_owned();
+        for path in ["a", "b"] {
+            let want = format!(
+                "GET http://example.test/{path} HTTP/1.1\r\n\
+                 Proxy-Authorization: Basic Z3c6cHc=\r\nHost: example.test\r\n"
+            );
+            assert!(seen.contains(&want), "the parent saw {seen:?}");
+        }
+        assert_eq!(
+            sim.connects_of(c),
+            [local(PARENT)],
+            "one kept-alive connection"
+        );
+        let recs = sim.access_of(sim.client_of(c).addr);
+        assert_eq!(recs.len(), 2, "{recs:?}");
+        for r in recs {
+            assert_eq!((r.status.as_str(), r.via.as_deref()), ("200", Some("up")));
+            assert_eq!(r.destination, Some(local(PARENT)));
+        }
+        sim.rt.assert_empty();
+        sim.assert_quiet();
+
+        // A 407 for the credentials Portico holds.
+        let mut sim = Sim::new("plain407", seed, portico_core::sim::parse(&text));
+        sim.vary_chops();
+        let denied: &[u8] =
+            b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n";
+        sim.server(local(PARENT), move || http_parent(denied, Rc::default()));
+        let c = sim.client(
+            local(SOCKS),
+            Duration::ZERO,
+            script(vec![
+                Op::Send(req("a")),
+                Op::Await(b"\r\n\r\n".to_vec()),
+                Op::Shut,
+                Op::AwaitEof,
+            ]),
+        );
+        sim.run();
+        let got = String::from_utf8_lossy(&sim.client_of(c).received).into_owned();
+        assert!(
+            got.starts_with("HTTP/1.1 502") && got.contains("Portico-Error: parent-failed"),
+            "{got:?}"
+        );
+        let r = sim.record_of(c).expect("an access record");
+        assert_eq!(
+            r.error.map(|e| e.to_string()).as_deref(),
+            Some("parent-failed")
+        );
+        sim.rt.assert_empty();
+        sim.assert_quiet();
+    });
+}

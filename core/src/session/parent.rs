@@ -178,8 +178,17 @@ impl Session {
         leg.tried.push(a);
         leg.current = Some(a);
         leg.handshake = None;
-        let conf = &cx.config.parents[leg.parent];
-        let dest = conf.addresses[a].1.clone();
+        // (pick answers only for a parent and address the configuration
+        // has: this is not reached.)
+        let Some((_, dest)) = cx
+            .config
+            .parents
+            .get(leg.parent)
+            .and_then(|c| c.addresses.get(a))
+            .cloned()
+        else {
+            return self.fail(Failure::Parent(None), cx);
+        };
         match dest.host {
             Host::Ip(ip) => self.parent_connect(SocketAddr::new(ip, dest.port), cx),
             Host::Name(host) => {
@@ -219,7 +228,10 @@ impl Session {
         let Some(leg) = self.parent.as_mut() else {
             return;
         };
-        let conf = &cx.config.parents[leg.parent];
+        let Some(conf) = cx.config.parents.get(leg.parent) else {
+            // A reload took the parent away meanwhile.
+            return self.fail(Failure::Parent(None), cx);
+        };
         let mut first = Vec::new();
         if let Some(v) = conf.send_proxy_protocol {
             crate::proxy_protocol::encode(proxy_version(v), self.client, self.local, &mut first);
@@ -413,9 +425,14 @@ impl Session {
                 .lock()
                 .parents
                 .record(&cx.config.parents, p, a, result, cx.now);
-            let conf = &cx.config.parents[p];
-            let (name, address) = (conf.name.clone(), conf.addresses[a].0.clone());
-            let svc = cx.services[self.service].name.clone();
+            let address = cx
+                .config
+                .parents
+                .get(p)
+                .and_then(|c| c.addresses.get(a))
+                .map(|(w, _)| w.clone())
+                .unwrap_or_default();
+            let (svc, name) = (cx.services[self.service].name.clone(), leg.name.clone());
             let client = self.client;
             cx.log(Level::Debug, || {
                 format!("{svc}: {client}: parent '{name}' at {address} failed: {why}")
