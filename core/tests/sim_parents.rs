@@ -14,6 +14,12 @@
 //! - `parent_refusals_in_each_protocol`: a parent that says no: SOCKS5 gets
 //!   the SOCKS5 parent's own code (or 0x01), SOCKS4 0x5B, with
 //!   `err=parent-failed`.
+//! - `plain_http_through_an_http_parent`: plain requests go to an http
+//!   parent in absolute form with `Proxy-Authorization`, two over one
+//!   kept-alive connection; a 407 for Portico's credentials is a 502.
+//! - `silent_parents_time_out_and_the_next_serves`: a connect that hangs
+//!   (`connect_timeout`) and a parent that never answers
+//!   (`handshake_timeout`) each count a timeout and are marked down.
 //!
 //! Replay a seed: `PORTICO_SIM_SEED=N cargo test -p portico-core --test
 //! sim_parents NAME`.
@@ -41,9 +47,14 @@ fn seeds(name: &str, f: impl Fn(u64)) {
 }
 
 fn world(name: &str, seed: u64, parents: &str) -> Sim {
+    world_with(name, seed, parents, "")
+}
+
+/// [`world`] with more `[limits]` lines.
+fn world_with(name: &str, seed: u64, parents: &str, limits: &str) -> Sim {
     let text = format!(
         "[network]\ninternal = [\"127.0.0.1\"]\n\
-         [limits]\nbuffer = 4096\n\
+         [limits]\nbuffer = 4096\n{limits}\n\
          [log]\naccess = \"stderr\"\n\
          {parents}\n\
          [[service]]\nname = \"socks\"\nkind = \"socks\"\nlisten = [\"127.0.0.1:{SOCKS}\"]\n\
@@ -442,6 +453,44 @@ fn plain_http_through_an_http_parent() {
             r.error.map(|e| e.to_string()).as_deref(),
             Some("parent-failed")
         );
+        sim.rt.assert_empty();
+        sim.assert_quiet();
+    });
+}
+
+/// A parent address whose connect hangs (connect_timeout) and one that
+/// accepts and never answers (handshake_timeout) each cost one timeout and
+/// are marked down; the third address serves.
+#[test]
+fn silent_parents_time_out_and_the_next_serves() {
+    seeds("silent_parents_time_out_and_the_next_serves", |seed| {
+        const HOLE: u16 = 3777;
+        let extra = "down_after = 1\n";
+        let text = parents_toml(Kind::Socks5, &[HOLE, PARENT, PARENT2], extra);
+        let limits = "connect_timeout = \"2s\"\nhandshake_timeout = \"3s\"";
+        let mut sim = world_with("silent", seed, &text, limits);
+        sim.net.blackholes.insert(local(HOLE));
+        sim.server(local(PARENT), || script(vec![Op::AwaitEof]));
+        sim.server(local(PARENT2), || parent(Kind::Socks5, None, Rc::default()));
+        let c = sim.client(local(SOCKS), Duration::ZERO, socks5_client(b"late", None));
+        sim.run();
+        assert_eq!(
+            sim.connects_of(c),
+            [local(HOLE), local(PARENT), local(PARENT2)]
+        );
+        assert_eq!(sim.client_of(c).received[12..], *b"late");
+        let metrics = portico_core::sim::metrics(&sim.rt.snapshot());
+        for port in [HOLE, PARENT] {
+            for want in [
+                format!("portico_parent_up{{parent=\"up\",address=\"127.0.0.1:{port}\"}} 0"),
+                format!(
+                    "portico_parent_connects_total{{parent=\"up\",address=\"127.0.0.1:{port}\",\
+                     result=\"timeout\"}} 1"
+                ),
+            ] {
+                assert!(metrics.contains(&want), "{want}:\n{metrics}");
+            }
+        }
         sim.rt.assert_empty();
         sim.assert_quiet();
     });
