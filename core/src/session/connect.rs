@@ -149,6 +149,8 @@ impl Session {
     pub(super) fn request(&mut self, target: Target, user: Option<String>, cx: &mut Context) {
         self.user = user;
         self.target = target.to_string();
+        // A new request: no parent yet.
+        self.parent = None;
         if let Some(f) = self.refusal {
             return self.fail(f, cx);
         }
@@ -158,7 +160,6 @@ impl Session {
             return self.fail(f, cx);
         }
         // Through a parent (`via`): the name is not resolved here.
-        self.parent = None;
         if let Some((p, v)) = self.route(&target, cx) {
             return self.via_parent(p, v, target, cx);
         }
