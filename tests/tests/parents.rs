@@ -1322,3 +1322,106 @@ fn round_robin_takes_turns(bin: Bin) {
 }
 
 both!(rules_via_and_reload, round_robin_takes_turns);
+
+/// Every gateway says parent-failed in its own words for an unreachable
+/// server when its parent's only address is dead; a mapped port just
+/// closes; each line says `err=parent-failed via=up` (telnet's prompt
+/// comes back instead).
+fn gateways_say_parent_failed(bin: Bin) {
+    let dead = local(free_port());
+    let dest = format!("localhost:{}", free_port());
+    let (p, ports) = start_on_free_ports(bin, 6, StartOptions::default(), |ports| {
+        let via = "via = \"up\"";
+        format!(
+            "{}\n[[parent]]\nname = \"up\"\nkind = \"socks5\"\naddresses = [\"{dead}\"]\n\
+             {}{}{}{}{}{}",
+            config_head("", ""),
+            service(
+                "map",
+                "mapped",
+                ports[0],
+                &format!("destination = \"{dest}\"\n{via}")
+            ),
+            service(
+                "mail",
+                "smtp",
+                ports[1],
+                &format!("destination = \"{dest}\"\n{via}")
+            ),
+            service(
+                "news",
+                "nntp",
+                ports[2],
+                &format!("destination = \"{dest}\"\n{via}")
+            ),
+            service("pop", "pop3", ports[3], via),
+            service("tel", "telnet", ports[4], via),
+            service("files", "ftp", ports[5], via),
+        )
+    });
+    let mut c = connect(local(ports[0])).expect("mapped");
+    let _ = c.set_read_timeout(Some(IO_TIMEOUT));
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest);
+    assert!(
+        rest.is_empty(),
+        "{bin}: mapped closes without a word: {rest:?}"
+    );
+    for (i, words) in [
+        (
+            1,
+            &b"421 4.3.0 mail server unavailable, try again later\r\n"[..],
+        ),
+        (2, b"400 news server unavailable\r\n"),
+    ] {
+        let mut c = connect(local(ports[i])).expect("connect");
+        read_until(bin, &mut c, words, "the gateway's words");
+    }
+    let mut c = connect(local(ports[3])).expect("pop3");
+    read_until(bin, &mut c, b"+OK", "pop3 greeting");
+    c.write_all(format!("USER alice#{dest}\r\n").as_bytes())
+        .expect("write");
+    read_until(
+        bin,
+        &mut c,
+        format!("-ERR cannot reach mail server {dest}\r\n").as_bytes(),
+        "pop3",
+    );
+    let mut c = connect(local(ports[4])).expect("telnet");
+    read_until(bin, &mut c, b"portico> ", "telnet prompt");
+    c.write_all(format!("connect {}\r\n", dest.replace(':', " ")).as_bytes())
+        .expect("write");
+    read_until(
+        bin,
+        &mut c,
+        format!("cannot connect to {dest}: parent proxy failed").as_bytes(),
+        "telnet",
+    );
+    drop(c);
+    let mut c = connect(local(ports[5])).expect("ftp");
+    read_until(bin, &mut c, b"220 ", "ftp greeting");
+    c.write_all(format!("USER alice@{dest}\r\n").as_bytes())
+        .expect("write");
+    read_until(
+        bin,
+        &mut c,
+        format!("421 cannot reach ftp server {dest}\r\n").as_bytes(),
+        "ftp",
+    );
+    // The telnet gateway prompted again: its line says how the session
+    // ended (the client left), as for a direct try that failed.
+    let a = p.expect_access("tel", "the telnet line", SHOW_LIMIT, |_| true);
+    assert_eq!((&a.err, &a.via), (&None, &None), "{bin}: {a:?}");
+    for name in ["map", "mail", "news", "pop", "files"] {
+        let a = p.expect_access(name, "a parent-failed line", SHOW_LIMIT, |a| {
+            a.err.is_some()
+        });
+        assert_eq!(
+            (a.err.as_deref(), a.via.as_deref(), a.status.as_str()),
+            (Some("parent-failed"), Some("up"), "parent-failed"),
+            "{bin}: {name}: {a:?}"
+        );
+    }
+}
+
+both!(gateways_say_parent_failed);

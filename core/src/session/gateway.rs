@@ -324,6 +324,7 @@ impl Session {
             self.cause = None;
             self.phase = Phase::Talking;
             self.upstream.addr = None;
+            self.parent = None;
             self.upstream.untried.clear();
             self.close_upstream(cx);
             return self.client_bytes(cx);
