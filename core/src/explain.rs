@@ -182,8 +182,19 @@ pub fn explain(
     // As the proxy does: a name is resolved only when the verdict could
     // depend on its address, and goes to the first address allowed (or,
     // none allowed, is denied as its first address is).
+    // As the proxy does: through a parent (the rule's via, else the
+    // service's) the name is not resolved, and the rules see it as named.
+    let parent = match (&dest, rules::check(&config.rules, &query, q.wall)) {
+        (None, _) => None,
+        (Some(_), Verdict::Allow { rule: Some(i), .. }) => config.rules[i].via.or(service.via),
+        (Some(_), _) => service.via,
+    }
+    .and_then(|v| match v {
+        crate::config::Via::Parent(p) => config.parents.get(p),
+        crate::config::Via::Direct => None,
+    });
     let mut resolved = None;
-    if let (Some(h), Some(port)) = (host, query.port) {
+    if let (Some(h), Some(port), None) = (host, query.port, parent) {
         if rules::check_by_name(&config.rules, &query, q.wall).is_none() {
             let line = match resolve(h, port) {
                 Ok(addrs) if !addrs.is_empty() => {
@@ -226,9 +237,22 @@ pub fn explain(
         None => out.push_str("rule: none (no rule matched: a request no rule matches is denied)\n"),
     }
     if allowed {
-        // Upstream proxies are not part of this version: what would
-        // choose one has nothing to choose from.
-        out.push_str("parent: none\n");
+        match parent {
+            Some(p) => {
+                let _ = writeln!(
+                    out,
+                    "parent: {} ({}, {}; the destination goes to it as named)",
+                    p.name,
+                    p.kind.name(),
+                    p.addresses
+                        .iter()
+                        .map(|(w, _)| w.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+            }
+            None => out.push_str("parent: none\n"),
+        }
         match rate {
             Some(r) => {
                 let _ = writeln!(out, "rate: {r} bytes/s each way");
@@ -591,6 +615,30 @@ mod tests {
         let lo = "[[rule]]\naction = \"deny\"\ndestinations = [\"127.0.0.0/8\"]\n\
                   [[rule]]\naction = \"allow\"\n";
         assert!(!ask(lo, &question(Some("0.0.0.0:80"))).allowed);
+    }
+
+    #[test]
+    fn names_the_parent_and_does_not_resolve() {
+        let parents = "[[parent]]\nname = \"corp\"\nkind = \"socks5\"\n\
+                       addresses = [\"10.0.0.8:1080\"]\n";
+        let text = format!(
+            "{parents}[[rule]]\naction = \"deny\"\ndestinations = [\"10.0.0.0/8\"]\n\
+             [[rule]]\naction = \"allow\"\ndestinations = [\"*.example.com\"]\nvia = \"corp\"\n\
+             [[rule]]\naction = \"allow\"\n"
+        );
+        let a = ask(&text, &question(Some("www.example.com:443")));
+        assert!(a.allowed, "{}", a.text);
+        assert!(
+            a.text.contains("rule: 2 at")
+                && a.text.contains(
+                    "parent: corp (socks5, 10.0.0.8:1080; the destination goes to it as named)"
+                )
+                && !a.text.contains("resolved:"),
+            "{}",
+            a.text
+        );
+        let a = ask(&text, &question(Some("other.test:443")));
+        assert!(a.text.contains("parent: none"), "{}", a.text);
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct Counts {
     pub per_user: HashMap<String, u32>,
     /// The byte quotas' counts.
     pub quotas: crate::quota::Book,
+    /// The parent proxies' addresses: up or down, and their connects.
+    pub parents: crate::parent::Registry,
 }
 
 impl Counts {

@@ -49,14 +49,17 @@ pub struct AccessRecord {
     /// `[[rule]]` that allowed or denied it: ` rule=N` after `err=` (JSON
     /// `"rule"`), only when a rule decided.
     pub rule: Option<u32>,
+    /// The parent proxy it went through (`via`): ` via=NAME` after
+    /// `rule=` (JSON `"via"`), only when there was one.
+    pub via: Option<String>,
     /// A SOCKS UDP association's datagram counts: ` datagrams_up=N
     /// datagrams_down=N dropped=N` right after the duration (JSON
     /// `"datagrams_up"`, `"datagrams_down"`, `"dropped"`).
     pub datagrams: Option<DatagramCounts>,
 }
 
-// By hand so that a record without datagram counts reads as it always has
-// (recorded traces compare these lines).
+// By hand so that a record without datagram counts or a parent reads as
+// it always has (recorded traces compare these lines).
 impl std::fmt::Debug for AccessRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut d = f.debug_struct("AccessRecord");
@@ -74,6 +77,9 @@ impl std::fmt::Debug for AccessRecord {
             .field("rule", &self.rule);
         if let Some(c) = &self.datagrams {
             d.field("datagrams", c);
+        }
+        if let Some(v) = &self.via {
+            d.field("via", v);
         }
         d.finish()
     }
@@ -112,6 +118,9 @@ impl AccessRecord {
                 }
                 if let Some(n) = self.rule {
                     let _ = write!(s, " rule={n}");
+                }
+                if let Some(v) = &self.via {
+                    let _ = write!(s, " via={}", text_field(v));
                 }
                 s
             }
@@ -158,6 +167,10 @@ impl AccessRecord {
                 }
                 if let Some(n) = self.rule {
                     let _ = write!(s, ",\"rule\":{n}");
+                }
+                if let Some(v) = &self.via {
+                    s.push_str(",\"via\":");
+                    json_str(&mut s, v);
                 }
                 s.push('}');
                 s
@@ -250,6 +263,7 @@ mod tests {
             error: None,
             rule: None,
             datagrams: None,
+            via: None,
         }
     }
 

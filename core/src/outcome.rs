@@ -56,6 +56,8 @@ pub enum Outcome {
     Throttled,
     /// The client asked for something the service does not do.
     Unsupported,
+    /// No parent proxy (`via`) could be reached or would connect onward.
+    ParentFailed,
     /// An HTTP connection closed after a reply with this status.
     Http(u16),
 }
@@ -85,6 +87,7 @@ impl Outcome {
             Outcome::AuthFailed | Outcome::Throttled => "auth-failed",
             Outcome::AuthRequired => "auth-required",
             Outcome::Unsupported => "unsupported",
+            Outcome::ParentFailed => "parent-failed",
             Outcome::Http(status) => match status {
                 400 => "400",
                 403 => "403",
@@ -122,6 +125,7 @@ impl Outcome {
             // authenticate (as HTTP's one 407 says for both).
             Outcome::AuthFailed | Outcome::AuthRequired => Some(Cause::AuthRequired),
             Outcome::Throttled => Some(Cause::Throttled),
+            Outcome::ParentFailed => Some(Cause::ParentFailed),
             _ => None,
         }
     }
@@ -152,6 +156,9 @@ pub enum Cause {
     Throttled,
     /// The user's (or client address's) `[[quota]]` was used up.
     Quota,
+    /// Every address of the parent proxy (`via`) was down, failed to
+    /// connect, or refused to connect onward.
+    ParentFailed,
 }
 
 impl Cause {
@@ -169,6 +176,7 @@ impl Cause {
             Cause::Limit => "limit",
             Cause::Throttled => "throttled",
             Cause::Quota => "quota",
+            Cause::ParentFailed => "parent-failed",
         }
     }
 
@@ -178,7 +186,11 @@ impl Cause {
     pub fn is_connect_error(self) -> bool {
         matches!(
             self,
-            Cause::DnsFailure | Cause::ConnectRefused | Cause::ConnectTimeout | Cause::Unreachable
+            Cause::DnsFailure
+                | Cause::ConnectRefused
+                | Cause::ConnectTimeout
+                | Cause::Unreachable
+                | Cause::ParentFailed
         )
     }
 }
@@ -232,6 +244,7 @@ mod tests {
             Cause::Limit,
             Cause::Throttled,
             Cause::Quota,
+            Cause::ParentFailed,
         ]
         .into_iter()
         .filter(|c| c.is_connect_error())
@@ -243,7 +256,8 @@ mod tests {
                 "dns-failure",
                 "connect-refused",
                 "connect-timeout",
-                "unreachable"
+                "unreachable",
+                "parent-failed"
             ]
         );
     }

@@ -587,6 +587,7 @@ mod tests {
             hours: None,
             rate: None,
             outgoing: None,
+            via: None,
         }
     }
 
@@ -1257,6 +1258,7 @@ destination = "192.0.2.1:25"
             hours: Some((8 * 60, 18 * 60)),
             rate: Some(1 << 20),
             outgoing: None,
+            via: None,
         };
         let good = full(Some("www.example.com"), None, 25);
         let good_wall = at(TUE, 9, 0);

@@ -88,6 +88,9 @@ pub struct Snapshot {
     /// The quotas' counts (from the shared ledger: every worker's
     /// snapshot has all of them).
     pub quotas: Vec<QuotaRow>,
+    /// The parent proxies' addresses (from the shared ledger, like the
+    /// quotas).
+    pub parents: Vec<crate::parent::ParentRow>,
 }
 
 impl Snapshot {
@@ -129,6 +132,9 @@ impl Snapshot {
         if self.quotas.is_empty() {
             self.quotas = other.quotas;
         }
+        if self.parents.is_empty() {
+            self.parents = other.parents;
+        }
         for (user, (up, down)) in other.users {
             let e = self.users.entry(user).or_insert((0, 0));
             e.0 += up;
@@ -149,6 +155,7 @@ pub enum Page {
     Users,
     History,
     Quotas,
+    Parents,
     NotFound,
 }
 
@@ -204,6 +211,7 @@ pub fn parse(input: &[u8]) -> Parse {
         "/users" => Page::Users,
         "/history" => Page::History,
         "/quotas" => Page::Quotas,
+        "/parents" => Page::Parents,
         _ => Page::NotFound,
     };
     Parse::Get { page, head_only }
@@ -225,6 +233,7 @@ pub fn respond(page: Page, head_only: bool, snap: &Snapshot) -> Vec<u8> {
         Page::Users => (200, "application/json", status_page::users_json(snap)),
         Page::History => (200, "application/json", history::json(&snap.history)),
         Page::Quotas => (200, "application/json", quotas_json(&snap.quotas)),
+        Page::Parents => (200, "application/json", parents_json(&snap.parents)),
         Page::NotFound => (
             404,
             "text/plain; charset=utf-8",
@@ -523,7 +532,95 @@ pub fn metrics(snap: &Snapshot) -> String {
             q.used_bytes
         );
     }
+    parent_metrics(&snap.parents, &mut o);
     status_page::metrics(&snap.about, &mut o);
+    o
+}
+
+/// `portico_parent_up` and `portico_parent_connects_total`, when there
+/// are parents.
+fn parent_metrics(parents: &[crate::parent::ParentRow], o: &mut String) {
+    if parents.is_empty() {
+        return;
+    }
+    o.push_str(
+        "# HELP portico_parent_up Whether a parent proxy's address is up (1) or marked down (0).\n",
+    );
+    o.push_str("# TYPE portico_parent_up gauge\n");
+    for p in parents {
+        for a in &p.addresses {
+            let _ = writeln!(
+                o,
+                "portico_parent_up{{parent=\"{}\",address=\"{}\"}} {}",
+                label(&p.name),
+                label(&a.address),
+                u8::from(a.up)
+            );
+        }
+    }
+    o.push_str(
+        "# HELP portico_parent_connects_total Connects (with their handshake) to a parent \
+         proxy's address, by result.\n",
+    );
+    o.push_str("# TYPE portico_parent_connects_total counter\n");
+    for p in parents {
+        for a in &p.addresses {
+            for (result, n) in &a.connects {
+                let _ = writeln!(
+                    o,
+                    "portico_parent_connects_total{{parent=\"{}\",address=\"{}\",result=\"{result}\"}} {n}",
+                    label(&p.name),
+                    label(&a.address),
+                );
+            }
+        }
+    }
+}
+
+/// `GET /parents`: one object per parent, with its addresses.
+pub fn parents_json(rows: &[crate::parent::ParentRow]) -> String {
+    let mut o = String::from("[");
+    for (i, p) in rows.iter().enumerate() {
+        if i > 0 {
+            o.push(',');
+        }
+        o.push_str("{\"name\":");
+        json_str(&mut o, &p.name);
+        let _ = write!(
+            o,
+            ",\"kind\":\"{}\",\"pick\":\"{}\",\"addresses\":[",
+            p.kind, p.pick
+        );
+        for (j, a) in p.addresses.iter().enumerate() {
+            if j > 0 {
+                o.push(',');
+            }
+            o.push_str("{\"address\":");
+            json_str(&mut o, &a.address);
+            let _ = write!(
+                o,
+                ",\"state\":\"{}\",\"failures\":{},\"retry_in_ms\":",
+                if a.up { "up" } else { "down" },
+                a.fails
+            );
+            match a.retry_in_ms {
+                Some(ms) => {
+                    let _ = write!(o, "{ms}");
+                }
+                None => o.push_str("null"),
+            }
+            o.push_str(",\"connects\":{");
+            for (k, (r, n)) in a.connects.iter().enumerate() {
+                if k > 0 {
+                    o.push(',');
+                }
+                let _ = write!(o, "\"{r}\":{n}");
+            }
+            o.push_str("}}");
+        }
+        o.push_str("]}");
+    }
+    o.push_str("]\n");
     o
 }
 

@@ -196,6 +196,37 @@ pub fn html(snap: &Snapshot) -> String {
             human_bytes(s.counters.down + s.live_down)
         );
     }
+    let mut parents = String::new();
+    for p in &snap.parents {
+        for a in &p.addresses {
+            let count = |w: &str| {
+                a.connects
+                    .iter()
+                    .find(|(r, _)| *r == w)
+                    .map_or(0, |(_, n)| *n)
+            };
+            let failed: u64 = a
+                .connects
+                .iter()
+                .filter(|(r, _)| *r != "ok")
+                .map(|(_, n)| n)
+                .sum();
+            let _ = write!(
+                parents,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&p.name),
+                p.kind,
+                esc(&a.address),
+                if a.up { "up" } else { "down" },
+                a.fails,
+                count("ok"),
+                failed
+            );
+        }
+    }
+    if parents.is_empty() {
+        parents.push_str("<tr><td colspan=\"7\">none configured</td></tr>");
+    }
     // One pass over the page: what is put in is never read for markers.
     let mut out = String::with_capacity(PAGE.len() + rows.len() + 1024);
     let mut rest = PAGE;
@@ -210,6 +241,7 @@ pub fn html(snap: &Snapshot) -> String {
         match &after[..end] {
             "VERSION" => out.push_str(&esc(VERSION)),
             "SERVICE_ROWS" => out.push_str(&rows),
+            "PARENT_ROWS" => out.push_str(&parents),
             // JSON escapes `<`, `>` and `&`: it cannot end the script.
             "CONNECTIONS" => out.push_str(crate::status::connections_json(snap).trim_end()),
             other => {

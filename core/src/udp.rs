@@ -278,6 +278,7 @@ impl UdpTable {
                 error: outcome.cause(),
                 rule: None,
                 datagrams: None,
+                via: None,
             })));
         }
         if self.maps.is_empty() {

@@ -87,3 +87,8 @@ fn socks_udp_header_corpus() {
         portico_core::sim::fuzz::socks_udp_header,
     );
 }
+
+#[test]
+fn parent_reply_corpus() {
+    replay("parent_reply", portico_core::sim::fuzz::parent_reply);
+}

@@ -23,6 +23,8 @@ pub struct AccessLine {
     /// The number after ` rule=` (the rule that decided), when the line
     /// has one.
     pub rule: Option<u32>,
+    /// The parent proxy after ` via=`, when the line has one.
+    pub via: Option<String>,
 }
 
 /// `2026-11-23T19:30:00.123Z`: exactly that shape.
@@ -55,6 +57,14 @@ pub fn is_duration(s: &str) -> bool {
 /// ` rule=N` when there is one; single spaces, nothing before or after.
 pub fn parse_text_line(line: &str) -> Result<AccessLine, String> {
     let mut f: Vec<&str> = line.split(' ').collect();
+    let mut via = None;
+    if let Some(v) = f.last().and_then(|x| x.strip_prefix("via=")) {
+        if v.is_empty() {
+            return Err(format!("field \"via=\" names no parent in {line:?}"));
+        }
+        via = Some(v.to_string());
+        f.pop();
+    }
     let mut rule = None;
     if let Some(n) = f.last().and_then(|x| x.strip_prefix("rule=")) {
         // A rule number counts from 1, written without leading zeros.
@@ -115,6 +125,7 @@ pub fn parse_text_line(line: &str) -> Result<AccessLine, String> {
         duration: f[10].trim_end_matches('s').into(),
         err,
         rule,
+        via,
     })
 }
 

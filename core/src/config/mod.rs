@@ -181,6 +181,68 @@ pub struct Config {
     pub state: StateConfig,
     /// `[auth] helper`: checks users not in `[[user]]`.
     pub helper: Option<std::sync::Arc<HelperConfig>>,
+    /// `[[parent]]`, in file order ([`Via::Parent`] indexes it).
+    pub parents: Vec<Parent>,
+}
+
+/// `[[parent]]`: an upstream proxy that connections can go through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parent {
+    pub name: String,
+    pub kind: ParentKind,
+    /// Its addresses, in file order; each with its text as written (the
+    /// metrics' `address` label).
+    pub addresses: Vec<(String, Destination)>,
+    pub pick: Pick,
+    /// Basic / RFC 1929 credentials, or the SOCKS4 user id (no password).
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// Failures in a row that mark an address down.
+    pub down_after: u32,
+    /// How long a down address is left alone.
+    pub retry_after: Duration,
+    /// A PROXY header naming the LAN client, first on every connection.
+    pub send_proxy_protocol: Option<ProxyVersion>,
+}
+
+/// What a parent speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ParentKind {
+    /// HTTP CONNECT (and plain requests in absolute form).
+    Http,
+    Socks5,
+    /// SOCKS4, and SOCKS4a when given a name.
+    Socks4,
+}
+
+impl ParentKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ParentKind::Http => "http",
+            ParentKind::Socks5 => "socks5",
+            ParentKind::Socks4 => "socks4",
+        }
+    }
+}
+
+/// How a parent's address is chosen for a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Pick {
+    /// The first that is up, in file order.
+    Failover,
+    /// Each new connection the next one that is up.
+    RoundRobin,
+    /// The client address picks one (the same client, the same address
+    /// while it is up).
+    ClientHash,
+}
+
+/// Where a service's or a rule's connections go: `via = "direct" | "NAME"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Via {
+    Direct,
+    /// Through `Config::parents[i]`.
+    Parent(usize),
 }
 
 /// `[auth] helper` and its settings: an external program speaking the
@@ -499,6 +561,9 @@ pub struct Service {
     pub proxy_protocol_from: Vec<IpNet>,
     /// mapped: send a PROXY header of this version to the destination.
     pub send_proxy_protocol: Option<ProxyVersion>,
+    /// `via`: where its connections go unless a rule says otherwise
+    /// (`None`: direct).
+    pub via: Option<Via>,
     /// Source address of this service's connections out.
     pub outgoing: Option<IpAddr>,
     /// socks: the commands it accepts (default all three).
@@ -694,6 +759,8 @@ pub struct Rule {
     pub rate: Option<u64>,
     /// Source address of the connections it allows (allow rules only).
     pub outgoing: Option<IpAddr>,
+    /// `via` (allow rules only): wins over the service's.
+    pub via: Option<Via>,
 }
 
 impl Rule {

@@ -28,6 +28,22 @@ pub struct RawConfig {
     pub rule: Vec<S<RawRule>>,
     #[serde(default)]
     pub quota: Vec<S<RawQuota>>,
+    #[serde(default)]
+    pub parent: Vec<S<RawParent>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawParent {
+    pub name: S<String>,
+    pub kind: S<String>,
+    pub addresses: List<String>,
+    pub pick: Option<S<String>>,
+    pub user: Option<S<String>>,
+    pub password: Option<S<String>>,
+    pub down_after: Option<S<i64>>,
+    pub retry_after: Option<S<Value>>,
+    pub send_proxy_protocol: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,6 +147,7 @@ pub struct RawService {
     pub commands: Option<List<String>>,
     pub udp_announce: Option<S<String>>,
     pub outgoing: Option<S<String>>,
+    pub via: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,4 +163,5 @@ pub struct RawRule {
     pub hours: Option<S<String>>,
     pub rate: Option<S<Value>>,
     pub outgoing: Option<S<String>>,
+    pub via: Option<S<String>>,
 }

@@ -150,6 +150,7 @@ fn spec_example_parses() {
                 commands: SocksCommands::default(),
                 udp_announce: None,
                 outgoing: None,
+                via: None,
             },
             Service {
                 name: "ssh-in".into(),
@@ -171,6 +172,7 @@ fn spec_example_parses() {
                 commands: SocksCommands::default(),
                 udp_announce: None,
                 outgoing: None,
+                via: None,
             },
         ]
     );
@@ -190,6 +192,7 @@ fn spec_example_parses() {
             hours: Some((8 * 60, 18 * 60)),
             rate: Some(1 << 20),
             outgoing: None,
+            via: None,
         }]
     );
     assert!(warnings(&c).is_empty());
@@ -1303,6 +1306,7 @@ fn rule_helpers() {
         hours: Some((22 * 60, 6 * 60)),
         rate: None,
         outgoing: None,
+        via: None,
     };
     assert!(rule.port_matches(25) && rule.port_matches(6665) && !rule.port_matches(26));
     assert!(rule.day_matches(0) && rule.day_matches(4) && !rule.day_matches(5));
@@ -1449,4 +1453,137 @@ fn outgoing_on_services_and_rules() {
         c.network.outgoing6,
         Some("2001:db8::5".parse::<IpAddr>().unwrap())
     );
+}
+
+#[test]
+fn parents_and_via() {
+    let c = parse(
+        r#"
+[[parent]]
+name = "corp"
+kind = "http"
+addresses = ["10.0.0.8:3128", "proxy2.corp.example:3128"]
+pick = "round-robin"
+user = "gateway"
+password = "secret"
+down_after = 2
+retry_after = "10s"
+send_proxy_protocol = "v2"
+
+[[parent]]
+name = "tor"
+kind = "socks4"
+addresses = ["127.0.0.1:9050"]
+user = "id"
+
+[[service]]
+name = "socks"
+kind = "socks"
+port = 1080
+via = "corp"
+
+[[rule]]
+action = "allow"
+destinations = ["*.onion"]
+via = "tor"
+
+[[rule]]
+action = "allow"
+via = "direct"
+"#,
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(c.parents.len(), 2);
+    let p = &c.parents[0];
+    assert_eq!(p.kind, ParentKind::Http);
+    assert_eq!(p.pick, Pick::RoundRobin);
+    assert_eq!(p.addresses[1].0, "proxy2.corp.example:3128");
+    assert_eq!(p.down_after, 2);
+    assert_eq!(p.retry_after, Duration::from_secs(10));
+    assert_eq!(p.send_proxy_protocol, Some(ProxyVersion::V2));
+    assert_eq!(c.parents[1].kind, ParentKind::Socks4);
+    assert_eq!(c.services[0].via, Some(Via::Parent(0)));
+    assert_eq!(c.rules[0].via, Some(Via::Parent(1)));
+    assert_eq!(c.rules[1].via, Some(Via::Direct));
+}
+
+#[test]
+fn parent_mistakes_are_refused() {
+    let svc = "[[service]]\nname = \"s\"\nkind = \"socks\"\nport = 1080\n";
+    for (text, want) in [
+        (
+            format!("{svc}via = \"corp\"\n"),
+            "via names unknown parent 'corp'; no [[parent]] is defined",
+        ),
+        (
+            format!(
+                "[[parent]]\nname = \"a\"\nkind = \"http\"\naddresses = [\"10.0.0.1:3128\"]\n\
+                 {svc}via = \"b\"\n"
+            ),
+            "via names unknown parent 'b'; the parents are: a",
+        ),
+        (
+            format!(
+                "[[parent]]\nname = \"a\"\nkind = \"http\"\naddresses = [\"10.0.0.1:3128\"]\n\
+                 [[parent]]\nname = \"a\"\nkind = \"http\"\naddresses = [\"10.0.0.1:3128\"]\n{svc}"
+            ),
+            "parent 'a' is defined twice",
+        ),
+        (
+            format!(
+                "[[parent]]\nname = \"a\"\nkind = \"ftp\"\naddresses = [\"10.0.0.1:1\"]\n{svc}"
+            ),
+            "is not \"http\", \"socks5\" or \"socks4\"",
+        ),
+        (
+            format!("[[parent]]\nname = \"a\"\nkind = \"http\"\naddresses = [\"10.0.0.1\"]\n{svc}"),
+            "has no port",
+        ),
+        (
+            format!(
+                "[[parent]]\nname = \"a\"\nkind = \"http\"\naddresses = [\"10.0.0.1:1\"]\n\
+                 down_after = 0\n{svc}"
+            ),
+            "use 1 or more",
+        ),
+        (
+            format!(
+                "[[parent]]\nname = \"a\"\nkind = \"socks5\"\naddresses = [\"10.0.0.1:1\"]\n\
+                 user = \"u\"\n{svc}"
+            ),
+            "user needs password",
+        ),
+        (
+            format!(
+                "[[parent]]\nname = \"a\"\nkind = \"socks4\"\naddresses = [\"10.0.0.1:1\"]\n\
+                 user = \"u\"\npassword = \"p\"\n{svc}"
+            ),
+            "takes a user id only",
+        ),
+        (
+            format!(
+                "[[parent]]\nname = \"a\"\nkind = \"http\"\naddresses = [\"10.0.0.1:1\"]\n\
+                 pick = \"random\"\n{svc}"
+            ),
+            "pick \"random\" is not",
+        ),
+        (
+            format!(
+                "[[parent]]\nname = \"a\"\nkind = \"http\"\naddresses = [\"10.0.0.1:1\"]\n\
+                 send_proxy_protocol = \"v3\"\n{svc}"
+            ),
+            "send_proxy_protocol \"v3\"",
+        ),
+        (
+            format!(
+                "[[parent]]\nname = \"a\"\nkind = \"http\"\naddresses = [\"10.0.0.1:1\"]\n\
+                 {svc}[[rule]]\naction = \"deny\"\nvia = \"a\"\n"
+            ),
+            "via only applies to allow rules",
+        ),
+    ] {
+        let e = parse(&text, "t.toml").unwrap_err();
+        assert!(e.message.contains(want), "{text}\n=> {}", e.message);
+    }
 }

@@ -18,15 +18,16 @@ use toml::Value;
 use super::doc::{self, Node};
 use super::include::{one_line, take_include, Sources};
 use super::raw::{
-    List, RawAuth, RawConfig, RawLimits, RawNetwork, RawProcess, RawQuota, RawRule, RawService,
-    RawUser, S,
+    List, RawAuth, RawConfig, RawLimits, RawNetwork, RawParent, RawProcess, RawQuota, RawRule,
+    RawService, RawUser, S,
 };
 use super::values;
 use super::{
     implemented_kind, AccessTarget, Config, ConfigError, DiagnosticsTarget, HelperConfig, Limits,
-    ListenSide, LogConfig, LogFormat, Network, Password, ProcessConfig, ProxyVersion, Quota,
-    QuotaSubjects, Rule, RuleAction, RuntimeConfig, Service, ServiceKind, SocksCommands,
-    StateConfig, Transport, User, DEFAULT_SYSLOG_SOCKET, MAX_BUFFER, MAX_WORKERS, MIN_BUFFER,
+    ListenSide, LogConfig, LogFormat, Network, Parent, ParentKind, Password, Pick, ProcessConfig,
+    ProxyVersion, Quota, QuotaSubjects, Rule, RuleAction, RuntimeConfig, Service, ServiceKind,
+    SocksCommands, StateConfig, Transport, User, Via, DEFAULT_SYSLOG_SOCKET, MAX_BUFFER,
+    MAX_WORKERS, MIN_BUFFER,
 };
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -163,13 +164,47 @@ pub(super) fn check(root: Node, sources: &Sources, check_kinds: bool) -> Result<
 
     let helper = helper(&cx, raw.auth.as_ref())?;
 
+    let mut parents: Vec<Parent> = Vec::new();
+    for p in &raw.parent {
+        let name = &p.get_ref().name;
+        let parent = parent(&cx, p)?;
+        if parents.iter().any(|o| o.name == parent.name) {
+            return Err(cx.err(
+                name.span(),
+                format!(
+                    "parent '{}' is defined twice; parent names must be unique",
+                    parent.name
+                ),
+            ));
+        }
+        parents.push(parent);
+    }
+
     let mut services: Vec<Service> = Vec::new();
     let mut service_spans: HashMap<String, Range<usize>> = HashMap::new();
     // Every listen address so far: (address, protocol, service name).
     let mut taken: Vec<(SocketAddr, Transport, String)> = Vec::new();
     for s in &raw.service {
         let name_span = s.get_ref().name.span();
-        let svc = service(&cx, s, &network, !users.is_empty() || helper.is_some())?;
+        let mut svc = service(&cx, s, &network, !users.is_empty() || helper.is_some())?;
+        if let Some(v) = &s.get_ref().via {
+            if svc.kind == ServiceKind::Status || svc.protocol == Transport::Udp {
+                return Err(cx.err(
+                    v.span(),
+                    format!(
+                        "service '{}': via applies to services that connect out over TCP, \
+                         not a {} service",
+                        svc.name,
+                        if svc.kind == ServiceKind::Status {
+                            "status"
+                        } else {
+                            "udp mapped"
+                        }
+                    ),
+                ));
+            }
+            svc.via = Some(via(&cx, v, &parents)?);
+        }
         if let Some(first) = service_spans.get(&svc.name) {
             return Err(cx.err(
                 name_span.clone(),
@@ -214,14 +249,25 @@ pub(super) fn check(root: Node, sources: &Sources, check_kinds: bool) -> Result<
 
     let mut rules = Vec::new();
     for r in &raw.rule {
-        rules.push(rule(
+        let mut rule = rule(
             &cx,
             r.get_ref(),
             &services,
             &users,
             helper.is_some(),
             &network,
-        )?);
+        )?;
+        if let Some(v) = &r.get_ref().via {
+            if rule.action == RuleAction::Deny {
+                return Err(cx.err(
+                    v.span(),
+                    "via only applies to allow rules (a denied connection goes nowhere); \
+                     remove it or use action = \"allow\"",
+                ));
+            }
+            rule.via = Some(via(&cx, v, &parents)?);
+        }
+        rules.push(rule);
     }
 
     let mut quotas: Vec<Quota> = Vec::new();
@@ -304,6 +350,159 @@ pub(super) fn check(root: Node, sources: &Sources, check_kinds: bool) -> Result<
         quotas,
         state,
         helper,
+        parents,
+    })
+}
+
+/// `via = "direct" | "NAME"` on a service or a rule.
+fn via(cx: &Ctx, v: &S<String>, parents: &[Parent]) -> Result<Via> {
+    cx.value(v, |n| {
+        if n == "direct" {
+            return Ok(Via::Direct);
+        }
+        match parents.iter().position(|p| &p.name == n) {
+            Some(i) => Ok(Via::Parent(i)),
+            None if parents.is_empty() => Err(format!(
+                "via names unknown parent '{n}'; no [[parent]] is defined (use \"direct\" \
+                 or define one)"
+            )),
+            None => {
+                let known: Vec<&str> = parents.iter().map(|p| p.name.as_str()).collect();
+                Err(format!(
+                    "via names unknown parent '{n}'; the parents are: {} (or \"direct\")",
+                    known.join(", ")
+                ))
+            }
+        }
+    })
+}
+
+/// One `[[parent]]`.
+fn parent(cx: &Ctx, p: &S<RawParent>) -> Result<Parent> {
+    let r = p.get_ref();
+    let name = cx.value(&r.name, |n| {
+        if n.is_empty() {
+            return Err("a parent name must not be empty".to_string());
+        }
+        check_no_control(n, "parent")?;
+        if n.chars().any(char::is_whitespace) || n.contains('"') || n.contains('=') {
+            return Err(format!(
+                "parent name \"{n}\" contains whitespace, '\"' or '='; names appear in log \
+                 lines (via=NAME) and metric labels"
+            ));
+        }
+        if n == "direct" {
+            return Err(
+                "\"direct\" is what via says for no parent; give the parent another name"
+                    .to_string(),
+            );
+        }
+        Ok(n.clone())
+    })?;
+    let what = format!("parent '{name}'");
+    let kind = cx.named(&what, &r.kind, |k| match k.as_str() {
+        "http" => Ok(ParentKind::Http),
+        "socks5" => Ok(ParentKind::Socks5),
+        "socks4" | "socks4a" => Ok(ParentKind::Socks4),
+        other => Err(format!(
+            "kind \"{other}\" is not \"http\", \"socks5\" or \"socks4\""
+        )),
+    })?;
+    if r.addresses.get_ref().is_empty() {
+        return Err(cx.err(
+            r.addresses.span(),
+            format!("{what}: addresses = [] lists none; give at least one host:port"),
+        ));
+    }
+    let mut addresses = Vec::new();
+    for a in r.addresses.get_ref() {
+        let d = cx.named(&format!("{what}: address"), a, |t| {
+            values::parse_destination(t, None)
+        })?;
+        addresses.push((a.get_ref().trim().to_string(), d));
+    }
+    let pick = match &r.pick {
+        None => Pick::Failover,
+        Some(v) => cx.named(&what, v, |t| match t.as_str() {
+            "failover" => Ok(Pick::Failover),
+            "round-robin" => Ok(Pick::RoundRobin),
+            "client-hash" => Ok(Pick::ClientHash),
+            other => Err(format!(
+                "pick \"{other}\" is not \"failover\", \"round-robin\" or \"client-hash\""
+            )),
+        })?,
+    };
+    let user = match &r.user {
+        None => None,
+        Some(u) => Some(cx.named(&what, u, |t| {
+            check_no_control(t, "parent user")?;
+            if t.is_empty() || t.len() > 255 {
+                return Err("user must be 1 to 255 bytes long".to_string());
+            }
+            if kind == ParentKind::Http && t.contains(':') {
+                return Err("an http parent's user cannot contain ':' (Basic \
+                            credentials split at the first colon)"
+                    .to_string());
+            }
+            Ok(t.clone())
+        })?),
+    };
+    let password = match &r.password {
+        None => None,
+        Some(v) => Some(cx.named(&what, v, |t| {
+            if kind == ParentKind::Socks4 {
+                return Err("a socks4 parent takes a user id only, no password; remove \
+                            password or use kind = \"socks5\""
+                    .to_string());
+            }
+            if user.is_none() {
+                return Err("password needs user = \"...\" too".to_string());
+            }
+            if t.len() > 255 {
+                return Err("password must be at most 255 bytes long".to_string());
+            }
+            Ok(t.clone())
+        })?),
+    };
+    if let (Some(u), None, false) = (&r.user, &password, kind == ParentKind::Socks4) {
+        return Err(cx.err(
+            u.span(),
+            format!("{what}: user needs password = \"...\" too"),
+        ));
+    }
+    let down_after = match &r.down_after {
+        None => 3,
+        Some(v) => cx.named(&what, v, |&n| {
+            u32::try_from(n)
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| format!("down_after = {n}: use 1 or more failures in a row"))
+        })?,
+    };
+    let retry_after = match &r.retry_after {
+        None => Duration::from_secs(30),
+        Some(v) => cx.named(&format!("{what}: retry_after"), v, values::duration_value)?,
+    };
+    let send_proxy_protocol = match &r.send_proxy_protocol {
+        None => None,
+        Some(v) => Some(cx.named(&what, v, |t| match t.as_str() {
+            "v1" => Ok(ProxyVersion::V1),
+            "v2" => Ok(ProxyVersion::V2),
+            other => Err(format!(
+                "send_proxy_protocol \"{other}\" is not \"v1\" or \"v2\""
+            )),
+        })?),
+    };
+    Ok(Parent {
+        name,
+        kind,
+        addresses,
+        pick,
+        user,
+        password,
+        down_after,
+        retry_after,
+        send_proxy_protocol,
     })
 }
 
@@ -1287,6 +1486,7 @@ fn service(cx: &Ctx, s: &S<RawService>, network: &Network, have_users: bool) -> 
         commands,
         udp_announce,
         outgoing,
+        via: None,
     })
 }
 
@@ -1525,5 +1725,6 @@ fn rule(
         hours,
         rate,
         outgoing,
+        via: None,
     })
 }

@@ -92,3 +92,41 @@ mod tests {
         }
     }
 }
+
+/// Standard base64 with padding (a parent's Basic credentials).
+pub(crate) fn encode(input: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ABC[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod encode_tests {
+    #[test]
+    fn encodes_and_decodes_back() {
+        assert_eq!(super::encode(b"user:pass"), "dXNlcjpwYXNz");
+        assert_eq!(super::encode(b"a"), "YQ==");
+        assert_eq!(super::encode(b"ab"), "YWI=");
+        for s in [&b"x"[..], b"xy", b"xyz", b"gateway:secret"] {
+            assert_eq!(
+                super::decode(super::encode(s).as_bytes()).as_deref(),
+                Some(s)
+            );
+        }
+    }
+}

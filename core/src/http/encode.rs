@@ -354,6 +354,9 @@ pub fn refusal_reply_after(
         Cause::Quota => {
             format!("your data quota is used up until its period turns; {dest} is not reached")
         }
+        Cause::ParentFailed => {
+            format!("the parent proxy could not be reached or would not connect to {dest}")
+        }
     };
     let reason = reason_phrase(status);
     let (ctype, body) = if html {

@@ -67,7 +67,7 @@
 //! - A chunk-size line allows whitespace only where RFC 9112 §7.1.1's BWS
 //!   does (`5 ;a=b` yes, `5 ` no).
 
-mod base64;
+pub(crate) mod base64;
 pub mod body;
 mod encode;
 mod error;

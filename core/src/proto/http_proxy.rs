@@ -117,6 +117,10 @@ pub struct HttpProxy {
     /// Exchanges are recorded for the access log (`[log] access` is not
     /// "off"); without it no request makes a target text or a record.
     pub logged: bool,
+    /// The upstream connection goes to an http parent proxy (`via`):
+    /// request heads go to it in absolute form, with this
+    /// `Proxy-Authorization` line (CRLF-ended) when it has credentials.
+    pub via_parent: Option<Option<String>>,
 }
 
 impl Default for HttpProxy {
@@ -132,6 +136,7 @@ impl Default for HttpProxy {
             user: None,
             head_since: None,
             logged: true,
+            via_parent: None,
         }
     }
 }
@@ -159,6 +164,11 @@ fn take(d: &mut Dir, n: usize) {
 impl HttpProxy {
     /// Whether a request is outstanding (the client connection must not be
     /// closed just because the client finished sending).
+    /// The request being answered is a CONNECT (or its tunnel).
+    pub fn tunnelling(&self) -> bool {
+        matches!(self.req, Req::Tunnel)
+    }
+
     pub fn busy(&self) -> bool {
         self.cur.is_some()
     }
@@ -424,6 +434,7 @@ impl HttpProxy {
                 }
                 self.req = Req::Tunnel;
                 self.upstream = None;
+                self.via_parent = None;
                 if let Some(c) = self.cur.as_mut() {
                     c.routed = true;
                 }
@@ -450,6 +461,19 @@ impl HttpProxy {
                 true
             }
             (request::Target::Absolute { authority, .. }, Forward::Upstream) => {
+                let same = self
+                    .upstream
+                    .as_ref()
+                    .is_some_and(|(h, p)| *h == authority.host && *p == authority.port);
+                // Kept to an http parent: its absolute form. (A new
+                // upstream's head the session shapes once it knows the way.)
+                let head = match (&self.via_parent, same) {
+                    (Some(auth), true) => {
+                        crate::proto::upstream::absolute_head(&head, auth.as_deref())
+                            .unwrap_or(head)
+                    }
+                    _ => head,
+                };
                 up.say_owned(head);
                 self.req = match req.framing {
                     Framing::NoBody | Framing::Length(0) => Req::Sent,
@@ -460,11 +484,8 @@ impl HttpProxy {
                 if let Some(c) = self.cur.as_mut() {
                     c.routed = true;
                 }
-                let same = self
-                    .upstream
-                    .as_ref()
-                    .is_some_and(|(h, p)| *h == authority.host && *p == authority.port);
                 if !same {
+                    self.via_parent = None;
                     self.upstream = Some((authority.host.clone(), authority.port));
                     todo.push(Next::Connect {
                         target: target_of(&authority.host, authority.port),
@@ -562,6 +583,15 @@ impl HttpProxy {
                             let upgrade = cur.upgrade;
                             if head.status == 101 && !upgrade {
                                 self.bad_gateway(down, todo);
+                                return;
+                            }
+                            if head.status == 407 && matches!(self.via_parent, Some(Some(_))) {
+                                // The parent refused the credentials Portico
+                                // holds for it: not the client's to answer.
+                                let target = cur.target.clone();
+                                self.upstream = None;
+                                todo.push(Next::DropUpstream);
+                                self.refuse_for(down, 502, Cause::ParentFailed, &target, todo);
                                 return;
                             }
                             let keep =
@@ -732,6 +762,7 @@ impl HttpProxy {
             | Failure::NetUnreachable
             | Failure::HostUnreachable
             | Failure::NotResolved
+            | Failure::Parent(_)
             | Failure::Other => 502,
         };
         match why.cause() {

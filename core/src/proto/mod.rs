@@ -18,6 +18,7 @@ pub mod simple;
 pub mod socks;
 pub mod socks_udp;
 pub mod telnet;
+pub mod upstream;
 
 use std::net::SocketAddr;
 
@@ -126,6 +127,9 @@ pub enum Failure {
     /// The name did not resolve.
     NotResolved,
     TimedOut,
+    /// The parent proxy (`via`) failed; a SOCKS5 parent's own reply code
+    /// when it gave one (a SOCKS5 client is told that code).
+    Parent(Option<u8>),
     Other,
 }
 
@@ -140,6 +144,7 @@ impl Failure {
             Failure::NetUnreachable | Failure::HostUnreachable => Outcome::Unreachable,
             Failure::NotResolved => Outcome::Unresolved,
             Failure::TimedOut => Outcome::ConnectTimeout,
+            Failure::Parent(_) => Outcome::ParentFailed,
             Failure::Other => Outcome::Error,
         }
     }

@@ -199,7 +199,9 @@ impl Protocol for Socks {
             Failure::HostUnreachable | Failure::NotResolved => 0x04,
             Failure::Refused => 0x05,
             Failure::TimedOut => 0x06,
-            Failure::Limit | Failure::Other => 0x01,
+            // A SOCKS5 parent's own reply code says it best.
+            Failure::Parent(Some(code)) => code,
+            Failure::Limit | Failure::Parent(None) | Failure::Other => 0x01,
         };
         reply.extend_from_slice(&v5_reply(code, None));
     }

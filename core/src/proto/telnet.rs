@@ -482,6 +482,7 @@ fn reason(why: Failure) -> &'static str {
         Failure::TimedOut => "timed out",
         Failure::Denied | Failure::Quota => "access denied",
         Failure::Limit => "too many connections",
+        Failure::Parent(_) => "parent proxy failed",
         Failure::Other => "connection failed",
     }
 }

@@ -383,6 +383,8 @@ impl Session {
             duration: cx.now.saturating_duration_since(self.accepted),
             error: self.cause,
             rule: None,
+            // Datagrams go direct: parents carry TCP only.
+            via: None,
             datagrams: Some(DatagramCounts {
                 dropped: a.counts.dropped + a.waiting.len() as u64,
                 ..a.counts

@@ -114,7 +114,7 @@ impl Session {
     /// Takes `v` as the decision on this session's request (the rule it
     /// names goes to the access log): `None`: denied; `Some(rate)`:
     /// allowed, capped at `rate` if any.
-    fn decided(&mut self, v: Verdict) -> Option<Option<u64>> {
+    pub(super) fn decided(&mut self, v: Verdict) -> Option<Option<u64>> {
         let (rule, allowed) = match v {
             Verdict::Allow { rule, rate } => (rule, Some(rate)),
             Verdict::Deny { rule } => (rule, None),
@@ -125,7 +125,7 @@ impl Session {
 
     /// Puts the session under a bandwidth cap shared with the other
     /// connections of its user (or client address).
-    fn set_rate(&mut self, rate: Option<u64>, cx: &mut Context) {
+    pub(super) fn set_rate(&mut self, rate: Option<u64>, cx: &mut Context) {
         let Some(rate) = rate else {
             return;
         };
@@ -206,6 +206,8 @@ impl Session {
     pub(super) fn request(&mut self, target: Target, user: Option<String>, cx: &mut Context) {
         self.user = user;
         self.target = target.to_string();
+        // A new request: no parent yet.
+        self.parent = None;
         if let Some(f) = self.refusal {
             return self.fail(f, cx);
         }
@@ -213,6 +215,10 @@ impl Session {
         self.rule = None;
         if let Some(f) = self.admit_user(cx) {
             return self.fail(f, cx);
+        }
+        // Through a parent (`via`): the name is not resolved here.
+        if let Some((p, v)) = self.route(&target, cx) {
+            return self.via_parent(p, v, target, cx);
         }
         match target {
             Target::Addr(addr) => {
@@ -243,6 +249,9 @@ impl Session {
 
     /// The destination's name resolved to `addrs` (in the resolver's order).
     pub fn on_resolved(&mut self, addrs: Vec<SocketAddr>, cx: &mut Context) {
+        if self.parent_resolving() {
+            return self.parent_resolved(&addrs, cx);
+        }
         if self.phase != Phase::Resolving {
             return;
         }
@@ -281,6 +290,9 @@ impl Session {
 
     /// The destination's name did not resolve.
     pub fn on_resolve_failed(&mut self, cx: &mut Context) {
+        if self.parent_resolving() {
+            return self.parent_resolved(&[], cx);
+        }
         if self.phase == Phase::Resolving {
             self.fail(Failure::NotResolved, cx);
         }
@@ -439,6 +451,10 @@ impl Session {
         let Some(addr) = self.awaited(attempt) else {
             return;
         };
+        if self.parent_connecting() {
+            self.upstream.flying = false;
+            return self.parent_connect_failed(error, cx);
+        }
         let name = cx.services[self.service].name.clone();
         let client = self.client;
         cx.log(Level::Debug, || {

@@ -279,6 +279,7 @@ impl Session {
                         token: port.token,
                         accept_from: port.accept_from,
                         connect_to: port.connect_to,
+                        via_host: self.data_via_host(port.connect_to),
                     };
                     cx.listeners
                         .open_data(self.service, port.bind, data, &mut cx.actions);
@@ -332,6 +333,7 @@ impl Session {
             self.cause = None;
             self.phase = Phase::Talking;
             self.upstream.addr = None;
+            self.parent = None;
             self.close_upstream(cx);
             return self.client_bytes(cx);
         }

@@ -47,6 +47,7 @@ pub(crate) use connect::rule_number;
 mod dir;
 mod gateway;
 mod http;
+mod parent;
 mod proxy_header;
 mod status;
 
@@ -236,6 +237,8 @@ pub(crate) struct Session {
     pub ended: bool,
     /// The password check the runtime is running for this login, if any.
     pub checking: Option<Box<crate::auth::Pending>>,
+    /// The parent proxy its current request goes through, if any.
+    pub parent: Option<Box<parent::Leg>>,
 }
 
 impl Session {
@@ -279,6 +282,7 @@ impl Session {
             rule: None,
             ended: false,
             checking: None,
+            parent: None,
         }
     }
 
@@ -528,6 +532,9 @@ impl Session {
     /// New bytes (or the end of them, `eof`) from the server, while the
     /// machine reads them.
     fn server_bytes(&mut self, eof: bool, cx: &mut Context) {
+        if self.parent_talking() {
+            return self.parent_bytes(eof, cx);
+        }
         match &self.machine {
             Machine::Http(_) => self.http_server(eof, cx),
             Machine::Gateway(_) => self.converse(eof, cx),
@@ -645,6 +652,9 @@ impl Session {
 
     /// A read, write or shutdown on `side` failed.
     pub fn on_io_error(&mut self, side: Side, error: IoKind, cx: &mut Context) {
+        if side == Side::Upstream && self.parent_talking() {
+            return self.parent_io_error(error, cx);
+        }
         // A reset after both halves were shut is an ordinary end.
         if !self.finished() {
             self.outcome = Outcome::Error;
@@ -675,6 +685,16 @@ impl Session {
         {
             return;
         }
+        if self.parent_connecting() {
+            // The parent's address: the handshake with it comes first.
+            return self.parent_connected(local, cx);
+        }
+        self.connected(local, cx);
+    }
+
+    /// The way to the destination is open (directly, or through a parent
+    /// that connected onward): the machine goes on.
+    pub(super) fn connected(&mut self, local: SocketAddr, cx: &mut Context) {
         self.enter(Phase::Relay, cx.now);
         self.last_active = cx.now;
         self.upstream.local = Some(local);
@@ -718,6 +738,11 @@ impl Session {
         match self.phase {
             Phase::Connecting if matches!(self.machine, Machine::Associate(_)) => {
                 self.on_udp_bind_failed(Failure::TimedOut, None, cx)
+            }
+            Phase::Resolving | Phase::Connecting | Phase::Conversing
+                if self.parent.as_ref().is_some_and(|l| !l.done) =>
+            {
+                self.parent_timed_out(cx)
             }
             Phase::Resolving | Phase::Connecting | Phase::Conversing => {
                 self.fail(Failure::TimedOut, cx)
@@ -949,6 +974,7 @@ impl Session {
                         error: self.cause,
                         rule: self.rule,
                         datagrams: None,
+                        via: self.via_name(),
                     };
                     cx.actions.push_back(Action::Access(Box::new(rec)));
                 }
@@ -978,6 +1004,7 @@ impl Session {
             // The rule that decided the exchange's upstream, if it had one.
             rule: if x.routed { self.rule } else { None },
             datagrams: None,
+            via: if x.routed { self.via_name() } else { None },
         }
     }
 }

@@ -39,6 +39,8 @@ pub mod runtime;
 pub mod sched;
 pub mod seeds;
 
+/// The Prometheus text of a snapshot, as `GET /metrics` answers it.
+pub use crate::status::metrics;
 pub use check::{same_bytes, show, timer_bound};
 pub use net::{Pipe, Server};
 pub use peers::{

@@ -211,7 +211,10 @@ impl Proxy {
         let conn = self.next_id();
         let machine = Machine::FtpData { owner: port.owner };
         let mut s = Session::new(conn, service, peer, peer, machine, Phase::Connecting, now);
-        s.target = port.connect_to.to_string();
+        s.target = match &port.via_host {
+            Some(h) => crate::proto::Target::Name(h.clone(), port.connect_to.port()).to_string(),
+            None => port.connect_to.to_string(),
+        };
         s.user = user;
         s.account = quotas.map(|quotas| {
             Box::new(crate::session::Account {
@@ -231,7 +234,10 @@ impl Proxy {
             s.upstream.source = owner_source.filter(|ip| !ip.is_unspecified());
         }
         self.sessions.insert(s);
-        self.run(conn, now, |s, cx| s.connect(port.connect_to, cx));
+        let via_host = port.via_host.clone();
+        self.run(conn, now, |s, cx| {
+            s.connect_data(port.connect_to, via_host, cx)
+        });
         Ok(conn)
     }
 

@@ -148,6 +148,7 @@ impl Context {
                 error: outcome.cause(),
                 rule,
                 datagrams: None,
+                via: None,
             };
             self.actions.push_back(Action::Access(Box::new(rec)));
         }

@@ -59,6 +59,11 @@ pub(crate) struct DataPort {
     pub accept_from: IpAddr,
     /// Where the data connection goes.
     pub connect_to: SocketAddr,
+    /// The control connection went through a parent proxy: the server's
+    /// name (or address) as the parent was asked for it, for the data
+    /// connection to go through a parent to that name and
+    /// `connect_to`'s port.
+    pub via_host: Option<String>,
 }
 
 /// What became of a listener the runtime reported on.

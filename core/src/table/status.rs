@@ -123,6 +123,10 @@ impl Proxy {
             uptime_ms: now.saturating_duration_since(self.born).as_millis() as u64,
             reload: self.last_reload.clone(),
         };
+        let parents = match cx.config.parents.is_empty() {
+            true => Vec::new(),
+            false => cx.ledger.lock().parents.rows(&cx.config.parents, now),
+        };
         let quotas = match cx.config.quotas.is_empty() {
             true => Vec::new(),
             false => cx.ledger.lock().quotas.rows(&cx.config.quotas, cx.wall),
@@ -134,6 +138,7 @@ impl Proxy {
             about,
             history,
             quotas,
+            parents,
         }
     }
 

@@ -18,5 +18,8 @@ pub use crate::http::fuzz_request as http_request;
 pub use crate::http::fuzz_response as http_response;
 /// SOCKS5 UDP request headers, parsed and encoded again.
 pub use crate::proto::socks_udp::fuzz as socks_udp_header;
+/// A parent proxy's answers to Portico's handshake (HTTP CONNECT, SOCKS5,
+/// SOCKS4/4a), whole and a byte more at a time.
+pub use crate::proto::upstream::fuzz_reply as parent_reply;
 /// PROXY protocol headers, parsed and encoded again.
 pub use crate::proxy_protocol::fuzz as proxy_protocol;
