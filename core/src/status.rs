@@ -149,6 +149,9 @@ pub enum Page {
     Users,
     History,
     Quotas,
+    /// The proxy auto-config file (`/proxy.pac`, `/wpad.dat`): made by the
+    /// session from the configuration ([`pac`]), not from a snapshot.
+    Pac,
     NotFound,
 }
 
@@ -204,6 +207,7 @@ pub fn parse(input: &[u8]) -> Parse {
         "/users" => Page::Users,
         "/history" => Page::History,
         "/quotas" => Page::Quotas,
+        "/proxy.pac" | "/wpad.dat" => Page::Pac,
         _ => Page::NotFound,
     };
     Parse::Get { page, head_only }
@@ -225,13 +229,31 @@ pub fn respond(page: Page, head_only: bool, snap: &Snapshot) -> Vec<u8> {
         Page::Users => (200, "application/json", status_page::users_json(snap)),
         Page::History => (200, "application/json", history::json(&snap.history)),
         Page::Quotas => (200, "application/json", quotas_json(&snap.quotas)),
-        Page::NotFound => (
+        Page::NotFound | Page::Pac => (
             404,
             "text/plain; charset=utf-8",
             "404 Not Found\n".to_string(),
         ),
     };
     reply(status, ctype, &body, head_only)
+}
+
+/// The reply to a request for the PAC file: `script`, or 404 without
+/// `[pac]`.
+pub fn pac(script: Option<&str>, head_only: bool) -> Vec<u8> {
+    match script {
+        Some(js) => reply(200, crate::pac::CONTENT_TYPE, js, head_only),
+        None => respond_not_found(head_only),
+    }
+}
+
+fn respond_not_found(head_only: bool) -> Vec<u8> {
+    reply(
+        404,
+        "text/plain; charset=utf-8",
+        "404 Not Found\n",
+        head_only,
+    )
 }
 
 /// A plain-text error reply.

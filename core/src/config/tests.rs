@@ -556,7 +556,7 @@ const CASES: &[Case] = &[
     ("service name empty", &["[[service]]", "name = \"\"", M, "port = 1", D], 2, 8, "a service name must not be empty"),
     ("service name with space", &["[[service]]", "name = \"my web\"", M, "port = 1", D], 2, 8, "contains whitespace"),
     ("duplicate service", &["[[service]]", "name = \"m\"", M, "port = 1", D, "[[service]]", "name = \"m\"", M, "port = 2", D], 7, 8, "service 'm' is defined twice (first on line 2)"),
-    ("unknown kind", &["[[service]]", "name = \"m\"", "kind = \"htp\"", "port = 1"], 3, 8, "unknown kind \"htp\"; use one of http, socks, mapped"),
+    ("unknown kind", &["[[service]]", "name = \"m\"", "kind = \"htp\"", "port = 1"], 3, 8, "unknown kind \"htp\"; use one of http, socks, auto, mapped"),
     ("bad side", &["[[service]]", "name = \"m\"", M, "side = \"outside\"", "port = 1", D], 4, 8, "side \"outside\" is not"),
     ("bad protocol", &["[[service]]", "name = \"m\"", M, "protocol = \"sctp\"", "port = 1", D], 4, 12, "protocol \"sctp\""),
     ("open proxy", &["[network]", "external = [\"203.0.113.5\"]", "[[service]]", "name = \"web\"", "kind = \"http\"", "side = \"external\"", "port = 8080"], 6, 8, "service 'web': a http service with side = \"external\" would be an open proxy on the Internet side"),
@@ -852,6 +852,7 @@ fn implemented_kinds() {
                 k,
                 ServiceKind::Mapped
                     | ServiceKind::Socks
+                    | ServiceKind::Auto
                     | ServiceKind::Http
                     | ServiceKind::Status
                     | ServiceKind::Smtp

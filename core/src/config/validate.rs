@@ -18,15 +18,15 @@ use toml::Value;
 use super::doc::{self, Node};
 use super::include::{one_line, take_include, Sources};
 use super::raw::{
-    List, RawAuth, RawConfig, RawLimits, RawNetwork, RawProcess, RawQuota, RawRule, RawService,
-    RawUser, S,
+    List, RawAuth, RawConfig, RawLimits, RawNetwork, RawPac, RawProcess, RawQuota, RawRule,
+    RawService, RawUser, S,
 };
 use super::values;
 use super::{
     implemented_kind, AccessTarget, Config, ConfigError, DiagnosticsTarget, HelperConfig, Limits,
-    ListenSide, LogConfig, LogFormat, Network, Password, ProcessConfig, ProxyVersion, Quota,
-    QuotaSubjects, Rule, RuleAction, RuntimeConfig, Service, ServiceKind, StateConfig, Transport,
-    User, DEFAULT_SYSLOG_SOCKET, MAX_BUFFER, MAX_WORKERS, MIN_BUFFER,
+    ListenSide, LogConfig, LogFormat, Network, PacConfig, Password, ProcessConfig, ProxyVersion,
+    Quota, QuotaSubjects, Rule, RuleAction, RuntimeConfig, Service, ServiceKind, StateConfig,
+    Transport, User, DEFAULT_SYSLOG_SOCKET, MAX_BUFFER, MAX_WORKERS, MIN_BUFFER,
 };
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -263,6 +263,11 @@ pub(super) fn check(root: Node, sources: &Sources, check_kinds: bool) -> Result<
         ));
     }
 
+    let pac = match &raw.pac {
+        None => None,
+        Some(p) => Some(pac(&cx, p.get_ref(), &services)?),
+    };
+
     if check_kinds {
         for (raw, svc) in raw.service.iter().zip(&services) {
             if !implemented_kind(svc.kind, svc.protocol) {
@@ -297,6 +302,52 @@ pub(super) fn check(root: Node, sources: &Sources, check_kinds: bool) -> Result<
         quotas,
         state,
         helper,
+        pac,
+    })
+}
+
+/// `[pac]`: the service it names must be an http or auto service.
+fn pac(cx: &Ctx, raw: &RawPac, services: &[Service]) -> Result<PacConfig> {
+    let name = raw.proxy.get_ref();
+    let proxies: Vec<&str> = services
+        .iter()
+        .filter(|s| matches!(s.kind, ServiceKind::Http | ServiceKind::Auto))
+        .map(|s| s.name.as_str())
+        .collect();
+    let which = if proxies.is_empty() {
+        "there is none; add a [[service]] with kind = \"http\" or kind = \"auto\"".to_string()
+    } else {
+        format!("the http and auto services are: {}", proxies.join(", "))
+    };
+    match services.iter().find(|s| &s.name == name) {
+        None => {
+            return Err(cx.err(
+                raw.proxy.span(),
+                format!("pac.proxy names unknown service '{name}'; {which}"),
+            ))
+        }
+        Some(s) if !matches!(s.kind, ServiceKind::Http | ServiceKind::Auto) => {
+            return Err(cx.err(
+                raw.proxy.span(),
+                format!(
+                    "pac.proxy names service '{name}', a {} service; browsers need an http or \
+                     auto service there ({which})",
+                    s.kind
+                ),
+            ))
+        }
+        Some(_) => {}
+    }
+    let mut direct = Vec::new();
+    if let Some(l) = &raw.direct {
+        for d in l.get_ref() {
+            direct.push(cx.named("pac.direct", d, |t| values::parse_dest_pattern(t))?);
+        }
+    }
+    Ok(PacConfig {
+        proxy: name.clone(),
+        direct,
+        fallback_direct: raw.fallback_direct.as_ref().is_some_and(|v| *v.get_ref()),
     })
 }
 
@@ -952,7 +1003,10 @@ fn service(cx: &Ctx, s: &S<RawService>, network: &Network, have_users: bool) -> 
     })?;
 
     let destination = match (&r.destination, kind) {
-        (Some(d), ServiceKind::Http | ServiceKind::Socks | ServiceKind::Status) => {
+        (
+            Some(d),
+            ServiceKind::Http | ServiceKind::Socks | ServiceKind::Auto | ServiceKind::Status,
+        ) => {
             let why = match kind {
                 ServiceKind::Status => "the status page serves itself",
                 _ => "its clients name the destination of each request",
@@ -1005,15 +1059,18 @@ fn service(cx: &Ctx, s: &S<RawService>, network: &Network, have_users: bool) -> 
             if on
                 && !matches!(
                     kind,
-                    ServiceKind::Http | ServiceKind::Socks | ServiceKind::Telnet
+                    ServiceKind::Http
+                        | ServiceKind::Socks
+                        | ServiceKind::Auto
+                        | ServiceKind::Telnet
                 )
             {
                 return Err(e(
                     v.span(),
                     format!(
-                        "auth = true is not possible on a {kind} service (only http, socks and \
-                         telnet ask clients for a user name and password); remove it and limit \
-                         access with [[rule]] clients instead"
+                        "auth = true is not possible on a {kind} service (only http, socks, \
+                         auto and telnet ask clients for a user name and password); remove it \
+                         and limit access with [[rule]] clients instead"
                     ),
                 ));
             }
@@ -1031,10 +1088,12 @@ fn service(cx: &Ctx, s: &S<RawService>, network: &Network, have_users: bool) -> 
 
     let connect_ports = match &r.connect_ports {
         None => vec![443],
-        Some(l) if kind != ServiceKind::Http => {
+        Some(l) if !matches!(kind, ServiceKind::Http | ServiceKind::Auto) => {
             return Err(e(
                 l.span(),
-                format!("connect_ports only applies to http services, not {kind}; remove it"),
+                format!(
+                    "connect_ports only applies to http and auto services, not {kind}; remove it"
+                ),
             ))
         }
         Some(l) => {

@@ -31,13 +31,16 @@
 //!
 //! A mapped port starts in `Connecting` (it knows where to go at accept); a
 //! protocol service talks in `Talking` until its request names a
-//! destination, and the rules are checked again then.
+//! destination, and the rules are checked again then. An auto service's
+//! session waits in `Talking` for the client's first byte, then becomes
+//! the HTTP or SOCKS session it names (see `auto`) and goes on as that.
 //!
 //! # The two directions
 //!
 //! `up` carries client → upstream, `down` upstream → client (see
 //! [`Dir`]). The session is finished when both directions are shut.
 
+mod auto;
 mod connect;
 pub(crate) use connect::rule_number;
 mod dir;
@@ -98,13 +101,17 @@ pub(crate) enum Machine {
     /// The status page; `asked`: its request is complete and the table
     /// is gathering the answer (from the other workers' tables).
     Status { asked: bool },
+    /// An auto service before the client's first byte: it becomes `Http`
+    /// or a SOCKS `Gateway` once that byte says which.
+    Auto,
 }
 
 impl Machine {
     /// Whether the protocol has words for a refusal (a limit, a rule on the
     /// client's address), so that a refused client is told, not just cut.
     pub fn has_words(&self) -> bool {
-        matches!(self, Machine::Gateway(_) | Machine::Http(_))
+        // Auto: both protocols it may become answer refusals in words.
+        matches!(self, Machine::Gateway(_) | Machine::Http(_) | Machine::Auto)
     }
 
     /// The access log's method before the protocol says better.
@@ -114,7 +121,7 @@ impl Machine {
             Machine::FtpData { .. } => "FTP-DATA",
             Machine::Gateway(p) => p.method(),
             Machine::Http(_) => "HTTP",
-            Machine::Status { .. } => "-",
+            Machine::Status { .. } | Machine::Auto => "-",
         }
     }
 
@@ -478,7 +485,7 @@ impl Session {
                     }
                 }
             }
-            Machine::Http(_) | Machine::Status { .. } => self.sync(cx),
+            Machine::Http(_) | Machine::Status { .. } | Machine::Auto => self.sync(cx),
         }
     }
 
@@ -494,6 +501,7 @@ impl Session {
             Machine::Status { .. } => self.status_request(cx),
             Machine::Http(_) => self.http_client(cx),
             Machine::Gateway(_) => self.gateway_input(cx),
+            Machine::Auto => self.auto_input(cx),
             Machine::Mapped | Machine::FtpData { .. } => {}
         }
     }
