@@ -37,10 +37,7 @@ impl Origin {
 
     /// The request heads read so far, in order.
     pub fn heads(&self) -> Vec<String> {
-        self.heads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.heads.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 

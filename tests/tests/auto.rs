@@ -26,10 +26,7 @@ const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// Starts `bin` with one auto service `all` (and the user alice) whose
 /// CONNECT may reach `origin`'s port; returns the proxy and its address.
 fn start_auto(bin: Bin, auth: bool, origin: &Origin) -> (Portico, SocketAddr) {
-    let extra = format!(
-        "auth = {auth}\nconnect_ports = [{}]",
-        origin.addr().port()
-    );
+    let extra = format!("auth = {auth}\nconnect_ports = [{}]", origin.addr().port());
     start_on_free_port(bin, StartOptions::default(), |port| {
         format!(
             "{}\n{ALICE}{}",
@@ -118,7 +115,14 @@ fn socks5(bin: Bin) {
 }
 
 fn socks5_hostname(bin: Bin) {
-    through(bin, false, &["--socks5-hostname"], "localhost", "SOCKS5", "-");
+    through(
+        bin,
+        false,
+        &["--socks5-hostname"],
+        "localhost",
+        "SOCKS5",
+        "-",
+    );
 }
 
 fn socks4(bin: Bin) {
@@ -187,7 +191,14 @@ fn auth_http_without_credentials_407(bin: Bin) {
     let url = format!("http://127.0.0.1:{}/hello", origin.addr().port());
     let out = curl(
         bin,
-        &["-o", "/dev/null", "-w", "%{http_code}", "--proxy", &addr.to_string()],
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--proxy",
+            &addr.to_string(),
+        ],
         &url,
     );
     assert_eq!(out.stdout_text(), "407", "{bin}: {}", out.text());
