@@ -636,6 +636,24 @@ mod tests {
                 head_only: false
             }
         );
+        for path in ["/proxy.pac", "/wpad.dat"] {
+            assert_eq!(
+                parse(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes()),
+                Parse::Get {
+                    page: Page::Pac,
+                    head_only: false
+                }
+            );
+        }
+        let js = "function FindProxyForURL(url, host) {}";
+        let reply = String::from_utf8_lossy(&pac(Some(js), false)).into_owned();
+        assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+        assert!(
+            reply.contains("\r\nContent-Type: application/x-ns-proxy-autoconfig\r\n"),
+            "{reply}"
+        );
+        assert!(reply.ends_with(js), "{reply}");
+        assert!(pac(None, false).starts_with(b"HTTP/1.1 404 "));
         assert_eq!(parse(b"POST / HTTP/1.1\r\n\r\n"), Parse::Bad(405));
         assert_eq!(parse(b"GET /\r\n\r\n"), Parse::Bad(400));
         assert_eq!(parse(&[b'a'; MAX_HEAD + 1]), Parse::Bad(431));

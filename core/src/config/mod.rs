@@ -558,6 +558,15 @@ impl ServiceKind {
         }
     }
 
+    /// "a" or "an", for messages that say "a socks service", "an auto
+    /// service".
+    pub fn article(&self) -> &'static str {
+        match self {
+            ServiceKind::Auto => "an",
+            _ => "a",
+        }
+    }
+
     /// The kind spelled `name` in the configuration.
     pub fn from_name(name: &str) -> Option<ServiceKind> {
         ServiceKind::ALL.into_iter().find(|k| k.name() == name)

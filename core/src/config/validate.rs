@@ -967,9 +967,10 @@ fn service(cx: &Ctx, s: &S<RawService>, network: &Network, have_users: bool) -> 
             return Err(e(
                 span,
                 format!(
-                    "a {kind} service with side = \"external\" would be an open proxy on the \
+                    "{} {kind} service with side = \"external\" would be an open proxy on the \
                      Internet side; use side = \"internal\" (only mapped ports may listen on the \
-                     external side), or add open_proxy = true if that is really what you want"
+                     external side), or add open_proxy = true if that is really what you want",
+                    kind.article()
                 ),
             ));
         }
@@ -984,7 +985,8 @@ fn service(cx: &Ctx, s: &S<RawService>, network: &Network, have_users: bool) -> 
                 return Err(e(
                     v.span(),
                     format!(
-                        "protocol = \"udp\" is only for mapped services; a {kind} service is tcp"
+                        "protocol = \"udp\" is only for mapped services; {} {kind} service is tcp",
+                        kind.article()
                     ),
                 ))
             }
@@ -1013,7 +1015,10 @@ fn service(cx: &Ctx, s: &S<RawService>, network: &Network, have_users: bool) -> 
             };
             return Err(e(
                 d.span(),
-                format!("a {kind} service takes no destination ({why}); remove it"),
+                format!(
+                    "{} {kind} service takes no destination ({why}); remove it",
+                    kind.article()
+                ),
             ));
         }
         (Some(d), _) => Some(

@@ -61,3 +61,146 @@ impl Session {
         self.client_bytes(cx);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use crate::event::{Action, Event};
+    use crate::id::{ConnId, ListenerId, Side};
+    use crate::table::tests::{drain, open_first};
+    use crate::table::{Accepted, Proxy};
+
+    const AUTO: &str = "[[user]]\nname = \"alice\"\npassword = \"plain:secret\"\n\
+                        [[service]]\nname = \"all\"\nkind = \"auto\"\n\
+                        listen = [\"127.0.0.1:8000\"]\n";
+
+    fn proxy(extra: &str, now: Instant) -> (Proxy, ListenerId) {
+        let text = format!("{AUTO}{extra}");
+        let config = crate::config::parse(&text, "t.toml").unwrap_or_else(|e| panic!("{e}"));
+        let mut p = Proxy::new(config, 1, now);
+        let listener = open_first(&mut p, now);
+        (p, listener)
+    }
+
+    fn accept(p: &mut Proxy, listener: ListenerId, port: u16, now: Instant) -> ConnId {
+        let peer = std::net::SocketAddr::from(([10, 0, 0, 1], port));
+        let local = "127.0.0.1:8000".parse().expect("address");
+        let conn = p
+            .accept(Accepted::new(listener, peer).local(local), now)
+            .expect("accepted");
+        drain(p);
+        conn
+    }
+
+    /// Sends `bytes` from the client of `conn`; returns what the table then
+    /// has for the client, and the actions it queued.
+    fn say(p: &mut Proxy, conn: ConnId, bytes: &[u8], now: Instant) -> (Vec<u8>, Vec<Action>) {
+        let buf = p.recv_buf(conn, Side::Client).expect("a read is wanted");
+        buf[..bytes.len()].copy_from_slice(bytes);
+        let n = bytes.len();
+        let side = Side::Client;
+        p.handle(Event::Read { conn, side, n }, now);
+        let reply = p
+            .send_buf(conn, Side::Client)
+            .map(|b| [b[0], b[1]].concat())
+            .unwrap_or_default();
+        (reply, drain(p))
+    }
+
+    fn connects(actions: &[Action]) -> bool {
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Connect { .. } | Action::Resolve { .. }))
+    }
+
+    #[test]
+    fn the_first_byte_picks_the_protocol() {
+        let now = Instant::now();
+        let (mut p, l) = proxy("", now);
+        // SOCKS5: the method reply, then a CONNECT goes out.
+        let c = accept(&mut p, l, 1, now);
+        let (reply, _) = say(&mut p, c, &[5, 1, 0], now);
+        assert_eq!(reply, [5, 0]);
+        // SOCKS4: straight to the connect.
+        let c = accept(&mut p, l, 2, now);
+        let (reply, actions) = say(&mut p, c, &[4, 1, 0, 80, 10, 0, 0, 9, b'x', 0], now);
+        assert!(
+            reply.is_empty() && connects(&actions),
+            "{reply:?} {actions:?}"
+        );
+        // HTTP: a request through the proxy.
+        let c = accept(&mut p, l, 3, now);
+        let req = b"GET http://10.0.0.9/ HTTP/1.1\r\nHost: 10.0.0.9\r\n\r\n";
+        let (reply, actions) = say(&mut p, c, req, now);
+        assert!(
+            reply.is_empty() && connects(&actions),
+            "{reply:?} {actions:?}"
+        );
+    }
+
+    #[test]
+    fn with_auth_socks4_is_refused_and_http_asks_for_credentials() {
+        let now = Instant::now();
+        let (mut p, l) = proxy("auth = true\n", now);
+        let c = accept(&mut p, l, 1, now);
+        let (reply, actions) = say(&mut p, c, &[4, 1, 0, 80, 10, 0, 0, 9, b'x', 0], now);
+        assert_eq!(reply.get(..2), Some(&[0, 0x5B][..]), "{actions:?}");
+        assert!(!connects(&actions), "{actions:?}");
+        let c = accept(&mut p, l, 2, now);
+        let req = b"GET http://10.0.0.9/ HTTP/1.1\r\nHost: 10.0.0.9\r\n\r\n";
+        let (reply, actions) = say(&mut p, c, req, now);
+        let text = String::from_utf8_lossy(&reply);
+        assert!(text.starts_with("HTTP/1.1 407 "), "{text}");
+        assert!(!connects(&actions), "{actions:?}");
+        // SOCKS5 offers only username/password.
+        let c = accept(&mut p, l, 3, now);
+        let (reply, _) = say(&mut p, c, &[5, 2, 0, 2], now);
+        assert_eq!(reply, [5, 2]);
+    }
+
+    #[test]
+    fn the_pac_file_is_served_on_the_http_side() {
+        let now = Instant::now();
+        let (mut p, l) = proxy("[pac]\nproxy = \"all\"\n", now);
+        let c = accept(&mut p, l, 1, now);
+        let req = b"GET /proxy.pac HTTP/1.1\r\nHost: x\r\n\r\n";
+        let (reply, actions) = say(&mut p, c, req, now);
+        let text = String::from_utf8_lossy(&reply);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(
+            text.contains("Content-Type: application/x-ns-proxy-autoconfig\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("return \"PROXY 127.0.0.1:8000; SOCKS5 127.0.0.1:8000\";"),
+            "{text}"
+        );
+        assert!(!connects(&actions), "{actions:?}");
+    }
+
+    #[test]
+    fn a_client_that_says_nothing_times_out() {
+        let now = Instant::now();
+        let (mut p, l) = proxy("", now);
+        let c = accept(&mut p, l, 1, now);
+        let later = now + Duration::from_secs(31);
+        p.handle_timeout(later);
+        let actions = drain(&mut p);
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::Close { conn } if *conn == c)),
+            "{actions:?}"
+        );
+        let rec = actions
+            .iter()
+            .find_map(|a| match a {
+                Action::Access(r) => Some(r),
+                _ => None,
+            })
+            .expect("an access record");
+        assert_eq!((&*rec.method, &*rec.status), ("-", "timeout"));
+        assert_eq!(&*rec.service, "all");
+    }
+}
