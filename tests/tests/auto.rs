@@ -13,9 +13,11 @@ use std::time::Duration;
 
 use portico_tests::logline::AccessLine;
 use portico_tests::origin::Origin;
+use portico_tests::reply::exchange;
 use portico_tests::{
-    both, config_head, connect, curl_command, run_tool, service, start_on_free_port, Bin, Portico,
-    StartOptions, ToolOutput, ALICE, PROMPTLY,
+    both, config_head, connect, curl_command, local, poll_until, run_tool, service,
+    start_on_free_port, start_on_free_ports, Bin, Portico, StartOptions, ToolOutput, ALICE,
+    PROMPTLY,
 };
 
 /// How long one run of curl may take.
@@ -93,6 +95,7 @@ both!(
     auth_http_with_credentials,
     auth_socks4_refused,
     auth_http_without_credentials_407,
+    counted_under_the_auto_service,
 );
 
 fn http_get(bin: Bin) {
@@ -207,4 +210,51 @@ fn auth_http_without_credentials_407(bin: Bin) {
     assert_eq!(l.status, "407", "{bin}: status in {l:?}");
     assert_eq!(l.err.as_deref(), Some("auth-required"), "{bin}: {l:?}");
     assert!(origin.heads().is_empty(), "{bin}: the origin saw a request");
+}
+
+/// The connections an auto service serves, whichever protocol they speak,
+/// count under its name: a SOCKS5 tunnel and an HTTP request refused with
+/// 407, in the status service's metrics.
+fn counted_under_the_auto_service(bin: Bin) {
+    let origin = Origin::start(LOOPBACK, BODY);
+    let (_p, ports) = start_on_free_ports(bin, 2, StartOptions::default(), |ports| {
+        format!(
+            "{}\n{ALICE}{}{}",
+            config_head("", ""),
+            service("all", "auto", ports[0], "auth = true"),
+            service("status", "status", ports[1], "")
+        )
+    });
+    let proxy = local(ports[0]).to_string();
+    let url = format!("http://127.0.0.1:{}/hello", origin.addr().port());
+    let out = curl(
+        bin,
+        &["--proxy-user", "alice:secret", "--socks5", &proxy],
+        &url,
+    );
+    assert_eq!(out.stdout_text(), BODY, "{bin}: SOCKS5: {}", out.text());
+    let out = curl(
+        bin,
+        &["-o", "/dev/null", "-w", "%{http_code}", "--proxy", &proxy],
+        &url,
+    );
+    assert_eq!(out.stdout_text(), "407", "{bin}: HTTP: {}", out.text());
+    let want = [
+        "portico_connections_total{service=\"all\"} 2",
+        "portico_refused_total{service=\"all\",reason=\"auth-required\"} 1",
+        "portico_http_responses_total{service=\"all\",code=\"407\"} 1",
+    ];
+    let status = local(ports[1]);
+    let mut last = String::new();
+    let counted = poll_until(PROMPTLY, Duration::from_millis(50), || {
+        let r = exchange(status, "GET /metrics HTTP/1.1\r\nHost: s\r\n\r\n").ok()?;
+        last = r.body;
+        want.iter()
+            .all(|w| last.lines().any(|l| l == *w))
+            .then_some(())
+    });
+    assert!(
+        counted.is_some(),
+        "{bin}: want {want:?} in /metrics:\n{last}"
+    );
 }
