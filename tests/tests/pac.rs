@@ -2,7 +2,8 @@
 //! `GET /proxy.pac` and `/wpad.dat` on the http, auto and status services
 //! (Content-Type, the PROXY and SOCKS5 entries naming the address the
 //! request arrived on, `direct`, `fallback_direct`), the PAC file
-//! regenerated on SIGHUP, the refusal of a `[pac] proxy` that is not an
+//! regenerated on SIGHUP, served without credentials and to HEAD, the
+//! refusal of a `[pac] proxy` that is not an
 //! http or auto service, and headless Chromium following the file.
 //!
 //! Chromium and loopback: whatever the PAC file says, Chromium sends
@@ -25,8 +26,8 @@ use portico_tests::browser::chromium;
 use portico_tests::origin::Origin;
 use portico_tests::reply::{exchange, Reply};
 use portico_tests::{
-    both, config_head, poll_until, run_on_config, start_on_free_ports, Bin, Portico, StartOptions,
-    PROMPTLY,
+    both, config_head, connect, poll_until, run_on_config, service, start_on_free_ports, Bin,
+    Portico, StartOptions, ALICE, PROMPTLY,
 };
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -101,6 +102,7 @@ both!(
     without_pac_nothing_is_served,
     proxy_must_be_http_or_auto,
     chromium_follows_the_pac,
+    no_credentials_needed_and_head,
 );
 
 /// Every http, auto and status service serves the file at both paths; its
@@ -315,4 +317,50 @@ fn chromium_follows_the_pac(bin: Bin) {
         !stderr.contains("direct.test"),
         "{bin}: the direct page went through the proxy:\n{stderr}"
     );
+}
+
+/// `HEAD path` on `addr`: the whole reply, read to the close.
+fn head(bin: Bin, addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = connect(addr).unwrap_or_else(|e| panic!("{bin}: connect {addr}: {e}"));
+    s.write_all(format!("HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .unwrap_or_else(|e| panic!("{bin}: HEAD {path} to {addr}: {e}"));
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .unwrap_or_else(|e| panic!("{bin}: HEAD {path} from {addr}: {e}"));
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+/// An http service with `auth = true` serves the PAC file without
+/// credentials (browsers fetch it without any); HEAD gets the head alone.
+fn no_credentials_needed_and_head(bin: Bin) {
+    let (_p, ports) = start_on_free_ports(bin, 2, StartOptions::default(), |ports| {
+        format!(
+            "{}\n{ALICE}{}{}\n[pac]\nproxy = \"web\"\n",
+            config_head("", ""),
+            service("web", "http", ports[0], "auth = true"),
+            service("status", "status", ports[1], "")
+        )
+    });
+    let web = SocketAddr::new(LOOPBACK, ports[0]);
+    let js = pac_at(bin, web, "/proxy.pac");
+    assert!(
+        js.contains(&format!("return \"PROXY 127.0.0.1:{}\";", ports[0])),
+        "{bin}:\n{js}"
+    );
+    for port in ports {
+        let reply = head(bin, SocketAddr::new(LOOPBACK, port), "/wpad.dat");
+        assert!(
+            reply.starts_with("HTTP/1.1 200 OK\r\n"),
+            "{bin}: port {port}: {reply}"
+        );
+        assert!(
+            reply.contains("\r\nContent-Type: application/x-ns-proxy-autoconfig\r\n"),
+            "{bin}: port {port}: {reply}"
+        );
+        assert!(
+            reply.ends_with("\r\n\r\n"),
+            "{bin}: port {port}: a body after HEAD: {reply}"
+        );
+    }
 }
