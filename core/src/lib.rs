@@ -68,6 +68,7 @@ mod id;
 mod ledger;
 mod log;
 mod outcome;
+pub mod pac;
 mod parent;
 pub mod process;
 mod proto;

@@ -156,6 +156,9 @@ pub enum Page {
     History,
     Quotas,
     Parents,
+    /// The proxy auto-config file (`/proxy.pac`, `/wpad.dat`): made by the
+    /// session from the configuration ([`pac`]), not from a snapshot.
+    Pac,
     NotFound,
 }
 
@@ -212,6 +215,7 @@ pub fn parse(input: &[u8]) -> Parse {
         "/history" => Page::History,
         "/quotas" => Page::Quotas,
         "/parents" => Page::Parents,
+        "/proxy.pac" | "/wpad.dat" => Page::Pac,
         _ => Page::NotFound,
     };
     Parse::Get { page, head_only }
@@ -234,13 +238,31 @@ pub fn respond(page: Page, head_only: bool, snap: &Snapshot) -> Vec<u8> {
         Page::History => (200, "application/json", history::json(&snap.history)),
         Page::Quotas => (200, "application/json", quotas_json(&snap.quotas)),
         Page::Parents => (200, "application/json", parents_json(&snap.parents)),
-        Page::NotFound => (
+        Page::NotFound | Page::Pac => (
             404,
             "text/plain; charset=utf-8",
             "404 Not Found\n".to_string(),
         ),
     };
     reply(status, ctype, &body, head_only)
+}
+
+/// The reply to a request for the PAC file: `script`, or 404 without
+/// `[pac]`.
+pub fn pac(script: Option<&str>, head_only: bool) -> Vec<u8> {
+    match script {
+        Some(js) => reply(200, crate::pac::CONTENT_TYPE, js, head_only),
+        None => respond_not_found(head_only),
+    }
+}
+
+fn respond_not_found(head_only: bool) -> Vec<u8> {
+    reply(
+        404,
+        "text/plain; charset=utf-8",
+        "404 Not Found\n",
+        head_only,
+    )
 }
 
 /// A plain-text error reply.
@@ -711,6 +733,24 @@ mod tests {
                 head_only: false
             }
         );
+        for path in ["/proxy.pac", "/wpad.dat"] {
+            assert_eq!(
+                parse(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes()),
+                Parse::Get {
+                    page: Page::Pac,
+                    head_only: false
+                }
+            );
+        }
+        let js = "function FindProxyForURL(url, host) {}";
+        let reply = String::from_utf8_lossy(&pac(Some(js), false)).into_owned();
+        assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+        assert!(
+            reply.contains("\r\nContent-Type: application/x-ns-proxy-autoconfig\r\n"),
+            "{reply}"
+        );
+        assert!(reply.ends_with(js), "{reply}");
+        assert!(pac(None, false).starts_with(b"HTTP/1.1 404 "));
         assert_eq!(parse(b"POST / HTTP/1.1\r\n\r\n"), Parse::Bad(405));
         assert_eq!(parse(b"GET /\r\n\r\n"), Parse::Bad(400));
         assert_eq!(parse(&[b'a'; MAX_HEAD + 1]), Parse::Bad(431));

@@ -9,6 +9,7 @@
 //! - [`TestServer`]: backends (echo, sink, source, exchange, digest-reply);
 //!   [`Acceptor`]: a listener handing each connection to a handler, for
 //!   the scripted servers of the test files.
+//! - [`origin::Origin`]: an HTTP origin that keeps the request heads it read.
 //! - [`browser`]: headless Chromium and what it rendered (the status page).
 //! - [`reply`]: HTTP replies read to the close.
 //! - [`tools`]: external programs ([`require`] names the Debian package),
@@ -26,6 +27,7 @@ pub mod data;
 pub mod json;
 pub mod logline;
 pub mod net;
+pub mod origin;
 mod process;
 pub mod reply;
 pub mod servers;

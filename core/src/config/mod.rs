@@ -24,13 +24,14 @@
 //!   address;
 //! - `destination` is present exactly where the kind needs one
 //!   (`mapped`, `smtp`, `nntp`), may be present for `pop3`, `telnet` and
-//!   `ftp`, and is absent for `http`, `socks` and `status`;
+//!   `ftp`, and is absent for `http`, `socks`, `auto` and `status`;
 //! - a service on the external side is `mapped`, or is an explicit
 //!   `open_proxy` (never `status`);
 //! - options only appear on the kinds they apply to (`protocol = "udp"` and
-//!   `send_proxy_protocol` on mapped, `connect_ports` on http, `separator` on
-//!   pop3, `auth` on http, socks and telnet), and `auth = true` implies at
-//!   least one user;
+//!   `send_proxy_protocol` on mapped, `connect_ports` on http and auto,
+//!   `separator` on pop3, `auth` on http, socks, auto and telnet), and
+//!   `auth = true` implies at least one user;
+//! - `[pac] proxy`, when there is a `[pac]`, names an http or auto service;
 //! - user names are unique, non-empty, without ':' or control characters;
 //!   passwords are `Plain` (non-empty) or an argon2 PHC string;
 //! - every rule names only existing services and users; only allow rules
@@ -126,6 +127,8 @@ pub fn implemented_kind(kind: ServiceKind, protocol: Transport) -> bool {
         (Http, Udp) => false,
         (Socks, Tcp) => true,
         (Socks, Udp) => false,
+        (Auto, Tcp) => true,
+        (Auto, Udp) => false,
         (Telnet, Tcp) => true,
         (Telnet, Udp) => false,
         (Smtp, Tcp) => true,
@@ -183,6 +186,9 @@ pub struct Config {
     pub helper: Option<std::sync::Arc<HelperConfig>>,
     /// `[[parent]]`, in file order ([`Via::Parent`] indexes it).
     pub parents: Vec<Parent>,
+    /// `[pac]`: the proxy auto-config file the http, auto and status
+    /// services serve (none: they serve none).
+    pub pac: Option<PacConfig>,
 }
 
 /// `[[parent]]`: an upstream proxy that connections can go through.
@@ -243,6 +249,18 @@ pub enum Via {
     Direct,
     /// Through `Config::parents[i]`.
     Parent(usize),
+}
+
+/// `[pac]`: what the served `FindProxyForURL` says (see `crate::pac`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PacConfig {
+    /// `proxy`: the http or auto service browsers are sent to.
+    pub proxy: String,
+    /// `direct`: destinations reached without the proxy.
+    pub direct: Vec<DestPattern>,
+    /// `fallback_direct`: `DIRECT` as the last resort when the proxies
+    /// cannot be reached.
+    pub fallback_direct: bool,
 }
 
 /// `[auth] helper` and its settings: an external program speaking the
@@ -549,7 +567,7 @@ pub struct Service {
     /// Resolved listen addresses; never empty.
     pub listen: Vec<SocketAddr>,
     pub auth: bool,
-    /// http CONNECT: allowed destination ports (default `[443]`).
+    /// http and auto CONNECT: allowed destination ports (default `[443]`).
     pub connect_ports: Vec<u16>,
     pub destination: Option<Destination>,
     pub protocol: Transport,
@@ -596,6 +614,8 @@ impl Default for SocksCommands {
 pub enum ServiceKind {
     Http,
     Socks,
+    /// HTTP, SOCKS4 and SOCKS5 on one port, told by the first byte.
+    Auto,
     Mapped,
     Telnet,
     Smtp,
@@ -607,9 +627,10 @@ pub enum ServiceKind {
 
 impl ServiceKind {
     /// Every kind, in the order the reference lists them.
-    pub const ALL: [ServiceKind; 9] = [
+    pub const ALL: [ServiceKind; 10] = [
         ServiceKind::Http,
         ServiceKind::Socks,
+        ServiceKind::Auto,
         ServiceKind::Mapped,
         ServiceKind::Telnet,
         ServiceKind::Smtp,
@@ -624,6 +645,7 @@ impl ServiceKind {
         match self {
             ServiceKind::Http => "http",
             ServiceKind::Socks => "socks",
+            ServiceKind::Auto => "auto",
             ServiceKind::Mapped => "mapped",
             ServiceKind::Telnet => "telnet",
             ServiceKind::Smtp => "smtp",
@@ -631,6 +653,15 @@ impl ServiceKind {
             ServiceKind::Nntp => "nntp",
             ServiceKind::Ftp => "ftp",
             ServiceKind::Status => "status",
+        }
+    }
+
+    /// "a" or "an", for messages that say "a socks service", "an auto
+    /// service".
+    pub fn article(&self) -> &'static str {
+        match self {
+            ServiceKind::Auto => "an",
+            _ => "a",
         }
     }
 
@@ -649,9 +680,11 @@ impl ServiceKind {
             ServiceKind::Pop3 => Some(110),
             ServiceKind::Nntp => Some(119),
             ServiceKind::Ftp => Some(21),
-            ServiceKind::Http | ServiceKind::Socks | ServiceKind::Mapped | ServiceKind::Status => {
-                None
-            }
+            ServiceKind::Http
+            | ServiceKind::Socks
+            | ServiceKind::Auto
+            | ServiceKind::Mapped
+            | ServiceKind::Status => None,
         }
     }
 }

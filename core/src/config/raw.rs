@@ -20,6 +20,7 @@ pub struct RawConfig {
     pub process: Option<RawProcess>,
     pub state: Option<RawState>,
     pub auth: Option<RawAuth>,
+    pub pac: Option<S<RawPac>>,
     #[serde(default)]
     pub user: Vec<S<RawUser>>,
     #[serde(default)]
@@ -53,6 +54,14 @@ pub struct RawAuth {
     pub helpers: Option<S<i64>>,
     pub helper_concurrency: Option<S<i64>>,
     pub helper_timeout: Option<S<Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPac {
+    pub proxy: S<String>,
+    pub direct: Option<List<String>>,
+    pub fallback_direct: Option<S<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -581,7 +581,7 @@ const CASES: &[Case] = &[
     ("service name empty", &["[[service]]", "name = \"\"", M, "port = 1", D], 2, 8, "a service name must not be empty"),
     ("service name with space", &["[[service]]", "name = \"my web\"", M, "port = 1", D], 2, 8, "contains whitespace"),
     ("duplicate service", &["[[service]]", "name = \"m\"", M, "port = 1", D, "[[service]]", "name = \"m\"", M, "port = 2", D], 7, 8, "service 'm' is defined twice (first on line 2)"),
-    ("unknown kind", &["[[service]]", "name = \"m\"", "kind = \"htp\"", "port = 1"], 3, 8, "unknown kind \"htp\"; use one of http, socks, mapped"),
+    ("unknown kind", &["[[service]]", "name = \"m\"", "kind = \"htp\"", "port = 1"], 3, 8, "unknown kind \"htp\"; use one of http, socks, auto, mapped"),
     ("bad side", &["[[service]]", "name = \"m\"", M, "side = \"outside\"", "port = 1", D], 4, 8, "side \"outside\" is not"),
     ("bad protocol", &["[[service]]", "name = \"m\"", M, "protocol = \"sctp\"", "port = 1", D], 4, 12, "protocol \"sctp\""),
     ("open proxy", &["[network]", "external = [\"203.0.113.5\"]", "[[service]]", "name = \"web\"", "kind = \"http\"", "side = \"external\"", "port = 8080"], 6, 8, "service 'web': a http service with side = \"external\" would be an open proxy on the Internet side"),
@@ -643,6 +643,15 @@ const CASES: &[Case] = &[
     ("commands unknown", &["[[service]]", "name = \"s\"", "kind = \"socks\"", "port = 1", "commands = [\"connect\", \"listen\"]"], 5, 24, "\"listen\" is not a SOCKS command"),
     ("udp_announce bad", &["[[service]]", "name = \"s\"", "kind = \"socks\"", "port = 1", "udp_announce = \"nowhere\""], 5, 16, "udp_announce"),
     ("udp_announce on http", &["[[service]]", "name = \"w\"", "kind = \"http\"", "port = 1", "udp_announce = \"192.0.2.1\""], 5, 16, "udp_announce only applies to socks"),
+    ("destination on auto", &["[[service]]", "name = \"a\"", "kind = \"auto\"", "port = 1", "destination = \"h:1\""], 5, 15, "an auto service takes no destination"),
+    ("separator on auto", &["[[service]]", "name = \"a\"", "kind = \"auto\"", "port = 1", "separator = \"#\""], 5, 13, "separator only applies to pop3 services, not auto"),
+    ("auto auth without users", &["[[service]]", "name = \"a\"", "kind = \"auto\"", "port = 1", "auth = true"], 5, 8, "auth = true but no [[user]] is defined"),
+    // [pac]
+    ("pac proxy unknown", &["[[service]]", "name = \"w\"", "kind = \"http\"", "port = 1", "[pac]", "proxy = \"x\""], 6, 9, "pac.proxy names unknown service 'x'; the http and auto services are: w"),
+    ("pac proxy socks", &["[[service]]", "name = \"s\"", "kind = \"socks\"", "port = 1", "[pac]", "proxy = \"s\""], 6, 9, "pac.proxy names service 's', a socks service; browsers need an http or auto service there (there is none; add a [[service]]"),
+    ("pac without proxy", &["[[service]]", "name = \"w\"", "kind = \"http\"", "port = 1", "[pac]", "direct = [\"*.lan\"]"], 5, 1, "missing field `proxy`"),
+    ("pac direct bad", &["[[service]]", "name = \"w\"", "kind = \"http\"", "port = 1", "[pac]", "proxy = \"w\"", "direct = [\"a*b\"]"], 7, 11, "pac.direct: \"a*b\": '*' is only allowed as the first label"),
+    ("pac unknown key", &["[[service]]", "name = \"w\"", "kind = \"http\"", "port = 1", "[pac]", "proxy = \"w\"", "fallback = true"], 7, 1, "unknown field `fallback`"),
     ("connect_ports zero", &["[[service]]", "name = \"w\"", "kind = \"http\"", "port = 1", "connect_ports = [443, 0]"], 5, 23, "service 'w': connect_ports: port 0 is out of range"),
     ("connect_ports too big", &["[[service]]", "name = \"w\"", "kind = \"http\"", "port = 1", "connect_ports = [65536]"], 5, 18, "port 65536 is out of range"),
     ("auth on mapped", &["[[user]]", "name = \"a\"", "password = \"plain:x\"", "[[service]]", "name = \"m\"", M, "port = 1", D, "auth = true"], 9, 8, "auth = true is not possible on a mapped service"),
@@ -881,6 +890,7 @@ fn implemented_kinds() {
                 k,
                 ServiceKind::Mapped
                     | ServiceKind::Socks
+                    | ServiceKind::Auto
                     | ServiceKind::Http
                     | ServiceKind::Status
                     | ServiceKind::Smtp

@@ -18,16 +18,16 @@ use toml::Value;
 use super::doc::{self, Node};
 use super::include::{one_line, take_include, Sources};
 use super::raw::{
-    List, RawAuth, RawConfig, RawLimits, RawNetwork, RawParent, RawProcess, RawQuota, RawRule,
-    RawService, RawUser, S,
+    List, RawAuth, RawConfig, RawLimits, RawNetwork, RawPac, RawParent, RawProcess, RawQuota,
+    RawRule, RawService, RawUser, S,
 };
 use super::values;
 use super::{
     implemented_kind, AccessTarget, Config, ConfigError, DiagnosticsTarget, HelperConfig, Limits,
-    ListenSide, LogConfig, LogFormat, Network, Parent, ParentKind, Password, Pick, ProcessConfig,
-    ProxyVersion, Quota, QuotaSubjects, Rule, RuleAction, RuntimeConfig, Service, ServiceKind,
-    SocksCommands, StateConfig, Transport, User, Via, DEFAULT_SYSLOG_SOCKET, MAX_BUFFER,
-    MAX_WORKERS, MIN_BUFFER,
+    ListenSide, LogConfig, LogFormat, Network, PacConfig, Parent, ParentKind, Password, Pick,
+    ProcessConfig, ProxyVersion, Quota, QuotaSubjects, Rule, RuleAction, RuntimeConfig, Service,
+    ServiceKind, SocksCommands, StateConfig, Transport, User, Via, DEFAULT_SYSLOG_SOCKET,
+    MAX_BUFFER, MAX_WORKERS, MIN_BUFFER,
 };
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -316,6 +316,11 @@ pub(super) fn check(root: Node, sources: &Sources, check_kinds: bool) -> Result<
         ));
     }
 
+    let pac = match &raw.pac {
+        None => None,
+        Some(p) => Some(pac(&cx, p.get_ref(), &services)?),
+    };
+
     if check_kinds {
         for (raw, svc) in raw.service.iter().zip(&services) {
             if !implemented_kind(svc.kind, svc.protocol) {
@@ -351,6 +356,52 @@ pub(super) fn check(root: Node, sources: &Sources, check_kinds: bool) -> Result<
         state,
         helper,
         parents,
+        pac,
+    })
+}
+
+/// `[pac]`: the service it names must be an http or auto service.
+fn pac(cx: &Ctx, raw: &RawPac, services: &[Service]) -> Result<PacConfig> {
+    let name = raw.proxy.get_ref();
+    let proxies: Vec<&str> = services
+        .iter()
+        .filter(|s| matches!(s.kind, ServiceKind::Http | ServiceKind::Auto))
+        .map(|s| s.name.as_str())
+        .collect();
+    let which = if proxies.is_empty() {
+        "there is none; add a [[service]] with kind = \"http\" or kind = \"auto\"".to_string()
+    } else {
+        format!("the http and auto services are: {}", proxies.join(", "))
+    };
+    match services.iter().find(|s| &s.name == name) {
+        None => {
+            return Err(cx.err(
+                raw.proxy.span(),
+                format!("pac.proxy names unknown service '{name}'; {which}"),
+            ))
+        }
+        Some(s) if !matches!(s.kind, ServiceKind::Http | ServiceKind::Auto) => {
+            return Err(cx.err(
+                raw.proxy.span(),
+                format!(
+                    "pac.proxy names service '{name}', a {} service; browsers need an http or \
+                     auto service there ({which})",
+                    s.kind
+                ),
+            ))
+        }
+        Some(_) => {}
+    }
+    let mut direct = Vec::new();
+    if let Some(l) = &raw.direct {
+        for d in l.get_ref() {
+            direct.push(cx.named("pac.direct", d, |t| values::parse_dest_pattern(t))?);
+        }
+    }
+    Ok(PacConfig {
+        proxy: name.clone(),
+        direct,
+        fallback_direct: raw.fallback_direct.as_ref().is_some_and(|v| *v.get_ref()),
     })
 }
 
@@ -1165,9 +1216,10 @@ fn service(cx: &Ctx, s: &S<RawService>, network: &Network, have_users: bool) -> 
             return Err(e(
                 span,
                 format!(
-                    "a {kind} service with side = \"external\" would be an open proxy on the \
+                    "{} {kind} service with side = \"external\" would be an open proxy on the \
                      Internet side; use side = \"internal\" (only mapped ports may listen on the \
-                     external side), or add open_proxy = true if that is really what you want"
+                     external side), or add open_proxy = true if that is really what you want",
+                    kind.article()
                 ),
             ));
         }
@@ -1182,7 +1234,8 @@ fn service(cx: &Ctx, s: &S<RawService>, network: &Network, have_users: bool) -> 
                 return Err(e(
                     v.span(),
                     format!(
-                        "protocol = \"udp\" is only for mapped services; a {kind} service is tcp"
+                        "protocol = \"udp\" is only for mapped services; {} {kind} service is tcp",
+                        kind.article()
                     ),
                 ))
             }
@@ -1201,14 +1254,20 @@ fn service(cx: &Ctx, s: &S<RawService>, network: &Network, have_users: bool) -> 
     })?;
 
     let destination = match (&r.destination, kind) {
-        (Some(d), ServiceKind::Http | ServiceKind::Socks | ServiceKind::Status) => {
+        (
+            Some(d),
+            ServiceKind::Http | ServiceKind::Socks | ServiceKind::Auto | ServiceKind::Status,
+        ) => {
             let why = match kind {
                 ServiceKind::Status => "the status page serves itself",
                 _ => "its clients name the destination of each request",
             };
             return Err(e(
                 d.span(),
-                format!("a {kind} service takes no destination ({why}); remove it"),
+                format!(
+                    "{} {kind} service takes no destination ({why}); remove it",
+                    kind.article()
+                ),
             ));
         }
         (Some(d), _) => Some(
@@ -1254,15 +1313,18 @@ fn service(cx: &Ctx, s: &S<RawService>, network: &Network, have_users: bool) -> 
             if on
                 && !matches!(
                     kind,
-                    ServiceKind::Http | ServiceKind::Socks | ServiceKind::Telnet
+                    ServiceKind::Http
+                        | ServiceKind::Socks
+                        | ServiceKind::Auto
+                        | ServiceKind::Telnet
                 )
             {
                 return Err(e(
                     v.span(),
                     format!(
-                        "auth = true is not possible on a {kind} service (only http, socks and \
-                         telnet ask clients for a user name and password); remove it and limit \
-                         access with [[rule]] clients instead"
+                        "auth = true is not possible on a {kind} service (only http, socks, \
+                         auto and telnet ask clients for a user name and password); remove it \
+                         and limit access with [[rule]] clients instead"
                     ),
                 ));
             }
@@ -1280,10 +1342,12 @@ fn service(cx: &Ctx, s: &S<RawService>, network: &Network, have_users: bool) -> 
 
     let connect_ports = match &r.connect_ports {
         None => vec![443],
-        Some(l) if kind != ServiceKind::Http => {
+        Some(l) if !matches!(kind, ServiceKind::Http | ServiceKind::Auto) => {
             return Err(e(
                 l.span(),
-                format!("connect_ports only applies to http services, not {kind}; remove it"),
+                format!(
+                    "connect_ports only applies to http and auto services, not {kind}; remove it"
+                ),
             ))
         }
         Some(l) => {
@@ -1410,10 +1474,10 @@ fn service(cx: &Ctx, s: &S<RawService>, network: &Network, have_users: bool) -> 
 
     let commands = match &r.commands {
         None => SocksCommands::default(),
-        Some(l) if kind != ServiceKind::Socks => {
+        Some(l) if !matches!(kind, ServiceKind::Socks | ServiceKind::Auto) => {
             return Err(e(
                 l.span(),
-                format!("commands only applies to socks services, not {kind}; remove it"),
+                format!("commands only applies to socks and auto services, not {kind}; remove it"),
             ))
         }
         Some(l) => {
@@ -1444,10 +1508,12 @@ fn service(cx: &Ctx, s: &S<RawService>, network: &Network, have_users: bool) -> 
     };
     let udp_announce = match &r.udp_announce {
         None => None,
-        Some(v) if kind != ServiceKind::Socks => {
+        Some(v) if !matches!(kind, ServiceKind::Socks | ServiceKind::Auto) => {
             return Err(e(
                 v.span(),
-                format!("udp_announce only applies to socks services, not {kind}; remove it"),
+                format!(
+                    "udp_announce only applies to socks and auto services, not {kind}; remove it"
+                ),
             ))
         }
         Some(v) => Some(cx.value(v, |t| values::parse_ip(t)).map_err(|mut err| {

@@ -62,7 +62,9 @@ pub enum Persist {
 pub fn encode_request_head(req: &Request, out: &mut Vec<u8>) -> Forward {
     let (authority, path) = match &req.target {
         Target::Absolute { authority, path } => (authority, path),
-        Target::Authority(_) | Target::Asterisk => return Forward::AnswerLocally,
+        Target::Authority(_) | Target::Asterisk | Target::Origin(_) => {
+            return Forward::AnswerLocally
+        }
     };
     if req.method == Method::Connect || req.max_forwards_exhausted() {
         return Forward::AnswerLocally;

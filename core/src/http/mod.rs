@@ -86,9 +86,7 @@ pub use encode::{
     encode_request_head, encode_response_head, error_reply, proxy_reply, reason_phrase,
     refusal_reply, refusal_reply_after, Forward, Persist, CONNECT_ESTABLISHED,
 };
-#[cfg(test)]
-pub use error::ErrorKind;
-pub use error::{Direction, HttpError};
+pub use error::{Direction, ErrorKind, HttpError};
 #[cfg(any(test, fuzzing, feature = "harness"))]
 pub use request::parse_request;
 #[cfg(test)]

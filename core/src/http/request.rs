@@ -25,6 +25,9 @@ pub enum Target {
     /// Asterisk-form `*` of `OPTIONS * HTTP/1.1`: a question about the proxy
     /// itself, answered locally.
     Asterisk,
+    /// Origin-form `/path?query` of a GET or HEAD: a request for the
+    /// proxy's own resource (its PAC file), never forwarded.
+    Origin(String),
 }
 
 /// A host and port from a request target.
@@ -455,7 +458,10 @@ fn parse_target(method: &Method, target: &str) -> Result<Target, ErrorKind> {
         };
     }
     if raw.first() == Some(&b'/') {
-        return Err(ErrorKind::OriginForm);
+        return match method {
+            Method::Get | Method::Head => Ok(Target::Origin(target.to_string())),
+            _ => Err(ErrorKind::OriginForm),
+        };
     }
     let Some(colon) = raw.iter().position(|&b| b == b':') else {
         return Err(ErrorKind::BadTarget);

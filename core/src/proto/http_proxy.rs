@@ -121,6 +121,9 @@ pub struct HttpProxy {
     /// request heads go to it in absolute form, with this
     /// `Proxy-Authorization` line (CRLF-ended) when it has credentials.
     pub via_parent: Option<Option<String>>,
+    /// The local address the client reached: the PAC file names the
+    /// proxies there.
+    pub here: Option<std::net::IpAddr>,
 }
 
 impl Default for HttpProxy {
@@ -137,6 +140,7 @@ impl Default for HttpProxy {
             head_since: None,
             logged: true,
             via_parent: None,
+            here: None,
         }
     }
 }
@@ -318,6 +322,7 @@ impl HttpProxy {
             request::Target::Absolute { authority, path } => authority.url(path),
             request::Target::Authority(a) => a.to_string(),
             request::Target::Asterisk => "*".into(),
+            request::Target::Origin(path) => path.clone(),
         };
         self.start(
             up,
@@ -331,6 +336,34 @@ impl HttpProxy {
         if let Some(c) = self.cur.as_mut() {
             c.upgrade = req.connection.upgrade && req.upgrade.is_some();
             c.html = req.accepts_html();
+        }
+        if let request::Target::Origin(path) = &req.target {
+            // A request to the proxy itself: its PAC file, which browsers
+            // fetch without proxy credentials (it says only where the
+            // proxies are), or a refusal.
+            let keep = req.keep_alive();
+            let head_only = req.method == Method::Head;
+            let pac = match (scope.config, self.here) {
+                (Some(config), Some(here)) if crate::pac::is_pac_path(path) => {
+                    crate::pac::script(config, here)
+                }
+                _ => None,
+            };
+            let Some(pac) = pac else {
+                let e = crate::http::HttpError::new(
+                    crate::http::ErrorKind::OriginForm,
+                    Direction::Request,
+                );
+                self.refuse(down, without_body(error_reply(&e), head_only), 400, todo);
+                return false;
+            };
+            down.say(&without_body(pac_reply(&pac, keep), head_only));
+            if let Some(c) = self.cur.as_mut() {
+                c.status = 200;
+            }
+            todo.push(Next::Responded(200));
+            self.finish_exchange(up, down, now, todo, !keep);
+            return keep;
         }
         // Credentials first: a client that is not allowed learns nothing else.
         if scope.service.auth {
@@ -442,6 +475,11 @@ impl HttpProxy {
                     target: target_of(&a.host, a.port),
                     user: self.user.clone(),
                 });
+                false
+            }
+            (request::Target::Origin(_), _) => {
+                // Answered in parse_request; never forwarded.
+                self.refuse(down, proxy_reply(400, &[], true), 400, todo);
                 false
             }
             (_, Forward::AnswerLocally) => {
@@ -852,7 +890,25 @@ fn authority_of(target: &request::Target) -> String {
             authority.to_string()
         }
         request::Target::Asterisk => "*".into(),
+        request::Target::Origin(path) => path.clone(),
     }
+}
+
+/// The reply carrying the PAC file `script`.
+fn pac_reply(script: &str, keep: bool) -> Vec<u8> {
+    let mut r = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-cache\r\n",
+        crate::pac::CONTENT_TYPE,
+        script.len()
+    )
+    .into_bytes();
+    if !keep {
+        r.extend_from_slice(b"Connection: close\r\n");
+    }
+    r.extend_from_slice(b"\r\n");
+    r.extend_from_slice(script.as_bytes());
+    r
 }
 
 fn local_options(keep: bool) -> Vec<u8> {
@@ -889,6 +945,7 @@ fn data_before(req: &request::Request, _len: usize) -> Vec<u8> {
         }
         request::Target::Authority(a) => out.extend_from_slice(a.to_string().as_bytes()),
         request::Target::Asterisk => out.push(b'*'),
+        request::Target::Origin(path) => out.extend_from_slice(path.as_bytes()),
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in req.headers.iter() {

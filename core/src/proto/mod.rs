@@ -161,6 +161,9 @@ impl Failure {
 pub struct Scope<'a> {
     pub service: &'a Service,
     pub users: &'a mut Users,
+    /// The configuration in force, for the proxy auto-config file the HTTP
+    /// proxy serves (none in a machine's own tests: no PAC file).
+    pub config: Option<&'a crate::config::Config>,
 }
 
 /// What a machine's own tests and the protocol fuzz target lend it besides
@@ -176,7 +179,11 @@ impl Detached {
 
     /// A scope for one call.
     pub(crate) fn scope<'a>(&'a mut self, service: &'a Service, users: &'a mut Users) -> Scope<'a> {
-        Scope { service, users }
+        Scope {
+            service,
+            users,
+            config: None,
+        }
     }
 }
 
@@ -328,6 +335,8 @@ pub type Handshake = Box<dyn Protocol>;
 pub fn for_service(service: &Service) -> Option<Handshake> {
     use crate::config::ServiceKind;
     match service.kind {
+        // An auto service starts as SOCKS only once its first byte says so
+        // (crate::session).
         ServiceKind::Socks => Some(Box::new(socks::Socks::default())),
         ServiceKind::Smtp => Some(Box::new(simple::Simple::smtp())),
         ServiceKind::Nntp => Some(Box::new(simple::Simple::nntp())),

@@ -33,7 +33,9 @@
 //!
 //! A mapped port starts in `Connecting` (it knows where to go at accept); a
 //! protocol service talks in `Talking` until its request names a
-//! destination, and the rules are checked again then.
+//! destination, and the rules are checked again then. An auto service's
+//! session waits in `Talking` for the client's first byte, then becomes
+//! the HTTP or SOCKS session it names (see `auto`) and goes on as that.
 //!
 //! # The two directions
 //!
@@ -41,6 +43,7 @@
 //! [`Dir`]). The session is finished when both directions are shut.
 
 mod associate;
+mod auto;
 mod bind;
 mod connect;
 pub(crate) use connect::rule_number;
@@ -108,13 +111,17 @@ pub(crate) enum Machine {
     Status { asked: bool },
     /// A SOCKS5 UDP association (the SOCKS handshake is over).
     Associate(Box<associate::Association>),
+    /// An auto service before the client's first byte: it becomes `Http`
+    /// or a SOCKS `Gateway` once that byte says which.
+    Auto,
 }
 
 impl Machine {
     /// Whether the protocol has words for a refusal (a limit, a rule on the
     /// client's address), so that a refused client is told, not just cut.
     pub fn has_words(&self) -> bool {
-        matches!(self, Machine::Gateway(_) | Machine::Http(_))
+        // Auto: both protocols it may become answer refusals in words.
+        matches!(self, Machine::Gateway(_) | Machine::Http(_) | Machine::Auto)
     }
 
     /// The access log's method before the protocol says better.
@@ -124,7 +131,7 @@ impl Machine {
             Machine::FtpData { .. } => "FTP-DATA",
             Machine::Gateway(p) => p.method(),
             Machine::Http(_) => "HTTP",
-            Machine::Status { .. } => "-",
+            Machine::Status { .. } | Machine::Auto => "-",
             Machine::Associate(_) => "UDP-ASSOCIATE",
         }
     }
@@ -508,7 +515,9 @@ impl Session {
                     }
                 }
             }
-            Machine::Http(_) | Machine::Status { .. } | Machine::Associate(_) => self.sync(cx),
+            Machine::Http(_) | Machine::Status { .. } | Machine::Associate(_) | Machine::Auto => {
+                self.sync(cx)
+            }
         }
     }
 
@@ -525,6 +534,7 @@ impl Session {
             Machine::Http(_) => self.http_client(cx),
             Machine::Gateway(_) => self.gateway_input(cx),
             Machine::Associate(_) => self.association_control(cx),
+            Machine::Auto => self.auto_input(cx),
             Machine::Mapped | Machine::FtpData { .. } => {}
         }
     }

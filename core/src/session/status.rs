@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! Talking ─head complete, a page─► (the table answers) ─► Closing ─written─► (ended)
+//!     ├─/proxy.pac or /wpad.dat──► the PAC file (or 404), Closing
 //!     ├─head too long, or not a GET/HEAD──► 400/405/431, Closing
 //!     ├─client EOF before a complete head──► (ended)
 //!     └─handshake_timeout──► (ended)
@@ -29,6 +30,15 @@ impl Session {
             status::Parse::More if !self.up.has_space() => status::error(431),
             status::Parse::More => return,
             status::Parse::Bad(code) => status::error(code),
+            status::Parse::Get {
+                page: status::Page::Pac,
+                head_only,
+            } => {
+                // Made from the configuration in force and the address the
+                // client reached; nothing of the table's is needed.
+                let script = crate::pac::script(&cx.config, self.local.ip());
+                status::pac(script.as_deref(), head_only)
+            }
             status::Parse::Get { page, head_only } => {
                 self.machine = Machine::Status { asked: true };
                 cx.requests.push(Request::Status {

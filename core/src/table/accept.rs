@@ -104,8 +104,11 @@ impl Proxy {
             ServiceKind::Http => {
                 let mut h = Box::<HttpProxy>::default();
                 h.logged = self.cx.access_logged();
+                h.here = Some(local.ip());
                 Machine::Http(h)
             }
+            // Which protocol is known only from the client's first byte.
+            ServiceKind::Auto => Machine::Auto,
             ServiceKind::Status => Machine::Status { asked: false },
             _ => match crate::proto::for_service(conf) {
                 Some(p) => Machine::Gateway(p),

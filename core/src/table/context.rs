@@ -162,6 +162,7 @@ impl Context {
         Scope {
             service: &self.services[service].conf,
             users: &mut self.users,
+            config: Some(&self.config),
         }
     }
 

@@ -119,7 +119,7 @@ fn check_config(c: &Config, checked: bool) {
         );
         let takes_none = matches!(
             s.kind,
-            ServiceKind::Http | ServiceKind::Socks | ServiceKind::Status
+            ServiceKind::Http | ServiceKind::Socks | ServiceKind::Auto | ServiceKind::Status
         );
         if needs {
             assert!(s.destination.is_some(), "{:?} needs a destination", s.name);
