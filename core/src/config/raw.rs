@@ -126,6 +126,16 @@ pub struct RawService {
     pub proxy_protocol: Option<S<bool>>,
     pub proxy_protocol_from: Option<List<String>>,
     pub send_proxy_protocol: Option<S<String>>,
+    pub tls: Option<S<RawTls>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: S<String>,
+    pub key: S<String>,
+    pub client_ca: Option<S<String>>,
+    pub client_cert_user: Option<S<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
