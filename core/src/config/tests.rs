@@ -146,6 +146,7 @@ fn spec_example_parses() {
                 proxy_protocol: false,
                 proxy_protocol_from: vec![],
                 send_proxy_protocol: None,
+                tls: None,
             },
             Service {
                 name: "ssh-in".into(),
@@ -164,6 +165,7 @@ fn spec_example_parses() {
                 proxy_protocol: false,
                 proxy_protocol_from: vec![],
                 send_proxy_protocol: None,
+                tls: None,
             },
         ]
     );

@@ -95,8 +95,12 @@ fn check_expiry(
     what: &str,
     path: &Path,
 ) -> Result<(), String> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
-        .map_err(|e| format!("tls {what} {}: not a valid certificate: {e}", path.display()))?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| {
+        format!(
+            "tls {what} {}: not a valid certificate: {e}",
+            path.display()
+        )
+    })?;
     let Some(now) = now else { return Ok(()) };
     let now = match now.duration_since(SystemTime::UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
@@ -143,7 +147,10 @@ pub(super) fn load(
             for c in certs(&text, "client_ca", ca)? {
                 check_expiry(&c, now, "client_ca", ca)?;
                 roots.add(c).map_err(|e| {
-                    format!("tls client_ca {}: not a usable CA certificate: {e}", ca.display())
+                    format!(
+                        "tls client_ca {}: not a usable CA certificate: {e}",
+                        ca.display()
+                    )
                 })?;
             }
             texts.push(text);

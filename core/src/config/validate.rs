@@ -1222,7 +1222,11 @@ fn service(cx: &Ctx, s: &S<RawService>, network: &Network, have_users: bool) -> 
                     _ => Ok(PathBuf::from(p)),
                 })
             };
-            let client_ca = t.client_ca.as_ref().map(|v| path(v, "client_ca")).transpose()?;
+            let client_ca = t
+                .client_ca
+                .as_ref()
+                .map(|v| path(v, "client_ca"))
+                .transpose()?;
             let client_cert_user = t.client_cert_user.as_ref().is_some_and(|v| *v.get_ref());
             if let (true, None, Some(v)) = (client_cert_user, &client_ca, &t.client_cert_user) {
                 return Err(e(

@@ -52,6 +52,8 @@ pub struct Socks {
     /// The name being checked (SOCKS4: and where to go once it is).
     checking: Option<String>,
     v4_target: Option<Target>,
+    /// The user came with the connection (a TLS client certificate).
+    proven: bool,
 }
 
 const NEED: (usize, Next) = (0, Next::Wait);
@@ -68,6 +70,11 @@ impl Protocol for Socks {
 
     fn refuses_at_accept(&self) -> bool {
         false
+    }
+
+    fn authenticated(&mut self, user: String) {
+        self.user = Some(user);
+        self.proven = true;
     }
 
     /// The authenticated user, for the access log of a client that goes no
@@ -192,7 +199,8 @@ impl Socks {
         let Some(methods) = b.get(2..len) else {
             return NEED;
         };
-        let auth_on = scope.service.auth;
+        // A user the connection proved needs no password.
+        let auth_on = scope.service.auth && !self.proven;
         let choice = if !auth_on && methods.contains(&0) {
             Some(0)
         } else if methods.contains(&2) && !scope.users.is_empty() {
@@ -357,7 +365,7 @@ impl Socks {
             reply.extend_from_slice(&v4_reply(false, None));
             return (len, close(Outcome::Unsupported));
         }
-        if scope.service.auth {
+        if scope.service.auth && !self.proven {
             // USERID is `name:password` (SOCKS4 has no password field).
             let (name, password) = match userid.iter().position(|&c| c == b':') {
                 Some(i) => (&userid[..i], &userid[i + 1..]),
