@@ -245,7 +245,13 @@ pub(super) fn check(
 
     let mut rules = Vec::new();
     for r in &raw.rule {
-        rules.push(rule(&cx, r.get_ref(), &services, &users, helper.is_some())?);
+        // A client certificate (client_cert_user) may name users that
+        // [[user]] does not, as a helper may.
+        let outside = helper.is_some()
+            || services
+                .iter()
+                .any(|s| s.tls.as_ref().is_some_and(|t| t.client_cert_user));
+        rules.push(rule(&cx, r.get_ref(), &services, &users, outside)?);
     }
 
     let mut quotas: Vec<Quota> = Vec::new();
