@@ -45,10 +45,25 @@ impl Certs {
             let out = run_tool("openssl", cmd, None, LIMIT);
             assert!(out.status.success(), "openssl {args:?}: {}", out.stderr);
         };
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
         let mut ca = vec!["req", "-x509"];
         ca.extend(ec);
-        ca.extend(["-keyout", "ca.key", "-out", "ca.pem", "-days", "30", "-subj", "/CN=Test CA"]);
+        ca.extend([
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=Test CA",
+        ]);
         openssl(&ca);
         std::fs::write(
             d.join("srv.ext"),
@@ -56,7 +71,10 @@ impl Certs {
         )
         .expect("srv.ext");
         std::fs::write(d.join("cli.ext"), "extendedKeyUsage=clientAuth\n").expect("cli.ext");
-        for (name, cn, ext) in [("server", "/CN=localhost", "srv.ext"), ("client", "/CN=carol", "cli.ext")] {
+        for (name, cn, ext) in [
+            ("server", "/CN=localhost", "srv.ext"),
+            ("client", "/CN=carol", "cli.ext"),
+        ] {
             let key = format!("{name}.key");
             let csr = format!("{name}.csr");
             let pem = format!("{name}.pem");
@@ -65,11 +83,32 @@ impl Certs {
             req.extend(["-keyout", &key, "-out", &csr, "-subj", cn]);
             openssl(&req);
             openssl(&[
-                "x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key",
-                "-CAcreateserial", "-out", &pem, "-days", "30", "-extfile", ext,
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "30",
+                "-extfile",
+                ext,
             ]);
         }
-        openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-out", "other.key"]);
+        openssl(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-out",
+            "other.key",
+        ]);
         Certs { dir }
     }
 
@@ -154,12 +193,19 @@ fn https_proxy_connect(bin: Bin) {
     server
         .args(["s_server", "-www", "-quiet", "-accept"])
         .arg(port.to_string())
-        .args(["-cert", &certs.p("server.pem"), "-key", &certs.p("server.key")])
+        .args([
+            "-cert",
+            &certs.p("server.pem"),
+            "-key",
+            &certs.p("server.key"),
+        ])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let mut child = server.spawn().expect("openssl s_server");
-    let up = poll_until(LIMIT, Duration::from_millis(50), || connect(portico_tests::local(port)).ok());
+    let up = poll_until(LIMIT, Duration::from_millis(50), || {
+        connect(portico_tests::local(port)).ok()
+    });
     let (p, ports) = start_on_free_ports(bin, 1, StartOptions::default(), |ports| {
         format!(
             "{}{}\n[[rule]]\naction = \"allow\"\n",
@@ -197,11 +243,19 @@ fn https_proxy_connect(bin: Bin) {
 fn status_page_over_https(bin: Bin) {
     let certs = Certs::new();
     let (_p, ports) = start_on_free_ports(bin, 1, StartOptions::default(), |ports| {
-        format!("{}{}", config_head("", ""), service("st", "status", ports[0], &certs.tls("")))
+        format!(
+            "{}{}",
+            config_head("", ""),
+            service("st", "status", ports[0], &certs.tls(""))
+        )
     });
     let (ok, body, err) = curl(
         bin,
-        &["--cacert", &certs.p("ca.pem"), &format!("https://127.0.0.1:{}/metrics", ports[0])],
+        &[
+            "--cacert",
+            &certs.p("ca.pem"),
+            &format!("https://127.0.0.1:{}/metrics", ports[0]),
+        ],
     );
     assert!(ok, "{bin}: the status page over HTTPS: {err}");
     assert!(body.contains("portico_connections_total"), "{bin}: {body}");
@@ -218,7 +272,8 @@ fn plain_text_to_a_tls_port(bin: Bin) {
         )
     });
     let mut s = connect(portico_tests::local(ports[0])).expect("connect");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send");
     s.set_read_timeout(Some(LIMIT)).expect("timeout");
     let mut got = Vec::new();
     let _ = s.read_to_end(&mut got);
@@ -227,10 +282,21 @@ fn plain_text_to_a_tls_port(bin: Bin) {
         "{bin}: plain text was served: {got:?}"
     );
     let line = "portico_tls_failures_total{service=\"st\"} 1";
-    let seen = poll_until(LIMIT, Duration::from_millis(50), || metrics(bin, ports[1]).contains(line).then_some(()));
-    assert!(seen.is_some(), "{bin}: no {line:?} in\n{}", metrics(bin, ports[1]));
+    let seen = poll_until(LIMIT, Duration::from_millis(50), || {
+        metrics(bin, ports[1]).contains(line).then_some(())
+    });
+    assert!(
+        seen.is_some(),
+        "{bin}: no {line:?} in\n{}",
+        metrics(bin, ports[1])
+    );
     p.wait_for_stderr(|l| l.contains("TLS handshake failed"), LIMIT)
-        .unwrap_or_else(|| panic!("{bin}: the failure is not logged:\n{}", p.stderr_lines().join("\n")));
+        .unwrap_or_else(|| {
+            panic!(
+                "{bin}: the failure is not logged:\n{}",
+                p.stderr_lines().join("\n")
+            )
+        });
 }
 
 fn client_ca_config(certs: &Certs, port: u16, extra: &str) -> String {
@@ -255,13 +321,32 @@ fn client_certificate_required(bin: Bin) {
     });
     let proxy = format!("https://127.0.0.1:{}", ports[0]);
     let url = format!("http://{}/", o.addr());
-    let (ok, body, _) = curl(bin, &["--proxy", &proxy, "--proxy-cacert", &certs.p("ca.pem"), &url]);
-    assert!(!ok && body.is_empty(), "{bin}: served without a client certificate: {body}");
+    let (ok, body, _) = curl(
+        bin,
+        &[
+            "--proxy",
+            &proxy,
+            "--proxy-cacert",
+            &certs.p("ca.pem"),
+            &url,
+        ],
+    );
+    assert!(
+        !ok && body.is_empty(),
+        "{bin}: served without a client certificate: {body}"
+    );
     let (ok, body, err) = curl(
         bin,
         &[
-            "--proxy", &proxy, "--proxy-cacert", &certs.p("ca.pem"),
-            "--proxy-cert", &certs.p("client.pem"), "--proxy-key", &certs.p("client.key"), &url,
+            "--proxy",
+            &proxy,
+            "--proxy-cacert",
+            &certs.p("ca.pem"),
+            "--proxy-cert",
+            &certs.p("client.pem"),
+            "--proxy-key",
+            &certs.p("client.key"),
+            &url,
         ],
     );
     assert!(ok, "{bin}: with a client certificate: {err}");
@@ -308,7 +393,11 @@ fn check_names_a_bad_tls_file(bin: Bin) {
     let certs = Certs::new();
     let dir = TempDir::new();
     let check = |tls: String, needle: &Path| {
-        let text = format!("{}{}", config_head("", ""), service("st", "status", 1, &tls));
+        let text = format!(
+            "{}{}",
+            config_head("", ""),
+            service("st", "status", 1, &tls)
+        );
         let path = dir.write("portico.toml", &text);
         let path = path.display().to_string();
         let out = run_cli(bin, &["--config", &path, "--check"], None, LIMIT);
@@ -322,15 +411,36 @@ fn check_names_a_bad_tls_file(bin: Bin) {
     };
     let missing = certs.path("missing.pem");
     check(
-        format!("tls = {{ cert = \"{}\", key = \"{}\" }}", missing.display(), certs.p("server.key")),
+        format!(
+            "tls = {{ cert = \"{}\", key = \"{}\" }}",
+            missing.display(),
+            certs.p("server.key")
+        ),
         &missing,
     );
     check(
-        format!("tls = {{ cert = \"{}\", key = \"{}\" }}", certs.p("server.pem"), certs.p("other.key")),
+        format!(
+            "tls = {{ cert = \"{}\", key = \"{}\" }}",
+            certs.p("server.pem"),
+            certs.p("other.key")
+        ),
         &certs.path("other.key"),
     );
-    let good = format!("{}{}", config_head("", ""), service("st", "status", 1, &certs.tls("")));
+    let good = format!(
+        "{}{}",
+        config_head("", ""),
+        service("st", "status", 1, &certs.tls(""))
+    );
     let path = dir.write("good.toml", &good);
-    let out = run_cli(bin, &["--config", &path.display().to_string(), "--check"], None, LIMIT);
-    assert_eq!(out.code(), Some(0), "{bin}: good files pass --check: {out:?}");
+    let out = run_cli(
+        bin,
+        &["--config", &path.display().to_string(), "--check"],
+        None,
+        LIMIT,
+    );
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "{bin}: good files pass --check: {out:?}"
+    );
 }
