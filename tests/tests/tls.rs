@@ -24,6 +24,8 @@ both!(
     client_certificate_required,
     client_certificate_names_the_user,
     check_names_a_bad_tls_file,
+    socks5_over_tls,
+    reload_reads_the_files_again,
 );
 
 /// A CA, a server certificate for 127.0.0.1 and localhost, a client
@@ -425,6 +427,14 @@ fn check_names_a_bad_tls_file(bin: Bin) {
         ),
         &certs.path("other.key"),
     );
+    check(
+        format!(
+            "tls = {{ cert = \"{}\", key = \"{}\" }}",
+            certs.p("expired.pem"),
+            certs.p("server.key")
+        ),
+        &certs.path("expired.pem"),
+    );
     let good = format!(
         "{}{}",
         config_head("", ""),
@@ -442,4 +452,116 @@ fn check_names_a_bad_tls_file(bin: Bin) {
         Some(0),
         "{bin}: good files pass --check: {out:?}"
     );
+}
+
+/// A TLS client over `s` trusting `ca` (a PEM file).
+fn tls_client(
+    ca: &Path,
+    s: std::net::TcpStream,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).expect("CA file") {
+        roots.add(c.expect("CA")).expect("CA added");
+    }
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("client");
+    rustls::StreamOwned::new(conn, s)
+}
+
+fn socks5_over_tls(bin: Bin) {
+    let certs = Certs::new();
+    let o = origin();
+    let (_p, ports) = start_on_free_ports(bin, 1, StartOptions::default(), |ports| {
+        format!(
+            "{}{}\n[[rule]]\naction = \"allow\"\n",
+            config_head("", ""),
+            service("socks", "socks", ports[0], &certs.tls(""))
+        )
+    });
+    let s = connect(portico_tests::local(ports[0])).expect("connect");
+    s.set_read_timeout(Some(LIMIT)).expect("timeout");
+    let mut t = tls_client(&certs.path("ca.pem"), s);
+    let run = |t: &mut rustls::StreamOwned<_, _>| -> std::io::Result<Vec<u8>> {
+        t.write_all(&[5, 1, 0])?;
+        let mut m = [0u8; 2];
+        t.read_exact(&mut m)?;
+        assert_eq!(m, [5, 0], "{bin}: method reply");
+        let std::net::SocketAddr::V4(a) = o.addr() else {
+            panic!("an IPv4 origin")
+        };
+        let mut req = vec![5, 1, 0, 1];
+        req.extend_from_slice(&a.ip().octets());
+        req.extend_from_slice(&a.port().to_be_bytes());
+        t.write_all(&req)?;
+        let mut r = [0u8; 10];
+        t.read_exact(&mut r)?;
+        assert_eq!(r[1], 0, "{bin}: SOCKS5 reply");
+        t.write_all(b"GET / HTTP/1.1\r\nHost: o\r\n\r\n")?;
+        let mut got = Vec::new();
+        let mut b = [0u8; 512];
+        while !got.ends_with(b"ok") {
+            match t.read(&mut b)? {
+                0 => break,
+                n => got.extend_from_slice(&b[..n]),
+            }
+        }
+        Ok(got)
+    };
+    let got = run(&mut t).unwrap_or_else(|e| panic!("{bin}: SOCKS5 over TLS: {e}"));
+    let got = String::from_utf8_lossy(&got);
+    assert!(
+        got.starts_with("HTTP/1.1 200") && got.ends_with("ok"),
+        "{bin}: {got}"
+    );
+}
+
+fn reload_reads_the_files_again(bin: Bin) {
+    let first = Certs::new();
+    let second = Certs::new();
+    let dir = TempDir::new();
+    let cert = dir.path().join("proxy.pem");
+    let key = dir.path().join("proxy.key");
+    std::fs::copy(first.path("server.pem"), &cert).expect("copy");
+    std::fs::copy(first.path("server.key"), &key).expect("copy");
+    let (p, ports) = start_on_free_ports(bin, 1, StartOptions::default(), |ports| {
+        format!(
+            "{}{}",
+            config_head("", ""),
+            service(
+                "st",
+                "status",
+                ports[0],
+                &format!(
+                    "tls = {{ cert = \"{}\", key = \"{}\" }}",
+                    cert.display(),
+                    key.display()
+                )
+            )
+        )
+    });
+    let url = format!("https://127.0.0.1:{}/metrics", ports[0]);
+    let get = |ca: &Certs| curl(bin, &["--cacert", &ca.p("ca.pem"), &url]).0;
+    assert!(get(&first), "{bin}: the first certificate");
+    assert!(
+        !get(&second),
+        "{bin}: the second CA does not know the first certificate"
+    );
+    std::fs::copy(second.path("server.pem"), &cert).expect("copy");
+    std::fs::copy(second.path("server.key"), &key).expect("copy");
+    p.signal(libc::SIGHUP);
+    p.wait_for_stderr(|l| l.contains("configuration reloaded"), LIMIT)
+        .unwrap_or_else(|| panic!("{bin}: no reload:\n{}", p.stderr_lines().join("\n")));
+    assert!(
+        get(&second),
+        "{bin}: new connections see the new certificate"
+    );
+    assert!(!get(&first), "{bin}: the old certificate is gone");
 }
