@@ -79,3 +79,8 @@ fn http_response_corpus() {
 fn proxy_protocol_corpus() {
     replay("proxy_protocol", portico_core::sim::fuzz::proxy_protocol);
 }
+
+#[test]
+fn tls_accept_corpus() {
+    replay("tls_accept", portico_core::sim::fuzz::tls_accept);
+}
