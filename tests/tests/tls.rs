@@ -26,6 +26,7 @@ both!(
     check_names_a_bad_tls_file,
     socks5_over_tls,
     reload_reads_the_files_again,
+    large_bodies_both_ways,
 );
 
 /// A CA, a server certificate for 127.0.0.1 and localhost, a client
@@ -564,4 +565,104 @@ fn reload_reads_the_files_again(bin: Bin) {
         "{bin}: new connections see the new certificate"
     );
     assert!(!get(&first), "{bin}: the old certificate is gone");
+}
+
+const BIG: usize = 1024 * 1024 + 17;
+
+/// An origin that answers a POST with the length and digest of its body,
+/// and a GET with [`BIG`] bytes of a pattern.
+fn big_origin() -> Acceptor {
+    Acceptor::start(IpAddr::V4(Ipv4Addr::LOCALHOST), "big origin", |mut s, _| {
+        let _ = s.set_read_timeout(Some(LIMIT));
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match s.read(&mut b) {
+                Ok(1) => head.push(b[0]),
+                _ => return,
+            }
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        if head.starts_with("post") {
+            let len: u64 = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            let Ok((n, d)) = portico_tests::recv_exact(&mut s, len).map(|d| (len, d)) else {
+                return;
+            };
+            let body = format!("{n} {d:x}");
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        } else {
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {BIG}\r\nConnection: close\r\n\r\n"
+            );
+            let _ = s.write_all(&portico_tests::pattern(7, BIG));
+        }
+    })
+}
+
+/// Megabytes through the HTTPS proxy each way arrive whole: the TLS
+/// layer's bounded buffers pass everything on, however it is chopped.
+fn large_bodies_both_ways(bin: Bin) {
+    let certs = Certs::new();
+    let o = big_origin();
+    let (_p, ports) = start_on_free_ports(bin, 1, StartOptions::default(), |ports| {
+        format!(
+            "{}{}\n[[rule]]\naction = \"allow\"\n",
+            config_head("buffer = \"4 KiB\"", ""),
+            service("web", "http", ports[0], &certs.tls(""))
+        )
+    });
+    let proxy = format!("https://127.0.0.1:{}", ports[0]);
+    let url = format!("http://{}/", o.addr());
+    let down = certs.path("down.bin");
+    let (ok, _, err) = curl(
+        bin,
+        &[
+            "--proxy",
+            &proxy,
+            "--proxy-cacert",
+            &certs.p("ca.pem"),
+            "-o",
+            &down.display().to_string(),
+            &url,
+        ],
+    );
+    assert!(ok, "{bin}: download: {err}");
+    let got = std::fs::read(&down).expect("downloaded file");
+    assert_eq!(got.len(), BIG, "{bin}: download length");
+    assert!(
+        got == portico_tests::pattern(7, BIG),
+        "{bin}: download bytes"
+    );
+    let up = certs.path("up.bin");
+    let sent = portico_tests::pattern(9, BIG);
+    std::fs::write(&up, &sent).expect("upload file");
+    let (ok, body, err) = curl(
+        bin,
+        &[
+            "--proxy",
+            &proxy,
+            "--proxy-cacert",
+            &certs.p("ca.pem"),
+            "--data-binary",
+            &format!("@{}", up.display()),
+            "-H",
+            "Expect:",
+            &url,
+        ],
+    );
+    assert!(ok, "{bin}: upload: {err}");
+    assert_eq!(
+        body,
+        format!("{BIG} {:x}", portico_tests::digest(&sent)),
+        "{bin}: upload"
+    );
 }
