@@ -9,8 +9,9 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -33,10 +34,32 @@ pub struct Tls {
     pub server: Option<Server>,
 }
 
+/// The time rustls checks a client certificate's validity against: the
+/// wall clock the table was last given (`Proxy::set_wall`), so that the
+/// core reads no clock of its own. Unset (0), no client certificate is
+/// valid.
+#[derive(Debug, Default)]
+pub struct Clock(AtomicI64);
+
+impl Clock {
+    pub fn set(&self, unix_secs: i64) {
+        self.0.store(unix_secs, Ordering::Relaxed);
+    }
+}
+
+impl rustls::time_provider::TimeProvider for Clock {
+    fn current_time(&self) -> Option<rustls::pki_types::UnixTime> {
+        let s = u64::try_from(self.0.load(Ordering::Relaxed)).ok()?;
+        (s > 0).then(|| rustls::pki_types::UnixTime::since_unix_epoch(Duration::from_secs(s)))
+    }
+}
+
 /// The rustls server configuration made from a service's files.
 #[derive(Clone)]
 pub struct Server {
     pub config: Arc<rustls::ServerConfig>,
+    /// The time its handshakes use, set by the sessions that use it.
+    pub clock: Arc<Clock>,
     /// The files' texts: two loads of the same files are equal.
     texts: Arc<Vec<String>>,
 }
@@ -136,7 +159,8 @@ pub(super) fn load(
         )
     })?;
     let mut texts = vec![cert_text, key_text];
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+    let clock = Arc::new(Clock::default());
+    let builder = rustls::ServerConfig::builder_with_details(provider.clone(), clock.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("tls: {e}"))?;
     let builder = match &tls.client_ca {
@@ -175,6 +199,7 @@ pub(super) fn load(
         ),
     })?;
     Ok(Server {
+        clock,
         config: Arc::new(config),
         texts: Arc::new(texts),
     })

@@ -43,6 +43,8 @@ pub const SEND_MAX: usize = 16 * 1024;
 /// A session's TLS layer on its client side.
 pub(crate) struct Tls {
     conn: rustls::ServerConnection,
+    /// The time its handshake is checked against (see `config::tls::Clock`).
+    clock: std::sync::Arc<crate::config::tls::Clock>,
     /// Bytes read from the client, not yet taken by rustls: the first
     /// `rx_len` (allocated while there are some).
     rx: Vec<u8>,
@@ -78,11 +80,12 @@ impl std::fmt::Debug for Tls {
 }
 
 impl Tls {
-    pub fn new(config: std::sync::Arc<rustls::ServerConfig>) -> Result<Tls, rustls::Error> {
-        let mut conn = rustls::ServerConnection::new(config)?;
+    pub fn new(server: &crate::config::tls::Server) -> Result<Tls, rustls::Error> {
+        let mut conn = rustls::ServerConnection::new(server.config.clone())?;
         conn.set_buffer_limit(Some(SEND_MAX));
         Ok(Tls {
             conn,
+            clock: server.clock.clone(),
             rx: Vec::new(),
             rx_len: 0,
             tx: Vec::new(),
@@ -179,6 +182,9 @@ impl Session {
         match self.tls() {
             Some(t) if !t.busy => t.busy = true,
             _ => return,
+        }
+        if let Some(t) = self.tls() {
+            t.clock.set(cx.wall.unix_secs);
         }
         // Each round moves bytes or stops; the bound only guards against
         // a round that moves nothing but says it did.
@@ -473,6 +479,8 @@ mod tests {
         let config = crate::config::parse_with_files(&text, "tls.toml", &mut files())
             .unwrap_or_else(|e| panic!("{e}"));
         let mut rt = Runtime::new(config, 1, std::time::Instant::now());
+        // Within the test certificates' validity (2026 to 2126).
+        rt.set_wall(crate::rules::Wall::utc(1_830_000_000));
         rt.open();
         rt
     }
@@ -638,5 +646,26 @@ mod tests {
                 .any(|r| r.user.as_deref() == Some("carol") && r.state == "resolving"),
             "{rows:?}"
         );
+    }
+
+    /// The client certificate's validity is checked against the time the
+    /// table was given, not a clock of the core's own: given a time after
+    /// the certificate expires, the same client is refused.
+    #[test]
+    fn client_certificate_checked_against_the_tables_clock() {
+        let mut rt = started(HTTP_CA);
+        rt.set_wall(crate::rules::Wall::utc(7_500_000_000));
+        let id = connect(&mut rt);
+        let mut c = client(true);
+        c.writer()
+            .write_all(b"GET http://example.test/ HTTP/1.1\r\nHost: example.test\r\n\r\n")
+            .expect("write");
+        let got = talk(&mut rt, id, &mut c);
+        assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+        rt.drain();
+        assert!(!rt.is_live(id));
+        assert_eq!(rt.snapshot().services[0].counters.tls_failures, 1);
+        let why = rt.logs.iter().any(|(_, m)| m.contains("expired"));
+        assert!(why, "{:?}", rt.logs);
     }
 }

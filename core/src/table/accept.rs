@@ -157,7 +157,7 @@ impl Proxy {
             .as_ref()
             .and_then(|t| t.server.as_ref())
         {
-            match crate::session::Tls::new(server.config.clone()) {
+            match crate::session::Tls::new(server) {
                 Ok(t) => s.tls = Some(Box::new(t)),
                 Err(e) => {
                     // rustls refuses a connection only for a configuration
