@@ -211,3 +211,37 @@ pub fn subject_cn(cert: &[u8]) -> Option<String> {
     let cn = parsed.subject().iter_common_name().next()?;
     cn.as_str().ok().map(str::to_string)
 }
+
+#[cfg(test)]
+mod tests {
+    fn err(service: &str) -> String {
+        let text = format!("[network]\ninternal = [\"127.0.0.1\"]\n[[service]]\n{service}\n");
+        match crate::config::parse(&text, "t.toml") {
+            Ok(_) => panic!("accepted: {service}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// What `tls` cannot be on, or be without, is refused saying so.
+    #[test]
+    fn tls_where_it_cannot_be() {
+        let tls = "tls = { cert = \"/c.pem\", key = \"/k.pem\" }";
+        let e = err(&format!(
+            "name = \"m\"\nkind = \"mapped\"\nport = 1\ndestination = \"10.0.0.1:1\"\n{tls}"
+        ));
+        assert!(e.contains("tls applies to http, socks and status"), "{e}");
+        let e = err(&format!(
+            "name = \"w\"\nkind = \"http\"\nport = 1\nproxy_protocol = true\n\
+             proxy_protocol_from = [\"10.0.0.1/32\"]\n{tls}"
+        ));
+        assert!(e.contains("proxy_protocol"), "{e}");
+        let e = err("name = \"w\"\nkind = \"http\"\nport = 1\n\
+             tls = { cert = \"/c.pem\", key = \"/k.pem\", client_cert_user = true }");
+        assert!(e.contains("client_cert_user = true needs client_ca"), "{e}");
+        // Text alone names files it cannot read.
+        let e = err(&format!("name = \"w\"\nkind = \"http\"\nport = 1\n{tls}"));
+        assert!(e.contains("read as text alone"), "{e}");
+        let e = err("name = \"w\"\nkind = \"http\"\nport = 1\ntls = { cert = \"/c.pem\" }");
+        assert!(e.contains("key"), "{e}");
+    }
+}
