@@ -45,6 +45,8 @@ pub struct ServiceCounters {
     pub password_checks: u64,
     /// Failed logins by reason (`wrong`, `unknown-user`).
     pub auth_failures: BTreeMap<&'static str, u64>,
+    /// TLS handshakes that failed (plain text to a TLS port included).
+    pub tls_failures: u64,
 }
 
 /// One service as the status page shows it.
@@ -118,6 +120,7 @@ impl Snapshot {
                         *c.http_responses.entry(*code).or_insert(0) += n;
                     }
                     c.password_checks += o.password_checks;
+                    c.tls_failures += o.tls_failures;
                     for (why, n) in &o.auth_failures {
                         *c.auth_failures.entry(why).or_insert(0) += n;
                     }
@@ -508,6 +511,20 @@ pub fn metrics(snap: &Snapshot) -> String {
                 "portico_password_checks_total{{service=\"{}\"}} {}",
                 label(&s.name),
                 s.counters.password_checks
+            );
+        }
+    }
+    if snap.services.iter().any(|s| s.counters.tls_failures > 0) {
+        o.push_str(
+            "# HELP portico_tls_failures_total TLS handshakes that failed (plain text to a TLS port included).\n",
+        );
+        o.push_str("# TYPE portico_tls_failures_total counter\n");
+        for s in snap.services.iter().filter(|s| s.counters.tls_failures > 0) {
+            let _ = writeln!(
+                o,
+                "portico_tls_failures_total{{service=\"{}\"}} {}",
+                label(&s.name),
+                s.counters.tls_failures
             );
         }
     }

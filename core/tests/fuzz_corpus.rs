@@ -92,3 +92,8 @@ fn socks_udp_header_corpus() {
 fn parent_reply_corpus() {
     replay("parent_reply", portico_core::sim::fuzz::parent_reply);
 }
+
+#[test]
+fn tls_accept_corpus() {
+    replay("tls_accept", portico_core::sim::fuzz::tls_accept);
+}

@@ -220,6 +220,9 @@ impl Files for Fs {
             .map(|e| e.map(|e| e.file_name()))
             .collect()
     }
+    fn now(&self) -> Option<std::time::SystemTime> {
+        Some(std::time::SystemTime::now())
+    }
 }
 
 impl Files for Process {
@@ -228,6 +231,9 @@ impl Files for Process {
     }
     fn list(&mut self, dir: &Path) -> io::Result<Vec<OsString>> {
         Fs.list(dir)
+    }
+    fn now(&self) -> Option<std::time::SystemTime> {
+        Fs.now()
     }
 }
 

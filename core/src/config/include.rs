@@ -35,6 +35,11 @@ pub trait Files {
     fn read(&mut self, path: &Path) -> io::Result<String>;
     /// The names of the entries of directory `dir`, in any order.
     fn list(&mut self, dir: &Path) -> io::Result<Vec<OsString>>;
+    /// The wall-clock time, for refusing an expired certificate; `None`
+    /// (the default): certificates are not checked for expiry.
+    fn now(&self) -> Option<std::time::SystemTime> {
+        None
+    }
 }
 
 /// Every file of one configuration laid end to end: a span in a
@@ -203,7 +208,7 @@ pub fn load(path: &Path, files: &mut dyn Files) -> Result<Loaded, LoadError> {
         })?
     };
     let rules_at = rule_places(&root, &sources);
-    let config = super::validate::check(root, &sources, true)?;
+    let config = super::validate::check(root, &sources, true, Some(loader.files))?;
     Ok(Loaded {
         config,
         text,

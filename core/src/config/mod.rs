@@ -50,6 +50,7 @@ use ipnet::IpNet;
 mod doc;
 mod include;
 mod raw;
+pub mod tls;
 mod validate;
 pub mod values;
 
@@ -57,6 +58,7 @@ pub mod values;
 mod tests;
 
 pub use include::{load, rule_lines, Files, LoadError, Loaded};
+pub use tls::Tls;
 
 /// The configuration used when no `--config` is given: it serves right away
 /// and listens on 127.0.0.1 only. The Debian package installs the same file
@@ -104,7 +106,18 @@ pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
 
 /// Parses and validates a configuration. `file` names it in errors.
 pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-    validate::parse(text, file, true)
+    validate::parse(text, file, true, None)
+}
+
+/// Like [`parse`], reading the files the configuration names (a service's
+/// `tls` certificates) through `files`. (No `include`: that needs
+/// [`load`].)
+pub fn parse_with_files(
+    text: &str,
+    file: &str,
+    files: &mut dyn Files,
+) -> Result<Config, ConfigError> {
+    validate::parse(text, file, true, Some(files))
 }
 
 /// Like [`parse`] but without the final check that every service's kind is
@@ -112,7 +125,7 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
 /// validated. For tests and tools that look at a configuration without
 /// running it.
 pub fn parse_unchecked_kinds(text: &str, file: &str) -> Result<Config, ConfigError> {
-    validate::parse(text, file, false)
+    validate::parse(text, file, false, None)
 }
 
 /// Whether this version of portico can run a service of `kind` over
@@ -579,6 +592,8 @@ pub struct Service {
     pub proxy_protocol_from: Vec<IpNet>,
     /// mapped: send a PROXY header of this version to the destination.
     pub send_proxy_protocol: Option<ProxyVersion>,
+    /// Serve TLS first (http, socks, status).
+    pub tls: Option<Tls>,
     /// `via`: where its connections go unless a rule says otherwise
     /// (`None`: direct).
     pub via: Option<Via>,

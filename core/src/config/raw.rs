@@ -157,6 +157,16 @@ pub struct RawService {
     pub udp_announce: Option<S<String>>,
     pub outgoing: Option<S<String>>,
     pub via: Option<S<String>>,
+    pub tls: Option<S<RawTls>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: S<String>,
+    pub key: S<String>,
+    pub client_ca: Option<S<String>>,
+    pub client_cert_user: Option<S<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -151,6 +151,7 @@ fn spec_example_parses() {
                 udp_announce: None,
                 outgoing: None,
                 via: None,
+                tls: None,
             },
             Service {
                 name: "ssh-in".into(),
@@ -173,6 +174,7 @@ fn spec_example_parses() {
                 udp_announce: None,
                 outgoing: None,
                 via: None,
+                tls: None,
             },
         ]
     );

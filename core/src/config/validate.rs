@@ -16,7 +16,7 @@ use serde::Deserialize;
 use toml::Value;
 
 use super::doc::{self, Node};
-use super::include::{one_line, take_include, Sources};
+use super::include::{one_line, take_include, Files, Sources};
 use super::raw::{
     List, RawAuth, RawConfig, RawLimits, RawNetwork, RawPac, RawParent, RawProcess, RawQuota,
     RawRule, RawService, RawUser, S,
@@ -68,7 +68,12 @@ impl Ctx<'_> {
 }
 
 /// Parses and checks one text (no `include`: it names no directory).
-pub(super) fn parse(text: &str, file: &str, check_kinds: bool) -> Result<Config> {
+pub(super) fn parse(
+    text: &str,
+    file: &str,
+    check_kinds: bool,
+    files: Option<&mut dyn Files>,
+) -> Result<Config> {
     let sources = Sources::single(file, text);
     let mut root =
         doc::parse(text, 0).map_err(|e| sources.error(e.span.start, one_line(&e.message)))?;
@@ -78,11 +83,16 @@ pub(super) fn parse(text: &str, file: &str, check_kinds: bool) -> Result<Config>
             "include works only in a configuration file read with --config FILE",
         ));
     }
-    check(root, &sources, check_kinds)
+    check(root, &sources, check_kinds, files)
 }
 
 /// Checks a configuration's (merged) document.
-pub(super) fn check(root: Node, sources: &Sources, check_kinds: bool) -> Result<Config> {
+pub(super) fn check(
+    root: Node,
+    sources: &Sources,
+    check_kinds: bool,
+    mut files: Option<&mut dyn Files>,
+) -> Result<Config> {
     let cx = Ctx { sources };
     let raw = RawConfig::deserialize(root).map_err(|e| {
         let offset = e.span.map_or(0, |s| s.start);
@@ -205,6 +215,27 @@ pub(super) fn check(root: Node, sources: &Sources, check_kinds: bool) -> Result<
             }
             svc.via = Some(via(&cx, v, &parents)?);
         }
+        if let (Some(tls), Some(raw)) = (svc.tls.as_mut(), s.get_ref().tls.as_ref()) {
+            let name = &svc.name;
+            match files.as_deref_mut() {
+                Some(files) => {
+                    let now = files.now();
+                    tls.server = Some(
+                        super::tls::load(tls, files, now)
+                            .map_err(|m| cx.err(raw.span(), format!("service '{name}': {m}")))?,
+                    );
+                }
+                None => {
+                    return Err(cx.err(
+                        raw.span(),
+                        format!(
+                            "service '{name}': tls names files, and this configuration is \
+                             read as text alone; give it as a file (--config FILE)"
+                        ),
+                    ))
+                }
+            }
+        }
         if let Some(first) = service_spans.get(&svc.name) {
             return Err(cx.err(
                 name_span.clone(),
@@ -249,14 +280,13 @@ pub(super) fn check(root: Node, sources: &Sources, check_kinds: bool) -> Result<
 
     let mut rules = Vec::new();
     for r in &raw.rule {
-        let mut rule = rule(
-            &cx,
-            r.get_ref(),
-            &services,
-            &users,
-            helper.is_some(),
-            &network,
-        )?;
+        // A client certificate (client_cert_user) may name users that
+        // [[user]] does not, as a helper may.
+        let outside = helper.is_some()
+            || services
+                .iter()
+                .any(|s| s.tls.as_ref().is_some_and(|t| t.client_cert_user));
+        let mut rule = rule(&cx, r.get_ref(), &services, &users, outside, &network)?;
         if let Some(v) = &r.get_ref().via {
             if rule.action == RuleAction::Deny {
                 return Err(cx.err(
@@ -1534,8 +1564,64 @@ fn service(cx: &Ctx, s: &S<RawService>, network: &Network, have_users: bool) -> 
                     .map_err(|err| e(o.span(), err.message))?,
             ),
         };
+    let tls = match &r.tls {
+        None => None,
+        Some(t) => {
+            if !matches!(
+                kind,
+                ServiceKind::Http | ServiceKind::Socks | ServiceKind::Auto | ServiceKind::Status
+            ) {
+                return Err(e(
+                    t.span(),
+                    format!("tls applies to http, socks, auto and status services, not {kind}"),
+                ));
+            }
+            if proxy_protocol {
+                return Err(e(
+                    t.span(),
+                    "tls and proxy_protocol = true together are not supported yet; a balancer \
+                     in front of a TLS service passes TLS through as a mapped port"
+                        .to_string(),
+                ));
+            }
+            let t = t.get_ref();
+            let path = |v: &S<String>, what: &str| {
+                cx.value(v, |p| match p.as_str() {
+                    "" => Err(format!(
+                        "service '{name}': tls {what} is empty; give the path of a PEM file"
+                    )),
+                    _ if p.contains('\0') => Err(format!(
+                        "service '{name}': tls {what} contains a NUL character"
+                    )),
+                    _ => Ok(PathBuf::from(p)),
+                })
+            };
+            let client_ca = t
+                .client_ca
+                .as_ref()
+                .map(|v| path(v, "client_ca"))
+                .transpose()?;
+            let client_cert_user = t.client_cert_user.as_ref().is_some_and(|v| *v.get_ref());
+            if let (true, None, Some(v)) = (client_cert_user, &client_ca, &t.client_cert_user) {
+                return Err(e(
+                    v.span(),
+                    "tls client_cert_user = true needs client_ca: only a certificate the CA \
+                     signed can name a user"
+                        .to_string(),
+                ));
+            }
+            Some(super::Tls {
+                cert: path(&t.cert, "cert")?,
+                key: path(&t.key, "key")?,
+                client_ca,
+                client_cert_user,
+                server: None,
+            })
+        }
+    };
 
     Ok(Service {
+        tls,
         name,
         kind,
         side,

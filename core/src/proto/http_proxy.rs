@@ -111,6 +111,9 @@ pub struct HttpProxy {
     /// Where the upstream connection goes, while it is usable.
     upstream: Option<(String, u16)>,
     pub user: Option<String>,
+    /// `user` came with the connection (a TLS client certificate): no
+    /// login is asked, and a Proxy-Authorization header changes nothing.
+    pub proven: bool,
     /// When the first byte of a request head still incomplete arrived (the
     /// head must be complete within handshake_timeout).
     pub head_since: Option<Instant>,
@@ -137,6 +140,7 @@ impl Default for HttpProxy {
             cur: None,
             upstream: None,
             user: None,
+            proven: false,
             head_since: None,
             logged: true,
             via_parent: None,
@@ -366,7 +370,7 @@ impl HttpProxy {
             return keep;
         }
         // Credentials first: a client that is not allowed learns nothing else.
-        if scope.service.auth {
+        if scope.service.auth && !self.proven {
             if let request::ProxyAuth::Basic { user, password } = &req.proxy_auth {
                 // The session checks the login (argon2 may run off the
                 // loop); nothing more is parsed until the verdict.

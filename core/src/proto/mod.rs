@@ -201,6 +201,11 @@ impl Detached {
 /// `Relay` or `Converse` (`connected`), `Wait`, `Relay` or `Close`
 /// (`upstream`).
 pub trait Protocol: std::fmt::Debug + Send {
+    /// The client proved who it is before speaking (its TLS certificate,
+    /// `client_cert_user`): `user` is authenticated and no password is
+    /// asked. Protocols with no users ignore it.
+    fn authenticated(&mut self, _user: String) {}
+
     /// At accept: may greet the client, or name the destination at once.
     fn start(&mut self, _reply: &mut Vec<u8>, _scope: &mut Scope) -> Next {
         Next::Wait

@@ -56,6 +56,8 @@ pub struct Socks {
     v4_target: Option<Target>,
     /// A BIND: its peer, once a connection from it was taken.
     bind: Option<Option<SocketAddr>>,
+    /// The user came with the connection (a TLS client certificate).
+    proven: bool,
 }
 
 const NEED: (usize, Next) = (0, Next::Wait);
@@ -72,6 +74,11 @@ impl Protocol for Socks {
 
     fn refuses_at_accept(&self) -> bool {
         false
+    }
+
+    fn authenticated(&mut self, user: String) {
+        self.user = Some(user);
+        self.proven = true;
     }
 
     /// The authenticated user, for the access log of a client that goes no
@@ -214,7 +221,8 @@ impl Socks {
         let Some(methods) = b.get(2..len) else {
             return NEED;
         };
-        let auth_on = scope.service.auth;
+        // A user the connection proved needs no password.
+        let auth_on = scope.service.auth && !self.proven;
         let choice = if !auth_on && methods.contains(&0) {
             Some(0)
         } else if methods.contains(&2) && !scope.users.is_empty() {
@@ -400,7 +408,7 @@ impl Socks {
             reply.extend_from_slice(&v4_reply(false, None));
             return (len, close(Outcome::Unsupported));
         }
-        if scope.service.auth {
+        if scope.service.auth && !self.proven {
             // USERID is `name:password` (SOCKS4 has no password field).
             let (name, password) = match userid.iter().position(|&c| c == b':') {
                 Some(i) => (&userid[..i], &userid[i + 1..]),

@@ -53,6 +53,8 @@ mod http;
 mod parent;
 mod proxy_header;
 mod status;
+mod tls;
+pub(crate) use tls::Tls;
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -246,6 +248,8 @@ pub(crate) struct Session {
     pub checking: Option<Box<crate::auth::Pending>>,
     /// The parent proxy its current request goes through, if any.
     pub parent: Option<Box<parent::Leg>>,
+    /// The client side speaks TLS (see `tls.rs`).
+    pub tls: Option<Box<Tls>>,
 }
 
 impl Session {
@@ -290,6 +294,7 @@ impl Session {
             ended: false,
             checking: None,
             parent: None,
+            tls: None,
         }
     }
 
@@ -400,10 +405,12 @@ impl Session {
         match side {
             // Closing: what the client sends is read and dropped, so that
             // closing with unread bytes does not reset the reply away.
-            Side::Client if self.phase == Phase::Closing => (!self.up.eof, self.down.has_data()),
+            Side::Client if self.phase == Phase::Closing => {
+                (!self.client_eof() && self.client_room(), self.client_out())
+            }
             Side::Client => (
-                !self.up.eof
-                    && self.up.has_space()
+                !self.client_eof()
+                    && self.client_room()
                     && self.throttle[0].is_none()
                     // A client that does not read its replies is not read
                     // either: what the core says to it stays bounded.
@@ -411,13 +418,50 @@ impl Session {
                     // An HTTP request waiting for its login's verdict:
                     // what the client pipelines behind it waits unread.
                     && !(self.checking.is_some() && matches!(self.machine, Machine::Http(_))),
-                self.down.has_data(),
+                self.client_out(),
             ),
             Side::Upstream if self.upstream_usable() => (
                 !self.down.eof && self.down.has_space() && self.throttle[1].is_none(),
                 self.up.has_data(),
             ),
             Side::Upstream => (false, false),
+        }
+    }
+
+    /// Room for the client's next bytes: in `up`, or with TLS in its
+    /// layer's input.
+    fn client_room(&self) -> bool {
+        match &self.tls {
+            Some(t) => t.room(),
+            None => self.up.has_space(),
+        }
+    }
+
+    /// There is something to write to the client.
+    fn client_out(&self) -> bool {
+        match &self.tls {
+            Some(t) => !t.out().is_empty(),
+            None => self.down.has_data(),
+        }
+    }
+
+    /// The bytes to write to `side` next (see [`Dir::out_parts`]); with
+    /// TLS, the client is sent records.
+    pub fn out_parts(&self, side: Side) -> [&[u8]; 2] {
+        match (&self.tls, side) {
+            (Some(t), Side::Client) => [t.out(), &[]],
+            _ => self.sink(side).out_parts(),
+        }
+    }
+
+    /// Where the runtime reads `side`'s next bytes to.
+    pub fn read_space(&mut self, side: Side, pool: &mut crate::buffer::Pool) -> &mut [u8] {
+        match side {
+            Side::Client if self.tls.is_some() => match self.tls.as_deref_mut() {
+                Some(t) => t.space(),
+                None => &mut [],
+            },
+            _ => self.source_mut(side).space(pool),
         }
     }
 
@@ -468,6 +512,7 @@ impl Session {
     pub fn splice_ok(&self, from: Side) -> bool {
         let d = self.source(from);
         d.bulk
+            && self.tls.is_none()
             && self.phase == Phase::Relay
             && self.bucket.is_none()
             && self.upstream.open
@@ -503,6 +548,9 @@ impl Session {
 
     /// Starts what the service does with a newly admitted connection.
     pub fn begin(&mut self, cx: &mut Context) {
+        if self.ended {
+            return;
+        }
         match &self.machine {
             Machine::Gateway(_) => self.start_gateway(cx),
             Machine::Mapped | Machine::FtpData { .. } => {
@@ -563,6 +611,22 @@ impl Session {
                     self.throttle[d] = b.resume_at(d, cx.now);
                 }
             }
+            if side == Side::Client {
+                if let Some(t) = self.tls.as_deref_mut() {
+                    // The TLS layer takes the bytes (in sync).
+                    t.received(n);
+                    self.moved(cx);
+                    return self.sync(cx);
+                }
+            }
+        }
+        self.took(side, n, bulk, cx);
+    }
+
+    /// `n` bytes were put in `side`'s direction's buffer (by the runtime,
+    /// or by the TLS layer): the machine that reads them runs.
+    fn took(&mut self, side: Side, n: usize, bulk: bool, cx: &mut Context) {
+        if n > 0 {
             let closing = self.phase == Phase::Closing && side == Side::Client;
             let d = self.source_mut(side);
             d.bulk = bulk;
@@ -615,6 +679,13 @@ impl Session {
 
     /// `side` reached end of stream.
     pub fn on_eof(&mut self, side: Side, cx: &mut Context) {
+        if side == Side::Client {
+            if let Some(t) = self.tls.as_deref_mut() {
+                // The plain text ends once the layer has passed on all of it.
+                t.eof = true;
+                return self.sync(cx);
+            }
+        }
         let d = self.source_mut(side);
         d.eof = true;
         d.release_if_empty(&mut cx.pool);
@@ -626,6 +697,21 @@ impl Session {
 
     /// `n` bytes were written to `side`.
     pub fn on_written(&mut self, side: Side, n: usize, cx: &mut Context) {
+        if side == Side::Client {
+            if let Some(t) = self.tls.as_deref_mut() {
+                t.sent(n);
+                if n > 0 {
+                    self.moved(cx);
+                }
+                return self.sync(cx);
+            }
+        }
+        self.written_plain(side, n, cx);
+    }
+
+    /// `n` bytes of `side`'s sink went out (with TLS to the client: into
+    /// the layer, to be sent as records).
+    fn written_plain(&mut self, side: Side, n: usize, cx: &mut Context) {
         let d = self.sink_mut(side);
         let moved = d.written(n) > 0;
         let cleared = d.fwd == Some(0);
@@ -787,8 +873,14 @@ impl Session {
     /// half-closes, the end of the session, and its deadline.
     pub fn sync(&mut self, cx: &mut Context) {
         let conn = self.id;
+        if self.tls.is_some() {
+            self.tls_pump(cx);
+            if self.ended {
+                return;
+            }
+        }
         let done = match self.phase {
-            Phase::Closing => !self.down.has_data(),
+            Phase::Closing => !self.down.has_data() && self.tls_flushed(),
             // A client that has asked and shut its side waits for its
             // answer (a status page gathered from every worker).
             // (Likewise a login waiting for its password's verdict.)
@@ -810,7 +902,7 @@ impl Session {
                 self.up.shut = true;
                 shut[0] = Some(Side::Upstream);
             }
-            if self.down.eof && !self.down.shut && self.down.drained() {
+            if self.down.eof && !self.down.shut && self.down.drained() && self.tls_flushed() {
                 self.down.shut = true;
                 shut[1] = Some(Side::Client);
             }
@@ -846,7 +938,11 @@ impl Session {
     fn filtering_done(&self) -> bool {
         match &self.machine {
             Machine::Http(h) => {
-                self.up.eof && self.up.drained() && self.down.drained() && !h.busy()
+                self.up.eof
+                    && self.up.drained()
+                    && self.down.drained()
+                    && self.tls_flushed()
+                    && !h.busy()
             }
             _ => (self.up.eof && self.up.drained()) || (self.down.eof && self.down.drained()),
         }

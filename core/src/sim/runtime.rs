@@ -437,6 +437,11 @@ impl Runtime {
 
     // ------------------------------------------------ calls into the table
 
+    /// The time of day the table is told (as a runtime does each wake-up).
+    pub fn set_wall(&mut self, wall: crate::rules::Wall) {
+        self.proxy.set_wall(wall);
+    }
+
     pub fn set_log_level(&mut self, level: Level) {
         self.proxy.set_log_level(level);
     }

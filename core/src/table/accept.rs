@@ -154,6 +154,23 @@ impl Proxy {
             s.up.fwd = Some(0);
             s.down.fwd = Some(0);
         }
+        if let Some(server) = self.cx.services[service]
+            .conf
+            .tls
+            .as_ref()
+            .and_then(|t| t.server.as_ref())
+        {
+            match crate::session::Tls::new(server) {
+                Ok(t) => s.tls = Some(Box::new(t)),
+                Err(e) => {
+                    // rustls refuses a connection only for a configuration
+                    // it would not have built: end it rather than serve
+                    // plain text on a TLS port.
+                    self.cx.log(Level::Error, || format!("TLS: {e}"));
+                    s.tls_failed_at_accept();
+                }
+            }
+        }
         self.sessions.insert(s);
         self.run(
             conn,

@@ -492,7 +492,7 @@ impl Proxy {
                 .map_or(usize::MAX, |b| b.available(side.index(), self.cx.now)),
             None => usize::MAX,
         };
-        let space = s.source_mut(side).space(&mut self.cx.pool);
+        let space = s.read_space(side, &mut self.cx.pool);
         let n = space.len().min(cap);
         if n == 0 {
             None
@@ -511,7 +511,7 @@ impl Proxy {
         if !s.wanted(side).1 {
             return None;
         }
-        let parts = s.sink(side).out_parts();
+        let parts = s.out_parts(side);
         if parts[0].is_empty() && parts[1].is_empty() {
             None
         } else {

@@ -7,10 +7,12 @@
 mod config;
 mod event_sequence;
 mod protocol;
+mod tls;
 
 pub use config::config;
 pub use event_sequence::event_sequence;
 pub use protocol::protocol;
+pub use tls::tls_accept;
 
 /// HTTP request heads, whole and resumed, encoded again, their bodies.
 pub use crate::http::fuzz_request as http_request;
