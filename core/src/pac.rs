@@ -15,9 +15,10 @@
 //!   networks with `isInNetEx` for IPv6 literals only, where the browser
 //!   has it (Chromium does; Firefox does not, and sends those through the
 //!   proxy);
-//! - otherwise `PROXY addr:port` for `[pac] proxy` (see [`proxy_keyword`]
-//!   for `HTTPS`), then `SOCKS5 addr:port` for the first socks or auto
-//!   service, then `DIRECT` only with `fallback_direct = true`.
+//! - otherwise `PROXY addr:port` for `[pac] proxy` (`HTTPS addr:port`
+//!   when it has `tls`), then `SOCKS5 addr:port` for the first socks or
+//!   auto service without `tls`, then `DIRECT` only with
+//!   `fallback_direct = true`.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -45,10 +46,12 @@ pub fn script(config: &Config, here: IpAddr) -> Option<String> {
             ways.push(format!("{} {addr}", proxy_keyword(proxy)));
         }
     }
+    // A browser speaks SOCKS in the clear only: a socks service with
+    // `tls` is passed over.
     let socks = config
         .services
         .iter()
-        .find(|s| matches!(s.kind, ServiceKind::Socks | ServiceKind::Auto));
+        .find(|s| matches!(s.kind, ServiceKind::Socks | ServiceKind::Auto) && s.tls.is_none());
     if let Some(addr) = socks.and_then(|s| reach(s, here)) {
         ways.push(format!("SOCKS5 {addr}"));
     }
@@ -130,15 +133,15 @@ pub fn script(config: &Config, here: IpAddr) -> Option<String> {
     Some(js)
 }
 
-/// The PAC keyword for reaching the http or auto service `service`.
-///
-/// TLS: this is the one place where `HTTPS` is to be chosen. Once a
-/// service can have `tls`, return `"HTTPS"` here when `service.tls` is set
-/// (the keyword Chromium and Firefox use for a proxy spoken to over TLS);
-/// a socks service with `tls` cannot be used by a browser, and [`script`]
-/// should then pass over it for the `SOCKS5` entry.
-fn proxy_keyword(_service: &Service) -> &'static str {
-    "PROXY"
+/// The PAC keyword for reaching the http or auto service `service`:
+/// `HTTPS` when it speaks TLS first (the keyword Chromium and Firefox use
+/// for a proxy spoken to over TLS), else `PROXY`.
+fn proxy_keyword(service: &Service) -> &'static str {
+    if service.tls.is_some() {
+        "HTTPS"
+    } else {
+        "PROXY"
+    }
 }
 
 /// Where a browser that reached this host at `here` reaches `service`:
@@ -208,6 +211,31 @@ mod tests {
         let js = script(&config(text), ip("127.0.0.1")).expect("a script");
         assert!(
             js.contains("return \"PROXY 127.0.0.1:8000; SOCKS5 127.0.0.1:8000; DIRECT\";"),
+            "{js}"
+        );
+    }
+
+    /// A proxy with `tls` is named `HTTPS`; a socks service with `tls` is
+    /// no way for a browser, so the next one without is named.
+    #[test]
+    fn tls_services_are_https_and_no_socks() {
+        let text = "[[service]]\nname = \"web\"\nkind = \"http\"\nport = 3129\n\
+                    [[service]]\nname = \"st\"\nkind = \"socks\"\nport = 1443\n\
+                    [[service]]\nname = \"s\"\nkind = \"socks\"\nport = 1080\n\
+                    [pac]\nproxy = \"web\"\n";
+        let mut c = config(text);
+        for i in [0, 1] {
+            c.services[i].tls = Some(crate::config::Tls {
+                cert: "/etc/portico/proxy.pem".into(),
+                key: "/etc/portico/proxy.key".into(),
+                client_ca: None,
+                client_cert_user: false,
+                server: None,
+            });
+        }
+        let js = script(&c, ip("127.0.0.1")).expect("a script");
+        assert!(
+            js.contains("return \"HTTPS 127.0.0.1:3129; SOCKS5 127.0.0.1:1080\";"),
             "{js}"
         );
     }

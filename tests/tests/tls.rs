@@ -25,6 +25,7 @@ both!(
     client_certificate_names_the_user,
     check_names_a_bad_tls_file,
     socks5_over_tls,
+    auto_over_tls,
     reload_reads_the_files_again,
     large_bodies_both_ways,
 );
@@ -487,7 +488,42 @@ fn socks5_over_tls(bin: Bin) {
             service("socks", "socks", ports[0], &certs.tls(""))
         )
     });
-    let s = connect(portico_tests::local(ports[0])).expect("connect");
+    socks5_get_over_tls(bin, &certs, ports[0], &o);
+}
+
+/// An auto service with `tls`: curl's HTTPS proxy GET and a SOCKS5
+/// CONNECT over TLS on the one port, told apart inside TLS.
+fn auto_over_tls(bin: Bin) {
+    let certs = Certs::new();
+    let o = origin();
+    let (p, ports) = start_on_free_ports(bin, 1, StartOptions::default(), |ports| {
+        format!(
+            "{}{}\n[[rule]]\naction = \"allow\"\n",
+            config_head("", ""),
+            service("all", "auto", ports[0], &certs.tls(""))
+        )
+    });
+    let (ok, body, err) = curl(
+        bin,
+        &[
+            "--proxy",
+            &format!("https://127.0.0.1:{}", ports[0]),
+            "--proxy-cacert",
+            &certs.p("ca.pem"),
+            &format!("http://{}/", o.addr()),
+        ],
+    );
+    assert!(ok, "{bin}: curl through the auto port's HTTPS proxy: {err}");
+    assert_eq!(body, "ok", "{bin}");
+    p.expect_log_line("GET http://", LIMIT);
+    socks5_get_over_tls(bin, &certs, ports[0], &o);
+    p.expect_log_line(" SOCKS5 ", LIMIT);
+}
+
+/// A SOCKS5 CONNECT to `o` over TLS to 127.0.0.1:`port`, then a GET
+/// through it that gets `ok`.
+fn socks5_get_over_tls(bin: Bin, certs: &Certs, port: u16, o: &Acceptor) {
+    let s = connect(portico_tests::local(port)).expect("connect");
     s.set_read_timeout(Some(LIMIT)).expect("timeout");
     let mut t = tls_client(&certs.path("ca.pem"), s);
     let run = |t: &mut rustls::StreamOwned<_, _>| -> std::io::Result<Vec<u8>> {

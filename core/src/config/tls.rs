@@ -229,7 +229,10 @@ mod tests {
         let e = err(&format!(
             "name = \"m\"\nkind = \"mapped\"\nport = 1\ndestination = \"10.0.0.1:1\"\n{tls}"
         ));
-        assert!(e.contains("tls applies to http, socks and status"), "{e}");
+        assert!(
+            e.contains("tls applies to http, socks, auto and status"),
+            "{e}"
+        );
         let e = err(&format!(
             "name = \"w\"\nkind = \"http\"\nport = 1\nproxy_protocol = true\n\
              proxy_protocol_from = [\"10.0.0.1/32\"]\n{tls}"
