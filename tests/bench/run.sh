@@ -14,6 +14,11 @@
 # forwarders `portico-before` and `portico-threaded-before` (the default
 # list is then those and this tree's two), from a scratch copy of the
 # harness with those two added (the harness itself is not changed).
+# -c: chained to a parent. Adds the forwarders `portico-via-squid` (http:
+# Portico with Squid as its `[[parent]]`, started beside it) and
+# `portico-via-dante` (socks: Dante as a socks5 parent); the default list
+# is then those, Squid, Dante and portico, for the scenarios http-proxy,
+# http-connect and socks5. A chain's fwd_cores is both processes' CPU.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 harness=${BENCH_HARNESS:-../shared/bench}
@@ -31,13 +36,14 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get install -y -qq "${need[@]}"
 fi
 
-reps=3 scen="" base=""
-while getopts "r:s:b:" o; do
+reps=3 scen="" base="" chain=""
+while getopts "r:s:b:c" o; do
     case $o in
         r) reps=$OPTARG ;;
         s) scen=$OPTARG ;;
         b) base=$(cd "$OPTARG" && pwd) ;;
-        *) sed -n '2,16p' "$0"; exit 2 ;;
+        c) chain=1 ;;
+        *) sed -n '2,21p' "$0"; exit 2 ;;
     esac
 done
 shift $((OPTIND - 1))
@@ -57,6 +63,70 @@ if [ -n "$base" ]; then
     done >>"$scratch/forwarders.sh"
     harness=$scratch
     fws=${*:-portico-before portico portico-threaded-before portico-threaded}
+fi
+
+if [ -n "$chain" ]; then
+    scratch=$(mktemp -d /tmp/portico-chain.XXXXXX)
+    trap 'rm -rf "$scratch"' EXIT
+    cp -r "$harness"/. "$scratch"/
+    # The parent listens 7 ports above the forwarder's, in the same cgroup
+    # (so both are measured and stopped together); only Portico's PID is
+    # printed, as the harness wants one.
+    cat >>"$scratch/forwarders.sh" <<'CHAIN'
+_portico_via() {   # $1 role (http|socks), $2 listen port, $3 parent kind, $4 parent port
+    local bin="$PORTICO_BIN_DIR/portico" role=$1 lport=$2
+    local cfg="$RUN/portico-via-$role-$lport.toml" svc
+    case $role in
+        http)  svc=$'kind = "http"\nconnect_ports = [443, 8081]' ;;
+        socks) svc='kind = "socks"' ;;
+    esac
+    cat >"$cfg" <<CFG
+[network]
+internal = ["127.0.0.1"]
+
+[limits]
+max_connections = $(( IDLE_N + 1000 ))
+max_per_client = $(( IDLE_N + 1000 ))
+idle_timeout = "300s"
+
+[log]
+access = "off"
+
+[[parent]]
+name = "up"
+kind = "$3"
+addresses = ["127.0.0.1:$4"]
+
+[[service]]
+name = "bench"
+listen = ["127.0.0.1:$lport"]
+via = "up"
+$svc
+CFG
+    bg_start "$RUN/portico-via-$role-$lport.log" "$bin" --config "$cfg"
+}
+_parent_up() {   # waits (bounded) until the parent listens on 127.0.0.1:$1
+    local i
+    for i in $(seq 1 100); do
+        port_listening "$1" && return 0
+        sleep 0.1
+    done
+    return 1
+}
+fw_http_portico_via_squid() {
+    fw_http_squid $(( $1 + 7 )) >/dev/null
+    _parent_up $(( $1 + 7 )) || return 1
+    _portico_via http "$1" http $(( $1 + 7 ))
+}
+fw_socks_portico_via_dante() {
+    fw_socks_dante $(( $1 + 7 )) >/dev/null
+    _parent_up $(( $1 + 7 )) || return 1
+    _portico_via socks "$1" socks5 $(( $1 + 7 ))
+}
+CHAIN
+    harness=$scratch
+    fws=${*:-squid portico-via-squid dante portico-via-dante portico}
+    scen=${scen:-http-proxy,http-connect,socks5}
 fi
 
 cargo build --release --bins

@@ -328,7 +328,7 @@ impl Session {
         if self.phase != Phase::Connecting {
             self.enter(Phase::Connecting, cx.now);
         }
-        let bind = match self.upstream.source {
+        let bind = match self.upstream.source.as_deref().copied() {
             Some(ip) if self.upstream.outward && ip.is_ipv6() == addr.is_ipv6() => Some(ip),
             _ => cx.bind(self.upstream.outward, self.service, self.rule, addr),
         };

@@ -194,8 +194,9 @@ pub(crate) struct Upstream {
     pub bind_name: bool,
     /// The source address fixed for this session, over any `outgoing`: an
     /// FTP data connection to the server leaves from its control
-    /// connection's address.
-    pub source: Option<std::net::IpAddr>,
+    /// connection's address (boxed: only those have one, and the session
+    /// stays small).
+    pub source: Option<Box<std::net::IpAddr>>,
 }
 
 #[derive(Debug)]

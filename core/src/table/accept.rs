@@ -251,7 +251,7 @@ impl Proxy {
             || c.services.iter().any(|s| s.outgoing.is_some())
             || c.rules.iter().any(|r| r.outgoing.is_some());
         if s.upstream.outward && pinned {
-            s.upstream.source = owner_source.filter(|ip| !ip.is_unspecified());
+            s.upstream.source = owner_source.filter(|ip| !ip.is_unspecified()).map(Box::new);
         }
         self.sessions.insert(s);
         let via_host = port.via_host.clone();
