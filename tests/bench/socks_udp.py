@@ -171,6 +171,30 @@ class Servers:
     def stop_all(self):
         for p in reversed(list(self.procs)):
             self.stop(p)
+        reap_orphans()
+
+
+def become_subreaper():
+    """Dante's mother exits on SIGTERM without waiting for its children:
+    made their reaper, this process collects them (see reap_orphans)."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass
+
+
+def reap_orphans(limit=10.0):
+    """Bounded wait for every remaining child (call once the clients and the
+    echo server are joined: it would take theirs too)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            time.sleep(0.05)
 
 
 def echo_server(port, ready):
@@ -189,6 +213,7 @@ def echo_server(port, ready):
         ready.set()
         await asyncio.Event().wait()
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the run
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     asyncio.run(main())
 
@@ -294,6 +319,7 @@ def associate(proxy_port, udp):
 
 def client(mode, proxy_port, dest_port, window, size, seconds, ready, go, out):
     """One client process: set up, wait for `go`, run, put (answers, losses)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the run
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind((HOST, 0))
     tcp = None
@@ -431,6 +457,7 @@ def main():
         os.environ["PATH"] += ":/usr/sbin:/sbin"
     portico, threaded = ensure_binaries()
 
+    become_subreaper()
     tmp = tempfile.mkdtemp(prefix="socks-udp-")
     srv = Servers(tmp)
     ctx = multiprocessing.get_context("fork")
@@ -506,4 +533,7 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit("interrupted: everything started was stopped")
