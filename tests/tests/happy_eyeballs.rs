@@ -12,6 +12,10 @@
 //! queue is full and which never accepts, so that further SYNs are
 //! dropped; the test checks that a connect to it really hangs before
 //! relying on it.
+//!
+//! `[network] outgoing6` is checked in a network namespace the test makes
+//! (`ip netns add`, entered by the test's thread, removed when it ends):
+//! only addresses inside it are used.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
