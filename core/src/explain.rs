@@ -253,6 +253,16 @@ pub fn explain(
             }
             None => out.push_str("parent: none\n"),
         }
+        // The connection out is the one to the parent when there is one
+        // (its first address), else to the destination.
+        let to = match parent {
+            Some(p) => p.addresses.first().and_then(|(_, d)| match d.host {
+                Host::Ip(ip) => Some(ip),
+                Host::Name(_) => None,
+            }),
+            None => query.addr,
+        };
+        let _ = writeln!(out, "outgoing: {}", outgoing(config, rule, service, to));
         match rate {
             Some(r) => {
                 let _ = writeln!(out, "rate: {r} bytes/s each way");
@@ -290,6 +300,37 @@ pub fn explain(
         );
     }
     Ok(Answer { allowed, text: out })
+}
+
+/// The `outgoing:` line's words: the source address the proxy would bind
+/// to `to` (as [`crate::table::context::source`] decides), or, the
+/// address's family not known here (a name), the one for each family.
+fn outgoing(
+    config: &Config,
+    rule: Option<usize>,
+    service: &crate::config::Service,
+    to: Option<IpAddr>,
+) -> String {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    let rule = rule.and_then(|i| u32::try_from(i + 1).ok());
+    let pick = |ip| crate::table::context::source(config, rule, service.outgoing, ip);
+    let word = |ip: Option<IpAddr>| ip.map_or("none".to_string(), |ip| ip.to_string());
+    let none = "none (the system picks)";
+    match to {
+        Some(ip) => pick(ip).map_or(none.to_string(), |ip| ip.to_string()),
+        None => match (
+            pick(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            pick(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+        ) {
+            (None, None) => none.to_string(),
+            (v4, v6) => format!(
+                "{} toward an IPv4 address, {} toward an IPv6 address (the name's addresses \
+                 decide)",
+                word(v4),
+                word(v6)
+            ),
+        },
+    }
 }
 
 const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
@@ -501,6 +542,7 @@ mod tests {
                 "verdict: allowed",
                 "rule: 8 at p.toml:37",
                 "parent: none",
+                "outgoing: none (the system picks)",
                 "rate: 1048576 bytes/s each way",
                 "quota: daily: 10737418240 bytes a day for alice",
                 "quota: lan: 1000000000 bytes a month for 192.168.1.5",
@@ -642,13 +684,89 @@ mod tests {
     }
 
     #[test]
+    fn says_the_source_address() {
+        let net = "[network]\nexternal = [\"192.0.2.1\", \"192.0.2.2\", \"192.0.2.3\", \
+                   \"2001:db8::1\"]\noutgoing = \"192.0.2.1\"\noutgoing6 = \"2001:db8::1\"\n";
+        let parents = "[[parent]]\nname = \"corp\"\nkind = \"http\"\n\
+                       addresses = [\"10.0.0.8:3128\"]\n\
+                       [[parent]]\nname = \"named\"\nkind = \"http\"\n\
+                       addresses = [\"proxy.lan:3128\"]\n";
+        let rules = "[[rule]]\naction = \"allow\"\ndestinations = [\"203.0.113.0/24\"]\n\
+                     outgoing = \"192.0.2.3\"\n\
+                     [[rule]]\naction = \"allow\"\ndestinations = [\"corp.example\"]\n\
+                     via = \"corp\"\n\
+                     [[rule]]\naction = \"allow\"\ndestinations = [\"named.example\"]\n\
+                     via = \"named\"\n\
+                     [[rule]]\naction = \"deny\"\ndestinations = [\"no.example\"]\n\
+                     [[rule]]\naction = \"allow\"\n";
+        let line = |text: &str, dest: &str, service: &str| {
+            let a = ask(
+                &format!("{parents}{rules}{text}"),
+                &Question {
+                    service: service.into(),
+                    ..question(Some(dest))
+                },
+            );
+            a.text
+                .lines()
+                .find(|l| l.starts_with("outgoing:"))
+                .map(String::from)
+        };
+        // [network] by the destination's family.
+        assert_eq!(
+            line(net, "198.51.100.7:80", "web").as_deref(),
+            Some("outgoing: 192.0.2.1")
+        );
+        assert_eq!(
+            line(net, "[2001:db8:9::7]:80", "web").as_deref(),
+            Some("outgoing: 2001:db8::1")
+        );
+        // The rule's wins over the service's and the network's.
+        let svc = format!(
+            "{net}[[service]]\nname = \"own\"\nkind = \"socks\"\nport = 1080\n\
+                           outgoing = \"192.0.2.2\"\n"
+        );
+        assert_eq!(
+            line(&svc, "203.0.113.5:80", "own").as_deref(),
+            Some("outgoing: 192.0.2.3")
+        );
+        assert_eq!(
+            line(&svc, "198.51.100.7:80", "own").as_deref(),
+            Some("outgoing: 192.0.2.2")
+        );
+        // Through a parent: toward the parent's first address.
+        assert_eq!(
+            line(net, "corp.example:443", "web").as_deref(),
+            Some("outgoing: 192.0.2.1")
+        );
+        // A name whose family is not known here: both.
+        let both = Some(
+            "outgoing: 192.0.2.1 toward an IPv4 address, 2001:db8::1 toward an IPv6 address \
+             (the name's addresses decide)",
+        );
+        assert_eq!(line(net, "named.example:443", "web").as_deref(), both);
+        assert_eq!(line(net, "other.example:443", "web").as_deref(), both);
+        // Nothing configured; nothing said for a denied request.
+        assert_eq!(
+            line(
+                "[network]\nexternal = [\"192.0.2.3\"]\n",
+                "198.51.100.7:80",
+                "web"
+            )
+            .as_deref(),
+            Some("outgoing: none (the system picks)")
+        );
+        assert_eq!(line(net, "no.example:80", "web"), None);
+    }
+
+    #[test]
     fn without_a_deciding_rule() {
         let a = ask("", &question(Some("example.com:443")));
         assert!(a.allowed);
         assert_eq!(
             a.text,
             "verdict: allowed\nrule: none (no [[rule]] is configured: everything is allowed)\n\
-             parent: none\nrate: none\nquota: none\n"
+             parent: none\noutgoing: none (the system picks)\nrate: none\nquota: none\n"
         );
         let a = ask(
             "[[rule]]\naction = \"allow\"\nservices = [\"mail\"]\n",

@@ -98,6 +98,7 @@ fn explain_allowed(bin: Bin) {
         "verdict: allowed".to_string(),
         format!("rule: 3 at {rules}:11"),
         "parent: none".to_string(),
+        "outgoing: none (the system picks)".to_string(),
         "rate: 1048576 bytes/s each way".to_string(),
         "quota: daily: 2147483648 bytes a day for alice".to_string(),
         "quota: lan: 50000000000 bytes a month for 192.168.1.5".to_string(),
@@ -248,7 +249,7 @@ fn explain_refuses_a_wrong_question(bin: Bin) {
     assert_eq!(
         out.stdout,
         "verdict: allowed\nrule: none (no [[rule]] is configured: everything is allowed)\n\
-         parent: none\nrate: none\nquota: none\n",
+         parent: none\noutgoing: none (the system picks)\nrate: none\nquota: none\n",
         "{bin}"
     );
 }

@@ -12,6 +12,10 @@
 //! queue is full and which never accepts, so that further SYNs are
 //! dropped; the test checks that a connect to it really hangs before
 //! relying on it.
+//!
+//! `[network] outgoing6` is checked in a network namespace the test makes
+//! (`ip netns add`, entered by the test's thread, removed when it ends):
+//! only addresses inside it are used.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -503,7 +507,129 @@ fn outgoing_must_be_external(bin: Bin) {
     );
 }
 
+/// A network namespace of its own, entered by the calling thread (its
+/// sockets and the processes it starts live there); left and removed when
+/// dropped, also when the test panics.
+struct Netns {
+    name: String,
+    home: std::fs::File,
+}
+
+impl Netns {
+    /// Makes the namespace, enters it, brings `lo` up and adds `v6` to it.
+    fn enter(v6: &[&str]) -> Netns {
+        use std::os::fd::AsRawFd;
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let name = format!(
+            "portico-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run ip {args:?}: {e}"));
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        ip(&["netns", "add", &name]);
+        // The thread's own namespace, to come back to.
+        let home = std::fs::File::open("/proc/thread-self/ns/net").expect("this thread's netns");
+        let ns = Netns { name, home };
+        let there = std::fs::File::open(format!("/run/netns/{}", ns.name)).expect("the new netns");
+        // SAFETY: setns on this thread with a namespace fd it holds open.
+        let rc = unsafe { libc::setns(there.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        ip(&["link", "set", "lo", "up"]);
+        for a in v6 {
+            ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{a}/128"),
+                "dev",
+                "lo",
+                "nodad",
+            ]);
+        }
+        ns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: as in enter, with the namespace the thread came from.
+        unsafe {
+            libc::setns(self.home.as_raw_fd(), libc::CLONE_NEWNET);
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// `[network] outgoing6`: a SOCKS5 CONNECT to an IPv6 server leaves from
+/// it. In a network namespace with fd00::1 and fd00::2 on `lo`; without
+/// `outgoing6` the system would pick fd00::1 itself (the destination).
+fn outgoing6_is_the_source_toward_ipv6(bin: Bin) {
+    let _ns = Netns::enter(&["fd00::1", "fd00::2"]);
+    let server = TcpListener::bind("[fd00::1]:0").expect("bind [fd00::1]:0");
+    let dest = server.local_addr().expect("its address");
+    // Says the address each connection came from.
+    thread::spawn(move || {
+        for s in server.incoming().flatten() {
+            let mut s = s;
+            if let Ok(peer) = s.peer_addr() {
+                let _ = s.write_all(format!("{}\n", peer.ip()).as_bytes());
+            }
+        }
+    });
+    let (p, ports) = portico_tests::start_on_free_ports(bin, 1, StartOptions::default(), |ports| {
+        format!(
+            "[network]\ninternal = [\"127.0.0.1\"]\nexternal = [\"fd00::2\"]\n\
+             outgoing6 = \"fd00::2\"\n[log]\naccess = \"stderr\"\n{}",
+            service("socks", "socks", ports[0], "")
+        )
+    });
+    let mut s = connect(portico_tests::local(ports[0])).expect("connect to socks");
+    let _ = s.set_read_timeout(Some(REPLY_WAIT));
+    let IpAddr::V6(v6) = dest.ip() else {
+        unreachable!("bound to an IPv6 address")
+    };
+    let mut req = vec![5, 1, 0, 5, 1, 0, 4];
+    req.extend_from_slice(&v6.octets());
+    req.extend_from_slice(&dest.port().to_be_bytes());
+    s.write_all(&req).expect("SOCKS5 request");
+    let mut head = [0u8; 2 + 4];
+    s.read_exact(&mut head)
+        .expect("SOCKS5 method reply and reply head");
+    assert_eq!((head[0], head[1], head[2]), (5, 0, 5), "{bin}: {head:?}");
+    assert_eq!(head[3], 0, "{bin}: SOCKS5 reply code {head:?}");
+    let rest = match head[5] {
+        1 => 4 + 2,
+        4 => 16 + 2,
+        other => panic!("{bin}: reply address type {other}"),
+    };
+    let mut skip = vec![0u8; rest];
+    s.read_exact(&mut skip).expect("the reply's address");
+    let mut seen = String::new();
+    let _ = s.read_to_string(&mut seen);
+    assert_eq!(
+        seen, "fd00::2\n",
+        "{bin}: the server saw the connection from"
+    );
+    drop(p);
+}
+
 both!(
+    outgoing6_is_the_source_toward_ipv6,
     socks_name_with_a_black_holed_first_address,
     socks_name_with_a_refusing_first_address,
     http_name_with_a_black_holed_first_address,

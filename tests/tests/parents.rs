@@ -120,6 +120,17 @@ impl Parent {
         conf: Option<&Writer<'_>>,
         args: &dyn Fn(u16, &str) -> Vec<String>,
     ) -> Parent {
+        Parent::start_on(free_port(), what, program, conf, args)
+    }
+
+    /// [`Parent::start`] on `port`.
+    fn start_on(
+        port: u16,
+        what: &'static str,
+        program: std::path::PathBuf,
+        conf: Option<&Writer<'_>>,
+        args: &dyn Fn(u16, &str) -> Vec<String>,
+    ) -> Parent {
         let dir = TempDir::new();
         // Squid and tinyproxy drop to an unprivileged user that still
         // writes its logs here.
@@ -128,7 +139,6 @@ impl Parent {
             std::os::unix::fs::PermissionsExt::from_mode(0o777),
         );
         let path = dir.path().to_string_lossy().into_owned();
-        let port = free_port();
         if let Some(conf) = conf {
             dir.write(&format!("{what}.conf"), &conf(port, &path));
         }
@@ -239,7 +249,12 @@ fn tinyproxy() -> Parent {
 }
 
 fn dante() -> Parent {
-    Parent::start(
+    dante_on(free_port())
+}
+
+fn dante_on(port: u16) -> Parent {
+    Parent::start_on(
+        port,
         "danted",
         require("danted", "dante-server"),
         Some(&|port, dir| {
@@ -1425,3 +1440,103 @@ fn gateways_say_parent_failed(bin: Bin) {
 }
 
 both!(gateways_say_parent_failed);
+
+/// `pick = "client-hash"`: every connection from one client address goes
+/// to the same parent address (which one the hash picks is not promised);
+/// round-robin would alternate.
+fn client_hash_keeps_a_client_on_one_address(bin: Bin) {
+    let origin = Origin::start();
+    let (a, b) = (dante(), dante());
+    let (p, [socks, _, _]) = portico(
+        bin,
+        &format!(
+            "kind = \"socks5\"\naddresses = [\"{}\", \"{}\"]\npick = \"client-hash\"",
+            a.addr(),
+            b.addr()
+        ),
+        &origin,
+    );
+    let peers = [a.addr().to_string(), b.addr().to_string()];
+    for client in ["127.0.0.1", "127.0.0.2"] {
+        for i in 0..3 {
+            let out = curl(
+                bin,
+                &[
+                    "--interface",
+                    client,
+                    "--socks5-hostname",
+                    &socks.to_string(),
+                ],
+                &origin.url(),
+            );
+            assert_hello(bin, &out, &format!("{client}: connection {i}"));
+        }
+        let ip: IpAddr = client.parse().expect("an address");
+        let lines = p.expect_access_lines("socks", 3, SHOW_LIMIT, |l| l.client.ip() == ip);
+        let first = &lines[0].destination;
+        assert!(peers.contains(first), "{bin}: {client}: {lines:?}");
+        assert!(
+            lines.iter().all(|l| &l.destination == first),
+            "{bin}: {client} went to more than one parent address: {lines:?}"
+        );
+    }
+}
+
+/// An address marked down (nothing listening, `down_after = 1`) is tried
+/// again after `retry_after`: once a parent listens there it is used and
+/// counted up again.
+fn a_down_address_comes_back(bin: Bin) {
+    let origin = Origin::start();
+    let port = free_port();
+    let dead = local(port);
+    let (p, [socks, _, status]) = portico(
+        bin,
+        &format!(
+            "kind = \"socks5\"\naddresses = [\"{dead}\"]\ndown_after = 1\nretry_after = \"1s\""
+        ),
+        &origin,
+    );
+    let up = format!("portico_parent_up{{parent=\"up\",address=\"{dead}\"}}");
+    let out = via_socks(bin, socks, &origin.url());
+    assert!(
+        !out.status.success(),
+        "{bin}: no parent yet: {}",
+        out.text()
+    );
+    expect_metric(bin, status, &up, "0");
+    expect_metric(
+        bin,
+        status,
+        &format!(
+            "portico_parent_connects_total{{parent=\"up\",address=\"{dead}\",result=\"refused\"}}"
+        ),
+        "1",
+    );
+    let parent = dante_on(port);
+    let served = poll_until(SHOW_LIMIT, Duration::from_millis(200), || {
+        let out = via_socks(bin, socks, &origin.url());
+        (out.status.success() && out.stdout == HELLO).then_some(())
+    });
+    assert!(
+        served.is_some(),
+        "{bin}: the address is not used again after retry_after; /parents: {}",
+        status_get(bin, status, "/parents")
+    );
+    expect_metric(bin, status, &up, "1");
+    expect_metric(
+        bin,
+        status,
+        &format!("portico_parent_connects_total{{parent=\"up\",address=\"{dead}\",result=\"ok\"}}"),
+        "1",
+    );
+    let a = p.expect_access("socks", "a line through the parent", SHOW_LIMIT, |a| {
+        a.err.is_none() && a.via.is_some()
+    });
+    assert_eq!(a.destination, dead.to_string(), "{bin}: {a:?}");
+    drop(parent);
+}
+
+both!(
+    client_hash_keeps_a_client_on_one_address,
+    a_down_address_comes_back
+);

@@ -200,16 +200,8 @@ impl Context {
         if !outward {
             return None;
         }
-        let net = &self.config.network;
-        let rule = rule
-            .and_then(|n| self.config.rules.get((n as usize).checked_sub(1)?))
-            .and_then(|r| r.outgoing);
         let service = self.services.get(service).and_then(|s| s.conf.outgoing);
-        let v6 = if dest.is_ipv6() { net.outgoing6 } else { None };
-        [rule, service, v6, net.outgoing]
-            .into_iter()
-            .flatten()
-            .find(|ip| ip.is_ipv6() == dest.is_ipv6())
+        source(&self.config, rule, service, dest.ip())
     }
 
     /// Rules see the address a connection would really reach: the
@@ -223,4 +215,26 @@ impl Context {
             other => other,
         }
     }
+}
+
+/// The source address `outgoing` gives a connection out to `dest`: the
+/// deciding allow rule's (`rule`, counted from 1), the service's
+/// (`service`), then `[network] outgoing6` (IPv6 destinations) or
+/// `outgoing`, the first of `dest`'s family. Shared by [`Context::bind`]
+/// and `portico explain`, so both say the same.
+pub(crate) fn source(
+    config: &Config,
+    rule: Option<u32>,
+    service: Option<std::net::IpAddr>,
+    dest: std::net::IpAddr,
+) -> Option<std::net::IpAddr> {
+    let net = &config.network;
+    let rule = rule
+        .and_then(|n| config.rules.get((n as usize).checked_sub(1)?))
+        .and_then(|r| r.outgoing);
+    let v6 = if dest.is_ipv6() { net.outgoing6 } else { None };
+    [rule, service, v6, net.outgoing]
+        .into_iter()
+        .flatten()
+        .find(|ip| ip.is_ipv6() == dest.is_ipv6())
 }
