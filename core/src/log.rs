@@ -113,14 +113,15 @@ impl AccessRecord {
                         c.up, c.down, c.dropped
                     );
                 }
-                if let Some(c) = self.error {
-                    let _ = write!(s, " err={c}");
-                }
+                // Always in this order: rule, via, err.
                 if let Some(n) = self.rule {
                     let _ = write!(s, " rule={n}");
                 }
                 if let Some(v) = &self.via {
                     let _ = write!(s, " via={}", text_field(v));
+                }
+                if let Some(c) = self.error {
+                    let _ = write!(s, " err={c}");
                 }
                 s
             }
@@ -306,7 +307,7 @@ mod tests {
         r.error = Some(Cause::Denied);
         assert!(r
             .format(t, LogFormat::Text)
-            .ends_with(" 1.234s err=denied rule=3"));
+            .ends_with(" 1.234s rule=3 err=denied"));
         let json = r.format(t, LogFormat::Json);
         assert!(
             json.ends_with(",\"error\":\"denied\",\"rule\":3}"),

@@ -53,10 +53,21 @@ pub fn is_duration(s: &str) -> bool {
 }
 
 /// Parses a text line: `TIME SERVICE CLIENT USER METHOD TARGET DESTINATION
-/// STATUS up=N down=M D.DDDs`, then ` err=CAUSE` when there is one, then
-/// ` rule=N` when there is one; single spaces, nothing before or after.
+/// STATUS up=N down=M D.DDDs`, then ` rule=N`, ` via=NAME` and ` err=CAUSE`
+/// each when there is one, in that order; single spaces, nothing before
+/// or after.
 pub fn parse_text_line(line: &str) -> Result<AccessLine, String> {
     let mut f: Vec<&str> = line.split(' ').collect();
+    // From the end: ` rule=N via=NAME err=CAUSE`, each only when it
+    // applies, always in that order.
+    let mut err = None;
+    if let Some(cause) = f.last().and_then(|x| x.strip_prefix("err=")) {
+        if cause.is_empty() {
+            return Err(format!("field \"err=\" names no cause in {line:?}"));
+        }
+        err = Some(cause.to_string());
+        f.pop();
+    }
     let mut via = None;
     if let Some(v) = f.last().and_then(|x| x.strip_prefix("via=")) {
         if v.is_empty() {
@@ -74,17 +85,9 @@ pub fn parse_text_line(line: &str) -> Result<AccessLine, String> {
         }
         f.pop();
     }
-    let mut err = None;
-    if f.len() == 12 {
-        match f[11].strip_prefix("err=") {
-            Some(cause) if !cause.is_empty() => err = Some(cause.to_string()),
-            _ => return Err(format!("field {:?} is not err=CAUSE in {line:?}", f[11])),
-        }
-        f.pop();
-    }
     if f.len() != 11 {
         return Err(format!(
-            "{} space-separated fields, want 11 (12 with err=, one more with rule=): {line:?}",
+            "{} space-separated fields, want 11 and then rule=, via=, err= as they apply: {line:?}",
             f.len()
         ));
     }
@@ -168,14 +171,29 @@ mod tests {
     }
 
     #[test]
-    fn err_then_rule() {
+    fn rule_then_err() {
         let base = "2026-11-23T19:30:00.123Z web 1.2.3.4:5 - CONNECT a:443 - 403 up=1 down=2 \
                     0.001s";
-        let l = parse_text_line(&format!("{base} err=denied rule=12")).expect("err and rule");
+        let l = parse_text_line(&format!("{base} rule=12 err=denied")).expect("rule and err");
         assert_eq!((l.err.as_deref(), l.rule), (Some("denied"), Some(12)));
         let l = parse_text_line(&format!("{base} rule=1")).expect("rule alone");
         assert_eq!((l.err, l.rule), (None, Some(1)));
-        for bad in ["rule=", "rule=0", "rule=01", "rule=x", "rule=1 err=denied"] {
+        let l = parse_text_line(&format!("{base} rule=2 via=corp err=parent-failed"))
+            .expect("rule, via and err");
+        assert_eq!(
+            (l.rule, l.via.as_deref(), l.err.as_deref()),
+            (Some(2), Some("corp"), Some("parent-failed"))
+        );
+        for bad in [
+            "rule=",
+            "rule=0",
+            "rule=01",
+            "rule=x",
+            "err=denied rule=1",
+            "err=",
+            "err=denied via=up",
+            "via=up rule=1",
+        ] {
             assert!(parse_text_line(&format!("{base} {bad}")).is_err(), "{bad}");
         }
     }

@@ -1340,7 +1340,7 @@ both!(rules_via_and_reload, round_robin_takes_turns);
 
 /// Every gateway says parent-failed in its own words for an unreachable
 /// server when its parent's only address is dead; a mapped port just
-/// closes; each line says `err=parent-failed via=up` (telnet's prompt
+/// closes; each line says `via=up err=parent-failed` (telnet's prompt
 /// comes back instead).
 fn gateways_say_parent_failed(bin: Bin) {
     let dead = local(free_port());
