@@ -399,7 +399,7 @@ pub struct UdpEcho {
 
 impl UdpEcho {
     pub fn start() -> UdpEcho {
-        Self::start_on(LOCALHOST.into())
+        Self::start_on(LOCALHOST)
     }
 
     /// An echo on `ip` (any port).
