@@ -1127,7 +1127,9 @@ impl Harness {
                 let list = self.rt.associations.clone();
                 let conn = self.pick_in(&list, input);
                 let from = match input.byte() % 4 {
-                    0 | 1 => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9000),
+                    0 => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9000),
+                    // As a dual-stack socket names an IPv4 peer.
+                    1 => SocketAddr::new(IpAddr::V6(Ipv4Addr::LOCALHOST.to_ipv6_mapped()), 9000),
                     2 => SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 9000),
                     _ => self.addr(input),
                 };
