@@ -601,3 +601,41 @@ fn without_a_dual_stack_socket_the_clients_family_is_asked_for() {
         "{l}"
     );
 }
+
+#[test]
+fn an_ipv4_mapped_destination_is_ipv4() {
+    let text = config("")
+        .replace(
+            "kind = \"socks\"\n",
+            "kind = \"socks\"\noutgoing = \"192.0.2.1\"\n",
+        )
+        .replace("[network]\n", "[network]\nexternal = [\"192.0.2.1\"]\n");
+    let mut rt = Runtime::started(&text, 14);
+    let (conn, _) = asking(&mut rt);
+    rt.handle(Event::UdpBound {
+        conn,
+        local: local(BOUND),
+    });
+    rt.drain();
+    let mapped = addr("[::ffff:192.0.2.7]:7");
+    rt.association_datagram(conn, false, local(50001), &datagram(mapped, b"ping"));
+    rt.drain();
+    let v4 = addr("192.0.2.7:7");
+    let out = rt.datagrams();
+    assert_eq!(
+        out,
+        vec![(
+            Via::Association {
+                conn,
+                outward: true,
+                to: v4
+            },
+            b"ping".to_vec()
+        )],
+        "it goes out by the IPv4 socket"
+    );
+    rt.association_datagram(conn, true, v4, b"pong");
+    rt.drain();
+    assert_eq!(rt.datagrams().len(), 1, "its reply comes back");
+    close(&mut rt, conn);
+}

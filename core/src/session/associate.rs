@@ -467,7 +467,10 @@ fn send(
     payload: &[u8],
     udp: &mut UdpTable,
 ) -> usize {
-    // A family the outward socket does not reach is dropped too.
+    // A family the outward socket does not reach is dropped too; an
+    // IPv4-mapped destination is IPv4 (and remembered so, as its replies
+    // are).
+    let to = to.map(|t| SocketAddr::new(t.ip().to_canonical(), t.port()));
     let Some(to) = to.filter(|t| if t.is_ipv4() { a.v4 } else { a.v6 }) else {
         a.counts.dropped += 1;
         return 0;
