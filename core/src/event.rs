@@ -210,13 +210,17 @@ pub enum Action {
     /// association: one facing the client, bound to `client_side` (the
     /// system picks the port), and one facing the destinations, from
     /// `outward` when given (any address of the client side's family
-    /// when not). Report [`Event::UdpBound`] or [`Event::UdpBindFailed`];
+    /// when not). With `dual_stack` (never with `outward`), the outward
+    /// one is `[::]` with IPV6_V6ONLY off, reaching both families; the
+    /// core names IPv4 destinations on it as IPv4-mapped IPv6 addresses.
+    /// Report [`Event::UdpBound`] or [`Event::UdpBindFailed`];
     /// datagrams on either go to
     /// [`crate::Proxy::handle_association_datagram`].
     UdpAssociate {
         conn: ConnId,
         client_side: SocketAddr,
         outward: Option<IpAddr>,
+        dual_stack: bool,
     },
     /// Close `conn`'s association sockets (asked before its `Close`).
     UdpDisassociate { conn: ConnId },

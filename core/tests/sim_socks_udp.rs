@@ -125,6 +125,9 @@ fn a_datagram_goes_out_and_its_reply_comes_back() {
     let conn = associated(&mut rt, 50000, 0);
     let client_udp = local(50001);
     let echo = addr("192.0.2.7:7");
+    // No `outgoing`: the outward socket is dual-stack, which names an
+    // IPv4 peer IPv4-mapped.
+    let mapped = addr("[::ffff:192.0.2.7]:7");
     rt.association_datagram(conn, false, client_udp, &datagram(echo, b"ping"));
     rt.drain();
     let out = rt.datagrams();
@@ -134,13 +137,13 @@ fn a_datagram_goes_out_and_its_reply_comes_back() {
             Via::Association {
                 conn,
                 outward: true,
-                to: echo
+                to: mapped
             },
             b"ping".to_vec()
         )],
         "the payload goes out without its header"
     );
-    rt.association_datagram(conn, true, echo, b"pong!");
+    rt.association_datagram(conn, true, mapped, b"pong!");
     rt.drain();
     let back = rt.datagrams();
     assert_eq!(
@@ -302,7 +305,7 @@ fn a_name_is_resolved_then_checked() {
         == Via::Association {
             conn,
             outward: true,
-            to: addr("192.0.2.53:53")
+            to: addr("[::ffff:192.0.2.53]:53")
         }
         && d == b"q"));
     assert!(
@@ -387,6 +390,23 @@ fn a_socket_that_cannot_open_is_a_general_failure() {
     rt.drain();
     rt.feed(conn, Side::Client, &[5, 1, 0, 5, 3, 0, 1, 0, 0, 0, 0, 0, 0]);
     rt.drain();
+    // The dual-stack outward socket fails: asked again for the client's
+    // family alone, which fails too.
+    rt.handle(Event::UdpBindFailed {
+        conn,
+        error: portico_core::IoKind::AddrInUse,
+    });
+    let actions = rt.drain();
+    assert!(
+        actions.contains(&Action::UdpDisassociate { conn })
+            && actions.contains(&Action::UdpAssociate {
+                conn,
+                client_side: local(0),
+                outward: None,
+                dual_stack: false
+            }),
+        "{actions:?}"
+    );
     rt.handle(Event::UdpBindFailed {
         conn,
         error: portico_core::IoKind::AddrInUse,
@@ -443,4 +463,179 @@ fn at_most_1024_datagrams_wait() {
         l.ends_with(" datagrams_up=1024 datagrams_down=0 dropped=77"),
         "{l}"
     );
+}
+
+/// An association of `conn` asked for (the request read), and the
+/// `UdpAssociate` it asked for.
+fn asking(rt: &mut Runtime) -> (ConnId, Action) {
+    let conn = rt
+        .accept(ListenerId::new(0, 0), local(50000), Some(local(SOCKS)))
+        .expect("accepted");
+    rt.drain();
+    rt.feed(conn, Side::Client, &[5, 1, 0, 5, 3, 0, 1, 0, 0, 0, 0, 0, 0]);
+    let actions = rt.drain();
+    let asked = actions
+        .into_iter()
+        .find(|a| matches!(a, Action::UdpAssociate { .. }))
+        .expect("a UdpAssociate");
+    (conn, asked)
+}
+
+/// The association's sockets open; the client sends to `to` from port
+/// 50001 and `to` answers from `from` (what the outward socket reports).
+fn round_trip(rt: &mut Runtime, conn: ConnId, to: SocketAddr, from: SocketAddr) -> usize {
+    rt.handle(Event::UdpBound {
+        conn,
+        local: local(BOUND),
+    });
+    rt.drain();
+    rt.association_datagram(conn, false, local(50001), &datagram(to, b"ping"));
+    rt.drain();
+    let out = rt.datagrams();
+    rt.association_datagram(conn, true, from, b"pong");
+    rt.drain();
+    let back = rt.datagrams();
+    assert!(
+        back.is_empty()
+            || back
+                == vec![(
+                    Via::Association {
+                        conn,
+                        outward: false,
+                        to: local(50001)
+                    },
+                    datagram(to, b"pong")
+                )],
+        "a reply names its source as the client sent to it: {back:?}"
+    );
+    out.len() + back.len()
+}
+
+#[test]
+fn an_ipv4_client_reaches_an_ipv6_destination() {
+    let mut rt = Runtime::started(&config(""), 11);
+    let (conn, asked) = asking(&mut rt);
+    assert_eq!(
+        asked,
+        Action::UdpAssociate {
+            conn,
+            client_side: local(0),
+            outward: None,
+            dual_stack: true
+        },
+        "no outgoing: one dual-stack outward socket"
+    );
+    let v6 = addr("[2001:db8::7]:7");
+    assert_eq!(round_trip(&mut rt, conn, v6, v6), 2, "out and back");
+    close(&mut rt, conn);
+    let l = line(&rt);
+    assert!(
+        l.ends_with(" datagrams_up=1 datagrams_down=1 dropped=0"),
+        "{l}"
+    );
+}
+
+#[test]
+fn a_family_without_an_outward_socket_is_dropped() {
+    // An IPv4 `outgoing` only: the outward socket is IPv4, and IPv6
+    // destinations are out of its reach.
+    let text = config("")
+        .replace(
+            "kind = \"socks\"\n",
+            "kind = \"socks\"\noutgoing = \"192.0.2.1\"\n",
+        )
+        .replace("[network]\n", "[network]\nexternal = [\"192.0.2.1\"]\n");
+    let mut rt = Runtime::started(&text, 12);
+    let (conn, asked) = asking(&mut rt);
+    assert_eq!(
+        asked,
+        Action::UdpAssociate {
+            conn,
+            client_side: local(0),
+            outward: Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))),
+            dual_stack: false
+        }
+    );
+    let v6 = addr("[2001:db8::7]:7");
+    assert_eq!(round_trip(&mut rt, conn, v6, v6), 0, "nothing goes out");
+    let v4 = addr("192.0.2.7:7");
+    assert_eq!(
+        round_trip(&mut rt, conn, v4, v4),
+        2,
+        "IPv4 goes out and back"
+    );
+    close(&mut rt, conn);
+    let l = line(&rt);
+    assert!(
+        l.ends_with(" datagrams_up=1 datagrams_down=1 dropped=2"),
+        "the IPv6 datagram and the reply from where nothing went: {l}"
+    );
+}
+
+#[test]
+fn without_a_dual_stack_socket_the_clients_family_is_asked_for() {
+    let mut rt = Runtime::started(&config(""), 13);
+    let (conn, _) = asking(&mut rt);
+    rt.handle(Event::UdpBindFailed {
+        conn,
+        error: portico_core::IoKind::Other,
+    });
+    let actions = rt.drain();
+    assert!(
+        actions.contains(&Action::UdpAssociate {
+            conn,
+            client_side: local(0),
+            outward: None,
+            dual_stack: false
+        }),
+        "asked again for IPv4 alone: {actions:?}"
+    );
+    let v6 = addr("[2001:db8::7]:7");
+    assert_eq!(round_trip(&mut rt, conn, v6, v6), 0, "IPv6 is out of reach");
+    let v4 = addr("192.0.2.7:7");
+    assert_eq!(round_trip(&mut rt, conn, v4, v4), 2, "IPv4 goes as it is");
+    close(&mut rt, conn);
+    let l = line(&rt);
+    assert!(
+        l.ends_with(" datagrams_up=1 datagrams_down=1 dropped=2"),
+        "{l}"
+    );
+}
+
+#[test]
+fn an_ipv4_mapped_destination_is_ipv4() {
+    let text = config("")
+        .replace(
+            "kind = \"socks\"\n",
+            "kind = \"socks\"\noutgoing = \"192.0.2.1\"\n",
+        )
+        .replace("[network]\n", "[network]\nexternal = [\"192.0.2.1\"]\n");
+    let mut rt = Runtime::started(&text, 14);
+    let (conn, _) = asking(&mut rt);
+    rt.handle(Event::UdpBound {
+        conn,
+        local: local(BOUND),
+    });
+    rt.drain();
+    let mapped = addr("[::ffff:192.0.2.7]:7");
+    rt.association_datagram(conn, false, local(50001), &datagram(mapped, b"ping"));
+    rt.drain();
+    let v4 = addr("192.0.2.7:7");
+    let out = rt.datagrams();
+    assert_eq!(
+        out,
+        vec![(
+            Via::Association {
+                conn,
+                outward: true,
+                to: v4
+            },
+            b"ping".to_vec()
+        )],
+        "it goes out by the IPv4 socket"
+    );
+    rt.association_datagram(conn, true, v4, b"pong");
+    rt.drain();
+    assert_eq!(rt.datagrams().len(), 1, "its reply comes back");
+    close(&mut rt, conn);
 }

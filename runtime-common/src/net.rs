@@ -209,6 +209,16 @@ pub fn udp_bind(addr: SocketAddr) -> io::Result<UdpSocket> {
     Ok(s.into())
 }
 
+/// A non-blocking UDP socket on `[::]` (any port) with IPV6_V6ONLY off:
+/// it reaches IPv4 peers too, as IPv4-mapped addresses.
+pub fn udp_bind_dual() -> io::Result<UdpSocket> {
+    let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_only_v6(false)?;
+    s.set_nonblocking(true)?;
+    s.bind(&SockAddr::from(SocketAddr::from(([0u16; 8], 0))))?;
+    Ok(s.into())
+}
+
 /// A non-blocking UDP socket from `bind` (any address of the family when
 /// not given) connected to `dest`, for one UDP mapping.
 pub fn udp_connect(bind: Option<IpAddr>, dest: SocketAddr) -> io::Result<UdpSocket> {

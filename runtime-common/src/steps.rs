@@ -99,7 +99,8 @@ pub enum UdpCmd {
     Open(UdpId, Option<IpAddr>, SocketAddr),
     Close(UdpId),
     /// A SOCKS UDP association's two sockets: the client's side bound to
-    /// this address, the outward one from this address (if given).
-    Associate(ConnId, SocketAddr, Option<IpAddr>),
+    /// this address, the outward one from this address (if given), or
+    /// dual-stack (the last field).
+    Associate(ConnId, SocketAddr, Option<IpAddr>, bool),
     Disassociate(ConnId),
 }

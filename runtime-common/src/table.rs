@@ -174,7 +174,13 @@ impl Table {
                     conn,
                     client_side,
                     outward,
-                } => Some(Step::Udp(UdpCmd::Associate(conn, client_side, outward))),
+                    dual_stack,
+                } => Some(Step::Udp(UdpCmd::Associate(
+                    conn,
+                    client_side,
+                    outward,
+                    dual_stack,
+                ))),
                 Action::UdpDisassociate { conn } => Some(Step::Udp(UdpCmd::Disassociate(conn))),
                 line @ (Action::Log { .. }
                 | Action::Access(_)

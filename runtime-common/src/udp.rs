@@ -63,11 +63,13 @@ impl Opened {
 
 /// An association's two sockets, registered: the client's side bound to
 /// `client_side`, the outward one from `outward` (any address of the
-/// client side's family when not given). On failure, the sockets already
-/// registered, for the runtime to let go of.
+/// client side's family when not given; `[::]` with IPV6_V6ONLY off when
+/// `dual`). On failure, the sockets already registered, for the runtime to
+/// let go of.
 fn open_pair(
     client_side: SocketAddr,
     outward: Option<std::net::IpAddr>,
+    dual: bool,
     mut register: impl FnMut(&UdpSocket, bool) -> io::Result<()>,
 ) -> Result<[UdpSocket; 2], (io::Error, Vec<UdpSocket>)> {
     let c = crate::net::udp_bind(client_side).map_err(|e| (e, vec![]))?;
@@ -75,7 +77,12 @@ fn open_pair(
         SocketAddr::V4(_) => [0u8; 4].into(),
         SocketAddr::V6(_) => [0u16; 8].into(),
     });
-    let o = crate::net::udp_bind(SocketAddr::new(from, 0)).map_err(|e| (e, vec![]))?;
+    let o = if dual {
+        crate::net::udp_bind_dual()
+    } else {
+        crate::net::udp_bind(SocketAddr::new(from, 0))
+    }
+    .map_err(|e| (e, vec![]))?;
     register(&c, false).map_err(|e| (e, vec![]))?;
     if let Err(e) = register(&o, true) {
         return Err((e, vec![c]));
@@ -106,9 +113,10 @@ impl Datagrams {
             (opened, gone.into_iter().collect())
         };
         one(match cmd {
-            UdpCmd::Associate(conn, client_side, outward) => {
+            UdpCmd::Associate(conn, client_side, outward, dual) => {
                 let key = |out| UdpKey::Association(conn.index(), out);
-                return match open_pair(client_side, outward, |u, out| register(u, key(out))) {
+                let opened = open_pair(client_side, outward, dual, |u, out| register(u, key(out)));
+                return match opened {
                     Ok(pair) => {
                         let local = pair[0].local_addr();
                         let gone = self.assocs.insert(conn, pair);

@@ -399,7 +399,13 @@ pub struct UdpEcho {
 
 impl UdpEcho {
     pub fn start() -> UdpEcho {
-        let sock = std::net::UdpSocket::bind((LOCALHOST, 0)).expect("udp echo: bind 127.0.0.1:0");
+        Self::start_on(LOCALHOST)
+    }
+
+    /// An echo on `ip` (any port).
+    pub fn start_on(ip: std::net::IpAddr) -> UdpEcho {
+        let sock = std::net::UdpSocket::bind((ip, 0))
+            .unwrap_or_else(|e| panic!("udp echo: bind {ip} (any port): {e}"));
         let addr = sock.local_addr().expect("udp echo: local_addr");
         sock.set_read_timeout(Some(Duration::from_millis(200)))
             .expect("udp echo: set_read_timeout");

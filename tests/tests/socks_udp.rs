@@ -26,6 +26,7 @@ use portico_tests::{
 
 both!(
     udp_associate_round_trip,
+    udp_associate_from_ipv4_reaches_ipv6,
     udp_associate_drops_a_denied_destination,
     udp_associate_ends_with_its_tcp_connection,
     udp_associate_left_out_of_commands_is_not_supported,
@@ -174,6 +175,28 @@ fn udp_associate_round_trip(bin: Bin) {
     assert!(
         line.ends_with(" datagrams_up=5 datagrams_down=5 dropped=0"),
         "{bin}: datagram counts after the duration: {line}"
+    );
+}
+
+/// An IPv4 client reaches an IPv6 destination (and an IPv4 one) through
+/// one association: with no `outgoing`, its outward socket is dual-stack.
+fn udp_associate_from_ipv4_reaches_ipv6(bin: Bin) {
+    let echo6 = UdpEcho::start_on(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST));
+    let echo4 = UdpEcho::start();
+    let (p, proxy) = start_on_free_port(bin, StartOptions::default(), |port| {
+        socks_config(port, "", "")
+    });
+    let u = udp_client(bin);
+    let from = u.local_addr().expect("local address");
+    let (s, relay) = associate(bin, proxy, from);
+    let control = s.local_addr().expect("control address");
+    round_trip(bin, &u, relay, echo6.addr(), b"to six");
+    round_trip(bin, &u, relay, echo4.addr(), b"to four");
+    drop(s);
+    let line = association_line(bin, &p, control);
+    assert!(
+        line.ends_with(" datagrams_up=2 datagrams_down=2 dropped=0"),
+        "{bin}: both went out and came back: {line}"
     );
 }
 

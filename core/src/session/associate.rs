@@ -63,6 +63,11 @@ pub(crate) struct Association {
     /// Payload bytes relayed each way.
     pub up: u64,
     pub down: u64,
+    /// The families the outward socket reaches; `mapped`: it is a
+    /// dual-stack IPv6 one, which names IPv4 peers IPv4-mapped.
+    v4: bool,
+    v6: bool,
+    mapped: bool,
 }
 
 impl Association {
@@ -78,7 +83,38 @@ impl Association {
             counts: DatagramCounts::default(),
             up: 0,
             down: 0,
+            v4: false,
+            v6: false,
+            mapped: false,
         }
+    }
+
+    /// Asks for the association's sockets. Destinations are many and not
+    /// known yet: the source is the service's (or the network's)
+    /// `outgoing` of the client's family, else of the other family; with
+    /// neither, one dual-stack socket reaches both families (unless
+    /// `dual` is off: it failed once), else only the client's family.
+    fn ask(&mut self, s: &Session, dual: bool, cx: &mut Context) {
+        let any = |ip: IpAddr| SocketAddr::new(ip, 0);
+        let client = s.client.ip();
+        let other = match client {
+            IpAddr::V4(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            IpAddr::V6(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        };
+        let outward = cx
+            .bind(true, s.service, None, any(client))
+            .or_else(|| cx.bind(true, s.service, None, any(other)));
+        let dual_stack = dual && outward.is_none();
+        let family = outward.unwrap_or(client);
+        self.mapped = dual_stack;
+        self.v4 = dual_stack || family.is_ipv4();
+        self.v6 = dual_stack || family.is_ipv6();
+        cx.actions.push_back(Action::UdpAssociate {
+            conn: s.id,
+            client_side: SocketAddr::new(s.local.ip(), 0),
+            outward,
+            dual_stack,
+        });
     }
 
     fn remember_peer(&mut self, to: SocketAddr) {
@@ -157,16 +193,10 @@ impl Session {
             Target::Addr(a) => a.port(),
             Target::Name(_, p) => p,
         };
-        self.machine = Machine::Associate(Box::new(Association::new(port)));
+        let mut a = Box::new(Association::new(port));
+        a.ask(self, true, cx);
+        self.machine = Machine::Associate(a);
         self.enter(Phase::Connecting, cx.now);
-        // Destinations are many and not known yet: the source is the
-        // service's (or the network's) `outgoing` of the client's family.
-        let family = SocketAddr::new(self.client.ip(), 0);
-        cx.actions.push_back(Action::UdpAssociate {
-            conn: self.id,
-            client_side: SocketAddr::new(self.local.ip(), 0),
-            outward: cx.bind(true, self.service, None, family),
-        });
         self.sync(cx);
     }
 
@@ -187,6 +217,23 @@ impl Session {
     pub fn on_udp_bind_failed(&mut self, why: Failure, error: Option<IoKind>, cx: &mut Context) {
         if self.phase != Phase::Connecting || !matches!(self.machine, Machine::Associate(_)) {
             return;
+        }
+        // A host without IPv6 cannot open a dual-stack socket: ask again
+        // for the client's family alone.
+        if error.is_some() {
+            if let Machine::Associate(mut a) = std::mem::replace(&mut self.machine, Machine::Mapped)
+            {
+                let retry = a.mapped;
+                if retry {
+                    cx.actions
+                        .push_back(Action::UdpDisassociate { conn: self.id });
+                    a.ask(self, false, cx);
+                }
+                self.machine = Machine::Associate(a);
+                if retry {
+                    return;
+                }
+            }
         }
         if let Some(e) = error {
             let name = cx.services[self.service].name.clone();
@@ -234,6 +281,8 @@ impl Session {
             return;
         }
         if outward {
+            // A dual-stack socket names IPv4 peers IPv4-mapped.
+            let from = SocketAddr::new(from.ip().to_canonical(), from.port());
             let (Some(to), true) = (a.client_udp, a.peers.contains(&from)) else {
                 a.counts.dropped += 1;
                 return;
@@ -418,14 +467,22 @@ fn send(
     payload: &[u8],
     udp: &mut UdpTable,
 ) -> usize {
-    let Some(to) = to else {
+    // A family the outward socket does not reach is dropped too; an
+    // IPv4-mapped destination is IPv4 (and remembered so, as its replies
+    // are).
+    let to = to.map(|t| SocketAddr::new(t.ip().to_canonical(), t.port()));
+    let Some(to) = to.filter(|t| if t.is_ipv4() { a.v4 } else { a.v6 }) else {
         a.counts.dropped += 1;
         return 0;
+    };
+    let named = match to.ip() {
+        IpAddr::V4(v4) if a.mapped => SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), to.port()),
+        _ => to,
     };
     let via = Via::Association {
         conn,
         outward: true,
-        to,
+        to: named,
     };
     if !udp.push(via, payload.to_vec()) {
         a.counts.dropped += 1;

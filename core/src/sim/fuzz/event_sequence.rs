@@ -8,12 +8,19 @@
 //! knows each connection holds, and the limits and refusals its
 //! configuration implies.
 //!
+//! A SOCKS service allows all three commands, so its clients also open UDP
+//! associations and BIND listeners: the runtime's answers to those
+//! (bound or failed, connections accepted from the peer asked for or
+//! another, the handed-over connection established or not) and datagrams
+//! from the client's side and from destinations, with headers
+//! well-formed or not, are operations of their own.
+//!
 //! The decoding is fixed: the committed corpus
 //! (`fuzz/corpus/event_sequence/`) was found with it and keeps its meaning
 //! only as long as the same bytes make the same calls.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::config::{self, Config};
@@ -21,6 +28,7 @@ use crate::event::{Action, Event, IoKind, Level, Refused};
 use crate::id::{ConnId, ListenerId, Side};
 use crate::sim::runtime::Runtime;
 use crate::table::REFUSING_MAX;
+use crate::udp::{Via, MAX_DATAGRAM};
 
 const KINDS: [IoKind; 10] = [
     IoKind::Refused,
@@ -351,6 +359,93 @@ fn socks_script(pick: u8) -> Vec<u8> {
     v
 }
 
+/// What a SOCKS client says first in the operations added with UDP
+/// ASSOCIATE and BIND (the older scripts keep their numbers).
+fn socks_more_script(pick: u8) -> Vec<u8> {
+    let greet: &[u8] = &[5, 1, 0];
+    let mut v = greet.to_vec();
+    match pick % 8 {
+        // UDP ASSOCIATE, any source port.
+        0 => v.extend_from_slice(&[5, 3, 0, 1, 0, 0, 0, 0, 0, 0]),
+        // From port 5000 of the client's address (as named).
+        1 => v.extend_from_slice(&[5, 3, 0, 1, 10, 0, 0, 1, 0x13, 0x88]),
+        // From [::]:5000, a name, and then bytes on the control
+        // connection.
+        2 => {
+            v.extend_from_slice(&[5, 3, 0, 4]);
+            v.extend_from_slice(&[0; 16]);
+            v.extend_from_slice(&[0x13, 0x88]);
+        }
+        3 => {
+            v.extend_from_slice(&[5, 3, 0, 3, 9]);
+            v.extend_from_slice(b"a.example");
+            v.extend_from_slice(&[0, 0]);
+            v.extend_from_slice(b"noise");
+        }
+        // BIND toward 127.0.0.1:9000, toward a denied address, toward a
+        // name.
+        4 => v.extend_from_slice(&[5, 2, 0, 1, 127, 0, 0, 1, 0x23, 0x28]),
+        5 => v.extend_from_slice(&[5, 2, 0, 1, 127, 0, 0, 66, 0x23, 0x28]),
+        6 => {
+            v.extend_from_slice(&[5, 2, 0, 3, 9]);
+            v.extend_from_slice(b"a.example");
+            v.extend_from_slice(&[0x23, 0x28]);
+        }
+        // SOCKS4 BIND.
+        _ => v = vec![4, 2, 0x23, 0x28, 127, 0, 0, 1, 0],
+    }
+    v
+}
+
+/// An RFC 1928 UDP request header (or something that fails to be one).
+fn udp_header(pick: u8, input: &mut Input<'_>) -> Vec<u8> {
+    let port = [0x23, 0x28];
+    let mut v = vec![0, 0];
+    match pick % 10 {
+        0 | 1 => v.extend_from_slice(&[0, 1, 127, 0, 0, 1]),
+        2 => v.extend_from_slice(&[0, 1, 127, 0, 0, 66]),
+        3 => {
+            v.extend_from_slice(&[0, 3, 9]);
+            v.extend_from_slice(b"a.example");
+        }
+        4 => {
+            v.extend_from_slice(&[0, 3, 14]);
+            v.extend_from_slice(b"denied.example");
+        }
+        5 => {
+            v.extend_from_slice(&[0, 4]);
+            v.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
+        }
+        // A fragment, an unknown address type, a header cut short.
+        6 => v.extend_from_slice(&[1 + input.byte() % 255, 1, 127, 0, 0, 1]),
+        7 => v.extend_from_slice(&[0, input.byte(), 127, 0, 0, 1]),
+        8 => {
+            let n = input.byte() % 8;
+            v = vec![0, 0, 0, 1, 127, 0, 0, 1, 0x23];
+            v.truncate(n as usize);
+            return v;
+        }
+        // Straight from the input.
+        _ => {
+            let n = input.byte() % 32;
+            return (0..n).map(|_| input.byte()).collect();
+        }
+    }
+    v.extend_from_slice(&port);
+    v
+}
+
+/// Appends a payload: a few bytes from the input, or a larger run.
+fn payload(v: &mut Vec<u8>, input: &mut Input<'_>) {
+    let b = input.byte();
+    if b & 0x80 == 0 {
+        v.extend((0..b % 16).map(|_| input.byte()));
+    } else {
+        let n = (b as usize & 0x7f) * 64;
+        v.extend((0..n).map(|i| i as u8));
+    }
+}
+
 /// What an HTTP proxy client of the fuzzer sends first.
 fn http_script(pick: u8) -> Vec<u8> {
     let host = "Host: 127.0.0.1:9000\r\n";
@@ -439,6 +534,15 @@ struct Harness {
     /// `PORTICO_FUZZ_TRACE=1`: print every operation and action (to replay
     /// a crash by hand).
     trace: bool,
+    /// SOCKS UDP associations asked for and not yet answered.
+    assoc_asked: Vec<ConnId>,
+    /// SOCKS BIND listeners asked for, with the address each was asked
+    /// toward (the peer the client expects).
+    bind_toward: HashMap<ConnId, SocketAddr>,
+    /// BIND listeners asked for and not yet answered.
+    bind_asked: Vec<ConnId>,
+    /// Accepted BIND connections handed over, with their attempt.
+    taken: Vec<(ConnId, u32)>,
 }
 
 impl Harness {
@@ -464,6 +568,10 @@ impl Harness {
             closes: 0,
             refusals: 0,
             trace,
+            assoc_asked: Vec::new(),
+            bind_toward: HashMap::new(),
+            bind_asked: Vec::new(),
+            taken: Vec::new(),
         };
         h.drain();
         assert_eq!(
@@ -627,15 +735,10 @@ impl Harness {
                     self.rt.handle(Event::ListenFailed { listener, error });
                 }
                 7 => self.splice(input),
-                _ => {
-                    // Read-only calls must be harmless.
-                    let conn = self.pick_conn(input);
-                    let side = input.side();
-                    let _ = self.rt.send_buf(conn, side);
-                    let _ = self.rt.splice_ok(conn, side);
-                    let _ = self.rt.listener_service(ListenerId(input.byte() as u32));
-                    let _ = self.rt.stats();
-                }
+                // SOCKS UDP associations and BIND (added after the rest:
+                // it replaced read-only calls, which it still makes).
+                6 => self.socks_op(input),
+                _ => self.read_only(input),
             },
             15 | 16 => {
                 let conn = self.pick_conn(input);
@@ -713,6 +816,12 @@ impl Harness {
     }
 
     fn accept(&mut self, input: &mut Input<'_>) {
+        self.accept_with(input, None);
+    }
+
+    /// An accept whose client says `script` first (a SOCKS one's) instead
+    /// of its kind's own.
+    fn accept_with(&mut self, input: &mut Input<'_>, script_override: Option<Vec<u8>>) {
         let listener = self.pick_listener(input);
         let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1 + input.byte() % 4));
         let peer = SocketAddr::new(ip, input.u16());
@@ -752,7 +861,10 @@ impl Harness {
                         // A protocol's own words are not modelled.
                         up: (kind == Kind::Mapped).then(VecDeque::new),
                         down: (kind == Kind::Mapped).then(VecDeque::new),
-                        script: kind.script(script),
+                        script: match script_override {
+                            Some(s) if kind == Kind::Socks => s,
+                            _ => kind.script(script),
+                        },
                         script_pos: 0,
                         reply: kind.reply(reply),
                         reply_pos: 0,
@@ -911,6 +1023,162 @@ impl Harness {
         while let Some(action) = self.rt.poll() {
             self.apply(action);
         }
+        // Datagrams go out by an association's socket only while it is
+        // open.
+        for (via, bytes) in self.rt.datagrams() {
+            assert!(bytes.len() <= MAX_DATAGRAM, "a datagram over the limit");
+            match via {
+                Via::Association { conn, .. } => assert!(
+                    self.rt.associations.contains(&conn),
+                    "a datagram by {conn}'s association, which has no sockets"
+                ),
+                other => panic!("a datagram by {other:?}, which the fuzzer never opened"),
+            }
+        }
+    }
+
+    /// Read-only calls must be harmless.
+    fn read_only(&mut self, input: &mut Input<'_>) {
+        let conn = self.pick_conn(input);
+        let side = input.side();
+        let _ = self.rt.send_buf(conn, side);
+        let _ = self.rt.splice_ok(conn, side);
+        let _ = self.rt.listener_service(ListenerId(input.byte() as u32));
+        let _ = self.rt.stats();
+    }
+
+    /// A connection with a pending item in `list` (mostly), else any.
+    fn pick_in(&mut self, list: &[ConnId], input: &mut Input<'_>) -> ConnId {
+        let b = input.byte();
+        if b < 224 && !list.is_empty() {
+            list[b as usize % list.len()]
+        } else {
+            self.pick_conn(input)
+        }
+    }
+
+    /// The SOCKS UDP association and BIND operations.
+    fn socks_op(&mut self, input: &mut Input<'_>) {
+        match input.byte() % 8 {
+            0 => {
+                let pick = input.byte();
+                self.accept_with(input, Some(socks_more_script(pick)));
+            }
+            1 => {
+                let list = self.assoc_asked.clone();
+                let conn = self.pick_in(&list, input);
+                self.assoc_asked.retain(|c| *c != conn);
+                let b = input.byte();
+                let event = if b & 3 == 3 {
+                    Event::UdpBindFailed {
+                        conn,
+                        error: input.kind(),
+                    }
+                } else {
+                    let ip = if b & 4 == 0 {
+                        IpAddr::V4(Ipv4Addr::LOCALHOST)
+                    } else {
+                        IpAddr::V6(Ipv6Addr::LOCALHOST)
+                    };
+                    Event::UdpBound {
+                        conn,
+                        local: SocketAddr::new(ip, 50000 + input.u16() % 1000),
+                    }
+                };
+                self.rt.handle(event);
+            }
+            2 => {
+                let list = self.bind_asked.clone();
+                let conn = self.pick_in(&list, input);
+                self.bind_asked.retain(|c| *c != conn);
+                let event = if input.byte() & 3 == 3 {
+                    Event::BindFailed {
+                        conn,
+                        error: input.kind(),
+                    }
+                } else {
+                    let local = SocketAddr::new(
+                        IpAddr::V4(Ipv4Addr::LOCALHOST),
+                        51000 + input.u16() % 1000,
+                    );
+                    Event::BindListening { conn, local }
+                };
+                self.rt.handle(event);
+            }
+            3 => {
+                // From the client's side: its address (or another), a
+                // header well-formed or not, then payload.
+                let list = self.rt.associations.clone();
+                let conn = self.pick_in(&list, input);
+                let b = input.byte();
+                let ip = match (b & 3, self.rt.conn(conn).map(|s| s.peer.ip())) {
+                    (0..=2, Some(ip)) => ip,
+                    (3, _) => IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9)),
+                    _ => IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+                };
+                let port = if b & 4 == 0 { 5000 } else { input.u16() };
+                let mut bytes = udp_header(input.byte(), input);
+                payload(&mut bytes, input);
+                self.rt
+                    .association_datagram(conn, false, SocketAddr::new(ip, port), &bytes);
+            }
+            4 => {
+                // From a destination (one the client sent to, or not).
+                let list = self.rt.associations.clone();
+                let conn = self.pick_in(&list, input);
+                let from = match input.byte() % 4 {
+                    0 => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9000),
+                    // As a dual-stack socket names an IPv4 peer.
+                    1 => SocketAddr::new(IpAddr::V6(Ipv4Addr::LOCALHOST.to_ipv6_mapped()), 9000),
+                    2 => SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 9000),
+                    _ => self.addr(input),
+                };
+                let mut bytes = Vec::new();
+                payload(&mut bytes, input);
+                self.rt.association_datagram(conn, true, from, &bytes);
+            }
+            5 => {
+                // A connection reaches a BIND listener: from the address
+                // asked toward, or from elsewhere.
+                let list: Vec<ConnId> = self.rt.bind_listeners.clone();
+                let conn = self.pick_in(&list, input);
+                let b = input.byte();
+                let ip = match (b & 1, self.bind_toward.get(&conn)) {
+                    (0, Some(t)) => t.ip(),
+                    _ => IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (b >> 1) % 64)),
+                };
+                let peer = SocketAddr::new(ip, 30000 + input.u16() % 1000);
+                self.rt.handle(Event::BindAccepted { conn, peer });
+            }
+            6 => {
+                // The connection a BindTake handed over: established, or
+                // gone.
+                let b = input.byte();
+                let (conn, attempt) = match self.taken.get(b as usize % self.taken.len().max(1)) {
+                    Some(&t) if b < 240 => t,
+                    _ => {
+                        let conn = self.pick_conn(input);
+                        (conn, self.pick_attempt(conn, input))
+                    }
+                };
+                let event = if input.byte() & 3 == 3 {
+                    Event::ConnectFailed {
+                        conn,
+                        attempt,
+                        error: input.kind(),
+                    }
+                } else {
+                    let local = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 51000);
+                    Event::Connected {
+                        conn,
+                        attempt,
+                        local,
+                    }
+                };
+                self.rt.handle(event);
+            }
+            _ => self.read_only(input),
+        }
     }
 
     fn model(&mut self, conn: ConnId) -> &mut Model {
@@ -962,7 +1230,21 @@ impl Harness {
                 m.down = None;
                 m.up = None;
             }
+            Action::UdpAssociate { conn, .. } => self.assoc_asked.push(conn),
+            Action::BindListen { conn, toward, .. } => {
+                self.bind_toward.insert(conn, toward);
+                self.bind_asked.push(conn);
+            }
+            Action::BindTake { conn, attempt } => {
+                self.taken.push((conn, attempt));
+                if self.taken.len() > 16 {
+                    self.taken.remove(0);
+                }
+            }
             Action::Close { conn } => {
+                self.assoc_asked.retain(|c| *c != conn);
+                self.bind_asked.retain(|c| *c != conn);
+                self.bind_toward.remove(&conn);
                 if self.model(conn).kind != Kind::Http {
                     self.closes += 1;
                 }
