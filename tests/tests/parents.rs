@@ -445,6 +445,13 @@ fn via_http(bin: Bin, web: SocketAddr, url: &str) -> ToolOutput {
     curl(bin, &["-x", &format!("http://{web}")], url)
 }
 
+/// `url` through the socks service and through a CONNECT of the http
+/// service both fetch the hello page ("socks WHAT", "CONNECT WHAT").
+fn hello_through(bin: Bin, socks: SocketAddr, web: SocketAddr, url: &str, what: &str) {
+    assert_hello(bin, &via_socks(bin, socks, url), &format!("socks {what}"));
+    assert_hello(bin, &via_connect(bin, web, url), &format!("CONNECT {what}"));
+}
+
 fn assert_hello(bin: Bin, out: &ToolOutput, what: &str) {
     assert!(
         out.status.success() && out.stdout == HELLO,
@@ -517,16 +524,7 @@ fn socks_and_connect_through_squid(bin: Bin) {
         &format!("kind = \"http\"\naddresses = [\"{}\"]", parent.addr()),
         &origin,
     );
-    assert_hello(
-        bin,
-        &via_socks(bin, socks, &origin.url()),
-        "socks via squid",
-    );
-    assert_hello(
-        bin,
-        &via_connect(bin, web, &origin.url()),
-        "CONNECT via squid",
-    );
+    hello_through(bin, socks, web, &origin.url(), "via squid");
     let target = format!("localhost:{}", origin.addr.port());
     for service in ["socks", "web"] {
         let a = line_for(&p, service, &target);
@@ -612,16 +610,7 @@ fn socks_and_connect_through_dante(bin: Bin) {
         &format!("kind = \"socks5\"\naddresses = [\"{}\"]", parent.addr()),
         &origin,
     );
-    assert_hello(
-        bin,
-        &via_socks(bin, socks, &origin.url()),
-        "socks via dante",
-    );
-    assert_hello(
-        bin,
-        &via_connect(bin, web, &origin.url()),
-        "CONNECT via dante",
-    );
+    hello_through(bin, socks, web, &origin.url(), "via dante");
     let a = line_for(&p, "socks", &format!("localhost:{}", origin.addr.port()));
     assert_eq!(a.via.as_deref(), Some("up"), "{bin}: {a:?}");
     assert_eq!(a.destination, parent.addr().to_string(), "{bin}: {a:?}");
@@ -687,16 +676,7 @@ fn microsocks_login(bin: Bin) {
         ),
         &origin,
     );
-    assert_hello(
-        bin,
-        &via_socks(bin, socks, &origin.url()),
-        "socks via microsocks",
-    );
-    assert_hello(
-        bin,
-        &via_connect(bin, web, &origin.url()),
-        "CONNECT via microsocks",
-    );
+    hello_through(bin, socks, web, &origin.url(), "via microsocks");
 
     let (p, [socks, _, _]) = portico(
         bin,
@@ -731,16 +711,7 @@ fn tinyproxy_demands_credentials(bin: Bin) {
         ),
         &origin,
     );
-    assert_hello(
-        bin,
-        &via_socks(bin, socks, &origin.url()),
-        "socks via tinyproxy",
-    );
-    assert_hello(
-        bin,
-        &via_connect(bin, web, &origin.url()),
-        "CONNECT via tinyproxy",
-    );
+    hello_through(bin, socks, web, &origin.url(), "via tinyproxy");
     assert_hello(bin, &via_http(bin, web, &origin.url()), "GET via tinyproxy");
 
     // Wrong credentials: tinyproxy answers a plain request 401, which is
