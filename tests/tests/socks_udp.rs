@@ -1,7 +1,9 @@
 //! SOCKS5 UDP ASSOCIATE (RFC 1928 section 7) end to end through both
 //! binaries: a client written here from the RFC (the association's reply,
-//! the datagram header both ways, a denied destination, the end with the
-//! TCP connection), and a real one: Dante's `socksify` carrying `drill` to
+//! the datagram header both ways, a destination by name, what is dropped
+//! and counted: a denied or unresolved destination, a stranger's datagram
+//! on either side, a fragment; the end with the TCP connection or after
+//! `udp_idle_timeout`), and a real one: Dante's `socksify` carrying `drill` to
 //! a local `dnsmasq`.
 //!
 //! `drill`, not `dig`: dig (BIND 9.18, libuv) sends its queries with
@@ -33,6 +35,12 @@ both!(
     udp_announce_names_another_address,
     an_association_counts_as_a_connection,
     drill_through_socksify,
+    udp_associate_drops_a_strangers_datagram,
+    udp_associate_port_zero_takes_any_port_of_the_client,
+    udp_associate_drops_a_reply_from_a_stranger,
+    udp_associate_drops_a_fragment,
+    udp_associate_to_a_name,
+    udp_associate_ends_after_its_idle_timeout,
 );
 
 /// How long a reply, or a line in the log, may take (a debug build on a
@@ -435,4 +443,215 @@ fn drill_through_socksify(bin: Bin) {
         line.ends_with(" datagrams_up=1 datagrams_down=1 dropped=0"),
         "{bin}: one query, one answer: {line}"
     );
+}
+
+/// A datagram to the association's client-facing socket from another IP
+/// address than the client's, or from the client's IP but another port
+/// than its request named, is dropped and counted; nothing of it reaches
+/// the destination. Each is sent before the client's own: a socket reads
+/// in arrival order, so the client's reply coming back shows both were
+/// handled first.
+fn udp_associate_drops_a_strangers_datagram(bin: Bin) {
+    let echo = UdpEcho::start();
+    let (p, proxy) = start_on_free_port(bin, StartOptions::default(), |port| {
+        socks_config(port, "", "")
+    });
+    let u = udp_client(bin);
+    let (s, relay) = associate(bin, proxy, u.local_addr().expect("local address"));
+    let control = s.local_addr().expect("control address");
+    let other_ip = UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    let other_port = udp_client(bin);
+    for stranger in [&other_ip, &other_port] {
+        stranger
+            .send_to(&[header(echo.addr()), b"stranger".to_vec()].concat(), relay)
+            .expect("send from a stranger");
+    }
+    round_trip(bin, &u, relay, echo.addr(), b"the client");
+    assert_eq!(
+        echo.peers().len(),
+        1,
+        "{bin}: only the client's datagram reached the destination"
+    );
+    drop(s);
+    let line = association_line(bin, &p, control);
+    assert!(
+        line.ends_with(" datagrams_up=1 datagrams_down=1 dropped=2"),
+        "{bin}: both strangers' datagrams are counted as dropped: {line}"
+    );
+}
+
+/// A request naming port 0 takes datagrams from any port of the client's
+/// IP address; the replies go where the last one came from.
+fn udp_associate_port_zero_takes_any_port_of_the_client(bin: Bin) {
+    let echo = UdpEcho::start();
+    let (p, proxy) = start_on_free_port(bin, StartOptions::default(), |port| {
+        socks_config(port, "", "")
+    });
+    let (s, relay) = associate(bin, proxy, "0.0.0.0:0".parse().expect("address"));
+    let control = s.local_addr().expect("control address");
+    let (a, b) = (udp_client(bin), udp_client(bin));
+    round_trip(bin, &a, relay, echo.addr(), b"from one port");
+    round_trip(bin, &b, relay, echo.addr(), b"from another");
+    drop(s);
+    let line = association_line(bin, &p, control);
+    assert!(
+        line.ends_with(" datagrams_up=2 datagrams_down=2 dropped=0"),
+        "{bin}: {line}"
+    );
+}
+
+/// Only a reply from an address and port the client has sent to is
+/// relayed: a datagram to the association's outward socket from another
+/// port is dropped and counted (the outward side is not open to anyone).
+fn udp_associate_drops_a_reply_from_a_stranger(bin: Bin) {
+    let echo = UdpEcho::start();
+    let (p, proxy) = start_on_free_port(bin, StartOptions::default(), |port| {
+        socks_config(port, "", "")
+    });
+    let u = udp_client(bin);
+    let (s, relay) = associate(bin, proxy, u.local_addr().expect("local address"));
+    let control = s.local_addr().expect("control address");
+    round_trip(bin, &u, relay, echo.addr(), b"first");
+    // The echo saw the outward socket's address.
+    let outward = echo.peers()[0];
+    assert_ne!(outward, relay, "{bin}: two sockets");
+    for ip in ["127.0.0.1", "127.0.0.2"] {
+        let stranger = UdpSocket::bind((ip, 0)).expect("bind a stranger");
+        stranger
+            .send_to(b"unasked", outward)
+            .unwrap_or_else(|e| panic!("{bin}: send to the outward socket {outward}: {e}"));
+    }
+    // The strangers' datagrams are queued at the outward socket before the
+    // echo's reply to this one: were they relayed, they would come first.
+    round_trip(bin, &u, relay, echo.addr(), b"second");
+    drop(s);
+    let line = association_line(bin, &p, control);
+    assert!(
+        line.ends_with(" datagrams_up=2 datagrams_down=2 dropped=2"),
+        "{bin}: the strangers' datagrams are dropped and counted: {line}"
+    );
+}
+
+/// A datagram with FRAG other than 0 is dropped (and counted).
+fn udp_associate_drops_a_fragment(bin: Bin) {
+    let echo = UdpEcho::start();
+    let (p, proxy) = start_on_free_port(bin, StartOptions::default(), |port| {
+        socks_config(port, "", "")
+    });
+    let u = udp_client(bin);
+    let (s, relay) = associate(bin, proxy, u.local_addr().expect("local address"));
+    let control = s.local_addr().expect("control address");
+    let mut fragment = header(echo.addr());
+    fragment[2] = 1;
+    fragment.extend_from_slice(b"a fragment");
+    u.send_to(&fragment, relay).expect("send");
+    round_trip(bin, &u, relay, echo.addr(), b"whole");
+    assert_eq!(
+        echo.peers().len(),
+        1,
+        "{bin}: the fragment did not reach the destination"
+    );
+    drop(s);
+    let line = association_line(bin, &p, control);
+    assert!(
+        line.ends_with(" datagrams_up=1 datagrams_down=1 dropped=1"),
+        "{bin}: the fragment is counted as dropped: {line}"
+    );
+}
+
+/// The header of a datagram to the name `host` and `port`.
+fn name_header(host: &str, port: u16) -> Vec<u8> {
+    let mut h = vec![0, 0, 0, 3, host.len() as u8];
+    h.extend_from_slice(host.as_bytes());
+    h.extend_from_slice(&port.to_be_bytes());
+    h
+}
+
+/// A destination given as a name is resolved (here through a private
+/// `/etc/hosts`) and reached; the reply's header names the address it
+/// came from. A name denied by a rule, and a name that does not resolve,
+/// are dropped and counted.
+fn udp_associate_to_a_name(bin: Bin) {
+    let echo = UdpEcho::start();
+    let rules = "[[rule]]\naction = \"deny\"\ndestinations = [\"*.blocked.test\"]\n\
+                 [[rule]]\naction = \"allow\"\n";
+    let opts = StartOptions {
+        hosts: Some("127.0.0.1 localhost\n127.0.0.1 udp.test\n127.0.0.1 x.blocked.test\n"),
+        ..StartOptions::default()
+    };
+    let (p, proxy) = start_on_free_port(bin, opts, |port| socks_config(port, rules, ""));
+    let u = udp_client(bin);
+    let (s, relay) = associate(bin, proxy, u.local_addr().expect("local address"));
+    let control = s.local_addr().expect("control address");
+    let port = echo.addr().port();
+    // The two that go nowhere first: the name's reply coming back shows
+    // they were handled before it (one name resolves at a time, in order).
+    for host in ["x.blocked.test", "nowhere.invalid"] {
+        u.send_to(&[name_header(host, port), b"no".to_vec()].concat(), relay)
+            .expect("send");
+    }
+    for payload in [&b"by name"[..], b"again by name"] {
+        u.send_to(
+            &[name_header("udp.test", port), payload.to_vec()].concat(),
+            relay,
+        )
+        .expect("send to a name");
+        let mut buf = [0u8; 2048];
+        let (n, from) = u.recv_from(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "{bin}: no reply from udp.test through the association: {e}\nstderr:\n{}",
+                p.stderr_text()
+            )
+        });
+        assert_eq!(from, relay, "{bin}: the reply comes from the relay");
+        assert_eq!(
+            &buf[..n],
+            &[header(echo.addr()), payload.to_vec()].concat()[..],
+            "{bin}: the reply's header names the address it came from"
+        );
+    }
+    assert_eq!(
+        echo.peers().len(),
+        2,
+        "{bin}: only the datagrams to udp.test reached the destination"
+    );
+    drop(s);
+    let line = association_line(bin, &p, control);
+    assert!(
+        line.ends_with(" datagrams_up=2 datagrams_down=2 dropped=2"),
+        "{bin}: the denied name and the one that did not resolve are dropped: {line}"
+    );
+}
+
+/// An association with no datagram for `udp_idle_timeout` ends while its
+/// TCP connection is still open: the proxy closes that connection, and
+/// the line says `idle` with its counts.
+fn udp_associate_ends_after_its_idle_timeout(bin: Bin) {
+    let echo = UdpEcho::start();
+    let (p, proxy) = start_on_free_port(bin, StartOptions::default(), |port| {
+        format!(
+            "{}{}",
+            config_head("udp_idle_timeout = \"1s\"", ""),
+            service("socks", "socks", port, "")
+        )
+    });
+    let u = udp_client(bin);
+    let (mut s, relay) = associate(bin, proxy, u.local_addr().expect("local address"));
+    let control = s.local_addr().expect("control address");
+    round_trip(bin, &u, relay, echo.addr(), b"once");
+    let line = association_line(bin, &p, control);
+    assert!(
+        line.contains(" idle up=4 down=4 ")
+            && line.ends_with(" datagrams_up=1 datagrams_down=1 dropped=0"),
+        "{bin}: the association ended idle: {line}"
+    );
+    let mut rest = Vec::new();
+    match s.read_to_end(&mut rest) {
+        Ok(_) => assert!(rest.is_empty(), "{bin}: nothing after the reply: {rest:?}"),
+        Err(e) => assert_eq!(
+            e.kind(),
+            ErrorKind::ConnectionReset,
+            "{bin}: the control connection must be closed by the proxy: {e}"
+        ),
+    }
 }
