@@ -37,8 +37,8 @@ pub use bin::{binaries, Bin};
 pub use data::{digest, file_digest, pattern, recv_all, recv_exact, send_stream, Digest};
 pub use net::{
     connect, connect_from, cpu_time, echo_check, expect_closed, free_port, listen_overflows, local,
-    poll_until, read_outcome, rss_kib, send_all, ReadOutcome, Rendezvous, CONNECT_TIMEOUT,
-    IO_TIMEOUT, PROMPTLY,
+    poll_until, read_outcome, rss_kib, send_all, BlackHole, ReadOutcome, Rendezvous,
+    CONNECT_TIMEOUT, IO_TIMEOUT, PROMPTLY,
 };
 pub use process::{
     expected_listeners, private_hosts, run_cli, run_on_config, CliOutput, LineLog, Portico,

@@ -271,3 +271,45 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     let hz = if hz > 0 { hz as u64 } else { 100 };
     Some(Duration::from_millis(ticks * 1000 / hz))
 }
+
+/// A listener on `addr` that never accepts, with its queue full: a connect
+/// to it hangs (its SYNs are dropped), as to a black-holed address. Kept
+/// open while the value lives.
+pub struct BlackHole {
+    _listener: socket2::Socket,
+    _fillers: Vec<TcpStream>,
+}
+
+impl BlackHole {
+    /// Opens it and checks that a further connect really hangs, or a test
+    /// relying on it would prove nothing.
+    pub fn open(addr: SocketAddr) -> BlackHole {
+        use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+        let l = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .expect("socket");
+        l.set_reuse_address(true).expect("SO_REUSEADDR");
+        l.bind(&SockAddr::from(addr))
+            .unwrap_or_else(|e| panic!("black hole: bind {addr}: {e}"));
+        l.listen(0).expect("listen(0)");
+        // Fill the accept queue: the first connects complete and wait there.
+        let mut fillers = Vec::new();
+        for _ in 0..2 {
+            if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+                fillers.push(s);
+            }
+        }
+        assert!(
+            !fillers.is_empty(),
+            "black hole {addr}: nothing filled its queue"
+        );
+        let probe = TcpStream::connect_timeout(&addr, Duration::from_millis(1500));
+        assert!(
+            matches!(&probe, Err(e) if e.kind() == ErrorKind::TimedOut),
+            "black hole {addr}: a further connect must hang, got {probe:?}"
+        );
+        BlackHole {
+            _listener: l,
+            _fillers: fillers,
+        }
+    }
+}

@@ -17,7 +17,7 @@
 //! (`ip netns add`, entered by the test's thread, removed when it ends):
 //! only addresses inside it are used.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -26,9 +26,8 @@ use std::time::{Duration, Instant};
 
 use portico_tests::{
     both, config_head, connect, free_port, run_on_config, send_all, service, Behaviour, Bin,
-    Portico, StartOptions, TempDir, TestServer,
+    BlackHole, Portico, StartOptions, TempDir, TestServer,
 };
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 /// Generous: without the race, the request would take all of it and fail.
 const CONNECT_TIMEOUT: &str = "20s";
@@ -77,44 +76,6 @@ fn resolver_order() -> Vec<IpAddr> {
         "{NAME} must resolve to two addresses: {order:?}"
     );
     order
-}
-
-/// A listener on `addr` that never accepts, with its queue full: a connect
-/// to it hangs (its SYNs are dropped). Kept open while the value lives.
-struct BlackHole {
-    _listener: Socket,
-    _fillers: Vec<TcpStream>,
-}
-
-impl BlackHole {
-    fn open(addr: SocketAddr) -> BlackHole {
-        let l = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
-        l.set_reuse_address(true).expect("SO_REUSEADDR");
-        l.bind(&SockAddr::from(addr))
-            .unwrap_or_else(|e| panic!("black hole: bind {addr}: {e}"));
-        l.listen(0).expect("listen(0)");
-        // Fill the accept queue: the first connects complete and wait there.
-        let mut fillers = Vec::new();
-        for _ in 0..2 {
-            if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
-                fillers.push(s);
-            }
-        }
-        assert!(
-            !fillers.is_empty(),
-            "black hole {addr}: nothing filled its queue"
-        );
-        // It must really hang now, or the race proves nothing.
-        let probe = TcpStream::connect_timeout(&addr, Duration::from_millis(1500));
-        assert!(
-            matches!(&probe, Err(e) if e.kind() == ErrorKind::TimedOut),
-            "black hole {addr}: a further connect must hang, got {probe:?}"
-        );
-        BlackHole {
-            _listener: l,
-            _fillers: fillers,
-        }
-    }
 }
 
 /// An echo server on `addr` (one connection at a time is enough here);

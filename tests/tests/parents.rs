@@ -8,6 +8,12 @@
 //!   username method checks system accounts, which a test must not make),
 //! - `microsocks` (socks5 parent demanding an RFC 1929 login).
 //!
+//! Parents written here (`Scripted`) show what a real one cannot: the
+//! exact bytes Portico says to its parent (PROXY header, CONNECT with the
+//! unresolved name and credentials, plain requests in absolute form), a
+//! parent's own SOCKS5 reply code, a 403 or 407, and an address that
+//! black-holes.
+//!
 //! curl is the client, through Portico's socks and http services; a tiny
 //! HTTP origin on 127.0.0.1 is the destination, always named `localhost`
 //! so that only the parent resolves it.
@@ -21,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use portico_tests::{
     both, config_head, connect, curl_command, free_port, local, poll_until, recv_all, require,
-    run_tool, service, start_on_free_ports, Acceptor, Bin, Portico, StartOptions, TempDir,
-    ToolOutput, IO_TIMEOUT,
+    run_tool, service, start_on_free_ports, Acceptor, Bin, BlackHole, Portico, StartOptions,
+    TempDir, ToolOutput, IO_TIMEOUT,
 };
 
 /// How long one run of curl may take.
@@ -1510,4 +1516,600 @@ fn a_down_address_comes_back(bin: Bin) {
 both!(
     client_hash_keeps_a_client_on_one_address,
     a_down_address_comes_back
+);
+
+// ---------------------------------------------------------------------------
+// Parents written here, for what a real one cannot show: exactly what
+// Portico says to its parent, and answers a real one gives only by chance.
+
+/// The name the scripted parents are asked for: it resolves nowhere, so a
+/// connection only works if Portico hands it over unresolved.
+const PARENT_ONLY: &str = "only.parent.test";
+/// The destination port: the http service's default CONNECT port.
+const DEST_PORT: u16 = 443;
+
+/// A parent speaking http or socks5 that answers every request the same
+/// way; after a 2xx CONNECT or a SOCKS5 success it echoes. It keeps, per
+/// connection, every byte read before that (a PROXY header, the
+/// requests), as they arrive.
+struct Scripted {
+    acceptor: Acceptor,
+    seen: Seen,
+}
+
+/// What each connection said: (its number from 1, the bytes).
+type Seen = Arc<std::sync::Mutex<Vec<(u64, Vec<u8>)>>>;
+
+/// Where one connection's bytes are kept.
+struct Log {
+    seen: Seen,
+    n: u64,
+}
+
+impl Log {
+    fn add(&self, bytes: &[u8]) {
+        let mut all = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        match all.iter_mut().find(|(k, _)| *k == self.n) {
+            Some((_, b)) => b.extend_from_slice(bytes),
+            None => all.push((self.n, bytes.to_vec())),
+        }
+    }
+
+    /// Reads exactly `n` bytes, kept.
+    fn take(&self, s: &mut TcpStream, n: usize) -> io::Result<Vec<u8>> {
+        let mut b = vec![0u8; n];
+        s.read_exact(&mut b)?;
+        self.add(&b);
+        Ok(b)
+    }
+}
+
+impl Scripted {
+    /// An http parent answering a CONNECT with `connect` and every plain
+    /// request of a connection with `plain`.
+    fn http(connect: &'static str, plain: &'static str) -> Scripted {
+        Scripted::start(move |s, log| {
+            proxy_header(s, log)?;
+            loop {
+                let head = read_head(s)?;
+                log.add(&head);
+                if !head.starts_with(b"CONNECT ") {
+                    s.write_all(plain.as_bytes())?;
+                    continue;
+                }
+                s.write_all(connect.as_bytes())?;
+                return if connect.starts_with("HTTP/1.1 2") {
+                    echo(s)
+                } else {
+                    Ok(())
+                };
+            }
+        })
+    }
+
+    /// A SOCKS5 parent (no authentication) answering with `code`.
+    fn socks5(code: u8) -> Scripted {
+        Scripted::start(move |s, log| {
+            let g = log.take(s, 2)?;
+            log.take(s, usize::from(g[1]))?;
+            s.write_all(&[5, 0])?;
+            let r = log.take(s, 4)?;
+            let len = match r[3] {
+                1 => 4,
+                4 => 16,
+                _ => usize::from(log.take(s, 1)?[0]),
+            };
+            log.take(s, len + 2)?;
+            s.write_all(&[5, code, 0, 1, 0, 0, 0, 0, 0, 0])?;
+            if code == 0 {
+                echo(s)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn start(
+        serve: impl Fn(&mut TcpStream, &Log) -> io::Result<()> + Send + Sync + 'static,
+    ) -> Scripted {
+        let seen: Seen = Arc::default();
+        let kept = seen.clone();
+        let acceptor = Acceptor::start(
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            "scripted parent",
+            move |mut s, n| {
+                let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+                let _ = s.set_write_timeout(Some(IO_TIMEOUT));
+                let log = Log {
+                    seen: kept.clone(),
+                    n,
+                };
+                log.add(b"");
+                // A client that goes away ends it; the test judges what
+                // was kept.
+                let _ = serve(&mut s, &log);
+            },
+        );
+        Scripted { acceptor, seen }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.acceptor.addr()
+    }
+
+    /// What each connection said, in the order they came.
+    fn seen(&self) -> Vec<Vec<u8>> {
+        let mut all = self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        all.sort_by_key(|(n, _)| *n);
+        all.into_iter().map(|(_, b)| b).collect()
+    }
+}
+
+/// Reads a PROXY header if one comes first (v1 or v2), kept.
+fn proxy_header(s: &mut TcpStream, log: &Log) -> io::Result<()> {
+    const V2: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+    let mut first = [0u8; 6];
+    let mut n = 0;
+    // peek may return fewer bytes than have been sent so far.
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while n < first.len() && Instant::now() < deadline {
+        n = s.peek(&mut first)?;
+        if n == 0 {
+            return Ok(());
+        }
+        if n < first.len() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    if first[..n] == V2[..n] {
+        let fixed = log.take(s, 16)?;
+        log.take(s, usize::from(u16::from_be_bytes([fixed[14], fixed[15]])))?;
+    } else if first[..n].starts_with(b"PROXY ") {
+        let mut line = Vec::new();
+        while !line.ends_with(b"\r\n") {
+            line.extend(log.take(s, 1)?);
+        }
+    }
+    Ok(())
+}
+
+/// Reads one request or response head, to its blank line.
+fn read_head(s: &mut TcpStream) -> io::Result<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b)?;
+        head.push(b[0]);
+    }
+    Ok(head)
+}
+
+fn echo(s: &mut TcpStream) -> io::Result<()> {
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        s.write_all(&buf[..n])?;
+    }
+}
+
+/// Portico with a socks service (`ports[0]`), an http service (`ports[1]`)
+/// and a status service (`ports[2]`), all `via = "up"`; `limits` in
+/// `[limits]`, `rules` after the services.
+fn front(bin: Bin, limits: &str, parent: &str, rules: &str) -> (Portico, [SocketAddr; 3]) {
+    let (p, ports) = start_on_free_ports(bin, 3, StartOptions::default(), |ports| {
+        format!(
+            "{}\n[[parent]]\nname = \"up\"\n{parent}\n{}{}{}{rules}",
+            config_head(limits, ""),
+            service("socks", "socks", ports[0], "via = \"up\""),
+            service("web", "http", ports[1], "via = \"up\""),
+            service("status", "status", ports[2], ""),
+        )
+    });
+    (p, [local(ports[0]), local(ports[1]), local(ports[2])])
+}
+
+/// A SOCKS5 CONNECT (no authentication) through `socks` from `from` to
+/// `host` (a name, or an IPv4 address) and port [`DEST_PORT`]: the reply
+/// code and the stream.
+fn socks5_to(bin: Bin, socks: SocketAddr, from: IpAddr, host: &str) -> (u8, TcpStream) {
+    let mut s = portico_tests::connect_from(from, socks)
+        .unwrap_or_else(|e| panic!("{bin}: connect to {socks}: {e}"));
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut req = vec![5, 1, 0, 5, 1, 0];
+    match host.parse::<Ipv4Addr>() {
+        Ok(ip) => {
+            req.push(1);
+            req.extend_from_slice(&ip.octets());
+        }
+        Err(_) => {
+            req.extend_from_slice(&[3, host.len() as u8]);
+            req.extend_from_slice(host.as_bytes());
+        }
+    }
+    req.extend_from_slice(&DEST_PORT.to_be_bytes());
+    s.write_all(&req)
+        .unwrap_or_else(|e| panic!("{bin}: SOCKS5 request: {e}"));
+    let mut r = [0u8; 12];
+    s.read_exact(&mut r)
+        .unwrap_or_else(|e| panic!("{bin}: SOCKS5 reply for {host}: {e}"));
+    assert_eq!((r[0], r[1], r[2]), (5, 0, 5), "{bin}: {r:?}");
+    (r[3], s)
+}
+
+/// Bytes go through an open tunnel to an echoing parent and back.
+fn echoes(bin: Bin, s: &mut TcpStream, what: &str) {
+    s.write_all(b"ping").expect("write");
+    let mut back = [0u8; 4];
+    s.read_exact(&mut back)
+        .unwrap_or_else(|e| panic!("{bin}: {what}: no echo: {e}"));
+    assert_eq!(&back, b"ping", "{bin}: {what}");
+}
+
+fn connects(parent: SocketAddr, result: &str) -> String {
+    format!(
+        "portico_parent_connects_total{{parent=\"up\",address=\"{parent}\",result=\"{result}\"}}"
+    )
+}
+
+const OK_200: &str = "HTTP/1.1 200 Connection established\r\n\r\n";
+const NO_403: &str = "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n";
+
+/// A parent address that black-holes (its SYNs dropped) costs one
+/// `connect_timeout` and counts as `timeout`; the next address serves.
+fn a_black_holed_parent_address_times_out(bin: Bin) {
+    let hole_at = local(free_port());
+    let _hole = BlackHole::open(hole_at);
+    let good = Scripted::http(OK_200, NO_403);
+    let (p, [socks, _, status]) = front(
+        bin,
+        "connect_timeout = \"2s\"",
+        &format!(
+            "kind = \"http\"\naddresses = [\"{hole_at}\", \"{}\"]",
+            good.addr()
+        ),
+        "",
+    );
+    let (code, mut s) = socks5_to(bin, socks, IpAddr::V4(Ipv4Addr::LOCALHOST), PARENT_ONLY);
+    assert_eq!(
+        code,
+        0,
+        "{bin}: through the second address\n{}",
+        p.stderr_text()
+    );
+    echoes(bin, &mut s, "after a black-holed first address");
+    expect_metric(bin, status, &connects(hole_at, "timeout"), "1");
+    expect_metric(bin, status, &connects(good.addr(), "ok"), "1");
+}
+
+/// A parent that answers CONNECT with 403 fails that attempt: the next
+/// address serves, and the first counts as `rejected`. Each got the name,
+/// unresolved.
+fn a_parent_saying_no_moves_to_the_next_address(bin: Bin) {
+    let (no, yes) = (
+        Scripted::http(NO_403, NO_403),
+        Scripted::http(OK_200, NO_403),
+    );
+    let (p, [socks, _, status]) = front(
+        bin,
+        "",
+        &format!(
+            "kind = \"http\"\naddresses = [\"{}\", \"{}\"]",
+            no.addr(),
+            yes.addr()
+        ),
+        "",
+    );
+    let (code, mut s) = socks5_to(bin, socks, IpAddr::V4(Ipv4Addr::LOCALHOST), PARENT_ONLY);
+    assert_eq!(
+        code,
+        0,
+        "{bin}: through the second address\n{}",
+        p.stderr_text()
+    );
+    echoes(bin, &mut s, "after a parent said no");
+    expect_metric(bin, status, &connects(no.addr(), "rejected"), "1");
+    expect_metric(bin, status, &connects(yes.addr(), "ok"), "1");
+    let want = format!("CONNECT {PARENT_ONLY}:{DEST_PORT} HTTP/1.1\r\n");
+    for parent in [&no, &yes] {
+        let seen = parent.seen();
+        assert!(
+            seen.len() == 1 && seen[0].starts_with(want.as_bytes()),
+            "{bin}: the parent at {} got {:?}",
+            parent.addr(),
+            seen.iter()
+                .map(|b| String::from_utf8_lossy(b))
+                .collect::<Vec<_>>()
+        );
+    }
+    drop(s);
+    let a = p.expect_access("socks", "the line", SHOW_LIMIT, |_| true);
+    assert_eq!(a.destination, yes.addr().to_string(), "{bin}: {a:?}");
+}
+
+/// When the parent fails the request, a SOCKS5 client gets the SOCKS5
+/// parent's own reply code, a SOCKS4 client 0x5B; with no reply code
+/// (nothing listening) a SOCKS5 client gets 0x01. Each line says
+/// `via=up err=parent-failed`.
+fn socks_clients_get_the_parents_words(bin: Bin) {
+    let parent = Scripted::socks5(0x03);
+    let (p, [socks, _, _]) = front(
+        bin,
+        "",
+        &format!("kind = \"socks5\"\naddresses = [\"{}\"]", parent.addr()),
+        "",
+    );
+    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let (code, s) = socks5_to(bin, socks, lo, PARENT_ONLY);
+    assert_eq!(code, 0x03, "{bin}: the parent's own code");
+    let me = s.local_addr().expect("local address");
+    drop(s);
+    let a = p.access_of("socks", me, SHOW_LIMIT);
+    assert_eq!(
+        (a.err.as_deref(), a.via.as_deref()),
+        (Some("parent-failed"), Some("up")),
+        "{bin}: {a:?}"
+    );
+    // The name went to the parent as a SOCKS5 domain name.
+    let mut want = vec![5, 1, 0, 3, PARENT_ONLY.len() as u8];
+    want.extend_from_slice(PARENT_ONLY.as_bytes());
+    want.extend_from_slice(&DEST_PORT.to_be_bytes());
+    assert!(
+        parent.seen()[0].ends_with(&want),
+        "{bin}: the parent got {:?}",
+        parent.seen()
+    );
+
+    let mut s = connect(socks).expect("connect");
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    s.write_all(&[4, 1, 1, 187, 127, 0, 0, 1, 0])
+        .expect("SOCKS4 request");
+    let mut r = [0u8; 8];
+    s.read_exact(&mut r).expect("SOCKS4 reply");
+    assert_eq!(r[1], 0x5B, "{bin}: SOCKS4 refused: {r:?}");
+
+    let dead = local(free_port());
+    let (p, [socks, _, _]) = front(
+        bin,
+        "",
+        &format!("kind = \"socks5\"\naddresses = [\"{dead}\"]"),
+        "",
+    );
+    let (code, s) = socks5_to(bin, socks, lo, PARENT_ONLY);
+    assert_eq!(code, 0x01, "{bin}: no code from a parent: general failure");
+    let a = p.access_of("socks", s.local_addr().expect("local address"), SHOW_LIMIT);
+    assert_eq!(a.err.as_deref(), Some("parent-failed"), "{bin}: {a:?}");
+}
+
+/// `send_proxy_protocol = "v2"` and credentials: every connection to the
+/// parent starts with a PROXY v2 header naming the LAN client and the
+/// address it reached; a CONNECT (for a socks client) carries the name
+/// and `Proxy-Authorization`, and plain requests go in absolute form with
+/// it, two over one kept-alive connection.
+fn proxy_header_and_credentials_to_an_http_parent(bin: Bin) {
+    let parent = Scripted::http(
+        OK_200,
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok",
+    );
+    let (p, [socks, web, _]) = front(
+        bin,
+        "",
+        &format!(
+            "kind = \"http\"\naddresses = [\"{}\"]\nuser = \"gw\"\npassword = \"pw\"\n\
+             send_proxy_protocol = \"v2\"",
+            parent.addr()
+        ),
+        "",
+    );
+    let lan = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    let (code, mut s) = socks5_to(bin, socks, lan, PARENT_ONLY);
+    assert_eq!(
+        code,
+        0,
+        "{bin}: CONNECT through the parent\n{}",
+        p.stderr_text()
+    );
+    echoes(bin, &mut s, "the tunnel");
+    let client = s.local_addr().expect("local address");
+    let v2 = |src: SocketAddr, dst: SocketAddr| {
+        let (SocketAddr::V4(s), SocketAddr::V4(d)) = (src, dst) else {
+            panic!("IPv4 only")
+        };
+        let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+        h.extend_from_slice(&[0x21, 0x11, 0x00, 0x0c]);
+        h.extend_from_slice(&s.ip().octets());
+        h.extend_from_slice(&d.ip().octets());
+        h.extend_from_slice(&s.port().to_be_bytes());
+        h.extend_from_slice(&d.port().to_be_bytes());
+        h
+    };
+    let auth = "Proxy-Authorization: Basic Z3c6cHc=\r\n";
+    let want = [
+        v2(client, socks),
+        format!("CONNECT {PARENT_ONLY}:{DEST_PORT} HTTP/1.1\r\n").into_bytes(),
+    ]
+    .concat();
+    let seen = parent.seen();
+    assert!(
+        seen[0].starts_with(&want) && String::from_utf8_lossy(&seen[0]).contains(auth),
+        "{bin}: the CONNECT connection began {:?}, want {:?} and {auth:?}",
+        String::from_utf8_lossy(&seen[0]),
+        String::from_utf8_lossy(&want)
+    );
+    drop(s);
+
+    let mut c = portico_tests::connect_from(lan, web).expect("connect to web");
+    let _ = c.set_read_timeout(Some(Duration::from_secs(30)));
+    let url = format!("http://{PARENT_ONLY}/page");
+    for _ in 0..2 {
+        c.write_all(format!("GET {url} HTTP/1.1\r\nHost: {PARENT_ONLY}\r\n\r\n").as_bytes())
+            .expect("request");
+        let head = read_head(&mut c).unwrap_or_else(|e| panic!("{bin}: no answer: {e}"));
+        let mut body = [0u8; 2];
+        c.read_exact(&mut body).expect("body");
+        assert!(
+            head.starts_with(b"HTTP/1.1 200") && &body == b"ok",
+            "{bin}: {}",
+            String::from_utf8_lossy(&head)
+        );
+    }
+    let client = c.local_addr().expect("local address");
+    let seen = parent.seen();
+    assert_eq!(seen.len(), 2, "{bin}: one connection per client connection");
+    let text = String::from_utf8_lossy(&seen[1]).into_owned();
+    assert!(
+        seen[1].starts_with(&v2(client, web))
+            && text.matches(&format!("GET {url} HTTP/1.1\r\n")).count() == 2
+            && text.matches(auth).count() == 2,
+        "{bin}: the plain requests' connection: {text:?}"
+    );
+}
+
+/// A 407 a parent gives to a forwarded plain request goes to the client
+/// unchanged when Portico holds no credentials for it; with credentials
+/// it is 502 `parent-failed`.
+fn a_parents_407_without_credentials_is_the_answer(bin: Bin) {
+    let parent = Scripted::http(
+        NO_403,
+        "HTTP/1.1 407 Proxy Authentication Required\r\n\
+         Proxy-Authenticate: Basic realm=\"parent\"\r\nContent-Length: 0\r\n\r\n",
+    );
+    let url = format!("http://{PARENT_ONLY}/page");
+    for (creds, want) in [("", "407"), ("user = \"gw\"\npassword = \"pw\"", "502")] {
+        let (p, [_, web, _]) = front(
+            bin,
+            "",
+            &format!(
+                "kind = \"http\"\naddresses = [\"{}\"]\n{creds}",
+                parent.addr()
+            ),
+            "",
+        );
+        let out = curl(bin, &["-x", &format!("http://{web}"), "-i"], &url);
+        let text = out.stdout_text();
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {want}")),
+            "{bin}: credentials {creds:?}: {}",
+            out.text()
+        );
+        let a = line_for(&p, "web", &format!("http://{PARENT_ONLY}:80/page"));
+        assert_eq!(a.status, want, "{bin}: {a:?}");
+        if want == "407" {
+            assert!(
+                text.contains("Proxy-Authenticate: Basic realm=\"parent\"")
+                    && !text.contains("Portico-Error"),
+                "{bin}: the parent's 407 unchanged: {text}"
+            );
+            assert_eq!(a.err, None, "{bin}: {a:?}");
+        } else {
+            assert!(
+                text.contains("Portico-Error: parent-failed"),
+                "{bin}: {text}"
+            );
+            assert_eq!(a.err.as_deref(), Some("parent-failed"), "{bin}: {a:?}");
+        }
+    }
+}
+
+/// Through a parent the rules see the name as given: a name pattern
+/// denies it before any parent is asked, and a network pattern matches a
+/// literal address only (the name is not resolved to be checked).
+fn rules_see_a_name_through_a_parent(bin: Bin) {
+    let parent = Scripted::socks5(0);
+    let rules =
+        "[[rule]]\naction = \"deny\"\ndestinations = [\"127.0.0.0/8\", \"*.blocked.test\"]\n\
+                 [[rule]]\naction = \"allow\"\n";
+    let (p, [socks, _, _]) = front(
+        bin,
+        "",
+        &format!("kind = \"socks5\"\naddresses = [\"{}\"]", parent.addr()),
+        rules,
+    );
+    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    for host in ["127.0.0.1", "x.blocked.test"] {
+        let (code, s) = socks5_to(bin, socks, lo, host);
+        assert_eq!(code, 0x02, "{bin}: {host} is denied");
+        let a = p.access_of("socks", s.local_addr().expect("local address"), SHOW_LIMIT);
+        assert_eq!(a.err.as_deref(), Some("denied"), "{bin}: {a:?}");
+    }
+    assert_eq!(
+        parent.acceptor.accepted(),
+        0,
+        "{bin}: no parent is asked about a denied destination"
+    );
+    // localhost would be 127.0.0.1, were it resolved.
+    let (code, mut s) = socks5_to(bin, socks, lo, "localhost");
+    assert_eq!(code, 0, "{bin}: a name is not checked against networks");
+    echoes(bin, &mut s, "localhost through the parent");
+}
+
+/// `down_after = 2`: one failure leaves an address up, the second in a
+/// row marks it down, and then it is not tried (until `retry_after`).
+fn down_after_counts_failures_in_a_row(bin: Bin) {
+    let dead = local(free_port());
+    let good = Scripted::socks5(0);
+    let (_p, [socks, _, status]) = front(
+        bin,
+        "",
+        &format!(
+            "kind = \"socks5\"\naddresses = [\"{dead}\", \"{}\"]\ndown_after = 2\n\
+             retry_after = \"5m\"",
+            good.addr()
+        ),
+        "",
+    );
+    let up = format!("portico_parent_up{{parent=\"up\",address=\"{dead}\"}}");
+    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    for (i, (refused, is_up)) in [("1", "1"), ("2", "0"), ("2", "0")].into_iter().enumerate() {
+        let (code, mut s) = socks5_to(bin, socks, lo, PARENT_ONLY);
+        assert_eq!(code, 0, "{bin}: connection {i}");
+        echoes(bin, &mut s, "through the second address");
+        expect_metric(
+            bin,
+            status,
+            &connects(good.addr(), "ok"),
+            &(i + 1).to_string(),
+        );
+        expect_metric(bin, status, &connects(dead, "refused"), refused);
+        expect_metric(bin, status, &up, is_up);
+    }
+}
+
+/// `via` naming no parent, on a service or a rule, is refused at start
+/// (exit 2), naming the file, the line and the parent.
+fn an_unknown_via_is_refused(bin: Bin) {
+    for conf in [
+        service("s", "socks", free_port(), "via = \"nope\""),
+        format!(
+            "{}[[rule]]\naction = \"allow\"\nvia = \"nope\"\n",
+            service("s", "socks", free_port(), "")
+        ),
+    ] {
+        let config = format!("[network]\ninternal = [\"127.0.0.1\"]\n{conf}");
+        let line = 1 + config
+            .lines()
+            .position(|l| l == "via = \"nope\"")
+            .expect("the via line");
+        let (path, out) =
+            portico_tests::run_on_config(bin, &config, &["--check"], Duration::from_secs(30));
+        assert_eq!(out.code(), Some(2), "{bin}: {config}\n{out:?}");
+        assert!(
+            out.stderr.contains(&format!("{path}:{line}:"))
+                && out.stderr.contains("unknown parent 'nope'"),
+            "{bin}: the error names the place and the parent: {}\n{config}",
+            out.stderr
+        );
+    }
+}
+
+both!(
+    a_black_holed_parent_address_times_out,
+    a_parent_saying_no_moves_to_the_next_address,
+    socks_clients_get_the_parents_words,
+    proxy_header_and_credentials_to_an_http_parent,
+    a_parents_407_without_credentials_is_the_answer,
+    rules_see_a_name_through_a_parent,
+    down_after_counts_failures_in_a_row,
+    an_unknown_via_is_refused,
 );
