@@ -1,6 +1,8 @@
 //! Connecting out, end to end through both binaries: a name with several
 //! addresses is raced (Happy Eyeballs), so a first address that never
-//! answers costs `connect_attempt_delay`, not `connect_timeout`; and the
+//! answers costs `connect_attempt_delay`, not `connect_timeout`, the
+//! families are interleaved (IPv6 first), and `connect_timeout` bounds the
+//! whole race; and the
 //! source address of connections out is the most specific `outgoing`
 //! (a rule's, then the service's, then `[network]`'s).
 //!
@@ -590,6 +592,9 @@ fn outgoing6_is_the_source_toward_ipv6(bin: Bin) {
 }
 
 both!(
+    ipv6_first_and_families_interleaved,
+    connect_timeout_bounds_the_whole_race,
+    a_services_outgoing_must_be_external,
     outgoing6_is_the_source_toward_ipv6,
     socks_name_with_a_black_holed_first_address,
     socks_name_with_a_refusing_first_address,
@@ -598,3 +603,152 @@ both!(
     ftp_data_leaves_from_the_control_connections_address,
     outgoing_must_be_external,
 );
+
+/// A SOCKS5 CONNECT to `name`:`port` through the socks service at `proxy`:
+/// the reply code, the client's address (for its access line) and the
+/// stream.
+fn socks5_name(bin: Bin, proxy: SocketAddr, name: &str, port: u16) -> (u8, SocketAddr, TcpStream) {
+    let mut c = connect(proxy).unwrap_or_else(|e| panic!("{bin}: connect to the proxy: {e}"));
+    c.set_read_timeout(Some(REPLY_WAIT)).expect("read timeout");
+    let mut req = vec![5, 1, 0, 5, 1, 0, 3, name.len() as u8];
+    req.extend_from_slice(name.as_bytes());
+    req.extend_from_slice(&port.to_be_bytes());
+    send_all(bin, &mut c, &req, "SOCKS5 CONNECT");
+    assert_eq!(read_exact(bin, &mut c, 2, "method reply"), [5, 0]);
+    let reply = read_exact(bin, &mut c, 4, "CONNECT reply");
+    let rest = match reply[3] {
+        1 => 4 + 2,
+        4 => 16 + 2,
+        other => panic!("{bin}: reply address type {other}: {reply:?}"),
+    };
+    read_exact(bin, &mut c, rest, "the reply's address");
+    let me = c.local_addr().expect("local_addr");
+    (reply[1], me, c)
+}
+
+/// In a network namespace with global IPv6 addresses on `lo`, a name with
+/// two IPv6 and two IPv4 addresses (the resolver gives IPv6 first): the
+/// first IPv6 address wins when it answers; when it black-holes, the next
+/// attempt is the first IPv4 address (the families interleaved), not the
+/// second IPv6 one.
+fn ipv6_first_and_families_interleaved(bin: Bin) {
+    let _ns = Netns::enter(&["2001:db8::1", "2001:db8::2"]);
+    let hosts = "127.0.0.1 localhost\n2001:db8::1 mix.test\n127.0.0.2 mix.test\n\
+                 2001:db8::2 mix.test\n127.0.0.3 mix.test\n";
+    let addrs: [IpAddr; 4] = [
+        "2001:db8::1".parse().expect("address"),
+        "2001:db8::2".parse().expect("address"),
+        ip(2),
+        ip(3),
+    ];
+    let (p, ports) = portico_tests::start_on_free_ports(
+        bin,
+        1,
+        StartOptions {
+            hosts: Some(hosts),
+            ..StartOptions::default()
+        },
+        |ports| {
+            format!(
+                "{}{}",
+                config_head(&format!("connect_timeout = \"{CONNECT_TIMEOUT}\""), ""),
+                service("socks", "socks", ports[0], "")
+            )
+        },
+    );
+    let proxy = portico_tests::local(ports[0]);
+    // The namespace is new: every port is free in it.
+    let (all_up, first_holed) = (free_port(), free_port());
+    let _servers: Vec<_> = addrs
+        .iter()
+        .map(|a| echo_server(SocketAddr::new(*a, all_up)))
+        .collect();
+    let _hole = BlackHole::open(SocketAddr::new(addrs[0], first_holed));
+    let _others: Vec<_> = addrs[1..]
+        .iter()
+        .map(|a| echo_server(SocketAddr::new(*a, first_holed)))
+        .collect();
+    for (port, winner, what) in [
+        (all_up, addrs[0], "every address answers: IPv6 first"),
+        (
+            first_holed,
+            addrs[2],
+            "the first IPv6 address black-holes: IPv4 next",
+        ),
+    ] {
+        let (code, me, mut c) = socks5_name(bin, proxy, "mix.test", port);
+        assert_eq!(
+            code,
+            0,
+            "{bin}: {what}: CONNECT mix.test:{port}\nstderr:\n{}",
+            p.stderr_text()
+        );
+        echo_through(bin, &mut c, what);
+        drop(c);
+        let line = p.access_of("socks", me, Duration::from_secs(10));
+        assert_eq!(
+            line.destination,
+            SocketAddr::new(winner, port).to_string(),
+            "{bin}: {what}: the address that won: {line:?}"
+        );
+    }
+}
+
+/// Three addresses of one name that all black-hole: `connect_timeout`
+/// bounds the whole race (a sequential try would take it three times),
+/// and the client is told `connect-timeout` (SOCKS5 0x06).
+fn connect_timeout_bounds_the_whole_race(bin: Bin) {
+    let port = free_port();
+    let _holes: Vec<BlackHole> = [2, 3, 4]
+        .iter()
+        .map(|&n| BlackHole::open(SocketAddr::new(ip(n), port)))
+        .collect();
+    let proxy_port = free_port();
+    let config = format!(
+        "{}{}",
+        config_head("connect_timeout = \"6s\"", ""),
+        service("socks", "socks", proxy_port, "")
+    );
+    let p = Portico::start_with(
+        bin,
+        &config,
+        StartOptions {
+            hosts: Some(
+                "127.0.0.1 localhost\n127.0.0.2 holes.test\n127.0.0.3 holes.test\n\
+                 127.0.0.4 holes.test\n",
+            ),
+            ..StartOptions::default()
+        },
+    );
+    let began = Instant::now();
+    let (code, me, _c) = socks5_name(bin, SocketAddr::new(ip(1), proxy_port), "holes.test", port);
+    let took = began.elapsed();
+    assert_eq!(code, 0x06, "{bin}: the race timed out: reply {code:#04x}");
+    assert!(
+        took < Duration::from_secs(12),
+        "{bin}: the race took {took:?}: connect_timeout (6s) must bound all of it, not each try"
+    );
+    let line = p.access_of("socks", me, Duration::from_secs(10));
+    assert_eq!(
+        line.err.as_deref(),
+        Some("connect-timeout"),
+        "{bin}: {line:?}"
+    );
+}
+
+/// A service's `outgoing` must be one of `network.external` too.
+fn a_services_outgoing_must_be_external(bin: Bin) {
+    let config = format!(
+        "[network]\ninternal = [\"127.0.0.1\"]\nexternal = [\"127.0.0.3\"]\n{}",
+        service("s", "socks", free_port(), "outgoing = \"127.0.0.9\"")
+    );
+    let (path, out) = run_on_config(bin, &config, &["--check"], Duration::from_secs(30));
+    assert_eq!(out.code(), Some(2), "{bin}: exit code: {out:?}");
+    assert!(
+        out.stderr.contains(&path)
+            && out.stderr.contains("127.0.0.9")
+            && out.stderr.contains("network.external"),
+        "{bin}: the error must name the file, the address and network.external: {}",
+        out.stderr
+    );
+}

@@ -10,8 +10,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use portico_tests::{
-    both, config_head, connect_from, read_outcome, service, start_on_free_port, Bin, ReadOutcome,
-    StartOptions,
+    both, config_head, connect_from, poll_until, read_outcome, service, start_on_free_port, Bin,
+    ReadOutcome, StartOptions,
 };
 
 both!(
@@ -20,6 +20,7 @@ both!(
     a_denied_peer_is_refused,
     bind_left_out_of_commands_is_not_supported,
     no_peer_within_connect_timeout,
+    bind_listens_on_the_outgoing_address_for_one_peer,
 );
 
 /// How long a reply may take (a debug build on a busy machine); never a
@@ -183,5 +184,42 @@ fn no_peer_within_connect_timeout(bin: Bin) {
     assert!(
         TcpStream::connect(listening).is_err(),
         "{bin}: the listener closed with the timeout"
+    );
+}
+
+/// With `outgoing` set, BIND listens on that address (the source it would
+/// use toward the peer) and names it; it takes one connection: once the
+/// peer is in, the listener is gone.
+fn bind_listens_on_the_outgoing_address_for_one_peer(bin: Bin) {
+    let (_p, proxy) = start_on_free_port(bin, StartOptions::default(), |port| {
+        format!(
+            "[network]\ninternal = [\"127.0.0.1\"]\nexternal = [\"127.0.0.3\"]\n\
+             [log]\naccess = \"stderr\"\n{}",
+            service("socks", "socks", port, "outgoing = \"127.0.0.3\"")
+        )
+    });
+    let mut s = control(bin, proxy);
+    v5_bind(bin, &mut s, Ipv4Addr::LOCALHOST);
+    let (code, listening) = v5_reply(bin, &mut s);
+    assert_eq!(code, 0, "{bin}: BIND succeeds");
+    assert_eq!(
+        listening.ip(),
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)),
+        "{bin}: the listener is on the outgoing address"
+    );
+    let mut peer = connect_from(IpAddr::V4(Ipv4Addr::LOCALHOST), listening)
+        .unwrap_or_else(|e| panic!("{bin}: the peer cannot connect to {listening}: {e}"));
+    let (code, named) = v5_reply(bin, &mut s);
+    assert_eq!(code, 0, "{bin}: the second reply");
+    assert_eq!(named, peer.local_addr().expect("peer address"));
+    relays(bin, &mut s, &mut peer);
+    let closed = poll_until(WAIT, Duration::from_millis(50), || {
+        connect_from(IpAddr::V4(Ipv4Addr::LOCALHOST), listening)
+            .is_err()
+            .then_some(())
+    });
+    assert!(
+        closed.is_some(),
+        "{bin}: a second connection to {listening} must be refused once the peer is in"
     );
 }
