@@ -1291,7 +1291,7 @@ fn rules_via_and_reload(bin: Bin) {
 fn round_robin_takes_turns(bin: Bin) {
     let origin = Origin::start();
     let (a, b) = (dante(), dante());
-    let (p, [socks, _, _]) = portico(
+    let (p, [socks, _, status]) = portico(
         bin,
         &format!(
             "kind = \"socks5\"\naddresses = [\"{}\", \"localhost:{}\"]\npick = \"round-robin\"",
@@ -1311,6 +1311,26 @@ fn round_robin_takes_turns(bin: Bin) {
     let peers: Vec<String> = lines.iter().map(|l| l.destination.clone()).collect();
     let (pa, pb) = (a.addr().to_string(), b.addr().to_string());
     assert_eq!(peers, [pa.as_str(), &pb, &pa, &pb], "{bin}: {lines:?}");
+    // The metrics name each address as the file writes it.
+    expect_metric(bin, status, &connects(a.addr(), "ok"), "2");
+    expect_metric(
+        bin,
+        status,
+        &format!(
+            "portico_parent_connects_total{{parent=\"up\",address=\"localhost:{}\",result=\"ok\"}}",
+            b.port
+        ),
+        "2",
+    );
+    expect_metric(
+        bin,
+        status,
+        &format!(
+            "portico_parent_up{{parent=\"up\",address=\"localhost:{}\"}}",
+            b.port
+        ),
+        "1",
+    );
 }
 
 both!(rules_via_and_reload, round_robin_takes_turns);
@@ -2076,6 +2096,34 @@ fn down_after_counts_failures_in_a_row(bin: Bin) {
     }
 }
 
+/// With every address down, a connection fails `parent-failed` at once,
+/// no address tried; once `retry_after` has passed the address is tried
+/// again.
+fn all_addresses_down_fails_at_once(bin: Bin) {
+    let dead = local(free_port());
+    let (p, [socks, _, status]) = front(
+        bin,
+        "",
+        &format!(
+            "kind = \"socks5\"\naddresses = [\"{dead}\"]\ndown_after = 1\nretry_after = \"5m\""
+        ),
+        "",
+    );
+    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    for i in 0..2 {
+        let (code, s) = socks5_to(bin, socks, lo, PARENT_ONLY);
+        assert_eq!(code, 0x01, "{bin}: connection {i}");
+        let a = p.access_of("socks", s.local_addr().expect("local address"), SHOW_LIMIT);
+        assert_eq!(
+            (a.err.as_deref(), a.via.as_deref()),
+            (Some("parent-failed"), Some("up")),
+            "{bin}: connection {i}: {a:?}"
+        );
+    }
+    // Only the first connection tried the address.
+    expect_metric(bin, status, &connects(dead, "refused"), "1");
+}
+
 /// `via` naming no parent, on a service or a rule, is refused at start
 /// (exit 2), naming the file, the line and the parent.
 fn an_unknown_via_is_refused(bin: Bin) {
@@ -2111,5 +2159,6 @@ both!(
     a_parents_407_without_credentials_is_the_answer,
     rules_see_a_name_through_a_parent,
     down_after_counts_failures_in_a_row,
+    all_addresses_down_fails_at_once,
     an_unknown_via_is_refused,
 );

@@ -21,6 +21,7 @@ both!(
     bind_left_out_of_commands_is_not_supported,
     no_peer_within_connect_timeout,
     bind_listens_on_the_outgoing_address_for_one_peer,
+    connect_left_out_of_commands_is_not_supported,
 );
 
 /// How long a reply may take (a debug build on a busy machine); never a
@@ -222,4 +223,23 @@ fn bind_listens_on_the_outgoing_address_for_one_peer(bin: Bin) {
         closed.is_some(),
         "{bin}: a second connection to {listening} must be refused once the peer is in"
     );
+}
+
+/// `commands` without "connect": a SOCKS5 CONNECT is answered 07, a
+/// SOCKS4 CONNECT 5B.
+fn connect_left_out_of_commands_is_not_supported(bin: Bin) {
+    let (_p, proxy) = start_on_free_port(bin, StartOptions::default(), |port| {
+        config(port, "", "commands = [\"bind\", \"udp\"]")
+    });
+    let mut s = control(bin, proxy);
+    s.write_all(&[5, 1, 0]).expect("greeting");
+    let mut m = [0u8; 2];
+    s.read_exact(&mut m).expect("method choice");
+    s.write_all(&[5, 1, 0, 1, 127, 0, 0, 1, 0, 80])
+        .expect("CONNECT request");
+    assert_eq!(v5_reply(bin, &mut s).0, 0x07, "{bin}: not supported");
+    let mut s = control(bin, proxy);
+    s.write_all(&[4, 1, 0, 80, 127, 0, 0, 1, 0])
+        .expect("request");
+    assert_eq!(v4_reply(bin, &mut s).0, 0x5B, "{bin}: SOCKS4 refused");
 }

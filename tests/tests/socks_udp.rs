@@ -41,6 +41,7 @@ both!(
     udp_associate_drops_a_fragment,
     udp_associate_to_a_name,
     udp_associate_ends_after_its_idle_timeout,
+    the_relay_is_on_the_address_the_client_reached,
 );
 
 /// How long a reply, or a line in the log, may take (a debug build on a
@@ -654,4 +655,34 @@ fn udp_associate_ends_after_its_idle_timeout(bin: Bin) {
             "{bin}: the control connection must be closed by the proxy: {e}"
         ),
     }
+}
+
+/// A service on two addresses: a client that reached it on the second
+/// gets a relay there (and it relays).
+fn the_relay_is_on_the_address_the_client_reached(bin: Bin) {
+    let echo = UdpEcho::start();
+    let second = Ipv4Addr::new(127, 0, 0, 5);
+    let (_p, proxy) = start_on_free_port(bin, StartOptions::default(), |port| {
+        format!(
+            "[network]\ninternal = [\"127.0.0.1\", \"{second}\"]\n[log]\naccess = \"stderr\"\n\
+             [[service]]\nname = \"socks\"\nkind = \"socks\"\n\
+             listen = [\"127.0.0.1:{port}\", \"{second}:{port}\"]\n"
+        )
+    });
+    let there = SocketAddr::new(second.into(), proxy.port());
+    let u = udp_client(bin);
+    let mut s = TcpStream::connect(there).expect("connect");
+    s.set_read_timeout(Some(WAIT)).expect("read timeout");
+    s.write_all(&[5, 1, 0, 5, 3, 0, 1, 0, 0, 0, 0, 0, 0])
+        .expect("request");
+    let mut m = [0u8; 2];
+    s.read_exact(&mut m).expect("method choice");
+    let (code, relay) = read_reply(bin, &mut s);
+    assert_eq!(code, 0, "{bin}: UDP ASSOCIATE succeeds");
+    assert_eq!(
+        relay.ip(),
+        IpAddr::V4(second),
+        "{bin}: the relay is on the address the client reached"
+    );
+    round_trip(bin, &u, relay, echo.addr(), b"on the second address");
 }
