@@ -42,6 +42,7 @@ both!(
     udp_associate_to_a_name,
     udp_associate_ends_after_its_idle_timeout,
     the_relay_is_on_the_address_the_client_reached,
+    udp_rules_see_the_user_and_the_client,
 );
 
 /// How long a reply, or a line in the log, may take (a debug build on a
@@ -685,4 +686,64 @@ fn the_relay_is_on_the_address_the_client_reached(bin: Bin) {
         "{bin}: the relay is on the address the client reached"
     );
     round_trip(bin, &u, relay, echo.addr(), b"on the second address");
+}
+
+/// Each datagram is checked against the rules with the association's
+/// service, client and user: a rule for alice's user name and one for the
+/// client's address each drop datagrams to their port; another port goes.
+fn udp_rules_see_the_user_and_the_client(bin: Bin) {
+    let (by_user, by_client, allowed) = (UdpEcho::start(), UdpEcho::start(), UdpEcho::start());
+    let rules = format!(
+        "{}[[rule]]\naction = \"deny\"\nusers = [\"alice\"]\nports = [{}]\n\
+         [[rule]]\naction = \"deny\"\nservices = [\"socks\"]\nclients = [\"127.0.0.1\"]\n\
+         ports = [{}]\n[[rule]]\naction = \"allow\"\n",
+        portico_tests::ALICE,
+        by_user.addr().port(),
+        by_client.addr().port()
+    );
+    let (p, proxy) = start_on_free_port(bin, StartOptions::default(), |port| {
+        socks_config(port, &rules, "auth = true")
+    });
+    let u = udp_client(bin);
+    let from = u.local_addr().expect("local address");
+    let mut s = TcpStream::connect(proxy).unwrap_or_else(|e| panic!("{bin}: connect: {e}"));
+    s.set_read_timeout(Some(WAIT)).expect("read timeout");
+    s.write_all(&[5, 1, 2]).expect("greeting");
+    let mut m = [0u8; 2];
+    s.read_exact(&mut m).expect("method choice");
+    assert_eq!(m, [5, 2], "{bin}: a login is asked for");
+    s.write_all(b"\x01\x05alice\x06secret").expect("login");
+    s.read_exact(&mut m).expect("login reply");
+    assert_eq!(m, [1, 0], "{bin}: alice logs in");
+    let mut req = vec![5, 3, 0];
+    req.extend_from_slice(&header(from)[3..]);
+    s.write_all(&req).expect("UDP ASSOCIATE");
+    let (code, relay) = read_reply(bin, &mut s);
+    assert_eq!(code, 0, "{bin}: UDP ASSOCIATE succeeds");
+    let control = s.local_addr().expect("control address");
+    for denied in [&by_user, &by_client] {
+        u.send_to(&[header(denied.addr()), b"no".to_vec()].concat(), relay)
+            .expect("send");
+    }
+    round_trip(bin, &u, relay, allowed.addr(), b"yes");
+    assert!(
+        by_user.peers().is_empty() && by_client.peers().is_empty(),
+        "{bin}: nothing reached a denied destination"
+    );
+    drop(s);
+    let line = p
+        .wait_for_stderr(
+            |l| l.contains(&format!(" socks {control} alice UDP-ASSOCIATE ")),
+            WAIT,
+        )
+        .unwrap_or_else(|| {
+            panic!(
+                "{bin}: no line for alice's association\n{}",
+                p.stderr_text()
+            )
+        });
+    assert!(
+        line.ends_with(" datagrams_up=1 datagrams_down=1 dropped=2"),
+        "{bin}: both denied datagrams are dropped: {line}"
+    );
 }
