@@ -252,3 +252,25 @@ impl<T> Pending<T> {
         }
     }
 }
+
+/// Checks that `bin --check` refuses `toml` (exit 2) with an error at
+/// the line that reads exactly `line` (`FILE:LINE:COLUMN:`) saying each of
+/// `words`.
+pub fn expect_config_error(bin: Bin, toml: &str, line: &str, words: &[&str]) {
+    let number = 1 + toml
+        .lines()
+        .position(|l| l == line)
+        .unwrap_or_else(|| panic!("no line {line:?} in:\n{toml}"));
+    let (path, out) = run_on_config(bin, toml, &["--check"], std::time::Duration::from_secs(30));
+    assert_eq!(
+        out.code(),
+        Some(2),
+        "{bin}: `{line}` must be refused with exit 2:\n{toml}\n{out:?}"
+    );
+    let at = format!("{path}:{number}:");
+    assert!(
+        out.stderr.contains(&at) && words.iter().all(|w| out.stderr.contains(w)),
+        "{bin}: `{line}`: the error must say {at}… and {words:?}: {}",
+        out.stderr
+    );
+}

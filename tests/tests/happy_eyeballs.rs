@@ -595,6 +595,7 @@ both!(
     ipv6_first_and_families_interleaved,
     connect_timeout_bounds_the_whole_race,
     a_services_outgoing_must_be_external,
+    bad_connecting_out_settings_are_refused,
     outgoing6_is_the_source_toward_ipv6,
     socks_name_with_a_black_holed_first_address,
     socks_name_with_a_refusing_first_address,
@@ -751,4 +752,33 @@ fn a_services_outgoing_must_be_external(bin: Bin) {
         "{bin}: the error must name the file, the address and network.external: {}",
         out.stderr
     );
+}
+
+/// `connect_attempt_delay` and `outgoing6` are checked at start: a bad
+/// value is refused (exit 2) at its line, saying what is wrong.
+fn bad_connecting_out_settings_are_refused(bin: Bin) {
+    let socks = service("s", "socks", free_port(), "");
+    let line = "connect_attempt_delay = \"soon\"";
+    portico_tests::expect_config_error(
+        bin,
+        &format!("{}{socks}", config_head(line, "")),
+        line,
+        &["connect_attempt_delay", "not a duration"],
+    );
+    for (line, words) in [
+        ("outgoing6 = \"127.0.0.3\"", &["outgoing6", "IPv6"][..]),
+        (
+            "outgoing6 = \"fd00::9\"",
+            &["outgoing6", "network.external"],
+        ),
+    ] {
+        portico_tests::expect_config_error(
+            bin,
+            &format!(
+                "[network]\ninternal = [\"127.0.0.1\"]\nexternal = [\"127.0.0.3\"]\n{line}\n{socks}"
+            ),
+            line,
+            words,
+        );
+    }
 }

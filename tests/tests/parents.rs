@@ -2124,29 +2124,62 @@ fn all_addresses_down_fails_at_once(bin: Bin) {
     expect_metric(bin, status, &connects(dead, "refused"), "1");
 }
 
-/// `via` naming no parent, on a service or a rule, is refused at start
-/// (exit 2), naming the file, the line and the parent.
-fn an_unknown_via_is_refused(bin: Bin) {
-    for conf in [
-        service("s", "socks", free_port(), "via = \"nope\""),
+/// Every `[[parent]]` key and `via` is checked at start: a bad value, an
+/// unknown key or an unknown name is refused (exit 2) at its line, saying
+/// what is wrong.
+fn bad_parent_configurations_are_refused(bin: Bin) {
+    let head = "[network]\ninternal = [\"127.0.0.1\"]\n";
+    let socks = service("s", "socks", free_port(), "");
+    // A parent with `line` (in place of its kind when it sets one).
+    let parent = |line: &str| {
+        let kind = if line.starts_with("kind") {
+            ""
+        } else {
+            "kind = \"socks5\"\n"
+        };
         format!(
-            "{}[[rule]]\naction = \"allow\"\nvia = \"nope\"\n",
-            service("s", "socks", free_port(), "")
-        ),
+            "{head}[[parent]]\nname = \"up\"\n{kind}addresses = [\"127.0.0.1:1\"]\n{line}\n{socks}"
+        )
+    };
+    for (line, words) in [
+        ("kind = \"gopher\"", &["\"gopher\"", "socks4"][..]),
+        ("pick = \"random\"", &["\"random\"", "client-hash"]),
+        ("down_after = 0", &["down_after"]),
+        ("retry_after = \"soon\"", &["retry_after", "not a duration"]),
+        ("send_proxy_protocol = \"v3\"", &["\"v3\"", "\"v2\""]),
+        ("password = \"x\"", &["password needs user"]),
+        ("colour = \"red\"", &["unknown field `colour`"]),
     ] {
-        let config = format!("[network]\ninternal = [\"127.0.0.1\"]\n{conf}");
-        let line = 1 + config
-            .lines()
-            .position(|l| l == "via = \"nope\"")
-            .expect("the via line");
-        let (path, out) =
-            portico_tests::run_on_config(bin, &config, &["--check"], Duration::from_secs(30));
-        assert_eq!(out.code(), Some(2), "{bin}: {config}\n{out:?}");
-        assert!(
-            out.stderr.contains(&format!("{path}:{line}:"))
-                && out.stderr.contains("unknown parent 'nope'"),
-            "{bin}: the error names the place and the parent: {}\n{config}",
-            out.stderr
+        portico_tests::expect_config_error(bin, &parent(line), line, words);
+    }
+    for (line, words) in [
+        ("addresses = []", &["at least one"][..]),
+        ("addresses = [\"nowhere\"]", &["no port"]),
+    ] {
+        let toml = format!("{head}[[parent]]\nname = \"up\"\nkind = \"http\"\n{line}\n{socks}");
+        portico_tests::expect_config_error(bin, &toml, line, words);
+    }
+    let two = format!(
+        "{head}[[parent]]\nname = \"up\"\nkind = \"http\"\naddresses = [\"127.0.0.1:1\"]\n\
+         [[parent]]\nname = \"up\" # again\nkind = \"http\"\naddresses = [\"127.0.0.1:2\"]\n{socks}"
+    );
+    portico_tests::expect_config_error(bin, &two, "name = \"up\" # again", &["defined twice"]);
+    let direct = format!(
+        "{head}[[parent]]\nname = \"direct\"\nkind = \"http\"\naddresses = [\"127.0.0.1:1\"]\n{socks}"
+    );
+    portico_tests::expect_config_error(bin, &direct, "name = \"direct\"", &["\"direct\""]);
+    // via naming no parent, on a service and on a rule.
+    let on_service = format!(
+        "{head}{}",
+        service("s", "socks", free_port(), "via = \"nope\"")
+    );
+    let on_rule = format!("{head}{socks}[[rule]]\naction = \"allow\"\nvia = \"nope\"\n");
+    for toml in [on_service, on_rule] {
+        portico_tests::expect_config_error(
+            bin,
+            &toml,
+            "via = \"nope\"",
+            &["unknown parent 'nope'"],
         );
     }
 }
@@ -2160,5 +2193,5 @@ both!(
     rules_see_a_name_through_a_parent,
     down_after_counts_failures_in_a_row,
     all_addresses_down_fails_at_once,
-    an_unknown_via_is_refused,
+    bad_parent_configurations_are_refused,
 );

@@ -22,6 +22,7 @@ both!(
     no_peer_within_connect_timeout,
     bind_listens_on_the_outgoing_address_for_one_peer,
     connect_left_out_of_commands_is_not_supported,
+    an_unknown_command_is_refused,
 );
 
 /// How long a reply may take (a debug build on a busy machine); never a
@@ -242,4 +243,16 @@ fn connect_left_out_of_commands_is_not_supported(bin: Bin) {
     s.write_all(&[4, 1, 0, 80, 127, 0, 0, 1, 0])
         .expect("request");
     assert_eq!(v4_reply(bin, &mut s).0, 0x5B, "{bin}: SOCKS4 refused");
+}
+
+/// A `commands` entry that is not a SOCKS command is refused at start
+/// (exit 2) at its line, naming the three.
+fn an_unknown_command_is_refused(bin: Bin) {
+    let line = "commands = [\"connect\", \"dance\"]";
+    portico_tests::expect_config_error(
+        bin,
+        &config(portico_tests::free_port(), "", line),
+        line,
+        &["\"dance\"", "\"connect\", \"bind\" or \"udp\""],
+    );
 }

@@ -43,6 +43,7 @@ both!(
     udp_associate_ends_after_its_idle_timeout,
     the_relay_is_on_the_address_the_client_reached,
     udp_rules_see_the_user_and_the_client,
+    bad_udp_settings_are_refused,
 );
 
 /// How long a reply, or a line in the log, may take (a debug build on a
@@ -745,5 +746,28 @@ fn udp_rules_see_the_user_and_the_client(bin: Bin) {
     assert!(
         line.ends_with(" datagrams_up=1 datagrams_down=1 dropped=2"),
         "{bin}: both denied datagrams are dropped: {line}"
+    );
+}
+
+/// `udp_announce` and `udp_idle_timeout` are checked at start: a bad value
+/// is refused (exit 2) at its line, saying what is wrong.
+fn bad_udp_settings_are_refused(bin: Bin) {
+    let line = "udp_announce = \"somewhere\"";
+    portico_tests::expect_config_error(
+        bin,
+        &socks_config(free_port(), "", line),
+        line,
+        &["udp_announce", "not an IP address"],
+    );
+    let line = "udp_idle_timeout = \"-1s\"";
+    portico_tests::expect_config_error(
+        bin,
+        &format!(
+            "{}{}",
+            config_head(line, ""),
+            service("socks", "socks", free_port(), "")
+        ),
+        line,
+        &["udp_idle_timeout", "not a duration"],
     );
 }
