@@ -596,6 +596,7 @@ both!(
     connect_timeout_bounds_the_whole_race,
     a_services_outgoing_must_be_external,
     bad_connecting_out_settings_are_refused,
+    connect_attempt_delay_spaces_the_attempts,
     outgoing6_is_the_source_toward_ipv6,
     socks_name_with_a_black_holed_first_address,
     socks_name_with_a_refusing_first_address,
@@ -781,4 +782,37 @@ fn bad_connecting_out_settings_are_refused(bin: Bin) {
             words,
         );
     }
+}
+
+/// `connect_attempt_delay` is the wait before the next attempt while the
+/// previous one is still pending: set longer than `connect_timeout`, a
+/// black-holed first address leaves no time for the second, and the race
+/// ends `connect-timeout` (with the default it succeeds, see above).
+fn connect_attempt_delay_spaces_the_attempts(bin: Bin) {
+    let (port, _server, peers, _hole) = race_setup();
+    let proxy_port = free_port();
+    let config = format!(
+        "{}{}",
+        config_head(
+            "connect_timeout = \"3s\"\nconnect_attempt_delay = \"1m\"",
+            ""
+        ),
+        service("socks", "socks", proxy_port, "")
+    );
+    let p = start(bin, &config);
+    let (code, me, _c) = socks5_name(bin, SocketAddr::new(ip(1), proxy_port), NAME, port);
+    assert_eq!(
+        code, 0x06,
+        "{bin}: no second attempt within connect_timeout: reply {code:#04x}"
+    );
+    let line = p.access_of("socks", me, Duration::from_secs(10));
+    assert_eq!(
+        line.err.as_deref(),
+        Some("connect-timeout"),
+        "{bin}: {line:?}"
+    );
+    assert!(
+        peers.try_recv().is_err(),
+        "{bin}: the second address was never tried"
+    );
 }
