@@ -815,4 +815,25 @@ fn connect_attempt_delay_spaces_the_attempts(bin: Bin) {
         peers.try_recv().is_err(),
         "{bin}: the second address was never tried"
     );
+    // It applies on SIGHUP like the rest: back to the default, the race
+    // reaches the second address.
+    std::fs::write(
+        p.config_path(),
+        config.replace("connect_attempt_delay = \"1m\"", ""),
+    )
+    .expect("rewrite the configuration");
+    p.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, _, mut c) = socks5_name(bin, SocketAddr::new(ip(1), proxy_port), NAME, port);
+        if code == 0 {
+            echo_through(bin, &mut c, "after the reload");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{bin}: after the reload the race must reach the second address: {code:#04x}\n{}",
+            p.stderr_text()
+        );
+    }
 }

@@ -23,6 +23,7 @@ both!(
     bind_listens_on_the_outgoing_address_for_one_peer,
     connect_left_out_of_commands_is_not_supported,
     an_unknown_command_is_refused,
+    commands_apply_on_reload,
 );
 
 /// How long a reply may take (a debug build on a busy machine); never a
@@ -254,5 +255,32 @@ fn an_unknown_command_is_refused(bin: Bin) {
         &config(portico_tests::free_port(), "", line),
         line,
         &["\"dance\"", "\"connect\", \"bind\" or \"udp\""],
+    );
+}
+
+/// `commands` applies on SIGHUP like the rest: BIND left out is answered
+/// 07; once the file allows it and the proxy is told, BIND succeeds.
+fn commands_apply_on_reload(bin: Bin) {
+    let (p, proxy) = start_on_free_port(bin, StartOptions::default(), |port| {
+        config(port, "", "commands = [\"connect\"]")
+    });
+    let mut s = control(bin, proxy);
+    v5_bind(bin, &mut s, Ipv4Addr::LOCALHOST);
+    assert_eq!(v5_reply(bin, &mut s).0, 0x07, "{bin}: BIND left out");
+    std::fs::write(
+        p.config_path(),
+        config(proxy.port(), "", "commands = [\"connect\", \"bind\"]"),
+    )
+    .expect("rewrite the configuration");
+    p.signal(libc::SIGHUP);
+    let granted = poll_until(WAIT, Duration::from_millis(100), || {
+        let mut s = control(bin, proxy);
+        v5_bind(bin, &mut s, Ipv4Addr::LOCALHOST);
+        (v5_reply(bin, &mut s).0 == 0).then_some(())
+    });
+    assert!(
+        granted.is_some(),
+        "{bin}: BIND after the reload\n{}",
+        p.stderr_text()
     );
 }
