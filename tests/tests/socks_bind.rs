@@ -2,8 +2,10 @@
 //! both binaries, with a client written here from the RFCs: the first
 //! reply names the listening address, a stranger's connection is closed
 //! while the wait goes on, the peer's connection is announced in a second
-//! reply and relayed both ways; a denied peer and a command left out of
-//! `commands` are refused in each version's words.
+//! reply and relayed both ways (on the `outgoing` address when set, for
+//! one peer only); a denied peer and a command left out of `commands` are
+//! refused in each version's words, and `commands` is checked at start and
+//! applies on SIGHUP.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
