@@ -676,7 +676,7 @@ impl Runtime {
 
     fn carry_out(&mut self, action: &Action) {
         match *action {
-            Action::Listen { listener, addr } | Action::ListenUdp { listener, addr } => {
+            Action::Listen { listener, addr, .. } | Action::ListenUdp { listener, addr } => {
                 assert!(
                     self.listeners.iter().all(|l| l.id != listener),
                     "Listen twice for {listener:?}"

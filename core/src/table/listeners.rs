@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use crate::config::ServiceKind;
-use crate::event::{Action, IoKind};
+use crate::event::{Action, Intercept, IoKind};
 use crate::id::{ConnId, ListenerId};
 
 /// How long accepting pauses when the process is out of file descriptors.
@@ -48,6 +48,20 @@ pub(crate) struct Listener {
     pub data: Option<DataPort>,
     /// A UDP mapped port's socket.
     pub udp: bool,
+    /// A transparent service's: how its connections' original
+    /// destinations are read.
+    pub intercept: Option<Intercept>,
+}
+
+/// How a service's connections tell where they were going: by the
+/// firewall's redirect or TPROXY for a transparent service, not at all
+/// for the others.
+pub(crate) fn intercept_of(s: &crate::config::Service) -> Option<Intercept> {
+    match (s.kind, s.tproxy) {
+        (crate::config::ServiceKind::Transparent, false) => Some(Intercept::Redirect),
+        (crate::config::ServiceKind::Transparent, true) => Some(Intercept::Tproxy),
+        _ => None,
+    }
 }
 
 /// A data port an FTP control connection opened.
@@ -112,6 +126,7 @@ impl Listeners {
         service: usize,
         addr: SocketAddr,
         udp: bool,
+        intercept: Option<Intercept>,
         data: Option<DataPort>,
         first: bool,
         actions: &mut VecDeque<Action>,
@@ -131,11 +146,16 @@ impl Listeners {
             state: ListenerState::Opening,
             data,
             udp,
+            intercept,
         });
         actions.push_back(if udp {
             Action::ListenUdp { listener: id, addr }
         } else {
-            Action::Listen { listener: id, addr }
+            Action::Listen {
+                listener: id,
+                addr,
+                intercept,
+            }
         });
         id
     }
@@ -158,7 +178,7 @@ impl Listeners {
     ) {
         self.close_data(port.owner, Some(port.token), actions);
         let addr = SocketAddr::new(bind, 0);
-        self.open(service, addr, false, Some(port), false, actions);
+        self.open(service, addr, false, None, Some(port), false, actions);
     }
 
     /// Closes the data ports of `owner` (those with `token`, or all).

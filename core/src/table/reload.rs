@@ -176,14 +176,16 @@ impl Proxy {
     /// the rest; open what is new.
     fn match_listeners(&mut self, config: &Config, index: &[usize]) {
         let cx = &mut self.cx;
-        let mut wanted: Vec<(usize, SocketAddr, bool)> = Vec::new();
+        type Wanted = (usize, SocketAddr, bool, Option<crate::event::Intercept>);
+        let mut wanted: Vec<Wanted> = Vec::new();
         for (n, svc) in config.services.iter().enumerate() {
             if !listens(cx.worker, svc) {
                 continue;
             }
             let udp = svc.protocol == Transport::Udp;
+            let how = super::listeners::intercept_of(svc);
             for a in &svc.listen {
-                wanted.push((index[n], *a, udp));
+                wanted.push((index[n], *a, udp, how));
             }
         }
         let mut keep = Vec::new();
@@ -195,7 +197,9 @@ impl Proxy {
             let stays = l.state != super::listeners::ListenerState::Closed
                 && wanted
                     .iter()
-                    .any(|(svc, a, udp)| *svc == l.service && *a == l.addr && *udp == l.udp);
+                    .any(|(svc, a, udp, how)| {
+                        *svc == l.service && *a == l.addr && *udp == l.udp && *how == l.intercept
+                    });
             if stays {
                 keep.push((l.service, l.addr));
             } else {
@@ -205,12 +209,12 @@ impl Proxy {
         for id in close {
             cx.listeners.close(id, &mut cx.actions);
         }
-        for (svc, addr, udp) in wanted {
+        for (svc, addr, udp, how) in wanted {
             if keep.contains(&(svc, addr)) {
                 continue;
             }
             cx.listeners
-                .open(svc, addr, udp, None, false, &mut cx.actions);
+                .open(svc, addr, udp, how, None, false, &mut cx.actions);
         }
     }
 

@@ -1,0 +1,206 @@
+//! A transparent service's connection (`kind = "transparent"`): one the
+//! firewall redirected here (nftables `redirect`, or TPROXY), carried to
+//! its original destination, which the runtime read and gave at accept.
+//!
+//! Before connecting, the session peeks at what the client says first
+//! ([`crate::proto::peek`]), for at most `handshake_timeout`: an HTTP
+//! request's `Host` or a TLS ClientHello's server name names the
+//! destination for the rules, the access log and a parent; nothing is
+//! taken from the buffer, so what was peeked goes on unchanged, and the
+//! rest is relayed. A direct connection always goes to the original
+//! address: a name never redirects it.
+//!
+//! # States and exits
+//!
+//! ```text
+//! accept ─no original destination, or the port itself─► refused ("not-redirected")
+//! Talking (peek) ─HTTP head, ClientHello, or neither decided─┐
+//!                ─handshake_timeout (nothing or too little)──┤
+//!                ─client EOF, or the buffer full─────────────┴─► decide
+//! decide ─refused at accept, or denied─► 403 (HTTP) then Closing | (ended)
+//!        ─via a parent─► CONNECT NAME:PORT (ADDRESS:PORT without a name)
+//!        ─direct─► Connecting (the original address) ─► Relay
+//! ```
+//!
+//! A protocol whose server speaks first (SMTP, FTP, SSH's banner…) sends
+//! nothing: its connection waits `handshake_timeout`, then goes by address.
+
+use std::net::SocketAddr;
+
+use super::{Machine, Phase, Session};
+use crate::event::Intercept;
+use crate::outcome::{Cause, Outcome};
+use crate::proto::peek::{peek, Peeked};
+use crate::proto::{Failure, Target};
+use crate::table::context::Context;
+
+/// What a transparent session knows of where its client was going.
+#[derive(Debug)]
+pub(crate) struct Intercepted {
+    /// The original destination the firewall redirected from.
+    pub original: SocketAddr,
+    /// The peek found an HTTP request (a denial is said with a 403).
+    pub http: bool,
+}
+
+/// `a` with an IPv4-mapped IPv6 address as plain IPv4.
+fn plain(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), a.port()),
+            None => a,
+        },
+        SocketAddr::V4(_) => a,
+    }
+}
+
+impl Intercepted {
+    /// A connection accepted at `local` on a listener bound to
+    /// `listening`, whose original destination is `original` (read as
+    /// `how` says): none when it was not redirected, which would loop —
+    /// nothing was read, or its destination is this very port. With
+    /// `redirect`, a connection that was not translated reads its own local
+    /// address back; with TPROXY, whose local address is always the
+    /// original destination, one to the listening port itself (on a
+    /// wildcard listener: to any address at its port number, as this host's
+    /// addresses are not known here).
+    pub fn new(
+        how: Intercept,
+        original: Option<SocketAddr>,
+        local: SocketAddr,
+        listening: SocketAddr,
+    ) -> Option<Intercepted> {
+        let original = plain(original?);
+        let listening = plain(listening);
+        let to_port = original == listening
+            || (listening.ip().is_unspecified() && original.port() == listening.port());
+        let itself = match how {
+            Intercept::Redirect => original == plain(local) || original == listening,
+            Intercept::Tproxy => to_port,
+        };
+        if itself || original.port() == 0 || original.ip().is_unspecified() {
+            return None;
+        }
+        Some(Intercepted {
+            original,
+            http: false,
+        })
+    }
+}
+
+impl Session {
+    /// The peek, over what the client has sent so far: decides once it
+    /// knows, once the client has said all it will, or once the buffer is
+    /// full; else waits (the phase's deadline ends the wait).
+    pub(super) fn intercept_input(&mut self, cx: &mut Context) {
+        if self.phase != Phase::Talking {
+            return;
+        }
+        let data = self.up.buf.as_ref().map_or(&[][..], |b| b.data());
+        let seen = peek(data);
+        if seen == Peeked::Incomplete && !self.up.eof && self.up.has_space() {
+            return self.sync(cx);
+        }
+        self.intercept_decide(seen, cx);
+    }
+
+    /// `handshake_timeout` passed while peeking: the connection goes on
+    /// with what is known (a server-speaks-first protocol: the address).
+    pub(super) fn intercept_timed_out(&mut self, cx: &mut Context) {
+        let data = self.up.buf.as_ref().map_or(&[][..], |b| b.data());
+        let seen = peek(data);
+        self.intercept_decide(seen, cx);
+    }
+
+    /// The peek is over (`seen`: what it found; undecided counts as
+    /// nothing): the destination is named, checked and connected to.
+    fn intercept_decide(&mut self, seen: Peeked, cx: &mut Context) {
+        let Machine::Transparent(t) = &mut self.machine else {
+            return;
+        };
+        let original = t.original;
+        let (name, method) = match seen {
+            Peeked::Http(n) => {
+                t.http = true;
+                (n, "HTTP")
+            }
+            Peeked::Tls(n) => (n, "TLS"),
+            Peeked::Incomplete | Peeked::Other => (None, "TCP"),
+        };
+        self.method = method;
+        let port = original.port();
+        let target = match name {
+            Some(n) => Target::Name(n, port),
+            None => Target::Addr(original),
+        };
+        self.target = target.to_string();
+        self.parent = None;
+        if let Some(f) = self.refusal {
+            return self.fail(f, cx);
+        }
+        self.rule = None;
+        if let Some(f) = self.admit_user(cx) {
+            return self.fail(f, cx);
+        }
+        let host = match &target {
+            Target::Name(n, _) => Some(n.clone()),
+            Target::Addr(_) => None,
+        };
+        // Through a parent it is asked for the name (the address without
+        // one); the rules see both.
+        if let Some((p, v)) = self.route_to(host.as_deref(), Some(original.ip()), port, cx) {
+            return self.via_parent(p, v, target, cx);
+        }
+        let v = self.verdict(cx, host.as_deref(), original);
+        let Some(rate) = self.decided(v) else {
+            return self.fail(Failure::Denied, cx);
+        };
+        self.set_rate(rate, cx);
+        self.connect(original, cx);
+    }
+
+    /// The connection cannot go on: an HTTP request denied hears a 403
+    /// saying so; anything else is closed.
+    pub(super) fn intercept_failed(&mut self, why: Failure, cx: &mut Context) {
+        let http = matches!(&self.machine, Machine::Transparent(t) if t.http);
+        if http && why == Failure::Denied {
+            let reply = crate::http::refusal_reply(403, Cause::Denied, &self.target, false);
+            self.down.say(&reply);
+            self.close_after_reply(Outcome::Denied, cx);
+            return self.sync(cx);
+        }
+        self.end();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().expect("an address")
+    }
+
+    #[test]
+    fn the_port_itself_is_not_redirected() {
+        use Intercept::{Redirect, Tproxy};
+        let l = sa("0.0.0.0:3130");
+        let here = sa("10.0.0.1:3130");
+        assert!(Intercepted::new(Redirect, None, here, l).is_none());
+        assert!(Intercepted::new(Redirect, Some(here), here, l).is_none());
+        let mapped = sa("[::ffff:10.0.0.1]:3130");
+        assert!(Intercepted::new(Redirect, Some(mapped), here, l).is_none());
+        assert!(Intercepted::new(Redirect, Some(sa("0.0.0.0:80")), here, l).is_none());
+        let t = Intercepted::new(Redirect, Some(sa("10.9.0.1:80")), here, l).expect("redirected");
+        assert_eq!(t.original, sa("10.9.0.1:80"));
+        // Redirected to a server elsewhere that uses the same port number.
+        assert!(Intercepted::new(Redirect, Some(sa("10.9.0.1:3130")), here, l).is_some());
+        // TPROXY: the local address is the original destination.
+        let far = sa("10.9.0.1:80");
+        assert!(Intercepted::new(Tproxy, Some(far), far, l).is_some());
+        assert!(Intercepted::new(Tproxy, Some(here), here, l).is_none());
+        let bound = sa("10.0.0.1:3131");
+        assert!(Intercepted::new(Tproxy, Some(bound), bound, bound).is_none());
+        assert!(Intercepted::new(Tproxy, Some(here), here, bound).is_some());
+    }
+}
