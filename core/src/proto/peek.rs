@@ -398,7 +398,7 @@ pub fn fuzz(data: &[u8]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn name(s: &str) -> Option<String> {

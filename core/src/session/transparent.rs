@@ -175,7 +175,191 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
     use super::*;
+    use crate::event::{Action, Event, Refused};
+    use crate::id::{ConnId, ListenerId, Side};
+    use crate::table::tests::{drain, open_first};
+    use crate::table::{Accepted, Proxy};
+
+    const SERVICE: &str = "[limits]\nhandshake_timeout = \"2s\"\n\
+                           [[service]]\nname = \"lan\"\nkind = \"transparent\"\n\
+                           listen = [\"127.0.0.1:3130\"]\n";
+
+    fn proxy(extra: &str, now: Instant) -> (Proxy, ListenerId) {
+        let text = format!("{SERVICE}{extra}");
+        let config = crate::config::parse(&text, "t.toml").unwrap_or_else(|e| panic!("{e}"));
+        let mut p = Proxy::new(config, 1, now);
+        let listener = open_first(&mut p, now);
+        (p, listener)
+    }
+
+    fn accept(
+        p: &mut Proxy,
+        l: ListenerId,
+        original: Option<&str>,
+        now: Instant,
+    ) -> Result<ConnId, Refused> {
+        let peer = sa("10.0.0.2:40000");
+        let accepted = Accepted::new(l, peer)
+            .local(sa("127.0.0.1:3130"))
+            .original(original.map(sa));
+        let r = p.accept(accepted, now);
+        drain(p);
+        r
+    }
+
+    /// The client sends `bytes`: what it is told back, and the actions.
+    fn say(p: &mut Proxy, conn: ConnId, bytes: &[u8], now: Instant) -> (Vec<u8>, Vec<Action>) {
+        let buf = p.recv_buf(conn, Side::Client).expect("a read is wanted");
+        buf[..bytes.len()].copy_from_slice(bytes);
+        let (side, n) = (Side::Client, bytes.len());
+        p.handle(Event::Read { conn, side, n }, now);
+        let reply = p
+            .send_buf(conn, Side::Client)
+            .map(|b| [b[0], b[1]].concat())
+            .unwrap_or_default();
+        (reply, drain(p))
+    }
+
+    fn connect_to(actions: &[Action]) -> Option<(u32, SocketAddr)> {
+        actions.iter().find_map(|a| match a {
+            Action::Connect { attempt, addr, .. } => Some((*attempt, *addr)),
+            _ => None,
+        })
+    }
+
+    fn access(actions: &[Action]) -> Option<&crate::log::AccessRecord> {
+        actions.iter().find_map(|a| match a {
+            Action::Access(r) => Some(&**r),
+            _ => None,
+        })
+    }
+
+    /// Connects `conn`'s attempt and returns what goes upstream.
+    fn connected(p: &mut Proxy, conn: ConnId, attempt: u32, now: Instant) -> Vec<u8> {
+        let local = sa("10.0.0.1:50000");
+        p.handle(Event::Connected { conn, attempt, local }, now);
+        drain(p);
+        p.send_buf(conn, Side::Upstream)
+            .map(|b| [b[0], b[1]].concat())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_host_names_it_and_the_original_address_is_connected() {
+        let now = Instant::now();
+        let (mut p, l) = proxy("", now);
+        let c = accept(&mut p, l, Some("10.9.0.1:80"), now).expect("accepted");
+        let req = b"GET / HTTP/1.1\r\nHost: elsewhere.test\r\n\r\n";
+        let (reply, actions) = say(&mut p, c, req, now);
+        assert!(reply.is_empty(), "{reply:?}");
+        assert!(
+            !actions.iter().any(|a| matches!(a, Action::Resolve { .. })),
+            "{actions:?}"
+        );
+        let (attempt, addr) = connect_to(&actions).expect("a connect");
+        assert_eq!(addr, sa("10.9.0.1:80"));
+        // What was peeked goes on unchanged.
+        assert_eq!(connected(&mut p, c, attempt, now), req);
+        let (conn, side, n) = (c, Side::Upstream, req.len());
+        p.handle(Event::Written { conn, side, n }, now);
+        p.handle(Event::Eof { conn: c, side: Side::Client }, now);
+        p.handle(Event::Eof { conn: c, side: Side::Upstream }, now);
+        let actions = drain(&mut p);
+        let rec = access(&actions).expect("an access record");
+        assert_eq!(
+            (&*rec.method, &*rec.target, rec.destination),
+            ("HTTP", "elsewhere.test:80", Some(sa("10.9.0.1:80")))
+        );
+    }
+
+    #[test]
+    fn a_denied_name_is_told_403_over_http_and_closed_over_tls() {
+        let now = Instant::now();
+        let rules = "[[rule]]\naction = \"deny\"\ndestinations = [\"blocked.test\"]\n\
+                     [[rule]]\naction = \"allow\"\n";
+        let (mut p, l) = proxy(rules, now);
+        let c = accept(&mut p, l, Some("10.9.0.1:80"), now).expect("accepted");
+        let req = b"GET / HTTP/1.1\r\nHost: blocked.test\r\n\r\n";
+        let (reply, actions) = say(&mut p, c, req, now);
+        let text = String::from_utf8_lossy(&reply);
+        assert!(text.starts_with("HTTP/1.1 403 "), "{text}");
+        assert!(text.contains("Portico-Error: denied\r\n"), "{text}");
+        assert!(connect_to(&actions).is_none(), "{actions:?}");
+
+        let c = accept(&mut p, l, Some("10.9.0.1:443"), now).expect("accepted");
+        let hello = crate::proto::peek::tests::hello(Some("blocked.test"));
+        let (reply, actions) = say(&mut p, c, &hello, now);
+        assert!(reply.is_empty(), "{reply:?}");
+        assert!(connect_to(&actions).is_none(), "{actions:?}");
+        assert!(
+            actions.iter().any(|a| matches!(a, Action::Close { conn } if *conn == c)),
+            "{actions:?}"
+        );
+        let rec = access(&actions).expect("an access record");
+        assert_eq!(
+            (&*rec.method, &*rec.target, &*rec.status, rec.rule),
+            ("TLS", "blocked.test:443", "denied", Some(1))
+        );
+        // An allowed name goes.
+        let c = accept(&mut p, l, Some("10.9.0.1:443"), now).expect("accepted");
+        let hello = crate::proto::peek::tests::hello(Some("fine.test"));
+        let (_, actions) = say(&mut p, c, &hello, now);
+        assert_eq!(connect_to(&actions).map(|c| c.1), Some(sa("10.9.0.1:443")));
+    }
+
+    #[test]
+    fn silence_goes_by_address_once_the_peek_times_out() {
+        let now = Instant::now();
+        let (mut p, l) = proxy("", now);
+        let c = accept(&mut p, l, Some("10.9.0.1:25"), now).expect("accepted");
+        p.handle_timeout(now + Duration::from_millis(1999));
+        assert!(connect_to(&drain(&mut p)).is_none());
+        p.handle_timeout(now + Duration::from_secs(2));
+        let actions = drain(&mut p);
+        let (attempt, addr) = connect_to(&actions).expect("a connect");
+        assert_eq!(addr, sa("10.9.0.1:25"));
+        assert!(connected(&mut p, c, attempt, now).is_empty());
+    }
+
+    #[test]
+    fn a_connection_not_redirected_is_refused() {
+        let now = Instant::now();
+        let (mut p, l) = proxy("", now);
+        assert_eq!(accept(&mut p, l, None, now), Err(Refused::NotRedirected));
+        assert_eq!(
+            accept(&mut p, l, Some("127.0.0.1:3130"), now),
+            Err(Refused::NotRedirected)
+        );
+    }
+
+    #[test]
+    fn a_parent_is_asked_for_the_name_or_the_address() {
+        let now = Instant::now();
+        let parent = "[[parent]]\nname = \"up\"\nkind = \"http\"\n\
+                      addresses = [\"127.0.0.1:3128\"]\n";
+        let text = SERVICE.replace("kind = \"transparent\"\n", "kind = \"transparent\"\nvia = \"up\"\n");
+        let config = crate::config::parse(&format!("{text}{parent}"), "t.toml")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut p = Proxy::new(config, 1, now);
+        let l = open_first(&mut p, now);
+        let c = accept(&mut p, l, Some("10.9.0.1:80"), now).expect("accepted");
+        let (_, actions) = say(&mut p, c, b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n", now);
+        let (attempt, addr) = connect_to(&actions).expect("a connect");
+        assert_eq!(addr, sa("127.0.0.1:3128"));
+        let out = connected(&mut p, c, attempt, now);
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("CONNECT web.test:80 HTTP/1.1\r\n"), "{text}");
+        // No name: the address.
+        let c = accept(&mut p, l, Some("10.9.0.1:25"), now).expect("accepted");
+        p.handle_timeout(now + Duration::from_secs(2));
+        let (attempt, _) = connect_to(&drain(&mut p)).expect("a connect");
+        let out = connected(&mut p, c, attempt, now);
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("CONNECT 10.9.0.1:25 HTTP/1.1\r\n"), "{text}");
+    }
 
     fn sa(s: &str) -> SocketAddr {
         s.parse().expect("an address")
