@@ -40,9 +40,9 @@ use polling::{Event as PEvent, Events, Poller};
 use portico_runtime::checks::{self, Checkers};
 use portico_runtime::helpers::Helpers;
 use portico_runtime::net::{self, Connecting, Ports};
-use portico_runtime::Intercept;
 use portico_runtime::resolver::resolve;
 use portico_runtime::splice::{Pipe, Pipes};
+use portico_runtime::Intercept;
 use portico_runtime::{
     ConnCmd, ConnId, Datagrams, Drained, Event, Filled, IoKind, ListenCmd, ListenerId, Pair,
     PipeSize, Plan, ReadOp, Side, Signals, Slots, Start, Step, Table, UdpCmd, UdpKey, Worker,
@@ -524,7 +524,10 @@ fn accepted(
     // Read before the lock: a syscall the core need not wait for.
     let original = how.and_then(|how| net::original_destination(&stream, how, local));
     let mut core = lock(shared);
-    let Ok(conn) = core.table.accept(listener, peer, local, original, Instant::now()) else {
+    let Ok(conn) = core
+        .table
+        .accept(listener, peer, local, original, Instant::now())
+    else {
         core.drain(shared, None, &mut Vec::new());
         return;
     };

@@ -23,8 +23,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use portico_tests::{
-    both, curl_command, poll_until, private_hosts, require, run_tool, Bin, Portico, TempDir,
-    ToolOutput,
+    both, curl_command, poll_until, private_hosts, require, run_on_config, run_tool, Bin, Portico,
+    TempDir, ToolOutput,
 };
 
 const GW: &str = "10.8.0.1";
@@ -129,12 +129,29 @@ impl Rig {
         addr(&rig.srv, "10.9.0.1/24", "srv0");
         addr(&rig.srv, "10.9.0.2/24", "srv0");
         ip(&["-n", &rig.lan, "route", "add", "default", "via", GW]);
-        ip(&["-n", &rig.srv, "route", "add", "default", "via", "10.9.0.254"]);
+        ip(&[
+            "-n",
+            &rig.srv,
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.9.0.254",
+        ]);
         // TPROXY: marked packets are delivered locally, whatever their
         // destination.
         ip(&["-n", &rig.gw, "rule", "add", "fwmark", "1", "lookup", "100"]);
         ip(&[
-            "-n", &rig.gw, "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100",
+            "-n",
+            &rig.gw,
+            "route",
+            "add",
+            "local",
+            "0.0.0.0/0",
+            "dev",
+            "lo",
+            "table",
+            "100",
         ]);
         enter(&rig.gw);
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("ip_forward in the gateway");
@@ -308,7 +325,10 @@ impl TlsOrigin {
             })
             .map(|_| ())
         });
-        assert!(up.is_some(), "openssl s_server does not accept on {WEB}:443");
+        assert!(
+            up.is_some(),
+            "openssl s_server does not accept on {WEB}:443"
+        );
         t
     }
 }
@@ -441,7 +461,11 @@ fn tls_sni_is_peeked_and_logged(bin: Bin) {
     );
     assert!(out.status.success(), "{bin}: {}", out.text());
     // s_server -www answers with a page about the session it served.
-    assert!(out.stdout_text().contains("s_server"), "{bin}: {}", out.text());
+    assert!(
+        out.stdout_text().contains("s_server"),
+        "{bin}: {}",
+        out.text()
+    );
     let a = p.expect_access("intercept", "the TLS connection", LIMIT, |a| {
         a.target == "tls.test:443"
     });
@@ -538,9 +562,18 @@ fn rules_deny_by_peeked_name(bin: Bin) {
     let out = lan_curl(
         &rig,
         bin,
-        &["--resolve", &format!("web.test:80:{WEB}"), "http://web.test/"],
+        &[
+            "--resolve",
+            &format!("web.test:80:{WEB}"),
+            "http://web.test/",
+        ],
     );
-    assert_eq!(out.stdout_text(), format!("origin {WEB}\n"), "{bin}: {}", out.text());
+    assert_eq!(
+        out.stdout_text(),
+        format!("origin {WEB}\n"),
+        "{bin}: {}",
+        out.text()
+    );
 }
 
 /// A Host naming elsewhere never moves a direct connection: it goes to
@@ -555,7 +588,12 @@ fn host_elsewhere_does_not_redirect(bin: Bin) {
         bin,
         &["-H", "Host: other.test", &format!("http://{WEB}/")],
     );
-    assert_eq!(out.stdout_text(), format!("origin {WEB}\n"), "{bin}: {}", out.text());
+    assert_eq!(
+        out.stdout_text(),
+        format!("origin {WEB}\n"),
+        "{bin}: {}",
+        out.text()
+    );
     let a = p.expect_access("intercept", "the request naming other.test", LIMIT, |a| {
         a.target == "other.test:80"
     });
@@ -606,7 +644,10 @@ fn parent_gets_connect_name(bin: Bin) {
     let up = poll_until(LIMIT, Duration::from_millis(50), || {
         TcpStream::connect(("127.0.0.1", parent_port)).ok()
     });
-    assert!(up.is_some(), "tinyproxy does not accept on 127.0.0.1:{parent_port}");
+    assert!(
+        up.is_some(),
+        "tinyproxy does not accept on 127.0.0.1:{parent_port}"
+    );
     let log = dir.path().join("tinyproxy.log");
     let parent = format!(
         "[[parent]]\nname = \"up\"\nkind = \"http\"\naddresses = [\"127.0.0.1:{parent_port}\"]\n"
@@ -623,9 +664,18 @@ fn parent_gets_connect_name(bin: Bin) {
     let out = lan_curl(
         &rig,
         bin,
-        &["--resolve", &format!("web.test:80:{WEB}"), "http://web.test/"],
+        &[
+            "--resolve",
+            &format!("web.test:80:{WEB}"),
+            "http://web.test/",
+        ],
     );
-    assert_eq!(out.stdout_text(), format!("origin {WEB}\n"), "{bin}: {}", out.text());
+    assert_eq!(
+        out.stdout_text(),
+        format!("origin {WEB}\n"),
+        "{bin}: {}",
+        out.text()
+    );
     let a = p.expect_access("intercept", "the request via the parent", LIMIT, |a| {
         a.target == "web.test:80"
     });
@@ -683,7 +733,12 @@ fn tproxy_is_peeked_and_relayed(bin: Bin) {
             "http://web.test:8080/",
         ],
     );
-    assert_eq!(out.stdout_text(), format!("origin {WEB}\n"), "{bin}: {}", out.text());
+    assert_eq!(
+        out.stdout_text(),
+        format!("origin {WEB}\n"),
+        "{bin}: {}",
+        out.text()
+    );
     let a = p.expect_access("tproxy", "the TPROXY request", LIMIT, |a| {
         a.target == "web.test:8080"
     });
@@ -694,7 +749,35 @@ fn tproxy_is_peeked_and_relayed(bin: Bin) {
     );
 }
 
+/// `--check`: a transparent service is valid; `tproxy` on another kind,
+/// or a destination on a transparent one, is an error saying what to do.
+fn check_validates_transparent_services(bin: Bin) {
+    let ok = "[[service]]\nname = \"t\"\nkind = \"transparent\"\nport = 3130\ntproxy = true\n";
+    let (_, out) = run_on_config(bin, ok, &["--check"], LIMIT);
+    assert_eq!(out.code(), Some(0), "{bin}: {out:?}");
+    for (bad, says) in [
+        (
+            "[[service]]\nname = \"w\"\nkind = \"http\"\nport = 8080\ntproxy = true\n",
+            "tproxy = true only applies to transparent services, not http",
+        ),
+        (
+            "[[service]]\nname = \"t\"\nkind = \"transparent\"\nport = 3130\n\
+             destination = \"10.9.0.1:80\"\n",
+            "a transparent service takes no destination",
+        ),
+    ] {
+        let (path, out) = run_on_config(bin, bad, &["--check"], LIMIT);
+        assert_eq!(out.code(), Some(2), "{bin}: {out:?}");
+        assert!(
+            out.stderr.contains(&path) && out.stderr.contains(says),
+            "{bin}: want {says:?} at {path}: {}",
+            out.stderr
+        );
+    }
+}
+
 both!(
+    check_validates_transparent_services,
     http_host_is_peeked_and_logged,
     tls_sni_is_peeked_and_logged,
     server_speaks_first_goes_by_address,

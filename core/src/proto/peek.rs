@@ -78,7 +78,7 @@ fn http(data: &[u8]) -> Peeked {
             return match request_line(part, false) {
                 true => Peeked::Incomplete,
                 false => Peeked::Other,
-            }
+            };
         }
         Err(false) => return Peeked::Other,
     };
@@ -156,10 +156,7 @@ fn header(l: &[u8]) -> Option<(&[u8], &[u8])> {
         return None;
     }
     let value = &l[colon + 1..];
-    if value
-        .iter()
-        .any(|&b| b != b'\t' && (b < 0x20 || b == 0x7f))
-    {
+    if value.iter().any(|&b| b != b'\t' && (b < 0x20 || b == 0x7f)) {
         return None;
     }
     let ows = |b: &u8| *b == b' ' || *b == b'\t';
@@ -458,7 +455,12 @@ pub(crate) mod tests {
             b"GET / HTTP/1.1\r\nHost: bad name\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: -a.test\r\n\r\n",
         ] {
-            assert_eq!(peek(req), Peeked::Http(None), "{:?}", String::from_utf8_lossy(req));
+            assert_eq!(
+                peek(req),
+                Peeked::Http(None),
+                "{:?}",
+                String::from_utf8_lossy(req)
+            );
         }
     }
 
@@ -478,7 +480,12 @@ pub(crate) mod tests {
             b"\x05\x01\x00",
             b"get / HTTP/1.1\r\n\r\n",
         ] {
-            assert_eq!(peek(req), Peeked::Other, "{:?}", String::from_utf8_lossy(req));
+            assert_eq!(
+                peek(req),
+                Peeked::Other,
+                "{:?}",
+                String::from_utf8_lossy(req)
+            );
         }
     }
 
@@ -496,7 +503,10 @@ pub(crate) mod tests {
 
     #[test]
     fn tls_sni_is_the_name() {
-        assert_eq!(peek(&hello(Some("TLS.test"))), Peeked::Tls(name("tls.test")));
+        assert_eq!(
+            peek(&hello(Some("TLS.test"))),
+            Peeked::Tls(name("tls.test"))
+        );
         assert_eq!(peek(&hello(None)), Peeked::Tls(None));
         assert_eq!(peek(&hello(Some("10.0.0.1"))), Peeked::Tls(None));
     }

@@ -240,7 +240,14 @@ mod tests {
     /// Connects `conn`'s attempt and returns what goes upstream.
     fn connected(p: &mut Proxy, conn: ConnId, attempt: u32, now: Instant) -> Vec<u8> {
         let local = sa("10.0.0.1:50000");
-        p.handle(Event::Connected { conn, attempt, local }, now);
+        p.handle(
+            Event::Connected {
+                conn,
+                attempt,
+                local,
+            },
+            now,
+        );
         drain(p);
         p.send_buf(conn, Side::Upstream)
             .map(|b| [b[0], b[1]].concat())
@@ -265,8 +272,20 @@ mod tests {
         assert_eq!(connected(&mut p, c, attempt, now), req);
         let (conn, side, n) = (c, Side::Upstream, req.len());
         p.handle(Event::Written { conn, side, n }, now);
-        p.handle(Event::Eof { conn: c, side: Side::Client }, now);
-        p.handle(Event::Eof { conn: c, side: Side::Upstream }, now);
+        p.handle(
+            Event::Eof {
+                conn: c,
+                side: Side::Client,
+            },
+            now,
+        );
+        p.handle(
+            Event::Eof {
+                conn: c,
+                side: Side::Upstream,
+            },
+            now,
+        );
         let actions = drain(&mut p);
         let rec = access(&actions).expect("an access record");
         assert_eq!(
@@ -295,7 +314,9 @@ mod tests {
         assert!(reply.is_empty(), "{reply:?}");
         assert!(connect_to(&actions).is_none(), "{actions:?}");
         assert!(
-            actions.iter().any(|a| matches!(a, Action::Close { conn } if *conn == c)),
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::Close { conn } if *conn == c)),
             "{actions:?}"
         );
         let rec = access(&actions).expect("an access record");
@@ -340,7 +361,10 @@ mod tests {
         let now = Instant::now();
         let parent = "[[parent]]\nname = \"up\"\nkind = \"http\"\n\
                       addresses = [\"127.0.0.1:3128\"]\n";
-        let text = SERVICE.replace("kind = \"transparent\"\n", "kind = \"transparent\"\nvia = \"up\"\n");
+        let text = SERVICE.replace(
+            "kind = \"transparent\"\n",
+            "kind = \"transparent\"\nvia = \"up\"\n",
+        );
         let config = crate::config::parse(&format!("{text}{parent}"), "t.toml")
             .unwrap_or_else(|e| panic!("{e}"));
         let mut p = Proxy::new(config, 1, now);
@@ -351,14 +375,20 @@ mod tests {
         assert_eq!(addr, sa("127.0.0.1:3128"));
         let out = connected(&mut p, c, attempt, now);
         let text = String::from_utf8_lossy(&out);
-        assert!(text.starts_with("CONNECT web.test:80 HTTP/1.1\r\n"), "{text}");
+        assert!(
+            text.starts_with("CONNECT web.test:80 HTTP/1.1\r\n"),
+            "{text}"
+        );
         // No name: the address.
         let c = accept(&mut p, l, Some("10.9.0.1:25"), now).expect("accepted");
         p.handle_timeout(now + Duration::from_secs(2));
         let (attempt, _) = connect_to(&drain(&mut p)).expect("a connect");
         let out = connected(&mut p, c, attempt, now);
         let text = String::from_utf8_lossy(&out);
-        assert!(text.starts_with("CONNECT 10.9.0.1:25 HTTP/1.1\r\n"), "{text}");
+        assert!(
+            text.starts_with("CONNECT 10.9.0.1:25 HTTP/1.1\r\n"),
+            "{text}"
+        );
     }
 
     fn sa(s: &str) -> SocketAddr {

@@ -53,14 +53,34 @@ pub(crate) struct Listener {
     pub intercept: Option<Intercept>,
 }
 
-/// How a service's connections tell where they were going: by the
-/// firewall's redirect or TPROXY for a transparent service, not at all
-/// for the others.
-pub(crate) fn intercept_of(s: &crate::config::Service) -> Option<Intercept> {
-    match (s.kind, s.tproxy) {
-        (crate::config::ServiceKind::Transparent, false) => Some(Intercept::Redirect),
-        (crate::config::ServiceKind::Transparent, true) => Some(Intercept::Tproxy),
-        _ => None,
+/// What a listener's socket is: TCP (a transparent service's, with how
+/// its connections' original destinations are read) or UDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Socket {
+    Tcp(Option<Intercept>),
+    Udp,
+}
+
+impl Socket {
+    /// The socket `s` listens with.
+    pub fn of(s: &crate::config::Service) -> Socket {
+        use crate::config::{ServiceKind, Transport};
+        match (s.protocol, s.kind, s.tproxy) {
+            (Transport::Udp, _, _) => Socket::Udp,
+            (_, ServiceKind::Transparent, false) => Socket::Tcp(Some(Intercept::Redirect)),
+            (_, ServiceKind::Transparent, true) => Socket::Tcp(Some(Intercept::Tproxy)),
+            _ => Socket::Tcp(None),
+        }
+    }
+}
+
+impl Listener {
+    /// The socket it was opened as.
+    pub fn socket(&self) -> Socket {
+        match self.udp {
+            true => Socket::Udp,
+            false => Socket::Tcp(self.intercept),
+        }
     }
 }
 
@@ -125,12 +145,15 @@ impl Listeners {
         &mut self,
         service: usize,
         addr: SocketAddr,
-        udp: bool,
-        intercept: Option<Intercept>,
+        socket: Socket,
         data: Option<DataPort>,
         first: bool,
         actions: &mut VecDeque<Action>,
     ) -> ListenerId {
+        let (udp, intercept) = match socket {
+            Socket::Udp => (true, None),
+            Socket::Tcp(how) => (false, how),
+        };
         let idx = self.slab.vacant_key();
         if self.gens.len() <= idx {
             self.gens.resize(idx + 1, 0);
@@ -178,7 +201,7 @@ impl Listeners {
     ) {
         self.close_data(port.owner, Some(port.token), actions);
         let addr = SocketAddr::new(bind, 0);
-        self.open(service, addr, false, None, Some(port), false, actions);
+        self.open(service, addr, Socket::Tcp(None), Some(port), false, actions);
     }
 
     /// Closes the data ports of `owner` (those with `token`, or all).

@@ -177,10 +177,9 @@ impl Proxy {
             if !listens(worker, s) {
                 continue;
             }
-            let udp = s.protocol == Transport::Udp;
-            let intercept = listeners::intercept_of(s);
+            let socket = listeners::Socket::of(s);
             for addr in &s.listen {
-                listeners.open(i, *addr, udp, intercept, None, true, &mut actions);
+                listeners.open(i, *addr, socket, None, true, &mut actions);
                 listeners.starting += 1;
             }
         }

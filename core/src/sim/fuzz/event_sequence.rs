@@ -273,8 +273,7 @@ enum Kind {
 }
 
 /// A transparent service's listener.
-const TRANSPARENT_AT: SocketAddr =
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 3130);
+const TRANSPARENT_AT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 3130);
 
 /// A TLS ClientHello record naming `sni`.
 fn client_hello(sni: &[u8]) -> Vec<u8> {
@@ -892,7 +891,10 @@ impl Harness {
             0 => None,
             1 => Some(TRANSPARENT_AT),
             2 => Some(SocketAddr::new(IpAddr::V4(DENIED_ADDR), 80)),
-            b => Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9100 + u16::from(b))),
+            b => Some(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                9100 + u16::from(b),
+            )),
         });
         let redirected = original.flatten().filter(|a| *a != TRANSPARENT_AT);
         let accepted = match original {
