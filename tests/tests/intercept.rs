@@ -4,10 +4,12 @@
 //!
 //! ```text
 //!   LAN client 10.8.0.2 ── lan0 | gw0 10.8.0.1  Portico  gw1 10.9.0.254 | srv0 ── origins 10.9.0.1, 10.9.0.2
+//!   fd00:8::2                      fd00:8::1          fd00:9::fe             fd00:9::1
 //! ```
 //!
 //! with nftables on the gateway redirecting the LAN's TCP to 10.9.0.0/24
-//! ports 80, 443 and 2525 to Portico (`redirect to :3130`), and port 8080
+//! ports 80, 443 and 2525 (and fd00:9::/64 ports 80 and 443) to Portico
+//! (`redirect to :3130`), and port 8080
 //! by TPROXY (`tproxy to 10.8.0.1:3131`, with `ip rule`/`ip route` for the
 //! marked packets). The clients are real (curl for HTTP and HTTPS with its
 //! SNI, openssl's s_server behind) and a banner server speaks first. Only
@@ -129,6 +131,33 @@ impl Rig {
         addr(&rig.srv, "10.9.0.1/24", "srv0");
         addr(&rig.srv, "10.9.0.2/24", "srv0");
         ip(&["-n", &rig.lan, "route", "add", "default", "via", GW]);
+        let addr6 = |ns: &str, a: &str, dev: &str| {
+            ip(&["-n", ns, "-6", "addr", "add", a, "dev", dev, "nodad"])
+        };
+        addr6(&rig.lan, "fd00:8::2/64", "lan0");
+        addr6(&rig.gw, "fd00:8::1/64", "gw0");
+        addr6(&rig.gw, "fd00:9::fe/64", "gw1");
+        addr6(&rig.srv, "fd00:9::1/64", "srv0");
+        ip(&[
+            "-n",
+            &rig.lan,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "fd00:8::1",
+        ]);
+        ip(&[
+            "-n",
+            &rig.srv,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "fd00:9::fe",
+        ]);
         ip(&[
             "-n",
             &rig.srv,
@@ -155,14 +184,18 @@ impl Rig {
         ]);
         enter(&rig.gw);
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("ip_forward in the gateway");
+        std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")
+            .expect("IPv6 forwarding in the gateway");
         let nft = format!(
-            "table ip portico_test {{\n\
+            "table inet portico_test {{\n\
              chain pre {{ type nat hook prerouting priority dstnat; \
              iifname \"gw0\" ip daddr 10.9.0.0/24 tcp dport {{ 80, 443, {BANNER_PORT} }} \
+             redirect to :{PORT}; \
+             iifname \"gw0\" ip6 daddr fd00:9::/64 tcp dport {{ 80, 443 }} \
              redirect to :{PORT}; }}\n\
              chain tp {{ type filter hook prerouting priority mangle; \
              iifname \"gw0\" ip daddr 10.9.0.0/24 tcp dport 8080 \
-             tproxy to {GW}:{TPROXY_PORT} meta mark set 1 accept; }}\n\
+             tproxy ip to {GW}:{TPROXY_PORT} meta mark set 1 accept; }}\n\
              }}\n"
         );
         let out = run_tool(
@@ -342,14 +375,17 @@ impl Drop for TlsOrigin {
 
 // ----------------------------------------------------------------- Portico
 
-/// Portico on the gateway: a transparent service on GW:3130 (and the TPROXY
-/// one on GW:3131), a status page on 127.0.0.1, `extra` after them.
+/// Portico on the gateway: a transparent service on GW:3130 and on IPv6
+/// (where a redirect sends to the gateway's address on the LAN's
+/// interface), the TPROXY one on GW:3131, a status page on 127.0.0.1,
+/// `extra` after them.
 fn portico(bin: Bin, extra: &str) -> Portico {
     let config = format!(
-        "[network]\ninternal = [\"{GW}\", \"127.0.0.1\"]\n\
+        "[network]\ninternal = [\"{GW}\", \"127.0.0.1\", \"::\"]\n\
          [limits]\nhandshake_timeout = \"{HANDSHAKE}\"\n\
          [log]\naccess = \"stderr\"\n\
-         [[service]]\nname = \"intercept\"\nkind = \"transparent\"\nlisten = [\"{GW}:{PORT}\"]\n\
+         [[service]]\nname = \"intercept\"\nkind = \"transparent\"\n\
+         listen = [\"{GW}:{PORT}\", \"[::]:{PORT}\"]\n\
          [[service]]\nname = \"tproxy\"\nkind = \"transparent\"\ntproxy = true\n\
          listen = [\"{GW}:{TPROXY_PORT}\"]\n\
          [[service]]\nname = \"status\"\nkind = \"status\"\n\
@@ -776,8 +812,36 @@ fn check_validates_transparent_services(bin: Bin) {
     }
 }
 
+/// IPv6: the original destination of a redirect is read with
+/// IP6T_SO_ORIGINAL_DST.
+fn ipv6_redirect_is_peeked(bin: Bin) {
+    let rig = Rig::new();
+    http_origin(&rig, "[fd00:9::1]:80");
+    let p = portico(bin, "");
+    let out = lan_curl(
+        &rig,
+        bin,
+        &["--resolve", "web.test:80:[fd00:9::1]", "http://web.test/"],
+    );
+    assert_eq!(
+        out.stdout_text(),
+        "origin fd00:9::1\n",
+        "{bin}: {}",
+        out.text()
+    );
+    let a = p.expect_access("intercept", "the IPv6 request", LIMIT, |a| {
+        a.target == "web.test:80"
+    });
+    assert_eq!(
+        (&*a.method, &*a.destination, a.client.ip().to_string()),
+        ("HTTP", "[fd00:9::1]:80", "fd00:8::2".to_string()),
+        "{bin}: {a:?}"
+    );
+}
+
 both!(
     check_validates_transparent_services,
+    ipv6_redirect_is_peeked,
     http_host_is_peeked_and_logged,
     tls_sni_is_peeked_and_logged,
     server_speaks_first_goes_by_address,

@@ -272,6 +272,20 @@ mod tests {
         assert_eq!(connected(&mut p, c, attempt, now), req);
         let (conn, side, n) = (c, Side::Upstream, req.len());
         p.handle(Event::Written { conn, side, n }, now);
+        // The rest is a pure relay: a bulk answer, once written, leaves
+        // the next ones to splice(2).
+        let n = p.recv_buf(c, side).map_or(0, |b| b.len());
+        p.handle(Event::Read { conn, side, n }, now);
+        p.handle(
+            Event::Written {
+                conn,
+                side: Side::Client,
+                n,
+            },
+            now,
+        );
+        drain(&mut p);
+        assert!(p.splice_ok(c, Side::Upstream), "the relay splices");
         p.handle(
             Event::Eof {
                 conn: c,
