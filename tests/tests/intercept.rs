@@ -752,6 +752,17 @@ fn not_redirected_is_refused(bin: Bin) {
         });
         assert_eq!(a.err.as_deref(), Some("not-redirected"), "{bin}: {a:?}");
     }
+    let mut c = curl_command(10);
+    c.arg(format!("http://127.0.0.1:{STATUS_PORT}/metrics"));
+    let metrics = run_tool(bin, c, None, LIMIT).stdout_text();
+    for service in ["intercept", "tproxy"] {
+        let line =
+            format!("portico_refused_total{{service=\"{service}\",reason=\"not-redirected\"}} 1");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{bin}: no {line:?} in\n{metrics}"
+        );
+    }
 }
 
 /// TPROXY (`tproxy = true`): the original destination is the accepted
