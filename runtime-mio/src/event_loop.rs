@@ -53,9 +53,9 @@ use portico_runtime::net::{self, Connecting, Ports};
 use portico_runtime::resolver::{Inbox, Resolvers};
 use portico_runtime::splice::Pipes;
 use portico_runtime::{
-    log, ConnCmd, ConnId, Datagrams, Drained, Event, Filled, IoKind, Level, ListenCmd, ListenerId,
-    Pair, Placed, Plan, ReadOp, Seen, Side, Signals, Slots, Start, Step, Table, UdpCmd, UdpKey,
-    Wake, Worker, EXIT_OK, EXIT_RUNTIME,
+    log, ConnCmd, ConnId, Datagrams, Drained, Event, Filled, Intercept, IoKind, Level, ListenCmd,
+    ListenerId, Pair, Placed, Plan, ReadOp, Seen, Side, Signals, Slots, Start, Step, Table, UdpCmd,
+    UdpKey, Wake, Worker, EXIT_OK, EXIT_RUNTIME,
 };
 
 const SIGNAL: Token = Token(usize::MAX);
@@ -183,7 +183,7 @@ struct Lst {
     local: Option<SocketAddr>,
     /// A transparent service's: how an accepted connection's original
     /// destination is read.
-    intercept: Option<portico_runtime::Intercept>,
+    intercept: Option<Intercept>,
     ready: bool,
     paused: bool,
     queued: bool,
@@ -671,12 +671,7 @@ impl Loop {
         }
     }
 
-    fn listen(
-        &mut self,
-        listener: ListenerId,
-        addr: SocketAddr,
-        intercept: Option<portico_runtime::Intercept>,
-    ) {
+    fn listen(&mut self, listener: ListenerId, addr: SocketAddr, intercept: Option<Intercept>) {
         let token = Token(LISTENER_BASE + listener.index());
         let registry = self.poll.registry();
         let opened = self.ports.listen(addr, intercept).and_then(|(l, group)| {
@@ -692,7 +687,8 @@ impl Loop {
                 sock,
                 group,
                 // TPROXY: every connection has its own local address.
-                local: (!local.ip().is_unspecified() && intercept.is_none()).then_some(local),
+                local: (!local.ip().is_unspecified() && intercept != Some(Intercept::Tproxy))
+                    .then_some(local),
                 intercept,
                 ready: false,
                 paused: false,
@@ -906,7 +902,7 @@ impl Loop {
         mut stream: TcpStream,
         peer: SocketAddr,
         local: Option<SocketAddr>,
-        how: Option<portico_runtime::Intercept>,
+        how: Option<Intercept>,
     ) {
         let local = local.unwrap_or_else(|| stream.local_addr().unwrap_or(peer));
         let original = how.and_then(|how| net::original_destination(&stream, how, local));

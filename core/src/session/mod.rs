@@ -36,6 +36,9 @@
 //! destination, and the rules are checked again then. An auto service's
 //! session waits in `Talking` for the client's first byte, then becomes
 //! the HTTP or SOCKS session it names (see `auto`) and goes on as that.
+//! A transparent service's session peeks in `Talking` at what its client
+//! says first (for a name), then goes to its original destination (see
+//! `transparent`).
 //!
 //! # The two directions
 //!
