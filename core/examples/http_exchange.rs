@@ -91,7 +91,10 @@ fn main() {
     let mut proxy = Proxy::new(config, 1, now);
     let mut listener = None;
     while let Some(a) = proxy.poll_action() {
-        if let Action::Listen { listener: l, addr } = a {
+        if let Action::Listen {
+            listener: l, addr, ..
+        } = a
+        {
             listener = Some((l, addr));
         }
     }

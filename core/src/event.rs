@@ -97,10 +97,14 @@ pub enum Event {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Open a listening TCP socket on `addr`, then report
-    /// [`Event::Listening`] or [`Event::ListenFailed`].
+    /// [`Event::Listening`] or [`Event::ListenFailed`]. With `intercept`,
+    /// its connections were sent by the firewall: the runtime reads each
+    /// one's original destination as it says, and gives it with the
+    /// accepted connection ([`crate::Accepted::original`]).
     Listen {
         listener: ListenerId,
         addr: SocketAddr,
+        intercept: Option<Intercept>,
     },
     /// Open a UDP socket bound to `addr` for a UDP mapped port, then report
     /// [`Event::Listening`] or [`Event::ListenFailed`]; datagrams on it go
@@ -363,4 +367,24 @@ pub enum Refused {
     Denied,
     #[error("no such listener")]
     UnknownListener,
+    /// A transparent service's connection that the firewall did not
+    /// redirect (it came to the port itself): carrying it would loop.
+    #[error(
+        "not redirected: a transparent service takes only connections the firewall redirected \
+         to it"
+    )]
+    NotRedirected,
+}
+
+/// How a transparent service's listener learns where each connection was
+/// going before the firewall sent it there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intercept {
+    /// nftables `redirect` (NAT): `getsockopt(SO_ORIGINAL_DST)` (IPv4) or
+    /// `IP6T_SO_ORIGINAL_DST` (IPv6) on the accepted socket.
+    Redirect,
+    /// TPROXY: the listener is opened with `IP_TRANSPARENT`
+    /// (`IPV6_TRANSPARENT`), and the accepted socket's local address is
+    /// the original destination.
+    Tproxy,
 }

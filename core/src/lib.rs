@@ -86,7 +86,7 @@ pub mod trace;
 mod udp;
 
 pub use config::Config;
-pub use event::{Action, Event, IoKind, Level, Refused, LATEST_ATTEMPT};
+pub use event::{Action, Event, Intercept, IoKind, Level, Refused, LATEST_ATTEMPT};
 pub use id::{ConnId, ListenerId, Side};
 pub use ledger::Ledger;
 pub use log::{rfc3339_millis, AccessRecord};

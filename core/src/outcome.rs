@@ -58,6 +58,8 @@ pub enum Outcome {
     Unsupported,
     /// No parent proxy (`via`) could be reached or would connect onward.
     ParentFailed,
+    /// A transparent service's connection that was not redirected to it.
+    NotRedirected,
     /// An HTTP connection closed after a reply with this status.
     Http(u16),
 }
@@ -88,6 +90,7 @@ impl Outcome {
             Outcome::AuthRequired => "auth-required",
             Outcome::Unsupported => "unsupported",
             Outcome::ParentFailed => "parent-failed",
+            Outcome::NotRedirected => "not-redirected",
             Outcome::Http(status) => match status {
                 400 => "400",
                 403 => "403",
@@ -126,6 +129,7 @@ impl Outcome {
             Outcome::AuthFailed | Outcome::AuthRequired => Some(Cause::AuthRequired),
             Outcome::Throttled => Some(Cause::Throttled),
             Outcome::ParentFailed => Some(Cause::ParentFailed),
+            Outcome::NotRedirected => Some(Cause::NotRedirected),
             _ => None,
         }
     }
@@ -159,6 +163,9 @@ pub enum Cause {
     /// Every address of the parent proxy (`via`) was down, failed to
     /// connect, or refused to connect onward.
     ParentFailed,
+    /// A connection came to a transparent service's port without the
+    /// firewall redirecting it there (carrying it would loop).
+    NotRedirected,
 }
 
 impl Cause {
@@ -177,6 +184,7 @@ impl Cause {
             Cause::Throttled => "throttled",
             Cause::Quota => "quota",
             Cause::ParentFailed => "parent-failed",
+            Cause::NotRedirected => "not-redirected",
         }
     }
 

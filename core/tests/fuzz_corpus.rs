@@ -97,3 +97,8 @@ fn parent_reply_corpus() {
 fn tls_accept_corpus() {
     replay("tls_accept", portico_core::sim::fuzz::tls_accept);
 }
+
+#[test]
+fn peek_corpus() {
+    replay("peek", portico_core::sim::fuzz::peek);
+}

@@ -381,7 +381,10 @@ fn recording_never_splices() {
         }
         let mut listener = None;
         while let Some(a) = r.poll_action() {
-            if let Action::Listen { listener: l, addr } = a {
+            if let Action::Listen {
+                listener: l, addr, ..
+            } = a
+            {
                 listener = Some(l);
                 r.handle(
                     Event::Listening {

@@ -74,4 +74,4 @@ pub use worker::{Wake, Worker};
 
 /// What the runtimes name of the core's face, from one place.
 pub use portico_core::cli::{Plan, EXIT_OK, EXIT_RUNTIME};
-pub use portico_core::{ConnId, Event, IoKind, Level, ListenerId, Side};
+pub use portico_core::{ConnId, Event, Intercept, IoKind, Level, ListenerId, Side};

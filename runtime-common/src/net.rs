@@ -8,7 +8,7 @@ use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 
-use portico_core::{ConnId, Event, IoKind, Side};
+use portico_core::{ConnId, Event, Intercept, IoKind, Side};
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 
 /// The address told when the real one is not needed, or not known.
@@ -17,10 +17,26 @@ pub const UNSPECIFIED: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Add
 /// A non-blocking listening TCP socket on `addr` (IPv6 only for an IPv6
 /// address, so the two families can be listened on apart); with
 /// `reuse_port`, one of a SO_REUSEPORT group the kernel spreads new
-/// connections over.
-fn tcp_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+/// connections over. With TPROXY, an IP_TRANSPARENT socket (which needs
+/// CAP_NET_ADMIN), so that it takes connections to any address.
+fn tcp_listener(
+    addr: SocketAddr,
+    reuse_port: bool,
+    intercept: Option<Intercept>,
+) -> io::Result<TcpListener> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
+    if intercept == Some(Intercept::Tproxy) {
+        set_transparent(&s, addr.is_ipv6()).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "{e} (setting IP_TRANSPARENT for tproxy = true needs CAP_NET_ADMIN: start \
+                     Portico as root or give it that capability)"
+                ),
+            )
+        })?;
+    }
     if reuse_port {
         s.set_reuse_port(true)?;
     }
@@ -55,15 +71,19 @@ impl Ports {
     /// A listener on `addr`, and the group it joined, to
     /// [`Ports::leave`] when it closes. A port 0 (an FTP data port) is one
     /// worker's own.
-    pub fn listen(&self, addr: SocketAddr) -> io::Result<(TcpListener, Option<SocketAddr>)> {
+    pub fn listen(
+        &self,
+        addr: SocketAddr,
+        intercept: Option<Intercept>,
+    ) -> io::Result<(TcpListener, Option<SocketAddr>)> {
         let Some(groups) = self.groups.as_ref().filter(|_| addr.port() != 0) else {
-            return Ok((tcp_listener(addr, false)?, None));
+            return Ok((tcp_listener(addr, false, intercept)?, None));
         };
         let mut held = groups.lock().unwrap_or_else(|e| e.into_inner());
         if held.get(&addr).copied().unwrap_or(0) == 0 {
             probe(addr)?;
         }
-        let l = tcp_listener(addr, true)?;
+        let l = tcp_listener(addr, true, intercept)?;
         *held.entry(addr).or_insert(0) += 1;
         Ok((l, Some(addr)))
     }
@@ -80,6 +100,89 @@ impl Ports {
                 }
             }
         }
+    }
+}
+
+/// Sets IP_TRANSPARENT (IPV6_TRANSPARENT for `v6`) on `s`.
+fn set_transparent(s: &Socket, v6: bool) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (level, name) = if v6 {
+        (libc::SOL_IPV6, libc::IPV6_TRANSPARENT)
+    } else {
+        (libc::SOL_IP, libc::IP_TRANSPARENT)
+    };
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt on a socket this function borrows, with a c_int
+    // value and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            level,
+            name,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Where an accepted connection on a transparent service's listener was
+/// going before the firewall sent it here: for `redirect`, what
+/// `SO_ORIGINAL_DST` (IPv4) or `IP6T_SO_ORIGINAL_DST` (IPv6) says (none
+/// when the kernel has no translation to tell, e.g. no conntrack entry);
+/// for TPROXY, the socket's local address, `local`.
+pub fn original_destination(
+    socket: &impl AsFd,
+    how: Intercept,
+    local: SocketAddr,
+) -> Option<SocketAddr> {
+    use std::os::fd::AsRawFd;
+    match how {
+        Intercept::Tproxy => Some(local),
+        Intercept::Redirect => {
+            // Both options are 80 (linux/netfilter_ipv4.h, netfilter_ipv6/ip6_tables.h).
+            const SO_ORIGINAL_DST: libc::c_int = 80;
+            let fd = socket.as_fd().as_raw_fd();
+            // SAFETY: a zeroed sockaddr_storage is a valid value; the
+            // kernel writes at most `len` bytes into it.
+            let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            let level = if local.is_ipv6() && !is_v4_mapped(local) {
+                libc::SOL_IPV6
+            } else {
+                libc::SOL_IP
+            };
+            // SAFETY: getsockopt into a buffer of `len` bytes this
+            // function owns.
+            let rc = unsafe {
+                libc::getsockopt(
+                    fd,
+                    level,
+                    SO_ORIGINAL_DST,
+                    (&mut storage as *mut libc::sockaddr_storage).cast(),
+                    &mut len,
+                )
+            };
+            if rc != 0 {
+                return None;
+            }
+            // SAFETY: the kernel filled `len` bytes of a sockaddr_storage.
+            let addr = unsafe { SockAddr::new(storage, len) };
+            addr.as_socket()
+        }
+    }
+}
+
+/// `a` is an IPv4-mapped IPv6 address (an IPv4 client on a dual-stack
+/// socket, whose translation is IPv4's).
+fn is_v4_mapped(a: SocketAddr) -> bool {
+    match a {
+        SocketAddr::V6(v6) => v6.ip().to_ipv4_mapped().is_some(),
+        SocketAddr::V4(_) => false,
     }
 }
 

@@ -85,7 +85,10 @@ pub enum ConnCmd {
 /// What to do with the TCP listeners.
 #[derive(Debug)]
 pub enum ListenCmd {
-    Open(ListenerId, SocketAddr),
+    /// Open a listener; with an [`portico_core::Intercept`], a transparent
+    /// service's, whose accepted connections' original destinations are
+    /// read so.
+    Open(ListenerId, SocketAddr, Option<portico_core::Intercept>),
     Pause(ListenerId),
     Resume(ListenerId),
     Close(ListenerId),

@@ -153,9 +153,11 @@ impl Table {
                 Action::BindReject { conn: c } => conn(c, ConnCmd::BindReject),
                 Action::BindClose { conn: c } => conn(c, ConnCmd::BindClose),
                 Action::Gather { conn } => Some(Step::Gather(conn)),
-                Action::Listen { listener, addr } => {
-                    Some(Step::Listen(ListenCmd::Open(listener, addr)))
-                }
+                Action::Listen {
+                    listener,
+                    addr,
+                    intercept,
+                } => Some(Step::Listen(ListenCmd::Open(listener, addr, intercept))),
                 Action::PauseAccept { listener } => Some(Step::Listen(ListenCmd::Pause(listener))),
                 Action::ResumeAccept { listener } => {
                     Some(Step::Listen(ListenCmd::Resume(listener)))
@@ -275,16 +277,20 @@ impl Table {
     }
 
     /// A client socket accepted on `listener`, whose local address is
-    /// `local`.
+    /// `local` (and, on a transparent service's listener, whose original
+    /// destination is `original`, if it could be read).
     #[inline]
     pub fn accept(
         &mut self,
         listener: ListenerId,
         peer: SocketAddr,
         local: SocketAddr,
+        original: Option<SocketAddr>,
         now: Instant,
     ) -> Result<ConnId, Refused> {
-        let accepted = Accepted::new(listener, peer).local(local);
+        let accepted = Accepted::new(listener, peer)
+            .local(local)
+            .original(original);
         self.proxy.accept(accepted, now)
     }
 

@@ -53,9 +53,9 @@ use portico_runtime::net::{self, Connecting, Ports};
 use portico_runtime::resolver::{Inbox, Resolvers};
 use portico_runtime::splice::Pipes;
 use portico_runtime::{
-    log, ConnCmd, ConnId, Datagrams, Drained, Event, Filled, IoKind, Level, ListenCmd, ListenerId,
-    Pair, Placed, Plan, ReadOp, Seen, Side, Signals, Slots, Start, Step, Table, UdpCmd, UdpKey,
-    Wake, Worker, EXIT_OK, EXIT_RUNTIME,
+    log, ConnCmd, ConnId, Datagrams, Drained, Event, Filled, Intercept, IoKind, Level, ListenCmd,
+    ListenerId, Pair, Placed, Plan, ReadOp, Seen, Side, Signals, Slots, Start, Step, Table, UdpCmd,
+    UdpKey, Wake, Worker, EXIT_OK, EXIT_RUNTIME,
 };
 
 const SIGNAL: Token = Token(usize::MAX);
@@ -181,6 +181,9 @@ struct Lst {
     /// The address every accepted socket has locally, unless the listener
     /// is on a wildcard address (then each socket is asked).
     local: Option<SocketAddr>,
+    /// A transparent service's: how an accepted connection's original
+    /// destination is read.
+    intercept: Option<Intercept>,
     ready: bool,
     paused: bool,
     queued: bool,
@@ -520,7 +523,7 @@ impl Loop {
     #[inline(never)]
     fn listen_cmd(&mut self, cmd: ListenCmd) {
         match cmd {
-            ListenCmd::Open(listener, addr) => self.listen(listener, addr),
+            ListenCmd::Open(listener, addr, how) => self.listen(listener, addr, how),
             ListenCmd::Pause(listener) => {
                 if let Some(l) = self.listeners.get_mut(listener) {
                     l.paused = true;
@@ -668,10 +671,10 @@ impl Loop {
         }
     }
 
-    fn listen(&mut self, listener: ListenerId, addr: SocketAddr) {
+    fn listen(&mut self, listener: ListenerId, addr: SocketAddr, intercept: Option<Intercept>) {
         let token = Token(LISTENER_BASE + listener.index());
         let registry = self.poll.registry();
-        let opened = self.ports.listen(addr).and_then(|(l, group)| {
+        let opened = self.ports.listen(addr, intercept).and_then(|(l, group)| {
             let mut sock = TcpListener::from_std(l);
             if let Err(e) = registry.register(&mut sock, token, Interest::READABLE) {
                 if let Some(group) = group {
@@ -683,7 +686,10 @@ impl Loop {
             let lst = Lst {
                 sock,
                 group,
-                local: (!local.ip().is_unspecified()).then_some(local),
+                // TPROXY: every connection has its own local address.
+                local: (!local.ip().is_unspecified() && intercept != Some(Intercept::Tproxy))
+                    .then_some(local),
+                intercept,
                 ready: false,
                 paused: false,
                 queued: false,
@@ -861,9 +867,9 @@ impl Loop {
                 if l.paused || !l.ready {
                     break;
                 }
-                let local = l.local;
+                let (local, how) = (l.local, l.intercept);
                 match l.sock.accept() {
-                    Ok((stream, peer)) => self.accepted(id, stream, peer, local),
+                    Ok((stream, peer)) => self.accepted(id, stream, peer, local, how),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         l.ready = false;
                         break;
@@ -896,9 +902,12 @@ impl Loop {
         mut stream: TcpStream,
         peer: SocketAddr,
         local: Option<SocketAddr>,
+        how: Option<Intercept>,
     ) {
         let local = local.unwrap_or_else(|| stream.local_addr().unwrap_or(peer));
-        let Ok(conn) = self.table.accept(listener, peer, local, Instant::now()) else {
+        let original = how.and_then(|how| net::original_destination(&stream, how, local));
+        let now = Instant::now();
+        let Ok(conn) = self.table.accept(listener, peer, local, original, now) else {
             // Refused and logged by the core: dropping closes it.
             return;
         };

@@ -42,6 +42,7 @@ use portico_runtime::helpers::Helpers;
 use portico_runtime::net::{self, Connecting, Ports};
 use portico_runtime::resolver::resolve;
 use portico_runtime::splice::{Pipe, Pipes};
+use portico_runtime::Intercept;
 use portico_runtime::{
     ConnCmd, ConnId, Datagrams, Drained, Event, Filled, IoKind, ListenCmd, ListenerId, Pair,
     PipeSize, Plan, ReadOp, Side, Signals, Slots, Start, Step, Table, UdpCmd, UdpKey, Worker,
@@ -202,10 +203,10 @@ pub fn run(plan: Plan) -> Result<i32, String> {
     let mut udp = Datagrams::default();
     while let Some(step) = table.next_step() {
         match step {
-            Step::Listen(ListenCmd::Open(listener, addr)) => {
-                let opened = ports.listen(addr).map(|(l, _)| {
+            Step::Listen(ListenCmd::Open(listener, addr, how)) => {
+                let opened = ports.listen(addr, how).map(|(l, _)| {
                     let local = l.local_addr().unwrap_or(addr);
-                    listeners.push((listener, l));
+                    listeners.push((listener, l, how));
                     local
                 });
                 table.listened(listener, opened);
@@ -402,11 +403,14 @@ fn udp_thread(shared: &Arc<Shared>, poller: Arc<Poller>, rx: Receiver<UdpCmd>, m
 struct Lst {
     sock: TcpListener,
     paused: bool,
+    /// A transparent service's: how an accepted connection's original
+    /// destination is read.
+    intercept: Option<Intercept>,
 }
 
 fn acceptor(
     shared: &Arc<Shared>,
-    opened: Vec<(ListenerId, TcpListener)>,
+    opened: Vec<(ListenerId, TcpListener, Option<Intercept>)>,
     ports: Ports,
     poller: Arc<Poller>,
     rx: Receiver<ListenCmd>,
@@ -414,15 +418,23 @@ fn acceptor(
     let mut listeners: Slots<ListenerId, Lst> = Slots::default();
     // SAFETY (each `add`): every listener is deleted from the poller before
     // it is dropped (replaced here, or closed by ListenCmd::Close).
-    let add = |listeners: &mut Slots<ListenerId, Lst>, id: ListenerId, sock: TcpListener| {
+    let add = |listeners: &mut Slots<ListenerId, Lst>,
+               id: ListenerId,
+               sock: TcpListener,
+               intercept: Option<Intercept>| {
         let _ = unsafe { poller.add(&sock, PEvent::readable(id.index())) };
         let paused = false;
-        if let Some(old) = listeners.insert(id, Lst { sock, paused }) {
+        let l = Lst {
+            sock,
+            paused,
+            intercept,
+        };
+        if let Some(old) = listeners.insert(id, l) {
             let _ = poller.delete(&old.sock);
         }
     };
-    for (id, sock) in opened {
-        add(&mut listeners, id, sock);
+    for (id, sock, how) in opened {
+        add(&mut listeners, id, sock, how);
     }
     let mut events = Events::new();
     loop {
@@ -432,10 +444,10 @@ fn acceptor(
         }
         while let Ok(cmd) = rx.try_recv() {
             match cmd {
-                ListenCmd::Open(id, addr) => {
-                    let opened = ports.listen(addr).map(|(sock, _)| {
+                ListenCmd::Open(id, addr, how) => {
+                    let opened = ports.listen(addr, how).map(|(sock, _)| {
                         let local = sock.local_addr().unwrap_or(addr);
-                        add(&mut listeners, id, sock);
+                        add(&mut listeners, id, sock, how);
                         local
                     });
                     shared.tell(|core| core.table.listened(id, opened));
@@ -468,7 +480,7 @@ fn acceptor(
                     break;
                 }
                 match l.sock.accept() {
-                    Ok((stream, peer)) => accepted(shared, id, stream, peer),
+                    Ok((stream, peer)) => accepted(shared, id, stream, peer, l.intercept),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => {
@@ -487,7 +499,13 @@ fn acceptor(
     }
 }
 
-fn accepted(shared: &Arc<Shared>, listener: ListenerId, stream: TcpStream, peer: SocketAddr) {
+fn accepted(
+    shared: &Arc<Shared>,
+    listener: ListenerId,
+    stream: TcpStream,
+    peer: SocketAddr,
+    how: Option<Intercept>,
+) {
     let poller = match Poller::new() {
         Ok(p) => Arc::new(p),
         Err(e) => {
@@ -502,9 +520,14 @@ fn accepted(shared: &Arc<Shared>, listener: ListenerId, stream: TcpStream, peer:
             return;
         }
     };
-    let mut core = lock(shared);
     let local = stream.local_addr().unwrap_or(peer);
-    let Ok(conn) = core.table.accept(listener, peer, local, Instant::now()) else {
+    // Read before the lock: a syscall the core need not wait for.
+    let original = how.and_then(|how| net::original_destination(&stream, how, local));
+    let mut core = lock(shared);
+    let Ok(conn) = core
+        .table
+        .accept(listener, peer, local, original, Instant::now())
+    else {
         core.drain(shared, None, &mut Vec::new());
         return;
     };

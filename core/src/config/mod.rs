@@ -154,6 +154,8 @@ pub fn implemented_kind(kind: ServiceKind, protocol: Transport) -> bool {
         (Ftp, Udp) => false,
         (Status, Tcp) => true,
         (Status, Udp) => false,
+        (Transparent, Tcp) => true,
+        (Transparent, Udp) => false,
     }
 }
 
@@ -604,6 +606,11 @@ pub struct Service {
     /// socks: the address a UDP ASSOCIATE reply names instead of the one
     /// the association's socket is bound to (behind address translation).
     pub udp_announce: Option<IpAddr>,
+    /// transparent: the listener is an IP_TRANSPARENT socket for TPROXY
+    /// rules (the original destination is the accepted socket's local
+    /// address), rather than one nftables `redirect` sends to (read with
+    /// SO_ORIGINAL_DST).
+    pub tproxy: bool,
 }
 
 /// Which SOCKS commands a socks service accepts (`commands`); another is
@@ -638,11 +645,14 @@ pub enum ServiceKind {
     Nntp,
     Ftp,
     Status,
+    /// Connections the firewall redirected (or TPROXY sent) here, carried
+    /// to their original destination.
+    Transparent,
 }
 
 impl ServiceKind {
     /// Every kind, in the order the reference lists them.
-    pub const ALL: [ServiceKind; 10] = [
+    pub const ALL: [ServiceKind; 11] = [
         ServiceKind::Http,
         ServiceKind::Socks,
         ServiceKind::Auto,
@@ -653,6 +663,7 @@ impl ServiceKind {
         ServiceKind::Nntp,
         ServiceKind::Ftp,
         ServiceKind::Status,
+        ServiceKind::Transparent,
     ];
 
     /// The spelling in the configuration (`kind = "…"`).
@@ -668,6 +679,7 @@ impl ServiceKind {
             ServiceKind::Nntp => "nntp",
             ServiceKind::Ftp => "ftp",
             ServiceKind::Status => "status",
+            ServiceKind::Transparent => "transparent",
         }
     }
 
@@ -699,7 +711,8 @@ impl ServiceKind {
             | ServiceKind::Socks
             | ServiceKind::Auto
             | ServiceKind::Mapped
-            | ServiceKind::Status => None,
+            | ServiceKind::Status
+            | ServiceKind::Transparent => None,
         }
     }
 }

@@ -158,6 +158,7 @@ pub struct RawService {
     pub outgoing: Option<S<String>>,
     pub via: Option<S<String>>,
     pub tls: Option<S<RawTls>>,
+    pub tproxy: Option<S<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

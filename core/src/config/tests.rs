@@ -149,6 +149,7 @@ fn spec_example_parses() {
                 send_proxy_protocol: None,
                 commands: SocksCommands::default(),
                 udp_announce: None,
+                tproxy: false,
                 outgoing: None,
                 via: None,
                 tls: None,
@@ -172,6 +173,7 @@ fn spec_example_parses() {
                 send_proxy_protocol: None,
                 commands: SocksCommands::default(),
                 udp_announce: None,
+                tproxy: false,
                 outgoing: None,
                 via: None,
                 tls: None,
@@ -645,6 +647,11 @@ const CASES: &[Case] = &[
     ("commands unknown", &["[[service]]", "name = \"s\"", "kind = \"socks\"", "port = 1", "commands = [\"connect\", \"listen\"]"], 5, 24, "\"listen\" is not a SOCKS command"),
     ("udp_announce bad", &["[[service]]", "name = \"s\"", "kind = \"socks\"", "port = 1", "udp_announce = \"nowhere\""], 5, 16, "udp_announce"),
     ("udp_announce on http", &["[[service]]", "name = \"w\"", "kind = \"http\"", "port = 1", "udp_announce = \"192.0.2.1\""], 5, 16, "udp_announce only applies to socks"),
+    ("tproxy on http", &["[[service]]", "name = \"w\"", "kind = \"http\"", "port = 1", "tproxy = true"], 5, 10, "tproxy = true only applies to transparent services, not http"),
+    ("transparent destination", &["[[service]]", "name = \"t\"", "kind = \"transparent\"", "port = 1", "destination = \"192.0.2.1:80\""], 5, 15, "a transparent service takes no destination"),
+    ("transparent proxy_protocol", &["[[service]]", "name = \"t\"", "kind = \"transparent\"", "port = 1", "proxy_protocol = true", "proxy_protocol_from = [\"10.0.0.5/32\"]"], 5, 18, "does not apply to a transparent service"),
+    ("transparent auth", &["[[user]]", "name = \"a\"", "password = \"plain:x\"", "[[service]]", "name = \"t\"", "kind = \"transparent\"", "port = 1", "auth = true"], 8, 8, "auth = true is not possible on a transparent service"),
+    ("transparent tls", &["[[service]]", "name = \"t\"", "kind = \"transparent\"", "port = 1", "tls = { cert = \"c\", key = \"k\" }"], 5, 7, "tls applies to http, socks, auto and status services, not transparent"),
     ("destination on auto", &["[[service]]", "name = \"a\"", "kind = \"auto\"", "port = 1", "destination = \"h:1\""], 5, 15, "an auto service takes no destination"),
     ("separator on auto", &["[[service]]", "name = \"a\"", "kind = \"auto\"", "port = 1", "separator = \"#\""], 5, 13, "separator only applies to pop3 services, not auto"),
     ("auto auth without users", &["[[service]]", "name = \"a\"", "kind = \"auto\"", "port = 1", "auth = true"], 5, 8, "auth = true but no [[user]] is defined"),
@@ -900,6 +907,7 @@ fn implemented_kinds() {
                     | ServiceKind::Telnet
                     | ServiceKind::Pop3
                     | ServiceKind::Ftp
+                    | ServiceKind::Transparent
             ),
             "{k}"
         );

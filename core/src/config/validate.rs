@@ -1091,10 +1091,18 @@ fn service(cx: &Ctx, s: &S<RawService>, network: &Network, have_users: bool) -> 
     let destination = match (&r.destination, kind) {
         (
             Some(d),
-            ServiceKind::Http | ServiceKind::Socks | ServiceKind::Auto | ServiceKind::Status,
+            ServiceKind::Http
+            | ServiceKind::Socks
+            | ServiceKind::Auto
+            | ServiceKind::Status
+            | ServiceKind::Transparent,
         ) => {
             let why = match kind {
                 ServiceKind::Status => "the status page serves itself",
+                ServiceKind::Transparent => {
+                    "each connection goes where the client sent it before the firewall \
+                     redirected it"
+                }
                 _ => "its clients name the destination of each request",
             };
             return Err(e(
@@ -1425,7 +1433,31 @@ fn service(cx: &Ctx, s: &S<RawService>, network: &Network, have_users: bool) -> 
         }
     };
 
+    let tproxy = match &r.tproxy {
+        Some(v) if *v.get_ref() && kind != ServiceKind::Transparent => {
+            return Err(e(
+                v.span(),
+                format!(
+                    "tproxy = true only applies to transparent services, not {kind}; remove it"
+                ),
+            ))
+        }
+        Some(v) => *v.get_ref(),
+        None => false,
+    };
+    if let (ServiceKind::Transparent, Some(v)) = (kind, &r.proxy_protocol) {
+        if *v.get_ref() {
+            return Err(e(
+                v.span(),
+                "proxy_protocol = true does not apply to a transparent service: a balancer in \
+                 front would hide the original destination the firewall redirected; remove it"
+                    .to_string(),
+            ));
+        }
+    }
+
     Ok(Service {
+        tproxy,
         tls,
         name,
         kind,

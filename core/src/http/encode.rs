@@ -359,6 +359,9 @@ pub fn refusal_reply_after(
         Cause::ParentFailed => {
             format!("the parent proxy could not be reached or would not connect to {dest}")
         }
+        Cause::NotRedirected => {
+            format!("{dest} is a transparent proxy's own port, reached without a redirect")
+        }
     };
     let reason = reason_phrase(status);
     let (ctype, body) = if html {

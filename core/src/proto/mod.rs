@@ -13,6 +13,7 @@
 
 pub mod ftp;
 pub(crate) mod http_proxy;
+pub mod peek;
 pub mod pop3;
 pub mod simple;
 pub mod socks;

@@ -106,7 +106,7 @@ impl Session {
     }
 
     /// The rules' verdict on going to `addr` (named `host`, if it was).
-    fn verdict(&self, cx: &Context, host: Option<&str>, addr: SocketAddr) -> Verdict {
+    pub(super) fn verdict(&self, cx: &Context, host: Option<&str>, addr: SocketAddr) -> Verdict {
         let q = self.query(cx, host, Some(addr.ip()), addr.port());
         rules::check(&cx.config.rules, &q, cx.wall)
     }
@@ -514,6 +514,7 @@ impl Session {
         match &self.machine {
             Machine::Http(_) => self.http_failed(why, cx),
             Machine::Gateway(_) => self.gateway_failed(why, cx),
+            Machine::Transparent(_) => self.intercept_failed(why, cx),
             _ => self.end(),
         }
     }

@@ -36,6 +36,9 @@
 //! destination, and the rules are checked again then. An auto service's
 //! session waits in `Talking` for the client's first byte, then becomes
 //! the HTTP or SOCKS session it names (see `auto`) and goes on as that.
+//! A transparent service's session peeks in `Talking` at what its client
+//! says first (for a name), then goes to its original destination (see
+//! `transparent`).
 //!
 //! # The two directions
 //!
@@ -54,7 +57,9 @@ mod parent;
 mod proxy_header;
 mod status;
 mod tls;
+mod transparent;
 pub(crate) use tls::Tls;
+pub(crate) use transparent::Intercepted;
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -116,20 +121,28 @@ pub(crate) enum Machine {
     /// An auto service before the client's first byte: it becomes `Http`
     /// or a SOCKS `Gateway` once that byte says which.
     Auto,
+    /// A transparent service's redirected connection: a peek at its first
+    /// bytes, then a relay to its original destination (see
+    /// `transparent`).
+    Transparent(Box<Intercepted>),
 }
 
 impl Machine {
     /// Whether the protocol has words for a refusal (a limit, a rule on the
     /// client's address), so that a refused client is told, not just cut.
     pub fn has_words(&self) -> bool {
-        // Auto: both protocols it may become answer refusals in words.
-        matches!(self, Machine::Gateway(_) | Machine::Http(_) | Machine::Auto)
+        // Auto: both protocols it may become answer refusals in words;
+        // transparent: an HTTP request its peek finds is told a denial.
+        matches!(
+            self,
+            Machine::Gateway(_) | Machine::Http(_) | Machine::Auto | Machine::Transparent(_)
+        )
     }
 
     /// The access log's method before the protocol says better.
     pub fn method(&self) -> &'static str {
         match self {
-            Machine::Mapped => "TCP",
+            Machine::Mapped | Machine::Transparent(_) => "TCP",
             Machine::FtpData { .. } => "FTP-DATA",
             Machine::Gateway(p) => p.method(),
             Machine::Http(_) => "HTTP",
@@ -564,9 +577,11 @@ impl Session {
                     }
                 }
             }
-            Machine::Http(_) | Machine::Status { .. } | Machine::Associate(_) | Machine::Auto => {
-                self.sync(cx)
-            }
+            Machine::Http(_)
+            | Machine::Status { .. }
+            | Machine::Associate(_)
+            | Machine::Auto
+            | Machine::Transparent(_) => self.sync(cx),
         }
     }
 
@@ -584,6 +599,7 @@ impl Session {
             Machine::Gateway(_) => self.gateway_input(cx),
             Machine::Associate(_) => self.association_control(cx),
             Machine::Auto => self.auto_input(cx),
+            Machine::Transparent(_) => self.intercept_input(cx),
             Machine::Mapped | Machine::FtpData { .. } => {}
         }
     }
@@ -843,6 +859,10 @@ impl Session {
             }
             Phase::Resolving | Phase::Connecting | Phase::Conversing => {
                 self.fail(Failure::TimedOut, cx)
+            }
+            Phase::Talking if matches!(self.machine, Machine::Transparent(_)) => {
+                // The peek's time is up: on with what is known.
+                self.intercept_timed_out(cx)
             }
             Phase::Talking => {
                 self.outcome = Outcome::Timeout;

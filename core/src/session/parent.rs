@@ -75,15 +75,28 @@ impl Session {
     /// name is not resolved, so the rules see it as a name only: network
     /// patterns match literal addresses alone.
     pub(super) fn route(&self, target: &Target, cx: &Context) -> Option<(usize, Verdict)> {
+        let (host, addr, port) = match target {
+            Target::Addr(a) => (None, Some(a.ip()), a.port()),
+            Target::Name(h, p) => (Some(h.as_str()), None, *p),
+        };
+        self.route_to(host, addr, port, cx)
+    }
+
+    /// [`Session::route`] for a destination known by name, address or
+    /// both (an intercepted connection's peeked name and original address).
+    pub(super) fn route_to(
+        &self,
+        host: Option<&str>,
+        addr: Option<std::net::IpAddr>,
+        port: u16,
+        cx: &Context,
+    ) -> Option<(usize, Verdict)> {
         let svc_via = cx.services[self.service].conf.via;
         let rule_via = cx.config.rules.iter().any(|r| r.via.is_some());
         if !rule_via && !matches!(svc_via, Some(Via::Parent(_))) {
             return None;
         }
-        let (host, addr, port) = match target {
-            Target::Addr(a) => (None, Some(Context::rule_ip(a.ip())), a.port()),
-            Target::Name(h, p) => (Some(h.as_str()), None, *p),
-        };
+        let addr = addr.map(Context::rule_ip);
         let q = rules::Query {
             service: &cx.services[self.service].name,
             client: self.client.ip(),

@@ -257,7 +257,7 @@ impl Sim {
     pub(super) fn apply(&mut self, action: Action) {
         let now = self.now();
         match action {
-            Action::Listen { listener, addr } => {
+            Action::Listen { listener, addr, .. } => {
                 let local = if addr.port() == 0 {
                     self.ports += 1;
                     let port = 50000 + self.ports * 7 + self.dice.below(7) as u16;

@@ -454,12 +454,24 @@ impl Runtime {
         peer: SocketAddr,
         local: Option<SocketAddr>,
     ) -> Result<ConnId, Refused> {
+        self.accept_to(listener, peer, local, None)
+    }
+
+    /// [`Runtime::accept`] of a connection on a transparent service's
+    /// listener, whose original destination the runtime read as `original`.
+    pub fn accept_to(
+        &mut self,
+        listener: ListenerId,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+        original: Option<SocketAddr>,
+    ) -> Result<ConnId, Refused> {
         let at = self.at();
         let accepted = match local {
             Some(local) => Accepted::new(listener, peer).local(local),
             None => Accepted::new(listener, peer),
         };
-        let result = self.proxy.accept(accepted, at);
+        let result = self.proxy.accept(accepted.original(original), at);
         self.note(|| Entry::Accept {
             listener,
             peer,
@@ -676,7 +688,7 @@ impl Runtime {
 
     fn carry_out(&mut self, action: &Action) {
         match *action {
-            Action::Listen { listener, addr } | Action::ListenUdp { listener, addr } => {
+            Action::Listen { listener, addr, .. } | Action::ListenUdp { listener, addr } => {
                 assert!(
                     self.listeners.iter().all(|l| l.id != listener),
                     "Listen twice for {listener:?}"

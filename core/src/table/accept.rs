@@ -9,7 +9,7 @@ use std::time::Instant;
 use super::listeners::{DataPort, ListenerState, Report};
 use super::Proxy;
 use crate::config::ServiceKind;
-use crate::event::{Level, Refused};
+use crate::event::{Intercept, Level, Refused};
 use crate::id::{ConnId, ListenerId};
 use crate::proto::http_proxy::HttpProxy;
 use crate::proto::Failure;
@@ -27,6 +27,10 @@ pub struct Accepted {
     /// FTP's passive mode announces; when not given, the listener's own,
     /// which differs from it only for a listener on a wildcard address.
     pub local: Option<SocketAddr>,
+    /// On a transparent service's listener: where the client was going
+    /// before the firewall sent it here (none: the runtime could not
+    /// read it, so the connection was not redirected).
+    pub original: Option<SocketAddr>,
 }
 
 impl Accepted {
@@ -36,12 +40,20 @@ impl Accepted {
             listener,
             peer,
             local: None,
+            original: None,
         }
     }
 
     /// The address the client reached.
     pub fn local(mut self, local: SocketAddr) -> Self {
         self.local = Some(local);
+        self
+    }
+
+    /// Where the client was going before the firewall redirected it (see
+    /// [`crate::Intercept`]).
+    pub fn original(mut self, original: Option<SocketAddr>) -> Self {
+        self.original = original;
         self
     }
 }
@@ -59,16 +71,23 @@ impl Proxy {
             listener,
             peer,
             local,
+            original,
         } = accepted;
         self.tick(now);
-        let r = match local.or_else(|| self.cx.listeners.get(listener).map(|l| l.addr)) {
-            Some(local) => self.admit_new(listener, peer, local, now),
+        let at = local.or_else(|| self.cx.listeners.get(listener).map(|l| l.addr));
+        let r = match at {
+            Some(local) => self.admit_new(listener, peer, local, original, now),
             None => Err(Refused::UnknownListener),
         };
         if let Some(rec) = self.recorder.as_mut() {
-            match local {
-                Some(local) => rec.accept_on(now, listener, peer, local, r),
-                None => rec.accept(now, listener, peer, r),
+            match (local.or(at), original) {
+                (Some(local), Some(original)) => {
+                    rec.accept_to(now, listener, peer, local, original, r)
+                }
+                _ => match local {
+                    Some(local) => rec.accept_on(now, listener, peer, local, r),
+                    None => rec.accept(now, listener, peer, r),
+                },
             }
         }
         r
@@ -79,6 +98,7 @@ impl Proxy {
         listener: ListenerId,
         peer: SocketAddr,
         local: SocketAddr,
+        original: Option<SocketAddr>,
         now: Instant,
     ) -> Result<ConnId, Refused> {
         self.cx.now = now;
@@ -109,6 +129,17 @@ impl Proxy {
             }
             // Which protocol is known only from the client's first byte.
             ServiceKind::Auto => Machine::Auto,
+            ServiceKind::Transparent => {
+                let l = self.cx.listeners.get(listener);
+                let how = l.and_then(|l| l.intercept).unwrap_or(Intercept::Redirect);
+                let listening = l.map_or(local, |l| l.addr);
+                match crate::session::Intercepted::new(how, original, local, listening) {
+                    Some(i) => Machine::Transparent(Box::new(i)),
+                    None => {
+                        return Err(self.cx.refuse_plain(service, peer, Refused::NotRedirected))
+                    }
+                }
+            }
             ServiceKind::Status => Machine::Status { asked: false },
             _ => match crate::proto::for_service(conf) {
                 Some(p) => Machine::Gateway(p),
@@ -144,7 +175,11 @@ impl Proxy {
         };
         let conn = self.next_id();
         let mut s = Session::new(conn, service, peer, local, machine, phase, now);
-        s.target = self.cx.services[service].target.clone();
+        s.target = match &s.machine {
+            // The address until the peek names it better.
+            Machine::Transparent(t) => t.original.to_string(),
+            _ => self.cx.services[service].target.clone(),
+        };
         s.refusal = refusal;
         if refusal == Some(Failure::Denied) {
             s.rule = self.cx.denying_rule(service, peer.ip());

@@ -115,6 +115,7 @@ impl Context {
         let outcome = match why {
             Refused::ShuttingDown => Outcome::Shutdown,
             Refused::Denied => Outcome::Denied,
+            Refused::NotRedirected => Outcome::NotRedirected,
             _ => Outcome::Limit,
         };
         self.stats.refused += 1;
@@ -129,7 +130,10 @@ impl Context {
                 _ => None,
             };
             let svc = &self.services[service];
-            let method = if svc.kind == crate::config::ServiceKind::Mapped {
+            let method = if matches!(
+                svc.kind,
+                crate::config::ServiceKind::Mapped | crate::config::ServiceKind::Transparent
+            ) {
                 "TCP"
             } else {
                 "-"
@@ -295,7 +299,7 @@ mod tests {
         for p in [&mut a, &mut b] {
             p.set_wall(wall);
             let mut ids = Vec::new();
-            while let Some(Action::Listen { listener, addr }) = p.poll_action() {
+            while let Some(Action::Listen { listener, addr, .. }) = p.poll_action() {
                 p.handle(
                     Event::Listening {
                         listener,

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use crate::config::ServiceKind;
-use crate::event::{Action, IoKind};
+use crate::event::{Action, Intercept, IoKind};
 use crate::id::{ConnId, ListenerId};
 
 /// How long accepting pauses when the process is out of file descriptors.
@@ -48,6 +48,40 @@ pub(crate) struct Listener {
     pub data: Option<DataPort>,
     /// A UDP mapped port's socket.
     pub udp: bool,
+    /// A transparent service's: how its connections' original
+    /// destinations are read.
+    pub intercept: Option<Intercept>,
+}
+
+/// What a listener's socket is: TCP (a transparent service's, with how
+/// its connections' original destinations are read) or UDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Socket {
+    Tcp(Option<Intercept>),
+    Udp,
+}
+
+impl Socket {
+    /// The socket `s` listens with.
+    pub fn of(s: &crate::config::Service) -> Socket {
+        use crate::config::{ServiceKind, Transport};
+        match (s.protocol, s.kind, s.tproxy) {
+            (Transport::Udp, _, _) => Socket::Udp,
+            (_, ServiceKind::Transparent, false) => Socket::Tcp(Some(Intercept::Redirect)),
+            (_, ServiceKind::Transparent, true) => Socket::Tcp(Some(Intercept::Tproxy)),
+            _ => Socket::Tcp(None),
+        }
+    }
+}
+
+impl Listener {
+    /// The socket it was opened as.
+    pub fn socket(&self) -> Socket {
+        match self.udp {
+            true => Socket::Udp,
+            false => Socket::Tcp(self.intercept),
+        }
+    }
 }
 
 /// A data port an FTP control connection opened.
@@ -111,11 +145,15 @@ impl Listeners {
         &mut self,
         service: usize,
         addr: SocketAddr,
-        udp: bool,
+        socket: Socket,
         data: Option<DataPort>,
         first: bool,
         actions: &mut VecDeque<Action>,
     ) -> ListenerId {
+        let (udp, intercept) = match socket {
+            Socket::Udp => (true, None),
+            Socket::Tcp(how) => (false, how),
+        };
         let idx = self.slab.vacant_key();
         if self.gens.len() <= idx {
             self.gens.resize(idx + 1, 0);
@@ -131,11 +169,16 @@ impl Listeners {
             state: ListenerState::Opening,
             data,
             udp,
+            intercept,
         });
         actions.push_back(if udp {
             Action::ListenUdp { listener: id, addr }
         } else {
-            Action::Listen { listener: id, addr }
+            Action::Listen {
+                listener: id,
+                addr,
+                intercept,
+            }
         });
         id
     }
@@ -158,7 +201,7 @@ impl Listeners {
     ) {
         self.close_data(port.owner, Some(port.token), actions);
         let addr = SocketAddr::new(bind, 0);
-        self.open(service, addr, false, Some(port), false, actions);
+        self.open(service, addr, Socket::Tcp(None), Some(port), false, actions);
     }
 
     /// Closes the data ports of `owner` (those with `token`, or all).

@@ -177,9 +177,9 @@ impl Proxy {
             if !listens(worker, s) {
                 continue;
             }
-            let udp = s.protocol == Transport::Udp;
+            let socket = listeners::Socket::of(s);
             for addr in &s.listen {
-                listeners.open(i, *addr, udp, None, true, &mut actions);
+                listeners.open(i, *addr, socket, None, true, &mut actions);
                 listeners.starting += 1;
             }
         }
@@ -776,7 +776,7 @@ pub(crate) mod tests {
     /// takes what that queued.
     pub(crate) fn open_first(p: &mut Proxy, now: Instant) -> ListenerId {
         let listener = match p.poll_action() {
-            Some(Action::Listen { listener, addr }) => {
+            Some(Action::Listen { listener, addr, .. }) => {
                 p.handle(
                     Event::Listening {
                         listener,

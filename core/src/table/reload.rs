@@ -8,9 +8,10 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::context::ServiceInfo;
+use super::listeners::Socket;
 use super::{listens, warnings, Proxy, POOL_KEEP};
 use crate::buffer::Pool;
-use crate::config::{Config, Transport};
+use crate::config::Config;
 use crate::event::Level;
 use crate::id::ConnId;
 use crate::outcome::Outcome;
@@ -176,14 +177,14 @@ impl Proxy {
     /// the rest; open what is new.
     fn match_listeners(&mut self, config: &Config, index: &[usize]) {
         let cx = &mut self.cx;
-        let mut wanted: Vec<(usize, SocketAddr, bool)> = Vec::new();
+        let mut wanted: Vec<(usize, SocketAddr, Socket)> = Vec::new();
         for (n, svc) in config.services.iter().enumerate() {
             if !listens(cx.worker, svc) {
                 continue;
             }
-            let udp = svc.protocol == Transport::Udp;
+            let socket = Socket::of(svc);
             for a in &svc.listen {
-                wanted.push((index[n], *a, udp));
+                wanted.push((index[n], *a, socket));
             }
         }
         let mut keep = Vec::new();
@@ -193,9 +194,9 @@ impl Proxy {
                 continue;
             }
             let stays = l.state != super::listeners::ListenerState::Closed
-                && wanted
-                    .iter()
-                    .any(|(svc, a, udp)| *svc == l.service && *a == l.addr && *udp == l.udp);
+                && wanted.iter().any(|(svc, a, socket)| {
+                    *svc == l.service && *a == l.addr && *socket == l.socket()
+                });
             if stays {
                 keep.push((l.service, l.addr));
             } else {
@@ -205,12 +206,12 @@ impl Proxy {
         for id in close {
             cx.listeners.close(id, &mut cx.actions);
         }
-        for (svc, addr, udp) in wanted {
+        for (svc, addr, socket) in wanted {
             if keep.contains(&(svc, addr)) {
                 continue;
             }
             cx.listeners
-                .open(svc, addr, udp, None, false, &mut cx.actions);
+                .open(svc, addr, socket, None, false, &mut cx.actions);
         }
     }
 

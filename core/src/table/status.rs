@@ -80,7 +80,11 @@ impl Proxy {
                 e.0 += s.up.bytes;
                 e.1 += s.down.bytes;
             }
+            let intercepted = matches!(s.machine, crate::session::Machine::Transparent(_));
             let destination = match (s.upstream.addr, s.target.is_empty()) {
+                // An intercepted connection: the name its peek found (the
+                // original address without one), as its access line says.
+                _ if intercepted => Some(s.target.clone()),
                 (Some(a), _) => Some(a.to_string()),
                 (None, false) => Some(s.target.clone()),
                 (None, true) => None,

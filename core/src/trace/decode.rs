@@ -214,11 +214,16 @@ impl<'a> Reader<'a> {
                 })?;
                 let (at, kind) = w.word("a record kind")?;
                 match kind {
-                    "accept" | "accept-on" => {
+                    "accept" | "accept-on" | "accept-to" => {
                         let listener = w.parse("a listener (L<n>)", parse_listener)?;
                         let peer = w.parse("the peer address", parse_addr)?;
-                        let local = if kind == "accept-on" {
+                        let local = if kind != "accept" {
                             Some(w.parse("the local address", parse_addr)?)
+                        } else {
+                            None
+                        };
+                        let original = if kind == "accept-to" {
+                            Some(w.parse("the original destination", parse_addr)?)
                         } else {
                             None
                         };
@@ -236,6 +241,7 @@ impl<'a> Reader<'a> {
                             listener,
                             peer,
                             local,
+                            original,
                             result,
                         }
                     }

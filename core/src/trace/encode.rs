@@ -54,12 +54,16 @@ pub(super) fn put_record(out: &mut String, r: &Record) {
             listener,
             peer,
             local,
+            original,
             result,
         } => {
             put_time(out, *t);
-            let _ = match local {
-                None => write!(out, "accept L{} {peer} ", listener.0),
-                Some(local) => write!(out, "accept-on L{} {peer} {local} ", listener.0),
+            let _ = match (local, original) {
+                (Some(local), Some(orig)) => {
+                    write!(out, "accept-to L{} {peer} {local} {orig} ", listener.0)
+                }
+                (None, _) => write!(out, "accept L{} {peer} ", listener.0),
+                (Some(local), None) => write!(out, "accept-on L{} {peer} {local} ", listener.0),
             };
             match result {
                 Ok(c) => {
@@ -266,12 +270,13 @@ pub(super) fn io_name(k: IoKind) -> &'static str {
     }
 }
 
-pub(super) const REFUSALS: [Refused; 5] = [
+pub(super) const REFUSALS: [Refused; 6] = [
     Refused::TooMany,
     Refused::PerClient,
     Refused::ShuttingDown,
     Refused::Denied,
     Refused::UnknownListener,
+    Refused::NotRedirected,
 ];
 
 pub(super) fn refused_name(r: Refused) -> &'static str {
@@ -281,6 +286,7 @@ pub(super) fn refused_name(r: Refused) -> &'static str {
         Refused::ShuttingDown => "shutting-down",
         Refused::Denied => "denied",
         Refused::UnknownListener => "unknown-listener",
+        Refused::NotRedirected => "not-redirected",
     }
 }
 

@@ -26,7 +26,8 @@
 //! ```text
 //! Proxy::set_log_level / set_wall        rec.log_level(level) / rec.wall(w)
 //! Proxy::accept                          rec.accept(now, l, peer, r), or with its local address
-//!                                        rec.accept_on(now, l, peer, local, r)
+//!                                        rec.accept_on(now, l, peer, local, r), and its original
+//!                                        destination rec.accept_to(now, l, peer, local, orig, r)
 //! Proxy::handle(ev)                      rec.event(now, &ev, bytes) — a Read's bytes while the core
 //!                                        may parse them (they sit at the start of the space it lent)
 //! Proxy::handle_timeout / shutdown       rec.timeout(now) / rec.shutdown(now)
@@ -77,6 +78,7 @@
 //! ```text
 //! accept L<listener> <peer> <conn>|refused:<why>
 //! accept-on L<listener> <peer> <local> <conn>|refused:<why>
+//! accept-to L<listener> <peer> <local> <original> <conn>|refused:<why>
 //! listening L<listener> <addr>        listen-failed L<listener> <io>
 //! accept-failed L<listener> <io>
 //! resolved <conn> <addr>…             (zero or more addresses)
@@ -217,6 +219,8 @@ pub enum Record {
         listener: ListenerId,
         peer: SocketAddr,
         local: Option<SocketAddr>,
+        /// A transparent service's connection: its original destination.
+        original: Option<SocketAddr>,
         result: Result<ConnId, Refused>,
     },
     /// [`Proxy::handle`]. `bytes` is only for [`Event::Read`]: the bytes

@@ -132,6 +132,27 @@ impl Recorder {
             listener,
             peer,
             local: None,
+            original: None,
+            result,
+        });
+    }
+
+    pub fn accept_to(
+        &mut self,
+        now: Instant,
+        listener: ListenerId,
+        peer: SocketAddr,
+        local: SocketAddr,
+        original: SocketAddr,
+        result: Result<ConnId, Refused>,
+    ) {
+        let t = self.at(now);
+        self.put(&Record::Accept {
+            t,
+            listener,
+            peer,
+            local: Some(local),
+            original: Some(original),
             result,
         });
     }
@@ -150,6 +171,7 @@ impl Recorder {
             listener,
             peer,
             local: Some(local),
+            original: None,
             result,
         });
     }

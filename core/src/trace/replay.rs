@@ -80,12 +80,14 @@ pub fn replay(trace: &[u8], out: &mut impl FnMut(String)) -> Result<(), TraceErr
                 listener,
                 peer,
                 local,
+                original,
                 result,
             } => {
                 let now = at(t)?;
+                let accepted = Accepted::new(listener, peer).original(original);
                 let got = match local {
-                    None => proxy.accept(Accepted::new(listener, peer), now),
-                    Some(local) => proxy.accept(Accepted::new(listener, peer).local(local), now),
+                    None => proxy.accept(accepted, now),
+                    Some(local) => proxy.accept(accepted.local(local), now),
                 };
                 if got != result {
                     return Err(diverged(format!(

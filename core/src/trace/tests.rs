@@ -59,6 +59,7 @@ fn every_record() -> Vec<Record> {
             listener: ListenerId(0),
             peer: sa("10.0.0.2:40000"),
             local: None,
+            original: None,
             result: Ok(c(0, 1)),
         },
         Record::Accept {
@@ -66,7 +67,16 @@ fn every_record() -> Vec<Record> {
             listener: ListenerId(u32::MAX),
             peer: sa("[2001:db8::1]:1"),
             local: Some(sa("[2001:db8::2]:21")),
+            original: None,
             result: Ok(c(u32::MAX, u32::MAX)),
+        },
+        Record::Accept {
+            t: 3,
+            listener: ListenerId(1),
+            peer: sa("10.0.0.2:40000"),
+            local: Some(sa("10.0.0.1:3130")),
+            original: Some(sa("[fd00::9]:443")),
+            result: Ok(c(2, 1)),
         },
         Record::Timeout { t: 1 },
         Record::Shutdown { t: NANOS },
@@ -165,6 +175,7 @@ fn every_record() -> Vec<Record> {
             listener: ListenerId(3),
             peer: sa("[::ffff:1.2.3.4]:65535"),
             local: None,
+            original: None,
             result: Err(r),
         });
         v.push(Record::Accept {
@@ -172,6 +183,7 @@ fn every_record() -> Vec<Record> {
             listener: ListenerId::new(5, 9),
             peer: sa("1.2.3.4:5"),
             local: Some(sa("0.0.0.0:0")),
+            original: None,
             result: Err(r),
         });
     }
@@ -701,7 +713,7 @@ fn session() -> (Vec<u8>, Vec<String>, Vec<Action>) {
         .drain()
         .into_iter()
         .find_map(|a| match a {
-            Action::Listen { listener, addr } if addr == sa("127.0.0.1:7001") => Some(listener),
+            Action::Listen { listener, addr, .. } if addr == sa("127.0.0.1:7001") => Some(listener),
             _ => None,
         })
         .expect("the new port opens");

@@ -117,6 +117,9 @@ struct Setup {
     /// SMTP and NNTP gateways after those.
     smtp: bool,
     nntp: bool,
+    /// A transparent service (its connections come with an original
+    /// destination, or without one).
+    transparent: bool,
     /// Rules: deny client 10.0.0.4, deny destination 127.0.0.66 and the
     /// name `denied.example`, allow the rest.
     rules: bool,
@@ -152,6 +155,7 @@ impl Setup {
             status: g & 2 != 0,
             smtp: g & 4 != 0,
             nntp: g & 8 != 0,
+            transparent: g & 16 != 0,
             rules: f & 2 != 0,
             named: f & 4 != 0,
             handshake_ms: 100 * (1 + (f >> 3) as u64),
@@ -207,6 +211,12 @@ impl Setup {
                 ));
             }
         }
+        if self.transparent {
+            t.push_str(
+                "\n[[service]]\nname = \"transparent\"\nkind = \"transparent\"\n\
+                 listen = [\"127.0.0.1:3130\"]\n",
+            );
+        }
         if self.rules {
             t.push_str(
                 "\n[[rule]]\naction = \"deny\"\nclients = [\"10.0.0.4\"]\n\
@@ -226,6 +236,7 @@ impl Setup {
             (Kind::Status, self.status),
             (Kind::Smtp, self.smtp),
             (Kind::Nntp, self.nntp),
+            (Kind::Transparent, self.transparent),
         ] {
             if on {
                 k.push(kind);
@@ -258,13 +269,42 @@ enum Kind {
     Status,
     Smtp,
     Nntp,
+    Transparent,
+}
+
+/// A transparent service's listener.
+const TRANSPARENT_AT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 3130);
+
+/// A TLS ClientHello record naming `sni`.
+fn client_hello(sni: &[u8]) -> Vec<u8> {
+    let n = sni.len() as u16;
+    let mut ext = vec![0, 0];
+    ext.extend_from_slice(&(n + 5).to_be_bytes());
+    ext.extend_from_slice(&(n + 3).to_be_bytes());
+    ext.push(0);
+    ext.extend_from_slice(&n.to_be_bytes());
+    ext.extend_from_slice(sni);
+    let mut ch = vec![3, 3];
+    ch.extend_from_slice(&[7; 32]);
+    ch.extend_from_slice(&[0, 0, 2, 0x13, 0x01, 1, 0]);
+    ch.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    ch.extend_from_slice(&ext);
+    let mut rec = vec![0x16, 3, 1];
+    rec.extend_from_slice(&(ch.len() as u16 + 4).to_be_bytes());
+    rec.extend_from_slice(&[1, 0]);
+    rec.extend_from_slice(&(ch.len() as u16).to_be_bytes());
+    rec.extend_from_slice(&ch);
+    rec
 }
 
 impl Kind {
     /// Kinds that answer a refusal in their own words (the connection is
     /// admitted to hear it).
     fn says_refusal(self) -> bool {
-        matches!(self, Kind::Socks | Kind::Http | Kind::Smtp | Kind::Nntp)
+        matches!(
+            self,
+            Kind::Socks | Kind::Http | Kind::Smtp | Kind::Nntp | Kind::Transparent
+        )
     }
 
     /// What a client of this kind says first.
@@ -280,6 +320,16 @@ impl Kind {
             }
             Kind::Smtp => b"EHLO client\r\nMAIL FROM:<a@example.com>\r\nQUIT\r\n".to_vec(),
             Kind::Nntp => b"GROUP comp.lang.rust\r\nQUIT\r\n".to_vec(),
+            // What an intercepted client says first: a request whose Host
+            // names a destination (allowed or denied), a ClientHello, or
+            // nothing (its server speaks first).
+            Kind::Transparent => match pick % 5 {
+                0 => b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n".to_vec(),
+                1 => b"GET / HTTP/1.1\r\nHost: denied.example\r\n\r\n".to_vec(),
+                2 => client_hello(b"a.example"),
+                3 => client_hello(b"denied.example"),
+                _ => Vec::new(),
+            },
         }
     }
 
@@ -834,7 +884,24 @@ impl Harness {
         let denied = self.setup.rules && ip == IpAddr::V4(DENIED_CLIENT);
         let refusing_now = self.rt.conns().filter(|s| s.refusing).count();
         let index = self.rt.listeners().iter().position(|l| l.id == listener);
-        match self.rt.accept(listener, peer, None) {
+        // A transparent service's connection: where it was going (or, not
+        // redirected, nothing or the port itself).
+        let transparent = index.is_some_and(|i| self.setup.kind(i) == Kind::Transparent);
+        let original = transparent.then(|| match input.byte() % 8 {
+            0 => None,
+            1 => Some(TRANSPARENT_AT),
+            2 => Some(SocketAddr::new(IpAddr::V4(DENIED_ADDR), 80)),
+            b => Some(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                9100 + u16::from(b),
+            )),
+        });
+        let redirected = original.flatten().filter(|a| *a != TRANSPARENT_AT);
+        let accepted = match original {
+            Some(o) => self.rt.accept_to(listener, peer, None, o),
+            None => self.rt.accept(listener, peer, None),
+        };
+        match accepted {
             Ok(conn) => {
                 let Some(i) = index else {
                     panic!("accept succeeded on unknown listener {listener:?}");
@@ -857,7 +924,13 @@ impl Harness {
                     conn,
                     Model {
                         kind,
-                        dest: self.setup.destination(i),
+                        // A peek never moves a direct connection.
+                        dest: if kind == Kind::Transparent {
+                            assert!(redirected.is_some(), "a connection not redirected admitted");
+                            redirected
+                        } else {
+                            self.setup.destination(i)
+                        },
                         // A protocol's own words are not modelled.
                         up: (kind == Kind::Mapped).then(VecDeque::new),
                         down: (kind == Kind::Mapped).then(VecDeque::new),
@@ -874,6 +947,13 @@ impl Harness {
                 self.order.push(conn);
             }
             Err(Refused::UnknownListener) => {}
+            Err(Refused::NotRedirected) => {
+                assert!(
+                    transparent && redirected.is_none(),
+                    "refused as not redirected: {original:?} on listener {index:?}"
+                );
+                self.refusals += 1;
+            }
             Err(why) => {
                 let shut_down = self.rt.is_shut_down();
                 if let Some(i) = index {
@@ -1201,6 +1281,11 @@ impl Harness {
                 if self.model(conn).kind == Kind::Mapped {
                     assert_eq!((host.as_str(), port), ("dest.example", 9000), "Resolve");
                 }
+                assert!(
+                    self.model(conn).kind != Kind::Transparent,
+                    "Resolve of {host} for an intercepted connection, which goes to its \
+                     original address"
+                );
             }
             Action::Connect { conn, addr, .. } => {
                 let replaced = self.rt.conn(conn).is_some_and(|s| s.replaced);

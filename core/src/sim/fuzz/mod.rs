@@ -18,6 +18,9 @@ pub use tls::tls_accept;
 pub use crate::http::fuzz_request as http_request;
 /// HTTP response heads (after a method byte), likewise.
 pub use crate::http::fuzz_response as http_response;
+/// A transparent service's peek at a client's first bytes (an HTTP
+/// request's Host, a TLS ClientHello's server name), whole and cut.
+pub use crate::proto::peek::fuzz as peek;
 /// SOCKS5 UDP request headers, parsed and encoded again.
 pub use crate::proto::socks_udp::fuzz as socks_udp_header;
 /// A parent proxy's answers to Portico's handshake (HTTP CONNECT, SOCKS5,
