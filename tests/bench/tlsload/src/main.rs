@@ -5,7 +5,7 @@
 //! ```text
 //! tlsload --mode connect|keepalive --proxy ADDR --dest IP:PORT
 //!         [--tls CA.pem] [--no-resume] [--tls12] [--concurrency 16] [--seconds 4]
-//!         [--path /index.html] [--scenario NAME] [--forwarder NAME]
+//!         [--rate PER_SECOND] [--path /index.html] [--scenario NAME] [--forwarder NAME]
 //! ```
 //!
 //! - `connect`: over and over, a new connection to the proxy (TLS handshake
@@ -14,6 +14,8 @@
 //! - `keepalive`: each thread keeps one connection to the proxy and sends
 //!   absolute-form `GET http://dest/path` on it, one after the other.
 //!
+//! `--rate` paces the requests (all threads together) to at most that many
+//! a second: a proxy's CPU per request measured at another's rate.
 //! `--no-resume` makes every TLS handshake a full one (no session
 //! resumption); `--tls12` offers TLS 1.2 alone (else 1.3 and 1.2). The
 //! client offers X25519 first, then P-256, as curl and browsers do. Output: `scenario forwarder metric value` lines, as the
@@ -49,6 +51,8 @@ struct Opts {
     tls: Option<Arc<rustls::ClientConfig>>,
     concurrency: usize,
     seconds: f64,
+    /// Requests a second, all threads together; 0: as fast as they go.
+    rate: f64,
     path: String,
     scenario: String,
     forwarder: String,
@@ -110,6 +114,9 @@ fn parse() -> Opts {
         seconds: get("seconds", "4")
             .parse()
             .unwrap_or_else(|_| usage("--seconds S")),
+        rate: get("rate", "0")
+            .parse()
+            .unwrap_or_else(|_| usage("--rate PER_SECOND")),
         path: get("path", "/index.html"),
         scenario: get("scenario", "tls"),
         forwarder: get("forwarder", "unknown"),
@@ -264,7 +271,17 @@ fn run_thread(o: &Opts, counts: &Counts, deadline: Instant) -> Vec<f64> {
         p = o.path
     );
     let mut kept: Option<(Box<dyn Stream>, Vec<u8>)> = None;
+    // Each thread's share of the rate: one request every `every`.
+    let every = (o.rate > 0.0).then(|| Duration::from_secs_f64(o.concurrency as f64 / o.rate));
+    let mut next = Instant::now();
     while Instant::now() < deadline {
+        if let Some(every) = every {
+            let now = Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            }
+            next += every;
+        }
         let t = Instant::now();
         let r = match o.mode {
             Mode::Connect => connect_once(o, counts),
