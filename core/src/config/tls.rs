@@ -80,15 +80,9 @@ impl Eq for Server {}
 
 /// The crypto provider: ring's primitives (no C toolchain for aws-lc; ring
 /// has no post-quantum key exchange, hence rustls's deprecation note).
-/// Key exchange prefers X25519, then P-256: ring's own order puts P-384
-/// first, whose generic arithmetic costs about ten times as much CPU per
-/// handshake, and a server's order decides the group for TLS 1.2 clients.
 #[allow(deprecated)]
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    use rustls::crypto::ring::kx_group;
-    let mut p = rustls::crypto::ring::default_provider();
-    p.kx_groups = vec![kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1];
-    Arc::new(p)
+    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// Reads `path` through `files`; the message names the file.

@@ -582,37 +582,6 @@ mod tests {
         assert_eq!(rt.snapshot().services[0].counters.tls_failures, 0);
     }
 
-    /// A TLS 1.2 client offering every group the way ring orders them
-    /// (P-384 first) gets X25519: the server's order decides, and X25519
-    /// is the cheapest.
-    #[test]
-    fn tls12_key_exchange_is_x25519() {
-        let mut rt = started(STATUS);
-        let id = connect(&mut rt);
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(CA.as_bytes()) {
-            roots.add(c.expect("CA")).expect("CA added");
-        }
-        #[allow(deprecated)]
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS12])
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let name = ServerName::try_from("localhost").expect("name");
-        let mut c = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
-        c.writer()
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .expect("write");
-        let got = String::from_utf8_lossy(&talk(&mut rt, id, &mut c)).to_string();
-        assert!(got.starts_with("HTTP/1.1 200"), "{got}");
-        assert_eq!(
-            c.negotiated_key_exchange_group().map(|g| g.name()),
-            Some(rustls::NamedGroup::X25519)
-        );
-    }
-
     #[test]
     fn plain_text_to_a_tls_port_is_closed_unserved_and_counted() {
         let mut rt = started(STATUS);
