@@ -164,7 +164,7 @@ EOF
 # measure SCENARIO CASE REP PORT [RATE]: the load through PORT; prints the
 # rate and each process's CPU per request.
 measure() {
-    local s=$1 c=$2 rep=$3 port=$4 rate=${5:-} args=() t0 t1 p0 p1 s0 s1 out ok
+    local s=$1 c=$2 rep=$3 port=$4 rate=${5:-} args=() p0 p1 s0 s1 out ok
     case $s in
         keepalive) args=(--mode keepalive --concurrency 32) ;;
         connect) args=(--mode connect --concurrency 16) ;;
@@ -172,16 +172,17 @@ measure() {
     esac
     [ -n "$rate" ] && args+=(--rate "$rate")
     sleep 0.3
-    t0=$(date +%s.%N) p0=$(cg_usec "$CG_P") s0=$(cg_usec "$CG_S")
+    p0=$(cg_usec "$CG_P") s0=$(cg_usec "$CG_S")
     out=$(in_cg "$CG_L" timeout $(( ${secs%.*} + 20 )) "$TOOL" "${args[@]}" \
         --proxy "127.0.0.1:$port" --dest "$BACKEND" --seconds "$secs" \
         --scenario "$s" --forwarder "$c") || log "$s $c: errors (see above)"
-    t1=$(date +%s.%N) p1=$(cg_usec "$CG_P") s1=$(cg_usec "$CG_S")
+    p1=$(cg_usec "$CG_P") s1=$(cg_usec "$CG_S")
     ok=$(echo "$out" | awk '$3 == "ok" { print $4 }')
     echo "$out" | grep -E ' (req_per_s|errors) ' | sed "s/\$/ rep=$rep/"
     if [ "${ok:-0}" -gt 0 ]; then
-        echo "$s $c portico_us_per_op $(echo "scale=1; ($p1 - $p0) / $ok" | bc) rep=$rep"
-        echo "$s $c squid_us_per_op $(echo "scale=1; ($s1 - $s0) / $ok" | bc) rep=$rep"
+        awk -v s="$s" -v c="$c" -v r="$rep" -v p=$(( p1 - p0 )) -v q=$(( s1 - s0 )) -v ok="$ok" 'BEGIN {
+            printf "%s %s portico_us_per_op %.1f rep=%s\n", s, c, p / ok, r
+            printf "%s %s squid_us_per_op %.1f rep=%s\n", s, c, q / ok, r }'
     fi
     cg_kill "$CG_P"; cg_kill "$CG_S"
 }

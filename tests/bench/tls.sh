@@ -236,9 +236,9 @@ measure() {  # scenario forwarder rep
     t1=$(date +%s.%N) f1=$(cg_usec "$CG_FW") l1=$(cg_usec "$CG_LOAD")
     cg_kill "$CG_FW"
     echo "$out" | sed "s/\$/ rep=$rep/"
-    awk -v s="$s" -v f="$fw" -v r="$rep" -v el="$(echo "$t1 - $t0" | bc)" \
+    awk -v s="$s" -v f="$fw" -v r="$rep" -v t0="$t0" -v t1="$t1" \
         -v fw=$(( f1 - f0 )) -v ld=$(( l1 - l0 )) \
-        -v ok="$(echo "$out" | awk '$3 == "ok" { print $4 }')" 'BEGIN {
+        -v ok="$(echo "$out" | awk '$3 == "ok" { print $4 }')" 'BEGIN { el = t1 - t0
             printf "%s %s fwd_cores %.3f rep=%s\n", s, f, fw / 1e6 / el, r
             printf "%s %s client_cores %.3f rep=%s\n", s, f, ld / 1e6 / el, r
             if (ok > 0) printf "%s %s fwd_us_per_op %.1f rep=%s\n", s, f, fw / ok, r }'
