@@ -26,8 +26,8 @@ use portico_tests::browser::chromium;
 use portico_tests::origin::Origin;
 use portico_tests::reply::{exchange, Reply};
 use portico_tests::{
-    both, config_head, connect, poll_until, run_on_config, service, start_on_free_ports, Bin,
-    Portico, StartOptions, ALICE, PROMPTLY,
+    both, config_head, connect, curl_command, poll_until, require, run_on_config, run_tool,
+    service, start_on_free_ports, Bin, Portico, StartOptions, TempDir, ALICE, PROMPTLY,
 };
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -103,6 +103,7 @@ both!(
     proxy_must_be_http_or_auto,
     chromium_follows_the_pac,
     no_credentials_needed_and_head,
+    https_for_a_tls_proxy,
 );
 
 /// Every http, auto and status service serves the file at both paths; its
@@ -363,4 +364,82 @@ fn no_credentials_needed_and_head(bin: Bin) {
             "{bin}: port {port}: a body after HEAD: {reply}"
         );
     }
+}
+
+/// A self-signed certificate for localhost and 127.0.0.1 in `dir`:
+/// (cert.pem, key.pem).
+fn self_signed(dir: &TempDir) -> (String, String) {
+    let mut cmd = std::process::Command::new(require("openssl", "openssl"));
+    cmd.current_dir(dir.path()).args([
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "cert.pem",
+        "-days",
+        "30",
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1",
+    ]);
+    let out = run_tool("openssl", cmd, None, PROMPTLY);
+    assert!(out.status.success(), "openssl: {}", out.stderr);
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    (p("cert.pem"), p("key.pem"))
+}
+
+/// A `[pac] proxy` with `tls` is named `HTTPS` (browsers then speak TLS
+/// to it); a socks service with `tls` is passed over for the SOCKS5 entry
+/// (browsers speak SOCKS in the clear), so the auto service after it is
+/// named; and the TLS service serves the file itself, over HTTPS.
+fn https_for_a_tls_proxy(bin: Bin) {
+    let dir = TempDir::new();
+    let (cert, key) = self_signed(&dir);
+    let tls = format!("tls = {{ cert = \"{cert}\", key = \"{key}\" }}");
+    let (_p, ports) = start_on_free_ports(bin, 4, StartOptions::default(), |ports| {
+        format!(
+            "{}{}{}{}{}\n[pac]\nproxy = \"web\"\n",
+            config_head("", ""),
+            service("web", "http", ports[0], &tls),
+            service("s", "socks", ports[1], &tls),
+            service("all", "auto", ports[2], ""),
+            service("status", "status", ports[3], ""),
+        )
+    });
+    let want = format!(
+        "return \"HTTPS 127.0.0.1:{}; SOCKS5 127.0.0.1:{}\";",
+        ports[0], ports[2]
+    );
+    let js = pac_at(bin, SocketAddr::new(LOOPBACK, ports[3]), "/proxy.pac");
+    assert!(js.contains(&want), "{bin}: {want} in\n{js}");
+    let mut cmd = curl_command(10);
+    cmd.args([
+        "--cacert",
+        &cert,
+        "-D",
+        "-",
+        &format!("https://127.0.0.1:{}/wpad.dat", ports[0]),
+    ]);
+    let out = run_tool(format!("{bin}: curl"), cmd, None, PROMPTLY);
+    assert!(
+        out.status.success(),
+        "{bin}: the PAC file over HTTPS: {}",
+        out.stderr
+    );
+    let text = out.stdout_text();
+    assert!(
+        text.starts_with("HTTP/1.1 200")
+            && text
+                .to_ascii_lowercase()
+                .contains("content-type: application/x-ns-proxy-autoconfig")
+            && text.contains(&want),
+        "{bin}: the PAC file over HTTPS:\n{text}"
+    );
 }

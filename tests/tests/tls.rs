@@ -28,6 +28,9 @@ both!(
     auto_over_tls,
     reload_reads_the_files_again,
     large_bodies_both_ways,
+    tls_1_2_and_1_3,
+    client_certificate_of_another_ca,
+    megabytes_through_a_tls_tunnel,
 );
 
 /// A CA, a server certificate for 127.0.0.1 and localhost, a client
@@ -111,6 +114,43 @@ impl Certs {
             "other.key",
         ]);
         Certs { dir }
+    }
+
+    /// `expired.pem`: the server's key, certified by the CA for January
+    /// 2020 only (`openssl ca`, which takes dates in the past).
+    fn expired(&self) -> PathBuf {
+        let d = self.dir.path();
+        std::fs::write(
+            d.join("ca.cnf"),
+            "[ca]\ndefault_ca = d\n[d]\ndatabase = index.txt\nnew_certs_dir = .\n\
+             serial = serial\ndefault_md = sha256\npolicy = p\n[p]\ncommonName = supplied\n",
+        )
+        .expect("ca.cnf");
+        std::fs::write(d.join("index.txt"), "").expect("index.txt");
+        std::fs::write(d.join("serial"), "01\n").expect("serial");
+        let mut cmd = Command::new(require("openssl", "openssl"));
+        cmd.current_dir(d).args([
+            "ca",
+            "-batch",
+            "-config",
+            "ca.cnf",
+            "-cert",
+            "ca.pem",
+            "-keyfile",
+            "ca.key",
+            "-in",
+            "server.csr",
+            "-out",
+            "expired.pem",
+            "-notext",
+            "-startdate",
+            "20200101000000Z",
+            "-enddate",
+            "20200201000000Z",
+        ]);
+        let out = run_tool("openssl ca", cmd, None, LIMIT);
+        assert!(out.status.success(), "openssl ca: {}", out.stderr);
+        self.path("expired.pem")
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -395,7 +435,8 @@ fn client_certificate_names_the_user(bin: Bin) {
 fn check_names_a_bad_tls_file(bin: Bin) {
     let certs = Certs::new();
     let dir = TempDir::new();
-    let check = |tls: String, needle: &Path| {
+    // Each case: the file the error must name, and the words saying why.
+    let check = |tls: String, needle: &Path, why: &str| {
         let text = format!(
             "{}{}",
             config_head("", ""),
@@ -411,6 +452,11 @@ fn check_names_a_bad_tls_file(bin: Bin) {
             needle.display(),
             out.stderr
         );
+        assert!(
+            out.stderr.contains(why),
+            "{bin}: the error says {why:?}: {}",
+            out.stderr
+        );
     };
     let missing = certs.path("missing.pem");
     check(
@@ -420,6 +466,17 @@ fn check_names_a_bad_tls_file(bin: Bin) {
             certs.p("server.key")
         ),
         &missing,
+        "cannot read it",
+    );
+    // Unreadable: a directory where the certificate should be.
+    check(
+        format!(
+            "tls = {{ cert = \"{}\", key = \"{}\" }}",
+            dir.path().display(),
+            certs.p("server.key")
+        ),
+        dir.path(),
+        "cannot read it",
     );
     check(
         format!(
@@ -428,14 +485,17 @@ fn check_names_a_bad_tls_file(bin: Bin) {
             certs.p("other.key")
         ),
         &certs.path("other.key"),
+        "does not match",
     );
+    let expired = certs.expired();
     check(
         format!(
             "tls = {{ cert = \"{}\", key = \"{}\" }}",
-            certs.p("expired.pem"),
+            expired.display(),
             certs.p("server.key")
         ),
-        &certs.path("expired.pem"),
+        &expired,
+        "expired on",
     );
     let good = format!(
         "{}{}",
@@ -491,8 +551,8 @@ fn socks5_over_tls(bin: Bin) {
     socks5_get_over_tls(bin, &certs, ports[0], &o);
 }
 
-/// An auto service with `tls`: curl's HTTPS proxy GET and a SOCKS5
-/// CONNECT over TLS on the one port, told apart inside TLS.
+/// An auto service with `tls`: curl's HTTPS proxy GET, a SOCKS5 and a
+/// SOCKS4 CONNECT over TLS on the one port, told apart inside TLS.
 fn auto_over_tls(bin: Bin) {
     let certs = Certs::new();
     let o = origin();
@@ -518,6 +578,45 @@ fn auto_over_tls(bin: Bin) {
     p.expect_log_line("GET http://", LIMIT);
     socks5_get_over_tls(bin, &certs, ports[0], &o);
     p.expect_log_line(" SOCKS5 ", LIMIT);
+    socks4_get_over_tls(bin, &certs, ports[0], &o);
+    p.expect_log_line(" SOCKS4 ", LIMIT);
+}
+
+/// A SOCKS4 CONNECT to `o` over TLS to 127.0.0.1:`port`, then a GET
+/// through it that gets `ok`.
+fn socks4_get_over_tls(bin: Bin, certs: &Certs, port: u16, o: &Acceptor) {
+    let s = connect(portico_tests::local(port)).expect("connect");
+    s.set_read_timeout(Some(LIMIT)).expect("timeout");
+    let mut t = tls_client(&certs.path("ca.pem"), s);
+    let std::net::SocketAddr::V4(a) = o.addr() else {
+        panic!("an IPv4 origin")
+    };
+    let mut req = vec![4, 1];
+    req.extend_from_slice(&a.port().to_be_bytes());
+    req.extend_from_slice(&a.ip().octets());
+    req.push(0);
+    let mut run = || -> std::io::Result<Vec<u8>> {
+        t.write_all(&req)?;
+        let mut r = [0u8; 8];
+        t.read_exact(&mut r)?;
+        assert_eq!(r[1], 0x5A, "{bin}: SOCKS4 reply");
+        t.write_all(b"GET / HTTP/1.1\r\nHost: o\r\n\r\n")?;
+        let mut got = Vec::new();
+        let mut b = [0u8; 512];
+        while !got.ends_with(b"ok") {
+            match t.read(&mut b)? {
+                0 => break,
+                n => got.extend_from_slice(&b[..n]),
+            }
+        }
+        Ok(got)
+    };
+    let got = run().unwrap_or_else(|e| panic!("{bin}: SOCKS4 over TLS: {e}"));
+    let got = String::from_utf8_lossy(&got);
+    assert!(
+        got.starts_with("HTTP/1.1 200") && got.ends_with("ok"),
+        "{bin}: {got}"
+    );
 }
 
 /// A SOCKS5 CONNECT to `o` over TLS to 127.0.0.1:`port`, then a GET
@@ -698,6 +797,177 @@ fn large_bodies_both_ways(bin: Bin) {
     assert!(ok, "{bin}: upload: {err}");
     assert_eq!(
         body,
+        format!("{BIG} {:x}", portico_tests::digest(&sent)),
+        "{bin}: upload"
+    );
+}
+
+/// A TLS client over `s` trusting `ca`, offering only `version`.
+fn tls_client_version(
+    ca: &Path,
+    s: std::net::TcpStream,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).expect("CA file") {
+        roots.add(c.expect("CA")).expect("CA added");
+    }
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("client");
+    rustls::StreamOwned::new(conn, s)
+}
+
+/// A client that offers TLS 1.2 alone, and one that offers TLS 1.3 alone,
+/// each get the status page over HTTPS on that version.
+fn tls_1_2_and_1_3(bin: Bin) {
+    let certs = Certs::new();
+    let (_p, ports) = start_on_free_ports(bin, 1, StartOptions::default(), |ports| {
+        format!(
+            "{}{}",
+            config_head("", ""),
+            service("st", "status", ports[0], &certs.tls(""))
+        )
+    });
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let s = connect(portico_tests::local(ports[0])).expect("connect");
+        s.set_read_timeout(Some(LIMIT)).expect("timeout");
+        let mut t = tls_client_version(&certs.path("ca.pem"), s, version);
+        t.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap_or_else(|e| panic!("{bin}: {:?}: {e}", version.version));
+        let mut got = Vec::new();
+        let mut b = [0u8; 4096];
+        // To the end: the close, with or without a close_notify.
+        while let Ok(n) = t.read(&mut b) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&b[..n]);
+        }
+        assert_eq!(
+            t.conn.protocol_version(),
+            Some(version.version),
+            "{bin}: the version spoken"
+        );
+        let got = String::from_utf8_lossy(&got);
+        assert!(
+            got.starts_with("HTTP/1.1 200") && got.contains("portico_connections_total"),
+            "{bin}: {:?}: {got}",
+            version.version
+        );
+    }
+}
+
+/// A client certificate from a CA other than `client_ca` is refused like
+/// none at all: nothing is served.
+fn client_certificate_of_another_ca(bin: Bin) {
+    let certs = Certs::new();
+    let stranger = Certs::new();
+    let o = origin();
+    let (_p, ports) = start_on_free_ports(bin, 1, StartOptions::default(), |ports| {
+        client_ca_config(&certs, ports[0], ", client_cert_user = true")
+    });
+    let (ok, body, _) = curl(
+        bin,
+        &[
+            "--proxy",
+            &format!("https://127.0.0.1:{}", ports[0]),
+            "--proxy-cacert",
+            &certs.p("ca.pem"),
+            "--proxy-cert",
+            &stranger.p("client.pem"),
+            "--proxy-key",
+            &stranger.p("client.key"),
+            &format!("http://{}/", o.addr()),
+        ],
+    );
+    assert!(
+        !ok && body.is_empty(),
+        "{bin}: served with another CA's client certificate: {body}"
+    );
+}
+
+/// Reads one response (head and a Content-Length body) from `t`.
+fn response(t: &mut impl Read) -> std::io::Result<(String, Vec<u8>)> {
+    let mut got = Vec::new();
+    let mut b = [0u8; 16384];
+    let head_end = loop {
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match t.read(&mut b)? {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n => got.extend_from_slice(&b[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&got[..head_end]).to_string();
+    let len: usize = head
+        .to_ascii_lowercase()
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while got.len() < head_end + len {
+        match t.read(&mut b)? {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n => got.extend_from_slice(&b[..n]),
+        }
+    }
+    Ok((head, got.split_off(head_end)))
+}
+
+/// A CONNECT tunnel over TLS carries megabytes each way, whole: bytes of a
+/// TLS connection are never spliced (a spliced tunnel would hand the
+/// client the origin's bytes outside TLS, which its TLS layer refuses).
+fn megabytes_through_a_tls_tunnel(bin: Bin) {
+    let certs = Certs::new();
+    let o = big_origin();
+    let (_p, ports) = start_on_free_ports(bin, 1, StartOptions::default(), |ports| {
+        format!(
+            "{}{}\n[[rule]]\naction = \"allow\"\n",
+            config_head("", ""),
+            service(
+                "web",
+                "http",
+                ports[0],
+                &format!("connect_ports = [{}]\n{}", o.addr().port(), certs.tls(""))
+            )
+        )
+    });
+    let sent = portico_tests::pattern(9, BIG);
+    let tunnel = |request: &[u8]| -> std::io::Result<(String, Vec<u8>)> {
+        let s = connect(portico_tests::local(ports[0]))?;
+        s.set_read_timeout(Some(LIMIT))?;
+        let mut t = tls_client(&certs.path("ca.pem"), s);
+        let a = o.addr();
+        write!(t, "CONNECT {a} HTTP/1.1\r\nHost: {a}\r\n\r\n")?;
+        let (head, _) = response(&mut t)?;
+        assert!(head.starts_with("HTTP/1.1 200"), "{bin}: CONNECT: {head}");
+        t.write_all(request)?;
+        response(&mut t)
+    };
+    let (head, body) = tunnel(b"GET / HTTP/1.1\r\nHost: o\r\n\r\n")
+        .unwrap_or_else(|e| panic!("{bin}: download through the tunnel: {e}"));
+    assert!(head.starts_with("HTTP/1.1 200"), "{bin}: {head}");
+    assert_eq!(body.len(), BIG, "{bin}: download length");
+    assert!(
+        body == portico_tests::pattern(7, BIG),
+        "{bin}: download bytes"
+    );
+    let mut post =
+        format!("POST / HTTP/1.1\r\nHost: o\r\nContent-Length: {BIG}\r\n\r\n").into_bytes();
+    post.extend_from_slice(&sent);
+    let (_, body) =
+        tunnel(&post).unwrap_or_else(|e| panic!("{bin}: upload through the tunnel: {e}"));
+    assert_eq!(
+        String::from_utf8_lossy(&body),
         format!("{BIG} {:x}", portico_tests::digest(&sent)),
         "{bin}: upload"
     );
