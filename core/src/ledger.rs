@@ -45,6 +45,9 @@ pub struct Counts {
     pub quotas: crate::quota::Book,
     /// The parent proxies' addresses: up or down, and their connects.
     pub parents: crate::parent::Registry,
+    /// Spliced directions whose pipe may hold more than `limits.buffer`
+    /// (see `Proxy::splice_pipe_for`).
+    pub grown_pipes: usize,
 }
 
 impl Counts {

@@ -95,6 +95,6 @@ pub use rules::Wall;
 pub use status::{ServiceCounters, Snapshot};
 pub use table::{
     Accepted, PipeSize, Proxy, Reload, Stats, REFUSING_MAX, SPLICED_MAX, SPLICE_BULK,
-    SPLICE_PIPE_MIN,
+    SPLICE_GROW_AFTER, SPLICE_PIPE_MIN,
 };
 pub use udp::{UdpId, Via};

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use portico_core::sim::Runtime;
 use portico_core::{
     Accepted, AccessRecord, Action, ConnId, Event, ListenerId, PipeSize, Proxy, Side, SPLICE_BULK,
+    SPLICE_GROW_AFTER, SPLICE_PIPE_MIN,
 };
 
 const MAPPED: &str = "[[service]]\nname = \"map\"\nkind = \"mapped\"\n\
@@ -449,6 +450,112 @@ fn pipes_are_at_least_256_kib_and_hold_at_most_the_buffer() {
         limit: 1024 * 1024,
     };
     assert_eq!(rt.splice_pipe(), want);
+}
+
+/// `n` bytes from `from` spliced through, in splices of 64 KiB.
+fn splice(rt: &mut Runtime, conn: ConnId, from: Side, n: u64) {
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(64 * 1024);
+        rt.handle(Event::Spliced {
+            conn,
+            from,
+            n: k as usize,
+        });
+        left -= k;
+    }
+    drain(rt);
+}
+
+/// `conn`, connected, ends: both sides say end of stream.
+fn end(rt: &mut Runtime, conn: ConnId) {
+    for side in [Side::Client, Side::Upstream] {
+        rt.handle(Event::Eof { conn, side });
+    }
+    drain(rt);
+}
+
+#[test]
+fn a_direction_that_stays_bulk_may_hold_a_whole_pipe() {
+    let (mut rt, l) = open(MAPPED);
+    let conn = connected(&mut rt, l);
+    let small = rt.splice_pipe();
+    assert_eq!(small.limit, 64 * 1024);
+    splice(&mut rt, conn, Side::Upstream, SPLICE_GROW_AFTER - 1);
+    assert_eq!(rt.splice_pipe_for(conn, Side::Upstream), small, "not yet");
+    splice(&mut rt, conn, Side::Upstream, 1);
+    let grown = rt.splice_pipe_for(conn, Side::Upstream);
+    assert_eq!(
+        grown,
+        PipeSize {
+            size: SPLICE_PIPE_MIN,
+            limit: SPLICE_PIPE_MIN
+        },
+        "past {SPLICE_GROW_AFTER} bytes"
+    );
+    assert_eq!(
+        rt.splice_pipe_for(conn, Side::Client),
+        small,
+        "the other direction moved nothing"
+    );
+    // A buffer as big as the pipe has nothing to grow into.
+    let (mut rt, l) = open(&format!("[limits]\nbuffer = 1048576\n{MAPPED}"));
+    let conn = connected(&mut rt, l);
+    splice(&mut rt, conn, Side::Client, 4 * SPLICE_GROW_AFTER);
+    assert_eq!(rt.splice_pipe_for(conn, Side::Client), rt.splice_pipe());
+}
+
+/// What grown pipes hold beyond `buffer` comes out of the room of the
+/// connections not open: `max_connections × 2 × buffer` stays the bound.
+#[test]
+fn grown_pipes_keep_within_the_memory_bound() {
+    // 4 connections of 2 × 64 KiB: 512 KiB. A grown pipe holds 192 KiB
+    // more: with 3 connections open, 128 KiB of room is left, no growth;
+    // with 2, 256 KiB: one.
+    let text = format!("[limits]\nmax_connections = 4\n{MAPPED}");
+    let (mut rt, l) = open(&text);
+    let a = connected(&mut rt, l);
+    let b = rt
+        .accept(l, addr("127.0.0.1:40001"), None)
+        .expect("accepted");
+    drain(&mut rt);
+    up(&mut rt, b, "127.0.0.1:50001");
+    let c = rt
+        .accept(l, addr("127.0.0.1:40002"), None)
+        .expect("accepted");
+    drain(&mut rt);
+    splice(&mut rt, a, Side::Upstream, SPLICE_GROW_AFTER);
+    assert_eq!(
+        rt.splice_pipe_for(a, Side::Upstream).limit,
+        64 * 1024,
+        "three open: no room"
+    );
+    up(&mut rt, c, "127.0.0.1:50002");
+    end(&mut rt, c);
+    assert_eq!(rt.snapshot().connections.len(), 2, "c closed");
+    // Another bulk mebibyte asks again.
+    splice(&mut rt, a, Side::Upstream, SPLICE_GROW_AFTER);
+    assert_eq!(rt.splice_pipe_for(a, Side::Upstream).limit, SPLICE_PIPE_MIN);
+    splice(&mut rt, b, Side::Upstream, 2 * SPLICE_GROW_AFTER);
+    assert_eq!(
+        rt.splice_pipe_for(b, Side::Upstream).limit,
+        64 * 1024,
+        "room for one grown pipe only"
+    );
+    // A new connection takes the room back: the grown pipe is held to
+    // `buffer` again from its next pipe on.
+    let d = rt
+        .accept(l, addr("127.0.0.1:40003"), None)
+        .expect("accepted");
+    drain(&mut rt);
+    assert_eq!(rt.splice_pipe_for(a, Side::Upstream).limit, 64 * 1024);
+    up(&mut rt, d, "127.0.0.1:50003");
+    end(&mut rt, d);
+    assert_eq!(rt.splice_pipe_for(a, Side::Upstream).limit, SPLICE_PIPE_MIN);
+    // Closing the grown direction's connection gives its room to b.
+    end(&mut rt, a);
+    splice(&mut rt, b, Side::Upstream, SPLICE_GROW_AFTER);
+    assert_eq!(rt.splice_pipe_for(b, Side::Upstream).limit, SPLICE_PIPE_MIN);
 }
 
 /// A plain relay has no use for its upstream's local address (the runtime

@@ -36,8 +36,11 @@ pub struct Pipe {
     write: OwnedFd,
     /// Bytes spliced in and not yet out.
     len: usize,
-    /// What it may hold: the pipe's capacity, at most the core's limit.
+    /// What it may hold: the pipe's capacity, at most the core's limit
+    /// for the direction that took it.
     cap: usize,
+    /// The pipe's capacity (F_GETPIPE_SZ).
+    capacity: usize,
     /// What the core asked for.
     size: PipeSize,
     /// A splice in would have blocked while the pipe held bytes: its page
@@ -150,15 +153,22 @@ impl Pipes {
         Pipes::default()
     }
 
-    /// An empty pipe as the core asks (a reload may change that; the
-    /// spares of the old size are closed then).
+    /// An empty pipe as the core asks, holding at most `size.limit` (a
+    /// reload may change the pipes' size; the spares of the old size are
+    /// closed then).
     pub fn take(&mut self, size: PipeSize) -> io::Result<Pipe> {
-        if size != self.size {
+        if size.size != self.size.size {
             self.spare.clear();
             self.size = size;
         }
         match self.spare.pop() {
-            Some(p) => Ok(p),
+            Some(mut p) => {
+                // Spares are all of one size; what one may hold is the
+                // taker's.
+                p.size = size;
+                p.cap = p.capacity.min(size.limit.max(1));
+                Ok(p)
+            }
             None => new_pipe(size),
         }
     }
@@ -166,7 +176,11 @@ impl Pipes {
     /// Takes back a pipe a direction no longer needs; one that still holds
     /// bytes (of a connection that ended) is closed with them.
     pub fn give(&mut self, pipe: Pipe) {
-        if pipe.len == 0 && !pipe.full && self.spare.len() < SPARE && pipe.size == self.size {
+        if pipe.len == 0
+            && !pipe.full
+            && self.spare.len() < SPARE
+            && pipe.size.size == self.size.size
+        {
             self.spare.push(pipe);
         }
     }
@@ -198,6 +212,7 @@ fn new_pipe(size: PipeSize) -> io::Result<Pipe> {
         write,
         len: 0,
         cap: (cap as usize).min(size.limit.max(1)),
+        capacity: cap as usize,
         size,
         full: false,
     })
@@ -306,6 +321,32 @@ pub(crate) mod tests {
         let p = pipes.take(ps(128 * 1024)).expect("a pipe");
         assert!(pipes.spare.is_empty(), "a new size drops the spares");
         assert!(p.cap >= 128 * 1024 || p.cap >= 4096, "capacity {}", p.cap);
+    }
+
+    #[test]
+    fn a_spare_holds_what_its_taker_may() {
+        let mut pipes = Pipes::new();
+        let small = PipeSize {
+            size: 256 * 1024,
+            limit: 64 * 1024,
+        };
+        let grown = PipeSize {
+            size: 256 * 1024,
+            limit: 256 * 1024,
+        };
+        let p = pipes.take(small).expect("a pipe");
+        assert!(p.cap <= 64 * 1024, "capacity {}", p.cap);
+        pipes.give(p);
+        let p = pipes.take(grown).expect("a pipe");
+        assert!(pipes.spare.is_empty(), "the spare was taken, not dropped");
+        assert_eq!(p.cap, p.capacity.min(256 * 1024));
+        pipes.give(p);
+        let p = pipes.take(small).expect("a pipe");
+        assert!(
+            p.cap <= 64 * 1024,
+            "a spare of a grown direction: {}",
+            p.cap
+        );
     }
 
     #[test]

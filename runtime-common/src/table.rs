@@ -351,6 +351,13 @@ impl Table {
         self.proxy.splice_pipe()
     }
 
+    /// The pipe the direction from `from` of `conn` goes through now (it
+    /// may hold more once the core lets it grow).
+    #[inline]
+    pub fn splice_pipe_for(&self, conn: ConnId, from: Side) -> PipeSize {
+        self.proxy.splice_pipe_for(conn, from)
+    }
+
     /// Connect attempt `attempt` of `conn` connected on `socket`: tells
     /// the core, with the socket's local address only where the core uses
     /// it (SOCKS, FTP), sparing a getsockname elsewhere.

@@ -911,7 +911,9 @@ impl Loop {
             // Refused and logged by the core: dropping closes it.
             return;
         };
-        let _ = stream.set_nodelay(true);
+        if net::accepted_nodelay() {
+            let _ = stream.set_nodelay(true);
+        }
         let both = Interest::READABLE | Interest::WRITABLE;
         let token = Token(conn.index() * 2);
         if let Err(e) = self.poll.registry().register(&mut stream, token, both) {
@@ -1096,12 +1098,14 @@ impl Loop {
     /// Splices what `side` has into its direction's pipe (the core said the
     /// direction is a pure relay).
     fn splice_in(&mut self, conn: ConnId, side: Side) {
-        let size = self.table.splice_pipe();
         let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
         let pipes = &mut self.pipes;
-        let filled = c.pair.splice_in(side, || pipes.take(size));
+        let table = &self.table;
+        let filled = c
+            .pair
+            .splice_in(side, || pipes.take(table.splice_pipe_for(conn, side)));
         let s = &mut c.sock[side.index()];
         let ev = match filled {
             // Nothing to tell yet; a short splice says nothing about the

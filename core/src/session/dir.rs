@@ -31,6 +31,10 @@ pub struct Dir {
     pub shut: bool,
     /// The last read moved a bulk amount: worth splicing.
     pub bulk: bool,
+    /// A spliced direction that stayed bulk: its pipe may hold
+    /// [`crate::table::SPLICE_PIPE_MIN`] bytes rather than `limits.buffer`
+    /// (counted in the ledger's `grown_pipes` until the session closes).
+    pub grown: bool,
     /// Bytes written to the sink.
     pub bytes: u64,
 }

@@ -685,7 +685,12 @@ impl Session {
         let n = n.min(crate::table::SPLICED_MAX);
         self.count_quota(n, cx);
         let d = self.source_mut(from);
+        let before = d.bytes;
         d.bytes = d.bytes.saturating_add(n as u64);
+        let step = crate::table::SPLICE_GROW_AFTER;
+        if !d.grown && d.bytes / step != before / step {
+            d.grown = grow_pipe(cx);
+        }
         self.moved(cx);
     }
 
@@ -1022,6 +1027,8 @@ impl Session {
         self.down.release(&mut cx.pool);
         let mut counts = cx.ledger.lock();
         counts.sessions -= 1;
+        let grown = usize::from(self.up.grown) + usize::from(self.down.grown);
+        counts.grown_pipes = counts.grown_pipes.saturating_sub(grown);
         if self.refusal.is_some() {
             counts.refusing -= 1;
         } else {
@@ -1134,6 +1141,37 @@ impl Session {
             via: if x.routed { self.via_name() } else { None },
         }
     }
+}
+
+/// One more spliced direction may hold a grown pipe (see
+/// [`crate::table::SPLICE_GROW_AFTER`]): counted, if the memory bound
+/// allows it now (see [`grown_room`]).
+fn grow_pipe(cx: &mut Context) -> bool {
+    let limits = &cx.config.limits;
+    let mut counts = cx.ledger.lock();
+    let ok = grown_room(limits, &counts, counts.grown_pipes + 1);
+    if ok {
+        counts.grown_pipes += 1;
+    }
+    ok
+}
+
+/// Whether `grown` pipes holding [`crate::table::SPLICE_PIPE_MIN`] bytes
+/// each keep memory under `max_connections × 2 × buffer`: what they hold
+/// beyond `buffer` must fit in the room of the connections not open. False
+/// where `buffer` is that much already (nothing to grow).
+pub(crate) fn grown_room(
+    limits: &crate::config::Limits,
+    counts: &crate::ledger::Counts,
+    grown: usize,
+) -> bool {
+    let buffer = limits.buffer as u64;
+    let extra = (crate::table::SPLICE_PIPE_MIN as u64).saturating_sub(buffer);
+    if extra == 0 {
+        return false;
+    }
+    let free = u64::from(limits.max_connections).saturating_sub(counts.sessions as u64);
+    (grown as u64).saturating_mul(extra) <= free.saturating_mul(2).saturating_mul(buffer)
 }
 
 #[cfg(test)]

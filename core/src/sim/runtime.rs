@@ -360,6 +360,10 @@ impl Runtime {
         self.proxy.splice_pipe()
     }
 
+    pub fn splice_pipe_for(&self, conn: ConnId, from: Side) -> PipeSize {
+        self.proxy.splice_pipe_for(conn, from)
+    }
+
     pub fn wants_local(&self, conn: ConnId) -> bool {
         self.proxy.wants_local(conn)
     }

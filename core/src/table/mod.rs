@@ -60,6 +60,11 @@ pub const SPLICE_PIPE_MIN: usize = 256 * 1024;
 /// request, a short reply) cost a syscall or two more through a pipe than
 /// through the buffer, so they are not spliced.
 pub const SPLICE_BULK: usize = 16 * 1024;
+/// A spliced direction that has carried this much stays bulk: its pipe
+/// may then hold up to [`SPLICE_PIPE_MIN`] bytes (more bytes per splice(2),
+/// fewer wake-ups of both peers) where `limits.buffer` is less, as long as
+/// the memory bound holds (see [`Proxy::splice_pipe_for`]).
+pub const SPLICE_GROW_AFTER: u64 = 1 << 20;
 /// The most bytes one [`Event::Spliced`] counts (a runtime reports each
 /// splice(2) on its own, far less than this; the bound keeps the counters
 /// of a confused runtime from overflowing).
@@ -472,6 +477,23 @@ impl Proxy {
             size: limit.max(SPLICE_PIPE_MIN),
             limit,
         }
+    }
+
+    /// The pipe the direction from `from` goes through now: as
+    /// [`Proxy::splice_pipe`], holding up to [`SPLICE_PIPE_MIN`] bytes once
+    /// the core has let it grow (see [`Session::on_spliced`]).
+    /// While connections fill the room grown pipes took, each is held to
+    /// `limits.buffer` again from its next pipe on.
+    pub fn splice_pipe_for(&self, conn: ConnId, from: Side) -> PipeSize {
+        let mut p = self.splice_pipe();
+        if self.session(conn).is_some_and(|s| s.source(from).grown) {
+            let limits = &self.cx.config.limits;
+            let counts = self.cx.ledger.lock();
+            if crate::session::grown_room(limits, &counts, counts.grown_pipes) {
+                p.limit = p.limit.max(SPLICE_PIPE_MIN);
+            }
+        }
+        p
     }
 
     /// Where the runtime reads `side`'s next bytes to: free space in the
