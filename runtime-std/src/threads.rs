@@ -18,11 +18,9 @@
 //! thread that owns the sockets it names (a channel plus a wake-up of that
 //! thread); log lines are written by whoever drains them. Sockets are
 //! non-blocking: a connection's thread holds the lock only for one read
-//! that cannot block, and a write copies what the core has out under the
-//! lock and sends it without (`write_staged`), so a stalled peer stalls
-//! nobody else and a send's cost is not paid by every thread waiting for
-//! the lock. What the core asks of a new connection at once (a mapped
-//! port's connect) its thread carries out first thing.
+//! or write that cannot block, so a stalled peer stalls nobody else.
+//! What the core asks of a new connection at once (a mapped port's
+//! connect) its thread carries out first thing.
 //!
 //! Connects are non-blocking and waited for on the connection's thread,
 //! so several attempts of one connection race there at once (Happy
@@ -38,7 +36,7 @@
 //! the next one.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::thread::JoinHandleExt;
@@ -64,9 +62,6 @@ use crate::wait::{self, Waker};
 const ACCEPTS_PER_TURN: usize = 64;
 /// Reads or writes in a row on one socket before the lock is let go.
 const OPS_PER_TURN: usize = 16;
-/// What a connection thread copies out of the core to send without the
-/// lock, at most (a request or a reply; bulk goes by splice).
-const STAGE: usize = 4096;
 
 struct Route {
     id: ConnId,
@@ -716,8 +711,7 @@ fn ready((pfd, _): &(libc::pollfd, usize)) -> Ready {
     let trouble = got & (libc::POLLERR | libc::POLLHUP) != 0;
     Ready {
         readable: asked & libc::POLLIN != 0
-            && got & (libc::POLLIN | libc::POLLPRI | libc::POLLRDHUP) != 0
-            || asked & libc::POLLIN != 0 && trouble,
+            && (got & (libc::POLLIN | libc::POLLPRI | libc::POLLRDHUP) != 0 || trouble),
         writable: asked & libc::POLLOUT != 0 && (got & libc::POLLOUT != 0 || trouble),
         clean: got & libc::POLLOUT != 0 && !trouble,
     }
@@ -1111,33 +1105,6 @@ impl ConnThread {
         }
     }
 
-    /// Writes what the core has for `side`: the event to tell the core
-    /// (none when the socket took nothing, or the core had nothing). Up
-    /// to [`STAGE`] bytes are copied out under the lock and sent after it
-    /// is let go: a send on loopback carries the bytes through the
-    /// receiver's stack too, and every other connection would wait for
-    /// it. More than that is sent under the lock, in one call. Out of
-    /// line, so that the copy's stack is the one the core's calls use
-    /// anyway.
-    #[inline(never)]
-    fn write_staged(&self, side: Side) -> Option<Event> {
-        let conn = self.pair.id;
-        let mut stage = [0u8; STAGE];
-        let n = {
-            let mut core = lock(&self.shared);
-            match core.table.write(conn, side, &mut stage[..])? {
-                (_, want) if want > STAGE => {
-                    return self.pair.write(&mut core.table, side)?.0;
-                }
-                (Ok(n), _) => n,
-                (Err(_), _) => return None,
-            }
-        };
-        let mut s = self.pair.stream(side)?;
-        let r = net::retry(|| s.write(&stage[..n]));
-        net::write_event(conn, side, r)
-    }
-
     /// Connect attempt `attempt` could not even start.
     fn connect_failed(&mut self, attempt: u32, error: IoKind, mine: &mut Vec<ConnCmd>) {
         let conn = self.pair.id;
@@ -1207,9 +1174,9 @@ impl ConnThread {
                 }
             }
             if self.want[side.index()].1 {
-                if let Some(ev) = self.write_staged(side) {
+                let mut core = lock(&self.shared);
+                if let Some((Some(ev), _)) = self.pair.write(&mut core.table, side) {
                     did = true;
-                    let mut core = lock(&self.shared);
                     core.table.handle(ev, Instant::now());
                     core.drain(&self.shared, Some(conn), mine);
                     // The core's buffer may have drained: a splice may
