@@ -6,6 +6,7 @@
 //! waiting: threads, each blocked on its own sockets.
 
 mod threads;
+mod wait;
 
 fn main() {
     std::process::exit(portico_runtime::Process::main(

@@ -7,18 +7,24 @@
 //! root is given up (`[process] user`) right then, so that every thread
 //! (capabilities are per thread) starts with only the capability kept.
 //!
+//! A connection's thread is taken from a pool of parked ones (a new one
+//! only when none is parked) and goes back there when its connection
+//! ends: no thread is started per connection once the pool holds enough.
+//! It waits with ppoll(2) on its own sockets, so that a connection costs
+//! no descriptor beyond its sockets, and is woken by a signal to it alone
+//! (see `wait`).
+//!
 //! Whoever holds the lock drains the core's actions and routes each to the
 //! thread that owns the sockets it names (a channel plus a wake-up of that
-//! thread's poller); log lines are written by whoever drains them. Sockets
-//! are non-blocking: a connection's thread holds the lock only for one read
-//! or write that cannot block, so a stalled peer stalls nobody else. The
-//! acceptor carries out what the core asks of a new connection at once
-//! (a mapped port's connect) before that connection's thread starts, as
-//! `portico` does within its accept.
+//! thread); log lines are written by whoever drains them. Sockets are
+//! non-blocking: a connection's thread holds the lock only for one read
+//! or write that cannot block, so a stalled peer stalls nobody else.
+//! What the core asks of a new connection at once (a mapped port's
+//! connect) its thread carries out first thing.
 //!
-//! Connects are non-blocking and waited for on the connection's poller, so
-//! several attempts of one connection race there at once (Happy Eyeballs:
-//! the core says when each starts, under a poller key of its own, and
+//! Connects are non-blocking and waited for on the connection's thread,
+//! so several attempts of one connection race there at once (Happy
+//! Eyeballs: the core says when each starts, under a key of its own, and
 //! which one wins).
 //!
 //! A direction the core calls a pure relay moves through a pipe with
@@ -32,6 +38,8 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::os::unix::thread::JoinHandleExt;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -49,6 +57,8 @@ use portico_runtime::{
     EXIT_OK,
 };
 
+use crate::wait::{self, Waker};
+
 /// Accepts one listener may do before the others get a turn.
 const ACCEPTS_PER_TURN: usize = 64;
 /// Reads or writes in a row on one socket before the lock is let go.
@@ -57,7 +67,7 @@ const OPS_PER_TURN: usize = 16;
 struct Route {
     id: ConnId,
     tx: Sender<ConnCmd>,
-    poller: Arc<Poller>,
+    waker: Arc<Waker>,
 }
 
 struct Core {
@@ -86,6 +96,9 @@ struct Shared {
     /// The `[auth] helper` processes: a connection's thread waits for its
     /// answer there, without the core's lock.
     helpers: Arc<Helpers>,
+    /// Connection threads parked between connections (a lock of its own:
+    /// taken when a connection starts and when one ends).
+    parked: Mutex<Vec<Arc<Hand>>>,
 }
 
 fn lock(shared: &Shared) -> MutexGuard<'_, Core> {
@@ -156,7 +169,7 @@ impl Core {
             }
             // A thread that has gone away has nothing left to be told.
             let _ = route.tx.send(cmd);
-            let _ = route.poller.notify();
+            route.waker.wake();
             if closing {
                 self.routes.remove(&conn.index());
             }
@@ -255,6 +268,7 @@ pub fn run(plan: Plan) -> Result<i32, String> {
         pipes: Mutex::new(Pipes::new()),
         checkers,
         helpers: Helpers::new(),
+        parked: Mutex::new(Vec::new()),
     });
 
     let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
@@ -295,6 +309,7 @@ pub fn run(plan: Plan) -> Result<i32, String> {
         "udp",
         Box::new(move || udp_thread(&sh, udp_poller, udp_rx, udp)),
     )?;
+    wait::install().map_err(|e| format!("cannot set up the wake signal: {e}"))?;
     let sh = shared.clone();
     spawn(
         "acceptor",
@@ -415,6 +430,9 @@ fn acceptor(
     poller: Arc<Poller>,
     rx: Receiver<ListenCmd>,
 ) {
+    // The connection threads start from here: with the wake signal
+    // blocked from their first instruction.
+    wait::block();
     let mut listeners: Slots<ListenerId, Lst> = Slots::default();
     // SAFETY (each `add`): every listener is deleted from the poller before
     // it is dropped (replaced here, or closed by ListenCmd::Close).
@@ -499,6 +517,119 @@ fn acceptor(
     }
 }
 
+/// The stack of a connection's thread. Only the pages a thread has used
+/// take memory; this bounds how deep the core may go (a TLS handshake is
+/// the deepest).
+const STACK: usize = 256 * 1024;
+
+/// One connection thread, as the acceptor hands it a connection: parked
+/// in `Shared::parked` between connections.
+struct Hand {
+    job: Mutex<Option<Job>>,
+    ready: Condvar,
+    /// Where the core's commands for its connection go, and how it is
+    /// woken to read them.
+    tx: Sender<ConnCmd>,
+    waker: Arc<Waker>,
+}
+
+/// A connection for a thread: its id and socket, and the commands its
+/// accept brought.
+struct Job {
+    conn: ConnId,
+    stream: TcpStream,
+    first: Vec<ConnCmd>,
+}
+
+impl Hand {
+    fn give(&self, job: Job) {
+        *self.job.lock().unwrap_or_else(|p| p.into_inner()) = Some(job);
+        self.ready.notify_one();
+    }
+
+    fn take(&self) -> Job {
+        let mut slot = self.job.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(job) = slot.take() {
+                return job;
+            }
+            slot = self.ready.wait(slot).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// A parked connection thread, or a new one. Threads are never ended:
+/// a waker must find its thread alive, and a thread that served once
+/// will likely serve again.
+fn hand(shared: &Arc<Shared>) -> std::io::Result<Arc<Hand>> {
+    let parked = shared
+        .parked
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .pop();
+    if let Some(h) = parked {
+        return Ok(h);
+    }
+    let (tx, rx) = channel();
+    let hand = Arc::new(Hand {
+        job: Mutex::new(None),
+        ready: Condvar::new(),
+        tx,
+        waker: Arc::new(Waker::new()),
+    });
+    let (sh, h) = (shared.clone(), hand.clone());
+    let thread = std::thread::Builder::new()
+        .name("conn".into())
+        .stack_size(STACK)
+        .spawn(move || serve(&sh, &h, rx))?;
+    hand.waker.set_thread(thread.as_pthread_t());
+    Ok(hand)
+}
+
+/// A connection thread's life: a connection, then parked until the next.
+fn serve(shared: &Arc<Shared>, hand: &Arc<Hand>, mut rx: Receiver<ConnCmd>) {
+    let mask = wait::block();
+    loop {
+        let Job {
+            conn,
+            stream,
+            first,
+        } = hand.take();
+        let mut c = ConnThread {
+            shared: shared.clone(),
+            waker: hand.waker.clone(),
+            mask,
+            rx,
+            pair: Pair::new(conn, stream),
+            want: [(false, false); 2],
+            closed: false,
+            splice_ok: [false; 2],
+            pipe_size: PipeSize::default(),
+            bind: None,
+            fds: Vec::new(),
+        };
+        if let Some(rest) = c.start(first) {
+            c.run(rest);
+        }
+        rx = c.rx;
+        // No command can come for this connection any more once its route
+        // is gone (the core's Close took it, unless the thread ended
+        // first); what came before is for nobody now.
+        {
+            let mut core = lock(shared);
+            if core.routes.get(&conn.index()).is_some_and(|r| r.id == conn) {
+                core.routes.remove(&conn.index());
+            }
+        }
+        while rx.try_recv().is_ok() {}
+        shared
+            .parked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(hand.clone());
+    }
+}
+
 fn accepted(
     shared: &Arc<Shared>,
     listener: ListenerId,
@@ -506,11 +637,11 @@ fn accepted(
     peer: SocketAddr,
     how: Option<Intercept>,
 ) {
-    let poller = match Poller::new() {
-        Ok(p) => Arc::new(p),
+    let hand = match hand(shared) {
+        Ok(h) => h,
         Err(e) => {
-            // Out of descriptors, most likely: the core pauses accepting
-            // and says so once.
+            // Out of threads or memory: the core pauses accepting and
+            // says so once.
             drop(stream);
             let ev = Event::AcceptFailed {
                 listener,
@@ -529,53 +660,40 @@ fn accepted(
         .accept(listener, peer, local, original, Instant::now())
     else {
         core.drain(shared, None, &mut Vec::new());
+        drop(core);
+        shared
+            .parked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(hand);
         return;
     };
     let _ = stream.set_nonblocking(true);
     let _ = stream.set_nodelay(true);
-    let (tx, rx) = channel();
     core.routes.insert(
         conn.index(),
         Route {
             id: conn,
-            tx,
-            poller: poller.clone(),
+            tx: hand.tx.clone(),
+            waker: hand.waker.clone(),
         },
     );
     // The new connection's first commands come back here, for its thread.
     let mut first = Vec::new();
     core.drain(shared, Some(conn), &mut first);
     drop(core);
-    let mut c = ConnThread {
-        shared: shared.clone(),
-        poller,
-        rx,
-        pair: Pair::new(conn, stream),
-        want: [(false, false); 2],
-        closed: false,
-        splice_ok: [false; 2],
-        pipe_size: PipeSize::default(),
-        armed: [None; 2],
-        bind: None,
-    };
-    let spawned = std::thread::Builder::new()
-        .name(format!("conn-{conn}"))
-        .stack_size(256 * 1024)
-        .spawn(move || {
-            if let Some(rest) = c.start(first) {
-                c.run(rest);
-            }
-        });
-    if let Err(e) = spawned {
-        let (side, error) = (Side::Client, IoKind::from_io(&e));
-        let ev = Event::IoError { conn, side, error };
-        shared.tell(|core| core.table.handle(ev, Instant::now()));
-    }
+    hand.give(Job {
+        conn,
+        stream,
+        first,
+    });
 }
 
 struct ConnThread {
     shared: Arc<Shared>,
-    poller: Arc<Poller>,
+    waker: Arc<Waker>,
+    /// The signal mask this thread waits with (the wake signal let in).
+    mask: libc::sigset_t,
     rx: Receiver<ConnCmd>,
     pair: Pair<TcpStream>,
     /// The core's last interest per side: (read, write).
@@ -586,40 +704,69 @@ struct ConnThread {
     splice_ok: [bool; 2],
     /// The size new pipes are made (as the core says).
     pipe_size: PipeSize,
-    /// What each socket is armed for in the (oneshot) poller: `None` once
-    /// an event for it fired, which disarms it. `arm` asks the poller only
-    /// where this differs from what is wanted.
-    armed: [Option<(bool, bool)>; 2],
     /// A SOCKS BIND's listener, and the connection it holds until the core
     /// says what becomes of it.
     bind: Option<(std::net::TcpListener, Option<TcpStream>)>,
+    /// What the next wait polls, each with its key (kept between waits:
+    /// no allocation per wait).
+    fds: Vec<(libc::pollfd, usize)>,
 }
 
-/// Poller keys (and per-side indices) of a connection's two sockets.
+/// Keys (and per-side indices) of a connection's two sockets.
 const CLIENT: usize = 0;
 const UPSTREAM: usize = 1;
-/// Poller key of a SOCKS BIND's listener.
+/// Key of a SOCKS BIND's listener.
 const BIND: usize = 2;
-/// Poller keys of connect attempts racing the upstream one (Happy
-/// Eyeballs): `RACING + attempt`.
+/// Keys of connect attempts racing the upstream one (Happy Eyeballs):
+/// `RACING + attempt`.
 const RACING: usize = 3;
 
+/// What a socket's wait came to.
+struct Ready {
+    readable: bool,
+    writable: bool,
+    /// Writable with neither error nor hang-up (a connect's success).
+    clean: bool,
+}
+
+fn ready((pfd, _): &(libc::pollfd, usize)) -> Ready {
+    let (asked, got) = (pfd.events, pfd.revents);
+    let trouble = got & (libc::POLLERR | libc::POLLHUP) != 0;
+    Ready {
+        readable: asked & libc::POLLIN != 0
+            && (got & (libc::POLLIN | libc::POLLPRI | libc::POLLRDHUP) != 0 || trouble),
+        writable: asked & libc::POLLOUT != 0 && (got & libc::POLLOUT != 0 || trouble),
+        clean: got & libc::POLLOUT != 0 && !trouble,
+    }
+}
+
+fn pollfd(fd: &impl AsRawFd, (read, write): (bool, bool), key: usize) -> (libc::pollfd, usize) {
+    let mut events = 0;
+    if read {
+        events |= libc::POLLIN;
+    }
+    if write {
+        events |= libc::POLLOUT;
+    }
+    let fd = fd.as_raw_fd();
+    let pfd = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    (pfd, key)
+}
+
 impl ConnThread {
-    /// First thing on the connection's thread: registers the client
-    /// socket and carries out the commands the accept brought, up to the
-    /// first that may block (a name to resolve, a password to check), which `run` goes on
-    /// with. The commands left, or `None` when the connection is closed
-    /// already. (On the acceptor instead, this work would cost every new
-    /// connection a wait behind the others'; a backlog that cannot be
-    /// served for want of descriptors is worked off at once anyway, since
-    /// the core resumes accepting as soon as a connection ends.)
+    /// First thing on the connection's thread: carries out the commands
+    /// the accept brought, up to the first that may block (a name to
+    /// resolve, a password to check), which `run` goes on with. The
+    /// commands left, or `None` when the connection is closed already. (On
+    /// the acceptor instead, this work would cost every new connection a
+    /// wait behind the others'; a backlog that cannot be served for want
+    /// of descriptors is worked off at once anyway, since the core resumes
+    /// accepting as soon as a connection ends.)
     fn start(&mut self, first: Vec<ConnCmd>) -> Option<Vec<ConnCmd>> {
-        // SAFETY: the client socket is deleted from the poller before it is
-        // dropped (`finish`).
-        if unsafe { self.poller.add(&self.pair.client, PEvent::none(CLIENT)) }.is_err() {
-            self.fail(Side::Client, IoKind::Other);
-        }
-        self.armed[CLIENT] = Some((false, false));
         let mut todo = std::collections::VecDeque::from(first);
         while !self.closed {
             match todo.pop_front() {
@@ -647,8 +794,9 @@ impl ConnThread {
     }
 
     fn run(&mut self, mut mine: Vec<ConnCmd>) {
-        let mut events = Events::new();
         loop {
+            // Cleared before looking: a wake from here on ends the wait.
+            self.waker.clear();
             while let Ok(cmd) = self.rx.try_recv() {
                 self.apply(cmd, &mut mine);
             }
@@ -661,12 +809,23 @@ impl ConnThread {
                 break;
             }
             self.release_pipes(false);
-            self.arm();
-            events.clear();
-            if self.poller.wait(&mut events, None).is_err() {
-                continue;
+            self.poll_set();
+            let mut fds: Vec<libc::pollfd> = self.fds.iter().map(|(p, _)| *p).collect();
+            match wait::poll(&mut fds, &self.mask) {
+                Ok(n) if n > 0 => {}
+                // Woken (or nothing ready): back to the commands.
+                _ => continue,
             }
-            for ev in events.iter() {
+            for (slot, pfd) in self.fds.iter_mut().zip(&fds) {
+                slot.0.revents = pfd.revents;
+            }
+            let fired: Vec<(Ready, usize)> = self
+                .fds
+                .iter()
+                .filter(|(p, _)| p.revents != 0)
+                .map(|f| (ready(f), f.1))
+                .collect();
+            for (ev, key) in fired {
                 // What the core asked meanwhile first (an attempt that lost
                 // the race goes before its own news is read).
                 for cmd in std::mem::take(&mut mine) {
@@ -675,28 +834,23 @@ impl ConnThread {
                 if self.closed {
                     break;
                 }
-                if ev.key == BIND {
+                if key == BIND {
                     self.bind_accept(&mut mine);
                     continue;
                 }
-                if let Some(a) = self.armed.get_mut(ev.key) {
-                    *a = None;
-                }
-                if ev.key >= RACING {
-                    let clean = ev.writable && ev.is_err() == Some(false) && !ev.is_interrupt();
-                    let attempt = u32::try_from(ev.key - RACING).unwrap_or(u32::MAX);
-                    self.finish_racing(attempt, clean, &mut mine);
+                if key >= RACING {
+                    let attempt = u32::try_from(key - RACING).unwrap_or(u32::MAX);
+                    self.finish_racing(attempt, ev.clean, &mut mine);
                     continue;
                 }
-                let side = if ev.key == CLIENT {
+                let side = if key == CLIENT {
                     Side::Client
                 } else {
                     Side::Upstream
                 };
                 if side == Side::Upstream && self.pair.connecting {
                     // See `net::connect_outcome` for what a clean event says.
-                    let clean = ev.writable && ev.is_err() == Some(false) && !ev.is_interrupt();
-                    self.finish_connect(clean, &mut mine);
+                    self.finish_connect(ev.clean, &mut mine);
                     continue;
                 }
                 if ev.readable || ev.writable {
@@ -705,6 +859,35 @@ impl ConnThread {
             }
         }
         self.finish();
+    }
+
+    /// What the next wait is for: each socket as the core wants it now
+    /// (one wanted for nothing is left out, lest its hang-up wake the
+    /// thread for nothing again and again).
+    fn poll_set(&mut self) {
+        let mut fds = std::mem::take(&mut self.fds);
+        fds.clear();
+        let want = self.wants(Side::Client);
+        if want != (false, false) {
+            fds.push(pollfd(&self.pair.client, want, CLIENT));
+        }
+        if let Some(u) = &self.pair.upstream {
+            let want = if self.pair.connecting {
+                (false, true)
+            } else {
+                self.wants(Side::Upstream)
+            };
+            if want != (false, false) {
+                fds.push(pollfd(u, want, UPSTREAM));
+            }
+        }
+        if let Some((l, None)) = &self.bind {
+            fds.push(pollfd(l, (true, false), BIND));
+        }
+        for (n, r) in &self.pair.racing {
+            fds.push(pollfd(r, (false, true), RACING + *n as usize));
+        }
+        self.fds = fds;
     }
 
     /// The BIND listener accepted: the connection is held and told to the
@@ -716,41 +899,26 @@ impl ConnThread {
         if held.is_some() {
             return;
         }
-        match l.accept() {
-            Ok((s, peer)) => {
-                if net::bind_accepted(&s).is_err() {
-                    let _ = self.poller.modify(&*l, PEvent::readable(BIND));
-                    return;
-                }
-                *held = Some(s);
-                let conn = self.pair.id;
-                self.event(Event::BindAccepted { conn, peer }, mine);
+        // A failed accept: waited for again, for the next one.
+        if let Ok((s, peer)) = l.accept() {
+            if net::bind_accepted(&s).is_err() {
+                return;
             }
-            // Oneshot: armed again for the next one.
-            Err(_) => {
-                let _ = self.poller.modify(&*l, PEvent::readable(BIND));
-            }
+            *held = Some(s);
+            let conn = self.pair.id;
+            self.event(Event::BindAccepted { conn, peer }, mine);
         }
     }
 
     /// Lets go of the BIND listener and any connection it holds.
     fn bind_close(&mut self) {
-        if let Some((l, _)) = self.bind.take() {
-            let _ = self.poller.delete(&l);
-        }
+        self.bind = None;
     }
 
-    /// The connection is over: its sockets leave the poller (and close as
-    /// they drop), its pipes go back or close.
+    /// The connection is over: its pipes go back or close (its sockets
+    /// close as the thread lets go of them).
     fn finish(&mut self) {
         self.bind_close();
-        let _ = self.poller.delete(&self.pair.client);
-        if let Some(u) = &self.pair.upstream {
-            let _ = self.poller.delete(u);
-        }
-        for (_, r) in self.pair.take_racing() {
-            let _ = self.poller.delete(&r);
-        }
         self.release_pipes(true);
     }
 
@@ -774,39 +942,11 @@ impl ConnThread {
         dirs.wants(side, self.want[i].0, self.want[i].1, || self.splice_ok[i])
     }
 
-    /// Tells the poller what to wait for: it is oneshot, so a socket whose
-    /// event fired is armed again, and one still armed only if what is
-    /// wanted changed.
-    fn arm(&mut self) {
-        let want = self.wants(Side::Client);
-        if self.armed[CLIENT] != Some(want) {
-            let _ = self
-                .poller
-                .modify(&self.pair.client, interest(CLIENT, want));
-            self.armed[CLIENT] = Some(want);
-        }
-        if let Some(u) = &self.pair.upstream {
-            let want = if self.pair.connecting {
-                (false, true)
-            } else {
-                self.wants(Side::Upstream)
-            };
-            if self.armed[UPSTREAM] != Some(want) {
-                let _ = self.poller.modify(u, interest(UPSTREAM, want));
-                self.armed[UPSTREAM] = Some(want);
-            }
-        }
-    }
-
     /// Lets go of the upstream socket (and what was on its way to or from
     /// it).
     fn drop_upstream(&mut self) {
         let shared = &self.shared;
-        let old = self.pair.close_upstream(|p| shared.give(p));
-        if let Some(old) = old {
-            let _ = self.poller.delete(&old);
-        }
-        self.armed[UPSTREAM] = None;
+        drop(self.pair.close_upstream(|p| shared.give(p)));
     }
 
     /// Lets go of connect attempt `attempt`'s socket, wherever it is.
@@ -814,8 +954,8 @@ impl ConnThread {
         if self.pair.upstream.is_some() && self.pair.attempt == attempt {
             self.drop_upstream();
             self.splice_ok = [false; 2];
-        } else if let Some(old) = self.pair.abandon(attempt, |_| {}) {
-            let _ = self.poller.delete(&old);
+        } else {
+            drop(self.pair.abandon(attempt, |_| {}));
         }
     }
 
@@ -825,13 +965,8 @@ impl ConnThread {
         let conn = self.pair.id;
         match self.pair.racer_outcome(attempt, clean) {
             None => {}
-            Some(Connecting::Pending) => {
-                // Oneshot: armed again for the connect's outcome.
-                if let Some(r) = self.pair.racer(attempt) {
-                    let key = RACING + attempt as usize;
-                    let _ = self.poller.modify(r, PEvent::writable(key));
-                }
-            }
+            // Waited for again: the next wait polls every racer.
+            Some(Connecting::Pending) => {}
             Some(Connecting::Failed(error)) => {
                 self.drop_attempt(attempt);
                 let ev = Event::ConnectFailed {
@@ -842,19 +977,10 @@ impl ConnThread {
                 self.event(ev, mine);
             }
             Some(Connecting::Done) => {
-                let Some(displaced) = self.pair.adopt(attempt) else {
+                // The winner answers to the upstream key from the next
+                // wait on, and the attempt it displaced to its own.
+                if self.pair.adopt(attempt).is_none() {
                     return;
-                };
-                // The winner answers to the upstream key now, and the
-                // attempt it displaced to its own.
-                if let Some(u) = &self.pair.upstream {
-                    let _ = self.poller.modify(u, PEvent::none(UPSTREAM));
-                }
-                self.armed[UPSTREAM] = Some((false, false));
-                if let Some(n) = displaced {
-                    if let Some(r) = self.pair.racer(n) {
-                        let _ = self.poller.modify(r, PEvent::writable(RACING + n as usize));
-                    }
                 }
                 self.splice_ok = [false; 2];
                 let mut core = lock(&self.shared);
@@ -901,35 +1027,19 @@ impl ConnThread {
             } => match net::tcp_connect(addr, bind) {
                 Ok(u) if self.pair.connecting && self.pair.upstream.is_some() => {
                     // Beside the attempt still connecting: a race, under a
-                    // key of its own. SAFETY: deleted from the poller
-                    // before it is dropped (`drop_attempt`, `finish`).
-                    let key = RACING + attempt as usize;
-                    if unsafe { self.poller.add(&u, PEvent::writable(key)) }.is_err() {
-                        self.connect_failed(attempt, IoKind::Other, mine);
-                        return;
-                    }
+                    // key of its own.
                     self.pair.connect_started(attempt, u, |_| {});
                 }
                 Ok(u) => {
                     // A previous upstream socket (if any) closes here.
                     self.drop_upstream();
                     self.splice_ok = [false; 2];
-                    // SAFETY: deleted from the poller before it is dropped
-                    // (`drop_upstream`, or the end of `run`).
-                    if unsafe { self.poller.add(&u, PEvent::writable(UPSTREAM)) }.is_err() {
-                        self.connect_failed(attempt, IoKind::Other, mine);
-                        return;
-                    }
-                    self.armed[UPSTREAM] = Some((false, true));
                     self.pair.connect_started(attempt, u, |_| {});
                 }
                 Err(e) => self.connect_failed(attempt, IoKind::from_io(&e), mine),
             },
             ConnCmd::BindListen { toward, bind } => {
                 let opened = net::bind_listener(toward, bind).and_then(|l| {
-                    // SAFETY: deleted from the poller before it is dropped
-                    // (`bind_close`, which `finish` calls too).
-                    unsafe { self.poller.add(&l, PEvent::readable(BIND)) }?;
                     let local = l.local_addr()?;
                     self.bind = Some((l, None));
                     Ok(local)
@@ -947,19 +1057,13 @@ impl ConnThread {
                 };
                 self.drop_upstream();
                 self.splice_ok = [false; 2];
-                // SAFETY: deleted from the poller before it is dropped
-                // (`drop_upstream`, or the end of `run`).
-                if unsafe { self.poller.add(&u, PEvent::writable(UPSTREAM)) }.is_err() {
-                    return self.connect_failed(attempt, IoKind::Other, mine);
-                }
-                self.armed[UPSTREAM] = Some((false, true));
                 // Reported Connected like a connect once writable.
                 self.pair.connect_started(attempt, u, |_| {});
             }
             ConnCmd::BindReject => {
-                if let Some((l, held)) = self.bind.as_mut() {
+                // Waited on again from the next wait on.
+                if let Some((_, held)) = self.bind.as_mut() {
                     *held = None;
-                    let _ = self.poller.modify(&*l, PEvent::readable(BIND));
                 }
             }
             ConnCmd::BindClose => self.bind_close(),
@@ -972,9 +1076,7 @@ impl ConnThread {
             }
             ConnCmd::CloseUpstream => {
                 self.drop_upstream();
-                for (_, r) in self.pair.take_racing() {
-                    let _ = self.poller.delete(&r);
-                }
+                drop(self.pair.take_racing());
                 self.splice_ok = [false; 2];
                 self.want[UPSTREAM] = (false, false);
             }
@@ -1022,17 +1124,6 @@ impl ConnThread {
             Drained::Failed(ev) => {
                 self.event(ev, mine);
                 true
-            }
-        }
-    }
-
-    fn fail(&mut self, side: Side, error: IoKind) {
-        let mut mine = Vec::new();
-        let conn = self.pair.id;
-        self.event(Event::IoError { conn, side, error }, &mut mine);
-        for cmd in mine {
-            if let ConnCmd::Close = cmd {
-                self.closed = true;
             }
         }
     }
@@ -1144,13 +1235,4 @@ fn splice_answer(core: &Core, conn: ConnId) -> ([bool; 2], PipeSize) {
         t.splice_ok(conn, Side::Upstream),
     ];
     (ok, t.splice_pipe())
-}
-
-fn interest(key: usize, (read, write): (bool, bool)) -> PEvent {
-    match (read, write) {
-        (true, true) => PEvent::all(key),
-        (true, false) => PEvent::readable(key),
-        (false, true) => PEvent::writable(key),
-        (false, false) => PEvent::none(key),
-    }
 }
