@@ -364,7 +364,8 @@ def client(i, deadline):
             c.abort(True)
         with rec_lock:
             up = c.sent - c.handshake if c.relayed else None
-            records.append((service, c.port, c.sent, c.recv, clean, c.requests, up))
+            # Access lines: one per request of a GET connection, else one.
+            records.append((service, c.port, c.sent, c.recv, clean, c.requests if kind == "get" else 1, up))
             counts[(kind, how)] = counts.get((kind, how), 0) + 1
         time.sleep(rng.uniform(0.0, 0.05))
 
@@ -467,16 +468,16 @@ for line in open(access_path):
     per_service[svc] = (pu + int(up), pd + int(down), pn + 1)
 
 by_port = {}
-for svc, port, sent, recv, clean, requests, relayed in records:
-    s, r, all_clean, reqs, n = by_port.get((svc, port), (0, 0, True, 0, 0))
+# A client port may come again in a long run: its connections are summed.
+for svc, port, sent, recv, clean, nlines, relayed in records:
+    s, r, all_clean, want_lines, n = by_port.get((svc, port), (0, 0, True, 0, 0))
     # up= counts what was relayed upstream; for GETs (rewritten) at most
     # what was sent.
     s = None if s is None or relayed is None else s + relayed
-    by_port[(svc, port)] = (s, r + recv, all_clean and clean, reqs + requests, n + 1)
+    by_port[(svc, port)] = (s, r + recv, all_clean and clean, want_lines + nlines, n + 1)
 mismatched = []
-for key, (relayed, recv, clean, reqs, n) in by_port.items():
+for key, (relayed, recv, clean, want_lines, n) in by_port.items():
     up, down, nlines = lines.get(key, (0, 0, 0))
-    want_lines = reqs if key[0] == "web" and reqs else n
     want_up = up if relayed is None else relayed
     if clean and (up, down, nlines) != (want_up, recv, want_lines):
         mismatched.append(f"{key}: relayed {relayed} received {recv} in {want_lines} records; "
