@@ -98,7 +98,7 @@ impl AccessRecord {
                     "{ts} {} {} {} {} {} {} {} up={} down={} {secs:.3}s",
                     self.service,
                     self.client,
-                    user.map(text_field).unwrap_or_else(|| "-".into()),
+                    user.map_or(Cow::Borrowed("-"), text_field),
                     self.method,
                     text_field(&self.target),
                     dest.as_deref().unwrap_or("-"),
@@ -181,37 +181,48 @@ impl AccessRecord {
 }
 
 /// A field of the text format: no spaces or control bytes (a peer's bytes
-/// must never forge a second field or line).
-fn text_field(s: &str) -> String {
+/// must never forge a second field or line). Borrowed when nothing needs
+/// replacing (the usual case: one record per request).
+fn text_field(s: &str) -> Cow<'_, str> {
     if s.is_empty() {
-        return "-".into();
+        return Cow::Borrowed("-");
     }
-    s.chars()
-        .map(|c| {
-            if c.is_whitespace() || c.is_control() {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect()
+    let forging = |c: char| c.is_whitespace() || c.is_control();
+    if !s.contains(forging) {
+        return Cow::Borrowed(s);
+    }
+    Cow::Owned(
+        s.chars()
+            .map(|c| if forging(c) { '_' } else { c })
+            .collect(),
+    )
 }
 
+/// `s` as a JSON string; runs with nothing to escape are copied whole.
 fn json_str(out: &mut String, s: &str) {
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
+    let mut plain = 0;
+    // Everything escaped is ASCII, so a byte at a time finds it and never
+    // cuts a character.
+    for (i, b) in s.bytes().enumerate() {
+        let escaped = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[plain..i]);
+        if escaped.is_empty() {
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(escaped);
         }
+        plain = i + 1;
     }
+    out.push_str(&s[plain..]);
     out.push('"');
 }
 
@@ -361,8 +372,33 @@ mod tests {
         assert!(line.ends_with("\"duration_ms\":1234}"), "{line}");
     }
 
+    /// Every character a JSON string may not hold raw is escaped, the rest
+    /// (multi-byte ones too) copied, wherever it falls in the string.
+    #[test]
+    fn json_strings_escape_exactly_what_they_must() {
+        let mut out = String::new();
+        json_str(&mut out, "");
+        assert_eq!(out, "\"\"");
+        for (raw, want) in [
+            ("plain", "plain"),
+            ("\"", "\\\""),
+            ("a\\b", "a\\\\b"),
+            ("\tx\r\n", "\\tx\\r\\n"),
+            ("\u{1}\u{1f}\u{7f}", "\\u0001\\u001f\u{7f}"),
+            ("é\"ü\n日本", "é\\\"ü\\n日本"),
+            ("end\"", "end\\\""),
+        ] {
+            let mut out = String::new();
+            json_str(&mut out, raw);
+            assert_eq!(out, format!("\"{want}\""), "{raw:?}");
+        }
+    }
+
     #[test]
     fn text_fields_cannot_forge_fields() {
+        assert_eq!(text_field(""), "-");
+        assert_eq!(text_field("a\u{85}b\u{2003}c\td"), "a_b_c_d");
+        assert!(matches!(text_field("example.com:443"), Cow::Borrowed(_)));
         let mut r = rec();
         r.target = "x y\nz".into();
         let line = r.format(UNIX_EPOCH, LogFormat::Text);

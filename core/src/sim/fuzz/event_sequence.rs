@@ -19,6 +19,7 @@
 //! (`fuzz/corpus/event_sequence/`) was found with it and keeps its meaning
 //! only as long as the same bytes make the same calls.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -225,6 +226,54 @@ impl Setup {
             );
         }
         t
+    }
+
+    /// The configuration [`Setup::toml`] parses to. Parsing TOML is most
+    /// of what an input costs, and only the services and rules change what
+    /// it builds beyond `[limits]`: each shape is parsed once (per thread)
+    /// and its limits are set from the setup; a test checks this is what
+    /// parsing `toml()` gives.
+    fn config(&self) -> Config {
+        thread_local! {
+            static SHAPES: RefCell<HashMap<u16, Config>> = RefCell::new(HashMap::new());
+        }
+        let mut c = SHAPES.with(|shapes| {
+            shapes
+                .borrow_mut()
+                .entry(self.shape())
+                .or_insert_with(|| {
+                    let text = self.toml();
+                    config::parse(&text, "fuzz.toml").unwrap_or_else(|e| {
+                        panic!("the fuzzer's own configuration was rejected: {e}\n{text}")
+                    })
+                })
+                .clone()
+        });
+        let l = &mut c.limits;
+        l.max_connections = self.max_connections;
+        l.max_per_client = self.max_per_client;
+        l.buffer = self.buffer;
+        l.connect_timeout = Duration::from_millis(self.connect_ms);
+        l.idle_timeout = Duration::from_millis(self.idle_ms);
+        l.shutdown_grace = Duration::from_millis(self.grace_ms);
+        l.handshake_timeout = Duration::from_millis(self.handshake_ms);
+        c
+    }
+
+    /// What [`Setup::toml`] says outside `[limits]`.
+    fn shape(&self) -> u16 {
+        [
+            self.services == 2,
+            self.socks,
+            self.http,
+            self.status,
+            self.smtp,
+            self.nntp,
+            self.rules,
+            self.named,
+        ]
+        .iter()
+        .fold(0, |acc, &bit| acc << 1 | u16::from(bit))
     }
 
     /// The kind of each listener, in order.
@@ -536,6 +585,49 @@ fn response_script(pick: u8) -> Vec<u8> {
         _ => "",
     };
     t.as_bytes().to_vec()
+}
+
+/// Fills `buf` with the pattern a peer sends after its script, from the
+/// `at`th byte it made up: byte `i` is `i as u8 ^ 0x5a` (copied from a
+/// table: a byte at a time, under the fuzzer's instrumentation, costs
+/// more than the rest of a read).
+fn filler(buf: &mut [u8], at: usize) {
+    const PATTERN: [u8; 512] = {
+        let mut p = [0; 512];
+        let mut i = 0;
+        while i < 512 {
+            p[i] = i as u8 ^ 0x5a;
+            i += 1;
+        }
+        p
+    };
+    let mut from = at % 256;
+    for chunk in buf.chunks_mut(256) {
+        chunk.copy_from_slice(&PATTERN[from..from + chunk.len()]);
+        from = (from + chunk.len()) % 256;
+    }
+}
+
+/// Whether the bytes `q` holds are those of `parts`, in order (compared
+/// a run at a time, without copying).
+fn same(q: &VecDeque<u8>, parts: [&[u8]; 2]) -> bool {
+    if q.len() != parts[0].len() + parts[1].len() {
+        return false;
+    }
+    let (mut a, mut b) = q.as_slices();
+    for mut part in parts {
+        while !part.is_empty() {
+            if a.is_empty() {
+                (a, b) = (b, &[]);
+            }
+            let k = a.len().min(part.len());
+            if a[..k] != part[..k] {
+                return false;
+            }
+            (a, part) = (&a[k..], &part[k..]);
+        }
+    }
+    true
 }
 
 /// What the fuzzer knows about one connection it was given, beyond what
@@ -997,32 +1089,31 @@ impl Harness {
                 .get_mut(&conn)
                 .expect("a model of every live connection");
             // What the peer sent: the client's script first, or bytes
-            // straight from the input, then a filler pattern.
-            let mut content = Vec::with_capacity(len);
-            if mode & 1 == 0 {
+            // straight from the input, then a filler pattern; written
+            // straight into the lent buffer.
+            let at = if mode & 1 == 0 {
                 let (script, pos) = match side {
                     Side::Client => (&m.script, &mut m.script_pos),
                     Side::Upstream => (&m.reply, &mut m.reply_pos),
                 };
                 let rest = &script[*pos..];
                 let k = rest.len().min(len).min(n);
-                content.extend_from_slice(&rest[..k]);
+                buf[..k].copy_from_slice(&rest[..k]);
                 *pos += k;
+                k
             } else {
                 let k = (mode as usize >> 1).min(len);
-                for _ in 0..k {
-                    content.push(input.byte());
+                for b in &mut buf[..k] {
+                    *b = input.byte();
                 }
-            }
-            while content.len() < len {
-                content.push((m.produced + content.len()) as u8 ^ 0x5a);
-            }
+                k
+            };
+            filler(&mut buf[at..], m.produced + at);
             let take = n.min(len);
             m.produced += take;
             if let Some(q) = m.dir(side) {
-                q.extend(&content[..take]);
+                q.extend(&buf[..take]);
             }
-            buf.copy_from_slice(&content);
             n
         });
         if read.is_none() {
@@ -1038,18 +1129,18 @@ impl Harness {
         let conn = self.pick_conn(input);
         let side = input.side();
         let n = input.count();
-        let shown = self.rt.send_buf(conn, side).map(|parts| parts.concat());
-        match (&shown, self.conns.get_mut(&conn)) {
-            (Some(data), Some(m)) => {
+        let shown = self.rt.send_buf(conn, side);
+        match (shown, self.conns.get_mut(&conn)) {
+            (Some(parts), Some(m)) => {
                 if let Some(q) = m.dir(side.other()) {
+                    let len = parts[0].len() + parts[1].len();
                     assert!(
-                        q.iter().eq(data.iter()),
+                        same(q, parts),
                         "bytes for {conn} {side:?} differ from what was read: \
-                         {} expected, {} shown",
+                         {} expected, {len} shown",
                         q.len(),
-                        data.len()
                     );
-                    q.drain(..n.min(data.len()));
+                    q.drain(..n.min(len));
                 }
             }
             (None, Some(m)) => {
@@ -1359,10 +1450,9 @@ impl Harness {
                     Side::Client => &m.down,
                     Side::Upstream => &m.up,
                 };
-                let shown = self.rt.send_buf(*conn, side).map(|parts| parts.concat());
-                if let (Some(q), Some(data)) = (q, &shown) {
+                if let (Some(q), Some(parts)) = (q, self.rt.send_buf(*conn, side)) {
                     assert!(
-                        q.iter().eq(data.iter()),
+                        same(q, parts),
                         "bytes waiting for {conn} {side:?} are not the bytes read"
                     );
                 }
@@ -1389,10 +1479,12 @@ impl Harness {
         }
         // A deadline can lead to a state with a deadline of its own (a
         // failed connect to a protocol's reply, which drains or times out
-        // in turn): pass every deadline, a few rounds deep.
+        // in turn): pass every deadline, a few rounds deep. A SOCKS UDP
+        // association lasts until `udp_idle_timeout` without a datagram.
         let s = &self.setup;
         let all =
-            Duration::from_millis(s.connect_ms + s.idle_ms + s.grace_ms + s.handshake_ms + 1000);
+            Duration::from_millis(s.connect_ms + s.idle_ms + s.grace_ms + s.handshake_ms + 1000)
+                + self.rt.config().limits.udp_idle_timeout;
         for _ in 0..4 {
             self.rt.advance(all);
             self.timeout();
@@ -1414,11 +1506,7 @@ impl Harness {
 pub fn event_sequence(data: &[u8]) {
     let mut input = Input::new(data);
     let setup = Setup::decode(&mut input);
-    let text = setup.toml();
-    let config = match config::parse(&text, "fuzz.toml") {
-        Ok(c) => c,
-        Err(e) => panic!("the fuzzer's own configuration was rejected: {e}\n{text}"),
-    };
+    let config = setup.config();
     let mut h = Harness::new(setup, config);
     // The last byte says how the run ends; the rest are operations.
     let how = data.last().copied().unwrap_or(0);
@@ -1427,4 +1515,76 @@ pub fn event_sequence(data: &[u8]) {
         h.op(&mut input);
     }
     h.finish(how);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The filler is the pattern a byte at a time, from any start.
+    #[test]
+    fn filler_is_the_pattern() {
+        for at in [0, 1, 255, 256, 300, 70_000] {
+            for len in [0, 1, 255, 256, 257, 1000, 4096] {
+                let mut buf = vec![0; len];
+                filler(&mut buf, at);
+                let want: Vec<u8> = (0..len).map(|i| (at + i) as u8 ^ 0x5a).collect();
+                assert_eq!(buf, want, "at {at}, {len} bytes");
+            }
+        }
+    }
+
+    /// `same` agrees with comparing the bytes one by one, wherever the
+    /// queue and the parts split.
+    #[test]
+    fn same_compares_across_splits() {
+        let bytes: Vec<u8> = (0..40).collect();
+        for front in 0..=bytes.len() {
+            // A queue whose storage wraps: `front` bytes pushed at the
+            // front, the rest at the back.
+            let mut q: VecDeque<u8> = bytes[front..].iter().copied().collect();
+            for &b in bytes[..front].iter().rev() {
+                q.push_front(b);
+            }
+            for cut in 0..=bytes.len() {
+                let parts = [&bytes[..cut], &bytes[cut..]];
+                assert!(same(&q, parts), "front {front}, cut {cut}");
+                let mut other = bytes.clone();
+                other[(cut + front) % bytes.len()] ^= 1;
+                let parts = [&other[..cut], &other[cut..]];
+                assert!(!same(&q, parts), "front {front}, cut {cut}, one byte off");
+                let short = &bytes[..bytes.len() - 1];
+                let cut = cut.min(short.len());
+                assert!(!same(&q, [&short[..cut], &short[cut..]]), "one byte short");
+            }
+        }
+    }
+
+    /// The configuration built from a parsed shape is the one parsing the
+    /// setup's own text gives, for every shape and a spread of limits.
+    #[test]
+    fn config_of_a_shape_is_the_parsed_one() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+        for shape in 0..256u32 {
+            for _ in 0..3 {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let r = rng.to_le_bytes();
+                // a..g as `Setup::decode` reads them; d, f and g carry the
+                // shape's bits.
+                let d = (r[3] & !0x08) | (((shape & 1) as u8) << 3);
+                let f = (r[5] & !0x07)
+                    | ((shape >> 1 & 1) as u8)
+                    | ((shape >> 2 & 1) as u8) << 1
+                    | ((shape >> 3 & 1) as u8) << 2;
+                let g = (shape >> 4) as u8 & 0x0f;
+                let bytes = [r[0], r[1], r[2], d, r[4], f, g, 1, 2, 3, 4];
+                let setup = Setup::decode(&mut Input::new(&bytes));
+                let parsed = config::parse(&setup.toml(), "fuzz.toml")
+                    .unwrap_or_else(|e| panic!("{e}\n{}", setup.toml()));
+                assert_eq!(setup.config(), parsed, "{}", setup.toml());
+            }
+        }
+    }
 }
