@@ -271,6 +271,7 @@ impl Setup {
             self.nntp,
             self.rules,
             self.named,
+            self.transparent,
         ]
         .iter()
         .fold(0, |acc, &bit| acc << 1 | u16::from(bit))
@@ -1565,7 +1566,7 @@ mod tests {
     #[test]
     fn config_of_a_shape_is_the_parsed_one() {
         let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
-        for shape in 0..256u32 {
+        for shape in 0..512u32 {
             for _ in 0..3 {
                 rng ^= rng << 13;
                 rng ^= rng >> 7;
@@ -1578,7 +1579,7 @@ mod tests {
                     | ((shape >> 1 & 1) as u8)
                     | ((shape >> 2 & 1) as u8) << 1
                     | ((shape >> 3 & 1) as u8) << 2;
-                let g = (shape >> 4) as u8 & 0x0f;
+                let g = (shape >> 4) as u8 & 0x1f;
                 let bytes = [r[0], r[1], r[2], d, r[4], f, g, 1, 2, 3, 4];
                 let setup = Setup::decode(&mut Input::new(&bytes));
                 let parsed = config::parse(&setup.toml(), "fuzz.toml")
