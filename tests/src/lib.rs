@@ -41,8 +41,8 @@ pub use net::{
     CONNECT_TIMEOUT, IO_TIMEOUT, PROMPTLY,
 };
 pub use process::{
-    expected_listeners, private_hosts, run_cli, run_on_config, CliOutput, LineLog, Portico,
-    StartError, StartOptions, TempDir, START_TIMEOUT,
+    expected_listeners, private_files, private_hosts, run_cli, run_on_config, CliOutput, LineLog,
+    Portico, StartError, StartOptions, TempDir, START_TIMEOUT,
 };
 pub use servers::{
     check_digest_reply, read_digest_reply, Acceptor, Behaviour, Report, TestServer, UdpEcho,

@@ -207,6 +207,10 @@ pub struct StartOptions<'a> {
     /// that a test can make a name resolve to several addresses without
     /// touching the machine's.
     pub hosts: Option<&'a str>,
+    /// An `/etc/resolv.conf` the process alone sees, with an
+    /// `/etc/nsswitch.conf` that asks `/etc/hosts`, then DNS (so that a
+    /// test's own name server answers, or holds, its lookups).
+    pub resolv: Option<&'a str>,
 }
 
 /// Makes `cmd` run with `hosts` (a file) mounted over `/etc/hosts` in a
@@ -214,9 +218,24 @@ pub struct StartOptions<'a> {
 /// `hosts`, and nothing outside it changes (as `ip netns exec` does for
 /// `/etc/netns/NAME/hosts`). Needs root (CAP_SYS_ADMIN), as the tests run.
 pub fn private_hosts(cmd: &mut Command, hosts: &Path) {
+    private_files(cmd, &[(hosts, "/etc/hosts")]);
+}
+
+/// Makes `cmd` run with each (file, target) of `mounts` mounted over its
+/// target in a mount namespace of its own (see [`private_hosts`]).
+pub fn private_files(cmd: &mut Command, mounts: &[(&Path, &str)]) {
+    use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::process::CommandExt;
-    let src = std::ffi::CString::new(hosts.as_os_str().as_bytes()).expect("a path without NUL");
+    let mounts: Vec<(CString, CString)> = mounts
+        .iter()
+        .map(|(src, target)| {
+            (
+                CString::new(src.as_os_str().as_bytes()).expect("a path without NUL"),
+                CString::new(*target).expect("a path without NUL"),
+            )
+        })
+        .collect();
     // SAFETY: unshare and mount are plain system calls (async-signal-safe);
     // the closure allocates nothing and uses only what it owns.
     unsafe {
@@ -232,9 +251,11 @@ pub fn private_hosts(cmd: &mut Command, hosts: &Path) {
             if libc::mount(c"none".as_ptr(), root, none, private, none.cast()) != 0 {
                 return fail();
             }
-            let target = c"/etc/hosts".as_ptr();
-            if libc::mount(src.as_ptr(), target, none, libc::MS_BIND, none.cast()) != 0 {
-                return fail();
+            for (src, target) in &mounts {
+                let (src, target) = (src.as_ptr(), target.as_ptr());
+                if libc::mount(src, target, none, libc::MS_BIND, none.cast()) != 0 {
+                    return fail();
+                }
             }
             Ok(())
         });
@@ -327,8 +348,19 @@ impl Portico {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        let mut mounts = Vec::new();
         if let Some(text) = opts.hosts {
-            private_hosts(&mut cmd, &dir.write("hosts", text));
+            mounts.push((dir.write("hosts", text), "/etc/hosts"));
+        }
+        if let Some(text) = opts.resolv {
+            mounts.push((dir.write("resolv.conf", text), "/etc/resolv.conf"));
+            let nss = "hosts: files dns\n";
+            mounts.push((dir.write("nsswitch.conf", nss), "/etc/nsswitch.conf"));
+        }
+        if !mounts.is_empty() {
+            let mounts: Vec<(&Path, &str)> =
+                mounts.iter().map(|(p, t)| (p.as_path(), *t)).collect();
+            private_files(&mut cmd, &mounts);
         }
         if let Some(n) = opts.nofile {
             use std::os::unix::process::CommandExt;

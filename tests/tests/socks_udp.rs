@@ -15,10 +15,16 @@
 //! Tools the cases need beyond the harness: `socksify` (dante-client),
 //! `drill` (ldnsutils) and `dnsmasq` (dnsmasq-base). A case whose tool is
 //! missing fails and names the package.
+//!
+//! Lookups that hang for real: a case runs Portico with a private
+//! `/etc/resolv.conf` naming a name server the test plays on a loopback
+//! address; it holds every query until the test lets it answer.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use portico_tests::{
@@ -44,6 +50,7 @@ both!(
     the_relay_is_on_the_address_the_client_reached,
     udp_rules_see_the_user_and_the_client,
     bad_udp_settings_are_refused,
+    at_most_1024_datagrams_wait_for_names,
 );
 
 /// How long a reply, or a line in the log, may take (a debug build on a
@@ -769,5 +776,270 @@ fn bad_udp_settings_are_refused(bin: Bin) {
         ),
         line,
         &["udp_idle_timeout", "not a duration"],
+    );
+}
+
+/// A name server on `127.53.X.Y:53` (each one its own address, as
+/// `resolv.conf` cannot name a port) that holds every query until
+/// [`HeldDns::release`], then answers each name with `127.0.0.1` (A) and
+/// no IPv6 address (AAAA: NOERROR, no answer).
+struct HeldDns {
+    addr: SocketAddr,
+    released: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HeldDns {
+    fn start(bin: Bin) -> HeldDns {
+        static NEXT: AtomicUsize = AtomicUsize::new(1);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed) % 250 + 1;
+        let ip = Ipv4Addr::new(127, 53, (std::process::id() % 250) as u8 + 1, n as u8);
+        let addr = SocketAddr::new(ip.into(), 53);
+        let sock = UdpSocket::bind(addr)
+            .unwrap_or_else(|e| panic!("{bin}: cannot bind the test's name server on {addr}: {e}"));
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("read timeout");
+        let released = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, st) = (released.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut held: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
+            let mut buf = [0u8; 1500];
+            while !st.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    held.push((buf[..n].to_vec(), from));
+                }
+                if r.load(Ordering::Relaxed) {
+                    for (q, from) in held.drain(..) {
+                        if let Some(a) = dns_answer(&q) {
+                            let _ = sock.send_to(&a, from);
+                        }
+                    }
+                }
+            }
+        });
+        HeldDns {
+            addr,
+            released,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn release(&self) {
+        self.released.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for HeldDns {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The answer to the DNS query `q`: A gets `127.0.0.1`, anything else
+/// none (NOERROR). `None` for what is not a one-question query.
+fn dns_answer(q: &[u8]) -> Option<Vec<u8>> {
+    if q.len() < 12 || q[4..6] != [0, 1] {
+        return None;
+    }
+    let mut i = 12;
+    loop {
+        let len = *q.get(i)? as usize;
+        i += 1 + len;
+        if len == 0 {
+            break;
+        }
+    }
+    let qtype = q.get(i..i + 2)?;
+    let end = i + 4;
+    let question = q.get(12..end)?;
+    let is_a = qtype == [0, 1];
+    // QR, the query's RD, RA; one question, one answer or none.
+    let mut a = vec![
+        q[0],
+        q[1],
+        0x80 | (q[2] & 1),
+        0x80,
+        0,
+        1,
+        0,
+        is_a as u8,
+        0,
+        0,
+        0,
+        0,
+    ];
+    a.extend_from_slice(question);
+    if is_a {
+        a.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 1]);
+    }
+    Some(a)
+}
+
+/// The receive queue (bytes) and kernel drops of the UDP socket bound to
+/// `addr` (IPv4), from /proc/net/udp; `None` when there is no such socket.
+fn udp_socket_queue(addr: SocketAddr) -> Option<(u64, u64)> {
+    let SocketAddr::V4(a) = addr else {
+        return None;
+    };
+    let want = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(a.ip().octets()),
+        a.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/udp").expect("/proc/net/udp");
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.get(1) != Some(&want.as_str()) {
+            return None;
+        }
+        let rx = f.get(4)?.split(':').nth(1)?;
+        let rx = u64::from_str_radix(rx, 16).ok()?;
+        let drops = f.last()?.parse().ok()?;
+        Some((rx, drops))
+    })
+}
+
+/// A number after `key=` in an access line.
+fn count_in(line: &str, key: &str) -> u64 {
+    line.split(' ')
+        .find_map(|w| w.strip_prefix(key))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}N in: {line}"))
+}
+
+/// Datagrams whose destination is a name wait for its lookup: at most 32
+/// per association, at most 1024 per worker; past that they are dropped
+/// and counted. The lookups hang (a name server that holds its queries)
+/// while 40 associations each send 33 datagrams to names of their own;
+/// then it answers, and exactly 1024 go out, the rest are counted dropped.
+fn at_most_1024_datagrams_wait_for_names(bin: Bin) {
+    const ASSOCIATIONS: usize = 40;
+    const EACH: usize = 33;
+    // What the core's rule gives: each association holds at most 32, and
+    // 40 × 32 = 1280 ≥ 1024, so the worker's bound is reached whatever
+    // the order the datagrams are read in: exactly 1024 wait.
+    const WAITING: u64 = 1024;
+    let dns = HeldDns::start(bin);
+    let sink = UdpSocket::bind("127.0.0.1:0").expect("bind the destination");
+    sink.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("read timeout");
+    let port = sink.local_addr().expect("destination address").port();
+    let received = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let counter = {
+        let (received, done) = (received.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !done.load(Ordering::Relaxed) {
+                if sink.recv_from(&mut buf).is_ok() {
+                    received.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let resolv = format!(
+        "nameserver {}\noptions timeout:30 attempts:1\n",
+        dns.addr.ip()
+    );
+    let opts = StartOptions {
+        resolv: Some(&resolv),
+        hosts: Some("127.0.0.1 localhost\n"),
+        ..StartOptions::default()
+    };
+    let (p, proxy) = start_on_free_port(bin, opts, |port| {
+        format!(
+            "{}\n[runtime]\nworkers = 1\n",
+            socks_config(port, "[[rule]]\naction = \"allow\"\n", "")
+        )
+    });
+    let mut assocs = Vec::new();
+    for a in 0..ASSOCIATIONS {
+        let u = udp_client(bin);
+        let (s, relay) = associate(bin, proxy, u.local_addr().expect("local address"));
+        for d in 0..EACH {
+            let host = format!("n{d}.a{a}.hang.test");
+            let payload = format!("{a}/{d}");
+            u.send_to(
+                &[name_header(&host, port), payload.into_bytes()].concat(),
+                relay,
+            )
+            .expect("send to a name");
+        }
+        assocs.push((s, u, relay));
+    }
+    // Every datagram has been read by Portico (its sockets' receive
+    // queues are empty) and none was lost before it: then the lookups may
+    // answer, and what waits is what the bound let wait.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let queues: Vec<Option<(u64, u64)>> = assocs
+            .iter()
+            .map(|(_, _, relay)| udp_socket_queue(*relay))
+            .collect();
+        assert!(
+            queues.iter().flatten().all(|&(_, drops)| drops == 0),
+            "{bin}: the kernel dropped datagrams before Portico read them: {queues:?}"
+        );
+        if queues.iter().all(|q| matches!(q, Some((0, _)))) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{bin}: Portico did not read every datagram within {WAIT:?}: {queues:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        received.load(Ordering::Relaxed),
+        0,
+        "{bin}: nothing goes out while its name's lookup hangs"
+    );
+    dns.release();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (received.load(Ordering::Relaxed) as u64) < WAITING && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let controls: Vec<SocketAddr> = assocs
+        .iter()
+        .map(|(s, _, _)| s.local_addr().expect("control address"))
+        .collect();
+    drop(assocs);
+    let (mut up, mut dropped) = (0, 0);
+    for c in controls {
+        let line = association_line(bin, &p, c);
+        let (u, d) = (
+            count_in(&line, "datagrams_up="),
+            count_in(&line, "dropped="),
+        );
+        assert_eq!(
+            u + d,
+            EACH as u64,
+            "{bin}: every datagram of an association is relayed or dropped: {line}"
+        );
+        assert!(u <= 32, "{bin}: at most 32 wait per association: {line}");
+        up += u;
+        dropped += d;
+    }
+    done.store(true, Ordering::Relaxed);
+    let _ = counter.join();
+    assert_eq!(
+        up, WAITING,
+        "{bin}: the datagrams that waited went out once their names resolved"
+    );
+    assert_eq!(
+        dropped,
+        (ASSOCIATIONS * EACH) as u64 - WAITING,
+        "{bin}: past 1024 waiting, datagrams are dropped and counted"
+    );
+    assert_eq!(
+        received.load(Ordering::Relaxed) as u64,
+        WAITING,
+        "{bin}: exactly the datagrams that waited reached their destination"
     );
 }
