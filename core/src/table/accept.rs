@@ -80,15 +80,19 @@ impl Proxy {
             None => Err(Refused::UnknownListener),
         };
         if let Some(rec) = self.recorder.as_mut() {
-            match (local.or(at), original) {
-                (Some(local), Some(original)) => {
-                    rec.accept_to(now, listener, peer, local, original, r)
-                }
-                _ => match local {
-                    Some(local) => rec.accept_on(now, listener, peer, local, r),
-                    None => rec.accept(now, listener, peer, r),
-                },
-            }
+            // An original destination is recorded with the address reached.
+            let local = if original.is_some() {
+                local.or(at)
+            } else {
+                local
+            };
+            let a = Accepted {
+                listener,
+                peer,
+                local,
+                original,
+            };
+            rec.accept(now, &a, r);
         }
         r
     }

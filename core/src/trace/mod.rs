@@ -25,9 +25,8 @@
 //!
 //! ```text
 //! Proxy::set_log_level / set_wall        rec.log_level(level) / rec.wall(w)
-//! Proxy::accept                          rec.accept(now, l, peer, r), or with its local address
-//!                                        rec.accept_on(now, l, peer, local, r), and its original
-//!                                        destination rec.accept_to(now, l, peer, local, orig, r)
+//! Proxy::accept                          rec.accept(now, &accepted, r) (its local address and
+//!                                        original destination when the runtime gave them)
 //! Proxy::handle(ev)                      rec.event(now, &ev, bytes) — a Read's bytes while the core
 //!                                        may parse them (they sit at the start of the space it lent)
 //! Proxy::handle_timeout / shutdown       rec.timeout(now) / rec.shutdown(now)

@@ -7,6 +7,7 @@ use super::*;
 use crate::event::{Action, Event, Level, Refused};
 use crate::id::{ConnId, ListenerId};
 use crate::rules::Wall;
+use crate::table::Accepted;
 use crate::udp::{UdpId, Via};
 
 /// Records a live run. Pure: appends text to a buffer the runtime writes to
@@ -119,59 +120,16 @@ impl Recorder {
         }
     }
 
-    pub fn accept(
-        &mut self,
-        now: Instant,
-        listener: ListenerId,
-        peer: SocketAddr,
-        result: Result<ConnId, Refused>,
-    ) {
+    /// Records an accept: `local` and `original` as the runtime gave them
+    /// (an original destination is recorded only with a local address).
+    pub fn accept(&mut self, now: Instant, a: &Accepted, result: Result<ConnId, Refused>) {
         let t = self.at(now);
         self.put(&Record::Accept {
             t,
-            listener,
-            peer,
-            local: None,
-            original: None,
-            result,
-        });
-    }
-
-    pub fn accept_to(
-        &mut self,
-        now: Instant,
-        listener: ListenerId,
-        peer: SocketAddr,
-        local: SocketAddr,
-        original: SocketAddr,
-        result: Result<ConnId, Refused>,
-    ) {
-        let t = self.at(now);
-        self.put(&Record::Accept {
-            t,
-            listener,
-            peer,
-            local: Some(local),
-            original: Some(original),
-            result,
-        });
-    }
-
-    pub fn accept_on(
-        &mut self,
-        now: Instant,
-        listener: ListenerId,
-        peer: SocketAddr,
-        local: SocketAddr,
-        result: Result<ConnId, Refused>,
-    ) {
-        let t = self.at(now);
-        self.put(&Record::Accept {
-            t,
-            listener,
-            peer,
-            local: Some(local),
-            original: None,
+            listener: a.listener,
+            peer: a.peer,
+            local: a.local,
+            original: a.original.filter(|_| a.local.is_some()),
             result,
         });
     }
