@@ -76,6 +76,11 @@ pub struct Exchange {
     /// It was sent toward an upstream (new or kept), so the rules decided
     /// it.
     pub routed: bool,
+    /// Where this exchange's bytes end in each direction's count of bytes
+    /// written ([`Dir::bytes`]): its line waits until both are written, so
+    /// that `up=`/`down=` count what reached the sockets, as the metrics do.
+    pub up_end: u64,
+    pub down_end: u64,
 }
 
 #[derive(Debug)]
@@ -120,6 +125,9 @@ pub struct HttpProxy {
     /// Exchanges are recorded for the access log (`[log] access` is not
     /// "off"); without it no request makes a target text or a record.
     pub logged: bool,
+    /// Lines of finished exchanges whose bytes are not all written yet,
+    /// oldest first (see [`Exchange::down_end`]); the session owns them.
+    pub held: Vec<crate::session::Held>,
     /// The upstream connection goes to an http parent proxy (`via`):
     /// request heads go to it in absolute form, with this
     /// `Proxy-Authorization` line (CRLF-ended) when it has credentials.
@@ -143,6 +151,7 @@ impl Default for HttpProxy {
             proven: false,
             head_since: None,
             logged: true,
+            held: Vec::new(),
             via_parent: None,
             here: None,
         }
@@ -848,6 +857,8 @@ impl HttpProxy {
                 duration: now.saturating_duration_since(c.started),
                 cause: c.cause,
                 routed: c.routed,
+                up_end: queued(up),
+                down_end: queued(down),
             })
     }
 }

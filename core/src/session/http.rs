@@ -25,7 +25,77 @@ use crate::event::Action;
 use crate::proto::{Failure, Next};
 use crate::table::context::Context;
 
+/// The access line of a finished exchange whose bytes are still queued:
+/// it goes out once they are written, or when the connection ends, less
+/// what was never written. So `up=`/`down=` are what the sockets took, and
+/// a service's `portico_bytes_total` is the sum of its lines.
+#[derive(Debug)]
+pub struct Held {
+    rec: Box<crate::log::AccessRecord>,
+    /// [`crate::proto::http_proxy::Exchange::up_end`] and `down_end`.
+    up_end: u64,
+    down_end: u64,
+    /// When the exchange finished: the line's duration runs on to the
+    /// last byte written.
+    done: std::time::Instant,
+}
+
+impl Held {
+    fn written(&self, up: &Dir, down: &Dir) -> bool {
+        up.bytes >= self.up_end && down.bytes >= self.down_end
+    }
+
+    /// The line, counting only bytes written by now.
+    pub(super) fn settle(
+        mut self,
+        up: &Dir,
+        down: &Dir,
+        now: std::time::Instant,
+    ) -> Box<crate::log::AccessRecord> {
+        let r = &mut self.rec;
+        r.up = r.up.saturating_sub(self.up_end.saturating_sub(up.bytes));
+        r.down = r
+            .down
+            .saturating_sub(self.down_end.saturating_sub(down.bytes));
+        r.duration += now.saturating_duration_since(self.done);
+        self.rec
+    }
+}
+
 impl Session {
+    /// The access line of exchange `x`, to go out once its bytes are
+    /// written.
+    pub(super) fn hold_line(
+        &self,
+        user: Option<String>,
+        x: crate::proto::http_proxy::Exchange,
+        cx: &Context,
+    ) -> Held {
+        let (up_end, down_end) = (x.up_end, x.down_end);
+        Held {
+            rec: Box::new(self.exchange_record(user, x, cx)),
+            up_end,
+            down_end,
+            done: cx.now,
+        }
+    }
+
+    /// Sends the held access lines whose bytes are written by now.
+    pub(super) fn release_lines(&mut self, cx: &mut Context) {
+        let Machine::Http(h) = &mut self.machine else {
+            return;
+        };
+        let n = h
+            .held
+            .iter()
+            .take_while(|x| x.written(&self.up, &self.down))
+            .count();
+        for x in h.held.drain(..n) {
+            let rec = x.settle(&self.up, &self.down, cx.now);
+            cx.actions.push_back(Action::Access(rec));
+        }
+    }
+
     /// Runs the HTTP machine over what the client has sent.
     pub(super) fn http_client(&mut self, cx: &mut Context) {
         self.http_request_step(cx, |h, up, down, scope, now, todo| {
@@ -181,8 +251,13 @@ impl Session {
                         Machine::Http(h) => h.user.clone(),
                         _ => None,
                     };
-                    let rec = self.exchange_record(user, x, cx);
-                    cx.actions.push_back(Action::Access(Box::new(rec)));
+                    let held = self.hold_line(user, x, cx);
+                    match &mut self.machine {
+                        Machine::Http(h) if !held.written(&self.up, &self.down) => {
+                            h.held.push(held)
+                        }
+                        _ => cx.actions.push_back(Action::Access(held.rec)),
+                    }
                 }
                 // The HTTP machine asks for nothing else.
                 _ => {}

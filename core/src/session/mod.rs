@@ -53,6 +53,7 @@ pub(crate) use connect::rule_number;
 mod dir;
 mod gateway;
 mod http;
+pub use http::Held;
 mod parent;
 mod proxy_header;
 mod status;
@@ -740,6 +741,7 @@ impl Session {
         d.release_if_empty(&mut cx.pool);
         if moved {
             self.moved(cx);
+            self.release_lines(cx);
         }
         if side == Side::Client
             && self.phase == Phase::Talking
@@ -1075,12 +1077,18 @@ impl Session {
                 }
             }
             Machine::Http(mut h) => {
-                // HTTP logs one line per request, the last one now.
+                // HTTP logs one line per request: those held for their
+                // bytes, then the one cut short, each less what was not
+                // written.
                 if let Some(x) = h.abandon(&self.up, &self.down, now) {
                     if cx.access_logged() {
-                        let rec = self.exchange_record(h.user.clone(), x, cx);
-                        cx.actions.push_back(Action::Access(Box::new(rec)));
+                        let held = self.hold_line(h.user.clone(), x, cx);
+                        h.held.push(held);
                     }
+                }
+                for x in std::mem::take(&mut h.held) {
+                    let rec = x.settle(&self.up, &self.down, now);
+                    cx.actions.push_back(Action::Access(rec));
                 }
             }
             mut machine => {

@@ -113,6 +113,7 @@ impl Runtime {
         assert_eq!(self.len(), 0, "connections left");
         assert_eq!(self.buffers_in_use(), 0, "buffers left");
         assert_eq!(self.timer_entries(), 0, "timer entries left");
+        self.assert_bytes_logged();
         if self.is_shut_down() {
             assert!(self.is_finished(), "shut down and empty, but not finished");
         } else {

@@ -173,6 +173,15 @@ pub struct Runtime {
     pub access: Vec<AccessRecord>,
     pub logs: Vec<(Level, String)>,
     pub says: Vec<String>,
+    /// Per service name: the bytes up and down of its access records (kept
+    /// whether or not `collect` is), to hold against its counters.
+    logged_bytes: Vec<(String, u64, u64)>,
+    /// Services a reload removed: their counters went with them, their
+    /// lines may still come, so they are not held to each other.
+    uncounted: Vec<String>,
+    /// A confused runtime reported a splice the core did not allow: the
+    /// counts of bytes moved are not held to the access lines.
+    pub bytes_told_wrong: bool,
     trace: VecDeque<(Duration, Entry)>,
     keep: usize,
     /// Print every action as it comes (`PORTICO_FUZZ_TRACE`).
@@ -213,6 +222,9 @@ impl Runtime {
             access: Vec::new(),
             logs: Vec::new(),
             says: Vec::new(),
+            logged_bytes: Vec::new(),
+            uncounted: Vec::new(),
+            bytes_told_wrong: false,
             trace: VecDeque::new(),
             keep: 0,
             live: false,
@@ -651,12 +663,45 @@ impl Runtime {
 
     pub fn reconfigure(&mut self, config: Config, recheck: bool) {
         self.note(|| Entry::Reload);
+        let gone: Vec<String> = (self.config().services.iter())
+            .filter(|old| !config.services.iter().any(|s| s.name == old.name))
+            .map(|old| old.name.to_string())
+            .collect();
+        self.uncounted.extend(gone);
         let at = self.at();
         let reload = Reload {
             recheck,
             ..Reload::default()
         };
         self.proxy.reconfigure(config, reload, at);
+    }
+
+    /// With the access log on, each service's byte counters (finished
+    /// connections' and live ones') are the sums of its access lines:
+    /// what `portico_bytes_total` says is what the log says.
+    pub fn assert_bytes_logged(&self) {
+        if self.config().log.access == crate::config::AccessTarget::Off || self.bytes_told_wrong {
+            return;
+        }
+        for row in self.snapshot().services {
+            if self.uncounted.contains(&row.name) {
+                continue;
+            }
+            let (up, down) = self
+                .logged_bytes
+                .iter()
+                .find(|(n, ..)| *n == row.name)
+                .map_or((0, 0), |&(_, u, d)| (u, d));
+            assert_eq!(
+                (
+                    row.counters.up + row.live_up,
+                    row.counters.down + row.live_down
+                ),
+                (up, down),
+                "service {}: bytes counted (up, down) differ from its access lines' sums",
+                row.name
+            );
+        }
     }
 
     pub fn handle_gathered(&mut self, conn: ConnId, parts: Vec<Snapshot>) {
@@ -857,6 +902,19 @@ impl Runtime {
             Action::Access(ref rec) => {
                 let _ = rec.format(UNIX_EPOCH, LogFormat::Text);
                 let _ = rec.format(UNIX_EPOCH, LogFormat::Json);
+                match self
+                    .logged_bytes
+                    .iter_mut()
+                    .find(|(n, ..)| **n == *rec.service)
+                {
+                    Some((_, up, down)) => {
+                        *up += rec.up;
+                        *down += rec.down;
+                    }
+                    None => self
+                        .logged_bytes
+                        .push((rec.service.to_string(), rec.up, rec.down)),
+                }
                 if self.collect {
                     self.access.push((**rec).clone());
                 }
