@@ -62,6 +62,7 @@ pub mod cli;
 pub mod config;
 mod event;
 pub mod explain;
+pub mod helper_policy;
 mod history;
 mod http;
 mod id;

@@ -5,7 +5,9 @@
 //! requests and one that reads its answers; a process that dies is started
 //! again (after a pause that grows while each start dies at once), and
 //! one that does not answer within `helper_timeout` is a failure and is
-//! replaced. When a reload changes `[auth] helper`, the old processes end
+//! replaced. When to start again and which failures to log is the core's
+//! ([`portico_core::helper_policy`]); this module keeps the time and
+//! follows it. When a reload changes `[auth] helper`, the old processes end
 //! once they have answered what they hold. Both runtimes share this.
 
 use std::collections::HashMap;
@@ -18,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use portico_core::auth::{helper, Answer, Secret};
 use portico_core::config::HelperConfig;
+use portico_core::helper_policy::{Kind, Notes, Restarts};
 use portico_core::{ConnId, Event};
 
 use crate::resolver::Inbox;
@@ -25,19 +28,6 @@ use crate::resolver::Inbox;
 /// How often a process's thread looks at its deadlines and at whether the
 /// process died, while no request comes.
 const TICK: Duration = Duration::from_millis(20);
-
-/// The pause before starting a process again after one start that died
-/// at once; it doubles with each such start, up to [`BACKOFF_MAX`].
-const BACKOFF_FIRST: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
-
-/// A process that lived this long, or answered anything, was not a crash
-/// loop: the pause starts again from nothing.
-const STEADY: Duration = Duration::from_secs(10);
-
-/// A kind of failure already logged is logged again only after this long
-/// without one (or, for a failure, once the helper answered again).
-const QUIET: Duration = Duration::from_secs(60);
 
 enum Reply {
     /// Told to an event loop as [`Event::HelperAnswered`].
@@ -171,105 +161,6 @@ fn program(cfg: &HelperConfig) -> &str {
     cfg.argv.first().map_or("(none)", String::as_str)
 }
 
-/// The pause before the next start after `quick` starts in a row that
-/// died at once: none, then 100 ms doubling up to 10 s.
-fn backoff(quick: u32) -> Duration {
-    match quick {
-        0 => Duration::ZERO,
-        n => BACKOFF_FIRST
-            .checked_mul(1u32.checked_shl(n - 1).unwrap_or(u32::MAX))
-            .map_or(BACKOFF_MAX, |d| d.min(BACKOFF_MAX)),
-    }
-}
-
-/// When one process slot may start its next process.
-#[derive(Debug, Default)]
-struct Restarts {
-    /// Starts in a row that could not start or died at once.
-    quick: u32,
-    not_before: Option<Instant>,
-}
-
-impl Restarts {
-    /// A start failed, or its process died at once, at `now`.
-    fn failed(&mut self, now: Instant) {
-        self.quick = self.quick.saturating_add(1);
-        self.not_before = Some(now + backoff(self.quick));
-    }
-
-    /// A process proved it works (it answered, or lived a while).
-    fn steady(&mut self) {
-        *self = Restarts::default();
-    }
-
-    /// How long from `now` the next start has to wait.
-    fn wait(&self, now: Instant) -> Duration {
-        self.not_before
-            .map_or(Duration::ZERO, |t| t.saturating_duration_since(now))
-    }
-}
-
-/// What went wrong with a helper process, each logged on its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    /// The program could not be started.
-    Start,
-    /// It exited before answering anything, soon after it started.
-    Early,
-    /// It did not answer within `helper_timeout`.
-    Stalled,
-    /// It exited after having answered (some helpers do, after a while).
-    Exited,
-}
-
-impl Kind {
-    const ALL: [Kind; 4] = [Kind::Start, Kind::Early, Kind::Stalled, Kind::Exited];
-
-    /// Not working, rather than a process's normal end.
-    fn is_failure(self) -> bool {
-        self != Kind::Exited
-    }
-}
-
-/// Which failures are logged: the first of a kind, then that kind again
-/// only after [`QUIET`] without it or once the helper answered again, so
-/// that a crash loop is one line rather than one per restart.
-#[derive(Debug, Default)]
-struct Notes {
-    /// Per [`Kind`]: when it last happened, and how many times since the
-    /// last line that said so.
-    seen: [(Option<Instant>, u64); 4],
-}
-
-impl Notes {
-    /// `kind` happened at `now`: `Some(n)` when it is to be logged, `n`
-    /// being how many of it were not logged since its last line.
-    fn happened(&mut self, kind: Kind, now: Instant) -> Option<u64> {
-        let (last, unlogged) = &mut self.seen[kind as usize];
-        let quiet = last.is_none_or(|t| now.saturating_duration_since(t) >= QUIET);
-        *last = Some(now);
-        if quiet {
-            Some(std::mem::take(unlogged))
-        } else {
-            *unlogged += 1;
-            None
-        }
-    }
-
-    /// A process answered: failures are logged again from now on; how
-    /// many were not logged since the last line (to say it is working
-    /// again).
-    fn answered(&mut self) -> u64 {
-        let mut unlogged = 0;
-        for kind in Kind::ALL.into_iter().filter(|k| k.is_failure()) {
-            let (last, n) = &mut self.seen[kind as usize];
-            *last = None;
-            unlogged += std::mem::take(n);
-        }
-        unlogged
-    }
-}
-
 /// Logs `kind` of `cfg`'s helper, if `notes` says it is its turn.
 fn note(notes: &Mutex<Notes>, cfg: &HelperConfig, kind: Kind, detail: &str) {
     let Some(unlogged) = notes
@@ -279,20 +170,7 @@ fn note(notes: &Mutex<Notes>, cfg: &HelperConfig, kind: Kind, detail: &str) {
     else {
         return;
     };
-    let p = program(cfg);
-    let what = match kind {
-        Kind::Start => format!("cannot start the auth helper {p}: {detail}; check [auth] helper"),
-        Kind::Early => format!(
-            "the auth helper {p} exited before answering; it is started again after a pause \
-             that doubles, up to {BACKOFF_MAX:?}, while it keeps doing so (run it by hand to \
-             see why)"
-        ),
-        Kind::Stalled => format!(
-            "the auth helper {p} did not answer within {:?}; starting it again",
-            cfg.timeout
-        ),
-        Kind::Exited => format!("the auth helper {p} exited; starting it again"),
-    };
+    let what = kind.message(program(cfg), detail, cfg.timeout);
     if unlogged > 0 {
         log::warn!("{what} ({unlogged} more times since this was last logged)");
     } else {
@@ -455,15 +333,9 @@ impl Slot<'_> {
             self.running = Some(r);
             return;
         }
-        let kind = if stalled {
-            Kind::Stalled
-        } else if r.seen == 0 && now.saturating_duration_since(r.started) < STEADY {
-            self.restarts.failed(now);
-            Kind::Early
-        } else {
-            self.restarts.steady();
-            Kind::Exited
-        };
+        let lived = now.saturating_duration_since(r.started);
+        let kind = Kind::of_end(stalled, r.seen > 0, lived);
+        self.restarts.ended(kind, now);
         note(self.notes, self.cfg, kind, "");
         for j in r.end() {
             if j.retried {
@@ -654,86 +526,6 @@ mod tests {
             Answer::Failed
         );
     }
-    #[test]
-    fn the_pause_doubles_from_100ms_up_to_10s() {
-        let ms = |n| backoff(n).as_millis();
-        let schedule: Vec<u128> = (0..10).map(ms).collect();
-        assert_eq!(
-            schedule,
-            [0, 100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]
-        );
-        assert_eq!(backoff(40), BACKOFF_MAX);
-        assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
-    }
-
-    #[test]
-    fn restarts_wait_after_quick_deaths_and_not_after_a_steady_process() {
-        let t0 = Instant::now();
-        let mut r = Restarts::default();
-        assert_eq!(
-            r.wait(t0),
-            Duration::ZERO,
-            "a first start waits for nothing"
-        );
-        r.failed(t0);
-        assert_eq!(r.wait(t0), Duration::from_millis(100));
-        assert_eq!(
-            r.wait(t0 + Duration::from_millis(60)),
-            Duration::from_millis(40)
-        );
-        assert_eq!(r.wait(t0 + Duration::from_secs(1)), Duration::ZERO);
-        let t1 = t0 + Duration::from_secs(1);
-        r.failed(t1);
-        assert_eq!(r.wait(t1), Duration::from_millis(200));
-        for _ in 0..20 {
-            r.failed(t1);
-        }
-        assert_eq!(r.wait(t1), BACKOFF_MAX, "capped");
-        r.steady();
-        assert_eq!(r.wait(t1), Duration::ZERO, "an answer starts over");
-        r.failed(t1);
-        assert_eq!(r.wait(t1), Duration::from_millis(100));
-    }
-
-    #[test]
-    fn a_failure_kind_is_logged_once_until_quiet_or_answered() {
-        let t0 = Instant::now();
-        let s = Duration::from_secs;
-        let mut n = Notes::default();
-        assert_eq!(n.happened(Kind::Early, t0), Some(0), "the first is logged");
-        assert_eq!(n.happened(Kind::Early, t0 + s(1)), None);
-        assert_eq!(n.happened(Kind::Early, t0 + s(11)), None, "a crash loop");
-        assert_eq!(
-            n.happened(Kind::Start, t0 + s(12)),
-            Some(0),
-            "another kind has its own line"
-        );
-        assert_eq!(
-            n.happened(Kind::Early, t0 + s(70)),
-            None,
-            "still going: 60 s since the last one are needed"
-        );
-        assert_eq!(
-            n.happened(Kind::Early, t0 + s(131)),
-            Some(3),
-            "after a quiet minute, with the count not logged"
-        );
-        assert_eq!(n.happened(Kind::Early, t0 + s(132)), None);
-        assert_eq!(n.happened(Kind::Exited, t0 + s(133)), Some(0));
-        assert_eq!(n.happened(Kind::Exited, t0 + s(134)), None);
-        assert_eq!(n.answered(), 1, "one failure not logged");
-        assert_eq!(
-            n.happened(Kind::Early, t0 + s(135)),
-            Some(0),
-            "a new outage after an answer"
-        );
-        assert_eq!(
-            n.happened(Kind::Exited, t0 + s(136)),
-            None,
-            "a process that exits after answering is no outage: still quiet"
-        );
-    }
-
     /// The pids a helper started by `cfg` wrote to `pids`, still running.
     fn alive(pids: &std::path::Path) -> Vec<i32> {
         std::fs::read_to_string(pids)
