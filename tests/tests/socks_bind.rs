@@ -25,6 +25,7 @@ both!(
     bind_listens_on_the_outgoing_address_for_one_peer,
     connect_left_out_of_commands_is_not_supported,
     an_unknown_command_is_refused,
+    no_command_at_all_is_refused,
     commands_apply_on_reload,
 );
 
@@ -257,6 +258,18 @@ fn an_unknown_command_is_refused(bin: Bin) {
         &config(portico_tests::free_port(), "", line),
         line,
         &["\"dance\"", "\"connect\", \"bind\" or \"udp\""],
+    );
+}
+
+/// An empty `commands` on a socks service is refused at start (exit 2)
+/// at its line: the service would refuse every request.
+fn no_command_at_all_is_refused(bin: Bin) {
+    let line = "commands = []";
+    portico_tests::expect_config_error(
+        bin,
+        &config(portico_tests::free_port(), "", line),
+        line,
+        &["commands is empty", "\"connect\", \"bind\" or \"udp\""],
     );
 }
 

@@ -644,6 +644,7 @@ const CASES: &[Case] = &[
     ("separator on mapped", &["[[service]]", "name = \"m\"", M, "port = 1", D, "separator = \"%\""], 6, 13, "separator only applies to pop3"),
     ("connect_ports on socks", &["[[service]]", "name = \"s\"", "kind = \"socks\"", "port = 1", "connect_ports = [443]"], 5, 17, "connect_ports only applies to http"),
     ("commands on http", &["[[service]]", "name = \"w\"", "kind = \"http\"", "port = 1", "commands = [\"connect\"]"], 5, 12, "commands only applies to socks"),
+    ("commands empty on socks", &["[[service]]", "name = \"s\"", "kind = \"socks\"", "port = 1", "commands = []"], 5, 12, "commands is empty: this socks service would refuse every request"),
     ("commands unknown", &["[[service]]", "name = \"s\"", "kind = \"socks\"", "port = 1", "commands = [\"connect\", \"listen\"]"], 5, 24, "\"listen\" is not a SOCKS command"),
     ("udp_announce bad", &["[[service]]", "name = \"s\"", "kind = \"socks\"", "port = 1", "udp_announce = \"nowhere\""], 5, 16, "udp_announce"),
     ("udp_announce on http", &["[[service]]", "name = \"w\"", "kind = \"http\"", "port = 1", "udp_announce = \"192.0.2.1\""], 5, 16, "udp_announce only applies to socks"),

@@ -362,6 +362,16 @@ pub(super) fn service(
                     }
                 }
             }
+            // An auto service with none still serves HTTP; a socks one
+            // would refuse every request.
+            if kind == ServiceKind::Socks && !(c.connect || c.bind || c.udp) {
+                return Err(e(
+                    l.span(),
+                    "commands is empty: this socks service would refuse every request; list \
+                     at least one of \"connect\", \"bind\" or \"udp\" (or remove the service)"
+                        .to_string(),
+                ));
+            }
             c
         }
     };
