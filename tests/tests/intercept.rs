@@ -10,8 +10,8 @@
 //! with nftables on the gateway redirecting the LAN's TCP to 10.9.0.0/24
 //! ports 80, 443 and 2525 (and fd00:9::/64 ports 80 and 443) to Portico
 //! (`redirect to :3130`), and port 8080
-//! by TPROXY (`tproxy to 10.8.0.1:3131`, with `ip rule`/`ip route` for the
-//! marked packets). The clients are real (curl for HTTP and HTTPS with its
+//! by TPROXY (`tproxy to 10.8.0.1:3131`, and fd00:9::/64 port 8080 to
+//! `[fd00:8::1]:3131`, with `ip rule`/`ip route` for the marked packets). The clients are real (curl for HTTP and HTTPS with its
 //! SNI, openssl's s_server behind) and a banner server speaks first. Only
 //! addresses inside the test's own namespaces are used; each test has its
 //! own namespaces (unique names), removed when it ends, also on failure.
@@ -30,6 +30,7 @@ use portico_tests::{
 };
 
 const GW: &str = "10.8.0.1";
+const GW6: &str = "fd00:8::1";
 const WEB: &str = "10.9.0.1";
 const OTHER: &str = "10.9.0.2";
 /// Where nftables redirects to, and the TPROXY listener.
@@ -169,19 +170,14 @@ impl Rig {
         ]);
         // TPROXY: marked packets are delivered locally, whatever their
         // destination.
-        ip(&["-n", &rig.gw, "rule", "add", "fwmark", "1", "lookup", "100"]);
-        ip(&[
-            "-n",
-            &rig.gw,
-            "route",
-            "add",
-            "local",
-            "0.0.0.0/0",
-            "dev",
-            "lo",
-            "table",
-            "100",
-        ]);
+        for (family, any) in [("-4", "0.0.0.0/0"), ("-6", "::/0")] {
+            ip(&[
+                "-n", &rig.gw, family, "rule", "add", "fwmark", "1", "lookup", "100",
+            ]);
+            ip(&[
+                "-n", &rig.gw, family, "route", "add", "local", any, "dev", "lo", "table", "100",
+            ]);
+        }
         enter(&rig.gw);
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("ip_forward in the gateway");
         std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")
@@ -195,7 +191,9 @@ impl Rig {
              redirect to :{PORT}; }}\n\
              chain tp {{ type filter hook prerouting priority mangle; \
              iifname \"gw0\" ip daddr 10.9.0.0/24 tcp dport 8080 \
-             tproxy ip to {GW}:{TPROXY_PORT} meta mark set 1 accept; }}\n\
+             tproxy ip to {GW}:{TPROXY_PORT} meta mark set 1 accept; \
+             iifname \"gw0\" ip6 daddr fd00:9::/64 tcp dport 8080 \
+             tproxy ip6 to [{GW6}]:{TPROXY_PORT} meta mark set 1 accept; }}\n\
              }}\n"
         );
         let out = run_tool(
@@ -381,13 +379,13 @@ impl Drop for TlsOrigin {
 /// `extra` after them.
 fn portico(bin: Bin, extra: &str) -> Portico {
     let config = format!(
-        "[network]\ninternal = [\"{GW}\", \"127.0.0.1\", \"::\"]\n\
+        "[network]\ninternal = [\"{GW}\", \"{GW6}\", \"127.0.0.1\", \"::\"]\n\
          [limits]\nhandshake_timeout = \"{HANDSHAKE}\"\n\
          [log]\naccess = \"stderr\"\n\
          [[service]]\nname = \"intercept\"\nkind = \"transparent\"\n\
          listen = [\"{GW}:{PORT}\", \"[::]:{PORT}\"]\n\
          [[service]]\nname = \"tproxy\"\nkind = \"transparent\"\ntproxy = true\n\
-         listen = [\"{GW}:{TPROXY_PORT}\"]\n\
+         listen = [\"{GW}:{TPROXY_PORT}\", \"[{GW6}]:{TPROXY_PORT}\"]\n\
          [[service]]\nname = \"status\"\nkind = \"status\"\n\
          listen = [\"127.0.0.1:{STATUS_PORT}\"]\n{extra}"
     );
@@ -850,8 +848,40 @@ fn ipv6_redirect_is_peeked(bin: Bin) {
     );
 }
 
+/// TPROXY over IPv6 (IPV6_TRANSPARENT on the listener): the original
+/// destination is the accepted socket's own IPv6 address.
+fn ipv6_tproxy_is_peeked_and_relayed(bin: Bin) {
+    let rig = Rig::new();
+    http_origin(&rig, "[fd00:9::1]:8080");
+    let p = portico(bin, "");
+    let out = lan_curl(
+        &rig,
+        bin,
+        &[
+            "--resolve",
+            "web.test:8080:[fd00:9::1]",
+            "http://web.test:8080/",
+        ],
+    );
+    assert_eq!(
+        out.stdout_text(),
+        "origin fd00:9::1\n",
+        "{bin}: {}",
+        out.text()
+    );
+    let a = p.expect_access("tproxy", "the IPv6 TPROXY request", LIMIT, |a| {
+        a.target == "web.test:8080"
+    });
+    assert_eq!(
+        (&*a.method, &*a.destination, a.client.ip().to_string()),
+        ("HTTP", "[fd00:9::1]:8080", "fd00:8::2".to_string()),
+        "{bin}: {a:?}"
+    );
+}
+
 both!(
     check_validates_transparent_services,
+    ipv6_tproxy_is_peeked_and_relayed,
     ipv6_redirect_is_peeked,
     http_host_is_peeked_and_logged,
     tls_sni_is_peeked_and_logged,
