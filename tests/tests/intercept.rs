@@ -879,8 +879,58 @@ fn ipv6_tproxy_is_peeked_and_relayed(bin: Bin) {
     );
 }
 
+/// A reload that turns `tproxy` off and on again reopens the listener
+/// without and with IP_TRANSPARENT. Off, nftables' `tproxy` finds no
+/// transparent socket, so the rule does not match and the gateway simply
+/// forwards the request (Portico never sees it); on again, Portico takes,
+/// peeks and relays it.
+fn reload_turns_tproxy_off_and_on(bin: Bin) {
+    let rig = Rig::new();
+    http_origin(&rig, &format!("{WEB}:8080"));
+    let p = portico(bin, "");
+    let on = std::fs::read_to_string(p.config_path()).expect("the configuration");
+    let off = on.replace("tproxy = true\n", "");
+    assert_ne!(on, off, "the configuration has tproxy = true");
+    let reload = |text: &str, n: usize| {
+        std::fs::write(p.config_path(), text).expect("rewrite the configuration");
+        p.signal(libc::SIGHUP);
+        let done = poll_until(LIMIT, Duration::from_millis(50), || {
+            let reloads = (p.stderr_lines().iter())
+                .filter(|l| l.contains("configuration reloaded"))
+                .count();
+            (reloads >= n).then_some(())
+        });
+        assert!(done.is_some(), "{bin}: reload {n}\n{}", p.stderr_text());
+    };
+    let args = [
+        "--resolve",
+        &format!("web.test:8080:{WEB}"),
+        "http://web.test:8080/",
+    ];
+    let want = format!("origin {WEB}\n");
+    reload(&off, 1);
+    let out = lan_curl(&rig, bin, &args);
+    assert_eq!(out.stdout_text(), want, "{bin}: forwarded: {}", out.text());
+    reload(&on, 2);
+    let out = lan_curl(&rig, bin, &args);
+    assert_eq!(
+        out.stdout_text(),
+        want,
+        "{bin}: through Portico: {}",
+        out.text()
+    );
+    p.expect_access("tproxy", "the request after tproxy came back", LIMIT, |a| {
+        a.target == "web.test:8080"
+    });
+    // The request made while tproxy was off left no line: the one line is
+    // the last request's.
+    let lines = p.expect_access_lines("tproxy", 1, LIMIT, |_| true);
+    assert_eq!(lines.len(), 1, "{bin}: {lines:?}");
+}
+
 both!(
     check_validates_transparent_services,
+    reload_turns_tproxy_off_and_on,
     ipv6_tproxy_is_peeked_and_relayed,
     ipv6_redirect_is_peeked,
     http_host_is_peeked_and_logged,
