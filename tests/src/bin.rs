@@ -90,6 +90,27 @@ fn locate_and_build() -> Result<PathBuf, String> {
 
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(&cargo);
+    // What `cargo test` set for this test process alone: a build script
+    // that watches one (ring's watches CARGO_MANIFEST_DIR) would otherwise
+    // see it change between this build and the next `cargo test`, and
+    // both would rebuild it and everything above it.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if [
+            "CARGO_MANIFEST_",
+            "CARGO_PKG_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+        ]
+        .iter()
+        .any(|p| k.starts_with(p))
+            || k == "CARGO_PRIMARY_PACKAGE"
+            || k == "CARGO_TARGET_TMPDIR"
+            || k == "CARGO_RUSTC_CURRENT_DIR"
+        {
+            cmd.env_remove(&*k);
+        }
+    }
     cmd.arg("build")
         .arg("--manifest-path")
         .arg(&manifest)

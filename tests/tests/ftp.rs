@@ -246,7 +246,9 @@ fn curl(
 ) -> ToolOutput {
     let user = gateway_user(server).replace('@', "%40").replace(':', "%3A");
     let mut cmd = curl_command(90);
-    cmd.args(args)
+    // -v: a failure shows the commands and replies that led to it.
+    cmd.arg("-v")
+        .args(args)
         .arg(format!("ftp://{user}:secret@{gateway}/{path}"));
     run_ok(bin, cmd, &format!("curl {args:?}"))
 }
