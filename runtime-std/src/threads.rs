@@ -18,7 +18,15 @@
 //! thread that owns the sockets it names (a channel plus a wake-up of that
 //! thread); log lines are written by whoever drains them. Sockets are
 //! non-blocking: a connection's thread holds the lock only for one read
-//! or write that cannot block, so a stalled peer stalls nobody else.
+//! that cannot block, so a stalled peer stalls nobody else. Writes go out
+//! with the lock let go: before letting go, the thread copies what the
+//! core has to write on its sockets, and tells the core what went under
+//! the next hold (a write on loopback carries the peer's whole receive
+//! path, too long to keep every other connection waiting). Bytes read
+//! from one socket are written to the other before the thread waits
+//! again, and a read short of the room there was is taken to have
+//! emptied its socket: per request, one wait, one read, one write and two
+//! holds of the lock.
 //! What the core asks of a new connection at once (a mapped port's
 //! connect) its thread carries out first thing.
 //!
@@ -723,8 +731,12 @@ struct ConnThread {
     /// Per side: a copy of what the core had to write there when this
     /// thread last let go of the lock, written once the lock is let go
     /// (the write, and the wake-up of its peer it costs, keeps no other
-    /// connection waiting). Allocated only while something is to be
-    /// written: an idle connection holds none.
+    /// connection waiting). Only this thread's own events change what the
+    /// core has for its sockets, but for what another thread's call
+    /// brings about in between (a timeout's reply, a close): a close makes
+    /// the count told for a gone connection, which the core ignores.
+    /// Allocated only while something is to be written: an idle
+    /// connection holds none.
     out: [Vec<u8>; 2],
 }
 
