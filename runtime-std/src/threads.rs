@@ -731,12 +731,11 @@ struct ConnThread {
     /// Per side: a copy of what the core had to write there when this
     /// thread last let go of the lock, written once the lock is let go
     /// (the write, and the wake-up of its peer it costs, keeps no other
-    /// connection waiting). Only this thread's own events change what the
-    /// core has for its sockets, but for what another thread's call
-    /// brings about in between (a timeout's reply, a close): a close makes
-    /// the count told for a gone connection, which the core ignores.
-    /// Allocated only while something is to be written: an idle
-    /// connection holds none.
+    /// connection waiting). Between the copy and the count told, only
+    /// another thread's call can change what the core has there (a
+    /// timeout's reply, a close; the core ignores a count for a connection
+    /// it closed). Allocated only while something is to be written: an
+    /// idle connection holds none.
     out: [Vec<u8>; 2],
 }
 
