@@ -18,7 +18,15 @@
 //! thread that owns the sockets it names (a channel plus a wake-up of that
 //! thread); log lines are written by whoever drains them. Sockets are
 //! non-blocking: a connection's thread holds the lock only for one read
-//! or write that cannot block, so a stalled peer stalls nobody else.
+//! that cannot block, so a stalled peer stalls nobody else. Writes go out
+//! with the lock let go: before letting go, the thread copies what the
+//! core has to write on its sockets, and tells the core what went under
+//! the next hold (a write on loopback carries the peer's whole receive
+//! path, too long to keep every other connection waiting). Bytes read
+//! from one socket are written to the other before the thread waits
+//! again, and a read short of the room there was is taken to have
+//! emptied its socket: per request, one wait, one read, one write and two
+//! holds of the lock.
 //! What the core asks of a new connection at once (a mapped port's
 //! connect) its thread carries out first thing.
 //!
@@ -36,7 +44,7 @@
 //! the next one.
 
 use std::collections::HashMap;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::thread::JoinHandleExt;
@@ -53,7 +61,7 @@ use portico_runtime::splice::{Pipe, Pipes};
 use portico_runtime::Intercept;
 use portico_runtime::{
     ConnCmd, ConnId, Datagrams, Drained, Event, Filled, IoKind, ListenCmd, ListenerId, Pair,
-    PipeSize, Plan, ReadOp, Side, Signals, Slots, Start, Step, Table, UdpCmd, UdpKey, Worker,
+    PipeSize, Plan, ReadOp, Seen, Side, Signals, Slots, Start, Step, Table, UdpCmd, UdpKey, Worker,
     EXIT_OK,
 };
 
@@ -607,6 +615,9 @@ fn serve(shared: &Arc<Shared>, hand: &Arc<Hand>, mut rx: Receiver<ConnCmd>) {
             pipe_size: PipeSize::default(),
             bind: None,
             fds: Vec::new(),
+            readable: [false; 2],
+            writable: [true, false],
+            out: [Vec::new(), Vec::new()],
         };
         if let Some(rest) = c.start(first) {
             c.run(rest);
@@ -710,6 +721,22 @@ struct ConnThread {
     /// What the next wait polls, each with its key (kept between waits:
     /// no allocation per wait).
     fds: Vec<(libc::pollfd, usize)>,
+    /// Per side: the last wait said the socket has bytes (or its end), and
+    /// no read since found it empty. A read short of the room there was
+    /// empties it: the read that would only say it would block is saved.
+    readable: [bool; 2],
+    /// Per side: the socket took all of the last write (or the last wait
+    /// said it takes more).
+    writable: [bool; 2],
+    /// Per side: a copy of what the core had to write there when this
+    /// thread last let go of the lock, written once the lock is let go
+    /// (the write, and the wake-up of its peer it costs, keeps no other
+    /// connection waiting). Between the copy and the count told, only
+    /// another thread's call can change what the core has there (a
+    /// timeout's reply, a close; the core ignores a count for a connection
+    /// it closed). Allocated only while something is to be written: an
+    /// idle connection holds none.
+    out: [Vec<u8>; 2],
 }
 
 /// Keys (and per-side indices) of a connection's two sockets.
@@ -809,6 +836,8 @@ impl ConnThread {
                 break;
             }
             self.release_pipes(false);
+            // Nothing is kept staged across a wait (see `out`).
+            self.out = [Vec::new(), Vec::new()];
             self.poll_set();
             let mut fds: Vec<libc::pollfd> = self.fds.iter().map(|(p, _)| *p).collect();
             match wait::poll(&mut fds, &self.mask) {
@@ -825,6 +854,12 @@ impl ConnThread {
                 .filter(|(p, _)| p.revents != 0)
                 .map(|f| (ready(f), f.1))
                 .collect();
+            for (ev, key) in &fired {
+                if *key == CLIENT || (*key == UPSTREAM && !self.pair.connecting) {
+                    self.readable[*key] |= ev.readable;
+                    self.writable[*key] |= ev.writable;
+                }
+            }
             for (ev, key) in fired {
                 // What the core asked meanwhile first (an attempt that lost
                 // the race goes before its own news is read).
@@ -944,6 +979,14 @@ impl ConnThread {
 
     /// Lets go of the upstream socket (and what was on its way to or from
     /// it).
+    /// The upstream socket just connected: it takes bytes, and has none
+    /// to read until a wait says so.
+    fn fresh_upstream(&mut self) {
+        self.readable[UPSTREAM] = false;
+        self.writable[UPSTREAM] = true;
+        self.out[UPSTREAM].clear();
+    }
+
     fn drop_upstream(&mut self) {
         let shared = &self.shared;
         drop(self.pair.close_upstream(|p| shared.give(p)));
@@ -983,12 +1026,19 @@ impl ConnThread {
                     return;
                 }
                 self.splice_ok = [false; 2];
+                self.fresh_upstream();
                 let mut core = lock(&self.shared);
                 if let Some(u) = &self.pair.upstream {
                     core.table.connected(conn, attempt, u, Instant::now());
                 }
-                core.drain(&self.shared, Some(conn), mine);
-                (self.splice_ok, self.pipe_size) = splice_answer(&core, conn);
+                (self.splice_ok, self.pipe_size) = settle(
+                    &mut core,
+                    &self.shared,
+                    &self.pair,
+                    self.writable,
+                    &mut self.out,
+                    mine,
+                );
             }
         }
     }
@@ -1047,7 +1097,14 @@ impl ConnThread {
                 let conn = self.pair.id;
                 let mut core = lock(&self.shared);
                 core.table.bind_listening(conn, opened);
-                core.drain(&self.shared, Some(conn), mine);
+                (self.splice_ok, self.pipe_size) = settle(
+                    &mut core,
+                    &self.shared,
+                    &self.pair,
+                    self.writable,
+                    &mut self.out,
+                    mine,
+                );
             }
             ConnCmd::BindTake(attempt) => {
                 let held = self.bind.as_mut().and_then(|(_, held)| held.take());
@@ -1087,8 +1144,14 @@ impl ConnThread {
     fn event(&mut self, ev: Event, mine: &mut Vec<ConnCmd>) {
         let mut core = lock(&self.shared);
         core.table.handle(ev, Instant::now());
-        core.drain(&self.shared, Some(self.pair.id), mine);
-        (self.splice_ok, self.pipe_size) = splice_answer(&core, self.pair.id);
+        (self.splice_ok, self.pipe_size) = settle(
+            &mut core,
+            &self.shared,
+            &self.pair,
+            self.writable,
+            &mut self.out,
+            mine,
+        );
     }
 
     /// Splices what `side` has into its direction's pipe; true if anything
@@ -1110,14 +1173,19 @@ impl ConnThread {
     fn splice_out(&mut self, from: Side, mine: &mut Vec<ConnCmd>) -> bool {
         match self.pair.splice_out(from) {
             Drained::Sent { told, .. } => {
-                let conn = self.pair.id;
                 let mut core = lock(&self.shared);
                 let now = Instant::now();
                 for ev in told {
                     core.table.handle(ev, now);
                 }
-                core.drain(&self.shared, Some(conn), mine);
-                (self.splice_ok, self.pipe_size) = splice_answer(&core, conn);
+                (self.splice_ok, self.pipe_size) = settle(
+                    &mut core,
+                    &self.shared,
+                    &self.pair,
+                    self.writable,
+                    &mut self.out,
+                    mine,
+                );
                 true
             }
             Drained::Blocked => false,
@@ -1146,12 +1214,19 @@ impl ConnThread {
         let attempt = self.pair.attempt;
         match self.pair.finish_connect(clean) {
             Connecting::Done => {
+                self.fresh_upstream();
                 let mut core = lock(&self.shared);
                 if let Some(u) = &self.pair.upstream {
                     core.table.connected(conn, attempt, u, Instant::now());
                 }
-                core.drain(&self.shared, Some(conn), mine);
-                (self.splice_ok, self.pipe_size) = splice_answer(&core, conn);
+                (self.splice_ok, self.pipe_size) = settle(
+                    &mut core,
+                    &self.shared,
+                    &self.pair,
+                    self.writable,
+                    &mut self.out,
+                    mine,
+                );
             }
             Connecting::Pending => {}
             Connecting::Failed(error) => {
@@ -1168,52 +1243,46 @@ impl ConnThread {
         }
     }
 
-    /// Reads and writes on `side` while the core wants them and the socket
-    /// can take them, a bounded number in a row; splices from `side` and
-    /// on to the other socket at once, and what waits in a pipe toward
-    /// `side`.
-    fn pump(&mut self, side: Side, mine: &mut Vec<ConnCmd>) {
-        let conn = self.pair.id;
+    /// Reads and writes on both sockets, `first`'s first, while the core
+    /// wants them and the sockets can take them (as far as this thread
+    /// knows: see `readable` and `writable`), a bounded number in a row:
+    /// bytes read from one socket are written to the other at once, with
+    /// no wait in between. Splices from a socket and on to the other
+    /// socket at once, and what waits in a pipe toward it.
+    fn pump(&mut self, first: Side, mine: &mut Vec<ConnCmd>) {
         for _ in 0..OPS_PER_TURN {
             let mut did = false;
-            // Commands from this thread's own drains apply at once (interest
-            // changes decide whether the next operation is wanted).
-            for cmd in std::mem::take(mine) {
-                self.apply(cmd, mine);
-            }
-            if self.closed || self.pair.stream(side).is_none() {
-                return;
-            }
-            if self.pair.dirs.piped(side.other()) {
-                // Toward `side`: the pipe first.
-                did |= self.splice_out(side.other(), mine);
-            }
-            let op = self.read_op(side);
-            if op == ReadOp::Splice {
-                // From `side`, straight on to the other socket.
-                did |= self.splice_in(side, mine);
-                if self.pair.dirs.piped(side) {
-                    did |= self.splice_out(side, mine);
+            for side in [first, first.other()] {
+                // Commands from this thread's own drains apply at once
+                // (interest changes decide whether the next operation is
+                // wanted).
+                for cmd in std::mem::take(mine) {
+                    self.apply(cmd, mine);
                 }
-            }
-            if self.want[side.index()].1 {
-                let mut core = lock(&self.shared);
-                if let Some((Some(ev), _)) = self.pair.write(&mut core.table, side) {
-                    did = true;
-                    core.table.handle(ev, Instant::now());
-                    core.drain(&self.shared, Some(conn), mine);
-                    // The core's buffer may have drained: a splice may
-                    // follow.
-                    (self.splice_ok, self.pipe_size) = splice_answer(&core, conn);
+                if self.closed {
+                    return;
                 }
-            }
-            if op == ReadOp::Core && !self.closed {
-                let mut core = lock(&self.shared);
-                if let Some((ev, _)) = self.pair.read(&mut core.table, side) {
-                    did |= !matches!(ev, Event::ReadBlocked { .. });
-                    core.table.handle(ev, Instant::now());
-                    core.drain(&self.shared, Some(conn), mine);
-                    (self.splice_ok, self.pipe_size) = splice_answer(&core, conn);
+                if !self.pair.open(side) {
+                    continue;
+                }
+                let i = side.index();
+                if self.pair.dirs.piped(side.other()) {
+                    // Toward `side`: the pipe first.
+                    did |= self.splice_out(side.other(), mine);
+                }
+                let op = self.read_op(side);
+                if op == ReadOp::Splice && self.readable[i] {
+                    // From `side`, straight on to the other socket.
+                    did |= self.splice_in(side, mine);
+                    if self.pair.dirs.piped(side) {
+                        did |= self.splice_out(side, mine);
+                    }
+                }
+                if self.want[i].1 && self.writable[i] {
+                    did |= self.write_out(side, mine);
+                }
+                if op == ReadOp::Core && self.readable[i] && !self.closed {
+                    did |= self.read_in(side, mine);
                 }
             }
             if !did {
@@ -1224,6 +1293,99 @@ impl ConnThread {
             self.apply(cmd, mine);
         }
     }
+
+    /// Reads `side` into the core's buffer (the lock held only for that
+    /// read) and tells the core; true if anything came.
+    fn read_in(&mut self, side: Side, mine: &mut Vec<ConnCmd>) -> bool {
+        let mut core = lock(&self.shared);
+        let Some((ev, seen)) = self.pair.read(&mut core.table, side) else {
+            return false;
+        };
+        if seen != Seen::More {
+            // Empty now: the next wait says when more comes (or its end).
+            self.readable[side.index()] = false;
+        }
+        let did = !matches!(ev, Event::ReadBlocked { .. });
+        core.table.handle(ev, Instant::now());
+        (self.splice_ok, self.pipe_size) = settle(
+            &mut core,
+            &self.shared,
+            &self.pair,
+            self.writable,
+            &mut self.out,
+            mine,
+        );
+        did
+    }
+
+    /// Writes what was staged for `side` (staging it first if nothing is)
+    /// with the lock let go, then tells the core what went; true if
+    /// anything went.
+    fn write_out(&mut self, side: Side, mine: &mut Vec<ConnCmd>) -> bool {
+        let (conn, i) = (self.pair.id, side.index());
+        if self.out[i].is_empty() {
+            let mut core = lock(&self.shared);
+            stage(&mut core, conn, side, &mut self.out[i]);
+        }
+        if self.out[i].is_empty() {
+            return false;
+        }
+        let Some(s) = self.pair.stream(side) else {
+            return false;
+        };
+        let r = net::retry(|| (&*s).write(&self.out[i]));
+        let whole = matches!(r, Ok(n) if n == self.out[i].len());
+        if !whole {
+            // Short, or it would block: the socket's buffer is full.
+            self.writable[i] = false;
+        }
+        self.out[i].clear();
+        let Some(ev) = net::write_event(conn, side, r) else {
+            return false;
+        };
+        let mut core = lock(&self.shared);
+        core.table.handle(ev, Instant::now());
+        (self.splice_ok, self.pipe_size) = settle(
+            &mut core,
+            &self.shared,
+            &self.pair,
+            self.writable,
+            &mut self.out,
+            mine,
+        );
+        true
+    }
+}
+
+/// Before the lock on `pair`'s behalf is let go, after telling the core
+/// something: routes what it asked for, and stages what it has to write on
+/// each socket that takes bytes (anything staged before may be out of date
+/// now); its splice answer.
+fn settle(
+    core: &mut Core,
+    shared: &Shared,
+    pair: &Pair<TcpStream>,
+    writable: [bool; 2],
+    out: &mut [Vec<u8>; 2],
+    mine: &mut Vec<ConnCmd>,
+) -> ([bool; 2], PipeSize) {
+    let conn = pair.id;
+    core.drain(shared, Some(conn), mine);
+    for side in [Side::Client, Side::Upstream] {
+        let i = side.index();
+        out[i].clear();
+        if writable[i] && pair.open(side) {
+            stage(core, conn, side, &mut out[i]);
+        }
+    }
+    splice_answer(core, conn)
+}
+
+/// Copies what the core has to write on `side` of `conn` into `out` (the
+/// caller holds the lock; `out` is empty).
+fn stage(core: &mut Core, conn: ConnId, side: Side, out: &mut Vec<u8>) {
+    // A Vec takes every byte: what the core has, in order.
+    let _ = core.table.write(conn, side, &mut *out);
 }
 
 /// Whether each direction of `conn` may splice now (the caller holds the
