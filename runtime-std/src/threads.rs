@@ -732,10 +732,12 @@ struct ConnThread {
     /// thread last let go of the lock, written once the lock is let go
     /// (the write, and the wake-up of its peer it costs, keeps no other
     /// connection waiting). Between the copy and the count told, only
-    /// another thread's call can change what the core has there (a
-    /// timeout's reply, a close; the core ignores a count for a connection
-    /// it closed). Allocated only while something is to be written: an
-    /// idle connection holds none.
+    /// another thread's call can change what the core has there, and the
+    /// core never puts bytes ahead of what it has shown (it appends, or
+    /// gives a direction up; the simulations check this after every
+    /// call), so the count still covers exactly the copied bytes; one for
+    /// a connection it closed meanwhile is ignored. Allocated only while
+    /// something is to be written: an idle connection holds none.
     out: [Vec<u8>; 2],
 }
 

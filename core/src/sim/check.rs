@@ -54,7 +54,20 @@ impl Runtime {
             }
             for side in [Side::Client, Side::Upstream] {
                 // Its checks: bytes only where they may be written.
-                let _ = self.shown(conn, side);
+                let parts = self.shown(conn, side).unwrap_or([&[], &[]]);
+                // What was shown before, less what was written since,
+                // still comes first (or the direction was given up: a
+                // request whose origin went away before taking it).
+                let before = &mut s.shown.borrow_mut()[side.index()];
+                let now = parts.concat();
+                assert!(
+                    now.is_empty() || now.starts_with(before),
+                    "{conn} {side:?}: bytes shown to be written were overtaken: \
+                     before \"{}\", now \"{}\"",
+                    show(before),
+                    show(&now)
+                );
+                *before = now;
             }
         }
         assert!(

@@ -59,6 +59,12 @@ pub struct Sockets {
     /// The last `Connect` replaced a connected socket (an HTTP session
     /// whose origin closed connects anew without `CloseUpstream`).
     pub replaced: bool,
+    /// Per side: what `send_buf` showed at the last check, less what was
+    /// written since. A runtime may write those bytes with the table let
+    /// go and report the count later (`portico-threaded` does), so what
+    /// the core shows next must begin with them: nothing it says may go
+    /// ahead of bytes already shown (it may give them all up).
+    pub shown: std::cell::RefCell<[Vec<u8>; 2]>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -513,6 +519,7 @@ impl Runtime {
                 connect_to: None,
                 attempts: Vec::new(),
                 replaced: false,
+                shown: Default::default(),
             };
             self.conns.insert(id, sockets);
         }
@@ -524,6 +531,12 @@ impl Runtime {
     pub fn handle(&mut self, event: Event) {
         self.note(|| Entry::Event(event.clone()));
         match &event {
+            Event::Written { conn, side, n } => {
+                if let Some(s) = self.conns.get(*conn) {
+                    let shown = &mut s.shown.borrow_mut()[side.index()];
+                    shown.drain(..(*n).min(shown.len()));
+                }
+            }
             Event::Connected { conn, attempt, .. } => {
                 assert_ne!(
                     *attempt,
@@ -814,6 +827,7 @@ impl Runtime {
                     s.upstream = Upstream::Connecting;
                     s.interest[1] = (false, false);
                     s.shut[1] = false;
+                    s.shown.borrow_mut()[1].clear();
                 } else {
                     assert_eq!(
                         s.upstream,
@@ -884,6 +898,7 @@ impl Runtime {
                 s.attempts.clear();
                 s.interest[1] = (false, false);
                 s.shut[1] = false;
+                s.shown.borrow_mut()[1].clear();
             }
             Action::Close { conn } => {
                 assert!(
