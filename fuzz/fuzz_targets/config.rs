@@ -7,3 +7,5 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     portico_core::sim::fuzz::config(data);
 });
+
+include!("../asan_options.rs");

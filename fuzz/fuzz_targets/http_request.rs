@@ -6,3 +6,5 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     portico_core::sim::fuzz::http_request(data);
 });
+
+include!("../asan_options.rs");

@@ -1,6 +1,34 @@
 //! The `protocol` target: the protocol handshakes as pure machines, with
 //! no table around them.
 
+/// The services `protocol` drives.
+const KINDS: [&str; 5] = ["socks", "pop3", "telnet", "ftp", "smtp"];
+
+/// The configuration of each kind, without and with auth (at `2 * kind +
+/// auth`), parsed once: parsing TOML would be most of an input's cost.
+fn configs() -> &'static [Option<crate::config::Config>] {
+    static CONFIGS: std::sync::OnceLock<Vec<Option<crate::config::Config>>> =
+        std::sync::OnceLock::new();
+    CONFIGS.get_or_init(|| {
+        let mut all = Vec::new();
+        for kind in KINDS {
+            for auth in [false, true] {
+                let dest = if kind == "smtp" {
+                    "destination = \"127.0.0.1:25\"\n"
+                } else {
+                    ""
+                };
+                let text = format!(
+                    "[[user]]\nname = \"alice\"\npassword = \"plain:secret\"\n\
+                     [[service]]\nname = \"s\"\nkind = \"{kind}\"\nport = 9000\nauth = {auth}\n{dest}"
+                );
+                all.push(crate::config::parse(&text, "fuzz.toml").ok());
+            }
+        }
+        all
+    })
+}
+
 /// The protocol handshakes (SOCKS, POP3, Telnet, FTP, SMTP) as pure
 /// machines: the first byte picks the protocol and whether auth is on, the
 /// second how the rest is chopped; the client's bytes go to `input`, then
@@ -11,19 +39,10 @@ pub fn protocol(data: &[u8]) {
     let (Some(&pick), Some(&chop)) = (data.first(), data.get(1)) else {
         return;
     };
-    let kinds = ["socks", "pop3", "telnet", "ftp", "smtp"];
-    let kind = kinds[pick as usize % kinds.len()];
+    let kind_at = pick as usize % KINDS.len();
+    let kind = KINDS[kind_at];
     let auth = pick & 0x80 != 0 && matches!(kind, "socks" | "telnet");
-    let dest = if kind == "smtp" {
-        "destination = \"127.0.0.1:25\"\n"
-    } else {
-        ""
-    };
-    let text = format!(
-        "[[user]]\nname = \"alice\"\npassword = \"plain:secret\"\n\
-         [[service]]\nname = \"s\"\nkind = \"{kind}\"\nport = 9000\nauth = {auth}\n{dest}"
-    );
-    let Ok(config) = crate::config::parse(&text, "fuzz.toml") else {
+    let Some(config) = &configs()[2 * kind_at + usize::from(auth)] else {
         return;
     };
     let service = &config.services[0];

@@ -20,7 +20,7 @@
 //! only as long as the same bytes make the same calls.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -298,19 +298,11 @@ impl Setup {
         k
     }
 
-    fn listeners(&self) -> usize {
-        self.kinds().len()
-    }
-
     /// Where every connection of listener `i` goes, when the configuration
     /// says so with an address; `None` for SOCKS and named destinations.
     fn destination(&self, i: usize) -> Option<SocketAddr> {
         (i < self.services && !(i == 0 && self.named))
             .then(|| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9000 + i as u16))
-    }
-
-    fn kind(&self, i: usize) -> Kind {
-        self.kinds().get(i).copied().unwrap_or(Kind::Mapped)
     }
 }
 
