@@ -416,9 +416,7 @@ impl Session {
         a: &Association,
         cx: &mut Context,
     ) -> crate::log::AccessRecord {
-        let svc = &mut cx.services[self.service];
-        svc.counters.up += a.up;
-        svc.counters.down += a.down;
+        let svc = &cx.services[self.service];
         crate::log::AccessRecord {
             service: svc.name.clone(),
             client: self.client,
@@ -427,6 +425,7 @@ impl Session {
             target: std::mem::take(&mut self.target),
             destination: None,
             status: self.outcome.word().into(),
+            // The datagrams' payload (see `Session::moved_bytes`).
             up: a.up,
             down: a.down,
             duration: cx.now.saturating_duration_since(self.accepted),

@@ -485,6 +485,19 @@ impl Session {
         self.up.shut && self.down.shut
     }
 
+    /// Bytes moved for the client so far, up and down: what its sockets
+    /// carried; for a SOCKS UDP association, its datagrams' payload (the
+    /// few bytes of the SOCKS exchange on its TCP connection are not
+    /// counted). The counters, the status page and the access line all
+    /// count this, so a service's lines add up to its
+    /// `portico_bytes_total`.
+    pub fn moved_bytes(&self) -> (u64, u64) {
+        match &self.machine {
+            Machine::Associate(a) => (a.up, a.down),
+            _ => (self.up.bytes, self.down.bytes),
+        }
+    }
+
     /// The user to show for this connection: the one a request carried,
     /// else the one an HTTP client authenticated as.
     pub fn shown_user(&self) -> Option<String> {
@@ -1052,12 +1065,13 @@ impl Session {
         if self.refusal.is_none() {
             svc.active -= 1;
         }
-        svc.counters.up += self.up.bytes;
-        svc.counters.down += self.down.bytes;
+        let (up, down) = self.moved_bytes();
+        svc.counters.up += up;
+        svc.counters.down += down;
         if let Some(u) = self.shown_user() {
             let e = cx.user_bytes.entry(u).or_insert((0, 0));
-            e.0 += self.up.bytes;
-            e.1 += self.down.bytes;
+            e.0 += up;
+            e.1 += down;
         }
         cx.stats.closed += 1;
         if let Machine::Associate(_) = self.machine {

@@ -72,13 +72,14 @@ impl Proxy {
         let mut connections = Vec::with_capacity(self.sessions.len());
         for (_, s) in self.sessions.iter() {
             let row = &mut services[s.service];
-            row.live_up += s.up.bytes;
-            row.live_down += s.down.bytes;
+            let (up, down) = s.moved_bytes();
+            row.live_up += up;
+            row.live_down += down;
             let user = s.shown_user();
             if let Some(u) = &user {
                 let e = users.entry(u.clone()).or_insert((0, 0));
-                e.0 += s.up.bytes;
-                e.1 += s.down.bytes;
+                e.0 += up;
+                e.1 += down;
             }
             let intercepted = matches!(s.machine, crate::session::Machine::Transparent(_));
             let destination = match (s.upstream.addr, s.target.is_empty()) {
@@ -102,8 +103,8 @@ impl Proxy {
                 destination,
                 state: s.state_name(),
                 age_ms: now.saturating_duration_since(s.accepted).as_millis(),
-                bytes_up: s.up.bytes,
-                bytes_down: s.down.bytes,
+                bytes_up: up,
+                bytes_down: down,
             });
         }
         let index = history::interval_of(self.born, now).max(self.interval);
@@ -172,8 +173,9 @@ impl Proxy {
             .collect();
         for (_, s) in self.sessions.iter() {
             let t = &mut totals[s.service];
-            t.up += s.up.bytes;
-            t.down += s.down.bytes;
+            let (up, down) = s.moved_bytes();
+            t.up += up;
+            t.down += down;
         }
         for (s, total) in self.cx.services.iter_mut().zip(totals) {
             s.history.close(self.interval, to, total);
