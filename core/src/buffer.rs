@@ -80,7 +80,9 @@ impl Buffer {
         }
     }
 
-    /// Appends as much of `bytes` as fits; returns how much did.
+    /// Appends as much of `bytes` as fits; returns how much did (tests
+    /// fill buffers with it).
+    #[cfg(test)]
     pub fn push(&mut self, bytes: &[u8]) -> usize {
         let space = self.space();
         let n = bytes.len().min(space.len());

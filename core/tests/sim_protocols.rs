@@ -1241,6 +1241,59 @@ fn http_refusal_waits_for_the_previous_body() {
     );
 }
 
+/// An origin that sends bytes after a complete response (a stray CRLF
+/// after the body, say) while the client has not read all of the body
+/// yet: the stray bytes are dropped, with the connection to the origin,
+/// and the client still gets the response exactly.
+#[test]
+fn http_bytes_after_a_response_leave_its_unread_body_alone() {
+    let text = format!(
+        "[network]\ninternal = [\"127.0.0.1\"]\n[log]\naccess = \"off\"\n{}",
+        http_services()
+    );
+    let mut rt = Runtime::started(&text, 1);
+    let conn = rt
+        .accept(ListenerId::new(0, 0), local(40000), Some(local(HTTP)))
+        .expect("accepted");
+    rt.drain();
+    rt.feed(
+        conn,
+        Side::Client,
+        b"GET http://127.0.0.1:9001/ HTTP/1.1\r\nHost: 127.0.0.1:9001\r\n\r\n",
+    );
+    rt.drain();
+    rt.handle(Event::Connected {
+        conn,
+        attempt: 0,
+        local: local(30000),
+    });
+    rt.drain();
+    rt.flush(conn, Side::Upstream);
+    rt.drain();
+    rt.feed(
+        conn,
+        Side::Upstream,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789",
+    );
+    rt.drain();
+    // The client takes a little of it; then the origin says more.
+    let mut got = Vec::new();
+    rt.send(conn, Side::Client, |parts| {
+        got.extend_from_slice(&parts[0][..3]);
+        3
+    });
+    rt.drain();
+    rt.feed(conn, Side::Upstream, b"\r\n");
+    rt.drain();
+    got.extend(rt.flush(conn, Side::Client));
+    same_bytes(
+        "http_bytes_after_a_response_leave_its_unread_body_alone",
+        "what the client got",
+        &got,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nVia: 1.1 portico\r\n\r\n0123456789",
+    );
+}
+
 // ---------------------------------------------------------------------------
 // POP3.
 

@@ -171,6 +171,15 @@ fn fwd(d: &Dir) -> usize {
     d.fwd.unwrap_or(0)
 }
 
+/// Drops the buffer's bytes after those cleared for the sink (an origin's
+/// bytes that are no response), keeping the cleared ones in place.
+fn drop_after_fwd(d: &mut Dir) {
+    let f = fwd(d);
+    if let Some(b) = d.buf.as_mut() {
+        b.truncate(f);
+    }
+}
+
 /// Takes `n` bytes (a parsed head) off the front of the buffer.
 fn take(d: &mut Dir, n: usize) {
     if let Some(b) = d.buf.as_mut() {
@@ -594,9 +603,11 @@ impl HttpProxy {
             match &mut self.resp {
                 Resp::Idle => {
                     // Nothing was asked: bytes here are not a response.
+                    // They follow what is cleared for the client (the end
+                    // of the last response, maybe not all written yet).
                     let extra = data(down).len() - fwd(down);
                     if extra > 0 || eof {
-                        take(down, extra);
+                        drop_after_fwd(down);
                         self.upstream = None;
                         todo.push(Next::DropUpstream);
                     }
@@ -739,13 +750,7 @@ impl HttpProxy {
         // one, say) are not the client's: drop them, and the connection.
         let extra = data(down).len() - fwd(down);
         if extra > 0 {
-            let f = fwd(down);
-            if let Some(b) = down.buf.as_mut() {
-                // Keep the forwardable part, drop the rest.
-                let keep = b.data()[..f].to_vec();
-                b.consume(b.len());
-                b.push(&keep);
-            }
+            drop_after_fwd(down);
             self.upstream = None;
             todo.push(Next::DropUpstream);
         }
