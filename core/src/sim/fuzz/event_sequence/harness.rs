@@ -337,6 +337,10 @@ impl Harness {
         match &event {
             Event::Read { n, .. } if *n > 0 => self.taint(conn, side),
             Event::Written { n, .. } if *n > 0 => self.taint(conn, side.other()),
+            // A splice the core did not allow: see `splice`.
+            Event::Spliced { from, .. } if !self.rt.splice_ok(conn, *from) => {
+                self.rt.bytes_told_wrong = true
+            }
             _ => {}
         }
         self.rt.handle(event);
