@@ -186,7 +186,8 @@ fn check_config(c: &Config, checked: bool) {
     let mut rt = Runtime::new(c.clone(), 0, Instant::now());
     let mut listen_actions = 0;
     while let Some(a) = rt.poll() {
-        if let Action::Listen { addr, .. } = a {
+        // A UDP mapped port's socket is asked for with ListenUdp.
+        if let Action::Listen { addr, .. } | Action::ListenUdp { addr, .. } = a {
             assert!(listens.iter().any(|(l, _)| *l == addr), "Listen on {addr}");
             listen_actions += 1;
         }
