@@ -1187,16 +1187,10 @@ fn http_malformed() {
     seeds("http_malformed", http_malformed_case);
 }
 
-/// The smallest case of what `http_malformed` finds, driven by hand: a
-/// refused request pipelined behind another must not be answered before
-/// the previous response's body has gone out.
-///
-/// The client sends a good GET and, in the same write, a request with both
-/// Content-Length and Transfer-Encoding. The origin answers the GET with a
-/// 10-byte body, read in one piece; the client takes every byte offered.
-/// The 400 must come after `0123456789`.
-#[test]
-fn http_refusal_waits_for_the_previous_body() {
+/// A table with the http service, one client connection accepted (access
+/// log off), `requests` sent by it and its origin connected: the
+/// runtime, the connection and what reached the origin.
+fn http_connected(requests: &[u8]) -> (Runtime, portico_core::ConnId, Vec<u8>) {
     let text = format!(
         "[network]\ninternal = [\"127.0.0.1\"]\n[log]\naccess = \"off\"\n{}",
         http_services()
@@ -1206,9 +1200,6 @@ fn http_refusal_waits_for_the_previous_body() {
         .accept(ListenerId::new(0, 0), local(40000), Some(local(HTTP)))
         .expect("accepted");
     rt.drain();
-    let requests = b"GET http://127.0.0.1:9001/ HTTP/1.1\r\nHost: 127.0.0.1:9001\r\n\r\n\
-        POST http://127.0.0.1:9001/x HTTP/1.1\r\nHost: 127.0.0.1:9001\r\n\
-        Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
     rt.feed(conn, Side::Client, requests);
     rt.drain();
     let connect = rt.conn(conn).and_then(|s| s.connect_to);
@@ -1221,6 +1212,23 @@ fn http_refusal_waits_for_the_previous_body() {
     rt.drain();
     let at_origin = rt.flush(conn, Side::Upstream);
     rt.drain();
+    (rt, conn, at_origin)
+}
+
+/// The smallest case of what `http_malformed` finds, driven by hand: a
+/// refused request pipelined behind another must not be answered before
+/// the previous response's body has gone out.
+///
+/// The client sends a good GET and, in the same write, a request with both
+/// Content-Length and Transfer-Encoding. The origin answers the GET with a
+/// 10-byte body, read in one piece; the client takes every byte offered.
+/// The 400 must come after `0123456789`.
+#[test]
+fn http_refusal_waits_for_the_previous_body() {
+    let requests = b"GET http://127.0.0.1:9001/ HTTP/1.1\r\nHost: 127.0.0.1:9001\r\n\r\n\
+        POST http://127.0.0.1:9001/x HTTP/1.1\r\nHost: 127.0.0.1:9001\r\n\
+        Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let (mut rt, conn, at_origin) = http_connected(requests);
     same_bytes(
         "http_refusal_waits_for_the_previous_body",
         "the request at the origin",
@@ -1247,29 +1255,8 @@ fn http_refusal_waits_for_the_previous_body() {
 /// and the client still gets the response exactly.
 #[test]
 fn http_bytes_after_a_response_leave_its_unread_body_alone() {
-    let text = format!(
-        "[network]\ninternal = [\"127.0.0.1\"]\n[log]\naccess = \"off\"\n{}",
-        http_services()
-    );
-    let mut rt = Runtime::started(&text, 1);
-    let conn = rt
-        .accept(ListenerId::new(0, 0), local(40000), Some(local(HTTP)))
-        .expect("accepted");
-    rt.drain();
-    rt.feed(
-        conn,
-        Side::Client,
-        b"GET http://127.0.0.1:9001/ HTTP/1.1\r\nHost: 127.0.0.1:9001\r\n\r\n",
-    );
-    rt.drain();
-    rt.handle(Event::Connected {
-        conn,
-        attempt: 0,
-        local: local(30000),
-    });
-    rt.drain();
-    rt.flush(conn, Side::Upstream);
-    rt.drain();
+    let (mut rt, conn, _) =
+        http_connected(b"GET http://127.0.0.1:9001/ HTTP/1.1\r\nHost: 127.0.0.1:9001\r\n\r\n");
     rt.feed(
         conn,
         Side::Upstream,
